@@ -1,0 +1,3838 @@
+/*
+ * mailsrv.c - a small mail server in one portable C99 file.
+ *
+ * SMTP in (RFC 5321) with local delivery to Maildir or mbox, POP3 out
+ * (RFC 1939, 2449), configured by one INI file (parsed with inih).
+ *
+ * Architecture: one process, one thread, one poll() loop over non-blocking
+ * sockets. Every connection is a struct conn holding a protocol state machine;
+ * protocol code appends replies to the connection's output buffer and never
+ * calls send() itself. Message text received with DATA streams into a file in
+ * SPOOL/.tmp; at the final dot the message is fsynced, hard-linked into each
+ * recipient's Maildir new/ (or appended to the mbox), the directories are
+ * fsynced, and only then is 250 sent. POP3 sessions work on a snapshot taken
+ * at login and apply deletions at QUIT.
+ *
+ * Sections (PLEASE KEEP THIS ORDER; `grep -n '^/\*====' mailsrv.c` is the map):
+ *   1. Build options
+ *   2. Limits and defaults
+ *   3. Platform layer (the only place for OS differences)
+ *   4. Utilities: buffers, strings, time, logging, SHA-256, base64, PBKDF2
+ *   5. Config: INI loading, validation, address resolution, INI editing
+ *   6. Pure parsers: SMTP commands and paths, the DATA byte machine, mboxrd
+ *   7. Storage: Maildir and mbox delivery, the POP3 mailbox view
+ *   8. Connections: buffers, I/O
+ *   9. SMTP server session
+ *  10. POP3 server session
+ *  11. Event loop: listeners, accept, poll, timers, reload, stop
+ *  12. Public API and main()
+ *
+ * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
+ * file). MAILSRV_ENABLE_TLS is reserved for the TLS issue.
+ */
+
+/*==== 1. Build options ====*/
+
+#define _POSIX_C_SOURCE 200809L
+
+#include "mailsrv.h"
+
+#define INI_HANDLER_LINENO 1 /* Debian builds libinih this way; see PORTABILITY.md */
+#include <ini.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/*==== 2. Limits and defaults ====*/
+
+#define MS_SMTP_LINE_MAX 512      /* RFC 5321 4.5.3.1.4: command line incl. CRLF */
+#define MS_TEXT_LINE_MAX 1000     /* RFC 5321 4.5.3.1.6: text line incl. CRLF */
+#define MS_PATH_MAX 256           /* RFC 5321 4.5.3.1.3: reverse/forward path */
+#define MS_LOCAL_MAX 64           /* RFC 5321 4.5.3.1.1 */
+#define MS_DOMAIN_MAX 255         /* RFC 5321 4.5.3.1.2 */
+#define MS_POP_ARG_MAX 40         /* popa3d: no POP3 argument is longer */
+#define MS_IN_SIZE 4096           /* per-connection input buffer */
+#define MS_OUT_HIGH (32 * 1024)   /* stop producing output above this */
+#define MS_OUT_MAX (256 * 1024)   /* a client that never reads is cut here */
+#define MS_DATA_BUF 16384         /* DATA write buffer, allocated only in DATA */
+#define MS_AUTH_DELAY_MS 1000     /* after a failed login */
+#define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
+#define MS_ALIAS_DEPTH 8          /* nested group addresses */
+#define MS_RELOAD_CHECK_MS 2000   /* how often the INI file's mtime is checked */
+#define MS_STOP_GRACE_MS 30000    /* SIGTERM: time given to sessions in flight */
+#define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes */
+#define MS_MAX_LISTENERS 16
+#define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
+
+#define MS_DEF_MAX_MESSAGE (10L * 1024 * 1024)
+#define MS_DEF_MAX_RCPT 100
+#define MS_DEF_MAX_CLIENTS 512
+#define MS_DEF_TIMEOUT 300        /* RFC 5321 4.5.3.2: 5 minutes */
+
+/*==== 3. Platform layer ====*/
+/*
+ * POSIX.1-2008 only for now; the Windows port (issue 3) adds its branch here.
+ * Nothing outside this section calls an OS function that differs between
+ * platforms: sockets, files, locks, directories, signals, time and random.
+ */
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+typedef int ms_sock_t;
+#define MS_BAD_SOCK (-1)
+#define MS_DIRSEP '/'
+#define MS_MAILDIR_INFO ':'
+
+static int64_t
+os_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+os_random(void *buf, size_t n)
+{
+    static uint64_t fallback;
+    unsigned char *p = buf;
+    size_t got = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+        while (got < n) {
+            ssize_t r = read(fd, p + got, n - got);
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+        close(fd);
+    }
+    while (got < n) { /* no /dev/urandom: not for secrets, but unique */
+        fallback = fallback * 6364136223846793005ULL + (uint64_t)time(NULL) + (uint64_t)getpid();
+        p[got++] = (unsigned char)(fallback >> 33);
+    }
+}
+
+static int net_error(void) { return errno; }
+static int net_would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+static void net_close(ms_sock_t s) { close(s); }
+
+static int
+net_set_nonblock(ms_sock_t s)
+{
+    int fl = fcntl(s, F_GETFL, 0);
+    if (fl < 0 || fcntl(s, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+/* Create, bind and listen; IPv6 sockets are v6-only so that "0.0.0.0:25" and
+ * "[::]:25" can be listened on separately (BSD defaults to v6only). */
+static ms_sock_t
+net_listen(const struct sockaddr *sa, socklen_t len)
+{
+    int one = 1;
+    ms_sock_t s = socket(sa->sa_family, SOCK_STREAM, 0);
+    if (s == MS_BAD_SOCK) return s;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, (const void *)&one, sizeof one);
+    if (sa->sa_family == AF_INET6)
+        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const void *)&one, sizeof one);
+    if (bind(s, sa, len) != 0 || listen(s, 128) != 0 || net_set_nonblock(s) != 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return MS_BAD_SOCK;
+    }
+    return s;
+}
+
+/* Accepted sockets do not inherit O_NONBLOCK on Linux: set it explicitly. */
+static ms_sock_t
+net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    ms_sock_t s = accept(ls, (struct sockaddr *)&ss, &len);
+    *is_loopback = 0;
+    if (s == MS_BAD_SOCK) return s;
+    if (net_set_nonblock(s) != 0) { close(s); return MS_BAD_SOCK; }
+    peer[0] = 0;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in->sin_addr, peer, (socklen_t)peerlen);
+        *is_loopback = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        static const unsigned char lo[16] = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1};
+        static const unsigned char v4[12] = {0,0,0,0,0,0,0,0,0,0,0xff,0xff};
+        inet_ntop(AF_INET6, &in6->sin6_addr, peer, (socklen_t)peerlen);
+        *is_loopback = memcmp(in6->sin6_addr.s6_addr, lo, 16) == 0 ||
+            (memcmp(in6->sin6_addr.s6_addr, v4, 12) == 0 && in6->sin6_addr.s6_addr[12] == 127);
+    }
+    return s;
+}
+
+static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, n, 0); }
+static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, n, 0); }
+
+/* Files: descriptors, with fsync for durability. */
+#define os_open open
+#define os_close close
+static long os_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, p + done, n - done);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        done += (size_t)w;
+    }
+    return (long)done;
+}
+static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
+static int os_fsync(int fd) { return fsync(fd); }
+static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
+static int os_mkdir(const char *p) { return mkdir(p, 0700); }
+static int os_link(const char *from, const char *to) { return link(from, to); }
+static int os_unlink(const char *p) { return unlink(p); }
+static int os_rename(const char *from, const char *to) { return rename(from, to); }
+
+/* fsync a directory so that entries created or removed in it are durable. */
+static int
+os_fsync_dir(const char *path)
+{
+    int r, fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    r = fsync(fd);
+    close(fd);
+    return r;
+}
+
+struct os_stat { int64_t size; int64_t mtime; uint64_t ino; int is_dir; };
+static int
+os_stat(const char *path, struct os_stat *st)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) return -1;
+    st->size = (int64_t)sb.st_size;
+    st->mtime = (int64_t)sb.st_mtime;
+    st->ino = (uint64_t)sb.st_ino;
+    st->is_dir = S_ISDIR(sb.st_mode) ? 1 : 0;
+    return 0;
+}
+static int
+os_fstat(int fd, struct os_stat *st)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) return -1;
+    st->size = (int64_t)sb.st_size;
+    st->mtime = (int64_t)sb.st_mtime;
+    st->ino = (uint64_t)sb.st_ino;
+    st->is_dir = S_ISDIR(sb.st_mode) ? 1 : 0;
+    return 0;
+}
+
+/* mbox locking: a non-blocking whole-file write lock (fcntl, as mutt and
+ * procmail use); mailsrv never waits for a lock held by another program. */
+static int
+os_lock(int fd)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    return fcntl(fd, F_SETLK, &fl);
+}
+static void
+os_unlock(int fd)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = F_UNLCK;
+    fl.l_whence = SEEK_SET;
+    fcntl(fd, F_SETLK, &fl);
+}
+
+/* Directory listing: calls fn for every entry not starting with '.'. */
+static int
+os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        if (fn(ctx, e->d_name) != 0) break;
+    }
+    closedir(d);
+    return 0;
+}
+
+static void
+os_wallclock(int64_t *sec, long *usec)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    *sec = (int64_t)ts.tv_sec;
+    *usec = ts.tv_nsec / 1000;
+}
+
+static unsigned long os_pid(void) { return (unsigned long)getpid(); }
+
+/* Signals: flags only; the loop acts on them. */
+static struct mailsrv *os_signal_target;
+static void os_on_stop(int sig) { (void)sig; if (os_signal_target) mailsrv_stop(os_signal_target); }
+static void os_on_hup(int sig) { (void)sig; if (os_signal_target) mailsrv_request_reload(os_signal_target); }
+static void
+os_install_signals(struct mailsrv *ms)
+{
+    struct sigaction sa;
+    os_signal_target = ms;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = os_on_stop;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sa.sa_handler = os_on_hup;
+    sigaction(SIGHUP, &sa, NULL);
+    sa.sa_handler = SIG_IGN; /* no MSG_NOSIGNAL on every system */
+    sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* Reads a password from stdin without echo when it is a terminal. */
+static int
+os_read_password(char *buf, size_t n)
+{
+    size_t len;
+    if (!fgets(buf, (int)n, stdin)) return -1;
+    len = strlen(buf);
+    while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = 0;
+    return 0;
+}
+
+/*==== 4. Utilities ====*/
+
+static void *
+xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n ? n : 1);
+    if (!q) { fputs("mailsrv: out of memory\n", stderr); abort(); }
+    return q;
+}
+static char *
+xstrdup(const char *s)
+{
+    size_t n = strlen(s) + 1;
+    return memcpy(xrealloc(NULL, n), s, n);
+}
+
+/* Copies with truncation; returns -1 when truncated. */
+static int
+ms_strlcpy(char *dst, const char *src, size_t n)
+{
+    size_t len = strlen(src);
+    if (n == 0) return -1;
+    if (len >= n) { memcpy(dst, src, n - 1); dst[n - 1] = 0; return -1; }
+    memcpy(dst, src, len + 1);
+    return 0;
+}
+
+/* snprintf that reports truncation as -1 (paths must never be cut). */
+static int
+ms_fmt(char *dst, size_t n, const char *fmt, ...)
+{
+    int r;
+    va_list ap;
+    va_start(ap, fmt);
+    r = vsnprintf(dst, n, fmt, ap);
+    va_end(ap);
+    return (r < 0 || (size_t)r >= n) ? -1 : r;
+}
+
+static void
+ms_lower(char *s)
+{
+    for (; *s; s++) *s = (char)tolower((unsigned char)*s);
+}
+
+static int
+ms_strcaseeq(const char *a, const char *b)
+{
+    for (; *a && *b; a++, b++)
+        if (tolower((unsigned char)*a) != tolower((unsigned char)*b)) return 0;
+    return *a == *b;
+}
+
+static int
+ms_strncaseeq(const char *a, const char *b, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        if (tolower((unsigned char)a[i]) != tolower((unsigned char)b[i])) return 0;
+        if (!a[i]) return 1;
+    }
+    return 1;
+}
+
+static char *
+ms_trim(char *s)
+{
+    char *e;
+    while (*s == ' ' || *s == '\t') s++;
+    e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) *--e = 0;
+    return s;
+}
+
+/* Constant-time comparison for secrets. */
+static int
+ms_secret_eq(const void *a, size_t alen, const void *b, size_t blen)
+{
+    const unsigned char *x = a, *y = b;
+    unsigned diff = (unsigned)(alen ^ blen);
+    size_t i;
+    for (i = 0; i < alen && i < blen; i++) diff |= (unsigned)(x[i] ^ y[i]);
+    return diff == 0;
+}
+
+/* Escapes control bytes and non-ASCII for log lines (OpenSMTPD's strnvis). */
+static void
+ms_visible(char *dst, size_t n, const char *src, size_t srclen)
+{
+    size_t o = 0, i;
+    for (i = 0; i < srclen && o + 5 < n; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\') dst[o++] = (char)ch;
+        else o += (size_t)sprintf(dst + o, "\\x%02x", ch);
+    }
+    if (i < srclen && o + 4 < n) { memcpy(dst + o, "...", 3); o += 3; }
+    dst[o] = 0;
+}
+
+/* RFC 5322 date in English whatever the locale (mailsrv never sets one). */
+static void
+ms_rfc5322_date(char *buf, size_t n, time_t t)
+{
+    static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *mons[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    struct tm tm;
+    struct tm *g = gmtime(&t);
+    if (!g) { ms_strlcpy(buf, "Thu, 1 Jan 1970 00:00:00 +0000", n); return; }
+    tm = *g;
+    snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
+             mons[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* ---- growable byte buffer (callers bound its size) ---- */
+struct buf { char *p; size_t len, cap; };
+
+static void
+buf_reserve(struct buf *b, size_t extra)
+{
+    if (b->len + extra + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + extra + 1) cap *= 2;
+        b->p = xrealloc(b->p, cap);
+        b->cap = cap;
+    }
+}
+static void
+buf_add(struct buf *b, const void *p, size_t n)
+{
+    buf_reserve(b, n);
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+static void buf_adds(struct buf *b, const char *s) { buf_add(b, s, strlen(s)); }
+static void
+buf_vprintf(struct buf *b, const char *fmt, va_list ap)
+{
+    va_list ap2;
+    int n;
+    va_copy(ap2, ap);
+    n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0) return;
+    buf_reserve(b, (size_t)n);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    b->len += (size_t)n;
+}
+static void
+buf_printf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    buf_vprintf(b, fmt, ap);
+    va_end(ap);
+}
+static void buf_free(struct buf *b) { free(b->p); b->p = NULL; b->len = b->cap = 0; }
+static void
+buf_consume(struct buf *b, size_t n)
+{
+    if (n >= b->len) { b->len = 0; return; }
+    memmove(b->p, b->p + n, b->len - n);
+    b->len -= n;
+}
+
+/* ---- SHA-256 (FIPS 180-4), for password hashes and derived UIDLs ---- */
+struct sha256 { uint32_t h[8]; uint64_t len; unsigned char blk[64]; size_t n; };
+
+static const uint32_t sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+#define SHA_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+
+static void
+sha256_block(struct sha256 *s, const unsigned char *p)
+{
+    uint32_t w[64], a, b, c, d, e, f, g, h, t1, t2;
+    int i;
+    for (i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (i = 16; i < 64; i++) {
+        uint32_t s0 = SHA_ROR(w[i - 15], 7) ^ SHA_ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = SHA_ROR(w[i - 2], 17) ^ SHA_ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = s->h[0]; b = s->h[1]; c = s->h[2]; d = s->h[3];
+    e = s->h[4]; f = s->h[5]; g = s->h[6]; h = s->h[7];
+    for (i = 0; i < 64; i++) {
+        t1 = h + (SHA_ROR(e, 6) ^ SHA_ROR(e, 11) ^ SHA_ROR(e, 25)) + ((e & f) ^ (~e & g)) + sha256_k[i] + w[i];
+        t2 = (SHA_ROR(a, 2) ^ SHA_ROR(a, 13) ^ SHA_ROR(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        h = g; g = f; f = e; e = d + t1; d = c; c = b; b = a; a = t1 + t2;
+    }
+    s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d;
+    s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
+}
+
+static void
+sha256_init(struct sha256 *s)
+{
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof iv);
+    s->len = 0;
+    s->n = 0;
+}
+
+static void
+sha256_update(struct sha256 *s, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    s->len += n;
+    while (n) {
+        size_t take = 64 - s->n;
+        if (take > n) take = n;
+        memcpy(s->blk + s->n, p, take);
+        s->n += take; p += take; n -= take;
+        if (s->n == 64) { sha256_block(s, s->blk); s->n = 0; }
+    }
+}
+
+static void
+sha256_final(struct sha256 *s, unsigned char out[32])
+{
+    uint64_t bits = s->len * 8;
+    unsigned char pad = 0x80, zero = 0, lenb[8];
+    int i;
+    sha256_update(s, &pad, 1);
+    while (s->n != 56) sha256_update(s, &zero, 1);
+    for (i = 0; i < 8; i++) lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(s, lenb, 8);
+    for (i = 0; i < 8; i++) {
+        out[4 * i] = (unsigned char)(s->h[i] >> 24);
+        out[4 * i + 1] = (unsigned char)(s->h[i] >> 16);
+        out[4 * i + 2] = (unsigned char)(s->h[i] >> 8);
+        out[4 * i + 3] = (unsigned char)s->h[i];
+    }
+}
+
+/* HMAC-SHA256 (RFC 2104) with the key already padded into ipad/opad states. */
+struct hmac_key { struct sha256 inner, outer; };
+
+static void
+hmac_key_init(struct hmac_key *k, const void *key, size_t keylen)
+{
+    unsigned char kb[64], pad[64];
+    int i;
+    memset(kb, 0, sizeof kb);
+    if (keylen > 64) {
+        struct sha256 s;
+        sha256_init(&s);
+        sha256_update(&s, key, keylen);
+        sha256_final(&s, kb);
+    } else {
+        memcpy(kb, key, keylen);
+    }
+    for (i = 0; i < 64; i++) pad[i] = kb[i] ^ 0x36;
+    sha256_init(&k->inner);
+    sha256_update(&k->inner, pad, 64);
+    for (i = 0; i < 64; i++) pad[i] = kb[i] ^ 0x5c;
+    sha256_init(&k->outer);
+    sha256_update(&k->outer, pad, 64);
+}
+
+static void
+hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char out[32])
+{
+    struct sha256 s = k->inner;
+    unsigned char ih[32];
+    sha256_update(&s, msg, n);
+    sha256_final(&s, ih);
+    s = k->outer;
+    sha256_update(&s, ih, 32);
+    sha256_final(&s, out);
+}
+
+/* PBKDF2-HMAC-SHA256 (RFC 8018 5.2), one 32-byte block. */
+static void
+pbkdf2_sha256(const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter,
+              unsigned char out[32])
+{
+    struct hmac_key k;
+    unsigned char msg[64 + 4], u[32];
+    unsigned i;
+    int j;
+    hmac_key_init(&k, pass, strlen(pass));
+    if (saltlen > 64) saltlen = 64;
+    memcpy(msg, salt, saltlen);
+    msg[saltlen] = 0; msg[saltlen + 1] = 0; msg[saltlen + 2] = 0; msg[saltlen + 3] = 1;
+    hmac_sha256(&k, msg, saltlen + 4, u);
+    memcpy(out, u, 32);
+    for (i = 1; i < iter; i++) {
+        hmac_sha256(&k, u, 32, u);
+        for (j = 0; j < 32; j++) out[j] ^= u[j];
+    }
+}
+
+/* ---- base64 (RFC 4648), used by SASL and password hashes ---- */
+static const char b64_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static size_t
+b64_encode(const unsigned char *in, size_t n, char *out, int pad)
+{
+    size_t i, o = 0;
+    for (i = 0; i + 2 < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+        out[o++] = b64_chars[v >> 18]; out[o++] = b64_chars[(v >> 12) & 63];
+        out[o++] = b64_chars[(v >> 6) & 63]; out[o++] = b64_chars[v & 63];
+    }
+    if (i < n) {
+        uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+        out[o++] = b64_chars[v >> 18];
+        out[o++] = b64_chars[(v >> 12) & 63];
+        if (i + 1 < n) out[o++] = b64_chars[(v >> 6) & 63];
+        else if (pad) out[o++] = '=';
+        if (pad) out[o++] = '=';
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* Decodes strictly (no whitespace, optional padding); -1 on bad input. */
+static long
+b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
+{
+    uint32_t v = 0;
+    size_t o = 0, i, bits = 0;
+    while (n && in[n - 1] == '=') n--;
+    for (i = 0; i < n; i++) {
+        const char *c = strchr(b64_chars, in[i]);
+        if (!in[i] || !c) return -1;
+        v = (v << 6) | (uint32_t)(c - b64_chars);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (o >= outmax) return -1;
+            out[o++] = (unsigned char)(v >> bits);
+        }
+    }
+    if (bits >= 6) return -1; /* a lone trailing character */
+    return (long)o;
+}
+
+/* ---- password hashes: $pbkdf2-sha256$ITER$SALT$HASH (base64, no padding) ---- */
+#define MS_HASH_PREFIX "$pbkdf2-sha256$"
+
+static void
+pass_hash(const char *pass, unsigned iter, char *out, size_t n)
+{
+    unsigned char salt[16], dk[32];
+    char s64[32], h64[48];
+    os_random(salt, sizeof salt);
+    pbkdf2_sha256(pass, salt, sizeof salt, iter, dk);
+    b64_encode(salt, sizeof salt, s64, 0);
+    b64_encode(dk, sizeof dk, h64, 0);
+    snprintf(out, n, MS_HASH_PREFIX "%u$%s$%s", iter, s64, h64);
+}
+
+static int
+pass_is_hash(const char *stored)
+{
+    return strncmp(stored, MS_HASH_PREFIX, sizeof MS_HASH_PREFIX - 1) == 0;
+}
+
+/* Parses a stored hash; 0 if well formed. */
+static int
+pass_parse_hash(const char *stored, unsigned *iter, unsigned char *salt, size_t *saltlen,
+                unsigned char hash[32])
+{
+    const char *p = stored + sizeof MS_HASH_PREFIX - 1, *d1, *d2;
+    char *end;
+    unsigned long it;
+    long sl, hl;
+    if (!pass_is_hash(stored)) return -1;
+    it = strtoul(p, &end, 10);
+    if (end == p || *end != '$' || it < 1 || it > 10000000UL) return -1;
+    d1 = end + 1;
+    d2 = strchr(d1, '$');
+    if (!d2) return -1;
+    sl = b64_decode(d1, (size_t)(d2 - d1), salt, 64);
+    hl = b64_decode(d2 + 1, strlen(d2 + 1), hash, 32);
+    if (sl < 1 || hl != 32) return -1;
+    *iter = (unsigned)it;
+    *saltlen = (size_t)sl;
+    return 0;
+}
+
+static int
+pass_verify(const char *stored, const char *given)
+{
+    unsigned char salt[64], want[32], got[32];
+    size_t saltlen;
+    unsigned iter;
+    if (!pass_is_hash(stored)) return ms_secret_eq(stored, strlen(stored), given, strlen(given));
+    if (pass_parse_hash(stored, &iter, salt, &saltlen, want) != 0) return 0;
+    pbkdf2_sha256(given, salt, saltlen, iter, got);
+    return ms_secret_eq(want, 32, got, 32);
+}
+
+/* The rule `mailsrv add` enforces for new passwords. */
+static const char *
+pass_policy(const char *p)
+{
+    int up = 0, lo = 0, dig = 0;
+    const char *s;
+    if (strlen(p) < 8) return "the password needs at least 8 characters";
+    for (s = p; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c == 0x7f) return "the password contains a control character";
+        if (isupper(c)) up = 1;
+        if (islower(c)) lo = 1;
+        if (isdigit(c)) dig = 1;
+    }
+    if (!up || !lo || !dig) return "the password needs upper case, lower case and a digit";
+    return NULL;
+}
+
+/*==== 5. Config ====*/
+/*
+ * The inih callback fills a struct ms_config; cfg_validate() then checks what
+ * needs the whole file (postmaster, alias members). A reload builds a new
+ * config and swaps it in only if it is valid. Sessions never keep pointers
+ * into the config, so a swap is safe at any time.
+ */
+
+enum { STORE_MAILDIR, STORE_MBOX };
+enum { PT_NO, PT_YES, PT_LOCAL };
+enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
+static const char *const proto_names[] = {"smtp", "submission", "pop3"};
+
+struct cfg_listen { int proto; int family; char addr[64]; unsigned port; int optional; };
+struct cfg_user { char *name; char *pass; int line; };
+struct cfg_alias { char *name; char *members; int line; };
+struct cfg_domain {
+    char *name;
+    struct cfg_user *users; int nusers;
+    struct cfg_alias *aliases; int naliases;
+    int line, alias_line;
+};
+
+struct ms_config {
+    char *path;            /* as given, for messages */
+    char *dir;             /* the INI's folder: base of relative paths */
+    char hostname[256];
+    struct cfg_listen listen[MS_MAX_LISTENERS]; int nlisten;
+    int storage;
+    char spool[1024];
+    int64_t max_message_size;
+    long max_recipients, max_clients, timeout;
+    int plaintext_auth, capture;
+    struct cfg_domain *domains; int ndomains;
+    struct buf errors;     /* "FILE:LINE: reason\n" lines */
+    int nerrors;
+};
+
+static void
+cfg_error(struct ms_config *c, int line, const char *fmt, ...)
+{
+    va_list ap;
+    if (line > 0) buf_printf(&c->errors, "%s:%d: ", c->path, line);
+    else buf_printf(&c->errors, "%s: ", c->path);
+    va_start(ap, fmt);
+    buf_vprintf(&c->errors, fmt, ap);
+    va_end(ap);
+    buf_adds(&c->errors, "\n");
+    c->nerrors++;
+}
+
+/* ---- value parsers: 0 on success, else a reason in err ---- */
+typedef int (*cfg_parse_fn)(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+
+static int
+cfg_parse_str(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    (void)c;
+    if (!*v || ms_strlcpy(dst, v, (size_t)arg) != 0) { snprintf(err, n, "empty or too long"); return -1; }
+    return 0;
+}
+
+/* Sizes: bytes with an optional K (1024) or M suffix. */
+static int
+cfg_parse_size(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    char *end;
+    unsigned long long x;
+    (void)c; (void)arg;
+    errno = 0;
+    x = strtoull(v, &end, 10);
+    if (end == v || errno || *v == '-') goto bad;
+    if (*end == 'K' || *end == 'k') { x *= 1024; end++; }
+    else if (*end == 'M' || *end == 'm') { x *= 1024 * 1024; end++; }
+    if (*end || x < 1024 || x > (1ULL << 40)) goto bad;
+    *(int64_t *)dst = (int64_t)x;
+    return 0;
+bad:
+    snprintf(err, n, "'%s' is not a size (a number of bytes of at least 1K, with optional K or M)", v);
+    return -1;
+}
+
+static int
+cfg_parse_count(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    char *end;
+    long x;
+    (void)c;
+    errno = 0;
+    x = strtol(v, &end, 10);
+    if (end == v || *end || errno || x < 1 || x > arg) {
+        snprintf(err, n, "'%s' is not a number from 1 to %ld", v, arg);
+        return -1;
+    }
+    *(long *)dst = x;
+    return 0;
+}
+
+/* Times: seconds, or with an s/m/h/d suffix. */
+static int
+cfg_parse_time(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    char *end;
+    long x, mul = 1;
+    (void)c; (void)arg;
+    errno = 0;
+    x = strtol(v, &end, 10);
+    if (*end == 's') end++;
+    else if (*end == 'm') { mul = 60; end++; }
+    else if (*end == 'h') { mul = 3600; end++; }
+    else if (*end == 'd') { mul = 86400; end++; }
+    if (end == v || *end || errno || x < 1 || x > 365L * 86400 / mul) {
+        snprintf(err, n, "'%s' is not a time (seconds, or with s/m/h/d)", v);
+        return -1;
+    }
+    *(long *)dst = x * mul;
+    return 0;
+}
+
+static int
+cfg_parse_choice(const char *v, const char *const *names, int *dst, char *err, size_t n)
+{
+    int i;
+    for (i = 0; names[i]; i++)
+        if (ms_strcaseeq(v, names[i])) { *dst = i; return 0; }
+    snprintf(err, n, "'%s' is not one of:", v);
+    for (i = 0; names[i]; i++) {
+        size_t l = strlen(err);
+        snprintf(err + l, n - l, " %s", names[i]);
+    }
+    return -1;
+}
+static int
+cfg_parse_storage(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    static const char *const names[] = {"maildir", "mbox", NULL};
+    (void)c; (void)arg;
+    return cfg_parse_choice(v, names, dst, err, n);
+}
+static int
+cfg_parse_plaintext(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    static const char *const names[] = {"no", "yes", "local", NULL};
+    (void)c; (void)arg;
+    return cfg_parse_choice(v, names, dst, err, n);
+}
+static int
+cfg_parse_bool(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    static const char *const names[] = {"no", "yes", NULL};
+    (void)c; (void)arg;
+    return cfg_parse_choice(v, names, dst, err, n);
+}
+
+static int
+cfg_add_listen(struct ms_config *c, int proto, int family, const char *addr, unsigned port, int optional)
+{
+    struct cfg_listen *l;
+    if (c->nlisten >= MS_MAX_LISTENERS) return -1;
+    l = &c->listen[c->nlisten++];
+    l->proto = proto;
+    l->family = family;
+    ms_strlcpy(l->addr, addr, sizeof l->addr);
+    l->port = port;
+    l->optional = optional;
+    return 0;
+}
+
+/* "ADDR:PORT, [V6]:PORT, :PORT" - addresses are numeric (no DNS here). */
+static int
+cfg_parse_listen(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n)
+{
+    char tmp[256], *item, *save = NULL;
+    (void)dst;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0) { snprintf(err, n, "too long"); return -1; }
+    for (item = strtok_r(tmp, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *s = ms_trim(item), *colon, *host, *end;
+        unsigned long port;
+        unsigned char abuf[16];
+        int family;
+        if (*s == '[') {
+            char *rb = strchr(s, ']');
+            if (!rb || rb[1] != ':') goto bad;
+            *rb = 0;
+            host = s + 1;
+            colon = rb + 1;
+        } else {
+            colon = strrchr(s, ':');
+            if (!colon) goto bad;
+            *colon = 0;
+            host = s;
+        }
+        port = strtoul(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || port < 1 || port > 65535) goto bad;
+        if (!*host) {
+            if (cfg_add_listen(c, (int)proto, AF_INET, "0.0.0.0", (unsigned)port, 0) ||
+                cfg_add_listen(c, (int)proto, AF_INET6, "::", (unsigned)port, 1))
+                goto many;
+            continue;
+        }
+        if (inet_pton(AF_INET, host, abuf) == 1) family = AF_INET;
+        else if (inet_pton(AF_INET6, host, abuf) == 1) family = AF_INET6;
+        else if (ms_strcaseeq(host, "localhost")) { host = "127.0.0.1"; family = AF_INET; }
+        else { snprintf(err, n, "'%s' is not a numeric IPv4 or [IPv6] address", host); return -1; }
+        if (cfg_add_listen(c, (int)proto, family, host, (unsigned)port, 0)) goto many;
+    }
+    return 0;
+bad:
+    snprintf(err, n, "'%s' is not a list of [address]:port", v);
+    return -1;
+many:
+    snprintf(err, n, "more than %d listeners", MS_MAX_LISTENERS);
+    return -1;
+}
+
+static int
+cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    int r;
+    if (!*v) { snprintf(err, n, "empty path"); return -1; }
+    if (v[0] == '/' || !c->dir[0]) r = ms_fmt(dst, (size_t)arg, "%s", v);
+    else r = ms_fmt(dst, (size_t)arg, "%s%c%s", c->dir, MS_DIRSEP, v);
+    if (r < 0) { snprintf(err, n, "path too long"); return -1; }
+    return 0;
+}
+
+/* [server] keys: adding a key is one line here plus a field in ms_config. */
+static const struct cfg_key {
+    const char *name;
+    cfg_parse_fn parse;
+    size_t off;
+    long arg;
+} cfg_server_keys[] = {
+    {"hostname", cfg_parse_str, offsetof(struct ms_config, hostname), 256},
+    {"smtp", cfg_parse_listen, 0, PROTO_SMTP},
+    {"submission", cfg_parse_listen, 0, PROTO_SUBMISSION},
+    {"pop3", cfg_parse_listen, 0, PROTO_POP3},
+    {"storage", cfg_parse_storage, offsetof(struct ms_config, storage), 0},
+    {"spool", cfg_parse_path, offsetof(struct ms_config, spool), 1024},
+    {"max_message_size", cfg_parse_size, offsetof(struct ms_config, max_message_size), 0},
+    {"max_recipients", cfg_parse_count, offsetof(struct ms_config, max_recipients), 100000},
+    {"max_clients", cfg_parse_count, offsetof(struct ms_config, max_clients), 100000},
+    {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
+    {"plaintext_auth", cfg_parse_plaintext, offsetof(struct ms_config, plaintext_auth), 0},
+    {"capture", cfg_parse_bool, offsetof(struct ms_config, capture), 0},
+};
+
+/* A local part or domain label that is safe as one path component. */
+static int
+cfg_safe_component(const char *s, size_t max)
+{
+    size_t n = strlen(s), i;
+    if (n == 0 || n > max || s[0] == '.') return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '\\' || ch == ':' || ch == '"' ||
+            ch == '*' || ch == '?' || ch == '<' || ch == '>' || ch == '|' || ch == '@' ||
+            ch == ',' || ch == ';' || ch == '%' || ch == '!' || ch == '(' || ch == ')' ||
+            ch == '[' || ch == ']')
+            return 0;
+        if (ch == '.' && s[i + 1] == '.') return 0;
+    }
+    return 1;
+}
+
+static int
+cfg_valid_domain(const char *s)
+{
+    size_t i, n = strlen(s);
+    if (n == 0 || n > MS_DOMAIN_MAX || s[0] == '.' || s[0] == '-' || s[n - 1] == '.') return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!(isalnum(ch) || ch == '-' || ch == '.' || ch == '_')) return 0;
+        if (ch == '.' && s[i + 1] == '.') return 0;
+    }
+    return 1;
+}
+
+static struct cfg_domain *
+cfg_find_domain(const struct ms_config *c, const char *name)
+{
+    int i;
+    size_t n = strlen(name);
+    if (n && name[n - 1] == '.') n--; /* "example.org." is the same domain */
+    for (i = 0; i < c->ndomains; i++)
+        if (strlen(c->domains[i].name) == n && ms_strncaseeq(c->domains[i].name, name, n))
+            return &c->domains[i];
+    return NULL;
+}
+
+static struct cfg_user *
+cfg_find_user(const struct cfg_domain *d, const char *name)
+{
+    int i;
+    for (i = 0; i < d->nusers; i++)
+        if (ms_strcaseeq(d->users[i].name, name)) return &d->users[i];
+    return NULL;
+}
+
+static struct cfg_alias *
+cfg_find_alias(const struct cfg_domain *d, const char *name)
+{
+    int i;
+    for (i = 0; i < d->naliases; i++)
+        if (ms_strcaseeq(d->aliases[i].name, name)) return &d->aliases[i];
+    return NULL;
+}
+
+static struct cfg_domain *
+cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
+{
+    struct cfg_domain *d = cfg_find_domain(c, dname);
+    char low[MS_DOMAIN_MAX + 1];
+    if (d) return d;
+    if (!cfg_valid_domain(dname) || ms_strlcpy(low, dname, sizeof low) != 0) {
+        cfg_error(c, line, "'%s' is not a valid domain name", dname);
+        return NULL;
+    }
+    ms_lower(low);
+    c->domains = xrealloc(c->domains, sizeof *c->domains * (size_t)(c->ndomains + 1));
+    d = &c->domains[c->ndomains++];
+    memset(d, 0, sizeof *d);
+    d->name = xstrdup(low);
+    d->line = line;
+    return d;
+}
+
+static int
+cfg_on_key(void *user, const char *section, const char *name, const char *value, int line)
+{
+    struct ms_config *c = user;
+    char err[256];
+    if (ms_strcaseeq(section, "server")) {
+        size_t i;
+        for (i = 0; i < sizeof cfg_server_keys / sizeof cfg_server_keys[0]; i++) {
+            const struct cfg_key *k = &cfg_server_keys[i];
+            if (!ms_strcaseeq(name, k->name)) continue;
+            err[0] = 0;
+            if (k->parse(c, value, (char *)c + k->off, k->arg, err, sizeof err) != 0)
+                cfg_error(c, line, "%s: %s", k->name, err);
+            return 1;
+        }
+        cfg_error(c, line, "unknown key '%s' in [server]", name);
+    } else if (ms_strncaseeq(section, "domain ", 7) || ms_strncaseeq(section, "alias ", 6)) {
+        int is_alias = section[0] == 'a' || section[0] == 'A';
+        const char *dname = section + (is_alias ? 6 : 7);
+        struct cfg_domain *d;
+        char key[MS_LOCAL_MAX + 1];
+        while (*dname == ' ') dname++;
+        if (!(d = cfg_domain_for_section(c, dname, line))) return 1;
+        if (ms_strlcpy(key, name, sizeof key) != 0 ||
+            !(cfg_safe_component(key, MS_LOCAL_MAX) || (is_alias && strcmp(key, "*") == 0))) {
+            cfg_error(c, line, "'%s' is not a valid local part", name);
+            return 1;
+        }
+        ms_lower(key);
+        if (cfg_find_user(d, key) || cfg_find_alias(d, key)) {
+            cfg_error(c, line, "'%s@%s' is defined twice", key, d->name);
+            return 1;
+        }
+        if (!*value) {
+            cfg_error(c, line, "'%s' has no %s", key, is_alias ? "members" : "password");
+            return 1;
+        }
+        if (is_alias) {
+            d->aliases = xrealloc(d->aliases, sizeof *d->aliases * (size_t)(d->naliases + 1));
+            d->aliases[d->naliases].name = xstrdup(key);
+            d->aliases[d->naliases].members = xstrdup(value);
+            d->aliases[d->naliases++].line = line;
+            if (!d->alias_line) d->alias_line = line;
+        } else {
+            unsigned char salt[64], hash[32];
+            size_t sl;
+            unsigned it;
+            if (pass_is_hash(value) && pass_parse_hash(value, &it, salt, &sl, hash) != 0) {
+                cfg_error(c, line, "the password hash of '%s' is malformed", key);
+                return 1;
+            }
+            d->users = xrealloc(d->users, sizeof *d->users * (size_t)(d->nusers + 1));
+            d->users[d->nusers].name = xstrdup(key);
+            d->users[d->nusers].pass = xstrdup(value);
+            d->users[d->nusers++].line = line;
+        }
+    } else {
+        cfg_error(c, line, "unknown section [%s]", section);
+    }
+    return 1;
+}
+
+static void
+cfg_free(struct ms_config *c)
+{
+    int i, j;
+    if (!c) return;
+    for (i = 0; i < c->ndomains; i++) {
+        struct cfg_domain *d = &c->domains[i];
+        for (j = 0; j < d->nusers; j++) { free(d->users[j].name); free(d->users[j].pass); }
+        for (j = 0; j < d->naliases; j++) { free(d->aliases[j].name); free(d->aliases[j].members); }
+        free(d->users);
+        free(d->aliases);
+        free(d->name);
+    }
+    free(c->domains);
+    free(c->path);
+    free(c->dir);
+    buf_free(&c->errors);
+    free(c);
+}
+
+/* ---- address resolution: local part + domain -> mailboxes ---- */
+struct targets { char (*v)[MS_PATH_MAX]; int n, cap; };
+
+static void
+targets_add(struct targets *t, const char *user, const char *domain)
+{
+    char a[MS_PATH_MAX];
+    int i;
+    if (ms_fmt(a, sizeof a, "%s@%s", user, domain) < 0) return;
+    ms_lower(a);
+    for (i = 0; i < t->n; i++)
+        if (strcmp(t->v[i], a) == 0) return; /* one copy per mailbox */
+    if (t->n == t->cap) {
+        t->cap = t->cap ? t->cap * 2 : 4;
+        t->v = xrealloc(t->v, sizeof *t->v * (size_t)t->cap);
+    }
+    memcpy(t->v[t->n++], a, sizeof a);
+}
+
+enum { RES_OK = 0, RES_UNKNOWN = -1, RES_NONLOCAL = -2, RES_LOOP = -3 };
+
+static int cfg_resolve(const struct ms_config *c, const char *local, const char *domain,
+                       struct targets *out, int depth);
+
+/* Expands an alias's comma-separated members (bare names mean the alias's domain). */
+static int
+cfg_expand_members(const struct ms_config *c, const char *members, const char *domain,
+                   struct targets *out, int depth)
+{
+    char tmp[1024], *item, *save = NULL;
+    if (ms_strlcpy(tmp, members, sizeof tmp) != 0) return RES_UNKNOWN;
+    for (item = strtok_r(tmp, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+        char *m = ms_trim(item), *at = strrchr(m, '@');
+        int r;
+        if (!*m) continue;
+        if (at) { *at = 0; r = cfg_resolve(c, m, at + 1, out, depth + 1); }
+        else r = cfg_resolve(c, m, domain, out, depth + 1);
+        if (r != RES_OK) return r;
+    }
+    return RES_OK;
+}
+
+static int
+cfg_resolve(const struct ms_config *c, const char *local, const char *domain, struct targets *out,
+            int depth)
+{
+    const struct cfg_domain *d;
+    const struct cfg_alias *a;
+    if (depth > MS_ALIAS_DEPTH) return RES_LOOP;
+    if (!cfg_safe_component(local, MS_LOCAL_MAX)) return RES_UNKNOWN;
+    if (!(d = cfg_find_domain(c, domain))) return RES_NONLOCAL;
+    if (cfg_find_user(d, local)) { targets_add(out, local, d->name); return RES_OK; }
+    if ((a = cfg_find_alias(d, local)) || (a = cfg_find_alias(d, "*")))
+        return cfg_expand_members(c, a->members, d->name, out, depth);
+    return RES_UNKNOWN;
+}
+
+static void
+cfg_validate(struct ms_config *c)
+{
+    int i, j, k;
+    if (!c->nlisten) cfg_error(c, 0, "no listener: set smtp, submission or pop3 in [server]");
+    for (i = 0; i < c->nlisten; i++)
+        for (j = 0; j < i; j++)
+            if (c->listen[i].port == c->listen[j].port && c->listen[i].family == c->listen[j].family &&
+                strcmp(c->listen[i].addr, c->listen[j].addr) == 0)
+                cfg_error(c, 0, "%s and %s both listen on %s port %u", proto_names[c->listen[j].proto],
+                          proto_names[c->listen[i].proto], c->listen[i].addr, c->listen[i].port);
+    if (!c->ndomains && !c->capture) cfg_error(c, 0, "no [domain NAME] section: no mail can be delivered");
+    for (i = 0; i < c->ndomains; i++) {
+        struct cfg_domain *d = &c->domains[i];
+        for (j = 0; j < d->naliases; j++) {
+            struct targets t = {0};
+            int r = cfg_expand_members(c, d->aliases[j].members, d->name, &t, 0);
+            if (r == RES_NONLOCAL)
+                cfg_error(c, d->aliases[j].line, "'%s@%s' names a member outside the local domains "
+                          "(relaying is not supported yet)", d->aliases[j].name, d->name);
+            else if (r == RES_LOOP)
+                cfg_error(c, d->aliases[j].line, "'%s@%s' is part of an alias loop", d->aliases[j].name, d->name);
+            else if (r != RES_OK)
+                cfg_error(c, d->aliases[j].line, "'%s@%s' names a member that is neither a mailbox nor an alias",
+                          d->aliases[j].name, d->name);
+            free(t.v);
+        }
+        for (k = 0; k < d->nusers; k++)
+            if (cfg_find_alias(d, d->users[k].name))
+                cfg_error(c, d->users[k].line, "'%s@%s' is both a mailbox and an alias", d->users[k].name, d->name);
+        /* RFC 5321 4.5.1: postmaster must work for every domain */
+        if (!cfg_find_user(d, "postmaster") && !cfg_find_alias(d, "postmaster"))
+            cfg_error(c, d->line, "domain %s has no postmaster: add 'postmaster = USER' to [alias %s] "
+                      "(RFC 5321 4.5.1)", d->name, d->name);
+    }
+}
+
+static struct ms_config *
+cfg_new(const char *path)
+{
+    struct ms_config *c = xrealloc(NULL, sizeof *c);
+    const char *slash = strrchr(path, '/');
+    memset(c, 0, sizeof *c);
+    c->path = xstrdup(path);
+    c->dir = xstrdup(path);
+    if (slash) c->dir[slash - path] = 0;
+    else c->dir[0] = 0;
+    if (slash == path) ms_strlcpy(c->dir, "/", 2);
+    ms_strlcpy(c->hostname, "localhost", sizeof c->hostname);
+    c->storage = STORE_MAILDIR;
+    if (ms_fmt(c->spool, sizeof c->spool, "%s%sspool", c->dir, c->dir[0] ? "/" : "") < 0)
+        ms_strlcpy(c->spool, "spool", sizeof c->spool);
+    c->max_message_size = MS_DEF_MAX_MESSAGE;
+    c->max_recipients = MS_DEF_MAX_RCPT;
+    c->max_clients = MS_DEF_MAX_CLIENTS;
+    c->timeout = MS_DEF_TIMEOUT;
+    c->plaintext_auth = PT_LOCAL;
+    return c;
+}
+
+/* Loads from a file (text == NULL) or from text. Always returns a config;
+ * check c->nerrors. */
+static struct ms_config *
+cfg_load(const char *path, const char *text)
+{
+    struct ms_config *c = cfg_new(path);
+    int r = text ? ini_parse_string(text, cfg_on_key, c) : ini_parse(path, cfg_on_key, c);
+    if (r == -1) cfg_error(c, 0, "cannot open: %s", strerror(errno));
+    else if (r == -2) cfg_error(c, 0, "out of memory");
+    else if (r > 0) /* inih reports syntax errors and lines over its 200-byte limit */
+        cfg_error(c, r, "syntax error (expected [section] or key = value, at most 199 characters)");
+    if (!c->nerrors) cfg_validate(c);
+    return c;
+}
+
+static int
+cfg_listens_beyond_loopback(const struct ms_config *c)
+{
+    int i;
+    for (i = 0; i < c->nlisten; i++)
+        if (strncmp(c->listen[i].addr, "127.", 4) != 0 && strcmp(c->listen[i].addr, "::1") != 0) return 1;
+    return 0;
+}
+
+/* ---- INI editing for `add` and `del`: every other byte stays as it was ---- */
+
+static char *
+cfg_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    struct buf b = {0};
+    char chunk[4096];
+    size_t n;
+    if (!f) return NULL;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
+    fclose(f);
+    if (!b.p) buf_adds(&b, "");
+    *len = b.len;
+    return b.p;
+}
+
+/* Writes a whole file atomically: temp file, fsync, rename over. */
+static int
+cfg_write_file(const char *path, const char *data, size_t len)
+{
+    char tmp[1100];
+    int fd;
+    struct stat sb;
+    mode_t mode = 0600;
+    if (stat(path, &sb) == 0) mode = sb.st_mode & 07777;
+    if (ms_fmt(tmp, sizeof tmp, "%s.tmp%lu", path, os_pid()) < 0) return -1;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    if (fd < 0) return -1;
+    if (os_write_all(fd, data, len) < 0 || os_fsync(fd) != 0) { close(fd); os_unlink(tmp); return -1; }
+    if (close(fd) != 0 || os_rename(tmp, path) != 0) { os_unlink(tmp); return -1; }
+    return 0;
+}
+
+/* Finds "[domain NAME]" and the span of its lines. Offsets into text. */
+struct ini_span { size_t head, body_end, last_key_end; int found; };
+
+static const char *
+ini_line_end(const char *p, const char *end)
+{
+    const char *nl = memchr(p, '\n', (size_t)(end - p));
+    return nl ? nl + 1 : end;
+}
+
+static void
+ini_find_section(const char *text, size_t len, const char *kind, const char *name, struct ini_span *sp)
+{
+    const char *p = text, *end = text + len;
+    int in = 0;
+    memset(sp, 0, sizeof *sp);
+    while (p < end) {
+        const char *e = ini_line_end(p, end), *s = p;
+        while (s < e && (*s == ' ' || *s == '\t')) s++;
+        if (s < e && *s == '[') {
+            char sec[300];
+            const char *rb = memchr(s, ']', (size_t)(e - s));
+            if (in) { sp->body_end = (size_t)(p - text); return; }
+            if (rb && (size_t)(rb - s - 1) < sizeof sec) {
+                char *t;
+                memcpy(sec, s + 1, (size_t)(rb - s - 1));
+                sec[rb - s - 1] = 0;
+                t = ms_trim(sec);
+                if (ms_strncaseeq(t, kind, strlen(kind)) && t[strlen(kind)] == ' ' &&
+                    ms_strcaseeq(ms_trim(t + strlen(kind) + 1), name)) {
+                    in = sp->found = 1;
+                    sp->head = (size_t)(p - text);
+                    sp->last_key_end = (size_t)(e - text);
+                }
+            }
+        } else if (in && s < e && *s != ';' && *s != '#' && *s != '\r' && *s != '\n') {
+            sp->last_key_end = (size_t)(e - text);
+        }
+        p = e;
+    }
+    if (in) sp->body_end = len;
+}
+
+/* Name of the key on the line at p, lower-cased, or "" */
+static void
+ini_line_key(const char *p, const char *e, char *key, size_t n)
+{
+    const char *s = p, *eq;
+    size_t k;
+    key[0] = 0;
+    while (s < e && (*s == ' ' || *s == '\t')) s++;
+    eq = memchr(s, '=', (size_t)(e - s));
+    if (!eq || *s == ';' || *s == '#' || *s == '[') return;
+    while (eq > s && (eq[-1] == ' ' || eq[-1] == '\t')) eq--;
+    k = (size_t)(eq - s);
+    if (k >= n) return;
+    memcpy(key, s, k);
+    key[k] = 0;
+    ms_lower(key);
+}
+
+/* Returns a new text with the mailbox added (or removed); NULL + err if not possible. */
+static char *
+cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *domain, const char *hash,
+                 char *err, size_t errn)
+{
+    struct ini_span sp;
+    struct buf out = {0};
+    ini_find_section(text, len, "domain", domain, &sp);
+    if (hash) {
+        if (!sp.found) {
+            buf_add(&out, text, len);
+            if (len && text[len - 1] != '\n') buf_adds(&out, "\n");
+            buf_printf(&out, "\n[domain %s]\n%s = %s\n", domain, user, hash);
+        } else {
+            buf_add(&out, text, sp.last_key_end);
+            if (sp.last_key_end && text[sp.last_key_end - 1] != '\n') buf_adds(&out, "\n");
+            buf_printf(&out, "%s = %s\n", user, hash);
+            buf_add(&out, text + sp.last_key_end, len - sp.last_key_end);
+        }
+        return out.p;
+    }
+    if (sp.found) {
+        const char *p = text + sp.head, *end = text + sp.body_end;
+        while (p < end) {
+            const char *e = ini_line_end(p, end);
+            char key[MS_LOCAL_MAX + 1];
+            ini_line_key(p, e, key, sizeof key);
+            if (strcmp(key, user) == 0) {
+                buf_add(&out, text, (size_t)(p - text));
+                buf_add(&out, e, (size_t)(text + len - e));
+                return out.p ? out.p : xstrdup("");
+            }
+            p = e;
+        }
+    }
+    snprintf(err, errn, "%s@%s is not a mailbox in this file", user, domain);
+    return NULL;
+}
+
+/*==== 6. Pure parsers ====*/
+/*
+ * No I/O and no globals here: each parser takes bytes and returns a result,
+ * so the unit tests and fuzzers can drive them directly.
+ */
+
+/* Splits "VERB args": copies the verb upper-cased, returns the args. */
+static const char *
+cmd_split(const char *line, char *verb, size_t n)
+{
+    size_t i = 0;
+    while (*line && *line != ' ' && i + 1 < n) verb[i++] = (char)toupper((unsigned char)*line++);
+    verb[i] = 0;
+    if (*line && *line != ' ') { verb[0] = 0; return line; } /* verb too long */
+    while (*line == ' ') line++;
+    return line;
+}
+
+/*
+ * Parses an SMTP path after "FROM:" or "TO:" (RFC 5321 4.1.2): "<>" or
+ * "<[@route,...:]local@domain>". A quoted local part is unquoted; the caller
+ * checks that what comes out is safe. Returns a pointer past the path (to the
+ * ESMTP parameters) or NULL when malformed.
+ */
+static const char *
+smtp_parse_path(const char *s, char *local, char *domain)
+{
+    char addr[MS_PATH_MAX + 1];
+    size_t n = 0;
+    int bracket, quoted = 0;
+    const char *at = NULL;
+    local[0] = domain[0] = 0;
+    while (*s == ' ') s++; /* "MAIL FROM: <a@b>" is common */
+    bracket = *s == '<';
+    if (bracket) s++;
+    if (bracket && *s == '@') { /* source route: accepted and ignored (RFC 5321 C) */
+        const char *colon = strchr(s, ':');
+        if (!colon) return NULL;
+        s = colon + 1;
+    }
+    for (; *s; s++) {
+        if (quoted) {
+            if (*s == '\\' && s[1]) s++;
+            else if (*s == '"') { quoted = 0; continue; }
+        } else if (*s == '"') { quoted = 1; continue; }
+        else if (bracket ? *s == '>' : *s == ' ') break;
+        else if (*s == '<' || *s == '>' || *s == ' ') return NULL;
+        else if (*s == '@') at = addr + n;
+        if (n >= MS_PATH_MAX) return NULL;
+        addr[n++] = *s;
+    }
+    if (quoted || (bracket && *s != '>') || (!bracket && n == 0)) return NULL;
+    if (bracket) s++;
+    addr[n] = 0;
+    if (*s && *s != ' ') return NULL;
+    while (*s == ' ') s++;
+    if (n == 0) return s; /* the null path <> */
+    if (!at) { /* "Postmaster" alone is allowed for RCPT (RFC 5321 4.5.1) */
+        if (n > MS_LOCAL_MAX) return NULL;
+        memcpy(local, addr, n + 1);
+        return s;
+    }
+    if ((size_t)(at - addr) > MS_LOCAL_MAX || strlen(at + 1) > MS_DOMAIN_MAX || at == addr || !at[1])
+        return NULL;
+    memcpy(local, addr, (size_t)(at - addr));
+    local[at - addr] = 0;
+    ms_strlcpy(domain, at + 1, MS_DOMAIN_MAX + 1);
+    return s;
+}
+
+/*
+ * The DATA byte machine (qmail's blast(), hardened against SMTP smuggling,
+ * CVE-2023-51764 class): only CRLF "." CRLF, where the line before ended in
+ * CRLF, ends the message. A bare LF or bare CR is normalised to a line end
+ * (as Postfix 3.9's "normalize") but can never start an end-of-data marker.
+ * Leading dots are unstuffed (RFC 5321 4.5.2). Output is LF-terminated lines.
+ */
+enum { D_BOL, D_TEXT, D_CR, D_DOT, D_DOTCR };
+struct data_rx {
+    int st, strict;        /* strict: this line started after a CRLF */
+    size_t line_len;
+    int64_t lines, bytes;  /* stored lines and bytes */
+    int too_long, bare;    /* a line over 998 octets seen; bare CR/LF seen */
+};
+
+static void
+data_rx_init(struct data_rx *d)
+{
+    memset(d, 0, sizeof *d);
+    d->st = D_BOL;
+    d->strict = 1; /* the DATA command's CRLF */
+}
+
+/* Consumes input, writes at most cap - *olen bytes of output. Sets *done at
+ * the end marker (the bytes after it are not consumed). Returns bytes read. */
+static size_t
+data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done)
+{
+    size_t i = 0, o = *olen;
+    *done = 0;
+    while (i < n && o + 2 <= cap) {
+        unsigned char ch = (unsigned char)in[i];
+        switch (d->st) {
+        case D_BOL:
+            d->line_len = 0;
+            if (ch == '.') { d->st = D_DOT; i++; }
+            else d->st = D_TEXT;
+            break;
+        case D_TEXT:
+            if (ch == '\r') { d->st = D_CR; i++; break; }
+            if (ch == '\n') { /* bare LF */
+                out[o++] = '\n'; d->lines++; d->bare = 1;
+                d->strict = 0; d->st = D_BOL; i++;
+                break;
+            }
+            out[o++] = (char)ch;
+            if (++d->line_len > MS_TEXT_LINE_MAX - 2) d->too_long = 1;
+            i++;
+            break;
+        case D_CR:
+            out[o++] = '\n'; d->lines++;
+            d->st = D_BOL;
+            if (ch == '\n') { d->strict = 1; i++; }
+            else { d->strict = 0; d->bare = 1; } /* bare CR: a line end; ch is read again */
+            break;
+        case D_DOT:
+            if (ch == '\r') { d->st = D_DOTCR; i++; break; }
+            if (ch == '\n') { /* ".\n" is a line holding a dot, never the end */
+                out[o++] = '.'; out[o++] = '\n'; d->lines++; d->bare = 1;
+                d->strict = 0; d->st = D_BOL; i++;
+                break;
+            }
+            d->st = D_TEXT; /* a stuffed dot: dropped */
+            break;
+        case D_DOTCR:
+            if (ch == '\n' && d->strict) { *done = 1; i++; d->bytes += (int64_t)(o - *olen); *olen = o; return i; }
+            out[o++] = '.'; out[o++] = '\n'; d->lines++;
+            d->st = D_BOL;
+            if (ch == '\n') { d->strict = 1; i++; }
+            else { d->strict = 0; d->bare = 1; }
+            break;
+        }
+    }
+    d->bytes += (int64_t)(o - *olen);
+    *olen = o;
+    return i;
+}
+
+/* mboxrd: a line matching ^>*From_ gets one more '>' when stored, loses one when read. */
+static int
+mbox_is_from_line(const char *p, size_t n, int quoted_only)
+{
+    size_t i = 0;
+    while (i < n && p[i] == '>') i++;
+    if (quoted_only && i == 0) return 0;
+    return n - i >= 5 && memcmp(p + i, "From ", 5) == 0;
+}
+
+/* POP3 message number argument: 1..max, digits only (popa3d pop_get_int). */
+static int
+pop_parse_num(const char *s, int max)
+{
+    long v = 0;
+    if (!*s || strlen(s) > 9) return -1;
+    for (; *s; s++) {
+        if (!isdigit((unsigned char)*s)) return -1;
+        v = v * 10 + (*s - '0');
+    }
+    return (v >= 1 && v <= max) ? (int)v : -1;
+}
+
+/* SASL PLAIN (RFC 4616): authzid NUL authcid NUL passwd, base64. */
+static int
+sasl_plain_decode(const char *b64, char *user, size_t ulen, char *pass, size_t plen)
+{
+    unsigned char raw[768];
+    long n = b64_decode(b64, strlen(b64), raw, sizeof raw - 1);
+    const char *authz, *authc, *pw;
+    size_t i, nul1, nul2;
+    if (n < 3) return -1;
+    raw[n] = 0;
+    for (i = 0; i < (size_t)n && raw[i]; i++) {}
+    nul1 = i;
+    for (i = nul1 + 1; i < (size_t)n && raw[i]; i++) {}
+    nul2 = i;
+    if (nul1 >= (size_t)n || nul2 >= (size_t)n) return -1;
+    authz = (const char *)raw;
+    authc = (const char *)raw + nul1 + 1;
+    pw = (const char *)raw + nul2 + 1;
+    if (strlen(pw) != (size_t)n - nul2 - 1) return -1; /* a third NUL */
+    if (*authz && strcmp(authz, authc) != 0) return -1; /* no proxy logins */
+    if (ms_strlcpy(user, authc, ulen) != 0 || ms_strlcpy(pass, pw, plen) != 0) return -1;
+    return 0;
+}
+
+/*==== 7. Storage ====*/
+/*
+ * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
+ * ends, Return-Path and Received on top) and fsynced. Maildir: hard link into
+ * SPOOL/DOMAIN/USER/new/NAME,S=bytes,W=crlf-bytes and fsync new/. mbox:
+ * append to SPOOL/DOMAIN/USER.mbox under an fcntl lock, fsync, then record
+ * the committed length in SPOOL/DOMAIN/.USER.mbox.len; a tail past that
+ * length is a crashed append and is cut off before the next use, so a half
+ * message is never visible. If any recipient fails, the ones already done are
+ * rolled back and the client gets 451, so a retry creates no duplicates.
+ *
+ * The POP3 view is a snapshot of the mailbox taken at login.
+ */
+
+/* Reads a file region as lines; a line longer than the buffer comes in pieces. */
+#define LR_BUF 16384
+struct line_reader { int fd; int64_t pos, end; char *buf; size_t blen, boff; };
+
+static void
+lr_init(struct line_reader *lr, int fd, int64_t start, int64_t end)
+{
+    lr->fd = fd;
+    lr->pos = start;
+    lr->end = end;
+    lr->buf = xrealloc(NULL, LR_BUF);
+    lr->blen = lr->boff = 0;
+}
+static void lr_free(struct line_reader *lr) { free(lr->buf); lr->buf = NULL; }
+
+/* 1 with a line (*complete = it ended with LF, which is not included), 0 at
+ * the end, -1 on a read error. *off is the line's file offset. */
+static int
+lr_next(struct line_reader *lr, const char **line, size_t *len, int *complete, int64_t *off)
+{
+    char *nl;
+    if (lr->boff >= lr->blen || !memchr(lr->buf + lr->boff, '\n', lr->blen - lr->boff)) {
+        size_t keep = lr->blen - lr->boff;
+        long r;
+        int64_t want = lr->end - lr->pos;
+        memmove(lr->buf, lr->buf + lr->boff, keep);
+        lr->blen = keep;
+        lr->boff = 0;
+        if (want > (int64_t)(LR_BUF - keep)) want = (int64_t)(LR_BUF - keep);
+        if (want > 0) {
+            r = os_pread(lr->fd, lr->buf + keep, (size_t)want, lr->pos);
+            if (r < 0) return -1;
+            lr->pos += r;
+            lr->blen += (size_t)r;
+        }
+        if (lr->blen == 0) return 0;
+    }
+    *off = lr->pos - (int64_t)lr->blen + (int64_t)lr->boff;
+    *line = lr->buf + lr->boff;
+    nl = memchr(lr->buf + lr->boff, '\n', lr->blen - lr->boff);
+    if (nl) {
+        *len = (size_t)(nl - *line);
+        *complete = 1;
+        lr->boff += *len + 1;
+    } else {
+        *len = lr->blen - lr->boff;
+        *complete = 0;
+        lr->boff = lr->blen;
+    }
+    return 1;
+}
+
+/* ---- Maildir ---- */
+
+/* mkdir that fsyncs the parent when it created something. */
+static int
+store_mkdir(const char *path, const char *parent)
+{
+    if (os_mkdir(path) == 0) return os_fsync_dir(parent);
+    return errno == EEXIST ? 0 : -1;
+}
+
+static int
+store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, char *user_out, size_t un)
+{
+    const char *at = strchr(addr, '@');
+    if (!at || (size_t)(at - addr) >= un) return -1;
+    memcpy(user_out, addr, (size_t)(at - addr));
+    user_out[at - addr] = 0;
+    if (ms_fmt(dom_dir, dn, "%s/%s", spool, at + 1) < 0) return -1;
+    return store_mkdir(dom_dir, spool);
+}
+
+static int
+mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
+{
+    char dom[1100], user[MS_LOCAL_MAX + 1], udir[1200], sub[1300];
+    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0) return -1;
+    if (ms_fmt(udir, sizeof udir, "%s/%s", dom, user) < 0 || store_mkdir(udir, dom) != 0) return -1;
+    if (ms_fmt(sub, sizeof sub, "%s/tmp", udir) < 0 || store_mkdir(sub, udir) != 0) return -1;
+    if (ms_fmt(sub, sizeof sub, "%s/cur", udir) < 0 || store_mkdir(sub, udir) != 0) return -1;
+    if (ms_fmt(newdir, n, "%s/new", udir) < 0 || store_mkdir(newdir, udir) != 0) return -1;
+    return 0;
+}
+
+/* ---- mbox ---- */
+
+static int
+mbox_paths(const char *spool, const char *addr, char *mbox, size_t mn, char *lenf, size_t ln, char *dir, size_t dn)
+{
+    char user[MS_LOCAL_MAX + 1];
+    if (store_user_dir(spool, addr, dir, dn, user, sizeof user) != 0) return -1;
+    if (ms_fmt(mbox, mn, "%s/%s.mbox", dir, user) < 0 || ms_fmt(lenf, ln, "%s/.%s.mbox.len", dir, user) < 0)
+        return -1;
+    return 0;
+}
+
+/* The committed length of an mbox: the recorded one if it belongs to this
+ * very file (same inode) and is not past its end, else the whole file. */
+static int64_t
+mbox_committed(const char *lenf, int fd)
+{
+    struct os_stat st;
+    char txt[64];
+    unsigned long long ino, len;
+    FILE *f;
+    if (os_fstat(fd, &st) != 0) return -1;
+    f = fopen(lenf, "r");
+    if (!f) return st.size;
+    if (!fgets(txt, sizeof txt, f) || sscanf(txt, "%llu %llu", &ino, &len) != 2 || ino != st.ino ||
+        (int64_t)len > st.size)
+        len = (unsigned long long)st.size;
+    fclose(f);
+    return (int64_t)len;
+}
+
+static int
+mbox_set_committed(const char *lenf, int fd, int64_t len)
+{
+    struct os_stat st;
+    char txt[64];
+    int lf, r, created = 0;
+    struct os_stat ls;
+    if (os_fstat(fd, &st) != 0) return -1;
+    snprintf(txt, sizeof txt, "%llu %020llu\n", (unsigned long long)st.ino, (unsigned long long)len);
+    if (os_stat(lenf, &ls) != 0) created = 1;
+    lf = os_open(lenf, O_WRONLY | O_CREAT, 0600);
+    if (lf < 0) return -1;
+    r = (lseek(lf, 0, SEEK_SET) < 0 ||
+         os_write_all(lf, txt, strlen(txt)) < 0 || os_truncate(lf, (int64_t)strlen(txt)) != 0 ||
+         os_fsync(lf) != 0) ? -1 : 0;
+    os_close(lf);
+    if (r == 0 && created) {
+        char dir[1100];
+        const char *slash = strrchr(lenf, '/');
+        if (slash && (size_t)(slash - lenf) < sizeof dir) {
+            memcpy(dir, lenf, (size_t)(slash - lenf));
+            dir[slash - lenf] = 0;
+            r = os_fsync_dir(dir);
+        }
+    }
+    return r;
+}
+
+/* Opens and locks an mbox, cutting off an uncommitted tail. Returns the fd
+ * and the committed length, or -1. */
+static int
+mbox_open_locked(const char *mbox, const char *lenf, int create, int64_t *committed, int *created)
+{
+    struct os_stat st;
+    int fd;
+    *created = 0;
+    if (os_stat(mbox, &st) != 0) {
+        if (!create) return -2; /* no mailbox yet */
+        *created = 1;
+    }
+    fd = os_open(mbox, O_RDWR | (create ? O_CREAT : 0), 0600);
+    if (fd < 0) return -1;
+    if (os_lock(fd) != 0) { os_close(fd); errno = EAGAIN; return -1; }
+    *committed = mbox_committed(lenf, fd);
+    if (*committed < 0 || os_fstat(fd, &st) != 0) { os_unlock(fd); os_close(fd); return -1; }
+    if (st.size > *committed && os_truncate(fd, *committed) != 0) { os_unlock(fd); os_close(fd); return -1; }
+    return fd;
+}
+
+/* Appends the stored message (tmp_fd) as one mboxrd message. */
+static int
+mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl)
+{
+    struct line_reader lr;
+    struct buf out = {0};
+    const char *line;
+    size_t len;
+    int complete, r, bol = 1, rc = 0;
+    int64_t off, pos = at;
+    buf_printf(&out, "%sX-UIDL: %s\n", from_line, uidl);
+    lr_init(&lr, tmp_fd, 0, tmp_len);
+    while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
+        if (bol && mbox_is_from_line(line, len, 0)) buf_adds(&out, ">");
+        buf_add(&out, line, len);
+        if (complete) buf_adds(&out, "\n");
+        bol = complete;
+        if (out.len >= 65536) {
+            if (lseek(fd, (off_t)pos, SEEK_SET) < 0 || os_write_all(fd, out.p, out.len) < 0) { rc = -1; break; }
+            pos += (int64_t)out.len;
+            out.len = 0;
+        }
+    }
+    if (r < 0) rc = -1;
+    if (rc == 0) {
+        if (!bol) buf_adds(&out, "\n");
+        buf_adds(&out, "\n"); /* the blank line before the next From_ */
+        if (lseek(fd, (off_t)pos, SEEK_SET) < 0 || os_write_all(fd, out.p, out.len) < 0) rc = -1;
+    }
+    lr_free(&lr);
+    buf_free(&out);
+    return rc;
+}
+
+/* ---- delivery of one received message to all its mailboxes ---- */
+struct store_msg {
+    char tmp_path[1100];
+    int tmp_fd;
+    int64_t size, lines;       /* stored bytes and lines */
+    char id[64];               /* unique id: time, pid, counter */
+    char name[128];            /* unique base name: id.host */
+    char sender[MS_PATH_MAX];
+    time_t when;
+};
+
+struct store_undo { char path[1300]; char lenf[1200]; int64_t old_len; int is_mbox; };
+
+static void
+store_rollback(struct store_undo *u, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        if (!u[i].is_mbox) {
+            os_unlink(u[i].path);
+        } else {
+            int64_t committed;
+            int created, fd = mbox_open_locked(u[i].path, u[i].lenf, 0, &committed, &created);
+            if (fd >= 0) {
+                if (os_truncate(fd, u[i].old_len) == 0 && os_fsync(fd) == 0)
+                    mbox_set_committed(u[i].lenf, fd, u[i].old_len);
+                os_unlock(fd);
+                os_close(fd);
+            }
+        }
+    }
+}
+
+/* Delivers to every target; returns 0 only when all copies are durable. On
+ * failure *err says why and nothing stays delivered. */
+static int
+store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err)
+{
+    struct store_undo *undo = xrealloc(NULL, sizeof *undo * (size_t)(t->n ? t->n : 1));
+    int i, nu = 0;
+    *err = "cannot write the message";
+    if (os_fsync(m->tmp_fd) != 0) goto fail;
+    for (i = 0; i < t->n; i++) {
+        if (cfg->storage == STORE_MAILDIR) {
+            char newdir[1300];
+            if (mdir_prepare(cfg->spool, t->v[i], newdir, sizeof newdir) != 0) { *err = "cannot create the Maildir"; goto fail; }
+            if (ms_fmt(undo[nu].path, sizeof undo[nu].path, "%s/%s,S=%lld,W=%lld", newdir, m->name,
+                       (long long)m->size, (long long)(m->size + m->lines)) < 0)
+                goto fail;
+            if (os_link(m->tmp_path, undo[nu].path) != 0) goto fail;
+            undo[nu++].is_mbox = 0;
+            if (os_fsync_dir(newdir) != 0) goto fail;
+        } else {
+            char mbox[1300], lenf[1200], dir[1100], from_line[MS_PATH_MAX + 64], uidl[160];
+            int64_t committed;
+            int created, fd;
+            struct tm tm, *g = gmtime(&m->when);
+            static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+            static const char *mons[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+            if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, lenf, sizeof lenf, dir, sizeof dir) != 0)
+                goto fail;
+            fd = mbox_open_locked(mbox, lenf, 1, &committed, &created);
+            if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; goto fail; }
+            memset(&tm, 0, sizeof tm);
+            if (g) tm = *g;
+            snprintf(from_line, sizeof from_line, "From %s %s %s %2d %02d:%02d:%02d %d\n",
+                     m->sender[0] ? m->sender : "MAILER-DAEMON", days[tm.tm_wday], mons[tm.tm_mon],
+                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
+            snprintf(uidl, sizeof uidl, "%s", m->id);
+            memcpy(undo[nu].path, mbox, sizeof mbox);
+            ms_strlcpy(undo[nu].lenf, lenf, sizeof undo[nu].lenf);
+            undo[nu].old_len = committed;
+            undo[nu].is_mbox = 1;
+            if (mbox_append(fd, committed, m->tmp_fd, m->size, from_line, uidl) != 0 || os_fsync(fd) != 0 ||
+                (created && os_fsync_dir(dir) != 0) ||
+                mbox_set_committed(lenf, fd, lseek(fd, 0, SEEK_END)) != 0) {
+                os_truncate(fd, committed);
+                os_unlock(fd);
+                os_close(fd);
+                goto fail;
+            }
+            nu++;
+            os_unlock(fd);
+            os_close(fd);
+        }
+    }
+    free(undo);
+    return 0;
+fail:
+    store_rollback(undo, nu);
+    free(undo);
+    return -1;
+}
+
+/* ---- the POP3 view of a mailbox ---- */
+struct pop_msg {
+    char *name;           /* Maildir: "new/NAME" or "cur/NAME" */
+    int64_t from_off;     /* mbox: the From_ line */
+    int64_t off, len;     /* mbox: the message text */
+    int64_t size;         /* octets as RETR sends them (CRLF) */
+    char uidl[72];
+    int deleted;
+};
+
+struct pop_view {
+    int is_mbox;
+    char dir[1200];       /* Maildir folder, or the mbox file */
+    char lenf[1200];
+    int64_t scanned_end;  /* mbox: committed length at login */
+    struct pop_msg *msgs;
+    int n, cap;
+};
+
+static void
+view_free(struct pop_view *v)
+{
+    int i;
+    for (i = 0; i < v->n; i++) free(v->msgs[i].name);
+    free(v->msgs);
+    v->msgs = NULL;
+    v->n = v->cap = 0;
+}
+
+static struct pop_msg *
+view_add(struct pop_view *v)
+{
+    struct pop_msg *m;
+    if (v->n == v->cap) {
+        v->cap = v->cap ? v->cap * 2 : 64;
+        v->msgs = xrealloc(v->msgs, sizeof *v->msgs * (size_t)v->cap);
+    }
+    m = &v->msgs[v->n++];
+    memset(m, 0, sizeof *m);
+    return m;
+}
+
+/* A UIDL is 1-70 characters 0x21-0x7E (RFC 1939 7); anything else is hashed. */
+static void
+uidl_set(char *dst, const char *src, size_t n)
+{
+    size_t i;
+    int ok = n >= 1 && n <= 70;
+    for (i = 0; ok && i < n; i++)
+        if ((unsigned char)src[i] < 0x21 || (unsigned char)src[i] > 0x7e) ok = 0;
+    if (ok) {
+        memcpy(dst, src, n);
+        dst[n] = 0;
+    } else {
+        struct sha256 s;
+        unsigned char h[32];
+        sha256_init(&s);
+        sha256_update(&s, src, n);
+        sha256_final(&s, h);
+        for (i = 0; i < 16; i++) sprintf(dst + 2 * i, "%02x", h[i]);
+    }
+}
+
+/* Size with CRLF line ends of a file region, for messages whose name lacks W=. */
+static int64_t
+view_crlf_size(int fd, int64_t start, int64_t end, int mbox)
+{
+    struct line_reader lr;
+    const char *line;
+    size_t len;
+    int complete, bol = 1, r;
+    int64_t off, size = 0;
+    lr_init(&lr, fd, start, end);
+    while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
+        if (bol && mbox && mbox_is_from_line(line, len, 1)) len--;
+        if (complete && len && line[len - 1] == '\r') len--;
+        size += (int64_t)len + (complete ? 2 : 0);
+        bol = complete;
+    }
+    if (!bol) size += 2;
+    lr_free(&lr);
+    return r < 0 ? -1 : size;
+}
+
+struct mdir_scan { struct pop_view *v; const char *sub; };
+
+static int
+mdir_scan_entry(void *ctx, const char *name)
+{
+    struct mdir_scan *s = ctx;
+    struct pop_msg *m = view_add(s->v);
+    const char *w = strstr(name, ",W=");
+    size_t base = strcspn(name, ",:!");
+    char path[1400];
+    m->name = xrealloc(NULL, strlen(s->sub) + strlen(name) + 2);
+    sprintf(m->name, "%s/%s", s->sub, name);
+    m->size = -1;
+    if (w) {
+        char *end;
+        long long x = strtoll(w + 3, &end, 10);
+        if (end != w + 3 && x >= 0) m->size = x;
+    }
+    if (m->size < 0 && ms_fmt(path, sizeof path, "%s/%s", s->v->dir, m->name) >= 0) {
+        struct os_stat st;
+        int fd = os_open(path, O_RDONLY);
+        if (fd >= 0) {
+            if (os_fstat(fd, &st) == 0) m->size = view_crlf_size(fd, 0, st.size, 0);
+            os_close(fd);
+        }
+    }
+    if (m->size < 0) { free(m->name); s->v->n--; return 0; } /* vanished */
+    uidl_set(m->uidl, name, base);
+    return 0;
+}
+
+static int
+view_cmp_name(const void *a, const void *b)
+{
+    const struct pop_msg *x = a, *y = b;
+    /* order by the base name (delivery time first), whatever the folder */
+    return strcmp(strchr(x->name, '/') + 1, strchr(y->name, '/') + 1);
+}
+
+static int
+view_cmp_uidl(const void *a, const void *b)
+{
+    const struct pop_msg *const *x = a, *const *y = b;
+    return strcmp((*x)->uidl, (*y)->uidl);
+}
+
+/* Makes UIDLs unique in the view (copied mbox messages may share one). */
+static void
+view_unique_uidls(struct pop_view *v)
+{
+    struct pop_msg **p = xrealloc(NULL, sizeof *p * (size_t)(v->n ? v->n : 1));
+    int i, dup = 0;
+    for (i = 0; i < v->n; i++) p[i] = &v->msgs[i];
+    qsort(p, (size_t)v->n, sizeof *p, view_cmp_uidl);
+    for (i = 1; i < v->n; i++) {
+        if (strcmp(p[i]->uidl, p[i - 1]->uidl) == 0 || (dup && strncmp(p[i]->uidl, p[i - 1]->uidl, 60) == 0)) {
+            char tmp[72];
+            snprintf(tmp, sizeof tmp, "%.50s-%d", p[i]->uidl, (int)(p[i] - v->msgs) + 1);
+            memcpy(p[i]->uidl, tmp, sizeof tmp);
+            dup = 1;
+        }
+    }
+    free(p);
+}
+
+static int
+mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
+{
+    char dom[1100], user[MS_LOCAL_MAX + 1], sub[1300];
+    struct mdir_scan s;
+    const char *at = strchr(addr, '@');
+    memset(v, 0, sizeof *v);
+    if (!at || (size_t)(at - addr) > MS_LOCAL_MAX) return -1;
+    memcpy(user, addr, (size_t)(at - addr));
+    user[at - addr] = 0;
+    if (ms_fmt(dom, sizeof dom, "%s/%s", spool, at + 1) < 0 ||
+        ms_fmt(v->dir, sizeof v->dir, "%s/%s", dom, user) < 0)
+        return -1;
+    s.v = v;
+    s.sub = "new";
+    if (ms_fmt(sub, sizeof sub, "%s/new", v->dir) < 0) return -1;
+    os_list_dir(sub, mdir_scan_entry, &s);
+    s.sub = "cur";
+    if (ms_fmt(sub, sizeof sub, "%s/cur", v->dir) < 0) return -1;
+    os_list_dir(sub, mdir_scan_entry, &s);
+    qsort(v->msgs, (size_t)v->n, sizeof *v->msgs, view_cmp_name);
+    return 0;
+}
+
+/* Finishes an mbox message found by the scan: drops the separator blank line. */
+static void
+mbox_msg_close(struct pop_msg *m, int64_t end, int last_blank, int hashed, struct sha256 *h)
+{
+    m->len = end - m->off;
+    if (last_blank) { m->len -= 1; m->size -= 2; }
+    if (!m->uidl[0] || hashed) {
+        unsigned char d[32];
+        int i;
+        char tmp[32];
+        snprintf(tmp, sizeof tmp, "%lld", (long long)m->size);
+        sha256_update(h, tmp, strlen(tmp));
+        sha256_final(h, d);
+        for (i = 0; i < 16; i++) sprintf(m->uidl + 2 * i, "%02x", d[i]);
+    }
+}
+
+static int
+mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
+{
+    char dir[1100];
+    int64_t committed, off;
+    int fd, created, r, complete, bol = 1, in_head = 0, last_blank = 0, hashing = 0;
+    struct line_reader lr;
+    const char *line;
+    size_t len;
+    struct pop_msg *m = NULL;
+    struct sha256 h;
+    memset(v, 0, sizeof *v);
+    v->is_mbox = 1;
+    if (mbox_paths(spool, addr, v->dir, sizeof v->dir, v->lenf, sizeof v->lenf, dir, sizeof dir) != 0) return -1;
+    fd = mbox_open_locked(v->dir, v->lenf, 0, &committed, &created);
+    if (fd == -2) return 0; /* never delivered to: empty */
+    if (fd < 0) return -1;
+    os_unlock(fd); /* the snapshot needs no lock: appends go past scanned_end */
+    v->scanned_end = committed;
+    lr_init(&lr, fd, 0, committed);
+    while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
+        if (bol && len >= 5 && memcmp(line, "From ", 5) == 0 && complete) {
+            if (m) mbox_msg_close(m, off, last_blank, hashing, &h);
+            m = view_add(v);
+            m->from_off = off;
+            m->off = off + (int64_t)len + 1;
+            in_head = 1;
+            hashing = 1;
+            last_blank = 0;
+            sha256_init(&h);
+            bol = 1;
+            continue;
+        }
+        if (!m) { bol = complete; continue; } /* junk before the first From_ */
+        if (bol && in_head) {
+            if (len == 0 || (len == 1 && line[0] == '\r')) in_head = 0;
+            else if (len > 8 && ms_strncaseeq(line, "X-UIDL: ", 8)) {
+                size_t ul = len - 8;
+                while (ul && (line[8 + ul - 1] == '\r' || line[8 + ul - 1] == ' ')) ul--;
+                if (ul >= 1 && ul <= 70) { uidl_set(m->uidl, line + 8, ul); hashing = 0; }
+            }
+            if (hashing && in_head) sha256_update(&h, line, len);
+        }
+        last_blank = bol && complete && len == 0;
+        {
+            size_t l = len;
+            if (bol && mbox_is_from_line(line, len, 1)) l--;
+            if (complete && l && line[len - 1] == '\r') l--;
+            m->size += (int64_t)l + (complete ? 2 : 0);
+        }
+        bol = complete;
+    }
+    if (m) {
+        if (!bol) m->size += 2;
+        mbox_msg_close(m, committed, last_blank, hashing, &h);
+    }
+    lr_free(&lr);
+    os_close(fd);
+    if (r < 0) { view_free(v); return -1; }
+    view_unique_uidls(v);
+    return 0;
+}
+
+/* Applies the deletions of a POP3 session (the UPDATE state, RFC 1939 6). */
+static int
+view_commit(struct pop_view *v)
+{
+    int i, ndel = 0, rc = 0;
+    for (i = 0; i < v->n; i++) ndel += v->msgs[i].deleted;
+    if (!ndel) return 0;
+    if (!v->is_mbox) {
+        char path[1400];
+        for (i = 0; i < v->n; i++) {
+            if (!v->msgs[i].deleted) continue;
+            if (ms_fmt(path, sizeof path, "%s/%s", v->dir, v->msgs[i].name) < 0 ||
+                (os_unlink(path) != 0 && errno != ENOENT))
+                rc = -1;
+        }
+        if (ms_fmt(path, sizeof path, "%s/new", v->dir) >= 0) os_fsync_dir(path);
+        if (ms_fmt(path, sizeof path, "%s/cur", v->dir) >= 0) os_fsync_dir(path);
+        return rc;
+    } else {
+        /* rewrite: kept messages + whatever arrived since the snapshot */
+        char tmp[1300], dir[1200], chk[5];
+        int64_t committed;
+        int created, fd, out = -1;
+        const char *slash;
+        struct buf copy = {0};
+        fd = mbox_open_locked(v->dir, v->lenf, 0, &committed, &created);
+        if (fd < 0) return -1;
+        if (committed < v->scanned_end) goto fail; /* changed by someone else */
+        for (i = 0; i < v->n; i++)
+            if (os_pread(fd, chk, 5, v->msgs[i].from_off) != 5 || memcmp(chk, "From ", 5) != 0) goto fail;
+        if (ms_fmt(tmp, sizeof tmp, "%s.new", v->lenf) < 0) goto fail;
+        out = os_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (out < 0) goto fail;
+        buf_reserve(&copy, 65536);
+        for (i = 0; i <= v->n; i++) {
+            int64_t a, b;
+            if (i < v->n) {
+                if (v->msgs[i].deleted) continue;
+                a = v->msgs[i].from_off;
+                b = i + 1 < v->n ? v->msgs[i + 1].from_off : v->scanned_end;
+            } else {
+                a = v->scanned_end;
+                b = committed;
+            }
+            while (a < b) {
+                size_t want = (size_t)(b - a > 65536 ? 65536 : b - a);
+                long r = os_pread(fd, copy.p, want, a);
+                if (r <= 0 || os_write_all(out, copy.p, (size_t)r) < 0) goto fail;
+                a += r;
+            }
+        }
+        if (os_fsync(out) != 0 || os_close(out) != 0) { out = -1; goto fail; }
+        out = -1;
+        if (os_rename(tmp, v->dir) != 0) goto fail;
+        slash = strrchr(v->dir, '/');
+        if (slash) {
+            memcpy(dir, v->dir, (size_t)(slash - v->dir));
+            dir[slash - v->dir] = 0;
+            os_fsync_dir(dir);
+        }
+        os_unlock(fd);
+        os_close(fd);
+        fd = os_open(v->dir, O_RDWR);
+        if (fd >= 0) {
+            struct os_stat st;
+            if (os_fstat(fd, &st) == 0) mbox_set_committed(v->lenf, fd, st.size);
+            os_close(fd);
+        }
+        buf_free(&copy);
+        return 0;
+    fail:
+        if (out >= 0) { os_close(out); os_unlink(tmp); }
+        os_unlock(fd);
+        os_close(fd);
+        buf_free(&copy);
+        return -1;
+    }
+}
+
+/*==== 8. Connections ====*/
+/*
+ * A connection owns a fixed input buffer and a bounded output buffer.
+ * Protocol code appends replies with conn_reply(); the loop sends them. A
+ * connection ends only through the sweep in loop_sweep(), after dispatch.
+ */
+
+enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_DATA };
+enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
+enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
+
+struct smtp_sess {
+    int state, esmtp, auth_step, auth_fails;
+    char helo[256];
+    char auth_user[MS_PATH_MAX];     /* "" until AUTH succeeds */
+    char login_user[MS_PATH_MAX];    /* AUTH LOGIN: the user between the two steps */
+    char from[MS_PATH_MAX];
+    char first_rcpt[MS_PATH_MAX];
+    int nrcpt, tx_error;
+    struct targets targets;
+    struct data_rx rx;
+    char *wbuf;                      /* only while receiving DATA */
+    size_t wlen;
+    struct store_msg msg;
+};
+
+enum { POP_S_AUTH, POP_S_TRANS };
+
+struct pop_sess {
+    int state, auth_fails, auth_wait;
+    char user[MS_PATH_MAX];           /* from USER */
+    char mailbox[MS_PATH_MAX];        /* user@domain once logged in */
+    struct pop_view view;
+    /* RETR/TOP streaming */
+    int stream_fd, streaming, st_bol, st_in_head;
+    long st_body_left;                /* TOP: body lines still to send; -1 = all */
+    struct line_reader lr;
+};
+
+struct conn {
+    struct mailsrv *ms;
+    ms_sock_t fd;
+    unsigned id;
+    enum proto proto;
+    char peer[64];
+    int is_loopback;
+    int64_t deadline, hold_until;
+    unsigned is_closing : 1, close_after_flush : 1, discarding : 1;
+    char in[MS_IN_SIZE];
+    size_t inlen;
+    struct buf out;
+    size_t out_off;
+    union { struct smtp_sess smtp; struct pop_sess pop; } u;
+};
+
+struct listener { ms_sock_t fd; enum proto proto; char name[80]; };
+
+struct mailsrv {
+    struct ms_config *cfg;
+    char *ini_path;
+    int64_t ini_mtime, ini_size, next_ini_check;
+    struct listener lst[MS_MAX_LISTENERS];
+    int nlst;
+    struct conn **conns;
+    int nconns, capconns;
+    struct pollfd *pfds;
+    int capfds;
+    unsigned next_id, msg_counter;
+    volatile sig_atomic_t stop_requested, reload_requested;
+    int stopping;
+    int64_t stop_deadline;
+    mailsrv_log_fn log_fn;
+    void *log_user;
+    int verbose;
+};
+
+static void
+ms_log(struct mailsrv *ms, const char *fmt, ...)
+{
+    char line[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (ms && ms->log_fn) { ms->log_fn(ms->log_user, line); return; }
+    {
+        char ts[32];
+        time_t t = time(NULL);
+        struct tm *g = gmtime(&t);
+        if (g) strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", g);
+        else ts[0] = 0;
+        fprintf(stderr, "%s %s\n", ts, line);
+        fflush(stderr);
+    }
+}
+
+#define conn_log(c, ...) conn_logf((c), __VA_ARGS__)
+static void
+conn_logf(struct conn *c, const char *fmt, ...)
+{
+    char line[1800];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    ms_log(c->ms, "[%c%u] %s", c->proto == PROTO_POP3 ? 'p' : 's', c->id, line);
+}
+
+static void
+conn_reply(struct conn *c, const char *fmt, ...)
+{
+    va_list ap;
+    size_t start = c->out.len;
+    va_start(ap, fmt);
+    buf_vprintf(&c->out, fmt, ap);
+    va_end(ap);
+    if (c->ms->verbose) {
+        char vis[600];
+        ms_visible(vis, sizeof vis, c->out.p + start, c->out.len - start);
+        conn_log(c, "> %s", vis);
+    }
+    buf_adds(&c->out, "\r\n");
+}
+
+static void
+conn_close(struct conn *c, int after_flush)
+{
+    if (after_flush) c->close_after_flush = 1;
+    else c->is_closing = 1;
+}
+
+static void
+conn_send(struct conn *c)
+{
+    while (c->out_off < c->out.len) {
+        long n = net_send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off);
+        if (n < 0) {
+            if (!net_would_block(net_error())) c->is_closing = 1;
+            break;
+        }
+        c->out_off += (size_t)n;
+    }
+    if (c->out_off == c->out.len) {
+        c->out.len = c->out_off = 0;
+        if (c->out.cap > 65536) buf_free(&c->out); /* give back a RETR-sized buffer */
+        if (c->close_after_flush) c->is_closing = 1;
+    } else if (c->out_off > 65536) {
+        buf_consume(&c->out, c->out_off);
+        c->out_off = 0;
+    }
+}
+
+static size_t conn_pending(const struct conn *c) { return c->out.len - c->out_off; }
+
+/* Plain-text logins are allowed here? (plaintext_auth = yes | no | local) */
+static int
+conn_plaintext_ok(const struct conn *c)
+{
+    int pt = c->ms->cfg->plaintext_auth;
+    return pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
+}
+
+/* Checks a login against the config: "user@domain" or a bare, unambiguous
+ * local part. Fills the canonical mailbox address. */
+static int
+auth_check(const struct ms_config *cfg, const char *login, const char *pass, char *mailbox, size_t n)
+{
+    const char *at = strrchr(login, '@');
+    char local[MS_LOCAL_MAX + 1];
+    const struct cfg_domain *d = NULL;
+    const struct cfg_user *u = NULL;
+    int i, found = 0;
+    if (at) {
+        if ((size_t)(at - login) > MS_LOCAL_MAX) return -1;
+        memcpy(local, login, (size_t)(at - login));
+        local[at - login] = 0;
+        if (cfg->capture) { /* capture mode: any captured address, any password */
+            if (!cfg_safe_component(local, MS_LOCAL_MAX) || !cfg_valid_domain(at + 1)) return -1;
+            if (ms_fmt(mailbox, n, "%s@%s", local, at + 1) < 0) return -1;
+            ms_lower(mailbox);
+            return 0;
+        }
+        if ((d = cfg_find_domain(cfg, at + 1)) == NULL || (u = cfg_find_user(d, local)) == NULL) goto fail;
+    } else {
+        for (i = 0; i < cfg->ndomains; i++) {
+            const struct cfg_user *x = cfg_find_user(&cfg->domains[i], login);
+            if (x) { found++; u = x; d = &cfg->domains[i]; }
+        }
+        if (found != 1) goto fail;
+    }
+    if (!pass_verify(u->pass, pass)) return -1;
+    if (ms_fmt(mailbox, n, "%s@%s", u->name, d->name) < 0) return -1;
+    return 0;
+fail:
+    pass_verify("$pbkdf2-sha256$1000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", pass); /* same cost */
+    return -1;
+}
+
+/*==== 9. SMTP server session ====*/
+/*
+ * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
+ * ENHANCEDSTATUSCODES (2034, 3463) and AUTH PLAIN/LOGIN (4954).
+ * Handlers reply through conn_reply(); smtp_feed() drives them.
+ */
+
+static void
+smtp_tx_reset(struct conn *c)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    if (s->msg.tmp_fd >= 0) {
+        os_close(s->msg.tmp_fd);
+        os_unlink(s->msg.tmp_path);
+    }
+    s->msg.tmp_fd = -1;
+    free(s->wbuf);
+    s->wbuf = NULL;
+    s->wlen = 0;
+    free(s->targets.v);
+    memset(&s->targets, 0, sizeof s->targets);
+    s->from[0] = s->first_rcpt[0] = 0;
+    s->nrcpt = 0;
+    s->tx_error = TXERR_NONE;
+    if (s->state > SMTP_S_READY) s->state = SMTP_S_READY;
+}
+
+static void
+smtp_greet(struct conn *c)
+{
+    c->u.smtp.msg.tmp_fd = -1;
+    conn_reply(c, "220 %s ESMTP mailsrv", c->ms->cfg->hostname);
+}
+
+static void
+smtp_do_helo(struct conn *c, const char *args, int esmtp)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    if (!*args || strchr(args, ' ') || strlen(args) >= sizeof s->helo) {
+        conn_reply(c, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        return;
+    }
+    smtp_tx_reset(c);
+    ms_visible(s->helo, sizeof s->helo, args, strlen(args));
+    s->esmtp = esmtp;
+    s->state = SMTP_S_READY;
+    if (!esmtp) { conn_reply(c, "250 %s", c->ms->cfg->hostname); return; }
+    conn_reply(c, "250-%s", c->ms->cfg->hostname);
+    conn_reply(c, "250-PIPELINING");
+    conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
+    conn_reply(c, "250-8BITMIME");
+    if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
+    conn_reply(c, "250 ENHANCEDSTATUSCODES");
+}
+
+static void
+smtp_auth_fail(struct conn *c)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    s->auth_step = AUTH_NONE;
+    conn_log(c, "auth failed from %s", c->peer);
+    if (++s->auth_fails >= MS_AUTH_MAX_FAILS) {
+        conn_reply(c, "421 4.7.0 Too many failed logins, closing");
+        conn_close(c, 1);
+    } else {
+        conn_reply(c, "535 5.7.8 Authentication credentials invalid");
+    }
+    c->hold_until = os_now_ms() + MS_AUTH_DELAY_MS; /* RFC 4954 does not forbid slowing guesses */
+}
+
+static void
+smtp_auth_try(struct conn *c, const char *user, const char *pass)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char mailbox[MS_PATH_MAX];
+    if (auth_check(c->ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) { smtp_auth_fail(c); return; }
+    s->auth_step = AUTH_NONE;
+    ms_strlcpy(s->auth_user, mailbox, sizeof s->auth_user);
+    conn_log(c, "auth ok %s", mailbox);
+    conn_reply(c, "235 2.7.0 Authentication successful");
+}
+
+/* One line of an AUTH exchange (after a 334). */
+static void
+smtp_auth_step(struct conn *c, const char *line)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    unsigned char raw[512];
+    char user[MS_PATH_MAX], pass[256];
+    long n;
+    if (strcmp(line, "*") == 0) { /* RFC 4954 4: the client cancels */
+        s->auth_step = AUTH_NONE;
+        conn_reply(c, "501 5.0.0 Authentication cancelled");
+        return;
+    }
+    if (s->auth_step == AUTH_PLAIN_WAIT) {
+        if (sasl_plain_decode(line, user, sizeof user, pass, sizeof pass) != 0) { smtp_auth_fail(c); return; }
+        smtp_auth_try(c, user, pass);
+        return;
+    }
+    n = b64_decode(line, strlen(line), raw, sizeof raw - 1);
+    if (n < 0) { s->auth_step = AUTH_NONE; conn_reply(c, "501 5.5.2 Cannot decode response"); return; }
+    raw[n] = 0;
+    if (s->auth_step == AUTH_LOGIN_USER) {
+        if (ms_strlcpy(s->login_user, (char *)raw, sizeof s->login_user) != 0 || strlen((char *)raw) != (size_t)n) {
+            smtp_auth_fail(c);
+            return;
+        }
+        s->auth_step = AUTH_LOGIN_PASS;
+        conn_reply(c, "334 UGFzc3dvcmQ6"); /* "Password:" */
+        return;
+    }
+    if (strlen((char *)raw) != (size_t)n) { smtp_auth_fail(c); return; }
+    smtp_auth_try(c, s->login_user, (char *)raw);
+}
+
+static void
+smtp_do_auth(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char mech[32];
+    const char *init = cmd_split(args, mech, sizeof mech);
+    if (s->state == SMTP_S_GREET) { conn_reply(c, "503 5.5.1 Send EHLO first"); return; }
+    if (s->auth_user[0]) { conn_reply(c, "503 5.5.1 Already authenticated"); return; }
+    if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 AUTH not allowed during a mail transaction"); return; }
+    if (c->ms->cfg->capture) { conn_reply(c, "503 5.5.1 AUTH is not needed in capture mode"); return; }
+    if (!conn_plaintext_ok(c)) { conn_reply(c, "538 5.7.11 Encryption required for requested authentication mechanism"); return; }
+    if (strcmp(mech, "PLAIN") == 0) {
+        s->auth_step = AUTH_PLAIN_WAIT;
+        if (*init && strcmp(init, "=") != 0) smtp_auth_step(c, init);
+        else if (*init) smtp_auth_fail(c);
+        else conn_reply(c, "334 ");
+    } else if (strcmp(mech, "LOGIN") == 0) {
+        if (*init) { s->auth_step = AUTH_LOGIN_USER; smtp_auth_step(c, init); }
+        else { s->auth_step = AUTH_LOGIN_USER; conn_reply(c, "334 VXNlcm5hbWU6"); } /* "Username:" */
+    } else {
+        conn_reply(c, "504 5.5.4 Unrecognized authentication type");
+    }
+}
+
+/* "FROM:" / "TO:" prefix, case-insensitive. */
+static const char *
+smtp_after_prefix(const char *args, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return ms_strncaseeq(args, prefix, n) ? args + n : NULL;
+}
+
+static void
+smtp_do_mail(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
+    const char *p = smtp_after_prefix(args, "FROM:"), *rest;
+    if (s->state == SMTP_S_GREET) { conn_reply(c, "503 5.5.1 Send HELO/EHLO first"); return; }
+    if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 Nested MAIL command"); return; }
+    if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
+    if (!p || !(rest = smtp_parse_path(p, local, domain)) || (local[0] && !domain[0])) {
+        conn_reply(c, "501 5.1.7 Bad sender address syntax");
+        return;
+    }
+    while (*rest) { /* ESMTP parameters (RFC 5321 4.1.2 Mail-parameters) */
+        size_t n = strcspn(rest, " ");
+        memcpy(param, rest, n);
+        param[n] = 0;
+        rest += n;
+        while (*rest == ' ') rest++;
+        if (!s->esmtp) { conn_reply(c, "555 5.5.4 Parameters need EHLO"); return; }
+        if (ms_strncaseeq(param, "SIZE=", 5)) {
+            char *end;
+            unsigned long long v = strtoull(param + 5, &end, 10);
+            if (end == param + 5 || *end) { conn_reply(c, "501 5.5.4 Bad SIZE parameter"); return; }
+            if (v > (unsigned long long)c->ms->cfg->max_message_size) { /* RFC 1870 6.1 */
+                conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
+                return;
+            }
+        } else if (ms_strncaseeq(param, "BODY=", 5)) {
+            if (!ms_strcaseeq(param + 5, "7BIT") && !ms_strcaseeq(param + 5, "8BITMIME")) {
+                conn_reply(c, "501 5.5.4 Unsupported BODY type");
+                return;
+            }
+        } else if (!ms_strncaseeq(param, "AUTH=", 5)) {
+            conn_reply(c, "555 5.5.4 Unsupported parameter");
+            return;
+        }
+    }
+    if (local[0]) {
+        char vis[MS_PATH_MAX + 8];
+        if (ms_fmt(s->from, sizeof s->from, "%s@%s", local, domain) < 0) { conn_reply(c, "501 5.1.7 Sender too long"); return; }
+        ms_visible(vis, sizeof vis, s->from, strlen(s->from)); /* it goes into headers */
+        if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
+    } else {
+        s->from[0] = 0;
+    }
+    s->state = SMTP_S_MAIL;
+    conn_reply(c, "250 2.1.0 Ok");
+}
+
+static void
+smtp_do_rcpt(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    const struct ms_config *cfg = c->ms->cfg;
+    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1];
+    const char *p = smtp_after_prefix(args, "TO:"), *rest;
+    int r;
+    if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) { conn_reply(c, "503 5.5.1 Need MAIL before RCPT"); return; }
+    if (!p || !(rest = smtp_parse_path(p, local, domain)) || !local[0]) {
+        conn_reply(c, "501 5.1.3 Bad recipient address syntax");
+        return;
+    }
+    if (*rest) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
+    if (s->nrcpt >= cfg->max_recipients) { conn_reply(c, "452 4.5.3 Too many recipients"); return; }
+    if (!domain[0]) {
+        /* RFC 5321 4.5.1: <Postmaster> without a domain must be accepted */
+        if (!ms_strcaseeq(local, "postmaster") || cfg->ndomains == 0) {
+            conn_reply(c, "501 5.1.3 Bad recipient address syntax");
+            return;
+        }
+        ms_strlcpy(domain, cfg->domains[0].name, sizeof domain);
+    }
+    if (!cfg_safe_component(local, MS_LOCAL_MAX)) { conn_reply(c, "550 5.1.3 Bad recipient address syntax"); return; }
+    if (cfg->capture) {
+        if (!cfg_valid_domain(domain)) { conn_reply(c, "550 5.1.2 Bad destination domain"); return; }
+        ms_lower(domain);
+        targets_add(&s->targets, local, domain);
+        r = RES_OK;
+    } else {
+        r = cfg_resolve(cfg, local, domain, &s->targets, 0);
+    }
+    if (r == RES_NONLOCAL) { conn_reply(c, "550 5.7.1 Relaying denied"); return; }
+    if (r == RES_UNKNOWN) { conn_reply(c, "550 5.1.1 <%s@%s>: User unknown", local, domain); return; }
+    if (r != RES_OK) { conn_reply(c, "550 5.4.6 Routing loop detected"); return; }
+    if (!s->nrcpt) ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain);
+    s->nrcpt++;
+    s->state = SMTP_S_RCPT;
+    conn_reply(c, "250 2.1.5 Ok");
+}
+
+static int
+smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
+{
+    if (s->tx_error) return -1;
+    if (os_write_all(s->msg.tmp_fd, p, n) < 0) { s->tx_error = TXERR_IO; return -1; }
+    return 0;
+}
+
+static void
+smtp_do_data(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    struct mailsrv *ms = c->ms;
+    char hdr[1024], date[64], dir[1100];
+    int64_t sec;
+    long usec;
+    int n;
+    const char *host = ms->cfg->hostname;
+    if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
+    if (s->state != SMTP_S_RCPT) {
+        conn_reply(c, "503 5.5.1 %s", s->state == SMTP_S_MAIL ? "No valid recipients" : "Need MAIL and RCPT first");
+        return;
+    }
+    os_wallclock(&sec, &usec);
+    s->msg.when = (time_t)sec;
+    snprintf(s->msg.id, sizeof s->msg.id, "%lld.M%06ldP%luQ%u", (long long)sec, usec, os_pid(), ++ms->msg_counter);
+    snprintf(s->msg.name, sizeof s->msg.name, "%s.%.20s", s->msg.id, host);
+    for (n = 0; s->msg.name[n]; n++) /* the host part must stay one path component */
+        if (s->msg.name[n] == '/' || s->msg.name[n] == MS_MAILDIR_INFO || s->msg.name[n] == ',') s->msg.name[n] = '_';
+    if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
+        ms_fmt(s->msg.tmp_path, sizeof s->msg.tmp_path, "%s/%s", dir, s->msg.name) < 0 ||
+        (store_mkdir(ms->cfg->spool, ".") != 0 && errno != EEXIST) || store_mkdir(dir, ms->cfg->spool) != 0 ||
+        (s->msg.tmp_fd = os_open(s->msg.tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0) {
+        s->msg.tmp_fd = -1;
+        conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
+        conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
+        return;
+    }
+    ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
+    ms_rfc5322_date(date, sizeof date, s->msg.when);
+    n = snprintf(hdr, sizeof hdr,
+                 "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
+                 s->from, s->helo, c->peer, host,
+                 s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
+                 s->nrcpt == 1 ? "\n\tfor <" : "", s->nrcpt == 1 ? s->first_rcpt : "", s->nrcpt == 1 ? ">" : "",
+                 date);
+    data_rx_init(&s->rx);
+    s->msg.size = n;
+    s->msg.lines = 5 + (s->nrcpt == 1);
+    s->wbuf = xrealloc(NULL, MS_DATA_BUF);
+    s->wlen = 0;
+    smtp_write_data(s, hdr, (size_t)n);
+    s->state = SMTP_S_DATA;
+    conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* The final dot: refuse, or deliver and answer only once all copies are durable. */
+static void
+smtp_data_end(struct conn *c)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    const char *err = NULL;
+    int64_t body = s->rx.bytes;
+    s->msg.size += body;
+    s->msg.lines += s->rx.lines;
+    if (s->rx.too_long && !s->tx_error) s->tx_error = TXERR_LONG_LINE;
+    if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
+    else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
+    else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
+    else if (store_deliver(c->ms->cfg, &s->msg, &s->targets, &err) != 0) {
+        conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
+        conn_reply(c, "451 4.3.0 Local error: %s", err);
+    } else {
+        int i;
+        for (i = 0; i < s->targets.n; i++)
+            conn_log(c, "delivered %s from=<%s> to=<%s> size=%lld", s->msg.id, s->from, s->targets.v[i],
+                     (long long)s->msg.size);
+        conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
+    }
+    if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
+                              s->tx_error == TXERR_TOO_BIG ? "too big" : s->tx_error == TXERR_LONG_LINE ? "line too long" : "write error");
+    smtp_tx_reset(c);
+}
+
+/* DATA bytes: returns how many were consumed. */
+static size_t
+smtp_data_feed(struct conn *c, const char *in, size_t n)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    const struct ms_config *cfg = c->ms->cfg;
+    size_t used = 0;
+    int done = 0;
+    int64_t lines0 = s->rx.lines;
+    while (used < n && !done) {
+        used += data_rx_feed(&s->rx, in + used, n - used, s->wbuf, MS_DATA_BUF, &s->wlen, &done);
+        if (s->rx.bytes > cfg->max_message_size && !s->tx_error) s->tx_error = TXERR_TOO_BIG;
+        if (s->wlen + 64 > MS_DATA_BUF || done) {
+            smtp_write_data(s, s->wbuf, s->wlen);
+            s->wlen = 0;
+        }
+    }
+    if (s->rx.lines != lines0) c->deadline = os_now_ms() + cfg->timeout * 1000;
+    if (done) smtp_data_end(c);
+    return used;
+}
+
+static void smtp_do_ehlo(struct conn *c, const char *a) { smtp_do_helo(c, a, 1); }
+static void smtp_do_helo4(struct conn *c, const char *a) { smtp_do_helo(c, a, 0); }
+static void smtp_do_noop(struct conn *c, const char *a) { (void)a; conn_reply(c, "250 2.0.0 Ok"); }
+static void smtp_do_rset(struct conn *c, const char *a) { (void)a; smtp_tx_reset(c); conn_reply(c, "250 2.0.0 Ok"); }
+static void
+smtp_do_vrfy(struct conn *c, const char *a)
+{
+    (void)a; /* never reveal mailboxes (RFC 5321 3.5.3) */
+    conn_reply(c, "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+}
+static void
+smtp_do_help(struct conn *c, const char *a)
+{
+    (void)a;
+    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY AUTH");
+    conn_reply(c, "214 2.0.0 mailsrv " MAILSRV_VERSION);
+}
+static void
+smtp_do_quit(struct conn *c, const char *a)
+{
+    (void)a;
+    conn_reply(c, "221 2.0.0 Bye");
+    conn_close(c, 1);
+}
+
+static const struct smtp_cmd {
+    const char *verb;
+    void (*fn)(struct conn *c, const char *args);
+} smtp_cmds[] = {
+    {"EHLO", smtp_do_ehlo}, {"HELO", smtp_do_helo4}, {"MAIL", smtp_do_mail}, {"RCPT", smtp_do_rcpt},
+    {"DATA", smtp_do_data}, {"RSET", smtp_do_rset}, {"NOOP", smtp_do_noop}, {"QUIT", smtp_do_quit},
+    {"HELP", smtp_do_help}, {"VRFY", smtp_do_vrfy}, {"AUTH", smtp_do_auth},
+};
+
+static void
+smtp_line(struct conn *c, char *line, size_t len)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char verb[16];
+    const char *args;
+    size_t i;
+    if (c->ms->verbose) {
+        char vis[600];
+        if (s->auth_step != AUTH_NONE || ms_strncaseeq(line, "AUTH ", 5)) ms_visible(vis, sizeof vis, line, len > 10 ? 10 : len);
+        else ms_visible(vis, sizeof vis, line, len);
+        conn_log(c, "< %s", vis);
+    }
+    if (memchr(line, 0, len)) { conn_reply(c, "500 5.5.2 Syntax error (NUL)"); s->auth_step = AUTH_NONE; return; }
+    if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }
+    args = cmd_split(line, verb, sizeof verb);
+    for (i = 0; i < sizeof smtp_cmds / sizeof smtp_cmds[0]; i++) {
+        if (strcmp(verb, smtp_cmds[i].verb) == 0) { smtp_cmds[i].fn(c, args); return; }
+    }
+    if (strcmp(verb, "GET") == 0 || strcmp(verb, "POST") == 0 || strcmp(verb, "CONNECT") == 0) {
+        conn_reply(c, "554 5.7.0 This is a mail server"); /* cross-protocol requests (as Redis) */
+        conn_close(c, 1);
+        return;
+    }
+    conn_reply(c, "500 5.5.2 Command unrecognized");
+}
+
+/*==== 10. POP3 server session ====*/
+/*
+ * RFC 1939 with CAPA, RESP-CODES and AUTH-RESP-CODE (2449, 3206) and AUTH
+ * PLAIN (5034). The mailbox is a snapshot taken at login; DELE only marks,
+ * and the marks are applied at QUIT (the UPDATE state).
+ */
+
+static void
+pop_greet(struct conn *c)
+{
+    c->u.pop.stream_fd = -1;
+    conn_reply(c, "+OK mailsrv POP3 server ready");
+}
+
+static void
+pop_stream_end(struct conn *c)
+{
+    struct pop_sess *p = &c->u.pop;
+    if (p->stream_fd >= 0) os_close(p->stream_fd);
+    p->stream_fd = -1;
+    if (p->streaming) lr_free(&p->lr);
+    p->streaming = 0;
+}
+
+/* Produces more of a RETR/TOP answer: CRLF line ends, dot-stuffing, mboxrd
+ * unquoting, then the final dot. */
+static void
+pop_pump(struct conn *c)
+{
+    struct pop_sess *p = &c->u.pop;
+    const char *line;
+    size_t len;
+    int complete, r;
+    int64_t off;
+    while (p->streaming && conn_pending(c) < MS_OUT_HIGH) {
+        r = p->st_body_left == 0 && !p->st_in_head ? 0 : lr_next(&p->lr, &line, &len, &complete, &off);
+        if (r <= 0) {
+            if (r < 0) { /* the client cannot be told after +OK: cut the session */
+                conn_log(c, "read error while sending a message");
+                c->is_closing = 1;
+            }
+            if (!p->st_bol) buf_adds(&c->out, "\r\n");
+            buf_adds(&c->out, ".\r\n");
+            pop_stream_end(c);
+            return;
+        }
+        if (p->st_bol) {
+            if (p->view.is_mbox && mbox_is_from_line(line, len, 1)) { line++; len--; }
+            if (len && line[0] == '.') buf_adds(&c->out, "."); /* RFC 1939 3: byte-stuffing */
+        }
+        if (complete && len && line[len - 1] == '\r') len--;
+        buf_add(&c->out, line, len);
+        if (complete) {
+            buf_adds(&c->out, "\r\n");
+            if (p->st_bol && p->st_in_head && len == 0) p->st_in_head = 0;
+            else if (p->st_bol && !p->st_in_head && p->st_body_left > 0) p->st_body_left--;
+        }
+        p->st_bol = complete;
+    }
+}
+
+static void
+pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
+{
+    struct pop_sess *p = &c->u.pop;
+    char path[1400];
+    int64_t start = 0, end;
+    struct os_stat st;
+    if (p->view.is_mbox) {
+        ms_strlcpy(path, p->view.dir, sizeof path);
+        start = m->off;
+    } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.dir, m->name) < 0) {
+        path[0] = 0;
+    }
+    p->stream_fd = path[0] ? os_open(path, O_RDONLY) : -1;
+    if (p->stream_fd < 0 || os_fstat(p->stream_fd, &st) != 0) {
+        if (p->stream_fd >= 0) os_close(p->stream_fd);
+        p->stream_fd = -1;
+        conn_reply(c, "-ERR [SYS/TEMP] Message %s cannot be read", m->uidl);
+        return;
+    }
+    end = p->view.is_mbox ? m->off + m->len : st.size;
+    if (body_lines < 0) conn_reply(c, "+OK %lld octets", (long long)m->size);
+    else conn_reply(c, "+OK top of message follows");
+    lr_init(&p->lr, p->stream_fd, start, end);
+    p->streaming = 1;
+    p->st_bol = 1;
+    p->st_in_head = 1;
+    p->st_body_left = body_lines;
+    pop_pump(c);
+}
+
+/* Finds message N (1-based) that is not deleted, or replies -ERR. */
+static struct pop_msg *
+pop_get_msg(struct conn *c, const char *arg)
+{
+    struct pop_sess *p = &c->u.pop;
+    int n = pop_parse_num(arg, p->view.n);
+    if (n < 0 || p->view.msgs[n - 1].deleted) {
+        conn_reply(c, "-ERR No such message");
+        return NULL;
+    }
+    return &p->view.msgs[n - 1];
+}
+
+static int
+pop_in_use(struct mailsrv *ms, const struct conn *self, const char *mailbox)
+{
+    int i;
+    for (i = 0; i < ms->nconns; i++) {
+        const struct conn *o = ms->conns[i];
+        if (o != self && o->proto == PROTO_POP3 && !o->is_closing && o->u.pop.state == POP_S_TRANS &&
+            strcmp(o->u.pop.mailbox, mailbox) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static void
+pop_login(struct conn *c, const char *user, const char *pass)
+{
+    struct pop_sess *p = &c->u.pop;
+    struct mailsrv *ms = c->ms;
+    char mailbox[MS_PATH_MAX];
+    int64_t total = 0;
+    int i, r;
+    if (auth_check(ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) {
+        conn_log(c, "auth failed from %s", c->peer);
+        c->hold_until = os_now_ms() + MS_AUTH_DELAY_MS;
+        if (++p->auth_fails >= MS_AUTH_MAX_FAILS) {
+            conn_reply(c, "-ERR [AUTH] Invalid login, closing");
+            conn_close(c, 1);
+        } else {
+            conn_reply(c, "-ERR [AUTH] Invalid login");
+        }
+        return;
+    }
+    if (pop_in_use(ms, c, mailbox)) { /* RFC 2449 8.1.1 */
+        conn_reply(c, "-ERR [IN-USE] Mailbox is locked by another POP3 session");
+        return;
+    }
+    r = ms->cfg->storage == STORE_MBOX ? mbox_view_open(&p->view, ms->cfg->spool, mailbox)
+                                       : mdir_view_open(&p->view, ms->cfg->spool, mailbox);
+    if (r != 0) {
+        conn_log(c, "cannot open mailbox %s: %s", mailbox, strerror(errno));
+        conn_reply(c, "-ERR [SYS/TEMP] Cannot open the mailbox");
+        view_free(&p->view);
+        return;
+    }
+    ms_strlcpy(p->mailbox, mailbox, sizeof p->mailbox);
+    p->state = POP_S_TRANS;
+    for (i = 0; i < p->view.n; i++) total += p->view.msgs[i].size;
+    conn_log(c, "login %s: %d messages, %lld octets", mailbox, p->view.n, (long long)total);
+    conn_reply(c, "+OK %d messages (%lld octets)", p->view.n, (long long)total);
+}
+
+static void
+pop_do_capa(struct conn *c)
+{
+    conn_reply(c, "+OK Capability list follows");
+    if (c->u.pop.state == POP_S_AUTH && conn_plaintext_ok(c)) {
+        conn_reply(c, "USER");
+        conn_reply(c, "SASL PLAIN");
+    }
+    conn_reply(c, "TOP");
+    conn_reply(c, "UIDL");
+    conn_reply(c, "PIPELINING");
+    conn_reply(c, "RESP-CODES");
+    conn_reply(c, "AUTH-RESP-CODE");
+    conn_reply(c, "IMPLEMENTATION mailsrv-" MAILSRV_VERSION);
+    conn_reply(c, ".");
+}
+
+static void
+pop_auth_line(struct conn *c, const char *verb, const char *args)
+{
+    struct pop_sess *p = &c->u.pop;
+    char user[MS_PATH_MAX], pass[256];
+    if (strcmp(verb, "USER") == 0 || strcmp(verb, "PASS") == 0 || strcmp(verb, "AUTH") == 0) {
+        if (!conn_plaintext_ok(c)) {
+            conn_reply(c, "-ERR [AUTH] Plain-text logins are not allowed from this address");
+            return;
+        }
+    }
+    if (strcmp(verb, "USER") == 0) {
+        if (!*args || strlen(args) >= sizeof p->user) { conn_reply(c, "-ERR Bad user name"); return; }
+        ms_strlcpy(p->user, args, sizeof p->user);
+        conn_reply(c, "+OK");
+    } else if (strcmp(verb, "PASS") == 0) {
+        if (!p->user[0]) { conn_reply(c, "-ERR USER first"); return; }
+        ms_strlcpy(pass, args, sizeof pass);
+        ms_strlcpy(user, p->user, sizeof user);
+        p->user[0] = 0;
+        pop_login(c, user, pass);
+    } else if (strcmp(verb, "AUTH") == 0) {
+        char mech[32];
+        const char *init = cmd_split(args, mech, sizeof mech);
+        if (!mech[0]) { conn_reply(c, "+OK"); conn_reply(c, "PLAIN"); conn_reply(c, "."); return; }
+        if (strcmp(mech, "PLAIN") != 0) { conn_reply(c, "-ERR Unsupported authentication mechanism"); return; }
+        if (!*init) { p->auth_wait = 1; conn_reply(c, "+ "); return; }
+        if (sasl_plain_decode(init, user, sizeof user, pass, sizeof pass) != 0) { pop_login(c, "", ""); return; }
+        pop_login(c, user, pass);
+    } else if (strcmp(verb, "CAPA") == 0) {
+        pop_do_capa(c);
+    } else if (strcmp(verb, "QUIT") == 0) {
+        conn_reply(c, "+OK Bye");
+        conn_close(c, 1);
+    } else {
+        conn_reply(c, "-ERR Unknown command or not logged in");
+    }
+}
+
+static void
+pop_trans_line(struct conn *c, const char *verb, const char *args)
+{
+    struct pop_sess *p = &c->u.pop;
+    struct pop_msg *m;
+    int i;
+    if (strcmp(verb, "STAT") == 0) {
+        int n = 0;
+        int64_t total = 0;
+        for (i = 0; i < p->view.n; i++)
+            if (!p->view.msgs[i].deleted) { n++; total += p->view.msgs[i].size; }
+        conn_reply(c, "+OK %d %lld", n, (long long)total);
+    } else if (strcmp(verb, "LIST") == 0 || strcmp(verb, "UIDL") == 0) {
+        int uidl = verb[0] == 'U';
+        if (*args) {
+            if ((m = pop_get_msg(c, args)) == NULL) return;
+            if (uidl) conn_reply(c, "+OK %d %s", (int)(m - p->view.msgs) + 1, m->uidl);
+            else conn_reply(c, "+OK %d %lld", (int)(m - p->view.msgs) + 1, (long long)m->size);
+            return;
+        }
+        buf_adds(&c->out, "+OK\r\n");
+        for (i = 0; i < p->view.n; i++) {
+            if (p->view.msgs[i].deleted) continue;
+            if (uidl) buf_printf(&c->out, "%d %s\r\n", i + 1, p->view.msgs[i].uidl);
+            else buf_printf(&c->out, "%d %lld\r\n", i + 1, (long long)p->view.msgs[i].size);
+        }
+        buf_adds(&c->out, ".\r\n");
+    } else if (strcmp(verb, "RETR") == 0) {
+        if ((m = pop_get_msg(c, args)) == NULL) return;
+        conn_log(c, "retr %s %s", p->mailbox, m->uidl);
+        pop_stream_start(c, m, -1);
+    } else if (strcmp(verb, "TOP") == 0) {
+        char num[16];
+        const char *lines = cmd_split(args, num, sizeof num);
+        char *end;
+        long nl = strtol(lines, &end, 10);
+        if (!*lines || *end || nl < 0 || strlen(lines) > 9) { conn_reply(c, "-ERR Syntax: TOP msg lines"); return; }
+        if ((m = pop_get_msg(c, num)) == NULL) return;
+        pop_stream_start(c, m, nl);
+    } else if (strcmp(verb, "DELE") == 0) {
+        if ((m = pop_get_msg(c, args)) == NULL) return;
+        m->deleted = 1;
+        conn_reply(c, "+OK Message deleted");
+    } else if (strcmp(verb, "RSET") == 0) {
+        for (i = 0; i < p->view.n; i++) p->view.msgs[i].deleted = 0;
+        conn_reply(c, "+OK");
+    } else if (strcmp(verb, "NOOP") == 0) {
+        conn_reply(c, "+OK");
+    } else if (strcmp(verb, "CAPA") == 0) {
+        pop_do_capa(c);
+    } else if (strcmp(verb, "QUIT") == 0) {
+        int ndel = 0;
+        for (i = 0; i < p->view.n; i++) ndel += p->view.msgs[i].deleted;
+        if (view_commit(&p->view) != 0) {
+            conn_log(c, "update of %s failed: %s", p->mailbox, strerror(errno));
+            conn_reply(c, "-ERR [SYS/TEMP] Some deleted messages were not removed");
+        } else {
+            if (ndel) conn_log(c, "deleted %d messages from %s", ndel, p->mailbox);
+            conn_reply(c, "+OK Bye");
+        }
+        p->state = POP_S_AUTH; /* the mailbox is free again */
+        conn_close(c, 1);
+    } else if (strcmp(verb, "USER") == 0 || strcmp(verb, "PASS") == 0 || strcmp(verb, "AUTH") == 0) {
+        conn_reply(c, "-ERR Already logged in");
+    } else {
+        conn_reply(c, "-ERR Unknown command");
+    }
+}
+
+static void
+pop_line(struct conn *c, char *line, size_t len)
+{
+    struct pop_sess *p = &c->u.pop;
+    char verb[8];
+    const char *args;
+    if (c->ms->verbose) {
+        char vis[600];
+        int secret = p->auth_wait || ms_strncaseeq(line, "PASS", 4) || ms_strncaseeq(line, "AUTH ", 5);
+        ms_visible(vis, sizeof vis, line, secret && len > 4 ? 4 : len);
+        conn_log(c, "< %s", vis);
+    }
+    if (memchr(line, 0, len)) { conn_reply(c, "-ERR NUL in command"); p->auth_wait = 0; return; }
+    if (p->auth_wait) { /* the AUTH PLAIN continuation */
+        char user[MS_PATH_MAX], pass[256];
+        p->auth_wait = 0;
+        if (strcmp(line, "*") == 0) { conn_reply(c, "-ERR Authentication cancelled"); return; }
+        if (sasl_plain_decode(line, user, sizeof user, pass, sizeof pass) != 0) { pop_login(c, "", ""); return; }
+        pop_login(c, user, pass);
+        return;
+    }
+    args = cmd_split(line, verb, sizeof verb);
+    if (strcmp(verb, "PASS") != 0 && strcmp(verb, "AUTH") != 0 && strlen(args) > MS_POP_ARG_MAX * 2) {
+        conn_reply(c, "-ERR Argument too long");
+        return;
+    }
+    if (p->state == POP_S_AUTH) pop_auth_line(c, verb, args);
+    else pop_trans_line(c, verb, args);
+}
+
+/*==== 11. Event loop ====*/
+/*
+ * Each turn: build the pollfd array (POLLIN while there is input room and the
+ * session is not held, POLLOUT while output is pending), poll until the
+ * nearest deadline, accept, read, run the protocol over complete lines, send,
+ * run timers, then free the connections marked closing.
+ */
+
+static void
+conn_free(struct conn *c)
+{
+    if (c->proto == PROTO_POP3) {
+        pop_stream_end(c);
+        view_free(&c->u.pop.view);
+    } else {
+        smtp_tx_reset(c);
+    }
+    net_close(c->fd);
+    buf_free(&c->out);
+    free(c);
+}
+
+static void
+conn_consume(struct conn *c, size_t n)
+{
+    memmove(c->in, c->in + n, c->inlen - n);
+    c->inlen -= n;
+}
+
+/* Runs the protocol over buffered input until it needs more, is held, or
+ * has produced enough output for now. */
+static void
+conn_process(struct conn *c)
+{
+    char line[MS_SMTP_LINE_MAX + 1];
+    int is_pop = c->proto == PROTO_POP3;
+    if (c->hold_until) {
+        if (os_now_ms() < c->hold_until) return;
+        c->hold_until = 0;
+    }
+    while (!c->is_closing && !c->close_after_flush && !c->hold_until) {
+        char *nl;
+        size_t len;
+        if (is_pop && c->u.pop.streaming) {
+            pop_pump(c);
+            if (c->u.pop.streaming) break;
+            continue;
+        }
+        if (conn_pending(c) > MS_OUT_HIGH) break;
+        if (!is_pop && c->u.smtp.state == SMTP_S_DATA) {
+            if (!c->inlen) break;
+            conn_consume(c, smtp_data_feed(c, c->in, c->inlen));
+            continue;
+        }
+        nl = memchr(c->in, '\n', c->inlen);
+        if (!nl) {
+            if (c->inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
+                if (!c->discarding) conn_reply(c, is_pop ? "-ERR Line too long" : "500 5.5.2 Line too long");
+                c->discarding = 1;
+                c->inlen = 0;
+            }
+            break;
+        }
+        len = (size_t)(nl - c->in);
+        if (c->discarding) { c->discarding = 0; conn_consume(c, len + 1); continue; }
+        if (len + 1 > MS_SMTP_LINE_MAX) {
+            conn_reply(c, is_pop ? "-ERR Line too long" : "500 5.5.2 Line too long");
+            conn_consume(c, len + 1);
+            continue;
+        }
+        memcpy(line, c->in, len);
+        conn_consume(c, len + 1);
+        if (len && line[len - 1] == '\r') len--;
+        line[len] = 0;
+        c->deadline = os_now_ms() + c->ms->cfg->timeout * 1000;
+        if (is_pop) pop_line(c, line, len);
+        else smtp_line(c, line, len);
+    }
+}
+
+static void
+conn_read(struct conn *c)
+{
+    long n;
+    if (c->inlen >= MS_IN_SIZE) return;
+    n = net_recv(c->fd, c->in + c->inlen, MS_IN_SIZE - c->inlen);
+    if (n > 0) { c->inlen += (size_t)n; return; }
+    if (n == 0 || !net_would_block(net_error())) {
+        if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
+            conn_log(c, "connection lost during DATA: message discarded");
+        c->is_closing = 1;
+    }
+}
+
+static void
+loop_accept(struct mailsrv *ms, struct listener *l)
+{
+    int k;
+    for (k = 0; k < 64; k++) {
+        char peer[64];
+        int lo;
+        struct conn *c;
+        ms_sock_t s = net_accept(l->fd, peer, sizeof peer, &lo);
+        if (s == MS_BAD_SOCK) break;
+        if (ms->nconns >= ms->cfg->max_clients) {
+            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+            static const char pop_busy[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
+            if (l->proto == PROTO_POP3) net_send(s, pop_busy, sizeof pop_busy - 1);
+            else net_send(s, smtp_busy, sizeof smtp_busy - 1);
+            ms_log(ms, "refused %s from %s: max_clients (%ld) reached", proto_names[l->proto], peer,
+                   ms->cfg->max_clients);
+            net_close(s);
+            continue;
+        }
+        c = xrealloc(NULL, sizeof *c);
+        memset(c, 0, sizeof *c);
+        c->ms = ms;
+        c->fd = s;
+        c->id = ++ms->next_id;
+        c->proto = l->proto;
+        c->is_loopback = lo;
+        ms_strlcpy(c->peer, peer, sizeof c->peer);
+        c->deadline = os_now_ms() + ms->cfg->timeout * 1000;
+        if (ms->nconns == ms->capconns) {
+            ms->capconns = ms->capconns ? ms->capconns * 2 : 64;
+            ms->conns = xrealloc(ms->conns, sizeof *ms->conns * (size_t)ms->capconns);
+        }
+        ms->conns[ms->nconns++] = c;
+        conn_log(c, "connect %s from %s", proto_names[c->proto], peer);
+        if (c->proto == PROTO_POP3) pop_greet(c);
+        else smtp_greet(c);
+        conn_send(c);
+    }
+}
+
+static void
+loop_timers(struct mailsrv *ms, int64_t now)
+{
+    int i;
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        if (c->is_closing || now < c->deadline) continue;
+        if (c->close_after_flush) { c->is_closing = 1; continue; } /* it never read its last reply */
+        conn_log(c, "timeout");
+        if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Timeout, closing");
+        else conn_reply(c, "421 4.4.2 %s Timeout, closing", ms->cfg->hostname);
+        conn_close(c, 1);
+        c->deadline = now + 10000;
+        conn_send(c);
+    }
+}
+
+static void
+loop_sweep(struct mailsrv *ms)
+{
+    int i, j = 0;
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        if (c->is_closing) { conn_log(c, "disconnect"); conn_free(c); }
+        else ms->conns[j++] = c;
+    }
+    ms->nconns = j;
+}
+
+static void
+loop_close_listeners(struct mailsrv *ms)
+{
+    int i;
+    for (i = 0; i < ms->nlst; i++) net_close(ms->lst[i].fd);
+    ms->nlst = 0;
+}
+
+/* Stopping: idle sessions are told and closed; busy ones finish first. */
+static void
+loop_stop_sessions(struct mailsrv *ms)
+{
+    int i;
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        if (c->is_closing || c->close_after_flush) continue;
+        if (c->proto == PROTO_POP3) {
+            if (c->u.pop.streaming) continue;
+            conn_reply(c, "-ERR [SYS/TEMP] Server shutting down");
+        } else {
+            if (c->u.smtp.state == SMTP_S_DATA) continue;
+            conn_reply(c, "421 4.3.2 %s Server shutting down", ms->cfg->hostname);
+        }
+        conn_close(c, 1);
+        conn_send(c);
+    }
+}
+
+static void
+loop_check_reload(struct mailsrv *ms, int64_t now)
+{
+    struct os_stat st;
+    if (!ms->ini_path) return;
+    if (!ms->reload_requested) {
+        if (now < ms->next_ini_check) return;
+        ms->next_ini_check = now + MS_RELOAD_CHECK_MS;
+        if (os_stat(ms->ini_path, &st) != 0 || (st.mtime == ms->ini_mtime && st.size == ms->ini_size)) return;
+        ms_log(ms, "%s changed: reloading", ms->ini_path);
+    } else {
+        ms_log(ms, "reload requested");
+    }
+    ms->reload_requested = 0;
+    mailsrv_load_ini(ms, ms->ini_path);
+}
+
+/* Removes tmp files left by a crash (they were never acknowledged). */
+static int
+loop_clean_tmp_entry(void *ctx, const char *name)
+{
+    char path[1400];
+    struct os_stat st;
+    if (ms_fmt(path, sizeof path, "%s/%s", (const char *)ctx, name) >= 0 && os_stat(path, &st) == 0 &&
+        time(NULL) - st.mtime > MS_TMP_MAX_AGE)
+        os_unlink(path);
+    return 0;
+}
+
+/*==== 12. Public API and main ====*/
+
+static void
+default_log(void *user, const char *line)
+{
+    char ts[32];
+    time_t t = time(NULL);
+    struct tm *g = gmtime(&t);
+    (void)user;
+    if (!g || !strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", g)) ts[0] = 0;
+    fprintf(stderr, "%s %s\n", ts, line);
+    fflush(stderr);
+}
+
+/* see mailsrv.h */
+struct mailsrv *
+mailsrv_create(void)
+{
+    struct mailsrv *ms = calloc(1, sizeof *ms);
+    if (!ms) return NULL;
+    ms->log_fn = default_log;
+    return ms;
+}
+
+/* see mailsrv.h */
+void
+mailsrv_destroy(struct mailsrv *ms)
+{
+    int i;
+    if (!ms) return;
+    for (i = 0; i < ms->nconns; i++) conn_free(ms->conns[i]);
+    loop_close_listeners(ms);
+    free(ms->conns);
+    free(ms->pfds);
+    free(ms->ini_path);
+    cfg_free(ms->cfg);
+    if (os_signal_target == ms) os_signal_target = NULL;
+    free(ms);
+}
+
+/* see mailsrv.h */
+void
+mailsrv_set_log(struct mailsrv *ms, mailsrv_log_fn fn, void *user)
+{
+    ms->log_fn = fn ? fn : default_log;
+    ms->log_user = fn ? user : NULL;
+}
+
+/* see mailsrv.h */
+void mailsrv_set_verbose(struct mailsrv *ms, int verbose) { ms->verbose = verbose; }
+
+/* see mailsrv.h */
+void mailsrv_stop(struct mailsrv *ms) { ms->stop_requested = 1; }
+
+/* see mailsrv.h */
+void mailsrv_request_reload(struct mailsrv *ms) { ms->reload_requested = 1; }
+
+static int
+ms_install_config(struct mailsrv *ms, struct ms_config *c)
+{
+    if (c->nerrors) {
+        const char *p = c->errors.p, *e;
+        while (p && *p && (e = strchr(p, '\n')) != NULL) {
+            ms_log(ms, "config error: %.*s", (int)(e - p), p);
+            p = e + 1;
+        }
+        if (ms->cfg) ms_log(ms, "new configuration refused; the previous one stays in force");
+        cfg_free(c);
+        return -1;
+    }
+    if (ms->cfg && (ms->cfg->nlisten != c->nlisten ||
+                    memcmp(ms->cfg->listen, c->listen, sizeof c->listen[0] * (size_t)c->nlisten) != 0))
+        ms_log(ms, "listener changes take effect after a restart");
+    if (c->capture && cfg_listens_beyond_loopback(c))
+        ms_log(ms, "WARNING: capture mode accepts mail for every address and listens beyond loopback");
+    if (ms->cfg) {
+        int i, n = 0;
+        for (i = 0; i < c->ndomains; i++) n += c->domains[i].nusers;
+        ms_log(ms, "configuration loaded: %d domains, %d mailboxes", c->ndomains, n);
+    }
+    cfg_free(ms->cfg);
+    ms->cfg = c;
+    return 0;
+}
+
+/* see mailsrv.h */
+int
+mailsrv_load_ini(struct mailsrv *ms, const char *path)
+{
+    struct os_stat st;
+    if (os_stat(path, &st) == 0) { ms->ini_mtime = st.mtime; ms->ini_size = st.size; }
+    if (ms->ini_path != path) {
+        free(ms->ini_path);
+        ms->ini_path = xstrdup(path);
+    }
+    ms->next_ini_check = os_now_ms() + MS_RELOAD_CHECK_MS;
+    return ms_install_config(ms, cfg_load(path, NULL));
+}
+
+/* see mailsrv.h */
+int
+mailsrv_load_ini_string(struct mailsrv *ms, const char *text, const char *path)
+{
+    return ms_install_config(ms, cfg_load(path, text));
+}
+
+/* see mailsrv.h */
+int
+mailsrv_listen(struct mailsrv *ms)
+{
+    int i;
+    char tmpdir[1100];
+    const struct ms_config *c = ms->cfg;
+    if (!c) { ms_log(ms, "no configuration loaded"); return -1; }
+    if (store_mkdir(c->spool, c->dir[0] ? c->dir : ".") != 0 ||
+        ms_fmt(tmpdir, sizeof tmpdir, "%s/.tmp", c->spool) < 0 || store_mkdir(tmpdir, c->spool) != 0) {
+        ms_log(ms, "cannot create the spool %s: %s", c->spool, strerror(errno));
+        return -1;
+    }
+    os_list_dir(tmpdir, loop_clean_tmp_entry, tmpdir);
+    for (i = 0; i < c->nlisten; i++) {
+        const struct cfg_listen *l = &c->listen[i];
+        struct sockaddr_storage ss;
+        socklen_t len;
+        ms_sock_t s;
+        memset(&ss, 0, sizeof ss);
+        if (l->family == AF_INET) {
+            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+            in->sin_family = AF_INET;
+            in->sin_port = htons((unsigned short)l->port);
+            inet_pton(AF_INET, l->addr, &in->sin_addr);
+            len = sizeof *in;
+        } else {
+            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+            in6->sin6_family = AF_INET6;
+            in6->sin6_port = htons((unsigned short)l->port);
+            inet_pton(AF_INET6, l->addr, &in6->sin6_addr);
+            len = sizeof *in6;
+        }
+        s = net_listen((struct sockaddr *)&ss, len);
+        if (s == MS_BAD_SOCK) {
+            if (l->optional) { ms_log(ms, "no IPv6 listener on port %u: %s", l->port, strerror(errno)); continue; }
+            ms_log(ms, "cannot listen on %s%s%s:%u (%s): %s", l->family == AF_INET6 ? "[" : "", l->addr,
+                   l->family == AF_INET6 ? "]" : "", l->port, proto_names[l->proto], strerror(errno));
+            loop_close_listeners(ms);
+            return -1;
+        }
+        ms->lst[ms->nlst].fd = s;
+        ms->lst[ms->nlst].proto = (enum proto)l->proto;
+        snprintf(ms->lst[ms->nlst].name, sizeof ms->lst[0].name, "%s%s%s:%u", l->family == AF_INET6 ? "[" : "",
+                 l->addr, l->family == AF_INET6 ? "]" : "", l->port);
+        ms_log(ms, "listening for %s on %s", proto_names[l->proto], ms->lst[ms->nlst].name);
+        ms->nlst++;
+    }
+    return 0;
+}
+
+/* see mailsrv.h */
+int
+mailsrv_poll(struct mailsrv *ms, int timeout_ms)
+{
+    int64_t now = os_now_ms(), wake = now + timeout_ms;
+    int i, n, nfds = 0, r;
+    if (ms->stop_requested && !ms->stopping) {
+        ms->stopping = 1;
+        ms->stop_deadline = now + MS_STOP_GRACE_MS;
+        loop_close_listeners(ms);
+        ms_log(ms, "stopping: %d sessions in flight", ms->nconns);
+    }
+    if (ms->stopping) {
+        loop_stop_sessions(ms);
+        loop_sweep(ms);
+        if (ms->nconns == 0 || now >= ms->stop_deadline) return 1;
+    }
+    n = ms->nlst + ms->nconns;
+    if (n > ms->capfds) {
+        ms->capfds = n + 64;
+        ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
+    }
+    for (i = 0; i < ms->nlst; i++) {
+        ms->pfds[nfds].fd = ms->lst[i].fd;
+        ms->pfds[nfds].events = POLLIN;
+        ms->pfds[nfds++].revents = 0;
+    }
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        short ev = 0;
+        if (c->hold_until) { if (c->hold_until < wake) wake = c->hold_until; }
+        else {
+            if (c->inlen < MS_IN_SIZE && !c->close_after_flush) ev |= POLLIN;
+            if (conn_pending(c)) ev |= POLLOUT;
+        }
+        if (c->deadline < wake) wake = c->deadline;
+        ms->pfds[nfds].fd = c->fd;
+        ms->pfds[nfds].events = ev;
+        ms->pfds[nfds++].revents = 0;
+    }
+    if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
+    if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
+    r = poll(ms->pfds, (nfds_t)nfds, wake > now ? (int)(wake - now) : 0);
+    if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
+    if (r > 0) {
+        int nl = ms->nlst, nc = ms->nconns;
+        for (i = 0; i < nl; i++)
+            if (ms->pfds[i].revents & POLLIN) loop_accept(ms, &ms->lst[i]);
+        for (i = 0; i < nc; i++) { /* connections accepted just now come after nc */
+            struct conn *c = ms->conns[i];
+            short re = ms->pfds[nl + i].revents;
+            if (re & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
+            if (re & POLLOUT) conn_send(c);
+        }
+    }
+    now = os_now_ms();
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        if (c->is_closing) continue;
+        conn_process(c);
+        if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
+    }
+    loop_timers(ms, now);
+    loop_sweep(ms);
+    loop_check_reload(ms, now);
+    return 0;
+}
+
+/* see mailsrv.h */
+int
+mailsrv_run(struct mailsrv *ms)
+{
+    while (mailsrv_poll(ms, 1000) == 0) {}
+    ms_log(ms, "stopped");
+    return 0;
+}
+
+/* ---- command line ---- */
+
+static int
+cli_split_address(const char *arg, char *user, char *domain)
+{
+    const char *at = strrchr(arg, '@');
+    if (!at || (size_t)(at - arg) > MS_LOCAL_MAX || strlen(at + 1) > MS_DOMAIN_MAX) return -1;
+    memcpy(user, arg, (size_t)(at - arg));
+    user[at - arg] = 0;
+    strcpy(domain, at + 1);
+    ms_lower(user);
+    ms_lower(domain);
+    return cfg_safe_component(user, MS_LOCAL_MAX) && cfg_valid_domain(domain) ? 0 : -1;
+}
+
+static int
+cli_print_errors(const struct ms_config *c)
+{
+    if (!c->nerrors) return 0;
+    fputs(c->errors.p, stderr);
+    return 1;
+}
+
+static int
+cli_check(const char *path)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    int i, users = 0, aliases = 0;
+    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    for (i = 0; i < c->ndomains; i++) { users += c->domains[i].nusers; aliases += c->domains[i].naliases; }
+    printf("%s: ok: %d domain%s, %d mailbox%s, %d alias%s, %d listener%s, %s storage in %s%s\n", path,
+           c->ndomains, c->ndomains == 1 ? "" : "s", users, users == 1 ? "" : "es", aliases,
+           aliases == 1 ? "" : "es", c->nlisten, c->nlisten == 1 ? "" : "s",
+           c->storage == STORE_MBOX ? "mbox" : "maildir", c->spool, c->capture ? ", CAPTURE MODE" : "");
+    if (c->capture && cfg_listens_beyond_loopback(c))
+        fprintf(stderr, "%s: WARNING: capture mode accepts mail for every address, and a listener is "
+                        "reachable beyond loopback\n", path);
+    cfg_free(c);
+    return 0;
+}
+
+/* add / del: edit the text, check the result as a whole, then write it. */
+static int
+cli_edit(const char *path, const char *addr, int add)
+{
+    char user[MS_LOCAL_MAX + 1], domain[MS_DOMAIN_MAX + 1], err[256], pw[512], hash[160];
+    struct ms_config *c;
+    struct cfg_domain *d;
+    size_t len;
+    char *text, *edited;
+    int rc = 1;
+    if (cli_split_address(addr, user, domain) != 0) {
+        fprintf(stderr, "mailsrv: '%s' is not a valid address for a mailbox (user@domain)\n", addr);
+        return 1;
+    }
+    c = cfg_load(path, NULL);
+    if (cli_print_errors(c)) { fprintf(stderr, "mailsrv: fix %s first\n", path); cfg_free(c); return 1; }
+    d = cfg_find_domain(c, domain);
+    if (add && d && (cfg_find_user(d, user) || cfg_find_alias(d, user))) {
+        fprintf(stderr, "mailsrv: %s@%s already exists\n", user, domain);
+        cfg_free(c);
+        return 1;
+    }
+    if (add) {
+        const char *why;
+        if (os_read_password(pw, sizeof pw) != 0) { fprintf(stderr, "mailsrv: no password on stdin\n"); cfg_free(c); return 1; }
+        if ((why = pass_policy(pw)) != NULL) { fprintf(stderr, "mailsrv: %s\n", why); cfg_free(c); return 1; }
+        pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
+    }
+    if (!(text = cfg_read_file(path, &len))) { fprintf(stderr, "mailsrv: %s: %s\n", path, strerror(errno)); cfg_free(c); return 1; }
+    edited = cfg_edit_mailbox(text, len, user, domain, add ? hash : NULL, err, sizeof err);
+    if (edited && add && !d) { /* a new domain needs a postmaster (RFC 5321 4.5.1): this mailbox */
+        struct buf b = {0};
+        buf_adds(&b, edited);
+        buf_printf(&b, "\n[alias %s]\npostmaster = %s\n", domain, user);
+        free(edited);
+        edited = b.p;
+    }
+    cfg_free(c);
+    if (!edited) { fprintf(stderr, "mailsrv: %s\n", err); free(text); return 1; }
+    c = cfg_load(path, edited);
+    if (c->nerrors) {
+        fprintf(stderr, "mailsrv: the file would not be valid after this change:\n");
+        cli_print_errors(c);
+    } else if (cfg_write_file(path, edited, strlen(edited)) != 0) {
+        fprintf(stderr, "mailsrv: cannot write %s: %s\n", path, strerror(errno));
+    } else {
+        printf("%s %s@%s in %s%s\n", add ? "added" : "removed", user, domain, path,
+               add && !d ? " (new domain; it is also its postmaster)" : add ? "" : " (its mail stays on disk)");
+        rc = 0;
+    }
+    cfg_free(c);
+    free(text);
+    free(edited);
+    return rc;
+}
+
+static int
+cli_users(const char *path)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    int i, j, k;
+    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    for (i = 0; i < c->ndomains; i++) {
+        struct cfg_domain *d = &c->domains[i];
+        printf("domain %s\n", d->name);
+        for (j = 0; j < d->nusers; j++) {
+            struct pop_view v;
+            char addr[MS_PATH_MAX];
+            int64_t bytes = 0;
+            snprintf(addr, sizeof addr, "%s@%s", d->users[j].name, d->name);
+            if ((c->storage == STORE_MBOX ? mbox_view_open(&v, c->spool, addr) : mdir_view_open(&v, c->spool, addr)) != 0)
+                memset(&v, 0, sizeof v);
+            for (k = 0; k < v.n; k++) bytes += v.msgs[k].size;
+            printf("  mailbox %s messages=%d bytes=%lld\n", addr, v.n, (long long)bytes);
+            view_free(&v);
+        }
+        for (j = 0; j < d->naliases; j++) {
+            struct targets t = {0};
+            cfg_expand_members(c, d->aliases[j].members, d->name, &t, 0);
+            printf("  alias %s@%s ->", d->aliases[j].name, d->name);
+            for (k = 0; k < t.n; k++) printf("%s %s", k ? "," : "", t.v[k]);
+            printf("\n");
+            free(t.v);
+        }
+    }
+    cfg_free(c);
+    return 0;
+}
+
+static int
+cli_passwd(void)
+{
+    char pw[512], hash[160];
+    if (os_read_password(pw, sizeof pw) != 0 || !pw[0]) {
+        fprintf(stderr, "mailsrv: give the password on stdin\n");
+        return 1;
+    }
+    pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
+    printf("%s\n", hash);
+    return 0;
+}
+
+static void
+cli_usage(void)
+{
+    fputs("usage: mailsrv [-c FILE] [-v]            run the server (default FILE: ./mailsrv.ini)\n"
+          "       mailsrv [-c FILE] check           validate the configuration\n"
+          "       mailsrv passwd                    hash a password read on stdin\n"
+          "       mailsrv [-c FILE] add ADDRESS     add a mailbox (password on stdin)\n"
+          "       mailsrv [-c FILE] del ADDRESS     remove a mailbox (its mail stays)\n"
+          "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
+          "       mailsrv -V                        print the version\n",
+          stderr);
+}
+
+#ifndef MAILSRV_NO_MAIN
+int
+main(int argc, char **argv)
+{
+    const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL;
+    int i, verbose = 0, rc;
+    struct mailsrv *ms;
+    for (i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
+        else if (strcmp(argv[i], "-v") == 0) verbose = 1;
+        else if (strcmp(argv[i], "-V") == 0) { printf("mailsrv %s\n", MAILSRV_VERSION); return 0; }
+        else if (argv[i][0] == '-') { cli_usage(); return 2; }
+        else if (!cmd) cmd = argv[i];
+        else if (!arg) arg = argv[i];
+        else { cli_usage(); return 2; }
+    }
+    if (cmd) {
+        if (strcmp(cmd, "check") == 0 && !arg) return cli_check(path);
+        if (strcmp(cmd, "passwd") == 0 && !arg) return cli_passwd();
+        if (strcmp(cmd, "users") == 0 && !arg) return cli_users(path);
+        if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
+        cli_usage();
+        return 2;
+    }
+    if (!(ms = mailsrv_create())) return 1;
+    mailsrv_set_verbose(ms, verbose);
+    if (mailsrv_load_ini(ms, path) != 0 || mailsrv_listen(ms) != 0) {
+        mailsrv_destroy(ms);
+        return 1;
+    }
+    os_install_signals(ms);
+    ms_log(ms, "mailsrv %s started (%s storage in %s)%s", MAILSRV_VERSION,
+           ms->cfg->storage == STORE_MBOX ? "mbox" : "maildir", ms->cfg->spool,
+           ms->cfg->capture ? " in CAPTURE MODE: every recipient is accepted and stored locally" : "");
+    rc = mailsrv_run(ms);
+    mailsrv_destroy(ms);
+    return rc;
+}
+#endif

@@ -1,0 +1,2344 @@
+#!/usr/bin/env python3
+"""End-to-end tests for mailsrv.
+
+Starts the real binary on free loopback ports with a temporary INI and talks to it
+with smtplib, poplib, raw sockets and curl.
+
+    python3 test/e2e.py [--bin PATH] [--run "PREFIX"] [-k SUBSTRING] [--list]
+
+--bin   the server binary (default: ./mailsrv in the repository root, the folder above test/)
+--run   a command prefix put before the binary, e.g. "qemu-arm -L /usr/arm-linux-gnueabihf" or "wine"
+-k      only run tests whose name contains SUBSTRING
+MAILSRV_TEST_SLACK (default 1.0) multiplies every deadline (for emulators and slow machines).
+MAILSRV_TEST_KEEP=1 keeps the temporary folders of failed tests.
+
+Prints `ok NAME` or `FAIL NAME: reason` per test, then `N passed, N failed`; exit status 1 if any failed.
+Python 3 standard library only (plus the curl command for the curl tests).
+"""
+import argparse
+import base64
+import glob
+import os
+import poplib
+import random
+import re
+import shlex
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SLACK = float(os.environ.get("MAILSRV_TEST_SLACK", "") or "1.0")
+BIN = os.path.join(REPO, "mailsrv")
+RUN = []  # command prefix
+KEEP = os.environ.get("MAILSRV_TEST_KEEP") == "1"
+
+
+def secs(s):
+    """A duration scaled by the slack factor."""
+    return s * SLACK
+
+
+def deadline(s):
+    return time.monotonic() + secs(s)
+
+
+class TestFailure(AssertionError):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+    return cond
+
+
+def short(b, n=160):
+    """repr of bytes/str, shortened for messages."""
+    r = repr(b)
+    return r if len(r) <= n else r[: n // 2] + " ... " + r[-n // 2:]
+
+
+def tok():
+    return "tk" + "%012x" % random.getrandbits(48)
+
+
+def b64(s):
+    if isinstance(s, str):
+        s = s.encode()
+    return base64.b64encode(s).decode()
+
+
+def plain(user, pw):
+    return b64("\0" + user + "\0" + pw)
+
+
+def wait_for(pred, timeout, what, interval=0.05):
+    """Poll pred() until it returns a true value (bounded)."""
+    end = deadline(timeout)
+    last = None
+    while True:
+        try:
+            r = pred()
+            if r:
+                return r
+        except (OSError, TestFailure, smtplib.SMTPException, poplib.error_proto) as e:
+            last = e
+        if time.monotonic() > end:
+            raise TestFailure("timed out waiting for %s%s" % (what, " (last error: %s)" % last if last else ""))
+        time.sleep(interval)
+
+
+def free_ports(n, host="127.0.0.1"):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def have_ipv6():
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        s.bind(("::1", 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+def run_cli(args, input=None, cwd=None, timeout=20):
+    """Run the binary with args (no server); returns CompletedProcess with text output."""
+    return subprocess.run(RUN + [BIN] + list(args), input=input, capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=secs(timeout))
+
+
+# ---------------------------------------------------------------------------------------------
+# raw protocol clients
+
+
+class Conn:
+    """A line-oriented TCP client (CRLF lines)."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=secs(timeout))
+        self.buf = b""
+        self.closed = False
+
+    def send(self, data):
+        if isinstance(data, str):
+            data = data.encode("latin-1")
+        self.sock.sendall(data)
+
+    def readline(self):
+        """One line without CRLF, or None at EOF."""
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                if self.buf:
+                    line, self.buf = self.buf, b""
+                    return line
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def reply(self):
+        """An SMTP reply: (code, text) with the lines joined by newlines."""
+        lines = []
+        while True:
+            l = self.readline()
+            if l is None:
+                raise TestFailure("connection closed by server while waiting for a reply (got so far: %s)" % short(lines))
+            lines.append(l.decode("latin-1"))
+            if len(l) < 4 or l[3:4] != b"-":
+                break
+        try:
+            code = int(lines[-1][:3])
+        except ValueError:
+            raise TestFailure("malformed SMTP reply %s" % short(lines))
+        return code, "\n".join(lines)
+
+    def cmd(self, line):
+        self.send(line + "\r\n")
+        return self.reply()
+
+    def expect(self, line, code, enh=None):
+        c, t = self.cmd(line)
+        last = t.split("\n")[-1]
+        ok = c == code and (enh is None or last[4:].startswith(enh))
+        check(ok, "sent %s: got %s, expected %d%s" % (short(line, 100), short(t), code, " " + enh if enh else ""))
+        return t
+
+    def expect5(self, line, enh=None):
+        c, t = self.cmd(line)
+        check(500 <= c <= 599, "sent %s: got %s, expected a 5xx reply" % (short(line, 100), short(t)))
+        return c, t
+
+    def read_eof(self, timeout=5):
+        """Read until the server closes; returns what arrived meanwhile."""
+        self.sock.settimeout(secs(timeout))
+        data = self.buf
+        self.buf = b""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except socket.timeout:
+            raise TestFailure("server did not close the connection within %.1fs (got %s)" % (secs(timeout), short(data)))
+        except ConnectionResetError:
+            pass
+        self.closed = True
+        return data
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.closed = True
+
+
+class Smtp(Conn):
+    def send_mail(self, sender, rcpts, msg, body_extra=b""):
+        """MAIL/RCPT/DATA with manual dot-stuffing; returns the (code, text) after the final dot."""
+        self.expect("MAIL FROM:<%s>" % sender, 250)
+        for r in rcpts:
+            self.expect("RCPT TO:<%s>" % r, 250)
+        self.expect("DATA", 354)
+        self.send(dot_stuff(msg) + b".\r\n")
+        return self.reply()
+
+
+class Pop(Conn):
+    def line(self):
+        l = self.readline()
+        if l is None:
+            raise TestFailure("POP3 connection closed by server")
+        return l
+
+    def greet(self):
+        l = self.line()
+        check(l.startswith(b"+OK"), "POP3 greeting %s" % short(l))
+        return l
+
+    def cmd(self, s):
+        self.send(s + "\r\n")
+        return self.line()
+
+    def ok(self, s):
+        r = self.cmd(s)
+        check(r.startswith(b"+OK"), "POP3 %s -> %s" % (short(s, 80), short(r)))
+        return r
+
+    def err(self, s):
+        r = self.cmd(s)
+        check(r.startswith(b"-ERR"), "POP3 %s -> %s, expected -ERR" % (short(s, 80), short(r)))
+        return r
+
+    def multi(self):
+        out = []
+        while True:
+            l = self.line()
+            if l == b".":
+                return out
+            if l.startswith(b"."):
+                l = l[1:]
+            out.append(l)
+
+    def login(self, user, pw):
+        self.ok("USER " + user)
+        return self.ok("PASS " + pw)
+
+    def stat(self):
+        p = self.ok("STAT").split()
+        return int(p[1]), int(p[2])
+
+    def list(self):
+        self.ok("LIST")
+        return {int(l.split()[0]): int(l.split()[1]) for l in self.multi()}
+
+    def uidl(self):
+        self.ok("UIDL")
+        return {int(l.split()[0]): l.split()[1].decode("latin-1") for l in self.multi()}
+
+    def retr(self, n):
+        self.ok("RETR %d" % n)
+        return b"".join(l + b"\r\n" for l in self.multi())
+
+    def top(self, n, k):
+        self.ok("TOP %d %d" % (n, k))
+        return b"".join(l + b"\r\n" for l in self.multi())
+
+    def quit(self):
+        self.ok("QUIT")
+        self.read_eof()
+
+
+def dot_stuff(msg):
+    if not msg.endswith(b"\r\n"):
+        msg += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# messages and storage
+
+SENDER = "sender@client.test"
+
+
+def make_msg(token, to="alice@example.test", subject=None, body=None, sender=SENDER):
+    hdr = ["From: <%s>" % sender, "To: <%s>" % to, "Subject: %s" % (subject or "test " + token),
+           "Message-ID: <%s@client.test>" % token, "X-Test-Token: %s" % token]
+    if body is None:
+        body = "Hello %s\r\nsecond line\r\n" % token
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    return ("\r\n".join(hdr) + "\r\n\r\n").encode() + body
+
+
+def token_of(data):
+    m = re.search(rb"X-Test-Token: (\S+)", data)
+    return m.group(1).decode() if m else None
+
+
+def header(data, name):
+    """Unfolded value of the first header `name` in a CRLF or LF message, or None."""
+    head = data.replace(b"\r\n", b"\n").partition(b"\n\n")[0].decode("latin-1")
+    m = re.search(r"(?im)^%s:(.*(?:\n[ \t].*)*)" % re.escape(name), head)
+    return re.sub(r"\s+", " ", m.group(1)).strip() if m else None
+
+
+def check_message(got, sent, sender=SENDER, what="message"):
+    """got: CRLF message from POP3; sent: CRLF message as submitted."""
+    lines = got.split(b"\r\n")
+    rp = ("Return-Path: <%s>" % sender).encode()
+    check(lines[0] == rp, "%s: first line is %s, expected %s" % (what, short(lines[0]), short(rp)))
+    check(len(lines) > 1 and lines[1].startswith(b"Received: from "),
+          "%s: second line is %s, expected 'Received: from ...'" % (what, short(lines[1] if len(lines) > 1 else b"")))
+    gh, _, gb = got.partition(b"\r\n\r\n")
+    sh, _, sb = sent.partition(b"\r\n\r\n")
+    check(gb == sb, "%s: body differs: sent %s, got %s" % (what, short(sb, 300), short(gb, 300)))
+    ghl = gh.split(b"\r\n")
+    for l in sh.split(b"\r\n"):
+        check(l in ghl, "%s: header line %s missing in %s" % (what, short(l), short(gh, 400)))
+
+
+def parse_mbox(data):
+    """mboxrd -> list of (from_line, message bytes with LF ends, >From unquoted)."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    msgs = []
+    cur = None
+    for line in lines:
+        if line.startswith(b"From "):
+            if cur is not None:
+                msgs.append(cur)
+            cur = [line, []]
+        else:
+            if cur is None:
+                cur = [b"", []]  # garbage before the first separator: keep it so checks see it
+            cur[1].append(re.sub(rb"^>(>*From )", rb"\1", line))
+    if cur is not None:
+        msgs.append(cur)
+    out = []
+    for frm, body in msgs:
+        if body and body[-1] == b"":
+            body = body[:-1]
+        out.append((frm, b"\n".join(body) + b"\n"))
+    return out
+
+
+def maildir_files(srv, addr, subs=("new", "cur")):
+    user, dom = addr.lower().split("@")
+    out = []
+    for sub in subs:
+        d = os.path.join(srv.spool, dom, user, sub)
+        if os.path.isdir(d):
+            out += [os.path.join(d, n) for n in sorted(os.listdir(d))]
+    return out
+
+
+def mbox_path(srv, addr):
+    user, dom = addr.lower().split("@")
+    return os.path.join(srv.spool, dom, user + ".mbox")
+
+
+def stored(srv, addr):
+    """Messages on disk for addr (LF line ends as stored, mbox unquoted)."""
+    if srv.storage == "maildir":
+        res = []
+        for p in maildir_files(srv, addr):
+            with open(p, "rb") as f:
+                res.append(f.read())
+        return res
+    p = mbox_path(srv, addr)
+    if not os.path.exists(p):
+        return []
+    with open(p, "rb") as f:
+        return [m for _, m in parse_mbox(f.read())]
+
+
+def stored_tokens(srv, addr):
+    return [token_of(m) for m in stored(srv, addr)]
+
+
+def tree(root, skip=()):
+    out = set()
+    for dp, dns, fns in os.walk(root):
+        for n in dns + fns:
+            p = os.path.relpath(os.path.join(dp, n), root)
+            if p not in skip:
+                out.add(p)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the server under test
+
+DOMAINS = """\
+[domain example.test]
+alice = Passw0rd1
+bob = Passw0rd2
+carol = Passw0rd3
+
+[alias example.test]
+postmaster = alice
+team = alice, bob
+dup = alice, bob, alice
+
+[domain other.test]
+carol = Passw0rd4
+dave = Passw0rd5
+
+[alias other.test]
+postmaster = dave
+* = dave
+"""
+
+PASSWORDS = {"alice@example.test": "Passw0rd1", "bob@example.test": "Passw0rd2", "carol@example.test": "Passw0rd3",
+             "carol@other.test": "Passw0rd4", "dave@other.test": "Passw0rd5"}
+
+
+class Server:
+    def __init__(self, ctx, storage="maildir", server=None, domains=DOMAINS, submission=True):
+        self.ctx = ctx
+        self.dir = tempfile.mkdtemp(prefix="srv", dir=ctx.dir)
+        self.ini = os.path.join(self.dir, "mailsrv.ini")
+        self.spool = os.path.join(self.dir, "spool")
+        self.log = os.path.join(self.dir, "server.log")
+        self.storage = storage
+        p = free_ports(3)
+        self.smtp_port, self.sub_port, self.pop3_port = p
+        keys = {"hostname": "test.local", "smtp": "127.0.0.1:%d" % p[0],
+                "submission": "127.0.0.1:%d" % p[1] if submission else None,
+                "pop3": "127.0.0.1:%d" % p[2], "storage": storage, "spool": "spool",
+                "max_message_size": "100K", "max_recipients": "5", "max_clients": "10", "timeout": "30",
+                "plaintext_auth": "local", "capture": "no"}
+        keys.update(server or {})
+        if keys.get("submission") is None:
+            self.sub_port = None
+        self.keys = keys
+        self.domains = domains
+        self.proc = None
+        self.write_ini()
+
+    def ini_text(self):
+        lines = ["; mailsrv end-to-end test configuration", "[server]"]
+        lines += ["%s = %s" % (k, v) for k, v in self.keys.items() if v is not None]
+        return "\n".join(lines) + "\n\n" + self.domains
+
+    def write_ini(self, text=None):
+        with open(self.ini, "w") as f:
+            f.write(self.ini_text() if text is None else text)
+
+    def listeners(self):
+        out = []
+        for key, kind in (("smtp", "smtp"), ("submission", "smtp"), ("pop3", "pop3")):
+            v = self.keys.get(key)
+            if not v:
+                continue
+            for item in v.split(","):
+                host, _, port = item.strip().rpartition(":")
+                out.append((host.strip("[]") or "127.0.0.1", int(port), kind))
+        return out
+
+    def start(self, args=(), wait=True, cwd=None):
+        logf = open(self.log, "ab")
+        try:
+            self.proc = subprocess.Popen(RUN + [BIN, "-c", self.ini] + list(args), stdin=subprocess.DEVNULL,
+                                         stdout=logf, stderr=logf, cwd=cwd or self.dir)
+        finally:
+            logf.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout=10):
+        end = deadline(timeout)
+        for host, port, kind in self.listeners():
+            while True:
+                if self.proc.poll() is not None:
+                    raise TestFailure("server exited with status %s before listening on %s:%d"
+                                      % (self.proc.returncode, host, port))
+                if probe(host, port, kind):
+                    break
+                if time.monotonic() > end:
+                    raise TestFailure("server not greeting on %s:%d within %.0fs" % (host, port, secs(timeout)))
+                time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM, grace=5):
+        """Signal our own process (by PID); SIGKILL after the grace period. Returns (returncode, was_killed)."""
+        if self.proc is None:
+            return None, False
+        if self.proc.poll() is not None:
+            return self.proc.returncode, False
+        try:
+            self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return self.proc.wait(timeout=secs(grace)), False
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=secs(10))
+            return self.proc.returncode, True
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait(timeout=secs(10))
+
+    def restart(self):
+        rc, killed = self.stop()
+        check(not killed and rc == 0, "SIGTERM: server exit status %s%s" % (rc, " (had to SIGKILL)" if killed else ""))
+        return self.start()
+
+    def log_text(self):
+        try:
+            with open(self.log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    # clients -----------------------------------------------------------------------------
+    def smtp(self, port=None, host="127.0.0.1", ehlo="client.test"):
+        c = self.ctx.track(Smtp(port or self.smtp_port, host))
+        code, text = c.reply()
+        check(code == 220, "SMTP greeting: %s" % short(text))
+        if ehlo:
+            c.expect("EHLO " + ehlo, 250)
+        return c
+
+    def pop(self, user=None, pw=None, port=None, host="127.0.0.1"):
+        p = self.ctx.track(Pop(port or self.pop3_port, host))
+        p.greet()
+        if user is not None:
+            p.login(user, pw if pw is not None else PASSWORDS[user])
+        return p
+
+    def send(self, rcpts, msg, sender=SENDER, port=None):
+        """Deliver with smtplib; returns the refused dict."""
+        with smtplib.SMTP("127.0.0.1", port or self.smtp_port, local_hostname="client.test",
+                          timeout=secs(10)) as s:
+            return s.sendmail(sender, rcpts, msg)
+
+    def deliver(self, to="alice@example.test", token=None, **kw):
+        t = token or tok()
+        msg = make_msg(t, to=to, **kw)
+        refused = self.send([to], msg)
+        check(refused == {}, "recipient refused: %s" % refused)
+        return t, msg
+
+    def fetch(self, user, pw=None):
+        """Whole mailbox via raw POP3: list of dicts n, size, uid, data; also checks STAT/LIST agree."""
+        p = self.pop(user, pw)
+        count, total = p.stat()
+        sizes = p.list()
+        uids = p.uidl()
+        check(count == len(sizes) and total == sum(sizes.values()),
+              "STAT %d %d does not match LIST %s" % (count, total, sizes))
+        out = []
+        for n in sorted(sizes):
+            data = p.retr(n)
+            check(len(data) == sizes[n], "LIST %d says %d octets but RETR sent %d" % (n, sizes[n], len(data)))
+            out.append({"n": n, "size": sizes[n], "uid": uids.get(n), "data": data, "token": token_of(data)})
+        p.quit()
+        return out
+
+    def rcpt_code(self, addr):
+        c = self.smtp()
+        c.expect("MAIL FROM:<%s>" % SENDER, 250)
+        code, text = c.cmd("RCPT TO:<%s>" % addr)
+        c.expect("QUIT", 221)
+        c.close()
+        return code, text
+
+
+def probe(host, port, kind):
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.settimeout(secs(2))
+            f = s.makefile("rb")
+            line = f.readline(1024)
+            if not line.startswith(b"220" if kind == "smtp" else b"+OK"):
+                return False
+            s.sendall(b"QUIT\r\n")
+            while f.read(4096):  # until the server closes: our slot is then free again
+                pass
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# test registry and runner
+
+TESTS = []
+BOTH = ("maildir", "mbox")
+
+
+def test(modes=None, limit=30):
+    def deco(fn):
+        if modes:
+            for m in modes:
+                TESTS.append(("%s[%s]" % (fn.__name__, m), fn, {"storage": m}, limit))
+        else:
+            TESTS.append((fn.__name__, fn, {}, limit))
+        return fn
+    return deco
+
+
+class Ctx:
+    def __init__(self, name):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix="mailsrv-e2e-")
+        self.servers = []
+        self.conns = []
+
+    def server(self, **kw):
+        s = Server(self, **kw)
+        self.servers.append(s)
+        return s
+
+    def track(self, c):
+        self.conns.append(c)
+        return c
+
+    def close_conns(self):
+        for c in self.conns:
+            c.close()
+
+    def cleanup(self, failed, aborted=False):
+        self.close_conns()
+        for s in self.servers:
+            if aborted:
+                if s.alive():
+                    s.kill9()
+            else:
+                s.stop()
+        if not (failed and KEEP):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def where(e):
+    tb = traceback.extract_tb(e.__traceback__)
+    frames = [f for f in tb if os.path.abspath(f.filename) == os.path.abspath(__file__)]
+    return "e2e.py:%d" % frames[-1].lineno if frames else "?"
+
+
+def run_test(name, fn, kw, limit):
+    ctx = Ctx(name)
+    res = {}
+
+    def body():
+        try:
+            fn(ctx, **kw)
+            res["ok"] = True
+        except TestFailure as e:
+            res["err"] = "%s (%s)" % (e, where(e))
+        except Exception as e:  # noqa
+            res["err"] = "%s: %s (%s)" % (type(e).__name__, e, where(e))
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    t.join(secs(limit))
+    aborted = t.is_alive()
+    if aborted:
+        res["err"] = "timed out after %.0fs" % secs(limit)
+        ctx.close_conns()
+        for s in ctx.servers:
+            if s.alive():
+                s.kill9()
+        t.join(secs(5))
+    ok = "ok" in res and not aborted
+    if ok:
+        print("ok %s" % name, flush=True)
+    else:
+        print("FAIL %s: %s" % (name, res.get("err", "?").replace("\n", " | ")), flush=True)
+        for s in ctx.servers:
+            tail = s.log_text().splitlines()[-25:]
+            if tail:
+                print("    --- server log tail (%s) ---" % os.path.basename(s.dir))
+                for l in tail:
+                    print("    | " + l[:300])
+        if KEEP:
+            print("    (kept %s)" % ctx.dir)
+    ctx.cleanup(not ok, aborted)
+    return ok
+
+
+# =============================================================================================
+# command line
+
+
+@test()
+def version(ctx):
+    r = run_cli(["-V"])
+    check(r.returncode == 0, "-V exit status %d, stderr %s" % (r.returncode, short(r.stderr)))
+    check(re.match(r"^mailsrv \d+\.\d+\.\d+", r.stdout.strip()), "-V printed %s" % short(r.stdout))
+
+
+@test()
+def sigterm_exit0(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    rc, killed = srv.stop(signal.SIGTERM)
+    check(not killed and rc == 0, "SIGTERM: exit status %s%s" % (rc, " (needed SIGKILL)" if killed else ""))
+    check(len(stored(srv, "alice@example.test")) == 1, "delivered message not on disk after SIGTERM")
+    srv.start()
+    rc, killed = srv.stop(signal.SIGINT)
+    check(not killed and rc == 0, "SIGINT: exit status %s%s" % (rc, " (needed SIGKILL)" if killed else ""))
+
+
+@test()
+def sigterm_with_idle_sessions(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    p = srv.pop("alice@example.test")
+    rc, killed = srv.stop(signal.SIGTERM, grace=10)
+    check(not killed and rc == 0, "SIGTERM with idle SMTP and POP3 sessions open: exit status %s%s"
+          % (rc, " (still running after 10s, needed SIGKILL)" if killed else ""))
+    c.close()
+    p.close()
+
+
+@test()
+def start_refuses_bad_config(ctx):
+    srv = ctx.server()
+    text = srv.ini_text().replace("[server]\n", "[server]\nno_such_key = 1\n", 1)
+    srv.write_ini(text)
+    srv.start(wait=False)
+    try:
+        rc = srv.proc.wait(timeout=secs(10))
+    except subprocess.TimeoutExpired:
+        raise TestFailure("server with an unknown key in its INI is still running after 10s")
+    check(rc != 0, "server with a bad INI exited with status 0")
+    check("%s:3:" % srv.ini in srv.log_text(), "log does not name %s:3: %s" % (srv.ini, short(srv.log_text())))
+
+
+@test()
+def spool_relative_to_ini(ctx):
+    srv = ctx.server()
+    other = os.path.join(ctx.dir, "elsewhere")
+    os.mkdir(other)
+    srv.start(cwd=other)
+    srv.deliver()
+    check(len(stored(srv, "alice@example.test")) == 1, "message not stored under the INI's folder/spool")
+    check(not os.path.exists(os.path.join(other, "spool")), "spool created relative to the working directory")
+
+
+@test()
+def log_lines(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    srv.fetch("alice@example.test")
+    wait_for(lambda: "127.0.0.1" in srv.log_text(), 3, "a log line with the client address 127.0.0.1")
+    lines = [l for l in srv.log_text().splitlines() if l.strip()]
+    check(len(lines) >= 3, "only %d log lines after SMTP+POP3 sessions: %s" % (len(lines), short(lines)))
+
+
+@test()
+def verbose_trace(ctx):
+    srv = ctx.server().start(args=["-v"])
+    c = srv.smtp(ehlo="trace-probe.example")
+    c.expect("NOOP", 250)
+    wait_for(lambda: "EHLO trace-probe.example" in srv.log_text(), 3, "-v trace of the client's EHLO line in the log")
+
+
+# =============================================================================================
+# config: check, passwd, add, del, users
+
+
+def check_cli(srv):
+    return run_cli(["-c", srv.ini, "check"])
+
+
+def expect_check_error(srv, lines, what, contains=None):
+    r = check_cli(srv)
+    check(r.returncode == 1, "check with %s: exit status %d (stdout %s, stderr %s)"
+          % (what, r.returncode, short(r.stdout), short(r.stderr)))
+    errs = r.stderr.splitlines()
+    pats = ["%s:%d:" % (srv.ini, n) for n in lines]
+    hit = [l for l in errs if any(l.startswith(p) for p in pats)]
+    check(hit, "check with %s: no stderr line starting with %s; stderr: %s" % (what, " or ".join(pats), short(r.stderr, 400)))
+    if contains:
+        check(contains.lower() in r.stderr.lower(), "check with %s: stderr does not mention %r: %s"
+              % (what, contains, short(r.stderr, 400)))
+    return r
+
+
+@test()
+def config_check_ok(ctx):
+    srv = ctx.server()
+    r = check_cli(srv)
+    check(r.returncode == 0, "check on a good INI: exit %d, stderr %s" % (r.returncode, short(r.stderr, 400)))
+    check(len(r.stdout.strip().splitlines()) == 1, "check summary is not one line: %s" % short(r.stdout))
+    for key, vals in (("max_message_size", ["10M", "1024K", "2048"]), ("timeout", ["30s", "5m", "2h", "1d", "45"])):
+        for v in vals:
+            srv.keys[key] = v
+            srv.write_ini()
+            r = check_cli(srv)
+            check(r.returncode == 0, "check with %s = %s: exit %d, stderr %s" % (key, v, r.returncode, short(r.stderr)))
+
+
+@test()
+def config_check_unknown_key(ctx):
+    srv = ctx.server()
+    lines = srv.ini_text().split("\n")
+    lines.insert(5, "bogus_key = 1")  # line 6
+    srv.write_ini("\n".join(lines))
+    expect_check_error(srv, [6], "an unknown key")
+
+
+@test()
+def config_check_unknown_section(ctx):
+    srv = ctx.server()
+    text = srv.ini_text()
+    n = text.count("\n") + 1
+    srv.write_ini(text + "[bogus]\nfoo = bar\n")
+    expect_check_error(srv, [n, n + 1], "an unknown section")
+
+
+@test()
+def config_check_bad_size(ctx):
+    srv = ctx.server()
+    lines = srv.ini_text().split("\n")
+    i = [k for k, l in enumerate(lines) if l.startswith("max_message_size")][0]
+    lines[i] = "max_message_size = 10Q"
+    srv.write_ini("\n".join(lines))
+    expect_check_error(srv, [i + 1], "max_message_size = 10Q")
+
+
+@test()
+def config_check_bad_time(ctx):
+    srv = ctx.server()
+    lines = srv.ini_text().split("\n")
+    i = [k for k, l in enumerate(lines) if l.startswith("timeout")][0]
+    lines[i] = "timeout = 5x"
+    srv.write_ini("\n".join(lines))
+    expect_check_error(srv, [i + 1], "timeout = 5x")
+
+
+@test()
+def config_check_missing_postmaster(ctx):
+    srv = ctx.server(domains=DOMAINS + "\n[domain lonely.test]\nsolo = Passw0rd1\n")
+    r = expect_check_error(srv, range(1, 200), "a domain without postmaster", contains="postmaster")
+    check("lonely.test" in r.stderr, "check does not name the domain lonely.test: %s" % short(r.stderr))
+
+
+@test()
+def config_check_capture_warning(ctx):
+    srv = ctx.server(server={"capture": "yes", "smtp": "0.0.0.0:%d" % free_ports(1)[0]})
+    r = check_cli(srv)
+    check("warn" in (r.stdout + r.stderr).lower(), "check of capture mode on 0.0.0.0 gives no warning: stdout %s stderr %s"
+          % (short(r.stdout), short(r.stderr)))
+
+
+HASH_RE = r"^\$pbkdf2-sha256\$\d+\$[^$\s]+\$[^$\s]+$"
+
+
+@test()
+def passwd_hash_login(ctx):
+    pw = "S3cret-Passw0rd"
+    r = run_cli(["passwd"], input=pw + "\n")
+    check(r.returncode == 0, "passwd: exit %d, stderr %s" % (r.returncode, short(r.stderr)))
+    out = [l for l in r.stdout.splitlines() if l.strip()]
+    check(out and re.match(HASH_RE, out[-1].strip()), "passwd printed %s" % short(r.stdout))
+    h = out[-1].strip()
+    r2 = run_cli(["passwd"], input=pw + "\n")
+    check(r2.stdout.strip().splitlines()[-1].strip() != h, "two passwd runs gave the same hash (no salt?)")
+    srv = ctx.server(domains=DOMAINS.replace("bob = Passw0rd2", "bob = " + h)).start()
+    p = srv.pop("bob@example.test", pw)
+    p.quit()
+    c = srv.smtp()
+    c.expect("AUTH PLAIN " + plain("bob@example.test", pw), 235, "2.7.0")
+    p = srv.pop()
+    p.ok("USER bob@example.test")
+    p.err("PASS Passw0rd2")
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+FANCY_INI = """\
+; mailsrv test configuration with comments
+# a hash comment line
+[server]
+hostname = test.local   ; trailing comment
+smtp = 127.0.0.1:{p1}
+pop3 = 127.0.0.1:{p2}
+storage = {storage}
+spool = spool
+max_message_size = 100K
+  max_recipients=5
+max_clients = 10
+timeout\t=\t30
+plaintext_auth = local
+capture = no
+
+; the demo domain
+[domain example.test]
+alice = Passw0rd1   ; alice's password
+bob = Passw0rd2
+
+; group addresses
+[alias example.test]
+postmaster = alice
+team = alice, bob
+"""
+
+
+def fancy_server(ctx, storage="maildir"):
+    srv = ctx.server(storage=storage, submission=False)
+    srv.write_ini(FANCY_INI.format(p1=srv.smtp_port, p2=srv.pop3_port, storage=storage))
+    return srv
+
+
+def add_cli(srv, addr, pw):
+    return run_cli(["-c", srv.ini, "add", addr], input=pw + "\n")
+
+
+def del_cli(srv, addr):
+    return run_cli(["-c", srv.ini, "del", addr])
+
+
+def section_of(lines, i):
+    for j in range(i, -1, -1):
+        if lines[j].strip().startswith(b"["):
+            return lines[j].strip()
+    return None
+
+
+def find_added(orig, new, user):
+    """new must be orig plus exactly one `user = ...` line; returns (index, lines)."""
+    nl = new.split(b"\n")
+    for i, l in enumerate(nl):
+        if re.match(rb"^%s\s*=" % re.escape(user.encode()), l.strip()):
+            if b"\n".join(nl[:i] + nl[i + 1:]) == orig:
+                return i, nl
+    raise TestFailure("INI after add is not the original plus one '%s = ...' line:\n%s" % (user, short(new, 1200)))
+
+
+@test()
+def add_password_policy(ctx):
+    srv = fancy_server(ctx)
+    orig = read(srv.ini)
+    for pw in ["Sh0rtPw", "alllowercase1", "ALLUPPERCASE1", "NoDigitsHere", ""]:
+        r = add_cli(srv, "eve@example.test", pw)
+        check(r.returncode == 1, "add with weak password %r: exit %d" % (pw, r.returncode))
+        check((r.stdout + r.stderr).strip(), "add with weak password %r gave no reason" % pw)
+        check(read(srv.ini) == orig, "add with weak password %r changed the INI" % pw)
+
+
+@test()
+def add_del_preserve_file(ctx):
+    srv = fancy_server(ctx)
+    orig = read(srv.ini)
+    r = add_cli(srv, "eve@example.test", "Str0ngPassw0rd")
+    check(r.returncode == 0, "add eve@example.test: exit %d, %s" % (r.returncode, short(r.stderr)))
+    new = read(srv.ini)
+    i, nl = find_added(orig, new, "eve")
+    check(section_of(nl, i) == b"[domain example.test]", "added line is in section %s" % short(section_of(nl, i)))
+    check(re.match(rb"^eve\s*=\s*\$pbkdf2-sha256\$", nl[i].strip()), "added line is not a hash: %s" % short(nl[i]))
+    r = check_cli(srv)
+    check(r.returncode == 0, "check after add: exit %d %s" % (r.returncode, short(r.stderr)))
+    r = add_cli(srv, "eve@example.test", "An0therPassw0rd")
+    check(r.returncode == 1, "adding an existing mailbox: exit %d" % r.returncode)
+    check(read(srv.ini) == new, "adding an existing mailbox changed the INI")
+    r = del_cli(srv, "eve@example.test")
+    check(r.returncode == 0, "del eve@example.test: exit %d %s" % (r.returncode, short(r.stderr)))
+    check(read(srv.ini) == orig, "add then del did not give back the original file byte for byte:\n%s" % short(read(srv.ini), 1200))
+    r = del_cli(srv, "eve@example.test")
+    check(r.returncode == 1, "del of a missing mailbox: exit %d" % r.returncode)
+    check(read(srv.ini) == orig, "del of a missing mailbox changed the INI")
+    # a new domain gets a new section at the end
+    r = add_cli(srv, "frank@fresh.test", "Str0ngPassw0rd")
+    check(r.returncode == 0, "add frank@fresh.test (new domain): exit %d %s" % (r.returncode, short(r.stderr)))
+    new = read(srv.ini)
+    check(new.startswith(orig), "add to a new domain changed the existing text:\n%s" % short(new, 1200))
+    rest = new[len(orig):].split(b"\n")
+    sec = [k for k, l in enumerate(rest) if l.strip() == b"[domain fresh.test]"]
+    check(sec, "no [domain fresh.test] section appended: %s" % short(new[len(orig):]))
+    check(any(re.match(rb"^frank\s*=\s*\$pbkdf2-sha256\$", l.strip()) for l in rest[sec[0]:]),
+          "no frank = hash line in the new section: %s" % short(new[len(orig):]))
+
+
+@test(limit=40)
+def add_del_live_reload(ctx):
+    srv = ctx.server().start()
+    code, text = srv.rcpt_code("eve@example.test")
+    check(code == 550, "RCPT eve before add: %s" % short(text))
+    r = add_cli(srv, "eve@example.test", "Str0ngPassw0rd")
+    check(r.returncode == 0, "add: exit %d %s" % (r.returncode, short(r.stderr)))
+    wait_for(lambda: srv.rcpt_code("eve@example.test")[0] == 250, 10, "RCPT eve@example.test to be accepted after add (no restart)", 0.2)
+    p = srv.pop("eve@example.test", "Str0ngPassw0rd")
+    p.quit()
+    c = srv.smtp()
+    c.expect("AUTH PLAIN " + plain("eve@example.test", "Str0ngPassw0rd"), 235)
+    r = del_cli(srv, "eve@example.test")
+    check(r.returncode == 0, "del: exit %d %s" % (r.returncode, short(r.stderr)))
+    wait_for(lambda: srv.rcpt_code("eve@example.test")[0] == 550, 10, "RCPT eve@example.test to be refused after del", 0.2)
+
+
+@test()
+def del_keeps_mail(ctx):
+    srv = ctx.server().start()
+    t, _ = srv.deliver("carol@example.test")
+    r = del_cli(srv, "carol@example.test")
+    check(r.returncode == 0, "del carol: exit %d %s" % (r.returncode, short(r.stderr)))
+    check("carol = Passw0rd4" in read(srv.ini).decode(), "del carol@example.test removed carol@other.test")
+    wait_for(lambda: srv.rcpt_code("carol@example.test")[0] == 550, 10, "RCPT carol@example.test refused after del", 0.2)
+    check(stored_tokens(srv, "carol@example.test") == [t], "carol's mail is gone from disk after del")
+
+
+@test(modes=BOTH)
+def users_listing(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    srv.deliver()
+    srv.deliver()
+    r = run_cli(["-c", srv.ini, "users"])
+    check(r.returncode == 0, "users: exit %d %s" % (r.returncode, short(r.stderr)))
+    out = r.stdout.splitlines()
+    strip = [l.strip() for l in out]
+
+    def find(rx):
+        for k, l in enumerate(strip):
+            if re.match(rx + r"$", l):
+                return k
+        raise TestFailure("users output has no line matching %r:\n%s" % (rx, r.stdout))
+
+    d1 = find(r"domain example\.test")
+    d2 = find(r"domain other\.test")
+    a = find(r"mailbox alice@example\.test messages=2 bytes=[1-9]\d*")
+    b = find(r"mailbox bob@example\.test messages=0 bytes=0")
+    al = find(r"alias team@example\.test -> alice@example\.test, bob@example\.test")
+    find(r"mailbox dave@other\.test messages=0 bytes=0")
+    check(d1 < a < d2 and d1 < b < d2 and d1 < al < d2, "users: example.test entries not under its domain line:\n" + r.stdout)
+
+
+@test()
+def sighup_reload(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()  # a session that must survive the reload
+    p = srv.pop("bob@example.test")
+    st = os.stat(srv.ini)
+    text = read(srv.ini).decode()
+    new = text.replace("carol = Passw0rd3", "cathy = Passw0rd3", 1)
+    check(len(new) == len(text), "test bug: size changed")
+    srv.write_ini(new)
+    os.utime(srv.ini, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: only SIGHUP can tell
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: srv.rcpt_code("cathy@example.test")[0] == 250, 1.5, "SIGHUP to make cathy@example.test valid", 0.1)
+    code, text = srv.rcpt_code("carol@example.test")
+    check(code == 550, "carol@example.test after the reload removed it: %s" % short(text))
+    c.expect("NOOP", 250)
+    p.ok("NOOP")
+    check(srv.alive(), "server died on SIGHUP")
+
+
+@test()
+def sighup_bad_config_kept(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    p = srv.pop("bob@example.test")
+    good = read(srv.ini).decode()
+    size0 = len(srv.log_text())
+    srv.write_ini(good.replace("[server]\n", "[server]\nno_such_key = 1\n", 1).replace("carol = Passw0rd3", "zed = Passw0rd3"))
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(srv.log_text()) > size0, 4, "a log line about the refused config")
+    check(srv.alive(), "server exited on SIGHUP with a bad config")
+    c.expect("NOOP", 250)
+    p.ok("NOOP")
+    check(srv.rcpt_code("alice@example.test")[0] == 250, "old config not kept: alice refused")
+    check(srv.rcpt_code("carol@example.test")[0] == 250, "old config not kept: carol refused after a bad reload")
+    check(srv.rcpt_code("zed@example.test")[0] == 550, "bad config partly applied: zed accepted")
+    srv.write_ini(good.replace("carol = Passw0rd3", "erin = Passw0rd3"))
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: srv.rcpt_code("erin@example.test")[0] == 250, 5, "the fixed config to load (erin accepted)", 0.1)
+
+
+# =============================================================================================
+# SMTP protocol
+
+
+@test()
+def greeting_ehlo_keywords(ctx):
+    srv = ctx.server().start()
+    c = ctx.track(Smtp(srv.smtp_port))
+    code, text = c.reply()
+    check(code == 220 and "test.local" in text.split("\n")[0], "greeting %s: expected 220 with the hostname" % short(text))
+    code, text = c.cmd("EHLO client.test")
+    check(code == 250, "EHLO: %s" % short(text))
+    lines = text.split("\n")
+    check("test.local" in lines[0], "EHLO first line lacks the hostname: %s" % short(lines[0]))
+    kws = [l[4:].strip().upper() for l in lines[1:]]
+    for need in ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SIZE 102400"):
+        check(need in kws, "EHLO lacks %s: %s" % (need, kws))
+    auth = [k.split() for k in kws if k.startswith("AUTH ")]
+    check(auth and "PLAIN" in auth[0] and "LOGIN" in auth[0], "EHLO lacks AUTH PLAIN LOGIN: %s" % kws)
+    c.expect("QUIT", 221)
+    c.read_eof()
+
+
+@test()
+def helo_and_lowercase_commands(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp(ehlo=None)
+    c.expect("HELO client.test", 250)
+    t = tok()
+    c.expect("mail from:<%s>" % SENDER, 250)
+    c.expect("rcpt to:<alice@example.test>", 250)
+    c.expect("data", 354)
+    c.send(dot_stuff(make_msg(t)) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "end of data after HELO: %s" % short(text))
+    c.expect("quit", 221)
+    check(stored_tokens(srv, "alice@example.test") == [t], "message sent after HELO not stored")
+
+
+@test()
+def vrfy_252(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    t1 = c.expect("VRFY alice", 252)
+    t2 = c.expect("VRFY nosuchuser@example.test", 252)
+    check("alice@example.test" not in t1, "VRFY reveals the mailbox: %s" % short(t1))
+
+
+@test()
+def help_noop_rset_quit(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("HELP", 214)
+    c.expect("NOOP", 250)
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("RSET", 250)
+    c.expect("DATA", 503, "5.5.1")  # RSET forgot the transaction
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)  # and MAIL is allowed again
+    c.expect("QUIT", 221)
+    c.read_eof()
+
+
+@test()
+def sequence_errors_503(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("RCPT TO:<alice@example.test>", 503, "5.5.1")
+    c.expect("DATA", 503, "5.5.1")
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("MAIL FROM:<%s>" % SENDER, 503, "5.5.1")
+    c.expect("DATA", 503, "5.5.1")
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("NOOP", 250)
+    check(stored(srv, "alice@example.test") == [], "something was stored")
+
+
+@test()
+def unknown_user_550(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<nobody@example.test>", 550, "5.1.1")
+    c.expect("RCPT TO:<dave@example.test>", 550, "5.1.1")  # dave exists only in other.test
+    c.expect("RCPT TO:<alice@example.test>", 250)
+
+
+@test()
+def non_local_550(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<someone@elsewhere.example>", 550, "5.7.1")
+    c.expect("RCPT TO:<alice@example.test.evil>", 550, "5.7.1")
+    c.expect("RCPT TO:<alice@example.test>", 250)
+
+
+@test()
+def long_command_line_500(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("NOOP " + "x" * (512 - 2 - 5), 250)  # exactly 512 octets with CRLF
+    c.expect("NOOP " + "x" * 600, 500, "5.5.2")
+    c.expect("NOOP", 250)
+    # a huge line, then a command in the same packet: one 500 for the line, then the command
+    c.send("MAIL FROM:<" + "a" * 20000 + "@client.test>\r\nNOOP\r\n")
+    code, text = c.reply()
+    check(code == 500 and "5.5.2" in text, "20000-octet MAIL line: %s" % short(text))
+    code, text = c.reply()
+    check(code == 250, "NOOP after the long line: %s (expected one reply per line)" % short(text))
+    t = tok()
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(t))
+    check(code == 250, "delivery after long lines: %s" % short(text))
+    check(stored_tokens(srv, "alice@example.test") == [t], "message after long lines not stored")
+
+
+@test(modes=BOTH)
+def long_text_line(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    c = srv.smtp()
+    t = tok()
+    longline = "L" * 2000
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(t, body="before\r\n" + longline + "\r\nafter\r\n"))
+    check(500 <= code <= 599, "message with a 2000-octet line: %s (expected 5xx, never 250)" % short(text))
+    c.expect("NOOP", 250)
+    check(stored(srv, "alice@example.test") == [], "message with an over-long line was stored")
+    # 998 + CRLF = 1000 octets: the maximum, accepted and intact
+    t2 = tok()
+    edge = "E" * 998
+    msg = make_msg(t2, body="x\r\n" + edge + "\r\n" + "." + "D" * 997 + "\r\n")
+    code, text = c.send_mail(SENDER, ["alice@example.test"], msg)
+    check(code == 250, "message with a 1000-octet line: %s" % short(text))
+    got = srv.fetch("alice@example.test")
+    check(len(got) == 1, "expected 1 message, got %d" % len(got))
+    check_message(got[0]["data"], msg)
+
+
+@test()
+def size_param_552(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s> SIZE=200000" % SENDER, 552, "5.3.4")
+    c.expect("MAIL FROM:<%s> SIZE=1000" % SENDER, 250)
+    c.expect("RSET", 250)
+    c.expect("MAIL FROM:<%s> SIZE=102400" % SENDER, 250)
+
+
+@test(modes=BOTH)
+def oversize_message_552(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    c = srv.smtp()
+    t = tok()
+    body = "".join("%s line %05d %s\r\n" % (t, i, "z" * 60) for i in range(2000))  # ~180 KB > 100K
+    code, text = c.send_mail(SENDER, ["alice@example.test", "bob@example.test"], make_msg(t, body=body))
+    check(code == 552 and "5.3.4" in text, "150 KB message with max 100K: %s, expected 552 5.3.4" % short(text))
+    check(stored(srv, "alice@example.test") == [] and stored(srv, "bob@example.test") == [],
+          "oversize message was stored")
+    t2 = tok()
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(t2))
+    check(code == 250, "small message after the 552: %s" % short(text))
+    check(stored_tokens(srv, "alice@example.test") == [t2], "stored tokens %s" % stored_tokens(srv, "alice@example.test"))
+
+
+@test()
+def too_many_recipients_452(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    rc = ["alice@example.test", "bob@example.test", "carol@example.test", "carol@other.test", "dave@other.test"]
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    for r in rc:
+        c.expect("RCPT TO:<%s>" % r, 250)
+    c.expect("RCPT TO:<team@example.test>", 452, "4.5.3")
+    c.expect("DATA", 354)
+    t = tok()
+    c.send(dot_stuff(make_msg(t)) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "DATA: %s" % short(text))
+    for r in rc:
+        check(stored_tokens(srv, r) == [t], "%s: stored %s" % (r, stored_tokens(srv, r)))
+
+
+@test()
+def max_clients_421(ctx):
+    srv = ctx.server(server={"max_clients": "3"}).start()
+    c1 = srv.smtp(ehlo=None)
+    p1 = srv.pop()
+    c3 = srv.smtp(port=srv.sub_port, ehlo=None)
+    c4 = ctx.track(Smtp(srv.smtp_port))
+    code, text = c4.reply()
+    check(code == 421 and text[4:].startswith("4.3.2"), "4th session (SMTP) got %s, expected 421 4.3.2" % short(text))
+    c4.read_eof()
+    p5 = ctx.track(Pop(srv.pop3_port))
+    l = p5.readline()
+    check(l is not None and l.startswith(b"-ERR"), "4th session (POP3) got %s, expected -ERR" % short(l))
+    p5.read_eof()
+    c1.expect("QUIT", 221)
+    c1.read_eof()
+
+    def slot():
+        c = Smtp(srv.smtp_port)
+        try:
+            code, _ = c.reply()
+            return code == 220
+        finally:
+            c.close()
+    wait_for(slot, 3, "a free session slot after one client quit")
+    p1.ok("NOOP")
+    c3.expect("NOOP", 250)
+
+
+@test()
+def idle_timeout_421(ctx):
+    srv = ctx.server(server={"timeout": "2"}).start()
+    c = srv.smtp()
+    p = srv.pop()
+    t0 = time.monotonic()
+    c.sock.settimeout(secs(12))
+    code, text = c.reply()
+    el = time.monotonic() - t0
+    check(code == 421 and "4.4.2" in text, "idle SMTP session got %s, expected 421 4.4.2" % short(text))
+    check(el >= 1.0, "SMTP idle timeout after only %.2fs (timeout = 2)" % el)
+    c.read_eof()
+    p.read_eof(timeout=12)
+    el = time.monotonic() - t0
+    check(el >= 1.0, "POP3 idle timeout after only %.2fs" % el)
+
+
+def pipelined_batch(ctx, srv, with_ehlo):
+    c = ctx.track(Smtp(srv.smtp_port))
+    code, _ = c.reply()
+    check(code == 220, "greeting")
+    t1, t2 = tok(), tok()
+    m1, m2 = make_msg(t1), make_msg(t2, to="bob@example.test")
+    batch = b""
+    if with_ehlo:
+        batch += b"EHLO client.test\r\n"
+    else:
+        c.expect("EHLO client.test", 250)
+    batch += (b"MAIL FROM:<pipe@client.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\n"
+              b"RCPT TO:<bob@example.test>\r\nDATA\r\n" + dot_stuff(m1) + b".\r\n"
+              b"MAIL FROM:<pipe@client.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n" + dot_stuff(m2) + b".\r\n"
+              b"QUIT\r\n")
+    c.sock.sendall(batch)  # one send()
+    want = ([250] if with_ehlo else []) + [250, 250, 550, 250, 354, 250, 250, 250, 354, 250, 221]
+    got = []
+    for _ in want:
+        got.append(c.reply()[0])
+    check(got == want, "pipelined replies %s, expected %s" % (got, want))
+    c.read_eof()
+    check(stored_tokens(srv, "alice@example.test") == [t1], "alice has %s" % stored_tokens(srv, "alice@example.test"))
+    check(sorted(stored_tokens(srv, "bob@example.test")) == sorted([t1, t2]), "bob has %s" % stored_tokens(srv, "bob@example.test"))
+
+
+@test(modes=BOTH)
+def pipelining_one_send(ctx, storage):
+    pipelined_batch(ctx, ctx.server(storage=storage).start(), False)
+
+
+@test()
+def pipelining_with_ehlo_one_send(ctx):
+    pipelined_batch(ctx, ctx.server().start(), True)
+
+
+SMUGGLE = {"lf_dot_lf": b"\n.\n", "crlf_dot_cr": b"\r\n.\r", "lf_dot_crlf": b"\n.\r\n", "cr_dot_crlf": b"\r.\r\n",
+           "crlf_dot_lf": b"\r\n.\n", "cr_dot_cr": b"\r.\r", "crlf_dot_crlf_nocr_end": b"\r\n.\n\r\n"}
+
+
+def smuggle(ctx, seq):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    t, t2 = tok(), tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    payload = (b"From: <sender@client.test>\r\nSubject: first\r\nX-Test-Token: " + t.encode() + b"\r\n\r\nbody one" + seq +
+               b"MAIL FROM:<evil@client.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n"
+               b"Subject: smuggled\r\nX-Test-Token: " + t2.encode() + b"\r\n\r\nsmuggled body " + t2.encode() +
+               b"\r\n.\r\n")
+    c.send(payload)
+    code, text = c.reply()
+    if code == 421:
+        c.read_eof()
+    else:
+        check(code == 250 or 500 <= code <= 599, "end of data: %s" % short(text))
+        c.send("QUIT\r\n")
+        rest = c.read_eof()
+        check(rest.startswith(b"221") and rest.count(b"\r\n") == 1,
+              "after the real end of data, QUIT got %s: the server saw extra commands (smuggling)" % short(rest))
+    check(stored(srv, "bob@example.test") == [], "smuggled message delivered to bob: %s" % short(stored(srv, "bob@example.test")))
+    a = stored(srv, "alice@example.test")
+    check(len(a) <= 1, "alice got %d messages" % len(a))
+    if code == 250:
+        check(len(a) == 1, "250 but nothing stored for alice")
+        check(("smuggled body " + t2).encode() in a[0], "the smuggled text is not part of the first message: %s" % short(a[0], 400))
+    else:
+        check(a == [], "message refused with %d but stored" % code)
+
+
+for _name, _seq in SMUGGLE.items():
+    def _mk(seq):
+        return lambda ctx: smuggle(ctx, seq)
+    TESTS.append(("smuggling_" + _name, _mk(_seq), {}, 30))
+
+
+@test(modes=BOTH)
+def path_traversal_refused(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    srv.deliver("alice@example.test")
+    esc = "e2e_escape_" + tok()
+    before = tree(srv.dir, skip={"server.log"})
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    bad = ["../x", '"../x"', "a/b", ".hidden", '"a\\\\b"', "a\\b", "..", '".."', '"a/../../x"',
+           "../../../../../../../../../../tmp/" + esc, "x\x01y", '"x\\\x7fy"', "x/", "./alice"]
+    for dom in ("example.test", "other.test"):  # other.test has a catch-all
+        for lp in bad:
+            c.expect5("RCPT TO:<%s@%s>" % (lp, dom))
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(make_msg(tok())) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "DATA after refused recipients: %s" % short(text))
+    after = tree(srv.dir, skip={"server.log"})
+    newp = sorted(after - before)
+    prefix = os.path.join("spool", "example.test", "alice")
+    check(all(p.startswith(prefix) for p in newp), "paths created outside alice's mailbox: %s" % newp)
+    check(not glob.glob("/tmp/" + esc + "*") and not glob.glob(os.path.join(ctx.dir, "**", esc + "*"), recursive=True),
+          "escape file created")
+    check(len(stored(srv, "alice@example.test")) == 2, "alice should have 2 messages")
+
+
+@test(modes=BOTH)
+def dot_stuffing_roundtrip(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t = tok()
+    body = "\r\n".join([".", "..", ".x", "..y", "...", ". ", "a.", ".\t", "end", "."]) + "\r\n"
+    msg = make_msg(t, body=body)
+    c = srv.smtp()
+    code, text = c.send_mail(SENDER, ["alice@example.test"], msg)
+    check(code == 250, "DATA: %s" % short(text))
+    disk = stored(srv, "alice@example.test")
+    check(len(disk) == 1 and disk[0].endswith(body.replace("\r\n", "\n").encode()),
+          "stored body is not the unstuffed text: %s" % short(disk[0][-120:] if disk else None))
+    got = srv.fetch("alice@example.test")
+    check_message(got[0]["data"], msg)
+    # also with poplib
+    p = poplib.POP3("127.0.0.1", srv.pop3_port, timeout=secs(10))
+    try:
+        p.user("alice@example.test")
+        p.pass_("Passw0rd1")
+        _, lines, octets = p.retr(1)
+        check(b"\r\n".join(lines) + b"\r\n" == got[0]["data"], "poplib RETR differs from raw RETR")
+        check(octets == got[0]["size"], "poplib counted %d octets, LIST says %d" % (octets, got[0]["size"]))
+        p.quit()
+    finally:
+        p.close()
+
+
+@test(modes=BOTH)
+def from_lines_roundtrip(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t = tok()
+    body = "From here\r\n>From there\r\n>>From x\r\nFrom\r\n From y\r\nFromage\r\n\r\nFrom the start of a paragraph\r\n"
+    msg = make_msg(t, body=body)
+    srv.send(["alice@example.test"], msg)
+    t2, m2 = srv.deliver()
+    got = srv.fetch("alice@example.test")
+    check(len(got) == 2, "expected 2 messages, got %d" % len(got))
+    check_message(got[0]["data"], msg)
+    check_message(got[1]["data"], m2)
+    if storage == "mbox":
+        raw = read(mbox_path(srv, "alice@example.test"))
+        for q in (b"\n>From here\n", b"\n>>From there\n", b"\n>>>From x\n", b"\nFrom\n", b"\n From y\n", b"\n>From the start"):
+            check(q in raw, "mbox lacks mboxrd-quoted line %s" % short(q))
+        check(len([l for l in raw.split(b"\n") if l.startswith(b"From ")]) == 2, "mbox has extra 'From ' separator lines")
+
+
+@test(modes=BOTH)
+def eight_bit_and_mail_params(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    c = srv.smtp()
+    t = tok()
+    body = "Gr\u00fc\u00dfe \u2014 \u00fcn\u00ef\u00e7\u00f6d\u00e9 \u65e5\u672c\r\n"
+    msg = make_msg(t, body=body)
+    c.expect("MAIL FROM:<%s> BODY=8BITMIME SIZE=%d" % (SENDER, len(msg)), 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(msg) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "8BITMIME DATA: %s" % short(text))
+    c.expect("MAIL FROM:<%s> BODY=7BIT" % SENDER, 250)
+    c.expect("RSET", 250)
+    c.expect5("MAIL FROM:<%s> NOSUCHPARAM=1" % SENDER)
+    got = srv.fetch("alice@example.test")
+    check_message(got[0]["data"], msg)
+
+
+@test(modes=BOTH)
+def deliver_smtplib_read_poplib(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t = tok()
+    msg = make_msg(t)
+    refused = srv.send(["alice@example.test"], msg)
+    check(refused == {}, "refused %s" % refused)
+    p = poplib.POP3("127.0.0.1", srv.pop3_port, timeout=secs(10))
+    try:
+        p.user("alice@example.test")
+        p.pass_("Passw0rd1")
+        count, total = p.stat()
+        check(count == 1, "STAT count %d" % count)
+        _, lines, octets = p.retr(1)
+        data = b"\r\n".join(lines) + b"\r\n"
+        check_message(data, msg)
+        check(octets == total, "RETR gave %d octets, STAT says %d" % (octets, total))
+        _, uid = p.uidl(1).split()[1:3] if False else (None, p.uidl(1))
+        check(uid.startswith(b"+OK 1 "), "UIDL 1: %s" % short(uid))
+        p.quit()
+    finally:
+        p.close()
+
+
+@test(modes=BOTH)
+def received_and_return_path(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t, msg = srv.deliver()
+    c = srv.smtp()
+    t2 = tok()
+    m2 = make_msg(t2)
+    code, text = c.send_mail("", ["alice@example.test"], m2)  # null reverse-path (a bounce)
+    check(code == 250, "MAIL FROM:<> delivery: %s" % short(text))
+    got = {g["token"]: g["data"] for g in srv.fetch("alice@example.test")}
+    check_message(got[t], msg)
+    check_message(got[t2], m2, sender="")
+    rec = header(got[t], "Received")
+    check("127.0.0.1" in rec, "Received header lacks the client address literal: %s" % rec)
+    check("test.local" in rec, "Received header lacks the server hostname: %s" % rec)
+    for d in stored(srv, "alice@example.test"):
+        check(d.startswith(b"Return-Path: <"), "stored message does not start with Return-Path: %s" % short(d[:80]))
+        check(d.split(b"\n")[1].startswith(b"Received: from "), "stored second line: %s" % short(d.split(b"\n")[1]))
+
+
+def curl(*args, input=None, timeout=20):
+    if not shutil.which("curl"):
+        raise TestFailure("curl is not installed")
+    return subprocess.run(["curl", "-sS", "--max-time", str(int(secs(timeout)))] + list(args), input=input,
+                          capture_output=True, timeout=secs(timeout + 5))
+
+
+@test(modes=BOTH)
+def deliver_curl_read_curl(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t = tok()
+    msg = make_msg(t, body="curl body\r\n.leading dot\r\n..two dots\r\nlast\r\n")
+    f = os.path.join(ctx.dir, "mail.eml")
+    with open(f, "wb") as fh:
+        fh.write(msg)
+    r = curl("smtp://127.0.0.1:%d/client.test" % srv.smtp_port, "--mail-from", SENDER, "--mail-rcpt", "alice@example.test",
+             "--mail-rcpt", "bob@example.test", "--upload-file", f)
+    check(r.returncode == 0, "curl smtp upload: exit %d %s" % (r.returncode, short(r.stderr)))
+    r = curl("pop3://127.0.0.1:%d/1" % srv.pop3_port, "-u", "alice@example.test:Passw0rd1")
+    check(r.returncode == 0, "curl pop3 RETR: exit %d %s" % (r.returncode, short(r.stderr)))
+    check_message(r.stdout, msg, what="curl RETR")
+    r = curl("pop3://127.0.0.1:%d/" % srv.pop3_port, "-u", "bob@example.test:Passw0rd2", "--sasl-ir")
+    check(r.returncode == 0, "curl pop3 LIST: exit %d %s" % (r.returncode, short(r.stderr)))
+    m = re.match(rb"^1 (\d+)\r?\n$", r.stdout)
+    check(m, "curl pop3 LIST output %s" % short(r.stdout))
+    r2 = curl("pop3://127.0.0.1:%d/1" % srv.pop3_port, "-u", "bob@example.test:Passw0rd2")
+    check(r2.returncode == 0 and int(m.group(1)) == len(r2.stdout), "LIST size %s but curl RETR got %d octets"
+          % (m.group(1), len(r2.stdout)))
+    r = curl("pop3://127.0.0.1:%d/" % srv.pop3_port, "-u", "bob@example.test:Passw0rd2", "-X", "UIDL")
+    check(r.returncode == 0 and re.match(rb"^1 [\x21-\x7e]{1,70}\r?\n$", r.stdout), "curl UIDL: %s %s" % (short(r.stdout), short(r.stderr)))
+    r = curl("pop3://127.0.0.1:%d/1" % srv.pop3_port, "-u", "bob@example.test:wrongpass")
+    check(r.returncode != 0, "curl pop3 with a wrong password succeeded")
+
+
+@test(modes=BOTH)
+def multiple_recipients(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t = tok()
+    msg = make_msg(t)
+    rc = ["alice@example.test", "bob@example.test", "nobody@example.test", "carol@other.test"]
+    refused = srv.send(rc, msg)
+    check(list(refused) == ["nobody@example.test"] and refused["nobody@example.test"][0] == 550,
+          "refused: %s" % refused)
+    for r in ("alice@example.test", "bob@example.test", "carol@other.test"):
+        got = srv.fetch(r)
+        check(len(got) == 1 and got[0]["token"] == t, "%s got %s" % (r, [g["token"] for g in got]))
+        check_message(got[0]["data"], msg)
+    check(stored(srv, "carol@example.test") == [], "carol@example.test got a copy meant for carol@other.test")
+
+
+@test(modes=BOTH)
+def alias_expansion_dedup(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t1, _ = srv.deliver("team@example.test")
+    t2, _ = srv.deliver("dup@example.test")  # dup = alice, bob, alice
+    check(stored_tokens(srv, "alice@example.test") == [t1, t2] or sorted(stored_tokens(srv, "alice@example.test")) == sorted([t1, t2]),
+          "alice has %s, expected one copy each of %s" % (stored_tokens(srv, "alice@example.test"), [t1, t2]))
+    check(sorted(stored_tokens(srv, "bob@example.test")) == sorted([t1, t2]),
+          "bob has %s, expected %s" % (stored_tokens(srv, "bob@example.test"), [t1, t2]))
+    check(not os.path.exists(os.path.join(srv.spool, "example.test", "team")) and
+          not os.path.exists(os.path.join(srv.spool, "example.test", "team.mbox")), "a mailbox was created for the alias")
+
+
+@test()
+def alias_member_also_rcpt_one_copy(ctx):
+    srv = ctx.server().start()
+    t = tok()
+    refused = srv.send(["team@example.test", "alice@example.test", "ALICE@example.test"], make_msg(t))
+    check(refused == {}, "refused %s" % refused)
+    check(stored_tokens(srv, "alice@example.test") == [t], "alice (in team and named directly) has %s, expected one copy"
+          % stored_tokens(srv, "alice@example.test"))
+    check(stored_tokens(srv, "bob@example.test") == [t], "bob has %s" % stored_tokens(srv, "bob@example.test"))
+
+
+@test(modes=BOTH)
+def catch_all(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t1, _ = srv.deliver("whoever@other.test")
+    t2, _ = srv.deliver("Some.One@Other.Test")
+    check(sorted(stored_tokens(srv, "dave@other.test")) == sorted([t1, t2]), "dave (catch-all) has %s"
+          % stored_tokens(srv, "dave@other.test"))
+    check(sorted(os.listdir(os.path.join(srv.spool, "other.test"))) in (["dave"], ["dave.mbox"]),
+          "spool/other.test holds %s" % os.listdir(os.path.join(srv.spool, "other.test")))
+    check(srv.rcpt_code("whoever@example.test")[0] == 550, "example.test has no catch-all but accepted whoever")
+
+
+@test(modes=BOTH)
+def postmaster_without_domain(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    c = srv.smtp()
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<Postmaster>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(make_msg(t, to="Postmaster")) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "DATA: %s" % short(text))
+    t2, _ = srv.deliver("postmaster@other.test")
+    check(stored_tokens(srv, "alice@example.test") == [t], "first domain's postmaster (alice) has %s"
+          % stored_tokens(srv, "alice@example.test"))
+    check(stored_tokens(srv, "dave@other.test") == [t2], "postmaster@other.test (dave) has %s" % stored_tokens(srv, "dave@other.test"))
+
+
+@test(modes=BOTH)
+def names_lower_cased(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t, msg = srv.deliver("ALICE@Example.TEST")
+    check(stored_tokens(srv, "alice@example.test") == [t], "ALICE@Example.TEST not stored for alice")
+    names = tree(srv.spool)
+    check(all(n == n.lower() or "/new/" in n or "/cur/" in n or "/tmp/" in n for n in names),
+          "upper-case names in the spool: %s" % sorted(names))
+    p = srv.pop("Alice@Example.Test", "Passw0rd1")
+    check(p.stat()[0] == 1, "login with upper-case address sees no mail")
+    p.quit()
+
+
+# ---- storage specifics
+
+
+@test()
+def maildir_layout_and_sizes(ctx):
+    srv = ctx.server(storage="maildir").start()
+    toks = [srv.deliver(body="line %d\r\n.dot\r\n" % i)[0] for i in range(2)]
+    base = os.path.join(srv.spool, "example.test", "alice")
+    for sub in ("tmp", "new", "cur"):
+        check(os.path.isdir(os.path.join(base, sub)), "maildir lacks %s/" % sub)
+    check(os.listdir(os.path.join(base, "tmp")) == [], "tmp/ not empty after delivery")
+    files = maildir_files(srv, "alice@example.test", ("new",))
+    check(len(files) == 2, "new/ holds %d files" % len(files))
+    sizes = {}
+    for p in files:
+        data = read(p)
+        m = re.search(r",S=(\d+),W=(\d+)", os.path.basename(p))
+        check(m, "file name %s lacks ,S=<n>,W=<n>" % os.path.basename(p))
+        check(b"\r" not in data, "stored file has CR characters (expected LF line ends)")
+        check(int(m.group(1)) == len(data), "S=%s but the file has %d bytes" % (m.group(1), len(data)))
+        w = len(data.replace(b"\n", b"\r\n"))
+        check(int(m.group(2)) == w, "W=%s but the CRLF size is %d" % (m.group(2), w))
+        sizes[token_of(data)] = w
+    for g in srv.fetch("alice@example.test"):
+        check(g["size"] == sizes[g["token"]], "POP3 size %d != W=%d" % (g["size"], sizes[g["token"]]))
+
+
+@test()
+def mbox_format(ctx):
+    srv = ctx.server(storage="mbox").start()
+    toks = [srv.deliver()[0] for _ in range(2)]
+    raw = read(mbox_path(srv, "alice@example.test"))
+    check(raw.startswith(b"From "), "mbox does not start with a From line: %s" % short(raw[:80]))
+    check(b"\r" not in raw, "mbox has CR characters")
+    msgs = parse_mbox(raw)
+    check(len(msgs) == 2, "mbox holds %d messages" % len(msgs))
+    uids = []
+    for frm, m in msgs:
+        check(m.startswith(b"Return-Path: <%s>\n" % SENDER.encode()), "mbox message starts with %s" % short(m[:60]))
+        u = header(m, "X-UIDL")
+        check(u, "mbox message without X-UIDL header: %s" % short(m[:300]))
+        uids.append(u)
+    check(len(set(uids)) == 2, "X-UIDL values not unique: %s" % uids)
+    got = srv.fetch("alice@example.test")
+    check(sorted(g["uid"] for g in got) == sorted(uids), "UIDL %s differs from X-UIDL %s" % ([g["uid"] for g in got], uids))
+
+
+# =============================================================================================
+# AUTH and submission
+
+
+@test()
+def auth_plain_login_235(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 235, "2.7.0")
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 503)  # only once per session
+    c = srv.smtp()
+    c.expect("AUTH PLAIN", 334)
+    c.expect(plain("bob@example.test", "Passw0rd2"), 235, "2.7.0")
+    c = srv.smtp()
+    t = c.expect("AUTH LOGIN", 334)
+    c.expect(b64("alice@example.test"), 334)
+    c.expect(b64("Passw0rd1"), 235, "2.7.0")
+    c = srv.smtp()
+    c.expect("AUTH LOGIN " + b64("carol@other.test"), 334)
+    c.expect(b64("Passw0rd4"), 235, "2.7.0")
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(10)) as s:
+        s.ehlo()
+        s.user, s.password = "dave@other.test", "Passw0rd5"
+        code, _ = s.auth("LOGIN", s.auth_login)
+        check(code == 235, "smtplib AUTH LOGIN: %d" % code)
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(10)) as s:
+        code, _ = s.login("bob@example.test", "Passw0rd2")
+        check(code == 235, "smtplib login: %d" % code)
+
+
+@test()
+def auth_bad_password_535(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    t0 = time.monotonic()
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "wrong"), 535, "5.7.8")
+    check(time.monotonic() - t0 >= 0.5, "no delay after a failed AUTH (%.2fs)" % (time.monotonic() - t0))
+    c.expect("AUTH LOGIN", 334)
+    c.expect(b64("nosuch@example.test"), 334)
+    c.expect(b64("Passw0rd1"), 535, "5.7.8")
+    c.expect("NOOP", 250)
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 235)
+
+
+@test()
+def auth_unknown_mechanism_504(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    c.expect("AUTH CRAM-MD5", 504, "5.5.4")
+    c.expect("AUTH X-NOSUCH abc", 504, "5.5.4")
+    c.expect("NOOP", 250)
+
+
+@test()
+def auth_three_failures_disconnect(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp()
+    codes = []
+    for i in range(3):
+        code, text = c.cmd("AUTH PLAIN " + plain("alice@example.test", "bad%d" % i))
+        codes.append(code)
+        if code == 421:
+            break
+    rest = c.read_eof(timeout=8)
+    codes += [int(l[:3]) for l in rest.split(b"\r\n") if l[:3].isdigit()]
+    check(codes[:2] == [535, 535], "replies to bad AUTH: %s" % codes)
+    check(421 in codes and len(codes) <= 4, "after 3 failures expected 421 and close, got %s" % codes)
+
+
+@test()
+def submission_requires_auth(ctx):
+    srv = ctx.server().start()
+    c = srv.smtp(port=srv.sub_port)
+    c.expect("MAIL FROM:<alice@example.test>", 530, "5.7.0")
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 235)
+    t = tok()
+    code, text = c.send_mail("alice@example.test", ["bob@example.test"], make_msg(t, sender="alice@example.test"))
+    check(code == 250, "submission after AUTH: %s" % short(text))
+    check(stored_tokens(srv, "bob@example.test") == [t], "bob has %s" % stored_tokens(srv, "bob@example.test"))
+    with smtplib.SMTP("127.0.0.1", srv.sub_port, local_hostname="client.test", timeout=secs(10)) as s:
+        s.login("bob@example.test", "Passw0rd2")
+        check(s.sendmail("bob@example.test", ["alice@example.test"], make_msg(tok())) == {}, "smtplib submission refused")
+
+
+@test()
+def plaintext_auth_no(ctx):
+    srv = ctx.server(server={"plaintext_auth": "no"}).start()
+    c = srv.smtp()
+    code, text = c.cmd("EHLO client.test")
+    check(not any(l[4:].upper().startswith("AUTH") for l in text.split("\n")), "EHLO advertises AUTH: %s" % short(text))
+    code, text = c.cmd("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"))
+    check(500 <= code <= 599, "AUTH with plaintext_auth = no: %s" % short(text))
+    p = srv.pop()
+    r = p.cmd("USER alice@example.test")
+    if r.startswith(b"+OK"):
+        p.err("PASS Passw0rd1")
+    p = srv.pop()
+    p.err("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"))
+    c = srv.smtp(port=srv.sub_port)
+    c.expect("MAIL FROM:<alice@example.test>", 530)
+
+
+# =============================================================================================
+# POP3
+
+
+@test()
+def pop3_capa(ctx):
+    srv = ctx.server().start()
+    p = srv.pop()
+    p.ok("CAPA")
+    caps = [l.decode().upper() for l in p.multi()]
+    words = [c.split()[0] for c in caps if c.split()]
+    for need in ("USER", "UIDL", "TOP", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "IMPLEMENTATION"):
+        check(need in words, "CAPA lacks %s: %s" % (need, caps))
+    sasl = [c.split() for c in caps if c.startswith("SASL")]
+    check(sasl and "PLAIN" in sasl[0], "CAPA lacks SASL PLAIN: %s" % caps)
+    p.quit()
+
+
+@test()
+def pop3_login_methods(ctx):
+    srv = ctx.server().start()
+    t, _ = srv.deliver()
+    p = srv.pop()
+    p.ok("user alice@example.test")
+    p.ok("pass Passw0rd1")
+    check(p.stat()[0] == 1, "STAT after USER/PASS")
+    p.quit()
+    p = srv.pop()
+    p.ok("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"))
+    check(p.stat()[0] == 1, "STAT after AUTH PLAIN")
+    p.quit()
+    p = srv.pop()
+    r = p.cmd("AUTH PLAIN")
+    check(r.startswith(b"+"), "AUTH PLAIN without initial response: %s" % short(r))
+    p.ok(plain("alice@example.test", "Passw0rd1"))
+    p.quit()
+    pp = poplib.POP3("127.0.0.1", srv.pop3_port, timeout=secs(10))
+    try:
+        pp.user("alice@example.test")
+        pp.pass_("Passw0rd1")
+        check(pp.stat()[0] == 1, "poplib STAT")
+        pp.quit()
+    finally:
+        pp.close()
+
+
+@test()
+def pop3_bad_password(ctx):
+    srv = ctx.server().start()
+    p = srv.pop()
+    p.ok("USER alice@example.test")
+    t0 = time.monotonic()
+    r = p.err("PASS wrong")
+    check(r.startswith(b"-ERR [AUTH]"), "bad password: %s, expected -ERR [AUTH]" % short(r))
+    check(time.monotonic() - t0 >= 0.5, "no delay after a failed login")
+    r = p.cmd("STAT")
+    check(r.startswith(b"-ERR"), "STAT after failed login: %s" % short(r))
+    p.login("alice@example.test", "Passw0rd1")  # may retry in the same session
+    p.quit()
+    p = srv.pop()
+    r = p.err("AUTH PLAIN " + plain("nosuch@example.test", "Passw0rd1"))
+    check(r.startswith(b"-ERR [AUTH]"), "AUTH PLAIN unknown user: %s" % short(r))
+
+
+@test()
+def pop3_bare_local_part(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    p = srv.pop("alice", "Passw0rd1")
+    check(p.stat()[0] == 1, "bare local part login sees wrong mailbox")
+    p.quit()
+    p = srv.pop("dave", "Passw0rd5")
+    p.quit()
+    p = srv.pop()
+    p.cmd("USER carol")  # carol is in two domains: ambiguous
+    r = p.cmd("PASS Passw0rd3")
+    check(r.startswith(b"-ERR"), "ambiguous bare login carol: %s" % short(r))
+    p = srv.pop("carol@other.test", "Passw0rd4")
+    p.quit()
+
+
+@test()
+def pop3_state_errors(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    srv.deliver()
+    p = srv.pop()
+    p.err("STAT")
+    p.err("RETR 1")
+    p.err("PASS Passw0rd1")  # PASS without USER
+    p.login("alice@example.test", "Passw0rd1")
+    p.err("RETR 3")
+    p.err("RETR 0")
+    p.err("LIST 9")
+    p.err("TOP 7 1")
+    p.err("XYZZY")
+    p.ok("DELE 1")
+    p.err("RETR 1")
+    p.err("DELE 1")
+    p.err("LIST 1")
+    p.ok("NOOP")
+    p.quit()
+
+
+@test()
+def pop3_pipelining(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    p = srv.pop("alice@example.test")
+    p.send("STAT\r\nLIST\r\nUIDL\r\nNOOP\r\nRETR 1\r\nQUIT\r\n")
+    r = p.line()
+    check(r.startswith(b"+OK 1 "), "pipelined STAT: %s" % short(r))
+    check(p.line().startswith(b"+OK"), "pipelined LIST")
+    l = p.multi()
+    check(len(l) == 1, "LIST: %s" % l)
+    check(p.line().startswith(b"+OK"), "pipelined UIDL")
+    check(len(p.multi()) == 1, "UIDL")
+    check(p.line().startswith(b"+OK"), "pipelined NOOP")
+    check(p.line().startswith(b"+OK"), "pipelined RETR")
+    check(token_of(b"\r\n".join(p.multi())), "RETR content")
+    check(p.line().startswith(b"+OK"), "pipelined QUIT")
+    p.read_eof()
+
+
+@test(modes=BOTH)
+def pop3_stat_list_sizes(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    srv.deliver(body=".\r\n..\r\n.dot\r\nFrom x\r\n>From y\r\n")
+    srv.deliver(body="".join("line %d %s\r\n" % (i, "q" * 70) for i in range(300)))
+    srv.deliver(body="short\r\n")
+    p = srv.pop("alice@example.test")
+    count, total = p.stat()
+    sizes = p.list()
+    check(count == 3 and sorted(sizes) == [1, 2, 3], "STAT %d, LIST %s" % (count, sizes))
+    check(total == sum(sizes.values()), "STAT total %d != sum of LIST %d" % (total, sum(sizes.values())))
+    for n in (1, 2, 3):
+        r = p.ok("LIST %d" % n)
+        check(r.split()[1:3] == [str(n).encode(), str(sizes[n]).encode()], "LIST %d: %s vs %s" % (n, short(r), sizes[n]))
+        data = p.retr(n)
+        check(len(data) == sizes[n], "message %d: LIST %d octets, RETR sent %d" % (n, sizes[n], len(data)))
+        check(data.count(b"\r\n") == data.count(b"\n"), "RETR %d has bare LF" % n)
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_uidl(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    for _ in range(3):
+        srv.deliver()
+    p = srv.pop("alice@example.test")
+    u = p.uidl()
+    check(len(set(u.values())) == 3, "UIDLs not unique: %s" % u)
+    for n, v in u.items():
+        check(re.match(r"^[\x21-\x7e]{1,70}$", v), "bad UIDL %r" % v)
+        r = p.ok("UIDL %d" % n)
+        check(r.split()[1:3] == [str(n).encode(), v.encode()], "UIDL %d: %s" % (n, short(r)))
+    p.quit()
+    p = srv.pop("alice@example.test")
+    check(p.uidl() == u, "UIDLs changed between sessions")
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_top(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t, msg = srv.deliver(body="b1\r\n.b2\r\nb3\r\n\r\nb5\r\n")
+    p = srv.pop("alice@example.test")
+    full = p.retr(1)
+    head, _, body = full.partition(b"\r\n\r\n")
+    check(p.top(1, 0) == head + b"\r\n\r\n", "TOP 1 0: %s" % short(p.top(1, 0)))
+    check(p.top(1, 2) == head + b"\r\n\r\nb1\r\n.b2\r\n", "TOP 1 2: %s" % short(p.top(1, 2)))
+    check(p.top(1, 4) == head + b"\r\n\r\nb1\r\n.b2\r\nb3\r\n\r\n", "TOP 1 4")
+    check(p.top(1, 100) == full, "TOP 1 100 differs from RETR")
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_dele_rset(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    p = srv.pop("alice@example.test")
+    n0, s0 = p.stat()
+    p.ok("DELE 1")
+    n1, s1 = p.stat()
+    check(n1 == 1 and s1 < s0, "STAT after DELE: %d %d (before %d %d)" % (n1, s1, n0, s0))
+    p.err("LIST 1")
+    p.ok("RSET")
+    check(p.stat() == (n0, s0), "STAT after RSET: %s" % (p.stat(),))
+    p.retr(1)
+    p.quit()
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [t1, t2], "after DELE+RSET+QUIT: %s" % [g["token"] for g in got])
+    check(len(stored(srv, "alice@example.test")) == 2, "files on disk after RSET")
+
+
+@test(modes=BOTH)
+def pop3_dele_quit_deletes(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    toks = [srv.deliver()[0] for _ in range(3)]
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.quit()
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [toks[0], toks[2]], "after DELE 2 + QUIT: %s" % [g["token"] for g in got])
+    check(sorted(stored_tokens(srv, "alice@example.test")) == sorted([toks[0], toks[2]]),
+          "on disk after DELE 2 + QUIT: %s" % stored_tokens(srv, "alice@example.test"))
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.ok("DELE 2")
+    p.quit()
+    check(srv.fetch("alice@example.test") == [], "mailbox not empty after deleting all")
+    check(stored(srv, "alice@example.test") == [], "messages left on disk after deleting all")
+
+
+def pop_login_retry(srv, user, timeout=5):
+    """Login, retrying while the mailbox is still [IN-USE] by a session the server has not reaped yet."""
+    def attempt():
+        p = Pop(srv.pop3_port)
+        p.greet()
+        p.ok("USER " + user)
+        r = p.cmd("PASS " + PASSWORDS[user])
+        if r.startswith(b"+OK"):
+            return srv.ctx.track(p)
+        p.close()
+        check(r.startswith(b"-ERR [IN-USE]"), "login: %s" % short(r))
+        return None
+    return wait_for(attempt, timeout, "login to %s after the previous session" % user, 0.1)
+
+
+@test(modes=BOTH)
+def pop3_dele_dropped_connection(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    toks = [srv.deliver()[0] for _ in range(2)]
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.ok("DELE 2")
+    p.sock.shutdown(socket.SHUT_RDWR)
+    p.close()  # dropped, no QUIT
+    p = pop_login_retry(srv, "alice@example.test")
+    check(p.stat()[0] == 2, "messages deleted by a dropped session: STAT %s" % (p.stat(),))
+    p.quit()
+    check(sorted(stored_tokens(srv, "alice@example.test")) == sorted(toks), "on disk: %s" % stored_tokens(srv, "alice@example.test"))
+
+
+@test(modes=BOTH)
+def pop3_snapshot_and_delivery_during_session(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    p = srv.pop("alice@example.test")
+    n, s = p.stat()
+    check(n == 2, "STAT %d" % n)
+    t0 = time.monotonic()
+    t3, m3 = srv.deliver()  # must get 250 at once although the mailbox is open
+    el = time.monotonic() - t0
+    check(el < secs(3), "delivery to a mailbox open in POP3 took %.2fs" % el)
+    check(p.stat() == (n, s), "STAT changed during the session: %s" % (p.stat(),))
+    p.err("LIST 3")
+    p.err("RETR 3")
+    check(len(p.uidl()) == 2, "UIDL shows new mail during the session")
+    p.ok("DELE 1")
+    p.quit()  # UPDATE: must keep the message that arrived meanwhile (mbox rewrite!)
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [t2, t3], "next session sees %s, expected %s" % ([g["token"] for g in got], [t2, t3]))
+    check_message(got[1]["data"], m3)
+
+
+@test(modes=BOTH)
+def pop3_in_use(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    srv.deliver()
+    p1 = srv.pop("alice@example.test")
+    p2 = srv.pop()
+    p2.ok("USER alice@example.test")
+    r = p2.cmd("PASS Passw0rd1")
+    check(r.startswith(b"-ERR [IN-USE]"), "second login: %s, expected -ERR [IN-USE]" % short(r))
+    p3 = srv.pop()
+    r = p3.cmd("AUTH PLAIN " + plain("alice", "Passw0rd1"))
+    check(r.startswith(b"-ERR [IN-USE]"), "second login (AUTH PLAIN, bare name): %s" % short(r))
+    pb = srv.pop("bob@example.test")  # other mailboxes are not locked
+    pb.quit()
+    t0 = time.monotonic()
+    c = srv.smtp()
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(tok()))
+    check(code == 250 and time.monotonic() - t0 < secs(3), "delivery while in use: %s after %.2fs" % (short(text), time.monotonic() - t0))
+    p1.quit()
+    p = pop_login_retry(srv, "alice@example.test")
+    check(p.stat()[0] == 2, "after the first session ended: STAT %s" % (p.stat(),))
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_uidl_stable_restart_delete(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    toks = [srv.deliver()[0] for _ in range(3)]
+    u0 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(len(set(u0.values())) == 3, "UIDLs not unique: %s" % u0)
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.quit()
+    u1 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(u1 == {toks[0]: u0[toks[0]], toks[2]: u0[toks[2]]}, "UIDLs after deleting another message: %s, before %s" % (u1, u0))
+    srv.restart()
+    u2 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(u2 == u1, "UIDLs after restart: %s, before %s" % (u2, u1))
+    t4, _ = srv.deliver()
+    u3 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(u3[t4] not in u0.values(), "new message reuses an old UIDL %s" % u3[t4])
+    check({k: v for k, v in u3.items() if k != t4} == u1, "UIDLs changed after a new delivery")
+
+
+@test()
+def mbox_foreign_messages_uidl(ctx):
+    srv = ctx.server(storage="mbox")
+    os.makedirs(os.path.join(srv.spool, "example.test"))
+    msgs = []
+    for i, who in enumerate(["one", "two", "three", "same", "same"]):
+        msgs.append(("From %s@old.test Mon Jan  1 00:00:0%d 2024\n" % (who, i if who != "same" else 9)) +
+                    "From: %s@old.test\nSubject: old %s\nX-Test-Token: old%s\n\nold body %s\n>From quoted\n\n" % (who, who, who, who))
+    with open(mbox_path(srv, "alice@example.test"), "w") as f:
+        f.write("".join(msgs))
+    srv.start()
+    g0 = srv.fetch("alice@example.test")
+    check(len(g0) == 5, "foreign mbox: %d messages" % len(g0))
+    check(len(set(g["uid"] for g in g0)) == 5, "derived UIDLs not unique: %s" % [g["uid"] for g in g0])
+    check(b"\r\nFrom quoted\r\n" in g0[0]["data"], "mboxrd quoting not removed: %s" % short(g0[0]["data"]))
+    u0 = [g["uid"] for g in g0]
+    check([g["uid"] for g in srv.fetch("alice@example.test")] == u0, "derived UIDLs change between sessions")
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.quit()
+    u1 = [g["uid"] for g in srv.fetch("alice@example.test")]
+    check(u1 == u0[1:], "UIDLs after deleting message 1 (rewrite): %s, before %s" % (u1, u0))
+    srv.restart()
+    check([g["uid"] for g in srv.fetch("alice@example.test")] == u1, "UIDLs changed across restart")
+    t, _ = srv.deliver()
+    g = srv.fetch("alice@example.test")
+    check([x["uid"] for x in g][:4] == u1 and g[4]["token"] == t and g[4]["uid"] not in u0, "after a new delivery: %s" % [x["uid"] for x in g])
+
+
+# =============================================================================================
+# capture mode
+
+
+@test(modes=BOTH)
+def capture_mode(ctx, storage):
+    srv = ctx.server(storage=storage, server={"capture": "yes"}).start()
+    t = tok()
+    rc = ["Someone@Capture.Example", "other@else.where", "zed@example.test", "alice@example.test"]
+    refused = srv.send(rc, make_msg(t))
+    check(refused == {}, "capture mode refused %s" % refused)
+    for a in rc:
+        check(stored_tokens(srv, a) == [t], "%s: stored %s" % (a, stored_tokens(srv, a)))
+    want = "someone" if storage == "maildir" else "someone.mbox"
+    check(want in os.listdir(os.path.join(srv.spool, "capture.example")), "no spool/capture.example/%s" % want)
+    p = srv.pop("someone@capture.example", "any password at all")
+    check(p.stat()[0] == 1, "captured mailbox via POP3")
+    check(token_of(p.retr(1)) == t, "captured message content")
+    p.quit()
+    p = srv.pop("other@else.where", "x")
+    p.quit()
+
+
+@test(modes=BOTH)
+def capture_path_traversal(ctx, storage):
+    srv = ctx.server(storage=storage, server={"capture": "yes"}).start()
+    srv.deliver("ok@capture.example")
+    before = tree(srv.dir, skip={"server.log"})
+    esc = "e2e_escape_" + tok()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    for a in ["../x@capture.example", "a/b@capture.example", ".hidden@capture.example", '"a\\\\b"@capture.example',
+              "a\\b@capture.example", "../../../../../../../../tmp/%s@capture.example" % esc, "x@..", "x@../..", "x@a/b.test",
+              "x@.hidden", "x@a\\b", "x@" + "../" * 8 + "tmp", '".."@capture.example', "x\x01@capture.example"]:
+        c.expect5("RCPT TO:<%s>" % a)
+    c.expect("QUIT", 221)
+    p = srv.pop()
+    p.cmd("USER ../ok@capture.example")
+    p.err("PASS x")
+    p = srv.pop()
+    p.cmd("USER ok@..")
+    p.err("PASS x")
+    after = tree(srv.dir, skip={"server.log"})
+    check(after == before, "paths created: %s" % sorted(after - before))
+    check(not glob.glob("/tmp/" + esc + "*"), "escape file created in /tmp")
+
+
+# =============================================================================================
+# listeners
+
+
+@test()
+def multiple_listeners_ipv6(ctx):
+    six = have_ipv6()
+    srv = ctx.server()
+    extra = free_ports(2, "::1") if six else free_ports(2)
+    host = "::1" if six else "127.0.0.1"
+    fmt = "[::1]:%d" if six else "127.0.0.1:%d"
+    srv.keys["smtp"] += ", " + fmt % extra[0]
+    srv.keys["pop3"] += ", " + fmt % extra[1]
+    srv.write_ini()
+    srv.start()
+    t, msg = tok(), None
+    c = srv.smtp(port=extra[0], host=host)
+    msg = make_msg(t)
+    code, text = c.send_mail(SENDER, ["alice@example.test"], msg)
+    check(code == 250, "delivery on the second listener: %s" % short(text))
+    p = srv.pop("alice@example.test", port=extra[1], host=host)
+    data = p.retr(1)
+    p.quit()
+    check_message(data, msg)
+    if six:
+        rec = header(data, "Received")
+        check("::1" in rec, "Received header lacks the IPv6 client literal: %s" % rec)
+
+
+# =============================================================================================
+# crash safety
+
+
+def burst_body(token):
+    n = int(token.rsplit("l", 1)[1])
+    lines = ["START " + token] + ["%s %05d %s" % (token, k, "x" * 60) for k in range(n)] + ["END " + token]
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@test(modes=BOTH, limit=90)
+def kill9_during_burst(ctx, storage):
+    srv = ctx.server(storage=storage, server={"max_message_size": "1M", "max_clients": "40"}).start()
+    targets = [["alice@example.test"], ["alice@example.test"], ["team@example.test"], ["bob@example.test"], ["alice@example.test"]]
+    acked = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def worker(i):
+        rng = random.Random()
+        try:
+            s = smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="burst.test", timeout=secs(10))
+        except OSError:
+            return
+        try:
+            for n in range(5000):
+                if stop.is_set():
+                    break
+                token = "k%dn%dr%06dl%d" % (i, n, rng.randrange(10 ** 6), rng.randrange(10, 1400))
+                msg = ("From: <burst@client.test>\r\nSubject: burst\r\nX-Test-Token: %s\r\n\r\n" % token).encode() + burst_body(token)
+                s.sendmail("burst@client.test", targets[i], msg)
+                with lock:
+                    acked[token] = targets[i]
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(len(targets))]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) >= 60, 20, "60 acknowledged messages before the kill", 0.005)
+    time.sleep(random.random() * 0.05)
+    srv.kill9()
+    with lock:
+        acked_at_kill = dict(acked)
+    stop.set()
+    for t in threads:
+        t.join(secs(15))
+    with lock:
+        acked = dict(acked)  # a reply may have been read just after the kill signal: still an acknowledged message
+    srv.start()
+    want = {"alice@example.test": set(), "bob@example.test": set()}
+    for token, rc in acked.items():
+        for r in rc:
+            for a in (["alice@example.test", "bob@example.test"] if r == "team@example.test" else [r]):
+                want[a].add(token)
+
+    def verify(addr, crlf_msgs, what):
+        seen = set()
+        for data in crlf_msgs:
+            token = token_of(data)
+            check(token, "%s: %s: message without token (half-written?): %s" % (what, addr, short(data[:200])))
+            body = data.replace(b"\r\n", b"\n").partition(b"\n\n")[2]
+            exp = burst_body(token).replace(b"\r\n", b"\n")
+            check(body == exp, "%s: %s: message %s incomplete or damaged (%d of %d body bytes)" % (what, addr, token, len(body), len(exp)))
+            check(token not in seen, "%s: %s: message %s stored twice" % (what, addr, token))
+            seen.add(token)
+        missing = want[addr] - seen
+        check(not missing, "%s: %s: %d acknowledged messages lost, e.g. %s" % (what, addr, len(missing), sorted(missing)[:3]))
+        return seen
+
+    for addr in want:
+        if storage == "maildir":
+            verify(addr, [read(f) for f in maildir_files(srv, addr)], "files in new/cur")
+        verify(addr, [g["data"] for g in srv.fetch(addr)], "POP3")
+    # a fresh delivery lands cleanly after the crash, and the files stay well-formed
+    t, m = srv.deliver()
+    got = srv.fetch("alice@example.test")
+    check(got[-1]["token"] == t, "new delivery after crash not last in mailbox")
+    check_message(got[-1]["data"], m)
+    for addr in want:
+        disk = stored(srv, addr)
+        verify(addr, [d for d in disk if token_of(d) != t], "disk after restart")
+    check(len(acked_at_kill) >= 60, "too few messages acknowledged")
+
+
+# =============================================================================================
+
+
+def main():
+    global BIN, RUN
+    ap = argparse.ArgumentParser(description="mailsrv end-to-end tests")
+    ap.add_argument("--bin", default=os.path.join(REPO, "mailsrv"))
+    ap.add_argument("--run", default="", help="command prefix, e.g. 'qemu-arm -L /usr/arm-linux-gnueabihf'")
+    ap.add_argument("-k", dest="filter", default=None, help="only tests whose name contains this")
+    ap.add_argument("--list", action="store_true", help="list the test names and exit")
+    a = ap.parse_args()
+    BIN = os.path.abspath(a.bin)
+    RUN = shlex.split(a.run)
+    socket.setdefaulttimeout(secs(10))
+    sel = [t for t in TESTS if not a.filter or a.filter in t[0]]
+    if a.list:
+        for t in sel:
+            print(t[0])
+        return 0
+    passed = failed = 0
+    t0 = time.monotonic()
+    for name, fn, kw, limit in sel:
+        if run_test(name, fn, kw, limit):
+            passed += 1
+        else:
+            failed += 1
+    sys.stderr.write("(%.1fs)\n" % (time.monotonic() - t0))
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
