@@ -1513,7 +1513,7 @@ def deliver_smtplib_read_poplib(ctx, storage):
         data = b"\r\n".join(lines) + b"\r\n"
         check_message(data, msg)
         check(octets == total, "RETR gave %d octets, STAT says %d" % (octets, total))
-        _, uid = p.uidl(1).split()[1:3] if False else (None, p.uidl(1))
+        uid = p.uidl(1)
         check(uid.startswith(b"+OK 1 "), "UIDL 1: %s" % short(uid))
         p.quit()
     finally:
