@@ -227,6 +227,7 @@ os_fsync_dir(const char *path)
 }
 
 struct os_stat { int64_t size; int64_t mtime; uint64_t ino; int is_dir; };
+/* mtime in seconds; a config change is also seen by size and inode (add/del rename a new file in) */
 static int
 os_stat(const char *path, struct os_stat *st)
 {
@@ -295,7 +296,13 @@ os_wallclock(int64_t *sec, long *usec)
     *usec = ts.tv_nsec / 1000;
 }
 
-static unsigned long os_pid(void) { return (unsigned long)getpid(); }
+static unsigned long
+os_pid(void)
+{
+    static unsigned long pid;
+    if (!pid) pid = (unsigned long)getpid();
+    return pid;
+}
 
 /* Signals: flags only; the loop acts on them. */
 static struct mailsrv *os_signal_target;
@@ -1877,10 +1884,30 @@ store_rollback(struct store_undo *u, int n)
     }
 }
 
-/* Delivers to every target; returns 0 only when all copies are durable. On
+/* Directories whose fsync a batch of Maildir deliveries still owes (group
+ * commit: one fsync of new/ for all the messages of one loop turn). */
+struct dirset { char (*v)[1300]; int n, cap; };
+
+static void
+dirset_add(struct dirset *d, const char *dir)
+{
+    int i;
+    for (i = 0; i < d->n; i++)
+        if (strcmp(d->v[i], dir) == 0) return;
+    if (d->n == d->cap) {
+        d->cap = d->cap ? d->cap * 2 : 16;
+        d->v = xrealloc(d->v, sizeof *d->v * (size_t)d->cap);
+    }
+    ms_strlcpy(d->v[d->n++], dir, sizeof d->v[0]);
+}
+
+/* Delivers to every target. With ds == NULL, returns 0 only when all copies
+ * are durable; otherwise the fsync of the Maildir folders is left to the
+ * caller (added to ds), who gets the undo list to roll back if it fails. On
  * failure *err says why and nothing stays delivered. */
 static int
-store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err)
+store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err,
+              struct dirset *ds, struct store_undo **undo_out, int *nundo_out)
 {
     struct store_undo *undo = xrealloc(NULL, sizeof *undo * (size_t)(t->n ? t->n : 1));
     int i, nu = 0;
@@ -1889,13 +1916,22 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
     for (i = 0; i < t->n; i++) {
         if (cfg->storage == STORE_MAILDIR) {
             char newdir[1300];
-            if (mdir_prepare(cfg->spool, t->v[i], newdir, sizeof newdir) != 0) { *err = "cannot create the Maildir"; goto fail; }
-            if (ms_fmt(undo[nu].path, sizeof undo[nu].path, "%s/%s,S=%lld,W=%lld", newdir, m->name,
+            const char *at = strchr(t->v[i], '@');
+            /* the Maildir usually exists: link first, create the folders only on ENOENT */
+            if (!at || ms_fmt(newdir, sizeof newdir, "%s/%s/%.*s/new", cfg->spool, at + 1, (int)(at - t->v[i]), t->v[i]) < 0 ||
+                ms_fmt(undo[nu].path, sizeof undo[nu].path, "%s/%s,S=%lld,W=%lld", newdir, m->name,
                        (long long)m->size, (long long)(m->size + m->lines)) < 0)
                 goto fail;
-            if (os_link(m->tmp_path, undo[nu].path) != 0) goto fail;
+            if (os_link(m->tmp_path, undo[nu].path) != 0) {
+                if (errno != ENOENT || mdir_prepare(cfg->spool, t->v[i], newdir, sizeof newdir) != 0) {
+                    *err = "cannot create the Maildir";
+                    goto fail;
+                }
+                if (os_link(m->tmp_path, undo[nu].path) != 0) goto fail;
+            }
             undo[nu++].is_mbox = 0;
-            if (os_fsync_dir(newdir) != 0) goto fail;
+            if (ds) dirset_add(ds, newdir);
+            else if (os_fsync_dir(newdir) != 0) goto fail;
         } else {
             char mbox[1300], lenf[1200], dir[1100], from_line[MS_PATH_MAX + 64], uidl[160];
             int64_t committed;
@@ -1931,7 +1967,8 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             os_close(fd);
         }
     }
-    free(undo);
+    if (undo_out) { *undo_out = undo; *nundo_out = nu; }
+    else free(undo);
     return 0;
 fail:
     store_rollback(undo, nu);
@@ -2295,6 +2332,9 @@ struct smtp_sess {
     char *wbuf;                      /* only while receiving DATA */
     size_t wlen;
     struct store_msg msg;
+    int commit_pending;              /* delivered; the batch's folder fsync and the 250 are owed */
+    struct store_undo *undo;
+    int nundo;
 };
 
 enum { POP_S_AUTH, POP_S_TRANS };
@@ -2318,7 +2358,7 @@ struct conn {
     char peer[64];
     int is_loopback;
     int64_t deadline, hold_until;
-    unsigned is_closing : 1, close_after_flush : 1, discarding : 1;
+    unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     char in[MS_IN_SIZE];
     size_t inlen;
     struct buf out;
@@ -2332,6 +2372,7 @@ struct mailsrv {
     struct ms_config *cfg;
     char *ini_path;
     int64_t ini_mtime, ini_size, next_ini_check;
+    uint64_t ini_ino;
     struct listener lst[MS_MAX_LISTENERS];
     int nlst;
     struct conn **conns;
@@ -2345,6 +2386,8 @@ struct mailsrv {
     mailsrv_log_fn log_fn;
     void *log_user;
     int verbose;
+    struct dirset commit_dirs;       /* owed by sessions with commit_pending */
+    int commit_again;                /* a session became pending during loop_commit */
 };
 
 static void
@@ -2355,16 +2398,7 @@ ms_log(struct mailsrv *ms, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    if (ms && ms->log_fn) { ms->log_fn(ms->log_user, line); return; }
-    {
-        char ts[32];
-        time_t t = time(NULL);
-        struct tm *g = gmtime(&t);
-        if (g) strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", g);
-        else ts[0] = 0;
-        fprintf(stderr, "%s %s\n", ts, line);
-        fflush(stderr);
-    }
+    ms->log_fn(ms->log_user, line);
 }
 
 #define conn_log(c, ...) conn_logf((c), __VA_ARGS__)
@@ -2738,9 +2772,12 @@ smtp_do_data(struct conn *c, const char *args)
     for (n = 0; s->msg.name[n]; n++) /* the host part must stay one path component */
         if (s->msg.name[n] == '/' || s->msg.name[n] == MS_MAILDIR_INFO || s->msg.name[n] == ',') s->msg.name[n] = '_';
     if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
-        ms_fmt(s->msg.tmp_path, sizeof s->msg.tmp_path, "%s/%s", dir, s->msg.name) < 0 ||
-        (store_mkdir(ms->cfg->spool, ".") != 0 && errno != EEXIST) || store_mkdir(dir, ms->cfg->spool) != 0 ||
-        (s->msg.tmp_fd = os_open(s->msg.tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0) {
+        ms_fmt(s->msg.tmp_path, sizeof s->msg.tmp_path, "%s/%s", dir, s->msg.name) < 0)
+        s->msg.tmp_fd = -1;
+    else if ((s->msg.tmp_fd = os_open(s->msg.tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
+             store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
+        s->msg.tmp_fd = os_open(s->msg.tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
+    if (s->msg.tmp_fd < 0) {
         s->msg.tmp_fd = -1;
         conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
@@ -2777,18 +2814,37 @@ smtp_data_end(struct conn *c)
     if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
     else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
     else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
-    else if (store_deliver(c->ms->cfg, &s->msg, &s->targets, &err) != 0) {
+    else if (store_deliver(c->ms->cfg, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo, &s->nundo) != 0) {
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: %s", err);
     } else {
-        int i;
+        s->commit_pending = 1; /* smtp_commit_done() answers after the folder fsync */
+        return;
+    }
+    if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
+                              s->tx_error == TXERR_TOO_BIG ? "too big" : s->tx_error == TXERR_LONG_LINE ? "line too long" : "write error");
+    smtp_tx_reset(c);
+}
+
+/* The end of a group commit: the folders are fsynced (ok) or not. */
+static void
+smtp_commit_done(struct conn *c, int ok)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    int i;
+    if (ok) {
         for (i = 0; i < s->targets.n; i++)
             conn_log(c, "delivered %s from=<%s> to=<%s> size=%lld", s->msg.id, s->from, s->targets.v[i],
                      (long long)s->msg.size);
         conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
+    } else {
+        store_rollback(s->undo, s->nundo);
+        conn_log(c, "delivery of %s failed: cannot fsync a Maildir folder", s->msg.id);
+        conn_reply(c, "451 4.3.0 Local error: cannot write the message");
     }
-    if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
-                              s->tx_error == TXERR_TOO_BIG ? "too big" : s->tx_error == TXERR_LONG_LINE ? "line too long" : "write error");
+    free(s->undo);
+    s->undo = NULL;
+    s->commit_pending = 0;
     smtp_tx_reset(c);
 }
 
@@ -3234,7 +3290,7 @@ conn_process(struct conn *c)
             if (c->u.pop.streaming) break;
             continue;
         }
-        if (conn_pending(c) > MS_OUT_HIGH) break;
+        if (conn_pending(c) > MS_OUT_HIGH || (!is_pop && c->u.smtp.commit_pending)) break;
         if (!is_pop && c->u.smtp.state == SMTP_S_DATA) {
             if (!c->inlen) break;
             conn_consume(c, smtp_data_feed(c, c->in, c->inlen));
@@ -3273,11 +3329,8 @@ conn_read(struct conn *c)
     if (c->inlen >= MS_IN_SIZE) return;
     n = net_recv(c->fd, c->in + c->inlen, MS_IN_SIZE - c->inlen);
     if (n > 0) { c->inlen += (size_t)n; return; }
-    if (n == 0 || !net_would_block(net_error())) {
-        if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
-            conn_log(c, "connection lost during DATA: message discarded");
-        c->is_closing = 1;
-    }
+    if (n == 0) c->is_eof = 1; /* input already buffered is still served */
+    else if (!net_would_block(net_error())) c->is_closing = 1;
 }
 
 static void
@@ -3318,6 +3371,28 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         if (c->proto == PROTO_POP3) pop_greet(c);
         else smtp_greet(c);
         conn_send(c);
+    }
+}
+
+/* Group commit: one fsync per Maildir folder for all messages of this turn,
+ * then the 250s, then the sessions go on with their pipelined commands. */
+static void
+loop_commit(struct mailsrv *ms)
+{
+    int i, ok = 1;
+    ms->commit_again = 0;
+    for (i = 0; i < ms->commit_dirs.n; i++)
+        if (os_fsync_dir(ms->commit_dirs.v[i]) != 0) ok = 0;
+    ms->commit_dirs.n = 0;
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        if (c->proto == PROTO_POP3 || !c->u.smtp.commit_pending) continue;
+        smtp_commit_done(c, ok);
+        if (!c->is_closing) {
+            conn_process(c);
+            conn_send(c);
+            if (c->u.smtp.commit_pending) ms->commit_again = 1; /* the next turn must not sleep */
+        }
     }
 }
 
@@ -3386,7 +3461,9 @@ loop_check_reload(struct mailsrv *ms, int64_t now)
     if (!ms->reload_requested) {
         if (now < ms->next_ini_check) return;
         ms->next_ini_check = now + MS_RELOAD_CHECK_MS;
-        if (os_stat(ms->ini_path, &st) != 0 || (st.mtime == ms->ini_mtime && st.size == ms->ini_size)) return;
+        if (os_stat(ms->ini_path, &st) != 0 ||
+            (st.mtime == ms->ini_mtime && st.size == ms->ini_size && st.ino == ms->ini_ino))
+            return;
         ms_log(ms, "%s changed: reloading", ms->ini_path);
     } else {
         ms_log(ms, "reload requested");
@@ -3441,6 +3518,7 @@ mailsrv_destroy(struct mailsrv *ms)
     loop_close_listeners(ms);
     free(ms->conns);
     free(ms->pfds);
+    free(ms->commit_dirs.v);
     free(ms->ini_path);
     cfg_free(ms->cfg);
     if (os_signal_target == ms) os_signal_target = NULL;
@@ -3497,7 +3575,7 @@ int
 mailsrv_load_ini(struct mailsrv *ms, const char *path)
 {
     struct os_stat st;
-    if (os_stat(path, &st) == 0) { ms->ini_mtime = st.mtime; ms->ini_size = st.size; }
+    if (os_stat(path, &st) == 0) { ms->ini_mtime = st.mtime; ms->ini_size = st.size; ms->ini_ino = st.ino; }
     if (ms->ini_path != path) {
         free(ms->ini_path);
         ms->ini_path = xstrdup(path);
@@ -3596,7 +3674,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         short ev = 0;
         if (c->hold_until) { if (c->hold_until < wake) wake = c->hold_until; }
         else {
-            if (c->inlen < MS_IN_SIZE && !c->close_after_flush) ev |= POLLIN;
+            if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof) ev |= POLLIN;
             if (conn_pending(c)) ev |= POLLOUT;
         }
         if (c->deadline < wake) wake = c->deadline;
@@ -3605,6 +3683,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         ms->pfds[nfds++].revents = 0;
     }
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
+    if (ms->commit_again) wake = now;
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
     r = poll(ms->pfds, (nfds_t)nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
@@ -3624,8 +3703,14 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         struct conn *c = ms->conns[i];
         if (c->is_closing) continue;
         conn_process(c);
+        if (c->is_eof && !c->hold_until) {
+            if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
+                conn_log(c, "connection lost during DATA: message discarded");
+            conn_close(c, 1);
+        }
         if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
     }
+    loop_commit(ms);
     loop_timers(ms, now);
     loop_sweep(ms);
     loop_check_reload(ms, now);

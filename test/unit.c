@@ -289,7 +289,7 @@ test_storage(void)
             os_write_all(m.tmp_fd, body, strlen(body));
             m.size = (int64_t)strlen(body);
             m.lines = 6;
-            ASSERT(store_deliver(c, &m, &t, &err) == 0);
+            ASSERT(store_deliver(c, &m, &t, &err, NULL, NULL, NULL) == 0);
             close(m.tmp_fd);
             unlink(m.tmp_path);
         }
