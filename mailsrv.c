@@ -1819,7 +1819,7 @@ mbox_open_locked(const char *mbox, const char *lenf, int create, int64_t *commit
 
 /* Appends the stored message (tmp_fd) as one mboxrd message. */
 static int
-mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl)
+mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after)
 {
     struct line_reader lr;
     struct buf out = {0};
@@ -1827,12 +1827,15 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
     size_t len;
     int complete, r, bol = 1, rc = 0;
     int64_t off, pos = at;
-    buf_printf(&out, "%sX-UIDL: %s\n", from_line, uidl);
+    int nlines = 0;
+    buf_adds(&out, from_line);
+    if (after <= 0) buf_printf(&out, "X-UIDL: %s\n", uidl);
     lr_init(&lr, tmp_fd, 0, tmp_len);
     while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
         if (bol && mbox_is_from_line(line, len, 0)) buf_adds(&out, ">");
         buf_add(&out, line, len);
         if (complete) buf_adds(&out, "\n");
+        if (complete && ++nlines == after) buf_printf(&out, "X-UIDL: %s\n", uidl); /* after Received: */
         bol = complete;
         if (out.len >= 65536) {
             if (lseek(fd, (off_t)pos, SEEK_SET) < 0 || os_write_all(fd, out.p, out.len) < 0) { rc = -1; break; }
@@ -1860,6 +1863,7 @@ struct store_msg {
     char name[128];            /* unique base name: id.host */
     char sender[MS_PATH_MAX];
     time_t when;
+    int hdr_lines;             /* Return-Path and Received lines on top */
 };
 
 struct store_undo { char path[1300]; char lenf[1200]; int64_t old_len; int is_mbox; };
@@ -1954,7 +1958,7 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             ms_strlcpy(undo[nu].lenf, lenf, sizeof undo[nu].lenf);
             undo[nu].old_len = committed;
             undo[nu].is_mbox = 1;
-            if (mbox_append(fd, committed, m->tmp_fd, m->size, from_line, uidl) != 0 || os_fsync(fd) != 0 ||
+            if (mbox_append(fd, committed, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines) != 0 || os_fsync(fd) != 0 ||
                 (created && os_fsync_dir(dir) != 0) ||
                 mbox_set_committed(lenf, fd, lseek(fd, 0, SEEK_END)) != 0) {
                 os_truncate(fd, committed);
@@ -2099,27 +2103,35 @@ view_cmp_name(const void *a, const void *b)
     return strcmp(strchr(x->name, '/') + 1, strchr(y->name, '/') + 1);
 }
 
+/* Orders by UIDL, then by position, so that duplicates are numbered in
+ * mailbox order. */
 static int
 view_cmp_uidl(const void *a, const void *b)
 {
     const struct pop_msg *const *x = a, *const *y = b;
-    return strcmp((*x)->uidl, (*y)->uidl);
+    int r = strcmp((*x)->uidl, (*y)->uidl);
+    return r ? r : (*x < *y ? -1 : *x > *y);
 }
 
-/* Makes UIDLs unique in the view (copied mbox messages may share one). */
+/* Makes UIDLs unique in the view (copied mbox messages may share one): the
+ * k-th copy gets "-k", which deleting other messages does not change. */
 static void
 view_unique_uidls(struct pop_view *v)
 {
     struct pop_msg **p = xrealloc(NULL, sizeof *p * (size_t)(v->n ? v->n : 1));
-    int i, dup = 0;
+    char base[72];
+    int i, k = 1;
     for (i = 0; i < v->n; i++) p[i] = &v->msgs[i];
     qsort(p, (size_t)v->n, sizeof *p, view_cmp_uidl);
-    for (i = 1; i < v->n; i++) {
-        if (strcmp(p[i]->uidl, p[i - 1]->uidl) == 0 || (dup && strncmp(p[i]->uidl, p[i - 1]->uidl, 60) == 0)) {
+    base[0] = 0;
+    for (i = 0; i < v->n; i++) {
+        if (i > 0 && strcmp(p[i]->uidl, base) == 0) {
             char tmp[72];
-            snprintf(tmp, sizeof tmp, "%.50s-%d", p[i]->uidl, (int)(p[i] - v->msgs) + 1);
+            snprintf(tmp, sizeof tmp, "%.60s-%d", base, ++k);
             memcpy(p[i]->uidl, tmp, sizeof tmp);
-            dup = 1;
+        } else {
+            ms_strlcpy(base, p[i]->uidl, sizeof base);
+            k = 1;
         }
     }
     free(p);
@@ -2793,7 +2805,7 @@ smtp_do_data(struct conn *c, const char *args)
                  date);
     data_rx_init(&s->rx);
     s->msg.size = n;
-    s->msg.lines = 5 + (s->nrcpt == 1);
+    s->msg.lines = s->msg.hdr_lines = 4 + (s->nrcpt == 1); /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
     s->wlen = 0;
     smtp_write_data(s, hdr, (size_t)n);
@@ -3675,7 +3687,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         if (c->hold_until) { if (c->hold_until < wake) wake = c->hold_until; }
         else {
             if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof) ev |= POLLIN;
-            if (conn_pending(c)) ev |= POLLOUT;
+            if (conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) ev |= POLLOUT;
         }
         if (c->deadline < wake) wake = c->deadline;
         ms->pfds[nfds].fd = c->fd;
