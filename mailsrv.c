@@ -155,7 +155,7 @@ net_listen(const struct sockaddr *sa, socklen_t len)
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, (const void *)&one, sizeof one);
     if (sa->sa_family == AF_INET6)
         setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const void *)&one, sizeof one);
-    if (bind(s, sa, len) != 0 || listen(s, 128) != 0 || net_set_nonblock(s) != 0) {
+    if (bind(s, sa, len) != 0 || listen(s, SOMAXCONN) != 0 || net_set_nonblock(s) != 0) {
         int e = errno;
         close(s);
         errno = e;

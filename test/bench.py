@@ -1,0 +1,998 @@
+#!/usr/bin/env python3
+"""mailsrv benchmark (`make bench`): figures, not pass/fail.
+
+Starts its own mailsrv instances on 127.0.0.1 (free high ports, temporary
+spools) and measures:
+
+  1. SMTP messages/s accepted and delivered into Maildir (4 KB bodies) with
+     1, 20 and 100 concurrent sessions, many messages per session. A 250
+     after DATA means durably stored, so acknowledged == delivered; the files
+     in SPOOL/bench.local/user1/new are counted afterwards.
+  2. POP3 on a 10,000-message mailbox, Maildir and mbox: connect + USER/PASS,
+     UIDL, RETR of every message (lock-step and pipelined), DELE all + QUIT.
+  3. Memory: idle VmRSS, VmRSS with 1,000 idle greeted SMTP connections.
+  4. Binary size, as built and stripped.
+
+Load comes from test/bench_load.c (one poll() loop over N sockets), compiled
+here with `cc -O2`; Python threads would measure Python, not the server.
+
+Exit status: 0 whenever the figures could be measured (a missed target is not
+a failure); 1 if the benchmark could not run or the server lost messages,
+crashed or failed a check; 2 on a usage error.
+
+Usage: python3 test/bench.py [--quick] [--only smtp,pop3,mem,size] [--keep]
+       [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
+       [--json FILE]
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "127.0.0.1"
+DOMAIN = "bench.local"
+USER = "user1"
+PASSWORD = "Passw0rd1"
+BODY_BYTES = 4096
+
+# Reference figures for this machine type (2-vCPU Debian 12 VM, shared and noisy), from the
+# side-by-side harness's results/summary.md of 2026-11-27 (medians of 3 runs). Postfix 3.7.11,
+# OpenSMTPD 6.8.0p2, Dovecot 2.3.19.1; 4096-byte bodies, delivery into Maildir.
+REF = {
+    "smtp": {  # msg/s end-to-end; one message per SMTP session in that harness
+        1: {"postfix": 196, "opensmtpd": 117},
+        20: {"postfix": 237, "opensmtpd": 10},
+        100: {"postfix": 220, "opensmtpd": 10},
+    },
+    "smtp_cpu_ms": {"postfix": 5.90, "opensmtpd": 9.90},  # server CPU ms/msg at 20 sessions
+    # Dovecot, N Maildir messages: PASS->+OK ms, UIDL ms (cold = first login), connect+greeting ms
+    "dovecot_login": {
+        1000: {"cold_pass": 8.0, "cold_uidl": 80.2, "warm_pass": 7.9, "warm_uidl": 10.1, "connect": 12.2},
+        10000: {"cold_pass": 7.8, "cold_uidl": 746.2, "warm_pass": 7.7, "warm_uidl": 81.3, "connect": 11.7},
+    },
+    "dovecot_retr_s": {1000: {"lockstep": 0.21, "pipelined": 0.06},     # RETR 1..N
+                       10000: {"lockstep": 1.91, "pipelined": 0.58}},
+    "dovecot_dele_quit_s": {1000: {"lockstep": 0.08 + 0.25, "pipelined": 0.01 + 0.23},
+                            10000: {"lockstep": 0.64 + 2.10, "pipelined": 0.14 + 2.21}},
+    "idle_rss_mb": {"postfix": 37.8, "opensmtpd": 52.2, "dovecot": 21.1},  # RSS summed over the process tree
+    "idle_pss_mb": {"postfix": 10.3, "opensmtpd": 14.6, "dovecot": 4.7},
+    "conn_rss_kib": {"postfix": 9206, "opensmtpd": 67, "dovecot": 7251},  # per idle connection
+    "conn_pss_kib": {"postfix": 1230, "opensmtpd": 69, "dovecot": 1154},
+    "served_of_1000": {"postfix": 100, "opensmtpd": 253, "dovecot": 260},
+    "binary_bytes": {"postfix": 1.37e6, "opensmtpd": 0.57e6, "dovecot": 4.4e6},
+}
+TARGETS = {"smtp20": 1000.0, "login_uidl_ms": 50.0, "idle_rss_kib": 2048.0, "conn_kib": 16.0}
+
+
+class BenchError(Exception):
+    """The benchmark itself could not run (or the server lost/broke something)."""
+
+
+class Stop(Exception):
+    pass
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+def free_ports(n):
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def proc_status(pid):
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM", "VmSize", "RssAnon", "RssFile", "Threads"):
+                    out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def proc_cpu_s(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        tck = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / tck   # utime + stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def listen_overflows():
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+        for i in range(0, len(lines) - 1, 2):
+            if lines[i].startswith("TcpExt:"):
+                keys, vals = lines[i].split()[1:], lines[i + 1].split()[1:]
+                return int(dict(zip(keys, vals)).get("ListenOverflows", 0))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def count_files(d):
+    try:
+        return sum(1 for e in os.scandir(d) if e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def make_message(n, stamp):
+    """A stored message in the server's own Maildir format (LF line ends)."""
+    body_lines = []
+    line = "The quick brown fox jumps over the lazy dog; bench line %06d padding......" % n
+    size = 0
+    while size + len(line) + 2 <= BODY_BYTES:
+        body_lines.append(line)
+        size += len(line) + 2
+    body_lines.append("x" * max(0, BODY_BYTES - size - 2))
+    head = ("Return-Path: <loadgen@bench.test>\n"
+            "Received: from bench-client.local ([127.0.0.1])\n"
+            "\tby bench.local (mailsrv) with ESMTP id %d.M%06dP1Q%d\n"
+            "\tfor <user1@bench.local>;\n"
+            "\tFri, 27 Nov 2026 12:00:00 +0000\n"
+            "From: Load Generator <loadgen@bench.test>\n"
+            "To: <user1@bench.local>\n"
+            "Subject: bench message %d\n"
+            "Date: Fri, 27 Nov 2026 12:00:00 +0000\n"
+            "Message-ID: <%d.%d@bench.test>\n\n") % (stamp, n, n, n, stamp, n)
+    text = (head + "\n".join(body_lines) + "\n").encode()
+    return text
+
+
+def write_maildir(mdir, n):
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(mdir, sub), exist_ok=True)
+    stamp = int(time.time()) - 100000
+    total = 0
+    for i in range(1, n + 1):
+        data = make_message(i, stamp)
+        lines = data.count(b"\n")
+        name = "%d.M%06dP1Q%d.bench.local,S=%d,W=%d" % (stamp + i // 1000, i % 1000000, i, len(data), len(data) + lines)
+        with open(os.path.join(mdir, "new", name), "wb") as f:
+            f.write(data)
+        total += len(data) + lines
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# server control
+
+class Server:
+    """One mailsrv instance we started; stopped only by its own PID."""
+
+    def __init__(self, binary, workroot, storage="maildir", name="srv"):
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix=name + "-", dir=workroot)
+        self.storage = storage
+        self.smtp_port, self.pop3_port = free_ports(2)
+        self.spool = os.path.join(self.dir, "spool")
+        self.ini = os.path.join(self.dir, "mailsrv.ini")
+        self.logpath = os.path.join(self.dir, "mailsrv.log")
+        self.proc = None
+        self.exit_code = None
+        with open(self.ini, "w") as f:
+            f.write("""; written by test/bench.py
+[server]
+hostname = bench.local
+smtp = %s:%d
+pop3 = %s:%d
+storage = %s
+spool = spool
+max_message_size = 10M
+max_recipients = 100
+max_clients = 2000
+timeout = 300
+plaintext_auth = local
+capture = no
+
+[domain bench.local]
+user1 = %s
+
+[alias bench.local]
+postmaster = user1
+""" % (HOST, self.smtp_port, HOST, self.pop3_port, storage, PASSWORD))
+
+    @property
+    def maildir(self):
+        return os.path.join(self.spool, DOMAIN, USER)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self, timeout=15.0):
+        self.logf = open(self.logpath, "wb")
+        self.proc = subprocess.Popen([self.binary, "-c", self.ini], stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=subprocess.STDOUT, cwd=self.dir)
+        deadline = time.monotonic() + timeout
+        for port, want in ((self.smtp_port, b"220"), (self.pop3_port, b"+OK")):
+            while True:
+                if self.proc.poll() is not None:
+                    raise BenchError("mailsrv exited with status %s at start; log:\n%s"
+                                     % (self.proc.returncode, self.log_tail()))
+                if time.monotonic() > deadline:
+                    raise BenchError("mailsrv did not greet on port %d within %.0f s; log:\n%s"
+                                     % (port, timeout, self.log_tail()))
+                try:
+                    with socket.create_connection((HOST, port), timeout=2) as s:
+                        g = s.recv(512)
+                        if g.startswith(want):
+                            s.sendall(b"QUIT\r\n")
+                            try:
+                                s.recv(512)
+                            except OSError:
+                                pass
+                            break
+                except OSError:
+                    pass
+                time.sleep(0.02)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self, what):
+        if not self.alive():
+            raise BenchError("mailsrv died (status %s) during %s; log tail:\n%s"
+                             % (self.proc.returncode, what, self.log_tail()))
+
+    def stop(self):
+        if self.proc is None or self.exit_code is not None:
+            return self.exit_code
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.exit_code = self.proc.returncode
+        self.logf.close()
+        return self.exit_code
+
+    def log_tail(self, n=15):
+        try:
+            with open(self.logpath, "rb") as f:
+                return b"".join(f.readlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return "(no log)"
+
+    def log_problems(self, limit=5):
+        bad = re.compile(r"error|cannot|fail|panic|abort|assert|out of memory|warning", re.I)
+        hits = []
+        try:
+            with open(self.logpath, "rb") as f:
+                for line in f:
+                    s = line.decode(errors="replace").rstrip()
+                    if bad.search(s):
+                        hits.append(s)
+        except OSError:
+            pass
+        return len(hits), hits[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# POP3 client (raw socket, buffered; replies parsed by hand so that timing measures the server)
+
+class Pop3:
+    def __init__(self, port, timeout=60):
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.pos = 0
+
+    def _fill(self):
+        data = self.sock.recv(1 << 18)
+        if not data:
+            raise BenchError("POP3: connection closed by the server")
+        self.buf += data
+
+    def line(self):
+        if self.pos > 1 << 20:  # compact only here, between replies (multi() keeps offsets)
+            del self.buf[:self.pos]
+            self.pos = 0
+        while True:
+            i = self.buf.find(b"\r\n", self.pos)
+            if i >= 0:
+                out = bytes(self.buf[self.pos:i])
+                self.pos = i + 2
+                return out
+            self._fill()
+
+    def multi(self):
+        """Reads '+OK ...' and a multi-line body; returns (status, body bytes incl. last CRLF)."""
+        st = self.line()
+        if not st.startswith(b"+OK"):
+            return st, None
+        scanned = 0  # bytes after self.pos already searched
+        while True:
+            i = self.buf.find(b"\r\n.\r\n", self.pos - 2 + scanned)
+            if i >= 0:
+                body = bytes(self.buf[self.pos:i + 2])
+                self.pos = i + 5
+                return st, body
+            scanned = max(0, len(self.buf) - self.pos - 4)
+            self._fill()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def cmd(self, c):
+        self.sock.sendall(c.encode() + b"\r\n")
+        return self.line()
+
+    def expect_ok(self, c):
+        r = self.cmd(c)
+        if not r.startswith(b"+OK"):
+            raise BenchError("POP3 %s: %r" % (c.split()[0], r))
+        return r
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def octets(body):
+    """Octets of a multi-line body after removing dot-stuffing."""
+    return len(body) - body.count(b"\r\n..") - (1 if body.startswith(b"..") else 0)
+
+
+def pop_login(port):
+    """connect + greeting + USER + PASS; returns (client, ms connect, ms USER+PASS)."""
+    t0 = time.perf_counter()
+    p = Pop3(port)
+    g = p.line()
+    if not g.startswith(b"+OK"):
+        raise BenchError("POP3 greeting: %r" % g)
+    t1 = time.perf_counter()
+    p.expect_ok("USER %s@%s" % (USER, DOMAIN))
+    p.expect_ok("PASS %s" % PASSWORD)
+    t2 = time.perf_counter()
+    return p, (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def pop_uidl(p, n_expected):
+    t0 = time.perf_counter()
+    p.send(b"UIDL\r\n")
+    st, body = p.multi()
+    t1 = time.perf_counter()
+    if body is None:
+        raise BenchError("POP3 UIDL: %r" % st)
+    ids = [ln.split(b" ", 1)[1] for ln in body.split(b"\r\n") if ln]
+    if len(ids) != n_expected:
+        raise BenchError("POP3 UIDL listed %d messages, expected %d" % (len(ids), n_expected))
+    if len(set(ids)) != len(ids):
+        raise BenchError("POP3 UIDL: %d duplicate UIDLs" % (len(ids) - len(set(ids))))
+    return (t1 - t0) * 1e3, ids
+
+
+def pop_retr_all(p, n, window):
+    """RETR 1..n with `window` commands in flight (1 = lock-step); returns (s, total octets)."""
+    total = 0
+    sent = got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        burst = []
+        while sent < n and sent - got < window:
+            sent += 1
+            burst.append(b"RETR %d\r\n" % sent)
+        if burst:
+            p.send(b"".join(burst))
+        st, body = p.multi()
+        got += 1
+        if body is None:
+            raise BenchError("POP3 RETR %d: %r" % (got, st))
+        total += octets(body)
+    return time.perf_counter() - t0, total
+
+
+def pop_dele_all(p, n, window):
+    sent = got = 0
+    t0 = time.perf_counter()
+    while got < n:
+        burst = []
+        while sent < n and sent - got < window:
+            sent += 1
+            burst.append(b"DELE %d\r\n" % sent)
+        if burst:
+            p.send(b"".join(burst))
+        r = p.line()
+        got += 1
+        if not r.startswith(b"+OK"):
+            raise BenchError("POP3 DELE %d: %r" % (got, r))
+    t1 = time.perf_counter()
+    r = p.cmd("QUIT")
+    t2 = time.perf_counter()
+    if not r.startswith(b"+OK"):
+        raise BenchError("POP3 QUIT after DELE: %r" % r)
+    return t1 - t0, t2 - t1
+
+
+# ---------------------------------------------------------------------------------------------
+# the benchmark
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.binary = os.path.join(ROOT, "mailsrv")
+        self.work = tempfile.mkdtemp(prefix="mailsrv-bench-")
+        self.servers = []
+        self.results = {}
+        self.problems = []      # server problems seen (reported, non-fatal)
+        self.loadgen = None
+
+    # -- setup / teardown
+    def setup(self):
+        if not os.path.exists(self.binary):
+            log("building mailsrv (make mailsrv)")
+            r = subprocess.run(["make", "-C", ROOT, "mailsrv"])
+            if r.returncode != 0 or not os.path.exists(self.binary):
+                raise BenchError("cannot build ./mailsrv")
+        cc = os.environ.get("CC", "cc")
+        self.loadgen = os.path.join(self.work, "bench_load")
+        src = os.path.join(ROOT, "test", "bench_load.c")
+        r = subprocess.run([cc, "-O2", "-std=c99", "-o", self.loadgen, src],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+        if r.returncode != 0:
+            raise BenchError("cannot compile test/bench_load.c with %s:\n%s" % (cc, r.stdout))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = self.args.idle_connections + 512
+        if soft != resource.RLIM_INFINITY and soft < want:
+            new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        if soft != resource.RLIM_INFINITY and soft < want:
+            log("note: RLIMIT_NOFILE is %d (hard limit); the idle test may be limited by it" % soft)
+
+    def server(self, storage="maildir", name="srv"):
+        s = Server(self.binary, self.work, storage, name)
+        self.servers.append(s)
+        return s.start()
+
+    def finish_server(self, s, what):
+        s.check_alive(what)
+        code = s.stop()
+        if code != 0:
+            self.problems.append("%s: mailsrv exited with status %s on SIGTERM (contract: 0)" % (what, code))
+        n, lines = s.log_problems()
+        if n:
+            self.problems.append("%s: %d suspicious log line(s), e.g.: %s" % (what, n, " | ".join(lines)))
+        leftovers = count_files(os.path.join(s.spool, ".tmp"))
+        if leftovers:
+            self.problems.append("%s: %d file(s) left in SPOOL/.tmp after a clean stop" % (what, leftovers))
+
+    def cleanup(self):
+        for s in self.servers:
+            try:
+                s.stop()
+            except Exception as e:  # keep stopping the others
+                log("warning: stopping mailsrv pid %s: %s" % (s.proc.pid if s.proc else "?", e))
+        if self.args.keep:
+            log("kept %s" % self.work)
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def load(self, port, sessions, messages, limit, per_conn=0):
+        cmd = [self.loadgen, "-H", HOST, "-p", str(port), "-c", str(sessions), "-m", str(messages),
+               "-s", str(BODY_BYTES), "-t", "%s@%s" % (USER, DOMAIN), "-T", str(limit), "-r", str(per_conn)]
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                           timeout=limit + 30)
+        m = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', r.stdout))
+        if "acked" not in m:
+            raise BenchError("load generator failed: %s %s" % (r.stdout, r.stderr))
+        out = {}
+        for k, v in m.items():
+            if v.startswith('"'):
+                out[k] = v.strip('"')
+            else:
+                out[k] = float(v) if "." in v else int(v)
+        return out
+
+    # -- 1. SMTP
+    def smtp_once(self, c, msgs, run, per_conn=0):
+        """One SMTP run on a fresh server; returns its row. Raises on lost messages."""
+        s = self.server("maildir", "smtp%d-%d" % (c, run))
+        cpu0 = proc_cpu_s(s.pid)
+        r = self.load(s.smtp_port, c, msgs, self.args.smtp_limit, per_conn)
+        cpu1 = proc_cpu_s(s.pid)
+        st = proc_status(s.pid)
+        s.check_alive("SMTP run with %d sessions" % c)
+        new = count_files(os.path.join(s.maildir, "new"))
+        cur = count_files(os.path.join(s.maildir, "cur"))
+        row = {"sessions": c, "messages": msgs, "acked": r["acked"], "rejected": r["rejected"],
+               "errors": r["errors"], "elapsed_s": r["elapsed"], "msg_per_s": r["rate"],
+               "lat_p50_ms": r["lat_p50_ms"], "lat_p99_ms": r["lat_p99_ms"], "lat_max_ms": r["lat_max_ms"],
+               "pipelining": r["pipelining"], "files_new": new, "files_cur": cur, "per_conn": per_conn,
+               "connections": r.get("connections"),
+               "cpu_ms_per_msg": ((cpu1 - cpu0) * 1e3 / r["acked"]) if r["acked"] and cpu0 is not None else None,
+               "peak_rss_kib": st.get("VmHWM")}
+        log("  SMTP %3d session(s)%s, run %d: %5d/%d acknowledged in %.2f s = %7.1f msg/s; latency p50 %.1f ms, "
+            "p99 %.1f ms, max %.1f ms; server CPU %.2f ms/msg; peak RSS %s KiB; files in new/: %d"
+            % (c, ", 1 msg/connection" if per_conn == 1 else "", run, r["acked"], msgs, r["elapsed"], r["rate"], r["lat_p50_ms"], r["lat_p99_ms"],
+               r["lat_max_ms"], row["cpu_ms_per_msg"] or 0, row["peak_rss_kib"], new))
+        if r["first_error"]:
+            self.problems.append("SMTP %d sessions: %d error(s), %d rejected; first: %s"
+                                 % (c, r["errors"], r["rejected"], r["first_error"]))
+        self.finish_server(s, "SMTP %d sessions" % c)
+        if new + cur < r["acked"]:
+            raise BenchError("LOST MESSAGES: %d acknowledged with 250 but only %d file(s) in new/ (+%d in cur/)"
+                             % (r["acked"], new, cur))
+        if new + cur > r["acked"]:
+            self.problems.append("SMTP %d sessions: %d files stored but %d acknowledged (extra copies)"
+                                 % (c, new + cur, r["acked"]))
+        if r["acked"] < msgs:
+            raise BenchError("SMTP run with %d sessions: only %d of %d messages acknowledged (%s)"
+                             % (c, r["acked"], msgs, r["first_error"]))
+        return row
+
+    def bench_smtp(self):
+        rows = []
+        plan = [(c, 0, self.args.smtp_messages) for c in self.args.concurrency]
+        if self.args.one_per_connection:  # as the reference harness's smtp-source does (no -d)
+            plan += [(c, 1, max(1, self.args.smtp_messages // 2)) for c in self.args.concurrency]
+        for c, per_conn, msgs in plan:
+            runs = [self.smtp_once(c, msgs, k + 1, per_conn) for k in range(self.args.runs)]
+            runs.sort(key=lambda x: x["msg_per_s"])
+            med = dict(runs[len(runs) // 2])  # the median run (by msg/s) gives every column
+            med["runs"] = len(runs)
+            med["min_msg_per_s"] = runs[0]["msg_per_s"]
+            med["max_msg_per_s"] = runs[-1]["msg_per_s"]
+            med["all_runs"] = runs
+            cpus = [x["cpu_ms_per_msg"] for x in runs if x["cpu_ms_per_msg"] is not None]
+            med["cpu_ms_per_msg"] = statistics.median(cpus) if cpus else None
+            med["peak_rss_kib"] = max(x["peak_rss_kib"] or 0 for x in runs)
+            rows.append(med)
+        self.results["smtp"] = rows
+
+    # -- 2. POP3
+    def bench_pop3(self):
+        out = {}
+        n = self.args.pop3_messages
+        for storage in self.args.storages:
+            s = Server(self.binary, self.work, storage, "pop3-" + storage)
+            self.servers.append(s)
+            res = {"messages": n}
+            if storage == "maildir":
+                t0 = time.perf_counter()
+                write_maildir(s.maildir, n)
+                res["fill"] = "files written in new/ (%.1f s)" % (time.perf_counter() - t0)
+                s.start()
+            else:
+                s.start()
+                r = self.load(s.smtp_port, 20, n, self.args.smtp_limit * 3)
+                if r["acked"] != n:
+                    raise BenchError("filling the mbox: %d of %d acknowledged (%s)" % (r["acked"], n, r["first_error"]))
+                res["fill"] = "SMTP, 20 sessions"
+                res["smtp_fill_rate"] = r["rate"]
+                log("  mbox fill: %d messages by SMTP (20 sessions) at %.1f msg/s" % (n, r["rate"]))
+            s.check_alive("POP3 setup")
+
+            # cold: first login since the server started
+            p, ms_conn, ms_pass = pop_login(s.pop3_port)
+            ms_uidl, _ = pop_uidl(p, n)
+            r = p.cmd("STAT")
+            m = re.match(rb"\+OK (\d+) (\d+)", r)
+            if not m or int(m.group(1)) != n:
+                raise BenchError("POP3 STAT %r: expected %d messages (lost messages?)" % (r, n))
+            stat_octets = int(m.group(2))
+            p.send(b"CAPA\r\n")
+            _, capa = p.multi()
+            pipelining = bool(capa and re.search(rb"(?m)^PIPELINING", capa))
+            res["cold"] = {"connect_ms": ms_conn, "userpass_ms": ms_pass, "uidl_ms": ms_uidl}
+            t_retr, got = pop_retr_all(p, n, 1)
+            res["retr_lockstep_s"] = t_retr
+            if got != stat_octets:
+                self.problems.append("POP3 %s: RETR sent %d octets in total, STAT said %d" % (storage, got, stat_octets))
+            p.expect_ok("QUIT")
+            p.close()
+            # warm: three more logins
+            warm = []
+            for _ in range(3):
+                p, ms_conn, ms_pass = pop_login(s.pop3_port)
+                ms_uidl, _ = pop_uidl(p, n)
+                p.expect_ok("QUIT")
+                p.close()
+                warm.append((ms_conn, ms_pass, ms_uidl))
+            res["warm"] = {"connect_ms": statistics.median(w[0] for w in warm),
+                           "userpass_ms": statistics.median(w[1] for w in warm),
+                           "uidl_ms": statistics.median(w[2] for w in warm),
+                           "login_uidl_ms": statistics.median(w[0] + w[1] + w[2] for w in warm)}
+            res["cold"]["login_uidl_ms"] = sum(res["cold"][k] for k in ("connect_ms", "userpass_ms", "uidl_ms"))
+            # pipelined RETR, then DELE all + QUIT
+            window = 64 if pipelining else 1
+            res["pipelining"] = pipelining
+            p, _, _ = pop_login(s.pop3_port)
+            t_retr, got = pop_retr_all(p, n, window)
+            res["retr_pipelined_s"] = t_retr if pipelining else None
+            p.expect_ok("QUIT")
+            p.close()
+            p, _, _ = pop_login(s.pop3_port)
+            t_dele, t_quit = pop_dele_all(p, n, window)
+            p.close()
+            res["dele_s"], res["quit_s"] = t_dele, t_quit
+            p, _, _ = pop_login(s.pop3_port)
+            r = p.cmd("STAT")
+            p.expect_ok("QUIT")
+            p.close()
+            if not r.startswith(b"+OK 0 "):
+                self.problems.append("POP3 %s: after DELE all + QUIT, STAT says %r" % (storage, r))
+            st = proc_status(s.pid)
+            res["peak_rss_kib"] = st.get("VmHWM")
+            log("  POP3 %-7s %d msgs: login+UIDL cold %.1f ms (connect %.1f, USER/PASS %.1f, UIDL %.1f), "
+                "warm %.1f ms; RETR all lock-step %.2f s%s; DELE all %.2f s + QUIT %.2f s; peak RSS %s KiB"
+                % (storage, n, res["cold"]["login_uidl_ms"], res["cold"]["connect_ms"], res["cold"]["userpass_ms"],
+                   res["cold"]["uidl_ms"], res["warm"]["login_uidl_ms"], res["retr_lockstep_s"],
+                   (", pipelined %.2f s" % t_retr) if pipelining else "", t_dele, t_quit, res["peak_rss_kib"]))
+            self.finish_server(s, "POP3 %s" % storage)
+            out[storage] = res
+        self.results["pop3"] = out
+
+    # -- 3. memory
+    def open_idle(self, port, k, limit=20.0):
+        """Opens k SMTP connections at once and waits (<= limit s) for their greetings."""
+        sel = selectors.DefaultSelector()
+        socks, bufs = [], {}
+        greeted = refused = 0
+        t0 = time.monotonic()
+        try:
+            for _ in range(k):
+                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(c)
+                c.setblocking(False)
+                c.connect_ex((HOST, port))
+                bufs[c] = b""
+                sel.register(c, selectors.EVENT_READ)
+            deadline = t0 + limit
+            while greeted + refused < k and time.monotonic() < deadline:
+                for key, _ in sel.select(timeout=0.5):
+                    c = key.fileobj
+                    try:
+                        data = c.recv(512)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        refused += 1
+                        sel.unregister(c)
+                        continue
+                    bufs[c] += data
+                    if b"\r\n" in bufs[c]:
+                        if bufs[c].startswith(b"220"):
+                            greeted += 1
+                        else:
+                            refused += 1
+                        sel.unregister(c)
+        except BaseException:
+            for c in socks:
+                c.close()
+            raise
+        finally:
+            sel.close()
+        return socks, greeted, refused, time.monotonic() - t0
+
+    def bench_mem(self):
+        k = self.args.idle_connections
+        s = self.server("maildir", "mem")
+        st_ready = proc_status(s.pid)
+        time.sleep(1.0)  # settle
+        st_idle = proc_status(s.pid)
+        ov0 = listen_overflows()
+        cycles = []
+        for cycle in (1, 2):  # the second cycle shows whether memory is reused (no leak)
+            socks, greeted, refused, t_greet = self.open_idle(s.smtp_port, k)
+            try:
+                time.sleep(1.0)  # settle
+                s.check_alive("holding %d idle connections" % k)
+                st_busy = proc_status(s.pid)
+                ov1 = listen_overflows()
+            finally:
+                for c in socks:
+                    c.close()
+            time.sleep(0.5)
+            try:
+                with socket.create_connection((HOST, s.smtp_port), timeout=10) as c:
+                    ok = c.recv(512).startswith(b"220")
+            except OSError:
+                ok = False
+            if not ok:
+                self.problems.append("after closing %d idle connections the server did not greet a new one" % k)
+            st_after = proc_status(s.pid)
+            cycles.append({"greeted": greeted, "refused": refused, "greet_s": t_greet,
+                           "rss_conns_kib": st_busy.get("VmRSS"), "rss_after_close_kib": st_after.get("VmRSS"),
+                           "listen_overflows": (ov1 - ov0) if ov0 is not None and ov1 is not None else None})
+            ov0 = listen_overflows()
+        c1 = cycles[0]
+        greeted = c1["greeted"]
+        res = {"rss_ready_kib": st_ready.get("VmRSS"), "rss_idle_kib": st_idle.get("VmRSS"),
+               "rss_anon_idle_kib": st_idle.get("RssAnon"), "connections": k, "cycles": cycles}
+        res.update(c1)
+        res["kib_per_conn"] = ((res["rss_conns_kib"] - res["rss_idle_kib"]) / greeted) if greeted else None
+        self.results["mem"] = res
+        log("  memory: idle RSS %s KiB (right after start %s KiB, anon %s KiB); with %d/%d greeted idle SMTP "
+            "connections %s KiB = %.1f KiB/connection; all greeted after %.2f s; listen overflows %s; "
+            "RSS after closing them %s KiB; second cycle: %d greeted, RSS %s KiB, after closing %s KiB"
+            % (res["rss_idle_kib"], res["rss_ready_kib"], res["rss_anon_idle_kib"], greeted, k,
+               res["rss_conns_kib"], res["kib_per_conn"] or 0, res["greet_s"], res["listen_overflows"],
+               res["rss_after_close_kib"], cycles[1]["greeted"], cycles[1]["rss_conns_kib"],
+               cycles[1]["rss_after_close_kib"]))
+        for n, cy in enumerate(cycles, 1):
+            if cy["greeted"] < k:
+                self.problems.append("idle test, cycle %d: only %d of %d connections greeted within 20 s "
+                                     "(%d refused/closed); listen overflows %s"
+                                     % (n, cy["greeted"], k, cy["refused"], cy["listen_overflows"]))
+        if cycles[1]["rss_conns_kib"] and c1["rss_conns_kib"] and \
+                cycles[1]["rss_conns_kib"] > c1["rss_conns_kib"] + max(512, c1["rss_conns_kib"] // 10):
+            self.problems.append("idle test: RSS grew from %d to %d KiB between two identical cycles of %d "
+                                 "connections (leak?)" % (c1["rss_conns_kib"], cycles[1]["rss_conns_kib"], k))
+        self.finish_server(s, "idle connections")
+
+    # -- 4. size
+    def bench_size(self):
+        res = {"bytes": os.path.getsize(self.binary)}
+        tmp = os.path.join(self.work, "mailsrv.stripped")
+        shutil.copyfile(self.binary, tmp)
+        strip = shutil.which("strip")
+        if strip and subprocess.run([strip, tmp]).returncode == 0:
+            res["stripped_bytes"] = os.path.getsize(tmp)
+        else:
+            res["stripped_bytes"] = None
+        try:
+            ldd = subprocess.run(["ldd", self.binary], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 universal_newlines=True, timeout=10).stdout
+            res["shared_libs"] = sorted(set(re.findall(r"^\s*(\S+\.so[.\d]*)", ldd, re.M)) - {"linux-vdso.so.1"})
+        except (OSError, subprocess.TimeoutExpired):
+            res["shared_libs"] = []
+        self.results["size"] = res
+        log("  binary: %d bytes, stripped %s bytes; shared libraries: %s"
+            % (res["bytes"], res["stripped_bytes"], ", ".join(res["shared_libs"]) or "?"))
+
+    # -- report
+    def report(self):
+        R = self.results
+        rows = []
+
+        def add(figure, value, target="", ref="", ratio=""):
+            rows.append((figure, value, target, ref, ratio))
+
+        def times(a, b):
+            if not a or not b:
+                return ""
+            x = a / b
+            return ("%.0f×" % x) if x >= 10 else ("%.1f×" % x)
+
+        def faster(ref_s, mine_s, who="dovecot"):
+            """ratio of two durations, worded the right way round"""
+            if not ref_s or not mine_s:
+                return ""
+            if ref_s >= mine_s:
+                return "%s faster than %s" % (times(ref_s, mine_s), who)
+            return "%s slower than %s" % (times(mine_s, ref_s), who)
+
+        for r in R.get("smtp", []):
+            c = r["sessions"]
+            ref = REF["smtp"].get(c, {})
+            tgt = ""
+            if c == 20 and not r["per_conn"]:
+                tgt = "≥ 1000 (%s)" % ("met" if r["msg_per_s"] >= TARGETS["smtp20"] else "MISSED")
+            add("SMTP → Maildir, %d session%s, %s, msg/s (%d msgs of 4 KB per run; median run's p50/p99 latency %.1f/%.1f ms)"
+                % (c, "" if c == 1 else "s",
+                   "one message per connection (as the reference)" if r["per_conn"] == 1 else "many messages per connection",
+                   r["messages"], r["lat_p50_ms"], r["lat_p99_ms"]),
+                "%.0f (%.0f–%.0f, %d runs)" % (r["msg_per_s"], r["min_msg_per_s"], r["max_msg_per_s"], r["runs"]), tgt,
+                ", ".join("%s %d" % kv for kv in ref.items()),
+                ", ".join("%s %s" % (times(r["msg_per_s"], v), k) for k, v in ref.items()))
+        if R.get("smtp"):
+            cpu = {r["sessions"]: r["cpu_ms_per_msg"] for r in R["smtp"] if r["cpu_ms_per_msg"] and not r["per_conn"]}
+            cpu1 = {r["sessions"]: r["cpu_ms_per_msg"] for r in R["smtp"] if r["cpu_ms_per_msg"] and r["per_conn"] == 1}
+            if cpu:
+                add("SMTP server CPU per message (median over runs), ms",
+                    ", ".join("%.2f at %d session%s" % (v, k, "" if k == 1 else "s") for k, v in cpu.items()) +
+                    ("; one message per connection: " + ", ".join("%.2f at %d" % (v, k) for k, v in cpu1.items()) if cpu1 else ""),
+                    "",
+                    "postfix %.2f, opensmtpd %.2f (20 sessions)" % (REF["smtp_cpu_ms"]["postfix"], REF["smtp_cpu_ms"]["opensmtpd"]),
+                    ("%s less than postfix (one message per connection, 20 sessions)" % times(REF["smtp_cpu_ms"]["postfix"], cpu1[20])
+                     if cpu1.get(20) else
+                     "%s less than postfix" % times(REF["smtp_cpu_ms"]["postfix"], cpu[20]) if cpu.get(20) else ""))
+        if R.get("smtp"):
+            peak = max(r["peak_rss_kib"] or 0 for r in R["smtp"])
+            add("SMTP peak RSS during the runs (VmHWM), KiB", "%d" % peak, "",
+                "postfix 67 MB PSS at 20 sessions, 219 MB at 100", "")
+        pop = R.get("pop3", {})
+        for storage in ("maildir", "mbox"):
+            if storage not in pop:
+                continue
+            p = pop[storage]
+            n = p["messages"]
+            label = "POP3 %s %d msgs" % (storage, n)
+            D = REF["dovecot_login"].get(n)
+            DR = REF["dovecot_retr_s"].get(n)
+            DQ = REF["dovecot_dele_quit_s"].get(n)
+            tgt = ""
+            if storage == "maildir" and n == 10000:
+                worst = max(p["cold"]["login_uidl_ms"], p["warm"]["login_uidl_ms"])
+                tgt = "< 50 (%s)" % ("met" if worst < TARGETS["login_uidl_ms"] else "MISSED")
+            for kind in ("cold", "warm"):
+                q = p[kind]
+                mine = q["userpass_ms"] + q["uidl_ms"]
+                ref = ratio = ""
+                if D:
+                    dv = D["%s_pass" % kind] + D["%s_uidl" % kind]
+                    ref = "dovecot PASS+UIDL %.0f (%s, maildir)" % (dv, kind)
+                    ratio = faster(dv, mine) + " (USER/PASS+UIDL vs PASS+UIDL)"
+                add("%s: connect+USER/PASS+UIDL ms, %s (%s)" % (label, kind,
+                    "first login" if kind == "cold" else "median of the next 3 logins"),
+                    "%.1f (connect %.1f + USER/PASS %.1f + UIDL %.1f)" % (q["login_uidl_ms"], q["connect_ms"], q["userpass_ms"], q["uidl_ms"]),
+                    tgt, ref, ratio)
+            add("%s: RETR all, lock-step, s" % label, "%.2f (%.0f msg/s)" % (p["retr_lockstep_s"], n / p["retr_lockstep_s"]), "",
+                "dovecot %.2f (maildir)" % DR["lockstep"] if DR else "",
+                faster(DR["lockstep"], p["retr_lockstep_s"]) if DR else "")
+            if p.get("retr_pipelined_s"):
+                add("%s: RETR all, pipelined (64 in flight), s" % label,
+                    "%.2f (%.0f msg/s)" % (p["retr_pipelined_s"], n / p["retr_pipelined_s"]), "",
+                    "dovecot %.2f (maildir)" % DR["pipelined"] if DR else "",
+                    faster(DR["pipelined"], p["retr_pipelined_s"]) if DR else "")
+            mode = "pipelined" if p["pipelining"] else "lockstep"
+            add("%s: DELE all + QUIT (%s), s" % (label, mode), "%.2f + %.2f" % (p["dele_s"], p["quit_s"]), "",
+                "dovecot %.2f (maildir)" % DQ[mode] if DQ else "",
+                faster(DQ[mode], p["dele_s"] + p["quit_s"]) if DQ else "")
+            if p.get("smtp_fill_rate"):
+                add("SMTP → mbox, 20 sessions, msg/s (filling the %d-message mbox)" % n, "%.0f" % p["smtp_fill_rate"], "", "", "")
+        m = R.get("mem")
+        if m:
+            idle = m["rss_idle_kib"]
+            add("Idle RSS after start (VmRSS), KiB", "%d" % idle,
+                "< 2048 (%s)" % ("met" if idle < TARGETS["idle_rss_kib"] else "MISSED"),
+                ", ".join("%s %.1f MB" % kv for kv in REF["idle_rss_mb"].items()) + " (RSS summed over processes)",
+                ", ".join("%s less than %s" % (times(v * 1024, idle), k) for k, v in REF["idle_rss_mb"].items()))
+            add("RSS with %d idle greeted SMTP connections, KiB (2nd cycle; after closing all)" % m["greeted"],
+                "%d (%d; %d)" % (m["rss_conns_kib"], m["cycles"][1]["rss_conns_kib"], m["cycles"][1]["rss_after_close_kib"]),
+                "", "", "")
+            kpc = m["kib_per_conn"]
+            add("RSS per idle connection, KiB ((rss_%d − rss_idle)/%d)" % (m["connections"], m["greeted"]),
+                "%.1f" % kpc if kpc is not None else "n/a",
+                "< 16 (%s)" % ("met" if kpc is not None and kpc < TARGETS["conn_kib"] else "MISSED"),
+                ", ".join("%s %d" % kv for kv in REF["conn_rss_kib"].items()) + " (RSS; dovecot = POP3)",
+                ", ".join("%s less than %s" % (times(v, kpc), k) for k, v in REF["conn_rss_kib"].items()) if kpc and kpc > 0 else "")
+            add("Connections of %d greeted within 20 s (burst)" % m["connections"],
+                "%d (in %.2f s; listen overflows %s)" % (m["greeted"], m["greet_s"], m["listen_overflows"]), "",
+                ", ".join("%s %d" % kv for kv in REF["served_of_1000"].items()), "")
+        z = R.get("size")
+        if z:
+            add("Binary size, bytes (stripped)", "%d (%s)" % (z["bytes"], z["stripped_bytes"]), "",
+                ", ".join("%s ≈ %.2f MB" % (k, v / 1e6) for k, v in REF["binary_bytes"].items()) + " (all binaries on the path)",
+                ", ".join("%s smaller than %s" % (times(v, z["stripped_bytes"] or z["bytes"]), k) for k, v in REF["binary_bytes"].items()))
+
+        log("")
+        log("## mailsrv benchmark (%s, %d CPUs, %s)" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                    os.cpu_count() or 0, os.uname().release))
+        log("")
+        log("| figure | mailsrv | target | reference (same machine type) | ratio |")
+        log("|---|---|---|---|---|")
+        for r in rows:
+            log("| " + " | ".join(x.replace("|", "/") for x in r) + " |")
+        log("")
+        log("References: /work/shared/bench results/summary.md (2-vCPU Debian 12 VM, 2026-11-27, medians of 3 runs; "
+            "Postfix/OpenSMTPD there send one message per SMTP connection (smtp-source), so compare those with the "
+        "'one message per connection' rows; "
+            "Dovecot figures are for Maildir). Compare ratios with care: the machine is shared and noisy.")
+        if self.problems:
+            log("")
+            log("Server problems seen:")
+            for p in self.problems:
+                log("- " + p)
+
+    def run(self):
+        self.setup()
+        only = self.args.only
+        log("mailsrv benchmark: %s, work dir %s" % (self.binary, self.work))
+        if "smtp" in only:
+            log("1. SMTP → Maildir")
+            self.bench_smtp()
+        if "pop3" in only:
+            log("2. POP3")
+            self.bench_pop3()
+        if "mem" in only:
+            log("3. memory")
+            self.bench_mem()
+        if "size" in only:
+            log("4. binary size")
+            self.bench_size()
+        self.report()
+        if self.args.json:
+            with open(self.args.json, "w") as f:
+                json.dump({"results": self.results, "problems": self.problems}, f, indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="mailsrv benchmark (figures, not pass/fail)")
+    ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    ap.add_argument("--only", default="smtp,pop3,mem,size", help="comma list of smtp,pop3,mem,size")
+    ap.add_argument("--concurrency", default="1,20,100", help="SMTP sessions per run (comma list)")
+    ap.add_argument("--smtp-messages", type=int, default=2000, help="messages per SMTP run")
+    ap.add_argument("--runs", type=int, default=3, help="SMTP runs per concurrency (median reported)")
+    ap.add_argument("--no-one-per-connection", dest="one_per_connection", action="store_false",
+                    help="skip the SMTP runs with one message per connection")
+    ap.add_argument("--smtp-limit", type=float, default=60.0, help="seconds allowed per SMTP run")
+    ap.add_argument("--pop3-messages", type=int, default=10000)
+    ap.add_argument("--storages", default="maildir,mbox")
+    ap.add_argument("--idle-connections", type=int, default=1000)
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, spools)")
+    ap.add_argument("--json", help="also write the raw figures to this file")
+    args = ap.parse_args()
+    args.only = set(x.strip() for x in args.only.split(",") if x.strip())
+    args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
+    args.storages = [x.strip() for x in args.storages.split(",") if x.strip()]
+    if args.quick:
+        args.smtp_messages = min(args.smtp_messages, 300)
+        args.pop3_messages = min(args.pop3_messages, 1000)
+        args.idle_connections = min(args.idle_connections, 200)
+        args.runs = 1
+    bad = args.only - {"smtp", "pop3", "mem", "size"}
+    if bad or any(s not in ("maildir", "mbox") for s in args.storages) or min(args.concurrency or [0]) < 1 or args.runs < 1:
+        ap.error("bad --only/--storages/--concurrency")
+
+    def on_signal(sig, frame):
+        raise Stop("signal %d" % sig)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    b = Bench(args)
+    t0 = time.monotonic()
+    try:
+        b.run()
+        log("\nbench finished in %.0f s" % (time.monotonic() - t0))
+        return 0
+    except BenchError as e:
+        log("\nBENCHMARK FAILED: %s" % e)
+        if b.problems:
+            log("Server problems seen so far:")
+            for p in b.problems:
+                log("- " + p)
+        return 1
+    except (Stop, KeyboardInterrupt) as e:
+        log("\ninterrupted (%s)" % (e or "Ctrl-C"))
+        return 1
+    finally:
+        b.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
