@@ -228,15 +228,20 @@ os_fsync_dir(const char *path)
 
 struct os_stat { int64_t size; int64_t mtime; uint64_t ino; int is_dir; };
 /* mtime in seconds; a config change is also seen by size and inode (add/del rename a new file in) */
+static void
+os_fill_stat(const struct stat *sb, struct os_stat *st)
+{
+    st->size = (int64_t)sb->st_size;
+    st->mtime = (int64_t)sb->st_mtime;
+    st->ino = (uint64_t)sb->st_ino;
+    st->is_dir = S_ISDIR(sb->st_mode) ? 1 : 0;
+}
 static int
 os_stat(const char *path, struct os_stat *st)
 {
     struct stat sb;
     if (stat(path, &sb) != 0) return -1;
-    st->size = (int64_t)sb.st_size;
-    st->mtime = (int64_t)sb.st_mtime;
-    st->ino = (uint64_t)sb.st_ino;
-    st->is_dir = S_ISDIR(sb.st_mode) ? 1 : 0;
+    os_fill_stat(&sb, st);
     return 0;
 }
 static int
@@ -244,10 +249,7 @@ os_fstat(int fd, struct os_stat *st)
 {
     struct stat sb;
     if (fstat(fd, &sb) != 0) return -1;
-    st->size = (int64_t)sb.st_size;
-    st->mtime = (int64_t)sb.st_mtime;
-    st->ino = (uint64_t)sb.st_ino;
-    st->is_dir = S_ISDIR(sb.st_mode) ? 1 : 0;
+    os_fill_stat(&sb, st);
     return 0;
 }
 
@@ -434,19 +436,21 @@ ms_visible(char *dst, size_t n, const char *src, size_t srclen)
     dst[o] = 0;
 }
 
-/* RFC 5322 date in English whatever the locale (mailsrv never sets one). */
+/* English names whatever the locale (mailsrv never sets one). */
+static const char *const ms_days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+static const char *const ms_months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                        "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+/* RFC 5322 date-time, in UTC. */
 static void
 ms_rfc5322_date(char *buf, size_t n, time_t t)
 {
-    static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-    static const char *mons[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                 "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     struct tm tm;
     struct tm *g = gmtime(&t);
     if (!g) { ms_strlcpy(buf, "Thu, 1 Jan 1970 00:00:00 +0000", n); return; }
     tm = *g;
-    snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
-             mons[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d +0000", ms_days[tm.tm_wday], tm.tm_mday,
+             ms_months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 /* ---- growable byte buffer (callers bound its size) ---- */
@@ -1941,9 +1945,6 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             int64_t committed;
             int created, fd;
             struct tm tm, *g = gmtime(&m->when);
-            static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
-            static const char *mons[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
-                                         "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
             if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, lenf, sizeof lenf, dir, sizeof dir) != 0)
                 goto fail;
             fd = mbox_open_locked(mbox, lenf, 1, &committed, &created);
@@ -1951,7 +1952,7 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             memset(&tm, 0, sizeof tm);
             if (g) tm = *g;
             snprintf(from_line, sizeof from_line, "From %s %s %s %2d %02d:%02d:%02d %d\n",
-                     m->sender[0] ? m->sender : "MAILER-DAEMON", days[tm.tm_wday], mons[tm.tm_mon],
+                     m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
             snprintf(uidl, sizeof uidl, "%s", m->id);
             memcpy(undo[nu].path, mbox, sizeof mbox);
