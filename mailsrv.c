@@ -33,7 +33,11 @@
 
 /*==== 1. Build options ====*/
 
-#define _POSIX_C_SOURCE 200809L
+#ifdef _WIN32
+#define _WIN32_WINNT 0x0600 /* Vista: WSAPoll; must come before any include */
+#else
+#define _POSIX_C_SOURCE 200809L /* and no GNU or BSD extensions */
+#endif
 
 #include "mailsrv.h"
 
@@ -79,17 +83,19 @@
 
 /*==== 3. Platform layer ====*/
 /*
- * POSIX.1-2008 only for now; the Windows port (issue 3) adds its branch here.
- * Nothing outside this section calls an OS function that differs between
- * platforms: sockets, files, locks, directories, signals, time and random.
+ * The only section that may mention _WIN32, Winsock or a POSIX-only call:
+ * sockets, poll, files, locks, directories, signals, time and random. The
+ * rest of the file calls the os_ and net_ functions below. POSIX.1-2008
+ * (Linux, BSD, macOS, musl) first, then Windows (mingw-w64, WSAPoll).
+ * Paths use '/' everywhere: Windows accepts it.
  */
+
+#ifndef _WIN32 /* ---------------- POSIX ---------------- */
 
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -99,8 +105,8 @@
 
 typedef int ms_sock_t;
 #define MS_BAD_SOCK (-1)
-#define MS_DIRSEP '/'
 #define MS_MAILDIR_INFO ':'
+typedef struct pollfd ms_pollfd;
 
 static int64_t
 os_now_ms(void)
@@ -108,185 +114,6 @@ os_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-os_random(void *buf, size_t n)
-{
-    static uint64_t fallback;
-    unsigned char *p = buf;
-    size_t got = 0;
-    int fd = open("/dev/urandom", O_RDONLY);
-    if (fd >= 0) {
-        while (got < n) {
-            ssize_t r = read(fd, p + got, n - got);
-            if (r <= 0) break;
-            got += (size_t)r;
-        }
-        close(fd);
-    }
-    while (got < n) { /* no /dev/urandom: not for secrets, but unique */
-        fallback = fallback * 6364136223846793005ULL + (uint64_t)time(NULL) + (uint64_t)getpid();
-        p[got++] = (unsigned char)(fallback >> 33);
-    }
-}
-
-static int net_error(void) { return errno; }
-static int net_would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
-static void net_close(ms_sock_t s) { close(s); }
-
-static int
-net_set_nonblock(ms_sock_t s)
-{
-    int fl = fcntl(s, F_GETFL, 0);
-    if (fl < 0 || fcntl(s, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
-    fcntl(s, F_SETFD, FD_CLOEXEC);
-    return 0;
-}
-
-/* Create, bind and listen; IPv6 sockets are v6-only so that "0.0.0.0:25" and
- * "[::]:25" can be listened on separately (BSD defaults to v6only). */
-static ms_sock_t
-net_listen(const struct sockaddr *sa, socklen_t len)
-{
-    int one = 1;
-    ms_sock_t s = socket(sa->sa_family, SOCK_STREAM, 0);
-    if (s == MS_BAD_SOCK) return s;
-    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, (const void *)&one, sizeof one);
-    if (sa->sa_family == AF_INET6)
-        setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const void *)&one, sizeof one);
-    if (bind(s, sa, len) != 0 || listen(s, SOMAXCONN) != 0 || net_set_nonblock(s) != 0) {
-        int e = errno;
-        close(s);
-        errno = e;
-        return MS_BAD_SOCK;
-    }
-    return s;
-}
-
-/* Accepted sockets do not inherit O_NONBLOCK on Linux: set it explicitly. */
-static ms_sock_t
-net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    ms_sock_t s = accept(ls, (struct sockaddr *)&ss, &len);
-    *is_loopback = 0;
-    if (s == MS_BAD_SOCK) return s;
-    if (net_set_nonblock(s) != 0) { close(s); return MS_BAD_SOCK; }
-    peer[0] = 0;
-    if (ss.ss_family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-        inet_ntop(AF_INET, &in->sin_addr, peer, (socklen_t)peerlen);
-        *is_loopback = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-    } else if (ss.ss_family == AF_INET6) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-        static const unsigned char lo[16] = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1};
-        static const unsigned char v4[12] = {0,0,0,0,0,0,0,0,0,0,0xff,0xff};
-        inet_ntop(AF_INET6, &in6->sin6_addr, peer, (socklen_t)peerlen);
-        *is_loopback = memcmp(in6->sin6_addr.s6_addr, lo, 16) == 0 ||
-            (memcmp(in6->sin6_addr.s6_addr, v4, 12) == 0 && in6->sin6_addr.s6_addr[12] == 127);
-    }
-    return s;
-}
-
-static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, n, 0); }
-static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, n, 0); }
-
-/* Files: descriptors, with fsync for durability. */
-#define os_open open
-#define os_close close
-static long os_write_all(int fd, const void *buf, size_t n)
-{
-    const char *p = buf;
-    size_t done = 0;
-    while (done < n) {
-        ssize_t w = write(fd, p + done, n - done);
-        if (w < 0) { if (errno == EINTR) continue; return -1; }
-        done += (size_t)w;
-    }
-    return (long)done;
-}
-static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
-static int os_fsync(int fd) { return fsync(fd); }
-static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
-static int os_mkdir(const char *p) { return mkdir(p, 0700); }
-static int os_link(const char *from, const char *to) { return link(from, to); }
-static int os_unlink(const char *p) { return unlink(p); }
-static int os_rename(const char *from, const char *to) { return rename(from, to); }
-
-/* fsync a directory so that entries created or removed in it are durable. */
-static int
-os_fsync_dir(const char *path)
-{
-    int r, fd = open(path, O_RDONLY);
-    if (fd < 0) return -1;
-    r = fsync(fd);
-    close(fd);
-    return r;
-}
-
-struct os_stat { int64_t size; int64_t mtime; uint64_t ino; int is_dir; };
-/* mtime in seconds; a config change is also seen by size and inode (add/del rename a new file in) */
-static void
-os_fill_stat(const struct stat *sb, struct os_stat *st)
-{
-    st->size = (int64_t)sb->st_size;
-    st->mtime = (int64_t)sb->st_mtime;
-    st->ino = (uint64_t)sb->st_ino;
-    st->is_dir = S_ISDIR(sb->st_mode) ? 1 : 0;
-}
-static int
-os_stat(const char *path, struct os_stat *st)
-{
-    struct stat sb;
-    if (stat(path, &sb) != 0) return -1;
-    os_fill_stat(&sb, st);
-    return 0;
-}
-static int
-os_fstat(int fd, struct os_stat *st)
-{
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) return -1;
-    os_fill_stat(&sb, st);
-    return 0;
-}
-
-/* mbox locking: a non-blocking whole-file write lock (fcntl, as mutt and
- * procmail use); mailsrv never waits for a lock held by another program. */
-static int
-os_lock(int fd)
-{
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_WRLCK;
-    fl.l_whence = SEEK_SET;
-    return fcntl(fd, F_SETLK, &fl);
-}
-static void
-os_unlock(int fd)
-{
-    struct flock fl;
-    memset(&fl, 0, sizeof fl);
-    fl.l_type = F_UNLCK;
-    fl.l_whence = SEEK_SET;
-    fcntl(fd, F_SETLK, &fl);
-}
-
-/* Directory listing: calls fn for every entry not starting with '.'. */
-static int
-os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
-{
-    DIR *d = opendir(path);
-    struct dirent *e;
-    if (!d) return -1;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        if (fn(ctx, e->d_name) != 0) break;
-    }
-    closedir(d);
-    return 0;
 }
 
 static void
@@ -306,7 +133,128 @@ os_pid(void)
     return pid;
 }
 
-/* Signals: flags only; the loop acts on them. */
+/* Fills buf from /dev/urandom; returns -1 if it could not. */
+static int
+os_random_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    size_t got = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd < 0) return -1;
+    while (got < n) {
+        ssize_t r = read(fd, p + got, n - got);
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fd);
+    return got == n ? 0 : -1;
+}
+
+static int net_error(void) { return errno; }
+static int net_would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+static void net_close(ms_sock_t s) { close(s); }
+static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, n, 0); }
+static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, n, 0); }
+static int os_poll(ms_pollfd *fds, int n, int timeout_ms) { return poll(fds, (nfds_t)n, timeout_ms); }
+
+static int
+net_set_nonblock(ms_sock_t s)
+{
+    int fl = fcntl(s, F_GETFL, 0);
+    if (fl < 0 || fcntl(s, F_SETFL, fl | O_NONBLOCK) < 0) return -1;
+    fcntl(s, F_SETFD, FD_CLOEXEC);
+    return 0;
+}
+
+static void
+net_listen_opts(ms_sock_t s)
+{
+    int one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, (const void *)&one, sizeof one);
+}
+
+/* Files are descriptors. */
+static int os_open(const char *path, int flags, int mode) { return open(path, flags, (mode_t)mode); }
+static int os_close(int fd) { return close(fd); }
+static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
+static long os_pwrite(int fd, const void *buf, size_t n, int64_t off) { return (long)pwrite(fd, buf, n, (off_t)off); }
+static long os_write(int fd, const void *buf, size_t n) { return (long)write(fd, buf, n); }
+static int os_fsync(int fd) { return fsync(fd); }
+static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
+static int os_mkdir(const char *p) { return mkdir(p, 0700); }
+static int os_link(const char *from, const char *to) { return link(from, to); }
+static int os_unlink(const char *p) { return unlink(p); }
+static int os_replace(const char *from, const char *to) { return rename(from, to); }
+
+/* fsync a directory so that entries created or removed in it are durable. */
+static int
+os_fsync_dir(const char *path)
+{
+    int r, fd = open(path, O_RDONLY);
+    if (fd < 0) return -1;
+    r = fsync(fd);
+    close(fd);
+    return r;
+}
+
+struct os_stat { int64_t size, mtime; uint64_t ino; int mode; };
+static void
+os_fill_stat(const struct stat *sb, struct os_stat *st)
+{
+    st->size = (int64_t)sb->st_size;
+    st->mtime = (int64_t)sb->st_mtime;
+    st->ino = (uint64_t)sb->st_ino;
+    st->mode = (int)(sb->st_mode & 07777);
+}
+static int
+os_stat(const char *path, struct os_stat *st)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0) return -1;
+    os_fill_stat(&sb, st);
+    return 0;
+}
+/* st->ino identifies the file: it changes when another file is renamed over the name. */
+static int
+os_fstat(int fd, struct os_stat *st)
+{
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) return -1;
+    os_fill_stat(&sb, st);
+    return 0;
+}
+
+/* mbox locking: a non-blocking whole-file write lock (fcntl, as mutt and
+ * procmail use); mailsrv never waits for a lock held by another program. */
+static int
+os_lock(int fd, int lock)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = lock ? F_WRLCK : F_UNLCK;
+    fl.l_whence = SEEK_SET;
+    return fcntl(fd, F_SETLK, &fl);
+}
+
+/* Calls fn for every directory entry not starting with '.'. */
+static int
+os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+    if (!d) return -1;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.') continue;
+        if (fn(ctx, e->d_name) != 0) break;
+    }
+    closedir(d);
+    return 0;
+}
+
+static int os_path_is_absolute(const char *p) { return p[0] == '/'; }
+static const char *os_last_sep(const char *p) { return strrchr(p, '/'); }
+
+/* Signals only set flags; the loop acts on them. */
 static struct mailsrv *os_signal_target;
 static void os_on_stop(int sig) { (void)sig; if (os_signal_target) mailsrv_stop(os_signal_target); }
 static void os_on_hup(int sig) { (void)sig; if (os_signal_target) mailsrv_request_reload(os_signal_target); }
@@ -322,11 +270,341 @@ os_install_signals(struct mailsrv *ms)
     sigaction(SIGINT, &sa, NULL);
     sa.sa_handler = os_on_hup;
     sigaction(SIGHUP, &sa, NULL);
-    sa.sa_handler = SIG_IGN; /* no MSG_NOSIGNAL on every system */
+    sa.sa_handler = SIG_IGN; /* a closed peer must not kill the server (no portable send flag) */
     sigaction(SIGPIPE, &sa, NULL);
 }
 
-/* Reads a password from stdin without echo when it is a terminal. */
+static int os_net_start(void) { return 0; }
+static void os_net_stop(void) {}
+
+#else /* ---------------- Windows (mingw-w64; WSAPoll needs Vista) ---------------- */
+
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#include <direct.h>
+#include <fcntl.h>
+#include <io.h>
+#include <process.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+typedef SOCKET ms_sock_t;
+#define MS_BAD_SOCK INVALID_SOCKET
+#define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
+typedef WSAPOLLFD ms_pollfd;
+
+static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
+
+static void
+os_wallclock(int64_t *sec, long *usec)
+{
+    FILETIME ft;
+    uint64_t t;
+    GetSystemTimeAsFileTime(&ft);
+    t = ((uint64_t)ft.dwHighDateTime << 32 | ft.dwLowDateTime) / 10 - 11644473600000000ULL;
+    *sec = (int64_t)(t / 1000000);
+    *usec = (long)(t % 1000000);
+}
+
+static unsigned long os_pid(void) { return (unsigned long)GetCurrentProcessId(); }
+
+/* RtlGenRandom, exported by advapi32 as SystemFunction036. */
+static int
+os_random_bytes(void *buf, size_t n)
+{
+    typedef BOOLEAN (WINAPI *gen_fn)(PVOID, ULONG);
+    HMODULE lib = LoadLibraryA("advapi32.dll");
+    gen_fn gen = lib ? (gen_fn)(void (*)(void))GetProcAddress(lib, "SystemFunction036") : NULL;
+    int ok = gen && gen(buf, (ULONG)n);
+    if (lib) FreeLibrary(lib);
+    return ok ? 0 : -1;
+}
+
+static int net_error(void) { return WSAGetLastError(); }
+static int net_would_block(int e) { return e == WSAEWOULDBLOCK || e == WSAEINTR; }
+static void net_close(ms_sock_t s) { closesocket(s); }
+static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, (int)n, 0); }
+static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, (int)n, 0); }
+static int
+os_poll(ms_pollfd *fds, int n, int timeout_ms)
+{
+    if (n == 0) { Sleep((DWORD)timeout_ms); return 0; } /* WSAPoll fails without sockets */
+    return WSAPoll(fds, (ULONG)n, timeout_ms);
+}
+
+static int
+net_set_nonblock(ms_sock_t s)
+{
+    u_long one = 1;
+    return ioctlsocket(s, FIONBIO, &one) == 0 ? 0 : -1;
+}
+
+static void
+net_listen_opts(ms_sock_t s)
+{
+    BOOL one = TRUE; /* SO_REUSEADDR would let another process steal the port */
+    setsockopt(s, SOL_SOCKET, SO_EXCLUSIVEADDRUSE, (const char *)&one, sizeof one);
+}
+
+/* Files: CRT descriptors in binary mode; durability through _commit
+ * (FlushFileBuffers). */
+static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
+static int os_close(int fd) { return _close(fd); }
+static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
+/* One thread uses each descriptor, so seek + read is as good as pread. */
+static long
+os_pread(int fd, void *buf, size_t n, int64_t off)
+{
+    if (_lseeki64(fd, off, SEEK_SET) < 0) return -1;
+    return (long)_read(fd, buf, (unsigned)n);
+}
+static long
+os_pwrite(int fd, const void *buf, size_t n, int64_t off)
+{
+    if (_lseeki64(fd, off, SEEK_SET) < 0) return -1;
+    return (long)_write(fd, buf, (unsigned)n);
+}
+static int os_fsync(int fd) { return _commit(fd); }
+static int os_truncate(int fd, int64_t len) { return _chsize_s(fd, len) == 0 ? 0 : -1; }
+static int os_mkdir(const char *p) { return _mkdir(p); }
+static int os_unlink(const char *p) { return _unlink(p); }
+
+static void
+os_set_errno(void)
+{
+    DWORD e = GetLastError();
+    errno = (e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND) ? ENOENT
+          : (e == ERROR_ALREADY_EXISTS || e == ERROR_FILE_EXISTS) ? EEXIST
+          : (e == ERROR_SHARING_VIOLATION || e == ERROR_LOCK_VIOLATION) ? EAGAIN : EIO;
+}
+static int
+os_link(const char *from, const char *to)
+{
+    if (CreateHardLinkA(to, from, NULL)) return 0;
+    os_set_errno();
+    return -1;
+}
+/* rename() does not replace an existing file on Windows. */
+static int
+os_replace(const char *from, const char *to)
+{
+    if (MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return 0;
+    os_set_errno();
+    return -1;
+}
+/* NTFS journals directory changes itself; a directory cannot be flushed. */
+static int os_fsync_dir(const char *path) { (void)path; return 0; }
+
+struct os_stat { int64_t size, mtime; uint64_t ino; int mode; };
+static int
+os_stat(const char *path, struct os_stat *st)
+{
+    struct _stati64 sb;
+    if (_stati64(path, &sb) != 0) return -1;
+    st->size = (int64_t)sb.st_size;
+    st->mtime = (int64_t)sb.st_mtime;
+    st->ino = 0;
+    st->mode = 0600;
+    return 0;
+}
+/* The file index plays the inode's part. */
+static int
+os_fstat(int fd, struct os_stat *st)
+{
+    BY_HANDLE_FILE_INFORMATION fi;
+    HANDLE h = (HANDLE)_get_osfhandle(fd);
+    if (h == INVALID_HANDLE_VALUE || !GetFileInformationByHandle(h, &fi)) return -1;
+    st->size = (int64_t)((uint64_t)fi.nFileSizeHigh << 32 | fi.nFileSizeLow);
+    st->mtime = 0;
+    st->ino = (uint64_t)fi.nFileIndexHigh << 32 | fi.nFileIndexLow;
+    st->mode = 0600;
+    return 0;
+}
+
+static int
+os_lock(int fd, int lock)
+{
+    OVERLAPPED ov;
+    HANDLE h = (HANDLE)_get_osfhandle(fd);
+    memset(&ov, 0, sizeof ov);
+    if (lock) return LockFileEx(h, LOCKFILE_EXCLUSIVE_LOCK | LOCKFILE_FAIL_IMMEDIATELY, 0, MAXDWORD, MAXDWORD, &ov) ? 0 : -1;
+    return UnlockFileEx(h, 0, MAXDWORD, MAXDWORD, &ov) ? 0 : -1;
+}
+
+static int
+os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
+{
+    char pattern[1400];
+    WIN32_FIND_DATAA fd;
+    HANDLE h;
+    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern) return -1;
+    h = FindFirstFileA(pattern, &fd);
+    if (h == INVALID_HANDLE_VALUE) return -1;
+    do {
+        if (fd.cFileName[0] == '.') continue;
+        if (fn(ctx, fd.cFileName) != 0) break;
+    } while (FindNextFileA(h, &fd));
+    FindClose(h);
+    return 0;
+}
+
+static int
+os_path_is_absolute(const char *p)
+{
+    return p[0] == '/' || p[0] == '\\' || (isalpha((unsigned char)p[0]) && p[1] == ':');
+}
+static const char *
+os_last_sep(const char *p)
+{
+    const char *a = strrchr(p, '/'), *b = strrchr(p, '\\');
+    return a > b ? a : b;
+}
+
+/* Ctrl+C, Ctrl+Break and console close stop the server cleanly. */
+static struct mailsrv *os_signal_target;
+static BOOL WINAPI
+os_on_console(DWORD ev)
+{
+    (void)ev;
+    if (os_signal_target) mailsrv_stop(os_signal_target);
+    return TRUE;
+}
+static void
+os_install_signals(struct mailsrv *ms)
+{
+    os_signal_target = ms;
+    SetConsoleCtrlHandler(os_on_console, TRUE);
+}
+
+static int
+os_net_start(void)
+{
+    WSADATA wd;
+    return WSAStartup(MAKEWORD(2, 2), &wd) == 0 ? 0 : -1;
+}
+static void os_net_stop(void) { WSACleanup(); }
+
+#endif /* ---------------- common to both ---------------- */
+
+static void
+os_random(void *buf, size_t n)
+{
+    static uint64_t fallback;
+    unsigned char *p = buf;
+    size_t i;
+    if (os_random_bytes(buf, n) == 0) return;
+    for (i = 0; i < n; i++) { /* no system source: not for secrets, but unique */
+        fallback = fallback * 6364136223846793005ULL + (uint64_t)time(NULL) + os_pid() + (uint64_t)os_now_ms();
+        p[i] = (unsigned char)(fallback >> 33);
+    }
+}
+
+static long
+os_write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        long w = os_write(fd, p + done, n - done);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        done += (size_t)w;
+    }
+    return (long)done;
+}
+
+static long
+os_pwrite_all(int fd, const void *buf, size_t n, int64_t off)
+{
+    const char *p = buf;
+    size_t done = 0;
+    while (done < n) {
+        long w = os_pwrite(fd, p + done, n - done, off + (int64_t)done);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        done += (size_t)w;
+    }
+    return (long)done;
+}
+
+/* Creates, binds and listens on a numeric address. IPv6 sockets are v6-only
+ * so that "0.0.0.0:25" and "[::]:25" are separate listeners everywhere. */
+static ms_sock_t
+net_listen(int family, const char *addr, unsigned port)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    int one = 1;
+    ms_sock_t s;
+    memset(&ss, 0, sizeof ss);
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((unsigned short)port);
+        if (inet_pton(AF_INET, addr, &in->sin_addr) != 1) return MS_BAD_SOCK;
+        len = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((unsigned short)port);
+        if (inet_pton(AF_INET6, addr, &in6->sin6_addr) != 1) return MS_BAD_SOCK;
+        len = sizeof *in6;
+    }
+    s = socket(family, SOCK_STREAM, 0);
+    if (s == MS_BAD_SOCK) return s;
+    net_listen_opts(s);
+    if (family == AF_INET6) setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const void *)&one, sizeof one);
+    if (bind(s, (struct sockaddr *)&ss, len) != 0 || listen(s, SOMAXCONN) != 0 || net_set_nonblock(s) != 0) {
+        int e = errno;
+        net_close(s);
+        errno = e;
+        return MS_BAD_SOCK;
+    }
+    return s;
+}
+
+/* Accepted sockets do not inherit O_NONBLOCK on Linux: set it explicitly. */
+static ms_sock_t
+net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    ms_sock_t s = accept(ls, (struct sockaddr *)&ss, &len);
+    *is_loopback = 0;
+    if (s == MS_BAD_SOCK) return s;
+    if (net_set_nonblock(s) != 0) { net_close(s); return MS_BAD_SOCK; }
+    peer[0] = 0;
+    if (ss.ss_family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &in->sin_addr, peer, (socklen_t)peerlen);
+        *is_loopback = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    } else if (ss.ss_family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        static const unsigned char lo[16] = {0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,1};
+        static const unsigned char v4[12] = {0,0,0,0,0,0,0,0,0,0,0xff,0xff};
+        inet_ntop(AF_INET6, &in6->sin6_addr, peer, (socklen_t)peerlen);
+        *is_loopback = memcmp(in6->sin6_addr.s6_addr, lo, 16) == 0 ||
+            (memcmp(in6->sin6_addr.s6_addr, v4, 12) == 0 && in6->sin6_addr.s6_addr[12] == 127);
+    }
+    return s;
+}
+
+/* Writes a whole file atomically: temp file, fsync, replace. Keeps the mode. */
+static int
+os_write_file_atomic(const char *path, const char *data, size_t len)
+{
+    char tmp[1100];
+    struct os_stat st;
+    int fd, mode = 0600;
+    if (os_stat(path, &st) == 0) mode = st.mode;
+    if (snprintf(tmp, sizeof tmp, "%s.tmp%lu", path, os_pid()) >= (int)sizeof tmp) return -1;
+    fd = os_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    if (fd < 0) return -1;
+    if (os_write_all(fd, data, len) < 0 || os_fsync(fd) != 0) { os_close(fd); os_unlink(tmp); return -1; }
+    if (os_close(fd) != 0 || os_replace(tmp, path) != 0) { os_unlink(tmp); return -1; }
+    return 0;
+}
+
+/* Reads a password line from stdin. */
 static int
 os_read_password(char *buf, size_t n)
 {
@@ -409,6 +687,18 @@ ms_trim(char *s)
     e = s + strlen(s);
     while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) *--e = 0;
     return s;
+}
+
+/* Splits a list in place: returns the next item (untrimmed) or NULL. */
+static char *
+ms_next_item(char **cursor, char sep)
+{
+    char *item = *cursor, *end;
+    if (!item) return NULL;
+    end = strchr(item, sep);
+    if (end) { *end = 0; *cursor = end + 1; }
+    else *cursor = NULL;
+    return item;
 }
 
 /* Constant-time comparison for secrets. */
@@ -938,7 +1228,7 @@ cfg_parse_listen(struct ms_config *c, const char *v, void *dst, long proto, char
     char tmp[256], *item, *save = NULL;
     (void)dst;
     if (ms_strlcpy(tmp, v, sizeof tmp) != 0) { snprintf(err, n, "too long"); return -1; }
-    for (item = strtok_r(tmp, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+    for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
         char *s = ms_trim(item), *colon, *host, *end;
         unsigned long port;
         unsigned char abuf[16];
@@ -983,8 +1273,8 @@ cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *er
 {
     int r;
     if (!*v) { snprintf(err, n, "empty path"); return -1; }
-    if (v[0] == '/' || !c->dir[0]) r = ms_fmt(dst, (size_t)arg, "%s", v);
-    else r = ms_fmt(dst, (size_t)arg, "%s%c%s", c->dir, MS_DIRSEP, v);
+    if (os_path_is_absolute(v) || !c->dir[0]) r = ms_fmt(dst, (size_t)arg, "%s", v);
+    else r = ms_fmt(dst, (size_t)arg, "%s/%s", c->dir, v);
     if (r < 0) { snprintf(err, n, "path too long"); return -1; }
     return 0;
 }
@@ -1203,7 +1493,7 @@ cfg_expand_members(const struct ms_config *c, const char *members, const char *d
 {
     char tmp[1024], *item, *save = NULL;
     if (ms_strlcpy(tmp, members, sizeof tmp) != 0) return RES_UNKNOWN;
-    for (item = strtok_r(tmp, ",", &save); item; item = strtok_r(NULL, ",", &save)) {
+    for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
         char *m = ms_trim(item), *at = strrchr(m, '@');
         int r;
         if (!*m) continue;
@@ -1270,7 +1560,7 @@ static struct ms_config *
 cfg_new(const char *path)
 {
     struct ms_config *c = xrealloc(NULL, sizeof *c);
-    const char *slash = strrchr(path, '/');
+    const char *slash = os_last_sep(path);
     memset(c, 0, sizeof *c);
     c->path = xstrdup(path);
     c->dir = xstrdup(path);
@@ -1328,23 +1618,6 @@ cfg_read_file(const char *path, size_t *len)
     if (!b.p) buf_adds(&b, "");
     *len = b.len;
     return b.p;
-}
-
-/* Writes a whole file atomically: temp file, fsync, rename over. */
-static int
-cfg_write_file(const char *path, const char *data, size_t len)
-{
-    char tmp[1100];
-    int fd;
-    struct stat sb;
-    mode_t mode = 0600;
-    if (stat(path, &sb) == 0) mode = sb.st_mode & 07777;
-    if (ms_fmt(tmp, sizeof tmp, "%s.tmp%lu", path, os_pid()) < 0) return -1;
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, mode);
-    if (fd < 0) return -1;
-    if (os_write_all(fd, data, len) < 0 || os_fsync(fd) != 0) { close(fd); os_unlink(tmp); return -1; }
-    if (close(fd) != 0 || os_rename(tmp, path) != 0) { os_unlink(tmp); return -1; }
-    return 0;
 }
 
 /* Finds "[domain NAME]" and the span of its lines. Offsets into text. */
@@ -1784,8 +2057,7 @@ mbox_set_committed(const char *lenf, int fd, int64_t len)
     if (os_stat(lenf, &ls) != 0) created = 1;
     lf = os_open(lenf, O_WRONLY | O_CREAT, 0600);
     if (lf < 0) return -1;
-    r = (lseek(lf, 0, SEEK_SET) < 0 ||
-         os_write_all(lf, txt, strlen(txt)) < 0 || os_truncate(lf, (int64_t)strlen(txt)) != 0 ||
+    r = (os_pwrite_all(lf, txt, strlen(txt), 0) < 0 || os_truncate(lf, (int64_t)strlen(txt)) != 0 ||
          os_fsync(lf) != 0) ? -1 : 0;
     os_close(lf);
     if (r == 0 && created) {
@@ -1814,10 +2086,10 @@ mbox_open_locked(const char *mbox, const char *lenf, int create, int64_t *commit
     }
     fd = os_open(mbox, O_RDWR | (create ? O_CREAT : 0), 0600);
     if (fd < 0) return -1;
-    if (os_lock(fd) != 0) { os_close(fd); errno = EAGAIN; return -1; }
+    if (os_lock(fd, 1) != 0) { os_close(fd); errno = EAGAIN; return -1; }
     *committed = mbox_committed(lenf, fd);
-    if (*committed < 0 || os_fstat(fd, &st) != 0) { os_unlock(fd); os_close(fd); return -1; }
-    if (st.size > *committed && os_truncate(fd, *committed) != 0) { os_unlock(fd); os_close(fd); return -1; }
+    if (*committed < 0 || os_fstat(fd, &st) != 0) { os_lock(fd, 0); os_close(fd); return -1; }
+    if (st.size > *committed && os_truncate(fd, *committed) != 0) { os_lock(fd, 0); os_close(fd); return -1; }
     return fd;
 }
 
@@ -1842,7 +2114,7 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
         if (complete && ++nlines == after) buf_printf(&out, "X-UIDL: %s\n", uidl); /* after Received: */
         bol = complete;
         if (out.len >= 65536) {
-            if (lseek(fd, (off_t)pos, SEEK_SET) < 0 || os_write_all(fd, out.p, out.len) < 0) { rc = -1; break; }
+            if (os_pwrite_all(fd, out.p, out.len, pos) < 0) { rc = -1; break; }
             pos += (int64_t)out.len;
             out.len = 0;
         }
@@ -1851,7 +2123,7 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
     if (rc == 0) {
         if (!bol) buf_adds(&out, "\n");
         buf_adds(&out, "\n"); /* the blank line before the next From_ */
-        if (lseek(fd, (off_t)pos, SEEK_SET) < 0 || os_write_all(fd, out.p, out.len) < 0) rc = -1;
+        if (os_pwrite_all(fd, out.p, out.len, pos) < 0) rc = -1;
     }
     lr_free(&lr);
     buf_free(&out);
@@ -1885,7 +2157,7 @@ store_rollback(struct store_undo *u, int n)
             if (fd >= 0) {
                 if (os_truncate(fd, u[i].old_len) == 0 && os_fsync(fd) == 0)
                     mbox_set_committed(u[i].lenf, fd, u[i].old_len);
-                os_unlock(fd);
+                os_lock(fd, 0);
                 os_close(fd);
             }
         }
@@ -1944,6 +2216,7 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             char mbox[1300], lenf[1200], dir[1100], from_line[MS_PATH_MAX + 64], uidl[160];
             int64_t committed;
             int created, fd;
+            struct os_stat st;
             struct tm tm, *g = gmtime(&m->when);
             if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, lenf, sizeof lenf, dir, sizeof dir) != 0)
                 goto fail;
@@ -1961,14 +2234,14 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             undo[nu].is_mbox = 1;
             if (mbox_append(fd, committed, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines) != 0 || os_fsync(fd) != 0 ||
                 (created && os_fsync_dir(dir) != 0) ||
-                mbox_set_committed(lenf, fd, lseek(fd, 0, SEEK_END)) != 0) {
+                os_fstat(fd, &st) != 0 || mbox_set_committed(lenf, fd, st.size) != 0) {
                 os_truncate(fd, committed);
-                os_unlock(fd);
+                os_lock(fd, 0);
                 os_close(fd);
                 goto fail;
             }
             nu++;
-            os_unlock(fd);
+            os_lock(fd, 0);
             os_close(fd);
         }
     }
@@ -2085,7 +2358,7 @@ mdir_scan_entry(void *ctx, const char *name)
     }
     if (m->size < 0 && ms_fmt(path, sizeof path, "%s/%s", s->v->dir, m->name) >= 0) {
         struct os_stat st;
-        int fd = os_open(path, O_RDONLY);
+        int fd = os_open(path, O_RDONLY, 0);
         if (fd >= 0) {
             if (os_fstat(fd, &st) == 0) m->size = view_crlf_size(fd, 0, st.size, 0);
             os_close(fd);
@@ -2128,7 +2401,7 @@ view_unique_uidls(struct pop_view *v)
     for (i = 0; i < v->n; i++) {
         if (i > 0 && strcmp(p[i]->uidl, base) == 0) {
             char tmp[72];
-            snprintf(tmp, sizeof tmp, "%.60s-%d", base, ++k);
+            snprintf(tmp, sizeof tmp, "%.55s-%d", base, ++k);
             memcpy(p[i]->uidl, tmp, sizeof tmp);
         } else {
             ms_strlcpy(base, p[i]->uidl, sizeof base);
@@ -2196,7 +2469,7 @@ mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
     fd = mbox_open_locked(v->dir, v->lenf, 0, &committed, &created);
     if (fd == -2) return 0; /* never delivered to: empty */
     if (fd < 0) return -1;
-    os_unlock(fd); /* the snapshot needs no lock: appends go past scanned_end */
+    os_lock(fd, 0); /* the snapshot needs no lock: appends go past scanned_end */
     v->scanned_end = committed;
     lr_init(&lr, fd, 0, committed);
     while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
@@ -2267,6 +2540,7 @@ view_commit(struct pop_view *v)
         int created, fd, out = -1;
         const char *slash;
         struct buf copy = {0};
+        tmp[0] = 0;
         fd = mbox_open_locked(v->dir, v->lenf, 0, &committed, &created);
         if (fd < 0) return -1;
         if (committed < v->scanned_end) goto fail; /* changed by someone else */
@@ -2295,16 +2569,18 @@ view_commit(struct pop_view *v)
         }
         if (os_fsync(out) != 0 || os_close(out) != 0) { out = -1; goto fail; }
         out = -1;
-        if (os_rename(tmp, v->dir) != 0) goto fail;
+        /* Windows cannot replace a file that is open: let go of it first */
+        os_lock(fd, 0);
+        os_close(fd);
+        fd = -1;
+        if (os_replace(tmp, v->dir) != 0) goto fail;
         slash = strrchr(v->dir, '/');
         if (slash) {
             memcpy(dir, v->dir, (size_t)(slash - v->dir));
             dir[slash - v->dir] = 0;
             os_fsync_dir(dir);
         }
-        os_unlock(fd);
-        os_close(fd);
-        fd = os_open(v->dir, O_RDWR);
+        fd = os_open(v->dir, O_RDWR, 0);
         if (fd >= 0) {
             struct os_stat st;
             if (os_fstat(fd, &st) == 0) mbox_set_committed(v->lenf, fd, st.size);
@@ -2313,9 +2589,9 @@ view_commit(struct pop_view *v)
         buf_free(&copy);
         return 0;
     fail:
-        if (out >= 0) { os_close(out); os_unlink(tmp); }
-        os_unlock(fd);
-        os_close(fd);
+        if (out >= 0) os_close(out);
+        if (tmp[0]) os_unlink(tmp);
+        if (fd >= 0) { os_lock(fd, 0); os_close(fd); }
         buf_free(&copy);
         return -1;
     }
@@ -2390,7 +2666,7 @@ struct mailsrv {
     int nlst;
     struct conn **conns;
     int nconns, capconns;
-    struct pollfd *pfds;
+    ms_pollfd *pfds;
     int capfds;
     unsigned next_id, msg_counter;
     volatile sig_atomic_t stop_requested, reload_requested;
@@ -3018,7 +3294,7 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
     } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.dir, m->name) < 0) {
         path[0] = 0;
     }
-    p->stream_fd = path[0] ? os_open(path, O_RDONLY) : -1;
+    p->stream_fd = path[0] ? os_open(path, O_RDONLY, 0) : -1;
     if (p->stream_fd < 0 || os_fstat(p->stream_fd, &st) != 0) {
         if (p->stream_fd >= 0) os_close(p->stream_fd);
         p->stream_fd = -1;
@@ -3517,6 +3793,7 @@ mailsrv_create(void)
 {
     struct mailsrv *ms = calloc(1, sizeof *ms);
     if (!ms) return NULL;
+    if (os_net_start() != 0) { free(ms); return NULL; }
     ms->log_fn = default_log;
     return ms;
 }
@@ -3536,6 +3813,7 @@ mailsrv_destroy(struct mailsrv *ms)
     cfg_free(ms->cfg);
     if (os_signal_target == ms) os_signal_target = NULL;
     free(ms);
+    os_net_stop();
 }
 
 /* see mailsrv.h */
@@ -3620,24 +3898,8 @@ mailsrv_listen(struct mailsrv *ms)
     os_list_dir(tmpdir, loop_clean_tmp_entry, tmpdir);
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
-        struct sockaddr_storage ss;
-        socklen_t len;
         ms_sock_t s;
-        memset(&ss, 0, sizeof ss);
-        if (l->family == AF_INET) {
-            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-            in->sin_family = AF_INET;
-            in->sin_port = htons((unsigned short)l->port);
-            inet_pton(AF_INET, l->addr, &in->sin_addr);
-            len = sizeof *in;
-        } else {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-            in6->sin6_family = AF_INET6;
-            in6->sin6_port = htons((unsigned short)l->port);
-            inet_pton(AF_INET6, l->addr, &in6->sin6_addr);
-            len = sizeof *in6;
-        }
-        s = net_listen((struct sockaddr *)&ss, len);
+        s = net_listen(l->family, l->addr, l->port);
         if (s == MS_BAD_SOCK) {
             if (l->optional) { ms_log(ms, "no IPv6 listener on port %u: %s", l->port, strerror(errno)); continue; }
             ms_log(ms, "cannot listen on %s%s%s:%u (%s): %s", l->family == AF_INET6 ? "[" : "", l->addr,
@@ -3698,7 +3960,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
     if (ms->commit_again) wake = now;
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
-    r = poll(ms->pfds, (nfds_t)nfds, wake > now ? (int)(wake - now) : 0);
+    r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
     if (r > 0) {
         int nl = ms->nlst, nc = ms->nconns;
@@ -3784,7 +4046,7 @@ cli_check(const char *path)
 static int
 cli_edit(const char *path, const char *addr, int add)
 {
-    char user[MS_LOCAL_MAX + 1], domain[MS_DOMAIN_MAX + 1], err[256], pw[512], hash[160];
+    char user[MS_LOCAL_MAX + 1], domain[MS_DOMAIN_MAX + 1], err[512], pw[512], hash[160];
     struct ms_config *c;
     struct cfg_domain *d;
     size_t len;
@@ -3823,7 +4085,7 @@ cli_edit(const char *path, const char *addr, int add)
     if (c->nerrors) {
         fprintf(stderr, "mailsrv: the file would not be valid after this change:\n");
         cli_print_errors(c);
-    } else if (cfg_write_file(path, edited, strlen(edited)) != 0) {
+    } else if (os_write_file_atomic(path, edited, strlen(edited)) != 0) {
         fprintf(stderr, "mailsrv: cannot write %s: %s\n", path, strerror(errno));
     } else {
         printf("%s %s@%s in %s%s\n", add ? "added" : "removed", user, domain, path,
