@@ -1296,6 +1296,8 @@ def long_text_line(ctx, storage):
     code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(t, body="before\r\n" + longline + "\r\nafter\r\n"))
     check(500 <= code <= 599, "message with a 2000-octet line: %s (expected 5xx, never 250)" % short(text))
     c.expect("NOOP", 250)
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(tok(), body="x\r\n" + "M" * 999 + "\r\n"))
+    check(500 <= code <= 599, "message with a 1001-octet line: %s (expected 5xx)" % short(text))
     check(stored(srv, "alice@example.test") == [], "message with an over-long line was stored")
     # 998 + CRLF = 1000 octets: the maximum, accepted and intact
     t2 = tok()
@@ -1892,6 +1894,25 @@ def ehlo_resets_transaction(ctx):
 
 
 @test()
+def auth_plain_authzid_mismatch(ctx):
+    """AUTH PLAIN with alice's credentials but authzid bob must not log in as bob (RFC 4616)."""
+    srv = ctx.server().start()
+    srv.deliver("bob@example.test")
+    forged = b64("bob@example.test\0alice@example.test\0Passw0rd1")
+    c = srv.smtp()
+    code, text = c.cmd("AUTH PLAIN " + forged)
+    check(code != 235, "SMTP AUTH PLAIN as bob with alice's password: %s" % short(text))
+    c = srv.smtp()
+    c.expect("AUTH PLAIN " + b64("alice@example.test\0alice@example.test\0Passw0rd1"), 235)
+    p = srv.pop()
+    r = p.cmd("AUTH PLAIN " + forged)
+    if r.startswith(b"+OK"):
+        n, _ = p.stat()
+        raise TestFailure("POP3 AUTH PLAIN with authzid bob and alice's password logged in (STAT %d)" % n)
+    check(r.startswith(b"-ERR"), "POP3 forged authzid: %s" % short(r))
+
+
+@test()
 def auth_cancel_501(ctx):
     srv = ctx.server().start()
     c = srv.smtp()
@@ -1988,6 +2009,16 @@ def sigterm_finishes_in_flight_data(ctx):
     size0 = len(srv.log_text())
     srv.proc.send_signal(signal.SIGTERM)
     wait_for(lambda: len(srv.log_text()) > size0, 3, "a log line about stopping")
+    try:  # stop accepting: a new client is refused or closed, never greeted
+        n = Smtp(srv.smtp_port)
+        try:
+            n.sock.settimeout(secs(3))
+            l = n.readline()
+            check(l is None or not l.startswith(b"220"), "a new client was greeted after SIGTERM: %s" % short(l))
+        finally:
+            n.close()
+    except (ConnectionRefusedError, ConnectionResetError):
+        pass
     c.send(msg[half:] + b".\r\n")
     code, text = c.reply()
     check(code == 250, "DATA in flight at SIGTERM: %s, expected 250" % short(text))
