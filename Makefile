@@ -99,7 +99,7 @@ cross-armv6-test: build/armv6/mailsrv build/armv6/unit
 	    --bin build/armv6/mailsrv --run "$(QEMU_ARM) -cpu arm1176"
 windows-test: build/windows/mailsrv.exe
 	mkdir -p $(WINEPREFIX_DIR)
-	MAILSRV_TEST_SLACK=4 MAILSRV_TEST_PLATFORM=windows ./test/run_tests.sh --bin build/windows/mailsrv.exe --run "$(WINE)"; \
+	MAILSRV_TEST_SLACK=4 MAILSRV_TEST_PLATFORM=windows ./test/run_tests.sh --unit "" --bin build/windows/mailsrv.exe --run "$(WINE)"; \
 	    rc=$$?; WINEPREFIX=$(WINEPREFIX_DIR) wineserver -k 2>/dev/null; exit $$rc
 
 # No Linux- or glibc-only calls or headers (the BSD stand-in), and nothing

@@ -15,12 +15,13 @@ while [ $# -gt 0 ]; do
 done
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-total_p=0; total_f=0
+total_p=0; total_f=0; total_s=0
 count() { # adds the "N passed, N failed" line of the last run
     line=$(tr -d '\r' < "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
     if [ -z "$line" ]; then echo "($1 printed no result line)"; total_f=$((total_f + 1)); return; fi
     p=${line%% passed*}; f=${line#*passed, }; f=${f%% failed*}
-    total_p=$((total_p + p)); total_f=$((total_f + f))
+    case $line in *skipped*) s=${line##*failed, }; s=${s%% skipped*};; *) s=0;; esac
+    total_p=$((total_p + p)); total_f=$((total_f + f)); total_s=$((total_s + s))
 }
 if [ -n "$unit" ]; then
     echo "== unit tests ($unit)"
@@ -30,5 +31,6 @@ fi
 echo "== end-to-end tests ($run${run:+ }$bin)"
 python3 test/e2e.py --bin "$bin" ${run:+--run "$run"} > "$out" 2>&1; cat "$out"
 count e2e
-echo "$total_p passed, $total_f failed"
+if [ "$total_s" -gt 0 ]; then echo "$total_p passed, $total_f failed, $total_s skipped"
+else echo "$total_p passed, $total_f failed"; fi
 [ "$total_f" -eq 0 ]
