@@ -12,6 +12,12 @@ spools) and measures:
      UIDL, RETR of every message (lock-step and pipelined), DELE all + QUIT.
   3. Memory: idle VmRSS, VmRSS with 1,000 idle greeted SMTP connections.
   4. Binary size, as built and stripped.
+  5. Footprint: stripped sizes of every build (x86-64 dynamic, musl static, armhf, arm64,
+     armv6, Windows; a missing or stale one is made once, at most 120 s), idle VmRSS of
+     ./mailsrv and of the musl static build, RSS per idle greeted SMTP session (1,000 of
+     them) and per POP3 session logged in to its own 10,000-message Maildir mailbox (K
+     sessions on K mailboxes written straight into the spool, hard links of one ~200-byte
+     message each; (RSS with K sessions - RSS before the first) / K, on a fresh server).
 
 Load comes from test/bench_load.c (one poll() loop over N sockets), compiled
 here with `cc -O2`; Python threads would measure Python, not the server.
@@ -20,9 +26,9 @@ Exit status: 0 whenever the figures could be measured (a missed target is not
 a failure); 1 if the benchmark could not run or the server lost messages,
 crashed or failed a check; 2 on a usage error.
 
-Usage: python3 test/bench.py [--quick] [--only smtp,pop3,mem,size] [--keep]
+Usage: python3 test/bench.py [--quick] [--only smtp,pop3,mem,size,footprint] [--keep]
        [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
-       [--json FILE]
+       [--footprint-sessions K] [--footprint-messages N] [--json FILE]
 """
 
 import argparse
@@ -73,7 +79,20 @@ REF = {
     "served_of_1000": {"postfix": 100, "opensmtpd": 253, "dovecot": 260},
     "binary_bytes": {"postfix": 1.37e6, "opensmtpd": 0.57e6, "dovecot": 4.4e6},
 }
-TARGETS = {"smtp20": 1000.0, "login_uidl_ms": 50.0, "idle_rss_kib": 2048.0, "conn_kib": 16.0}
+TARGETS = {"smtp20": 1000.0, "login_uidl_ms": 50.0, "idle_rss_kib": 2048.0, "conn_kib": 16.0,
+           "musl_static_bytes": 150e3, "musl_idle_rss_kib": 1024.0}
+
+# Footprint builds: (label, make target = path under ROOT, strip program for that target).
+BUILDS = [
+    ("x86-64, dynamic (glibc)", "mailsrv", "strip"),
+    ("x86-64, musl static", "build/musl/mailsrv", "strip"),
+    ("armhf (ARMv7 hard-float, dynamic)", "build/armhf/mailsrv", "arm-linux-gnueabihf-strip"),
+    ("arm64 (dynamic)", "build/arm64/mailsrv", "aarch64-linux-gnu-strip"),
+    ("armv6 (armel soft-float, static)", "build/armv6/mailsrv", "arm-linux-gnueabi-strip"),
+    ("Windows x86-64 .exe (mingw-w64)", "build/windows/mailsrv.exe", "x86_64-w64-mingw32-strip"),
+]
+MUSL = "build/musl/mailsrv"
+MAKE_LIMIT_S = 120
 
 
 class BenchError(Exception):
@@ -184,6 +203,37 @@ def write_maildir(mdir, n):
             f.write(data)
         total += len(data) + lines
     return total
+
+
+def write_linked_maildir(mdir, n, user, tag):
+    """A Maildir of n small messages (~200 bytes, LF line ends) for the footprint part: one file
+    in new/ and n - 1 hard links to it under the other names (fast; the server only reads the
+    names at login). Falls back to real copies where hard links are not possible."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(mdir, sub), exist_ok=True)
+    head = ("Return-Path: <loadgen@bench.test>\n"
+            "From: <loadgen@bench.test>\n"
+            "To: <%s@%s>\n"
+            "Subject: footprint\n"
+            "Date: Fri, 27 Nov 2026 12:00:00 +0000\n"
+            "Message-ID: <fp.%d@bench.test>\n\n") % (user, DOMAIN, tag)
+    data = (head + "x" * max(1, 199 - len(head)) + "\n").encode()
+    crlf = len(data) + data.count(b"\n")
+    stamp = int(time.time()) - 100000
+    first = None
+    for i in range(1, n + 1):
+        path = os.path.join(mdir, "new", "%d.M%06dP%dQ%d.bench.local,S=%d,W=%d"
+                            % (stamp + i // 1000, i % 1000000, tag, i, len(data), crlf))
+        if first is not None:
+            try:
+                os.link(first, path)
+                continue
+            except OSError:
+                pass
+        with open(path, "wb") as f:
+            f.write(data)
+        if first is None:
+            first = path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,7 +424,7 @@ def octets(body):
     return len(body) - body.count(b"\r\n..") - (1 if body.startswith(b"..") else 0)
 
 
-def pop_login(port):
+def pop_login(port, user=USER):
     """connect + greeting + USER + PASS; returns (client, ms connect, ms USER+PASS)."""
     t0 = time.perf_counter()
     p = Pop3(port)
@@ -382,7 +432,7 @@ def pop_login(port):
     if not g.startswith(b"+OK"):
         raise BenchError("POP3 greeting: %r" % g)
     t1 = time.perf_counter()
-    p.expect_ok("USER %s@%s" % (USER, DOMAIN))
+    p.expect_ok("USER %s@%s" % (user, DOMAIN))
     p.expect_ok("PASS %s" % PASSWORD)
     t2 = time.perf_counter()
     return p, (t1 - t0) * 1e3, (t2 - t1) * 1e3
@@ -784,6 +834,197 @@ class Bench:
         log("  binary: %d bytes, stripped %s bytes; shared libraries: %s"
             % (res["bytes"], res["stripped_bytes"], ", ".join(res["shared_libs"]) or "?"))
 
+    # -- 5. footprint
+    def fp_make(self, target):
+        """Makes target once if it is missing or out of date (at most MAKE_LIMIT_S seconds, in its own
+        process group, killed by that group's id on timeout); returns "" or what went wrong."""
+        path = os.path.join(ROOT, target)
+        if os.path.exists(path):
+            try:
+                q = subprocess.run(["make", "-C", ROOT, "-q", target], stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+                if q.returncode == 0:
+                    return ""
+            except (OSError, subprocess.TimeoutExpired):
+                return ""
+            why = "out of date"
+        else:
+            why = "missing"
+        log("  %s is %s: make %s (at most %d s)" % (target, why, target, MAKE_LIMIT_S))
+        t0 = time.monotonic()
+        try:
+            p = subprocess.Popen(["make", "-C", ROOT, "--no-print-directory", target], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                                 start_new_session=True)
+        except OSError as e:
+            return "make: %s" % e
+        try:
+            out, _ = p.communicate(timeout=MAKE_LIMIT_S)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.communicate()
+            return "make timed out after %d s" % MAKE_LIMIT_S
+        if p.returncode != 0 or not os.path.exists(path):
+            log("  make %s failed (status %s):\n    %s" % (target, p.returncode, "\n    ".join(out.splitlines()[-6:])))
+            return "make failed"
+        log("  built %s in %.1f s" % (target, time.monotonic() - t0))
+        return ""
+
+    def fp_sizes(self):
+        rows = []
+        for label, target, strip in BUILDS:
+            path = os.path.join(ROOT, target)
+            if target == "mailsrv":   # the binary every other part measured: never rebuilt mid-run
+                note = ""
+                try:
+                    if subprocess.run(["make", "-C", ROOT, "-q", target], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30).returncode:
+                        note = "older than its sources"
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+            else:
+                note = self.fp_make(target)
+            row = {"label": label, "target": target, "bytes": None, "stripped_bytes": None, "note": note}
+            rows.append(row)
+            if not os.path.exists(path):
+                row["note"] = "not built" + (" (%s)" % note if note else "")
+                log("  %-36s not built%s" % (label, " (%s)" % note if note else ""))
+                continue
+            if note:
+                row["note"] = "stale: " + note
+            row["bytes"] = os.path.getsize(path)
+            tool = shutil.which(strip)
+            tmp = os.path.join(self.work, "fp-size-" + target.replace("/", "_"))
+            shutil.copyfile(path, tmp)
+            if tool is None:
+                row["note"] = ((row["note"] + "; ") if row["note"] else "") + "no %s" % strip
+            else:
+                r = subprocess.run([tool, tmp], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+                if r.returncode == 0:
+                    row["stripped_bytes"] = os.path.getsize(tmp)
+                else:
+                    row["note"] = ((row["note"] + "; ") if row["note"] else "") + "%s failed" % strip
+            os.unlink(tmp)
+            log("  %-36s %8s bytes stripped (%d as built)%s"
+                % (label, row["stripped_bytes"] if row["stripped_bytes"] is not None else "?", row["bytes"],
+                   "; " + row["note"] if row["note"] else ""))
+        return rows
+
+    def fp_server(self, binary, name, users=(), spool=None):
+        """A server for the footprint part: extra users (same password), optionally a shared spool."""
+        s = Server(binary, self.work, "maildir", name)
+        with open(s.ini) as f:
+            text = f.read()
+        line = "user1 = %s\n" % PASSWORD
+        text = text.replace(line, line + "".join("%s = %s\n" % (u, PASSWORD) for u in users))
+        if spool:
+            text = text.replace("spool = spool\n", "spool = %s\n" % spool)
+            s.spool = spool
+        with open(s.ini, "w") as f:
+            f.write(text)
+        self.servers.append(s)
+        return s.start()
+
+    def fp_memory(self, label, binary, users, spool, n):
+        tag = "musl" if binary.endswith(MUSL) else "x86"
+        k = self.args.idle_connections
+        res = {"label": label, "binary": os.path.relpath(binary, ROOT)}
+        # idle, then k idle greeted SMTP sessions
+        s = self.fp_server(binary, "fp-idle-" + tag)
+        st_start = proc_status(s.pid)
+        time.sleep(1.0)  # settle
+        st_idle = proc_status(s.pid)
+        socks, greeted, refused, t_greet = self.open_idle(s.smtp_port, k)
+        try:
+            time.sleep(1.0)  # settle
+            s.check_alive("footprint: holding %d idle SMTP sessions" % k)
+            st_busy = proc_status(s.pid)
+        finally:
+            for c in socks:
+                c.close()
+        if greeted < k:
+            self.problems.append("footprint (%s): only %d of %d SMTP connections greeted within 20 s"
+                                 % (label, greeted, k))
+        res.update({"rss_start_kib": st_start.get("VmRSS"), "rss_idle_kib": st_idle.get("VmRSS"),
+                    "rss_anon_idle_kib": st_idle.get("RssAnon"), "smtp_sessions": greeted,
+                    "rss_smtp_kib": st_busy.get("VmRSS"),
+                    "smtp_kib_per_session": ((st_busy["VmRSS"] - st_idle["VmRSS"]) / greeted)
+                    if greeted and "VmRSS" in st_busy and "VmRSS" in st_idle else None})
+        time.sleep(0.3)
+        self.finish_server(s, "footprint idle/SMTP (%s)" % label)
+        # POP3: a fresh server, then one session per mailbox, held open. No warm-up login: memory
+        # it freed could be reused by the measured sessions (glibc keeps ~0.7 MB of it) and hide
+        # their cost; the one-time cost (code pages first touched) is < 1 KiB per session at K = 20.
+        s = self.fp_server(binary, "fp-pop3-" + tag, users, spool)
+        time.sleep(0.5)
+        st_before = proc_status(s.pid)
+        sessions = []
+        t0 = time.perf_counter()
+        try:
+            for u in users:
+                p, _, _ = pop_login(s.pop3_port, u)
+                sessions.append(p)
+                r = p.cmd("STAT")
+                m = re.match(rb"\+OK (\d+) ", r)
+                if not m or int(m.group(1)) != n:
+                    raise BenchError("footprint: POP3 STAT for %s: %r, expected %d messages" % (u, r, n))
+            t_login = time.perf_counter() - t0
+            time.sleep(0.5)
+            s.check_alive("footprint: holding %d POP3 sessions" % len(sessions))
+            st_pop = proc_status(s.pid)
+        finally:
+            for p in sessions:
+                try:
+                    p.cmd("QUIT")
+                except (OSError, BenchError):
+                    pass
+                p.close()
+        kp = len(sessions)
+        res.update({"pop3_sessions": kp, "pop3_messages": n, "rss_pop3_before_kib": st_before.get("VmRSS"), "rss_pop3_kib": st_pop.get("VmRSS"),
+                    "pop3_anon_delta_kib": (st_pop["RssAnon"] - st_before["RssAnon"])
+                    if "RssAnon" in st_pop and "RssAnon" in st_before else None,
+                    "pop3_login_stat_ms": t_login * 1e3 / kp,
+                    "pop3_kib_per_session": (st_pop["VmRSS"] - st_before["VmRSS"]) / kp
+                    if "VmRSS" in st_pop and "VmRSS" in st_before else None})
+        time.sleep(0.3)
+        self.finish_server(s, "footprint POP3 (%s)" % label)
+        log("  %s: idle RSS %s KiB (right after start %s, anon %s); %d idle SMTP sessions %s KiB = %.1f KiB/session; "
+            "POP3: %s KiB after start, %s with %d sessions on %d-message mailboxes "
+            "= %.1f KiB/session (anon %+d KiB in all; login+STAT %.1f ms each)"
+            % (label, res["rss_idle_kib"], res["rss_start_kib"], res["rss_anon_idle_kib"], greeted,
+               res["rss_smtp_kib"], res["smtp_kib_per_session"] or 0, res["rss_pop3_before_kib"], res["rss_pop3_kib"], kp, n, res["pop3_kib_per_session"] or 0,
+               res["pop3_anon_delta_kib"] or 0, res["pop3_login_stat_ms"]))
+        return res
+
+    def bench_footprint(self):
+        t0 = time.monotonic()
+        res = {"sizes": self.fp_sizes(), "memory": []}
+        self.results["footprint"] = res
+        k, n = self.args.footprint_sessions, self.args.footprint_messages
+        users = ["fp%02d" % i for i in range(1, k + 1)]   # one mailbox per session
+        spool = os.path.join(self.work, "fp-spool")
+        t1 = time.perf_counter()
+        for i, u in enumerate(users):
+            write_linked_maildir(os.path.join(spool, DOMAIN, u), n, u, i + 1)
+        log("  %d Maildir mailboxes of %d messages written in %.1f s" % (len(users), n, time.perf_counter() - t1))
+        bins = [(BUILDS[0][0], self.binary)]
+        musl = os.path.join(ROOT, MUSL)
+        if os.path.exists(musl) and not any(r["target"] == MUSL and r["note"].startswith("not built")
+                                            for r in res["sizes"]):
+            bins.append((BUILDS[1][0], musl))
+        else:
+            log("  %s not built: memory figures for ./mailsrv only" % MUSL)
+        for label, binary in bins:
+            res["memory"].append(self.fp_memory(label, binary, users, spool, n))
+        t2 = time.perf_counter()
+        shutil.rmtree(spool, ignore_errors=True)
+        res["seconds"] = time.monotonic() - t0
+        log("  footprint part: %.0f s (removing the mailboxes %.1f s)" % (res["seconds"], time.perf_counter() - t2))
+
     # -- report
     def report(self):
         R = self.results
@@ -900,6 +1141,45 @@ class Bench:
                 ", ".join("%s ≈ %.2f MB" % (k, v / 1e6) for k, v in REF["binary_bytes"].items()) + " (all binaries on the path)",
                 ", ".join("%s smaller than %s" % (times(v, z["stripped_bytes"] or z["bytes"]), k) for k, v in REF["binary_bytes"].items()))
 
+        fp = R.get("footprint")
+        if fp:
+            for z in fp["sizes"]:
+                tgt = ""
+                if z["target"] == MUSL:
+                    tgt = "< 150 KB without TLS (%s)" % (
+                        "met" if z["stripped_bytes"] is not None and z["stripped_bytes"] < TARGETS["musl_static_bytes"]
+                        else "MISSED" if z["stripped_bytes"] is not None else "n/a")
+                if z["stripped_bytes"] is not None:
+                    val = "%d (%.1f KiB)" % (z["stripped_bytes"], z["stripped_bytes"] / 1024.0)
+                    if z["note"]:
+                        val += " (%s)" % z["note"]
+                elif z["bytes"] is not None:
+                    val = "? (%d as built; %s)" % (z["bytes"], z["note"])
+                else:
+                    val = z["note"]   # "not built ..."
+                add("Footprint: stripped size, bytes, %s (%s)" % (z["label"], z["target"]), val, tgt, "", "")
+            add("Footprint: stripped size, bytes, x86-64 musl static with TLS", "n/a until TLS lands", "", "", "")
+            for m in fp["memory"]:
+                musl = m["binary"] == MUSL
+                idle = m["rss_idle_kib"]
+                add("Footprint: idle RSS after start (VmRSS), KiB, %s" % m["label"],
+                    "%s (anon %s)" % (idle, m["rss_anon_idle_kib"]),
+                    ("< 1024 (%s)" % ("met" if idle is not None and idle < TARGETS["musl_idle_rss_kib"] else "MISSED"))
+                    if musl else "", "", "")
+            for m in fp["memory"]:
+                kps = m["smtp_kib_per_session"]
+                add("Footprint: RSS per idle greeted SMTP session, KiB, %s ((rss_%d − rss_idle)/%d)"
+                    % (m["label"], m["smtp_sessions"], m["smtp_sessions"]),
+                    "%.1f" % kps if kps is not None else "n/a",
+                    "< 16 (%s)" % ("met" if kps is not None and kps < TARGETS["conn_kib"] else "MISSED"), "", "")
+            for m in fp["memory"]:
+                kpp = m["pop3_kib_per_session"]
+                add("Footprint: RSS per POP3 session logged in to a {:,}-message Maildir, KiB, %s "
+                    "((rss_%d − rss_before)/%d, one mailbox per session)".format(m["pop3_messages"])
+                    % ( m["label"], m["pop3_sessions"], m["pop3_sessions"]),
+                    "%.1f (%d → %d KiB)" % (kpp, m["rss_pop3_before_kib"], m["rss_pop3_kib"]) if kpp is not None else "n/a",
+                    "", "", "")
+
         log("")
         log("## mailsrv benchmark (%s, %d CPUs, %s)" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                                     os.cpu_count() or 0, os.uname().release))
@@ -935,6 +1215,9 @@ class Bench:
         if "size" in only:
             log("4. binary size")
             self.bench_size()
+        if "footprint" in only:
+            log("5. footprint")
+            self.bench_footprint()
         self.report()
         if self.args.json:
             with open(self.args.json, "w") as f:
@@ -944,7 +1227,8 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description="mailsrv benchmark (figures, not pass/fail)")
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    ap.add_argument("--only", default="smtp,pop3,mem,size", help="comma list of smtp,pop3,mem,size")
+    ap.add_argument("--only", default="smtp,pop3,mem,size,footprint",
+                    help="comma list of smtp,pop3,mem,size,footprint")
     ap.add_argument("--concurrency", default="1,20,100", help="SMTP sessions per run (comma list)")
     ap.add_argument("--smtp-messages", type=int, default=2000, help="messages per SMTP run")
     ap.add_argument("--runs", type=int, default=3, help="SMTP runs per concurrency (median reported)")
@@ -954,6 +1238,9 @@ def main():
     ap.add_argument("--pop3-messages", type=int, default=10000)
     ap.add_argument("--storages", default="maildir,mbox")
     ap.add_argument("--idle-connections", type=int, default=1000)
+    ap.add_argument("--footprint-sessions", type=int, default=20,
+                    help="POP3 sessions (one 10,000-message mailbox each) for the footprint part")
+    ap.add_argument("--footprint-messages", type=int, default=10000, help="messages per footprint mailbox")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, spools)")
     ap.add_argument("--json", help="also write the raw figures to this file")
     args = ap.parse_args()
@@ -965,9 +1252,12 @@ def main():
         args.pop3_messages = min(args.pop3_messages, 1000)
         args.idle_connections = min(args.idle_connections, 200)
         args.runs = 1
-    bad = args.only - {"smtp", "pop3", "mem", "size"}
+        args.footprint_sessions = min(args.footprint_sessions, 5)
+    bad = args.only - {"smtp", "pop3", "mem", "size", "footprint"}
+    if args.footprint_sessions < 1 or args.footprint_messages < 1:
+        bad = True
     if bad or any(s not in ("maildir", "mbox") for s in args.storages) or min(args.concurrency or [0]) < 1 or args.runs < 1:
-        ap.error("bad --only/--storages/--concurrency")
+        ap.error("bad --only/--storages/--concurrency/--footprint-*")
 
     def on_signal(sig, frame):
         raise Stop("signal %d" % sig)
