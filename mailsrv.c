@@ -64,8 +64,8 @@
 #define MS_DOMAIN_MAX 255         /* RFC 5321 4.5.3.1.2 */
 #define MS_POP_ARG_MAX 40         /* popa3d: no POP3 argument is longer */
 #define MS_IN_SIZE 4096           /* per-connection input buffer */
-#define MS_OUT_HIGH (32 * 1024)   /* stop producing output above this */
-#define MS_OUT_MAX (256 * 1024)   /* a client that never reads is cut here */
+#define MS_OUT_HIGH (32 * 1024)   /* above this, no more input is read: a client that
+                                     never reads its replies only fills its socket */
 #define MS_DATA_BUF 16384         /* DATA write buffer, allocated only in DATA */
 #define MS_AUTH_DELAY_MS 1000     /* after a failed login */
 #define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
