@@ -2813,6 +2813,9 @@ smtp_tx_reset(struct conn *c)
     s->wlen = 0;
     free(s->targets.v);
     memset(&s->targets, 0, sizeof s->targets);
+    free(s->undo); /* a session freed while its commit was owed keeps its copies */
+    s->undo = NULL;
+    s->commit_pending = 0;
     s->from[0] = s->first_rcpt[0] = 0;
     s->nrcpt = 0;
     s->tx_error = TXERR_NONE;
@@ -3131,9 +3134,6 @@ smtp_commit_done(struct conn *c, int ok)
         conn_log(c, "delivery of %s failed: cannot fsync a Maildir folder", s->msg.id);
         conn_reply(c, "451 4.3.0 Local error: cannot write the message");
     }
-    free(s->undo);
-    s->undo = NULL;
-    s->commit_pending = 0;
     smtp_tx_reset(c);
 }
 
