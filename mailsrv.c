@@ -1998,15 +1998,15 @@ store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, ch
     if (!at || (size_t)(at - addr) >= un) return -1;
     memcpy(user_out, addr, (size_t)(at - addr));
     user_out[at - addr] = 0;
-    if (ms_fmt(dom_dir, dn, "%s/%s", spool, at + 1) < 0) return -1;
-    return store_mkdir(dom_dir, spool);
+    return ms_fmt(dom_dir, dn, "%s/%s", spool, at + 1) < 0 ? -1 : 0;
 }
 
 static int
 mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
 {
     char dom[1100], user[MS_LOCAL_MAX + 1], udir[1200], sub[1300];
-    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0) return -1;
+    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 || store_mkdir(dom, spool) != 0)
+        return -1;
     if (ms_fmt(udir, sizeof udir, "%s/%s", dom, user) < 0 || store_mkdir(udir, dom) != 0) return -1;
     if (ms_fmt(sub, sizeof sub, "%s/tmp", udir) < 0 || store_mkdir(sub, udir) != 0) return -1;
     if (ms_fmt(sub, sizeof sub, "%s/cur", udir) < 0 || store_mkdir(sub, udir) != 0) return -1;
@@ -2218,7 +2218,8 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             int created, fd;
             struct os_stat st;
             struct tm tm, *g = gmtime(&m->when);
-            if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, lenf, sizeof lenf, dir, sizeof dir) != 0)
+            if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, lenf, sizeof lenf, dir, sizeof dir) != 0 ||
+                store_mkdir(dir, cfg->spool) != 0)
                 goto fail;
             fd = mbox_open_locked(mbox, lenf, 1, &committed, &created);
             if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; goto fail; }
@@ -2416,12 +2417,8 @@ mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
 {
     char dom[1100], user[MS_LOCAL_MAX + 1], sub[1300];
     struct mdir_scan s;
-    const char *at = strchr(addr, '@');
     memset(v, 0, sizeof *v);
-    if (!at || (size_t)(at - addr) > MS_LOCAL_MAX) return -1;
-    memcpy(user, addr, (size_t)(at - addr));
-    user[at - addr] = 0;
-    if (ms_fmt(dom, sizeof dom, "%s/%s", spool, at + 1) < 0 ||
+    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 ||
         ms_fmt(v->dir, sizeof v->dir, "%s/%s", dom, user) < 0)
         return -1;
     s.v = v;
@@ -2690,9 +2687,8 @@ ms_log(struct mailsrv *ms, const char *fmt, ...)
     ms->log_fn(ms->log_user, line);
 }
 
-#define conn_log(c, ...) conn_logf((c), __VA_ARGS__)
 static void
-conn_logf(struct conn *c, const char *fmt, ...)
+conn_log(struct conn *c, const char *fmt, ...)
 {
     char line[1800];
     va_list ap;
@@ -3922,7 +3918,7 @@ int
 mailsrv_poll(struct mailsrv *ms, int timeout_ms)
 {
     int64_t now = os_now_ms(), wake = now + timeout_ms;
-    int i, n, nfds = 0, r;
+    int i, n, nfds = 0, r, nl, nc;
     if (ms->stop_requested && !ms->stopping) {
         ms->stopping = 1;
         ms->stop_deadline = now + MS_STOP_GRACE_MS;
@@ -3962,8 +3958,9 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
     r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
+    nl = ms->nlst;
+    nc = ms->nconns;
     if (r > 0) {
-        int nl = ms->nlst, nc = ms->nconns;
         for (i = 0; i < nl; i++)
             if (ms->pfds[i].revents & POLLIN) loop_accept(ms, &ms->lst[i]);
         for (i = 0; i < nc; i++) { /* connections accepted just now come after nc */
@@ -3976,7 +3973,9 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     now = os_now_ms();
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing) continue;
+        int had_event = r > 0 && i < nc && ms->pfds[nl + i].revents;
+        /* idle sessions cost nothing; new ones were greeted in loop_accept */
+        if (c->is_closing || !(had_event || (c->hold_until && now >= c->hold_until))) continue;
         conn_process(c);
         if (c->is_eof && !c->hold_until) {
             if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
