@@ -453,40 +453,42 @@ def pop_uidl(p, n_expected):
     return (t1 - t0) * 1e3, ids
 
 
-def pop_retr_all(p, n, window):
-    """RETR 1..n with `window` commands in flight (1 = lock-step); returns (s, total octets)."""
-    total = 0
+def pop_pipelined(p, n, window, verb, read_answer):
+    """Sends VERB 1..n with `window` commands in flight (1 = lock-step); calls
+    read_answer(i) for each answer in order."""
     sent = got = 0
-    t0 = time.perf_counter()
     while got < n:
         burst = []
         while sent < n and sent - got < window:
             sent += 1
-            burst.append(b"RETR %d\r\n" % sent)
+            burst.append(b"%s %d\r\n" % (verb, sent))
         if burst:
             p.send(b"".join(burst))
-        st, body = p.multi()
         got += 1
+        read_answer(got)
+
+
+def pop_retr_all(p, n, window):
+    """RETR 1..n with `window` commands in flight; returns (s, total octets)."""
+    total = [0]
+
+    def answer(i):
+        st, body = p.multi()
         if body is None:
-            raise BenchError("POP3 RETR %d: %r" % (got, st))
-        total += octets(body)
-    return time.perf_counter() - t0, total
+            raise BenchError("POP3 RETR %d: %r" % (i, st))
+        total[0] += octets(body)
+    t0 = time.perf_counter()
+    pop_pipelined(p, n, window, b"RETR", answer)
+    return time.perf_counter() - t0, total[0]
 
 
 def pop_dele_all(p, n, window):
-    sent = got = 0
-    t0 = time.perf_counter()
-    while got < n:
-        burst = []
-        while sent < n and sent - got < window:
-            sent += 1
-            burst.append(b"DELE %d\r\n" % sent)
-        if burst:
-            p.send(b"".join(burst))
+    def answer(i):
         r = p.line()
-        got += 1
         if not r.startswith(b"+OK"):
-            raise BenchError("POP3 DELE %d: %r" % (got, r))
+            raise BenchError("POP3 DELE %d: %r" % (i, r))
+    t0 = time.perf_counter()
+    pop_pipelined(p, n, window, b"DELE", answer)
     t1 = time.perf_counter()
     r = p.cmd("QUIT")
     t2 = time.perf_counter()
