@@ -152,10 +152,15 @@ os_random_bytes(void *buf, size_t n)
 
 static int net_error(void) { return errno; }
 static int net_would_block(int e) { return e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+static const char *net_strerror(int e) { return strerror(e); }
+static int net_addr_in_use(int e) { return e == EADDRINUSE; }
+/* With SO_REUSEADDR, "in use" means another program has the port: no waiting. */
+#define MS_BIND_WAIT_S 0
 static void net_close(ms_sock_t s) { close(s); }
 static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, n, 0); }
 static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, n, 0); }
 static int os_poll(ms_pollfd *fds, int n, int timeout_ms) { return poll(fds, (nfds_t)n, timeout_ms); }
+static void os_sleep_ms(int ms) { poll(NULL, 0, ms); }
 
 static int
 net_set_nonblock(ms_sock_t s)
@@ -323,9 +328,24 @@ os_random_bytes(void *buf, size_t n)
 
 static int net_error(void) { return WSAGetLastError(); }
 static int net_would_block(int e) { return e == WSAEWOULDBLOCK || e == WSAEINTR; }
+static const char *
+net_strerror(int e)
+{
+    static char msg[256];
+    if (!FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, NULL, (DWORD)e, 0, msg,
+                        sizeof msg, NULL))
+        snprintf(msg, sizeof msg, "Winsock error %d", e);
+    msg[strcspn(msg, "\r\n")] = 0;
+    return msg;
+}
+static int net_addr_in_use(int e) { return e == WSAEADDRINUSE; }
+/* SO_EXCLUSIVEADDRUSE keeps a port busy while connections of a crashed
+ * predecessor sit in TIME_WAIT (up to 4 minutes): a restart waits for it. */
+#define MS_BIND_WAIT_S 240
 static void net_close(ms_sock_t s) { closesocket(s); }
 static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, (int)n, 0); }
 static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, (int)n, 0); }
+static void os_sleep_ms(int ms) { Sleep((DWORD)ms); }
 static int
 os_poll(ms_pollfd *fds, int n, int timeout_ms)
 {
@@ -529,7 +549,7 @@ os_pwrite_all(int fd, const void *buf, size_t n, int64_t off)
 /* Creates, binds and listens on a numeric address. IPv6 sockets are v6-only
  * so that "0.0.0.0:25" and "[::]:25" are separate listeners everywhere. */
 static ms_sock_t
-net_listen(int family, const char *addr, unsigned port)
+net_listen(int family, const char *addr, unsigned port, int *err)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -540,23 +560,22 @@ net_listen(int family, const char *addr, unsigned port)
         struct sockaddr_in *in = (struct sockaddr_in *)&ss;
         in->sin_family = AF_INET;
         in->sin_port = htons((unsigned short)port);
-        if (inet_pton(AF_INET, addr, &in->sin_addr) != 1) return MS_BAD_SOCK;
+        if (inet_pton(AF_INET, addr, &in->sin_addr) != 1) { *err = EINVAL; return MS_BAD_SOCK; }
         len = sizeof *in;
     } else {
         struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((unsigned short)port);
-        if (inet_pton(AF_INET6, addr, &in6->sin6_addr) != 1) return MS_BAD_SOCK;
+        if (inet_pton(AF_INET6, addr, &in6->sin6_addr) != 1) { *err = EINVAL; return MS_BAD_SOCK; }
         len = sizeof *in6;
     }
     s = socket(family, SOCK_STREAM, 0);
-    if (s == MS_BAD_SOCK) return s;
+    if (s == MS_BAD_SOCK) { *err = net_error(); return s; }
     net_listen_opts(s);
     if (family == AF_INET6) setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const void *)&one, sizeof one);
     if (bind(s, (struct sockaddr *)&ss, len) != 0 || listen(s, SOMAXCONN) != 0 || net_set_nonblock(s) != 0) {
-        int e = errno;
+        *err = net_error();
         net_close(s);
-        errno = e;
         return MS_BAD_SOCK;
     }
     return s;
@@ -3894,12 +3913,17 @@ mailsrv_listen(struct mailsrv *ms)
     os_list_dir(tmpdir, loop_clean_tmp_entry, tmpdir);
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
-        ms_sock_t s;
-        s = net_listen(l->family, l->addr, l->port);
+        int err = 0, waited;
+        ms_sock_t s = net_listen(l->family, l->addr, l->port, &err);
+        for (waited = 0; s == MS_BAD_SOCK && net_addr_in_use(err) && waited < MS_BIND_WAIT_S; waited++) {
+            if (!waited) ms_log(ms, "port %u is still in use; waiting up to %d s for it", l->port, MS_BIND_WAIT_S);
+            os_sleep_ms(1000); /* nothing else is running yet */
+            s = net_listen(l->family, l->addr, l->port, &err);
+        }
         if (s == MS_BAD_SOCK) {
-            if (l->optional) { ms_log(ms, "no IPv6 listener on port %u: %s", l->port, strerror(errno)); continue; }
+            if (l->optional) { ms_log(ms, "no IPv6 listener on port %u: %s", l->port, net_strerror(err)); continue; }
             ms_log(ms, "cannot listen on %s%s%s:%u (%s): %s", l->family == AF_INET6 ? "[" : "", l->addr,
-                   l->family == AF_INET6 ? "]" : "", l->port, proto_names[l->proto], strerror(errno));
+                   l->family == AF_INET6 ? "]" : "", l->port, proto_names[l->proto], net_strerror(err));
             loop_close_listeners(ms);
             return -1;
         }

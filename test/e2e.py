@@ -516,7 +516,9 @@ class Server:
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def wait_ready(self, timeout=10):
+    def wait_ready(self, timeout=None):
+        # Windows: a restart after kill -9 waits for the port (TIME_WAIT under SO_EXCLUSIVEADDRUSE)
+        timeout = timeout or (80 if WINDOWS else 10)
         end = deadline(timeout)
         for host, port, kind in self.listeners():
             while True:
