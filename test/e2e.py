@@ -553,6 +553,19 @@ class Server:
     def kill9(self):
         self.proc.kill()
         self.proc.wait(timeout=secs(10))
+        if WINDOWS:
+            self.move_ports()
+
+    def move_ports(self):
+        """Under wine, wineserver may hold a SIGKILLed process's listening sockets for minutes
+        (seen in CI: 240 s); real Windows frees them at exit. A restart there takes fresh ports."""
+        p = free_ports(3)
+        for key, port in (("smtp", p[0]), ("submission", p[1]), ("pop3", p[2])):
+            if self.keys.get(key):
+                self.keys[key] = "127.0.0.1:%d" % port
+        self.smtp_port, self.pop3_port = p[0], p[2]
+        self.sub_port = p[1] if self.keys.get("submission") else None
+        self.write_ini()
 
     def restart(self):
         rc, killed = self.stop()
