@@ -79,7 +79,7 @@ build/armv6/unit: test/unit.c mailsrv.c build/armv6/mailsrv
 	$(ARMEL)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64 -static -o $@ test/unit.c build/armv6/libinih.a
 build/windows/mailsrv.exe: mailsrv.c mailsrv.h $(INIH_DIR)/ini.c
 	$(MAKE) --no-print-directory XCC=$(MINGW)-gcc XAR=$(MINGW)-ar build/windows/libinih.a
-	$(MINGW)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c build/windows/libinih.a -lws2_32
+	$(MINGW)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c build/windows/libinih.a -lws2_32 -liphlpapi
 
 static: build/musl/mailsrv
 	cp build/musl/mailsrv mailsrv-static && strip mailsrv-static

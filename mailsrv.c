@@ -24,8 +24,9 @@
  *   8. Connections: buffers, I/O
  *   9. SMTP server session
  *  10. POP3 server session
- *  11. Event loop: listeners, accept, poll, timers, reload, stop
- *  12. Public API and main()
+ *  11. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
+ *  12. Event loop: listeners, accept, poll, timers, reload, stop
+ *  13. Public API and main()
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
  * file). MAILSRV_ENABLE_TLS is reserved for the TLS issue.
@@ -76,6 +77,21 @@
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 
+#define MS_DNS_TRY_MS 2000        /* per DNS query attempt (resolv.conf's timeout is 5 s) */
+#define MS_DNS_TRIES 4            /* attempts per query, over the resolvers in turn */
+#define MS_DNS_MAX_NS 3           /* resolv.conf: MAXNS */
+#define MS_DNS_UDP_MAX 512        /* RFC 1035 4.2.1: without EDNS, larger answers set TC */
+#define MS_DNS_RR_MAX 16          /* records kept from one answer */
+#define MS_DNS_PTR_MAX 32         /* compression pointers followed in one name */
+#define MS_MX_MAX 8               /* MX hosts tried per attempt */
+#define MS_RELAY_NETS_MAX 32
+#define MS_RETRY_CAP 3600         /* retry back-off cap (issue: doubling, capped at 1 h) */
+#define MS_HOPS_MAX 30            /* Received: lines before we call it a loop (RFC 5321 6.3) */
+#define MS_QUEUE_CHECK_MS 2000    /* how often QUEUE/flush is looked for */
+
+#define MS_DEF_RETRY 60
+#define MS_DEF_EXPIRE (5L * 86400)
+#define MS_DEF_MAX_OUTBOUND 20
 #define MS_DEF_MAX_MESSAGE (10L * 1024 * 1024)
 #define MS_DEF_MAX_RCPT 100
 #define MS_DEF_MAX_CLIENTS 512
@@ -161,6 +177,31 @@ static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, bu
 static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, n, 0); }
 static int os_poll(ms_pollfd *fds, int n, int timeout_ms) { return poll(fds, (nfds_t)n, timeout_ms); }
 static void os_sleep_ms(int ms) { poll(NULL, 0, ms); }
+
+static int net_in_progress(int e) { return e == EINPROGRESS || e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+/* The outcome of a non-blocking connect(), once the socket is writable. */
+static int
+net_sock_error(ms_sock_t s)
+{
+    int e = 0;
+    socklen_t len = sizeof e;
+    if (getsockopt(s, SOL_SOCKET, SO_ERROR, (void *)&e, &len) != 0) return errno;
+    return e;
+}
+
+/* The system's resolvers: "nameserver" lines of /etc/resolv.conf. */
+static int
+os_dns_servers(char (*out)[64], int max)
+{
+    char line[256], name[64];
+    int n = 0;
+    FILE *f = fopen("/etc/resolv.conf", "r");
+    if (!f) return 0;
+    while (n < max && fgets(line, sizeof line, f))
+        if (sscanf(line, " nameserver %63s", name) == 1) snprintf(out[n++], 64, "%s", name);
+    fclose(f);
+    return n;
+}
 
 static int
 net_set_nonblock(ms_sock_t s)
@@ -287,6 +328,7 @@ static void os_net_stop(void) {}
 #include <winsock2.h>
 #include <ws2tcpip.h>
 #include <windows.h>
+#include <iphlpapi.h>
 #include <direct.h>
 #include <fcntl.h>
 #include <io.h>
@@ -351,6 +393,31 @@ os_poll(ms_pollfd *fds, int n, int timeout_ms)
 {
     if (n == 0) { Sleep((DWORD)timeout_ms); return 0; } /* WSAPoll fails without sockets */
     return WSAPoll(fds, (ULONG)n, timeout_ms);
+}
+
+static int net_in_progress(int e) { return e == WSAEWOULDBLOCK || e == WSAEINPROGRESS || e == WSAEINTR; }
+static int
+net_sock_error(ms_sock_t s)
+{
+    int e = 0, len = sizeof e;
+    if (getsockopt(s, SOL_SOCKET, SO_ERROR, (char *)&e, &len) != 0) return WSAGetLastError();
+    return e;
+}
+
+/* The system's resolvers: the DNS servers of the network adapters. */
+static int
+os_dns_servers(char (*out)[64], int max)
+{
+    ULONG len = 0;
+    FIXED_INFO *fi;
+    IP_ADDR_STRING *a;
+    int n = 0;
+    if (GetNetworkParams(NULL, &len) != ERROR_BUFFER_OVERFLOW || !(fi = malloc(len))) return 0;
+    if (GetNetworkParams(fi, &len) == NO_ERROR)
+        for (a = &fi->DnsServerList; a && n < max; a = a->Next)
+            if (a->IpAddress.String[0]) snprintf(out[n++], 64, "%s", a->IpAddress.String);
+    free(fi);
+    return n;
 }
 
 static int
@@ -603,6 +670,73 @@ net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
         inet_ntop(AF_INET6, &in6->sin6_addr, peer, (socklen_t)peerlen);
         *is_loopback = memcmp(in6->sin6_addr.s6_addr, lo, 16) == 0 ||
             (memcmp(in6->sin6_addr.s6_addr, v4, 12) == 0 && in6->sin6_addr.s6_addr[12] == 127);
+    }
+    return s;
+}
+
+/* A numeric address and port (next hops, resolvers, relay_networks). */
+struct ms_addr { int family; unsigned char ip[16]; unsigned port; };
+
+static int
+net_addr_parse(const char *s, unsigned port, struct ms_addr *a)
+{
+    memset(a, 0, sizeof *a);
+    a->port = port;
+    if (inet_pton(AF_INET, s, a->ip) == 1) a->family = AF_INET;
+    else if (inet_pton(AF_INET6, s, a->ip) == 1) a->family = AF_INET6;
+    else return -1;
+    return 0;
+}
+
+static void
+net_addr_str(const struct ms_addr *a, char *out, size_t n)
+{
+    if (!inet_ntop(a->family, a->ip, out, (socklen_t)n)) snprintf(out, n, "?");
+}
+
+/* A non-blocking connect (TCP) or a connected UDP socket with a random
+ * source port (RFC 5452 9.2). *err is set when it fails at once. */
+static ms_sock_t
+net_connect(const struct ms_addr *a, int udp, int *err)
+{
+    struct sockaddr_storage ss, src;
+    socklen_t len;
+    ms_sock_t s;
+    int tries, e;
+    memset(&ss, 0, sizeof ss);
+    if (a->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((unsigned short)a->port);
+        memcpy(&in->sin_addr, a->ip, 4);
+        len = sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((unsigned short)a->port);
+        memcpy(&in6->sin6_addr, a->ip, 16);
+        len = sizeof *in6;
+    }
+    s = socket(a->family, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
+    if (s == MS_BAD_SOCK) { *err = net_error(); return s; }
+    if (net_set_nonblock(s) != 0) { *err = net_error(); net_close(s); return MS_BAD_SOCK; }
+    for (tries = 0; udp && tries < 8; tries++) {
+        unsigned short r;
+        os_random(&r, sizeof r);
+        src = ss;
+        if (a->family == AF_INET) {
+            ((struct sockaddr_in *)&src)->sin_port = htons((unsigned short)(1024 + r % 64511));
+            memset(&((struct sockaddr_in *)&src)->sin_addr, 0, 4);
+        } else {
+            ((struct sockaddr_in6 *)&src)->sin6_port = htons((unsigned short)(1024 + r % 64511));
+            memset(&((struct sockaddr_in6 *)&src)->sin6_addr, 0, 16);
+        }
+        if (bind(s, (struct sockaddr *)&src, len) == 0) break; /* else the system picks one */
+    }
+    if (connect(s, (struct sockaddr *)&ss, len) != 0 && !net_in_progress(e = net_error())) {
+        *err = e;
+        net_close(s);
+        return MS_BAD_SOCK;
     }
     return s;
 }
@@ -1095,6 +1229,10 @@ struct cfg_domain {
     int line, alias_line;
 };
 
+struct cfg_net { int family; unsigned char ip[16]; int bits; };
+struct cfg_hop { char host[MS_DOMAIN_MAX + 1]; unsigned port; };  /* host: a name or a numeric address */
+struct cfg_route { char *domain; struct cfg_hop hop; };
+
 struct ms_config {
     char *path;            /* as given, for messages */
     char *dir;             /* the INI's folder: base of relative paths */
@@ -1106,6 +1244,14 @@ struct ms_config {
     long max_recipients, max_clients, timeout;
     int plaintext_auth, capture;
     struct cfg_domain *domains; int ndomains;
+    /* relay */
+    char queue[1024];
+    struct cfg_net relay_nets[MS_RELAY_NETS_MAX]; int nrelay_nets, relay_nets_set;
+    struct cfg_hop smarthost;  /* host[0] == 0: deliver by MX */
+    char dns[MS_DNS_MAX_NS][64]; int ndns; unsigned dns_port[MS_DNS_MAX_NS];
+    long relay_port, retry, expire, max_outbound, relay_timeout;
+    char helo[256];
+    struct cfg_route *routes; int nroutes;
     struct buf errors;     /* "FILE:LINE: reason\n" lines */
     int nerrors;
 };
@@ -1298,13 +1444,133 @@ cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *er
     return 0;
 }
 
-/* [server] keys: adding a key is one line here plus a field in ms_config. */
-static const struct cfg_key {
+static int cfg_valid_domain(const char *s);
+
+/* "host[:port]", "[v6]:port" or a bare v6 address; host is a name or numeric. */
+static int
+cfg_parse_hop(const char *v, struct cfg_hop *h, unsigned def_port)
+{
+    char tmp[300], *host = tmp, *portp = NULL, *end;
+    unsigned char ip[16];
+    unsigned long p = def_port;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0) return -1;
+    if (tmp[0] == '[') {
+        char *rb = strchr(tmp, ']');
+        if (!rb || (rb[1] && rb[1] != ':')) return -1;
+        *rb = 0;
+        host = tmp + 1;
+        if (rb[1]) portp = rb + 2;
+        if (inet_pton(AF_INET6, host, ip) != 1) return -1;
+    } else if (inet_pton(AF_INET6, tmp, ip) != 1) {
+        char *colon = strchr(tmp, ':');
+        if (colon) { *colon = 0; portp = colon + 1; }
+        if (inet_pton(AF_INET, host, ip) != 1 && !cfg_valid_domain(host)) return -1;
+    }
+    if (portp) {
+        p = strtoul(portp, &end, 10);
+        if (end == portp || *end || p < 1 || p > 65535) return -1;
+    }
+    if (ms_strlcpy(h->host, host, sizeof h->host) != 0) return -1;
+    h->port = (unsigned)p;
+    return 0;
+}
+
+static int
+cfg_parse_smarthost(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    (void)c; (void)arg;
+    if (!*v) { ((struct cfg_hop *)dst)->host[0] = 0; return 0; }
+    if (cfg_parse_hop(v, dst, 25) == 0) return 0;
+    snprintf(err, n, "'%s' is not host[:port]", v);
+    return -1;
+}
+
+/* Resolvers: "ip[:port]" list, numeric only; empty = the system's. */
+static int
+cfg_parse_dns(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    char tmp[256], *item, *save;
+    (void)dst; (void)arg;
+    c->ndns = 0;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0) goto bad;
+    for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
+        struct cfg_hop h;
+        struct ms_addr a;
+        char *it = ms_trim(item);
+        if (!*it) continue;
+        if (c->ndns == MS_DNS_MAX_NS || cfg_parse_hop(it, &h, 53) != 0 || net_addr_parse(h.host, h.port, &a) != 0)
+            goto bad;
+        ms_strlcpy(c->dns[c->ndns], h.host, sizeof c->dns[0]);
+        c->dns_port[c->ndns++] = h.port;
+    }
+    return 0;
+bad:
+    snprintf(err, n, "'%s' is not a list of up to %d numeric ip[:port]", v, MS_DNS_MAX_NS);
+    return -1;
+}
+
+/* "127.0.0.0/8, ::1, 192.168.0.0/16"; empty = nobody relays without AUTH. */
+static int
+cfg_parse_nets(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    char tmp[1024], *item, *save;
+    (void)dst; (void)arg;
+    c->nrelay_nets = 0;
+    c->relay_nets_set = 1;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0) { snprintf(err, n, "too long"); return -1; }
+    for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
+        char *it = ms_trim(item), *slash = strchr(it, '/'), *end;
+        struct ms_addr a;
+        struct cfg_net *net;
+        long bits;
+        if (!*it) continue;
+        if (slash) *slash = 0;
+        if (net_addr_parse(it, 0, &a) != 0) goto bad;
+        bits = a.family == AF_INET ? 32 : 128;
+        if (slash) {
+            long max = bits;
+            bits = strtol(slash + 1, &end, 10);
+            if (end == slash + 1 || *end || bits < 0 || bits > max) goto bad;
+        }
+        if (c->nrelay_nets == MS_RELAY_NETS_MAX) { snprintf(err, n, "more than %d networks", MS_RELAY_NETS_MAX); return -1; }
+        net = &c->relay_nets[c->nrelay_nets++];
+        net->family = a.family;
+        memcpy(net->ip, a.ip, 16);
+        net->bits = (int)bits;
+    }
+    return 0;
+bad:
+    snprintf(err, n, "'%s' is not a list of networks (address or address/bits)", v);
+    return -1;
+}
+
+static int
+cfg_parse_optstr(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    (void)c;
+    if (ms_strlcpy(dst, v, (size_t)arg) != 0) { snprintf(err, n, "too long"); return -1; }
+    return 0;
+}
+
+/* Keys of [server] and [relay]: adding a key is one line here plus a field in ms_config. */
+struct cfg_key {
     const char *name;
     cfg_parse_fn parse;
     size_t off;
     long arg;
-} cfg_server_keys[] = {
+};
+static const struct cfg_key cfg_relay_keys[] = {
+    {"smarthost", cfg_parse_smarthost, offsetof(struct ms_config, smarthost), 0},
+    {"dns", cfg_parse_dns, 0, 0},
+    {"port", cfg_parse_count, offsetof(struct ms_config, relay_port), 65535},
+    {"retry", cfg_parse_time, offsetof(struct ms_config, retry), 0},
+    {"expire", cfg_parse_time, offsetof(struct ms_config, expire), 0},
+    {"helo", cfg_parse_optstr, offsetof(struct ms_config, helo), 256},
+    {"max_outbound", cfg_parse_count, offsetof(struct ms_config, max_outbound), 1000},
+    {"timeout", cfg_parse_time, offsetof(struct ms_config, relay_timeout), 0},
+    {NULL, NULL, 0, 0},
+};
+static const struct cfg_key cfg_server_keys[] = {
     {"hostname", cfg_parse_str, offsetof(struct ms_config, hostname), 256},
     {"smtp", cfg_parse_listen, 0, PROTO_SMTP},
     {"submission", cfg_parse_listen, 0, PROTO_SUBMISSION},
@@ -1317,6 +1583,9 @@ static const struct cfg_key {
     {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
     {"plaintext_auth", cfg_parse_plaintext, offsetof(struct ms_config, plaintext_auth), 0},
     {"capture", cfg_parse_bool, offsetof(struct ms_config, capture), 0},
+    {"queue", cfg_parse_path, offsetof(struct ms_config, queue), 1024},
+    {"relay_networks", cfg_parse_nets, 0, 0},
+    {NULL, NULL, 0, 0},
 };
 
 /* A local part or domain label that is safe as one path component. */
@@ -1404,17 +1673,27 @@ cfg_on_key(void *user, const char *section, const char *name, const char *value,
 {
     struct ms_config *c = user;
     char err[256];
-    if (ms_strcaseeq(section, "server")) {
-        size_t i;
-        for (i = 0; i < sizeof cfg_server_keys / sizeof cfg_server_keys[0]; i++) {
-            const struct cfg_key *k = &cfg_server_keys[i];
+    if (ms_strcaseeq(section, "server") || ms_strcaseeq(section, "relay")) {
+        const struct cfg_key *k = ms_strcaseeq(section, "server") ? cfg_server_keys : cfg_relay_keys;
+        for (; k->name; k++) {
             if (!ms_strcaseeq(name, k->name)) continue;
             err[0] = 0;
             if (k->parse(c, value, (char *)c + k->off, k->arg, err, sizeof err) != 0)
                 cfg_error(c, line, "%s: %s", k->name, err);
             return 1;
         }
-        cfg_error(c, line, "unknown key '%s' in [server]", name);
+        cfg_error(c, line, "unknown key '%s' in [%s]", name, section);
+    } else if (ms_strcaseeq(section, "route")) {
+        struct cfg_route r;
+        int i;
+        if (!cfg_valid_domain(name)) { cfg_error(c, line, "'%s' is not a valid domain name", name); return 1; }
+        if (cfg_parse_hop(value, &r.hop, 25) != 0) { cfg_error(c, line, "route for %s: '%s' is not host[:port]", name, value); return 1; }
+        for (i = 0; i < c->nroutes; i++)
+            if (ms_strcaseeq(c->routes[i].domain, name)) { cfg_error(c, line, "a second route for %s", name); return 1; }
+        r.domain = xstrdup(name);
+        ms_lower(r.domain);
+        c->routes = xrealloc(c->routes, sizeof *c->routes * (size_t)(c->nroutes + 1));
+        c->routes[c->nroutes++] = r;
     } else if (ms_strncaseeq(section, "domain ", 7) || ms_strncaseeq(section, "alias ", 6)) {
         int is_alias = section[0] == 'a' || section[0] == 'A';
         const char *dname = section + (is_alias ? 6 : 7);
@@ -1474,6 +1753,8 @@ cfg_free(struct ms_config *c)
         free(d->aliases);
         free(d->name);
     }
+    for (i = 0; i < c->nroutes; i++) free(c->routes[i].domain);
+    free(c->routes);
     free(c->domains);
     free(c->path);
     free(c->dir);
@@ -1482,22 +1763,65 @@ cfg_free(struct ms_config *c)
 }
 
 /* ---- address resolution: local part + domain -> mailboxes ---- */
-struct targets { char (*v)[MS_PATH_MAX]; int n, cap; };
+struct targets { char (*v)[MS_PATH_MAX]; char *remote; int n, cap; };
 
+/* Local mailboxes are lower case; a remote local part keeps its case
+ * (RFC 5321 2.4: only the destination host may interpret it). */
 static void
-targets_add(struct targets *t, const char *user, const char *domain)
+targets_add(struct targets *t, const char *user, const char *domain, int remote)
 {
     char a[MS_PATH_MAX];
     int i;
     if (ms_fmt(a, sizeof a, "%s@%s", user, domain) < 0) return;
-    ms_lower(a);
+    ms_lower(remote ? strrchr(a, '@') : a);
     for (i = 0; i < t->n; i++)
         if (strcmp(t->v[i], a) == 0) return; /* one copy per mailbox */
     if (t->n == t->cap) {
         t->cap = t->cap ? t->cap * 2 : 4;
         t->v = xrealloc(t->v, sizeof *t->v * (size_t)t->cap);
+        t->remote = xrealloc(t->remote, (size_t)t->cap);
     }
+    t->remote[t->n] = (char)remote;
     memcpy(t->v[t->n++], a, sizeof a);
+}
+
+static void
+targets_free(struct targets *t)
+{
+    free(t->v);
+    free(t->remote);
+    memset(t, 0, sizeof *t);
+}
+
+static int
+targets_count(const struct targets *t, int remote)
+{
+    int i, n = 0;
+    for (i = 0; i < t->n; i++) n += t->remote[i] == remote;
+    return n;
+}
+
+/* A local part we relay: RFC 5321 Dot-string (no quoted strings). */
+static int
+addr_dot_string(const char *s)
+{
+    size_t i, n = strlen(s);
+    if (n == 0 || n > MS_LOCAL_MAX || s[0] == '.' || s[n - 1] == '.') return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '.' ? s[i + 1] == '.' : !(isalnum(ch) || strchr("!#$%&'*+-/=?^_`{|}~", ch))) return 0;
+    }
+    return 1;
+}
+
+/* A remote domain we relay to: a host name; no address literals. */
+static int
+addr_remote_domain(char *domain)
+{
+    size_t n = strlen(domain);
+    if (n && domain[n - 1] == '.') domain[n - 1] = 0;
+    ms_lower(domain);
+    return cfg_valid_domain(domain);
 }
 
 enum { RES_OK = 0, RES_UNKNOWN = -1, RES_NONLOCAL = -2, RES_LOOP = -3 };
@@ -1523,6 +1847,8 @@ cfg_expand_members(const struct ms_config *c, const char *members, const char *d
     return RES_OK;
 }
 
+/* Expands an address to mailboxes; remote members of aliases are relayed.
+ * Depth 0 (the RCPT itself) reports a remote domain as RES_NONLOCAL. */
 static int
 cfg_resolve(const struct ms_config *c, const char *local, const char *domain, struct targets *out,
             int depth)
@@ -1530,9 +1856,16 @@ cfg_resolve(const struct ms_config *c, const char *local, const char *domain, st
     const struct cfg_domain *d;
     const struct cfg_alias *a;
     if (depth > MS_ALIAS_DEPTH) return RES_LOOP;
+    if (!(d = cfg_find_domain(c, domain))) {
+        char dom[MS_DOMAIN_MAX + 1];
+        if (depth == 0) return RES_NONLOCAL;
+        if (!addr_dot_string(local) || ms_strlcpy(dom, domain, sizeof dom) != 0 || !addr_remote_domain(dom))
+            return RES_UNKNOWN;
+        targets_add(out, local, dom, 1);
+        return RES_OK;
+    }
     if (!cfg_safe_component(local, MS_LOCAL_MAX)) return RES_UNKNOWN;
-    if (!(d = cfg_find_domain(c, domain))) return RES_NONLOCAL;
-    if (cfg_find_user(d, local)) { targets_add(out, local, d->name); return RES_OK; }
+    if (cfg_find_user(d, local)) { targets_add(out, local, d->name, 0); return RES_OK; }
     if ((a = cfg_find_alias(d, local)) || (a = cfg_find_alias(d, "*")))
         return cfg_expand_members(c, a->members, d->name, out, depth);
     return RES_UNKNOWN;
@@ -1555,15 +1888,13 @@ cfg_validate(struct ms_config *c)
         for (j = 0; j < d->naliases; j++) {
             struct targets t = {0};
             int r = cfg_expand_members(c, d->aliases[j].members, d->name, &t, 0);
-            if (r == RES_NONLOCAL)
-                cfg_error(c, d->aliases[j].line, "'%s@%s' names a member outside the local domains "
-                          "(relaying is not supported yet)", d->aliases[j].name, d->name);
-            else if (r == RES_LOOP)
+            if (r == RES_LOOP)
                 cfg_error(c, d->aliases[j].line, "'%s@%s' is part of an alias loop", d->aliases[j].name, d->name);
             else if (r != RES_OK)
-                cfg_error(c, d->aliases[j].line, "'%s@%s' names a member that is neither a mailbox nor an alias",
+                cfg_error(c, d->aliases[j].line, "'%s@%s' names a member that is neither a mailbox, an alias "
+                          "nor a valid remote address",
                           d->aliases[j].name, d->name);
-            free(t.v);
+            targets_free(&t);
         }
         for (k = 0; k < d->nusers; k++)
             if (cfg_find_alias(d, d->users[k].name))
@@ -1595,6 +1926,15 @@ cfg_new(const char *path)
     c->max_clients = MS_DEF_MAX_CLIENTS;
     c->timeout = MS_DEF_TIMEOUT;
     c->plaintext_auth = PT_LOCAL;
+    if (ms_fmt(c->queue, sizeof c->queue, "%s%squeue", c->dir, c->dir[0] ? "/" : "") < 0)
+        ms_strlcpy(c->queue, "queue", sizeof c->queue);
+    cfg_parse_nets(c, "127.0.0.0/8, ::1", NULL, 0, NULL, 0);
+    c->relay_nets_set = 0;
+    c->relay_port = 25;
+    c->retry = MS_DEF_RETRY;
+    c->expire = MS_DEF_EXPIRE;
+    c->max_outbound = MS_DEF_MAX_OUTBOUND;
+    c->relay_timeout = MS_DEF_TIMEOUT;
     return c;
 }
 
@@ -1934,6 +2274,154 @@ sasl_plain_decode(const char *b64, char *user, size_t ulen, char *pass, size_t p
     return 0;
 }
 
+/* ---- relay_networks: is an address inside a network? ---- */
+static int
+net_in_cidr(const struct cfg_net *n, const struct ms_addr *a)
+{
+    int full = n->bits / 8, rest = n->bits % 8;
+    if (n->family != a->family) return 0;
+    if (memcmp(n->ip, a->ip, (size_t)full) != 0) return 0;
+    return rest == 0 || ((n->ip[full] ^ a->ip[full]) & (0xff << (8 - rest))) == 0;
+}
+
+/* ---- DNS messages (RFC 1035 4.1) ---- */
+enum { DNS_A = 1, DNS_CNAME = 5, DNS_MX = 15, DNS_AAAA = 28 };
+enum { DNS_NOERROR = 0, DNS_SERVFAIL = 2, DNS_NXDOMAIN = 3 };
+
+struct dns_rr { unsigned pref; char host[MS_DOMAIN_MAX + 1]; unsigned char ip[16]; };
+struct dns_result {
+    int rcode, tc;
+    int n;                         /* records of the asked type for the asked name */
+    struct dns_rr rr[MS_DNS_RR_MAX];
+};
+
+/* A query with RD set; returns its length or -1. */
+static int
+dns_build_query(unsigned char *out, size_t cap, unsigned id, const char *name, int type)
+{
+    size_t o = 12;
+    const char *p = name;
+    if (cap < 12 + strlen(name) + 6 || strlen(name) > MS_DOMAIN_MAX) return -1;
+    memset(out, 0, 12);
+    out[0] = (unsigned char)(id >> 8);
+    out[1] = (unsigned char)id;
+    out[2] = 0x01; /* RD */
+    out[5] = 1;    /* QDCOUNT */
+    while (*p) {
+        const char *dot = strchr(p, '.');
+        size_t len = dot ? (size_t)(dot - p) : strlen(p);
+        if (len == 0 || len > 63) return -1;
+        out[o++] = (unsigned char)len;
+        memcpy(out + o, p, len);
+        o += len;
+        p += len + (dot ? 1 : 0);
+        if (dot && !*p) break; /* a trailing dot */
+    }
+    out[o++] = 0;
+    out[o++] = 0; out[o++] = (unsigned char)type;
+    out[o++] = 0; out[o++] = 1; /* IN */
+    return (int)o;
+}
+
+/* Reads a possibly compressed name at *off into out (dotted, no trailing
+ * dot; "" is the root). Pointers are followed at most MS_DNS_PTR_MAX times,
+ * so a pointer loop ends. Advances *off past the name's bytes. */
+static int
+dns_read_name(const unsigned char *m, size_t len, size_t *off, char *out, size_t cap)
+{
+    size_t p = *off, o = 0;
+    int jumps = 0;
+    out[0] = 0;
+    for (;;) {
+        unsigned l;
+        if (p >= len) return -1;
+        l = m[p];
+        if ((l & 0xc0) == 0xc0) {
+            if (p + 1 >= len || ++jumps > MS_DNS_PTR_MAX) return -1;
+            if (jumps == 1) *off = p + 2;
+            p = (size_t)(l & 0x3f) << 8 | m[p + 1];
+            continue;
+        }
+        if (l & 0xc0) return -1; /* the reserved label types */
+        p++;
+        if (l == 0) break;
+        if (p + l > len || o + l + 2 > cap || o + l + 1 > MS_DOMAIN_MAX) return -1;
+        if (o) out[o++] = '.';
+        memcpy(out + o, m + p, l);
+        o += l;
+        out[o] = 0;
+        p += l;
+    }
+    if (!jumps) *off = p;
+    return 0;
+}
+
+static unsigned dns_u16(const unsigned char *p) { return (unsigned)p[0] << 8 | p[1]; }
+
+/* Checks that m answers our query (id, QR, the question echoed) and fills r
+ * with the records of qtype owned by qname or by the CNAME chain from it.
+ * Returns -1 for anything that is not a well-formed answer to our question. */
+static int
+dns_parse_answer(const unsigned char *m, size_t len, unsigned id, const char *qname, int qtype,
+                 struct dns_result *r)
+{
+    char name[MS_DOMAIN_MAX + 1], owner[MS_DOMAIN_MAX + 1], want[MS_DOMAIN_MAX + 1];
+    size_t off = 12;
+    unsigned an, i;
+    int cnames = 0;
+    memset(r, 0, sizeof *r);
+    if (len < 12 || dns_u16(m) != (id & 0xffff) || !(m[2] & 0x80) || (m[2] & 0x78) != 0 || dns_u16(m + 4) != 1)
+        return -1;
+    r->tc = (m[2] & 0x02) != 0;
+    r->rcode = m[3] & 0x0f;
+    if (dns_read_name(m, len, &off, name, sizeof name) != 0 || off + 4 > len) return -1;
+    if (ms_strlcpy(want, qname, sizeof want) != 0) return -1;
+    if (want[0] && want[strlen(want) - 1] == '.') want[strlen(want) - 1] = 0;
+    if (!ms_strcaseeq(name, want) || dns_u16(m + off) != (unsigned)qtype || dns_u16(m + off + 2) != 1) return -1;
+    off += 4;
+    if (r->tc) return 0;
+    an = dns_u16(m + 6);
+    for (i = 0; i < an; i++) {
+        unsigned type, class, rdlen;
+        size_t rd;
+        if (dns_read_name(m, len, &off, owner, sizeof owner) != 0 || off + 10 > len) return -1;
+        type = dns_u16(m + off);
+        class = dns_u16(m + off + 2);
+        rdlen = dns_u16(m + off + 8);
+        rd = off + 10;
+        if (rd + rdlen > len) return -1;
+        off = rd + rdlen;
+        if (class != 1 || !ms_strcaseeq(owner, want)) continue;
+        if (type == DNS_CNAME && type != (unsigned)qtype) { /* answers for the alias follow (RFC 1034 3.6.2) */
+            size_t p = rd;
+            if (++cnames > 8 || dns_read_name(m, len, &p, want, sizeof want) != 0 || p != rd + rdlen) return -1;
+            continue;
+        }
+        if (type != (unsigned)qtype || r->n == MS_DNS_RR_MAX) continue;
+        if (type == DNS_A && rdlen == 4) memcpy(r->rr[r->n++].ip, m + rd, 4);
+        else if (type == DNS_AAAA && rdlen == 16) memcpy(r->rr[r->n++].ip, m + rd, 16);
+        else if (type == DNS_MX && rdlen >= 3) {
+            size_t p = rd + 2;
+            if (dns_read_name(m, len, &p, r->rr[r->n].host, sizeof r->rr[0].host) != 0 || p != rd + rdlen) return -1;
+            r->rr[r->n++].pref = dns_u16(m + rd);
+        }
+    }
+    return 0;
+}
+
+/* ---- replies of a remote SMTP server (RFC 5321 4.2) ---- */
+/* 1 for the last line of a reply, 0 for a continuation line ("250-"),
+ * -1 if the line is not a reply line. */
+static int
+smtp_reply_line(const char *line, int *code)
+{
+    if (!isdigit((unsigned char)line[0]) || !isdigit((unsigned char)line[1]) || !isdigit((unsigned char)line[2]) ||
+        line[0] < '2' || line[0] > '5' || (line[3] && line[3] != ' ' && line[3] != '-'))
+        return -1;
+    *code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+    return line[3] != '-';
+}
+
 /*==== 7. Storage ====*/
 /*
  * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
@@ -2213,6 +2701,7 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
     *err = "cannot write the message";
     if (os_fsync(m->tmp_fd) != 0) goto fail;
     for (i = 0; i < t->n; i++) {
+        if (t->remote[i]) continue; /* queued by queue_create */
         if (cfg->storage == STORE_MAILDIR) {
             char newdir[1300];
             const char *at = strchr(t->v[i], '@');
@@ -2272,6 +2761,184 @@ fail:
     store_rollback(undo, nu);
     free(undo);
     return -1;
+}
+
+/* ---- the relay queue ----
+ * QUEUE/ID.msg is the message as stored locally (LF line ends, Return-Path
+ * first); QUEUE/ID.env is the envelope with each recipient's state, as text.
+ * The .env is the commit record: it is written after the .msg, both are
+ * fsynced with the folder before the 250, and after each delivery attempt
+ * it is replaced atomically. A .msg without its .env is a crashed receipt. */
+enum { Q_PENDING, Q_DELIVERED, Q_BOUNCED };
+static const char *const q_state_names[] = {"pending", "delivered", "bounced"};
+
+struct qrcpt {
+    char addr[MS_PATH_MAX];
+    int state;
+    int result;          /* this attempt: 0 not tried, 2 accepted, 4 deferred, 5 refused */
+    char error[400];     /* the last failure */
+};
+struct qentry {
+    char id[64];
+    char from[MS_PATH_MAX];
+    int64_t arrived, next_try;   /* wall-clock seconds */
+    int64_t size, lines;
+    int tries, active;           /* active: outbound sessions working on it */
+    struct qrcpt *r;
+    int nr;
+};
+
+static void qentry_free(struct qentry *e) { if (e) { free(e->r); free(e); } }
+
+static void
+queue_env_text(const struct qentry *e, struct buf *b)
+{
+    int i;
+    buf_printf(b, "mailsrv-queue 1\nfrom <%s>\narrived %lld\ntries %d\nnext %lld\nsize %lld\nlines %lld\n", e->from,
+               (long long)e->arrived, e->tries, (long long)e->next_try, (long long)e->size, (long long)e->lines);
+    for (i = 0; i < e->nr; i++)
+        buf_printf(b, "rcpt %s %s%s%s\n", q_state_names[e->r[i].state], e->r[i].addr, e->r[i].error[0] ? " " : "",
+                   e->r[i].error);
+}
+
+/* Replaces ID.env after a delivery attempt (atomic, then the folder fsync). */
+static int
+queue_env_update(const char *qdir, const struct qentry *e)
+{
+    char path[1300];
+    struct buf b = {0};
+    int r;
+    queue_env_text(e, &b);
+    r = ms_fmt(path, sizeof path, "%s/%s.env", qdir, e->id) < 0 || os_write_file_atomic(path, b.p, b.len) != 0 ||
+        os_fsync_dir(qdir) != 0 ? -1 : 0;
+    buf_free(&b);
+    return r;
+}
+
+/* Reads QUEUE/ID.env; NULL if it is missing or malformed. */
+static struct qentry *
+queue_env_read(const char *qdir, const char *id)
+{
+    char path[1300], *text, *line, *save;
+    size_t len;
+    struct qentry *e;
+    int ok = 0;
+    if (ms_fmt(path, sizeof path, "%s/%s.env", qdir, id) < 0 || !(text = cfg_read_file(path, &len))) return NULL;
+    e = xrealloc(NULL, sizeof *e);
+    memset(e, 0, sizeof *e);
+    ms_strlcpy(e->id, id, sizeof e->id);
+    for (save = text; (line = ms_next_item(&save, '\n')) != NULL;) {
+        long long v;
+        char state[16], addr[MS_PATH_MAX];
+        int n = 0, i;
+        if (strcmp(line, "mailsrv-queue 1") == 0) ok = 1;
+        else if (strncmp(line, "from <", 6) == 0 && line[strlen(line) - 1] == '>') {
+            line[strlen(line) - 1] = 0;
+            ms_strlcpy(e->from, line + 6, sizeof e->from);
+        } else if (sscanf(line, "arrived %lld", &v) == 1) e->arrived = v;
+        else if (sscanf(line, "tries %lld", &v) == 1) e->tries = (int)v;
+        else if (sscanf(line, "next %lld", &v) == 1) e->next_try = v;
+        else if (sscanf(line, "size %lld", &v) == 1) e->size = v;
+        else if (sscanf(line, "lines %lld", &v) == 1) e->lines = v;
+        else if (sscanf(line, "rcpt %15s %255s %n", state, addr, &n) >= 2 && n > 0) {
+            struct qrcpt *r;
+            for (i = 0; i < 3 && strcmp(state, q_state_names[i]) != 0; i++) {}
+            if (i == 3) { ok = 0; break; }
+            e->r = xrealloc(e->r, sizeof *e->r * (size_t)(e->nr + 1));
+            r = &e->r[e->nr++];
+            memset(r, 0, sizeof *r);
+            r->state = i;
+            ms_strlcpy(r->addr, addr, sizeof r->addr);
+            ms_strlcpy(r->error, line + n, sizeof r->error);
+        }
+    }
+    free(text);
+    if (!ok || e->nr == 0) { qentry_free(e); return NULL; }
+    return e;
+}
+
+/* Copies a file when a hard link is not possible (another file system). */
+static int
+store_copy(int from_fd, int64_t size, const char *to)
+{
+    char chunk[16384];
+    int64_t off = 0;
+    int fd = os_open(to, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) return -1;
+    while (off < size) {
+        long n = os_pread(from_fd, chunk, sizeof chunk, off);
+        if (n <= 0 || os_write_all(fd, chunk, (size_t)n) < 0) break;
+        off += n;
+    }
+    if (off < size || os_fsync(fd) != 0) { os_close(fd); os_unlink(to); return -1; }
+    return os_close(fd);
+}
+
+/* Queues a received message for its remote recipients: ID.msg, then ID.env.
+ * Appends both files to the undo list; the folder fsync is left to ds as
+ * in store_deliver (or done here when ds is NULL). */
+static int
+queue_create(const char *qdir, const char *base, const struct store_msg *m, const struct targets *t,
+             struct dirset *ds, struct store_undo **undo, int *nundo)
+{
+    struct qentry e;
+    struct buf b = {0};
+    int i, fd, rc = -1;
+    struct store_undo *u;
+    if (store_mkdir(qdir, base) != 0) return -1;
+    *undo = xrealloc(*undo, sizeof **undo * (size_t)(*nundo + 2));
+    u = *undo + *nundo;
+    memset(u, 0, 2 * sizeof *u);
+    if (ms_fmt(u[0].path, sizeof u[0].path, "%s/%s.msg", qdir, m->id) < 0 ||
+        ms_fmt(u[1].path, sizeof u[1].path, "%s/%s.env", qdir, m->id) < 0)
+        return -1;
+    if (os_link(m->tmp_path, u[0].path) != 0 && store_copy(m->tmp_fd, m->size, u[0].path) != 0) return -1;
+    (*nundo)++;
+    memset(&e, 0, sizeof e);
+    ms_strlcpy(e.from, m->sender, sizeof e.from);
+    e.arrived = e.next_try = (int64_t)m->when;
+    e.size = m->size;
+    e.lines = m->lines;
+    e.r = xrealloc(NULL, sizeof *e.r * (size_t)(t->n ? t->n : 1));
+    for (i = 0; i < t->n; i++) {
+        if (!t->remote[i]) continue;
+        memset(&e.r[e.nr], 0, sizeof e.r[0]);
+        ms_strlcpy(e.r[e.nr++].addr, t->v[i], sizeof e.r[0].addr);
+    }
+    queue_env_text(&e, &b);
+    free(e.r);
+    fd = os_open(u[1].path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd >= 0) {
+        (*nundo)++;
+        if (os_write_all(fd, b.p, b.len) >= 0 && os_fsync(fd) == 0) rc = 0;
+        if (os_close(fd) != 0) rc = -1;
+    }
+    buf_free(&b);
+    if (rc == 0) {
+        if (ds) dirset_add(ds, qdir);
+        else if (os_fsync_dir(qdir) != 0) rc = -1;
+    }
+    return rc;
+}
+
+/* Stores a message for all its targets: local copies, then the queue entry
+ * for the remote ones. On failure nothing stays and *err says why. */
+static int
+store_commit(const struct ms_config *cfg, const char *qdir, struct store_msg *m, const struct targets *t,
+             const char **err, struct dirset *ds, struct store_undo **undo, int *nundo)
+{
+    struct store_undo *u = NULL;
+    int nu = 0;
+    if (store_deliver(cfg, m, t, err, ds, &u, &nu) != 0) return -1;
+    if (targets_count(t, 1) && queue_create(qdir, cfg->dir[0] ? cfg->dir : ".", m, t, ds, &u, &nu) != 0) {
+        *err = "cannot write to the relay queue";
+        store_rollback(u, nu);
+        free(u);
+        return -1;
+    }
+    if (undo) { *undo = u; *nundo = nu; }
+    else free(u);
+    return 0;
 }
 
 /* ---- the POP3 view of a mailbox ---- */
@@ -2693,6 +3360,15 @@ struct mailsrv {
     int verbose;
     struct dirset commit_dirs;       /* owed by sessions with commit_pending */
     int commit_again;                /* a session became pending during loop_commit */
+    /* relay */
+    char qdir[1024];                 /* the queue folder, fixed at listen */
+    struct qentry **queue;
+    int nqueue, capqueue;
+    struct osess **out;              /* outbound sessions */
+    int nout, capout;
+    unsigned next_oid;
+    int relay_kick;                  /* run the queue at the end of this turn */
+    int64_t relay_wake, next_flush_check;
 };
 
 static void
@@ -2807,6 +3483,47 @@ fail:
     return -1;
 }
 
+/* A new message: its id, unique name and the open SPOOL/.tmp file. */
+static int
+msg_open(struct mailsrv *ms, struct store_msg *m)
+{
+    char dir[1100];
+    int64_t sec;
+    long usec;
+    int n;
+    os_wallclock(&sec, &usec);
+    m->when = (time_t)sec;
+    snprintf(m->id, sizeof m->id, "%lld.M%06ldP%luQ%u", (long long)sec, usec, os_pid(), ++ms->msg_counter);
+    snprintf(m->name, sizeof m->name, "%s.%.20s", m->id, ms->cfg->hostname);
+    for (n = 0; m->name[n]; n++) /* the host part must stay one path component */
+        if (m->name[n] == '/' || m->name[n] == MS_MAILDIR_INFO || m->name[n] == ',') m->name[n] = '_';
+    m->tmp_fd = -1;
+    if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
+        ms_fmt(m->tmp_path, sizeof m->tmp_path, "%s/%s", dir, m->name) < 0)
+        return -1;
+    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
+        store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
+        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
+    if (m->tmp_fd < 0) m->tmp_fd = -1;
+    return m->tmp_fd < 0 ? -1 : 0;
+}
+
+/* Relay permission: a client in relay_networks, or after AUTH. */
+static int
+conn_may_relay(const struct conn *c)
+{
+    const struct ms_config *cfg = c->ms->cfg;
+    struct ms_addr a;
+    int i;
+    if (c->proto != PROTO_POP3 && c->u.smtp.auth_user[0]) return 1;
+    if (net_addr_parse(c->peer, 0, &a) != 0) return 0;
+    for (i = 0; i < cfg->nrelay_nets; i++)
+        if (net_in_cidr(&cfg->relay_nets[i], &a)) return 1;
+    return 0;
+}
+
+static void relay_enqueue(struct mailsrv *ms, const char *id);
+
 /*==== 9. SMTP server session ====*/
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
@@ -2826,8 +3543,7 @@ smtp_tx_reset(struct conn *c)
     free(s->wbuf);
     s->wbuf = NULL;
     s->wlen = 0;
-    free(s->targets.v);
-    memset(&s->targets, 0, sizeof s->targets);
+    targets_free(&s->targets);
     free(s->undo); /* a session freed while its commit was owed keeps its copies */
     s->undo = NULL;
     s->commit_pending = 0;
@@ -3031,16 +3747,27 @@ smtp_do_rcpt(struct conn *c, const char *args)
         }
         ms_strlcpy(domain, cfg->domains[0].name, sizeof domain);
     }
-    if (!cfg_safe_component(local, MS_LOCAL_MAX)) { conn_reply(c, "550 5.1.3 Bad recipient address syntax"); return; }
-    if (cfg->capture) {
+    if (!cfg->capture && !cfg_find_domain(cfg, domain)) {
+        /* RFC 5321 3.6.2: a relay only for its own clients. Source routes were
+         * dropped by the parser; '%' and '!' are plain characters here. */
+        if (!conn_may_relay(c)) { conn_reply(c, "550 5.7.1 Relaying denied"); return; }
+        if (!addr_dot_string(local) || !addr_remote_domain(domain)) {
+            conn_reply(c, "553 5.1.3 Cannot relay to this address (quoted local part or address literal)");
+            return;
+        }
+        targets_add(&s->targets, local, domain, 1);
+        r = RES_OK;
+    } else if (!cfg_safe_component(local, MS_LOCAL_MAX)) {
+        conn_reply(c, "550 5.1.3 Bad recipient address syntax");
+        return;
+    } else if (cfg->capture) {
         if (!cfg_valid_domain(domain)) { conn_reply(c, "550 5.1.2 Bad destination domain"); return; }
         ms_lower(domain);
-        targets_add(&s->targets, local, domain);
+        targets_add(&s->targets, local, domain, 0);
         r = RES_OK;
     } else {
         r = cfg_resolve(cfg, local, domain, &s->targets, 0);
     }
-    if (r == RES_NONLOCAL) { conn_reply(c, "550 5.7.1 Relaying denied"); return; }
     if (r == RES_UNKNOWN) { conn_reply(c, "550 5.1.1 <%s@%s>: User unknown", local, domain); return; }
     if (r != RES_OK) { conn_reply(c, "550 5.4.6 Routing loop detected"); return; }
     if (!s->nrcpt) ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain);
@@ -3062,9 +3789,7 @@ smtp_do_data(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     struct mailsrv *ms = c->ms;
-    char hdr[1024], date[64], dir[1100];
-    int64_t sec;
-    long usec;
+    char hdr[1024], date[64];
     int n;
     const char *host = ms->cfg->hostname;
     if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
@@ -3072,20 +3797,7 @@ smtp_do_data(struct conn *c, const char *args)
         conn_reply(c, "503 5.5.1 %s", s->state == SMTP_S_MAIL ? "No valid recipients" : "Need MAIL and RCPT first");
         return;
     }
-    os_wallclock(&sec, &usec);
-    s->msg.when = (time_t)sec;
-    snprintf(s->msg.id, sizeof s->msg.id, "%lld.M%06ldP%luQ%u", (long long)sec, usec, os_pid(), ++ms->msg_counter);
-    snprintf(s->msg.name, sizeof s->msg.name, "%s.%.20s", s->msg.id, host);
-    for (n = 0; s->msg.name[n]; n++) /* the host part must stay one path component */
-        if (s->msg.name[n] == '/' || s->msg.name[n] == MS_MAILDIR_INFO || s->msg.name[n] == ',') s->msg.name[n] = '_';
-    if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
-        ms_fmt(s->msg.tmp_path, sizeof s->msg.tmp_path, "%s/%s", dir, s->msg.name) < 0)
-        s->msg.tmp_fd = -1;
-    else if ((s->msg.tmp_fd = os_open(s->msg.tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
-             store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
-        s->msg.tmp_fd = os_open(s->msg.tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
-    if (s->msg.tmp_fd < 0) {
-        s->msg.tmp_fd = -1;
+    if (msg_open(ms, &s->msg) != 0) {
         conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
         return;
@@ -3121,7 +3833,8 @@ smtp_data_end(struct conn *c)
     if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
     else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
     else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
-    else if (store_deliver(c->ms->cfg, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo, &s->nundo) != 0) {
+    else if (store_commit(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
+                          &s->nundo) != 0) {
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: %s", err);
     } else {
@@ -3141,9 +3854,14 @@ smtp_commit_done(struct conn *c, int ok)
     int i;
     if (ok) {
         for (i = 0; i < s->targets.n; i++)
-            conn_log(c, "delivered %s from=<%s> to=<%s> size=%lld", s->msg.id, s->from, s->targets.v[i],
-                     (long long)s->msg.size);
-        conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
+            conn_log(c, "%s %s from=<%s> to=<%s> size=%lld", s->targets.remote[i] ? "queued" : "delivered", s->msg.id,
+                     s->from, s->targets.v[i], (long long)s->msg.size);
+        if (targets_count(&s->targets, 1)) {
+            relay_enqueue(c->ms, s->msg.id);
+            conn_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
+        } else {
+            conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
+        }
     } else {
         store_rollback(s->undo, s->nundo);
         conn_log(c, "delivery of %s failed: cannot fsync a Maildir folder", s->msg.id);
@@ -3546,7 +4264,974 @@ pop_line(struct conn *c, char *line, size_t len)
     else pop_trans_line(c, verb, args);
 }
 
-/*==== 11. Event loop ====*/
+/*==== 11. Relay: DNS client, outbound SMTP, queue runner ====*/
+/*
+ * Queue entries live in ms->queue. relay_run() starts one outbound session
+ * per destination domain of each due entry (at most max_outbound at once).
+ * A session finds its next hop ([route], smarthost, or MX records through
+ * its own DNS queries), then speaks SMTP to it; DNS and SMTP use the
+ * session's one non-blocking socket in the poll loop. When the last session
+ * of an entry ends, relay_finish() bounces refused recipients, schedules a
+ * retry for deferred ones, and rewrites or removes the entry.
+ */
+
+enum { O_START, O_DNS, O_CONNECT, O_GREET, O_EHLO, O_HELO, O_MAIL, O_RCPT, O_DATA, O_BODY, O_DOT, O_QUIT };
+
+struct dnsq {
+    int type, tcp, ns, tries;
+    unsigned id;
+    char name[MS_DOMAIN_MAX + 1];
+    unsigned char q[MS_DOMAIN_MAX + 20];
+    int qlen;
+    size_t sent;                 /* TCP: bytes of the length-prefixed query sent */
+    unsigned char *ans;          /* the answer (TCP: with its 2-byte length) */
+    size_t alen;
+};
+
+struct osess {
+    struct mailsrv *ms;
+    unsigned id;
+    struct qentry *e;            /* NULL once the results are handed back */
+    char domain[MS_DOMAIN_MAX + 1];
+    int *ri, nri;                /* the entry's recipients for this domain */
+    struct dns_rr mx[MS_MX_MAX];
+    int nmx, mxi, no_address;    /* no_address: every host so far had no address record */
+    unsigned port;
+    struct ms_addr addr[2 * MS_DNS_RR_MAX];
+    int naddr, addri;
+    char hop[MS_DOMAIN_MAX + 80]; /* "host[ip]:port", for logs */
+    struct dnsq dq;
+    char dns_ns[MS_DNS_MAX_NS][64];
+    unsigned dns_port[MS_DNS_MAX_NS];
+    int ndns;
+    int state, is_done;
+    ms_sock_t fd;
+    int64_t deadline;
+    char in[1024];
+    size_t inlen;
+    struct buf out;
+    size_t out_off;
+    int ext_size, rcpt_at, naccepted;
+    int msg_fd, bol, body_eof;
+    struct line_reader lr;
+    char error[400];             /* the last session-level failure */
+};
+
+static void
+o_log(struct osess *o, const char *fmt, ...)
+{
+    char line[1800];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    ms_log(o->ms, "[o%u] %s", o->id, line);
+}
+
+static void
+o_close_fd(struct osess *o)
+{
+    if (o->fd != MS_BAD_SOCK) net_close(o->fd);
+    o->fd = MS_BAD_SOCK;
+    free(o->dq.ans);
+    o->dq.ans = NULL;
+    o->inlen = o->out.len = o->out_off = 0;
+    if (o->msg_fd >= 0) { lr_free(&o->lr); os_close(o->msg_fd); }
+    o->msg_fd = -1;
+}
+
+static void
+o_send(struct osess *o, const char *fmt, ...)
+{
+    va_list ap;
+    size_t start = o->out.len;
+    va_start(ap, fmt);
+    buf_vprintf(&o->out, fmt, ap);
+    va_end(ap);
+    if (o->ms->verbose) o_log(o, "> %.*s", (int)(o->out.len - start), o->out.p + start);
+    buf_adds(&o->out, "\r\n");
+    o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+}
+
+/* ---- DNS queries: UDP, then TCP when the answer is truncated ---- */
+static void o_dns_answer(struct osess *o, int rc, const struct dns_result *r);
+
+static void
+o_dns_send(struct osess *o)
+{
+    struct dnsq *q = &o->dq;
+    struct ms_addr a;
+    int err = 0;
+    if (o->fd != MS_BAD_SOCK) net_close(o->fd);
+    o->fd = MS_BAD_SOCK;
+    q->sent = q->alen = 0;
+    if (net_addr_parse(o->dns_ns[q->ns], o->dns_port[q->ns], &a) == 0) o->fd = net_connect(&a, !q->tcp, &err);
+    o->deadline = os_now_ms() + MS_DNS_TRY_MS * (q->tcp ? 2 : 1);
+    if (o->fd != MS_BAD_SOCK && !q->tcp) net_send(o->fd, q->q, (size_t)q->qlen); /* lost: the timeout retries */
+}
+
+static void
+o_dns_query(struct osess *o, const char *name, int type)
+{
+    struct dnsq *q = &o->dq;
+    unsigned short id;
+    if (o->ndns == 0) { o_dns_answer(o, -1, NULL); return; }
+    os_random(&id, sizeof id);
+    q->id = id;
+    q->type = type;
+    q->tcp = q->tries = 0;
+    q->ns = 0;
+    ms_strlcpy(q->name, name, sizeof q->name);
+    q->qlen = dns_build_query(q->q, sizeof q->q, q->id, name, type);
+    if (q->qlen < 0) { o_dns_answer(o, DNS_NXDOMAIN, NULL); return; }
+    o->state = O_DNS;
+    if (o->ms->verbose) o_log(o, "dns query %s type %d", name, type);
+    o_dns_send(o);
+}
+
+static void
+o_dns_timeout(struct osess *o)
+{
+    struct dnsq *q = &o->dq;
+    if (++q->tries >= MS_DNS_TRIES) { o_dns_answer(o, -1, NULL); return; }
+    q->ns = (q->ns + 1) % o->ndns;
+    o_dns_send(o);
+}
+
+static void
+o_dns_io(struct osess *o, short re)
+{
+    struct dnsq *q = &o->dq;
+    struct dns_result r;
+    unsigned char buf[MS_DNS_UDP_MAX + 1];
+    long n;
+    if (!q->tcp) {
+        n = net_recv(o->fd, buf, sizeof buf);
+        if (n <= 0) return; /* ICMP errors and strays: the timeout decides */
+        if (dns_parse_answer(buf, (size_t)n, q->id, q->name, q->type, &r) != 0) return; /* not ours (RFC 5452) */
+        if (r.tc) { q->tcp = 1; o_dns_send(o); return; }
+        o_dns_answer(o, r.rcode, &r);
+        return;
+    }
+    if (q->sent < (size_t)q->qlen + 2 && (re & POLLOUT)) {
+        unsigned char pkt[sizeof q->q + 2];
+        pkt[0] = (unsigned char)(q->qlen >> 8);
+        pkt[1] = (unsigned char)q->qlen;
+        memcpy(pkt + 2, q->q, (size_t)q->qlen);
+        n = net_send(o->fd, pkt + q->sent, (size_t)q->qlen + 2 - q->sent);
+        if (n < 0 && !net_would_block(net_error())) { o_dns_timeout(o); return; }
+        if (n > 0) q->sent += (size_t)n;
+        return;
+    }
+    if (!(re & (POLLIN | POLLHUP | POLLERR))) return;
+    if (!q->ans) q->ans = xrealloc(NULL, 65537);
+    n = net_recv(o->fd, q->ans + q->alen, 65537 - q->alen);
+    if (n <= 0) { if (n == 0 || !net_would_block(net_error())) o_dns_timeout(o); return; }
+    q->alen += (size_t)n;
+    if (q->alen < 2 || q->alen < 2 + dns_u16(q->ans)) return;
+    if (dns_parse_answer(q->ans + 2, dns_u16(q->ans), q->id, q->name, q->type, &r) != 0 || r.tc) { o_dns_timeout(o); return; }
+    o_dns_answer(o, r.rcode, &r);
+}
+
+/* ---- choosing hosts and addresses ---- */
+static void o_finish(struct osess *o, int perm);
+
+static void
+o_connect(struct osess *o)
+{
+    char ip[64];
+    int err = 0;
+    o_close_fd(o);
+    net_addr_str(&o->addr[o->addri], ip, sizeof ip);
+    snprintf(o->hop, sizeof o->hop, "%s[%s]:%u", o->mx[o->mxi].host, ip, o->addr[o->addri].port);
+    o->fd = net_connect(&o->addr[o->addri], 0, &err);
+    o->state = O_CONNECT;
+    o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+    o->ext_size = 0;
+    if (o->fd == MS_BAD_SOCK) {
+        snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
+        o->deadline = 0; /* the timer moves on to the next address */
+    }
+}
+
+/* Resolves a host: a numeric address directly, a name by A then AAAA. */
+static void
+o_resolve_host(struct osess *o)
+{
+    struct ms_addr a;
+    o->naddr = o->addri = 0;
+    if (net_addr_parse(o->mx[o->mxi].host, o->port, &a) == 0) {
+        o->addr[o->naddr++] = a;
+        o->no_address = 0;
+        o_connect(o);
+        return;
+    }
+    o_dns_query(o, o->mx[o->mxi].host, DNS_A);
+}
+
+/* The current address failed: the next address, the next MX, or give up. */
+static void
+o_next(struct osess *o)
+{
+    o_close_fd(o);
+    if (++o->addri < o->naddr) { o_connect(o); return; }
+    if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
+    o_finish(o, o->no_address); /* no host had an address: the domain cannot receive mail */
+}
+
+static int
+o_mx_cmp(const void *a, const void *b)
+{
+    const struct dns_rr *x = a, *y = b;
+    return x->pref < y->pref ? -1 : x->pref > y->pref;
+}
+
+static void
+o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
+{
+    int i;
+    struct dnsq *q = &o->dq;
+    if (o->fd != MS_BAD_SOCK) net_close(o->fd);
+    o->fd = MS_BAD_SOCK;
+    if (rc != DNS_NOERROR && rc != DNS_NXDOMAIN) {
+        snprintf(o->error, sizeof o->error, "4.4.3 DNS lookup of %s (type %d) failed: %s", q->name, q->type,
+                 rc < 0 ? "no answer" : "server failure");
+        if (q->type == DNS_MX) { o_finish(o, 0); return; }
+        o->no_address = 0; /* an address may exist: a temporary failure */
+        if (q->type == DNS_A) { o_dns_query(o, q->name, DNS_AAAA); return; }
+        o_next(o);
+        return;
+    }
+    if (q->type == DNS_MX) {
+        if (rc == DNS_NXDOMAIN) {
+            snprintf(o->error, sizeof o->error, "5.1.2 domain %s does not exist (DNS: NXDOMAIN)", o->domain);
+            o_finish(o, 1);
+            return;
+        }
+        /* RFC 7505: one MX of preference 0 naming the root means "no mail" */
+        if (r->n == 1 && r->rr[0].host[0] == 0) {
+            snprintf(o->error, sizeof o->error, "5.1.10 domain %s accepts no mail (null MX, RFC 7505)", o->domain);
+            o_finish(o, 1);
+            return;
+        }
+        o->nmx = 0;
+        for (i = 0; i < r->n && o->nmx < MS_MX_MAX; i++)
+            if (r->rr[i].host[0]) o->mx[o->nmx++] = r->rr[i];
+        if (o->nmx == 0) { /* RFC 5321 5.1: no MX, the domain itself is the host */
+            ms_strlcpy(o->mx[0].host, o->domain, sizeof o->mx[0].host);
+            o->nmx = 1;
+        }
+        qsort(o->mx, (size_t)o->nmx, sizeof o->mx[0], o_mx_cmp);
+        o->mxi = 0;
+        o_resolve_host(o);
+        return;
+    }
+    for (i = 0; rc == DNS_NOERROR && i < r->n && o->naddr < (int)(sizeof o->addr / sizeof o->addr[0]); i++) {
+        struct ms_addr *a = &o->addr[o->naddr++];
+        memset(a, 0, sizeof *a);
+        a->family = q->type == DNS_A ? AF_INET : AF_INET6;
+        memcpy(a->ip, r->rr[i].ip, 16);
+        a->port = o->port;
+    }
+    if (q->type == DNS_A) { o_dns_query(o, q->name, DNS_AAAA); return; }
+    if (o->naddr == 0) {
+        snprintf(o->error, sizeof o->error, "5.4.4 host %s has no address", q->name);
+        o->addri = 0;
+        if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
+        o_finish(o, o->no_address);
+        return;
+    }
+    o->no_address = 0;
+    o->addri = 0;
+    o_connect(o);
+}
+
+/* ---- the SMTP client ---- */
+
+/* Recipients still to try at this host (not refused with 5xx). */
+static int
+o_next_rcpt(struct osess *o, int from)
+{
+    for (; from < o->nri; from++)
+        if (o->e->r[o->ri[from]].result != 5) return from;
+    return -1;
+}
+
+/* A session-level failure: keep the refusals, try the next host. */
+static void
+o_fail_session(struct osess *o, const char *why)
+{
+    int i;
+    ms_strlcpy(o->error, why, sizeof o->error);
+    for (i = 0; i < o->nri; i++)
+        if (o->e->r[o->ri[i]].result != 5) o->e->r[o->ri[i]].result = 0;
+    o_log(o, "%s: %s", o->hop, why);
+    o_next(o);
+}
+
+/* The connection broke or spoke nonsense; after our QUIT that is just the end. */
+static void
+o_broken(struct osess *o, const char *why)
+{
+    if (o->state == O_QUIT) { o_close_fd(o); o->is_done = 1; return; }
+    o_fail_session(o, why);
+}
+
+static void
+o_set_accepted(struct osess *o, int result, const char *reply)
+{
+    int i;
+    for (i = 0; i < o->nri; i++) {
+        struct qrcpt *r = &o->e->r[o->ri[i]];
+        if (r->result != 2) continue;
+        r->result = result;
+        ms_strlcpy(r->error, reply, sizeof r->error);
+    }
+}
+
+static void
+o_mail_from(struct osess *o)
+{
+    o->state = O_MAIL;
+    o->naccepted = 0;
+    if (o->ext_size) o_send(o, "MAIL FROM:<%s> SIZE=%lld", o->e->from, (long long)(o->e->size + o->e->lines));
+    else o_send(o, "MAIL FROM:<%s>", o->e->from);
+}
+
+/* Opens the queued text before DATA, so a missing file never leaves the
+ * remote server waiting for text. */
+static int
+o_open_body(struct osess *o)
+{
+    char path[1300], first[16];
+    int64_t start = 0;
+    struct os_stat st;
+    if (ms_fmt(path, sizeof path, "%s/%s.msg", o->ms->qdir, o->e->id) < 0 ||
+        (o->msg_fd = os_open(path, O_RDONLY, 0)) < 0 || os_fstat(o->msg_fd, &st) != 0) {
+        if (o->msg_fd >= 0) os_close(o->msg_fd);
+        o->msg_fd = -1;
+        return -1;
+    }
+    /* the next hop adds its own Return-Path (RFC 5321 4.4): skip ours */
+    if (os_pread(o->msg_fd, first, sizeof first, 0) == (long)sizeof first && ms_strncaseeq(first, "Return-Path:", 12)) {
+        char c;
+        while (os_pread(o->msg_fd, &c, 1, start) == 1 && (start++, c != '\n')) {}
+    }
+    lr_init(&o->lr, o->msg_fd, start, st.size);
+    o->bol = 1;
+    o->body_eof = 0;
+    return 0;
+}
+
+/* Fills the output with message text: CRLF line ends, dot-stuffed. */
+static void
+o_pump_body(struct osess *o)
+{
+    while (o->out.len - o->out_off < 32768 && !o->body_eof) {
+        const char *line;
+        size_t len;
+        int complete, r;
+        int64_t off;
+        r = lr_next(&o->lr, &line, &len, &complete, &off);
+        if (r < 0) { o_fail_session(o, "4.3.0 cannot read the queued message"); return; }
+        if (r == 0) {
+            if (!o->bol) buf_adds(&o->out, "\r\n");
+            buf_adds(&o->out, ".\r\n");
+            o->body_eof = 1;
+            o->state = O_DOT;
+            o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+            break;
+        }
+        if (o->bol && len && line[0] == '.') buf_adds(&o->out, "."); /* RFC 5321 4.5.2 */
+        buf_add(&o->out, line, len);
+        if (complete) buf_adds(&o->out, "\r\n");
+        o->bol = complete;
+    }
+}
+
+/* The transaction is over: results go back to the entry, QUIT goes out. */
+static void
+o_quit(struct osess *o)
+{
+    o->state = O_QUIT;
+    o_send(o, "QUIT");
+    o_finish(o, 0);
+}
+
+/* One complete reply (its last line) in the current state. */
+static void
+o_on_reply(struct osess *o, int code, const char *line)
+{
+    struct qrcpt *r;
+    int i;
+    switch (o->state) {
+    case O_GREET:
+        if (code / 100 != 2) { o_fail_session(o, line); return; }
+        o->state = O_EHLO;
+        o_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+        return;
+    case O_EHLO:
+    case O_HELO:
+        if (code / 100 == 2) { o_mail_from(o); return; }
+        if (o->state == O_EHLO && code / 100 == 5) { /* an old server: HELO (RFC 5321 3.2) */
+            o->state = O_HELO;
+            o_send(o, "HELO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+            return;
+        }
+        o_fail_session(o, line);
+        return;
+    case O_MAIL:
+        if (code / 100 == 4) { o_fail_session(o, line); return; }
+        if (code / 100 != 2) {
+            for (i = 0; i < o->nri; i++) {
+                r = &o->e->r[o->ri[i]];
+                r->result = 5;
+                ms_strlcpy(r->error, line, sizeof r->error);
+            }
+            o_quit(o);
+            return;
+        }
+        if ((o->rcpt_at = o_next_rcpt(o, 0)) < 0) { o_quit(o); return; }
+        o->state = O_RCPT;
+        o_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr);
+        return;
+    case O_RCPT:
+        r = &o->e->r[o->ri[o->rcpt_at]];
+        r->result = code / 100 == 2 ? 2 : code / 100 == 5 ? 5 : 4;
+        if (r->result != 2) ms_strlcpy(r->error, line, sizeof r->error);
+        else o->naccepted++;
+        o->rcpt_at = o_next_rcpt(o, o->rcpt_at + 1);
+        if (o->rcpt_at >= 0) { o_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr); return; }
+        if (o->naccepted && o_open_body(o) == 0) { o->state = O_DATA; o_send(o, "DATA"); return; }
+        if (o->naccepted) o_set_accepted(o, 4, "4.3.0 cannot read the queued message");
+        o_quit(o);
+        return;
+    case O_DATA:
+        if (code == 354) { o->state = O_BODY; o_pump_body(o); return; }
+        o_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
+        o_quit(o);
+        return;
+    case O_DOT:
+        if (code / 100 == 2) {
+            for (i = 0; i < o->nri; i++) {
+                r = &o->e->r[o->ri[i]];
+                if (r->result != 2) continue;
+                r->state = Q_DELIVERED;
+                o_log(o, "relayed %s to=<%s> via %s: %s", o->e->id, r->addr, o->hop, line);
+            }
+        } else {
+            o_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
+        }
+        o_quit(o);
+        return;
+    case O_QUIT:
+        o_close_fd(o);
+        o->is_done = 1;
+        return;
+    }
+}
+
+static void
+o_read(struct osess *o)
+{
+    long n = net_recv(o->fd, o->in + o->inlen, sizeof o->in - 1 - o->inlen);
+    char *nl;
+    if (n <= 0) {
+        if (n < 0 && net_would_block(net_error())) return;
+        o_broken(o, "4.4.2 connection lost");
+        return;
+    }
+    o->inlen += (size_t)n;
+    while ((nl = memchr(o->in, '\n', o->inlen)) != NULL) {
+        size_t len = (size_t)(nl - o->in);
+        char line[sizeof o->in];
+        int code, last;
+        if (len && o->in[len - 1] == '\r') len--;
+        ms_visible(line, sizeof line, o->in, len); /* printable: it goes into logs and bounces */
+        o->inlen -= (size_t)(nl + 1 - o->in);
+        memmove(o->in, nl + 1, o->inlen);
+        if (o->ms->verbose) o_log(o, "< %s", line);
+        if ((last = smtp_reply_line(line, &code)) < 0) { o_broken(o, "4.5.0 malformed reply from the remote server"); return; }
+        if (!last) {
+            if (o->state == O_EHLO && ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
+            continue;
+        }
+        o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+        o_on_reply(o, code, line);
+        if (o->fd == MS_BAD_SOCK || o->is_done) return;
+    }
+    if (o->inlen == sizeof o->in - 1) o_broken(o, "4.5.0 reply line too long");
+}
+
+static void
+o_io(struct osess *o, short re)
+{
+    if (o->state == O_DNS) { o_dns_io(o, re); return; }
+    if (o->state == O_CONNECT) {
+        int err;
+        if (!(re & (POLLOUT | POLLERR | POLLHUP))) return;
+        if ((err = net_sock_error(o->fd)) != 0) {
+            snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
+            o_log(o, "%s", o->error);
+            o_next(o);
+            return;
+        }
+        o->state = O_GREET;
+        return;
+    }
+    if (re & (POLLIN | POLLERR | POLLHUP)) o_read(o);
+    while (o->fd != MS_BAD_SOCK && !o->is_done) {
+        if (o->state == O_BODY) o_pump_body(o);
+        if (o->fd == MS_BAD_SOCK || o->out_off == o->out.len) break;
+        {
+            long n = net_send(o->fd, o->out.p + o->out_off, o->out.len - o->out_off);
+            if (n < 0) {
+                if (!net_would_block(net_error())) o_broken(o, "4.4.2 connection lost");
+                break;
+            }
+            o->out_off += (size_t)n;
+        }
+        if (o->out_off == o->out.len) o->out.len = o->out_off = 0;
+        else break; /* the socket is full */
+        if (o->state != O_BODY) break;
+    }
+}
+
+static short
+o_events(const struct osess *o)
+{
+    if (o->fd == MS_BAD_SOCK) return 0;
+    if (o->state == O_DNS) return o->dq.tcp && o->dq.sent < (size_t)o->dq.qlen + 2 ? POLLOUT : POLLIN;
+    if (o->state == O_CONNECT) return POLLOUT;
+    return (short)(POLLIN | (o->out_off < o->out.len || o->state == O_BODY ? POLLOUT : 0));
+}
+
+static void o_begin(struct osess *o);
+
+static void
+o_timer(struct osess *o, int64_t now)
+{
+    if (o->is_done || now < o->deadline) return;
+    switch (o->state) {
+    case O_START: o_begin(o); return;
+    case O_DNS: o_dns_timeout(o); return;
+    case O_CONNECT:
+        if (o->fd != MS_BAD_SOCK)
+            snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: timeout", o->hop);
+        o_log(o, "%s", o->error);
+        o_next(o);
+        return;
+    case O_QUIT: o_close_fd(o); o->is_done = 1; return;
+    default: {
+        char why[512];
+        snprintf(why, sizeof why, "4.4.2 timeout after %lds waiting for %s", o->ms->cfg->relay_timeout, o->hop);
+        o_fail_session(o, why);
+    }
+    }
+}
+
+/* ---- the queue runner ---- */
+static void relay_finish(struct mailsrv *ms, struct qentry *e);
+
+/* Hands the results back to the entry: recipients not settled get o->error,
+ * as a refusal when perm (the domain cannot receive mail) or a deferral. */
+static void
+o_finish(struct osess *o, int perm)
+{
+    struct qentry *e = o->e;
+    int i;
+    if (!e) return;
+    for (i = 0; i < o->nri; i++) {
+        struct qrcpt *r = &e->r[o->ri[i]];
+        if (r->result == 0) {
+            r->result = perm ? 5 : 4;
+            ms_strlcpy(r->error, o->error[0] ? o->error : "4.4.0 delivery failed", sizeof r->error);
+        }
+        if (r->result == 4) o_log(o, "deferred %s to=<%s>: %s", e->id, r->addr, r->error);
+    }
+    o->e = NULL;
+    if (o->state != O_QUIT) { o_close_fd(o); o->is_done = 1; }
+    if (--e->active == 0) relay_finish(o->ms, e);
+}
+
+static const struct cfg_route *
+cfg_find_route(const struct ms_config *c, const char *domain)
+{
+    int i;
+    for (i = 0; i < c->nroutes; i++)
+        if (ms_strcaseeq(c->routes[i].domain, domain)) return &c->routes[i];
+    return NULL;
+}
+
+/* Picks the next hop (RFC 5321 5.1, and the issue's order): the [route]
+ * entry, else the smarthost, else MX records. */
+static void
+o_begin(struct osess *o)
+{
+    const struct ms_config *cfg = o->ms->cfg;
+    const struct cfg_route *rt = cfg_find_route(cfg, o->domain);
+    const struct cfg_hop *hop = rt ? &rt->hop : cfg->smarthost.host[0] ? &cfg->smarthost : NULL;
+    int i;
+    if (cfg->ndns) {
+        for (i = 0; i < cfg->ndns; i++) { ms_strlcpy(o->dns_ns[i], cfg->dns[i], 64); o->dns_port[i] = cfg->dns_port[i]; }
+        o->ndns = cfg->ndns;
+    } else {
+        o->ndns = os_dns_servers(o->dns_ns, MS_DNS_MAX_NS);
+        for (i = 0; i < o->ndns; i++) o->dns_port[i] = 53;
+    }
+    o->no_address = 1;
+    if (hop) {
+        ms_strlcpy(o->mx[0].host, hop->host, sizeof o->mx[0].host);
+        o->nmx = 1;
+        o->mxi = 0;
+        o->port = hop->port;
+        o_resolve_host(o);
+    } else {
+        o->port = (unsigned)cfg->relay_port;
+        o_dns_query(o, o->domain, DNS_MX);
+    }
+}
+
+/* A session for the recipients of e in one domain; it starts from the
+ * timers, never inside relay_run's loop. */
+static void
+relay_start(struct mailsrv *ms, struct qentry *e, const char *domain, const int *ri, int nri)
+{
+    struct osess *o = xrealloc(NULL, sizeof *o);
+    memset(o, 0, sizeof *o);
+    o->ms = ms;
+    o->id = ++ms->next_oid;
+    o->e = e;
+    e->active++;
+    o->fd = MS_BAD_SOCK;
+    o->msg_fd = -1;
+    ms_strlcpy(o->domain, domain, sizeof o->domain);
+    o->ri = xrealloc(NULL, sizeof *o->ri * (size_t)nri);
+    memcpy(o->ri, ri, sizeof *o->ri * (size_t)nri);
+    o->nri = nri;
+    o->state = O_START;
+    o->deadline = 0;
+    if (ms->nout == ms->capout) {
+        ms->capout = ms->capout ? ms->capout * 2 : 16;
+        ms->out = xrealloc(ms->out, sizeof *ms->out * (size_t)ms->capout);
+    }
+    ms->out[ms->nout++] = o;
+}
+
+static void
+o_free(struct osess *o)
+{
+    o_close_fd(o);
+    buf_free(&o->out);
+    free(o->ri);
+    free(o);
+}
+
+/* Received: lines in the queued message's header (loop detection). */
+static int
+queue_count_hops(const char *qdir, const char *id)
+{
+    char path[1300];
+    struct line_reader lr;
+    const char *line;
+    size_t len;
+    int complete, hops = 0, fd, n = 0;
+    int64_t off;
+    if (ms_fmt(path, sizeof path, "%s/%s.msg", qdir, id) < 0 || (fd = os_open(path, O_RDONLY, 0)) < 0) return 0;
+    lr_init(&lr, fd, 0, 65536);
+    while (lr_next(&lr, &line, &len, &complete, &off) == 1 && len && n++ < 2000)
+        if (len >= 9 && ms_strncaseeq(line, "Received:", 9)) hops++;
+    lr_free(&lr);
+    os_close(fd);
+    return hops;
+}
+
+/* Appends the original header to a bounce (RFC 3464 text/rfc822-headers). */
+static void
+queue_add_headers(const char *qdir, const char *id, struct buf *b)
+{
+    char path[1300];
+    struct line_reader lr;
+    const char *line;
+    size_t len;
+    int complete, fd, first = 1;
+    int64_t off;
+    if (ms_fmt(path, sizeof path, "%s/%s.msg", qdir, id) < 0 || (fd = os_open(path, O_RDONLY, 0)) < 0) return;
+    lr_init(&lr, fd, 0, 65536);
+    while (lr_next(&lr, &line, &len, &complete, &off) == 1 && len) {
+        if (!(first && ms_strncaseeq(line, "Return-Path:", 12))) {
+            buf_add(b, line, len);
+            if (complete) buf_adds(b, "\n");
+        }
+        first = 0;
+    }
+    lr_free(&lr);
+    os_close(fd);
+}
+
+/* The enhanced status code (RFC 3463) in an error text, or class.0.0. */
+static void
+relay_status(const char *err, char *out, size_t n)
+{
+    const char *p = err;
+    if (isdigit((unsigned char)p[0]) && isdigit((unsigned char)p[1]) && isdigit((unsigned char)p[2]) && p[3] == ' ') p += 4;
+    if ((p[0] == '2' || p[0] == '4' || p[0] == '5') && p[1] == '.' && isdigit((unsigned char)p[2])) {
+        size_t l = strspn(p, "0123456789.");
+        snprintf(out, n, "%.*s", (int)(l < 12 ? l : 12), p);
+    } else {
+        snprintf(out, n, "%c.0.0", err[0] == '4' ? '4' : '5');
+    }
+}
+
+/* One RFC 3464 report for the recipients refused in this round (result 5),
+ * to the original sender; never for a message whose sender was <>. */
+static void
+relay_bounce(struct mailsrv *ms, struct qentry *e)
+{
+    const struct ms_config *cfg = ms->cfg;
+    struct targets t = {0};
+    struct store_msg m;
+    struct buf b = {0};
+    char date[64], arrival[64], status[16], local[MS_PATH_MAX], *at;
+    const char *err = NULL;
+    int i, r = RES_UNKNOWN;
+    if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return; }
+    ms_strlcpy(local, e->from, sizeof local);
+    if ((at = strrchr(local, '@')) != NULL) {
+        *at = 0;
+        if (cfg_find_domain(cfg, at + 1)) r = cfg_resolve(cfg, local, at + 1, &t, 0);
+        else if (addr_dot_string(local) && addr_remote_domain(at + 1)) { targets_add(&t, local, at + 1, 1); r = RES_OK; }
+    }
+    if (r != RES_OK || t.n == 0) {
+        ms_log(ms, "no bounce for %s: the sender <%s> cannot receive mail", e->id, e->from);
+        targets_free(&t);
+        return;
+    }
+    memset(&m, 0, sizeof m);
+    if (msg_open(ms, &m) != 0) {
+        ms_log(ms, "cannot write a bounce for %s: %s", e->id, strerror(errno));
+        targets_free(&t);
+        return;
+    }
+    ms_rfc5322_date(date, sizeof date, m.when);
+    ms_rfc5322_date(arrival, sizeof arrival, (time_t)e->arrived);
+    buf_printf(&b, "Return-Path: <>\nFrom: Mail Delivery System <MAILER-DAEMON@%s>\nTo: <%s>\n"
+               "Subject: Undelivered Mail Returned to Sender\nDate: %s\nMessage-ID: <%s@%s>\n"
+               "Auto-Submitted: auto-replied\nMIME-Version: 1.0\n"
+               "Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"%s/%s\"\n\n"
+               "This is a MIME-encapsulated message.\n\n--%s/%s\nContent-Description: Notification\n"
+               "Content-Type: text/plain; charset=us-ascii\n\nThis is the mail system at host %s.\n\n"
+               "Your message could not be delivered to one or more recipients.\n\n",
+               cfg->hostname, e->from, date, m.id, cfg->hostname, m.id, cfg->hostname, m.id, cfg->hostname,
+               cfg->hostname);
+    for (i = 0; i < e->nr; i++)
+        if (e->r[i].result == 5 && e->r[i].state == Q_PENDING) buf_printf(&b, "<%s>: %s\n", e->r[i].addr, e->r[i].error);
+    buf_printf(&b, "\n--%s/%s\nContent-Description: Delivery report\nContent-Type: message/delivery-status\n\n"
+               "Reporting-MTA: dns; %s\nX-Mailsrv-Queue-ID: %s\nArrival-Date: %s\n",
+               m.id, cfg->hostname, cfg->hostname, e->id, arrival);
+    for (i = 0; i < e->nr; i++) {
+        const struct qrcpt *q = &e->r[i];
+        if (q->result != 5 || q->state != Q_PENDING) continue;
+        relay_status(q->error, status, sizeof status);
+        buf_printf(&b, "\nFinal-Recipient: rfc822; %s\nAction: failed\nStatus: %s\n", q->addr, status);
+        if (isdigit((unsigned char)q->error[0]) && isdigit((unsigned char)q->error[1]) && q->error[3] == ' ')
+            buf_printf(&b, "Diagnostic-Code: smtp; %s\n", q->error);
+        else
+            buf_printf(&b, "Diagnostic-Code: X-mailsrv; %s\n", q->error);
+    }
+    buf_printf(&b, "\n--%s/%s\nContent-Description: Undelivered Message Headers\nContent-Type: text/rfc822-headers\n\n",
+               m.id, cfg->hostname);
+    queue_add_headers(ms->qdir, e->id, &b);
+    buf_printf(&b, "\n--%s/%s--\n", m.id, cfg->hostname);
+    m.sender[0] = 0;
+    m.size = (int64_t)b.len;
+    for (i = 0; i < (int)b.len; i++) m.lines += b.p[i] == '\n';
+    m.hdr_lines = 1;
+    if (os_write_all(m.tmp_fd, b.p, b.len) < 0 || store_commit(cfg, ms->qdir, &m, &t, &err, NULL, NULL, NULL) != 0) {
+        ms_log(ms, "cannot store the bounce for %s: %s (%s)", e->id, err ? err : "write error", strerror(errno));
+    } else {
+        ms_log(ms, "bounce for %s sent to <%s> as %s", e->id, e->from, m.id);
+        if (targets_count(&t, 1)) relay_enqueue(ms, m.id);
+    }
+    os_close(m.tmp_fd);
+    os_unlink(m.tmp_path);
+    buf_free(&b);
+    targets_free(&t);
+}
+
+static void
+relay_remove(struct mailsrv *ms, struct qentry *e)
+{
+    char path[1300];
+    int i;
+    if (ms_fmt(path, sizeof path, "%s/%s.env", ms->qdir, e->id) >= 0) os_unlink(path);
+    os_fsync_dir(ms->qdir); /* the entry is gone before its text is */
+    if (ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0) os_unlink(path);
+    for (i = 0; i < ms->nqueue && ms->queue[i] != e; i++) {}
+    if (i < ms->nqueue) {
+        memmove(ms->queue + i, ms->queue + i + 1, sizeof *ms->queue * (size_t)(ms->nqueue - i - 1));
+        ms->nqueue--;
+    }
+    qentry_free(e);
+}
+
+/* All sessions of e are done: bounce refusals (and expired deferrals),
+ * schedule the retry or remove the entry. The bounce is stored before the
+ * entry is updated, so a crash can repeat a bounce but never lose one. */
+static void
+relay_finish(struct mailsrv *ms, struct qentry *e)
+{
+    const struct ms_config *cfg = ms->cfg;
+    int64_t now, delay;
+    long usec;
+    int i, pending = 0, refused = 0;
+    os_wallclock(&now, &usec);
+    for (i = 0; i < e->nr; i++) {
+        if (e->r[i].state != Q_PENDING) continue;
+        if (e->r[i].result == 5) refused++;
+        else pending++;
+    }
+    if (pending && now - e->arrived >= cfg->expire) {
+        for (i = 0; i < e->nr; i++) {
+            struct qrcpt *r = &e->r[i];
+            char last[300];
+            if (r->state != Q_PENDING || r->result == 5) continue;
+            ms_strlcpy(last, r->error[0] ? r->error : "none", sizeof last);
+            snprintf(r->error, sizeof r->error, "4.4.7 delivery time expired after %lds; last error: %s", cfg->expire, last);
+            r->result = 5;
+        }
+        refused += pending;
+        pending = 0;
+    }
+    if (refused) relay_bounce(ms, e);
+    for (i = 0; i < e->nr; i++) {
+        struct qrcpt *r = &e->r[i];
+        if (r->state == Q_PENDING && r->result == 5) {
+            r->state = Q_BOUNCED;
+            ms_log(ms, "bounced %s to=<%s>: %s", e->id, r->addr, r->error);
+        }
+        r->result = 0;
+    }
+    ms->relay_kick = 1;
+    if (!pending) { relay_remove(ms, e); return; }
+    for (delay = cfg->retry, i = 0; i < e->tries && delay < MS_RETRY_CAP; i++) delay *= 2;
+    e->tries++;
+    e->next_try = now + (delay < MS_RETRY_CAP ? delay : MS_RETRY_CAP);
+    if (queue_env_update(ms->qdir, e) != 0)
+        ms_log(ms, "cannot update the queue entry %s: %s", e->id, strerror(errno));
+}
+
+/* Starts sessions for due entries, one per destination domain. */
+static void
+relay_run(struct mailsrv *ms)
+{
+    int64_t now, next = INT64_MAX;
+    long usec;
+    struct qentry **due;
+    int i, j, k, ndue = 0;
+    int *ri;
+    ms->relay_kick = 0;
+    ms->relay_wake = INT64_MAX;
+    if (ms->stopping || !ms->nqueue) return;
+    os_wallclock(&now, &usec);
+    due = xrealloc(NULL, sizeof *due * (size_t)ms->nqueue);
+    for (i = 0; i < ms->nqueue; i++) {
+        struct qentry *e = ms->queue[i];
+        if (e->active) continue;
+        if (e->next_try <= now) due[ndue++] = e;
+        else if (e->next_try < next) next = e->next_try;
+    }
+    if (next != INT64_MAX) ms->relay_wake = os_now_ms() + (next - now) * 1000;
+    for (i = 0; i < ndue; i++) { /* relay_finish may change ms->queue: walk the copy */
+        struct qentry *e = due[i];
+        int groups = 0;
+        if (queue_count_hops(ms->qdir, e->id) > MS_HOPS_MAX) {
+            for (j = 0; j < e->nr; j++) {
+                e->r[j].result = 5;
+                snprintf(e->r[j].error, sizeof e->r[j].error, "5.4.6 more than %d Received: lines (a mail loop?)", MS_HOPS_MAX);
+            }
+            relay_finish(ms, e);
+            continue;
+        }
+        for (j = 0; j < e->nr; j++) {
+            const char *dj = strrchr(e->r[j].addr, '@');
+            if (e->r[j].state != Q_PENDING) continue;
+            for (k = 0; k < j; k++)
+                if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) break;
+            groups += k == j;
+        }
+        if (ms->nout && ms->nout + groups > ms->cfg->max_outbound) break; /* a session's end kicks us again */
+        ri = xrealloc(NULL, sizeof *ri * (size_t)e->nr);
+        for (j = 0; j < e->nr; j++) {
+            const char *dj = strrchr(e->r[j].addr, '@');
+            int n = 0;
+            if (e->r[j].state != Q_PENDING) continue;
+            for (k = 0; k < j; k++)
+                if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) break;
+            if (k < j) continue; /* its domain has a session already */
+            for (k = j; k < e->nr; k++)
+                if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) ri[n++] = k;
+            relay_start(ms, e, dj + 1, ri, n);
+        }
+        free(ri);
+    }
+    free(due);
+}
+
+/* Takes a committed entry into the runner (after a receipt, at start). */
+static void
+relay_enqueue(struct mailsrv *ms, const char *id)
+{
+    struct qentry *e = queue_env_read(ms->qdir, id);
+    if (!e) { ms_log(ms, "queue entry %s is unreadable; left in %s", id, ms->qdir); return; }
+    if (ms->nqueue == ms->capqueue) {
+        ms->capqueue = ms->capqueue ? ms->capqueue * 2 : 64;
+        ms->queue = xrealloc(ms->queue, sizeof *ms->queue * (size_t)ms->capqueue);
+    }
+    ms->queue[ms->nqueue++] = e;
+    ms->relay_kick = 1;
+}
+
+/* At start: load ID.env entries; remove what a crash left half made. */
+static int
+relay_scan_entry(void *ctx, const char *name)
+{
+    struct mailsrv *ms = ctx;
+    char id[64], path[1300];
+    size_t n = strlen(name);
+    struct os_stat st;
+    if (n < 5 || n - 4 >= sizeof id) return 0;
+    memcpy(id, name, n - 4);
+    id[n - 4] = 0;
+    if (strcmp(name + n - 4, ".env") == 0) {
+        relay_enqueue(ms, id);
+    } else if (strcmp(name + n - 4, ".msg") == 0) {
+        if (ms_fmt(path, sizeof path, "%s/%s.env", ms->qdir, id) >= 0 && os_stat(path, &st) != 0 &&
+            ms_fmt(path, sizeof path, "%s/%s", ms->qdir, name) >= 0)
+            os_unlink(path); /* never acknowledged */
+    } else if (strstr(name, ".env.tmp") && ms_fmt(path, sizeof path, "%s/%s", ms->qdir, name) >= 0) {
+        os_unlink(path);
+    }
+    return 0;
+}
+
+/* `mailsrv flush` leaves QUEUE/flush: retry everything now. */
+static void
+relay_check_flush(struct mailsrv *ms, int64_t now)
+{
+    char path[1300];
+    struct os_stat st;
+    int i;
+    if (now < ms->next_flush_check) return;
+    ms->next_flush_check = now + MS_QUEUE_CHECK_MS;
+    if (ms_fmt(path, sizeof path, "%s/flush", ms->qdir) < 0 || os_stat(path, &st) != 0) return;
+    os_unlink(path);
+    ms_log(ms, "flush requested: retrying %d queued messages now", ms->nqueue);
+    for (i = 0; i < ms->nqueue; i++) ms->queue[i]->next_try = 0;
+    ms->relay_kick = 1;
+}
+
+/*==== 12. Event loop ====*/
 /*
  * Each turn: build the pollfd array (POLLIN while there is input room and the
  * session is not held, POLLOUT while output is pending), poll until the
@@ -3727,6 +5412,11 @@ loop_sweep(struct mailsrv *ms)
         else ms->conns[j++] = c;
     }
     ms->nconns = j;
+    for (i = j = 0; i < ms->nout; i++) {
+        if (ms->out[i]->is_done || ms->stopping) { o_free(ms->out[i]); ms->relay_kick = 1; }
+        else ms->out[j++] = ms->out[i];
+    }
+    ms->nout = j;
 }
 
 static void
@@ -3788,7 +5478,7 @@ loop_clean_tmp_entry(void *ctx, const char *name)
     return 0;
 }
 
-/*==== 12. Public API and main ====*/
+/*==== 13. Public API and main ====*/
 
 static void
 default_log(void *user, const char *line)
@@ -3820,6 +5510,10 @@ mailsrv_destroy(struct mailsrv *ms)
     int i;
     if (!ms) return;
     for (i = 0; i < ms->nconns; i++) conn_free(ms->conns[i]);
+    for (i = 0; i < ms->nout; i++) o_free(ms->out[i]);
+    for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]);
+    free(ms->out);
+    free(ms->queue);
     loop_close_listeners(ms);
     free(ms->conns);
     free(ms->pfds);
@@ -3911,6 +5605,10 @@ mailsrv_listen(struct mailsrv *ms)
         return -1;
     }
     os_list_dir(tmpdir, loop_clean_tmp_entry, tmpdir);
+    ms_strlcpy(ms->qdir, c->queue, sizeof ms->qdir);
+    ms->relay_wake = INT64_MAX;
+    os_list_dir(ms->qdir, relay_scan_entry, ms);
+    if (ms->nqueue) ms_log(ms, "%d messages in the relay queue %s", ms->nqueue, ms->qdir);
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
         int err = 0, waited;
@@ -3942,7 +5640,7 @@ int
 mailsrv_poll(struct mailsrv *ms, int timeout_ms)
 {
     int64_t now = os_now_ms(), wake = now + timeout_ms;
-    int i, n, nfds = 0, r, nl, nc;
+    int i, n, nfds = 0, r, nl, nc, no;
     if (ms->stop_requested && !ms->stopping) {
         ms->stopping = 1;
         ms->stop_deadline = now + MS_STOP_GRACE_MS;
@@ -3954,7 +5652,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         loop_sweep(ms);
         if (ms->nconns == 0 || now >= ms->stop_deadline) return 1;
     }
-    n = ms->nlst + ms->nconns;
+    n = ms->nlst + ms->nconns + ms->nout;
     if (n > ms->capfds) {
         ms->capfds = n + 64;
         ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
@@ -3977,13 +5675,23 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         ms->pfds[nfds].events = ev;
         ms->pfds[nfds++].revents = 0;
     }
+    for (i = 0; i < ms->nout; i++) {
+        struct osess *o = ms->out[i];
+        if (o->deadline < wake) wake = o->deadline;
+        ms->pfds[nfds].fd = o->fd;
+        ms->pfds[nfds].events = o_events(o);
+        ms->pfds[nfds++].revents = 0;
+    }
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
-    if (ms->commit_again) wake = now;
+    if (ms->nlst && ms->next_flush_check < wake) wake = ms->next_flush_check;
+    if (ms->relay_wake < wake) wake = ms->relay_wake;
+    if (ms->commit_again || ms->relay_kick) wake = now;
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
     r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
     nl = ms->nlst;
     nc = ms->nconns;
+    no = ms->nout;
     if (r > 0) {
         for (i = 0; i < nl; i++)
             if (ms->pfds[i].revents & POLLIN) loop_accept(ms, &ms->lst[i]);
@@ -3993,6 +5701,8 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
             if (re & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
             if (re & POLLOUT) conn_send(c);
         }
+        for (i = 0; i < no; i++)
+            if (ms->pfds[nl + nc + i].revents && !ms->out[i]->is_done) o_io(ms->out[i], ms->pfds[nl + nc + i].revents);
     }
     now = os_now_ms();
     for (i = 0; i < ms->nconns; i++) {
@@ -4010,8 +5720,11 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     }
     loop_commit(ms);
     loop_timers(ms, now);
+    for (i = 0; i < ms->nout; i++) o_timer(ms->out[i], now);
+    if (ms->relay_kick || now >= ms->relay_wake) relay_run(ms);
     loop_sweep(ms);
     loop_check_reload(ms, now);
+    if (ms->nlst) relay_check_flush(ms, now);
     return 0;
 }
 
@@ -4147,9 +5860,86 @@ cli_users(const char *path)
             printf("  alias %s@%s ->", d->aliases[j].name, d->name);
             for (k = 0; k < t.n; k++) printf("%s %s", k ? "," : "", t.v[k]);
             printf("\n");
-            free(t.v);
+            targets_free(&t);
         }
     }
+    cfg_free(c);
+    return 0;
+}
+
+struct cli_queue { struct qentry **v; int n; const char *dir; };
+
+static int
+cli_queue_entry(void *ctx, const char *name)
+{
+    struct cli_queue *q = ctx;
+    char id[64];
+    size_t n = strlen(name);
+    struct qentry *e;
+    if (n < 5 || n - 4 >= sizeof id || strcmp(name + n - 4, ".env") != 0) return 0;
+    memcpy(id, name, n - 4);
+    id[n - 4] = 0;
+    if (!(e = queue_env_read(q->dir, id))) { printf("%s: unreadable entry\n", id); return 0; }
+    q->v = xrealloc(q->v, sizeof *q->v * (size_t)(q->n + 1));
+    q->v[q->n++] = e;
+    return 0;
+}
+
+static int
+cli_queue_cmp(const void *a, const void *b)
+{
+    const struct qentry *x = *(const struct qentry *const *)a, *y = *(const struct qentry *const *)b;
+    return x->arrived < y->arrived ? -1 : x->arrived > y->arrived ? 1 : strcmp(x->id, y->id);
+}
+
+/* `queue`: what waits for relaying, oldest first. */
+static int
+cli_queue(const char *path)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    struct cli_queue q = {NULL, 0, NULL};
+    int64_t now;
+    long usec;
+    int i, j;
+    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    q.dir = c->queue;
+    os_list_dir(c->queue, cli_queue_entry, &q);
+    if (q.n > 1) qsort(q.v, (size_t)q.n, sizeof *q.v, cli_queue_cmp);
+    os_wallclock(&now, &usec);
+    for (i = 0; i < q.n; i++) {
+        struct qentry *e = q.v[i];
+        printf("%s age=%llds from=<%s> size=%lld\n", e->id, (long long)(now - e->arrived), e->from, (long long)e->size);
+        for (j = 0; j < e->nr; j++)
+            printf("    <%s> %s, tries=%d%s%s\n", e->r[j].addr, q_state_names[e->r[j].state], e->tries,
+                   e->r[j].error[0] ? ": " : "", e->r[j].error);
+        qentry_free(e);
+    }
+    if (q.n == 0) printf("queue is empty\n");
+    else printf("%d message%s queued in %s\n", q.n, q.n == 1 ? "" : "s", c->queue);
+    free(q.v);
+    cfg_free(c);
+    return 0;
+}
+
+/* `flush`: a control file the running server looks for every 2 s (this
+ * works on Windows too, where there are no signals to send). */
+static int
+cli_flush(const char *path)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    char flag[1300];
+    int fd = -1;
+    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    if (ms_fmt(flag, sizeof flag, "%s/flush", c->queue) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
+        fd = os_open(flag, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
+        cfg_free(c);
+        return 1;
+    }
+    os_close(fd);
+    printf("flush requested (%s): the running server retries every queued message within %d s\n", flag,
+           MS_QUEUE_CHECK_MS / 1000);
     cfg_free(c);
     return 0;
 }
@@ -4176,6 +5966,8 @@ cli_usage(void)
           "       mailsrv [-c FILE] add ADDRESS     add a mailbox (password on stdin)\n"
           "       mailsrv [-c FILE] del ADDRESS     remove a mailbox (its mail stays)\n"
           "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
+          "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
+          "       mailsrv [-c FILE] flush           make the running server retry them now\n"
           "       mailsrv -V                        print the version\n",
           stderr);
 }
@@ -4200,6 +5992,8 @@ main(int argc, char **argv)
         if (strcmp(cmd, "check") == 0 && !arg) return cli_check(path);
         if (strcmp(cmd, "passwd") == 0 && !arg) return cli_passwd();
         if (strcmp(cmd, "users") == 0 && !arg) return cli_users(path);
+        if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
+        if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();
         return 2;

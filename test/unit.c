@@ -196,7 +196,7 @@ test_config(void)
     t.n = 0;
     ASSERT(cfg_resolve(c, "alice", "elsewhere.org", &t, 0) == RES_NONLOCAL);
     ASSERT(cfg_resolve(c, "../etc", "example.org", &t, 0) == RES_UNKNOWN);
-    free(t.v);
+    targets_free(&t);
     cfg_free(c);
 
     c = cfg_load("t.ini", "[server]\nsmtp = :25\nbogus = 1\nmax_message_size = 10X\ntimeout = -3\n"
@@ -277,7 +277,7 @@ test_storage(void)
         c->storage = kind ? STORE_MBOX : STORE_MAILDIR;
         snprintf(c->spool, sizeof c->spool, "%s/%s", dir, kind ? "mbox" : "maildir");
         os_mkdir(c->spool);
-        targets_add(&t, "u", "d.org");
+        targets_add(&t, "u", "d.org", 0);
         for (i = 0; i < 3; i++) {
             memset(&m, 0, sizeof m);
             snprintf(m.id, sizeof m.id, "id%d", i);
@@ -317,8 +317,216 @@ test_storage(void)
             ASSERT(mbox_view_open(&v, c->spool, "u@d.org") == 0 && v.n == 2);
         }
         view_free(&v);
-        free(t.v);
+        targets_free(&t);
         cfg_free(c);
+    }
+}
+
+/* Appends a name in wire form; returns the new offset. */
+static size_t
+put_name(unsigned char *m, size_t o, const char *name)
+{
+    while (*name) {
+        size_t l = strcspn(name, ".");
+        m[o++] = (unsigned char)l;
+        memcpy(m + o, name, l);
+        o += l;
+        name += l + (name[l] == '.');
+    }
+    m[o++] = 0;
+    return o;
+}
+
+static size_t
+put16(unsigned char *m, size_t o, unsigned v)
+{
+    m[o] = (unsigned char)(v >> 8);
+    m[o + 1] = (unsigned char)v;
+    return o + 2;
+}
+
+static void
+test_dns(void)
+{
+    unsigned char q[300], m[600];
+    struct dns_result r;
+    char name[300];
+    size_t o, off;
+    int n = dns_build_query(q, sizeof q, 0xbeef, "Mx.Example.org", DNS_MX);
+    ASSERT(n == 12 + 16 + 4);
+    ASSERT(q[0] == 0xbe && q[1] == 0xef && q[2] == 0x01 && q[5] == 1);
+    ASSERT(memcmp(q + 12, "\002Mx\007Example\003org\000", 16) == 0);
+    ASSERT(dns_build_query(q, sizeof q, 1, "a..b", DNS_A) < 0);
+    ASSERT(dns_build_query(q, sizeof q, 1, "x.y.", DNS_A) == 12 + 5 + 4);
+    /* an answer: the question echoed, two MX with a compression pointer to it */
+    n = dns_build_query(q, sizeof q, 0xbeef, "Mx.Example.org", DNS_MX);
+    memcpy(m, q, (size_t)n);
+    m[2] = 0x81; m[3] = 0x80; m[7] = 3;
+    o = (size_t)n;
+    o = put16(m, o, 0xc00c); o = put16(m, o, DNS_MX); o = put16(m, o, 1); o = put16(m, o, 0); o = put16(m, o, 60);
+    o = put16(m, o, 2 + 6); o = put16(m, o, 20); m[o++] = 3; memcpy(m + o, "mx2", 3); o += 3; o = put16(m, o, 0xc00f);
+    o = put16(m, o, 0xc00c); o = put16(m, o, DNS_MX); o = put16(m, o, 1); o = put16(m, o, 0); o = put16(m, o, 60);
+    o = put16(m, o, 2 + 6); o = put16(m, o, 10); m[o++] = 3; memcpy(m + o, "mx1", 3); o += 3; o = put16(m, o, 0xc00f);
+    /* a record for another name is ignored */
+    o = put16(m, o, 0xc00f); o = put16(m, o, DNS_MX); o = put16(m, o, 1); o = put16(m, o, 0); o = put16(m, o, 60);
+    o = put16(m, o, 2 + 1); o = put16(m, o, 5); m[o++] = 0;
+    ASSERT(dns_parse_answer(m, o, 0xbeef, "mx.example.ORG", DNS_MX, &r) == 0);
+    ASSERT(r.rcode == 0 && !r.tc && r.n == 2);
+    ASSERT(r.rr[0].pref == 20 && strcmp(r.rr[0].host, "mx2.Example.org") == 0);
+    ASSERT(r.rr[1].pref == 10 && strcmp(r.rr[1].host, "mx1.Example.org") == 0);
+    /* not our answer: id, question name, type, or a truncated record */
+    ASSERT(dns_parse_answer(m, o, 0xbeee, "mx.example.org", DNS_MX, &r) < 0);
+    ASSERT(dns_parse_answer(m, o, 0xbeef, "other.example.org", DNS_MX, &r) < 0);
+    ASSERT(dns_parse_answer(m, o, 0xbeef, "mx.example.org", DNS_A, &r) < 0);
+    ASSERT(dns_parse_answer(m, o - 3, 0xbeef, "mx.example.org", DNS_MX, &r) < 0);
+    m[2] = 0x01; /* a query, not a response */
+    ASSERT(dns_parse_answer(m, o, 0xbeef, "mx.example.org", DNS_MX, &r) < 0);
+    m[2] = 0x83; /* TC: the caller retries over TCP */
+    ASSERT(dns_parse_answer(m, o, 0xbeef, "mx.example.org", DNS_MX, &r) == 0 && r.tc && r.n == 0);
+    /* compression loops and forward jumps end */
+    memset(m, 0, sizeof m);
+    m[12] = 0xc0; m[13] = 12;
+    off = 12;
+    ASSERT(dns_read_name(m, 14, &off, name, sizeof name) < 0);
+    m[12] = 0xc0; m[13] = 14; m[14] = 0xc0; m[15] = 12;
+    off = 12;
+    ASSERT(dns_read_name(m, 16, &off, name, sizeof name) < 0);
+    m[12] = 0xc0; m[13] = 200;
+    off = 12;
+    ASSERT(dns_read_name(m, 14, &off, name, sizeof name) < 0);
+    m[12] = 0; off = 12;
+    ASSERT(dns_read_name(m, 13, &off, name, sizeof name) == 0 && name[0] == 0 && off == 13);
+    /* null MX; a CNAME chain to an A record; NXDOMAIN */
+    n = dns_build_query(q, sizeof q, 7, "n.org", DNS_MX);
+    memcpy(m, q, (size_t)n);
+    m[2] = 0x81; m[3] = 0x80; m[7] = 1;
+    o = (size_t)n;
+    o = put16(m, o, 0xc00c); o = put16(m, o, DNS_MX); o = put16(m, o, 1); o = put16(m, o, 0); o = put16(m, o, 60);
+    o = put16(m, o, 3); o = put16(m, o, 0); m[o++] = 0;
+    ASSERT(dns_parse_answer(m, o, 7, "n.org", DNS_MX, &r) == 0 && r.n == 1 && r.rr[0].pref == 0 && r.rr[0].host[0] == 0);
+    n = dns_build_query(q, sizeof q, 9, "w.org", DNS_A);
+    memcpy(m, q, (size_t)n);
+    m[2] = 0x81; m[3] = 0x80; m[7] = 2;
+    o = (size_t)n;
+    o = put16(m, o, 0xc00c); o = put16(m, o, DNS_CNAME); o = put16(m, o, 1); o = put16(m, o, 0); o = put16(m, o, 60);
+    o = put16(m, o, 4); m[o++] = 1; m[o++] = 'h'; o = put16(m, o, 0xc00e);
+    o = put_name(m, o, "h.org"); o = put16(m, o, DNS_A); o = put16(m, o, 1); o = put16(m, o, 0); o = put16(m, o, 60);
+    o = put16(m, o, 4); m[o++] = 127; m[o++] = 0; m[o++] = 0; m[o++] = 9;
+    ASSERT(dns_parse_answer(m, o, 9, "w.org", DNS_A, &r) == 0 && r.n == 1 && r.rr[0].ip[3] == 9);
+    m[3] = 0x83; m[7] = 0;
+    ASSERT(dns_parse_answer(m, (size_t)n, 9, "w.org", DNS_A, &r) == 0 && r.rcode == DNS_NXDOMAIN && r.n == 0);
+}
+
+static void
+test_relay_parsers(void)
+{
+    struct ms_config *c;
+    struct ms_addr a;
+    struct cfg_hop h;
+    int code;
+    char err[256];
+    ASSERT(smtp_reply_line("250-PIPELINING", &code) == 0 && code == 250);
+    ASSERT(smtp_reply_line("550 5.1.1 no", &code) == 1 && code == 550);
+    ASSERT(smtp_reply_line("220", &code) == 1 && code == 220);
+    ASSERT(smtp_reply_line("2500 x", &code) < 0);
+    ASSERT(smtp_reply_line("hello", &code) < 0);
+    ASSERT(smtp_reply_line("150 x", &code) < 0);
+    ASSERT(cfg_parse_hop("mx.example.org", &h, 25) == 0 && h.port == 25 && strcmp(h.host, "mx.example.org") == 0);
+    ASSERT(cfg_parse_hop("192.168.1.12:2525", &h, 25) == 0 && h.port == 2525 && strcmp(h.host, "192.168.1.12") == 0);
+    ASSERT(cfg_parse_hop("[::1]:26", &h, 25) == 0 && h.port == 26 && strcmp(h.host, "::1") == 0);
+    ASSERT(cfg_parse_hop("fe80::1", &h, 25) == 0 && h.port == 25);
+    ASSERT(cfg_parse_hop("host:0", &h, 25) < 0);
+    ASSERT(cfg_parse_hop("bad host", &h, 25) < 0);
+    ASSERT(cfg_parse_hop("[1.2.3.4]:25", &h, 25) < 0);
+    c = cfg_load("t.ini", "[server]\nsmtp = :25\nrelay_networks = 10.0.0.0/8, 192.168.1.128/25, 2001:db8::/32\n"
+                          "[domain a.org]\npostmaster = Passw0rd1\n");
+    ASSERT(c->nerrors == 0 && c->nrelay_nets == 3);
+    net_addr_parse("10.200.1.1", 0, &a);
+    ASSERT(net_in_cidr(&c->relay_nets[0], &a) && !net_in_cidr(&c->relay_nets[1], &a));
+    net_addr_parse("192.168.1.200", 0, &a);
+    ASSERT(net_in_cidr(&c->relay_nets[1], &a));
+    net_addr_parse("192.168.1.100", 0, &a);
+    ASSERT(!net_in_cidr(&c->relay_nets[1], &a));
+    net_addr_parse("2001:db8:ffff::1", 0, &a);
+    ASSERT(net_in_cidr(&c->relay_nets[2], &a) && !net_in_cidr(&c->relay_nets[0], &a));
+    cfg_free(c);
+    /* defaults: loopback relays */
+    c = cfg_load("t.ini", "[server]\nhostname = x\n");
+    ASSERT(c->nrelay_nets == 2 && c->retry == 60 && c->expire == 5 * 86400 && c->relay_port == 25);
+    cfg_free(c);
+    c = cfg_load("t.ini", "[server]\nrelay_networks = 10.0.0.0/33\n[relay]\nexpire = 10x\nsmarthost = a b\n"
+                          "dns = host.name\nbogus = 1\n[route]\nx.org = 1.2.3.4:99999\n");
+    ASSERT(c->nerrors == 6);
+    ASSERT(strstr(c->errors.p, "t.ini:2: relay_networks") && strstr(c->errors.p, "t.ini:4: expire"));
+    ASSERT(strstr(c->errors.p, "t.ini:5: smarthost") && strstr(c->errors.p, "t.ini:6: dns"));
+    ASSERT(strstr(c->errors.p, "t.ini:7: unknown key 'bogus' in [relay]") && strstr(c->errors.p, "t.ini:9: route for x.org"));
+    ASSERT(c->nerrors == 6 || printf("%s", c->errors.p) < 0);
+    cfg_free(c);
+    c = cfg_load("t.ini", "[server]\nsmtp = :25\n[relay]\nsmarthost = [::1]:2525\ndns = 127.0.0.1:5353, ::1\n"
+                          "retry = 2m\nexpire = 10s\n[route]\nStudy002.local = 192.168.1.12\n"
+                          "[domain a.org]\nu = Passw0rd1\n[alias a.org]\npostmaster = u\nout = u, Friend@Remote.ORG\n");
+    ASSERT(c->nerrors == 0);
+    ASSERT(strcmp(c->smarthost.host, "::1") == 0 && c->smarthost.port == 2525);
+    ASSERT(c->ndns == 2 && c->dns_port[0] == 5353 && c->dns_port[1] == 53 && c->retry == 120 && c->expire == 10);
+    ASSERT(c->nroutes == 1 && strcmp(c->routes[0].domain, "study002.local") == 0 && c->routes[0].hop.port == 25);
+    {
+        struct targets t = {0};
+        ASSERT(cfg_resolve(c, "out", "a.org", &t, 0) == RES_OK && t.n == 2);
+        ASSERT(strcmp(t.v[1], "Friend@remote.org") == 0 && t.remote[1] && !t.remote[0]);
+        ASSERT(cfg_resolve(c, "x", "remote.org", &t, 0) == RES_NONLOCAL);
+        targets_free(&t);
+    }
+    cfg_free(c);
+    ASSERT(addr_dot_string("a.b+c") && addr_dot_string("u%v") && !addr_dot_string("a..b") && !addr_dot_string("a@b") &&
+           !addr_dot_string(".a") && !addr_dot_string("a b"));
+    (void)err;
+}
+
+static void
+test_queue_files(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-qXXXXXX";
+    struct qentry e, *back;
+    struct qrcpt r[2];
+    ASSERT(mkdtemp(dir) != NULL);
+    memset(&e, 0, sizeof e);
+    memset(r, 0, sizeof r);
+    strcpy(e.id, "123.M1P2Q3");
+    e.arrived = 1700000000;
+    e.next_try = 1700000060;
+    e.tries = 2;
+    e.size = 4000;
+    e.lines = 80;
+    strcpy(r[0].addr, "Bob@remote.test");
+    r[1].state = Q_BOUNCED;
+    strcpy(r[1].addr, "x@nomail.test");
+    strcpy(r[1].error, "550 5.1.1 <x@nomail.test>: no such user");
+    e.r = r;
+    e.nr = 2;
+    ASSERT(queue_env_update(dir, &e) == 0);
+    back = queue_env_read(dir, e.id);
+    ASSERT(back != NULL);
+    if (back) {
+        ASSERT(back->from[0] == 0 && back->arrived == e.arrived && back->next_try == e.next_try && back->tries == 2);
+        ASSERT(back->size == 4000 && back->lines == 80 && back->nr == 2);
+        ASSERT(strcmp(back->r[0].addr, "Bob@remote.test") == 0 && back->r[0].state == Q_PENDING && !back->r[0].error[0]);
+        ASSERT(back->r[1].state == Q_BOUNCED && strcmp(back->r[1].error, r[1].error) == 0);
+        qentry_free(back);
+    }
+    {
+        char st[16];
+        relay_status("550 5.1.1 no such user", st, sizeof st);
+        ASSERT(strcmp(st, "5.1.1") == 0);
+        relay_status("451 try later", st, sizeof st);
+        ASSERT(strcmp(st, "4.0.0") == 0);
+        relay_status("5.1.10 null MX", st, sizeof st);
+        ASSERT(strcmp(st, "5.1.10") == 0);
+    }
+    {
+        char path[1300];
+        snprintf(path, sizeof path, "%s/%s.env", dir, e.id);
+        unlink(path);
+        rmdir(dir);
     }
 }
 
@@ -333,6 +541,9 @@ main(void)
     test_ini_edit();
     test_mbox_and_uidl();
     test_storage();
+    test_dns();
+    test_relay_parsers();
+    test_queue_files();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
