@@ -4306,6 +4306,7 @@ struct osess {
     int ndns;
     int state, is_done;
     ms_sock_t fd;
+    int pfd;                     /* its index in ms->pfds this turn, or -1 */
     int64_t deadline;
     char in[1024];
     size_t inlen;
@@ -5675,9 +5676,11 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         ms->pfds[nfds].events = ev;
         ms->pfds[nfds++].revents = 0;
     }
-    for (i = 0; i < ms->nout; i++) {
+    for (i = 0; i < ms->nout; i++) { /* WSAPoll refuses a bad socket: only those with one */
         struct osess *o = ms->out[i];
         if (o->deadline < wake) wake = o->deadline;
+        o->pfd = o->fd == MS_BAD_SOCK ? -1 : nfds;
+        if (o->pfd < 0) continue;
         ms->pfds[nfds].fd = o->fd;
         ms->pfds[nfds].events = o_events(o);
         ms->pfds[nfds++].revents = 0;
@@ -5701,8 +5704,10 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
             if (re & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
             if (re & POLLOUT) conn_send(c);
         }
-        for (i = 0; i < no; i++)
-            if (ms->pfds[nl + nc + i].revents && !ms->out[i]->is_done) o_io(ms->out[i], ms->pfds[nl + nc + i].revents);
+        for (i = 0; i < no; i++) {
+            struct osess *o = ms->out[i];
+            if (o->pfd >= 0 && ms->pfds[o->pfd].revents && !o->is_done) o_io(o, ms->pfds[o->pfd].revents);
+        }
     }
     now = os_now_ms();
     for (i = 0; i < ms->nconns; i++) {
