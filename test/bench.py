@@ -26,7 +26,7 @@ Exit status: 0 whenever the figures could be measured (a missed target is not
 a failure); 1 if the benchmark could not run or the server lost messages,
 crashed or failed a check; 2 on a usage error.
 
-Usage: python3 test/bench.py [--quick] [--only smtp,pop3,mem,size,footprint] [--keep]
+Usage: python3 test/bench.py [--quick] [--only smtp,relay,pop3,mem,size,footprint] [--keep]
        [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
        [--footprint-sessions K] [--footprint-messages N] [--json FILE]
 """
@@ -242,12 +242,13 @@ def write_linked_maildir(mdir, n, user, tag):
 class Server:
     """One mailsrv instance we started; stopped only by its own PID."""
 
-    def __init__(self, binary, workroot, storage="maildir", name="srv"):
+    def __init__(self, binary, workroot, storage="maildir", name="srv", domain=DOMAIN, extra=""):
         self.binary = binary
         self.dir = tempfile.mkdtemp(prefix=name + "-", dir=workroot)
         self.storage = storage
         self.smtp_port, self.pop3_port = free_ports(2)
         self.spool = os.path.join(self.dir, "spool")
+        self.domain = domain
         self.ini = os.path.join(self.dir, "mailsrv.ini")
         self.logpath = os.path.join(self.dir, "mailsrv.log")
         self.proc = None
@@ -267,16 +268,16 @@ timeout = 300
 plaintext_auth = local
 capture = no
 
-[domain bench.local]
+[domain %s]
 user1 = %s
 
-[alias bench.local]
+[alias %s]
 postmaster = user1
-""" % (HOST, self.smtp_port, HOST, self.pop3_port, storage, PASSWORD))
+%s""" % (HOST, self.smtp_port, HOST, self.pop3_port, storage, domain, PASSWORD, domain, extra))
 
     @property
     def maildir(self):
-        return os.path.join(self.spool, DOMAIN, USER)
+        return os.path.join(self.spool, self.domain, USER)
 
     @property
     def pid(self):
@@ -533,8 +534,8 @@ class Bench:
         if soft != resource.RLIM_INFINITY and soft < want:
             log("note: RLIMIT_NOFILE is %d (hard limit); the idle test may be limited by it" % soft)
 
-    def server(self, storage="maildir", name="srv"):
-        s = Server(self.binary, self.work, storage, name)
+    def server(self, storage="maildir", name="srv", domain=DOMAIN, extra=""):
+        s = Server(self.binary, self.work, storage, name, domain, extra)
         self.servers.append(s)
         return s.start()
 
@@ -561,9 +562,9 @@ class Bench:
         else:
             shutil.rmtree(self.work, ignore_errors=True)
 
-    def load(self, port, sessions, messages, limit, per_conn=0):
+    def load(self, port, sessions, messages, limit, per_conn=0, domain=DOMAIN):
         cmd = [self.loadgen, "-H", HOST, "-p", str(port), "-c", str(sessions), "-m", str(messages),
-               "-s", str(BODY_BYTES), "-t", "%s@%s" % (USER, DOMAIN), "-T", str(limit), "-r", str(per_conn)]
+               "-s", str(BODY_BYTES), "-t", "%s@%s" % (USER, domain), "-T", str(limit), "-r", str(per_conn)]
         r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                            timeout=limit + 30)
         m = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', r.stdout))
@@ -632,6 +633,38 @@ class Bench:
             med["peak_rss_kib"] = max(x["peak_rss_kib"] or 0 for x in runs)
             rows.append(med)
         self.results["smtp"] = rows
+
+    # -- 1b. relay
+    def bench_relay(self):
+        """20 sessions send to a remote domain; a second mailsrv (its [route] next hop, on loopback)
+        receives. Figure: messages per second from the first MAIL until the sink has stored them all."""
+        msgs, c = self.args.smtp_messages, 20
+        sink = self.server("maildir", "sink", domain="sink.test")
+        relay = self.server("maildir", "relay", extra="\n[relay]\nmax_outbound = 20\nretry = 1\ndns = 127.0.0.1:9\n"
+                            "[route]\nsink.test = %s:%d\n" % (HOST, sink.smtp_port))
+        t0 = time.monotonic()
+        r = self.load(relay.smtp_port, c, msgs, self.args.smtp_limit, domain="sink.test")
+        t_acked = time.monotonic() - t0
+        deadline = t0 + self.args.smtp_limit + 60
+        new = 0
+        while time.monotonic() < deadline:
+            new = count_files(os.path.join(sink.maildir, "new"))
+            if new >= r["acked"]:
+                break
+            time.sleep(0.01)
+        t_all = time.monotonic() - t0
+        qdir = os.path.join(relay.dir, "queue")
+        left = len([n for n in os.listdir(qdir) if n.endswith(".env")]) if os.path.isdir(qdir) else 0
+        row = {"sessions": c, "messages": msgs, "acked": r["acked"], "relayed": new, "left_in_queue": left,
+               "accept_msg_per_s": r["rate"], "relay_msg_per_s": new / t_all if t_all else 0,
+               "elapsed_s": t_all, "accept_elapsed_s": t_acked}
+        log("  relay, %d sessions: %d/%d accepted in %.2f s (%.0f msg/s); %d relayed to the sink in %.2f s = %.0f msg/s; "
+            "%d left in the queue" % (c, r["acked"], msgs, t_acked, r["rate"], new, t_all, row["relay_msg_per_s"], left))
+        self.finish_server(relay, "relay run")
+        self.finish_server(sink, "relay sink")
+        if new < r["acked"]:
+            raise BenchError("relay: %d acknowledged but only %d reached the sink" % (r["acked"], new))
+        self.results["relay"] = row
 
     # -- 2. POP3
     def bench_pop3(self):
@@ -1049,6 +1082,10 @@ class Bench:
                 return "%s faster than %s" % (times(ref_s, mine_s), who)
             return "%s slower than %s" % (times(mine_s, ref_s), who)
 
+        if R.get("relay"):
+            r = R["relay"]
+            add("Relay, %d sessions → queue → a second mailsrv by [route], msg/s until all stored at the sink (%d msgs of 4 KB)"
+                % (r["sessions"], r["messages"]), "%.0f" % r["relay_msg_per_s"])
         for r in R.get("smtp", []):
             c = r["sessions"]
             ref = REF["smtp"].get(c, {})
@@ -1208,6 +1245,9 @@ class Bench:
         if "smtp" in only:
             log("1. SMTP → Maildir")
             self.bench_smtp()
+        if "relay" in only:
+            log("1b. relay to a second mailsrv on loopback")
+            self.bench_relay()
         if "pop3" in only:
             log("2. POP3")
             self.bench_pop3()
@@ -1229,8 +1269,8 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description="mailsrv benchmark (figures, not pass/fail)")
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    ap.add_argument("--only", default="smtp,pop3,mem,size,footprint",
-                    help="comma list of smtp,pop3,mem,size,footprint")
+    ap.add_argument("--only", default="smtp,relay,pop3,mem,size,footprint",
+                    help="comma list of smtp,relay,pop3,mem,size,footprint")
     ap.add_argument("--concurrency", default="1,20,100", help="SMTP sessions per run (comma list)")
     ap.add_argument("--smtp-messages", type=int, default=2000, help="messages per SMTP run")
     ap.add_argument("--runs", type=int, default=3, help="SMTP runs per concurrency (median reported)")
@@ -1255,7 +1295,7 @@ def main():
         args.idle_connections = min(args.idle_connections, 200)
         args.runs = 1
         args.footprint_sessions = min(args.footprint_sessions, 5)
-    bad = args.only - {"smtp", "pop3", "mem", "size", "footprint"}
+    bad = args.only - {"smtp", "relay", "pop3", "mem", "size", "footprint"}
     if args.footprint_sessions < 1 or args.footprint_messages < 1:
         bad = True
     if bad or any(s not in ("maildir", "mbox") for s in args.storages) or min(args.concurrency or [0]) < 1 or args.runs < 1:
