@@ -88,6 +88,7 @@
 #define MS_RETRY_CAP 3600         /* retry back-off cap (issue: doubling, capped at 1 h) */
 #define MS_HOPS_MAX 30            /* Received: lines before we call it a loop (RFC 5321 6.3) */
 #define MS_QUEUE_CHECK_MS 2000    /* how often QUEUE/flush is looked for */
+#define MS_OUT_TX_MAX 100         /* transactions per outbound connection */
 
 #define MS_DEF_RETRY 60
 #define MS_DEF_EXPIRE (5L * 86400)
@@ -4312,7 +4313,7 @@ struct osess {
     size_t inlen;
     struct buf out;
     size_t out_off;
-    int ext_size, rcpt_at, naccepted;
+    int ext_size, rcpt_at, naccepted, ntx;
     int msg_fd, bol, body_eof;
     struct line_reader lr;
     char error[400];             /* the last session-level failure */
@@ -4436,6 +4437,8 @@ o_dns_io(struct osess *o, short re)
 
 /* ---- choosing hosts and addresses ---- */
 static void o_finish(struct osess *o, int perm);
+static void o_give_up(struct osess *o, int perm);
+static int o_take_next(struct osess *o);
 
 static void
 o_connect(struct osess *o)
@@ -4477,7 +4480,7 @@ o_next(struct osess *o)
     o_close_fd(o);
     if (++o->addri < o->naddr) { o_connect(o); return; }
     if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
-    o_finish(o, o->no_address); /* no host had an address: the domain cannot receive mail */
+    o_give_up(o, o->no_address); /* no host had an address: the domain cannot receive mail */
 }
 
 static int
@@ -4497,7 +4500,7 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
     if (rc != DNS_NOERROR && rc != DNS_NXDOMAIN) {
         snprintf(o->error, sizeof o->error, "4.4.3 DNS lookup of %s (type %d) failed: %s", q->name, q->type,
                  rc < 0 ? "no answer" : "server failure");
-        if (q->type == DNS_MX) { o_finish(o, 0); return; }
+        if (q->type == DNS_MX) { o_give_up(o, 0); return; }
         o->no_address = 0; /* an address may exist: a temporary failure */
         if (q->type == DNS_A) { o_dns_query(o, q->name, DNS_AAAA); return; }
         o_next(o);
@@ -4506,13 +4509,13 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
     if (q->type == DNS_MX) {
         if (rc == DNS_NXDOMAIN) {
             snprintf(o->error, sizeof o->error, "5.1.2 domain %s does not exist (DNS: NXDOMAIN)", o->domain);
-            o_finish(o, 1);
+            o_give_up(o, 1);
             return;
         }
         /* RFC 7505: one MX of preference 0 naming the root means "no mail" */
         if (r->n == 1 && r->rr[0].host[0] == 0) {
             snprintf(o->error, sizeof o->error, "5.1.10 domain %s accepts no mail (null MX, RFC 7505)", o->domain);
-            o_finish(o, 1);
+            o_give_up(o, 1);
             return;
         }
         o->nmx = 0;
@@ -4539,7 +4542,7 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
         snprintf(o->error, sizeof o->error, "5.4.4 host %s has no address", q->name);
         o->addri = 0;
         if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
-        o_finish(o, o->no_address);
+        o_give_up(o, o->no_address);
         return;
     }
     o->no_address = 0;
@@ -4720,6 +4723,7 @@ o_on_reply(struct osess *o, int code, const char *line)
                 r->state = Q_DELIVERED;
                 o_log(o, "relayed %s to=<%s> via %s: %s", o->e->id, r->addr, o->hop, line);
             }
+            if (o_take_next(o)) return;
         } else {
             o_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
         }
@@ -4851,8 +4855,47 @@ o_finish(struct osess *o, int perm)
         if (r->result == 4) o_log(o, "deferred %s to=<%s>: %s", e->id, r->addr, r->error);
     }
     o->e = NULL;
-    if (o->state != O_QUIT) { o_close_fd(o); o->is_done = 1; }
     if (--e->active == 0) relay_finish(o->ms, e);
+}
+
+/* No (more) hosts to try: settle the recipients and end the session. */
+static void
+o_give_up(struct osess *o, int perm)
+{
+    o_close_fd(o);
+    o->is_done = 1;
+    o_finish(o, perm);
+}
+
+/* After a delivered transaction, the same connection takes the next due
+ * entry whose recipients are all in this domain (Postfix's connection
+ * reuse): no new connect, greeting and EHLO per message. */
+static int
+o_take_next(struct osess *o)
+{
+    struct mailsrv *ms = o->ms;
+    struct qentry *next = NULL;
+    int64_t now;
+    long usec;
+    int i, j, n = 0;
+    if (ms->stopping || ++o->ntx >= MS_OUT_TX_MAX) return 0;
+    os_wallclock(&now, &usec);
+    for (i = 0; i < ms->nqueue && !next; i++) {
+        struct qentry *e = ms->queue[i];
+        if (e->active || e->next_try > now) continue;
+        for (j = 0, n = 0; j < e->nr && n >= 0; j++)
+            if (e->r[j].state == Q_PENDING) n = ms_strcaseeq(strrchr(e->r[j].addr, '@') + 1, o->domain) ? n + 1 : -1;
+        if (n > 0) next = e;
+    }
+    if (!next) return 0;
+    o_finish(o, 0);
+    o->e = next;
+    next->active++;
+    o->ri = xrealloc(o->ri, sizeof *o->ri * (size_t)next->nr);
+    for (j = 0, o->nri = 0; j < next->nr; j++)
+        if (next->r[j].state == Q_PENDING) o->ri[o->nri++] = j;
+    o_mail_from(o);
+    return 1;
 }
 
 static const struct cfg_route *

@@ -504,7 +504,7 @@ def pop_dele_all(p, n, window):
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.binary = os.path.join(ROOT, "mailsrv")
+        self.binary = os.environ.get("MAILSRV_BENCH_BIN") or os.path.join(ROOT, "mailsrv")
         self.work = tempfile.mkdtemp(prefix="mailsrv-bench-")
         self.servers = []
         self.results = {}
