@@ -5719,7 +5719,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         ms->pfds[nfds].events = ev;
         ms->pfds[nfds++].revents = 0;
     }
-    for (i = 0; i < ms->nout; i++) { /* WSAPoll refuses a bad socket: only those with one */
+    for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
         struct osess *o = ms->out[i];
         if (o->deadline < wake) wake = o->deadline;
         o->pfd = o->fd == MS_BAD_SOCK ? -1 : nfds;
