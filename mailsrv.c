@@ -4377,13 +4377,13 @@ o_dns_query(struct osess *o, const char *name, int type)
 {
     struct dnsq *q = &o->dq;
     unsigned short id;
-    if (o->ndns == 0) { o_dns_answer(o, -1, NULL); return; }
     os_random(&id, sizeof id);
     q->id = id;
     q->type = type;
     q->tcp = q->tries = 0;
     q->ns = 0;
     ms_strlcpy(q->name, name, sizeof q->name);
+    if (o->ndns == 0) { o_dns_answer(o, -1, NULL); return; } /* no resolver known: a temporary failure */
     q->qlen = dns_build_query(q->q, sizeof q->q, q->id, name, type);
     if (q->qlen < 0) { o_dns_answer(o, DNS_NXDOMAIN, NULL); return; }
     o->state = O_DNS;
