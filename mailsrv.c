@@ -1247,7 +1247,7 @@ struct ms_config {
     struct cfg_domain *domains; int ndomains;
     /* relay */
     char queue[1024];
-    struct cfg_net relay_nets[MS_RELAY_NETS_MAX]; int nrelay_nets, relay_nets_set;
+    struct cfg_net relay_nets[MS_RELAY_NETS_MAX]; int nrelay_nets;
     struct cfg_hop smarthost;  /* host[0] == 0: deliver by MX */
     char dns[MS_DNS_MAX_NS][64]; int ndns; unsigned dns_port[MS_DNS_MAX_NS];
     long relay_port, retry, expire, max_outbound, relay_timeout;
@@ -1517,7 +1517,6 @@ cfg_parse_nets(struct ms_config *c, const char *v, void *dst, long arg, char *er
     char tmp[1024], *item, *save;
     (void)dst; (void)arg;
     c->nrelay_nets = 0;
-    c->relay_nets_set = 1;
     if (ms_strlcpy(tmp, v, sizeof tmp) != 0) { snprintf(err, n, "too long"); return -1; }
     for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
         char *it = ms_trim(item), *slash = strchr(it, '/'), *end;
@@ -1930,7 +1929,6 @@ cfg_new(const char *path)
     if (ms_fmt(c->queue, sizeof c->queue, "%s%squeue", c->dir, c->dir[0] ? "/" : "") < 0)
         ms_strlcpy(c->queue, "queue", sizeof c->queue);
     cfg_parse_nets(c, "127.0.0.0/8, ::1", NULL, 0, NULL, 0);
-    c->relay_nets_set = 0;
     c->relay_port = 25;
     c->retry = MS_DEF_RETRY;
     c->expire = MS_DEF_EXPIRE;
