@@ -1,0 +1,464 @@
+"""Fake network peers for mailsrv's relay tests: a DNS server and receiving SMTP servers.
+
+Python 3 standard library only; everything listens on loopback and runs in daemon threads.
+
+    dns = FakeDNS()                        # UDP and TCP on dns.addr ("127.0.0.1:PORT")
+    dns.mx("remote.test", [(10, "mx1.remote.test")]); dns.a("mx1.remote.test", ["127.0.0.2"])
+    port = free_port_on(["127.0.0.2", "127.0.0.3"])
+    sink = SmtpSink("127.0.0.2", port)     # sink.messages: one dict per completed transaction
+"""
+import collections
+import ipaddress
+import socket
+import struct
+import threading
+import time
+
+QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT", 28: "AAAA", 33: "SRV", 255: "ANY"}
+NOERROR, SERVFAIL, NXDOMAIN = 0, 2, 3
+
+
+def free_port_on(hosts, tries=100):
+    """A TCP port number that is free on every host in hosts (e.g. several 127.0.0.x addresses)."""
+    for _ in range(tries):
+        socks = []
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((hosts[0], 0))
+            port = s.getsockname()[1]
+            for h in hosts[1:]:
+                t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(t)
+                t.bind((h, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError("no port free on all of %s" % (hosts,))
+
+
+def _recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+class FakeDNS:
+    """An authoritative-looking DNS server answering from records the test sets."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.host = host
+        self.records = {}  # name -> {qtype: [rdata values]}; a name present here exists
+        self.flags = {}  # name -> "nxdomain" | "servfail" | "truncate"
+        self.queries = []  # (qname, qtype name, "udp" | "tcp")
+        self.lock = threading.Lock()
+        self.closed = False
+        for _ in range(100):  # UDP and TCP on the same port number
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind((host, 0))
+            self.port = self.udp.getsockname()[1]
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                self.tcp.bind((host, self.port))
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
+        else:
+            raise OSError("no port free for both UDP and TCP")
+        self.tcp.listen(16)
+        self.addr = "%s:%d" % (host, self.port)
+        for fn in (self._serve_udp, self._serve_tcp):
+            threading.Thread(target=fn, daemon=True).start()
+
+    # records -----------------------------------------------------------------------------
+    def _set(self, name, qtype, values):
+        with self.lock:
+            self.records.setdefault(name.lower().rstrip("."), {})[qtype] = list(values)
+
+    def mx(self, domain, entries):
+        self._set(domain, 15, entries)
+
+    def a(self, name, ips):
+        self._set(name, 1, ips)
+
+    def aaaa(self, name, ips):
+        self._set(name, 28, ips)
+
+    def null_mx(self, domain):
+        self._set(domain, 15, [(0, ".")])
+
+    def nxdomain(self, name):
+        with self.lock:
+            self.records.pop(name.lower().rstrip("."), None)
+            self.flags[name.lower().rstrip(".")] = "nxdomain"
+
+    def servfail(self, name):
+        with self.lock:
+            self.flags[name.lower().rstrip(".")] = "servfail"
+
+    def drop(self, name):
+        """Never answer queries for name (a resolver timeout)."""
+        with self.lock:
+            self.flags[name.lower().rstrip(".")] = "drop"
+
+    def clear(self, name):
+        """Undo nxdomain/servfail/truncate/drop for name."""
+        with self.lock:
+            self.flags.pop(name.lower().rstrip("."), None)
+
+    def truncate(self, name):
+        """UDP answers for name carry TC=1 and no records; TCP answers are complete."""
+        with self.lock:
+            self.flags[name.lower().rstrip(".")] = "truncate"
+
+    def asked(self, qname=None, qtype=None, transport=None):
+        with self.lock:
+            return [q for q in self.queries if (qname is None or q[0] == qname.lower().rstrip("."))
+                    and (qtype is None or q[1] == qtype) and (transport is None or q[2] == transport)]
+
+    # wire format -------------------------------------------------------------------------
+    @staticmethod
+    def _read_name(msg, off):
+        """(name, offset after the name in place); follows compression pointers."""
+        labels, end, hops = [], None, 0
+        while True:
+            n = msg[off]
+            if n & 0xC0 == 0xC0:
+                if end is None:
+                    end = off + 2
+                off = ((n & 0x3F) << 8) | msg[off + 1]
+                hops += 1
+                if hops > 20:
+                    raise ValueError("pointer loop")
+                continue
+            off += 1
+            if n == 0:
+                break
+            labels.append(msg[off:off + n].decode("latin-1"))
+            off += n
+        return ".".join(labels), (end if end is not None else off)
+
+    @staticmethod
+    def _encode_name(name, table, pos):
+        """Name in wire form, compressed against table (suffix -> offset); adds new suffixes at pos."""
+        labels = [l for l in name.rstrip(".").split(".") if l]
+        out = b""
+        for i in range(len(labels)):
+            suffix = ".".join(labels[i:]).lower()
+            if suffix in table:
+                return out + struct.pack(">H", 0xC000 | table[suffix])
+            if pos + len(out) < 0x3FFF:
+                table[suffix] = pos + len(out)
+            lab = labels[i].encode("latin-1")
+            out += bytes([len(lab)]) + lab
+        return out + b"\0"
+
+    def answer(self, query, transport):
+        if len(query) < 12:
+            return None
+        qid, flags, qd = struct.unpack(">HHH", query[:6])
+        if flags & 0x8000 or qd != 1:
+            return None
+        qname, off = self._read_name(query, 12)
+        qtype, _qclass = struct.unpack(">HH", query[off:off + 4])
+        question = query[12:off + 4]
+        key = qname.lower().rstrip(".")
+        with self.lock:
+            self.queries.append((key, QTYPES.get(qtype, str(qtype)), transport))
+            flag = self.flags.get(key)
+            rrs = list(self.records.get(key, {}).get(qtype, []))
+            known = key in self.records
+        rcode, tc = NOERROR, 0
+        if flag == "drop":
+            return None
+        if flag == "servfail":
+            rcode, rrs = SERVFAIL, []
+        elif flag == "truncate" and transport == "udp":
+            tc, rrs = 1, []
+        elif flag == "nxdomain" or not known:
+            rcode, rrs = NXDOMAIN, []
+        opcode_rd = flags & 0x7900  # opcode and RD echoed
+        hdr_flags = 0x8000 | opcode_rd | 0x0400 | (0x0200 if tc else 0) | 0x0080 | rcode
+        msg = struct.pack(">HHHHHH", qid, hdr_flags, 1, len(rrs), 0, 0) + question
+        table = {}
+        labels = key.split(".") if key else []
+        for i in range(len(labels)):  # question name suffixes, for compression against it
+            table[".".join(labels[i:])] = 12 + sum(len(l) + 1 for l in labels[:i])
+        for v in rrs:
+            rr = struct.pack(">H", 0xC00C) + struct.pack(">HHI", qtype, 1, 60)
+            if qtype == 15:
+                pref, host = v
+                rdata = struct.pack(">H", pref) + (b"\0" if host.strip() == "." else
+                                                   self._encode_name(host, table, len(msg) + len(rr) + 4))
+            elif qtype == 1:
+                rdata = socket.inet_pton(socket.AF_INET, v)
+            elif qtype == 28:
+                rdata = ipaddress.IPv6Address(v).packed
+            else:
+                rdata = v
+            msg += rr + struct.pack(">H", len(rdata)) + rdata
+        return msg
+
+    def _serve_udp(self):
+        while not self.closed:
+            try:
+                data, peer = self.udp.recvfrom(4096)
+            except OSError:
+                return
+            try:
+                resp = self.answer(data, "udp")
+                if resp:
+                    self.udp.sendto(resp, peer)
+            except (ValueError, IndexError, struct.error, OSError):
+                pass
+
+    def _serve_tcp(self):
+        while not self.closed:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
+
+    def _tcp_conn(self, conn):
+        with conn:
+            conn.settimeout(30)
+            try:
+                while True:
+                    ln = _recv_exact(conn, 2)
+                    if ln is None:
+                        return
+                    data = _recv_exact(conn, struct.unpack(">H", ln)[0])
+                    if data is None:
+                        return
+                    resp = self.answer(data, "tcp")
+                    if resp:
+                        conn.sendall(struct.pack(">H", len(resp)) + resp)
+            except (ValueError, IndexError, struct.error, OSError):
+                pass
+
+    def close(self):
+        self.closed = True
+        for s in (self.udp, self.tcp):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class SmtpSink:
+    """A receiving SMTP server recording each completed transaction as a dict:
+    mail_from, params (MAIL parameters), rcpts (accepted ones), data (un-dot-stuffed, CRLF), helo, helo_verb, peer.
+
+    Behaviour knobs (plain attributes, change them any time):
+      greeting      first line sent ("220 ..."); a 421 greeting closes, another non-2xx answers 503 to all but QUIT
+      ehlo          False: EHLO gets 502 so the client must fall back to HELO
+      extensions    EHLO keywords
+      mail_reply, rcpt_reply, data_reply   default replies (data_reply: after the final dot)
+      rcpt_replies  address (lower case) -> reply, or a list of replies used in turn (the last one sticks)
+      blackhole     accept connections and never send anything
+    A reply may hold several lines separated by "\n" (sent as a multi-line reply); "DROP" closes the
+    connection instead of replying.
+    sink.script(stage, [replies]) queues replies for the next times stage ("greeting", "mail", "rcpt", "data") is hit.
+    """
+
+    def __init__(self, host="127.0.0.2", port=None, name="sink.test"):
+        self.host = host
+        self.name = name
+        self.greeting = "220 %s ESMTP fake" % name
+        self.ehlo = True
+        self.extensions = ["SIZE 10240000", "PIPELINING", "8BITMIME"]
+        self.mail_reply = "250 2.1.0 Ok"
+        self.rcpt_reply = "250 2.1.5 Ok"
+        self.rcpt_replies = {}
+        self.data_reply = "250 2.0.0 Ok: queued"
+        self.blackhole = False
+        self.messages = []
+        self.events = []  # (stage, argument, reply) for every command seen, across connections
+        self.connections = 0
+        self.scripts = collections.defaultdict(collections.deque)
+        self.cond = threading.Condition()
+        self.socks = []
+        self.closed = False
+        self.srv = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((host, port or 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def script(self, stage, replies):
+        with self.cond:
+            self.scripts[stage].extend(replies)
+
+    def _reply_for(self, stage, default):
+        with self.cond:
+            q = self.scripts.get(stage)
+            return q.popleft() if q else default
+
+    def _rcpt_reply(self, addr):
+        with self.cond:
+            r = self.rcpt_replies.get(addr.lower())
+            if isinstance(r, list):
+                return r.pop(0) if len(r) > 1 else r[0]
+        return r if r is not None else self._reply_for("rcpt", self.rcpt_reply)
+
+    def wait_messages(self, n, timeout):
+        """The message list once it holds at least n transactions; AssertionError after timeout seconds."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while len(self.messages) < n:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("sink %s:%d: %d of %d messages after %.0fs"
+                                         % (self.host, self.port, len(self.messages), n, timeout))
+                self.cond.wait(left)
+            return list(self.messages)
+
+    def stage_count(self, stage):
+        with self.cond:
+            return sum(1 for e in self.events if e[0] == stage)
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, peer = self.srv.accept()
+            except OSError:
+                return
+            with self.cond:
+                self.connections += 1
+                self.socks.append(conn)
+                self.cond.notify_all()
+            threading.Thread(target=self._session, args=(conn, peer), daemon=True).start()
+
+    def _log(self, stage, arg, reply):
+        with self.cond:
+            self.events.append((stage, arg, reply))
+            self.cond.notify_all()
+
+    def _session(self, conn, peer):
+        f = conn.makefile("rb")
+        try:
+            if self.blackhole:
+                while f.read(4096):  # until the client gives up
+                    pass
+                return
+            self._talk(conn, f, peer)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _talk(self, conn, f, peer):
+        def send(reply):
+            if reply == "DROP":
+                raise ConnectionAbortedError("scripted drop")
+            conn.sendall(b"".join(l.encode("latin-1") + b"\r\n" for l in reply.split("\n")))
+
+        greet = self._reply_for("greeting", self.greeting)
+        self._log("greeting", "", greet)
+        send(greet)
+        if greet.startswith("421"):
+            return
+        refusing = not greet.startswith("2")
+        helo = helo_verb = mail_from = None
+        params, rcpts = "", []
+        while True:
+            raw = f.readline(4096)
+            if not raw:
+                return
+            line = raw.rstrip(b"\r\n").decode("latin-1")
+            verb, _, arg = line.partition(" ")
+            verb = verb.upper()
+            if verb == "QUIT":
+                self._log("quit", "", "221")
+                send("221 2.0.0 Bye")
+                return
+            if refusing:
+                send("503 5.5.1 Not now")
+            elif verb == "EHLO":
+                if not self.ehlo:
+                    self._log("ehlo", arg, "502")
+                    send("502 5.5.2 EHLO not supported")
+                    continue
+                helo, helo_verb, mail_from, rcpts = arg, "EHLO", None, []
+                self._log("ehlo", arg, "250")
+                lines = [self.name] + self.extensions
+                for i, l in enumerate(lines):
+                    send("250%s%s" % ("-" if i < len(lines) - 1 else " ", l))
+            elif verb == "HELO":
+                helo, helo_verb, mail_from, rcpts = arg, "HELO", None, []
+                self._log("helo", arg, "250")
+                send("250 " + self.name)
+            elif verb == "MAIL":
+                r = self._reply_for("mail", self.mail_reply)
+                self._log("mail", arg, r)
+                if r.startswith("2"):
+                    path = arg.split(":", 1)[1].strip() if ":" in arg else ""
+                    mail_from, _, params = path.partition(" ")
+                    mail_from, rcpts = mail_from.strip("<>"), []
+                send(r)
+            elif verb == "RCPT":
+                addr = (arg.split(":", 1)[1].strip() if ":" in arg else "").split(" ")[0].strip("<>")
+                r = self._rcpt_reply(addr) if mail_from is not None else "503 5.5.1 MAIL first"
+                self._log("rcpt", addr, r)
+                if r.startswith("2"):
+                    rcpts.append(addr)
+                send(r)
+            elif verb == "DATA":
+                if mail_from is None or not rcpts:
+                    self._log("data-start", "", "554")
+                    send("554 5.5.1 No valid recipients")
+                    continue
+                send("354 End data with <CR><LF>.<CR><LF>")
+                data = b""
+                while True:
+                    l = f.readline(1 << 20)
+                    if not l:
+                        return
+                    if l in (b".\r\n", b".\n"):
+                        break
+                    if l.startswith(b"."):
+                        l = l[1:]
+                    data += l
+                r = self._reply_for("data", self.data_reply)
+                if r.startswith("2"):
+                    with self.cond:
+                        self.messages.append({"mail_from": mail_from, "params": params, "rcpts": list(rcpts),
+                                              "data": data, "helo": helo, "helo_verb": helo_verb, "peer": peer})
+                self._log("data", "", r)
+                send(r)
+                mail_from, rcpts = None, []
+            elif verb == "RSET":
+                mail_from, rcpts = None, []
+                send("250 2.0.0 Ok")
+            elif verb == "NOOP":
+                send("250 2.0.0 Ok")
+            else:
+                send("502 5.5.2 Command not recognized")
+
+    def close(self):
+        self.closed = True
+        with self.cond:
+            socks = list(self.socks)
+        for s in [self.srv] + socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
