@@ -4312,6 +4312,7 @@ struct osess {
     struct buf out;
     size_t out_off;
     int ext_size, rcpt_at, naccepted, ntx;
+    int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
     struct line_reader lr;
     char error[400];             /* the last session-level failure */
@@ -4336,6 +4337,7 @@ o_close_fd(struct osess *o)
     free(o->dq.ans);
     o->dq.ans = NULL;
     o->inlen = o->out.len = o->out_off = 0;
+    o->reply_code = 0;
     if (o->msg_fd >= 0) { lr_free(&o->lr); os_close(o->msg_fd); }
     o->msg_fd = -1;
 }
@@ -4754,7 +4756,12 @@ o_read(struct osess *o)
         o->inlen -= (size_t)(nl + 1 - o->in);
         memmove(o->in, nl + 1, o->inlen);
         if (o->ms->verbose) o_log(o, "< %s", line);
-        if ((last = smtp_reply_line(line, &code)) < 0) { o_broken(o, "4.5.0 malformed reply from the remote server"); return; }
+        /* RFC 5321 4.2.1: every line of a reply carries the same code */
+        if ((last = smtp_reply_line(line, &code)) < 0 || (o->reply_code && code != o->reply_code)) {
+            o_broken(o, "4.5.0 malformed reply from the remote server");
+            return;
+        }
+        o->reply_code = last ? 0 : code;
         if (!last) {
             if (o->state == O_EHLO && ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
             continue;
@@ -5913,7 +5920,7 @@ cli_users(const char *path)
     return 0;
 }
 
-struct cli_queue { struct qentry **v; int n; const char *dir; };
+struct cli_queue { struct qentry **v; int n, bad; const char *dir; };
 
 static int
 cli_queue_entry(void *ctx, const char *name)
@@ -5925,7 +5932,11 @@ cli_queue_entry(void *ctx, const char *name)
     if (n < 5 || n - 4 >= sizeof id || strcmp(name + n - 4, ".env") != 0) return 0;
     memcpy(id, name, n - 4);
     id[n - 4] = 0;
-    if (!(e = queue_env_read(q->dir, id))) { printf("%s: unreadable entry\n", id); return 0; }
+    if (!(e = queue_env_read(q->dir, id))) {
+        fprintf(stderr, "mailsrv: %s/%s: not a readable queue entry\n", q->dir, name);
+        q->bad++;
+        return 0;
+    }
     q->v = xrealloc(q->v, sizeof *q->v * (size_t)(q->n + 1));
     q->v[q->n++] = e;
     return 0;
@@ -5943,7 +5954,7 @@ static int
 cli_queue(const char *path)
 {
     struct ms_config *c = cfg_load(path, NULL);
-    struct cli_queue q = {NULL, 0, NULL};
+    struct cli_queue q = {NULL, 0, 0, NULL};
     int64_t now;
     long usec;
     int i, j;
@@ -5960,8 +5971,8 @@ cli_queue(const char *path)
                    e->r[j].error[0] ? ": " : "", e->r[j].error);
         qentry_free(e);
     }
-    if (q.n == 0) printf("queue is empty\n");
-    else printf("%d message%s queued in %s\n", q.n, q.n == 1 ? "" : "s", c->queue);
+    if (q.n == 0 && !q.bad) printf("queue is empty\n");
+    else printf("%d message%s queued in %s%s\n", q.n, q.n == 1 ? "" : "s", c->queue, q.bad ? " (and unreadable entries)" : "");
     free(q.v);
     cfg_free(c);
     return 0;
