@@ -4329,6 +4329,14 @@ o_log(struct osess *o, const char *fmt, ...)
     ms_log(o->ms, "[o%u] %s", o->id, line);
 }
 
+/* Windows cannot remove a file that is open: the text is closed as soon as it is sent. */
+static void
+o_close_body(struct osess *o)
+{
+    if (o->msg_fd >= 0) { lr_free(&o->lr); os_close(o->msg_fd); }
+    o->msg_fd = -1;
+}
+
 static void
 o_close_fd(struct osess *o)
 {
@@ -4338,8 +4346,7 @@ o_close_fd(struct osess *o)
     o->dq.ans = NULL;
     o->inlen = o->out.len = o->out_off = 0;
     o->reply_code = 0;
-    if (o->msg_fd >= 0) { lr_free(&o->lr); os_close(o->msg_fd); }
-    o->msg_fd = -1;
+    o_close_body(o);
 }
 
 static void
@@ -4641,6 +4648,7 @@ o_pump_body(struct osess *o)
         if (r == 0) {
             if (!o->bol) buf_adds(&o->out, "\r\n");
             buf_adds(&o->out, ".\r\n");
+            o_close_body(o);
             o->body_eof = 1;
             o->state = O_DOT;
             o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
@@ -4860,6 +4868,7 @@ o_finish(struct osess *o, int perm)
         if (r->result == 4) o_log(o, "deferred %s to=<%s>: %s", e->id, r->addr, r->error);
     }
     o->e = NULL;
+    o_close_body(o);
     if (--e->active == 0) relay_finish(o->ms, e);
 }
 
@@ -5170,6 +5179,18 @@ relay_finish(struct mailsrv *ms, struct qentry *e)
         ms_log(ms, "cannot update the queue entry %s: %s", e->id, strerror(errno));
 }
 
+/* Is recipient j the first pending one of its domain (the one that starts its session)? */
+static int
+qentry_first_of_domain(const struct qentry *e, int j)
+{
+    const char *dj = strrchr(e->r[j].addr, '@');
+    int k;
+    if (e->r[j].state != Q_PENDING) return 0;
+    for (k = 0; k < j; k++)
+        if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) return 0;
+    return 1;
+}
+
 /* Starts sessions for due entries, one per destination domain. */
 static void
 relay_run(struct mailsrv *ms)
@@ -5202,22 +5223,13 @@ relay_run(struct mailsrv *ms)
             relay_finish(ms, e);
             continue;
         }
-        for (j = 0; j < e->nr; j++) {
-            const char *dj = strrchr(e->r[j].addr, '@');
-            if (e->r[j].state != Q_PENDING) continue;
-            for (k = 0; k < j; k++)
-                if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) break;
-            groups += k == j;
-        }
+        for (j = 0; j < e->nr; j++) groups += qentry_first_of_domain(e, j);
         if (ms->nout && ms->nout + groups > ms->cfg->max_outbound) break; /* a session's end kicks us again */
         ri = xrealloc(NULL, sizeof *ri * (size_t)e->nr);
         for (j = 0; j < e->nr; j++) {
             const char *dj = strrchr(e->r[j].addr, '@');
             int n = 0;
-            if (e->r[j].state != Q_PENDING) continue;
-            for (k = 0; k < j; k++)
-                if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) break;
-            if (k < j) continue; /* its domain has a session already */
+            if (!qentry_first_of_domain(e, j)) continue;
             for (k = j; k < e->nr; k++)
                 if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) ri[n++] = k;
             relay_start(ms, e, dj + 1, ri, n);
