@@ -21,15 +21,16 @@
  *   5. Config: INI loading, validation, address resolution, INI editing
  *   6. Pure parsers: SMTP commands and paths, the DATA byte machine, mboxrd
  *   7. Storage: Maildir and mbox delivery, the POP3 mailbox view
- *   8. Connections: buffers, I/O
- *   9. SMTP server session
- *  10. POP3 server session
- *  11. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
- *  12. Event loop: listeners, accept, poll, timers, reload, stop
- *  13. Public API and main()
+ *   8. TLS glue: BearSSL engines between sockets and session buffers
+ *   9. Connections: buffers, I/O
+ *  10. SMTP server session
+ *  11. POP3 server session
+ *  12. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
+ *  13. Event loop: listeners, accept, poll, timers, reload, stop
+ *  14. Public API and main()
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
- * file). MAILSRV_ENABLE_TLS is reserved for the TLS issue.
+ * file). MAILSRV_ENABLE_TLS=1 adds TLS with BearSSL (section 8).
  */
 
 /*==== 1. Build options ====*/
@@ -44,6 +45,13 @@
 
 #define INI_HANDLER_LINENO 1 /* Debian builds libinih this way; see PORTABILITY.md */
 #include <ini.h>
+
+#ifndef MAILSRV_ENABLE_TLS
+#define MAILSRV_ENABLE_TLS 0 /* the Makefile passes 1 unless TLS=0 */
+#endif
+#if MAILSRV_ENABLE_TLS
+#include <bearssl.h>
+#endif
 
 #include <ctype.h>
 #include <errno.h>
@@ -89,6 +97,10 @@
 #define MS_HOPS_MAX 30            /* Received: lines before we call it a loop (RFC 5321 6.3) */
 #define MS_QUEUE_CHECK_MS 2000    /* how often QUEUE/flush is looked for */
 #define MS_OUT_TX_MAX 100         /* transactions per outbound connection */
+
+#define MS_TLS_OBUF (4096 + 85)   /* TLS output buffer: records of 4 KB (the input must take 16 KB) */
+#define MS_TLS_CACHE (32 * 1024)  /* session resumption cache: about 300 sessions */
+#define MS_LISTEN_TLS 0x100       /* listener flag: implicit TLS (RFC 8314) */
 
 #define MS_DEF_RETRY 60
 #define MS_DEF_EXPIRE (5L * 86400)
@@ -1217,10 +1229,18 @@ pass_policy(const char *p)
 
 enum { STORE_MAILDIR, STORE_MBOX };
 enum { PT_NO, PT_YES, PT_LOCAL };
+enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
+struct tls_creds; /* section 8 */
+struct tls_sess;
+#if MAILSRV_ENABLE_TLS
+static void tls_creds_release(struct tls_creds *t);
+static struct tls_creds *tls_creds_load(const char *cert, const char *key, char *err, size_t n);
+static struct tls_creds *tls_anchors_load(const char *path, char *err, size_t n);
+#endif
 enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
 static const char *const proto_names[] = {"smtp", "submission", "pop3"};
 
-struct cfg_listen { int proto; int family; char addr[64]; unsigned port; int optional; };
+struct cfg_listen { int proto; int tls; int family; char addr[64]; unsigned port; int optional; };
 struct cfg_user { char *name; char *pass; int line; };
 struct cfg_alias { char *name; char *members; int line; };
 struct cfg_domain {
@@ -1253,6 +1273,10 @@ struct ms_config {
     long relay_port, retry, expire, max_outbound, relay_timeout;
     char helo[256];
     struct cfg_route *routes; int nroutes;
+    /* TLS */
+    char tls_cert[1024], tls_key[1024], ca_file[1024];
+    int relay_tls;
+    struct tls_creds *tls, *ca;  /* loaded by cfg_validate; shared with sessions */
     struct buf errors;     /* "FILE:LINE: reason\n" lines */
     int nerrors;
 };
@@ -1366,6 +1390,13 @@ cfg_parse_plaintext(struct ms_config *c, const char *v, void *dst, long arg, cha
     return cfg_parse_choice(v, names, dst, err, n);
 }
 static int
+cfg_parse_relay_tls(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    static const char *const names[] = {"no", "yes", "verify", NULL};
+    (void)c; (void)arg;
+    return cfg_parse_choice(v, names, dst, err, n);
+}
+static int
 cfg_parse_bool(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
 {
     static const char *const names[] = {"no", "yes", NULL};
@@ -1373,13 +1404,15 @@ cfg_parse_bool(struct ms_config *c, const char *v, void *dst, long arg, char *er
     return cfg_parse_choice(v, names, dst, err, n);
 }
 
+/* proto may carry MS_LISTEN_TLS. */
 static int
 cfg_add_listen(struct ms_config *c, int proto, int family, const char *addr, unsigned port, int optional)
 {
     struct cfg_listen *l;
     if (c->nlisten >= MS_MAX_LISTENERS) return -1;
     l = &c->listen[c->nlisten++];
-    l->proto = proto;
+    l->proto = proto & 0xff;
+    l->tls = (proto & MS_LISTEN_TLS) != 0;
     l->family = family;
     ms_strlcpy(l->addr, addr, sizeof l->addr);
     l->port = port;
@@ -1568,6 +1601,8 @@ static const struct cfg_key cfg_relay_keys[] = {
     {"helo", cfg_parse_optstr, offsetof(struct ms_config, helo), 256},
     {"max_outbound", cfg_parse_count, offsetof(struct ms_config, max_outbound), 1000},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, relay_timeout), 0},
+    {"tls", cfg_parse_relay_tls, offsetof(struct ms_config, relay_tls), 0},
+    {"ca_file", cfg_parse_path, offsetof(struct ms_config, ca_file), 1024},
     {NULL, NULL, 0, 0},
 };
 static const struct cfg_key cfg_server_keys[] = {
@@ -1575,6 +1610,10 @@ static const struct cfg_key cfg_server_keys[] = {
     {"smtp", cfg_parse_listen, 0, PROTO_SMTP},
     {"submission", cfg_parse_listen, 0, PROTO_SUBMISSION},
     {"pop3", cfg_parse_listen, 0, PROTO_POP3},
+    {"smtps", cfg_parse_listen, 0, PROTO_SUBMISSION | MS_LISTEN_TLS}, /* RFC 8314: submission over TLS */
+    {"pop3s", cfg_parse_listen, 0, PROTO_POP3 | MS_LISTEN_TLS},
+    {"tls_cert", cfg_parse_path, offsetof(struct ms_config, tls_cert), 1024},
+    {"tls_key", cfg_parse_path, offsetof(struct ms_config, tls_key), 1024},
     {"storage", cfg_parse_storage, offsetof(struct ms_config, storage), 0},
     {"spool", cfg_parse_path, offsetof(struct ms_config, spool), 1024},
     {"max_message_size", cfg_parse_size, offsetof(struct ms_config, max_message_size), 0},
@@ -1755,6 +1794,10 @@ cfg_free(struct ms_config *c)
     }
     for (i = 0; i < c->nroutes; i++) free(c->routes[i].domain);
     free(c->routes);
+#if MAILSRV_ENABLE_TLS
+    tls_creds_release(c->tls);
+    tls_creds_release(c->ca);
+#endif
     free(c->domains);
     free(c->path);
     free(c->dir);
@@ -1934,13 +1977,40 @@ cfg_new(const char *path)
     c->expire = MS_DEF_EXPIRE;
     c->max_outbound = MS_DEF_MAX_OUTBOUND;
     c->relay_timeout = MS_DEF_TIMEOUT;
+    c->relay_tls = RTLS_YES;
     return c;
 }
 
+/* The certificate, key and CA files: loaded here, so `check` reports them. */
+static void
+cfg_load_tls_files(struct ms_config *c)
+{
+    int i, tls_listen = 0;
+    for (i = 0; i < c->nlisten; i++) tls_listen |= c->listen[i].tls;
+#if MAILSRV_ENABLE_TLS
+    {
+        char err[2600];
+        if (c->tls_cert[0] || c->tls_key[0]) {
+            if (!c->tls_cert[0] || !c->tls_key[0]) cfg_error(c, 0, "tls_cert and tls_key go together");
+            else if (!(c->tls = tls_creds_load(c->tls_cert, c->tls_key, err, sizeof err))) cfg_error(c, 0, "TLS: %s", err);
+        } else if (tls_listen) {
+            cfg_error(c, 0, "smtps and pop3s need tls_cert and tls_key (`mailsrv gencert` makes a pair)");
+        }
+        if (c->relay_tls == RTLS_VERIFY) {
+            if (!c->ca_file[0]) cfg_error(c, 0, "[relay] tls = verify needs ca_file");
+            else if (!(c->ca = tls_anchors_load(c->ca_file, err, sizeof err))) cfg_error(c, 0, "[relay] ca_file: %s", err);
+        }
+    }
+#else
+    if (tls_listen || c->tls_cert[0] || c->tls_key[0] || c->relay_tls == RTLS_VERIFY)
+        cfg_error(c, 0, "TLS is not available: this mailsrv was built without it (make TLS=0)");
+#endif
+}
+
 /* Loads from a file (text == NULL) or from text. Always returns a config;
- * check c->nerrors. */
+ * check c->nerrors. tls_files = 0 skips reading the TLS files (gencert). */
 static struct ms_config *
-cfg_load(const char *path, const char *text)
+cfg_load_ex(const char *path, const char *text, int tls_files)
 {
     struct ms_config *c = cfg_new(path);
     int r = text ? ini_parse_string(text, cfg_on_key, c) : ini_parse(path, cfg_on_key, c);
@@ -1949,8 +2019,10 @@ cfg_load(const char *path, const char *text)
     else if (r > 0) /* inih reports syntax errors and lines over its 200-byte limit */
         cfg_error(c, r, "syntax error (expected [section] or key = value, at most 199 characters)");
     if (!c->nerrors) cfg_validate(c);
+    if (!c->nerrors && tls_files) cfg_load_tls_files(c);
     return c;
 }
+static struct ms_config *cfg_load(const char *path, const char *text) { return cfg_load_ex(path, text, 1); }
 
 static int
 cfg_listens_beyond_loopback(const struct ms_config *c)
@@ -3279,7 +3351,472 @@ view_commit(struct pop_view *v)
     }
 }
 
-/*==== 8. Connections ====*/
+/*==== 8. TLS glue (BearSSL) ====*/
+/*
+ * Compiled only with MAILSRV_ENABLE_TLS. The certificate chain and key are
+ * loaded with the configuration and shared, reference-counted, by the
+ * sessions that use them, so a reload never frees a key in use. A TLS
+ * session is a BearSSL engine between the socket and the session's
+ * plain-text buffers: tls_recv() and tls_send() behave like recv() and
+ * send() (returning -2 for "would block"), tls_events() says what the
+ * engine waits for. Plain-text sessions carry no TLS state at all.
+ */
+#if MAILSRV_ENABLE_TLS
+
+struct tls_creds {
+    int refs;
+    br_x509_certificate *chain;
+    int nchain;
+    br_skey_decoder_context skey;    /* the private key; BearSSL points into it */
+    br_x509_trust_anchor *anchors;   /* [relay] ca_file */
+    int nanchors;
+};
+
+struct tls_noverify {                /* [relay] tls = yes: take the key, check nothing */
+    const br_x509_class *vtable;
+    br_x509_decoder_context dc;
+    int depth, ok;
+};
+
+struct tls_sess {
+    union { br_ssl_server_context s; br_ssl_client_context c; } u;
+    br_ssl_engine_context *eng;
+    union { br_x509_minimal_context minimal; struct tls_noverify nv; } x509;
+    struct tls_creds *creds;
+    int reported;                    /* the handshake's outcome was logged */
+    unsigned char ibuf[BR_SSL_BUFSIZE_INPUT], obuf[MS_TLS_OBUF];
+};
+
+static void
+tls_creds_release(struct tls_creds *t)
+{
+    int i;
+    if (!t || --t->refs > 0) return;
+    for (i = 0; i < t->nchain; i++) free(t->chain[i].data);
+    for (i = 0; i < t->nanchors; i++) {
+        free(t->anchors[i].dn.data);
+        free(t->anchors[i].pkey.key_type == BR_KEYTYPE_RSA ? t->anchors[i].pkey.key.rsa.n : t->anchors[i].pkey.key.ec.q);
+        if (t->anchors[i].pkey.key_type == BR_KEYTYPE_RSA) free(t->anchors[i].pkey.key.rsa.e);
+    }
+    free(t->chain);
+    free(t->anchors);
+    free(t);
+}
+
+static void tls_buf_append(void *ctx, const void *p, size_t n) { buf_add(ctx, p, n); }
+
+/* Reads a PEM file; calls fn for each object (its banner and DER bytes). */
+static int
+tls_read_pem(const char *path, int (*fn)(void *ctx, const char *name, struct buf *der, char *err, size_t n),
+             void *ctx, char *err, size_t n)
+{
+    size_t len, off = 0;
+    char *text = cfg_read_file(path, &len), name[128];
+    br_pem_decoder_context pc;
+    struct buf obj = {0};
+    int in_obj = 0, rc = 0, objects = 0;
+    if (!text) { snprintf(err, n, "%s: %s", path, strerror(errno)); return -1; }
+    br_pem_decoder_init(&pc);
+    while (rc == 0 && off <= len) {
+        /* a final newline: the decoder needs one after the END line */
+        off += off < len ? br_pem_decoder_push(&pc, text + off, len - off) : br_pem_decoder_push(&pc, "\n", 1) + 1;
+        switch (br_pem_decoder_event(&pc)) {
+        case BR_PEM_BEGIN_OBJ:
+            ms_strlcpy(name, br_pem_decoder_name(&pc), sizeof name);
+            obj.len = 0;
+            br_pem_decoder_setdest(&pc, tls_buf_append, &obj);
+            in_obj = 1;
+            break;
+        case BR_PEM_END_OBJ:
+            if (in_obj && obj.len) { rc = fn(ctx, name, &obj, err, n); objects++; }
+            in_obj = 0;
+            break;
+        case BR_PEM_ERROR:
+            snprintf(err, n, "%s: not a valid PEM file", path);
+            rc = -1;
+            break;
+        }
+    }
+    if (rc == 0 && (in_obj || !objects)) { snprintf(err, n, "%s: %s", path, in_obj ? "a PEM object is cut off" : "no PEM object found"); rc = -1; }
+    free(text);
+    buf_free(&obj);
+    return rc;
+}
+
+static int
+tls_add_cert(void *ctx, const char *name, struct buf *der, char *err, size_t n)
+{
+    struct tls_creds *t = ctx;
+    (void)err; (void)n;
+    if (strcmp(name, "CERTIFICATE") != 0 && strcmp(name, "X509 CERTIFICATE") != 0) return 0;
+    t->chain = xrealloc(t->chain, sizeof *t->chain * (size_t)(t->nchain + 1));
+    t->chain[t->nchain].data = xrealloc(NULL, der->len);
+    memcpy(t->chain[t->nchain].data, der->p, der->len);
+    t->chain[t->nchain++].data_len = der->len;
+    return 0;
+}
+
+static int
+tls_add_key(void *ctx, const char *name, struct buf *der, char *err, size_t n)
+{
+    struct tls_creds *t = ctx;
+    if (strcmp(name, "RSA PRIVATE KEY") != 0 && strcmp(name, "EC PRIVATE KEY") != 0 && strcmp(name, "PRIVATE KEY") != 0)
+        return 0; /* e.g. "EC PARAMETERS" before the key */
+    br_skey_decoder_init(&t->skey);
+    br_skey_decoder_push(&t->skey, der->p, der->len);
+    if (br_skey_decoder_last_error(&t->skey) != 0) {
+        snprintf(err, n, "the %s is not an RSA or EC key BearSSL can read (error %d)", name, br_skey_decoder_last_error(&t->skey));
+        return -1;
+    }
+    return 0;
+}
+
+/* The key must belong to the leaf certificate: compare the public parts. */
+static int
+tls_key_matches(struct tls_creds *t, char *err, size_t n)
+{
+    br_x509_decoder_context dc;
+    const br_x509_pkey *pk;
+    unsigned char tmp[BR_EC_KBUF_PUB_MAX_SIZE > 512 ? BR_EC_KBUF_PUB_MAX_SIZE : 512];
+    size_t len;
+    br_x509_decoder_init(&dc, NULL, NULL);
+    br_x509_decoder_push(&dc, t->chain[0].data, t->chain[0].data_len);
+    if (!(pk = br_x509_decoder_get_pkey(&dc))) {
+        snprintf(err, n, "the first certificate cannot be decoded (error %d)", br_x509_decoder_last_error(&dc));
+        return -1;
+    }
+    if (pk->key_type != br_skey_decoder_key_type(&t->skey)) goto mismatch;
+    if (pk->key_type == BR_KEYTYPE_RSA) {
+        const br_rsa_private_key *sk = br_skey_decoder_get_rsa(&t->skey);
+        const unsigned char *m = pk->key.rsa.n;
+        size_t mlen = pk->key.rsa.nlen;
+        if ((len = br_rsa_compute_modulus_get_default()(NULL, sk)) == 0 || len > sizeof tmp) goto mismatch;
+        br_rsa_compute_modulus_get_default()(tmp, sk);
+        while (mlen && !*m) { m++; mlen--; }
+        if (len != mlen || memcmp(tmp, m, len) != 0) goto mismatch;
+    } else {
+        const br_ec_private_key *sk = br_skey_decoder_get_ec(&t->skey);
+        len = br_ec_compute_pub(br_ec_get_default(), NULL, tmp, sk);
+        if (!len || sk->curve != pk->key.ec.curve || len != pk->key.ec.qlen || memcmp(tmp, pk->key.ec.q, len) != 0)
+            goto mismatch;
+    }
+    return 0;
+mismatch:
+    snprintf(err, n, "the key does not belong to the first certificate");
+    return -1;
+}
+
+/* Loads tls_cert (chain, leaf first) and tls_key. */
+static struct tls_creds *
+tls_creds_load(const char *cert, const char *key, char *err, size_t n)
+{
+    struct tls_creds *t = xrealloc(NULL, sizeof *t);
+    char why[300];
+    memset(t, 0, sizeof *t);
+    t->refs = 1;
+    if (tls_read_pem(cert, tls_add_cert, t, err, n) != 0) goto fail;
+    if (!t->nchain) { snprintf(err, n, "%s: no CERTIFICATE in it", cert); goto fail; }
+    br_skey_decoder_init(&t->skey);
+    if (tls_read_pem(key, tls_add_key, t, err, n) != 0) goto fail;
+    if (br_skey_decoder_key_type(&t->skey) == 0) { snprintf(err, n, "%s: no private key in it", key); goto fail; }
+    if (tls_key_matches(t, why, sizeof why) != 0) { snprintf(err, n, "%s and %s: %s", cert, key, why); goto fail; }
+    return t;
+fail:
+    tls_creds_release(t);
+    return NULL;
+}
+
+struct tls_dn { struct buf b; };
+static void tls_dn_append(void *ctx, const void *p, size_t n) { buf_add(&((struct tls_dn *)ctx)->b, p, n); }
+
+static int
+tls_add_anchor(void *ctx, const char *name, struct buf *der, char *err, size_t n)
+{
+    struct tls_creds *t = ctx;
+    struct tls_dn dn = {{0}};
+    br_x509_decoder_context dc;
+    const br_x509_pkey *pk;
+    br_x509_trust_anchor *ta;
+    if (strcmp(name, "CERTIFICATE") != 0 && strcmp(name, "X509 CERTIFICATE") != 0) return 0;
+    br_x509_decoder_init(&dc, tls_dn_append, &dn);
+    br_x509_decoder_push(&dc, der->p, der->len);
+    if (!(pk = br_x509_decoder_get_pkey(&dc))) {
+        snprintf(err, n, "a certificate cannot be decoded (error %d)", br_x509_decoder_last_error(&dc));
+        buf_free(&dn.b);
+        return -1;
+    }
+    t->anchors = xrealloc(t->anchors, sizeof *t->anchors * (size_t)(t->nanchors + 1));
+    ta = &t->anchors[t->nanchors++];
+    memset(ta, 0, sizeof *ta);
+    ta->dn.data = (unsigned char *)dn.b.p;
+    ta->dn.len = dn.b.len;
+    /* a CA signs the chain; any other certificate is trusted directly (BearSSL's "direct trust") */
+    ta->flags = br_x509_decoder_isCA(&dc) ? BR_X509_TA_CA : 0;
+    ta->pkey = *pk;
+    if (pk->key_type == BR_KEYTYPE_RSA) {
+        ta->pkey.key.rsa.n = xrealloc(NULL, pk->key.rsa.nlen);
+        memcpy(ta->pkey.key.rsa.n, pk->key.rsa.n, pk->key.rsa.nlen);
+        ta->pkey.key.rsa.e = xrealloc(NULL, pk->key.rsa.elen);
+        memcpy(ta->pkey.key.rsa.e, pk->key.rsa.e, pk->key.rsa.elen);
+    } else {
+        ta->pkey.key.ec.q = xrealloc(NULL, pk->key.ec.qlen);
+        memcpy(ta->pkey.key.ec.q, pk->key.ec.q, pk->key.ec.qlen);
+    }
+    return 0;
+}
+
+/* [relay] ca_file: the trust anchors for tls = verify. */
+static struct tls_creds *
+tls_anchors_load(const char *path, char *err, size_t n)
+{
+    struct tls_creds *t = xrealloc(NULL, sizeof *t);
+    memset(t, 0, sizeof *t);
+    t->refs = 1;
+    if (tls_read_pem(path, tls_add_anchor, t, err, n) != 0) { tls_creds_release(t); return NULL; }
+    if (!t->nanchors) { snprintf(err, n, "%s: no CERTIFICATE in it", path); tls_creds_release(t); return NULL; }
+    return t;
+}
+
+/* TLS 1.2 (BearSSL 0.6 has no 1.3; RFC 8996 rules out 1.0 and 1.1), ECDHE
+ * with AEAD ciphers only. */
+static const uint16_t tls_suites[] = {
+    BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+};
+
+static const char *
+tls_suite_name(unsigned s)
+{
+    switch (s) {
+    case BR_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-ECDSA-CHACHA20-POLY1305";
+    case BR_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256: return "ECDHE-RSA-CHACHA20-POLY1305";
+    case BR_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256: return "ECDHE-ECDSA-AES128-GCM-SHA256";
+    case BR_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256: return "ECDHE-RSA-AES128-GCM-SHA256";
+    case BR_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384: return "ECDHE-ECDSA-AES256-GCM-SHA384";
+    case BR_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384: return "ECDHE-RSA-AES256-GCM-SHA384";
+    default: return "?";
+    }
+}
+
+static void
+tls_engine_setup(struct tls_sess *t)
+{
+    br_ssl_engine_set_versions(t->eng, BR_TLS12, BR_TLS12);
+    br_ssl_engine_set_suites(t->eng, tls_suites, sizeof tls_suites / sizeof tls_suites[0]);
+    br_ssl_engine_set_buffers_bidi(t->eng, t->ibuf, sizeof t->ibuf, t->obuf, sizeof t->obuf);
+}
+
+static struct tls_sess *
+tls_server_new(struct tls_creds *creds, const br_ssl_session_cache_class **cache)
+{
+    struct tls_sess *t = xrealloc(NULL, sizeof *t);
+    memset(t, 0, offsetof(struct tls_sess, ibuf));
+    t->creds = creds;
+    creds->refs++;
+    if (br_skey_decoder_key_type(&creds->skey) == BR_KEYTYPE_RSA)
+        br_ssl_server_init_full_rsa(&t->u.s, creds->chain, (size_t)creds->nchain, br_skey_decoder_get_rsa(&creds->skey));
+    else
+        br_ssl_server_init_full_ec(&t->u.s, creds->chain, (size_t)creds->nchain, BR_KEYTYPE_EC,
+                                   br_skey_decoder_get_ec(&creds->skey));
+    t->eng = &t->u.s.eng;
+    tls_engine_setup(t);
+    br_ssl_server_set_cache(&t->u.s, cache);
+    br_ssl_server_reset(&t->u.s);
+    return t;
+}
+
+/* ---- tls = yes: any certificate; only its public key is taken ---- */
+static void
+nv_start_chain(const br_x509_class **ctx, const char *server_name)
+{
+    struct tls_noverify *v = (struct tls_noverify *)(void *)ctx;
+    (void)server_name;
+    v->depth = 0;
+    v->ok = 0;
+}
+static void
+nv_start_cert(const br_x509_class **ctx, uint32_t length)
+{
+    struct tls_noverify *v = (struct tls_noverify *)(void *)ctx;
+    (void)length;
+    if (v->depth == 0) br_x509_decoder_init(&v->dc, NULL, NULL);
+}
+static void
+nv_append(const br_x509_class **ctx, const unsigned char *buf, size_t len)
+{
+    struct tls_noverify *v = (struct tls_noverify *)(void *)ctx;
+    if (v->depth == 0) br_x509_decoder_push(&v->dc, buf, len);
+}
+static void
+nv_end_cert(const br_x509_class **ctx)
+{
+    struct tls_noverify *v = (struct tls_noverify *)(void *)ctx;
+    if (v->depth++ == 0) v->ok = br_x509_decoder_get_pkey(&v->dc) != NULL;
+}
+static unsigned
+nv_end_chain(const br_x509_class **ctx)
+{
+    struct tls_noverify *v = (struct tls_noverify *)(void *)ctx;
+    return v->ok ? 0 : BR_ERR_X509_EMPTY_CHAIN; /* no usable key */
+}
+static const br_x509_pkey *
+nv_get_pkey(const br_x509_class *const *ctx, unsigned *usages)
+{
+    struct tls_noverify *v = (struct tls_noverify *)(void *)ctx;
+    if (usages) *usages = BR_KEYTYPE_KEYX | BR_KEYTYPE_SIGN;
+    return br_x509_decoder_get_pkey(&v->dc);
+}
+static const br_x509_class nv_vtable = {
+    sizeof(struct tls_noverify), nv_start_chain, nv_start_cert, nv_append, nv_end_cert, nv_end_chain, nv_get_pkey,
+};
+
+/* A client session: verified against anchors when given (with the host
+ * name when it is one), else opportunistic. */
+static struct tls_sess *
+tls_client_new(struct tls_creds *anchors, const char *server_name)
+{
+    struct tls_sess *t = xrealloc(NULL, sizeof *t);
+    memset(t, 0, offsetof(struct tls_sess, ibuf));
+    if (anchors) {
+        t->creds = anchors;
+        anchors->refs++;
+        br_ssl_client_init_full(&t->u.c, &t->x509.minimal, anchors->anchors, (size_t)anchors->nanchors);
+    } else {
+        br_ssl_client_init_full(&t->u.c, &t->x509.minimal, NULL, 0);
+        t->x509.nv.vtable = &nv_vtable;
+        br_ssl_engine_set_x509(&t->u.c.eng, &t->x509.nv.vtable);
+    }
+    t->eng = &t->u.c.eng;
+    tls_engine_setup(t);
+    br_ssl_client_reset(&t->u.c, server_name, 0);
+    return t;
+}
+
+static void
+tls_free(struct tls_sess *t)
+{
+    if (!t) return;
+    tls_creds_release(t->creds);
+    free(t);
+}
+
+/* Moves records between the socket and the engine until nothing moves.
+ * -1: the connection is over (closed, failed, or the peer hung up). */
+static int
+tls_pump(struct tls_sess *t, ms_sock_t fd)
+{
+    for (;;) {
+        unsigned st = br_ssl_engine_current_state(t->eng);
+        unsigned char *b;
+        size_t len;
+        long n;
+        int moved = 0;
+        if (st & BR_SSL_CLOSED) return -1;
+        if (st & BR_SSL_SENDREC) {
+            b = br_ssl_engine_sendrec_buf(t->eng, &len);
+            n = net_send(fd, b, len);
+            if (n > 0) { br_ssl_engine_sendrec_ack(t->eng, (size_t)n); moved = 1; }
+            else if (!net_would_block(net_error())) { br_ssl_engine_close(t->eng); return -1; }
+        }
+        if (st & BR_SSL_RECVREC) {
+            b = br_ssl_engine_recvrec_buf(t->eng, &len);
+            n = net_recv(fd, b, len);
+            if (n > 0) { br_ssl_engine_recvrec_ack(t->eng, (size_t)n); moved = 1; }
+            else if (n == 0 || !net_would_block(net_error())) { br_ssl_engine_close(t->eng); return -1; }
+        }
+        if (!moved) return 0;
+    }
+}
+
+/* recv() through TLS: bytes, 0 at the end, -1 on error, -2 for "later". */
+static long
+tls_recv(struct tls_sess *t, ms_sock_t fd, void *buf, size_t cap)
+{
+    unsigned st;
+    int pumped = tls_pump(t, fd);
+    st = br_ssl_engine_current_state(t->eng);
+    if (st & BR_SSL_RECVAPP) {
+        size_t len;
+        unsigned char *b = br_ssl_engine_recvapp_buf(t->eng, &len);
+        if (len > cap) len = cap;
+        memcpy(buf, b, len);
+        br_ssl_engine_recvapp_ack(t->eng, len);
+        tls_pump(t, fd);
+        return (long)len;
+    }
+    if (pumped < 0 || (st & BR_SSL_CLOSED)) return br_ssl_engine_last_error(t->eng) == BR_ERR_OK ? 0 : -1;
+    return -2;
+}
+
+/* send() through TLS (nothing goes before the handshake is done). */
+static long
+tls_send(struct tls_sess *t, ms_sock_t fd, const void *buf, size_t n)
+{
+    unsigned st;
+    if (tls_pump(t, fd) < 0) return -1;
+    st = br_ssl_engine_current_state(t->eng);
+    if (st & BR_SSL_SENDAPP) {
+        size_t len;
+        unsigned char *b = br_ssl_engine_sendapp_buf(t->eng, &len);
+        if (len > n) len = n;
+        memcpy(b, buf, len);
+        br_ssl_engine_sendapp_ack(t->eng, len);
+        br_ssl_engine_flush(t->eng, 0);
+        if (tls_pump(t, fd) < 0) return -1;
+        return (long)len;
+    }
+    return -2;
+}
+
+static short
+tls_events(const struct tls_sess *t)
+{
+    unsigned st = br_ssl_engine_current_state(t->eng);
+    return (short)(((st & BR_SSL_SENDREC) ? POLLOUT : 0) | ((st & BR_SSL_RECVREC) ? POLLIN : 0));
+}
+
+static int tls_app_ready(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & BR_SSL_RECVAPP) != 0; }
+static int tls_unsent(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & BR_SSL_SENDREC) != 0; }
+static int tls_done(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & (BR_SSL_SENDAPP | BR_SSL_RECVAPP)) != 0; }
+static int tls_error(const struct tls_sess *t) { return br_ssl_engine_last_error(t->eng); }
+
+/* BearSSL's error codes that a log reader can act on. */
+static void
+tls_error_text(int e, char *out, size_t n)
+{
+    const char *t = e == BR_ERR_X509_NOT_TRUSTED ? "certificate not trusted"
+                  : e == BR_ERR_X509_BAD_SERVER_NAME ? "certificate is for another name"
+                  : e == BR_ERR_X509_EXPIRED ? "certificate expired or not yet valid"
+                  : e == BR_ERR_UNSUPPORTED_VERSION || e == BR_ERR_BAD_VERSION ? "no common TLS version (TLS 1.2 only)"
+                  : e == BR_ERR_BAD_CIPHER_SUITE ? "no common cipher suite"
+                  : e == BR_ERR_IO ? "connection lost" : NULL;
+    if (t) snprintf(out, n, "%s, BearSSL error %d", t, e);
+    else if (e >= BR_ERR_SEND_FATAL_ALERT) snprintf(out, n, "sent fatal alert %d", e - BR_ERR_SEND_FATAL_ALERT);
+    else if (e >= BR_ERR_RECV_FATAL_ALERT) snprintf(out, n, "the peer sent fatal alert %d", e - BR_ERR_RECV_FATAL_ALERT);
+    else snprintf(out, n, "BearSSL error %d", e);
+}
+
+/* "TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256" (resumed) for the logs. */
+static void
+tls_describe(const struct tls_sess *t, char *out, size_t n)
+{
+    br_ssl_session_parameters sp;
+    br_ssl_engine_get_session_parameters(t->eng, &sp);
+    snprintf(out, n, "TLSv1.%d %s", sp.version - 0x0301, tls_suite_name(sp.cipher_suite));
+}
+
+/* Sends close_notify as far as the socket takes it. */
+static void
+tls_close(struct tls_sess *t, ms_sock_t fd)
+{
+    br_ssl_engine_close(t->eng);
+    tls_pump(t, fd);
+}
+
+#endif /* MAILSRV_ENABLE_TLS */
+
+/*==== 9. Connections ====*/
 /*
  * A connection owns a fixed input buffer and a bounded output buffer.
  * Protocol code appends replies with conn_reply(); the loop sends them. A
@@ -3330,6 +3867,8 @@ struct conn {
     int is_loopback;
     int64_t deadline, hold_until;
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
+    unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
+    struct tls_sess *tls;            /* NULL: plain text */
     char in[MS_IN_SIZE];
     size_t inlen;
     struct buf out;
@@ -3337,7 +3876,7 @@ struct conn {
     union { struct smtp_sess smtp; struct pop_sess pop; } u;
 };
 
-struct listener { ms_sock_t fd; enum proto proto; char name[80]; };
+struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
 
 struct mailsrv {
     struct ms_config *cfg;
@@ -3368,6 +3907,7 @@ struct mailsrv {
     unsigned next_oid;
     int relay_kick;                  /* run the queue at the end of this turn */
     int64_t relay_wake, next_flush_check;
+    void *tls_cache;                 /* the session resumption cache, made on first use */
 };
 
 static void
@@ -3415,21 +3955,38 @@ conn_close(struct conn *c, int after_flush)
     else c->is_closing = 1;
 }
 
+static void conn_tls_start(struct conn *c);
+
 static void
 conn_send(struct conn *c)
 {
     while (c->out_off < c->out.len) {
-        long n = net_send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off);
-        if (n < 0) {
+        long n;
+#if MAILSRV_ENABLE_TLS
+        if (c->tls) {
+            if ((n = tls_send(c->tls, c->fd, c->out.p + c->out_off, c->out.len - c->out_off)) == -1) c->is_closing = 1;
+            if (n < 0) break;
+        } else
+#endif
+        if ((n = net_send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off)) < 0) {
             if (!net_would_block(net_error())) c->is_closing = 1;
             break;
         }
         c->out_off += (size_t)n;
     }
+#if MAILSRV_ENABLE_TLS
+    if (c->tls && tls_pump(c->tls, c->fd) < 0 && c->out_off < c->out.len) c->is_closing = 1;
+#endif
     if (c->out_off == c->out.len) {
         c->out.len = c->out_off = 0;
         if (c->out.cap > 65536) buf_free(&c->out); /* give back a RETR-sized buffer */
+        if (c->tls_after_flush) conn_tls_start(c);
+#if MAILSRV_ENABLE_TLS
+        if (c->close_after_flush && c->tls && !tls_unsent(c->tls)) tls_close(c->tls, c->fd);
+        if (c->close_after_flush && (!c->tls || !tls_unsent(c->tls))) c->is_closing = 1;
+#else
         if (c->close_after_flush) c->is_closing = 1;
+#endif
     } else if (c->out_off > 65536) {
         buf_consume(&c->out, c->out_off);
         c->out_off = 0;
@@ -3438,12 +3995,52 @@ conn_send(struct conn *c)
 
 static size_t conn_pending(const struct conn *c) { return c->out.len - c->out_off; }
 
+/* After "220 Ready to start TLS" / "+OK Begin TLS negotiation" is out. */
+static void
+conn_tls_start(struct conn *c)
+{
+    c->tls_after_flush = 0;
+#if MAILSRV_ENABLE_TLS
+    {
+        struct mailsrv *ms = c->ms;
+        if (!ms->cfg->tls) { c->is_closing = 1; return; } /* a reload took the certificate away */
+        if (!ms->tls_cache) { /* one LRU cache for the whole server */
+            struct { br_ssl_session_cache_lru lru; unsigned char store[MS_TLS_CACHE]; } *cache = xrealloc(NULL, sizeof *cache);
+            br_ssl_session_cache_lru_init(&cache->lru, cache->store, sizeof cache->store);
+            ms->tls_cache = cache;
+        }
+        c->tls = tls_server_new(ms->cfg->tls, &((br_ssl_session_cache_lru *)ms->tls_cache)->vtable);
+    }
+#else
+    c->is_closing = 1;
+#endif
+}
+
+#if MAILSRV_ENABLE_TLS
+/* Logs the outcome of a handshake once. */
+static void
+conn_tls_report(struct conn *c)
+{
+    char what[128];
+    if (!c->tls || c->tls->reported) return;
+    if (tls_done(c->tls)) {
+        tls_describe(c->tls, what, sizeof what);
+        conn_log(c, "tls ok %s", what);
+        c->tls->reported = 1;
+    } else if (tls_error(c->tls)) {
+        tls_error_text(tls_error(c->tls), what, sizeof what);
+        conn_log(c, "tls handshake failed: %s", what);
+        c->tls->reported = 1;
+    }
+}
+#endif
+
 /* Plain-text logins are allowed here? (plaintext_auth = yes | no | local) */
 static int
 conn_plaintext_ok(const struct conn *c)
 {
     int pt = c->ms->cfg->plaintext_auth;
-    return pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
+    return c->tls || pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
 }
 
 /* Checks a login against the config: "user@domain" or a bare, unambiguous
@@ -3523,7 +4120,7 @@ conn_may_relay(const struct conn *c)
 
 static void relay_enqueue(struct mailsrv *ms, const char *id);
 
-/*==== 9. SMTP server session ====*/
+/*==== 10. SMTP server session ====*/
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
  * ENHANCEDSTATUSCODES (2034, 3463) and AUTH PLAIN/LOGIN (4954).
@@ -3576,6 +4173,7 @@ smtp_do_helo(struct conn *c, const char *args, int esmtp)
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
+    if (c->ms->cfg->tls && !c->tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
     conn_reply(c, "250 ENHANCEDSTATUSCODES");
 }
@@ -3891,6 +4489,26 @@ smtp_data_feed(struct conn *c, const char *in, size_t n)
     return used;
 }
 
+/* RFC 3207. The reply goes out in the clear, then the handshake; what the
+ * client sent after STARTTLS in the same packet is dropped unread (the
+ * command-injection class of CVE-2011-0411), and the session starts over. */
+static void
+smtp_do_starttls(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    if (*args) { conn_reply(c, "501 5.5.4 Syntax: STARTTLS"); return; }
+    if (c->tls) { conn_reply(c, "503 5.5.1 TLS is already active"); return; }
+    if (!c->ms->cfg->tls) { conn_reply(c, "454 4.7.0 TLS not available"); return; }
+    if (s->state > SMTP_S_READY) { conn_reply(c, "503 5.5.1 STARTTLS not allowed during a mail transaction"); return; }
+    conn_reply(c, "220 2.0.0 Ready to start TLS");
+    c->inlen = 0;
+    c->tls_after_flush = 1;
+    smtp_tx_reset(c);
+    s->state = SMTP_S_GREET; /* RFC 3207 4.2: forget EHLO and AUTH */
+    s->esmtp = 0;
+    s->helo[0] = s->auth_user[0] = 0;
+}
+
 static void smtp_do_ehlo(struct conn *c, const char *a) { smtp_do_helo(c, a, 1); }
 static void smtp_do_helo4(struct conn *c, const char *a) { smtp_do_helo(c, a, 0); }
 static void smtp_do_noop(struct conn *c, const char *a) { (void)a; conn_reply(c, "250 2.0.0 Ok"); }
@@ -3905,7 +4523,7 @@ static void
 smtp_do_help(struct conn *c, const char *a)
 {
     (void)a;
-    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY AUTH");
+    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
     conn_reply(c, "214 2.0.0 mailsrv " MAILSRV_VERSION);
 }
 static void
@@ -3922,7 +4540,7 @@ static const struct smtp_cmd {
 } smtp_cmds[] = {
     {"EHLO", smtp_do_ehlo}, {"HELO", smtp_do_helo4}, {"MAIL", smtp_do_mail}, {"RCPT", smtp_do_rcpt},
     {"DATA", smtp_do_data}, {"RSET", smtp_do_rset}, {"NOOP", smtp_do_noop}, {"QUIT", smtp_do_quit},
-    {"HELP", smtp_do_help}, {"VRFY", smtp_do_vrfy}, {"AUTH", smtp_do_auth},
+    {"HELP", smtp_do_help}, {"VRFY", smtp_do_vrfy}, {"AUTH", smtp_do_auth}, {"STARTTLS", smtp_do_starttls},
 };
 
 static void
@@ -3952,7 +4570,7 @@ smtp_line(struct conn *c, char *line, size_t len)
     conn_reply(c, "500 5.5.2 Command unrecognized");
 }
 
-/*==== 10. POP3 server session ====*/
+/*==== 11. POP3 server session ====*/
 /*
  * RFC 1939 with CAPA, RESP-CODES and AUTH-RESP-CODE (2449, 3206) and AUTH
  * PLAIN (5034). The mailbox is a snapshot taken at login; DELE only marks,
@@ -4112,6 +4730,7 @@ static void
 pop_do_capa(struct conn *c)
 {
     conn_reply(c, "+OK Capability list follows");
+    if (c->u.pop.state == POP_S_AUTH && c->ms->cfg->tls && !c->tls) conn_reply(c, "STLS");
     if (c->u.pop.state == POP_S_AUTH && conn_plaintext_ok(c)) {
         conn_reply(c, "USER");
         conn_reply(c, "SASL PLAIN");
@@ -4132,7 +4751,8 @@ pop_auth_line(struct conn *c, const char *verb, const char *args)
     char user[MS_PATH_MAX], pass[256];
     if (strcmp(verb, "USER") == 0 || strcmp(verb, "PASS") == 0 || strcmp(verb, "AUTH") == 0) {
         if (!conn_plaintext_ok(c)) {
-            conn_reply(c, "-ERR [AUTH] Plain-text logins are not allowed from this address");
+            conn_reply(c, "-ERR [AUTH] Plain-text logins are not allowed from this address%s",
+                       c->ms->cfg->tls ? " without TLS (STLS)" : "");
             return;
         }
     }
@@ -4156,6 +4776,15 @@ pop_auth_line(struct conn *c, const char *verb, const char *args)
         pop_login(c, user, pass);
     } else if (strcmp(verb, "CAPA") == 0) {
         pop_do_capa(c);
+    } else if (strcmp(verb, "STLS") == 0) { /* RFC 2595 4; input pipelined after it is dropped */
+        if (c->tls) conn_reply(c, "-ERR TLS is already active");
+        else if (!c->ms->cfg->tls) conn_reply(c, "-ERR TLS not available");
+        else {
+            conn_reply(c, "+OK Begin TLS negotiation");
+            c->inlen = 0;
+            c->tls_after_flush = 1;
+            p->user[0] = 0;
+        }
     } else if (strcmp(verb, "QUIT") == 0) {
         conn_reply(c, "+OK Bye");
         conn_close(c, 1);
@@ -4263,7 +4892,7 @@ pop_line(struct conn *c, char *line, size_t len)
     else pop_trans_line(c, verb, args);
 }
 
-/*==== 11. Relay: DNS client, outbound SMTP, queue runner ====*/
+/*==== 12. Relay: DNS client, outbound SMTP, queue runner ====*/
 /*
  * Queue entries live in ms->queue. relay_run() starts one outbound session
  * per destination domain of each due entry (at most max_outbound at once).
@@ -4274,7 +4903,8 @@ pop_line(struct conn *c, char *line, size_t len)
  * retry for deferred ones, and rewrites or removes the entry.
  */
 
-enum { O_START, O_DNS, O_CONNECT, O_GREET, O_EHLO, O_HELO, O_MAIL, O_RCPT, O_DATA, O_BODY, O_DOT, O_QUIT };
+enum { O_START, O_DNS, O_CONNECT, O_GREET, O_EHLO, O_HELO, O_STARTTLS, O_TLS, O_MAIL, O_RCPT, O_DATA, O_BODY, O_DOT,
+       O_QUIT };
 
 struct dnsq {
     int type, tcp, ns, tries;
@@ -4311,7 +4941,9 @@ struct osess {
     size_t inlen;
     struct buf out;
     size_t out_off;
-    int ext_size, rcpt_at, naccepted, ntx;
+    int ext_size, ext_starttls, rcpt_at, naccepted, ntx;
+    int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
+    struct tls_sess *tls;
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
     struct line_reader lr;
@@ -4347,6 +4979,10 @@ o_close_fd(struct osess *o)
     o->inlen = o->out.len = o->out_off = 0;
     o->reply_code = 0;
     o_close_body(o);
+#if MAILSRV_ENABLE_TLS
+    tls_free(o->tls);
+    o->tls = NULL;
+#endif
 }
 
 static void
@@ -4458,7 +5094,7 @@ o_connect(struct osess *o)
     o->fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
     o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-    o->ext_size = 0;
+    o->ext_size = o->ext_starttls = 0;
     if (o->fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
         o->deadline = 0; /* the timer moves on to the next address */
@@ -4485,6 +5121,7 @@ static void
 o_next(struct osess *o)
 {
     o_close_fd(o);
+    o->tls_refused = 0;
     if (++o->addri < o->naddr) { o_connect(o); return; }
     if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
     o_give_up(o, o->no_address); /* no host had an address: the domain cannot receive mail */
@@ -4581,10 +5218,13 @@ o_fail_session(struct osess *o, const char *why)
 }
 
 /* The connection broke or spoke nonsense; after our QUIT that is just the end. */
+static void o_tls_failed(struct osess *o);
+
 static void
 o_broken(struct osess *o, const char *why)
 {
     if (o->state == O_QUIT) { o_close_fd(o); o->is_done = 1; return; }
+    if (o->state == O_TLS) { o_tls_failed(o); return; }
     o_fail_session(o, why);
 }
 
@@ -4661,6 +5301,61 @@ o_pump_body(struct osess *o)
     }
 }
 
+/* After EHLO/HELO: STARTTLS when the hop offers it ([relay] tls), else MAIL. */
+static void
+o_after_ehlo(struct osess *o)
+{
+    int mode = o->ms->cfg->relay_tls;
+    if (!MAILSRV_ENABLE_TLS || mode == RTLS_NO || o->tls || (o->tls_refused && mode == RTLS_YES)) {
+        o_mail_from(o);
+    } else if (o->ext_starttls && o->state == O_EHLO) {
+        o->state = O_STARTTLS;
+        o_send(o, "STARTTLS");
+    } else if (mode == RTLS_VERIFY) {
+        char why[400];
+        snprintf(why, sizeof why, "4.7.4 %s does not offer STARTTLS, and [relay] tls = verify", o->hop);
+        o_fail_session(o, why);
+    } else {
+        o_mail_from(o);
+    }
+}
+
+/* The handshake failed: tls = verify defers; tls = yes tries this
+ * address again in plain text (Postfix's opportunistic TLS does the same). */
+static void
+o_tls_failed(struct osess *o)
+{
+    char why[400], what[128] = "TLS is not built in";
+#if MAILSRV_ENABLE_TLS
+    if (o->tls) tls_error_text(tls_error(o->tls), what, sizeof what);
+#endif
+    snprintf(why, sizeof why, "4.7.5 TLS handshake with %s failed: %s", o->hop, what);
+    o_log(o, "%s", why);
+    if (o->ms->cfg->relay_tls == RTLS_VERIFY) { o_fail_session(o, why); return; }
+    o_close_fd(o);
+    o->tls_refused = 1;
+    o_connect(o);
+}
+
+static void
+o_tls_begin(struct osess *o)
+{
+#if MAILSRV_ENABLE_TLS
+    const struct ms_config *cfg = o->ms->cfg;
+    struct ms_addr a;
+    const char *name = o->mx[o->mxi].host;
+    int verify = cfg->relay_tls == RTLS_VERIFY && cfg->ca;
+    /* the name is checked against the certificate only when it is a name */
+    o->tls = tls_client_new(verify ? cfg->ca : NULL, net_addr_parse(name, 0, &a) != 0 ? name : NULL);
+    o->inlen = 0;
+    o->state = O_TLS;
+    o->deadline = os_now_ms() + cfg->relay_timeout * 1000;
+    if (tls_pump(o->tls, o->fd) < 0) o_tls_failed(o);
+#else
+    o_tls_failed(o);
+#endif
+}
+
 /* The transaction is over: results go back to the entry, QUIT goes out. */
 static void
 o_quit(struct osess *o)
@@ -4684,13 +5379,18 @@ o_on_reply(struct osess *o, int code, const char *line)
         return;
     case O_EHLO:
     case O_HELO:
-        if (code / 100 == 2) { o_mail_from(o); return; }
+        if (code / 100 == 2) { o_after_ehlo(o); return; }
         if (o->state == O_EHLO && code / 100 == 5) { /* an old server: HELO (RFC 5321 3.2) */
             o->state = O_HELO;
             o_send(o, "HELO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
             return;
         }
         o_fail_session(o, line);
+        return;
+    case O_STARTTLS:
+        if (code == 220) { o_tls_begin(o); return; }
+        if (o->ms->cfg->relay_tls == RTLS_VERIFY) { o_fail_session(o, line); return; }
+        o_mail_from(o);
         return;
     case O_MAIL:
         if (code / 100 == 4) { o_fail_session(o, line); return; }
@@ -4729,7 +5429,7 @@ o_on_reply(struct osess *o, int code, const char *line)
                 r = &o->e->r[o->ri[i]];
                 if (r->result != 2) continue;
                 r->state = Q_DELIVERED;
-                o_log(o, "relayed %s to=<%s> via %s: %s", o->e->id, r->addr, o->hop, line);
+                o_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->tls ? "yes" : "no");
             }
             if (o_take_next(o)) return;
         } else {
@@ -4747,10 +5447,16 @@ o_on_reply(struct osess *o, int code, const char *line)
 static void
 o_read(struct osess *o)
 {
-    long n = net_recv(o->fd, o->in + o->inlen, sizeof o->in - 1 - o->inlen);
+    long n;
     char *nl;
+#if MAILSRV_ENABLE_TLS
+    if (o->tls) {
+        if ((n = tls_recv(o->tls, o->fd, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) == -2) return;
+    } else
+#endif
+    if ((n = net_recv(o->fd, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) < 0 && net_would_block(net_error()))
+        return;
     if (n <= 0) {
-        if (n < 0 && net_would_block(net_error())) return;
         o_broken(o, "4.4.2 connection lost");
         return;
     }
@@ -4772,6 +5478,7 @@ o_read(struct osess *o)
         o->reply_code = last ? 0 : code;
         if (!last) {
             if (o->state == O_EHLO && ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
+            if (o->state == O_EHLO && ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
             continue;
         }
         o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
@@ -4797,22 +5504,51 @@ o_io(struct osess *o, short re)
         o->state = O_GREET;
         return;
     }
+#if MAILSRV_ENABLE_TLS
+    if (o->tls) {
+        if (tls_pump(o->tls, o->fd) < 0 && !tls_app_ready(o->tls)) { o_broken(o, "4.4.2 connection lost"); return; }
+        if (o->state == O_TLS) {
+            if (!tls_done(o->tls)) return;
+            o->state = O_EHLO; /* RFC 3207 4.2: start over */
+            o->ext_size = o->ext_starttls = 0;
+            o_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+        }
+        if (tls_app_ready(o->tls)) re |= POLLIN;
+    }
+#endif
     if (re & (POLLIN | POLLERR | POLLHUP)) o_read(o);
     while (o->fd != MS_BAD_SOCK && !o->is_done) {
+        long n;
         if (o->state == O_BODY) o_pump_body(o);
         if (o->fd == MS_BAD_SOCK || o->out_off == o->out.len) break;
-        {
-            long n = net_send(o->fd, o->out.p + o->out_off, o->out.len - o->out_off);
-            if (n < 0) {
-                if (!net_would_block(net_error())) o_broken(o, "4.4.2 connection lost");
-                break;
-            }
-            o->out_off += (size_t)n;
+#if MAILSRV_ENABLE_TLS
+        if (o->tls) {
+            if ((n = tls_send(o->tls, o->fd, o->out.p + o->out_off, o->out.len - o->out_off)) == -1)
+                o_broken(o, "4.4.2 connection lost");
+            if (n < 0) break;
+        } else
+#endif
+        if ((n = net_send(o->fd, o->out.p + o->out_off, o->out.len - o->out_off)) < 0) {
+            if (!net_would_block(net_error())) o_broken(o, "4.4.2 connection lost");
+            break;
         }
+        o->out_off += (size_t)n;
         if (o->out_off == o->out.len) o->out.len = o->out_off = 0;
         else break; /* the socket is full */
         if (o->state != O_BODY) break;
     }
+}
+
+/* Decrypted replies waiting in the engine need a turn without a socket event. */
+static int
+o_tls_input(const struct osess *o)
+{
+#if MAILSRV_ENABLE_TLS
+    return o->tls && !o->is_done && tls_app_ready(o->tls);
+#else
+    (void)o;
+    return 0;
+#endif
 }
 
 static short
@@ -4821,6 +5557,14 @@ o_events(const struct osess *o)
     if (o->fd == MS_BAD_SOCK) return 0;
     if (o->state == O_DNS) return o->dq.tcp && o->dq.sent < (size_t)o->dq.qlen + 2 ? POLLOUT : POLLIN;
     if (o->state == O_CONNECT) return POLLOUT;
+#if MAILSRV_ENABLE_TLS
+    if (o->tls) {
+        short ev = tls_events(o->tls);
+        if ((o->out_off < o->out.len || o->state == O_BODY) && (br_ssl_engine_current_state(o->tls->eng) & BR_SSL_SENDAPP))
+            ev |= POLLOUT;
+        return ev;
+    }
+#endif
     return (short)(POLLIN | (o->out_off < o->out.len || o->state == O_BODY ? POLLOUT : 0));
 }
 
@@ -5292,7 +6036,7 @@ relay_check_flush(struct mailsrv *ms, int64_t now)
     ms->relay_kick = 1;
 }
 
-/*==== 12. Event loop ====*/
+/*==== 13. Event loop ====*/
 /*
  * Each turn: build the pollfd array (POLLIN while there is input room and the
  * session is not held, POLLOUT while output is pending), poll until the
@@ -5311,6 +6055,9 @@ conn_free(struct conn *c)
     }
     net_close(c->fd);
     buf_free(&c->out);
+#if MAILSRV_ENABLE_TLS
+    tls_free(c->tls);
+#endif
     free(c);
 }
 
@@ -5332,7 +6079,7 @@ conn_process(struct conn *c)
         if (os_now_ms() < c->hold_until) return;
         c->hold_until = 0;
     }
-    while (!c->is_closing && !c->close_after_flush && !c->hold_until) {
+    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush) {
         char *nl;
         size_t len;
         if (is_pop && c->u.pop.streaming) {
@@ -5376,11 +6123,54 @@ static void
 conn_read(struct conn *c)
 {
     long n;
+    if (c->tls_after_flush) return; /* the next bytes are a TLS handshake */
+#if MAILSRV_ENABLE_TLS
+    if (c->tls) {
+        while ((n = tls_recv(c->tls, c->fd, c->in + c->inlen, MS_IN_SIZE - c->inlen)) > 0 &&
+               (c->inlen += (size_t)n) < MS_IN_SIZE) {}
+        if (n == 0) c->is_eof = 1;
+        else if (n == -1) c->is_closing = 1;
+        conn_tls_report(c);
+        return;
+    }
+#endif
     if (c->inlen >= MS_IN_SIZE) return;
     n = net_recv(c->fd, c->in + c->inlen, MS_IN_SIZE - c->inlen);
     if (n > 0) { c->inlen += (size_t)n; return; }
     if (n == 0) c->is_eof = 1; /* input already buffered is still served */
     else if (!net_would_block(net_error())) c->is_closing = 1;
+}
+
+/* TLS: decrypted input waits in the engine while c->in is full; it needs
+ * a turn although the socket has nothing new. */
+static int
+conn_tls_input(const struct conn *c)
+{
+#if MAILSRV_ENABLE_TLS
+    return c->tls && c->inlen < MS_IN_SIZE && tls_app_ready(c->tls);
+#else
+    (void)c;
+    return 0;
+#endif
+}
+
+/* What to poll for: a TLS engine says itself what it waits for. */
+static short
+conn_events(const struct conn *c)
+{
+    short ev = 0;
+#if MAILSRV_ENABLE_TLS
+    if (c->tls) {
+        ev = tls_events(c->tls);
+        if ((conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) &&
+            (br_ssl_engine_current_state(c->tls->eng) & BR_SSL_SENDAPP))
+            ev |= POLLOUT;
+        return ev;
+    }
+#endif
+    if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof && !c->tls_after_flush) ev |= POLLIN;
+    if (conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) ev |= POLLOUT;
+    return ev;
 }
 
 static void
@@ -5417,7 +6207,8 @@ loop_accept(struct mailsrv *ms, struct listener *l)
             ms->conns = xrealloc(ms->conns, sizeof *ms->conns * (size_t)ms->capconns);
         }
         ms->conns[ms->nconns++] = c;
-        conn_log(c, "connect %s from %s", proto_names[c->proto], peer);
+        conn_log(c, "connect %s%s from %s", proto_names[c->proto], l->tls ? " (TLS)" : "", peer);
+        if (l->tls) conn_tls_start(c);
         if (c->proto == PROTO_POP3) pop_greet(c);
         else smtp_greet(c);
         conn_send(c);
@@ -5539,7 +6330,7 @@ loop_clean_tmp_entry(void *ctx, const char *name)
     return 0;
 }
 
-/*==== 13. Public API and main ====*/
+/*==== 14. Public API and main ====*/
 
 static void
 default_log(void *user, const char *line)
@@ -5575,6 +6366,7 @@ mailsrv_destroy(struct mailsrv *ms)
     for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]);
     free(ms->out);
     free(ms->queue);
+    free(ms->tls_cache);
     loop_close_listeners(ms);
     free(ms->conns);
     free(ms->pfds);
@@ -5688,9 +6480,10 @@ mailsrv_listen(struct mailsrv *ms)
         }
         ms->lst[ms->nlst].fd = s;
         ms->lst[ms->nlst].proto = (enum proto)l->proto;
+        ms->lst[ms->nlst].tls = l->tls;
         snprintf(ms->lst[ms->nlst].name, sizeof ms->lst[0].name, "%s%s%s:%u", l->family == AF_INET6 ? "[" : "",
                  l->addr, l->family == AF_INET6 ? "]" : "", l->port);
-        ms_log(ms, "listening for %s on %s", proto_names[l->proto], ms->lst[ms->nlst].name);
+        ms_log(ms, "listening for %s%s on %s", proto_names[l->proto], l->tls ? " over TLS" : "", ms->lst[ms->nlst].name);
         ms->nlst++;
     }
     return 0;
@@ -5728,8 +6521,8 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         short ev = 0;
         if (c->hold_until) { if (c->hold_until < wake) wake = c->hold_until; }
         else {
-            if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof) ev |= POLLIN;
-            if (conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) ev |= POLLOUT;
+            ev = conn_events(c);
+            if (conn_tls_input(c)) wake = now;
         }
         if (c->deadline < wake) wake = c->deadline;
         ms->pfds[nfds].fd = c->fd;
@@ -5739,6 +6532,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
         struct osess *o = ms->out[i];
         if (o->deadline < wake) wake = o->deadline;
+        if (o_tls_input(o)) wake = now;
         o->pfd = o->fd == MS_BAD_SOCK ? -1 : nfds;
         if (o->pfd < 0) continue;
         ms->pfds[nfds].fd = o->fd;
@@ -5764,16 +6558,18 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
             if (re & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
             if (re & POLLOUT) conn_send(c);
         }
-        for (i = 0; i < no; i++) {
-            struct osess *o = ms->out[i];
-            if (o->pfd >= 0 && ms->pfds[o->pfd].revents && !o->is_done) o_io(o, ms->pfds[o->pfd].revents);
-        }
+    }
+    for (i = 0; i < no; i++) { /* revents are 0 when poll() timed out */
+        struct osess *o = ms->out[i];
+        if (o->pfd >= 0 && ms->pfds[o->pfd].revents && !o->is_done) o_io(o, ms->pfds[o->pfd].revents);
+        else if (o_tls_input(o)) o_io(o, POLLIN);
     }
     now = os_now_ms();
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
         int had_event = r > 0 && i < nc && ms->pfds[nl + i].revents;
         /* idle sessions cost nothing; new ones were greeted in loop_accept */
+        if (!had_event && conn_tls_input(c) && !c->hold_until) { conn_read(c); had_event = 1; }
         if (c->is_closing || !(had_event || (c->hold_until && now >= c->hold_until))) continue;
         conn_process(c);
         if (c->is_eof && !c->hold_until) {
@@ -6013,6 +6809,185 @@ cli_flush(const char *path)
     return 0;
 }
 
+#if MAILSRV_ENABLE_TLS
+/* ---- gencert: a self-signed ECDSA P-256 certificate, written in DER by hand ---- */
+static void
+der_add(struct buf *b, unsigned tag, const void *p, size_t n)
+{
+    unsigned char h[4];
+    size_t hl = 0;
+    h[hl++] = (unsigned char)tag;
+    if (n < 0x80) h[hl++] = (unsigned char)n;
+    else if (n < 0x100) { h[hl++] = 0x81; h[hl++] = (unsigned char)n; }
+    else { h[hl++] = 0x82; h[hl++] = (unsigned char)(n >> 8); h[hl++] = (unsigned char)n; }
+    buf_add(b, h, hl);
+    if (n) buf_add(b, p, n);
+}
+
+/* Wraps what `in` holds in one TLV appended to out; frees in. */
+static void
+der_wrap(struct buf *out, unsigned tag, struct buf *in)
+{
+    der_add(out, tag, in->p, in->len);
+    buf_free(in);
+}
+
+static void
+der_name(struct buf *out, const char *cn)
+{
+    static const unsigned char oid_cn[] = {0x55, 0x04, 0x03};
+    struct buf atv = {0}, set = {0}, seq = {0};
+    der_add(&atv, 0x06, oid_cn, sizeof oid_cn);
+    der_add(&atv, 0x0c, cn, strlen(cn)); /* UTF8String */
+    der_wrap(&set, 0x30, &atv);
+    der_wrap(&seq, 0x31, &set);
+    der_wrap(out, 0x30, &seq);
+}
+
+/* RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime after. */
+static void
+der_time(struct buf *out, time_t t)
+{
+    char s[32];
+    struct tm tm, *g = gmtime(&t);
+    memset(&tm, 0, sizeof tm);
+    if (g) tm = *g;
+    if (tm.tm_year + 1900 < 2050) {
+        snprintf(s, sizeof s, "%02d%02d%02d%02d%02d%02dZ", tm.tm_year % 100, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        der_add(out, 0x17, s, strlen(s));
+    } else {
+        snprintf(s, sizeof s, "%04d%02d%02d%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        der_add(out, 0x18, s, strlen(s));
+    }
+}
+
+static int
+tls_write_pem(const char *path, const void *der, size_t len, const char *banner, int mode)
+{
+    size_t n = br_pem_encode(NULL, der, len, banner, BR_PEM_LINE64);
+    char *pem = xrealloc(NULL, n + 1);
+    int fd, rc = -1;
+    br_pem_encode(pem, der, len, banner, BR_PEM_LINE64);
+    if ((fd = os_open(path, O_WRONLY | O_CREAT | O_EXCL, mode)) >= 0) {
+        rc = os_write_all(fd, pem, n) < 0 || os_fsync(fd) != 0 ? -1 : 0;
+        if (os_close(fd) != 0) rc = -1;
+    }
+    free(pem);
+    return rc;
+}
+
+/* Builds the certificate for `host`, valid from an hour ago for ten years,
+ * with the host as CN and as subjectAltName. */
+static int
+tls_make_cert(const char *host, struct buf *cert, struct buf *key)
+{
+    static const unsigned char oid_ecdsa_sha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+    static const unsigned char oid_ec_pub[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
+    static const unsigned char oid_p256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const unsigned char oid_san[] = {0x55, 0x1d, 0x11};
+    static const unsigned char v3[] = {0x02, 0x01, 0x02};
+    br_hmac_drbg_context rng;
+    br_ec_private_key sk;
+    br_ec_public_key pk;
+    unsigned char seed[32], kbuf[BR_EC_KBUF_PRIV_MAX_SIZE], pbuf[BR_EC_KBUF_PUB_MAX_SIZE], serial[16], hash[32];
+    unsigned char sig[80], bits[BR_EC_KBUF_PUB_MAX_SIZE + 1], kder[200];
+    struct buf tbs = {0}, alg = {0}, tmp = {0}, tmp2 = {0}, spki = {0}, ext = {0}, all = {0};
+    br_sha256_context h;
+    size_t siglen, klen;
+    time_t now = time(NULL);
+    os_random(seed, sizeof seed);
+    br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
+    if (!br_ec_keygen(&rng.vtable, br_ec_get_default(), &sk, kbuf, BR_EC_secp256r1) ||
+        !br_ec_compute_pub(br_ec_get_default(), &pk, pbuf, &sk))
+        return -1;
+    os_random(serial, sizeof serial);
+    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
+    der_add(&alg, 0x06, oid_ecdsa_sha256, sizeof oid_ecdsa_sha256);
+    der_add(&tmp, 0xa0, v3, sizeof v3);                           /* version v3 */
+    der_add(&tmp, 0x02, serial, sizeof serial);
+    der_add(&tmp, 0x30, alg.p, alg.len);
+    der_name(&tmp, host);                                        /* issuer */
+    der_time(&tmp2, now - 3600);
+    der_time(&tmp2, now + 10L * 365 * 86400);
+    der_wrap(&tmp, 0x30, &tmp2);                                 /* validity */
+    der_name(&tmp, host);                                        /* subject */
+    der_add(&tmp2, 0x06, oid_ec_pub, sizeof oid_ec_pub);
+    der_add(&tmp2, 0x06, oid_p256, sizeof oid_p256);
+    der_wrap(&spki, 0x30, &tmp2);
+    bits[0] = 0;
+    memcpy(bits + 1, pk.q, pk.qlen);
+    der_add(&spki, 0x03, bits, pk.qlen + 1);
+    der_wrap(&tmp, 0x30, &spki);                                 /* subjectPublicKeyInfo */
+    der_add(&tmp2, 0x82, host, strlen(host));                    /* dNSName */
+    der_wrap(&ext, 0x30, &tmp2);                                 /* GeneralNames */
+    der_add(&tmp2, 0x06, oid_san, sizeof oid_san);
+    der_wrap(&tmp2, 0x04, &ext);
+    der_wrap(&ext, 0x30, &tmp2);                                 /* Extension */
+    der_wrap(&tmp2, 0x30, &ext);                                 /* Extensions */
+    der_wrap(&tmp, 0xa3, &tmp2);
+    der_wrap(&tbs, 0x30, &tmp);
+    br_sha256_init(&h);
+    br_sha256_update(&h, tbs.p, tbs.len);
+    br_sha256_out(&h, hash);
+    siglen = br_ecdsa_sign_asn1_get_default()(br_ec_get_default(), &br_sha256_vtable, hash, &sk, sig);
+    klen = br_encode_ec_raw_der(kder, &sk, &pk);
+    if (!siglen || !klen) { buf_free(&tbs); buf_free(&alg); return -1; }
+    bits[0] = 0;
+    memcpy(bits + 1, sig, siglen);
+    buf_add(&all, tbs.p, tbs.len);
+    der_add(&all, 0x30, alg.p, alg.len);
+    der_add(&all, 0x03, bits, siglen + 1);
+    der_wrap(cert, 0x30, &all);
+    buf_add(key, kder, klen);
+    buf_free(&tbs);
+    buf_free(&alg);
+    memset(kbuf, 0, sizeof kbuf);
+    memset(kder, 0, sizeof kder);
+    return 0;
+}
+#endif
+
+/* `gencert`: a self-signed certificate and key at tls_cert / tls_key
+ * (default cert.pem and key.pem beside the INI); never overwrites. */
+static int
+cli_gencert(const char *path)
+{
+#if MAILSRV_ENABLE_TLS
+    struct ms_config *c = cfg_load_ex(path, NULL, 0);
+    char cert[1100], key[1100];
+    struct buf cb = {0}, kb = {0};
+    struct os_stat st;
+    int rc = 1, set = 0;
+    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    set = c->tls_cert[0] && c->tls_key[0];
+    if (ms_fmt(cert, sizeof cert, "%s", c->tls_cert[0] ? c->tls_cert : "") < 0 || !cert[0])
+        ms_fmt(cert, sizeof cert, "%s%scert.pem", c->dir, c->dir[0] ? "/" : "");
+    if (ms_fmt(key, sizeof key, "%s", c->tls_key[0] ? c->tls_key : "") < 0 || !key[0])
+        ms_fmt(key, sizeof key, "%s%skey.pem", c->dir, c->dir[0] ? "/" : "");
+    if (os_stat(cert, &st) == 0 || os_stat(key, &st) == 0) {
+        fprintf(stderr, "mailsrv: %s exists: gencert never overwrites; remove it first\n", os_stat(cert, &st) == 0 ? cert : key);
+    } else if (tls_make_cert(c->hostname, &cb, &kb) != 0) {
+        fprintf(stderr, "mailsrv: cannot make a key\n");
+    } else if (tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) != 0 ||
+               tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) != 0) {
+        fprintf(stderr, "mailsrv: cannot write %s / %s: %s\n", cert, key, strerror(errno));
+    } else {
+        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\n", cert, c->hostname, key);
+        if (!set) printf("add to [server] in %s:\n    tls_cert = %s\n    tls_key = %s\n", path, cert, key);
+        rc = 0;
+    }
+    if (kb.p) memset(kb.p, 0, kb.len);
+    buf_free(&kb);
+    buf_free(&cb);
+    cfg_free(c);
+    return rc;
+#else
+    (void)path;
+    fprintf(stderr, "mailsrv: this mailsrv was built without TLS (make TLS=0): no gencert\n");
+    return 1;
+#endif
+}
+
 static int
 cli_passwd(void)
 {
@@ -6037,6 +7012,7 @@ cli_usage(void)
           "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
           "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
           "       mailsrv [-c FILE] flush           make the running server retry them now\n"
+          "       mailsrv [-c FILE] gencert         write a self-signed certificate and key for hostname\n"
           "       mailsrv -V                        print the version\n",
           stderr);
 }
@@ -6051,7 +7027,10 @@ main(int argc, char **argv)
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;
-        else if (strcmp(argv[i], "-V") == 0) { printf("mailsrv %s\n", MAILSRV_VERSION); return 0; }
+        else if (strcmp(argv[i], "-V") == 0) {
+            printf("mailsrv %s (TLS: %s)\n", MAILSRV_VERSION, MAILSRV_ENABLE_TLS ? "BearSSL, TLS 1.2" : "no");
+            return 0;
+        }
         else if (argv[i][0] == '-') { cli_usage(); return 2; }
         else if (!cmd) cmd = argv[i];
         else if (!arg) arg = argv[i];
@@ -6063,6 +7042,7 @@ main(int argc, char **argv)
         if (strcmp(cmd, "users") == 0 && !arg) return cli_users(path);
         if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
         if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
+        if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();
         return 2;
