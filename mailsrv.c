@@ -125,6 +125,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -626,6 +627,15 @@ os_pwrite_all(int fd, const void *buf, size_t n, int64_t off)
     return (long)done;
 }
 
+/* A TLS flight is several records, each its own send(): without this,
+ * Nagle holds the second one for the peer's delayed ACK (40 ms). */
+static void
+net_nodelay(ms_sock_t s)
+{
+    int one = 1;
+    setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const void *)&one, sizeof one);
+}
+
 /* Creates, binds and listens on a numeric address. IPv6 sockets are v6-only
  * so that "0.0.0.0:25" and "[::]:25" are separate listeners everywhere. */
 static ms_sock_t
@@ -671,6 +681,7 @@ net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
     *is_loopback = 0;
     if (s == MS_BAD_SOCK) return s;
     if (net_set_nonblock(s) != 0) { net_close(s); return MS_BAD_SOCK; }
+    net_nodelay(s);
     peer[0] = 0;
     if (ss.ss_family == AF_INET) {
         struct sockaddr_in *in = (struct sockaddr_in *)&ss;
@@ -733,6 +744,7 @@ net_connect(const struct ms_addr *a, int udp, int *err)
     s = socket(a->family, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     if (s == MS_BAD_SOCK) { *err = net_error(); return s; }
     if (net_set_nonblock(s) != 0) { *err = net_error(); net_close(s); return MS_BAD_SOCK; }
+    if (!udp) net_nodelay(s);
     for (tries = 0; udp && tries < 8; tries++) {
         unsigned short r;
         os_random(&r, sizeof r);
@@ -3384,6 +3396,7 @@ struct tls_sess {
     union { br_x509_minimal_context minimal; struct tls_noverify nv; } x509;
     struct tls_creds *creds;
     int reported;                    /* the handshake's outcome was logged */
+    int dead;                        /* the socket failed: nothing more goes in or out */
     unsigned char ibuf[BR_SSL_BUFSIZE_INPUT], obuf[MS_TLS_OBUF];
 };
 
@@ -3706,6 +3719,7 @@ tls_free(struct tls_sess *t)
 static int
 tls_pump(struct tls_sess *t, ms_sock_t fd)
 {
+    if (t->dead) return -1;
     for (;;) {
         unsigned st = br_ssl_engine_current_state(t->eng);
         unsigned char *b;
@@ -3717,13 +3731,13 @@ tls_pump(struct tls_sess *t, ms_sock_t fd)
             b = br_ssl_engine_sendrec_buf(t->eng, &len);
             n = net_send(fd, b, len);
             if (n > 0) { br_ssl_engine_sendrec_ack(t->eng, (size_t)n); moved = 1; }
-            else if (!net_would_block(net_error())) { br_ssl_engine_close(t->eng); return -1; }
+            else if (!net_would_block(net_error())) { t->dead = 1; return -1; }
         }
         if (st & BR_SSL_RECVREC) {
             b = br_ssl_engine_recvrec_buf(t->eng, &len);
             n = net_recv(fd, b, len);
             if (n > 0) { br_ssl_engine_recvrec_ack(t->eng, (size_t)n); moved = 1; }
-            else if (n == 0 || !net_would_block(net_error())) { br_ssl_engine_close(t->eng); return -1; }
+            else if (n == 0 || !net_would_block(net_error())) { t->dead = 1; return -1; }
         }
         if (!moved) return 0;
     }
@@ -3736,7 +3750,7 @@ tls_recv(struct tls_sess *t, ms_sock_t fd, void *buf, size_t cap)
     unsigned st;
     int pumped = tls_pump(t, fd);
     st = br_ssl_engine_current_state(t->eng);
-    if (st & BR_SSL_RECVAPP) {
+    if ((st & BR_SSL_RECVAPP) && cap) {
         size_t len;
         unsigned char *b = br_ssl_engine_recvapp_buf(t->eng, &len);
         if (len > cap) len = cap;
@@ -3745,6 +3759,7 @@ tls_recv(struct tls_sess *t, ms_sock_t fd, void *buf, size_t cap)
         tls_pump(t, fd);
         return (long)len;
     }
+    if (st & BR_SSL_RECVAPP) return -2; /* it waits for room */
     if (pumped < 0 || (st & BR_SSL_CLOSED)) return br_ssl_engine_last_error(t->eng) == BR_ERR_OK ? 0 : -1;
     return -2;
 }
@@ -3772,12 +3787,12 @@ tls_send(struct tls_sess *t, ms_sock_t fd, const void *buf, size_t n)
 static short
 tls_events(const struct tls_sess *t)
 {
-    unsigned st = br_ssl_engine_current_state(t->eng);
+    unsigned st = t->dead ? 0 : br_ssl_engine_current_state(t->eng);
     return (short)(((st & BR_SSL_SENDREC) ? POLLOUT : 0) | ((st & BR_SSL_RECVREC) ? POLLIN : 0));
 }
 
 static int tls_app_ready(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & BR_SSL_RECVAPP) != 0; }
-static int tls_unsent(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & BR_SSL_SENDREC) != 0; }
+static int tls_unsent(const struct tls_sess *t) { return !t->dead && (br_ssl_engine_current_state(t->eng) & BR_SSL_SENDREC) != 0; }
 static int tls_done(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & (BR_SSL_SENDAPP | BR_SSL_RECVAPP)) != 0; }
 static int tls_error(const struct tls_sess *t) { return br_ssl_engine_last_error(t->eng); }
 
@@ -3810,6 +3825,7 @@ tls_describe(const struct tls_sess *t, char *out, size_t n)
 static void
 tls_close(struct tls_sess *t, ms_sock_t fd)
 {
+    if (t->dead) return;
     br_ssl_engine_close(t->eng);
     tls_pump(t, fd);
 }
@@ -3956,6 +3972,9 @@ conn_close(struct conn *c, int after_flush)
 }
 
 static void conn_tls_start(struct conn *c);
+#if MAILSRV_ENABLE_TLS
+static void conn_tls_report(struct conn *c);
+#endif
 
 static void
 conn_send(struct conn *c)
@@ -3976,6 +3995,7 @@ conn_send(struct conn *c)
     }
 #if MAILSRV_ENABLE_TLS
     if (c->tls && tls_pump(c->tls, c->fd) < 0 && c->out_off < c->out.len) c->is_closing = 1;
+    if (c->tls) conn_tls_report(c);
 #endif
     if (c->out_off == c->out.len) {
         c->out.len = c->out_off = 0;

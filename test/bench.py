@@ -26,7 +26,7 @@ Exit status: 0 whenever the figures could be measured (a missed target is not
 a failure); 1 if the benchmark could not run or the server lost messages,
 crashed or failed a check; 2 on a usage error.
 
-Usage: python3 test/bench.py [--quick] [--only smtp,relay,pop3,mem,size,footprint] [--keep]
+Usage: python3 test/bench.py [--quick] [--only smtp,relay,tls,pop3,mem,size,footprint] [--keep]
        [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
        [--footprint-sessions K] [--footprint-messages N] [--json FILE]
 """
@@ -39,7 +39,9 @@ import resource
 import selectors
 import shutil
 import signal
+import smtplib
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -666,6 +668,89 @@ class Bench:
             raise BenchError("relay: %d acknowledged but only %d reached the sink" % (r["acked"], new))
         self.results["relay"] = row
 
+    # -- 1c. TLS
+    def bench_tls(self):
+        """Handshakes per second (openssl s_time against smtps), messages per second over STARTTLS
+        at 20 sessions (Python smtplib threads), and RSS per idle TLS session."""
+        r = subprocess.run([self.binary, "-V"], stdout=subprocess.PIPE, universal_newlines=True)
+        if "BearSSL" not in r.stdout:
+            log("  skipped: this mailsrv has no TLS (%s)" % r.stdout.strip())
+            return
+        smtps, = free_ports(1)
+        extra = "\n[server]\ntls_cert = cert.pem\ntls_key = key.pem\nsmtps = %s:%d\n" % (HOST, smtps)
+        s = Server(self.binary, self.work, "maildir", "tls", DOMAIN, extra)
+        subprocess.run([self.binary, "-c", s.ini, "gencert"], stdout=subprocess.DEVNULL, check=True)
+        self.servers.append(s)
+        s.start()
+        out = {}
+        # handshakes: one openssl client, new session each time (no resumption)
+        cpu0 = proc_cpu_s(s.pid)
+        t = subprocess.run(["openssl", "s_time", "-connect", "%s:%d" % (HOST, smtps), "-new", "-time", "5"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=60)
+        cpu1 = proc_cpu_s(s.pid)
+        m = re.search(r"(\d+) connections in (\d+) real seconds", t.stdout)
+        if m:
+            n, secs_ = int(m.group(1)), float(m.group(2))
+            out["handshakes_per_s"] = n / secs_ if secs_ else 0
+            out["server_ms_per_handshake"] = (cpu1 - cpu0) * 1e3 / n if n and cpu0 is not None else None
+            log("  TLS handshakes (ECDSA P-256, one openssl s_time client): %.0f/s; server CPU %.2f ms per handshake"
+                % (out["handshakes_per_s"], out["server_ms_per_handshake"] or 0))
+        else:
+            self.problems.append("openssl s_time printed no result: %s" % t.stdout[-300:])
+        # messages over STARTTLS, 20 sessions
+        sessions, msgs = 20, min(self.args.smtp_messages, 1000)
+        body = b"Subject: tls bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * (BODY_BYTES // 78)
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        errors = []
+
+        def worker(k):
+            try:
+                with smtplib.SMTP(HOST, s.smtp_port, timeout=60) as c:
+                    c.starttls(context=ctx)
+                    for _ in range(k):
+                        c.sendmail("bench@bench.test", ["%s@%s" % (USER, DOMAIN)], body)
+            except (OSError, smtplib.SMTPException) as e:
+                errors.append(str(e))
+        import threading
+        new_before = count_files(os.path.join(s.maildir, "new"))
+        cpu0 = proc_cpu_s(s.pid)
+        t0 = time.monotonic()
+        th = [threading.Thread(target=worker, args=(msgs // sessions,)) for _ in range(sessions)]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join(120)
+        el = time.monotonic() - t0
+        cpu1 = proc_cpu_s(s.pid)
+        done = count_files(os.path.join(s.maildir, "new")) - new_before
+        out["starttls_msg_per_s"] = done / el if el else 0
+        out["starttls_server_ms_per_msg"] = (cpu1 - cpu0) * 1e3 / done if done and cpu0 is not None else None
+        log("  SMTP over STARTTLS, %d sessions (Python smtplib clients): %d messages in %.2f s = %.0f msg/s; "
+            "server CPU %.2f ms/msg%s" % (sessions, done, el, out["starttls_msg_per_s"], out["starttls_server_ms_per_msg"] or 0,
+                                         "; errors: %s" % errors[:2] if errors else ""))
+        # RSS per idle TLS session (implicit TLS, handshake done)
+        k = 200
+        rss0 = proc_status(s.pid).get("VmRSS")
+        conns = []
+        try:
+            for _ in range(k):
+                raw = socket.create_connection((HOST, smtps), timeout=10)
+                c = ctx.wrap_socket(raw)
+                c.recv(512)  # the greeting: the handshake is complete on both sides
+                conns.append(c)
+            time.sleep(0.5)
+            rss1 = proc_status(s.pid).get("VmRSS")
+        finally:
+            for c in conns:
+                c.close()
+        if rss0 and rss1:
+            out["rss_per_tls_session_kib"] = (rss1 - rss0) / k
+            log("  RSS per idle TLS session: (%d - %d KiB) / %d = %.1f KiB" % (rss1, rss0, k, out["rss_per_tls_session_kib"]))
+        self.finish_server(s, "TLS")
+        self.results["tls"] = out
+
     # -- 2. POP3
     def bench_pop3(self):
         out = {}
@@ -1082,6 +1167,15 @@ class Bench:
                 return "%s faster than %s" % (times(ref_s, mine_s), who)
             return "%s slower than %s" % (times(mine_s, ref_s), who)
 
+        if R.get("tls"):
+            t = R["tls"]
+            if t.get("handshakes_per_s"):
+                add("TLS 1.2 handshakes/s, ECDSA P-256, one openssl s_time client (server CPU ms per handshake)",
+                    "%.0f (%.2f ms)" % (t["handshakes_per_s"], t.get("server_ms_per_handshake") or 0))
+            add("SMTP over STARTTLS, 20 sessions, msg/s (Python smtplib clients; server CPU ms/msg)",
+                "%.0f (%.2f ms)" % (t.get("starttls_msg_per_s", 0), t.get("starttls_server_ms_per_msg") or 0))
+            if t.get("rss_per_tls_session_kib"):
+                add("RSS per idle TLS session, KiB", "%.1f" % t["rss_per_tls_session_kib"])
         if R.get("relay"):
             r = R["relay"]
             add("Relay, %d sessions → queue → a second mailsrv by [route], msg/s until all stored at the sink (%d msgs of 4 KB)"
@@ -1248,6 +1342,9 @@ class Bench:
         if "relay" in only:
             log("1b. relay to a second mailsrv on loopback")
             self.bench_relay()
+        if "tls" in only:
+            log("1c. TLS")
+            self.bench_tls()
         if "pop3" in only:
             log("2. POP3")
             self.bench_pop3()
@@ -1269,8 +1366,8 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description="mailsrv benchmark (figures, not pass/fail)")
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    ap.add_argument("--only", default="smtp,relay,pop3,mem,size,footprint",
-                    help="comma list of smtp,relay,pop3,mem,size,footprint")
+    ap.add_argument("--only", default="smtp,relay,tls,pop3,mem,size,footprint",
+                    help="comma list of smtp,relay,tls,pop3,mem,size,footprint")
     ap.add_argument("--concurrency", default="1,20,100", help="SMTP sessions per run (comma list)")
     ap.add_argument("--smtp-messages", type=int, default=2000, help="messages per SMTP run")
     ap.add_argument("--runs", type=int, default=3, help="SMTP runs per concurrency (median reported)")
@@ -1295,7 +1392,7 @@ def main():
         args.idle_connections = min(args.idle_connections, 200)
         args.runs = 1
         args.footprint_sessions = min(args.footprint_sessions, 5)
-    bad = args.only - {"smtp", "relay", "pop3", "mem", "size", "footprint"}
+    bad = args.only - {"smtp", "relay", "tls", "pop3", "mem", "size", "footprint"}
     if args.footprint_sessions < 1 or args.footprint_messages < 1:
         bad = True
     if bad or any(s not in ("maildir", "mbox") for s in args.storages) or min(args.concurrency or [0]) < 1 or args.runs < 1:
