@@ -3441,7 +3441,12 @@ tls_read_pem(const char *path, int (*fn)(void *ctx, const char *name, struct buf
             in_obj = 1;
             break;
         case BR_PEM_END_OBJ:
-            if (in_obj && obj.len) { rc = fn(ctx, name, &obj, err, n); objects++; }
+            if (in_obj && obj.len && (rc = fn(ctx, name, &obj, err, n)) != 0) { /* name the file */
+                char why[400];
+                ms_strlcpy(why, err, sizeof why);
+                snprintf(err, n, "%s: %s", path, why);
+            }
+            objects += in_obj;
             in_obj = 0;
             break;
         case BR_PEM_ERROR:
@@ -6265,6 +6270,13 @@ loop_timers(struct mailsrv *ms, int64_t now)
         struct conn *c = ms->conns[i];
         if (c->is_closing || now < c->deadline) continue;
         if (c->close_after_flush) { c->is_closing = 1; continue; } /* it never read its last reply */
+#if MAILSRV_ENABLE_TLS
+        if (c->tls && !tls_done(c->tls)) { /* no reply can go out before the handshake */
+            conn_log(c, "timeout during the TLS handshake");
+            c->is_closing = 1;
+            continue;
+        }
+#endif
         conn_log(c, "timeout");
         if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Timeout, closing");
         else conn_reply(c, "421 4.4.2 %s Timeout, closing", ms->cfg->hostname);
