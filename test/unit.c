@@ -530,6 +530,70 @@ test_queue_files(void)
     }
 }
 
+#if MAILSRV_ENABLE_TLS
+static void
+write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+static void
+test_tls(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-tlsXXXXXX", cert[200], key[200], cert2[200], key2[200], junk[200], err[2600];
+    struct buf cb = {0}, kb = {0}, cb2 = {0}, kb2 = {0};
+    struct tls_creds *t;
+    ASSERT(mkdtemp(dir) != NULL);
+    snprintf(cert, sizeof cert, "%s/cert.pem", dir);
+    snprintf(key, sizeof key, "%s/key.pem", dir);
+    snprintf(cert2, sizeof cert2, "%s/cert2.pem", dir);
+    snprintf(key2, sizeof key2, "%s/key2.pem", dir);
+    snprintf(junk, sizeof junk, "%s/junk.pem", dir);
+    /* gencert's certificate: BearSSL decodes it and its key matches */
+    ASSERT(tls_make_cert("mx.example.org", &cb, &kb) == 0);
+    ASSERT(tls_make_cert("other.example.org", &cb2, &kb2) == 0);
+    ASSERT(tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) == 0);
+    ASSERT(tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) == 0);
+    ASSERT(tls_write_pem(cert2, cb2.p, cb2.len, "CERTIFICATE", 0644) == 0);
+    ASSERT(tls_write_pem(key2, kb2.p, kb2.len, BR_ENCODE_PEM_EC_RAW, 0600) == 0);
+    ASSERT(tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) != 0); /* never overwrites */
+    t = tls_creds_load(cert, key, err, sizeof err);
+    ASSERT(t && t->nchain == 1 && br_skey_decoder_key_type(&t->skey) == BR_KEYTYPE_EC);
+    {
+        br_x509_decoder_context dc;
+        br_x509_decoder_init(&dc, NULL, NULL);
+        br_x509_decoder_push(&dc, cb.p, cb.len);
+        ASSERT(br_x509_decoder_get_pkey(&dc) != NULL && br_x509_decoder_last_error(&dc) == 0);
+        ASSERT(br_x509_decoder_get_signer_key_type(&dc) == BR_KEYTYPE_EC);
+    }
+    tls_creds_release(t);
+    /* errors name the file and say why */
+    ASSERT(!tls_creds_load(cert, key2, err, sizeof err) && strstr(err, "does not belong"));
+    ASSERT(!tls_creds_load(junk, key, err, sizeof err) && strstr(err, junk));
+    write_text(junk, "not a pem file\n");
+    ASSERT(!tls_creds_load(junk, key, err, sizeof err) && strstr(err, junk) && strstr(err, "no PEM object"));
+    write_text(junk, "-----BEGIN CERTIFICATE-----\nMIIB\n");
+    ASSERT(!tls_creds_load(junk, key, err, sizeof err) && strstr(err, junk));
+    ASSERT(!tls_creds_load(key, key, err, sizeof err) && strstr(err, "no CERTIFICATE"));
+    ASSERT(!tls_creds_load(cert, cert, err, sizeof err) && strstr(err, "no private key"));
+    write_text(junk, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
+    ASSERT(!tls_creds_load(cert, junk, err, sizeof err) && strstr(err, junk));
+    /* trust anchors: a self-signed leaf is trusted directly */
+    t = tls_anchors_load(cert, err, sizeof err);
+    ASSERT(t && t->nanchors == 1 && t->anchors[0].flags == 0 && t->anchors[0].dn.len > 0);
+    tls_creds_release(t);
+    ASSERT(!tls_anchors_load(key, err, sizeof err));
+    tls_error_text(BR_ERR_X509_NOT_TRUSTED, err, sizeof err);
+    ASSERT(strstr(err, "not trusted") != NULL);
+    tls_error_text(BR_ERR_RECV_FATAL_ALERT + 40, err, sizeof err);
+    ASSERT(strstr(err, "alert 40") != NULL);
+    buf_free(&cb); buf_free(&kb); buf_free(&cb2); buf_free(&kb2);
+    unlink(cert); unlink(key); unlink(cert2); unlink(key2); unlink(junk);
+    rmdir(dir);
+}
+#endif
+
 int
 main(void)
 {
@@ -544,6 +608,9 @@ main(void)
     test_dns();
     test_relay_parsers();
     test_queue_files();
+#if MAILSRV_ENABLE_TLS
+    test_tls();
+#endif
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
