@@ -2,39 +2,79 @@
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN     = -std=c99 -Wall -Wextra -pedantic -Werror
-LIBS     = -linih
 PYTHON  ?= python3
+# TLS=1 (default): TLS with BearSSL (Debian's libbearssl-dev natively; built from Debian's source
+# package for the other platforms). TLS=0: no TLS code, no BearSSL at all. Every target honours it.
+TLS     ?= 1
+ifeq ($(TLS),1)
+TLS_DEFS = -DMAILSRV_ENABLE_TLS=1
+TLS_LIBS = -lbearssl
+DEPS_OPT =
+else ifeq ($(TLS),0)
+TLS_DEFS = -DMAILSRV_ENABLE_TLS=0
+TLS_LIBS =
+DEPS_OPT = --no-tls
+else
+$(error TLS must be 0 or 1, not "$(TLS)")
+endif
+LIBS     = -linih $(TLS_LIBS)
+# Binary names do not say how they were built, so every mailsrv and unit binary depends on
+# build/tls-$(TLS). Switching TLS deletes the other stamp and creates this one, newer than every
+# binary, so they are rebuilt; the same setting again finds its stamp and rebuilds nothing.
+# (Switching back and forth also rebuilds the cross binaries once: a few seconds, not BearSSL.)
+TLS_STAMP = build/tls-$(TLS)
 
 all: mailsrv
 
-mailsrv: mailsrv.c mailsrv.h
-	@./test/deps.sh
-	$(CC) $(WARN) $(CFLAGS) -o $@ mailsrv.c $(LIBS)
+$(TLS_STAMP):
+	@mkdir -p build && rm -f build/tls-0 build/tls-1 && touch $@
 
-test/unit: test/unit.c mailsrv.c mailsrv.h
-	$(CC) $(WARN) $(CFLAGS) -Wno-unused-function -o $@ test/unit.c $(LIBS)
+mailsrv: mailsrv.c mailsrv.h $(TLS_STAMP)
+	@./test/deps.sh $(DEPS_OPT)
+	$(CC) $(WARN) $(CFLAGS) $(TLS_DEFS) -o $@ mailsrv.c $(LIBS)
+
+test/unit: test/unit.c mailsrv.c mailsrv.h $(TLS_STAMP)
+	$(CC) $(WARN) $(CFLAGS) $(TLS_DEFS) -Wno-unused-function -o $@ test/unit.c $(LIBS)
 
 run: mailsrv
 	./mailsrv -c mailsrv.ini
 
 deps:
-	./test/deps.sh
+	./test/deps.sh $(DEPS_OPT)
 
 test:
-	@./test/deps.sh --test
+	@./test/deps.sh --test $(DEPS_OPT)
 	$(MAKE) mailsrv test/unit
 	./test/run_tests.sh
 
 bench: mailsrv
 	$(PYTHON) test/bench.py
 
+# The native suite without TLS, whatever TLS says (the TLS tests report themselves skipped).
+# Its own paths, so it never mixes with ./mailsrv.
+build/notls/mailsrv: mailsrv.c mailsrv.h
+	@./test/deps.sh --no-tls
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) -DMAILSRV_ENABLE_TLS=0 -o $@ mailsrv.c -linih
+build/notls/unit: test/unit.c mailsrv.c mailsrv.h build/notls/mailsrv
+	$(CC) $(WARN) $(CFLAGS) -DMAILSRV_ENABLE_TLS=0 -Wno-unused-function -o $@ test/unit.c -linih
+notls-test:
+	@./test/deps.sh --test --no-tls
+	$(MAKE) build/notls/mailsrv build/notls/unit
+	./test/run_tests.sh --unit build/notls/unit --bin build/notls/mailsrv
+
 # ---- other platforms (see README "Platforms") --------------------------------------
-# Toolchains come from Debian (test/deps.sh --cross); inih is built from Debian's
-# source package, pinned by version and verified by apt, never committed.
+# Toolchains come from Debian (test/deps.sh --cross); inih and BearSSL are built from
+# Debian's source packages, pinned by version and verified by apt, never committed.
 INIH_VER   = 59-1
 INIH_DIR   = deps/inih-r59
-XDEFS      = -DINI_HANDLER_LINENO=1 -I$(INIH_DIR)
+BEARSSL_VER = 0.6+dfsg.1-3
+BEARSSL_DIR = deps/bearssl-0.6
+XTLS_DEFS  = $(if $(filter 1,$(TLS)),-DMAILSRV_ENABLE_TLS=1 -I$(BEARSSL_DIR)/inc,-DMAILSRV_ENABLE_TLS=0)
+XDEFS      = -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) $(XTLS_DEFS)
 XFLAGS     = -Os -ffunction-sections -fdata-sections -Wl,--gc-sections
+# the static libraries of target T, in link order
+XLIBS      = build/$(1)/libinih.a $(if $(filter 1,$(TLS)),build/$(1)/libbearssl.a)
 ARMHF      = arm-linux-gnueabihf
 ARM64      = aarch64-linux-gnu
 ARMEL      = arm-linux-gnueabi
@@ -44,42 +84,72 @@ QEMU_ARM64 ?= qemu-aarch64-static
 WINEPREFIX_DIR = $(CURDIR)/build/wineprefix
 WINE       = env WINEPREFIX=$(WINEPREFIX_DIR) WINEDEBUG=-all WINEDLLOVERRIDES=mscoree,mshtml= wine
 
+# Each target's compiler, archiver and ABI flags, for everything built under build/TARGET/
+# (the libraries too: 32-bit ARM gets a 64-bit time_t in BearSSL and inih as in mailsrv).
+build/musl/%:    XCC = musl-gcc
+build/musl/%:    XAR = ar
+build/armhf/%:   XCC = $(ARMHF)-gcc
+build/armhf/%:   XAR = $(ARMHF)-ar
+build/armhf/%:   XARCH = -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64
+build/arm64/%:   XCC = $(ARM64)-gcc
+build/arm64/%:   XAR = $(ARM64)-ar
+build/armv6/%:   XCC = $(ARMEL)-gcc
+build/armv6/%:   XAR = $(ARMEL)-ar
+build/armv6/%:   XARCH = -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64
+build/windows/%: XCC = $(MINGW)-gcc
+build/windows/%: XAR = $(MINGW)-ar
+
 $(INIH_DIR)/ini.c:
 	./test/deps.sh --sources
 	mkdir -p deps && cd deps && apt-get source --download-only libinih=$(INIH_VER) >/dev/null
 	cd deps && tar xzf libinih_59.orig.tar.gz && touch inih-r59/ini.c
+# After inih's, not beside it (make -j): both may run deps.sh --sources, i.e. apt-get update.
+$(BEARSSL_DIR)/inc/bearssl.h: | $(INIH_DIR)/ini.c
+	./test/deps.sh --sources
+	mkdir -p deps && cd deps && apt-get source --download-only bearssl=$(BEARSSL_VER) >/dev/null
+	cd deps && tar xJf bearssl_0.6+dfsg.1.orig.tar.xz && touch bearssl-0.6/inc/bearssl.h
 
-# build/TARGET/libinih.a with that target's compiler: make XCC=... XAR=... build/TARGET/libinih.a
 build/%/libinih.a: $(INIH_DIR)/ini.c
 	@mkdir -p $(@D)
-	$(XCC) -Os -DINI_HANDLER_LINENO=1 -c $(INIH_DIR)/ini.c -o $(@D)/ini.o
+	$(XCC) -Os $(XARCH) -DINI_HANDLER_LINENO=1 -c $(INIH_DIR)/ini.c -o $(@D)/ini.o
 	rm -f $@ && $(XAR) rcs $@ $(@D)/ini.o
 
+# build/TARGET/libbearssl.a: all of BearSSL's src/**/*.c (277 files), one object each under
+# build/TARGET/bearssl/, so that `make -j2` compiles two at a time. A sub-make lists the
+# sources: they exist only once the rule above has run.
+build/%/libbearssl.a: $(BEARSSL_DIR)/inc/bearssl.h
+	@echo "building $@ from $(BEARSSL_DIR)/src: $(strip $(XCC) -Os $(XARCH)) (16-24 s; 8-12 s with make -j2)"
+	+@$(MAKE) --no-print-directory BR_LIB=$@ XCC="$(XCC)" XAR="$(XAR)" XARCH="$(XARCH)" bearssl-lib
+ifdef BR_LIB
+BR_OBJ = $(patsubst $(BEARSSL_DIR)/src/%.c,$(dir $(BR_LIB))bearssl/%.o,$(wildcard $(BEARSSL_DIR)/src/*.c $(BEARSSL_DIR)/src/*/*.c))
+bearssl-lib: $(BR_OBJ)
+	rm -f $(BR_LIB) && $(XAR) rcs $(BR_LIB) $(dir $(BR_LIB))bearssl/*.o $(dir $(BR_LIB))bearssl/*/*.o
+$(dir $(BR_LIB))bearssl/%.o: $(BEARSSL_DIR)/src/%.c
+	@mkdir -p $(@D)
+	@$(XCC) -Os $(XARCH) -I$(BEARSSL_DIR)/inc -I$(BEARSSL_DIR)/src -c $< -o $@
+endif
+
 # One rule per target: compiler, flags, libraries.
-build/musl/mailsrv: mailsrv.c mailsrv.h $(INIH_DIR)/ini.c
-	$(MAKE) --no-print-directory XCC=musl-gcc XAR=ar build/musl/libinih.a
-	musl-gcc $(WARN) $(XFLAGS) $(XDEFS) -static -o $@ mailsrv.c build/musl/libinih.a
+build/musl/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,musl) $(TLS_STAMP)
+	musl-gcc $(WARN) $(XFLAGS) $(XDEFS) -static -o $@ mailsrv.c $(call XLIBS,musl)
 build/musl/unit: test/unit.c mailsrv.c build/musl/mailsrv
-	musl-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -static -o $@ test/unit.c build/musl/libinih.a
-build/armhf/mailsrv: mailsrv.c mailsrv.h $(INIH_DIR)/ini.c
-	$(MAKE) --no-print-directory XCC=$(ARMHF)-gcc XAR=$(ARMHF)-ar build/armhf/libinih.a
-	$(ARMHF)-gcc $(WARN) $(XFLAGS) $(XDEFS) -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64 -o $@ mailsrv.c build/armhf/libinih.a
+	musl-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -static -o $@ test/unit.c $(call XLIBS,musl)
+build/armhf/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,armhf) $(TLS_STAMP)
+	$(ARMHF)-gcc $(WARN) $(XFLAGS) $(XDEFS) $(XARCH) -o $@ mailsrv.c $(call XLIBS,armhf)
 build/armhf/unit: test/unit.c mailsrv.c build/armhf/mailsrv
-	$(ARMHF)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64 -o $@ test/unit.c build/armhf/libinih.a
-build/arm64/mailsrv: mailsrv.c mailsrv.h $(INIH_DIR)/ini.c
-	$(MAKE) --no-print-directory XCC=$(ARM64)-gcc XAR=$(ARM64)-ar build/arm64/libinih.a
-	$(ARM64)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c build/arm64/libinih.a
+	$(ARMHF)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) $(XARCH) -o $@ test/unit.c $(call XLIBS,armhf)
+build/arm64/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,arm64) $(TLS_STAMP)
+	$(ARM64)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c $(call XLIBS,arm64)
 build/arm64/unit: test/unit.c mailsrv.c build/arm64/mailsrv
-	$(ARM64)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -o $@ test/unit.c build/arm64/libinih.a
+	$(ARM64)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -o $@ test/unit.c $(call XLIBS,arm64)
 # ARMv6 (Pi Zero/1): armel soft-float, static, run on an emulated ARM1176
-build/armv6/mailsrv: mailsrv.c mailsrv.h $(INIH_DIR)/ini.c
-	$(MAKE) --no-print-directory XCC=$(ARMEL)-gcc XAR=$(ARMEL)-ar build/armv6/libinih.a
-	$(ARMEL)-gcc $(WARN) $(XFLAGS) $(XDEFS) -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64 -static -o $@ mailsrv.c build/armv6/libinih.a
+build/armv6/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,armv6) $(TLS_STAMP)
+	$(ARMEL)-gcc $(WARN) $(XFLAGS) $(XDEFS) $(XARCH) -static -o $@ mailsrv.c $(call XLIBS,armv6)
 build/armv6/unit: test/unit.c mailsrv.c build/armv6/mailsrv
-	$(ARMEL)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -D_TIME_BITS=64 -D_FILE_OFFSET_BITS=64 -static -o $@ test/unit.c build/armv6/libinih.a
-build/windows/mailsrv.exe: mailsrv.c mailsrv.h $(INIH_DIR)/ini.c
-	$(MAKE) --no-print-directory XCC=$(MINGW)-gcc XAR=$(MINGW)-ar build/windows/libinih.a
-	$(MINGW)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c build/windows/libinih.a -lws2_32 -liphlpapi
+	$(ARMEL)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) $(XARCH) -static -o $@ test/unit.c $(call XLIBS,armv6)
+# -ladvapi32: BearSSL's system RNG seeder (CryptGenRandom); mingw gcc adds it anyway, clang does not
+build/windows/mailsrv.exe: mailsrv.c mailsrv.h $(call XLIBS,windows) $(TLS_STAMP)
+	$(MINGW)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c $(call XLIBS,windows) -lws2_32 -liphlpapi -ladvapi32
 
 static: build/musl/mailsrv
 	cp build/musl/mailsrv mailsrv-static && strip mailsrv-static
@@ -111,7 +181,7 @@ windows-test: build/windows/mailsrv.exe
 PORTCHECK_SYMS = accept4|epoll_|eventfd|signalfd|inotify_|sendfile|splice|pipe2|dup3|getrandom|prctl|memrchr|rawmemchr|strchrnul|mempcpy|qsort_r|asprintf|vasprintf|error|secure_getenv|getauxval|__.*_chk
 PORTCHECK_HDRS = linux/|sys/epoll|sys/sendfile|sys/prctl|sys/inotify|sys/signalfd|sys/eventfd|features\.h|endian\.h|byteswap\.h|malloc\.h|alloca\.h|error\.h
 portcheck:
-	$(CC) $(WARN) -O2 -c mailsrv.c -o build-portcheck.o
+	$(CC) $(WARN) -O2 $(TLS_DEFS) -c mailsrv.c -o build-portcheck.o
 	@if nm -u build-portcheck.o | grep -E ' ($(PORTCHECK_SYMS))'; then \
 	    echo "portcheck: Linux/glibc-only symbols above"; rm -f build-portcheck.o; exit 1; fi
 	@if grep -nE '#[[:space:]]*include[[:space:]]*<($(PORTCHECK_HDRS))' mailsrv.c; then \
@@ -126,7 +196,7 @@ portcheck:
 
 # Stripped sizes of every build that exists.
 sizes:
-	@for f in mailsrv build/musl/mailsrv build/armhf/mailsrv build/arm64/mailsrv build/armv6/mailsrv build/windows/mailsrv.exe; do \
+	@for f in mailsrv build/notls/mailsrv build/musl/mailsrv build/armhf/mailsrv build/arm64/mailsrv build/armv6/mailsrv build/windows/mailsrv.exe; do \
 	    [ -f $$f ] || continue; cp $$f /tmp/mailsrv-size.$$$$; \
 	    case $$f in *.exe) $(MINGW)-strip /tmp/mailsrv-size.$$$$;; *arm64*) $(ARM64)-strip /tmp/mailsrv-size.$$$$;; \
 	    *armhf*) $(ARMHF)-strip /tmp/mailsrv-size.$$$$;; *armv6*) $(ARMEL)-strip /tmp/mailsrv-size.$$$$;; *) strip /tmp/mailsrv-size.$$$$;; esac; \
@@ -135,4 +205,4 @@ sizes:
 clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
-.PHONY: all run deps test bench clean static musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
+.PHONY: all run deps test notls-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes

@@ -5350,7 +5350,7 @@ o_after_ehlo(struct osess *o)
 static void
 o_tls_failed(struct osess *o)
 {
-    char why[400], what[128] = "TLS is not built in";
+    char why[600], what[128] = "TLS is not built in";
 #if MAILSRV_ENABLE_TLS
     if (o->tls) tls_error_text(tls_error(o->tls), what, sizeof what);
 #endif
