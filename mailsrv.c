@@ -5355,12 +5355,26 @@ o_tls_failed(struct osess *o)
     if (o->tls) tls_error_text(tls_error(o->tls), what, sizeof what);
 #endif
     snprintf(why, sizeof why, "4.7.5 TLS handshake with %s failed: %s", o->hop, what);
-    o_log(o, "%s", why);
     if (o->ms->cfg->relay_tls == RTLS_VERIFY) { o_fail_session(o, why); return; }
+    o_log(o, "%s; trying again without TLS", why);
     o_close_fd(o);
     o->tls_refused = 1;
     o_connect(o);
 }
+
+#if MAILSRV_ENABLE_TLS
+/* The handshake may finish inside any pump: then EHLO again (RFC 3207 4.2).
+ * 0 while it is still going on. */
+static int
+o_tls_progress(struct osess *o)
+{
+    if (o->state != O_TLS || !tls_done(o->tls)) return o->state != O_TLS;
+    o->state = O_EHLO;
+    o->ext_size = o->ext_starttls = 0;
+    o_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+    return 1;
+}
+#endif
 
 static void
 o_tls_begin(struct osess *o)
@@ -5376,6 +5390,7 @@ o_tls_begin(struct osess *o)
     o->state = O_TLS;
     o->deadline = os_now_ms() + cfg->relay_timeout * 1000;
     if (tls_pump(o->tls, o->fd) < 0) o_tls_failed(o);
+    else o_tls_progress(o);
 #else
     o_tls_failed(o);
 #endif
@@ -5500,12 +5515,13 @@ o_read(struct osess *o)
             o_broken(o, "4.5.0 malformed reply from the remote server");
             return;
         }
-        o->reply_code = last ? 0 : code;
-        if (!last) {
-            if (o->state == O_EHLO && ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
-            if (o->state == O_EHLO && ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
-            continue;
+        /* EHLO keywords: every line of the reply but the first (RFC 5321 4.1.1.1) */
+        if (o->state == O_EHLO && o->reply_code && line[3]) {
+            if (ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
+            if (ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
         }
+        o->reply_code = last ? 0 : code;
+        if (!last) continue;
         o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
         o_on_reply(o, code, line);
         if (o->fd == MS_BAD_SOCK || o->is_done) return;
@@ -5532,12 +5548,7 @@ o_io(struct osess *o, short re)
 #if MAILSRV_ENABLE_TLS
     if (o->tls) {
         if (tls_pump(o->tls, o->fd) < 0 && !tls_app_ready(o->tls)) { o_broken(o, "4.4.2 connection lost"); return; }
-        if (o->state == O_TLS) {
-            if (!tls_done(o->tls)) return;
-            o->state = O_EHLO; /* RFC 3207 4.2: start over */
-            o->ext_size = o->ext_starttls = 0;
-            o_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
-        }
+        if (!o_tls_progress(o)) return;
         if (tls_app_ready(o->tls)) re |= POLLIN;
     }
 #endif

@@ -266,6 +266,9 @@ class SmtpSink:
       mail_reply, rcpt_reply, data_reply   default replies (data_reply: after the final dot)
       rcpt_replies  address (lower case) -> reply, or a list of replies used in turn (the last one sticks)
       blackhole     accept connections and never send anything
+      tls_context   an ssl.SSLContext (server side): EHLO offers STARTTLS and it works; each
+                    message dict then has "tls": the TLS version string, or None in the clear
+      starttls_last STARTTLS is the last EHLO line (else the first keyword after the name)
     A reply may hold several lines separated by "\n" (sent as a multi-line reply); "DROP" closes the
     connection instead of replying.
     sink.script(stage, [replies]) queues replies for the next times stage ("greeting", "mail", "rcpt", "data") is hit.
@@ -282,6 +285,8 @@ class SmtpSink:
         self.rcpt_replies = {}
         self.data_reply = "250 2.0.0 Ok: queued"
         self.blackhole = False
+        self.tls_context = None
+        self.starttls_last = False
         self.messages = []
         self.events = []  # (stage, argument, reply) for every command seen, across connections
         self.connections = 0
@@ -367,6 +372,7 @@ class SmtpSink:
                 raise ConnectionAbortedError("scripted drop")
             conn.sendall(b"".join(l.encode("latin-1") + b"\r\n" for l in reply.split("\n")))
 
+        tls = None
         greet = self._reply_for("greeting", self.greeting)
         self._log("greeting", "", greet)
         send(greet)
@@ -396,6 +402,8 @@ class SmtpSink:
                 helo, helo_verb, mail_from, rcpts = arg, "EHLO", None, []
                 self._log("ehlo", arg, "250")
                 lines = [self.name] + self.extensions
+                if self.tls_context and not tls:
+                    lines.insert(len(lines) if self.starttls_last else 1, "STARTTLS")
                 for i, l in enumerate(lines):
                     send("250%s%s" % ("-" if i < len(lines) - 1 else " ", l))
             elif verb == "HELO":
@@ -437,10 +445,23 @@ class SmtpSink:
                 if r.startswith("2"):
                     with self.cond:
                         self.messages.append({"mail_from": mail_from, "params": params, "rcpts": list(rcpts),
-                                              "data": data, "helo": helo, "helo_verb": helo_verb, "peer": peer})
+                                              "data": data, "helo": helo, "helo_verb": helo_verb, "peer": peer,
+                                              "tls": tls})
                 self._log("data", "", r)
                 send(r)
                 mail_from, rcpts = None, []
+            elif verb == "STARTTLS" and self.tls_context and not tls:
+                send("220 2.0.0 Ready to start TLS")
+                try:
+                    conn = self.tls_context.wrap_socket(conn, server_side=True)
+                except OSError as e:
+                    self._log("starttls", str(e), "failed")
+                    return
+                tls = conn.version()
+                self._log("starttls", tls, "ok")
+                f = conn.makefile("rb")
+                helo = helo_verb = mail_from = None
+                params, rcpts = "", []
             elif verb == "RSET":
                 mail_from, rcpts = None, []
                 send("250 2.0.0 Ok")
