@@ -636,29 +636,58 @@ net_nodelay(ms_sock_t s)
     setsockopt(s, IPPROTO_TCP, TCP_NODELAY, (const void *)&one, sizeof one);
 }
 
+/* A numeric address and port (next hops, resolvers, relay_networks). */
+struct ms_addr { int family; unsigned char ip[16]; unsigned port; };
+
+static int
+net_addr_parse(const char *s, unsigned port, struct ms_addr *a)
+{
+    memset(a, 0, sizeof *a);
+    a->port = port;
+    if (inet_pton(AF_INET, s, a->ip) == 1) a->family = AF_INET;
+    else if (inet_pton(AF_INET6, s, a->ip) == 1) a->family = AF_INET6;
+    else return -1;
+    return 0;
+}
+
+static void
+net_addr_str(const struct ms_addr *a, char *out, size_t n)
+{
+    if (!inet_ntop(a->family, a->ip, out, (socklen_t)n)) snprintf(out, n, "?");
+}
+
+/* The sockaddr for a; returns its length. */
+static socklen_t
+net_sockaddr(const struct ms_addr *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof *ss);
+    if (a->family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)ss;
+        in->sin_family = AF_INET;
+        in->sin_port = htons((unsigned short)a->port);
+        memcpy(&in->sin_addr, a->ip, 4);
+        return sizeof *in;
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((unsigned short)a->port);
+        memcpy(&in6->sin6_addr, a->ip, 16);
+        return sizeof *in6;
+    }
+}
+
 /* Creates, binds and listens on a numeric address. IPv6 sockets are v6-only
  * so that "0.0.0.0:25" and "[::]:25" are separate listeners everywhere. */
 static ms_sock_t
 net_listen(int family, const char *addr, unsigned port, int *err)
 {
     struct sockaddr_storage ss;
+    struct ms_addr a;
     socklen_t len;
     int one = 1;
     ms_sock_t s;
-    memset(&ss, 0, sizeof ss);
-    if (family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-        in->sin_family = AF_INET;
-        in->sin_port = htons((unsigned short)port);
-        if (inet_pton(AF_INET, addr, &in->sin_addr) != 1) { *err = EINVAL; return MS_BAD_SOCK; }
-        len = sizeof *in;
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((unsigned short)port);
-        if (inet_pton(AF_INET6, addr, &in6->sin6_addr) != 1) { *err = EINVAL; return MS_BAD_SOCK; }
-        len = sizeof *in6;
-    }
+    if (net_addr_parse(addr, port, &a) != 0 || a.family != family) { *err = EINVAL; return MS_BAD_SOCK; }
+    len = net_sockaddr(&a, &ss);
     s = socket(family, SOCK_STREAM, 0);
     if (s == MS_BAD_SOCK) { *err = net_error(); return s; }
     net_listen_opts(s);
@@ -698,64 +727,26 @@ net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
     return s;
 }
 
-/* A numeric address and port (next hops, resolvers, relay_networks). */
-struct ms_addr { int family; unsigned char ip[16]; unsigned port; };
-
-static int
-net_addr_parse(const char *s, unsigned port, struct ms_addr *a)
-{
-    memset(a, 0, sizeof *a);
-    a->port = port;
-    if (inet_pton(AF_INET, s, a->ip) == 1) a->family = AF_INET;
-    else if (inet_pton(AF_INET6, s, a->ip) == 1) a->family = AF_INET6;
-    else return -1;
-    return 0;
-}
-
-static void
-net_addr_str(const struct ms_addr *a, char *out, size_t n)
-{
-    if (!inet_ntop(a->family, a->ip, out, (socklen_t)n)) snprintf(out, n, "?");
-}
-
 /* A non-blocking connect (TCP) or a connected UDP socket with a random
  * source port (RFC 5452 9.2). *err is set when it fails at once. */
 static ms_sock_t
 net_connect(const struct ms_addr *a, int udp, int *err)
 {
     struct sockaddr_storage ss, src;
-    socklen_t len;
+    socklen_t len = net_sockaddr(a, &ss);
     ms_sock_t s;
     int tries, e;
-    memset(&ss, 0, sizeof ss);
-    if (a->family == AF_INET) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-        in->sin_family = AF_INET;
-        in->sin_port = htons((unsigned short)a->port);
-        memcpy(&in->sin_addr, a->ip, 4);
-        len = sizeof *in;
-    } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((unsigned short)a->port);
-        memcpy(&in6->sin6_addr, a->ip, 16);
-        len = sizeof *in6;
-    }
     s = socket(a->family, udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     if (s == MS_BAD_SOCK) { *err = net_error(); return s; }
     if (net_set_nonblock(s) != 0) { *err = net_error(); net_close(s); return MS_BAD_SOCK; }
     if (!udp) net_nodelay(s);
     for (tries = 0; udp && tries < 8; tries++) {
+        struct ms_addr any = {0, {0}, 0};
         unsigned short r;
         os_random(&r, sizeof r);
-        src = ss;
-        if (a->family == AF_INET) {
-            ((struct sockaddr_in *)&src)->sin_port = htons((unsigned short)(1024 + r % 64511));
-            memset(&((struct sockaddr_in *)&src)->sin_addr, 0, 4);
-        } else {
-            ((struct sockaddr_in6 *)&src)->sin6_port = htons((unsigned short)(1024 + r % 64511));
-            memset(&((struct sockaddr_in6 *)&src)->sin6_addr, 0, 16);
-        }
+        any.family = a->family;
+        any.port = 1024 + r % 64511u;
+        net_sockaddr(&any, &src);
         if (bind(s, (struct sockaddr *)&src, len) == 0) break; /* else the system picks one */
     }
     if (connect(s, (struct sockaddr *)&ss, len) != 0 && !net_in_progress(e = net_error())) {
@@ -3789,11 +3780,14 @@ tls_send(struct tls_sess *t, ms_sock_t fd, const void *buf, size_t n)
     return -2;
 }
 
+/* What the engine waits for; app_out: the session has plain text to send,
+ * which the engine takes only once the handshake is done. */
 static short
-tls_events(const struct tls_sess *t)
+tls_events(const struct tls_sess *t, int app_out)
 {
     unsigned st = t->dead ? 0 : br_ssl_engine_current_state(t->eng);
-    return (short)(((st & BR_SSL_SENDREC) ? POLLOUT : 0) | ((st & BR_SSL_RECVREC) ? POLLIN : 0));
+    return (short)(((st & BR_SSL_SENDREC) || (app_out && (st & BR_SSL_SENDAPP)) ? POLLOUT : 0) |
+                   ((st & BR_SSL_RECVREC) ? POLLIN : 0));
 }
 
 static int tls_app_ready(const struct tls_sess *t) { return (br_ssl_engine_current_state(t->eng) & BR_SSL_RECVAPP) != 0; }
@@ -3836,6 +3830,89 @@ tls_close(struct tls_sess *t, ms_sock_t fd)
 }
 
 #endif /* MAILSRV_ENABLE_TLS */
+
+/* ---- socket I/O, plain or through TLS: sessions use only these ---- */
+
+/* Bytes sent, -2 for "later", -1 when the connection failed. */
+static long
+io_send(ms_sock_t fd, struct tls_sess *t, const void *p, size_t n)
+{
+    long r;
+#if MAILSRV_ENABLE_TLS
+    if (t) return tls_send(t, fd, p, n);
+#endif
+    (void)t;
+    if ((r = net_send(fd, p, n)) >= 0) return r;
+    return net_would_block(net_error()) ? -2 : -1;
+}
+
+/* Bytes read, 0 at the end, -2 for "later" (or no room), -1 on failure. */
+static long
+io_recv(ms_sock_t fd, struct tls_sess *t, void *p, size_t cap)
+{
+    long r;
+#if MAILSRV_ENABLE_TLS
+    if (t) return tls_recv(t, fd, p, cap);
+#endif
+    (void)t;
+    if (cap == 0) return -2;
+    if ((r = net_recv(fd, p, cap)) >= 0) return r;
+    return net_would_block(net_error()) ? -2 : -1;
+}
+
+/* TLS: pushes records already made; -1 when the connection failed. */
+static int
+io_flush(ms_sock_t fd, struct tls_sess *t)
+{
+#if MAILSRV_ENABLE_TLS
+    if (t) return tls_pump(t, fd);
+#endif
+    (void)fd; (void)t;
+    return 0;
+}
+
+/* TLS records not yet on the socket: a close waits for them. */
+static int
+io_unsent(const struct tls_sess *t)
+{
+#if MAILSRV_ENABLE_TLS
+    return t && tls_unsent(t);
+#else
+    (void)t;
+    return 0;
+#endif
+}
+
+/* Decrypted input waiting in the engine: it needs a turn without a socket event. */
+static int
+io_input_waiting(const struct tls_sess *t)
+{
+#if MAILSRV_ENABLE_TLS
+    return t && tls_app_ready(t);
+#else
+    (void)t;
+    return 0;
+#endif
+}
+
+/* Before closing: TLS close_notify, as far as the socket takes it. */
+static void
+io_close_notify(ms_sock_t fd, struct tls_sess *t)
+{
+#if MAILSRV_ENABLE_TLS
+    if (t) tls_close(t, fd);
+#endif
+    (void)fd; (void)t;
+}
+
+static void
+io_free(struct tls_sess *t)
+{
+#if MAILSRV_ENABLE_TLS
+    tls_free(t);
+#endif
+    (void)t;
+}
 
 /*==== 9. Connections ====*/
 /*
@@ -3985,33 +4062,23 @@ static void
 conn_send(struct conn *c)
 {
     while (c->out_off < c->out.len) {
-        long n;
-#if MAILSRV_ENABLE_TLS
-        if (c->tls) {
-            if ((n = tls_send(c->tls, c->fd, c->out.p + c->out_off, c->out.len - c->out_off)) == -1) c->is_closing = 1;
-            if (n < 0) break;
-        } else
-#endif
-        if ((n = net_send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off)) < 0) {
-            if (!net_would_block(net_error())) c->is_closing = 1;
+        long n = io_send(c->fd, c->tls, c->out.p + c->out_off, c->out.len - c->out_off);
+        if (n < 0) {
+            if (n == -1) c->is_closing = 1;
             break;
         }
         c->out_off += (size_t)n;
     }
+    if (io_flush(c->fd, c->tls) < 0 && c->out_off < c->out.len) c->is_closing = 1;
 #if MAILSRV_ENABLE_TLS
-    if (c->tls && tls_pump(c->tls, c->fd) < 0 && c->out_off < c->out.len) c->is_closing = 1;
     if (c->tls) conn_tls_report(c);
 #endif
     if (c->out_off == c->out.len) {
         c->out.len = c->out_off = 0;
         if (c->out.cap > 65536) buf_free(&c->out); /* give back a RETR-sized buffer */
         if (c->tls_after_flush) conn_tls_start(c);
-#if MAILSRV_ENABLE_TLS
-        if (c->close_after_flush && c->tls && !tls_unsent(c->tls)) tls_close(c->tls, c->fd);
-        if (c->close_after_flush && (!c->tls || !tls_unsent(c->tls))) c->is_closing = 1;
-#else
-        if (c->close_after_flush) c->is_closing = 1;
-#endif
+        if (c->close_after_flush && !io_unsent(c->tls)) io_close_notify(c->fd, c->tls);
+        if (c->close_after_flush && !io_unsent(c->tls)) c->is_closing = 1;
     } else if (c->out_off > 65536) {
         buf_consume(&c->out, c->out_off);
         c->out_off = 0;
@@ -5004,10 +5071,8 @@ o_close_fd(struct osess *o)
     o->inlen = o->out.len = o->out_off = 0;
     o->reply_code = 0;
     o_close_body(o);
-#if MAILSRV_ENABLE_TLS
-    tls_free(o->tls);
+    io_free(o->tls);
     o->tls = NULL;
-#endif
 }
 
 static void
@@ -5489,13 +5554,7 @@ o_read(struct osess *o)
 {
     long n;
     char *nl;
-#if MAILSRV_ENABLE_TLS
-    if (o->tls) {
-        if ((n = tls_recv(o->tls, o->fd, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) == -2) return;
-    } else
-#endif
-    if ((n = net_recv(o->fd, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) < 0 && net_would_block(net_error()))
-        return;
+    if ((n = io_recv(o->fd, o->tls, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) == -2) return;
     if (n <= 0) {
         o_broken(o, "4.4.2 connection lost");
         return;
@@ -5557,15 +5616,8 @@ o_io(struct osess *o, short re)
         long n;
         if (o->state == O_BODY) o_pump_body(o);
         if (o->fd == MS_BAD_SOCK || o->out_off == o->out.len) break;
-#if MAILSRV_ENABLE_TLS
-        if (o->tls) {
-            if ((n = tls_send(o->tls, o->fd, o->out.p + o->out_off, o->out.len - o->out_off)) == -1)
-                o_broken(o, "4.4.2 connection lost");
-            if (n < 0) break;
-        } else
-#endif
-        if ((n = net_send(o->fd, o->out.p + o->out_off, o->out.len - o->out_off)) < 0) {
-            if (!net_would_block(net_error())) o_broken(o, "4.4.2 connection lost");
+        if ((n = io_send(o->fd, o->tls, o->out.p + o->out_off, o->out.len - o->out_off)) < 0) {
+            if (n == -1) o_broken(o, "4.4.2 connection lost");
             break;
         }
         o->out_off += (size_t)n;
@@ -5579,12 +5631,7 @@ o_io(struct osess *o, short re)
 static int
 o_tls_input(const struct osess *o)
 {
-#if MAILSRV_ENABLE_TLS
-    return o->tls && !o->is_done && tls_app_ready(o->tls);
-#else
-    (void)o;
-    return 0;
-#endif
+    return !o->is_done && io_input_waiting(o->tls);
 }
 
 static short
@@ -5594,12 +5641,7 @@ o_events(const struct osess *o)
     if (o->state == O_DNS) return o->dq.tcp && o->dq.sent < (size_t)o->dq.qlen + 2 ? POLLOUT : POLLIN;
     if (o->state == O_CONNECT) return POLLOUT;
 #if MAILSRV_ENABLE_TLS
-    if (o->tls) {
-        short ev = tls_events(o->tls);
-        if ((o->out_off < o->out.len || o->state == O_BODY) && (br_ssl_engine_current_state(o->tls->eng) & BR_SSL_SENDAPP))
-            ev |= POLLOUT;
-        return ev;
-    }
+    if (o->tls) return tls_events(o->tls, o->out_off < o->out.len || o->state == O_BODY);
 #endif
     return (short)(POLLIN | (o->out_off < o->out.len || o->state == O_BODY ? POLLOUT : 0));
 }
@@ -6091,9 +6133,7 @@ conn_free(struct conn *c)
     }
     net_close(c->fd);
     buf_free(&c->out);
-#if MAILSRV_ENABLE_TLS
-    tls_free(c->tls);
-#endif
+    io_free(c->tls);
     free(c);
 }
 
@@ -6160,21 +6200,13 @@ conn_read(struct conn *c)
 {
     long n;
     if (c->tls_after_flush) return; /* the next bytes are a TLS handshake */
+    n = io_recv(c->fd, c->tls, c->in + c->inlen, MS_IN_SIZE - c->inlen);
+    if (n > 0) c->inlen += (size_t)n;
+    else if (n == 0) c->is_eof = 1; /* input already buffered is still served */
+    else if (n == -1) c->is_closing = 1;
 #if MAILSRV_ENABLE_TLS
-    if (c->tls) {
-        while ((n = tls_recv(c->tls, c->fd, c->in + c->inlen, MS_IN_SIZE - c->inlen)) > 0 &&
-               (c->inlen += (size_t)n) < MS_IN_SIZE) {}
-        if (n == 0) c->is_eof = 1;
-        else if (n == -1) c->is_closing = 1;
-        conn_tls_report(c);
-        return;
-    }
+    if (c->tls) conn_tls_report(c);
 #endif
-    if (c->inlen >= MS_IN_SIZE) return;
-    n = net_recv(c->fd, c->in + c->inlen, MS_IN_SIZE - c->inlen);
-    if (n > 0) { c->inlen += (size_t)n; return; }
-    if (n == 0) c->is_eof = 1; /* input already buffered is still served */
-    else if (!net_would_block(net_error())) c->is_closing = 1;
 }
 
 /* TLS: decrypted input waits in the engine while c->in is full; it needs
@@ -6182,12 +6214,7 @@ conn_read(struct conn *c)
 static int
 conn_tls_input(const struct conn *c)
 {
-#if MAILSRV_ENABLE_TLS
-    return c->tls && c->inlen < MS_IN_SIZE && tls_app_ready(c->tls);
-#else
-    (void)c;
-    return 0;
-#endif
+    return c->inlen < MS_IN_SIZE && io_input_waiting(c->tls);
 }
 
 /* What to poll for: a TLS engine says itself what it waits for. */
@@ -6196,13 +6223,7 @@ conn_events(const struct conn *c)
 {
     short ev = 0;
 #if MAILSRV_ENABLE_TLS
-    if (c->tls) {
-        ev = tls_events(c->tls);
-        if ((conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) &&
-            (br_ssl_engine_current_state(c->tls->eng) & BR_SSL_SENDAPP))
-            ev |= POLLOUT;
-        return ev;
-    }
+    if (c->tls) return tls_events(c->tls, conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming));
 #endif
     if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof && !c->tls_after_flush) ev |= POLLIN;
     if (conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) ev |= POLLOUT;
