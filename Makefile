@@ -135,10 +135,11 @@ endif
 # One rule per target: compiler, flags, libraries.
 build/musl/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,musl) $(TLS_STAMP)
 	musl-gcc $(WARN) $(XFLAGS) $(XDEFS) -static -o $@ mailsrv.c $(call XLIBS,musl)
-# musl static without TLS: the footprint benchmark's "< 150 KB without TLS" figure
+# musl static without TLS: the footprint benchmark's "< 150 KB without TLS" figure. Linked
+# without -z separate-code (binutils' layout before 2.31): that saves 7 KB of page padding.
 build/musl-notls/mailsrv: mailsrv.c mailsrv.h build/musl/libinih.a
 	@mkdir -p $(@D)
-	musl-gcc $(WARN) $(XFLAGS) -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) -DMAILSRV_ENABLE_TLS=0 -static -o $@ mailsrv.c build/musl/libinih.a
+	musl-gcc $(WARN) $(XFLAGS) -Wl,-z,noseparate-code -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) -DMAILSRV_ENABLE_TLS=0 -static -o $@ mailsrv.c build/musl/libinih.a
 build/musl/unit: test/unit.c mailsrv.c build/musl/mailsrv
 	musl-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -static -o $@ test/unit.c $(call XLIBS,musl)
 build/armhf/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,armhf) $(TLS_STAMP)

@@ -26,8 +26,9 @@
  *  10. SMTP server session
  *  11. POP3 server session
  *  12. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
- *  13. Event loop: listeners, accept, poll, timers, reload, stop
- *  14. Public API and main()
+ *  13. Mailing lists: confirmed subscription, posts, bounce counting
+ *  14. Event loop: listeners, accept, poll, timers, reload, stop
+ *  15. Public API and main()
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
  * file). MAILSRV_ENABLE_TLS=1 adds TLS with BearSSL (section 8).
@@ -101,6 +102,13 @@
 #define MS_TLS_OBUF (4096 + 85)   /* TLS output buffer: records of 4 KB (the input must take 16 KB) */
 #define MS_TLS_CACHE (32 * 1024)  /* session resumption cache: about 300 sessions */
 #define MS_LISTEN_TLS 0x100       /* listener flag: implicit TLS (RFC 8314) */
+
+#define MS_LIST_TOKEN_LEN 24      /* confirmation codes: 96 random bits in hex */
+#define MS_LIST_TOKEN_TTL (7L * 86400)
+#define MS_LIST_RESEND 600        /* a repeated request within 10 min sends no new mail */
+#define MS_LIST_PENDING_MAX 1000  /* open requests kept per list */
+#define MS_LIST_NAME_MAX 31       /* NAME-confirm-TOKEN must fit in 64 octets */
+#define MS_HEADER_MAX (64 * 1024) /* header block read from a message (lists, bounces) */
 
 #define MS_DEF_RETRY 60
 #define MS_DEF_EXPIRE (5L * 86400)
@@ -207,12 +215,17 @@ net_sock_error(ms_sock_t s)
 static int
 os_dns_servers(char (*out)[64], int max)
 {
-    char line[256], name[64];
+    char line[256], *p;
     int n = 0;
     FILE *f = fopen("/etc/resolv.conf", "r");
     if (!f) return 0;
-    while (n < max && fgets(line, sizeof line, f))
-        if (sscanf(line, " nameserver %63s", name) == 1) snprintf(out[n++], 64, "%s", name);
+    while (n < max && fgets(line, sizeof line, f)) {
+        size_t len;
+        for (p = line; *p == ' ' || *p == '\t'; p++) {}
+        if (strncmp(p, "nameserver", 10) != 0 || (p[10] != ' ' && p[10] != '\t')) continue;
+        for (p += 10; *p == ' ' || *p == '\t'; p++) {}
+        if ((len = strcspn(p, " \t\r\n#;")) > 0) snprintf(out[n++], 64, "%.*s", (int)len, p);
+    }
     fclose(f);
     return n;
 }
@@ -870,6 +883,30 @@ ms_next_item(char **cursor, char sep)
     return item;
 }
 
+/* The next word of a line, split in place at blanks; NULL when none is left. */
+static char *
+ms_word(char **cursor)
+{
+    char *s = *cursor, *e;
+    while (*s == ' ' || *s == '\t') s++;
+    if (!*s) { *cursor = s; return NULL; }
+    for (e = s; *e && *e != ' ' && *e != '\t'; e++) {}
+    *cursor = *e ? e + 1 : e;
+    *e = 0;
+    return s;
+}
+
+/* The next word as a decimal number: 0, or -1 if it is missing or not one. */
+static int
+ms_word_num(char **cursor, long long *v)
+{
+    char *w = ms_word(cursor), *end;
+    if (!w) return -1;
+    errno = 0;
+    *v = strtoll(w, &end, 10);
+    return end == w || *end || errno ? -1 : 0;
+}
+
 /* Constant-time comparison for secrets. */
 static int
 ms_secret_eq(const void *a, size_t alen, const void *b, size_t blen)
@@ -910,6 +947,18 @@ ms_rfc5322_date(char *buf, size_t n, time_t t)
     tm = *g;
     snprintf(buf, n, "%s, %d %s %d %02d:%02d:%02d +0000", ms_days[tm.tm_wday], tm.tm_mday,
              ms_months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+}
+
+/* "2026-11-28T03:36:48Z" (sep 'T', end "Z") or "2026-11-28 03:36:48 UTC". No
+ * strftime: in a static musl build it brings the time zone code (4 KB). */
+static void
+ms_utc_time(char *buf, size_t n, int64_t t, char sep, const char *end)
+{
+    time_t tt = (time_t)t;
+    struct tm *g = gmtime(&tt);
+    if (!g) { ms_strlcpy(buf, "?", n); return; }
+    ms_fmt(buf, n, "%04d-%02d-%02d%c%02d:%02d:%02d%s", g->tm_year + 1900, g->tm_mon + 1, g->tm_mday, sep, g->tm_hour,
+             g->tm_min, g->tm_sec, end);
 }
 
 /* ---- growable byte buffer (callers bound its size) ---- */
@@ -1256,6 +1305,15 @@ struct cfg_domain {
 struct cfg_net { int family; unsigned char ip[16]; int bits; };
 struct cfg_hop { char host[MS_DOMAIN_MAX + 1]; unsigned port; };  /* host: a name or a numeric address */
 struct cfg_route { char *domain; struct cfg_hop hop; };
+enum { LIST_POST_MEMBERS, LIST_POST_ANYONE, LIST_POST_OWNER };
+struct cfg_list {
+    char name[MS_LOCAL_MAX + 1], domain[MS_DOMAIN_MAX + 1];  /* lower case */
+    char owner[MS_PATH_MAX];
+    int post, reply_to_list;
+    char subject_prefix[64];
+    long bounce_limit;
+    int line;
+};
 
 struct ms_config {
     char *path;            /* as given, for messages */
@@ -1276,6 +1334,7 @@ struct ms_config {
     long relay_port, retry, expire, max_outbound, relay_timeout;
     char helo[256];
     struct cfg_route *routes; int nroutes;
+    struct cfg_list *lists; int nlists;
     /* TLS */
     char tls_cert[1024], tls_key[1024], ca_file[1024];
     int relay_tls;
@@ -1588,7 +1647,22 @@ cfg_parse_optstr(struct ms_config *c, const char *v, void *dst, long arg, char *
     return 0;
 }
 
-/* Keys of [server] and [relay]: adding a key is one line here plus a field in ms_config. */
+static int
+cfg_parse_list_post(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    static const char *const names[] = {"members", "anyone", "owner", NULL};
+    (void)c; (void)arg;
+    return cfg_parse_choice(v, names, dst, err, n);
+}
+static int
+cfg_parse_reply_to(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    static const char *const names[] = {"sender", "list", NULL};
+    (void)c; (void)arg;
+    return cfg_parse_choice(v, names, dst, err, n);
+}
+
+/* Keys of [server], [relay] and [list]: adding a key is one line here plus a field. */
 struct cfg_key {
     const char *name;
     cfg_parse_fn parse;
@@ -1606,6 +1680,14 @@ static const struct cfg_key cfg_relay_keys[] = {
     {"timeout", cfg_parse_time, offsetof(struct ms_config, relay_timeout), 0},
     {"tls", cfg_parse_relay_tls, offsetof(struct ms_config, relay_tls), 0},
     {"ca_file", cfg_parse_path, offsetof(struct ms_config, ca_file), 1024},
+    {NULL, NULL, 0, 0},
+};
+static const struct cfg_key cfg_list_keys[] = {
+    {"owner", cfg_parse_str, offsetof(struct cfg_list, owner), MS_PATH_MAX},
+    {"post", cfg_parse_list_post, offsetof(struct cfg_list, post), 0},
+    {"reply_to", cfg_parse_reply_to, offsetof(struct cfg_list, reply_to_list), 0},
+    {"subject_prefix", cfg_parse_optstr, offsetof(struct cfg_list, subject_prefix), 64},
+    {"bounce_limit", cfg_parse_count, offsetof(struct cfg_list, bounce_limit), 1000},
     {NULL, NULL, 0, 0},
 };
 static const struct cfg_key cfg_server_keys[] = {
@@ -1691,6 +1773,40 @@ cfg_find_alias(const struct cfg_domain *d, const char *name)
     return NULL;
 }
 
+/* The addresses of a list (as in ezmlm and mlmmj): NAME for posts, and
+ * NAME-subscribe, -unsubscribe, -help, -confirm-TOKEN, -bounces, -owner. */
+enum { LK_POST, LK_SUBSCRIBE, LK_UNSUBSCRIBE, LK_HELP, LK_CONFIRM, LK_BOUNCES, LK_OWNER };
+static const char *const list_suffixes[] = {"", "-subscribe", "-unsubscribe", "-help", "-confirm-", "-bounces", "-owner"};
+
+/* Whether local@domain is an address of list l, and which (*kind). For
+ * LK_CONFIRM, token gets the rest of the local part (maybe not a valid code). */
+static int
+list_is_address(const struct cfg_list *l, const char *local, const char *domain, int *kind, char *token, size_t tn)
+{
+    size_t n = strlen(l->name), dn = strlen(domain);
+    int k;
+    if (dn && domain[dn - 1] == '.') dn--;
+    if (strlen(l->domain) != dn || !ms_strncaseeq(l->domain, domain, dn) || !ms_strncaseeq(local, l->name, n)) return 0;
+    for (k = LK_POST; k <= LK_OWNER; k++) {
+        const char *rest = local + n, *suf = list_suffixes[k];
+        size_t sn = strlen(suf);
+        if (k == LK_CONFIRM ? !ms_strncaseeq(rest, suf, sn) || !rest[sn] : !ms_strcaseeq(rest, suf)) continue;
+        *kind = k;
+        if (token && ms_strlcpy(token, k == LK_CONFIRM ? rest + sn : "", tn) != 0) token[0] = 0;
+        return 1;
+    }
+    return 0;
+}
+
+static const struct cfg_list *
+list_match(const struct ms_config *c, const char *local, const char *domain, int *kind, char *token, size_t tn)
+{
+    int i;
+    for (i = 0; i < c->nlists; i++)
+        if (list_is_address(&c->lists[i], local, domain, kind, token, tn)) return &c->lists[i];
+    return NULL;
+}
+
 static struct cfg_domain *
 cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
 {
@@ -1710,21 +1826,61 @@ cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
     return d;
 }
 
+/* "[list NAME@DOMAIN]": the list, made on its first key with the defaults. */
+static struct cfg_list *
+cfg_list_for_section(struct ms_config *c, const char *addr, int line)
+{
+    char local[MS_PATH_MAX], *at;
+    struct cfg_list *l;
+    int i;
+    while (*addr == ' ') addr++;
+    if (ms_strlcpy(local, addr, sizeof local) != 0 || !(at = strrchr(local, '@'))) goto bad;
+    *at = 0;
+    ms_lower(local);
+    ms_lower(at + 1);
+    if (!cfg_safe_component(local, MS_LIST_NAME_MAX) || !cfg_valid_domain(at + 1)) goto bad;
+    for (i = 0; i < c->nlists; i++)
+        if (strcmp(c->lists[i].name, local) == 0 && strcmp(c->lists[i].domain, at + 1) == 0) return &c->lists[i];
+    c->lists = xrealloc(c->lists, sizeof *c->lists * (size_t)(c->nlists + 1));
+    l = &c->lists[c->nlists++];
+    memset(l, 0, sizeof *l);
+    ms_strlcpy(l->name, local, sizeof l->name);
+    ms_strlcpy(l->domain, at + 1, sizeof l->domain);
+    l->bounce_limit = 5;
+    l->line = line;
+    return l;
+bad:
+    cfg_error(c, line, "[list %s]: not a list address (NAME@DOMAIN, NAME at most %d characters)", addr,
+              MS_LIST_NAME_MAX);
+    return NULL;
+}
+
+static void
+cfg_set_key(struct ms_config *c, const struct cfg_key *k, void *base, const char *section, const char *name,
+            const char *value, int line)
+{
+    char err[256];
+    for (; k->name; k++) {
+        if (!ms_strcaseeq(name, k->name)) continue;
+        err[0] = 0;
+        if (k->parse(c, value, (char *)base + k->off, k->arg, err, sizeof err) != 0)
+            cfg_error(c, line, "%s: %s", k->name, err);
+        return;
+    }
+    cfg_error(c, line, "unknown key '%s' in [%s]", name, section);
+}
+
 static int
 cfg_on_key(void *user, const char *section, const char *name, const char *value, int line)
 {
     struct ms_config *c = user;
-    char err[256];
-    if (ms_strcaseeq(section, "server") || ms_strcaseeq(section, "relay")) {
-        const struct cfg_key *k = ms_strcaseeq(section, "server") ? cfg_server_keys : cfg_relay_keys;
-        for (; k->name; k++) {
-            if (!ms_strcaseeq(name, k->name)) continue;
-            err[0] = 0;
-            if (k->parse(c, value, (char *)c + k->off, k->arg, err, sizeof err) != 0)
-                cfg_error(c, line, "%s: %s", k->name, err);
-            return 1;
-        }
-        cfg_error(c, line, "unknown key '%s' in [%s]", name, section);
+    if (ms_strcaseeq(section, "server")) {
+        cfg_set_key(c, cfg_server_keys, c, section, name, value, line);
+    } else if (ms_strcaseeq(section, "relay")) {
+        cfg_set_key(c, cfg_relay_keys, c, section, name, value, line);
+    } else if (ms_strncaseeq(section, "list ", 5)) {
+        struct cfg_list *l = cfg_list_for_section(c, section + 5, line);
+        if (l) cfg_set_key(c, cfg_list_keys, l, section, name, value, line);
     } else if (ms_strcaseeq(section, "route")) {
         struct cfg_route r;
         int i;
@@ -1797,6 +1953,7 @@ cfg_free(struct ms_config *c)
     }
     for (i = 0; i < c->nroutes; i++) free(c->routes[i].domain);
     free(c->routes);
+    free(c->lists);
 #if MAILSRV_ENABLE_TLS
     tls_creds_release(c->tls);
     tls_creds_release(c->ca);
@@ -1901,6 +2058,7 @@ cfg_resolve(const struct ms_config *c, const char *local, const char *domain, st
 {
     const struct cfg_domain *d;
     const struct cfg_alias *a;
+    int kind;
     if (depth > MS_ALIAS_DEPTH) return RES_LOOP;
     if (!(d = cfg_find_domain(c, domain))) {
         char dom[MS_DOMAIN_MAX + 1];
@@ -1912,9 +2070,51 @@ cfg_resolve(const struct ms_config *c, const char *local, const char *domain, st
     }
     if (!cfg_safe_component(local, MS_LOCAL_MAX)) return RES_UNKNOWN;
     if (cfg_find_user(d, local)) { targets_add(out, local, d->name, 0); return RES_OK; }
-    if ((a = cfg_find_alias(d, local)) || (a = cfg_find_alias(d, "*")))
+    if ((a = cfg_find_alias(d, local))) return cfg_expand_members(c, a->members, d->name, out, depth);
+    if (list_match(c, local, d->name, &kind, NULL, 0)) return RES_UNKNOWN; /* the SMTP session handles lists */
+    if ((a = cfg_find_alias(d, "*")))
         return cfg_expand_members(c, a->members, d->name, out, depth);
     return RES_UNKNOWN;
+}
+
+/* One address (local or remote) as a recipient of mail the server writes itself. */
+static int
+addr_targets(const struct ms_config *c, const char *addr, struct targets *t)
+{
+    char local[MS_PATH_MAX], *at;
+    if (ms_strlcpy(local, addr, sizeof local) != 0 || !(at = strrchr(local, '@'))) return RES_UNKNOWN;
+    *at = 0;
+    return cfg_resolve(c, local, at + 1, t, 1);
+}
+
+static void
+cfg_validate_lists(struct ms_config *c)
+{
+    int i, j, kind;
+    for (i = 0; i < c->nlists; i++) {
+        const struct cfg_list *l = &c->lists[i];
+        const struct cfg_domain *d = cfg_find_domain(c, l->domain);
+        struct targets t = {0};
+        if (!d) {
+            cfg_error(c, l->line, "list %s@%s: %s is not a [domain] of this server", l->name, l->domain, l->domain);
+            continue;
+        }
+        if (!l->owner[0]) cfg_error(c, l->line, "list %s@%s has no owner (owner = ADDRESS)", l->name, l->domain);
+        else if (addr_targets(c, l->owner, &t) != RES_OK || t.n == 0)
+            cfg_error(c, l->line, "list %s@%s: the owner '%s' is neither a mailbox here nor a valid remote address",
+                      l->name, l->domain, l->owner);
+        targets_free(&t);
+        for (j = 0; j < d->nusers + d->naliases; j++) {
+            const char *name = j < d->nusers ? d->users[j].name : d->aliases[j - d->nusers].name;
+            if (list_is_address(l, name, d->name, &kind, NULL, 0))
+                cfg_error(c, l->line, "'%s@%s' is both a %s and an address of the list %s@%s", name, d->name,
+                          j < d->nusers ? "mailbox" : "group address", l->name, l->domain);
+        }
+        for (j = 0; j < c->nlists; j++)
+            if (j != i && list_is_address(l, c->lists[j].name, c->lists[j].domain, &kind, NULL, 0))
+                cfg_error(c, c->lists[j].line, "the list %s@%s has an address of the list %s@%s", c->lists[j].name,
+                          c->lists[j].domain, l->name, l->domain);
+    }
 }
 
 static void
@@ -1950,6 +2150,7 @@ cfg_validate(struct ms_config *c)
             cfg_error(c, d->line, "domain %s has no postmaster: add 'postmaster = USER' to [alias %s] "
                       "(RFC 5321 4.5.1)", d->name, d->name);
     }
+    cfg_validate_lists(c);
 }
 
 static struct ms_config *
@@ -2496,6 +2697,218 @@ smtp_reply_line(const char *line, int *code)
     return line[3] != '-';
 }
 
+/* ---- message header fields (RFC 5322 2.2; LF line ends as stored) ---- */
+
+/* The next field with its folded continuation lines, from *pos; 0 at the
+ * blank line or the end of the block. */
+static int
+hdr_next_field(const char *h, size_t n, size_t *pos, const char **f, size_t *flen)
+{
+    size_t p = *pos, e = p;
+    if (p >= n || h[p] == '\n') return 0;
+    do {
+        const char *nl = memchr(h + e, '\n', n - e);
+        e = nl ? (size_t)(nl - h) + 1 : n;
+    } while (e < n && (h[e] == ' ' || h[e] == '\t'));
+    *f = h + p;
+    *flen = e - p;
+    *pos = e;
+    return 1;
+}
+
+static int
+hdr_is(const char *f, size_t flen, const char *name)
+{
+    size_t k = strlen(name);
+    return flen > k && f[k] == ':' && ms_strncaseeq(f, name, k);
+}
+
+/* The first `name` field's value, unfolded and trimmed (out is "" if absent). */
+static int
+hdr_get(const char *h, size_t n, const char *name, char *out, size_t on)
+{
+    size_t pos = 0, i, o = 0, flen;
+    const char *f;
+    out[0] = 0;
+    while (hdr_next_field(h, n, &pos, &f, &flen)) {
+        if (!hdr_is(f, flen, name)) continue;
+        for (i = strlen(name) + 1; i < flen && o + 1 < on; i++)
+            if (f[i] != '\n' && f[i] != '\r') out[o++] = f[i] == '\t' ? ' ' : f[i];
+        out[o] = 0;
+        f = ms_trim(out);
+        memmove(out, f, strlen(f) + 1);
+        return 1;
+    }
+    return 0;
+}
+
+/* RFC 3834 5: Auto-Submitted present and not "no". */
+static int
+hdr_auto_submitted(const char *h, size_t n)
+{
+    char v[64];
+    return hdr_get(h, n, "Auto-Submitted", v, sizeof v) && !(ms_strncaseeq(v, "no", 2) && (!v[2] || strchr(" ;(", v[2])));
+}
+
+/* Mail that must not get an automatic answer (RFC 3834 2, and Precedence as in practice). */
+static int
+hdr_is_automatic(const char *h, size_t n)
+{
+    char v[64];
+    if (hdr_auto_submitted(h, n)) return 1;
+    hdr_get(h, n, "Precedence", v, sizeof v);
+    return ms_strcaseeq(v, "bulk") || ms_strcaseeq(v, "junk") || ms_strcaseeq(v, "list");
+}
+
+/* The recipients a delivery report says failed (RFC 3464 2.3: a block of
+ * fields per recipient, Final-Recipient and Action), and the list post
+ * number from the returned header (seq: -1 if absent). Returns how many. */
+static int
+dsn_failed(const char *text, size_t n, char (*out)[MS_PATH_MAX], int max, long *seq)
+{
+    char rcpt[MS_PATH_MAX] = "";
+    size_t pos = 0;
+    int failed = 0, count = 0, i;
+    *seq = -1;
+    while (pos <= n) {
+        const char *line = text + pos, *nl = memchr(line, '\n', n - pos);
+        size_t len = nl ? (size_t)(nl - line) : n - pos;
+        char v[MS_PATH_MAX + 16], *a;
+        pos += len + 1;
+        if (len && line[len - 1] == '\r') len--;
+        if (len && len < sizeof v) {
+            memcpy(v, line, len);
+            v[len] = 0;
+            if (ms_strncaseeq(v, "Final-Recipient:", 16) && (a = strchr(v, ';')) != NULL) {
+                a = ms_trim(a + 1);
+                if (*a == '<' && a[strlen(a) - 1] == '>') { a[strlen(a) - 1] = 0; a++; }
+                if (strchr(a, '@') && !strchr(a, ' ')) ms_strlcpy(rcpt, a, sizeof rcpt);
+            } else if (ms_strncaseeq(v, "Action:", 7)) {
+                failed = ms_strncaseeq(ms_trim(v + 7), "failed", 6);
+            } else if (*seq < 0 && ms_strncaseeq(v, "X-Mailsrv-Seq:", 14)) {
+                char *end;
+                long x = strtol(v + 14, &end, 10);
+                if (end != v + 14 && x >= 0) *seq = x;
+            }
+        }
+        if (len == 0 || !nl) { /* the end of a block */
+            for (i = 0; i < count && !ms_strcaseeq(out[i], rcpt); i++) {}
+            if (failed && rcpt[0] && i == count && count < max) ms_strlcpy(out[count++], rcpt, sizeof out[0]);
+            rcpt[0] = 0;
+            failed = 0;
+        }
+    }
+    return count;
+}
+
+/* ---- the state of a mailing list: members with the proof of their
+ * consent, open requests and the post counter. One text file, written whole. */
+struct list_member {
+    char addr[MS_PATH_MAX];
+    int64_t req_time, conf_time;
+    char req_ip[64], conf_ip[64];
+    char req_id[200], conf_id[200];   /* Message-IDs of the request and the confirmation */
+    int bounces;                      /* posts in a row that bounced */
+    long last_bounce;                 /* the last of them */
+};
+struct list_pending {
+    char token[MS_LIST_TOKEN_LEN + 1];
+    int unsub;
+    char addr[MS_PATH_MAX];
+    int64_t time;
+    char ip[64], id[200];
+};
+struct list_state {
+    long seq;                         /* posts sent so far */
+    struct list_member *m; int nm;
+    struct list_pending *p; int np;
+};
+
+static void
+list_state_free(struct list_state *st)
+{
+    free(st->m);
+    free(st->p);
+    memset(st, 0, sizeof *st);
+}
+
+static void
+list_state_text(const struct list_state *st, struct buf *b)
+{
+    int i;
+    buf_printf(b, "mailsrv-list 1\nseq %ld\n", st->seq);
+    for (i = 0; i < st->nm; i++) {
+        const struct list_member *m = &st->m[i];
+        buf_printf(b, "member %s %lld %s %s %lld %s %s %d %ld\n", m->addr, (long long)m->req_time, m->req_ip, m->req_id,
+                   (long long)m->conf_time, m->conf_ip, m->conf_id, m->bounces, m->last_bounce);
+    }
+    for (i = 0; i < st->np; i++) {
+        const struct list_pending *p = &st->p[i];
+        buf_printf(b, "pending %s %s %s %lld %s %s\n", p->token, p->unsub ? "unsubscribe" : "subscribe", p->addr,
+                   (long long)p->time, p->ip, p->id);
+    }
+}
+
+/* Copies the next word into out; -1 if it is missing or does not fit. */
+static int
+list_word(char **cur, char *out, size_t n)
+{
+    char *w = ms_word(cur);
+    return w && ms_strlcpy(out, w, n) == 0 ? 0 : -1;
+}
+
+/* 0, or -1 if the text is not a list state (nothing is then dropped). */
+static int
+list_state_parse(char *text, struct list_state *st)
+{
+    char *line, *save, *cur, *key, kind[16];
+    long long t1, t2, b1, b2;
+    int ok = 0, bad = 0;
+    memset(st, 0, sizeof *st);
+    for (save = text; !bad && (line = ms_next_item(&save, '\n')) != NULL;) {
+        cur = line;
+        if (!(key = ms_word(&cur))) continue;
+        if (strcmp(line, "mailsrv-list") == 0 && strcmp(cur, "1") == 0) { ok = 1; continue; }
+        if (!ok) break;
+        if (strcmp(key, "seq") == 0) {
+            bad = ms_word_num(&cur, &t1) != 0 || t1 < 0 || t1 > LONG_MAX;
+            st->seq = (long)t1;
+        } else if (strcmp(key, "member") == 0) {
+            struct list_member m;
+            memset(&m, 0, sizeof m);
+            bad = list_word(&cur, m.addr, sizeof m.addr) || !strchr(m.addr, '@') || ms_word_num(&cur, &t1) ||
+                  list_word(&cur, m.req_ip, sizeof m.req_ip) || list_word(&cur, m.req_id, sizeof m.req_id) ||
+                  ms_word_num(&cur, &t2) || list_word(&cur, m.conf_ip, sizeof m.conf_ip) ||
+                  list_word(&cur, m.conf_id, sizeof m.conf_id) || ms_word_num(&cur, &b1) || ms_word_num(&cur, &b2) ||
+                  b1 < 0 || b1 > INT_MAX || b2 < -1 || b2 > LONG_MAX;
+            if (bad) break;
+            m.req_time = t1;
+            m.conf_time = t2;
+            m.bounces = (int)b1;
+            m.last_bounce = (long)b2;
+            st->m = xrealloc(st->m, sizeof *st->m * (size_t)(st->nm + 1));
+            st->m[st->nm++] = m;
+        } else if (strcmp(key, "pending") == 0) {
+            struct list_pending p;
+            memset(&p, 0, sizeof p);
+            bad = list_word(&cur, p.token, sizeof p.token) || strlen(p.token) != MS_LIST_TOKEN_LEN ||
+                  list_word(&cur, kind, sizeof kind) || (strcmp(kind, "subscribe") != 0 && strcmp(kind, "unsubscribe") != 0) ||
+                  list_word(&cur, p.addr, sizeof p.addr) || !strchr(p.addr, '@') || ms_word_num(&cur, &t1) ||
+                  list_word(&cur, p.ip, sizeof p.ip) || list_word(&cur, p.id, sizeof p.id);
+            if (bad) break;
+            p.unsub = kind[0] == 'u';
+            p.time = t1;
+            st->p = xrealloc(st->p, sizeof *st->p * (size_t)(st->np + 1));
+            st->p[st->np++] = p;
+        } else {
+            bad = 1;
+        }
+        if (ms_word(&cur)) bad = 1; /* words left over */
+    }
+    if (bad || !ok) { list_state_free(st); return -1; }
+    return 0;
+}
+
 /*==== 7. Storage ====*/
 /*
  * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
@@ -2613,15 +3026,21 @@ static int64_t
 mbox_committed(const char *lenf, int fd)
 {
     struct os_stat st;
-    char txt[64];
+    char txt[64], *cur = txt, *w, *end;
     unsigned long long ino, len;
+    int ok = 0;
     FILE *f;
     if (os_fstat(fd, &st) != 0) return -1;
     f = fopen(lenf, "r");
     if (!f) return st.size;
-    if (!fgets(txt, sizeof txt, f) || sscanf(txt, "%llu %llu", &ino, &len) != 2 || ino != st.ino ||
-        (int64_t)len > st.size)
-        len = (unsigned long long)st.size;
+    if (fgets(txt, sizeof txt, f) && (w = ms_word(&cur)) != NULL) { /* "INODE LENGTH" */
+        ino = strtoull(w, &end, 10);
+        if (end != w && !*end && (w = ms_word(&cur)) != NULL) {
+            len = strtoull(w, &end, 10);
+            ok = end != w && (!*end || *end == '\n') && ino == st.ino && len <= (unsigned long long)st.size;
+        }
+    }
+    if (!ok) len = (unsigned long long)st.size;
     fclose(f);
     return (int64_t)len;
 }
@@ -2721,6 +3140,7 @@ struct store_msg {
     char sender[MS_PATH_MAX];
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
+    int write_failed;          /* msg_write: a write failed */
 };
 
 struct store_undo { char path[1300]; char lenf[1200]; int64_t old_len; int is_mbox; };
@@ -2903,19 +3323,16 @@ queue_env_read(const char *qdir, const char *id)
     ms_strlcpy(e->id, id, sizeof e->id);
     for (save = text; (line = ms_next_item(&save, '\n')) != NULL;) {
         long long v;
-        char state[16], addr[MS_PATH_MAX];
-        int n = 0, i;
+        char *cur = line, *key, *state, *addr;
+        int i;
         if (strcmp(line, "mailsrv-queue 1") == 0) ok = 1;
         else if (strncmp(line, "from <", 6) == 0 && line[strlen(line) - 1] == '>') {
             line[strlen(line) - 1] = 0;
             ms_strlcpy(e->from, line + 6, sizeof e->from);
-        } else if (sscanf(line, "arrived %lld", &v) == 1) e->arrived = v;
-        else if (sscanf(line, "tries %lld", &v) == 1) e->tries = (int)v;
-        else if (sscanf(line, "next %lld", &v) == 1) e->next_try = v;
-        else if (sscanf(line, "size %lld", &v) == 1) e->size = v;
-        else if (sscanf(line, "lines %lld", &v) == 1) e->lines = v;
-        else if (sscanf(line, "rcpt %15s %255s %n", state, addr, &n) >= 2 && n > 0) {
+        } else if (!(key = ms_word(&cur))) continue;
+        else if (strcmp(key, "rcpt") == 0) {
             struct qrcpt *r;
+            if (!(state = ms_word(&cur)) || !(addr = ms_word(&cur)) || strlen(addr) >= sizeof r->addr) { ok = 0; break; }
             for (i = 0; i < 3 && strcmp(state, q_state_names[i]) != 0; i++) {}
             if (i == 3) { ok = 0; break; }
             e->r = xrealloc(e->r, sizeof *e->r * (size_t)(e->nr + 1));
@@ -2923,7 +3340,14 @@ queue_env_read(const char *qdir, const char *id)
             memset(r, 0, sizeof *r);
             r->state = i;
             ms_strlcpy(r->addr, addr, sizeof r->addr);
-            ms_strlcpy(r->error, line + n, sizeof r->error);
+            while (*cur == ' ') cur++;
+            ms_strlcpy(r->error, cur, sizeof r->error);
+        } else if (ms_word_num(&cur, &v) == 0) {
+            if (strcmp(key, "arrived") == 0) e->arrived = v;
+            else if (strcmp(key, "tries") == 0) e->tries = (int)v;
+            else if (strcmp(key, "next") == 0) e->next_try = v;
+            else if (strcmp(key, "size") == 0) e->size = v;
+            else if (strcmp(key, "lines") == 0) e->lines = v;
         }
     }
     free(text);
@@ -3934,6 +4358,8 @@ struct smtp_sess {
     char first_rcpt[MS_PATH_MAX];
     int nrcpt, tx_error;
     struct targets targets;
+    char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 13) */
+    int nlists;
     struct data_rx rx;
     char *wbuf;                      /* only while receiving DATA */
     size_t wlen;
@@ -4196,6 +4622,36 @@ msg_open(struct mailsrv *ms, struct store_msg *m)
     return m->tmp_fd < 0 ? -1 : 0;
 }
 
+static void relay_enqueue(struct mailsrv *ms, const char *id);
+
+/* Text of a message the server writes itself; counts its size and lines. */
+static int
+msg_write(struct store_msg *m, const char *p, size_t n)
+{
+    size_t i;
+    if (m->write_failed || os_write_all(m->tmp_fd, p, n) < 0) { m->write_failed = 1; return -1; }
+    m->size += (int64_t)n;
+    for (i = 0; i < n; i++) m->lines += p[i] == '\n';
+    return 0;
+}
+
+/* Stores a message the server wrote (its first line is Return-Path) for t,
+ * durably before returning, queues it for remote targets, and closes it. */
+static int
+msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err)
+{
+    int r = -1;
+    *err = NULL;
+    m->hdr_lines = 1;
+    if (!m->write_failed) r = store_commit(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
+    if (r == 0 && targets_count(t, 1)) relay_enqueue(ms, m->id);
+    if (!*err) *err = "cannot write the message";
+    os_close(m->tmp_fd);
+    os_unlink(m->tmp_path);
+    m->tmp_fd = -1;
+    return r;
+}
+
 /* Relay permission: a client in relay_networks, or after AUTH. */
 static int
 conn_may_relay(const struct conn *c)
@@ -4210,7 +4666,8 @@ conn_may_relay(const struct conn *c)
     return 0;
 }
 
-static void relay_enqueue(struct mailsrv *ms, const char *id);
+static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
+static int list_incoming(struct conn *c);
 
 /*==== 10. SMTP server session ====*/
 /*
@@ -4232,6 +4689,9 @@ smtp_tx_reset(struct conn *c)
     s->wbuf = NULL;
     s->wlen = 0;
     targets_free(&s->targets);
+    free(s->lists);
+    s->lists = NULL;
+    s->nlists = 0;
     free(s->undo); /* a session freed while its commit was owed keeps its copies */
     s->undo = NULL;
     s->commit_pending = 0;
@@ -4418,9 +4878,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     const struct ms_config *cfg = c->ms->cfg;
-    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1];
+    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], token[MS_LOCAL_MAX + 1], rcpt[MS_PATH_MAX];
     const char *p = smtp_after_prefix(args, "TO:"), *rest;
-    int r;
+    const struct cfg_list *l;
+    int r, kind;
     if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) { conn_reply(c, "503 5.5.1 Need MAIL before RCPT"); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || !local[0]) {
         conn_reply(c, "501 5.1.3 Bad recipient address syntax");
@@ -4453,6 +4914,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
         if (!cfg_valid_domain(domain)) { conn_reply(c, "550 5.1.2 Bad destination domain"); return; }
         ms_lower(domain);
         targets_add(&s->targets, local, domain, 0);
+        r = RES_OK;
+    } else if ((l = list_match(cfg, local, domain, &kind, token, sizeof token)) != NULL) {
+        ms_fmt(rcpt, sizeof rcpt, "%s@%s", local, l->domain);
+        if (!list_rcpt(c, l, kind, token, rcpt)) return;
         r = RES_OK;
     } else {
         r = cfg_resolve(cfg, local, domain, &s->targets, 0);
@@ -4522,7 +4987,10 @@ smtp_data_end(struct conn *c)
     if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
     else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
     else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
-    else if (store_commit(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
+    else if (s->nlists && list_incoming(c) != 0) {
+        conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id, strerror(errno));
+        conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+    } else if (store_commit(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
                           &s->nundo) != 0) {
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: %s", err);
@@ -5865,6 +6333,8 @@ relay_status(const char *err, char *out, size_t n)
 
 /* One RFC 3464 report for the recipients refused in this round (result 5),
  * to the original sender; never for a message whose sender was <>. */
+static int list_relay_bounce(struct mailsrv *ms, struct qentry *e);
+
 static void
 relay_bounce(struct mailsrv *ms, struct qentry *e)
 {
@@ -5872,17 +6342,12 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
     struct targets t = {0};
     struct store_msg m;
     struct buf b = {0};
-    char date[64], arrival[64], status[16], local[MS_PATH_MAX], *at;
+    char date[64], arrival[64], status[16];
     const char *err = NULL;
-    int i, r = RES_UNKNOWN;
+    int i;
     if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return; }
-    ms_strlcpy(local, e->from, sizeof local);
-    if ((at = strrchr(local, '@')) != NULL) {
-        *at = 0;
-        if (cfg_find_domain(cfg, at + 1)) r = cfg_resolve(cfg, local, at + 1, &t, 0);
-        else if (addr_dot_string(local) && addr_remote_domain(at + 1)) { targets_add(&t, local, at + 1, 1); r = RES_OK; }
-    }
-    if (r != RES_OK || t.n == 0) {
+    if (list_relay_bounce(ms, e)) return;
+    if (addr_targets(cfg, e->from, &t) != RES_OK || t.n == 0) {
         ms_log(ms, "no bounce for %s: the sender <%s> cannot receive mail", e->id, e->from);
         targets_free(&t);
         return;
@@ -5923,18 +6388,11 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
                m.id, cfg->hostname);
     queue_add_headers(ms->qdir, e->id, &b);
     buf_printf(&b, "\n--%s/%s--\n", m.id, cfg->hostname);
-    m.sender[0] = 0;
-    m.size = (int64_t)b.len;
-    for (i = 0; i < (int)b.len; i++) m.lines += b.p[i] == '\n';
-    m.hdr_lines = 1;
-    if (os_write_all(m.tmp_fd, b.p, b.len) < 0 || store_commit(cfg, ms->qdir, &m, &t, &err, NULL, NULL, NULL) != 0) {
+    msg_write(&m, b.p, b.len);
+    if (msg_inject(ms, &m, &t, &err) != 0)
         ms_log(ms, "cannot store the bounce for %s: %s (%s)", e->id, err ? err : "write error", strerror(errno));
-    } else {
+    else
         ms_log(ms, "bounce for %s sent to <%s> as %s", e->id, e->from, m.id);
-        if (targets_count(&t, 1)) relay_enqueue(ms, m.id);
-    }
-    os_close(m.tmp_fd);
-    os_unlink(m.tmp_path);
     buf_free(&b);
     targets_free(&t);
 }
@@ -6114,7 +6572,607 @@ relay_check_flush(struct mailsrv *ms, int64_t now)
     ms->relay_kick = 1;
 }
 
-/*==== 13. Event loop ====*/
+/*==== 13. Mailing lists ====*/
+/*
+ * [list NAME@DOMAIN] sections. Subscribing and unsubscribing are confirmed
+ * by mail (a random code valid 7 days, sent to the envelope sender), so
+ * nobody can subscribe or remove someone else. A post is copied once for all
+ * members with the RFC 2369/2919 headers and a footer, from NAME-bounces so
+ * failures come back to the list, which counts them per post. The state of
+ * a list is one text file, SPOOL/DOMAIN/.lists/NAME/state, replaced whole.
+ */
+
+/* The header block of a stored message (at most MS_HEADER_MAX); returns
+ * where the body starts. */
+static int64_t
+msg_read_header(int fd, int64_t size, struct buf *h)
+{
+    size_t cap = size < MS_HEADER_MAX ? (size_t)size : MS_HEADER_MAX, i;
+    long n;
+    h->len = 0;
+    buf_reserve(h, cap);
+    n = os_pread(fd, h->p, cap, 0);
+    if (n <= 0) { h->p[0] = 0; return size; }
+    for (i = 0; i < (size_t)n; i++)
+        if (h->p[i] == '\n' && (i == 0 || h->p[i - 1] == '\n')) {
+            h->len = i ? i : 0;
+            h->p[h->len] = 0;
+            return (int64_t)i + 1;
+        }
+    h->len = (size_t)n;
+    if ((int64_t)n < size) /* an endless header: cut at its last line */
+        while (h->len && h->p[h->len - 1] != '\n') h->len--;
+    h->p[h->len] = 0;
+    return (int64_t)h->len;
+}
+
+/* Copies [from, to) of fd into m. */
+static void
+msg_copy_range(struct store_msg *m, int fd, int64_t from, int64_t to)
+{
+    char chunk[16384];
+    while (from < to && !m->write_failed) {
+        long n = os_pread(fd, chunk, (size_t)(to - from < (int64_t)sizeof chunk ? to - from : (int64_t)sizeof chunk), from);
+        if (n <= 0) { m->write_failed = 1; break; }
+        msg_write(m, chunk, (size_t)n);
+        from += n;
+    }
+}
+
+
+static int
+list_address(const struct cfg_list *l, int kind, const char *token, char *out, size_t n)
+{
+    return ms_fmt(out, n, "%s%s%s@%s", l->name, list_suffixes[kind], kind == LK_CONFIRM ? token : "", l->domain);
+}
+
+static int
+list_state_path(const struct ms_config *cfg, const struct cfg_list *l, char *dir, size_t dn, char *path, size_t pn)
+{
+    if (ms_fmt(dir, dn, "%s/%s/.lists/%s", cfg->spool, l->domain, l->name) < 0) return -1;
+    return ms_fmt(path, pn, "%s/state", dir) < 0 ? -1 : 0;
+}
+
+/* A missing file is an empty list; -1 if it cannot be read or parsed. */
+static int
+list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st)
+{
+    char dir[1200], path[1300], *text;
+    size_t len;
+    int r;
+    memset(st, 0, sizeof *st);
+    if (list_state_path(cfg, l, dir, sizeof dir, path, sizeof path) != 0) return -1;
+    if (!(text = cfg_read_file(path, &len))) return errno == ENOENT ? 0 : -1;
+    r = list_state_parse(text, st);
+    free(text);
+    return r;
+}
+
+/* Written whole and atomically; expired requests are dropped here. */
+static int
+list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st)
+{
+    char dir[1200], path[1300], parent[1200];
+    struct buf b = {0};
+    int64_t now;
+    long usec;
+    int i, j, r = -1;
+    os_wallclock(&now, &usec);
+    for (i = j = 0; i < st->np; i++)
+        if (now - st->p[i].time < MS_LIST_TOKEN_TTL) st->p[j++] = st->p[i];
+    st->np = j;
+    if (list_state_path(cfg, l, dir, sizeof dir, path, sizeof path) != 0) return -1;
+    if (ms_fmt(parent, sizeof parent, "%s/%s", cfg->spool, l->domain) < 0 || store_mkdir(parent, cfg->spool) != 0 ||
+        ms_fmt(parent, sizeof parent, "%s/%s/.lists", cfg->spool, l->domain) < 0 || store_mkdir(parent, parent) != 0 ||
+        store_mkdir(dir, parent) != 0)
+        return -1;
+    list_state_text(st, &b);
+    if (os_write_file_atomic(path, b.p, b.len) == 0 && os_fsync_dir(dir) == 0) r = 0;
+    buf_free(&b);
+    return r;
+}
+
+static int
+list_find_member(const struct list_state *st, const char *addr)
+{
+    int i;
+    for (i = 0; i < st->nm; i++)
+        if (ms_strcaseeq(st->m[i].addr, addr)) return i;
+    return -1;
+}
+
+/* An open request with this code, not expired; -1 if none. */
+static int
+list_find_pending(const struct list_state *st, const char *token)
+{
+    int64_t now;
+    long usec;
+    int i;
+    os_wallclock(&now, &usec);
+    for (i = 0; i < st->np; i++)
+        if (ms_strcaseeq(st->p[i].token, token) && now - st->p[i].time < MS_LIST_TOKEN_TTL) return i;
+    return -1;
+}
+
+/* A Message-ID as one visible word for the state file ("-" if none). */
+static void
+list_clean_id(char *out, size_t n, const char *h, size_t hn)
+{
+    char v[400];
+    size_t i;
+    hdr_get(h, hn, "Message-ID", v, sizeof v);
+    ms_visible(out, n, v, strlen(v));
+    for (i = 0; out[i]; i++)
+        if (out[i] == ' ') out[i] = '_';
+    if (!out[0]) ms_strlcpy(out, "-", n);
+}
+
+/* A message from the list to one address: confirmation requests (from and
+ * reply-to the confirmation address), notices and help (from NAME-owner).
+ * Its envelope sender is NAME-bounces. -1 only if it could not be stored. */
+static int
+list_send(struct mailsrv *ms, const struct cfg_list *l, const char *to, const char *token, const char *subject,
+          const char *body)
+{
+    const struct ms_config *cfg = ms->cfg;
+    struct targets t = {0};
+    struct store_msg m;
+    struct buf b = {0};
+    char from[MS_PATH_MAX], date[64];
+    const char *err;
+    int r;
+    if (addr_targets(cfg, to, &t) != RES_OK || t.n == 0) {
+        ms_log(ms, "list %s@%s: no message to <%s>: not an address mail can go to", l->name, l->domain, to);
+        targets_free(&t);
+        return 0;
+    }
+    memset(&m, 0, sizeof m);
+    if (msg_open(ms, &m) != 0) { targets_free(&t); return -1; }
+    list_address(l, LK_BOUNCES, "", m.sender, sizeof m.sender);
+    list_address(l, token ? LK_CONFIRM : LK_OWNER, token, from, sizeof from);
+    ms_rfc5322_date(date, sizeof date, m.when);
+    buf_printf(&b, "Return-Path: <%s>\nFrom: \"%s mailing list\" <%s>\nTo: <%s>\nSubject: %s\nDate: %s\n"
+               "Message-ID: <%s@%s>\nAuto-Submitted: auto-replied\nList-Id: <%s.%s>\n%s%s%s"
+               "MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\nContent-Transfer-Encoding: 7bit\n\n%s",
+               m.sender, l->name, from, to, subject, date, m.id, cfg->hostname, l->name, l->domain,
+               token ? "Reply-To: <" : "", token ? from : "", token ? ">\n" : "", body);
+    msg_write(&m, b.p, b.len);
+    r = msg_inject(ms, &m, &t, &err);
+    if (r != 0) ms_log(ms, "list %s@%s: cannot store a message to <%s>: %s", l->name, l->domain, to, err);
+    buf_free(&b);
+    targets_free(&t);
+    return r;
+}
+
+static void
+list_help_text(const struct cfg_list *l, struct buf *b)
+{
+    static const char *const what[] = {"post to the list", "subscribe", "unsubscribe", "get this help"};
+    static const int kinds[] = {LK_POST, LK_SUBSCRIBE, LK_UNSUBSCRIBE, LK_HELP};
+    char a[MS_PATH_MAX];
+    int i;
+    buf_printf(b, "This is the mailing list %s@%s. Write to:\n\n", l->name, l->domain);
+    for (i = 0; i < 4; i++) {
+        list_address(l, kinds[i], "", a, sizeof a);
+        buf_printf(b, "  %-40s to %s\n", a, what[i]);
+    }
+    buf_printf(b, "\nThe subject and text of a request do not matter. Subscribing and\n"
+               "unsubscribing are confirmed by a reply, so nobody can do either for you.\n");
+    if (l->post != LIST_POST_ANYONE)
+        buf_printf(b, "Only %s may post.\n", l->post == LIST_POST_OWNER ? "the owner" : "members");
+    list_address(l, LK_OWNER, "", a, sizeof a);
+    buf_printf(b, "A person reads %s.\n", a);
+}
+
+/* (Un)subscribe request: a code goes to the envelope sender; nothing changes
+ * until it comes back. A repeat within MS_LIST_RESEND sends nothing. */
+static int
+list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, const char *peer, int unsub,
+             const char *h, size_t hn)
+{
+    struct list_state st;
+    struct list_pending p;
+    struct buf b = {0};
+    char subject[700], when[64], a[MS_PATH_MAX];
+    unsigned char rnd[MS_LIST_TOKEN_LEN / 2];
+    int64_t now;
+    long usec;
+    int i, member, r = -1;
+    if (list_load(ms->cfg, l, &st) != 0) return -1;
+    os_wallclock(&now, &usec);
+    member = list_find_member(&st, sender) >= 0;
+    if (member != unsub) {
+        snprintf(subject, sizeof subject, "You are %s subscribed to %s@%s", member ? "already" : "not", l->name, l->domain);
+        buf_printf(&b, "<%s> is %s a member of the mailing list %s@%s.\n\n", sender, member ? "already" : "not",
+                   l->name, l->domain);
+        list_help_text(l, &b);
+        r = list_send(ms, l, sender, NULL, subject, b.p);
+        goto out;
+    }
+    for (i = 0; i < st.np; i++) {
+        if (!ms_strcaseeq(st.p[i].addr, sender) || st.p[i].unsub != unsub) continue;
+        if (now - st.p[i].time < MS_LIST_RESEND) {
+            ms_log(ms, "list %s@%s: %s request from <%s> repeated within %ds: no new mail", l->name, l->domain,
+                   unsub ? "unsubscribe" : "subscribe", sender, MS_LIST_RESEND);
+            r = 0;
+            goto out;
+        }
+        st.p[i--] = st.p[--st.np]; /* the new code replaces the old */
+    }
+    if (st.np >= MS_LIST_PENDING_MAX) {
+        ms_log(ms, "list %s@%s: %d open requests: <%s> refused", l->name, l->domain, st.np, sender);
+        r = 0;
+        goto out;
+    }
+    memset(&p, 0, sizeof p);
+    os_random(rnd, sizeof rnd);
+    for (i = 0; i < (int)sizeof rnd; i++) sprintf(p.token + 2 * i, "%02x", rnd[i]);
+    p.unsub = unsub;
+    ms_strlcpy(p.addr, sender, sizeof p.addr);
+    p.time = now;
+    ms_strlcpy(p.ip, peer, sizeof p.ip);
+    list_clean_id(p.id, sizeof p.id, h, hn);
+    ms_rfc5322_date(when, sizeof when, (time_t)now);
+    list_address(l, LK_CONFIRM, p.token, a, sizeof a);
+    snprintf(subject, sizeof subject, "Confirm: %s <%s> %s %s@%s", unsub ? "unsubscribe" : "subscribe", sender,
+             unsub ? "from" : "to", l->name, l->domain);
+    buf_printf(&b, "Someone, probably you, asked to %s <%s> %s the mailing list\n%s@%s.\n"
+               "The request came from [%s] on %s.\n\n"
+               "To confirm, reply to this message, or send any message to\n\n  %s\n\n"
+               "This code is valid for 7 days. If you did not ask for this, ignore this\n"
+               "message: %s\n",
+               unsub ? "unsubscribe" : "subscribe", sender, unsub ? "from" : "to", l->name, l->domain, peer, when, a,
+               unsub ? "you will stay subscribed." : "you will not be subscribed.");
+    if (list_send(ms, l, sender, p.token, subject, b.p) != 0) goto out;
+    st.p = xrealloc(st.p, sizeof *st.p * (size_t)(st.np + 1));
+    st.p[st.np++] = p;
+    r = list_save(ms->cfg, l, &st);
+    if (r == 0) ms_log(ms, "list %s@%s: %s request from <%s> [%s]: confirmation sent", l->name, l->domain,
+                       unsub ? "unsubscribe" : "subscribe", sender, peer);
+out:
+    buf_free(&b);
+    list_state_free(&st);
+    return r;
+}
+
+/* Mail to NAME-confirm-TOKEN: carries out the request, keeping the proof. */
+static int
+list_confirm(struct mailsrv *ms, const struct cfg_list *l, const char *token, const char *peer, const char *h, size_t hn)
+{
+    struct list_state st;
+    struct list_pending p;
+    struct buf b = {0};
+    char subject[700];
+    int i, r;
+    if (list_load(ms->cfg, l, &st) != 0) return -1;
+    if ((i = list_find_pending(&st, token)) < 0) { list_state_free(&st); return 0; }
+    p = st.p[i];
+    st.p[i] = st.p[--st.np];
+    i = list_find_member(&st, p.addr);
+    if (!p.unsub && i < 0) {
+        struct list_member m;
+        int64_t now;
+        long usec;
+        memset(&m, 0, sizeof m);
+        os_wallclock(&now, &usec);
+        ms_strlcpy(m.addr, p.addr, sizeof m.addr);
+        m.req_time = p.time;
+        ms_strlcpy(m.req_ip, p.ip, sizeof m.req_ip);
+        ms_strlcpy(m.req_id, p.id, sizeof m.req_id);
+        m.conf_time = now;
+        ms_strlcpy(m.conf_ip, peer, sizeof m.conf_ip);
+        list_clean_id(m.conf_id, sizeof m.conf_id, h, hn);
+        m.last_bounce = -1;
+        st.m = xrealloc(st.m, sizeof *st.m * (size_t)(st.nm + 1));
+        st.m[st.nm++] = m;
+    } else if (p.unsub && i >= 0) {
+        memmove(st.m + i, st.m + i + 1, sizeof *st.m * (size_t)(st.nm - i - 1));
+        st.nm--;
+    }
+    r = list_save(ms->cfg, l, &st);
+    list_state_free(&st);
+    if (r != 0) return -1;
+    ms_log(ms, "list %s@%s: <%s> %s (confirmed from [%s])", l->name, l->domain, p.addr,
+           p.unsub ? "unsubscribed" : "subscribed", peer);
+    snprintf(subject, sizeof subject, "%s %s@%s", p.unsub ? "Goodbye from" : "Welcome to", l->name, l->domain);
+    buf_printf(&b, "<%s> is %s the mailing list %s@%s.\n\n", p.addr, p.unsub ? "no longer a member of" : "now a member of",
+               l->name, l->domain);
+    list_help_text(l, &b);
+    list_send(ms, l, p.addr, NULL, subject, b.p); /* done already: a lost notice is no reason to refuse */
+    buf_free(&b);
+    return 0;
+}
+
+/* One failed delivery of post `seq` to addr: a member is removed after
+ * bounce_limit posts in a row, and the owner told. 1 if st changed. */
+static int
+list_count_bounce(struct mailsrv *ms, const struct cfg_list *l, struct list_state *st, const char *addr, long seq)
+{
+    struct buf b = {0};
+    char subject[700];
+    int i = list_find_member(st, addr);
+    struct list_member *m;
+    if (i < 0 || seq <= st->m[i].last_bounce) return 0; /* a second report for one post counts once */
+    m = &st->m[i];
+    m->bounces = m->last_bounce == seq - 1 ? m->bounces + 1 : 1;
+    m->last_bounce = seq;
+    ms_log(ms, "list %s@%s: post %ld to <%s> bounced (%d in a row)", l->name, l->domain, seq, addr, m->bounces);
+    if (m->bounces < l->bounce_limit) return 1;
+    snprintf(subject, sizeof subject, "%s removed from %s@%s", addr, l->name, l->domain);
+    buf_printf(&b, "<%s> was removed from the mailing list %s@%s: the last %d posts sent\n"
+               "to it bounced (bounce_limit = %ld).\n", addr, l->name, l->domain, m->bounces, l->bounce_limit);
+    memmove(st->m + i, st->m + i + 1, sizeof *st->m * (size_t)(st->nm - i - 1));
+    st->nm--;
+    ms_log(ms, "list %s@%s: <%s> removed after %ld bounced posts", l->name, l->domain, addr, l->bounce_limit);
+    list_send(ms, l, l->owner, NULL, subject, b.p);
+    buf_free(&b);
+    return 1;
+}
+
+static int
+list_count_bounces(struct mailsrv *ms, const struct cfg_list *l, char (*addr)[MS_PATH_MAX], int n, long seq)
+{
+    struct list_state st;
+    int i, changed = 0, r = 0;
+    if (list_load(ms->cfg, l, &st) != 0) return -1;
+    if (seq < 0) seq = st.seq; /* a report without the post number: take the latest post */
+    for (i = 0; i < n; i++) changed |= list_count_bounce(ms, l, &st, addr[i], seq);
+    if (changed) r = list_save(ms->cfg, l, &st);
+    list_state_free(&st);
+    return r;
+}
+
+/* Our relay gave up on recipients of mail from NAME-bounces: counted here,
+ * with no delivery report. 0 if the entry is not a list's. */
+static int
+list_relay_bounce(struct mailsrv *ms, struct qentry *e)
+{
+    char local[MS_PATH_MAX], *at, path[1300], v[32], token[8];
+    char (*failed)[MS_PATH_MAX];
+    const struct cfg_list *l = NULL;
+    struct buf h = {0};
+    int kind, i, n = 0, fd;
+    long seq = -1;
+    ms_strlcpy(local, e->from, sizeof local);
+    if ((at = strrchr(local, '@')) != NULL) {
+        *at = 0;
+        l = list_match(ms->cfg, local, at + 1, &kind, token, sizeof token);
+    }
+    if (!l || kind != LK_BOUNCES) return 0;
+    if (ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0 && (fd = os_open(path, O_RDONLY, 0)) >= 0) {
+        struct os_stat st;
+        if (os_fstat(fd, &st) == 0) msg_read_header(fd, st.size, &h);
+        os_close(fd);
+        if (h.p && hdr_get(h.p, h.len, "X-Mailsrv-Seq", v, sizeof v)) seq = strtol(v, NULL, 10);
+    }
+    failed = xrealloc(NULL, sizeof *failed * (size_t)(e->nr ? e->nr : 1));
+    for (i = 0; i < e->nr; i++)
+        if (e->r[i].result == 5 && e->r[i].state == Q_PENDING) ms_strlcpy(failed[n++], e->r[i].addr, sizeof failed[0]);
+    if (seq >= 0 && list_count_bounces(ms, l, failed, n, seq) != 0)
+        ms_log(ms, "list %s@%s: cannot record the bounces of %s", l->name, l->domain, e->id);
+    free(failed);
+    buf_free(&h);
+    return 1;
+}
+
+/* Header fields a list replaces or must not pass on. */
+static int
+list_drops_field(const struct cfg_list *l, const char *f, size_t n)
+{
+    static const char *const names[] = {"Return-Path", "List-Id", "List-Post", "List-Help", "List-Subscribe",
+                                        "List-Unsubscribe", "List-Unsubscribe-Post", "List-Owner", "List-Archive",
+                                        "Precedence", "X-Mailsrv-Seq", "Errors-To", NULL};
+    int i;
+    for (i = 0; names[i]; i++)
+        if (hdr_is(f, n, names[i])) return 1;
+    return l->reply_to_list && hdr_is(f, n, "Reply-To");
+}
+
+/* The copy of a post for the members: list headers, subject prefix and a
+ * footer. A text/plain body (not base64 or quoted-printable) gets the footer
+ * at its end; anything else is wrapped, untouched, as the first part of a
+ * multipart/mixed with the footer as the second (as Mailman does). */
+static void
+list_write_post(const struct cfg_list *l, struct store_msg *m, long seq, const struct store_msg *in,
+                const char *h, size_t hn, int64_t body_off)
+{
+    struct buf b = {0}, inner = {0};
+    char ct[128], cte[64], v[8], a[MS_PATH_MAX], boundary[96];
+    const char *f;
+    size_t pos = 0, flen;
+    int k, wrap, subject = 0;
+    static const int kinds[] = {LK_POST, LK_HELP, LK_SUBSCRIBE, LK_UNSUBSCRIBE, LK_OWNER};
+    static const char *const names[] = {"List-Post", "List-Help", "List-Subscribe", "List-Unsubscribe", "List-Owner"};
+    hdr_get(h, hn, "Content-Type", ct, sizeof ct);
+    hdr_get(h, hn, "Content-Transfer-Encoding", cte, sizeof cte);
+    wrap = !((!ct[0] || ms_strncaseeq(ct, "text/plain", 10)) &&
+             (!cte[0] || ms_strcaseeq(cte, "7bit") || ms_strcaseeq(cte, "8bit") || ms_strcaseeq(cte, "binary")));
+    snprintf(boundary, sizeof boundary, "=_mailsrv_%s", m->id);
+    buf_printf(&b, "Return-Path: <%s>\n", m->sender);
+    while (hdr_next_field(h, hn, &pos, &f, &flen)) {
+        if (list_drops_field(l, f, flen) || (wrap && hdr_is(f, flen, "MIME-Version"))) continue;
+        if (wrap && ms_strncaseeq(f, "Content-", 8)) { buf_add(&inner, f, flen); continue; }
+        if (hdr_is(f, flen, "Subject") && l->subject_prefix[0] && !subject) {
+            char s[1000];
+            subject = 1;
+            hdr_get(f, flen, "Subject", s, sizeof s);
+            if (!strstr(s, l->subject_prefix)) { /* replies keep one prefix: "Re: [news] ..." */
+                size_t skip = 8;
+                while (skip < flen && (f[skip] == ' ' || f[skip] == '\t')) skip++;
+                buf_printf(&b, "Subject: %s ", l->subject_prefix);
+                buf_add(&b, f + skip, flen - skip);
+                continue;
+            }
+        }
+        buf_add(&b, f, flen);
+    }
+    if (b.len && b.p[b.len - 1] != '\n') buf_adds(&b, "\n");
+    if (inner.len && inner.p[inner.len - 1] != '\n') buf_adds(&inner, "\n");
+    if (!subject && l->subject_prefix[0]) buf_printf(&b, "Subject: %s\n", l->subject_prefix);
+    /* RFC 2919 List-Id; RFC 2369 List-* (List-Post: NO on an announcement list) */
+    buf_printf(&b, "List-Id: <%s.%s>\n", l->name, l->domain);
+    for (k = 0; k < 5; k++) {
+        list_address(l, kinds[k], "", a, sizeof a);
+        if (k == 0 && l->post == LIST_POST_OWNER) buf_adds(&b, "List-Post: NO\n");
+        else buf_printf(&b, "%s: <mailto:%s>\n", names[k], a);
+    }
+    buf_printf(&b, "Precedence: list\nX-Mailsrv-Seq: %ld\n", seq);
+    if (l->reply_to_list) buf_printf(&b, "Reply-To: <%s@%s>\n", l->name, l->domain);
+    if (wrap)
+        buf_printf(&b, "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"%s\"\n\n"
+                   "This is a multi-part message in MIME format.\n\n--%s\n%s", boundary, boundary, inner.p ? inner.p : "");
+    buf_adds(&b, "\n");
+    msg_write(m, b.p, b.len);
+    msg_copy_range(m, in->tmp_fd, body_off, in->size);
+    b.len = 0;
+    list_address(l, LK_UNSUBSCRIBE, "", a, sizeof a);
+    if (wrap) {
+        buf_printf(&b, "\n--%s\nContent-Type: text/plain; charset=us-ascii\nContent-Transfer-Encoding: 7bit\n"
+                   "Content-Disposition: inline\n\n", boundary);
+    } else if (in->size > body_off && (os_pread(in->tmp_fd, v, 1, in->size - 1) != 1 || v[0] != '\n')) {
+        buf_adds(&b, "\n");
+    }
+    buf_printf(&b, "_______________________________________________\n%s@%s mailing list\n"
+               "To unsubscribe, send a message to %s\n", l->name, l->domain, a);
+    if (wrap) buf_printf(&b, "\n--%s--\n", boundary);
+    msg_write(m, b.p, b.len);
+    buf_free(&b);
+    buf_free(&inner);
+}
+
+/* A post: one copy for all members, from NAME-bounces. */
+static int
+list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *in, const char *h, size_t hn,
+          int64_t body_off)
+{
+    struct list_state st;
+    struct targets t = {0};
+    struct store_msg m;
+    const char *err;
+    int i, r;
+    if (list_load(ms->cfg, l, &st) != 0) return -1;
+    st.seq++; /* saved first: a number is never used twice */
+    if (list_save(ms->cfg, l, &st) != 0) { list_state_free(&st); return -1; }
+    for (i = 0; i < st.nm; i++)
+        if (addr_targets(ms->cfg, st.m[i].addr, &t) != RES_OK)
+            ms_log(ms, "list %s@%s: member <%s> is not an address mail can go to", l->name, l->domain, st.m[i].addr);
+    memset(&m, 0, sizeof m);
+    r = 0;
+    if (!t.n) ms_log(ms, "list %s@%s: post %ld (%s) from <%s>: no members", l->name, l->domain, st.seq, in->id, in->sender);
+    else if ((r = msg_open(ms, &m)) == 0) {
+        list_address(l, LK_BOUNCES, "", m.sender, sizeof m.sender);
+        list_write_post(l, &m, st.seq, in, h, hn, body_off);
+        r = msg_inject(ms, &m, &t, &err);
+        if (r == 0) ms_log(ms, "list %s@%s: post %ld (%s) from <%s> sent to %d members as %s", l->name, l->domain,
+                           st.seq, in->id, in->sender, t.n, m.id);
+        else ms_log(ms, "list %s@%s: cannot store post %ld: %s", l->name, l->domain, st.seq, err);
+    }
+    targets_free(&t);
+    list_state_free(&st);
+    return r;
+}
+
+
+/* RCPT to an address of list l. Refuses in the SMTP dialogue what can be
+ * refused there (no backscatter): posts by non-members (RFC 3463 5.7.2)
+ * and unknown or expired codes. 0 after a refusal, 1 if accepted. */
+static int
+list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    struct list_state st;
+    int ok = 1, i;
+    if (kind == LK_OWNER) { addr_targets(c->ms->cfg, l->owner, &s->targets); return 1; }
+    if (kind == LK_POST && l->post == LIST_POST_OWNER) {
+        /* an announcement list: a local owner must also be logged in or on a relay network */
+        const char *at = strrchr(l->owner, '@');
+        ok = ms_strcaseeq(s->from, l->owner) && (!cfg_find_domain(c->ms->cfg, at ? at + 1 : "") || conn_may_relay(c));
+        if (!ok) { conn_reply(c, "550 5.7.2 <%s>: only the list owner may post here", rcpt); return 0; }
+    } else if ((kind == LK_POST && l->post == LIST_POST_MEMBERS) || kind == LK_CONFIRM) {
+        if (list_load(c->ms->cfg, l, &st) != 0) {
+            conn_log(c, "list %s@%s: cannot read its state", l->name, l->domain);
+            conn_reply(c, "451 4.3.0 <%s>: local error, try again later", rcpt);
+            return 0;
+        }
+        if (kind == LK_POST) ok = ms_strcaseeq(s->from, l->owner) || list_find_member(&st, s->from) >= 0;
+        else ok = list_find_pending(&st, token) >= 0;
+        list_state_free(&st);
+        if (!ok && kind == LK_POST) { conn_reply(c, "550 5.7.2 <%s>: only members may post to this list", rcpt); return 0; }
+        if (!ok) { conn_reply(c, "550 5.1.1 <%s>: unknown or expired confirmation code", rcpt); return 0; }
+    }
+    for (i = 0; i < s->nlists; i++)
+        if (ms_strcaseeq(s->lists[i], rcpt)) return 1;
+    s->lists = xrealloc(s->lists, sizeof *s->lists * (size_t)(s->nlists + 1));
+    ms_strlcpy(s->lists[s->nlists++], rcpt, sizeof s->lists[0]);
+    return 1;
+}
+
+/* At the final dot, for each list address among the recipients. Mail that
+ * a list does not act on goes to the owner (added to the session's targets).
+ * -1 if something could not be stored: the client gets 451. */
+static int
+list_incoming(struct conn *c)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    struct mailsrv *ms = c->ms;
+    struct buf h = {0};
+    char local[MS_PATH_MAX], token[MS_LOCAL_MAX + 1], v[512], *at;
+    int i, kind, r = 0;
+    int64_t body_off = msg_read_header(s->msg.tmp_fd, s->msg.size, &h);
+    int automatic = hdr_is_automatic(h.p, h.len), daemon;
+    hdr_get(h.p, h.len, "From", v, sizeof v);
+    daemon = !s->from[0] || ms_strncaseeq(s->from, "mailer-daemon@", 14) || strstr(v, "MAILER-DAEMON");
+    for (i = 0; i < s->nlists && r == 0; i++) {
+        const struct cfg_list *l;
+        ms_strlcpy(local, s->lists[i], sizeof local);
+        if (!(at = strrchr(local, '@'))) continue;
+        *at = 0;
+        if (!(l = list_match(ms->cfg, local, at + 1, &kind, token, sizeof token))) continue; /* gone in a reload */
+        if (kind == LK_BOUNCES) {
+            char (*failed)[MS_PATH_MAX] = xrealloc(NULL, sizeof *failed * 32);
+            struct buf all = {0};
+            long seq;
+            int n;
+            int64_t len = s->msg.size < 256 * 1024 ? s->msg.size : 256 * 1024;
+            buf_reserve(&all, (size_t)len);
+            if (os_pread(s->msg.tmp_fd, all.p, (size_t)len, 0) == (long)len) all.len = (size_t)len;
+            if ((n = dsn_failed(all.p, all.len, failed, 32, &seq)) > 0) r = list_count_bounces(ms, l, failed, n, seq);
+            else addr_targets(ms->cfg, l->owner, &s->targets); /* not a delivery report: a person should see it */
+            free(failed);
+            buf_free(&all);
+        } else if (kind == LK_POST) {
+            char want[400];
+            hdr_get(h.p, h.len, "List-Id", v, sizeof v);
+            snprintf(want, sizeof want, "<%s.%s>", l->name, l->domain);
+            if (ms_strncaseeq(v, want, strlen(want)) || strstr(v, want)) {
+                conn_log(c, "list %s@%s: %s carries its own List-Id: a loop, dropped", l->name, l->domain, s->msg.id);
+            } else if (daemon || hdr_auto_submitted(h.p, h.len)) {
+                conn_log(c, "list %s@%s: %s is automatic mail: given to the owner, not sent to the list", l->name,
+                         l->domain, s->msg.id);
+                addr_targets(ms->cfg, l->owner, &s->targets);
+            } else {
+                r = list_post(ms, l, &s->msg, h.p, h.len, body_off);
+            }
+        } else if (daemon || automatic) {
+            conn_log(c, "list %s@%s: no answer to automatic mail %s from <%s>", l->name, l->domain, s->msg.id, s->from);
+        } else if (kind == LK_CONFIRM) {
+            r = list_confirm(ms, l, token, c->peer, h.p, h.len);
+        } else if (kind == LK_HELP) {
+            struct buf b = {0};
+            char subject[700];
+            snprintf(subject, sizeof subject, "Help for %s@%s", l->name, l->domain);
+            list_help_text(l, &b);
+            r = list_send(ms, l, s->from, NULL, subject, b.p);
+            buf_free(&b);
+        } else {
+            r = list_request(ms, l, s->from, c->peer, kind == LK_UNSUBSCRIBE, h.p, h.len);
+        }
+    }
+    buf_free(&h);
+    return r;
+}
+
+/*==== 14. Event loop ====*/
 /*
  * Each turn: build the pollfd array (POLLIN while there is input room and the
  * session is not held, POLLOUT while output is pending), poll until the
@@ -6394,16 +7452,14 @@ loop_clean_tmp_entry(void *ctx, const char *name)
     return 0;
 }
 
-/*==== 14. Public API and main ====*/
+/*==== 15. Public API and main ====*/
 
 static void
 default_log(void *user, const char *line)
 {
     char ts[32];
-    time_t t = time(NULL);
-    struct tm *g = gmtime(&t);
     (void)user;
-    if (!g || !strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", g)) ts[0] = 0;
+    ms_utc_time(ts, sizeof ts, (int64_t)time(NULL), 'T', "Z");
     fprintf(stderr, "%s %s\n", ts, line);
     fflush(stderr);
 }
@@ -7065,6 +8121,59 @@ cli_passwd(void)
     return 0;
 }
 
+/* `list [ADDRESS]`: the lists, or one list's members with the proof of
+ * their consent. For the admin only: no mail command shows this. */
+static int
+cli_list(const char *path, const char *addr)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    char local[MS_PATH_MAX], *at, token[MS_LOCAL_MAX + 1], t1[64], t2[64];
+    const struct cfg_list *l = NULL;
+    struct list_state st;
+    int i, kind, rc = 1;
+    if (c->nerrors) { fputs(c->errors.p, stderr); cfg_free(c); return 1; }
+    if (!addr) {
+        for (i = 0; i < c->nlists; i++) {
+            l = &c->lists[i];
+            if (list_load(c, l, &st) != 0) printf("%s@%s: cannot read its state\n", l->name, l->domain);
+            else printf("%s@%s: %d members, %d open requests, %ld posts; owner %s, post = %s\n", l->name, l->domain,
+                        st.nm, st.np, st.seq, l->owner, l->post == LIST_POST_OWNER ? "owner" :
+                        l->post == LIST_POST_ANYONE ? "anyone" : "members");
+            list_state_free(&st);
+        }
+        if (!c->nlists) printf("no [list ...] section in %s\n", path);
+        cfg_free(c);
+        return 0;
+    }
+    ms_strlcpy(local, addr, sizeof local);
+    if ((at = strrchr(local, '@')) != NULL) {
+        *at = 0;
+        l = list_match(c, local, at + 1, &kind, token, sizeof token);
+    }
+    if (!l || kind != LK_POST) fprintf(stderr, "mailsrv: %s is not a list in %s\n", addr, path);
+    else if (list_load(c, l, &st) != 0) fprintf(stderr, "mailsrv: the state of %s cannot be read\n", addr);
+    else {
+        printf("%s@%s: %d members, %ld posts\n", l->name, l->domain, st.nm, st.seq);
+        for (i = 0; i < st.nm; i++) {
+            const struct list_member *m = &st.m[i];
+            ms_utc_time(t1, sizeof t1, m->req_time, ' ', " UTC");
+            ms_utc_time(t2, sizeof t2, m->conf_time, ' ', " UTC");
+            printf("%s\n  requested %s from [%s], message %s\n  confirmed %s from [%s], message %s\n", m->addr, t1,
+                   m->req_ip, m->req_id, t2, m->conf_ip, m->conf_id);
+            if (m->bounces) printf("  bounced: %d posts in a row, the last post %ld\n", m->bounces, m->last_bounce);
+        }
+        for (i = 0; i < st.np; i++) {
+            ms_utc_time(t1, sizeof t1, st.p[i].time, ' ', " UTC");
+            printf("open request: %s %s, %s from [%s]\n", st.p[i].unsub ? "unsubscribe" : "subscribe", st.p[i].addr,
+                   t1, st.p[i].ip);
+        }
+        list_state_free(&st);
+        rc = 0;
+    }
+    cfg_free(c);
+    return rc;
+}
+
 static void
 cli_usage(void)
 {
@@ -7077,6 +8186,7 @@ cli_usage(void)
           "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
           "       mailsrv [-c FILE] flush           make the running server retry them now\n"
           "       mailsrv [-c FILE] gencert         write a self-signed certificate and key for hostname\n"
+          "       mailsrv [-c FILE] list [ADDRESS]  the mailing lists, or one list's members and their consent\n"
           "       mailsrv -V                        print the version\n",
           stderr);
 }
@@ -7107,6 +8217,7 @@ main(int argc, char **argv)
         if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
         if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
         if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path);
+        if (strcmp(cmd, "list") == 0) return cli_list(path, arg);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();
         return 2;

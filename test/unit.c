@@ -594,6 +594,63 @@ test_tls(void)
 }
 #endif
 
+static void
+test_lists(void)
+{
+    const char *h = "Return-Path: <a@b>\nSubject: first\n  folded\nList-Id: News <news.example.test>\n"
+                    "Auto-Submitted: no\nPrecedence: bulk\n";
+    char v[64], out[4][MS_PATH_MAX], text[600], *t;
+    long seq;
+    struct list_state st;
+    struct buf b = {0};
+    struct ms_config *c;
+    const struct cfg_list *l;
+    int kind;
+    char token[MS_LOCAL_MAX + 1];
+    ASSERT(hdr_get(h, strlen(h), "subject", v, sizeof v) && strcmp(v, "first  folded") == 0);
+    ASSERT(hdr_get(h, strlen(h), "List-Id", v, sizeof v) && strcmp(v, "News <news.example.test>") == 0);
+    ASSERT(!hdr_get(h, strlen(h), "From", v, sizeof v) && v[0] == 0);
+    ASSERT(!hdr_auto_submitted(h, strlen(h)));       /* "no" is a person */
+    ASSERT(hdr_is_automatic(h, strlen(h)));          /* Precedence: bulk */
+    ASSERT(hdr_auto_submitted("Auto-Submitted: auto-replied\n", 28));
+    ASSERT(!hdr_get("Subject: x\n\nFrom: y\n", 20, "From", v, sizeof v)); /* the body is not the header */
+    /* RFC 3464 reports: failed recipients only, once each, and the post number */
+    t = "Reporting-MTA: dns; x\n\nFinal-Recipient: rfc822; <a@x.test>\nAction: failed\n\n"
+        "Final-Recipient: rfc822;b@x.test\r\nAction: delayed\r\n\r\nAction: failed\nFinal-Recipient: RFC822; c@x.test\n\n"
+        "Final-Recipient: rfc822; a@x.test\nAction: failed\n\nX-Mailsrv-Seq: 42\n";
+    ASSERT(dsn_failed(t, strlen(t), out, 4, &seq) == 2 && strcmp(out[0], "a@x.test") == 0 &&
+           strcmp(out[1], "c@x.test") == 0 && seq == 42);
+    ASSERT(dsn_failed("Final-Recipient: rfc822; z@x\nAction: failed", 43, out, 4, &seq) == 1 && seq == -1);
+    ASSERT(dsn_failed("", 0, out, 4, &seq) == 0);
+    /* the state file: round trip; anything malformed is refused whole */
+    snprintf(text, sizeof text, "mailsrv-list 1\nseq 7\nmember a@x.test 100 127.0.0.1 <r@x> 200 ::1 - 2 6\n"
+             "pending %s subscribe b@x.test 300 10.0.0.1 <q@y>\n", "0123456789abcdef01234567");
+    ASSERT(list_state_parse(text, &st) == 0 && st.seq == 7 && st.nm == 1 && st.np == 1 &&
+           st.m[0].conf_time == 200 && st.m[0].bounces == 2 && st.m[0].last_bounce == 6 && !st.p[0].unsub &&
+           strcmp(st.p[0].ip, "10.0.0.1") == 0);
+    list_state_text(&st, &b);
+    ASSERT(strstr(b.p, "member a@x.test 100 127.0.0.1 <r@x> 200 ::1 - 2 6\n") != NULL);
+    list_state_free(&st);
+    buf_free(&b);
+    snprintf(text, sizeof text, "mailsrv-list 1\nmember a@x.test 100 127.0.0.1\n");
+    ASSERT(list_state_parse(text, &st) == -1 && st.nm == 0);
+    snprintf(text, sizeof text, "mailsrv-list 1\npending short subscribe b@x.test 1 ip id\n");
+    ASSERT(list_state_parse(text, &st) == -1);
+    snprintf(text, sizeof text, "seq 1\n");
+    ASSERT(list_state_parse(text, &st) == -1);
+    /* list addresses */
+    c = cfg_load("t.ini", "[server]\nsmtp = 127.0.0.1:2525\n[domain x.test]\nann = pw\n[alias x.test]\npostmaster = ann\n"
+                 "[list News@X.test]\nowner = ann@x.test\n");
+    ASSERT(c->nerrors == 0 && c->nlists == 1);
+    l = list_match(c, "news-confirm-ABC", "x.test.", &kind, token, sizeof token);
+    ASSERT(l && kind == LK_CONFIRM && strcmp(token, "ABC") == 0);
+    ASSERT(list_match(c, "NEWS-Unsubscribe", "x.test", &kind, NULL, 0) && kind == LK_UNSUBSCRIBE);
+    ASSERT(list_match(c, "news", "x.test", &kind, NULL, 0) && kind == LK_POST);
+    ASSERT(!list_match(c, "news-confirm-", "x.test", &kind, NULL, 0));
+    ASSERT(!list_match(c, "newsx", "x.test", &kind, NULL, 0) && !list_match(c, "news", "y.test", &kind, NULL, 0));
+    cfg_free(c);
+}
+
 int
 main(void)
 {
@@ -608,6 +665,7 @@ main(void)
     test_dns();
     test_relay_parsers();
     test_queue_files();
+    test_lists();
 #if MAILSRV_ENABLE_TLS
     test_tls();
 #endif
