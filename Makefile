@@ -63,6 +63,16 @@ notls-test:
 	$(MAKE) build/notls/mailsrv build/notls/unit
 	./test/run_tests.sh --unit build/notls/unit --bin build/notls/mailsrv
 
+# Fault injection: a build whose Nth write/fsync/rename/link/malloc fails on request
+# (MAILSRV_FAULT=OP:N), and the e2e fault_ tests that drive it. Never a real build.
+build/faults/mailsrv: mailsrv.c mailsrv.h $(TLS_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(WARN) $(CFLAGS) $(TLS_DEFS) -DMAILSRV_FAULTS=1 -o $@ mailsrv.c $(LIBS)
+fault-test:
+	@./test/deps.sh --test $(DEPS_OPT)
+	$(MAKE) mailsrv build/faults/mailsrv
+	$(PYTHON) test/e2e.py --bin build/faults/mailsrv
+
 # ---- other platforms (see README "Platforms") --------------------------------------
 # Toolchains come from Debian (test/deps.sh --cross); inih and BearSSL are built from
 # Debian's source packages, pinned by version and verified by apt, never committed.
@@ -213,4 +223,4 @@ sizes: build/musl-notls/mailsrv
 clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
-.PHONY: all run deps test notls-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
+.PHONY: all run deps test notls-test fault-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes

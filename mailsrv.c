@@ -53,6 +53,9 @@
 #if MAILSRV_ENABLE_TLS
 #include <bearssl.h>
 #endif
+#ifndef MAILSRV_FAULTS
+#define MAILSRV_FAULTS 0 /* 1: fault injection for the tests (`make fault-test`); never in a real build */
+#endif
 
 #include <ctype.h>
 #include <errno.h>
@@ -77,7 +80,10 @@
 #define MS_OUT_HIGH (32 * 1024)   /* above this, no more input is read: a client that
                                      never reads its replies only fills its socket */
 #define MS_DATA_BUF 16384         /* DATA write buffer, allocated only in DATA */
-#define MS_AUTH_DELAY_MS 1000     /* after a failed login */
+#define MS_AUTH_DELAY_MS 1000     /* after a failed login; doubles with each recent failure */
+#define MS_AUTH_DELAY_MAX_MS 30000 /* ... from the same address, up to this */
+#define MS_AUTH_FORGET_S 900      /* an address's failures count for 15 minutes */
+#define MS_AUTH_TRACK 256         /* addresses remembered (the oldest is forgotten first) */
 #define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
 #define MS_ALIAS_DEPTH 8          /* nested group addresses */
 #define MS_RELOAD_CHECK_MS 2000   /* how often the INI file's mtime is checked */
@@ -116,6 +122,7 @@
 #define MS_DEF_MAX_MESSAGE (10L * 1024 * 1024)
 #define MS_DEF_MAX_RCPT 100
 #define MS_DEF_MAX_CLIENTS 512
+#define MS_DEF_MAX_PER_IP 50      /* Postfix's smtpd_client_connection_count_limit */
 #define MS_DEF_TIMEOUT 300        /* RFC 5321 4.5.3.2: 5 minutes */
 
 /*==== 3. Platform layer ====*/
@@ -127,6 +134,34 @@
  * Paths use '/' everywhere: Windows accepts it.
  */
 
+/* Fault injection (test builds): MAILSRV_FAULT=OP:N makes the Nth call of
+ * OP fail, OP:N+ every call from the Nth on (a full disk stays full). */
+enum { F_WRITE, F_FSYNC, F_RENAME, F_LINK, F_MALLOC, F_NOPS };
+#if MAILSRV_FAULTS
+static int
+fault(int op)
+{
+    static const char *const names[] = {"write", "fsync", "rename", "link", "malloc"};
+    static long count[F_NOPS], at = -1;
+    static int which = -1, from_on;
+    if (at < 0) {
+        const char *v = getenv("MAILSRV_FAULT"), *colon = v ? strchr(v, ':') : NULL;
+        char *end;
+        at = 0;
+        for (which = 0; colon && which < F_NOPS; which++)
+            if (strlen(names[which]) == (size_t)(colon - v) && strncmp(v, names[which], (size_t)(colon - v)) == 0) break;
+        if (colon && which < F_NOPS && (at = strtol(colon + 1, &end, 10)) > 0) from_on = *end == '+';
+    }
+    if (op != which || at <= 0 || (++count[op] != at && !(from_on && count[op] > at))) return 0;
+    fprintf(stderr, "FAULT: %s call %ld fails\n", names[op], count[op]);
+    errno = op == F_WRITE ? ENOSPC : EIO;
+    return 1;
+}
+#define FAULT(op) fault(op)
+#else
+#define FAULT(op) 0
+#endif
+
 #ifndef _WIN32 /* ---------------- POSIX ---------------- */
 
 #include <arpa/inet.h>
@@ -135,6 +170,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -252,12 +288,12 @@ static int os_close(int fd) { return close(fd); }
 static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
 static long os_pwrite(int fd, const void *buf, size_t n, int64_t off) { return (long)pwrite(fd, buf, n, (off_t)off); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)write(fd, buf, n); }
-static int os_fsync(int fd) { return fsync(fd); }
+static int os_fsync(int fd) { return FAULT(F_FSYNC) ? -1 : fsync(fd); }
 static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
 static int os_mkdir(const char *p) { return mkdir(p, 0700); }
-static int os_link(const char *from, const char *to) { return link(from, to); }
+static int os_link(const char *from, const char *to) { return FAULT(F_LINK) ? -1 : link(from, to); }
 static int os_unlink(const char *p) { return unlink(p); }
-static int os_replace(const char *from, const char *to) { return rename(from, to); }
+static int os_replace(const char *from, const char *to) { return FAULT(F_RENAME) ? -1 : rename(from, to); }
 
 /* fsync a directory so that entries created or removed in it are durable. */
 static int
@@ -265,7 +301,7 @@ os_fsync_dir(const char *path)
 {
     int r, fd = open(path, O_RDONLY);
     if (fd < 0) return -1;
-    r = fsync(fd);
+    r = FAULT(F_FSYNC) ? -1 : fsync(fd);
     close(fd);
     return r;
 }
@@ -349,6 +385,37 @@ os_install_signals(struct mailsrv *ms)
 
 static int os_net_start(void) { return 0; }
 static void os_net_stop(void) {}
+
+/* Not in POSIX, but in every Unix; strict POSIX headers hide it. */
+int setgroups(size_t n, const gid_t *groups);
+
+static int os_is_root(void) { return geteuid() == 0; }
+
+/* Becomes `user` for good, once the ports are bound; first gives it the
+ * folders it must write in (as Dovecot does with its own). */
+static int
+os_drop_root(const char *user, const char *const *dirs, int ndirs, char *err, size_t n)
+{
+    struct passwd *pw = getpwnam(user);
+    uid_t uid;
+    gid_t gid;
+    int i;
+    if (!pw) { snprintf(err, n, "user = %s: no such user", user); return -1; }
+    uid = pw->pw_uid;
+    gid = pw->pw_gid;
+    if (uid == 0) { snprintf(err, n, "user = %s: that is root", user); return -1; }
+    for (i = 0; i < ndirs; i++)
+        if (chown(dirs[i], uid, gid) != 0) {
+            snprintf(err, n, "cannot give %s to %s: %s", dirs[i], user, strerror(errno));
+            return -1;
+        }
+    if (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
+        snprintf(err, n, "cannot become %s: %s", user, strerror(errno));
+        return -1;
+    }
+    if (setuid(0) == 0) { snprintf(err, n, "root came back after becoming %s", user); return -1; }
+    return 0;
+}
 
 #else /* ---------------- Windows (mingw-w64; WSAPoll needs Vista) ---------------- */
 
@@ -591,6 +658,16 @@ os_install_signals(struct mailsrv *ms)
     SetConsoleCtrlHandler(os_on_console, TRUE);
 }
 
+/* Windows services get their account from the service manager instead. */
+static int os_is_root(void) { return 0; }
+static int
+os_drop_root(const char *user, const char *const *dirs, int ndirs, char *err, size_t n)
+{
+    (void)user; (void)dirs; (void)ndirs;
+    snprintf(err, n, "user = has no effect on Windows");
+    return -1;
+}
+
 static int
 os_net_start(void)
 {
@@ -620,7 +697,7 @@ os_write_all(int fd, const void *buf, size_t n)
     const char *p = buf;
     size_t done = 0;
     while (done < n) {
-        long w = os_write(fd, p + done, n - done);
+        long w = FAULT(F_WRITE) ? -1 : os_write(fd, p + done, n - done);
         if (w < 0) { if (errno == EINTR) continue; return -1; }
         done += (size_t)w;
     }
@@ -633,7 +710,7 @@ os_pwrite_all(int fd, const void *buf, size_t n, int64_t off)
     const char *p = buf;
     size_t done = 0;
     while (done < n) {
-        long w = os_pwrite(fd, p + done, n - done, off + (int64_t)done);
+        long w = FAULT(F_WRITE) ? -1 : os_pwrite(fd, p + done, n - done, off + (int64_t)done);
         if (w < 0) { if (errno == EINTR) continue; return -1; }
         done += (size_t)w;
     }
@@ -802,7 +879,7 @@ os_read_password(char *buf, size_t n)
 static void *
 xrealloc(void *p, size_t n)
 {
-    void *q = realloc(p, n ? n : 1);
+    void *q = FAULT(F_MALLOC) ? NULL : realloc(p, n ? n : 1);
     if (!q) { fputs("mailsrv: out of memory\n", stderr); abort(); }
     return q;
 }
@@ -1323,8 +1400,9 @@ struct ms_config {
     int storage;
     char spool[1024];
     int64_t max_message_size;
-    long max_recipients, max_clients, timeout;
-    int plaintext_auth, capture;
+    long max_recipients, max_clients, max_per_ip, timeout;
+    int plaintext_auth, capture, allow_root;
+    char user[64];         /* Unix: the account to run as once the ports are bound */
     struct cfg_domain *domains; int ndomains;
     /* relay */
     char queue[1024];
@@ -1704,11 +1782,14 @@ static const struct cfg_key cfg_server_keys[] = {
     {"max_message_size", cfg_parse_size, offsetof(struct ms_config, max_message_size), 0},
     {"max_recipients", cfg_parse_count, offsetof(struct ms_config, max_recipients), 100000},
     {"max_clients", cfg_parse_count, offsetof(struct ms_config, max_clients), 100000},
+    {"max_per_ip", cfg_parse_count, offsetof(struct ms_config, max_per_ip), 100000},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
     {"plaintext_auth", cfg_parse_plaintext, offsetof(struct ms_config, plaintext_auth), 0},
     {"capture", cfg_parse_bool, offsetof(struct ms_config, capture), 0},
     {"queue", cfg_parse_path, offsetof(struct ms_config, queue), 1024},
     {"relay_networks", cfg_parse_nets, 0, 0},
+    {"user", cfg_parse_optstr, offsetof(struct ms_config, user), 64},
+    {"allow_root", cfg_parse_bool, offsetof(struct ms_config, allow_root), 0},
     {NULL, NULL, 0, 0},
 };
 
@@ -2171,6 +2252,7 @@ cfg_new(const char *path)
     c->max_message_size = MS_DEF_MAX_MESSAGE;
     c->max_recipients = MS_DEF_MAX_RCPT;
     c->max_clients = MS_DEF_MAX_CLIENTS;
+    c->max_per_ip = MS_DEF_MAX_PER_IP;
     c->timeout = MS_DEF_TIMEOUT;
     c->plaintext_auth = PT_LOCAL;
     if (ms_fmt(c->queue, sizeof c->queue, "%s%squeue", c->dir, c->dir[0] ? "/" : "") < 0)
@@ -4432,6 +4514,7 @@ struct mailsrv {
     int relay_kick;                  /* run the queue at the end of this turn */
     int64_t relay_wake, next_flush_check;
     void *tls_cache;                 /* the session resumption cache, made on first use */
+    struct auth_penalty { char ip[64]; int fails; int64_t last; } pen[MS_AUTH_TRACK]; /* failed logins */
 };
 
 static void
@@ -4652,18 +4735,60 @@ msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, con
     return r;
 }
 
+static int
+cfg_in_relay_nets(const struct ms_config *cfg, const char *peer)
+{
+    struct ms_addr a;
+    int i;
+    if (net_addr_parse(peer, 0, &a) != 0) return 0;
+    for (i = 0; i < cfg->nrelay_nets; i++)
+        if (net_in_cidr(&cfg->relay_nets[i], &a)) return 1;
+    return 0;
+}
+
 /* Relay permission: a client in relay_networks, or after AUTH. */
 static int
 conn_may_relay(const struct conn *c)
 {
-    const struct ms_config *cfg = c->ms->cfg;
-    struct ms_addr a;
-    int i;
     if (c->proto != PROTO_POP3 && c->u.smtp.auth_user[0]) return 1;
-    if (net_addr_parse(c->peer, 0, &a) != 0) return 0;
-    for (i = 0; i < cfg->nrelay_nets; i++)
-        if (net_in_cidr(&cfg->relay_nets[i], &a)) return 1;
-    return 0;
+    return cfg_in_relay_nets(c->ms->cfg, c->peer);
+}
+
+/* A failed login: logged in one fixed form for fail2ban, and answered after
+ * a delay that doubles with each failure from the same address in the last
+ * 15 minutes (1, 2, 4 ... 30 s), so guessing from many connections is as
+ * slow as from one. Returns when the answer may go out. */
+static int64_t
+auth_failed(struct conn *c, const char *user)
+{
+    struct mailsrv *ms = c->ms;
+    struct auth_penalty *p = NULL;
+    char vis[100];
+    int64_t now = os_now_ms(), delay = MS_AUTH_DELAY_MS;
+    int i;
+    for (i = 0; i < MS_AUTH_TRACK && !p; i++)
+        if (strcmp(ms->pen[i].ip, c->peer) == 0) p = &ms->pen[i];
+    if (p && now - p->last > MS_AUTH_FORGET_S * 1000LL) p->fails = 0;
+    if (!p) { /* a free slot, or the one that failed longest ago */
+        for (p = &ms->pen[0], i = 1; i < MS_AUTH_TRACK; i++)
+            if (ms->pen[i].last < p->last) p = &ms->pen[i];
+        ms_strlcpy(p->ip, c->peer, sizeof p->ip);
+        p->fails = 0;
+    }
+    p->last = now;
+    for (i = ++p->fails; i > 1 && delay < MS_AUTH_DELAY_MAX_MS; i--) delay *= 2;
+    if (delay > MS_AUTH_DELAY_MAX_MS) delay = MS_AUTH_DELAY_MAX_MS;
+    ms_visible(vis, sizeof vis, user, strlen(user));
+    conn_log(c, "auth failed from %s user=<%s> failures=%d delay=%lldms", c->peer, vis, p->fails, (long long)delay);
+    return now + delay;
+}
+
+static void
+auth_succeeded(struct conn *c)
+{
+    int i;
+    for (i = 0; i < MS_AUTH_TRACK; i++)
+        if (strcmp(c->ms->pen[i].ip, c->peer) == 0) c->ms->pen[i].fails = 0;
 }
 
 static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
@@ -4731,18 +4856,17 @@ smtp_do_helo(struct conn *c, const char *args, int esmtp)
 }
 
 static void
-smtp_auth_fail(struct conn *c)
+smtp_auth_fail(struct conn *c, const char *user)
 {
     struct smtp_sess *s = &c->u.smtp;
     s->auth_step = AUTH_NONE;
-    conn_log(c, "auth failed from %s", c->peer);
+    c->hold_until = auth_failed(c, user); /* RFC 4954 does not forbid slowing guesses */
     if (++s->auth_fails >= MS_AUTH_MAX_FAILS) {
         conn_reply(c, "421 4.7.0 Too many failed logins, closing");
         conn_close(c, 1);
     } else {
         conn_reply(c, "535 5.7.8 Authentication credentials invalid");
     }
-    c->hold_until = os_now_ms() + MS_AUTH_DELAY_MS; /* RFC 4954 does not forbid slowing guesses */
 }
 
 static void
@@ -4750,7 +4874,8 @@ smtp_auth_try(struct conn *c, const char *user, const char *pass)
 {
     struct smtp_sess *s = &c->u.smtp;
     char mailbox[MS_PATH_MAX];
-    if (auth_check(c->ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) { smtp_auth_fail(c); return; }
+    if (auth_check(c->ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) { smtp_auth_fail(c, user); return; }
+    auth_succeeded(c);
     s->auth_step = AUTH_NONE;
     ms_strlcpy(s->auth_user, mailbox, sizeof s->auth_user);
     conn_log(c, "auth ok %s", mailbox);
@@ -4771,7 +4896,7 @@ smtp_auth_step(struct conn *c, const char *line)
         return;
     }
     if (s->auth_step == AUTH_PLAIN_WAIT) {
-        if (sasl_plain_decode(line, user, sizeof user, pass, sizeof pass) != 0) { smtp_auth_fail(c); return; }
+        if (sasl_plain_decode(line, user, sizeof user, pass, sizeof pass) != 0) { smtp_auth_fail(c, "?"); return; }
         smtp_auth_try(c, user, pass);
         return;
     }
@@ -4780,14 +4905,14 @@ smtp_auth_step(struct conn *c, const char *line)
     raw[n] = 0;
     if (s->auth_step == AUTH_LOGIN_USER) {
         if (ms_strlcpy(s->login_user, (char *)raw, sizeof s->login_user) != 0 || strlen((char *)raw) != (size_t)n) {
-            smtp_auth_fail(c);
+            smtp_auth_fail(c, "?");
             return;
         }
         s->auth_step = AUTH_LOGIN_PASS;
         conn_reply(c, "334 UGFzc3dvcmQ6"); /* "Password:" */
         return;
     }
-    if (strlen((char *)raw) != (size_t)n) { smtp_auth_fail(c); return; }
+    if (strlen((char *)raw) != (size_t)n) { smtp_auth_fail(c, s->login_user); return; }
     smtp_auth_try(c, s->login_user, (char *)raw);
 }
 
@@ -4805,7 +4930,7 @@ smtp_do_auth(struct conn *c, const char *args)
     if (strcmp(mech, "PLAIN") == 0) {
         s->auth_step = AUTH_PLAIN_WAIT;
         if (*init && strcmp(init, "=") != 0) smtp_auth_step(c, init);
-        else if (*init) smtp_auth_fail(c);
+        else if (*init) smtp_auth_fail(c, "?");
         else conn_reply(c, "334 ");
     } else if (strcmp(mech, "LOGIN") == 0) {
         if (*init) { s->auth_step = AUTH_LOGIN_USER; smtp_auth_step(c, init); }
@@ -5257,8 +5382,7 @@ pop_login(struct conn *c, const char *user, const char *pass)
     int64_t total = 0;
     int i, r;
     if (auth_check(ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) {
-        conn_log(c, "auth failed from %s", c->peer);
-        c->hold_until = os_now_ms() + MS_AUTH_DELAY_MS;
+        c->hold_until = auth_failed(c, user);
         if (++p->auth_fails >= MS_AUTH_MAX_FAILS) {
             conn_reply(c, "-ERR [AUTH] Invalid login, closing");
             conn_close(c, 1);
@@ -5267,6 +5391,7 @@ pop_login(struct conn *c, const char *user, const char *pass)
         }
         return;
     }
+    auth_succeeded(c);
     if (pop_in_use(ms, c, mailbox)) { /* RFC 2449 8.1.1 */
         conn_reply(c, "-ERR [IN-USE] Mailbox is locked by another POP3 session");
         return;
@@ -7296,15 +7421,22 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         char peer[64];
         int lo;
         struct conn *c;
+        int same = 0, i;
         ms_sock_t s = net_accept(l->fd, peer, sizeof peer, &lo);
         if (s == MS_BAD_SOCK) break;
-        if (ms->nconns >= ms->cfg->max_clients) {
+        if (ms->nconns < ms->cfg->max_clients && !cfg_in_relay_nets(ms->cfg, peer))
+            for (i = 0; i < ms->nconns; i++) same += strcmp(ms->conns[i]->peer, peer) == 0;
+        if (ms->nconns >= ms->cfg->max_clients || same >= ms->cfg->max_per_ip) {
+            /* one write into an empty socket buffer: it cannot block */
             static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
             static const char pop_busy[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
             if (l->proto == PROTO_POP3) net_send(s, pop_busy, sizeof pop_busy - 1);
             else net_send(s, smtp_busy, sizeof smtp_busy - 1);
-            ms_log(ms, "refused %s from %s: max_clients (%ld) reached", proto_names[l->proto], peer,
-                   ms->cfg->max_clients);
+            if (same >= ms->cfg->max_per_ip)
+                ms_log(ms, "refused %s from %s: max_per_ip (%ld) reached", proto_names[l->proto], peer, ms->cfg->max_per_ip);
+            else
+                ms_log(ms, "refused %s from %s: max_clients (%ld) reached", proto_names[l->proto], peer,
+                       ms->cfg->max_clients);
             net_close(s);
             continue;
         }
@@ -7569,11 +7701,17 @@ int
 mailsrv_listen(struct mailsrv *ms)
 {
     int i;
-    char tmpdir[1100];
+    char tmpdir[1100], err[1300];
     const struct ms_config *c = ms->cfg;
     if (!c) { ms_log(ms, "no configuration loaded"); return -1; }
+    if (os_is_root() && !c->user[0] && !c->allow_root) {
+        ms_log(ms, "%s: refusing to run as root: set user = ACCOUNT in [server] (mailsrv binds its ports, then "
+               "becomes that account), or allow_root = yes", c->path);
+        return -1;
+    }
     if (store_mkdir(c->spool, c->dir[0] ? c->dir : ".") != 0 ||
-        ms_fmt(tmpdir, sizeof tmpdir, "%s/.tmp", c->spool) < 0 || store_mkdir(tmpdir, c->spool) != 0) {
+        ms_fmt(tmpdir, sizeof tmpdir, "%s/.tmp", c->spool) < 0 || store_mkdir(tmpdir, c->spool) != 0 ||
+        (c->user[0] && os_is_root() && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") != 0)) {
         ms_log(ms, "cannot create the spool %s: %s", c->spool, strerror(errno));
         return -1;
     }
@@ -7605,6 +7743,17 @@ mailsrv_listen(struct mailsrv *ms)
                  l->addr, l->family == AF_INET6 ? "]" : "", l->port);
         ms_log(ms, "listening for %s%s on %s", proto_names[l->proto], l->tls ? " over TLS" : "", ms->lst[ms->nlst].name);
         ms->nlst++;
+    }
+    if (c->user[0] && !os_is_root()) {
+        ms_log(ms, "user = %s has no effect: not started as root", c->user);
+    } else if (c->user[0]) { /* before any client byte is read */
+        const char *dirs[] = {c->spool, tmpdir, c->queue};
+        if (os_drop_root(c->user, dirs, 3, err, sizeof err) != 0) {
+            ms_log(ms, "%s: %s", c->path, err);
+            loop_close_listeners(ms);
+            return -1;
+        }
+        ms_log(ms, "running as %s", c->user);
     }
     return 0;
 }
@@ -8202,7 +8351,8 @@ main(int argc, char **argv)
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;
         else if (strcmp(argv[i], "-V") == 0) {
-            printf("mailsrv %s (TLS: %s)\n", MAILSRV_VERSION, MAILSRV_ENABLE_TLS ? "BearSSL, TLS 1.2" : "no");
+            printf("mailsrv %s (TLS: %s)%s\n", MAILSRV_VERSION, MAILSRV_ENABLE_TLS ? "BearSSL, TLS 1.2" : "no",
+                   MAILSRV_FAULTS ? " FAULT INJECTION BUILD" : "");
             return 0;
         }
         else if (argv[i][0] == '-') { cli_usage(); return 2; }

@@ -271,6 +271,7 @@ max_clients = 2000
 timeout = 300
 plaintext_auth = local
 capture = no
+allow_root = yes
 
 [domain %s]
 user1 = %s

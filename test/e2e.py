@@ -17,6 +17,7 @@ Python 3 standard library only (plus the curl command for the curl tests).
 """
 import argparse
 import base64
+import collections
 import glob
 import os
 import poplib
@@ -329,6 +330,7 @@ def dot_stuff(msg):
 # messages and storage
 
 SENDER = "sender@client.test"
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0  # mailsrv refuses root without allow_root or user
 
 
 def make_msg(token, to="alice@example.test", subject=None, body=None, sender=SENDER):
@@ -495,6 +497,7 @@ class Server:
         self.sections = sections or {}  # extra sections written after [server], e.g. {"relay": {"dns": ...}}
         self.queue = os.path.join(self.dir, "queue")
         self.proc = None
+        self.env = None  # the server's environment (None: ours)
         self.write_ini()
 
     def ini_text(self):
@@ -505,8 +508,11 @@ class Server:
         return "\n".join(lines) + "\n\n" + self.domains
 
     def write_ini(self, text=None):
+        text = self.ini_text() if text is None else text
+        if AS_ROOT and "[server]" in text and "allow_root" not in text:
+            text += "\n[server]  ; the tests run as root in CI\nallow_root = yes\n"  # at the end: line numbers stay
         with open(self.ini, "w") as f:
-            f.write(self.ini_text() if text is None else text)
+            f.write(text)
 
     def listeners(self):
         out = []
@@ -523,7 +529,7 @@ class Server:
         logf = open(self.log, "ab")
         try:
             self.proc = subprocess.Popen(RUN + [BIN, "-c", self.ini] + list(args), stdin=subprocess.DEVNULL,
-                                         stdout=logf, stderr=logf, cwd=cwd or self.dir)
+                                         stdout=logf, stderr=logf, cwd=cwd or self.dir, env=self.env)
         finally:
             logf.close()
         if wait:
@@ -4850,6 +4856,283 @@ def list_config_errors(ctx):
 
 
 # =============================================================================================
+# hardening: resource limits under abuse, auth back-off, privilege drop, fault injection.
+
+
+def rss_kib(srv):
+    """The server's resident memory (Linux /proc), or None elsewhere."""
+    try:
+        with open("/proc/%d/status" % srv.proc.pid) as f:
+            return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+    except (OSError, AttributeError):
+        return None
+
+
+@test()
+def abuse_max_per_ip(ctx):
+    # relay_networks are exempt (as Postfix exempts mynetworks): here nobody is
+    srv = ctx.server(server={"max_per_ip": "3", "max_clients": "10", "relay_networks": ""}).start()
+    held = [srv.smtp() for _ in range(3)]
+    c = srv.ctx.track(Smtp(srv.smtp_port))
+    code, text = c.reply()
+    check(code == 421, "4th connection from one address: %d %s, expected 421" % (code, text))
+    p = srv.ctx.track(Pop(srv.pop3_port))
+    check(p.readline().startswith(b"-ERR"), "4th connection (POP3) was greeted")
+    check("max_per_ip (3) reached" in srv.log_text(), "no log line for the refusal")
+    held[0].expect("QUIT", 221)
+    held[0].read_eof()
+    wait_for(lambda: srv.smtp() is not None, 5, "a slot freed by QUIT")
+
+
+@test()
+def abuse_slowloris_cut_at_timeout(ctx):
+    srv = ctx.server(server={"timeout": "2"}).start()
+    c = srv.smtp()
+    t0 = time.monotonic()
+    cut = False
+    for ch in "MAIL FROM:<slow@client.test>" * 4:  # one byte at a time, never a line end
+        try:
+            c.send(ch)
+        except OSError:  # the server has closed
+            cut = True
+            break
+        time.sleep(0.25)
+        if time.monotonic() - t0 > secs(8):
+            break
+    elapsed = time.monotonic() - t0
+    try:
+        data = c.read_eof(timeout=8)
+    except OSError:
+        data = b""
+    check(b"421 4.4.2" in data or cut, "a byte-at-a-time client was not cut: %s" % short(data))
+    check(elapsed < secs(6), "cut after %.1fs with timeout = 2" % elapsed)
+    check(srv.smtp() is not None, "no slot after the cut")
+
+
+@test(limit=60)
+def abuse_client_never_reads(ctx):
+    srv = ctx.server(server={"timeout": "3"}).start()
+    before = rss_kib(srv)
+    c = srv.smtp()
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sent = 0
+    c.sock.settimeout(secs(5))
+    try:  # 20 MB of NOOPs, never reading a reply: the server stops reading, then times out
+        chunk = b"NOOP\r\n" * 10000
+        while sent < 20 * 1024 * 1024:
+            c.sock.sendall(chunk)
+            sent += len(chunk)
+    except (socket.timeout, OSError):
+        pass
+    during = rss_kib(srv)
+    check(sent < 20 * 1024 * 1024, "the server read 20 MB of commands without their replies being read")
+    if before and during:
+        check(during - before < 4096, "RSS grew by %d KiB for one client that never reads" % (during - before))
+    wait_for(lambda: "timeout" in srv.log_text(), 15, "the session cut at the timeout")
+    check(srv.smtp() is not None, "the server stopped answering")
+
+
+@test(limit=60)
+def abuse_10000_rcpts(ctx):
+    srv = ctx.server().start()  # max_recipients = 5
+    before = rss_kib(srv)
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.send("".join("RCPT TO:<alice@example.test>\r\n" for _ in range(10000)))  # pipelined at once
+    codes = collections.Counter(c.reply()[0] for _ in range(10000))
+    check(codes[250] == 5 and codes[452] == 9995, "replies to 10,000 RCPTs: %s" % dict(codes))
+    c.expect("RSET", 250)
+    after = rss_kib(srv)
+    if before and after:
+        check(after - before < 2048, "RSS grew by %d KiB" % (after - before))
+
+
+@test(limit=90)
+def abuse_100mb_message_not_buffered(ctx):
+    srv = ctx.server().start()  # max_message_size = 100K
+    before = rss_kib(srv)
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    tmp = os.path.join(srv.spool, ".tmp")
+    biggest = [0]
+    line = b"x" * 78 + b"\r\n"
+    block = line * 13000  # about 1 MB
+    for i in range(100):
+        c.send(block)
+        if i % 10 == 0:
+            for f in glob.glob(os.path.join(tmp, "*")):
+                try:
+                    biggest[0] = max(biggest[0], os.path.getsize(f))
+                except OSError:
+                    pass
+    c.send(".\r\n")
+    code, text = c.reply()
+    check(code == 552, "100 MB message: %d %s, expected 552" % (code, text))
+    check(biggest[0] < 300 * 1024, "a file of %d bytes was written for a 100K limit" % biggest[0])
+    after = rss_kib(srv)
+    if before and after:
+        check(after - before < 2048, "RSS grew by %d KiB while receiving 100 MB" % (after - before))
+    check(not glob.glob(os.path.join(tmp, "*")), "spool/.tmp not cleaned: %s" % os.listdir(tmp))
+    check(stored_tokens(srv, "alice@example.test") == [], "the refused message was stored")
+    c.expect("NOOP", 250)
+
+
+FAIL2BAN_RE = r"^\S+ \[[sp]\d+\] auth failed from (?P<host>\S+) "  # README: the fail2ban filter
+
+
+@test(limit=60)
+def auth_backoff_per_address(ctx):
+    srv = ctx.server().start()
+    delays = []
+    for i in range(3):  # a new connection each time: the back-off follows the address
+        c = srv.smtp()
+        t0 = time.monotonic()
+        c.expect("AUTH PLAIN " + plain("alice@example.test", "wrong%d" % i), 535, "5.7.8")
+        delays.append(time.monotonic() - t0)
+        c.close()
+    check(delays[0] >= 0.9 and delays[1] >= 1.9 and delays[2] >= 3.9,
+          "delays after 1, 2, 3 failures: %s, expected about 1, 2, 4 s" % ["%.1f" % d for d in delays])
+    lines = [l for l in srv.log_text().splitlines() if "auth failed" in l]
+    check(len(lines) == 3 and all(re.match(FAIL2BAN_RE, l) and re.match(FAIL2BAN_RE, l).group("host") == "127.0.0.1"
+                                  for l in lines), "log lines the fail2ban filter must match: %s" % lines)
+    p = srv.pop()
+    t0 = time.monotonic()
+    p.send("USER alice@example.test\r\nPASS nope\r\n")
+    p.readline()
+    check(p.readline().startswith(b"-ERR") and time.monotonic() - t0 >= 7.5, "POP3 failure after 3 SMTP ones: not delayed 8 s")
+    c = srv.smtp()  # a success resets the address
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 235)
+    c = srv.smtp()
+    t0 = time.monotonic()
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "wrong"), 535)
+    check(time.monotonic() - t0 < 1.9, "the back-off was not reset by a successful login")
+
+
+@test(unix_only=True)
+def root_refused_without_user(ctx):
+    if not AS_ROOT:
+        raise Skip("needs root")
+    srv = ctx.server()
+    text = srv.ini_text()
+    with open(srv.ini, "w") as f:
+        f.write(text)  # no allow_root, no user
+    srv.start(wait=False)
+    rc = srv.proc.wait(timeout=secs(10))
+    check(rc != 0 and "refusing to run as root" in srv.log_text(), "root without user: exit %s, log %s" % (rc, short(srv.log_text(), 300)))
+
+
+@test(unix_only=True, limit=40)
+def privilege_drop_to_user(ctx):
+    if not AS_ROOT:
+        raise Skip("needs root")
+    import pwd
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        raise Skip("no user nobody")
+    srv = ctx.server(server={"user": "nobody"})
+    os.chmod(ctx.dir, 0o755)  # nobody must reach its folders
+    os.chmod(srv.dir, 0o755)
+    srv.write_ini(srv.ini_text())
+    srv.start()
+    with open("/proc/%d/status" % srv.proc.pid) as f:
+        status = f.read()
+    uids = re.search(r"Uid:\s+(.*)", status).group(1).split()
+    gids = re.search(r"Gid:\s+(.*)", status).group(1).split()
+    groups = re.search(r"Groups:\s*(.*)", status).group(1).split()
+    check(set(uids) == {str(nobody.pw_uid)} and set(gids) == {str(nobody.pw_gid)},
+          "after start: Uid %s Gid %s, expected nobody (%d/%d)" % (uids, gids, nobody.pw_uid, nobody.pw_gid))
+    check(set(groups) <= {str(nobody.pw_gid)}, "supplementary groups kept: %s" % groups)
+    t, msg = srv.deliver()
+    got = srv.fetch("alice@example.test")
+    check(len(got) == 1 and got[0]["token"] == t, "delivery as nobody failed")
+    for path in maildir_files(srv, "alice@example.test"):
+        st = os.stat(path)
+        check(st.st_uid == nobody.pw_uid and (st.st_mode & 0o777) == 0o600, "%s: uid %d mode %o" % (path, st.st_uid, st.st_mode & 0o777))
+    for d in (os.path.join(srv.spool, "example.test"), os.path.join(srv.spool, "example.test", "alice")):
+        st = os.stat(d)
+        check((st.st_mode & 0o777) == 0o700, "%s: mode %o, expected 700" % (d, st.st_mode & 0o777))
+    srv2 = ctx.server(server={"user": "no-such-user-here"})
+    srv2.start(wait=False)
+    check(srv2.proc.wait(timeout=secs(10)) != 0 and "no such user" in srv2.log_text(), "user = unknown: %s" % short(srv2.log_text(), 300))
+
+
+# ---- fault injection: a build with -DMAILSRV_FAULTS=1 (`make fault-test`) -------------------
+
+FAULT_TESTS = set()
+
+
+def fault_test(op, ns, modes=BOTH, limit=240):
+    """Registers fault_OP[mode]: fault_rounds for each storage mode (run only on a fault build)."""
+    for m in modes:
+        name = "fault_%s[%s]" % (op.replace("+", "_full"), m)
+        TESTS.append((name, lambda ctx, storage: fault_rounds(ctx, op, ns, storage), {"storage": m}, limit))
+        FAULT_TESTS.add(name)
+
+
+def fault_rounds(ctx, op, ns, storage):
+    """For N in ns: a server whose Nth `op` fails gets one message for a local and a remote
+    recipient. A 250 means both are (or will be) delivered whole; anything else means neither
+    is. Checked after a restart without the fault. Stops once N is past the last call."""
+    outcomes = []
+    for n in ns:
+        net = Net(ctx)
+        net.domain("remote.test")
+        sink = net.sink()
+        sink.script("rcpt", ["451 4.3.0 try again"])  # the first attempt defers: the queue entry is rewritten
+        srv = net.server(storage=storage)
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%s" % (op.rstrip("+"), "%d%s" % (n, "+" if op.endswith("+") else "")))
+        try:
+            srv.start()
+        except TestFailure:
+            outcomes.append((n, "died at start"))
+            srv.env = None
+            continue
+        t = tok()
+        msg = make_msg(t, to="alice@example.test")
+        try:
+            code = 250 if srv.send(["alice@example.test", "user@remote.test"], msg) == {} else 0
+        except smtplib.SMTPResponseException as e:
+            code = e.smtp_code
+        except (smtplib.SMTPException, OSError):
+            code = -1  # the server died (an injected malloc failure aborts)
+        check(code == 250 or 400 <= code < 500 or code == -1, "N=%d: reply %d: must be 250 or 4xx" % (n, code))
+        if code == 250:
+            wait_for(lambda: sink.messages or "FAULT" in srv.log_text(), 10, "N=%d: the delivery, or a fault" % n)
+        srv.stop()
+        hit = "FAULT: " in srv.log_text()
+        srv.env = None
+        srv.start()  # no fault now: whatever the queue holds goes out
+        local = [g["token"] for g in srv.fetch("alice@example.test")]
+        if code == -1:  # died before its reply: each copy is whole or absent; the client retries
+            check(local in ([], [t]), "N=%d: after the crash alice has %s" % (n, local))
+        elif code == 250:
+            check(local == [t], "N=%d: 250 but alice has %s" % (n, local))
+            sink_wait(sink, 1, 15, "N=%d: the remote copy after 250" % n)
+            check_relayed(sink.messages[0]["data"], msg, "N=%d" % n)
+        else:
+            check(local == [], "N=%d: reply %d but alice has %s" % (n, code, local))
+            wait_queue_empty(srv)
+            check(not sink.messages, "N=%d: reply %d but the remote got it" % (n, code))
+        srv.stop()
+        outcomes.append((n, code))
+        if not hit:
+            break
+    check(outcomes and outcomes[-1][1] == 250, "the last round (past every %s) did not get 250: %s" % (op, outcomes))
+    print("#   %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+fault_test("write", range(1, 40))
+fault_test("write+", [1, 2, 3, 4, 6, 8, 12, 60], modes=("maildir",))  # a full disk: every write fails from then on
+fault_test("fsync", range(1, 40))
+fault_test("rename", range(1, 20))
+fault_test("link", range(1, 20))
+fault_test("malloc", range(1, 400), modes=("maildir",))
+
+
+# =============================================================================================
 
 
 def main():
@@ -4873,6 +5156,8 @@ def main():
         for t in sel:
             print(t[0])
         return 0
+    faults = "FAULT INJECTION" in run_cli(["-V"]).stdout
+    sel = [t for t in sel if (t[0] in FAULT_TESTS) == faults]  # fault tests run only on a fault build, and alone
     if any(t[0] in TLS_TESTS for t in sel) and not tls_built():
         for t in sel:
             if t[0] in TLS_TESTS:
