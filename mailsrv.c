@@ -3694,7 +3694,7 @@ mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
     s.sub = "cur";
     if (ms_fmt(sub, sizeof sub, "%s/cur", v->dir) < 0) return -1;
     os_list_dir(sub, mdir_scan_entry, &s);
-    qsort(v->msgs, (size_t)v->n, sizeof *v->msgs, view_cmp_name);
+    if (v->n > 1) qsort(v->msgs, (size_t)v->n, sizeof *v->msgs, view_cmp_name);
     return 0;
 }
 
@@ -7897,9 +7897,9 @@ cli_check(const char *path)
     int i, users = 0, aliases = 0;
     if (cli_print_errors(c)) { cfg_free(c); return 1; }
     for (i = 0; i < c->ndomains; i++) { users += c->domains[i].nusers; aliases += c->domains[i].naliases; }
-    printf("%s: ok: %d domain%s, %d mailbox%s, %d alias%s, %d listener%s, %s storage in %s%s\n", path,
+    printf("%s: ok: %d domain%s, %d mailbox%s, %d alias%s, %d list%s, %d listener%s, %s storage in %s%s\n", path,
            c->ndomains, c->ndomains == 1 ? "" : "s", users, users == 1 ? "" : "es", aliases,
-           aliases == 1 ? "" : "es", c->nlisten, c->nlisten == 1 ? "" : "s",
+           aliases == 1 ? "" : "es", c->nlists, c->nlists == 1 ? "" : "s", c->nlisten, c->nlisten == 1 ? "" : "s",
            c->storage == STORE_MBOX ? "mbox" : "maildir", c->spool, c->capture ? ", CAPTURE MODE" : "");
     if (c->capture && cfg_listens_beyond_loopback(c))
         fprintf(stderr, "%s: WARNING: capture mode accepts mail for every address, and a listener is "
