@@ -88,6 +88,18 @@ notls-test:
 	$(MAKE) build/notls/mailsrv build/notls/unit
 	./test/run_tests.sh --unit build/notls/unit --bin build/notls/mailsrv
 
+# The unit tests and the end-to-end suite under valgrind, against ./mailsrv (MAILSRV_TEST_SLACK:
+# valgrind is slow). Every process logs to build/valgrind/vg.PID, which e2e.py renames after its
+# test (vg.PID.TEST); an error or a definite/indirect leak (at a clean exit) fails the test.
+VALGRIND = valgrind --leak-check=full --error-exitcode=99 --errors-for-leak-kinds=definite,indirect
+VG_LOGS  = $(CURDIR)/build/valgrind
+valgrind-test:
+	@./test/deps.sh --test $(DEPS_OPT)
+	@command -v valgrind >/dev/null || { echo "valgrind-test needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+	$(MAKE) mailsrv test/unit
+	MAILSRV_TEST_SLACK=4 ./test/run_tests.sh --logs $(VG_LOGS) --unit "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p test/unit" \
+	    --run "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p"
+
 # ---- other platforms (see README "Platforms") --------------------------------------
 # Toolchains come from Debian (test/deps.sh --cross); inih and BearSSL are built from
 # Debian's source packages, pinned by version and verified by apt, never committed.
@@ -237,4 +249,4 @@ sizes: build/musl-notls/mailsrv
 clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
-.PHONY: all run deps test notls-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
+.PHONY: all run deps test notls-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
