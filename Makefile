@@ -23,8 +23,25 @@ LIBS     = -linih $(TLS_LIBS)
 # binary, so they are rebuilt; the same setting again finds its stamp and rebuilds nothing.
 # (Switching back and forth also rebuilds the cross binaries once: a few seconds, not BearSSL.)
 TLS_STAMP = build/tls-$(TLS)
+# SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer (gcc or clang). The sanitized binaries live
+# in build/san-tls$(TLS)/, never in ./mailsrv or test/unit; `make test SAN=1` runs the whole suite
+# against them and fails on any sanitizer report (test/run_tests.sh --san). Their stamp names the
+# compiler: switching CC (gcc <-> clang) rebuilds them, as switching TLS rebuilds ./mailsrv.
+SAN     ?= 0
+SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_DIR   = build/san-tls$(TLS)
+SAN_STAMP = $(SAN_DIR)/cc-$(notdir $(firstword $(CC)))
+ifeq ($(SAN),1)
+TEST_BINS = $(SAN_DIR)/mailsrv $(SAN_DIR)/unit
+TEST_ARGS = --san --logs $(SAN_DIR)/logs --unit $(SAN_DIR)/unit --bin $(SAN_DIR)/mailsrv
+else ifeq ($(SAN),0)
+TEST_BINS = mailsrv test/unit
+TEST_ARGS =
+else
+$(error SAN must be 0 or 1, not "$(SAN)")
+endif
 
-all: mailsrv
+all: $(firstword $(TEST_BINS))
 
 $(TLS_STAMP):
 	@mkdir -p build && rm -f build/tls-0 build/tls-1 && touch $@
@@ -44,8 +61,16 @@ deps:
 
 test:
 	@./test/deps.sh --test $(DEPS_OPT)
-	$(MAKE) mailsrv test/unit
-	./test/run_tests.sh
+	$(MAKE) $(TEST_BINS)
+	./test/run_tests.sh$(if $(TEST_ARGS), $(TEST_ARGS))
+
+$(SAN_STAMP):
+	@mkdir -p $(@D) && rm -f $(@D)/cc-* && touch $@
+$(SAN_DIR)/mailsrv: mailsrv.c mailsrv.h $(SAN_STAMP)
+	@./test/deps.sh $(DEPS_OPT)
+	$(CC) $(WARN) $(CFLAGS) $(SAN_FLAGS) $(TLS_DEFS) -o $@ mailsrv.c $(LIBS)
+$(SAN_DIR)/unit: test/unit.c mailsrv.c mailsrv.h $(SAN_STAMP)
+	$(CC) $(WARN) $(CFLAGS) $(SAN_FLAGS) $(TLS_DEFS) -Wno-unused-function -o $@ test/unit.c $(LIBS)
 
 bench: mailsrv
 	$(PYTHON) test/bench.py
@@ -72,6 +97,18 @@ fault-test:
 	@./test/deps.sh --test $(DEPS_OPT)
 	$(MAKE) mailsrv build/faults/mailsrv
 	$(PYTHON) test/e2e.py --bin build/faults/mailsrv
+
+# The unit tests and the end-to-end suite under valgrind, against ./mailsrv (MAILSRV_TEST_SLACK:
+# valgrind is slow). Every process logs to build/valgrind/vg.PID, which e2e.py renames after its
+# test (vg.PID.TEST); an error or a definite/indirect leak (at a clean exit) fails the test.
+VALGRIND = valgrind --leak-check=full --error-exitcode=99 --errors-for-leak-kinds=definite,indirect
+VG_LOGS  = $(CURDIR)/build/valgrind
+valgrind-test:
+	@./test/deps.sh --test $(DEPS_OPT)
+	@command -v valgrind >/dev/null || { echo "valgrind-test needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+	$(MAKE) mailsrv test/unit
+	MAILSRV_TEST_SLACK=4 ./test/run_tests.sh --logs $(VG_LOGS) --unit "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p test/unit" \
+	    --run "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p"
 
 # ---- other platforms (see README "Platforms") --------------------------------------
 # Toolchains come from Debian (test/deps.sh --cross); inih and BearSSL are built from
@@ -223,4 +260,4 @@ sizes: build/musl-notls/mailsrv
 clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
-.PHONY: all run deps test notls-test fault-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
+.PHONY: all run deps test notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes

@@ -11,6 +11,10 @@ with smtplib, poplib, raw sockets and curl.
 -k      only run tests whose name contains SUBSTRING
 MAILSRV_TEST_SLACK (default 1.0) multiplies every deadline (for emulators and slow machines).
 MAILSRV_TEST_KEEP=1 keeps the temporary folders of failed tests.
+MAILSRV_TEST_SANLOG=DIR: the folder where the servers' sanitizer (san.PID) or valgrind (vg.PID)
+reports go (test/run_tests.sh --logs/--san sets it). After each test (its servers stopped) the new
+ones are renamed after it (san.PID.TEST), and a report there, or a sanitizer report in a server's
+output, fails the test.
 
 Prints `ok NAME` or `FAIL NAME: reason` per test, then `N passed, N failed`; exit status 1 if any failed.
 Python 3 standard library only (plus the curl command for the curl tests).
@@ -47,6 +51,9 @@ KEEP = os.environ.get("MAILSRV_TEST_KEEP") == "1"
 # tests are skipped (reloading on a file change is tested on every platform).
 WINDOWS = os.environ.get("MAILSRV_TEST_PLATFORM") == "windows"
 STOP_SIGNAL = signal.SIGINT if WINDOWS else signal.SIGTERM
+SANLOG = os.environ.get("MAILSRV_TEST_SANLOG") or None
+# a sanitizer report in a server's output (gcc's UBSan writes there, not to log_path)
+SAN_RE = re.compile(r"runtime error:|ERROR: (Address|Leak|UndefinedBehavior|Thread|Memory)Sanitizer")
 
 
 def secs(s):
@@ -144,8 +151,13 @@ def have_ipv6():
 
 def run_cli(args, input=None, cwd=None, timeout=20):
     """Run the binary with args (no server); returns CompletedProcess with text output."""
-    return subprocess.run(RUN + [BIN] + list(args), input=input, capture_output=True, text=True,
-                          cwd=cwd or REPO, timeout=secs(timeout))
+    r = subprocess.run(RUN + [BIN] + list(args), input=input, capture_output=True, text=True,
+                       cwd=cwd or REPO, timeout=secs(timeout))
+    if SANLOG and SAN_RE.search(r.stderr or ""):
+        cur = getattr(CURRENT, "ctx", None)
+        if cur is not None:
+            cur.san_texts.append(("`mailsrv %s`" % " ".join(args), r.stderr))
+    return r
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,6 +725,7 @@ class Ctx:
         self.conns = []
         self.soft = []
         self.aborted = False
+        self.san_texts = []  # (where, text): sanitizer output seen outside SANLOG
 
     def server(self, **kw):
         s = Server(self, **kw)
@@ -727,7 +740,7 @@ class Ctx:
         for c in self.conns:
             c.close()
 
-    def cleanup(self, failed, aborted=False):
+    def stop_servers(self, aborted=False):
         self.close_conns()
         for s in self.servers:
             if aborted:
@@ -735,8 +748,57 @@ class Ctx:
                     s.kill9()
             else:
                 s.stop()
+
+    def cleanup(self, failed, aborted=False):
+        self.stop_servers(aborted)
         if not (failed and KEEP):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def is_report(path):
+    """A sanitizer report, or a valgrind log with errors (valgrind logs every process; one
+    SIGKILLed has no ERROR SUMMARY, only the errors it met before). Same test as run_tests.sh's."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    if not os.path.basename(path).startswith("vg."):
+        return text
+    if re.search(r"ERROR SUMMARY: [1-9]", text):
+        return text
+    if "ERROR SUMMARY:" not in text and re.search(r"^==\d+== (Invalid |Conditional jump|Use of uninitialised|Syscall param|"
+                                                  r"Mismatched|Source and destination|Argument )", text, re.M):
+        return text
+    return None
+
+
+def san_reports(ctx):
+    """Once the test's servers are stopped: its sanitizer/valgrind reports, [(where, text)]. Names
+    the new files in SANLOG after the test, so that run_tests.sh knows they were counted."""
+    if not SANLOG:
+        return []
+    found = []
+    texts = list(ctx.san_texts)
+    for s in ctx.servers:
+        text = s.log_text()
+        m = SAN_RE.search(text)
+        if m:
+            start = text.rfind("\n", 0, m.start()) + 1
+            texts.append(("server log %s" % os.path.basename(s.dir), text[start:]))
+    for i, (where_, text) in enumerate(texts):  # into SANLOG too, for run_tests.sh's list
+        path = os.path.join(SANLOG, "san.output%d.%s" % (i + 1, ctx.name))
+        with open(path, "w") as f:
+            f.write("(from %s)\n%s" % (where_, text))
+        found.append((where_, text))
+    for path in sorted(glob.glob(os.path.join(SANLOG, "san.*")) + glob.glob(os.path.join(SANLOG, "vg.*"))):
+        if re.fullmatch(r"(san|vg)\.\d+", os.path.basename(path)):
+            text = is_report(path)
+            new = path + "." + ctx.name
+            os.rename(path, new)
+            if text is not None:
+                found.append((new, text))
+    return found
 
 
 def where(e):
@@ -785,6 +847,14 @@ def run_test(name, fn, kw, limit):
                 s.kill9()
         t.join(secs(5))
     ok = "ok" in res and not aborted
+    if SANLOG:  # stop the servers first: leaks are reported at exit
+        ctx.stop_servers(aborted)
+        reports = san_reports(ctx)
+        if reports:
+            ok = False
+            res.pop("skip", None)
+            what = "%d sanitizer/valgrind report(s): %s" % (len(reports), ", ".join(w for w, _ in reports))
+            res["err"] = what + ("; " + res["err"] if res.get("err") else "")
     if os.environ.get("MAILSRV_TEST_TIMES"):
         sys.stderr.write("  [%.2fs %s]\n" % (time.monotonic() - t_start, name))
     if "skip" in res and not aborted:
@@ -795,6 +865,14 @@ def run_test(name, fn, kw, limit):
         print("ok %s" % name, flush=True)
     else:
         print("FAIL %s: %s" % (name, res.get("err", "?").replace("\n", " | ")), flush=True)
+        for where_, text in (reports if SANLOG else []):
+            if where_.startswith("server log "):
+                continue  # in the tail below
+            print("    --- %s ---" % where_)
+            lines = [l for l in text.strip("\n").splitlines()  # without valgrind's banner
+                     if not re.match(r"==\d+== (Memcheck,|Copyright|Using Valgrind|Command:|Parent PID:|For lists of|\s*$)", l)]
+            for l in lines[:60]:
+                print("    | " + l[:300])
         for s in ctx.servers:
             tail = s.log_text().splitlines()[-25:]
             if tail:
