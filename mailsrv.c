@@ -2346,10 +2346,11 @@ ini_line_end(const char *p, const char *end)
     return nl ? nl + 1 : end;
 }
 
+/* The first [KIND NAME] section at or after offset from. */
 static void
-ini_find_section(const char *text, size_t len, const char *kind, const char *name, struct ini_span *sp)
+ini_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct ini_span *sp)
 {
-    const char *p = text, *end = text + len;
+    const char *p = text + from, *end = text + len;
     int in = 0;
     memset(sp, 0, sizeof *sp);
     while (p < end) {
@@ -2404,7 +2405,7 @@ cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *dom
 {
     struct ini_span sp;
     struct buf out = {0};
-    ini_find_section(text, len, "domain", domain, &sp);
+    ini_find_section(text, len, 0, "domain", domain, &sp);
     if (hash) {
         if (!sp.found) {
             buf_add(&out, text, len);
@@ -2418,7 +2419,8 @@ cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *dom
         }
         return out.p;
     }
-    if (sp.found) {
+    /* inih merges repeated sections, so the mailbox may be in any [domain NAME] */
+    for (; sp.found; ini_find_section(text, len, sp.body_end, "domain", domain, &sp)) {
         const char *p = text + sp.head, *end = text + sp.body_end;
         while (p < end) {
             const char *e = ini_line_end(p, end);
@@ -3414,7 +3416,10 @@ queue_env_read(const char *qdir, const char *id)
         } else if (!(key = ms_word(&cur))) continue;
         else if (strcmp(key, "rcpt") == 0) {
             struct qrcpt *r;
-            if (!(state = ms_word(&cur)) || !(addr = ms_word(&cur)) || strlen(addr) >= sizeof r->addr) { ok = 0; break; }
+            if (!(state = ms_word(&cur)) || !(addr = ms_word(&cur)) || strlen(addr) >= sizeof r->addr || !strchr(addr, '@')) {
+                ok = 0;
+                break;
+            }
             for (i = 0; i < 3 && strcmp(state, q_state_names[i]) != 0; i++) {}
             if (i == 3) { ok = 0; break; }
             e->r = xrealloc(e->r, sizeof *e->r * (size_t)(e->nr + 1));
@@ -3621,7 +3626,7 @@ mdir_scan_entry(void *ctx, const char *name)
     if (w) {
         char *end;
         long long x = strtoll(w + 3, &end, 10);
-        if (end != w + 3 && x >= 0) m->size = x;
+        if (end != w + 3 && x >= 0 && x < (1LL << 40)) m->size = x; /* else a made-up name: measure it */
     }
     if (m->size < 0 && ms_fmt(path, sizeof path, "%s/%s", s->v->dir, m->name) >= 0) {
         struct os_stat st;

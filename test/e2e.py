@@ -5003,6 +5003,7 @@ def abuse_client_never_reads(ctx):
     except (socket.timeout, OSError):
         pass
     during = rss_kib(srv)
+    print("#   never-reading client: the server took %d KB of commands, RSS %s -> %s KiB" % (sent // 1024, before, during))
     check(sent < 20 * 1024 * 1024, "the server read 20 MB of commands without their replies being read")
     if before and during:
         check(during - before < 4096, "RSS grew by %d KiB for one client that never reads" % (during - before))
@@ -5021,6 +5022,7 @@ def abuse_10000_rcpts(ctx):
     check(codes[250] == 5 and codes[452] == 9995, "replies to 10,000 RCPTs: %s" % dict(codes))
     c.expect("RSET", 250)
     after = rss_kib(srv)
+    print("#   10,000 RCPTs: RSS %s -> %s KiB" % (before, after))
     if before and after:
         check(after - before < 2048, "RSS grew by %d KiB" % (after - before))
 
@@ -5048,6 +5050,7 @@ def abuse_100mb_message_not_buffered(ctx):
     c.send(".\r\n")
     code, text = c.reply()
     check(code == 552, "100 MB message: %d %s, expected 552" % (code, text))
+    print("#   100 MB message: largest spool file %d bytes, RSS %s -> %s KiB" % (biggest[0], before, rss_kib(srv)))
     check(biggest[0] < 300 * 1024, "a file of %d bytes was written for a 100K limit" % biggest[0])
     after = rss_kib(srv)
     if before and after:

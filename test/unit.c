@@ -244,6 +244,11 @@ test_ini_edit(void)
     ASSERT(e && strcmp(e, "; top comment\n[server]\nsmtp = :25\n\n[domain a.org]\n\n; trailing\n[alias a.org]\npostmaster = x\n") == 0);
     free(e);
     ASSERT(cfg_edit_mailbox(text, strlen(text), "zz", "a.org", NULL, err, sizeof err) == NULL);
+    /* found by the INI fuzzer: a mailbox in a second [domain a.org] section */
+    text = "[domain a.org]\nx = y\n[alias a.org]\npostmaster = x\n[domain a.org]\nz = w\n";
+    e = cfg_edit_mailbox(text, strlen(text), "z", "a.org", NULL, err, sizeof err);
+    ASSERT(e && strcmp(e, "[domain a.org]\nx = y\n[alias a.org]\npostmaster = x\n[domain a.org]\n") == 0);
+    free(e);
 }
 
 static void
@@ -512,6 +517,16 @@ test_queue_files(void)
         ASSERT(strcmp(back->r[0].addr, "Bob@remote.test") == 0 && back->r[0].state == Q_PENDING && !back->r[0].error[0]);
         ASSERT(back->r[1].state == Q_BOUNCED && strcmp(back->r[1].error, r[1].error) == 0);
         qentry_free(back);
+    }
+    { /* found by the .env fuzzer: a recipient without '@' makes the entry unreadable */
+        FILE *f;
+        char path[100];
+        snprintf(path, sizeof path, "%s/bad.env", dir);
+        f = fopen(path, "w");
+        fputs("mailsrv-queue 1\nfrom <a@b.c>\nrcpt pending x\n", f);
+        fclose(f);
+        ASSERT(queue_env_read(dir, "bad") == NULL);
+        unlink(path);
     }
     {
         char st[16];
