@@ -218,10 +218,12 @@ clean:
 # test/fuzz/NAME.c includes mailsrv.c (as test/unit.c does); seeds in test/fuzz/corpus/NAME/.
 # `make fuzz FUZZ_SECONDS=N` builds build/fuzz/NAME and runs each for N seconds on a copy
 # of its seeds; it fails if any harness crashed (reproducer: build/fuzz/NAME-crash-*).
+# Crashes found so far are kept in test/fuzz/crashes/ (NAME-*); the harnesses step around
+# them unless built with `make -B fuzz FUZZ_DEFS=-DFUZZ_NO_WORKAROUNDS`.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
-FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-FUZZ_TARGETS  = dns reply
+FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(FUZZ_DEFS)
+FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd
 build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h mailsrv.c mailsrv.h $(TLS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)

@@ -62,4 +62,25 @@ fuzz_rm_tree(const char *dir)
 /* Swallows log lines. */
 static void fuzz_no_log(void *user, const char *line) { (void)user; (void)line; }
 
+/* A server with a config in fuzz_dir(): spool/ and queue/ there, one domain
+ * fuzz.test with mailboxes u and v (plain-text passwords: no PBKDF2 per try).
+ * `server` is added to [server]; `more` ends the file. Not listening. */
+static struct mailsrv *
+fuzz_server(const char *server, const char *more)
+{
+    char ini[4096], path[256];
+    struct mailsrv *ms = mailsrv_create();
+    snprintf(ini, sizeof ini,
+             "[server]\nhostname = mx.fuzz.test\nsmtp = 127.0.0.1:2525\npop3 = 127.0.0.1:1100\n"
+             "spool = %s/spool\nqueue = %s/queue\n%s\n[domain fuzz.test]\nu = Passw0rd1\nv = Passw0rd2\n"
+             "[alias fuzz.test]\npostmaster = u\nall = u, v\n%s",
+             fuzz_dir(), fuzz_dir(), server, more);
+    snprintf(path, sizeof path, "%s/mailsrv.ini", fuzz_dir());
+    if (mailsrv_load_ini_string(ms, ini, path) != 0) abort(); /* the errors went to stderr */
+    mailsrv_set_log(ms, fuzz_no_log, NULL);
+    ms_strlcpy(ms->qdir, ms->cfg->queue, sizeof ms->qdir);
+    mkdir(ms->qdir, 0700);
+    return ms;
+}
+
 #endif

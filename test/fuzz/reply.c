@@ -10,29 +10,13 @@
 
 static struct mailsrv *ms_plain, *ms_tls;
 
-static struct mailsrv *
-make_server(const char *tls)
-{
-    char ini[2048], path[256];
-    struct mailsrv *ms = mailsrv_create();
-    mailsrv_set_log(ms, fuzz_no_log, NULL);
-    snprintf(ini, sizeof ini, "[server]\nhostname = mx.fuzz.test\nsmtp = 127.0.0.1:2525\nspool = %s/spool\nqueue = %s/queue\n"
-             "[relay]\ntls = %s\ntimeout = 60\n[domain fuzz.test]\nu = Passw0rd1\n[alias fuzz.test]\npostmaster = u\n",
-             fuzz_dir(), fuzz_dir(), tls);
-    snprintf(path, sizeof path, "%s/mailsrv.ini", fuzz_dir());
-    if (mailsrv_load_ini_string(ms, ini, path) != 0) abort();
-    ms_strlcpy(ms->qdir, ms->cfg->queue, sizeof ms->qdir);
-    return ms;
-}
-
 static void
 init(void)
 {
     static const char msg[] = "Return-Path: <a@fuzz.test>\nReceived: from x\nSubject: hi\n\nline\n.dot line\nFrom me\n";
     char path[1300];
-    ms_plain = make_server("no");
-    ms_tls = make_server("yes");
-    mkdir(ms_plain->qdir, 0700);
+    ms_plain = fuzz_server("", "[relay]\ntls = no\n");
+    ms_tls = fuzz_server("", "[relay]\ntls = yes\n");
     snprintf(path, sizeof path, "%s/Q1.msg", ms_plain->qdir);
     fuzz_write(path, msg, sizeof msg - 1);
 }

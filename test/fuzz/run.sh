@@ -13,7 +13,7 @@ for name in "$@"; do
     rm -rf "$out/corpus/$name" && mkdir -p "$out/corpus/$name"
     cp test/fuzz/corpus/$name/* "$out/corpus/$name/" 2>/dev/null
     echo "fuzz $name: $secs s"
-    "./$out/$name" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
+    UBSAN_OPTIONS=print_stacktrace=1 "./$out/$name" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
         -artifact_prefix="$out/$name-" "$out/corpus/$name" >"$out/$name.log" 2>&1
     rc=$?
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$name.log")
