@@ -83,4 +83,54 @@ fuzz_server(const char *server, const char *more)
     return ms;
 }
 
+/* A socketless POP3 connection in the TRANSACTION state on view v (borrowed:
+ * the caller frees the view; free the connection with buf_free(&c->out), free(c)). */
+static struct conn *
+fuzz_pop_conn(struct mailsrv *ms, struct pop_view *v)
+{
+    struct conn *c = xrealloc(NULL, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->ms = ms;
+    c->fd = MS_BAD_SOCK;
+    c->proto = PROTO_POP3;
+    c->u.pop.stream_fd = -1;
+    c->u.pop.state = POP_S_TRANS;
+    c->u.pop.view = *v;
+    return c;
+}
+
+/* RETR (top < 0) or TOP of message i of a POP3 view through a socketless
+ * connection: checks the framing and returns the octets of the message as
+ * sent (the +OK line, byte-stuffing and the final dot left out), or -1 if
+ * it could not be read. */
+static int64_t
+fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top)
+{
+    struct conn *c = fuzz_pop_conn(ms, v);
+    int64_t n = -1;
+    size_t k;
+    pop_stream_start(c, &v->msgs[i], top);
+    while (c->u.pop.streaming && !c->is_closing) {
+        size_t before = c->out.len;
+        c->out_off = c->out.len; /* all "sent" (kept for the checks) */
+        pop_pump(c);
+        if (c->u.pop.streaming && c->out.len == before) abort(); /* no progress */
+    }
+    if (!c->is_closing && c->out.len >= 3 && memcmp(c->out.p, "+OK", 3) == 0) {
+        const char *p = c->out.p;
+        size_t end = c->out.len - 3, body = (size_t)((const char *)memchr(p, '\n', c->out.len) - p) + 1;
+        assert(end >= body && memcmp(p + end, ".\r\n", 3) == 0); /* the final dot */
+        n = (int64_t)(end - body);
+        for (k = body; k < end; k++) {
+            if (p[k] == '\n') assert(p[k - 1] == '\r'); /* CRLF line ends only */
+            if (p[k] == '.' && (k == body || p[k - 1] == '\n')) n--; /* byte-stuffing */
+        }
+        assert(end == body || p[end - 1] == '\n');
+    }
+    pop_stream_end(c);
+    buf_free(&c->out);
+    free(c);
+    return n;
+}
+
 #endif
