@@ -223,7 +223,7 @@ clean:
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all $(FUZZ_DEFS)
-FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd ini mbox maildir
+FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd ini mbox maildir $(if $(filter 1,$(TLS)),pem)
 build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h mailsrv.c mailsrv.h $(TLS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)
