@@ -133,4 +133,73 @@ fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top)
     return n;
 }
 
+/* A socketless server-side connection, as loop_accept() makes it (greeted),
+ * registered in ms->conns. Free it with fuzz_conn_end(). */
+static struct conn *
+fuzz_conn(struct mailsrv *ms, enum proto proto, const char *peer)
+{
+    struct conn *c = xrealloc(NULL, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->ms = ms;
+    c->fd = MS_BAD_SOCK;
+    c->id = ++ms->next_id;
+    c->proto = proto;
+    ms_strlcpy(c->peer, peer, sizeof c->peer);
+    c->is_loopback = strcmp(peer, "127.0.0.1") == 0;
+    ms->conns = xrealloc(ms->conns, sizeof *ms->conns);
+    ms->conns[0] = c;
+    ms->nconns = 1;
+    if (proto == PROTO_POP3) pop_greet(c);
+    else smtp_greet(c);
+    return c;
+}
+
+static void
+fuzz_conn_end(struct conn *c)
+{
+    struct mailsrv *ms = c->ms;
+    int i;
+    conn_free(c);
+    ms->nconns = 0;
+    for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]); /* relay_enqueue()'d by a 250 */
+    ms->nqueue = 0;
+}
+
+/* The poll loop's turns for one connection: the client's bytes arrive in
+ * pieces of 1..512 bytes (sizes drawn from seed), the protocol runs over
+ * them, replies are "sent" (handed to check(), then dropped), a group commit
+ * is answered at once, and a failed login's delay has always passed. Ends when
+ * the session closes or the input is used up and nothing more happens. */
+static void
+fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
+             void (*check)(const char *out, size_t n))
+{
+    static int show = -1;
+    size_t used = 0;
+    int idle = 0, turns = 0;
+    while (!c->is_closing && !c->close_after_flush && !c->tls_after_flush && idle < 2) {
+        size_t take;
+        seed = seed * 1103515245u + 12345u;
+        take = 1 + (seed >> 16) % 512;
+        if (take > size - used) take = size - used;
+        if (take > MS_IN_SIZE - c->inlen) take = MS_IN_SIZE - c->inlen;
+        memcpy(c->in + c->inlen, data + used, take);
+        c->inlen += take;
+        used += take;
+        c->hold_until = 0;
+        conn_process(c);
+        if (c->proto != PROTO_POP3 && c->u.smtp.commit_pending) {
+            c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
+            smtp_commit_done(c, 1);
+        }
+        assert(c->inlen <= MS_IN_SIZE);
+        if (check) check(c->out.p, c->out.len);
+        if (show < 0) show = getenv("FUZZ_SHOW") != NULL; /* FUZZ_SHOW=1: print the replies */
+        if (show && c->out.len) fprintf(stderr, "%.*s", (int)c->out.len, c->out.p);
+        idle = used == size && c->out.len == 0 ? idle + 1 : 0;
+        c->out.len = c->out_off = 0;
+        assert(++turns < 100000);
+    }
+}
+
 #endif
