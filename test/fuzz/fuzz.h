@@ -19,19 +19,23 @@ fuzz_cstr(const uint8_t *data, size_t size)
     return s;
 }
 
-/* One private folder per process under /dev/shm (tmpfs: fsync is cheap) or /tmp. */
+/* One private folder per process under /dev/shm (tmpfs: fsync is cheap) or
+ * /tmp, removed at exit (a crash leaves it for the post-mortem). */
+static char fuzz_dir_path[64];
+static void fuzz_rm_tree(const char *dir);
+static void fuzz_dir_remove(void) { fuzz_rm_tree(fuzz_dir_path); rmdir(fuzz_dir_path); }
 static const char *
 fuzz_dir(void)
 {
-    static char dir[64];
-    if (!dir[0]) {
-        strcpy(dir, "/dev/shm/mailsrv-fuzz-XXXXXX");
-        if (!mkdtemp(dir)) {
-            strcpy(dir, "/tmp/mailsrv-fuzz-XXXXXX");
-            if (!mkdtemp(dir)) abort();
+    if (!fuzz_dir_path[0]) {
+        strcpy(fuzz_dir_path, "/dev/shm/mailsrv-fuzz-XXXXXX");
+        if (!mkdtemp(fuzz_dir_path)) {
+            strcpy(fuzz_dir_path, "/tmp/mailsrv-fuzz-XXXXXX");
+            if (!mkdtemp(fuzz_dir_path)) abort();
         }
+        atexit(fuzz_dir_remove);
     }
-    return dir;
+    return fuzz_dir_path;
 }
 
 /* Writes a whole file (truncating it). */
