@@ -261,3 +261,21 @@ clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
 .PHONY: all run deps test notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
+
+# ---- fuzzing (issue 7): libFuzzer harnesses, one per untrusted input ----------------
+# test/fuzz/NAME.c includes mailsrv.c (as test/unit.c does); seeds in test/fuzz/corpus/NAME/.
+# `make fuzz FUZZ_SECONDS=N` builds build/fuzz/NAME and runs each for N seconds on a copy
+# of its seeds; it fails if any harness crashed (reproducer: build/fuzz/NAME-crash-*).
+# Crashes found so far are kept in test/fuzz/crashes/ (NAME-*); the harnesses step around
+# them unless built with `make -B fuzz FUZZ_DEFS=-DFUZZ_NO_WORKAROUNDS`.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+               -fsanitize-coverage-ignorelist=test/fuzz/coverage-ignore.txt $(FUZZ_DEFS)
+FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd ini mbox maildir $(if $(filter 1,$(TLS)),pem) smtp_session pop_session
+build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h test/fuzz/coverage-ignore.txt mailsrv.c mailsrv.h $(TLS_STAMP)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)
+fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
+	./test/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+.PHONY: fuzz

@@ -1,0 +1,209 @@
+/* Helpers shared by the libFuzzer harnesses. Each harness first does
+ *   #define MAILSRV_NO_MAIN
+ *   #include "../../mailsrv.c"
+ * (as test/unit.c does), then includes this file. */
+#ifndef FUZZ_H
+#define FUZZ_H
+
+#include <assert.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* The input as a NUL-terminated string (stops at its first NUL); free() it. */
+static char *
+fuzz_cstr(const uint8_t *data, size_t size)
+{
+    char *s = xrealloc(NULL, size + 1);
+    memcpy(s, data, size);
+    s[size] = 0;
+    return s;
+}
+
+/* One private folder per process under /dev/shm (tmpfs: fsync is cheap) or
+ * /tmp, removed at exit (a crash leaves it for the post-mortem). */
+static char fuzz_dir_path[64];
+static void fuzz_rm_tree(const char *dir);
+static void fuzz_dir_remove(void) { fuzz_rm_tree(fuzz_dir_path); rmdir(fuzz_dir_path); }
+static const char *
+fuzz_dir(void)
+{
+    if (!fuzz_dir_path[0]) {
+        strcpy(fuzz_dir_path, "/dev/shm/mailsrv-fuzz-XXXXXX");
+        if (!mkdtemp(fuzz_dir_path)) {
+            strcpy(fuzz_dir_path, "/tmp/mailsrv-fuzz-XXXXXX");
+            if (!mkdtemp(fuzz_dir_path)) abort();
+        }
+        atexit(fuzz_dir_remove);
+    }
+    return fuzz_dir_path;
+}
+
+/* Writes a whole file (truncating it). */
+static void
+fuzz_write(const char *path, const void *p, size_t n)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || os_write_all(fd, p, n) < 0) abort();
+    close(fd);
+}
+
+/* Empties a folder (rm -r of its contents, dot files included). */
+static void
+fuzz_rm_tree(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[1400];
+    if (!d) return;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (ms_fmt(path, sizeof path, "%s/%s", dir, e->d_name) < 0) continue;
+        if (unlink(path) != 0) { fuzz_rm_tree(path); rmdir(path); }
+    }
+    closedir(d);
+}
+
+/* Swallows log lines. */
+static void fuzz_no_log(void *user, const char *line) { (void)user; (void)line; }
+
+/* A server with a config in fuzz_dir(): spool/ and queue/ there, one domain
+ * fuzz.test with mailboxes u and v (plain-text passwords: no PBKDF2 per try).
+ * `server` is added to [server]; `more` ends the file. Not listening. */
+static struct mailsrv *
+fuzz_server(const char *server, const char *more)
+{
+    char ini[4096], path[256];
+    struct mailsrv *ms = mailsrv_create();
+    snprintf(ini, sizeof ini,
+             "[server]\nhostname = mx.fuzz.test\nsmtp = 127.0.0.1:2525\npop3 = 127.0.0.1:1100\n"
+             "spool = %s/spool\nqueue = %s/queue\n%s\n[domain fuzz.test]\nu = Passw0rd1\nv = Passw0rd2\n"
+             "[alias fuzz.test]\npostmaster = u\nall = u, v\n%s",
+             fuzz_dir(), fuzz_dir(), server, more);
+    snprintf(path, sizeof path, "%s/mailsrv.ini", fuzz_dir());
+    if (mailsrv_load_ini_string(ms, ini, path) != 0) abort(); /* the errors went to stderr */
+    mailsrv_set_log(ms, fuzz_no_log, NULL);
+    ms_strlcpy(ms->qdir, ms->cfg->queue, sizeof ms->qdir);
+    mkdir(ms->qdir, 0700);
+    return ms;
+}
+
+/* A socketless POP3 connection in the TRANSACTION state on view v (borrowed:
+ * the caller frees the view; free the connection with buf_free(&c->out), free(c)). */
+static struct conn *
+fuzz_pop_conn(struct mailsrv *ms, struct pop_view *v)
+{
+    struct conn *c = xrealloc(NULL, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->ms = ms;
+    c->fd = MS_BAD_SOCK;
+    c->proto = PROTO_POP3;
+    c->u.pop.stream_fd = -1;
+    c->u.pop.state = POP_S_TRANS;
+    c->u.pop.view = *v;
+    return c;
+}
+
+/* RETR (top < 0) or TOP of message i of a POP3 view through a socketless
+ * connection: checks the framing and returns the octets of the message as
+ * sent (the +OK line, byte-stuffing and the final dot left out), or -1 if
+ * it could not be read. */
+static int64_t
+fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top)
+{
+    struct conn *c = fuzz_pop_conn(ms, v);
+    int64_t n = -1;
+    size_t k;
+    pop_stream_start(c, &v->msgs[i], top);
+    while (c->u.pop.streaming && !c->is_closing) {
+        size_t before = c->out.len;
+        c->out_off = c->out.len; /* all "sent" (kept for the checks) */
+        pop_pump(c);
+        if (c->u.pop.streaming && c->out.len == before) abort(); /* no progress */
+    }
+    if (!c->is_closing && c->out.len >= 3 && memcmp(c->out.p, "+OK", 3) == 0) {
+        const char *p = c->out.p;
+        size_t end = c->out.len - 3, body = (size_t)((const char *)memchr(p, '\n', c->out.len) - p) + 1;
+        assert(end >= body && memcmp(p + end, ".\r\n", 3) == 0); /* the final dot */
+        n = (int64_t)(end - body);
+        for (k = body; k < end; k++) {
+            if (p[k] == '\n') assert(p[k - 1] == '\r'); /* CRLF line ends only */
+            if (p[k] == '.' && (k == body || p[k - 1] == '\n')) n--; /* byte-stuffing */
+        }
+        assert(end == body || p[end - 1] == '\n');
+    }
+    pop_stream_end(c);
+    buf_free(&c->out);
+    free(c);
+    return n;
+}
+
+/* A socketless server-side connection, as loop_accept() makes it (greeted),
+ * registered in ms->conns. Free it with fuzz_conn_end(). */
+static struct conn *
+fuzz_conn(struct mailsrv *ms, enum proto proto, const char *peer)
+{
+    struct conn *c = xrealloc(NULL, sizeof *c);
+    memset(c, 0, sizeof *c);
+    c->ms = ms;
+    c->fd = MS_BAD_SOCK;
+    c->id = ++ms->next_id;
+    c->proto = proto;
+    ms_strlcpy(c->peer, peer, sizeof c->peer);
+    c->is_loopback = strcmp(peer, "127.0.0.1") == 0;
+    ms->conns = xrealloc(ms->conns, sizeof *ms->conns);
+    ms->conns[0] = c;
+    ms->nconns = 1;
+    if (proto == PROTO_POP3) pop_greet(c);
+    else smtp_greet(c);
+    return c;
+}
+
+static void
+fuzz_conn_end(struct conn *c)
+{
+    struct mailsrv *ms = c->ms;
+    int i;
+    conn_free(c);
+    ms->nconns = 0;
+    for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]); /* relay_enqueue()'d by a 250 */
+    ms->nqueue = 0;
+}
+
+/* The poll loop's turns for one connection: the client's bytes arrive in
+ * pieces of 1..512 bytes (sizes drawn from seed), the protocol runs over
+ * them, replies are "sent" (handed to check(), then dropped), a group commit
+ * is answered at once, and a failed login's delay has always passed. Ends when
+ * the session closes or the input is used up and nothing more happens. */
+static void
+fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
+             void (*check)(const char *out, size_t n))
+{
+    static int show = -1;
+    size_t used = 0;
+    int idle = 0, turns = 0;
+    while (!c->is_closing && !c->close_after_flush && !c->tls_after_flush && idle < 2) {
+        size_t take;
+        seed = seed * 1103515245u + 12345u;
+        take = 1 + (seed >> 16) % 512;
+        if (take > size - used) take = size - used;
+        if (take > MS_IN_SIZE - c->inlen) take = MS_IN_SIZE - c->inlen;
+        memcpy(c->in + c->inlen, data + used, take);
+        c->inlen += take;
+        used += take;
+        c->hold_until = 0;
+        conn_process(c);
+        if (c->proto != PROTO_POP3 && c->u.smtp.commit_pending) {
+            c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
+            smtp_commit_done(c, 1);
+        }
+        assert(c->inlen <= MS_IN_SIZE);
+        if (check) check(c->out.p, c->out.len);
+        if (show < 0) show = getenv("FUZZ_SHOW") != NULL; /* FUZZ_SHOW=1: print the replies */
+        if (show && c->out.len) fprintf(stderr, "%.*s", (int)c->out.len, c->out.p);
+        idle = used == size && c->out.len == 0 ? idle + 1 : 0;
+        c->out.len = c->out_off = 0;
+        assert(++turns < 100000);
+    }
+}
+
+#endif

@@ -1,0 +1,56 @@
+/* libFuzzer: the INI file (inih + cfg_on_key + cfg_validate), without the TLS
+ * files. A valid file is then edited as `mailsrv add` / `mailsrv del` do
+ * (cfg_edit_mailbox): an added mailbox must load, a removed one must be gone. */
+#define MAILSRV_NO_MAIN
+#include "../../mailsrv.c"
+#include "fuzz.h"
+
+#define PATH "/nonexistent/mailsrv.ini"
+
+static void
+check_edits(const char *text, const struct cfg_domain *d)
+{
+    char err[512], *edited;
+    struct ms_config *c;
+    const struct cfg_domain *nd;
+    if (!cfg_find_user(d, "zz9") && !cfg_find_alias(d, "zz9")) {
+        edited = cfg_edit_mailbox(text, strlen(text), "zz9", d->name, "Passw0rdZ", err, sizeof err);
+        assert(edited);
+        c = cfg_load_ex(PATH, edited, 0);
+        assert(c->nerrors == 0);
+        nd = cfg_find_domain(c, d->name);
+        assert(nd && cfg_find_user(nd, "zz9"));
+        cfg_free(c);
+        free(edited);
+    }
+    if (d->nusers) {
+        edited = cfg_edit_mailbox(text, strlen(text), d->users[0].name, d->name, NULL, err, sizeof err);
+        /* NULL when the mailbox is in a second [domain X] section: the loader merges
+         * repeated sections, the editor only looks in the first (`mailsrv del` refuses) */
+        if (!edited) return;
+        c = cfg_load_ex(PATH, edited, 0);
+        if (!c->nerrors) assert(!cfg_find_user(cfg_find_domain(c, d->name), d->users[0].name));
+        cfg_free(c);
+        free(edited);
+    }
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text = fuzz_cstr(data, size);
+    struct ms_config *c = cfg_load_ex(PATH, text, 0);
+    int i;
+    if (!c->nerrors) {
+        for (i = 0; i < c->ndomains; i++) {
+            struct targets t = {0};
+            cfg_resolve(c, "postmaster", c->domains[i].name, &t, 0);
+            cfg_resolve(c, "nobody", c->domains[i].name, &t, 0);
+            targets_free(&t);
+        }
+        if (c->ndomains) check_edits(text, &c->domains[0]);
+    }
+    cfg_free(c);
+    free(text);
+    return 0;
+}

@@ -1,0 +1,42 @@
+/* libFuzzer: one SMTP or POP3 command line as the sessions parse it:
+ * cmd_split (verb and arguments), smtp_parse_path (MAIL FROM / RCPT TO),
+ * pop_parse_num, the mboxrd From_ test and the log escaper. */
+#define MAILSRV_NO_MAIN
+#include "../../mailsrv.c"
+#include "fuzz.h"
+
+static void
+check_path(const char *s)
+{
+    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1];
+    const char *rest = smtp_parse_path(s, local, domain);
+    if (!rest) return;
+    assert(rest >= s && rest <= s + strlen(s));
+    assert(strlen(local) <= MS_LOCAL_MAX && strlen(domain) <= MS_DOMAIN_MAX);
+    assert(!domain[0] || local[0]); /* no "@domain" without a local part */
+}
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *line, verb[16], pverb[8], mech[32], vis[600];
+    const char *args, *p;
+    int k;
+    if (size >= MS_SMTP_LINE_MAX) return 0; /* conn_process refuses longer lines */
+    line = fuzz_cstr(data, size);
+    args = cmd_split(line, verb, sizeof verb);
+    assert(strlen(verb) < sizeof verb && args >= line && args <= line + strlen(line));
+    if ((p = smtp_after_prefix(args, "FROM:")) != NULL) check_path(p);
+    if ((p = smtp_after_prefix(args, "TO:")) != NULL) check_path(p);
+    check_path(args);
+    args = cmd_split(args, mech, sizeof mech); /* AUTH MECH initial-response */
+    args = cmd_split(line, pverb, sizeof pverb); /* POP3 */
+    k = pop_parse_num(args, 1000);
+    assert(k == -1 || (k >= 1 && k <= 1000));
+    mbox_is_from_line(line, size, 0);
+    mbox_is_from_line(line, size, 1);
+    ms_visible(vis, sizeof vis, (const char *)data, size);
+    assert(strlen(vis) < sizeof vis);
+    free(line);
+    return 0;
+}
