@@ -266,13 +266,12 @@ clean:
 # test/fuzz/NAME.c includes mailsrv.c (as test/unit.c does); seeds in test/fuzz/corpus/NAME/.
 # `make fuzz FUZZ_SECONDS=N` builds build/fuzz/NAME and runs each for N seconds on a copy
 # of its seeds; it fails if any harness crashed (reproducer: build/fuzz/NAME-crash-*).
-# Crashes found so far are kept in test/fuzz/crashes/ (NAME-*); the harnesses step around
-# them unless built with `make -B fuzz FUZZ_DEFS=-DFUZZ_NO_WORKAROUNDS`.
+# The inputs that found bugs are kept in test/fuzz/crashes/ and, as seeds, in the corpora.
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                -fsanitize-coverage-ignorelist=test/fuzz/coverage-ignore.txt $(FUZZ_DEFS)
-FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd ini mbox maildir $(if $(filter 1,$(TLS)),pem) smtp_session pop_session
+FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd ini mbox maildir list $(if $(filter 1,$(TLS)),pem) smtp_session pop_session
 build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h test/fuzz/coverage-ignore.txt mailsrv.c mailsrv.h $(TLS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)

@@ -3416,7 +3416,9 @@ queue_env_read(const char *qdir, const char *id)
         } else if (!(key = ms_word(&cur))) continue;
         else if (strcmp(key, "rcpt") == 0) {
             struct qrcpt *r;
-            if (!(state = ms_word(&cur)) || !(addr = ms_word(&cur)) || strlen(addr) >= sizeof r->addr || !strchr(addr, '@')) {
+            const char *at;
+            if (!(state = ms_word(&cur)) || !(addr = ms_word(&cur)) || strlen(addr) >= sizeof r->addr ||
+                !(at = strrchr(addr, '@')) || at == addr || !at[1]) { /* the relay needs local@domain */
                 ok = 0;
                 break;
             }

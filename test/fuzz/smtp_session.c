@@ -3,7 +3,8 @@
  * EHLO, AUTH, MAIL/RCPT, DATA into a real Maildir spool and relay queue under
  * /dev/shm, pipelining, long lines, NULs. The first byte picks the listener
  * (smtp or submission), the client address (loopback or not) and the piece
- * sizes. Every reply must be well formed: "DDD " or "DDD-" lines in CRLF. */
+ * sizes. A mailing list (news@fuzz.test) takes posts, requests and reports.
+ * Every reply must be well formed: "DDD " or "DDD-" lines in CRLF. */
 #define MAILSRV_NO_MAIN
 #include "../../mailsrv.c"
 #include "fuzz.h"
@@ -31,7 +32,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) return 0;
     if (!ms) ms = fuzz_server("submission = 127.0.0.1:5870\nmax_message_size = 2K\nmax_recipients = 5\n",
                               "[domain other.test]\nw = Passw0rd3\n[alias other.test]\npostmaster = w\n"
-                              "far = someone@remote.example\n");
+                              "far = someone@remote.example\n"
+                              "[list news@fuzz.test]\nowner = u@fuzz.test\npost = anyone\nreply_to = list\n"
+                              "subject_prefix = [news]\n");
     c = fuzz_conn(ms, data[0] & 1 ? PROTO_SUBMISSION : PROTO_SMTP, data[0] & 2 ? "203.0.113.9" : "127.0.0.1");
     check_replies(c->out.p, c->out.len);
     fuzz_session(c, data + 1, size - 1, data[0], check_replies);
