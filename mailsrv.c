@@ -1951,11 +1951,20 @@ cfg_set_key(struct ms_config *c, const struct cfg_key *k, void *base, const char
     cfg_error(c, line, "unknown key '%s' in [%s]", name, section);
 }
 
+/* inih keeps 49 characters of a section or key name (its MAX_SECTION and
+ * MAX_NAME are 50) and silently drops the rest: such a name is refused. Its
+ * line buffer (INI_MAX_LINE, 200) takes 198 characters and the line end. */
+#define MS_INI_NAME_MAX 48
+#define MS_INI_LINE_MAX 198
+
 static int
 cfg_on_key(void *user, const char *section, const char *name, const char *value, int line)
 {
     struct ms_config *c = user;
-    if (ms_strcaseeq(section, "server")) {
+    if (strlen(section) > MS_INI_NAME_MAX || strlen(name) > MS_INI_NAME_MAX) {
+        cfg_error(c, line, "'%s' is too long: section and key names have at most %d characters here (inih cuts them)",
+                  strlen(section) > MS_INI_NAME_MAX ? section : name, MS_INI_NAME_MAX);
+    } else if (ms_strcaseeq(section, "server")) {
         cfg_set_key(c, cfg_server_keys, c, section, name, value, line);
     } else if (ms_strcaseeq(section, "relay")) {
         cfg_set_key(c, cfg_relay_keys, c, section, name, value, line);
@@ -2293,17 +2302,55 @@ cfg_load_tls_files(struct ms_config *c)
 #endif
 }
 
+static char *
+cfg_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    struct buf b = {0};
+    char chunk[4096];
+    size_t n;
+    if (!f) return NULL;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
+    fclose(f);
+    if (!b.p) buf_adds(&b, "");
+    *len = b.len;
+    return b.p;
+}
+
 /* Loads from a file (text == NULL) or from text. Always returns a config;
  * check c->nerrors. tls_files = 0 skips reading the TLS files (gencert). */
 static struct ms_config *
 cfg_load_ex(const char *path, const char *text, int tls_files)
 {
     struct ms_config *c = cfg_new(path);
-    int r = text ? ini_parse_string(text, cfg_on_key, c) : ini_parse(path, cfg_on_key, c);
-    if (r == -1) cfg_error(c, 0, "cannot open: %s", strerror(errno));
-    else if (r == -2) cfg_error(c, 0, "out of memory");
-    else if (r > 0) /* inih reports syntax errors and lines over its 200-byte limit */
-        cfg_error(c, r, "syntax error (expected [section] or key = value, at most 199 characters)");
+    char *owned = NULL;
+    size_t len, i, start;
+    int line = 1, bad_line = 0, r;
+    if (!text && !(text = owned = cfg_read_file(path, &len))) {
+        cfg_error(c, 0, "cannot open: %s", strerror(errno));
+        return c;
+    }
+    if (owned && strlen(owned) != len) cfg_error(c, 0, "the file contains a NUL byte");
+    /* inih reads a line in pieces of 199 bytes (its 200-byte buffer) and takes
+     * each piece for a line of its own: a longer line could become anything */
+    for (i = start = 0;; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (ch && ch < 0x20 && ch != '\t' && ch != '\r' && ch != '\n' && bad_line != line) {
+            cfg_error(c, line, "a control character (0x%02x): inih and mailsrv's own editor would read it differently", ch);
+            bad_line = line;
+        }
+        if (text[i] && text[i] != '\n') continue;
+        if (i - start > MS_INI_LINE_MAX) cfg_error(c, line, "line longer than %d characters", MS_INI_LINE_MAX);
+        if (!text[i]) break;
+        start = i + 1;
+        line++;
+    }
+    if (!c->nerrors) {
+        r = ini_parse_string(text, cfg_on_key, c);
+        if (r == -2) cfg_error(c, 0, "out of memory");
+        else if (r > 0) cfg_error(c, r, "syntax error (expected [section] or key = value)");
+    }
+    free(owned);
     if (!c->nerrors) cfg_validate(c);
     if (!c->nerrors && tls_files) cfg_load_tls_files(c);
     return c;
@@ -2321,20 +2368,6 @@ cfg_listens_beyond_loopback(const struct ms_config *c)
 
 /* ---- INI editing for `add` and `del`: every other byte stays as it was ---- */
 
-static char *
-cfg_read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    struct buf b = {0};
-    char chunk[4096];
-    size_t n;
-    if (!f) return NULL;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
-    fclose(f);
-    if (!b.p) buf_adds(&b, "");
-    *len = b.len;
-    return b.p;
-}
 
 /* Finds "[domain NAME]" and the span of its lines. Offsets into text. */
 struct ini_span { size_t head, body_end, last_key_end; int found; };
@@ -2355,7 +2388,7 @@ ini_find_section(const char *text, size_t len, size_t from, const char *kind, co
     memset(sp, 0, sizeof *sp);
     while (p < end) {
         const char *e = ini_line_end(p, end), *s = p;
-        while (s < e && (*s == ' ' || *s == '\t')) s++;
+        while (s < e && *s != '\n' && isspace((unsigned char)*s)) s++; /* as inih skips */
         if (s < e && *s == '[') {
             char sec[300];
             const char *rb = memchr(s, ']', (size_t)(e - s));
@@ -2387,10 +2420,10 @@ ini_line_key(const char *p, const char *e, char *key, size_t n)
     const char *s = p, *eq;
     size_t k;
     key[0] = 0;
-    while (s < e && (*s == ' ' || *s == '\t')) s++;
-    eq = memchr(s, '=', (size_t)(e - s));
-    if (!eq || *s == ';' || *s == '#' || *s == '[') return;
-    while (eq > s && (eq[-1] == ' ' || eq[-1] == '\t')) eq--;
+    while (s < e && *s != '\n' && isspace((unsigned char)*s)) s++;
+    for (eq = s; eq < e && *eq != '=' && *eq != ':'; eq++) {} /* inih takes either */
+    if (eq == e || *s == ';' || *s == '#' || *s == '[') return;
+    while (eq > s && isspace((unsigned char)eq[-1])) eq--;
     k = (size_t)(eq - s);
     if (k >= n) return;
     memcpy(key, s, k);

@@ -4926,7 +4926,8 @@ def list_config_errors(ctx):
             ("[list bob-help@example.test]\nowner = alice@example.test\n[list bob@example.test]\nowner = alice@example.test\n",
              "both a mailbox and an address of the list"),
             ("[list news@example.test]\nowner = alice@example.test\npost = everyone\n", "post:"),
-            ("[list %s@example.test]\nowner = alice@example.test\n" % ("n" * 40), "not a list address")):
+            ("[list %s@a.b]\nowner = alice@example.test\n" % ("n" * 32), "not a list address"),
+            ("[list %s@example.test]\nowner = alice@example.test\n" % ("n" * 31), "too long")):  # inih's limit
         srv.write_ini(base + "\n" + section)
         r = run_cli(["-c", srv.ini, "check"])
         check(r.returncode != 0 and want in r.stderr and re.search(r"mailsrv\.ini:\d+: ", r.stderr),

@@ -179,6 +179,20 @@ static const char *ini_ok =
 static void
 test_config(void)
 {
+    { /* inih cuts section and key names at 49 characters: those are refused, not cut */
+        struct ms_config *lc = cfg_load("t.ini", "[server]\nsmtp = 127.0.0.1:25\n"
+                                        "[domain a.oooooooooooooooooooooooooooooooooooooooooooooooovg]\npostmaster = x\n");
+        ASSERT(lc->nerrors >= 1 && strstr(lc->errors.p, "t.ini:4: ") && strstr(lc->errors.p, "too long"));
+        cfg_free(lc);
+    }
+    { /* inih would read the rest of a line over 198 characters as a line of its own */
+        char t[400];
+        struct ms_config *lc;
+        snprintf(t, sizeof t, "[server]\nsmtp = 127.0.0.1:25 ;%0190d x = 1\n[domain a.org]\npostmaster = x\n", 0);
+        lc = cfg_load("t.ini", t);
+        ASSERT(lc->nerrors == 1 && strstr(lc->errors.p, "t.ini:2: line longer than 198 characters"));
+        cfg_free(lc);
+    }
     struct ms_config *c = cfg_load("/etc/x/test.ini", ini_ok);
     struct targets t = {0};
     ASSERT(c->nerrors == 0);
@@ -248,6 +262,11 @@ test_ini_edit(void)
     text = "[domain a.org]\nx = y\n[alias a.org]\npostmaster = x\n[domain a.org]\nz = w\n";
     e = cfg_edit_mailbox(text, strlen(text), "z", "a.org", NULL, err, sizeof err);
     ASSERT(e && strcmp(e, "[domain a.org]\nx = y\n[alias a.org]\npostmaster = x\n[domain a.org]\n") == 0);
+    free(e);
+    /* and one written "name: password", which inih also reads */
+    text = "[domain a.org]\nx = y\nz: w\n";
+    e = cfg_edit_mailbox(text, strlen(text), "z", "a.org", NULL, err, sizeof err);
+    ASSERT(e && strcmp(e, "[domain a.org]\nx = y\n") == 0);
     free(e);
 }
 
