@@ -1502,46 +1502,31 @@ cfg_parse_time(struct ms_config *c, const char *v, void *dst, long arg, char *er
     return 0;
 }
 
+/* Keyword values: arg picks the word list; the value stored is the word's index. */
+enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO };
+static const char *const *const cfg_choices[] = {
+    (const char *const[]){"no", "yes", NULL},
+    (const char *const[]){"maildir", "mbox", NULL},        /* STORE_* */
+    (const char *const[]){"no", "yes", "local", NULL},     /* PT_* */
+    (const char *const[]){"no", "yes", "verify", NULL},    /* RTLS_* */
+    (const char *const[]){"members", "anyone", "owner", NULL}, /* LIST_POST_* */
+    (const char *const[]){"sender", "list", NULL},
+};
+
 static int
-cfg_parse_choice(const char *v, const char *const *names, int *dst, char *err, size_t n)
+cfg_parse_choice(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
 {
+    const char *const *names = cfg_choices[arg];
     int i;
+    (void)c;
     for (i = 0; names[i]; i++)
-        if (ms_strcaseeq(v, names[i])) { *dst = i; return 0; }
+        if (ms_strcaseeq(v, names[i])) { *(int *)dst = i; return 0; }
     snprintf(err, n, "'%s' is not one of:", v);
     for (i = 0; names[i]; i++) {
         size_t l = strlen(err);
         snprintf(err + l, n - l, " %s", names[i]);
     }
     return -1;
-}
-static int
-cfg_parse_storage(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
-{
-    static const char *const names[] = {"maildir", "mbox", NULL};
-    (void)c; (void)arg;
-    return cfg_parse_choice(v, names, dst, err, n);
-}
-static int
-cfg_parse_plaintext(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
-{
-    static const char *const names[] = {"no", "yes", "local", NULL};
-    (void)c; (void)arg;
-    return cfg_parse_choice(v, names, dst, err, n);
-}
-static int
-cfg_parse_relay_tls(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
-{
-    static const char *const names[] = {"no", "yes", "verify", NULL};
-    (void)c; (void)arg;
-    return cfg_parse_choice(v, names, dst, err, n);
-}
-static int
-cfg_parse_bool(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
-{
-    static const char *const names[] = {"no", "yes", NULL};
-    (void)c; (void)arg;
-    return cfg_parse_choice(v, names, dst, err, n);
 }
 
 /* proto may carry MS_LISTEN_TLS. */
@@ -1725,21 +1710,6 @@ cfg_parse_optstr(struct ms_config *c, const char *v, void *dst, long arg, char *
     return 0;
 }
 
-static int
-cfg_parse_list_post(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
-{
-    static const char *const names[] = {"members", "anyone", "owner", NULL};
-    (void)c; (void)arg;
-    return cfg_parse_choice(v, names, dst, err, n);
-}
-static int
-cfg_parse_reply_to(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
-{
-    static const char *const names[] = {"sender", "list", NULL};
-    (void)c; (void)arg;
-    return cfg_parse_choice(v, names, dst, err, n);
-}
-
 /* Keys of [server], [relay] and [list]: adding a key is one line here plus a field. */
 struct cfg_key {
     const char *name;
@@ -1756,14 +1726,14 @@ static const struct cfg_key cfg_relay_keys[] = {
     {"helo", cfg_parse_optstr, offsetof(struct ms_config, helo), 256},
     {"max_outbound", cfg_parse_count, offsetof(struct ms_config, max_outbound), 1000},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, relay_timeout), 0},
-    {"tls", cfg_parse_relay_tls, offsetof(struct ms_config, relay_tls), 0},
+    {"tls", cfg_parse_choice, offsetof(struct ms_config, relay_tls), CH_RELAY_TLS},
     {"ca_file", cfg_parse_path, offsetof(struct ms_config, ca_file), 1024},
     {NULL, NULL, 0, 0},
 };
 static const struct cfg_key cfg_list_keys[] = {
     {"owner", cfg_parse_str, offsetof(struct cfg_list, owner), MS_PATH_MAX},
-    {"post", cfg_parse_list_post, offsetof(struct cfg_list, post), 0},
-    {"reply_to", cfg_parse_reply_to, offsetof(struct cfg_list, reply_to_list), 0},
+    {"post", cfg_parse_choice, offsetof(struct cfg_list, post), CH_LIST_POST},
+    {"reply_to", cfg_parse_choice, offsetof(struct cfg_list, reply_to_list), CH_REPLY_TO},
     {"subject_prefix", cfg_parse_optstr, offsetof(struct cfg_list, subject_prefix), 64},
     {"bounce_limit", cfg_parse_count, offsetof(struct cfg_list, bounce_limit), 1000},
     {NULL, NULL, 0, 0},
@@ -1777,19 +1747,19 @@ static const struct cfg_key cfg_server_keys[] = {
     {"pop3s", cfg_parse_listen, 0, PROTO_POP3 | MS_LISTEN_TLS},
     {"tls_cert", cfg_parse_path, offsetof(struct ms_config, tls_cert), 1024},
     {"tls_key", cfg_parse_path, offsetof(struct ms_config, tls_key), 1024},
-    {"storage", cfg_parse_storage, offsetof(struct ms_config, storage), 0},
+    {"storage", cfg_parse_choice, offsetof(struct ms_config, storage), CH_STORAGE},
     {"spool", cfg_parse_path, offsetof(struct ms_config, spool), 1024},
     {"max_message_size", cfg_parse_size, offsetof(struct ms_config, max_message_size), 0},
     {"max_recipients", cfg_parse_count, offsetof(struct ms_config, max_recipients), 100000},
     {"max_clients", cfg_parse_count, offsetof(struct ms_config, max_clients), 100000},
     {"max_per_ip", cfg_parse_count, offsetof(struct ms_config, max_per_ip), 100000},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
-    {"plaintext_auth", cfg_parse_plaintext, offsetof(struct ms_config, plaintext_auth), 0},
-    {"capture", cfg_parse_bool, offsetof(struct ms_config, capture), 0},
+    {"plaintext_auth", cfg_parse_choice, offsetof(struct ms_config, plaintext_auth), CH_PLAINTEXT},
+    {"capture", cfg_parse_choice, offsetof(struct ms_config, capture), CH_BOOL},
     {"queue", cfg_parse_path, offsetof(struct ms_config, queue), 1024},
     {"relay_networks", cfg_parse_nets, 0, 0},
     {"user", cfg_parse_optstr, offsetof(struct ms_config, user), 64},
-    {"allow_root", cfg_parse_bool, offsetof(struct ms_config, allow_root), 0},
+    {"allow_root", cfg_parse_choice, offsetof(struct ms_config, allow_root), CH_BOOL},
     {NULL, NULL, 0, 0},
 };
 
@@ -4768,7 +4738,7 @@ msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, con
     m->hdr_lines = 1;
     if (!m->write_failed) r = store_commit(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
     if (r == 0 && targets_count(t, 1)) relay_enqueue(ms, m->id);
-    if (!*err) *err = "cannot write the message";
+    if (r != 0 && !*err) *err = "cannot write the message";
     os_close(m->tmp_fd);
     os_unlink(m->tmp_path);
     m->tmp_fd = -1;

@@ -4138,18 +4138,24 @@ def tls_stls_injection_pop3(ctx):
 # ---- versions, suites, resumption, stalls
 
 
-def offers_only(context, top):
-    """True if this client really sends a ClientHello whose highest version is top (0x0301/0x0302):
-    a local OpenSSL may refuse to even try TLS 1.0/1.1."""
+def client_hello(context):
+    """The first flight this client context sends (its ClientHello record)."""
     i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = context.wrap_bio(i, o)
     try:
         obj.do_handshake()
     except ssl.SSLWantReadError:
         pass
+    return o.read()
+
+
+def offers_only(context, top):
+    """True if this client really sends a ClientHello whose highest version is top (0x0301/0x0302):
+    a local OpenSSL may refuse to even try TLS 1.0/1.1."""
+    try:
+        d = client_hello(context)
     except ssl.SSLError:
         return False
-    d = o.read()
     return len(d) > 11 and d[0] == 0x16 and d[5] == 1 and d[9:11] == bytes([3, top & 0xff])
 
 
@@ -4252,16 +4258,6 @@ def tls_session_resumption(ctx):
                 c.quit()
     c = smtps_conn(srv, tls_client_ctx())
     check(not c.sock.session_reused, "a fresh client context resumed a session")
-
-
-def client_hello(context):
-    i, o = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = context.wrap_bio(i, o)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return o.read()
 
 
 @test(tls=True, limit=45)
