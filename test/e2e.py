@@ -149,6 +149,24 @@ def have_ipv6():
         return False
 
 
+def need_program(name, package):
+    """The path of a real peer program (neomutt, dovecot, fail2ban-regex, ...) that a test drives.
+    Where it is missing the test is skipped, except under CI (CI=true), where .ci/run installs it
+    and its absence is a failure: a green CI never hides a peer that was not there."""
+    path = shutil.which(name) or next((p for p in ("/usr/sbin/" + name, "/usr/bin/" + name) if os.path.exists(p)), None)
+    if path:
+        return path
+    if os.environ.get("CI") == "true":
+        raise TestFailure("%s is not installed (Debian package %s; .ci/run installs it)" % (name, package))
+    raise Skip("%s not installed (apt-get install %s)" % (name, package))
+
+
+def need_root():
+    """Skips a test that only means something as root (CI runs as root)."""
+    if WINDOWS or os.geteuid() != 0:
+        raise Skip("needs root")
+
+
 def run_cli(args, input=None, cwd=None, timeout=20):
     """Run the binary with args (no server); returns CompletedProcess with text output."""
     r = subprocess.run(RUN + [BIN] + list(args), input=input, capture_output=True, text=True,
@@ -5208,6 +5226,55 @@ fault_test("fsync", range(1, 40))
 fault_test("rename", range(1, 20))
 fault_test("link", range(1, 20))
 fault_test("malloc", range(1, 400), modes=("maildir",))
+
+
+# =============================================================================================
+# trust: mbox shared with other programs (MUAs, Dovecot, other MDAs), deletion on a full disk, UIDLs (issue 11: 1, 9, 13b)
+# (section: mbox)
+
+# end of section: mbox
+
+
+# =============================================================================================
+# trust: nothing done as root follows a link; spool .tmp cleaned while running; free-space reserve (issue 11: 2, 10)
+# (section: fs)
+
+# end of section: fs
+
+
+# =============================================================================================
+# trust: AUTH costs the same whatever the name, PBKDF2 never stalls the loop; password policy; sender_login (issue 11: 4, 10)
+# (section: auth)
+
+# end of section: auth
+
+
+# =============================================================================================
+# trust: connection slots cannot be held: junk commands, session lifetime, connection rate, IPv6 /64, reserved slots (issue 11: 5)
+# (section: anvil)
+
+# end of section: anvil
+
+
+# =============================================================================================
+# trust: mailing lists under a flood of forged requests (issue 11: 6)
+# (section: listflood)
+
+# end of section: listflood
+
+
+# =============================================================================================
+# trust: randomness, half-written INI and `mailsrv reload`, TLS renegotiation, gencert names (issue 11: 3, 7, 8, 11)
+# (section: cfg)
+
+# end of section: cfg
+
+
+# =============================================================================================
+# trust: the fail2ban filter through fail2ban-regex, header overflow, over-long paths (issue 11: 12, 13a, 13c)
+# (section: smtpfix)
+
+# end of section: smtpfix
 
 
 # =============================================================================================

@@ -685,6 +685,20 @@ test_lists(void)
     cfg_free(c);
 }
 
+/* ---- trust (issue 11): mbox unit tests go above this line ---- */
+
+/* ---- trust (issue 11): fs unit tests go above this line ---- */
+
+/* ---- trust (issue 11): auth unit tests go above this line ---- */
+
+/* ---- trust (issue 11): anvil unit tests go above this line ---- */
+
+/* ---- trust (issue 11): listflood unit tests go above this line ---- */
+
+/* ---- trust (issue 11): cfg unit tests go above this line ---- */
+
+/* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
+
 int
 main(void)
 {
@@ -703,6 +717,21 @@ main(void)
 #if MAILSRV_ENABLE_TLS
     test_tls();
 #endif
+
+    /* trust (issue 11): mbox test calls above this line */
+
+    /* trust (issue 11): fs test calls above this line */
+
+    /* trust (issue 11): auth test calls above this line */
+
+    /* trust (issue 11): anvil test calls above this line */
+
+    /* trust (issue 11): listflood test calls above this line */
+
+    /* trust (issue 11): cfg test calls above this line */
+
+    /* trust (issue 11): smtpfix test calls above this line */
+
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }
