@@ -161,6 +161,14 @@ def need_program(name, package):
     raise Skip("%s not installed (apt-get install %s)" % (name, package))
 
 
+def need_real_time():
+    """Skips a test whose assertions are about time (latency, stalls, equal costs) where time is
+    not the machine's own: an emulator or wine (--run), valgrind or the sanitizers, a slow machine
+    (MAILSRV_TEST_SLACK). Those runs still run every functional test."""
+    if RUN or SANLOG or SLACK != 1.0:
+        raise Skip("timing is only measured natively, without valgrind/sanitizers/emulators")
+
+
 def need_root():
     """Skips a test that only means something as root (CI runs as root)."""
     if WINDOWS or os.geteuid() != 0:
