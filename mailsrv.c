@@ -92,6 +92,7 @@
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
+#define MS_SPACE_RESERVE(max) ((max) / 2 * 3) /* free space MAIL needs: Postfix's queue_minfree floor */
 
 #define MS_DNS_TRY_MS 2000        /* per DNS query attempt (resolv.conf's timeout is 5 s) */
 #define MS_DNS_TRIES 4            /* attempts per query, over the resolvers in turn */
@@ -175,6 +176,7 @@ fault(int op)
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -344,6 +346,15 @@ os_lstat_kind(const char *path)
     struct stat sb;
     if (lstat(path, &sb) != 0) return errno == ENOENT ? OS_MISSING : -1;
     return S_ISLNK(sb.st_mode) ? OS_LINK : S_ISDIR(sb.st_mode) ? OS_DIR : OS_FILE;
+}
+
+/* Bytes free for an unprivileged writer on path's file system; -1 if unknown. */
+static int64_t
+os_free_space(const char *path)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) != 0) return -1;
+    return (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
 }
 
 /* mbox locking: a non-blocking whole-file write lock (fcntl, as mutt and
@@ -653,6 +664,14 @@ os_lstat_kind(const char *path)
         return e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND ? OS_MISSING : -1;
     }
     return (a & FILE_ATTRIBUTE_REPARSE_POINT) ? OS_LINK : (a & FILE_ATTRIBUTE_DIRECTORY) ? OS_DIR : OS_FILE;
+}
+
+static int64_t
+os_free_space(const char *path)
+{
+    ULARGE_INTEGER avail;
+    if (!GetDiskFreeSpaceExA(path, &avail, NULL, NULL)) return -1;
+    return (int64_t)avail.QuadPart;
 }
 
 static int
@@ -5045,12 +5064,33 @@ smtp_after_prefix(const char *args, const char *prefix)
     return ms_strncaseeq(args, prefix, n) ? args + n : NULL;
 }
 
+/* Free space: MAIL is refused while the spool's or the queue's file system
+ * has less than 1.5 x max_message_size (plus a declared SIZE) free, as Postfix
+ * refuses below queue_minfree (which it raises to that floor). A statvfs per
+ * MAIL and folder, as Postfix's smtpd does per MAIL: a few microseconds. */
+static int
+smtp_low_space(struct conn *c, int64_t size)
+{
+    const struct mailsrv *ms = c->ms;
+    int64_t need = MS_SPACE_RESERVE(ms->cfg->max_message_size) + size, free_b;
+    int i;
+    for (i = 0; i < 2; i++) { /* the queue only once it exists (else: no relaying yet) */
+        const char *dir = i ? ms->qdir : ms->cfg->spool;
+        if ((free_b = os_free_space(dir)) < 0 || free_b >= need) continue;
+        conn_log(c, "MAIL refused: %s has %lld KB free, less than %lld KB (1.5 x max_message_size%s)", dir,
+                 (long long)(free_b / 1024), (long long)(need / 1024), size ? " + SIZE" : "");
+        return 1;
+    }
+    return 0;
+}
+
 static void
 smtp_do_mail(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
+    int64_t size = 0;
     if (s->state == SMTP_S_GREET) { conn_reply(c, "503 5.5.1 Send HELO/EHLO first"); return; }
     if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 Nested MAIL command"); return; }
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
@@ -5073,6 +5113,7 @@ smtp_do_mail(struct conn *c, const char *args)
                 conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return;
             }
+            size = (int64_t)v;
         } else if (ms_strncaseeq(param, "BODY=", 5)) {
             if (!ms_strcaseeq(param + 5, "7BIT") && !ms_strcaseeq(param + 5, "8BITMIME")) {
                 conn_reply(c, "501 5.5.4 Unsupported BODY type");
@@ -5090,6 +5131,10 @@ smtp_do_mail(struct conn *c, const char *args)
         if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
     } else {
         s->from[0] = 0;
+    }
+    if (smtp_low_space(c, size)) { /* RFC 1870 6.1, RFC 3463 X.3.1: mail system full */
+        conn_reply(c, "452 4.3.1 Insufficient system storage");
+        return;
     }
     s->state = SMTP_S_MAIL;
     conn_reply(c, "250 2.1.0 Ok");

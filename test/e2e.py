@@ -5450,6 +5450,62 @@ def fs_tmp_leftover_cleaned_while_running(ctx):
     check(re.search(r"removed .*%s" % re.escape(files[0]), srv.log_text()), "no log line for the removal")
 
 
+@test(unix_only=True, limit=60)
+def fs_free_space_reserve(ctx):
+    """MAIL gets 452 4.3.1 (RFC 3463: mail system full) while the spool's file system has less than
+    1.5 x max_message_size free (plus a declared SIZE, RFC 1870), as Postfix refuses below
+    queue_minfree; the relay queue's file system too, when it is another one. Once space is freed,
+    mail is accepted and delivered. Spool and queue are 2 MB tmpfs mounted by the test (root only)."""
+    need_root()
+    srv = ctx.server(server={"max_message_size": "400K"})
+    mounts = []
+    try:
+        for d in (srv.spool, srv.queue):
+            os.mkdir(d)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", d], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+            mounts.append(d)
+        srv.start()
+        t0, _ = srv.deliver()
+
+        def fill(mnt, leave):
+            filler = os.path.join(mnt, "filler")
+            st = os.statvfs(mnt)
+            with open(filler, "ab") as f:
+                f.write(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
+            st = os.statvfs(mnt)
+            return filler, st.f_bavail * st.f_frsize
+
+        def mail(what, size=None):
+            c = srv.smtp()
+            code, text = c.cmd("MAIL FROM:<%s>%s" % (SENDER, " SIZE=%d" % size if size else ""))
+            c.expect("QUIT", 221)
+            return code, text
+
+        for mnt in mounts:
+            what = "spool" if mnt == srv.spool else "queue"
+            filler, free = fill(mnt, 500 * 1024)  # 500 KB left: less than 600 KB (1.5 x 400K)
+            check(free < 600 * 1024, "filler: %d bytes still free" % free)
+            code, text = mail(what)
+            check(code == 452 and text[4:].startswith("4.3.1"),
+                  "MAIL with %d KB free in the %s: %d %s, expected 452 4.3.1" % (free // 1024, what, code, text))
+            check(re.search(r"MAIL refused: %s has \d+ KB free" % re.escape(mnt), srv.log_text()), "no log line for the refusal")
+            os.unlink(filler)
+            filler, free = fill(mnt, 700 * 1024)  # 700 KB: enough for MAIL, not for a declared 200 KB more
+            check(mail(what)[0] == 250, "MAIL with %d KB free in the %s refused" % (free // 1024, what))
+            code, text = mail(what, 200 * 1024)
+            check(code == 452 and text[4:].startswith("4.3.1"),
+                  "MAIL SIZE=200K with %d KB free in the %s: %d %s, expected 452 4.3.1" % (free // 1024, what, code, text))
+            os.unlink(filler)
+        t1, _ = srv.deliver()
+        check(stored_tokens(srv, "alice@example.test") == [t0, t1], "after freeing space: %s" % stored_tokens(srv, "alice@example.test"))
+    finally:
+        srv.stop()
+        for d in mounts:
+            subprocess.run(["umount", d], capture_output=True)
+
+
 # end of section: fs
 
 

@@ -820,6 +820,16 @@ test_fs_tmp_clean(void)
     mailsrv_destroy(ms);
 }
 
+/* issue 11 finding 10: the free-space reserve that MAIL needs */
+static void
+test_fs_free_space(void)
+{
+    ASSERT(os_free_space("/tmp") > 0);
+    ASSERT(os_free_space("/nonexistent-mailsrv-folder") == -1); /* unknown: MAIL is not refused for it */
+    ASSERT(MS_SPACE_RESERVE((int64_t)100 * 1024) == 150 * 1024);
+    ASSERT(MS_SPACE_RESERVE(MS_DEF_MAX_MESSAGE) == 15L * 1024 * 1024);
+}
+
 /* ---- trust (issue 11): fs unit tests go above this line ---- */
 
 /* ---- trust (issue 11): auth unit tests go above this line ---- */
@@ -855,6 +865,8 @@ main(void)
 
     test_fs_links();
     test_fs_tmp_clean();
+
+    test_fs_free_space();
 
     /* trust (issue 11): fs test calls above this line */
 
