@@ -91,6 +91,8 @@
 #define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes */
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
+#define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
+#define MS_SPACE_RESERVE(max) ((max) / 2 * 3) /* free space MAIL needs: Postfix's queue_minfree floor */
 
 #define MS_DNS_TRY_MS 2000        /* per DNS query attempt (resolv.conf's timeout is 5 s) */
 #define MS_DNS_TRIES 4            /* attempts per query, over the resolvers in turn */
@@ -174,6 +176,7 @@ fault(int op)
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -282,7 +285,8 @@ net_listen_opts(ms_sock_t s)
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, (const void *)&one, sizeof one);
 }
 
-/* Files are descriptors. */
+/* Files are descriptors. MS_O_NOFOLLOW: open fails (ELOOP) on a symbolic link. */
+#define MS_O_NOFOLLOW O_NOFOLLOW
 static int os_open(const char *path, int flags, int mode) { return open(path, flags, (mode_t)mode); }
 static int os_close(int fd) { return close(fd); }
 static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
@@ -331,6 +335,26 @@ os_fstat(int fd, struct os_stat *st)
     if (fstat(fd, &sb) != 0) return -1;
     os_fill_stat(&sb, st);
     return 0;
+}
+
+/* What a path itself is, without following a symbolic link: OS_MISSING,
+ * OS_DIR, OS_FILE (anything else) or OS_LINK; -1 if it cannot be told. */
+enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK };
+static int
+os_lstat_kind(const char *path)
+{
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return errno == ENOENT ? OS_MISSING : -1;
+    return S_ISLNK(sb.st_mode) ? OS_LINK : S_ISDIR(sb.st_mode) ? OS_DIR : OS_FILE;
+}
+
+/* Bytes free for an unprivileged writer on path's file system; -1 if unknown. */
+static int64_t
+os_free_space(const char *path)
+{
+    struct statvfs sv;
+    if (statvfs(path, &sv) != 0) return -1;
+    return (int64_t)sv.f_bavail * (int64_t)sv.f_frsize;
 }
 
 /* mbox locking: a non-blocking whole-file write lock (fcntl, as mutt and
@@ -391,24 +415,49 @@ int setgroups(size_t n, const gid_t *groups);
 
 static int os_is_root(void) { return geteuid() == 0; }
 
-/* Becomes `user` for good, once the ports are bound; first gives it the
- * folders it must write in (as Dovecot does with its own). */
+/* Gives the folder `name` (in the folder at, or AT_FDCWD) to uid/gid through
+ * a descriptor opened without following a link: whoever owns the account
+ * may have replaced it with a link to /etc/shadow or another folder. */
 static int
-os_drop_root(const char *user, const char *const *dirs, int ndirs, char *err, size_t n)
+os_give_dir(int at, const char *name, const char *path, uid_t uid, gid_t gid, const char *user, char *err, size_t n,
+            int *fd_out)
+{
+    struct stat sb;
+    int fd = openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+    if (fd < 0 || fstat(fd, &sb) != 0 || !S_ISDIR(sb.st_mode) || fchown(fd, uid, gid) != 0) {
+        int e = errno;
+        struct stat lsb;
+        if (fd < 0 && lstat(path, &lsb) == 0 && S_ISLNK(lsb.st_mode))
+            snprintf(err, n, "%s is a symbolic link: refusing to give it to %s (name the real folder in the INI)", path, user);
+        else
+            snprintf(err, n, "cannot give %s to %s: %s", path, user, strerror(e));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    if (fd_out) *fd_out = fd;
+    else close(fd);
+    return 0;
+}
+
+/* Becomes `user` for good, once the ports are bound; first gives it the
+ * folders it must write in (as Dovecot does with its own): spool, spool/sub
+ * and queue, none of them through a symbolic link. */
+static int
+os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err,
+             size_t n)
 {
     struct passwd *pw = getpwnam(user);
     uid_t uid;
     gid_t gid;
-    int i;
+    int sfd, r;
     if (!pw) { snprintf(err, n, "user = %s: no such user", user); return -1; }
     uid = pw->pw_uid;
     gid = pw->pw_gid;
     if (uid == 0) { snprintf(err, n, "user = %s: that is root", user); return -1; }
-    for (i = 0; i < ndirs; i++)
-        if (chown(dirs[i], uid, gid) != 0) {
-            snprintf(err, n, "cannot give %s to %s: %s", dirs[i], user, strerror(errno));
-            return -1;
-        }
+    if (os_give_dir(AT_FDCWD, spool, spool, uid, gid, user, err, n, &sfd) != 0) return -1;
+    r = os_give_dir(sfd, sub, subpath, uid, gid, user, err, n, NULL); /* relative to the spool opened above */
+    close(sfd);
+    if (r != 0 || os_give_dir(AT_FDCWD, queue, queue, uid, gid, user, err, n, NULL) != 0) return -1;
     if (setgroups(1, &gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0) {
         snprintf(err, n, "cannot become %s: %s", user, strerror(errno));
         return -1;
@@ -530,6 +579,7 @@ net_listen_opts(ms_sock_t s)
 
 /* Files: CRT descriptors in binary mode; durability through _commit
  * (FlushFileBuffers). */
+#define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
 static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
@@ -603,6 +653,27 @@ os_fstat(int fd, struct os_stat *st)
     return 0;
 }
 
+/* A symbolic link or junction is a reparse point. */
+enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK };
+static int
+os_lstat_kind(const char *path)
+{
+    DWORD a = GetFileAttributesA(path);
+    if (a == INVALID_FILE_ATTRIBUTES) {
+        DWORD e = GetLastError();
+        return e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND ? OS_MISSING : -1;
+    }
+    return (a & FILE_ATTRIBUTE_REPARSE_POINT) ? OS_LINK : (a & FILE_ATTRIBUTE_DIRECTORY) ? OS_DIR : OS_FILE;
+}
+
+static int64_t
+os_free_space(const char *path)
+{
+    ULARGE_INTEGER avail;
+    if (!GetDiskFreeSpaceExA(path, &avail, NULL, NULL)) return -1;
+    return (int64_t)avail.QuadPart;
+}
+
 static int
 os_lock(int fd, int lock)
 {
@@ -661,9 +732,10 @@ os_install_signals(struct mailsrv *ms)
 /* Windows services get their account from the service manager instead. */
 static int os_is_root(void) { return 0; }
 static int
-os_drop_root(const char *user, const char *const *dirs, int ndirs, char *err, size_t n)
+os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err,
+             size_t n)
 {
-    (void)user; (void)dirs; (void)ndirs;
+    (void)user; (void)spool; (void)sub; (void)subpath; (void)queue;
     snprintf(err, n, "user = has no effect on Windows");
     return -1;
 }
@@ -3082,6 +3154,32 @@ store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, ch
     return ms_fmt(dom_dir, dn, "%s/%s", spool, at + 1) < 0 ? -1 : 0;
 }
 
+/* Refuses (errno ELOOP) a mailbox reached through a symbolic link under the
+ * spool: its DOMAIN folder; the Maildir, its new/, cur/ and tmp/; or the mbox
+ * and its .len file. Whoever owns the service account owns everything under
+ * the spool and could point a mailbox at /etc/passwd or at another folder.
+ * Missing parts are fine: delivery creates them. (The mbox is also opened
+ * with O_NOFOLLOW, which closes the race on its last component.) */
+static int
+store_no_links(const char *spool, const char *addr, int maildir)
+{
+    static const char *const mdir[] = {"", "/new", "/cur", "/tmp"};
+    char dom[1100], user[MS_LOCAL_MAX + 1], path[1300];
+    int i, k;
+    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0) return -1;
+    if ((k = os_lstat_kind(dom)) == OS_MISSING) return 0;
+    for (i = 0; k != OS_LINK && i < (maildir ? 4 : 2); i++) {
+        if ((maildir ? ms_fmt(path, sizeof path, "%s/%s%s", dom, user, mdir[i])
+             : i == 0 ? ms_fmt(path, sizeof path, "%s/%s.mbox", dom, user)
+                      : ms_fmt(path, sizeof path, "%s/.%s.mbox.len", dom, user)) < 0)
+            return -1;
+        k = os_lstat_kind(path);
+    }
+    if (k != OS_LINK) return 0;
+    errno = ELOOP;
+    return -1;
+}
+
 static int
 mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
 {
@@ -3142,7 +3240,7 @@ mbox_set_committed(const char *lenf, int fd, int64_t len)
     if (os_fstat(fd, &st) != 0) return -1;
     snprintf(txt, sizeof txt, "%llu %020llu\n", (unsigned long long)st.ino, (unsigned long long)len);
     if (os_stat(lenf, &ls) != 0) created = 1;
-    lf = os_open(lenf, O_WRONLY | O_CREAT, 0600);
+    lf = os_open(lenf, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600);
     if (lf < 0) return -1;
     r = (os_pwrite_all(lf, txt, strlen(txt), 0) < 0 || os_truncate(lf, (int64_t)strlen(txt)) != 0 ||
          os_fsync(lf) != 0) ? -1 : 0;
@@ -3171,7 +3269,7 @@ mbox_open_locked(const char *mbox, const char *lenf, int create, int64_t *commit
         if (!create) return -2; /* no mailbox yet */
         *created = 1;
     }
-    fd = os_open(mbox, O_RDWR | (create ? O_CREAT : 0), 0600);
+    fd = os_open(mbox, O_RDWR | (create ? O_CREAT : 0) | MS_O_NOFOLLOW, 0600);
     if (fd < 0) return -1;
     if (os_lock(fd, 1) != 0) { os_close(fd); errno = EAGAIN; return -1; }
     *committed = mbox_committed(lenf, fd);
@@ -3277,12 +3375,19 @@ static int
 store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err,
               struct dirset *ds, struct store_undo **undo_out, int *nundo_out)
 {
+    static char why[MS_PATH_MAX + 64];
     struct store_undo *undo = xrealloc(NULL, sizeof *undo * (size_t)(t->n ? t->n : 1));
     int i, nu = 0;
     *err = "cannot write the message";
     if (os_fsync(m->tmp_fd) != 0) goto fail;
     for (i = 0; i < t->n; i++) {
         if (t->remote[i]) continue; /* queued by queue_create */
+        if (store_no_links(cfg->spool, t->v[i], cfg->storage == STORE_MAILDIR) != 0) {
+            /* 4xx: a local fault to repair; a 5xx after DATA would bounce the mail for every recipient */
+            snprintf(why, sizeof why, "the mailbox of %s is a symbolic link: refused", t->v[i]);
+            if (errno == ELOOP) *err = why;
+            goto fail;
+        }
         if (cfg->storage == STORE_MAILDIR) {
             char newdir[1300];
             const char *at = strchr(t->v[i], '@');
@@ -4499,6 +4604,7 @@ struct mailsrv {
     char *ini_path;
     int64_t ini_mtime, ini_size, next_ini_check;
     uint64_t ini_ino;
+    int64_t next_tmp_clean;          /* when SPOOL/.tmp is next cleaned (0: at the next turn) */
     struct listener lst[MS_MAX_LISTENERS];
     int nlst;
     struct conn **conns;
@@ -4958,12 +5064,33 @@ smtp_after_prefix(const char *args, const char *prefix)
     return ms_strncaseeq(args, prefix, n) ? args + n : NULL;
 }
 
+/* Free space: MAIL is refused while the spool's or the queue's file system
+ * has less than 1.5 x max_message_size (plus a declared SIZE) free, as Postfix
+ * refuses below queue_minfree (which it raises to that floor). A statvfs per
+ * MAIL and folder, as Postfix's smtpd does per MAIL: a few microseconds. */
+static int
+smtp_low_space(struct conn *c, int64_t size)
+{
+    const struct mailsrv *ms = c->ms;
+    int64_t need = MS_SPACE_RESERVE(ms->cfg->max_message_size) + size, free_b;
+    int i;
+    for (i = 0; i < 2; i++) { /* the queue only once it exists (else: no relaying yet) */
+        const char *dir = i ? ms->qdir : ms->cfg->spool;
+        if ((free_b = os_free_space(dir)) < 0 || free_b >= need) continue;
+        conn_log(c, "MAIL refused: %s has %lld KB free, less than %lld KB (1.5 x max_message_size%s)", dir,
+                 (long long)(free_b / 1024), (long long)(need / 1024), size ? " + SIZE" : "");
+        return 1;
+    }
+    return 0;
+}
+
 static void
 smtp_do_mail(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
+    int64_t size = 0;
     if (s->state == SMTP_S_GREET) { conn_reply(c, "503 5.5.1 Send HELO/EHLO first"); return; }
     if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 Nested MAIL command"); return; }
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
@@ -4986,6 +5113,7 @@ smtp_do_mail(struct conn *c, const char *args)
                 conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return;
             }
+            size = (int64_t)v;
         } else if (ms_strncaseeq(param, "BODY=", 5)) {
             if (!ms_strcaseeq(param + 5, "7BIT") && !ms_strcaseeq(param + 5, "8BITMIME")) {
                 conn_reply(c, "501 5.5.4 Unsupported BODY type");
@@ -5003,6 +5131,10 @@ smtp_do_mail(struct conn *c, const char *args)
         if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
     } else {
         s->from[0] = 0;
+    }
+    if (smtp_low_space(c, size)) { /* RFC 1870 6.1, RFC 3463 X.3.1: mail system full */
+        conn_reply(c, "452 4.3.1 Insufficient system storage");
+        return;
     }
     s->state = SMTP_S_MAIL;
     conn_reply(c, "250 2.1.0 Ok");
@@ -5406,8 +5538,10 @@ pop_login(struct conn *c, const char *user, const char *pass)
         conn_reply(c, "-ERR [IN-USE] Mailbox is locked by another POP3 session");
         return;
     }
-    r = ms->cfg->storage == STORE_MBOX ? mbox_view_open(&p->view, ms->cfg->spool, mailbox)
-                                       : mdir_view_open(&p->view, ms->cfg->spool, mailbox);
+    /* a mailbox reached through a link is refused here as at delivery: DELE would remove files elsewhere */
+    r = store_no_links(ms->cfg->spool, mailbox, ms->cfg->storage != STORE_MBOX) != 0 ? -1
+        : ms->cfg->storage == STORE_MBOX ? mbox_view_open(&p->view, ms->cfg->spool, mailbox)
+                                         : mdir_view_open(&p->view, ms->cfg->spool, mailbox);
     if (r != 0) {
         conn_log(c, "cannot open mailbox %s: %s", mailbox, strerror(errno));
         conn_reply(c, "-ERR [SYS/TEMP] Cannot open the mailbox");
@@ -7580,18 +7714,47 @@ loop_check_reload(struct mailsrv *ms, int64_t now)
     }
     ms->reload_requested = 0;
     mailsrv_load_ini(ms, ms->ini_path);
+    ms->next_tmp_clean = 0; /* a reload also cleans SPOOL/.tmp */
 }
 
-/* Removes tmp files left by a crash (they were never acknowledged). */
+/* Removes SPOOL/.tmp files left by a crash or kill -9 (never acknowledged)
+ * once they are older than 36 h, as Dovecot cleans Maildir tmp/; never the
+ * file of a session still in DATA, however slow. */
+struct tmp_clean { struct mailsrv *ms; const char *dir; int64_t now; };
+
 static int
 loop_clean_tmp_entry(void *ctx, const char *name)
 {
+    struct tmp_clean *tc = ctx;
     char path[1400];
     struct os_stat st;
-    if (ms_fmt(path, sizeof path, "%s/%s", (const char *)ctx, name) >= 0 && os_stat(path, &st) == 0 &&
-        time(NULL) - st.mtime > MS_TMP_MAX_AGE)
-        os_unlink(path);
+    int i;
+    if (ms_fmt(path, sizeof path, "%s/%s", tc->dir, name) < 0 || os_lstat_kind(path) != OS_FILE ||
+        os_stat(path, &st) != 0 || tc->now - st.mtime <= MS_TMP_MAX_AGE)
+        return 0;
+    for (i = 0; i < tc->ms->nconns; i++) {
+        const struct conn *c = tc->ms->conns[i];
+        if (c->proto != PROTO_POP3 && c->u.smtp.msg.tmp_fd >= 0 && strcmp(c->u.smtp.msg.tmp_path, path) == 0) return 0;
+    }
+    if (os_unlink(path) == 0) ms_log(tc->ms, "removed %s: left by a crash, older than %d h", path, MS_TMP_MAX_AGE / 3600);
     return 0;
+}
+
+static void
+loop_clean_tmp(struct mailsrv *ms, int64_t now)
+{
+    char dir[1100];
+    struct tmp_clean tc;
+    int64_t sec;
+    long usec;
+    if (now < ms->next_tmp_clean) return;
+    ms->next_tmp_clean = now + MS_TMP_CLEAN_MS;
+    if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0) return;
+    os_wallclock(&sec, &usec);
+    tc.ms = ms;
+    tc.dir = dir;
+    tc.now = sec;
+    os_list_dir(dir, loop_clean_tmp_entry, &tc);
 }
 
 /*==== 15. Public API and main ====*/
@@ -7710,26 +7873,40 @@ mailsrv_load_ini_string(struct mailsrv *ms, const char *text, const char *path)
 int
 mailsrv_listen(struct mailsrv *ms)
 {
-    int i;
+    int i, gives;
     char tmpdir[1100], err[1300];
     const struct ms_config *c = ms->cfg;
     if (!c) { ms_log(ms, "no configuration loaded"); return -1; }
+    gives = c->user[0] && os_is_root();
     if (os_is_root() && !c->user[0] && !c->allow_root) {
         ms_log(ms, "%s: refusing to run as root: set user = ACCOUNT in [server] (mailsrv binds its ports, then "
                "becomes that account), or allow_root = yes", c->path);
         return -1;
     }
-    if (store_mkdir(c->spool, c->dir[0] ? c->dir : ".") != 0 ||
-        ms_fmt(tmpdir, sizeof tmpdir, "%s/.tmp", c->spool) < 0 || store_mkdir(tmpdir, c->spool) != 0 ||
-        (c->user[0] && os_is_root() && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") != 0)) {
+    /* Root gives spool, spool/.tmp and queue to `user`: whoever owns that
+     * account may have replaced them with links (to /etc/shadow, to any
+     * folder), so a link is refused before anything is done there, as root
+     * or not (postfix-script likewise complains about its queue folders). */
+    for (i = 0; gives && i < 2; i++)
+        if (os_lstat_kind(i ? c->queue : c->spool) == OS_LINK) {
+            ms_log(ms, "%s: %s is a symbolic link: refusing to give it to %s (name the real folder in the INI)", c->path,
+                   i ? c->queue : c->spool, c->user);
+            return -1;
+        }
+    if (store_mkdir(c->spool, c->dir[0] ? c->dir : ".") != 0 || ms_fmt(tmpdir, sizeof tmpdir, "%s/.tmp", c->spool) < 0) {
         ms_log(ms, "cannot create the spool %s: %s", c->spool, strerror(errno));
         return -1;
     }
-    os_list_dir(tmpdir, loop_clean_tmp_entry, tmpdir);
+    if (os_lstat_kind(tmpdir) == OS_LINK) {
+        ms_log(ms, "%s is a symbolic link: refusing to use it (mailsrv makes that folder itself: remove the link)", tmpdir);
+        return -1;
+    }
+    if (store_mkdir(tmpdir, c->spool) != 0 || (gives && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") != 0)) {
+        ms_log(ms, "cannot create the spool %s: %s", c->spool, strerror(errno));
+        return -1;
+    }
     ms_strlcpy(ms->qdir, c->queue, sizeof ms->qdir);
     ms->relay_wake = INT64_MAX;
-    os_list_dir(ms->qdir, relay_scan_entry, ms);
-    if (ms->nqueue) ms_log(ms, "%d messages in the relay queue %s", ms->nqueue, ms->qdir);
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
         int err = 0, waited;
@@ -7757,14 +7934,18 @@ mailsrv_listen(struct mailsrv *ms)
     if (c->user[0] && !os_is_root()) {
         ms_log(ms, "user = %s has no effect: not started as root", c->user);
     } else if (c->user[0]) { /* before any client byte is read */
-        const char *dirs[] = {c->spool, tmpdir, c->queue};
-        if (os_drop_root(c->user, dirs, 3, err, sizeof err) != 0) {
+        if (os_drop_root(c->user, c->spool, ".tmp", tmpdir, c->queue, err, sizeof err) != 0) {
             ms_log(ms, "%s: %s", c->path, err);
             loop_close_listeners(ms);
             return -1;
         }
         ms_log(ms, "running as %s", c->user);
     }
+    /* what a crash left in .tmp and the queue is removed as `user`, not as root */
+    ms->next_tmp_clean = 0;
+    loop_clean_tmp(ms, os_now_ms());
+    os_list_dir(ms->qdir, relay_scan_entry, ms);
+    if (ms->nqueue) ms_log(ms, "%d messages in the relay queue %s", ms->nqueue, ms->qdir);
     return 0;
 }
 
@@ -7820,6 +8001,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     }
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
     if (ms->nlst && ms->next_flush_check < wake) wake = ms->next_flush_check;
+    if (ms->nlst && ms->next_tmp_clean < wake) wake = ms->next_tmp_clean;
     if (ms->relay_wake < wake) wake = ms->relay_wake;
     if (ms->commit_again || ms->relay_kick) wake = now;
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
@@ -7865,6 +8047,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     loop_sweep(ms);
     loop_check_reload(ms, now);
     if (ms->nlst) relay_check_flush(ms, now);
+    if (ms->nlst) loop_clean_tmp(ms, now);
     return 0;
 }
 
@@ -8075,7 +8258,7 @@ cli_flush(const char *path)
     int fd = -1;
     if (cli_print_errors(c)) { cfg_free(c); return 1; }
     if (ms_fmt(flag, sizeof flag, "%s/flush", c->queue) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
-        fd = os_open(flag, O_WRONLY | O_CREAT, 0600);
+        fd = os_open(flag, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600); /* root may run it: no link */
     if (fd < 0) {
         fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
         cfg_free(c);

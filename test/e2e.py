@@ -5247,6 +5247,273 @@ fault_test("malloc", range(1, 400), modes=("maildir",))
 # trust: nothing done as root follows a link; spool .tmp cleaned while running; free-space reserve (issue 11: 2, 10)
 # (section: fs)
 
+def fs_victims(base):
+    """A file standing in for /etc/shadow (root, 0600) and a folder with old files in it."""
+    victim = os.path.join(base, "shadow-standin")
+    with open(victim, "w") as f:
+        f.write("root:secret:1:0:99999:7:::\n")
+    os.chmod(victim, 0o600)
+    folder = os.path.join(base, "precious")
+    os.mkdir(folder, 0o700)
+    old = time.time() - 40 * 3600  # older than the 36 h after which .tmp leftovers are removed
+    for name in ("a.env.tmp1", "b.msg", "c"):
+        with open(os.path.join(folder, name), "w") as f:
+            f.write("keep me\n")
+        os.utime(os.path.join(folder, name), (old, old))
+    return victim, folder
+
+
+def fs_victims_intact(victim, folder, what):
+    st = os.lstat(victim)
+    check(st.st_uid == 0 and st.st_gid == 0 and (st.st_mode & 0o7777) == 0o600,
+          "%s: the file behind the link is now uid %d gid %d mode %o (was root 600)"
+          % (what, st.st_uid, st.st_gid, st.st_mode & 0o7777))
+    with open(victim) as f:
+        check(f.read() == "root:secret:1:0:99999:7:::\n", "%s: the file behind the link was changed" % what)
+    st = os.lstat(folder)
+    check(st.st_uid == 0 and (st.st_mode & 0o7777) == 0o700,
+          "%s: the folder behind the link is now uid %d mode %o (was root 700)" % (what, st.st_uid, st.st_mode & 0o7777))
+    names = sorted(os.listdir(folder))
+    check(names == ["a.env.tmp1", "b.msg", "c"], "%s: the folder behind the link now holds %s" % (what, names))
+    for n in names:
+        check(os.lstat(os.path.join(folder, n)).st_uid == 0, "%s: %s in the folder behind the link changed owner" % (what, n))
+
+
+@test(unix_only=True, limit=60)
+def fs_root_start_follows_no_link(ctx):
+    """Started as root with user = nobody, mailsrv gives spool, spool/.tmp and queue to nobody and cleans
+    .tmp and the queue: none of it may go through a symbolic link that the account planted there
+    (issue 11 finding 2). A link is refused at start with an error naming it (as postfix-script
+    complains about wrong queue folders), and the file or folder behind it is untouched."""
+    need_root()
+    import pwd
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        raise Skip("no user nobody")
+    os.chmod(ctx.dir, 0o755)
+    for where in (".tmp", "queue", "spool"):
+        for kind in ("file", "folder"):
+            if where == "spool" and kind == "file":
+                continue
+            srv = ctx.server(server={"user": "nobody"})
+            os.chmod(srv.dir, 0o755)
+            victim, folder = fs_victims(srv.dir)
+            link = {".tmp": os.path.join(srv.spool, ".tmp"), "queue": srv.queue, "spool": srv.spool}[where]
+            if where != "spool":
+                os.mkdir(srv.spool, 0o700)
+            os.symlink(victim if kind == "file" else folder, link)
+            srv.start(wait=False)
+            what = "%s linked to a %s" % (where, kind)
+            try:
+                rc = srv.proc.wait(timeout=secs(10))
+            except subprocess.TimeoutExpired:
+                rc = None
+            fs_victims_intact(victim, folder, what)
+            check(rc not in (None, 0), "%s: the server started (exit status %s); log: %s" % (what, rc, short(srv.log_text(), 400)))
+            log = srv.log_text()
+            check(link in log and "symbolic link" in log, "%s: no error naming %s: %s" % (what, link, short(log, 400)))
+            check(os.path.islink(link), "%s: the link itself is gone" % what)
+    # and without links the same start works: the folders go to nobody
+    srv = ctx.server(server={"user": "nobody"})
+    os.chmod(srv.dir, 0o755)
+    srv.start()
+    nobody = pwd.getpwnam("nobody").pw_uid
+    for d in (srv.spool, os.path.join(srv.spool, ".tmp"), srv.queue):
+        check(os.lstat(d).st_uid == nobody, "%s not given to nobody" % d)
+    t, _ = srv.deliver()
+    check([g["token"] for g in srv.fetch("alice@example.test")] == [t], "delivery as nobody failed")
+    # `mailsrv flush`, run by root, creates QUEUE/flush: not through a link planted there (/etc/nologin...)
+    standin = os.path.join(srv.dir, "nologin-standin")
+    os.symlink(standin, os.path.join(srv.queue, "flush"))
+    r = run_cli(["-c", srv.ini, "flush"])
+    check(not os.path.exists(standin), "mailsrv flush created the file behind QUEUE/flush (exit %d: %s)" % (r.returncode, r.stderr))
+    check(r.returncode != 0, "mailsrv flush through a link: exit 0")
+
+
+def fs_tree_state(path):
+    """What a link target holds: names, sizes and contents (to see it untouched)."""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            return ("file", os.stat(path).st_mode & 0o7777, f.read())
+    out = {}
+    for dp, dns, fns in os.walk(path):
+        for n in fns:
+            p = os.path.join(dp, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, path)] = f.read()
+        for n in dns:
+            out[os.path.relpath(os.path.join(dp, n), path) + "/"] = b""
+    return ("tree", out)
+
+
+@test(modes=BOTH, limit=60)
+def fs_delivery_refuses_linked_mailbox(ctx, storage):
+    """Delivery refuses a mailbox path that is a symbolic link anywhere under the spool: a DOMAIN
+    folder, a Maildir folder or its new/cur/tmp, an mbox file or its .len file (issue 11 finding 2).
+    The answer is 451 4.3.0 (a local fault the administrator must repair; the sender retries and
+    no mail is lost: a 5xx after DATA would bounce the message for every recipient), the target is
+    untouched, and the log says which mailbox and why."""
+    srv = ctx.server(storage=storage).start()
+    dom = os.path.join(srv.spool, "example.test")
+    # a first delivery creates the folders; the mailbox of bob is then replaced by links
+    t0, _ = srv.deliver(to="bob@example.test")
+    outside = os.path.join(srv.dir, "outside")
+    os.mkdir(outside, 0o700)
+    passwd = os.path.join(outside, "passwd-standin")
+    with open(passwd, "wb") as f:
+        f.write(b"root:x:0:0:root:/root:/bin/sh\n")
+    os.chmod(passwd, 0o644)
+    elsewhere = os.path.join(outside, "folder")
+    for sub in ("", "new", "cur", "tmp"):
+        os.makedirs(os.path.join(elsewhere, sub), 0o700, exist_ok=True)
+    with open(os.path.join(elsewhere, "cur", "1.x"), "wb") as f:
+        f.write(b"Subject: not mail\n\nsomeone else's file\n")
+    if storage == "maildir":
+        bob = os.path.join(dom, "bob")
+        cases = [("bob's Maildir", bob, elsewhere), ("bob's new/", os.path.join(bob, "new"), os.path.join(elsewhere, "new")),
+                 ("bob's cur/", os.path.join(bob, "cur"), os.path.join(elsewhere, "cur")),
+                 ("bob's tmp/", os.path.join(bob, "tmp"), os.path.join(elsewhere, "tmp")),
+                 ("the domain folder", dom, elsewhere)]
+    else:
+        cases = [("bob's mbox", os.path.join(dom, "bob.mbox"), passwd),
+                 ("bob's .len file", os.path.join(dom, ".bob.mbox.len"), passwd),
+                 ("the domain folder", dom, elsewhere)]
+    for what, link, target in cases:
+        if target == elsewhere and what == "the domain folder":
+            os.makedirs(os.path.join(elsewhere, "bob", "new"), 0o700, exist_ok=True)  # a Maildir or mbox to find there
+            with open(os.path.join(elsewhere, "bob.mbox"), "wb") as f:
+                f.write(b"From x Thu Jan  1 00:00:00 2026\nSubject: other\n\nnot ours\n\n")
+        before = fs_tree_state(target)
+        saved = link + ".saved"
+        os.rename(link, saved)
+        os.symlink(target, link)
+        try:
+            c = srv.smtp()
+            c.expect("MAIL FROM:<%s>" % SENDER, 250)
+            c.expect("RCPT TO:<bob@example.test>", 250)
+            c.expect("DATA", 354)
+            c.send(dot_stuff(make_msg(tok(), to="bob@example.test")) + b".\r\n")
+            code, text = c.reply()
+            c.expect("QUIT", 221)
+            check(code == 451 and "4.3.0" in text, "%s is a link: delivery answered %d %s, expected 451 4.3.0" % (what, code, text))
+            check(fs_tree_state(target) == before, "%s is a link: what it points to was changed" % what)
+            check(os.path.islink(link), "%s: the link was replaced" % what)
+            p = srv.pop()  # POP3 refuses it too: DELE would remove files wherever the link points
+            p.ok("USER bob@example.test")
+            r = p.cmd("PASS " + PASSWORDS["bob@example.test"])
+            check(r.startswith(b"-ERR"), "%s is a link: POP3 login answered %s" % (what, short(r)))
+            p.close()
+            check(fs_tree_state(target) == before, "%s is a link: what it points to was changed by POP3" % what)
+            wait_for(lambda: re.search(r"delivery of \S+ failed: .*bob@example\.test.*symbolic link", srv.log_text()),
+                     5, "a log line naming bob@example.test and the symbolic link (%s)" % what)
+        finally:
+            os.unlink(link)
+            os.rename(saved, link)
+    # alice, in the same domain, was never affected; bob gets mail again once the links are gone
+    t1, _ = srv.deliver(to="bob@example.test")
+    check(stored_tokens(srv, "bob@example.test") == [t0, t1], "bob's mailbox after the links: %s" % stored_tokens(srv, "bob@example.test"))
+
+
+@test(unix_only=True, limit=60)
+def fs_tmp_leftover_cleaned_while_running(ctx):
+    """A kill -9 during DATA leaves SPOOL/.tmp/NAME; a later start does not remove it while it is
+    young. Once it is older than 36 h, the running server removes it (every hour, and at each
+    reload: here SIGHUP), as Dovecot cleans Maildir tmp/; younger files (a session in DATA) stay."""
+    srv = ctx.server().start()
+    tmpdir = os.path.join(srv.spool, ".tmp")
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: cut short\r\n\r\n" + b"x" * 70 + b"\r\n")
+    files = wait_for(lambda: os.listdir(tmpdir), 5, "the message file in SPOOL/.tmp")
+    srv.kill9()
+    c.close()
+    check(len(files) == 1 and os.listdir(tmpdir) == files, "after kill -9: .tmp holds %s" % os.listdir(tmpdir))
+    srv.start()
+    check(os.listdir(tmpdir) == files, "a young leftover was removed at start: %s" % os.listdir(tmpdir))
+    # a session in DATA now: its file must survive the cleaning even when backdated
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(b"Subject: slow\r\n\r\n")
+    live = wait_for(lambda: [n for n in os.listdir(tmpdir) if n not in files], 5, "the live session's file")
+    young = os.path.join(tmpdir, "young-leftover")
+    with open(young, "w") as f:
+        f.write("x\n")
+    old = time.time() - 37 * 3600
+    os.utime(os.path.join(tmpdir, files[0]), (old, old))
+    os.utime(os.path.join(tmpdir, live[0]), (old, old))
+    os.utime(young, (time.time() - 35 * 3600,) * 2)
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: files[0] not in os.listdir(tmpdir), 5, "the 37 h old leftover %s removed by the running server" % files[0])
+    check(srv.alive(), "server died")
+    left = sorted(os.listdir(tmpdir))
+    check(left == sorted(live + ["young-leftover"]), ".tmp after the cleaning: %s, expected %s" % (left, sorted(live + ["young-leftover"])))
+    c.send(b"still here\r\n.\r\n")
+    code, text = c.reply()
+    check(code == 250, "the session in DATA lost its file: %d %s" % (code, text))
+    check(re.search(r"removed .*%s" % re.escape(files[0]), srv.log_text()), "no log line for the removal")
+
+
+@test(unix_only=True, limit=60)
+def fs_free_space_reserve(ctx):
+    """MAIL gets 452 4.3.1 (RFC 3463: mail system full) while the spool's file system has less than
+    1.5 x max_message_size free (plus a declared SIZE, RFC 1870), as Postfix refuses below
+    queue_minfree; the relay queue's file system too, when it is another one. Once space is freed,
+    mail is accepted and delivered. Spool and queue are 2 MB tmpfs mounted by the test (root only)."""
+    need_root()
+    srv = ctx.server(server={"max_message_size": "400K"})
+    mounts = []
+    try:
+        for d in (srv.spool, srv.queue):
+            os.mkdir(d)
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", d], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+            mounts.append(d)
+        srv.start()
+        t0, _ = srv.deliver()
+
+        def fill(mnt, leave):
+            filler = os.path.join(mnt, "filler")
+            st = os.statvfs(mnt)
+            with open(filler, "ab") as f:
+                f.write(b"\0" * max(st.f_bavail * st.f_frsize - leave, 0))
+            st = os.statvfs(mnt)
+            return filler, st.f_bavail * st.f_frsize
+
+        def mail(what, size=None):
+            c = srv.smtp()
+            code, text = c.cmd("MAIL FROM:<%s>%s" % (SENDER, " SIZE=%d" % size if size else ""))
+            c.expect("QUIT", 221)
+            return code, text
+
+        for mnt in mounts:
+            what = "spool" if mnt == srv.spool else "queue"
+            filler, free = fill(mnt, 500 * 1024)  # 500 KB left: less than 600 KB (1.5 x 400K)
+            check(free < 600 * 1024, "filler: %d bytes still free" % free)
+            code, text = mail(what)
+            check(code == 452 and text[4:].startswith("4.3.1"),
+                  "MAIL with %d KB free in the %s: %d %s, expected 452 4.3.1" % (free // 1024, what, code, text))
+            check(re.search(r"MAIL refused: %s has \d+ KB free" % re.escape(mnt), srv.log_text()), "no log line for the refusal")
+            os.unlink(filler)
+            filler, free = fill(mnt, 700 * 1024)  # 700 KB: enough for MAIL, not for a declared 200 KB more
+            check(mail(what)[0] == 250, "MAIL with %d KB free in the %s refused" % (free // 1024, what))
+            code, text = mail(what, 200 * 1024)
+            check(code == 452 and text[4:].startswith("4.3.1"),
+                  "MAIL SIZE=200K with %d KB free in the %s: %d %s, expected 452 4.3.1" % (free // 1024, what, code, text))
+            os.unlink(filler)
+        t1, _ = srv.deliver()
+        check(stored_tokens(srv, "alice@example.test") == [t0, t1], "after freeing space: %s" % stored_tokens(srv, "alice@example.test"))
+    finally:
+        srv.stop()
+        for d in mounts:
+            subprocess.run(["umount", d], capture_output=True)
+
+
 # end of section: fs
 
 

@@ -687,6 +687,149 @@ test_lists(void)
 
 /* ---- trust (issue 11): mbox unit tests go above this line ---- */
 
+/* issue 11 finding 2: a mailbox reached through a symbolic link is refused */
+static void
+fs_mkfile(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+static void
+fs_backdate(const char *path, long seconds)
+{
+    struct timespec ts[2];
+    ts[0].tv_sec = ts[1].tv_sec = time(NULL) - seconds;
+    ts[0].tv_nsec = ts[1].tv_nsec = 0;
+    utimensat(AT_FDCWD, path, ts, 0);
+}
+
+static int fs_log_lines;
+static void fs_count_log(void *user, const char *line) { (void)user; (void)line; fs_log_lines++; }
+
+static void
+test_fs_links(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", p[1300], q[1400], victim[1300], spool[1100];
+    static const char *const subs[] = {"", "/new", "/cur", "/tmp"};
+    int64_t committed;
+    int i, created, fd;
+    struct os_stat st;
+    if (!mkdtemp(dir)) { ASSERT(0); return; }
+    snprintf(spool, sizeof spool, "%s/spool", dir);
+    snprintf(victim, sizeof victim, "%s/passwd", dir);
+    fs_mkfile(victim, "root:x:0:0::/root:/bin/sh\n");
+    mkdir(spool, 0700);
+    ASSERT(os_lstat_kind(spool) == OS_DIR && os_lstat_kind(victim) == OS_FILE);
+    snprintf(p, sizeof p, "%s/none", dir);
+    ASSERT(os_lstat_kind(p) == OS_MISSING);
+    ASSERT(store_no_links(spool, "bob@x.test", 1) == 0); /* nothing yet: delivery creates it */
+    snprintf(p, sizeof p, "%s/x.test", spool);
+    mkdir(p, 0700);
+    for (i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/x.test/bob%s", spool, subs[i]);
+        mkdir(p, 0700);
+    }
+    ASSERT(store_no_links(spool, "bob@x.test", 1) == 0);
+    for (i = 0; i < 4; i++) { /* the Maildir or any of new/cur/tmp as a link */
+        snprintf(p, sizeof p, "%s/x.test/bob%s", spool, subs[i]);
+        snprintf(q, sizeof q, "%s.real", p);
+        ASSERT(rename(p, q) == 0 && symlink(dir, p) == 0);
+        ASSERT(os_lstat_kind(p) == OS_LINK);
+        errno = 0;
+        ASSERT(store_no_links(spool, "bob@x.test", 1) == -1 && errno == ELOOP);
+        ASSERT(unlink(p) == 0 && rename(q, p) == 0);
+    }
+    ASSERT(store_no_links(spool, "bob@x.test", 0) == 0);
+    /* the mbox and its .len file as links to a file standing in for /etc/passwd */
+    snprintf(p, sizeof p, "%s/x.test/bob.mbox", spool);
+    ASSERT(symlink(victim, p) == 0);
+    ASSERT(store_no_links(spool, "bob@x.test", 0) == -1 && errno == ELOOP);
+    ASSERT(store_no_links(spool, "bob@x.test", 1) == 0); /* not a Maildir's business */
+    snprintf(q, sizeof q, "%s/x.test/.bob.mbox.len", spool);
+    ASSERT(mbox_open_locked(p, q, 1, &committed, &created) < 0); /* O_NOFOLLOW: the race is closed too */
+    ASSERT(os_stat(victim, &st) == 0 && st.size == 26);
+    unlink(p);
+    ASSERT(symlink(victim, q) == 0);
+    ASSERT(store_no_links(spool, "bob@x.test", 0) == -1 && errno == ELOOP);
+    fd = os_open(p, O_RDWR | O_CREAT, 0600);
+    ASSERT(fd >= 0 && mbox_set_committed(q, fd, 0) == -1);
+    ASSERT(os_stat(victim, &st) == 0 && st.size == 26);
+    if (fd >= 0) os_close(fd);
+    unlink(p);
+    unlink(q);
+    /* the domain folder as a link */
+    snprintf(p, sizeof p, "%s/y.test", spool);
+    ASSERT(symlink(dir, p) == 0);
+    ASSERT(store_no_links(spool, "bob@y.test", 0) == -1 && store_no_links(spool, "bob@y.test", 1) == -1);
+    unlink(p);
+    for (i = 3; i >= 0; i--) {
+        snprintf(p, sizeof p, "%s/x.test/bob%s", spool, subs[i]);
+        rmdir(p);
+    }
+    snprintf(p, sizeof p, "%s/x.test", spool);
+    rmdir(p);
+    rmdir(spool);
+    unlink(victim);
+    rmdir(dir);
+}
+
+/* issue 11 finding 10: SPOOL/.tmp leftovers older than 36 h go while the server runs, every hour */
+static void
+test_fs_tmp_clean(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", ini[1400], tmp[1300], p[1400];
+    struct mailsrv *ms = mailsrv_create();
+    int64_t now = 1000000;
+    if (!ms || !mkdtemp(dir)) { ASSERT(0); mailsrv_destroy(ms); return; }
+    snprintf(ini, sizeof ini, "[server]\nsmtp = 127.0.0.1:2525\nspool = %s\n[domain x.test]\nann = pw\n"
+             "[alias x.test]\npostmaster = ann\n", dir);
+    ms->cfg = cfg_load("/tmp/x.ini", ini);
+    mailsrv_set_log(ms, fs_count_log, NULL);
+    ASSERT(ms->cfg && ms->cfg->nerrors == 0);
+    snprintf(tmp, sizeof tmp, "%s/.tmp", dir);
+    mkdir(tmp, 0700);
+    snprintf(p, sizeof p, "%s/old", tmp);
+    fs_mkfile(p, "x");
+    fs_backdate(p, MS_TMP_MAX_AGE + 60);
+    snprintf(p, sizeof p, "%s/young", tmp);
+    fs_mkfile(p, "x");
+    fs_backdate(p, MS_TMP_MAX_AGE - 60);
+    snprintf(p, sizeof p, "%s/link", tmp); /* a link is not followed, nor removed */
+    ASSERT(symlink(dir, p) == 0);
+    fs_log_lines = 0;
+    loop_clean_tmp(ms, now);
+    snprintf(p, sizeof p, "%s/old", tmp);
+    ASSERT(os_lstat_kind(p) == OS_MISSING && fs_log_lines == 1);
+    snprintf(p, sizeof p, "%s/young", tmp);
+    ASSERT(os_lstat_kind(p) == OS_FILE);
+    snprintf(p, sizeof p, "%s/link", tmp);
+    ASSERT(os_lstat_kind(p) == OS_LINK);
+    ASSERT(ms->next_tmp_clean == now + MS_TMP_CLEAN_MS);
+    /* the next one an hour later, not before */
+    snprintf(p, sizeof p, "%s/young", tmp);
+    fs_backdate(p, MS_TMP_MAX_AGE + 60);
+    loop_clean_tmp(ms, now + MS_TMP_CLEAN_MS - 1);
+    ASSERT(os_lstat_kind(p) == OS_FILE);
+    loop_clean_tmp(ms, now + MS_TMP_CLEAN_MS);
+    ASSERT(os_lstat_kind(p) == OS_MISSING && fs_log_lines == 2);
+    snprintf(p, sizeof p, "%s/link", tmp);
+    unlink(p);
+    rmdir(tmp);
+    rmdir(dir);
+    mailsrv_destroy(ms);
+}
+
+/* issue 11 finding 10: the free-space reserve that MAIL needs */
+static void
+test_fs_free_space(void)
+{
+    ASSERT(os_free_space("/tmp") > 0);
+    ASSERT(os_free_space("/nonexistent-mailsrv-folder") == -1); /* unknown: MAIL is not refused for it */
+    ASSERT(MS_SPACE_RESERVE((int64_t)100 * 1024) == 150 * 1024);
+    ASSERT(MS_SPACE_RESERVE(MS_DEF_MAX_MESSAGE) == 15L * 1024 * 1024);
+}
+
 /* ---- trust (issue 11): fs unit tests go above this line ---- */
 
 /* ---- trust (issue 11): auth unit tests go above this line ---- */
@@ -719,6 +862,11 @@ main(void)
 #endif
 
     /* trust (issue 11): mbox test calls above this line */
+
+    test_fs_links();
+    test_fs_tmp_clean();
+
+    test_fs_free_space();
 
     /* trust (issue 11): fs test calls above this line */
 
