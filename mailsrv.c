@@ -2948,6 +2948,15 @@ list_word(char **cur, char *out, size_t n)
     return w && ms_strlcpy(out, w, n) == 0 ? 0 : -1;
 }
 
+/* The array p of n elements, with room for one more: its size doubles at
+ * each power of two, so a state of 1,000 open requests (a flood's) is not
+ * copied 1,000 times over while it is read. */
+static void *
+list_grow(void *p, int n, size_t size)
+{
+    return n & (n - 1) ? p : xrealloc(p, size * (size_t)(n ? 2 * n : 1));
+}
+
 /* 0, or -1 if the text is not a list state (nothing is then dropped). */
 static int
 list_state_parse(char *text, struct list_state *st)
@@ -2977,7 +2986,7 @@ list_state_parse(char *text, struct list_state *st)
             m.conf_time = t2;
             m.bounces = (int)b1;
             m.last_bounce = (long)b2;
-            st->m = xrealloc(st->m, sizeof *st->m * (size_t)(st->nm + 1));
+            st->m = list_grow(st->m, st->nm, sizeof *st->m);
             st->m[st->nm++] = m;
         } else if (strcmp(key, "pending") == 0) {
             struct list_pending p;
@@ -2989,7 +2998,7 @@ list_state_parse(char *text, struct list_state *st)
             if (bad) break;
             p.unsub = kind[0] == 'u';
             p.time = t1;
-            st->p = xrealloc(st->p, sizeof *st->p * (size_t)(st->np + 1));
+            st->p = list_grow(st->p, st->np, sizeof *st->p);
             st->p[st->np++] = p;
         } else {
             bad = 1;
