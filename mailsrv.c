@@ -114,7 +114,11 @@
 #define MS_LIST_TOKEN_LEN 24      /* confirmation codes: 96 random bits in hex */
 #define MS_LIST_TOKEN_TTL (7L * 86400)
 #define MS_LIST_RESEND 600        /* a repeated request within 10 min sends no new mail */
-#define MS_LIST_PENDING_MAX 1000  /* open requests kept per list */
+#define MS_LIST_PENDING_MAX 1000  /* open requests kept per list (then the oldest is evicted) */
+#define MS_LIST_REQ_PER_ADDR 10   /* requests (subscribe, unsubscribe, help) an hour from one client
+                                     address, an IPv6 /64 as one, across lists: then 450 4.7.1 */
+#define MS_LIST_REQ_PER_DOMAIN 20 /* ... for senders of one domain (forged: mail to strangers there) */
+#define MS_LIST_REQ_TRACK 1024    /* addresses and domains counted (an idle one is forgotten first) */
 #define MS_LIST_NAME_MAX 31       /* NAME-confirm-TOKEN must fit in 64 octets */
 #define MS_HEADER_MAX (64 * 1024) /* header block read from a message (lists, bounces) */
 
@@ -3016,6 +3020,15 @@ list_word(char **cur, char *out, size_t n)
     return w && ms_strlcpy(out, w, n) == 0 ? 0 : -1;
 }
 
+/* The array p of n elements, with room for one more: its size doubles at
+ * each power of two, so a state of 1,000 open requests (a flood's) is not
+ * copied 1,000 times over while it is read. */
+static void *
+list_grow(void *p, int n, size_t size)
+{
+    return n & (n - 1) ? p : xrealloc(p, size * (size_t)(n ? 2 * n : 1));
+}
+
 /* 0, or -1 if the text is not a list state (nothing is then dropped). */
 static int
 list_state_parse(char *text, struct list_state *st)
@@ -3045,7 +3058,7 @@ list_state_parse(char *text, struct list_state *st)
             m.conf_time = t2;
             m.bounces = (int)b1;
             m.last_bounce = (long)b2;
-            st->m = xrealloc(st->m, sizeof *st->m * (size_t)(st->nm + 1));
+            st->m = list_grow(st->m, st->nm, sizeof *st->m);
             st->m[st->nm++] = m;
         } else if (strcmp(key, "pending") == 0) {
             struct list_pending p;
@@ -3057,7 +3070,7 @@ list_state_parse(char *text, struct list_state *st)
             if (bad) break;
             p.unsub = kind[0] == 'u';
             p.time = t1;
-            st->p = xrealloc(st->p, sizeof *st->p * (size_t)(st->np + 1));
+            st->p = list_grow(st->p, st->np, sizeof *st->p);
             st->p[st->np++] = p;
         } else {
             bad = 1;
@@ -4631,6 +4644,7 @@ struct mailsrv {
     int64_t relay_wake, next_flush_check;
     void *tls_cache;                 /* the session resumption cache, made on first use */
     struct auth_penalty { char ip[64]; int fails; int64_t last; } pen[MS_AUTH_TRACK]; /* failed logins */
+    struct list_rate { uint64_t key; int64_t tat; } lrate[MS_LIST_REQ_TRACK]; /* list requests (section 13) */
 };
 
 static void
@@ -6978,7 +6992,8 @@ list_clean_id(char *out, size_t n, const char *h, size_t hn)
 
 /* A message from the list to one address: confirmation requests (from and
  * reply-to the confirmation address), notices and help (from NAME-owner).
- * Its envelope sender is NAME-bounces. -1 only if it could not be stored. */
+ * Its envelope sender is NAME-bounces. -1 if it could not be stored, 1 if
+ * the address is not one mail can go to (nothing sent). */
 static int
 list_send(struct mailsrv *ms, const struct cfg_list *l, const char *to, const char *token, const char *subject,
           const char *body)
@@ -6993,7 +7008,7 @@ list_send(struct mailsrv *ms, const struct cfg_list *l, const char *to, const ch
     if (addr_targets(cfg, to, &t) != RES_OK || t.n == 0) {
         ms_log(ms, "list %s@%s: no message to <%s>: not an address mail can go to", l->name, l->domain, to);
         targets_free(&t);
-        return 0;
+        return 1;
     }
     memset(&m, 0, sizeof m);
     if (msg_open(ms, &m) != 0) { targets_free(&t); return -1; }
@@ -7034,7 +7049,10 @@ list_help_text(const struct cfg_list *l, struct buf *b)
 }
 
 /* (Un)subscribe request: a code goes to the envelope sender; nothing changes
- * until it comes back. A repeat within MS_LIST_RESEND sends nothing. */
+ * until it comes back. A repeat within MS_LIST_RESEND sends nothing. An open
+ * request is kept only once its confirmation is stored (else -1: the client
+ * gets 451 and retries); with MS_LIST_PENDING_MAX open, the oldest goes, as
+ * refusing new ones would lock the list for the 7 days of a flood's codes. */
 static int
 list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, const char *peer, int unsub,
              const char *h, size_t hn)
@@ -7055,7 +7073,7 @@ list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, c
         buf_printf(&b, "<%s> is %s a member of the mailing list %s@%s.\n\n", sender, member ? "already" : "not",
                    l->name, l->domain);
         list_help_text(l, &b);
-        r = list_send(ms, l, sender, NULL, subject, b.p);
+        r = list_send(ms, l, sender, NULL, subject, b.p) < 0 ? -1 : 0;
         goto out;
     }
     for (i = 0; i < st.np; i++) {
@@ -7068,10 +7086,13 @@ list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, c
         }
         st.p[i--] = st.p[--st.np]; /* the new code replaces the old */
     }
-    if (st.np >= MS_LIST_PENDING_MAX) {
-        ms_log(ms, "list %s@%s: %d open requests: <%s> refused", l->name, l->domain, st.np, sender);
-        r = 0;
-        goto out;
+    while (st.np >= MS_LIST_PENDING_MAX) {
+        int old = 0;
+        for (i = 1; i < st.np; i++)
+            if (st.p[i].time < st.p[old].time) old = i;
+        ms_log(ms, "list %s@%s: %d open requests: the oldest, %s <%s> [%s], evicted for <%s>", l->name, l->domain,
+               st.np, st.p[old].unsub ? "unsubscribe" : "subscribe", st.p[old].addr, st.p[old].ip, sender);
+        st.p[old] = st.p[--st.np];
     }
     memset(&p, 0, sizeof p);
     os_random(rnd, sizeof rnd);
@@ -7342,9 +7363,85 @@ list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *
 }
 
 
+/* ---- request rate limits. Each request (subscribe, unsubscribe, help)
+ * mails its envelope sender, so forged ones mail strangers (backscatter).
+ * They are counted per client address and per sender domain across lists;
+ * past either limit the RCPT gets 450 4.7.1, which the client's MTA retries
+ * later (Postfix answers its anvil rate limits so). relay_networks and
+ * logged-in clients are not counted, as Postfix exempts mynetworks. Each key
+ * keeps a GCRA "theoretical arrival time": a burst of N, then one every
+ * hour/N. Keys are 64-bit FNV-1a hashes (a collision only shares a count). */
+
+/* The client's key: an IPv4 address whole, an IPv6 one by its /64 (one
+ * site). (The connection limits of section 14 may have their own /64
+ * grouping: one to unify.) */
+static void
+list_client_key(const char *peer, char *out, size_t n)
+{
+    static const unsigned char v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    struct ms_addr a;
+    ms_strlcpy(out, peer, n);
+    if (net_addr_parse(peer, 0, &a) == 0 && a.family == AF_INET6 && memcmp(a.ip, v4, 12) != 0) {
+        size_t len;
+        memset(a.ip + 8, 0, 8);
+        net_addr_str(&a, out, n);
+        len = strlen(out);
+        if (len + 4 < n) memcpy(out + len, "/64", 4);
+    }
+}
+
+static uint64_t
+list_rate_hash(char kind, const char *s)
+{
+    uint64_t h = 14695981039346656037ULL;
+    h = (h ^ (unsigned char)kind) * 1099511628211ULL;
+    for (; *s; s++) h = (h ^ (unsigned char)tolower((unsigned char)*s)) * 1099511628211ULL;
+    return h;
+}
+
+/* The slot of key (not avoid): its own while it counts, else the one that
+ * empties first. When the slot is not key's, key starts from empty. */
+static struct list_rate *
+list_rate_slot(struct list_rate *r, uint64_t key, int64_t now, const struct list_rate *avoid)
+{
+    struct list_rate *e = NULL;
+    int i;
+    for (i = 0; i < MS_LIST_REQ_TRACK; i++) {
+        if (r[i].key == key && r[i].tat > now) return &r[i];
+        if (&r[i] != avoid && (!e || r[i].tat < e->tat)) e = &r[i];
+    }
+    return e;
+}
+
+/* When key's count would empty with one request more. */
+static int64_t
+list_rate_next(const struct list_rate *e, uint64_t key, int64_t now, int per_hour)
+{
+    return (e->key == key && e->tat > now ? e->tat : now) + 3600000 / per_hour;
+}
+
+/* One more request from client (an address from list_client_key) for a
+ * sender at domain, at now (ms): counted and 0 if both limits allow it,
+ * else 1 (the client's limit) or 2 (the domain's), and nothing counted. */
+static int
+list_rate_take(struct list_rate *r, const char *client, const char *domain, int64_t now)
+{
+    uint64_t ka = list_rate_hash('a', client), kd = list_rate_hash('d', domain);
+    struct list_rate *a = list_rate_slot(r, ka, now, NULL), *d = list_rate_slot(r, kd, now, a);
+    int64_t na = list_rate_next(a, ka, now, MS_LIST_REQ_PER_ADDR), nd = list_rate_next(d, kd, now, MS_LIST_REQ_PER_DOMAIN);
+    if (na - now > 3600000) return 1;
+    if (nd - now > 3600000) return 2;
+    a->key = ka;
+    a->tat = na;
+    d->key = kd;
+    d->tat = nd;
+    return 0;
+}
+
 /* RCPT to an address of list l. Refuses in the SMTP dialogue what can be
- * refused there (no backscatter): posts by non-members (RFC 3463 5.7.2)
- * and unknown or expired codes. 0 after a refusal, 1 if accepted. */
+ * refused there (no backscatter): posts by non-members (RFC 3463 5.7.2),
+ * unknown or expired codes, requests from a sender no answer can reach and
+ * requests past the rate limits. 0 after a refusal, 1 if accepted. */
 static int
 list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt)
 {
@@ -7352,6 +7449,28 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
     struct list_state st;
     int ok = 1, i;
     if (kind == LK_OWNER) { addr_targets(c->ms->cfg, l->owner, &s->targets); return 1; }
+    for (i = 0; i < s->nlists; i++)
+        if (ms_strcaseeq(s->lists[i], rcpt)) return 1;
+    if ((kind == LK_SUBSCRIBE || kind == LK_UNSUBSCRIBE || kind == LK_HELP) && s->from[0]) {
+        /* a null sender gets no answer (list_incoming): nothing to check */
+        struct targets t = {0};
+        char key[MS_PATH_MAX];
+        int r = addr_targets(c->ms->cfg, s->from, &t) == RES_OK && t.n > 0 ? 0 : -1;
+        targets_free(&t);
+        if (r != 0) { /* as Postfix's reject_unlisted_sender answers */
+            conn_reply(c, "550 5.1.0 <%s>: Sender address rejected: User unknown, the list could not answer", s->from);
+            return 0;
+        }
+        list_client_key(c->peer, key, sizeof key);
+        if (!conn_may_relay(c) && (r = list_rate_take(c->ms->lrate, key, strrchr(s->from, '@') + 1, os_now_ms())) != 0) {
+            conn_log(c, "list %s@%s: request from <%s> [%s] refused: over %d an hour from %s", l->name, l->domain,
+                     s->from, c->peer, r == 1 ? MS_LIST_REQ_PER_ADDR : MS_LIST_REQ_PER_DOMAIN,
+                     r == 1 ? key : strrchr(s->from, '@') + 1);
+            conn_reply(c, "450 4.7.1 <%s>: too many list requests from %s, try again later", rcpt,
+                       r == 1 ? "your address" : "your sender domain");
+            return 0;
+        }
+    }
     if (kind == LK_POST && l->post == LIST_POST_OWNER) {
         /* an announcement list: a local owner must also be logged in or on a relay network */
         const char *at = strrchr(l->owner, '@');
@@ -7369,8 +7488,6 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
         if (!ok && kind == LK_POST) { conn_reply(c, "550 5.7.2 <%s>: only members may post to this list", rcpt); return 0; }
         if (!ok) { conn_reply(c, "550 5.1.1 <%s>: unknown or expired confirmation code", rcpt); return 0; }
     }
-    for (i = 0; i < s->nlists; i++)
-        if (ms_strcaseeq(s->lists[i], rcpt)) return 1;
     s->lists = xrealloc(s->lists, sizeof *s->lists * (size_t)(s->nlists + 1));
     ms_strlcpy(s->lists[s->nlists++], rcpt, sizeof s->lists[0]);
     return 1;
@@ -7431,7 +7548,7 @@ list_incoming(struct conn *c)
             char subject[700];
             snprintf(subject, sizeof subject, "Help for %s@%s", l->name, l->domain);
             list_help_text(l, &b);
-            r = list_send(ms, l, s->from, NULL, subject, b.p);
+            r = list_send(ms, l, s->from, NULL, subject, b.p) < 0 ? -1 : 0;
             buf_free(&b);
         } else {
             r = list_request(ms, l, s->from, c->peer, kind == LK_UNSUBSCRIBE, h.p, h.len);

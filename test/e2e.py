@@ -5534,6 +5534,306 @@ def fs_free_space_reserve(ctx):
 # =============================================================================================
 # trust: mailing lists under a flood of forged requests (issue 11: 6)
 # (section: listflood)
+# The limits the server promises (mailsrv.c section 2): requests (subscribe, unsubscribe, help) per
+# hour from one client address (an IPv6 /64 counts as one) and for one sender domain, across lists.
+LF_PER_ADDR = 10
+LF_PER_DOMAIN = 20
+LF_PENDING_MAX = 1000
+
+
+def lf_domains(n, prefix="f"):
+    """[domain] sections PREFIX0.test ... each with a catch-all to dave@other.test: confirmations to
+    forged senders there are stored locally, where they can be counted."""
+    out = ""
+    for i in range(n):
+        d = "%s%d.test" % (prefix, i)
+        out += "\n[domain %s]\n\n[alias %s]\npostmaster = dave@other.test\n* = dave@other.test\n" % (d, d)
+    return out
+
+
+def lf_server(ctx, net=None, domains="", **server):
+    """A list server where loopback is not a relay network (relay_networks are exempt from the limits)."""
+    keys = {"relay_networks": "", "max_clients": "40"}
+    keys.update(server)
+    sections = {"list " + LIST: {"owner": "alice@example.test", "post": "members"}}
+    if net:
+        srv = net.server(server=keys, domains=DOMAINS + domains)
+        srv.sections.update(sections)
+        srv.write_ini()
+        return srv.start()
+    return ctx.server(server=keys, domains=DOMAINS + domains, sections=sections).start()
+
+
+def lf_request_msg(sender, kind="subscribe"):
+    return ("From: <%s>\r\nTo: <news-%s@example.test>\r\nSubject: %s\r\nMessage-ID: <%s@flood.test>\r\n\r\nplease\r\n"
+            % (sender, kind, kind, tok())).encode()
+
+
+def lf_flood(srv, source, senders, kind="subscribe", per_session=10, progress=None):
+    """Requests from the address `source`, per_session to a session: MAIL, RCPT news-KIND, then DATA when
+    the RCPT is taken, RSET when not. Returns (taken: senders whose request got 250 at the dot,
+    refused: (sender, code, text) for each refusal, at the greeting, RCPT or the dot)."""
+    taken, refused = [], []
+    i = 0
+    while i < len(senders):
+        c = srv.ctx.track(Smtp(srv.smtp_port, "127.0.0.1", source=source))
+        code, text = c.reply()
+        if code != 220:  # a connection limit: a refusal too
+            refused.append((senders[i], code, text))
+            i += 1
+            c.close()
+            continue
+        c.expect("EHLO flood.test", 250)
+        for s in senders[i:i + per_session]:
+            i += 1
+            c.expect("MAIL FROM:<%s>" % s, 250)
+            code, text = c.cmd("RCPT TO:<news-%s@example.test>" % kind)
+            if code == 250:
+                c.expect("DATA", 354)
+                c.send(dot_stuff(lf_request_msg(s, kind)) + b".\r\n")
+                code, text = c.reply()
+                if code == 250:
+                    taken.append(s)
+            if code != 250:
+                refused.append((s, code, text))
+                if code == 421:
+                    break
+                c.expect("RSET", 250)
+            if progress is not None:
+                progress[0] += 1
+        c.close()
+    return taken, refused
+
+
+def lf_pending(srv):
+    """(code, kind, address, time) of each open request in the list's state file."""
+    path = os.path.join(srv.spool, "example.test", ".lists", "news", "state")
+    try:
+        with open(path) as f:
+            return [tuple(l.split()[1:5]) for l in f.read().splitlines() if l.startswith("pending ")]
+    except FileNotFoundError:
+        return []
+
+
+def lf_subscribe(srv, addr, source, timeout=10):
+    """A real subscriber at a local mailbox, writing from `source`: asks, waits for the confirmation
+    and replies to it. Returns "confirmed" or what went wrong."""
+    before = len(confirmations(g["data"] for g in srv.fetch(addr)))
+    try:
+        with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="real.test", timeout=secs(10),
+                          source_address=(source, 0)) as s:
+            s.sendmail(addr, ["news-subscribe@example.test"], lf_request_msg(addr))
+    except smtplib.SMTPRecipientsRefused as e:
+        return "request refused: %s" % e.recipients
+    except smtplib.SMTPResponseException as e:
+        return "request refused: %d %s" % (e.smtp_code, e.smtp_error)
+    try:
+        code = wait_for(lambda: (lambda c: len(c) > before and c[before])(confirmations(g["data"] for g in srv.fetch(addr))),
+                        timeout, "the confirmation for %s" % addr)
+    except TestFailure:
+        return "250, then no confirmation within %ds" % timeout
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="real.test", timeout=secs(10),
+                      source_address=(source, 0)) as s:
+        s.sendmail(addr, ["news-confirm-%s@example.test" % code],
+                   ("From: <%s>\r\nSubject: Re: Confirm\r\n\r\nyes\r\n" % addr).encode())
+    return "confirmed" if addr in members(srv) else "confirmed, but not a member: %s" % members(srv)
+
+
+def lf_reply(r):
+    """smtplib's (code, bytes) as (code, str)."""
+    return r[0], r[1].decode("latin-1")
+
+
+def lf_all_450(refused):
+    """Every refusal is 450 4.7.1, but for 421s of connection limits (another defence) if any."""
+    return all((c == 450 and t.split()[1] == "4.7.1") or c == 421 for _, c, t in refused) and \
+        any(c == 450 for _, c, t in refused)
+
+
+def lf_codes(refused):
+    return sorted(set("%d %s" % (c, t.split()[1] if len(t.split()) > 1 else "") for _, c, t in refused))
+
+
+@test(limit=150)
+def listflood_one_address(ctx):
+    srv = lf_server(ctx, domains=lf_domains(100))
+    senders = ["victim%d@f%d.test" % (i, i % 100) for i in range(1000)]  # 10 a domain: the address limit is hit first
+    progress, result = [0], {}
+
+    def flood():
+        try:
+            result["r"] = lf_flood(srv, "127.0.0.2", senders, progress=progress)
+        except Exception as e:  # reported below
+            result["e"] = e
+    t0 = time.monotonic()
+    th = threading.Thread(target=flood)
+    th.start()
+    try:
+        wait_for(lambda: progress[0] >= 300 or not th.is_alive(), 60, "300 forged requests")
+        during = lf_subscribe(srv, "bob@example.test", "127.0.0.20")
+    finally:
+        th.join(secs(100))
+    check(not th.is_alive() and "r" in result, "the flood did not finish: %s" % result.get("e"))
+    elapsed = time.monotonic() - t0
+    taken, refused = result["r"]
+    after = lf_subscribe(srv, "carol@example.test", "127.0.0.21")
+    wait_for(lambda: len(maildir_files(srv, "dave@other.test")) >= len(taken), 10, "the confirmations")
+    queued = len(maildir_files(srv, "dave@other.test"))
+    forged_pending = [p for p in lf_pending(srv) if p[2].startswith("victim")]
+    print("#   1,000 forged requests from one address in %.1fs: %d taken, %d refused (%s); %d confirmations "
+          "queued to forged senders, %d open requests; a real subscriber during the flood: %s; after: %s"
+          % (elapsed, len(taken), len(refused), ", ".join(lf_codes(refused)) or "-", queued, len(forged_pending),
+             during, after))
+    check(len(taken) <= LF_PER_ADDR, "%d requests from one address taken (limit %d an hour)" % (len(taken), LF_PER_ADDR))
+    check(len(taken) + len(refused) == 1000, "%d + %d answers to 1000 requests" % (len(taken), len(refused)))
+    check(lf_all_450(refused), "refusals past the limit are not 450 4.7.1: %s" % lf_codes(refused))
+    check(queued == len(taken), "%d requests taken but %d confirmations queued" % (len(taken), queued))
+    check(len(forged_pending) == len(taken), "%d requests taken but %d open" % (len(taken), len(forged_pending)))
+    check(during == "confirmed", "a real subscriber during the flood: %s" % during)
+    check(after == "confirmed", "a real subscriber after the flood: %s" % after)
+    # relay_networks and logged-in clients are exempt (as Postfix exempts mynetworks from anvil's limits)
+    c = srv.ctx.track(Smtp(srv.smtp_port, "127.0.0.1", source="127.0.0.2"))
+    check(c.reply()[0] == 220, "greeting")
+    c.expect("EHLO flood.test", 250)
+    c.expect("AUTH PLAIN " + plain("alice@example.test", PASSWORDS["alice@example.test"]), 235)
+    c.expect("MAIL FROM:<alice@example.test>", 250)
+    c.expect("RCPT TO:<news-subscribe@example.test>", 250)
+    c.expect("QUIT", 221)
+
+
+@test(limit=150)
+def listflood_many_addresses(ctx):
+    srv = lf_server(ctx, domains=lf_domains(3, "g"))
+    sources = ["127.0.0.%d" % i for i in range(2, 10)]
+    results, progress = {}, [0]
+
+    def flood(src):
+        try:
+            results[src] = lf_flood(srv, src, ["v%s-%d@g%d.test" % (src.split(".")[3], i, i % 3) for i in range(125)],
+                                    progress=progress)
+        except Exception as e:
+            results[src] = e
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=flood, args=(s,)) for s in sources]
+    for th in threads:
+        th.start()
+    try:
+        wait_for(lambda: progress[0] >= 300 or not any(th.is_alive() for th in threads), 60, "300 forged requests")
+        during = lf_subscribe(srv, "bob@example.test", "127.0.0.20")
+    finally:
+        for th in threads:
+            th.join(secs(100))
+    elapsed = time.monotonic() - t0
+    bad = [(s, r) for s, r in results.items() if not isinstance(r, tuple)]
+    check(len(results) == len(sources) and not bad, "flood sessions failed: %s" % bad)
+    taken = [a for r in results.values() for a in r[0]]
+    refused = [x for r in results.values() for x in r[1]]
+    after = lf_subscribe(srv, "carol@example.test", "127.0.0.21")
+    # a real subscriber at a flooded domain is told to come back later, not dropped
+    try:
+        srv_refused = srv.send(["news-subscribe@example.test"], lf_request_msg("real@g0.test"), sender="real@g0.test")
+        flooded = "250"
+    except smtplib.SMTPRecipientsRefused as e:
+        srv_refused = e.recipients
+        flooded = "%d %s" % lf_reply(srv_refused["news-subscribe@example.test"])
+    wait_for(lambda: len(maildir_files(srv, "dave@other.test")) >= len(taken), 10, "the confirmations")
+    queued = len(maildir_files(srv, "dave@other.test"))
+    per_src = {s: len(r[0]) for s, r in results.items()}
+    per_dom = collections.Counter(a.split("@")[1] for a in taken)
+    print("#   1,000 forged requests from 8 addresses for 3 domains in %.1fs: %d taken (per address %s, per domain %s), "
+          "%d refused (%s); %d confirmations queued; a real subscriber during: %s; after: %s; one at a flooded domain: %s"
+          % (elapsed, len(taken), sorted(per_src.values()), sorted(per_dom.values()), len(refused),
+             ", ".join(lf_codes(refused)) or "-", queued - (flooded == "250"), during, after, short(flooded, 80)))
+    check(max(per_src.values()) <= LF_PER_ADDR, "an address got %d requests taken (limit %d)" % (max(per_src.values()), LF_PER_ADDR))
+    check(max(per_dom.values()) <= LF_PER_DOMAIN, "a domain got %d requests taken (limit %d)" % (max(per_dom.values()), LF_PER_DOMAIN))
+    check(len(taken) + len(refused) == 1000, "%d + %d answers to 1000 requests" % (len(taken), len(refused)))
+    check(lf_all_450(refused), "refusals: %s" % lf_codes(refused))
+    check(queued - (flooded == "250") == len(taken), "%d taken, %d confirmations queued" % (len(taken), queued))
+    check(flooded.startswith("450 "), "a request from a flooded domain: %s" % flooded)
+    check(during == "confirmed", "a real subscriber during the flood: %s" % during)
+    check(after == "confirmed", "a real subscriber after the flood: %s" % after)
+
+
+@test(limit=90)
+def listflood_full_table_evicts_oldest(ctx):
+    srv = lf_server(ctx, domains=lf_domains(100))
+    # the first request, made older by an hour in the state file (as an hour of waiting would)
+    taken, refused = lf_flood(srv, "127.0.1.1", ["first@f0.test"])
+    check(taken == ["first@f0.test"], "the first request: %s" % refused)
+    path = os.path.join(srv.spool, "example.test", ".lists", "news", "state")
+    with open(path) as f:
+        text = f.read()
+    first = lf_pending(srv)[0]
+    line = [l for l in text.splitlines() if l.startswith("pending %s " % first[0])][0]
+    aged = line.replace(" %s %s " % (first[2], first[3]), " %s %d " % (first[2], int(first[3]) - 3600))
+    # 989 requests of a flood from many addresses minutes ago, in the state file (filling it through
+    # SMTP takes 20 s, several minutes under the sanitizers: each request rewrites the whole file);
+    # the oldest request sits in the middle, then 10 more through SMTP fill the table
+    now = int(first[3])
+    old = ["pending %024x subscribe old%d@f%d.test %d 192.0.2.%d <old%d@flood.test>"
+           % (random.getrandbits(96), i, i % 100, now - 600 + i // 10, i % 250 + 1, i) for i in range(989)]
+    with open(path, "w") as f:
+        f.write(text.replace(line + "\n", "\n".join(old[:500] + [aged] + old[500:]) + "\n"))
+    t0 = time.monotonic()
+    taken, refused = lf_flood(srv, "127.0.1.2", ["r%d@f%d.test" % (i, i) for i in range(10)])
+    check(not refused, "within the limits, refused: %s" % refused[:3])
+    n = 990 + len(taken)
+    fill = time.monotonic() - t0
+    pend = lf_pending(srv)
+    check(n == LF_PENDING_MAX and len(pend) == LF_PENDING_MAX, "%d requests taken, %d open" % (n, len(pend)))
+    check(first[0] in [p[0] for p in pend], "the first request is gone before the table is full")
+    after = lf_subscribe(srv, "bob@example.test", "127.0.0.20")
+    pend = lf_pending(srv)
+    code, text = srv.rcpt_code("news-confirm-%s@example.test" % first[0])
+    print("#   %d open requests (the last 10 in %.1fs), then a real subscriber: %s; open requests now %d; the oldest "
+          "request's code: %d %s" % (LF_PENDING_MAX, fill, after, len(pend), code, short(text, 60)))
+    check(after == "confirmed", "a real subscriber with the table full: %s" % after)
+    check(first[0] not in [p[0] for p in pend], "the oldest request was not evicted")
+    check(len(pend) == LF_PENDING_MAX - 1, "%d open requests after one eviction and one confirmation" % len(pend))
+    check(code == 550, "the evicted request's code: %d %s" % (code, text))
+    check("evicted" in srv.log_text(), "the eviction is not logged")
+
+
+@test(limit=60)
+def listflood_unsendable_confirmation(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = lf_server(ctx, net)
+    # a sender that cannot get mail here (no such mailbox): refused at RCPT, nothing kept
+    try:
+        srv.send(["news-subscribe@example.test"], lf_request_msg("nobody@example.test"), sender="nobody@example.test")
+        got = "250"
+    except smtplib.SMTPRecipientsRefused as e:
+        got = "%d %s" % lf_reply(e.recipients["news-subscribe@example.test"])
+    pend = lf_pending(srv)
+    print("#   a request from a sender with no mailbox: %s, %d open requests" % (short(got, 80), len(pend)))
+    check(got.startswith("550 "), "a request from <nobody@example.test> (no such mailbox): %s" % got)
+    check(pend == [], "an open request with no confirmation sent: %s" % pend)
+    # the queue cannot be written: the confirmation to a remote sender cannot be stored
+    away = srv.queue + ".away" if os.path.isdir(srv.queue) else None  # made when first needed
+    if away:
+        os.rename(srv.queue, away)
+    with open(srv.queue, "w") as f:
+        f.write("not a folder\n")
+    try:
+        srv.send(["news-subscribe@example.test"], lf_request_msg("ann@remote.test"), sender="ann@remote.test")
+        got = "250"
+    except smtplib.SMTPResponseException as e:
+        got = "%d %s" % (e.smtp_code, e.smtp_error.decode("latin-1"))
+    finally:
+        os.unlink(srv.queue)
+        if away:
+            os.rename(away, srv.queue)
+    pend = lf_pending(srv)
+    print("#   a request whose confirmation cannot be queued: %s, %d open requests" % (short(got, 80), len(pend)))
+    check(got.startswith("451 "), "a request whose confirmation cannot be queued: %s" % got)
+    check(pend == [], "an open request whose confirmation was not queued: %s" % pend)
+    # once the queue works again, the retried request gets its confirmation and it works
+    check(srv.send(["news-subscribe@example.test"], lf_request_msg("ann@remote.test"), sender="ann@remote.test") == {}, "")
+    m = sink_wait(sink, 1, 15, "the confirmation at the sink")[0]
+    check(confirm(srv, "ann@remote.test", confirmations([m["data"]])[0]) == {}, "confirmation refused")
+    check(members(srv) == ["ann@remote.test"], "members: %s" % members(srv))
 
 # end of section: listflood
 

@@ -836,6 +836,59 @@ test_fs_free_space(void)
 
 /* ---- trust (issue 11): anvil unit tests go above this line ---- */
 
+/* listflood: the rate limits on list requests (per client address, IPv6 by /64, and per sender
+ * domain) and the client key. */
+static void
+test_list_rate(void)
+{
+    static struct list_rate r[MS_LIST_REQ_TRACK];
+    char k[MS_PATH_MAX];
+    int64_t now = 1000000000, per = 3600000 / MS_LIST_REQ_PER_ADDR;
+    int i, n;
+    list_client_key("192.0.2.7", k, sizeof k);
+    ASSERT(strcmp(k, "192.0.2.7") == 0);
+    list_client_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", k, sizeof k);
+    ASSERT(strcmp(k, "2001:db8:1:2::/64") == 0);
+    list_client_key("::ffff:192.0.2.7", k, sizeof k);  /* IPv4-mapped: one address, not all of IPv4 */
+    ASSERT(strcmp(k, "::ffff:192.0.2.7") == 0);
+    ASSERT(list_rate_hash('d', "Example.COM") == list_rate_hash('d', "example.com"));
+    ASSERT(list_rate_hash('a', "example.com") != list_rate_hash('d', "example.com"));
+    /* a burst of the address's limit, then refusals that count nothing */
+    for (i = n = 0; i < 100; i++) n += list_rate_take(r, "192.0.2.7", "d1.test", now) == 0;
+    ASSERT(n == MS_LIST_REQ_PER_ADDR);
+    ASSERT(list_rate_take(r, "192.0.2.7", "other.test", now) == 1);
+    /* another address of the same /64 is the same client; another /64 is not */
+    for (i = 0; i < MS_LIST_REQ_PER_ADDR; i++) {
+        char ip[64];
+        snprintf(ip, sizeof ip, "2001:db8:1:2::%x", i + 1);
+        list_client_key(ip, k, sizeof k);
+        ASSERT(list_rate_take(r, k, "d2.test", now) == 0);
+    }
+    list_client_key("2001:db8:1:2::99", k, sizeof k);
+    ASSERT(list_rate_take(r, k, "d3.test", now) == 1);
+    list_client_key("2001:db8:1:3::1", k, sizeof k);
+    ASSERT(list_rate_take(r, k, "d3.test", now) == 0);
+    /* one more an hour/N later, not before */
+    ASSERT(list_rate_take(r, "192.0.2.7", "d1.test", now + per - 1000) == 1);
+    ASSERT(list_rate_take(r, "192.0.2.7", "d1.test", now + per) == 0);
+    ASSERT(list_rate_take(r, "192.0.2.7", "d1.test", now + per) == 1);
+    /* the domain's limit, from many addresses; the refused ones are not counted against them */
+    for (i = n = 0; i < 100; i++) {
+        snprintf(k, sizeof k, "198.51.100.%d", i);
+        n += list_rate_take(r, k, "victim.test", now) == 0;
+    }
+    ASSERT(n == MS_LIST_REQ_PER_DOMAIN);
+    ASSERT(list_rate_take(r, "198.51.100.99", "victim.test", now) == 2);
+    ASSERT(list_rate_take(r, "198.51.100.99", "elsewhere.test", now) == 0);
+    /* after an hour everything is forgotten */
+    ASSERT(list_rate_take(r, "192.0.2.7", "victim.test", now + 2 * 3600000) == 0);
+    /* more keys than slots: the table stays usable and new keys get their burst */
+    for (i = 0; i < 3 * MS_LIST_REQ_TRACK; i++) {
+        snprintf(k, sizeof k, "10.%d.%d.1", i / 256, i % 256);
+        ASSERT(list_rate_take(r, k, k, now + 3 * 3600000) == 0);
+    }
+}
+
 /* ---- trust (issue 11): listflood unit tests go above this line ---- */
 
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
@@ -874,6 +927,7 @@ main(void)
 
     /* trust (issue 11): anvil test calls above this line */
 
+    test_list_rate();
     /* trust (issue 11): listflood test calls above this line */
 
     /* trust (issue 11): cfg test calls above this line */
