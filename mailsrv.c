@@ -4443,7 +4443,7 @@ enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
 
 struct smtp_sess {
     int state, esmtp, auth_step, auth_fails;
-    char helo[256];
+    char helo[MS_DOMAIN_MAX + 6];    /* a 255-octet name, visible (ms_visible keeps 5 spare) */
     char auth_user[MS_PATH_MAX];     /* "" until AUTH succeeds */
     char login_user[MS_PATH_MAX];    /* AUTH LOGIN: the user between the two steps */
     char from[MS_PATH_MAX];
@@ -4847,7 +4847,7 @@ static void
 smtp_do_helo(struct conn *c, const char *args, int esmtp)
 {
     struct smtp_sess *s = &c->u.smtp;
-    if (!*args || strchr(args, ' ') || strlen(args) >= sizeof s->helo) {
+    if (!*args || strchr(args, ' ') || strlen(args) > MS_DOMAIN_MAX) { /* RFC 5321 4.5.3.1.2 */
         conn_reply(c, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
@@ -5078,8 +5078,8 @@ smtp_do_data(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     struct mailsrv *ms = c->ms;
-    char hdr[1024], date[64];
-    int n;
+    char date[64];
+    struct buf hdr = {0};
     const char *host = ms->cfg->hostname;
     if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
     if (s->state != SMTP_S_RCPT) {
@@ -5093,18 +5093,21 @@ smtp_do_data(struct conn *c, const char *args)
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
     ms_rfc5322_date(date, sizeof date, s->msg.when);
-    n = snprintf(hdr, sizeof hdr,
-                 "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
-                 s->from, s->helo, c->peer, host,
-                 s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
-                 s->nrcpt == 1 ? "\n\tfor <" : "", s->nrcpt == 1 ? s->first_rcpt : "", s->nrcpt == 1 ? ">" : "",
-                 date);
+    /* a growing buffer: with the longest sender, HELO name, host name and recipient the header
+     * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
+    buf_printf(&hdr, "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
+               s->from, s->helo, c->peer, host,
+               s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
+               s->nrcpt == 1 ? "\n\tfor <" : "", s->nrcpt == 1 ? s->first_rcpt : "", s->nrcpt == 1 ? ">" : "",
+               date);
     data_rx_init(&s->rx);
-    s->msg.size = n;
+    s->msg.size = (int64_t)hdr.len;
     s->msg.lines = s->msg.hdr_lines = 4 + (s->nrcpt == 1); /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
     s->wlen = 0;
-    smtp_write_data(s, hdr, (size_t)n);
+    if (!hdr.p) s->tx_error = TXERR_IO; /* vsnprintf failed: refused at the final dot */
+    else smtp_write_data(s, hdr.p, hdr.len);
+    buf_free(&hdr);
     s->state = SMTP_S_DATA;
     conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
 }

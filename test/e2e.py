@@ -5403,6 +5403,61 @@ def smtpfix_fail2ban_server_bans(ctx):
             proc.kill()
             proc.wait(timeout=secs(10))
 
+
+# Finding 13a: the Received/Return-Path header of a message whose parts are all long.
+
+def long_domain(n, tld="test"):
+    """A valid domain name of exactly n octets (labels of at most 63)."""
+    m, labels = n - len(tld), []  # m: the labels' octets, each with its dot
+    while m > 0:
+        k = min(63, m - 1)
+        if m - (k + 1) == 1:  # never leave room for a dot alone
+            k -= 1
+        labels.append(chr(ord("a") + len(labels) % 26) * k)
+        m -= k + 1
+    return ".".join(labels + [tld])
+
+
+def long_addr(n, tld="test", c="l"):
+    """An address (no brackets) of exactly n octets: a 64-octet local part."""
+    return c * 64 + "@" + long_domain(n - 65, tld)
+
+
+@test(limit=60)
+def smtpfix_received_header_long(ctx):
+    if not have_ipv6():
+        raise Skip("no IPv6 loopback")
+    net = Net(ctx)
+    host = long_domain(181, "example")  # the INI takes lines up to 198 characters
+    rcpt = long_addr(254, "remote")      # the longest paths: 256 octets with the brackets
+    sender = long_addr(254, "sender", "s")
+    helo = long_domain(255, "client")    # the longest EHLO argument mailsrv takes
+    net.domain(rcpt.split("@")[1])
+    sink = net.sink()
+    p6 = free_ports(1, "::1")
+    srv = net.server(server={"hostname": host, "relay_networks": "::1"})
+    srv.keys["smtp"] += ", [::1]:%d" % p6[0]
+    srv.write_ini()
+    srv.start()
+    c = ctx.track(Smtp(p6[0], "::1"))
+    check(c.reply()[0] == 220, "no greeting")
+    c.expect("EHLO " + helo, 250)
+    t = tok()
+    msg = make_msg(t, to=rcpt, sender=sender)
+    code, text = c.send_mail(sender, [rcpt], msg)
+    check(code == 250, "message from a relay client over IPv6: %s" % short(text))
+    got = sink_wait(sink, 1, 20)[0]["data"]
+    # what mailsrv adds, built from its known parts (the id and date are its own; Return-Path is
+    # dropped when relaying): anything else, a byte of the server's stack, fails
+    want = (re.escape("Received: from %s ([::1])\r\n\tby %s (mailsrv) with ESMTP id " % (helo, host)).encode()
+            + rb"[0-9A-Za-z.]+" + re.escape("\r\n\tfor <%s>;\r\n\t" % rcpt).encode()
+            + rb"[A-Z][a-z]{2}, \d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d \+0000\r\n")
+    m = re.match(want, got)
+    check(m is not None, "relayed trace header is not what it should be: %r" % got[:1400])
+    check(got[m.end():] == msg, "after the trace header: %s, expected the message as sent"
+          % short(got[m.end():], 600))
+    check(len(m.group(0)) + len("Return-Path: <%s>\n" % sender) > 1024, "the header is short: the test tests nothing")
+
 # end of section: smtpfix
 
 
