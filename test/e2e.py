@@ -5458,6 +5458,40 @@ def smtpfix_received_header_long(ctx):
           % short(got[m.end():], 600))
     check(len(m.group(0)) + len("Return-Path: <%s>\n" % sender) > 1024, "the header is short: the test tests nothing")
 
+
+# Finding 13c: paths at RFC 5321's limit (4.5.3.1.3: 256 octets with the angle brackets).
+
+@test(limit=60)
+def smtpfix_rcpt_path_length(ctx):
+    srv = ctx.server(server={"capture": "yes"}).start()  # every address is a mailbox here
+    c = srv.smtp()
+    for n in (254, 255, 256, 257, 258):  # the path's octets, "<" and ">" included
+        addr = long_addr(n - 2)
+        c.expect("MAIL FROM:<%s>" % SENDER, 250)
+        code, text = c.cmd("RCPT TO:<%s>" % addr)
+        if n <= 256:
+            check(code == 250, "RCPT with a %d-octet path: %s, expected 250" % (n, short(text)))
+            t = tok()
+            c.expect("DATA", 354)
+            c.send(dot_stuff(make_msg(t, to=addr)) + b".\r\n")
+            code, text = c.reply()
+            check(code == 250, "DATA to a %d-octet path: %s" % (n, short(text)))
+            check(stored_tokens(srv, addr) == [t], "250 for a %d-octet path, but stored: %s"
+                  % (n, stored_tokens(srv, addr)))
+        else:
+            check(code == 501 and "5.1.3" in text, "RCPT with a %d-octet path: %s, expected 501 5.1.3 (%s)"
+                  % (n, short(text), "and then nothing stored" if code == 250 else ""))
+            c.expect("RSET", 250)
+    for n in (256, 257):  # the reverse-path has the same limit
+        code, text = c.cmd("MAIL FROM:<%s>" % long_addr(n - 2, "sender"))
+        check(code == (250 if n == 256 else 501) and (n == 256 or "5.1.7" in text),
+              "MAIL FROM with a %d-octet path: %s" % (n, short(text)))
+        c.expect("RSET", 250)
+    # a local part of 65 octets (4.5.3.1.1: 64), a domain of 256 (4.5.3.1.2: 255)
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    for addr in ("l" * 65 + "@example.test", "l@" + long_domain(256)):
+        c.expect("RCPT TO:<%s>" % addr, 501, "5.1.3")
+
 # end of section: smtpfix
 
 
