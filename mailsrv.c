@@ -3432,7 +3432,7 @@ queue_env_read(const char *qdir, const char *id)
         if (strcmp(line, "mailsrv-queue 1") == 0) ok = 1;
         else if (strncmp(line, "from <", 6) == 0 && line[strlen(line) - 1] == '>') {
             line[strlen(line) - 1] = 0;
-            ms_strlcpy(e->from, line + 6, sizeof e->from);
+            if (ms_strlcpy(e->from, line + 6, sizeof e->from) != 0) { ok = 0; break; } /* never relayed cut */
         } else if (!(key = ms_word(&cur))) continue;
         else if (strcmp(key, "rcpt") == 0) {
             struct qrcpt *r;

@@ -759,6 +759,34 @@ test_smtpfix_path_limits(void)
     targets_free(&t);
 }
 
+/* The relay queue: a sender that does not fit makes the entry unreadable (logged), never cut. */
+static void
+test_smtpfix_queue_from(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-sfXXXXXX", path[100], from[300];
+    struct qentry *e;
+    FILE *f;
+    ASSERT(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/q.env", dir);
+    memset(from, 's', sizeof from);
+    from[64] = '@';
+    from[MS_PATH_MAX - 1] = 0; /* 255 octets: fits */
+    f = fopen(path, "w");
+    fprintf(f, "mailsrv-queue 1\nfrom <%s>\nrcpt pending a@b.test\n", from);
+    fclose(f);
+    e = queue_env_read(dir, "q");
+    ASSERT(e != NULL && e && strcmp(e->from, from) == 0);
+    if (e) qentry_free(e);
+    from[MS_PATH_MAX - 1] = 's';
+    from[MS_PATH_MAX] = 0; /* 256 */
+    f = fopen(path, "w");
+    fprintf(f, "mailsrv-queue 1\nfrom <%s>\nrcpt pending a@b.test\n", from);
+    fclose(f);
+    ASSERT(queue_env_read(dir, "q") == NULL);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
 
 int
@@ -793,6 +821,8 @@ main(void)
     /* trust (issue 11): cfg test calls above this line */
 
     test_smtpfix_path_limits();
+
+    test_smtpfix_queue_from();
 
     /* trust (issue 11): smtpfix test calls above this line */
 
