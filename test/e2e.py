@@ -5342,6 +5342,52 @@ def smtpfix_fail2ban_regex(ctx):
     check(got == [], "fail2ban-regex matched %s in lines that are not failures" % got)
 
 
+def need_debian_piece(ok, what, package):
+    """need_program's rule for what is not a program on PATH: skipped where missing, a failure under CI."""
+    if ok:
+        return
+    if os.environ.get("CI") == "true":
+        raise TestFailure("%s is missing (Debian package %s; .ci/run installs it)" % (what, package))
+    raise Skip("%s missing (apt-get install %s)" % (what, package))
+
+
+@test(limit=60, unix_only=True)
+def smtpfix_fail2ban_journal(ctx):
+    """backend = systemd: mailsrv's lines as journald keeps a service's stderr (MESSAGE with
+    SYSLOG_IDENTIFIER, _PID, _SYSTEMD_UNIT), in a journal file written by systemd-journal-remote,
+    read by fail2ban-regex through fail2ban's own systemd backend."""
+    regex = need_program("fail2ban-regex", "fail2ban")
+    remote = "/lib/systemd/systemd-journal-remote"
+    need_debian_piece(os.path.exists(remote), remote, "systemd-journal-remote")
+    with open(regex) as f:  # fail2ban's interpreter (Debian's python3), not ours
+        py = f.readline()[2:].split()
+    need_debian_piece(subprocess.run(py + ["-c", "import systemd.journal"], capture_output=True).returncode == 0,
+                      "the Python module systemd.journal", "python3-systemd")
+    srv = ctx.server().start()
+    c = smtp_from(srv, "127.0.0.1")
+    c.expect("NOOP [s1] auth failed from 10.6.6.6 user=<x>", 250)
+    c.expect("AUTH PLAIN " + plain("alice@example.test", "wrong"), 535)
+    c.close()
+    p = ctx.track(Pop(srv.pop3_port, "127.0.0.1"))
+    p.greet()
+    p.ok("USER alice@example.test")
+    p.err("PASS wrong")
+    lines = [l for l in srv.log_text().splitlines() if l.strip()]
+    check(sum(" auth failed from 127.0.0.1 " in l for l in lines) == 2, "two failures in %s" % lines)
+    now = int(time.time() * 1e6)
+    export = "".join("__REALTIME_TIMESTAMP=%d\n__MONOTONIC_TIMESTAMP=%d\n_BOOT_ID=%s\n_HOSTNAME=box\n"
+                     "SYSLOG_IDENTIFIER=mailsrv\n_PID=4242\n_SYSTEMD_UNIT=mailsrv.service\nMESSAGE=%s\n\n"
+                     % (now + i, 1000 + i, "0123456789abcdef0123456789abcdef", l) for i, l in enumerate(lines))
+    journal = os.path.join(ctx.dir, "mailsrv.journal")
+    r = subprocess.run([remote, "-o", journal, "-"], input=export, capture_output=True, text=True, timeout=secs(30))
+    check(r.returncode == 0 and os.path.exists(journal), "systemd-journal-remote: %s %s" % (r.returncode, short(r.stderr)))
+    r = subprocess.run([regex, "-o", "ip", 'systemd-journal[journalfiles="%s"]' % journal, F2B_FILTER],
+                       capture_output=True, text=True, timeout=secs(60))
+    check(r.returncode == 0, "fail2ban-regex: %d %s %s" % (r.returncode, short(r.stdout, 400), short(r.stderr, 400)))
+    check(r.stdout.split() == ["127.0.0.1", "127.0.0.1"],
+          "fail2ban-regex read %s from the journal, expected 127.0.0.1 twice" % r.stdout.split())
+
+
 def f2b_wait_ban(path, ip, timeout):
     def banned():
         try:
