@@ -2105,16 +2105,17 @@ cfg_free(struct ms_config *c)
 struct targets { char (*v)[MS_PATH_MAX]; char *remote; int n, cap; };
 
 /* Local mailboxes are lower case; a remote local part keeps its case
- * (RFC 5321 2.4: only the destination host may interpret it). */
-static void
+ * (RFC 5321 2.4: only the destination host may interpret it). -1 if the
+ * address does not fit (over 255 octets): never dropped without a word. */
+static int
 targets_add(struct targets *t, const char *user, const char *domain, int remote)
 {
     char a[MS_PATH_MAX];
     int i;
-    if (ms_fmt(a, sizeof a, "%s@%s", user, domain) < 0) return;
+    if (ms_fmt(a, sizeof a, "%s@%s", user, domain) < 0) return -1;
     ms_lower(remote ? strrchr(a, '@') : a);
     for (i = 0; i < t->n; i++)
-        if (strcmp(t->v[i], a) == 0) return; /* one copy per mailbox */
+        if (strcmp(t->v[i], a) == 0) return 0; /* one copy per mailbox */
     if (t->n == t->cap) {
         t->cap = t->cap ? t->cap * 2 : 4;
         t->v = xrealloc(t->v, sizeof *t->v * (size_t)t->cap);
@@ -2122,6 +2123,7 @@ targets_add(struct targets *t, const char *user, const char *domain, int remote)
     }
     t->remote[t->n] = (char)remote;
     memcpy(t->v[t->n++], a, sizeof a);
+    return 0;
 }
 
 static void
@@ -2163,7 +2165,7 @@ addr_remote_domain(char *domain)
     return cfg_valid_domain(domain);
 }
 
-enum { RES_OK = 0, RES_UNKNOWN = -1, RES_NONLOCAL = -2, RES_LOOP = -3 };
+enum { RES_OK = 0, RES_UNKNOWN = -1, RES_NONLOCAL = -2, RES_LOOP = -3, RES_TOOLONG = -4 };
 
 static int cfg_resolve(const struct ms_config *c, const char *local, const char *domain,
                        struct targets *out, int depth);
@@ -2201,11 +2203,10 @@ cfg_resolve(const struct ms_config *c, const char *local, const char *domain, st
         if (depth == 0) return RES_NONLOCAL;
         if (!addr_dot_string(local) || ms_strlcpy(dom, domain, sizeof dom) != 0 || !addr_remote_domain(dom))
             return RES_UNKNOWN;
-        targets_add(out, local, dom, 1);
-        return RES_OK;
+        return targets_add(out, local, dom, 1) == 0 ? RES_OK : RES_TOOLONG;
     }
     if (!cfg_safe_component(local, MS_LOCAL_MAX)) return RES_UNKNOWN;
-    if (cfg_find_user(d, local)) { targets_add(out, local, d->name, 0); return RES_OK; }
+    if (cfg_find_user(d, local)) return targets_add(out, local, d->name, 0) == 0 ? RES_OK : RES_TOOLONG;
     if ((a = cfg_find_alias(d, local))) return cfg_expand_members(c, a->members, d->name, out, depth);
     if (list_match(c, local, d->name, &kind, NULL, 0)) return RES_UNKNOWN; /* the SMTP session handles lists */
     if ((a = cfg_find_alias(d, "*")))
@@ -2272,6 +2273,9 @@ cfg_validate(struct ms_config *c)
             int r = cfg_expand_members(c, d->aliases[j].members, d->name, &t, 0);
             if (r == RES_LOOP)
                 cfg_error(c, d->aliases[j].line, "'%s@%s' is part of an alias loop", d->aliases[j].name, d->name);
+            else if (r == RES_TOOLONG)
+                cfg_error(c, d->aliases[j].line, "'%s@%s' names a member whose address is over 254 octets "
+                          "(RFC 5321 4.5.3.1.3: a path is at most 256 with its brackets)", d->aliases[j].name, d->name);
             else if (r != RES_OK)
                 cfg_error(c, d->aliases[j].line, "'%s@%s' names a member that is neither a mailbox, an alias "
                           "nor a valid remote address",
@@ -2539,7 +2543,8 @@ cmd_split(const char *line, char *verb, size_t n)
  * Parses an SMTP path after "FROM:" or "TO:" (RFC 5321 4.1.2): "<>" or
  * "<[@route,...:]local@domain>". A quoted local part is unquoted; the caller
  * checks that what comes out is safe. Returns a pointer past the path (to the
- * ESMTP parameters) or NULL when malformed.
+ * ESMTP parameters) or NULL when malformed; errno is then ENAMETOOLONG for a
+ * path, local part or domain over RFC 5321's limits, so that the reply can say so.
  */
 static const char *
 smtp_parse_path(const char *s, char *local, char *domain)
@@ -2547,9 +2552,11 @@ smtp_parse_path(const char *s, char *local, char *domain)
     char addr[MS_PATH_MAX + 1];
     size_t n = 0;
     int bracket, quoted = 0;
-    const char *at = NULL;
+    const char *at = NULL, *start;
     local[0] = domain[0] = 0;
+    errno = EINVAL;
     while (*s == ' ') s++; /* "MAIL FROM: <a@b>" is common */
+    start = s;
     bracket = *s == '<';
     if (bracket) s++;
     if (bracket && *s == '@') { /* source route: accepted and ignored (RFC 5321 C) */
@@ -2565,22 +2572,32 @@ smtp_parse_path(const char *s, char *local, char *domain)
         else if (bracket ? *s == '>' : *s == ' ') break;
         else if (*s == '<' || *s == '>' || *s == ' ') return NULL;
         else if (*s == '@') at = addr + n;
-        if (n >= MS_PATH_MAX) return NULL;
+        /* RFC 5321 4.5.3.1.3: "The maximum total length of a reverse-path or forward-path is 256
+         * octets (including the punctuation and element separators)": the octets as sent, from
+         * "<" (a source route too) to ">", counted for a path sent without brackets as well */
+        if ((size_t)(s - start) + (bracket ? 2 : 3) > MS_PATH_MAX || n >= MS_PATH_MAX) {
+            errno = ENAMETOOLONG;
+            return NULL;
+        }
         addr[n++] = *s;
     }
     if (quoted || (bracket && *s != '>') || (!bracket && n == 0)) return NULL;
+    if ((size_t)(s - start) + (bracket ? 1 : 2) > MS_PATH_MAX) { errno = ENAMETOOLONG; return NULL; }
     if (bracket) s++;
     addr[n] = 0;
     if (*s && *s != ' ') return NULL;
     while (*s == ' ') s++;
     if (n == 0) return s; /* the null path <> */
     if (!at) { /* "Postmaster" alone is allowed for RCPT (RFC 5321 4.5.1) */
-        if (n > MS_LOCAL_MAX) return NULL;
+        if (n > MS_LOCAL_MAX) { errno = ENAMETOOLONG; return NULL; }
         memcpy(local, addr, n + 1);
         return s;
     }
-    if ((size_t)(at - addr) > MS_LOCAL_MAX || strlen(at + 1) > MS_DOMAIN_MAX || at == addr || !at[1])
+    if (at == addr || !at[1]) return NULL;
+    if ((size_t)(at - addr) > MS_LOCAL_MAX || strlen(at + 1) > MS_DOMAIN_MAX) { /* 4.5.3.1.1, 4.5.3.1.2 */
+        errno = ENAMETOOLONG;
         return NULL;
+    }
     memcpy(local, addr, (size_t)(at - addr));
     local[at - addr] = 0;
     ms_strlcpy(domain, at + 1, MS_DOMAIN_MAX + 1);
@@ -3533,7 +3550,7 @@ queue_env_read(const char *qdir, const char *id)
         if (strcmp(line, "mailsrv-queue 1") == 0) ok = 1;
         else if (strncmp(line, "from <", 6) == 0 && line[strlen(line) - 1] == '>') {
             line[strlen(line) - 1] = 0;
-            ms_strlcpy(e->from, line + 6, sizeof e->from);
+            if (ms_strlcpy(e->from, line + 6, sizeof e->from) != 0) { ok = 0; break; } /* never relayed cut */
         } else if (!(key = ms_word(&cur))) continue;
         else if (strcmp(key, "rcpt") == 0) {
             struct qrcpt *r;
@@ -4561,7 +4578,7 @@ enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
 
 struct smtp_sess {
     int state, esmtp, auth_step, auth_fails;
-    char helo[256];
+    char helo[MS_DOMAIN_MAX + 6];    /* a 255-octet name, visible (ms_visible keeps 5 spare) */
     char auth_user[MS_PATH_MAX];     /* "" until AUTH succeeds */
     char login_user[MS_PATH_MAX];    /* AUTH LOGIN: the user between the two steps */
     char from[MS_PATH_MAX];
@@ -4967,7 +4984,7 @@ static void
 smtp_do_helo(struct conn *c, const char *args, int esmtp)
 {
     struct smtp_sess *s = &c->u.smtp;
-    if (!*args || strchr(args, ' ') || strlen(args) >= sizeof s->helo) {
+    if (!*args || strchr(args, ' ') || strlen(args) > MS_DOMAIN_MAX) { /* RFC 5321 4.5.3.1.2 */
         conn_reply(c, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
         return;
     }
@@ -5109,7 +5126,8 @@ smtp_do_mail(struct conn *c, const char *args)
     if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 Nested MAIL command"); return; }
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || (local[0] && !domain[0])) {
-        conn_reply(c, "501 5.1.7 Bad sender address syntax");
+        /* RFC 5321 4.5.3.1.10: "501 Path too long"; RFC 3463 X.1.7: bad sender address syntax */
+        conn_reply(c, "501 5.1.7 %s", p && !rest && errno == ENAMETOOLONG ? "Path too long" : "Bad sender address syntax");
         return;
     }
     while (*rest) { /* ESMTP parameters (RFC 5321 4.1.2 Mail-parameters) */
@@ -5162,10 +5180,12 @@ smtp_do_rcpt(struct conn *c, const char *args)
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], token[MS_LOCAL_MAX + 1], rcpt[MS_PATH_MAX];
     const char *p = smtp_after_prefix(args, "TO:"), *rest;
     const struct cfg_list *l;
-    int r, kind;
+    int r, kind, n0 = s->targets.n;
     if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) { conn_reply(c, "503 5.5.1 Need MAIL before RCPT"); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || !local[0]) {
-        conn_reply(c, "501 5.1.3 Bad recipient address syntax");
+        /* RFC 5321 4.5.3.1.10: "501 Path too long"; RFC 3463 X.1.3: bad destination address syntax
+         * (as Postfix's 501 5.1.3); refused here, never accepted and then lost (4.5.3.1.3) */
+        conn_reply(c, "501 5.1.3 %s", p && !rest && errno == ENAMETOOLONG ? "Path too long" : "Bad recipient address syntax");
         return;
     }
     if (*rest) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
@@ -5186,26 +5206,31 @@ smtp_do_rcpt(struct conn *c, const char *args)
             conn_reply(c, "553 5.1.3 Cannot relay to this address (quoted local part or address literal)");
             return;
         }
-        targets_add(&s->targets, local, domain, 1);
-        r = RES_OK;
+        r = targets_add(&s->targets, local, domain, 1) == 0 ? RES_OK : RES_TOOLONG;
     } else if (!cfg_safe_component(local, MS_LOCAL_MAX)) {
         conn_reply(c, "550 5.1.3 Bad recipient address syntax");
         return;
     } else if (cfg->capture) {
         if (!cfg_valid_domain(domain)) { conn_reply(c, "550 5.1.2 Bad destination domain"); return; }
         ms_lower(domain);
-        targets_add(&s->targets, local, domain, 0);
-        r = RES_OK;
+        r = targets_add(&s->targets, local, domain, 0) == 0 ? RES_OK : RES_TOOLONG;
     } else if ((l = list_match(cfg, local, domain, &kind, token, sizeof token)) != NULL) {
-        ms_fmt(rcpt, sizeof rcpt, "%s@%s", local, l->domain);
-        if (!list_rcpt(c, l, kind, token, rcpt)) return;
-        r = RES_OK;
+        if (ms_fmt(rcpt, sizeof rcpt, "%s@%s", local, l->domain) < 0) r = RES_TOOLONG;
+        else if (!list_rcpt(c, l, kind, token, rcpt)) { s->targets.n = n0; return; }
+        else r = RES_OK;
     } else {
         r = cfg_resolve(cfg, local, domain, &s->targets, 0);
     }
+    if (r != RES_OK) s->targets.n = n0; /* a refused RCPT leaves no part of a group behind */
     if (r == RES_UNKNOWN) { conn_reply(c, "550 5.1.1 <%s@%s>: User unknown", local, domain); return; }
+    if (r == RES_TOOLONG) { /* the parser keeps paths to 256 octets: only a member of a group can be longer */
+        conn_log(c, "<%s@%s>: an address it stands for does not fit in 255 octets", local, domain);
+        conn_reply(c, "550 5.1.3 <%s@%s>: an address it stands for is too long", local, domain);
+        return;
+    }
     if (r != RES_OK) { conn_reply(c, "550 5.4.6 Routing loop detected"); return; }
-    if (!s->nrcpt) ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain);
+    if (!s->nrcpt && ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain) < 0)
+        s->first_rcpt[0] = 0; /* <Postmaster> of a long first domain: Received: has no "for" (it is optional) */
     s->nrcpt++;
     s->state = SMTP_S_RCPT;
     conn_reply(c, "250 2.1.5 Ok");
@@ -5224,9 +5249,10 @@ smtp_do_data(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     struct mailsrv *ms = c->ms;
-    char hdr[1024], date[64];
-    int n;
+    char date[64];
+    struct buf hdr = {0};
     const char *host = ms->cfg->hostname;
+    int for1 = s->nrcpt == 1 && s->first_rcpt[0]; /* Received: ... for <the one recipient> */
     if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
     if (s->state != SMTP_S_RCPT) {
         conn_reply(c, "503 5.5.1 %s", s->state == SMTP_S_MAIL ? "No valid recipients" : "Need MAIL and RCPT first");
@@ -5239,18 +5265,20 @@ smtp_do_data(struct conn *c, const char *args)
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
     ms_rfc5322_date(date, sizeof date, s->msg.when);
-    n = snprintf(hdr, sizeof hdr,
-                 "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
-                 s->from, s->helo, c->peer, host,
-                 s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
-                 s->nrcpt == 1 ? "\n\tfor <" : "", s->nrcpt == 1 ? s->first_rcpt : "", s->nrcpt == 1 ? ">" : "",
-                 date);
+    /* a growing buffer: with the longest sender, HELO name, host name and recipient the header
+     * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
+    buf_printf(&hdr, "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
+               s->from, s->helo, c->peer, host,
+               s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
+               for1 ? "\n\tfor <" : "", for1 ? s->first_rcpt : "", for1 ? ">" : "", date);
     data_rx_init(&s->rx);
-    s->msg.size = n;
-    s->msg.lines = s->msg.hdr_lines = 4 + (s->nrcpt == 1); /* the header lines written above */
+    s->msg.size = (int64_t)hdr.len;
+    s->msg.lines = s->msg.hdr_lines = 4 + for1; /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
     s->wlen = 0;
-    smtp_write_data(s, hdr, (size_t)n);
+    if (!hdr.p) s->tx_error = TXERR_IO; /* vsnprintf failed: refused at the final dot */
+    else smtp_write_data(s, hdr.p, hdr.len);
+    buf_free(&hdr);
     s->state = SMTP_S_DATA;
     conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -5268,7 +5296,10 @@ smtp_data_end(struct conn *c)
     if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
     else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
     else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
-    else if (s->nlists && list_incoming(c) != 0) {
+    else if (!s->targets.n && !s->nlists) { /* every RCPT adds one or is refused: never 250 for nothing */
+        conn_log(c, "%s: accepted recipients but no mailbox to store it in", s->msg.id);
+        conn_reply(c, "451 4.3.0 Local error: no mailbox for this message");
+    } else if (s->nlists && list_incoming(c) != 0) {
         conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
     } else if (store_commit(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
@@ -7448,7 +7479,12 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
     struct smtp_sess *s = &c->u.smtp;
     struct list_state st;
     int ok = 1, i;
-    if (kind == LK_OWNER) { addr_targets(c->ms->cfg, l->owner, &s->targets); return 1; }
+    if (kind == LK_OWNER) {
+        if (addr_targets(c->ms->cfg, l->owner, &s->targets) == RES_OK) return 1;
+        conn_log(c, "list %s@%s: the owner <%s> is not an address mail can go to", l->name, l->domain, l->owner);
+        conn_reply(c, "451 4.3.0 <%s>: local error, try again later", rcpt);
+        return 0;
+    }
     for (i = 0; i < s->nlists; i++)
         if (ms_strcaseeq(s->lists[i], rcpt)) return 1;
     if ((kind == LK_SUBSCRIBE || kind == LK_UNSUBSCRIBE || kind == LK_HELP) && s->from[0]) {

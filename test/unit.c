@@ -893,6 +893,96 @@ test_list_rate(void)
 
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
 
+/* Finding 13c: RFC 5321 4.5.3.1.3's 256 octets, brackets included; what does not fit is an error. */
+static void
+test_smtpfix_path_limits(void)
+{
+    char l[MS_PATH_MAX + 1], d[MS_DOMAIN_MAX + 1], p[400], want[300];
+    struct targets t = {0};
+    const char *r;
+    size_t n;
+    for (n = 250; n <= 260; n++) { /* "<" + 64-octet local part + "@" + domain + ">" = n octets */
+        size_t dl = n - 2 - 65;
+        memset(p, 'x', sizeof p);
+        p[0] = '<';
+        p[65] = '@';
+        p[66 + 60] = '.'; /* labels of at most 63 */
+        p[66 + 120] = '.';
+        p[n - 1] = '>';
+        p[n] = 0;
+        errno = 0;
+        r = smtp_parse_path(p, l, d);
+        if (n <= 256) {
+            ASSERT(r && *r == 0 && strlen(l) == 64 && strlen(d) == dl);
+            ASSERT(targets_add(&t, l, d, 1) == 0);
+        } else {
+            ASSERT(r == NULL && errno == ENAMETOOLONG);
+        }
+        /* the same address without brackets counts as if it had them */
+        p[n - 1] = 0;
+        r = smtp_parse_path(p + 1, l, d);
+        ASSERT(n <= 256 ? r != NULL : r == NULL && errno == ENAMETOOLONG);
+    }
+    ASSERT(t.n == 7);
+    /* a source route is part of the path */
+    memset(p, 0, sizeof p);
+    strcpy(p, "<@relay.example:");
+    memset(p + strlen(p), 'y', 64);
+    strcat(p, "@");
+    n = strlen(p);
+    memset(p + n, 'z', 256 - 1 - n);
+    memcpy(p + n + 60, ".", 1);
+    memcpy(p + n + 120, ".", 1);
+    strcat(p, ">");
+    ASSERT(strlen(p) == 256 && smtp_parse_path(p, l, d) != NULL);
+    memcpy(p + 255, "z>", 3);
+    ASSERT(smtp_parse_path(p, l, d) == NULL && errno == ENAMETOOLONG);
+    /* local part over 64, domain over 255; other errors are not "too long" */
+    memset(p, 0, sizeof p);
+    p[0] = '<';
+    memset(p + 1, 'a', 65);
+    strcat(p, "@b.org>");
+    ASSERT(smtp_parse_path(p, l, d) == NULL && errno == ENAMETOOLONG);
+    ASSERT(smtp_parse_path("<a@b", l, d) == NULL && errno != ENAMETOOLONG);
+    ASSERT(smtp_parse_path("<@b>", l, d) == NULL && errno != ENAMETOOLONG);
+    /* the target list refuses what does not fit (255 octets and the NUL) instead of dropping it */
+    memset(want, 'q', 254);
+    want[254] = 0;
+    n = (size_t)t.n;
+    ASSERT(targets_add(&t, "p", want, 1) == -1 && (size_t)t.n == n); /* 256 octets: does not fit */
+    want[253] = 0;
+    ASSERT(targets_add(&t, "p", want, 1) == 0 && (size_t)t.n == n + 1);
+    targets_free(&t);
+}
+
+/* The relay queue: a sender that does not fit makes the entry unreadable (logged), never cut. */
+static void
+test_smtpfix_queue_from(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-sfXXXXXX", path[100], from[300];
+    struct qentry *e;
+    FILE *f;
+    ASSERT(mkdtemp(dir) != NULL);
+    snprintf(path, sizeof path, "%s/q.env", dir);
+    memset(from, 's', sizeof from);
+    from[64] = '@';
+    from[MS_PATH_MAX - 1] = 0; /* 255 octets: fits */
+    f = fopen(path, "w");
+    fprintf(f, "mailsrv-queue 1\nfrom <%s>\nrcpt pending a@b.test\n", from);
+    fclose(f);
+    e = queue_env_read(dir, "q");
+    ASSERT(e != NULL && e && strcmp(e->from, from) == 0);
+    if (e) qentry_free(e);
+    from[MS_PATH_MAX - 1] = 's';
+    from[MS_PATH_MAX] = 0; /* 256 */
+    f = fopen(path, "w");
+    fprintf(f, "mailsrv-queue 1\nfrom <%s>\nrcpt pending a@b.test\n", from);
+    fclose(f);
+    ASSERT(queue_env_read(dir, "q") == NULL);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
 
 int
@@ -931,6 +1021,10 @@ main(void)
     /* trust (issue 11): listflood test calls above this line */
 
     /* trust (issue 11): cfg test calls above this line */
+
+    test_smtpfix_path_limits();
+
+    test_smtpfix_queue_from();
 
     /* trust (issue 11): smtpfix test calls above this line */
 
