@@ -5267,6 +5267,76 @@ fault_test("malloc", range(1, 400), modes=("maildir",))
 # trust: randomness, half-written INI and `mailsrv reload`, TLS renegotiation, gencert names (issue 11: 3, 7, 8, 11)
 # (section: cfg)
 
+
+class _Piped:
+    """A running program whose stdout+stderr a thread collects; wait_text polls it (bounded)."""
+    def __init__(self, args):
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.out = b""
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while True:
+            b = self.proc.stdout.read1(4096)
+            if not b:
+                return
+            with self.lock:
+                self.out += b
+
+    def text(self):
+        with self.lock:
+            return self.out.decode("latin-1")
+
+    def send(self, s):
+        try:
+            self.proc.stdin.write(s.encode())
+            self.proc.stdin.flush()
+        except OSError:
+            pass
+
+    def wait_text(self, pred, timeout, what):
+        return wait_for(lambda: pred(self.text()) or (self.proc.poll() is not None and pred(self.text())), timeout, what)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=secs(10))
+        self.thread.join(timeout=secs(5))
+
+
+@test(tls=True, limit=60)
+def cfg_tls_renegotiation_refused(ctx):
+    """Issue 11 (8): a client's renegotiation (RFC 5746 secure renegotiation included) is refused: each one
+    costs the server a full handshake. openssl s_client's `R` line renegotiates; BearSSL with
+    BR_OPT_NO_RENEGOTIATION answers a no_renegotiation alert (RFC 5246 7.2.2), which OpenSSL takes as fatal."""
+    srv = tls_server(ctx).start()
+    if not shutil.which("openssl"):
+        raise TestFailure("the openssl command is not installed")
+    p = _Piped(["openssl", "s_client", "-connect", "127.0.0.1:%d" % srv.smtps_port, "-crlf", "-tls1_2",
+                "-servername", TLS_HOST])
+    try:
+        p.wait_text(lambda t: re.search(r"(?m)^220 ", t), 20, "the smtps greeting through s_client")
+        p.send("EHLO client.test\n")
+        p.wait_text(lambda t: re.search(r"(?m)^250 ", t), 10, "the EHLO reply")
+        p.send("R\n")
+        p.wait_text(lambda t: "RENEGOTIATING" in t, 10, "s_client starting a renegotiation")
+        p.send("NOOP\n")  # the renegotiation handshake runs before this is sent
+        # refused: s_client gets the alert and exits; accepted: NOOP gets its 250 on the renegotiated session
+        p.wait_text(lambda t: p.proc.poll() is not None or len(re.findall(r"(?m)^250 ", t)) >= 2, 20,
+                    "s_client to end or NOOP to be answered")
+        out = p.text()
+        check(len(re.findall(r"(?m)^250 ", out)) < 2, "the server renegotiated (NOOP answered on the new session): %s"
+              % short(out[-600:], 600))
+        check(re.search(r"(?i)no.renegotiation|handshake failure|alert", out),
+              "s_client ended without a renegotiation refusal: %s" % short(out[-600:], 600))
+    finally:
+        p.close()
+    # the server itself is fine: a new session works
+    c = smtps_conn(srv)
+    c.expect("QUIT", 221)
+
 # end of section: cfg
 
 
