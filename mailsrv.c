@@ -136,12 +136,12 @@
 
 /* Fault injection (test builds): MAILSRV_FAULT=OP:N makes the Nth call of
  * OP fail, OP:N+ every call from the Nth on (a full disk stays full). */
-enum { F_WRITE, F_FSYNC, F_RENAME, F_LINK, F_MALLOC, F_NOPS };
+enum { F_WRITE, F_FSYNC, F_RENAME, F_LINK, F_MALLOC, F_RANDOM, F_NOPS };
 #if MAILSRV_FAULTS
 static int
 fault(int op)
 {
-    static const char *const names[] = {"write", "fsync", "rename", "link", "malloc"};
+    static const char *const names[] = {"write", "fsync", "rename", "link", "malloc", "random"};
     static long count[F_NOPS], at = -1;
     static int which = -1, from_on;
     if (at < 0) {
@@ -207,14 +207,40 @@ os_pid(void)
     return pid;
 }
 
-/* Fills buf from /dev/urandom; returns -1 if it could not. */
+/* getentropy(): the system's generator without a descriptor or a file, so it works with every
+ * descriptor in use and in a chroot without /dev. Not in POSIX.1-2008 (it is in POSIX.1-2024):
+ * glibc >= 2.25 and musl >= 1.1.20 declare it in <unistd.h> only with _DEFAULT_SOURCE, macOS
+ * >= 10.12 in <sys/random.h>, so it is declared here, as setgroups is below. Older systems:
+ * -DMS_HAVE_GETENTROPY=0, and /dev/urandom alone. */
+#ifndef MS_HAVE_GETENTROPY
+#if defined(__GLIBC__) && (__GLIBC__ < 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ < 25))
+#define MS_HAVE_GETENTROPY 0
+#else
+#define MS_HAVE_GETENTROPY 1
+#endif
+#endif
+#if MS_HAVE_GETENTROPY
+int getentropy(void *buf, size_t n);
+#endif
+
+/* Fills buf from the system's generator: getentropy, else (a kernel without it: Linux before
+ * 3.17 answers ENOSYS) /dev/urandom. Returns -1 if it could not. */
 static int
 os_random_bytes(void *buf, size_t n)
 {
     unsigned char *p = buf;
     size_t got = 0;
-    int fd = open("/dev/urandom", O_RDONLY);
-    if (fd < 0) return -1;
+    int fd;
+#if MS_HAVE_GETENTROPY
+    while (got < n) {
+        size_t k = n - got < 256 ? n - got : 256; /* its limit per call */
+        if (getentropy(p + got, k) != 0) break;
+        got += k;
+    }
+    if (got == n) return 0;
+    got = 0;
+#endif
+    if ((fd = open("/dev/urandom", O_RDONLY)) < 0) return -1;
     while (got < n) {
         ssize_t r = read(fd, p + got, n - got);
         if (r <= 0) break;
@@ -678,17 +704,15 @@ static void os_net_stop(void) { WSACleanup(); }
 
 #endif /* ---------------- common to both ---------------- */
 
-static void
+/* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
+ * time+pid generator made guessable list codes, DNS ids and salts): every caller fails
+ * closed, and the server does not start without it (ms_start). */
+static int
 os_random(void *buf, size_t n)
 {
-    static uint64_t fallback;
-    unsigned char *p = buf;
-    size_t i;
-    if (os_random_bytes(buf, n) == 0) return;
-    for (i = 0; i < n; i++) { /* no system source: not for secrets, but unique */
-        fallback = fallback * 6364136223846793005ULL + (uint64_t)time(NULL) + os_pid() + (uint64_t)os_now_ms();
-        p[i] = (unsigned char)(fallback >> 33);
-    }
+    if (!FAULT(F_RANDOM) && os_random_bytes(buf, n) == 0) return 0;
+    memset(buf, 0, n);
+    return -1;
 }
 
 static long
@@ -833,7 +857,7 @@ net_connect(const struct ms_addr *a, int udp, int *err)
     for (tries = 0; udp && tries < 8; tries++) {
         struct ms_addr any = {0, {0}, 0};
         unsigned short r;
-        os_random(&r, sizeof r);
+        if (os_random(&r, sizeof r) != 0) break; /* the system picks one */
         any.family = a->family;
         any.port = 1024 + r % 64511u;
         net_sockaddr(&any, &src);
@@ -1277,16 +1301,19 @@ b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
 /* ---- password hashes: $pbkdf2-sha256$ITER$SALT$HASH (base64, no padding) ---- */
 #define MS_HASH_PREFIX "$pbkdf2-sha256$"
 
-static void
+/* -1 (out empty) if the system's generator failed: no salt is made of anything else. */
+static int
 pass_hash(const char *pass, unsigned iter, char *out, size_t n)
 {
     unsigned char salt[16], dk[32];
     char s64[32], h64[48];
-    os_random(salt, sizeof salt);
+    if (n) out[0] = 0;
+    if (os_random(salt, sizeof salt) != 0) return -1;
     pbkdf2_sha256(pass, salt, sizeof salt, iter, dk);
     b64_encode(salt, sizeof salt, s64, 0);
     b64_encode(dk, sizeof dk, h64, 0);
     snprintf(out, n, MS_HASH_PREFIX "%u$%s$%s", iter, s64, h64);
+    return 0;
 }
 
 static int
@@ -5716,12 +5743,17 @@ o_dns_query(struct osess *o, const char *name, int type)
 {
     struct dnsq *q = &o->dq;
     unsigned short id;
-    os_random(&id, sizeof id);
+    int rnd = os_random(&id, sizeof id);
     q->id = id;
     q->type = type;
     q->tcp = q->tries = 0;
     q->ns = 0;
     ms_strlcpy(q->name, name, sizeof q->name);
+    if (rnd != 0) { /* a guessable id invites forged answers: a temporary failure instead */
+        o_log(o, "DNS query for %s: the system's random generator failed", name);
+        o_dns_answer(o, -1, NULL);
+        return;
+    }
     if (o->ndns == 0) { o_dns_answer(o, -1, NULL); return; } /* no resolver known: a temporary failure */
     q->qlen = dns_build_query(q->q, sizeof q->q, q->id, name, type);
     if (q->qlen < 0) { o_dns_answer(o, DNS_NXDOMAIN, NULL); return; }
@@ -6943,7 +6975,11 @@ list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, c
         goto out;
     }
     memset(&p, 0, sizeof p);
-    os_random(rnd, sizeof rnd);
+    if (os_random(rnd, sizeof rnd) != 0) { /* never a guessable code: 451, the sender retries */
+        ms_log(ms, "list %s@%s: %s request from <%s>: the system's random generator failed", l->name, l->domain,
+               unsub ? "unsubscribe" : "subscribe", sender);
+        goto out;
+    }
     for (i = 0; i < (int)sizeof rnd; i++) sprintf(p.token + 2 * i, "%02x", rnd[i]);
     p.unsub = unsub;
     ms_strlcpy(p.addr, sender, sizeof p.addr);
@@ -7717,6 +7753,10 @@ mailsrv_listen(struct mailsrv *ms)
     char tmpdir[1100], err[1300];
     const struct ms_config *c = ms->cfg;
     if (!c) { ms_log(ms, "no configuration loaded"); return -1; }
+    if (os_random(err, 16) != 0) { /* fail closed: list codes, DNS ids and salts need it */
+        ms_log(ms, "the system's random generator does not work (getentropy, /dev/urandom): refusing to start");
+        return -1;
+    }
     if (os_is_root() && !c->user[0] && !c->allow_root) {
         ms_log(ms, "%s: refusing to run as root: set user = ACCOUNT in [server] (mailsrv binds its ports, then "
                "becomes that account), or allow_root = yes", c->path);
@@ -7947,7 +7987,11 @@ cli_edit(const char *path, const char *addr, int add)
         const char *why;
         if (os_read_password(pw, sizeof pw) != 0) { fprintf(stderr, "mailsrv: no password on stdin\n"); cfg_free(c); return 1; }
         if ((why = pass_policy(pw)) != NULL) { fprintf(stderr, "mailsrv: %s\n", why); cfg_free(c); return 1; }
-        pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
+        if (pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash) != 0) {
+            fprintf(stderr, "mailsrv: the system's random generator failed: no password hash\n");
+            cfg_free(c);
+            return 1;
+        }
     }
     if (!(text = cfg_read_file(path, &len))) { fprintf(stderr, "mailsrv: %s: %s\n", path, strerror(errno)); cfg_free(c); return 1; }
     edited = cfg_edit_mailbox(text, len, user, domain, add ? hash : NULL, err, sizeof err);
@@ -8177,12 +8221,11 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     br_sha256_context h;
     size_t siglen, klen;
     time_t now = time(NULL);
-    os_random(seed, sizeof seed);
+    if (os_random(seed, sizeof seed) != 0 || os_random(serial, sizeof serial) != 0) return -1;
     br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
     if (!br_ec_keygen(&rng.vtable, br_ec_get_default(), &sk, kbuf, BR_EC_secp256r1) ||
         !br_ec_compute_pub(br_ec_get_default(), &pk, pbuf, &sk))
         return -1;
-    os_random(serial, sizeof serial);
     serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
     der_add(&alg, 0x06, oid_ecdsa_sha256, sizeof oid_ecdsa_sha256);
     der_add(&tmp, 0xa0, v3, sizeof v3);                           /* version v3 */
@@ -8278,7 +8321,10 @@ cli_passwd(void)
         fprintf(stderr, "mailsrv: give the password on stdin\n");
         return 1;
     }
-    pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
+    if (pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash) != 0) {
+        fprintf(stderr, "mailsrv: the system's random generator failed: no password hash\n");
+        return 1;
+    }
     printf("%s\n", hash);
     return 0;
 }

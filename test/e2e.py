@@ -5337,6 +5337,93 @@ def cfg_tls_renegotiation_refused(ctx):
     c = smtps_conn(srv)
     c.expect("QUIT", 221)
 
+
+def _lcg_rebuild(code, pid, secs_range, ms_range):
+    """The confirmation code `code` (hex) as the old fallback made it from time(NULL) + pid + monotonic ms
+    (state 0 at the process's first call; each byte: state = state * A + time + pid + ms; byte = state >> 33),
+    rebuilt as an attacker would from the log's second, the pid and the uptime: True when it matches."""
+    want = bytes.fromhex(code)
+    a, mask = 6364136223846793005, (1 << 64) - 1
+
+    def walk(state, v, i):
+        if i == len(want):
+            return True
+        for step in range(4):  # the clock may tick between two bytes
+            s = (state * a + v + step) & mask
+            if (s >> 33) & 0xff == want[i] and walk(s, v + step, i + 1):
+                return True
+        return False
+    lo = secs_range[0] + pid + ms_range[0]
+    hi = secs_range[1] + pid + ms_range[1]
+    return any(walk(0, v, 0) for v in range(lo, hi + 1))
+
+
+def _mono_ms():
+    return int(time.clock_gettime(time.CLOCK_MONOTONIC) * 1000)
+
+
+@test(unix_only=True, limit=60)
+def cfg_random_without_dev_urandom(ctx):
+    """Issue 11 (3): with no /dev/urandom (a chroot; here an empty /dev in a private mount namespace), the server
+    still takes its randomness from the system (getentropy: no descriptor, no file). Before, it fell back to a
+    time+pid LCG, and a list confirmation code was rebuilt from the log's time, the pid and the uptime."""
+    need_root()
+    unshare = need_program("unshare", "util-linux")
+    srv = ctx.server(sections={"list " + LIST: {"owner": "alice@example.test", "post": "members"}})
+    logf = open(srv.log, "ab")
+    try:  # Server.start, with /dev hidden by an empty tmpfs in the server's own mount namespace
+        srv.proc = subprocess.Popen([unshare, "-m", "sh", "-c", 'mount -t tmpfs none /dev && exec "$@"', "sh"]
+                                    + RUN + [BIN, "-c", srv.ini], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                    cwd=srv.dir)
+    finally:
+        logf.close()
+    srv.wait_ready()
+    t0, m0 = int(time.time()), _mono_ms()
+    check(list_req(srv, "bob@example.test", "subscribe") == {}, "subscribe request refused: %s" % short(srv.log_text()[-400:]))
+    code = local_confirmation(srv, "bob@example.test")
+    t1, m1 = int(time.time()) + 1, _mono_ms() + 1
+    check(len(code) == 24, "confirmation code %r: not 24 hex digits" % code)
+    check(not _lcg_rebuild(code, srv.proc.pid, (t0, t1), (m0, m1)),
+          "confirmation code %s rebuilt from time %d-%d, pid %d and uptime %d-%d ms: the time+pid fallback made it"
+          % (code, t0, t1, srv.proc.pid, m0, m1))
+    # and the code works
+    check(confirm(srv, "bob@example.test", code) == {}, "confirmation refused")
+    wait_for(lambda: members(srv) == ["bob@example.test"], 10, "bob to be a member")
+
+
+def cfg_fault_random(ctx):
+    """Issue 11 (3), on the fault build (MAILSRV_FAULT=random:N): when the system's generator fails, nothing
+    weak is used instead. At start: the server refuses to start and says why. Later: a list request gets a 4xx
+    (and a log line), no confirmation code is made; `mailsrv passwd` makes no hash."""
+    srv = ctx.server(sections={"list " + LIST: {"owner": "alice@example.test", "post": "members"}})
+    srv.env = dict(os.environ, MAILSRV_FAULT="random:1")
+    srv.start(wait=False)
+    try:
+        rc = srv.proc.wait(timeout=secs(10))
+    except subprocess.TimeoutExpired:
+        raise TestFailure("the server started without a working random generator")
+    check(rc != 0, "exit status %d without a random generator" % rc)
+    check("random generator does not work" in srv.log_text(), "no reason given: %s" % short(srv.log_text()[-400:]))
+    srv.env = dict(os.environ, MAILSRV_FAULT="random:2+")  # works at start, then fails every time
+    srv.start()
+    try:
+        refused = list_req(srv, "bob@example.test", "subscribe")
+        code = 250 if refused == {} else 0
+    except smtplib.SMTPResponseException as e:
+        code = e.smtp_code
+    check(400 <= code < 500, "subscribe without a random generator: reply %d, expected 4xx" % code)
+    wait_for(lambda: "random generator failed" in srv.log_text(), 5, "the log line")
+    check(confirmations(g["data"] for g in srv.fetch("bob@example.test")) == [], "a confirmation code was sent")
+    r = subprocess.run(RUN + [BIN, "passwd"], input="a good passw0rd\n", capture_output=True, text=True,
+                       timeout=secs(20), env=dict(os.environ, MAILSRV_FAULT="random:1"))
+    check(r.returncode != 0 and "$pbkdf2" not in r.stdout, "passwd without a generator: exit %d, %s"
+          % (r.returncode, short(r.stdout + r.stderr)))
+    srv.stop()
+
+
+TESTS.append(("cfg_fault_random", cfg_fault_random, {}, 60))
+FAULT_TESTS.add("cfg_fault_random")  # only on the fault build, which `make fault-test` runs
+
 # end of section: cfg
 
 

@@ -695,6 +695,41 @@ test_lists(void)
 
 /* ---- trust (issue 11): listflood unit tests go above this line ---- */
 
+/* Issue 11 (3): the system's generator works without a free descriptor (getentropy), and os_random
+ * has no weak fallback: it gives 0 and random bytes, or -1 and zeros. */
+#ifndef _WIN32
+#include <sys/resource.h>
+#endif
+static void
+test_cfg_random(void)
+{
+    unsigned char a[300], b[300], z[300];
+    char hash[160];
+    size_t i, same = 0;
+#ifndef _WIN32
+    struct rlimit old, none;
+    int r1, r2, rh;
+    ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    none = old;
+    none.rlim_cur = 0; /* no descriptor can be opened: every open() fails with EMFILE */
+    ASSERT(setrlimit(RLIMIT_NOFILE, &none) == 0);
+    ASSERT(open("/dev/null", O_RDONLY) < 0);
+    r1 = os_random_bytes(a, sizeof a); /* more than getentropy's 256 bytes per call */
+    r2 = os_random(b, sizeof b);
+    rh = pass_hash("a password", 2, hash, sizeof hash);
+    ASSERT(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    ASSERT(r1 == 0 && r2 == 0);
+    ASSERT(rh == 0 && pass_is_hash(hash));
+#else
+    ASSERT(os_random_bytes(a, sizeof a) == 0 && os_random(b, sizeof b) == 0);
+    ASSERT(pass_hash("a password", 2, hash, sizeof hash) == 0 && pass_is_hash(hash));
+#endif
+    memset(z, 0, sizeof z);
+    ASSERT(memcmp(a, z, sizeof a) != 0 && memcmp(b, z, sizeof b) != 0);
+    for (i = 0; i < sizeof a; i++) same += a[i] == b[i];
+    ASSERT(same < 20); /* two draws agree on about 1 byte in 256 */
+}
+
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
 
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
@@ -728,6 +763,7 @@ main(void)
 
     /* trust (issue 11): listflood test calls above this line */
 
+    test_cfg_random();
     /* trust (issue 11): cfg test calls above this line */
 
     /* trust (issue 11): smtpfix test calls above this line */
