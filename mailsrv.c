@@ -107,6 +107,7 @@
 
 #define MS_TLS_OBUF (4096 + 85)   /* TLS output buffer: records of 4 KB (the input must take 16 KB) */
 #define MS_TLS_CACHE (32 * 1024)  /* session resumption cache: about 300 sessions */
+#define MS_CERT_NAMES 32          /* gencert: subjectAltName names, and addresses, at most */
 #define MS_LISTEN_TLS 0x100       /* listener flag: implicit TLS (RFC 8314) */
 
 #define MS_LIST_TOKEN_LEN 24      /* confirmation codes: 96 random bits in hex */
@@ -167,6 +168,7 @@ fault(int op)
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -291,6 +293,39 @@ os_dns_servers(char (*out)[64], int max)
     fclose(f);
     return n;
 }
+
+#if MAILSRV_ENABLE_TLS /* for gencert only */
+/* This machine's name, "" if it has none. */
+static void
+os_machine_name(char *out, size_t n)
+{
+    if (gethostname(out, n) != 0) out[0] = 0;
+    out[n - 1] = 0;
+}
+
+/* This machine's own addresses (text), for gencert: getifaddrs, not POSIX but in Linux (glibc,
+ * musl), the BSDs and macOS, lists what clients connect to; resolving the machine's name would
+ * give /etc/hosts' answer instead (127.0.1.1 on Debian). IPv6 link-local ones need a zone: left out. */
+static int
+os_local_addrs(char (*out)[64], int max)
+{
+    struct ifaddrs *all, *i;
+    int n = 0;
+    if (getifaddrs(&all) != 0) return 0;
+    for (i = all; i && n < max; i = i->ifa_next) {
+        const struct sockaddr *sa = i->ifa_addr;
+        if (!sa) continue;
+        if (sa->sa_family == AF_INET) {
+            if (inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out[n], 64)) n++;
+        } else if (sa->sa_family == AF_INET6) {
+            const unsigned char *b = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+            if (!(b[0] == 0xfe && (b[1] & 0xc0) == 0x80) && inet_ntop(AF_INET6, b, out[n], 64)) n++;
+        }
+    }
+    freeifaddrs(all);
+    return n;
+}
+#endif
 
 static int
 net_set_nonblock(ms_sock_t s)
@@ -539,6 +574,47 @@ os_dns_servers(char (*out)[64], int max)
     free(fi);
     return n;
 }
+
+#if MAILSRV_ENABLE_TLS /* for gencert only */
+static void
+os_machine_name(char *out, size_t n)
+{
+    DWORD len = (DWORD)n;
+    if (!GetComputerNameExA(ComputerNameDnsHostname, out, &len)) out[0] = 0;
+    out[n - 1] = 0;
+}
+
+/* This machine's own addresses (text), for gencert; IPv6 link-local ones need a zone: left out. */
+static int
+os_local_addrs(char (*out)[64], int max)
+{
+    ULONG len = 16384;
+    IP_ADAPTER_ADDRESSES *all = NULL, *a;
+    IP_ADAPTER_UNICAST_ADDRESS *u;
+    int n = 0, tries;
+    for (tries = 0; tries < 3; tries++) {
+        ULONG r;
+        free(all);
+        if (!(all = malloc(len))) return 0;
+        r = GetAdaptersAddresses(AF_UNSPEC, GAA_FLAG_SKIP_ANYCAST | GAA_FLAG_SKIP_MULTICAST | GAA_FLAG_SKIP_DNS_SERVER,
+                                 NULL, all, &len);
+        if (r == NO_ERROR) break;
+        if (r != ERROR_BUFFER_OVERFLOW) tries = 3;
+    }
+    for (a = tries < 3 ? all : NULL; a && n < max; a = a->Next)
+        for (u = a->FirstUnicastAddress; u && n < max; u = u->Next) {
+            const struct sockaddr *sa = u->Address.lpSockaddr;
+            if (sa->sa_family == AF_INET) {
+                if (inet_ntop(AF_INET, (void *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr, out[n], 64)) n++;
+            } else if (sa->sa_family == AF_INET6) {
+                const unsigned char *b = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+                if (!(b[0] == 0xfe && (b[1] & 0xc0) == 0x80) && inet_ntop(AF_INET6, (void *)b, out[n], 64)) n++;
+            }
+        }
+    free(all);
+    return n;
+}
+#endif
 
 static int
 net_set_nonblock(ms_sock_t s)
@@ -8202,10 +8278,73 @@ tls_write_pem(const char *path, const void *der, size_t len, const char *banner,
     return rc;
 }
 
-/* Builds the certificate for `host`, valid from an hour ago for ten years,
- * with the host as CN and as subjectAltName. */
+/* The subjectAltName of gencert's certificate (RFC 5280 4.2.1.6): what clients connect to,
+ * by name (dNSName, lower case) and by address (iPAddress, RFC 6125 6.4: an IP is never
+ * matched against a dNSName). Each entry once. */
+struct cert_names {
+    int nnames, nips;
+    char names[MS_CERT_NAMES][MS_DOMAIN_MAX + 1];
+    struct ms_addr ips[MS_CERT_NAMES];
+};
+
+/* Adds a host name ("*." allowed first) or an address; 0 (also when already there), -1 if it is
+ * neither or the list is full. */
 static int
-tls_make_cert(const char *host, struct buf *cert, struct buf *key)
+cert_names_add(struct cert_names *cn, const char *s, int ip)
+{
+    int i;
+    if (ip) {
+        struct ms_addr a;
+        if (net_addr_parse(s, 0, &a) != 0) return -1;
+        for (i = 0; i < cn->nips; i++)
+            if (cn->ips[i].family == a.family && memcmp(cn->ips[i].ip, a.ip, a.family == AF_INET ? 4 : 16) == 0) return 0;
+        if (cn->nips >= MS_CERT_NAMES) return -1;
+        cn->ips[cn->nips++] = a;
+    } else {
+        struct ms_addr a;
+        char low[MS_DOMAIN_MAX + 1];
+        size_t k;
+        if (ms_strlcpy(low, s, sizeof low) != 0 || net_addr_parse(s, 0, &a) == 0 ||
+            !cfg_valid_domain(strncmp(s, "*.", 2) == 0 ? s + 2 : s))
+            return -1;
+        for (k = 0; low[k]; k++) low[k] = (char)tolower((unsigned char)low[k]);
+        for (i = 0; i < cn->nnames; i++)
+            if (strcmp(cn->names[i], low) == 0) return 0;
+        if (cn->nnames >= MS_CERT_NAMES) return -1;
+        memcpy(cn->names[cn->nnames++], low, sizeof low);
+    }
+    return 0;
+}
+
+/* gencert's names: hostname (also the CN), the machine's name, localhost, 127.0.0.1, ::1, the
+ * machine's own addresses, then the --name and --ip options: -1 naming the first that is not a
+ * host name or an address, or that no longer fits. */
+static int
+cert_names_collect(struct cert_names *cn, const char *host, const char *const *names, int nnames,
+                   const char *const *ips, int nips, const char **bad)
+{
+    char machine[MS_DOMAIN_MAX + 1], addrs[MS_CERT_NAMES][64];
+    int i, n;
+    memset(cn, 0, sizeof *cn);
+    cert_names_add(cn, host, 0);
+    os_machine_name(machine, sizeof machine);
+    if (machine[0]) cert_names_add(cn, machine, 0); /* a machine name that is no host name is left out */
+    cert_names_add(cn, "localhost", 0);
+    cert_names_add(cn, "127.0.0.1", 1);
+    cert_names_add(cn, "::1", 1);
+    n = os_local_addrs(addrs, MS_CERT_NAMES / 2); /* room for the options */
+    for (i = 0; i < n; i++) cert_names_add(cn, addrs[i], 1);
+    for (i = 0; i < nnames; i++)
+        if (cert_names_add(cn, names[i], 0) != 0) { *bad = names[i]; return -1; }
+    for (i = 0; i < nips; i++)
+        if (cert_names_add(cn, ips[i], 1) != 0) { *bad = ips[i]; return -1; }
+    return 0;
+}
+
+/* Builds the certificate for `host`, valid from an hour ago for ten years, with the host as
+ * CN and the entries of san (or, without san, the host alone) as subjectAltName. */
+static int
+tls_make_cert(const char *host, const struct cert_names *san, struct buf *cert, struct buf *key)
 {
     static const unsigned char oid_ecdsa_sha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
     static const unsigned char oid_ec_pub[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
@@ -8220,6 +8359,7 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     struct buf tbs = {0}, alg = {0}, tmp = {0}, tmp2 = {0}, spki = {0}, ext = {0}, all = {0};
     br_sha256_context h;
     size_t siglen, klen;
+    int i;
     time_t now = time(NULL);
     if (os_random(seed, sizeof seed) != 0 || os_random(serial, sizeof serial) != 0) return -1;
     br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
@@ -8243,7 +8383,10 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     memcpy(bits + 1, pk.q, pk.qlen);
     der_add(&spki, 0x03, bits, pk.qlen + 1);
     der_wrap(&tmp, 0x30, &spki);                                 /* subjectPublicKeyInfo */
-    der_add(&tmp2, 0x82, host, strlen(host));                    /* dNSName */
+    if (!san) der_add(&tmp2, 0x82, host, strlen(host));          /* dNSName */
+    for (i = 0; san && i < san->nnames; i++) der_add(&tmp2, 0x82, san->names[i], strlen(san->names[i]));
+    for (i = 0; san && i < san->nips; i++)                       /* iPAddress: 4 or 16 octets */
+        der_add(&tmp2, 0x87, san->ips[i].ip, san->ips[i].family == AF_INET ? 4 : 16);
     der_wrap(&ext, 0x30, &tmp2);                                 /* GeneralNames */
     der_add(&tmp2, 0x06, oid_san, sizeof oid_san);
     der_wrap(&tmp2, 0x04, &ext);
@@ -8270,20 +8413,31 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     memset(kder, 0, sizeof kder);
     return 0;
 }
+
 #endif
 
-/* `gencert`: a self-signed certificate and key at tls_cert / tls_key
- * (default cert.pem and key.pem beside the INI); never overwrites. */
+/* `gencert [--name NAME]... [--ip ADDR]...`: a self-signed certificate and key at tls_cert /
+ * tls_key (default cert.pem and key.pem beside the INI) for hostname and what else clients
+ * connect to (cert_names_collect); never overwrites. */
 static int
-cli_gencert(const char *path)
+cli_gencert(const char *path, const char *const *names, int nnames, const char *const *ips, int nips)
 {
 #if MAILSRV_ENABLE_TLS
     struct ms_config *c = cfg_load_ex(path, NULL, 0);
-    char cert[1100], key[1100];
+    char cert[1100], key[1100], addr[64];
     struct buf cb = {0}, kb = {0};
     struct os_stat st;
-    int rc = 1, set = 0;
-    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    struct cert_names *san = xrealloc(NULL, sizeof *san);
+    const char *bad = NULL;
+    int rc = 1, set = 0, i;
+    if (cli_print_errors(c)) { cfg_free(c); free(san); return 1; }
+    if (cert_names_collect(san, c->hostname, names, nnames, ips, nips, &bad) != 0) {
+        fprintf(stderr, "mailsrv: gencert: '%s' is not a host name or an IP address (or too many names: %d at most)\n",
+                bad, MS_CERT_NAMES);
+        cfg_free(c);
+        free(san);
+        return 1;
+    }
     set = c->tls_cert[0] && c->tls_key[0];
     if (ms_fmt(cert, sizeof cert, "%s", c->tls_cert[0] ? c->tls_cert : "") < 0 || !cert[0])
         ms_fmt(cert, sizeof cert, "%s%scert.pem", c->dir, c->dir[0] ? "/" : "");
@@ -8291,13 +8445,19 @@ cli_gencert(const char *path)
         ms_fmt(key, sizeof key, "%s%skey.pem", c->dir, c->dir[0] ? "/" : "");
     if (os_stat(cert, &st) == 0 || os_stat(key, &st) == 0) {
         fprintf(stderr, "mailsrv: %s exists: gencert never overwrites; remove it first\n", os_stat(cert, &st) == 0 ? cert : key);
-    } else if (tls_make_cert(c->hostname, &cb, &kb) != 0) {
-        fprintf(stderr, "mailsrv: cannot make a key\n");
+    } else if (tls_make_cert(c->hostname, san, &cb, &kb) != 0) {
+        fprintf(stderr, "mailsrv: cannot make a key (is the system's random generator working?)\n");
     } else if (tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) != 0 ||
                tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) != 0) {
         fprintf(stderr, "mailsrv: cannot write %s / %s: %s\n", cert, key, strerror(errno));
     } else {
-        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\n", cert, c->hostname, key);
+        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\nnames:", cert, c->hostname, key);
+        for (i = 0; i < san->nnames; i++) printf(" %s", san->names[i]);
+        for (i = 0; i < san->nips; i++) {
+            net_addr_str(&san->ips[i], addr, sizeof addr);
+            printf(" %s", addr);
+        }
+        printf("\n");
         if (!set) printf("add to [server] in %s:\n    tls_cert = %s\n    tls_key = %s\n", path, cert, key);
         rc = 0;
     }
@@ -8305,9 +8465,14 @@ cli_gencert(const char *path)
     buf_free(&kb);
     buf_free(&cb);
     cfg_free(c);
+    free(san);
     return rc;
 #else
     (void)path;
+    (void)names;
+    (void)nnames;
+    (void)ips;
+    (void)nips;
     fprintf(stderr, "mailsrv: this mailsrv was built without TLS (make TLS=0): no gencert\n");
     return 1;
 #endif
@@ -8393,7 +8558,9 @@ cli_usage(void)
           "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
           "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
           "       mailsrv [-c FILE] flush           make the running server retry them now\n"
-          "       mailsrv [-c FILE] gencert         write a self-signed certificate and key for hostname\n"
+          "       mailsrv [-c FILE] gencert [--name NAME]... [--ip ADDR]...\n"
+          "                                         write a self-signed certificate and key for hostname,\n"
+          "                                         this machine's name and addresses, localhost, and more\n"
           "       mailsrv [-c FILE] list [ADDRESS]  the mailing lists, or one list's members and their consent\n"
           "       mailsrv -V                        print the version\n",
           stderr);
@@ -8403,8 +8570,8 @@ cli_usage(void)
 int
 main(int argc, char **argv)
 {
-    const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL;
-    int i, verbose = 0, rc;
+    const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL, *names[MS_CERT_NAMES], *ips[MS_CERT_NAMES];
+    int i, verbose = 0, rc, nnames = 0, nips = 0;
     struct mailsrv *ms;
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
@@ -8414,18 +8581,21 @@ main(int argc, char **argv)
                    MAILSRV_FAULTS ? " FAULT INJECTION BUILD" : "");
             return 0;
         }
+        else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc && nnames < MS_CERT_NAMES) names[nnames++] = argv[++i];
+        else if (strcmp(argv[i], "--ip") == 0 && i + 1 < argc && nips < MS_CERT_NAMES) ips[nips++] = argv[++i];
         else if (argv[i][0] == '-') { cli_usage(); return 2; }
         else if (!cmd) cmd = argv[i];
         else if (!arg) arg = argv[i];
         else { cli_usage(); return 2; }
     }
+    if ((nnames || nips) && (!cmd || strcmp(cmd, "gencert") != 0)) { cli_usage(); return 2; } /* gencert's */
     if (cmd) {
         if (strcmp(cmd, "check") == 0 && !arg) return cli_check(path);
         if (strcmp(cmd, "passwd") == 0 && !arg) return cli_passwd();
         if (strcmp(cmd, "users") == 0 && !arg) return cli_users(path);
         if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
         if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
-        if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path);
+        if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path, names, nnames, ips, nips);
         if (strcmp(cmd, "list") == 0) return cli_list(path, arg);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();

@@ -5424,6 +5424,69 @@ def cfg_fault_random(ctx):
 TESTS.append(("cfg_fault_random", cfg_fault_random, {}, 60))
 FAULT_TESTS.add("cfg_fault_random")  # only on the fault build, which `make fault-test` runs
 
+
+def _own_address():
+    """This machine's address on its default route (a UDP connect sends nothing), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            a = s.getsockname()[0]
+            return None if a.startswith("127.") or a == "0.0.0.0" else a
+    except OSError:
+        return None
+
+
+@test(tls=True, limit=90)
+def cfg_gencert_names(ctx):
+    """Issue 11 (11): gencert's certificate names what clients connect to: hostname, the machine's name,
+    localhost, 127.0.0.1, ::1, the machine's own addresses, and --name/--ip (repeatable). Clients that verify
+    (Python ssl with check_hostname, msmtp) then accept it by IP and by localhost (RFC 6125 6.4, RFC 5280 4.2.1.6)."""
+    six = have_ipv6()
+    srv = ctx.server(server={"hostname": "mail.gen.test", "tls_cert": "cert.pem", "tls_key": "key.pem",
+                             "smtps": "auto"})
+    if six:
+        srv.keys["smtps"] += ", [::1]:%d" % srv.smtps_port
+        srv.write_ini()
+    r = run_cli(["-c", srv.ini, "gencert", "--name", "mx.extra.test", "--name", "Other.Example", "--ip", "192.0.2.77",
+                 "--ip", "2001:db8::77"], cwd=ctx.dir)
+    check(r.returncode == 0, "gencert --name --ip: exit %d, %s" % (r.returncode, short(r.stdout + r.stderr, 400)))
+    cert = os.path.join(srv.dir, "cert.pem")
+    text = openssl("x509", "-in", cert, "-noout", "-ext", "subjectAltName").stdout
+    sans = set(x.strip() for x in text.split("\n", 1)[-1].replace("\n", ",").split(",") if x.strip())
+    want = {"DNS:mail.gen.test", "DNS:localhost", "DNS:mx.extra.test", "DNS:other.example", "IP Address:127.0.0.1",
+            "IP Address:0:0:0:0:0:0:0:1", "IP Address:192.0.2.77", "IP Address:2001:DB8:0:0:0:0:0:77"}
+    machine = socket.gethostname()
+    if machine:
+        want.add("DNS:" + machine.lower())
+    own = _own_address()
+    if own:
+        want.add("IP Address:" + own)
+    check(want <= sans, "subjectAltName lacks %s; has %s" % (sorted(want - sans), sorted(sans)))
+    check(re.search(r"(?i)subject\s*[:=].*CN\s*=\s*mail\.gen\.test", openssl("x509", "-in", cert, "-noout", "-subject").stdout),
+          "the CN is not hostname")
+    # bad options are refused, and write nothing
+    for bad in (["--ip", "300.1.1.1"], ["--name", "bad name"], ["--name"], ["--bogus", "x"]):
+        r = run_cli(["-c", srv.ini, "gencert"] + bad, cwd=ctx.dir)
+        check(r.returncode != 0, "gencert %s: exit 0" % " ".join(bad))
+    srv.start()
+    targets = [("127.0.0.1", "127.0.0.1"), ("127.0.0.1", "localhost"), ("127.0.0.1", "mail.gen.test")]
+    if six:
+        targets.append(("::1", "::1"))
+    for addr, name in targets:  # verifying clients: the certificate as the CA, host names checked
+        c = ctx.track(Smtp(srv.smtps_port, addr))
+        handshake(c, tls_client_ctx(cafile=cert), "smtps to %s as %s" % (addr, name), server_hostname=name)
+        code, text = c.reply()
+        check(code == 220, "greeting to %s: %s" % (name, short(text)))
+        c.expect("QUIT", 221)
+    msmtp = need_program("msmtp", "msmtp")
+    for host in ["127.0.0.1", "localhost"] + (["::1"] if six else []):
+        r = subprocess.run([msmtp, "--serverinfo", "--host=" + host, "--port=%d" % srv.smtps_port, "--tls=on",
+                            "--tls-starttls=off", "--tls-trust-file=" + cert, "--domain=client.test"],
+                           capture_output=True, text=True, timeout=secs(30))
+        check(r.returncode == 0 and "mail.gen.test" in r.stdout,
+              "msmtp --host=%s (verifying): exit %d, %s" % (host, r.returncode, short(r.stdout + r.stderr, 400)))
+
+
 # end of section: cfg
 
 

@@ -585,8 +585,8 @@ test_tls(void)
     snprintf(key2, sizeof key2, "%s/key2.pem", dir);
     snprintf(junk, sizeof junk, "%s/junk.pem", dir);
     /* gencert's certificate: BearSSL decodes it and its key matches */
-    ASSERT(tls_make_cert("mx.example.org", &cb, &kb) == 0);
-    ASSERT(tls_make_cert("other.example.org", &cb2, &kb2) == 0);
+    ASSERT(tls_make_cert("mx.example.org", NULL, &cb, &kb) == 0);
+    ASSERT(tls_make_cert("other.example.org", NULL, &cb2, &kb2) == 0);
     ASSERT(tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) == 0);
     ASSERT(tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) == 0);
     ASSERT(tls_write_pem(cert2, cb2.p, cb2.len, "CERTIFICATE", 0644) == 0);
@@ -730,6 +730,32 @@ test_cfg_random(void)
     ASSERT(same < 20); /* two draws agree on about 1 byte in 256 */
 }
 
+#if MAILSRV_ENABLE_TLS
+/* Issue 11 (11): gencert's subjectAltName entries. */
+static void
+test_cfg_cert_names(void)
+{
+    struct cert_names cn;
+    const char *names[] = {"MX.Extra.Test", "*.wild.test", "mx.extra.test"}, *ips[] = {"192.0.2.9", "2001:db8::9"};
+    const char *badn[] = {"bad name"}, *badi[] = {"300.1.1.1"}, *ipname[] = {"10.0.0.1"}, *bad = NULL;
+    int i, lo4 = 0, lo6 = 0, ext = 0;
+    ASSERT(cert_names_collect(&cn, "Mail.Example.Test", names, 3, ips, 2, &bad) == 0);
+    ASSERT(cn.nnames >= 4 && strcmp(cn.names[0], "mail.example.test") == 0);
+    for (i = 0; i < cn.nnames; i++) ext += strcmp(cn.names[i], "mx.extra.test") == 0 || strcmp(cn.names[i], "localhost") == 0 ||
+                                          strcmp(cn.names[i], "*.wild.test") == 0;
+    ASSERT(ext == 3); /* each once, lower case */
+    for (i = 0; i < cn.nips; i++) {
+        lo4 += cn.ips[i].family == AF_INET && memcmp(cn.ips[i].ip, "\177\0\0\1", 4) == 0;
+        lo6 += cn.ips[i].family == AF_INET6 && memcmp(cn.ips[i].ip, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
+    }
+    ASSERT(lo4 == 1 && lo6 == 1);
+    ASSERT(cn.nips >= 4 && cn.ips[cn.nips - 1].family == AF_INET6 && cn.ips[cn.nips - 2].family == AF_INET);
+    ASSERT(cert_names_collect(&cn, "h.test", badn, 1, NULL, 0, &bad) == -1 && bad == badn[0]);
+    ASSERT(cert_names_collect(&cn, "h.test", NULL, 0, badi, 1, &bad) == -1 && bad == badi[0]);
+    ASSERT(cert_names_collect(&cn, "h.test", ipname, 1, NULL, 0, &bad) == -1); /* an address goes with --ip */
+}
+#endif
+
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
 
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
@@ -764,6 +790,9 @@ main(void)
     /* trust (issue 11): listflood test calls above this line */
 
     test_cfg_random();
+#if MAILSRV_ENABLE_TLS
+    test_cfg_cert_names();
+#endif
     /* trust (issue 11): cfg test calls above this line */
 
     /* trust (issue 11): smtpfix test calls above this line */
