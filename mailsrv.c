@@ -86,7 +86,9 @@
 #define MS_AUTH_TRACK 256         /* addresses remembered (the oldest is forgotten first) */
 #define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
 #define MS_ALIAS_DEPTH 8          /* nested group addresses */
-#define MS_RELOAD_CHECK_MS 2000   /* how often the INI file's mtime is checked */
+#define MS_RELOAD_CHECK_MS 1000   /* how often the INI file's size, mtime and inode are checked */
+#define MS_RELOAD_STABLE_MS 3000  /* a change is loaded once they stay the same this long: a file
+                                     still being written (an editor, scp) is never loaded half-way */
 #define MS_STOP_GRACE_MS 30000    /* SIGTERM: time given to sessions in flight */
 #define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes */
 #define MS_MAX_LISTENERS 16
@@ -4605,6 +4607,8 @@ struct mailsrv {
     char *ini_path;
     int64_t ini_mtime, ini_size, next_ini_check;
     uint64_t ini_ino;
+    int64_t seen_mtime, seen_size, seen_since; /* a change waiting to be stable (seen_since 0: none) */
+    uint64_t seen_ino;
     struct listener lst[MS_MAX_LISTENERS];
     int nlst;
     struct conn **conns;
@@ -7678,23 +7682,45 @@ loop_stop_sessions(struct mailsrv *ms)
     }
 }
 
+/* Reloads the INI on SIGHUP or `mailsrv reload` (QUEUE/reload, removed once loaded: the command
+ * waits for that) at once, and on a change of the file once its size, mtime and inode have stayed
+ * the same for MS_RELOAD_STABLE_MS: a file still being written is not loaded half-way (a cut but
+ * valid file would drop domains, aliases and lists: 550 until the rest came). */
 static void
 loop_check_reload(struct mailsrv *ms, int64_t now)
 {
     struct os_stat st;
+    char flag[1300];
+    int by_cli = 0;
     if (!ms->ini_path) return;
     if (!ms->reload_requested) {
         if (now < ms->next_ini_check) return;
         ms->next_ini_check = now + MS_RELOAD_CHECK_MS;
-        if (os_stat(ms->ini_path, &st) != 0 ||
-            (st.mtime == ms->ini_mtime && st.size == ms->ini_size && st.ino == ms->ini_ino))
+        by_cli = ms->qdir[0] && ms_fmt(flag, sizeof flag, "%s/reload", ms->qdir) >= 0 && os_stat(flag, &st) == 0;
+        if (by_cli) {
+            ms_log(ms, "reload requested (mailsrv reload)");
+        } else if (os_stat(ms->ini_path, &st) != 0 ||
+                   (st.mtime == ms->ini_mtime && st.size == ms->ini_size && st.ino == ms->ini_ino)) {
+            ms->seen_since = 0;
             return;
-        ms_log(ms, "%s changed: reloading", ms->ini_path);
+        } else if (!ms->seen_since || st.mtime != ms->seen_mtime || st.size != ms->seen_size || st.ino != ms->seen_ino) {
+            ms->seen_mtime = st.mtime; /* changed (again): wait until it stays so */
+            ms->seen_size = st.size;
+            ms->seen_ino = st.ino;
+            ms->seen_since = now;
+            return;
+        } else if (now - ms->seen_since < MS_RELOAD_STABLE_MS) {
+            return;
+        } else {
+            ms_log(ms, "%s changed: reloading", ms->ini_path);
+        }
     } else {
         ms_log(ms, "reload requested");
     }
     ms->reload_requested = 0;
+    ms->seen_since = 0;
     mailsrv_load_ini(ms, ms->ini_path);
+    if (by_cli) os_unlink(flag); /* after the load: the command returns once it is in force */
 }
 
 /* Removes tmp files left by a crash (they were never acknowledged). */
@@ -7772,6 +7798,37 @@ void mailsrv_stop(struct mailsrv *ms) { ms->stop_requested = 1; }
 /* see mailsrv.h */
 void mailsrv_request_reload(struct mailsrv *ms) { ms->reload_requested = 1; }
 
+/* A reload keeps what is only read at start, saying so (Postfix's "postfix reload" likewise leaves
+ * queue_directory and mail_owner to a restart): listeners, storage and spool (a switch from
+ * maildir to mbox would hide every message), the queue, user. */
+static void
+ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c)
+{
+    const struct ms_config *o = ms->cfg;
+    if (o->nlisten != c->nlisten || memcmp(o->listen, c->listen, sizeof c->listen[0] * (size_t)c->nlisten) != 0) {
+        ms_log(ms, "listener changes take effect after a restart");
+        memcpy(c->listen, o->listen, sizeof o->listen);
+        c->nlisten = o->nlisten;
+    }
+    if (c->storage != o->storage) {
+        ms_log(ms, "storage = %s takes effect after a restart; %s stays in use", c->storage == STORE_MBOX ? "mbox" : "maildir",
+               o->storage == STORE_MBOX ? "mbox" : "maildir");
+        c->storage = o->storage;
+    }
+    if (strcmp(c->spool, o->spool) != 0) {
+        ms_log(ms, "spool = %s takes effect after a restart; %s stays in use", c->spool, o->spool);
+        memcpy(c->spool, o->spool, sizeof c->spool);
+    }
+    if (strcmp(c->queue, o->queue) != 0) {
+        ms_log(ms, "queue = %s takes effect after a restart; %s stays in use", c->queue, o->queue);
+        memcpy(c->queue, o->queue, sizeof c->queue);
+    }
+    if (strcmp(c->user, o->user) != 0) {
+        ms_log(ms, "user = %s takes effect after a restart", c->user[0] ? c->user : "(none)");
+        memcpy(c->user, o->user, sizeof c->user);
+    }
+}
+
 static int
 ms_install_config(struct mailsrv *ms, struct ms_config *c)
 {
@@ -7785,9 +7842,7 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
         cfg_free(c);
         return -1;
     }
-    if (ms->cfg && (ms->cfg->nlisten != c->nlisten ||
-                    memcmp(ms->cfg->listen, c->listen, sizeof c->listen[0] * (size_t)c->nlisten) != 0))
-        ms_log(ms, "listener changes take effect after a restart");
+    if (ms->cfg) ms_keep_start_keys(ms, c);
     if (c->capture && cfg_listens_beyond_loopback(c))
         ms_log(ms, "WARNING: capture mode accepts mail for every address and listens beyond loopback");
     if (ms->cfg) {
@@ -8547,6 +8602,42 @@ cli_list(const char *path, const char *addr)
     return rc;
 }
 
+/* `reload`: checks the INI, then asks the running server to load it now through QUEUE/reload
+ * (as `flush` does: every platform, no pid file) and waits until the server has loaded it. */
+static int
+cli_reload(const char *path)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    char flag[1300];
+    struct os_stat st;
+    int fd = -1, waited;
+    if (cli_print_errors(c)) {
+        fprintf(stderr, "mailsrv: fix %s first; the running server keeps its configuration\n", path);
+        cfg_free(c);
+        return 1;
+    }
+    if (ms_fmt(flag, sizeof flag, "%s/reload", c->queue) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
+        fd = os_open(flag, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
+        cfg_free(c);
+        return 1;
+    }
+    os_close(fd);
+    cfg_free(c);
+    for (waited = 0; waited < 3 * MS_RELOAD_CHECK_MS; waited += 50) {
+        if (os_stat(flag, &st) != 0) {
+            printf("reloaded: the running server loaded %s\n", path);
+            return 0;
+        }
+        os_sleep_ms(50);
+    }
+    os_unlink(flag);
+    fprintf(stderr, "mailsrv: no running server took the request within %d s (is one running with %s?)\n",
+            3 * MS_RELOAD_CHECK_MS / 1000, path);
+    return 1;
+}
+
 static void
 cli_usage(void)
 {
@@ -8558,6 +8649,7 @@ cli_usage(void)
           "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
           "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
           "       mailsrv [-c FILE] flush           make the running server retry them now\n"
+          "       mailsrv [-c FILE] reload          make the running server load FILE now\n"
           "       mailsrv [-c FILE] gencert [--name NAME]... [--ip ADDR]...\n"
           "                                         write a self-signed certificate and key for hostname,\n"
           "                                         this machine's name and addresses, localhost, and more\n"
@@ -8595,6 +8687,7 @@ main(int argc, char **argv)
         if (strcmp(cmd, "users") == 0 && !arg) return cli_users(path);
         if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
         if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
+        if (strcmp(cmd, "reload") == 0 && !arg) return cli_reload(path);
         if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path, names, nnames, ips, nips);
         if (strcmp(cmd, "list") == 0) return cli_list(path, arg);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');

@@ -756,6 +756,42 @@ test_cfg_cert_names(void)
 }
 #endif
 
+/* Issue 11 (7): a reload keeps storage, spool, queue, user and the listeners, and says so. */
+static void
+cfg_reload_log(void *user, const char *line)
+{
+    struct buf *b = user;
+    buf_printf(b, "%s\n", line);
+}
+
+static void
+test_cfg_reload_keeps(void)
+{
+    static const char *ini1 = "[server]\nsmtp = 127.0.0.1:2525\nstorage = maildir\nspool = sp1\nuser = nobody\n"
+                              "[domain x.test]\npostmaster = Passw0rd1\n";
+    static const char *ini2 = "[server]\nsmtp = 127.0.0.1:2626\nstorage = mbox\nspool = sp2\nuser = daemon\n"
+                              "[domain x.test]\npostmaster = Passw0rd1\nann = Passw0rd2\n";
+    struct mailsrv *ms = mailsrv_create();
+    struct buf log = {0};
+    char spool[1024], queue[1024];
+    ASSERT(ms != NULL);
+    if (!ms) return;
+    mailsrv_set_log(ms, cfg_reload_log, &log);
+    ASSERT(mailsrv_load_ini_string(ms, ini1, "/srv/m.ini") == 0);
+    memcpy(spool, ms->cfg->spool, sizeof spool);
+    memcpy(queue, ms->cfg->queue, sizeof queue);
+    ASSERT(mailsrv_load_ini_string(ms, ini2, "/srv/m.ini") == 0);
+    ASSERT(ms->cfg->storage == STORE_MAILDIR && strcmp(ms->cfg->spool, spool) == 0 && strcmp(ms->cfg->queue, queue) == 0);
+    ASSERT(strcmp(ms->cfg->user, "nobody") == 0 && ms->cfg->nlisten == 1 && ms->cfg->listen[0].port == 2525);
+    ASSERT(cfg_find_user(cfg_find_domain(ms->cfg, "x.test"), "ann") != NULL); /* the rest applies */
+    ASSERT(log.p && strstr(log.p, "storage = mbox takes effect after a restart; maildir stays in use"));
+    ASSERT(log.p && strstr(log.p, "sp2 takes effect after a restart"));
+    ASSERT(log.p && strstr(log.p, "user = daemon takes effect after a restart"));
+    ASSERT(log.p && strstr(log.p, "listener changes take effect after a restart"));
+    mailsrv_destroy(ms);
+    buf_free(&log);
+}
+
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
 
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
@@ -793,6 +829,7 @@ main(void)
 #if MAILSRV_ENABLE_TLS
     test_cfg_cert_names();
 #endif
+    test_cfg_reload_keeps();
     /* trust (issue 11): cfg test calls above this line */
 
     /* trust (issue 11): smtpfix test calls above this line */
