@@ -784,7 +784,7 @@ static void os_net_stop(void) { WSACleanup(); }
 
 /* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
  * time+pid generator made guessable list codes, DNS ids and salts): every caller fails
- * closed, and the server does not start without it (ms_start). */
+ * closed, and the server does not start without it (mailsrv_listen). */
 static int
 os_random(void *buf, size_t n)
 {
