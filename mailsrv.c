@@ -86,7 +86,9 @@
 #define MS_AUTH_TRACK 256         /* addresses remembered (the oldest is forgotten first) */
 #define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
 #define MS_ALIAS_DEPTH 8          /* nested group addresses */
-#define MS_RELOAD_CHECK_MS 2000   /* how often the INI file's mtime is checked */
+#define MS_RELOAD_CHECK_MS 1000   /* how often the INI file's size, mtime and inode are checked */
+#define MS_RELOAD_STABLE_MS 3000  /* a change is loaded once they stay the same this long: a file
+                                     still being written (an editor, scp) is never loaded half-way */
 #define MS_STOP_GRACE_MS 30000    /* SIGTERM: time given to sessions in flight */
 #define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes */
 #define MS_MAX_LISTENERS 16
@@ -109,6 +111,7 @@
 
 #define MS_TLS_OBUF (4096 + 85)   /* TLS output buffer: records of 4 KB (the input must take 16 KB) */
 #define MS_TLS_CACHE (32 * 1024)  /* session resumption cache: about 300 sessions */
+#define MS_CERT_NAMES 32          /* gencert: subjectAltName names, and addresses, at most */
 #define MS_LISTEN_TLS 0x100       /* listener flag: implicit TLS (RFC 8314) */
 
 #define MS_LIST_TOKEN_LEN 24      /* confirmation codes: 96 random bits in hex */
@@ -142,12 +145,12 @@
 
 /* Fault injection (test builds): MAILSRV_FAULT=OP:N makes the Nth call of
  * OP fail, OP:N+ every call from the Nth on (a full disk stays full). */
-enum { F_WRITE, F_FSYNC, F_RENAME, F_LINK, F_MALLOC, F_NOPS };
+enum { F_WRITE, F_FSYNC, F_RENAME, F_LINK, F_MALLOC, F_RANDOM, F_NOPS };
 #if MAILSRV_FAULTS
 static int
 fault(int op)
 {
-    static const char *const names[] = {"write", "fsync", "rename", "link", "malloc"};
+    static const char *const names[] = {"write", "fsync", "rename", "link", "malloc", "random"};
     static long count[F_NOPS], at = -1;
     static int which = -1, from_on;
     if (at < 0) {
@@ -173,6 +176,7 @@ fault(int op)
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -214,14 +218,40 @@ os_pid(void)
     return pid;
 }
 
-/* Fills buf from /dev/urandom; returns -1 if it could not. */
+/* getentropy(): the system's generator without a descriptor or a file, so it works with every
+ * descriptor in use and in a chroot without /dev. Not in POSIX.1-2008 (it is in POSIX.1-2024):
+ * glibc >= 2.25 and musl >= 1.1.20 declare it in <unistd.h> only with _DEFAULT_SOURCE, macOS
+ * >= 10.12 in <sys/random.h>, so it is declared here, as setgroups is below. Older systems:
+ * -DMS_HAVE_GETENTROPY=0, and /dev/urandom alone. */
+#ifndef MS_HAVE_GETENTROPY
+#if defined(__GLIBC__) && (__GLIBC__ < 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ < 25))
+#define MS_HAVE_GETENTROPY 0
+#else
+#define MS_HAVE_GETENTROPY 1
+#endif
+#endif
+#if MS_HAVE_GETENTROPY
+int getentropy(void *buf, size_t n);
+#endif
+
+/* Fills buf from the system's generator: getentropy, else (a kernel without it: Linux before
+ * 3.17 answers ENOSYS) /dev/urandom. Returns -1 if it could not. */
 static int
 os_random_bytes(void *buf, size_t n)
 {
     unsigned char *p = buf;
     size_t got = 0;
-    int fd = open("/dev/urandom", O_RDONLY);
-    if (fd < 0) return -1;
+    int fd;
+#if MS_HAVE_GETENTROPY
+    while (got < n) {
+        size_t k = n - got < 256 ? n - got : 256; /* its limit per call */
+        if (getentropy(p + got, k) != 0) break;
+        got += k;
+    }
+    if (got == n) return 0;
+    got = 0;
+#endif
+    if ((fd = open("/dev/urandom", O_RDONLY)) < 0) return -1;
     while (got < n) {
         ssize_t r = read(fd, p + got, n - got);
         if (r <= 0) break;
@@ -272,6 +302,39 @@ os_dns_servers(char (*out)[64], int max)
     fclose(f);
     return n;
 }
+
+#if MAILSRV_ENABLE_TLS /* for gencert only */
+/* This machine's name, "" if it has none. */
+static void
+os_machine_name(char *out, size_t n)
+{
+    if (gethostname(out, n) != 0) out[0] = 0;
+    out[n - 1] = 0;
+}
+
+/* This machine's own addresses (text), for gencert: getifaddrs, not POSIX but in Linux (glibc,
+ * musl), the BSDs and macOS, lists what clients connect to; resolving the machine's name would
+ * give /etc/hosts' answer instead (127.0.1.1 on Debian). IPv6 link-local ones need a zone: left out. */
+static int
+os_local_addrs(char (*out)[64], int max)
+{
+    struct ifaddrs *all, *i;
+    int n = 0;
+    if (getifaddrs(&all) != 0) return 0;
+    for (i = all; i && n < max; i = i->ifa_next) {
+        const struct sockaddr *sa = i->ifa_addr;
+        if (!sa) continue;
+        if (sa->sa_family == AF_INET) {
+            if (inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out[n], 64)) n++;
+        } else if (sa->sa_family == AF_INET6) {
+            const unsigned char *b = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+            if (!(b[0] == 0xfe && (b[1] & 0xc0) == 0x80) && inet_ntop(AF_INET6, b, out[n], 64)) n++;
+        }
+    }
+    freeifaddrs(all);
+    return n;
+}
+#endif
 
 static int
 net_set_nonblock(ms_sock_t s)
@@ -567,6 +630,47 @@ os_dns_servers(char (*out)[64], int max)
     return n;
 }
 
+#if MAILSRV_ENABLE_TLS /* for gencert only */
+static void
+os_machine_name(char *out, size_t n)
+{
+    DWORD len = (DWORD)n;
+    if (!GetComputerNameExA(ComputerNameDnsHostname, out, &len)) out[0] = 0;
+    out[n - 1] = 0;
+}
+
+/* This machine's own addresses (text), for gencert; IPv6 link-local ones need a zone: left out. */
+static int
+os_local_addrs(char (*out)[64], int max)
+{
+    ULONG len = 16384;
+    IP_ADAPTER_ADDRESSES *all = NULL, *a;
+    IP_ADAPTER_UNICAST_ADDRESS *u;
+    int n = 0, tries;
+    for (tries = 0; tries < 3; tries++) {
+        ULONG r;
+        free(all);
+        if (!(all = malloc(len))) return 0;
+        r = GetAdaptersAddresses(AF_UNSPEC, GAA_FLAG_SKIP_ANYCAST | GAA_FLAG_SKIP_MULTICAST | GAA_FLAG_SKIP_DNS_SERVER,
+                                 NULL, all, &len);
+        if (r == NO_ERROR) break;
+        if (r != ERROR_BUFFER_OVERFLOW) tries = 3;
+    }
+    for (a = tries < 3 ? all : NULL; a && n < max; a = a->Next)
+        for (u = a->FirstUnicastAddress; u && n < max; u = u->Next) {
+            const struct sockaddr *sa = u->Address.lpSockaddr;
+            if (sa->sa_family == AF_INET) {
+                if (inet_ntop(AF_INET, (void *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr, out[n], 64)) n++;
+            } else if (sa->sa_family == AF_INET6) {
+                const unsigned char *b = ((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr.s6_addr;
+                if (!(b[0] == 0xfe && (b[1] & 0xc0) == 0x80) && inet_ntop(AF_INET6, (void *)b, out[n], 64)) n++;
+            }
+        }
+    free(all);
+    return n;
+}
+#endif
+
 static int
 net_set_nonblock(ms_sock_t s)
 {
@@ -754,17 +858,15 @@ static void os_net_stop(void) { WSACleanup(); }
 
 #endif /* ---------------- common to both ---------------- */
 
-static void
+/* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
+ * time+pid generator made guessable list codes, DNS ids and salts): every caller fails
+ * closed, and the server does not start without it (mailsrv_listen). */
+static int
 os_random(void *buf, size_t n)
 {
-    static uint64_t fallback;
-    unsigned char *p = buf;
-    size_t i;
-    if (os_random_bytes(buf, n) == 0) return;
-    for (i = 0; i < n; i++) { /* no system source: not for secrets, but unique */
-        fallback = fallback * 6364136223846793005ULL + (uint64_t)time(NULL) + os_pid() + (uint64_t)os_now_ms();
-        p[i] = (unsigned char)(fallback >> 33);
-    }
+    if (!FAULT(F_RANDOM) && os_random_bytes(buf, n) == 0) return 0;
+    memset(buf, 0, n);
+    return -1;
 }
 
 static long
@@ -909,7 +1011,7 @@ net_connect(const struct ms_addr *a, int udp, int *err)
     for (tries = 0; udp && tries < 8; tries++) {
         struct ms_addr any = {0, {0}, 0};
         unsigned short r;
-        os_random(&r, sizeof r);
+        if (os_random(&r, sizeof r) != 0) break; /* the system picks one */
         any.family = a->family;
         any.port = 1024 + r % 64511u;
         net_sockaddr(&any, &src);
@@ -1353,16 +1455,19 @@ b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
 /* ---- password hashes: $pbkdf2-sha256$ITER$SALT$HASH (base64, no padding) ---- */
 #define MS_HASH_PREFIX "$pbkdf2-sha256$"
 
-static void
+/* -1 (out empty) if the system's generator failed: no salt is made of anything else. */
+static int
 pass_hash(const char *pass, unsigned iter, char *out, size_t n)
 {
     unsigned char salt[16], dk[32];
     char s64[32], h64[48];
-    os_random(salt, sizeof salt);
+    if (n) out[0] = 0;
+    if (os_random(salt, sizeof salt) != 0) return -1;
     pbkdf2_sha256(pass, salt, sizeof salt, iter, dk);
     b64_encode(salt, sizeof salt, s64, 0);
     b64_encode(dk, sizeof dk, h64, 0);
     snprintf(out, n, MS_HASH_PREFIX "%u$%s$%s", iter, s64, h64);
+    return 0;
 }
 
 static int
@@ -4265,6 +4370,9 @@ tls_engine_setup(struct tls_sess *t)
     br_ssl_engine_set_versions(t->eng, BR_TLS12, BR_TLS12);
     br_ssl_engine_set_suites(t->eng, tls_suites, sizeof tls_suites / sizeof tls_suites[0]);
     br_ssl_engine_set_buffers_bidi(t->eng, t->ibuf, sizeof t->ibuf, t->obuf, sizeof t->obuf);
+    /* No renegotiation either way (a full handshake's CPU each, for nothing mail needs): a server
+     * answers a ClientHello, a client a HelloRequest, with a no_renegotiation alert (RFC 5246 7.2.2). */
+    br_ssl_engine_add_flags(t->eng, BR_OPT_NO_RENEGOTIATION);
 }
 
 static struct tls_sess *
@@ -4635,6 +4743,8 @@ struct mailsrv {
     int64_t ini_mtime, ini_size, next_ini_check;
     uint64_t ini_ino;
     int64_t next_tmp_clean;          /* when SPOOL/.tmp is next cleaned (0: at the next turn) */
+    int64_t seen_mtime, seen_size, seen_since; /* a change waiting to be stable (seen_since 0: none) */
+    uint64_t seen_ino;
     struct listener lst[MS_MAX_LISTENERS];
     int nlst;
     struct conn **conns;
@@ -5892,12 +6002,17 @@ o_dns_query(struct osess *o, const char *name, int type)
 {
     struct dnsq *q = &o->dq;
     unsigned short id;
-    os_random(&id, sizeof id);
+    int rnd = os_random(&id, sizeof id);
     q->id = id;
     q->type = type;
     q->tcp = q->tries = 0;
     q->ns = 0;
     ms_strlcpy(q->name, name, sizeof q->name);
+    if (rnd != 0) { /* a guessable id invites forged answers: a temporary failure instead */
+        o_log(o, "DNS query for %s: the system's random generator failed", name);
+        o_dns_answer(o, -1, NULL);
+        return;
+    }
     if (o->ndns == 0) { o_dns_answer(o, -1, NULL); return; } /* no resolver known: a temporary failure */
     q->qlen = dns_build_query(q->q, sizeof q->q, q->id, name, type);
     if (q->qlen < 0) { o_dns_answer(o, DNS_NXDOMAIN, NULL); return; }
@@ -7126,7 +7241,11 @@ list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, c
         st.p[old] = st.p[--st.np];
     }
     memset(&p, 0, sizeof p);
-    os_random(rnd, sizeof rnd);
+    if (os_random(rnd, sizeof rnd) != 0) { /* never a guessable code: 451, the sender retries */
+        ms_log(ms, "list %s@%s: %s request from <%s>: the system's random generator failed", l->name, l->domain,
+               unsub ? "unsubscribe" : "subscribe", sender);
+        goto out;
+    }
     for (i = 0; i < (int)sizeof rnd; i++) sprintf(p.token + 2 * i, "%02x", rnd[i]);
     p.unsub = unsub;
     ms_strlcpy(p.addr, sender, sizeof p.addr);
@@ -7850,24 +7969,46 @@ loop_stop_sessions(struct mailsrv *ms)
     }
 }
 
+/* Reloads the INI on SIGHUP or `mailsrv reload` (QUEUE/reload, removed once loaded: the command
+ * waits for that) at once, and on a change of the file once its size, mtime and inode have stayed
+ * the same for MS_RELOAD_STABLE_MS: a file still being written is not loaded half-way (a cut but
+ * valid file would drop domains, aliases and lists: 550 until the rest came). */
 static void
 loop_check_reload(struct mailsrv *ms, int64_t now)
 {
     struct os_stat st;
+    char flag[1300];
+    int by_cli = 0;
     if (!ms->ini_path) return;
     if (!ms->reload_requested) {
         if (now < ms->next_ini_check) return;
         ms->next_ini_check = now + MS_RELOAD_CHECK_MS;
-        if (os_stat(ms->ini_path, &st) != 0 ||
-            (st.mtime == ms->ini_mtime && st.size == ms->ini_size && st.ino == ms->ini_ino))
+        by_cli = ms->qdir[0] && ms_fmt(flag, sizeof flag, "%s/reload", ms->qdir) >= 0 && os_stat(flag, &st) == 0;
+        if (by_cli) {
+            ms_log(ms, "reload requested (mailsrv reload)");
+        } else if (os_stat(ms->ini_path, &st) != 0 ||
+                   (st.mtime == ms->ini_mtime && st.size == ms->ini_size && st.ino == ms->ini_ino)) {
+            ms->seen_since = 0;
             return;
-        ms_log(ms, "%s changed: reloading", ms->ini_path);
+        } else if (!ms->seen_since || st.mtime != ms->seen_mtime || st.size != ms->seen_size || st.ino != ms->seen_ino) {
+            ms->seen_mtime = st.mtime; /* changed (again): wait until it stays so */
+            ms->seen_size = st.size;
+            ms->seen_ino = st.ino;
+            ms->seen_since = now;
+            return;
+        } else if (now - ms->seen_since < MS_RELOAD_STABLE_MS) {
+            return;
+        } else {
+            ms_log(ms, "%s changed: reloading", ms->ini_path);
+        }
     } else {
         ms_log(ms, "reload requested");
     }
     ms->reload_requested = 0;
+    ms->seen_since = 0;
     mailsrv_load_ini(ms, ms->ini_path);
     ms->next_tmp_clean = 0; /* a reload also cleans SPOOL/.tmp */
+    if (by_cli) os_unlink(flag); /* after the load: the command returns once it is in force */
 }
 
 /* Removes SPOOL/.tmp files left by a crash or kill -9 (never acknowledged)
@@ -7973,6 +8114,37 @@ void mailsrv_stop(struct mailsrv *ms) { ms->stop_requested = 1; }
 /* see mailsrv.h */
 void mailsrv_request_reload(struct mailsrv *ms) { ms->reload_requested = 1; }
 
+/* A reload keeps what is only read at start, saying so (Postfix's "postfix reload" likewise leaves
+ * queue_directory and mail_owner to a restart): listeners, storage and spool (a switch from
+ * maildir to mbox would hide every message), the queue, user. */
+static void
+ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c)
+{
+    const struct ms_config *o = ms->cfg;
+    if (o->nlisten != c->nlisten || memcmp(o->listen, c->listen, sizeof c->listen[0] * (size_t)c->nlisten) != 0) {
+        ms_log(ms, "listener changes take effect after a restart");
+        memcpy(c->listen, o->listen, sizeof o->listen);
+        c->nlisten = o->nlisten;
+    }
+    if (c->storage != o->storage) {
+        ms_log(ms, "storage = %s takes effect after a restart; %s stays in use", c->storage == STORE_MBOX ? "mbox" : "maildir",
+               o->storage == STORE_MBOX ? "mbox" : "maildir");
+        c->storage = o->storage;
+    }
+    if (strcmp(c->spool, o->spool) != 0) {
+        ms_log(ms, "spool = %s takes effect after a restart; %s stays in use", c->spool, o->spool);
+        memcpy(c->spool, o->spool, sizeof c->spool);
+    }
+    if (strcmp(c->queue, o->queue) != 0) {
+        ms_log(ms, "queue = %s takes effect after a restart; %s stays in use", c->queue, o->queue);
+        memcpy(c->queue, o->queue, sizeof c->queue);
+    }
+    if (strcmp(c->user, o->user) != 0) {
+        ms_log(ms, "user = %s takes effect after a restart", c->user[0] ? c->user : "(none)");
+        memcpy(c->user, o->user, sizeof c->user);
+    }
+}
+
 static int
 ms_install_config(struct mailsrv *ms, struct ms_config *c)
 {
@@ -7986,9 +8158,7 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
         cfg_free(c);
         return -1;
     }
-    if (ms->cfg && (ms->cfg->nlisten != c->nlisten ||
-                    memcmp(ms->cfg->listen, c->listen, sizeof c->listen[0] * (size_t)c->nlisten) != 0))
-        ms_log(ms, "listener changes take effect after a restart");
+    if (ms->cfg) ms_keep_start_keys(ms, c);
     if (c->capture && cfg_listens_beyond_loopback(c))
         ms_log(ms, "WARNING: capture mode accepts mail for every address and listens beyond loopback");
     if (ms->cfg) {
@@ -8031,6 +8201,10 @@ mailsrv_listen(struct mailsrv *ms)
     const struct ms_config *c = ms->cfg;
     if (!c) { ms_log(ms, "no configuration loaded"); return -1; }
     gives = c->user[0] && os_is_root();
+    if (os_random(err, 16) != 0) { /* fail closed: list codes, DNS ids and salts need it */
+        ms_log(ms, "the system's random generator does not work (getentropy, /dev/urandom): refusing to start");
+        return -1;
+    }
     if (os_is_root() && !c->user[0] && !c->allow_root) {
         ms_log(ms, "%s: refusing to run as root: set user = ACCOUNT in [server] (mailsrv binds its ports, then "
                "becomes that account), or allow_root = yes", c->path);
@@ -8280,7 +8454,11 @@ cli_edit(const char *path, const char *addr, int add)
         const char *why;
         if (os_read_password(pw, sizeof pw) != 0) { fprintf(stderr, "mailsrv: no password on stdin\n"); cfg_free(c); return 1; }
         if ((why = pass_policy(pw)) != NULL) { fprintf(stderr, "mailsrv: %s\n", why); cfg_free(c); return 1; }
-        pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
+        if (pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash) != 0) {
+            fprintf(stderr, "mailsrv: the system's random generator failed: no password hash\n");
+            cfg_free(c);
+            return 1;
+        }
     }
     if (!(text = cfg_read_file(path, &len))) { fprintf(stderr, "mailsrv: %s: %s\n", path, strerror(errno)); cfg_free(c); return 1; }
     edited = cfg_edit_mailbox(text, len, user, domain, add ? hash : NULL, err, sizeof err);
@@ -8491,10 +8669,73 @@ tls_write_pem(const char *path, const void *der, size_t len, const char *banner,
     return rc;
 }
 
-/* Builds the certificate for `host`, valid from an hour ago for ten years,
- * with the host as CN and as subjectAltName. */
+/* The subjectAltName of gencert's certificate (RFC 5280 4.2.1.6): what clients connect to,
+ * by name (dNSName, lower case) and by address (iPAddress, RFC 6125 6.4: an IP is never
+ * matched against a dNSName). Each entry once. */
+struct cert_names {
+    int nnames, nips;
+    char names[MS_CERT_NAMES][MS_DOMAIN_MAX + 1];
+    struct ms_addr ips[MS_CERT_NAMES];
+};
+
+/* Adds a host name ("*." allowed first) or an address; 0 (also when already there), -1 if it is
+ * neither or the list is full. */
 static int
-tls_make_cert(const char *host, struct buf *cert, struct buf *key)
+cert_names_add(struct cert_names *cn, const char *s, int ip)
+{
+    int i;
+    if (ip) {
+        struct ms_addr a;
+        if (net_addr_parse(s, 0, &a) != 0) return -1;
+        for (i = 0; i < cn->nips; i++)
+            if (cn->ips[i].family == a.family && memcmp(cn->ips[i].ip, a.ip, a.family == AF_INET ? 4 : 16) == 0) return 0;
+        if (cn->nips >= MS_CERT_NAMES) return -1;
+        cn->ips[cn->nips++] = a;
+    } else {
+        struct ms_addr a;
+        char low[MS_DOMAIN_MAX + 1];
+        size_t k;
+        if (ms_strlcpy(low, s, sizeof low) != 0 || net_addr_parse(s, 0, &a) == 0 ||
+            !cfg_valid_domain(strncmp(s, "*.", 2) == 0 ? s + 2 : s))
+            return -1;
+        for (k = 0; low[k]; k++) low[k] = (char)tolower((unsigned char)low[k]);
+        for (i = 0; i < cn->nnames; i++)
+            if (strcmp(cn->names[i], low) == 0) return 0;
+        if (cn->nnames >= MS_CERT_NAMES) return -1;
+        memcpy(cn->names[cn->nnames++], low, sizeof low);
+    }
+    return 0;
+}
+
+/* gencert's names: hostname (also the CN), the machine's name, localhost, 127.0.0.1, ::1, the
+ * machine's own addresses, then the --name and --ip options: -1 naming the first that is not a
+ * host name or an address, or that no longer fits. */
+static int
+cert_names_collect(struct cert_names *cn, const char *host, const char *const *names, int nnames,
+                   const char *const *ips, int nips, const char **bad)
+{
+    char machine[MS_DOMAIN_MAX + 1], addrs[MS_CERT_NAMES][64];
+    int i, n;
+    memset(cn, 0, sizeof *cn);
+    cert_names_add(cn, host, 0);
+    os_machine_name(machine, sizeof machine);
+    if (machine[0]) cert_names_add(cn, machine, 0); /* a machine name that is no host name is left out */
+    cert_names_add(cn, "localhost", 0);
+    cert_names_add(cn, "127.0.0.1", 1);
+    cert_names_add(cn, "::1", 1);
+    n = os_local_addrs(addrs, MS_CERT_NAMES / 2); /* room for the options */
+    for (i = 0; i < n; i++) cert_names_add(cn, addrs[i], 1);
+    for (i = 0; i < nnames; i++)
+        if (cert_names_add(cn, names[i], 0) != 0) { *bad = names[i]; return -1; }
+    for (i = 0; i < nips; i++)
+        if (cert_names_add(cn, ips[i], 1) != 0) { *bad = ips[i]; return -1; }
+    return 0;
+}
+
+/* Builds the certificate for `host`, valid from an hour ago for ten years, with the host as
+ * CN and the entries of san (or, without san, the host alone) as subjectAltName. */
+static int
+tls_make_cert(const char *host, const struct cert_names *san, struct buf *cert, struct buf *key)
 {
     static const unsigned char oid_ecdsa_sha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
     static const unsigned char oid_ec_pub[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
@@ -8509,13 +8750,13 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     struct buf tbs = {0}, alg = {0}, tmp = {0}, tmp2 = {0}, spki = {0}, ext = {0}, all = {0};
     br_sha256_context h;
     size_t siglen, klen;
+    int i;
     time_t now = time(NULL);
-    os_random(seed, sizeof seed);
+    if (os_random(seed, sizeof seed) != 0 || os_random(serial, sizeof serial) != 0) return -1;
     br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
     if (!br_ec_keygen(&rng.vtable, br_ec_get_default(), &sk, kbuf, BR_EC_secp256r1) ||
         !br_ec_compute_pub(br_ec_get_default(), &pk, pbuf, &sk))
         return -1;
-    os_random(serial, sizeof serial);
     serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
     der_add(&alg, 0x06, oid_ecdsa_sha256, sizeof oid_ecdsa_sha256);
     der_add(&tmp, 0xa0, v3, sizeof v3);                           /* version v3 */
@@ -8533,7 +8774,10 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     memcpy(bits + 1, pk.q, pk.qlen);
     der_add(&spki, 0x03, bits, pk.qlen + 1);
     der_wrap(&tmp, 0x30, &spki);                                 /* subjectPublicKeyInfo */
-    der_add(&tmp2, 0x82, host, strlen(host));                    /* dNSName */
+    if (!san) der_add(&tmp2, 0x82, host, strlen(host));          /* dNSName */
+    for (i = 0; san && i < san->nnames; i++) der_add(&tmp2, 0x82, san->names[i], strlen(san->names[i]));
+    for (i = 0; san && i < san->nips; i++)                       /* iPAddress: 4 or 16 octets */
+        der_add(&tmp2, 0x87, san->ips[i].ip, san->ips[i].family == AF_INET ? 4 : 16);
     der_wrap(&ext, 0x30, &tmp2);                                 /* GeneralNames */
     der_add(&tmp2, 0x06, oid_san, sizeof oid_san);
     der_wrap(&tmp2, 0x04, &ext);
@@ -8560,20 +8804,31 @@ tls_make_cert(const char *host, struct buf *cert, struct buf *key)
     memset(kder, 0, sizeof kder);
     return 0;
 }
+
 #endif
 
-/* `gencert`: a self-signed certificate and key at tls_cert / tls_key
- * (default cert.pem and key.pem beside the INI); never overwrites. */
+/* `gencert [--name NAME]... [--ip ADDR]...`: a self-signed certificate and key at tls_cert /
+ * tls_key (default cert.pem and key.pem beside the INI) for hostname and what else clients
+ * connect to (cert_names_collect); never overwrites. */
 static int
-cli_gencert(const char *path)
+cli_gencert(const char *path, const char *const *names, int nnames, const char *const *ips, int nips)
 {
 #if MAILSRV_ENABLE_TLS
     struct ms_config *c = cfg_load_ex(path, NULL, 0);
-    char cert[1100], key[1100];
+    char cert[1100], key[1100], addr[64];
     struct buf cb = {0}, kb = {0};
     struct os_stat st;
-    int rc = 1, set = 0;
-    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    struct cert_names *san = xrealloc(NULL, sizeof *san);
+    const char *bad = NULL;
+    int rc = 1, set = 0, i;
+    if (cli_print_errors(c)) { cfg_free(c); free(san); return 1; }
+    if (cert_names_collect(san, c->hostname, names, nnames, ips, nips, &bad) != 0) {
+        fprintf(stderr, "mailsrv: gencert: '%s' is not a host name or an IP address (or too many names: %d at most)\n",
+                bad, MS_CERT_NAMES);
+        cfg_free(c);
+        free(san);
+        return 1;
+    }
     set = c->tls_cert[0] && c->tls_key[0];
     if (ms_fmt(cert, sizeof cert, "%s", c->tls_cert[0] ? c->tls_cert : "") < 0 || !cert[0])
         ms_fmt(cert, sizeof cert, "%s%scert.pem", c->dir, c->dir[0] ? "/" : "");
@@ -8581,13 +8836,19 @@ cli_gencert(const char *path)
         ms_fmt(key, sizeof key, "%s%skey.pem", c->dir, c->dir[0] ? "/" : "");
     if (os_stat(cert, &st) == 0 || os_stat(key, &st) == 0) {
         fprintf(stderr, "mailsrv: %s exists: gencert never overwrites; remove it first\n", os_stat(cert, &st) == 0 ? cert : key);
-    } else if (tls_make_cert(c->hostname, &cb, &kb) != 0) {
-        fprintf(stderr, "mailsrv: cannot make a key\n");
+    } else if (tls_make_cert(c->hostname, san, &cb, &kb) != 0) {
+        fprintf(stderr, "mailsrv: cannot make a key (is the system's random generator working?)\n");
     } else if (tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) != 0 ||
                tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) != 0) {
         fprintf(stderr, "mailsrv: cannot write %s / %s: %s\n", cert, key, strerror(errno));
     } else {
-        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\n", cert, c->hostname, key);
+        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\nnames:", cert, c->hostname, key);
+        for (i = 0; i < san->nnames; i++) printf(" %s", san->names[i]);
+        for (i = 0; i < san->nips; i++) {
+            net_addr_str(&san->ips[i], addr, sizeof addr);
+            printf(" %s", addr);
+        }
+        printf("\n");
         if (!set) printf("add to [server] in %s:\n    tls_cert = %s\n    tls_key = %s\n", path, cert, key);
         rc = 0;
     }
@@ -8595,9 +8856,14 @@ cli_gencert(const char *path)
     buf_free(&kb);
     buf_free(&cb);
     cfg_free(c);
+    free(san);
     return rc;
 #else
     (void)path;
+    (void)names;
+    (void)nnames;
+    (void)ips;
+    (void)nips;
     fprintf(stderr, "mailsrv: this mailsrv was built without TLS (make TLS=0): no gencert\n");
     return 1;
 #endif
@@ -8611,7 +8877,10 @@ cli_passwd(void)
         fprintf(stderr, "mailsrv: give the password on stdin\n");
         return 1;
     }
-    pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
+    if (pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash) != 0) {
+        fprintf(stderr, "mailsrv: the system's random generator failed: no password hash\n");
+        return 1;
+    }
     printf("%s\n", hash);
     return 0;
 }
@@ -8669,6 +8938,42 @@ cli_list(const char *path, const char *addr)
     return rc;
 }
 
+/* `reload`: checks the INI, then asks the running server to load it now through QUEUE/reload
+ * (as `flush` does: every platform, no pid file) and waits until the server has loaded it. */
+static int
+cli_reload(const char *path)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    char flag[1300];
+    struct os_stat st;
+    int fd = -1, waited;
+    if (cli_print_errors(c)) {
+        fprintf(stderr, "mailsrv: fix %s first; the running server keeps its configuration\n", path);
+        cfg_free(c);
+        return 1;
+    }
+    if (ms_fmt(flag, sizeof flag, "%s/reload", c->queue) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
+        fd = os_open(flag, O_WRONLY | O_CREAT, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
+        cfg_free(c);
+        return 1;
+    }
+    os_close(fd);
+    cfg_free(c);
+    for (waited = 0; waited < 3 * MS_RELOAD_CHECK_MS; waited += 50) {
+        if (os_stat(flag, &st) != 0) {
+            printf("reloaded: the running server loaded %s\n", path);
+            return 0;
+        }
+        os_sleep_ms(50);
+    }
+    os_unlink(flag);
+    fprintf(stderr, "mailsrv: no running server took the request within %d s (is one running with %s?)\n",
+            3 * MS_RELOAD_CHECK_MS / 1000, path);
+    return 1;
+}
+
 static void
 cli_usage(void)
 {
@@ -8680,7 +8985,10 @@ cli_usage(void)
           "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
           "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
           "       mailsrv [-c FILE] flush           make the running server retry them now\n"
-          "       mailsrv [-c FILE] gencert         write a self-signed certificate and key for hostname\n"
+          "       mailsrv [-c FILE] reload          make the running server load FILE now\n"
+          "       mailsrv [-c FILE] gencert [--name NAME]... [--ip ADDR]...\n"
+          "                                         write a self-signed certificate and key for hostname,\n"
+          "                                         this machine's name and addresses, localhost, and more\n"
           "       mailsrv [-c FILE] list [ADDRESS]  the mailing lists, or one list's members and their consent\n"
           "       mailsrv -V                        print the version\n",
           stderr);
@@ -8690,8 +8998,8 @@ cli_usage(void)
 int
 main(int argc, char **argv)
 {
-    const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL;
-    int i, verbose = 0, rc;
+    const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL, *names[MS_CERT_NAMES], *ips[MS_CERT_NAMES];
+    int i, verbose = 0, rc, nnames = 0, nips = 0;
     struct mailsrv *ms;
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
@@ -8701,18 +9009,22 @@ main(int argc, char **argv)
                    MAILSRV_FAULTS ? " FAULT INJECTION BUILD" : "");
             return 0;
         }
+        else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc && nnames < MS_CERT_NAMES) names[nnames++] = argv[++i];
+        else if (strcmp(argv[i], "--ip") == 0 && i + 1 < argc && nips < MS_CERT_NAMES) ips[nips++] = argv[++i];
         else if (argv[i][0] == '-') { cli_usage(); return 2; }
         else if (!cmd) cmd = argv[i];
         else if (!arg) arg = argv[i];
         else { cli_usage(); return 2; }
     }
+    if ((nnames || nips) && (!cmd || strcmp(cmd, "gencert") != 0)) { cli_usage(); return 2; } /* gencert's */
     if (cmd) {
         if (strcmp(cmd, "check") == 0 && !arg) return cli_check(path);
         if (strcmp(cmd, "passwd") == 0 && !arg) return cli_passwd();
         if (strcmp(cmd, "users") == 0 && !arg) return cli_users(path);
         if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
         if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
-        if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path);
+        if (strcmp(cmd, "reload") == 0 && !arg) return cli_reload(path);
+        if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path, names, nnames, ips, nips);
         if (strcmp(cmd, "list") == 0) return cli_list(path, arg);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();

@@ -585,8 +585,8 @@ test_tls(void)
     snprintf(key2, sizeof key2, "%s/key2.pem", dir);
     snprintf(junk, sizeof junk, "%s/junk.pem", dir);
     /* gencert's certificate: BearSSL decodes it and its key matches */
-    ASSERT(tls_make_cert("mx.example.org", &cb, &kb) == 0);
-    ASSERT(tls_make_cert("other.example.org", &cb2, &kb2) == 0);
+    ASSERT(tls_make_cert("mx.example.org", NULL, &cb, &kb) == 0);
+    ASSERT(tls_make_cert("other.example.org", NULL, &cb2, &kb2) == 0);
     ASSERT(tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) == 0);
     ASSERT(tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) == 0);
     ASSERT(tls_write_pem(cert2, cb2.p, cb2.len, "CERTIFICATE", 0644) == 0);
@@ -891,6 +891,103 @@ test_list_rate(void)
 
 /* ---- trust (issue 11): listflood unit tests go above this line ---- */
 
+/* Issue 11 (3): the system's generator works without a free descriptor (getentropy), and os_random
+ * has no weak fallback: it gives 0 and random bytes, or -1 and zeros. */
+#ifndef _WIN32
+#include <sys/resource.h>
+#endif
+static void
+test_cfg_random(void)
+{
+    unsigned char a[300], b[300], z[300];
+    char hash[160];
+    size_t i, same = 0;
+#ifndef _WIN32
+    struct rlimit old, none;
+    int r1, r2, rh;
+    ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
+    none = old;
+    none.rlim_cur = 0; /* no descriptor can be opened: every open() fails with EMFILE */
+    ASSERT(setrlimit(RLIMIT_NOFILE, &none) == 0);
+    ASSERT(open("/dev/null", O_RDONLY) < 0);
+    r1 = os_random_bytes(a, sizeof a); /* more than getentropy's 256 bytes per call */
+    r2 = os_random(b, sizeof b);
+    rh = pass_hash("a password", 2, hash, sizeof hash);
+    ASSERT(setrlimit(RLIMIT_NOFILE, &old) == 0);
+    ASSERT(r1 == 0 && r2 == 0);
+    ASSERT(rh == 0 && pass_is_hash(hash));
+#else
+    ASSERT(os_random_bytes(a, sizeof a) == 0 && os_random(b, sizeof b) == 0);
+    ASSERT(pass_hash("a password", 2, hash, sizeof hash) == 0 && pass_is_hash(hash));
+#endif
+    memset(z, 0, sizeof z);
+    ASSERT(memcmp(a, z, sizeof a) != 0 && memcmp(b, z, sizeof b) != 0);
+    for (i = 0; i < sizeof a; i++) same += a[i] == b[i];
+    ASSERT(same < 20); /* two draws agree on about 1 byte in 256 */
+}
+
+#if MAILSRV_ENABLE_TLS
+/* Issue 11 (11): gencert's subjectAltName entries. */
+static void
+test_cfg_cert_names(void)
+{
+    struct cert_names cn;
+    const char *names[] = {"MX.Extra.Test", "*.wild.test", "mx.extra.test"}, *ips[] = {"192.0.2.9", "2001:db8::9"};
+    const char *badn[] = {"bad name"}, *badi[] = {"300.1.1.1"}, *ipname[] = {"10.0.0.1"}, *bad = NULL;
+    int i, lo4 = 0, lo6 = 0, ext = 0;
+    ASSERT(cert_names_collect(&cn, "Mail.Example.Test", names, 3, ips, 2, &bad) == 0);
+    ASSERT(cn.nnames >= 4 && strcmp(cn.names[0], "mail.example.test") == 0);
+    for (i = 0; i < cn.nnames; i++) ext += strcmp(cn.names[i], "mx.extra.test") == 0 || strcmp(cn.names[i], "localhost") == 0 ||
+                                          strcmp(cn.names[i], "*.wild.test") == 0;
+    ASSERT(ext == 3); /* each once, lower case */
+    for (i = 0; i < cn.nips; i++) {
+        lo4 += cn.ips[i].family == AF_INET && memcmp(cn.ips[i].ip, "\177\0\0\1", 4) == 0;
+        lo6 += cn.ips[i].family == AF_INET6 && memcmp(cn.ips[i].ip, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
+    }
+    ASSERT(lo4 == 1 && lo6 == 1);
+    ASSERT(cn.nips >= 4 && cn.ips[cn.nips - 1].family == AF_INET6 && cn.ips[cn.nips - 2].family == AF_INET);
+    ASSERT(cert_names_collect(&cn, "h.test", badn, 1, NULL, 0, &bad) == -1 && bad == badn[0]);
+    ASSERT(cert_names_collect(&cn, "h.test", NULL, 0, badi, 1, &bad) == -1 && bad == badi[0]);
+    ASSERT(cert_names_collect(&cn, "h.test", ipname, 1, NULL, 0, &bad) == -1); /* an address goes with --ip */
+}
+#endif
+
+/* Issue 11 (7): a reload keeps storage, spool, queue, user and the listeners, and says so. */
+static void
+cfg_reload_log(void *user, const char *line)
+{
+    struct buf *b = user;
+    buf_printf(b, "%s\n", line);
+}
+
+static void
+test_cfg_reload_keeps(void)
+{
+    static const char *ini1 = "[server]\nsmtp = 127.0.0.1:2525\nstorage = maildir\nspool = sp1\nuser = nobody\n"
+                              "[domain x.test]\npostmaster = Passw0rd1\n";
+    static const char *ini2 = "[server]\nsmtp = 127.0.0.1:2626\nstorage = mbox\nspool = sp2\nuser = daemon\n"
+                              "[domain x.test]\npostmaster = Passw0rd1\nann = Passw0rd2\n";
+    struct mailsrv *ms = mailsrv_create();
+    struct buf log = {0};
+    char spool[1024], queue[1024];
+    ASSERT(ms != NULL);
+    if (!ms) return;
+    mailsrv_set_log(ms, cfg_reload_log, &log);
+    ASSERT(mailsrv_load_ini_string(ms, ini1, "/srv/m.ini") == 0);
+    memcpy(spool, ms->cfg->spool, sizeof spool);
+    memcpy(queue, ms->cfg->queue, sizeof queue);
+    ASSERT(mailsrv_load_ini_string(ms, ini2, "/srv/m.ini") == 0);
+    ASSERT(ms->cfg->storage == STORE_MAILDIR && strcmp(ms->cfg->spool, spool) == 0 && strcmp(ms->cfg->queue, queue) == 0);
+    ASSERT(strcmp(ms->cfg->user, "nobody") == 0 && ms->cfg->nlisten == 1 && ms->cfg->listen[0].port == 2525);
+    ASSERT(cfg_find_user(cfg_find_domain(ms->cfg, "x.test"), "ann") != NULL); /* the rest applies */
+    ASSERT(log.p && strstr(log.p, "storage = mbox takes effect after a restart; maildir stays in use"));
+    ASSERT(log.p && strstr(log.p, "sp2 takes effect after a restart"));
+    ASSERT(log.p && strstr(log.p, "user = daemon takes effect after a restart"));
+    ASSERT(log.p && strstr(log.p, "listener changes take effect after a restart"));
+    mailsrv_destroy(ms);
+    buf_free(&log);
+}
+
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
 
 /* Finding 13c: RFC 5321 4.5.3.1.3's 256 octets, brackets included; what does not fit is an error. */
@@ -1020,6 +1117,11 @@ main(void)
     test_list_rate();
     /* trust (issue 11): listflood test calls above this line */
 
+    test_cfg_random();
+#if MAILSRV_ENABLE_TLS
+    test_cfg_cert_names();
+#endif
+    test_cfg_reload_keeps();
     /* trust (issue 11): cfg test calls above this line */
 
     test_smtpfix_path_limits();
