@@ -1375,7 +1375,7 @@ pass_key_parse(const char *stored, struct pass_key *k)
     return pass_parse_hash(stored, &k->iter, k->salt, &k->saltlen, k->dk);
 }
 
-/* The rule `mailsrv add` enforces for new passwords. */
+/* The one rule for new passwords: `mailsrv add` and `mailsrv passwd`. */
 static const char *
 pass_policy(const char *p)
 {
@@ -8431,10 +8431,12 @@ static int
 cli_passwd(void)
 {
     char pw[512], hash[160];
+    const char *why;
     if (os_read_password(pw, sizeof pw) != 0 || !pw[0]) {
         fprintf(stderr, "mailsrv: give the password on stdin\n");
         return 1;
     }
+    if ((why = pass_policy(pw)) != NULL) { fprintf(stderr, "mailsrv: %s\n", why); return 1; } /* as `add` */
     pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash);
     printf("%s\n", hash);
     return 0;

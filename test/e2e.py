@@ -5437,6 +5437,26 @@ def authcost_pipelined(ctx):
 
 
 @test()
+def authcost_passwd_policy(ctx):
+    """`mailsrv passwd` and `mailsrv add` apply one password policy: both refuse a weak password
+    with the same reason, both take a strong one."""
+    srv = ctx.server()
+    for weak in ("weak", "alllowercase1", "NoDigitsHere", "Short1A"):
+        r = run_cli(["passwd"], input=weak + "\n")
+        a = add_cli(srv, "weakling@example.test", weak)
+        check(r.returncode != 0 and not re.search(r"\$pbkdf2", r.stdout),
+              "passwd took the weak password %r: exit %d, stdout %s" % (weak, r.returncode, short(r.stdout)))
+        check(a.returncode != 0, "add took the weak password %r" % weak)
+        check(r.stderr.strip() and r.stderr.strip() == a.stderr.strip(),
+              "passwd and add give different reasons for %r: %s / %s" % (weak, short(r.stderr), short(a.stderr)))
+    r = run_cli(["passwd"], input="Str0ng-Enough\n")
+    check(r.returncode == 0 and re.match(HASH_RE, r.stdout.strip()), "passwd refused a strong password: %s"
+          % short(r.stdout + r.stderr))
+    a = add_cli(srv, "strong@example.test", "Str0ng-Enough")
+    check(a.returncode == 0, "add refused a strong password: %s" % short(a.stderr))
+
+
+@test()
 def authcost_reload(ctx):
     """Plain-text INI passwords are hashed at load: a reload that changes one takes the new one,
     one that keeps them keeps the logins working."""
