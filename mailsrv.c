@@ -1403,6 +1403,7 @@ pass_policy(const char *p)
 
 enum { STORE_MAILDIR, STORE_MBOX };
 enum { PT_NO, PT_YES, PT_LOCAL };
+enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
 struct tls_creds; /* section 8 */
 struct tls_sess;
@@ -1449,7 +1450,7 @@ struct ms_config {
     char spool[1024];
     int64_t max_message_size;
     long max_recipients, max_clients, max_per_ip, timeout;
-    int plaintext_auth, capture, allow_root;
+    int plaintext_auth, sender_login, capture, allow_root;
     char user[64];         /* Unix: the account to run as once the ports are bound */
     struct cfg_domain *domains; int ndomains;
     /* relay */
@@ -1551,11 +1552,12 @@ cfg_parse_time(struct ms_config *c, const char *v, void *dst, long arg, char *er
 }
 
 /* Keyword values: arg picks the word list; the value stored is the word's index. */
-enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO };
+enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_SENDER_LOGIN, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO };
 static const char *const *const cfg_choices[] = {
     (const char *const[]){"no", "yes", NULL},
     (const char *const[]){"maildir", "mbox", NULL},        /* STORE_* */
     (const char *const[]){"no", "yes", "local", NULL},     /* PT_* */
+    (const char *const[]){"off", "strict", NULL},          /* SL_* */
     (const char *const[]){"no", "yes", "verify", NULL},    /* RTLS_* */
     (const char *const[]){"members", "anyone", "owner", NULL}, /* LIST_POST_* */
     (const char *const[]){"sender", "list", NULL},
@@ -1803,6 +1805,7 @@ static const struct cfg_key cfg_server_keys[] = {
     {"max_per_ip", cfg_parse_count, offsetof(struct ms_config, max_per_ip), 100000},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
     {"plaintext_auth", cfg_parse_choice, offsetof(struct ms_config, plaintext_auth), CH_PLAINTEXT},
+    {"sender_login", cfg_parse_choice, offsetof(struct ms_config, sender_login), CH_SENDER_LOGIN},
     {"capture", cfg_parse_choice, offsetof(struct ms_config, capture), CH_BOOL},
     {"queue", cfg_parse_path, offsetof(struct ms_config, queue), 1024},
     {"relay_networks", cfg_parse_nets, 0, 0},
@@ -2197,6 +2200,30 @@ addr_targets(const struct ms_config *c, const char *addr, struct targets *t)
     return cfg_resolve(c, local, at + 1, t, 1);
 }
 
+/* sender_login = strict: may a session logged in as mailbox `user` use
+ * `from` in MAIL FROM? Its own address, or a named alias whose members
+ * (nested too) include it; not the catch-all, a list, or another domain's
+ * address. As Postfix's reject_sender_login_mismatch with the aliases as
+ * smtpd_sender_login_maps. <> is the caller's business. */
+static int
+cfg_sender_owned(const struct ms_config *c, const char *from, const char *user)
+{
+    char local[MS_PATH_MAX], *at;
+    const struct cfg_domain *d;
+    const struct cfg_alias *a;
+    struct targets t = {0};
+    int i, owned = 0;
+    if (ms_strlcpy(local, from, sizeof local) != 0 || !(at = strrchr(local, '@'))) return 0;
+    ms_lower(local);
+    if (strcmp(local, user) == 0) return 1;
+    *at = 0;
+    if (!(d = cfg_find_domain(c, at + 1)) || strcmp(local, "*") == 0 || !(a = cfg_find_alias(d, local))) return 0;
+    if (cfg_expand_members(c, a->members, d->name, &t, 0) == RES_OK)
+        for (i = 0; i < t.n && !owned; i++) owned = !t.remote[i] && strcmp(t.v[i], user) == 0;
+    targets_free(&t);
+    return owned;
+}
+
 /* Hashes the plain-text passwords of a config about to be served, as
  * `mailsrv passwd` would: then a login costs one PBKDF2 whatever the INI
  * holds. One the previous config (old) hashed already is taken over, so a
@@ -2310,6 +2337,7 @@ cfg_new(const char *path)
     c->max_per_ip = MS_DEF_MAX_PER_IP;
     c->timeout = MS_DEF_TIMEOUT;
     c->plaintext_auth = PT_LOCAL;
+    c->sender_login = SL_STRICT;
     if (ms_fmt(c->queue, sizeof c->queue, "%s%squeue", c->dir, c->dir[0] ? "/" : "") < 0)
         ms_strlcpy(c->queue, "queue", sizeof c->queue);
     cfg_parse_nets(c, "127.0.0.0/8, ::1", NULL, 0, NULL, 0);
@@ -5103,6 +5131,13 @@ smtp_do_mail(struct conn *c, const char *args)
         if (ms_fmt(s->from, sizeof s->from, "%s@%s", local, domain) < 0) { conn_reply(c, "501 5.1.7 Sender too long"); return; }
         ms_visible(vis, sizeof vis, s->from, strlen(s->from)); /* it goes into headers */
         if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
+        if (s->auth_user[0] && c->ms->cfg->sender_login == SL_STRICT && !cfg_sender_owned(c->ms->cfg, s->from, s->auth_user)) {
+            /* Postfix's reject_sender_login_mismatch, in its words; RFC 3463 5.7.1: not authorised */
+            conn_log(c, "sender <%s> refused: not owned by %s", s->from, s->auth_user);
+            conn_reply(c, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", s->from, s->auth_user);
+            s->from[0] = 0;
+            return;
+        }
     } else {
         s->from[0] = 0;
     }

@@ -5472,6 +5472,67 @@ def authcost_reload(ctx):
     srv.pop("bob@example.test").quit()
 
 
+# sender_login (finding 10): a logged-in session may only use its own addresses in MAIL FROM.
+
+SENDER_DOMAINS = DOMAINS.replace("dup = alice, bob, alice", "dup = alice, bob, alice\nstaff = team\nothers = bob, carol")
+
+
+def sender_session(srv, port, user="alice@example.test"):
+    c = srv.smtp(port=port)
+    c.expect("AUTH PLAIN " + plain(user, PASSWORDS[user]), 235)
+    return c
+
+
+@test()
+def sender_login_strict(ctx):
+    """Default (strict) on submission and, for a logged-in session, on port 25: the user's own
+    address, an alias that contains it (nested too), <> pass; anything else is 553 5.7.1."""
+    srv = ctx.server(domains=SENDER_DOMAINS).start()
+    for port in (srv.sub_port, srv.smtp_port):
+        c = sender_session(srv, port)
+        for ok in ("alice@example.test", "ALICE@Example.TEST", "team@example.test", "staff@example.test", "dup@example.test",
+                   "postmaster@example.test", ""):
+            c.expect("MAIL FROM:<%s>" % ok, 250, "2.1.0")
+            c.expect("RSET", 250)
+        for bad in ("bob@example.test", "others@example.test", "carol@other.test",
+                    "whatever@other.test", "someone@elsewhere.test"):
+            t = c.expect("MAIL FROM:<%s>" % bad, 553, "5.7.1")
+            check("not owned by user alice@example.test" in t, "553 names no owner: %s" % short(t))
+        # the message can still go out from an owned address
+        t = tok()
+        code, text = c.send_mail("team@example.test", ["bob@example.test"], make_msg(t, to="bob@example.test", sender="team@example.test"))
+        check(code == 250, "message from an alias: %s" % short(text))
+        c.expect("QUIT", 221)
+
+
+@test()
+def sender_login_unauthenticated(ctx):
+    """A session that did not log in is not affected (port 25: mail from anyone to local mailboxes)."""
+    srv = ctx.server(domains=SENDER_DOMAINS).start()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<bob@example.test>", 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("RSET", 250)
+    c.expect("MAIL FROM:<someone@elsewhere.test>", 250)
+
+
+@test()
+def sender_login_off(ctx):
+    """sender_login = off: a logged-in user may use any sender; a bad value is a config error."""
+    srv = ctx.server(domains=SENDER_DOMAINS, server={"sender_login": "off"}).start()
+    c = sender_session(srv, srv.sub_port)
+    for any_from in ("bob@example.test", "someone@elsewhere.test", ""):
+        c.expect("MAIL FROM:<%s>" % any_from, 250)
+        c.expect("RSET", 250)
+    bad = ctx.server(server={"sender_login": "sometimes"})
+    r = run_cli(["-c", bad.ini, "check"])
+    check(r.returncode != 0 and "sender_login" in r.stderr + r.stdout and "strict" in r.stderr + r.stdout,
+          "sender_login = sometimes accepted: %s" % short(r.stdout + r.stderr))
+    ok = ctx.server(server={"sender_login": "strict"})
+    r = run_cli(["-c", ok.ini, "check"])
+    check(r.returncode == 0, "sender_login = strict refused: %s" % short(r.stdout + r.stderr))
+
+
 # end of section: auth
 
 

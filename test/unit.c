@@ -744,7 +744,7 @@ test_auth_config(void)
     pass_hash("Hashed-Passw0rd", 50, hash, sizeof hash);
     snprintf(text, sizeof text, ini, hash, "Passw0rd4");
     c1 = cfg_load("t.ini", text);
-    ASSERT(c1->nerrors == 0);
+    ASSERT(c1->nerrors == 0 && c1->sender_login == SL_STRICT);
     ASSERT(c1->domains[0].users[1].has_key && !c1->domains[0].users[0].has_key); /* a hash is parsed, plain text waits */
     ASSERT(cfg_hash_plain(c1, NULL) == 3);
     ASSERT(c1->domains[0].users[0].has_key && c1->domains[0].users[0].key.iter == MS_PBKDF2_ITER);
@@ -759,9 +759,25 @@ test_auth_config(void)
     ASSERT(cfg_hash_plain(c3, c2) == 1);
     ASSERT(auth_key_matches(&c3->domains[1].users[0].key, "Changed-Passw0rd4"));
     ASSERT(!auth_key_matches(&c3->domains[1].users[0].key, "Passw0rd4"));
+    /* sender_login = strict: own address, aliases containing it (nested), nothing else */
+    ASSERT(cfg_sender_owned(c1, "ann@a.test", "ann@a.test") && cfg_sender_owned(c1, "ANN@A.Test", "ann@a.test"));
+    ASSERT(cfg_sender_owned(c1, "team@a.test", "ann@a.test") && cfg_sender_owned(c1, "staff@a.test", "bo@a.test"));
+    ASSERT(cfg_sender_owned(c1, "postmaster@a.test", "ann@a.test") && cfg_sender_owned(c1, "postmaster@b.test", "ann@a.test"));
+    ASSERT(cfg_sender_owned(c1, "staff@a.test", "cy@b.test") && !cfg_sender_owned(c1, "staff@a.test", "cy@a.test"));
+    ASSERT(!cfg_sender_owned(c1, "bo@a.test", "ann@a.test") && !cfg_sender_owned(c1, "cy@b.test", "cy@a.test"));
+    ASSERT(!cfg_sender_owned(c1, "anything@a.test", "bo@a.test")); /* the catch-all is not ownership */
+    ASSERT(!cfg_sender_owned(c1, "*@a.test", "bo@a.test") && !cfg_sender_owned(c1, "news@a.test", "ann@a.test"));
+    ASSERT(!cfg_sender_owned(c1, "ext@a.test", "ann@a.test") && !cfg_sender_owned(c1, "ann@far.test", "ann@a.test"));
+    ASSERT(!cfg_sender_owned(c1, "ann", "ann@a.test") && cfg_sender_owned(c1, "team@a.test.", "ann@a.test"));
     cfg_free(c1);
     cfg_free(c2);
     cfg_free(c3);
+    c1 = cfg_load("t.ini", "[server]\nsmtp = :25\nsender_login = OFF\n[domain a.test]\nann = x\n[alias a.test]\npostmaster = ann\n");
+    ASSERT(c1->nerrors == 0 && c1->sender_login == SL_OFF);
+    cfg_free(c1);
+    c1 = cfg_load("t.ini", "[server]\nsmtp = :25\nsender_login = loose\n[domain a.test]\nann = x\n[alias a.test]\npostmaster = ann\n");
+    ASSERT(c1->nerrors == 1 && strstr(c1->errors.p, "sender_login") && strstr(c1->errors.p, "off strict"));
+    cfg_free(c1);
 }
 
 /* ---- trust (issue 11): auth unit tests go above this line ---- */
