@@ -5338,7 +5338,9 @@ def authcost_timing(ctx):
     check(not pending, "%d AUTHs got no answer" % len(pending))
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
     spread = max(med.values()) - min(med.values())
-    tol = max(3.0, 0.3 * max(med.values()))
+    # identical work gives medians within noise of each other; the old code's 1.5 / 0.7 / 8.5 ms
+    # (a spread near 90 % of the largest) fails at any load
+    tol = max(4.0, 0.35 * max(med.values()))
     print("    AUTH failure medians after the 1 s delay (%d each): unknown %.2f ms, plain-text %.2f ms, "
           "hashed %.2f ms; spread %.2f ms (tolerance %.2f)" % (n, med["unknown"], med["plain"], med["hashed"], spread, tol))
     check(spread <= tol, "AUTH cost tells the cases apart: unknown %.2f ms, plain-text %.2f ms, hashed %.2f ms "
