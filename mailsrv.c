@@ -90,7 +90,12 @@
 #define MS_RELOAD_STABLE_MS 3000  /* a change is loaded once they stay the same this long: a file
                                      still being written (an editor, scp) is never loaded half-way */
 #define MS_STOP_GRACE_MS 30000    /* SIGTERM: time given to sessions in flight */
-#define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes */
+#ifndef MS_PBKDF2_ITER            /* (the fuzz harnesses make logins cheap) */
+#define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes, of the INI's plain-text
+                                     passwords (hashed at load) and of an unknown name's login */
+#endif
+#define MS_PBKDF2_SLICE 512       /* PBKDF2 iterations per loop turn, over all logins in
+                                     progress: about 0.4 ms on a 2020s x86 core */
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
@@ -1173,6 +1178,14 @@ ms_secret_eq(const void *a, size_t alen, const void *b, size_t blen)
     return diff == 0;
 }
 
+/* Clears a secret (through volatile: the stores are not optimised away). */
+static void
+ms_wipe(void *p, size_t n)
+{
+    volatile unsigned char *v = p;
+    while (n--) *v++ = 0;
+}
+
 /* Escapes control bytes and non-ASCII for log lines (OpenSMTPD's strnvis). */
 static void
 ms_visible(char *dst, size_t n, const char *src, size_t srclen)
@@ -1385,25 +1398,49 @@ hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char o
     sha256_final(&s, out);
 }
 
-/* PBKDF2-HMAC-SHA256 (RFC 8018 5.2), one 32-byte block. */
+/* PBKDF2-HMAC-SHA256 (RFC 8018 5.2), one 32-byte block, in steps: a login
+ * runs a few hundred iterations per loop turn (section 14). The state holds
+ * no copy of the password, only the HMAC key's pads. */
+struct pbkdf2 { struct hmac_key k; unsigned char u[32], out[32]; unsigned left; };
+
+static void
+pbkdf2_begin(struct pbkdf2 *st, const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter)
+{
+    unsigned char msg[64 + 4];
+    hmac_key_init(&st->k, pass, strlen(pass));
+    if (saltlen > 64) saltlen = 64;
+    memcpy(msg, salt, saltlen);
+    msg[saltlen] = 0; msg[saltlen + 1] = 0; msg[saltlen + 2] = 0; msg[saltlen + 3] = 1;
+    hmac_sha256(&st->k, msg, saltlen + 4, st->u); /* U1 */
+    memcpy(st->out, st->u, 32);
+    st->left = iter > 1 ? iter - 1 : 0;
+}
+
+/* Runs up to *budget iterations (taken from it); 1 once st->out is the result. */
+static int
+pbkdf2_step(struct pbkdf2 *st, unsigned *budget)
+{
+    unsigned n = st->left < *budget ? st->left : *budget, i;
+    int j;
+    for (i = 0; i < n; i++) {
+        hmac_sha256(&st->k, st->u, 32, st->u);
+        for (j = 0; j < 32; j++) st->out[j] ^= st->u[j];
+    }
+    st->left -= n;
+    *budget -= n;
+    return st->left == 0;
+}
+
 static void
 pbkdf2_sha256(const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter,
               unsigned char out[32])
 {
-    struct hmac_key k;
-    unsigned char msg[64 + 4], u[32];
-    unsigned i;
-    int j;
-    hmac_key_init(&k, pass, strlen(pass));
-    if (saltlen > 64) saltlen = 64;
-    memcpy(msg, salt, saltlen);
-    msg[saltlen] = 0; msg[saltlen + 1] = 0; msg[saltlen + 2] = 0; msg[saltlen + 3] = 1;
-    hmac_sha256(&k, msg, saltlen + 4, u);
-    memcpy(out, u, 32);
-    for (i = 1; i < iter; i++) {
-        hmac_sha256(&k, u, 32, u);
-        for (j = 0; j < 32; j++) out[j] ^= u[j];
-    }
+    struct pbkdf2 st;
+    unsigned all = iter;
+    pbkdf2_begin(&st, pass, salt, saltlen, iter);
+    pbkdf2_step(&st, &all);
+    memcpy(out, st.out, 32);
+    ms_wipe(&st, sizeof st);
 }
 
 /* ---- base64 (RFC 4648), used by SASL and password hashes ---- */
@@ -1499,19 +1536,27 @@ pass_parse_hash(const char *stored, unsigned *iter, unsigned char *salt, size_t 
     return 0;
 }
 
-static int
-pass_verify(const char *stored, const char *given)
+/* What a login checks against: a hash from the INI, or one made at load from
+ * an INI plain-text password, so that every login costs one PBKDF2. */
+struct pass_key { unsigned iter; size_t saltlen; unsigned char salt[64], dk[32]; };
+
+static void
+pass_key_make(const char *pass, unsigned iter, struct pass_key *k)
 {
-    unsigned char salt[64], want[32], got[32];
-    size_t saltlen;
-    unsigned iter;
-    if (!pass_is_hash(stored)) return ms_secret_eq(stored, strlen(stored), given, strlen(given));
-    if (pass_parse_hash(stored, &iter, salt, &saltlen, want) != 0) return 0;
-    pbkdf2_sha256(given, salt, saltlen, iter, got);
-    return ms_secret_eq(want, 32, got, 32);
+    k->iter = iter;
+    k->saltlen = 16;
+    os_random(k->salt, k->saltlen);
+    pbkdf2_sha256(pass, k->salt, k->saltlen, iter, k->dk);
 }
 
-/* The rule `mailsrv add` enforces for new passwords. */
+/* A hash from the INI; 0 if well formed. */
+static int
+pass_key_parse(const char *stored, struct pass_key *k)
+{
+    return pass_parse_hash(stored, &k->iter, k->salt, &k->saltlen, k->dk);
+}
+
+/* The one rule for new passwords: `mailsrv add` and `mailsrv passwd`. */
 static const char *
 pass_policy(const char *p)
 {
@@ -1539,6 +1584,7 @@ pass_policy(const char *p)
 
 enum { STORE_MAILDIR, STORE_MBOX };
 enum { PT_NO, PT_YES, PT_LOCAL };
+enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
 struct tls_creds; /* section 8 */
 struct tls_sess;
@@ -1551,7 +1597,10 @@ enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
 static const char *const proto_names[] = {"smtp", "submission", "pop3"};
 
 struct cfg_listen { int proto; int tls; int family; char addr[64]; unsigned port; int optional; };
-struct cfg_user { char *name; char *pass; int line; };
+struct cfg_user {
+    char *name; char *pass; int line;
+    struct pass_key key; int has_key;  /* pass as a hash; plain text is hashed at load (ms_install_config) */
+};
 struct cfg_alias { char *name; char *members; int line; };
 struct cfg_domain {
     char *name;
@@ -1582,7 +1631,7 @@ struct ms_config {
     char spool[1024];
     int64_t max_message_size;
     long max_recipients, max_clients, max_per_ip, timeout;
-    int plaintext_auth, capture, allow_root;
+    int plaintext_auth, sender_login, capture, allow_root;
     char user[64];         /* Unix: the account to run as once the ports are bound */
     struct cfg_domain *domains; int ndomains;
     /* relay */
@@ -1684,11 +1733,12 @@ cfg_parse_time(struct ms_config *c, const char *v, void *dst, long arg, char *er
 }
 
 /* Keyword values: arg picks the word list; the value stored is the word's index. */
-enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO };
+enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_SENDER_LOGIN, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO };
 static const char *const *const cfg_choices[] = {
     (const char *const[]){"no", "yes", NULL},
     (const char *const[]){"maildir", "mbox", NULL},        /* STORE_* */
     (const char *const[]){"no", "yes", "local", NULL},     /* PT_* */
+    (const char *const[]){"off", "strict", NULL},          /* SL_* */
     (const char *const[]){"no", "yes", "verify", NULL},    /* RTLS_* */
     (const char *const[]){"members", "anyone", "owner", NULL}, /* LIST_POST_* */
     (const char *const[]){"sender", "list", NULL},
@@ -1936,6 +1986,7 @@ static const struct cfg_key cfg_server_keys[] = {
     {"max_per_ip", cfg_parse_count, offsetof(struct ms_config, max_per_ip), 100000},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
     {"plaintext_auth", cfg_parse_choice, offsetof(struct ms_config, plaintext_auth), CH_PLAINTEXT},
+    {"sender_login", cfg_parse_choice, offsetof(struct ms_config, sender_login), CH_SENDER_LOGIN},
     {"capture", cfg_parse_choice, offsetof(struct ms_config, capture), CH_BOOL},
     {"queue", cfg_parse_path, offsetof(struct ms_config, queue), 1024},
     {"relay_networks", cfg_parse_nets, 0, 0},
@@ -2161,17 +2212,19 @@ cfg_on_key(void *user, const char *section, const char *name, const char *value,
             d->aliases[d->naliases++].line = line;
             if (!d->alias_line) d->alias_line = line;
         } else {
-            unsigned char salt[64], hash[32];
-            size_t sl;
-            unsigned it;
-            if (pass_is_hash(value) && pass_parse_hash(value, &it, salt, &sl, hash) != 0) {
+            struct cfg_user *u;
+            struct pass_key k;
+            if (pass_is_hash(value) && pass_key_parse(value, &k) != 0) {
                 cfg_error(c, line, "the password hash of '%s' is malformed", key);
                 return 1;
             }
             d->users = xrealloc(d->users, sizeof *d->users * (size_t)(d->nusers + 1));
-            d->users[d->nusers].name = xstrdup(key);
-            d->users[d->nusers].pass = xstrdup(value);
-            d->users[d->nusers++].line = line;
+            u = &d->users[d->nusers++];
+            memset(u, 0, sizeof *u);
+            u->name = xstrdup(key);
+            u->pass = xstrdup(value);
+            u->line = line;
+            if ((u->has_key = pass_is_hash(value)) != 0) u->key = k;
         }
     } else {
         cfg_error(c, line, "unknown section [%s]", section);
@@ -2329,6 +2382,56 @@ addr_targets(const struct ms_config *c, const char *addr, struct targets *t)
     return cfg_resolve(c, local, at + 1, t, 1);
 }
 
+/* sender_login = strict: may a session logged in as mailbox `user` use
+ * `from` in MAIL FROM? Its own address, or a named alias whose members
+ * (nested too) include it; not the catch-all, a list, or another domain's
+ * address. As Postfix's reject_sender_login_mismatch with the aliases as
+ * smtpd_sender_login_maps. <> is the caller's business. */
+static int
+cfg_sender_owned(const struct ms_config *c, const char *from, const char *user)
+{
+    char local[MS_PATH_MAX], *at;
+    const struct cfg_domain *d;
+    const struct cfg_alias *a;
+    struct targets t = {0};
+    int i, owned = 0;
+    if (ms_strlcpy(local, from, sizeof local) != 0 || !(at = strrchr(local, '@'))) return 0;
+    ms_lower(local);
+    if (strcmp(local, user) == 0) return 1;
+    *at = 0;
+    if (!(d = cfg_find_domain(c, at + 1)) || strcmp(local, "*") == 0 || !(a = cfg_find_alias(d, local))) return 0;
+    if (cfg_expand_members(c, a->members, d->name, &t, 0) == RES_OK)
+        for (i = 0; i < t.n && !owned; i++) owned = !t.remote[i] && strcmp(t.v[i], user) == 0;
+    targets_free(&t);
+    return owned;
+}
+
+/* Hashes the plain-text passwords of a config about to be served, as
+ * `mailsrv passwd` would: then a login costs one PBKDF2 whatever the INI
+ * holds. One the previous config (old) hashed already is taken over, so a
+ * reload pays only for new or changed ones. Returns how many it hashed. */
+static int
+cfg_hash_plain(struct ms_config *c, const struct ms_config *old)
+{
+    int i, j, n = 0;
+    for (i = 0; i < c->ndomains; i++) {
+        const struct cfg_domain *od = old ? cfg_find_domain(old, c->domains[i].name) : NULL;
+        for (j = 0; j < c->domains[i].nusers; j++) {
+            struct cfg_user *u = &c->domains[i].users[j];
+            const struct cfg_user *ou = od ? cfg_find_user(od, u->name) : NULL;
+            if (u->has_key) continue;
+            if (ou && ou->has_key && !pass_is_hash(ou->pass) && strcmp(ou->pass, u->pass) == 0) {
+                u->key = ou->key;
+            } else {
+                pass_key_make(u->pass, MS_PBKDF2_ITER, &u->key);
+                n++;
+            }
+            u->has_key = 1;
+        }
+    }
+    return n;
+}
+
 static void
 cfg_validate_lists(struct ms_config *c)
 {
@@ -2419,6 +2522,7 @@ cfg_new(const char *path)
     c->max_per_ip = MS_DEF_MAX_PER_IP;
     c->timeout = MS_DEF_TIMEOUT;
     c->plaintext_auth = PT_LOCAL;
+    c->sender_login = SL_STRICT;
     if (ms_fmt(c->queue, sizeof c->queue, "%s%squeue", c->dir, c->dir[0] ? "/" : "") < 0)
         ms_strlcpy(c->queue, "queue", sizeof c->queue);
     cfg_parse_nets(c, "127.0.0.0/8, ::1", NULL, 0, NULL, 0);
@@ -4717,6 +4821,15 @@ struct pop_sess {
     struct line_reader lr;
 };
 
+/* A login in progress: section 14 runs its PBKDF2 a slice per loop turn.
+ * The name as given (for the log), the mailbox it names, the hash to match. */
+struct login {
+    struct pbkdf2 st;
+    unsigned char want[32];
+    int found, no_check;
+    char user[MS_PATH_MAX], mailbox[MS_PATH_MAX];
+};
+
 struct conn {
     struct mailsrv *ms;
     ms_sock_t fd;
@@ -4728,6 +4841,7 @@ struct conn {
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     struct tls_sess *tls;            /* NULL: plain text */
+    struct login *login;             /* hashing: no input is processed meanwhile */
     char in[MS_IN_SIZE];
     size_t inlen;
     struct buf out;
@@ -4752,6 +4866,7 @@ struct mailsrv {
     ms_pollfd *pfds;
     int capfds;
     unsigned next_id, msg_counter;
+    unsigned login_last;             /* the connection whose login hashed last (round-robin) */
     volatile sig_atomic_t stop_requested, reload_requested;
     int stopping;
     int64_t stop_deadline;
@@ -4901,40 +5016,49 @@ conn_plaintext_ok(const struct conn *c)
     return c->tls || pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
 }
 
-/* Checks a login against the config: "user@domain" or a bare, unambiguous
- * local part. Fills the canonical mailbox address. */
-static int
-auth_check(const struct ms_config *cfg, const char *login, const char *pass, char *mailbox, size_t n)
+/* Starts a login: "user@domain" or a bare, unambiguous local part. Every
+ * attempt costs one PBKDF2 of MS_PBKDF2_ITER iterations (INI plain-text
+ * passwords were hashed at load; a name that is no mailbox runs the same
+ * against a dummy), so its time does not tell which mailboxes exist. The
+ * loop runs it (loop_logins), then login_done() answers. */
+static void
+auth_begin(struct conn *c, const char *login, const char *pass)
 {
+    static const struct pass_key dummy = {MS_PBKDF2_ITER, 16, "mailsrv:no-such!", {0}};
+    const struct ms_config *cfg = c->ms->cfg;
     const char *at = strrchr(login, '@');
-    char local[MS_LOCAL_MAX + 1];
+    const struct pass_key *k = &dummy;
     const struct cfg_domain *d = NULL;
     const struct cfg_user *u = NULL;
+    struct login *l = xrealloc(NULL, sizeof *l);
+    char local[MS_LOCAL_MAX + 1];
     int i, found = 0;
-    if (at) {
-        if ((size_t)(at - login) > MS_LOCAL_MAX) return -1;
+    memset(l, 0, sizeof *l);
+    ms_strlcpy(l->user, login, sizeof l->user);
+    c->login = l;
+    if (at && (size_t)(at - login) <= MS_LOCAL_MAX) {
         memcpy(local, login, (size_t)(at - login));
         local[at - login] = 0;
         if (cfg->capture) { /* capture mode: any captured address, any password */
-            if (!cfg_safe_component(local, MS_LOCAL_MAX) || !cfg_valid_domain(at + 1)) return -1;
-            if (ms_fmt(mailbox, n, "%s@%s", local, at + 1) < 0) return -1;
-            ms_lower(mailbox);
-            return 0;
+            l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && cfg_valid_domain(at + 1) &&
+                          ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, at + 1) >= 0;
+            ms_lower(l->mailbox);
+            return;
         }
-        if ((d = cfg_find_domain(cfg, at + 1)) == NULL || (u = cfg_find_user(d, local)) == NULL) goto fail;
-    } else {
+        if ((d = cfg_find_domain(cfg, at + 1)) != NULL) u = cfg_find_user(d, local);
+    } else if (!at) {
         for (i = 0; i < cfg->ndomains; i++) {
             const struct cfg_user *x = cfg_find_user(&cfg->domains[i], login);
             if (x) { found++; u = x; d = &cfg->domains[i]; }
         }
-        if (found != 1) goto fail;
+        if (found != 1) u = NULL;
     }
-    if (!pass_verify(u->pass, pass)) return -1;
-    if (ms_fmt(mailbox, n, "%s@%s", u->name, d->name) < 0) return -1;
-    return 0;
-fail:
-    pass_verify("$pbkdf2-sha256$1000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", pass); /* same cost */
-    return -1;
+    if (u && u->has_key && ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", u->name, d->name) >= 0) {
+        k = &u->key;
+        l->found = 1;
+    }
+    memcpy(l->want, k->dk, 32);
+    pbkdf2_begin(&l->st, pass, k->salt, k->saltlen, k->iter);
 }
 
 /* A new message: its id, unique name and the open SPOOL/.tmp file. */
@@ -5129,11 +5253,17 @@ smtp_auth_fail(struct conn *c, const char *user)
 static void
 smtp_auth_try(struct conn *c, const char *user, const char *pass)
 {
+    c->u.smtp.auth_step = AUTH_NONE;
+    auth_begin(c, user, pass); /* smtp_auth_done() answers once it is hashed */
+}
+
+/* The outcome of a login: mailbox NULL if it failed. */
+static void
+smtp_auth_done(struct conn *c, const char *mailbox, const char *user)
+{
     struct smtp_sess *s = &c->u.smtp;
-    char mailbox[MS_PATH_MAX];
-    if (auth_check(c->ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) { smtp_auth_fail(c, user); return; }
+    if (!mailbox) { smtp_auth_fail(c, user); return; }
     auth_succeeded(c);
-    s->auth_step = AUTH_NONE;
     ms_strlcpy(s->auth_user, mailbox, sizeof s->auth_user);
     conn_log(c, "auth ok %s", mailbox);
     conn_reply(c, "235 2.7.0 Authentication successful");
@@ -5271,6 +5401,13 @@ smtp_do_mail(struct conn *c, const char *args)
         if (ms_fmt(s->from, sizeof s->from, "%s@%s", local, domain) < 0) { conn_reply(c, "501 5.1.7 Sender too long"); return; }
         ms_visible(vis, sizeof vis, s->from, strlen(s->from)); /* it goes into headers */
         if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
+        if (s->auth_user[0] && c->ms->cfg->sender_login == SL_STRICT && !cfg_sender_owned(c->ms->cfg, s->from, s->auth_user)) {
+            /* Postfix's reject_sender_login_mismatch, in its words; RFC 3463 5.7.1: not authorised */
+            conn_log(c, "sender <%s> refused: not owned by %s", s->from, s->auth_user);
+            conn_reply(c, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", s->from, s->auth_user);
+            s->from[0] = 0;
+            return;
+        }
     } else {
         s->from[0] = 0;
     }
@@ -5673,12 +5810,18 @@ pop_in_use(struct mailsrv *ms, const struct conn *self, const char *mailbox)
 static void
 pop_login(struct conn *c, const char *user, const char *pass)
 {
+    auth_begin(c, user, pass); /* pop_login_done() answers once it is hashed */
+}
+
+/* The outcome of a login: mailbox NULL if it failed. */
+static void
+pop_login_done(struct conn *c, const char *mailbox, const char *user)
+{
     struct pop_sess *p = &c->u.pop;
     struct mailsrv *ms = c->ms;
-    char mailbox[MS_PATH_MAX];
     int64_t total = 0;
     int i, r;
-    if (auth_check(ms->cfg, user, pass, mailbox, sizeof mailbox) != 0) {
+    if (!mailbox) {
         c->hold_until = auth_failed(c, user);
         if (++p->auth_fails >= MS_AUTH_MAX_FAILS) {
             conn_reply(c, "-ERR [AUTH] Invalid login, closing");
@@ -7730,6 +7873,7 @@ conn_free(struct conn *c)
     } else {
         smtp_tx_reset(c);
     }
+    if (c->login) { ms_wipe(c->login, sizeof *c->login); free(c->login); }
     net_close(c->fd);
     buf_free(&c->out);
     io_free(c->tls);
@@ -7750,11 +7894,12 @@ conn_process(struct conn *c)
 {
     char line[MS_SMTP_LINE_MAX + 1];
     int is_pop = c->proto == PROTO_POP3;
+    if (c->login) return; /* pipelined commands wait for the login's outcome */
     if (c->hold_until) {
         if (os_now_ms() < c->hold_until) return;
         c->hold_until = 0;
     }
-    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush) {
+    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
         char *nl;
         size_t len;
         if (is_pop && c->u.pop.streaming) {
@@ -7827,6 +7972,54 @@ conn_events(const struct conn *c)
     if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof && !c->tls_after_flush) ev |= POLLIN;
     if (conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) ev |= POLLOUT;
     return ev;
+}
+
+/* One turn of a session: its buffered input, then its replies. */
+static void
+conn_run(struct conn *c)
+{
+    conn_process(c);
+    if (c->is_eof && !c->hold_until && !c->login) {
+        if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
+            conn_log(c, "connection lost during DATA: message discarded");
+        conn_close(c, 1);
+    }
+    if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
+}
+
+/* A login's hash is done: the constant-time comparison, then the session's answer. */
+static void
+login_done(struct conn *c)
+{
+    struct login *l = c->login;
+    int ok = l->no_check || (l->found & ms_secret_eq(l->want, 32, l->st.out, 32));
+    c->login = NULL;
+    if (c->proto == PROTO_POP3) pop_login_done(c, ok ? l->mailbox : NULL, l->user);
+    else smtp_auth_done(c, ok ? l->mailbox : NULL, l->user);
+    ms_wipe(l, sizeof *l);
+    free(l);
+}
+
+/* The logins in progress share MS_PBKDF2_SLICE iterations per turn, round-
+ * robin from the connection after the one served last: a turn never hashes
+ * for more than one slice, however many log in at once, and the loop goes on
+ * serving the others in between (the design stays single-threaded). */
+static void
+loop_logins(struct mailsrv *ms)
+{
+    unsigned budget = MS_PBKDF2_SLICE;
+    int i, k, n = ms->nconns, start = 0;
+    for (i = 0; i < n; i++) /* ms->conns is in order of id */
+        if (ms->conns[i]->id > ms->login_last) { start = i; break; }
+    for (k = 0; k < n && budget; k++) {
+        struct conn *c = ms->conns[(start + k) % n];
+        if (!c->login || c->is_closing) continue;
+        ms->login_last = c->id;
+        if (pbkdf2_step(&c->login->st, &budget)) {
+            login_done(c);
+            conn_run(c);
+        }
+    }
 }
 
 static void
@@ -7956,7 +8149,7 @@ loop_stop_sessions(struct mailsrv *ms)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing || c->close_after_flush) continue;
+        if (c->is_closing || c->close_after_flush || c->login) continue;
         if (c->proto == PROTO_POP3) {
             if (c->u.pop.streaming) continue;
             conn_reply(c, "-ERR [SYS/TEMP] Server shutting down");
@@ -8159,6 +8352,12 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
         return -1;
     }
     if (ms->cfg) ms_keep_start_keys(ms, c);
+    {   /* one blocking moment, before serving or at a reload: see README (Security) */
+        int64_t t0 = os_now_ms();
+        int n = cfg_hash_plain(c, ms->cfg);
+        if (n) ms_log(ms, "hashed %d plain-text password%s of %s in %lld ms (`mailsrv passwd` makes hashes for the INI)",
+                      n, n == 1 ? "" : "s", c->path, (long long)(os_now_ms() - t0));
+    }
     if (c->capture && cfg_listens_beyond_loopback(c))
         ms_log(ms, "WARNING: capture mode accepts mail for every address and listens beyond loopback");
     if (ms->cfg) {
@@ -8307,6 +8506,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         struct conn *c = ms->conns[i];
         short ev = 0;
         if (c->hold_until) { if (c->hold_until < wake) wake = c->hold_until; }
+        else if (c->login) wake = now; /* hashing: no input meanwhile, the next slice at once */
         else {
             ev = conn_events(c);
             if (conn_tls_input(c)) wake = now;
@@ -8357,16 +8557,11 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         struct conn *c = ms->conns[i];
         int had_event = r > 0 && i < nc && ms->pfds[nl + i].revents;
         /* idle sessions cost nothing; new ones were greeted in loop_accept */
-        if (!had_event && conn_tls_input(c) && !c->hold_until) { conn_read(c); had_event = 1; }
+        if (!had_event && conn_tls_input(c) && !c->hold_until && !c->login) { conn_read(c); had_event = 1; }
         if (c->is_closing || !(had_event || (c->hold_until && now >= c->hold_until))) continue;
-        conn_process(c);
-        if (c->is_eof && !c->hold_until) {
-            if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
-                conn_log(c, "connection lost during DATA: message discarded");
-            conn_close(c, 1);
-        }
-        if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
+        conn_run(c);
     }
+    loop_logins(ms);
     loop_commit(ms);
     loop_timers(ms, now);
     for (i = 0; i < ms->nout; i++) o_timer(ms->out[i], now);
@@ -8873,10 +9068,12 @@ static int
 cli_passwd(void)
 {
     char pw[512], hash[160];
+    const char *why;
     if (os_read_password(pw, sizeof pw) != 0 || !pw[0]) {
         fprintf(stderr, "mailsrv: give the password on stdin\n");
         return 1;
     }
+    if ((why = pass_policy(pw)) != NULL) { fprintf(stderr, "mailsrv: %s\n", why); return 1; } /* as `add` */
     if (pass_hash(pw, MS_PBKDF2_ITER, hash, sizeof hash) != 0) {
         fprintf(stderr, "mailsrv: the system's random generator failed: no password hash\n");
         return 1;
