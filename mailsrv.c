@@ -8774,6 +8774,23 @@ cli_queue(const char *path)
     return 0;
 }
 
+/* Creates QUEUE/NAME, the control file through which `flush` and `reload` reach the running
+ * server (every platform, no pid file). Root may run them, and the service account owns the
+ * queue: a link there is never followed. */
+static int
+cli_make_flag(const struct ms_config *c, const char *name, char *flag, size_t size)
+{
+    int fd = -1;
+    if (ms_fmt(flag, size, "%s/%s", c->queue, name) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
+        fd = os_open(flag, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
+        return -1;
+    }
+    os_close(fd);
+    return 0;
+}
+
 /* `flush`: a control file the running server looks for every 2 s (this
  * works on Windows too, where there are no signals to send). */
 static int
@@ -8781,16 +8798,8 @@ cli_flush(const char *path)
 {
     struct ms_config *c = cfg_load(path, NULL);
     char flag[1300];
-    int fd = -1;
     if (cli_print_errors(c)) { cfg_free(c); return 1; }
-    if (ms_fmt(flag, sizeof flag, "%s/flush", c->queue) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
-        fd = os_open(flag, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600); /* root may run it: no link */
-    if (fd < 0) {
-        fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
-        cfg_free(c);
-        return 1;
-    }
-    os_close(fd);
+    if (cli_make_flag(c, "flush", flag, sizeof flag) != 0) { cfg_free(c); return 1; }
     printf("flush requested (%s): the running server retries every queued message within %d s\n", flag,
            MS_QUEUE_CHECK_MS / 1000);
     cfg_free(c);
@@ -9143,20 +9152,13 @@ cli_reload(const char *path)
     struct ms_config *c = cfg_load(path, NULL);
     char flag[1300];
     struct os_stat st;
-    int fd = -1, waited;
+    int waited;
     if (cli_print_errors(c)) {
         fprintf(stderr, "mailsrv: fix %s first; the running server keeps its configuration\n", path);
         cfg_free(c);
         return 1;
     }
-    if (ms_fmt(flag, sizeof flag, "%s/reload", c->queue) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
-        fd = os_open(flag, O_WRONLY | O_CREAT, 0600);
-    if (fd < 0) {
-        fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
-        cfg_free(c);
-        return 1;
-    }
-    os_close(fd);
+    if (cli_make_flag(c, "reload", flag, sizeof flag) != 0) { cfg_free(c); return 1; }
     cfg_free(c);
     for (waited = 0; waited < 3 * MS_RELOAD_CHECK_MS; waited += 50) {
         if (os_stat(flag, &st) != 0) {

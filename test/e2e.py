@@ -5323,12 +5323,15 @@ def fs_root_start_follows_no_link(ctx):
         check(os.lstat(d).st_uid == nobody, "%s not given to nobody" % d)
     t, _ = srv.deliver()
     check([g["token"] for g in srv.fetch("alice@example.test")] == [t], "delivery as nobody failed")
-    # `mailsrv flush`, run by root, creates QUEUE/flush: not through a link planted there (/etc/nologin...)
-    standin = os.path.join(srv.dir, "nologin-standin")
-    os.symlink(standin, os.path.join(srv.queue, "flush"))
-    r = run_cli(["-c", srv.ini, "flush"])
-    check(not os.path.exists(standin), "mailsrv flush created the file behind QUEUE/flush (exit %d: %s)" % (r.returncode, r.stderr))
-    check(r.returncode != 0, "mailsrv flush through a link: exit 0")
+    # `mailsrv flush` and `reload`, run by root, create QUEUE/flush and QUEUE/reload: not through a
+    # link planted there (/etc/nologin...)
+    for cmd in ("flush", "reload"):
+        standin = os.path.join(srv.dir, "nologin-standin-" + cmd)
+        os.symlink(standin, os.path.join(srv.queue, cmd))
+        r = run_cli(["-c", srv.ini, cmd])
+        check(not os.path.exists(standin), "mailsrv %s created the file behind QUEUE/%s (exit %d: %s)"
+              % (cmd, cmd, r.returncode, r.stderr))
+        check(r.returncode != 0, "mailsrv %s through a link: exit 0" % cmd)
 
 
 def fs_tree_state(path):
