@@ -5232,6 +5232,155 @@ fault_test("malloc", range(1, 400), modes=("maildir",))
 # trust: mbox shared with other programs (MUAs, Dovecot, other MDAs), deletion on a full disk, UIDLs (issue 11: 1, 9, 13b)
 # (section: mbox)
 
+import fcntl  # noqa: E402
+
+
+def mbox_foreign(n, subject=None):
+    """A message as another MDA stores it (mboxrd, its own From_ line, no X-UIDL)."""
+    return ("From other@else.test Fri Dec  4 12:00:%02d 2026\nFrom: <other@else.test>\nTo: <alice@example.test>\n"
+            "Subject: %s\nX-Test-Token: foreign%d\n\nforeign body %d\n>From quoted %d\n\n"
+            % (n % 60, subject or "foreign %d" % n, n, n, n)).encode()
+
+
+def dotlock_take(path, timeout=5):
+    """PATH.lock as liblockfile makes it (O_EXCL); waits (bounded) while another holds it."""
+    def take():
+        try:
+            os.close(os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return True
+        except FileExistsError:
+            return False
+    wait_for(take, timeout, "the dotlock %s.lock" % path)
+
+
+def mbox_other_append(path, data):
+    """A second MDA: dotlock, then an fcntl write lock (Debian policy 11.6 order), append, fsync, unlock."""
+    dotlock_take(path)
+    try:
+        with open(path, "ab") as f:
+            wait_for(lambda: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB) is None, 5, "the fcntl lock of %s" % path)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    finally:
+        os.unlink(path + ".lock")
+
+
+def check_whole(got, expect, what):
+    """got: srv.fetch() list; expect: list of (token, subject, body text): every message whole, in order."""
+    check([g["token"] for g in got] == [e[0] for e in expect],
+          "%s: mailbox holds %s, expected %s" % (what, [g["token"] for g in got], [e[0] for e in expect]))
+    for g, (t, subj, body) in zip(got, expect):
+        check(header(g["data"], "Subject") == subj, "%s: %s has Subject %s, expected %s" % (what, t, header(g["data"], "Subject"), subj))
+        check(body.encode() in g["data"], "%s: %s lost its body %s: %s" % (what, t, short(body), short(g["data"], 300)))
+    uids = [g["uid"] for g in got]
+    check(len(set(uids)) == len(uids) and all(u and 1 <= len(u) <= 70 for u in uids), "%s: UIDLs not unique: %s" % (what, uids))
+    return uids
+
+
+def ours(t):
+    return (t, "test " + t, "Hello %s\r\nsecond line" % t)
+
+
+def theirs(n):
+    return ("foreign%d" % n, "foreign %d" % n, "foreign body %d\r\nFrom quoted %d" % (n, n))
+
+
+@test()
+def mbox_second_writer_both_orders(ctx):
+    """Issue 11.1: another MDA appends under fcntl + dotlock between mailsrv's deliveries (both orders):
+    nothing is cut off, every message stays whole, UIDLs unique and stable, DELE+QUIT deletes the right ones."""
+    srv = ctx.server(storage="mbox").start()
+    path = mbox_path(srv, "alice@example.test")
+    os.makedirs(os.path.dirname(path))
+    mbox_other_append(path, mbox_foreign(1))  # the other program first
+    t1, _ = srv.deliver()                      # then mailsrv
+    mbox_other_append(path, mbox_foreign(2))  # the other program after mailsrv
+    t2, _ = srv.deliver()
+    exp = [theirs(1), ours(t1), theirs(2), ours(t2)]
+    u0 = check_whole(srv.fetch("alice@example.test"), exp, "after alternating writers")
+    mbox_other_append(path, mbox_foreign(3))  # written after mailsrv's last, read by a POP3 login
+    exp.append(theirs(3))
+    u1 = check_whole(srv.fetch("alice@example.test"), exp, "after a foreign append at the end")
+    check(u1[:4] == u0, "UIDLs changed: %s -> %s" % (u0, u1))
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.ok("DELE 3")
+    mbox_other_append(path, mbox_foreign(4))  # arrives during the session: kept by the QUIT
+    p.quit()
+    exp = [exp[0], exp[3], exp[4], theirs(4)]
+    u2 = check_whole(srv.fetch("alice@example.test"), exp, "after DELE 2, 3 and QUIT")
+    check(u2[:3] == [u1[0], u1[3], u1[4]], "UIDLs changed by the deletion: %s -> %s" % (u1, u2))
+    srv.restart()
+    check([g["uid"] for g in srv.fetch("alice@example.test")] == u2, "UIDLs changed across a restart")
+
+
+@test()
+def mbox_locked_by_other(ctx):
+    """While another program holds the mbox's dotlock (dotlockfile, liblockfile-bin) or its fcntl lock,
+    SMTP defers with 451 and POP3 login answers -ERR [IN-USE] (RFC 2449 8.1.1); after, both work."""
+    dlf = need_program("dotlockfile", "liblockfile-bin")
+    srv = ctx.server(storage="mbox").start()
+    t1, _ = srv.deliver()
+    path = mbox_path(srv, "alice@example.test")
+    r = subprocess.run([dlf, "-l", "-r", "0", path + ".lock"], timeout=secs(10))
+    check(r.returncode == 0 and os.path.exists(path + ".lock"), "dotlockfile -l failed: %s" % r.returncode)
+    try:
+        for what in ("dotlock", "fcntl"):
+            c = srv.smtp()
+            c.expect("MAIL FROM:<%s>" % SENDER, 250)
+            code, text = c.cmd("RCPT TO:<alice@example.test>")
+            if code == 250:
+                c.expect("DATA", 354)
+                code, text = c.cmd(dot_stuff(make_msg(tok())).decode() + ".")
+            check(code == 451, "%s held: delivery answered %d %s, expected 451" % (what, code, short(text)))
+            c.close()
+            p = srv.pop()
+            p.ok("USER alice@example.test")
+            r = p.cmd("PASS " + PASSWORDS["alice@example.test"])
+            check(r.startswith(b"-ERR [IN-USE]"), "%s held: POP3 login %s, expected -ERR [IN-USE]" % (what, short(r)))
+            p.close()
+            if what == "dotlock":
+                check(subprocess.run([dlf, "-u", path + ".lock"], timeout=secs(10)).returncode == 0, "dotlockfile -u")
+                f = open(path, "ab")
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        f.close()
+    finally:
+        if os.path.exists(path + ".lock"):
+            os.unlink(path + ".lock")
+    t2, _ = srv.deliver()
+    check_whole(srv.fetch("alice@example.test"), [ours(t1), ours(t2)], "after the locks were released")
+
+
+@test()
+def mbox_uidl_sender_cannot_choose(ctx):
+    """Issue 11.13b: X-UIDL headers from the sender never become the UIDL, and duplicates are made unique
+    with a suffix that is checked to be free (was: abc-2, abc, abc listed as abc-2, abc, abc-2)."""
+    srv = ctx.server(storage="mbox").start()
+    toks = []
+    for u in ("abc-2", "abc", "abc"):
+        t = tok()
+        srv.send(["alice@example.test"], ("X-UIDL: %s\r\n" % u).encode() + make_msg(t))
+        toks.append(t)
+    g = srv.fetch("alice@example.test")
+    uids = [x["uid"] for x in g]
+    check([x["token"] for x in g] == toks, "stored %s" % [x["token"] for x in g])
+    check(len(set(uids)) == 3, "UIDLs not unique: %s" % uids)
+    check(not set(uids) & {"abc", "abc-2", "abc-3"}, "a sender chose its UIDL: %s" % uids)
+    # mail stored by another MDA with identical headers and the same X-UIDL: unique, free suffixes
+    path = mbox_path(srv, "alice@example.test")
+    same = mbox_foreign(7).replace(b"\nFrom: ", b"\nX-UIDL: abc\nFrom: ")
+    with open(path, "ab") as f:
+        f.write(mbox_foreign(8).replace(b"\nFrom: ", b"\nX-UIDL: dup-2\nFrom: ") + same + same)
+    g = srv.fetch("alice@example.test")
+    u2 = [x["uid"] for x in g]
+    check(len(g) == 6 and len(set(u2)) == 6, "with copied foreign mail: UIDLs %s" % u2)
+    check(u2[:3] == uids and all(u and len(u) <= 70 and all(0x21 <= ord(ch) <= 0x7e for ch in u) for u in u2),
+          "UIDLs %s (before %s)" % (u2, uids))
+    check([x["uid"] for x in srv.fetch("alice@example.test")] == u2, "UIDLs not stable: %s" % u2)
+
+
 # end of section: mbox
 
 
