@@ -5381,6 +5381,233 @@ def mbox_uidl_sender_cannot_choose(ctx):
     check([x["uid"] for x in srv.fetch("alice@example.test")] == u2, "UIDLs not stable: %s" % u2)
 
 
+
+def chmod_path_for(user_uid, *dirs):
+    """Lets another user (Dovecot's mail processes) reach the spool: o+x on our own test folders."""
+    for d in dirs:
+        os.chmod(d, os.stat(d).st_mode | 0o011)
+
+
+class Dovecot:
+    """A private Dovecot (dovecot-imapd) on a free loopback port whose INBOX is mailsrv's mbox; its mail
+    processes run as Debian's `mail` user (Dovecot refuses uid 0), so the test hands it the mbox's folder."""
+
+    def __init__(self, ctx, srv, addr):
+        self.bin = need_program("dovecot", "dovecot-imapd")
+        need_root()
+        import pwd
+        self.uid = pwd.getpwnam("mail").pw_uid
+        self.dir = tempfile.mkdtemp(prefix="dovecot", dir=ctx.dir)
+        self.port = free_ports(1)[0]
+        self.mbox = mbox_path(srv, addr)
+        for d in ("run", "mail", "index", "home"):
+            os.makedirs(os.path.join(self.dir, d))
+        for d in ("mail", "index", "home"):
+            os.chown(os.path.join(self.dir, d), self.uid, self.uid)
+        chmod_path_for(self.uid, ctx.dir, srv.dir, srv.spool, self.dir)
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        self.log = os.path.join(self.dir, "dovecot.log")
+        with open(self.conf, "w") as f:
+            f.write("""base_dir = {d}/run
+log_path = {d}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = {uid}
+passdb {{
+  driver = static
+  args = password=pw
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={d}/home
+}}
+mail_location = mbox:{d}/mail:INBOX={mbox}:INDEX={d}/index
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""".format(d=self.dir, uid=self.uid, mbox=self.mbox, port=self.port))
+        self.proc = None
+
+    def give(self, folder):
+        """The mbox's folder (and the mbox) to the mail user: Dovecot makes its dotlock there."""
+        os.chown(folder, self.uid, self.uid)
+        if os.path.exists(self.mbox):
+            os.chown(self.mbox, self.uid, self.uid)
+
+    def start(self):
+        self.proc = subprocess.Popen([self.bin, "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def up():
+            check(self.proc.poll() is None, "dovecot exited: %s" % self.log_text()[-500:])
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                return s.recv(100).startswith(b"* OK")
+        wait_for(up, 15, "dovecot's IMAP greeting")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # our own child, by PID
+            try:
+                self.proc.wait(timeout=secs(10))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=secs(10))
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def imap(self):
+        import imaplib
+        m = imaplib.IMAP4("127.0.0.1", self.port, timeout=secs(10))
+        m.login("alice", "pw")
+        typ, _ = m.select("INBOX")
+        check(typ == "OK", "dovecot SELECT INBOX: %s" % typ)
+        return m
+
+    def subjects(self, m):
+        typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        check(typ == "OK", "dovecot FETCH: %s %s" % (typ, data))
+        return [header(x[1], "Subject") for x in data if isinstance(x, tuple)]
+
+    def lda(self, msg):
+        """Dovecot's own MDA (dovecot-lda) delivers msg to the same INBOX (dotlock + fcntl)."""
+        r = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", self.conf, "-d", "alice", "-f", "lda@else.test"],
+                           input=msg, capture_output=True, timeout=secs(20))
+        check(r.returncode == 0, "dovecot-lda: %s %s" % (r.returncode, r.stderr[-300:]))
+
+
+def foreign_msg(token, subject):
+    return ("From: <x@else.test>\r\nTo: <alice@example.test>\r\nSubject: %s\r\nX-Test-Token: %s\r\n\r\n"
+            "%s body\r\n" % (subject, token, token)).encode()
+
+
+@test(limit=120)
+def mbox_dovecot_shares(ctx):
+    """Issue 11.1 with Dovecot: IMAP STORE flags (Status/X-Status/X-IMAPbase/X-UID rewritten in place),
+    IMAP APPEND and dovecot-lda append to the mbox between mailsrv's deliveries (both orders); POP3 sees
+    every message whole with stable, unique UIDLs, DELE+QUIT deletes the right ones, Dovecot reads the
+    result and finds no corruption."""
+    srv = ctx.server(storage="mbox").start()
+    dv = Dovecot(ctx, srv, "alice@example.test")
+    t1, _ = srv.deliver()  # mailsrv first
+    dv.give(os.path.dirname(dv.mbox))
+    u1 = srv.fetch("alice@example.test")[0]["uid"]
+    try:
+        dv.start()
+        m = dv.imap()
+        check(m.store("1", "+FLAGS", r"(\Seen \Flagged)")[0] == "OK", "dovecot STORE")
+        check(m.append("INBOX", None, None, foreign_msg("imap1", "imap append"))[0] == "OK", "dovecot APPEND")
+        m.logout()
+        dv.lda(foreign_msg("lda1", "lda delivery"))  # Dovecot's MDA after Dovecot's IMAP
+        t2, _ = srv.deliver()                         # then mailsrv
+        exp = [ours(t1), ("imap1", "imap append", "imap1 body"), ("lda1", "lda delivery", "lda1 body"), ours(t2)]
+        u = check_whole(srv.fetch("alice@example.test"), exp, "after Dovecot's STORE, APPEND and LDA")
+        check(u[0] == u1, "the UIDL of a message Dovecot flagged changed: %s -> %s" % (u1, u[0]))
+        m = dv.imap()
+        check(m.store("2:3", "+FLAGS", r"(\Seen \Answered)")[0] == "OK", "dovecot STORE 2:3")
+        m.logout()
+        check(check_whole(srv.fetch("alice@example.test"), exp, "after a second STORE") == u,
+              "UIDLs changed when Dovecot set flags")
+        p = srv.pop("alice@example.test")
+        p.ok("DELE 1")
+        p.ok("DELE 3")
+        p.quit()
+        exp = [exp[1], exp[3]]
+        u2 = check_whole(srv.fetch("alice@example.test"), exp, "after POP3 DELE 1, 3")
+        check(u2 == [u[1], u[3]], "UIDLs after the deletion: %s, before %s" % (u2, u))
+        m = dv.imap()
+        subj = dv.subjects(m)
+        check(subj == ["imap append", "test " + t2], "Dovecot reads after mailsrv's deletion: %s" % subj)
+        check(m.store("2", "+FLAGS", r"(\Seen)")[0] == "OK", "dovecot STORE 2")
+        m.logout()
+        t3, _ = srv.deliver()
+        u3 = check_whole(srv.fetch("alice@example.test"), exp + [ours(t3)], "after Dovecot flagged mailsrv's mail")
+        check(u3[:2] == u2, "UIDLs changed: %s -> %s" % (u2, u3))
+        m = dv.imap()
+        subj = dv.subjects(m)
+        m.logout()
+        check(subj == ["imap append", "test " + t2, "test " + t3], "Dovecot reads at the end: %s" % subj)
+    finally:
+        dv.stop()
+    bad = [l for l in dv.log_text().splitlines() if "Error" in l or "Panic" in l or "Fatal" in l]
+    check(not bad, "Dovecot logged: %s" % bad[:3])
+    print("#   dovecot: STORE/APPEND/LDA between mailsrv deliveries, POP3 DELE: all whole, UIDLs stable")
+
+
+def neomutt_run(ctx, mbox, keys):
+    """neomutt (no user or system config) on mbox under a private tmux server, pushing keys; waits for it to quit."""
+    nm = need_program("neomutt", "neomutt")
+    tmux = need_program("tmux", "tmux")
+    d = tempfile.mkdtemp(prefix="neomutt", dir=ctx.dir)
+    os.makedirs(os.path.join(d, "Mail"))  # else it asks whether to create $folder
+    rc = os.path.join(d, "neomuttrc")
+    with open(rc, "w") as f:
+        f.write("set mbox_type=mbox move=no quit=yes delete=yes confirmappend=no mark_old=no wait_key=no\n")
+        f.write("push '%s'\n" % keys)
+    sock = os.path.join(d, "tmux.sock")
+    env = dict(os.environ, HOME=d, TERM="xterm")
+    r = subprocess.run([tmux, "-S", sock, "new-session", "-d", "-x", "150", "-y", "40",
+                        "%s -n -F %s -f %s" % (nm, rc, mbox)], env=env, timeout=secs(10))
+    check(r.returncode == 0, "tmux new-session: %s" % r.returncode)
+    try:
+        try:
+            wait_for(lambda: subprocess.run([tmux, "-S", sock, "has-session"], env=env, capture_output=True,
+                                            timeout=secs(5)).returncode != 0, 30, "neomutt to sync and quit")
+        except TestFailure:
+            scr = subprocess.run([tmux, "-S", sock, "capture-pane", "-p"], env=env, capture_output=True, text=True,
+                                 timeout=secs(5)).stdout
+            raise TestFailure("neomutt did not quit; its screen: %s" % short(scr.strip(), 600))
+    finally:
+        subprocess.run([tmux, "-S", sock, "kill-server"], env=env, capture_output=True, timeout=secs(5))
+
+
+@test(limit=120)
+def mbox_neomutt_shares(ctx):
+    """Issue 11.1 with neomutt, which rewrites the mbox in place (Status, X-Status, Content-Length, Lines):
+    deliveries before and after it, a foreign message's derived UIDL stays, nothing is cut off; neomutt
+    deletes a message after mailsrv's POP3 deletion and both still agree."""
+    srv = ctx.server(storage="mbox").start()
+    path = mbox_path(srv, "alice@example.test")
+    os.makedirs(os.path.dirname(path))
+    mbox_other_append(path, mbox_foreign(1))
+    t1, _ = srv.deliver()  # mailsrv after another program
+    u0 = [g["uid"] for g in srv.fetch("alice@example.test")]
+    before = read(path)
+    neomutt_run(ctx, path, "<tag-pattern>~A<enter><tag-prefix><set-flag>!<tag-prefix><clear-flag>N<sync-mailbox><quit>")
+    check(read(path) != before, "neomutt did not rewrite the mbox")
+    t2, _ = srv.deliver()  # mailsrv after neomutt
+    exp = [theirs(1), ours(t1), ours(t2)]
+    u = check_whole(srv.fetch("alice@example.test"), exp, "after neomutt set flags")
+    check(u[:2] == u0, "UIDLs changed when neomutt set flags: %s -> %s" % (u0, u[:2]))
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.quit()
+    exp = [exp[0], exp[2]]
+    check(check_whole(srv.fetch("alice@example.test"), exp, "after POP3 DELE 2") == [u[0], u[2]], "UIDLs after DELE 2")
+    neomutt_run(ctx, path, "<first-entry><delete-message><sync-mailbox><quit>")  # neomutt after mailsrv's rewrite
+    t3, _ = srv.deliver()
+    u3 = check_whole(srv.fetch("alice@example.test"), [exp[1], ours(t3)], "after neomutt deleted message 1")
+    check(u3[0] == u[2], "UIDL of %s changed: %s -> %s" % (t2, u[2], u3[0]))
+    print("#   neomutt: flags and a deletion between mailsrv deliveries and a POP3 deletion: all whole, UIDLs stable")
+
 # end of section: mbox
 
 
