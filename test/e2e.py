@@ -5608,6 +5608,103 @@ def mbox_neomutt_shares(ctx):
     check(u3[0] == u[2], "UIDL of %s changed: %s -> %s" % (t2, u[2], u3[0]))
     print("#   neomutt: flags and a deletion between mailsrv deliveries and a POP3 deletion: all whole, UIDLs stable")
 
+
+@test(limit=120)
+def mbox_full_disk_delete(ctx):
+    """Issue 11.9: on a really full file system (a small tmpfs, mounted by the test as root) POP3
+    DELE+QUIT still frees space: the mbox is rewritten in place (was: a copy beside it, which failed)."""
+    need_root()
+    srv = ctx.server(storage="mbox")
+    os.makedirs(srv.spool)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", srv.spool], capture_output=True, text=True,
+                       timeout=secs(10))
+    if r.returncode != 0:
+        raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+    try:
+        srv.start()
+        toks = []
+        for i in range(40):  # bounded: 256 KB hold at most a dozen 20 KB messages
+            t = tok()
+            try:
+                refused = srv.send(["alice@example.test"], make_msg(t, body="x" * 76 + "\r\n" * 1 + ("y" * 78 + "\r\n") * 250))
+            except smtplib.SMTPException:
+                break
+            if refused:
+                break
+            toks.append(t)
+        check(len(toks) >= 3, "only %d messages fitted" % len(toks))
+        fd = os.open(os.path.join(srv.spool, ".fill"), os.O_WRONLY | os.O_CREAT, 0o600)  # what is left: the disk is full
+        try:
+            for _ in range(1000):
+                os.write(fd, b"f" * 1024)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        st = os.statvfs(srv.spool)
+        free0 = st.f_bavail * st.f_frsize
+        check(free0 < 8192, "the file system is not full: %d bytes free" % free0)
+        p = srv.pop("alice@example.test")
+        p.ok("DELE 1")
+        p.ok("DELE 2")
+        r = p.cmd("QUIT")
+        check(r.startswith(b"+OK"), "QUIT on a full disk: %s" % short(r))
+        st = os.statvfs(srv.spool)
+        free1 = st.f_bavail * st.f_frsize
+        check(free1 >= free0 + 30000, "DELE+QUIT freed %d bytes" % (free1 - free0))
+        got = srv.fetch("alice@example.test")
+        check([g["token"] for g in got] == toks[2:], "after the deletion: %s, expected %s" % ([g["token"] for g in got], toks[2:]))
+        for g in got:
+            check(g["data"].endswith(("y" * 78 + "\r\n").encode()) and len(g["data"]) > 20000, "%s is not whole" % g["token"])
+        print("#   full tmpfs: %d messages, %d bytes free; DELE 1, 2 + QUIT freed %d bytes" % (len(toks), free0, free1 - free0))
+    finally:
+        srv.stop()
+        subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))
+
+
+def fault_mbox_dele(ctx, op, ns):
+    """Issue 11.9: a POP3 DELE+QUIT in mbox mode whose Nth `op` fails (op+: and every later one, a full
+    disk) leaves the old or the new mailbox, each message whole, never a broken one; the next login
+    finishes an interrupted deletion (+OK means the new one). Stops once N is past the last call."""
+    outcomes = []
+    for n in ns:
+        srv = ctx.server(storage="mbox").start()
+        t1, _ = srv.deliver()
+        t2, _ = srv.deliver(body=("z" * 70 + "\r\n") * 60)  # ~4 KB, moved down in pieces of message 1's size
+        t3, _ = srv.deliver()
+        srv.stop()
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d%s" % (op.rstrip("+"), n, "+" if op.endswith("+") else ""))
+        srv.start()
+        p = srv.pop("alice@example.test")
+        p.ok("DELE 1")
+        r = p.cmd("QUIT")
+        check(r.startswith(b"+OK") or r.startswith(b"-ERR"), "N=%d: QUIT -> %s" % (n, short(r)))
+        srv.stop()
+        hit = "FAULT: " in srv.log_text()
+        srv.env = None
+        srv.start()
+        got = srv.fetch("alice@example.test")
+        toks = [g["token"] for g in got]
+        exp = [ours(t1), ours(t2), ours(t3)]
+        exp[1] = (t2, "test " + t2, "z" * 70 + "\r\n" + "z" * 70)
+        if r.startswith(b"+OK"):
+            check(toks == [t2, t3], "N=%d: QUIT said +OK but the mailbox holds %s" % (n, toks))
+        check(toks in ([t1, t2, t3], [t2, t3]), "N=%d: the mailbox holds %s" % (n, toks))
+        check_whole(got, exp[3 - len(toks):], "N=%d" % n)
+        check(got[-2]["data"].count(b"z" * 70) == 60, "N=%d: message 2 is not whole" % n)
+        srv.stop()
+        outcomes.append((n, "%s, %s" % ("+OK" if r.startswith(b"+OK") else "-ERR", "new" if len(toks) == 2 else "old")))
+        if not hit:
+            break
+    check(outcomes and outcomes[-1][1].startswith("+OK"), "the last round (past every %s) did not succeed: %s" % (op, outcomes))
+    print("#   %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+for _op in ("write", "fsync", "write+"):
+    _name = "fault_mbox_dele_%s" % _op.replace("+", "_full")
+    TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele(ctx, op, range(1, 120)))(_op), {}, 400))
+    FAULT_TESTS.add(_name)
+
 # end of section: mbox
 
 
