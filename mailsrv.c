@@ -3744,6 +3744,7 @@ struct pop_view {
     int is_mbox;
     char dir[1200];       /* Maildir folder, or the mbox file */
     char jf[1200];        /* mbox: its journal */
+    struct os_stat seen;  /* mbox: the file as scanned (mbox_view_refresh) */
     struct pop_msg *msgs;
     int n, cap;
 };
@@ -4058,6 +4059,7 @@ mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
     if (fd == -2) return 0; /* never delivered to: empty */
     if (fd < 0) return -1;
     r = os_fstat(fd, &st) != 0 ? -1 : mbox_scan(v, fd, st.size);
+    v->seen = st;
     mbox_unlock(v->dir, fd);
     return r;
 }
@@ -4067,6 +4069,44 @@ view_cmp_uidl_key(const void *key, const void *b)
 {
     const struct pop_msg *const *y = b;
     return strcmp(key, (*y)->uidl);
+}
+
+/* Before a RETR or TOP: if another program changed the mbox since it was
+ * read (a MUA rewrote Status: lines, Dovecot its X-UID, ...), the messages
+ * may have moved: read it again and find them by UIDL. A message no longer
+ * found gets len -1 (it cannot be served). -1 with errno EAGAIN if locked. */
+static int
+mbox_view_refresh(struct pop_view *v)
+{
+    struct pop_view now;
+    struct pop_msg **p;
+    struct os_stat st;
+    int i, created, fd;
+    if (os_stat(v->dir, &st) == 0 && st.ino == v->seen.ino && st.size == v->seen.size && st.mtime == v->seen.mtime)
+        return 0;
+    fd = mbox_lock(v->dir, v->jf, 0, &created);
+    if (fd < 0) return -1;
+    memset(&now, 0, sizeof now);
+    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) { mbox_unlock(v->dir, fd); return -1; }
+    mbox_unlock(v->dir, fd);
+    p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
+    for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
+    qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
+    for (i = 0; i < v->n; i++) {
+        struct pop_msg **f = bsearch(v->msgs[i].uidl, p, (size_t)now.n, sizeof *p, view_cmp_uidl_key);
+        if (f) {
+            v->msgs[i].from_off = (*f)->from_off;
+            v->msgs[i].off = (*f)->off;
+            v->msgs[i].len = (*f)->len;
+            v->msgs[i].size = (*f)->size;
+        } else {
+            v->msgs[i].len = -1;
+        }
+    }
+    v->seen = st;
+    free(p);
+    view_free(&now);
+    return 0;
 }
 
 /* Applies the deletions of a POP3 session (the UPDATE state, RFC 1939 6). */
@@ -5600,6 +5640,15 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
     int64_t start = 0, end;
     struct os_stat st;
     if (p->view.is_mbox) {
+        if (mbox_view_refresh(&p->view) != 0) {
+            if (errno == EAGAIN) conn_reply(c, "-ERR [IN-USE] The mailbox is locked by another program");
+            else conn_reply(c, "-ERR [SYS/TEMP] Message %s cannot be read", m->uidl);
+            return;
+        }
+        if (m->len < 0) {
+            conn_reply(c, "-ERR [SYS/TEMP] Message %s was changed by another program", m->uidl);
+            return;
+        }
         ms_strlcpy(path, p->view.dir, sizeof path);
         start = m->off;
     } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.dir, m->name) < 0) {

@@ -5591,8 +5591,14 @@ def mbox_neomutt_shares(ctx):
     t1, _ = srv.deliver()  # mailsrv after another program
     u0 = [g["uid"] for g in srv.fetch("alice@example.test")]
     before = read(path)
+    p = srv.pop("alice@example.test")  # a POP3 session open while neomutt rewrites the file under it
     neomutt_run(ctx, path, "<tag-pattern>~A<enter><tag-prefix><set-flag>!<tag-prefix><clear-flag>N<sync-mailbox><quit>")
     check(read(path) != before, "neomutt did not rewrite the mbox")
+    for n, e in ((2, ours(t1)), (1, theirs(1))):
+        data = p.retr(n)
+        check(token_of(data) == e[0] and e[2].encode() in data and header(data, "Subject") == e[1],
+              "RETR %d after neomutt's rewrite: %s" % (n, short(data, 300)))
+    p.quit()
     t2, _ = srv.deliver()  # mailsrv after neomutt
     exp = [theirs(1), ours(t1), ours(t2)]
     u = check_whole(srv.fetch("alice@example.test"), exp, "after neomutt set flags")
