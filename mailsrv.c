@@ -3018,13 +3018,15 @@ list_state_parse(char *text, struct list_state *st)
  * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
  * ends, Return-Path and Received on top) and fsynced. Maildir: hard link into
  * SPOOL/DOMAIN/USER/new/NAME,S=bytes,W=crlf-bytes and fsync new/. mbox:
- * append to SPOOL/DOMAIN/USER.mbox under an fcntl lock, fsync, then record
- * the committed length in SPOOL/DOMAIN/.USER.mbox.len; a tail past that
- * length is a crashed append and is cut off before the next use, so a half
- * message is never visible. If any recipient fails, the ones already done are
- * rolled back and the client gets 451, so a retry creates no duplicates.
+ * append to SPOOL/DOMAIN/USER.mbox under fcntl lock and dotlock, with the
+ * append announced in a journal first (see "---- mbox ----" below), so that
+ * a crashed append of mailsrv's own is removed and nothing else ever is. If
+ * any recipient fails, the ones already done are rolled back and the client
+ * gets 451, so a retry creates no duplicates.
  *
- * The POP3 view is a snapshot of the mailbox taken at login.
+ * The POP3 view is a snapshot of the mailbox taken at login; with mbox it
+ * is read again when another program changed the file, and the deletions
+ * are applied at QUIT to the file as it is then.
  */
 
 /* Reads a file region as lines; a line longer than the buffer comes in pieces. */
@@ -3158,9 +3160,11 @@ store_fsync_parent(const char *path)
     return os_fsync_dir(dir);
 }
 
-/* Writes the journal record rec (n bytes) padded to its fixed size, and fsyncs it. */
+/* Writes the journal record rec (n bytes) padded to its fixed size, after
+ * data (dn bytes, a piece being moved) if any, and fsyncs it; shrink: cut
+ * off a piece saved before. */
 static int
-mbox_journal_write(const char *jf, const char *rec, size_t n)
+mbox_journal_put(const char *jf, const char *rec, size_t n, const char *data, size_t dn, int shrink)
 {
     char buf[MS_MBOX_JOURNAL];
     struct os_stat st;
@@ -3170,12 +3174,40 @@ mbox_journal_write(const char *jf, const char *rec, size_t n)
     memset(buf + n, '\n', sizeof buf - n);
     fd = os_open(jf, O_WRONLY | O_CREAT, 0600);
     if (fd < 0) return -1;
-    r = os_pwrite_all(fd, buf, sizeof buf, 0) < 0 || os_fsync(fd) != 0 ? -1 : 0;
+    /* the data first: a record naming it is only written once it is all there */
+    r = (dn && os_pwrite_all(fd, data, dn, MS_MBOX_JOURNAL) < 0) || os_pwrite_all(fd, buf, sizeof buf, 0) < 0 ||
+        (shrink && os_truncate(fd, MS_MBOX_JOURNAL) != 0) || os_fsync(fd) != 0 ? -1 : 0;
     os_close(fd);
     if (r == 0 && created) r = store_fsync_parent(jf);
     return r;
 }
-static int mbox_journal_clear(const char *jf) { return mbox_journal_write(jf, "none\n", 5); }
+static int mbox_journal_write(const char *jf, const char *rec, size_t n) { return mbox_journal_put(jf, rec, n, NULL, 0, 0); }
+static int mbox_journal_clear(const char *jf) { return mbox_journal_put(jf, "none\n", 5, NULL, 0, 1); }
+
+static void
+mbox_piece_sum(const char *data, size_t n, char out[33])
+{
+    struct sha256 h;
+    unsigned char d[32];
+    int i;
+    sha256_init(&h);
+    sha256_update(&h, data, n);
+    sha256_final(&h, d);
+    for (i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+/* "compact INO A B END DONE PLEN SUM": DONE bytes are moved and durable;
+ * with PLEN, the next PLEN bytes (checksum SUM) are saved in the journal. */
+static int
+mbox_compact_rec(const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *data,
+                 int64_t plen)
+{
+    char rec[200], sum[33] = "-";
+    if (plen) mbox_piece_sum(data, (size_t)plen, sum);
+    snprintf(rec, sizeof rec, "compact %llu %lld %lld %lld %lld %lld %s\n", (unsigned long long)ino, (long long)a,
+             (long long)b, (long long)end, (long long)done, (long long)plen, sum);
+    return mbox_journal_put(jf, rec, strlen(rec), data, (size_t)plen, 0);
+}
 
 /* Does [off, size) hold only (a prefix of) the append that began with head? */
 static int
@@ -3198,25 +3230,35 @@ mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl)
     return own && r == 0;
 }
 
-/* Removes [a,b) by moving [b,end) down to a, from DONE on. Each piece is at
- * most b-a long, so it never overwrites its own source, and after its fsync
- * the journal records it: a restart redoes at most the piece in flight,
- * whose source is still intact. Works on a full disk (nothing grows). */
+/* Removes [a,b) by moving [b,end) down to a, from done on, in place (a
+ * full disk is no obstacle: nothing grows but the journal, and only when
+ * it can). Each piece is first saved in the journal (up to MS_MBOX_MOVE),
+ * so a restart writes the piece in flight again from there. Where the
+ * journal cannot grow (a full disk), a piece is at most b-a long: it never
+ * overwrites its own source, so a restart can move it again from the file.
+ * saved/plen: a piece the journal held at a restart. */
 static int
-mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done)
+mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done,
+             const char *saved, int64_t plen)
 {
-    int64_t piece = b - a < MS_MBOX_MOVE ? b - a : MS_MBOX_MOVE;
-    char *buf = xrealloc(NULL, (size_t)piece), rec[160];
-    int rc = -1;
+    char *buf = xrealloc(NULL, MS_MBOX_MOVE);
+    int rc = -1, small = 0;
+    if (plen > 0) {
+        if (os_pwrite_all(fd, saved, (size_t)plen, a + done) < 0 || os_fsync(fd) != 0) goto out;
+        done += plen;
+    }
     while (done < end - b) {
-        int64_t n = end - b - done < piece ? end - b - done : piece;
-        if (os_pread(fd, buf, (size_t)n, b + done) != (long)n || os_pwrite_all(fd, buf, (size_t)n, a + done) < 0 ||
-            os_fsync(fd) != 0)
-            goto out;
+        int64_t n = end - b - done < MS_MBOX_MOVE ? end - b - done : MS_MBOX_MOVE;
+        /* nothing in flight: every move before done is durable */
+        if (mbox_compact_rec(jf, ino, a, b, end, done, NULL, 0) != 0) goto out;
+        if (small && n > b - a) n = b - a;
+        if (os_pread(fd, buf, (size_t)n, b + done) != (long)n) goto out;
+        if (!small && mbox_compact_rec(jf, ino, a, b, end, done, buf, n) != 0) {
+            small = 1; /* no room for the piece: small ones, moved from the file again after a crash */
+            if (n > b - a) n = b - a;
+        }
+        if (os_pwrite_all(fd, buf, (size_t)n, a + done) < 0 || os_fsync(fd) != 0) goto out;
         done += n;
-        snprintf(rec, sizeof rec, "compact %llu %lld %lld %lld %lld\n", (unsigned long long)ino, (long long)a,
-                 (long long)b, (long long)end, (long long)done);
-        if (mbox_journal_write(jf, rec, strlen(rec)) != 0) goto out;
     }
     if (os_truncate(fd, end - (b - a)) != 0 || os_fsync(fd) != 0) goto out;
     rc = mbox_journal_clear(jf);
@@ -3236,9 +3278,10 @@ static int
 mbox_recover(int fd, const char *jf)
 {
     char j[MS_MBOX_JOURNAL + 1];
-    unsigned long long ino, x1, x2, x3, x4;
+    unsigned long long ino, x1, x2, x3, x4, x5;
     struct os_stat st;
     long n;
+    char sum[33];
     int k = 0, jd = os_open(jf, O_RDONLY, 0);
     if (jd < 0) return errno == ENOENT ? 0 : -1;
     n = os_pread(jd, j, MS_MBOX_JOURNAL, 0);
@@ -3259,11 +3302,24 @@ mbox_recover(int fd, const char *jf)
         }
         return mbox_journal_clear(jf);
     }
-    if (sscanf(j, "compact %llu %llu %llu %llu %llu", &ino, &x1, &x2, &x3, &x4) == 5) {
-        /* x1 A, x2 B, x3 END, x4 DONE */
-        if (ino == st.ino && x1 < x2 && x2 <= x3 && x4 <= x3 - x2 && (unsigned long long)st.size == x3) {
+    if (sscanf(j, "compact %llu %llu %llu %llu %llu %llu %32s", &ino, &x1, &x2, &x3, &x4, &x5, sum) == 7) {
+        /* x1 A, x2 B, x3 END, x4 DONE, x5 PLEN */
+        if (ino == st.ino && x1 < x2 && x2 <= x3 && x4 <= x3 - x2 && x5 <= x3 - x2 - x4 && x5 <= MS_MBOX_MOVE &&
+            (unsigned long long)st.size == x3) {
+            char *saved = NULL, got[33];
+            int r;
+            if (x5) { /* the piece in flight, if the journal holds all of it */
+                saved = xrealloc(NULL, (size_t)x5);
+                jd = os_open(jf, O_RDONLY, 0);
+                if (jd < 0 || os_pread(jd, saved, (size_t)x5, MS_MBOX_JOURNAL) != (long)x5) x5 = 0;
+                if (jd >= 0) os_close(jd);
+                if (x5) mbox_piece_sum(saved, (size_t)x5, got);
+                if (x5 && strcmp(got, sum) != 0) x5 = 0;
+            }
             mbox_noted(jf, "finished an interrupted deletion");
-            return mbox_compact(fd, jf, ino, (int64_t)x1, (int64_t)x2, (int64_t)x3, (int64_t)x4);
+            r = mbox_compact(fd, jf, ino, (int64_t)x1, (int64_t)x2, (int64_t)x3, (int64_t)x4, saved, (int64_t)x5);
+            free(saved);
+            return r;
         }
         if (!(ino == st.ino && x4 == x3 - x2 && (unsigned long long)st.size == x3 - (x2 - x1)))
             mbox_noted(jf, "an interrupted deletion: the mbox changed meanwhile, left as it is");
@@ -4138,7 +4194,6 @@ view_commit(struct pop_view *v)
         struct os_stat st;
         int created, j, fd = mbox_lock(v->dir, v->jf, 0, &created);
         int64_t end;
-        char rec[160];
         rc = -1;
         if (fd == -2) return 0;
         if (fd < 0) return -1;
@@ -4160,10 +4215,7 @@ view_commit(struct pop_view *v)
             for (j = i; j > 0 && now.msgs[j - 1].deleted; j--) {}
             a = now.msgs[j].from_off;
             b = i + 1 < now.n ? now.msgs[i + 1].from_off : end;
-            snprintf(rec, sizeof rec, "compact %llu %lld %lld %lld 0\n", (unsigned long long)st.ino, (long long)a,
-                     (long long)b, (long long)end);
-            if (mbox_journal_write(v->jf, rec, strlen(rec)) != 0 || mbox_compact(fd, v->jf, st.ino, a, b, end, 0) != 0)
-                goto fail;
+            if (mbox_compact(fd, v->jf, st.ino, a, b, end, 0, NULL, 0) != 0) goto fail;
             end -= b - a;
             i = j;
         }

@@ -768,13 +768,27 @@ test_mbox_journal(void)
     memcpy(text, other, 10);
     mbox_unit_file(mbox, text);
     stat(mbox, &sb);
-    snprintf(rec, sizeof rec, "compact %llu 0 %lu %lu 10\n", (unsigned long long)sb.st_ino, (unsigned long)strlen(old),
-             (unsigned long)strlen(text));
+    snprintf(rec, sizeof rec, "compact %llu 0 %lu %lu 10 0 -\n", (unsigned long long)sb.st_ino,
+             (unsigned long)strlen(old), (unsigned long)strlen(text));
     ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
     fd = mbox_lock(mbox, jf, 0, &created);
     ASSERT(fd >= 0);
     if (fd >= 0) mbox_unlock(mbox, fd);
     ASSERT(mbox_unit_is(mbox, other));
+    ASSERT(stat(jf, &sb) == 0 && sb.st_size == MS_MBOX_JOURNAL);
+    /* a piece saved in the journal, its move half done and overlapping its source: written again from there */
+    snprintf(text, sizeof text, "%s%s", old, other);
+    mbox_unit_file(mbox, text);
+    stat(mbox, &sb);
+    ASSERT(mbox_compact_rec(jf, sb.st_ino, 0, (int64_t)strlen(old), (int64_t)strlen(text), 0, other,
+                            (int64_t)strlen(other)) == 0);
+    memcpy(text, other, 20); /* the first 20 bytes got there before the crash */
+    mbox_unit_file(mbox, text);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(mbox_unit_is(mbox, other));
+    ASSERT(stat(jf, &sb) == 0 && sb.st_size == MS_MBOX_JOURNAL); /* the saved piece is given back */
     /* the dotlock: held by a running process, the mbox is busy; a dead one's is stale */
     snprintf(text, sizeof text, "%s.lock", mbox);
     snprintf(rec, sizeof rec, "%lu\n", (unsigned long)getppid());
