@@ -5639,16 +5639,7 @@ def mbox_full_disk_delete(ctx):
                 break
             toks.append(t)
         check(len(toks) >= 3, "only %d messages fitted" % len(toks))
-        fd = os.open(os.path.join(srv.spool, ".fill"), os.O_WRONLY | os.O_CREAT, 0o600)  # what is left: the disk is full
-        try:
-            for _ in range(1000):
-                os.write(fd, b"f" * 1024)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        st = os.statvfs(srv.spool)
-        free0 = st.f_bavail * st.f_frsize
+        free0 = fill_disk(srv.spool)
         check(free0 < 8192, "the file system is not full: %d bytes free" % free0)
         p = srv.pop("alice@example.test")
         p.ok("DELE 1")
@@ -5709,6 +5700,73 @@ def fault_mbox_dele(ctx, op, ns):
 for _op in ("write", "fsync", "write+"):
     _name = "fault_mbox_dele_%s" % _op.replace("+", "_full")
     TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele(ctx, op, range(1, 120)))(_op), {}, 400))
+    FAULT_TESTS.add(_name)
+
+
+def fill_disk(folder):
+    """Writes folder/.fill until the file system is full; returns the bytes left free."""
+    fd = os.open(os.path.join(folder, ".fill"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(100000):
+            os.write(fd, b"f" * 1024)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def fault_mbox_dele_full_disk(ctx, op, ns):
+    """Issue 11.9 on a really full tmpfs, where the journal cannot hold a piece: the deletion moves
+    pieces no longer than the gap, each recorded before the next; the Nth `op` fails, the next login
+    finishes the deletion (or none began). Old or new mailbox, each message whole, never a broken one."""
+    need_root()
+    outcomes = []
+    for n in ns:
+        srv = ctx.server(storage="mbox")
+        os.makedirs(srv.spool)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", srv.spool], capture_output=True,
+                           text=True, timeout=secs(10))
+        if r.returncode != 0:
+            raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+        try:
+            srv.start()
+            t1, _ = srv.deliver()
+            t2, _ = srv.deliver(body=("z" * 70 + "\r\n") * 120)  # ~8.5 KB: about 16 pieces of message 1's size
+            t3, _ = srv.deliver()
+            srv.stop()
+            check(fill_disk(srv.spool) < 4096, "N=%d: the tmpfs is not full" % n)
+            srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+            srv.start()
+            p = srv.pop("alice@example.test")
+            p.ok("DELE 1")
+            r = p.cmd("QUIT")
+            srv.stop()
+            hit = "FAULT: " in srv.log_text()
+            srv.env = None
+            srv.start()
+            got = srv.fetch("alice@example.test")
+            toks = [g["token"] for g in got]
+            if r.startswith(b"+OK"):
+                check(toks == [t2, t3], "N=%d: QUIT said +OK but the mailbox holds %s" % (n, toks))
+            check(toks in ([t1, t2, t3], [t2, t3]), "N=%d: the mailbox holds %s" % (n, toks))
+            exp = [ours(t1), (t2, "test " + t2, "z" * 70 + "\r\n" + "z" * 70), ours(t3)]
+            check_whole(got, exp[3 - len(toks):], "N=%d" % n)
+            check(got[-2]["data"].count(b"z" * 70) == 120, "N=%d: message 2 is not whole" % n)
+            outcomes.append((n, "%s, %s" % ("+OK" if r.startswith(b"+OK") else "-ERR", "new" if len(toks) == 2 else "old")))
+        finally:
+            srv.stop()
+            subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))
+        if not hit:
+            break
+    check(outcomes and outcomes[-1][1].startswith("+OK"), "the last round (past every %s) did not succeed: %s" % (op, outcomes))
+    print("#   full disk, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+for _op in ("write", "fsync"):
+    _name = "fault_mbox_dele_full_disk_%s" % _op
+    TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele_full_disk(ctx, op, range(1, 200)))(_op), {}, 600))
     FAULT_TESTS.add(_name)
 
 # end of section: mbox
