@@ -5326,6 +5326,7 @@ def mbox_locked_by_other(ctx):
     path = mbox_path(srv, "alice@example.test")
     r = subprocess.run([dlf, "-l", "-r", "0", path + ".lock"], timeout=secs(10))
     check(r.returncode == 0 and os.path.exists(path + ".lock"), "dotlockfile -l failed: %s" % r.returncode)
+    f = None
     try:
         for what in ("dotlock", "fcntl"):
             c = srv.smtp()
@@ -5345,8 +5346,9 @@ def mbox_locked_by_other(ctx):
                 check(subprocess.run([dlf, "-u", path + ".lock"], timeout=secs(10)).returncode == 0, "dotlockfile -u")
                 f = open(path, "ab")
                 fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        f.close()
     finally:
+        if f:
+            f.close()  # releases the fcntl lock
         if os.path.exists(path + ".lock"):
             os.unlink(path + ".lock")
     t2, _ = srv.deliver()
@@ -5382,7 +5384,7 @@ def mbox_uidl_sender_cannot_choose(ctx):
 
 
 
-def chmod_path_for(user_uid, *dirs):
+def chmod_path_for(*dirs):
     """Lets another user (Dovecot's mail processes) reach the spool: o+x on our own test folders."""
     for d in dirs:
         os.chmod(d, os.stat(d).st_mode | 0o011)
@@ -5404,7 +5406,7 @@ class Dovecot:
             os.makedirs(os.path.join(self.dir, d))
         for d in ("mail", "index", "home"):
             os.chown(os.path.join(self.dir, d), self.uid, self.uid)
-        chmod_path_for(self.uid, ctx.dir, srv.dir, srv.spool, self.dir)
+        chmod_path_for(ctx.dir, srv.dir, srv.spool, self.dir)
         self.conf = os.path.join(self.dir, "dovecot.conf")
         self.log = os.path.join(self.dir, "dovecot.log")
         with open(self.conf, "w") as f:
