@@ -100,6 +100,10 @@
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
 #define MS_SPACE_RESERVE(max) ((max) / 2 * 3) /* free space MAIL needs: Postfix's queue_minfree floor */
+#define MS_DOTLOCK_STALE 300      /* an mbox dotlock older than 5 minutes is stale (liblockfile) */
+#define MS_MBOX_JOURNAL 2560      /* size of an mbox's journal file (fixed: rewritten on a full disk) */
+#define MS_MBOX_HEAD 2048         /* first bytes of an append kept in the journal to know it again */
+#define MS_MBOX_MOVE (1024 * 1024) /* largest piece moved at once when deleting from an mbox */
 
 #define MS_DNS_TRY_MS 2000        /* per DNS query attempt (resolv.conf's timeout is 5 s) */
 #define MS_DNS_TRIES 4            /* attempts per query, over the resolvers in turn */
@@ -222,6 +226,8 @@ os_pid(void)
     if (!pid) pid = (unsigned long)getpid();
     return pid;
 }
+/* Is that process running (mbox dotlocks hold their maker's PID)? */
+static int os_pid_alive(unsigned long pid) { return kill((pid_t)pid, 0) == 0 || errno == EPERM; }
 
 /* getentropy(): the system's generator without a descriptor or a file, so it works with every
  * descriptor in use and in a chroot without /dev. Not in POSIX.1-2008 (it is in POSIX.1-2024):
@@ -570,6 +576,17 @@ os_wallclock(int64_t *sec, long *usec)
 }
 
 static unsigned long os_pid(void) { return (unsigned long)GetCurrentProcessId(); }
+/* Is that process running (mbox dotlocks hold their maker's PID)? */
+static int
+os_pid_alive(unsigned long pid)
+{
+    HANDLE h = OpenProcess(SYNCHRONIZE, FALSE, (DWORD)pid);
+    DWORD r;
+    if (!h) return GetLastError() != ERROR_INVALID_PARAMETER;
+    r = WaitForSingleObject(h, 0);
+    CloseHandle(h);
+    return r == WAIT_TIMEOUT;
+}
 
 /* RtlGenRandom, exported by advapi32 as SystemFunction036. */
 static int
@@ -3312,13 +3329,15 @@ list_state_parse(char *text, struct list_state *st)
  * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
  * ends, Return-Path and Received on top) and fsynced. Maildir: hard link into
  * SPOOL/DOMAIN/USER/new/NAME,S=bytes,W=crlf-bytes and fsync new/. mbox:
- * append to SPOOL/DOMAIN/USER.mbox under an fcntl lock, fsync, then record
- * the committed length in SPOOL/DOMAIN/.USER.mbox.len; a tail past that
- * length is a crashed append and is cut off before the next use, so a half
- * message is never visible. If any recipient fails, the ones already done are
- * rolled back and the client gets 451, so a retry creates no duplicates.
+ * append to SPOOL/DOMAIN/USER.mbox under fcntl lock and dotlock, with the
+ * append announced in a journal first (see "---- mbox ----" below), so that
+ * a crashed append of mailsrv's own is removed and nothing else ever is. If
+ * any recipient fails, the ones already done are rolled back and the client
+ * gets 451, so a retry creates no duplicates.
  *
- * The POP3 view is a snapshot of the mailbox taken at login.
+ * The POP3 view is a snapshot of the mailbox taken at login; with mbox it
+ * is read again when another program changed the file, and the deletions
+ * are applied at QUIT to the file as it is then.
  */
 
 /* Reads a file region as lines; a line longer than the buffer comes in pieces. */
@@ -3410,7 +3429,7 @@ store_no_links(const char *spool, const char *addr, int maildir)
     for (i = 0; k != OS_LINK && i < (maildir ? 4 : 2); i++) {
         if ((maildir ? ms_fmt(path, sizeof path, "%s/%s%s", dom, user, mdir[i])
              : i == 0 ? ms_fmt(path, sizeof path, "%s/%s.mbox", dom, user)
-                      : ms_fmt(path, sizeof path, "%s/.%s.mbox.len", dom, user)) < 0)
+                      : ms_fmt(path, sizeof path, "%s/.%s.mbox.journal", dom, user)) < 0)
             return -1;
         k = os_lstat_kind(path);
     }
@@ -3432,78 +3451,262 @@ mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
     return 0;
 }
 
-/* ---- mbox ---- */
+/* ---- mbox ----
+ * An mbox is shared with MUAs (mutt, neomutt), Dovecot and other MDAs
+ * (procmail, dotlockfile). Every append and every rewrite takes the two
+ * locks Debian policy 11.6 asks for: an fcntl write lock on the file, then
+ * the dotlock MBOX.lock (made O_EXCL, holding the PID; older than
+ * MS_DOTLOCK_STALE it is stale and removed, as liblockfile judges it), and
+ * holds both until the file is final. Neither is waited for: a busy mbox
+ * defers the delivery (451, as Postfix's local(8) does) or the POP3 login
+ * ([IN-USE]). A file another program changed is simply read again.
+ *
+ * The journal SPOOL/DOMAIN/.USER.mbox.journal (always MS_MBOX_JOURNAL bytes,
+ * rewritten in place and never shrunk, so that it can be written on a full
+ * disk) says what mailsrv is in the middle of; it is fsynced before the mbox
+ * is touched:
+ *   "append INO OFF LEN HEADLEN\n" and the first HEADLEN bytes of the append
+ *   "compact INO A B END DONE\n": [A,B) goes, [B,END) moves down to A; the
+ *       first DONE bytes of it are moved and fsynced
+ *   "none\n"
+ * At the next lock, an unfinished append of its own is removed only if the
+ * file still ends with exactly (a prefix of) it; else everything is kept and
+ * logged. An unfinished compaction is finished.
+ */
 
 static int
-mbox_paths(const char *spool, const char *addr, char *mbox, size_t mn, char *lenf, size_t ln, char *dir, size_t dn)
+mbox_paths(const char *spool, const char *addr, char *mbox, size_t mn, char *jf, size_t jn, char *dir, size_t dn)
 {
     char user[MS_LOCAL_MAX + 1];
     if (store_user_dir(spool, addr, dir, dn, user, sizeof user) != 0) return -1;
-    if (ms_fmt(mbox, mn, "%s/%s.mbox", dir, user) < 0 || ms_fmt(lenf, ln, "%s/.%s.mbox.len", dir, user) < 0)
+    if (ms_fmt(mbox, mn, "%s/%s.mbox", dir, user) < 0 || ms_fmt(jf, jn, "%s/.%s.mbox.journal", dir, user) < 0)
         return -1;
     return 0;
 }
 
-/* The committed length of an mbox: the recorded one if it belongs to this
- * very file (same inode) and is not past its end, else the whole file. */
-static int64_t
-mbox_committed(const char *lenf, int fd)
-{
-    struct os_stat st;
-    char txt[64], *cur = txt, *w, *end;
-    unsigned long long ino, len;
-    int ok = 0;
-    FILE *f;
-    if (os_fstat(fd, &st) != 0) return -1;
-    f = fopen(lenf, "r");
-    if (!f) return st.size;
-    if (fgets(txt, sizeof txt, f) && (w = ms_word(&cur)) != NULL) { /* "INODE LENGTH" */
-        ino = strtoull(w, &end, 10);
-        if (end != w && !*end && (w = ms_word(&cur)) != NULL) {
-            len = strtoull(w, &end, 10);
-            ok = end != w && (!*end || *end == '\n') && ino == st.ino && len <= (unsigned long long)st.size;
-        }
-    }
-    if (!ok) len = (unsigned long long)st.size;
-    fclose(f);
-    return (int64_t)len;
-}
+static char mbox_note[1400]; /* what mbox_recover found, until the loop logs it */
 
 static int
-mbox_set_committed(const char *lenf, int fd, int64_t len)
+store_fsync_parent(const char *path)
 {
+    char dir[1200];
+    const char *slash = strrchr(path, '/');
+    if (!slash || (size_t)(slash - path) >= sizeof dir) return 0;
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = 0;
+    return os_fsync_dir(dir);
+}
+
+/* Writes the journal record rec (n bytes) padded to its fixed size, after
+ * data (dn bytes, a piece being moved) if any, and fsyncs it; shrink: cut
+ * off a piece saved before. */
+static int
+mbox_journal_put(const char *jf, const char *rec, size_t n, const char *data, size_t dn, int shrink)
+{
+    char buf[MS_MBOX_JOURNAL];
     struct os_stat st;
-    char txt[64];
-    int lf, r, created = 0;
-    struct os_stat ls;
-    if (os_fstat(fd, &st) != 0) return -1;
-    snprintf(txt, sizeof txt, "%llu %020llu\n", (unsigned long long)st.ino, (unsigned long long)len);
-    if (os_stat(lenf, &ls) != 0) created = 1;
-    lf = os_open(lenf, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600);
-    if (lf < 0) return -1;
-    r = (os_pwrite_all(lf, txt, strlen(txt), 0) < 0 || os_truncate(lf, (int64_t)strlen(txt)) != 0 ||
-         os_fsync(lf) != 0) ? -1 : 0;
-    os_close(lf);
-    if (r == 0 && created) {
-        char dir[1100];
-        const char *slash = strrchr(lenf, '/');
-        if (slash && (size_t)(slash - lenf) < sizeof dir) {
-            memcpy(dir, lenf, (size_t)(slash - lenf));
-            dir[slash - lenf] = 0;
-            r = os_fsync_dir(dir);
-        }
-    }
+    int fd, r, created = os_stat(jf, &st) != 0;
+    if (n > sizeof buf) return -1;
+    memcpy(buf, rec, n);
+    memset(buf + n, '\n', sizeof buf - n);
+    fd = os_open(jf, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600);
+    if (fd < 0) return -1;
+    /* the data first: a record naming it is only written once it is all there */
+    r = (dn && os_pwrite_all(fd, data, dn, MS_MBOX_JOURNAL) < 0) || os_pwrite_all(fd, buf, sizeof buf, 0) < 0 ||
+        (shrink && os_truncate(fd, MS_MBOX_JOURNAL) != 0) || os_fsync(fd) != 0 ? -1 : 0;
+    os_close(fd);
+    if (r == 0 && created) r = store_fsync_parent(jf);
     return r;
 }
+static int mbox_journal_write(const char *jf, const char *rec, size_t n) { return mbox_journal_put(jf, rec, n, NULL, 0, 0); }
+static int mbox_journal_clear(const char *jf) { return mbox_journal_put(jf, "none\n", 5, NULL, 0, 1); }
 
-/* Opens and locks an mbox, cutting off an uncommitted tail. Returns the fd
- * and the committed length, or -1. */
-static int
-mbox_open_locked(const char *mbox, const char *lenf, int create, int64_t *committed, int *created)
+static void
+mbox_piece_sum(const char *data, size_t n, char out[33])
 {
+    struct sha256 h;
+    unsigned char d[32];
+    int i;
+    sha256_init(&h);
+    sha256_update(&h, data, n);
+    sha256_final(&h, d);
+    for (i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+/* "compact INO A B END DONE PLEN SUM": DONE bytes are moved and durable;
+ * with PLEN, the next PLEN bytes (checksum SUM) are saved in the journal. */
+static int
+mbox_compact_rec(const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *data,
+                 int64_t plen)
+{
+    char rec[200], sum[33] = "-";
+    if (plen) mbox_piece_sum(data, (size_t)plen, sum);
+    snprintf(rec, sizeof rec, "compact %llu %lld %lld %lld %lld %lld %s\n", (unsigned long long)ino, (long long)a,
+             (long long)b, (long long)end, (long long)done, (long long)plen, sum);
+    return mbox_journal_put(jf, rec, strlen(rec), data, (size_t)plen, 0);
+}
+
+/* Does [off, size) hold only (a prefix of) the append that began with head? */
+static int
+mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl)
+{
+    char buf[MS_MBOX_JOURNAL];
+    struct line_reader lr;
+    const char *line;
+    size_t len, n = (size_t)(size - off < (int64_t)hl ? size - off : (int64_t)hl);
+    int complete, r, bol = 1, own = 1;
+    int64_t loff;
+    if (os_pread(fd, buf, n, off) != (long)n || memcmp(buf, head, n) != 0) return 0;
+    lr_init(&lr, fd, off, size);
+    while (own && (r = lr_next(&lr, &line, &len, &complete, &loff)) > 0) {
+        /* mailsrv quotes every From_ line it appends: one here is another message */
+        if (bol && loff >= off + (int64_t)n && len >= 5 && memcmp(line, "From ", 5) == 0) own = 0;
+        bol = complete;
+    }
+    lr_free(&lr);
+    return own && r == 0;
+}
+
+/* Removes [a,b) by moving [b,end) down to a, from done on, in place (a
+ * full disk is no obstacle: nothing grows but the journal, and only when
+ * it can). Each piece is first saved in the journal (up to MS_MBOX_MOVE),
+ * so a restart writes the piece in flight again from there. Where the
+ * journal cannot grow (a full disk), a piece is at most b-a long: it never
+ * overwrites its own source, so a restart can move it again from the file.
+ * saved/plen: a piece the journal held at a restart. */
+static int
+mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done,
+             const char *saved, int64_t plen)
+{
+    char *buf = xrealloc(NULL, MS_MBOX_MOVE);
+    int rc = -1, small = 0;
+    if (plen > 0) {
+        if (os_pwrite_all(fd, saved, (size_t)plen, a + done) < 0 || os_fsync(fd) != 0) goto out;
+        done += plen;
+    }
+    while (done < end - b) {
+        int64_t n = end - b - done < MS_MBOX_MOVE ? end - b - done : MS_MBOX_MOVE;
+        /* nothing in flight: every move before done is durable */
+        if (mbox_compact_rec(jf, ino, a, b, end, done, NULL, 0) != 0) goto out;
+        if (small && n > b - a) n = b - a;
+        if (os_pread(fd, buf, (size_t)n, b + done) != (long)n) goto out;
+        if (!small && mbox_compact_rec(jf, ino, a, b, end, done, buf, n) != 0) {
+            small = 1; /* no room for the piece: small ones, moved from the file again after a crash */
+            if (n > b - a) n = b - a;
+        }
+        if (os_pwrite_all(fd, buf, (size_t)n, a + done) < 0 || os_fsync(fd) != 0) goto out;
+        done += n;
+    }
+    if (os_truncate(fd, end - (b - a)) != 0 || os_fsync(fd) != 0) goto out;
+    rc = mbox_journal_clear(jf);
+out:
+    free(buf);
+    return rc;
+}
+
+static void
+mbox_noted(const char *jf, const char *what)
+{
+    snprintf(mbox_note, sizeof mbox_note, "%s: %s", jf, what);
+}
+
+/* Finishes or undoes what the journal says mailsrv left unfinished (the mbox is locked). */
+static int
+mbox_recover(int fd, const char *jf)
+{
+    char j[MS_MBOX_JOURNAL + 1];
+    unsigned long long ino, x1, x2, x3, x4, x5;
     struct os_stat st;
-    int fd;
+    long n;
+    char sum[33];
+    int k = 0, jd = os_open(jf, O_RDONLY, 0);
+    if (jd < 0) return errno == ENOENT ? 0 : -1;
+    n = os_pread(jd, j, MS_MBOX_JOURNAL, 0);
+    os_close(jd);
+    if (n < 0 || os_fstat(fd, &st) != 0) return -1;
+    j[n] = 0;
+    if (sscanf(j, "append %llu %llu %llu %llu%n", &ino, &x1, &x2, &x3, &k) == 4 && j[k] == '\n' &&
+        x3 <= (unsigned long long)(n - k - 1)) {
+        /* x1 offset, x2 length, x3 head length */
+        if (ino == st.ino && (unsigned long long)st.size > x1) {
+            if ((unsigned long long)st.size <= x1 + x2 &&
+                mbox_is_own_tail(fd, (int64_t)x1, st.size, j + k + 1, (size_t)x3)) {
+                if (os_truncate(fd, (int64_t)x1) != 0 || os_fsync(fd) != 0) return -1;
+                mbox_noted(jf, "removed an unfinished append of its own");
+            } else {
+                mbox_noted(jf, "kept the data after an unfinished append of its own (another program wrote after it)");
+            }
+        }
+        return mbox_journal_clear(jf);
+    }
+    if (sscanf(j, "compact %llu %llu %llu %llu %llu %llu %32s", &ino, &x1, &x2, &x3, &x4, &x5, sum) == 7) {
+        /* x1 A, x2 B, x3 END, x4 DONE, x5 PLEN */
+        if (ino == st.ino && x1 < x2 && x2 <= x3 && x4 <= x3 - x2 && x5 <= x3 - x2 - x4 && x5 <= MS_MBOX_MOVE &&
+            (unsigned long long)st.size == x3) {
+            char *saved = NULL, got[33];
+            int r;
+            if (x5) { /* the piece in flight, if the journal holds all of it */
+                saved = xrealloc(NULL, (size_t)x5);
+                jd = os_open(jf, O_RDONLY, 0);
+                if (jd < 0 || os_pread(jd, saved, (size_t)x5, MS_MBOX_JOURNAL) != (long)x5) x5 = 0;
+                if (jd >= 0) os_close(jd);
+                if (x5) mbox_piece_sum(saved, (size_t)x5, got);
+                if (x5 && strcmp(got, sum) != 0) x5 = 0;
+            }
+            mbox_noted(jf, "finished an interrupted deletion");
+            r = mbox_compact(fd, jf, ino, (int64_t)x1, (int64_t)x2, (int64_t)x3, (int64_t)x4, saved, (int64_t)x5);
+            free(saved);
+            return r;
+        }
+        if (!(ino == st.ino && x4 == x3 - x2 && (unsigned long long)st.size == x3 - (x2 - x1)))
+            mbox_noted(jf, "an interrupted deletion: the mbox changed meanwhile, left as it is");
+        return mbox_journal_clear(jf);
+    }
+    return 0; /* "none", or not ours to judge */
+}
+
+static void
+mbox_unlock(const char *mbox, int fd)
+{
+    char lock[1300];
+    if (ms_fmt(lock, sizeof lock, "%s.lock", mbox) >= 0) os_unlink(lock);
+    os_lock(fd, 0);
+    os_close(fd);
+}
+
+/* A dotlock is stale as liblockfile judges it: its PID is not running (or
+ * is ours: mailsrv never keeps one across loop turns; a crash left it), or,
+ * without a PID, it is older than MS_DOTLOCK_STALE. */
+static int
+mbox_dotlock_stale(const char *lock)
+{
+    char txt[32], *end;
+    unsigned long pid;
+    struct os_stat st;
+    long n;
+    int fd = os_open(lock, O_RDONLY, 0);
+    if (fd < 0) return errno == ENOENT;
+    n = os_pread(fd, txt, sizeof txt - 1, 0);
+    if (os_fstat(fd, &st) != 0) n = -1;
+    os_close(fd);
+    if (n < 0) return 0;
+    txt[n] = 0;
+    pid = strtoul(txt, &end, 10);
+    if (end != txt && pid > 0 && (*end == '\n' || !*end)) return pid == os_pid() || !os_pid_alive(pid);
+    return st.mtime + MS_DOTLOCK_STALE < (int64_t)time(NULL);
+}
+
+/* Opens an mbox, takes both locks and recovers (mbox_recover). Returns the
+ * fd; -2 if there is no mbox (and create is 0); -1 with errno EAGAIN if
+ * another program holds a lock. */
+static int
+mbox_lock(const char *mbox, const char *jf, int create, int *created)
+{
+    char lock[1300], pid[32];
+    struct os_stat st;
+    int fd, lfd, e;
     *created = 0;
+    if (ms_fmt(lock, sizeof lock, "%s.lock", mbox) < 0) return -1;
     if (os_stat(mbox, &st) != 0) {
         if (!create) return -2; /* no mailbox yet */
         *created = 1;
@@ -3511,34 +3714,61 @@ mbox_open_locked(const char *mbox, const char *lenf, int create, int64_t *commit
     fd = os_open(mbox, O_RDWR | (create ? O_CREAT : 0) | MS_O_NOFOLLOW, 0600);
     if (fd < 0) return -1;
     if (os_lock(fd, 1) != 0) { os_close(fd); errno = EAGAIN; return -1; }
-    *committed = mbox_committed(lenf, fd);
-    if (*committed < 0 || os_fstat(fd, &st) != 0) { os_lock(fd, 0); os_close(fd); return -1; }
-    if (st.size > *committed && os_truncate(fd, *committed) != 0) { os_lock(fd, 0); os_close(fd); return -1; }
+    lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (lfd < 0 && errno == EEXIST && mbox_dotlock_stale(lock)) {
+        os_unlink(lock);
+        lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    }
+    if (lfd < 0) {
+        e = errno;
+        os_lock(fd, 0);
+        os_close(fd);
+        errno = e == EEXIST ? EAGAIN : e;
+        return -1;
+    }
+    snprintf(pid, sizeof pid, "%lu\n", os_pid());
+    os_write_all(lfd, pid, strlen(pid)); /* liblockfile reads it; a lock without it is judged by age */
+    os_close(lfd);
+    if (mbox_recover(fd, jf) != 0) { e = errno; mbox_unlock(mbox, fd); errno = e; return -1; }
     return fd;
 }
 
-/* Appends the stored message (tmp_fd) as one mboxrd message. */
-static int
-mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after)
+/* The mboxrd form of the stored message (tmp_fd) with its X-UIDL after the
+ * first `after` lines: written at `at` if fd >= 0, else only measured.
+ * Returns its length (and its first bytes in head), or -1. */
+static int64_t
+mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after,
+            char *head, size_t *hl)
 {
     struct line_reader lr;
     struct buf out = {0};
     const char *line;
     size_t len;
-    int complete, r, bol = 1, rc = 0;
+    int complete, r, bol = 1, rc = 0, in_head = 1, skipping = 0;
     int64_t off, pos = at;
     int nlines = 0;
     buf_adds(&out, from_line);
     if (after <= 0) buf_printf(&out, "X-UIDL: %s\n", uidl);
     lr_init(&lr, tmp_fd, 0, tmp_len);
     while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
+        /* the sender's own X-UIDL headers go: the UIDL is mailsrv's */
+        if (in_head && nlines >= after) {
+            if (bol && len >= 7 && ms_strncaseeq(line, "X-UIDL:", 7)) skipping = 1;
+            else if (bol && !(len && (line[0] == ' ' || line[0] == '\t'))) skipping = 0; /* not a folded line */
+            if (skipping) { bol = complete; continue; }
+        }
+        if (bol && in_head && (len == 0 || (len == 1 && line[0] == '\r'))) in_head = 0;
         if (bol && mbox_is_from_line(line, len, 0)) buf_adds(&out, ">");
         buf_add(&out, line, len);
         if (complete) buf_adds(&out, "\n");
         if (complete && ++nlines == after) buf_printf(&out, "X-UIDL: %s\n", uidl); /* after Received: */
         bol = complete;
+        if (head && *hl == 0 && out.len >= MS_MBOX_HEAD) {
+            memcpy(head, out.p, MS_MBOX_HEAD);
+            *hl = MS_MBOX_HEAD;
+        }
         if (out.len >= 65536) {
-            if (os_pwrite_all(fd, out.p, out.len, pos) < 0) { rc = -1; break; }
+            if (fd >= 0 && os_pwrite_all(fd, out.p, out.len, pos) < 0) { rc = -1; break; }
             pos += (int64_t)out.len;
             out.len = 0;
         }
@@ -3547,11 +3777,16 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
     if (rc == 0) {
         if (!bol) buf_adds(&out, "\n");
         buf_adds(&out, "\n"); /* the blank line before the next From_ */
-        if (os_pwrite_all(fd, out.p, out.len, pos) < 0) rc = -1;
+        if (head && *hl == 0) {
+            *hl = out.len < MS_MBOX_HEAD ? out.len : MS_MBOX_HEAD;
+            memcpy(head, out.p, *hl);
+        }
+        if (fd >= 0 && os_pwrite_all(fd, out.p, out.len, pos) < 0) rc = -1;
+        pos += (int64_t)out.len;
     }
     lr_free(&lr);
     buf_free(&out);
-    return rc;
+    return rc == 0 ? pos - at : -1;
 }
 
 /* ---- delivery of one received message to all its mailboxes ---- */
@@ -3567,7 +3802,14 @@ struct store_msg {
     int write_failed;          /* msg_write: a write failed */
 };
 
-struct store_undo { char path[1300]; char lenf[1200]; int64_t old_len; int is_mbox; };
+struct store_undo {
+    char path[1300];
+    char jf[1200];
+    int is_mbox;
+    int64_t off, len;          /* mbox: where the append went */
+    size_t hl;
+    char head[MS_MBOX_HEAD];   /* mbox: its first bytes */
+};
 
 static void
 store_rollback(struct store_undo *u, int n)
@@ -3577,13 +3819,14 @@ store_rollback(struct store_undo *u, int n)
         if (!u[i].is_mbox) {
             os_unlink(u[i].path);
         } else {
-            int64_t committed;
-            int created, fd = mbox_open_locked(u[i].path, u[i].lenf, 0, &committed, &created);
+            /* only if the mbox still ends with exactly this append of ours */
+            struct os_stat st;
+            int created, fd = mbox_lock(u[i].path, u[i].jf, 0, &created);
             if (fd >= 0) {
-                if (os_truncate(fd, u[i].old_len) == 0 && os_fsync(fd) == 0)
-                    mbox_set_committed(u[i].lenf, fd, u[i].old_len);
-                os_lock(fd, 0);
-                os_close(fd);
+                if (os_fstat(fd, &st) == 0 && st.size == u[i].off + u[i].len &&
+                    mbox_is_own_tail(fd, u[i].off, st.size, u[i].head, u[i].hl) && os_truncate(fd, u[i].off) == 0)
+                    os_fsync(fd);
+                mbox_unlock(u[i].path, fd);
             }
         }
     }
@@ -3646,37 +3889,49 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             if (ds) dirset_add(ds, newdir);
             else if (os_fsync_dir(newdir) != 0) goto fail;
         } else {
-            char mbox[1300], lenf[1200], dir[1100], from_line[MS_PATH_MAX + 64], uidl[160];
-            int64_t committed;
+            char mbox[1300], jf[1200], dir[1100], from_line[MS_PATH_MAX + 65], uidl[160], rec[MS_MBOX_JOURNAL], last;
             int created, fd;
+            size_t rl;
             struct os_stat st;
+            struct store_undo *u = &undo[nu];
             struct tm tm, *g = gmtime(&m->when);
-            if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, lenf, sizeof lenf, dir, sizeof dir) != 0 ||
+            if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, jf, sizeof jf, dir, sizeof dir) != 0 ||
                 store_mkdir(dir, cfg->spool) != 0)
                 goto fail;
-            fd = mbox_open_locked(mbox, lenf, 1, &committed, &created);
+            fd = mbox_lock(mbox, jf, 1, &created);
             if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; goto fail; }
             memset(&tm, 0, sizeof tm);
             if (g) tm = *g;
-            snprintf(from_line, sizeof from_line, "From %s %s %s %2d %02d:%02d:%02d %d\n",
+            if (os_fstat(fd, &st) != 0) { mbox_unlock(mbox, fd); goto fail; }
+            /* a file another program left without a final newline still gets its From_ at a line start */
+            last = '\n';
+            if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) { mbox_unlock(mbox, fd); goto fail; }
+            snprintf(from_line, sizeof from_line, "%sFrom %s %s %s %2d %02d:%02d:%02d %d\n", last == '\n' ? "" : "\n",
                      m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
             snprintf(uidl, sizeof uidl, "%s", m->id);
-            memcpy(undo[nu].path, mbox, sizeof mbox);
-            ms_strlcpy(undo[nu].lenf, lenf, sizeof undo[nu].lenf);
-            undo[nu].old_len = committed;
-            undo[nu].is_mbox = 1;
-            if (mbox_append(fd, committed, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines) != 0 || os_fsync(fd) != 0 ||
-                (created && os_fsync_dir(dir) != 0) ||
-                os_fstat(fd, &st) != 0 || mbox_set_committed(lenf, fd, st.size) != 0) {
-                os_truncate(fd, committed);
-                os_lock(fd, 0);
-                os_close(fd);
+            memcpy(u->path, mbox, sizeof mbox);
+            ms_strlcpy(u->jf, jf, sizeof u->jf);
+            u->is_mbox = 1;
+            u->off = st.size;
+            u->hl = 0;
+            /* journal first: what is about to be appended, where (mbox_recover) */
+            u->len = mbox_append(-1, 0, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, u->head, &u->hl);
+            snprintf(rec, sizeof rec, "append %llu %lld %lld %lu\n", (unsigned long long)st.ino, (long long)u->off,
+                     (long long)u->len, (unsigned long)u->hl);
+            rl = strlen(rec);
+            if (u->len < 0 || rl + u->hl > sizeof rec) { mbox_unlock(mbox, fd); goto fail; }
+            memcpy(rec + rl, u->head, u->hl);
+            if (mbox_journal_write(jf, rec, rl + u->hl) != 0) { mbox_unlock(mbox, fd); goto fail; }
+            if (mbox_append(fd, u->off, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, NULL, NULL) != u->len ||
+                os_fsync(fd) != 0 || (created && os_fsync_dir(dir) != 0) || mbox_journal_clear(jf) != 0) {
+                /* still under our locks: what follows u->off is ours */
+                if (os_truncate(fd, u->off) == 0 && os_fsync(fd) == 0) mbox_journal_clear(jf);
+                mbox_unlock(mbox, fd);
                 goto fail;
             }
             nu++;
-            os_lock(fd, 0);
-            os_close(fd);
+            mbox_unlock(mbox, fd);
         }
     }
     if (undo_out) { *undo_out = undo; *nundo_out = nu; }
@@ -3888,8 +4143,8 @@ struct pop_msg {
 struct pop_view {
     int is_mbox;
     char dir[1200];       /* Maildir folder, or the mbox file */
-    char lenf[1200];
-    int64_t scanned_end;  /* mbox: committed length at login */
+    char jf[1200];        /* mbox: its journal */
+    struct os_stat seen;  /* mbox: the file as scanned (mbox_view_refresh) */
     struct pop_msg *msgs;
     int n, cap;
 };
@@ -4008,27 +4263,39 @@ view_cmp_uidl(const void *a, const void *b)
     return r ? r : (*x < *y ? -1 : *x > *y);
 }
 
-/* Makes UIDLs unique in the view (copied mbox messages may share one): the
- * k-th copy gets "-k", which deleting other messages does not change. */
+static int view_cmp_str(const void *a, const void *b) { return strcmp(a, b); }
+
+/* Makes UIDLs unique in the view (copied mbox messages may share one): a
+ * later copy gets "-k", the lowest k >= 2 that no other message has. */
 static void
 view_unique_uidls(struct pop_view *v)
 {
     struct pop_msg **p = xrealloc(NULL, sizeof *p * (size_t)(v->n ? v->n : 1));
-    char base[72];
-    int i, k = 1;
+    char (*orig)[72] = xrealloc(NULL, sizeof *orig * (size_t)(v->n ? v->n : 1));
+    char (*taken)[72] = NULL;
+    int i, k = 1, nt = 0, ct = 0;
     for (i = 0; i < v->n; i++) p[i] = &v->msgs[i];
     qsort(p, (size_t)v->n, sizeof *p, view_cmp_uidl);
-    base[0] = 0;
+    for (i = 0; i < v->n; i++) memcpy(orig[i], p[i]->uidl, sizeof orig[i]); /* sorted */
     for (i = 0; i < v->n; i++) {
-        if (i > 0 && strcmp(p[i]->uidl, base) == 0) {
-            char tmp[72];
-            snprintf(tmp, sizeof tmp, "%.55s-%d", base, ++k);
-            memcpy(p[i]->uidl, tmp, sizeof tmp);
-        } else {
-            ms_strlcpy(base, p[i]->uidl, sizeof base);
-            k = 1;
+        char cand[72];
+        int j;
+        if (i == 0 || strcmp(orig[i], orig[i - 1]) != 0) { k = 1; continue; }
+        for (;;) { /* free: neither an original nor given to an earlier copy */
+            snprintf(cand, sizeof cand, "%.60s-%d", orig[i], ++k);
+            if (bsearch(cand, orig, (size_t)v->n, sizeof *orig, view_cmp_str)) continue;
+            for (j = 0; j < nt && strcmp(taken[j], cand) != 0; j++) {}
+            if (j == nt) break;
         }
+        if (nt == ct) {
+            ct = ct ? 2 * ct : 16;
+            taken = xrealloc(taken, sizeof *taken * (size_t)ct);
+        }
+        memcpy(taken[nt++], cand, sizeof cand);
+        memcpy(p[i]->uidl, cand, sizeof cand);
     }
+    free(taken);
+    free(orig);
     free(p);
 }
 
@@ -4052,65 +4319,110 @@ mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
     return 0;
 }
 
-/* Finishes an mbox message found by the scan: drops the separator blank line. */
+/* Header fields that MUAs and Dovecot add or rewrite in place (mutt's
+ * Status, Dovecot's X-IMAPbase, X-UID, X-Keywords, ...): a derived UIDL
+ * ignores them, so it stays when only flags change. */
+static int
+mbox_volatile_field(const char *line, size_t len)
+{
+    static const char *const names[] = {"Status:", "X-Status:", "X-Keywords:", "X-UID:", "X-IMAPbase:", "X-IMAP:",
+                                        "Content-Length:", "Lines:", "X-UIDL:", NULL};
+    int i;
+    for (i = 0; names[i]; i++)
+        if (len >= strlen(names[i]) && ms_strncaseeq(line, names[i], strlen(names[i]))) return 1;
+    return 0;
+}
+
+/* mailsrv's own message ids: SECONDS.MusecPpidQcounter (msg_open) */
+static int
+mbox_own_id(const char *s, size_t n)
+{
+    static const char *const seps[] = {".M", "P", "Q", ""};
+    size_t i = 0, d, k;
+    for (k = 0; k < 4; k++) {
+        for (d = 0; i < n && s[i] >= '0' && s[i] <= '9'; d++) i++;
+        if (!d || n - i < strlen(seps[k]) || memcmp(s + i, seps[k], strlen(seps[k])) != 0) return 0;
+        i += strlen(seps[k]);
+    }
+    return i == n;
+}
+
+/* Finishes an mbox message found by the scan: drops the separator blank
+ * line; without a UIDL of mailsrv's, derives one from the header (less the
+ * volatile fields) and the body's size. */
 static void
-mbox_msg_close(struct pop_msg *m, int64_t end, int last_blank, int hashed, struct sha256 *h)
+mbox_msg_close(struct pop_msg *m, int64_t end, int last_blank, int hashed, struct sha256 *h, int64_t hsize)
 {
     m->len = end - m->off;
     if (last_blank) { m->len -= 1; m->size -= 2; }
-    if (!m->uidl[0] || hashed) {
+    if (hashed) {
         unsigned char d[32];
         int i;
         char tmp[32];
-        snprintf(tmp, sizeof tmp, "%lld", (long long)m->size);
+        int64_t body = hsize < 0 || m->size < hsize ? 0 : m->size - hsize;
+        snprintf(tmp, sizeof tmp, "%lld", (long long)body);
         sha256_update(h, tmp, strlen(tmp));
         sha256_final(h, d);
         for (i = 0; i < 16; i++) sprintf(m->uidl + 2 * i, "%02x", d[i]);
     }
 }
 
+/* Reads the messages of a locked mbox into v. The UIDL is mailsrv's X-UIDL,
+ * trusted only where mailsrv writes it (the first X-UIDL, after nothing
+ * but Return-Path and Received, in mailsrv's id form; senders' X-UIDL
+ * headers are dropped at delivery), else derived (mbox_msg_close). */
 static int
-mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
+mbox_scan(struct pop_view *v, int fd, int64_t end)
 {
-    char dir[1100];
-    int64_t committed, off;
-    int fd, created, r, complete, bol = 1, in_head = 0, last_blank = 0, hashing = 0;
+    int64_t off, hsize = -1;
+    int r, complete, bol = 1, in_head = 0, last_blank = 0, hashing = 0, lead = 0, skip = 0;
     struct line_reader lr;
     const char *line;
     size_t len;
     struct pop_msg *m = NULL;
     struct sha256 h;
-    memset(v, 0, sizeof *v);
-    v->is_mbox = 1;
-    if (mbox_paths(spool, addr, v->dir, sizeof v->dir, v->lenf, sizeof v->lenf, dir, sizeof dir) != 0) return -1;
-    fd = mbox_open_locked(v->dir, v->lenf, 0, &committed, &created);
-    if (fd == -2) return 0; /* never delivered to: empty */
-    if (fd < 0) return -1;
-    os_lock(fd, 0); /* the snapshot needs no lock: appends go past scanned_end */
-    v->scanned_end = committed;
-    lr_init(&lr, fd, 0, committed);
+    lr_init(&lr, fd, 0, end);
     while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
+        int body_starts = 0;
         if (bol && len >= 5 && memcmp(line, "From ", 5) == 0 && complete) {
-            if (m) mbox_msg_close(m, off, last_blank, hashing, &h);
+            if (m) mbox_msg_close(m, off, last_blank, hashing, &h, hsize);
             m = view_add(v);
             m->from_off = off;
             m->off = off + (int64_t)len + 1;
-            in_head = 1;
-            hashing = 1;
-            last_blank = 0;
+            in_head = hashing = lead = 1;
+            skip = last_blank = 0;
+            hsize = -1;
             sha256_init(&h);
             bol = 1;
             continue;
         }
         if (!m) { bol = complete; continue; } /* junk before the first From_ */
-        if (bol && in_head) {
-            if (len == 0 || (len == 1 && line[0] == '\r')) in_head = 0;
-            else if (len > 8 && ms_strncaseeq(line, "X-UIDL: ", 8)) {
-                size_t ul = len - 8;
-                while (ul && (line[8 + ul - 1] == '\r' || line[8 + ul - 1] == ' ')) ul--;
-                if (ul >= 1 && ul <= 70) { uidl_set(m->uidl, line + 8, ul); hashing = 0; }
+        if (in_head) {
+            if (bol && (len == 0 || (len == 1 && line[0] == '\r'))) {
+                in_head = 0;
+                body_starts = 1;
+            } else if (bol && (line[0] == ' ' || line[0] == '\t')) {
+                /* a folded line: part of the field before */
+            } else if (bol) {
+                skip = mbox_volatile_field(line, len);
+                if (len > 8 && ms_strncaseeq(line, "X-UIDL: ", 8)) {
+                    size_t ul = len - 8;
+                    while (ul && (line[8 + ul - 1] == '\r' || line[8 + ul - 1] == ' ')) ul--;
+                    if (lead && hashing && complete && ul <= 70 && mbox_own_id(line + 8, ul)) {
+                        memcpy(m->uidl, line + 8, ul);
+                        m->uidl[ul] = 0;
+                        hashing = 0;
+                    }
+                    lead = 0;
+                } else if (!(len >= 12 && ms_strncaseeq(line, "Return-Path:", 12)) &&
+                           !(len >= 9 && ms_strncaseeq(line, "Received:", 9))) {
+                    lead = 0;
+                }
             }
-            if (hashing && in_head) sha256_update(&h, line, len);
+            if (in_head && hashing && !skip) {
+                sha256_update(&h, line, len);
+                if (complete) sha256_update(&h, "\n", 1);
+            }
         }
         last_blank = bol && complete && len == 0;
         {
@@ -4119,16 +4431,81 @@ mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
             if (complete && l && line[len - 1] == '\r') l--;
             m->size += (int64_t)l + (complete ? 2 : 0);
         }
+        if (body_starts) hsize = m->size;
         bol = complete;
     }
     if (m) {
         if (!bol) m->size += 2;
-        mbox_msg_close(m, committed, last_blank, hashing, &h);
+        mbox_msg_close(m, end, last_blank, hashing, &h, hsize);
     }
     lr_free(&lr);
-    os_close(fd);
     if (r < 0) { view_free(v); return -1; }
     view_unique_uidls(v);
+    return 0;
+}
+
+/* The POP3 snapshot at login, read under both locks (-1 with errno EAGAIN
+ * if another program holds one). */
+static int
+mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
+{
+    char dir[1100];
+    int fd, created, r;
+    struct os_stat st;
+    memset(v, 0, sizeof *v);
+    v->is_mbox = 1;
+    if (mbox_paths(spool, addr, v->dir, sizeof v->dir, v->jf, sizeof v->jf, dir, sizeof dir) != 0) return -1;
+    fd = mbox_lock(v->dir, v->jf, 0, &created);
+    if (fd == -2) return 0; /* never delivered to: empty */
+    if (fd < 0) return -1;
+    r = os_fstat(fd, &st) != 0 ? -1 : mbox_scan(v, fd, st.size);
+    v->seen = st;
+    mbox_unlock(v->dir, fd);
+    return r;
+}
+
+static int
+view_cmp_uidl_key(const void *key, const void *b)
+{
+    const struct pop_msg *const *y = b;
+    return strcmp(key, (*y)->uidl);
+}
+
+/* Before a RETR or TOP: if another program changed the mbox since it was
+ * read (a MUA rewrote Status: lines, Dovecot its X-UID, ...), the messages
+ * may have moved: read it again and find them by UIDL. A message no longer
+ * found gets len -1 (it cannot be served). -1 with errno EAGAIN if locked. */
+static int
+mbox_view_refresh(struct pop_view *v)
+{
+    struct pop_view now;
+    struct pop_msg **p;
+    struct os_stat st;
+    int i, created, fd;
+    if (os_stat(v->dir, &st) == 0 && st.ino == v->seen.ino && st.size == v->seen.size && st.mtime == v->seen.mtime)
+        return 0;
+    fd = mbox_lock(v->dir, v->jf, 0, &created);
+    if (fd < 0) return -1;
+    memset(&now, 0, sizeof now);
+    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) { mbox_unlock(v->dir, fd); return -1; }
+    mbox_unlock(v->dir, fd);
+    p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
+    for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
+    qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
+    for (i = 0; i < v->n; i++) {
+        struct pop_msg **f = bsearch(v->msgs[i].uidl, p, (size_t)now.n, sizeof *p, view_cmp_uidl_key);
+        if (f) {
+            v->msgs[i].from_off = (*f)->from_off;
+            v->msgs[i].off = (*f)->off;
+            v->msgs[i].len = (*f)->len;
+            v->msgs[i].size = (*f)->size;
+        } else {
+            v->msgs[i].len = -1;
+        }
+    }
+    v->seen = st;
+    free(p);
+    view_free(&now);
     return 0;
 }
 
@@ -4151,66 +4528,47 @@ view_commit(struct pop_view *v)
         if (ms_fmt(path, sizeof path, "%s/cur", v->dir) >= 0) os_fsync_dir(path);
         return rc;
     } else {
-        /* rewrite: kept messages + whatever arrived since the snapshot */
-        char tmp[1300], dir[1200], chk[5];
-        int64_t committed;
-        int created, fd, out = -1;
-        const char *slash;
-        struct buf copy = {0};
-        tmp[0] = 0;
-        fd = mbox_open_locked(v->dir, v->lenf, 0, &committed, &created);
+        /* RFC 1939 6: the file as it is now (another program may have
+         * appended, rewritten Status: lines, deleted): the messages to
+         * delete are found again by UIDL; one no longer found stays. Each
+         * run of them is removed in place, the last first (mbox_compact):
+         * no space needed, both locks held until the file is final. */
+        struct pop_view now;
+        struct pop_msg **p = NULL;
+        struct os_stat st;
+        int created, j, fd = mbox_lock(v->dir, v->jf, 0, &created);
+        int64_t end;
+        rc = -1;
+        if (fd == -2) return 0;
         if (fd < 0) return -1;
-        if (committed < v->scanned_end) goto fail; /* changed by someone else */
-        for (i = 0; i < v->n; i++)
-            if (os_pread(fd, chk, 5, v->msgs[i].from_off) != 5 || memcmp(chk, "From ", 5) != 0) goto fail;
-        if (ms_fmt(tmp, sizeof tmp, "%s.new", v->lenf) < 0) goto fail;
-        out = os_open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (out < 0) goto fail;
-        buf_reserve(&copy, 65536);
-        for (i = 0; i <= v->n; i++) {
+        memset(&now, 0, sizeof now);
+        if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) goto fail;
+        end = st.size;
+        p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
+        for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
+        qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
+        for (i = 0; i < v->n; i++) {
+            struct pop_msg **f;
+            if (!v->msgs[i].deleted) continue;
+            f = bsearch(v->msgs[i].uidl, p, (size_t)now.n, sizeof *p, view_cmp_uidl_key);
+            if (f) (*f)->deleted = 1;
+        }
+        for (i = now.n - 1; i >= 0; i--) {
             int64_t a, b;
-            if (i < v->n) {
-                if (v->msgs[i].deleted) continue;
-                a = v->msgs[i].from_off;
-                b = i + 1 < v->n ? v->msgs[i + 1].from_off : v->scanned_end;
-            } else {
-                a = v->scanned_end;
-                b = committed;
-            }
-            while (a < b) {
-                size_t want = (size_t)(b - a > 65536 ? 65536 : b - a);
-                long r = os_pread(fd, copy.p, want, a);
-                if (r <= 0 || os_write_all(out, copy.p, (size_t)r) < 0) goto fail;
-                a += r;
-            }
+            if (!now.msgs[i].deleted) continue;
+            for (j = i; j > 0 && now.msgs[j - 1].deleted; j--) {}
+            a = now.msgs[j].from_off;
+            b = i + 1 < now.n ? now.msgs[i + 1].from_off : end;
+            if (mbox_compact(fd, v->jf, st.ino, a, b, end, 0, NULL, 0) != 0) goto fail;
+            end -= b - a;
+            i = j;
         }
-        if (os_fsync(out) != 0 || os_close(out) != 0) { out = -1; goto fail; }
-        out = -1;
-        /* Windows cannot replace a file that is open: let go of it first */
-        os_lock(fd, 0);
-        os_close(fd);
-        fd = -1;
-        if (os_replace(tmp, v->dir) != 0) goto fail;
-        slash = strrchr(v->dir, '/');
-        if (slash) {
-            memcpy(dir, v->dir, (size_t)(slash - v->dir));
-            dir[slash - v->dir] = 0;
-            os_fsync_dir(dir);
-        }
-        fd = os_open(v->dir, O_RDWR, 0);
-        if (fd >= 0) {
-            struct os_stat st;
-            if (os_fstat(fd, &st) == 0) mbox_set_committed(v->lenf, fd, st.size);
-            os_close(fd);
-        }
-        buf_free(&copy);
-        return 0;
+        rc = 0;
     fail:
-        if (out >= 0) os_close(out);
-        if (tmp[0]) os_unlink(tmp);
-        if (fd >= 0) { os_lock(fd, 0); os_close(fd); }
-        buf_free(&copy);
-        return -1;
+        mbox_unlock(v->dir, fd);
+        view_free(&now);
+        free(p);
+        return rc == 0 ? 0 : -1;
     }
 }
 
@@ -5758,6 +6116,15 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
     int64_t start = 0, end;
     struct os_stat st;
     if (p->view.is_mbox) {
+        if (mbox_view_refresh(&p->view) != 0) {
+            if (errno == EAGAIN) conn_reply(c, "-ERR [IN-USE] The mailbox is locked by another program");
+            else conn_reply(c, "-ERR [SYS/TEMP] Message %s cannot be read", m->uidl);
+            return;
+        }
+        if (m->len < 0) {
+            conn_reply(c, "-ERR [SYS/TEMP] Message %s was changed by another program", m->uidl);
+            return;
+        }
         ms_strlcpy(path, p->view.dir, sizeof path);
         start = m->off;
     } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.dir, m->name) < 0) {
@@ -5840,6 +6207,12 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
     r = store_no_links(ms->cfg->spool, mailbox, ms->cfg->storage != STORE_MBOX) != 0 ? -1
         : ms->cfg->storage == STORE_MBOX ? mbox_view_open(&p->view, ms->cfg->spool, mailbox)
                                          : mdir_view_open(&p->view, ms->cfg->spool, mailbox);
+    if (r != 0 && errno == EAGAIN) { /* an mbox locked by another program (RFC 2449 8.1.1) */
+        conn_log(c, "mailbox %s is locked by another program", mailbox);
+        conn_reply(c, "-ERR [IN-USE] Mailbox is locked by another program");
+        view_free(&p->view);
+        return;
+    }
     if (r != 0) {
         conn_log(c, "cannot open mailbox %s: %s", mailbox, strerror(errno));
         conn_reply(c, "-ERR [SYS/TEMP] Cannot open the mailbox");
@@ -8532,6 +8905,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     if (ms->relay_wake < wake) wake = ms->relay_wake;
     if (ms->commit_again || ms->relay_kick) wake = now;
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
+    if (mbox_note[0]) { ms_log(ms, "%s", mbox_note); mbox_note[0] = 0; } /* found by the last turn's mbox_recover */
     r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
     nl = ms->nlst;

@@ -5240,6 +5240,545 @@ fault_test("malloc", range(1, 400), modes=("maildir",))
 # trust: mbox shared with other programs (MUAs, Dovecot, other MDAs), deletion on a full disk, UIDLs (issue 11: 1, 9, 13b)
 # (section: mbox)
 
+import fcntl  # noqa: E402
+
+
+def mbox_foreign(n, subject=None):
+    """A message as another MDA stores it (mboxrd, its own From_ line, no X-UIDL)."""
+    return ("From other@else.test Fri Dec  4 12:00:%02d 2026\nFrom: <other@else.test>\nTo: <alice@example.test>\n"
+            "Subject: %s\nX-Test-Token: foreign%d\n\nforeign body %d\n>From quoted %d\n\n"
+            % (n % 60, subject or "foreign %d" % n, n, n, n)).encode()
+
+
+def dotlock_take(path, timeout=5):
+    """PATH.lock as liblockfile makes it (O_EXCL); waits (bounded) while another holds it."""
+    def take():
+        try:
+            os.close(os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return True
+        except FileExistsError:
+            return False
+    wait_for(take, timeout, "the dotlock %s.lock" % path)
+
+
+def mbox_other_append(path, data):
+    """A second MDA: dotlock, then an fcntl write lock (Debian policy 11.6 order), append, fsync, unlock."""
+    dotlock_take(path)
+    try:
+        with open(path, "ab") as f:
+            wait_for(lambda: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB) is None, 5, "the fcntl lock of %s" % path)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    finally:
+        os.unlink(path + ".lock")
+
+
+def check_whole(got, expect, what):
+    """got: srv.fetch() list; expect: list of (token, subject, body text): every message whole, in order."""
+    check([g["token"] for g in got] == [e[0] for e in expect],
+          "%s: mailbox holds %s, expected %s" % (what, [g["token"] for g in got], [e[0] for e in expect]))
+    for g, (t, subj, body) in zip(got, expect):
+        check(header(g["data"], "Subject") == subj, "%s: %s has Subject %s, expected %s" % (what, t, header(g["data"], "Subject"), subj))
+        check(body.encode() in g["data"], "%s: %s lost its body %s: %s" % (what, t, short(body), short(g["data"], 300)))
+    uids = [g["uid"] for g in got]
+    check(len(set(uids)) == len(uids) and all(u and 1 <= len(u) <= 70 for u in uids), "%s: UIDLs not unique: %s" % (what, uids))
+    return uids
+
+
+def ours(t):
+    return (t, "test " + t, "Hello %s\r\nsecond line" % t)
+
+
+def theirs(n):
+    return ("foreign%d" % n, "foreign %d" % n, "foreign body %d\r\nFrom quoted %d" % (n, n))
+
+
+@test()
+def mbox_second_writer_both_orders(ctx):
+    """Issue 11.1: another MDA appends under fcntl + dotlock between mailsrv's deliveries (both orders):
+    nothing is cut off, every message stays whole, UIDLs unique and stable, DELE+QUIT deletes the right ones."""
+    srv = ctx.server(storage="mbox").start()
+    path = mbox_path(srv, "alice@example.test")
+    os.makedirs(os.path.dirname(path))
+    mbox_other_append(path, mbox_foreign(1))  # the other program first
+    t1, _ = srv.deliver()                      # then mailsrv
+    mbox_other_append(path, mbox_foreign(2))  # the other program after mailsrv
+    t2, _ = srv.deliver()
+    exp = [theirs(1), ours(t1), theirs(2), ours(t2)]
+    u0 = check_whole(srv.fetch("alice@example.test"), exp, "after alternating writers")
+    mbox_other_append(path, mbox_foreign(3))  # written after mailsrv's last, read by a POP3 login
+    exp.append(theirs(3))
+    u1 = check_whole(srv.fetch("alice@example.test"), exp, "after a foreign append at the end")
+    check(u1[:4] == u0, "UIDLs changed: %s -> %s" % (u0, u1))
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.ok("DELE 3")
+    mbox_other_append(path, mbox_foreign(4))  # arrives during the session: kept by the QUIT
+    p.quit()
+    exp = [exp[0], exp[3], exp[4], theirs(4)]
+    u2 = check_whole(srv.fetch("alice@example.test"), exp, "after DELE 2, 3 and QUIT")
+    check(u2[:3] == [u1[0], u1[3], u1[4]], "UIDLs changed by the deletion: %s -> %s" % (u1, u2))
+    srv.restart()
+    check([g["uid"] for g in srv.fetch("alice@example.test")] == u2, "UIDLs changed across a restart")
+
+
+@test()
+def mbox_locked_by_other(ctx):
+    """While another program holds the mbox's dotlock (dotlockfile, liblockfile-bin) or its fcntl lock,
+    SMTP defers with 451 and POP3 login answers -ERR [IN-USE] (RFC 2449 8.1.1); after, both work."""
+    dlf = need_program("dotlockfile", "liblockfile-bin")
+    srv = ctx.server(storage="mbox").start()
+    t1, _ = srv.deliver()
+    path = mbox_path(srv, "alice@example.test")
+    r = subprocess.run([dlf, "-l", "-r", "0", path + ".lock"], timeout=secs(10))
+    check(r.returncode == 0 and os.path.exists(path + ".lock"), "dotlockfile -l failed: %s" % r.returncode)
+    f = None
+    try:
+        for what in ("dotlock", "fcntl"):
+            c = srv.smtp()
+            c.expect("MAIL FROM:<%s>" % SENDER, 250)
+            code, text = c.cmd("RCPT TO:<alice@example.test>")
+            if code == 250:
+                c.expect("DATA", 354)
+                code, text = c.cmd(dot_stuff(make_msg(tok())).decode() + ".")
+            check(code == 451, "%s held: delivery answered %d %s, expected 451" % (what, code, short(text)))
+            c.close()
+            p = srv.pop()
+            p.ok("USER alice@example.test")
+            r = p.cmd("PASS " + PASSWORDS["alice@example.test"])
+            check(r.startswith(b"-ERR [IN-USE]"), "%s held: POP3 login %s, expected -ERR [IN-USE]" % (what, short(r)))
+            p.close()
+            if what == "dotlock":
+                check(subprocess.run([dlf, "-u", path + ".lock"], timeout=secs(10)).returncode == 0, "dotlockfile -u")
+                f = open(path, "ab")
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        if f:
+            f.close()  # releases the fcntl lock
+        if os.path.exists(path + ".lock"):
+            os.unlink(path + ".lock")
+    t2, _ = srv.deliver()
+    check_whole(srv.fetch("alice@example.test"), [ours(t1), ours(t2)], "after the locks were released")
+
+
+@test()
+def mbox_uidl_sender_cannot_choose(ctx):
+    """Issue 11.13b: X-UIDL headers from the sender never become the UIDL, and duplicates are made unique
+    with a suffix that is checked to be free (was: abc-2, abc, abc listed as abc-2, abc, abc-2)."""
+    srv = ctx.server(storage="mbox").start()
+    toks = []
+    for u in ("abc-2", "abc", "abc"):
+        t = tok()
+        srv.send(["alice@example.test"], ("X-UIDL: %s\r\n" % u).encode() + make_msg(t))
+        toks.append(t)
+    g = srv.fetch("alice@example.test")
+    uids = [x["uid"] for x in g]
+    check([x["token"] for x in g] == toks, "stored %s" % [x["token"] for x in g])
+    check(len(set(uids)) == 3, "UIDLs not unique: %s" % uids)
+    check(not set(uids) & {"abc", "abc-2", "abc-3"}, "a sender chose its UIDL: %s" % uids)
+    # mail stored by another MDA with identical headers and the same X-UIDL: unique, free suffixes
+    path = mbox_path(srv, "alice@example.test")
+    same = mbox_foreign(7).replace(b"\nFrom: ", b"\nX-UIDL: abc\nFrom: ")
+    with open(path, "ab") as f:
+        f.write(mbox_foreign(8).replace(b"\nFrom: ", b"\nX-UIDL: dup-2\nFrom: ") + same + same)
+    g = srv.fetch("alice@example.test")
+    u2 = [x["uid"] for x in g]
+    check(len(g) == 6 and len(set(u2)) == 6, "with copied foreign mail: UIDLs %s" % u2)
+    check(u2[:3] == uids and all(u and len(u) <= 70 and all(0x21 <= ord(ch) <= 0x7e for ch in u) for u in u2),
+          "UIDLs %s (before %s)" % (u2, uids))
+    check([x["uid"] for x in srv.fetch("alice@example.test")] == u2, "UIDLs not stable: %s" % u2)
+
+
+
+def chmod_path_for(*dirs):
+    """Lets another user (Dovecot's mail processes) reach the spool: o+x on our own test folders."""
+    for d in dirs:
+        os.chmod(d, os.stat(d).st_mode | 0o011)
+
+
+class Dovecot:
+    """A private Dovecot (dovecot-imapd) on a free loopback port whose INBOX is mailsrv's mbox; its mail
+    processes run as Debian's `mail` user (Dovecot refuses uid 0), so the test hands it the mbox's folder."""
+
+    def __init__(self, ctx, srv, addr):
+        self.bin = need_program("dovecot", "dovecot-imapd")
+        need_root()
+        import pwd
+        self.uid = pwd.getpwnam("mail").pw_uid
+        self.dir = tempfile.mkdtemp(prefix="dovecot", dir=ctx.dir)
+        self.port = free_ports(1)[0]
+        self.mbox = mbox_path(srv, addr)
+        for d in ("run", "mail", "index", "home"):
+            os.makedirs(os.path.join(self.dir, d))
+        for d in ("mail", "index", "home"):
+            os.chown(os.path.join(self.dir, d), self.uid, self.uid)
+        chmod_path_for(ctx.dir, srv.dir, srv.spool, self.dir)
+        self.conf = os.path.join(self.dir, "dovecot.conf")
+        self.log = os.path.join(self.dir, "dovecot.log")
+        with open(self.conf, "w") as f:
+            f.write("""base_dir = {d}/run
+log_path = {d}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = {uid}
+passdb {{
+  driver = static
+  args = password=pw
+}}
+userdb {{
+  driver = static
+  args = uid=mail gid=mail home={d}/home
+}}
+mail_location = mbox:{d}/mail:INBOX={mbox}:INDEX={d}/index
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+""".format(d=self.dir, uid=self.uid, mbox=self.mbox, port=self.port))
+        self.proc = None
+
+    def give(self, folder):
+        """The mbox's folder (and the mbox) to the mail user: Dovecot makes its dotlock there."""
+        os.chown(folder, self.uid, self.uid)
+        if os.path.exists(self.mbox):
+            os.chown(self.mbox, self.uid, self.uid)
+
+    def start(self):
+        self.proc = subprocess.Popen([self.bin, "-F", "-c", self.conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+        def up():
+            check(self.proc.poll() is None, "dovecot exited: %s" % self.log_text()[-500:])
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                return s.recv(100).startswith(b"* OK")
+        wait_for(up, 15, "dovecot's IMAP greeting")
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # our own child, by PID
+            try:
+                self.proc.wait(timeout=secs(10))
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=secs(10))
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def imap(self):
+        import imaplib
+        m = imaplib.IMAP4("127.0.0.1", self.port, timeout=secs(10))
+        m.login("alice", "pw")
+        typ, _ = m.select("INBOX")
+        check(typ == "OK", "dovecot SELECT INBOX: %s" % typ)
+        return m
+
+    def subjects(self, m):
+        typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        check(typ == "OK", "dovecot FETCH: %s %s" % (typ, data))
+        return [header(x[1], "Subject") for x in data if isinstance(x, tuple)]
+
+    def lda(self, msg):
+        """Dovecot's own MDA (dovecot-lda) delivers msg to the same INBOX (dotlock + fcntl)."""
+        r = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", self.conf, "-d", "alice", "-f", "lda@else.test"],
+                           input=msg, capture_output=True, timeout=secs(20))
+        check(r.returncode == 0, "dovecot-lda: %s %s" % (r.returncode, r.stderr[-300:]))
+
+
+def foreign_msg(token, subject):
+    return ("From: <x@else.test>\r\nTo: <alice@example.test>\r\nSubject: %s\r\nX-Test-Token: %s\r\n\r\n"
+            "%s body\r\n" % (subject, token, token)).encode()
+
+
+@test(limit=120)
+def mbox_dovecot_shares(ctx):
+    """Issue 11.1 with Dovecot: IMAP STORE flags (Status/X-Status/X-IMAPbase/X-UID rewritten in place),
+    IMAP APPEND and dovecot-lda append to the mbox between mailsrv's deliveries (both orders); POP3 sees
+    every message whole with stable, unique UIDLs, DELE+QUIT deletes the right ones, Dovecot reads the
+    result and finds no corruption."""
+    srv = ctx.server(storage="mbox").start()
+    dv = Dovecot(ctx, srv, "alice@example.test")
+    t1, _ = srv.deliver()  # mailsrv first
+    dv.give(os.path.dirname(dv.mbox))
+    u1 = srv.fetch("alice@example.test")[0]["uid"]
+    try:
+        dv.start()
+        m = dv.imap()
+        check(m.store("1", "+FLAGS", r"(\Seen \Flagged)")[0] == "OK", "dovecot STORE")
+        check(m.append("INBOX", None, None, foreign_msg("imap1", "imap append"))[0] == "OK", "dovecot APPEND")
+        m.logout()
+        dv.lda(foreign_msg("lda1", "lda delivery"))  # Dovecot's MDA after Dovecot's IMAP
+        t2, _ = srv.deliver()                         # then mailsrv
+        exp = [ours(t1), ("imap1", "imap append", "imap1 body"), ("lda1", "lda delivery", "lda1 body"), ours(t2)]
+        u = check_whole(srv.fetch("alice@example.test"), exp, "after Dovecot's STORE, APPEND and LDA")
+        check(u[0] == u1, "the UIDL of a message Dovecot flagged changed: %s -> %s" % (u1, u[0]))
+        m = dv.imap()
+        check(m.store("2:3", "+FLAGS", r"(\Seen \Answered)")[0] == "OK", "dovecot STORE 2:3")
+        m.logout()
+        check(check_whole(srv.fetch("alice@example.test"), exp, "after a second STORE") == u,
+              "UIDLs changed when Dovecot set flags")
+        p = srv.pop("alice@example.test")
+        p.ok("DELE 1")
+        p.ok("DELE 3")
+        p.quit()
+        exp = [exp[1], exp[3]]
+        u2 = check_whole(srv.fetch("alice@example.test"), exp, "after POP3 DELE 1, 3")
+        check(u2 == [u[1], u[3]], "UIDLs after the deletion: %s, before %s" % (u2, u))
+        m = dv.imap()
+        subj = dv.subjects(m)
+        check(subj == ["imap append", "test " + t2], "Dovecot reads after mailsrv's deletion: %s" % subj)
+        check(m.store("2", "+FLAGS", r"(\Seen)")[0] == "OK", "dovecot STORE 2")
+        m.logout()
+        t3, _ = srv.deliver()
+        u3 = check_whole(srv.fetch("alice@example.test"), exp + [ours(t3)], "after Dovecot flagged mailsrv's mail")
+        check(u3[:2] == u2, "UIDLs changed: %s -> %s" % (u2, u3))
+        m = dv.imap()
+        subj = dv.subjects(m)
+        m.logout()
+        check(subj == ["imap append", "test " + t2, "test " + t3], "Dovecot reads at the end: %s" % subj)
+    finally:
+        dv.stop()
+    bad = [l for l in dv.log_text().splitlines() if "Error" in l or "Panic" in l or "Fatal" in l]
+    check(not bad, "Dovecot logged: %s" % bad[:3])
+    print("#   dovecot: STORE/APPEND/LDA between mailsrv deliveries, POP3 DELE: all whole, UIDLs stable")
+
+
+def neomutt_run(ctx, mbox, keys):
+    """neomutt (no user or system config) on mbox under a private tmux server, pushing keys; waits for it to quit."""
+    nm = need_program("neomutt", "neomutt")
+    tmux = need_program("tmux", "tmux")
+    d = tempfile.mkdtemp(prefix="neomutt", dir=ctx.dir)
+    os.makedirs(os.path.join(d, "Mail"))  # else it asks whether to create $folder
+    rc = os.path.join(d, "neomuttrc")
+    with open(rc, "w") as f:
+        f.write("set mbox_type=mbox move=no quit=yes delete=yes confirmappend=no mark_old=no wait_key=no\n")
+        f.write("push '%s'\n" % keys)
+    sock = os.path.join(d, "tmux.sock")
+    env = dict(os.environ, HOME=d, TERM="xterm")
+    r = subprocess.run([tmux, "-S", sock, "new-session", "-d", "-x", "150", "-y", "40",
+                        "%s -n -F %s -f %s" % (nm, rc, mbox)], env=env, timeout=secs(10))
+    check(r.returncode == 0, "tmux new-session: %s" % r.returncode)
+    try:
+        try:
+            wait_for(lambda: subprocess.run([tmux, "-S", sock, "has-session"], env=env, capture_output=True,
+                                            timeout=secs(5)).returncode != 0, 30, "neomutt to sync and quit")
+        except TestFailure:
+            scr = subprocess.run([tmux, "-S", sock, "capture-pane", "-p"], env=env, capture_output=True, text=True,
+                                 timeout=secs(5)).stdout
+            raise TestFailure("neomutt did not quit; its screen: %s" % short(scr.strip(), 600))
+    finally:
+        subprocess.run([tmux, "-S", sock, "kill-server"], env=env, capture_output=True, timeout=secs(5))
+
+
+@test(limit=120)
+def mbox_neomutt_shares(ctx):
+    """Issue 11.1 with neomutt, which rewrites the mbox in place (Status, X-Status, Content-Length, Lines):
+    deliveries before and after it, a foreign message's derived UIDL stays, nothing is cut off; neomutt
+    deletes a message after mailsrv's POP3 deletion and both still agree."""
+    srv = ctx.server(storage="mbox").start()
+    path = mbox_path(srv, "alice@example.test")
+    os.makedirs(os.path.dirname(path))
+    mbox_other_append(path, mbox_foreign(1))
+    t1, _ = srv.deliver()  # mailsrv after another program
+    u0 = [g["uid"] for g in srv.fetch("alice@example.test")]
+    before = read(path)
+    p = srv.pop("alice@example.test")  # a POP3 session open while neomutt rewrites the file under it
+    neomutt_run(ctx, path, "<tag-pattern>~A<enter><tag-prefix><set-flag>!<tag-prefix><clear-flag>N<sync-mailbox><quit>")
+    check(read(path) != before, "neomutt did not rewrite the mbox")
+    for n, e in ((2, ours(t1)), (1, theirs(1))):
+        data = p.retr(n)
+        check(token_of(data) == e[0] and e[2].encode() in data and header(data, "Subject") == e[1],
+              "RETR %d after neomutt's rewrite: %s" % (n, short(data, 300)))
+    p.quit()
+    t2, _ = srv.deliver()  # mailsrv after neomutt
+    exp = [theirs(1), ours(t1), ours(t2)]
+    u = check_whole(srv.fetch("alice@example.test"), exp, "after neomutt set flags")
+    check(u[:2] == u0, "UIDLs changed when neomutt set flags: %s -> %s" % (u0, u[:2]))
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.quit()
+    exp = [exp[0], exp[2]]
+    check(check_whole(srv.fetch("alice@example.test"), exp, "after POP3 DELE 2") == [u[0], u[2]], "UIDLs after DELE 2")
+    neomutt_run(ctx, path, "<first-entry><delete-message><sync-mailbox><quit>")  # neomutt after mailsrv's rewrite
+    t3, _ = srv.deliver()
+    u3 = check_whole(srv.fetch("alice@example.test"), [exp[1], ours(t3)], "after neomutt deleted message 1")
+    check(u3[0] == u[2], "UIDL of %s changed: %s -> %s" % (t2, u[2], u3[0]))
+    print("#   neomutt: flags and a deletion between mailsrv deliveries and a POP3 deletion: all whole, UIDLs stable")
+
+
+@test(limit=120)
+def mbox_full_disk_delete(ctx):
+    """Issue 11.9: on a really full file system (a small tmpfs, mounted by the test as root) POP3
+    DELE+QUIT still frees space: the mbox is rewritten in place (was: a copy beside it, which failed)."""
+    need_root()
+    srv = ctx.server(storage="mbox")
+    os.makedirs(srv.spool)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", srv.spool], capture_output=True, text=True,
+                       timeout=secs(10))
+    if r.returncode != 0:
+        raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+    try:
+        srv.start()
+        toks = []
+        for i in range(40):  # bounded: 256 KB hold at most a dozen 20 KB messages
+            t = tok()
+            try:
+                refused = srv.send(["alice@example.test"], make_msg(t, body="x" * 76 + "\r\n" * 1 + ("y" * 78 + "\r\n") * 250))
+            except smtplib.SMTPException:
+                break
+            if refused:
+                break
+            toks.append(t)
+        check(len(toks) >= 3, "only %d messages fitted" % len(toks))
+        free0 = fill_disk(srv.spool)
+        check(free0 < 8192, "the file system is not full: %d bytes free" % free0)
+        p = srv.pop("alice@example.test")
+        p.ok("DELE 1")
+        p.ok("DELE 2")
+        r = p.cmd("QUIT")
+        check(r.startswith(b"+OK"), "QUIT on a full disk: %s" % short(r))
+        st = os.statvfs(srv.spool)
+        free1 = st.f_bavail * st.f_frsize
+        check(free1 >= free0 + 30000, "DELE+QUIT freed %d bytes" % (free1 - free0))
+        got = srv.fetch("alice@example.test")
+        check([g["token"] for g in got] == toks[2:], "after the deletion: %s, expected %s" % ([g["token"] for g in got], toks[2:]))
+        for g in got:
+            check(g["data"].endswith(("y" * 78 + "\r\n").encode()) and len(g["data"]) > 20000, "%s is not whole" % g["token"])
+        print("#   full tmpfs: %d messages, %d bytes free; DELE 1, 2 + QUIT freed %d bytes" % (len(toks), free0, free1 - free0))
+    finally:
+        srv.stop()
+        subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))
+
+
+def fault_mbox_dele(ctx, op, ns):
+    """Issue 11.9: a POP3 DELE+QUIT in mbox mode whose Nth `op` fails (op+: and every later one, a full
+    disk) leaves the old or the new mailbox, each message whole, never a broken one; the next login
+    finishes an interrupted deletion (+OK means the new one). Stops once N is past the last call."""
+    outcomes = []
+    for n in ns:
+        srv = ctx.server(storage="mbox").start()
+        t1, _ = srv.deliver()
+        t2, _ = srv.deliver(body=("z" * 70 + "\r\n") * 60)  # ~4 KB, moved down in pieces of message 1's size
+        t3, _ = srv.deliver()
+        srv.stop()
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d%s" % (op.rstrip("+"), n, "+" if op.endswith("+") else ""))
+        srv.start()
+        p = srv.pop("alice@example.test")
+        p.ok("DELE 1")
+        r = p.cmd("QUIT")
+        check(r.startswith(b"+OK") or r.startswith(b"-ERR"), "N=%d: QUIT -> %s" % (n, short(r)))
+        srv.stop()
+        hit = "FAULT: " in srv.log_text()
+        srv.env = None
+        srv.start()
+        got = srv.fetch("alice@example.test")
+        toks = [g["token"] for g in got]
+        exp = [ours(t1), ours(t2), ours(t3)]
+        exp[1] = (t2, "test " + t2, "z" * 70 + "\r\n" + "z" * 70)
+        if r.startswith(b"+OK"):
+            check(toks == [t2, t3], "N=%d: QUIT said +OK but the mailbox holds %s" % (n, toks))
+        check(toks in ([t1, t2, t3], [t2, t3]), "N=%d: the mailbox holds %s" % (n, toks))
+        check_whole(got, exp[3 - len(toks):], "N=%d" % n)
+        check(got[-2]["data"].count(b"z" * 70) == 60, "N=%d: message 2 is not whole" % n)
+        srv.stop()
+        outcomes.append((n, "%s, %s" % ("+OK" if r.startswith(b"+OK") else "-ERR", "new" if len(toks) == 2 else "old")))
+        if not hit:
+            break
+    check(outcomes and outcomes[-1][1].startswith("+OK"), "the last round (past every %s) did not succeed: %s" % (op, outcomes))
+    print("#   %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+for _op in ("write", "fsync", "write+"):
+    _name = "fault_mbox_dele_%s" % _op.replace("+", "_full")
+    TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele(ctx, op, range(1, 120)))(_op), {}, 400))
+    FAULT_TESTS.add(_name)
+
+
+def fill_disk(folder):
+    """Writes folder/.fill until the file system is full; returns the bytes left free."""
+    fd = os.open(os.path.join(folder, ".fill"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(100000):
+            os.write(fd, b"f" * 1024)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def fault_mbox_dele_full_disk(ctx, op, ns):
+    """Issue 11.9 on a really full tmpfs, where the journal cannot hold a piece: the deletion moves
+    pieces no longer than the gap, each recorded before the next; the Nth `op` fails, the next login
+    finishes the deletion (or none began). Old or new mailbox, each message whole, never a broken one."""
+    need_root()
+    outcomes = []
+    for n in ns:
+        srv = ctx.server(storage="mbox")
+        os.makedirs(srv.spool)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", srv.spool], capture_output=True,
+                           text=True, timeout=secs(10))
+        if r.returncode != 0:
+            raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+        try:
+            srv.start()
+            t1, _ = srv.deliver()
+            t2, _ = srv.deliver(body=("z" * 70 + "\r\n") * 120)  # ~8.5 KB: about 16 pieces of message 1's size
+            t3, _ = srv.deliver()
+            srv.stop()
+            check(fill_disk(srv.spool) < 4096, "N=%d: the tmpfs is not full" % n)
+            srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+            srv.start()
+            p = srv.pop("alice@example.test")
+            p.ok("DELE 1")
+            r = p.cmd("QUIT")
+            srv.stop()
+            hit = "FAULT: " in srv.log_text()
+            srv.env = None
+            srv.start()
+            got = srv.fetch("alice@example.test")
+            toks = [g["token"] for g in got]
+            if r.startswith(b"+OK"):
+                check(toks == [t2, t3], "N=%d: QUIT said +OK but the mailbox holds %s" % (n, toks))
+            check(toks in ([t1, t2, t3], [t2, t3]), "N=%d: the mailbox holds %s" % (n, toks))
+            exp = [ours(t1), (t2, "test " + t2, "z" * 70 + "\r\n" + "z" * 70), ours(t3)]
+            check_whole(got, exp[3 - len(toks):], "N=%d" % n)
+            check(got[-2]["data"].count(b"z" * 70) == 120, "N=%d: message 2 is not whole" % n)
+            outcomes.append((n, "%s, %s" % ("+OK" if r.startswith(b"+OK") else "-ERR", "new" if len(toks) == 2 else "old")))
+        finally:
+            srv.stop()
+            subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))
+        if not hit:
+            break
+    check(outcomes and outcomes[-1][1].startswith("+OK"), "the last round (past every %s) did not succeed: %s" % (op, outcomes))
+    print("#   full disk, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+for _op in ("write", "fsync"):
+    _name = "fault_mbox_dele_full_disk_%s" % _op
+    TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele_full_disk(ctx, op, range(1, 200)))(_op), {}, 600))
+    FAULT_TESTS.add(_name)
+
 # end of section: mbox
 
 
@@ -5353,7 +5892,7 @@ def fs_tree_state(path):
 @test(modes=BOTH, limit=60)
 def fs_delivery_refuses_linked_mailbox(ctx, storage):
     """Delivery refuses a mailbox path that is a symbolic link anywhere under the spool: a DOMAIN
-    folder, a Maildir folder or its new/cur/tmp, an mbox file or its .len file (issue 11 finding 2).
+    folder, a Maildir folder or its new/cur/tmp, an mbox file or its journal (issue 11 finding 2).
     The answer is 451 4.3.0 (a local fault the administrator must repair; the sender retries and
     no mail is lost: a 5xx after DATA would bounce the message for every recipient), the target is
     untouched, and the log says which mailbox and why."""
@@ -5380,7 +5919,7 @@ def fs_delivery_refuses_linked_mailbox(ctx, storage):
                  ("the domain folder", dom, elsewhere)]
     else:
         cases = [("bob's mbox", os.path.join(dom, "bob.mbox"), passwd),
-                 ("bob's .len file", os.path.join(dom, ".bob.mbox.len"), passwd),
+                 ("bob's journal", os.path.join(dom, ".bob.mbox.journal"), passwd),
                  ("the domain folder", dom, elsewhere)]
     for what, link, target in cases:
         if target == elsewhere and what == "the domain folder":

@@ -301,7 +301,7 @@ test_storage(void)
         targets_add(&t, "u", "d.org", 0);
         for (i = 0; i < 3; i++) {
             memset(&m, 0, sizeof m);
-            snprintf(m.id, sizeof m.id, "id%d", i);
+            snprintf(m.id, sizeof m.id, "1.M1P1Q%d", i); /* msg_open's form: mbox trusts only that */
             snprintf(m.name, sizeof m.name, "id%d.host", i);
             snprintf(m.tmp_path, sizeof m.tmp_path, "%s/tmp%d", dir, i);
             strcpy(m.sender, "s@x");
@@ -317,17 +317,17 @@ test_storage(void)
         i = kind ? mbox_view_open(&v, c->spool, "u@d.org") : mdir_view_open(&v, c->spool, "u@d.org");
         ASSERT(i == 0 && v.n == 3);
         if (v.n == 3) {
-            ASSERT(v.msgs[0].size == (int64_t)strlen(body) + 6 + (kind ? 13 : 0)); /* CRLF; mbox adds "X-UIDL: idN" */
-            ASSERT(strcmp(v.msgs[1].uidl, kind ? "id1" : "id1.host") == 0);
+            ASSERT(v.msgs[0].size == (int64_t)strlen(body) + 6 + (kind ? 18 : 0)); /* CRLF; mbox adds "X-UIDL: 1.M1P1QN" */
+            ASSERT(strcmp(v.msgs[1].uidl, kind ? "1.M1P1Q1" : "id1.host") == 0);
             v.msgs[1].deleted = 1;
             ASSERT(view_commit(&v) == 0);
         }
         view_free(&v);
         i = kind ? mbox_view_open(&v, c->spool, "u@d.org") : mdir_view_open(&v, c->spool, "u@d.org");
         ASSERT(i == 0 && v.n == 2);
-        if (v.n == 2) ASSERT(strcmp(v.msgs[1].uidl, kind ? "id2" : "id2.host") == 0);
+        if (v.n == 2) ASSERT(strcmp(v.msgs[1].uidl, kind ? "1.M1P1Q2" : "id2.host") == 0);
         if (kind && v.n == 2) {
-            /* a crashed append past the committed length is invisible and cut */
+            /* what another program appended stays, even unfinished (issue 11.1) */
             char path[1300];
             int fd;
             snprintf(path, sizeof path, "%s/d.org/u.mbox", c->spool);
@@ -335,7 +335,7 @@ test_storage(void)
             ASSERT(write(fd, "From half\nSubject: cut", 22) == 22);
             close(fd);
             view_free(&v);
-            ASSERT(mbox_view_open(&v, c->spool, "u@d.org") == 0 && v.n == 2);
+            ASSERT(mbox_view_open(&v, c->spool, "u@d.org") == 0 && v.n == 3);
         }
         view_free(&v);
         targets_free(&t);
@@ -682,6 +682,126 @@ test_lists(void)
     cfg_free(c);
 }
 
+/* Issue 11.13b: duplicate UIDLs get a suffix that no other message has. */
+static void
+test_mbox_unique_uidls(void)
+{
+    struct pop_view v;
+    const char *in[] = {"abc-2", "abc", "abc", "abc", "x"};
+    int i;
+    memset(&v, 0, sizeof v);
+    for (i = 0; i < 5; i++) ms_strlcpy(view_add(&v)->uidl, in[i], sizeof v.msgs[0].uidl);
+    view_unique_uidls(&v);
+    ASSERT(strcmp(v.msgs[0].uidl, "abc-2") == 0 && strcmp(v.msgs[1].uidl, "abc") == 0);
+    ASSERT(strcmp(v.msgs[2].uidl, "abc-3") == 0 && strcmp(v.msgs[3].uidl, "abc-4") == 0);
+    ASSERT(strcmp(v.msgs[4].uidl, "x") == 0);
+    view_free(&v);
+    ASSERT(mbox_own_id("1796403659.M231384P11835Q1", 26) && !mbox_own_id("abc", 3) && !mbox_own_id("1.M2P3", 6));
+}
+
+static void
+mbox_unit_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT(fd >= 0 && write(fd, text, strlen(text)) == (long)strlen(text));
+    close(fd);
+}
+
+static int
+mbox_unit_is(const char *path, const char *text)
+{
+    char buf[4096];
+    long n;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    n = read(fd, buf, sizeof buf);
+    close(fd);
+    return n == (long)strlen(text) && memcmp(buf, text, (size_t)n) == 0;
+}
+
+/* Issue 11.1 and 11.9: the journal; an unfinished append of mailsrv's own is
+ * removed only while the file ends with it; an interrupted deletion is finished. */
+static void
+test_mbox_journal(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", mbox[200], jf[200], rec[600];
+    const char *old = "From a@b Mon Jan  1 00:00:00 2024\nSubject: old\n\nbody\n\n";
+    const char *own = "From s@x Mon Jan  1 00:00:01 2024\nX-UIDL: 1.M1P1Q1\nSubject: mine\n\nmine\n\n";
+    const char *other = "From c@d Mon Jan  1 00:00:02 2024\nSubject: other\n\nother\n\n";
+    struct stat sb;
+    char text[1000];
+    int fd, created;
+    if (!mkdtemp(dir)) { ASSERT(0); return; }
+    snprintf(mbox, sizeof mbox, "%s/u.mbox", dir);
+    snprintf(jf, sizeof jf, "%s/.u.mbox.journal", dir);
+    /* half of our append at the end: removed */
+    snprintf(text, sizeof text, "%s%.40s", old, own);
+    mbox_unit_file(mbox, text);
+    stat(mbox, &sb);
+    snprintf(rec, sizeof rec, "append %llu %lu %lu %lu\n%s", (unsigned long long)sb.st_ino, (unsigned long)strlen(old),
+             (unsigned long)strlen(own), (unsigned long)strlen(own), own);
+    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(mbox_unit_is(mbox, old));
+    /* half of ours, then another program's message: all kept */
+    snprintf(text, sizeof text, "%s%.40s\n%s", old, own, other);
+    mbox_unit_file(mbox, text);
+    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(mbox_unit_is(mbox, text));
+    /* another program's append where ours was to go: kept */
+    snprintf(text, sizeof text, "%s%s", old, other);
+    mbox_unit_file(mbox, text);
+    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(mbox_unit_is(mbox, text));
+    /* a deletion of "old" interrupted after 10 bytes moved: finished at the next lock */
+    snprintf(text, sizeof text, "%s%s", old, other);
+    memcpy(text, other, 10);
+    mbox_unit_file(mbox, text);
+    stat(mbox, &sb);
+    snprintf(rec, sizeof rec, "compact %llu 0 %lu %lu 10 0 -\n", (unsigned long long)sb.st_ino,
+             (unsigned long)strlen(old), (unsigned long)strlen(text));
+    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(mbox_unit_is(mbox, other));
+    ASSERT(stat(jf, &sb) == 0 && sb.st_size == MS_MBOX_JOURNAL);
+    /* a piece saved in the journal, its move half done and overlapping its source: written again from there */
+    snprintf(text, sizeof text, "%s%s", old, other);
+    mbox_unit_file(mbox, text);
+    stat(mbox, &sb);
+    ASSERT(mbox_compact_rec(jf, sb.st_ino, 0, (int64_t)strlen(old), (int64_t)strlen(text), 0, other,
+                            (int64_t)strlen(other)) == 0);
+    memcpy(text, other, 20); /* the first 20 bytes got there before the crash */
+    mbox_unit_file(mbox, text);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(mbox_unit_is(mbox, other));
+    ASSERT(stat(jf, &sb) == 0 && sb.st_size == MS_MBOX_JOURNAL); /* the saved piece is given back */
+    /* the dotlock: held by a running process, the mbox is busy; a dead one's is stale */
+    snprintf(text, sizeof text, "%s.lock", mbox);
+    snprintf(rec, sizeof rec, "%lu\n", (unsigned long)getppid());
+    mbox_unit_file(text, rec);
+    errno = 0;
+    ASSERT(mbox_lock(mbox, jf, 0, &created) == -1 && errno == EAGAIN);
+    mbox_unit_file(text, "999999999\n");
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    ASSERT(stat(text, &sb) != 0);
+    unlink(mbox);
+    unlink(jf);
+    rmdir(dir);
+}
+
 /* ---- trust (issue 11): mbox unit tests go above this line ---- */
 
 /* issue 11 finding 2: a mailbox reached through a symbolic link is refused */
@@ -709,7 +829,6 @@ test_fs_links(void)
 {
     char dir[] = "/tmp/mailsrv-unit-XXXXXX", p[1300], q[1400], victim[1300], spool[1100];
     static const char *const subs[] = {"", "/new", "/cur", "/tmp"};
-    int64_t committed;
     int i, created, fd;
     struct os_stat st;
     if (!mkdtemp(dir)) { ASSERT(0); return; }
@@ -738,19 +857,19 @@ test_fs_links(void)
         ASSERT(unlink(p) == 0 && rename(q, p) == 0);
     }
     ASSERT(store_no_links(spool, "bob@x.test", 0) == 0);
-    /* the mbox and its .len file as links to a file standing in for /etc/passwd */
+    /* the mbox and its journal as links to a file standing in for /etc/passwd */
     snprintf(p, sizeof p, "%s/x.test/bob.mbox", spool);
     ASSERT(symlink(victim, p) == 0);
     ASSERT(store_no_links(spool, "bob@x.test", 0) == -1 && errno == ELOOP);
     ASSERT(store_no_links(spool, "bob@x.test", 1) == 0); /* not a Maildir's business */
-    snprintf(q, sizeof q, "%s/x.test/.bob.mbox.len", spool);
-    ASSERT(mbox_open_locked(p, q, 1, &committed, &created) < 0); /* O_NOFOLLOW: the race is closed too */
+    snprintf(q, sizeof q, "%s/x.test/.bob.mbox.journal", spool);
+    ASSERT(mbox_lock(p, q, 1, &created) < 0); /* O_NOFOLLOW: the race is closed too */
     ASSERT(os_stat(victim, &st) == 0 && st.size == 26);
     unlink(p);
     ASSERT(symlink(victim, q) == 0);
     ASSERT(store_no_links(spool, "bob@x.test", 0) == -1 && errno == ELOOP);
     fd = os_open(p, O_RDWR | O_CREAT, 0600);
-    ASSERT(fd >= 0 && mbox_set_committed(q, fd, 0) == -1);
+    ASSERT(fd >= 0 && mbox_journal_put(q, "x", 1, NULL, 0, 0) == -1);
     ASSERT(os_stat(victim, &st) == 0 && st.size == 26);
     if (fd >= 0) os_close(fd);
     unlink(p);
@@ -1192,6 +1311,8 @@ main(void)
     test_tls();
 #endif
 
+    test_mbox_unique_uidls();
+    test_mbox_journal();
     /* trust (issue 11): mbox test calls above this line */
 
     test_fs_links();
