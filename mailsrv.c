@@ -4907,7 +4907,8 @@ conn_session_expired(const struct conn *c, int64_t now)
 static void
 client_log_quiet(struct mailsrv *ms, struct client_stat *s)
 {
-    if (s->log_quiet) ms_log(ms, "refused from %s: %ld more refusals in the last minute", s->key, s->log_quiet);
+    if (s->log_quiet)
+        ms_log(ms, "refused from %s: %ld more refusal%s in the last minute", s->key, s->log_quiet, s->log_quiet > 1 ? "s" : "");
     s->log_quiet = 0;
 }
 

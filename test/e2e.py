@@ -5010,8 +5010,8 @@ def abuse_client_never_reads(ctx):
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sent = 0
     c.sock.settimeout(secs(5))
-    try:  # 20 MB of NOOPs, never reading a reply: the server stops reading, then times out
-        chunk = b"NOOP\r\n" * 10000
+    try:  # 20 MB of HELOs (not NOOPs: max_junk_commands would end it), never reading a reply: the server stops reading, then times out
+        chunk = b"HELO client.test\r\n" * 10000
         while sent < 20 * 1024 * 1024:
             c.sock.sendall(chunk)
             sent += len(chunk)
