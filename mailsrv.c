@@ -4861,13 +4861,13 @@ conn_logged_in(const struct conn *c)
 }
 
 /* In the middle of something: a mail transaction (from MAIL to the 250 after
- * the data), a RETR/TOP stream, a delayed answer, a TLS start. */
+ * the data), an AUTH exchange, a RETR/TOP stream, a delayed answer, a TLS start. */
 static int
 conn_busy(const struct conn *c)
 {
     if (c->hold_until || c->tls_after_flush) return 1;
-    if (c->proto == PROTO_POP3) return c->u.pop.streaming;
-    return c->u.smtp.state >= SMTP_S_MAIL || c->u.smtp.commit_pending;
+    if (c->proto == PROTO_POP3) return c->u.pop.streaming || c->u.pop.auth_wait;
+    return c->u.smtp.state >= SMTP_S_MAIL || c->u.smtp.commit_pending || c->u.smtp.auth_step != AUTH_NONE;
 }
 
 /* A junk command: NOOP, RSET, VRFY, HELP or an unknown one in SMTP (Postfix's

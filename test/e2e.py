@@ -5313,7 +5313,7 @@ def anvil_try(srv, source, host="127.0.0.1", deliver=True):
         c.close()
 
 
-def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12):
+def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12, keep=None):
     """The issue's scenario: holders from `sources` take every slot they can, then keep them with NOOPs;
     a real client from `client` tries once a second. Returns (first success ms since the holders
     were in place or None, attempts, slots held)."""
@@ -5323,6 +5323,8 @@ def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12):
     attempts = 0
     while time.monotonic() - t0 < secs(hold):
         held = anvil_noop(held)
+        if keep:
+            keep()
         attempts += 1
         ok, ms, text = anvil_try(srv, client, host)
         if ok:
@@ -5338,9 +5340,16 @@ def anvil_slots_held_by_noop(ctx):
     # makes room (as Dovecot's login processes do), and 10% of the slots are kept for relay_networks.
     srv = ctx.server(server=dict(ANVIL_KEYS)).start()
     sources = ["127.0.0.%d" % i for i in range(2, 9)]
-    after, ms, attempts, nheld = anvil_holders(ctx, srv, sources, "127.0.0.9")
+    user = ctx.track(Pop(srv.pop3_port, source="127.0.0.8"))  # logged in, and the oldest: never closed for room
+    user.greet()
+    user.login("alice@example.test", PASSWORDS["alice@example.test"])
+    after, ms, attempts, nheld = anvil_holders(ctx, srv, sources, "127.0.0.9", keep=lambda: user.ok("NOOP"))
     print("#   %d holders from 7 addresses; the real client: %s" % (nheld, "served %.0f ms after the holders were in place (attempt %d, session %.0f ms)" % (after, attempts, ms) if after is not None else "421 for the whole test (%d attempts)" % attempts))
     check(after is not None, "a real client was refused for the whole test (%d attempts, %d holders)" % (attempts, nheld))
+    ok, ms2, text = anvil_try(srv, "127.0.0.9")  # the holders are older than 5 s now: at once
+    check(ok, "a second real client was refused: %s" % short(text))
+    print("#   with the holders in place for over 5 s, the next real client was served at once, in %.0f ms" % ms2)
+    user.ok("STAT")
     log = srv.log_text()
     check(re.search(r"closed to make room", log), "no log line for the session closed to make room")
     # refusals are logged once per client and minute, not once per refusal
@@ -5398,7 +5407,8 @@ def anvil_junk_commands(ctx):
 @test()
 def anvil_session_lifetime(ctx):
     # max_session_time: a NOOP every 0.5 s keeps a session past `timeout`, not past its lifetime;
-    # a session in the middle of DATA is ended at the next command, not cut.
+    # a session in the middle of DATA is ended at the next command, not cut; one still in DATA at twice
+    # the time is cut (a slow drip cannot hold a slot either).
     import select
     srv = ctx.server(server={"relay_networks": "192.0.2.0/24", "timeout": "30", "max_session_time": "3"}).start()
     c = srv.smtp()
@@ -5406,6 +5416,10 @@ def anvil_session_lifetime(ctx):
     d.expect("MAIL FROM:<%s>" % SENDER, 250)
     d.expect("RCPT TO:<alice@example.test>", 250)
     d.expect("DATA", 354)
+    e = srv.smtp()
+    e.expect("MAIL FROM:<%s>" % SENDER, 250)
+    e.expect("RCPT TO:<alice@example.test>", 250)
+    e.expect("DATA", 354)
     p = srv.pop("alice@example.test")
     t0 = time.monotonic()
     code, text, n = 250, "", 0
@@ -5416,6 +5430,7 @@ def anvil_session_lifetime(ctx):
         code, text = c.cmd("NOOP")
         n += 1
         d.send("line %d\r\n" % n)
+        e.send("line %d\r\n" % n)
     took = time.monotonic() - t0
     check(code == 421 and "4.4.2" in text, "a NOOP holder got %s after %.1fs, expected 421 4.4.2" % (short(text), took))
     check(2.5 <= took <= secs(6), "the holder was closed after %.1fs, lifetime 3s" % took)
@@ -5429,7 +5444,17 @@ def anvil_session_lifetime(ctx):
     l = p.readline()
     check(l is not None and l.startswith(b"-ERR"), "POP3 session past its lifetime: %s" % short(l))
     p.read_eof()
-    print("#   a NOOP holder was closed after %.1fs (max_session_time = 3s, timeout = 30s)" % took)
+    cut = None
+    while cut is None and time.monotonic() - t0 < secs(12):
+        try:
+            e.send("line\r\n")
+            if select.select([e.sock], [], [], 0.5)[0] and not e.sock.recv(4096):
+                cut = time.monotonic() - t0
+        except OSError:
+            cut = time.monotonic() - t0
+    check(cut is not None and 5.5 <= cut, "a session dripping DATA was cut after %s s, expected at twice the time (6 s)" % cut)
+    print("#   a NOOP holder was closed after %.1fs, a DATA dripper cut after %.1fs (max_session_time = 3s, timeout = 30s)"
+          % (took, cut))
 
 
 @test(limit=100)
@@ -5464,6 +5489,89 @@ def anvil_connection_rate(ctx):
     print("#   21 refusals in the minute from 127.0.0.2, %d log lines + 1 summary; served again after %.0fs"
           % (n, time.monotonic() - t0))
 
+
+
+class AnvilNetns:
+    """A network namespace made by the test, with IPv6 addresses of two /64s on its own loopback
+    (the host's loopback has only ::1). The test's thread enters it (setns(2) acts on the calling
+    thread only), so its sockets and the server it starts (a child inherits the thread's namespace)
+    live there; other tests' threads are not affected. Leaves it and deletes it at exit."""
+    NS_ADDRS = ["fd00:0:0:1::%x" % i for i in range(1, 9)] + ["fd00:0:0:2::9"]
+
+    def __init__(self, ctx):
+        import ctypes
+        self.ip = need_program("ip", "iproute2")
+        self.name = "mailsrv-anvil-%d-%d" % (os.getpid(), threading.get_ident() % 100000)
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.home = None
+
+    def __enter__(self):
+        subprocess.run([self.ip, "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            ex = [self.ip, "netns", "exec", self.name, self.ip]
+            subprocess.run(ex + ["link", "set", "lo", "up"], check=True, capture_output=True)
+            for a in self.NS_ADDRS:
+                subprocess.run(ex + ["-6", "addr", "add", a + "/128", "dev", "lo", "nodad"], check=True, capture_output=True)
+            self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            fd = os.open("/var/run/netns/" + self.name, os.O_RDONLY)
+            try:
+                check(self.libc.setns(fd, 0x40000000) == 0, "setns: errno %d" % ctypes_errno(self.libc))  # CLONE_NEWNET
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *a):
+        if self.home is not None:
+            self.libc.setns(self.home, 0x40000000)
+            os.close(self.home)
+            self.home = None
+        subprocess.run([self.ip, "netns", "del", self.name], capture_output=True)
+
+
+def ctypes_errno(libc):
+    import ctypes
+    return ctypes.get_errno()
+
+
+@test(limit=60, unix_only=True)
+def anvil_ipv6_64_holders(ctx):
+    # The same hostile holders, from 7 addresses of ONE IPv6 /64 (a host may use its whole /64):
+    # max_per_ip counts the /64, so they get 10 slots, not 64, and a client of another /64 is served at
+    # once. The auth back-off counts the /64 too. In a network namespace of the test's own (root).
+    need_root()
+    with AnvilNetns(ctx) as ns:
+        host = "fd00:0:0:1::1"
+        keys = dict(ANVIL_KEYS, smtp="[%s]:25" % host, submission=None, pop3="[%s]:110" % host, plaintext_auth="yes")
+        srv = ctx.server(server=keys)
+        srv.smtp_port, srv.pop3_port = 25, 110
+        srv.start()
+        sources = ns.NS_ADDRS[1:8]
+        held = anvil_fill(ctx, srv, sources, 64, host)
+        check(len(held) == 10, "holders from one /64 got %d slots, expected max_per_ip = 10" % len(held))
+        t0 = time.monotonic()
+        ok, ms, text = anvil_try(srv, "fd00:0:0:2::9", host)
+        check(ok, "a client of another /64 was refused while one /64 held slots: %s" % short(text))
+        print("#   7 addresses of one /64 got %d slots; a client of another /64 was served in %.0f ms (first attempt)"
+              % (len(held), ms))
+        log = srv.log_text()
+        n = len(re.findall(r"refused smtp from fd00:0:0:1::", log))
+        check(n == 1, "%d refusal lines for one /64 within a minute, expected 1" % n)
+        held = anvil_noop(held)
+        for c in held:
+            c.close()
+        # the auth back-off: a failure from one address of the /64 doubles the delay for another one
+        for i, src in enumerate(sources[:2]):
+            p = ctx.track(Pop(110, host, source=src))
+            p.greet()
+            p.ok("USER alice@example.test")
+            p.err("PASS wrong%d" % i)
+        log = srv.log_text()
+        check(re.search(r"auth failed from %s user=<alice@example.test> failures=1 delay=1000ms" % re.escape(sources[0]), log) and
+              re.search(r"auth failed from %s user=<alice@example.test> failures=2 delay=2000ms" % re.escape(sources[1]), log),
+              "the auth back-off does not count the /64: %s" % [l for l in log.splitlines() if "auth failed" in l])
 
 # end of section: anvil
 
