@@ -85,7 +85,7 @@
 #define MS_AUTH_FORGET_S 900      /* an address's failures count for 15 minutes */
 #define MS_AUTH_TRACK 256         /* addresses remembered (the oldest is forgotten first) */
 #define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
-#define MS_CLIENT_TRACK 1024      /* clients (addresses, IPv6 /64s) whose connection rate and
+#define MS_CLIENT_TRACK 256       /* clients (addresses, IPv6 /64s) whose connection rate and
                                      refusals are counted (the least recently seen is forgotten) */
 #define MS_RATE_WINDOW_MS 60000   /* max_connect_rate counts per minute (Postfix anvil_rate_time_unit) */
 #define MS_REFUSED_LOG_MS 60000   /* one "refused" line per client and minute, then a count */
@@ -4520,7 +4520,7 @@ struct conn {
     unsigned id;
     enum proto proto;
     char peer[64];
-    char client[64];                 /* client_key(peer): the address or IPv6 /64 */
+    char client[48];                 /* client_key(peer): the address or IPv6 /64 */
     int is_loopback;
     int64_t deadline, hold_until;
     int64_t born;                    /* accepted at (max_session_time) */
@@ -4569,7 +4569,7 @@ struct mailsrv {
     void *tls_cache;                 /* the session resumption cache, made on first use */
     struct auth_penalty { char ip[64]; int fails; int64_t last; } pen[MS_AUTH_TRACK]; /* failed logins, by client_key */
     struct client_stat {             /* by client_key: connection rate and refusals logged */
-        char key[64];
+        char key[48];
         int64_t seen, rate_start, log_start;
         long rate_n, log_quiet;      /* connections in the rate window; refusals not logged */
     } clients[MS_CLIENT_TRACK];
@@ -7681,7 +7681,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
 {
     int k;
     for (k = 0; k < 64; k++) {
-        char peer[64], key[64];
+        char peer[64], key[48];
         int lo, relay, i, same = 0, all = 0, outside = 0;
         long reserve = ms->cfg->max_clients * MS_RESERVE_PCT / 100;
         int64_t now;
