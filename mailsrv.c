@@ -85,6 +85,13 @@
 #define MS_AUTH_FORGET_S 900      /* an address's failures count for 15 minutes */
 #define MS_AUTH_TRACK 256         /* addresses remembered (the oldest is forgotten first) */
 #define MS_AUTH_MAX_FAILS 3       /* then the connection is closed */
+#define MS_CLIENT_TRACK 256       /* clients (addresses, IPv6 /64s) whose connection rate and
+                                     refusals are counted (the least recently seen is forgotten) */
+#define MS_RATE_WINDOW_MS 60000   /* max_connect_rate counts per minute (Postfix anvil_rate_time_unit) */
+#define MS_REFUSED_LOG_MS 60000   /* one "refused" line per client and minute, then a count */
+#define MS_RESERVE_PCT 10         /* of max_clients, kept for relay_networks clients */
+#define MS_EVICT_AGE_MS 5000      /* when full, a newcomer closes the oldest session that has not
+                                     logged in, is idle between transactions and is older than this */
 #define MS_ALIAS_DEPTH 8          /* nested group addresses */
 #define MS_RELOAD_CHECK_MS 1000   /* how often the INI file's size, mtime and inode are checked */
 #define MS_RELOAD_STABLE_MS 3000  /* a change is loaded once they stay the same this long: a file
@@ -141,6 +148,9 @@
 #define MS_DEF_MAX_RCPT 100
 #define MS_DEF_MAX_CLIENTS 512
 #define MS_DEF_MAX_PER_IP 50      /* Postfix's smtpd_client_connection_count_limit */
+#define MS_DEF_CONNECT_RATE 60    /* per minute and client; Postfix's smtpd_client_connection_rate_limit */
+#define MS_DEF_JUNK_COMMANDS 100  /* Postfix's smtpd_junk_command_limit */
+#define MS_DEF_SESSION_TIME 3600  /* max_session_time: then ended between two transactions */
 #define MS_DEF_TIMEOUT 300        /* RFC 5321 4.5.3.2: 5 minutes */
 
 /*==== 3. Platform layer ====*/
@@ -1648,6 +1658,7 @@ struct ms_config {
     char spool[1024];
     int64_t max_message_size;
     long max_recipients, max_clients, max_per_ip, timeout;
+    long max_connect_rate, max_junk_commands, max_session_time;
     int plaintext_auth, sender_login, capture, allow_root;
     char user[64];         /* Unix: the account to run as once the ports are bound */
     struct cfg_domain *domains; int ndomains;
@@ -2001,6 +2012,9 @@ static const struct cfg_key cfg_server_keys[] = {
     {"max_recipients", cfg_parse_count, offsetof(struct ms_config, max_recipients), 100000},
     {"max_clients", cfg_parse_count, offsetof(struct ms_config, max_clients), 100000},
     {"max_per_ip", cfg_parse_count, offsetof(struct ms_config, max_per_ip), 100000},
+    {"max_connect_rate", cfg_parse_count, offsetof(struct ms_config, max_connect_rate), 100000},
+    {"max_junk_commands", cfg_parse_count, offsetof(struct ms_config, max_junk_commands), 100000},
+    {"max_session_time", cfg_parse_time, offsetof(struct ms_config, max_session_time), 0},
     {"timeout", cfg_parse_time, offsetof(struct ms_config, timeout), 0},
     {"plaintext_auth", cfg_parse_choice, offsetof(struct ms_config, plaintext_auth), CH_PLAINTEXT},
     {"sender_login", cfg_parse_choice, offsetof(struct ms_config, sender_login), CH_SENDER_LOGIN},
@@ -2537,6 +2551,9 @@ cfg_new(const char *path)
     c->max_recipients = MS_DEF_MAX_RCPT;
     c->max_clients = MS_DEF_MAX_CLIENTS;
     c->max_per_ip = MS_DEF_MAX_PER_IP;
+    c->max_connect_rate = MS_DEF_CONNECT_RATE;
+    c->max_junk_commands = MS_DEF_JUNK_COMMANDS;
+    c->max_session_time = MS_DEF_SESSION_TIME;
     c->timeout = MS_DEF_TIMEOUT;
     c->plaintext_auth = PT_LOCAL;
     c->sender_login = SL_STRICT;
@@ -2963,6 +2980,29 @@ net_in_cidr(const struct cfg_net *n, const struct ms_addr *a)
     if (n->family != a->family) return 0;
     if (memcmp(n->ip, a->ip, (size_t)full) != 0) return 0;
     return rest == 0 || ((n->ip[full] ^ a->ip[full]) & (0xff << (8 - rest))) == 0;
+}
+
+/* The client an address belongs to, for every per-client limit (max_per_ip,
+ * max_connect_rate, the auth back-off): the IPv4 address itself (also when
+ * IPv4-mapped), or the IPv6 /64: one host or site usually holds a whole /64
+ * (RFC 6177; RFC 4291 2.5.1) and picks addresses inside it at will (RFC 8981),
+ * so a limit per IPv6 address limits nothing. */
+static void
+client_key(const char *peer, char *key, size_t n)
+{
+    static const unsigned char v4mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    struct ms_addr a;
+    char s[64];
+    if (net_addr_parse(peer, 0, &a) != 0 || a.family != AF_INET6) { ms_strlcpy(key, peer, n); return; }
+    if (memcmp(a.ip, v4mapped, 12) == 0) {
+        memmove(a.ip, a.ip + 12, 4);
+        a.family = AF_INET;
+        net_addr_str(&a, key, n);
+        return;
+    }
+    memset(a.ip + 8, 0, 8);
+    net_addr_str(&a, s, sizeof s);
+    if (ms_fmt(key, n, "%s/64", s) < 0) ms_strlcpy(key, peer, n);
 }
 
 /* ---- DNS messages (RFC 1035 4.1) ---- */
@@ -5194,8 +5234,11 @@ struct conn {
     unsigned id;
     enum proto proto;
     char peer[64];
+    char client[48];                 /* client_key(peer): the address or IPv6 /64 */
     int is_loopback;
     int64_t deadline, hold_until;
+    int64_t born;                    /* accepted at (max_session_time) */
+    long junk;                       /* junk commands (max_junk_commands) */
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     struct tls_sess *tls;            /* NULL: plain text */
@@ -5243,8 +5286,14 @@ struct mailsrv {
     int relay_kick;                  /* run the queue at the end of this turn */
     int64_t relay_wake, next_flush_check;
     void *tls_cache;                 /* the session resumption cache, made on first use */
-    struct auth_penalty { char ip[64]; int fails; int64_t last; } pen[MS_AUTH_TRACK]; /* failed logins */
+    struct auth_penalty { char ip[64]; int fails; int64_t last; } pen[MS_AUTH_TRACK]; /* failed logins, by client_key */
     struct list_rate { uint64_t key; int64_t tat; } lrate[MS_LIST_REQ_TRACK]; /* list requests (section 13) */
+    struct client_stat {             /* by client_key: connection rate and refusals logged */
+        char key[48];
+        int64_t seen, rate_start, log_start;
+        long rate_n, log_quiet;      /* connections in the rate window; refusals not logged */
+    } clients[MS_CLIENT_TRACK];
+    int64_t clients_flush;           /* when the next count of refusals not logged is due (0: none) */
 };
 
 static void
@@ -5494,9 +5543,10 @@ conn_may_relay(const struct conn *c)
 }
 
 /* A failed login: logged in one fixed form for fail2ban, and answered after
- * a delay that doubles with each failure from the same address in the last
- * 15 minutes (1, 2, 4 ... 30 s), so guessing from many connections is as
- * slow as from one. Returns when the answer may go out. */
+ * a delay that doubles with each failure from the same client (address or
+ * IPv6 /64: client_key) in the last 15 minutes (1, 2, 4 ... 30 s), so
+ * guessing from many connections is as slow as from one. Returns when the
+ * answer may go out. */
 static int64_t
 auth_failed(struct conn *c, const char *user)
 {
@@ -5506,12 +5556,12 @@ auth_failed(struct conn *c, const char *user)
     int64_t now = os_now_ms(), delay = MS_AUTH_DELAY_MS;
     int i;
     for (i = 0; i < MS_AUTH_TRACK && !p; i++)
-        if (strcmp(ms->pen[i].ip, c->peer) == 0) p = &ms->pen[i];
+        if (strcmp(ms->pen[i].ip, c->client) == 0) p = &ms->pen[i];
     if (p && now - p->last > MS_AUTH_FORGET_S * 1000LL) p->fails = 0;
     if (!p) { /* a free slot, or the one that failed longest ago */
         for (p = &ms->pen[0], i = 1; i < MS_AUTH_TRACK; i++)
             if (ms->pen[i].last < p->last) p = &ms->pen[i];
-        ms_strlcpy(p->ip, c->peer, sizeof p->ip);
+        ms_strlcpy(p->ip, c->client, sizeof p->ip);
         p->fails = 0;
     }
     p->last = now;
@@ -5527,7 +5577,176 @@ auth_succeeded(struct conn *c)
 {
     int i;
     for (i = 0; i < MS_AUTH_TRACK; i++)
-        if (strcmp(c->ms->pen[i].ip, c->peer) == 0) c->ms->pen[i].fails = 0;
+        if (strcmp(c->ms->pen[i].ip, c->client) == 0) c->ms->pen[i].fails = 0;
+}
+
+/* ---- Slots: nobody holds one forever (junk commands, session time, rate, room) ---- */
+
+/* Logged in (AUTH in SMTP, USER/PASS or AUTH in POP3): never closed to make room. */
+static int
+conn_logged_in(const struct conn *c)
+{
+    return c->proto == PROTO_POP3 ? c->u.pop.state == POP_S_TRANS : c->u.smtp.auth_user[0] != 0;
+}
+
+/* In the middle of something: a mail transaction (from MAIL to the 250 after
+ * the data), an AUTH exchange, a RETR/TOP stream, a delayed answer, a TLS start. */
+static int
+conn_busy(const struct conn *c)
+{
+    if (c->hold_until || c->tls_after_flush) return 1;
+    if (c->proto == PROTO_POP3) return c->u.pop.streaming || c->u.pop.auth_wait;
+    return c->u.smtp.state >= SMTP_S_MAIL || c->u.smtp.commit_pending || c->u.smtp.auth_step != AUTH_NONE;
+}
+
+/* A junk command: NOOP, RSET, VRFY, HELP or an unknown one in SMTP (Postfix's
+ * smtpd_junk_command_limit counts NOOP, VRFY, ETRN and RSET, and resets after
+ * a delivered message); NOOP, RSET or an unknown one in POP3. Past
+ * max_junk_commands the session ends: a NOOP loop cannot hold a slot. Returns
+ * 1 when it did. */
+static int
+conn_junk(struct conn *c)
+{
+    if (++c->junk <= c->ms->cfg->max_junk_commands) return 0;
+    conn_log(c, "too many junk commands (max_junk_commands = %ld): closing", c->ms->cfg->max_junk_commands);
+    if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Error: too many junk commands, closing");
+    else conn_reply(c, "421 4.7.0 %s Error: too many junk commands", c->ms->cfg->hostname); /* as Postfix */
+    conn_close(c, 1);
+    return 1;
+}
+
+/* max_session_time is over: called between two transactions (SMTP) or two
+ * commands (POP3, outside a RETR stream), never in the middle of one. A POP3
+ * session ended so does not apply its DELE marks (RFC 1939 6: no QUIT). */
+static void
+conn_session_over(struct conn *c)
+{
+    conn_log(c, "max_session_time (%lds) reached: closing", c->ms->cfg->max_session_time);
+    if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Maximum session time reached, closing");
+    else conn_reply(c, "421 4.4.2 %s Maximum session time reached, closing", c->ms->cfg->hostname);
+    conn_close(c, 1);
+}
+
+static int
+conn_session_expired(const struct conn *c, int64_t now)
+{
+    return now - c->born >= c->ms->cfg->max_session_time * 1000LL;
+}
+
+static void
+client_log_quiet(struct mailsrv *ms, struct client_stat *s)
+{
+    if (s->log_quiet)
+        ms_log(ms, "refused from %s: %ld more refusal%s in the last minute", s->key, s->log_quiet, s->log_quiet > 1 ? "s" : "");
+    s->log_quiet = 0;
+}
+
+/* The entry of a client (client_key); the one seen longest ago makes room. */
+static struct client_stat *
+client_stat(struct mailsrv *ms, const char *key, int64_t now)
+{
+    struct client_stat *s = NULL, *old = &ms->clients[0];
+    int i;
+    for (i = 0; i < MS_CLIENT_TRACK && !s; i++) {
+        if (strcmp(ms->clients[i].key, key) == 0) s = &ms->clients[i];
+        else if (ms->clients[i].seen < old->seen) old = &ms->clients[i];
+    }
+    if (!s) {
+        s = old;
+        client_log_quiet(ms, s);
+        memset(s, 0, sizeof *s);
+        ms_strlcpy(s->key, key, sizeof s->key);
+    }
+    s->seen = now;
+    return s;
+}
+
+/* max_connect_rate: connections per minute from one client, refused ones
+ * included, in fixed windows that start with the first connection (as
+ * Postfix's anvil with anvil_rate_time_unit = 60s). Returns 1 when over. */
+static int
+client_rate_over(const struct mailsrv *ms, struct client_stat *s, int64_t now)
+{
+    if (now - s->rate_start >= MS_RATE_WINDOW_MS) { s->rate_start = now; s->rate_n = 0; }
+    return ++s->rate_n > ms->cfg->max_connect_rate;
+}
+
+/* A refusal: logged when it is the client's first one in a minute; the
+ * others are counted, and client_flush() logs the count when the minute is
+ * over. A client that keeps trying costs one line a minute. */
+static void
+client_refused(struct mailsrv *ms, struct client_stat *s, int64_t now, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    if (s->log_start && now - s->log_start < MS_REFUSED_LOG_MS) {
+        s->log_quiet++;
+        if (!ms->clients_flush || s->log_start + MS_REFUSED_LOG_MS < ms->clients_flush)
+            ms->clients_flush = s->log_start + MS_REFUSED_LOG_MS;
+        return;
+    }
+    client_log_quiet(ms, s);
+    s->log_start = now;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    ms_log(ms, "%s", line);
+}
+
+/* The counts of refusals not logged, once their minute is over; the count
+ * line starts the client's next minute. */
+static void
+client_flush(struct mailsrv *ms, int64_t now)
+{
+    int i;
+    if (!ms->clients_flush || now < ms->clients_flush) return;
+    ms->clients_flush = 0;
+    for (i = 0; i < MS_CLIENT_TRACK; i++) {
+        struct client_stat *s = &ms->clients[i];
+        if (!s->log_quiet) continue;
+        if (now - s->log_start >= MS_REFUSED_LOG_MS) {
+            client_log_quiet(ms, s);
+            s->log_start = now;
+        } else if (!ms->clients_flush || s->log_start + MS_REFUSED_LOG_MS < ms->clients_flush) {
+            ms->clients_flush = s->log_start + MS_REFUSED_LOG_MS;
+        }
+    }
+}
+
+/* Every slot is taken: the session to close for a newcomer, as Dovecot's
+ * login processes close the oldest connection that has not logged in. Here:
+ * the oldest that has not logged in, is not busy (conn_busy), is not from
+ * relay_networks, has no reply waiting, and is MS_EVICT_AGE_MS old, so that
+ * a newcomer is not closed by the next one. NULL if there is none. */
+static struct conn *
+slots_victim(struct mailsrv *ms, int64_t now)
+{
+    struct conn *v = NULL;
+    int i;
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        if (c->is_closing || c->close_after_flush || conn_logged_in(c) || conn_busy(c) || conn_pending(c) ||
+            now - c->born < MS_EVICT_AGE_MS || cfg_in_relay_nets(ms->cfg, c->peer))
+            continue;
+        if (!v || c->born < v->born) v = c;
+    }
+    return v;
+}
+
+static void
+slots_evict(struct conn *v, int64_t now)
+{
+    conn_log(v, "closed to make room for a new client: not logged in, %llds old",
+             (long long)((now - v->born) / 1000));
+#if MAILSRV_ENABLE_TLS
+    if (!v->tls || tls_done(v->tls)) /* no reply can go out before the handshake */
+#endif
+    {
+        if (v->proto == PROTO_POP3) conn_reply(v, "-ERR [SYS/TEMP] Too many connections, closing the oldest session");
+        else conn_reply(v, "421 4.3.2 %s Too many connections, closing the oldest session", v->ms->cfg->hostname);
+        conn_send(v);
+    }
+    v->is_closing = 1;
 }
 
 static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
@@ -5927,6 +6146,7 @@ smtp_commit_done(struct conn *c, int ok)
     struct smtp_sess *s = &c->u.smtp;
     int i;
     if (ok) {
+        c->junk = 0; /* as Postfix: the junk count starts again after a delivered message */
         for (i = 0; i < s->targets.n; i++)
             conn_log(c, "%s %s from=<%s> to=<%s> size=%lld", s->targets.remote[i] ? "queued" : "delivered", s->msg.id,
                      s->from, s->targets.v[i], (long long)s->msg.size);
@@ -6014,10 +6234,11 @@ smtp_do_quit(struct conn *c, const char *a)
 static const struct smtp_cmd {
     const char *verb;
     void (*fn)(struct conn *c, const char *args);
+    int junk;                        /* counts towards max_junk_commands */
 } smtp_cmds[] = {
-    {"EHLO", smtp_do_ehlo}, {"HELO", smtp_do_helo4}, {"MAIL", smtp_do_mail}, {"RCPT", smtp_do_rcpt},
-    {"DATA", smtp_do_data}, {"RSET", smtp_do_rset}, {"NOOP", smtp_do_noop}, {"QUIT", smtp_do_quit},
-    {"HELP", smtp_do_help}, {"VRFY", smtp_do_vrfy}, {"AUTH", smtp_do_auth}, {"STARTTLS", smtp_do_starttls},
+    {"EHLO", smtp_do_ehlo, 0}, {"HELO", smtp_do_helo4, 0}, {"MAIL", smtp_do_mail, 0}, {"RCPT", smtp_do_rcpt, 0},
+    {"DATA", smtp_do_data, 0}, {"RSET", smtp_do_rset, 1}, {"NOOP", smtp_do_noop, 1}, {"QUIT", smtp_do_quit, 0},
+    {"HELP", smtp_do_help, 1}, {"VRFY", smtp_do_vrfy, 1}, {"AUTH", smtp_do_auth, 0}, {"STARTTLS", smtp_do_starttls, 0},
 };
 
 static void
@@ -6037,13 +6258,17 @@ smtp_line(struct conn *c, char *line, size_t len)
     if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }
     args = cmd_split(line, verb, sizeof verb);
     for (i = 0; i < sizeof smtp_cmds / sizeof smtp_cmds[0]; i++) {
-        if (strcmp(verb, smtp_cmds[i].verb) == 0) { smtp_cmds[i].fn(c, args); return; }
+        if (strcmp(verb, smtp_cmds[i].verb) == 0) {
+            if (!smtp_cmds[i].junk || !conn_junk(c)) smtp_cmds[i].fn(c, args);
+            return;
+        }
     }
     if (strcmp(verb, "GET") == 0 || strcmp(verb, "POST") == 0 || strcmp(verb, "CONNECT") == 0) {
         conn_reply(c, "554 5.7.0 This is a mail server"); /* cross-protocol requests (as Redis) */
         conn_close(c, 1);
         return;
     }
+    if (conn_junk(c)) return;
     conn_reply(c, "500 5.5.2 Command unrecognized");
 }
 
@@ -6288,7 +6513,7 @@ pop_auth_line(struct conn *c, const char *verb, const char *args)
     } else if (strcmp(verb, "QUIT") == 0) {
         conn_reply(c, "+OK Bye");
         conn_close(c, 1);
-    } else {
+    } else if (!conn_junk(c)) {
         conn_reply(c, "-ERR Unknown command or not logged in");
     }
 }
@@ -6337,10 +6562,11 @@ pop_trans_line(struct conn *c, const char *verb, const char *args)
         m->deleted = 1;
         conn_reply(c, "+OK Message deleted");
     } else if (strcmp(verb, "RSET") == 0) {
+        if (conn_junk(c)) return;
         for (i = 0; i < p->view.n; i++) p->view.msgs[i].deleted = 0;
         conn_reply(c, "+OK");
     } else if (strcmp(verb, "NOOP") == 0) {
-        conn_reply(c, "+OK");
+        if (!conn_junk(c)) conn_reply(c, "+OK");
     } else if (strcmp(verb, "CAPA") == 0) {
         pop_do_capa(c);
     } else if (strcmp(verb, "QUIT") == 0) {
@@ -6357,7 +6583,7 @@ pop_trans_line(struct conn *c, const char *verb, const char *args)
         conn_close(c, 1);
     } else if (strcmp(verb, "USER") == 0 || strcmp(verb, "PASS") == 0 || strcmp(verb, "AUTH") == 0) {
         conn_reply(c, "-ERR Already logged in");
-    } else {
+    } else if (!conn_junk(c)) {
         conn_reply(c, "-ERR Unknown command");
     }
 }
@@ -8038,24 +8264,6 @@ list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *
  * keeps a GCRA "theoretical arrival time": a burst of N, then one every
  * hour/N. Keys are 64-bit FNV-1a hashes (a collision only shares a count). */
 
-/* The client's key: an IPv4 address whole, an IPv6 one by its /64 (one
- * site). (The connection limits of section 14 may have their own /64
- * grouping: one to unify.) */
-static void
-list_client_key(const char *peer, char *out, size_t n)
-{
-    static const unsigned char v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    struct ms_addr a;
-    ms_strlcpy(out, peer, n);
-    if (net_addr_parse(peer, 0, &a) == 0 && a.family == AF_INET6 && memcmp(a.ip, v4, 12) != 0) {
-        size_t len;
-        memset(a.ip + 8, 0, 8);
-        net_addr_str(&a, out, n);
-        len = strlen(out);
-        if (len + 4 < n) memcpy(out + len, "/64", 4);
-    }
-}
-
 static uint64_t
 list_rate_hash(char kind, const char *s)
 {
@@ -8086,7 +8294,7 @@ list_rate_next(const struct list_rate *e, uint64_t key, int64_t now, int per_hou
     return (e->key == key && e->tat > now ? e->tat : now) + 3600000 / per_hour;
 }
 
-/* One more request from client (an address from list_client_key) for a
+/* One more request from client (a client_key: an address, or an IPv6 /64) for a
  * sender at domain, at now (ms): counted and 0 if both limits allow it,
  * else 1 (the client's limit) or 2 (the domain's), and nothing counted. */
 static int
@@ -8132,7 +8340,7 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
             conn_reply(c, "550 5.1.0 <%s>: Sender address rejected: User unknown, the list could not answer", s->from);
             return 0;
         }
-        list_client_key(c->peer, key, sizeof key);
+        client_key(c->peer, key, sizeof key);
         if (!conn_may_relay(c) && (r = list_rate_take(c->ms->lrate, key, strrchr(s->from, '@') + 1, os_now_ms())) != 0) {
             conn_log(c, "list %s@%s: request from <%s> [%s] refused: over %d an hour from %s", l->name, l->domain,
                      s->from, c->peer, r == 1 ? MS_LIST_REQ_PER_ADDR : MS_LIST_REQ_PER_DOMAIN,
@@ -8302,6 +8510,10 @@ conn_process(struct conn *c)
             conn_consume(c, len + 1);
             continue;
         }
+        if (!conn_busy(c) && conn_session_expired(c, os_now_ms())) { /* between two transactions */
+            conn_session_over(c);
+            break;
+        }
         memcpy(line, c->in, len);
         conn_consume(c, len + 1);
         if (len && line[len - 1] == '\r') len--;
@@ -8395,31 +8607,76 @@ loop_logins(struct mailsrv *ms)
     }
 }
 
+/* Refuses a new connection with one write into an empty socket buffer (it cannot block). */
+static void
+loop_refuse(ms_sock_t s, enum proto proto, int rate)
+{
+    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
+    static const char pop_busy[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
+    static const char smtp_rate[] = "421 4.7.0 Error: too many connections from your address, try again later\r\n";
+    static const char pop_rate[] = "-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n";
+    if (proto == PROTO_POP3) {
+        if (rate) net_send(s, pop_rate, sizeof pop_rate - 1);
+        else net_send(s, pop_busy, sizeof pop_busy - 1);
+    } else {
+        if (rate) net_send(s, smtp_rate, sizeof smtp_rate - 1);
+        else net_send(s, smtp_busy, sizeof smtp_busy - 1);
+    }
+    net_close(s);
+}
+
+/* A new client, before any other work: its connection rate (not for
+ * relay_networks), its sessions (max_per_ip, by client_key), then a slot: of
+ * max_clients, MS_RESERVE_PCT are kept for relay_networks; when the slots a
+ * client may take are all taken, the oldest idle session that has not logged
+ * in makes room (slots_victim), else the newcomer is refused. */
 static void
 loop_accept(struct mailsrv *ms, struct listener *l)
 {
     int k;
     for (k = 0; k < 64; k++) {
-        char peer[64];
-        int lo;
-        struct conn *c;
-        int same = 0, i;
+        char peer[64], key[48];
+        int lo, relay, i, same = 0, all = 0, outside = 0;
+        long reserve = ms->cfg->max_clients * MS_RESERVE_PCT / 100;
+        int64_t now;
+        struct conn *c, *v = NULL;
+        struct client_stat *st;
         ms_sock_t s = net_accept(l->fd, peer, sizeof peer, &lo);
         if (s == MS_BAD_SOCK) break;
-        if (ms->nconns < ms->cfg->max_clients && !cfg_in_relay_nets(ms->cfg, peer))
-            for (i = 0; i < ms->nconns; i++) same += strcmp(ms->conns[i]->peer, peer) == 0;
-        if (ms->nconns >= ms->cfg->max_clients || same >= ms->cfg->max_per_ip) {
-            /* one write into an empty socket buffer: it cannot block */
-            static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-            static const char pop_busy[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
-            if (l->proto == PROTO_POP3) net_send(s, pop_busy, sizeof pop_busy - 1);
-            else net_send(s, smtp_busy, sizeof smtp_busy - 1);
-            if (same >= ms->cfg->max_per_ip)
-                ms_log(ms, "refused %s from %s: max_per_ip (%ld) reached", proto_names[l->proto], peer, ms->cfg->max_per_ip);
-            else
-                ms_log(ms, "refused %s from %s: max_clients (%ld) reached", proto_names[l->proto], peer,
-                       ms->cfg->max_clients);
-            net_close(s);
+        now = os_now_ms();
+        client_key(peer, key, sizeof key);
+        relay = cfg_in_relay_nets(ms->cfg, peer);
+        st = client_stat(ms, key, now);
+        if (!relay && client_rate_over(ms, st, now)) {
+            client_refused(ms, st, now, "refused %s from %s: max_connect_rate (%ld a minute) reached", proto_names[l->proto],
+                           peer, ms->cfg->max_connect_rate);
+            loop_refuse(s, l->proto, 1);
+            continue;
+        }
+        for (i = 0; i < ms->nconns; i++) {
+            const struct conn *o = ms->conns[i];
+            if (o->is_closing) continue;
+            all++;
+            if (relay) continue;
+            same += strcmp(o->client, key) == 0;
+            outside += !cfg_in_relay_nets(ms->cfg, o->peer);
+        }
+        if (same >= ms->cfg->max_per_ip) {
+            client_refused(ms, st, now, "refused %s from %s: max_per_ip (%ld) reached", proto_names[l->proto], peer,
+                           ms->cfg->max_per_ip);
+            loop_refuse(s, l->proto, 0);
+            continue;
+        }
+        if ((all >= ms->cfg->max_clients || (!relay && outside >= ms->cfg->max_clients - reserve)) &&
+            (v = slots_victim(ms, now)) != NULL) {
+            slots_evict(v, now); /* always outside relay_networks: both counts drop */
+            all--;
+            outside--;
+        }
+        if (all >= ms->cfg->max_clients || (!relay && outside >= ms->cfg->max_clients - reserve)) {
+            client_refused(ms, st, now, "refused %s from %s: max_clients (%ld%s) reached", proto_names[l->proto], peer,
+                           ms->cfg->max_clients, relay || !reserve ? "" : ", some kept for relay_networks");
+            loop_refuse(s, l->proto, 0);
             continue;
         }
         c = xrealloc(NULL, sizeof *c);
@@ -8430,7 +8687,9 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         c->proto = l->proto;
         c->is_loopback = lo;
         ms_strlcpy(c->peer, peer, sizeof c->peer);
-        c->deadline = os_now_ms() + ms->cfg->timeout * 1000;
+        ms_strlcpy(c->client, key, sizeof c->client);
+        c->born = now;
+        c->deadline = now + ms->cfg->timeout * 1000;
         if (ms->nconns == ms->capconns) {
             ms->capconns = ms->capconns ? ms->capconns * 2 : 64;
             ms->conns = xrealloc(ms->conns, sizeof *ms->conns * (size_t)ms->capconns);
@@ -8472,6 +8731,19 @@ loop_timers(struct mailsrv *ms, int64_t now)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
+        if (!c->is_closing && !c->close_after_flush && conn_session_expired(c, now)) {
+            if (!conn_busy(c)) { /* idle between two transactions: end it now */
+                conn_session_over(c);
+                c->deadline = now + 10000;
+                conn_send(c);
+                continue;
+            }
+            if (now - c->born >= 2 * ms->cfg->max_session_time * 1000LL) { /* still busy at twice the time */
+                conn_log(c, "max_session_time (%lds) reached twice over in a transaction: closing", ms->cfg->max_session_time);
+                c->is_closing = 1;
+                continue;
+            }
+        }
         if (c->is_closing || now < c->deadline) continue;
         if (c->close_after_flush) { c->is_closing = 1; continue; } /* it never read its last reply */
 #if MAILSRV_ENABLE_TLS
@@ -8885,6 +9157,11 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
             if (conn_tls_input(c)) wake = now;
         }
         if (c->deadline < wake) wake = c->deadline;
+        if (!c->close_after_flush) { /* max_session_time: once, then twice over if busy then */
+            int64_t end = c->born + c->ms->cfg->max_session_time * 1000LL;
+            if (end <= now) end += c->ms->cfg->max_session_time * 1000LL;
+            if (end < wake) wake = end;
+        }
         ms->pfds[nfds].fd = c->fd;
         ms->pfds[nfds].events = ev;
         ms->pfds[nfds++].revents = 0;
@@ -8906,6 +9183,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     if (ms->commit_again || ms->relay_kick) wake = now;
     if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
     if (mbox_note[0]) { ms_log(ms, "%s", mbox_note); mbox_note[0] = 0; } /* found by the last turn's mbox_recover */
+    if (ms->clients_flush && ms->clients_flush < wake) wake = ms->clients_flush;
     r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
     nl = ms->nlst;
@@ -8941,6 +9219,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     for (i = 0; i < ms->nout; i++) o_timer(ms->out[i], now);
     if (ms->relay_kick || now >= ms->relay_wake) relay_run(ms);
     loop_sweep(ms);
+    client_flush(ms, now);
     loop_check_reload(ms, now);
     if (ms->nlst) relay_check_flush(ms, now);
     if (ms->nlst) loop_clean_tmp(ms, now);

@@ -5018,8 +5018,8 @@ def abuse_client_never_reads(ctx):
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sent = 0
     c.sock.settimeout(secs(5))
-    try:  # 20 MB of NOOPs, never reading a reply: the server stops reading, then times out
-        chunk = b"NOOP\r\n" * 10000
+    try:  # 20 MB of HELOs (not NOOPs: max_junk_commands would end it), never reading a reply: the server stops reading, then times out
+        chunk = b"HELO client.test\r\n" * 10000
         while sent < 20 * 1024 * 1024:
             c.sock.sendall(chunk)
             sent += len(chunk)
@@ -6358,6 +6358,326 @@ def sender_login_off(ctx):
 # =============================================================================================
 # trust: connection slots cannot be held: junk commands, session lifetime, connection rate, IPv6 /64, reserved slots (issue 11: 5)
 # (section: anvil)
+
+# Hostile clients that hold slots: (Smtp, source) pairs kept alive with a NOOP now and then, as in the
+# issue's report (a NOOP every 20 s past a 300 s timeout; here every second past a 3 s timeout).
+ANVIL_KEYS = {"max_clients": "64", "max_per_ip": "10", "timeout": "3", "relay_networks": "192.0.2.0/24"}
+
+
+def anvil_fill(ctx, srv, sources, want, host="127.0.0.1", port=None):
+    """Opens sessions from the sources in turn until `want` are greeted or each source is refused;
+    returns the greeted ones."""
+    held, refused = [], set()
+    i = 0
+    while len(held) < want and len(refused) < len(sources) and i < 4 * want:
+        src = sources[i % len(sources)]
+        i += 1
+        if src in refused:
+            continue
+        c = ctx.track(Smtp(port or srv.smtp_port, host, source=src))
+        code, _ = c.reply()
+        if code == 220:
+            held.append(c)
+        else:
+            c.close()
+            refused.add(src)
+    return held
+
+
+def anvil_noop(held):
+    """One NOOP on each holder; returns those still open (the others were closed by the server)."""
+    alive = []
+    for c in held:
+        try:
+            code, _ = c.cmd("NOOP")
+            if code == 250:
+                alive.append(c)
+                continue
+        except (OSError, TestFailure):
+            pass
+        c.close()
+    return alive
+
+
+def anvil_try(srv, source, host="127.0.0.1", deliver=True):
+    """A real client: greeting, EHLO, one message. Returns (served, ms from connect to the last reply)."""
+    t0 = time.monotonic()
+    c = Smtp(srv.smtp_port, host, source=source)
+    try:
+        code, text = c.reply()
+        if code != 220:
+            return False, (time.monotonic() - t0) * 1000, text
+        c.expect("EHLO client.test", 250)
+        if deliver:
+            t = tok()
+            code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(t))
+            if code != 250:
+                return False, (time.monotonic() - t0) * 1000, text
+        c.expect("QUIT", 221)
+        return True, (time.monotonic() - t0) * 1000, ""
+    finally:
+        c.close()
+
+
+def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12, keep=None):
+    """The issue's scenario: holders from `sources` take every slot they can, then keep them with NOOPs;
+    a real client from `client` tries once a second. Returns (first success ms since the holders
+    were in place or None, attempts, slots held)."""
+    held = anvil_fill(ctx, srv, sources, 64, host)
+    nheld = len(held)
+    t0 = time.monotonic()
+    attempts = 0
+    while time.monotonic() - t0 < secs(hold):
+        held = anvil_noop(held)
+        if keep:
+            keep()
+        attempts += 1
+        ok, ms, text = anvil_try(srv, client, host)
+        if ok:
+            return (time.monotonic() - t0) * 1000, ms, attempts, nheld
+        time.sleep(0.5)
+    return None, None, attempts, nheld
+
+
+@test(limit=60)
+def anvil_slots_held_by_noop(ctx):
+    # issue 11, 5: 64 sessions from 7 loopback addresses filled max_clients = 64; NOOPs kept them past
+    # `timeout`; a real client got 421 for minutes. Now the oldest idle session that has not logged in
+    # makes room (as Dovecot's login processes do), and 10% of the slots are kept for relay_networks.
+    srv = ctx.server(server=dict(ANVIL_KEYS)).start()
+    sources = ["127.0.0.%d" % i for i in range(2, 9)]
+    user = ctx.track(Pop(srv.pop3_port, source="127.0.0.8"))  # logged in, and the oldest: never closed for room
+    user.greet()
+    user.login("alice@example.test", PASSWORDS["alice@example.test"])
+    after, ms, attempts, nheld = anvil_holders(ctx, srv, sources, "127.0.0.9", keep=lambda: user.ok("NOOP"))
+    print("#   %d holders from 7 addresses; the real client: %s" % (nheld, "served %.0f ms after the holders were in place (attempt %d, session %.0f ms)" % (after, attempts, ms) if after is not None else "421 for the whole test (%d attempts)" % attempts))
+    check(after is not None, "a real client was refused for the whole test (%d attempts, %d holders)" % (attempts, nheld))
+    ok, ms2, text = anvil_try(srv, "127.0.0.9")  # the holders are older than 5 s now: at once
+    check(ok, "a second real client was refused: %s" % short(text))
+    print("#   with the holders in place for over 5 s, the next real client was served at once, in %.0f ms" % ms2)
+    user.ok("STAT")
+    log = srv.log_text()
+    check(re.search(r"closed to make room", log), "no log line for the session closed to make room")
+    # refusals are logged once per client and minute, not once per refusal
+    for src in sources:
+        n = len(re.findall(r"refused smtp from %s\b" % re.escape(src), log))
+        check(n <= 1, "%d refusal lines for %s within a minute" % (n, src))
+
+
+@test(limit=60)
+def anvil_reserved_for_relay_networks(ctx):
+    # of max_clients = 20, 2 (10%) are kept for relay_networks: holders from outside get 18
+    keys = dict(ANVIL_KEYS, max_clients="20", relay_networks="127.0.0.1/32")
+    srv = ctx.server(server=keys).start()
+    held = anvil_fill(ctx, srv, ["127.0.0.%d" % i for i in range(2, 9)], 20)
+    check(len(held) == 18, "holders from outside relay_networks got %d of 20 slots, expected 18" % len(held))
+    ok, ms, text = anvil_try(srv, "127.0.0.1")
+    check(ok, "a relay_networks client was refused while holders were in place: %s" % short(text))
+    print("#   holders got %d of 20 slots; the relay_networks client was served in %.0f ms" % (len(held), ms))
+
+
+@test()
+def anvil_junk_commands(ctx):
+    # Postfix smtpd_junk_command_limit = 100: NOOP, RSET, VRFY, HELP and unknown commands; reset by a
+    # delivered message. Past it: 421 4.7.0 and close.
+    srv = ctx.server(server={"relay_networks": "192.0.2.0/24"}).start()
+    c = srv.smtp()
+    verbs = ["NOOP", "RSET", "VRFY alice", "HELP", "XYZZY"]
+    for i in range(90):
+        c.cmd(verbs[i % len(verbs)])
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(tok()))
+    check(code == 250, "delivery among junk: %s" % short(text))
+    for i in range(100):
+        code, text = c.cmd(verbs[i % len(verbs)])
+        check(code != 421, "junk command %d after a delivery got %s (the count is reset by a delivery)" % (i + 1, short(text)))
+    code, text = c.cmd("NOOP")
+    check(code == 421 and "4.7.0" in text and "too many junk commands" in text,
+          "the 101st junk command got %s, expected 421 4.7.0" % short(text))
+    c.read_eof()
+    check("too many junk commands" in srv.log_text(), "no log line for the junk limit")
+    # POP3: NOOP, RSET and unknown commands count the same way (before and after login)
+    p = srv.pop()
+    for i in range(100):
+        p.cmd("NOOP")
+    l = p.cmd("NOOP")
+    check(l.startswith(b"-ERR") and b"too many" in l, "POP3: the 101st junk command got %s" % short(l))
+    p.read_eof()
+    p = srv.pop("alice@example.test")
+    for i in range(100):
+        p.cmd(["NOOP", "RSET", "XYZZY"][i % 3])
+    l = p.cmd("NOOP")
+    check(l.startswith(b"-ERR") and b"too many" in l, "POP3 (logged in): the 101st junk command got %s" % short(l))
+    p.read_eof()
+
+
+@test()
+def anvil_session_lifetime(ctx):
+    # max_session_time: a NOOP every 0.5 s keeps a session past `timeout`, not past its lifetime;
+    # a session in the middle of DATA is ended at the next command, not cut; one still in DATA at twice
+    # the time is cut (a slow drip cannot hold a slot either).
+    import select
+    srv = ctx.server(server={"relay_networks": "192.0.2.0/24", "timeout": "30", "max_session_time": "3"}).start()
+    c = srv.smtp()
+    d = srv.smtp()
+    d.expect("MAIL FROM:<%s>" % SENDER, 250)
+    d.expect("RCPT TO:<alice@example.test>", 250)
+    d.expect("DATA", 354)
+    e = srv.smtp()
+    e.expect("MAIL FROM:<%s>" % SENDER, 250)
+    e.expect("RCPT TO:<alice@example.test>", 250)
+    e.expect("DATA", 354)
+    p = srv.pop("alice@example.test")
+    t0 = time.monotonic()
+    code, text, n = 250, "", 0
+    while code == 250 and time.monotonic() - t0 < secs(10):
+        if select.select([c.sock], [], [], 0.5)[0]:  # closed by the server between two NOOPs
+            code, text = c.reply()
+            break
+        code, text = c.cmd("NOOP")
+        n += 1
+        d.send("line %d\r\n" % n)
+        e.send("line %d\r\n" % n)
+    took = time.monotonic() - t0
+    check(code == 421 and "4.4.2" in text, "a NOOP holder got %s after %.1fs, expected 421 4.4.2" % (short(text), took))
+    check(2.5 <= took <= secs(6), "the holder was closed after %.1fs, lifetime 3s" % took)
+    c.read_eof()
+    code, text = d.cmd(".")
+    check(code == 250, "a message in DATA at the end of the lifetime got %s" % short(text))
+    code, text = d.cmd("NOOP")
+    check(code == 421, "after the message, the next command got %s, expected 421" % short(text))
+    d.read_eof()
+    p.sock.settimeout(secs(5))
+    l = p.readline()
+    check(l is not None and l.startswith(b"-ERR"), "POP3 session past its lifetime: %s" % short(l))
+    p.read_eof()
+    cut = None
+    while cut is None and time.monotonic() - t0 < secs(12):
+        try:
+            e.send("line\r\n")
+            if select.select([e.sock], [], [], 0.5)[0] and not e.sock.recv(4096):
+                cut = time.monotonic() - t0
+        except OSError:
+            cut = time.monotonic() - t0
+    check(cut is not None and 5.5 <= cut, "a session dripping DATA was cut after %s s, expected at twice the time (6 s)" % cut)
+    print("#   a NOOP holder was closed after %.1fs, a DATA dripper cut after %.1fs (max_session_time = 3s, timeout = 30s)"
+          % (took, cut))
+
+
+@test(limit=100)
+def anvil_connection_rate(ctx):
+    # max_connect_rate = 5 (per minute and client): the 6th connection within the minute is refused with
+    # 421 4.7.0 before any other work; other addresses and relay_networks are not; one log line per
+    # client and minute, with the number of refusals not logged; after the minute the client is served.
+    srv = ctx.server(server={"relay_networks": "127.0.0.1/32", "max_connect_rate": "5"}).start()
+    t0 = time.monotonic()
+    for i in range(5):
+        ok, ms, text = anvil_try(srv, "127.0.0.2", deliver=False)
+        check(ok, "connection %d of 5 in the minute refused: %s" % (i + 1, short(text)))
+    for i in range(20):
+        c = ctx.track(Smtp(srv.smtp_port, source="127.0.0.2"))
+        code, text = c.reply()
+        check(code == 421 and "4.7.0" in text, "connection %d in the minute got %s, expected 421 4.7.0" % (i + 6, short(text)))
+        c.read_eof()
+    p = ctx.track(Pop(srv.pop3_port, source="127.0.0.2"))
+    l = p.readline()
+    check(l is not None and l.startswith(b"-ERR [SYS/TEMP]"), "POP3 past the rate: %s" % short(l))
+    for src in ("127.0.0.3", "127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.1"):
+        ok, ms, text = anvil_try(srv, src, deliver=False)
+        check(ok, "%s refused: %s" % (src, short(text)))
+    log = srv.log_text()
+    n = len(re.findall(r"refused (smtp|pop3) from 127\.0\.0\.2\b", log))
+    check(n == 1, "%d refusal lines for 127.0.0.2 within the minute, expected 1" % n)
+    # after the minute: the summary line, and the client is served again
+    wait_for(lambda: re.search(r"127\.0\.0\.2: 20 more refusals? in the last minute", srv.log_text()), 75,
+             "the per-minute summary of refusals", 0.5)
+    ok, ms, text = wait_for(lambda: anvil_try(srv, "127.0.0.2", deliver=False)[0] and (True, 0, ""), 10,
+                            "127.0.0.2 to be served after the minute", 0.5)
+    print("#   21 refusals in the minute from 127.0.0.2, %d log lines + 1 summary; served again after %.0fs"
+          % (n, time.monotonic() - t0))
+
+
+
+class AnvilNetns:
+    """A network namespace made by the test, with IPv6 addresses of two /64s on its own loopback
+    (the host's loopback has only ::1). The test's thread enters it (setns(2) acts on the calling
+    thread only), so its sockets and the server it starts (a child inherits the thread's namespace)
+    live there; other tests' threads are not affected. Leaves it and deletes it at exit."""
+    NS_ADDRS = ["fd00:0:0:1::%x" % i for i in range(1, 9)] + ["fd00:0:0:2::9"]
+
+    def __init__(self, ctx):
+        import ctypes
+        self.ip = need_program("ip", "iproute2")
+        self.name = "mailsrv-anvil-%d-%d" % (os.getpid(), threading.get_ident() % 100000)
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.home = None
+
+    def __enter__(self):
+        subprocess.run([self.ip, "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            ex = [self.ip, "netns", "exec", self.name, self.ip]
+            subprocess.run(ex + ["link", "set", "lo", "up"], check=True, capture_output=True)
+            for a in self.NS_ADDRS:
+                subprocess.run(ex + ["-6", "addr", "add", a + "/128", "dev", "lo", "nodad"], check=True, capture_output=True)
+            self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            fd = os.open("/var/run/netns/" + self.name, os.O_RDONLY)
+            try:
+                check(self.libc.setns(fd, 0x40000000) == 0, "setns: errno %d" % ctypes_errno(self.libc))  # CLONE_NEWNET
+            finally:
+                os.close(fd)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *a):
+        if self.home is not None:
+            self.libc.setns(self.home, 0x40000000)
+            os.close(self.home)
+            self.home = None
+        subprocess.run([self.ip, "netns", "del", self.name], capture_output=True)
+
+
+def ctypes_errno(libc):
+    import ctypes
+    return ctypes.get_errno()
+
+
+@test(limit=60, unix_only=True)
+def anvil_ipv6_64_holders(ctx):
+    # The same hostile holders, from 7 addresses of ONE IPv6 /64 (a host may use its whole /64):
+    # max_per_ip counts the /64, so they get 10 slots, not 64, and a client of another /64 is served at
+    # once. The auth back-off counts the /64 too. In a network namespace of the test's own (root).
+    need_root()
+    with AnvilNetns(ctx) as ns:
+        host = "fd00:0:0:1::1"
+        keys = dict(ANVIL_KEYS, smtp="[%s]:25" % host, submission=None, pop3="[%s]:110" % host, plaintext_auth="yes")
+        srv = ctx.server(server=keys)
+        srv.smtp_port, srv.pop3_port = 25, 110
+        srv.start()
+        sources = ns.NS_ADDRS[1:8]
+        held = anvil_fill(ctx, srv, sources, 64, host)
+        check(len(held) == 10, "holders from one /64 got %d slots, expected max_per_ip = 10" % len(held))
+        t0 = time.monotonic()
+        ok, ms, text = anvil_try(srv, "fd00:0:0:2::9", host)
+        check(ok, "a client of another /64 was refused while one /64 held slots: %s" % short(text))
+        print("#   7 addresses of one /64 got %d slots; a client of another /64 was served in %.0f ms (first attempt)"
+              % (len(held), ms))
+        log = srv.log_text()
+        n = len(re.findall(r"refused smtp from fd00:0:0:1::", log))
+        check(n == 1, "%d refusal lines for one /64 within a minute, expected 1" % n)
+        held = anvil_noop(held)
+        for c in held:
+            c.close()
+        # the auth back-off: a failure from one address of the /64 doubles the delay for another one
+        for i, src in enumerate(sources[:2]):
+            p = ctx.track(Pop(110, host, source=src))
+            p.greet()
+            p.ok("USER alice@example.test")
+            p.err("PASS wrong%d" % i)
+        log = srv.log_text()
+        check(re.search(r"auth failed from %s user=<alice@example.test> failures=1 delay=1000ms" % re.escape(sources[0]), log) and
+              re.search(r"auth failed from %s user=<alice@example.test> failures=2 delay=2000ms" % re.escape(sources[1]), log),
+              "the auth back-off does not count the /64: %s" % [l for l in log.splitlines() if "auth failed" in l])
 
 # end of section: anvil
 

@@ -1044,6 +1044,126 @@ test_auth_config(void)
 
 /* ---- trust (issue 11): auth unit tests go above this line ---- */
 
+/* issue 11, 5: the per-client key groups IPv6 by /64 (max_per_ip, max_connect_rate, auth back-off) */
+static char anvil_log[4096];
+static void
+anvil_log_fn(void *user, const char *line)
+{
+    size_t n = strlen(anvil_log);
+    (void)user;
+    snprintf(anvil_log + n, sizeof anvil_log - n, "%s\n", line);
+}
+
+static int
+anvil_count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (; (hay = strstr(hay, needle)) != NULL; hay++) n++;
+    return n;
+}
+
+static void
+test_anvil_client_key(void)
+{
+    char k[64], k2[64];
+    client_key("192.0.2.7", k, sizeof k);
+    ASSERT(strcmp(k, "192.0.2.7") == 0);
+    client_key("::ffff:192.0.2.7", k, sizeof k);
+    ASSERT(strcmp(k, "192.0.2.7") == 0);
+    client_key("2001:db8:1:2:3:4:5:6", k, sizeof k);
+    ASSERT(strcmp(k, "2001:db8:1:2::/64") == 0);
+    client_key("2001:db8:1:2::ffff", k2, sizeof k2);
+    ASSERT(strcmp(k, k2) == 0);
+    client_key("2001:db8:1:3::6", k2, sizeof k2);
+    ASSERT(strcmp(k, k2) != 0 && strcmp(k2, "2001:db8:1:3::/64") == 0);
+    client_key("::1", k, sizeof k);
+    ASSERT(strcmp(k, "::/64") == 0);
+    client_key("fe80::1:2:3:4", k, sizeof k);
+    ASSERT(strcmp(k, "fe80::/64") == 0);
+    client_key("not an address", k, sizeof k);
+    ASSERT(strcmp(k, "not an address") == 0);
+}
+
+static void
+test_anvil_auth_by_64(void)
+{
+    struct mailsrv *ms = calloc(1, sizeof *ms);
+    struct conn *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b), *o = calloc(1, sizeof *o);
+    struct conn *cs[3];
+    int i;
+    cs[0] = a; cs[1] = b; cs[2] = o;
+    ms->log_fn = anvil_log_fn;
+    anvil_log[0] = 0;
+    ms_strlcpy(a->peer, "2001:db8:0:1::a", sizeof a->peer);
+    ms_strlcpy(b->peer, "2001:db8:0:1:ffff:1:2:3", sizeof b->peer);
+    ms_strlcpy(o->peer, "2001:db8:0:2::a", sizeof o->peer);
+    for (i = 0; i < 3; i++) {
+        cs[i]->ms = ms;
+        cs[i]->proto = PROTO_SMTP;
+        client_key(cs[i]->peer, cs[i]->client, sizeof cs[i]->client);
+    }
+    auth_failed(a, "x");
+    auth_failed(b, "y"); /* another address of the same /64: its second failure */
+    auth_failed(o, "z"); /* another /64: its first */
+    /* the log line keeps its form (fail2ban) and names the address, not the /64 */
+    ASSERT(strstr(anvil_log, "auth failed from 2001:db8:0:1::a user=<x> failures=1 delay=1000ms\n") != NULL);
+    ASSERT(strstr(anvil_log, "auth failed from 2001:db8:0:1:ffff:1:2:3 user=<y> failures=2 delay=2000ms\n") != NULL);
+    ASSERT(strstr(anvil_log, "auth failed from 2001:db8:0:2::a user=<z> failures=1 delay=1000ms\n") != NULL);
+    auth_succeeded(a);
+    anvil_log[0] = 0;
+    auth_failed(b, "y");
+    ASSERT(strstr(anvil_log, "failures=1 delay=1000ms") != NULL);
+    free(a); free(b); free(o); free(ms);
+}
+
+/* max_connect_rate in windows of a minute; refusals logged once per client and minute, then counted */
+static void
+test_anvil_rate_and_refusal_log(void)
+{
+    struct mailsrv *ms = calloc(1, sizeof *ms);
+    struct ms_config *cfg = cfg_load("t.ini", "[server]\nsmtp = 127.0.0.1:25\nmax_connect_rate = 5\n");
+    struct client_stat *s, *t;
+    int64_t t0 = 1000000;
+    int i, over = 0;
+    ASSERT(cfg && cfg->max_connect_rate == 5); /* the key is read (the INI lacks a domain: no matter here) */
+    ms->cfg = cfg;
+    ms->log_fn = anvil_log_fn;
+    anvil_log[0] = 0;
+    s = client_stat(ms, "2001:db8::/64", t0);
+    for (i = 0; i < 8; i++) over += client_rate_over(ms, s, t0 + i);
+    ASSERT(over == 3);                                         /* the 6th, 7th, 8th */
+    ASSERT(client_rate_over(ms, s, t0 + MS_RATE_WINDOW_MS - 1)); /* still the same minute */
+    ASSERT(!client_rate_over(ms, s, t0 + MS_RATE_WINDOW_MS));    /* a new one */
+    for (i = 0; i < 21; i++) client_refused(ms, s, t0 + i, "refused smtp from 2001:db8::%d: max_connect_rate", i);
+    ASSERT(anvil_count(anvil_log, "refused smtp from") == 1);
+    ASSERT(ms->clients_flush == t0 + MS_REFUSED_LOG_MS);
+    client_flush(ms, t0 + MS_REFUSED_LOG_MS - 1);
+    ASSERT(anvil_count(anvil_log, "more refusals") == 0);
+    client_flush(ms, t0 + MS_REFUSED_LOG_MS);
+    ASSERT(strstr(anvil_log, "refused from 2001:db8::/64: 20 more refusals in the last minute\n") != NULL);
+    ASSERT(ms->clients_flush == 0);
+    /* a client that keeps trying: one line a minute, the count */
+    for (i = 0; i < 30; i++) client_refused(ms, s, t0 + MS_REFUSED_LOG_MS + 1 + i, "refused smtp from x: y");
+    client_flush(ms, t0 + 2 * MS_REFUSED_LOG_MS);
+    ASSERT(anvil_count(anvil_log, "refused smtp from") == 1);
+    ASSERT(strstr(anvil_log, ": 30 more refusals in the last minute\n") != NULL);
+    /* after a quiet minute, the next refusal is logged in full */
+    client_flush(ms, t0 + 4 * MS_REFUSED_LOG_MS);
+    client_refused(ms, s, t0 + 4 * MS_REFUSED_LOG_MS, "refused smtp from x: again");
+    ASSERT(strstr(anvil_log, "refused smtp from x: again\n") != NULL);
+    /* a forgotten client (the table is full) logs its count first */
+    client_refused(ms, s, t0 + 4 * MS_REFUSED_LOG_MS + 1, "quiet");
+    for (i = 0; i < MS_CLIENT_TRACK; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "10.0.%d.%d", i / 256, i % 256);
+        t = client_stat(ms, key, t0 + 5 * MS_REFUSED_LOG_MS + i);
+        ASSERT(strcmp(t->key, key) == 0 && t->log_quiet == 0);
+    }
+    ASSERT(strstr(anvil_log, "refused from 2001:db8::/64: 1 more refusal in the last minute\n") != NULL);
+    cfg_free(cfg);
+    free(ms);
+}
+
 /* ---- trust (issue 11): anvil unit tests go above this line ---- */
 
 /* listflood: the rate limits on list requests (per client address, IPv6 by /64, and per sender
@@ -1055,12 +1175,12 @@ test_list_rate(void)
     char k[MS_PATH_MAX];
     int64_t now = 1000000000, per = 3600000 / MS_LIST_REQ_PER_ADDR;
     int i, n;
-    list_client_key("192.0.2.7", k, sizeof k);
+    client_key("192.0.2.7", k, sizeof k);
     ASSERT(strcmp(k, "192.0.2.7") == 0);
-    list_client_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", k, sizeof k);
+    client_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", k, sizeof k);
     ASSERT(strcmp(k, "2001:db8:1:2::/64") == 0);
-    list_client_key("::ffff:192.0.2.7", k, sizeof k);  /* IPv4-mapped: one address, not all of IPv4 */
-    ASSERT(strcmp(k, "::ffff:192.0.2.7") == 0);
+    client_key("::ffff:192.0.2.7", k, sizeof k);  /* IPv4-mapped: that one IPv4 address */
+    ASSERT(strcmp(k, "192.0.2.7") == 0);
     ASSERT(list_rate_hash('d', "Example.COM") == list_rate_hash('d', "example.com"));
     ASSERT(list_rate_hash('a', "example.com") != list_rate_hash('d', "example.com"));
     /* a burst of the address's limit, then refusals that count nothing */
@@ -1071,12 +1191,12 @@ test_list_rate(void)
     for (i = 0; i < MS_LIST_REQ_PER_ADDR; i++) {
         char ip[64];
         snprintf(ip, sizeof ip, "2001:db8:1:2::%x", i + 1);
-        list_client_key(ip, k, sizeof k);
+        client_key(ip, k, sizeof k);
         ASSERT(list_rate_take(r, k, "d2.test", now) == 0);
     }
-    list_client_key("2001:db8:1:2::99", k, sizeof k);
+    client_key("2001:db8:1:2::99", k, sizeof k);
     ASSERT(list_rate_take(r, k, "d3.test", now) == 1);
-    list_client_key("2001:db8:1:3::1", k, sizeof k);
+    client_key("2001:db8:1:3::1", k, sizeof k);
     ASSERT(list_rate_take(r, k, "d3.test", now) == 0);
     /* one more an hour/N later, not before */
     ASSERT(list_rate_take(r, "192.0.2.7", "d1.test", now + per - 1000) == 1);
@@ -1327,6 +1447,9 @@ main(void)
 
     /* trust (issue 11): auth test calls above this line */
 
+    test_anvil_client_key();
+    test_anvil_auth_by_64();
+    test_anvil_rate_and_refusal_log();
     /* trust (issue 11): anvil test calls above this line */
 
     test_list_rate();
