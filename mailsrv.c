@@ -108,6 +108,7 @@
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
 #define MS_SPACE_RESERVE(max) ((max) / 2 * 3) /* free space MAIL needs: Postfix's queue_minfree floor */
 #define MS_DOTLOCK_STALE 300      /* an mbox dotlock older than 5 minutes is stale (liblockfile) */
+#define MS_DOTLOCK_MAX_AGE 3600   /* ... and one older than an hour even with a live PID (a reused one) */
 #define MS_MBOX_JOURNAL 2560      /* size of an mbox's journal file (fixed: rewritten on a full disk) */
 #define MS_MBOX_HEAD 2048         /* first bytes of an append kept in the journal to know it again */
 #define MS_MBOX_MOVE (1024 * 1024) /* largest piece moved at once when deleting from an mbox */
@@ -189,6 +190,11 @@ fault(int op)
 #else
 #define FAULT(op) 0
 #endif
+
+/* What os_lstat_kind() finds at a path, without following a link: a plain
+ * file, a folder, a symbolic link (on Windows a reparse point: a link or a
+ * junction), anything else (a FIFO, a socket, a device), or nothing. */
+enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK, OS_OTHER };
 
 #ifndef _WIN32 /* ---------------- POSIX ---------------- */
 
@@ -425,15 +431,13 @@ os_fstat(int fd, struct os_stat *st)
     return 0;
 }
 
-/* What a path itself is, without following a symbolic link: OS_MISSING,
- * OS_DIR, OS_FILE (anything else) or OS_LINK; -1 if it cannot be told. */
-enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK };
+/* What a path itself is (OS_*, above); -1 if it cannot be told. */
 static int
 os_lstat_kind(const char *path)
 {
     struct stat sb;
     if (lstat(path, &sb) != 0) return errno == ENOENT ? OS_MISSING : -1;
-    return S_ISLNK(sb.st_mode) ? OS_LINK : S_ISDIR(sb.st_mode) ? OS_DIR : OS_FILE;
+    return S_ISLNK(sb.st_mode) ? OS_LINK : S_ISDIR(sb.st_mode) ? OS_DIR : S_ISREG(sb.st_mode) ? OS_FILE : OS_OTHER;
 }
 
 /* Bytes free for an unprivileged writer on path's file system; -1 if unknown. */
@@ -794,7 +798,6 @@ os_fstat(int fd, struct os_stat *st)
 }
 
 /* A symbolic link or junction is a reparse point. */
-enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK };
 static int
 os_lstat_kind(const char *path)
 {
@@ -892,7 +895,8 @@ static void os_net_stop(void) { WSACleanup(); }
 
 /* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
  * time+pid generator made guessable list codes, DNS ids and salts): every caller fails
- * closed, and the server does not start without it (mailsrv_listen). */
+ * closed but pass_key_make (see there), and the server does not start without it
+ * (mailsrv_listen). */
 static int
 os_random(void *buf, size_t n)
 {
@@ -1572,6 +1576,8 @@ pass_key_make(const char *pass, unsigned iter, struct pass_key *k)
 {
     k->iter = iter;
     k->saltlen = 16;
+    /* The one caller that may go on without random bytes (zeros): this key
+     * never leaves memory, where the plain-text password lies beside it. */
     os_random(k->salt, k->saltlen);
     pbkdf2_sha256(pass, k->salt, k->saltlen, iter, k->dk);
 }
@@ -3454,25 +3460,26 @@ store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, ch
 
 /* Refuses (errno ELOOP) a mailbox reached through a symbolic link under the
  * spool: its DOMAIN folder; the Maildir, its new/, cur/ and tmp/; or the mbox
- * and its .len file. Whoever owns the service account owns everything under
+ * and its journal. Whoever owns the service account owns everything under
  * the spool and could point a mailbox at /etc/passwd or at another folder.
  * Missing parts are fine: delivery creates them. (The mbox is also opened
  * with O_NOFOLLOW, which closes the race on its last component.) */
+static int mbox_paths(const char *spool, const char *addr, char *mbox, size_t mn, char *jf, size_t jn, char *dir,
+                      size_t dn);
+
 static int
 store_no_links(const char *spool, const char *addr, int maildir)
 {
     static const char *const mdir[] = {"", "/new", "/cur", "/tmp"};
-    char dom[1100], user[MS_LOCAL_MAX + 1], path[1300];
-    int i, k;
+    char dom[1100], user[MS_LOCAL_MAX + 1], path[4][1300];
+    int i, n = maildir ? 4 : 2, k;
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0) return -1;
+    for (i = 0; maildir && i < n; i++)
+        if (ms_fmt(path[i], sizeof path[i], "%s/%s%s", dom, user, mdir[i]) < 0) return -1;
+    if (!maildir && mbox_paths(spool, addr, path[0], sizeof path[0], path[1], sizeof path[1], dom, sizeof dom) != 0)
+        return -1;
     if ((k = os_lstat_kind(dom)) == OS_MISSING) return 0;
-    for (i = 0; k != OS_LINK && i < (maildir ? 4 : 2); i++) {
-        if ((maildir ? ms_fmt(path, sizeof path, "%s/%s%s", dom, user, mdir[i])
-             : i == 0 ? ms_fmt(path, sizeof path, "%s/%s.mbox", dom, user)
-                      : ms_fmt(path, sizeof path, "%s/.%s.mbox.journal", dom, user)) < 0)
-            return -1;
-        k = os_lstat_kind(path);
-    }
+    for (i = 0; k != OS_LINK && i < n; i++) k = os_lstat_kind(path[i]);
     if (k != OS_LINK) return 0;
     errno = ELOOP;
     return -1;
@@ -3506,12 +3513,14 @@ mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
  * disk) says what mailsrv is in the middle of; it is fsynced before the mbox
  * is touched:
  *   "append INO OFF LEN HEADLEN\n" and the first HEADLEN bytes of the append
- *   "compact INO A B END DONE\n": [A,B) goes, [B,END) moves down to A; the
- *       first DONE bytes of it are moved and fsynced
+ *   "compact INO A B END DONE PLEN SUM\n": [A,B) goes, [B,END) moves down to
+ *       A; the first DONE bytes of it are moved and fsynced; the next PLEN
+ *       bytes, if not 0, are saved after the record (SUM: their checksum)
  *   "none\n"
  * At the next lock, an unfinished append of its own is removed only if the
  * file still ends with exactly (a prefix of) it; else everything is kept and
- * logged. An unfinished compaction is finished.
+ * logged. An unfinished compaction is finished (to the file's end, if
+ * another program appended meanwhile).
  */
 
 static int
@@ -3530,7 +3539,7 @@ static int
 store_fsync_parent(const char *path)
 {
     char dir[1200];
-    const char *slash = strrchr(path, '/');
+    const char *slash = os_last_sep(path);
     if (!slash || (size_t)(slash - path) >= sizeof dir) return 0;
     memcpy(dir, path, (size_t)(slash - path));
     dir[slash - path] = 0;
@@ -3680,9 +3689,13 @@ mbox_recover(int fd, const char *jf)
         return mbox_journal_clear(jf);
     }
     if (sscanf(j, "compact %llu %llu %llu %llu %llu %llu %32s", &ino, &x1, &x2, &x3, &x4, &x5, sum) == 7) {
-        /* x1 A, x2 B, x3 END, x4 DONE, x5 PLEN */
+        /* x1 A, x2 B, x3 END, x4 DONE, x5 PLEN. The file may have grown past END
+         * since the crash: the dead PID's dotlock let another program append. The
+         * region from B on, the unmoved tail, is still whole, so the move goes on
+         * to the new end and carries what was appended down with it. */
         if (ino == st.ino && x1 < x2 && x2 <= x3 && x4 <= x3 - x2 && x5 <= x3 - x2 - x4 && x5 <= MS_MBOX_MOVE &&
-            (unsigned long long)st.size == x3) {
+            (unsigned long long)st.size >= x3) {
+            x3 = (unsigned long long)st.size;
             char *saved = NULL, got[33];
             int r;
             if (x5) { /* the piece in flight, if the journal holds all of it */
@@ -3716,7 +3729,9 @@ mbox_unlock(const char *mbox, int fd)
 
 /* A dotlock is stale as liblockfile judges it: its PID is not running (or
  * is ours: mailsrv never keeps one across loop turns; a crash left it), or,
- * without a PID, it is older than MS_DOTLOCK_STALE. */
+ * without a PID, it is older than MS_DOTLOCK_STALE; and any is stale past
+ * MS_DOTLOCK_MAX_AGE, so a crashed writer's PID taken by another process
+ * cannot lock the mailbox for ever. */
 static int
 mbox_dotlock_stale(const char *lock)
 {
@@ -3732,7 +3747,9 @@ mbox_dotlock_stale(const char *lock)
     if (n < 0) return 0;
     txt[n] = 0;
     pid = strtoul(txt, &end, 10);
-    if (end != txt && pid > 0 && (*end == '\n' || !*end)) return pid == os_pid() || !os_pid_alive(pid);
+    /* a live PID may be another process's by now: past MS_DOTLOCK_MAX_AGE no MUA or MDA still writes */
+    if (st.mtime + MS_DOTLOCK_MAX_AGE < (int64_t)time(NULL)) return 1;
+    if (end != txt && pid > 0 && pid <= INT_MAX && (*end == '\n' || !*end)) return pid == os_pid() || !os_pid_alive(pid);
     return st.mtime + MS_DOTLOCK_STALE < (int64_t)time(NULL);
 }
 
@@ -4322,7 +4339,7 @@ view_unique_uidls(struct pop_view *v)
         int j;
         if (i == 0 || strcmp(orig[i], orig[i - 1]) != 0) { k = 1; continue; }
         for (;;) { /* free: neither an original nor given to an earlier copy */
-            snprintf(cand, sizeof cand, "%.60s-%d", orig[i], ++k);
+            snprintf(cand, sizeof cand, "%.58s-%d", orig[i], ++k); /* at most 70 octets (RFC 1939 7) */
             if (bsearch(cand, orig, (size_t)v->n, sizeof *orig, view_cmp_str)) continue;
             for (j = 0; j < nt && strcmp(taken[j], cand) != 0; j++) {}
             if (j == nt) break;
@@ -5589,14 +5606,18 @@ conn_logged_in(const struct conn *c)
     return c->proto == PROTO_POP3 ? c->u.pop.state == POP_S_TRANS : c->u.smtp.auth_user[0] != 0;
 }
 
-/* In the middle of something: a mail transaction (from MAIL to the 250 after
- * the data), an AUTH exchange, a RETR/TOP stream, a delayed answer, a TLS start. */
+/* In the middle of something that ending would waste: the message's data
+ * (from DATA to the 250), an AUTH exchange or a login being hashed, a
+ * RETR/TOP stream, a delayed answer, a TLS start. Between MAIL and DATA a
+ * session is not busy: MAIL and RCPTs cost a holder nothing to repeat (an
+ * unknown RCPT every few minutes would keep a slot), and a client whose
+ * transaction ends before DATA has been acknowledged nothing and retries. */
 static int
 conn_busy(const struct conn *c)
 {
-    if (c->hold_until || c->tls_after_flush) return 1;
+    if (c->hold_until || c->tls_after_flush || c->login) return 1;
     if (c->proto == PROTO_POP3) return c->u.pop.streaming || c->u.pop.auth_wait;
-    return c->u.smtp.state >= SMTP_S_MAIL || c->u.smtp.commit_pending || c->u.smtp.auth_step != AUTH_NONE;
+    return c->u.smtp.state == SMTP_S_DATA || c->u.smtp.commit_pending || c->u.smtp.auth_step != AUTH_NONE;
 }
 
 /* A junk command: NOOP, RSET, VRFY, HELP or an unknown one in SMTP (Postfix's
@@ -6342,7 +6363,8 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
     struct os_stat st;
     if (p->view.is_mbox) {
         if (mbox_view_refresh(&p->view) != 0) {
-            if (errno == EAGAIN) conn_reply(c, "-ERR [IN-USE] The mailbox is locked by another program");
+            /* RFC 2449 8.1.1 gives IN-USE to logins; this is a passing failure of one command */
+            if (errno == EAGAIN) conn_reply(c, "-ERR [SYS/TEMP] The mailbox is locked by another program, try again");
             else conn_reply(c, "-ERR [SYS/TEMP] Message %s cannot be read", m->uidl);
             return;
         }
@@ -6429,6 +6451,7 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
         return;
     }
     /* a mailbox reached through a link is refused here as at delivery: DELE would remove files elsewhere */
+    errno = 0; /* EAGAIN below comes from the mbox lock, never from an earlier call */
     r = store_no_links(ms->cfg->spool, mailbox, ms->cfg->storage != STORE_MBOX) != 0 ? -1
         : ms->cfg->storage == STORE_MBOX ? mbox_view_open(&p->view, ms->cfg->spool, mailbox)
                                          : mdir_view_open(&p->view, ms->cfg->spool, mailbox);
@@ -8273,17 +8296,25 @@ list_rate_hash(char kind, const char *s)
     return h;
 }
 
-/* The slot of key (not avoid): its own while it counts, else the one that
- * empties first. When the slot is not key's, key starts from empty. */
+/* key's own slot while it counts, else NULL. */
 static struct list_rate *
-list_rate_slot(struct list_rate *r, uint64_t key, int64_t now, const struct list_rate *avoid)
+list_rate_find(struct list_rate *r, uint64_t key, int64_t now)
+{
+    int i;
+    for (i = 0; i < MS_LIST_REQ_TRACK; i++)
+        if (r[i].key == key && r[i].tat > now) return &r[i];
+    return NULL;
+}
+
+/* The slot that empties first, other than avoid: a key that finds no slot of
+ * its own starts from empty there. */
+static struct list_rate *
+list_rate_free(struct list_rate *r, const struct list_rate *avoid)
 {
     struct list_rate *e = NULL;
     int i;
-    for (i = 0; i < MS_LIST_REQ_TRACK; i++) {
-        if (r[i].key == key && r[i].tat > now) return &r[i];
+    for (i = 0; i < MS_LIST_REQ_TRACK; i++)
         if (&r[i] != avoid && (!e || r[i].tat < e->tat)) e = &r[i];
-    }
     return e;
 }
 
@@ -8301,8 +8332,12 @@ static int
 list_rate_take(struct list_rate *r, const char *client, const char *domain, int64_t now)
 {
     uint64_t ka = list_rate_hash('a', client), kd = list_rate_hash('d', domain);
-    struct list_rate *a = list_rate_slot(r, ka, now, NULL), *d = list_rate_slot(r, kd, now, a);
-    int64_t na = list_rate_next(a, ka, now, MS_LIST_REQ_PER_ADDR), nd = list_rate_next(d, kd, now, MS_LIST_REQ_PER_DOMAIN);
+    struct list_rate *a = list_rate_find(r, ka, now), *d = list_rate_find(r, kd, now);
+    if (!a) a = list_rate_free(r, d); /* both own slots first: a full table never gives them one slot */
+    if (!d) d = list_rate_free(r, a);
+    int64_t na, nd;
+    na = list_rate_next(a, ka, now, MS_LIST_REQ_PER_ADDR);
+    nd = list_rate_next(d, kd, now, MS_LIST_REQ_PER_DOMAIN);
     if (na - now > 3600000) return 1;
     if (nd - now > 3600000) return 2;
     a->key = ka;
@@ -8333,18 +8368,17 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
     if ((kind == LK_SUBSCRIBE || kind == LK_UNSUBSCRIBE || kind == LK_HELP) && s->from[0]) {
         /* a null sender gets no answer (list_incoming): nothing to check */
         struct targets t = {0};
-        char key[MS_PATH_MAX];
         int r = addr_targets(c->ms->cfg, s->from, &t) == RES_OK && t.n > 0 ? 0 : -1;
         targets_free(&t);
         if (r != 0) { /* as Postfix's reject_unlisted_sender answers */
             conn_reply(c, "550 5.1.0 <%s>: Sender address rejected: User unknown, the list could not answer", s->from);
             return 0;
         }
-        client_key(c->peer, key, sizeof key);
-        if (!conn_may_relay(c) && (r = list_rate_take(c->ms->lrate, key, strrchr(s->from, '@') + 1, os_now_ms())) != 0) {
+        if (!conn_may_relay(c) &&
+            (r = list_rate_take(c->ms->lrate, c->client, strrchr(s->from, '@') + 1, os_now_ms())) != 0) {
             conn_log(c, "list %s@%s: request from <%s> [%s] refused: over %d an hour from %s", l->name, l->domain,
                      s->from, c->peer, r == 1 ? MS_LIST_REQ_PER_ADDR : MS_LIST_REQ_PER_DOMAIN,
-                     r == 1 ? key : strrchr(s->from, '@') + 1);
+                     r == 1 ? c->client : strrchr(s->from, '@') + 1);
             conn_reply(c, "450 4.7.1 <%s>: too many list requests from %s, try again later", rcpt,
                        r == 1 ? "your address" : "your sender domain");
             return 0;
@@ -8598,7 +8632,7 @@ loop_logins(struct mailsrv *ms)
         if (ms->conns[i]->id > ms->login_last) { start = i; break; }
     for (k = 0; k < n && budget; k++) {
         struct conn *c = ms->conns[(start + k) % n];
-        if (!c->login || c->is_closing) continue;
+        if (!c->login || c->is_closing || c->close_after_flush) continue; /* a closing session gets no answer */
         ms->login_last = c->id;
         if (pbkdf2_step(&c->login->st, &budget)) {
             login_done(c);
@@ -9056,8 +9090,9 @@ mailsrv_listen(struct mailsrv *ms)
     }
     /* Root gives spool, spool/.tmp and queue to `user`: whoever owns that
      * account may have replaced them with links (to /etc/shadow, to any
-     * folder), so a link is refused before anything is done there, as root
-     * or not (postfix-script likewise complains about its queue folders). */
+     * folder), so a link is refused before anything is done there: spool and
+     * queue when root gives them away, spool/.tmp always (postfix-script
+     * likewise complains about its queue folders). */
     for (i = 0; gives && i < 2; i++)
         if (os_lstat_kind(i ? c->queue : c->spool) == OS_LINK) {
             ms_log(ms, "%s: %s is a symbolic link: refusing to give it to %s (name the real folder in the INI)", c->path,
@@ -9429,13 +9464,17 @@ cli_queue(const char *path)
 
 /* Creates QUEUE/NAME, the control file through which `flush` and `reload` reach the running
  * server (every platform, no pid file). Root may run them, and the service account owns the
- * queue: a link there is never followed. */
+ * queue: only a new file is created (O_EXCL follows no link and opens no FIFO, which would
+ * block); one already there is a request not yet taken, if it is a plain file. */
 static int
 cli_make_flag(const struct ms_config *c, const char *name, char *flag, size_t size)
 {
     int fd = -1;
-    if (ms_fmt(flag, size, "%s/%s", c->queue, name) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0)
-        fd = os_open(flag, O_WRONLY | O_CREAT | MS_O_NOFOLLOW, 0600);
+    if (ms_fmt(flag, size, "%s/%s", c->queue, name) >= 0 && store_mkdir(c->queue, c->dir[0] ? c->dir : ".") == 0) {
+        fd = os_open(flag, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
+        if (fd < 0 && errno == EEXIST && os_lstat_kind(flag) == OS_FILE) return 0;
+        if (fd < 0 && errno == EEXIST) errno = EINVAL; /* a link, a FIFO, a folder: not ours */
+    }
     if (fd < 0) {
         fprintf(stderr, "mailsrv: cannot create %s: %s\n", flag, strerror(errno));
         return -1;

@@ -5669,10 +5669,11 @@ def mbox_full_disk_delete(ctx):
         subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))
 
 
-def mbox_dele_round(srv, fault, n, toks, zlines):
+def mbox_dele_round(srv, fault, n, toks, zlines, other=None):
     """One round of a fault test: with MAILSRV_FAULT=fault, DELE 1 + QUIT on the three messages toks
-    (the second of zlines lines of z); then, without the fault, the mailbox must be the old or the
-    new one (the new one if QUIT said +OK), each message whole. Returns (outcome, the fault hit)."""
+    (the second of zlines lines of z); then (other: a foreign message another MDA appends first)
+    without the fault, the mailbox must be the old or the new one (the new one if QUIT said +OK),
+    each message whole. Returns (outcome, the fault hit)."""
     t1, t2, t3 = toks
     srv.env = dict(os.environ, MAILSRV_FAULT=fault)
     srv.start()
@@ -5682,24 +5683,29 @@ def mbox_dele_round(srv, fault, n, toks, zlines):
     check(r.startswith(b"+OK") or r.startswith(b"-ERR"), "N=%d: QUIT -> %s" % (n, short(r)))
     srv.stop()
     hit = "FAULT: " in srv.log_text()
+    if other is not None:
+        mbox_other_append(mbox_path(srv, "alice@example.test"), mbox_foreign(other))
     srv.env = None
     srv.start()
     got = srv.fetch("alice@example.test")
     have = [g["token"] for g in got]
+    tail = [] if other is None else ["foreign%d" % other]
     if r.startswith(b"+OK"):
-        check(have == [t2, t3], "N=%d: QUIT said +OK but the mailbox holds %s" % (n, have))
-    check(have in ([t1, t2, t3], [t2, t3]), "N=%d: the mailbox holds %s" % (n, have))
+        check(have == [t2, t3] + tail, "N=%d: QUIT said +OK but the mailbox holds %s" % (n, have))
+    check(have in ([t1, t2, t3] + tail, [t2, t3] + tail), "N=%d: the mailbox holds %s" % (n, have))
     exp = [ours(t1), (t2, "test " + t2, "z" * 70 + "\r\n" + "z" * 70), ours(t3)]
-    check_whole(got, exp[3 - len(have):], "N=%d" % n)
-    check(got[-2]["data"].count(b"z" * 70) == zlines, "N=%d: message 2 is not whole" % n)
+    check_whole(got, exp[3 - (len(have) - len(tail)):] + ([] if other is None else [theirs(other)]), "N=%d" % n)
+    check(got[1 - (3 - (len(have) - len(tail)))]["data"].count(b"z" * 70) == zlines, "N=%d: message 2 is not whole" % n)
     srv.stop()
-    return "%s, %s" % ("+OK" if r.startswith(b"+OK") else "-ERR", "new" if len(have) == 2 else "old"), hit
+    return "%s, %s" % ("+OK" if r.startswith(b"+OK") else "-ERR", "new" if len(have) - len(tail) == 2 else "old"), hit
 
 
-def fault_mbox_dele(ctx, op, ns):
+def fault_mbox_dele(ctx, op, ns, other=None):
     """Issue 11.9: a POP3 DELE+QUIT in mbox mode whose Nth `op` fails (op+: and every later one, a full
     disk) leaves the old or the new mailbox, each message whole, never a broken one; the next login
-    finishes an interrupted deletion (+OK means the new one). Stops once N is past the last call."""
+    finishes an interrupted deletion (+OK means the new one). Stops once N is past the last call.
+    other: another MDA appends a message before that next login (the deletion is finished to the
+    file's new end)."""
     outcomes = []
     for n in ns:
         srv = ctx.server(storage="mbox").start()
@@ -5708,17 +5714,21 @@ def fault_mbox_dele(ctx, op, ns):
         t3, _ = srv.deliver()
         srv.stop()
         fault = "%s:%d%s" % (op.rstrip("+"), n, "+" if op.endswith("+") else "")
-        outcome, hit = mbox_dele_round(srv, fault, n, (t1, t2, t3), 60)
+        outcome, hit = mbox_dele_round(srv, fault, n, (t1, t2, t3), 60, other)
         outcomes.append((n, outcome))
         if not hit:
             break
     check(outcomes and outcomes[-1][1].startswith("+OK"), "the last round (past every %s) did not succeed: %s" % (op, outcomes))
-    print("#   %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+    print("#   %s%s: %s" % (op, "" if other is None else ", then a foreign append", ", ".join("N=%s: %s" % o for o in outcomes)))
 
 
 for _op in ("write", "fsync", "write+"):
     _name = "fault_mbox_dele_%s" % _op.replace("+", "_full")
     TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele(ctx, op, range(1, 120)))(_op), {}, 400))
+    FAULT_TESTS.add(_name)
+for _op in ("write", "fsync"):  # the unfinished deletion's dotlock is gone: another MDA may append first
+    _name = "fault_mbox_dele_%s_then_append" % _op
+    TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele(ctx, op, range(1, 120), other=9))(_op), {}, 400))
     FAULT_TESTS.add(_name)
 
 
@@ -5865,6 +5875,15 @@ def fs_root_start_follows_no_link(ctx):
         check(not os.path.exists(standin), "mailsrv %s created the file behind QUEUE/%s (exit %d: %s)"
               % (cmd, cmd, r.returncode, r.stderr))
         check(r.returncode != 0, "mailsrv %s through a link: exit 0" % cmd)
+        os.unlink(os.path.join(srv.queue, cmd))
+        # nor open a FIFO planted there: root's open for writing would wait for a reader for ever
+        os.mkfifo(os.path.join(srv.queue, cmd))
+        try:
+            r = run_cli(["-c", srv.ini, cmd], timeout=10)
+        except subprocess.TimeoutExpired:
+            raise TestFailure("mailsrv %s hangs on a FIFO at QUEUE/%s" % (cmd, cmd))
+        check(r.returncode != 0, "mailsrv %s with a FIFO at QUEUE/%s: exit 0" % (cmd, cmd))
+        os.unlink(os.path.join(srv.queue, cmd))
 
 
 def fs_tree_state(path):
@@ -6415,16 +6434,34 @@ def anvil_try(srv, source, host="127.0.0.1", deliver=True):
         c.close()
 
 
-def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12, keep=None):
-    """The issue's scenario: holders from `sources` take every slot they can, then keep them with NOOPs;
-    a real client from `client` tries once a second. Returns (first success ms since the holders
-    were in place or None, attempts, slots held)."""
+def anvil_rcpt(held):
+    """Like anvil_noop, but each holder sits in a mail transaction: EHLO and MAIL once, then one RCPT
+    to an unknown mailbox (550) each time; no junk command. Returns those still open."""
+    alive = []
+    for c in held:
+        try:
+            if not getattr(c, "in_mail", False):
+                c.cmd("EHLO holder.test")
+                c.in_mail = c.cmd("MAIL FROM:<>")[0] == 250
+            if c.in_mail and c.cmd("RCPT TO:<nobody-%s@example.test>" % tok())[0] == 550:
+                alive.append(c)
+                continue
+        except (OSError, TestFailure):
+            pass
+        c.close()
+    return alive
+
+
+def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12, keep=None, poke=anvil_noop):
+    """The issue's scenario: holders from `sources` take every slot they can, then keep them with NOOPs
+    (or `poke`); a real client from `client` tries once a second. Returns (first success ms since the
+    holders were in place or None, attempts, slots held)."""
     held = anvil_fill(ctx, srv, sources, 64, host)
     nheld = len(held)
     t0 = time.monotonic()
     attempts = 0
     while time.monotonic() - t0 < secs(hold):
-        held = anvil_noop(held)
+        held = poke(held)
         if keep:
             keep()
         attempts += 1
@@ -6458,6 +6495,17 @@ def anvil_slots_held_by_noop(ctx):
     for src in sources:
         n = len(re.findall(r"refused smtp from %s\b" % re.escape(src), log))
         check(n <= 1, "%d refusal lines for %s within a minute" % (n, src))
+
+
+@test(limit=60)
+def anvil_slots_held_in_transaction(ctx):
+    # the same holders, each inside a mail transaction (MAIL, then an unknown RCPT every second):
+    # between MAIL and DATA a session has had nothing acknowledged, so it still makes room
+    srv = ctx.server(server=dict(ANVIL_KEYS)).start()
+    after, ms, attempts, nheld = anvil_holders(ctx, srv, ["127.0.0.%d" % i for i in range(2, 9)], "127.0.0.9",
+                                              poke=anvil_rcpt)
+    print("#   %d holders in MAIL/RCPT; the real client: %s" % (nheld, "served %.0f ms after the holders were in place (attempt %d)" % (after, attempts) if after is not None else "421 for the whole test (%d attempts)" % attempts))
+    check(after is not None, "holders in a transaction kept every slot (%d attempts, %d holders)" % (attempts, nheld))
 
 
 @test(limit=60)

@@ -1217,6 +1217,24 @@ test_list_rate(void)
         snprintf(k, sizeof k, "10.%d.%d.1", i / 256, i % 256);
         ASSERT(list_rate_take(r, k, k, now + 3 * 3600000) == 0);
     }
+    /* a full table whose slot that empties first is the domain's own: the address and the
+     * domain still get a slot each (they once shared it, and the address went uncounted) */
+    {
+        uint64_t ka = list_rate_hash('a', "203.0.113.9"), kd = list_rate_hash('d', "busy.test");
+        int na = 0, nd = 0;
+        for (i = 0; i < MS_LIST_REQ_TRACK; i++) {
+            r[i].key = (uint64_t)i + 1;
+            r[i].tat = now + 3600000;
+        }
+        r[7].key = kd;
+        r[7].tat = now + 1000;
+        ASSERT(list_rate_take(r, "203.0.113.9", "busy.test", now) == 0);
+        for (i = 0; i < MS_LIST_REQ_TRACK; i++) {
+            na += r[i].key == ka;
+            nd += r[i].key == kd;
+        }
+        ASSERT(na == 1 && nd == 1 && r[7].key == kd);
+    }
 }
 
 /* ---- trust (issue 11): listflood unit tests go above this line ---- */
