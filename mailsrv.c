@@ -895,8 +895,7 @@ static void os_net_stop(void) { WSACleanup(); }
 
 /* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
  * time+pid generator made guessable list codes, DNS ids and salts): every caller fails
- * closed but pass_key_make (see there), and the server does not start without it
- * (mailsrv_listen). */
+ * closed, and the server does not start without it (mailsrv_listen). */
 static int
 os_random(void *buf, size_t n)
 {
@@ -1574,11 +1573,13 @@ struct pass_key { unsigned iter; size_t saltlen; unsigned char salt[64], dk[32];
 static void
 pass_key_make(const char *pass, unsigned iter, struct pass_key *k)
 {
+    /* A fixed salt: this key never leaves memory, where the plain-text
+     * password lies beside it, so a random one would protect nothing (and
+     * the generator is kept for what it does protect: os_random). */
+    static const char salt[16] = "mailsrv-in-mem.";
     k->iter = iter;
-    k->saltlen = 16;
-    /* The one caller that may go on without random bytes (zeros): this key
-     * never leaves memory, where the plain-text password lies beside it. */
-    os_random(k->salt, k->saltlen);
+    k->saltlen = sizeof salt;
+    memcpy(k->salt, salt, sizeof salt);
     pbkdf2_sha256(pass, k->salt, k->saltlen, iter, k->dk);
 }
 
