@@ -6631,6 +6631,8 @@ def anvil_connection_rate(ctx):
     log = srv.log_text()
     n = len(re.findall(r"refused (smtp|pop3) from 127\.0\.0\.2\b", log))
     check(n == 1, "%d refusal lines for 127.0.0.2 within the minute, expected 1" % n)
+    if RUN or SANLOG or SLACK != 1.0:
+        return  # the minute's end is checked in the native run: each other run would wait 60 s for it
     # after the minute: the summary line, and the client is served again
     wait_for(lambda: re.search(r"127\.0\.0\.2: 20 more refusals? in the last minute", srv.log_text()), 75,
              "the per-minute summary of refusals", 0.5)
