@@ -6399,19 +6399,24 @@ def anvil_fill(ctx, srv, sources, want, host="127.0.0.1", port=None):
     return held
 
 
-def anvil_noop(held):
-    """One NOOP on each holder; returns those still open (the others were closed by the server)."""
+def anvil_keep(held, step):
+    """step(c) on each holder (True: the server still answers it); returns those still open (the
+    others were closed by the server)."""
     alive = []
     for c in held:
         try:
-            code, _ = c.cmd("NOOP")
-            if code == 250:
+            if step(c):
                 alive.append(c)
                 continue
         except (OSError, TestFailure):
             pass
         c.close()
     return alive
+
+
+def anvil_noop(held):
+    """One NOOP on each holder."""
+    return anvil_keep(held, lambda c: c.cmd("NOOP")[0] == 250)
 
 
 def anvil_try(srv, source, host="127.0.0.1", deliver=True):
@@ -6436,20 +6441,13 @@ def anvil_try(srv, source, host="127.0.0.1", deliver=True):
 
 def anvil_rcpt(held):
     """Like anvil_noop, but each holder sits in a mail transaction: EHLO and MAIL once, then one RCPT
-    to an unknown mailbox (550) each time; no junk command. Returns those still open."""
-    alive = []
-    for c in held:
-        try:
-            if not getattr(c, "in_mail", False):
-                c.cmd("EHLO holder.test")
-                c.in_mail = c.cmd("MAIL FROM:<>")[0] == 250
-            if c.in_mail and c.cmd("RCPT TO:<nobody-%s@example.test>" % tok())[0] == 550:
-                alive.append(c)
-                continue
-        except (OSError, TestFailure):
-            pass
-        c.close()
-    return alive
+    to an unknown mailbox (550) each time; no junk command."""
+    def step(c):
+        if not getattr(c, "in_mail", False):
+            c.cmd("EHLO holder.test")
+            c.in_mail = c.cmd("MAIL FROM:<>")[0] == 250
+        return c.in_mail and c.cmd("RCPT TO:<nobody-%s@example.test>" % tok())[0] == 550
+    return anvil_keep(held, step)
 
 
 def anvil_holders(ctx, srv, sources, client, host="127.0.0.1", hold=12, keep=None, poke=anvil_noop):
