@@ -5324,7 +5324,7 @@ def mbox_second_writer_both_orders(ctx):
     check([g["uid"] for g in srv.fetch("alice@example.test")] == u2, "UIDLs changed across a restart")
 
 
-@test()
+@test(unix_only=True)  # dotlocks and fcntl locks are Unix conventions: wine's LockFileEx does not meet them
 def mbox_locked_by_other(ctx):
     """While another program holds the mbox's dotlock (dotlockfile, liblockfile-bin) or its fcntl lock,
     SMTP defers with 451 and POP3 login answers -ERR [IN-USE] (RFC 2449 8.1.1); after, both work."""
@@ -5902,7 +5902,7 @@ def fs_tree_state(path):
     return ("tree", out)
 
 
-@test(modes=BOTH, limit=60)
+@test(modes=BOTH, limit=60, unix_only=True)  # wine shows a Linux link to a file as the file, not a reparse point
 def fs_delivery_refuses_linked_mailbox(ctx, storage):
     """Delivery refuses a mailbox path that is a symbolic link anywhere under the spool: a DOMAIN
     folder, a Maildir folder or its new/cur/tmp, an mbox file or its journal (issue 11 finding 2).
@@ -7622,6 +7622,11 @@ def smtpfix_rcpt_path_length(ctx):
             c.expect("DATA", 354)
             c.send(dot_stuff(make_msg(t, to=addr)) + b".\r\n")
             code, text = c.reply()
+            if WINDOWS and code == 451:
+                # Windows' MAX_PATH (260) is shorter than SPOOL/DOMAIN/LOCAL here: refused with 451,
+                # which loses nothing (the sender keeps it); what matters is never 250 and then nothing
+                check(stored_tokens(srv, addr) == [], "451 for a %d-octet path, but stored" % n)
+                continue
             check(code == 250, "DATA to a %d-octet path: %s" % (n, short(text)))
             check(stored_tokens(srv, addr) == [t], "250 for a %d-octet path, but stored: %s"
                   % (n, stored_tokens(srv, addr)))
