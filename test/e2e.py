@@ -5867,7 +5867,9 @@ def fs_root_start_follows_no_link(ctx):
     t, _ = srv.deliver()
     check([g["token"] for g in srv.fetch("alice@example.test")] == [t], "delivery as nobody failed")
     # `mailsrv flush` and `reload`, run by root, create QUEUE/flush and QUEUE/reload: not through a
-    # link planted there (/etc/nologin...)
+    # link planted there (/etc/nologin...). The server is stopped first: running, it would take a
+    # FIFO planted at QUEUE/reload for a request and remove it before the command looks.
+    srv.stop()
     for cmd in ("flush", "reload"):
         standin = os.path.join(srv.dir, "nologin-standin-" + cmd)
         os.symlink(standin, os.path.join(srv.queue, cmd))
