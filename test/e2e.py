@@ -177,6 +177,13 @@ def need_real_time():
         raise Skip("timing is only measured natively, without valgrind/sanitizers/emulators", "timing")
 
 
+def need_native(why):
+    """Skips a test that needs the server to run as a native process (traced with strace, say):
+    expected under an emulator, wine or valgrind (--run), not otherwise."""
+    if RUN:
+        raise Skip("%s: only with a native server, not under %s" % (why, os.path.basename(RUN[0])), "native")
+
+
 def need_root():
     """Skips a test that only means something as root (CI runs as root: there the skip is not
     expected, and fails the run)."""
@@ -741,10 +748,11 @@ SKIPPED = []  # tests that do not apply to this platform (or build)
 SKIP_WHY = {}  # test name -> reason, when it is not "not on this platform"
 SKIP_KIND = {}  # test name -> why the skip is expected (one of EXPECTED_SKIPS), or None
 # Skips that are expected where they happen: timing measured only natively; root-only tests run as
-# a user; Unix-only tests on Windows; TLS tests in the build without TLS. Any other skip (a missing
+# a user; Unix-only tests on Windows; TLS tests in the build without TLS; tests that need a native
+# server process under an emulator, wine or valgrind. Any other skip (a missing
 # peer program, no IPv6, a tmpfs that cannot be mounted) means the run proved less than it says:
 # under CI (CI=true) it counts as a failure.
-EXPECTED_SKIPS = ("timing", "root", "windows", "notls")
+EXPECTED_SKIPS = ("timing", "root", "windows", "notls", "native")
 TLS_TESTS = set()  # tests skipped when the binary has no TLS (`mailsrv -V` says "TLS: no")
 BOTH = ("maildir", "mbox")
 
