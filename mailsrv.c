@@ -7847,7 +7847,7 @@ list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_sta
 static int
 list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st)
 {
-    char dir[1200], path[1300], parent[1200];
+    char dir[1200], path[1300], dom[1200], lists[1200];
     struct buf b = {0};
     int64_t now;
     long usec;
@@ -7857,9 +7857,9 @@ list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_sta
         if (now - st->p[i].time < MS_LIST_TOKEN_TTL) st->p[j++] = st->p[i];
     st->np = j;
     if (list_state_path(cfg, l, dir, sizeof dir, path, sizeof path) != 0) return -1;
-    if (ms_fmt(parent, sizeof parent, "%s/%s", cfg->spool, l->domain) < 0 || store_mkdir(parent, cfg->spool) != 0 ||
-        ms_fmt(parent, sizeof parent, "%s/%s/.lists", cfg->spool, l->domain) < 0 || store_mkdir(parent, parent) != 0 ||
-        store_mkdir(dir, parent) != 0)
+    /* each new folder is made durable in its parent: DOMAIN in SPOOL, .lists in DOMAIN, NAME in .lists */
+    if (ms_fmt(dom, sizeof dom, "%s/%s", cfg->spool, l->domain) < 0 || store_mkdir(dom, cfg->spool) != 0 ||
+        ms_fmt(lists, sizeof lists, "%s/.lists", dom) < 0 || store_mkdir(lists, dom) != 0 || store_mkdir(dir, lists) != 0)
         return -1;
     list_state_text(st, &b);
     if (os_write_file_atomic(path, b.p, b.len) == 0 && os_fsync_dir(dir) == 0) r = 0;

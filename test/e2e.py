@@ -561,6 +561,7 @@ class Server:
         self.queue = os.path.join(self.dir, "queue")
         self.proc = None
         self.env = None  # the server's environment (None: ours)
+        self.wrap = []  # a command put before RUN and the binary (the strace tests)
         self.write_ini()
 
     def ini_text(self):
@@ -591,7 +592,7 @@ class Server:
     def start(self, args=(), wait=True, cwd=None):
         logf = open(self.log, "ab")
         try:
-            self.proc = subprocess.Popen(RUN + [BIN, "-c", self.ini] + list(args), stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(self.wrap + RUN + [BIN, "-c", self.ini] + list(args), stdin=subprocess.DEVNULL,
                                          stdout=logf, stderr=logf, cwd=cwd or self.dir, env=self.env)
         finally:
             logf.close()
@@ -7687,6 +7688,180 @@ def smtpfix_rcpt_path_length(ctx):
         c.expect("RCPT TO:<%s>" % addr, 501, "5.1.3")
 
 # end of section: smtpfix
+
+
+# =============================================================================================
+# durability: the fsyncs behind a 250 to DATA, seen in the server's system calls (issue 12: 1)
+# (section: durability)
+# A kill -9 test cannot see a missing fsync (the page cache outlives the process) and the fault
+# tests only make fsync fail. These run the server under strace and check the order that makes a
+# 250 a promise: the message's file fsynced after its last write, and each folder that got a new
+# entry on the way to it (link, rename, create, mkdir) fsynced after that entry, before the 250.
+
+STRACE_CALLS = ("?open,openat,?mkdir,mkdirat,?link,linkat,?rename,renameat,renameat2,write,pwrite64,writev,sendto,"
+                "fsync,fdatasync,close,?accept,accept4,dup,?dup2,dup3")  # ?: a call this machine lacks (arm64: open)
+
+
+def strace_start(srv):
+    """Starts srv under strace; returns the trace file. strace -D runs as a detached grandchild: the
+    server keeps its PID, signals and exit status, and a SIGKILL to it ends the trace too."""
+    if RUN or SANLOG:  # the emulator or valgrind would be traced, not mailsrv; LSan refuses ptrace
+        raise Skip("strace traces the native binary only")
+    trace = os.path.join(srv.dir, "strace.out")
+    srv.wrap = [need_program("strace", "strace"), "-D", "-f", "-tt", "-e", "trace=" + STRACE_CALLS, "-o", trace]
+    srv.start()
+    return trace
+
+
+def strace_stop(srv, trace):
+    """Stops srv; its trace once strace has written the end."""
+    rc, killed = srv.stop()
+    check(not killed and rc == 0, "SIGTERM: exit status %s%s" % (rc, " (had to SIGKILL)" if killed else ""))
+
+    def ended():
+        with open(trace) as f:
+            text = f.read()
+        return "+++ exited with" in text and text
+    return wait_for(ended, 10, "the end of the trace")
+
+
+STRACE_LINE = re.compile(r"^\d+ +[\d:.]+ (\w+)\((.*)\) += (-?\d+)")  # PID TIME call(args) = result
+STRACE_STR = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+class FsyncOrder:
+    """The trace up to the nth 250 the server wrote to a client after a 354 (the answer to a final
+    dot). Writes and fsyncs count per file, not per name (a link or rename names a file again):
+    self.ino numbers the files."""
+
+    def __init__(self, text, cwd, nth=1):
+        self.ino, self.created, self.last = {}, {}, 0  # path -> inode; path -> line where its folder got the entry
+        self.written, self.synced = {}, {}  # inode -> line of its last write, of its last fsync
+        fds, after354, self.at = {}, set(), None  # fd -> inode or "socket"; sockets that sent a 354
+        for n, line in enumerate(text.splitlines(), 1):
+            m = STRACE_LINE.match(line)  # (a call split by another process's would be missed: a failure)
+            if not m or int(m.group(3)) < 0:
+                continue
+            call, args, ret = m.group(1), m.group(2), int(m.group(3))
+            paths = [os.path.normpath(os.path.join(cwd, s)) for s in STRACE_STR.findall(args)]
+            fd = int(args.split(",")[0]) if args[:1].isdigit() else None
+            if call in ("open", "openat"):
+                if "O_CREAT" in args and paths[0] not in self.ino:
+                    self.created[paths[0]] = n
+                fds[ret] = self.inode(paths[0])
+            elif call in ("mkdir", "mkdirat"):
+                self.created[paths[0]] = n
+                self.inode(paths[0], new=True)
+            elif call in ("link", "linkat", "rename", "renameat", "renameat2"):
+                self.ino[paths[1]] = self.inode(paths[0])
+                self.created[paths[1]] = n
+                if call.startswith("rename"):
+                    del self.ino[paths[0]]
+            elif call in ("accept", "accept4"):
+                fds[ret] = "socket"
+            elif call.startswith("dup"):
+                fds[ret] = fds.get(fd)
+            elif call == "close":
+                fds.pop(fd, None)
+                after354.discard(fd)
+            elif call in ("fsync", "fdatasync"):
+                self.synced[fds.get(fd)] = n
+            elif fds.get(fd) == "socket":  # write, sendto, writev: a reply
+                if fd in after354 and '"250 ' in args:
+                    nth -= 1
+                    if nth == 0:
+                        self.at = n
+                        return
+                after354.discard(fd)
+                if '"354 ' in args:
+                    after354.add(fd)
+            elif fd in fds:
+                self.written[fds[fd]] = n
+
+    def inode(self, path, new=False):
+        """path's inode: a new one for a path not seen yet, or made again (mkdir)."""
+        if new or path not in self.ino:
+            self.last += 1
+            self.ino[path] = self.last
+        return self.ino[path]
+
+    def problems(self, path):
+        """What the trace says is not durable about path when the 250 was sent."""
+        if self.at is None:
+            return ["the trace has no 250 after a 354"]
+        i = self.ino.get(path)
+        if i is None or path not in self.created:
+            return ["%s: never created in the trace" % path]
+        out = []
+        if i not in self.written:
+            out.append("%s: the trace shows no write of its text" % path)
+        elif self.synced.get(i, 0) < self.written[i]:
+            out.append("%s: its last write (line %d) was not fsynced" % (path, self.written[i]))
+        while path in self.created:  # the new entry, and the folders made for it
+            folder = os.path.dirname(path)
+            if self.synced.get(self.ino.get(folder, -1), 0) < self.created[path]:  # -1: not an fd's (None)
+                out.append("folder %s: not fsynced after %s appeared in it (line %d)"
+                           % (folder, os.path.basename(path), self.created[path]))
+            path = folder
+        return out
+
+
+def check_durable(text, srv, paths, nths=(1,)):
+    """paths were durable at the nth 250 to a final dot, for each n in nths."""
+    bad = []
+    for nth in nths:
+        order = FsyncOrder(text, srv.dir, nth)
+        found = list(dict.fromkeys(p for path in paths for p in order.problems(path)))  # folders shared by paths once
+        if found:
+            bad.append("the 250 #%d (trace line %s): %s" % (nth, order.at, "; ".join(found)))
+    check(not bad, ("not durable before " + " | ".join(bad)).replace(srv.dir + "/", "").replace(srv.dir, "."))
+
+
+@test(modes=BOTH, unix_only=True)
+def durability_delivery_fsynced_before_250(ctx, storage):
+    """(a) Maildir: the .tmp file fsynced, linked into new/, new/ fsynced (and the Maildir's folders
+    made on the way); (b) mbox: the mbox fsynced after the append, its folder after creating it."""
+    srv = ctx.server(storage=storage)
+    trace = strace_start(srv)
+    code, text = srv.smtp().send_mail(SENDER, ["alice@example.test"], make_msg(tok()))
+    check(code == 250, "final dot: %s" % text)
+    text = strace_stop(srv, trace)
+    path = maildir_files(srv, "alice@example.test")[0] if storage == "maildir" else mbox_path(srv, "alice@example.test")
+    check_durable(text, srv, [path])
+
+
+@test(unix_only=True)
+def durability_queue_entry_fsynced_before_250(ctx):
+    """(c) A relayed message: QUEUE/ID.msg (linked from the fsynced .tmp file) and ID.env fsynced,
+    and the queue folder fsynced after both appeared (and its parent after creating it)."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server()
+    trace = strace_start(srv)
+    code, text = srv.smtp().send_mail(SENDER, ["user@remote.test"], make_msg(tok(), to="user@remote.test"))
+    check(code == 250 and "queued as " in text, "final dot: %s" % text)
+    qid = text.split("queued as ")[1].strip()
+    sink_wait(sink, 1, 10)  # the entry did its work
+    text = strace_stop(srv, trace)
+    check_durable(text, srv, [os.path.join(srv.queue, qid + ext) for ext in (".msg", ".env")])
+
+
+@test(unix_only=True)
+def durability_list_state_fsynced_before_250(ctx):
+    """(d) The list state file (written to a temporary file, fsynced, renamed) and its folder
+    fsynced after the rename, before the 250: for the subscribe request (the first one also makes
+    SPOOL/DOMAIN/.lists/NAME) and for its confirmation."""
+    srv = ctx.server(sections={"list " + LIST: {"owner": "alice@example.test", "post": "members"}})
+    trace = strace_start(srv)
+    check(list_req(srv, "carol@example.test", "subscribe") == {}, "subscribe request refused")
+    check(confirm(srv, "carol@example.test", local_confirmation(srv, "carol@example.test")) == {}, "confirmation refused")
+    check(members(srv) == ["carol@example.test"], "members: %s" % members(srv))
+    text = strace_stop(srv, trace)
+    state = os.path.join(srv.spool, "example.test", ".lists", "news", "state")
+    check_durable(text, srv, [state], nths=(1, 2))
+
+# end of section: durability
 
 
 # =============================================================================================
