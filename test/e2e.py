@@ -5274,6 +5274,67 @@ fault_test("link", range(1, 20), {"maildir": 3, "mbox": 1})
 fault_test("malloc", range(1, 400), {"maildir": 72}, modes=("maildir",))
 
 
+def fault_bounce(ctx, op, ns, storage, least):
+    """Issue 12.2: alice relays to a sink that answers 550 for good; the Nth `op` fails (during the
+    submission or while the bounce is written). 4xx: nothing anywhere. 250: after a restart without
+    the fault, alice has exactly one bounce, whole, and the queue is empty (the bounce was delivered
+    or the entry stayed to retry): nothing lost, no half bounce. Stops past the last call."""
+    outcomes = []
+    for n in ns:
+        net = Net(ctx)
+        net.domain("remote.test")
+        sink = net.sink(rcpt_reply="550 5.1.1 no such user")
+        srv = net.server(storage=storage)
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+        try:
+            srv.start()
+        except TestFailure:
+            check(fault_fired(srv, op, n), "N=%d: died at start, but no fault fired: %s" % (n, short(srv.log_text(), 300)))
+            outcomes.append((n, "died at start"))
+            continue
+        t = tok()
+        msg = make_msg(t, to="nobody@remote.test", sender="alice@example.test")
+        code = fault_smtp(srv, ["nobody@remote.test"], msg, sender="alice@example.test")
+        check(code == 250 or 400 <= code < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, code, op))
+        if code == 250:  # the attempt, then the bounce (or its fault)
+            wait_for(lambda: re.search(r"bounced \S+ to=<nobody@remote\.test>", srv.log_text()) or fault_fired(srv, op, n),
+                     10, "N=%d: the 550, or the fault" % n)
+        srv.stop()
+        hit = fault_fired(srv, op, n)
+        check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
+        srv.env = None
+        srv.start()
+        if code == 250:
+            wait_for(lambda: bounces(srv, "alice@example.test"), 20, "N=%d: after 250, a bounce in alice's mailbox" % n)
+        wait_queue_empty(srv, 20)
+        got = srv.fetch("alice@example.test")
+        if code == 250:
+            check(len(got) == 1, "N=%d: alice has %d messages, expected one bounce" % (n, len(got)))
+            check_dsn(got[0]["data"], {"nobody@remote.test": "5.1.1"}, t, diag="550 5.1.1 no such user")
+            check(("X-Test-Token: %s" % t).encode() in got[0]["data"], "N=%d: the bounce lacks the returned headers" % n)
+        else:
+            check(got == [], "N=%d: reply %d but alice has %d messages" % (n, code, len(got)))
+        check(sink.messages == [], "N=%d: DATA sent with no accepted recipient" % n)
+        srv.stop()
+        outcomes.append((n, code if hit else "%s, no fault" % code))
+        if not hit:
+            check(code == 250, "N=%d: no fault fired (past the last %s) but the reply was %s" % (n, op, code))
+            break
+    else:
+        raise TestFailure("every round up to N=%d fired a %s fault: raise the range" % (ns[-1], op))
+    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
+          % (len(outcomes) - 1, op, least, outcomes))
+    print("#   bounce, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+for _op, _least in (("write", {"maildir": 4, "mbox": 8}), ("fsync", {"maildir": 14, "mbox": 14}),
+                    ("link", {"maildir": 3, "mbox": 1})):  # a bounce calls no rename
+    for _m in BOTH:
+        _name = "fault_bounce_%s[%s]" % (_op, _m)
+        TESTS.append((_name, (lambda op, least: lambda ctx, storage: fault_bounce(ctx, op, range(1, 60), storage, least[storage]))(_op, _least),
+                      {"storage": _m}, 300))
+        FAULT_TESTS.add(_name)
+
 
 # =============================================================================================
 # trust: mbox shared with other programs (MUAs, Dovecot, other MDAs), deletion on a full disk, UIDLs (issue 11: 1, 9, 13b)
