@@ -5327,6 +5327,57 @@ def fault_bounce(ctx, op, ns, storage, least):
     print("#   bounce, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
 
 
+def fault_list_confirm(ctx, op, ns, least):
+    """Issue 12.2: bob confirms his subscription to a server whose Nth `op` fails. Afterwards (restarted
+    without the fault) the list state is the old (bob's request still open, not a member) or the new
+    (bob a member), never broken; 250 means the new, the old means the client got 4xx."""
+    outcomes = []
+    bob = "bob@example.test"
+    for n in ns:
+        srv = list_server(ctx, post="anyone")
+        check(list_req(srv, bob, "subscribe") == {}, "N=%d: subscribe refused" % n)
+        code = local_confirmation(srv, bob)
+        srv.stop()
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+        try:
+            srv.start()
+        except TestFailure:
+            check(fault_fired(srv, op, n), "N=%d: died at start, but no fault fired: %s" % (n, short(srv.log_text(), 300)))
+            outcomes.append((n, "died at start"))
+            continue
+        msg = ("From: <%s>\r\nTo: <news-confirm-%s@example.test>\r\nSubject: Re: Confirm\r\nMessage-ID: <%s@client.test>"
+               "\r\n\r\nyes\r\n" % (bob, code, tok())).encode()
+        r = fault_smtp(srv, ["news-confirm-%s@example.test" % code], msg, sender=bob)
+        check(r == 250 or 400 <= r < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, r, op))
+        srv.stop()
+        hit = fault_fired(srv, op, n)
+        check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
+        srv.env = None
+        srv.start()
+        out = list_cli(srv, LIST)
+        m = members(srv)
+        old = m == [] and "open request: subscribe %s" % bob in out
+        check(old or (m == [bob] and "open request" not in out), "N=%d: the list state is broken: %s" % (n, short(out, 300)))
+        check(r != 250 or not old, "N=%d: 250 but bob is no member: %s" % (n, short(out, 300)))
+        check(not old or r != 250, "N=%d: the old state but the reply was %d" % (n, r))
+        srv.stop()
+        outcomes.append((n, "%s, %s%s" % (r, "old" if old else "new", "" if hit else ", no fault")))
+        if not hit:
+            check(r == 250, "N=%d: no fault fired (past the last %s) but the reply was %s" % (n, op, r))
+            break
+    else:
+        raise TestFailure("every round up to N=%d fired a %s fault: raise the range" % (ns[-1], op))
+    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
+          % (len(outcomes) - 1, op, least, outcomes))
+    print("#   list confirm, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
+for _op, _least in (("write", 4), ("fsync", 5), ("rename", 1), ("link", 1)):  # least: the calls a confirmation is known to make
+    _name = "fault_list_confirm_%s" % _op
+    TESTS.append((_name, (lambda op, least: lambda ctx: fault_list_confirm(ctx, op, range(1, 80), least))(_op, _least), {}, 300))
+    FAULT_TESTS.add(_name)
+
+
 for _op, _least in (("write", {"maildir": 4, "mbox": 8}), ("fsync", {"maildir": 14, "mbox": 14}),
                     ("link", {"maildir": 3, "mbox": 1})):  # a bounce calls no rename
     for _m in BOTH:
