@@ -7527,10 +7527,11 @@ relay_status(const char *err, char *out, size_t n)
 }
 
 /* One RFC 3464 report for the recipients refused in this round (result 5),
- * to the original sender; never for a message whose sender was <>. */
+ * to the original sender; never for a message whose sender was <>.
+ * -1: the report could not be stored (the caller keeps the entry to retry). */
 static int list_relay_bounce(struct mailsrv *ms, struct qentry *e);
 
-static void
+static int
 relay_bounce(struct mailsrv *ms, struct qentry *e)
 {
     const struct ms_config *cfg = ms->cfg;
@@ -7540,18 +7541,19 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
     char date[64], arrival[64], status[16];
     const char *err = NULL;
     int i;
-    if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return; }
-    if (list_relay_bounce(ms, e)) return;
+    int rc = 0;
+    if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return 0; }
+    if (list_relay_bounce(ms, e)) return 0;
     if (addr_targets(cfg, e->from, &t) != RES_OK || t.n == 0) {
         ms_log(ms, "no bounce for %s: the sender <%s> cannot receive mail", e->id, e->from);
         targets_free(&t);
-        return;
+        return 0;
     }
     memset(&m, 0, sizeof m);
     if (msg_open(ms, &m) != 0) {
         ms_log(ms, "cannot write a bounce for %s: %s", e->id, strerror(errno));
         targets_free(&t);
-        return;
+        return -1;
     }
     ms_rfc5322_date(date, sizeof date, m.when);
     ms_rfc5322_date(arrival, sizeof arrival, (time_t)e->arrived);
@@ -7584,12 +7586,14 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
     queue_add_headers(ms->qdir, e->id, &b);
     buf_printf(&b, "\n--%s/%s--\n", m.id, cfg->hostname);
     msg_write(&m, b.p, b.len);
-    if (msg_inject(ms, &m, &t, &err) != 0)
+    if (msg_inject(ms, &m, &t, &err) != 0) {
         ms_log(ms, "cannot store the bounce for %s: %s (%s)", e->id, err ? err : "write error", strerror(errno));
-    else
+        rc = -1;
+    } else
         ms_log(ms, "bounce for %s sent to <%s> as %s", e->id, e->from, m.id);
     buf_free(&b);
     targets_free(&t);
+    return rc;
 }
 
 static void
@@ -7636,10 +7640,13 @@ relay_finish(struct mailsrv *ms, struct qentry *e)
         refused += pending;
         pending = 0;
     }
-    if (refused) relay_bounce(ms, e);
+    if (refused && relay_bounce(ms, e) != 0) { /* no report stored: the refused stay to be tried (and reported) again */
+        pending += refused;
+        refused = 0;
+    }
     for (i = 0; i < e->nr; i++) {
         struct qrcpt *r = &e->r[i];
-        if (r->state == Q_PENDING && r->result == 5) {
+        if (r->state == Q_PENDING && r->result == 5 && refused) {
             r->state = Q_BOUNCED;
             ms_log(ms, "bounced %s to=<%s>: %s", e->id, r->addr, r->error);
         }
