@@ -1388,9 +1388,14 @@ def helo_and_lowercase_commands(ctx):
 def vrfy_252(ctx):
     srv = ctx.server().start()
     c = srv.smtp()
-    t1 = c.expect("VRFY alice", 252)
-    t2 = c.expect("VRFY nosuchuser@example.test", 252)
-    check("alice@example.test" not in t1, "VRFY reveals the mailbox: %s" % short(t1))
+    # README (Protocols): "VRFY (always 252)": it never tells a mailbox from a non-mailbox (RFC 5321
+    # 7.3): the whole reply to a known user is the one to an unknown user, bare name or full address
+    for known, unknown in (("alice", "nosuchuser"), ("alice@example.test", "nosuchuser@example.test"),
+                           ("<bob@example.test>", "<nobody@example.test>")):
+        t1 = c.expect("VRFY " + known, 252)
+        t2 = c.expect("VRFY " + unknown, 252)
+        check(t1 == t2, "VRFY %s and VRFY %s differ: %r vs %r (a mailbox is disclosed)" % (known, unknown, t1, t2))
+        check("alice" not in t1 and "bob" not in t1, "VRFY reveals the mailbox: %s" % short(t1))
 
 
 @test()
