@@ -971,14 +971,59 @@ def spool_relative_to_ini(ctx):
     check(not os.path.exists(os.path.join(other, "spool")), "spool created relative to the working directory")
 
 
-@test()
+def log_match(srv, pattern, what):
+    """The one log line that pattern matches whole (after the UTC time stamp), as a match object."""
+    got = [m for m in (re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ " + pattern, l)
+                       for l in srv.log_text().splitlines()) if m]
+    check(len(got) == 1, "%d log lines match %s for %s; log: %s" % (len(got), pattern, what, short(srv.log_text(), 3000)))
+    return got[0]
+
+
+@test(limit=60)
 def log_lines(ctx):
-    srv = ctx.server().start()
-    srv.deliver()
-    srv.fetch("alice@example.test")
-    wait_for(lambda: "127.0.0.1" in srv.log_text(), 3, "a log line with the client address 127.0.0.1")
-    lines = [l for l in srv.log_text().splitlines() if l.strip()]
-    check(len(lines) >= 3, "only %d log lines after SMTP+POP3 sessions: %s" % (len(lines), short(lines)))
+    """The main log lines, field by field: session id, client address, message id, from, to, size,
+    the remote reply; each as the one line matching an exact regex."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_replies={"later@remote.test": "451 4.2.0 try later", "gone@remote.test": "550 5.1.1 no such user"})
+    srv = net.server(relay={"retry": "1h"}).start()  # one attempt: one deferred line
+    # delivery: connect and delivered lines of one session, the id of its 250, the stored size
+    c = srv.smtp()
+    t = tok()
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(t))
+    check(code == 250, "delivery: %s" % text)
+    mid = text.rsplit(" ", 1)[1]
+    c.expect("QUIT", 221)
+    size = len(srv.fetch("alice@example.test")[0]["data"].replace(b"\r\n", b"\n"))  # stored with LF line ends
+    sid = log_match(srv, r"\[s(\d+)\] delivered %s from=<%s> to=<alice@example\.test> size=%d" % (re.escape(mid),
+                    re.escape(SENDER), size), "the delivery").group(1)
+    log_match(srv, r"\[s%s\] connect smtp from 127\.0\.0\.1" % sid, "the delivery's session")
+    # an auth failure names the client and the user
+    c = srv.smtp()
+    c.expect("AUTH PLAIN " + plain("bob@example.test", "wrong"), 535)
+    c.expect("QUIT", 221)
+    log_match(srv, r"\[s\d+\] auth failed from 127\.0\.0\.1 user=<bob@example\.test> failures=1 delay=\d+ms", "the failure")
+    # a refused message names its sender and the reason
+    c = srv.smtp()
+    code, text = c.send_mail("big@client.test", ["alice@example.test"], make_msg(tok(), body=("y" * 998 + "\r\n") * 110))
+    check(code == 552, "oversize: %s" % text)
+    c.expect("QUIT", 221)
+    log_match(srv, r"\[s\d+\] message refused from=<big@client\.test> \(too big\)", "the refusal")
+    # relay: one recipient accepted, one deferred (451), one bounced (550) by the remote server
+    c = srv.smtp()
+    code, text = c.send_mail("alice@example.test", ["ok@remote.test", "later@remote.test", "gone@remote.test"],
+                             make_msg(tok(), to="ok@remote.test", sender="alice@example.test"))
+    check(code == 250, "relay: %s" % text)
+    qid = text.rsplit(" ", 1)[1]
+    c.expect("QUIT", 221)
+    for r in ("ok", "later", "gone"):
+        log_match(srv, r"\[s\d+\] queued %s from=<alice@example\.test> to=<%s@remote\.test> size=\d+" % (re.escape(qid), r),
+                  "queued for " + r)
+    wait_for(lambda: "bounced " in srv.log_text() and "deferred " in srv.log_text(), 15, "the relay's results")
+    hop = r"mx\.remote\.test\[127\.0\.0\.2\]:%d" % net.port
+    log_match(srv, r"\[o\d+\] relayed %s to=<ok@remote\.test> via %s: 250 .* tls=no" % (re.escape(qid), hop), "relayed")
+    log_match(srv, r"\[o\d+\] deferred %s to=<later@remote\.test>: .*451 4\.2\.0 try later.*" % re.escape(qid), "deferred")
+    log_match(srv, r"bounced %s to=<gone@remote\.test>: .*550 5\.1\.1 no such user.*" % re.escape(qid), "bounced")
 
 
 @test()
