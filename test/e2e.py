@@ -4687,11 +4687,21 @@ def posts(srv, addr):
     return [g["data"] for g in srv.fetch(addr) if b"X-Mailsrv-Seq:" in g["data"]]
 
 
-def check_list_headers(data, what):
+def list_state_text(srv):
+    with open(os.path.join(srv.spool, "example.test", ".lists", "news", "state")) as f:
+        return f.read()
+
+
+def check_list_headers(data, what, post_to="<mailto:news@example.test>"):
+    """Every header README "Posts" promises, once each, with its exact value."""
+    head = data.replace(b"\r\n", b"\n").partition(b"\n\n")[0].decode("latin-1")
     for name, want in (("List-Id", "<news.example.test>"), ("List-Unsubscribe", "<mailto:news-unsubscribe@example.test>"),
-                       ("List-Post", "<mailto:news@example.test>"), ("List-Help", "<mailto:news-help@example.test>"),
-                       ("List-Subscribe", "<mailto:news-subscribe@example.test>")):
+                       ("List-Post", post_to), ("List-Help", "<mailto:news-help@example.test>"),
+                       ("List-Subscribe", "<mailto:news-subscribe@example.test>"),
+                       ("List-Owner", "<mailto:news-owner@example.test>"), ("Precedence", "list")):
         check(header(data, name) == want, "%s: %s is %s, expected %s" % (what, name, header(data, name), want))
+        n = len(re.findall(r"(?im)^%s:" % re.escape(name), head))
+        check(n == 1, "%s: %d %s: lines, expected one" % (what, n, name))
     check(header(data, "List-Unsubscribe-Post") is None, "%s: has List-Unsubscribe-Post (RFC 8058 needs HTTPS)" % what)
     check(b"To unsubscribe, send a message to news-unsubscribe@example.test" in data, "%s: no footer: %s" % (what, short(data, 600)))
 
@@ -4702,7 +4712,9 @@ def list_subscribe_confirm_post(ctx, storage):
     net.domain("remote.test")
     sink = net.sink()
     srv = list_server(ctx, net, storage=storage)
+    t_req = time.time()
     check(list_req(srv, "bob@example.test", "subscribe", "req-bob@client.test") == {}, "subscribe refused")
+    t_req = (t_req, time.time())
     conf = wait_for(lambda: [g["data"] for g in srv.fetch("bob@example.test")], 10, "the confirmation for bob")
     check(len(conf) == 1, "bob got %d messages, expected one confirmation" % len(conf))
     check(header(conf[0], "Auto-Submitted") == "auto-replied", "confirmation Auto-Submitted: %s" % header(conf[0], "Auto-Submitted"))
@@ -4710,20 +4722,67 @@ def list_subscribe_confirm_post(ctx, storage):
     code = confirmations(conf)[0]
     check(re.fullmatch(r"[0-9a-f]{24}", code), "code %r is not 24 hex digits" % code)
     check(members(srv) == [], "bob is a member before confirming: %s" % members(srv))
-    # bob replies to the confirmation (to its Reply-To), as a mail client does
-    check(confirm(srv, "bob@example.test", code, "conf-bob@client.test") == {}, "confirmation refused")
+    # bob replies to the confirmation (to its Reply-To), as a mail client does, from another
+    # address (127.0.0.2) than his request's, so that the two IPs kept are told apart
+    t_conf = time.time()
+    msg = ("From: <bob@example.test>\r\nTo: <news-confirm-%s@example.test>\r\nSubject: Re: Confirm\r\n"
+           "Message-ID: <conf-bob@client.test>\r\n\r\nyes\r\n" % code).encode()
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(10),
+                      source_address=("127.0.0.2", 0)) as s:
+        check(s.sendmail("bob@example.test", ["news-confirm-%s@example.test" % code], msg) == {}, "confirmation refused")
+    t_conf = (t_conf, time.time())
     # a remote subscriber confirms through the relay
-    check(list_req(srv, "ann@remote.test", "subscribe") == {}, "remote subscribe refused")
+    check(list_req(srv, "ann@remote.test", "subscribe", "req-ann@remote.test") == {}, "remote subscribe refused")
     m = sink_wait(sink, 1, 10, "confirmation at the sink")[0]
     check(m["mail_from"] == "news-bounces@example.test", "confirmation MAIL FROM %s" % m["mail_from"])
-    check(confirm(srv, "ann@remote.test", confirmations([m["data"]])[0]) == {}, "remote confirmation refused")
+    check(confirm(srv, "ann@remote.test", confirmations([m["data"]])[0], "conf-ann@remote.test") == {},
+          "remote confirmation refused")
     check(members(srv) == ["ann@remote.test", "bob@example.test"], "members: %s" % members(srv))
+    # README "Proof of consent": when and from which IP the request and the confirmation came, with
+    # both Message-IDs, field by field: the state file's member line, then what `list` prints of it
+    recs = {}
+    for line in list_state_text(srv).splitlines():
+        if line.startswith("member "):
+            f = line.split(" ")
+            check(len(f) == 10, "member line with %d fields: %r" % (len(f), line))
+            recs[f[1]] = f[2:]
+    check(sorted(recs) == ["ann@remote.test", "bob@example.test"], "member lines for %s" % sorted(recs))
+    req_t, req_ip, req_id, conf_t, conf_ip, conf_id, nb, lastb = recs["bob@example.test"]
+    check(int(t_req[0]) <= int(req_t) <= t_req[1], "request time %s outside %s" % (req_t, t_req))
+    check(int(t_conf[0]) <= int(conf_t) <= t_conf[1], "confirmation time %s outside %s" % (conf_t, t_conf))
+    check((req_ip, req_id, conf_ip, conf_id, nb, lastb) ==
+          ("127.0.0.1", "<req-bob@client.test>", "127.0.0.2", "<conf-bob@client.test>", "0", "-1"),
+          "bob's consent record: %s" % recs["bob@example.test"])
+    check(recs["ann@remote.test"][1:3] + recs["ann@remote.test"][4:6] ==
+          ["127.0.0.1", "<req-ann@remote.test>", "127.0.0.1", "<conf-ann@remote.test>"],
+          "ann's consent record: %s" % recs["ann@remote.test"])
     out = list_cli(srv, LIST)
-    check("<req-bob@client.test>" in out and "<conf-bob@client.test>" in out and "[127.0.0.1]" in out,
-          "`list` lacks the proof of consent: %s" % out)
+
+    def utc(t):
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(int(t)))
+    want = ("news@example.test: 2 members, 0 posts\n" + "".join(
+        "%s\n  requested %s from [%s], message %s\n  confirmed %s from [%s], message %s\n"
+        % (a, utc(r[0]), r[1], r[2], utc(r[3]), r[4], r[5]) for a, r in sorted(recs.items())))
+    check(sorted(out.splitlines()) == sorted(want.splitlines()) and out.startswith(want.splitlines()[0]),
+          "`list` prints %r, expected %r" % (out, want))
     t, refused = post(srv, "bob@example.test", subject="first post")
     check(refused == {}, "member post refused: %s" % refused)
-    got = wait_for(lambda: posts(srv, "bob@example.test"), 10, "the post in bob's mailbox")[0]
+    # README "Storage": "A list post is stored for all members before the poster gets 250": right
+    # after the 250, with no waiting, bob's copy is in his mailbox and ann's is in the queue (or,
+    # when the relay was quicker, at the sink: the queue entry goes only after the sink's 250)
+    got = posts(srv, "bob@example.test")
+    check(len(got) == 1, "right after the 250 bob has %d copies of the post, expected 1" % len(got))
+    got = got[0]
+
+    def ann_copy():
+        for env in glob.glob(os.path.join(srv.queue, "*.env")):
+            try:
+                if "ann@remote.test" in read(env).decode() and b"X-Mailsrv-Seq: 1" in read(env[:-4] + ".msg"):
+                    return True
+            except OSError:
+                pass  # sent meanwhile: then the sink has it
+        return any("ann@remote.test" in x["rcpts"] and b"X-Mailsrv-Seq: 1" in x["data"] for x in list(sink.messages))
+    check(ann_copy(), "right after the 250 ann's copy is neither queued nor sent: %s" % queue_files(srv))
     check_list_headers(got, "local copy")
     check(header(got, "Subject") == "[news] first post", "Subject: %s" % header(got, "Subject"))
     check(header(got, "Reply-To") == "<news@example.test>", "Reply-To: %s" % header(got, "Reply-To"))
