@@ -4812,9 +4812,21 @@ def list_unconfirmed_gets_nothing(ctx):
 @test()
 def list_attacker_cannot_subscribe_others(ctx):
     srv = list_server(ctx)
-    # the envelope sender is who gets asked: a forged From: header does not matter
+    # README: the code goes "to the address that asked (the envelope sender)": with From: bob and
+    # envelope sender carol, carol gets exactly one confirmation, naming her, and bob gets nothing
     msg = b"From: <bob@example.test>\r\nSubject: subscribe\r\n\r\nsubscribe me\r\n"
+    check(srv.send(["news-subscribe@example.test"], msg, sender="carol@example.test") == {}, "refused")
+    got = [g["data"] for g in srv.fetch("carol@example.test")]  # stored before the 250: no waiting
+    check(len(got) == 1 and len(confirmations(got)) == 1, "carol (the envelope sender) got %s" % [short(d, 300) for d in got])
+    check(header(got[0], "To") == "<carol@example.test>" and b"<carol@example.test>" in got[0]
+          and b"bob@" not in got[0], "the confirmation names the wrong address: %s" % short(got[0], 600))
+    check(srv.fetch("bob@example.test") == [], "bob (the From: address) got mail: %s"
+          % [short(g["data"], 300) for g in srv.fetch("bob@example.test")])
+    check("pending %s subscribe carol@example.test " % confirmations(got)[0] in list_state_text(srv),
+          "the open request is not carol's: %s" % list_state_text(srv))
+    # the same with a remote envelope sender (no route: its copy stays queued): nothing to bob
     check(srv.send(["news-subscribe@example.test"], msg, sender="mallory@client.test") == {}, "refused")
+    check(srv.fetch("bob@example.test") == [], "a code for mallory went to bob")
     # with a forged envelope sender the code goes to the victim, whom the attacker cannot read
     check(list_req(srv, "bob@example.test", "subscribe") == {}, "refused")
     local_confirmation(srv, "bob@example.test")
@@ -4825,6 +4837,8 @@ def list_attacker_cannot_subscribe_others(ctx):
     check(members(srv) == [], "someone got subscribed: %s" % members(srv))
     # the requests to the victim went nowhere else
     check(all(b"bob@example.test" in d for d in (g["data"] for g in srv.fetch("bob@example.test"))), "bob's mail")
+    check(len(srv.fetch("bob@example.test")) == 1, "bob got %d messages, expected his own one" % len(srv.fetch("bob@example.test")))
+    check(len(srv.fetch("carol@example.test")) == 1, "carol got more than her one confirmation")
     check(confirmations(g["data"] for g in srv.fetch("alice@example.test")) == [], "a code went to alice")
 
 
@@ -4893,6 +4907,37 @@ def list_post_permissions(ctx):
     check(refused == {}, "owner refused: %s" % refused)
     got = wait_for(lambda: [p for p in posts(srv, "bob@example.test") if b"announce" in p], 10, "the announcement")[0]
     check(header(got, "List-Post") == "NO", "announcement List-Post: %s (RFC 2369 3.4: NO)" % header(got, "List-Post"))
+    check_list_headers(got, "announcement", post_to="NO")
+    # from a client outside relay_networks (127.0.0.2; only 127.0.0.1 may relay): the local owner
+    # posts only after AUTH (README "Who may post"); a forged owner sender, a member, and a member
+    # logged in as himself all get 550 5.7.2 at RCPT
+    srv.keys["relay_networks"] = "127.0.0.1/32"
+    srv.write_ini()
+    srv.restart()
+    for sender, login in (("alice@example.test", None), ("bob@example.test", None), ("bob@example.test", "bob"),
+                          ("alice@example.test", "alice")):
+        c = ctx.track(Smtp(srv.smtp_port, source="127.0.0.2"))
+        check(c.reply()[0] == 220, "greeting")
+        c.expect("EHLO client.test", 250)
+        if login:
+            addr = login + "@example.test"
+            c.expect("AUTH PLAIN " + plain(addr, PASSWORDS[addr]), 235)
+        c.expect("MAIL FROM:<%s>" % sender, 250)
+        code, text = c.cmd("RCPT TO:<%s>" % LIST)
+        if login != "alice":
+            check(code == 550 and text.startswith("550 5.7.2 "), "<%s>%s from 127.0.0.2 may post to an announcement list: %d %s"
+                  % (sender, " logged in" if login else "", code, text))
+            c.expect("QUIT", 221)
+            continue
+        check(code == 250, "the owner, logged in, from 127.0.0.2 was refused: %d %s" % (code, text))
+        t = tok()
+        c.expect("DATA", 354)
+        c.send(dot_stuff(make_msg(t, to=LIST, sender=sender, subject="from outside")) + b".\r\n")
+        code, text = c.reply()
+        check(code == 250, "the owner's post from 127.0.0.2: %d %s" % (code, text))
+        c.expect("QUIT", 221)
+        check(t in [header(p, "X-Test-Token") for p in posts(srv, "bob@example.test")],
+              "the owner's post from 127.0.0.2 is not at bob's after its 250")
 
 
 @test()
