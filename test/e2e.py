@@ -7650,6 +7650,114 @@ def smtpfix_rcpt_path_length(ctx):
 
 
 # =============================================================================================
+# claims: README promises that had no test (issue 12, point 8)
+# (section: claims)
+
+
+def claims_reload(srv):
+    """`mailsrv reload`: returns once the new file is in force (README, Command line)."""
+    r = run_cli(["-c", srv.ini, "reload"])
+    check(r.returncode == 0, "reload: exit %d, %s" % (r.returncode, short(r.stdout + r.stderr, 300)))
+
+
+@test(limit=60)
+def claims_reload_domains_aliases(ctx):
+    """README: "Domains, mailboxes, aliases ... change without dropping sessions" on a reload: a new alias
+    delivers, a removed alias is refused, a new domain is accepted."""
+    srv = ctx.server().start()
+    c = srv.smtp()  # a session that must survive the reload
+    check(srv.rcpt_code("team@example.test")[0] == 250, "test bug: team@ not an alias before the reload")
+    code, text = srv.rcpt_code("crew@example.test")
+    check(code == 550, "RCPT crew@ before the reload: %s" % short(text))
+    text = read(srv.ini).decode()
+    new = text.replace("team = alice, bob\n", "crew = bob\n", 1) + "\n[domain new.test]\nnina = Passw0rd9\n\n[alias new.test]\npostmaster = nina\n"
+    check("crew = bob" in new and "team =" not in new, "test bug: alias line not found")
+    srv.write_ini(new)
+    claims_reload(srv)
+    t, _ = srv.deliver("crew@example.test")
+    check([m["token"] for m in srv.fetch("bob@example.test")] == [t], "the new alias crew@ did not reach bob")
+    code, text = srv.rcpt_code("team@example.test")
+    check(code == 550 and "5.1.1" in text, "RCPT to the removed alias team@: %s" % short(text))
+    # 127.0.0.1 may relay, so a 250 at RCPT proves nothing: the message must land in the new mailbox
+    t2, _ = srv.deliver("nina@new.test")
+    check([m["token"] for m in srv.fetch("nina@new.test", "Passw0rd9")] == [t2], "the new domain's mailbox got nothing")
+    c.expect("NOOP", 250)
+
+
+@test(limit=60)
+def claims_reload_listener_needs_restart(ctx):
+    """README: the listeners are read at start only: a reload that moves the smtp and pop3 ports logs that
+    the change takes effect after a restart; the old listeners keep working, the new ports stay closed."""
+    srv = ctx.server().start()
+    new_smtp, new_pop = free_ports(2)
+    text = read(srv.ini).decode()
+    new = text.replace("smtp = 127.0.0.1:%d\n" % srv.smtp_port, "smtp = 127.0.0.1:%d\n" % new_smtp, 1)
+    new = new.replace("pop3 = 127.0.0.1:%d\n" % srv.pop3_port, "pop3 = 127.0.0.1:%d\n" % new_pop, 1)
+    new = new.replace("carol = Passw0rd3", "cathy = Passw0rd3", 1)  # shows the rest of the file applied
+    check(str(new_smtp) in new and str(new_pop) in new, "test bug: listener lines not found")
+    srv.write_ini(new)
+    claims_reload(srv)
+    log = srv.log_text()
+    check("listener changes take effect after a restart" in log, "no log line about the listeners: %s"
+          % short(log[-600:], 600))
+    check(srv.rcpt_code("cathy@example.test")[0] == 250, "the rest of the file did not apply")
+    srv.smtp().expect("QUIT", 221)  # the old SMTP listener still greets
+    srv.pop("bob@example.test").quit()
+    for port in (new_smtp, new_pop):
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=secs(2))
+        except OSError:
+            continue
+        s.close()
+        raise TestFailure("the new port %d was opened by a reload" % port)
+
+
+@test(limit=60)
+def claims_received_loop_bounces(ctx):
+    """README, Relaying: "A message with more than 30 Received: lines bounces as a mail loop (5.4.6)": it is
+    never sent on, and the local sender gets a bounce with that status; 29 lines (30 with ours) still go."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server().start()
+    sender = "alice@example.test"
+    for n, loops in ((29, False), (31, True)):
+        t = tok()
+        hops = "".join("Received: from hop%d.test by hop%d.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n" % (i, i + 1)
+                       for i in range(n)).encode()
+        msg = hops + make_msg(t, to="user@remote.test", sender=sender)
+        refused = srv.send(["user@remote.test"], msg, sender=sender)
+        check(refused == {}, "%d Received: lines: refused %s" % (n, refused))
+        wait_queue_empty(srv)
+        sent = [m for m in sink.messages if t.encode() in m["data"]]
+        if not loops:
+            check(len(sent) == 1, "%d Received: lines: %d copies at the MX, expected 1" % (n, len(sent)))
+            continue
+        check(sent == [], "%d Received: lines: relayed anyway" % n)
+        wait_for(lambda: any(t in m["data"].decode("latin-1") for m in srv.fetch(sender, "Passw0rd1")), 10, "the bounce")
+        b = [m["data"].decode("latin-1") for m in srv.fetch(sender, "Passw0rd1") if t in m["data"].decode("latin-1")][0]
+        check(re.search(r"(?m)^Status: 5\.4\.6\r?$", b), "the bounce has no Status: 5.4.6: %s" % short(b, 800))
+        check("more than 30 Received: lines (a mail loop?)" in b, "the bounce does not say why: %s" % short(b, 800))
+
+
+@test()
+def claims_http_verbs_on_smtp(ctx):
+    """README, Security: an HTTP request line as a first SMTP command (GET, POST, CONNECT: a browser or a
+    proxy scanner) gets 554 5.7.0 and the connection is closed at once."""
+    srv = ctx.server().start()
+    for line in ("GET / HTTP/1.1", "POST /submit HTTP/1.0", "CONNECT mx.example.test:25 HTTP/1.1"):
+        c = srv.smtp(ehlo=None)
+        c.send(line + "\r\nHost: x\r\n\r\n")
+        code, text = c.reply()
+        check(code == 554 and text.startswith("554 5.7.0"), "%s: got %s, expected 554 5.7.0" % (line, short(text)))
+        rest = c.read_eof()
+        check(rest == b"", "%s: more after the 554: %s" % (line, short(rest)))
+    check(srv.alive(), "the server died")
+
+# end of section: claims
+
+
+# =============================================================================================
 
 
 def main():
