@@ -7754,6 +7754,37 @@ def claims_http_verbs_on_smtp(ctx):
         check(rest == b"", "%s: more after the 554: %s" % (line, short(rest)))
     check(srv.alive(), "the server died")
 
+
+@test(unix_only=True, limit=60)
+def claims_queue_owned_by_user(ctx):
+    """README, Security: started as root with `user`, mailsrv gives the queue to that account and "creates
+    files 0600 and folders 0700": a relayed message waiting in the queue (the MX defers it) is nobody's,
+    0600, in a 0700 folder owned by nobody."""
+    need_root()
+    import pwd
+    try:
+        nobody = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        raise Skip("no user nobody")
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_reply="451 4.3.0 try later")
+    srv = net.server(server={"user": "nobody"}, relay={"retry": "3600"})
+    os.chmod(ctx.dir, 0o755)  # nobody must reach its folders
+    os.chmod(srv.dir, 0o755)
+    srv.write_ini(srv.ini_text())
+    srv.start()
+    relay_mail(srv, ["user@remote.test"])
+    wait_for(lambda: "deferred " in srv.log_text(), 10, "the deferral (the .env is rewritten then)")
+    check(sink.messages == [], "the MX took the message: %s" % sink.messages)
+    files = queue_files(srv)
+    check(len(files) == 2, "queue files %s, expected one .env and one .msg" % files)
+    for p in files + [srv.queue]:
+        st = os.lstat(p)
+        want = 0o700 if p == srv.queue else 0o600
+        check(st.st_uid == nobody and (st.st_mode & 0o777) == want, "%s: uid %d mode %o, expected nobody (%d) and %o"
+              % (p, st.st_uid, st.st_mode & 0o777, nobody, want))
+
 # end of section: claims
 
 
