@@ -7785,6 +7785,40 @@ def claims_queue_owned_by_user(ctx):
         check(st.st_uid == nobody and (st.st_mode & 0o777) == want, "%s: uid %d mode %o, expected nobody (%d) and %o"
               % (p, st.st_uid, st.st_mode & 0o777, nobody, want))
 
+
+def claims_list_request(srv, sender, kind):
+    """A request to news-KIND@ by hand: every reply, the queue ids blanked."""
+    c = srv.smtp()
+    out = [c.cmd("MAIL FROM:<%s>" % sender), c.cmd("RCPT TO:<news-%s@example.test>" % kind), c.cmd("DATA")]
+    c.send("From: <%s>\r\nSubject: %s\r\nMessage-ID: <%s@client.test>\r\n\r\nplease\r\n.\r\n" % (sender, kind, tok()))
+    out.append(c.reply())
+    c.expect("QUIT", 221)
+    return [(code, re.sub(r"[0-9A-Za-z]{8,}", "ID", text)) for code, text in out]
+
+
+@test(limit=60)
+def claims_list_members_never_revealed(ctx):
+    """README, Mailing lists: "No mail command reveals the members". A stranger's unsubscribe gets the same
+    SMTP replies as a member's, and no reply nor mail a stranger gets (help, subscribe, unsubscribe) names
+    a member."""
+    srv = list_server(ctx)
+    subscribe(srv, "bob@example.test")
+    check(members(srv) == ["bob@example.test"], "test bug: members %s" % members(srv))
+    member = claims_list_request(srv, "bob@example.test", "unsubscribe")
+    stranger = claims_list_request(srv, "carol@example.test", "unsubscribe")
+    check(member == stranger, "a member's and a stranger's unsubscribe differ:\n%s\n%s" % (member, stranger))
+    replies = [t for _, t in stranger]
+    for kind in ("help", "subscribe"):
+        replies += [t for _, t in claims_list_request(srv, "carol@example.test", kind)]
+    got = wait_for(lambda: len(srv.fetch("carol@example.test")) >= 3 and srv.fetch("carol@example.test"), 10,
+                   "carol's three answers")
+    local_confirmation(srv, "bob@example.test", 2)  # bob's unsubscribe was answered to bob
+    # A stranger's unsubscribe is answered "you are not subscribed", but only to its envelope sender, the
+    # address it is about: a forger sees only the SMTP replies above, the same as for a member.
+    for text in replies + [g["data"].decode("latin-1") for g in got]:
+        check("bob" not in text.lower(), "a member's name in what a stranger got: %s" % short(text, 600))
+    check(members(srv) == ["bob@example.test"], "members changed without a confirmation: %s" % members(srv))
+
 # end of section: claims
 
 
