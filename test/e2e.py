@@ -7819,6 +7819,43 @@ def claims_list_members_never_revealed(ctx):
         check("bob" not in text.lower(), "a member's name in what a stranger got: %s" % short(text, 600))
     check(members(srv) == ["bob@example.test"], "members changed without a confirmation: %s" % members(srv))
 
+
+def claims_backdate_pending(srv, secs_ago):
+    """Makes every open request of the list secs_ago older in its state file (as waiting would)."""
+    path = os.path.join(srv.spool, "example.test", ".lists", "news", "state")
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for i, l in enumerate(lines):
+        w = l.split(" ")
+        if w[0] == "pending":
+            w[4] = str(int(w[4]) - secs_ago)
+            lines[i] = " ".join(w)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
+@test(limit=60)
+def claims_list_repeat_within_10_minutes(ctx):
+    """README: "A repeat of the same request within 10 minutes sends no second message"; one after that
+    sends a new code, which replaces the old one. Time passes by backdating the open request in the state file."""
+    srv = list_server(ctx)
+    addr = "carol@example.test"
+    check(list_req(srv, addr, "subscribe") == {}, "subscribe request refused")
+    first = local_confirmation(srv, addr, 1)
+    claims_backdate_pending(srv, 540)  # 9 minutes ago
+    check(list_req(srv, addr, "subscribe") == {}, "the repeated request refused")
+    wait_for(lambda: "repeated within 600s: no new mail" in srv.log_text(), 10, "the log line of the repeat")
+    check(len(confirmations(g["data"] for g in srv.fetch(addr))) == 1, "a second confirmation within 10 minutes")
+    check([p[0] for p in lf_pending(srv)] == [first], "open requests %s, expected the first one" % lf_pending(srv))
+    claims_backdate_pending(srv, 120)  # 11 minutes ago
+    check(list_req(srv, addr, "subscribe") == {}, "the request after 10 minutes refused")
+    second = local_confirmation(srv, addr, 2)
+    check(second != first and [p[0] for p in lf_pending(srv)] == [second],
+          "after 10 minutes: codes %s then %s, open %s" % (first, second, lf_pending(srv)))
+    code, text = srv.rcpt_code("news-confirm-%s@example.test" % first)
+    check(code == 550, "the replaced code: %s" % short(text))
+    check(confirm(srv, addr, second) == {} and members(srv) == [addr], "the new code does not subscribe")
+
 # end of section: claims
 
 
