@@ -7856,6 +7856,30 @@ def claims_list_repeat_within_10_minutes(ctx):
     check(code == 550, "the replaced code: %s" % short(text))
     check(confirm(srv, addr, second) == {} and members(srv) == [addr], "the new code does not subscribe")
 
+
+@test(tls=True, limit=60)
+def claims_tls_renewed_certificate_after_reload(ctx):
+    """README, TLS: "A reload (file change or SIGHUP) picks up a renewed certificate. Sessions already open
+    keep the old one." The certificate is renewed with gencert (old files moved away), then `mailsrv reload`."""
+    srv = tls_server(ctx)
+    srv.start()
+    old = pem_to_der(srv.cert)
+    c = smtps_conn(srv)
+    check(c.sock.getpeercert(binary_form=True) == old, "test bug: not the first certificate")
+    key = os.path.join(srv.dir, "key.pem")
+    for p in (srv.cert, key):
+        os.rename(p, p + ".old")
+    gencert(srv)
+    new = pem_to_der(srv.cert)
+    check(new != old, "test bug: gencert made the same certificate")
+    claims_reload(srv)
+    for what, conn in (("smtps", smtps_conn(srv)), ("STARTTLS", starttls_conn(srv))):
+        got = conn.sock.getpeercert(binary_form=True)
+        check(got == new, "%s after the reload: %s certificate" % (what, "the old" if got == old else "another"))
+        conn.expect("QUIT", 221)
+    c.expect("NOOP", 250)  # the open session goes on with the old one
+    check(c.sock.getpeercert(binary_form=True) == old, "the open session's certificate changed")
+
 # end of section: claims
 
 
