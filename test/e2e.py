@@ -7880,6 +7880,38 @@ def claims_tls_renewed_certificate_after_reload(ctx):
     c.expect("NOOP", 250)  # the open session goes on with the old one
     check(c.sock.getpeercert(binary_form=True) == old, "the open session's certificate changed")
 
+
+@test(limit=60, unix_only=True)
+def claims_plaintext_auth_local_refuses_remote(ctx):
+    """README: `plaintext_auth = local` (the default): AUTH and USER/PASS without TLS only from a loopback
+    client. In a network namespace of the test's own (root), a client at fd00:0:0:1::2 (not loopback)
+    gets no AUTH in EHLO, 538 5.7.11 to AUTH and -ERR [AUTH] to USER; a ::1 client of the same server logs in."""
+    need_root()
+    with AnvilNetns(ctx) as ns:
+        host, remote = ns.NS_ADDRS[0], ns.NS_ADDRS[1]
+        srv = ctx.server(server={"smtp": "[%s]:2525, [::1]:2525" % host, "submission": None,
+                                 "pop3": "[%s]:1110, [::1]:1110" % host, "plaintext_auth": "local"})
+        srv.smtp_port, srv.pop3_port = 2525, 1110
+        srv.start()
+        c = ctx.track(Smtp(2525, host, source=remote))
+        check(c.reply()[0] == 220, "no greeting")
+        check("AUTH" not in ehlo_words(c.expect("EHLO client.test", 250)), "EHLO offers AUTH to a remote client")
+        c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 538, "5.7.11")
+        p = ctx.track(Pop(1110, host, source=remote))
+        p.greet()
+        line = p.err("USER alice@example.test")
+        check(line.startswith(b"-ERR [AUTH] Plain-text logins are not allowed from this address"),
+              "USER from a remote client: %s" % short(line))
+        # the same server, from loopback
+        c = ctx.track(Smtp(2525, "::1"))
+        check(c.reply()[0] == 220, "no greeting on ::1")
+        check("AUTH" in ehlo_words(c.expect("EHLO client.test", 250)), "EHLO offers no AUTH on ::1")
+        c.expect("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"), 235)
+        p = ctx.track(Pop(1110, "::1"))
+        p.greet()
+        p.login("alice@example.test", "Passw0rd1")
+        srv.stop()  # inside the namespace, before it goes
+
 # end of section: claims
 
 
