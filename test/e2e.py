@@ -7912,6 +7912,43 @@ def claims_plaintext_auth_local_refuses_remote(ctx):
         p.login("alice@example.test", "Passw0rd1")
         srv.stop()  # inside the namespace, before it goes
 
+
+@test(limit=90)
+def claims_sigterm_drain_cap(ctx):
+    """README: "SIGTERM or SIGINT: stop accepting, let messages in flight finish (30 s at most), exit 0".
+    The cap is fixed (MS_STOP_GRACE_MS), so this waits ~30 s: native runs only. One session in DATA finishes
+    its message after the signal and gets 250; one stalled in DATA holds the server no longer than 30 s
+    (timeout = 300 here, so only the cap can end it), and its half message is not stored."""
+    need_real_time()
+    srv = ctx.server(server={"timeout": "300"}).start()
+    done, stalled = tok(), tok()
+    sessions = []
+    for t in (done, stalled):
+        c = srv.smtp()
+        c.expect("MAIL FROM:<%s>" % SENDER, 250)
+        c.expect("RCPT TO:<alice@example.test>", 250)
+        c.expect("DATA", 354)
+        c.send(make_msg(t)[:40])
+        sessions.append(c)
+    base = len(srv.log_text())
+    t0 = time.monotonic()
+    srv.proc.send_signal(STOP_SIGNAL)
+    wait_for(lambda: "stopping" in srv.log_text()[base:], 5, "the stopping log line")
+    check(srv.alive(), "the server did not wait for the sessions in DATA")
+    sessions[0].send(make_msg(done)[40:] + b"\r\n.\r\n")
+    code, text = sessions[0].reply()
+    check(code == 250, "the message in flight after SIGTERM: %s" % short(text))
+    try:
+        rc = srv.proc.wait(timeout=45)
+    except subprocess.TimeoutExpired:
+        raise TestFailure("still running 45 s after SIGTERM (the cap is 30 s)")
+    took = time.monotonic() - t0
+    print("#   exit %d %.1f s after SIGTERM with a session stalled in DATA" % (rc, took))
+    check(rc == 0, "exit status %d after the drain" % rc)
+    check(29 <= took <= 40, "exited %.1f s after SIGTERM, expected the 30 s cap" % took)
+    check(stored_tokens(srv, "alice@example.test") == [done], "stored: %s, expected only the finished message"
+          % stored_tokens(srv, "alice@example.test"))
+
 # end of section: claims
 
 
