@@ -7649,6 +7649,118 @@ def smtpfix_rcpt_path_length(ctx):
 # end of section: smtpfix
 
 
+# (section: peers)
+# Debian's own programs as the other side, where the suite had only its own models of them.
+
+
+class Dnsmasq:
+    """Debian's dnsmasq as the relay's resolver, in the foreground on a free loopback port.
+    Without local=True it knows only its records and answers REFUSED for anything else (AAAA of
+    an IPv4-only name too); with local=True (--local=/test/) a known name's missing type is NODATA."""
+
+    def __init__(self, args, local=False):
+        exe = need_program("dnsmasq", "dnsmasq-base")
+        self.proc = None
+        for _ in range(20):  # the port must be free for UDP and TCP alike
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                u.close()
+                t.close()
+            break
+        self.addr = "127.0.0.1:%d" % port
+        self.pidfile = tempfile.mktemp(prefix="ms-dnsmasq-", suffix=".pid")
+        cmd = [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--port=%d" % port,
+               "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file=" + self.pidfile, "--log-queries",
+               "--log-facility=-"] + (["--local=/test/"] if local else []) + args
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: self._answers(port), 10, "dnsmasq answering on %s" % self.addr, 0.1)
+        except BaseException:
+            self.close()  # not yet tracked by the test: stop it here
+            raise
+
+    def _answers(self, port):
+        if self.proc.poll() is not None:
+            raise TestFailure("dnsmasq exited %d: %s" % (self.proc.returncode, short(self.proc.stderr.read())))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.3)
+        try:  # any answer to an A query for "test." means it listens
+            s.sendto(b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04test\x00\x00\x01\x00\x01", ("127.0.0.1", port))
+            return len(s.recv(512)) >= 12
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if os.path.exists(self.pidfile):
+            os.unlink(self.pidfile)
+
+
+def dnsmasq_net(ctx, args, local=False):
+    net = Net(ctx)
+    net.dns.close()  # the fake DNS is not asked: dnsmasq answers
+    net.dns = ctx.track(Dnsmasq(args, local))
+    return net
+
+
+@test()
+def peers_dnsmasq_mx_ipv4_only(ctx):
+    # Issue 18: dnsmasq answers REFUSED to AAAA for a name it has only an A record for. The A
+    # lookup succeeded, so RFC 5321 5.1 says try those addresses; the first MX refuses the
+    # connection, the second must receive the message.
+    net = dnsmasq_net(ctx, ["--mx-host=far.test,mx1.far.test,10", "--mx-host=far.test,mx2.far.test,20",
+                            "--host-record=mx1.far.test,127.0.0.4", "--host-record=mx2.far.test,127.0.0.2"])
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1h"}).start()  # only delivery within the first attempt counts
+    t, msg = relay_mail(srv, ["user@far.test"])
+    got = sink_wait(sink, 1, 10, "messages at mx2.far.test")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at mx2: %d" % len(got))
+    check_relayed(got[0]["data"], msg)
+    wait_queue_empty(srv)
+
+
+@test()
+def peers_dnsmasq_mx_cname(ctx):
+    # the MX names an alias (CNAME to the real host): dnsmasq answers A and AAAA with the CNAME chain
+    net = dnsmasq_net(ctx, ["--mx-host=far.test,alias.far.test,10", "--cname=alias.far.test,real.far.test",
+                            "--host-record=real.far.test,127.0.0.3"], local=True)
+    sink = net.sink("127.0.0.3")
+    srv = net.server(relay={"retry": "1h"}).start()
+    t, msg = relay_mail(srv, ["user@far.test"])
+    got = sink_wait(sink, 1, 10, "messages at the CNAME's target")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at the CNAME target: %d" % len(got))
+    wait_queue_empty(srv)
+
+
+@test()
+def peers_dnsmasq_implicit_mx(ctx):
+    # no MX record (dnsmasq with --local answers NODATA): the domain's own A record is the host
+    net = dnsmasq_net(ctx, ["--host-record=plain.test,127.0.0.2"], local=True)
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1h"}).start()
+    t, msg = relay_mail(srv, ["user@plain.test"])
+    got = sink_wait(sink, 1, 10, "messages at plain.test's A record")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at plain.test: %d" % len(got))
+    wait_queue_empty(srv)
+
+# end of section: peers
+
+
 # =============================================================================================
 
 
