@@ -7758,6 +7758,66 @@ def peers_dnsmasq_implicit_mx(ctx):
     check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at plain.test: %d" % len(got))
     wait_queue_empty(srv)
 
+
+class GarbageTLS:
+    """Stands in for the sink's ssl.SSLContext: after `220 Ready to start TLS` it answers the
+    ClientHello with bytes that are no TLS record, and the sink closes the connection."""
+
+    def wrap_socket(self, conn, server_side=True):
+        conn.recv(4096)  # the ClientHello
+        conn.sendall(b"this is not a TLS record\r\n" * 4)
+        raise OSError("garbage instead of a ServerHello")
+
+
+def tls13_only():
+    """An OpenSSL server context that refuses TLS 1.2 (BearSSL's highest): the handshake fails with an alert."""
+    folder = tempfile.mkdtemp(prefix="tls13")
+    cert, key = make_cert(folder, "ec-pkcs8", host="mx.remote.test")
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    c.load_cert_chain(cert, key)
+    c.minimum_version = ssl.TLSVersion.TLSv1_3
+    shutil.rmtree(folder)
+    return c
+
+
+@test(tls=True, limit=60)
+def peers_tls_failed_handshake_plain_retry(ctx):
+    # README (TLS, Relaying): with tls = yes a failed handshake is retried in plain text at the
+    # same host. Two ways to fail: garbage instead of a ServerHello, and a TLS 1.3-only peer.
+    for what, bad in (("garbage", GarbageTLS()), ("TLS 1.3 only", tls13_only())):
+        net = Net(ctx)
+        net.domain("remote.test")
+        sink = net.sink(tls_context=bad)
+        srv = net.server(relay={"retry": "1h"}).start()  # the retry must happen within this attempt
+        t, msg = relay_mail(srv, ["user@remote.test"])
+        got = sink_wait(sink, 1, 10, "messages at the sink (%s)" % what)
+        wait_queue_empty(srv)
+        check(len(sink.messages) == 1 and token_of(got[0]["data"]) == t and got[0]["tls"] is None,
+              "%s: %d messages at the sink, tls %s" % (what, len(sink.messages), got[0]["tls"]))
+        check_relayed(got[0]["data"], msg)
+        check(sink.connections == 2, "%s: %d connections, expected the TLS one and the plain one" % (what, sink.connections))
+        log = srv.log_text()
+        check(re.search(r"TLS handshake with \S+ failed: .*; trying again without TLS", log), "%s: no `trying again without TLS` line" % what)
+        check(re.search(r"relayed \S+ to=<user@remote\.test> .* tls=no\s*$", log, re.M), "%s: no `relayed ... tls=no` line" % what)
+        srv.stop()
+
+
+@test(tls=True, limit=60)
+def peers_tls_failed_handshake_verify_defers(ctx):
+    # README: `tls = verify` ... a hop that fails the check is deferred, never sent in the clear
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(tls_context=GarbageTLS())
+    srv = net.server(relay={"tls": "verify", "ca_file": "ca.pem", "retry": "1"})
+    make_cert(srv.dir, "ec-pkcs8", host="mx.remote.test")
+    shutil.copyfile(os.path.join(srv.dir, "cert.pem"), os.path.join(srv.dir, "ca.pem"))
+    srv.start()
+    relay_mail(srv, ["user@remote.test"])
+    wait_for(lambda: re.search(r"pending, tries=([2-9]|\d\d)", queue_cli(srv)), 20, "two deferred attempts", 0.3)
+    check(sink.messages == [], "tls = verify and a failed handshake: %d messages sent in the clear" % len(sink.messages))
+    check(re.search(r"deferred \S+ to=<user@remote\.test>: 4\.7\.5 TLS handshake", srv.log_text()),
+          "no `deferred ... 4.7.5 TLS handshake` line: %s" % short(srv.log_text()[-500:], 500))
+
 # end of section: peers
 
 
