@@ -7818,6 +7818,65 @@ def peers_tls_failed_handshake_verify_defers(ctx):
     check(re.search(r"deferred \S+ to=<user@remote\.test>: 4\.7\.5 TLS handshake", srv.log_text()),
           "no `deferred ... 4.7.5 TLS handshake` line: %s" % short(srv.log_text()[-500:], 500))
 
+
+@test(limit=60)
+def peers_postfix_smtp_sink_dot_stuffing(ctx):
+    # Postfix's smtp-sink as the next hop: it un-stuffs dots and ends DATA at a "." line as Postfix
+    # does, and its dump (-d) shows the message as it read it. The body holds lines that start with
+    # a dot, a "." line, and a bare LF and a bare CR (README, SMTP: a line end inside the message),
+    # one of them in the smuggling sequence LF . LF: all must arrive as lines of the one message.
+    exe = need_program("smtp-sink", "postfix")
+    net = Net(ctx)
+    net.domain("remote.test")
+    dump = tempfile.mkdtemp(prefix="ms-smtp-sink-")  # not in ctx.dir: nobody may not enter that
+    os.chmod(dump, 0o777)  # smtp-sink writes as nobody when started as root
+    cmd = [exe] + (["-u", "nobody"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []) + \
+        ["-d", os.path.join(dump, "m."), "127.0.0.2:%d" % net.port, "10"]
+    errf = open(os.path.join(ctx.dir, "smtp-sink.err"), "wb+")
+    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
+
+    class Stop:
+        def close(self):
+            if sink.poll() is None:
+                sink.terminate()
+                sink.wait(10)
+            errf.close()
+            shutil.rmtree(dump, ignore_errors=True)
+    ctx.track(Stop())
+
+    def listening():
+        check(sink.poll() is None, "smtp-sink exited: %s" % short(read(errf.name)))
+        try:
+            socket.create_connection(("127.0.0.2", net.port), 1).close()
+            return True
+        except OSError:
+            return False
+    wait_for(listening, 10, "smtp-sink listening", 0.1)
+    srv = net.server(relay={"retry": "1h"}).start()
+    c = srv.smtp()
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<user@remote.test>", 250)
+    c.expect("DATA", 354)
+    c.send(b"From: <sender@client.test>\r\nSubject: dots\r\nX-Test-Token: " + t.encode() + b"\r\n\r\n"
+           b"Hi\r\n..leading\r\n...two\r\n..\r\nbare\nlf\rcr\n.\nMAIL FROM:<evil@client.test>\r\nend\r\n.\r\n")
+    code, text = c.reply()
+    check(code == 250, "end of data: %s" % short(text))
+    c.send("QUIT\r\n")
+    c.read_eof()
+    wait_queue_empty(srv, 15)
+    files = os.listdir(dump)
+    check(len(files) == 1, "smtp-sink dumped %d transactions: %s" % (len(files), files))
+    got = read(os.path.join(dump, files[0]))
+    head, _, body = got.partition(b"\n\n")
+    check(b"\nX-Mail-Args: <%s>" % SENDER.encode() in head, "MAIL FROM at smtp-sink: %s" % short(head, 400))
+    check(b"\nX-Rcpt-Args: <user@remote.test>\n" in head, "RCPT TO at smtp-sink: %s" % short(head, 400))
+    check(("X-Test-Token: " + t).encode() in head, "the token header did not arrive: %s" % short(head, 400))
+    # mailsrv un-stuffs only after CRLF; the "." after a bare LF stays a "." line; every line leaves
+    # with CRLF and a leading dot doubled, so smtp-sink reads all of them and one message
+    want = b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n\n"
+    check(body == want, "smtp-sink read the body as %r" % body)
+
 # end of section: peers
 
 
