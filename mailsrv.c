@@ -6900,6 +6900,11 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
         if (q->type == DNS_MX) { o_give_up(o, 0); return; }
         o->no_address = 0; /* an address may exist: a temporary failure */
         if (q->type == DNS_A) { o_dns_query(o, q->name, DNS_AAAA); return; }
+        if (o->naddr > 0) { /* RFC 5321 5.1: the A lookup gave addresses, try them (issue 18) */
+            o->addri = 0;
+            o_connect(o);
+            return;
+        }
         o_next(o);
         return;
     }

@@ -8018,6 +8018,237 @@ def smtpfix_rcpt_path_length(ctx):
 # end of section: smtpfix
 
 
+# (section: peers)
+# Debian's own programs as the other side, where the suite had only its own models of them.
+
+
+class Dnsmasq:
+    """Debian's dnsmasq as the relay's resolver, in the foreground on a free loopback port.
+    Without local=True it knows only its records and answers REFUSED for anything else (AAAA of
+    an IPv4-only name too); with local=True (--local=/test/) a known name's missing type is NODATA."""
+
+    def __init__(self, args, local=False):
+        exe = need_program("dnsmasq", "dnsmasq-base")
+        self.proc = None
+        for _ in range(20):  # the port must be free for UDP and TCP alike
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            finally:
+                u.close()
+                t.close()
+            break
+        self.addr = "127.0.0.1:%d" % port
+        self.pidfile = tempfile.mktemp(prefix="ms-dnsmasq-", suffix=".pid")
+        cmd = [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--port=%d" % port,
+               "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file=" + self.pidfile, "--log-queries",
+               "--log-facility=-"] + (["--local=/test/"] if local else []) + args
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: self._answers(port), 10, "dnsmasq answering on %s" % self.addr, 0.1)
+        except BaseException:
+            self.close()  # not yet tracked by the test: stop it here
+            raise
+
+    def _answers(self, port):
+        if self.proc.poll() is not None:
+            raise TestFailure("dnsmasq exited %d: %s" % (self.proc.returncode, short(self.proc.stderr.read())))
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(0.3)
+        try:  # any answer to an A query for "test." means it listens
+            s.sendto(b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04test\x00\x00\x01\x00\x01", ("127.0.0.1", port))
+            return len(s.recv(512)) >= 12
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def close(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if os.path.exists(self.pidfile):
+            os.unlink(self.pidfile)
+
+
+def dnsmasq_net(ctx, args, local=False):
+    net = Net(ctx)
+    net.dns.close()  # the fake DNS is not asked: dnsmasq answers
+    net.dns = ctx.track(Dnsmasq(args, local))
+    return net
+
+
+@test()
+def peers_dnsmasq_mx_ipv4_only(ctx):
+    # Issue 18: dnsmasq answers REFUSED to AAAA for a name it has only an A record for. The A
+    # lookup succeeded, so RFC 5321 5.1 says try those addresses; the first MX refuses the
+    # connection, the second must receive the message.
+    net = dnsmasq_net(ctx, ["--mx-host=far.test,mx1.far.test,10", "--mx-host=far.test,mx2.far.test,20",
+                            "--host-record=mx1.far.test,127.0.0.4", "--host-record=mx2.far.test,127.0.0.2"])
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1h"}).start()  # only delivery within the first attempt counts
+    t, msg = relay_mail(srv, ["user@far.test"])
+    got = sink_wait(sink, 1, 10, "messages at mx2.far.test")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at mx2: %d" % len(got))
+    check_relayed(got[0]["data"], msg)
+    wait_queue_empty(srv)
+
+
+@test()
+def peers_dnsmasq_mx_cname(ctx):
+    # the MX names an alias (CNAME to the real host): dnsmasq answers A and AAAA with the CNAME chain
+    net = dnsmasq_net(ctx, ["--mx-host=far.test,alias.far.test,10", "--cname=alias.far.test,real.far.test",
+                            "--host-record=real.far.test,127.0.0.3"], local=True)
+    sink = net.sink("127.0.0.3")
+    srv = net.server(relay={"retry": "1h"}).start()
+    t, msg = relay_mail(srv, ["user@far.test"])
+    got = sink_wait(sink, 1, 10, "messages at the CNAME's target")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at the CNAME target: %d" % len(got))
+    wait_queue_empty(srv)
+
+
+@test()
+def peers_dnsmasq_implicit_mx(ctx):
+    # no MX record (dnsmasq with --local answers NODATA): the domain's own A record is the host
+    net = dnsmasq_net(ctx, ["--host-record=plain.test,127.0.0.2"], local=True)
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1h"}).start()
+    t, msg = relay_mail(srv, ["user@plain.test"])
+    got = sink_wait(sink, 1, 10, "messages at plain.test's A record")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at plain.test: %d" % len(got))
+    wait_queue_empty(srv)
+
+
+class GarbageTLS:
+    """Stands in for the sink's ssl.SSLContext: after `220 Ready to start TLS` it answers the
+    ClientHello with bytes that are no TLS record, and the sink closes the connection."""
+
+    def wrap_socket(self, conn, server_side=True):
+        conn.recv(4096)  # the ClientHello
+        conn.sendall(b"this is not a TLS record\r\n" * 4)
+        raise OSError("garbage instead of a ServerHello")
+
+
+def tls13_only():
+    """An OpenSSL server context that refuses TLS 1.2 (BearSSL's highest): the handshake fails with an alert."""
+    folder = tempfile.mkdtemp(prefix="tls13")
+    cert, key = make_cert(folder, "ec-pkcs8", host="mx.remote.test")
+    c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    c.load_cert_chain(cert, key)
+    c.minimum_version = ssl.TLSVersion.TLSv1_3
+    shutil.rmtree(folder)
+    return c
+
+
+@test(tls=True, limit=60)
+def peers_tls_failed_handshake_plain_retry(ctx):
+    # README (TLS, Relaying): with tls = yes a failed handshake is retried in plain text at the
+    # same host. Two ways to fail: garbage instead of a ServerHello, and a TLS 1.3-only peer.
+    for what, bad in (("garbage", GarbageTLS()), ("TLS 1.3 only", tls13_only())):
+        net = Net(ctx)
+        net.domain("remote.test")
+        sink = net.sink(tls_context=bad)
+        srv = net.server(relay={"retry": "1h"}).start()  # the retry must happen within this attempt
+        t, msg = relay_mail(srv, ["user@remote.test"])
+        got = sink_wait(sink, 1, 10, "messages at the sink (%s)" % what)
+        wait_queue_empty(srv)
+        check(len(sink.messages) == 1 and token_of(got[0]["data"]) == t and got[0]["tls"] is None,
+              "%s: %d messages at the sink, tls %s" % (what, len(sink.messages), got[0]["tls"]))
+        check_relayed(got[0]["data"], msg)
+        check(sink.connections == 2, "%s: %d connections, expected the TLS one and the plain one" % (what, sink.connections))
+        log = srv.log_text()
+        check(re.search(r"TLS handshake with \S+ failed: .*; trying again without TLS", log), "%s: no `trying again without TLS` line" % what)
+        check(re.search(r"relayed \S+ to=<user@remote\.test> .* tls=no\s*$", log, re.M), "%s: no `relayed ... tls=no` line" % what)
+        srv.stop()
+
+
+@test(tls=True, limit=60)
+def peers_tls_failed_handshake_verify_defers(ctx):
+    # README: `tls = verify` ... a hop that fails the check is deferred, never sent in the clear
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(tls_context=GarbageTLS())
+    srv = net.server(relay={"tls": "verify", "ca_file": "ca.pem", "retry": "1"})
+    make_cert(srv.dir, "ec-pkcs8", host="mx.remote.test")
+    shutil.copyfile(os.path.join(srv.dir, "cert.pem"), os.path.join(srv.dir, "ca.pem"))
+    srv.start()
+    relay_mail(srv, ["user@remote.test"])
+    wait_for(lambda: re.search(r"pending, tries=([2-9]|\d\d)", queue_cli(srv)), 20, "two deferred attempts", 0.3)
+    check(sink.messages == [], "tls = verify and a failed handshake: %d messages sent in the clear" % len(sink.messages))
+    check(re.search(r"deferred \S+ to=<user@remote\.test>: 4\.7\.5 TLS handshake", srv.log_text()),
+          "no `deferred ... 4.7.5 TLS handshake` line: %s" % short(srv.log_text()[-500:], 500))
+
+
+@test(limit=60)
+def peers_postfix_smtp_sink_dot_stuffing(ctx):
+    # Postfix's smtp-sink as the next hop: it un-stuffs dots and ends DATA at a "." line as Postfix
+    # does, and its dump (-d) shows the message as it read it. The body holds lines that start with
+    # a dot, a "." line, and a bare LF and a bare CR (README, SMTP: a line end inside the message),
+    # one of them in the smuggling sequence LF . LF: all must arrive as lines of the one message.
+    exe = need_program("smtp-sink", "postfix")
+    net = Net(ctx)
+    net.domain("remote.test")
+    dump = tempfile.mkdtemp(prefix="ms-smtp-sink-")  # not in ctx.dir: nobody may not enter that
+    os.chmod(dump, 0o777)  # smtp-sink writes as nobody when started as root
+    cmd = [exe] + (["-u", "nobody"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []) + \
+        ["-d", os.path.join(dump, "m."), "127.0.0.2:%d" % net.port, "10"]
+    errf = open(os.path.join(ctx.dir, "smtp-sink.err"), "wb+")
+    sink = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errf)
+
+    class Stop:
+        def close(self):
+            if sink.poll() is None:
+                sink.terminate()
+                sink.wait(10)
+            errf.close()
+            shutil.rmtree(dump, ignore_errors=True)
+    ctx.track(Stop())
+
+    def listening():
+        check(sink.poll() is None, "smtp-sink exited: %s" % short(read(errf.name)))
+        try:
+            socket.create_connection(("127.0.0.2", net.port), 1).close()
+            return True
+        except OSError:
+            return False
+    wait_for(listening, 10, "smtp-sink listening", 0.1)
+    srv = net.server(relay={"retry": "1h"}).start()
+    c = srv.smtp()
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<user@remote.test>", 250)
+    c.expect("DATA", 354)
+    c.send(b"From: <sender@client.test>\r\nSubject: dots\r\nX-Test-Token: " + t.encode() + b"\r\n\r\n"
+           b"Hi\r\n..leading\r\n...two\r\n..\r\nbare\nlf\rcr\n.\nMAIL FROM:<evil@client.test>\r\nend\r\n.\r\n")
+    code, text = c.reply()
+    check(code == 250, "end of data: %s" % short(text))
+    c.send("QUIT\r\n")
+    c.read_eof()
+    wait_queue_empty(srv, 15)
+    files = os.listdir(dump)
+    check(len(files) == 1, "smtp-sink dumped %d transactions: %s" % (len(files), files))
+    got = read(os.path.join(dump, files[0]))
+    head, _, body = got.partition(b"\n\n")
+    check(b"\nX-Mail-Args: <%s>" % SENDER.encode() in head, "MAIL FROM at smtp-sink: %s" % short(head, 400))
+    check(b"\nX-Rcpt-Args: <user@remote.test>\n" in head, "RCPT TO at smtp-sink: %s" % short(head, 400))
+    check(("X-Test-Token: " + t).encode() in head, "the token header did not arrive: %s" % short(head, 400))
+    # mailsrv un-stuffs only after CRLF; the "." after a bare LF stays a "." line; every line leaves
+    # with CRLF and a leading dot doubled, so smtp-sink reads all of them and one message
+    want = b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n\n"
+    check(body == want, "smtp-sink read the body as %r" % body)
+
+# end of section: peers
+
+
 # =============================================================================================
 # durability: the fsyncs behind a 250 to DATA, seen in the server's system calls (issue 12: 1)
 # (section: durability)
