@@ -29,8 +29,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (j = 0; u[j]; j++) assert(u[j] > 0x20 && u[j] < 0x7f);
         for (j = 0; j < i; j++) assert(strcmp(v.msgs[j].uidl, u) != 0);
         assert(v.msgs[i].off + v.msgs[i].len <= (int64_t)size);
-        assert(fuzz_retr(ms, &v, i, -1) == v.msgs[i].size);
-        fuzz_retr(ms, &v, i, 1);
+        assert(fuzz_retr(ms, &v, i, -1, NULL) == v.msgs[i].size);
+        fuzz_retr(ms, &v, i, 1, NULL);
     }
     for (i = 0; i < v.n; i += 2) v.msgs[i].deleted = 1;
     if (view_commit(&v) != 0) abort();
