@@ -6796,13 +6796,22 @@ o_dns_timeout(struct osess *o)
     o_dns_send(o);
 }
 
+/* DNS over TCP (RFC 1035 4.2.2): the answer comes behind its 2-byte length.
+ * After alen bytes of a: the answer's length once all of it is in (it
+ * starts at a + 2), else -1 (read more; a 65537-byte buffer always has room). */
+static long
+dns_tcp_msg_len(const unsigned char *a, size_t alen)
+{
+    return alen < 2 || alen < 2 + (size_t)dns_u16(a) ? -1 : (long)dns_u16(a);
+}
+
 static void
 o_dns_io(struct osess *o, short re)
 {
     struct dnsq *q = &o->dq;
     struct dns_result r;
     unsigned char buf[MS_DNS_UDP_MAX + 1];
-    long n;
+    long n, mlen;
     if (!q->tcp) {
         n = net_recv(o->fd, buf, sizeof buf);
         if (n <= 0) return; /* ICMP errors and strays: the timeout decides */
@@ -6826,8 +6835,8 @@ o_dns_io(struct osess *o, short re)
     n = net_recv(o->fd, q->ans + q->alen, 65537 - q->alen);
     if (n <= 0) { if (n == 0 || !net_would_block(net_error())) o_dns_timeout(o); return; }
     q->alen += (size_t)n;
-    if (q->alen < 2 || q->alen < 2 + dns_u16(q->ans)) return;
-    if (dns_parse_answer(q->ans + 2, dns_u16(q->ans), q->id, q->name, q->type, &r) != 0 || r.tc) { o_dns_timeout(o); return; }
+    if ((mlen = dns_tcp_msg_len(q->ans, q->alen)) < 0) return;
+    if (dns_parse_answer(q->ans + 2, (size_t)mlen, q->id, q->name, q->type, &r) != 0 || r.tc) { o_dns_timeout(o); return; }
     o_dns_answer(o, r.rcode, &r);
 }
 
