@@ -8233,9 +8233,11 @@ list_write_post(const struct cfg_list *l, struct store_msg *m, long seq, const s
     }
     buf_printf(&b, "Precedence: list\nX-Mailsrv-Seq: %ld\n", seq);
     if (l->reply_to_list) buf_printf(&b, "Reply-To: <%s@%s>\n", l->name, l->domain);
-    if (wrap)
+    if (wrap) { /* the part's fields by length: a NUL in one must not cut them (and the blank line) off */
         buf_printf(&b, "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"%s\"\n\n"
-                   "This is a multi-part message in MIME format.\n\n--%s\n%s", boundary, boundary, inner.p ? inner.p : "");
+                   "This is a multi-part message in MIME format.\n\n--%s\n", boundary, boundary);
+        if (inner.len) buf_add(&b, inner.p, inner.len);
+    }
     buf_adds(&b, "\n");
     msg_write(m, b.p, b.len);
     msg_copy_range(m, in->tmp_fd, body_off, in->size);
