@@ -267,14 +267,16 @@ clean:
 # `make fuzz FUZZ_SECONDS=N` builds build/fuzz/NAME and runs each for N seconds on a copy
 # of its seeds; it fails if any harness crashed (reproducer: build/fuzz/NAME-crash-*).
 # The inputs that found bugs are kept in test/fuzz/crashes/ and, as seeds, in the corpora.
+# Then the PEM seeds are read by openssl too: the same certificates and keys (pem_openssl.sh).
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                -fsanitize-coverage-ignorelist=test/fuzz/coverage-ignore.txt $(FUZZ_DEFS)
-FUZZ_TARGETS  = dns reply queue_env data auth smtp_cmd ini mbox maildir list $(if $(filter 1,$(TLS)),pem) smtp_session pop_session
+FUZZ_TARGETS  = dns dns_tcp reply queue_env data auth smtp_cmd ini mbox maildir list list_post $(if $(filter 1,$(TLS)),pem starttls) smtp_session pop_session
 build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h test/fuzz/coverage-ignore.txt mailsrv.c mailsrv.h $(TLS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)
 fuzz: $(addprefix build/fuzz/,$(FUZZ_TARGETS))
 	./test/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+	$(if $(filter 1,$(TLS)),./test/fuzz/pem_openssl.sh)
 .PHONY: fuzz

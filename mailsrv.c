@@ -6796,13 +6796,22 @@ o_dns_timeout(struct osess *o)
     o_dns_send(o);
 }
 
+/* DNS over TCP (RFC 1035 4.2.2): the answer comes behind its 2-byte length.
+ * After alen bytes of a: the answer's length once all of it is in (it
+ * starts at a + 2), else -1 (read more; a 65537-byte buffer always has room). */
+static long
+dns_tcp_msg_len(const unsigned char *a, size_t alen)
+{
+    return alen < 2 || alen < 2 + (size_t)dns_u16(a) ? -1 : (long)dns_u16(a);
+}
+
 static void
 o_dns_io(struct osess *o, short re)
 {
     struct dnsq *q = &o->dq;
     struct dns_result r;
     unsigned char buf[MS_DNS_UDP_MAX + 1];
-    long n;
+    long n, mlen;
     if (!q->tcp) {
         n = net_recv(o->fd, buf, sizeof buf);
         if (n <= 0) return; /* ICMP errors and strays: the timeout decides */
@@ -6826,8 +6835,8 @@ o_dns_io(struct osess *o, short re)
     n = net_recv(o->fd, q->ans + q->alen, 65537 - q->alen);
     if (n <= 0) { if (n == 0 || !net_would_block(net_error())) o_dns_timeout(o); return; }
     q->alen += (size_t)n;
-    if (q->alen < 2 || q->alen < 2 + dns_u16(q->ans)) return;
-    if (dns_parse_answer(q->ans + 2, dns_u16(q->ans), q->id, q->name, q->type, &r) != 0 || r.tc) { o_dns_timeout(o); return; }
+    if ((mlen = dns_tcp_msg_len(q->ans, q->alen)) < 0) return;
+    if (dns_parse_answer(q->ans + 2, (size_t)mlen, q->id, q->name, q->type, &r) != 0 || r.tc) { o_dns_timeout(o); return; }
     o_dns_answer(o, r.rcode, &r);
 }
 
@@ -8236,9 +8245,11 @@ list_write_post(const struct cfg_list *l, struct store_msg *m, long seq, const s
     }
     buf_printf(&b, "Precedence: list\nX-Mailsrv-Seq: %ld\n", seq);
     if (l->reply_to_list) buf_printf(&b, "Reply-To: <%s@%s>\n", l->name, l->domain);
-    if (wrap)
+    if (wrap) { /* the part's fields by length: a NUL in one must not cut them (and the blank line) off */
         buf_printf(&b, "MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"%s\"\n\n"
-                   "This is a multi-part message in MIME format.\n\n--%s\n%s", boundary, boundary, inner.p ? inner.p : "");
+                   "This is a multi-part message in MIME format.\n\n--%s\n", boundary, boundary);
+        if (inner.len) buf_add(&b, inner.p, inner.len);
+    }
     buf_adds(&b, "\n");
     msg_write(m, b.p, b.len);
     msg_copy_range(m, in->tmp_fd, body_off, in->size);

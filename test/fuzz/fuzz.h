@@ -106,9 +106,9 @@ fuzz_pop_conn(struct mailsrv *ms, struct pop_view *v)
 /* RETR (top < 0) or TOP of message i of a POP3 view through a socketless
  * connection: checks the framing and returns the octets of the message as
  * sent (the +OK line, byte-stuffing and the final dot left out), or -1 if
- * it could not be read. */
+ * it could not be read. text (or NULL) gets those octets. */
 static int64_t
-fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top)
+fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top, struct buf *text)
 {
     struct conn *c = fuzz_pop_conn(ms, v);
     int64_t n = -1;
@@ -128,6 +128,7 @@ fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top)
         for (k = body; k < end; k++) {
             if (p[k] == '\n') assert(p[k - 1] == '\r'); /* CRLF line ends only */
             if (p[k] == '.' && (k == body || p[k - 1] == '\n')) n--; /* byte-stuffing */
+            else if (text) buf_add(text, p + k, 1);
         }
         assert(end == body || p[end - 1] == '\n');
     }
@@ -148,6 +149,7 @@ fuzz_conn(struct mailsrv *ms, enum proto proto, const char *peer)
     c->fd = MS_BAD_SOCK;
     c->id = ++ms->next_id;
     c->proto = proto;
+    c->born = os_now_ms(); /* as loop_accept() does: else max_session_time has passed at once */
     ms_strlcpy(c->peer, peer, sizeof c->peer);
     c->is_loopback = strcmp(peer, "127.0.0.1") == 0;
     ms->conns = xrealloc(ms->conns, sizeof *ms->conns);
@@ -168,6 +170,10 @@ fuzz_conn_end(struct conn *c)
     for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]); /* relay_enqueue()'d by a 250 */
     ms->nqueue = 0;
 }
+
+/* A harness may set this: called at each SMTP group commit, it answers
+ * whether the folder fsyncs worked (NULL: they always do). */
+static int (*fuzz_commit_ok)(struct conn *c);
 
 /* The poll loop's turns for one connection: the client's bytes arrive in
  * pieces of 1..512 bytes (sizes drawn from seed), the protocol runs over
@@ -201,7 +207,7 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
         }
         if (c->proto != PROTO_POP3 && c->u.smtp.commit_pending) {
             c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
-            smtp_commit_done(c, 1);
+            smtp_commit_done(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
         }
         assert(c->inlen <= MS_IN_SIZE);
         if (check) check(c->out.p, c->out.len);

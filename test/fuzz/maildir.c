@@ -51,8 +51,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (i = 0; i < 2; i++) {
         const char *name = strchr(v.msgs[i].name, '/') + 1;
         assert(strlen(v.msgs[i].uidl) >= 1 && strlen(v.msgs[i].uidl) <= 70);
-        if (!strstr(name, ",W=")) assert(fuzz_retr(ms, &v, i, -1) == v.msgs[i].size);
-        else assert(fuzz_retr(ms, &v, i, -1) >= 0);
+        if (!strstr(name, ",W=")) assert(fuzz_retr(ms, &v, i, -1, NULL) == v.msgs[i].size);
+        else assert(fuzz_retr(ms, &v, i, -1, NULL) >= 0);
     }
     v.msgs[0].deleted = 1;
     if (view_commit(&v) != 0) abort();
