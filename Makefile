@@ -205,6 +205,8 @@ build/armv6/unit: test/unit.c mailsrv.c build/armv6/mailsrv
 # -ladvapi32: BearSSL's system RNG seeder (CryptGenRandom); mingw gcc adds it anyway, clang does not
 build/windows/mailsrv.exe: mailsrv.c mailsrv.h $(call XLIBS,windows) $(TLS_STAMP)
 	$(MINGW)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c $(call XLIBS,windows) -lws2_32 -liphlpapi -ladvapi32
+build/windows/unit.exe: test/unit.c mailsrv.c build/windows/mailsrv.exe
+	$(MINGW)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -o $@ test/unit.c $(call XLIBS,windows) -lws2_32 -liphlpapi -ladvapi32
 
 static: build/musl/mailsrv
 	cp build/musl/mailsrv mailsrv-static && strip mailsrv-static
@@ -224,11 +226,11 @@ cross-armv6-test: build/armv6/mailsrv build/armv6/unit
 	    --bin build/armv6/mailsrv --run "$(QEMU_ARM) -cpu arm1176"
 # A persistent wineserver: one that exits between two servers makes the next
 # one fail at start ("wine client error ... recvmsg").
-windows-test: build/windows/mailsrv.exe
+windows-test: build/windows/mailsrv.exe build/windows/unit.exe
 	mkdir -p $(WINEPREFIX_DIR)
 	WINEPREFIX=$(WINEPREFIX_DIR) wineserver -p || true
 	$(WINE) wineboot -i >/dev/null 2>&1 || true
-	MAILSRV_TEST_SLACK=4 MAILSRV_TEST_PLATFORM=windows ./test/run_tests.sh --unit "" --bin build/windows/mailsrv.exe --run "$(WINE)"; \
+	MAILSRV_TEST_SLACK=4 MAILSRV_TEST_PLATFORM=windows ./test/run_tests.sh --unit "$(WINE) build/windows/unit.exe" --bin build/windows/mailsrv.exe --run "$(WINE)"; \
 	    rc=$$?; WINEPREFIX=$(WINEPREFIX_DIR) wineserver -k 2>/dev/null; exit $$rc
 
 # No Linux- or glibc-only calls or headers (the BSD stand-in), and nothing

@@ -791,7 +791,9 @@ os_fstat(int fd, struct os_stat *st)
     HANDLE h = (HANDLE)_get_osfhandle(fd);
     if (h == INVALID_HANDLE_VALUE || !GetFileInformationByHandle(h, &fi)) return -1;
     st->size = (int64_t)((uint64_t)fi.nFileSizeHigh << 32 | fi.nFileSizeLow);
-    st->mtime = 0;
+    /* 100 ns since 1601 to seconds since 1970 (an mbox dotlock's age is judged by it) */
+    st->mtime = (int64_t)(((uint64_t)fi.ftLastWriteTime.dwHighDateTime << 32 | fi.ftLastWriteTime.dwLowDateTime) /
+                          10000000 - 11644473600ULL);
     st->ino = (uint64_t)fi.nFileIndexHigh << 32 | fi.nFileIndexLow;
     st->mode = 0600;
     return 0;

@@ -8249,8 +8249,7 @@ def peers_postfix_smtp_sink_dot_stuffing(ctx):
 # end of section: peers
 
 
-# =============================================================================================
-# durability: the fsyncs behind a 250 to DATA, seen in the server's system calls (issue 12: 1)
+# ======================================================================================# durability: the fsyncs behind a 250 to DATA, seen in the server's system calls (issue 12: 1)
 # (section: durability)
 # A kill -9 test cannot see a missing fsync (the page cache outlives the process) and the fault
 # tests only make fsync fail. These run the server under strace and check the order that makes a
@@ -8721,6 +8720,34 @@ def claims_sigterm_drain_cap(ctx):
           % stored_tokens(srv, "alice@example.test"))
 
 # end of section: claims
+=======
+# (section: winunit)
+@test(limit=240)
+def windows_bind_waits_for_busy_port(ctx):
+    """Windows: a server whose port is taken logs that it waits, retries each second (MS_BIND_WAIT_S,
+    for a crashed predecessor's connections in TIME_WAIT under SO_EXCLUSIVEADDRUSE) and listens once
+    the port is free. Wine cannot stage the crash itself: it binds over TIME_WAIT, and may hold a
+    SIGKILLed process's sockets for minutes (Server.move_ports), so a live holder takes the port here."""
+    if not WINDOWS:
+        raise Skip("Windows only: elsewhere a busy port fails the start at once (MS_BIND_WAIT_S 0)")
+    a = ctx.server(submission=False).start()
+    b = ctx.server(submission=False, server={"smtp": a.keys["smtp"], "pop3": a.keys["pop3"]})
+    b.smtp_port, b.pop3_port = a.smtp_port, a.pop3_port  # its clients' ports too
+    b.start(wait=False)
+    line = "port %d is still in use; waiting up to 240 s for it" % a.smtp_port
+    wait_for(lambda: line in b.log_text(), 60, "the waiting line in the second server's log")
+    time.sleep(3)  # not a synchronisation: the port stays busy over several of its 1 s retries
+    check(b.alive() and "listening for" not in b.log_text(),
+          "the second server did not wait: %s" % short(b.log_text(), 400))
+    rc, killed = a.stop()
+    check(rc == 0 and not killed, "first server: exit status %s%s" % (rc, " (killed)" if killed else ""))
+    b.wait_ready(timeout=10)  # it retries each second, so it takes the port within about one
+    check("listening for smtp on 127.0.0.1:%d" % a.smtp_port in b.log_text(),
+          "no listening line: %s" % short(b.log_text(), 400))
+    t, _ = b.deliver()
+    check(b.fetch("alice@example.test")[0]["token"] == t, "the second server did not store the message")
+
+# end of section: winunit
 
 
 # =============================================================================================
