@@ -8751,6 +8751,75 @@ def windows_bind_waits_for_busy_port(ctx):
 
 
 # =============================================================================================
+# (section: claimstable)
+# issue 12 (8): test/CLAIMS.md maps every promise of README.md to the tests that prove it. This test
+# keeps the map honest: a promise whose row names no test, or names a test that does not exist,
+# fails here, all of them listed at once, so a claim without a test cannot go unnoticed.
+
+
+def claims_rows(text):
+    r"""(line number, section, promise, [test names]) for each row of CLAIMS.md's table. Cells are
+    split on `|` not preceded by a backslash (a promise may write `a \| b`)."""
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if cells[:1] == ["README section"] or all(re.match(r"^:?-+:?$", c) for c in cells):
+            continue  # the header and the separator
+        tests = [t.strip() for t in cells[-1].split(",")] if len(cells) == 3 else []
+        rows.append((n, cells[0] if cells else "", cells[1] if len(cells) > 1 else "", [t for t in tests if t], len(cells)))
+    return rows
+
+
+@test()
+def claims_table(ctx):
+    text = read(os.path.join(HERE, "CLAIMS.md")).decode()
+    readme = read(os.path.join(REPO, "README.md")).decode()
+    heads = [h.strip() for h in re.findall(r"(?m)^#{2,3} (.+)$", readme)]
+    unit = read(os.path.join(HERE, "unit.c")).decode()
+    makefile = read(os.path.join(REPO, "Makefile")).decode()
+    e2e = {re.sub(r"\[.*\]$", "", name) for name, _, _, _ in TESTS} | set(SKIPPED)
+    rows = claims_rows(text)
+    check(len(rows) >= 100, "test/CLAIMS.md has only %d rows" % len(rows))
+    untested, unknown, bad = [], [], []
+    for n, section, promise, tests, ncells in rows:
+        where = "CLAIMS.md:%d (%s: %s)" % (n, section, promise)
+        if ncells != 3 or not promise:
+            bad.append("%s: expected | section | promise | tests |" % where)
+            continue
+        if not any(re.match(re.escape(section) + r"(:| \(|$)", h) for h in heads):  # "Quick start (Debian...)"
+            bad.append("%s: no README heading %r" % (where, section))
+        if not tests or tests == ["NONE"]:
+            untested.append(where)
+            continue
+        for t in tests:
+            name = t[:-1] if t.endswith("*") else t  # * = added by issue 12: must exist all the same
+            if name.startswith("make "):
+                words = name.split()  # make TARGET [VAR=value...]
+                ok = len(words) > 1 and re.search(r"(?m)^%s\s*:" % re.escape(words[1]), makefile)
+            elif name.startswith("fuzz:"):
+                ok = os.path.exists(os.path.join(HERE, "fuzz", name[5:] + ".c"))
+            elif name.startswith("test_"):
+                ok = re.search(r"(?m)^%s\(void\)$" % re.escape(name), unit) and name + "();" in unit
+            else:
+                ok = name in e2e
+            if not ok:
+                unknown.append("%s: %s" % (where, t))
+    problems = []
+    if untested:
+        problems.append("%d promises without a test:\n  %s" % (len(untested), "\n  ".join(untested)))
+    if unknown:
+        problems.append("%d tests that do not exist:\n  %s" % (len(unknown), "\n  ".join(unknown)))
+    if bad:
+        problems.append("%d malformed rows:\n  %s" % (len(bad), "\n  ".join(bad)))
+    check(not problems, "test/CLAIMS.md:\n" + "\n".join(problems))
+    print("#   %d promises, each with a test" % len(rows))
+
+# end of section: claimstable
+
+
+# =============================================================================================
 
 
 def main():
