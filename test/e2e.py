@@ -5389,6 +5389,18 @@ def fault_fired(srv, op, n):
     return ("FAULT: %s call %d fails" % (op.rstrip("+"), n)) in srv.log_text()
 
 
+def fault_last_round(op, outcomes, least, normal, what=""):
+    """The rounds (N, outcome) ended at one where no fault fired (N past the last call of op) and
+    whose outcome was the normal one, after at least `least` rounds that did fire (the path is known
+    to call op that often); prints them."""
+    last = str(outcomes[-1][1]) if outcomes else ""
+    check(last.startswith(normal) and last.endswith("no fault"),
+          "the rounds did not end past the last %s with %s (raise the range?): %s" % (op, normal, outcomes))
+    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
+          % (len(outcomes) - 1, op, least, outcomes))
+    print("#   %s%s: %s" % (what, op, ", ".join("N=%s: %s" % o for o in outcomes)))
+
+
 def fault_smtp(srv, rcpts, msg, sender=SENDER):
     """Sends msg; returns the reply that counts: 250 (all accepted), the 4xx/5xx code (a refused MAIL,
     RCPT or DATA; smtplib raises SMTPRecipientsRefused, which is no SMTPResponseException, when every
@@ -5464,13 +5476,8 @@ def fault_rounds(ctx, op, ns, storage, least=1):
         srv.stop()
         outcomes.append((n, code if hit else "%s, no fault" % code))
         if not hit:
-            check(code == 250, "N=%d: no fault fired (past the last %s) but the reply was %s" % (n, op, code))
             break
-    else:
-        raise TestFailure("every round up to N=%d fired a %s fault: raise the range" % (ns[-1], op))
-    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
-          % (len(outcomes) - 1, op, least, outcomes))
-    print("#   %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+    fault_last_round(op, outcomes, least, "250", "")
 
 
 fault_test("write", range(1, 40), {"maildir": 4, "mbox": 8})
@@ -5525,13 +5532,8 @@ def fault_bounce(ctx, op, ns, storage, least):
         srv.stop()
         outcomes.append((n, code if hit else "%s, no fault" % code))
         if not hit:
-            check(code == 250, "N=%d: no fault fired (past the last %s) but the reply was %s" % (n, op, code))
             break
-    else:
-        raise TestFailure("every round up to N=%d fired a %s fault: raise the range" % (ns[-1], op))
-    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
-          % (len(outcomes) - 1, op, least, outcomes))
-    print("#   bounce, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+    fault_last_round(op, outcomes, least, "250", "bounce, ")
 
 
 def fault_list_confirm(ctx, op, ns, least):
@@ -5570,13 +5572,8 @@ def fault_list_confirm(ctx, op, ns, least):
         srv.stop()
         outcomes.append((n, "%s, %s%s" % (r, "old" if old else "new", "" if hit else ", no fault")))
         if not hit:
-            check(r == 250, "N=%d: no fault fired (past the last %s) but the reply was %s" % (n, op, r))
             break
-    else:
-        raise TestFailure("every round up to N=%d fired a %s fault: raise the range" % (ns[-1], op))
-    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
-          % (len(outcomes) - 1, op, least, outcomes))
-    print("#   list confirm, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+    fault_last_round(op, outcomes, least, "250", "list confirm, ")
 
 
 for _op, _least in (("write", 4), ("fsync", 5), ("rename", 1), ("link", 1)):  # least: the calls a confirmation is known to make
@@ -6060,13 +6057,6 @@ def mbox_dele_round(srv, fault, n, toks, zlines, other=None):
                          "" if hit else ", no fault"), hit
 
 
-def fault_last_round(op, outcomes, least):
-    """The rounds ended at one where no fault fired (past the last call of op), which succeeded, after
-    at least `least` rounds that did fire (the path is known to use op that often)."""
-    check(outcomes and outcomes[-1][1] == "+OK, new, no fault",
-          "the last round did not get past every %s with +OK: %s" % (op, outcomes))
-    check(len(outcomes) - 1 >= least, "only %d rounds fired a %s fault, expected at least %d: %s"
-          % (len(outcomes) - 1, op, least, outcomes))
 
 
 def fault_mbox_dele(ctx, op, ns, other=None, least=1):
@@ -6087,8 +6077,7 @@ def fault_mbox_dele(ctx, op, ns, other=None, least=1):
         outcomes.append((n, outcome))
         if not hit:
             break
-    fault_last_round(op, outcomes, least)
-    print("#   %s%s: %s" % (op, "" if other is None else ", then a foreign append", ", ".join("N=%s: %s" % o for o in outcomes)))
+    fault_last_round(op, outcomes, least, "+OK, new", "" if other is None else "then a foreign append, ")
 
 
 _LEAST = {"write": 7, "fsync": 5, "write+": 7}  # the rounds that must fire: the calls the deletion is known to make
@@ -6144,8 +6133,7 @@ def fault_mbox_dele_full_disk(ctx, op, ns, least=1):
             subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))
         if not hit:
             break
-    fault_last_round(op, outcomes, least)
-    print("#   full disk, %s: %s" % (op, ", ".join("N=%s: %s" % o for o in outcomes)))
+    fault_last_round(op, outcomes, least, "+OK, new", "full disk, ")
 
 
 for _op in ("write", "fsync"):
