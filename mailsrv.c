@@ -3775,9 +3775,12 @@ mbox_lock(const char *mbox, const char *jf, int create, int *created)
     if (fd < 0) return -1;
     if (os_lock(fd, 1) != 0) { os_close(fd); errno = EAGAIN; return -1; }
     lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
-    if (lfd < 0 && errno == EEXIST && mbox_dotlock_stale(lock)) {
-        os_unlink(lock);
-        lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (lfd < 0 && errno == EEXIST) {
+        if (mbox_dotlock_stale(lock)) {
+            os_unlink(lock);
+            lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
+        } else
+            errno = EEXIST; /* the staleness check's calls may set errno (musl's strtoul: EINVAL for "no pid") */
     }
     if (lfd < 0) {
         e = errno;
