@@ -5389,6 +5389,18 @@ def fault_fired(srv, op, n):
     return ("FAULT: %s call %d fails" % (op.rstrip("+"), n)) in srv.log_text()
 
 
+def fault_start(srv, op, n, outcomes):
+    """Starts srv with its fault set; False (the round noted) when the fault made the start fail,
+    which must be the fault's doing."""
+    try:
+        srv.start()
+        return True
+    except TestFailure:
+        check(fault_fired(srv, op, n), "N=%d: died at start, but no fault fired: %s" % (n, short(srv.log_text(), 300)))
+        outcomes.append((n, "died at start"))
+        return False
+
+
 def fault_last_round(op, outcomes, least, normal, what=""):
     """The rounds (N, outcome) ended at one where no fault fired (N past the last call of op) and
     whose outcome was the normal one, after at least `least` rounds that did fire (the path is known
@@ -5435,11 +5447,7 @@ def fault_rounds(ctx, op, ns, storage, least=1):
         sink.script("rcpt", ["451 4.3.0 try again"])  # the first attempt defers: the queue entry is rewritten
         srv = net.server(storage=storage)
         srv.env = dict(os.environ, MAILSRV_FAULT="%s:%s" % (op.rstrip("+"), "%d%s" % (n, "+" if op.endswith("+") else "")))
-        try:
-            srv.start()
-        except TestFailure:
-            check(fault_fired(srv, op, n), "N=%d: died at start, but no fault fired: %s" % (n, short(srv.log_text(), 300)))
-            outcomes.append((n, "died at start"))
+        if not fault_start(srv, op, n, outcomes):
             srv.env = None
             continue
         t = tok()
@@ -5500,11 +5508,7 @@ def fault_bounce(ctx, op, ns, storage, least):
         sink = net.sink(rcpt_reply="550 5.1.1 no such user")
         srv = net.server(storage=storage)
         srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
-        try:
-            srv.start()
-        except TestFailure:
-            check(fault_fired(srv, op, n), "N=%d: died at start, but no fault fired: %s" % (n, short(srv.log_text(), 300)))
-            outcomes.append((n, "died at start"))
+        if not fault_start(srv, op, n, outcomes):
             continue
         t = tok()
         msg = make_msg(t, to="nobody@remote.test", sender="alice@example.test")
@@ -5548,11 +5552,7 @@ def fault_list_confirm(ctx, op, ns, least):
         code = local_confirmation(srv, bob)
         srv.stop()
         srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
-        try:
-            srv.start()
-        except TestFailure:
-            check(fault_fired(srv, op, n), "N=%d: died at start, but no fault fired: %s" % (n, short(srv.log_text(), 300)))
-            outcomes.append((n, "died at start"))
+        if not fault_start(srv, op, n, outcomes):
             continue
         msg = ("From: <%s>\r\nTo: <news-confirm-%s@example.test>\r\nSubject: Re: Confirm\r\nMessage-ID: <%s@client.test>"
                "\r\n\r\nyes\r\n" % (bob, code, tok())).encode()
