@@ -3505,8 +3505,8 @@ mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
  * An mbox is shared with MUAs (mutt, neomutt), Dovecot and other MDAs
  * (procmail, dotlockfile). Every append and every rewrite takes the two
  * locks Debian policy 11.6 asks for: an fcntl write lock on the file, then
- * the dotlock MBOX.lock (made O_EXCL, holding the PID; older than
- * MS_DOTLOCK_STALE it is stale and removed, as liblockfile judges it), and
+ * the dotlock MBOX.lock (holding the PID from the start: mbox_dotlock_make;
+ * stale as liblockfile judges it: mbox_dotlock_stale), and
  * holds both until the file is final. Neither is waited for: a busy mbox
  * defers the delivery (451, as Postfix's local(8) does) or the POP3 login
  * ([IN-USE]). A file another program changed is simply read again.
@@ -3756,17 +3756,52 @@ mbox_dotlock_stale(const char *lock)
     return st.mtime + MS_DOTLOCK_STALE < (int64_t)time(NULL);
 }
 
+/* Makes the dotlock `lock` with the PID in it, the way liblockfile does: the
+ * PID goes into a file of mailsrv's own (tmp) that is then linked to the
+ * lock's name, so the lock never exists without its PID. Made O_EXCL and
+ * written after, a kill -9 between the two would leave a lock that can only
+ * be judged by its age: the mailbox busy for MS_DOTLOCK_STALE. Where links
+ * fail (FAT) or the PID cannot be written (a full disk), it is made O_EXCL.
+ * Returns 0, or -1 with errno (EEXIST: someone holds it). */
+static int
+mbox_dotlock_make(const char *lock, const char *tmp)
+{
+    char pid[32];
+    int fd, r = -1, e;
+    snprintf(pid, sizeof pid, "%lu\n", os_pid());
+    os_unlink(tmp); /* left by a crash: the name is this mailbox's, and mailsrv is one process */
+    fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0644);
+    if (fd >= 0) {
+        r = os_write_all(fd, pid, strlen(pid)) < 0 ? -1 : 0;
+        os_close(fd);
+        if (r == 0) r = os_link(tmp, lock);
+        e = errno;
+        os_unlink(tmp);
+        if (r == 0 || e == EEXIST) { errno = e; return r; }
+    }
+    fd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) return -1;
+    os_write_all(fd, pid, strlen(pid)); /* without it the lock is judged by its age */
+    os_close(fd);
+    return 0;
+}
+
 /* Opens an mbox, takes both locks and recovers (mbox_recover). Returns the
  * fd; -2 if there is no mbox (and create is 0); -1 with errno EAGAIN if
  * another program holds a lock. */
 static int
 mbox_lock(const char *mbox, const char *jf, int create, int *created)
 {
-    char lock[1300], pid[32];
+    char lock[1300], tmp[1300];
+    const char *base = os_last_sep(mbox);
     struct os_stat st;
-    int fd, lfd, e;
+    int fd, r, e;
     *created = 0;
-    if (ms_fmt(lock, sizeof lock, "%s.lock", mbox) < 0) return -1;
+    base = base ? base + 1 : mbox;
+    /* tmp: hidden beside the journal, SPOOL/DOMAIN/.USER.mbox.lock.tmp */
+    if (ms_fmt(lock, sizeof lock, "%s.lock", mbox) < 0 ||
+        ms_fmt(tmp, sizeof tmp, "%.*s.%s.lock.tmp", (int)(base - mbox), mbox, base) < 0)
+        return -1;
     if (os_stat(mbox, &st) != 0) {
         if (!create) return -2; /* no mailbox yet */
         *created = 1;
@@ -3774,24 +3809,21 @@ mbox_lock(const char *mbox, const char *jf, int create, int *created)
     fd = os_open(mbox, O_RDWR | (create ? O_CREAT : 0) | MS_O_NOFOLLOW, 0600);
     if (fd < 0) return -1;
     if (os_lock(fd, 1) != 0) { os_close(fd); errno = EAGAIN; return -1; }
-    lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
-    if (lfd < 0 && errno == EEXIST) {
+    r = mbox_dotlock_make(lock, tmp);
+    if (r != 0 && errno == EEXIST) {
         if (mbox_dotlock_stale(lock)) {
             os_unlink(lock);
-            lfd = os_open(lock, O_WRONLY | O_CREAT | O_EXCL, 0644);
+            r = mbox_dotlock_make(lock, tmp);
         } else
             errno = EEXIST; /* the staleness check's calls may set errno (musl's strtoul: EINVAL for "no pid") */
     }
-    if (lfd < 0) {
+    if (r != 0) {
         e = errno;
         os_lock(fd, 0);
         os_close(fd);
         errno = e == EEXIST ? EAGAIN : e;
         return -1;
     }
-    snprintf(pid, sizeof pid, "%lu\n", os_pid());
-    os_write_all(lfd, pid, strlen(pid)); /* liblockfile reads it; a lock without it is judged by age */
-    os_close(lfd);
     if (mbox_recover(fd, jf) != 0) { e = errno; mbox_unlock(mbox, fd); errno = e; return -1; }
     return fd;
 }

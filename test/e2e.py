@@ -5718,6 +5718,40 @@ def mbox_locked_by_other(ctx):
     check_whole(srv.fetch("alice@example.test"), [ours(t1), ours(t2)], "after the locks were released")
 
 
+@test(unix_only=True)
+def mbox_dotlock_kill_right_after_taking_it(ctx):
+    """kill -9 just after mailsrv made an mbox's dotlock: restarted, it serves that mailbox at once.
+    A dotlock without a PID is judged by its age (5 minutes), so one must never exist even for an
+    instant: the lock is made with its PID in it, as liblockfile does (found by kill9_during_burst
+    in CI: a kill between creating the lock and writing the PID locked the mailbox for 5 minutes).
+    strace kills the server at its first system call on the lock's path after the one that made it."""
+    need_native("strace traces the server process")
+    srv = ctx.server(storage="mbox").start()
+    t1, _ = srv.deliver()
+    srv.stop()
+    lock = mbox_path(srv, "alice@example.test") + ".lock"
+    srv.wrap = [need_program("strace", "strace"), "-D", "-f", "-qq", "-o", os.devnull, "-P", lock,
+                "-e", "inject=!open,openat,link,linkat:signal=KILL"]
+    srv.start()
+    t2 = tok()
+    try:
+        srv.send(["alice@example.test"], make_msg(t2))  # killed on the way: no 250
+    except (smtplib.SMTPException, OSError):
+        pass
+    wait_for(lambda: srv.proc.poll() is not None, 10, "strace to kill the server at the dotlock")
+    check(srv.proc.returncode == -signal.SIGKILL, "the server was not killed: exit status %s" % srv.proc.returncode)
+    check(os.path.exists(lock), "the kill came before the dotlock was made: the test proves nothing")
+    srv.wrap = []
+    srv.start()
+    p = srv.pop()
+    p.ok("USER alice@example.test")
+    r = p.cmd("PASS " + PASSWORDS["alice@example.test"])
+    check(r.startswith(b"+OK"), "after a kill -9 with its dotlock taken, POP3 login answered %s" % short(r))
+    p.quit()
+    got = [m["token"] for m in srv.fetch("alice@example.test")]
+    check(got[:1] == [t1] and set(got) <= {t1, t2}, "mailbox after the kill: %s" % got)
+
+
 @test()
 def mbox_uidl_sender_cannot_choose(ctx):
     """Issue 11.13b: X-UIDL headers from the sender never become the UIDL, and duplicates are made unique
