@@ -5576,6 +5576,51 @@ def fault_list_confirm(ctx, op, ns, least):
     fault_last_round(op, outcomes, least, "250", "list confirm, ")
 
 
+def fault_list_subscribe(ctx, op, ns, least):
+    """Issue 12.2: bob asks to subscribe, to a server whose Nth `op` fails. Afterwards (restarted
+    without the fault) the list has no open request (the old state) or one whose confirmation is
+    stored whole in bob's mailbox (the new): never a request whose code bob cannot have. A 250
+    means the new state; no member either way, nothing changes until bob confirms."""
+    outcomes = []
+    bob = "bob@example.test"
+    for n in ns:
+        srv = list_server(ctx, post="anyone")
+        srv.stop()
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+        if not fault_start(srv, op, n, outcomes):
+            continue
+        r = fault_smtp(srv, ["news-subscribe@example.test"], ("From: <%s>\r\nTo: <news-subscribe@example.test>\r\n"
+                       "Subject: subscribe\r\nMessage-ID: <%s@client.test>\r\n\r\nplease\r\n" % (bob, tok())).encode(), sender=bob)
+        check(r == 250 or 400 <= r < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, r, op))
+        srv.stop()
+        hit = fault_fired(srv, op, n)
+        check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
+        srv.env = None
+        srv.start()
+        out = list_cli(srv, LIST)
+        codes = confirmations(g["data"] for g in srv.fetch(bob))
+        pending = re.findall(r"open request: subscribe (\S+),", out)
+        check(members(srv) == [], "N=%d: a member without a confirmation: %s" % (n, short(out, 300)))
+        check(pending in ([], [bob]), "N=%d: the list state is broken: %s" % (n, short(out, 300)))
+        new = pending == [bob]
+        check(not new or codes, "N=%d: an open request, but no confirmation reached bob: %s" % (n, short(out, 300)))
+        check(r != 250 or new, "N=%d: 250 but no open request: %s" % (n, short(out, 300)))
+        if new:  # the code bob holds is the one the list keeps: his reply makes him a member
+            check(confirm(srv, bob, codes[-1]) == {}, "N=%d: confirmation refused" % n)
+            check(members(srv) == [bob], "N=%d: bob's stored code %s did not confirm him" % (n, codes[-1]))
+        srv.stop()
+        outcomes.append((n, "%s, %s%s" % (r, "new" if new else "old", "" if hit else ", no fault")))
+        if not hit:
+            break
+    fault_last_round(op, outcomes, least, "250", "list subscribe, ")
+
+
+for _op, _least in (("write", 4), ("fsync", 12), ("rename", 1), ("link", 2)):  # least: the calls a request is known to make
+    _name = "fault_list_subscribe_%s" % _op
+    TESTS.append((_name, (lambda op, least: lambda ctx: fault_list_subscribe(ctx, op, range(1, 80), least))(_op, _least), {}, 300))
+    FAULT_TESTS.add(_name)
+
+
 for _op, _least in (("write", 4), ("fsync", 5), ("rename", 1), ("link", 1)):  # least: the calls a confirmation is known to make
     _name = "fault_list_confirm_%s" % _op
     TESTS.append((_name, (lambda op, least: lambda ctx: fault_list_confirm(ctx, op, range(1, 80), least))(_op, _least), {}, 300))
