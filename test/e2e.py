@@ -5797,6 +5797,55 @@ def mbox_dotlock_kill_right_after_taking_it(ctx):
     check(got[:1] == [t1] and set(got) <= {t1, t2}, "mailbox after the kill: %s" % got)
 
 
+@test(unix_only=True, limit=120)
+def mbox_crash_mid_append_other_readers(ctx):
+    """Issue 12.3: kill -9 in the middle of an mbox append (strace kills the server at its second
+    write of a 200 KB message to the mbox: 64 KB of it are in the file). The next delivery removes
+    the unfinished append, and then Python's mailbox module and Dovecot (IMAP) read exactly the
+    whole messages, as POP3 does; nothing of the dead append is left for them to misread."""
+    import mailbox
+    need_native("strace traces the server process")
+    srv = ctx.server(storage="mbox", server={"max_message_size": "1M"}).start()
+    t1, _ = srv.deliver()
+    srv.stop()
+    path = mbox_path(srv, "alice@example.test")
+    whole = os.path.getsize(path)
+    srv.wrap = [need_program("strace", "strace"), "-D", "-f", "-qq", "-o", os.devnull, "-P", path,
+                "-e", "inject=pwrite64:signal=KILL:when=2"]
+    srv.start()
+    t2 = tok()
+    try:
+        srv.send(["alice@example.test"], make_msg(t2, body=("%s line of a long message\r\n" % t2) * 6000))
+    except (smtplib.SMTPException, OSError):
+        pass
+    wait_for(lambda: srv.proc.poll() is not None, 10, "strace to kill the server in the append")
+    check(srv.proc.returncode == -signal.SIGKILL, "the server was not killed: exit status %s" % srv.proc.returncode)
+    check(os.path.getsize(path) > whole, "no unfinished append in the file: the test proves nothing")
+    srv.wrap = []
+    srv.start()
+    t3, _ = srv.deliver()  # its lock removes the dead append first
+    check_whole(srv.fetch("alice@example.test"), [ours(t1), ours(t3)], "POP3 after the crash")
+    box = mailbox.mbox(path, create=False)
+    try:
+        got = [(m["X-Test-Token"], m["Subject"], m.get_payload()) for m in box]
+    finally:
+        box.close()
+    want = [(t, "test " + t, "Hello %s\nsecond line\n" % t) for t in (t1, t3)]
+    check(got == want, "Python's mailbox reads %s, expected %s" % (short(repr(got), 400), want))
+    dv = Dovecot(ctx, srv, "alice@example.test")  # needs root (Dovecot's mail user): else skipped here
+    dv.give(os.path.dirname(dv.mbox))
+    try:
+        dv.start()
+        m = dv.imap()
+        subj = dv.subjects(m)
+        m.logout()
+    finally:
+        dv.stop()
+    check(subj == ["test " + t1, "test " + t3], "Dovecot reads %s" % subj)
+    bad = [l for l in dv.log_text().splitlines() if "Error" in l or "Panic" in l or "Fatal" in l]
+    check(not bad, "Dovecot logged: %s" % bad[:3])
+
+
 @test()
 def mbox_uidl_sender_cannot_choose(ctx):
     """Issue 11.13b: X-UIDL headers from the sender never become the UIDL, and duplicates are made unique
