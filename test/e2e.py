@@ -8535,6 +8535,114 @@ def peers_postfix_smtp_sink_dot_stuffing(ctx):
     want = b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n\n"
     check(body == want, "smtp-sink read the body as %r" % body)
 
+
+class PostfixInstance:
+    """A private, strict Postfix (Debian's postfix) of the test's own: its own config, queue and log
+    in a folder under /tmp (the postfix user must reach it), smtpd on 127.0.0.1:port refusing bare
+    LF (smtpd_forbid_bare_newline = reject, for every client) and messages over size_limit (SIZE in
+    EHLO), delivering b.test to the Maildir mail/ben/. Started and stopped with postfix -c, which
+    acts on this instance only. Root: Postfix's master runs as root."""
+    DAEMONS = ("pickup unix n - n 60 1 pickup", "cleanup unix n - n - 0 cleanup", "qmgr unix n - n 300 1 qmgr",
+               "rewrite unix - - n - - trivial-rewrite", "bounce unix - - n - 0 bounce", "defer unix - - n - 0 bounce",
+               "trace unix - - n - 0 bounce", "verify unix - - n - 1 verify", "proxymap unix - - n - - proxymap",
+               "smtp unix - - n - - smtp", "showq unix n - n - - showq", "error unix - - n - - error",
+               "retry unix - - n - - error", "discard unix - - n - - discard", "virtual unix - n n - - virtual",
+               "anvil unix - - n - 1 anvil", "scache unix - - n - 1 scache", "postlog unix-dgram n - n - 1 postlogd")
+
+    def __init__(self, ctx, size_limit):
+        import pwd
+        need_root()
+        self.postfix = need_program("postfix", "postfix")
+        pw = pwd.getpwnam("postfix")
+        self.dir = tempfile.mkdtemp(prefix="ms-postfix-")
+        os.chmod(self.dir, 0o755)
+        self.etc, self.mail, self.log = (os.path.join(self.dir, n) for n in ("etc", "mail", "maillog"))
+        for d in ("etc", "spool", "data", "mail"):
+            os.mkdir(os.path.join(self.dir, d))
+        for d in ("data", "mail"):
+            os.chown(os.path.join(self.dir, d), pw.pw_uid, pw.pw_gid)
+        self.port = free_ports(1)[0]
+        with open(os.path.join(self.etc, "main.cf"), "w") as f:
+            f.write("\n".join([
+                "compatibility_level = 3.6", "queue_directory = %s/spool" % self.dir, "data_directory = %s/data" % self.dir,
+                "maillog_file = %s" % self.log, "maillog_file_prefixes = %s" % self.dir,
+                "inet_interfaces = 127.0.0.1", "inet_protocols = ipv4", "myhostname = mx.b.test", "mydestination =",
+                "mynetworks = 127.0.0.0/8", "smtpd_recipient_restrictions = permit_mynetworks, reject",
+                "smtpd_forbid_bare_newline = reject", "smtpd_forbid_bare_newline_exclusions =",
+                "message_size_limit = %d" % size_limit, "virtual_mailbox_domains = b.test",
+                "virtual_mailbox_base = %s" % self.mail, "virtual_mailbox_maps = static:ben/",
+                "virtual_uid_maps = static:%d" % pw.pw_uid, "virtual_gid_maps = static:%d" % pw.pw_gid, ""]))
+        with open(os.path.join(self.etc, "master.cf"), "w") as f:
+            f.write("127.0.0.1:%d inet n - n - - smtpd\n" % self.port + "".join(d + "\n" for d in self.DAEMONS))
+        self.started = False
+        ctx.track(self)
+        r = subprocess.run([self.postfix, "-c", self.etc, "start"], capture_output=True, timeout=secs(30))
+        self.started = r.returncode == 0
+        check(self.started, "postfix start: exit %d %s; log %s" % (r.returncode, short(r.stderr), short(self.log_text(), 400)))
+
+        def listening():
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 1).close()
+                return True
+            except OSError:
+                return False
+        wait_for(listening, 20, "Postfix's smtpd listening", 0.1)
+
+    def log_text(self):
+        try:
+            return read(self.log).decode(errors="replace")
+        except OSError:
+            return ""
+
+    def messages(self):
+        d = os.path.join(self.mail, "ben", "new")
+        return [read(os.path.join(d, n)) for n in sorted(os.listdir(d))] if os.path.isdir(d) else []
+
+    def close(self):
+        if self.started:
+            subprocess.run([self.postfix, "-c", self.etc, "stop"], capture_output=True, timeout=secs(30))
+            self.started = False
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@test(limit=90, unix_only=True)
+def peers_postfix_smtpd_strict(ctx):
+    """Issue 12.3: a strict Postfix smtpd as the next hop (bare LF refused with 550 for every client,
+    SIZE 200000). A message the client sent with bare LF and CR, leading dots and a "." line after a
+    bare LF arrives whole, every line as Postfix reads it: what leaves mailsrv is CRLF-only and
+    dot-stuffed. A 300 KB message is refused by Postfix at MAIL FROM ... SIZE= (RFC 1870) and comes back
+    to its local sender as a bounce naming the size; Postfix keeps nothing of it."""
+    pf = PostfixInstance(ctx, 200000)
+    srv = ctx.server(server={"max_message_size": "1M"},
+                     sections={"relay": {"retry": "1h", "timeout": "10"}, "route": {"b.test": "127.0.0.1:%d" % pf.port}}).start()
+    c = srv.smtp()
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<ben@b.test>", 250)
+    c.expect("DATA", 354)
+    c.send(b"From: <sender@client.test>\r\nSubject: dots\r\nX-Test-Token: " + t.encode() + b"\r\n\r\n"
+           b"Hi\r\n..leading\r\n...two\r\n..\r\nbare\nlf\rcr\n.\nMAIL FROM:<evil@client.test>\r\nend\r\n.\r\n")
+    code, text = c.reply()
+    check(code == 250, "end of data: %s" % short(text))
+    c.expect("QUIT", 221)
+    wait_queue_empty(srv, 20)
+    got = wait_for(pf.messages, 20, "the message in Postfix's Maildir")
+    check(len(got) == 1, "Postfix stored %d messages" % len(got))
+    head, _, body = got[0].partition(b"\n\n")
+    check(("X-Test-Token: " + t).encode() in head, "the token header did not arrive: %s" % short(head, 400))
+    check(body == b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n",
+          "Postfix stored the body as %r" % body)
+    check("bare <LF>" not in pf.log_text(), "Postfix saw a bare LF: %s" % short(pf.log_text()[-600:], 600))
+    big = tok()
+    msg = make_msg(big, to="ben@b.test", sender="alice@example.test", body=("%s 300 KB\r\n" % big) * 15000)
+    check(srv.send(["ben@b.test"], msg, sender="alice@example.test") == {}, "the big message was refused by mailsrv")
+    bounce = wait_for(lambda: bounces(srv, "alice@example.test"), 20, "the bounce of the 300 KB message")
+    check(b"5.3.4" in bounce[0] and big.encode() in bounce[0], "the bounce does not name 5.3.4 and the message: %s"
+          % short(bounce[0], 600))
+    check(re.search(r"reject: MAIL from \S+: 552 5\.3\.4 Message size exceeds fixed limit", pf.log_text()),
+          "Postfix did not refuse the size at MAIL FROM: %s" % short(pf.log_text()[-600:], 600))
+    check(len(pf.messages()) == 1, "Postfix stored the 300 KB message")
+
 # end of section: peers
 
 
