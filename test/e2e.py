@@ -8795,7 +8795,7 @@ def claims_rows(text):
     return rows
 
 
-CLAIMS_UNTESTED = 15  # NONE rows in test/CLAIMS.md: lower it with each promise that gets its test
+CLAIMS_UNTESTED = 14  # NONE rows in test/CLAIMS.md: lower it with each promise that gets its test
 
 
 @test()
@@ -8849,6 +8849,38 @@ def claims_table(ctx):
     print("#   %d promises, %d of them with a test" % (len(rows), len(rows) - len(untested)))
 
 # end of section: claimstable
+
+
+# (section: claimsA)
+# Promises of README.md that test/CLAIMS.md listed without a test (NONE), each proved here through
+# the command line or real clients, on a server started by the test.
+
+
+@test()
+def claimsA_del_aliased_mailbox_refused(ctx):
+    """README, Command line: "removing a mailbox that an alias still names is refused": `del` of a mailbox
+    named by an alias of its domain (bare) or of another domain (user@domain) exits 1, names the alias,
+    and leaves the INI as it was byte for byte; also in a domain with a catch-all, where the file would
+    stay valid (the alias would silently go to the catch-all). A mailbox no alias names is removed."""
+    domains = DOMAINS.replace("* = dave\n", "* = dave\nboard = carol@example.test\nstaff = dave, carol\n", 1)
+    srv = ctx.server(domains=domains.replace("dave = Passw0rd5\n", "dave = Passw0rd5\nerin = Passw0rd6\n", 1))
+    check(b"staff = dave, carol" in read(srv.ini) and b"erin =" in read(srv.ini), "test bug: the INI lacks the test's lines")
+    orig = read(srv.ini)
+    for addr, alias in (("bob@example.test", "team@example.test"), ("alice@example.test", "postmaster@example.test"),
+                        ("carol@example.test", "board@other.test"), ("carol@other.test", "staff@other.test")):
+        r = del_cli(srv, addr)
+        check(r.returncode == 1, "del %s (named by %s): exit %d, stdout %s" % (addr, alias, r.returncode, short(r.stdout)))
+        check(alias in r.stderr, "del %s: the refusal does not name the alias %s: %s" % (addr, alias, short(r.stderr, 600)))
+        check(read(srv.ini) == orig, "a refused del %s changed the INI:\n%s" % (addr, short(read(srv.ini), 1200)))
+    r = check_cli(srv)
+    check(r.returncode == 0, "check after the refused dels: exit %d %s" % (r.returncode, short(r.stderr)))
+    # control: erin@other.test is named by no alias: it goes, and only its line
+    r = del_cli(srv, "erin@other.test")
+    check(r.returncode == 0, "del erin@other.test (no alias names it): exit %d %s" % (r.returncode, short(r.stderr)))
+    check(read(srv.ini) == orig.replace(b"erin = Passw0rd6\n", b"", 1) != orig,
+          "del erin@other.test did not remove just its line:\n%s" % short(read(srv.ini), 1200))
+
+# end of section: claimsA
 
 
 # =============================================================================================
