@@ -9372,6 +9372,32 @@ cli_check(const char *path)
     return 0;
 }
 
+/* del: the alias that names mailbox `user` of domain `md` as a member (bare in md's own
+ * aliases, or user@domain in any domain's), or NULL; *in is the alias's domain. The
+ * check of the edited file finds most of these, but not in a domain with a catch-all
+ * (* =), where the member would then silently resolve to the catch-all. */
+static const struct cfg_alias *
+cli_alias_naming(const struct ms_config *c, const struct cfg_domain *md, const char *user, const char **in)
+{
+    int i, j;
+    for (i = 0; i < c->ndomains; i++) {
+        const struct cfg_domain *d = &c->domains[i];
+        for (j = 0; j < d->naliases; j++) {
+            char tmp[1024], *item, *save;
+            if (ms_strlcpy(tmp, d->aliases[j].members, sizeof tmp) != 0) continue; /* the load refused it */
+            for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
+                char *m = ms_trim(item), *at = strrchr(m, '@');
+                if (at) *at++ = 0;
+                if ((at ? cfg_find_domain(c, at) : d) == md && ms_strcaseeq(m, user)) {
+                    *in = d->name;
+                    return &d->aliases[j];
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
 /* add / del: edit the text, check the result as a whole, then write it. */
 static int
 cli_edit(const char *path, const char *addr, int add)
@@ -9379,6 +9405,8 @@ cli_edit(const char *path, const char *addr, int add)
     char user[MS_LOCAL_MAX + 1], domain[MS_DOMAIN_MAX + 1], err[512], pw[512], hash[160];
     struct ms_config *c;
     struct cfg_domain *d;
+    const struct cfg_alias *a;
+    const char *in;
     size_t len;
     char *text, *edited;
     int rc = 1;
@@ -9391,6 +9419,12 @@ cli_edit(const char *path, const char *addr, int add)
     d = cfg_find_domain(c, domain);
     if (add && d && (cfg_find_user(d, user) || cfg_find_alias(d, user))) {
         fprintf(stderr, "mailsrv: %s@%s already exists\n", user, domain);
+        cfg_free(c);
+        return 1;
+    }
+    if (!add && d && cfg_find_user(d, user) && (a = cli_alias_naming(c, d, user, &in)) != NULL) {
+        fprintf(stderr, "mailsrv: %s@%s is a member of the alias %s@%s: remove it there first\n", user, domain,
+                a->name, in);
         cfg_free(c);
         return 1;
     }

@@ -9261,6 +9261,172 @@ def claims_table(ctx):
 # end of section: claimstable
 
 
+# (section: claimsA)
+# Promises of README.md that test/CLAIMS.md listed without a test (NONE), each proved here through
+# the command line or real clients, on a server started by the test.
+
+
+def claimsA_sections(text):
+    """{section header: [(key, value), ...]} of an INI text (sections met twice are joined)."""
+    out, cur = {}, None
+    for line in text.splitlines():
+        s = re.sub(r"\s+;.*$", "", line).strip()
+        if not s or s[0] in ";#":
+            continue
+        if s.startswith("["):
+            cur = out.setdefault(s, [])
+        elif cur is not None and "=" in s:
+            k, _, v = s.partition("=")
+            cur.append((k.strip(), v.strip()))
+    return out
+
+
+@test(limit=60)
+def claimsA_add_new_domain_postmaster(ctx):
+    """README, Command line: `add` on a new domain creates its [domain] section "with the new mailbox as its
+    postmaster": the INI gets [alias fresh.test] postmaster = nina, and once the running server has loaded
+    it, mail to postmaster@fresh.test reaches nina's mailbox. The domain's second mailbox is not made its
+    postmaster."""
+    srv = ctx.server().start()
+    orig = read(srv.ini)
+    r = add_cli(srv, "Nina@Fresh.Test", "Str0ngPassw0rd")
+    check(r.returncode == 0, "add nina@fresh.test: exit %d, %s" % (r.returncode, short(r.stderr)))
+    check("it is also its postmaster" in r.stdout, "add on a new domain did not say so: %s" % short(r.stdout))
+    new = read(srv.ini)
+    check(new.startswith(orig), "add to a new domain changed the existing text:\n%s" % short(new, 1200))
+    added = claimsA_sections(new[len(orig):].decode())
+    dom = added.get("[domain fresh.test]", [])
+    check([k for k, v in dom] == ["nina"] and dom[0][1].startswith("$pbkdf2-sha256$"),
+          "[domain fresh.test] after add: %s" % short(dom))
+    check(added.get("[alias fresh.test]") == [("postmaster", "nina")],
+          "[alias fresh.test] after add: %s (appended text %s)" % (added.get("[alias fresh.test]"), short(new[len(orig):], 600)))
+    claims_reload(srv)
+    # 127.0.0.1 may relay, so a 250 at RCPT proves nothing: the messages must land in nina's mailbox
+    t1, _ = srv.deliver("postmaster@fresh.test")
+    t2, _ = srv.deliver("PostMaster@FRESH.test")
+    got = [m["token"] for m in srv.fetch("nina@fresh.test", "Str0ngPassw0rd")]
+    check(sorted(got) == sorted([t1, t2]), "nina@fresh.test got %s, expected the two postmaster messages %s" % (got, [t1, t2]))
+    check(not queue_files(srv), "mail to postmaster@fresh.test was queued for relaying: %s" % queue_files(srv))
+    # the domain exists now: its next mailbox is only a mailbox
+    before = read(srv.ini)
+    r = add_cli(srv, "omar@fresh.test", "Str0ngPassw0rd")
+    check(r.returncode == 0, "add omar@fresh.test: exit %d, %s" % (r.returncode, short(r.stderr)))
+    check("postmaster" not in r.stdout, "the second mailbox of fresh.test was called its postmaster: %s" % short(r.stdout))
+    i, nl = find_added(before, read(srv.ini), "omar")
+    check(section_of(nl, i) == b"[domain fresh.test]", "omar added in section %s" % short(section_of(nl, i)))
+
+
+@test()
+def claimsA_del_aliased_mailbox_refused(ctx):
+    """README, Command line: "removing a mailbox that an alias still names is refused": `del` of a mailbox
+    named by an alias of its domain (bare) or of another domain (user@domain) exits 1, names the alias,
+    and leaves the INI as it was byte for byte; also in a domain with a catch-all, where the file would
+    stay valid (the alias would silently go to the catch-all). A mailbox no alias names is removed."""
+    domains = DOMAINS.replace("* = dave\n", "* = dave\nboard = carol@example.test\nstaff = dave, carol\n", 1)
+    srv = ctx.server(domains=domains.replace("dave = Passw0rd5\n", "dave = Passw0rd5\nerin = Passw0rd6\n", 1))
+    check(b"staff = dave, carol" in read(srv.ini) and b"erin =" in read(srv.ini), "test bug: the INI lacks the test's lines")
+    orig = read(srv.ini)
+    for addr, alias in (("bob@example.test", "team@example.test"), ("alice@example.test", "postmaster@example.test"),
+                        ("carol@example.test", "board@other.test"), ("carol@other.test", "staff@other.test")):
+        r = del_cli(srv, addr)
+        check(r.returncode == 1, "del %s (named by %s): exit %d, stdout %s" % (addr, alias, r.returncode, short(r.stdout)))
+        check(alias in r.stderr, "del %s: the refusal does not name the alias %s: %s" % (addr, alias, short(r.stderr, 600)))
+        check(read(srv.ini) == orig, "a refused del %s changed the INI:\n%s" % (addr, short(read(srv.ini), 1200)))
+    r = check_cli(srv)
+    check(r.returncode == 0, "check after the refused dels: exit %d %s" % (r.returncode, short(r.stderr)))
+    # control: erin@other.test is named by no alias: it goes, and only its line
+    r = del_cli(srv, "erin@other.test")
+    check(r.returncode == 0, "del erin@other.test (no alias names it): exit %d %s" % (r.returncode, short(r.stderr)))
+    check(read(srv.ini) == orig.replace(b"erin = Passw0rd6\n", b"", 1) != orig,
+          "del erin@other.test did not remove just its line:\n%s" % short(read(srv.ini), 1200))
+
+
+@test(limit=60)
+def claimsA_queue_relative_to_ini(ctx):
+    """README, Configuration reference: `queue = outq` is relative to the INI file's folder, like `spool`
+    (spool_relative_to_ini): with the server started in another working directory, a message that must
+    wait for its retry is queued as ID.msg + ID.env in the INI's folder/outq, nothing in the working
+    directory; `mailsrv queue`, run from that other directory too, finds it there."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    sink.script("data", ["451 4.3.0 try later"])
+    srv = net.server(server={"queue": "outq"}, relay={"retry": "1h"})  # the message waits: no retry in the test
+    srv.queue = os.path.join(srv.dir, "outq")
+    other = os.path.join(ctx.dir, "elsewhere")
+    os.mkdir(other)
+    srv.start(cwd=other)
+    t, _ = relay_mail(srv, ["user@remote.test"])  # the entry is written before the 250
+    check(os.listdir(other) == [], "the server wrote into its working directory: %s" % sorted(tree(other)))
+    check(os.path.isdir(srv.queue), "no folder %s beside the INI" % srv.queue)
+    wait_for(lambda: sink.stage_count("data") >= 1, 10, "the first attempt (451 to DATA) at the remote server")
+    wait_for(lambda: "tries=1" in queue_cli(srv), 10, "the failed attempt to be recorded (`queue`: tries=1)", 0.2)
+    names = sorted(os.listdir(srv.queue))
+    ids = {n[:-4] for n in names if n.endswith(".msg")}
+    check(len(ids) == 1 and names == sorted([i + ".msg" for i in ids] + [i + ".env" for i in ids]),
+          "%s holds %s, expected one ID.msg and its ID.env" % (srv.queue, names))
+    check(token_of(read(os.path.join(srv.queue, ids.pop() + ".msg"))) == t, "the queued message is not the one sent")
+    check(os.listdir(other) == [], "the server wrote into its working directory: %s" % os.listdir(other))
+    check(not os.path.exists(os.path.join(srv.dir, "queue")), "the default queue folder was made beside the INI")
+    r = run_cli(["-c", srv.ini, "queue"], cwd=other)
+    check(r.returncode == 0 and "tries=1" in r.stdout and "queued in %s\n" % srv.queue in r.stdout,
+          "`queue` from another directory: exit %d, %s" % (r.returncode, short(r.stdout + r.stderr, 500)))
+
+
+@test()
+def claimsA_max_per_ip_relay_networks_exempt(ctx):
+    """README, Configuration reference: `max_per_ip` (relay_networks are exempt): with max_per_ip = 2 and
+    relay_networks = 127.0.0.1/32, five sessions from 127.0.0.1 are all greeted; 127.0.0.2, outside, gets
+    421 4.3.2 at its third, and so does 127.0.0.1 on a server without relay_networks."""
+    keys = {"max_per_ip": "2", "max_clients": "10"}
+    srv = ctx.server(server=dict(keys, relay_networks="127.0.0.1/32")).start()
+    held = [srv.smtp(ehlo=None) for _ in range(4)] + [srv.pop()]  # srv.smtp/pop check the greeting
+    got = [ctx.track(Smtp(srv.smtp_port, source="127.0.0.2")).reply() for _ in range(3)]  # one after the other
+    check([c for c, _ in got[:2]] == [220, 220], "127.0.0.2's first two sessions: %s" % short(got[:2]))
+    check(got[2][0] == 421 and "4.3.2" in got[2][1], "127.0.0.2's third session got %s, expected 421 4.3.2 (the control)"
+          % short(got[2][1]))
+    for c in held[:4]:
+        c.expect("NOOP", 250)  # still served
+    other = ctx.server(server=dict(keys, relay_networks="")).start()
+    for _ in range(2):
+        other.smtp(ehlo=None)
+    c = ctx.track(Smtp(other.smtp_port))
+    code, text = c.reply()
+    check(code == 421 and "4.3.2" in text, "without relay_networks, 127.0.0.1's third session got %s, expected 421 4.3.2"
+          % short(text))
+
+
+@test(limit=60)
+def claimsA_relay_rcpt_dot_atom_only(ctx):
+    """README, Relaying: "Remote recipients must be plain dot-atoms (quoted local parts and address literals
+    get 553 5.1.3)", for a client that may relay (127.0.0.1, in relay_networks); a plain remote recipient in
+    the same transaction is accepted, and only it reaches the remote server."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server().start()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    for a in ('"a b"@remote.test', '"x@y"@remote.test', "user@[192.0.2.1]", "user@[127.0.0.2]", "user@[IPv6:::1]"):
+        c.expect("RCPT TO:<%s>" % a, 553, "5.1.3")
+    c.expect("RCPT TO:<user@remote.test>", 250)
+    t = tok()
+    msg = make_msg(t, to="user@remote.test")
+    c.expect("DATA", 354)
+    c.send(dot_stuff(msg) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "DATA: %s" % short(text))
+    c.expect("QUIT", 221)
+    got = sink_wait(sink, 1, 10)
+    check(len(got) == 1 and [r.lower() for r in got[0]["rcpts"]] == ["user@remote.test"],
+          "the remote server got %s" % [m["rcpts"] for m in got])
+    check(token_of(got[0]["data"]) == t, "the relayed message is not the one sent")
+    wait_queue_empty(srv)
+    check(sink.connections == 1, "%d connections to the remote server, expected 1" % sink.connections)
+
+# end of section: claimsA
+
+
 # =============================================================================================
 
 
