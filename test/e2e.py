@@ -8795,7 +8795,7 @@ def claims_rows(text):
     return rows
 
 
-CLAIMS_UNTESTED = 15  # NONE rows in test/CLAIMS.md: lower it with each promise that gets its test
+CLAIMS_UNTESTED = 13  # NONE rows in test/CLAIMS.md: lower it with each promise that gets its test
 
 
 @test()
@@ -8849,6 +8849,126 @@ def claims_table(ctx):
     print("#   %d promises, %d of them with a test" % (len(rows), len(rows) - len(untested)))
 
 # end of section: claimstable
+
+
+# (section: claimsB)
+
+
+def claimsb_probe(srv, addr):
+    """(POP3 login's first reply line, SMTP delivery's final code, the token sent) for addr's mailbox."""
+    p = srv.pop()
+    p.ok("USER " + addr)
+    r = p.cmd("PASS " + PASSWORDS[addr])
+    if r.startswith(b"+OK"):
+        p.quit()
+    else:
+        p.close()
+    t = tok()
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    code, text = c.cmd("RCPT TO:<%s>" % addr)
+    if code == 250:
+        c.expect("DATA", 354)
+        code, text = c.cmd(dot_stuff(make_msg(t, to=addr)).decode() + ".")
+    c.expect("QUIT", 221)
+    c.close()
+    return r, code, t
+
+
+@test(unix_only=True, limit=60)
+def mbox_dotlock_stale_by_age(ctx):
+    """README, Storage layout: a dotlock without a PID is stale after 5 minutes, one with a live PID
+    after an hour (a PID may be reused). Each lock is made here by hand and aged with utime: a stale
+    one is taken over (POP3 login +OK, delivery 250, the lock gone after), a live one makes the
+    mailbox busy (-ERR [IN-USE], 451) and is left as it was. The ages either side of each limit
+    show the limits themselves; the live PID is this test's own."""
+    srv = ctx.server(storage="mbox").start()
+    t0, _ = srv.deliver()
+    want = [t0]
+    lock = mbox_path(srv, "alice@example.test") + ".lock"
+    mine = "%d\n" % os.getpid()
+    cases = [("", 4 * 60, False), ("", 6 * 60, True), ("", 0, False),
+             (mine, 0, False), (mine, 55 * 60, False), (mine, 65 * 60, True), (mine, 2 * 3600, True)]
+    try:
+        for content, age, stale in cases:
+            what = "%s lock %d min old" % ("a PID" if content else "an empty", age // 60)
+            with open(lock, "w") as f:
+                f.write(content)
+            then = time.time() - age
+            os.utime(lock, (then, then))
+            r, code, t = claimsb_probe(srv, "alice@example.test")
+            if stale:
+                check(r.startswith(b"+OK"), "%s: POP3 login %s, expected +OK (stale)" % (what, short(r)))
+                check(code == 250, "%s: delivery got %d, expected 250 (stale)" % (what, code))
+                check(not os.path.exists(lock), "%s: a lock is left after the takeover" % what)
+                want.append(t)
+            else:
+                check(r.startswith(b"-ERR [IN-USE]"), "%s: POP3 login %s, expected -ERR [IN-USE]" % (what, short(r)))
+                check(code == 451, "%s: delivery got %d, expected 451 (busy)" % (what, code))
+                check(read(lock).decode() == content, "%s: the lock was changed: %s" % (what, short(read(lock))))
+                os.unlink(lock)
+    finally:
+        if os.path.exists(lock):
+            os.unlink(lock)
+    check_whole(srv.fetch("alice@example.test"), [ours(t) for t in want], "after the locks")
+
+
+def claimsb_blocks(data):
+    """An mbox's bytes cut at each From_ line (every block holds its message and separator line)."""
+    starts = [m.start() for m in re.finditer(rb"(?m)^From ", data)]
+    check(starts[:1] == [0], "test bug: the mbox does not start with a From_ line")
+    return [data[a:b] for a, b in zip(starts, starts[1:] + [len(data)])]
+
+
+@test(limit=60)
+def mbox_quit_keeps_message_not_found_again(ctx):
+    """README, Protocols: at QUIT the deletions are applied by UIDL to the mbox as it is then, and a
+    message that cannot be found again is kept. Six messages, four of them deleted in a session;
+    before QUIT another program edits the file: it drops the X-UIDL line of mailsrv's message 3 and
+    rewrites the Subject of foreign message 4 (whose UIDL is derived from its header), so neither
+    is found again, and adds a Status: line to foreign message 5 (a field the UIDL leaves out).
+    After QUIT the file is blocks 1, 3, 4 and 6 exactly as that program left them: 3 and 4 are kept,
+    2 and 5, found again, are removed (the control), and nothing else was touched."""
+    srv = ctx.server(storage="mbox").start()
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    t3, _ = srv.deliver()
+    path = mbox_path(srv, "alice@example.test")
+    mbox_other_append(path, mbox_foreign(4) + mbox_foreign(5))
+    t6, _ = srv.deliver()
+    p = srv.pop("alice@example.test")
+    order = [token_of(p.top(n, 0)) for n in range(1, 7)]
+    check(order == [t1, t2, t3, "foreign4", "foreign5", t6], "test bug: the mailbox holds %s" % order)
+    for n in (2, 3, 4, 5):
+        p.ok("DELE %d" % n)
+    blocks = claimsb_blocks(read(path))
+    check(len(blocks) == 6, "test bug: %d From_ lines" % len(blocks))
+    b3 = re.sub(rb"(?m)^X-UIDL: .*\n", b"", blocks[2], count=1)
+    b4 = blocks[3].replace(b"Subject: foreign 4\n", b"Subject: foreign 4 (edited)\n")
+    b5 = blocks[4].replace(b"\n\n", b"\nStatus: RO\n\n", 1)
+    check(b3 != blocks[2] and b4 != blocks[3] and b5 != blocks[4], "test bug: an edit did not apply")
+    edited = [blocks[0], blocks[1], b3, b4, b5, blocks[5]]
+    dotlock_take(path)  # rewritten in place under both locks, as a MUA does
+    try:
+        with open(path, "r+b") as f:
+            wait_for(lambda: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB) is None, 5, "the fcntl lock of %s" % path)
+            f.write(b"".join(edited))
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    finally:
+        os.unlink(path + ".lock")
+    p.quit()
+    after = read(path)
+    check(after == b"".join(edited[i] for i in (0, 2, 3, 5)),
+          "the mbox after QUIT holds %s, expected %s (messages 3 and 4 kept as edited, 2 and 5 removed)"
+          % ([token_of(b) for b in claimsb_blocks(after)], [t1, t3, "foreign4", t6]))
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [t1, t3, "foreign4", t6], "POP3 shows %s" % [g["token"] for g in got])
+
+
+# end of section: claimsB
 
 
 # =============================================================================================
