@@ -9143,6 +9143,39 @@ def relay_timeout_per_step(ctx):
     check("timeout" not in srv.log_text(), "a timeout was logged: %s" % short(srv.log_text()[-600:], 600))
 
 
+@test(limit=60)
+def relay_max_outbound_one_message(ctx):
+    """README: at most `max_outbound` sessions at once, also for one message to more domains than
+    that: max_outbound = 2 and a message for three domains (retry = 1 h), the first of which defers:
+    two sessions open while the MX holds them; released, the third domain's session follows at once
+    (no retry delay), the deferring domain is not tried again in that attempt, and it waits in the
+    queue with one try counted. (mailsrv used to open one session per domain of such a message.)"""
+    net = Net(ctx)
+    sink = ctx.track(ClaimsbHoldSink("127.0.0.2", net.port))
+    sink.rcpt_replies = {"user@d1.test": "451 4.2.1 mailbox busy"}
+    doms = ["d%d.test" % i for i in range(1, 4)]
+    srv = net.server(relay={"max_outbound": "2", "timeout": "60", "retry": "1h"},
+                     route={d: "127.0.0.2:%d" % net.port for d in doms}).start()
+    try:
+        t, _ = relay_mail(srv, ["user@" + d for d in doms])
+        wait_for(lambda: len(sink.held) >= 2, 10, "two outbound sessions at the MX")
+        time.sleep(secs(0.5))  # not a synchronisation: a third session, if the limit failed, would come meanwhile
+        check(len(sink.held) == 2 and sink.peak == 2, "%d sessions opened (%d at once) with max_outbound = 2"
+              % (len(sink.held), sink.peak))
+    finally:
+        sink.gate.set()
+    got = sink_wait(sink, 2, 20, "transactions after the release")
+    check(sorted(r for g in got for r in g["rcpts"]) == ["user@d2.test", "user@d3.test"] and
+          all(token_of(g["data"]) == t for g in got), "the MX got %s" % [(token_of(g["data"]), g["rcpts"]) for g in got])
+    out = wait_for(lambda: (lambda o: o if "tries=1" in o else None)(queue_cli(srv)), 10, "tries=1 in `queue`", 0.2)
+    check(re.search(r"(?m)^\s+<user@d1\.test> pending, tries=1: .*451", out) and
+          all(re.search(r"(?m)^\s+<user@%s> delivered" % re.escape(d), out) for d in doms[1:]),
+          "`queue` after the attempt: %s" % short(out, 400))
+    asked = [e for e in sink.events if e[0] == "rcpt" and e[1] == "user@d1.test"]
+    check(len(asked) == 1, "user@d1.test was asked %d times in one attempt" % len(asked))
+    check(sink.peak == 2, "%d outbound sessions at once with max_outbound = 2" % sink.peak)
+
+
 # end of section: claimsB
 
 
