@@ -7674,6 +7674,10 @@ relay_finish(struct mailsrv *ms, struct qentry *e)
     long usec;
     int i, pending = 0, refused = 0;
     os_wallclock(&now, &usec);
+    /* domains left out by max_outbound (relay_run) are this attempt's still: due at once, the
+     * results so far kept (the tried ones are not started again) */
+    for (i = 0; i < e->nr && !(e->r[i].state == Q_PENDING && !e->r[i].result); i++) {}
+    if (i < e->nr) { e->next_try = now; ms->relay_kick = 1; return; }
     for (i = 0; i < e->nr; i++) {
         if (e->r[i].state != Q_PENDING) continue;
         if (e->r[i].result == 5) refused++;
@@ -7712,15 +7716,16 @@ relay_finish(struct mailsrv *ms, struct qentry *e)
         ms_log(ms, "cannot update the queue entry %s: %s", e->id, strerror(errno));
 }
 
-/* Is recipient j the first pending one of its domain (the one that starts its session)? */
+/* Is recipient j the first pending one of its domain (the one that starts its session)? Only
+ * recipients not tried yet in this attempt count (result 0: see relay_finish). */
 static int
 qentry_first_of_domain(const struct qentry *e, int j)
 {
     const char *dj = strrchr(e->r[j].addr, '@');
     int k;
-    if (e->r[j].state != Q_PENDING) return 0;
+    if (e->r[j].state != Q_PENDING || e->r[j].result) return 0;
     for (k = 0; k < j; k++)
-        if (e->r[k].state == Q_PENDING && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) return 0;
+        if (e->r[k].state == Q_PENDING && !e->r[k].result && ms_strcaseeq(strrchr(e->r[k].addr, '@'), dj)) return 0;
     return 1;
 }
 
@@ -7759,7 +7764,8 @@ relay_run(struct mailsrv *ms)
         for (j = 0; j < e->nr; j++) groups += qentry_first_of_domain(e, j);
         if (ms->nout && ms->nout + groups > ms->cfg->max_outbound) break; /* a session's end kicks us again */
         ri = xrealloc(NULL, sizeof *ri * (size_t)e->nr);
-        for (j = 0; j < e->nr; j++) {
+        /* more domains than max_outbound: the rest start when these end (relay_finish) */
+        for (j = 0; j < e->nr && ms->nout < ms->cfg->max_outbound; j++) {
             const char *dj = strrchr(e->r[j].addr, '@');
             int n = 0;
             if (!qentry_first_of_domain(e, j)) continue;
