@@ -142,6 +142,15 @@ def free_ports(n, host="127.0.0.1"):
             s.close()
 
 
+def accepts(host, port):
+    """Whether something listens on host:port (a peer program the test started)."""
+    try:
+        socket.create_connection((host, port), 1).close()
+        return True
+    except OSError:
+        return False
+
+
 def have_ipv6():
     try:
         s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -5657,6 +5666,20 @@ def fault_bounce(ctx, op, ns, storage, least):
     fault_last_round(op, outcomes, least, "250", "bounce, ")
 
 
+def fault_list_round(srv, op, n, rcpts, msg, sender):
+    """Sends msg from sender to a list address on srv, started with its fault: the reply must be
+    250 or 4xx. Then restarts srv without the fault, for the state to be checked. Returns (the
+    reply, whether the fault fired)."""
+    r = fault_smtp(srv, rcpts, msg, sender=sender)
+    check(r == 250 or 400 <= r < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, r, op))
+    srv.stop()
+    hit = fault_fired(srv, op, n)
+    check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
+    srv.env = None
+    srv.start()
+    return r, hit
+
+
 def fault_list_confirm(ctx, op, ns, least):
     """Issue 12.2: bob confirms his subscription to a server whose Nth `op` fails. Afterwards (restarted
     without the fault) the list state is the old (bob's request still open, not a member) or the new
@@ -5673,13 +5696,7 @@ def fault_list_confirm(ctx, op, ns, least):
             continue
         msg = ("From: <%s>\r\nTo: <news-confirm-%s@example.test>\r\nSubject: Re: Confirm\r\nMessage-ID: <%s@client.test>"
                "\r\n\r\nyes\r\n" % (bob, code, tok())).encode()
-        r = fault_smtp(srv, ["news-confirm-%s@example.test" % code], msg, sender=bob)
-        check(r == 250 or 400 <= r < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, r, op))
-        srv.stop()
-        hit = fault_fired(srv, op, n)
-        check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
-        srv.env = None
-        srv.start()
+        r, hit = fault_list_round(srv, op, n, ["news-confirm-%s@example.test" % code], msg, bob)
         out = list_cli(srv, LIST)
         m = members(srv)
         old = m == [] and "open request: subscribe %s" % bob in out
@@ -5706,14 +5723,9 @@ def fault_list_subscribe(ctx, op, ns, least):
         srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
         if not fault_start(srv, op, n, outcomes):
             continue
-        r = fault_smtp(srv, ["news-subscribe@example.test"], ("From: <%s>\r\nTo: <news-subscribe@example.test>\r\n"
-                       "Subject: subscribe\r\nMessage-ID: <%s@client.test>\r\n\r\nplease\r\n" % (bob, tok())).encode(), sender=bob)
-        check(r == 250 or 400 <= r < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, r, op))
-        srv.stop()
-        hit = fault_fired(srv, op, n)
-        check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
-        srv.env = None
-        srv.start()
+        msg = ("From: <%s>\r\nTo: <news-subscribe@example.test>\r\nSubject: subscribe\r\nMessage-ID: <%s@client.test>"
+               "\r\n\r\nplease\r\n" % (bob, tok())).encode()
+        r, hit = fault_list_round(srv, op, n, ["news-subscribe@example.test"], msg, bob)
         out = list_cli(srv, LIST)
         codes = confirmations(g["data"] for g in srv.fetch(bob))
         pending = re.findall(r"open request: subscribe (\S+),", out)
@@ -8500,6 +8512,29 @@ def peers_tls_failed_handshake_verify_defers(ctx):
           "no `deferred ... 4.7.5 TLS handshake` line: %s" % short(srv.log_text()[-500:], 500))
 
 
+
+# The body as a next hop must read it: mailsrv un-stuffs only after CRLF; the "." after a bare LF
+# stays a "." line; every line leaves with CRLF and a leading dot doubled, so all of them arrive as
+# lines of the one message.
+DOTS_BODY_READ = b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n"
+
+
+def send_dots_and_bare_line_ends(srv, rcpt):
+    """Sends, by raw SMTP, a message whose body holds lines that start with a dot, a "." line, a bare LF
+    and a bare CR, one of them in the smuggling sequence LF . LF; returns its token."""
+    c = srv.smtp()
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<%s>" % rcpt, 250)
+    c.expect("DATA", 354)
+    c.send(b"From: <sender@client.test>\r\nSubject: dots\r\nX-Test-Token: " + t.encode() + b"\r\n\r\n"
+           b"Hi\r\n..leading\r\n...two\r\n..\r\nbare\nlf\rcr\n.\nMAIL FROM:<evil@client.test>\r\nend\r\n.\r\n")
+    code, text = c.reply()
+    check(code == 250, "end of data: %s" % short(text))
+    c.expect("QUIT", 221)
+    return t
+
+
 @test(limit=60)
 def peers_postfix_smtp_sink_dot_stuffing(ctx):
     # Postfix's smtp-sink as the next hop: it un-stuffs dots and ends DATA at a "." line as Postfix
@@ -8527,24 +8562,10 @@ def peers_postfix_smtp_sink_dot_stuffing(ctx):
 
     def listening():
         check(sink.poll() is None, "smtp-sink exited: %s" % short(read(errf.name)))
-        try:
-            socket.create_connection(("127.0.0.2", net.port), 1).close()
-            return True
-        except OSError:
-            return False
+        return accepts("127.0.0.2", net.port)
     wait_for(listening, 10, "smtp-sink listening", 0.1)
     srv = net.server(relay={"retry": "1h"}).start()
-    c = srv.smtp()
-    t = tok()
-    c.expect("MAIL FROM:<%s>" % SENDER, 250)
-    c.expect("RCPT TO:<user@remote.test>", 250)
-    c.expect("DATA", 354)
-    c.send(b"From: <sender@client.test>\r\nSubject: dots\r\nX-Test-Token: " + t.encode() + b"\r\n\r\n"
-           b"Hi\r\n..leading\r\n...two\r\n..\r\nbare\nlf\rcr\n.\nMAIL FROM:<evil@client.test>\r\nend\r\n.\r\n")
-    code, text = c.reply()
-    check(code == 250, "end of data: %s" % short(text))
-    c.send("QUIT\r\n")
-    c.read_eof()
+    t = send_dots_and_bare_line_ends(srv, "user@remote.test")
     wait_queue_empty(srv, 15)
     files = os.listdir(dump)
     check(len(files) == 1, "smtp-sink dumped %d transactions: %s" % (len(files), files))
@@ -8553,10 +8574,7 @@ def peers_postfix_smtp_sink_dot_stuffing(ctx):
     check(b"\nX-Mail-Args: <%s>" % SENDER.encode() in head, "MAIL FROM at smtp-sink: %s" % short(head, 400))
     check(b"\nX-Rcpt-Args: <user@remote.test>\n" in head, "RCPT TO at smtp-sink: %s" % short(head, 400))
     check(("X-Test-Token: " + t).encode() in head, "the token header did not arrive: %s" % short(head, 400))
-    # mailsrv un-stuffs only after CRLF; the "." after a bare LF stays a "." line; every line leaves
-    # with CRLF and a leading dot doubled, so smtp-sink reads all of them and one message
-    want = b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n\n"
-    check(body == want, "smtp-sink read the body as %r" % body)
+    check(body == DOTS_BODY_READ + b"\n", "smtp-sink read the body as %r" % body)  # (its dump ends with a blank line)
 
 
 class PostfixInstance:
@@ -8602,14 +8620,7 @@ class PostfixInstance:
         r = subprocess.run([self.postfix, "-c", self.etc, "start"], capture_output=True, timeout=secs(30))
         self.started = r.returncode == 0
         check(self.started, "postfix start: exit %d %s; log %s" % (r.returncode, short(r.stderr), short(self.log_text(), 400)))
-
-        def listening():
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                return True
-            except OSError:
-                return False
-        wait_for(listening, 20, "Postfix's smtpd listening", 0.1)
+        wait_for(lambda: accepts("127.0.0.1", self.port), 20, "Postfix's smtpd listening", 0.1)
 
     def log_text(self):
         try:
@@ -8638,23 +8649,13 @@ def peers_postfix_smtpd_strict(ctx):
     pf = PostfixInstance(ctx, 200000)
     srv = ctx.server(server={"max_message_size": "1M"},
                      sections={"relay": {"retry": "1h", "timeout": "10"}, "route": {"b.test": "127.0.0.1:%d" % pf.port}}).start()
-    c = srv.smtp()
-    t = tok()
-    c.expect("MAIL FROM:<%s>" % SENDER, 250)
-    c.expect("RCPT TO:<ben@b.test>", 250)
-    c.expect("DATA", 354)
-    c.send(b"From: <sender@client.test>\r\nSubject: dots\r\nX-Test-Token: " + t.encode() + b"\r\n\r\n"
-           b"Hi\r\n..leading\r\n...two\r\n..\r\nbare\nlf\rcr\n.\nMAIL FROM:<evil@client.test>\r\nend\r\n.\r\n")
-    code, text = c.reply()
-    check(code == 250, "end of data: %s" % short(text))
-    c.expect("QUIT", 221)
+    t = send_dots_and_bare_line_ends(srv, "ben@b.test")
     wait_queue_empty(srv, 20)
     got = wait_for(pf.messages, 20, "the message in Postfix's Maildir")
     check(len(got) == 1, "Postfix stored %d messages" % len(got))
     head, _, body = got[0].partition(b"\n\n")
     check(("X-Test-Token: " + t).encode() in head, "the token header did not arrive: %s" % short(head, 400))
-    check(body == b"Hi\n.leading\n..two\n.\nbare\nlf\ncr\n.\nMAIL FROM:<evil@client.test>\nend\n",
-          "Postfix stored the body as %r" % body)
+    check(body == DOTS_BODY_READ, "Postfix stored the body as %r" % body)
     check("bare <LF>" not in pf.log_text(), "Postfix saw a bare LF: %s" % short(pf.log_text()[-600:], 600))
     big = tok()
     msg = make_msg(big, to="ben@b.test", sender="alice@example.test", body=("%s 300 KB\r\n" % big) * 15000)
@@ -9629,6 +9630,15 @@ class ClaimsbHoldSink(fakes.SmtpSink):
             pass  # closed by close() at the end, with the others
 
 
+
+def claimsb_two_sessions_held(sink):
+    """max_outbound = 2: two sessions reach the holding MX, and no third comes."""
+    wait_for(lambda: len(sink.held) >= 2, 10, "two outbound sessions at the MX")
+    time.sleep(secs(0.5))  # not a synchronisation: a third session, if the limit failed, would come meanwhile
+    check(len(sink.held) == 2 and sink.peak == 2, "%d sessions opened (%d at once) with max_outbound = 2"
+          % (len(sink.held), sink.peak))
+
+
 @test(limit=60)
 def relay_max_outbound(ctx):
     """README: `[relay] max_outbound` is the most outbound sessions at once. Four queued messages for
@@ -9642,10 +9652,7 @@ def relay_max_outbound(ctx):
                      route={d: "127.0.0.2:%d" % net.port for d in doms}).start()
     try:
         sent = {relay_mail(srv, ["user@" + d])[0]: d for d in doms}
-        wait_for(lambda: len(sink.held) >= 2, 10, "two outbound sessions at the MX")
-        time.sleep(secs(0.5))  # not a synchronisation: a third session, if the limit failed, would come meanwhile
-        check(len(sink.held) == 2 and sink.peak == 2, "%d sessions opened (%d at once) with max_outbound = 2"
-              % (len(sink.held), sink.peak))
+        claimsb_two_sessions_held(sink)
     finally:
         sink.gate.set()
     got = sink_wait(sink, 4, 20, "messages after the release")
@@ -9752,10 +9759,7 @@ def relay_max_outbound_one_message(ctx):
                      route={d: "127.0.0.2:%d" % net.port for d in doms}).start()
     try:
         t, _ = relay_mail(srv, ["user@" + d for d in doms])
-        wait_for(lambda: len(sink.held) >= 2, 10, "two outbound sessions at the MX")
-        time.sleep(secs(0.5))  # not a synchronisation: a third session, if the limit failed, would come meanwhile
-        check(len(sink.held) == 2 and sink.peak == 2, "%d sessions opened (%d at once) with max_outbound = 2"
-              % (len(sink.held), sink.peak))
+        claimsb_two_sessions_held(sink)
     finally:
         sink.gate.set()
     got = sink_wait(sink, 2, 20, "transactions after the release")
