@@ -9390,7 +9390,7 @@ cli_alias_naming(const struct ms_config *c, const struct cfg_domain *md, const c
         const struct cfg_domain *d = &c->domains[i];
         for (j = 0; j < d->naliases; j++) {
             char tmp[1024], *item, *save;
-            if (ms_strlcpy(tmp, d->aliases[j].members, sizeof tmp) != 0) continue; /* the load refused it */
+            if (ms_strlcpy(tmp, d->aliases[j].members, sizeof tmp) != 0) continue; /* never: an INI line holds 198 characters (inih) */
             for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
                 char *m = ms_trim(item), *at = strrchr(m, '@');
                 if (at) *at++ = 0;
