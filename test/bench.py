@@ -48,6 +48,8 @@ import sys
 import tempfile
 import time
 
+import fakes  # test/ is on sys.path: it is this script's folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 DOMAIN = "bench.local"
@@ -115,17 +117,7 @@ def log(msg):
 # helpers
 
 def free_ports(n):
-    socks, ports = [], []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-            ports.append(s.getsockname()[1])
-    finally:
-        for s in socks:
-            s.close()
-    return ports
+    return fakes.free_ports_on(n, (HOST,))
 
 
 def proc_status(pid):

@@ -39,6 +39,8 @@ import threading
 import time
 import traceback
 
+import fakes  # test/ is on sys.path: it is this script's folder
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 SLACK = float(os.environ.get("MAILSRV_TEST_SLACK", "") or "1.0")
@@ -129,17 +131,7 @@ def wait_for(pred, timeout, what, interval=0.05):
 
 
 def free_ports(n, host="127.0.0.1"):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(fam, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    return fakes.free_ports_on(n, (host,))
 
 
 def accepts(host, port):
@@ -620,8 +612,9 @@ class Server:
         for host, port, kind in self.listeners():
             while True:
                 if self.proc.poll() is not None:
-                    raise TestFailure("server exited with status %s before listening on %s:%d"
-                                      % (self.proc.returncode, host, port))
+                    last = self.log_text().strip().splitlines()[-1:] or ["(nothing logged)"]
+                    raise TestFailure("server exited with status %s before listening on %s:%d: %s"
+                                      % (self.proc.returncode, host, port, short(last[0], 300)))
                 if probe(host, port, kind):
                     break
                 if time.monotonic() > end:
@@ -2904,7 +2897,6 @@ def kill9_during_burst(ctx, storage):
 # 127.0.0.2-3 sharing one port ([relay] port); nothing listens on 127.0.0.4 (connection refused).
 
 import email  # noqa: E402
-import fakes  # noqa: E402  (test/ is on sys.path: it is this script's folder)
 
 REMOTE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
@@ -8354,19 +8346,7 @@ class Dnsmasq:
     def __init__(self, args, local=False):
         exe = need_program("dnsmasq", "dnsmasq-base")
         self.proc = None
-        for _ in range(20):  # the port must be free for UDP and TCP alike
-            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            finally:
-                u.close()
-                t.close()
-            break
+        port = fakes.free_ports_on(1, udp=True)[0]
         self.addr = "127.0.0.1:%d" % port
         self.pidfile = tempfile.mktemp(prefix="ms-dnsmasq-", suffix=".pid")
         cmd = [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--port=%d" % port,

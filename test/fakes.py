@@ -9,6 +9,8 @@ Python 3 standard library only; everything listens on loopback and runs in daemo
 """
 import collections
 import ipaddress
+import os
+import random
 import socket
 import struct
 import threading
@@ -18,26 +20,52 @@ QTYPES = {1: "A", 2: "NS", 5: "CNAME", 6: "SOA", 12: "PTR", 15: "MX", 16: "TXT",
 NOERROR, SERVFAIL, NXDOMAIN = 0, 2, 3
 
 
-def free_port_on(hosts, tries=100):
-    """A TCP port number that is free on every host in hosts (e.g. several 127.0.0.x addresses)."""
-    for _ in range(tries):
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; Windows (and wine's host) start at 49152
+
+
+_PORTS = random.Random(os.urandom(16))  # not the tests' seeded random: two runs side by side differ
+_PORTS_GIVEN = set()  # never the same port twice in one run: the last user's TIME_WAITs may linger
+
+
+def free_ports_on(n, hosts=("127.0.0.1",), udp=False):
+    """n distinct port numbers that are free for TCP (and UDP) on every host in hosts, for a server
+    that binds them later. They come from below the kernel's ephemeral range: a port picked there,
+    released and bound later can meanwhile become some client's local port, or the local port of
+    the very probe that connects to it (a TCP self-connect), and the server then fails to bind."""
+    low, high = 10000, min(_ephemeral_low(), 65536) - 1
+    ports = []
+    for _ in range(1000 * n):
+        if len(ports) == n:
+            return ports
+        port = _PORTS.randint(low, high) if high - low >= 1000 else 0
+        if port in _PORTS_GIVEN:
+            continue
         socks = []
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.bind((hosts[0], 0))
-            port = s.getsockname()[1]
-            for h in hosts[1:]:
-                t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                socks.append(t)
-                t.bind((h, port))
-            return port
+            for h in hosts:
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM) if udp else (socket.SOCK_STREAM,):
+                    s = socket.socket(socket.AF_INET6 if ":" in h else socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind((h, port))
+                    port = s.getsockname()[1]  # 0 (no range to pick from): the kernel's choice
         except OSError:
             continue
         finally:
             for s in socks:
                 s.close()
+        _PORTS_GIVEN.add(port)
+        ports.append(port)
     raise OSError("no port free on all of %s" % (hosts,))
+
+
+def free_port_on(hosts):
+    """A TCP port number that is free on every host in hosts (e.g. several 127.0.0.x addresses)."""
+    return free_ports_on(1, hosts)[0]
 
 
 def _recv_exact(sock, n):
