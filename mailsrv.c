@@ -6433,17 +6433,12 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
     pop_pump(c);
 }
 
-/* Finds message N (1-based) that is not deleted, or replies -ERR. */
-static struct pop_msg *
-pop_get_msg(struct conn *c, const char *arg)
+/* The number of message ARG (1-based) if it exists and is not deleted, else -1. */
+static int
+pop_msg_number(const struct pop_view *v, const char *arg)
 {
-    struct pop_sess *p = &c->u.pop;
-    int n = pop_parse_num(arg, p->view.n);
-    if (n < 0 || p->view.msgs[n - 1].deleted) {
-        conn_reply(c, "-ERR No such message");
-        return NULL;
-    }
-    return &p->view.msgs[n - 1];
+    int n = pop_parse_num(arg, v->n);
+    return n < 0 || v->msgs[n - 1].deleted ? -1 : n;
 }
 
 static int
@@ -6457,12 +6452,6 @@ pop_in_use(struct mailsrv *ms, const struct conn *self, const char *mailbox)
             return 1;
     }
     return 0;
-}
-
-static void
-pop_login(struct conn *c, const char *user, const char *pass)
-{
-    auth_begin(c, user, pass); /* pop_login_done() answers once it is hashed */
 }
 
 /* The outcome of a login: mailbox NULL if it failed. */
@@ -6512,9 +6501,76 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
     conn_reply(c, "+OK %d messages (%lld octets)", p->view.n, (long long)total);
 }
 
-static void
-pop_do_capa(struct conn *c)
+/* The AUTH PLAIN answer (RFC 5034 4), given with AUTH or after "+ ":
+ * pop_login_done() answers once its hash is done. */
+static const char *
+pop_auth_plain(struct conn *c, const char *b64)
 {
+    char user[MS_PATH_MAX], pass[256];
+    if (sasl_plain_decode(b64, user, sizeof user, pass, sizeof pass) != 0) auth_begin(c, "", "");
+    else auth_begin(c, user, pass);
+    return NULL;
+}
+
+/* The command handlers. Each returns its one-line reply, or NULL when it
+ * answered itself: in several lines (CAPA, LIST, UIDL), as a stream (RETR,
+ * TOP) or later (a login, once its hash is done). */
+
+static const char *
+pop_do_user(struct conn *c, const char *args)
+{
+    struct pop_sess *p = &c->u.pop;
+    if (!*args || strlen(args) >= sizeof p->user) return "-ERR Bad user name";
+    ms_strlcpy(p->user, args, sizeof p->user);
+    return "+OK";
+}
+
+static const char *
+pop_do_pass(struct conn *c, const char *args)
+{
+    struct pop_sess *p = &c->u.pop;
+    char user[MS_PATH_MAX], pass[256];
+    if (!p->user[0]) return "-ERR USER first";
+    ms_strlcpy(pass, args, sizeof pass);
+    ms_strlcpy(user, p->user, sizeof user);
+    p->user[0] = 0;
+    auth_begin(c, user, pass); /* pop_login_done() answers once it is hashed */
+    return NULL;
+}
+
+static const char *
+pop_do_auth(struct conn *c, const char *args)
+{
+    char mech[32];
+    const char *init = cmd_split(args, mech, sizeof mech);
+    if (!mech[0]) { /* RFC 5034 4: the list of mechanisms */
+        conn_reply(c, "+OK");
+        conn_reply(c, "PLAIN");
+        return ".";
+    }
+    if (strcmp(mech, "PLAIN") != 0) return "-ERR Unsupported authentication mechanism";
+    if (*init) return pop_auth_plain(c, init);
+    c->u.pop.auth_wait = 1;
+    return "+ ";
+}
+
+/* RFC 2595 4; input pipelined after it is dropped. */
+static const char *
+pop_do_stls(struct conn *c, const char *args)
+{
+    (void)args;
+    if (c->tls) return "-ERR TLS is already active";
+    if (!c->ms->cfg->tls) return "-ERR TLS not available";
+    c->inlen = 0;
+    c->tls_after_flush = 1;
+    c->u.pop.user[0] = 0;
+    return "+OK Begin TLS negotiation";
+}
+
+static const char *
+pop_do_capa(struct conn *c, const char *args)
+{
+    (void)args;
     conn_reply(c, "+OK Capability list follows");
     if (c->u.pop.state == POP_S_AUTH && c->ms->cfg->tls && !c->tls) conn_reply(c, "STLS");
     if (c->u.pop.state == POP_S_AUTH && conn_plaintext_ok(c)) {
@@ -6527,126 +6583,177 @@ pop_do_capa(struct conn *c)
     conn_reply(c, "RESP-CODES");
     conn_reply(c, "AUTH-RESP-CODE");
     conn_reply(c, "IMPLEMENTATION mailsrv-" MAILSRV_VERSION);
-    conn_reply(c, ".");
+    return ".";
 }
 
-static void
-pop_auth_line(struct conn *c, const char *verb, const char *args)
+/* Logged in, QUIT applies the DELE marks (RFC 1939 6, the UPDATE state). */
+static const char *
+pop_do_quit(struct conn *c, const char *args)
 {
     struct pop_sess *p = &c->u.pop;
-    char user[MS_PATH_MAX], pass[256];
-    if (strcmp(verb, "USER") == 0 || strcmp(verb, "PASS") == 0 || strcmp(verb, "AUTH") == 0) {
-        if (!conn_plaintext_ok(c)) {
-            conn_reply(c, "-ERR [AUTH] Plain-text logins are not allowed from this address%s",
-                       c->ms->cfg->tls ? " without TLS (STLS)" : "");
-            return;
-        }
+    const char *reply = "+OK Bye";
+    int i, ndel = 0;
+    (void)args;
+    conn_close(c, 1);
+    if (p->state != POP_S_TRANS) return reply;
+    for (i = 0; i < p->view.n; i++) ndel += p->view.msgs[i].deleted;
+    if (view_commit(&p->view) != 0) {
+        conn_log(c, "update of %s failed: %s", p->mailbox, strerror(errno));
+        reply = "-ERR [SYS/TEMP] Some deleted messages were not removed";
+    } else if (ndel) {
+        conn_log(c, "deleted %d messages from %s", ndel, p->mailbox);
     }
-    if (strcmp(verb, "USER") == 0) {
-        if (!*args || strlen(args) >= sizeof p->user) { conn_reply(c, "-ERR Bad user name"); return; }
-        ms_strlcpy(p->user, args, sizeof p->user);
-        conn_reply(c, "+OK");
-    } else if (strcmp(verb, "PASS") == 0) {
-        if (!p->user[0]) { conn_reply(c, "-ERR USER first"); return; }
-        ms_strlcpy(pass, args, sizeof pass);
-        ms_strlcpy(user, p->user, sizeof user);
-        p->user[0] = 0;
-        pop_login(c, user, pass);
-    } else if (strcmp(verb, "AUTH") == 0) {
-        char mech[32];
-        const char *init = cmd_split(args, mech, sizeof mech);
-        if (!mech[0]) { conn_reply(c, "+OK"); conn_reply(c, "PLAIN"); conn_reply(c, "."); return; }
-        if (strcmp(mech, "PLAIN") != 0) { conn_reply(c, "-ERR Unsupported authentication mechanism"); return; }
-        if (!*init) { p->auth_wait = 1; conn_reply(c, "+ "); return; }
-        if (sasl_plain_decode(init, user, sizeof user, pass, sizeof pass) != 0) { pop_login(c, "", ""); return; }
-        pop_login(c, user, pass);
-    } else if (strcmp(verb, "CAPA") == 0) {
-        pop_do_capa(c);
-    } else if (strcmp(verb, "STLS") == 0) { /* RFC 2595 4; input pipelined after it is dropped */
-        if (c->tls) conn_reply(c, "-ERR TLS is already active");
-        else if (!c->ms->cfg->tls) conn_reply(c, "-ERR TLS not available");
-        else {
-            conn_reply(c, "+OK Begin TLS negotiation");
-            c->inlen = 0;
-            c->tls_after_flush = 1;
-            p->user[0] = 0;
-        }
-    } else if (strcmp(verb, "QUIT") == 0) {
-        conn_reply(c, "+OK Bye");
-        conn_close(c, 1);
-    } else if (!conn_junk(c)) {
-        conn_reply(c, "-ERR Unknown command or not logged in");
-    }
+    p->state = POP_S_AUTH; /* the mailbox is free again */
+    return reply;
 }
 
-static void
-pop_trans_line(struct conn *c, const char *verb, const char *args)
+static const char *
+pop_do_stat(struct conn *c, const char *args)
 {
-    struct pop_sess *p = &c->u.pop;
-    struct pop_msg *m;
+    struct pop_view *v = &c->u.pop.view;
+    int i, n = 0;
+    int64_t total = 0;
+    (void)args;
+    for (i = 0; i < v->n; i++)
+        if (!v->msgs[i].deleted) { n++; total += v->msgs[i].size; }
+    conn_reply(c, "+OK %d %lld", n, (long long)total);
+    return NULL;
+}
+
+/* LIST and UIDL (RFC 1939 5 and 7): one message, or all that are not deleted. */
+static const char *
+pop_scan_list(struct conn *c, const char *args, int uidl)
+{
+    struct pop_view *v = &c->u.pop.view;
+    int i, n;
+    if (*args) {
+        if ((n = pop_msg_number(v, args)) < 0) return "-ERR No such message";
+        if (uidl) conn_reply(c, "+OK %d %s", n, v->msgs[n - 1].uidl);
+        else conn_reply(c, "+OK %d %lld", n, (long long)v->msgs[n - 1].size);
+        return NULL;
+    }
+    buf_adds(&c->out, "+OK\r\n"); /* (not logged line by line: a listing can be 50,000 lines) */
+    for (i = 0; i < v->n; i++) {
+        if (v->msgs[i].deleted) continue;
+        if (uidl) buf_printf(&c->out, "%d %s\r\n", i + 1, v->msgs[i].uidl);
+        else buf_printf(&c->out, "%d %lld\r\n", i + 1, (long long)v->msgs[i].size);
+    }
+    buf_adds(&c->out, ".\r\n");
+    return NULL;
+}
+
+static const char *
+pop_do_list(struct conn *c, const char *args)
+{
+    return pop_scan_list(c, args, 0);
+}
+
+static const char *
+pop_do_uidl(struct conn *c, const char *args)
+{
+    return pop_scan_list(c, args, 1);
+}
+
+static const char *
+pop_do_retr(struct conn *c, const char *args)
+{
+    struct pop_view *v = &c->u.pop.view;
+    int n = pop_msg_number(v, args);
+    if (n < 0) return "-ERR No such message";
+    conn_log(c, "retr %s %s", c->u.pop.mailbox, v->msgs[n - 1].uidl);
+    pop_stream_start(c, &v->msgs[n - 1], -1);
+    return NULL;
+}
+
+static const char *
+pop_do_top(struct conn *c, const char *args)
+{
+    struct pop_view *v = &c->u.pop.view;
+    char num[16], *end;
+    const char *lines = cmd_split(args, num, sizeof num);
+    long nl = strtol(lines, &end, 10);
+    int n;
+    if (!*lines || *end || nl < 0 || strlen(lines) > 9) return "-ERR Syntax: TOP msg lines";
+    if ((n = pop_msg_number(v, num)) < 0) return "-ERR No such message";
+    pop_stream_start(c, &v->msgs[n - 1], nl);
+    return NULL;
+}
+
+static const char *
+pop_do_dele(struct conn *c, const char *args)
+{
+    struct pop_view *v = &c->u.pop.view;
+    int n = pop_msg_number(v, args);
+    if (n < 0) return "-ERR No such message";
+    v->msgs[n - 1].deleted = 1;
+    return "+OK Message deleted";
+}
+
+static const char *
+pop_do_rset(struct conn *c, const char *args)
+{
+    struct pop_view *v = &c->u.pop.view;
     int i;
-    if (strcmp(verb, "STAT") == 0) {
-        int n = 0;
-        int64_t total = 0;
-        for (i = 0; i < p->view.n; i++)
-            if (!p->view.msgs[i].deleted) { n++; total += p->view.msgs[i].size; }
-        conn_reply(c, "+OK %d %lld", n, (long long)total);
-    } else if (strcmp(verb, "LIST") == 0 || strcmp(verb, "UIDL") == 0) {
-        int uidl = verb[0] == 'U';
-        if (*args) {
-            if ((m = pop_get_msg(c, args)) == NULL) return;
-            if (uidl) conn_reply(c, "+OK %d %s", (int)(m - p->view.msgs) + 1, m->uidl);
-            else conn_reply(c, "+OK %d %lld", (int)(m - p->view.msgs) + 1, (long long)m->size);
-            return;
-        }
-        buf_adds(&c->out, "+OK\r\n");
-        for (i = 0; i < p->view.n; i++) {
-            if (p->view.msgs[i].deleted) continue;
-            if (uidl) buf_printf(&c->out, "%d %s\r\n", i + 1, p->view.msgs[i].uidl);
-            else buf_printf(&c->out, "%d %lld\r\n", i + 1, (long long)p->view.msgs[i].size);
-        }
-        buf_adds(&c->out, ".\r\n");
-    } else if (strcmp(verb, "RETR") == 0) {
-        if ((m = pop_get_msg(c, args)) == NULL) return;
-        conn_log(c, "retr %s %s", p->mailbox, m->uidl);
-        pop_stream_start(c, m, -1);
-    } else if (strcmp(verb, "TOP") == 0) {
-        char num[16];
-        const char *lines = cmd_split(args, num, sizeof num);
-        char *end;
-        long nl = strtol(lines, &end, 10);
-        if (!*lines || *end || nl < 0 || strlen(lines) > 9) { conn_reply(c, "-ERR Syntax: TOP msg lines"); return; }
-        if ((m = pop_get_msg(c, num)) == NULL) return;
-        pop_stream_start(c, m, nl);
-    } else if (strcmp(verb, "DELE") == 0) {
-        if ((m = pop_get_msg(c, args)) == NULL) return;
-        m->deleted = 1;
-        conn_reply(c, "+OK Message deleted");
-    } else if (strcmp(verb, "RSET") == 0) {
+    (void)args;
+    for (i = 0; i < v->n; i++) v->msgs[i].deleted = 0;
+    return "+OK";
+}
+
+static const char *
+pop_do_noop(struct conn *c, const char *args)
+{
+    (void)c;
+    (void)args;
+    return "+OK";
+}
+
+/* The commands (popa3d's table): the states they are allowed in (RFC 1939
+ * 4 and 5: AUTHORIZATION, TRANSACTION), whether they count towards
+ * max_junk_commands, and whether they send a password (only where plain-text
+ * logins are allowed: plaintext_auth). */
+#define POP_IN_AUTH (1u << POP_S_AUTH)
+#define POP_IN_TRANS (1u << POP_S_TRANS)
+static const struct pop_cmd {
+    const char *verb;
+    const char *(*fn)(struct conn *c, const char *args);
+    unsigned states;
+    int junk, login;
+} pop_cmds[] = {
+    {"USER", pop_do_user, POP_IN_AUTH, 0, 1},  {"PASS", pop_do_pass, POP_IN_AUTH, 0, 1},
+    {"AUTH", pop_do_auth, POP_IN_AUTH, 0, 1},  {"STLS", pop_do_stls, POP_IN_AUTH, 0, 0},
+    {"CAPA", pop_do_capa, POP_IN_AUTH | POP_IN_TRANS, 0, 0},
+    {"QUIT", pop_do_quit, POP_IN_AUTH | POP_IN_TRANS, 0, 0},
+    {"STAT", pop_do_stat, POP_IN_TRANS, 0, 0}, {"LIST", pop_do_list, POP_IN_TRANS, 0, 0},
+    {"UIDL", pop_do_uidl, POP_IN_TRANS, 0, 0}, {"RETR", pop_do_retr, POP_IN_TRANS, 0, 0},
+    {"TOP", pop_do_top, POP_IN_TRANS, 0, 0},   {"DELE", pop_do_dele, POP_IN_TRANS, 0, 0},
+    {"RSET", pop_do_rset, POP_IN_TRANS, 1, 0}, {"NOOP", pop_do_noop, POP_IN_TRANS, 1, 0},
+};
+
+/* One command: the table's checks, in this order, then its handler. A junk
+ * command past max_junk_commands has been answered by conn_junk(). */
+static void
+pop_command(struct conn *c, const char *verb, const char *args)
+{
+    const struct pop_cmd *cmd = NULL;
+    const char *reply;
+    int logged_in = c->u.pop.state == POP_S_TRANS;
+    size_t i;
+    for (i = 0; i < sizeof pop_cmds / sizeof pop_cmds[0] && !cmd; i++)
+        if (strcmp(verb, pop_cmds[i].verb) == 0) cmd = &pop_cmds[i];
+    if (cmd && cmd->login && logged_in) {
+        reply = "-ERR Already logged in";
+    } else if (!cmd || !(cmd->states & (1u << c->u.pop.state))) {
         if (conn_junk(c)) return;
-        for (i = 0; i < p->view.n; i++) p->view.msgs[i].deleted = 0;
-        conn_reply(c, "+OK");
-    } else if (strcmp(verb, "NOOP") == 0) {
-        if (!conn_junk(c)) conn_reply(c, "+OK");
-    } else if (strcmp(verb, "CAPA") == 0) {
-        pop_do_capa(c);
-    } else if (strcmp(verb, "QUIT") == 0) {
-        int ndel = 0;
-        for (i = 0; i < p->view.n; i++) ndel += p->view.msgs[i].deleted;
-        if (view_commit(&p->view) != 0) {
-            conn_log(c, "update of %s failed: %s", p->mailbox, strerror(errno));
-            conn_reply(c, "-ERR [SYS/TEMP] Some deleted messages were not removed");
-        } else {
-            if (ndel) conn_log(c, "deleted %d messages from %s", ndel, p->mailbox);
-            conn_reply(c, "+OK Bye");
-        }
-        p->state = POP_S_AUTH; /* the mailbox is free again */
-        conn_close(c, 1);
-    } else if (strcmp(verb, "USER") == 0 || strcmp(verb, "PASS") == 0 || strcmp(verb, "AUTH") == 0) {
-        conn_reply(c, "-ERR Already logged in");
-    } else if (!conn_junk(c)) {
-        conn_reply(c, "-ERR Unknown command");
+        reply = logged_in ? "-ERR Unknown command" : "-ERR Unknown command or not logged in";
+    } else if (cmd->login && !conn_plaintext_ok(c)) {
+        reply = c->ms->cfg->tls ? "-ERR [AUTH] Plain-text logins are not allowed from this address without TLS (STLS)"
+                                : "-ERR [AUTH] Plain-text logins are not allowed from this address";
+    } else if (cmd->junk && conn_junk(c)) {
+        return;
+    } else {
+        reply = cmd->fn(c, args);
     }
+    if (reply) conn_reply(c, "%s", reply);
 }
 
 static void
@@ -6663,11 +6770,9 @@ pop_line(struct conn *c, char *line, size_t len)
     }
     if (memchr(line, 0, len)) { conn_reply(c, "-ERR NUL in command"); p->auth_wait = 0; return; }
     if (p->auth_wait) { /* the AUTH PLAIN continuation */
-        char user[MS_PATH_MAX], pass[256];
         p->auth_wait = 0;
-        if (strcmp(line, "*") == 0) { conn_reply(c, "-ERR Authentication cancelled"); return; }
-        if (sasl_plain_decode(line, user, sizeof user, pass, sizeof pass) != 0) { pop_login(c, "", ""); return; }
-        pop_login(c, user, pass);
+        if (strcmp(line, "*") == 0) conn_reply(c, "-ERR Authentication cancelled");
+        else pop_auth_plain(c, line);
         return;
     }
     args = cmd_split(line, verb, sizeof verb);
@@ -6675,8 +6780,7 @@ pop_line(struct conn *c, char *line, size_t len)
         conn_reply(c, "-ERR Argument too long");
         return;
     }
-    if (p->state == POP_S_AUTH) pop_auth_line(c, verb, args);
-    else pop_trans_line(c, verb, args);
+    pop_command(c, verb, args);
 }
 
 /*==== 12. Relay: DNS client, outbound SMTP, queue runner ====*/

@@ -42,10 +42,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (mdir_view_open(&v, ms->cfg->spool, "u@fuzz.test") != 0) abort();
     assert(v.n == 2);
     c = fuzz_pop_conn(ms, &v);
-    pop_trans_line(c, "STAT", "");
-    pop_trans_line(c, "LIST", "");
-    pop_trans_line(c, "UIDL", "");
-    pop_trans_line(c, "LIST", "2");
+    pop_command(c, "STAT", "");
+    pop_command(c, "LIST", "");
+    pop_command(c, "UIDL", "");
+    pop_command(c, "LIST", "2");
     buf_free(&c->out);
     free(c);
     for (i = 0; i < 2; i++) {
