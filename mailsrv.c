@@ -5256,7 +5256,6 @@ struct smtp_sess {
     char *wbuf;                      /* only while receiving DATA */
     size_t wlen;
     struct store_msg msg;
-    int commit_pending;              /* delivered; the batch's folder fsync and the 250 are owed */
     struct store_undo *undo;
     int nundo;
 };
@@ -5288,6 +5287,7 @@ struct conn {
     ms_sock_t fd;
     unsigned id;
     enum proto proto;
+    const struct proto_ops *ops;     /* what the connection and loop code need of its protocol */
     char peer[64];
     char client[48];                 /* client_key(peer): the address or IPv6 /64 */
     int is_loopback;
@@ -5296,6 +5296,7 @@ struct conn {
     long junk;                       /* junk commands (max_junk_commands) */
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
+    unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_commit) and the answer are owed */
     struct tls_sess *tls;            /* NULL: plain text */
     struct login *login;             /* hashing: no input is processed meanwhile */
     char in[MS_IN_SIZE];
@@ -5306,6 +5307,36 @@ struct conn {
 };
 
 struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
+
+/* The moments every session shares, which each protocol answers in its own words. */
+enum conn_say {
+    SAY_LINE_TOO_LONG, SAY_JUNK, SAY_SESSION_OVER, SAY_EVICTED, SAY_TIMEOUT, SAY_SHUTDOWN,
+    SAY_BUSY, SAY_RATE, /* at accept, before there is a session (no host name) */
+    SAY_N
+};
+
+/* What the connection and loop code need of a protocol (Mongoose's one
+ * handler per connection, OpenSMTPD's session callbacks), so that they have
+ * no branch on which protocol a session speaks. SMTP and submission share one. */
+struct proto_ops {
+    char log_tag;                    /* [s1] or [p1] in the log */
+    void (*greet)(struct conn *c);
+    /* Input other than a command line (the DATA bytes), or output made in
+     * pieces (a RETR stream): 0 to go on with command lines, 1 when it did
+     * something (call again), -1 to wait for the next turn. */
+    int (*pump)(struct conn *c);
+    void (*line)(struct conn *c, char *line, size_t len);
+    void (*login_done)(struct conn *c, const char *mailbox, const char *user);
+    void (*commit_done)(struct conn *c, int ok); /* after loop_commit, where commit_pending was set */
+    int (*logged_in)(const struct conn *c);
+    int (*busy)(const struct conn *c);            /* the protocol's part of conn_busy() */
+    int (*in_transfer)(const struct conn *c);     /* message bytes flowing: a stop lets it finish */
+    int (*streaming)(const struct conn *c);       /* output still to be made: poll for POLLOUT */
+    const char *(*tmp_file)(const struct conn *c); /* a file in SPOOL/.tmp it writes, or NULL */
+    void (*free)(struct conn *c);
+    const char *lost_log;            /* logged when the client goes away in_transfer (NULL: nothing) */
+    const char *say[SAY_N];          /* reply formats; they may use the host name (one %s) */
+};
 
 struct mailsrv {
     struct ms_config *cfg;
@@ -5370,7 +5401,7 @@ conn_log(struct conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    ms_log(c->ms, "[%c%u] %s", c->proto == PROTO_POP3 ? 'p' : 's', c->id, line);
+    ms_log(c->ms, "[%c%u] %s", c->ops->log_tag, c->id, line);
 }
 
 static void
@@ -5387,6 +5418,21 @@ conn_reply(struct conn *c, const char *fmt, ...)
         conn_log(c, "> %s", vis);
     }
     buf_adds(&c->out, "\r\n");
+}
+
+/* The protocol's reply to a moment every session shares. */
+static void
+conn_say(struct conn *c, enum conn_say what)
+{
+    conn_reply(c, c->ops->say[what], c->ms->cfg->hostname);
+}
+
+/* Drops the first n bytes of the input: they have been taken. */
+static void
+conn_consume(struct conn *c, size_t n)
+{
+    memmove(c->in, c->in + n, c->inlen - n);
+    c->inlen -= n;
 }
 
 static void
@@ -5589,11 +5635,19 @@ cfg_in_relay_nets(const struct ms_config *cfg, const char *peer)
     return 0;
 }
 
+/* Logged in (AUTH in SMTP, USER/PASS or AUTH in POP3): never closed to make
+ * room, and may relay. */
+static int
+conn_logged_in(const struct conn *c)
+{
+    return c->ops->logged_in(c);
+}
+
 /* Relay permission: a client in relay_networks, or after AUTH. */
 static int
 conn_may_relay(const struct conn *c)
 {
-    if (c->proto != PROTO_POP3 && c->u.smtp.auth_user[0]) return 1;
+    if (conn_logged_in(c)) return 1;
     return cfg_in_relay_nets(c->ms->cfg, c->peer);
 }
 
@@ -5637,13 +5691,6 @@ auth_succeeded(struct conn *c)
 
 /* ---- Slots: nobody holds one forever (junk commands, session time, rate, room) ---- */
 
-/* Logged in (AUTH in SMTP, USER/PASS or AUTH in POP3): never closed to make room. */
-static int
-conn_logged_in(const struct conn *c)
-{
-    return c->proto == PROTO_POP3 ? c->u.pop.state == POP_S_TRANS : c->u.smtp.auth_user[0] != 0;
-}
-
 /* In the middle of something that ending would waste: the message's data
  * (from DATA to the 250), an AUTH exchange or a login being hashed, a
  * RETR/TOP stream, a delayed answer, a TLS start. Between MAIL and DATA a
@@ -5653,9 +5700,7 @@ conn_logged_in(const struct conn *c)
 static int
 conn_busy(const struct conn *c)
 {
-    if (c->hold_until || c->tls_after_flush || c->login) return 1;
-    if (c->proto == PROTO_POP3) return c->u.pop.streaming || c->u.pop.auth_wait;
-    return c->u.smtp.state == SMTP_S_DATA || c->u.smtp.commit_pending || c->u.smtp.auth_step != AUTH_NONE;
+    return c->hold_until || c->tls_after_flush || c->login || c->commit_pending || c->ops->busy(c);
 }
 
 /* A junk command: NOOP, RSET, VRFY, HELP or an unknown one in SMTP (Postfix's
@@ -5668,8 +5713,7 @@ conn_junk(struct conn *c)
 {
     if (++c->junk <= c->ms->cfg->max_junk_commands) return 0;
     conn_log(c, "too many junk commands (max_junk_commands = %ld): closing", c->ms->cfg->max_junk_commands);
-    if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Error: too many junk commands, closing");
-    else conn_reply(c, "421 4.7.0 %s Error: too many junk commands", c->ms->cfg->hostname); /* as Postfix */
+    conn_say(c, SAY_JUNK);
     conn_close(c, 1);
     return 1;
 }
@@ -5681,8 +5725,7 @@ static void
 conn_session_over(struct conn *c)
 {
     conn_log(c, "max_session_time (%lds) reached: closing", c->ms->cfg->max_session_time);
-    if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Maximum session time reached, closing");
-    else conn_reply(c, "421 4.4.2 %s Maximum session time reached, closing", c->ms->cfg->hostname);
+    conn_say(c, SAY_SESSION_OVER);
     conn_close(c, 1);
 }
 
@@ -5801,8 +5844,7 @@ slots_evict(struct conn *v, int64_t now)
     if (!v->tls || tls_done(v->tls)) /* no reply can go out before the handshake */
 #endif
     {
-        if (v->proto == PROTO_POP3) conn_reply(v, "-ERR [SYS/TEMP] Too many connections, closing the oldest session");
-        else conn_reply(v, "421 4.3.2 %s Too many connections, closing the oldest session", v->ms->cfg->hostname);
+        conn_say(v, SAY_EVICTED);
         conn_send(v);
     }
     v->is_closing = 1;
@@ -5836,7 +5878,7 @@ smtp_tx_reset(struct conn *c)
     s->nlists = 0;
     free(s->undo); /* a session freed while its commit was owed keeps its copies */
     s->undo = NULL;
-    s->commit_pending = 0;
+    c->commit_pending = 0;
     s->from[0] = s->first_rcpt[0] = 0;
     s->nrcpt = 0;
     s->tx_error = TXERR_NONE;
@@ -6190,7 +6232,7 @@ smtp_data_end(struct conn *c)
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: %s", err);
     } else {
-        s->commit_pending = 1; /* smtp_commit_done() answers after the folder fsync */
+        c->commit_pending = 1; /* smtp_commit_done() answers after the folder fsync */
         return;
     }
     if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
@@ -6330,6 +6372,56 @@ smtp_line(struct conn *c, char *line, size_t len)
     if (conn_junk(c)) return;
     conn_reply(c, "500 5.5.2 Command unrecognized");
 }
+
+static int
+smtp_pump(struct conn *c)
+{
+    if (c->u.smtp.state != SMTP_S_DATA) return 0;
+    if (!c->inlen) return -1;
+    conn_consume(c, smtp_data_feed(c, c->in, c->inlen));
+    return 1;
+}
+
+static int
+smtp_logged_in(const struct conn *c)
+{
+    return c->u.smtp.auth_user[0] != 0;
+}
+
+static int
+smtp_busy(const struct conn *c)
+{
+    return c->u.smtp.state == SMTP_S_DATA || c->u.smtp.auth_step != AUTH_NONE;
+}
+
+static int
+smtp_in_data(const struct conn *c)
+{
+    return c->u.smtp.state == SMTP_S_DATA;
+}
+
+static int
+smtp_streaming(const struct conn *c)
+{
+    (void)c;
+    return 0;
+}
+
+static const char *
+smtp_tmp_file(const struct conn *c)
+{
+    return c->u.smtp.msg.tmp_fd >= 0 ? c->u.smtp.msg.tmp_path : NULL;
+}
+
+static const struct proto_ops smtp_ops = {
+    's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_commit_done, smtp_logged_in, smtp_busy,
+    smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
+    {"500 5.5.2 Line too long", "421 4.7.0 %s Error: too many junk commands", /* as Postfix */
+     "421 4.4.2 %s Maximum session time reached, closing", "421 4.3.2 %s Too many connections, closing the oldest session",
+     "421 4.4.2 %s Timeout, closing", "421 4.3.2 %s Server shutting down",
+     "421 4.3.2 Too many connections, try again later",
+     "421 4.7.0 Error: too many connections from your address, try again later"},
+};
 
 /*==== 11. POP3 server session ====*/
 /*
@@ -6781,6 +6873,54 @@ pop_line(struct conn *c, char *line, size_t len)
         return;
     }
     pop_command(c, verb, args);
+}
+
+static int
+pop_pump_stream(struct conn *c)
+{
+    if (!c->u.pop.streaming) return 0;
+    pop_pump(c);
+    return c->u.pop.streaming ? -1 : 1;
+}
+
+static int
+pop_logged_in(const struct conn *c)
+{
+    return c->u.pop.state == POP_S_TRANS;
+}
+
+static int
+pop_busy(const struct conn *c)
+{
+    return c->u.pop.streaming || c->u.pop.auth_wait;
+}
+
+static int
+pop_streaming(const struct conn *c)
+{
+    return c->u.pop.streaming;
+}
+
+static void
+pop_free(struct conn *c)
+{
+    pop_stream_end(c);
+    view_free(&c->u.pop.view);
+}
+
+static const struct proto_ops pop_ops = {
+    'p', pop_greet, pop_pump_stream, pop_line, pop_login_done, NULL, pop_logged_in, pop_busy,
+    pop_streaming, pop_streaming, NULL, pop_free, NULL,
+    {"-ERR Line too long", "-ERR Error: too many junk commands, closing", "-ERR Maximum session time reached, closing",
+     "-ERR [SYS/TEMP] Too many connections, closing the oldest session", "-ERR Timeout, closing",
+     "-ERR [SYS/TEMP] Server shutting down", "-ERR [SYS/TEMP] Too many connections, try again later",
+     "-ERR [SYS/TEMP] Too many connections from your address, try again later"},
+};
+
+static const struct proto_ops *
+proto_ops_of(enum proto p)
+{
+    return p == PROTO_POP3 ? &pop_ops : &smtp_ops;
 }
 
 /*==== 12. Relay: DNS client, outbound SMTP, queue runner ====*/
@@ -8653,24 +8793,12 @@ list_incoming(struct conn *c)
 static void
 conn_free(struct conn *c)
 {
-    if (c->proto == PROTO_POP3) {
-        pop_stream_end(c);
-        view_free(&c->u.pop.view);
-    } else {
-        smtp_tx_reset(c);
-    }
+    c->ops->free(c);
     if (c->login) { ms_wipe(c->login, sizeof *c->login); free(c->login); }
     net_close(c->fd);
     buf_free(&c->out);
     io_free(c->tls);
     free(c);
-}
-
-static void
-conn_consume(struct conn *c, size_t n)
-{
-    memmove(c->in, c->in + n, c->inlen - n);
-    c->inlen -= n;
 }
 
 /* Runs the protocol over buffered input until it needs more, is held, or
@@ -8679,7 +8807,6 @@ static void
 conn_process(struct conn *c)
 {
     char line[MS_SMTP_LINE_MAX + 1];
-    int is_pop = c->proto == PROTO_POP3;
     if (c->login) return; /* pipelined commands wait for the login's outcome */
     if (c->hold_until) {
         if (os_now_ms() < c->hold_until) return;
@@ -8688,21 +8815,14 @@ conn_process(struct conn *c)
     while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
         char *nl;
         size_t len;
-        if (is_pop && c->u.pop.streaming) {
-            pop_pump(c);
-            if (c->u.pop.streaming) break;
-            continue;
-        }
-        if (conn_pending(c) > MS_OUT_HIGH || (!is_pop && c->u.smtp.commit_pending)) break;
-        if (!is_pop && c->u.smtp.state == SMTP_S_DATA) {
-            if (!c->inlen) break;
-            conn_consume(c, smtp_data_feed(c, c->in, c->inlen));
-            continue;
-        }
+        int r;
+        if (conn_pending(c) > MS_OUT_HIGH || c->commit_pending) break;
+        if ((r = c->ops->pump(c)) < 0) break;
+        if (r > 0) continue;
         nl = memchr(c->in, '\n', c->inlen);
         if (!nl) {
             if (c->inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
-                if (!c->discarding) conn_reply(c, is_pop ? "-ERR Line too long" : "500 5.5.2 Line too long");
+                if (!c->discarding) conn_say(c, SAY_LINE_TOO_LONG);
                 c->discarding = 1;
                 c->inlen = 0;
             }
@@ -8711,7 +8831,7 @@ conn_process(struct conn *c)
         len = (size_t)(nl - c->in);
         if (c->discarding) { c->discarding = 0; conn_consume(c, len + 1); continue; }
         if (len + 1 > MS_SMTP_LINE_MAX) {
-            conn_reply(c, is_pop ? "-ERR Line too long" : "500 5.5.2 Line too long");
+            conn_say(c, SAY_LINE_TOO_LONG);
             conn_consume(c, len + 1);
             continue;
         }
@@ -8724,8 +8844,7 @@ conn_process(struct conn *c)
         if (len && line[len - 1] == '\r') len--;
         line[len] = 0;
         c->deadline = os_now_ms() + c->ms->cfg->timeout * 1000;
-        if (is_pop) pop_line(c, line, len);
-        else smtp_line(c, line, len);
+        c->ops->line(c, line, len);
     }
 }
 
@@ -8757,10 +8876,10 @@ conn_events(const struct conn *c)
 {
     short ev = 0;
 #if MAILSRV_ENABLE_TLS
-    if (c->tls) return tls_events(c->tls, conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming));
+    if (c->tls) return tls_events(c->tls, conn_pending(c) || c->ops->streaming(c));
 #endif
     if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof && !c->tls_after_flush) ev |= POLLIN;
-    if (conn_pending(c) || (c->proto == PROTO_POP3 && c->u.pop.streaming)) ev |= POLLOUT;
+    if (conn_pending(c) || c->ops->streaming(c)) ev |= POLLOUT;
     return ev;
 }
 
@@ -8770,8 +8889,7 @@ conn_run(struct conn *c)
 {
     conn_process(c);
     if (c->is_eof && !c->hold_until && !c->login) {
-        if (c->proto != PROTO_POP3 && c->u.smtp.state == SMTP_S_DATA)
-            conn_log(c, "connection lost during DATA: message discarded");
+        if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
         conn_close(c, 1);
     }
     if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
@@ -8784,8 +8902,7 @@ login_done(struct conn *c)
     struct login *l = c->login;
     int ok = l->no_check || (l->found & ms_secret_eq(l->want, 32, l->st.out, 32));
     c->login = NULL;
-    if (c->proto == PROTO_POP3) pop_login_done(c, ok ? l->mailbox : NULL, l->user);
-    else smtp_auth_done(c, ok ? l->mailbox : NULL, l->user);
+    c->ops->login_done(c, ok ? l->mailbox : NULL, l->user);
     ms_wipe(l, sizeof *l);
     free(l);
 }
@@ -8816,17 +8933,9 @@ loop_logins(struct mailsrv *ms)
 static void
 loop_refuse(ms_sock_t s, enum proto proto, int rate)
 {
-    static const char smtp_busy[] = "421 4.3.2 Too many connections, try again later\r\n";
-    static const char pop_busy[] = "-ERR [SYS/TEMP] Too many connections, try again later\r\n";
-    static const char smtp_rate[] = "421 4.7.0 Error: too many connections from your address, try again later\r\n";
-    static const char pop_rate[] = "-ERR [SYS/TEMP] Too many connections from your address, try again later\r\n";
-    if (proto == PROTO_POP3) {
-        if (rate) net_send(s, pop_rate, sizeof pop_rate - 1);
-        else net_send(s, pop_busy, sizeof pop_busy - 1);
-    } else {
-        if (rate) net_send(s, smtp_rate, sizeof smtp_rate - 1);
-        else net_send(s, smtp_busy, sizeof smtp_busy - 1);
-    }
+    char msg[160];
+    int n = snprintf(msg, sizeof msg, "%s\r\n", proto_ops_of(proto)->say[rate ? SAY_RATE : SAY_BUSY]);
+    net_send(s, msg, (size_t)n);
     net_close(s);
 }
 
@@ -8890,6 +8999,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         c->fd = s;
         c->id = ++ms->next_id;
         c->proto = l->proto;
+        c->ops = proto_ops_of(l->proto);
         c->is_loopback = lo;
         ms_strlcpy(c->peer, peer, sizeof c->peer);
         ms_strlcpy(c->client, key, sizeof c->client);
@@ -8902,8 +9012,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         ms->conns[ms->nconns++] = c;
         conn_log(c, "connect %s%s from %s", proto_names[c->proto], l->tls ? " (TLS)" : "", peer);
         if (l->tls) conn_tls_start(c);
-        if (c->proto == PROTO_POP3) pop_greet(c);
-        else smtp_greet(c);
+        c->ops->greet(c);
         conn_send(c);
     }
 }
@@ -8920,12 +9029,12 @@ loop_commit(struct mailsrv *ms)
     ms->commit_dirs.n = 0;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->proto == PROTO_POP3 || !c->u.smtp.commit_pending) continue;
-        smtp_commit_done(c, ok);
+        if (!c->commit_pending) continue;
+        c->ops->commit_done(c, ok);
         if (!c->is_closing) {
             conn_process(c);
             conn_send(c);
-            if (c->u.smtp.commit_pending) ms->commit_again = 1; /* the next turn must not sleep */
+            if (c->commit_pending) ms->commit_again = 1; /* the next turn must not sleep */
         }
     }
 }
@@ -8959,8 +9068,7 @@ loop_timers(struct mailsrv *ms, int64_t now)
         }
 #endif
         conn_log(c, "timeout");
-        if (c->proto == PROTO_POP3) conn_reply(c, "-ERR Timeout, closing");
-        else conn_reply(c, "421 4.4.2 %s Timeout, closing", ms->cfg->hostname);
+        conn_say(c, SAY_TIMEOUT);
         conn_close(c, 1);
         c->deadline = now + 10000;
         conn_send(c);
@@ -8999,14 +9107,8 @@ loop_stop_sessions(struct mailsrv *ms)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing || c->close_after_flush || c->login) continue;
-        if (c->proto == PROTO_POP3) {
-            if (c->u.pop.streaming) continue;
-            conn_reply(c, "-ERR [SYS/TEMP] Server shutting down");
-        } else {
-            if (c->u.smtp.state == SMTP_S_DATA) continue;
-            conn_reply(c, "421 4.3.2 %s Server shutting down", ms->cfg->hostname);
-        }
+        if (c->is_closing || c->close_after_flush || c->login || c->ops->in_transfer(c)) continue;
+        conn_say(c, SAY_SHUTDOWN);
         conn_close(c, 1);
         conn_send(c);
     }
@@ -9071,7 +9173,8 @@ loop_clean_tmp_entry(void *ctx, const char *name)
         return 0;
     for (i = 0; i < tc->ms->nconns; i++) {
         const struct conn *c = tc->ms->conns[i];
-        if (c->proto != PROTO_POP3 && c->u.smtp.msg.tmp_fd >= 0 && strcmp(c->u.smtp.msg.tmp_path, path) == 0) return 0;
+        const char *used = c->ops->tmp_file ? c->ops->tmp_file(c) : NULL;
+        if (used && strcmp(used, path) == 0) return 0;
     }
     if (os_unlink(path) == 0) ms_log(tc->ms, "removed %s: left by a crash, older than %d h", path, MS_TMP_MAX_AGE / 3600);
     return 0;

@@ -1145,6 +1145,7 @@ test_anvil_auth_by_64(void)
     for (i = 0; i < 3; i++) {
         cs[i]->ms = ms;
         cs[i]->proto = PROTO_SMTP;
+        cs[i]->ops = &smtp_ops;
         client_key(cs[i]->peer, cs[i]->client, sizeof cs[i]->client);
     }
     auth_failed(a, "x");

@@ -97,6 +97,7 @@ fuzz_pop_conn(struct mailsrv *ms, struct pop_view *v)
     c->ms = ms;
     c->fd = MS_BAD_SOCK;
     c->proto = PROTO_POP3;
+    c->ops = &pop_ops;
     c->u.pop.stream_fd = -1;
     c->u.pop.state = POP_S_TRANS;
     c->u.pop.view = *v;
@@ -149,14 +150,14 @@ fuzz_conn(struct mailsrv *ms, enum proto proto, const char *peer)
     c->fd = MS_BAD_SOCK;
     c->id = ++ms->next_id;
     c->proto = proto;
+    c->ops = proto_ops_of(proto);
     c->born = os_now_ms(); /* as loop_accept() does: else max_session_time has passed at once */
     ms_strlcpy(c->peer, peer, sizeof c->peer);
     c->is_loopback = strcmp(peer, "127.0.0.1") == 0;
     ms->conns = xrealloc(ms->conns, sizeof *ms->conns);
     ms->conns[0] = c;
     ms->nconns = 1;
-    if (proto == PROTO_POP3) pop_greet(c);
-    else smtp_greet(c);
+    c->ops->greet(c);
     return c;
 }
 
@@ -205,9 +206,9 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
             c->hold_until = 0;
             conn_process(c);
         }
-        if (c->proto != PROTO_POP3 && c->u.smtp.commit_pending) {
+        if (c->commit_pending) {
             c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
-            smtp_commit_done(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
+            c->ops->commit_done(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
         }
         assert(c->inlen <= MS_IN_SIZE);
         if (check) check(c->out.p, c->out.len);

@@ -96,9 +96,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             conn_process(c);
             check_turn(c);
         }
-        if (c->proto != PROTO_POP3 && c->u.smtp.commit_pending) {
+        if (c->commit_pending) {
             c->ms->commit_dirs.n = 0;
-            smtp_commit_done(c, 1);
+            c->ops->commit_done(c, 1);
             conn_process(c);
             check_turn(c);
         }
