@@ -6141,7 +6141,7 @@ smtp_do_rcpt(struct conn *c, const char *args)
         r = targets_add(&s->targets, local, domain, 0) == 0 ? RES_OK : RES_TOOLONG;
     } else if ((l = list_match(cfg, local, domain, &kind, token, sizeof token)) != NULL) {
         if (ms_fmt(rcpt, sizeof rcpt, "%s@%s", local, l->domain) < 0) r = RES_TOOLONG;
-        else if (!list_rcpt(c, l, kind, token, rcpt)) { s->targets.n = n0; return; }
+        else if (list_rcpt(c, l, kind, token, rcpt) != 0) { s->targets.n = n0; return; }
         else r = RES_OK;
     } else {
         r = cfg_resolve(cfg, local, domain, &s->targets, 0);
@@ -7494,7 +7494,7 @@ o_on_reply(struct osess *o, int code, const char *line)
                 r->state = Q_DELIVERED;
                 o_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->tls ? "yes" : "no");
             }
-            if (o_take_next(o)) return;
+            if (o_take_next(o) == 0) return;
         } else {
             o_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
         }
@@ -7663,7 +7663,7 @@ o_give_up(struct osess *o, int perm)
 
 /* After a delivered transaction, the same connection takes the next due
  * entry whose recipients are all in this domain (Postfix's connection
- * reuse): no new connect, greeting and EHLO per message. */
+ * reuse): no new connect, greeting and EHLO per message. -1 if there is none. */
 static int
 o_take_next(struct osess *o)
 {
@@ -7672,7 +7672,7 @@ o_take_next(struct osess *o)
     int64_t now;
     long usec;
     int i, j, n = 0;
-    if (ms->stopping || ++o->ntx >= MS_OUT_TX_MAX) return 0;
+    if (ms->stopping || ++o->ntx >= MS_OUT_TX_MAX) return -1;
     os_wallclock(&now, &usec);
     for (i = 0; i < ms->nqueue && !next; i++) {
         struct qentry *e = ms->queue[i];
@@ -7681,7 +7681,7 @@ o_take_next(struct osess *o)
             if (e->r[j].state == Q_PENDING) n = ms_strcaseeq(strrchr(e->r[j].addr, '@') + 1, o->domain) ? n + 1 : -1;
         if (n > 0) next = e;
     }
-    if (!next) return 0;
+    if (!next) return -1;
     o_finish(o, 0);
     o->e = next;
     next->active++;
@@ -7689,7 +7689,7 @@ o_take_next(struct osess *o)
     for (j = 0, o->nri = 0; j < next->nr; j++)
         if (next->r[j].state == Q_PENDING) o->ri[o->nri++] = j;
     o_mail_from(o);
-    return 1;
+    return 0;
 }
 
 static const struct cfg_route *
@@ -8661,7 +8661,7 @@ list_rate_take(struct list_rate *r, const char *client, const char *domain, int6
 /* RCPT to an address of list l. Refuses in the SMTP dialogue what can be
  * refused there (no backscatter): posts by non-members (RFC 3463 5.7.2),
  * unknown or expired codes, requests from a sender no answer can reach and
- * requests past the rate limits. 0 after a refusal, 1 if accepted. */
+ * requests past the rate limits. 0 if accepted, -1 after a refusal. */
 static int
 list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt)
 {
@@ -8669,13 +8669,13 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
     struct list_state st;
     int ok = 1, i;
     if (kind == LK_OWNER) {
-        if (addr_targets(c->ms->cfg, l->owner, &s->targets) == RES_OK) return 1;
+        if (addr_targets(c->ms->cfg, l->owner, &s->targets) == RES_OK) return 0;
         conn_log(c, "list %s@%s: the owner <%s> is not an address mail can go to", l->name, l->domain, l->owner);
         conn_reply(c, "451 4.3.0 <%s>: local error, try again later", rcpt);
-        return 0;
+        return -1;
     }
     for (i = 0; i < s->nlists; i++)
-        if (ms_strcaseeq(s->lists[i], rcpt)) return 1;
+        if (ms_strcaseeq(s->lists[i], rcpt)) return 0;
     if ((kind == LK_SUBSCRIBE || kind == LK_UNSUBSCRIBE || kind == LK_HELP) && s->from[0]) {
         /* a null sender gets no answer (list_incoming): nothing to check */
         struct targets t = {0};
@@ -8683,7 +8683,7 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
         targets_free(&t);
         if (r != 0) { /* as Postfix's reject_unlisted_sender answers */
             conn_reply(c, "550 5.1.0 <%s>: Sender address rejected: User unknown, the list could not answer", s->from);
-            return 0;
+            return -1;
         }
         if (!conn_may_relay(c) &&
             (r = list_rate_take(c->ms->lrate, c->client, strrchr(s->from, '@') + 1, os_now_ms())) != 0) {
@@ -8692,29 +8692,29 @@ list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token,
                      r == 1 ? c->client : strrchr(s->from, '@') + 1);
             conn_reply(c, "450 4.7.1 <%s>: too many list requests from %s, try again later", rcpt,
                        r == 1 ? "your address" : "your sender domain");
-            return 0;
+            return -1;
         }
     }
     if (kind == LK_POST && l->post == LIST_POST_OWNER) {
         /* an announcement list: a local owner must also be logged in or on a relay network */
         const char *at = strrchr(l->owner, '@');
         ok = ms_strcaseeq(s->from, l->owner) && (!cfg_find_domain(c->ms->cfg, at ? at + 1 : "") || conn_may_relay(c));
-        if (!ok) { conn_reply(c, "550 5.7.2 <%s>: only the list owner may post here", rcpt); return 0; }
+        if (!ok) { conn_reply(c, "550 5.7.2 <%s>: only the list owner may post here", rcpt); return -1; }
     } else if ((kind == LK_POST && l->post == LIST_POST_MEMBERS) || kind == LK_CONFIRM) {
         if (list_load(c->ms->cfg, l, &st) != 0) {
             conn_log(c, "list %s@%s: cannot read its state", l->name, l->domain);
             conn_reply(c, "451 4.3.0 <%s>: local error, try again later", rcpt);
-            return 0;
+            return -1;
         }
         if (kind == LK_POST) ok = ms_strcaseeq(s->from, l->owner) || list_find_member(&st, s->from) >= 0;
         else ok = list_find_pending(&st, token) >= 0;
         list_state_free(&st);
-        if (!ok && kind == LK_POST) { conn_reply(c, "550 5.7.2 <%s>: only members may post to this list", rcpt); return 0; }
-        if (!ok) { conn_reply(c, "550 5.1.1 <%s>: unknown or expired confirmation code", rcpt); return 0; }
+        if (!ok && kind == LK_POST) { conn_reply(c, "550 5.7.2 <%s>: only members may post to this list", rcpt); return -1; }
+        if (!ok) { conn_reply(c, "550 5.1.1 <%s>: unknown or expired confirmation code", rcpt); return -1; }
     }
     s->lists = xrealloc(s->lists, sizeof *s->lists * (size_t)(s->nlists + 1));
     ms_strlcpy(s->lists[s->nlists++], rcpt, sizeof s->lists[0]);
-    return 1;
+    return 0;
 }
 
 /* At the final dot, for each list address among the recipients. Mail that
