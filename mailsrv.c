@@ -44,7 +44,7 @@
 
 #include "mailsrv.h"
 
-#define INI_HANDLER_LINENO 1 /* Debian builds libinih this way; see PORTABILITY.md */
+#define INI_HANDLER_LINENO 1 /* Debian builds libinih this way: the handler is told each line number */
 #include <ini.h>
 
 #ifndef MAILSRV_ENABLE_TLS
@@ -2333,10 +2333,10 @@ targets_free(struct targets *t)
 }
 
 static int
-targets_count(const struct targets *t, int remote)
+targets_remote(const struct targets *t)
 {
     int i, n = 0;
-    for (i = 0; i < t->n; i++) n += t->remote[i] == remote;
+    for (i = 0; i < t->n; i++) n += t->remote[i];
     return n;
 }
 
@@ -2672,10 +2672,10 @@ cfg_listens_beyond_loopback(const struct ms_config *c)
 
 
 /* Finds "[domain NAME]" and the span of its lines. Offsets into text. */
-struct ini_span { size_t head, body_end, last_key_end; int found; };
+struct edit_span { size_t head, body_end, last_key_end; int found; };
 
 static const char *
-ini_line_end(const char *p, const char *end)
+edit_line_end(const char *p, const char *end)
 {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     return nl ? nl + 1 : end;
@@ -2683,13 +2683,13 @@ ini_line_end(const char *p, const char *end)
 
 /* The first [KIND NAME] section at or after offset from. */
 static void
-ini_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct ini_span *sp)
+edit_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct edit_span *sp)
 {
     const char *p = text + from, *end = text + len;
     int in = 0;
     memset(sp, 0, sizeof *sp);
     while (p < end) {
-        const char *e = ini_line_end(p, end), *s = p;
+        const char *e = edit_line_end(p, end), *s = p;
         while (s < e && *s != '\n' && isspace((unsigned char)*s)) s++; /* as inih skips */
         if (s < e && *s == '[') {
             char sec[300];
@@ -2717,7 +2717,7 @@ ini_find_section(const char *text, size_t len, size_t from, const char *kind, co
 
 /* Name of the key on the line at p, lower-cased, or "" */
 static void
-ini_line_key(const char *p, const char *e, char *key, size_t n)
+edit_line_key(const char *p, const char *e, char *key, size_t n)
 {
     const char *s = p, *eq;
     size_t k;
@@ -2738,9 +2738,9 @@ static char *
 cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *domain, const char *hash,
                  char *err, size_t errn)
 {
-    struct ini_span sp;
+    struct edit_span sp;
     struct buf out = {0};
-    ini_find_section(text, len, 0, "domain", domain, &sp);
+    edit_find_section(text, len, 0, "domain", domain, &sp);
     if (hash) {
         if (!sp.found) {
             buf_add(&out, text, len);
@@ -2755,12 +2755,12 @@ cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *dom
         return out.p;
     }
     /* inih merges repeated sections, so the mailbox may be in any [domain NAME] */
-    for (; sp.found; ini_find_section(text, len, sp.body_end, "domain", domain, &sp)) {
+    for (; sp.found; edit_find_section(text, len, sp.body_end, "domain", domain, &sp)) {
         const char *p = text + sp.head, *end = text + sp.body_end;
         while (p < end) {
-            const char *e = ini_line_end(p, end);
+            const char *e = edit_line_end(p, end);
             char key[MS_LOCAL_MAX + 1];
-            ini_line_key(p, e, key, sizeof key);
+            edit_line_key(p, e, key, sizeof key);
             if (strcmp(key, user) == 0) {
                 buf_add(&out, text, (size_t)(p - text));
                 buf_add(&out, e, (size_t)(text + len - e));
@@ -4214,7 +4214,7 @@ store_commit(const struct ms_config *cfg, const char *qdir, struct store_msg *m,
     struct store_undo *u = NULL;
     int nu = 0;
     if (store_deliver(cfg, m, t, err, ds, &u, &nu) != 0) return -1;
-    if (targets_count(t, 1) && queue_create(qdir, cfg->dir[0] ? cfg->dir : ".", m, t, ds, &u, &nu) != 0) {
+    if (targets_remote(t) && queue_create(qdir, cfg->dir[0] ? cfg->dir : ".", m, t, ds, &u, &nu) != 0) {
         *err = "cannot write to the relay queue";
         store_rollback(u, nu);
         free(u);
@@ -5366,7 +5366,7 @@ struct mailsrv {
     char qdir[1024];                 /* the queue folder, fixed at listen */
     struct qentry **queue;
     int nqueue, capqueue;
-    struct osess **out;              /* outbound sessions */
+    struct mta_sess **out;              /* outbound sessions */
     int nout, capout;
     unsigned next_oid;
     int relay_kick;                  /* run the queue at the end of this turn */
@@ -5435,11 +5435,18 @@ conn_consume(struct conn *c, size_t n)
     c->inlen -= n;
 }
 
+/* Closes c once the replies queued so far are sent. */
 static void
-conn_close(struct conn *c, int after_flush)
+conn_close_after_reply(struct conn *c)
 {
-    if (after_flush) c->close_after_flush = 1;
-    else c->is_closing = 1;
+    c->close_after_flush = 1;
+}
+
+/* Closes c at the end of this loop turn, sending nothing more. */
+static void
+conn_drop(struct conn *c)
+{
+    c->is_closing = 1;
 }
 
 static void conn_tls_start(struct conn *c);
@@ -5453,12 +5460,12 @@ conn_send(struct conn *c)
     while (c->out_off < c->out.len) {
         long n = io_send(c->fd, c->tls, c->out.p + c->out_off, c->out.len - c->out_off);
         if (n < 0) {
-            if (n == -1) c->is_closing = 1;
+            if (n == -1) conn_drop(c);
             break;
         }
         c->out_off += (size_t)n;
     }
-    if (io_flush(c->fd, c->tls) < 0 && c->out_off < c->out.len) c->is_closing = 1;
+    if (io_flush(c->fd, c->tls) < 0 && c->out_off < c->out.len) conn_drop(c);
 #if MAILSRV_ENABLE_TLS
     if (c->tls) conn_tls_report(c);
 #endif
@@ -5467,7 +5474,7 @@ conn_send(struct conn *c)
         if (c->out.cap > 65536) buf_free(&c->out); /* give back a RETR-sized buffer */
         if (c->tls_after_flush) conn_tls_start(c);
         if (c->close_after_flush && !io_unsent(c->tls)) io_close_notify(c->fd, c->tls);
-        if (c->close_after_flush && !io_unsent(c->tls)) c->is_closing = 1;
+        if (c->close_after_flush && !io_unsent(c->tls)) conn_drop(c);
     } else if (c->out_off > 65536) {
         buf_consume(&c->out, c->out_off);
         c->out_off = 0;
@@ -5484,7 +5491,7 @@ conn_tls_start(struct conn *c)
 #if MAILSRV_ENABLE_TLS
     {
         struct mailsrv *ms = c->ms;
-        if (!ms->cfg->tls) { c->is_closing = 1; return; } /* a reload took the certificate away */
+        if (!ms->cfg->tls) { conn_drop(c); return; } /* a reload took the certificate away */
         if (!ms->tls_cache) { /* one LRU cache for the whole server */
             struct { br_ssl_session_cache_lru lru; unsigned char store[MS_TLS_CACHE]; } *cache = xrealloc(NULL, sizeof *cache);
             br_ssl_session_cache_lru_init(&cache->lru, cache->store, sizeof cache->store);
@@ -5493,7 +5500,7 @@ conn_tls_start(struct conn *c)
         c->tls = tls_server_new(ms->cfg->tls, &((br_ssl_session_cache_lru *)ms->tls_cache)->vtable);
     }
 #else
-    c->is_closing = 1;
+    conn_drop(c);
 #endif
 }
 
@@ -5616,7 +5623,7 @@ msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, con
     *err = NULL;
     m->hdr_lines = 1;
     if (!m->write_failed) r = store_commit(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
-    if (r == 0 && targets_count(t, 1)) relay_enqueue(ms, m->id);
+    if (r == 0 && targets_remote(t)) relay_enqueue(ms, m->id);
     if (r != 0 && !*err) *err = "cannot write the message";
     os_close(m->tmp_fd);
     os_unlink(m->tmp_path);
@@ -5714,7 +5721,7 @@ conn_junk(struct conn *c)
     if (++c->junk <= c->ms->cfg->max_junk_commands) return 0;
     conn_log(c, "too many junk commands (max_junk_commands = %ld): closing", c->ms->cfg->max_junk_commands);
     conn_say(c, SAY_JUNK);
-    conn_close(c, 1);
+    conn_close_after_reply(c);
     return 1;
 }
 
@@ -5726,7 +5733,7 @@ conn_session_over(struct conn *c)
 {
     conn_log(c, "max_session_time (%lds) reached: closing", c->ms->cfg->max_session_time);
     conn_say(c, SAY_SESSION_OVER);
-    conn_close(c, 1);
+    conn_close_after_reply(c);
 }
 
 static int
@@ -5847,7 +5854,7 @@ slots_evict(struct conn *v, int64_t now)
         conn_say(v, SAY_EVICTED);
         conn_send(v);
     }
-    v->is_closing = 1;
+    conn_drop(v);
 }
 
 static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
@@ -5857,7 +5864,7 @@ static int list_incoming(struct conn *c);
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
  * ENHANCEDSTATUSCODES (2034, 3463) and AUTH PLAIN/LOGIN (4954).
- * Handlers reply through conn_reply(); smtp_feed() drives them.
+ * Handlers reply through conn_reply(); smtp_line() dispatches them through smtp_cmds[].
  */
 
 static void
@@ -5893,7 +5900,7 @@ smtp_greet(struct conn *c)
 }
 
 static void
-smtp_do_helo(struct conn *c, const char *args, int esmtp)
+smtp_hello(struct conn *c, const char *args, int esmtp)
 {
     struct smtp_sess *s = &c->u.smtp;
     if (!*args || strchr(args, ' ') || strlen(args) > MS_DOMAIN_MAX) { /* RFC 5321 4.5.3.1.2 */
@@ -5922,7 +5929,7 @@ smtp_auth_fail(struct conn *c, const char *user)
     c->hold_until = auth_failed(c, user); /* RFC 4954 does not forbid slowing guesses */
     if (++s->auth_fails >= MS_AUTH_MAX_FAILS) {
         conn_reply(c, "421 4.7.0 Too many failed logins, closing");
-        conn_close(c, 1);
+        conn_close_after_reply(c);
     } else {
         conn_reply(c, "535 5.7.8 Authentication credentials invalid");
     }
@@ -6251,7 +6258,7 @@ smtp_commit_done(struct conn *c, int ok)
         for (i = 0; i < s->targets.n; i++)
             conn_log(c, "%s %s from=<%s> to=<%s> size=%lld", s->targets.remote[i] ? "queued" : "delivered", s->msg.id,
                      s->from, s->targets.v[i], (long long)s->msg.size);
-        if (targets_count(&s->targets, 1)) {
+        if (targets_remote(&s->targets)) {
             relay_enqueue(c->ms, s->msg.id);
             conn_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
         } else {
@@ -6307,8 +6314,8 @@ smtp_do_starttls(struct conn *c, const char *args)
     s->helo[0] = s->auth_user[0] = 0;
 }
 
-static void smtp_do_ehlo(struct conn *c, const char *a) { smtp_do_helo(c, a, 1); }
-static void smtp_do_helo4(struct conn *c, const char *a) { smtp_do_helo(c, a, 0); }
+static void smtp_do_ehlo(struct conn *c, const char *a) { smtp_hello(c, a, 1); }
+static void smtp_do_helo(struct conn *c, const char *a) { smtp_hello(c, a, 0); }
 static void smtp_do_noop(struct conn *c, const char *a) { (void)a; conn_reply(c, "250 2.0.0 Ok"); }
 static void smtp_do_rset(struct conn *c, const char *a) { (void)a; smtp_tx_reset(c); conn_reply(c, "250 2.0.0 Ok"); }
 static void
@@ -6329,7 +6336,7 @@ smtp_do_quit(struct conn *c, const char *a)
 {
     (void)a;
     conn_reply(c, "221 2.0.0 Bye");
-    conn_close(c, 1);
+    conn_close_after_reply(c);
 }
 
 static const struct smtp_cmd {
@@ -6337,7 +6344,7 @@ static const struct smtp_cmd {
     void (*fn)(struct conn *c, const char *args);
     int junk;                        /* counts towards max_junk_commands */
 } smtp_cmds[] = {
-    {"EHLO", smtp_do_ehlo, 0}, {"HELO", smtp_do_helo4, 0}, {"MAIL", smtp_do_mail, 0}, {"RCPT", smtp_do_rcpt, 0},
+    {"EHLO", smtp_do_ehlo, 0}, {"HELO", smtp_do_helo, 0}, {"MAIL", smtp_do_mail, 0}, {"RCPT", smtp_do_rcpt, 0},
     {"DATA", smtp_do_data, 0}, {"RSET", smtp_do_rset, 1}, {"NOOP", smtp_do_noop, 1}, {"QUIT", smtp_do_quit, 0},
     {"HELP", smtp_do_help, 1}, {"VRFY", smtp_do_vrfy, 1}, {"AUTH", smtp_do_auth, 0}, {"STARTTLS", smtp_do_starttls, 0},
 };
@@ -6366,7 +6373,7 @@ smtp_line(struct conn *c, char *line, size_t len)
     }
     if (strcmp(verb, "GET") == 0 || strcmp(verb, "POST") == 0 || strcmp(verb, "CONNECT") == 0) {
         conn_reply(c, "554 5.7.0 This is a mail server"); /* cross-protocol requests (as Redis) */
-        conn_close(c, 1);
+        conn_close_after_reply(c);
         return;
     }
     if (conn_junk(c)) return;
@@ -6462,7 +6469,7 @@ pop_pump(struct conn *c)
         if (r <= 0) {
             if (r < 0) { /* the client cannot be told after +OK: cut the session */
                 conn_log(c, "read error while sending a message");
-                c->is_closing = 1;
+                conn_drop(c);
             }
             if (!p->st_bol) buf_adds(&c->out, "\r\n");
             buf_adds(&c->out, ".\r\n");
@@ -6558,7 +6565,7 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
         c->hold_until = auth_failed(c, user);
         if (++p->auth_fails >= MS_AUTH_MAX_FAILS) {
             conn_reply(c, "-ERR [AUTH] Invalid login, closing");
-            conn_close(c, 1);
+            conn_close_after_reply(c);
         } else {
             conn_reply(c, "-ERR [AUTH] Invalid login");
         }
@@ -6686,7 +6693,7 @@ pop_do_quit(struct conn *c, const char *args)
     const char *reply = "+OK Bye";
     int i, ndel = 0;
     (void)args;
-    conn_close(c, 1);
+    conn_close_after_reply(c);
     if (p->state != POP_S_TRANS) return reply;
     for (i = 0; i < p->view.n; i++) ndel += p->view.msgs[i].deleted;
     if (view_commit(&p->view) != 0) {
@@ -6948,7 +6955,7 @@ struct dnsq {
     size_t alen;
 };
 
-struct osess {
+struct mta_sess {
     struct mailsrv *ms;
     unsigned id;
     struct qentry *e;            /* NULL once the results are handed back */
@@ -6982,7 +6989,7 @@ struct osess {
 };
 
 static void
-o_log(struct osess *o, const char *fmt, ...)
+mta_log(struct mta_sess *o, const char *fmt, ...)
 {
     char line[1800];
     va_list ap;
@@ -6994,14 +7001,14 @@ o_log(struct osess *o, const char *fmt, ...)
 
 /* Windows cannot remove a file that is open: the text is closed as soon as it is sent. */
 static void
-o_close_body(struct osess *o)
+mta_close_body(struct mta_sess *o)
 {
     if (o->msg_fd >= 0) { lr_free(&o->lr); os_close(o->msg_fd); }
     o->msg_fd = -1;
 }
 
 static void
-o_close_fd(struct osess *o)
+mta_close_fd(struct mta_sess *o)
 {
     if (o->fd != MS_BAD_SOCK) net_close(o->fd);
     o->fd = MS_BAD_SOCK;
@@ -7009,29 +7016,29 @@ o_close_fd(struct osess *o)
     o->dq.ans = NULL;
     o->inlen = o->out.len = o->out_off = 0;
     o->reply_code = 0;
-    o_close_body(o);
+    mta_close_body(o);
     io_free(o->tls);
     o->tls = NULL;
 }
 
 static void
-o_send(struct osess *o, const char *fmt, ...)
+mta_send(struct mta_sess *o, const char *fmt, ...)
 {
     va_list ap;
     size_t start = o->out.len;
     va_start(ap, fmt);
     buf_vprintf(&o->out, fmt, ap);
     va_end(ap);
-    if (o->ms->verbose) o_log(o, "> %.*s", (int)(o->out.len - start), o->out.p + start);
+    if (o->ms->verbose) mta_log(o, "> %.*s", (int)(o->out.len - start), o->out.p + start);
     buf_adds(&o->out, "\r\n");
     o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
 }
 
 /* ---- DNS queries: UDP, then TCP when the answer is truncated ---- */
-static void o_dns_answer(struct osess *o, int rc, const struct dns_result *r);
+static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r);
 
 static void
-o_dns_send(struct osess *o)
+mta_dns_send(struct mta_sess *o)
 {
     struct dnsq *q = &o->dq;
     struct ms_addr a;
@@ -7045,7 +7052,7 @@ o_dns_send(struct osess *o)
 }
 
 static void
-o_dns_query(struct osess *o, const char *name, int type)
+mta_dns_query(struct mta_sess *o, const char *name, int type)
 {
     struct dnsq *q = &o->dq;
     unsigned short id;
@@ -7056,25 +7063,25 @@ o_dns_query(struct osess *o, const char *name, int type)
     q->ns = 0;
     ms_strlcpy(q->name, name, sizeof q->name);
     if (rnd != 0) { /* a guessable id invites forged answers: a temporary failure instead */
-        o_log(o, "DNS query for %s: the system's random generator failed", name);
-        o_dns_answer(o, -1, NULL);
+        mta_log(o, "DNS query for %s: the system's random generator failed", name);
+        mta_dns_answer(o, -1, NULL);
         return;
     }
-    if (o->ndns == 0) { o_dns_answer(o, -1, NULL); return; } /* no resolver known: a temporary failure */
+    if (o->ndns == 0) { mta_dns_answer(o, -1, NULL); return; } /* no resolver known: a temporary failure */
     q->qlen = dns_build_query(q->q, sizeof q->q, q->id, name, type);
-    if (q->qlen < 0) { o_dns_answer(o, DNS_NXDOMAIN, NULL); return; }
+    if (q->qlen < 0) { mta_dns_answer(o, DNS_NXDOMAIN, NULL); return; }
     o->state = O_DNS;
-    if (o->ms->verbose) o_log(o, "dns query %s type %d", name, type);
-    o_dns_send(o);
+    if (o->ms->verbose) mta_log(o, "dns query %s type %d", name, type);
+    mta_dns_send(o);
 }
 
 static void
-o_dns_timeout(struct osess *o)
+mta_dns_timeout(struct mta_sess *o)
 {
     struct dnsq *q = &o->dq;
-    if (++q->tries >= MS_DNS_TRIES) { o_dns_answer(o, -1, NULL); return; }
+    if (++q->tries >= MS_DNS_TRIES) { mta_dns_answer(o, -1, NULL); return; }
     q->ns = (q->ns + 1) % o->ndns;
-    o_dns_send(o);
+    mta_dns_send(o);
 }
 
 /* DNS over TCP (RFC 1035 4.2.2): the answer comes behind its 2-byte length.
@@ -7087,7 +7094,7 @@ dns_tcp_msg_len(const unsigned char *a, size_t alen)
 }
 
 static void
-o_dns_io(struct osess *o, short re)
+mta_dns_io(struct mta_sess *o, short re)
 {
     struct dnsq *q = &o->dq;
     struct dns_result r;
@@ -7097,8 +7104,8 @@ o_dns_io(struct osess *o, short re)
         n = net_recv(o->fd, buf, sizeof buf);
         if (n <= 0) return; /* ICMP errors and strays: the timeout decides */
         if (dns_parse_answer(buf, (size_t)n, q->id, q->name, q->type, &r) != 0) return; /* not ours (RFC 5452) */
-        if (r.tc) { q->tcp = 1; o_dns_send(o); return; }
-        o_dns_answer(o, r.rcode, &r);
+        if (r.tc) { q->tcp = 1; mta_dns_send(o); return; }
+        mta_dns_answer(o, r.rcode, &r);
         return;
     }
     if (q->sent < (size_t)q->qlen + 2 && (re & POLLOUT)) {
@@ -7107,31 +7114,31 @@ o_dns_io(struct osess *o, short re)
         pkt[1] = (unsigned char)q->qlen;
         memcpy(pkt + 2, q->q, (size_t)q->qlen);
         n = net_send(o->fd, pkt + q->sent, (size_t)q->qlen + 2 - q->sent);
-        if (n < 0 && !net_would_block(net_error())) { o_dns_timeout(o); return; }
+        if (n < 0 && !net_would_block(net_error())) { mta_dns_timeout(o); return; }
         if (n > 0) q->sent += (size_t)n;
         return;
     }
     if (!(re & (POLLIN | POLLHUP | POLLERR))) return;
     if (!q->ans) q->ans = xrealloc(NULL, 65537);
     n = net_recv(o->fd, q->ans + q->alen, 65537 - q->alen);
-    if (n <= 0) { if (n == 0 || !net_would_block(net_error())) o_dns_timeout(o); return; }
+    if (n <= 0) { if (n == 0 || !net_would_block(net_error())) mta_dns_timeout(o); return; }
     q->alen += (size_t)n;
     if ((mlen = dns_tcp_msg_len(q->ans, q->alen)) < 0) return;
-    if (dns_parse_answer(q->ans + 2, (size_t)mlen, q->id, q->name, q->type, &r) != 0 || r.tc) { o_dns_timeout(o); return; }
-    o_dns_answer(o, r.rcode, &r);
+    if (dns_parse_answer(q->ans + 2, (size_t)mlen, q->id, q->name, q->type, &r) != 0 || r.tc) { mta_dns_timeout(o); return; }
+    mta_dns_answer(o, r.rcode, &r);
 }
 
 /* ---- choosing hosts and addresses ---- */
-static void o_finish(struct osess *o, int perm);
-static void o_give_up(struct osess *o, int perm);
-static int o_take_next(struct osess *o);
+static void mta_finish(struct mta_sess *o, int perm);
+static void mta_give_up(struct mta_sess *o, int perm);
+static int mta_take_next(struct mta_sess *o);
 
 static void
-o_connect(struct osess *o)
+mta_connect(struct mta_sess *o)
 {
     char ip[64];
     int err = 0;
-    o_close_fd(o);
+    mta_close_fd(o);
     net_addr_str(&o->addr[o->addri], ip, sizeof ip);
     snprintf(o->hop, sizeof o->hop, "%s[%s]:%u", o->mx[o->mxi].host, ip, o->addr[o->addri].port);
     o->fd = net_connect(&o->addr[o->addri], 0, &err);
@@ -7146,39 +7153,39 @@ o_connect(struct osess *o)
 
 /* Resolves a host: a numeric address directly, a name by A then AAAA. */
 static void
-o_resolve_host(struct osess *o)
+mta_resolve_host(struct mta_sess *o)
 {
     struct ms_addr a;
     o->naddr = o->addri = 0;
     if (net_addr_parse(o->mx[o->mxi].host, o->port, &a) == 0) {
         o->addr[o->naddr++] = a;
         o->no_address = 0;
-        o_connect(o);
+        mta_connect(o);
         return;
     }
-    o_dns_query(o, o->mx[o->mxi].host, DNS_A);
+    mta_dns_query(o, o->mx[o->mxi].host, DNS_A);
 }
 
 /* The current address failed: the next address, the next MX, or give up. */
 static void
-o_next(struct osess *o)
+mta_next(struct mta_sess *o)
 {
-    o_close_fd(o);
+    mta_close_fd(o);
     o->tls_refused = 0;
-    if (++o->addri < o->naddr) { o_connect(o); return; }
-    if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
-    o_give_up(o, o->no_address); /* no host had an address: the domain cannot receive mail */
+    if (++o->addri < o->naddr) { mta_connect(o); return; }
+    if (++o->mxi < o->nmx) { mta_resolve_host(o); return; }
+    mta_give_up(o, o->no_address); /* no host had an address: the domain cannot receive mail */
 }
 
 static int
-o_mx_cmp(const void *a, const void *b)
+mta_mx_cmp(const void *a, const void *b)
 {
     const struct dns_rr *x = a, *y = b;
     return x->pref < y->pref ? -1 : x->pref > y->pref;
 }
 
 static void
-o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
+mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r)
 {
     int i;
     struct dnsq *q = &o->dq;
@@ -7187,27 +7194,27 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
     if (rc != DNS_NOERROR && rc != DNS_NXDOMAIN) {
         snprintf(o->error, sizeof o->error, "4.4.3 DNS lookup of %s (type %d) failed: %s", q->name, q->type,
                  rc < 0 ? "no answer" : "server failure");
-        if (q->type == DNS_MX) { o_give_up(o, 0); return; }
+        if (q->type == DNS_MX) { mta_give_up(o, 0); return; }
         o->no_address = 0; /* an address may exist: a temporary failure */
-        if (q->type == DNS_A) { o_dns_query(o, q->name, DNS_AAAA); return; }
+        if (q->type == DNS_A) { mta_dns_query(o, q->name, DNS_AAAA); return; }
         if (o->naddr > 0) { /* RFC 5321 5.1: the A lookup gave addresses, try them (issue 18) */
             o->addri = 0;
-            o_connect(o);
+            mta_connect(o);
             return;
         }
-        o_next(o);
+        mta_next(o);
         return;
     }
     if (q->type == DNS_MX) {
         if (rc == DNS_NXDOMAIN) {
             snprintf(o->error, sizeof o->error, "5.1.2 domain %s does not exist (DNS: NXDOMAIN)", o->domain);
-            o_give_up(o, 1);
+            mta_give_up(o, 1);
             return;
         }
         /* RFC 7505: one MX of preference 0 naming the root means "no mail" */
         if (r->n == 1 && r->rr[0].host[0] == 0) {
             snprintf(o->error, sizeof o->error, "5.1.10 domain %s accepts no mail (null MX, RFC 7505)", o->domain);
-            o_give_up(o, 1);
+            mta_give_up(o, 1);
             return;
         }
         o->nmx = 0;
@@ -7217,9 +7224,9 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
             ms_strlcpy(o->mx[0].host, o->domain, sizeof o->mx[0].host);
             o->nmx = 1;
         }
-        qsort(o->mx, (size_t)o->nmx, sizeof o->mx[0], o_mx_cmp);
+        qsort(o->mx, (size_t)o->nmx, sizeof o->mx[0], mta_mx_cmp);
         o->mxi = 0;
-        o_resolve_host(o);
+        mta_resolve_host(o);
         return;
     }
     for (i = 0; rc == DNS_NOERROR && i < r->n && o->naddr < (int)(sizeof o->addr / sizeof o->addr[0]); i++) {
@@ -7229,24 +7236,24 @@ o_dns_answer(struct osess *o, int rc, const struct dns_result *r)
         memcpy(a->ip, r->rr[i].ip, 16);
         a->port = o->port;
     }
-    if (q->type == DNS_A) { o_dns_query(o, q->name, DNS_AAAA); return; }
+    if (q->type == DNS_A) { mta_dns_query(o, q->name, DNS_AAAA); return; }
     if (o->naddr == 0) {
         snprintf(o->error, sizeof o->error, "5.4.4 host %s has no address", q->name);
         o->addri = 0;
-        if (++o->mxi < o->nmx) { o_resolve_host(o); return; }
-        o_give_up(o, o->no_address);
+        if (++o->mxi < o->nmx) { mta_resolve_host(o); return; }
+        mta_give_up(o, o->no_address);
         return;
     }
     o->no_address = 0;
     o->addri = 0;
-    o_connect(o);
+    mta_connect(o);
 }
 
 /* ---- the SMTP client ---- */
 
 /* Recipients still to try at this host (not refused with 5xx). */
 static int
-o_next_rcpt(struct osess *o, int from)
+mta_next_rcpt(struct mta_sess *o, int from)
 {
     for (; from < o->nri; from++)
         if (o->e->r[o->ri[from]].result != 5) return from;
@@ -7255,29 +7262,29 @@ o_next_rcpt(struct osess *o, int from)
 
 /* A session-level failure: keep the refusals, try the next host. */
 static void
-o_fail_session(struct osess *o, const char *why)
+mta_fail_session(struct mta_sess *o, const char *why)
 {
     int i;
     ms_strlcpy(o->error, why, sizeof o->error);
     for (i = 0; i < o->nri; i++)
         if (o->e->r[o->ri[i]].result != 5) o->e->r[o->ri[i]].result = 0;
-    o_log(o, "%s: %s", o->hop, why);
-    o_next(o);
+    mta_log(o, "%s: %s", o->hop, why);
+    mta_next(o);
 }
 
 /* The connection broke or spoke nonsense; after our QUIT that is just the end. */
-static void o_tls_failed(struct osess *o);
+static void mta_tls_failed(struct mta_sess *o);
 
 static void
-o_broken(struct osess *o, const char *why)
+mta_broken(struct mta_sess *o, const char *why)
 {
-    if (o->state == O_QUIT) { o_close_fd(o); o->is_done = 1; return; }
-    if (o->state == O_TLS) { o_tls_failed(o); return; }
-    o_fail_session(o, why);
+    if (o->state == O_QUIT) { mta_close_fd(o); o->is_done = 1; return; }
+    if (o->state == O_TLS) { mta_tls_failed(o); return; }
+    mta_fail_session(o, why);
 }
 
 static void
-o_set_accepted(struct osess *o, int result, const char *reply)
+mta_set_accepted(struct mta_sess *o, int result, const char *reply)
 {
     int i;
     for (i = 0; i < o->nri; i++) {
@@ -7289,18 +7296,18 @@ o_set_accepted(struct osess *o, int result, const char *reply)
 }
 
 static void
-o_mail_from(struct osess *o)
+mta_mail_from(struct mta_sess *o)
 {
     o->state = O_MAIL;
     o->naccepted = 0;
-    if (o->ext_size) o_send(o, "MAIL FROM:<%s> SIZE=%lld", o->e->from, (long long)(o->e->size + o->e->lines));
-    else o_send(o, "MAIL FROM:<%s>", o->e->from);
+    if (o->ext_size) mta_send(o, "MAIL FROM:<%s> SIZE=%lld", o->e->from, (long long)(o->e->size + o->e->lines));
+    else mta_send(o, "MAIL FROM:<%s>", o->e->from);
 }
 
 /* Opens the queued text before DATA, so a missing file never leaves the
  * remote server waiting for text. */
 static int
-o_open_body(struct osess *o)
+mta_open_body(struct mta_sess *o)
 {
     char path[1300], first[16];
     int64_t start = 0;
@@ -7324,7 +7331,7 @@ o_open_body(struct osess *o)
 
 /* Fills the output with message text: CRLF line ends, dot-stuffed. */
 static void
-o_pump_body(struct osess *o)
+mta_pump_body(struct mta_sess *o)
 {
     while (o->out.len - o->out_off < 32768 && !o->body_eof) {
         const char *line;
@@ -7332,11 +7339,11 @@ o_pump_body(struct osess *o)
         int complete, r;
         int64_t off;
         r = lr_next(&o->lr, &line, &len, &complete, &off);
-        if (r < 0) { o_fail_session(o, "4.3.0 cannot read the queued message"); return; }
+        if (r < 0) { mta_fail_session(o, "4.3.0 cannot read the queued message"); return; }
         if (r == 0) {
             if (!o->bol) buf_adds(&o->out, "\r\n");
             buf_adds(&o->out, ".\r\n");
-            o_close_body(o);
+            mta_close_body(o);
             o->body_eof = 1;
             o->state = O_DOT;
             o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
@@ -7351,56 +7358,56 @@ o_pump_body(struct osess *o)
 
 /* After EHLO/HELO: STARTTLS when the hop offers it ([relay] tls), else MAIL. */
 static void
-o_after_ehlo(struct osess *o)
+mta_after_ehlo(struct mta_sess *o)
 {
     int mode = o->ms->cfg->relay_tls;
     if (!MAILSRV_ENABLE_TLS || mode == RTLS_NO || o->tls || (o->tls_refused && mode == RTLS_YES)) {
-        o_mail_from(o);
+        mta_mail_from(o);
     } else if (o->ext_starttls && o->state == O_EHLO) {
         o->state = O_STARTTLS;
-        o_send(o, "STARTTLS");
+        mta_send(o, "STARTTLS");
     } else if (mode == RTLS_VERIFY) {
         char why[400];
         snprintf(why, sizeof why, "4.7.4 %s does not offer STARTTLS, and [relay] tls = verify", o->hop);
-        o_fail_session(o, why);
+        mta_fail_session(o, why);
     } else {
-        o_mail_from(o);
+        mta_mail_from(o);
     }
 }
 
 /* The handshake failed: tls = verify defers; tls = yes tries this
  * address again in plain text (Postfix's opportunistic TLS does the same). */
 static void
-o_tls_failed(struct osess *o)
+mta_tls_failed(struct mta_sess *o)
 {
     char why[600], what[128] = "TLS is not built in";
 #if MAILSRV_ENABLE_TLS
     if (o->tls) tls_error_text(tls_error(o->tls), what, sizeof what);
 #endif
     snprintf(why, sizeof why, "4.7.5 TLS handshake with %s failed: %s", o->hop, what);
-    if (o->ms->cfg->relay_tls == RTLS_VERIFY) { o_fail_session(o, why); return; }
-    o_log(o, "%s; trying again without TLS", why);
-    o_close_fd(o);
+    if (o->ms->cfg->relay_tls == RTLS_VERIFY) { mta_fail_session(o, why); return; }
+    mta_log(o, "%s; trying again without TLS", why);
+    mta_close_fd(o);
     o->tls_refused = 1;
-    o_connect(o);
+    mta_connect(o);
 }
 
 #if MAILSRV_ENABLE_TLS
 /* The handshake may finish inside any pump: then EHLO again (RFC 3207 4.2).
  * 0 while it is still going on. */
 static int
-o_tls_progress(struct osess *o)
+mta_tls_progress(struct mta_sess *o)
 {
     if (o->state != O_TLS || !tls_done(o->tls)) return o->state != O_TLS;
     o->state = O_EHLO;
     o->ext_size = o->ext_starttls = 0;
-    o_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+    mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
 #endif
 
 static void
-o_tls_begin(struct osess *o)
+mta_tls_begin(struct mta_sess *o)
 {
 #if MAILSRV_ENABLE_TLS
     const struct ms_config *cfg = o->ms->cfg;
@@ -7412,79 +7419,79 @@ o_tls_begin(struct osess *o)
     o->inlen = 0;
     o->state = O_TLS;
     o->deadline = os_now_ms() + cfg->relay_timeout * 1000;
-    if (tls_pump(o->tls, o->fd) < 0) o_tls_failed(o);
-    else o_tls_progress(o);
+    if (tls_pump(o->tls, o->fd) < 0) mta_tls_failed(o);
+    else mta_tls_progress(o);
 #else
-    o_tls_failed(o);
+    mta_tls_failed(o);
 #endif
 }
 
 /* The transaction is over: results go back to the entry, QUIT goes out. */
 static void
-o_quit(struct osess *o)
+mta_quit(struct mta_sess *o)
 {
     o->state = O_QUIT;
-    o_send(o, "QUIT");
-    o_finish(o, 0);
+    mta_send(o, "QUIT");
+    mta_finish(o, 0);
 }
 
 /* One complete reply (its last line) in the current state. */
 static void
-o_on_reply(struct osess *o, int code, const char *line)
+mta_on_reply(struct mta_sess *o, int code, const char *line)
 {
     struct qrcpt *r;
     int i;
     switch (o->state) {
     case O_GREET:
-        if (code / 100 != 2) { o_fail_session(o, line); return; }
+        if (code / 100 != 2) { mta_fail_session(o, line); return; }
         o->state = O_EHLO;
-        o_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+        mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
         return;
     case O_EHLO:
     case O_HELO:
-        if (code / 100 == 2) { o_after_ehlo(o); return; }
+        if (code / 100 == 2) { mta_after_ehlo(o); return; }
         if (o->state == O_EHLO && code / 100 == 5) { /* an old server: HELO (RFC 5321 3.2) */
             o->state = O_HELO;
-            o_send(o, "HELO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
+            mta_send(o, "HELO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
             return;
         }
-        o_fail_session(o, line);
+        mta_fail_session(o, line);
         return;
     case O_STARTTLS:
-        if (code == 220) { o_tls_begin(o); return; }
-        if (o->ms->cfg->relay_tls == RTLS_VERIFY) { o_fail_session(o, line); return; }
-        o_mail_from(o);
+        if (code == 220) { mta_tls_begin(o); return; }
+        if (o->ms->cfg->relay_tls == RTLS_VERIFY) { mta_fail_session(o, line); return; }
+        mta_mail_from(o);
         return;
     case O_MAIL:
-        if (code / 100 == 4) { o_fail_session(o, line); return; }
+        if (code / 100 == 4) { mta_fail_session(o, line); return; }
         if (code / 100 != 2) {
             for (i = 0; i < o->nri; i++) {
                 r = &o->e->r[o->ri[i]];
                 r->result = 5;
                 ms_strlcpy(r->error, line, sizeof r->error);
             }
-            o_quit(o);
+            mta_quit(o);
             return;
         }
-        if ((o->rcpt_at = o_next_rcpt(o, 0)) < 0) { o_quit(o); return; }
+        if ((o->rcpt_at = mta_next_rcpt(o, 0)) < 0) { mta_quit(o); return; }
         o->state = O_RCPT;
-        o_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr);
+        mta_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr);
         return;
     case O_RCPT:
         r = &o->e->r[o->ri[o->rcpt_at]];
         r->result = code / 100 == 2 ? 2 : code / 100 == 5 ? 5 : 4;
         if (r->result != 2) ms_strlcpy(r->error, line, sizeof r->error);
         else o->naccepted++;
-        o->rcpt_at = o_next_rcpt(o, o->rcpt_at + 1);
-        if (o->rcpt_at >= 0) { o_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr); return; }
-        if (o->naccepted && o_open_body(o) == 0) { o->state = O_DATA; o_send(o, "DATA"); return; }
-        if (o->naccepted) o_set_accepted(o, 4, "4.3.0 cannot read the queued message");
-        o_quit(o);
+        o->rcpt_at = mta_next_rcpt(o, o->rcpt_at + 1);
+        if (o->rcpt_at >= 0) { mta_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr); return; }
+        if (o->naccepted && mta_open_body(o) == 0) { o->state = O_DATA; mta_send(o, "DATA"); return; }
+        if (o->naccepted) mta_set_accepted(o, 4, "4.3.0 cannot read the queued message");
+        mta_quit(o);
         return;
     case O_DATA:
-        if (code == 354) { o->state = O_BODY; o_pump_body(o); return; }
-        o_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
-        o_quit(o);
+        if (code == 354) { o->state = O_BODY; mta_pump_body(o); return; }
+        mta_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
+        mta_quit(o);
         return;
     case O_DOT:
         if (code / 100 == 2) {
@@ -7492,29 +7499,29 @@ o_on_reply(struct osess *o, int code, const char *line)
                 r = &o->e->r[o->ri[i]];
                 if (r->result != 2) continue;
                 r->state = Q_DELIVERED;
-                o_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->tls ? "yes" : "no");
+                mta_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->tls ? "yes" : "no");
             }
-            if (o_take_next(o) == 0) return;
+            if (mta_take_next(o) == 0) return;
         } else {
-            o_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
+            mta_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
         }
-        o_quit(o);
+        mta_quit(o);
         return;
     case O_QUIT:
-        o_close_fd(o);
+        mta_close_fd(o);
         o->is_done = 1;
         return;
     }
 }
 
 static void
-o_read(struct osess *o)
+mta_read(struct mta_sess *o)
 {
     long n;
     char *nl;
     if ((n = io_recv(o->fd, o->tls, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) == -2) return;
     if (n <= 0) {
-        o_broken(o, "4.4.2 connection lost");
+        mta_broken(o, "4.4.2 connection lost");
         return;
     }
     o->inlen += (size_t)n;
@@ -7526,10 +7533,10 @@ o_read(struct osess *o)
         ms_visible(line, sizeof line, o->in, len); /* printable: it goes into logs and bounces */
         o->inlen -= (size_t)(nl + 1 - o->in);
         memmove(o->in, nl + 1, o->inlen);
-        if (o->ms->verbose) o_log(o, "< %s", line);
+        if (o->ms->verbose) mta_log(o, "< %s", line);
         /* RFC 5321 4.2.1: every line of a reply carries the same code */
         if ((last = smtp_reply_line(line, &code)) < 0 || (o->reply_code && code != o->reply_code)) {
-            o_broken(o, "4.5.0 malformed reply from the remote server");
+            mta_broken(o, "4.5.0 malformed reply from the remote server");
             return;
         }
         /* EHLO keywords: every line of the reply but the first (RFC 5321 4.1.1.1) */
@@ -7540,23 +7547,23 @@ o_read(struct osess *o)
         o->reply_code = last ? 0 : code;
         if (!last) continue;
         o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-        o_on_reply(o, code, line);
+        mta_on_reply(o, code, line);
         if (o->fd == MS_BAD_SOCK || o->is_done) return;
     }
-    if (o->inlen == sizeof o->in - 1) o_broken(o, "4.5.0 reply line too long");
+    if (o->inlen == sizeof o->in - 1) mta_broken(o, "4.5.0 reply line too long");
 }
 
 static void
-o_io(struct osess *o, short re)
+mta_io(struct mta_sess *o, short re)
 {
-    if (o->state == O_DNS) { o_dns_io(o, re); return; }
+    if (o->state == O_DNS) { mta_dns_io(o, re); return; }
     if (o->state == O_CONNECT) {
         int err;
         if (!(re & (POLLOUT | POLLERR | POLLHUP))) return;
         if ((err = net_sock_error(o->fd)) != 0) {
             snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
-            o_log(o, "%s", o->error);
-            o_next(o);
+            mta_log(o, "%s", o->error);
+            mta_next(o);
             return;
         }
         o->state = O_GREET;
@@ -7564,18 +7571,18 @@ o_io(struct osess *o, short re)
     }
 #if MAILSRV_ENABLE_TLS
     if (o->tls) {
-        if (tls_pump(o->tls, o->fd) < 0 && !tls_app_ready(o->tls)) { o_broken(o, "4.4.2 connection lost"); return; }
-        if (!o_tls_progress(o)) return;
+        if (tls_pump(o->tls, o->fd) < 0 && !tls_app_ready(o->tls)) { mta_broken(o, "4.4.2 connection lost"); return; }
+        if (!mta_tls_progress(o)) return;
         if (tls_app_ready(o->tls)) re |= POLLIN;
     }
 #endif
-    if (re & (POLLIN | POLLERR | POLLHUP)) o_read(o);
+    if (re & (POLLIN | POLLERR | POLLHUP)) mta_read(o);
     while (o->fd != MS_BAD_SOCK && !o->is_done) {
         long n;
-        if (o->state == O_BODY) o_pump_body(o);
+        if (o->state == O_BODY) mta_pump_body(o);
         if (o->fd == MS_BAD_SOCK || o->out_off == o->out.len) break;
         if ((n = io_send(o->fd, o->tls, o->out.p + o->out_off, o->out.len - o->out_off)) < 0) {
-            if (n == -1) o_broken(o, "4.4.2 connection lost");
+            if (n == -1) mta_broken(o, "4.4.2 connection lost");
             break;
         }
         o->out_off += (size_t)n;
@@ -7587,13 +7594,13 @@ o_io(struct osess *o, short re)
 
 /* Decrypted replies waiting in the engine need a turn without a socket event. */
 static int
-o_tls_input(const struct osess *o)
+mta_tls_input(const struct mta_sess *o)
 {
     return !o->is_done && io_input_waiting(o->tls);
 }
 
 static short
-o_events(const struct osess *o)
+mta_events(const struct mta_sess *o)
 {
     if (o->fd == MS_BAD_SOCK) return 0;
     if (o->state == O_DNS) return o->dq.tcp && o->dq.sent < (size_t)o->dq.qlen + 2 ? POLLOUT : POLLIN;
@@ -7604,26 +7611,26 @@ o_events(const struct osess *o)
     return (short)(POLLIN | (o->out_off < o->out.len || o->state == O_BODY ? POLLOUT : 0));
 }
 
-static void o_begin(struct osess *o);
+static void mta_begin(struct mta_sess *o);
 
 static void
-o_timer(struct osess *o, int64_t now)
+mta_timer(struct mta_sess *o, int64_t now)
 {
     if (o->is_done || now < o->deadline) return;
     switch (o->state) {
-    case O_START: o_begin(o); return;
-    case O_DNS: o_dns_timeout(o); return;
+    case O_START: mta_begin(o); return;
+    case O_DNS: mta_dns_timeout(o); return;
     case O_CONNECT:
         if (o->fd != MS_BAD_SOCK)
             snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: timeout", o->hop);
-        o_log(o, "%s", o->error);
-        o_next(o);
+        mta_log(o, "%s", o->error);
+        mta_next(o);
         return;
-    case O_QUIT: o_close_fd(o); o->is_done = 1; return;
+    case O_QUIT: mta_close_fd(o); o->is_done = 1; return;
     default: {
         char why[512];
         snprintf(why, sizeof why, "4.4.2 timeout after %lds waiting for %s", o->ms->cfg->relay_timeout, o->hop);
-        o_fail_session(o, why);
+        mta_fail_session(o, why);
     }
     }
 }
@@ -7634,7 +7641,7 @@ static void relay_finish(struct mailsrv *ms, struct qentry *e);
 /* Hands the results back to the entry: recipients not settled get o->error,
  * as a refusal when perm (the domain cannot receive mail) or a deferral. */
 static void
-o_finish(struct osess *o, int perm)
+mta_finish(struct mta_sess *o, int perm)
 {
     struct qentry *e = o->e;
     int i;
@@ -7645,27 +7652,27 @@ o_finish(struct osess *o, int perm)
             r->result = perm ? 5 : 4;
             ms_strlcpy(r->error, o->error[0] ? o->error : "4.4.0 delivery failed", sizeof r->error);
         }
-        if (r->result == 4) o_log(o, "deferred %s to=<%s>: %s", e->id, r->addr, r->error);
+        if (r->result == 4) mta_log(o, "deferred %s to=<%s>: %s", e->id, r->addr, r->error);
     }
     o->e = NULL;
-    o_close_body(o);
+    mta_close_body(o);
     if (--e->active == 0) relay_finish(o->ms, e);
 }
 
 /* No (more) hosts to try: settle the recipients and end the session. */
 static void
-o_give_up(struct osess *o, int perm)
+mta_give_up(struct mta_sess *o, int perm)
 {
-    o_close_fd(o);
+    mta_close_fd(o);
     o->is_done = 1;
-    o_finish(o, perm);
+    mta_finish(o, perm);
 }
 
 /* After a delivered transaction, the same connection takes the next due
  * entry whose recipients are all in this domain (Postfix's connection
  * reuse): no new connect, greeting and EHLO per message. -1 if there is none. */
 static int
-o_take_next(struct osess *o)
+mta_take_next(struct mta_sess *o)
 {
     struct mailsrv *ms = o->ms;
     struct qentry *next = NULL;
@@ -7682,13 +7689,13 @@ o_take_next(struct osess *o)
         if (n > 0) next = e;
     }
     if (!next) return -1;
-    o_finish(o, 0);
+    mta_finish(o, 0);
     o->e = next;
     next->active++;
     o->ri = xrealloc(o->ri, sizeof *o->ri * (size_t)next->nr);
     for (j = 0, o->nri = 0; j < next->nr; j++)
         if (next->r[j].state == Q_PENDING) o->ri[o->nri++] = j;
-    o_mail_from(o);
+    mta_mail_from(o);
     return 0;
 }
 
@@ -7704,7 +7711,7 @@ cfg_find_route(const struct ms_config *c, const char *domain)
 /* Picks the next hop (RFC 5321 5.1, and the issue's order): the [route]
  * entry, else the smarthost, else MX records. */
 static void
-o_begin(struct osess *o)
+mta_begin(struct mta_sess *o)
 {
     const struct ms_config *cfg = o->ms->cfg;
     const struct cfg_route *rt = cfg_find_route(cfg, o->domain);
@@ -7723,10 +7730,10 @@ o_begin(struct osess *o)
         o->nmx = 1;
         o->mxi = 0;
         o->port = hop->port;
-        o_resolve_host(o);
+        mta_resolve_host(o);
     } else {
         o->port = (unsigned)cfg->relay_port;
-        o_dns_query(o, o->domain, DNS_MX);
+        mta_dns_query(o, o->domain, DNS_MX);
     }
 }
 
@@ -7735,7 +7742,7 @@ o_begin(struct osess *o)
 static void
 relay_start(struct mailsrv *ms, struct qentry *e, const char *domain, const int *ri, int nri)
 {
-    struct osess *o = xrealloc(NULL, sizeof *o);
+    struct mta_sess *o = xrealloc(NULL, sizeof *o);
     memset(o, 0, sizeof *o);
     o->ms = ms;
     o->id = ++ms->next_oid;
@@ -7757,9 +7764,9 @@ relay_start(struct mailsrv *ms, struct qentry *e, const char *domain, const int 
 }
 
 static void
-o_free(struct osess *o)
+mta_free(struct mta_sess *o)
 {
-    o_close_fd(o);
+    mta_close_fd(o);
     buf_free(&o->out);
     free(o->ri);
     free(o);
@@ -8856,7 +8863,7 @@ conn_read(struct conn *c)
     n = io_recv(c->fd, c->tls, c->in + c->inlen, MS_IN_SIZE - c->inlen);
     if (n > 0) c->inlen += (size_t)n;
     else if (n == 0) c->is_eof = 1; /* input already buffered is still served */
-    else if (n == -1) c->is_closing = 1;
+    else if (n == -1) conn_drop(c);
 #if MAILSRV_ENABLE_TLS
     if (c->tls) conn_tls_report(c);
 #endif
@@ -8890,7 +8897,7 @@ conn_run(struct conn *c)
     conn_process(c);
     if (c->is_eof && !c->hold_until && !c->login) {
         if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
-        conn_close(c, 1);
+        conn_close_after_reply(c);
     }
     if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
 }
@@ -9054,22 +9061,22 @@ loop_timers(struct mailsrv *ms, int64_t now)
             }
             if (now - c->born >= 2 * ms->cfg->max_session_time * 1000LL) { /* still busy at twice the time */
                 conn_log(c, "max_session_time (%lds) reached twice over in a transaction: closing", ms->cfg->max_session_time);
-                c->is_closing = 1;
+                conn_drop(c);
                 continue;
             }
         }
         if (c->is_closing || now < c->deadline) continue;
-        if (c->close_after_flush) { c->is_closing = 1; continue; } /* it never read its last reply */
+        if (c->close_after_flush) { conn_drop(c); continue; } /* it never read its last reply */
 #if MAILSRV_ENABLE_TLS
         if (c->tls && !tls_done(c->tls)) { /* no reply can go out before the handshake */
             conn_log(c, "timeout during the TLS handshake");
-            c->is_closing = 1;
+            conn_drop(c);
             continue;
         }
 #endif
         conn_log(c, "timeout");
         conn_say(c, SAY_TIMEOUT);
-        conn_close(c, 1);
+        conn_close_after_reply(c);
         c->deadline = now + 10000;
         conn_send(c);
     }
@@ -9086,7 +9093,7 @@ loop_sweep(struct mailsrv *ms)
     }
     ms->nconns = j;
     for (i = j = 0; i < ms->nout; i++) {
-        if (ms->out[i]->is_done || ms->stopping) { o_free(ms->out[i]); ms->relay_kick = 1; }
+        if (ms->out[i]->is_done || ms->stopping) { mta_free(ms->out[i]); ms->relay_kick = 1; }
         else ms->out[j++] = ms->out[i];
     }
     ms->nout = j;
@@ -9109,7 +9116,7 @@ loop_stop_sessions(struct mailsrv *ms)
         struct conn *c = ms->conns[i];
         if (c->is_closing || c->close_after_flush || c->login || c->ops->in_transfer(c)) continue;
         conn_say(c, SAY_SHUTDOWN);
-        conn_close(c, 1);
+        conn_close_after_reply(c);
         conn_send(c);
     }
 }
@@ -9227,7 +9234,7 @@ mailsrv_destroy(struct mailsrv *ms)
     int i;
     if (!ms) return;
     for (i = 0; i < ms->nconns; i++) conn_free(ms->conns[i]);
-    for (i = 0; i < ms->nout; i++) o_free(ms->out[i]);
+    for (i = 0; i < ms->nout; i++) mta_free(ms->out[i]);
     for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]);
     free(ms->out);
     free(ms->queue);
@@ -9476,13 +9483,13 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         ms->pfds[nfds++].revents = 0;
     }
     for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
-        struct osess *o = ms->out[i];
+        struct mta_sess *o = ms->out[i];
         if (o->deadline < wake) wake = o->deadline;
-        if (o_tls_input(o)) wake = now;
+        if (mta_tls_input(o)) wake = now;
         o->pfd = o->fd == MS_BAD_SOCK ? -1 : nfds;
         if (o->pfd < 0) continue;
         ms->pfds[nfds].fd = o->fd;
-        ms->pfds[nfds].events = o_events(o);
+        ms->pfds[nfds].events = mta_events(o);
         ms->pfds[nfds++].revents = 0;
     }
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
@@ -9509,9 +9516,9 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         }
     }
     for (i = 0; i < no; i++) { /* revents are 0 when poll() timed out */
-        struct osess *o = ms->out[i];
-        if (o->pfd >= 0 && ms->pfds[o->pfd].revents && !o->is_done) o_io(o, ms->pfds[o->pfd].revents);
-        else if (o_tls_input(o)) o_io(o, POLLIN);
+        struct mta_sess *o = ms->out[i];
+        if (o->pfd >= 0 && ms->pfds[o->pfd].revents && !o->is_done) mta_io(o, ms->pfds[o->pfd].revents);
+        else if (mta_tls_input(o)) mta_io(o, POLLIN);
     }
     now = os_now_ms();
     for (i = 0; i < ms->nconns; i++) {
@@ -9525,7 +9532,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     loop_logins(ms);
     loop_commit(ms);
     loop_timers(ms, now);
-    for (i = 0; i < ms->nout; i++) o_timer(ms->out[i], now);
+    for (i = 0; i < ms->nout; i++) mta_timer(ms->out[i], now);
     if (ms->relay_kick || now >= ms->relay_wake) relay_run(ms);
     loop_sweep(ms);
     client_flush(ms, now);

@@ -1,4 +1,4 @@
-/* libFuzzer: DNS over TCP framing (RFC 1035 4.2.2), as o_dns_io reads a
+/* libFuzzer: DNS over TCP framing (RFC 1035 4.2.2), as mta_dns_io reads a
  * truncated query's answer: a 2-byte length, then the message, arriving in
  * pieces. Input: one byte for the piece sizes, then the resolver's stream.
  * Oracle: dns_tcp_msg_len says "complete" exactly when the length the first
@@ -29,7 +29,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         seed = seed * 1103515245u + 12345u;
         take = 1 + (seed >> 16) % 700;
         if (take > size - alen) take = size - alen;
-        assert(65537 - alen > 0); /* o_dns_io's net_recv has room: it never reads 0 bytes and gives up */
+        assert(65537 - alen > 0); /* mta_dns_io's net_recv has room: it never reads 0 bytes and gives up */
         if (take > 65537 - alen) take = 65537 - alen;
         ans = xrealloc(ans, alen + take);
         memcpy(ans + alen, data + alen, take);
@@ -39,7 +39,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             assert(got == -1);
         } else {
             assert(got == (long)want - 2);
-            break; /* o_dns_io stops reading here */
+            break; /* mta_dns_io stops reading here */
         }
     }
     if (got < 0) { free(ans); return 0; }

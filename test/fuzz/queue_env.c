@@ -38,7 +38,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ms->queue[0] = e;
     ms->nqueue = 1;
     relay_run(ms);
-    for (i = 0; i < ms->nout; i++) o_free(ms->out[i]);
+    for (i = 0; i < ms->nout; i++) mta_free(ms->out[i]);
     ms->nout = 0;
     ms->nqueue = 0;
     qentry_free(e);

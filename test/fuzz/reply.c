@@ -1,7 +1,7 @@
 /* libFuzzer: what a remote SMTP server sends to mailsrv's relay client
  * (greeting, EHLO reply with its keywords, MAIL/RCPT/DATA/dot replies).
- * A real outbound session (struct osess) reads the bytes from a socketpair
- * with o_read(), so smtp_reply_line(), the EHLO keyword scan and the client
+ * A real outbound session (struct mta_sess) reads the bytes from a socketpair
+ * with mta_read(), so smtp_reply_line(), the EHLO keyword scan and the client
  * state machine all run as in the server. The first byte picks [relay] tls
  * (odd: yes, so STARTTLS is answered with a real BearSSL handshake). */
 #define MAILSRV_NO_MAIN
@@ -27,7 +27,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const char *const rcpts[] = {"x@dest.test", "y@dest.test", "z@dest.test"};
     struct mailsrv *ms;
     struct qentry *e;
-    struct osess *o;
+    struct mta_sess *o;
     int sv[2], ri[3], i, turns;
     if (!ms_plain) init();
     if (size < 1) return 0;
@@ -56,14 +56,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     o->fd = sv[0];
     o->state = O_GREET;
     net_set_nonblock(sv[0]);
-    /* the poll loop's turns: o_io() reads, pumps the body and sends (into the unread socket) */
+    /* the poll loop's turns: mta_io() reads, pumps the body and sends (into the unread socket) */
     for (turns = 0; o->fd == sv[0] && !o->is_done && turns < 10000; turns++) {
-        o_io(o, POLLIN);
+        mta_io(o, POLLIN);
         assert(o->inlen < sizeof o->in);
     }
     assert(turns < 10000);
     for (i = 0; i < 3; i++) assert(e->r[i].result == 0 || e->r[i].result == 2 || e->r[i].result == 4 || e->r[i].result == 5);
-    o_free(o); /* closes sv[0] unless the session did */
+    mta_free(o); /* closes sv[0] unless the session did */
     close(sv[1]);
     qentry_free(e);
     return 0;
