@@ -4208,7 +4208,7 @@ queue_create(const char *qdir, const char *base, const struct store_msg *m, cons
 /* Stores a message for all its targets: local copies, then the queue entry
  * for the remote ones. On failure nothing stays and *err says why. */
 static int
-store_commit(const struct ms_config *cfg, const char *qdir, struct store_msg *m, const struct targets *t,
+store_message(const struct ms_config *cfg, const char *qdir, struct store_msg *m, const struct targets *t,
              const char **err, struct dirset *ds, struct store_undo **undo, int *nundo)
 {
     struct store_undo *u = NULL;
@@ -4237,7 +4237,7 @@ struct pop_msg {
 
 struct pop_view {
     int is_mbox;
-    char dir[1200];       /* Maildir folder, or the mbox file */
+    char path[1200];      /* Maildir folder, or the mbox file */
     char jf[1200];        /* mbox: its journal */
     struct os_stat seen;  /* mbox: the file as scanned (mbox_view_refresh) */
     struct pop_msg *msgs;
@@ -4327,7 +4327,7 @@ mdir_scan_entry(void *ctx, const char *name)
         long long x = strtoll(w + 3, &end, 10);
         if (end != w + 3 && x >= 0 && x < (1LL << 40)) m->size = x; /* else a made-up name: measure it */
     }
-    if (m->size < 0 && ms_fmt(path, sizeof path, "%s/%s", s->v->dir, m->name) >= 0) {
+    if (m->size < 0 && ms_fmt(path, sizeof path, "%s/%s", s->v->path, m->name) >= 0) {
         struct os_stat st;
         int fd = os_open(path, O_RDONLY, 0);
         if (fd >= 0) {
@@ -4401,14 +4401,14 @@ mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
     struct mdir_scan s;
     memset(v, 0, sizeof *v);
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 ||
-        ms_fmt(v->dir, sizeof v->dir, "%s/%s", dom, user) < 0)
+        ms_fmt(v->path, sizeof v->path, "%s/%s", dom, user) < 0)
         return -1;
     s.v = v;
     s.sub = "new";
-    if (ms_fmt(sub, sizeof sub, "%s/new", v->dir) < 0) return -1;
+    if (ms_fmt(sub, sizeof sub, "%s/new", v->path) < 0) return -1;
     os_list_dir(sub, mdir_scan_entry, &s);
     s.sub = "cur";
-    if (ms_fmt(sub, sizeof sub, "%s/cur", v->dir) < 0) return -1;
+    if (ms_fmt(sub, sizeof sub, "%s/cur", v->path) < 0) return -1;
     os_list_dir(sub, mdir_scan_entry, &s);
     if (v->n > 1) qsort(v->msgs, (size_t)v->n, sizeof *v->msgs, view_cmp_name);
     return 0;
@@ -4549,13 +4549,13 @@ mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
     struct os_stat st;
     memset(v, 0, sizeof *v);
     v->is_mbox = 1;
-    if (mbox_paths(spool, addr, v->dir, sizeof v->dir, v->jf, sizeof v->jf, dir, sizeof dir) != 0) return -1;
-    fd = mbox_lock(v->dir, v->jf, 0, &created);
+    if (mbox_paths(spool, addr, v->path, sizeof v->path, v->jf, sizeof v->jf, dir, sizeof dir) != 0) return -1;
+    fd = mbox_lock(v->path, v->jf, 0, &created);
     if (fd == -2) return 0; /* never delivered to: empty */
     if (fd < 0) return -1;
     r = os_fstat(fd, &st) != 0 ? -1 : mbox_scan(v, fd, st.size);
     v->seen = st;
-    mbox_unlock(v->dir, fd);
+    mbox_unlock(v->path, fd);
     return r;
 }
 
@@ -4577,13 +4577,13 @@ mbox_view_refresh(struct pop_view *v)
     struct pop_msg **p;
     struct os_stat st;
     int i, created, fd;
-    if (os_stat(v->dir, &st) == 0 && st.ino == v->seen.ino && st.size == v->seen.size && st.mtime == v->seen.mtime)
+    if (os_stat(v->path, &st) == 0 && st.ino == v->seen.ino && st.size == v->seen.size && st.mtime == v->seen.mtime)
         return 0;
-    fd = mbox_lock(v->dir, v->jf, 0, &created);
+    fd = mbox_lock(v->path, v->jf, 0, &created);
     if (fd < 0) return -1;
     memset(&now, 0, sizeof now);
-    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) { mbox_unlock(v->dir, fd); return -1; }
-    mbox_unlock(v->dir, fd);
+    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) { mbox_unlock(v->path, fd); return -1; }
+    mbox_unlock(v->path, fd);
     p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
     for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
     qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
@@ -4606,7 +4606,7 @@ mbox_view_refresh(struct pop_view *v)
 
 /* Applies the deletions of a POP3 session (the UPDATE state, RFC 1939 6). */
 static int
-view_commit(struct pop_view *v)
+view_expunge(struct pop_view *v)
 {
     int i, ndel = 0, rc = 0;
     for (i = 0; i < v->n; i++) ndel += v->msgs[i].deleted;
@@ -4615,12 +4615,12 @@ view_commit(struct pop_view *v)
         char path[1400];
         for (i = 0; i < v->n; i++) {
             if (!v->msgs[i].deleted) continue;
-            if (ms_fmt(path, sizeof path, "%s/%s", v->dir, v->msgs[i].name) < 0 ||
+            if (ms_fmt(path, sizeof path, "%s/%s", v->path, v->msgs[i].name) < 0 ||
                 (os_unlink(path) != 0 && errno != ENOENT))
                 rc = -1;
         }
-        if (ms_fmt(path, sizeof path, "%s/new", v->dir) >= 0) os_fsync_dir(path);
-        if (ms_fmt(path, sizeof path, "%s/cur", v->dir) >= 0) os_fsync_dir(path);
+        if (ms_fmt(path, sizeof path, "%s/new", v->path) >= 0) os_fsync_dir(path);
+        if (ms_fmt(path, sizeof path, "%s/cur", v->path) >= 0) os_fsync_dir(path);
         return rc;
     } else {
         /* RFC 1939 6: the file as it is now (another program may have
@@ -4631,7 +4631,7 @@ view_commit(struct pop_view *v)
         struct pop_view now;
         struct pop_msg **p = NULL;
         struct os_stat st;
-        int created, j, fd = mbox_lock(v->dir, v->jf, 0, &created);
+        int created, j, fd = mbox_lock(v->path, v->jf, 0, &created);
         int64_t end;
         rc = -1;
         if (fd == -2) return 0;
@@ -4660,7 +4660,7 @@ view_commit(struct pop_view *v)
         }
         rc = 0;
     fail:
-        mbox_unlock(v->dir, fd);
+        mbox_unlock(v->path, fd);
         view_free(&now);
         free(p);
         return rc == 0 ? 0 : -1;
@@ -5296,7 +5296,7 @@ struct conn {
     long junk;                       /* junk commands (max_junk_commands) */
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
-    unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_commit) and the answer are owed */
+    unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
     struct tls_sess *tls;            /* NULL: plain text */
     struct login *login;             /* hashing: no input is processed meanwhile */
     char in[MS_IN_SIZE];
@@ -5327,7 +5327,7 @@ struct proto_ops {
     int (*pump)(struct conn *c);
     void (*line)(struct conn *c, char *line, size_t len);
     void (*login_done)(struct conn *c, const char *mailbox, const char *user);
-    void (*commit_done)(struct conn *c, int ok); /* after loop_commit, where commit_pending was set */
+    void (*group_committed)(struct conn *c, int ok); /* after loop_group_commit, where commit_pending was set */
     int (*logged_in)(const struct conn *c);
     int (*busy)(const struct conn *c);            /* the protocol's part of conn_busy() */
     int (*in_transfer)(const struct conn *c);     /* message bytes flowing: a stop lets it finish */
@@ -5361,7 +5361,7 @@ struct mailsrv {
     void *log_user;
     int verbose;
     struct dirset commit_dirs;       /* owed by sessions with commit_pending */
-    int commit_again;                /* a session became pending during loop_commit */
+    int commit_again;                /* a session became pending during loop_group_commit */
     /* relay */
     char qdir[1024];                 /* the queue folder, fixed at listen */
     struct qentry **queue;
@@ -5622,7 +5622,7 @@ msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, con
     int r = -1;
     *err = NULL;
     m->hdr_lines = 1;
-    if (!m->write_failed) r = store_commit(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
+    if (!m->write_failed) r = store_message(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
     if (r == 0 && targets_remote(t)) relay_enqueue(ms, m->id);
     if (r != 0 && !*err) *err = "cannot write the message";
     os_close(m->tmp_fd);
@@ -6234,12 +6234,12 @@ smtp_data_end(struct conn *c)
     } else if (s->nlists && list_incoming(c) != 0) {
         conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
-    } else if (store_commit(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
+    } else if (store_message(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
                           &s->nundo) != 0) {
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: %s", err);
     } else {
-        c->commit_pending = 1; /* smtp_commit_done() answers after the folder fsync */
+        c->commit_pending = 1; /* smtp_group_committed() answers after the folder fsync */
         return;
     }
     if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
@@ -6249,7 +6249,7 @@ smtp_data_end(struct conn *c)
 
 /* The end of a group commit: the folders are fsynced (ok) or not. */
 static void
-smtp_commit_done(struct conn *c, int ok)
+smtp_group_committed(struct conn *c, int ok)
 {
     struct smtp_sess *s = &c->u.smtp;
     int i;
@@ -6421,7 +6421,7 @@ smtp_tmp_file(const struct conn *c)
 }
 
 static const struct proto_ops smtp_ops = {
-    's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_commit_done, smtp_logged_in, smtp_busy,
+    's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
     smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
     {"500 5.5.2 Line too long", "421 4.7.0 %s Error: too many junk commands", /* as Postfix */
      "421 4.4.2 %s Maximum session time reached, closing", "421 4.3.2 %s Too many connections, closing the oldest session",
@@ -6509,9 +6509,9 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
             conn_reply(c, "-ERR [SYS/TEMP] Message %s was changed by another program", m->uidl);
             return;
         }
-        ms_strlcpy(path, p->view.dir, sizeof path);
+        ms_strlcpy(path, p->view.path, sizeof path);
         start = m->off;
-    } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.dir, m->name) < 0) {
+    } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.path, m->name) < 0) {
         path[0] = 0;
     }
     p->stream_fd = path[0] ? os_open(path, O_RDONLY, 0) : -1;
@@ -6696,7 +6696,7 @@ pop_do_quit(struct conn *c, const char *args)
     conn_close_after_reply(c);
     if (p->state != POP_S_TRANS) return reply;
     for (i = 0; i < p->view.n; i++) ndel += p->view.msgs[i].deleted;
-    if (view_commit(&p->view) != 0) {
+    if (view_expunge(&p->view) != 0) {
         conn_log(c, "update of %s failed: %s", p->mailbox, strerror(errno));
         reply = "-ERR [SYS/TEMP] Some deleted messages were not removed";
     } else if (ndel) {
@@ -9027,7 +9027,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
 /* Group commit: one fsync per Maildir folder for all messages of this turn,
  * then the 250s, then the sessions go on with their pipelined commands. */
 static void
-loop_commit(struct mailsrv *ms)
+loop_group_commit(struct mailsrv *ms)
 {
     int i, ok = 1;
     ms->commit_again = 0;
@@ -9037,7 +9037,7 @@ loop_commit(struct mailsrv *ms)
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
         if (!c->commit_pending) continue;
-        c->ops->commit_done(c, ok);
+        c->ops->group_committed(c, ok);
         if (!c->is_closing) {
             conn_process(c);
             conn_send(c);
@@ -9530,7 +9530,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         conn_run(c);
     }
     loop_logins(ms);
-    loop_commit(ms);
+    loop_group_commit(ms);
     loop_timers(ms, now);
     for (i = 0; i < ms->nout; i++) mta_timer(ms->out[i], now);
     if (ms->relay_kick || now >= ms->relay_wake) relay_run(ms);

@@ -208,7 +208,7 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
         }
         if (c->commit_pending) {
             c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
-            c->ops->commit_done(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
+            c->ops->group_committed(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
         }
         assert(c->inlen <= MS_IN_SIZE);
         if (check) check(c->out.p, c->out.len);

@@ -55,8 +55,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         else assert(fuzz_retr(ms, &v, i, -1, NULL) >= 0);
     }
     v.msgs[0].deleted = 1;
-    if (view_commit(&v) != 0) abort();
-    snprintf(path, sizeof path, "%s/%s", v.dir, v.msgs[0].name);
+    if (view_expunge(&v) != 0) abort();
+    snprintf(path, sizeof path, "%s/%s", v.path, v.msgs[0].name);
     assert(access(path, F_OK) != 0);
     view_free(&v);
     return 0;

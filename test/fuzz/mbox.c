@@ -1,7 +1,7 @@
 /* libFuzzer: an mbox file as the POP3 view reads it (mbox_view_open: From_
  * lines, X-UIDL, mboxrd unquoting). Checks: UIDLs are unique and valid, the
  * size LIST announces is what RETR sends, and after DELE of every other
- * message and QUIT (view_commit rewrites the file) the kept ones read back
+ * message and QUIT (view_expunge rewrites the file) the kept ones read back
  * the same. Oracle: a reference reader written here from the README's words
  * alone (ref_parse) must find the same messages, and RETR must send each
  * one's text byte for byte as the reference makes it. */
@@ -89,7 +89,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_retr(ms, &v, i, 1, NULL);
     }
     for (i = 0; i < v.n; i += 2) v.msgs[i].deleted = 1;
-    if (view_commit(&v) != 0) abort();
+    if (view_expunge(&v) != 0) abort();
     if (mbox_view_open(&w, ms->cfg->spool, "u@fuzz.test") != 0) abort();
     assert(w.n == v.n / 2);
     for (i = 0; i < w.n; i++) {

@@ -98,7 +98,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (c->commit_pending) {
             c->ms->commit_dirs.n = 0;
-            c->ops->commit_done(c, 1);
+            c->ops->group_committed(c, 1);
             conn_process(c);
             check_turn(c);
         }
