@@ -75,6 +75,13 @@
 #define MS_PATH_MAX 256           /* RFC 5321 4.5.3.1.3: reverse/forward path */
 #define MS_LOCAL_MAX 64           /* RFC 5321 4.5.3.1.1 */
 #define MS_DOMAIN_MAX 255         /* RFC 5321 4.5.3.1.2 */
+/* File names below the spool or beside the INI file (either at most 1023
+ * bytes). Each size leaves room for what the next level adds to a name; a name
+ * that does not fit is refused (ms_fmt), never cut. */
+#define MS_PATH_DOMAIN 1100       /* a folder in the spool: SPOOL/DOMAIN, .tmp, the queue; a file beside the INI */
+#define MS_PATH_MAILBOX 1200      /* a mailbox: SPOOL/DOMAIN/USER (Maildir) or its mbox journal */
+#define MS_PATH_FILE 1300         /* a file in those: the mbox, a lock, a queue entry, a Maildir subfolder */
+#define MS_PATH_MESSAGE 1400      /* a message in a Maildir subfolder, or a text that names one */
 #define MS_POP_ARG_MAX 40         /* popa3d: no POP3 argument is longer */
 #define MS_IN_SIZE 4096           /* per-connection input buffer */
 #define MS_OUT_HIGH (32 * 1024)   /* above this, no more input is read: a client that
@@ -832,7 +839,7 @@ os_lock(int fd, int lock)
 static int
 os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
 {
-    char pattern[1400];
+    char pattern[MS_PATH_MESSAGE];
     WIN32_FIND_DATAA fd;
     HANDLE h;
     if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern) return -1;
@@ -1066,7 +1073,7 @@ net_connect(const struct ms_addr *a, int udp, int *err)
 static int
 os_write_file_atomic(const char *path, const char *data, size_t len)
 {
-    char tmp[1100];
+    char tmp[MS_PATH_DOMAIN];
     struct os_stat st;
     int fd, mode = 0600;
     if (os_stat(path, &st) == 0) mode = st.mode;
@@ -3467,20 +3474,30 @@ store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, ch
  * the spool and could point a mailbox at /etc/passwd or at another folder.
  * Missing parts are fine: delivery creates them. (The mbox is also opened
  * with O_NOFOLLOW, which closes the race on its last component.) */
-static int mbox_paths(const char *spool, const char *addr, char *mbox, size_t mn, char *jf, size_t jn, char *dir,
-                      size_t dn);
+/* Where an address's mbox lives: its domain folder, the mbox, and the journal
+ * of mailsrv's own unfinished writes beside it. */
+struct mbox_paths {
+    char dir[MS_PATH_DOMAIN];
+    char mbox[MS_PATH_FILE];
+    char journal[MS_PATH_FILE];
+};
+static int mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp);
 
 static int
 store_no_links(const char *spool, const char *addr, int maildir)
 {
     static const char *const mdir[] = {"", "/new", "/cur", "/tmp"};
-    char dom[1100], user[MS_LOCAL_MAX + 1], path[4][1300];
+    char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1], path[4][MS_PATH_FILE];
     int i, n = maildir ? 4 : 2, k;
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0) return -1;
     for (i = 0; maildir && i < n; i++)
         if (ms_fmt(path[i], sizeof path[i], "%s/%s%s", dom, user, mdir[i]) < 0) return -1;
-    if (!maildir && mbox_paths(spool, addr, path[0], sizeof path[0], path[1], sizeof path[1], dom, sizeof dom) != 0)
-        return -1;
+    if (!maildir) {
+        struct mbox_paths mp;
+        if (mbox_paths(spool, addr, &mp) != 0) return -1;
+        strcpy(path[0], mp.mbox); /* same sizes */
+        strcpy(path[1], mp.journal);
+    }
     if ((k = os_lstat_kind(dom)) == OS_MISSING) return 0;
     for (i = 0; k != OS_LINK && i < n; i++) k = os_lstat_kind(path[i]);
     if (k != OS_LINK) return 0;
@@ -3491,7 +3508,7 @@ store_no_links(const char *spool, const char *addr, int maildir)
 static int
 mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
 {
-    char dom[1100], user[MS_LOCAL_MAX + 1], udir[1200], sub[1300];
+    char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1], udir[MS_PATH_MAILBOX], sub[MS_PATH_FILE];
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 || store_mkdir(dom, spool) != 0)
         return -1;
     if (ms_fmt(udir, sizeof udir, "%s/%s", dom, user) < 0 || store_mkdir(udir, dom) != 0) return -1;
@@ -3527,21 +3544,22 @@ mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
  */
 
 static int
-mbox_paths(const char *spool, const char *addr, char *mbox, size_t mn, char *jf, size_t jn, char *dir, size_t dn)
+mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp)
 {
     char user[MS_LOCAL_MAX + 1];
-    if (store_user_dir(spool, addr, dir, dn, user, sizeof user) != 0) return -1;
-    if (ms_fmt(mbox, mn, "%s/%s.mbox", dir, user) < 0 || ms_fmt(jf, jn, "%s/.%s.mbox.journal", dir, user) < 0)
+    if (store_user_dir(spool, addr, mp->dir, sizeof mp->dir, user, sizeof user) != 0) return -1;
+    if (ms_fmt(mp->mbox, sizeof mp->mbox, "%s/%s.mbox", mp->dir, user) < 0 ||
+        ms_fmt(mp->journal, sizeof mp->journal, "%s/.%s.mbox.journal", mp->dir, user) < 0)
         return -1;
     return 0;
 }
 
-static char mbox_note[1400]; /* what mbox_recover found, until the loop logs it */
+static char mbox_note[MS_PATH_MESSAGE]; /* what mbox_recover found, until the loop logs it */
 
 static int
 store_fsync_parent(const char *path)
 {
-    char dir[1200];
+    char dir[MS_PATH_MAILBOX];
     const char *slash = os_last_sep(path);
     if (!slash || (size_t)(slash - path) >= sizeof dir) return 0;
     memcpy(dir, path, (size_t)(slash - path));
@@ -3724,7 +3742,7 @@ mbox_recover(int fd, const char *jf)
 static void
 mbox_unlock(const char *mbox, int fd)
 {
-    char lock[1300];
+    char lock[MS_PATH_FILE];
     if (ms_fmt(lock, sizeof lock, "%s.lock", mbox) >= 0) os_unlink(lock);
     os_lock(fd, 0);
     os_close(fd);
@@ -3792,7 +3810,7 @@ mbox_dotlock_make(const char *lock, const char *tmp)
 static int
 mbox_lock(const char *mbox, const char *jf, int create, int *created)
 {
-    char lock[1300], tmp[1300];
+    char lock[MS_PATH_FILE], tmp[MS_PATH_FILE];
     const char *base = os_last_sep(mbox);
     struct os_stat st;
     int fd, r, e;
@@ -3886,7 +3904,7 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
 
 /* ---- delivery of one received message to all its mailboxes ---- */
 struct store_msg {
-    char tmp_path[1100];
+    char tmp_path[MS_PATH_DOMAIN];
     int tmp_fd;
     int64_t size, lines;       /* stored bytes and lines */
     char id[64];               /* unique id: time, pid, counter */
@@ -3898,8 +3916,8 @@ struct store_msg {
 };
 
 struct store_undo {
-    char path[1300];
-    char jf[1200];
+    char path[MS_PATH_FILE];
+    char jf[MS_PATH_FILE];
     int is_mbox;
     int64_t off, len;          /* mbox: where the append went */
     size_t hl;
@@ -3929,7 +3947,7 @@ store_rollback(struct store_undo *u, int n)
 
 /* Directories whose fsync a batch of Maildir deliveries still owes (group
  * commit: one fsync of new/ for all the messages of one loop turn). */
-struct dirset { char (*v)[1300]; int n, cap; };
+struct dirset { char (*v)[MS_PATH_FILE]; int n, cap; };
 
 static void
 dirset_add(struct dirset *d, const char *dir)
@@ -3966,7 +3984,7 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             goto fail;
         }
         if (cfg->storage == STORE_MAILDIR) {
-            char newdir[1300];
+            char newdir[MS_PATH_FILE];
             const char *at = strchr(t->v[i], '@');
             /* the Maildir usually exists: link first, create the folders only on ENOENT */
             if (!at || ms_fmt(newdir, sizeof newdir, "%s/%s/%.*s/new", cfg->spool, at + 1, (int)(at - t->v[i]), t->v[i]) < 0 ||
@@ -3984,29 +4002,30 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             if (ds) dirset_add(ds, newdir);
             else if (os_fsync_dir(newdir) != 0) goto fail;
         } else {
-            char mbox[1300], jf[1200], dir[1100], from_line[MS_PATH_MAX + 65], uidl[160], rec[MS_MBOX_JOURNAL], last;
+            struct mbox_paths mp;
+            char from_line[MS_PATH_MAX + 65], uidl[160], rec[MS_MBOX_JOURNAL], last;
             int created, fd;
             size_t rl;
             struct os_stat st;
             struct store_undo *u = &undo[nu];
             struct tm tm, *g = gmtime(&m->when);
-            if (mbox_paths(cfg->spool, t->v[i], mbox, sizeof mbox, jf, sizeof jf, dir, sizeof dir) != 0 ||
-                store_mkdir(dir, cfg->spool) != 0)
+            if (mbox_paths(cfg->spool, t->v[i], &mp) != 0 ||
+                store_mkdir(mp.dir, cfg->spool) != 0)
                 goto fail;
-            fd = mbox_lock(mbox, jf, 1, &created);
+            fd = mbox_lock(mp.mbox, mp.journal, 1, &created);
             if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; goto fail; }
             memset(&tm, 0, sizeof tm);
             if (g) tm = *g;
-            if (os_fstat(fd, &st) != 0) { mbox_unlock(mbox, fd); goto fail; }
+            if (os_fstat(fd, &st) != 0) { mbox_unlock(mp.mbox, fd); goto fail; }
             /* a file another program left without a final newline still gets its From_ at a line start */
             last = '\n';
-            if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) { mbox_unlock(mbox, fd); goto fail; }
+            if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) { mbox_unlock(mp.mbox, fd); goto fail; }
             snprintf(from_line, sizeof from_line, "%sFrom %s %s %s %2d %02d:%02d:%02d %d\n", last == '\n' ? "" : "\n",
                      m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
                      tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
             snprintf(uidl, sizeof uidl, "%s", m->id);
-            memcpy(u->path, mbox, sizeof mbox);
-            ms_strlcpy(u->jf, jf, sizeof u->jf);
+            memcpy(u->path, mp.mbox, sizeof mp.mbox);
+            memcpy(u->jf, mp.journal, sizeof mp.journal);
             u->is_mbox = 1;
             u->off = st.size;
             u->hl = 0;
@@ -4015,18 +4034,18 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
             snprintf(rec, sizeof rec, "append %llu %lld %lld %lu\n", (unsigned long long)st.ino, (long long)u->off,
                      (long long)u->len, (unsigned long)u->hl);
             rl = strlen(rec);
-            if (u->len < 0 || rl + u->hl > sizeof rec) { mbox_unlock(mbox, fd); goto fail; }
+            if (u->len < 0 || rl + u->hl > sizeof rec) { mbox_unlock(mp.mbox, fd); goto fail; }
             memcpy(rec + rl, u->head, u->hl);
-            if (mbox_journal_write(jf, rec, rl + u->hl) != 0) { mbox_unlock(mbox, fd); goto fail; }
+            if (mbox_journal_write(mp.journal, rec, rl + u->hl) != 0) { mbox_unlock(mp.mbox, fd); goto fail; }
             if (mbox_append(fd, u->off, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, NULL, NULL) != u->len ||
-                os_fsync(fd) != 0 || (created && os_fsync_dir(dir) != 0) || mbox_journal_clear(jf) != 0) {
+                os_fsync(fd) != 0 || (created && os_fsync_dir(mp.dir) != 0) || mbox_journal_clear(mp.journal) != 0) {
                 /* still under our locks: what follows u->off is ours */
-                if (os_truncate(fd, u->off) == 0 && os_fsync(fd) == 0) mbox_journal_clear(jf);
-                mbox_unlock(mbox, fd);
+                if (os_truncate(fd, u->off) == 0 && os_fsync(fd) == 0) mbox_journal_clear(mp.journal);
+                mbox_unlock(mp.mbox, fd);
                 goto fail;
             }
             nu++;
-            mbox_unlock(mbox, fd);
+            mbox_unlock(mp.mbox, fd);
         }
     }
     if (undo_out) { *undo_out = undo; *nundo_out = nu; }
@@ -4080,7 +4099,7 @@ queue_env_text(const struct qentry *e, struct buf *b)
 static int
 queue_env_update(const char *qdir, const struct qentry *e)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     struct buf b = {0};
     int r;
     queue_env_text(e, &b);
@@ -4094,7 +4113,7 @@ queue_env_update(const char *qdir, const struct qentry *e)
 static struct qentry *
 queue_env_read(const char *qdir, const char *id)
 {
-    char path[1300], *text, *line, *save;
+    char path[MS_PATH_FILE], *text, *line, *save;
     size_t len;
     struct qentry *e;
     int ok = 0;
@@ -4237,9 +4256,9 @@ struct pop_msg {
 
 struct pop_view {
     int is_mbox;
-    char path[1200];      /* Maildir folder, or the mbox file */
-    char jf[1200];        /* mbox: its journal */
-    struct os_stat seen;  /* mbox: the file as scanned (mbox_view_refresh) */
+    char path[MS_PATH_FILE];   /* Maildir folder, or the mbox file */
+    char jf[MS_PATH_FILE];     /* mbox: its journal */
+    struct os_stat seen;       /* mbox: the file as scanned (mbox_view_refresh) */
     struct pop_msg *msgs;
     int n, cap;
 };
@@ -4318,7 +4337,7 @@ mdir_scan_entry(void *ctx, const char *name)
     struct pop_msg *m = view_add(s->v);
     const char *w = strstr(name, ",W=");
     size_t base = strcspn(name, ",:!");
-    char path[1400];
+    char path[MS_PATH_MESSAGE];
     m->name = xrealloc(NULL, strlen(s->sub) + strlen(name) + 2);
     sprintf(m->name, "%s/%s", s->sub, name);
     m->size = -1;
@@ -4397,7 +4416,7 @@ view_unique_uidls(struct pop_view *v)
 static int
 mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
 {
-    char dom[1100], user[MS_LOCAL_MAX + 1], sub[1300];
+    char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1], sub[MS_PATH_FILE];
     struct mdir_scan s;
     memset(v, 0, sizeof *v);
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 ||
@@ -4544,12 +4563,14 @@ mbox_scan(struct pop_view *v, int fd, int64_t end)
 static int
 mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
 {
-    char dir[1100];
+    struct mbox_paths mp;
     int fd, created, r;
     struct os_stat st;
     memset(v, 0, sizeof *v);
     v->is_mbox = 1;
-    if (mbox_paths(spool, addr, v->path, sizeof v->path, v->jf, sizeof v->jf, dir, sizeof dir) != 0) return -1;
+    if (mbox_paths(spool, addr, &mp) != 0) return -1;
+    memcpy(v->path, mp.mbox, sizeof mp.mbox);
+    memcpy(v->jf, mp.journal, sizeof mp.journal);
     fd = mbox_lock(v->path, v->jf, 0, &created);
     if (fd == -2) return 0; /* never delivered to: empty */
     if (fd < 0) return -1;
@@ -4612,7 +4633,7 @@ view_expunge(struct pop_view *v)
     for (i = 0; i < v->n; i++) ndel += v->msgs[i].deleted;
     if (!ndel) return 0;
     if (!v->is_mbox) {
-        char path[1400];
+        char path[MS_PATH_MESSAGE];
         for (i = 0; i < v->n; i++) {
             if (!v->msgs[i].deleted) continue;
             if (ms_fmt(path, sizeof path, "%s/%s", v->path, v->msgs[i].name) < 0 ||
@@ -5580,7 +5601,7 @@ auth_begin(struct conn *c, const char *login, const char *pass)
 static int
 msg_open(struct mailsrv *ms, struct store_msg *m)
 {
-    char dir[1100];
+    char dir[MS_PATH_DOMAIN];
     int64_t sec;
     long usec;
     int n;
@@ -6495,7 +6516,7 @@ static void
 pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
 {
     struct pop_sess *p = &c->u.pop;
-    char path[1400];
+    char path[MS_PATH_MESSAGE];
     int64_t start = 0, end;
     struct os_stat st;
     if (p->view.is_mbox) {
@@ -7309,7 +7330,7 @@ mta_mail_from(struct mta_sess *o)
 static int
 mta_open_body(struct mta_sess *o)
 {
-    char path[1300], first[16];
+    char path[MS_PATH_FILE], first[16];
     int64_t start = 0;
     struct os_stat st;
     if (ms_fmt(path, sizeof path, "%s/%s.msg", o->ms->qdir, o->e->id) < 0 ||
@@ -7776,7 +7797,7 @@ mta_free(struct mta_sess *o)
 static int
 queue_count_hops(const char *qdir, const char *id)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     struct line_reader lr;
     const char *line;
     size_t len;
@@ -7795,7 +7816,7 @@ queue_count_hops(const char *qdir, const char *id)
 static void
 queue_add_headers(const char *qdir, const char *id, struct buf *b)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     struct line_reader lr;
     const char *line;
     size_t len;
@@ -7901,7 +7922,7 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
 static void
 relay_remove(struct mailsrv *ms, struct qentry *e)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     int i;
     if (ms_fmt(path, sizeof path, "%s/%s.env", ms->qdir, e->id) >= 0) os_unlink(path);
     os_fsync_dir(ms->qdir); /* the entry is gone before its text is */
@@ -8048,7 +8069,7 @@ static int
 relay_scan_entry(void *ctx, const char *name)
 {
     struct mailsrv *ms = ctx;
-    char id[64], path[1300];
+    char id[64], path[MS_PATH_FILE];
     size_t n = strlen(name);
     struct os_stat st;
     if (n < 5 || n - 4 >= sizeof id) return 0;
@@ -8070,7 +8091,7 @@ relay_scan_entry(void *ctx, const char *name)
 static void
 relay_check_flush(struct mailsrv *ms, int64_t now)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     struct os_stat st;
     int i;
     if (now < ms->next_flush_check) return;
@@ -8147,7 +8168,7 @@ list_state_path(const struct ms_config *cfg, const struct cfg_list *l, char *dir
 static int
 list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st)
 {
-    char dir[1200], path[1300], *text;
+    char dir[MS_PATH_MAILBOX], path[MS_PATH_FILE], *text;
     size_t len;
     int r;
     memset(st, 0, sizeof *st);
@@ -8162,7 +8183,7 @@ list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_sta
 static int
 list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st)
 {
-    char dir[1200], path[1300], dom[1200], lists[1200];
+    char dir[MS_PATH_MAILBOX], path[MS_PATH_FILE], dom[MS_PATH_MAILBOX], lists[MS_PATH_MAILBOX];
     struct buf b = {0};
     int64_t now;
     long usec;
@@ -8448,7 +8469,7 @@ list_count_bounces(struct mailsrv *ms, const struct cfg_list *l, char (*addr)[MS
 static int
 list_relay_bounce(struct mailsrv *ms, struct qentry *e)
 {
-    char local[MS_PATH_MAX], *at, path[1300], v[32], token[8];
+    char local[MS_PATH_MAX], *at, path[MS_PATH_FILE], v[32], token[8];
     char (*failed)[MS_PATH_MAX];
     const struct cfg_list *l = NULL;
     struct buf h = {0};
@@ -9129,7 +9150,7 @@ static void
 loop_check_reload(struct mailsrv *ms, int64_t now)
 {
     struct os_stat st;
-    char flag[1300];
+    char flag[MS_PATH_FILE];
     int by_cli = 0;
     if (!ms->ini_path) return;
     if (!ms->reload_requested) {
@@ -9172,7 +9193,7 @@ static int
 loop_clean_tmp_entry(void *ctx, const char *name)
 {
     struct tmp_clean *tc = ctx;
-    char path[1400];
+    char path[MS_PATH_MESSAGE];
     struct os_stat st;
     int i;
     if (ms_fmt(path, sizeof path, "%s/%s", tc->dir, name) < 0 || os_lstat_kind(path) != OS_FILE ||
@@ -9190,7 +9211,7 @@ loop_clean_tmp_entry(void *ctx, const char *name)
 static void
 loop_clean_tmp(struct mailsrv *ms, int64_t now)
 {
-    char dir[1100];
+    char dir[MS_PATH_DOMAIN];
     struct tmp_clean tc;
     int64_t sec;
     long usec;
@@ -9356,7 +9377,7 @@ int
 mailsrv_listen(struct mailsrv *ms)
 {
     int i, gives;
-    char tmpdir[1100], err[1300];
+    char tmpdir[MS_PATH_DOMAIN], err[MS_PATH_FILE];
     const struct ms_config *c = ms->cfg;
     if (!c) { ms_log(ms, "no configuration loaded"); return -1; }
     gives = c->user[0] && os_is_root();
@@ -9804,7 +9825,7 @@ static int
 cli_flush(const char *path)
 {
     struct ms_config *c = cfg_load(path, NULL);
-    char flag[1300];
+    char flag[MS_PATH_FILE];
     if (cli_print_errors(c)) { cfg_free(c); return 1; }
     if (cli_make_flag(c, "flush", flag, sizeof flag) != 0) { cfg_free(c); return 1; }
     printf("flush requested (%s): the running server retries every queued message within %d s\n", flag,
@@ -10026,7 +10047,7 @@ cli_gencert(const char *path, const char *const *names, int nnames, const char *
 {
 #if MAILSRV_ENABLE_TLS
     struct ms_config *c = cfg_load_ex(path, NULL, 0);
-    char cert[1100], key[1100], addr[64];
+    char cert[MS_PATH_DOMAIN], key[MS_PATH_DOMAIN], addr[64];
     struct buf cb = {0}, kb = {0};
     struct os_stat st;
     struct cert_names *san = xrealloc(NULL, sizeof *san);
@@ -10157,7 +10178,7 @@ static int
 cli_reload(const char *path)
 {
     struct ms_config *c = cfg_load(path, NULL);
-    char flag[1300];
+    char flag[MS_PATH_FILE];
     struct os_stat st;
     int waited;
     if (cli_print_errors(c)) {

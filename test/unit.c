@@ -72,7 +72,7 @@ test_data_rx(void)
     ASSERT(done && strcmp(o, "x\n.\n") == 0);
     /* line length: 998 octets of text fit, 999 do not */
     {
-        char big[1200];
+        char big[MS_PATH_MAILBOX];
         memset(big, 'a', 998);
         strcpy(big + 998, "\r\n.\r\n");
         rx_run(big, 100, &done, &used, &d);
@@ -341,7 +341,7 @@ test_storage(void)
         if (v.n == 2) ASSERT(strcmp(v.msgs[1].uidl, kind ? "1.M1P1Q2" : "id2.host") == 0);
         if (kind && v.n == 2) {
             /* what another program appended stays, even unfinished (issue 11.1) */
-            char path[1300];
+            char path[MS_PATH_FILE];
             int fd;
             snprintf(path, sizeof path, "%s/d.org/u.mbox", c->spool);
             fd = os_open(path, O_WRONLY | O_APPEND, 0);
@@ -567,7 +567,7 @@ test_queue_files(void)
         ASSERT(strcmp(st, "5.1.10") == 0);
     }
     {
-        char path[1300];
+        char path[MS_PATH_FILE];
         snprintf(path, sizeof path, "%s/%s.env", dir, e.id);
         unlink(path);
         rmdir(dir);
@@ -865,7 +865,7 @@ static void fs_count_log(void *user, const char *line) { (void)user; (void)line;
 static void
 test_fs_links(void)
 {
-    char dir[] = "/tmp/mailsrv-unit-XXXXXX", p[1300], q[1400], victim[1300], spool[1100];
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", p[MS_PATH_FILE], q[MS_PATH_MESSAGE], victim[MS_PATH_FILE], spool[MS_PATH_DOMAIN];
     static const char *const subs[] = {"", "/new", "/cur", "/tmp"};
     int i, created, fd;
     struct os_stat st;
@@ -933,7 +933,7 @@ test_fs_links(void)
 static void
 test_fs_tmp_clean(void)
 {
-    char dir[] = "/tmp/mailsrv-unit-XXXXXX", ini[1400], tmp[1300], p[1400];
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", ini[MS_PATH_MESSAGE], tmp[MS_PATH_FILE], p[MS_PATH_MESSAGE];
     struct mailsrv *ms = mailsrv_create();
     int64_t now = 1000000;
     if (!ms || !mkdtemp(dir)) { ASSERT(0); mailsrv_destroy(ms); return; }

@@ -24,7 +24,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const uint8_t *p = data, *end = data + size;
-    char names[2][200], path[1400], dir[1100];
+    char names[2][200], path[MS_PATH_MESSAGE], dir[MS_PATH_DOMAIN];
     struct pop_view v;
     struct conn *c;
     int i;

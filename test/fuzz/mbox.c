@@ -64,7 +64,7 @@ same_text(const struct buf *got, const struct buf *want)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     struct pop_view v, w;
     struct buf *ref, text = {0};
     int i, j, nref = ref_parse(data, size, &ref);

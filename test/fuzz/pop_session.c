@@ -19,7 +19,7 @@ static const char *const msgs[] = {
 static void
 make_mailbox(struct mailsrv *ms)
 {
-    char path[1400], dir[1100];
+    char path[MS_PATH_MESSAGE], dir[MS_PATH_DOMAIN];
     struct buf b = {0};
     int i;
     fuzz_rm_tree(ms->cfg->spool);

@@ -13,7 +13,7 @@ static struct mailsrv *ms;
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char path[1300];
+    char path[MS_PATH_FILE];
     struct qentry *e, *again;
     struct buf t1 = {0}, t2 = {0};
     int i;

@@ -14,7 +14,7 @@ static void
 init(void)
 {
     static const char msg[] = "Return-Path: <a@fuzz.test>\nReceived: from x\nSubject: hi\n\nline\n.dot line\nFrom me\n";
-    char path[1300];
+    char path[MS_PATH_FILE];
     ms_plain = fuzz_server("", "[relay]\ntls = no\n");
     ms_tls = fuzz_server("", "[relay]\ntls = yes\n");
     snprintf(path, sizeof path, "%s/Q1.msg", ms_plain->qdir);

@@ -98,7 +98,7 @@ walk(const char *dir, int *found)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
-    char path[1400], id[64];
+    char path[MS_PATH_MESSAGE], id[64];
     struct stat st;
     int i;
     if (!d) return;
