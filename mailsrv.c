@@ -3915,10 +3915,40 @@ struct store_msg {
     int write_failed;          /* msg_write: a write failed */
 };
 
+struct store_undo;
+struct pop_view;
+struct pop_msg;
+struct dirset;
+
+/* What differs between Maildir and mbox, chosen once from `storage`
+ * (store_of): deliveries, their undo, and the POP3 view of a mailbox. */
+struct store_ops {
+    const char *name;                 /* as `storage =` spells it */
+    int maildir;                      /* store_no_links: which names to check */
+    /* one local copy of m for addr; on failure nothing of it stays */
+    int (*deliver)(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u,
+                   struct dirset *ds, const char **err);
+    void (*undo)(const struct store_undo *u); /* takes back a delivered copy */
+    int (*view_open)(struct pop_view *v, const char *spool, const char *addr);
+    int (*expunge)(struct pop_view *v);       /* RFC 1939 6: the deletions */
+    /* where message m's text is: its file, first and end offset (-1: the file's end);
+     * else MSG_UNREADABLE, MSG_LOCKED (by another program) or MSG_CHANGED (by another program) */
+    int (*msg_text)(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
+    int from_quoted;                  /* mbox: a body line ">From " was "From " */
+};
+static const struct store_ops maildir_store, mbox_store;
+enum { MSG_UNREADABLE = -1, MSG_LOCKED = -2, MSG_CHANGED = -3 };
+
+static const struct store_ops *
+store_of(const struct ms_config *cfg)
+{
+    return cfg->storage == STORE_MBOX ? &mbox_store : &maildir_store;
+}
+
 struct store_undo {
     char path[MS_PATH_FILE];
     char jf[MS_PATH_FILE];
-    int is_mbox;
+    void (*undo)(const struct store_undo *u); /* how to take it back */
     int64_t off, len;          /* mbox: where the append went */
     size_t hl;
     char head[MS_MBOX_HEAD];   /* mbox: its first bytes */
@@ -3928,20 +3958,27 @@ static void
 store_rollback(struct store_undo *u, int n)
 {
     int i;
-    for (i = 0; i < n; i++) {
-        if (!u[i].is_mbox) {
-            os_unlink(u[i].path);
-        } else {
-            /* only if the mbox still ends with exactly this append of ours */
-            struct os_stat st;
-            int created, fd = mbox_lock(u[i].path, u[i].jf, 0, &created);
-            if (fd >= 0) {
-                if (os_fstat(fd, &st) == 0 && st.size == u[i].off + u[i].len &&
-                    mbox_is_own_tail(fd, u[i].off, st.size, u[i].head, u[i].hl) && os_truncate(fd, u[i].off) == 0)
-                    os_fsync(fd);
-                mbox_unlock(u[i].path, fd);
-            }
-        }
+    for (i = 0; i < n; i++) u[i].undo(&u[i]);
+}
+
+/* A file of its own (a Maildir copy, a queue file): removed. */
+static void
+file_undo(const struct store_undo *u)
+{
+    os_unlink(u->path);
+}
+
+static void
+mbox_undo(const struct store_undo *u)
+{
+    /* only if the mbox still ends with exactly this append of ours */
+    struct os_stat st;
+    int created, fd = mbox_lock(u->path, u->jf, 0, &created);
+    if (fd >= 0) {
+        if (os_fstat(fd, &st) == 0 && st.size == u->off + u->len &&
+            mbox_is_own_tail(fd, u->off, st.size, u->head, u->hl) && os_truncate(fd, u->off) == 0)
+            os_fsync(fd);
+        mbox_unlock(u->path, fd);
     }
 }
 
@@ -3962,6 +3999,81 @@ dirset_add(struct dirset *d, const char *dir)
     ms_strlcpy(d->v[d->n++], dir, sizeof d->v[0]);
 }
 
+/* Maildir: a hard link of the received file in new/; the folder's fsync is
+ * added to ds (the group commit) or done here. */
+static int
+mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u,
+             struct dirset *ds, const char **err)
+{
+    char newdir[MS_PATH_FILE];
+    const char *at = strchr(addr, '@');
+    /* the Maildir usually exists: link first, create the folders only on ENOENT */
+    if (!at || ms_fmt(newdir, sizeof newdir, "%s/%s/%.*s/new", cfg->spool, at + 1, (int)(at - addr), addr) < 0 ||
+        ms_fmt(u->path, sizeof u->path, "%s/%s,S=%lld,W=%lld", newdir, m->name,
+               (long long)m->size, (long long)(m->size + m->lines)) < 0)
+        return -1;
+    if (os_link(m->tmp_path, u->path) != 0) {
+        if (errno != ENOENT || mdir_prepare(cfg->spool, addr, newdir, sizeof newdir) != 0) {
+            *err = "cannot create the Maildir";
+            return -1;
+        }
+        if (os_link(m->tmp_path, u->path) != 0) return -1;
+    }
+    if (ds) dirset_add(ds, newdir);
+    else if (os_fsync_dir(newdir) != 0) { os_unlink(u->path); return -1; }
+    return 0;
+}
+
+/* mbox: an append under both locks, announced in the journal first so that a
+ * crash mid-way is recognised as ours (mbox_recover); ds is not used, the
+ * file is fsynced here. */
+static int
+mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u,
+             struct dirset *ds, const char **err)
+{
+    struct mbox_paths mp;
+    char from_line[MS_PATH_MAX + 65], uidl[160], rec[MS_MBOX_JOURNAL], last;
+    int created, fd;
+    size_t rl;
+    struct os_stat st;
+    struct tm tm, *g = gmtime(&m->when);
+    (void)ds;
+    if (mbox_paths(cfg->spool, addr, &mp) != 0 || store_mkdir(mp.dir, cfg->spool) != 0) return -1;
+    fd = mbox_lock(mp.mbox, mp.journal, 1, &created);
+    if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; return -1; }
+    memset(&tm, 0, sizeof tm);
+    if (g) tm = *g;
+    if (os_fstat(fd, &st) != 0) { mbox_unlock(mp.mbox, fd); return -1; }
+    /* a file another program left without a final newline still gets its From_ at a line start */
+    last = '\n';
+    if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) { mbox_unlock(mp.mbox, fd); return -1; }
+    snprintf(from_line, sizeof from_line, "%sFrom %s %s %s %2d %02d:%02d:%02d %d\n", last == '\n' ? "" : "\n",
+             m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
+    snprintf(uidl, sizeof uidl, "%s", m->id);
+    memcpy(u->path, mp.mbox, sizeof mp.mbox);
+    memcpy(u->jf, mp.journal, sizeof mp.journal);
+    u->off = st.size;
+    u->hl = 0;
+    /* journal first: what is about to be appended, where (mbox_recover) */
+    u->len = mbox_append(-1, 0, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, u->head, &u->hl);
+    snprintf(rec, sizeof rec, "append %llu %lld %lld %lu\n", (unsigned long long)st.ino, (long long)u->off,
+             (long long)u->len, (unsigned long)u->hl);
+    rl = strlen(rec);
+    if (u->len < 0 || rl + u->hl > sizeof rec) { mbox_unlock(mp.mbox, fd); return -1; }
+    memcpy(rec + rl, u->head, u->hl);
+    if (mbox_journal_write(mp.journal, rec, rl + u->hl) != 0) { mbox_unlock(mp.mbox, fd); return -1; }
+    if (mbox_append(fd, u->off, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, NULL, NULL) != u->len ||
+        os_fsync(fd) != 0 || (created && os_fsync_dir(mp.dir) != 0) || mbox_journal_clear(mp.journal) != 0) {
+        /* still under our locks: what follows u->off is ours */
+        if (os_truncate(fd, u->off) == 0 && os_fsync(fd) == 0) mbox_journal_clear(mp.journal);
+        mbox_unlock(mp.mbox, fd);
+        return -1;
+    }
+    mbox_unlock(mp.mbox, fd);
+    return 0;
+}
+
 /* Delivers to every target. With ds == NULL, returns 0 only when all copies
  * are durable; otherwise the fsync of the Maildir folders is left to the
  * caller (added to ds), who gets the undo list to roll back if it fails. On
@@ -3971,82 +4083,21 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
               struct dirset *ds, struct store_undo **undo_out, int *nundo_out)
 {
     static char why[MS_PATH_MAX + 64];
+    const struct store_ops *store = store_of(cfg);
     struct store_undo *undo = xrealloc(NULL, sizeof *undo * (size_t)(t->n ? t->n : 1));
     int i, nu = 0;
     *err = "cannot write the message";
     if (os_fsync(m->tmp_fd) != 0) goto fail;
     for (i = 0; i < t->n; i++) {
         if (t->remote[i]) continue; /* queued by queue_create */
-        if (store_no_links(cfg->spool, t->v[i], cfg->storage == STORE_MAILDIR) != 0) {
+        if (store_no_links(cfg->spool, t->v[i], store->maildir) != 0) {
             /* 4xx: a local fault to repair; a 5xx after DATA would bounce the mail for every recipient */
             snprintf(why, sizeof why, "the mailbox of %s is a symbolic link: refused", t->v[i]);
             if (errno == ELOOP) *err = why;
             goto fail;
         }
-        if (cfg->storage == STORE_MAILDIR) {
-            char newdir[MS_PATH_FILE];
-            const char *at = strchr(t->v[i], '@');
-            /* the Maildir usually exists: link first, create the folders only on ENOENT */
-            if (!at || ms_fmt(newdir, sizeof newdir, "%s/%s/%.*s/new", cfg->spool, at + 1, (int)(at - t->v[i]), t->v[i]) < 0 ||
-                ms_fmt(undo[nu].path, sizeof undo[nu].path, "%s/%s,S=%lld,W=%lld", newdir, m->name,
-                       (long long)m->size, (long long)(m->size + m->lines)) < 0)
-                goto fail;
-            if (os_link(m->tmp_path, undo[nu].path) != 0) {
-                if (errno != ENOENT || mdir_prepare(cfg->spool, t->v[i], newdir, sizeof newdir) != 0) {
-                    *err = "cannot create the Maildir";
-                    goto fail;
-                }
-                if (os_link(m->tmp_path, undo[nu].path) != 0) goto fail;
-            }
-            undo[nu++].is_mbox = 0;
-            if (ds) dirset_add(ds, newdir);
-            else if (os_fsync_dir(newdir) != 0) goto fail;
-        } else {
-            struct mbox_paths mp;
-            char from_line[MS_PATH_MAX + 65], uidl[160], rec[MS_MBOX_JOURNAL], last;
-            int created, fd;
-            size_t rl;
-            struct os_stat st;
-            struct store_undo *u = &undo[nu];
-            struct tm tm, *g = gmtime(&m->when);
-            if (mbox_paths(cfg->spool, t->v[i], &mp) != 0 ||
-                store_mkdir(mp.dir, cfg->spool) != 0)
-                goto fail;
-            fd = mbox_lock(mp.mbox, mp.journal, 1, &created);
-            if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; goto fail; }
-            memset(&tm, 0, sizeof tm);
-            if (g) tm = *g;
-            if (os_fstat(fd, &st) != 0) { mbox_unlock(mp.mbox, fd); goto fail; }
-            /* a file another program left without a final newline still gets its From_ at a line start */
-            last = '\n';
-            if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) { mbox_unlock(mp.mbox, fd); goto fail; }
-            snprintf(from_line, sizeof from_line, "%sFrom %s %s %s %2d %02d:%02d:%02d %d\n", last == '\n' ? "" : "\n",
-                     m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
-                     tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
-            snprintf(uidl, sizeof uidl, "%s", m->id);
-            memcpy(u->path, mp.mbox, sizeof mp.mbox);
-            memcpy(u->jf, mp.journal, sizeof mp.journal);
-            u->is_mbox = 1;
-            u->off = st.size;
-            u->hl = 0;
-            /* journal first: what is about to be appended, where (mbox_recover) */
-            u->len = mbox_append(-1, 0, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, u->head, &u->hl);
-            snprintf(rec, sizeof rec, "append %llu %lld %lld %lu\n", (unsigned long long)st.ino, (long long)u->off,
-                     (long long)u->len, (unsigned long)u->hl);
-            rl = strlen(rec);
-            if (u->len < 0 || rl + u->hl > sizeof rec) { mbox_unlock(mp.mbox, fd); goto fail; }
-            memcpy(rec + rl, u->head, u->hl);
-            if (mbox_journal_write(mp.journal, rec, rl + u->hl) != 0) { mbox_unlock(mp.mbox, fd); goto fail; }
-            if (mbox_append(fd, u->off, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, NULL, NULL) != u->len ||
-                os_fsync(fd) != 0 || (created && os_fsync_dir(mp.dir) != 0) || mbox_journal_clear(mp.journal) != 0) {
-                /* still under our locks: what follows u->off is ours */
-                if (os_truncate(fd, u->off) == 0 && os_fsync(fd) == 0) mbox_journal_clear(mp.journal);
-                mbox_unlock(mp.mbox, fd);
-                goto fail;
-            }
-            nu++;
-            mbox_unlock(mp.mbox, fd);
-        }
+        if (store->deliver(cfg, m, t->v[i], &undo[nu], ds, err) != 0) goto fail;
+        undo[nu++].undo = store->undo;
     }
     if (undo_out) { *undo_out = undo; *nundo_out = nu; }
     else free(undo);
@@ -4192,6 +4243,7 @@ queue_create(const char *qdir, const char *base, const struct store_msg *m, cons
     *undo = xrealloc(*undo, sizeof **undo * (size_t)(*nundo + 2));
     u = *undo + *nundo;
     memset(u, 0, 2 * sizeof *u);
+    u[0].undo = u[1].undo = file_undo;
     if (ms_fmt(u[0].path, sizeof u[0].path, "%s/%s.msg", qdir, m->id) < 0 ||
         ms_fmt(u[1].path, sizeof u[1].path, "%s/%s.env", qdir, m->id) < 0)
         return -1;
@@ -4255,7 +4307,7 @@ struct pop_msg {
 };
 
 struct pop_view {
-    int is_mbox;
+    const struct store_ops *ops;     /* the store it was opened from */
     char path[MS_PATH_FILE];   /* Maildir folder, or the mbox file */
     char jf[MS_PATH_FILE];     /* mbox: its journal */
     struct os_stat seen;       /* mbox: the file as scanned (mbox_view_refresh) */
@@ -4419,6 +4471,7 @@ mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
     char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1], sub[MS_PATH_FILE];
     struct mdir_scan s;
     memset(v, 0, sizeof *v);
+    v->ops = &maildir_store;
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 ||
         ms_fmt(v->path, sizeof v->path, "%s/%s", dom, user) < 0)
         return -1;
@@ -4567,7 +4620,7 @@ mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
     int fd, created, r;
     struct os_stat st;
     memset(v, 0, sizeof *v);
-    v->is_mbox = 1;
+    v->ops = &mbox_store;
     if (mbox_paths(spool, addr, &mp) != 0) return -1;
     memcpy(v->path, mp.mbox, sizeof mp.mbox);
     memcpy(v->jf, mp.journal, sizeof mp.journal);
@@ -4629,64 +4682,97 @@ mbox_view_refresh(struct pop_view *v)
 static int
 view_expunge(struct pop_view *v)
 {
-    int i, ndel = 0, rc = 0;
+    int i, ndel = 0;
     for (i = 0; i < v->n; i++) ndel += v->msgs[i].deleted;
-    if (!ndel) return 0;
-    if (!v->is_mbox) {
-        char path[MS_PATH_MESSAGE];
-        for (i = 0; i < v->n; i++) {
-            if (!v->msgs[i].deleted) continue;
-            if (ms_fmt(path, sizeof path, "%s/%s", v->path, v->msgs[i].name) < 0 ||
-                (os_unlink(path) != 0 && errno != ENOENT))
-                rc = -1;
-        }
-        if (ms_fmt(path, sizeof path, "%s/new", v->path) >= 0) os_fsync_dir(path);
-        if (ms_fmt(path, sizeof path, "%s/cur", v->path) >= 0) os_fsync_dir(path);
-        return rc;
-    } else {
-        /* RFC 1939 6: the file as it is now (another program may have
-         * appended, rewritten Status: lines, deleted): the messages to
-         * delete are found again by UIDL; one no longer found stays. Each
-         * run of them is removed in place, the last first (mbox_compact):
-         * no space needed, both locks held until the file is final. */
-        struct pop_view now;
-        struct pop_msg **p = NULL;
-        struct os_stat st;
-        int created, j, fd = mbox_lock(v->path, v->jf, 0, &created);
-        int64_t end;
-        rc = -1;
-        if (fd == -2) return 0;
-        if (fd < 0) return -1;
-        memset(&now, 0, sizeof now);
-        if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) goto fail;
-        end = st.size;
-        p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
-        for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
-        qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
-        for (i = 0; i < v->n; i++) {
-            struct pop_msg **f;
-            if (!v->msgs[i].deleted) continue;
-            f = bsearch(v->msgs[i].uidl, p, (size_t)now.n, sizeof *p, view_cmp_uidl_key);
-            if (f) (*f)->deleted = 1;
-        }
-        for (i = now.n - 1; i >= 0; i--) {
-            int64_t a, b;
-            if (!now.msgs[i].deleted) continue;
-            for (j = i; j > 0 && now.msgs[j - 1].deleted; j--) {}
-            a = now.msgs[j].from_off;
-            b = i + 1 < now.n ? now.msgs[i + 1].from_off : end;
-            if (mbox_compact(fd, v->jf, st.ino, a, b, end, 0, NULL, 0) != 0) goto fail;
-            end -= b - a;
-            i = j;
-        }
-        rc = 0;
-    fail:
-        mbox_unlock(v->path, fd);
-        view_free(&now);
-        free(p);
-        return rc == 0 ? 0 : -1;
-    }
+    return ndel ? v->ops->expunge(v) : 0;
 }
+
+static int
+mdir_expunge(struct pop_view *v)
+{
+    char path[MS_PATH_MESSAGE];
+    int i, rc = 0;
+    for (i = 0; i < v->n; i++) {
+        if (!v->msgs[i].deleted) continue;
+        if (ms_fmt(path, sizeof path, "%s/%s", v->path, v->msgs[i].name) < 0 ||
+            (os_unlink(path) != 0 && errno != ENOENT))
+            rc = -1;
+    }
+    if (ms_fmt(path, sizeof path, "%s/new", v->path) >= 0) os_fsync_dir(path);
+    if (ms_fmt(path, sizeof path, "%s/cur", v->path) >= 0) os_fsync_dir(path);
+    return rc;
+}
+
+static int
+mbox_expunge(struct pop_view *v)
+{
+    /* RFC 1939 6: the file as it is now (another program may have
+     * appended, rewritten Status: lines, deleted): the messages to
+     * delete are found again by UIDL; one no longer found stays. Each
+     * run of them is removed in place, the last first (mbox_compact):
+     * no space needed, both locks held until the file is final. */
+    struct pop_view now;
+    struct pop_msg **p = NULL;
+    struct os_stat st;
+    int created, i, j, rc = -1, fd = mbox_lock(v->path, v->jf, 0, &created);
+    int64_t end;
+    if (fd == -2) return 0;
+    if (fd < 0) return -1;
+    memset(&now, 0, sizeof now);
+    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) goto fail;
+    end = st.size;
+    p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
+    for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
+    qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
+    for (i = 0; i < v->n; i++) {
+        struct pop_msg **f;
+        if (!v->msgs[i].deleted) continue;
+        f = bsearch(v->msgs[i].uidl, p, (size_t)now.n, sizeof *p, view_cmp_uidl_key);
+        if (f) (*f)->deleted = 1;
+    }
+    for (i = now.n - 1; i >= 0; i--) {
+        int64_t a, b;
+        if (!now.msgs[i].deleted) continue;
+        for (j = i; j > 0 && now.msgs[j - 1].deleted; j--) {}
+        a = now.msgs[j].from_off;
+        b = i + 1 < now.n ? now.msgs[i + 1].from_off : end;
+        if (mbox_compact(fd, v->jf, st.ino, a, b, end, 0, NULL, 0) != 0) goto fail;
+        end -= b - a;
+        i = j;
+    }
+    rc = 0;
+fail:
+    mbox_unlock(v->path, fd);
+    view_free(&now);
+    free(p);
+    return rc == 0 ? 0 : -1;
+}
+
+static int
+mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end)
+{
+    *start = 0;
+    *end = -1;
+    return ms_fmt(path, n, "%s/%s", v->path, m->name) < 0 ? MSG_UNREADABLE : 0;
+}
+
+static int
+mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end)
+{
+    if (mbox_view_refresh(v) != 0) return errno == EAGAIN ? MSG_LOCKED : MSG_UNREADABLE;
+    if (m->len < 0) return MSG_CHANGED;
+    if (ms_fmt(path, n, "%s", v->path) < 0) return MSG_UNREADABLE;
+    *start = m->off;
+    *end = m->off + m->len;
+    return 0;
+}
+
+static const struct store_ops maildir_store = {
+    "maildir", 1, mdir_deliver, file_undo, mdir_view_open, mdir_expunge, mdir_msg_text, 0,
+};
+static const struct store_ops mbox_store = {
+    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, mbox_expunge, mbox_msg_text, 1,
+};
 
 /*==== 8. TLS glue (BearSSL) ====*/
 /*
@@ -6498,7 +6584,7 @@ pop_pump(struct conn *c)
             return;
         }
         if (p->st_bol) {
-            if (p->view.is_mbox && mbox_is_from_line(line, len, 1)) { line++; len--; }
+            if (p->view.ops->from_quoted && mbox_is_from_line(line, len, 1)) { line++; len--; }
             if (len && line[0] == '.') buf_adds(&c->out, "."); /* RFC 1939 3: byte-stuffing */
         }
         if (complete && len && line[len - 1] == '\r') len--;
@@ -6517,32 +6603,25 @@ pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
 {
     struct pop_sess *p = &c->u.pop;
     char path[MS_PATH_MESSAGE];
-    int64_t start = 0, end;
+    int64_t start, end;
     struct os_stat st;
-    if (p->view.is_mbox) {
-        if (mbox_view_refresh(&p->view) != 0) {
-            /* RFC 2449 8.1.1 gives IN-USE to logins; this is a passing failure of one command */
-            if (errno == EAGAIN) conn_reply(c, "-ERR [SYS/TEMP] The mailbox is locked by another program, try again");
-            else conn_reply(c, "-ERR [SYS/TEMP] Message %s cannot be read", m->uidl);
-            return;
-        }
-        if (m->len < 0) {
-            conn_reply(c, "-ERR [SYS/TEMP] Message %s was changed by another program", m->uidl);
-            return;
-        }
-        ms_strlcpy(path, p->view.path, sizeof path);
-        start = m->off;
-    } else if (ms_fmt(path, sizeof path, "%s/%s", p->view.path, m->name) < 0) {
-        path[0] = 0;
+    int r = p->view.ops->msg_text(&p->view, m, path, sizeof path, &start, &end);
+    if (r == MSG_LOCKED) { /* RFC 2449 8.1.1 gives IN-USE to logins; this is a passing failure of one command */
+        conn_reply(c, "-ERR [SYS/TEMP] The mailbox is locked by another program, try again");
+        return;
     }
-    p->stream_fd = path[0] ? os_open(path, O_RDONLY, 0) : -1;
+    if (r == MSG_CHANGED) {
+        conn_reply(c, "-ERR [SYS/TEMP] Message %s was changed by another program", m->uidl);
+        return;
+    }
+    p->stream_fd = r == 0 ? os_open(path, O_RDONLY, 0) : -1;
     if (p->stream_fd < 0 || os_fstat(p->stream_fd, &st) != 0) {
         if (p->stream_fd >= 0) os_close(p->stream_fd);
         p->stream_fd = -1;
         conn_reply(c, "-ERR [SYS/TEMP] Message %s cannot be read", m->uidl);
         return;
     }
-    end = p->view.is_mbox ? m->off + m->len : st.size;
+    if (end < 0) end = st.size;
     if (body_lines < 0) conn_reply(c, "+OK %lld octets", (long long)m->size);
     else conn_reply(c, "+OK top of message follows");
     lr_init(&p->lr, p->stream_fd, start, end);
@@ -6599,9 +6678,8 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
     }
     /* a mailbox reached through a link is refused here as at delivery: DELE would remove files elsewhere */
     errno = 0; /* EAGAIN below comes from the mbox lock, never from an earlier call */
-    r = store_no_links(ms->cfg->spool, mailbox, ms->cfg->storage != STORE_MBOX) != 0 ? -1
-        : ms->cfg->storage == STORE_MBOX ? mbox_view_open(&p->view, ms->cfg->spool, mailbox)
-                                         : mdir_view_open(&p->view, ms->cfg->spool, mailbox);
+    r = store_no_links(ms->cfg->spool, mailbox, store_of(ms->cfg)->maildir) != 0 ? -1
+        : store_of(ms->cfg)->view_open(&p->view, ms->cfg->spool, mailbox);
     if (r != 0 && errno == EAGAIN) { /* an mbox locked by another program (RFC 2449 8.1.1) */
         conn_log(c, "mailbox %s is locked by another program", mailbox);
         conn_reply(c, "-ERR [IN-USE] Mailbox is locked by another program");
@@ -9301,8 +9379,7 @@ ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c)
         c->nlisten = o->nlisten;
     }
     if (c->storage != o->storage) {
-        ms_log(ms, "storage = %s takes effect after a restart; %s stays in use", c->storage == STORE_MBOX ? "mbox" : "maildir",
-               o->storage == STORE_MBOX ? "mbox" : "maildir");
+        ms_log(ms, "storage = %s takes effect after a restart; %s stays in use", store_of(c)->name, store_of(o)->name);
         c->storage = o->storage;
     }
     if (strcmp(c->spool, o->spool) != 0) {
@@ -9605,7 +9682,7 @@ cli_check(const char *path)
     printf("%s: ok: %d domain%s, %d mailbox%s, %d alias%s, %d list%s, %d listener%s, %s storage in %s%s\n", path,
            c->ndomains, c->ndomains == 1 ? "" : "s", users, users == 1 ? "" : "es", aliases,
            aliases == 1 ? "" : "es", c->nlists, c->nlists == 1 ? "" : "s", c->nlisten, c->nlisten == 1 ? "" : "s",
-           c->storage == STORE_MBOX ? "mbox" : "maildir", c->spool, c->capture ? ", CAPTURE MODE" : "");
+           store_of(c)->name, c->spool, c->capture ? ", CAPTURE MODE" : "");
     if (c->capture && cfg_listens_beyond_loopback(c))
         fprintf(stderr, "%s: WARNING: capture mode accepts mail for every address, and a listener is "
                         "reachable beyond loopback\n", path);
@@ -9721,7 +9798,7 @@ cli_users(const char *path)
             char addr[MS_PATH_MAX];
             int64_t bytes = 0;
             snprintf(addr, sizeof addr, "%s@%s", d->users[j].name, d->name);
-            if ((c->storage == STORE_MBOX ? mbox_view_open(&v, c->spool, addr) : mdir_view_open(&v, c->spool, addr)) != 0)
+            if (store_of(c)->view_open(&v, c->spool, addr) != 0)
                 memset(&v, 0, sizeof v);
             for (k = 0; k < v.n; k++) bytes += v.msgs[k].size;
             printf("  mailbox %s messages=%d bytes=%lld\n", addr, v.n, (long long)bytes);
@@ -10265,7 +10342,7 @@ main(int argc, char **argv)
     }
     os_install_signals(ms);
     ms_log(ms, "mailsrv %s started (%s storage in %s)%s", MAILSRV_VERSION,
-           ms->cfg->storage == STORE_MBOX ? "mbox" : "maildir", ms->cfg->spool,
+           store_of(ms->cfg)->name, ms->cfg->spool,
            ms->cfg->capture ? " in CAPTURE MODE: every recipient is accepted and stored locally" : "");
     rc = mailsrv_run(ms);
     mailsrv_destroy(ms);
