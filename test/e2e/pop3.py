@@ -1,0 +1,388 @@
+"""POP3."""
+import os
+import poplib
+import re
+import socket
+import time
+
+from .harness import (BOTH, PASSWORDS, Pop, SENDER, check, check_message, make_msg, mbox_path, plain, secs,
+                      short, soft, stored, stored_tokens, test, tok, token_of, wait_for)
+
+
+# =============================================================================================
+# POP3
+
+
+@test()
+def pop3_capa(ctx):
+    srv = ctx.server().start()
+    p = srv.pop()
+    p.ok("CAPA")
+    caps = [l.decode().upper() for l in p.multi()]
+    words = [c.split()[0] for c in caps if c.split()]
+    for need in ("USER", "UIDL", "TOP", "PIPELINING", "RESP-CODES", "AUTH-RESP-CODE", "IMPLEMENTATION"):
+        check(need in words, "CAPA lacks %s: %s" % (need, caps))
+    sasl = [c.split() for c in caps if c.startswith("SASL")]
+    check(sasl and "PLAIN" in sasl[0], "CAPA lacks SASL PLAIN: %s" % caps)
+    p.quit()
+
+
+@test()
+def pop3_login_methods(ctx):
+    srv = ctx.server().start()
+    t, _ = srv.deliver()
+    p = srv.pop()
+    p.ok("user alice@example.test")
+    p.ok("pass Passw0rd1")
+    check(p.stat()[0] == 1, "STAT after USER/PASS")
+    p.quit()
+    p = srv.pop()
+    p.ok("AUTH PLAIN " + plain("alice@example.test", "Passw0rd1"))
+    check(p.stat()[0] == 1, "STAT after AUTH PLAIN")
+    p.quit()
+    p = srv.pop()
+    r = p.cmd("AUTH PLAIN")
+    check(r.startswith(b"+"), "AUTH PLAIN without initial response: %s" % short(r))
+    p.ok(plain("alice@example.test", "Passw0rd1"))
+    p.quit()
+    pp = poplib.POP3("127.0.0.1", srv.pop3_port, timeout=secs(10))
+    try:
+        pp.user("alice@example.test")
+        pp.pass_("Passw0rd1")
+        check(pp.stat()[0] == 1, "poplib STAT")
+        pp.quit()
+    finally:
+        pp.close()
+
+
+@test()
+def pop3_bad_password(ctx):
+    srv = ctx.server().start()
+    p = srv.pop()
+    p.ok("USER alice@example.test")
+    t0 = time.monotonic()
+    r = p.err("PASS wrong")
+    check(r.startswith(b"-ERR [AUTH]"), "bad password: %s, expected -ERR [AUTH]" % short(r))
+    check(time.monotonic() - t0 >= 0.5, "no delay after a failed login")
+    r = p.cmd("STAT")
+    check(r.startswith(b"-ERR"), "STAT after failed login: %s" % short(r))
+    p.login("alice@example.test", "Passw0rd1")  # may retry in the same session
+    p.quit()
+    p = srv.pop()
+    r = p.err("AUTH PLAIN " + plain("nosuch@example.test", "Passw0rd1"))
+    check(r.startswith(b"-ERR [AUTH]"), "AUTH PLAIN unknown user: %s" % short(r))
+
+
+@test()
+def pop3_bare_local_part(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    p = srv.pop("alice", "Passw0rd1")
+    check(p.stat()[0] == 1, "bare local part login sees wrong mailbox")
+    p.quit()
+    p = srv.pop("dave", "Passw0rd5")
+    p.quit()
+    p = srv.pop()
+    p.cmd("USER carol")  # carol is in two domains: ambiguous
+    r = p.cmd("PASS Passw0rd3")
+    check(r.startswith(b"-ERR"), "ambiguous bare login carol: %s" % short(r))
+    p = srv.pop("carol@other.test", "Passw0rd4")
+    p.quit()
+
+
+@test()
+def pop3_state_errors(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    srv.deliver()
+    p = srv.pop()
+    p.err("STAT")
+    p.err("RETR 1")
+    p.err("PASS Passw0rd1")  # PASS without USER
+    p.login("alice@example.test", "Passw0rd1")
+    p.err("RETR 3")
+    p.err("RETR 0")
+    p.err("LIST 9")
+    p.err("TOP 7 1")
+    p.err("XYZZY")
+    p.err("RETR abc")
+    p.err("TOP 1")
+    p.err("LIST -1")
+    p.err("DELE")
+    p.ok("DELE 1")
+    p.err("RETR 1")
+    p.err("DELE 1")
+    p.err("LIST 1")
+    p.ok("NOOP")
+    p.quit()
+
+
+@test()
+def pop3_pipelining(ctx):
+    srv = ctx.server().start()
+    srv.deliver()
+    p = srv.pop("alice@example.test")
+    p.send("STAT\r\nLIST\r\nUIDL\r\nNOOP\r\nRETR 1\r\nQUIT\r\n")
+    r = p.line()
+    check(r.startswith(b"+OK 1 "), "pipelined STAT: %s" % short(r))
+    check(p.line().startswith(b"+OK"), "pipelined LIST")
+    l = p.multi()
+    check(len(l) == 1, "LIST: %s" % l)
+    check(p.line().startswith(b"+OK"), "pipelined UIDL")
+    check(len(p.multi()) == 1, "UIDL")
+    check(p.line().startswith(b"+OK"), "pipelined NOOP")
+    check(p.line().startswith(b"+OK"), "pipelined RETR")
+    check(token_of(b"\r\n".join(p.multi())), "RETR content")
+    check(p.line().startswith(b"+OK"), "pipelined QUIT")
+    p.read_eof()
+
+
+@test(modes=BOTH)
+def pop3_stat_list_sizes(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    srv.deliver(body=".\r\n..\r\n.dot\r\nFrom x\r\n>From y\r\n")
+    srv.deliver(body="".join("line %d %s\r\n" % (i, "q" * 70) for i in range(300)))
+    srv.deliver(body="short\r\n")
+    p = srv.pop("alice@example.test")
+    count, total = p.stat()
+    sizes = p.list()
+    check(count == 3 and sorted(sizes) == [1, 2, 3], "STAT %d, LIST %s" % (count, sizes))
+    check(total == sum(sizes.values()), "STAT total %d != sum of LIST %d" % (total, sum(sizes.values())))
+    for n in (1, 2, 3):
+        r = p.ok("LIST %d" % n)
+        check(r.split()[1:3] == [str(n).encode(), str(sizes[n]).encode()], "LIST %d: %s vs %s" % (n, short(r), sizes[n]))
+        data = p.retr(n)
+        soft(len(data) == sizes[n], "message %d: LIST %d octets, RETR sent %d" % (n, sizes[n], len(data)))
+        check(data.count(b"\r\n") == data.count(b"\n"), "RETR %d has bare LF" % n)
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_retr_large_message(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    body = "".join("%05d %s\r\n" % (i, "y" * 72) for i in range(1200))  # ~94 KB, under the 100K limit
+    t, msg = srv.deliver(body=body)
+    p = srv.pop("alice@example.test")
+    size = p.list()[1]
+    for what in ("RETR", "TOP"):
+        t0 = time.monotonic()
+        data = p.retr(1) if what == "RETR" else p.top(1, 100000)
+        el = time.monotonic() - t0
+        soft(el < secs(1.0), "%s of a %d-octet message over loopback took %.2fs" % (what, size, el))
+        check_message(data, msg)
+        soft(len(data) == size, "%s sent %d octets, LIST says %d" % (what, len(data), size))
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_uidl(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    for _ in range(3):
+        srv.deliver()
+    p = srv.pop("alice@example.test")
+    u = p.uidl()
+    check(len(set(u.values())) == 3, "UIDLs not unique: %s" % u)
+    for n, v in u.items():
+        check(re.match(r"^[\x21-\x7e]{1,70}$", v), "bad UIDL %r" % v)
+        r = p.ok("UIDL %d" % n)
+        check(r.split()[1:3] == [str(n).encode(), v.encode()], "UIDL %d: %s" % (n, short(r)))
+    p.quit()
+    p = srv.pop("alice@example.test")
+    check(p.uidl() == u, "UIDLs changed between sessions")
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_top(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t, msg = srv.deliver(body="b1\r\n.b2\r\nb3\r\n\r\nb5\r\n")
+    p = srv.pop("alice@example.test")
+    full = p.retr(1)
+    head, _, body = full.partition(b"\r\n\r\n")
+    check(p.top(1, 0) == head + b"\r\n\r\n", "TOP 1 0: %s" % short(p.top(1, 0)))
+    check(p.top(1, 2) == head + b"\r\n\r\nb1\r\n.b2\r\n", "TOP 1 2: %s" % short(p.top(1, 2)))
+    check(p.top(1, 4) == head + b"\r\n\r\nb1\r\n.b2\r\nb3\r\n\r\n", "TOP 1 4")
+    check(p.top(1, 100) == full, "TOP 1 100 differs from RETR")
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_dele_rset(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    p = srv.pop("alice@example.test")
+    n0, s0 = p.stat()
+    p.ok("DELE 1")
+    n1, s1 = p.stat()
+    check(n1 == 1 and s1 < s0, "STAT after DELE: %d %d (before %d %d)" % (n1, s1, n0, s0))
+    p.err("LIST 1")
+    p.ok("RSET")
+    check(p.stat() == (n0, s0), "STAT after RSET: %s" % (p.stat(),))
+    p.retr(1)
+    p.quit()
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [t1, t2], "after DELE+RSET+QUIT: %s" % [g["token"] for g in got])
+    check(len(stored(srv, "alice@example.test")) == 2, "files on disk after RSET")
+
+
+@test(modes=BOTH)
+def pop3_dele_quit_deletes(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    toks = [srv.deliver()[0] for _ in range(3)]
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.quit()
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [toks[0], toks[2]], "after DELE 2 + QUIT: %s" % [g["token"] for g in got])
+    check(sorted(stored_tokens(srv, "alice@example.test")) == sorted([toks[0], toks[2]]),
+          "on disk after DELE 2 + QUIT: %s" % stored_tokens(srv, "alice@example.test"))
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.ok("DELE 2")
+    p.quit()
+    check(srv.fetch("alice@example.test") == [], "mailbox not empty after deleting all")
+    check(stored(srv, "alice@example.test") == [], "messages left on disk after deleting all")
+
+
+def pop_login_retry(srv, user, timeout=5):
+    """Login, retrying while the mailbox is still [IN-USE] by a session the server has not reaped yet."""
+    def attempt():
+        p = Pop(srv.pop3_port)
+        p.greet()
+        p.ok("USER " + user)
+        r = p.cmd("PASS " + PASSWORDS[user])
+        if r.startswith(b"+OK"):
+            return srv.ctx.track(p)
+        p.close()
+        check(r.startswith(b"-ERR [IN-USE]"), "login: %s" % short(r))
+        return None
+    return wait_for(attempt, timeout, "login to %s after the previous session" % user, 0.1)
+
+
+@test(modes=BOTH)
+def pop3_dele_dropped_connection(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    toks = [srv.deliver()[0] for _ in range(2)]
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.ok("DELE 2")
+    p.sock.shutdown(socket.SHUT_RDWR)
+    p.close()  # dropped, no QUIT
+    p = pop_login_retry(srv, "alice@example.test")
+    check(p.stat()[0] == 2, "messages deleted by a dropped session: STAT %s" % (p.stat(),))
+    p.quit()
+    check(sorted(stored_tokens(srv, "alice@example.test")) == sorted(toks), "on disk: %s" % stored_tokens(srv, "alice@example.test"))
+
+
+@test(modes=BOTH)
+def pop3_snapshot_and_delivery_during_session(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    p = srv.pop("alice@example.test")
+    n, s = p.stat()
+    check(n == 2, "STAT %d" % n)
+    t0 = time.monotonic()
+    t3, m3 = srv.deliver()  # must get 250 at once although the mailbox is open
+    el = time.monotonic() - t0
+    check(el < secs(3), "delivery to a mailbox open in POP3 took %.2fs" % el)
+    check(p.stat() == (n, s), "STAT changed during the session: %s" % (p.stat(),))
+    p.err("LIST 3")
+    p.err("RETR 3")
+    check(len(p.uidl()) == 2, "UIDL shows new mail during the session")
+    p.ok("DELE 1")
+    p.quit()  # UPDATE: must keep the message that arrived meanwhile (mbox rewrite!)
+    got = srv.fetch("alice@example.test")
+    check([g["token"] for g in got] == [t2, t3], "next session sees %s, expected %s" % ([g["token"] for g in got], [t2, t3]))
+    check_message(got[1]["data"], m3)
+
+
+@test(modes=BOTH)
+def pop3_in_use(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    srv.deliver()
+    p1 = srv.pop("alice@example.test")
+    p2 = srv.pop()
+    p2.ok("USER alice@example.test")
+    r = p2.cmd("PASS Passw0rd1")
+    check(r.startswith(b"-ERR [IN-USE]"), "second login: %s, expected -ERR [IN-USE]" % short(r))
+    p3 = srv.pop()
+    r = p3.cmd("AUTH PLAIN " + plain("alice", "Passw0rd1"))
+    check(r.startswith(b"-ERR [IN-USE]"), "second login (AUTH PLAIN, bare name): %s" % short(r))
+    pb = srv.pop("bob@example.test")  # other mailboxes are not locked
+    pb.quit()
+    t0 = time.monotonic()
+    c = srv.smtp()
+    code, text = c.send_mail(SENDER, ["alice@example.test"], make_msg(tok()))
+    check(code == 250 and time.monotonic() - t0 < secs(3), "delivery while in use: %s after %.2fs" % (short(text), time.monotonic() - t0))
+    p1.quit()
+    p = pop_login_retry(srv, "alice@example.test")
+    check(p.stat()[0] == 2, "after the first session ended: STAT %s" % (p.stat(),))
+    p.quit()
+
+
+@test(modes=BOTH)
+def pop3_uidl_stable_restart_delete(ctx, storage):
+    srv = ctx.server(storage=storage).start()
+    toks = [srv.deliver()[0] for _ in range(3)]
+    u0 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(len(set(u0.values())) == 3, "UIDLs not unique: %s" % u0)
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 2")
+    p.quit()
+    u1 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(u1 == {toks[0]: u0[toks[0]], toks[2]: u0[toks[2]]}, "UIDLs after deleting another message: %s, before %s" % (u1, u0))
+    srv.restart()
+    u2 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(u2 == u1, "UIDLs after restart: %s, before %s" % (u2, u1))
+    t4, _ = srv.deliver()
+    u3 = {g["token"]: g["uid"] for g in srv.fetch("alice@example.test")}
+    check(u3[t4] not in u0.values(), "new message reuses an old UIDL %s" % u3[t4])
+    check({k: v for k, v in u3.items() if k != t4} == u1, "UIDLs changed after a new delivery")
+
+
+@test(modes=BOTH)
+def forged_x_uidl_header(ctx, storage):
+    """A sender's own X-UIDL: header must not make UIDLs collide (clients would skip or delete the wrong mail)."""
+    srv = ctx.server(storage=storage).start()
+    t0, _ = srv.deliver()
+    u0 = srv.fetch("alice@example.test")[0]["uid"]
+    forged = [("X-UIDL: " + u0 + "\r\n").encode(), b"X-UIDL: forged-same-id\r\n", b"X-UIDL: forged-same-id\r\n"]
+    for f in forged:
+        srv.send(["alice@example.test"], f + make_msg(tok()))
+    g = srv.fetch("alice@example.test")
+    uids = [x["uid"] for x in g]
+    check(len(g) == 4 and len(set(uids)) == 4, "UIDLs collide after forged X-UIDL headers: %s" % uids)
+    check(uids[0] == u0, "the first message's UIDL changed: %s -> %s" % (u0, uids[0]))
+    srv.restart()
+    check([x["uid"] for x in srv.fetch("alice@example.test")] == uids, "UIDLs changed across restart")
+
+
+@test()
+def mbox_foreign_messages_uidl(ctx):
+    srv = ctx.server(storage="mbox")
+    os.makedirs(os.path.join(srv.spool, "example.test"))
+    msgs = []
+    for i, who in enumerate(["one", "two", "three", "same", "same"]):
+        msgs.append(("From %s@old.test Mon Jan  1 00:00:0%d 2024\n" % (who, i if who != "same" else 9)) +
+                    "From: %s@old.test\nSubject: old %s\nX-Test-Token: old%s\n\nold body %s\n>From quoted\n\n" % (who, who, who, who))
+    with open(mbox_path(srv, "alice@example.test"), "w") as f:
+        f.write("".join(msgs))
+    srv.start()
+    g0 = srv.fetch("alice@example.test")
+    check(len(g0) == 5, "foreign mbox: %d messages" % len(g0))
+    check(len(set(g["uid"] for g in g0)) == 5, "derived UIDLs not unique: %s" % [g["uid"] for g in g0])
+    check(b"\r\nFrom quoted\r\n" in g0[0]["data"], "mboxrd quoting not removed: %s" % short(g0[0]["data"]))
+    u0 = [g["uid"] for g in g0]
+    check([g["uid"] for g in srv.fetch("alice@example.test")] == u0, "derived UIDLs change between sessions")
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.quit()
+    u1 = [g["uid"] for g in srv.fetch("alice@example.test")]
+    check(u1 == u0[1:], "UIDLs after deleting message 1 (rewrite): %s, before %s" % (u1, u0))
+    srv.restart()
+    check([g["uid"] for g in srv.fetch("alice@example.test")] == u1, "UIDLs changed across restart")
+    t, _ = srv.deliver()
+    g = srv.fetch("alice@example.test")
+    check([x["uid"] for x in g][:4] == u1 and g[4]["token"] == t and g[4]["uid"] not in u0, "after a new delivery: %s" % [x["uid"] for x in g])

@@ -1,0 +1,613 @@
+"""Relay: outbound queue, MX lookup, routes, smarthost, retries, bounces, relay access control."""
+import glob
+import os
+import re
+import time
+
+import fakes  # test/ is on sys.path: it is the entry point's folder
+
+from .harness import (BOTH, DOMAINS, Net, PASSWORDS, SENDER, Smtp, TestFailure, check, check_message,
+                      dot_stuff, free_ports, make_msg, need_ipv6, plain, run_cli, secs, short, soft,
+                      stored_tokens, test, tok, token_of, wait_for)
+from .cli import check_cli
+
+
+# =============================================================================================
+# relay: outbound queue, MX lookup, routes, smarthost, retries, bounces, relay access control.
+# The rest of the internet is played by test/fakes.py: one FakeDNS and SMTP sinks on
+# 127.0.0.2-3 sharing one port ([relay] port); nothing listens on 127.0.0.4 (connection refused).
+
+import email  # noqa: E402
+
+def queue_cli(srv):
+    r = run_cli(["-c", srv.ini, "queue"])
+    check(r.returncode == 0, "queue: exit %d, stderr %s" % (r.returncode, short(r.stderr)))
+    return r.stdout
+
+
+def queue_files(srv):
+    return sorted(glob.glob(os.path.join(srv.queue, "*.env")) + glob.glob(os.path.join(srv.queue, "*.msg")))
+
+
+def wait_queue_empty(srv, timeout=10):
+    try:
+        wait_for(lambda: "queue is empty" in queue_cli(srv) and not queue_files(srv), timeout, "an empty queue", 0.2)
+    except TestFailure as e:
+        raise TestFailure("%s; `queue` says %s; files %s" % (e, short(queue_cli(srv), 300), queue_files(srv)))
+
+
+def relay_mail(srv, rcpts, sender=SENDER, **kw):
+    """Submit one message from 127.0.0.1 (inside the default relay_networks); returns (token, message)."""
+    t = tok()
+    msg = make_msg(t, to=rcpts[0], sender=sender, **kw)
+    refused = srv.send(rcpts, msg, sender=sender)
+    check(refused == {}, "recipients refused: %s" % refused)
+    return t, msg
+
+
+def sink_wait(sink, n, timeout, what="messages at the sink"):
+    try:
+        wait_for(lambda: len(sink.messages) >= n, timeout, "%d %s" % (n, what))
+    except TestFailure as e:
+        raise TestFailure("%s (got %d; the sink saw %s)" % (e, len(sink.messages), short(sink.events, 400)))
+    return list(sink.messages)
+
+
+def check_relayed(got, sent, what="relayed message"):
+    """got: data as the remote received it; sent: the message as submitted."""
+    gh, _, gb = got.partition(b"\r\n\r\n")
+    sh, _, sb = sent.partition(b"\r\n\r\n")
+    check(gb == sb, "%s: body differs: sent %s, got %s" % (what, short(sb, 300), short(gb, 300)))
+    for l in sh.split(b"\r\n"):
+        check(l in gh.split(b"\r\n"), "%s: header line %s missing in %s" % (what, short(l), short(gh, 400)))
+    soft(gh.startswith(b"Received: "), "%s: does not start with a Received: header: %s" % (what, short(gh, 200)))
+    soft(b"\r\nReturn-Path:" not in b"\r\n" + gh, "%s: a relay added Return-Path: %s" % (what, short(gh, 200)))
+
+
+def bounces(srv, addr):
+    return [g["data"] for g in srv.fetch(addr) if b"multipart/report" in g["data"]]
+
+
+def check_dsn(data, want, token, diag=None, stored=True):
+    """data: an RFC 3464 bounce; want: {final recipient: Status prefix}; token: the bounced message's."""
+    lines = data.split(b"\r\n")
+    if stored:
+        check(lines[0] == b"Return-Path: <>", "bounce: first line %s, expected Return-Path: <>" % short(lines[0]))
+    m = email.message_from_bytes(data)
+    check(re.search(r"(?i)mailer-daemon@test\.local", m.get("From", "")), "bounce From: %s" % m.get("From"))
+    soft(m.get("Subject", "").strip() == "Undelivered Mail Returned to Sender", "bounce Subject: %s" % m.get("Subject"))
+    check(m.get_content_type() == "multipart/report" and m.get_param("report-type") == "delivery-status",
+          "bounce Content-Type: %s" % m.get("Content-Type"))
+    ds = [p for p in m.walk() if p.get_content_type() == "message/delivery-status"]
+    check(len(ds) == 1, "bounce has %d message/delivery-status parts" % len(ds))
+    blocks = ds[0].get_payload()  # per-message fields, then one block per recipient
+    check(isinstance(blocks, list) and len(blocks) >= 2, "delivery-status part without recipient fields: %s" % short(data, 600))
+    got = {}
+    for b in blocks[1:]:
+        f = {k.lower(): re.sub(r"\s+", " ", v).strip() for k, v in b.items()}
+        fr = re.match(r"(?i)rfc822\s*;\s*<?([^>\s]+)>?$", f.get("final-recipient", ""))
+        check(fr, "Final-Recipient %s" % f.get("final-recipient"))
+        got[fr.group(1).lower()] = f
+    check(set(got) == set(want), "bounce for %s, expected %s" % (sorted(got), sorted(want)))
+    for rcpt, status in want.items():
+        f = got[rcpt]
+        check(f.get("action", "").lower() == "failed", "%s: Action: %s" % (rcpt, f.get("action")))
+        check(f.get("status", "").startswith(status), "%s: Status: %s, expected %s" % (rcpt, f.get("status"), status))
+        if diag:
+            dc = f.get("diagnostic-code", "")
+            check(re.match(r"(?i)smtp\s*;", dc) and diag in dc, "%s: Diagnostic-Code: %s, expected smtp; ...%s"
+                  % (rcpt, dc, diag))
+    heads = [p for p in m.walk() if p.get_content_type() == "text/rfc822-headers"]
+    check(heads, "bounce without a text/rfc822-headers part")
+    hb = heads[0].get_payload(decode=True) or b""
+    check(("X-Test-Token: " + token).encode() in hb, "rfc822-headers part lacks the original headers: %s" % short(hb, 300))
+    return got
+
+
+@test(modes=BOTH)
+def relay_mx_delivery(ctx, storage):
+    net = Net(ctx)
+    net.dns.mx("remote.test", [(10, "mx1.remote.test")])
+    net.dns.a("mx1.remote.test", ["127.0.0.2"])
+    sink = net.sink()
+    srv = net.server(storage=storage).start()
+    t = tok()
+    msg = make_msg(t, to="user@remote.test", body="Hi\r\n.leading dot\r\n..two\r\n.\r\nend\r\n")
+    refused = srv.send(["User@Remote.Test", "alice@example.test"], msg)
+    check(refused == {}, "refused %s" % refused)
+    got = sink_wait(sink, 1, 10)
+    check(len(got) == 1, "%d transactions at the MX" % len(got))
+    m = got[0]
+    check(m["mail_from"] == SENDER, "MAIL FROM:<%s>" % m["mail_from"])
+    check([r.lower() for r in m["rcpts"]] == ["user@remote.test"], "RCPT %s" % m["rcpts"])
+    check(m["helo"] == "test.local", "EHLO %s, expected the hostname test.local" % m["helo"])
+    check_relayed(m["data"], msg)
+    local = srv.fetch("alice@example.test")
+    check([g["token"] for g in local] == [t], "alice has %s" % [g["token"] for g in local])
+    check_message(local[0]["data"], msg)
+    check(net.dns.asked("remote.test", "MX"), "no MX query for remote.test: %s" % net.dns.queries)
+    wait_queue_empty(srv)
+    log = srv.log_text()
+    soft(re.search(r"queued \S+ from=<%s> to=<user@remote\.test>" % re.escape(SENDER), log, re.I), "no `queued` log line")
+    soft(re.search(r"relayed \S+ to=<user@remote\.test> via \S+\[127\.0\.0\.2\]:%d" % net.port, log, re.I),
+         "no `relayed ... via HOST[127.0.0.2]:%d` log line" % net.port)
+
+
+@test()
+def relay_mx_order_fallback(ctx):
+    net = Net(ctx)
+    net.dns.mx("remote.test", [(30, "mx3.remote.test"), (10, "mx1.remote.test"), (20, "mx2.remote.test"),
+                               (5, "gone.remote.test")])  # NXDOMAIN
+    net.dns.a("mx1.remote.test", ["127.0.0.4"])  # connection refused
+    net.dns.a("mx2.remote.test", ["127.0.0.2"])
+    net.dns.a("mx3.remote.test", ["127.0.0.3"])
+    busy = net.sink("127.0.0.2", greeting="421 4.3.2 too busy")
+    good = net.sink("127.0.0.3")
+    srv = net.server(relay={"retry": "1h"}).start()  # so only falling back within one attempt delivers in time
+    t, _ = relay_mail(srv, ["user@remote.test"])
+    got = sink_wait(good, 1, 10, "messages at the pref 30 MX")
+    check(token_of(got[0]["data"]) == t, "wrong message at the MX")
+    check(busy.connections >= 1, "the pref 20 MX (421 greeting) was never tried before pref 30")
+    check(not busy.messages, "message accepted by the 421 MX?")
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_no_mx_uses_a(ctx):
+    net = Net(ctx)
+    net.dns.a("remote.test", ["127.0.0.2"])  # no MX records: NODATA
+    sink = net.sink()
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["user@remote.test"])
+    got = sink_wait(sink, 1, 10)
+    check_relayed(got[0]["data"], msg)
+    check(net.dns.asked("remote.test", "MX"), "MX not asked first: %s" % net.dns.queries)
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_null_mx_bounce(ctx):
+    net = Net(ctx)
+    net.dns.null_mx("remote.test")
+    net.dns.a("remote.test", ["127.0.0.2"])  # must not be used: a null MX means no mail
+    sink = net.sink()
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["user@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce in alice's mailbox")
+    check_dsn(b[0], {"user@remote.test": "5."}, t)
+    wait_queue_empty(srv)
+    check(len(bounces(srv, "alice@example.test")) == 1, "more than one bounce")
+    check(sink.connections == 0, "connected to the address of a null-MX domain")
+
+
+@test()
+def relay_nxdomain_bounce(ctx):
+    net = Net(ctx)
+    net.dns.nxdomain("nowhere.test")
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["user@nowhere.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce in alice's mailbox")
+    check_dsn(b[0], {"user@nowhere.test": "5."}, t)
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_static_route(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    net.domain("named.test")
+    mx = net.sink("127.0.0.2")
+    port2 = fakes.free_port_on(["127.0.0.3"])
+    routed = net.sink("127.0.0.3", port2, ehlo=False, greeting="220-gw.routes.test\n220 multi-line greeting")
+    net.dns.a("gw.routes.test", ["127.0.0.3"])
+    srv = net.server(route={"remote.test": "127.0.0.3:%d" % port2, "named.test": "gw.routes.test:%d" % port2}).start()
+    t1, m1 = relay_mail(srv, ["a@remote.test"])
+    t2, m2 = relay_mail(srv, ["b@named.test"])
+    got = sink_wait(routed, 2, 10)
+    by = {token_of(g["data"]): g for g in got}
+    check(set(by) == {t1, t2}, "routed host got %s" % sorted(by))
+    check(by[t1]["rcpts"] == ["a@remote.test"] and by[t2]["rcpts"] == ["b@named.test"], "recipients %s" % [g["rcpts"] for g in got])
+    check(all(g["helo_verb"] == "HELO" for g in got), "no HELO after EHLO got 502")
+    check(mx.connections == 0, "the MX was contacted although a route exists")
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_smarthost(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    net.domain("far.test")
+    mx = net.sink("127.0.0.2")
+    smart = net.sink("127.0.0.3")
+    srv = net.server(relay={"smarthost": "127.0.0.3:%d" % net.port, "helo": "out.test.local"}).start()
+    _, msg = relay_mail(srv, ["a@remote.test", "b@far.test"])
+    wait_for(lambda: sorted(r for g in smart.messages for r in g["rcpts"]) == ["a@remote.test", "b@far.test"], 10,
+             "both recipients at the smarthost (got %s)" % [g["rcpts"] for g in smart.messages])
+    for g in smart.messages:
+        check_relayed(g["data"], msg)
+        check(g["helo"] == "out.test.local", "EHLO %s, expected [relay] helo" % g["helo"])
+    check(mx.connections == 0, "an MX was contacted although a smarthost is set")
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_dns_tcp_fallback(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    net.dns.truncate("remote.test")
+    sink = net.sink()
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["user@remote.test"])
+    got = sink_wait(sink, 1, 10)
+    check(token_of(got[0]["data"]) == t, "wrong message")
+    check(net.dns.asked("remote.test", "MX", "udp"), "no UDP query first: %s" % net.dns.queries)
+    check(net.dns.asked("remote.test", "MX", "tcp"), "no TCP retry after TC=1: %s" % net.dns.queries)
+
+
+@test()
+def relay_retry_4xx(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    sink.script("data", ["451 4.3.0 try later"] * 2)
+    srv = net.server(relay={"retry": "1"}).start()
+    t, msg = relay_mail(srv, ["user@remote.test"])
+    got = sink_wait(sink, 1, 15, "messages after two 451s (retry = 1s, doubling)")
+    check(token_of(got[0]["data"]) == t, "wrong message")
+    check(sink.stage_count("data") == 3, "%d DATA attempts, expected 3" % sink.stage_count("data"))
+    wait_queue_empty(srv)
+    check(len(sink.messages) == 1, "delivered %d times" % len(sink.messages))
+    soft(re.search(r"deferred \S+ to=<user@remote\.test>: .*451", srv.log_text()), "no `deferred ... 451` log line")
+
+
+@test(modes=BOTH)
+def relay_bounce_5xx_rcpt(ctx, storage):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_replies={"nobody@remote.test": "550 5.1.1 <nobody@remote.test>: no such user"})
+    srv = net.server(storage=storage).start()
+    t, msg = relay_mail(srv, ["nobody@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce in alice's mailbox")
+    check_dsn(b[0], {"nobody@remote.test": "5.1.1"}, t, diag="550 5.1.1 <nobody@remote.test>: no such user")
+    wait_queue_empty(srv)
+    check(len(bounces(srv, "alice@example.test")) == 1, "more than one bounce")
+    check(sink.messages == [], "DATA sent with no accepted recipient")
+    soft(re.search(r"bounced \S+ to=<nobody@remote\.test>: .*550", srv.log_text()), "no `bounced ... 550` log line")
+
+
+@test(limit=45)
+def relay_bounce_expiry(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_reply="451 4.2.1 mailbox busy")
+    srv = net.server(relay={"retry": "1", "expire": "6s"}).start()
+    t, msg = relay_mail(srv, ["user@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 25, "a bounce after expire = 6s", 0.3)
+    check_dsn(b[0], {"user@remote.test": "4.4.7"}, t)
+    soft(b"expir" in b[0].lower(), "bounce does not mention expiry: %s" % short(b[0], 600))
+    check(sink.stage_count("rcpt") >= 2, "only %d attempts before expiry" % sink.stage_count("rcpt"))
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_no_bounce_of_bounce(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_reply="550 5.1.1 no such user")
+    srv = net.server().start()
+    c = srv.smtp()
+    code, text = c.send_mail("", ["nobody@remote.test"], make_msg(tok(), to="nobody@remote.test"))
+    check(code == 250, "MAIL FROM:<> to a remote address: %s" % short(text))
+    c.expect("QUIT", 221)
+    wait_for(lambda: sink.stage_count("rcpt") >= 1, 10, "the RCPT at the remote")
+    wait_queue_empty(srv)
+    check(sink.stage_count("mail") == 1, "more MAIL commands at the remote: %s" % short(sink.events, 400))
+    for a in ("alice@example.test", "bob@example.test"):
+        check(srv.fetch(a) == [], "%s (postmaster, other) got mail" % a)
+
+
+@test()
+def relay_mixed_rcpts(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_replies={"bad@remote.test": "550-5.1.1 no such user\n550 5.1.1 (multi-line reply)",
+                                  "later@remote.test": ["451 4.2.0 try later", "250 2.1.5 Ok"]})
+    srv = net.server(relay={"retry": "1"}).start()
+    rc = ["ok1@remote.test", "bad@remote.test", "later@remote.test", "ok2@remote.test"]
+    t, msg = relay_mail(srv, rc, sender="alice@example.test")
+    got = sink_wait(sink, 2, 15)
+    check(sorted(got[0]["rcpts"]) == ["ok1@remote.test", "ok2@remote.test"], "first transaction to %s" % got[0]["rcpts"])
+    check(got[1]["rcpts"] == ["later@remote.test"], "retry transaction to %s" % got[1]["rcpts"])
+    for g in got:
+        check_relayed(g["data"], msg)
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce for bad@remote.test")
+    check_dsn(b[0], {"bad@remote.test": "5.1.1"}, t, diag="5.1.1")
+    wait_queue_empty(srv)
+    check(len(sink.messages) == 2 and len(bounces(srv, "alice@example.test")) == 1,
+          "%d transactions, %d bounces" % (len(sink.messages), len(bounces(srv, "alice@example.test"))))
+
+
+@test()
+def relay_grouping(ctx):
+    net = Net(ctx)
+    for d in ("one.test", "two.test"):
+        net.dns.mx(d, [(10, "mx.shared.test")])
+    net.dns.a("mx.shared.test", ["127.0.0.2"])
+    sink = net.sink()
+    srv = net.server().start()
+    relay_mail(srv, ["a@one.test", "b@two.test", "c@one.test"])
+    sink_wait(sink, 2, 10)
+    wait_queue_empty(srv)
+    got = sorted(sorted(g["rcpts"]) for g in sink.messages)
+    check(got == [["a@one.test", "c@one.test"], ["b@two.test"]], "transactions %s: expected one per domain" % got)
+
+
+RELAY_TRICKS = ["user%remote.test@example.test", '"user@remote.test"@example.test', "@example.test:user@remote.test",
+                "remote.test!user@example.test", "user%remote.test@other.test", '"user@remote.test"@other.test',
+                "remote.test!user@other.test", "@other.test:user@remote.test", "user@[127.0.0.2]",
+                "user@remote.test.", "user@remote.test@example.test"]
+
+
+@test()
+def relay_denied_outsider(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    net.dns.a("remote.test", ["127.0.0.2"])
+    sink = net.sink()
+    srv = net.server(server={"relay_networks": "192.0.2.0/24"}).start()  # 127.0.0.1 is outside
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<user@remote.test>", 550, "5.7.1")
+    for a in RELAY_TRICKS:
+        c.expect5("RCPT TO:<%s>" % a)
+    for a in ("alice@example.test", "alice@EXAMPLE.TEST.", "Bob@Example.Test"):
+        c.expect("RCPT TO:<%s>" % a, 250)
+    t = tok()
+    msg = make_msg(t)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(msg) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "DATA: %s" % short(text))
+    c.expect("QUIT", 221)
+    check(stored_tokens(srv, "alice@example.test") == [t], "alice has %s" % stored_tokens(srv, "alice@example.test"))
+    check(stored_tokens(srv, "bob@example.test") == [t], "bob has %s" % stored_tokens(srv, "bob@example.test"))
+    check(srv.fetch("dave@other.test") == [], "the other.test catch-all got a relay trick")
+    check(not queue_files(srv) and sink.connections == 0, "something was relayed: queue %s" % queue_files(srv))
+
+
+@test()
+def relay_after_auth(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server(server={"relay_networks": "192.0.2.0/24"}).start()
+    sent = []
+    for port in (srv.smtp_port, srv.sub_port):
+        c = srv.smtp(port=port)
+        c.expect("AUTH PLAIN " + plain("alice@example.test", PASSWORDS["alice@example.test"]), 235)
+        t = tok()
+        code, text = c.send_mail("alice@example.test", ["user@remote.test"], make_msg(t, to="user@remote.test"))
+        check(code == 250, "port %d: end of DATA: %s" % (port, short(text)))
+        c.expect("QUIT", 221)
+        sent.append(t)
+    sink_wait(sink, 2, 10)
+    check(sorted(token_of(g["data"]) for g in sink.messages) == sorted(sent), "sink got %s" % [g["rcpts"] for g in sink.messages])
+
+
+@test(limit=45)
+def relay_queue_survives_kill9(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    srv = net.server(relay={"retry": "1"}).start()
+    t, msg = relay_mail(srv, ["user@remote.test"])  # nothing listens yet: deferred
+    wait_for(lambda: re.search(r"pending, tries=[1-9]", queue_cli(srv)), 10, "a failed attempt in `queue`", 0.2)
+    check(queue_files(srv), "no queue files in %s" % srv.queue)
+    srv.kill9()
+    sink = net.sink()
+    srv.start()
+    sink_wait(sink, 1, 15)
+    wait_queue_empty(srv)
+    n = sum(token_of(g["data"]) == t for g in sink.messages)
+    check(1 <= n <= 2, "delivered %d times" % n)
+    soft(n == 1, "delivered twice after the restart")
+
+
+@test()
+def relay_blackhole_no_stall(ctx):
+    net = Net(ctx)
+    net.domain("remote.test", "127.0.0.2")
+    net.domain("fine.test", "127.0.0.3")
+    hole = net.sink("127.0.0.2", blackhole=True)
+    fine = net.sink("127.0.0.3")
+    srv = net.server(relay={"timeout": "300"}).start()
+    relay_mail(srv, ["user@remote.test"])
+    wait_for(lambda: hole.connections >= 1, 10, "the outbound session to the silent host")
+    t0 = time.monotonic()
+    toks = [srv.deliver()[0] for _ in range(3)]
+    got = [g["token"] for g in srv.fetch("alice@example.test")]
+    took = time.monotonic() - t0
+    check(got == toks, "alice has %s, expected %s" % (got, toks))
+    check(took < secs(3), "3 local deliveries and a POP3 fetch took %.1fs while a remote hangs" % took)
+    relay_mail(srv, ["user@fine.test"])
+    sink_wait(fine, 1, 5, "messages at another remote while the first hangs")
+
+
+@test()
+def relay_bounce_to_remote_sender(ctx):
+    net = Net(ctx)
+    net.domain("remote.test", "127.0.0.2")
+    net.domain("far.test", "127.0.0.3")
+    dest = net.sink("127.0.0.2", rcpt_replies={"nobody@remote.test": "550 5.1.1 no such user"})
+    home = net.sink("127.0.0.3")
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["nobody@remote.test"], sender="someone@far.test")
+    got = sink_wait(home, 1, 10, "bounces at the sender's MX")
+    check(got[0]["mail_from"] == "", "bounce sent with MAIL FROM:<%s>, expected <>" % got[0]["mail_from"])
+    check(got[0]["rcpts"] == ["someone@far.test"], "bounce to %s" % got[0]["rcpts"])
+    check_dsn(got[0]["data"], {"nobody@remote.test": "5.1.1"}, t, diag="550 5.1.1", stored=False)
+    wait_queue_empty(srv)
+    check(len(home.messages) == 1 and dest.messages == [], "extra messages: %d at home, %d at dest"
+          % (len(home.messages), len(dest.messages)))
+
+
+@test()
+def relay_queue_flush_cli(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    sink.script("data", ["451 4.3.0 try later"])
+    srv = net.server(relay={"retry": "1h"}).start()  # only the flush brings the second attempt
+    check("queue is empty" in queue_cli(srv), "`queue` on an empty queue: %s" % short(queue_cli(srv)))
+    t, msg = relay_mail(srv, ["user@remote.test"])
+    out = wait_for(lambda: (lambda o: o if "tries=1" in o else None)(queue_cli(srv)), 10, "tries=1 in `queue`", 0.2)
+    m = re.search(r"(?m)^(\S+) age=\d+s from=<%s> size=(\d+)$" % re.escape(SENDER), out)
+    check(m, "`queue` message line: %s" % short(out, 400))
+    check(os.path.exists(os.path.join(srv.queue, m.group(1) + ".env")), "%s.env not in %s" % (m.group(1), srv.queue))
+    check(int(m.group(2)) >= len(msg), "size=%s < %d" % (m.group(2), len(msg)))
+    check(re.search(r"(?m)^\s+<user@remote\.test> pending, tries=1: .*451", out), "`queue` recipient line: %s" % short(out, 400))
+    r = run_cli(["-c", srv.ini, "flush"])
+    check(r.returncode == 0 and r.stdout.strip(), "flush: exit %d, stdout %s, stderr %s" % (r.returncode, short(r.stdout), short(r.stderr)))
+    got = sink_wait(sink, 1, 6, "messages after flush")
+    check(token_of(got[0]["data"]) == t, "wrong message")
+    wait_queue_empty(srv)
+    check(not os.path.exists(os.path.join(srv.queue, "flush")), "the flush file was not removed")
+
+
+@test()
+def relay_alias_remote_member(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    doms = DOMAINS.replace("dup = alice, bob, alice", "dup = alice, bob, alice\nmixed = alice, friend@remote.test")
+    srv = net.server(domains=doms)
+    r = check_cli(srv)
+    check(r.returncode == 0, "check with a remote alias member: exit %d %s" % (r.returncode, short(r.stderr)))
+    srv.start()
+    t, msg = srv.deliver("mixed@example.test")
+    got = sink_wait(sink, 1, 10)
+    check(got[0]["rcpts"] == ["friend@remote.test"], "relayed to %s" % got[0]["rcpts"])
+    check_relayed(got[0]["data"], msg)
+    check(stored_tokens(srv, "alice@example.test") == [t], "alice has %s" % stored_tokens(srv, "alice@example.test"))
+
+
+@test(limit=40)
+def relay_two_servers(ctx):
+    dns = ctx.track(fakes.FakeDNS())
+    srvs = {}
+    for d, user, pw in (("a.test", "ann", "Passw0rd1"), ("b.test", "ben", "Passw0rd2")):
+        doms = "[domain %s]\n%s = %s\n\n[alias %s]\npostmaster = %s\n" % (d, user, pw, d, user)
+        srvs[d] = ctx.server(server={"hostname": "mx." + d}, domains=doms,
+                             sections={"relay": {"dns": dns.addr, "retry": "1"}})
+    a, b = srvs["a.test"], srvs["b.test"]
+    a.sections["route"] = {"b.test": "127.0.0.1:%d" % b.smtp_port}
+    b.sections["route"] = {"a.test": "127.0.0.1:%d" % a.smtp_port}
+    for s in (a, b):
+        s.write_ini()
+        s.start()
+    for src, dst, sender, rcpt, pw in ((a, b, "ann@a.test", "ben@b.test", "Passw0rd2"),
+                                       (b, a, "ben@b.test", "ann@a.test", "Passw0rd1")):
+        t = tok()
+        msg = make_msg(t, to=rcpt, sender=sender)
+        check(src.send([rcpt], msg, sender=sender) == {}, "%s refused" % rcpt)
+        got = wait_for(lambda: dst.fetch(rcpt, pw), 10, "the message in %s's mailbox" % rcpt, 0.2)
+        check([g["token"] for g in got] == [t], "%s has %s" % (rcpt, [g["token"] for g in got]))
+        check_message(got[0]["data"], msg, sender=sender)
+        check(len(re.findall(rb"(?m)^Received: ", got[0]["data"])) >= 2, "one Received: header after two hops")
+
+
+@test()
+def relay_dns_servfail_defers(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    net.dns.servfail("remote.test")
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1"}).start()
+    t, msg = relay_mail(srv, ["user@remote.test"], sender="alice@example.test")
+    wait_for(lambda: re.search(r"pending, tries=[1-9]", queue_cli(srv)), 10, "a deferral on SERVFAIL in `queue`", 0.2)
+    check(srv.fetch("alice@example.test") == [], "SERVFAIL (temporary) bounced the message")
+    net.dns.clear("remote.test")
+    got = sink_wait(sink, 1, 10, "messages once DNS answers again")
+    check(token_of(got[0]["data"]) == t, "wrong message")
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_dns_silent_no_stall(ctx):
+    net = Net(ctx)
+    net.dns.drop("remote.test")
+    srv = net.server().start()
+    relay_mail(srv, ["user@remote.test"])
+    wait_for(lambda: net.dns.asked("remote.test"), 5, "the MX query for remote.test")
+    t0 = time.monotonic()
+    toks = [srv.deliver()[0] for _ in range(3)]
+    got = [g["token"] for g in srv.fetch("alice@example.test")]
+    took = time.monotonic() - t0
+    check(got == toks, "alice has %s, expected %s" % (got, toks))
+    check(took < secs(3), "3 local deliveries and a POP3 fetch took %.1fs while the resolver gets no answer" % took)
+    wait_for(lambda: re.search(r"pending, tries=[1-9]", queue_cli(srv)), 30, "a deferral after the DNS timeout", 0.5)
+
+
+@test()
+def relay_remote_drops_retry(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    sink.script("data", ["DROP"])  # connection closed after the final dot, no reply
+    sink.script("rcpt", ["DROP"])
+    srv = net.server(relay={"retry": "1"}).start()
+    t, msg = relay_mail(srv, ["user@remote.test"])
+    sink_wait(sink, 1, 15, "messages after two dropped connections")
+    wait_queue_empty(srv)
+    check([token_of(g["data"]) for g in sink.messages] == [t], "sink got %s" % [token_of(g["data"]) for g in sink.messages])
+
+
+@test(modes=BOTH)
+def relay_large_message(ctx, storage):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server(storage=storage).start()
+    t = tok()
+    body = "".join(".%05d %s\r\n" % (i, "x" * (i % 97)) for i in range(1600))  # ~90 KB, every line dot-stuffed
+    msg = make_msg(t, to="user@remote.test", body=body)
+    check(srv.send(["user@remote.test", "alice@example.test"], msg) == {}, "refused")
+    got = sink_wait(sink, 1, 10)
+    check_relayed(got[0]["data"], msg)
+    check_message(srv.fetch("alice@example.test")[0]["data"], msg)
+
+
+@test()
+def relay_mx_ipv6(ctx):
+    need_ipv6()
+    net = Net(ctx)
+    port = free_ports(1, "::1")[0]
+    net.dns.mx("remote.test", [(10, "mx6.remote.test")])
+    net.dns.aaaa("mx6.remote.test", ["::1"])
+    sink = net.sink("::1", port)
+    srv = net.server(relay={"port": port})
+    six = free_ports(1, "::1")[0]
+    srv.keys["smtp"] += ", [::1]:%d" % six
+    srv.write_ini()
+    srv.start()
+    c = srv.smtp(port=six, host="::1")  # ::1 is in the default relay_networks
+    t = tok()
+    msg = make_msg(t, to="user@remote.test")
+    code, text = c.send_mail(SENDER, ["user@remote.test"], msg)
+    check(code == 250, "end of DATA: %s" % short(text))
+    got = sink_wait(sink, 1, 10)
+    check_relayed(got[0]["data"], msg)
+
+
+@test()
+def relay_networks_cidr(ctx):
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server(server={"relay_networks": "10.0.0.0/8, 127.0.0.0/30"}).start()
+    for source, code in (("127.0.0.2", 250), ("127.0.0.3", 250), ("127.0.0.5", 550), ("127.0.0.1", 250)):
+        c = ctx.track(Smtp(srv.smtp_port, source=source))
+        check(c.reply()[0] == 220, "greeting")
+        c.expect("EHLO client.test", 250)
+        c.expect("MAIL FROM:<%s>" % SENDER, 250)
+        c.expect("RCPT TO:<user@remote.test>", code, "2.1.5" if code == 250 else "5.7.1")
+        c.expect("QUIT", 221)
