@@ -1,4 +1,5 @@
-# mailsrv - see README.md. `make run` and `make test` install missing packages where they can.
+# mailsrv - see README.md. `make run` and `make test` install missing packages where they can;
+# `make` alone installs nothing: it says what is missing and how to install it.
 CC      ?= cc
 CFLAGS  ?= -O2 -g
 WARN     = -std=c99 -Wall -Wextra -pedantic -Werror
@@ -43,15 +44,39 @@ endif
 
 all: $(firstword $(TEST_BINS))
 
+# ---- every build of mailsrv and of the unit tests: one rule each --------------------------------
+# A binary's directory says which build it is; the variables below describe the native build
+# (./mailsrv, test/unit), and each other directory sets those it changes (SAN and the builds
+# without TLS or with faults just below, the other platforms further down).
+MAILSRV_BINS = mailsrv $(SAN_DIR)/mailsrv build/notls/mailsrv build/faults/mailsrv \
+               build/musl/mailsrv build/musl-notls/mailsrv build/armhf/mailsrv build/arm64/mailsrv \
+               build/armv6/mailsrv build/windows/mailsrv.exe
+UNIT_BINS    = test/unit $(SAN_DIR)/unit build/notls/unit \
+               build/musl/unit build/armhf/unit build/arm64/unit build/armv6/unit build/windows/unit.exe
+# the compiler; its flags for mailsrv and for the unit tests; defines and include directories;
+# what is linked, in order
+BIN_CC     = $(CC)
+BIN_FLAGS  = $(CFLAGS)
+UNIT_FLAGS = $(CFLAGS)
+BIN_DEFS   = $(TLS_DEFS)
+BIN_LIBS   = $(LIBS)
+# What a build against the system's libraries runs first: a check that prints what is missing and
+# the apt-get line that installs it, and installs nothing. `make run` and `make bench` install
+# instead (target-specific values are inherited by prerequisites: here, by their ./mailsrv).
+DEPS_CMD   = ./test/deps.sh --check $(DEPS_OPT)
+run bench: DEPS_CMD = ./test/deps.sh $(DEPS_OPT)
+
+$(MAILSRV_BINS): %: mailsrv.c mailsrv.h
+	@$(DEPS_CMD)
+	@mkdir -p $(@D)
+	$(BIN_CC) $(WARN) $(BIN_FLAGS) $(BIN_DEFS) -o $@ mailsrv.c $(BIN_LIBS)
+$(UNIT_BINS): %: test/unit.c mailsrv.c mailsrv.h
+	@mkdir -p $(@D)
+	$(BIN_CC) $(WARN) $(UNIT_FLAGS) $(BIN_DEFS) -Wno-unused-function -o $@ test/unit.c $(BIN_LIBS)
+
 $(TLS_STAMP):
 	@mkdir -p build && rm -f build/tls-0 build/tls-1 && touch $@
-
-mailsrv: mailsrv.c mailsrv.h $(TLS_STAMP)
-	@./test/deps.sh $(DEPS_OPT)
-	$(CC) $(WARN) $(CFLAGS) $(TLS_DEFS) -o $@ mailsrv.c $(LIBS)
-
-test/unit: test/unit.c mailsrv.c mailsrv.h $(TLS_STAMP)
-	$(CC) $(WARN) $(CFLAGS) $(TLS_DEFS) -Wno-unused-function -o $@ test/unit.c $(LIBS)
+mailsrv test/unit: $(TLS_STAMP)
 
 run: mailsrv
 	./mailsrv -c mailsrv.ini
@@ -66,23 +91,19 @@ test:
 
 $(SAN_STAMP):
 	@mkdir -p $(@D) && rm -f $(@D)/cc-* && touch $@
-$(SAN_DIR)/mailsrv: mailsrv.c mailsrv.h $(SAN_STAMP)
-	@./test/deps.sh $(DEPS_OPT)
-	$(CC) $(WARN) $(CFLAGS) $(SAN_FLAGS) $(TLS_DEFS) -o $@ mailsrv.c $(LIBS)
-$(SAN_DIR)/unit: test/unit.c mailsrv.c mailsrv.h $(SAN_STAMP)
-	$(CC) $(WARN) $(CFLAGS) $(SAN_FLAGS) $(TLS_DEFS) -Wno-unused-function -o $@ test/unit.c $(LIBS)
+$(SAN_DIR)/mailsrv $(SAN_DIR)/unit: $(SAN_STAMP)
+$(SAN_DIR)/%: BIN_FLAGS  = $(CFLAGS) $(SAN_FLAGS)
+$(SAN_DIR)/%: UNIT_FLAGS = $(CFLAGS) $(SAN_FLAGS)
 
 bench: mailsrv
 	$(PYTHON) test/bench.py
 
 # The native suite without TLS, whatever TLS says (the TLS tests report themselves skipped).
 # Its own paths, so it never mixes with ./mailsrv.
-build/notls/mailsrv: mailsrv.c mailsrv.h
-	@./test/deps.sh --no-tls
-	@mkdir -p $(@D)
-	$(CC) $(WARN) $(CFLAGS) -DMAILSRV_ENABLE_TLS=0 -o $@ mailsrv.c -linih
-build/notls/unit: test/unit.c mailsrv.c mailsrv.h build/notls/mailsrv
-	$(CC) $(WARN) $(CFLAGS) -DMAILSRV_ENABLE_TLS=0 -Wno-unused-function -o $@ test/unit.c -linih
+build/notls/%: BIN_DEFS = -DMAILSRV_ENABLE_TLS=0
+build/notls/%: BIN_LIBS = -linih
+build/notls/%: DEPS_CMD = ./test/deps.sh --check --no-tls
+build/notls/unit: build/notls/mailsrv
 notls-test:
 	@./test/deps.sh --test --no-tls
 	$(MAKE) build/notls/mailsrv build/notls/unit
@@ -90,9 +111,8 @@ notls-test:
 
 # Fault injection: a build whose Nth write/fsync/rename/link/malloc fails on request
 # (MAILSRV_FAULT=OP:N), and the e2e fault_ tests that drive it. Never a real build.
-build/faults/mailsrv: mailsrv.c mailsrv.h $(TLS_STAMP)
-	@mkdir -p $(@D)
-	$(CC) $(WARN) $(CFLAGS) $(TLS_DEFS) -DMAILSRV_FAULTS=1 -o $@ mailsrv.c $(LIBS)
+build/faults/mailsrv: $(TLS_STAMP)
+build/faults/%: BIN_DEFS = $(TLS_DEFS) -DMAILSRV_FAULTS=1
 fault-test:
 	@./test/deps.sh --test $(DEPS_OPT)
 	$(MAKE) mailsrv build/faults/mailsrv
@@ -135,7 +155,7 @@ WINE       = env WINEPREFIX=$(WINEPREFIX_DIR) WINEDEBUG=-all WINEDLLOVERRIDES=ms
 
 # Each target's compiler, archiver and ABI flags, for everything built under build/TARGET/
 # (the libraries too: 32-bit ARM gets a 64-bit time_t in BearSSL and inih as in mailsrv).
-build/musl/%:    XCC = musl-gcc
+build/musl/% build/musl-notls/%: XCC = musl-gcc
 build/musl/%:    XAR = ar
 build/armhf/%:   XCC = $(ARMHF)-gcc
 build/armhf/%:   XAR = $(ARMHF)-ar
@@ -179,34 +199,32 @@ $(dir $(BR_LIB))bearssl/%.o: $(BEARSSL_DIR)/src/%.c
 	@$(XCC) -Os $(XARCH) -I$(BEARSSL_DIR)/inc -I$(BEARSSL_DIR)/src -c $< -o $@
 endif
 
-# One rule per target: compiler, flags, libraries.
-build/musl/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,musl) $(TLS_STAMP)
-	musl-gcc $(WARN) $(XFLAGS) $(XDEFS) -static -o $@ mailsrv.c $(call XLIBS,musl)
+# mailsrv and its unit tests for each of them (the rules are those of ./mailsrv and test/unit):
+# the target's compiler and its own copies of the libraries; the unit tests built with -O1.
+XDIRS = build/musl build/musl-notls build/armhf build/arm64 build/armv6 build/windows
+$(XDIRS:=/%): BIN_CC     = $(XCC)
+$(XDIRS:=/%): BIN_FLAGS  = $(XFLAGS)
+$(XDIRS:=/%): UNIT_FLAGS = -O1
+$(XDIRS:=/%): BIN_DEFS   = $(XDEFS) $(XARCH)
+$(XDIRS:=/%): BIN_LIBS   = $(call XLIBS,$(notdir $(@D))) $(XLINK)
+$(XDIRS:=/%): DEPS_CMD   =
+# static: musl, and ARMv6 (Pi Zero/1: armel soft-float, run on an emulated ARM1176)
+build/musl/% build/musl-notls/% build/armv6/%: XLINK = -static
+# -ladvapi32: BearSSL's system RNG seeder (CryptGenRandom); mingw gcc adds it anyway, clang does not
+build/windows/%: XLINK = -lws2_32 -liphlpapi -ladvapi32
 # musl static without TLS: the footprint benchmark's "< 150 KB without TLS" figure. Linked
 # without -z separate-code (binutils' layout before 2.31): that saves 7 KB of page padding.
-build/musl-notls/mailsrv: mailsrv.c mailsrv.h build/musl/libinih.a
-	@mkdir -p $(@D)
-	musl-gcc $(WARN) $(XFLAGS) -Wl,-z,noseparate-code -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) -DMAILSRV_ENABLE_TLS=0 -static -o $@ mailsrv.c build/musl/libinih.a
-build/musl/unit: test/unit.c mailsrv.c build/musl/mailsrv
-	musl-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -static -o $@ test/unit.c $(call XLIBS,musl)
-build/armhf/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,armhf) $(TLS_STAMP)
-	$(ARMHF)-gcc $(WARN) $(XFLAGS) $(XDEFS) $(XARCH) -o $@ mailsrv.c $(call XLIBS,armhf)
-build/armhf/unit: test/unit.c mailsrv.c build/armhf/mailsrv
-	$(ARMHF)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) $(XARCH) -o $@ test/unit.c $(call XLIBS,armhf)
-build/arm64/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,arm64) $(TLS_STAMP)
-	$(ARM64)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c $(call XLIBS,arm64)
-build/arm64/unit: test/unit.c mailsrv.c build/arm64/mailsrv
-	$(ARM64)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -o $@ test/unit.c $(call XLIBS,arm64)
-# ARMv6 (Pi Zero/1): armel soft-float, static, run on an emulated ARM1176
-build/armv6/mailsrv: mailsrv.c mailsrv.h $(call XLIBS,armv6) $(TLS_STAMP)
-	$(ARMEL)-gcc $(WARN) $(XFLAGS) $(XDEFS) $(XARCH) -static -o $@ mailsrv.c $(call XLIBS,armv6)
-build/armv6/unit: test/unit.c mailsrv.c build/armv6/mailsrv
-	$(ARMEL)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) $(XARCH) -static -o $@ test/unit.c $(call XLIBS,armv6)
-# -ladvapi32: BearSSL's system RNG seeder (CryptGenRandom); mingw gcc adds it anyway, clang does not
-build/windows/mailsrv.exe: mailsrv.c mailsrv.h $(call XLIBS,windows) $(TLS_STAMP)
-	$(MINGW)-gcc $(WARN) $(XFLAGS) $(XDEFS) -o $@ mailsrv.c $(call XLIBS,windows) -lws2_32 -liphlpapi -ladvapi32
-build/windows/unit.exe: test/unit.c mailsrv.c build/windows/mailsrv.exe
-	$(MINGW)-gcc $(WARN) -Wno-unused-function -O1 $(XDEFS) -o $@ test/unit.c $(call XLIBS,windows) -lws2_32 -liphlpapi -ladvapi32
+build/musl-notls/%: BIN_FLAGS = $(XFLAGS) -Wl,-z,noseparate-code
+build/musl-notls/%: BIN_DEFS  = -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) -DMAILSRV_ENABLE_TLS=0
+build/musl-notls/%: BIN_LIBS  = build/musl/libinih.a $(XLINK)
+build/musl/mailsrv:         $(call XLIBS,musl) $(TLS_STAMP)
+build/musl-notls/mailsrv:   build/musl/libinih.a
+build/armhf/mailsrv:        $(call XLIBS,armhf) $(TLS_STAMP)
+build/arm64/mailsrv:        $(call XLIBS,arm64) $(TLS_STAMP)
+build/armv6/mailsrv:        $(call XLIBS,armv6) $(TLS_STAMP)
+build/windows/mailsrv.exe:  $(call XLIBS,windows) $(TLS_STAMP)
+build/musl/unit build/armhf/unit build/arm64/unit build/armv6/unit: build/%/unit: build/%/mailsrv
+build/windows/unit.exe: build/windows/mailsrv.exe
 
 static: build/musl/mailsrv
 	cp build/musl/mailsrv mailsrv-static && strip mailsrv-static

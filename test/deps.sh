@@ -6,13 +6,16 @@
 #   --cross      and the toolchains and emulators of the other platforms
 #   --sources    deb-src entries so that `apt-get source` finds inih's and BearSSL's source
 #   --no-tls     (alone or with one of the above) for `make TLS=0`: no libbearssl-dev
+#   --check      (with any of the above) install nothing: say what is missing and the exact
+#                apt-get line, and fail (`make` and `make mailsrv` run this one)
 set -u
-mode="" tls=1
+mode="" tls=1 check=0
 for a in "$@"; do
     case $a in
         --no-tls) tls=0;;
+        --check) check=1;;
         --test|--cross|--sources) mode=$a;;
-        *) echo "usage: $0 [--test|--cross|--sources] [--no-tls]" >&2; exit 2;;
+        *) echo "usage: $0 [--test|--cross|--sources] [--no-tls] [--check]" >&2; exit 2;;
     esac
 done
 need=""
@@ -38,6 +41,9 @@ if [ "$(id -u)" = 0 ]; then SUDO=""
 elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"
 else SUDO=no
 fi
+# the command that installs, as the lines below print it
+case $(id -u) in 0) apt_install="apt-get install";; *) apt_install="sudo apt-get install";; esac
+[ $check = 0 ] || SUDO=no
 if [ "$mode" = "--sources" ]; then
     # Debian's source index for this mirror (bookworm has bearssl 0.6+dfsg.1-3 and no libinih 59
     # source; trixie has libinih 59-1)
@@ -58,8 +64,9 @@ fi
 [ -z "$need" ] && exit 0
 if [ "$SUDO" = no ]; then
     echo "mailsrv needs:$need" >&2
-    echo "install them with:  sudo apt-get install$need" >&2
+    echo "install them with:  $apt_install$need" >&2
     case $need in *libbearssl-dev*) echo "(or build without TLS:  make TLS=0)" >&2;; esac
+    [ $check = 0 ] || echo "(\`make deps\`, \`make run\` and \`make test\` install them as root or with password-less sudo)" >&2
     exit 1
 fi
 echo "installing:$need"

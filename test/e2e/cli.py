@@ -138,19 +138,26 @@ def quick_start_without_root_prints_apt_line(ctx):
     """The README's quick start without root or sudo: when a package is missing, `make run` and
     `make test` stop before building anything and print the exact `sudo apt-get install ...` line
     (here libbearssl-dev, which a fake dpkg reports missing; with its `make TLS=0` way out). As root
-    the commands run as nobody; sudo is a fake that refuses."""
+    the commands run as nobody; sudo is a fake that refuses. `make` alone and `make mailsrv` print
+    the same line and never call apt-get, even with password-less sudo (a fake that runs its
+    command), with which `make run` does call it (a fake apt-get that notes its arguments, and
+    fails, so nothing is built)."""
     dpkg, make = need_program("dpkg", "dpkg"), need_program("make", "make")
     repo = os.path.join(ctx.dir, "repo")
     os.makedirs(os.path.join(repo, "test"))
     for f in ("Makefile", "mailsrv.c", "mailsrv.h", "mailsrv.ini", "test/deps.sh"):
         shutil.copy2(os.path.join(REPO, f), os.path.join(repo, f))
-    fake = os.path.join(ctx.dir, "fakebin")
-    os.makedirs(fake)
-    for name, text in (("dpkg", 'case "$2" in libbearssl-dev) exit 1;; esac\nexec %s "$@"\n' % dpkg),
-                       ("sudo", "exit 1\n")):
-        with open(os.path.join(fake, name), "w") as f:
-            f.write("#!/bin/sh\n" + text)
-        os.chmod(os.path.join(fake, name), 0o755)
+    apt_calls = os.path.join(ctx.dir, "apt-get-calls")
+    fakes = {}
+    for dirname, sudo in (("fakebin", "exit 1\n"), ("fakebin-sudo", '[ "$1" = -n ] && shift\nexec "$@"\n')):
+        fakes[dirname] = os.path.join(ctx.dir, dirname)
+        os.makedirs(fakes[dirname])
+        for name, text in (("dpkg", 'case "$2" in libbearssl-dev) exit 1;; esac\nexec %s "$@"\n' % dpkg),
+                           ("sudo", sudo),
+                           ("apt-get", 'echo "$*" >> %s\nexit 1\n' % apt_calls)):
+            with open(os.path.join(fakes[dirname], name), "w") as f:
+                f.write("#!/bin/sh\n" + text)
+            os.chmod(os.path.join(fakes[dirname], name), 0o755)
     as_user = []
     if os.geteuid() == 0:
         as_user = [need_program("setpriv", "util-linux"), "--reuid", "nobody", "--regid", "nogroup", "--clear-groups"]
@@ -158,14 +165,31 @@ def quick_start_without_root_prints_apt_line(ctx):
             os.chmod(d, 0o777)  # nobody builds there
             for f in files:
                 os.chmod(os.path.join(d, f), 0o755)
-    env = dict(os.environ, PATH=fake + ":/usr/bin:/bin", HOME=ctx.dir)
-    for target in ("run", "test"):
-        r = subprocess.run(as_user + [make, "-s", target], cwd=repo, env=env, capture_output=True, timeout=secs(60))
+
+    def apt_get_calls():
+        return read(apt_calls).decode() if os.path.exists(apt_calls) else ""
+
+    def make_fails(fakebin, target):
+        env = dict(os.environ, PATH=fakes[fakebin] + ":/usr/bin:/bin", HOME=ctx.dir)
+        r = subprocess.run(as_user + [make, "-s"] + ([target] if target else []), cwd=repo, env=env,
+                           capture_output=True, timeout=secs(60))
         err = r.stderr.decode(errors="replace")
-        check(r.returncode != 0, "make %s without root or sudo succeeded: %s" % (target, short(err, 300)))
+        what = "make %s (%s)" % (target, fakebin) if target else "make (%s)" % fakebin
+        check(apt_get_calls() == "", "%s called apt-get: %s" % (what, short(apt_get_calls())))
+        check(r.returncode != 0, "%s without libbearssl-dev succeeded: %s" % (what, short(err, 300)))
         check("install them with:  sudo apt-get install libbearssl-dev\n" in err and "make TLS=0" in err,
-              "make %s printed no exact apt-get line: %s" % (target, short(err, 400)))
-        check(not os.path.exists(os.path.join(repo, "mailsrv")), "make %s built mailsrv anyway" % target)
+              "%s printed no exact apt-get line: %s" % (what, short(err, 400)))
+        check(not os.path.exists(os.path.join(repo, "mailsrv")), "%s built mailsrv anyway" % what)
+
+    for target in ("run", "test", "", "mailsrv"):
+        make_fails("fakebin", target)
+    for target in ("", "mailsrv"):
+        make_fails("fakebin-sudo", target)
+    env = dict(os.environ, PATH=fakes["fakebin-sudo"] + ":/usr/bin:/bin", HOME=ctx.dir)
+    r = subprocess.run(as_user + [make, "-s", "run"], cwd=repo, env=env, capture_output=True, timeout=secs(60))
+    check(r.returncode != 0 and "install -y -qq --no-install-recommends libbearssl-dev" in apt_get_calls(),
+          "make run with password-less sudo did not call apt-get install libbearssl-dev: %s %s"
+          % (short(apt_get_calls()), short(r.stderr, 300)))
 
 
 @test()
