@@ -845,6 +845,28 @@ def relay_max_outbound(ctx):
     check(sink.peak == 2, "%d outbound sessions at once with max_outbound = 2" % sink.peak)
 
 
+@test(limit=60)
+def relay_reuses_connection(ctx):
+    """Messages queued for one domain while a session to it is open go over that session, one
+    transaction after another (Postfix's connection reuse): three messages, max_outbound = 1, a
+    next hop that greets nobody until released; released, it gets all three over one connection."""
+    net = Net(ctx)
+    sink = ctx.track(ClaimsbHoldSink("127.0.0.2", net.port))
+    srv = net.server(relay={"max_outbound": "1", "timeout": "60"},
+                     route={"far.test": "127.0.0.2:%d" % net.port}).start()
+    try:
+        sent = [relay_mail(srv, ["user@far.test"])[0]]
+        wait_for(lambda: len(sink.held) >= 1, 10, "the outbound session at the next hop")
+        sent += [relay_mail(srv, ["user@far.test"])[0] for _ in range(2)]
+    finally:
+        sink.gate.set()
+    got = sink_wait(sink, 3, 20, "messages after the release")
+    check(sorted(token_of(g["data"]) for g in got) == sorted(sent), "the next hop got %s, expected %s"
+          % ([token_of(g["data"]) for g in got], sent))
+    wait_queue_empty(srv)
+    check(sink.connections == 1, "%d connections for three messages to one domain, expected 1" % sink.connections)
+
+
 class ClaimsbMuteSink(fakes.SmtpSink):
     """A sink that greets, then reads every line and answers none; notes when it greeted, the
     lines, and when the server closed."""
