@@ -19,16 +19,20 @@
  *   3. Platform layer (the only place for OS differences)
  *   4. Utilities: buffers, strings, time, logging, SHA-256, base64, PBKDF2
  *   5. Config: INI loading, validation, address resolution, INI editing
- *   6. Pure parsers: SMTP commands and paths, the DATA byte machine, mboxrd
- *   7. Storage: Maildir and mbox delivery, the POP3 mailbox view
+ *   6. Pure parsers (fuzzed): SMTP commands and paths, the DATA byte machine,
+ *      AUTH, DNS messages, queue envelopes, remote replies, mboxrd, headers
+ *   7. Storage: Maildir and mbox behind one ops table (delivery, its undo, the
+ *      mbox journal and locks, the POP3 mailbox view), the relay queue files
  *   8. TLS glue: BearSSL engines between sockets and session buffers
- *   9. Connections: buffers, I/O
+ *   9. Connections: the server and connection structs, protocol ops, replies,
+ *      I/O, AUTH outcomes, per-client limits
  *  10. SMTP server session
  *  11. POP3 server session
  *  12. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
  *  13. Mailing lists: confirmed subscription, posts, bounce counting
  *  14. Event loop: listeners, accept, poll, timers, reload, stop
- *  15. Public API and main()
+ *  15. Public API (mailsrv.h)
+ *  16. Command line and main(): check, add/del/users, queue, gencert, passwd
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
  * file). MAILSRV_ENABLE_TLS=1 adds TLS with BearSSL (section 8).
@@ -9303,7 +9307,7 @@ loop_clean_tmp(struct mailsrv *ms, int64_t now)
     os_list_dir(dir, loop_clean_tmp_entry, &tc);
 }
 
-/*==== 15. Public API and main ====*/
+/*==== 15. Public API ====*/
 
 static void
 default_log(void *user, const char *line)
@@ -9649,7 +9653,7 @@ mailsrv_run(struct mailsrv *ms)
     return 0;
 }
 
-/* ---- command line ---- */
+/*==== 16. Command line and main() ====*/
 
 static int
 cli_split_address(const char *arg, char *user, char *domain)
