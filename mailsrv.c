@@ -1635,11 +1635,7 @@ enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
 struct tls_creds; /* section 8 */
 struct tls_sess;
-#if MAILSRV_ENABLE_TLS
 static void tls_creds_release(struct tls_creds *t);
-static struct tls_creds *tls_creds_load(const char *cert, const char *key, char *err, size_t n);
-static struct tls_creds *tls_anchors_load(const char *path, char *err, size_t n);
-#endif
 enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
 static const char *const proto_names[] = {"smtp", "submission", "pop3"};
 
@@ -2299,10 +2295,8 @@ cfg_free(struct ms_config *c)
     for (i = 0; i < c->nroutes; i++) free(c->routes[i].domain);
     free(c->routes);
     free(c->lists);
-#if MAILSRV_ENABLE_TLS
     tls_creds_release(c->tls);
     tls_creds_release(c->ca);
-#endif
     free(c->domains);
     free(c->path);
     free(c->dir);
@@ -2589,32 +2583,6 @@ cfg_new(const char *path)
     return c;
 }
 
-/* The certificate, key and CA files: loaded here, so `check` reports them. */
-static void
-cfg_load_tls_files(struct ms_config *c)
-{
-    int i, tls_listen = 0;
-    for (i = 0; i < c->nlisten; i++) tls_listen |= c->listen[i].tls;
-#if MAILSRV_ENABLE_TLS
-    {
-        char err[2600];
-        if (c->tls_cert[0] || c->tls_key[0]) {
-            if (!c->tls_cert[0] || !c->tls_key[0]) cfg_error(c, 0, "tls_cert and tls_key go together");
-            else if (!(c->tls = tls_creds_load(c->tls_cert, c->tls_key, err, sizeof err))) cfg_error(c, 0, "TLS: %s", err);
-        } else if (tls_listen) {
-            cfg_error(c, 0, "smtps and pop3s need tls_cert and tls_key (`mailsrv gencert` makes a pair)");
-        }
-        if (c->relay_tls == RTLS_VERIFY) {
-            if (!c->ca_file[0]) cfg_error(c, 0, "[relay] tls = verify needs ca_file");
-            else if (!(c->ca = tls_anchors_load(c->ca_file, err, sizeof err))) cfg_error(c, 0, "[relay] ca_file: %s", err);
-        }
-    }
-#else
-    if (tls_listen || c->tls_cert[0] || c->tls_key[0] || c->relay_tls == RTLS_VERIFY)
-        cfg_error(c, 0, "TLS is not available: this mailsrv was built without it (make TLS=0)");
-#endif
-}
-
 static char *
 cfg_read_file(const char *path, size_t *len)
 {
@@ -2629,6 +2597,8 @@ cfg_read_file(const char *path, size_t *len)
     *len = b.len;
     return b.p;
 }
+
+static void cfg_load_tls_files(struct ms_config *c); /* section 8 */
 
 /* Loads from a file (text == NULL) or from text. Always returns a config;
  * check c->nerrors. tls_files = 0 skips reading the TLS files (gencert). */
@@ -4780,7 +4750,14 @@ static const struct store_ops mbox_store = {
 
 /*==== 8. TLS glue (BearSSL) ====*/
 /*
- * Compiled only with MAILSRV_ENABLE_TLS. The certificate chain and key are
+ * The TLS #if of the file (besides the include and gencert's two platform
+ * helpers): with MAILSRV_ENABLE_TLS=0, the #else block after the BearSSL code
+ * defines the same functions as stubs (as Mongoose's tls_dummy.c does), so
+ * the rest of the file calls them in both builds. That build never makes a
+ * TLS session, so the stubs that take one are never reached; the others
+ * say "no": no certificate, no session, no gencert.
+ *
+ * With BearSSL: the certificate chain and key are
  * loaded with the configuration and shared, reference-counted, by the
  * sessions that use them, so a reload never frees a key in use. A TLS
  * session is a BearSSL engine between the socket and the session's
@@ -4789,6 +4766,8 @@ static const struct store_ops mbox_store = {
  * engine waits for. Plain-text sessions carry no TLS state at all.
  */
 #if MAILSRV_ENABLE_TLS
+
+#define TLS_BUILT_IN "BearSSL, TLS 1.2" /* for `mailsrv -V` */
 
 struct tls_creds {
     int refs;
@@ -5043,10 +5022,17 @@ tls_engine_setup(struct tls_sess *t)
     br_ssl_engine_add_flags(t->eng, BR_OPT_NO_RENEGOTIATION);
 }
 
+/* A server session; *cache: the session resumption cache, one LRU for the
+ * whole server, made on first use (the caller frees it). */
 static struct tls_sess *
-tls_server_new(struct tls_creds *creds, const br_ssl_session_cache_class **cache)
+tls_server_new(struct tls_creds *creds, void **cache)
 {
     struct tls_sess *t = xrealloc(NULL, sizeof *t);
+    if (!*cache) {
+        struct { br_ssl_session_cache_lru lru; unsigned char store[MS_TLS_CACHE]; } *lru = xrealloc(NULL, sizeof *lru);
+        br_ssl_session_cache_lru_init(&lru->lru, lru->store, sizeof lru->store);
+        *cache = lru;
+    }
     memset(t, 0, offsetof(struct tls_sess, ibuf));
     t->creds = creds;
     creds->refs++;
@@ -5057,7 +5043,7 @@ tls_server_new(struct tls_creds *creds, const br_ssl_session_cache_class **cache
                                    br_skey_decoder_get_ec(&creds->skey));
     t->eng = &t->u.s.eng;
     tls_engine_setup(t);
-    br_ssl_server_set_cache(&t->u.s, cache);
+    br_ssl_server_set_cache(&t->u.s, &((br_ssl_session_cache_lru *)*cache)->vtable);
     br_ssl_server_reset(&t->u.s);
     return t;
 }
@@ -5256,6 +5242,344 @@ tls_close(struct tls_sess *t, ms_sock_t fd)
     tls_pump(t, fd);
 }
 
+/* The outcome of the handshake, once: 1 with the log line in out, 0 while
+ * it goes on or once told. */
+static int
+tls_report(struct tls_sess *t, char *out, size_t n)
+{
+    char what[128];
+    if (t->reported) return 0;
+    if (tls_done(t)) {
+        tls_describe(t, what, sizeof what);
+        snprintf(out, n, "tls ok %s", what);
+    } else if (tls_error(t)) {
+        tls_error_text(tls_error(t), what, sizeof what);
+        snprintf(out, n, "tls handshake failed: %s", what);
+    } else {
+        return 0;
+    }
+    t->reported = 1;
+    return 1;
+}
+
+/* The certificate, key and CA files: loaded here, so `check` reports them. */
+static void
+cfg_load_tls_files(struct ms_config *c)
+{
+    char err[2600];
+    int i, tls_listen = 0;
+    for (i = 0; i < c->nlisten; i++) tls_listen |= c->listen[i].tls;
+    if (c->tls_cert[0] || c->tls_key[0]) {
+        if (!c->tls_cert[0] || !c->tls_key[0]) cfg_error(c, 0, "tls_cert and tls_key go together");
+        else if (!(c->tls = tls_creds_load(c->tls_cert, c->tls_key, err, sizeof err))) cfg_error(c, 0, "TLS: %s", err);
+    } else if (tls_listen) {
+        cfg_error(c, 0, "smtps and pop3s need tls_cert and tls_key (`mailsrv gencert` makes a pair)");
+    }
+    if (c->relay_tls == RTLS_VERIFY) {
+        if (!c->ca_file[0]) cfg_error(c, 0, "[relay] tls = verify needs ca_file");
+        else if (!(c->ca = tls_anchors_load(c->ca_file, err, sizeof err))) cfg_error(c, 0, "[relay] ca_file: %s", err);
+    }
+}
+
+/* ---- gencert: a self-signed ECDSA P-256 certificate, written in DER by hand ---- */
+static int cli_print_errors(const struct ms_config *c); /* section 15 */
+
+static void
+der_add(struct buf *b, unsigned tag, const void *p, size_t n)
+{
+    unsigned char h[4];
+    size_t hl = 0;
+    h[hl++] = (unsigned char)tag;
+    if (n < 0x80) h[hl++] = (unsigned char)n;
+    else if (n < 0x100) { h[hl++] = 0x81; h[hl++] = (unsigned char)n; }
+    else { h[hl++] = 0x82; h[hl++] = (unsigned char)(n >> 8); h[hl++] = (unsigned char)n; }
+    buf_add(b, h, hl);
+    if (n) buf_add(b, p, n);
+}
+
+/* Wraps what `in` holds in one TLV appended to out; frees in. */
+static void
+der_wrap(struct buf *out, unsigned tag, struct buf *in)
+{
+    der_add(out, tag, in->p, in->len);
+    buf_free(in);
+}
+
+static void
+der_name(struct buf *out, const char *cn)
+{
+    static const unsigned char oid_cn[] = {0x55, 0x04, 0x03};
+    struct buf atv = {0}, set = {0}, seq = {0};
+    der_add(&atv, 0x06, oid_cn, sizeof oid_cn);
+    der_add(&atv, 0x0c, cn, strlen(cn)); /* UTF8String */
+    der_wrap(&set, 0x30, &atv);
+    der_wrap(&seq, 0x31, &set);
+    der_wrap(out, 0x30, &seq);
+}
+
+/* RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime after. */
+static void
+der_time(struct buf *out, time_t t)
+{
+    char s[32];
+    struct tm tm, *g = gmtime(&t);
+    memset(&tm, 0, sizeof tm);
+    if (g) tm = *g;
+    if (tm.tm_year + 1900 < 2050) {
+        snprintf(s, sizeof s, "%02d%02d%02d%02d%02d%02dZ", tm.tm_year % 100, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        der_add(out, 0x17, s, strlen(s));
+    } else {
+        snprintf(s, sizeof s, "%04d%02d%02d%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        der_add(out, 0x18, s, strlen(s));
+    }
+}
+
+static int
+tls_write_pem(const char *path, const void *der, size_t len, const char *banner, int mode)
+{
+    size_t n = br_pem_encode(NULL, der, len, banner, BR_PEM_LINE64);
+    char *pem = xrealloc(NULL, n + 1);
+    int fd, rc = -1;
+    br_pem_encode(pem, der, len, banner, BR_PEM_LINE64);
+    if ((fd = os_open(path, O_WRONLY | O_CREAT | O_EXCL, mode)) >= 0) {
+        rc = os_write_all(fd, pem, n) < 0 || os_fsync(fd) != 0 ? -1 : 0;
+        if (os_close(fd) != 0) rc = -1;
+    }
+    free(pem);
+    return rc;
+}
+
+/* The subjectAltName of gencert's certificate (RFC 5280 4.2.1.6): what clients connect to,
+ * by name (dNSName, lower case) and by address (iPAddress, RFC 6125 6.4: an IP is never
+ * matched against a dNSName). Each entry once. */
+struct cert_names {
+    int nnames, nips;
+    char names[MS_CERT_NAMES][MS_DOMAIN_MAX + 1];
+    struct ms_addr ips[MS_CERT_NAMES];
+};
+
+/* Adds a host name ("*." allowed first) or an address; 0 (also when already there), -1 if it is
+ * neither or the list is full. */
+static int
+cert_names_add(struct cert_names *cn, const char *s, int ip)
+{
+    int i;
+    if (ip) {
+        struct ms_addr a;
+        if (net_addr_parse(s, 0, &a) != 0) return -1;
+        for (i = 0; i < cn->nips; i++)
+            if (cn->ips[i].family == a.family && memcmp(cn->ips[i].ip, a.ip, a.family == AF_INET ? 4 : 16) == 0) return 0;
+        if (cn->nips >= MS_CERT_NAMES) return -1;
+        cn->ips[cn->nips++] = a;
+    } else {
+        struct ms_addr a;
+        char low[MS_DOMAIN_MAX + 1];
+        size_t k;
+        if (ms_strlcpy(low, s, sizeof low) != 0 || net_addr_parse(s, 0, &a) == 0 ||
+            !cfg_valid_domain(strncmp(s, "*.", 2) == 0 ? s + 2 : s))
+            return -1;
+        for (k = 0; low[k]; k++) low[k] = (char)tolower((unsigned char)low[k]);
+        for (i = 0; i < cn->nnames; i++)
+            if (strcmp(cn->names[i], low) == 0) return 0;
+        if (cn->nnames >= MS_CERT_NAMES) return -1;
+        memcpy(cn->names[cn->nnames++], low, sizeof low);
+    }
+    return 0;
+}
+
+/* gencert's names: hostname (also the CN), the machine's name, localhost, 127.0.0.1, ::1, the
+ * machine's own addresses, then the --name and --ip options: -1 naming the first that is not a
+ * host name or an address, or that no longer fits. */
+static int
+cert_names_collect(struct cert_names *cn, const char *host, const char *const *names, int nnames,
+                   const char *const *ips, int nips, const char **bad)
+{
+    char machine[MS_DOMAIN_MAX + 1], addrs[MS_CERT_NAMES][64];
+    int i, n;
+    memset(cn, 0, sizeof *cn);
+    cert_names_add(cn, host, 0);
+    os_machine_name(machine, sizeof machine);
+    if (machine[0]) cert_names_add(cn, machine, 0); /* a machine name that is no host name is left out */
+    cert_names_add(cn, "localhost", 0);
+    cert_names_add(cn, "127.0.0.1", 1);
+    cert_names_add(cn, "::1", 1);
+    n = os_local_addrs(addrs, MS_CERT_NAMES / 2); /* room for the options */
+    for (i = 0; i < n; i++) cert_names_add(cn, addrs[i], 1);
+    for (i = 0; i < nnames; i++)
+        if (cert_names_add(cn, names[i], 0) != 0) { *bad = names[i]; return -1; }
+    for (i = 0; i < nips; i++)
+        if (cert_names_add(cn, ips[i], 1) != 0) { *bad = ips[i]; return -1; }
+    return 0;
+}
+
+/* Builds the certificate for `host`, valid from an hour ago for ten years, with the host as
+ * CN and the entries of san (or, without san, the host alone) as subjectAltName. */
+static int
+tls_make_cert(const char *host, const struct cert_names *san, struct buf *cert, struct buf *key)
+{
+    static const unsigned char oid_ecdsa_sha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
+    static const unsigned char oid_ec_pub[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
+    static const unsigned char oid_p256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
+    static const unsigned char oid_san[] = {0x55, 0x1d, 0x11};
+    static const unsigned char v3[] = {0x02, 0x01, 0x02};
+    br_hmac_drbg_context rng;
+    br_ec_private_key sk;
+    br_ec_public_key pk;
+    unsigned char seed[32], kbuf[BR_EC_KBUF_PRIV_MAX_SIZE], pbuf[BR_EC_KBUF_PUB_MAX_SIZE], serial[16], hash[32];
+    unsigned char sig[80], bits[BR_EC_KBUF_PUB_MAX_SIZE + 1], kder[200];
+    struct buf tbs = {0}, alg = {0}, tmp = {0}, tmp2 = {0}, spki = {0}, ext = {0}, all = {0};
+    br_sha256_context h;
+    size_t siglen, klen;
+    int i;
+    time_t now = time(NULL);
+    if (os_random(seed, sizeof seed) != 0 || os_random(serial, sizeof serial) != 0) return -1;
+    br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
+    if (!br_ec_keygen(&rng.vtable, br_ec_get_default(), &sk, kbuf, BR_EC_secp256r1) ||
+        !br_ec_compute_pub(br_ec_get_default(), &pk, pbuf, &sk))
+        return -1;
+    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
+    der_add(&alg, 0x06, oid_ecdsa_sha256, sizeof oid_ecdsa_sha256);
+    der_add(&tmp, 0xa0, v3, sizeof v3);                           /* version v3 */
+    der_add(&tmp, 0x02, serial, sizeof serial);
+    der_add(&tmp, 0x30, alg.p, alg.len);
+    der_name(&tmp, host);                                        /* issuer */
+    der_time(&tmp2, now - 3600);
+    der_time(&tmp2, now + 10L * 365 * 86400);
+    der_wrap(&tmp, 0x30, &tmp2);                                 /* validity */
+    der_name(&tmp, host);                                        /* subject */
+    der_add(&tmp2, 0x06, oid_ec_pub, sizeof oid_ec_pub);
+    der_add(&tmp2, 0x06, oid_p256, sizeof oid_p256);
+    der_wrap(&spki, 0x30, &tmp2);
+    bits[0] = 0;
+    memcpy(bits + 1, pk.q, pk.qlen);
+    der_add(&spki, 0x03, bits, pk.qlen + 1);
+    der_wrap(&tmp, 0x30, &spki);                                 /* subjectPublicKeyInfo */
+    if (!san) der_add(&tmp2, 0x82, host, strlen(host));          /* dNSName */
+    for (i = 0; san && i < san->nnames; i++) der_add(&tmp2, 0x82, san->names[i], strlen(san->names[i]));
+    for (i = 0; san && i < san->nips; i++)                       /* iPAddress: 4 or 16 octets */
+        der_add(&tmp2, 0x87, san->ips[i].ip, san->ips[i].family == AF_INET ? 4 : 16);
+    der_wrap(&ext, 0x30, &tmp2);                                 /* GeneralNames */
+    der_add(&tmp2, 0x06, oid_san, sizeof oid_san);
+    der_wrap(&tmp2, 0x04, &ext);
+    der_wrap(&ext, 0x30, &tmp2);                                 /* Extension */
+    der_wrap(&tmp2, 0x30, &ext);                                 /* Extensions */
+    der_wrap(&tmp, 0xa3, &tmp2);
+    der_wrap(&tbs, 0x30, &tmp);
+    br_sha256_init(&h);
+    br_sha256_update(&h, tbs.p, tbs.len);
+    br_sha256_out(&h, hash);
+    siglen = br_ecdsa_sign_asn1_get_default()(br_ec_get_default(), &br_sha256_vtable, hash, &sk, sig);
+    klen = br_encode_ec_raw_der(kder, &sk, &pk);
+    if (!siglen || !klen) { buf_free(&tbs); buf_free(&alg); return -1; }
+    bits[0] = 0;
+    memcpy(bits + 1, sig, siglen);
+    buf_add(&all, tbs.p, tbs.len);
+    der_add(&all, 0x30, alg.p, alg.len);
+    der_add(&all, 0x03, bits, siglen + 1);
+    der_wrap(cert, 0x30, &all);
+    buf_add(key, kder, klen);
+    buf_free(&tbs);
+    buf_free(&alg);
+    memset(kbuf, 0, sizeof kbuf);
+    memset(kder, 0, sizeof kder);
+    return 0;
+}
+
+/* `gencert [--name NAME]... [--ip ADDR]...`: a self-signed certificate and key at tls_cert /
+ * tls_key (default cert.pem and key.pem beside the INI) for hostname and what else clients
+ * connect to (cert_names_collect); never overwrites. */
+static int
+cli_gencert(const char *path, const char *const *names, int nnames, const char *const *ips, int nips)
+{
+    struct ms_config *c = cfg_load_ex(path, NULL, 0);
+    char cert[MS_PATH_DOMAIN], key[MS_PATH_DOMAIN], addr[64];
+    struct buf cb = {0}, kb = {0};
+    struct os_stat st;
+    struct cert_names *san = xrealloc(NULL, sizeof *san);
+    const char *bad = NULL;
+    int rc = 1, set = 0, i;
+    if (cli_print_errors(c)) { cfg_free(c); free(san); return 1; }
+    if (cert_names_collect(san, c->hostname, names, nnames, ips, nips, &bad) != 0) {
+        fprintf(stderr, "mailsrv: gencert: '%s' is not a host name or an IP address (or too many names: %d at most)\n",
+                bad, MS_CERT_NAMES);
+        cfg_free(c);
+        free(san);
+        return 1;
+    }
+    set = c->tls_cert[0] && c->tls_key[0];
+    if (ms_fmt(cert, sizeof cert, "%s", c->tls_cert[0] ? c->tls_cert : "") < 0 || !cert[0])
+        ms_fmt(cert, sizeof cert, "%s%scert.pem", c->dir, c->dir[0] ? "/" : "");
+    if (ms_fmt(key, sizeof key, "%s", c->tls_key[0] ? c->tls_key : "") < 0 || !key[0])
+        ms_fmt(key, sizeof key, "%s%skey.pem", c->dir, c->dir[0] ? "/" : "");
+    if (os_stat(cert, &st) == 0 || os_stat(key, &st) == 0) {
+        fprintf(stderr, "mailsrv: %s exists: gencert never overwrites; remove it first\n", os_stat(cert, &st) == 0 ? cert : key);
+    } else if (tls_make_cert(c->hostname, san, &cb, &kb) != 0) {
+        fprintf(stderr, "mailsrv: cannot make a key (is the system's random generator working?)\n");
+    } else if (tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) != 0 ||
+               tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) != 0) {
+        fprintf(stderr, "mailsrv: cannot write %s / %s: %s\n", cert, key, strerror(errno));
+    } else {
+        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\nnames:", cert, c->hostname, key);
+        for (i = 0; i < san->nnames; i++) printf(" %s", san->names[i]);
+        for (i = 0; i < san->nips; i++) {
+            net_addr_str(&san->ips[i], addr, sizeof addr);
+            printf(" %s", addr);
+        }
+        printf("\n");
+        if (!set) printf("add to [server] in %s:\n    tls_cert = %s\n    tls_key = %s\n", path, cert, key);
+        rc = 0;
+    }
+    if (kb.p) memset(kb.p, 0, kb.len);
+    buf_free(&kb);
+    buf_free(&cb);
+    cfg_free(c);
+    free(san);
+    return rc;
+}
+
+#else /* MAILSRV_ENABLE_TLS: the stubs */
+
+#define TLS_BUILT_IN "no"
+
+/* No session is ever made, so these are never reached with one. */
+static void tls_creds_release(struct tls_creds *t) { (void)t; }
+static struct tls_sess *tls_server_new(struct tls_creds *creds, void **cache) { (void)creds; (void)cache; return NULL; }
+static struct tls_sess *tls_client_new(struct tls_creds *anchors, const char *server_name) { (void)anchors; (void)server_name; return NULL; }
+static void tls_free(struct tls_sess *t) { (void)t; }
+static int tls_pump(struct tls_sess *t, ms_sock_t fd) { (void)t; (void)fd; return -1; }
+static long tls_recv(struct tls_sess *t, ms_sock_t fd, void *buf, size_t cap) { (void)t; (void)fd; (void)buf; (void)cap; return -1; }
+static long tls_send(struct tls_sess *t, ms_sock_t fd, const void *buf, size_t n) { (void)t; (void)fd; (void)buf; (void)n; return -1; }
+static short tls_events(const struct tls_sess *t, int app_out) { (void)t; (void)app_out; return 0; }
+static int tls_app_ready(const struct tls_sess *t) { (void)t; return 0; }
+static int tls_unsent(const struct tls_sess *t) { (void)t; return 0; }
+static int tls_done(const struct tls_sess *t) { (void)t; return 0; }
+static int tls_error(const struct tls_sess *t) { (void)t; return 0; }
+static void tls_error_text(int e, char *out, size_t n) { (void)e; (void)out; (void)n; }
+static int tls_report(struct tls_sess *t, char *out, size_t n) { (void)t; (void)out; (void)n; return 0; }
+static void tls_close(struct tls_sess *t, ms_sock_t fd) { (void)t; (void)fd; }
+
+/* A config that needs TLS is an error, with the same words as ever. */
+static void
+cfg_load_tls_files(struct ms_config *c)
+{
+    int i, tls_listen = 0;
+    for (i = 0; i < c->nlisten; i++) tls_listen |= c->listen[i].tls;
+    if (tls_listen || c->tls_cert[0] || c->tls_key[0] || c->relay_tls == RTLS_VERIFY)
+        cfg_error(c, 0, "TLS is not available: this mailsrv was built without it (make TLS=0)");
+}
+
+static int
+cli_gencert(const char *path, const char *const *names, int nnames, const char *const *ips, int nips)
+{
+    (void)path;
+    (void)names;
+    (void)nnames;
+    (void)ips;
+    (void)nips;
+    fprintf(stderr, "mailsrv: this mailsrv was built without TLS (make TLS=0): no gencert\n");
+    return 1;
+}
+
 #endif /* MAILSRV_ENABLE_TLS */
 
 /* ---- socket I/O, plain or through TLS: sessions use only these ---- */
@@ -5265,10 +5589,7 @@ static long
 io_send(ms_sock_t fd, struct tls_sess *t, const void *p, size_t n)
 {
     long r;
-#if MAILSRV_ENABLE_TLS
     if (t) return tls_send(t, fd, p, n);
-#endif
-    (void)t;
     if ((r = net_send(fd, p, n)) >= 0) return r;
     return net_would_block(net_error()) ? -2 : -1;
 }
@@ -5278,10 +5599,7 @@ static long
 io_recv(ms_sock_t fd, struct tls_sess *t, void *p, size_t cap)
 {
     long r;
-#if MAILSRV_ENABLE_TLS
     if (t) return tls_recv(t, fd, p, cap);
-#endif
-    (void)t;
     if (cap == 0) return -2;
     if ((r = net_recv(fd, p, cap)) >= 0) return r;
     return net_would_block(net_error()) ? -2 : -1;
@@ -5291,54 +5609,34 @@ io_recv(ms_sock_t fd, struct tls_sess *t, void *p, size_t cap)
 static int
 io_flush(ms_sock_t fd, struct tls_sess *t)
 {
-#if MAILSRV_ENABLE_TLS
-    if (t) return tls_pump(t, fd);
-#endif
-    (void)fd; (void)t;
-    return 0;
+    return t ? tls_pump(t, fd) : 0;
 }
 
 /* TLS records not yet on the socket: a close waits for them. */
 static int
 io_unsent(const struct tls_sess *t)
 {
-#if MAILSRV_ENABLE_TLS
     return t && tls_unsent(t);
-#else
-    (void)t;
-    return 0;
-#endif
 }
 
 /* Decrypted input waiting in the engine: it needs a turn without a socket event. */
 static int
 io_input_waiting(const struct tls_sess *t)
 {
-#if MAILSRV_ENABLE_TLS
     return t && tls_app_ready(t);
-#else
-    (void)t;
-    return 0;
-#endif
 }
 
 /* Before closing: TLS close_notify, as far as the socket takes it. */
 static void
 io_close_notify(ms_sock_t fd, struct tls_sess *t)
 {
-#if MAILSRV_ENABLE_TLS
     if (t) tls_close(t, fd);
-#endif
-    (void)fd; (void)t;
 }
 
 static void
 io_free(struct tls_sess *t)
 {
-#if MAILSRV_ENABLE_TLS
     tls_free(t);
-#endif
-    (void)t;
 }
 
 /*==== 9. Connections ====*/
@@ -5561,9 +5859,7 @@ conn_drop(struct conn *c)
 }
 
 static void conn_tls_start(struct conn *c);
-#if MAILSRV_ENABLE_TLS
 static void conn_tls_report(struct conn *c);
-#endif
 
 static void
 conn_send(struct conn *c)
@@ -5577,9 +5873,7 @@ conn_send(struct conn *c)
         c->out_off += (size_t)n;
     }
     if (io_flush(c->fd, c->tls) < 0 && c->out_off < c->out.len) conn_drop(c);
-#if MAILSRV_ENABLE_TLS
     if (c->tls) conn_tls_report(c);
-#endif
     if (c->out_off == c->out.len) {
         c->out.len = c->out_off = 0;
         if (c->out.cap > 65536) buf_free(&c->out); /* give back a RETR-sized buffer */
@@ -5599,40 +5893,18 @@ static void
 conn_tls_start(struct conn *c)
 {
     c->tls_after_flush = 0;
-#if MAILSRV_ENABLE_TLS
-    {
-        struct mailsrv *ms = c->ms;
-        if (!ms->cfg->tls) { conn_drop(c); return; } /* a reload took the certificate away */
-        if (!ms->tls_cache) { /* one LRU cache for the whole server */
-            struct { br_ssl_session_cache_lru lru; unsigned char store[MS_TLS_CACHE]; } *cache = xrealloc(NULL, sizeof *cache);
-            br_ssl_session_cache_lru_init(&cache->lru, cache->store, sizeof cache->store);
-            ms->tls_cache = cache;
-        }
-        c->tls = tls_server_new(ms->cfg->tls, &((br_ssl_session_cache_lru *)ms->tls_cache)->vtable);
-    }
-#else
-    conn_drop(c);
-#endif
+    /* a reload took the certificate away (a build without TLS never has one) */
+    if (!c->ms->cfg->tls) { conn_drop(c); return; }
+    c->tls = tls_server_new(c->ms->cfg->tls, &c->ms->tls_cache);
 }
 
-#if MAILSRV_ENABLE_TLS
 /* Logs the outcome of a handshake once. */
 static void
 conn_tls_report(struct conn *c)
 {
-    char what[128];
-    if (!c->tls || c->tls->reported) return;
-    if (tls_done(c->tls)) {
-        tls_describe(c->tls, what, sizeof what);
-        conn_log(c, "tls ok %s", what);
-        c->tls->reported = 1;
-    } else if (tls_error(c->tls)) {
-        tls_error_text(tls_error(c->tls), what, sizeof what);
-        conn_log(c, "tls handshake failed: %s", what);
-        c->tls->reported = 1;
-    }
+    char line[200];
+    if (c->tls && tls_report(c->tls, line, sizeof line)) conn_log(c, "%s", line);
 }
-#endif
 
 /* Plain-text logins are allowed here? (plaintext_auth = yes | no | local) */
 static int
@@ -5958,9 +6230,7 @@ slots_evict(struct conn *v, int64_t now)
 {
     conn_log(v, "closed to make room for a new client: not logged in, %llds old",
              (long long)((now - v->born) / 1000));
-#if MAILSRV_ENABLE_TLS
     if (!v->tls || tls_done(v->tls)) /* no reply can go out before the handshake */
-#endif
     {
         conn_say(v, SAY_EVICTED);
         conn_send(v);
@@ -7484,9 +7754,7 @@ static void
 mta_tls_failed(struct mta_sess *o)
 {
     char why[600], what[128] = "TLS is not built in";
-#if MAILSRV_ENABLE_TLS
     if (o->tls) tls_error_text(tls_error(o->tls), what, sizeof what);
-#endif
     snprintf(why, sizeof why, "4.7.5 TLS handshake with %s failed: %s", o->hop, what);
     if (o->ms->cfg->relay_tls == RTLS_VERIFY) { mta_fail_session(o, why); return; }
     mta_log(o, "%s; trying again without TLS", why);
@@ -7495,7 +7763,6 @@ mta_tls_failed(struct mta_sess *o)
     mta_connect(o);
 }
 
-#if MAILSRV_ENABLE_TLS
 /* The handshake may finish inside any pump: then EHLO again (RFC 3207 4.2).
  * 0 while it is still going on. */
 static int
@@ -7507,26 +7774,22 @@ mta_tls_progress(struct mta_sess *o)
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
-#endif
 
 static void
 mta_tls_begin(struct mta_sess *o)
 {
-#if MAILSRV_ENABLE_TLS
     const struct ms_config *cfg = o->ms->cfg;
     struct ms_addr a;
     const char *name = o->mx[o->mxi].host;
     int verify = cfg->relay_tls == RTLS_VERIFY && cfg->ca;
     /* the name is checked against the certificate only when it is a name */
     o->tls = tls_client_new(verify ? cfg->ca : NULL, net_addr_parse(name, 0, &a) != 0 ? name : NULL);
+    if (!o->tls) { mta_tls_failed(o); return; } /* a build without TLS */
     o->inlen = 0;
     o->state = O_TLS;
     o->deadline = os_now_ms() + cfg->relay_timeout * 1000;
     if (tls_pump(o->tls, o->fd) < 0) mta_tls_failed(o);
     else mta_tls_progress(o);
-#else
-    mta_tls_failed(o);
-#endif
 }
 
 /* The transaction is over: results go back to the entry, QUIT goes out. */
@@ -7672,13 +7935,11 @@ mta_io(struct mta_sess *o, short re)
         o->state = O_GREET;
         return;
     }
-#if MAILSRV_ENABLE_TLS
     if (o->tls) {
         if (tls_pump(o->tls, o->fd) < 0 && !tls_app_ready(o->tls)) { mta_broken(o, "4.4.2 connection lost"); return; }
         if (!mta_tls_progress(o)) return;
         if (tls_app_ready(o->tls)) re |= POLLIN;
     }
-#endif
     if (re & (POLLIN | POLLERR | POLLHUP)) mta_read(o);
     while (o->fd != MS_BAD_SOCK && !o->is_done) {
         long n;
@@ -7708,9 +7969,7 @@ mta_events(const struct mta_sess *o)
     if (o->fd == MS_BAD_SOCK) return 0;
     if (o->state == O_DNS) return o->dq.tcp && o->dq.sent < (size_t)o->dq.qlen + 2 ? POLLOUT : POLLIN;
     if (o->state == O_CONNECT) return POLLOUT;
-#if MAILSRV_ENABLE_TLS
     if (o->tls) return tls_events(o->tls, o->out_off < o->out.len || o->state == O_BODY);
-#endif
     return (short)(POLLIN | (o->out_off < o->out.len || o->state == O_BODY ? POLLOUT : 0));
 }
 
@@ -8967,9 +9226,7 @@ conn_read(struct conn *c)
     if (n > 0) c->inlen += (size_t)n;
     else if (n == 0) c->is_eof = 1; /* input already buffered is still served */
     else if (n == -1) conn_drop(c);
-#if MAILSRV_ENABLE_TLS
     if (c->tls) conn_tls_report(c);
-#endif
 }
 
 /* TLS: decrypted input waits in the engine while c->in is full; it needs
@@ -8985,9 +9242,7 @@ static short
 conn_events(const struct conn *c)
 {
     short ev = 0;
-#if MAILSRV_ENABLE_TLS
     if (c->tls) return tls_events(c->tls, conn_pending(c) || c->ops->streaming(c));
-#endif
     if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof && !c->tls_after_flush) ev |= POLLIN;
     if (conn_pending(c) || c->ops->streaming(c)) ev |= POLLOUT;
     return ev;
@@ -9170,13 +9425,11 @@ loop_timers(struct mailsrv *ms, int64_t now)
         }
         if (c->is_closing || now < c->deadline) continue;
         if (c->close_after_flush) { conn_drop(c); continue; } /* it never read its last reply */
-#if MAILSRV_ENABLE_TLS
         if (c->tls && !tls_done(c->tls)) { /* no reply can go out before the handshake */
             conn_log(c, "timeout during the TLS handshake");
             conn_drop(c);
             continue;
         }
-#endif
         conn_log(c, "timeout");
         conn_say(c, SAY_TIMEOUT);
         conn_close_after_reply(c);
@@ -9915,273 +10168,6 @@ cli_flush(const char *path)
     return 0;
 }
 
-#if MAILSRV_ENABLE_TLS
-/* ---- gencert: a self-signed ECDSA P-256 certificate, written in DER by hand ---- */
-static void
-der_add(struct buf *b, unsigned tag, const void *p, size_t n)
-{
-    unsigned char h[4];
-    size_t hl = 0;
-    h[hl++] = (unsigned char)tag;
-    if (n < 0x80) h[hl++] = (unsigned char)n;
-    else if (n < 0x100) { h[hl++] = 0x81; h[hl++] = (unsigned char)n; }
-    else { h[hl++] = 0x82; h[hl++] = (unsigned char)(n >> 8); h[hl++] = (unsigned char)n; }
-    buf_add(b, h, hl);
-    if (n) buf_add(b, p, n);
-}
-
-/* Wraps what `in` holds in one TLV appended to out; frees in. */
-static void
-der_wrap(struct buf *out, unsigned tag, struct buf *in)
-{
-    der_add(out, tag, in->p, in->len);
-    buf_free(in);
-}
-
-static void
-der_name(struct buf *out, const char *cn)
-{
-    static const unsigned char oid_cn[] = {0x55, 0x04, 0x03};
-    struct buf atv = {0}, set = {0}, seq = {0};
-    der_add(&atv, 0x06, oid_cn, sizeof oid_cn);
-    der_add(&atv, 0x0c, cn, strlen(cn)); /* UTF8String */
-    der_wrap(&set, 0x30, &atv);
-    der_wrap(&seq, 0x31, &set);
-    der_wrap(out, 0x30, &seq);
-}
-
-/* RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime after. */
-static void
-der_time(struct buf *out, time_t t)
-{
-    char s[32];
-    struct tm tm, *g = gmtime(&t);
-    memset(&tm, 0, sizeof tm);
-    if (g) tm = *g;
-    if (tm.tm_year + 1900 < 2050) {
-        snprintf(s, sizeof s, "%02d%02d%02d%02d%02d%02dZ", tm.tm_year % 100, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        der_add(out, 0x17, s, strlen(s));
-    } else {
-        snprintf(s, sizeof s, "%04d%02d%02d%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-        der_add(out, 0x18, s, strlen(s));
-    }
-}
-
-static int
-tls_write_pem(const char *path, const void *der, size_t len, const char *banner, int mode)
-{
-    size_t n = br_pem_encode(NULL, der, len, banner, BR_PEM_LINE64);
-    char *pem = xrealloc(NULL, n + 1);
-    int fd, rc = -1;
-    br_pem_encode(pem, der, len, banner, BR_PEM_LINE64);
-    if ((fd = os_open(path, O_WRONLY | O_CREAT | O_EXCL, mode)) >= 0) {
-        rc = os_write_all(fd, pem, n) < 0 || os_fsync(fd) != 0 ? -1 : 0;
-        if (os_close(fd) != 0) rc = -1;
-    }
-    free(pem);
-    return rc;
-}
-
-/* The subjectAltName of gencert's certificate (RFC 5280 4.2.1.6): what clients connect to,
- * by name (dNSName, lower case) and by address (iPAddress, RFC 6125 6.4: an IP is never
- * matched against a dNSName). Each entry once. */
-struct cert_names {
-    int nnames, nips;
-    char names[MS_CERT_NAMES][MS_DOMAIN_MAX + 1];
-    struct ms_addr ips[MS_CERT_NAMES];
-};
-
-/* Adds a host name ("*." allowed first) or an address; 0 (also when already there), -1 if it is
- * neither or the list is full. */
-static int
-cert_names_add(struct cert_names *cn, const char *s, int ip)
-{
-    int i;
-    if (ip) {
-        struct ms_addr a;
-        if (net_addr_parse(s, 0, &a) != 0) return -1;
-        for (i = 0; i < cn->nips; i++)
-            if (cn->ips[i].family == a.family && memcmp(cn->ips[i].ip, a.ip, a.family == AF_INET ? 4 : 16) == 0) return 0;
-        if (cn->nips >= MS_CERT_NAMES) return -1;
-        cn->ips[cn->nips++] = a;
-    } else {
-        struct ms_addr a;
-        char low[MS_DOMAIN_MAX + 1];
-        size_t k;
-        if (ms_strlcpy(low, s, sizeof low) != 0 || net_addr_parse(s, 0, &a) == 0 ||
-            !cfg_valid_domain(strncmp(s, "*.", 2) == 0 ? s + 2 : s))
-            return -1;
-        for (k = 0; low[k]; k++) low[k] = (char)tolower((unsigned char)low[k]);
-        for (i = 0; i < cn->nnames; i++)
-            if (strcmp(cn->names[i], low) == 0) return 0;
-        if (cn->nnames >= MS_CERT_NAMES) return -1;
-        memcpy(cn->names[cn->nnames++], low, sizeof low);
-    }
-    return 0;
-}
-
-/* gencert's names: hostname (also the CN), the machine's name, localhost, 127.0.0.1, ::1, the
- * machine's own addresses, then the --name and --ip options: -1 naming the first that is not a
- * host name or an address, or that no longer fits. */
-static int
-cert_names_collect(struct cert_names *cn, const char *host, const char *const *names, int nnames,
-                   const char *const *ips, int nips, const char **bad)
-{
-    char machine[MS_DOMAIN_MAX + 1], addrs[MS_CERT_NAMES][64];
-    int i, n;
-    memset(cn, 0, sizeof *cn);
-    cert_names_add(cn, host, 0);
-    os_machine_name(machine, sizeof machine);
-    if (machine[0]) cert_names_add(cn, machine, 0); /* a machine name that is no host name is left out */
-    cert_names_add(cn, "localhost", 0);
-    cert_names_add(cn, "127.0.0.1", 1);
-    cert_names_add(cn, "::1", 1);
-    n = os_local_addrs(addrs, MS_CERT_NAMES / 2); /* room for the options */
-    for (i = 0; i < n; i++) cert_names_add(cn, addrs[i], 1);
-    for (i = 0; i < nnames; i++)
-        if (cert_names_add(cn, names[i], 0) != 0) { *bad = names[i]; return -1; }
-    for (i = 0; i < nips; i++)
-        if (cert_names_add(cn, ips[i], 1) != 0) { *bad = ips[i]; return -1; }
-    return 0;
-}
-
-/* Builds the certificate for `host`, valid from an hour ago for ten years, with the host as
- * CN and the entries of san (or, without san, the host alone) as subjectAltName. */
-static int
-tls_make_cert(const char *host, const struct cert_names *san, struct buf *cert, struct buf *key)
-{
-    static const unsigned char oid_ecdsa_sha256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02};
-    static const unsigned char oid_ec_pub[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01};
-    static const unsigned char oid_p256[] = {0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07};
-    static const unsigned char oid_san[] = {0x55, 0x1d, 0x11};
-    static const unsigned char v3[] = {0x02, 0x01, 0x02};
-    br_hmac_drbg_context rng;
-    br_ec_private_key sk;
-    br_ec_public_key pk;
-    unsigned char seed[32], kbuf[BR_EC_KBUF_PRIV_MAX_SIZE], pbuf[BR_EC_KBUF_PUB_MAX_SIZE], serial[16], hash[32];
-    unsigned char sig[80], bits[BR_EC_KBUF_PUB_MAX_SIZE + 1], kder[200];
-    struct buf tbs = {0}, alg = {0}, tmp = {0}, tmp2 = {0}, spki = {0}, ext = {0}, all = {0};
-    br_sha256_context h;
-    size_t siglen, klen;
-    int i;
-    time_t now = time(NULL);
-    if (os_random(seed, sizeof seed) != 0 || os_random(serial, sizeof serial) != 0) return -1;
-    br_hmac_drbg_init(&rng, &br_sha256_vtable, seed, sizeof seed);
-    if (!br_ec_keygen(&rng.vtable, br_ec_get_default(), &sk, kbuf, BR_EC_secp256r1) ||
-        !br_ec_compute_pub(br_ec_get_default(), &pk, pbuf, &sk))
-        return -1;
-    serial[0] = (unsigned char)((serial[0] & 0x7f) | 0x01); /* positive, 16 bytes */
-    der_add(&alg, 0x06, oid_ecdsa_sha256, sizeof oid_ecdsa_sha256);
-    der_add(&tmp, 0xa0, v3, sizeof v3);                           /* version v3 */
-    der_add(&tmp, 0x02, serial, sizeof serial);
-    der_add(&tmp, 0x30, alg.p, alg.len);
-    der_name(&tmp, host);                                        /* issuer */
-    der_time(&tmp2, now - 3600);
-    der_time(&tmp2, now + 10L * 365 * 86400);
-    der_wrap(&tmp, 0x30, &tmp2);                                 /* validity */
-    der_name(&tmp, host);                                        /* subject */
-    der_add(&tmp2, 0x06, oid_ec_pub, sizeof oid_ec_pub);
-    der_add(&tmp2, 0x06, oid_p256, sizeof oid_p256);
-    der_wrap(&spki, 0x30, &tmp2);
-    bits[0] = 0;
-    memcpy(bits + 1, pk.q, pk.qlen);
-    der_add(&spki, 0x03, bits, pk.qlen + 1);
-    der_wrap(&tmp, 0x30, &spki);                                 /* subjectPublicKeyInfo */
-    if (!san) der_add(&tmp2, 0x82, host, strlen(host));          /* dNSName */
-    for (i = 0; san && i < san->nnames; i++) der_add(&tmp2, 0x82, san->names[i], strlen(san->names[i]));
-    for (i = 0; san && i < san->nips; i++)                       /* iPAddress: 4 or 16 octets */
-        der_add(&tmp2, 0x87, san->ips[i].ip, san->ips[i].family == AF_INET ? 4 : 16);
-    der_wrap(&ext, 0x30, &tmp2);                                 /* GeneralNames */
-    der_add(&tmp2, 0x06, oid_san, sizeof oid_san);
-    der_wrap(&tmp2, 0x04, &ext);
-    der_wrap(&ext, 0x30, &tmp2);                                 /* Extension */
-    der_wrap(&tmp2, 0x30, &ext);                                 /* Extensions */
-    der_wrap(&tmp, 0xa3, &tmp2);
-    der_wrap(&tbs, 0x30, &tmp);
-    br_sha256_init(&h);
-    br_sha256_update(&h, tbs.p, tbs.len);
-    br_sha256_out(&h, hash);
-    siglen = br_ecdsa_sign_asn1_get_default()(br_ec_get_default(), &br_sha256_vtable, hash, &sk, sig);
-    klen = br_encode_ec_raw_der(kder, &sk, &pk);
-    if (!siglen || !klen) { buf_free(&tbs); buf_free(&alg); return -1; }
-    bits[0] = 0;
-    memcpy(bits + 1, sig, siglen);
-    buf_add(&all, tbs.p, tbs.len);
-    der_add(&all, 0x30, alg.p, alg.len);
-    der_add(&all, 0x03, bits, siglen + 1);
-    der_wrap(cert, 0x30, &all);
-    buf_add(key, kder, klen);
-    buf_free(&tbs);
-    buf_free(&alg);
-    memset(kbuf, 0, sizeof kbuf);
-    memset(kder, 0, sizeof kder);
-    return 0;
-}
-
-#endif
-
-/* `gencert [--name NAME]... [--ip ADDR]...`: a self-signed certificate and key at tls_cert /
- * tls_key (default cert.pem and key.pem beside the INI) for hostname and what else clients
- * connect to (cert_names_collect); never overwrites. */
-static int
-cli_gencert(const char *path, const char *const *names, int nnames, const char *const *ips, int nips)
-{
-#if MAILSRV_ENABLE_TLS
-    struct ms_config *c = cfg_load_ex(path, NULL, 0);
-    char cert[MS_PATH_DOMAIN], key[MS_PATH_DOMAIN], addr[64];
-    struct buf cb = {0}, kb = {0};
-    struct os_stat st;
-    struct cert_names *san = xrealloc(NULL, sizeof *san);
-    const char *bad = NULL;
-    int rc = 1, set = 0, i;
-    if (cli_print_errors(c)) { cfg_free(c); free(san); return 1; }
-    if (cert_names_collect(san, c->hostname, names, nnames, ips, nips, &bad) != 0) {
-        fprintf(stderr, "mailsrv: gencert: '%s' is not a host name or an IP address (or too many names: %d at most)\n",
-                bad, MS_CERT_NAMES);
-        cfg_free(c);
-        free(san);
-        return 1;
-    }
-    set = c->tls_cert[0] && c->tls_key[0];
-    if (ms_fmt(cert, sizeof cert, "%s", c->tls_cert[0] ? c->tls_cert : "") < 0 || !cert[0])
-        ms_fmt(cert, sizeof cert, "%s%scert.pem", c->dir, c->dir[0] ? "/" : "");
-    if (ms_fmt(key, sizeof key, "%s", c->tls_key[0] ? c->tls_key : "") < 0 || !key[0])
-        ms_fmt(key, sizeof key, "%s%skey.pem", c->dir, c->dir[0] ? "/" : "");
-    if (os_stat(cert, &st) == 0 || os_stat(key, &st) == 0) {
-        fprintf(stderr, "mailsrv: %s exists: gencert never overwrites; remove it first\n", os_stat(cert, &st) == 0 ? cert : key);
-    } else if (tls_make_cert(c->hostname, san, &cb, &kb) != 0) {
-        fprintf(stderr, "mailsrv: cannot make a key (is the system's random generator working?)\n");
-    } else if (tls_write_pem(key, kb.p, kb.len, BR_ENCODE_PEM_EC_RAW, 0600) != 0 ||
-               tls_write_pem(cert, cb.p, cb.len, "CERTIFICATE", 0644) != 0) {
-        fprintf(stderr, "mailsrv: cannot write %s / %s: %s\n", cert, key, strerror(errno));
-    } else {
-        printf("wrote %s (self-signed, ECDSA P-256, for %s, valid 10 years) and its key %s\nnames:", cert, c->hostname, key);
-        for (i = 0; i < san->nnames; i++) printf(" %s", san->names[i]);
-        for (i = 0; i < san->nips; i++) {
-            net_addr_str(&san->ips[i], addr, sizeof addr);
-            printf(" %s", addr);
-        }
-        printf("\n");
-        if (!set) printf("add to [server] in %s:\n    tls_cert = %s\n    tls_key = %s\n", path, cert, key);
-        rc = 0;
-    }
-    if (kb.p) memset(kb.p, 0, kb.len);
-    buf_free(&kb);
-    buf_free(&cb);
-    cfg_free(c);
-    free(san);
-    return rc;
-#else
-    (void)path;
-    (void)names;
-    (void)nnames;
-    (void)ips;
-    (void)nips;
-    fprintf(stderr, "mailsrv: this mailsrv was built without TLS (make TLS=0): no gencert\n");
-    return 1;
-#endif
-}
-
 static int
 cli_passwd(void)
 {
@@ -10313,7 +10299,7 @@ main(int argc, char **argv)
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;
         else if (strcmp(argv[i], "-V") == 0) {
-            printf("mailsrv %s (TLS: %s)%s\n", MAILSRV_VERSION, MAILSRV_ENABLE_TLS ? "BearSSL, TLS 1.2" : "no",
+            printf("mailsrv %s (TLS: %s)%s\n", MAILSRV_VERSION, TLS_BUILT_IN,
                    MAILSRV_FAULTS ? " FAULT INJECTION BUILD" : "");
             return 0;
         }
