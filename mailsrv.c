@@ -3442,12 +3442,6 @@ store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, ch
     return ms_fmt(dom_dir, dn, "%s/%s", spool, at + 1) < 0 ? -1 : 0;
 }
 
-/* Refuses (errno ELOOP) a mailbox reached through a symbolic link under the
- * spool: its DOMAIN folder; the Maildir, its new/, cur/ and tmp/; or the mbox
- * and its journal. Whoever owns the service account owns everything under
- * the spool and could point a mailbox at /etc/passwd or at another folder.
- * Missing parts are fine: delivery creates them. (The mbox is also opened
- * with O_NOFOLLOW, which closes the race on its last component.) */
 /* Where an address's mbox lives: its domain folder, the mbox, and the journal
  * of mailsrv's own unfinished writes beside it. */
 struct mbox_paths {
@@ -3457,6 +3451,12 @@ struct mbox_paths {
 };
 static int mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp);
 
+/* Refuses (errno ELOOP) a mailbox reached through a symbolic link under the
+ * spool: its DOMAIN folder; the Maildir, its new/, cur/ and tmp/; or the mbox
+ * and its journal. Whoever owns the service account owns everything under
+ * the spool and could point a mailbox at /etc/passwd or at another folder.
+ * Missing parts are fine: delivery creates them. (The mbox is also opened
+ * with O_NOFOLLOW, which closes the race on its last component.) */
 static int
 store_no_links(const char *spool, const char *addr, int maildir)
 {
@@ -5282,7 +5282,7 @@ cfg_load_tls_files(struct ms_config *c)
 }
 
 /* ---- gencert: a self-signed ECDSA P-256 certificate, written in DER by hand ---- */
-static int cli_print_errors(const struct ms_config *c); /* section 15 */
+static int cli_print_errors(const struct ms_config *c); /* section 16 */
 
 static void
 der_add(struct buf *b, unsigned tag, const void *p, size_t n)
