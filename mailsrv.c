@@ -5,9 +5,11 @@
  * (RFC 1939, 2449), configured by one INI file (parsed with inih).
  *
  * Architecture: one process, one thread, one poll() loop over non-blocking
- * sockets. Every connection is a struct conn holding a protocol state machine;
- * protocol code appends replies to the connection's output buffer and never
- * calls send() itself. Message text received with DATA streams into a file in
+ * sockets. Every session, inbound (struct conn, holding a protocol state
+ * machine) or outbound (struct mta_sess, the relay), embeds one struct
+ * transport: its socket, TLS state and buffers, polled and dispatched alike.
+ * Protocol code appends replies to the output buffer and never calls send()
+ * itself. Message text received with DATA streams into a file in
  * SPOOL/.tmp; at the final dot the message is fsynced, hard-linked into each
  * recipient's Maildir new/ (or appended to the mbox), the directories are
  * fsynced, and only then is 250 sent. POP3 sessions work on a snapshot taken
@@ -23,7 +25,8 @@
  *      AUTH, DNS messages, queue envelopes, remote replies, mboxrd, headers
  *   7. Storage: Maildir and mbox behind one ops table (delivery, its undo, the
  *      mbox journal and locks, the POP3 mailbox view), the relay queue files
- *   8. TLS glue: BearSSL engines between sockets and session buffers
+ *   8. TLS glue: BearSSL engines between sockets and session buffers; the
+ *      transport (a socket, plain or TLS, with its buffers) every session uses
  *   9. Connections: the server and connection structs, protocol ops, replies,
  *      I/O, AUTH outcomes, per-client limits
  *  10. SMTP server session
@@ -5582,61 +5585,134 @@ cli_gencert(const char *path, const char *const *names, int nnames, const char *
 
 #endif /* MAILSRV_ENABLE_TLS */
 
-/* ---- socket I/O, plain or through TLS: sessions use only these ---- */
+/* ---- the transport: a socket, plain or through TLS, and its buffers ----
+ * Inbound sessions (struct conn) and relay sessions (struct mta_sess) each
+ * embed one, and use only these functions on it; the loop polls and
+ * dispatches both kinds alike (mailsrv_poll). */
 
-/* Bytes sent, -2 for "later", -1 when the connection failed. */
-static long
-io_send(ms_sock_t fd, struct tls_sess *t, const void *p, size_t n)
+struct transport {
+    ms_sock_t fd;
+    struct tls_sess *tls;          /* NULL: plain text */
+    char *in;                      /* the owner's input buffer: insize bytes, inlen used */
+    size_t insize, inlen;
+    struct buf out;                /* to send, from out_off on */
+    size_t out_off;
+    int64_t deadline;
+    /* the loop's: what poll() said this turn (0: nothing), and who handles it
+     * (also called with 0, when decrypted input may wait in the TLS engine) */
+    short revents;
+    void (*on_io)(struct transport *io, short revents);
+};
+
+/* The session that embeds io as its member `member`. */
+#define IO_OWNER(io, type, member) ((type *)(void *)((char *)(io) - offsetof(type, member)))
+
+static void
+io_init(struct transport *io, ms_sock_t fd, char *in, size_t insize, void (*on_io)(struct transport *, short))
 {
-    long r;
-    if (t) return tls_send(t, fd, p, n);
-    if ((r = net_send(fd, p, n)) >= 0) return r;
-    return net_would_block(net_error()) ? -2 : -1;
+    io->fd = fd;
+    io->in = in;
+    io->insize = insize;
+    io->on_io = on_io;
 }
 
-/* Bytes read, 0 at the end, -2 for "later" (or no room), -1 on failure. */
+/* Reads what fits into the input buffer: bytes added, 0 at the end, -2 for
+ * "later" (or no room), -1 when the connection failed. */
 static long
-io_recv(ms_sock_t fd, struct tls_sess *t, void *p, size_t cap)
+io_read(struct transport *io)
 {
     long r;
-    if (t) return tls_recv(t, fd, p, cap);
-    if (cap == 0) return -2;
-    if ((r = net_recv(fd, p, cap)) >= 0) return r;
-    return net_would_block(net_error()) ? -2 : -1;
+    size_t room = io->insize - io->inlen;
+    if (io->tls) r = tls_recv(io->tls, io->fd, io->in + io->inlen, room);
+    else if (room == 0) r = -2;
+    else if ((r = net_recv(io->fd, io->in + io->inlen, room)) < 0) r = net_would_block(net_error()) ? -2 : -1;
+    if (r > 0) io->inlen += (size_t)r;
+    return r;
 }
 
-/* TLS: pushes records already made; -1 when the connection failed. */
+/* The length of the first input line with its LF, 0 while there is none. */
+static size_t
+io_line(const struct transport *io)
+{
+    const char *nl = memchr(io->in, '\n', io->inlen);
+    return nl ? (size_t)(nl - io->in) + 1 : 0;
+}
+
+/* Drops the first n bytes of the input: they have been taken. */
+static void
+io_consume(struct transport *io, size_t n)
+{
+    memmove(io->in, io->in + n, io->inlen - n);
+    io->inlen -= n;
+}
+
+static size_t io_pending(const struct transport *io) { return io->out.len - io->out_off; }
+
+/* Sends the output until it is all out or the socket is full; -1 when the
+ * connection failed. A RETR-sized buffer is given back once empty. */
 static int
-io_flush(ms_sock_t fd, struct tls_sess *t)
+io_write(struct transport *io)
 {
-    return t ? tls_pump(t, fd) : 0;
+    while (io_pending(io)) {
+        long n;
+        if (io->tls) n = tls_send(io->tls, io->fd, io->out.p + io->out_off, io_pending(io));
+        else if ((n = net_send(io->fd, io->out.p + io->out_off, io_pending(io))) < 0)
+            n = net_would_block(net_error()) ? -2 : -1;
+        if (n == -1) return -1;
+        if (n < 0) break;
+        io->out_off += (size_t)n;
+    }
+    /* TLS: push records already made */
+    if (io->tls && tls_pump(io->tls, io->fd) < 0 && io_pending(io)) return -1;
+    if (!io_pending(io)) {
+        io->out.len = io->out_off = 0;
+        if (io->out.cap > 65536) buf_free(&io->out);
+    } else if (io->out_off > 65536) {
+        buf_consume(&io->out, io->out_off);
+        io->out_off = 0;
+    }
+    return 0;
+}
+
+/* What to poll for: a TLS engine says itself what it waits for. */
+static short
+io_events(const struct transport *io, int want_in, int want_out)
+{
+    if (io->tls) return tls_events(io->tls, want_out);
+    return (short)((want_in && io->inlen < io->insize ? POLLIN : 0) | (want_out ? POLLOUT : 0));
+}
+
+/* Decrypted input waits in the engine while there is room for it: it needs
+ * a turn without a socket event. */
+static int
+io_tls_input(const struct transport *io)
+{
+    return io->tls && io->inlen < io->insize && tls_app_ready(io->tls);
 }
 
 /* TLS records not yet on the socket: a close waits for them. */
 static int
-io_unsent(const struct tls_sess *t)
+io_unsent(const struct transport *io)
 {
-    return t && tls_unsent(t);
-}
-
-/* Decrypted input waiting in the engine: it needs a turn without a socket event. */
-static int
-io_input_waiting(const struct tls_sess *t)
-{
-    return t && tls_app_ready(t);
+    return io->tls && tls_unsent(io->tls);
 }
 
 /* Before closing: TLS close_notify, as far as the socket takes it. */
 static void
-io_close_notify(ms_sock_t fd, struct tls_sess *t)
+io_close_notify(struct transport *io)
 {
-    if (t) tls_close(t, fd);
+    if (io->tls) tls_close(io->tls, io->fd);
 }
 
+/* Closes the socket and forgets the buffers and the TLS session. */
 static void
-io_free(struct tls_sess *t)
+io_close(struct transport *io)
 {
-    tls_free(t);
+    if (io->fd != MS_BAD_SOCK) net_close(io->fd);
+    io->fd = MS_BAD_SOCK;
+    io->inlen = io->out.len = io->out_off = 0;
+    tls_free(io->tls);
+    io->tls = NULL;
 }
 
 /*==== 9. Connections ====*/
@@ -5693,25 +5769,21 @@ struct login {
 
 struct conn {
     struct mailsrv *ms;
-    ms_sock_t fd;
+    struct transport io;             /* the socket and its buffers */
     unsigned id;
     enum proto proto;
     const struct proto_ops *ops;     /* what the connection and loop code need of its protocol */
     char peer[64];
     char client[48];                 /* client_key(peer): the address or IPv6 /64 */
     int is_loopback;
-    int64_t deadline, hold_until;
+    int64_t hold_until;
     int64_t born;                    /* accepted at (max_session_time) */
     long junk;                       /* junk commands (max_junk_commands) */
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
-    struct tls_sess *tls;            /* NULL: plain text */
     struct login *login;             /* hashing: no input is processed meanwhile */
-    char in[MS_IN_SIZE];
-    size_t inlen;
-    struct buf out;
-    size_t out_off;
+    char inbuf[MS_IN_SIZE];          /* io's input */
     union { struct smtp_sess smtp; struct pop_sess pop; } u;
 };
 
@@ -5759,7 +5831,8 @@ struct mailsrv {
     int nlst;
     struct conn **conns;
     int nconns, capconns;
-    ms_pollfd *pfds;
+    ms_pollfd *pfds;                 /* this turn's poll set: the listeners, then sessions */
+    struct transport **watched;      /* for each pfds entry, its session's transport (NULL: a listener) */
     int capfds;
     unsigned next_id, msg_counter;
     unsigned login_last;             /* the connection whose login hashed last (round-robin) */
@@ -5817,16 +5890,16 @@ static void
 conn_reply(struct conn *c, const char *fmt, ...)
 {
     va_list ap;
-    size_t start = c->out.len;
+    size_t start = c->io.out.len;
     va_start(ap, fmt);
-    buf_vprintf(&c->out, fmt, ap);
+    buf_vprintf(&c->io.out, fmt, ap);
     va_end(ap);
     if (c->ms->verbose) {
         char vis[600];
-        ms_visible(vis, sizeof vis, c->out.p + start, c->out.len - start);
+        ms_visible(vis, sizeof vis, c->io.out.p + start, c->io.out.len - start);
         conn_log(c, "> %s", vis);
     }
-    buf_adds(&c->out, "\r\n");
+    buf_adds(&c->io.out, "\r\n");
 }
 
 /* The protocol's reply to a moment every session shares. */
@@ -5834,14 +5907,6 @@ static void
 conn_say(struct conn *c, enum conn_say what)
 {
     conn_reply(c, c->ops->say[what], c->ms->cfg->hostname);
-}
-
-/* Drops the first n bytes of the input: they have been taken. */
-static void
-conn_consume(struct conn *c, size_t n)
-{
-    memmove(c->in, c->in + n, c->inlen - n);
-    c->inlen -= n;
 }
 
 /* Closes c once the replies queued so far are sent. */
@@ -5861,32 +5926,17 @@ conn_drop(struct conn *c)
 static void conn_tls_start(struct conn *c);
 static void conn_tls_report(struct conn *c);
 
+/* Sends what it can; once all is out, what waited for that (TLS, the close). */
 static void
 conn_send(struct conn *c)
 {
-    while (c->out_off < c->out.len) {
-        long n = io_send(c->fd, c->tls, c->out.p + c->out_off, c->out.len - c->out_off);
-        if (n < 0) {
-            if (n == -1) conn_drop(c);
-            break;
-        }
-        c->out_off += (size_t)n;
-    }
-    if (io_flush(c->fd, c->tls) < 0 && c->out_off < c->out.len) conn_drop(c);
-    if (c->tls) conn_tls_report(c);
-    if (c->out_off == c->out.len) {
-        c->out.len = c->out_off = 0;
-        if (c->out.cap > 65536) buf_free(&c->out); /* give back a RETR-sized buffer */
-        if (c->tls_after_flush) conn_tls_start(c);
-        if (c->close_after_flush && !io_unsent(c->tls)) io_close_notify(c->fd, c->tls);
-        if (c->close_after_flush && !io_unsent(c->tls)) conn_drop(c);
-    } else if (c->out_off > 65536) {
-        buf_consume(&c->out, c->out_off);
-        c->out_off = 0;
-    }
+    if (io_write(&c->io) < 0) conn_drop(c);
+    if (c->io.tls) conn_tls_report(c);
+    if (io_pending(&c->io)) return;
+    if (c->tls_after_flush) conn_tls_start(c);
+    if (c->close_after_flush && !io_unsent(&c->io)) io_close_notify(&c->io);
+    if (c->close_after_flush && !io_unsent(&c->io)) conn_drop(c);
 }
-
-static size_t conn_pending(const struct conn *c) { return c->out.len - c->out_off; }
 
 /* After "220 Ready to start TLS" / "+OK Begin TLS negotiation" is out. */
 static void
@@ -5895,7 +5945,7 @@ conn_tls_start(struct conn *c)
     c->tls_after_flush = 0;
     /* a reload took the certificate away (a build without TLS never has one) */
     if (!c->ms->cfg->tls) { conn_drop(c); return; }
-    c->tls = tls_server_new(c->ms->cfg->tls, &c->ms->tls_cache);
+    c->io.tls = tls_server_new(c->ms->cfg->tls, &c->ms->tls_cache);
 }
 
 /* Logs the outcome of a handshake once. */
@@ -5903,7 +5953,7 @@ static void
 conn_tls_report(struct conn *c)
 {
     char line[200];
-    if (c->tls && tls_report(c->tls, line, sizeof line)) conn_log(c, "%s", line);
+    if (c->io.tls && tls_report(c->io.tls, line, sizeof line)) conn_log(c, "%s", line);
 }
 
 /* Plain-text logins are allowed here? (plaintext_auth = yes | no | local) */
@@ -5911,7 +5961,7 @@ static int
 conn_plaintext_ok(const struct conn *c)
 {
     int pt = c->ms->cfg->plaintext_auth;
-    return c->tls || pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
+    return c->io.tls || pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
 }
 
 /* Starts a login: "user@domain" or a bare, unambiguous local part. Every
@@ -6217,7 +6267,7 @@ slots_victim(struct mailsrv *ms, int64_t now)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing || c->close_after_flush || conn_logged_in(c) || conn_busy(c) || conn_pending(c) ||
+        if (c->is_closing || c->close_after_flush || conn_logged_in(c) || conn_busy(c) || io_pending(&c->io) ||
             now - c->born < MS_EVICT_AGE_MS || cfg_in_relay_nets(ms->cfg, c->peer))
             continue;
         if (!v || c->born < v->born) v = c;
@@ -6230,7 +6280,7 @@ slots_evict(struct conn *v, int64_t now)
 {
     conn_log(v, "closed to make room for a new client: not logged in, %llds old",
              (long long)((now - v->born) / 1000));
-    if (!v->tls || tls_done(v->tls)) /* no reply can go out before the handshake */
+    if (!v->io.tls || tls_done(v->io.tls)) /* no reply can go out before the handshake */
     {
         conn_say(v, SAY_EVICTED);
         conn_send(v);
@@ -6297,7 +6347,7 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
-    if (c->ms->cfg->tls && !c->tls) conn_reply(c, "250-STARTTLS");
+    if (c->ms->cfg->tls && !c->io.tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
     conn_reply(c, "250 ENHANCEDSTATUSCODES");
 }
@@ -6670,7 +6720,7 @@ smtp_data_feed(struct conn *c, const char *in, size_t n)
             s->wlen = 0;
         }
     }
-    if (s->rx.lines != lines0) c->deadline = os_now_ms() + cfg->timeout * 1000;
+    if (s->rx.lines != lines0) c->io.deadline = os_now_ms() + cfg->timeout * 1000;
     if (done) smtp_data_end(c);
     return used;
 }
@@ -6683,11 +6733,11 @@ smtp_do_starttls(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     if (*args) { conn_reply(c, "501 5.5.4 Syntax: STARTTLS"); return; }
-    if (c->tls) { conn_reply(c, "503 5.5.1 TLS is already active"); return; }
+    if (c->io.tls) { conn_reply(c, "503 5.5.1 TLS is already active"); return; }
     if (!c->ms->cfg->tls) { conn_reply(c, "454 4.7.0 TLS not available"); return; }
     if (s->state > SMTP_S_READY) { conn_reply(c, "503 5.5.1 STARTTLS not allowed during a mail transaction"); return; }
     conn_reply(c, "220 2.0.0 Ready to start TLS");
-    c->inlen = 0;
+    c->io.inlen = 0;
     c->tls_after_flush = 1;
     smtp_tx_reset(c);
     s->state = SMTP_S_GREET; /* RFC 3207 4.2: forget EHLO and AUTH */
@@ -6765,8 +6815,8 @@ static int
 smtp_pump(struct conn *c)
 {
     if (c->u.smtp.state != SMTP_S_DATA) return 0;
-    if (!c->inlen) return -1;
-    conn_consume(c, smtp_data_feed(c, c->in, c->inlen));
+    if (!c->io.inlen) return -1;
+    io_consume(&c->io, smtp_data_feed(c, c->io.in, c->io.inlen));
     return 1;
 }
 
@@ -6845,26 +6895,26 @@ pop_pump(struct conn *c)
     size_t len;
     int complete, r;
     int64_t off;
-    while (p->streaming && conn_pending(c) < MS_OUT_HIGH) {
+    while (p->streaming && io_pending(&c->io) < MS_OUT_HIGH) {
         r = p->st_body_left == 0 && !p->st_in_head ? 0 : lr_next(&p->lr, &line, &len, &complete, &off);
         if (r <= 0) {
             if (r < 0) { /* the client cannot be told after +OK: cut the session */
                 conn_log(c, "read error while sending a message");
                 conn_drop(c);
             }
-            if (!p->st_bol) buf_adds(&c->out, "\r\n");
-            buf_adds(&c->out, ".\r\n");
+            if (!p->st_bol) buf_adds(&c->io.out, "\r\n");
+            buf_adds(&c->io.out, ".\r\n");
             pop_stream_end(c);
             return;
         }
         if (p->st_bol) {
             if (p->view.ops->from_quoted && mbox_is_from_line(line, len, 1)) { line++; len--; }
-            if (len && line[0] == '.') buf_adds(&c->out, "."); /* RFC 1939 3: byte-stuffing */
+            if (len && line[0] == '.') buf_adds(&c->io.out, "."); /* RFC 1939 3: byte-stuffing */
         }
         if (complete && len && line[len - 1] == '\r') len--;
-        buf_add(&c->out, line, len);
+        buf_add(&c->io.out, line, len);
         if (complete) {
-            buf_adds(&c->out, "\r\n");
+            buf_adds(&c->io.out, "\r\n");
             if (p->st_bol && p->st_in_head && len == 0) p->st_in_head = 0;
             else if (p->st_bol && !p->st_in_head && p->st_body_left > 0) p->st_body_left--;
         }
@@ -7031,9 +7081,9 @@ static const char *
 pop_do_stls(struct conn *c, const char *args)
 {
     (void)args;
-    if (c->tls) return "-ERR TLS is already active";
+    if (c->io.tls) return "-ERR TLS is already active";
     if (!c->ms->cfg->tls) return "-ERR TLS not available";
-    c->inlen = 0;
+    c->io.inlen = 0;
     c->tls_after_flush = 1;
     c->u.pop.user[0] = 0;
     return "+OK Begin TLS negotiation";
@@ -7044,7 +7094,7 @@ pop_do_capa(struct conn *c, const char *args)
 {
     (void)args;
     conn_reply(c, "+OK Capability list follows");
-    if (c->u.pop.state == POP_S_AUTH && c->ms->cfg->tls && !c->tls) conn_reply(c, "STLS");
+    if (c->u.pop.state == POP_S_AUTH && c->ms->cfg->tls && !c->io.tls) conn_reply(c, "STLS");
     if (c->u.pop.state == POP_S_AUTH && conn_plaintext_ok(c)) {
         conn_reply(c, "USER");
         conn_reply(c, "SASL PLAIN");
@@ -7104,13 +7154,13 @@ pop_scan_list(struct conn *c, const char *args, int uidl)
         else conn_reply(c, "+OK %d %lld", n, (long long)v->msgs[n - 1].size);
         return NULL;
     }
-    buf_adds(&c->out, "+OK\r\n"); /* (not logged line by line: a listing can be 50,000 lines) */
+    buf_adds(&c->io.out, "+OK\r\n"); /* (not logged line by line: a listing can be 50,000 lines) */
     for (i = 0; i < v->n; i++) {
         if (v->msgs[i].deleted) continue;
-        if (uidl) buf_printf(&c->out, "%d %s\r\n", i + 1, v->msgs[i].uidl);
-        else buf_printf(&c->out, "%d %lld\r\n", i + 1, (long long)v->msgs[i].size);
+        if (uidl) buf_printf(&c->io.out, "%d %s\r\n", i + 1, v->msgs[i].uidl);
+        else buf_printf(&c->io.out, "%d %lld\r\n", i + 1, (long long)v->msgs[i].size);
     }
-    buf_adds(&c->out, ".\r\n");
+    buf_adds(&c->io.out, ".\r\n");
     return NULL;
 }
 
@@ -7345,16 +7395,10 @@ struct mta_sess {
     unsigned dns_port[MS_DNS_MAX_NS];
     int ndns;
     int state, is_done;
-    ms_sock_t fd;
-    int pfd;                     /* its index in ms->pfds this turn, or -1 */
-    int64_t deadline;
-    char in[1024];
-    size_t inlen;
-    struct buf out;
-    size_t out_off;
+    struct transport io;         /* the DNS query's socket, then the SMTP session's */
+    char inbuf[1023];            /* io's input: a reply line */
     int ext_size, ext_starttls, rcpt_at, naccepted, ntx;
     int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
-    struct tls_sess *tls;
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
     struct line_reader lr;
@@ -7383,28 +7427,24 @@ mta_close_body(struct mta_sess *o)
 static void
 mta_close_fd(struct mta_sess *o)
 {
-    if (o->fd != MS_BAD_SOCK) net_close(o->fd);
-    o->fd = MS_BAD_SOCK;
+    io_close(&o->io);
     free(o->dq.ans);
     o->dq.ans = NULL;
-    o->inlen = o->out.len = o->out_off = 0;
     o->reply_code = 0;
     mta_close_body(o);
-    io_free(o->tls);
-    o->tls = NULL;
 }
 
 static void
 mta_send(struct mta_sess *o, const char *fmt, ...)
 {
     va_list ap;
-    size_t start = o->out.len;
+    size_t start = o->io.out.len;
     va_start(ap, fmt);
-    buf_vprintf(&o->out, fmt, ap);
+    buf_vprintf(&o->io.out, fmt, ap);
     va_end(ap);
-    if (o->ms->verbose) mta_log(o, "> %.*s", (int)(o->out.len - start), o->out.p + start);
-    buf_adds(&o->out, "\r\n");
-    o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+    if (o->ms->verbose) mta_log(o, "> %.*s", (int)(o->io.out.len - start), o->io.out.p + start);
+    buf_adds(&o->io.out, "\r\n");
+    o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
 }
 
 /* ---- DNS queries: UDP, then TCP when the answer is truncated ---- */
@@ -7416,12 +7456,12 @@ mta_dns_send(struct mta_sess *o)
     struct dnsq *q = &o->dq;
     struct ms_addr a;
     int err = 0;
-    if (o->fd != MS_BAD_SOCK) net_close(o->fd);
-    o->fd = MS_BAD_SOCK;
+    if (o->io.fd != MS_BAD_SOCK) net_close(o->io.fd);
+    o->io.fd = MS_BAD_SOCK;
     q->sent = q->alen = 0;
-    if (net_addr_parse(o->dns_ns[q->ns], o->dns_port[q->ns], &a) == 0) o->fd = net_connect(&a, !q->tcp, &err);
-    o->deadline = os_now_ms() + MS_DNS_TRY_MS * (q->tcp ? 2 : 1);
-    if (o->fd != MS_BAD_SOCK && !q->tcp) net_send(o->fd, q->q, (size_t)q->qlen); /* lost: the timeout retries */
+    if (net_addr_parse(o->dns_ns[q->ns], o->dns_port[q->ns], &a) == 0) o->io.fd = net_connect(&a, !q->tcp, &err);
+    o->io.deadline = os_now_ms() + MS_DNS_TRY_MS * (q->tcp ? 2 : 1);
+    if (o->io.fd != MS_BAD_SOCK && !q->tcp) net_send(o->io.fd, q->q, (size_t)q->qlen); /* lost: the timeout retries */
 }
 
 static void
@@ -7474,7 +7514,7 @@ mta_dns_io(struct mta_sess *o, short re)
     unsigned char buf[MS_DNS_UDP_MAX + 1];
     long n, mlen;
     if (!q->tcp) {
-        n = net_recv(o->fd, buf, sizeof buf);
+        n = net_recv(o->io.fd, buf, sizeof buf);
         if (n <= 0) return; /* ICMP errors and strays: the timeout decides */
         if (dns_parse_answer(buf, (size_t)n, q->id, q->name, q->type, &r) != 0) return; /* not ours (RFC 5452) */
         if (r.tc) { q->tcp = 1; mta_dns_send(o); return; }
@@ -7486,14 +7526,14 @@ mta_dns_io(struct mta_sess *o, short re)
         pkt[0] = (unsigned char)(q->qlen >> 8);
         pkt[1] = (unsigned char)q->qlen;
         memcpy(pkt + 2, q->q, (size_t)q->qlen);
-        n = net_send(o->fd, pkt + q->sent, (size_t)q->qlen + 2 - q->sent);
+        n = net_send(o->io.fd, pkt + q->sent, (size_t)q->qlen + 2 - q->sent);
         if (n < 0 && !net_would_block(net_error())) { mta_dns_timeout(o); return; }
         if (n > 0) q->sent += (size_t)n;
         return;
     }
     if (!(re & (POLLIN | POLLHUP | POLLERR))) return;
     if (!q->ans) q->ans = xrealloc(NULL, 65537);
-    n = net_recv(o->fd, q->ans + q->alen, 65537 - q->alen);
+    n = net_recv(o->io.fd, q->ans + q->alen, 65537 - q->alen);
     if (n <= 0) { if (n == 0 || !net_would_block(net_error())) mta_dns_timeout(o); return; }
     q->alen += (size_t)n;
     if ((mlen = dns_tcp_msg_len(q->ans, q->alen)) < 0) return;
@@ -7514,13 +7554,13 @@ mta_connect(struct mta_sess *o)
     mta_close_fd(o);
     net_addr_str(&o->addr[o->addri], ip, sizeof ip);
     snprintf(o->hop, sizeof o->hop, "%s[%s]:%u", o->mx[o->mxi].host, ip, o->addr[o->addri].port);
-    o->fd = net_connect(&o->addr[o->addri], 0, &err);
+    o->io.fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
-    o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+    o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
     o->ext_size = o->ext_starttls = 0;
-    if (o->fd == MS_BAD_SOCK) {
+    if (o->io.fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
-        o->deadline = 0; /* the timer moves on to the next address */
+        o->io.deadline = 0; /* the timer moves on to the next address */
     }
 }
 
@@ -7562,8 +7602,8 @@ mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r)
 {
     int i;
     struct dnsq *q = &o->dq;
-    if (o->fd != MS_BAD_SOCK) net_close(o->fd);
-    o->fd = MS_BAD_SOCK;
+    if (o->io.fd != MS_BAD_SOCK) net_close(o->io.fd);
+    o->io.fd = MS_BAD_SOCK;
     if (rc != DNS_NOERROR && rc != DNS_NXDOMAIN) {
         snprintf(o->error, sizeof o->error, "4.4.3 DNS lookup of %s (type %d) failed: %s", q->name, q->type,
                  rc < 0 ? "no answer" : "server failure");
@@ -7706,7 +7746,7 @@ mta_open_body(struct mta_sess *o)
 static void
 mta_pump_body(struct mta_sess *o)
 {
-    while (o->out.len - o->out_off < 32768 && !o->body_eof) {
+    while (o->io.out.len - o->io.out_off < 32768 && !o->body_eof) {
         const char *line;
         size_t len;
         int complete, r;
@@ -7714,17 +7754,17 @@ mta_pump_body(struct mta_sess *o)
         r = lr_next(&o->lr, &line, &len, &complete, &off);
         if (r < 0) { mta_fail_session(o, "4.3.0 cannot read the queued message"); return; }
         if (r == 0) {
-            if (!o->bol) buf_adds(&o->out, "\r\n");
-            buf_adds(&o->out, ".\r\n");
+            if (!o->bol) buf_adds(&o->io.out, "\r\n");
+            buf_adds(&o->io.out, ".\r\n");
             mta_close_body(o);
             o->body_eof = 1;
             o->state = O_DOT;
-            o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+            o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
             break;
         }
-        if (o->bol && len && line[0] == '.') buf_adds(&o->out, "."); /* RFC 5321 4.5.2 */
-        buf_add(&o->out, line, len);
-        if (complete) buf_adds(&o->out, "\r\n");
+        if (o->bol && len && line[0] == '.') buf_adds(&o->io.out, "."); /* RFC 5321 4.5.2 */
+        buf_add(&o->io.out, line, len);
+        if (complete) buf_adds(&o->io.out, "\r\n");
         o->bol = complete;
     }
 }
@@ -7734,7 +7774,7 @@ static void
 mta_after_ehlo(struct mta_sess *o)
 {
     int mode = o->ms->cfg->relay_tls;
-    if (!MAILSRV_ENABLE_TLS || mode == RTLS_NO || o->tls || (o->tls_refused && mode == RTLS_YES)) {
+    if (!MAILSRV_ENABLE_TLS || mode == RTLS_NO || o->io.tls || (o->tls_refused && mode == RTLS_YES)) {
         mta_mail_from(o);
     } else if (o->ext_starttls && o->state == O_EHLO) {
         o->state = O_STARTTLS;
@@ -7754,7 +7794,7 @@ static void
 mta_tls_failed(struct mta_sess *o)
 {
     char why[600], what[128] = "TLS is not built in";
-    if (o->tls) tls_error_text(tls_error(o->tls), what, sizeof what);
+    if (o->io.tls) tls_error_text(tls_error(o->io.tls), what, sizeof what);
     snprintf(why, sizeof why, "4.7.5 TLS handshake with %s failed: %s", o->hop, what);
     if (o->ms->cfg->relay_tls == RTLS_VERIFY) { mta_fail_session(o, why); return; }
     mta_log(o, "%s; trying again without TLS", why);
@@ -7768,7 +7808,7 @@ mta_tls_failed(struct mta_sess *o)
 static int
 mta_tls_progress(struct mta_sess *o)
 {
-    if (o->state != O_TLS || !tls_done(o->tls)) return o->state != O_TLS;
+    if (o->state != O_TLS || !tls_done(o->io.tls)) return o->state != O_TLS;
     o->state = O_EHLO;
     o->ext_size = o->ext_starttls = 0;
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
@@ -7783,12 +7823,12 @@ mta_tls_begin(struct mta_sess *o)
     const char *name = o->mx[o->mxi].host;
     int verify = cfg->relay_tls == RTLS_VERIFY && cfg->ca;
     /* the name is checked against the certificate only when it is a name */
-    o->tls = tls_client_new(verify ? cfg->ca : NULL, net_addr_parse(name, 0, &a) != 0 ? name : NULL);
-    if (!o->tls) { mta_tls_failed(o); return; } /* a build without TLS */
-    o->inlen = 0;
+    o->io.tls = tls_client_new(verify ? cfg->ca : NULL, net_addr_parse(name, 0, &a) != 0 ? name : NULL);
+    if (!o->io.tls) { mta_tls_failed(o); return; } /* a build without TLS */
+    o->io.inlen = 0;
     o->state = O_TLS;
-    o->deadline = os_now_ms() + cfg->relay_timeout * 1000;
-    if (tls_pump(o->tls, o->fd) < 0) mta_tls_failed(o);
+    o->io.deadline = os_now_ms() + cfg->relay_timeout * 1000;
+    if (tls_pump(o->io.tls, o->io.fd) < 0) mta_tls_failed(o);
     else mta_tls_progress(o);
 }
 
@@ -7865,7 +7905,7 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
                 r = &o->e->r[o->ri[i]];
                 if (r->result != 2) continue;
                 r->state = Q_DELIVERED;
-                mta_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->tls ? "yes" : "no");
+                mta_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->io.tls ? "yes" : "no");
             }
             if (mta_take_next(o) == 0) return;
         } else {
@@ -7884,21 +7924,19 @@ static void
 mta_read(struct mta_sess *o)
 {
     long n;
-    char *nl;
-    if ((n = io_recv(o->fd, o->tls, o->in + o->inlen, sizeof o->in - 1 - o->inlen)) == -2) return;
+    size_t len;
+    if ((n = io_read(&o->io)) == -2) return;
     if (n <= 0) {
         mta_broken(o, "4.4.2 connection lost");
         return;
     }
-    o->inlen += (size_t)n;
-    while ((nl = memchr(o->in, '\n', o->inlen)) != NULL) {
-        size_t len = (size_t)(nl - o->in);
-        char line[sizeof o->in];
+    while ((len = io_line(&o->io)) != 0) {
+        char line[sizeof o->inbuf + 1];
+        size_t text = len - 1; /* without the LF */
         int code, last;
-        if (len && o->in[len - 1] == '\r') len--;
-        ms_visible(line, sizeof line, o->in, len); /* printable: it goes into logs and bounces */
-        o->inlen -= (size_t)(nl + 1 - o->in);
-        memmove(o->in, nl + 1, o->inlen);
+        if (text && o->io.in[text - 1] == '\r') text--;
+        ms_visible(line, sizeof line, o->io.in, text); /* printable: it goes into logs and bounces */
+        io_consume(&o->io, len);
         if (o->ms->verbose) mta_log(o, "< %s", line);
         /* RFC 5321 4.2.1: every line of a reply carries the same code */
         if ((last = smtp_reply_line(line, &code)) < 0 || (o->reply_code && code != o->reply_code)) {
@@ -7912,11 +7950,11 @@ mta_read(struct mta_sess *o)
         }
         o->reply_code = last ? 0 : code;
         if (!last) continue;
-        o->deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
+        o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
         mta_on_reply(o, code, line);
-        if (o->fd == MS_BAD_SOCK || o->is_done) return;
+        if (o->io.fd == MS_BAD_SOCK || o->is_done) return;
     }
-    if (o->inlen == sizeof o->in - 1) mta_broken(o, "4.5.0 reply line too long");
+    if (o->io.inlen == o->io.insize) mta_broken(o, "4.5.0 reply line too long");
 }
 
 static void
@@ -7926,7 +7964,7 @@ mta_io(struct mta_sess *o, short re)
     if (o->state == O_CONNECT) {
         int err;
         if (!(re & (POLLOUT | POLLERR | POLLHUP))) return;
-        if ((err = net_sock_error(o->fd)) != 0) {
+        if ((err = net_sock_error(o->io.fd)) != 0) {
             snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
             mta_log(o, "%s", o->error);
             mta_next(o);
@@ -7935,42 +7973,43 @@ mta_io(struct mta_sess *o, short re)
         o->state = O_GREET;
         return;
     }
-    if (o->tls) {
-        if (tls_pump(o->tls, o->fd) < 0 && !tls_app_ready(o->tls)) { mta_broken(o, "4.4.2 connection lost"); return; }
+    if (o->io.tls) {
+        if (tls_pump(o->io.tls, o->io.fd) < 0 && !tls_app_ready(o->io.tls)) { mta_broken(o, "4.4.2 connection lost"); return; }
         if (!mta_tls_progress(o)) return;
-        if (tls_app_ready(o->tls)) re |= POLLIN;
+        if (tls_app_ready(o->io.tls)) re |= POLLIN;
     }
     if (re & (POLLIN | POLLERR | POLLHUP)) mta_read(o);
-    while (o->fd != MS_BAD_SOCK && !o->is_done) {
-        long n;
+    while (o->io.fd != MS_BAD_SOCK && !o->is_done) {
         if (o->state == O_BODY) mta_pump_body(o);
-        if (o->fd == MS_BAD_SOCK || o->out_off == o->out.len) break;
-        if ((n = io_send(o->fd, o->tls, o->out.p + o->out_off, o->out.len - o->out_off)) < 0) {
-            if (n == -1) mta_broken(o, "4.4.2 connection lost");
+        if (o->io.fd == MS_BAD_SOCK || !io_pending(&o->io)) break;
+        if (io_write(&o->io) < 0) {
+            mta_broken(o, "4.4.2 connection lost");
             break;
         }
-        o->out_off += (size_t)n;
-        if (o->out_off == o->out.len) o->out.len = o->out_off = 0;
-        else break; /* the socket is full */
-        if (o->state != O_BODY) break;
+        if (io_pending(&o->io) || o->state != O_BODY) break; /* the socket is full, or a command is out */
     }
 }
 
-/* Decrypted replies waiting in the engine need a turn without a socket event. */
-static int
-mta_tls_input(const struct mta_sess *o)
+/* What poll() said of o (0: nothing, but decrypted replies may wait). */
+static void
+mta_on_io(struct transport *io, short revents)
 {
-    return !o->is_done && io_input_waiting(o->tls);
+    struct mta_sess *o = IO_OWNER(io, struct mta_sess, io);
+    if (o->is_done || (!revents && !io_tls_input(io))) return;
+    mta_io(o, revents ? revents : POLLIN);
 }
 
-static short
-mta_events(const struct mta_sess *o)
+/* What to poll o for this turn (-1: it has no socket now), and when it
+ * needs a turn anyway (*wake). */
+static int
+mta_watch(struct mta_sess *o, int64_t now, int64_t *wake)
 {
-    if (o->fd == MS_BAD_SOCK) return 0;
+    if (o->io.deadline < *wake) *wake = o->io.deadline;
+    if (!o->is_done && io_tls_input(&o->io)) *wake = now;
+    if (o->io.fd == MS_BAD_SOCK) return -1;
     if (o->state == O_DNS) return o->dq.tcp && o->dq.sent < (size_t)o->dq.qlen + 2 ? POLLOUT : POLLIN;
     if (o->state == O_CONNECT) return POLLOUT;
-    if (o->tls) return tls_events(o->tls, o->out_off < o->out.len || o->state == O_BODY);
-    return (short)(POLLIN | (o->out_off < o->out.len || o->state == O_BODY ? POLLOUT : 0));
+    return io_events(&o->io, 1, io_pending(&o->io) || o->state == O_BODY);
 }
 
 static void mta_begin(struct mta_sess *o);
@@ -7978,12 +8017,12 @@ static void mta_begin(struct mta_sess *o);
 static void
 mta_timer(struct mta_sess *o, int64_t now)
 {
-    if (o->is_done || now < o->deadline) return;
+    if (o->is_done || now < o->io.deadline) return;
     switch (o->state) {
     case O_START: mta_begin(o); return;
     case O_DNS: mta_dns_timeout(o); return;
     case O_CONNECT:
-        if (o->fd != MS_BAD_SOCK)
+        if (o->io.fd != MS_BAD_SOCK)
             snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: timeout", o->hop);
         mta_log(o, "%s", o->error);
         mta_next(o);
@@ -8110,14 +8149,14 @@ relay_start(struct mailsrv *ms, struct qentry *e, const char *domain, const int 
     o->id = ++ms->next_oid;
     o->e = e;
     e->active++;
-    o->fd = MS_BAD_SOCK;
+    io_init(&o->io, MS_BAD_SOCK, o->inbuf, sizeof o->inbuf, mta_on_io);
     o->msg_fd = -1;
     ms_strlcpy(o->domain, domain, sizeof o->domain);
     o->ri = xrealloc(NULL, sizeof *o->ri * (size_t)nri);
     memcpy(o->ri, ri, sizeof *o->ri * (size_t)nri);
     o->nri = nri;
     o->state = O_START;
-    o->deadline = 0;
+    o->io.deadline = 0;
     if (ms->nout == ms->capout) {
         ms->capout = ms->capout ? ms->capout * 2 : 16;
         ms->out = xrealloc(ms->out, sizeof *ms->out * (size_t)ms->capout);
@@ -8129,7 +8168,7 @@ static void
 mta_free(struct mta_sess *o)
 {
     mta_close_fd(o);
-    buf_free(&o->out);
+    buf_free(&o->io.out);
     free(o->ri);
     free(o);
 }
@@ -9164,9 +9203,8 @@ conn_free(struct conn *c)
 {
     c->ops->free(c);
     if (c->login) { ms_wipe(c->login, sizeof *c->login); free(c->login); }
-    net_close(c->fd);
-    buf_free(&c->out);
-    io_free(c->tls);
+    io_close(&c->io);
+    buf_free(&c->io.out);
     free(c);
 }
 
@@ -9182,37 +9220,35 @@ conn_process(struct conn *c)
         c->hold_until = 0;
     }
     while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
-        char *nl;
         size_t len;
         int r;
-        if (conn_pending(c) > MS_OUT_HIGH || c->commit_pending) break;
+        if (io_pending(&c->io) > MS_OUT_HIGH || c->commit_pending) break;
         if ((r = c->ops->pump(c)) < 0) break;
         if (r > 0) continue;
-        nl = memchr(c->in, '\n', c->inlen);
-        if (!nl) {
-            if (c->inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
+        if ((len = io_line(&c->io)) == 0) {
+            if (c->io.inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
                 if (!c->discarding) conn_say(c, SAY_LINE_TOO_LONG);
                 c->discarding = 1;
-                c->inlen = 0;
+                c->io.inlen = 0;
             }
             break;
         }
-        len = (size_t)(nl - c->in);
-        if (c->discarding) { c->discarding = 0; conn_consume(c, len + 1); continue; }
+        len--; /* without its LF */
+        if (c->discarding) { c->discarding = 0; io_consume(&c->io, len + 1); continue; }
         if (len + 1 > MS_SMTP_LINE_MAX) {
             conn_say(c, SAY_LINE_TOO_LONG);
-            conn_consume(c, len + 1);
+            io_consume(&c->io, len + 1);
             continue;
         }
         if (!conn_busy(c) && conn_session_expired(c, os_now_ms())) { /* between two transactions */
             conn_session_over(c);
             break;
         }
-        memcpy(line, c->in, len);
-        conn_consume(c, len + 1);
+        memcpy(line, c->io.in, len);
+        io_consume(&c->io, len + 1);
         if (len && line[len - 1] == '\r') len--;
         line[len] = 0;
-        c->deadline = os_now_ms() + c->ms->cfg->timeout * 1000;
+        c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000;
         c->ops->line(c, line, len);
     }
 }
@@ -9222,30 +9258,45 @@ conn_read(struct conn *c)
 {
     long n;
     if (c->tls_after_flush) return; /* the next bytes are a TLS handshake */
-    n = io_recv(c->fd, c->tls, c->in + c->inlen, MS_IN_SIZE - c->inlen);
-    if (n > 0) c->inlen += (size_t)n;
-    else if (n == 0) c->is_eof = 1; /* input already buffered is still served */
+    n = io_read(&c->io);
+    if (n == 0) c->is_eof = 1; /* input already buffered is still served */
     else if (n == -1) conn_drop(c);
-    if (c->tls) conn_tls_report(c);
+    if (c->io.tls) conn_tls_report(c);
 }
 
-/* TLS: decrypted input waits in the engine while c->in is full; it needs
- * a turn although the socket has nothing new. */
-static int
-conn_tls_input(const struct conn *c)
-{
-    return c->inlen < MS_IN_SIZE && io_input_waiting(c->tls);
-}
-
-/* What to poll for: a TLS engine says itself what it waits for. */
+/* What to poll c for this turn, and when it needs a turn anyway (*wake). */
 static short
-conn_events(const struct conn *c)
+conn_watch(struct conn *c, int64_t now, int64_t *wake)
 {
     short ev = 0;
-    if (c->tls) return tls_events(c->tls, conn_pending(c) || c->ops->streaming(c));
-    if (c->inlen < MS_IN_SIZE && !c->close_after_flush && !c->is_eof && !c->tls_after_flush) ev |= POLLIN;
-    if (conn_pending(c) || c->ops->streaming(c)) ev |= POLLOUT;
+    if (c->hold_until) { if (c->hold_until < *wake) *wake = c->hold_until; }
+    else if (c->login) *wake = now; /* hashing: no input meanwhile, the next slice at once */
+    else {
+        ev = io_events(&c->io, !c->close_after_flush && !c->is_eof && !c->tls_after_flush,
+                       io_pending(&c->io) || c->ops->streaming(c));
+        if (io_tls_input(&c->io)) *wake = now;
+    }
+    if (c->io.deadline < *wake) *wake = c->io.deadline;
+    if (!c->close_after_flush) { /* max_session_time: once, then twice over if busy then */
+        int64_t end = c->born + c->ms->cfg->max_session_time * 1000LL;
+        if (end <= now) end += c->ms->cfg->max_session_time * 1000LL;
+        if (end < *wake) *wake = end;
+    }
     return ev;
+}
+
+/* What poll() said of c (0: nothing, but decrypted input may wait). */
+static void
+conn_on_io(struct transport *io, short revents)
+{
+    struct conn *c = IO_OWNER(io, struct conn, io);
+    if (!revents) {
+        if (!io_tls_input(io) || c->hold_until || c->login) return;
+        revents = POLLIN;
+    }
+    io->revents = revents; /* conn_run's turn comes */
+    if (revents & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
+    if (revents & POLLOUT) conn_send(c);
 }
 
 /* One turn of a session: its buffered input, then its replies. */
@@ -9361,7 +9412,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         c = xrealloc(NULL, sizeof *c);
         memset(c, 0, sizeof *c);
         c->ms = ms;
-        c->fd = s;
+        io_init(&c->io, s, c->inbuf, sizeof c->inbuf, conn_on_io);
         c->id = ++ms->next_id;
         c->proto = l->proto;
         c->ops = proto_ops_of(l->proto);
@@ -9369,7 +9420,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         ms_strlcpy(c->peer, peer, sizeof c->peer);
         ms_strlcpy(c->client, key, sizeof c->client);
         c->born = now;
-        c->deadline = now + ms->cfg->timeout * 1000;
+        c->io.deadline = now + ms->cfg->timeout * 1000;
         if (ms->nconns == ms->capconns) {
             ms->capconns = ms->capconns ? ms->capconns * 2 : 64;
             ms->conns = xrealloc(ms->conns, sizeof *ms->conns * (size_t)ms->capconns);
@@ -9413,7 +9464,7 @@ loop_timers(struct mailsrv *ms, int64_t now)
         if (!c->is_closing && !c->close_after_flush && conn_session_expired(c, now)) {
             if (!conn_busy(c)) { /* idle between two transactions: end it now */
                 conn_session_over(c);
-                c->deadline = now + 10000;
+                c->io.deadline = now + 10000;
                 conn_send(c);
                 continue;
             }
@@ -9423,9 +9474,9 @@ loop_timers(struct mailsrv *ms, int64_t now)
                 continue;
             }
         }
-        if (c->is_closing || now < c->deadline) continue;
+        if (c->is_closing || now < c->io.deadline) continue;
         if (c->close_after_flush) { conn_drop(c); continue; } /* it never read its last reply */
-        if (c->tls && !tls_done(c->tls)) { /* no reply can go out before the handshake */
+        if (c->io.tls && !tls_done(c->io.tls)) { /* no reply can go out before the handshake */
             conn_log(c, "timeout during the TLS handshake");
             conn_drop(c);
             continue;
@@ -9433,7 +9484,7 @@ loop_timers(struct mailsrv *ms, int64_t now)
         conn_log(c, "timeout");
         conn_say(c, SAY_TIMEOUT);
         conn_close_after_reply(c);
-        c->deadline = now + 10000;
+        c->io.deadline = now + 10000;
         conn_send(c);
     }
 }
@@ -9598,6 +9649,7 @@ mailsrv_destroy(struct mailsrv *ms)
     loop_close_listeners(ms);
     free(ms->conns);
     free(ms->pfds);
+    free(ms->watched);
     free(ms->commit_dirs.v);
     free(ms->ini_path);
     cfg_free(ms->cfg);
@@ -9791,12 +9843,60 @@ mailsrv_listen(struct mailsrv *ms)
     return 0;
 }
 
+/* Adds fd to this turn's poll set; io: the session's (NULL: a listener). */
+static void
+loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io)
+{
+    ms->pfds[*nfds].fd = fd;
+    ms->pfds[*nfds].events = events;
+    ms->pfds[*nfds].revents = 0;
+    ms->watched[(*nfds)++] = io;
+    if (io) io->revents = 0;
+}
+
+/* The poll set: the listeners, then every session with a socket. *wake
+ * comes down to when the first of them needs a turn anyway. */
+static int
+loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)
+{
+    int i, ev, nfds = 0, n = ms->nlst + ms->nconns + ms->nout;
+    if (n > ms->capfds) {
+        ms->capfds = n + 64;
+        ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
+        ms->watched = xrealloc(ms->watched, sizeof *ms->watched * (size_t)ms->capfds);
+    }
+    for (i = 0; i < ms->nlst; i++) loop_watch(ms, &nfds, ms->lst[i].fd, POLLIN, NULL);
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        loop_watch(ms, &nfds, c->io.fd, conn_watch(c, now, wake), &c->io);
+    }
+    for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
+        struct mta_sess *o = ms->out[i];
+        if ((ev = mta_watch(o, now, wake)) >= 0) loop_watch(ms, &nfds, o->io.fd, (short)ev, &o->io);
+    }
+    return nfds;
+}
+
+/* Hands what poll() said to the listeners and the sessions; those with
+ * nothing (any: !ready) still see whether decrypted input waits. */
+static void
+loop_dispatch(struct mailsrv *ms, int nfds, int ready)
+{
+    int i;
+    for (i = 0; i < nfds; i++) {
+        short re = ready ? ms->pfds[i].revents : 0;
+        struct transport *io = ms->watched[i];
+        if (io) io->on_io(io, re);
+        else if (re & POLLIN) loop_accept(ms, &ms->lst[i]);
+    }
+}
+
 /* see mailsrv.h */
 int
 mailsrv_poll(struct mailsrv *ms, int timeout_ms)
 {
     int64_t now = os_now_ms(), wake = now + timeout_ms;
-    int i, n, nfds = 0, r, nl, nc, no;
+    int i, nfds, r;
     if (ms->stop_requested && !ms->stopping) {
         ms->stopping = 1;
         ms->stop_deadline = now + MS_STOP_GRACE_MS;
@@ -9808,45 +9908,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         loop_sweep(ms);
         if (ms->nconns == 0 || now >= ms->stop_deadline) return 1;
     }
-    n = ms->nlst + ms->nconns + ms->nout;
-    if (n > ms->capfds) {
-        ms->capfds = n + 64;
-        ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
-    }
-    for (i = 0; i < ms->nlst; i++) {
-        ms->pfds[nfds].fd = ms->lst[i].fd;
-        ms->pfds[nfds].events = POLLIN;
-        ms->pfds[nfds++].revents = 0;
-    }
-    for (i = 0; i < ms->nconns; i++) {
-        struct conn *c = ms->conns[i];
-        short ev = 0;
-        if (c->hold_until) { if (c->hold_until < wake) wake = c->hold_until; }
-        else if (c->login) wake = now; /* hashing: no input meanwhile, the next slice at once */
-        else {
-            ev = conn_events(c);
-            if (conn_tls_input(c)) wake = now;
-        }
-        if (c->deadline < wake) wake = c->deadline;
-        if (!c->close_after_flush) { /* max_session_time: once, then twice over if busy then */
-            int64_t end = c->born + c->ms->cfg->max_session_time * 1000LL;
-            if (end <= now) end += c->ms->cfg->max_session_time * 1000LL;
-            if (end < wake) wake = end;
-        }
-        ms->pfds[nfds].fd = c->fd;
-        ms->pfds[nfds].events = ev;
-        ms->pfds[nfds++].revents = 0;
-    }
-    for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
-        struct mta_sess *o = ms->out[i];
-        if (o->deadline < wake) wake = o->deadline;
-        if (mta_tls_input(o)) wake = now;
-        o->pfd = o->fd == MS_BAD_SOCK ? -1 : nfds;
-        if (o->pfd < 0) continue;
-        ms->pfds[nfds].fd = o->fd;
-        ms->pfds[nfds].events = mta_events(o);
-        ms->pfds[nfds++].revents = 0;
-    }
+    nfds = loop_watch_all(ms, now, &wake);
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
     if (ms->nlst && ms->next_flush_check < wake) wake = ms->next_flush_check;
     if (ms->nlst && ms->next_tmp_clean < wake) wake = ms->next_tmp_clean;
@@ -9857,32 +9919,11 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     if (ms->clients_flush && ms->clients_flush < wake) wake = ms->clients_flush;
     r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
     if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
-    nl = ms->nlst;
-    nc = ms->nconns;
-    no = ms->nout;
-    if (r > 0) {
-        for (i = 0; i < nl; i++)
-            if (ms->pfds[i].revents & POLLIN) loop_accept(ms, &ms->lst[i]);
-        for (i = 0; i < nc; i++) { /* connections accepted just now come after nc */
-            struct conn *c = ms->conns[i];
-            short re = ms->pfds[nl + i].revents;
-            if (re & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
-            if (re & POLLOUT) conn_send(c);
-        }
-    }
-    for (i = 0; i < no; i++) { /* revents are 0 when poll() timed out */
-        struct mta_sess *o = ms->out[i];
-        if (o->pfd >= 0 && ms->pfds[o->pfd].revents && !o->is_done) mta_io(o, ms->pfds[o->pfd].revents);
-        else if (mta_tls_input(o)) mta_io(o, POLLIN);
-    }
+    loop_dispatch(ms, nfds, r > 0);
     now = os_now_ms();
-    for (i = 0; i < ms->nconns; i++) {
+    for (i = 0; i < ms->nconns; i++) { /* idle sessions cost nothing; new ones were greeted in loop_accept */
         struct conn *c = ms->conns[i];
-        int had_event = r > 0 && i < nc && ms->pfds[nl + i].revents;
-        /* idle sessions cost nothing; new ones were greeted in loop_accept */
-        if (!had_event && conn_tls_input(c) && !c->hold_until && !c->login) { conn_read(c); had_event = 1; }
-        if (c->is_closing || !(had_event || (c->hold_until && now >= c->hold_until))) continue;
-        conn_run(c);
+        if (!c->is_closing && (c->io.revents || (c->hold_until && now >= c->hold_until))) conn_run(c);
     }
     loop_logins(ms);
     loop_group_commit(ms);

@@ -88,14 +88,14 @@ fuzz_server(const char *server, const char *more)
 }
 
 /* A socketless POP3 connection in the TRANSACTION state on view v (borrowed:
- * the caller frees the view; free the connection with buf_free(&c->out), free(c)). */
+ * the caller frees the view; free the connection with buf_free(&c->io.out), free(c)). */
 static struct conn *
 fuzz_pop_conn(struct mailsrv *ms, struct pop_view *v)
 {
     struct conn *c = xrealloc(NULL, sizeof *c);
     memset(c, 0, sizeof *c);
     c->ms = ms;
-    c->fd = MS_BAD_SOCK;
+    io_init(&c->io, MS_BAD_SOCK, c->inbuf, sizeof c->inbuf, conn_on_io);
     c->proto = PROTO_POP3;
     c->ops = &pop_ops;
     c->u.pop.stream_fd = -1;
@@ -116,14 +116,14 @@ fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top, struct buf *t
     size_t k;
     pop_stream_start(c, &v->msgs[i], top);
     while (c->u.pop.streaming && !c->is_closing) {
-        size_t before = c->out.len;
-        c->out_off = c->out.len; /* all "sent" (kept for the checks) */
+        size_t before = c->io.out.len;
+        c->io.out_off = c->io.out.len; /* all "sent" (kept for the checks) */
         pop_pump(c);
-        if (c->u.pop.streaming && c->out.len == before) abort(); /* no progress */
+        if (c->u.pop.streaming && c->io.out.len == before) abort(); /* no progress */
     }
-    if (!c->is_closing && c->out.len >= 3 && memcmp(c->out.p, "+OK", 3) == 0) {
-        const char *p = c->out.p;
-        size_t end = c->out.len - 3, body = (size_t)((const char *)memchr(p, '\n', c->out.len) - p) + 1;
+    if (!c->is_closing && c->io.out.len >= 3 && memcmp(c->io.out.p, "+OK", 3) == 0) {
+        const char *p = c->io.out.p;
+        size_t end = c->io.out.len - 3, body = (size_t)((const char *)memchr(p, '\n', c->io.out.len) - p) + 1;
         assert(end >= body && memcmp(p + end, ".\r\n", 3) == 0); /* the final dot */
         n = (int64_t)(end - body);
         for (k = body; k < end; k++) {
@@ -134,7 +134,7 @@ fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top, struct buf *t
         assert(end == body || p[end - 1] == '\n');
     }
     pop_stream_end(c);
-    buf_free(&c->out);
+    buf_free(&c->io.out);
     free(c);
     return n;
 }
@@ -147,7 +147,7 @@ fuzz_conn(struct mailsrv *ms, enum proto proto, const char *peer)
     struct conn *c = xrealloc(NULL, sizeof *c);
     memset(c, 0, sizeof *c);
     c->ms = ms;
-    c->fd = MS_BAD_SOCK;
+    io_init(&c->io, MS_BAD_SOCK, c->inbuf, sizeof c->inbuf, conn_on_io);
     c->id = ++ms->next_id;
     c->proto = proto;
     c->ops = proto_ops_of(proto);
@@ -193,9 +193,9 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
         seed = seed * 1103515245u + 12345u;
         take = 1 + (seed >> 16) % 512;
         if (take > size - used) take = size - used;
-        if (take > MS_IN_SIZE - c->inlen) take = MS_IN_SIZE - c->inlen;
-        memcpy(c->in + c->inlen, data + used, take);
-        c->inlen += take;
+        if (take > MS_IN_SIZE - c->io.inlen) take = MS_IN_SIZE - c->io.inlen;
+        memcpy(c->io.in + c->io.inlen, data + used, take);
+        c->io.inlen += take;
         used += take;
         c->hold_until = 0;
         conn_process(c);
@@ -210,12 +210,12 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
             c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
             c->ops->group_committed(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
         }
-        assert(c->inlen <= MS_IN_SIZE);
-        if (check) check(c->out.p, c->out.len);
+        assert(c->io.inlen <= MS_IN_SIZE);
+        if (check) check(c->io.out.p, c->io.out.len);
         if (show < 0) show = getenv("FUZZ_SHOW") != NULL; /* FUZZ_SHOW=1: print the replies */
-        if (show && c->out.len) fprintf(stderr, "%.*s", (int)c->out.len, c->out.p);
-        idle = used == size && c->out.len == 0 ? idle + 1 : 0;
-        c->out.len = c->out_off = 0;
+        if (show && c->io.out.len) fprintf(stderr, "%.*s", (int)c->io.out.len, c->io.out.p);
+        idle = used == size && c->io.out.len == 0 ? idle + 1 : 0;
+        c->io.out.len = c->io.out_off = 0;
         assert(++turns < 100000);
     }
 }

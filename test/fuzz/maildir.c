@@ -46,7 +46,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pop_command(c, "LIST", "");
     pop_command(c, "UIDL", "");
     pop_command(c, "LIST", "2");
-    buf_free(&c->out);
+    buf_free(&c->io.out);
     free(c);
     for (i = 0; i < 2; i++) {
         const char *name = strchr(v.msgs[i].name, '/') + 1;

@@ -53,13 +53,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     strcpy(o->mx[0].host, "mx.dest.test");
     o->nmx = o->naddr = 1; /* family 0: any reconnect fails at socket() */
     strcpy(o->hop, "mx.dest.test[0.0.0.0]:25");
-    o->fd = sv[0];
+    o->io.fd = sv[0];
     o->state = O_GREET;
     net_set_nonblock(sv[0]);
     /* the poll loop's turns: mta_io() reads, pumps the body and sends (into the unread socket) */
-    for (turns = 0; o->fd == sv[0] && !o->is_done && turns < 10000; turns++) {
+    for (turns = 0; o->io.fd == sv[0] && !o->is_done && turns < 10000; turns++) {
         mta_io(o, POLLIN);
-        assert(o->inlen < sizeof o->in);
+        assert(o->io.inlen < o->io.insize);
     }
     assert(turns < 10000);
     for (i = 0; i < 3; i++) assert(e->r[i].result == 0 || e->r[i].result == 2 || e->r[i].result == 4 || e->r[i].result == 5);

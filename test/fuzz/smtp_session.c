@@ -159,7 +159,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                               "[list news@fuzz.test]\nowner = u@fuzz.test\npost = anyone\nreply_to = list\n"
                               "subject_prefix = [news]\n");
     c = fuzz_conn(ms, data[0] & 1 ? PROTO_SUBMISSION : PROTO_SMTP, data[0] & 2 ? "203.0.113.9" : "127.0.0.1");
-    check_replies(c->out.p, c->out.len);
+    check_replies(c->io.out.p, c->io.out.len);
     ntx = 0;
     fail_bits = data[0] & 4 ? data[0] >> 3 : 0; /* which commits (mod 8) fail */
     fuzz_commit_ok = commit_ok;

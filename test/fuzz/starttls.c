@@ -42,8 +42,8 @@ check_turn(struct conn *c)
     if (c->tls_after_flush) {
         const char *want = pop ? "+OK Begin TLS negotiation\r\n" : "220 2.0.0 Ready to start TLS\r\n";
         size_t wl = strlen(want);
-        assert(c->inlen == 0); /* the bytes behind STARTTLS are dropped unread */
-        assert(c->out.len >= wl && memcmp(c->out.p + c->out.len - wl, want, wl) == 0); /* no command after it ran */
+        assert(c->io.inlen == 0); /* the bytes behind STARTTLS are dropped unread */
+        assert(c->io.out.len >= wl && memcmp(c->io.out.p + c->io.out.len - wl, want, wl) == 0); /* no command after it ran */
         if (pop) {
             assert(c->u.pop.state == POP_S_AUTH && !c->u.pop.user[0] && !c->u.pop.auth_wait);
         } else {
@@ -53,8 +53,8 @@ check_turn(struct conn *c)
         }
         c->tls_after_flush = 0; /* the handshake is over: from here the packets are the TLS session's */
     }
-    if (getenv("FUZZ_SHOW") && c->out.len) fprintf(stderr, "%.*s", (int)c->out.len, c->out.p);
-    c->out.len = c->out_off = 0;
+    if (getenv("FUZZ_SHOW") && c->io.out.len) fprintf(stderr, "%.*s", (int)c->io.out.len, c->io.out.p);
+    c->io.out.len = c->io.out_off = 0;
 }
 
 int
@@ -80,9 +80,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* one packet: up to the next 0xFF (a longer one is read in as many turns as the buffer needs) */
         const uint8_t *ff = memchr(data + used, 0xff, size - used);
         size_t end = ff ? (size_t)(ff - data) : size, take = end - used;
-        if (take > MS_IN_SIZE - c->inlen) take = MS_IN_SIZE - c->inlen;
-        memcpy(c->in + c->inlen, data + used, take);
-        c->inlen += take;
+        if (take > MS_IN_SIZE - c->io.inlen) take = MS_IN_SIZE - c->io.inlen;
+        memcpy(c->io.in + c->io.inlen, data + used, take);
+        c->io.inlen += take;
         used += take;
         if (used == end && ff) used++;
         c->hold_until = 0;
