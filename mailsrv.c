@@ -6425,9 +6425,7 @@ smtp_do_auth(struct conn *c, const char *args)
     struct smtp_sess *s = &c->u.smtp;
     char mech[32];
     const char *init = cmd_split(args, mech, sizeof mech);
-    if (s->state == SMTP_S_GREET) { conn_reply(c, "503 5.5.1 Send EHLO first"); return; }
     if (s->auth_user[0]) { conn_reply(c, "503 5.5.1 Already authenticated"); return; }
-    if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 AUTH not allowed during a mail transaction"); return; }
     if (c->ms->cfg->capture) { conn_reply(c, "503 5.5.1 AUTH is not needed in capture mode"); return; }
     if (!conn_plaintext_ok(c)) { conn_reply(c, "538 5.7.11 Encryption required for requested authentication mechanism"); return; }
     if (strcmp(mech, "PLAIN") == 0) {
@@ -6478,8 +6476,6 @@ smtp_do_mail(struct conn *c, const char *args)
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
     int64_t size = 0;
-    if (s->state == SMTP_S_GREET) { conn_reply(c, "503 5.5.1 Send HELO/EHLO first"); return; }
-    if (s->state != SMTP_S_READY) { conn_reply(c, "503 5.5.1 Nested MAIL command"); return; }
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || (local[0] && !domain[0])) {
         /* RFC 5321 4.5.3.1.10: "501 Path too long"; RFC 3463 X.1.7: bad sender address syntax */
@@ -6544,7 +6540,6 @@ smtp_do_rcpt(struct conn *c, const char *args)
     const char *p = smtp_after_prefix(args, "TO:"), *rest;
     const struct cfg_list *l;
     int r, kind, n0 = s->targets.n;
-    if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT) { conn_reply(c, "503 5.5.1 Need MAIL before RCPT"); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || !local[0]) {
         /* RFC 5321 4.5.3.1.10: "501 Path too long"; RFC 3463 X.1.3: bad destination address syntax
          * (as Postfix's 501 5.1.3); refused here, never accepted and then lost (4.5.3.1.3) */
@@ -6617,10 +6612,6 @@ smtp_do_data(struct conn *c, const char *args)
     const char *host = ms->cfg->hostname;
     int for1 = s->nrcpt == 1 && s->first_rcpt[0]; /* Received: ... for <the one recipient> */
     if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
-    if (s->state != SMTP_S_RCPT) {
-        conn_reply(c, "503 5.5.1 %s", s->state == SMTP_S_MAIL ? "No valid recipients" : "Need MAIL and RCPT first");
-        return;
-    }
     if (msg_open(ms, &s->msg) != 0) {
         conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
@@ -6735,7 +6726,6 @@ smtp_do_starttls(struct conn *c, const char *args)
     if (*args) { conn_reply(c, "501 5.5.4 Syntax: STARTTLS"); return; }
     if (c->io.tls) { conn_reply(c, "503 5.5.1 TLS is already active"); return; }
     if (!c->ms->cfg->tls) { conn_reply(c, "454 4.7.0 TLS not available"); return; }
-    if (s->state > SMTP_S_READY) { conn_reply(c, "503 5.5.1 STARTTLS not allowed during a mail transaction"); return; }
     conn_reply(c, "220 2.0.0 Ready to start TLS");
     c->io.inlen = 0;
     c->tls_after_flush = 1;
@@ -6770,14 +6760,30 @@ smtp_do_quit(struct conn *c, const char *a)
     conn_close_after_reply(c);
 }
 
+#define IN_TRANSACTION(cmd) cmd " not allowed during a mail transaction"
+#define NEED_MAIL "Need MAIL before RCPT"
+#define NEED_RCPT "Need MAIL and RCPT first"
+
+/* The commands, and in which states each is refused with which 503 text
+ * (NULL: allowed; commands are read in every state but DATA). */
 static const struct smtp_cmd {
     const char *verb;
     void (*fn)(struct conn *c, const char *args);
+    const char *refused[SMTP_S_DATA]; /* GREET, READY, MAIL, RCPT */
     int junk;                        /* counts towards max_junk_commands */
 } smtp_cmds[] = {
-    {"EHLO", smtp_do_ehlo, 0}, {"HELO", smtp_do_helo, 0}, {"MAIL", smtp_do_mail, 0}, {"RCPT", smtp_do_rcpt, 0},
-    {"DATA", smtp_do_data, 0}, {"RSET", smtp_do_rset, 1}, {"NOOP", smtp_do_noop, 1}, {"QUIT", smtp_do_quit, 0},
-    {"HELP", smtp_do_help, 1}, {"VRFY", smtp_do_vrfy, 1}, {"AUTH", smtp_do_auth, 0}, {"STARTTLS", smtp_do_starttls, 0},
+    {"EHLO", smtp_do_ehlo, {NULL, NULL, NULL, NULL}, 0},
+    {"HELO", smtp_do_helo, {NULL, NULL, NULL, NULL}, 0},
+    {"MAIL", smtp_do_mail, {"Send HELO/EHLO first", NULL, "Nested MAIL command", "Nested MAIL command"}, 0},
+    {"RCPT", smtp_do_rcpt, {NEED_MAIL, NEED_MAIL, NULL, NULL}, 0},
+    {"DATA", smtp_do_data, {NEED_RCPT, NEED_RCPT, "No valid recipients", NULL}, 0},
+    {"RSET", smtp_do_rset, {NULL, NULL, NULL, NULL}, 1},
+    {"NOOP", smtp_do_noop, {NULL, NULL, NULL, NULL}, 1},
+    {"QUIT", smtp_do_quit, {NULL, NULL, NULL, NULL}, 0},
+    {"HELP", smtp_do_help, {NULL, NULL, NULL, NULL}, 1},
+    {"VRFY", smtp_do_vrfy, {NULL, NULL, NULL, NULL}, 1},
+    {"AUTH", smtp_do_auth, {"Send EHLO first", NULL, IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH")}, 0},
+    {"STARTTLS", smtp_do_starttls, {NULL, NULL, IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS")}, 0},
 };
 
 static void
@@ -6797,10 +6803,12 @@ smtp_line(struct conn *c, char *line, size_t len)
     if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }
     args = cmd_split(line, verb, sizeof verb);
     for (i = 0; i < sizeof smtp_cmds / sizeof smtp_cmds[0]; i++) {
-        if (strcmp(verb, smtp_cmds[i].verb) == 0) {
-            if (!smtp_cmds[i].junk || !conn_junk(c)) smtp_cmds[i].fn(c, args);
-            return;
-        }
+        const struct smtp_cmd *cmd = &smtp_cmds[i];
+        if (strcmp(verb, cmd->verb) != 0) continue;
+        if (cmd->junk && conn_junk(c)) return;
+        if (cmd->refused[s->state]) conn_reply(c, "503 5.5.1 %s", cmd->refused[s->state]);
+        else cmd->fn(c, args);
+        return;
     }
     if (strcmp(verb, "GET") == 0 || strcmp(verb, "POST") == 0 || strcmp(verb, "CONNECT") == 0) {
         conn_reply(c, "554 5.7.0 This is a mail server"); /* cross-protocol requests (as Redis) */
