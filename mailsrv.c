@@ -5727,7 +5727,7 @@ enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
 
 struct smtp_sess {
-    int state, esmtp, auth_step, auth_fails;
+    int state, esmtp, auth_step;
     char helo[MS_DOMAIN_MAX + 6];    /* a 255-octet name, visible (ms_visible keeps 5 spare) */
     char auth_user[MS_PATH_MAX];     /* "" until AUTH succeeds */
     char login_user[MS_PATH_MAX];    /* AUTH LOGIN: the user between the two steps */
@@ -5748,7 +5748,7 @@ struct smtp_sess {
 enum { POP_S_AUTH, POP_S_TRANS };
 
 struct pop_sess {
-    int state, auth_fails, auth_wait;
+    int state, auth_wait;
     char user[MS_PATH_MAX];           /* from USER */
     char mailbox[MS_PATH_MAX];        /* user@domain once logged in */
     struct pop_view view;
@@ -5771,6 +5771,7 @@ struct conn {
     struct mailsrv *ms;
     struct transport io;             /* the socket and its buffers */
     unsigned id;
+    int login_fails;                 /* failed logins (MS_AUTH_MAX_FAILS) */
     enum proto proto;
     const struct proto_ops *ops;     /* what the connection and loop code need of its protocol */
     char peer[64];
@@ -5792,6 +5793,8 @@ struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
 /* The moments every session shares, which each protocol answers in its own words. */
 enum conn_say {
     SAY_LINE_TOO_LONG, SAY_JUNK, SAY_SESSION_OVER, SAY_EVICTED, SAY_TIMEOUT, SAY_SHUTDOWN,
+    SAY_LOGIN_FAILED, SAY_LOGIN_CLOSING,           /* a failed login; the last one allowed */
+    SAY_TLS_GO, SAY_TLS_ACTIVE, SAY_TLS_UNAVAILABLE, /* STARTTLS / STLS */
     SAY_BUSY, SAY_RATE, /* at accept, before there is a session (no host name) */
     SAY_N
 };
@@ -5936,6 +5939,20 @@ conn_send(struct conn *c)
     if (c->tls_after_flush) conn_tls_start(c);
     if (c->close_after_flush && !io_unsent(&c->io)) io_close_notify(&c->io);
     if (c->close_after_flush && !io_unsent(&c->io)) conn_drop(c);
+}
+
+/* STARTTLS / STLS (RFC 3207 4, RFC 2595 4): the go-ahead, then TLS once it
+ * is sent; input pipelined behind the command is dropped unread (the command
+ * injection of CVE-2011-0411). -1, having said why, when TLS cannot start. */
+static int
+conn_starttls(struct conn *c)
+{
+    if (c->io.tls) { conn_say(c, SAY_TLS_ACTIVE); return -1; }
+    if (!c->ms->cfg->tls) { conn_say(c, SAY_TLS_UNAVAILABLE); return -1; }
+    conn_say(c, SAY_TLS_GO);
+    c->io.inlen = 0;
+    c->tls_after_flush = 1;
+    return 0;
 }
 
 /* After "220 Ready to start TLS" / "+OK Begin TLS negotiation" is out. */
@@ -6127,6 +6144,20 @@ auth_succeeded(struct conn *c)
     int i;
     for (i = 0; i < MS_AUTH_TRACK; i++)
         if (strcmp(c->ms->pen[i].ip, c->client) == 0) c->ms->pen[i].fails = 0;
+}
+
+/* A failed login, in any protocol: the answer waits (auth_failed), and the
+ * last failure allowed (MS_AUTH_MAX_FAILS) ends the session. */
+static void
+conn_login_failed(struct conn *c, const char *user)
+{
+    c->hold_until = auth_failed(c, user);
+    if (++c->login_fails < MS_AUTH_MAX_FAILS) {
+        conn_say(c, SAY_LOGIN_FAILED);
+        return;
+    }
+    conn_say(c, SAY_LOGIN_CLOSING);
+    conn_close_after_reply(c);
 }
 
 /* ---- Slots: nobody holds one forever (junk commands, session time, rate, room) ---- */
@@ -6355,15 +6386,8 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
 static void
 smtp_auth_fail(struct conn *c, const char *user)
 {
-    struct smtp_sess *s = &c->u.smtp;
-    s->auth_step = AUTH_NONE;
-    c->hold_until = auth_failed(c, user); /* RFC 4954 does not forbid slowing guesses */
-    if (++s->auth_fails >= MS_AUTH_MAX_FAILS) {
-        conn_reply(c, "421 4.7.0 Too many failed logins, closing");
-        conn_close_after_reply(c);
-    } else {
-        conn_reply(c, "535 5.7.8 Authentication credentials invalid");
-    }
+    c->u.smtp.auth_step = AUTH_NONE;
+    conn_login_failed(c, user); /* RFC 4954 does not forbid slowing guesses */
 }
 
 static void
@@ -6716,19 +6740,13 @@ smtp_data_feed(struct conn *c, const char *in, size_t n)
     return used;
 }
 
-/* RFC 3207. The reply goes out in the clear, then the handshake; what the
- * client sent after STARTTLS in the same packet is dropped unread (the
- * command-injection class of CVE-2011-0411), and the session starts over. */
+/* RFC 3207 (conn_starttls); the session starts over. */
 static void
 smtp_do_starttls(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
     if (*args) { conn_reply(c, "501 5.5.4 Syntax: STARTTLS"); return; }
-    if (c->io.tls) { conn_reply(c, "503 5.5.1 TLS is already active"); return; }
-    if (!c->ms->cfg->tls) { conn_reply(c, "454 4.7.0 TLS not available"); return; }
-    conn_reply(c, "220 2.0.0 Ready to start TLS");
-    c->io.inlen = 0;
-    c->tls_after_flush = 1;
+    if (conn_starttls(c) != 0) return;
     smtp_tx_reset(c);
     s->state = SMTP_S_GREET; /* RFC 3207 4.2: forget EHLO and AUTH */
     s->esmtp = 0;
@@ -6862,11 +6880,19 @@ smtp_tmp_file(const struct conn *c)
 static const struct proto_ops smtp_ops = {
     's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
     smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
-    {"500 5.5.2 Line too long", "421 4.7.0 %s Error: too many junk commands", /* as Postfix */
-     "421 4.4.2 %s Maximum session time reached, closing", "421 4.3.2 %s Too many connections, closing the oldest session",
-     "421 4.4.2 %s Timeout, closing", "421 4.3.2 %s Server shutting down",
-     "421 4.3.2 Too many connections, try again later",
-     "421 4.7.0 Error: too many connections from your address, try again later"},
+    {[SAY_LINE_TOO_LONG] = "500 5.5.2 Line too long",
+     [SAY_JUNK] = "421 4.7.0 %s Error: too many junk commands", /* as Postfix */
+     [SAY_SESSION_OVER] = "421 4.4.2 %s Maximum session time reached, closing",
+     [SAY_EVICTED] = "421 4.3.2 %s Too many connections, closing the oldest session",
+     [SAY_TIMEOUT] = "421 4.4.2 %s Timeout, closing",
+     [SAY_SHUTDOWN] = "421 4.3.2 %s Server shutting down",
+     [SAY_LOGIN_FAILED] = "535 5.7.8 Authentication credentials invalid",
+     [SAY_LOGIN_CLOSING] = "421 4.7.0 Too many failed logins, closing",
+     [SAY_TLS_GO] = "220 2.0.0 Ready to start TLS",
+     [SAY_TLS_ACTIVE] = "503 5.5.1 TLS is already active",
+     [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",
+     [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",
+     [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"},
 };
 
 /*==== 11. POP3 server session ====*/
@@ -6994,13 +7020,7 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
     int64_t total = 0;
     int i, r;
     if (!mailbox) {
-        c->hold_until = auth_failed(c, user);
-        if (++p->auth_fails >= MS_AUTH_MAX_FAILS) {
-            conn_reply(c, "-ERR [AUTH] Invalid login, closing");
-            conn_close_after_reply(c);
-        } else {
-            conn_reply(c, "-ERR [AUTH] Invalid login");
-        }
+        conn_login_failed(c, user);
         return;
     }
     auth_succeeded(c);
@@ -7084,17 +7104,13 @@ pop_do_auth(struct conn *c, const char *args)
     return "+ ";
 }
 
-/* RFC 2595 4; input pipelined after it is dropped. */
+/* RFC 2595 4 (conn_starttls); USER is forgotten. */
 static const char *
 pop_do_stls(struct conn *c, const char *args)
 {
     (void)args;
-    if (c->io.tls) return "-ERR TLS is already active";
-    if (!c->ms->cfg->tls) return "-ERR TLS not available";
-    c->io.inlen = 0;
-    c->tls_after_flush = 1;
-    c->u.pop.user[0] = 0;
-    return "+OK Begin TLS negotiation";
+    if (conn_starttls(c) == 0) c->u.pop.user[0] = 0;
+    return NULL;
 }
 
 static const char *
@@ -7349,10 +7365,19 @@ pop_free(struct conn *c)
 static const struct proto_ops pop_ops = {
     'p', pop_greet, pop_pump_stream, pop_line, pop_login_done, NULL, pop_logged_in, pop_busy,
     pop_streaming, pop_streaming, NULL, pop_free, NULL,
-    {"-ERR Line too long", "-ERR Error: too many junk commands, closing", "-ERR Maximum session time reached, closing",
-     "-ERR [SYS/TEMP] Too many connections, closing the oldest session", "-ERR Timeout, closing",
-     "-ERR [SYS/TEMP] Server shutting down", "-ERR [SYS/TEMP] Too many connections, try again later",
-     "-ERR [SYS/TEMP] Too many connections from your address, try again later"},
+    {[SAY_LINE_TOO_LONG] = "-ERR Line too long",
+     [SAY_JUNK] = "-ERR Error: too many junk commands, closing",
+     [SAY_SESSION_OVER] = "-ERR Maximum session time reached, closing",
+     [SAY_EVICTED] = "-ERR [SYS/TEMP] Too many connections, closing the oldest session",
+     [SAY_TIMEOUT] = "-ERR Timeout, closing",
+     [SAY_SHUTDOWN] = "-ERR [SYS/TEMP] Server shutting down",
+     [SAY_LOGIN_FAILED] = "-ERR [AUTH] Invalid login",
+     [SAY_LOGIN_CLOSING] = "-ERR [AUTH] Invalid login, closing",
+     [SAY_TLS_GO] = "+OK Begin TLS negotiation",
+     [SAY_TLS_ACTIVE] = "-ERR TLS is already active",
+     [SAY_TLS_UNAVAILABLE] = "-ERR TLS not available",
+     [SAY_BUSY] = "-ERR [SYS/TEMP] Too many connections, try again later",
+     [SAY_RATE] = "-ERR [SYS/TEMP] Too many connections from your address, try again later"},
 };
 
 static const struct proto_ops *
