@@ -267,7 +267,13 @@ portcheck:
 	    echo "portcheck: symbols exported beyond the mailsrv.h API"; rm -f build-portcheck.o; exit 1; fi
 	@if awk '/^\/\*==== 3\./{p=1} /^\/\*==== 4\./{p=0} !p' mailsrv.c | grep -nE '_WIN32|WSA|__unix__|__linux__' | grep -v '_WIN32_WINNT\|^[0-9]*:#ifdef _WIN32$$\|^[0-9]*:#else$$'; then \
 	    echo "portcheck: platform code outside section 3"; rm -f build-portcheck.o; exit 1; fi
-	@rm -f build-portcheck.o; echo "portcheck ok"
+	@rm -f build-portcheck.o
+	@$(PYTHON) test/toc.py --check mailsrv.c
+	@echo "portcheck ok"
+
+# The table of contents at the top of mailsrv.c: one prototype per function, by section.
+toc:
+	$(PYTHON) test/toc.py mailsrv.c
 
 # Stripped sizes of every build that exists.
 sizes: build/musl-notls/mailsrv
@@ -280,7 +286,7 @@ sizes: build/musl-notls/mailsrv
 clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
-.PHONY: all run deps test notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck sizes
+.PHONY: all run deps test notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck toc sizes
 
 # ---- fuzzing (issue 7): libFuzzer harnesses, one per untrusted input ----------------
 # test/fuzz/NAME.c includes mailsrv.c (as test/unit.c does); seeds in test/fuzz/corpus/NAME/.

@@ -19,6 +19,7 @@
  *   1. Build options
  *   2. Limits and defaults
  *   3. Platform layer (the only place for OS differences)
+ *      Contents: one prototype per function, by section (`make toc` writes it)
  *   4. Utilities: buffers, strings, time, logging, SHA-256, base64, PBKDF2
  *   5. Config: INI loading, validation, address resolution, INI editing
  *   6. Pure parsers (fuzzed): SMTP commands and paths, the DATA byte machine,
@@ -167,6 +168,20 @@
 #define MS_DEF_JUNK_COMMANDS 100  /* Postfix's smtpd_junk_command_limit */
 #define MS_DEF_SESSION_TIME 3600  /* max_session_time: then ended between two transactions */
 #define MS_DEF_TIMEOUT 300        /* RFC 5321 4.5.3.2: 5 minutes */
+
+/* The protocols a listener speaks; SMTP and submission share one session code. */
+enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
+static const char *const proto_names[] = {"smtp", "submission", "pop3"};
+
+/* The moments every session shares, which each protocol answers in its own
+ * words (struct proto_ops' say[]). */
+enum conn_say {
+    SAY_LINE_TOO_LONG, SAY_JUNK, SAY_SESSION_OVER, SAY_EVICTED, SAY_TIMEOUT, SAY_SHUTDOWN,
+    SAY_LOGIN_FAILED, SAY_LOGIN_CLOSING,           /* a failed login; the last one allowed */
+    SAY_TLS_GO, SAY_TLS_ACTIVE, SAY_TLS_UNAVAILABLE, /* STARTTLS / STLS */
+    SAY_BUSY, SAY_RATE, /* at accept, before there is a session (no host name) */
+    SAY_N
+};
 
 /*==== 3. Platform layer ====*/
 /*
@@ -1103,6 +1118,520 @@ os_read_password(char *buf, size_t n)
     return 0;
 }
 
+/*==== Contents: every function, by section ====*/
+/*
+ * One prototype for each function of sections 3-16, in the order of the
+ * file: the table of contents, and what lets any function call any other
+ * other wherever it stands. Helpers that exist in one build only (one
+ * platform, TLS) are left to their section. `make toc` writes this block.
+ */
+
+/* the structs they take, defined in their sections */
+struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key; struct cfg_list;
+struct cfg_net; struct cfg_route; struct cfg_user; struct client_stat; struct conn; struct data_rx;
+struct dirset; struct dns_result; struct edit_span; struct hmac_key; struct line_reader;
+struct list_rate; struct list_state; struct listener; struct mailsrv; struct mbox_paths;
+struct ms_addr; struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2;
+struct pop_msg; struct pop_view; struct proto_ops; struct qentry; struct sha256; struct smtp_sess;
+struct sockaddr_storage; struct store_msg; struct store_ops; struct store_undo; struct targets;
+struct tls_creds; struct tls_sess; struct transport;
+
+/* 3. Platform layer */
+static int64_t os_now_ms(void);
+static void os_wallclock(int64_t *sec, long *usec);
+static unsigned long os_pid(void);
+static int os_pid_alive(unsigned long pid);
+static int os_random_bytes(void *buf, size_t n);
+static int net_error(void);
+static int net_would_block(int e);
+static const char *net_strerror(int e);
+static int net_addr_in_use(int e);
+static void net_close(ms_sock_t s);
+static long net_recv(ms_sock_t s, void *buf, size_t n);
+static long net_send(ms_sock_t s, const void *buf, size_t n);
+static int os_poll(ms_pollfd *fds, int n, int timeout_ms);
+static void os_sleep_ms(int ms);
+static int net_in_progress(int e);
+static int net_sock_error(ms_sock_t s);
+static int os_dns_servers(char (*out)[64], int max);
+static int net_set_nonblock(ms_sock_t s);
+static void net_listen_opts(ms_sock_t s);
+static int os_open(const char *path, int flags, int mode);
+static int os_close(int fd);
+static long os_pread(int fd, void *buf, size_t n, int64_t off);
+static long os_pwrite(int fd, const void *buf, size_t n, int64_t off);
+static long os_write(int fd, const void *buf, size_t n);
+static int os_fsync(int fd);
+static int os_truncate(int fd, int64_t len);
+static int os_mkdir(const char *p);
+static int os_link(const char *from, const char *to);
+static int os_unlink(const char *p);
+static int os_replace(const char *from, const char *to);
+static int os_fsync_dir(const char *path);
+static int os_stat(const char *path, struct os_stat *st);
+static int os_fstat(int fd, struct os_stat *st);
+static int os_lstat_kind(const char *path);
+static int64_t os_free_space(const char *path);
+static int os_lock(int fd, int lock);
+static int os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx);
+static int os_path_is_absolute(const char *p);
+static const char *os_last_sep(const char *p);
+static void os_install_signals(struct mailsrv *ms);
+static int os_net_start(void);
+static void os_net_stop(void);
+static int os_is_root(void);
+static int os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err, size_t n);
+static int os_random(void *buf, size_t n);
+static long os_write_all(int fd, const void *buf, size_t n);
+static long os_pwrite_all(int fd, const void *buf, size_t n, int64_t off);
+static void net_nodelay(ms_sock_t s);
+static int net_addr_parse(const char *s, unsigned port, struct ms_addr *a);
+static void net_addr_str(const struct ms_addr *a, char *out, size_t n);
+static socklen_t net_sockaddr(const struct ms_addr *a, struct sockaddr_storage *ss);
+static ms_sock_t net_listen(int family, const char *addr, unsigned port, int *err);
+static ms_sock_t net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback);
+static ms_sock_t net_connect(const struct ms_addr *a, int udp, int *err);
+static int os_write_file_atomic(const char *path, const char *data, size_t len);
+static int os_read_password(char *buf, size_t n);
+
+/* 4. Utilities */
+static void * xrealloc(void *p, size_t n);
+static char * xstrdup(const char *s);
+static int ms_strlcpy(char *dst, const char *src, size_t n);
+static int ms_fmt(char *dst, size_t n, const char *fmt, ...);
+static void ms_lower(char *s);
+static int ms_strcaseeq(const char *a, const char *b);
+static int ms_strncaseeq(const char *a, const char *b, size_t n);
+static char * ms_trim(char *s);
+static char * ms_next_item(char **cursor, char sep);
+static char * ms_word(char **cursor);
+static int ms_word_num(char **cursor, long long *v);
+static int ms_secret_eq(const void *a, size_t alen, const void *b, size_t blen);
+static void ms_wipe(void *p, size_t n);
+static void ms_visible(char *dst, size_t n, const char *src, size_t srclen);
+static void ms_rfc5322_date(char *buf, size_t n, time_t t);
+static void ms_utc_time(char *buf, size_t n, int64_t t, char sep, const char *end);
+static void buf_reserve(struct buf *b, size_t extra);
+static void buf_add(struct buf *b, const void *p, size_t n);
+static void buf_adds(struct buf *b, const char *s);
+static void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
+static void buf_printf(struct buf *b, const char *fmt, ...);
+static void buf_free(struct buf *b);
+static void buf_consume(struct buf *b, size_t n);
+static void sha256_block(struct sha256 *s, const unsigned char *p);
+static void sha256_init(struct sha256 *s);
+static void sha256_update(struct sha256 *s, const void *data, size_t n);
+static void sha256_final(struct sha256 *s, unsigned char out[32]);
+static void hmac_key_init(struct hmac_key *k, const void *key, size_t keylen);
+static void hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char out[32]);
+static void pbkdf2_begin(struct pbkdf2 *st, const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter);
+static int pbkdf2_step(struct pbkdf2 *st, unsigned *budget);
+static void pbkdf2_sha256(const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter, unsigned char out[32]);
+static size_t b64_encode(const unsigned char *in, size_t n, char *out, int pad);
+static long b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax);
+static int pass_hash(const char *pass, unsigned iter, char *out, size_t n);
+static int pass_is_hash(const char *stored);
+static int pass_parse_hash(const char *stored, unsigned *iter, unsigned char *salt, size_t *saltlen, unsigned char hash[32]);
+static void pass_key_make(const char *pass, unsigned iter, struct pass_key *k);
+static int pass_key_parse(const char *stored, struct pass_key *k);
+static const char * pass_policy(const char *p);
+
+/* 5. Config */
+static void cfg_error(struct ms_config *c, int line, const char *fmt, ...);
+static int cfg_parse_str(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_size(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_count(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_time(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_choice(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_add_listen(struct ms_config *c, int proto, int family, const char *addr, unsigned port, int optional);
+static int cfg_parse_listen(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n);
+static int cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_hop(const char *v, struct cfg_hop *h, unsigned def_port);
+static int cfg_parse_smarthost(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_dns(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_nets(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_optstr(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_safe_component(const char *s, size_t max);
+static int cfg_valid_domain(const char *s);
+static struct cfg_domain * cfg_find_domain(const struct ms_config *c, const char *name);
+static struct cfg_user * cfg_find_user(const struct cfg_domain *d, const char *name);
+static struct cfg_alias * cfg_find_alias(const struct cfg_domain *d, const char *name);
+static int list_is_address(const struct cfg_list *l, const char *local, const char *domain, int *kind, char *token, size_t tn);
+static const struct cfg_list * list_match(const struct ms_config *c, const char *local, const char *domain, int *kind, char *token, size_t tn);
+static struct cfg_domain * cfg_domain_for_section(struct ms_config *c, const char *dname, int line);
+static struct cfg_list * cfg_list_for_section(struct ms_config *c, const char *addr, int line);
+static void cfg_set_key(struct ms_config *c, const struct cfg_key *k, void *base, const char *section, const char *name, const char *value, int line);
+static int cfg_on_key(void *user, const char *section, const char *name, const char *value, int line);
+static void cfg_free(struct ms_config *c);
+static int targets_add(struct targets *t, const char *user, const char *domain, int remote);
+static void targets_free(struct targets *t);
+static int targets_remote(const struct targets *t);
+static int addr_dot_string(const char *s);
+static int addr_remote_domain(char *domain);
+static int cfg_expand_members(const struct ms_config *c, const char *members, const char *domain, struct targets *out, int depth);
+static int cfg_resolve(const struct ms_config *c, const char *local, const char *domain, struct targets *out, int depth);
+static int addr_targets(const struct ms_config *c, const char *addr, struct targets *t);
+static int cfg_sender_owned(const struct ms_config *c, const char *from, const char *user);
+static int cfg_hash_plain(struct ms_config *c, const struct ms_config *old);
+static void cfg_validate_lists(struct ms_config *c);
+static void cfg_validate(struct ms_config *c);
+static struct ms_config * cfg_new(const char *path);
+static char * cfg_read_file(const char *path, size_t *len);
+static struct ms_config * cfg_load_ex(const char *path, const char *text, int tls_files);
+static struct ms_config *cfg_load(const char *path, const char *text);
+static int cfg_listens_beyond_loopback(const struct ms_config *c);
+static const char * edit_line_end(const char *p, const char *end);
+static void edit_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct edit_span *sp);
+static void edit_line_key(const char *p, const char *e, char *key, size_t n);
+static char * cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *domain, const char *hash, char *err, size_t errn);
+
+/* 6. Pure parsers */
+static const char * cmd_split(const char *line, char *verb, size_t n);
+static const char * smtp_parse_path(const char *s, char *local, char *domain);
+static void data_rx_init(struct data_rx *d);
+static size_t data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done);
+static int mbox_is_from_line(const char *p, size_t n, int quoted_only);
+static int pop_parse_num(const char *s, int max);
+static int sasl_plain_decode(const char *b64, char *user, size_t ulen, char *pass, size_t plen);
+static int net_in_cidr(const struct cfg_net *n, const struct ms_addr *a);
+static void client_key(const char *peer, char *key, size_t n);
+static int dns_build_query(unsigned char *out, size_t cap, unsigned id, const char *name, int type);
+static int dns_read_name(const unsigned char *m, size_t len, size_t *off, char *out, size_t cap);
+static unsigned dns_u16(const unsigned char *p);
+static int dns_parse_answer(const unsigned char *m, size_t len, unsigned id, const char *qname, int qtype, struct dns_result *r);
+static int smtp_reply_line(const char *line, int *code);
+static int hdr_next_field(const char *h, size_t n, size_t *pos, const char **f, size_t *flen);
+static int hdr_is(const char *f, size_t flen, const char *name);
+static int hdr_get(const char *h, size_t n, const char *name, char *out, size_t on);
+static int hdr_auto_submitted(const char *h, size_t n);
+static int hdr_is_automatic(const char *h, size_t n);
+static int dsn_failed(const char *text, size_t n, char (*out)[MS_PATH_MAX], int max, long *seq);
+static void list_state_free(struct list_state *st);
+static void list_state_text(const struct list_state *st, struct buf *b);
+static int list_word(char **cur, char *out, size_t n);
+static void * list_grow(void *p, int n, size_t size);
+static int list_state_parse(char *text, struct list_state *st);
+
+/* 7. Storage */
+static void lr_init(struct line_reader *lr, int fd, int64_t start, int64_t end);
+static void lr_free(struct line_reader *lr);
+static int lr_next(struct line_reader *lr, const char **line, size_t *len, int *complete, int64_t *off);
+static int store_mkdir(const char *path, const char *parent);
+static int store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, char *user_out, size_t un);
+static int store_no_links(const char *spool, const char *addr, int maildir);
+static int mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n);
+static int mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp);
+static int store_fsync_parent(const char *path);
+static int mbox_journal_put(const char *jf, const char *rec, size_t n, const char *data, size_t dn, int shrink);
+static int mbox_journal_write(const char *jf, const char *rec, size_t n);
+static int mbox_journal_clear(const char *jf);
+static void mbox_piece_sum(const char *data, size_t n, char out[33]);
+static int mbox_compact_rec(const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *data, int64_t plen);
+static int mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl);
+static int mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *saved, int64_t plen);
+static void mbox_noted(const char *jf, const char *what);
+static int mbox_recover(int fd, const char *jf);
+static void mbox_unlock(const char *mbox, int fd);
+static int mbox_dotlock_stale(const char *lock);
+static int mbox_dotlock_make(const char *lock, const char *tmp);
+static int mbox_lock(const char *mbox, const char *jf, int create, int *created);
+static int64_t mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after, char *head, size_t *hl);
+static const struct store_ops * store_of(const struct ms_config *cfg);
+static void store_rollback(struct store_undo *u, int n);
+static void file_undo(const struct store_undo *u);
+static void mbox_undo(const struct store_undo *u);
+static void dirset_add(struct dirset *d, const char *dir);
+static int mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
+static int mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
+static int store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err, struct dirset *ds, struct store_undo **undo_out, int *nundo_out);
+static void qentry_free(struct qentry *e);
+static void queue_env_text(const struct qentry *e, struct buf *b);
+static int queue_env_update(const char *qdir, const struct qentry *e);
+static struct qentry * queue_env_read(const char *qdir, const char *id);
+static int store_copy(int from_fd, int64_t size, const char *to);
+static int queue_create(const char *qdir, const char *base, const struct store_msg *m, const struct targets *t, struct dirset *ds, struct store_undo **undo, int *nundo);
+static int store_message(const struct ms_config *cfg, const char *qdir, struct store_msg *m, const struct targets *t, const char **err, struct dirset *ds, struct store_undo **undo, int *nundo);
+static void view_free(struct pop_view *v);
+static struct pop_msg * view_add(struct pop_view *v);
+static void uidl_set(char *dst, const char *src, size_t n);
+static int64_t view_crlf_size(int fd, int64_t start, int64_t end, int mbox);
+static int mdir_scan_entry(void *ctx, const char *name);
+static int view_cmp_name(const void *a, const void *b);
+static int view_cmp_uidl(const void *a, const void *b);
+static int view_cmp_str(const void *a, const void *b);
+static void view_unique_uidls(struct pop_view *v);
+static int mdir_view_open(struct pop_view *v, const char *spool, const char *addr);
+static int mbox_volatile_field(const char *line, size_t len);
+static int mbox_own_id(const char *s, size_t n);
+static void mbox_msg_close(struct pop_msg *m, int64_t end, int last_blank, int hashed, struct sha256 *h, int64_t hsize);
+static int mbox_scan(struct pop_view *v, int fd, int64_t end);
+static int mbox_view_open(struct pop_view *v, const char *spool, const char *addr);
+static int view_cmp_uidl_key(const void *key, const void *b);
+static int mbox_view_refresh(struct pop_view *v);
+static int view_expunge(struct pop_view *v);
+static int mdir_expunge(struct pop_view *v);
+static int mbox_expunge(struct pop_view *v);
+static int mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
+static int mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
+
+/* 8. TLS glue (BearSSL) */
+static void tls_creds_release(struct tls_creds *t);
+static struct tls_sess * tls_server_new(struct tls_creds *creds, void **cache);
+static struct tls_sess * tls_client_new(struct tls_creds *anchors, const char *server_name);
+static void tls_free(struct tls_sess *t);
+static int tls_pump(struct tls_sess *t, ms_sock_t fd);
+static long tls_recv(struct tls_sess *t, ms_sock_t fd, void *buf, size_t cap);
+static long tls_send(struct tls_sess *t, ms_sock_t fd, const void *buf, size_t n);
+static short tls_events(const struct tls_sess *t, int app_out);
+static int tls_app_ready(const struct tls_sess *t);
+static int tls_unsent(const struct tls_sess *t);
+static int tls_done(const struct tls_sess *t);
+static int tls_error(const struct tls_sess *t);
+static void tls_error_text(int e, char *out, size_t n);
+static void tls_close(struct tls_sess *t, ms_sock_t fd);
+static int tls_report(struct tls_sess *t, char *out, size_t n);
+static void cfg_load_tls_files(struct ms_config *c);
+static int cli_gencert(const char *path, const char *const *names, int nnames, const char *const *ips, int nips);
+static void io_init(struct transport *io, ms_sock_t fd, char *in, size_t insize, void (*on_io)(struct transport *, short));
+static long io_read(struct transport *io);
+static size_t io_line(const struct transport *io);
+static void io_consume(struct transport *io, size_t n);
+static size_t io_pending(const struct transport *io);
+static int io_write(struct transport *io);
+static short io_events(const struct transport *io, int want_in, int want_out);
+static int io_tls_input(const struct transport *io);
+static int io_unsent(const struct transport *io);
+static void io_close_notify(struct transport *io);
+static void io_close(struct transport *io);
+
+/* 9. Connections */
+static void ms_log(struct mailsrv *ms, const char *fmt, ...);
+static void conn_log(struct conn *c, const char *fmt, ...);
+static void conn_reply(struct conn *c, const char *fmt, ...);
+static void conn_say(struct conn *c, enum conn_say what);
+static void conn_close_after_reply(struct conn *c);
+static void conn_drop(struct conn *c);
+static void conn_send(struct conn *c);
+static int conn_starttls(struct conn *c);
+static void conn_tls_start(struct conn *c);
+static void conn_tls_report(struct conn *c);
+static int conn_plaintext_ok(const struct conn *c);
+static void auth_begin(struct conn *c, const char *login, const char *pass);
+static int msg_open(struct mailsrv *ms, struct store_msg *m);
+static int msg_write(struct store_msg *m, const char *p, size_t n);
+static int msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err);
+static int cfg_in_relay_nets(const struct ms_config *cfg, const char *peer);
+static int conn_logged_in(const struct conn *c);
+static int conn_may_relay(const struct conn *c);
+static int64_t auth_failed(struct conn *c, const char *user);
+static void auth_succeeded(struct conn *c);
+static void conn_login_failed(struct conn *c, const char *user);
+static int conn_busy(const struct conn *c);
+static int conn_junk(struct conn *c);
+static void conn_session_over(struct conn *c);
+static int conn_session_expired(const struct conn *c, int64_t now);
+static void client_log_quiet(struct mailsrv *ms, struct client_stat *s);
+static struct client_stat * client_stat(struct mailsrv *ms, const char *key, int64_t now);
+static int client_rate_over(const struct mailsrv *ms, struct client_stat *s, int64_t now);
+static void client_refused(struct mailsrv *ms, struct client_stat *s, int64_t now, const char *fmt, ...);
+static void client_flush(struct mailsrv *ms, int64_t now);
+static struct conn * slots_victim(struct mailsrv *ms, int64_t now);
+static void slots_evict(struct conn *v, int64_t now);
+
+/* 10. SMTP server session */
+static void smtp_tx_reset(struct conn *c);
+static void smtp_greet(struct conn *c);
+static void smtp_hello(struct conn *c, const char *args, int esmtp);
+static void smtp_auth_fail(struct conn *c, const char *user);
+static void smtp_auth_try(struct conn *c, const char *user, const char *pass);
+static void smtp_auth_done(struct conn *c, const char *mailbox, const char *user);
+static void smtp_auth_step(struct conn *c, const char *line);
+static void smtp_do_auth(struct conn *c, const char *args);
+static const char * smtp_after_prefix(const char *args, const char *prefix);
+static int smtp_low_space(struct conn *c, int64_t size);
+static void smtp_do_mail(struct conn *c, const char *args);
+static void smtp_do_rcpt(struct conn *c, const char *args);
+static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
+static void smtp_do_data(struct conn *c, const char *args);
+static void smtp_data_end(struct conn *c);
+static void smtp_group_committed(struct conn *c, int ok);
+static size_t smtp_data_feed(struct conn *c, const char *in, size_t n);
+static void smtp_do_starttls(struct conn *c, const char *args);
+static void smtp_do_ehlo(struct conn *c, const char *a);
+static void smtp_do_helo(struct conn *c, const char *a);
+static void smtp_do_noop(struct conn *c, const char *a);
+static void smtp_do_rset(struct conn *c, const char *a);
+static void smtp_do_vrfy(struct conn *c, const char *a);
+static void smtp_do_help(struct conn *c, const char *a);
+static void smtp_do_quit(struct conn *c, const char *a);
+static void smtp_line(struct conn *c, char *line, size_t len);
+static int smtp_pump(struct conn *c);
+static int smtp_logged_in(const struct conn *c);
+static int smtp_busy(const struct conn *c);
+static int smtp_in_data(const struct conn *c);
+static int smtp_streaming(const struct conn *c);
+static const char * smtp_tmp_file(const struct conn *c);
+
+/* 11. POP3 server session */
+static void pop_greet(struct conn *c);
+static void pop_stream_end(struct conn *c);
+static void pop_pump(struct conn *c);
+static void pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines);
+static int pop_msg_number(const struct pop_view *v, const char *arg);
+static int pop_in_use(struct mailsrv *ms, const struct conn *self, const char *mailbox);
+static void pop_login_done(struct conn *c, const char *mailbox, const char *user);
+static const char * pop_auth_plain(struct conn *c, const char *b64);
+static const char * pop_do_user(struct conn *c, const char *args);
+static const char * pop_do_pass(struct conn *c, const char *args);
+static const char * pop_do_auth(struct conn *c, const char *args);
+static const char * pop_do_stls(struct conn *c, const char *args);
+static const char * pop_do_capa(struct conn *c, const char *args);
+static const char * pop_do_quit(struct conn *c, const char *args);
+static const char * pop_do_stat(struct conn *c, const char *args);
+static const char * pop_scan_list(struct conn *c, const char *args, int uidl);
+static const char * pop_do_list(struct conn *c, const char *args);
+static const char * pop_do_uidl(struct conn *c, const char *args);
+static const char * pop_do_retr(struct conn *c, const char *args);
+static const char * pop_do_top(struct conn *c, const char *args);
+static const char * pop_do_dele(struct conn *c, const char *args);
+static const char * pop_do_rset(struct conn *c, const char *args);
+static const char * pop_do_noop(struct conn *c, const char *args);
+static void pop_command(struct conn *c, const char *verb, const char *args);
+static void pop_line(struct conn *c, char *line, size_t len);
+static int pop_pump_stream(struct conn *c);
+static int pop_logged_in(const struct conn *c);
+static int pop_busy(const struct conn *c);
+static int pop_streaming(const struct conn *c);
+static void pop_free(struct conn *c);
+static const struct proto_ops * proto_ops_of(enum proto p);
+
+/* 12. Relay: DNS client, outbound SMTP, queue runner */
+static void mta_log(struct mta_sess *o, const char *fmt, ...);
+static void mta_close_body(struct mta_sess *o);
+static void mta_close_fd(struct mta_sess *o);
+static void mta_send(struct mta_sess *o, const char *fmt, ...);
+static void mta_dns_send(struct mta_sess *o);
+static void mta_dns_query(struct mta_sess *o, const char *name, int type);
+static void mta_dns_timeout(struct mta_sess *o);
+static long dns_tcp_msg_len(const unsigned char *a, size_t alen);
+static void mta_dns_io(struct mta_sess *o, short re);
+static void mta_connect(struct mta_sess *o);
+static void mta_resolve_host(struct mta_sess *o);
+static void mta_next(struct mta_sess *o);
+static int mta_mx_cmp(const void *a, const void *b);
+static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r);
+static int mta_next_rcpt(struct mta_sess *o, int from);
+static void mta_fail_session(struct mta_sess *o, const char *why);
+static void mta_broken(struct mta_sess *o, const char *why);
+static void mta_set_accepted(struct mta_sess *o, int result, const char *reply);
+static void mta_mail_from(struct mta_sess *o);
+static int mta_open_body(struct mta_sess *o);
+static void mta_pump_body(struct mta_sess *o);
+static void mta_after_ehlo(struct mta_sess *o);
+static void mta_tls_failed(struct mta_sess *o);
+static int mta_tls_progress(struct mta_sess *o);
+static void mta_tls_begin(struct mta_sess *o);
+static void mta_quit(struct mta_sess *o);
+static void mta_on_reply(struct mta_sess *o, int code, const char *line);
+static void mta_read(struct mta_sess *o);
+static void mta_io(struct mta_sess *o, short re);
+static void mta_on_io(struct transport *io, short revents);
+static int mta_watch(struct mta_sess *o, int64_t now, int64_t *wake);
+static void mta_timer(struct mta_sess *o, int64_t now);
+static void mta_finish(struct mta_sess *o, int perm);
+static void mta_give_up(struct mta_sess *o, int perm);
+static int mta_take_next(struct mta_sess *o);
+static const struct cfg_route * cfg_find_route(const struct ms_config *c, const char *domain);
+static void mta_begin(struct mta_sess *o);
+static void relay_start(struct mailsrv *ms, struct qentry *e, const char *domain, const int *ri, int nri);
+static void mta_free(struct mta_sess *o);
+static int queue_count_hops(const char *qdir, const char *id);
+static void queue_add_headers(const char *qdir, const char *id, struct buf *b);
+static void relay_status(const char *err, char *out, size_t n);
+static int relay_bounce(struct mailsrv *ms, struct qentry *e);
+static void relay_remove(struct mailsrv *ms, struct qentry *e);
+static void relay_finish(struct mailsrv *ms, struct qentry *e);
+static int qentry_first_of_domain(const struct qentry *e, int j);
+static void relay_run(struct mailsrv *ms);
+static void relay_enqueue(struct mailsrv *ms, const char *id);
+static int relay_scan_entry(void *ctx, const char *name);
+static void relay_check_flush(struct mailsrv *ms, int64_t now);
+
+/* 13. Mailing lists */
+static int64_t msg_read_header(int fd, int64_t size, struct buf *h);
+static void msg_copy_range(struct store_msg *m, int fd, int64_t from, int64_t to);
+static int list_address(const struct cfg_list *l, int kind, const char *token, char *out, size_t n);
+static int list_state_path(const struct ms_config *cfg, const struct cfg_list *l, char *dir, size_t dn, char *path, size_t pn);
+static int list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st);
+static int list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st);
+static int list_find_member(const struct list_state *st, const char *addr);
+static int list_find_pending(const struct list_state *st, const char *token);
+static void list_clean_id(char *out, size_t n, const char *h, size_t hn);
+static int list_send(struct mailsrv *ms, const struct cfg_list *l, const char *to, const char *token, const char *subject, const char *body);
+static void list_help_text(const struct cfg_list *l, struct buf *b);
+static int list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, const char *peer, int unsub, const char *h, size_t hn);
+static int list_confirm(struct mailsrv *ms, const struct cfg_list *l, const char *token, const char *peer, const char *h, size_t hn);
+static int list_count_bounce(struct mailsrv *ms, const struct cfg_list *l, struct list_state *st, const char *addr, long seq);
+static int list_count_bounces(struct mailsrv *ms, const struct cfg_list *l, char (*addr)[MS_PATH_MAX], int n, long seq);
+static int list_relay_bounce(struct mailsrv *ms, struct qentry *e);
+static int list_drops_field(const struct cfg_list *l, const char *f, size_t n);
+static void list_write_post(const struct cfg_list *l, struct store_msg *m, long seq, const struct store_msg *in, const char *h, size_t hn, int64_t body_off);
+static int list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *in, const char *h, size_t hn, int64_t body_off);
+static uint64_t list_rate_hash(char kind, const char *s);
+static struct list_rate * list_rate_find(struct list_rate *r, uint64_t key, int64_t now);
+static struct list_rate * list_rate_free(struct list_rate *r, const struct list_rate *avoid);
+static int64_t list_rate_next(const struct list_rate *e, uint64_t key, int64_t now, int per_hour);
+static int list_rate_take(struct list_rate *r, const char *client, const char *domain, int64_t now);
+static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
+static int list_incoming(struct conn *c);
+
+/* 14. Event loop */
+static void conn_free(struct conn *c);
+static void conn_process(struct conn *c);
+static void conn_read(struct conn *c);
+static short conn_watch(struct conn *c, int64_t now, int64_t *wake);
+static void conn_on_io(struct transport *io, short revents);
+static void conn_run(struct conn *c);
+static void login_done(struct conn *c);
+static void loop_logins(struct mailsrv *ms);
+static void loop_refuse(ms_sock_t s, enum proto proto, int rate);
+static void loop_accept(struct mailsrv *ms, struct listener *l);
+static void loop_group_commit(struct mailsrv *ms);
+static void loop_timers(struct mailsrv *ms, int64_t now);
+static void loop_sweep(struct mailsrv *ms);
+static void loop_close_listeners(struct mailsrv *ms);
+static void loop_stop_sessions(struct mailsrv *ms);
+static void loop_check_reload(struct mailsrv *ms, int64_t now);
+static int loop_clean_tmp_entry(void *ctx, const char *name);
+static void loop_clean_tmp(struct mailsrv *ms, int64_t now);
+
+/* 15. Public API */
+static void default_log(void *user, const char *line);
+static void ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c);
+static int ms_install_config(struct mailsrv *ms, struct ms_config *c);
+static void loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io);
+static int loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake);
+static void loop_dispatch(struct mailsrv *ms, int nfds, int ready);
+
+/* 16. Command line and main() */
+static int cli_split_address(const char *arg, char *user, char *domain);
+static int cli_print_errors(const struct ms_config *c);
+static int cli_check(const char *path);
+static const struct cfg_alias * cli_alias_naming(const struct ms_config *c, const struct cfg_domain *md, const char *user, const char **in);
+static int cli_edit(const char *path, const char *addr, int add);
+static int cli_users(const char *path);
+static int cli_queue_entry(void *ctx, const char *name);
+static int cli_queue_cmp(const void *a, const void *b);
+static int cli_queue(const char *path);
+static int cli_make_flag(const struct ms_config *c, const char *name, char *flag, size_t size);
+static int cli_flush(const char *path);
+static int cli_passwd(void);
+static int cli_list(const char *path, const char *addr);
+static int cli_reload(const char *path);
+static void cli_usage(void);
+
+/* ---- end of contents ---- */
+
 /*==== 4. Utilities ====*/
 
 static void *
@@ -1636,11 +2165,6 @@ enum { STORE_MAILDIR, STORE_MBOX };
 enum { PT_NO, PT_YES, PT_LOCAL };
 enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
-struct tls_creds; /* section 8 */
-struct tls_sess;
-static void tls_creds_release(struct tls_creds *t);
-enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
-static const char *const proto_names[] = {"smtp", "submission", "pop3"};
 
 struct cfg_listen { int proto; int tls; int family; char addr[64]; unsigned port; int optional; };
 struct cfg_user {
@@ -1880,8 +2404,6 @@ cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *er
     if (r < 0) { snprintf(err, n, "path too long"); return -1; }
     return 0;
 }
-
-static int cfg_valid_domain(const char *s);
 
 /* "host[:port]", "[v6]:port" or a bare v6 address; host is a name or numeric. */
 static int
@@ -2601,8 +3123,6 @@ cfg_read_file(const char *path, size_t *len)
     return b.p;
 }
 
-static void cfg_load_tls_files(struct ms_config *c); /* section 8 */
-
 /* Loads from a file (text == NULL) or from text. Always returns a config;
  * check c->nerrors. tls_files = 0 skips reading the TLS files (gencert). */
 static struct ms_config *
@@ -2653,7 +3173,6 @@ cfg_listens_beyond_loopback(const struct ms_config *c)
 }
 
 /* ---- INI editing for `add` and `del`: every other byte stays as it was ---- */
-
 
 /* Finds "[domain NAME]" and the span of its lines. Offsets into text. */
 struct edit_span { size_t head, body_end, last_key_end; int found; };
@@ -3452,7 +3971,6 @@ struct mbox_paths {
     char mbox[MS_PATH_FILE];
     char journal[MS_PATH_FILE];
 };
-static int mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp);
 
 /* Refuses (errno ELOOP) a mailbox reached through a symbolic link under the
  * spool: its DOMAIN folder; the Maildir, its new/, cur/ and tmp/; or the mbox
@@ -3892,10 +4410,6 @@ struct store_msg {
     int write_failed;          /* msg_write: a write failed */
 };
 
-struct store_undo;
-struct pop_view;
-struct pop_msg;
-struct dirset;
 
 /* What differs between Maildir and mbox, chosen once from `storage`
  * (store_of): deliveries, their undo, and the POP3 view of a mailbox. */
@@ -5285,7 +5799,6 @@ cfg_load_tls_files(struct ms_config *c)
 }
 
 /* ---- gencert: a self-signed ECDSA P-256 certificate, written in DER by hand ---- */
-static int cli_print_errors(const struct ms_config *c); /* section 16 */
 
 static void
 der_add(struct buf *b, unsigned tag, const void *p, size_t n)
@@ -5790,15 +6303,6 @@ struct conn {
 
 struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
 
-/* The moments every session shares, which each protocol answers in its own words. */
-enum conn_say {
-    SAY_LINE_TOO_LONG, SAY_JUNK, SAY_SESSION_OVER, SAY_EVICTED, SAY_TIMEOUT, SAY_SHUTDOWN,
-    SAY_LOGIN_FAILED, SAY_LOGIN_CLOSING,           /* a failed login; the last one allowed */
-    SAY_TLS_GO, SAY_TLS_ACTIVE, SAY_TLS_UNAVAILABLE, /* STARTTLS / STLS */
-    SAY_BUSY, SAY_RATE, /* at accept, before there is a session (no host name) */
-    SAY_N
-};
-
 /* What the connection and loop code need of a protocol (Mongoose's one
  * handler per connection, OpenSMTPD's session callbacks), so that they have
  * no branch on which protocol a session speaks. SMTP and submission share one. */
@@ -5926,9 +6430,6 @@ conn_drop(struct conn *c)
     c->is_closing = 1;
 }
 
-static void conn_tls_start(struct conn *c);
-static void conn_tls_report(struct conn *c);
-
 /* Sends what it can; once all is out, what waited for that (TLS, the close). */
 static void
 conn_send(struct conn *c)
@@ -6050,8 +6551,6 @@ msg_open(struct mailsrv *ms, struct store_msg *m)
     if (m->tmp_fd < 0) m->tmp_fd = -1;
     return m->tmp_fd < 0 ? -1 : 0;
 }
-
-static void relay_enqueue(struct mailsrv *ms, const char *id);
 
 /* Text of a message the server writes itself; counts its size and lines. */
 static int
@@ -6318,9 +6817,6 @@ slots_evict(struct conn *v, int64_t now)
     }
     conn_drop(v);
 }
-
-static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
-static int list_incoming(struct conn *c);
 
 /*==== 10. SMTP server session ====*/
 /*
@@ -7481,7 +7977,6 @@ mta_send(struct mta_sess *o, const char *fmt, ...)
 }
 
 /* ---- DNS queries: UDP, then TCP when the answer is truncated ---- */
-static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r);
 
 static void
 mta_dns_send(struct mta_sess *o)
@@ -7575,9 +8070,6 @@ mta_dns_io(struct mta_sess *o, short re)
 }
 
 /* ---- choosing hosts and addresses ---- */
-static void mta_finish(struct mta_sess *o, int perm);
-static void mta_give_up(struct mta_sess *o, int perm);
-static int mta_take_next(struct mta_sess *o);
 
 static void
 mta_connect(struct mta_sess *o)
@@ -7719,7 +8211,6 @@ mta_fail_session(struct mta_sess *o, const char *why)
 }
 
 /* The connection broke or spoke nonsense; after our QUIT that is just the end. */
-static void mta_tls_failed(struct mta_sess *o);
 
 static void
 mta_broken(struct mta_sess *o, const char *why)
@@ -8045,8 +8536,6 @@ mta_watch(struct mta_sess *o, int64_t now, int64_t *wake)
     return io_events(&o->io, 1, io_pending(&o->io) || o->state == O_BODY);
 }
 
-static void mta_begin(struct mta_sess *o);
-
 static void
 mta_timer(struct mta_sess *o, int64_t now)
 {
@@ -8070,7 +8559,6 @@ mta_timer(struct mta_sess *o, int64_t now)
 }
 
 /* ---- the queue runner ---- */
-static void relay_finish(struct mailsrv *ms, struct qentry *e);
 
 /* Hands the results back to the entry: recipients not settled get o->error,
  * as a refusal when perm (the domain cannot receive mail) or a deferral. */
@@ -8265,7 +8753,6 @@ relay_status(const char *err, char *out, size_t n)
 /* One RFC 3464 report for the recipients refused in this round (result 5),
  * to the original sender; never for a message whose sender was <>.
  * -1: the report could not be stored (the caller keeps the entry to retry). */
-static int list_relay_bounce(struct mailsrv *ms, struct qentry *e);
 
 static int
 relay_bounce(struct mailsrv *ms, struct qentry *e)
@@ -8562,7 +9049,6 @@ msg_copy_range(struct store_msg *m, int fd, int64_t from, int64_t to)
         from += n;
     }
 }
-
 
 static int
 list_address(const struct cfg_list *l, int kind, const char *token, char *out, size_t n)
@@ -9028,7 +9514,6 @@ list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *
     list_state_free(&st);
     return r;
 }
-
 
 /* ---- request rate limits. Each request (subscribe, unsubscribe, help)
  * mails its envelope sender, so forged ones mail strangers (backscatter).
