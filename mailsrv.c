@@ -28,14 +28,16 @@
  *      mbox journal and locks, the POP3 mailbox view), the relay queue files
  *   8. TLS glue: BearSSL engines between sockets and session buffers; the
  *      transport (a socket, plain or TLS, with its buffers) every session uses
- *   9. Connections: the server and connection structs, protocol ops, replies,
- *      I/O, AUTH outcomes, per-client limits
+ *   9. Connections: the server, connection and session structs, protocol ops;
+ *      replies; a connection's turn; logins for every protocol and relay
+ *      rights; slots and per-client limits; messages the server writes
  *  10. SMTP server session
  *  11. POP3 server session
  *  12. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
  *  13. Mailing lists: confirmed subscription, posts, bounce counting
- *  14. Event loop: listeners, accept, poll, timers, reload, stop
- *  15. Public API (mailsrv.h)
+ *  14. Event loop: listeners, accept, logins' slices, group commit, timers,
+ *      reload, stop, and the loop turn itself (mailsrv_poll)
+ *  15. Public API (mailsrv.h): create, configure, listen, run, destroy
  *  16. Command line and main(): check, add/del/users, queue, gencert, passwd
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
@@ -1415,17 +1417,21 @@ static void conn_send(struct conn *c);
 static int conn_starttls(struct conn *c);
 static void conn_tls_start(struct conn *c);
 static void conn_tls_report(struct conn *c);
+static void conn_free(struct conn *c);
+static void conn_process(struct conn *c);
+static void conn_read(struct conn *c);
+static short conn_watch(struct conn *c, int64_t now, int64_t *wake);
+static void conn_on_io(struct transport *io, short revents);
+static void conn_run(struct conn *c);
 static int conn_plaintext_ok(const struct conn *c);
 static void auth_begin(struct conn *c, const char *login, const char *pass);
-static int msg_open(struct mailsrv *ms, struct store_msg *m);
-static int msg_write(struct store_msg *m, const char *p, size_t n);
-static int msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err);
-static int cfg_in_relay_nets(const struct ms_config *cfg, const char *peer);
-static int conn_logged_in(const struct conn *c);
-static int conn_may_relay(const struct conn *c);
 static int64_t auth_failed(struct conn *c, const char *user);
 static void auth_succeeded(struct conn *c);
 static void conn_login_failed(struct conn *c, const char *user);
+static void login_done(struct conn *c);
+static int cfg_in_relay_nets(const struct ms_config *cfg, const char *peer);
+static int conn_logged_in(const struct conn *c);
+static int conn_may_relay(const struct conn *c);
 static int conn_busy(const struct conn *c);
 static int conn_junk(struct conn *c);
 static void conn_session_over(struct conn *c);
@@ -1437,6 +1443,9 @@ static void client_refused(struct mailsrv *ms, struct client_stat *s, int64_t no
 static void client_flush(struct mailsrv *ms, int64_t now);
 static struct conn * slots_victim(struct mailsrv *ms, int64_t now);
 static void slots_evict(struct conn *v, int64_t now);
+static int msg_open(struct mailsrv *ms, struct store_msg *m);
+static int msg_write(struct store_msg *m, const char *p, size_t n);
+static int msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err);
 
 /* 10. SMTP server session */
 static void smtp_tx_reset(struct conn *c);
@@ -1586,13 +1595,6 @@ static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const c
 static int list_incoming(struct conn *c);
 
 /* 14. Event loop */
-static void conn_free(struct conn *c);
-static void conn_process(struct conn *c);
-static void conn_read(struct conn *c);
-static short conn_watch(struct conn *c, int64_t now, int64_t *wake);
-static void conn_on_io(struct transport *io, short revents);
-static void conn_run(struct conn *c);
-static void login_done(struct conn *c);
 static void loop_logins(struct mailsrv *ms);
 static void loop_refuse(ms_sock_t s, enum proto proto, int rate);
 static void loop_accept(struct mailsrv *ms, struct listener *l);
@@ -1604,14 +1606,14 @@ static void loop_stop_sessions(struct mailsrv *ms);
 static void loop_check_reload(struct mailsrv *ms, int64_t now);
 static int loop_clean_tmp_entry(void *ctx, const char *name);
 static void loop_clean_tmp(struct mailsrv *ms, int64_t now);
+static void loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io);
+static int loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake);
+static void loop_dispatch(struct mailsrv *ms, int nfds, int ready);
 
 /* 15. Public API */
 static void default_log(void *user, const char *line);
 static void ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c);
 static int ms_install_config(struct mailsrv *ms, struct ms_config *c);
-static void loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io);
-static int loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake);
-static void loop_dispatch(struct mailsrv *ms, int nfds, int ready);
 
 /* 16. Command line and main() */
 static int cli_split_address(const char *arg, char *user, char *domain);
@@ -6230,9 +6232,10 @@ io_close(struct transport *io)
 
 /*==== 9. Connections ====*/
 /*
- * A connection owns a fixed input buffer and a bounded output buffer.
- * Protocol code appends replies with conn_reply(); the loop sends them. A
- * connection ends only through the sweep in loop_sweep(), after dispatch.
+ * The server and its connections: what every protocol's session shares. A
+ * connection owns its transport (section 8). Protocol code appends replies
+ * with conn_reply(); the loop sends them. A connection ends only through the
+ * sweep in loop_sweep(), after dispatch.
  */
 
 enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_DATA };
@@ -6371,6 +6374,8 @@ struct mailsrv {
     int64_t clients_flush;           /* when the next count of refusals not logged is due (0: none) */
 };
 
+/* ---- logging, replies, closing ---- */
+
 static void
 ms_log(struct mailsrv *ms, const char *fmt, ...)
 {
@@ -6430,6 +6435,8 @@ conn_drop(struct conn *c)
     c->is_closing = 1;
 }
 
+/* ---- a connection's turn: input, commands, replies, the start of TLS ---- */
+
 /* Sends what it can; once all is out, what waited for that (TLS, the close). */
 static void
 conn_send(struct conn *c)
@@ -6473,6 +6480,121 @@ conn_tls_report(struct conn *c)
     char line[200];
     if (c->io.tls && tls_report(c->io.tls, line, sizeof line)) conn_log(c, "%s", line);
 }
+
+static void
+conn_free(struct conn *c)
+{
+    c->ops->free(c);
+    if (c->login) { ms_wipe(c->login, sizeof *c->login); free(c->login); }
+    io_close(&c->io);
+    buf_free(&c->io.out);
+    free(c);
+}
+
+/* Runs the protocol over buffered input until it needs more, is held, or
+ * has produced enough output for now. */
+static void
+conn_process(struct conn *c)
+{
+    char line[MS_SMTP_LINE_MAX + 1];
+    if (c->login) return; /* pipelined commands wait for the login's outcome */
+    if (c->hold_until) {
+        if (os_now_ms() < c->hold_until) return;
+        c->hold_until = 0;
+    }
+    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
+        size_t len;
+        int r;
+        if (io_pending(&c->io) > MS_OUT_HIGH || c->commit_pending) break;
+        if ((r = c->ops->pump(c)) < 0) break;
+        if (r > 0) continue;
+        if ((len = io_line(&c->io)) == 0) {
+            if (c->io.inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
+                if (!c->discarding) conn_say(c, SAY_LINE_TOO_LONG);
+                c->discarding = 1;
+                c->io.inlen = 0;
+            }
+            break;
+        }
+        len--; /* without its LF */
+        if (c->discarding) { c->discarding = 0; io_consume(&c->io, len + 1); continue; }
+        if (len + 1 > MS_SMTP_LINE_MAX) {
+            conn_say(c, SAY_LINE_TOO_LONG);
+            io_consume(&c->io, len + 1);
+            continue;
+        }
+        if (!conn_busy(c) && conn_session_expired(c, os_now_ms())) { /* between two transactions */
+            conn_session_over(c);
+            break;
+        }
+        memcpy(line, c->io.in, len);
+        io_consume(&c->io, len + 1);
+        if (len && line[len - 1] == '\r') len--;
+        line[len] = 0;
+        c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000;
+        c->ops->line(c, line, len);
+    }
+}
+
+static void
+conn_read(struct conn *c)
+{
+    long n;
+    if (c->tls_after_flush) return; /* the next bytes are a TLS handshake */
+    n = io_read(&c->io);
+    if (n == 0) c->is_eof = 1; /* input already buffered is still served */
+    else if (n == -1) conn_drop(c);
+    if (c->io.tls) conn_tls_report(c);
+}
+
+/* What to poll c for this turn, and when it needs a turn anyway (*wake). */
+static short
+conn_watch(struct conn *c, int64_t now, int64_t *wake)
+{
+    short ev = 0;
+    if (c->hold_until) { if (c->hold_until < *wake) *wake = c->hold_until; }
+    else if (c->login) *wake = now; /* hashing: no input meanwhile, the next slice at once */
+    else {
+        ev = io_events(&c->io, !c->close_after_flush && !c->is_eof && !c->tls_after_flush,
+                       io_pending(&c->io) || c->ops->streaming(c));
+        if (io_tls_input(&c->io)) *wake = now;
+    }
+    if (c->io.deadline < *wake) *wake = c->io.deadline;
+    if (!c->close_after_flush) { /* max_session_time: once, then twice over if busy then */
+        int64_t end = c->born + c->ms->cfg->max_session_time * 1000LL;
+        if (end <= now) end += c->ms->cfg->max_session_time * 1000LL;
+        if (end < *wake) *wake = end;
+    }
+    return ev;
+}
+
+/* What poll() said of c (0: nothing, but decrypted input may wait). */
+static void
+conn_on_io(struct transport *io, short revents)
+{
+    struct conn *c = IO_OWNER(io, struct conn, io);
+    if (!revents) {
+        if (!io_tls_input(io) || c->hold_until || c->login) return;
+        revents = POLLIN;
+    }
+    io->revents = revents; /* conn_run's turn comes */
+    if (revents & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
+    if (revents & POLLOUT) conn_send(c);
+}
+
+/* One turn of a session: its buffered input, then its replies. */
+static void
+conn_run(struct conn *c)
+{
+    conn_process(c);
+    if (c->is_eof && !c->hold_until && !c->login) {
+        if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
+        conn_close_after_reply(c);
+    }
+    if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
+}
+
+/* ---- logins for every protocol (hashed in slices, failures slowed), relay rights ---- */
 
 /* Plain-text logins are allowed here? (plaintext_auth = yes | no | local) */
 static int
@@ -6527,86 +6649,6 @@ auth_begin(struct conn *c, const char *login, const char *pass)
     pbkdf2_begin(&l->st, pass, k->salt, k->saltlen, k->iter);
 }
 
-/* A new message: its id, unique name and the open SPOOL/.tmp file. */
-static int
-msg_open(struct mailsrv *ms, struct store_msg *m)
-{
-    char dir[MS_PATH_DOMAIN];
-    int64_t sec;
-    long usec;
-    int n;
-    os_wallclock(&sec, &usec);
-    m->when = (time_t)sec;
-    snprintf(m->id, sizeof m->id, "%lld.M%06ldP%luQ%u", (long long)sec, usec, os_pid(), ++ms->msg_counter);
-    snprintf(m->name, sizeof m->name, "%s.%.20s", m->id, ms->cfg->hostname);
-    for (n = 0; m->name[n]; n++) /* the host part must stay one path component */
-        if (m->name[n] == '/' || m->name[n] == MS_MAILDIR_INFO || m->name[n] == ',') m->name[n] = '_';
-    m->tmp_fd = -1;
-    if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
-        ms_fmt(m->tmp_path, sizeof m->tmp_path, "%s/%s", dir, m->name) < 0)
-        return -1;
-    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
-        store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
-        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
-    if (m->tmp_fd < 0) m->tmp_fd = -1;
-    return m->tmp_fd < 0 ? -1 : 0;
-}
-
-/* Text of a message the server writes itself; counts its size and lines. */
-static int
-msg_write(struct store_msg *m, const char *p, size_t n)
-{
-    size_t i;
-    if (m->write_failed || os_write_all(m->tmp_fd, p, n) < 0) { m->write_failed = 1; return -1; }
-    m->size += (int64_t)n;
-    for (i = 0; i < n; i++) m->lines += p[i] == '\n';
-    return 0;
-}
-
-/* Stores a message the server wrote (its first line is Return-Path) for t,
- * durably before returning, queues it for remote targets, and closes it. */
-static int
-msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err)
-{
-    int r = -1;
-    *err = NULL;
-    m->hdr_lines = 1;
-    if (!m->write_failed) r = store_message(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
-    if (r == 0 && targets_remote(t)) relay_enqueue(ms, m->id);
-    if (r != 0 && !*err) *err = "cannot write the message";
-    os_close(m->tmp_fd);
-    os_unlink(m->tmp_path);
-    m->tmp_fd = -1;
-    return r;
-}
-
-static int
-cfg_in_relay_nets(const struct ms_config *cfg, const char *peer)
-{
-    struct ms_addr a;
-    int i;
-    if (net_addr_parse(peer, 0, &a) != 0) return 0;
-    for (i = 0; i < cfg->nrelay_nets; i++)
-        if (net_in_cidr(&cfg->relay_nets[i], &a)) return 1;
-    return 0;
-}
-
-/* Logged in (AUTH in SMTP, USER/PASS or AUTH in POP3): never closed to make
- * room, and may relay. */
-static int
-conn_logged_in(const struct conn *c)
-{
-    return c->ops->logged_in(c);
-}
-
-/* Relay permission: a client in relay_networks, or after AUTH. */
-static int
-conn_may_relay(const struct conn *c)
-{
-    if (conn_logged_in(c)) return 1;
-    return cfg_in_relay_nets(c->ms->cfg, c->peer);
-}
-
 /* A failed login: logged in one fixed form for fail2ban, and answered after
  * a delay that doubles with each failure from the same client (address or
  * IPv6 /64: client_key) in the last 15 minutes (1, 2, 4 ... 30 s), so
@@ -6657,6 +6699,45 @@ conn_login_failed(struct conn *c, const char *user)
     }
     conn_say(c, SAY_LOGIN_CLOSING);
     conn_close_after_reply(c);
+}
+
+/* A login's hash is done: the constant-time comparison, then the session's answer. */
+static void
+login_done(struct conn *c)
+{
+    struct login *l = c->login;
+    int ok = l->no_check || (l->found & ms_secret_eq(l->want, 32, l->st.out, 32));
+    c->login = NULL;
+    c->ops->login_done(c, ok ? l->mailbox : NULL, l->user);
+    ms_wipe(l, sizeof *l);
+    free(l);
+}
+
+static int
+cfg_in_relay_nets(const struct ms_config *cfg, const char *peer)
+{
+    struct ms_addr a;
+    int i;
+    if (net_addr_parse(peer, 0, &a) != 0) return 0;
+    for (i = 0; i < cfg->nrelay_nets; i++)
+        if (net_in_cidr(&cfg->relay_nets[i], &a)) return 1;
+    return 0;
+}
+
+/* Logged in (AUTH in SMTP, USER/PASS or AUTH in POP3): never closed to make
+ * room, and may relay. */
+static int
+conn_logged_in(const struct conn *c)
+{
+    return c->ops->logged_in(c);
+}
+
+/* Relay permission: a client in relay_networks, or after AUTH. */
+static int
+conn_may_relay(const struct conn *c)
+{
+    if (conn_logged_in(c)) return 1;
+    return cfg_in_relay_nets(c->ms->cfg, c->peer);
 }
 
 /* ---- Slots: nobody holds one forever (junk commands, session time, rate, room) ---- */
@@ -6816,6 +6897,61 @@ slots_evict(struct conn *v, int64_t now)
         conn_send(v);
     }
     conn_drop(v);
+}
+
+/* ---- messages: DATA's file in SPOOL/.tmp, and those the server writes itself ---- */
+
+/* A new message: its id, unique name and the open SPOOL/.tmp file. */
+static int
+msg_open(struct mailsrv *ms, struct store_msg *m)
+{
+    char dir[MS_PATH_DOMAIN];
+    int64_t sec;
+    long usec;
+    int n;
+    os_wallclock(&sec, &usec);
+    m->when = (time_t)sec;
+    snprintf(m->id, sizeof m->id, "%lld.M%06ldP%luQ%u", (long long)sec, usec, os_pid(), ++ms->msg_counter);
+    snprintf(m->name, sizeof m->name, "%s.%.20s", m->id, ms->cfg->hostname);
+    for (n = 0; m->name[n]; n++) /* the host part must stay one path component */
+        if (m->name[n] == '/' || m->name[n] == MS_MAILDIR_INFO || m->name[n] == ',') m->name[n] = '_';
+    m->tmp_fd = -1;
+    if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
+        ms_fmt(m->tmp_path, sizeof m->tmp_path, "%s/%s", dir, m->name) < 0)
+        return -1;
+    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
+        store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
+        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
+    if (m->tmp_fd < 0) m->tmp_fd = -1;
+    return m->tmp_fd < 0 ? -1 : 0;
+}
+
+/* Text of a message the server writes itself; counts its size and lines. */
+static int
+msg_write(struct store_msg *m, const char *p, size_t n)
+{
+    size_t i;
+    if (m->write_failed || os_write_all(m->tmp_fd, p, n) < 0) { m->write_failed = 1; return -1; }
+    m->size += (int64_t)n;
+    for (i = 0; i < n; i++) m->lines += p[i] == '\n';
+    return 0;
+}
+
+/* Stores a message the server wrote (its first line is Return-Path) for t,
+ * durably before returning, queues it for remote targets, and closes it. */
+static int
+msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err)
+{
+    int r = -1;
+    *err = NULL;
+    m->hdr_lines = 1;
+    if (!m->write_failed) r = store_message(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
+    if (r == 0 && targets_remote(t)) relay_enqueue(ms, m->id);
+    if (r != 0 && !*err) *err = "cannot write the message";
+    os_close(m->tmp_fd);
+    os_unlink(m->tmp_path);
+    m->tmp_fd = -1;
+    return r;
 }
 
 /*==== 10. SMTP server session ====*/
@@ -9710,136 +9846,14 @@ list_incoming(struct conn *c)
 
 /*==== 14. Event loop ====*/
 /*
- * Each turn: build the pollfd array (POLLIN while there is input room and the
- * session is not held, POLLOUT while output is pending), poll until the
- * nearest deadline, accept, read, run the protocol over complete lines, send,
- * run timers, then free the connections marked closing.
+ * Each turn (mailsrv_poll, at the end): build the poll set, where every
+ * session says what to poll for and when it needs a turn anyway (POLLIN
+ * while there is input room and it is not held, POLLOUT while output is
+ * pending); poll until the nearest deadline; hand each ready socket to its
+ * listener or transport (accept, read, send); run the protocols over complete
+ * lines; one slice of the logins' hashing; the group commit; timers; the
+ * relay; then free the sessions marked closing.
  */
-
-static void
-conn_free(struct conn *c)
-{
-    c->ops->free(c);
-    if (c->login) { ms_wipe(c->login, sizeof *c->login); free(c->login); }
-    io_close(&c->io);
-    buf_free(&c->io.out);
-    free(c);
-}
-
-/* Runs the protocol over buffered input until it needs more, is held, or
- * has produced enough output for now. */
-static void
-conn_process(struct conn *c)
-{
-    char line[MS_SMTP_LINE_MAX + 1];
-    if (c->login) return; /* pipelined commands wait for the login's outcome */
-    if (c->hold_until) {
-        if (os_now_ms() < c->hold_until) return;
-        c->hold_until = 0;
-    }
-    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
-        size_t len;
-        int r;
-        if (io_pending(&c->io) > MS_OUT_HIGH || c->commit_pending) break;
-        if ((r = c->ops->pump(c)) < 0) break;
-        if (r > 0) continue;
-        if ((len = io_line(&c->io)) == 0) {
-            if (c->io.inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
-                if (!c->discarding) conn_say(c, SAY_LINE_TOO_LONG);
-                c->discarding = 1;
-                c->io.inlen = 0;
-            }
-            break;
-        }
-        len--; /* without its LF */
-        if (c->discarding) { c->discarding = 0; io_consume(&c->io, len + 1); continue; }
-        if (len + 1 > MS_SMTP_LINE_MAX) {
-            conn_say(c, SAY_LINE_TOO_LONG);
-            io_consume(&c->io, len + 1);
-            continue;
-        }
-        if (!conn_busy(c) && conn_session_expired(c, os_now_ms())) { /* between two transactions */
-            conn_session_over(c);
-            break;
-        }
-        memcpy(line, c->io.in, len);
-        io_consume(&c->io, len + 1);
-        if (len && line[len - 1] == '\r') len--;
-        line[len] = 0;
-        c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000;
-        c->ops->line(c, line, len);
-    }
-}
-
-static void
-conn_read(struct conn *c)
-{
-    long n;
-    if (c->tls_after_flush) return; /* the next bytes are a TLS handshake */
-    n = io_read(&c->io);
-    if (n == 0) c->is_eof = 1; /* input already buffered is still served */
-    else if (n == -1) conn_drop(c);
-    if (c->io.tls) conn_tls_report(c);
-}
-
-/* What to poll c for this turn, and when it needs a turn anyway (*wake). */
-static short
-conn_watch(struct conn *c, int64_t now, int64_t *wake)
-{
-    short ev = 0;
-    if (c->hold_until) { if (c->hold_until < *wake) *wake = c->hold_until; }
-    else if (c->login) *wake = now; /* hashing: no input meanwhile, the next slice at once */
-    else {
-        ev = io_events(&c->io, !c->close_after_flush && !c->is_eof && !c->tls_after_flush,
-                       io_pending(&c->io) || c->ops->streaming(c));
-        if (io_tls_input(&c->io)) *wake = now;
-    }
-    if (c->io.deadline < *wake) *wake = c->io.deadline;
-    if (!c->close_after_flush) { /* max_session_time: once, then twice over if busy then */
-        int64_t end = c->born + c->ms->cfg->max_session_time * 1000LL;
-        if (end <= now) end += c->ms->cfg->max_session_time * 1000LL;
-        if (end < *wake) *wake = end;
-    }
-    return ev;
-}
-
-/* What poll() said of c (0: nothing, but decrypted input may wait). */
-static void
-conn_on_io(struct transport *io, short revents)
-{
-    struct conn *c = IO_OWNER(io, struct conn, io);
-    if (!revents) {
-        if (!io_tls_input(io) || c->hold_until || c->login) return;
-        revents = POLLIN;
-    }
-    io->revents = revents; /* conn_run's turn comes */
-    if (revents & (POLLIN | POLLERR | POLLHUP | POLLNVAL)) conn_read(c);
-    if (revents & POLLOUT) conn_send(c);
-}
-
-/* One turn of a session: its buffered input, then its replies. */
-static void
-conn_run(struct conn *c)
-{
-    conn_process(c);
-    if (c->is_eof && !c->hold_until && !c->login) {
-        if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
-        conn_close_after_reply(c);
-    }
-    if (!c->hold_until) conn_send(c); /* answer now rather than a turn later */
-}
-
-/* A login's hash is done: the constant-time comparison, then the session's answer. */
-static void
-login_done(struct conn *c)
-{
-    struct login *l = c->login;
-    int ok = l->no_check || (l->found & ms_secret_eq(l->want, 32, l->st.out, 32));
-    c->login = NULL;
-    c->ops->login_done(c, ok ? l->mailbox : NULL, l->user);
-    ms_wipe(l, sizeof *l);
-    free(l);
-}
 
 /* The logins in progress share MS_PBKDF2_SLICE iterations per turn, round-
  * robin from the connection after the one served last: a turn never hashes
@@ -10129,6 +10143,101 @@ loop_clean_tmp(struct mailsrv *ms, int64_t now)
     os_list_dir(dir, loop_clean_tmp_entry, &tc);
 }
 
+/* Adds fd to this turn's poll set; io: the session's (NULL: a listener). */
+static void
+loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io)
+{
+    ms->pfds[*nfds].fd = fd;
+    ms->pfds[*nfds].events = events;
+    ms->pfds[*nfds].revents = 0;
+    ms->watched[(*nfds)++] = io;
+    if (io) io->revents = 0;
+}
+
+/* The poll set: the listeners, then every session with a socket. *wake
+ * comes down to when the first of them needs a turn anyway. */
+static int
+loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)
+{
+    int i, ev, nfds = 0, n = ms->nlst + ms->nconns + ms->nout;
+    if (n > ms->capfds) {
+        ms->capfds = n + 64;
+        ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
+        ms->watched = xrealloc(ms->watched, sizeof *ms->watched * (size_t)ms->capfds);
+    }
+    for (i = 0; i < ms->nlst; i++) loop_watch(ms, &nfds, ms->lst[i].fd, POLLIN, NULL);
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        loop_watch(ms, &nfds, c->io.fd, conn_watch(c, now, wake), &c->io);
+    }
+    for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
+        struct mta_sess *o = ms->out[i];
+        if ((ev = mta_watch(o, now, wake)) >= 0) loop_watch(ms, &nfds, o->io.fd, (short)ev, &o->io);
+    }
+    return nfds;
+}
+
+/* Hands what poll() said to the listeners and the sessions; those with
+ * nothing (any: !ready) still see whether decrypted input waits. */
+static void
+loop_dispatch(struct mailsrv *ms, int nfds, int ready)
+{
+    int i;
+    for (i = 0; i < nfds; i++) {
+        short re = ready ? ms->pfds[i].revents : 0;
+        struct transport *io = ms->watched[i];
+        if (io) io->on_io(io, re);
+        else if (re & POLLIN) loop_accept(ms, &ms->lst[i]);
+    }
+}
+
+/* see mailsrv.h */
+int
+mailsrv_poll(struct mailsrv *ms, int timeout_ms)
+{
+    int64_t now = os_now_ms(), wake = now + timeout_ms;
+    int i, nfds, r;
+    if (ms->stop_requested && !ms->stopping) {
+        ms->stopping = 1;
+        ms->stop_deadline = now + MS_STOP_GRACE_MS;
+        loop_close_listeners(ms);
+        ms_log(ms, "stopping: %d sessions in flight", ms->nconns);
+    }
+    if (ms->stopping) {
+        loop_stop_sessions(ms);
+        loop_sweep(ms);
+        if (ms->nconns == 0 || now >= ms->stop_deadline) return 1;
+    }
+    nfds = loop_watch_all(ms, now, &wake);
+    if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
+    if (ms->nlst && ms->next_flush_check < wake) wake = ms->next_flush_check;
+    if (ms->nlst && ms->next_tmp_clean < wake) wake = ms->next_tmp_clean;
+    if (ms->relay_wake < wake) wake = ms->relay_wake;
+    if (ms->commit_again || ms->relay_kick) wake = now;
+    if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
+    if (mbox_note[0]) { ms_log(ms, "%s", mbox_note); mbox_note[0] = 0; } /* found by the last turn's mbox_recover */
+    if (ms->clients_flush && ms->clients_flush < wake) wake = ms->clients_flush;
+    r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
+    if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
+    loop_dispatch(ms, nfds, r > 0);
+    now = os_now_ms();
+    for (i = 0; i < ms->nconns; i++) { /* idle sessions cost nothing; new ones were greeted in loop_accept */
+        struct conn *c = ms->conns[i];
+        if (!c->is_closing && (c->io.revents || (c->hold_until && now >= c->hold_until))) conn_run(c);
+    }
+    loop_logins(ms);
+    loop_group_commit(ms);
+    loop_timers(ms, now);
+    for (i = 0; i < ms->nout; i++) mta_timer(ms->out[i], now);
+    if (ms->relay_kick || now >= ms->relay_wake) relay_run(ms);
+    loop_sweep(ms);
+    client_flush(ms, now);
+    loop_check_reload(ms, now);
+    if (ms->nlst) relay_check_flush(ms, now);
+    if (ms->nlst) loop_clean_tmp(ms, now);
+    return 0;
+}
+
 /*==== 15. Public API ====*/
 
 static void
@@ -10358,101 +10467,6 @@ mailsrv_listen(struct mailsrv *ms)
     loop_clean_tmp(ms, os_now_ms());
     os_list_dir(ms->qdir, relay_scan_entry, ms);
     if (ms->nqueue) ms_log(ms, "%d messages in the relay queue %s", ms->nqueue, ms->qdir);
-    return 0;
-}
-
-/* Adds fd to this turn's poll set; io: the session's (NULL: a listener). */
-static void
-loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io)
-{
-    ms->pfds[*nfds].fd = fd;
-    ms->pfds[*nfds].events = events;
-    ms->pfds[*nfds].revents = 0;
-    ms->watched[(*nfds)++] = io;
-    if (io) io->revents = 0;
-}
-
-/* The poll set: the listeners, then every session with a socket. *wake
- * comes down to when the first of them needs a turn anyway. */
-static int
-loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)
-{
-    int i, ev, nfds = 0, n = ms->nlst + ms->nconns + ms->nout;
-    if (n > ms->capfds) {
-        ms->capfds = n + 64;
-        ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
-        ms->watched = xrealloc(ms->watched, sizeof *ms->watched * (size_t)ms->capfds);
-    }
-    for (i = 0; i < ms->nlst; i++) loop_watch(ms, &nfds, ms->lst[i].fd, POLLIN, NULL);
-    for (i = 0; i < ms->nconns; i++) {
-        struct conn *c = ms->conns[i];
-        loop_watch(ms, &nfds, c->io.fd, conn_watch(c, now, wake), &c->io);
-    }
-    for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
-        struct mta_sess *o = ms->out[i];
-        if ((ev = mta_watch(o, now, wake)) >= 0) loop_watch(ms, &nfds, o->io.fd, (short)ev, &o->io);
-    }
-    return nfds;
-}
-
-/* Hands what poll() said to the listeners and the sessions; those with
- * nothing (any: !ready) still see whether decrypted input waits. */
-static void
-loop_dispatch(struct mailsrv *ms, int nfds, int ready)
-{
-    int i;
-    for (i = 0; i < nfds; i++) {
-        short re = ready ? ms->pfds[i].revents : 0;
-        struct transport *io = ms->watched[i];
-        if (io) io->on_io(io, re);
-        else if (re & POLLIN) loop_accept(ms, &ms->lst[i]);
-    }
-}
-
-/* see mailsrv.h */
-int
-mailsrv_poll(struct mailsrv *ms, int timeout_ms)
-{
-    int64_t now = os_now_ms(), wake = now + timeout_ms;
-    int i, nfds, r;
-    if (ms->stop_requested && !ms->stopping) {
-        ms->stopping = 1;
-        ms->stop_deadline = now + MS_STOP_GRACE_MS;
-        loop_close_listeners(ms);
-        ms_log(ms, "stopping: %d sessions in flight", ms->nconns);
-    }
-    if (ms->stopping) {
-        loop_stop_sessions(ms);
-        loop_sweep(ms);
-        if (ms->nconns == 0 || now >= ms->stop_deadline) return 1;
-    }
-    nfds = loop_watch_all(ms, now, &wake);
-    if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
-    if (ms->nlst && ms->next_flush_check < wake) wake = ms->next_flush_check;
-    if (ms->nlst && ms->next_tmp_clean < wake) wake = ms->next_tmp_clean;
-    if (ms->relay_wake < wake) wake = ms->relay_wake;
-    if (ms->commit_again || ms->relay_kick) wake = now;
-    if (ms->stopping && ms->stop_deadline < wake) wake = ms->stop_deadline;
-    if (mbox_note[0]) { ms_log(ms, "%s", mbox_note); mbox_note[0] = 0; } /* found by the last turn's mbox_recover */
-    if (ms->clients_flush && ms->clients_flush < wake) wake = ms->clients_flush;
-    r = os_poll(ms->pfds, nfds, wake > now ? (int)(wake - now) : 0);
-    if (r < 0 && errno != EINTR) { ms_log(ms, "poll: %s", strerror(errno)); return -1; }
-    loop_dispatch(ms, nfds, r > 0);
-    now = os_now_ms();
-    for (i = 0; i < ms->nconns; i++) { /* idle sessions cost nothing; new ones were greeted in loop_accept */
-        struct conn *c = ms->conns[i];
-        if (!c->is_closing && (c->io.revents || (c->hold_until && now >= c->hold_until))) conn_run(c);
-    }
-    loop_logins(ms);
-    loop_group_commit(ms);
-    loop_timers(ms, now);
-    for (i = 0; i < ms->nout; i++) mta_timer(ms->out[i], now);
-    if (ms->relay_kick || now >= ms->relay_wake) relay_run(ms);
-    loop_sweep(ms);
-    client_flush(ms, now);
-    loop_check_reload(ms, now);
-    if (ms->nlst) relay_check_flush(ms, now);
-    if (ms->nlst) loop_clean_tmp(ms, now);
     return 0;
 }
 
