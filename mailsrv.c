@@ -1420,6 +1420,7 @@ static void conn_tls_report(struct conn *c);
 static void conn_free(struct conn *c);
 static void conn_process(struct conn *c);
 static void conn_read(struct conn *c);
+static int conn_may_go_on(const struct conn *c);
 static short conn_watch(struct conn *c, int64_t now, int64_t *wake);
 static void conn_on_io(struct transport *io, short revents);
 static void conn_run(struct conn *c);
@@ -6299,6 +6300,7 @@ struct conn {
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
+    unsigned out_full : 1;           /* conn_process stopped at MS_OUT_HIGH: it goes on once that is sent */
     struct login *login;             /* hashing: no input is processed meanwhile */
     char inbuf[MS_IN_SIZE];          /* io's input */
     union { struct smtp_sess smtp; struct pop_sess pop; } u;
@@ -6497,6 +6499,7 @@ static void
 conn_process(struct conn *c)
 {
     char line[MS_SMTP_LINE_MAX + 1];
+    c->out_full = 0;
     if (c->login) return; /* pipelined commands wait for the login's outcome */
     if (c->hold_until) {
         if (os_now_ms() < c->hold_until) return;
@@ -6505,7 +6508,8 @@ conn_process(struct conn *c)
     while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
         size_t len;
         int r;
-        if (io_pending(&c->io) > MS_OUT_HIGH || c->commit_pending) break;
+        if (io_pending(&c->io) > MS_OUT_HIGH) { c->out_full = 1; break; }
+        if (c->commit_pending) break;
         if ((r = c->ops->pump(c)) < 0) break;
         if (r > 0) continue;
         if ((len = io_line(&c->io)) == 0) {
@@ -6547,6 +6551,16 @@ conn_read(struct conn *c)
     if (c->io.tls) conn_tls_report(c);
 }
 
+/* conn_process stopped because the output was high, and it has gone out
+ * since (often at once, into a large socket buffer): pipelined commands wait
+ * in c->io.in, and the client, waiting for their answers, sends nothing that
+ * would wake the session. */
+static int
+conn_may_go_on(const struct conn *c)
+{
+    return c->out_full && io_pending(&c->io) <= MS_OUT_HIGH;
+}
+
 /* What to poll c for this turn, and when it needs a turn anyway (*wake). */
 static short
 conn_watch(struct conn *c, int64_t now, int64_t *wake)
@@ -6557,7 +6571,7 @@ conn_watch(struct conn *c, int64_t now, int64_t *wake)
     else {
         ev = io_events(&c->io, !c->close_after_flush && !c->is_eof && !c->tls_after_flush,
                        io_pending(&c->io) || c->ops->streaming(c));
-        if (io_tls_input(&c->io)) *wake = now;
+        if (io_tls_input(&c->io) || conn_may_go_on(c)) *wake = now;
     }
     if (c->io.deadline < *wake) *wake = c->io.deadline;
     if (!c->close_after_flush) { /* max_session_time: once, then twice over if busy then */
@@ -10223,7 +10237,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     now = os_now_ms();
     for (i = 0; i < ms->nconns; i++) { /* idle sessions cost nothing; new ones were greeted in loop_accept */
         struct conn *c = ms->conns[i];
-        if (!c->is_closing && (c->io.revents || (c->hold_until && now >= c->hold_until))) conn_run(c);
+        if (!c->is_closing && (c->io.revents || conn_may_go_on(c) || (c->hold_until && now >= c->hold_until))) conn_run(c);
     }
     loop_logins(ms);
     loop_group_commit(ms);

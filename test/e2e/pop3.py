@@ -137,6 +137,37 @@ def pop3_pipelining(ctx):
     p.read_eof()
 
 
+@test(limit=60)
+def pop3_pipelined_command_after_full_output(ctx):
+    """A RETR whose answer ends just over the output high-water mark (32 KiB, MS_OUT_HIGH), with
+    NOOP pipelined behind it and nothing more from the client: NOOP is answered. The session
+    stopped taking commands while its output was high, then sent that output all at once and
+    waited for input that never came (`make bench`'s pipelined RETR hung on it, at the end)."""
+    high = 32 * 1024
+    srv = ctx.server().start()
+    line = "x" * 58 + "\r\n"
+    srv.deliver(body=line * 10)
+    p = srv.pop("alice@example.test")
+    probe = p.list()[1]
+    p.quit()
+    # the answer's length before the terminator ".\r\n": "+OK N octets\r\n" and the N octets;
+    # with HIGH-2 or HIGH-1 of it buffered, the terminator takes the output over HIGH
+    for target in (high - 2, high - 1):
+        ok_len = len("+OK %d octets\r\n" % (target - 20))
+        more = target - ok_len - probe - 2  # the probe's body, then lines of 60 and one of 2..61
+        srv.deliver(body=line * (10 + more // 60) + "y" * (more % 60) + "\r\n")
+    p = srv.pop("alice@example.test")
+    sizes = p.list()
+    hits = [n for n in (2, 3) if len("+OK %d octets\r\n" % sizes[n]) + sizes[n] in (high - 2, high - 1)]
+    check(hits, "no message of the right size: LIST %s (probe %d)" % (sizes, probe))
+    for n in hits:
+        p.send("RETR %d\r\nNOOP\r\n" % n)
+        check(p.line().startswith(b"+OK"), "RETR %d" % n)
+        check(len(b"".join(l + b"\r\n" for l in p.multi())) == sizes[n], "RETR %d: not %d octets" % (n, sizes[n]))
+        check(p.line().startswith(b"+OK"), "the NOOP pipelined after RETR %d" % n)
+    p.quit()
+
+
 @test(modes=BOTH)
 def pop3_stat_list_sizes(ctx, storage):
     srv = ctx.server(storage=storage).start()
