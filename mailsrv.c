@@ -3374,7 +3374,7 @@ struct data_rx {
     int st, strict;        /* strict: this line started after a CRLF */
     size_t line_len;
     int64_t lines, bytes;  /* stored lines and bytes */
-    int too_long, bare;    /* a line over 998 octets seen; bare CR/LF seen */
+    int too_long;          /* a line over 998 octets seen */
 };
 
 static void
@@ -3403,7 +3403,7 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
         case D_TEXT:
             if (ch == '\r') { d->st = D_CR; i++; break; }
             if (ch == '\n') { /* bare LF */
-                out[o++] = '\n'; d->lines++; d->bare = 1;
+                out[o++] = '\n'; d->lines++;
                 d->strict = 0; d->st = D_BOL; i++;
                 break;
             }
@@ -3415,12 +3415,12 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
             out[o++] = '\n'; d->lines++;
             d->st = D_BOL;
             if (ch == '\n') { d->strict = 1; i++; }
-            else { d->strict = 0; d->bare = 1; } /* bare CR: a line end; ch is read again */
+            else d->strict = 0; /* bare CR: a line end; ch is read again */
             break;
         case D_DOT:
             if (ch == '\r') { d->st = D_DOTCR; i++; break; }
             if (ch == '\n') { /* ".\n" is a line holding a dot, never the end */
-                out[o++] = '.'; out[o++] = '\n'; d->lines++; d->bare = 1;
+                out[o++] = '.'; out[o++] = '\n'; d->lines++;
                 d->strict = 0; d->st = D_BOL; i++;
                 break;
             }
@@ -3431,7 +3431,7 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
             out[o++] = '.'; out[o++] = '\n'; d->lines++;
             d->st = D_BOL;
             if (ch == '\n') { d->strict = 1; i++; }
-            else { d->strict = 0; d->bare = 1; }
+            else d->strict = 0;
             break;
         }
     }
