@@ -94,7 +94,7 @@
 #define MS_PATH_MESSAGE 1400      /* a message in a Maildir subfolder, or a text that names one */
 #define MS_POP_ARG_MAX 40         /* popa3d: no POP3 argument is longer */
 #define MS_IN_SIZE 4096           /* per-connection input buffer */
-#define MS_OUT_HIGH (32 * 1024)   /* above this, no more input is read: a client that
+#define MS_OUT_HIGH (32 * 1024)   /* above this, no more commands are taken: a client that
                                      never reads its replies only fills its socket */
 #define MS_DATA_BUF 16384         /* DATA write buffer, allocated only in DATA */
 #define MS_AUTH_DELAY_MS 1000     /* after a failed login; doubles with each recent failure */
@@ -1124,7 +1124,7 @@ os_read_password(char *buf, size_t n)
 /*
  * One prototype for each function of sections 3-16, in the order of the
  * file: the table of contents, and what lets any function call any other
- * other wherever it stands. Helpers that exist in one build only (one
+ * wherever it stands. Helpers that exist in one build only (one
  * platform, TLS) are left to their section. `make toc` writes this block.
  */
 
@@ -6103,8 +6103,9 @@ cli_gencert(const char *path, const char *const *names, int nnames, const char *
 
 /* ---- the transport: a socket, plain or through TLS, and its buffers ----
  * Inbound sessions (struct conn) and relay sessions (struct mta_sess) each
- * embed one, and use only these functions on it; the loop polls and
- * dispatches both kinds alike (mailsrv_poll). */
+ * embed one, and read, send and poll through these functions (the relay's
+ * DNS queries use the socket directly); the loop polls and dispatches both
+ * kinds alike (mailsrv_poll). */
 
 struct transport {
     ms_sock_t fd;
@@ -6115,7 +6116,8 @@ struct transport {
     size_t out_off;
     int64_t deadline;
     /* the loop's: what poll() said this turn (0: nothing), and who handles it
-     * (also called with 0, when decrypted input may wait in the TLS engine) */
+     * (every turn the session is polled, also with 0: decrypted input may wait
+     * in the TLS engine) */
     short revents;
     void (*on_io)(struct transport *io, short revents);
 };
@@ -6300,7 +6302,7 @@ struct conn {
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
-    unsigned out_full : 1;           /* conn_process stopped at MS_OUT_HIGH: it goes on once that is sent */
+    unsigned out_full : 1;           /* conn_process stopped at MS_OUT_HIGH: it goes on once the output is back under it */
     struct login *login;             /* hashing: no input is processed meanwhile */
     char inbuf[MS_IN_SIZE];          /* io's input */
     union { struct smtp_sess smtp; struct pop_sess pop; } u;
@@ -6601,7 +6603,9 @@ static void
 conn_run(struct conn *c)
 {
     conn_process(c);
-    if (c->is_eof && !c->hold_until && !c->login) {
+    /* the client sent all it will: the end, once the commands it sent before are answered
+     * (output over MS_OUT_HIGH or a RETR stream still to go: later turns, on POLLOUT) */
+    if (c->is_eof && !c->hold_until && !c->login && !c->out_full && !c->ops->streaming(c)) {
         if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
         conn_close_after_reply(c);
     }
@@ -7470,7 +7474,7 @@ smtp_line(struct conn *c, char *line, size_t len)
         const struct smtp_cmd *cmd = &smtp_cmds[i];
         if (strcmp(verb, cmd->verb) != 0) continue;
         if (cmd->junk && conn_junk(c)) return;
-        if (cmd->refused[s->state]) conn_reply(c, "503 5.5.1 %s", cmd->refused[s->state]);
+        if (s->state < SMTP_S_DATA && cmd->refused[s->state]) conn_reply(c, "503 5.5.1 %s", cmd->refused[s->state]);
         else cmd->fn(c, args);
         return;
     }

@@ -168,6 +168,25 @@ def pop3_pipelined_command_after_full_output(ctx):
     p.quit()
 
 
+@test(limit=60)
+def pop3_commands_served_after_client_half_close(ctx):
+    """A client that sends its commands and then shuts its side of the connection (`printf ... |
+    nc`) gets every answer: RETR of a message larger than the output high-water mark (its stream
+    needs several turns), then QUIT, both sent before the shutdown. The input already buffered
+    is served before the session ends; the RETR is not cut without its final dot."""
+    srv = ctx.server().start()
+    t, _ = srv.deliver(body="".join("line %d %s\r\n" % (i, "z" * 70) for i in range(1100)))
+    p = srv.pop("alice@example.test")
+    size = p.list()[1]
+    p.send("RETR 1\r\nQUIT\r\n")
+    p.sock.shutdown(socket.SHUT_WR)
+    check(p.line().startswith(b"+OK"), "RETR 1")
+    data = b"".join(l + b"\r\n" for l in p.multi())
+    check(len(data) == size and token_of(data) == t, "RETR after the half-close: %d of %d octets" % (len(data), size))
+    check(p.line().startswith(b"+OK"), "QUIT after the half-close")
+    p.read_eof()
+
+
 @test(modes=BOTH)
 def pop3_stat_list_sizes(ctx, storage):
     srv = ctx.server(storage=storage).start()
