@@ -18,6 +18,16 @@ spools) and measures:
      them) and per POP3 session logged in to its own 10,000-message Maildir mailbox (K
      sessions on K mailboxes written straight into the spool, hard links of one ~200-byte
      message each; (RSS with K sessions - RSS before the first) / K, on a fresh server).
+  6. Stall (issue 14): a latency probe, its own process with one SMTP session sending NOOP every
+     1 ms and timing each reply, reports p50/p99/worst while one heavy operation runs on a fresh
+     server, one at a time: POP3 login + UIDL to 10,000 and 50,000-message Maildirs written by
+     another program (no ,S=/,W= in the names), cold (page cache dropped: root only) and warm;
+     QUIT after DELE of 10,000 (Maildir, mbox; and an mbox losing every other message); 30
+     clients failing USER/PASS at once from 127.0.0.2-31; a post to a list of 1,000 local
+     members; a 50 MB message to 100 local mailboxes. Also the login figures (PASS -> +OK, UIDL)
+     beside a private Dovecot instance on the same Maildirs (root, dovecot and dovecot-pop3d
+     installed), the mbox delivery rate at 20 sessions and logins to a 10,000-message mbox.
+     About 3 minutes; --quick or the --stall-* sizes make it shorter.
 
 Load comes from test/bench_load.c (one poll() loop over N sockets), compiled
 here with `cc -O2`; Python threads would measure Python, not the server.
@@ -26,9 +36,13 @@ Exit status: 0 whenever the figures could be measured (a missed target is not
 a failure); 1 if the benchmark could not run or the server lost messages,
 crashed or failed a check; 2 on a usage error.
 
-Usage: python3 test/bench.py [--quick] [--only smtp,relay,tls,pop3,mem,size,footprint] [--keep]
-       [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
-       [--footprint-sessions K] [--footprint-messages N] [--json FILE]
+Usage: python3 test/bench.py [--quick] [--only smtp,relay,tls,pop3,mem,size,footprint,stall] [--keep]
+       [--bin PATH] [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
+       [--footprint-sessions K] [--footprint-messages N] [--stall-parts login,dele,auth,list,big,mbox]
+       [--stall-messages N] [--stall-small N] [--stall-dele N] [--stall-members N] [--stall-big-mb MB]
+       [--no-dovecot] [--no-drop-caches] [--json FILE]
+Run the stall section as root in a private network namespace for cold figures and Dovecot:
+       unshare -n sh -c 'ip link set lo up && python3 test/bench.py --only stall' 
 """
 
 import argparse
@@ -340,14 +354,16 @@ postmaster = user1
         except OSError:
             return "(no log)"
 
-    def log_problems(self, limit=5):
+    def log_problems(self, limit=5, expected=None):
+        """Log lines that look like trouble, except those matching the regex expected."""
         bad = re.compile(r"error|cannot|fail|panic|abort|assert|out of memory|warning", re.I)
+        fine = re.compile(expected) if expected else None
         hits = []
         try:
             with open(self.logpath, "rb") as f:
                 for line in f:
                     s = line.decode(errors="replace").rstrip()
-                    if bad.search(s):
+                    if bad.search(s) and not (fine and fine.search(s)):
                         hits.append(s)
         except OSError:
             pass
@@ -496,12 +512,239 @@ def pop_dele_all(p, n, window):
 
 
 # ---------------------------------------------------------------------------------------------
+# stall section: a latency probe in its own process, and mailboxes written "by another program"
+
+PROBE_INTERVAL_S = 0.001     # the probe sends its next NOOP 1 ms after the previous one (or at once if later)
+PROBE_RECONNECT = 90000      # NOOPs per probe connection (the stall servers allow 100,000 junk commands)
+STALL_TARGET_MS = 20.0
+FOREIGN_STAMP = 1733000000
+
+
+def probe_main(port, path):
+    """The probe (runs as `bench.py --probe PORT FILE`, a process of its own so that neither the
+    benchmark's GIL nor its work delays it): one SMTP session sending NOOP, the next 1 ms after the
+    previous one was sent or at once when its reply came later; every reply timed with
+    time.perf_counter (CLOCK_MONOTONIC, the same clock in the parent). Prints READY, then stops at
+    a line (or EOF) on stdin and writes the pairs (sent, replied) to FILE as doubles."""
+    import array
+    import select
+    samples = array.array("d")
+    errors = 0
+
+    def connect():
+        s = socket.create_connection((HOST, port), timeout=60)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while not re.search(rb"(?m)^220 .*\r\n", buf):
+            d = s.recv(4096)
+            if not d:
+                raise OSError("probe: no greeting")
+            buf += d
+        s.sendall(b"EHLO probe.bench.local\r\n")
+        buf = b""
+        while not re.search(rb"(?m)^250 .*\r\n", buf):
+            d = s.recv(4096)
+            if not d:
+                raise OSError("probe: no EHLO reply")
+            buf += d
+        return s
+    s = connect()
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    on_conn = 0
+    while True:
+        t0 = time.perf_counter()
+        try:
+            s.sendall(b"NOOP\r\n")
+            buf = b""
+            while not buf.endswith(b"\r\n"):
+                d = s.recv(256)
+                if not d:
+                    raise OSError("closed")
+                buf += d
+            t1 = time.perf_counter()
+            if not buf.startswith(b"250"):
+                raise OSError("reply %r" % buf[:60])
+            samples.append(t0)
+            samples.append(t1)
+            on_conn += 1
+        except OSError:
+            errors += 1
+            on_conn = PROBE_RECONNECT
+        if on_conn >= PROBE_RECONNECT:   # a new session before max_junk_commands ends this one
+            try:
+                s.close()
+                s = connect()
+                on_conn = 0
+            except OSError:
+                errors += 1
+                time.sleep(0.05)
+        wait = PROBE_INTERVAL_S - (time.perf_counter() - t0)
+        r, _, _ = select.select([sys.stdin], [], [], max(0.0, wait))
+        if r or errors > 100:
+            break
+    with open(path, "wb") as f:
+        samples.tofile(f)
+    sys.stdout.write("DONE %d %d\n" % (len(samples) // 2, errors))
+    sys.stdout.flush()
+    s.close()
+    return 0
+
+
+class Probe:
+    """The parent's side of a probe process: started on a server's SMTP port, stopped by its PID's
+    stdin; windows are (start, end) perf_counter times taken here."""
+
+    def __init__(self, port, workdir):
+        self.path = tempfile.mktemp(prefix="probe-", suffix=".bin", dir=workdir)
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--probe", str(port), self.path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, universal_newlines=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.proc.kill()
+            self.proc.wait()
+            raise BenchError("latency probe did not start: %r" % line)
+        self.samples = None
+        self.errors = 0
+
+    def stop(self):
+        import array
+        if self.samples is not None:
+            return
+        try:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            out = self.proc.stdout.read()
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            out = ""
+        m = re.search(r"DONE (\d+) (\d+)", out)
+        self.errors = int(m.group(2)) if m else -1
+        a = array.array("d")
+        try:
+            with open(self.path, "rb") as f:
+                a.frombytes(f.read())
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self.samples = [(a[i], a[i + 1]) for i in range(0, len(a) - 1, 2)]
+
+    def window(self, t0, t1):
+        """Statistics of the replies whose round trip overlaps [t0, t1]: a NOOP sent before the
+        operation began but answered during it counts."""
+        rtt = sorted((b - a) * 1e3 for a, b in self.samples if a <= t1 and b >= t0)
+        if not rtt:
+            return {"count": 0, "p50_ms": None, "p99_ms": None, "worst_ms": None, "window_ms": (t1 - t0) * 1e3}
+        return {"count": len(rtt), "p50_ms": rtt[len(rtt) // 2],
+                "p99_ms": rtt[min(len(rtt) - 1, int(len(rtt) * 0.99))], "worst_ms": rtt[-1],
+                "window_ms": (t1 - t0) * 1e3}
+
+
+def foreign_message(i, to):
+    """Message i as another program stored it: LF line ends, 1-4 KB, distinct."""
+    size = 1024 + (i * 2654435761) % 3072
+    head = ("Return-Path: <sender%d@elsewhere.example>\n"
+            "Delivered-To: %s\n"
+            "Received: from mx.elsewhere.example by foreign.example (Postfix) id %X\n"
+            "From: Sender %d <sender%d@elsewhere.example>\n"
+            "To: <%s>\n"
+            "Subject: foreign message %d\n"
+            "Date: Thu, 28 Nov 2024 12:00:00 +0000\n"
+            "Message-ID: <foreign.%d@elsewhere.example>\n\n") % (i, to, i * 7919, i, i, to, i, i)
+    line = "Message %07d of a mailbox another program wrote, padding text....\n" % i
+    body = line * max(1, (size - len(head)) // len(line))
+    return (head + body).encode()
+
+
+def write_foreign_maildir(mdir, n, to):
+    """A Maildir of n messages as Dovecot or Postfix's local(8) names them: no ,S= or ,W=; two in
+    three already seen (cur/ with :2,S), the rest in new/."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(mdir, sub), exist_ok=True)
+    for i in range(1, n + 1):
+        base = "%d.M%dP%d.foreign.example" % (FOREIGN_STAMP + i // 50, 100000 + i, 4000 + i % 997)
+        path = os.path.join(mdir, "new", base) if i % 3 == 0 else os.path.join(mdir, "cur", base + ":2,S")
+        with open(path, "wb") as f:
+            f.write(foreign_message(i, to))
+
+
+def write_foreign_mbox(path, n, to):
+    """An mbox (mboxrd: no body line starts with From_) of n messages, as another MDA wrote it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        chunk = []
+        for i in range(1, n + 1):
+            chunk.append(b"From sender%d@elsewhere.example Thu Nov 28 12:00:00 2024\n" % i)
+            chunk.append(foreign_message(i, to))
+            chunk.append(b"\n")
+            if len(chunk) >= 3000:
+                f.write(b"".join(chunk))
+                chunk = []
+        f.write(b"".join(chunk))
+
+
+def pop_login_timed(port, user, password=PASSWORD):
+    """connect, USER; then PASS and UIDL timed apart. Returns (client, {connect_ms, pass_ms, uidl_ms}, uidls)."""
+    t0 = time.perf_counter()
+    p = Pop3(port)
+    g = p.line()
+    if not g.startswith(b"+OK"):
+        raise BenchError("POP3 greeting: %r" % g)
+    t1 = time.perf_counter()
+    p.expect_ok("USER %s" % user)
+    t2 = time.perf_counter()
+    p.expect_ok("PASS %s" % password)
+    t3 = time.perf_counter()
+    p.send(b"UIDL\r\n")
+    st, body = p.multi()
+    t4 = time.perf_counter()
+    if body is None:
+        raise BenchError("POP3 UIDL: %r" % st)
+    ids = [ln.split(b" ", 1)[1] for ln in body.split(b"\r\n") if ln]
+    return p, {"connect_ms": (t1 - t0) * 1e3, "pass_ms": (t3 - t2) * 1e3, "uidl_ms": (t4 - t3) * 1e3}, ids
+
+
+def fmt_ms(v):
+    return "n/a" if v is None else ("%.1f" % v if v < 100 else "%.0f" % v)
+
+
+def login_text(f):
+    parts = []
+    for kind in ("cold", "warm"):
+        x = f.get(kind)
+        if not x:
+            continue
+        if "skipped" in x:
+            parts.append("%s: %s" % (kind, x["skipped"]))
+        else:
+            parts.append("%s PASS %.1f + UIDL %.1f = %.1f ms" % (kind, x["pass_ms"], x["uidl_ms"], x["pass_ms"] + x["uidl_ms"]))
+    return "; ".join(parts)
+
+
+def smtp_reply(sock, buf):
+    """Reads one (possibly multi-line) SMTP reply; returns (code, text, rest of buf)."""
+    while True:
+        m = re.search(rb"(?m)^(\d{3}) [^\r\n]*\r\n", buf)
+        if m:
+            return int(m.group(1)), buf[:m.end()], buf[m.end():]
+        d = sock.recv(65536)
+        if not d:
+            raise BenchError("SMTP: connection closed by the server")
+        buf += d
+
+
+# ---------------------------------------------------------------------------------------------
 # the benchmark
 
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.binary = os.environ.get("MAILSRV_BENCH_BIN") or os.path.join(ROOT, "mailsrv")
+        self.binary = os.path.abspath(args.bin or os.environ.get("MAILSRV_BENCH_BIN") or os.path.join(ROOT, "mailsrv"))
         self.work = tempfile.mkdtemp(prefix="mailsrv-bench-")
         self.servers = []
         self.results = {}
@@ -536,12 +779,12 @@ class Bench:
         self.servers.append(s)
         return s.start()
 
-    def finish_server(self, s, what):
+    def finish_server(self, s, what, expected=None):
         s.check_alive(what)
         code = s.stop()
         if code != 0:
             self.problems.append("%s: mailsrv exited with status %s on SIGTERM (contract: 0)" % (what, code))
-        n, lines = s.log_problems()
+        n, lines = s.log_problems(expected=expected)
         if n:
             self.problems.append("%s: %d suspicious log line(s), e.g.: %s" % (what, n, " | ".join(lines)))
         leftovers = count_files(os.path.join(s.spool, ".tmp"))
@@ -1140,6 +1383,598 @@ class Bench:
         res["seconds"] = time.monotonic() - t0
         log("  footprint part: %.0f s (removing the mailboxes %.1f s)" % (res["seconds"], time.perf_counter() - t2))
 
+    # -- 6. stall: the latency probe's replies while one heavy operation runs, one at a time
+    def drop_caches(self):
+        """Empties the page cache for a cold figure; returns "" or why it could not."""
+        if not self.args.drop_caches:
+            return "skipped (--no-drop-caches)"
+        if os.geteuid() != 0:
+            return "skipped (not root)"
+        try:
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+            return ""
+        except OSError as e:
+            return "skipped (%s)" % (e.strerror or e)
+
+    def stall_server(self, name, storage="maildir", users=(), spool=None, keys=None, extra=""):
+        """A stall server (not started): extra users, [server] keys, optionally a given spool.
+        max_junk_commands is raised so that the probe's NOOPs do not end its session."""
+        s = Server(self.binary, self.work, storage, name, DOMAIN, extra)
+        with open(s.ini) as f:
+            text = f.read()
+        want = {"max_junk_commands": "100000"}
+        want.update(keys or {})
+        for k, v in want.items():
+            pat = re.compile(r"(?m)^%s = .*$" % re.escape(k))
+            if pat.search(text):
+                text = pat.sub("%s = %s" % (k, v), text)
+            else:
+                text = text.replace("[server]\n", "[server]\n%s = %s\n" % (k, v), 1)
+        line = "user1 = %s\n" % PASSWORD
+        text = text.replace(line, line + "".join("%s = %s\n" % u for u in users))
+        if spool:
+            text = text.replace("spool = spool\n", "spool = %s\n" % spool)
+            s.spool = spool
+        with open(s.ini, "w") as f:
+            f.write(text)
+        self.servers.append(s)
+        return s
+
+    def password_hash(self):
+        """One `mailsrv passwd` hash of PASSWORD for the many users of a stall server: a plain-text
+        password in the INI costs one PBKDF2 at start (about 8 ms each, 8 s for 1,000 users)."""
+        if not getattr(self, "_hash", None):
+            r = subprocess.run([self.binary, "passwd"], input=PASSWORD + "\n", stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, universal_newlines=True, timeout=30)
+            out = r.stdout.strip().splitlines()
+            self._hash = out[-1].strip() if r.returncode == 0 and out and out[-1].startswith("$") else PASSWORD
+        return self._hash
+
+    def probed(self, s, fn):
+        """Runs fn() on server s with the probe running; fn returns [(operation, [(t0, t1), ...],
+        info)]; returns the rows of probe figures, one per operation."""
+        probe = Probe(s.smtp_port, self.work)
+        try:
+            time.sleep(0.2)  # a few replies before the operation starts
+            windows = fn()
+            time.sleep(0.1)
+        finally:
+            probe.stop()
+        rows = []
+        for name, spans, info in windows:
+            row = {"operation": name, "count": 0, "p50_ms": None, "p99_ms": None, "worst_ms": None}
+            rtt = sorted((b - a) * 1e3 for a, b in probe.samples if any(a <= t1 and b >= t0 for t0, t1 in spans))
+            if rtt:
+                row.update({"count": len(rtt), "p50_ms": rtt[len(rtt) // 2],
+                            "p99_ms": rtt[min(len(rtt) - 1, int(len(rtt) * 0.99))], "worst_ms": rtt[-1]})
+            row["window_ms"] = sum(t1 - t0 for t0, t1 in spans) * 1e3
+            row["probe_errors"] = probe.errors
+            row.update(info)
+            rows.append(row)
+            log("  %-70s probe: %5d replies, p50 %s, p99 %s, worst %s ms (window %.0f ms)%s"
+                % (name, row["count"], fmt_ms(row["p50_ms"]), fmt_ms(row["p99_ms"]), fmt_ms(row["worst_ms"]),
+                   row["window_ms"], "; probe errors %d" % probe.errors if probe.errors else ""))
+        if probe.errors:
+            self.problems.append("stall probe: %d error(s) (refused, closed or a reply other than 250)" % probe.errors)
+        return rows
+
+    def login_runs(self, port, user, n, warm_runs=3):
+        """A cold login (page cache dropped first, when allowed) and warm_runs warm ones, each
+        connect, USER, PASS, UIDL, QUIT; returns ({cold, warm figures}, [windows])."""
+        figs, windows, warm_spans = {}, [], []
+        for kind in ["cold"] + ["warm"] * warm_runs:
+            if kind == "cold":
+                why = self.drop_caches()
+                if why:
+                    figs["cold"] = {"skipped": why}
+                    log("  cold: %s" % why)
+                    continue
+            t0 = time.perf_counter()
+            p, f, ids = pop_login_timed(port, user)
+            p.expect_ok("QUIT")
+            t1 = time.perf_counter()
+            p.close()
+            if len(ids) != n or len(set(ids)) != n:
+                raise BenchError("POP3 UIDL for %s listed %d messages (%d distinct), expected %d"
+                                 % (user, len(ids), len(set(ids)), n))
+            f["total_ms"] = (t1 - t0) * 1e3
+            if kind == "cold":
+                figs["cold"] = f
+                windows.append(("cold", [(t0, t1)]))
+            else:
+                figs.setdefault("warm_runs", []).append(f)
+                warm_spans.append((t0, t1))
+        w = figs.get("warm_runs", [])
+        if w:
+            figs["warm"] = {k: statistics.median(x[k] for x in w) for k in w[0]}
+            windows.append(("warm (%d logins)" % len(w), warm_spans))
+        return figs, windows
+
+    def stall_logins(self, res):
+        small, large = self.args.stall_small, self.args.stall_messages
+        sizes = sorted(set((small, large)))
+        spool = os.path.join(self.work, "stall-foreign-spool")
+        t0 = time.perf_counter()
+        for n in sizes:
+            write_foreign_maildir(os.path.join(spool, DOMAIN, "f%d" % n), n, "f%d@%s" % (n, DOMAIN))
+        log("  foreign Maildirs of %s messages written in %.1f s (names without ,S=/,W=; 2/3 in cur/ with :2,S)"
+            % (" and ".join("{:,}".format(n) for n in sizes), time.perf_counter() - t0))
+        figs = res["login"].setdefault("mailsrv", {}).setdefault("maildir", {})
+        for n in sizes:
+            user = "f%d@%s" % (n, DOMAIN)
+            s = self.stall_server("stall-login-%d" % n, users=[("f%d" % n, PASSWORD)], spool=spool).start()
+            box = {}
+
+            def op():
+                f, wins = self.login_runs(s.pop3_port, user, n)
+                box["f"] = f
+                return [("POP3 login+UIDL+QUIT, {:,}-msg foreign Maildir, {}".format(n, kind), spans, {})
+                        for kind, spans in wins]
+            rows = self.probed(s, op)
+            f = box["f"]
+            figs[n] = f
+            res["probe"] += rows
+            log("  mailsrv, {:,} foreign Maildir messages: ".format(n) + login_text(f))
+            self.finish_server(s, "stall login %d" % n)
+        if self.args.dovecot:
+            self.stall_dovecot(res, spool, sizes)
+        else:
+            res["login"]["dovecot_note"] = "skipped (--no-dovecot)"
+        shutil.rmtree(spool, ignore_errors=True)
+
+    def stall_dovecot(self, res, spool, sizes):
+        """The same logins against a private Dovecot instance on the same Maildirs (after mailsrv's
+        logins: Dovecot writes its index and moves new/ to cur/)."""
+        exe = shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
+        if not exe:
+            res["login"]["dovecot_note"] = "dovecot: not installed"
+        elif os.geteuid() != 0:
+            res["login"]["dovecot_note"] = "dovecot: not root"
+        if res["login"].get("dovecot_note"):
+            log("  " + res["login"]["dovecot_note"])
+            return
+        import grp
+        import pwd
+        try:
+            owner = pwd.getpwnam("nobody")
+            dgid = grp.getgrnam("dovecot").gr_gid
+        except KeyError as e:
+            res["login"]["dovecot_note"] = "dovecot: %s" % e
+            log("  " + res["login"]["dovecot_note"])
+            return
+        d = tempfile.mkdtemp(prefix="dovecot-", dir=self.work)
+        for path in (self.work, d, spool, os.path.join(spool, DOMAIN)):
+            os.chmod(path, 0o755)
+        subprocess.run(["chown", "-R", "%d:%d" % (owner.pw_uid, owner.pw_gid), spool], check=True)
+        passwd = os.path.join(d, "passwd")
+        with open(passwd, "w") as f:
+            for n in sizes:
+                f.write("f%d@%s:{PLAIN}%s:%d:%d::%s::\n" % (n, DOMAIN, PASSWORD, owner.pw_uid, owner.pw_gid,
+                                                          os.path.join(spool, DOMAIN, "f%d" % n)))
+        os.chown(passwd, 0, dgid)
+        os.chmod(passwd, 0o640)
+        port, = free_ports(1)
+        conf = os.path.join(d, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write("""# written by test/bench.py (stall section)
+instance_name = mailsrv-bench-%d
+base_dir = %s/run
+state_dir = %s/state
+protocols = pop3
+listen = %s
+log_path = %s/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+mail_location = maildir:~
+pop3_uidl_format = %%08Xu%%08Xv
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN %s
+}
+userdb {
+  driver = passwd-file
+  args = %s
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = %s
+    port = %d
+  }
+}
+""" % (os.getpid(), d, d, HOST, d, passwd, passwd, HOST, port))
+        os.makedirs(os.path.join(d, "state"), exist_ok=True)
+        logf = open(os.path.join(d, "master.out"), "wb")
+        proc = subprocess.Popen([exe, "-F", "-c", conf], stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                if proc.poll() is not None:
+                    raise OSError("exited with status %s" % proc.returncode)
+                try:
+                    with socket.create_connection((HOST, port), timeout=2) as c:
+                        if c.recv(512).startswith(b"+OK"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise OSError("no greeting on port %d within 15 s" % port)
+                time.sleep(0.05)
+            ver = subprocess.run([exe, "--version"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+            res["login"]["dovecot_version"] = ver
+            figs = res["login"].setdefault("dovecot", {}).setdefault("maildir", {})
+            for n in sizes:
+                f, _ = self.login_runs(port, "f%d@%s" % (n, DOMAIN), n)
+                figs[n] = f
+                log("  Dovecot %s, {:,} foreign Maildir messages: ".format(n) % ver.split()[0] + login_text(f))
+        except (OSError, BenchError) as e:
+            tail = ""
+            try:
+                with open(os.path.join(d, "dovecot.log"), "rb") as lf:
+                    tail = b"".join(lf.readlines()[-5:]).decode(errors="replace")
+            except OSError:
+                pass
+            res["login"]["dovecot_note"] = "dovecot: could not measure (%s) %s" % (e, tail.strip())
+            log("  " + res["login"]["dovecot_note"])
+        finally:
+            if proc.poll() is None:   # only the master we started, by its PID; it stops its children
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+            logf.close()
+
+    def stall_dele(self, res):
+        """DELE then QUIT (the window). The main case: a client deletes the D messages it has
+        downloaded while D/10 newer ones stay (in an mbox, those move down); then, smaller, an mbox
+        where every other message goes (each kept one moves: one rewrite step per gap)."""
+        d = self.args.stall_dele
+        k = self.args.stall_dele_scattered
+        plans = [("maildir", d + d // 10, list(range(1, d + 1)), "first"),
+                 ("mbox", d + d // 10, list(range(1, d + 1)), "first")]
+        if k:
+            plans.append(("mbox", 2 * k, list(range(1, 2 * k + 1, 2)), "every other"))
+        for storage, total, nums, how in plans:
+            dele = len(nums)
+            s = self.stall_server("stall-dele-%s-%d" % (storage, len(res["probe"])), storage, users=[("dele", PASSWORD)])
+            addr = "dele@%s" % DOMAIN
+            if storage == "maildir":
+                write_foreign_maildir(os.path.join(s.spool, DOMAIN, "dele"), total, addr)
+            else:
+                write_foreign_mbox(os.path.join(s.spool, DOMAIN, "dele.mbox"), total, addr)
+            s.start()
+
+            def op():
+                t0 = time.perf_counter()
+                p, f, ids = pop_login_timed(s.pop3_port, addr)
+                t1 = time.perf_counter()
+                if len(ids) != total:
+                    raise BenchError("POP3 %s: UIDL listed %d messages, expected %d" % (storage, len(ids), total))
+                t2 = time.perf_counter()
+                sent = got = 0
+                while got < len(nums):
+                    burst = []
+                    while sent < len(nums) and sent - got < 64:
+                        burst.append(b"DELE %d\r\n" % nums[sent])
+                        sent += 1
+                    if burst:
+                        p.send(b"".join(burst))
+                    r = p.line()
+                    if not r.startswith(b"+OK"):
+                        raise BenchError("POP3 DELE: %r" % r)
+                    got += 1
+                t3 = time.perf_counter()
+                r = p.cmd("QUIT")
+                t4 = time.perf_counter()
+                p.close()
+                if not r.startswith(b"+OK"):
+                    raise BenchError("POP3 QUIT after DELE (%s): %r" % (storage, r))
+                return [("POP3 login+UIDL, {:,}-msg foreign {}".format(total, storage), [(t0, t1)], {}),
+                        ("QUIT after DELE of the {} {:,} of {:,} messages, {}".format(
+                            "first" if how == "first" else "odd-numbered", dele, total, storage), [(t3, t4)],
+                         {"quit_ms": (t4 - t3) * 1e3, "dele_ms": (t3 - t2) * 1e3})]
+            rows = self.probed(s, op)
+            res["probe"] += rows
+            p, _, _ = pop_login(s.pop3_port, "dele")
+            r = p.cmd("STAT")
+            p.expect_ok("QUIT")
+            p.close()
+            if not r.startswith(b"+OK %d " % (total - dele)):
+                raise BenchError("POP3 %s: after DELE of %d of %d and QUIT, STAT says %r" % (storage, dele, total, r))
+            log("  %s: DELE of %d pipelined in %.0f ms, QUIT %.0f ms; STAT after: %s"
+                % (storage, dele, rows[-1]["dele_ms"], rows[-1]["quit_ms"], r.decode(errors="replace")))
+            self.finish_server(s, "stall DELE %s" % storage)
+            shutil.rmtree(s.spool, ignore_errors=True)
+
+    def stall_auth(self, res):
+        k = self.args.stall_auth_clients
+        s = self.stall_server("stall-auth").start()
+
+        def op():
+            clients = []
+            try:
+                for i in range(k):   # one address each: the server delays failures per client address
+                    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    clients.append(c)
+                    c.bind(("127.0.0.%d" % (2 + i), 0))
+                    c.settimeout(15)
+                    c.connect((HOST, s.pop3_port))
+                    buf = b""
+                    for want in (None, b"USER %s@%s\r\n" % (USER.encode(), DOMAIN.encode())):
+                        if want:
+                            c.sendall(want)
+                        while b"\r\n" not in buf:
+                            d = c.recv(512)
+                            if not d:
+                                raise BenchError("POP3 (auth clients): closed before the reply")
+                            buf += d
+                        if not buf.startswith(b"+OK"):
+                            raise BenchError("POP3 (auth clients): %r" % buf)
+                        buf = b""
+                sel = selectors.DefaultSelector()
+                bufs = {}
+                t0 = time.perf_counter()
+                for i, c in enumerate(clients):
+                    c.sendall(b"PASS wrong-password-%d\r\n" % i)
+                    c.setblocking(False)
+                    sel.register(c, selectors.EVENT_READ)
+                    bufs[c] = b""
+                answered = refusals = 0
+                deadline = t0 + 10
+                while answered < k and time.perf_counter() < deadline:
+                    for key, _ in sel.select(timeout=0.05):
+                        c = key.fileobj
+                        try:
+                            d = c.recv(512)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        except OSError:
+                            d = b""
+                        bufs[c] += d
+                        if not d or b"\r\n" in bufs[c]:
+                            answered += 1
+                            refusals += bufs[c].startswith(b"-ERR")
+                            sel.unregister(c)
+                t1 = time.perf_counter()
+                sel.close()
+            finally:
+                for c in clients:
+                    c.close()
+            if refusals < k:
+                self.problems.append("stall auth: %d of %d wrong passwords answered -ERR within 10 s" % (refusals, k))
+            return [("%d clients fail POP3 USER/PASS at once (127.0.0.2-%d)" % (k, k + 1), [(t0, t1)],
+                     {"answered": answered, "refused": refusals, "last_reply_ms": (t1 - t0) * 1e3})]
+        res["probe"] += self.probed(s, op)
+        self.finish_server(s, "stall auth", expected=r"\] auth failed from 127\.0\.0\.\d+ user=<%s@%s> failures=1 delay=\d+ms$"
+                           % (USER, re.escape(DOMAIN)))
+
+    def stall_list(self, res):
+        m = self.args.stall_members
+        hashed = self.password_hash()
+        users = [("m%04d" % i, hashed) for i in range(1, m + 1)]
+        s = self.stall_server("stall-list", users=users,
+                              extra="\n[list all@%s]\nowner = %s@%s\npost = anyone\n" % (DOMAIN, USER, DOMAIN))
+        sdir = os.path.join(s.spool, DOMAIN, ".lists", "all")
+        os.makedirs(sdir)
+        with open(os.path.join(sdir, "state"), "w") as f:
+            f.write("mailsrv-list 1\nseq 0\n")
+            for i in range(1, m + 1):
+                f.write("member m%04d@%s %d 127.0.0.1 <req.%d@bench.test> %d 127.0.0.1 <conf.%d@bench.test> 0 0\n"
+                        % (i, DOMAIN, FOREIGN_STAMP, i, FOREIGN_STAMP + 60, i))
+        t0 = time.perf_counter()
+        s.start(timeout=60)
+        log("  list server with %d members started in %.1f s" % (m, time.perf_counter() - t0))
+        news = [os.path.join(s.spool, DOMAIN, "m%04d" % i, "new") for i in range(1, m + 1)]
+
+        def op():
+            c = socket.create_connection((HOST, s.smtp_port), timeout=120)
+            buf = b""
+            for cmd in (None, b"EHLO bench-client.local", b"MAIL FROM:<poster@bench.test>",
+                        b"RCPT TO:<all@%s>" % DOMAIN.encode(), b"DATA"):
+                if cmd:
+                    c.sendall(cmd + b"\r\n")
+                code, text, buf = smtp_reply(c, buf)
+                if code >= 400:
+                    raise BenchError("list post: %r → %r" % (cmd, text))
+            c.sendall(b"From: <poster@bench.test>\r\nTo: <all@bench.local>\r\nSubject: a post\r\n"
+                      b"Message-ID: <post.1@bench.test>\r\n\r\n" + (b"A post to every member of the list.\r\n" * 100))
+            t0 = time.perf_counter()
+            c.sendall(b".\r\n")
+            code, text, buf = smtp_reply(c, buf)
+            t_reply = time.perf_counter()
+            if code != 250:
+                raise BenchError("list post: %r" % text)
+            left = set(news)
+            deadline = t0 + 120
+            while left and time.perf_counter() < deadline:
+                left = set(d for d in left if not (os.path.isdir(d) and os.listdir(d)))
+                if left:
+                    time.sleep(0.005)
+            t1 = time.perf_counter()
+            c.sendall(b"QUIT\r\n")
+            c.close()
+            if left:
+                raise BenchError("list post: %d of %d members have no copy after 120 s" % (len(left), m))
+            return [("post to a list of {:,} members: dot → all copies stored".format(m), [(t0, t1)],
+                     {"reply_ms": (t_reply - t0) * 1e3, "all_stored_ms": (t1 - t0) * 1e3})]
+        rows = self.probed(s, op)
+        log("  list post: 250 after %.0f ms, all %d copies stored after %.0f ms"
+            % (rows[0]["reply_ms"], m, rows[0]["all_stored_ms"]))
+        res["probe"] += rows
+        self.finish_server(s, "stall list")
+        shutil.rmtree(s.spool, ignore_errors=True)
+
+    def stall_big(self, res):
+        mb, k = self.args.stall_big_mb, self.args.stall_big_rcpts
+        hashed = self.password_hash()
+        users = [("r%03d" % i, hashed) for i in range(1, k + 1)]
+        s = self.stall_server("stall-big", users=users,
+                              keys={"max_message_size": "%dM" % (mb + 10), "max_recipients": str(max(100, k))}).start()
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-big-message-line\r\n"
+        head = b"From: <big@bench.test>\r\nTo: <list@bench.local>\r\nSubject: %d MB\r\n\r\n" % mb
+        data = head + line * ((mb * 1000000 - len(head)) // len(line)) + b".\r\n"
+
+        def op():
+            c = socket.create_connection((HOST, s.smtp_port), timeout=300)
+            buf = b""
+            for cmd in (None, b"EHLO bench-client.local", b"MAIL FROM:<big@bench.test> SIZE=%d" % len(data)):
+                if cmd:
+                    c.sendall(cmd + b"\r\n")
+                code, text, buf = smtp_reply(c, buf)
+                if code >= 400:
+                    raise BenchError("50 MB message: %r → %r" % (cmd, text))
+            c.sendall(b"".join(b"RCPT TO:<r%03d@%s>\r\n" % (i, DOMAIN.encode()) for i in range(1, k + 1)))
+            for _ in range(k):
+                code, text, buf = smtp_reply(c, buf)
+                if code != 250:
+                    raise BenchError("50 MB message: RCPT → %r" % text)
+            t0 = time.perf_counter()
+            c.sendall(b"DATA\r\n")
+            code, text, buf = smtp_reply(c, buf)
+            if code != 354:
+                raise BenchError("50 MB message: DATA → %r" % text)
+            c.sendall(data)
+            code, text, buf = smtp_reply(c, buf)
+            t1 = time.perf_counter()
+            c.sendall(b"QUIT\r\n")
+            c.close()
+            if code != 250:
+                raise BenchError("50 MB message: after the data: %r" % text)
+            return [("%d MB message to %d local mailboxes: DATA → 250" % (mb, k), [(t0, t1)],
+                     {"data_to_250_ms": (t1 - t0) * 1e3})]
+        rows = self.probed(s, op)
+        res["probe"] += rows
+        stored = sum(1 for i in range(1, k + 1) if count_files(os.path.join(s.spool, DOMAIN, "r%03d" % i, "new")) == 1)
+        log("  %d MB message: DATA → 250 in %.0f ms; stored in %d of %d mailboxes"
+            % (mb, rows[0]["data_to_250_ms"], stored, k))
+        if stored != k:
+            raise BenchError("%d MB message: stored in %d of %d mailboxes" % (mb, stored, k))
+        self.finish_server(s, "stall big message")
+        shutil.rmtree(s.spool, ignore_errors=True)
+
+    def stall_mbox(self, res):
+        """Figures, not probe runs: mbox delivery at 20 sessions, and logins to a foreign mbox."""
+        msgs = self.args.stall_mbox_rate_messages
+        s = self.stall_server("stall-mbox-rate", "mbox").start()
+        r = self.load(s.smtp_port, 20, msgs, self.args.smtp_limit)
+        mbox = os.path.join(s.spool, DOMAIN, USER + ".mbox")
+        try:
+            with open(mbox, "rb") as f:
+                data = f.read()
+            stored = data.count(b"\nFrom ") + data.startswith(b"From ")
+        except OSError:
+            stored = 0
+        res["mbox_rate"] = {"sessions": 20, "messages": msgs, "acked": r["acked"], "stored": stored,
+                            "msg_per_s": r["rate"], "lat_p50_ms": r["lat_p50_ms"], "lat_p99_ms": r["lat_p99_ms"]}
+        log("  SMTP → mbox, 20 sessions: %d/%d acknowledged at %.0f msg/s (p50 %.1f ms, p99 %.1f ms); %d in the mbox"
+            % (r["acked"], msgs, r["rate"], r["lat_p50_ms"], r["lat_p99_ms"], stored))
+        if stored < r["acked"]:
+            raise BenchError("LOST MESSAGES: %d acknowledged, %d in the mbox" % (r["acked"], stored))
+        self.finish_server(s, "stall mbox rate")
+        shutil.rmtree(s.spool, ignore_errors=True)
+        n = self.args.stall_small
+        s = self.stall_server("stall-mbox-login", "mbox", users=[("mb", PASSWORD)])
+        write_foreign_mbox(os.path.join(s.spool, DOMAIN, "mb.mbox"), n, "mb@%s" % DOMAIN)
+        s.start()
+        f, _ = self.login_runs(s.pop3_port, "mb@%s" % DOMAIN, n)
+        res["login"]["mailsrv"].setdefault("mbox", {})[n] = f
+        log("  mailsrv, {:,}-message foreign mbox: ".format(n) + login_text(f))
+        self.finish_server(s, "stall mbox login")
+        shutil.rmtree(s.spool, ignore_errors=True)
+
+    def bench_stall(self):
+        t_start = time.monotonic()
+        res = {"probe": [], "login": {"mailsrv": {}}, "target_worst_ms": STALL_TARGET_MS,
+               "probe_interval_ms": PROBE_INTERVAL_S * 1e3}
+        self.results["stall"] = res
+        s = self.stall_server("stall-baseline").start()
+
+        def idle():
+            t0 = time.perf_counter()
+            time.sleep(3.0)
+            return [("baseline: no other client", [(t0, time.perf_counter())], {})]
+        res["probe"] += self.probed(s, idle)
+        self.finish_server(s, "stall baseline")
+        parts = self.args.stall_parts
+        for name, fn in (("login", self.stall_logins), ("dele", self.stall_dele), ("auth", self.stall_auth),
+                         ("list", self.stall_list), ("big", self.stall_big), ("mbox", self.stall_mbox)):
+            if name in parts:
+                t0 = time.monotonic()
+                fn(res)
+                res.setdefault("part_seconds", {})[name] = time.monotonic() - t0
+        res["seconds"] = time.monotonic() - t_start
+        log("  stall section: %.0f s" % res["seconds"])
+
+    def report_stall(self):
+        st = self.results.get("stall")
+        if not st:
+            return
+        log("")
+        log("## stall: the probe's replies (one SMTP session sending NOOP every %.0f ms) while one heavy operation runs"
+            % st["probe_interval_ms"])
+        log("")
+        log("| operation | replies | probe p50 ms | p99 ms | worst ms | target: worst < %.0f ms |" % st["target_worst_ms"])
+        log("|---|---|---|---|---|---|")
+        for r in st["probe"]:
+            base = r["operation"].startswith("baseline")
+            ok = "" if base or r["worst_ms"] is None else ("met" if r["worst_ms"] < st["target_worst_ms"] else "MISSED")
+            log("| %s | %d | %s | %s | %s | %s |" % (r["operation"], r["count"], fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]),
+                                                  fmt_ms(r["worst_ms"]), ok))
+        L = st["login"]
+        M, D = L.get("mailsrv", {}), L.get("dovecot", {})
+        log("")
+        log("## stall: login figures (POP3 PASS → +OK, UIDL; ms; warm = median of 3 logins after the cold one; "
+            "cold = first login after the page cache was dropped)")
+        log("")
+        log("| figure | mailsrv PASS + UIDL | Dovecot PASS + UIDL | target |")
+        log("|---|---|---|---|")
+
+        def cell(f):
+            if not f:
+                return "n/a"
+            if "skipped" in f:
+                return f["skipped"]
+            return "%.1f (%.1f + %.1f)" % (f["pass_ms"] + f["uidl_ms"], f["pass_ms"], f["uidl_ms"])
+
+        def met(f, limit):
+            if not f or "pass_ms" not in f:
+                return "< %d ms (n/a)" % limit
+            return "< %d ms (%s)" % (limit, "met" if f["pass_ms"] + f["uidl_ms"] < limit else "MISSED")
+        dnote = L.get("dovecot_note", "")
+        for n in sorted(M.get("maildir", {})):
+            for kind in ("warm", "cold"):
+                f = M["maildir"][n].get(kind)
+                dv = D.get("maildir", {}).get(n, {}).get(kind) if D else None
+                tgt = ""   # the issue's targets are for these sizes only
+                if kind == "warm" and n == 50000:
+                    tgt = met(f, 100)
+                elif kind == "warm" and n == 10000:
+                    tgt = met(f, 20)
+                elif kind == "cold":
+                    tgt = "no worse than before"
+                log("| foreign Maildir, {:,} msgs, {} | {} | {} | {} |".format(n, kind, cell(f), cell(dv) if dv else "n/a (below)", tgt))
+        for n in sorted(M.get("mbox", {})):
+            for kind in ("warm", "cold"):
+                f = M["mbox"][n].get(kind)
+                log("| foreign mbox, {:,} msgs, {} | {} | (not measured) | {} |".format(
+                    n, kind, cell(f), met(f, 20) if kind == "warm" and n == 10000 else ""))
+        mr = st.get("mbox_rate")
+        if mr:
+            log("| SMTP → mbox, 20 sessions, msg/s (%d msgs of 4 KB) | %.0f | | ≥ 1000 (%s) |"
+                % (mr["messages"], mr["msg_per_s"], "met" if mr["msg_per_s"] >= 1000 else "MISSED"))
+        if L.get("dovecot_version"):
+            log("")
+            log("Dovecot %s, private instance, passwd-file, same Maildirs (after mailsrv's logins)." % L["dovecot_version"])
+        elif dnote:
+            log("")
+            log(dnote)
+        log("stall section took %.0f s" % st.get("seconds", 0))
+
     # -- report
     def report(self):
         R = self.results
@@ -1308,8 +2143,13 @@ class Bench:
                     "", "", "")
 
         log("")
-        log("## mailsrv benchmark (%s, %d CPUs, %s)" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                                    os.cpu_count() or 0, os.uname().release))
+        log("## mailsrv benchmark (%s, %d CPUs, %s; %s)" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                                        os.cpu_count() or 0, os.uname().release, self.binary))
+        if not rows:
+            for p in self.problems:
+                log("- server problem: " + p)
+            self.report_stall()
+            return
         log("")
         log("| figure | mailsrv | target | reference (same machine type) | ratio |")
         log("|---|---|---|---|---|")
@@ -1325,6 +2165,7 @@ class Bench:
             log("Server problems seen:")
             for p in self.problems:
                 log("- " + p)
+        self.report_stall()
 
     def run(self):
         self.setup()
@@ -1351,6 +2192,9 @@ class Bench:
         if "footprint" in only:
             log("5. footprint")
             self.bench_footprint()
+        if "stall" in only:
+            log("6. stall: a latency probe while heavy operations run, one at a time")
+            self.bench_stall()
         self.report()
         if self.args.json:
             with open(self.args.json, "w") as f:
@@ -1358,10 +2202,13 @@ class Bench:
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--probe":   # the stall section's probe process
+        return probe_main(int(sys.argv[2]), sys.argv[3])
     ap = argparse.ArgumentParser(description="mailsrv benchmark (figures, not pass/fail)")
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    ap.add_argument("--only", default="smtp,relay,tls,pop3,mem,size,footprint",
-                    help="comma list of smtp,relay,tls,pop3,mem,size,footprint")
+    ap.add_argument("--only", default="smtp,relay,tls,pop3,mem,size,footprint,stall",
+                    help="comma list of smtp,relay,tls,pop3,mem,size,footprint,stall")
+    ap.add_argument("--bin", help="the mailsrv binary to measure (default: $MAILSRV_BENCH_BIN, else ./mailsrv)")
     ap.add_argument("--concurrency", default="1,20,100", help="SMTP sessions per run (comma list)")
     ap.add_argument("--smtp-messages", type=int, default=2000, help="messages per SMTP run")
     ap.add_argument("--runs", type=int, default=3, help="SMTP runs per concurrency (median reported)")
@@ -1374,6 +2221,24 @@ def main():
     ap.add_argument("--footprint-sessions", type=int, default=20,
                     help="POP3 sessions (one 10,000-message mailbox each) for the footprint part")
     ap.add_argument("--footprint-messages", type=int, default=10000, help="messages per footprint mailbox")
+    ap.add_argument("--stall-parts", default="login,dele,auth,list,big,mbox",
+                    help="stall section: comma list of login,dele,auth,list,big,mbox (the baseline always runs)")
+    ap.add_argument("--stall-messages", type=int, default=50000, help="stall: messages in the large foreign Maildir")
+    ap.add_argument("--stall-small", type=int, default=10000,
+                    help="stall: messages in the small foreign Maildir and in the foreign mbox")
+    ap.add_argument("--stall-dele", type=int, default=10000, help="stall: messages deleted before QUIT (of twice as many)")
+    ap.add_argument("--stall-dele-scattered", type=int, default=300,
+                    help="stall: also DELE every other message of twice this many in an mbox (0: not)")
+    ap.add_argument("--stall-auth-clients", type=int, default=30, help="stall: clients failing AUTH at once")
+    ap.add_argument("--stall-members", type=int, default=1000, help="stall: members of the list")
+    ap.add_argument("--stall-big-mb", type=int, default=50, help="stall: size of the big message, MB")
+    ap.add_argument("--stall-big-rcpts", type=int, default=100, help="stall: local recipients of the big message")
+    ap.add_argument("--stall-mbox-rate-messages", type=int, default=2000,
+                    help="stall: messages for the mbox delivery rate at 20 sessions")
+    ap.add_argument("--no-dovecot", dest="dovecot", action="store_false",
+                    help="stall: do not start a private Dovecot for the side-by-side login figures")
+    ap.add_argument("--no-drop-caches", dest="drop_caches", action="store_false",
+                    help="stall: no cold figures (they drop the page cache, which needs root)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, spools)")
     ap.add_argument("--json", help="also write the raw figures to this file")
     args = ap.parse_args()
@@ -1386,11 +2251,25 @@ def main():
         args.idle_connections = min(args.idle_connections, 200)
         args.runs = 1
         args.footprint_sessions = min(args.footprint_sessions, 5)
-    bad = args.only - {"smtp", "relay", "tls", "pop3", "mem", "size", "footprint"}
+        args.stall_messages = min(args.stall_messages, 5000)
+        args.stall_small = min(args.stall_small, 1000)
+        args.stall_dele = min(args.stall_dele, 1000)
+        args.stall_dele_scattered = min(args.stall_dele_scattered, 100)
+        args.stall_members = min(args.stall_members, 100)
+        args.stall_big_mb = min(args.stall_big_mb, 5)
+        args.stall_big_rcpts = min(args.stall_big_rcpts, 10)
+        args.stall_mbox_rate_messages = min(args.stall_mbox_rate_messages, 300)
+    args.stall_parts = set(x.strip() for x in args.stall_parts.split(",") if x.strip())
+    bad = args.only - {"smtp", "relay", "tls", "pop3", "mem", "size", "footprint", "stall"}
+    if args.stall_parts - {"login", "dele", "auth", "list", "big", "mbox"} or not 1 <= args.stall_auth_clients <= 250:
+        bad = True
+    if args.stall_dele_scattered < 0 or min(args.stall_messages, args.stall_small, args.stall_dele, args.stall_members, args.stall_big_mb,
+           args.stall_big_rcpts, args.stall_mbox_rate_messages) < 1 or args.stall_members > 9999 or args.stall_big_rcpts > 999:
+        bad = True
     if args.footprint_sessions < 1 or args.footprint_messages < 1:
         bad = True
     if bad or any(s not in ("maildir", "mbox") for s in args.storages) or min(args.concurrency or [0]) < 1 or args.runs < 1:
-        ap.error("bad --only/--storages/--concurrency/--footprint-*")
+        ap.error("bad --only/--storages/--concurrency/--footprint-*/--stall-*")
 
     def on_signal(sig, frame):
         raise Stop("signal %d" % sig)
