@@ -1434,7 +1434,9 @@ class Bench:
 
     def probed(self, s, fn):
         """Runs fn() on server s with the probe running; fn returns [(operation, [(t0, t1), ...],
-        info)]; returns the rows of probe figures, one per operation."""
+        info)]; returns the rows of probe figures, one per operation. The files written to set
+        the operation up are flushed first, so that their writeback does not slow the server's fsyncs."""
+        os.sync()
         probe = Probe(s.smtp_port, self.work)
         try:
             time.sleep(0.2)  # a few replies before the operation starts
@@ -1861,6 +1863,7 @@ service pop3-login {
         """Figures, not probe runs: mbox delivery at 20 sessions, and logins to a foreign mbox."""
         msgs = self.args.stall_mbox_rate_messages
         s = self.stall_server("stall-mbox-rate", "mbox").start()
+        os.sync()   # the earlier parts' writeback would slow this run's fsyncs
         r = self.load(s.smtp_port, 20, msgs, self.args.smtp_limit)
         mbox = os.path.join(s.spool, DOMAIN, USER + ".mbox")
         try:
