@@ -118,8 +118,9 @@
 #define MS_PBKDF2_ITER 10000      /* cost of `mailsrv passwd` hashes, of the INI's plain-text
                                      passwords (hashed at load) and of an unknown name's login */
 #endif
-#define MS_PBKDF2_SLICE 512       /* PBKDF2 iterations per loop turn, over all logins in
-                                     progress: about 0.4 ms on a 2020s x86 core */
+#define MS_WORK_SLICE_US 1000     /* long work (logins' hashes, mailbox views, deletions) runs
+                                     at most this long per loop turn, over all sessions */
+#define MS_PBKDF2_STEP 64         /* PBKDF2 iterations between two looks at the clock (~50 us) */
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
@@ -255,6 +256,14 @@ os_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+os_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void
@@ -492,19 +501,17 @@ os_lock(int fd, int lock)
     return fcntl(fd, F_SETLK, &fl);
 }
 
-/* Calls fn for every directory entry not starting with '.'. */
-static int
-os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
+/* A folder read one entry at a time (os_list_dir, or a Maildir listed in
+ * slices): every name not starting with '.', then NULL. */
+static void *os_dir_open(const char *path) { return opendir(path); }
+static void os_dir_close(void *dir) { closedir(dir); }
+static const char *
+os_dir_next(void *dir)
 {
-    DIR *d = opendir(path);
     struct dirent *e;
-    if (!d) return -1;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        if (fn(ctx, e->d_name) != 0) break;
-    }
-    closedir(d);
-    return 0;
+    while ((e = readdir(dir)) != NULL)
+        if (e->d_name[0] != '.') return e->d_name;
+    return NULL;
 }
 
 static int os_path_is_absolute(const char *p) { return p[0] == '/'; }
@@ -608,6 +615,14 @@ typedef SOCKET ms_sock_t;
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
+static int64_t
+os_now_us(void)
+{
+    LARGE_INTEGER t, f;
+    QueryPerformanceCounter(&t);
+    QueryPerformanceFrequency(&f);
+    return (int64_t)(t.QuadPart / f.QuadPart * 1000000 + t.QuadPart % f.QuadPart * 1000000 / f.QuadPart);
+}
 
 static void
 os_wallclock(int64_t *sec, long *usec)
@@ -860,21 +875,28 @@ os_lock(int fd, int lock)
     return UnlockFileEx(h, 0, MAXDWORD, MAXDWORD, &ov) ? 0 : -1;
 }
 
-static int
-os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
+struct os_dir { HANDLE h; WIN32_FIND_DATAA found; int unread; };
+static void *
+os_dir_open(const char *path)
 {
     char pattern[MS_PATH_MESSAGE];
-    WIN32_FIND_DATAA fd;
-    HANDLE h;
-    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern) return -1;
-    h = FindFirstFileA(pattern, &fd);
-    if (h == INVALID_HANDLE_VALUE) return -1;
-    do {
-        if (fd.cFileName[0] == '.') continue;
-        if (fn(ctx, fd.cFileName) != 0) break;
-    } while (FindNextFileA(h, &fd));
-    FindClose(h);
-    return 0;
+    struct os_dir *d;
+    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern || !(d = malloc(sizeof *d))) return NULL;
+    d->h = FindFirstFileA(pattern, &d->found);
+    if (d->h == INVALID_HANDLE_VALUE) { free(d); return NULL; }
+    d->unread = 1; /* FindFirstFile has read the first entry */
+    return d;
+}
+static void os_dir_close(void *dir) { struct os_dir *d = dir; FindClose(d->h); free(d); }
+static const char *
+os_dir_next(void *dir)
+{
+    struct os_dir *d = dir;
+    for (;;) {
+        if (d->unread) d->unread = 0;
+        else if (!FindNextFileA(d->h, &d->found)) return NULL;
+        if (d->found.cFileName[0] != '.') return d->found.cFileName;
+    }
 }
 
 static int
@@ -1093,6 +1115,18 @@ net_connect(const struct ms_addr *a, int udp, int *err)
     return s;
 }
 
+/* Calls fn for every entry of a folder not starting with '.', until fn returns non-zero. */
+static int
+os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
+{
+    void *d = os_dir_open(path);
+    const char *name;
+    if (!d) return -1;
+    while ((name = os_dir_next(d)) != NULL && fn(ctx, name) == 0) {}
+    os_dir_close(d);
+    return 0;
+}
+
 /* Writes a whole file atomically: temp file, fsync, replace. Keeps the mode. */
 static int
 os_write_file_atomic(const char *path, const char *data, size_t len)
@@ -1133,13 +1167,14 @@ struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_stat; struct conn; struct data_rx;
 struct dirset; struct dns_result; struct edit_span; struct hmac_key; struct line_reader;
 struct list_rate; struct list_state; struct listener; struct mailsrv; struct mbox_paths;
-struct ms_addr; struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2;
-struct pop_msg; struct pop_view; struct proto_ops; struct qentry; struct sha256; struct smtp_sess;
-struct sockaddr_storage; struct store_msg; struct store_ops; struct store_undo; struct targets;
-struct tls_creds; struct tls_sess; struct transport;
+struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess; struct os_stat;
+struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops; struct qentry;
+struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_msg; struct store_ops;
+struct store_undo; struct targets; struct tls_creds; struct tls_sess; struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
+static int64_t os_now_us(void);
 static void os_wallclock(int64_t *sec, long *usec);
 static unsigned long os_pid(void);
 static int os_pid_alive(unsigned long pid);
@@ -1175,7 +1210,9 @@ static int os_fstat(int fd, struct os_stat *st);
 static int os_lstat_kind(const char *path);
 static int64_t os_free_space(const char *path);
 static int os_lock(int fd, int lock);
-static int os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx);
+static void *os_dir_open(const char *path);
+static void os_dir_close(void *dir);
+static const char * os_dir_next(void *dir);
 static int os_path_is_absolute(const char *p);
 static const char *os_last_sep(const char *p);
 static void os_install_signals(struct mailsrv *ms);
@@ -1193,6 +1230,7 @@ static socklen_t net_sockaddr(const struct ms_addr *a, struct sockaddr_storage *
 static ms_sock_t net_listen(int family, const char *addr, unsigned port, int *err);
 static ms_sock_t net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback);
 static ms_sock_t net_connect(const struct ms_addr *a, int udp, int *err);
+static int os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx);
 static int os_write_file_atomic(const char *path, const char *data, size_t len);
 static int os_read_password(char *buf, size_t n);
 
@@ -1356,9 +1394,20 @@ static int store_message(const struct ms_config *cfg, const char *qdir, struct s
 static void view_free(struct pop_view *v);
 static struct pop_msg * view_add(struct pop_view *v);
 static void uidl_set(char *dst, const char *src, size_t n);
-static int64_t view_crlf_size(int fd, int64_t start, int64_t end, int mbox);
-static int mdir_scan_entry(void *ctx, const char *name);
-static int view_cmp_name(const void *a, const void *b);
+static size_t mdir_key_len(const char *base);
+static const char *mdir_base(const struct pop_msg *m);
+static int mdir_key_cmp(const char *a, size_t na, const char *b, size_t nb);
+static int view_cmp_name(const struct pop_msg *x, const struct pop_msg *y);
+static void mdir_open_free(struct mdir_open *o);
+static void sizes_parse(struct mdir_open *o);
+static int sizes_read_step(struct pop_view *v, struct mdir_open *o);
+static int mdir_list_step(struct pop_view *v, struct mdir_open *o);
+static int mdir_sort_step(struct pop_view *v, struct mdir_open *o);
+static int mdir_same_key(const struct pop_msg *x, const struct pop_msg *y);
+static void mdir_drop_gone(struct pop_view *v);
+static int mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until);
+static int mdir_write_step(struct pop_view *v, struct mdir_open *o);
+static int mdir_view_more(struct pop_view *v, int64_t until);
 static int view_cmp_uidl(const void *a, const void *b);
 static int view_cmp_str(const void *a, const void *b);
 static void view_unique_uidls(struct pop_view *v);
@@ -1370,9 +1419,11 @@ static int mbox_scan(struct pop_view *v, int fd, int64_t end);
 static int mbox_view_open(struct pop_view *v, const char *spool, const char *addr);
 static int view_cmp_uidl_key(const void *key, const void *b);
 static int mbox_view_refresh(struct pop_view *v);
-static int view_expunge(struct pop_view *v);
-static int mdir_expunge(struct pop_view *v);
-static int mbox_expunge(struct pop_view *v);
+static int view_more(struct pop_view *v, int64_t until);
+static int view_open_whole(const struct store_ops *ops, struct pop_view *v, const char *spool, const char *addr);
+static int view_expunge(struct pop_view *v, int64_t until);
+static int mdir_expunge(struct pop_view *v, int64_t until);
+static int mbox_expunge(struct pop_view *v, int64_t until);
 static int mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
 static int mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
 
@@ -1429,7 +1480,9 @@ static void auth_begin(struct conn *c, const char *login, const char *pass);
 static int64_t auth_failed(struct conn *c, const char *user);
 static void auth_succeeded(struct conn *c);
 static void conn_login_failed(struct conn *c, const char *user);
+static void conn_work_done(struct conn *c);
 static void login_done(struct conn *c);
+static int login_step(struct conn *c, int64_t until);
 static int cfg_in_relay_nets(const struct ms_config *cfg, const char *peer);
 static int conn_logged_in(const struct conn *c);
 static int conn_may_relay(const struct conn *c);
@@ -1490,6 +1543,8 @@ static void pop_stream_start(struct conn *c, struct pop_msg *m, long body_lines)
 static int pop_msg_number(const struct pop_view *v, const char *arg);
 static int pop_in_use(struct mailsrv *ms, const struct conn *self, const char *mailbox);
 static void pop_login_done(struct conn *c, const char *mailbox, const char *user);
+static int pop_open_step(struct conn *c, int64_t until);
+static void pop_opened(struct conn *c, int r);
 static const char * pop_auth_plain(struct conn *c, const char *b64);
 static const char * pop_do_user(struct conn *c, const char *args);
 static const char * pop_do_pass(struct conn *c, const char *args);
@@ -1497,6 +1552,7 @@ static const char * pop_do_auth(struct conn *c, const char *args);
 static const char * pop_do_stls(struct conn *c, const char *args);
 static const char * pop_do_capa(struct conn *c, const char *args);
 static const char * pop_do_quit(struct conn *c, const char *args);
+static int pop_update_step(struct conn *c, int64_t until);
 static const char * pop_do_stat(struct conn *c, const char *args);
 static const char * pop_scan_list(struct conn *c, const char *args, int uidl);
 static const char * pop_do_list(struct conn *c, const char *args);
@@ -1596,7 +1652,7 @@ static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const c
 static int list_incoming(struct conn *c);
 
 /* 14. Event loop */
-static void loop_logins(struct mailsrv *ms);
+static void loop_work(struct mailsrv *ms);
 static void loop_refuse(ms_sock_t s, enum proto proto, int rate);
 static void loop_accept(struct mailsrv *ms, struct listener *l);
 static void loop_group_commit(struct mailsrv *ms);
@@ -4424,7 +4480,8 @@ struct store_ops {
                    struct dirset *ds, const char **err);
     void (*undo)(const struct store_undo *u); /* takes back a delivered copy */
     int (*view_open)(struct pop_view *v, const char *spool, const char *addr);
-    int (*expunge)(struct pop_view *v);       /* RFC 1939 6: the deletions */
+    int (*view_more)(struct pop_view *v, int64_t until); /* NULL: view_open made it whole */
+    int (*expunge)(struct pop_view *v, int64_t until);   /* RFC 1939 6: the deletions (view_expunge) */
     /* where message m's text is: its file, first and end offset (-1: the file's end);
      * else MSG_UNREADABLE, MSG_LOCKED (by another program) or MSG_CHANGED (by another program) */
     int (*msg_text)(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
@@ -4798,6 +4855,8 @@ struct pop_msg {
     int64_t size;         /* octets as RETR sends them (CRLF) */
     char uidl[72];
     int deleted;
+    int size_read;        /* Maildir: named without W=, its size was read (now or for the index) */
+    size_t klen;          /* Maildir: the length of its name's key (mdir_key_len) */
 };
 
 struct pop_view {
@@ -4807,6 +4866,8 @@ struct pop_view {
     struct os_stat seen;       /* mbox: the file as scanned (mbox_view_refresh) */
     struct pop_msg *msgs;
     int n, cap;
+    struct mdir_open *opening; /* Maildir: the view is being made (mdir_view_more) */
+    int expunged, expunge_failed; /* Maildir: messages the deletion has looked at; one stayed */
 };
 
 static void
@@ -4815,6 +4876,8 @@ view_free(struct pop_view *v)
     int i;
     for (i = 0; i < v->n; i++) free(v->msgs[i].name);
     free(v->msgs);
+    mdir_open_free(v->opening);
+    v->opening = NULL;
     v->msgs = NULL;
     v->n = v->cap = 0;
 }
@@ -4853,64 +4916,363 @@ uidl_set(char *dst, const char *src, size_t n)
     }
 }
 
-/* Size with CRLF line ends of a file region, for messages whose name lacks W=. */
-static int64_t
-view_crlf_size(int fd, int64_t start, int64_t end, int mbox)
+/* A Maildir message's name up to its flags (":2,S"): what stays when a
+ * client or Dovecot marks it read, the index's key. */
+static size_t
+mdir_key_len(const char *base)
 {
-    struct line_reader lr;
-    const char *line;
-    size_t len;
-    int complete, bol = 1, r;
-    int64_t off, size = 0;
-    lr_init(&lr, fd, start, end);
-    while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
-        if (bol && mbox && mbox_is_from_line(line, len, 1)) len--;
-        if (complete && len && line[len - 1] == '\r') len--;
-        size += (int64_t)len + (complete ? 2 : 0);
-        bol = complete;
-    }
-    if (!bol) size += 2;
-    lr_free(&lr);
-    return r < 0 ? -1 : size;
+    return strcspn(base, ":!");
 }
 
-struct mdir_scan { struct pop_view *v; const char *sub; };
+static const char *mdir_base(const struct pop_msg *m) { return m->name + 4; } /* after "new/" or "cur/" */
 
 static int
-mdir_scan_entry(void *ctx, const char *name)
+mdir_key_cmp(const char *a, size_t na, const char *b, size_t nb)
 {
-    struct mdir_scan *s = ctx;
-    struct pop_msg *m = view_add(s->v);
-    const char *w = strstr(name, ",W=");
-    size_t base = strcspn(name, ",:!");
-    char path[MS_PATH_MESSAGE];
-    m->name = xrealloc(NULL, strlen(s->sub) + strlen(name) + 2);
-    sprintf(m->name, "%s/%s", s->sub, name);
+    int r = memcmp(a, b, na < nb ? na : nb);
+    return r ? r : (na > nb) - (na < nb);
+}
+
+/* The order of a Maildir's messages: by the name up to the flags (delivery
+ * time first, whatever the folder), then by the whole name. */
+static int
+view_cmp_name(const struct pop_msg *x, const struct pop_msg *y)
+{
+    int r = mdir_key_cmp(mdir_base(x), x->klen, mdir_base(y), y->klen);
+    return r ? r : strcmp(mdir_base(x), mdir_base(y));
+}
+
+/* ---- a Maildir's POP3 view, made in slices ----
+ * The names come from new/ and cur/ a few at a time; a message named
+ * without W= by another program (Dovecot, getmail, a copy) must be read
+ * to learn its size with CRLF line ends, and a mailbox of such messages
+ * would be read whole at every login. What was measured is kept in the
+ * mailbox's folder, in MS_SIZES_FILE ("SIZE KEY" lines sorted by key,
+ * under a header line), the way Dovecot keeps dovecot-uidlist: a cache,
+ * written atomically, never trusted beyond a name it lists (a Maildir
+ * message's text never changes, only its flags do), ignored and rebuilt
+ * when missing or malformed. Each part of the work (one name, one
+ * merge of the sort, one piece of a file, one index line) is short, and
+ * mdir_view_more stops when its time is up: the loop serves the other
+ * sessions in between. */
+#define MS_SIZES_FILE "mailsrv-sizes"
+#define MS_SIZES_HEAD "mailsrv-sizes 1\n"
+#define MS_SIZES_MAX (64L * 1024 * 1024) /* a larger index is ignored */
+#define MS_SIZES_CHUNK (256 * 1024)        /* index bytes read per step */
+
+struct sizes_ent { int64_t size; size_t key, klen; };  /* key: offset into the index text */
+
+struct mdir_open {
+    enum { MO_INDEX, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
+    int sub;                      /* MO_LIST: 0 new/, 1 cur/ */
+    void *dir;                    /* the folder being listed */
+    int fd;                       /* the index being read or written, or the message being measured */
+    char *text;                   /* the index as read */
+    size_t tlen, parsed;
+    struct sizes_ent *ent;        /* its entries, in key order */
+    int nent, capent, bad;        /* bad: malformed, rewritten */
+    int used, measured;           /* entries that named a message; messages read */
+    struct pop_msg **sorted, **tmp; /* MO_SORT: a bottom-up merge sort of pointers to the messages */
+    int width, at;
+    int next;                     /* MO_SIZES: the message being sized; MO_WRITE: the next to write */
+    int written;                  /* MO_WRITE: the last message written (-1: none) */
+    struct line_reader lr;        /* ... when it is read: where, and its size so far */
+    int64_t size;
+    int bol;
+    struct buf out;               /* MO_WRITE: index text not yet written */
+};
+
+static void
+mdir_open_free(struct mdir_open *o)
+{
+    if (!o) return;
+    if (o->dir) os_dir_close(o->dir);
+    if (o->fd >= 0) os_close(o->fd);
+    if (o->lr.buf) lr_free(&o->lr);
+    free(o->text);
+    free(o->ent);
+    free(o->sorted);
+    free(o->tmp);
+    buf_free(&o->out);
+    free(o);
+}
+
+/* Parses the complete lines read so far; a line that is not "SIZE KEY" in
+ * key order makes the whole index untrusted (o->bad). */
+static void
+sizes_parse(struct mdir_open *o)
+{
+    while (!o->bad && o->parsed < o->tlen) {
+        char *line = o->text + o->parsed, *nl = memchr(line, '\n', o->tlen - o->parsed), *sp;
+        struct sizes_ent *e;
+        if (!nl) return; /* the rest of it comes with the next read */
+        o->parsed = (size_t)(nl + 1 - o->text);
+        if (line == o->text) { /* the header line */
+            o->bad = (size_t)(nl + 1 - line) != strlen(MS_SIZES_HEAD) || memcmp(line, MS_SIZES_HEAD, strlen(MS_SIZES_HEAD)) != 0;
+            continue;
+        }
+        sp = memchr(line, ' ', (size_t)(nl - line));
+        if (!sp || sp == line || sp + 1 == nl || sp - line > 15) { o->bad = 1; return; }
+        if (o->nent == o->capent) {
+            o->capent = o->capent ? 2 * o->capent : 1024;
+            o->ent = xrealloc(o->ent, sizeof *o->ent * (size_t)o->capent);
+        }
+        e = &o->ent[o->nent];
+        e->size = 0;
+        for (; line < sp; line++) {
+            if (*line < '0' || *line > '9') { o->bad = 1; return; }
+            e->size = e->size * 10 + (*line - '0');
+        }
+        e->key = (size_t)(sp + 1 - o->text);
+        e->klen = (size_t)(nl - sp - 1);
+        if (o->nent && mdir_key_cmp(o->text + o->ent[o->nent - 1].key, o->ent[o->nent - 1].klen, o->text + e->key,
+                                    e->klen) >= 0) {
+            o->bad = 1;
+            return;
+        }
+        o->nent++;
+    }
+}
+
+/* One read of the index: 1 when it is all read (or unusable: then empty). */
+static int
+sizes_read_step(struct pop_view *v, struct mdir_open *o)
+{
+    long n;
+    if (o->fd < 0) {
+        char path[MS_PATH_FILE];
+        if (ms_fmt(path, sizeof path, "%s/" MS_SIZES_FILE, v->path) < 0 ||
+            (o->fd = os_open(path, O_RDONLY | MS_O_NOFOLLOW, 0)) < 0)
+            return 1; /* none yet */
+    }
+    if (o->tlen + MS_SIZES_CHUNK > (size_t)MS_SIZES_MAX) o->bad = 1;
+    if (!o->bad) {
+        o->text = xrealloc(o->text, o->tlen + MS_SIZES_CHUNK);
+        n = os_pread(o->fd, o->text + o->tlen, MS_SIZES_CHUNK, (int64_t)o->tlen);
+        if (n < 0) o->bad = 1;
+        if (n > 0) {
+            o->tlen += (size_t)n;
+            sizes_parse(o);
+            return 0;
+        }
+        if (o->parsed != o->tlen) o->bad = 1; /* cut short: written by a writer that died */
+    }
+    os_close(o->fd);
+    o->fd = -1;
+    if (o->bad) o->nent = 0; /* measured again, and a new index written */
+    return 1;
+}
+
+/* One name of new/ or cur/ into the view: 1 when both are listed. */
+static int
+mdir_list_step(struct pop_view *v, struct mdir_open *o)
+{
+    static const char *const subs[] = {"new", "cur"};
+    const char *name, *w;
+    struct pop_msg *m;
+    if (!o->dir) {
+        char dir[MS_PATH_FILE];
+        if (o->sub == 2) return 1;
+        if (ms_fmt(dir, sizeof dir, "%s/%s", v->path, subs[o->sub]) < 0) return -1;
+        if ((o->dir = os_dir_open(dir)) == NULL) { o->sub++; return 0; } /* not made yet: no messages */
+    }
+    if ((name = os_dir_next(o->dir)) == NULL) {
+        os_dir_close(o->dir);
+        o->dir = NULL;
+        o->sub++;
+        return 0;
+    }
+    m = view_add(v);
+    m->name = xrealloc(NULL, strlen(name) + 5);
+    memcpy(m->name, subs[o->sub], 3);
+    m->name[3] = '/';
+    memcpy(m->name + 4, name, strlen(name) + 1);
     m->size = -1;
-    if (w) {
+    if ((w = strstr(name, ",W=")) != NULL) {
         char *end;
         long long x = strtoll(w + 3, &end, 10);
         if (end != w + 3 && x >= 0 && x < (1LL << 40)) m->size = x; /* else a made-up name: measure it */
     }
-    if (m->size < 0 && ms_fmt(path, sizeof path, "%s/%s", s->v->path, m->name) >= 0) {
-        struct os_stat st;
-        int fd = os_open(path, O_RDONLY, 0);
-        if (fd >= 0) {
-            if (os_fstat(fd, &st) == 0) m->size = view_crlf_size(fd, 0, st.size, 0);
-            os_close(fd);
-        }
+    m->size_read = m->size < 0;
+    m->klen = mdir_key_len(name);
+    uidl_set(m->uidl, name, strcspn(name, ",:!"));
+    return 0;
+}
+
+/* One merge of two sorted runs (a bottom-up merge sort, so that a large
+ * mailbox is sorted a piece at a time): 1 when the view is in order. */
+static int
+mdir_sort_step(struct pop_view *v, struct mdir_open *o)
+{
+    int lo = o->at, mid, hi, i, j, k = lo;
+    if (!o->sorted) {
+        o->sorted = xrealloc(NULL, sizeof *o->sorted * (size_t)(v->n ? v->n : 1));
+        o->tmp = xrealloc(NULL, sizeof *o->tmp * (size_t)(v->n ? v->n : 1));
+        for (i = 0; i < v->n; i++) o->sorted[i] = &v->msgs[i];
     }
-    if (m->size < 0) { free(m->name); s->v->n--; return 0; } /* vanished */
-    uidl_set(m->uidl, name, base);
+    if (o->width >= v->n) { /* in order: the messages move to their places at once */
+        struct pop_msg *m = xrealloc(NULL, sizeof *m * (size_t)(v->n ? v->n : 1));
+        for (i = 0; i < v->n; i++) m[i] = *o->sorted[i];
+        free(v->msgs);
+        v->msgs = m;
+        v->cap = v->n;
+        return 1;
+    }
+    mid = lo + o->width < v->n ? lo + o->width : v->n;
+    hi = mid + o->width < v->n ? mid + o->width : v->n;
+    for (i = lo, j = mid; i < mid && j < hi;)
+        o->tmp[k++] = view_cmp_name(o->sorted[j], o->sorted[i]) < 0 ? o->sorted[j++] : o->sorted[i++];
+    while (i < mid) o->tmp[k++] = o->sorted[i++];
+    while (j < hi) o->tmp[k++] = o->sorted[j++];
+    o->at = hi;
+    if (o->at >= v->n) { /* a pass is done: its runs are twice as long */
+        struct pop_msg **t = o->sorted;
+        o->sorted = o->tmp;
+        o->tmp = t;
+        o->at = 0;
+        o->width *= 2;
+    }
     return 0;
 }
 
 static int
-view_cmp_name(const void *a, const void *b)
+mdir_same_key(const struct pop_msg *x, const struct pop_msg *y)
 {
-    const struct pop_msg *x = a, *y = b;
-    /* order by the base name (delivery time first), whatever the folder */
-    return strcmp(strchr(x->name, '/') + 1, strchr(y->name, '/') + 1);
+    return mdir_key_cmp(mdir_base(x), x->klen, mdir_base(y), y->klen) == 0;
+}
+
+/* Drops the messages listed twice (a client that marked one read while
+ * new/ was listed moved it to cur/, where it was listed again; in key
+ * order, the name in new/ comes first, and it is gone) and those whose
+ * size could not be learned (gone since). */
+static void
+mdir_drop_gone(struct pop_view *v)
+{
+    int i, j = 0;
+    for (i = 0; i < v->n; i++) {
+        struct pop_msg *m = &v->msgs[i];
+        char path[MS_PATH_MESSAGE];
+        struct os_stat st;
+        int moved = i + 1 < v->n && strncmp(m->name, "new/", 4) == 0 && strncmp(v->msgs[i + 1].name, "cur/", 4) == 0 &&
+                    mdir_same_key(m, &v->msgs[i + 1]) && ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) >= 0 &&
+                    os_stat(path, &st) != 0 && errno == ENOENT;
+        if (moved || m->size < 0) { free(m->name); continue; }
+        v->msgs[j++] = *m;
+    }
+    v->n = j;
+}
+
+/* Sizes message o->next: from its name or the index, else by reading it a
+ * piece at a time. 1 when every message has its size. */
+static int
+mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until)
+{
+    struct pop_msg *m;
+    const char *line;
+    size_t len;
+    int complete, r, k;
+    int64_t off;
+    if (o->next >= v->n) { mdir_drop_gone(v); return 1; }
+    m = &v->msgs[o->next];
+    if (m->size >= 0) { o->next++; return 0; }
+    if (!o->lr.buf) {
+        const char *base = mdir_base(m);
+        size_t kl = m->klen;
+        int lo = 0, hi = o->nent;
+        char path[MS_PATH_MESSAGE];
+        while (lo < hi) { /* the index, in key order */
+            int mid = lo + (hi - lo) / 2, c = mdir_key_cmp(base, kl, o->text + o->ent[mid].key, o->ent[mid].klen);
+            if (c == 0) { m->size = o->ent[mid].size; o->used++; o->next++; return 0; }
+            if (c < 0) hi = mid;
+            else lo = mid + 1;
+        }
+        o->measured++;
+        if (ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) < 0 || (o->fd = os_open(path, O_RDONLY, 0)) < 0) {
+            o->next++; /* gone: dropped at the end */
+            return 0;
+        }
+        lr_init(&o->lr, o->fd, 0, INT64_MAX);
+        o->size = 0;
+        o->bol = 1;
+    }
+    for (k = 0; (r = lr_next(&o->lr, &line, &len, &complete, &off)) > 0; k++) { /* its size with CRLF line ends */
+        if (complete && len && line[len - 1] == '\r') len--;
+        o->size += (int64_t)len + (complete ? 2 : 0);
+        o->bol = complete;
+        if ((k & 255) == 255 && os_now_us() >= until) return 0;
+    }
+    m->size = r < 0 ? -1 : o->size + (o->bol ? 0 : 2);
+    lr_free(&o->lr);
+    os_close(o->fd);
+    o->fd = -1;
+    o->next++;
+    return 0;
+}
+
+/* Writes the index again when what it says changed, 64 KB per step, then
+ * replaces it at once. 1 when done (a failure only costs the next login
+ * some reading). */
+static int
+mdir_write_step(struct pop_view *v, struct mdir_open *o)
+{
+    char path[MS_PATH_FILE], tmp[MS_PATH_FILE];
+    if (ms_fmt(path, sizeof path, "%s/" MS_SIZES_FILE, v->path) < 0 ||
+        ms_fmt(tmp, sizeof tmp, "%s/" MS_SIZES_FILE ".new", v->path) < 0)
+        return 1;
+    if (o->fd < 0) {
+        struct os_stat st;
+        if (!o->measured && o->used == o->nent && !o->bad) return 1; /* still right */
+        o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
+        if (o->fd < 0 && errno == EEXIST && os_stat(tmp, &st) == 0 && st.mtime < (int64_t)time(NULL) - 60) {
+            os_unlink(tmp); /* left by a writer that died */
+            o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
+        }
+        if (o->fd < 0) return 1; /* another writer is at it, or a folder we cannot write */
+        buf_adds(&o->out, MS_SIZES_HEAD);
+        o->next = 0;
+        o->written = -1;
+    }
+    for (; o->next < v->n && o->out.len < 65536; o->next++) {
+        const struct pop_msg *m = &v->msgs[o->next];
+        const char *base = mdir_base(m);
+        size_t kl = m->klen;
+        if (!m->size_read || !kl || memchr(base, '\n', kl)) continue;
+        if (o->written >= 0 && mdir_same_key(m, &v->msgs[o->written])) continue; /* in key order, once */
+        o->written = o->next;
+        buf_printf(&o->out, "%lld %.*s\n", (long long)m->size, (int)kl, base);
+    }
+    if (os_write_all(o->fd, o->out.p, o->out.len) < 0) o->next = -1;
+    o->out.len = 0;
+    if (o->next >= 0 && o->next < v->n) return 0;
+    if (os_close(o->fd) != 0 || o->next < 0 || os_replace(tmp, path) != 0) os_unlink(tmp);
+    o->fd = -1;
+    return 1;
+}
+
+/* Goes on with a Maildir's view until it is made (1), or until the time
+ * is up (0; at least one step is taken). -1 on failure. */
+static int
+mdir_view_more(struct pop_view *v, int64_t until)
+{
+    struct mdir_open *o = v->opening;
+    int r = 0;
+    if (!o) return 1;
+    do {
+        switch (o->phase) {
+        case MO_INDEX: r = sizes_read_step(v, o); break;
+        case MO_LIST: r = mdir_list_step(v, o); break;
+        case MO_SORT: r = mdir_sort_step(v, o); break;
+        case MO_SIZES: r = mdir_size_step(v, o, until); break;
+        case MO_WRITE: r = mdir_write_step(v, o); break;
+        case MO_DONE: r = 1; break;
+        }
+        if (r < 0) return -1;
+        if (r > 0 && o->phase != MO_DONE) o->phase++;
+    } while (o->phase != MO_DONE && os_now_us() < until);
+    if (o->phase != MO_DONE) return 0;
+    mdir_open_free(o);
+    v->opening = NULL;
+    return 1;
 }
 
 /* Orders by UIDL, then by position, so that duplicates are numbered in
@@ -4959,24 +5321,21 @@ view_unique_uidls(struct pop_view *v)
     free(p);
 }
 
+/* Begins a Maildir's view (mdir_view_more makes it). */
 static int
 mdir_view_open(struct pop_view *v, const char *spool, const char *addr)
 {
-    char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1], sub[MS_PATH_FILE];
-    struct mdir_scan s;
+    char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1];
+    struct mdir_open *o;
     memset(v, 0, sizeof *v);
     v->ops = &maildir_store;
     if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 ||
         ms_fmt(v->path, sizeof v->path, "%s/%s", dom, user) < 0)
         return -1;
-    s.v = v;
-    s.sub = "new";
-    if (ms_fmt(sub, sizeof sub, "%s/new", v->path) < 0) return -1;
-    os_list_dir(sub, mdir_scan_entry, &s);
-    s.sub = "cur";
-    if (ms_fmt(sub, sizeof sub, "%s/cur", v->path) < 0) return -1;
-    os_list_dir(sub, mdir_scan_entry, &s);
-    if (v->n > 1) qsort(v->msgs, (size_t)v->n, sizeof *v->msgs, view_cmp_name);
+    o = v->opening = xrealloc(NULL, sizeof *o);
+    memset(o, 0, sizeof *o);
+    o->fd = -1;
+    o->width = 1;
     return 0;
 }
 
@@ -5172,33 +5531,56 @@ mbox_view_refresh(struct pop_view *v)
     return 0;
 }
 
-/* Applies the deletions of a POP3 session (the UPDATE state, RFC 1939 6). */
+/* Goes on making a view (a Maildir's is made in slices): 1 when it is
+ * made, 0 when the time is up first, -1 on failure. */
 static int
-view_expunge(struct pop_view *v)
+view_more(struct pop_view *v, int64_t until)
+{
+    return v->ops->view_more ? v->ops->view_more(v, until) : 1;
+}
+
+/* A whole view at once (the command line, the tests). */
+static int
+view_open_whole(const struct store_ops *ops, struct pop_view *v, const char *spool, const char *addr)
+{
+    if (ops->view_open(v, spool, addr) != 0) return -1;
+    if (view_more(v, INT64_MAX) < 0) { view_free(v); return -1; }
+    return 0;
+}
+
+/* Applies the deletions of a POP3 session (the UPDATE state, RFC 1939 6),
+ * until the time is up: 1 when done, 0 when there is more to do, -1 when
+ * some messages could not be deleted. */
+static int
+view_expunge(struct pop_view *v, int64_t until)
 {
     int i, ndel = 0;
     for (i = 0; i < v->n; i++) ndel += v->msgs[i].deleted;
-    return ndel ? v->ops->expunge(v) : 0;
+    return ndel ? v->ops->expunge(v, until) : 1;
 }
 
 static int
-mdir_expunge(struct pop_view *v)
+mdir_expunge(struct pop_view *v, int64_t until)
 {
     char path[MS_PATH_MESSAGE];
-    int i, rc = 0;
-    for (i = 0; i < v->n; i++) {
-        if (!v->msgs[i].deleted) continue;
-        if (ms_fmt(path, sizeof path, "%s/%s", v->path, v->msgs[i].name) < 0 ||
-            (os_unlink(path) != 0 && errno != ENOENT))
-            rc = -1;
-    }
-    if (ms_fmt(path, sizeof path, "%s/new", v->path) >= 0) os_fsync_dir(path);
-    if (ms_fmt(path, sizeof path, "%s/cur", v->path) >= 0) os_fsync_dir(path);
-    return rc;
+    do { /* one message per step, then the fsync of new/, then that of cur/ */
+        int k = v->expunged++;
+        if (k < v->n) {
+            const struct pop_msg *m = &v->msgs[k];
+            if (m->deleted && (ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) < 0 ||
+                               (os_unlink(path) != 0 && errno != ENOENT)))
+                v->expunge_failed = 1;
+            continue;
+        }
+        if (ms_fmt(path, sizeof path, k == v->n ? "%s/new" : "%s/cur", v->path) >= 0) os_fsync_dir(path);
+        if (k > v->n) return v->expunge_failed ? -1 : 1;
+    } while (os_now_us() < until);
+    return 0;
 }
 
+/* (in one step: an mbox is rewritten under its locks, which are never held across turns) */
 static int
-mbox_expunge(struct pop_view *v)
+mbox_expunge(struct pop_view *v, int64_t until)
 {
     /* RFC 1939 6: the file as it is now (another program may have
      * appended, rewritten Status: lines, deleted): the messages to
@@ -5210,7 +5592,8 @@ mbox_expunge(struct pop_view *v)
     struct os_stat st;
     int created, i, j, rc = -1, fd = mbox_lock(v->path, v->jf, 0, &created);
     int64_t end;
-    if (fd == -2) return 0;
+    (void)until;
+    if (fd == -2) return 1;
     if (fd < 0) return -1;
     memset(&now, 0, sizeof now);
     if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) goto fail;
@@ -5239,7 +5622,7 @@ fail:
     mbox_unlock(v->path, fd);
     view_free(&now);
     free(p);
-    return rc == 0 ? 0 : -1;
+    return rc == 0 ? 1 : -1;
 }
 
 static int
@@ -5262,10 +5645,10 @@ mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n,
 }
 
 static const struct store_ops maildir_store = {
-    "maildir", 1, mdir_deliver, file_undo, mdir_view_open, mdir_expunge, mdir_msg_text, 0,
+    "maildir", 1, mdir_deliver, file_undo, mdir_view_open, mdir_view_more, mdir_expunge, mdir_msg_text, 0,
 };
 static const struct store_ops mbox_store = {
-    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, mbox_expunge, mbox_msg_text, 1,
+    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, NULL, mbox_expunge, mbox_msg_text, 1,
 };
 
 /*==== 8. TLS glue (BearSSL) ====*/
@@ -6264,7 +6647,9 @@ struct smtp_sess {
     int nundo;
 };
 
-enum { POP_S_AUTH, POP_S_TRANS };
+/* RFC 1939's states; OPENING: logged in, the view being made; UPDATE: the
+ * deletions after QUIT being made (no input is taken in either). */
+enum { POP_S_AUTH, POP_S_TRANS, POP_S_OPENING, POP_S_UPDATE };
 
 struct pop_sess {
     int state, auth_wait;
@@ -6303,7 +6688,12 @@ struct conn {
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
     unsigned out_full : 1;           /* conn_process stopped at MS_OUT_HIGH: it goes on once the output is back under it */
-    struct login *login;             /* hashing: no input is processed meanwhile */
+    /* Long work, run in slices by the loop (loop_work): a login's hash, a
+     * mailbox's view, its deletions. No input is processed meanwhile.
+     * Returns 1 when done, having answered and called conn_work_done. */
+    int (*work)(struct conn *c, int64_t until_us);
+    unsigned work_must_finish : 1;   /* ... even if the client goes away (deletions after QUIT) */
+    struct login *login;             /* the login being hashed */
     char inbuf[MS_IN_SIZE];          /* io's input */
     union { struct smtp_sess smtp; struct pop_sess pop; } u;
 };
@@ -6349,7 +6739,7 @@ struct mailsrv {
     struct transport **watched;      /* for each pfds entry, its session's transport (NULL: a listener) */
     int capfds;
     unsigned next_id, msg_counter;
-    unsigned login_last;             /* the connection whose login hashed last (round-robin) */
+    unsigned work_last;              /* the connection whose work ran last (round-robin) */
     volatile sig_atomic_t stop_requested, reload_requested;
     int stopping;
     int64_t stop_deadline;
@@ -6488,6 +6878,7 @@ conn_tls_report(struct conn *c)
 static void
 conn_free(struct conn *c)
 {
+    while (c->work && c->work_must_finish && !c->work(c, INT64_MAX)) {} /* stopping: no one else to serve */
     c->ops->free(c);
     if (c->login) { ms_wipe(c->login, sizeof *c->login); free(c->login); }
     io_close(&c->io);
@@ -6502,12 +6893,12 @@ conn_process(struct conn *c)
 {
     char line[MS_SMTP_LINE_MAX + 1];
     c->out_full = 0;
-    if (c->login) return; /* pipelined commands wait for the login's outcome */
+    if (c->work) return; /* pipelined commands wait for the login's (or the view's) outcome */
     if (c->hold_until) {
         if (os_now_ms() < c->hold_until) return;
         c->hold_until = 0;
     }
-    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
+    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->work) {
         size_t len;
         int r;
         if (io_pending(&c->io) > MS_OUT_HIGH) { c->out_full = 1; break; }
@@ -6569,7 +6960,7 @@ conn_watch(struct conn *c, int64_t now, int64_t *wake)
 {
     short ev = 0;
     if (c->hold_until) { if (c->hold_until < *wake) *wake = c->hold_until; }
-    else if (c->login) *wake = now; /* hashing: no input meanwhile, the next slice at once */
+    else if (c->work) *wake = now; /* no input meanwhile, the next slice at once */
     else {
         ev = io_events(&c->io, !c->close_after_flush && !c->is_eof && !c->tls_after_flush,
                        io_pending(&c->io) || c->ops->streaming(c));
@@ -6590,7 +6981,7 @@ conn_on_io(struct transport *io, short revents)
 {
     struct conn *c = IO_OWNER(io, struct conn, io);
     if (!revents) {
-        if (!io_tls_input(io) || c->hold_until || c->login) return;
+        if (!io_tls_input(io) || c->hold_until || c->work) return;
         revents = POLLIN;
     }
     io->revents = revents; /* conn_run's turn comes */
@@ -6605,7 +6996,7 @@ conn_run(struct conn *c)
     conn_process(c);
     /* the client sent all it will: the end, once the commands it sent before are answered
      * (output over MS_OUT_HIGH or a RETR stream still to go: later turns, on POLLOUT) */
-    if (c->is_eof && !c->hold_until && !c->login && !c->out_full && !c->ops->streaming(c)) {
+    if (c->is_eof && !c->hold_until && !c->work && !c->out_full && !c->ops->streaming(c)) {
         if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
         conn_close_after_reply(c);
     }
@@ -6626,7 +7017,7 @@ conn_plaintext_ok(const struct conn *c)
  * attempt costs one PBKDF2 of MS_PBKDF2_ITER iterations (INI plain-text
  * passwords were hashed at load; a name that is no mailbox runs the same
  * against a dummy), so its time does not tell which mailboxes exist. The
- * loop runs it (loop_logins), then login_done() answers. */
+ * loop runs it (login_step), then login_done() answers. */
 static void
 auth_begin(struct conn *c, const char *login, const char *pass)
 {
@@ -6642,6 +7033,7 @@ auth_begin(struct conn *c, const char *login, const char *pass)
     memset(l, 0, sizeof *l);
     ms_strlcpy(l->user, login, sizeof l->user);
     c->login = l;
+    c->work = login_step;
     if (at && (size_t)(at - login) <= MS_LOCAL_MAX) {
         memcpy(local, login, (size_t)(at - login));
         local[at - login] = 0;
@@ -6719,6 +7111,14 @@ conn_login_failed(struct conn *c, const char *user)
     conn_close_after_reply(c);
 }
 
+/* A session's long work is over (its answer is written or its next work set after this). */
+static void
+conn_work_done(struct conn *c)
+{
+    c->work = NULL;
+    c->work_must_finish = 0;
+}
+
 /* A login's hash is done: the constant-time comparison, then the session's answer. */
 static void
 login_done(struct conn *c)
@@ -6726,9 +7126,24 @@ login_done(struct conn *c)
     struct login *l = c->login;
     int ok = l->no_check || (l->found & ms_secret_eq(l->want, 32, l->st.out, 32));
     c->login = NULL;
+    conn_work_done(c);
     c->ops->login_done(c, ok ? l->mailbox : NULL, l->user);
     ms_wipe(l, sizeof *l);
     free(l);
+}
+
+/* A slice of a login's PBKDF2 (the session's work while it hashes). */
+static int
+login_step(struct conn *c, int64_t until)
+{
+    do {
+        unsigned budget = MS_PBKDF2_STEP;
+        if (pbkdf2_step(&c->login->st, &budget)) {
+            login_done(c);
+            return 1;
+        }
+    } while (os_now_us() < until);
+    return 0;
 }
 
 static int
@@ -6769,7 +7184,7 @@ conn_may_relay(const struct conn *c)
 static int
 conn_busy(const struct conn *c)
 {
-    return c->hold_until || c->tls_after_flush || c->login || c->commit_pending || c->ops->busy(c);
+    return c->hold_until || c->tls_after_flush || c->work || c->commit_pending || c->ops->busy(c);
 }
 
 /* A junk command: NOOP, RSET, VRFY, HELP or an unknown one in SMTP (Postfix's
@@ -7654,21 +8069,22 @@ pop_in_use(struct mailsrv *ms, const struct conn *self, const char *mailbox)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         const struct conn *o = ms->conns[i];
-        if (o != self && o->proto == PROTO_POP3 && !o->is_closing && o->u.pop.state == POP_S_TRANS &&
+        if (o != self && o->proto == PROTO_POP3 && (!o->is_closing || o->work_must_finish) &&
+            o->u.pop.state != POP_S_AUTH &&
             strcmp(o->u.pop.mailbox, mailbox) == 0)
             return 1;
     }
     return 0;
 }
 
-/* The outcome of a login: mailbox NULL if it failed. */
+/* The outcome of a login: mailbox NULL if it failed. A good one opens the
+ * mailbox: its view is made in slices (pop_open_step), then answered. */
 static void
 pop_login_done(struct conn *c, const char *mailbox, const char *user)
 {
     struct pop_sess *p = &c->u.pop;
     struct mailsrv *ms = c->ms;
-    int64_t total = 0;
-    int i, r;
+    int r;
     if (!mailbox) {
         conn_login_failed(c, user);
         return;
@@ -7688,16 +8104,43 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
         view_free(&p->view);
         return;
     }
+    ms_strlcpy(p->mailbox, mailbox, sizeof p->mailbox);
     if (r != 0) {
-        conn_log(c, "cannot open mailbox %s: %s", mailbox, strerror(errno));
-        conn_reply(c, "-ERR [SYS/TEMP] Cannot open the mailbox");
-        view_free(&p->view);
+        pop_opened(c, -1);
         return;
     }
-    ms_strlcpy(p->mailbox, mailbox, sizeof p->mailbox);
+    p->state = POP_S_OPENING; /* the mailbox is taken (pop_in_use) */
+    c->work = pop_open_step;
+}
+
+/* A slice of making the view at login (the session's work). */
+static int
+pop_open_step(struct conn *c, int64_t until)
+{
+    int r = view_more(&c->u.pop.view, until);
+    if (r == 0) return 0;
+    conn_work_done(c);
+    pop_opened(c, r);
+    return 1;
+}
+
+/* The view is made (r > 0) or could not be (r < 0): the answer to the login. */
+static void
+pop_opened(struct conn *c, int r)
+{
+    struct pop_sess *p = &c->u.pop;
+    int64_t total = 0;
+    int i;
+    if (r < 0) {
+        conn_log(c, "cannot open mailbox %s: %s", p->mailbox, strerror(errno));
+        conn_reply(c, "-ERR [SYS/TEMP] Cannot open the mailbox");
+        view_free(&p->view);
+        p->state = POP_S_AUTH;
+        return;
+    }
     p->state = POP_S_TRANS;
     for (i = 0; i < p->view.n; i++) total += p->view.msgs[i].size;
-    conn_log(c, "login %s: %d messages, %lld octets", mailbox, p->view.n, (long long)total);
+    conn_log(c, "login %s: %d messages, %lld octets", p->mailbox, p->view.n, (long long)total);
     conn_reply(c, "+OK %d messages (%lld octets)", p->view.n, (long long)total);
 }
 
@@ -7782,25 +8225,42 @@ pop_do_capa(struct conn *c, const char *args)
     return ".";
 }
 
-/* Logged in, QUIT applies the DELE marks (RFC 1939 6, the UPDATE state). */
+/* Logged in, QUIT applies the DELE marks (RFC 1939 6, the UPDATE state):
+ * in slices (pop_update_step), then the answer. */
 static const char *
 pop_do_quit(struct conn *c, const char *args)
 {
     struct pop_sess *p = &c->u.pop;
-    const char *reply = "+OK Bye";
-    int i, ndel = 0;
     (void)args;
-    conn_close_after_reply(c);
-    if (p->state != POP_S_TRANS) return reply;
+    if (p->state != POP_S_TRANS) {
+        conn_close_after_reply(c);
+        return "+OK Bye";
+    }
+    p->state = POP_S_UPDATE;
+    c->work = pop_update_step;
+    c->work_must_finish = 1; /* the client asked for them: made even if it leaves before the answer */
+    return NULL;
+}
+
+/* A slice of the deletions after QUIT (the session's work), then the answer. */
+static int
+pop_update_step(struct conn *c, int64_t until)
+{
+    struct pop_sess *p = &c->u.pop;
+    int i, ndel = 0, r = view_expunge(&p->view, until);
+    if (r == 0) return 0;
+    conn_work_done(c);
     for (i = 0; i < p->view.n; i++) ndel += p->view.msgs[i].deleted;
-    if (view_expunge(&p->view) != 0) {
+    if (r < 0) {
         conn_log(c, "update of %s failed: %s", p->mailbox, strerror(errno));
-        reply = "-ERR [SYS/TEMP] Some deleted messages were not removed";
-    } else if (ndel) {
-        conn_log(c, "deleted %d messages from %s", ndel, p->mailbox);
+        conn_reply(c, "-ERR [SYS/TEMP] Some deleted messages were not removed");
+    } else {
+        if (ndel) conn_log(c, "deleted %d messages from %s", ndel, p->mailbox);
+        conn_reply(c, "+OK Bye");
     }
     p->state = POP_S_AUTH; /* the mailbox is free again */
-    return reply;
+    conn_close_after_reply(c);
+    return 1;
 }
 
 static const char *
@@ -7990,7 +8450,7 @@ pop_pump_stream(struct conn *c)
 static int
 pop_logged_in(const struct conn *c)
 {
-    return c->u.pop.state == POP_S_TRANS;
+    return c->u.pop.state != POP_S_AUTH;
 }
 
 static int
@@ -9873,25 +10333,26 @@ list_incoming(struct conn *c)
  * relay; then free the sessions marked closing.
  */
 
-/* The logins in progress share MS_PBKDF2_SLICE iterations per turn, round-
- * robin from the connection after the one served last: a turn never hashes
- * for more than one slice, however many log in at once, and the loop goes on
- * serving the others in between (the design stays single-threaded). */
+/* Sessions with long work in progress (a login's hash, a mailbox's view,
+ * deletions after QUIT) share MS_WORK_SLICE_US per turn, round-robin from
+ * the connection after the one served last: however many there are and
+ * however large their mailboxes, a turn works that long (plus one step) and
+ * the loop goes on serving the others in between (the design stays
+ * single-threaded). A closing session's work is dropped, unless it must
+ * finish (deletions the client asked for with QUIT). */
 static void
-loop_logins(struct mailsrv *ms)
+loop_work(struct mailsrv *ms)
 {
-    unsigned budget = MS_PBKDF2_SLICE;
-    int i, k, n = ms->nconns, start = 0;
+    int64_t until = os_now_us() + MS_WORK_SLICE_US;
+    int i, k, n = ms->nconns, start = 0, ran = 0;
     for (i = 0; i < n; i++) /* ms->conns is in order of id */
-        if (ms->conns[i]->id > ms->login_last) { start = i; break; }
-    for (k = 0; k < n && budget; k++) {
+        if (ms->conns[i]->id > ms->work_last) { start = i; break; }
+    for (k = 0; k < n; k++) {
         struct conn *c = ms->conns[(start + k) % n];
-        if (!c->login || c->is_closing || c->close_after_flush) continue; /* a closing session gets no answer */
-        ms->login_last = c->id;
-        if (pbkdf2_step(&c->login->st, &budget)) {
-            login_done(c);
-            conn_run(c);
-        }
+        if (!c->work || ((c->is_closing || c->close_after_flush) && !c->work_must_finish)) continue;
+        if (ran++ && os_now_us() >= until) break;
+        ms->work_last = c->id;
+        if (c->work(c, until) && !c->is_closing) conn_run(c);
     }
 }
 
@@ -10045,8 +10506,8 @@ loop_sweep(struct mailsrv *ms)
     int i, j = 0;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing) { conn_log(c, "disconnect"); conn_free(c); }
-        else ms->conns[j++] = c;
+        if (c->is_closing && !(c->work && c->work_must_finish)) { conn_log(c, "disconnect"); conn_free(c); }
+        else ms->conns[j++] = c; /* (deletions after QUIT are finished first: loop_work) */
     }
     ms->nconns = j;
     for (i = j = 0; i < ms->nout; i++) {
@@ -10071,7 +10532,7 @@ loop_stop_sessions(struct mailsrv *ms)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing || c->close_after_flush || c->login || c->ops->in_transfer(c)) continue;
+        if (c->is_closing || c->close_after_flush || c->work || c->ops->in_transfer(c)) continue;
         conn_say(c, SAY_SHUTDOWN);
         conn_close_after_reply(c);
         conn_send(c);
@@ -10243,7 +10704,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         struct conn *c = ms->conns[i];
         if (!c->is_closing && (c->io.revents || conn_may_go_on(c) || (c->hold_until && now >= c->hold_until))) conn_run(c);
     }
-    loop_logins(ms);
+    loop_work(ms);
     loop_group_commit(ms);
     loop_timers(ms, now);
     for (i = 0; i < ms->nout; i++) mta_timer(ms->out[i], now);
@@ -10646,8 +11107,7 @@ cli_users(const char *path)
             char addr[MS_PATH_MAX];
             int64_t bytes = 0;
             snprintf(addr, sizeof addr, "%s@%s", d->users[j].name, d->name);
-            if (store_of(c)->view_open(&v, c->spool, addr) != 0)
-                memset(&v, 0, sizeof v);
+            if (view_open_whole(store_of(c), &v, c->spool, addr) != 0) memset(&v, 0, sizeof v);
             for (k = 0; k < v.n; k++) bytes += v.msgs[k].size;
             printf("  mailbox %s messages=%d bytes=%lld\n", addr, v.n, (long long)bytes);
             view_free(&v);

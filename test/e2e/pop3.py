@@ -436,3 +436,150 @@ def mbox_foreign_messages_uidl(ctx):
     t, _ = srv.deliver()
     g = srv.fetch("alice@example.test")
     check([x["uid"] for x in g][:4] == u1 and g[4]["token"] == t and g[4]["uid"] not in u0, "after a new delivery: %s" % [x["uid"] for x in g])
+
+
+# ---------------------------------------------------------------------------------------------
+# Maildirs written by other programs: the view made in slices, the sizes index (issue 14)
+
+def foreign_maildir(srv, addr, n, start=0):
+    """n messages named as Dovecot or getmail name them (no ,S= or ,W=), with LF, CRLF and no
+    final newline, every third one read (cur/, ":2,S"). Returns {unique name: (bytes, CRLF size)}."""
+    user, dom = addr.split("@")
+    root = os.path.join(srv.spool, dom, user)
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    out = {}
+    for i in range(start, start + n):
+        body = "Subject: foreign %d\nX-Test-Token: foreign%d\n\n" % (i, i) + "line %d\n" % i * (1 + i % 7)
+        if i % 5 == 1:
+            body = body.replace("\n", "\r\n")
+        if i % 5 == 2:
+            body = body.rstrip("\n") + "\nno final newline"
+        data = body.encode()
+        uniq = "1733%06d.M%dP%d.otherhost" % (i, i * 7 % 1000, 4000 + i)
+        name = os.path.join("cur", uniq + ":2,S") if i % 3 == 0 else os.path.join("new", uniq)
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(data)
+        lines = data.split(b"\n")
+        crlf = sum(len(l[:-1] if l.endswith(b"\r") else l) + 2 for l in lines[:-1]) + (len(lines[-1]) + 2 if lines[-1] else 0)
+        out[uniq] = (data, crlf)
+    return out
+
+
+def check_foreign_view(p, msgs, what):
+    """LIST, UIDL and RETR of a POP3 session agree with the files (in name order)."""
+    want = sorted(msgs)
+    sizes = p.list()
+    uidls = p.uidl()
+    check(len(sizes) == len(want) and len(uidls) == len(want),
+          "%s: LIST %d, UIDL %d, files %d" % (what, len(sizes), len(uidls), len(want)))
+    for k, uniq in enumerate(want):
+        check(uidls.get(k + 1) == uniq, "%s: UIDL %d is %s, expected %s" % (what, k + 1, uidls.get(k + 1), uniq))
+        check(sizes.get(k + 1) == msgs[uniq][1], "%s: LIST %d = %s, the file makes %d" % (what, k + 1, sizes.get(k + 1), msgs[uniq][1]))
+    for k in (0, len(want) // 2, len(want) - 1):
+        if not want:
+            break
+        got = p.retr(k + 1)
+        check(len(got) == msgs[want[k]][1], "%s: RETR %d sent %d octets, LIST said %d" % (what, k + 1, len(got), msgs[want[k]][1]))
+
+
+def sizes_index(srv, addr):
+    user, dom = addr.split("@")
+    path = os.path.join(srv.spool, dom, user, "mailsrv-sizes")
+    if not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@test(limit=120)
+def pop3_foreign_maildir_sizes_index(ctx):
+    """A Maildir written by another program (names without W=): the sizes read at the first login
+    are kept in the mailbox's mailsrv-sizes index, used at the next (same LIST, UIDL and RETR),
+    rebuilt when malformed, and follow messages added and deleted by others."""
+    srv = ctx.server().start()
+    addr = "alice@example.test"
+    msgs = foreign_maildir(srv, addr, 40)
+    p = srv.pop(addr)
+    check_foreign_view(p, msgs, "first login")
+    p.quit()
+    idx = sizes_index(srv, addr)
+    check(idx is not None and idx.startswith(b"mailsrv-sizes 1\n"), "no index after the first login: %r" % (idx,))
+    lines = idx.split(b"\n")[1:-1]
+    check(len(lines) == 40 and all(l.split(b" ")[1].decode() in msgs for l in lines),
+          "the index lists %d entries, not the 40 messages: %r" % (len(lines), idx[:200]))
+    check(lines == sorted(lines, key=lambda l: l.split(b" ", 1)[1]), "the index is not in name order")
+    for l in lines:
+        size, uniq = l.split(b" ", 1)
+        check(int(size) == msgs[uniq.decode()][1], "index: %s has %s, the file makes %d" % (uniq, size, msgs[uniq.decode()][1]))
+    p = srv.pop(addr)
+    check_foreign_view(p, msgs, "second login (from the index)")
+    p.quit()
+    # another program delivers 5 more and deletes 3: the index follows
+    msgs.update(foreign_maildir(srv, addr, 5, start=100))
+    user, dom = addr.split("@")
+    root = os.path.join(srv.spool, dom, user)
+    for uniq in sorted(msgs)[:3]:
+        for sub, suffix in (("new", ""), ("cur", ":2,S")):
+            if os.path.exists(os.path.join(root, sub, uniq + suffix)):
+                os.unlink(os.path.join(root, sub, uniq + suffix))
+        del msgs[uniq]
+    p = srv.pop(addr)
+    check_foreign_view(p, msgs, "after 5 added and 3 deleted by another program")
+    p.quit()
+    lines = sizes_index(srv, addr).split(b"\n")[1:-1]
+    check(sorted(l.split(b" ")[1].decode() for l in lines) == sorted(msgs),
+          "the index was not brought up to date: %d entries for %d messages" % (len(lines), len(msgs)))
+    # malformed or cut indexes are never believed
+    for bad in (b"garbage\n", b"mailsrv-sizes 1\n12 zzz\n5 aaa\n", b"mailsrv-sizes 1\n1x2 " + sorted(msgs)[0].encode() + b"\n",
+                b"mailsrv-sizes 1\n" + b"".join(b"1 " + u.encode() + b"\n" for u in sorted(msgs))[:-1]):
+        with open(os.path.join(root, "mailsrv-sizes"), "wb") as f:
+            f.write(bad)
+        p = srv.pop(addr)
+        check_foreign_view(p, msgs, "after the index was replaced by %r" % bad[:40])
+        p.quit()
+
+
+@test(limit=180)
+def pop3_large_foreign_maildir_sliced(ctx):
+    """A login to 6,000 foreign messages is made in slices while commands pipelined after PASS
+    wait for it; another login to the mailbox while the session is open gets [IN-USE]; a QUIT that deletes
+    4,000 of them is carried out in slices too, even when the client leaves without reading the
+    answer; the next login sees exactly the 2,000 others."""
+    srv = ctx.server(server={"timeout": "120"}).start()
+    addr = "alice@example.test"
+    msgs = foreign_maildir(srv, addr, 6000)
+    want = sorted(msgs)
+    p = srv.pop()
+    p.ok("USER " + addr)
+    p.send("PASS %s\r\nSTAT\r\n" % PASSWORDS[addr])
+    first = p.line()
+    check(first.startswith(b"+OK 6000 messages"), "PASS: %s" % short(first))
+    st = p.line()
+    check(st == b"+OK 6000 %d" % sum(s for _, s in msgs.values()), "STAT pipelined after PASS: %s" % short(st))
+    check_foreign_view(p, msgs, "6,000 foreign messages")
+    other = srv.pop()
+    other.ok("USER " + addr)
+    r = other.cmd("PASS " + PASSWORDS[addr])
+    check(r.startswith(b"-ERR [IN-USE]"), "a second login to a mailbox in use: %s" % short(r))
+    other.close()
+    batch = "".join("DELE %d\r\n" % k for k in range(1, 4001))
+    p.send(batch)
+    for k in range(4000):
+        r = p.line()
+        check(r.startswith(b"+OK"), "DELE %d: %s" % (k + 1, short(r)))
+    p.send("QUIT\r\n")
+    p.sock.shutdown(socket.SHUT_RDWR)  # gone before the answer: the deletions are still made
+    p.close()
+    user, dom = addr.split("@")
+    root = os.path.join(srv.spool, dom, user)
+
+    def left():
+        n = len(os.listdir(os.path.join(root, "new"))) + len(os.listdir(os.path.join(root, "cur")))
+        return n == 2000 or None
+    wait_for(left, 60, "the 4,000 deletions after QUIT")
+    p = pop_login_retry(srv, addr, timeout=30)
+    kept = {u: msgs[u] for u in want[4000:]}
+    check_foreign_view(p, kept, "after deleting 4,000")
+    p.quit()
+    check(re.search(r"deleted 4000 messages from alice@example.test", srv.log_text()), "the log does not say 4000 deleted")

@@ -199,10 +199,8 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
         used += take;
         c->hold_until = 0;
         conn_process(c);
-        while (c->login) { /* a login's PBKDF2 (loop_logins() runs it in slices), then its answer */
-            unsigned all = ~0u;
-            pbkdf2_step(&c->login->st, &all);
-            login_done(c);
+        while (c->work) { /* a login's PBKDF2, a mailbox's view, QUIT's deletions (loop_work() runs them in slices), then the answer */
+            c->work(c, INT64_MAX);
             c->hold_until = 0;
             conn_process(c);
         }
