@@ -129,6 +129,7 @@
 #define MS_DOTLOCK_MAX_AGE 3600   /* ... and one older than an hour even with a live PID (a reused one) */
 #define MS_MBOX_JOURNAL 2560      /* size of an mbox's journal file (fixed: rewritten on a full disk) */
 #define MS_MBOX_HEAD 2048         /* first bytes of an append kept in the journal to know it again */
+#define MS_MBOX_PREFIX 512        /* first bytes of each message of a batch that the journal keeps */
 #define MS_MBOX_MOVE (1024 * 1024) /* largest piece moved at once when deleting from an mbox */
 
 #define MS_DNS_TRY_MS 2000        /* per DNS query attempt (resolv.conf's timeout is 5 s) */
@@ -1167,10 +1168,11 @@ struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_stat; struct conn; struct data_rx;
 struct dirset; struct dns_result; struct edit_span; struct hmac_key; struct line_reader;
 struct list_rate; struct list_state; struct listener; struct mailsrv; struct mbox_paths;
-struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess; struct os_stat;
-struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops; struct qentry;
-struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_msg; struct store_ops;
-struct store_undo; struct targets; struct tls_creds; struct tls_sess; struct transport;
+struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess;
+struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops;
+struct qentry; struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_msg;
+struct store_ops; struct store_undo; struct targets; struct tls_creds; struct tls_sess;
+struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
@@ -1363,11 +1365,12 @@ static int mdir_prepare(const char *spool, const char *addr, char *newdir, size_
 static int mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp);
 static int store_fsync_parent(const char *path);
 static int mbox_journal_put(const char *jf, const char *rec, size_t n, const char *data, size_t dn, int shrink);
-static int mbox_journal_write(const char *jf, const char *rec, size_t n);
 static int mbox_journal_clear(const char *jf);
 static void mbox_piece_sum(const char *data, size_t n, char out[33]);
 static int mbox_compact_rec(const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *data, int64_t plen);
 static int mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl);
+static int mbox_file_sum(int fd, int64_t off, int64_t n, char out[33]);
+static int mbox_is_own_batch(int fd, int64_t off, int64_t size, const char *list, size_t ln);
 static int mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *saved, int64_t plen);
 static void mbox_noted(const char *jf, const char *what);
 static int mbox_recover(int fd, const char *jf);
@@ -1375,14 +1378,18 @@ static void mbox_unlock(const char *mbox, int fd);
 static int mbox_dotlock_stale(const char *lock);
 static int mbox_dotlock_make(const char *lock, const char *tmp);
 static int mbox_lock(const char *mbox, const char *jf, int create, int *created);
-static int64_t mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after, char *head, size_t *hl);
+static int64_t mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after, char *head, size_t *hl, struct sha256 *sum);
 static const struct store_ops * store_of(const struct ms_config *cfg);
 static void store_rollback(struct store_undo *u, int n);
 static void file_undo(const struct store_undo *u);
 static void mbox_undo(const struct store_undo *u);
 static void dirset_add(struct dirset *d, const char *dir);
+static void dirset_forget(struct dirset *d, const struct store_msg *m);
 static int mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
+static void mbox_from_line(const struct store_msg *m, int nl, char *out, size_t n);
+static int mbox_batch_append(struct mbox_pending **v, int n, const char **err);
 static int mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
+static int store_commit(struct dirset *ds);
 static int store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err, struct dirset *ds, struct store_undo **undo_out, int *nundo_out);
 static void qentry_free(struct qentry *e);
 static void queue_env_text(const struct qentry *e, struct buf *b);
@@ -4082,18 +4089,28 @@ mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
  * defers the delivery (451, as Postfix's local(8) does) or the POP3 login
  * ([IN-USE]). A file another program changed is simply read again.
  *
- * The journal SPOOL/DOMAIN/.USER.mbox.journal (always MS_MBOX_JOURNAL bytes,
- * rewritten in place and never shrunk, so that it can be written on a full
- * disk) says what mailsrv is in the middle of; it is fsynced before the mbox
- * is touched:
+ * The journal SPOOL/DOMAIN/.USER.mbox.journal (a record of MS_MBOX_JOURNAL
+ * bytes, rewritten in place and never shrunk below that, so that it can be
+ * written on a full disk; a batch's list or a piece being moved follows it)
+ * says what mailsrv is in the middle of; it is fsynced before the mbox is
+ * touched:
  *   "append INO OFF LEN HEADLEN\n" and the first HEADLEN bytes of the append
+ *       (written by versions before the group commit; still recovered)
+ *   "batch INO OFF LEN N DLEN SUM\n": N messages appended one after the
+ *       other from OFF, LEN bytes in all; after the record (DLEN bytes,
+ *       checksum SUM), for each message "MLEN PLEN MSUM\n" and its first
+ *       PLEN bytes (up to MS_MBOX_PREFIX); MSUM: the checksum of all of it
+ *       (mbox_batch_append, one group commit)
  *   "compact INO A B END DONE PLEN SUM\n": [A,B) goes, [B,END) moves down to
  *       A; the first DONE bytes of it are moved and fsynced; the next PLEN
  *       bytes, if not 0, are saved after the record (SUM: their checksum)
  *   "none\n"
  * At the next lock, an unfinished append of its own is removed only if the
  * file still ends with exactly (a prefix of) it; else everything is kept and
- * logged. An unfinished compaction is finished (to the file's end, if
+ * logged. In a batch, a whole message must match its checksum, and the one
+ * the file ends in its first bytes: a From_ line there is the batch's own,
+ * not another program's message appended after a crash (mbox_is_own_batch).
+ * An unfinished compaction is finished (to the file's end, if
  * another program appended meanwhile).
  */
 
@@ -4142,7 +4159,6 @@ mbox_journal_put(const char *jf, const char *rec, size_t n, const char *data, si
     if (r == 0 && created) r = store_fsync_parent(jf);
     return r;
 }
-static int mbox_journal_write(const char *jf, const char *rec, size_t n) { return mbox_journal_put(jf, rec, n, NULL, 0, 0); }
 static int mbox_journal_clear(const char *jf) { return mbox_journal_put(jf, "none\n", 5, NULL, 0, 1); }
 
 static void
@@ -4189,6 +4205,53 @@ mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl)
     }
     lr_free(&lr);
     return own && r == 0;
+}
+
+/* The checksum of [off, off+n) of the mbox, as mbox_piece_sum gives it; -1 if unreadable. */
+static int
+mbox_file_sum(int fd, int64_t off, int64_t n, char out[33])
+{
+    char buf[16384];
+    struct sha256 h;
+    unsigned char d[32];
+    int i;
+    sha256_init(&h);
+    while (n > 0) {
+        long want = n < (int64_t)sizeof buf ? (long)n : (long)sizeof buf, got = os_pread(fd, buf, (size_t)want, off);
+        if (got != want) return -1;
+        sha256_update(&h, buf, (size_t)got);
+        off += got;
+        n -= got;
+    }
+    sha256_final(&h, d);
+    for (i = 0; i < 16; i++) sprintf(out + 2 * i, "%02x", d[i]);
+    return 0;
+}
+
+/* Does [off, size) hold only (a prefix of) the batch the journal's list
+ * (ln bytes) describes? Each whole message must match its checksum; the one
+ * the file ends in must begin as it did (its first bytes, kept in the list)
+ * and hold no other From_ line (mbox_is_own_tail). So another program's
+ * message appended after a crash is never taken for the batch's next one. */
+static int
+mbox_is_own_batch(int fd, int64_t off, int64_t size, const char *list, size_t ln)
+{
+    char got[33], sum[33];
+    const char *end = list + ln;
+    long long len;
+    unsigned long pl;
+    int k = 0;
+    while (off < size) {
+        if (sscanf(list, "%lld %lu %32s%n", &len, &pl, sum, &k) != 3 || list[k] != '\n' || len <= 0 ||
+            pl > MS_MBOX_PREFIX || (long long)pl > len || (size_t)(end - list) < (size_t)k + 1 + pl)
+            return 0;
+        list += k + 1;
+        if (size < off + len) return mbox_is_own_tail(fd, off, size, list, (size_t)pl); /* the file ends in it */
+        if (mbox_file_sum(fd, off, len, got) != 0 || strcmp(got, sum) != 0) return 0; /* whole: exactly ours */
+        list += pl;
+        off += len;
+    }
+    return 1;
 }
 
 /* Removes [a,b) by moving [b,end) down to a, from done on, in place (a
@@ -4255,6 +4318,31 @@ mbox_recover(int fd, const char *jf)
         if (ino == st.ino && (unsigned long long)st.size > x1) {
             if ((unsigned long long)st.size <= x1 + x2 &&
                 mbox_is_own_tail(fd, (int64_t)x1, st.size, j + k + 1, (size_t)x3)) {
+                if (os_truncate(fd, (int64_t)x1) != 0 || os_fsync(fd) != 0) return -1;
+                mbox_noted(jf, "removed an unfinished append of its own");
+            } else {
+                mbox_noted(jf, "kept the data after an unfinished append of its own (another program wrote after it)");
+            }
+        }
+        return mbox_journal_clear(jf);
+    }
+    if (sscanf(j, "batch %llu %llu %llu %llu %llu %32s%n", &ino, &x1, &x2, &x3, &x5, sum, &k) == 6 && j[k] == '\n') {
+        /* x1 offset, x2 length, x3 messages, x5 the list's length */
+        if (ino == st.ino && (unsigned long long)st.size > x1) {
+            char *list = NULL, got[33];
+            int own = 0;
+            if ((unsigned long long)st.size <= x1 + x2 && x5 > 0 && x5 < (1u << 30)) {
+                list = xrealloc(NULL, (size_t)x5 + 1);
+                jd = os_open(jf, O_RDONLY, 0);
+                if (jd >= 0 && os_pread(jd, list, (size_t)x5, MS_MBOX_JOURNAL) == (long)x5) {
+                    list[x5] = 0;
+                    mbox_piece_sum(list, (size_t)x5, got);
+                    own = strcmp(got, sum) == 0 && mbox_is_own_batch(fd, (int64_t)x1, st.size, list, (size_t)x5);
+                }
+                if (jd >= 0) os_close(jd);
+                free(list);
+            }
+            if (own) {
                 if (os_truncate(fd, (int64_t)x1) != 0 || os_fsync(fd) != 0) return -1;
                 mbox_noted(jf, "removed an unfinished append of its own");
             } else {
@@ -4402,10 +4490,10 @@ mbox_lock(const char *mbox, const char *jf, int create, int *created)
 
 /* The mboxrd form of the stored message (tmp_fd) with its X-UIDL after the
  * first `after` lines: written at `at` if fd >= 0, else only measured.
- * Returns its length (and its first bytes in head), or -1. */
+ * Returns its length (and its first bytes in head, its checksum in sum), or -1. */
 static int64_t
 mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after,
-            char *head, size_t *hl)
+            char *head, size_t *hl, struct sha256 *sum)
 {
     struct line_reader lr;
     struct buf out = {0};
@@ -4435,6 +4523,7 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
             *hl = MS_MBOX_HEAD;
         }
         if (out.len >= 65536) {
+            if (sum) sha256_update(sum, out.p, out.len);
             if (fd >= 0 && os_pwrite_all(fd, out.p, out.len, pos) < 0) { rc = -1; break; }
             pos += (int64_t)out.len;
             out.len = 0;
@@ -4448,6 +4537,7 @@ mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_li
             *hl = out.len < MS_MBOX_HEAD ? out.len : MS_MBOX_HEAD;
             memcpy(head, out.p, *hl);
         }
+        if (sum) sha256_update(sum, out.p, out.len);
         if (fd >= 0 && os_pwrite_all(fd, out.p, out.len, pos) < 0) rc = -1;
         pos += (int64_t)out.len;
     }
@@ -4467,6 +4557,8 @@ struct store_msg {
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
     int write_failed;          /* msg_write: a write failed */
+    const char *commit_err;    /* its mbox batch failed in the group commit (store_commit): why */
+    int commit_errno;
 };
 
 
@@ -4524,7 +4616,9 @@ mbox_undo(const struct store_undo *u)
 {
     /* only if the mbox still ends with exactly this append of ours */
     struct os_stat st;
-    int created, fd = mbox_lock(u->path, u->jf, 0, &created);
+    int created, fd;
+    if (u->off < 0) return; /* still queued for the group commit: dirset_forget drops it */
+    fd = mbox_lock(u->path, u->jf, 0, &created);
     if (fd >= 0) {
         if (os_fstat(fd, &st) == 0 && st.size == u->off + u->len &&
             mbox_is_own_tail(fd, u->off, st.size, u->head, u->hl) && os_truncate(fd, u->off) == 0)
@@ -4533,9 +4627,22 @@ mbox_undo(const struct store_undo *u)
     }
 }
 
-/* Directories whose fsync a batch of Maildir deliveries still owes (group
- * commit: one fsync of new/ for all the messages of one loop turn). */
-struct dirset { char (*v)[MS_PATH_FILE]; int n, cap; };
+/* What a batch of deliveries still owes (group commit): the fsync of each
+ * Maildir or queue folder, once for all the messages of one loop turn, and
+ * the mbox appends, queued at the final dot and made together per mbox by
+ * store_commit before any of them is answered. */
+struct mbox_pending {
+    struct store_msg *m;       /* the session's message: its .tmp file stays open until the answer */
+    struct mbox_paths mp;
+    struct store_undo u;       /* where it went, once appended */
+    char from_line[MS_PATH_MAX + 65];
+};
+struct dirset {
+    char (*v)[MS_PATH_FILE];
+    int n, cap;
+    struct mbox_pending *mb;
+    int nmb, capmb;
+};
 
 static void
 dirset_add(struct dirset *d, const char *dir)
@@ -4548,6 +4655,20 @@ dirset_add(struct dirset *d, const char *dir)
         d->v = xrealloc(d->v, sizeof *d->v * (size_t)d->cap);
     }
     ms_strlcpy(d->v[d->n++], dir, sizeof d->v[0]);
+}
+
+/* The queued mbox appends of m are dropped: its transaction ended before
+ * the group commit (refused, or the session went away). */
+static void
+dirset_forget(struct dirset *d, const struct store_msg *m)
+{
+    int i, k = 0;
+    for (i = 0; i < d->nmb; i++)
+        if (d->mb[i].m != m) {
+            if (k != i) d->mb[k] = d->mb[i];
+            k++;
+        }
+    d->nmb = k;
 }
 
 /* Maildir: a hard link of the received file in new/; the folder's fsync is
@@ -4575,54 +4696,167 @@ mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr,
     return 0;
 }
 
-/* mbox: an append under both locks, announced in the journal first so that a
- * crash mid-way is recognised as ours (mbox_recover); ds is not used, the
- * file is fsynced here. */
+/* The From_ line of m; nl: the mbox does not end with a newline (another
+ * program left it so), the line still goes at a line start. */
+static void
+mbox_from_line(const struct store_msg *m, int nl, char *out, size_t n)
+{
+    struct tm tm, *g = gmtime(&m->when);
+    memset(&tm, 0, sizeof tm);
+    if (g) tm = *g;
+    snprintf(out, n, "%sFrom %s %s %s %2d %02d:%02d:%02d %d\n", nl ? "\n" : "",
+             m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
+}
+
+/* Appends a batch of messages to one mbox (all of v, the same mp): one lock,
+ * one journal record, one fsync, one journal clear for all of them. The
+ * record ("batch", see the journal above) is written and fsynced before the
+ * first byte is appended: it gives the batch's start and length, and for
+ * each message its length, checksum and first bytes, so that mbox_recover
+ * can tell the batch's own From_ lines from another program's message and
+ * remove exactly the batch. Each v[i]->u says
+ * where its message went. On failure nothing of the batch stays, *err says
+ * why (errno set). */
+static int
+mbox_batch_append(struct mbox_pending **v, int n, const char **err)
+{
+    const struct mbox_paths *mp = &v[0]->mp;
+    char rec[200], last, sum[33], dsum[33];
+    struct buf data = {0};
+    struct os_stat st;
+    struct sha256 h;
+    unsigned char d[32];
+    int created, fd, i, j, e, rc = -1;
+    int64_t off, end;
+    size_t pl;
+    fd = mbox_lock(mp->mbox, mp->journal, 1, &created);
+    if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; return -1; }
+    *err = "cannot write the message";
+    if (os_fstat(fd, &st) != 0) goto out;
+    /* a file another program left without a final newline still gets its From_ at a line start */
+    last = '\n';
+    if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) goto out;
+    off = end = st.size;
+    for (i = 0; i < n; i++) { /* measured first: the journal says what is about to be appended, where */
+        struct store_undo *u = &v[i]->u;
+        struct store_msg *m = v[i]->m;
+        mbox_from_line(m, i == 0 && last != '\n', v[i]->from_line, sizeof v[i]->from_line);
+        memcpy(u->path, mp->mbox, sizeof mp->mbox);
+        memcpy(u->jf, mp->journal, sizeof mp->journal);
+        u->off = end;
+        u->hl = 0;
+        sha256_init(&h);
+        u->len = mbox_append(-1, 0, m->tmp_fd, m->size, v[i]->from_line, m->id, m->hdr_lines, u->head, &u->hl, &h);
+        if (u->len < 0) goto out;
+        sha256_final(&h, d);
+        for (j = 0; j < 16; j++) sprintf(sum + 2 * j, "%02x", d[j]);
+        pl = u->hl < MS_MBOX_PREFIX ? u->hl : MS_MBOX_PREFIX;
+        buf_printf(&data, "%lld %lu %s\n", (long long)u->len, (unsigned long)pl, sum);
+        buf_add(&data, u->head, pl);
+        end += u->len;
+    }
+    if (!data.p) goto out;
+    mbox_piece_sum(data.p, data.len, dsum);
+    snprintf(rec, sizeof rec, "batch %llu %lld %lld %d %lu %s\n", (unsigned long long)st.ino, (long long)off,
+             (long long)(end - off), n, (unsigned long)data.len, dsum);
+    if (mbox_journal_put(mp->journal, rec, strlen(rec), data.p, data.len, 0) != 0) goto out;
+    for (i = 0; i < n; i++) {
+        struct store_msg *m = v[i]->m;
+        if (mbox_append(fd, v[i]->u.off, m->tmp_fd, m->size, v[i]->from_line, m->id, m->hdr_lines, NULL, NULL, NULL) !=
+            v[i]->u.len)
+            break;
+    }
+    /* the list stays behind the cleared record (it is read only after a "batch" one): cutting it
+     * would change the journal's size, and so its metadata, at every fsync */
+    if (i < n || os_fsync(fd) != 0 || (created && os_fsync_dir(mp->dir) != 0) ||
+        mbox_journal_put(mp->journal, "none\n", 5, NULL, 0, 0) != 0) {
+        /* still under our locks: what follows off is ours */
+        e = errno;
+        if (os_truncate(fd, off) == 0 && os_fsync(fd) == 0) mbox_journal_put(mp->journal, "none\n", 5, NULL, 0, 0);
+        errno = e;
+        goto out;
+    }
+    rc = 0;
+out:
+    e = errno;
+    buf_free(&data);
+    mbox_unlock(mp->mbox, fd);
+    if (rc != 0)
+        for (i = 0; i < n; i++) v[i]->u.off = -1; /* nothing of it to take back */
+    errno = e;
+    return rc;
+}
+
+/* mbox: queued for the group commit (ds: store_commit appends it with the
+ * turn's other messages to the same mbox), or appended now (ds NULL). The
+ * mbox's folder is made here, the lock is taken at the append. */
 static int
 mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u,
              struct dirset *ds, const char **err)
 {
-    struct mbox_paths mp;
-    char from_line[MS_PATH_MAX + 65], uidl[160], rec[MS_MBOX_JOURNAL], last;
-    int created, fd;
-    size_t rl;
-    struct os_stat st;
-    struct tm tm, *g = gmtime(&m->when);
-    (void)ds;
-    if (mbox_paths(cfg->spool, addr, &mp) != 0 || store_mkdir(mp.dir, cfg->spool) != 0) return -1;
-    fd = mbox_lock(mp.mbox, mp.journal, 1, &created);
-    if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; return -1; }
-    memset(&tm, 0, sizeof tm);
-    if (g) tm = *g;
-    if (os_fstat(fd, &st) != 0) { mbox_unlock(mp.mbox, fd); return -1; }
-    /* a file another program left without a final newline still gets its From_ at a line start */
-    last = '\n';
-    if (st.size > 0 && os_pread(fd, &last, 1, st.size - 1) != 1) { mbox_unlock(mp.mbox, fd); return -1; }
-    snprintf(from_line, sizeof from_line, "%sFrom %s %s %s %2d %02d:%02d:%02d %d\n", last == '\n' ? "" : "\n",
-             m->sender[0] ? m->sender : "MAILER-DAEMON", ms_days[tm.tm_wday], ms_months[tm.tm_mon],
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, tm.tm_year + 1900);
-    snprintf(uidl, sizeof uidl, "%s", m->id);
-    memcpy(u->path, mp.mbox, sizeof mp.mbox);
-    memcpy(u->jf, mp.journal, sizeof mp.journal);
-    u->off = st.size;
-    u->hl = 0;
-    /* journal first: what is about to be appended, where (mbox_recover) */
-    u->len = mbox_append(-1, 0, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, u->head, &u->hl);
-    snprintf(rec, sizeof rec, "append %llu %lld %lld %lu\n", (unsigned long long)st.ino, (long long)u->off,
-             (long long)u->len, (unsigned long)u->hl);
-    rl = strlen(rec);
-    if (u->len < 0 || rl + u->hl > sizeof rec) { mbox_unlock(mp.mbox, fd); return -1; }
-    memcpy(rec + rl, u->head, u->hl);
-    if (mbox_journal_write(mp.journal, rec, rl + u->hl) != 0) { mbox_unlock(mp.mbox, fd); return -1; }
-    if (mbox_append(fd, u->off, m->tmp_fd, m->size, from_line, uidl, m->hdr_lines, NULL, NULL) != u->len ||
-        os_fsync(fd) != 0 || (created && os_fsync_dir(mp.dir) != 0) || mbox_journal_clear(mp.journal) != 0) {
-        /* still under our locks: what follows u->off is ours */
-        if (os_truncate(fd, u->off) == 0 && os_fsync(fd) == 0) mbox_journal_clear(mp.journal);
-        mbox_unlock(mp.mbox, fd);
-        return -1;
+    struct mbox_pending one, *p = &one;
+    memset(u, 0, sizeof *u);
+    u->off = -1;
+    if (ds) {
+        if (ds->nmb == ds->capmb) {
+            ds->capmb = ds->capmb ? ds->capmb * 2 : 16;
+            ds->mb = xrealloc(ds->mb, sizeof *ds->mb * (size_t)ds->capmb);
+        }
+        p = &ds->mb[ds->nmb];
     }
-    mbox_unlock(mp.mbox, fd);
+    memset(p, 0, sizeof *p);
+    p->m = m;
+    p->u.off = -1;
+    if (mbox_paths(cfg->spool, addr, &p->mp) != 0 || store_mkdir(p->mp.dir, cfg->spool) != 0) return -1;
+    memcpy(u->path, p->mp.mbox, sizeof u->path);
+    memcpy(u->jf, p->mp.journal, sizeof u->jf);
+    if (ds) {
+        ds->nmb++;
+        return 0;
+    }
+    if (mbox_batch_append(&p, 1, err) != 0) return -1;
+    *u = p->u;
     return 0;
+}
+
+/* The group commit of one loop turn: the fsync of every folder in ds, then
+ * the queued mbox appends, one batch per mbox (mbox_batch_append). Returns
+ * 0, or -1 when a folder's fsync failed (every message of the turn fails).
+ * A message whose mbox batch failed gets m->commit_err; its copies appended
+ * by other batches are taken back here, the last first, as store_rollback
+ * takes back the rest of them. ds is empty after. */
+static int
+store_commit(struct dirset *ds)
+{
+    struct mbox_pending **v = NULL;
+    int i, j, n, rc = 0;
+    const char *err;
+    for (i = 0; i < ds->n; i++)
+        if (os_fsync_dir(ds->v[i]) != 0) rc = -1;
+    ds->n = 0;
+    if (rc == 0 && ds->nmb) {
+        v = xrealloc(NULL, sizeof *v * (size_t)ds->nmb);
+        for (i = 0; i < ds->nmb; i++) ds->mb[i].u.len = -2; /* not in a batch yet */
+        for (i = 0; i < ds->nmb; i++) {
+            if (ds->mb[i].u.len != -2) continue;
+            for (n = 0, j = i; j < ds->nmb; j++) /* this mbox's messages, in the order they came */
+                if (ds->mb[j].u.len == -2 && strcmp(ds->mb[j].mp.mbox, ds->mb[i].mp.mbox) == 0) {
+                    ds->mb[j].u.len = -1;
+                    v[n++] = &ds->mb[j];
+                }
+            if (mbox_batch_append(v, n, &err) != 0)
+                for (j = 0; j < n; j++) {
+                    v[j]->m->commit_err = err;
+                    v[j]->m->commit_errno = errno;
+                }
+        }
+        for (i = ds->nmb - 1; i >= 0; i--)
+            if (ds->mb[i].m->commit_err && ds->mb[i].u.off >= 0) mbox_undo(&ds->mb[i].u);
+        free(v);
+    }
+    ds->nmb = 0;
+    return rc;
 }
 
 /* Delivers to every target. With ds == NULL, returns 0 only when all copies
@@ -4638,7 +4872,8 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
     struct store_undo *undo = xrealloc(NULL, sizeof *undo * (size_t)(t->n ? t->n : 1));
     int i, nu = 0;
     *err = "cannot write the message";
-    if (os_fsync(m->tmp_fd) != 0) goto fail;
+    /* the received file itself is kept only as a Maildir or queue link; an mbox gets a copy, fsynced there */
+    if ((store->maildir || targets_remote(t)) && os_fsync(m->tmp_fd) != 0) goto fail;
     for (i = 0; i < t->n; i++) {
         if (t->remote[i]) continue; /* queued by queue_create */
         if (store_no_links(cfg->spool, t->v[i], store->maildir) != 0) {
@@ -6712,7 +6947,8 @@ struct proto_ops {
     int (*pump)(struct conn *c);
     void (*line)(struct conn *c, char *line, size_t len);
     void (*login_done)(struct conn *c, const char *mailbox, const char *user);
-    void (*group_committed)(struct conn *c, int ok); /* after loop_group_commit, where commit_pending was set */
+    void (*group_committed)(struct conn *c, int ok); /* after loop_group_commit, where commit_pending was set;
+                                                       * ok: the folders' fsync (an mbox batch: store_msg.commit_err) */
     int (*logged_in)(const struct conn *c);
     int (*busy)(const struct conn *c);            /* the protocol's part of conn_busy() */
     int (*in_transfer)(const struct conn *c);     /* message bytes flowing: a stop lets it finish */
@@ -7349,6 +7585,7 @@ msg_open(struct mailsrv *ms, struct store_msg *m)
     for (n = 0; m->name[n]; n++) /* the host part must stay one path component */
         if (m->name[n] == '/' || m->name[n] == MS_MAILDIR_INFO || m->name[n] == ',') m->name[n] = '_';
     m->tmp_fd = -1;
+    m->commit_err = NULL;
     if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
         ms_fmt(m->tmp_path, sizeof m->tmp_path, "%s/%s", dir, m->name) < 0)
         return -1;
@@ -7398,6 +7635,7 @@ static void
 smtp_tx_reset(struct conn *c)
 {
     struct smtp_sess *s = &c->u.smtp;
+    dirset_forget(&c->ms->commit_dirs, &s->msg); /* mbox appends queued for a commit it will not see */
     if (s->msg.tmp_fd >= 0) {
         os_close(s->msg.tmp_fd);
         os_unlink(s->msg.tmp_path);
@@ -7750,7 +7988,7 @@ smtp_data_end(struct conn *c)
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: %s", err);
     } else {
-        c->commit_pending = 1; /* smtp_group_committed() answers after the folder fsync */
+        c->commit_pending = 1; /* smtp_group_committed() answers after the folder fsync and the mbox appends */
         return;
     }
     if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
@@ -7764,7 +8002,7 @@ smtp_group_committed(struct conn *c, int ok)
 {
     struct smtp_sess *s = &c->u.smtp;
     int i;
-    if (ok) {
+    if (ok && !s->msg.commit_err) {
         c->junk = 0; /* as Postfix: the junk count starts again after a delivered message */
         for (i = 0; i < s->targets.n; i++)
             conn_log(c, "%s %s from=<%s> to=<%s> size=%lld", s->targets.remote[i] ? "queued" : "delivered", s->msg.id,
@@ -7775,6 +8013,10 @@ smtp_group_committed(struct conn *c, int ok)
         } else {
             conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
         }
+    } else if (ok) { /* its mbox batch failed: as a failed append always answered */
+        store_rollback(s->undo, s->nundo);
+        conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, s->msg.commit_err, strerror(s->msg.commit_errno));
+        conn_reply(c, "451 4.3.0 Local error: %s", s->msg.commit_err);
     } else {
         store_rollback(s->undo, s->nundo);
         conn_log(c, "delivery of %s failed: cannot fsync a Maildir folder", s->msg.id);
@@ -10444,16 +10686,15 @@ loop_accept(struct mailsrv *ms, struct listener *l)
     }
 }
 
-/* Group commit: one fsync per Maildir folder for all messages of this turn,
- * then the 250s, then the sessions go on with their pipelined commands. */
+/* Group commit: one fsync per Maildir folder and one append per mbox for
+ * all messages of this turn (store_commit), then the 250s, then the
+ * sessions go on with their pipelined commands. */
 static void
 loop_group_commit(struct mailsrv *ms)
 {
-    int i, ok = 1;
+    int i, ok;
     ms->commit_again = 0;
-    for (i = 0; i < ms->commit_dirs.n; i++)
-        if (os_fsync_dir(ms->commit_dirs.v[i]) != 0) ok = 0;
-    ms->commit_dirs.n = 0;
+    ok = store_commit(&ms->commit_dirs) == 0;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
         if (!c->commit_pending) continue;
@@ -10757,6 +10998,7 @@ mailsrv_destroy(struct mailsrv *ms)
     free(ms->pfds);
     free(ms->watched);
     free(ms->commit_dirs.v);
+    free(ms->commit_dirs.mb);
     free(ms->ini_path);
     cfg_free(ms->cfg);
     if (os_signal_target == ms) os_signal_target = NULL;

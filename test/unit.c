@@ -745,6 +745,95 @@ mbox_unit_ino(const char *path)
     return (unsigned long long)st.ino;
 }
 
+/* the journal record mbox_batch_append writes for the messages msg[0..n) appended at off */
+static void
+mbox_unit_batch(const char *jf, const char *mbox, size_t off, const char *const *msg, int n)
+{
+    char rec[200], list[2000], sum[33], dsum[33];
+    size_t len = 0, ll = 0;
+    int i;
+    for (i = 0; i < n; i++) {
+        size_t ml = strlen(msg[i]), pl = ml < MS_MBOX_PREFIX ? ml : MS_MBOX_PREFIX;
+        mbox_piece_sum(msg[i], ml, sum);
+        ll += (size_t)snprintf(list + ll, sizeof list - ll, "%lu %lu %s\n", (unsigned long)ml, (unsigned long)pl, sum);
+        memcpy(list + ll, msg[i], pl);
+        ll += pl;
+        len += ml;
+    }
+    mbox_piece_sum(list, ll, dsum);
+    snprintf(rec, sizeof rec, "batch %llu %lu %lu %d %lu %s\n", mbox_unit_ino(mbox), (unsigned long)off,
+             (unsigned long)len, n, (unsigned long)ll, dsum);
+    ASSERT(mbox_journal_put(jf, rec, strlen(rec), list, ll, 0) == 0);
+}
+
+/* mbox_unit_file(mbox, text), a batch journal for own[0..2) at off, then a lock (mbox_recover):
+ * does the mbox hold want after it, and is the journal cleared? */
+static int
+mbox_unit_batch_recovers(const char *mbox, const char *jf, const char *text, size_t off, const char *const *own,
+                         const char *want)
+{
+    int fd, created;
+    char j[8];
+    mbox_unit_file(mbox, text);
+    mbox_unit_batch(jf, mbox, off, own, 2);
+    fd = mbox_lock(mbox, jf, 0, &created);
+    ASSERT(fd >= 0);
+    if (fd >= 0) mbox_unlock(mbox, fd);
+    fd = os_open(jf, O_RDONLY, 0);
+    ASSERT(fd >= 0 && os_pread(fd, j, 5, 0) == 5 && memcmp(j, "none\n", 5) == 0);
+    if (fd >= 0) os_close(fd);
+    return mbox_unit_is(mbox, want);
+}
+
+/* Issue 14: a group commit's batch of appends to one mbox, interrupted: removed while the file
+ * ends with (a prefix of) exactly the batch, its own From_ lines told from another program's
+ * message by the checksums in the journal; anything else kept. */
+static void
+test_mbox_batch_journal(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", mbox[200], jf[200], text[2000];
+    const char *old = "From a@b Mon Jan  1 00:00:00 2024\nSubject: old\n\nbody\n\n";
+    const char *own[2] = {"From s@x Mon Jan  1 00:00:01 2024\nX-UIDL: 1.M1P1Q1\nSubject: mine\n\nmine\n\n",
+                          "From t@x Mon Jan  1 00:00:01 2024\nX-UIDL: 1.M1P1Q2\nSubject: mine too, a longer one\n\n"
+                          "mine too\n>From the quoted line\n\n"};
+    const char *other = "From c@d Mon Jan  1 00:00:02 2024\nSubject: other\n\nother\n\n";
+    size_t off = strlen(old);
+    if (!mkdtemp(dir)) { ASSERT(0); return; }
+    snprintf(mbox, sizeof mbox, "%s/u.mbox", dir);
+    snprintf(jf, sizeof jf, "%s/.u.mbox.journal", dir);
+    /* the whole batch, not yet cleared (never answered): removed */
+    snprintf(text, sizeof text, "%s%s%s", old, own[0], own[1]);
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, old));
+    /* the first message and half of the second: removed */
+    snprintf(text, sizeof text, "%s%s%.60s", old, own[0], own[1]);
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, old));
+    /* half of the first: removed */
+    snprintf(text, sizeof text, "%s%.40s", old, own[0]);
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, old));
+    /* just the From_ line of the second: removed */
+    snprintf(text, sizeof text, "%s%s%.34s", old, own[0], own[1]);
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, old));
+    /* the first message, then another program's, shorter than our second, at the boundary: kept */
+    snprintf(text, sizeof text, "%s%s%s", old, own[0], other);
+    ASSERT(strlen(other) < strlen(own[1]));
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, text));
+    /* half of the first, then another program's: kept */
+    snprintf(text, sizeof text, "%s%.40s\n%s", old, own[0], other);
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, text));
+    /* the first message changed (not ours after all): kept */
+    snprintf(text, sizeof text, "%s%s%s", old, own[0], own[1]);
+    text[off + 45] = 'Z';
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, text));
+    /* the whole batch and another program's message after it: kept */
+    snprintf(text, sizeof text, "%s%s%s%s", old, own[0], own[1], other);
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, text, off, own, text));
+    /* nothing of it was written: nothing to do */
+    ASSERT(mbox_unit_batch_recovers(mbox, jf, old, off, own, old));
+    unlink(mbox);
+    unlink(jf);
+    rmdir(dir);
+}
+
 /* Issue 11.1 and 11.9: the journal; an unfinished append of mailsrv's own is
  * removed only while the file ends with it; an interrupted deletion is finished. */
 static void
@@ -765,7 +854,7 @@ test_mbox_journal(void)
     mbox_unit_file(mbox, text);
     snprintf(rec, sizeof rec, "append %llu %lu %lu %lu\n%s", mbox_unit_ino(mbox), (unsigned long)strlen(old),
              (unsigned long)strlen(own), (unsigned long)strlen(own), own);
-    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    ASSERT(mbox_journal_put(jf, rec, strlen(rec), NULL, 0, 0) == 0);
     fd = mbox_lock(mbox, jf, 0, &created);
     ASSERT(fd >= 0);
     if (fd >= 0) mbox_unlock(mbox, fd);
@@ -773,7 +862,7 @@ test_mbox_journal(void)
     /* half of ours, then another program's message: all kept */
     snprintf(text, sizeof text, "%s%.40s\n%s", old, own, other);
     mbox_unit_file(mbox, text);
-    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    ASSERT(mbox_journal_put(jf, rec, strlen(rec), NULL, 0, 0) == 0);
     fd = mbox_lock(mbox, jf, 0, &created);
     ASSERT(fd >= 0);
     if (fd >= 0) mbox_unlock(mbox, fd);
@@ -781,7 +870,7 @@ test_mbox_journal(void)
     /* another program's append where ours was to go: kept */
     snprintf(text, sizeof text, "%s%s", old, other);
     mbox_unit_file(mbox, text);
-    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    ASSERT(mbox_journal_put(jf, rec, strlen(rec), NULL, 0, 0) == 0);
     fd = mbox_lock(mbox, jf, 0, &created);
     if (fd >= 0) mbox_unlock(mbox, fd);
     ASSERT(mbox_unit_is(mbox, text));
@@ -791,7 +880,7 @@ test_mbox_journal(void)
     mbox_unit_file(mbox, text);
     snprintf(rec, sizeof rec, "compact %llu 0 %lu %lu 10 0 -\n", mbox_unit_ino(mbox),
              (unsigned long)strlen(old), (unsigned long)strlen(text));
-    ASSERT(mbox_journal_write(jf, rec, strlen(rec)) == 0);
+    ASSERT(mbox_journal_put(jf, rec, strlen(rec), NULL, 0, 0) == 0);
     fd = mbox_lock(mbox, jf, 0, &created);
     ASSERT(fd >= 0);
     if (fd >= 0) mbox_unlock(mbox, fd);
@@ -1491,6 +1580,7 @@ main(void)
 
     test_mbox_unique_uidls();
     test_mbox_journal();
+    test_mbox_batch_journal();
     /* trust (issue 11): mbox test calls above this line */
 
 #ifndef _WIN32

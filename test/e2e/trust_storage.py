@@ -10,10 +10,10 @@ import tempfile
 import time
 
 from .harness import (BOTH, PASSWORDS, SENDER, Skip, TESTS, TestFailure, check, dot_stuff, free_ports, header,
-                      make_msg, mbox_path, need_native, need_program, need_root, run_cli, secs, short,
+                      make_msg, mbox_path, need_native, Smtp, parse_mbox, need_program, need_root, run_cli, secs, short,
                       stored_tokens, test, tok, token_of, wait_for)
 from .cli import read
-from .hardening import FAULT_TESTS, fault_fired, fault_last_round
+from .hardening import FAULT_TESTS, fault_fired, fault_last_round, fault_start
 
 
 # =============================================================================================
@@ -649,6 +649,169 @@ for _op in ("write", "fsync"):
     # about 16 pieces, each written and fsynced (some slack: the piece size follows the tmpfs's free space)
     TESTS.append((_name, (lambda op: lambda ctx: fault_mbox_dele_full_disk(ctx, op, range(1, 200), least=40))(_op), {}, 600))
     FAULT_TESTS.add(_name)
+
+MBOX_FROM_LINE = re.compile(rb"From %s (Mon|Tue|Wed|Thu|Fri|Sat|Sun) (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+                            rb"[ 1-3][0-9] [0-2][0-9]:[0-5][0-9]:[0-6][0-9] [0-9]{4}$" % re.escape(SENDER.encode()))
+
+
+def mbox_batch_body(t, i):
+    """A body with a line that must be quoted (>From) and, for some messages, more than one 64 KB write."""
+    lines = 3000 if i % 4 == 3 else 20
+    return "".join("%s line %d\r\n" % (t, j) for j in range(lines)) + "From the middle of %s\r\n.dot line\r\n" % t
+
+
+def mbox_check_ours_once(raw, before, toks, bodies, what):
+    """raw: the mbox file; before: what it held first (kept as it was); toks: the messages that must follow it,
+    each once, whole, with its From_ line, in any order; nothing else."""
+    check(raw.startswith(before), "%s: the messages that were there before changed" % what)
+    msgs = parse_mbox(raw[len(before):])
+    got = [token_of(m) for _, m in msgs]
+    check(sorted(got) == sorted(toks), "%s: the mbox holds %d messages %s after the old ones, expected %d: %s"
+          % (what, len(got), short(repr(got), 200), len(toks), short(repr(sorted(toks)), 200)))
+    for frm, m in msgs:
+        t = token_of(m)
+        check(MBOX_FROM_LINE.match(frm), "%s: %s has the From_ line %s" % (what, t, short(frm)))
+        body = bodies[t].replace(b"\r\n", b"\n")
+        check(m.endswith(b"\n\n" + body), "%s: %s is not whole: ends with %s" % (what, t, short(m[-200:])))
+        check(header(m, "X-UIDL"), "%s: %s has no X-UIDL" % (what, t))
+
+
+@test(limit=120)
+def mbox_group_commit_concurrent_sessions(ctx):
+    """Issue 14: 20 SMTP sessions at once, each pipelining its messages (MAIL, RCPT and DATA in one
+    write) to one mbox, where the group commit appends the turn's messages together: every one is
+    answered 250 and is in the file once, whole, behind its own From_ line (a body's "From " quoted),
+    and bob's copies of the messages also for him (two batches, one per mbox) are there too."""
+    import threading
+    srv = ctx.server(storage="mbox", server={"max_clients": "40"}).start()
+    sessions, per = 20, 6
+    toks, bodies, both, errors = {}, {}, [], []
+
+    def session(k):
+        try:
+            c = Smtp(srv.smtp_port)
+            c.sock.settimeout(secs(60))
+            code, text = c.reply()
+            check(code == 220, "greeting %s" % short(text))
+            c.expect("EHLO client.test", 250)
+            for i in range(per):
+                t = tok()
+                body = mbox_batch_body(t, i + k).encode()
+                rcpts = ["alice@example.test"] + (["bob@example.test"] if i == 2 else [])
+                c.send("MAIL FROM:<%s>\r\n" % SENDER + "".join("RCPT TO:<%s>\r\n" % r for r in rcpts) + "DATA\r\n")
+                for _ in range(len(rcpts) + 2):  # MAIL, each RCPT, DATA
+                    code, text = c.reply()
+                    check(code in (250, 354), "session %d: %s" % (k, short(text)))
+                c.send(dot_stuff(make_msg(t, body=body)) + b".\r\n")
+                code, text = c.reply()
+                check(code == 250, "session %d, message %d: %s" % (k, i, short(text)))
+                toks[t] = k
+                bodies[t] = body
+                if len(rcpts) == 2:
+                    both.append(t)
+            c.cmd("QUIT")
+            c.close()
+        except Exception as e:  # noqa: BLE001 - reported by the main thread
+            errors.append("session %d: %s" % (k, e))
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(secs(100))
+    check(not errors, "; ".join(errors[:3]))
+    check(len(toks) == sessions * per, "%d messages answered, expected %d" % (len(toks), sessions * per))
+    mbox_check_ours_once(read(mbox_path(srv, "alice@example.test")), b"", list(toks), bodies, "alice")
+    mbox_check_ours_once(read(mbox_path(srv, "bob@example.test")), b"", both, bodies, "bob")
+    got = srv.fetch("alice@example.test")
+    check(sorted(g["token"] for g in got) == sorted(toks), "POP3 lists %d messages, expected %d" % (len(got), len(toks)))
+    uids = [g["uid"] for g in got]
+    check(len(set(uids)) == len(uids), "UIDLs not unique")
+
+
+def mbox_batch_round(ctx, op, n, outcomes, k=4):
+    """One round of fault_mbox_batch: alice's mbox holds another program's message; k sessions are
+    each in DATA with the body sent; the server is stopped (SIGSTOP) while the k final dots go out,
+    so that the next loop turn takes all of them: one batch. Its Nth `op` fails. Replies must be
+    250 or 451; a 451 from the batch (a failed lock, journal, append, fsync or journal clear) must
+    come for every message of it; after a restart without the fault the mbox holds the old message
+    as it was and exactly the messages answered 250, each whole and once. Returns whether the fault
+    fired (None: at start)."""
+    srv = ctx.server(storage="mbox")
+    path = mbox_path(srv, "alice@example.test")
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(mbox_foreign(1))
+    before = read(path)
+    srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+    if not fault_start(srv, op, n, outcomes):
+        srv.env = None
+        return None
+    conns, toks, bodies = [], [], {}
+    for i in range(k):
+        c = srv.smtp()
+        t = tok()
+        bodies[t] = mbox_batch_body(t, i).encode()
+        c.expect("MAIL FROM:<%s>" % SENDER, 250)
+        c.expect("RCPT TO:<alice@example.test>", 250)
+        c.expect("DATA", 354)
+        c.send(dot_stuff(make_msg(t, body=bodies[t])))
+        conns.append(c)
+        toks.append(t)
+    time.sleep(0.3)  # the bodies are read (and written to the .tmp files) before the dots
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        for c in conns:
+            c.send(".\r\n")
+        time.sleep(0.2)
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+    replies = [c.reply() for c in conns]
+    for c in conns:
+        c.close()
+    srv.stop()
+    hit = fault_fired(srv, op, n)
+    check(hit or "FAULT: " not in srv.log_text(), "N=%d: a fault fired at another call: %s" % (n, short(srv.log_text(), 300)))
+    codes = [code for code, _ in replies]
+    check(all(code in (250, 451) for code in codes), "N=%d: replies %s" % (n, replies))
+    tx = [code == 451 and "Local error in processing" in text for code, text in replies]  # its own .tmp write failed
+    batch = [code == 451 and not tx[i] for i, (code, text) in enumerate(replies)]
+    in_batch = [i for i in range(k) if not tx[i]]
+    if any(batch):
+        check(all(batch[i] for i in in_batch), "N=%d: the batch failed for some of its messages only: %s" % (n, replies))
+    srv.env = None
+    srv.start()
+    got = srv.fetch("alice@example.test")  # the login's lock recovers what the journal says
+    ok = [toks[i] for i in range(k) if codes[i] == 250]
+    check([g["token"] for g in got][:1] == ["foreign1"], "N=%d: the old message is gone: %s" % (n, [g["token"] for g in got]))
+    mbox_check_ours_once(read(path), before, ok, bodies, "N=%d" % n)
+    srv.stop()
+    if any(batch) and len(in_batch) >= 2:
+        outcomes.append((n, "batch of %d: 451" % len(in_batch)))
+    else:
+        outcomes.append((n, "%d x 250%s%s" % (len(ok), ", %d refused (.tmp)" % sum(tx) if any(tx) else "", "" if hit else ", no fault")))
+    return hit
+
+
+def fault_mbox_batch(ctx, op, ns, least):
+    """Issue 14: the Nth `op` fails while k messages to one mbox are delivered in one loop turn
+    (mbox_batch_round); at least `least` rounds must fail a whole batch of two or more (the batch's
+    writes: the journal's list and record, each append, the journal clear; its fsyncs: the journal,
+    the mbox, the journal clear). Stops once N is past the last call."""
+    outcomes = []
+    for n in ns:
+        if mbox_batch_round(ctx, op, n, outcomes) is False:
+            break
+    fault_last_round(op, outcomes, 0, "4 x 250", "mbox batch, ")
+    failed = sum(1 for _, o in outcomes if str(o).startswith("batch"))
+    check(failed >= least, "only %d rounds failed a whole batch, expected at least %d: %s" % (failed, least, outcomes))
+
+
+for _op, _least in (("write", 7), ("fsync", 3)):  # write: list + record, 4 appends (one of them 2 writes), clear
+    _name = "fault_mbox_batch_%s" % _op
+    TESTS.append((_name, (lambda op, least: lambda ctx: fault_mbox_batch(ctx, op, range(1, 80), least))(_op, _least), {}, 400))
+    FAULT_TESTS.add(_name)
+
 
 # end of section: mbox
 
