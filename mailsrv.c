@@ -122,6 +122,11 @@
                                      at most this long per loop turn, over all sessions */
 #define MS_PBKDF2_STEP 64         /* PBKDF2 iterations between two looks at the clock (~50 us) */
 #define MS_MAX_LISTENERS 16
+#define MS_FD_SPARE 64            /* descriptors kept beyond sessions, listeners and outbound sessions
+                                     for the files opened meanwhile: messages being received, mailbox
+                                     locks and files, the queue's, group commit folders, the log */
+#define MS_ACCEPT_REST_MS 250     /* out of descriptors at accept: the listeners rest this long, or
+                                     until a session ends, instead of waking the loop at once */
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
 #define MS_SPACE_RESERVE(max) ((max) / 2 * 3) /* free space MAIL needs: Postfix's queue_minfree floor */
@@ -240,6 +245,7 @@ enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK, OS_OTHER };
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -342,6 +348,37 @@ static int os_poll(ms_pollfd *fds, int n, int timeout_ms) { return poll(fds, (nf
 static void os_sleep_ms(int ms) { poll(NULL, 0, ms); }
 
 static int net_in_progress(int e) { return e == EINPROGRESS || e == EAGAIN || e == EWOULDBLOCK || e == EINTR; }
+/* accept() failed for want of a descriptor or of kernel memory: the client stays in the backlog,
+ * and the listener stays readable until something is freed. */
+static int net_out_of_descriptors(int e) { return e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM; }
+
+/* Raises the soft limit on descriptors (ulimit -n) towards want, never past the hard limit: any
+ * process may do that, while raising the hard limit is the service manager's business (systemd's
+ * LimitNOFILE=, ulimit -Hn). Never lowers it. Returns the soft limit now in force and sets *before
+ * to the one found (LONG_MAX: none; -1: it cannot be read). */
+static long
+os_raise_fd_limit(long want, long *before)
+{
+    struct rlimit rl, up;
+    int ok;
+    *before = -1;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return -1;
+    *before = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)LONG_MAX ? LONG_MAX : (long)rl.rlim_cur;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)want) {
+        up = rl;
+        up.rlim_cur = rl.rlim_max != RLIM_INFINITY && rl.rlim_max < (rlim_t)want ? rl.rlim_max : (rlim_t)want;
+        ok = setrlimit(RLIMIT_NOFILE, &up) == 0;
+#ifdef OPEN_MAX /* macOS refuses a soft limit over OPEN_MAX, even under an unlimited hard limit */
+        if (!ok && up.rlim_cur > OPEN_MAX && rl.rlim_cur < OPEN_MAX) {
+            up.rlim_cur = OPEN_MAX;
+            ok = setrlimit(RLIMIT_NOFILE, &up) == 0;
+        }
+#endif
+        if (ok) rl.rlim_cur = up.rlim_cur;
+    }
+    return rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (rlim_t)LONG_MAX ? LONG_MAX : (long)rl.rlim_cur;
+}
+
 /* The outcome of a non-blocking connect(), once the socket is writable. */
 static int
 net_sock_error(ms_sock_t s)
@@ -689,6 +726,10 @@ os_poll(ms_pollfd *fds, int n, int timeout_ms)
 }
 
 static int net_in_progress(int e) { return e == WSAEWOULDBLOCK || e == WSAEINPROGRESS || e == WSAEINTR; }
+static int net_out_of_descriptors(int e) { return e == WSAEMFILE || e == WSAENOBUFS; }
+/* Winsock has no per-process limit on sockets like RLIMIT_NOFILE, and WSAPoll none on the size of its
+ * set (select()'s FD_SETSIZE is not used): there is nothing to raise. */
+static long os_raise_fd_limit(long want, long *before) { (void)want; return *before = LONG_MAX; }
 static int
 net_sock_error(ms_sock_t s)
 {
@@ -1165,14 +1206,14 @@ os_read_password(char *buf, size_t n)
 
 /* the structs they take, defined in their sections */
 struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key; struct cfg_list;
-struct cfg_net; struct cfg_route; struct cfg_user; struct client_stat; struct conn; struct data_rx;
-struct dirset; struct dns_result; struct edit_span; struct hmac_key; struct line_reader;
-struct list_rate; struct list_state; struct listener; struct mailsrv; struct mbox_paths;
-struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess;
-struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops;
-struct qentry; struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_msg;
-struct store_ops; struct store_undo; struct targets; struct tls_creds; struct tls_sess;
-struct transport;
+struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct client_stat;
+struct conn; struct data_rx; struct dirset; struct dns_result; struct edit_span; struct hmac_key;
+struct line_reader; struct list_rate; struct list_state; struct listener; struct mailsrv;
+struct mbox_paths; struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config;
+struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view;
+struct proto_ops; struct qentry; struct sha256; struct smtp_sess; struct sockaddr_storage;
+struct store_msg; struct store_ops; struct store_undo; struct targets; struct tls_creds;
+struct tls_sess; struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
@@ -1191,6 +1232,8 @@ static long net_send(ms_sock_t s, const void *buf, size_t n);
 static int os_poll(ms_pollfd *fds, int n, int timeout_ms);
 static void os_sleep_ms(int ms);
 static int net_in_progress(int e);
+static int net_out_of_descriptors(int e);
+static long os_raise_fd_limit(long want, long *before);
 static int net_sock_error(ms_sock_t s);
 static int os_dns_servers(char (*out)[64], int max);
 static int net_set_nonblock(ms_sock_t s);
@@ -1502,6 +1545,12 @@ static struct client_stat * client_stat(struct mailsrv *ms, const char *key, int
 static int client_rate_over(const struct mailsrv *ms, struct client_stat *s, int64_t now);
 static void client_refused(struct mailsrv *ms, struct client_stat *s, int64_t now, const char *fmt, ...);
 static void client_flush(struct mailsrv *ms, int64_t now);
+static size_t client_count_home(const struct mailsrv *ms, const char *key);
+static struct client_count * client_count_slot(struct mailsrv *ms, const char *key);
+static long client_sessions(struct mailsrv *ms, const char *key);
+static void client_count_remove(struct mailsrv *ms, struct client_count *e);
+static void client_count_add(struct mailsrv *ms, const char *key, long delta);
+static void conn_count(struct conn *c, int delta);
 static struct conn * slots_victim(struct mailsrv *ms, int64_t now);
 static void slots_evict(struct conn *v, int64_t now);
 static int msg_open(struct mailsrv *ms, struct store_msg *m);
@@ -1661,6 +1710,8 @@ static int list_incoming(struct conn *c);
 /* 14. Event loop */
 static void loop_work(struct mailsrv *ms);
 static void loop_refuse(ms_sock_t s, enum proto proto, int rate);
+static void loop_fit_fd_limit(struct mailsrv *ms);
+static void loop_accept_rest(struct mailsrv *ms, int err);
 static void loop_accept(struct mailsrv *ms, struct listener *l);
 static void loop_group_commit(struct mailsrv *ms);
 static void loop_timers(struct mailsrv *ms, int64_t now);
@@ -6923,6 +6974,7 @@ struct conn {
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
     unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
     unsigned out_full : 1;           /* conn_process stopped at MS_OUT_HIGH: it goes on once the output is back under it */
+    unsigned in_relay_nets : 1;      /* peer is in relay_networks: set at accept, again at each reload */
     /* Long work, run in slices by the loop (loop_work): a login's hash, a
      * mailbox's view, its deletions. No input is processed meanwhile.
      * Returns 1 when done, having answered and called conn_work_done. */
@@ -7002,6 +7054,15 @@ struct mailsrv {
         long rate_n, log_quiet;      /* connections in the rate window; refusals not logged */
     } clients[MS_CLIENT_TRACK];
     int64_t clients_flush;           /* when the next count of refusals not logged is due (0: none) */
+    /* sessions not closing, as loop_accept counts them (conn_count, conn_drop) */
+    long nlive, nlive_outside;       /* all, and those outside relay_networks */
+    struct client_count { char key[48]; long n; } *per_client; /* by client_key: open addressing, n 0 = empty */
+    size_t capclients, nclients;     /* capclients: a power of 2, at least twice nclients */
+    /* descriptors (loop_fit_fd_limit) */
+    long max_sessions;               /* max_clients, or fewer when ulimit -n cannot hold them */
+    long fd_need, fd_limit;          /* what the configuration needs and the limit, as last logged */
+    int64_t accept_rest_until;       /* out of descriptors: the listeners are not polled until then */
+    int64_t fd_short_logged;         /* when running out of them was last logged */
 };
 
 /* ---- logging, replies, closing ---- */
@@ -7062,6 +7123,7 @@ conn_close_after_reply(struct conn *c)
 static void
 conn_drop(struct conn *c)
 {
+    if (!c->is_closing) conn_count(c, -1);
     c->is_closing = 1;
 }
 
@@ -7406,7 +7468,7 @@ static int
 conn_may_relay(const struct conn *c)
 {
     if (conn_logged_in(c)) return 1;
-    return cfg_in_relay_nets(c->ms->cfg, c->peer);
+    return c->in_relay_nets;
 }
 
 /* ---- Slots: nobody holds one forever (junk commands, session time, rate, room) ---- */
@@ -7535,6 +7597,79 @@ client_flush(struct mailsrv *ms, int64_t now)
     }
 }
 
+/* ---- Sessions per client: what loop_accept counts, kept as sessions come and go ---- */
+
+static size_t
+client_count_home(const struct mailsrv *ms, const char *key)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *key; key++) h = (h ^ (unsigned char)*key) * 16777619u;
+    return h & (ms->capclients - 1);
+}
+
+/* key's entry in ms->per_client, or the empty one where it would go (linear probing). */
+static struct client_count *
+client_count_slot(struct mailsrv *ms, const char *key)
+{
+    size_t i = client_count_home(ms, key);
+    while (ms->per_client[i].n && strcmp(ms->per_client[i].key, key) != 0) i = (i + 1) & (ms->capclients - 1);
+    return &ms->per_client[i];
+}
+
+static long
+client_sessions(struct mailsrv *ms, const char *key)
+{
+    return ms->capclients ? client_count_slot(ms, key)->n : 0;
+}
+
+/* Empties e, moving back the entries after it that probing could no longer find. */
+static void
+client_count_remove(struct mailsrv *ms, struct client_count *e)
+{
+    size_t mask = ms->capclients - 1, hole = (size_t)(e - ms->per_client), j = hole, home;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!ms->per_client[j].n) break;
+        home = client_count_home(ms, ms->per_client[j].key);
+        if (((j - home) & mask) >= ((j - hole) & mask)) { /* its home is not between the hole and j */
+            ms->per_client[hole] = ms->per_client[j];
+            hole = j;
+        }
+    }
+    ms->per_client[hole].n = 0;
+    ms->nclients--;
+}
+
+static void
+client_count_add(struct mailsrv *ms, const char *key, long delta)
+{
+    struct client_count *e;
+    if (delta < 0 && !client_sessions(ms, key)) return; /* never counted (the fuzz harnesses' sessions) */
+    if ((ms->nclients + 1) * 2 > ms->capclients) { /* grow: every entry finds its new home */
+        struct client_count *old = ms->per_client;
+        size_t i, cap = ms->capclients;
+        ms->capclients = cap ? cap * 2 : 64;
+        ms->per_client = xrealloc(NULL, sizeof *old * ms->capclients);
+        memset(ms->per_client, 0, sizeof *old * ms->capclients);
+        for (i = 0; i < cap; i++)
+            if (old[i].n) *client_count_slot(ms, old[i].key) = old[i];
+        free(old);
+    }
+    e = client_count_slot(ms, key);
+    if (!e->n) { ms_strlcpy(e->key, key, sizeof e->key); ms->nclients++; }
+    e->n += delta;
+    if (e->n <= 0) client_count_remove(ms, e);
+}
+
+/* A session begins (+1) or starts closing (-1): the counts loop_accept reads. */
+static void
+conn_count(struct conn *c, int delta)
+{
+    c->ms->nlive += delta;
+    if (!c->in_relay_nets) c->ms->nlive_outside += delta;
+    client_count_add(c->ms, c->client, delta);
+}
+
 /* Every slot is taken: the session to close for a newcomer, as Dovecot's
  * login processes close the oldest connection that has not logged in. Here:
  * the oldest that has not logged in, is not busy (conn_busy), is not from
@@ -7548,7 +7683,7 @@ slots_victim(struct mailsrv *ms, int64_t now)
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
         if (c->is_closing || c->close_after_flush || conn_logged_in(c) || conn_busy(c) || io_pending(&c->io) ||
-            now - c->born < MS_EVICT_AGE_MS || cfg_in_relay_nets(ms->cfg, c->peer))
+            now - c->born < MS_EVICT_AGE_MS || c->in_relay_nets)
             continue;
         if (!v || c->born < v->born) v = c;
     }
@@ -10608,24 +10743,70 @@ loop_refuse(ms_sock_t s, enum proto proto, int rate)
     net_close(s);
 }
 
+/* Descriptors for the configuration: one per session, one per listener, two per outbound session
+ * (its socket and its message file), and MS_FD_SPARE for the files opened meanwhile. The soft limit
+ * is raised towards that (os_raise_fd_limit). Where the hard limit is lower, the sessions are capped
+ * at what it leaves (max_sessions), so that one receiving a message can still open its file, and
+ * the log says so once for each new shortfall. At listen and at each reload. */
+static void
+loop_fit_fd_limit(struct mailsrv *ms)
+{
+    const struct ms_config *c = ms->cfg;
+    long others = c->nlisten + 2 * c->max_outbound + MS_FD_SPARE, need = c->max_clients + others, before;
+    long limit = os_raise_fd_limit(need, &before);
+    ms->max_sessions = c->max_clients;
+    ms->fd_limit = limit;
+    if (limit > before && before >= 0)
+        ms_log(ms, "descriptor limit (ulimit -n) raised from %ld to %ld for max_clients = %ld", before, limit,
+               c->max_clients);
+    if (limit < 0 || limit >= need) { ms->fd_need = 0; return; }
+    ms->max_sessions = limit - others > limit / 2 ? limit - others : limit / 2;
+    if (ms->max_sessions < 1) ms->max_sessions = 1;
+    if (ms->fd_need == need) return; /* said already */
+    ms->fd_need = need;
+    ms_log(ms, "max_clients = %ld needs about %ld descriptors but the limit is %ld (ulimit -n; its hard limit "
+           "is set by the service manager, e.g. LimitNOFILE=): at most %ld sessions", c->max_clients, need, limit,
+           ms->max_sessions);
+}
+
+/* accept() found no descriptor (or no kernel memory): the client stays in the listen queue and the
+ * listener stays readable, so polling it again at once would spin. The listeners rest
+ * MS_ACCEPT_REST_MS, or until a session ends (loop_sweep); the log says why once a minute. */
+static void
+loop_accept_rest(struct mailsrv *ms, int err)
+{
+    int64_t now = os_now_ms();
+    ms->accept_rest_until = now + MS_ACCEPT_REST_MS;
+    if (ms->fd_short_logged && now - ms->fd_short_logged < MS_REFUSED_LOG_MS) return;
+    ms->fd_short_logged = now;
+    ms_log(ms, "cannot accept a client: %s; new clients wait until a session ends (%d sessions)", net_strerror(err),
+           ms->nconns);
+}
+
 /* A new client, before any other work: its connection rate (not for
  * relay_networks), its sessions (max_per_ip, by client_key), then a slot: of
- * max_clients, MS_RESERVE_PCT are kept for relay_networks; when the slots a
- * client may take are all taken, the oldest idle session that has not logged
- * in makes room (slots_victim), else the newcomer is refused. */
+ * max_clients (or fewer: max_sessions), MS_RESERVE_PCT are kept for
+ * relay_networks; when the slots a client may take are all taken, the oldest
+ * idle session that has not logged in makes room (slots_victim), else the
+ * newcomer is refused. The counts are kept as sessions come and go
+ * (conn_count): an accept costs the same with 10 sessions or 10,000. */
 static void
 loop_accept(struct mailsrv *ms, struct listener *l)
 {
     int k;
     for (k = 0; k < 64; k++) {
         char peer[64], key[48];
-        int lo, relay, i, same = 0, all = 0, outside = 0;
-        long reserve = ms->cfg->max_clients * MS_RESERVE_PCT / 100;
+        int lo, relay;
+        long max = ms->max_sessions, reserve = max * MS_RESERVE_PCT / 100, all = ms->nlive, outside = ms->nlive_outside;
         int64_t now;
         struct conn *c, *v = NULL;
         struct client_stat *st;
         ms_sock_t s = net_accept(l->fd, peer, sizeof peer, &lo);
-        if (s == MS_BAD_SOCK) break;
+        if (s == MS_BAD_SOCK) {
+            int err = net_error();
+            if (net_out_of_descriptors(err)) loop_accept_rest(ms, err);
+            break;
+        }
         now = os_now_ms();
         client_key(peer, key, sizeof key);
         relay = cfg_in_relay_nets(ms->cfg, peer);
@@ -10636,29 +10817,25 @@ loop_accept(struct mailsrv *ms, struct listener *l)
             loop_refuse(s, l->proto, 1);
             continue;
         }
-        for (i = 0; i < ms->nconns; i++) {
-            const struct conn *o = ms->conns[i];
-            if (o->is_closing) continue;
-            all++;
-            if (relay) continue;
-            same += strcmp(o->client, key) == 0;
-            outside += !cfg_in_relay_nets(ms->cfg, o->peer);
-        }
-        if (same >= ms->cfg->max_per_ip) {
+        if (!relay && client_sessions(ms, key) >= ms->cfg->max_per_ip) {
             client_refused(ms, st, now, "refused %s from %s: max_per_ip (%ld) reached", proto_names[l->proto], peer,
                            ms->cfg->max_per_ip);
             loop_refuse(s, l->proto, 0);
             continue;
         }
-        if ((all >= ms->cfg->max_clients || (!relay && outside >= ms->cfg->max_clients - reserve)) &&
-            (v = slots_victim(ms, now)) != NULL) {
+        if ((all >= max || (!relay && outside >= max - reserve)) && (v = slots_victim(ms, now)) != NULL) {
             slots_evict(v, now); /* always outside relay_networks: both counts drop */
             all--;
             outside--;
         }
-        if (all >= ms->cfg->max_clients || (!relay && outside >= ms->cfg->max_clients - reserve)) {
-            client_refused(ms, st, now, "refused %s from %s: max_clients (%ld%s) reached", proto_names[l->proto], peer,
-                           ms->cfg->max_clients, relay || !reserve ? "" : ", some kept for relay_networks");
+        if (all >= max || (!relay && outside >= max - reserve)) {
+            if (max < ms->cfg->max_clients)
+                client_refused(ms, st, now, "refused %s from %s: %ld sessions%s, all that ulimit -n (%ld) allows",
+                               proto_names[l->proto], peer, max, relay || !reserve ? "" : " (some kept for relay_networks)",
+                               ms->fd_limit);
+            else
+                client_refused(ms, st, now, "refused %s from %s: max_clients (%ld%s) reached", proto_names[l->proto],
+                               peer, ms->cfg->max_clients, relay || !reserve ? "" : ", some kept for relay_networks");
             loop_refuse(s, l->proto, 0);
             continue;
         }
@@ -10670,6 +10847,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         c->proto = l->proto;
         c->ops = proto_ops_of(l->proto);
         c->is_loopback = lo;
+        c->in_relay_nets = relay != 0;
         ms_strlcpy(c->peer, peer, sizeof c->peer);
         ms_strlcpy(c->client, key, sizeof c->client);
         c->born = now;
@@ -10679,6 +10857,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
             ms->conns = xrealloc(ms->conns, sizeof *ms->conns * (size_t)ms->capconns);
         }
         ms->conns[ms->nconns++] = c;
+        conn_count(c, +1);
         conn_log(c, "connect %s%s from %s", proto_names[c->proto], l->tls ? " (TLS)" : "", peer);
         if (l->tls) conn_tls_start(c);
         c->ops->greet(c);
@@ -10750,11 +10929,13 @@ loop_sweep(struct mailsrv *ms)
         if (c->is_closing && !(c->work && c->work_must_finish)) { conn_log(c, "disconnect"); conn_free(c); }
         else ms->conns[j++] = c; /* (deletions after QUIT are finished first: loop_work) */
     }
+    if (j < ms->nconns) ms->accept_rest_until = 0; /* descriptors were freed: a waiting client may have one */
     ms->nconns = j;
     for (i = j = 0; i < ms->nout; i++) {
         if (ms->out[i]->is_done || ms->stopping) { mta_free(ms->out[i]); ms->relay_kick = 1; }
         else ms->out[j++] = ms->out[i];
     }
+    if (j < ms->nout) ms->accept_rest_until = 0;
     ms->nout = j;
 }
 
@@ -10874,8 +11055,9 @@ loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct tra
     if (io) io->revents = 0;
 }
 
-/* The poll set: the listeners, then every session with a socket. *wake
- * comes down to when the first of them needs a turn anyway. */
+/* The poll set: the listeners (unless they rest: loop_accept_rest), then
+ * every session with a socket. *wake comes down to when the first of them
+ * needs a turn anyway. */
 static int
 loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)
 {
@@ -10885,7 +11067,9 @@ loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)
         ms->pfds = xrealloc(ms->pfds, sizeof *ms->pfds * (size_t)ms->capfds);
         ms->watched = xrealloc(ms->watched, sizeof *ms->watched * (size_t)ms->capfds);
     }
-    for (i = 0; i < ms->nlst; i++) loop_watch(ms, &nfds, ms->lst[i].fd, POLLIN, NULL);
+    if (ms->accept_rest_until && now >= ms->accept_rest_until) ms->accept_rest_until = 0;
+    if (ms->accept_rest_until && ms->accept_rest_until < *wake) *wake = ms->accept_rest_until;
+    for (i = 0; i < ms->nlst && !ms->accept_rest_until; i++) loop_watch(ms, &nfds, ms->lst[i].fd, POLLIN, NULL);
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
         loop_watch(ms, &nfds, c->io.fd, conn_watch(c, now, wake), &c->io);
@@ -10995,6 +11179,7 @@ mailsrv_destroy(struct mailsrv *ms)
     free(ms->tls_cache);
     loop_close_listeners(ms);
     free(ms->conns);
+    free(ms->per_client);
     free(ms->pfds);
     free(ms->watched);
     free(ms->commit_dirs.v);
@@ -11056,6 +11241,7 @@ ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c)
 static int
 ms_install_config(struct mailsrv *ms, struct ms_config *c)
 {
+    int i;
     if (c->nerrors) {
         const char *p = c->errors.p, *e;
         while (p && *p && (e = strchr(p, '\n')) != NULL) {
@@ -11076,12 +11262,19 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
     if (c->capture && cfg_listens_beyond_loopback(c))
         ms_log(ms, "WARNING: capture mode accepts mail for every address and listens beyond loopback");
     if (ms->cfg) {
-        int i, n = 0;
+        int n = 0;
         for (i = 0; i < c->ndomains; i++) n += c->domains[i].nusers;
         ms_log(ms, "configuration loaded: %d domains, %d mailboxes", c->ndomains, n);
     }
     cfg_free(ms->cfg);
     ms->cfg = c;
+    ms->nlive_outside = 0;
+    for (i = 0; i < ms->nconns; i++) { /* relay_networks may have changed */
+        struct conn *o = ms->conns[i];
+        o->in_relay_nets = cfg_in_relay_nets(c, o->peer) != 0;
+        ms->nlive_outside += !o->is_closing && !o->in_relay_nets;
+    }
+    if (ms->nlst) loop_fit_fd_limit(ms); /* serving: max_clients may have changed */
     return 0;
 }
 
@@ -11149,6 +11342,7 @@ mailsrv_listen(struct mailsrv *ms)
     }
     ms_strlcpy(ms->qdir, c->queue, sizeof ms->qdir);
     ms->relay_wake = INT64_MAX;
+    loop_fit_fd_limit(ms); /* said at start, before the listeners */
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
         int err = 0, waited;

@@ -10,7 +10,8 @@ spools) and measures:
      in SPOOL/bench.local/user1/new are counted afterwards.
   2. POP3 on a 10,000-message mailbox, Maildir and mbox: connect + USER/PASS,
      UIDL, RETR of every message (lock-step and pipelined), DELE all + QUIT.
-  3. Memory: idle VmRSS, VmRSS with 1,000 idle greeted SMTP connections.
+  3. Memory: idle VmRSS, VmRSS with 1,000 idle greeted SMTP connections; 10,000 idle
+     connections with max_clients = 10000 (served, VmRSS, time to greet them all).
   4. Binary size, as built and stripped.
   5. Footprint: stripped sizes of every build (x86-64 dynamic, musl static, armhf, arm64,
      armv6, Windows; a missing or stale one is made once, at most 120 s), idle VmRSS of
@@ -1171,6 +1172,48 @@ class Bench:
             self.problems.append("idle test: RSS grew from %d to %d KiB between two identical cycles of %d "
                                  "connections (leak?)" % (c1["rss_conns_kib"], cycles[1]["rss_conns_kib"], k))
         self.finish_server(s, "idle connections")
+        res["idle_10k"] = self.mem_10k()
+
+    def mem_10k(self, n=10000):
+        """n idle greeted SMTP connections on a server with max_clients = n (it raises its own
+        ulimit -n); None, with a message, when this process cannot raise its own for the clients."""
+        want = n + 512
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        try:
+            if hard != resource.RLIM_INFINITY and hard < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root only
+            elif soft != resource.RLIM_INFINITY and soft < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError):
+            log("  %d idle connections with max_clients = %d: skipped: ulimit -n is %s (hard %s) and the "
+                "clients need %d (run as root, or raise ulimit -Hn)" % (n, n, soft, hard, want))
+            return None
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))  # the server starts with the limit found
+        try:
+            s = self.server("maildir", "mem10k", extra="\n[server]\nmax_clients = %d\nmax_per_ip = %d\n"
+                            "max_connect_rate = %d\n" % (n, n, n))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        socks, greeted, refused, t_greet = self.open_idle(s.smtp_port, n, limit=60.0)
+        try:
+            time.sleep(1.0)  # settle
+            s.check_alive("holding %d idle connections" % n)
+            rss = proc_status(s.pid).get("VmRSS")
+        finally:
+            for c in socks:
+                c.close()
+        with open(s.logpath, errors="replace") as f:  # said at start, before the connect lines
+            short = [l.strip() for l in f.readlines()[:30] if "descriptor" in l]
+        out = {"connections": n, "greeted": greeted, "refused": refused, "greet_s": t_greet, "rss_kib": rss,
+               "fd_log": short}
+        log("  %d idle connections with max_clients = %d: %d served (%d refused), RSS %s KiB, all greeted after "
+            "%.2f s%s" % (n, n, greeted, refused, rss, t_greet, "; " + " | ".join(short) if short else ""))
+        if greeted < n:
+            self.problems.append("%d idle connections with max_clients = %d: only %d greeted within 60 s"
+                                 % (n, n, greeted))
+        self.finish_server(s, "%d idle connections" % n)
+        return out
 
     # -- 4. size
     def bench_size(self):
@@ -2101,6 +2144,10 @@ service pop3-login {
             add("Connections of %d greeted within 20 s (burst)" % m["connections"],
                 "%d (in %.2f s; listen overflows %s)" % (m["greeted"], m["greet_s"], m["listen_overflows"]), "",
                 ", ".join("%s %d" % kv for kv in REF["served_of_1000"].items()), "")
+            t = m.get("idle_10k")
+            if t:
+                add("%d idle connections with max_clients = %d: served, RSS KiB, time to greet all" % (t["connections"], t["connections"]),
+                    "%d, %s KiB, %.2f s" % (t["greeted"], t["rss_kib"], t["greet_s"]), "all served", "", "")
         z = R.get("size")
         if z:
             add("Binary size, bytes (stripped)", "%d (%s)" % (z["bytes"], z["stripped_bytes"]), "",

@@ -1250,6 +1250,44 @@ test_anvil_auth_by_64(void)
     free(a); free(b); free(o); free(ms);
 }
 
+/* Sessions per client (max_per_ip) kept as sessions come and go: a table that grows and empties
+ * entries as their count drops to 0, checked against plain counts over 3,000 steps */
+static void
+test_client_counts(void)
+{
+    struct mailsrv *ms = calloc(1, sizeof *ms);
+    long want[300] = {0};
+    char key[48];
+    unsigned r = 12345;
+    int i, step, wrong = 0;
+    size_t live;
+    for (step = 0; step < 3000; step++) {
+        r = r * 1103515245u + 12345u;
+        i = (int)((r >> 8) % 300);
+        snprintf(key, sizeof key, "10.0.%d.%d", i / 256, i % 256);
+        if (want[i] && ((r >> 20) & 1)) { client_count_add(ms, key, -1); want[i]--; }
+        else if (step < 2000) { client_count_add(ms, key, 1); want[i]++; }
+        else { client_count_add(ms, key, -1); if (want[i]) want[i]--; } /* a key never counted stays absent */
+    }
+    for (i = 0, live = 0; i < 300; i++) {
+        snprintf(key, sizeof key, "10.0.%d.%d", i / 256, i % 256);
+        wrong += client_sessions(ms, key) != want[i];
+        live += want[i] > 0;
+    }
+    ASSERT(wrong == 0);
+    ASSERT(ms->nclients == live);
+    ASSERT(ms->capclients >= 2 * ms->nclients);
+    for (i = 0; i < 300; i++) { /* all gone: the table is empty */
+        snprintf(key, sizeof key, "10.0.%d.%d", i / 256, i % 256);
+        while (want[i]--) client_count_add(ms, key, -1);
+    }
+    ASSERT(ms->nclients == 0);
+    for (i = 0, live = 0; (size_t)i < ms->capclients; i++) live += ms->per_client[i].n != 0;
+    ASSERT(live == 0);
+    free(ms->per_client);
+    free(ms);
+}
+
 /* max_connect_rate in windows of a minute; refusals logged once per client and minute, then counted */
 static void
 test_anvil_rate_and_refusal_log(void)
@@ -1599,6 +1637,7 @@ main(void)
 
     test_anvil_client_key();
     test_anvil_auth_by_64();
+    test_client_counts();
     test_anvil_rate_and_refusal_log();
     /* trust (issue 11): anvil test calls above this line */
 

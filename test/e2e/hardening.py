@@ -3,14 +3,17 @@ import collections
 import glob
 import os
 import re
+import resource
+import selectors
 import smtplib
+import signal
 import socket
 import subprocess
 import time
 
-from .harness import (BIN, BOTH, Net, Pop, REPO, SENDER, Skip, Smtp, TESTS, TestFailure, check,
-                      fail2ban_regex, maildir_files, make_msg, need_native, need_program, need_root, plain,
-                      secs, short, stored_tokens, test, tok, wait_for)
+from .harness import (BIN, BOTH, Net, Pop, REPO, SENDER, Skip, Smtp, TESTS, TestFailure, check, deadline,
+                      fail2ban_regex, maildir_files, make_msg, need_native, need_program, need_real_time, need_root,
+                      plain, secs, short, stored_tokens, test, tok, wait_for)
 from .relay import bounces, check_dsn, check_relayed, sink_wait, wait_queue_empty
 from .lists import LIST, confirm, confirmations, list_cli, list_req, list_server, local_confirmation, members
 
@@ -42,6 +45,194 @@ def abuse_max_per_ip(ctx):
     held[0].expect("QUIT", 221)
     held[0].read_eof()
     wait_for(lambda: srv.smtp() is not None, 5, "a slot freed by QUIT")
+
+
+def open_idle(port, k, limit):
+    """k SMTP connections opened at once, each read until its first line (within limit s).
+    Returns (sockets, greeted, other): the caller closes the sockets."""
+    sel = selectors.DefaultSelector()
+    socks, bufs, greeted, other = [], {}, 0, 0
+    try:
+        for _ in range(k):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(c)
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", port))
+            bufs[c] = b""
+            sel.register(c, selectors.EVENT_READ)
+        end = deadline(limit)
+        while greeted + other < k and time.monotonic() < end:
+            for key, _ in sel.select(timeout=0.2):
+                c = key.fileobj
+                try:
+                    data = c.recv(512)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                bufs[c] += data
+                if data and b"\r\n" not in bufs[c]:
+                    continue
+                sel.unregister(c)
+                if bufs[c].startswith(b"220"):
+                    greeted += 1
+                else:
+                    other += 1
+    except BaseException:
+        for c in socks:
+            c.close()
+        raise
+    finally:
+        sel.close()
+    return socks, greeted, other
+
+
+def cpu_s(pid):
+    """CPU seconds (user + system) the process has used (Linux /proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class FdLimit:
+    """Raises this process's soft descriptor limit to n for the clients of a test, back after."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __enter__(self):
+        self.was = resource.getrlimit(resource.RLIMIT_NOFILE)
+        soft, hard = self.was
+        if hard != resource.RLIM_INFINITY and hard < self.n:
+            raise Skip("the test's clients need %d descriptors; ulimit -Hn is %d" % (self.n, hard))
+        if soft != resource.RLIM_INFINITY and soft < self.n:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.n, hard))
+        return self
+
+    def __exit__(self, *exc):
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.was)
+
+
+MANY = {"max_clients": "10000", "max_per_ip": "100000", "max_connect_rate": "100000"}
+
+
+@test(unix_only=True, limit=60)
+def fd_limit_raised_for_max_clients(ctx):
+    # started with ulimit -n 256 (and the hard limit ours): the server raises its own soft limit
+    # for max_clients and serves 2,000 idle clients from outside relay_networks, then a new one
+    need_native("prlimit wraps the server process")
+    prlimit = need_program("prlimit", "util-linux")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 65536 if hard == resource.RLIM_INFINITY else hard
+    if hard < 10200:
+        raise Skip("ulimit -Hn is %d: max_clients = 10000 needs more" % hard)
+    srv = ctx.server(server=dict(MANY, relay_networks=""))
+    srv.wrap = [prlimit, "--nofile=256:%d" % hard, "--"]
+    srv.start()
+    m = re.search(r"descriptor limit \(ulimit -n\) raised from 256 to (\d+) for max_clients = 10000", srv.log_text())
+    check(m is not None, "no log line for the raised limit: %s" % short(srv.log_text(), 600))
+    with open("/proc/%d/limits" % srv.proc.pid) as f:
+        limits = re.search(r"Max open files\s+(\d+)\s+(\d+)", f.read())
+    check(limits and int(limits.group(1)) == int(m.group(1)) >= 10000 and limits.group(2) == str(hard),
+          "/proc/PID/limits: %s, log says %s" % (limits and limits.group(0), m.group(1)))
+    with FdLimit(2500):
+        socks, greeted, other = open_idle(srv.smtp_port, 2000, secs(20))
+        try:
+            check(greeted == 2000, "%d of 2000 idle connections greeted, %d refused or closed" % (greeted, other))
+            c = srv.smtp()  # one more, while the 2,000 are held
+            c.expect("QUIT", 221)
+        finally:
+            for s in socks:
+                s.close()
+
+
+@test(unix_only=True)
+def fd_limit_raised_at_reload(ctx):
+    # max_clients raised by a reload: the limit follows; sessions in relay_networks keep their
+    # right to relay, a session from outside them gets it once a reload adds its network
+    need_native("prlimit wraps the server process")
+    prlimit = need_program("prlimit", "util-linux")
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    hard = 65536 if hard == resource.RLIM_INFINITY else hard
+    if hard < 2200:
+        raise Skip("ulimit -Hn is %d" % hard)
+    srv = ctx.server(server={"max_clients": "100", "relay_networks": "192.0.2.0/24"})
+    srv.wrap = [prlimit, "--nofile=256:%d" % hard, "--"]
+    srv.start()
+    check("descriptor" not in srv.log_text(), "max_clients = 100 fits in 256: %s" % short(srv.log_text(), 400))
+    c = srv.smtp()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    check(c.cmd("RCPT TO:<someone@elsewhere.test>")[0] == 550, "relayed from outside relay_networks")
+    srv.keys.update({"max_clients": "2000", "relay_networks": "127.0.0.0/8"})
+    srv.write_ini()
+    srv.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration loaded" in srv.log_text(), 5, "the reload")
+    check("descriptor limit (ulimit -n) raised from 256 to 2" in srv.log_text(),
+          "no raised limit after the reload: %s" % short(srv.log_text()[-600:], 600))
+    with open("/proc/%d/limits" % srv.proc.pid) as f:
+        limits = re.search(r"Max open files\s+(\d+)", f.read())
+    check(limits and int(limits.group(1)) >= 2000, "/proc/PID/limits: %s" % (limits and limits.group(0)))
+    code, text = c.cmd("RCPT TO:<someone@elsewhere.test>")
+    check(code == 250, "the open session is in relay_networks after the reload: %d %s" % (code, text))
+
+
+@test(unix_only=True, limit=60)
+def fd_limit_too_low_refuses_waits_and_recovers(ctx):
+    # a hard limit of 256 cannot hold max_clients = 10000: the log says how many sessions it
+    # holds; past them a new client gets 421. When accept() itself runs out of descriptors (the
+    # limit lowered under the running server), a new client waits, the loop does not spin, and it
+    # is served once sessions end.
+    need_native("prlimit wraps the server process")
+    need_real_time()
+    prlimit = need_program("prlimit", "util-linux")
+    srv = ctx.server(server=dict(MANY))  # the clients are in relay_networks: every slot is theirs
+    srv.wrap = [prlimit, "--nofile=256:256", "--"]
+    srv.start()
+    m = re.search(r"max_clients = 10000 needs about (\d+) descriptors but the limit is 256 \(ulimit -n.*\): "
+                  r"at most (\d+) sessions", srv.log_text())
+    check(m is not None, "no log line for the descriptor shortfall: %s" % short(srv.log_text(), 600))
+    k = int(m.group(2))
+    check(50 < k < 256, "at most %d sessions under a limit of 256" % k)
+    pid = srv.proc.pid
+    socks, greeted, other = open_idle(srv.smtp_port, k, secs(10))
+    try:
+        check(greeted == k, "%d of %d connections greeted" % (greeted, k))
+        c = srv.ctx.track(Smtp(srv.smtp_port))
+        code, text = c.reply()
+        check(code == 421, "connection %d of %d sessions: %d %s, expected 421" % (k + 1, k, code, text))
+        check("all that ulimit -n (256) allows" in srv.log_text(), "no log line for the refusal")
+        # now accept() fails: the limit lowered to the lowest descriptor free. The last sessions end
+        # first, so that poll()'s set stays within the limit (Linux refuses a larger one; the
+        # server never lowers its limit, only we do, here).
+        for s in socks[-20:]:
+            s.close()
+        wait_for(lambda: len(os.listdir("/proc/%d/fd" % pid)) <= k - 14, 5, "20 sessions ended")
+        fds = set(int(x) for x in os.listdir("/proc/%d/fd" % pid))
+        low = min(set(range(len(fds) + 1)) - fds)
+        subprocess.run([prlimit, "--pid", str(pid), "--nofile=%d:%d" % (low, low)], check=True)
+        w = ctx.track(socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=secs(5)))
+        w.settimeout(0.5)
+        time.sleep(0.3)
+        t0, c0 = time.monotonic(), cpu_s(pid)
+        time.sleep(2)
+        used = (cpu_s(pid) - c0) / (time.monotonic() - t0)
+        check(used < 0.25, "the server used %.0f%% of a CPU while out of descriptors" % (used * 100))
+        try:
+            early = w.recv(512)
+        except socket.timeout:
+            early = b""
+        check(early == b"", "a client was answered without a descriptor: %r" % early)
+        check("cannot accept a client" in srv.log_text(), "no log line for running out of descriptors")
+        for s in socks[:60]:  # sessions end: their descriptors come back
+            s.close()
+        w.settimeout(secs(5))
+        got = w.recv(512)
+        check(got.startswith(b"220"), "the waiting client got %r once sessions ended" % got)
+        w.close()
+    finally:
+        for s in socks:
+            s.close()
+    check(srv.alive(), "the server died")
 
 
 @test()
