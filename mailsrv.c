@@ -25,7 +25,7 @@
  *   6. Pure parsers (fuzzed): SMTP commands and paths, the DATA byte machine,
  *      AUTH, DNS messages, queue envelopes, remote replies, mboxrd, headers
  *   7. Storage: Maildir and mbox behind one ops table (delivery, its undo, the
- *      mbox journal and locks, the POP3 mailbox view), the relay queue files
+ *      mbox journal, locks and index, the POP3 mailbox view), the relay queue files
  *   8. TLS glue: BearSSL engines between sockets and session buffers; the
  *      transport (a socket, plain or TLS, with its buffers) every session uses
  *   9. Connections: the server, connection and session structs, protocol ops;
@@ -136,6 +136,9 @@
 #define MS_MBOX_HEAD 2048         /* first bytes of an append kept in the journal to know it again */
 #define MS_MBOX_PREFIX 512        /* first bytes of each message of a batch that the journal keeps */
 #define MS_MBOX_MOVE (1024 * 1024) /* largest piece moved at once when deleting from an mbox */
+#define MS_MBOX_PROBES 64         /* From_ lines an mbox index checks before it trusts a grown file */
+#define MS_MBOX_PROBE_TAIL 4096   /* ... and the first and last bytes of its last message */
+#define MS_MBOX_INDEX_MAX (1 << 30) /* a larger index file is not read (damaged): the mbox is scanned */
 
 #define MS_DNS_TRY_MS 2000        /* per DNS query attempt (resolv.conf's timeout is 5 s) */
 #define MS_DNS_TRIES 4            /* attempts per query, over the resolvers in turn */
@@ -1209,11 +1212,11 @@ struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct client_stat;
 struct conn; struct data_rx; struct dirset; struct dns_result; struct edit_span; struct hmac_key;
 struct line_reader; struct list_rate; struct list_state; struct listener; struct mailsrv;
-struct mbox_paths; struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config;
-struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view;
-struct proto_ops; struct qentry; struct sha256; struct smtp_sess; struct sockaddr_storage;
-struct store_msg; struct store_ops; struct store_undo; struct targets; struct tls_creds;
-struct tls_sess; struct transport;
+struct mbox_index; struct mbox_paths; struct mbox_pending; struct mdir_open; struct ms_addr;
+struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg;
+struct pop_view; struct proto_ops; struct qentry; struct sha256; struct smtp_sess;
+struct sockaddr_storage; struct store_msg; struct store_ops; struct store_undo; struct targets;
+struct tls_creds; struct tls_sess; struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
@@ -1465,7 +1468,15 @@ static int mdir_view_open(struct pop_view *v, const char *spool, const char *add
 static int mbox_volatile_field(const char *line, size_t len);
 static int mbox_own_id(const char *s, size_t n);
 static void mbox_msg_close(struct pop_msg *m, int64_t end, int last_blank, int hashed, struct sha256 *h, int64_t hsize);
-static int mbox_scan(struct pop_view *v, int fd, int64_t end);
+static int mbox_scan_from(struct pop_view *v, int fd, int64_t start, int64_t end);
+static uint64_t mbox_index_sum(uint64_t h, const void *p, size_t n);
+static int mbox_index_path(const char *jf, char *out, size_t n, const char *suffix);
+static int mbox_probe_add(int fd, int64_t a, int64_t b, uint64_t *h, char *buf);
+static int mbox_index_probe(int fd, const struct pop_view *v, int64_t size, uint64_t *out);
+static void mbox_index_write(const char *jf, int fd, const struct pop_view *v, const struct os_stat *st);
+static int mbox_index_num(const char **p, int base, char sep, uint64_t *out);
+static int mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix);
+static int mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf);
 static int mbox_view_open(struct pop_view *v, const char *spool, const char *addr);
 static int view_cmp_uidl_key(const void *key, const void *b);
 static int mbox_view_refresh(struct pop_view *v);
@@ -4006,7 +4017,9 @@ list_state_parse(char *text, struct list_state *st)
  *
  * The POP3 view is a snapshot of the mailbox taken at login; with mbox it
  * is read again when another program changed the file, and the deletions
- * are applied at QUIT to the file as it is then.
+ * are applied at QUIT to the file as it is then. What a read of an mbox
+ * learned is kept in its index (see "the mbox index"), so that a login to an
+ * unchanged mbox reads none of it, and one to a grown mbox only what was added.
  */
 
 /* Reads a file region as lines; a line longer than the buffer comes in pieces. */
@@ -4082,7 +4095,8 @@ store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, ch
 }
 
 /* Where an address's mbox lives: its domain folder, the mbox, and the journal
- * of mailsrv's own unfinished writes beside it. */
+ * of mailsrv's own unfinished writes beside it (and beside that the index,
+ * SPOOL/DOMAIN/.USER.mbox.index: mbox_index_path). */
 struct mbox_paths {
     char dir[MS_PATH_DOMAIN];
     char mbox[MS_PATH_FILE];
@@ -5673,12 +5687,16 @@ mbox_msg_close(struct pop_msg *m, int64_t end, int last_blank, int hashed, struc
     }
 }
 
-/* Reads the messages of a locked mbox into v. The UIDL is mailsrv's X-UIDL,
- * trusted only where mailsrv writes it (the first X-UIDL, after nothing
- * but Return-Path and Received, in mailsrv's id form; senders' X-UIDL
- * headers are dropped at delivery), else derived (mbox_msg_close). */
+/* Reads the messages of a locked mbox from start (0, or a From_ line) to end
+ * into v, after those it holds. The UIDL is mailsrv's X-UIDL, trusted only
+ * where mailsrv writes it (the first X-UIDL, after nothing but Return-Path
+ * and Received, in mailsrv's id form; senders' X-UIDL headers are dropped at
+ * delivery), else derived (mbox_msg_close). UIDLs are left as found: copies
+ * may share one (view_unique_uidls). Every message found depends only on the
+ * bytes from its From_ line to the next one, so a scan from a From_ line
+ * finds what a scan from 0 finds there (the mbox index relies on it). */
 static int
-mbox_scan(struct pop_view *v, int fd, int64_t end)
+mbox_scan_from(struct pop_view *v, int fd, int64_t start, int64_t end)
 {
     int64_t off, hsize = -1;
     int r, complete, bol = 1, in_head = 0, last_blank = 0, hashing = 0, lead = 0, skip = 0;
@@ -5687,7 +5705,7 @@ mbox_scan(struct pop_view *v, int fd, int64_t end)
     size_t len;
     struct pop_msg *m = NULL;
     struct sha256 h;
-    lr_init(&lr, fd, 0, end);
+    lr_init(&lr, fd, start, end);
     while ((r = lr_next(&lr, &line, &len, &complete, &off)) > 0) {
         int body_starts = 0;
         if (bol && len >= 5 && memcmp(line, "From ", 5) == 0 && complete) {
@@ -5745,8 +5763,246 @@ mbox_scan(struct pop_view *v, int fd, int64_t end)
         mbox_msg_close(m, end, last_blank, hashing, &h, hsize);
     }
     lr_free(&lr);
-    if (r < 0) { view_free(v); return -1; }
-    view_unique_uidls(v);
+    return r < 0 ? -1 : 0;
+}
+
+/* ---- the mbox index ----
+ * SPOOL/DOMAIN/.USER.mbox.index keeps what mbox_scan_from learned, so that a
+ * login, a RETR after a delivery and a QUIT do not read the whole mbox again
+ * (Dovecot keeps an index beside an mbox the same way). It is a cache, read
+ * and written only under both mbox locks: written whole under a temporary
+ * name (O_EXCL, O_NOFOLLOW) and renamed, never fsynced; when it is missing,
+ * unreadable, damaged (the checksum, any number out of order), made for
+ * another file or stale, the mbox is scanned whole and a new one written.
+ *   "mailsrv mbox index 1\n"
+ *   "INO SIZE MTIME SETTLED N PROBE\n"   the file state it describes
+ *   N x "FROM_OFF OFF LEN SIZE UIDL\n"   as mbox_scan_from found them (UIDLs
+ *                                        before view_unique_uidls)
+ *   "end SUM\n"                          SUM: FNV-1a 64 of all the text before
+ * (INO, PROBE and SUM in hex.) How mbox_index_scan judges the file now:
+ * - same inode, size and mtime, and settled: the index is the answer. An
+ *   mtime counts whole seconds: one that was still the current second when
+ *   the index was written is not settled, as a change later in that second
+ *   would not show (Dovecot's rule for its mbox mtimes too).
+ * - same inode and larger: appended to (mailsrv's own deliveries, another
+ *   MDA's). Then only the last indexed message (it may have been cut short)
+ *   and what follows are scanned, and the rest kept.
+ * - anything else (smaller; same size with another mtime, such as a
+ *   same-length Status: rewrite; another inode; no message): a full scan.
+ * Both shortcuts first check the probe (mbox_index_probe): the bytes at
+ * MS_MBOX_PROBES From_ lines spread over the file (with the LF before each)
+ * and the first and last MS_MBOX_PROBE_TAIL bytes of the last message up to
+ * the indexed end are still what they were. A few reads, and why they are
+ * enough: a program that rewrites an mbox in place either keeps every
+ * length (mutt's Status:, Dovecot's padded X-Keywords: and X-UID: rewritten
+ * in place: volatile fields, which neither sizes, offsets nor UIDLs read, so
+ * what the index says stays true) or changes one (a message deleted, a
+ * Status: or X-UID: line inserted, Content-Length: grown): then everything
+ * after the change moves, so the last message's From_ line and the indexed
+ * end are no longer where the index has them and the probe fails. It could
+ * only pass if the bytes that moved there were the same, that is if the
+ * move were exactly the distance between two copies of the last message
+ * identical in every probed byte, From_ line included, and the same held at
+ * each probed From_ line; mailsrv's own messages never are such copies (each
+ * has its own X-UIDL). A deletion at QUIT (mbox_expunge) writes the index of
+ * what it left, computed, not read.
+ */
+
+static uint64_t
+mbox_index_sum(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *s = p;
+    size_t i;
+    for (i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ULL;
+    return h;
+}
+#define MBOX_SUM_START 14695981039346656037ULL
+
+/* The index beside the journal: SPOOL/DOMAIN/.USER.mbox.index (suffix: its temporary name). */
+static int
+mbox_index_path(const char *jf, char *out, size_t n, const char *suffix)
+{
+    size_t l = strlen(jf);
+    if (l < 7 || strcmp(jf + l - 7, "journal") != 0) return -1;
+    return ms_fmt(out, n, "%.*sindex%s", (int)(l - 7), jf, suffix) < 0 ? -1 : 0;
+}
+
+/* Adds [a, b) of the file, and where it is, to the probe h; -1 if it cannot be read whole. */
+static int
+mbox_probe_add(int fd, int64_t a, int64_t b, uint64_t *h, char *buf)
+{
+    char where[64];
+    int n = snprintf(where, sizeof where, "%lld+%lld;", (long long)a, (long long)(b - a));
+    *h = mbox_index_sum(*h, where, (size_t)n);
+    if (b <= a) return 0;
+    if (os_pread(fd, buf, (size_t)(b - a), a) != (long)(b - a)) return -1;
+    *h = mbox_index_sum(*h, buf, (size_t)(b - a));
+    return 0;
+}
+
+/* What the index checks before it trusts v, the messages of [0, size), for
+ * the file fd now (see "the mbox index" above): -1 if it cannot be read. */
+static int
+mbox_index_probe(int fd, const struct pop_view *v, int64_t size, uint64_t *out)
+{
+    char buf[MS_MBOX_PROBE_TAIL];
+    uint64_t h = MBOX_SUM_START;
+    int k, r = 0;
+    int64_t last, tail;
+    *out = h;
+    if (v->n == 0) return 0;
+    for (k = 0; r == 0 && k < MS_MBOX_PROBES; k++) {
+        int64_t f = v->msgs[(int64_t)k * (v->n - 1) / (MS_MBOX_PROBES - 1)].from_off;
+        r = mbox_probe_add(fd, f > 0 ? f - 1 : 0, f + 64 < size ? f + 64 : size, &h, buf);
+    }
+    last = v->msgs[v->n - 1].from_off;
+    tail = size - last < MS_MBOX_PROBE_TAIL ? size - last : MS_MBOX_PROBE_TAIL;
+    if (r == 0) r = mbox_probe_add(fd, last, last + tail, &h, buf);
+    if (r == 0) r = mbox_probe_add(fd, size - tail, size, &h, buf);
+    *out = h;
+    return r;
+}
+
+/* Writes the index of v, the messages (UIDLs as found) of the locked mbox
+ * fd in the state st. A cache: a failure only leaves the old one, which the
+ * next look finds stale. */
+static void
+mbox_index_write(const char *jf, int fd, const struct pop_view *v, const struct os_stat *st)
+{
+    char path[MS_PATH_FILE], tmp[MS_PATH_FILE];
+    struct buf b = {0};
+    uint64_t probe;
+    int i, tfd, ok;
+    if (mbox_index_path(jf, path, sizeof path, "") != 0 || mbox_index_path(jf, tmp, sizeof tmp, ".tmp") != 0 ||
+        mbox_index_probe(fd, v, st->size, &probe) != 0)
+        return;
+    buf_printf(&b, "mailsrv mbox index 1\n%llx %lld %lld %d %d %llx\n", (unsigned long long)st->ino,
+               (long long)st->size, (long long)st->mtime, st->mtime < (int64_t)time(NULL), v->n,
+               (unsigned long long)probe);
+    for (i = 0; i < v->n; i++) {
+        const struct pop_msg *m = &v->msgs[i];
+        buf_printf(&b, "%lld %lld %lld %lld %s\n", (long long)m->from_off, (long long)m->off, (long long)m->len,
+                   (long long)m->size, m->uidl);
+    }
+    buf_printf(&b, "end %llx\n", (unsigned long long)mbox_index_sum(MBOX_SUM_START, b.p, b.len));
+    os_unlink(tmp); /* left by a crash: the name is this mailbox's, and its locks are held */
+    tfd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
+    ok = tfd >= 0 && os_write_all(tfd, b.p, b.len) >= 0;
+    if (tfd >= 0 && os_close(tfd) != 0) ok = 0;
+    if (tfd >= 0 && (!ok || os_replace(tmp, path) != 0)) os_unlink(tmp);
+    buf_free(&b);
+}
+
+/* A number of an index line in base 10 or 16 and the separator after it. */
+static int
+mbox_index_num(const char **p, int base, char sep, uint64_t *out)
+{
+    const char *s = *p;
+    uint64_t x = 0;
+    int d;
+    for (d = 0; d < (base == 16 ? 16 : 18); d++, s++) {
+        int c = *s >= '0' && *s <= '9' ? *s - '0' : base == 16 && *s >= 'a' && *s <= 'f' ? *s - 'a' + 10 : -1;
+        if (c < 0) break;
+        x = x * (uint64_t)base + (uint64_t)c;
+    }
+    if (d == 0 || *s != sep) return -1;
+    *out = x;
+    *p = s + 1;
+    return 0;
+}
+
+struct mbox_index { uint64_t ino, size, mtime, settled, probe; };
+
+/* Reads the index into v (empty) and ix: -1 if it is missing, unreadable or
+ * damaged in any way (v is then empty again). */
+static int
+mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix)
+{
+    static const char magic[] = "mailsrv mbox index 1\n";
+    char path[MS_PATH_FILE];
+    struct os_stat st;
+    const char *p, *end;
+    char *text;
+    uint64_t n, k, sum, x[4], prev_end = 0;
+    long got;
+    int fd;
+    if (mbox_index_path(jf, path, sizeof path, "") != 0) return -1;
+    fd = os_open(path, O_RDONLY | MS_O_NOFOLLOW, 0);
+    if (fd < 0) return -1;
+    if (os_fstat(fd, &st) != 0 || st.size < (int64_t)sizeof magic || st.size > MS_MBOX_INDEX_MAX) {
+        os_close(fd);
+        return -1;
+    }
+    text = xrealloc(NULL, (size_t)st.size + 1);
+    got = os_pread(fd, text, (size_t)st.size, 0);
+    os_close(fd);
+    if (got != (long)st.size) goto bad;
+    text[got] = 0;
+    /* the last line is "end SUM" over all before it */
+    for (end = text + got - 1; end > text && end[-1] != '\n'; end--) {}
+    p = end;
+    if (strncmp(p, "end ", 4) != 0) goto bad;
+    p += 4;
+    if (mbox_index_num(&p, 16, '\n', &sum) != 0 || p != text + got ||
+        sum != mbox_index_sum(MBOX_SUM_START, text, (size_t)(end - text)))
+        goto bad;
+    if (strncmp(text, magic, sizeof magic - 1) != 0) goto bad;
+    p = text + sizeof magic - 1;
+    if (mbox_index_num(&p, 16, ' ', &ix->ino) != 0 || mbox_index_num(&p, 10, ' ', &ix->size) != 0 ||
+        mbox_index_num(&p, 10, ' ', &ix->mtime) != 0 || mbox_index_num(&p, 10, ' ', &ix->settled) != 0 ||
+        mbox_index_num(&p, 10, ' ', &n) != 0 || mbox_index_num(&p, 16, '\n', &ix->probe) != 0 || n > INT_MAX / 2)
+        goto bad;
+    for (k = 0; k < n; k++) {
+        struct pop_msg *m;
+        const char *u = NULL;
+        int j;
+        for (j = 0; j < 4; j++)
+            if (mbox_index_num(&p, 10, ' ', &x[j]) != 0) goto bad;
+        /* in file order, each within the file, no two overlapping */
+        if (x[0] < prev_end || x[1] <= x[0] || x[1] + x[2] > ix->size) goto bad;
+        prev_end = x[1] + x[2];
+        for (u = p; p < end && *p > 0x20 && *p < 0x7f; p++) {}
+        if (p == u || p - u > 70 || *p != '\n') goto bad;
+        m = view_add(v);
+        m->from_off = (int64_t)x[0];
+        m->off = (int64_t)x[1];
+        m->len = (int64_t)x[2];
+        m->size = (int64_t)x[3];
+        memcpy(m->uidl, u, (size_t)(p - u));
+        m->uidl[p - u] = 0;
+        p++;
+    }
+    if (p != end) goto bad;
+    free(text);
+    return 0;
+bad:
+    free(text);
+    view_free(v);
+    return -1;
+}
+
+/* The messages of the locked mbox fd, now in the state st, as
+ * mbox_scan_from(v, fd, 0, st->size) finds them: from the index where it
+ * holds (see "the mbox index" above), else read; the index is written again
+ * when it changed. -1 on a read error (v empty). */
+static int
+mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf)
+{
+    struct mbox_index ix;
+    uint64_t probe;
+    if (mbox_index_read(jf, v, &ix) == 0 && ix.ino == st->ino && v->n > 0 && (uint64_t)st->size >= ix.size &&
+        mbox_index_probe(fd, v, (int64_t)ix.size, &probe) == 0 && probe == ix.probe) {
+        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)st->mtime) return 0;
+        if ((uint64_t)st->size > ix.size) { /* appended to: the last message again, and what follows */
+            int64_t from = v->msgs[--v->n].from_off;
+            if (mbox_scan_from(v, fd, from, st->size) != 0) { view_free(v); return -1; }
+            mbox_index_write(jf, fd, v, st);
+            return 0;
+        }
+    }
+    view_free(v);
+    if (mbox_scan_from(v, fd, 0, st->size) != 0) { view_free(v); return -1; }
+    mbox_index_write(jf, fd, v, st);
     return 0;
 }
 
@@ -5766,7 +6022,8 @@ mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
     fd = mbox_lock(v->path, v->jf, 0, &created);
     if (fd == -2) return 0; /* never delivered to: empty */
     if (fd < 0) return -1;
-    r = os_fstat(fd, &st) != 0 ? -1 : mbox_scan(v, fd, st.size);
+    r = os_fstat(fd, &st) != 0 ? -1 : mbox_index_scan(v, fd, &st, v->jf);
+    if (r == 0) view_unique_uidls(v);
     v->seen = st;
     mbox_unlock(v->path, fd);
     return r;
@@ -5795,8 +6052,9 @@ mbox_view_refresh(struct pop_view *v)
     fd = mbox_lock(v->path, v->jf, 0, &created);
     if (fd < 0) return -1;
     memset(&now, 0, sizeof now);
-    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) { mbox_unlock(v->path, fd); return -1; }
+    if (os_fstat(fd, &st) != 0 || mbox_index_scan(&now, fd, &st, v->jf) != 0) { mbox_unlock(v->path, fd); return -1; }
     mbox_unlock(v->path, fd);
+    view_unique_uidls(&now);
     p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
     for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
     qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
@@ -5872,17 +6130,25 @@ mbox_expunge(struct pop_view *v, int64_t until)
      * appended, rewritten Status: lines, deleted): the messages to
      * delete are found again by UIDL; one no longer found stays. Each
      * run of them is removed in place, the last first (mbox_compact):
-     * no space needed, both locks held until the file is final. */
-    struct pop_view now;
+     * no space needed, both locks held until the file is final. Then
+     * the messages kept are where they were less what went before them:
+     * that is the new index (what a scan would find, as each message
+     * depends only on its own bytes), written without reading again. */
+    struct pop_view now, kept;
     struct pop_msg **p = NULL;
     struct os_stat st;
+    char (*raw)[72] = NULL;
     int created, i, j, rc = -1, fd = mbox_lock(v->path, v->jf, 0, &created);
-    int64_t end;
+    int64_t end, gone = 0;
     (void)until;
     if (fd == -2) return 1;
     if (fd < 0) return -1;
     memset(&now, 0, sizeof now);
-    if (os_fstat(fd, &st) != 0 || mbox_scan(&now, fd, st.size) != 0) goto fail;
+    memset(&kept, 0, sizeof kept);
+    if (os_fstat(fd, &st) != 0 || mbox_index_scan(&now, fd, &st, v->jf) != 0) goto fail;
+    raw = xrealloc(NULL, sizeof *raw * (size_t)(now.n > 0 ? now.n : 1));
+    for (i = 0; i < now.n; i++) memcpy(raw[i], now.msgs[i].uidl, sizeof raw[i]);
+    view_unique_uidls(&now);
     end = st.size;
     p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
     for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
@@ -5904,9 +6170,23 @@ mbox_expunge(struct pop_view *v, int64_t until)
         i = j;
     }
     rc = 0;
+    for (i = 0; i < now.n; i++) {
+        struct pop_msg *m = &now.msgs[i];
+        if (m->deleted) {
+            gone += (i + 1 < now.n ? now.msgs[i + 1].from_off : st.size) - m->from_off;
+            continue;
+        }
+        *view_add(&kept) = *m;
+        kept.msgs[kept.n - 1].from_off -= gone;
+        kept.msgs[kept.n - 1].off -= gone;
+        memcpy(kept.msgs[kept.n - 1].uidl, raw[i], sizeof raw[i]);
+    }
+    if (gone && os_fstat(fd, &st) == 0 && st.size == end) mbox_index_write(v->jf, fd, &kept, &st);
 fail:
     mbox_unlock(v->path, fd);
     view_free(&now);
+    view_free(&kept);
+    free(raw);
     free(p);
     return rc == 0 ? 1 : -1;
 }

@@ -919,6 +919,242 @@ test_mbox_journal(void)
     rmdir(dir);
 }
 
+/* Issue 14: the mbox index. The messages of mbox as the index finds them
+ * (mbox_index_scan, as a login does) are those a full scan of the file finds,
+ * field by field; *same: they match. */
+static void fs_backdate(const char *path, long seconds);
+static int mbox_unit_differ_ok; /* a difference is what the case expects: not printed */
+
+static int
+mbox_index_agrees(const char *mbox, const char *jf)
+{
+    struct pop_view a, b;
+    struct os_stat st;
+    int i, created, same, fd = mbox_lock(mbox, jf, 0, &created);
+    if (fd < 0) return 0;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    same = os_fstat(fd, &st) == 0 && mbox_index_scan(&a, fd, &st, jf) == 0 && mbox_scan_from(&b, fd, 0, st.size) == 0 &&
+           a.n == b.n;
+    for (i = 0; same && i < a.n; i++) {
+        const struct pop_msg *x = &a.msgs[i], *y = &b.msgs[i];
+        same = x->from_off == y->from_off && x->off == y->off && x->len == y->len && x->size == y->size &&
+               strcmp(x->uidl, y->uidl) == 0;
+        if (!same && !mbox_unit_differ_ok) printf("  message %d: index %lld %lld %lld %lld %s, scan %lld %lld %lld %lld %s\n", i,
+                          (long long)x->from_off, (long long)x->off, (long long)x->len, (long long)x->size, x->uidl,
+                          (long long)y->from_off, (long long)y->off, (long long)y->len, (long long)y->size, y->uidl);
+    }
+    if (a.n != b.n && !mbox_unit_differ_ok) printf("  index: %d messages, scan: %d\n", a.n, b.n);
+    mbox_unlock(mbox, fd);
+    view_free(&a);
+    view_free(&b);
+    return same;
+}
+
+static void
+mbox_unit_append(const char *path, const char *text)
+{
+    int fd = os_open(path, O_WRONLY | O_APPEND, 0);
+    ASSERT(fd >= 0 && write(fd, text, strlen(text)) == (long)strlen(text));
+    close(fd);
+}
+
+/* Replaces the first `from` in the file by `to` (any length), as another program rewriting it would. */
+static void
+mbox_unit_edit(const char *path, const char *from, const char *to)
+{
+    static char buf[200000], out[200000];
+    long n;
+    char *at;
+    int fd = os_open(path, O_RDONLY, 0);
+    ASSERT(fd >= 0);
+    n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : 0;
+    if (fd >= 0) close(fd);
+    buf[n > 0 ? n : 0] = 0;
+    at = strstr(buf, from);
+    ASSERT(at != NULL);
+    if (!at) return;
+    memcpy(out, buf, (size_t)(at - buf));
+    strcpy(out + (at - buf), to);
+    strcat(out, at + strlen(from));
+    fd = os_open(path, O_WRONLY | O_TRUNC, 0); /* in place: the same inode, as mutt rewrites */
+    ASSERT(fd >= 0 && write(fd, out, strlen(out)) == (long)strlen(out));
+    close(fd);
+}
+
+static long
+mbox_unit_size(const char *path)
+{
+    struct os_stat st;
+    return os_stat(path, &st) == 0 ? (long)st.size : -1;
+}
+
+static void
+test_mbox_index(void)
+{
+    char dir[] = "/tmp/mailsrv-unit-XXXXXX", mbox[200], jf[200], ix[200], other[200], ojf[200], oix[200];
+    char big[30000], text[40000];
+    const char *own = "From s@x Mon Jan  1 00:00:01 2024\nReturn-Path: <s@x>\nX-UIDL: 1.M1P1Q%d\nStatus: RO\n"
+                      "Subject: mine %d\n\nmine\n>From here\n\n";
+    const char *foreign = "From a@b Mon Jan  1 00:00:00 2024\nSubject: foreign\nStatus: RO\n\nsame body\n\n";
+    int i;
+    if (!mkdtemp(dir)) { ASSERT(0); return; }
+    snprintf(mbox, sizeof mbox, "%s/u.mbox", dir);
+    snprintf(jf, sizeof jf, "%s/.u.mbox.journal", dir);
+    snprintf(ix, sizeof ix, "%s/.u.mbox.index", dir);
+    snprintf(other, sizeof other, "%s/o.mbox", dir);
+    snprintf(ojf, sizeof ojf, "%s/.o.mbox.journal", dir);
+    snprintf(oix, sizeof oix, "%s/.o.mbox.index", dir);
+    /* junk before the first From_, mailsrv's own messages, two copies of a foreign one (one UIDL, made unique) */
+    strcpy(text, "junk line\n");
+    for (i = 1; i <= 3; i++) snprintf(text + strlen(text), sizeof text - strlen(text), own, i, i);
+    strcat(text, foreign);
+    strcat(text, foreign);
+    mbox_unit_file(mbox, text);
+    fs_backdate(mbox, 100);
+    ASSERT(mbox_index_agrees(mbox, jf)); /* no index yet: a full scan, and the index written */
+    ASSERT(os_lstat_kind(ix) == OS_FILE);
+    ASSERT(mbox_index_agrees(mbox, jf)); /* the same file: the index alone */
+    /* the index alone answers the same file: a change that keeps size and mtime, and is outside the
+     * bytes the index checks, goes unseen (that is what the shortcut trusts; a real program's change
+     * moves the mtime, the next cases) */
+    mbox_unit_edit(mbox, ">From here", ">From\nhere"); /* one more line: its size grows by a CR */
+    fs_backdate(mbox, 100);
+    mbox_unit_differ_ok = 1;
+    ASSERT(!mbox_index_agrees(mbox, jf));
+    mbox_unit_differ_ok = 0;
+    unlink(ix);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* and after an append only the tail is read: the same unseen change, then an append */
+    mbox_unit_edit(mbox, ">From\nhere", ">From here");
+    mbox_unit_append(mbox, foreign);
+    mbox_unit_differ_ok = 1;
+    ASSERT(!mbox_index_agrees(mbox, jf));
+    mbox_unit_differ_ok = 0;
+    unlink(ix);
+    ASSERT(mbox_index_agrees(mbox, jf));
+
+    /* appends by another MDA, and by mailsrv's own form: only the tail is read */
+    snprintf(text, sizeof text, own, 4, 4);
+    mbox_unit_append(mbox, text);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_append(mbox, foreign);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* a last message cut short (no final LF, a line longer than the line reader's buffer) that grows */
+    memset(big, 'b', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    snprintf(text, sizeof text, "From c@d Mon Jan  1 00:00:02 2024\nSubject: growing\n\n%s", big);
+    mbox_unit_append(mbox, text);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_append(mbox, "b tail\nFrom the middle of a line\n");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_append(mbox, "\n");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_append(mbox, foreign);
+    ASSERT(mbox_index_agrees(mbox, jf));
+
+    /* a same-length Status: rewrite (mutt), alone and then with an append (the index made of a file
+     * whose mtime is settled, so that only the mtime tells) */
+    fs_backdate(mbox, 100);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_edit(mbox, "Status: RO\nSubject: mine 2", "Status: OR\nSubject: mine 2");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_edit(mbox, "Status: RO\nSubject: mine 3", "Status: R \nSubject: mine 3");
+    mbox_unit_append(mbox, foreign);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* Dovecot inserts X-UID: lines (every offset after moves), then another append */
+    mbox_unit_edit(mbox, "Subject: mine 1\n", "Subject: mine 1\nX-UID: 1\n");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_edit(mbox, "Subject: mine 2\n", "Subject: mine 2\nX-UID: 2\n");
+    mbox_unit_append(mbox, foreign);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* a longer Status: line in the last message only, then an append */
+    mbox_unit_edit(mbox, "Subject: growing\n", "Subject: growing\nStatus: RO\n");
+    mbox_unit_append(mbox, foreign);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* truncated: the last message gone */
+    i = truncate(mbox, mbox_unit_size(mbox) - (long)strlen(foreign));
+    ASSERT(i == 0 && mbox_index_agrees(mbox, jf));
+    /* a same-length rewrite of a UIDL (not a volatile field): the mtime moved, a full scan */
+    fs_backdate(mbox, 100);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_edit(mbox, "X-UIDL: 1.M1P1Q2\n", "X-UIDL: 1.M1P1Q5\n");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* a message deleted by another program, then appends that make the file larger than before */
+    snprintf(text, sizeof text, own, 2, 2);
+    mbox_unit_edit(mbox, foreign, "");
+    mbox_unit_append(mbox, foreign);
+    mbox_unit_append(mbox, text);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* another message deleted and the last one appended again */
+    mbox_unit_edit(mbox, foreign, "");
+    mbox_unit_append(mbox, text);
+    ASSERT(mbox_index_agrees(mbox, jf));
+
+    /* a damaged index: a digit changed, cut short, garbage, empty; each time scanned whole */
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_edit(ix, "\n1", "\n2");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    i = truncate(ix, mbox_unit_size(ix) / 2);
+    ASSERT(i == 0 && mbox_index_agrees(mbox, jf));
+    mbox_unit_file(ix, "mailsrv mbox index 1\ngarbage\nend 0\n");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    mbox_unit_file(ix, "");
+    ASSERT(mbox_index_agrees(mbox, jf));
+    /* an index made for another mbox (another inode), even of the same size and mtime */
+    mbox_unit_file(other, "From z@z Mon Jan  1 00:00:00 2024\nSubject: other\n\nother\n\n");
+    ASSERT(mbox_index_agrees(other, ojf));
+    ASSERT(rename(oix, ix) == 0);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    snprintf(text, sizeof text, "%s.copy", mbox);
+    ASSERT(rename(mbox, text) == 0 && rename(other, mbox) == 0 && rename(text, other) == 0);
+    ASSERT(mbox_index_agrees(mbox, jf));
+
+    /* QUIT after DELE: the index written after the deletion is what a scan finds */
+    unlink(ix);
+    for (i = 5; i <= 8; i++) {
+        snprintf(text, sizeof text, own, i, i);
+        mbox_unit_append(mbox, text);
+    }
+    mbox_unit_append(mbox, foreign);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    {
+        struct pop_view w;
+        memset(&w, 0, sizeof w);
+        w.ops = &mbox_store;
+        snprintf(w.path, sizeof w.path, "%s", mbox);
+        snprintf(w.jf, sizeof w.jf, "%s", jf);
+        {
+            int fd, created;
+            struct os_stat st;
+            fd = mbox_lock(mbox, jf, 0, &created);
+            ASSERT(fd >= 0 && os_fstat(fd, &st) == 0 && mbox_index_scan(&w, fd, &st, jf) == 0 && w.n == 6);
+            if (fd >= 0) mbox_unlock(mbox, fd);
+        }
+        view_unique_uidls(&w);
+        w.msgs[1].deleted = w.msgs[3].deleted = w.msgs[5].deleted = 1;
+        ASSERT(mbox_expunge(&w, INT64_MAX) == 1);
+        view_free(&w);
+    }
+    { /* the index written by the deletion describes the file as it is now */
+        struct pop_view w;
+        struct mbox_index mi;
+        memset(&w, 0, sizeof w);
+        ASSERT(mbox_index_read(jf, &w, &mi) == 0 && w.n == 3 && (long)mi.size == mbox_unit_size(mbox));
+        view_free(&w);
+    }
+    ASSERT(mbox_index_agrees(mbox, jf));
+    snprintf(text, sizeof text, own, 9, 9);
+    mbox_unit_append(mbox, text);
+    ASSERT(mbox_index_agrees(mbox, jf));
+    unlink(mbox);
+    unlink(other);
+    unlink(ix);
+    unlink(jf);
+    unlink(ojf);
+    rmdir(dir);
+}
+
 /* ---- trust (issue 11): mbox unit tests go above this line ---- */
 
 /* issue 11 finding 2: a mailbox reached through a symbolic link is refused */
@@ -1619,6 +1855,7 @@ main(void)
     test_mbox_unique_uidls();
     test_mbox_journal();
     test_mbox_batch_journal();
+    test_mbox_index();
     /* trust (issue 11): mbox test calls above this line */
 
 #ifndef _WIN32

@@ -488,6 +488,174 @@ def mbox_neomutt_shares(ctx):
     print("#   neomutt: flags and a deletion between mailsrv deliveries and a POP3 deletion: all whole, UIDLs stable")
 
 
+# ---- the mbox index (issue 14): SPOOL/DOMAIN/.USER.mbox.index, kept across sessions ----
+
+def mbox_index_file(srv, addr):
+    user, dom = addr.lower().split("@")
+    return os.path.join(srv.spool, dom, "." + user + ".mbox.index")
+
+
+def mbox_other_rewrite(path, edit):
+    """Another program rewriting the mbox in place under both locks (as mutt and Dovecot do: the same
+    inode); edit(bytes) -> bytes."""
+    dotlock_take(path)
+    try:
+        with open(path, "r+b") as f:
+            wait_for(lambda: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB) is None, 5, "the fcntl lock of %s" % path)
+            data = f.read()
+            new = edit(data)
+            check(new != data, "the rewrite of %s changed nothing" % path)
+            f.seek(0)
+            f.write(new)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    finally:
+        os.unlink(path + ".lock")
+
+
+def mbox_index_same_as_scan(srv, addr, what):
+    """The mailbox as a login finds it through the index, then as a full scan finds it (the index
+    removed first): the same UIDLs, sizes and RETR bytes. Returns the messages (srv.fetch)."""
+    ix = mbox_index_file(srv, addr)
+    check(os.path.exists(ix), "%s: no mbox index before the login" % what)
+    got = srv.fetch(addr)
+    check(os.path.exists(ix), "%s: no mbox index after the login" % what)
+    os.unlink(ix)
+    fresh = srv.fetch(addr)
+    a = [(g["uid"], g["size"], g["data"]) for g in got]
+    b = [(g["uid"], g["size"], g["data"]) for g in fresh]
+    check(a == b, "%s: through the index %s, scanned %s" % (what, [(x[0], x[1]) for x in a], [(x[0], x[1]) for x in b]))
+    return fresh
+
+
+def with_status(data, status):
+    return data.replace(b"\nSubject:", b"\nStatus: %s\nSubject:" % status, 1)
+
+
+@test(limit=120)
+def mbox_index_follows_other_programs(ctx):
+    """Issue 14: the mbox index kept between POP3 sessions never answers differently from a scan of
+    the file, whatever another program did in between: appends (another MDA, mailsrv), a same-length
+    Status: rewrite, X-UID: lines inserted (Dovecot), a message deleted, the last one cut off, a
+    POP3 deletion, a damaged index; a session open meanwhile RETRs the right bytes."""
+    srv = ctx.server(storage="mbox").start()
+    a = "alice@example.test"
+    path = mbox_path(srv, a)
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    mbox_other_append(path, with_status(mbox_foreign(1), b"O"))
+    u0 = [g["uid"] for g in srv.fetch(a)]  # writes the index
+    got = mbox_index_same_as_scan(srv, a, "after deliveries and a foreign append")
+    check([g["uid"] for g in got] == u0, "UIDLs %s, before %s" % ([g["uid"] for g in got], u0))
+    p = srv.pop(a)  # a session open while the others work
+    sizes = p.list()
+    check(p.uidl() == {i + 1: u for i, u in enumerate(u0)}, "UIDL in the open session")
+    mbox_other_append(path, mbox_foreign(2))
+    t3, _ = srv.deliver()
+    mbox_other_rewrite(path, lambda d: d.replace(b"Status: O\n", b"Status: R\n"))
+    for n in (1, 2, 3):
+        data = p.retr(n)
+        check(len(data) == sizes[n], "RETR %d after appends and a Status: rewrite: %d octets, LIST said %d"
+              % (n, len(data), sizes[n]))
+        check(token_of(data) == (t1, t2, "foreign1")[n - 1], "RETR %d gave %s" % (n, short(data, 200)))
+    p.quit()
+    exp = [ours(t1), ours(t2), theirs(1), theirs(2), ours(t3)]
+    got = mbox_index_same_as_scan(srv, a, "after appends and a same-length Status: rewrite")
+    check_whole(got, exp, "after appends and a Status: rewrite")
+    check([g["uid"] for g in got[:3]] == u0, "UIDLs changed: %s -> %s" % (u0, [g["uid"] for g in got[:3]]))
+    # Dovecot's X-UID: lines (every offset after them moves), then an append; the same with no append
+    mbox_other_rewrite(path, lambda d: d.replace(b"\nSubject: ", b"\nX-UID: 1\nSubject: ", 1))
+    mbox_other_append(path, mbox_foreign(3))
+    exp.append(theirs(3))
+    check_whole(mbox_index_same_as_scan(srv, a, "after an X-UID: line and an append"), exp, "after X-UID:")
+    mbox_other_rewrite(path, lambda d: d.replace(b"\nX-UID: 1\n", b"\nX-UID: 1\nX-IMAPbase: 1 5\n", 1))
+    check_whole(mbox_index_same_as_scan(srv, a, "after an X-IMAPbase: line"), exp, "after X-IMAPbase:")
+    # another program deletes message 2; appends make the file larger than before
+    msgs = read(path).split(b"\nFrom ")
+    mbox_other_rewrite(path, lambda d: d.replace(b"\nFrom " + msgs[1], b"", 1))
+    mbox_other_append(path, mbox_foreign(4))
+    mbox_other_append(path, mbox_foreign(5))
+    exp = [exp[0]] + exp[2:] + [theirs(4), theirs(5)]
+    check_whole(mbox_index_same_as_scan(srv, a, "after another program deleted message 2"), exp, "after a deletion")
+    # ... and cuts the last one off
+    last = read(path).rsplit(b"\nFrom ", 1)[1]
+    mbox_other_rewrite(path, lambda d: d[:len(d) - len(last) - 5])
+    exp = exp[:-1]
+    check_whole(mbox_index_same_as_scan(srv, a, "after the last message was cut off"), exp, "after a truncation")
+    # a POP3 deletion writes the index of what is left; then another MDA appends
+    p = srv.pop(a)
+    p.ok("DELE 2")
+    p.ok("DELE 4")
+    p.quit()
+    exp = [exp[0], exp[2]] + exp[4:]
+    u = check_whole(mbox_index_same_as_scan(srv, a, "after POP3 DELE 2, 4"), exp, "after DELE")
+    mbox_other_append(path, mbox_foreign(6))
+    exp.append(theirs(6))
+    check(check_whole(mbox_index_same_as_scan(srv, a, "after DELE and an append"), exp, "after an append")[:-1] == u,
+          "UIDLs changed after an append")
+    # a damaged index: a digit changed (the checksum no longer holds), then garbage
+    ix = mbox_index_file(srv, a)
+    srv.fetch(a)
+    with open(ix, "rb") as f:
+        text = f.read()
+    i = text.index(b"\n", text.index(b"\n") + 1) + 1  # the first message's line
+    with open(ix, "wb") as f:
+        f.write(text[:i] + (b"9" if text[i:i + 1] != b"9" else b"8") + text[i + 1:])
+    check_whole(mbox_index_same_as_scan(srv, a, "with a damaged index"), exp, "with a damaged index")
+    with open(ix, "wb") as f:
+        f.write(b"mailsrv mbox index 1\n" + b"x" * 100)
+    check_whole(mbox_index_same_as_scan(srv, a, "with a garbage index"), exp, "with a garbage index")
+    print("#   mbox index: appends, Status:/X-UID: rewrites, deletions, truncation, damage: same as a full scan")
+
+
+@test(limit=180)
+def mbox_index_dovecot_neomutt(ctx):
+    """Issue 14: the mbox index across what Dovecot (IMAP STORE rewrites Status/X-UID/X-IMAPbase,
+    dovecot-lda appends) and neomutt (flags, a deletion) do to the mbox between POP3 sessions: every
+    login finds what a full scan finds."""
+    srv = ctx.server(storage="mbox").start()
+    a = "alice@example.test"
+    path = mbox_path(srv, a)
+    dv = Dovecot(ctx, srv, a)
+    t1, _ = srv.deliver()
+    t2, _ = srv.deliver()
+    dv.give(os.path.dirname(dv.mbox))
+    srv.fetch(a)
+    try:
+        dv.start()
+        m = dv.imap()
+        check(m.store("1", "+FLAGS", r"(\Seen \Flagged)")[0] == "OK", "dovecot STORE")
+        m.logout()
+        exp = [ours(t1), ours(t2)]
+        u = check_whole(mbox_index_same_as_scan(srv, a, "after Dovecot's STORE"), exp, "after STORE")
+        dv.lda(foreign_msg("lda1", "lda delivery"))
+        exp.append(("lda1", "lda delivery", "lda1 body"))
+        check(check_whole(mbox_index_same_as_scan(srv, a, "after dovecot-lda"), exp, "after LDA")[:2] == u,
+              "UIDLs changed after dovecot-lda")
+        m = dv.imap()
+        check(m.store("2:3", "+FLAGS", r"(\Answered)")[0] == "OK", "dovecot STORE 2:3")
+        m.logout()
+        dv.lda(foreign_msg("lda2", "lda again"))
+        exp.append(("lda2", "lda again", "lda2 body"))
+        check(check_whole(mbox_index_same_as_scan(srv, a, "after STORE and LDA"), exp, "after STORE+LDA")[:2] == u,
+              "UIDLs changed after STORE and LDA")
+    finally:
+        dv.stop()
+    srv.fetch(a)
+    neomutt_run(ctx, path, "<tag-pattern>~A<enter><tag-prefix><set-flag>!<sync-mailbox><quit>")
+    t3, _ = srv.deliver()
+    exp.append(ours(t3))
+    check(check_whole(mbox_index_same_as_scan(srv, a, "after neomutt set flags"), exp, "after neomutt")[:2] == u,
+          "UIDLs changed after neomutt set flags")
+    neomutt_run(ctx, path, "<first-entry><delete-message><sync-mailbox><quit>")
+    mbox_other_append(path, mbox_foreign(1))
+    exp = exp[1:] + [theirs(1)]
+    check_whole(mbox_index_same_as_scan(srv, a, "after neomutt deleted message 1"), exp, "after neomutt's deletion")
+    print("#   mbox index: Dovecot STORE/LDA and neomutt between sessions: same as a full scan")
+
+
 @test(limit=120)
 def mbox_full_disk_delete(ctx):
     """Issue 11.9: on a really full file system (a small tmpfs, mounted by the test as root) POP3
