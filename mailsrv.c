@@ -13,7 +13,10 @@
  * SPOOL/.tmp; at the final dot the message is fsynced, hard-linked into each
  * recipient's Maildir new/ (or appended to the mbox), the directories are
  * fsynced, and only then is 250 sent. POP3 sessions work on a snapshot taken
- * at login and apply deletions at QUIT.
+ * at login and apply deletions at QUIT. Work that can take long (a login's
+ * PBKDF2, a large mailbox's snapshot, a QUIT's deletions) is a session's
+ * `work`: the loop runs it in short slices between the other sessions'
+ * turns (loop_work), and the session takes no input until it is done.
  *
  * Sections (PLEASE KEEP THIS ORDER; `grep -n '^/\*====' mailsrv.c` is the map):
  *   1. Build options
@@ -35,7 +38,7 @@
  *  11. POP3 server session
  *  12. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
  *  13. Mailing lists: confirmed subscription, posts, bounce counting
- *  14. Event loop: listeners, accept, logins' slices, group commit, timers,
+ *  14. Event loop: listeners, accept, long work in slices, group commit, timers,
  *      reload, stop, and the loop turn itself (mailsrv_poll)
  *  15. Public API (mailsrv.h): create, configure, listen, run, destroy
  *  16. Command line and main(): check, add/del/users, queue, gencert, passwd
@@ -4015,7 +4018,8 @@ list_state_parse(char *text, struct list_state *st)
  * any recipient fails, the ones already done are rolled back and the client
  * gets 451, so a retry creates no duplicates.
  *
- * The POP3 view is a snapshot of the mailbox taken at login; with mbox it
+ * The POP3 view is a snapshot of the mailbox taken at login (a Maildir's
+ * in slices, with the sizes it had to read kept in an index); with mbox it
  * is read again when another program changed the file, and the deletions
  * are applied at QUIT to the file as it is then. What a read of an mbox
  * learned is kept in its index (see "the mbox index"), so that a login to an
@@ -10986,8 +10990,8 @@ list_incoming(struct conn *c)
  * while there is input room and it is not held, POLLOUT while output is
  * pending); poll until the nearest deadline; hand each ready socket to its
  * listener or transport (accept, read, send); run the protocols over complete
- * lines; one slice of the logins' hashing; the group commit; timers; the
- * relay; then free the sessions marked closing.
+ * lines; a slice of the sessions' long work (loop_work); the group commit;
+ * timers; the relay; then free the sessions marked closing.
  */
 
 /* Sessions with long work in progress (a login's hash, a mailbox's view,
