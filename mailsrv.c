@@ -1215,9 +1215,9 @@ struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct client_stat;
 struct conn; struct data_rx; struct dirset; struct dns_result; struct edit_span; struct hmac_key;
 struct line_reader; struct list_rate; struct list_state; struct listener; struct mailsrv;
-struct mbox_index; struct mbox_paths; struct mbox_pending; struct mdir_open; struct ms_addr;
-struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg;
-struct pop_view; struct proto_ops; struct qentry; struct sha256; struct smtp_sess;
+struct mbox_index; struct mbox_move; struct mbox_paths; struct mbox_pending; struct mdir_open;
+struct ms_addr; struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2;
+struct pop_msg; struct pop_view; struct proto_ops; struct qentry; struct sha256; struct smtp_sess;
 struct sockaddr_storage; struct store_msg; struct store_ops; struct store_undo; struct targets;
 struct tls_creds; struct tls_sess; struct transport;
 
@@ -1420,12 +1420,15 @@ static int mbox_compact_rec(const char *jf, uint64_t ino, int64_t a, int64_t b, 
 static int mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl);
 static int mbox_file_sum(int fd, int64_t off, int64_t n, char out[33]);
 static int mbox_is_own_batch(int fd, int64_t off, int64_t size, const char *list, size_t ln);
+static int mbox_move_step(int fd, const char *jf, uint64_t ino, struct mbox_move *mv);
 static int mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *saved, int64_t plen);
 static void mbox_noted(const char *jf, const char *what);
 static int mbox_recover(int fd, const char *jf);
 static void mbox_unlock(const char *mbox, int fd);
 static int mbox_dotlock_stale(const char *lock);
 static int mbox_dotlock_make(const char *lock, const char *tmp);
+static int mbox_is_held(const char *mbox);
+static void mbox_hold(const char *mbox, int held);
 static int mbox_lock(const char *mbox, const char *jf, int create, int *created);
 static int64_t mbox_append(int fd, int64_t at, int tmp_fd, int64_t tmp_len, const char *from_line, const char *uidl, int after, char *head, size_t *hl, struct sha256 *sum);
 static const struct store_ops * store_of(const struct ms_config *cfg);
@@ -1487,6 +1490,9 @@ static int view_more(struct pop_view *v, int64_t until);
 static int view_open_whole(const struct store_ops *ops, struct pop_view *v, const char *spool, const char *addr);
 static int view_expunge(struct pop_view *v, int64_t until);
 static int mdir_expunge(struct pop_view *v, int64_t until);
+static void mbox_update_end(struct pop_view *v);
+static int mbox_update_begin(struct pop_view *v);
+static void mbox_update_index(struct pop_view *v);
 static int mbox_expunge(struct pop_view *v, int64_t until);
 static int mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
 static int mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
@@ -4323,41 +4329,64 @@ mbox_is_own_batch(int fd, int64_t off, int64_t size, const char *list, size_t ln
     return 1;
 }
 
+/* The removal of [a,b) from an mbox by moving [b,end) down to a: DONE
+ * bytes moved so far (mbox_compact, mbox_move_step). */
+struct mbox_move { int64_t a, b, end, done; int small; };
+
+/* One piece of a removal: each piece is first saved in the journal (up to
+ * MS_MBOX_MOVE), so a restart writes the piece in flight again from there.
+ * Where the journal cannot grow (a full disk), a piece is at most b-a long:
+ * it never overwrites its own source, so a restart can move it again from
+ * the file. After the last piece the file is cut and the journal cleared.
+ * 1 when the removal is complete, 0 when more remains, -1 on failure. */
+static int
+mbox_move_step(int fd, const char *jf, uint64_t ino, struct mbox_move *mv)
+{
+    int64_t n = mv->end - mv->b - mv->done < MS_MBOX_MOVE ? mv->end - mv->b - mv->done : MS_MBOX_MOVE;
+    char *buf;
+    int rc = -1;
+    if (n <= 0) {
+        if (os_truncate(fd, mv->end - (mv->b - mv->a)) != 0 || os_fsync(fd) != 0) return -1;
+        return mbox_journal_clear(jf) == 0 ? 1 : -1;
+    }
+    /* nothing in flight: every move before done is durable */
+    if (mbox_compact_rec(jf, ino, mv->a, mv->b, mv->end, mv->done, NULL, 0) != 0) return -1;
+    if (mv->small && n > mv->b - mv->a) n = mv->b - mv->a;
+    buf = xrealloc(NULL, (size_t)n);
+    if (os_pread(fd, buf, (size_t)n, mv->b + mv->done) != (long)n) goto out;
+    if (!mv->small && mbox_compact_rec(jf, ino, mv->a, mv->b, mv->end, mv->done, buf, n) != 0) {
+        mv->small = 1; /* no room for the piece: small ones, moved from the file again after a crash */
+        if (n > mv->b - mv->a) n = mv->b - mv->a;
+    }
+    if (os_pwrite_all(fd, buf, (size_t)n, mv->a + mv->done) < 0 || os_fsync(fd) != 0) goto out;
+    mv->done += n;
+    rc = 0;
+out:
+    free(buf);
+    return rc;
+}
+
 /* Removes [a,b) by moving [b,end) down to a, from done on, in place (a
  * full disk is no obstacle: nothing grows but the journal, and only when
- * it can). Each piece is first saved in the journal (up to MS_MBOX_MOVE),
- * so a restart writes the piece in flight again from there. Where the
- * journal cannot grow (a full disk), a piece is at most b-a long: it never
- * overwrites its own source, so a restart can move it again from the file.
- * saved/plen: a piece the journal held at a restart. */
+ * it can), all at once (a restart's recovery). saved/plen: a piece the
+ * journal held at a restart. */
 static int
 mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done,
              const char *saved, int64_t plen)
 {
-    char *buf = xrealloc(NULL, MS_MBOX_MOVE);
-    int rc = -1, small = 0;
+    struct mbox_move mv;
+    int r;
+    mv.a = a;
+    mv.b = b;
+    mv.end = end;
+    mv.done = done;
+    mv.small = 0;
     if (plen > 0) {
-        if (os_pwrite_all(fd, saved, (size_t)plen, a + done) < 0 || os_fsync(fd) != 0) goto out;
-        done += plen;
+        if (os_pwrite_all(fd, saved, (size_t)plen, a + done) < 0 || os_fsync(fd) != 0) return -1;
+        mv.done += plen;
     }
-    while (done < end - b) {
-        int64_t n = end - b - done < MS_MBOX_MOVE ? end - b - done : MS_MBOX_MOVE;
-        /* nothing in flight: every move before done is durable */
-        if (mbox_compact_rec(jf, ino, a, b, end, done, NULL, 0) != 0) goto out;
-        if (small && n > b - a) n = b - a;
-        if (os_pread(fd, buf, (size_t)n, b + done) != (long)n) goto out;
-        if (!small && mbox_compact_rec(jf, ino, a, b, end, done, buf, n) != 0) {
-            small = 1; /* no room for the piece: small ones, moved from the file again after a crash */
-            if (n > b - a) n = b - a;
-        }
-        if (os_pwrite_all(fd, buf, (size_t)n, a + done) < 0 || os_fsync(fd) != 0) goto out;
-        done += n;
-    }
-    if (os_truncate(fd, end - (b - a)) != 0 || os_fsync(fd) != 0) goto out;
-    rc = mbox_journal_clear(jf);
-out:
-    free(buf);
-    return rc;
+    while ((r = mbox_move_step(fd, jf, ino, &mv)) == 0) {}
+    return r > 0 ? 0 : -1;
 }
 
 static void
@@ -4460,7 +4489,8 @@ mbox_unlock(const char *mbox, int fd)
 }
 
 /* A dotlock is stale as liblockfile judges it: its PID is not running (or
- * is ours: mailsrv never keeps one across loop turns; a crash left it), or,
+ * is ours: mailsrv keeps one across loop turns only for an mbox in
+ * mbox_held, which mbox_lock refuses before looking; a crash left it), or,
  * without a PID, it is older than MS_DOTLOCK_STALE; and any is stale past
  * MS_DOTLOCK_MAX_AGE, so a crashed writer's PID taken by another process
  * cannot lock the mailbox for ever. */
@@ -4515,9 +4545,40 @@ mbox_dotlock_make(const char *lock, const char *tmp)
     return 0;
 }
 
+/* The mboxes whose locks this process holds across loop turns (a QUIT's
+ * deletions, made in slices): mbox_lock refuses them at once, without
+ * opening the file, since closing any descriptor of a file drops all of the
+ * process's fcntl locks on it. */
+static char (*mbox_held)[MS_PATH_FILE];
+static int mbox_nheld;
+
+static int
+mbox_is_held(const char *mbox)
+{
+    int i;
+    for (i = 0; i < mbox_nheld; i++)
+        if (strcmp(mbox_held[i], mbox) == 0) return 1;
+    return 0;
+}
+
+static void
+mbox_hold(const char *mbox, int held)
+{
+    int i;
+    for (i = 0; i < mbox_nheld && strcmp(mbox_held[i], mbox) != 0; i++) {}
+    if (!held && i < mbox_nheld) { /* the last takes its place */
+        mbox_nheld--;
+        memmove(mbox_held[i], mbox_held[mbox_nheld], sizeof mbox_held[0]);
+    }
+    if (held && i == mbox_nheld) {
+        mbox_held = xrealloc(mbox_held, sizeof *mbox_held * (size_t)(mbox_nheld + 1));
+        ms_strlcpy(mbox_held[mbox_nheld++], mbox, sizeof mbox_held[0]);
+    }
+}
+
 /* Opens an mbox, takes both locks and recovers (mbox_recover). Returns the
  * fd; -2 if there is no mbox (and create is 0); -1 with errno EAGAIN if
- * another program holds a lock. */
+ * another program, or a QUIT of this one (mbox_held), holds a lock. */
 static int
 mbox_lock(const char *mbox, const char *jf, int create, int *created)
 {
@@ -4526,6 +4587,7 @@ mbox_lock(const char *mbox, const char *jf, int create, int *created)
     struct os_stat st;
     int fd, r, e;
     *created = 0;
+    if (mbox_is_held(mbox)) { errno = EAGAIN; return -1; }
     base = base ? base + 1 : mbox;
     /* tmp: hidden beside the journal, SPOOL/DOMAIN/.USER.mbox.lock.tmp */
     if (ms_fmt(lock, sizeof lock, "%s.lock", mbox) < 0 ||
@@ -4800,7 +4862,12 @@ mbox_batch_append(struct mbox_pending **v, int n, const char **err)
     int64_t off, end;
     size_t pl;
     fd = mbox_lock(mp->mbox, mp->journal, 1, &created);
-    if (fd < 0) { *err = errno == EAGAIN ? "the mbox is locked by another program" : "cannot open the mbox"; return -1; }
+    if (fd < 0) {
+        *err = errno != EAGAIN ? "cannot open the mbox"
+               : mbox_is_held(mp->mbox) ? "the mbox is being rewritten after a POP3 QUIT"
+               : "the mbox is locked by another program";
+        return -1;
+    }
     *err = "cannot write the message";
     if (os_fstat(fd, &st) != 0) goto out;
     /* a file another program left without a final newline still gets its From_ at a line start */
@@ -5171,6 +5238,7 @@ struct pop_view {
     struct pop_msg *msgs;
     int n, cap;
     struct mdir_open *opening; /* Maildir: the view is being made (mdir_view_more) */
+    struct mbox_update *updating; /* mbox: the deletions after QUIT are being made (mbox_expunge) */
     int expunged, expunge_failed; /* Maildir: messages the deletion has looked at; one stayed */
 };
 
@@ -5182,6 +5250,7 @@ view_free(struct pop_view *v)
     free(v->msgs);
     mdir_open_free(v->opening);
     v->opening = NULL;
+    mbox_update_end(v);
     v->msgs = NULL;
     v->n = v->cap = 0;
 }
@@ -6126,73 +6195,133 @@ mdir_expunge(struct pop_view *v, int64_t until)
     return 0;
 }
 
-/* (in one step: an mbox is rewritten under its locks, which are never held across turns) */
-static int
-mbox_expunge(struct pop_view *v, int64_t until)
+/* A QUIT's deletions from an mbox, made in slices (mbox_expunge). */
+struct mbox_update {
+    int fd;                     /* the mbox, both locks held (and in mbox_held) until it is final */
+    struct os_stat st;          /* as it was when the locks were taken */
+    struct pop_view now;        /* its messages then */
+    char (*raw)[72];            /* their UIDLs as scanned, before view_unique_uidls (the index keeps those) */
+    int next;                   /* the last message not yet looked at, from the end */
+    int64_t end;                /* the file's end so far */
+    struct mbox_move mv;        /* the run being removed */
+    int moving;
+};
+
+static void
+mbox_update_end(struct pop_view *v)
 {
-    /* RFC 1939 6: the file as it is now (another program may have
-     * appended, rewritten Status: lines, deleted): the messages to
-     * delete are found again by UIDL; one no longer found stays. Each
-     * run of them is removed in place, the last first (mbox_compact):
-     * no space needed, both locks held until the file is final. Then
-     * the messages kept are where they were less what went before them:
-     * that is the new index (what a scan would find, as each message
-     * depends only on its own bytes), written without reading again. */
-    struct pop_view now, kept;
-    struct pop_msg **p = NULL;
-    struct os_stat st;
-    char (*raw)[72] = NULL;
-    int created, i, j, rc = -1, fd = mbox_lock(v->path, v->jf, 0, &created);
-    int64_t end, gone = 0;
-    (void)until;
+    struct mbox_update *u = v->updating;
+    if (!u) return;
+    mbox_unlock(v->path, u->fd);
+    mbox_hold(v->path, 0);
+    view_free(&u->now);
+    free(u->raw);
+    free(u);
+    v->updating = NULL;
+}
+
+/* Takes the locks and finds the messages to delete in the file as it is
+ * now (another program may have appended, rewritten Status: lines,
+ * deleted): by UIDL; one no longer found stays. 1: nothing to do. */
+static int
+mbox_update_begin(struct pop_view *v)
+{
+    struct mbox_update *u;
+    struct pop_msg **p;
+    int created, i, fd = mbox_lock(v->path, v->jf, 0, &created);
     if (fd == -2) return 1;
     if (fd < 0) return -1;
-    memset(&now, 0, sizeof now);
-    memset(&kept, 0, sizeof kept);
-    if (os_fstat(fd, &st) != 0 || mbox_index_scan(&now, fd, &st, v->jf) != 0) goto fail;
-    raw = xrealloc(NULL, sizeof *raw * (size_t)(now.n > 0 ? now.n : 1));
-    for (i = 0; i < now.n; i++) memcpy(raw[i], now.msgs[i].uidl, sizeof raw[i]);
-    view_unique_uidls(&now);
-    end = st.size;
-    p = xrealloc(NULL, sizeof *p * (size_t)(now.n ? now.n : 1));
-    for (i = 0; i < now.n; i++) p[i] = &now.msgs[i];
-    qsort(p, (size_t)now.n, sizeof *p, view_cmp_uidl);
+    u = v->updating = xrealloc(NULL, sizeof *u);
+    memset(u, 0, sizeof *u);
+    u->fd = fd;
+    mbox_hold(v->path, 1);
+    if (os_fstat(fd, &u->st) != 0 || mbox_index_scan(&u->now, fd, &u->st, v->jf) != 0) return -1;
+    u->raw = xrealloc(NULL, sizeof *u->raw * (size_t)(u->now.n > 0 ? u->now.n : 1));
+    for (i = 0; i < u->now.n; i++) memcpy(u->raw[i], u->now.msgs[i].uidl, sizeof u->raw[i]);
+    view_unique_uidls(&u->now);
+    p = xrealloc(NULL, sizeof *p * (size_t)(u->now.n ? u->now.n : 1));
+    for (i = 0; i < u->now.n; i++) p[i] = &u->now.msgs[i];
+    qsort(p, (size_t)u->now.n, sizeof *p, view_cmp_uidl);
     for (i = 0; i < v->n; i++) {
         struct pop_msg **f;
         if (!v->msgs[i].deleted) continue;
-        f = bsearch(v->msgs[i].uidl, p, (size_t)now.n, sizeof *p, view_cmp_uidl_key);
+        f = bsearch(v->msgs[i].uidl, p, (size_t)u->now.n, sizeof *p, view_cmp_uidl_key);
         if (f) (*f)->deleted = 1;
     }
-    for (i = now.n - 1; i >= 0; i--) {
-        int64_t a, b;
-        if (!now.msgs[i].deleted) continue;
-        for (j = i; j > 0 && now.msgs[j - 1].deleted; j--) {}
-        a = now.msgs[j].from_off;
-        b = i + 1 < now.n ? now.msgs[i + 1].from_off : end;
-        if (mbox_compact(fd, v->jf, st.ino, a, b, end, 0, NULL, 0) != 0) goto fail;
-        end -= b - a;
-        i = j;
-    }
-    rc = 0;
-    for (i = 0; i < now.n; i++) {
-        struct pop_msg *m = &now.msgs[i];
+    free(p);
+    u->end = u->st.size;
+    u->next = u->now.n - 1;
+    return 0;
+}
+
+/* The messages kept are where they were less what went before them: that
+ * is the new index (what a scan would find, as each message depends only
+ * on its own bytes), written without reading again. */
+static void
+mbox_update_index(struct pop_view *v)
+{
+    struct mbox_update *u = v->updating;
+    struct pop_view kept;
+    struct os_stat st;
+    int64_t gone = 0;
+    int i;
+    memset(&kept, 0, sizeof kept);
+    for (i = 0; i < u->now.n; i++) {
+        struct pop_msg *m = &u->now.msgs[i];
         if (m->deleted) {
-            gone += (i + 1 < now.n ? now.msgs[i + 1].from_off : st.size) - m->from_off;
+            gone += (i + 1 < u->now.n ? u->now.msgs[i + 1].from_off : u->st.size) - m->from_off;
             continue;
         }
         *view_add(&kept) = *m;
         kept.msgs[kept.n - 1].from_off -= gone;
         kept.msgs[kept.n - 1].off -= gone;
-        memcpy(kept.msgs[kept.n - 1].uidl, raw[i], sizeof raw[i]);
+        memcpy(kept.msgs[kept.n - 1].uidl, u->raw[i], sizeof u->raw[i]);
     }
-    if (gone && os_fstat(fd, &st) == 0 && st.size == end) mbox_index_write(v->jf, fd, &kept, &st);
-fail:
-    mbox_unlock(v->path, fd);
-    view_free(&now);
+    if (gone && os_fstat(u->fd, &st) == 0 && st.size == u->end) mbox_index_write(v->jf, u->fd, &kept, &st);
     view_free(&kept);
-    free(raw);
-    free(p);
-    return rc == 0 ? 1 : -1;
+}
+
+/* RFC 1939 6, in slices: each run of deleted messages is removed in place,
+ * the last first, one piece (mbox_move_step: a journal record, a move of up
+ * to MS_MBOX_MOVE, an fsync) per step; no space needed. The locks are held
+ * from the first step to the last, so nobody sees the file half-way;
+ * deliveries to it meanwhile get 451 (mbox_held) as when another program
+ * holds it. */
+static int
+mbox_expunge(struct pop_view *v, int64_t until)
+{
+    int r;
+    if (!v->updating && (r = mbox_update_begin(v)) != 0) {
+        mbox_update_end(v);
+        return r > 0 ? 1 : -1;
+    }
+    do {
+        struct mbox_update *u = v->updating;
+        int i, j;
+        if (u->moving) {
+            if ((r = mbox_move_step(u->fd, v->jf, u->st.ino, &u->mv)) < 0) { mbox_update_end(v); return -1; }
+            if (r > 0) {
+                u->end -= u->mv.b - u->mv.a;
+                u->moving = 0;
+            }
+            continue;
+        }
+        for (i = u->next; i >= 0 && !u->now.msgs[i].deleted; i--) {}
+        if (i < 0) {
+            mbox_update_index(v);
+            mbox_update_end(v);
+            return 1;
+        }
+        for (j = i; j > 0 && u->now.msgs[j - 1].deleted; j--) {}
+        u->mv.a = u->now.msgs[j].from_off;
+        u->mv.b = i + 1 < u->now.n ? u->now.msgs[i + 1].from_off : u->end;
+        u->mv.end = u->end;
+        u->mv.done = 0;
+        u->mv.small = 0;
+        u->moving = 1;
+        u->next = j - 1;
+    } while (os_now_us() < until);
+    return 0;
 }
 
 static int

@@ -897,6 +897,23 @@ def mbox_group_commit_concurrent_sessions(ctx):
     check(len(set(uids)) == len(uids), "UIDLs not unique")
 
 
+def server_rx_queues(port, k):
+    """The bytes waiting unread in the server's end of each of its k connections on port (Linux:
+    /proc/net/tcp and tcp6, established sockets whose local port is port), or None."""
+    queues = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                queues.append(int(cols[4].split(":")[1], 16))
+    return queues if len(queues) == k else None
+
+
 def mbox_batch_round(ctx, op, n, outcomes, k=4):
     """One round of fault_mbox_batch: alice's mbox holds another program's message; k sessions are
     each in DATA with the body sent; the server is stopped (SIGSTOP) while the k final dots go out,
@@ -926,12 +943,14 @@ def mbox_batch_round(ctx, op, n, outcomes, k=4):
         c.send(dot_stuff(make_msg(t, body=bodies[t])))
         conns.append(c)
         toks.append(t)
-    time.sleep(0.3)  # the bodies are read (and written to the .tmp files) before the dots
+    # the server has read every body before the dots go out, and every dot is waiting in its socket
+    # before it runs again: its next turn takes all of them
+    wait_for(lambda: server_rx_queues(srv.smtp_port, k) == [0] * k or None, 20, "the server reading the bodies")
     os.kill(srv.proc.pid, signal.SIGSTOP)
     try:
         for c in conns:
             c.send(".\r\n")
-        time.sleep(0.2)
+        wait_for(lambda: server_rx_queues(srv.smtp_port, k) == [3] * k or None, 5, "the dots reaching the server")
     finally:
         os.kill(srv.proc.pid, signal.SIGCONT)
     replies = [c.reply() for c in conns]
@@ -1270,3 +1289,58 @@ def fs_free_space_reserve(ctx):
 
 
 # end of section: fs
+
+
+def mbox_big_foreign(n, kb):
+    """A foreign message with a body of about kb KiB (a removal moves it in pieces of 1 MiB)."""
+    line = "big body line of message %d, padding padding padding padding padding padding\n" % n
+    body = line * (kb * 1024 // len(line) + 1)
+    return ("From other@else.test Fri Dec  4 12:00:%02d 2026\nFrom: <other@else.test>\nTo: <alice@example.test>\n"
+            "Subject: foreign %d\nX-Test-Token: foreign%d\n\nforeign body %d\n>From quoted %d\n%s\n"
+            % (n % 60, n, n, n, n, body)).encode()
+
+
+@test(limit=180)
+def mbox_quit_scattered_deletions_in_slices(ctx):
+    """Issue 14: a QUIT that deletes every other message of a 400-message mbox (some of them
+    several MiB, moved in pieces) is carried out across loop turns with both locks held: the client
+    leaves without waiting for the answer, a delivery made meanwhile is either refused with 451 or
+    kept, and afterwards exactly the kept messages are there, whole, with their UIDLs, and the
+    index written at the end matches a scan."""
+    srv = ctx.server(storage="mbox", server={"timeout": "120"}).start()
+    path = mbox_path(srv, "alice@example.test")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        for n in range(1, 401):
+            f.write(mbox_big_foreign(n, 3 * 1024) if n in (2, 150, 398) else mbox_foreign(n))
+    p = srv.pop("alice@example.test")
+    before = p.uidl()
+    check(len(before) == 400, "the mbox shows %d messages, not 400" % len(before))
+    p.send("".join("DELE %d\r\n" % k for k in range(1, 401, 2)))
+    for k in range(200):
+        r = p.line()
+        check(r.startswith(b"+OK"), "DELE: %s" % short(r))
+    p.send("QUIT\r\n")
+    p.sock.shutdown(socket.SHUT_RDWR)
+    p.close()
+    token = "duringquit"
+    try:
+        srv.deliver(token=token)
+        refused = False
+    except smtplib.SMTPDataError as e:
+        check(e.smtp_code == 451, "a delivery during the QUIT got %s" % e)
+        refused = True
+    print("    a delivery during the QUIT's deletions: %s" % ("451" if refused else "250"))
+    from .pop3 import pop_login_retry
+    q = pop_login_retry(srv, "alice@example.test", timeout=60)
+    after = q.uidl()
+    q.quit()
+    kept = [before[k] for k in range(2, 401, 2)]
+    got = [u for _, u in sorted(after.items())]
+    want = kept + ([] if refused else got[-1:])
+    check(got == want, "after the QUIT: %d messages, expected %d (the even ones%s)"
+          % (len(got), len(want), "" if refused else " and the one delivered meanwhile"))
+    expect = [theirs(n) for n in range(2, 401, 2)] + ([] if refused else [ours(token)])
+    check_whole(srv.fetch("alice@example.test"), expect, "after a sliced QUIT")
+    os.unlink(path[:-len(os.path.basename(path))] + "." + os.path.basename(path) + ".index")
+    check_whole(srv.fetch("alice@example.test"), expect, "after a sliced QUIT, without the index")
