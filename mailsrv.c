@@ -120,6 +120,10 @@
 #endif
 #define MS_PBKDF2_SLICE 512       /* PBKDF2 iterations per loop turn, over all logins in
                                      progress: about 0.4 ms on a 2020s x86 core */
+#define MS_WORK_SLICE_US 1000     /* long work (a delivery to many mailboxes, the group commit's
+                                     folder fsyncs) runs at most this long per loop turn */
+#define MS_WRITEBACK_BYTES (1024 * 1024) /* DATA: the file's writeback is started every this
+                                     many bytes, so that the fsync at the final dot waits for little */
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
@@ -255,6 +259,14 @@ os_now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t
+os_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static void
@@ -421,6 +433,20 @@ static int os_fsync(int fd) { return FAULT(F_FSYNC) ? -1 : fsync(fd); }
 static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
 static int os_mkdir(const char *p) { return mkdir(p, 0700); }
 static int os_link(const char *from, const char *to) { return FAULT(F_LINK) ? -1 : link(from, to); }
+
+/* Asks the kernel to start writing [off, off+len) of fd to disk now, without
+ * waiting: a later fsync then waits for little. Linux starts the writeback
+ * of a range's dirty pages on POSIX_FADV_DONTNEED (and keeps those it is
+ * writing); a system without posix_fadvise (macOS) writes at the fsync. */
+static void
+os_start_writeback(int fd, int64_t off, int64_t len)
+{
+#ifdef POSIX_FADV_DONTNEED
+    posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+#else
+    (void)fd; (void)off; (void)len;
+#endif
+}
 static int os_unlink(const char *p) { return unlink(p); }
 static int os_replace(const char *from, const char *to) { return FAULT(F_RENAME) ? -1 : rename(from, to); }
 
@@ -608,6 +634,14 @@ typedef SOCKET ms_sock_t;
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
+static int64_t
+os_now_us(void)
+{
+    LARGE_INTEGER t, f;
+    QueryPerformanceCounter(&t);
+    QueryPerformanceFrequency(&f);
+    return (int64_t)(t.QuadPart / f.QuadPart * 1000000 + t.QuadPart % f.QuadPart * 1000000 / f.QuadPart);
+}
 
 static void
 os_wallclock(int64_t *sec, long *usec)
@@ -772,6 +806,8 @@ os_pwrite(int fd, const void *buf, size_t n, int64_t off)
     return (long)_write(fd, buf, (unsigned)n);
 }
 static int os_fsync(int fd) { return _commit(fd); }
+/* The cache manager writes behind on its own. */
+static void os_start_writeback(int fd, int64_t off, int64_t len) { (void)fd; (void)off; (void)len; }
 static int os_truncate(int fd, int64_t len) { return _chsize_s(fd, len) == 0 ? 0 : -1; }
 static int os_mkdir(const char *p) { return _mkdir(p); }
 static int os_unlink(const char *p) { return _unlink(p); }
@@ -1132,14 +1168,16 @@ os_read_password(char *buf, size_t n)
 struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key; struct cfg_list;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_stat; struct conn; struct data_rx;
 struct dirset; struct dns_result; struct edit_span; struct hmac_key; struct line_reader;
-struct list_rate; struct list_state; struct listener; struct mailsrv; struct mbox_paths;
-struct ms_addr; struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2;
-struct pop_msg; struct pop_view; struct proto_ops; struct qentry; struct sha256; struct smtp_sess;
-struct sockaddr_storage; struct store_msg; struct store_ops; struct store_undo; struct targets;
-struct tls_creds; struct tls_sess; struct transport;
+struct list_post; struct list_rate; struct list_state; struct listener; struct mailsrv;
+struct mbox_paths; struct ms_addr; struct ms_config; struct mta_sess; struct os_stat;
+struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops; struct qentry;
+struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_job; struct store_msg;
+struct store_ops; struct store_undo; struct targets; struct tls_creds; struct tls_sess;
+struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
+static int64_t os_now_us(void);
 static void os_wallclock(int64_t *sec, long *usec);
 static unsigned long os_pid(void);
 static int os_pid_alive(unsigned long pid);
@@ -1167,6 +1205,7 @@ static int os_fsync(int fd);
 static int os_truncate(int fd, int64_t len);
 static int os_mkdir(const char *p);
 static int os_link(const char *from, const char *to);
+static void os_start_writeback(int fd, int64_t off, int64_t len);
 static int os_unlink(const char *p);
 static int os_replace(const char *from, const char *to);
 static int os_fsync_dir(const char *path);
@@ -1319,9 +1358,10 @@ static void lr_init(struct line_reader *lr, int fd, int64_t start, int64_t end);
 static void lr_free(struct line_reader *lr);
 static int lr_next(struct line_reader *lr, const char **line, size_t *len, int *complete, int64_t *off);
 static int store_mkdir(const char *path, const char *parent);
+static int store_mkdir_owed(const char *path, const char *parent, struct dirset *ds);
 static int store_user_dir(const char *spool, const char *addr, char *dom_dir, size_t dn, char *user_out, size_t un);
 static int store_no_links(const char *spool, const char *addr, int maildir);
-static int mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n);
+static int mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n, struct dirset *ds);
 static int mbox_paths(const char *spool, const char *addr, struct mbox_paths *mp);
 static int store_fsync_parent(const char *path);
 static int mbox_journal_put(const char *jf, const char *rec, size_t n, const char *data, size_t dn, int shrink);
@@ -1345,6 +1385,9 @@ static void mbox_undo(const struct store_undo *u);
 static void dirset_add(struct dirset *d, const char *dir);
 static int mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
 static int mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
+static void store_job_begin(struct store_job *j, struct store_msg *m, const struct targets *t, struct dirset *ds);
+static void store_job_abort(struct store_job *j);
+static int store_job_step(struct store_job *j, const struct ms_config *cfg, int64_t until_us);
 static int store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err, struct dirset *ds, struct store_undo **undo_out, int *nundo_out);
 static void qentry_free(struct qentry *e);
 static void queue_env_text(const struct qentry *e, struct buf *b);
@@ -1464,6 +1507,8 @@ static void smtp_do_rcpt(struct conn *c, const char *args);
 static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
 static void smtp_do_data(struct conn *c, const char *args);
 static void smtp_data_end(struct conn *c);
+static void smtp_deliver_next(struct conn *c);
+static int smtp_deliver_step(struct conn *c, int64_t until_us);
 static void smtp_group_committed(struct conn *c, int ok);
 static size_t smtp_data_feed(struct conn *c, const char *in, size_t n);
 static void smtp_do_starttls(struct conn *c, const char *args);
@@ -1586,7 +1631,11 @@ static int list_count_bounces(struct mailsrv *ms, const struct cfg_list *l, char
 static int list_relay_bounce(struct mailsrv *ms, struct qentry *e);
 static int list_drops_field(const struct cfg_list *l, const char *f, size_t n);
 static void list_write_post(const struct cfg_list *l, struct store_msg *m, long seq, const struct store_msg *in, const char *h, size_t hn, int64_t body_off);
-static int list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *in, const char *h, size_t hn, int64_t body_off);
+static int list_post(struct mailsrv *ms, const struct cfg_list *l, struct smtp_sess *s, const char *h, size_t hn, int64_t body_off);
+static void list_post_done(struct mailsrv *ms, const struct list_post *p, const char *in_id, const char *in_sender);
+static void list_post_failed(struct mailsrv *ms, const struct list_post *p, const char *err);
+static void list_post_clear(struct list_post *p);
+static void list_posts_free(struct list_post *p, int n);
 static uint64_t list_rate_hash(char kind, const char *s);
 static struct list_rate * list_rate_find(struct list_rate *r, uint64_t key, int64_t now);
 static struct list_rate * list_rate_free(struct list_rate *r, const struct list_rate *avoid);
@@ -1599,6 +1648,9 @@ static int list_incoming(struct conn *c);
 static void loop_logins(struct mailsrv *ms);
 static void loop_refuse(ms_sock_t s, enum proto proto, int rate);
 static void loop_accept(struct mailsrv *ms, struct listener *l);
+static void loop_work(struct mailsrv *ms);
+static int commit_seal(struct mailsrv *ms);
+static int commit_step(struct mailsrv *ms, int64_t until_us);
 static void loop_group_commit(struct mailsrv *ms);
 static void loop_timers(struct mailsrv *ms, int64_t now);
 static void loop_sweep(struct mailsrv *ms);
@@ -3953,8 +4005,18 @@ lr_next(struct line_reader *lr, const char **line, size_t *len, int *complete, i
 static int
 store_mkdir(const char *path, const char *parent)
 {
-    if (os_mkdir(path) == 0) return os_fsync_dir(parent);
-    return errno == EEXIST ? 0 : -1;
+    return store_mkdir_owed(path, parent, NULL);
+}
+
+/* ... or, with ds, leaves that fsync to the group commit (see struct dirset):
+ * one fsync for all the folders a batch created, instead of one each. */
+static int
+store_mkdir_owed(const char *path, const char *parent, struct dirset *ds)
+{
+    if (os_mkdir(path) != 0) return errno == EEXIST ? 0 : -1;
+    if (!ds) return os_fsync_dir(parent);
+    dirset_add(ds, parent);
+    return 0;
 }
 
 static int
@@ -4003,16 +4065,18 @@ store_no_links(const char *spool, const char *addr, int maildir)
     return -1;
 }
 
+/* Creates what is missing of addr's Maildir; the fsyncs of the folders it
+ * creates are done here, or left to ds (the delivery's group commit). */
 static int
-mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n)
+mdir_prepare(const char *spool, const char *addr, char *newdir, size_t n, struct dirset *ds)
 {
     char dom[MS_PATH_DOMAIN], user[MS_LOCAL_MAX + 1], udir[MS_PATH_MAILBOX], sub[MS_PATH_FILE];
-    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 || store_mkdir(dom, spool) != 0)
+    if (store_user_dir(spool, addr, dom, sizeof dom, user, sizeof user) != 0 || store_mkdir_owed(dom, spool, ds) != 0)
         return -1;
-    if (ms_fmt(udir, sizeof udir, "%s/%s", dom, user) < 0 || store_mkdir(udir, dom) != 0) return -1;
-    if (ms_fmt(sub, sizeof sub, "%s/tmp", udir) < 0 || store_mkdir(sub, udir) != 0) return -1;
-    if (ms_fmt(sub, sizeof sub, "%s/cur", udir) < 0 || store_mkdir(sub, udir) != 0) return -1;
-    if (ms_fmt(newdir, n, "%s/new", udir) < 0 || store_mkdir(newdir, udir) != 0) return -1;
+    if (ms_fmt(udir, sizeof udir, "%s/%s", dom, user) < 0 || store_mkdir_owed(udir, dom, ds) != 0) return -1;
+    if (ms_fmt(sub, sizeof sub, "%s/tmp", udir) < 0 || store_mkdir_owed(sub, udir, ds) != 0) return -1;
+    if (ms_fmt(sub, sizeof sub, "%s/cur", udir) < 0 || store_mkdir_owed(sub, udir, ds) != 0) return -1;
+    if (ms_fmt(newdir, n, "%s/new", udir) < 0 || store_mkdir_owed(newdir, udir, ds) != 0) return -1;
     return 0;
 }
 
@@ -4477,7 +4541,8 @@ mbox_undo(const struct store_undo *u)
 }
 
 /* Directories whose fsync a batch of Maildir deliveries still owes (group
- * commit: one fsync of new/ for all the messages of one loop turn). */
+ * commit: one fsync of new/, and of each folder created for a new Maildir,
+ * for all the messages delivered while the batch before was committed). */
 struct dirset { char (*v)[MS_PATH_FILE]; int n, cap; };
 
 static void
@@ -4507,7 +4572,7 @@ mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr,
                (long long)m->size, (long long)(m->size + m->lines)) < 0)
         return -1;
     if (os_link(m->tmp_path, u->path) != 0) {
-        if (errno != ENOENT || mdir_prepare(cfg->spool, addr, newdir, sizeof newdir) != 0) {
+        if (errno != ENOENT || mdir_prepare(cfg->spool, addr, newdir, sizeof newdir, ds) != 0) {
             *err = "cannot create the Maildir";
             return -1;
         }
@@ -4568,6 +4633,75 @@ mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr,
     return 0;
 }
 
+/* A delivery of m to the local targets of t, in steps (a list post goes to
+ * a thousand mailboxes: the loop serves other sessions between two slices).
+ * ds as for store_deliver. Each step is given the configuration in force
+ * (a reload between two frees the one before). */
+struct store_job {
+    struct store_msg *m;
+    const struct targets *t;
+    struct dirset *ds;
+    int next;                        /* the next target; -1: m's file is not fsynced yet */
+    struct store_undo *undo;         /* the copies made so far */
+    int nundo;
+    const char *err;                 /* why it failed */
+};
+
+static void
+store_job_begin(struct store_job *j, struct store_msg *m, const struct targets *t, struct dirset *ds)
+{
+    j->m = m;
+    j->t = t;
+    j->ds = ds;
+    j->next = -1;
+    j->undo = xrealloc(NULL, sizeof *j->undo * (size_t)(t->n ? t->n : 1));
+    j->nundo = 0;
+    j->err = "cannot write the message";
+}
+
+/* Takes back every copy j made (and ends it). */
+static void
+store_job_abort(struct store_job *j)
+{
+    store_rollback(j->undo, j->nundo);
+    free(j->undo);
+    j->undo = NULL;
+    j->nundo = 0;
+}
+
+/* Delivers to j's targets until until_us (at least one step): 1 when all
+ * are delivered (j->undo lists the copies), 0 when more is to do, -1 on
+ * failure: j->err says why and no copy of j stays. */
+static int
+store_job_step(struct store_job *j, const struct ms_config *cfg, int64_t until_us)
+{
+    static char why[MS_PATH_MAX + 64];
+    const struct store_ops *store = store_of(cfg);
+    const char *addr;
+    do {
+        if (j->next < 0) { /* the text first: the copies are links to it */
+            if (os_fsync(j->m->tmp_fd) != 0) goto fail;
+            j->next = 0;
+            continue;
+        }
+        if (j->next == j->t->n) return 1;
+        addr = j->t->v[j->next];
+        if (j->t->remote[j->next++]) continue; /* queued by queue_create */
+        if (store_no_links(cfg->spool, addr, store->maildir) != 0) {
+            /* 4xx: a local fault to repair; a 5xx after DATA would bounce the mail for every recipient */
+            snprintf(why, sizeof why, "the mailbox of %s is a symbolic link: refused", addr);
+            if (errno == ELOOP) j->err = why;
+            goto fail;
+        }
+        if (store->deliver(cfg, j->m, addr, &j->undo[j->nundo], j->ds, &j->err) != 0) goto fail;
+        j->undo[j->nundo++].undo = store->undo;
+    } while (os_now_us() < until_us);
+    return j->next == j->t->n ? 1 : 0;
+fail:
+    store_job_abort(j);
+    return -1;
+}
+
 /* Delivers to every target. With ds == NULL, returns 0 only when all copies
  * are durable; otherwise the fsync of the Maildir folders is left to the
  * caller (added to ds), who gets the undo list to roll back if it fails. On
@@ -4576,30 +4710,12 @@ static int
 store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct targets *t, const char **err,
               struct dirset *ds, struct store_undo **undo_out, int *nundo_out)
 {
-    static char why[MS_PATH_MAX + 64];
-    const struct store_ops *store = store_of(cfg);
-    struct store_undo *undo = xrealloc(NULL, sizeof *undo * (size_t)(t->n ? t->n : 1));
-    int i, nu = 0;
-    *err = "cannot write the message";
-    if (os_fsync(m->tmp_fd) != 0) goto fail;
-    for (i = 0; i < t->n; i++) {
-        if (t->remote[i]) continue; /* queued by queue_create */
-        if (store_no_links(cfg->spool, t->v[i], store->maildir) != 0) {
-            /* 4xx: a local fault to repair; a 5xx after DATA would bounce the mail for every recipient */
-            snprintf(why, sizeof why, "the mailbox of %s is a symbolic link: refused", t->v[i]);
-            if (errno == ELOOP) *err = why;
-            goto fail;
-        }
-        if (store->deliver(cfg, m, t->v[i], &undo[nu], ds, err) != 0) goto fail;
-        undo[nu++].undo = store->undo;
-    }
-    if (undo_out) { *undo_out = undo; *nundo_out = nu; }
-    else free(undo);
+    struct store_job j;
+    store_job_begin(&j, m, t, ds);
+    if (store_job_step(&j, cfg, INT64_MAX) != 1) { *err = j.err; return -1; }
+    if (undo_out) { *undo_out = j.undo; *nundo_out = j.nundo; }
+    else free(j.undo);
     return 0;
-fail:
-    store_rollback(undo, nu);
-    free(undo);
-    return -1;
 }
 
 /* ---- the relay queue ----
@@ -6245,6 +6361,15 @@ enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_DATA };
 enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
 
+/* A post to a list, made at the final dot (list_incoming) and delivered to
+ * the members with the message that brought it (smtp_deliver_step). */
+struct list_post {
+    struct store_msg m;              /* the members' copy */
+    struct targets t;                /* the members */
+    char list[MS_LOCAL_MAX + MS_DOMAIN_MAX + 2]; /* NAME@DOMAIN, for the log */
+    long seq;
+};
+
 struct smtp_sess {
     int state, esmtp, auth_step;
     char helo[MS_DOMAIN_MAX + 6];    /* a 255-octet name, visible (ms_visible keeps 5 spare) */
@@ -6259,9 +6384,16 @@ struct smtp_sess {
     struct data_rx rx;
     char *wbuf;                      /* only while receiving DATA */
     size_t wlen;
+    int64_t written, writeback_from; /* DATA: bytes in msg's file; where its writeback was last started */
     struct store_msg msg;
-    struct store_undo *undo;
+    struct store_undo *undo;         /* the copies made (all of them once commit_pending is set) */
     int nundo;
+    /* the delivery at the final dot, in slices (smtp_deliver_step): each list
+     * post (list_incoming), then the message itself; undo gets each one's copies */
+    struct list_post *posts;
+    int nposts;
+    int delivering;                  /* which: 0 none, k + 1 posts[k] (k < nposts) or the message */
+    struct store_job job;            /* its local copies */
 };
 
 enum { POP_S_AUTH, POP_S_TRANS };
@@ -6301,9 +6433,13 @@ struct conn {
     long junk;                       /* junk commands (max_junk_commands) */
     unsigned is_closing : 1, close_after_flush : 1, discarding : 1, is_eof : 1;
     unsigned tls_after_flush : 1;    /* STARTTLS/STLS: TLS begins once the reply is out */
-    unsigned commit_pending : 1;     /* delivered: the turn's folder fsync (loop_group_commit) and the answer are owed */
+    unsigned commit_pending : 1;     /* delivered: the folders' fsync (loop_group_commit) and the answer are owed */
+    unsigned commit_sealed : 1;      /* ... and its folders are in the batch being fsynced */
     unsigned out_full : 1;           /* conn_process stopped at MS_OUT_HIGH: it goes on once the output is back under it */
     struct login *login;             /* hashing: no input is processed meanwhile */
+    /* Long work, run in slices by the loop (loop_work): a delivery to many
+     * mailboxes. No input is processed meanwhile. Returns 1 when done. */
+    int (*work)(struct conn *c, int64_t until_us);
     char inbuf[MS_IN_SIZE];          /* io's input */
     union { struct smtp_sess smtp; struct pop_sess pop; } u;
 };
@@ -6356,8 +6492,12 @@ struct mailsrv {
     mailsrv_log_fn log_fn;
     void *log_user;
     int verbose;
-    struct dirset commit_dirs;       /* owed by sessions with commit_pending */
-    int commit_again;                /* a session became pending during loop_group_commit */
+    struct dirset commit_dirs;       /* owed by sessions with commit_pending, not commit_sealed */
+    struct dirset commit_batch;      /* being fsynced, for the sessions with commit_sealed */
+    int commit_next, commit_ok;      /* ... the first commit_next are done; all of them were fsynced */
+    int committing;                  /* a batch is sealed (loop_group_commit) */
+    int commit_again;                /* the next turn must not sleep: a batch to go on with or to seal */
+    unsigned work_last;              /* the connection whose work ran last (round-robin) */
     /* relay */
     char qdir[1024];                 /* the queue folder, fixed at listen */
     struct qentry **queue;
@@ -6502,12 +6642,12 @@ conn_process(struct conn *c)
 {
     char line[MS_SMTP_LINE_MAX + 1];
     c->out_full = 0;
-    if (c->login) return; /* pipelined commands wait for the login's outcome */
+    if (c->login || c->work) return; /* pipelined commands wait for the login's (the delivery's) outcome */
     if (c->hold_until) {
         if (os_now_ms() < c->hold_until) return;
         c->hold_until = 0;
     }
-    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login) {
+    while (!c->is_closing && !c->close_after_flush && !c->hold_until && !c->tls_after_flush && !c->login && !c->work) {
         size_t len;
         int r;
         if (io_pending(&c->io) > MS_OUT_HIGH) { c->out_full = 1; break; }
@@ -6569,7 +6709,7 @@ conn_watch(struct conn *c, int64_t now, int64_t *wake)
 {
     short ev = 0;
     if (c->hold_until) { if (c->hold_until < *wake) *wake = c->hold_until; }
-    else if (c->login) *wake = now; /* hashing: no input meanwhile, the next slice at once */
+    else if (c->login || c->work) *wake = now; /* hashing, delivering: no input meanwhile, the next slice at once */
     else {
         ev = io_events(&c->io, !c->close_after_flush && !c->is_eof && !c->tls_after_flush,
                        io_pending(&c->io) || c->ops->streaming(c));
@@ -6590,7 +6730,7 @@ conn_on_io(struct transport *io, short revents)
 {
     struct conn *c = IO_OWNER(io, struct conn, io);
     if (!revents) {
-        if (!io_tls_input(io) || c->hold_until || c->login) return;
+        if (!io_tls_input(io) || c->hold_until || c->login || c->work) return;
         revents = POLLIN;
     }
     io->revents = revents; /* conn_run's turn comes */
@@ -6605,7 +6745,8 @@ conn_run(struct conn *c)
     conn_process(c);
     /* the client sent all it will: the end, once the commands it sent before are answered
      * (output over MS_OUT_HIGH or a RETR stream still to go: later turns, on POLLOUT) */
-    if (c->is_eof && !c->hold_until && !c->login && !c->out_full && !c->ops->streaming(c)) {
+    if (c->is_eof && !c->hold_until && !c->login && !c->work && !c->commit_pending && !c->out_full &&
+        !c->ops->streaming(c)) {
         if (c->ops->lost_log && c->ops->in_transfer(c)) conn_log(c, "%s", c->ops->lost_log);
         conn_close_after_reply(c);
     }
@@ -6769,7 +6910,7 @@ conn_may_relay(const struct conn *c)
 static int
 conn_busy(const struct conn *c)
 {
-    return c->hold_until || c->tls_after_flush || c->login || c->commit_pending || c->ops->busy(c);
+    return c->hold_until || c->tls_after_flush || c->login || c->work || c->commit_pending || c->ops->busy(c);
 }
 
 /* A junk command: NOOP, RSET, VRFY, HELP or an unknown one in SMTP (Postfix's
@@ -6995,9 +7136,19 @@ smtp_tx_reset(struct conn *c)
     free(s->lists);
     s->lists = NULL;
     s->nlists = 0;
-    free(s->undo); /* a session freed while its commit was owed keeps its copies */
+    if (s->delivering) { /* refused or gone half-way: no copy stays (a session freed while */
+        store_job_abort(&s->job); /* its commit was owed keeps its copies: they are all made) */
+        store_rollback(s->undo, s->nundo);
+        s->delivering = 0;
+    }
+    free(s->undo);
     s->undo = NULL;
-    c->commit_pending = 0;
+    s->nundo = 0;
+    list_posts_free(s->posts, s->nposts);
+    s->posts = NULL;
+    s->nposts = 0;
+    c->work = NULL;
+    c->commit_pending = c->commit_sealed = 0;
     s->from[0] = s->first_rcpt[0] = 0;
     s->nrcpt = 0;
     s->tx_error = TXERR_NONE;
@@ -7273,6 +7424,11 @@ smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
 {
     if (s->tx_error) return -1;
     if (os_write_all(s->msg.tmp_fd, p, n) < 0) { s->tx_error = TXERR_IO; return -1; }
+    s->written += (int64_t)n;
+    if (s->written - s->writeback_from >= MS_WRITEBACK_BYTES) { /* a large message: to disk as it comes */
+        os_start_writeback(s->msg.tmp_fd, s->writeback_from, s->written - s->writeback_from);
+        s->writeback_from = s->written;
+    }
     return 0;
 }
 
@@ -7304,6 +7460,7 @@ smtp_do_data(struct conn *c, const char *args)
     s->msg.lines = s->msg.hdr_lines = 4 + for1; /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
     s->wlen = 0;
+    s->written = s->writeback_from = 0;
     if (!hdr.p) s->tx_error = TXERR_IO; /* vsnprintf failed: refused at the final dot */
     else smtp_write_data(s, hdr.p, hdr.len);
     buf_free(&hdr);
@@ -7316,7 +7473,6 @@ static void
 smtp_data_end(struct conn *c)
 {
     struct smtp_sess *s = &c->u.smtp;
-    const char *err = NULL;
     int64_t body = s->rx.bytes;
     s->msg.size += body;
     s->msg.lines += s->rx.lines;
@@ -7330,17 +7486,87 @@ smtp_data_end(struct conn *c)
     } else if (s->nlists && list_incoming(c) != 0) {
         conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
-    } else if (store_message(c->ms->cfg, c->ms->qdir, &s->msg, &s->targets, &err, &c->ms->commit_dirs, &s->undo,
-                          &s->nundo) != 0) {
-        conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, err, strerror(errno));
-        conn_reply(c, "451 4.3.0 Local error: %s", err);
     } else {
-        c->commit_pending = 1; /* smtp_group_committed() answers after the folder fsync */
+        /* the delivery runs in slices (smtp_deliver_step); smtp_group_committed() answers after the folders' fsync */
+        smtp_deliver_next(c);
+        c->work = smtp_deliver_step;
         return;
     }
     if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
                               s->tx_error == TXERR_TOO_BIG ? "too big" : s->tx_error == TXERR_LONG_LINE ? "line too long" : "write error");
     smtp_tx_reset(c);
+}
+
+/* Begins the next delivery of the message: a list post's, or its own. */
+static void
+smtp_deliver_next(struct conn *c)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    int k = s->delivering++;
+    if (k < s->nposts) store_job_begin(&s->job, &s->posts[k].m, &s->posts[k].t, &c->ms->commit_dirs);
+    else store_job_begin(&s->job, &s->msg, &s->targets, &c->ms->commit_dirs);
+}
+
+/* A slice of the delivery at the final dot (the session's work): the
+ * members' copies of each list post, then the message's own copies and its
+ * queue entry. Then the session waits for the group commit; on a failure
+ * every copy made so far is taken back and the client gets 451. */
+static int
+smtp_deliver_step(struct conn *c, int64_t until_us)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    struct mailsrv *ms = c->ms;
+    const char *base = ms->cfg->dir[0] ? ms->cfg->dir : ".";
+    int k, r;
+    do {
+        k = s->delivering - 1;
+        if ((r = store_job_step(&s->job, ms->cfg, until_us)) == 0) return 0;
+        if (r > 0) { /* its copies join the transaction's */
+            s->undo = xrealloc(s->undo, sizeof *s->undo * (size_t)(s->nundo + s->job.nundo + 2));
+            memcpy(s->undo + s->nundo, s->job.undo, sizeof *s->undo * (size_t)s->job.nundo);
+            s->nundo += s->job.nundo;
+            free(s->job.undo);
+            s->job.undo = NULL;
+            s->job.nundo = 0;
+        }
+        if (k < s->nposts) {
+            struct list_post *p = &s->posts[k];
+            if (r > 0 && targets_remote(&p->t) &&
+                queue_create(ms->qdir, base, &p->m, &p->t, &ms->commit_dirs, &s->undo, &s->nundo) != 0) {
+                s->job.err = "cannot write to the relay queue";
+                r = -1;
+            }
+            if (r < 0) {
+                list_post_failed(ms, p, s->job.err);
+                conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
+                         strerror(errno));
+                conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+                break;
+            }
+            os_close(p->m.tmp_fd); /* linked (or copied) wherever it goes; its members are logged at the commit */
+            os_unlink(p->m.tmp_path);
+            p->m.tmp_fd = -1;
+        } else {
+            if (r > 0 && targets_remote(&s->targets) &&
+                queue_create(ms->qdir, base, &s->msg, &s->targets, &ms->commit_dirs, &s->undo, &s->nundo) != 0) {
+                s->job.err = "cannot write to the relay queue";
+                r = -1;
+            }
+            if (r < 0) {
+                conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, s->job.err, strerror(errno));
+                conn_reply(c, "451 4.3.0 Local error: %s", s->job.err);
+                break;
+            }
+            s->delivering = 0;
+            c->work = NULL;
+            c->commit_pending = 1;
+            return 1;
+        }
+        smtp_deliver_next(c);
+    } while (os_now_us() < until_us);
+    if (r > 0) return 0;
+    smtp_tx_reset(c); /* takes back the copies made so far */
+    return 1;
 }
 
 /* The end of a group commit: the folders are fsynced (ok) or not. */
@@ -7349,6 +7575,10 @@ smtp_group_committed(struct conn *c, int ok)
 {
     struct smtp_sess *s = &c->u.smtp;
     int i;
+    for (i = 0; i < s->nposts; i++) {
+        if (!ok) list_post_failed(c->ms, &s->posts[i], "cannot fsync a Maildir folder");
+        else list_post_done(c->ms, &s->posts[i], s->msg.id, s->msg.sender);
+    }
     if (ok) {
         c->junk = 0; /* as Postfix: the junk count starts again after a delivered message */
         for (i = 0; i < s->targets.n; i++)
@@ -9637,36 +9867,79 @@ list_write_post(const struct cfg_list *l, struct store_msg *m, long seq, const s
     buf_free(&inner);
 }
 
-/* A post: one copy for all members, from NAME-bounces. */
+/* A post: one copy for all members, from NAME-bounces, added to the
+ * session's posts; smtp_deliver_step delivers it with the message (a list
+ * of a thousand members takes many loop turns), the group commit makes it
+ * durable, and the client's 250 says that both are stored. */
 static int
-list_post(struct mailsrv *ms, const struct cfg_list *l, const struct store_msg *in, const char *h, size_t hn,
+list_post(struct mailsrv *ms, const struct cfg_list *l, struct smtp_sess *s, const char *h, size_t hn,
           int64_t body_off)
 {
+    const struct store_msg *in = &s->msg;
     struct list_state st;
-    struct targets t = {0};
-    struct store_msg m;
-    const char *err;
-    int i, r;
+    struct list_post *p;
+    int i, r = 0;
     if (list_load(ms->cfg, l, &st) != 0) return -1;
     st.seq++; /* saved first: a number is never used twice */
     if (list_save(ms->cfg, l, &st) != 0) { list_state_free(&st); return -1; }
+    s->posts = xrealloc(s->posts, sizeof *s->posts * (size_t)(s->nposts + 1));
+    p = &s->posts[s->nposts];
+    memset(p, 0, sizeof *p);
+    p->m.tmp_fd = -1;
+    p->seq = st.seq;
+    snprintf(p->list, sizeof p->list, "%s@%s", l->name, l->domain);
     for (i = 0; i < st.nm; i++)
-        if (addr_targets(ms->cfg, st.m[i].addr, &t) != RES_OK)
+        if (addr_targets(ms->cfg, st.m[i].addr, &p->t) != RES_OK)
             ms_log(ms, "list %s@%s: member <%s> is not an address mail can go to", l->name, l->domain, st.m[i].addr);
-    memset(&m, 0, sizeof m);
-    r = 0;
-    if (!t.n) ms_log(ms, "list %s@%s: post %ld (%s) from <%s>: no members", l->name, l->domain, st.seq, in->id, in->sender);
-    else if ((r = msg_open(ms, &m)) == 0) {
-        list_address(l, LK_BOUNCES, "", m.sender, sizeof m.sender);
-        list_write_post(l, &m, st.seq, in, h, hn, body_off);
-        r = msg_inject(ms, &m, &t, &err);
-        if (r == 0) ms_log(ms, "list %s@%s: post %ld (%s) from <%s> sent to %d members as %s", l->name, l->domain,
-                           st.seq, in->id, in->sender, t.n, m.id);
-        else ms_log(ms, "list %s@%s: cannot store post %ld: %s", l->name, l->domain, st.seq, err);
+    if (!p->t.n) ms_log(ms, "list %s@%s: post %ld (%s) from <%s>: no members", l->name, l->domain, st.seq, in->id, in->sender);
+    else if ((r = msg_open(ms, &p->m)) == 0) {
+        list_address(l, LK_BOUNCES, "", p->m.sender, sizeof p->m.sender);
+        list_write_post(l, &p->m, st.seq, in, h, hn, body_off);
+        p->m.hdr_lines = 1; /* its first line is Return-Path (as msg_inject) */
+        if (!p->m.write_failed) s->nposts++;
+        else {
+            list_post_failed(ms, p, "cannot write the message");
+            r = -1;
+        }
     }
-    targets_free(&t);
+    if (p == &s->posts[s->nposts]) list_post_clear(p); /* not taken */
     list_state_free(&st);
     return r;
+}
+
+/* A post of the session's message is stored (after its group commit). */
+static void
+list_post_done(struct mailsrv *ms, const struct list_post *p, const char *in_id, const char *in_sender)
+{
+    ms_log(ms, "list %s: post %ld (%s) from <%s> sent to %d members as %s", p->list, p->seq, in_id, in_sender, p->t.n,
+           p->m.id);
+    if (targets_remote(&p->t)) relay_enqueue(ms, p->m.id);
+}
+
+static void
+list_post_failed(struct mailsrv *ms, const struct list_post *p, const char *err)
+{
+    ms_log(ms, "list %s: cannot store post %ld: %s", p->list, p->seq, err);
+}
+
+/* A post's file, if still open, is removed (its copies are links), and its members forgotten. */
+static void
+list_post_clear(struct list_post *p)
+{
+    if (p->m.tmp_fd >= 0) {
+        os_close(p->m.tmp_fd);
+        os_unlink(p->m.tmp_path);
+        p->m.tmp_fd = -1;
+    }
+    targets_free(&p->t);
+}
+
+static void
+list_posts_free(struct list_post *p, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) list_post_clear(&p[i]);
+    free(p);
 }
 
 /* ---- request rate limits. Each request (subscribe, unsubscribe, help)
@@ -9841,7 +10114,7 @@ list_incoming(struct conn *c)
                          l->domain, s->msg.id);
                 addr_targets(ms->cfg, l->owner, &s->targets);
             } else {
-                r = list_post(ms, l, &s->msg, h.p, h.len, body_off);
+                r = list_post(ms, l, s, h.p, h.len, body_off);
             }
         } else if (daemon || automatic) {
             conn_log(c, "list %s@%s: no answer to automatic mail %s from <%s>", l->name, l->domain, s->msg.id, s->from);
@@ -9869,8 +10142,9 @@ list_incoming(struct conn *c)
  * while there is input room and it is not held, POLLOUT while output is
  * pending); poll until the nearest deadline; hand each ready socket to its
  * listener or transport (accept, read, send); run the protocols over complete
- * lines; one slice of the logins' hashing; the group commit; timers; the
- * relay; then free the sessions marked closing.
+ * lines; one slice of the logins' hashing; one slice of the sessions' long
+ * work (deliveries to many mailboxes); one slice of the group commit (the
+ * folders' fsyncs); timers; the relay; then free the sessions marked closing.
  */
 
 /* The logins in progress share MS_PBKDF2_SLICE iterations per turn, round-
@@ -9983,26 +10257,84 @@ loop_accept(struct mailsrv *ms, struct listener *l)
     }
 }
 
-/* Group commit: one fsync per Maildir folder for all messages of this turn,
- * then the 250s, then the sessions go on with their pipelined commands. */
+/* Sessions with long work in progress (a delivery to many mailboxes) share
+ * MS_WORK_SLICE_US per turn, round-robin from the connection after the one
+ * served last: however many there are and however many mailboxes they
+ * deliver to, a turn works that long (plus one step) and the loop goes on
+ * serving the others in between. A closing session's work is dropped (its
+ * ops->free takes back what it did). */
+static void
+loop_work(struct mailsrv *ms)
+{
+    int64_t until = os_now_us() + MS_WORK_SLICE_US;
+    int i, k, n = ms->nconns, start = 0, ran = 0;
+    for (i = 0; i < n; i++) /* ms->conns is in order of id */
+        if (ms->conns[i]->id > ms->work_last) { start = i; break; }
+    for (k = 0; k < n; k++) {
+        struct conn *c = ms->conns[(start + k) % n];
+        if (!c->work || c->is_closing || c->close_after_flush) continue;
+        if (ran++ && os_now_us() >= until) break;
+        ms->work_last = c->id;
+        if (c->work(c, until) && !c->is_closing) conn_run(c);
+    }
+}
+
+/* Seals the next batch of the group commit: the folders owed by the
+ * sessions waiting now; those that deliver meanwhile wait for the batch
+ * after (so that a steady stream of deliveries never holds an answer back).
+ * 0 if no session waits. */
+static int
+commit_seal(struct mailsrv *ms)
+{
+    struct dirset spare = ms->commit_batch;
+    int i, n = 0;
+    for (i = 0; i < ms->nconns; i++)
+        if (ms->conns[i]->commit_pending) { ms->conns[i]->commit_sealed = 1; n++; }
+    if (!n) return 0;
+    ms->commit_batch = ms->commit_dirs;
+    spare.n = 0;
+    ms->commit_dirs = spare;
+    ms->commit_next = 0;
+    ms->commit_ok = 1;
+    ms->committing = 1;
+    return 1;
+}
+
+/* fsyncs the sealed batch's folders until until_us (at least one); 1 when
+ * all are done (or one failed: the batch fails as a whole). */
+static int
+commit_step(struct mailsrv *ms, int64_t until_us)
+{
+    struct dirset *b = &ms->commit_batch;
+    while (ms->commit_next < b->n) {
+        if (os_fsync_dir(b->v[ms->commit_next++]) != 0) { ms->commit_ok = 0; break; }
+        if (os_now_us() >= until_us) break;
+    }
+    return !ms->commit_ok || ms->commit_next == b->n;
+}
+
+/* Group commit: one fsync per Maildir folder for all the messages of a
+ * batch, a few each turn (MS_WORK_SLICE_US: a list post owes a thousand),
+ * then the batch's 250s (or 451s, their copies taken back), then those
+ * sessions go on with their pipelined commands. */
 static void
 loop_group_commit(struct mailsrv *ms)
 {
-    int i, ok = 1;
+    int i, waiting = 0;
     ms->commit_again = 0;
-    for (i = 0; i < ms->commit_dirs.n; i++)
-        if (os_fsync_dir(ms->commit_dirs.v[i]) != 0) ok = 0;
-    ms->commit_dirs.n = 0;
+    if (!ms->committing && !commit_seal(ms)) return;
+    if (!commit_step(ms, os_now_us() + MS_WORK_SLICE_US)) { ms->commit_again = 1; return; }
+    ms->committing = 0;
+    ms->commit_batch.n = 0;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (!c->commit_pending) continue;
-        c->ops->group_committed(c, ok);
-        if (!c->is_closing) {
-            conn_process(c);
-            conn_send(c);
-            if (c->commit_pending) ms->commit_again = 1; /* the next turn must not sleep */
-        }
+        if (!c->commit_sealed) { waiting |= c->commit_pending; continue; }
+        c->commit_pending = c->commit_sealed = 0;
+        c->ops->group_committed(c, ms->commit_ok);
+        if (!c->is_closing) conn_run(c);
+        waiting |= c->commit_pending; /* its next message, pipelined */
     }
+    if (waiting) ms->commit_again = 1; /* their batch is sealed at the next turn */
 }
 
 static void
@@ -10071,7 +10403,7 @@ loop_stop_sessions(struct mailsrv *ms)
     int i;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing || c->close_after_flush || c->login || c->ops->in_transfer(c)) continue;
+        if (c->is_closing || c->close_after_flush || c->login || c->work || c->ops->in_transfer(c)) continue;
         conn_say(c, SAY_SHUTDOWN);
         conn_close_after_reply(c);
         conn_send(c);
@@ -10244,6 +10576,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
         if (!c->is_closing && (c->io.revents || conn_may_go_on(c) || (c->hold_until && now >= c->hold_until))) conn_run(c);
     }
     loop_logins(ms);
+    loop_work(ms);
     loop_group_commit(ms);
     loop_timers(ms, now);
     for (i = 0; i < ms->nout; i++) mta_timer(ms->out[i], now);
@@ -10296,6 +10629,7 @@ mailsrv_destroy(struct mailsrv *ms)
     free(ms->pfds);
     free(ms->watched);
     free(ms->commit_dirs.v);
+    free(ms->commit_batch.v);
     free(ms->ini_path);
     cfg_free(ms->cfg);
     if (os_signal_target == ms) os_signal_target = NULL;

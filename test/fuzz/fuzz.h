@@ -179,7 +179,7 @@ static int (*fuzz_commit_ok)(struct conn *c);
 /* The poll loop's turns for one connection: the client's bytes arrive in
  * pieces of 1..512 bytes (sizes drawn from seed), the protocol runs over
  * them, replies are "sent" (handed to check(), then dropped), a group commit
- * is answered at once, a login's hash is done at once, and a failed login's delay has always passed. Ends when
+ * is answered at once, a login's hash and a delivery are done at once, and a failed login's delay has always passed. Ends when
  * the session closes or the input is used up and nothing more happens. */
 static void
 fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
@@ -206,6 +206,7 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
             c->hold_until = 0;
             conn_process(c);
         }
+        while (c->work && !c->work(c, INT64_MAX)) {} /* a delivery (loop_work() runs it in slices) */
         if (c->commit_pending) {
             c->ms->commit_dirs.n = 0; /* tmpfs: the folder fsyncs are skipped */
             c->ops->group_committed(c, fuzz_commit_ok ? fuzz_commit_ok(c) : 1);
