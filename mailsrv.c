@@ -122,8 +122,9 @@
                                      progress: about 0.4 ms on a 2020s x86 core */
 #define MS_WORK_SLICE_US 1000     /* long work (a delivery to many mailboxes, the group commit's
                                      folder fsyncs) runs at most this long per loop turn */
-#define MS_WRITEBACK_BYTES (1024 * 1024) /* DATA: the file's writeback is started every this
-                                     many bytes, so that the fsync at the final dot waits for little */
+#define MS_DATA_SYNC_BYTES (1024 * 1024) /* DATA: the file is fsynced every this many bytes, so
+                                     that the fsync at the final dot (in the loop's turn) has at most
+                                     this much to write: 50 MB at once took 50-60 ms */
 #define MS_MAX_LISTENERS 16
 #define MS_TMP_MAX_AGE (36 * 3600) /* Maildir convention for stale tmp files */
 #define MS_TMP_CLEAN_MS (3600 * 1000) /* SPOOL/.tmp is cleaned this often (and at start and reload) */
@@ -433,20 +434,6 @@ static int os_fsync(int fd) { return FAULT(F_FSYNC) ? -1 : fsync(fd); }
 static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
 static int os_mkdir(const char *p) { return mkdir(p, 0700); }
 static int os_link(const char *from, const char *to) { return FAULT(F_LINK) ? -1 : link(from, to); }
-
-/* Asks the kernel to start writing [off, off+len) of fd to disk now, without
- * waiting: a later fsync then waits for little. Linux starts the writeback
- * of a range's dirty pages on POSIX_FADV_DONTNEED (and keeps those it is
- * writing); a system without posix_fadvise (macOS) writes at the fsync. */
-static void
-os_start_writeback(int fd, int64_t off, int64_t len)
-{
-#ifdef POSIX_FADV_DONTNEED
-    posix_fadvise(fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
-#else
-    (void)fd; (void)off; (void)len;
-#endif
-}
 static int os_unlink(const char *p) { return unlink(p); }
 static int os_replace(const char *from, const char *to) { return FAULT(F_RENAME) ? -1 : rename(from, to); }
 
@@ -806,8 +793,6 @@ os_pwrite(int fd, const void *buf, size_t n, int64_t off)
     return (long)_write(fd, buf, (unsigned)n);
 }
 static int os_fsync(int fd) { return _commit(fd); }
-/* The cache manager writes behind on its own. */
-static void os_start_writeback(int fd, int64_t off, int64_t len) { (void)fd; (void)off; (void)len; }
 static int os_truncate(int fd, int64_t len) { return _chsize_s(fd, len) == 0 ? 0 : -1; }
 static int os_mkdir(const char *p) { return _mkdir(p); }
 static int os_unlink(const char *p) { return _unlink(p); }
@@ -1205,7 +1190,6 @@ static int os_fsync(int fd);
 static int os_truncate(int fd, int64_t len);
 static int os_mkdir(const char *p);
 static int os_link(const char *from, const char *to);
-static void os_start_writeback(int fd, int64_t off, int64_t len);
 static int os_unlink(const char *p);
 static int os_replace(const char *from, const char *to);
 static int os_fsync_dir(const char *path);
@@ -1383,6 +1367,7 @@ static void store_rollback(struct store_undo *u, int n);
 static void file_undo(const struct store_undo *u);
 static void mbox_undo(const struct store_undo *u);
 static void dirset_add(struct dirset *d, const char *dir);
+static void dirset_move(struct dirset *to, struct dirset *from);
 static int mdir_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
 static int mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
 static void store_job_begin(struct store_job *j, struct store_msg *m, const struct targets *t, struct dirset *ds);
@@ -1618,7 +1603,7 @@ static void msg_copy_range(struct store_msg *m, int fd, int64_t from, int64_t to
 static int list_address(const struct cfg_list *l, int kind, const char *token, char *out, size_t n);
 static int list_state_path(const struct ms_config *cfg, const struct cfg_list *l, char *dir, size_t dn, char *path, size_t pn);
 static int list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st);
-static int list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st);
+static int list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st, struct dirset *ds);
 static int list_find_member(const struct list_state *st, const char *addr);
 static int list_find_pending(const struct list_state *st, const char *token);
 static void list_clean_id(char *out, size_t n, const char *h, size_t hn);
@@ -4558,6 +4543,21 @@ dirset_add(struct dirset *d, const char *dir)
     ms_strlcpy(d->v[d->n++], dir, sizeof d->v[0]);
 }
 
+/* Adds the folders of from to to (from is left empty). */
+static void
+dirset_move(struct dirset *to, struct dirset *from)
+{
+    int i;
+    if (!to->n) { /* the usual case, and no name compared */
+        struct dirset t = *to;
+        *to = *from;
+        *from = t;
+    } else {
+        for (i = 0; i < from->n; i++) dirset_add(to, from->v[i]);
+    }
+    from->n = 0;
+}
+
 /* Maildir: a hard link of the received file in new/; the folder's fsync is
  * added to ds (the group commit) or done here. */
 static int
@@ -6384,7 +6384,7 @@ struct smtp_sess {
     struct data_rx rx;
     char *wbuf;                      /* only while receiving DATA */
     size_t wlen;
-    int64_t written, writeback_from; /* DATA: bytes in msg's file; where its writeback was last started */
+    int64_t written, synced;         /* DATA: bytes in msg's file, and fsynced (MS_DATA_SYNC_BYTES) */
     struct store_msg msg;
     struct store_undo *undo;         /* the copies made (all of them once commit_pending is set) */
     int nundo;
@@ -6394,6 +6394,8 @@ struct smtp_sess {
     int nposts;
     int delivering;                  /* which: 0 none, k + 1 posts[k] (k < nposts) or the message */
     struct store_job job;            /* its local copies */
+    struct dirset dirs;              /* the folders they owe, given to the group commit once all are made
+                                        (a batch sealed meanwhile must not take a part of them) */
 };
 
 enum { POP_S_AUTH, POP_S_TRANS };
@@ -7147,6 +7149,8 @@ smtp_tx_reset(struct conn *c)
     list_posts_free(s->posts, s->nposts);
     s->posts = NULL;
     s->nposts = 0;
+    free(s->dirs.v);
+    memset(&s->dirs, 0, sizeof s->dirs);
     c->work = NULL;
     c->commit_pending = c->commit_sealed = 0;
     s->from[0] = s->first_rcpt[0] = 0;
@@ -7425,9 +7429,9 @@ smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
     if (s->tx_error) return -1;
     if (os_write_all(s->msg.tmp_fd, p, n) < 0) { s->tx_error = TXERR_IO; return -1; }
     s->written += (int64_t)n;
-    if (s->written - s->writeback_from >= MS_WRITEBACK_BYTES) { /* a large message: to disk as it comes */
-        os_start_writeback(s->msg.tmp_fd, s->writeback_from, s->written - s->writeback_from);
-        s->writeback_from = s->written;
+    if (s->written - s->synced >= MS_DATA_SYNC_BYTES) { /* a large message: to disk as it comes */
+        if (os_fsync(s->msg.tmp_fd) != 0) { s->tx_error = TXERR_IO; return -1; }
+        s->synced = s->written;
     }
     return 0;
 }
@@ -7460,7 +7464,7 @@ smtp_do_data(struct conn *c, const char *args)
     s->msg.lines = s->msg.hdr_lines = 4 + for1; /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
     s->wlen = 0;
-    s->written = s->writeback_from = 0;
+    s->written = s->synced = 0;
     if (!hdr.p) s->tx_error = TXERR_IO; /* vsnprintf failed: refused at the final dot */
     else smtp_write_data(s, hdr.p, hdr.len);
     buf_free(&hdr);
@@ -7483,12 +7487,9 @@ smtp_data_end(struct conn *c)
     else if (!s->targets.n && !s->nlists) { /* every RCPT adds one or is refused: never 250 for nothing */
         conn_log(c, "%s: accepted recipients but no mailbox to store it in", s->msg.id);
         conn_reply(c, "451 4.3.0 Local error: no mailbox for this message");
-    } else if (s->nlists && list_incoming(c) != 0) {
-        conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id, strerror(errno));
-        conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
     } else {
-        /* the delivery runs in slices (smtp_deliver_step); smtp_group_committed() answers after the folders' fsync */
-        smtp_deliver_next(c);
+        /* what the lists do with it and the delivery run in slices (smtp_deliver_step, loop_work);
+         * smtp_group_committed() answers after the folders' fsync */
         c->work = smtp_deliver_step;
         return;
     }
@@ -7503,8 +7504,8 @@ smtp_deliver_next(struct conn *c)
 {
     struct smtp_sess *s = &c->u.smtp;
     int k = s->delivering++;
-    if (k < s->nposts) store_job_begin(&s->job, &s->posts[k].m, &s->posts[k].t, &c->ms->commit_dirs);
-    else store_job_begin(&s->job, &s->msg, &s->targets, &c->ms->commit_dirs);
+    if (k < s->nposts) store_job_begin(&s->job, &s->posts[k].m, &s->posts[k].t, &s->dirs);
+    else store_job_begin(&s->job, &s->msg, &s->targets, &s->dirs);
 }
 
 /* A slice of the delivery at the final dot (the session's work): the
@@ -7518,6 +7519,17 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
     struct mailsrv *ms = c->ms;
     const char *base = ms->cfg->dir[0] ? ms->cfg->dir : ".";
     int k, r;
+    if (!s->delivering) { /* first what the lists do with it (a post: its state saved, its copy written) */
+        if (s->nlists && list_incoming(c) != 0) {
+            conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
+                     strerror(errno));
+            conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+            smtp_tx_reset(c);
+            return 1;
+        }
+        smtp_deliver_next(c);
+        if (os_now_us() >= until_us) return 0;
+    }
     do {
         k = s->delivering - 1;
         if ((r = store_job_step(&s->job, ms->cfg, until_us)) == 0) return 0;
@@ -7532,7 +7544,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
         if (k < s->nposts) {
             struct list_post *p = &s->posts[k];
             if (r > 0 && targets_remote(&p->t) &&
-                queue_create(ms->qdir, base, &p->m, &p->t, &ms->commit_dirs, &s->undo, &s->nundo) != 0) {
+                queue_create(ms->qdir, base, &p->m, &p->t, &s->dirs, &s->undo, &s->nundo) != 0) {
                 s->job.err = "cannot write to the relay queue";
                 r = -1;
             }
@@ -7548,7 +7560,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
             p->m.tmp_fd = -1;
         } else {
             if (r > 0 && targets_remote(&s->targets) &&
-                queue_create(ms->qdir, base, &s->msg, &s->targets, &ms->commit_dirs, &s->undo, &s->nundo) != 0) {
+                queue_create(ms->qdir, base, &s->msg, &s->targets, &s->dirs, &s->undo, &s->nundo) != 0) {
                 s->job.err = "cannot write to the relay queue";
                 r = -1;
             }
@@ -7559,6 +7571,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
             }
             s->delivering = 0;
             c->work = NULL;
+            dirset_move(&ms->commit_dirs, &s->dirs);
             c->commit_pending = 1;
             return 1;
         }
@@ -9464,7 +9477,7 @@ list_load(const struct ms_config *cfg, const struct cfg_list *l, struct list_sta
 
 /* Written whole and atomically; expired requests are dropped here. */
 static int
-list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st)
+list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_state *st, struct dirset *ds)
 {
     char dir[MS_PATH_MAILBOX], path[MS_PATH_FILE], dom[MS_PATH_MAILBOX], lists[MS_PATH_MAILBOX];
     struct buf b = {0};
@@ -9481,7 +9494,10 @@ list_save(const struct ms_config *cfg, const struct cfg_list *l, struct list_sta
         ms_fmt(lists, sizeof lists, "%s/.lists", dom) < 0 || store_mkdir(lists, dom) != 0 || store_mkdir(dir, lists) != 0)
         return -1;
     list_state_text(st, &b);
-    if (os_write_file_atomic(path, b.p, b.len) == 0 && os_fsync_dir(dir) == 0) r = 0;
+    if (os_write_file_atomic(path, b.p, b.len) == 0) {
+        if (ds) { dirset_add(ds, dir); r = 0; } /* first in the batch: before any member's copy */
+        else if (os_fsync_dir(dir) == 0) r = 0;
+    }
     buf_free(&b);
     return r;
 }
@@ -9651,7 +9667,7 @@ list_request(struct mailsrv *ms, const struct cfg_list *l, const char *sender, c
     if (list_send(ms, l, sender, p.token, subject, b.p) != 0) goto out;
     st.p = xrealloc(st.p, sizeof *st.p * (size_t)(st.np + 1));
     st.p[st.np++] = p;
-    r = list_save(ms->cfg, l, &st);
+    r = list_save(ms->cfg, l, &st, NULL);
     if (r == 0) ms_log(ms, "list %s@%s: %s request from <%s> [%s]: confirmation sent", l->name, l->domain,
                        unsub ? "unsubscribe" : "subscribe", sender, peer);
 out:
@@ -9694,7 +9710,7 @@ list_confirm(struct mailsrv *ms, const struct cfg_list *l, const char *token, co
         memmove(st.m + i, st.m + i + 1, sizeof *st.m * (size_t)(st.nm - i - 1));
         st.nm--;
     }
-    r = list_save(ms->cfg, l, &st);
+    r = list_save(ms->cfg, l, &st, NULL);
     list_state_free(&st);
     if (r != 0) return -1;
     ms_log(ms, "list %s@%s: <%s> %s (confirmed from [%s])", l->name, l->domain, p.addr,
@@ -9742,7 +9758,7 @@ list_count_bounces(struct mailsrv *ms, const struct cfg_list *l, char (*addr)[MS
     if (list_load(ms->cfg, l, &st) != 0) return -1;
     if (seq < 0) seq = st.seq; /* a report without the post number: take the latest post */
     for (i = 0; i < n; i++) changed |= list_count_bounce(ms, l, &st, addr[i], seq);
-    if (changed) r = list_save(ms->cfg, l, &st);
+    if (changed) r = list_save(ms->cfg, l, &st, NULL);
     list_state_free(&st);
     return r;
 }
@@ -9881,7 +9897,7 @@ list_post(struct mailsrv *ms, const struct cfg_list *l, struct smtp_sess *s, con
     int i, r = 0;
     if (list_load(ms->cfg, l, &st) != 0) return -1;
     st.seq++; /* saved first: a number is never used twice */
-    if (list_save(ms->cfg, l, &st) != 0) { list_state_free(&st); return -1; }
+    if (list_save(ms->cfg, l, &st, &s->dirs) != 0) { list_state_free(&st); return -1; } /* its folder: in the commit */
     s->posts = xrealloc(s->posts, sizeof *s->posts * (size_t)(s->nposts + 1));
     p = &s->posts[s->nposts];
     memset(p, 0, sizeof *p);
