@@ -15,7 +15,8 @@ from .harness import (BIN, BOTH, Net, Pop, REPO, SENDER, Skip, Smtp, TESTS, Test
                       fail2ban_regex, maildir_files, make_msg, need_native, need_program, need_real_time, need_root,
                       plain, secs, short, stored_tokens, test, tok, wait_for)
 from .relay import bounces, check_dsn, check_relayed, sink_wait, wait_queue_empty
-from .lists import LIST, confirm, confirmations, list_cli, list_req, list_server, local_confirmation, members
+from .lists import (LIST, check_one_copy_each, confirm, confirmations, list_cli, list_req, list_server, local_confirmation,
+                    many_members_server, members, post_slowly)
 
 
 # =============================================================================================
@@ -625,7 +626,8 @@ def fault_rounds(ctx, op, ns, storage, least=1):
 
 fault_test("write", range(1, 40), {"maildir": 4, "mbox": 8})
 fault_test("write+", [1, 2, 3, 4, 6, 8, 12, 60], {"maildir": 4}, modes=("maildir",))  # a full disk: every write fails from then on
-fault_test("fsync", range(1, 40), {"maildir": 15, "mbox": 15})
+# Maildir: a new Maildir's folders are fsynced once each in the group commit (issue 14), not after each mkdir
+fault_test("fsync", range(1, 40), {"maildir": 13, "mbox": 15})
 fault_test("rename", range(1, 20), {"maildir": 1, "mbox": 1})
 fault_test("link", range(1, 20), {"maildir": 3, "mbox": 1})
 fault_test("malloc", range(1, 400), {"maildir": 72}, modes=("maildir",))
@@ -773,3 +775,33 @@ for _op, _least in (("write", {"maildir": 4, "mbox": 8}), ("fsync", {"maildir": 
         TESTS.append((_name, (lambda op, least: lambda ctx, storage: fault_bounce(ctx, op, range(1, 60), storage, least[storage]))(_op, _least),
                       {"storage": _m}, 300))
         FAULT_TESTS.add(_name)
+
+
+def fault_list_post_midway(ctx, op, n, members):
+    """Issue 14: a post to a list of `members` members, on a server whose Nth `op` fails mid-way:
+    during the copies, made a few per loop turn (link), or during their folders' fsync, a few per
+    turn (fsync). The poster gets 4xx and no member holds a copy (those made before the fault are
+    taken back). Restarted without the fault, the post goes to every member exactly once."""
+    srv, addrs = many_members_server(ctx, members)
+    srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+    srv.start()
+    _, code, text = post_slowly(srv, "poster@client.test", limit=120)
+    check(400 <= code < 500, "a %s fault at call %d: %d %s, expected 4xx" % (op, n, code, text))
+    srv.stop()
+    check(fault_fired(srv, op, n), "the fault did not fire at %s call %d: %s" % (op, n, short(srv.log_text(), 300)))
+    where = "cannot fsync a Maildir folder" if op == "fsync" else "cannot store post 1"  # the commit; the copies
+    check(where in srv.log_text(), "no %r in the log: %s" % (where, short(srv.log_text(), 400)))
+    held = [a for a in addrs if maildir_files(srv, a)]
+    check(not held, "after %d, %d members hold a copy: %s" % (code, len(held), held[:5]))
+    srv.env = None
+    srv.start()
+    t, code, text = post_slowly(srv, "poster@client.test", limit=120)
+    check(code == 250, "without the fault: %d %s" % (code, text))
+    check_one_copy_each(srv, addrs, t, 2)
+
+
+# link 150: the 150th member's copy (of 300); fsync 300: well inside the commit of the 600 folders
+for _op, _n in (("link", 150), ("fsync", 300)):
+    _name = "fault_list_post_midway_%s" % _op
+    TESTS.append((_name, (lambda op, n: lambda ctx: fault_list_post_midway(ctx, op, n, 300))(_op, _n), {}, 300))
+    FAULT_TESTS.add(_name)

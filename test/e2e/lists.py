@@ -9,8 +9,8 @@ import smtplib
 import threading
 import time
 
-from .harness import (BOTH, Net, PASSWORDS, Smtp, check, dot_stuff, header, make_msg, plain, run_cli, secs,
-                      short, test, tok, wait_for)
+from .harness import (BOTH, DOMAINS, Net, PASSWORDS, Smtp, check, dot_stuff, header, make_msg, plain, run_cli,
+                      secs, short, stored, test, tok, wait_for)
 from .cli import read
 from .relay import queue_files, sink_wait
 
@@ -93,6 +93,55 @@ def post(srv, sender, subject="hello", body="post body\r\n", extra="", to=LIST):
 
 def posts(srv, addr):
     return [g["data"] for g in srv.fetch(addr) if b"X-Mailsrv-Seq:" in g["data"]]
+
+
+def many_members_server(ctx, n, storage="maildir"):
+    """A server (not started) whose list news@example.test (post = anyone) has n members,
+    m0001..mNNNN@many.test, each a mailbox of its own that has no Maildir or mbox yet. The users share
+    one `mailsrv passwd` hash (a plain-text password costs a PBKDF2 each at start); the state is
+    written as the list keeps it. Returns (srv, the members)."""
+    r = run_cli(["passwd"], input="Passw0rdM\n")
+    hashed = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
+    check(hashed.startswith("$"), "passwd: exit %d, %s" % (r.returncode, short(r.stdout + r.stderr)))
+    addrs = ["m%04d@many.test" % i for i in range(1, n + 1)]
+    domains = (DOMAINS + "\n[alias many.test]\npostmaster = alice@example.test\n\n[domain many.test]\n" +
+               "".join("%s = %s\n" % (a.split("@")[0], hashed) for a in addrs))
+    srv = ctx.server(storage=storage, domains=domains,
+                     sections={"list " + LIST: {"owner": "alice@example.test", "post": "anyone"}})
+    sdir = os.path.join(srv.spool, "example.test", ".lists", "news")
+    os.makedirs(sdir)
+    with open(os.path.join(sdir, "state"), "w") as f:
+        f.write("mailsrv-list 1\nseq 0\n")
+        for i, a in enumerate(addrs):
+            f.write("member %s 1700000000 127.0.0.1 <req.%d@client.test> 1700000060 127.0.0.1 <conf.%d@client.test> 0 0\n"
+                    % (a, i, i))
+    return srv, addrs
+
+
+def post_slowly(srv, sender, to=LIST, limit=60):
+    """A post whose 250 may take long (a list of many members): its token and the final reply."""
+    t = tok()
+    msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: to everyone\r\nMessage-ID: <%s@client.test>\r\nX-Test-Token: %s\r\n\r\n"
+           % (sender, to, t, t)).encode() + b"the same text for every member\r\n" * 50
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(limit)) as s:
+        s.ehlo()
+        s.mail(sender)
+        code, text = s.rcpt(to)
+        check(code == 250, "RCPT TO:<%s>: %d %s" % (to, code, text))
+        code, text = s.data(msg)
+    return t, code, text.decode("latin-1")
+
+
+def check_one_copy_each(srv, addrs, t, seq):
+    """Each of addrs holds exactly one message, post seq with token t, and all are the same text."""
+    first = None
+    for a in addrs:
+        got = stored(srv, a)
+        check(len(got) == 1, "%s holds %d messages, expected the post once" % (a, len(got)))
+        first = first if first is not None else got[0]
+        check(got[0] == first, "%s holds another text than %s" % (a, addrs[0]))
+    check(("X-Test-Token: %s" % t).encode() in first and b"X-Mailsrv-Seq: %d\n" % seq in first,
+          "the copy is not post %d of token %s: %s" % (seq, t, short(first.decode("latin-1"), 300)))
 
 
 def list_state_text(srv):
@@ -516,3 +565,22 @@ def list_config_errors(ctx):
         r = run_cli(["-c", srv.ini, "check"])
         check(r.returncode != 0 and want in r.stderr and re.search(r"mailsrv\.ini:\d+: ", r.stderr),
               "config %r: exit %d, %s" % (section, r.returncode, short(r.stderr, 300)))
+
+
+@test(modes=BOTH, limit=180)
+def list_post_to_1000_members_in_slices(ctx, storage):
+    """Issue 14: a post to a list of 1,000 members (200 with mbox) is delivered a few mailboxes per
+    loop turn and its folders fsynced a few per turn (the 250 comes once all are durable): every
+    member, none of whom had a mailbox before, holds exactly one copy, the same text for all; a
+    second post reaches each once more."""
+    srv, addrs = many_members_server(ctx, 1000 if storage == "maildir" else 200, storage)
+    srv.start()
+    for seq in (1, 2):
+        t, code, text = post_slowly(srv, "poster@client.test", limit=120)
+        check(code == 250, "post %d: %d %s" % (seq, code, text))
+        if seq == 1:
+            check_one_copy_each(srv, addrs, t, 1)
+    check("post 2 (" in srv.log_text() and "sent to %d members" % len(addrs) in srv.log_text(),
+          "no log line of the posts: %s" % short(srv.log_text(), 300))
+    for a in addrs:
+        check(len(stored(srv, a)) == 2, "%s holds %d messages after two posts" % (a, len(stored(srv, a))))

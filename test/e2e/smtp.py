@@ -11,7 +11,7 @@ import time
 
 from .harness import (BOTH, DOMAINS, Pop, SENDER, STOP_SIGNAL, Smtp, TESTS, TestFailure, b64, check,
                       check_message, dot_stuff, header, maildir_files, make_msg, mbox_path, parse_mbox, plain,
-                      secs, short, soft, stored, stored_tokens, test, tok, token_of, tree, wait_for)
+                      run_cli, secs, short, soft, stored, stored_tokens, test, tok, token_of, tree, wait_for)
 from .cli import read
 
 
@@ -877,3 +877,39 @@ def sigterm_finishes_in_flight_data(ctx):
         raise TestFailure("server still running 10s after SIGTERM once the in-flight message was done")
     check(rc == 0, "exit status %s after SIGTERM" % rc)
     check(stored_tokens(srv, "alice@example.test") == [t], "message finished after SIGTERM not stored")
+
+
+
+@test(limit=240)
+def big_message_to_100_mailboxes_whole(ctx):
+    """Issue 14: a 50 MB message to 100 local mailboxes that have no Maildir yet: its file is written
+    back to disk while it arrives, the copies are made a few per loop turn and their folders fsynced a
+    few per turn; after the 250 each of the 100 holds the message once, whole (every copy's size; the
+    text of the first, a middle and the last copy compared byte for byte with what was sent)."""
+    r = run_cli(["passwd"], input="Passw0rdR\n")
+    hashed = r.stdout.strip().splitlines()[-1] if r.returncode == 0 and r.stdout.strip() else ""
+    check(hashed.startswith("$"), "passwd: exit %d, %s" % (r.returncode, short(r.stdout + r.stderr)))
+    rcpts = ["r%03d@many.test" % i for i in range(1, 101)]
+    domains = (DOMAINS + "\n[alias many.test]\npostmaster = alice@example.test\n\n[domain many.test]\n" +
+               "".join("%s = %s\n" % (a.split("@")[0], hashed) for a in rcpts))
+    srv = ctx.server(domains=domains, server={"max_message_size": "60M", "max_recipients": "100"}).start()
+    t = tok()
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-big-message-line\r\n"
+    msg = (b"From: <big@client.test>\r\nTo: <many@many.test>\r\nSubject: 50 MB\r\nX-Test-Token: %s\r\n\r\n"
+           % t.encode()) + line * (50 * 1000 * 1000 // len(line))
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(120)) as s:
+        refused = s.sendmail(SENDER, rcpts, msg)
+    check(refused == {}, "refused: %s" % refused)
+    want = msg.replace(b"\r\n", b"\n")
+    size = None
+    for a in rcpts:
+        files = maildir_files(srv, a)
+        check(len(files) == 1, "%s holds %d messages, expected 1" % (a, len(files)))
+        size = size or os.path.getsize(files[0])
+        check(os.path.getsize(files[0]) == size and size > len(want),
+              "%s: a copy of %d bytes, the first %d, the message %d" % (a, os.path.getsize(files[0]), size, len(want)))
+    for a in (rcpts[0], rcpts[49], rcpts[-1]):
+        with open(maildir_files(srv, a)[0], "rb") as f:
+            data = f.read()
+        check(data.endswith(want) and data.startswith(b"Return-Path: <%s>\n" % SENDER.encode()),
+              "%s: the copy is not the message sent (%d bytes)" % (a, len(data)))

@@ -179,7 +179,7 @@ static int (*fuzz_commit_ok)(struct conn *c);
 /* The poll loop's turns for one connection: the client's bytes arrive in
  * pieces of 1..512 bytes (sizes drawn from seed), the protocol runs over
  * them, replies are "sent" (handed to check(), then dropped), a group commit
- * is answered at once, a login's hash is done at once, and a failed login's delay has always passed. Ends when
+ * is answered at once, a login's hash and a delivery are done at once, and a failed login's delay has always passed. Ends when
  * the session closes or the input is used up and nothing more happens. */
 static void
 fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
@@ -199,7 +199,8 @@ fuzz_session(struct conn *c, const uint8_t *data, size_t size, unsigned seed,
         used += take;
         c->hold_until = 0;
         conn_process(c);
-        while (c->work) { /* a login's PBKDF2, a mailbox's view, QUIT's deletions (loop_work() runs them in slices), then the answer */
+        while (c->work) { /* a login's PBKDF2, a mailbox's view, QUIT's deletions, a delivery (loop_work() runs them
+                            * in slices), then the answer */
             c->work(c, INT64_MAX);
             c->hold_until = 0;
             conn_process(c);

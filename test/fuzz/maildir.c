@@ -34,7 +34,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (strcmp(names[0], names[1]) == 0) return 0;
     fuzz_rm_tree(ms->cfg->spool);
     mkdir(ms->cfg->spool, 0700);
-    if (mdir_prepare(ms->cfg->spool, "u@fuzz.test", dir, sizeof dir) != 0) abort();
+    if (mdir_prepare(ms->cfg->spool, "u@fuzz.test", dir, sizeof dir, NULL) != 0) abort();
     for (i = 0; i < 2; i++) {
         snprintf(path, sizeof path, "%s/%s/%s", dir, i ? "../cur" : ".", names[i]);
         fuzz_write(path, p, (size_t)(end - p));

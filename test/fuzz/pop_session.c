@@ -33,7 +33,7 @@ make_mailbox(struct mailsrv *ms)
         buf_free(&b);
         return;
     }
-    if (mdir_prepare(ms->cfg->spool, "u@fuzz.test", dir, sizeof dir) != 0) abort();
+    if (mdir_prepare(ms->cfg->spool, "u@fuzz.test", dir, sizeof dir, NULL) != 0) abort();
     for (i = 0; i < 3; i++) {
         snprintf(path, sizeof path, "%s/%s/170000000%d.M1P1Q%d.mx%s", dir, i == 1 ? "../cur" : ".", i, i,
                  i == 1 ? ":2,S" : "");
