@@ -139,6 +139,7 @@
 #define MS_MBOX_HEAD 2048         /* first bytes of an append kept in the journal to know it again */
 #define MS_MBOX_PREFIX 512        /* first bytes of each message of a batch that the journal keeps */
 #define MS_MBOX_MOVE (1024 * 1024) /* largest piece moved at once when deleting from an mbox */
+#define MS_MBOX_SCAN (1024 * 1024) /* piece of an mbox read at once by a login or a QUIT (more for a larger message) */
 #define MS_MBOX_PROBES 64         /* From_ lines an mbox index checks before it trusts a grown file */
 #define MS_MBOX_PROBE_TAIL 4096   /* ... and the first and last bytes of its last message */
 #define MS_MBOX_INDEX_MAX (1 << 30) /* a larger index file is not read (damaged): the mbox is scanned */
@@ -1451,6 +1452,7 @@ static int store_copy(int from_fd, int64_t size, const char *to);
 static int queue_create(const char *qdir, const char *base, const struct store_msg *m, const struct targets *t, struct dirset *ds, struct store_undo **undo, int *nundo);
 static int store_message(const struct ms_config *cfg, const char *qdir, struct store_msg *m, const struct targets *t, const char **err, struct dirset *ds, struct store_undo **undo, int *nundo);
 static void view_free(struct pop_view *v);
+static void view_clear(struct pop_view *v);
 static struct pop_msg * view_add(struct pop_view *v);
 static void uidl_set(char *dst, const char *src, size_t n);
 static size_t mdir_key_len(const char *base);
@@ -1482,16 +1484,22 @@ static int mbox_index_probe(int fd, const struct pop_view *v, int64_t size, uint
 static void mbox_index_write(const char *jf, int fd, const struct pop_view *v, const struct os_stat *st);
 static int mbox_index_num(const char **p, int base, char sep, uint64_t *out);
 static int mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix);
+static int mbox_index_start(struct pop_view *v, int fd, const struct os_stat *st, const char *jf, int64_t *from);
+static int mbox_scan_piece(struct pop_view *v, int fd, int64_t *from, int64_t end);
 static int mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf);
+static struct pop_view *mbox_work_view(struct pop_view *v);
+static void mbox_work_end(struct pop_view *v);
+static int mbox_work_begin(struct pop_view *v, int quit);
+static int mbox_work_scan(struct pop_view *v, int64_t until);
 static int mbox_view_open(struct pop_view *v, const char *spool, const char *addr);
+static int mbox_view_more(struct pop_view *v, int64_t until);
 static int view_cmp_uidl_key(const void *key, const void *b);
 static int mbox_view_refresh(struct pop_view *v);
 static int view_more(struct pop_view *v, int64_t until);
 static int view_open_whole(const struct store_ops *ops, struct pop_view *v, const char *spool, const char *addr);
 static int view_expunge(struct pop_view *v, int64_t until);
 static int mdir_expunge(struct pop_view *v, int64_t until);
-static void mbox_update_end(struct pop_view *v);
-static int mbox_update_begin(struct pop_view *v);
+static void mbox_update_mark(struct pop_view *v);
 static void mbox_update_index(struct pop_view *v);
 static int mbox_expunge(struct pop_view *v, int64_t until);
 static int mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
@@ -5238,19 +5246,26 @@ struct pop_view {
     struct pop_msg *msgs;
     int n, cap;
     struct mdir_open *opening; /* Maildir: the view is being made (mdir_view_more) */
-    struct mbox_update *updating; /* mbox: the deletions after QUIT are being made (mbox_expunge) */
+    struct mbox_work *mbox_work; /* mbox: read at login, or its deletions made after QUIT (locks held) */
     int expunged, expunge_failed; /* Maildir: messages the deletion has looked at; one stayed */
 };
 
 static void
 view_free(struct pop_view *v)
 {
+    view_clear(v);
+    mdir_open_free(v->opening);
+    v->opening = NULL;
+    mbox_work_end(v);
+}
+
+/* Empties the list of messages (the work on the view goes on). */
+static void
+view_clear(struct pop_view *v)
+{
     int i;
     for (i = 0; i < v->n; i++) free(v->msgs[i].name);
     free(v->msgs);
-    mdir_open_free(v->opening);
-    v->opening = NULL;
-    mbox_update_end(v);
     v->msgs = NULL;
     v->n = v->cap = 0;
 }
@@ -6050,55 +6065,175 @@ mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix)
     return 0;
 bad:
     free(text);
-    view_free(v);
+    view_clear(v);
     return -1;
 }
 
 /* The messages of the locked mbox fd, now in the state st, as
  * mbox_scan_from(v, fd, 0, st->size) finds them: from the index where it
- * holds (see "the mbox index" above), else read; the index is written again
- * when it changed. -1 on a read error (v empty). */
+ * holds (see "the mbox index" above), else read. mbox_index_start puts in v
+ * what the index holds: 1 when that is all; 0 when the rest must be read
+ * from *from (0: the whole file), a piece at a time (mbox_scan_piece). */
 static int
-mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf)
+mbox_index_start(struct pop_view *v, int fd, const struct os_stat *st, const char *jf, int64_t *from)
 {
     struct mbox_index ix;
     uint64_t probe;
     if (mbox_index_read(jf, v, &ix) == 0 && ix.ino == st->ino && v->n > 0 && (uint64_t)st->size >= ix.size &&
         mbox_index_probe(fd, v, (int64_t)ix.size, &probe) == 0 && probe == ix.probe) {
-        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)st->mtime) return 0;
+        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)st->mtime) return 1;
         if ((uint64_t)st->size > ix.size) { /* appended to: the last message again, and what follows */
-            int64_t from = v->msgs[--v->n].from_off;
-            if (mbox_scan_from(v, fd, from, st->size) != 0) { view_free(v); return -1; }
-            mbox_index_write(jf, fd, v, st);
+            *from = v->msgs[--v->n].from_off;
             return 0;
         }
     }
-    view_free(v);
-    if (mbox_scan_from(v, fd, 0, st->size) != 0) { view_free(v); return -1; }
+    view_clear(v);
+    *from = 0;
+    return 0;
+}
+
+/* One piece of a scan of a locked mbox, from *from (0 or a From_ line) to
+ * end: MS_MBOX_SCAN bytes, or more when one message is larger. The last
+ * message a piece finds may be cut by its end: it is dropped, and the next
+ * piece starts at its From_ line (mbox_scan_from finds there what a scan
+ * from 0 finds). 1 when v holds every message up to end, 0 when more
+ * remains, -1 on failure. */
+static int
+mbox_scan_piece(struct pop_view *v, int fd, int64_t *from, int64_t end)
+{
+    int64_t piece = MS_MBOX_SCAN;
+    int n0 = v->n;
+    for (;;) {
+        if (end - *from <= piece) return mbox_scan_from(v, fd, *from, end) == 0 ? 1 : -1;
+        if (mbox_scan_from(v, fd, *from, *from + piece) != 0) return -1;
+        if (v->n > n0 + 1) break; /* a whole message at least, before the one cut */
+        v->n = n0;                /* (an mbox message holds no name to free) */
+        piece *= 2;
+    }
+    *from = v->msgs[--v->n].from_off;
+    return 0;
+}
+
+/* All at once (a RETR after another program's change, the tests); the
+ * index is written again when it changed. -1 on a read error (v empty). */
+static int
+mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf)
+{
+    int64_t from;
+    int r;
+    if (mbox_index_start(v, fd, st, jf, &from)) return 0;
+    while ((r = mbox_scan_piece(v, fd, &from, st->size)) == 0) {}
+    if (r < 0) { view_clear(v); return -1; }
     mbox_index_write(jf, fd, v, st);
     return 0;
 }
 
-/* The POP3 snapshot at login, read under both locks (-1 with errno EAGAIN
- * if another program holds one). */
+/* An mbox whose locks a session holds across loop turns (in mbox_held)
+ * for work made in slices: a login's reading of it (into the view itself),
+ * or a QUIT's deletions (the file read again into `now`, then the runs of
+ * deleted messages removed). Nobody sees the file half-way. */
+struct mbox_work {
+    int fd;
+    struct os_stat st;          /* the file when the locks were taken */
+    int quit;                   /* for a QUIT (else a login) */
+    int64_t from;               /* the reading's next piece (-1: read) */
+    struct pop_view now;        /* QUIT: the messages as they are now */
+    char (*raw)[72];            /* ... their UIDLs as read, before view_unique_uidls (the index keeps those) */
+    int marked;                 /* ... the deleted ones are found in it */
+    int next;                   /* ... the last message not yet looked at, from the end */
+    int64_t end;                /* ... the file's end so far */
+    struct mbox_move mv;        /* ... the run being removed */
+    int moving;
+};
+
+static struct pop_view *mbox_work_view(struct pop_view *v) { return v->mbox_work->quit ? &v->mbox_work->now : v; }
+
+static void
+mbox_work_end(struct pop_view *v)
+{
+    struct mbox_work *w = v->mbox_work;
+    if (!w) return;
+    mbox_unlock(v->path, w->fd);
+    mbox_hold(v->path, 0);
+    view_free(&w->now);
+    free(w->raw);
+    free(w);
+    v->mbox_work = NULL;
+}
+
+/* Takes the locks and puts in the view what the index holds (mbox_index_start).
+ * 1: there is no mbox (nothing to do); -1 on failure (mbox_work_end cleans up). */
+static int
+mbox_work_begin(struct pop_view *v, int quit)
+{
+    struct mbox_work *w;
+    int created, fd = mbox_lock(v->path, v->jf, 0, &created);
+    if (fd == -2) return 1;
+    if (fd < 0) return -1;
+    w = v->mbox_work = xrealloc(NULL, sizeof *w);
+    memset(w, 0, sizeof *w);
+    w->fd = fd;
+    w->quit = quit;
+    mbox_hold(v->path, 1);
+    if (os_fstat(fd, &w->st) != 0) return -1;
+    if (mbox_index_start(mbox_work_view(v), fd, &w->st, v->jf, &w->from)) w->from = -1;
+    return 0;
+}
+
+/* Reads the mbox a piece per step until the time is up: 1 when it is read
+ * (the index written again, for a login: a QUIT writes it at the end), 0
+ * when more remains, -1 on failure. */
+static int
+mbox_work_scan(struct pop_view *v, int64_t until)
+{
+    struct mbox_work *w = v->mbox_work;
+    struct pop_view *into = mbox_work_view(v);
+    int r = 1;
+    while (w->from >= 0) {
+        if ((r = mbox_scan_piece(into, w->fd, &w->from, w->st.size)) != 0) break;
+        if (os_now_us() >= until) return 0;
+    }
+    if (r < 0) return -1;
+    if (w->from >= 0) {
+        w->from = -1;
+        if (!w->quit) mbox_index_write(v->jf, w->fd, into, &w->st);
+    }
+    return 1;
+}
+
+/* The POP3 snapshot at login: begun here (the locks taken, -1 with errno
+ * EAGAIN if another program holds one), read by mbox_view_more. */
 static int
 mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
 {
     struct mbox_paths mp;
-    int fd, created, r;
-    struct os_stat st;
+    int r;
     memset(v, 0, sizeof *v);
     v->ops = &mbox_store;
     if (mbox_paths(spool, addr, &mp) != 0) return -1;
     memcpy(v->path, mp.mbox, sizeof mp.mbox);
     memcpy(v->jf, mp.journal, sizeof mp.journal);
-    fd = mbox_lock(v->path, v->jf, 0, &created);
-    if (fd == -2) return 0; /* never delivered to: empty */
-    if (fd < 0) return -1;
-    r = os_fstat(fd, &st) != 0 ? -1 : mbox_index_scan(v, fd, &st, v->jf);
-    if (r == 0) view_unique_uidls(v);
-    v->seen = st;
-    mbox_unlock(v->path, fd);
+    if ((r = mbox_work_begin(v, 0)) < 0) {
+        int e = errno;
+        mbox_work_end(v);
+        errno = e;
+        return -1;
+    }
+    return 0; /* (r > 0: never delivered to, empty) */
+}
+
+/* Goes on reading the mbox for the view, a piece per step (mbox_scan_piece). */
+static int
+mbox_view_more(struct pop_view *v, int64_t until)
+{
+    int r;
+    if (!v->mbox_work) return 1;
+    if ((r = mbox_work_scan(v, until)) == 0) return 0;
+    if (r > 0) {
+        view_unique_uidls(v);
+        v->seen = v->mbox_work->st;
+    }
+    mbox_work_end(v);
     return r;
 }
 
@@ -6195,63 +6330,31 @@ mdir_expunge(struct pop_view *v, int64_t until)
     return 0;
 }
 
-/* A QUIT's deletions from an mbox, made in slices (mbox_expunge). */
-struct mbox_update {
-    int fd;                     /* the mbox, both locks held (and in mbox_held) until it is final */
-    struct os_stat st;          /* as it was when the locks were taken */
-    struct pop_view now;        /* its messages then */
-    char (*raw)[72];            /* their UIDLs as scanned, before view_unique_uidls (the index keeps those) */
-    int next;                   /* the last message not yet looked at, from the end */
-    int64_t end;                /* the file's end so far */
-    struct mbox_move mv;        /* the run being removed */
-    int moving;
-};
-
-static void
-mbox_update_end(struct pop_view *v)
-{
-    struct mbox_update *u = v->updating;
-    if (!u) return;
-    mbox_unlock(v->path, u->fd);
-    mbox_hold(v->path, 0);
-    view_free(&u->now);
-    free(u->raw);
-    free(u);
-    v->updating = NULL;
-}
-
-/* Takes the locks and finds the messages to delete in the file as it is
+/* QUIT: the messages to delete, found again by UIDL in the file as it is
  * now (another program may have appended, rewritten Status: lines,
- * deleted): by UIDL; one no longer found stays. 1: nothing to do. */
-static int
-mbox_update_begin(struct pop_view *v)
+ * deleted); one no longer found stays. */
+static void
+mbox_update_mark(struct pop_view *v)
 {
-    struct mbox_update *u;
+    struct mbox_work *w = v->mbox_work;
     struct pop_msg **p;
-    int created, i, fd = mbox_lock(v->path, v->jf, 0, &created);
-    if (fd == -2) return 1;
-    if (fd < 0) return -1;
-    u = v->updating = xrealloc(NULL, sizeof *u);
-    memset(u, 0, sizeof *u);
-    u->fd = fd;
-    mbox_hold(v->path, 1);
-    if (os_fstat(fd, &u->st) != 0 || mbox_index_scan(&u->now, fd, &u->st, v->jf) != 0) return -1;
-    u->raw = xrealloc(NULL, sizeof *u->raw * (size_t)(u->now.n > 0 ? u->now.n : 1));
-    for (i = 0; i < u->now.n; i++) memcpy(u->raw[i], u->now.msgs[i].uidl, sizeof u->raw[i]);
-    view_unique_uidls(&u->now);
-    p = xrealloc(NULL, sizeof *p * (size_t)(u->now.n ? u->now.n : 1));
-    for (i = 0; i < u->now.n; i++) p[i] = &u->now.msgs[i];
-    qsort(p, (size_t)u->now.n, sizeof *p, view_cmp_uidl);
+    int i;
+    w->raw = xrealloc(NULL, sizeof *w->raw * (size_t)(w->now.n > 0 ? w->now.n : 1));
+    for (i = 0; i < w->now.n; i++) memcpy(w->raw[i], w->now.msgs[i].uidl, sizeof w->raw[i]);
+    view_unique_uidls(&w->now);
+    p = xrealloc(NULL, sizeof *p * (size_t)(w->now.n ? w->now.n : 1));
+    for (i = 0; i < w->now.n; i++) p[i] = &w->now.msgs[i];
+    qsort(p, (size_t)w->now.n, sizeof *p, view_cmp_uidl);
     for (i = 0; i < v->n; i++) {
         struct pop_msg **f;
         if (!v->msgs[i].deleted) continue;
-        f = bsearch(v->msgs[i].uidl, p, (size_t)u->now.n, sizeof *p, view_cmp_uidl_key);
+        f = bsearch(v->msgs[i].uidl, p, (size_t)w->now.n, sizeof *p, view_cmp_uidl_key);
         if (f) (*f)->deleted = 1;
     }
     free(p);
-    u->end = u->st.size;
-    u->next = u->now.n - 1;
-    return 0;
+    w->end = w->st.size;
+    w->next = w->now.n - 1;
+    w->marked = 1;
 }
 
 /* The messages kept are where they were less what went before them: that
@@ -6260,66 +6363,72 @@ mbox_update_begin(struct pop_view *v)
 static void
 mbox_update_index(struct pop_view *v)
 {
-    struct mbox_update *u = v->updating;
+    struct mbox_work *w = v->mbox_work;
     struct pop_view kept;
     struct os_stat st;
     int64_t gone = 0;
     int i;
     memset(&kept, 0, sizeof kept);
-    for (i = 0; i < u->now.n; i++) {
-        struct pop_msg *m = &u->now.msgs[i];
+    for (i = 0; i < w->now.n; i++) {
+        struct pop_msg *m = &w->now.msgs[i];
         if (m->deleted) {
-            gone += (i + 1 < u->now.n ? u->now.msgs[i + 1].from_off : u->st.size) - m->from_off;
+            gone += (i + 1 < w->now.n ? w->now.msgs[i + 1].from_off : w->st.size) - m->from_off;
             continue;
         }
         *view_add(&kept) = *m;
         kept.msgs[kept.n - 1].from_off -= gone;
         kept.msgs[kept.n - 1].off -= gone;
-        memcpy(kept.msgs[kept.n - 1].uidl, u->raw[i], sizeof u->raw[i]);
+        memcpy(kept.msgs[kept.n - 1].uidl, w->raw[i], sizeof w->raw[i]);
     }
-    if (gone && os_fstat(u->fd, &st) == 0 && st.size == u->end) mbox_index_write(v->jf, u->fd, &kept, &st);
+    if (gone && os_fstat(w->fd, &st) == 0 && st.size == w->end) mbox_index_write(v->jf, w->fd, &kept, &st);
     view_free(&kept);
 }
 
-/* RFC 1939 6, in slices: each run of deleted messages is removed in place,
- * the last first, one piece (mbox_move_step: a journal record, a move of up
- * to MS_MBOX_MOVE, an fsync) per step; no space needed. The locks are held
- * from the first step to the last, so nobody sees the file half-way;
- * deliveries to it meanwhile get 451 (mbox_held) as when another program
- * holds it. */
+/* RFC 1939 6, in slices: the file is read again (mbox_work_scan), then
+ * each run of deleted messages is removed in place, the last first, one
+ * piece (mbox_move_step: a journal record, a move of up to MS_MBOX_MOVE,
+ * an fsync) per step; no space needed. The locks are held from the first
+ * step to the last; deliveries to the mbox meanwhile get 451 (mbox_held),
+ * as when another program holds it. */
 static int
 mbox_expunge(struct pop_view *v, int64_t until)
 {
+    struct mbox_work *w;
     int r;
-    if (!v->updating && (r = mbox_update_begin(v)) != 0) {
-        mbox_update_end(v);
+    if (!v->mbox_work && (r = mbox_work_begin(v, 1)) != 0) {
+        mbox_work_end(v);
         return r > 0 ? 1 : -1;
     }
+    w = v->mbox_work;
+    if (!w->marked) {
+        if ((r = mbox_work_scan(v, until)) == 0) return 0;
+        if (r < 0) { mbox_work_end(v); return -1; }
+        mbox_update_mark(v);
+    }
     do {
-        struct mbox_update *u = v->updating;
         int i, j;
-        if (u->moving) {
-            if ((r = mbox_move_step(u->fd, v->jf, u->st.ino, &u->mv)) < 0) { mbox_update_end(v); return -1; }
+        if (w->moving) {
+            if ((r = mbox_move_step(w->fd, v->jf, w->st.ino, &w->mv)) < 0) { mbox_work_end(v); return -1; }
             if (r > 0) {
-                u->end -= u->mv.b - u->mv.a;
-                u->moving = 0;
+                w->end -= w->mv.b - w->mv.a;
+                w->moving = 0;
             }
             continue;
         }
-        for (i = u->next; i >= 0 && !u->now.msgs[i].deleted; i--) {}
+        for (i = w->next; i >= 0 && !w->now.msgs[i].deleted; i--) {}
         if (i < 0) {
             mbox_update_index(v);
-            mbox_update_end(v);
+            mbox_work_end(v);
             return 1;
         }
-        for (j = i; j > 0 && u->now.msgs[j - 1].deleted; j--) {}
-        u->mv.a = u->now.msgs[j].from_off;
-        u->mv.b = i + 1 < u->now.n ? u->now.msgs[i + 1].from_off : u->end;
-        u->mv.end = u->end;
-        u->mv.done = 0;
-        u->mv.small = 0;
-        u->moving = 1;
-        u->next = j - 1;
+        for (j = i; j > 0 && w->now.msgs[j - 1].deleted; j--) {}
+        w->mv.a = w->now.msgs[j].from_off;
+        w->mv.b = i + 1 < w->now.n ? w->now.msgs[i + 1].from_off : w->end;
+        w->mv.end = w->end;
+        w->mv.done = 0;
+        w->mv.small = 0;
+        w->moving = 1;
+        w->next = j - 1;
     } while (os_now_us() < until);
     return 0;
 }
@@ -6347,7 +6456,7 @@ static const struct store_ops maildir_store = {
     "maildir", 1, mdir_deliver, file_undo, mdir_view_open, mdir_view_more, mdir_expunge, mdir_msg_text, 0,
 };
 static const struct store_ops mbox_store = {
-    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, NULL, mbox_expunge, mbox_msg_text, 1,
+    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, mbox_view_more, mbox_expunge, mbox_msg_text, 1,
 };
 
 /*==== 8. TLS glue (BearSSL) ====*/

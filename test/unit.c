@@ -1147,6 +1147,25 @@ test_mbox_index(void)
     snprintf(text, sizeof text, own, 9, 9);
     mbox_unit_append(mbox, text);
     ASSERT(mbox_index_agrees(mbox, jf));
+    { /* read in pieces (mbox_scan_piece, as a login and a QUIT read in slices): a file of several
+       * pieces, with a message larger than two of them, finds what one scan finds */
+        struct buf all = {0};
+        int k;
+        unlink(ix);
+        for (i = 0; i < 3000; i++) {
+            buf_printf(&all, i == 200 ? foreign : own, i, i);
+            if (i == 200) /* a message of about 2.5 pieces */
+                for (k = 0; k < MS_MBOX_SCAN / 40; k++) buf_adds(&all, "a body line of a large message, padded to one hundred bytes ......................................\n");
+            if (i % 7 == 0) buf_adds(&all, "body line\nnot at a line start: From x\n");
+        }
+        buf_add(&all, "", 1);
+        mbox_unit_append(mbox, all.p);
+        buf_free(&all);
+        ASSERT(mbox_unit_size(mbox) > 2 * MS_MBOX_SCAN);
+        ASSERT(mbox_index_agrees(mbox, jf)); /* no index: read in pieces */
+        mbox_unit_append(mbox, "From s@x Mon Jan  1 00:00:01 2024\nSubject: cut at the end\n\nno final newline");
+        ASSERT(mbox_index_agrees(mbox, jf)); /* grown: its tail read in pieces */
+    }
     unlink(mbox);
     unlink(other);
     unlink(ix);
