@@ -1460,7 +1460,7 @@ static const char *mdir_base(const struct pop_msg *m);
 static int mdir_key_cmp(const char *a, size_t na, const char *b, size_t nb);
 static int view_cmp_name(const struct pop_msg *x, const struct pop_msg *y);
 static void mdir_open_free(struct mdir_open *o);
-static void sizes_parse(struct mdir_open *o);
+static int sizes_parse(struct mdir_open *o, int lines);
 static int sizes_read_step(struct pop_view *v, struct mdir_open *o);
 static int mdir_list_step(struct pop_view *v, struct mdir_open *o);
 static int mdir_sort_step(struct pop_view *v, struct mdir_open *o);
@@ -1468,6 +1468,8 @@ static int mdir_same_key(const struct pop_msg *x, const struct pop_msg *y);
 static void mdir_drop_gone(struct pop_view *v);
 static int mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until);
 static int mdir_write_step(struct pop_view *v, struct mdir_open *o);
+static int mdir_index_current(struct pop_view *v, struct mdir_open *o);
+static int mdir_copy_step(struct pop_view *v, struct mdir_open *o);
 static int mdir_view_more(struct pop_view *v, int64_t until);
 static int view_cmp_uidl(const void *a, const void *b);
 static int view_cmp_str(const void *a, const void *b);
@@ -5334,36 +5336,43 @@ view_cmp_name(const struct pop_msg *x, const struct pop_msg *y)
  * The names come from new/ and cur/ a few at a time; a message named
  * without W= by another program (Dovecot, getmail, a copy) must be read
  * to learn its size with CRLF line ends, and a mailbox of such messages
- * would be read whole at every login. What was measured is kept in the
- * mailbox's folder, in MS_SIZES_FILE ("SIZE KEY" lines sorted by key,
- * under a header line), the way Dovecot keeps dovecot-uidlist: a cache,
- * written atomically, never trusted beyond a name it lists (a Maildir
- * message's text never changes, only its flags do), ignored and rebuilt
- * when missing or malformed. Each part of the work (one name, one
- * merge of the sort, one piece of a file, one index line) is short, and
- * mdir_view_more stops when its time is up: the loop serves the other
- * sessions in between. */
+ * would be read whole at every login. The view is kept in the mailbox's
+ * folder, in MS_SIZES_FILE, the way Dovecot keeps dovecot-uidlist: a
+ * header line; "dirs" with the inode and mtime of new/ and cur/ when it
+ * was made and the time it was written; then "SIZE NAME" for every
+ * message in the view's order. A cache, written atomically: ignored and
+ * rebuilt when missing or malformed. When neither folder changed since,
+ * and both had last changed in an earlier second than the index was
+ * written (mtimes count whole seconds: a change in that same second
+ * would not show), the index is the view, and nothing is listed or read,
+ * as Dovecot skips a Maildir whose folders' mtimes did not move.
+ * Otherwise the folders are listed, and a size is read only for a name
+ * without W= that the index does not know (by the name up to its flags:
+ * a Maildir message's text never changes, only its flags do). Each part
+ * of the work (one name, one merge of the sort, one piece of a file, one
+ * index line) is short, and mdir_view_more stops when its time is up: the
+ * loop serves the other sessions in between. */
 #define MS_SIZES_FILE "mailsrv-sizes"
-#define MS_SIZES_HEAD "mailsrv-sizes 1\n"
+#define MS_SIZES_HEAD "mailsrv-sizes 2\n"
 #define MS_SIZES_MAX (64L * 1024 * 1024) /* a larger index is ignored */
 #define MS_SIZES_CHUNK (256 * 1024)        /* index bytes read per step */
 
-struct sizes_ent { int64_t size; size_t key, klen; };  /* key: offset into the index text */
+struct sizes_ent { int64_t size; size_t name, nlen, klen; };  /* name: offset into the index text ("new/..." or "cur/...") */
 
 struct mdir_open {
-    enum { MO_INDEX, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
+    enum { MO_INDEX, MO_COPY, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
+    struct os_stat said[2], now[2]; /* new/ and cur/: as the index says, as they are (before the listing) */
+    long long written;            /* when the index was written (0: never trusted) */
     int sub;                      /* MO_LIST: 0 new/, 1 cur/ */
     void *dir;                    /* the folder being listed */
     int fd;                       /* the index being read or written, or the message being measured */
     char *text;                   /* the index as read */
-    size_t tlen, parsed;
+    size_t tlen, tcap, parsed;
     struct sizes_ent *ent;        /* its entries, in key order */
     int nent, capent, bad;        /* bad: malformed, rewritten */
-    int used, measured;           /* entries that named a message; messages read */
     struct pop_msg **sorted, **tmp; /* MO_SORT: a bottom-up merge sort of pointers to the messages */
     int width, at;
-    int next;                     /* MO_SIZES: the message being sized; MO_WRITE: the next to write */
-    int written;                  /* MO_WRITE: the last message written (-1: none) */
+    int next;                     /* MO_COPY: the next entry; MO_SIZES: the message being sized; MO_WRITE: the next to write */
     struct line_reader lr;        /* ... when it is read: where, and its size so far */
     int64_t size;
     int bol;
@@ -5385,22 +5394,39 @@ mdir_open_free(struct mdir_open *o)
     free(o);
 }
 
-/* Parses the complete lines read so far; a line that is not "SIZE KEY" in
- * key order makes the whole index untrusted (o->bad). */
-static void
-sizes_parse(struct mdir_open *o)
+/* Parses up to `lines` of the complete lines read so far (1: some are
+ * left); a line that is not what the index holds, or a name out of key
+ * order, makes it untrusted (o->bad). */
+static int
+sizes_parse(struct mdir_open *o, int lines)
 {
-    while (!o->bad && o->parsed < o->tlen) {
+    for (; !o->bad && o->parsed < o->tlen; lines--) {
         char *line = o->text + o->parsed, *nl = memchr(line, '\n', o->tlen - o->parsed), *sp;
         struct sizes_ent *e;
-        if (!nl) return; /* the rest of it comes with the next read */
+        unsigned long long i0, i1;
+        long long m0, m1;
+        if (!nl) return 0; /* the rest of it comes with the next read */
+        if (!lines) return 1;
         o->parsed = (size_t)(nl + 1 - o->text);
         if (line == o->text) { /* the header line */
             o->bad = (size_t)(nl + 1 - line) != strlen(MS_SIZES_HEAD) || memcmp(line, MS_SIZES_HEAD, strlen(MS_SIZES_HEAD)) != 0;
             continue;
         }
+        if (memcmp(line, "dirs ", 5) == 0 && !o->written && !o->nent) {
+            *nl = 0;
+            if (sscanf(line, "dirs %llu %lld %llu %lld %lld", &i0, &m0, &i1, &m1, &o->written) != 5) o->bad = 1;
+            *nl = '\n';
+            o->said[0].ino = i0;
+            o->said[0].mtime = m0;
+            o->said[1].ino = i1;
+            o->said[1].mtime = m1;
+            continue;
+        }
         sp = memchr(line, ' ', (size_t)(nl - line));
-        if (!sp || sp == line || sp + 1 == nl || sp - line > 15) { o->bad = 1; return; }
+        if (!sp || sp == line || nl - sp < 6 || sp - line > 15 || (memcmp(sp + 1, "new/", 4) != 0 && memcmp(sp + 1, "cur/", 4) != 0)) {
+            o->bad = 1;
+            return 0;
+        }
         if (o->nent == o->capent) {
             o->capent = o->capent ? 2 * o->capent : 1024;
             o->ent = xrealloc(o->ent, sizeof *o->ent * (size_t)o->capent);
@@ -5408,42 +5434,48 @@ sizes_parse(struct mdir_open *o)
         e = &o->ent[o->nent];
         e->size = 0;
         for (; line < sp; line++) {
-            if (*line < '0' || *line > '9') { o->bad = 1; return; }
+            if (*line < '0' || *line > '9') { o->bad = 1; return 0; }
             e->size = e->size * 10 + (*line - '0');
         }
-        e->key = (size_t)(sp + 1 - o->text);
-        e->klen = (size_t)(nl - sp - 1);
-        if (o->nent && mdir_key_cmp(o->text + o->ent[o->nent - 1].key, o->ent[o->nent - 1].klen, o->text + e->key,
-                                    e->klen) >= 0) {
+        e->name = (size_t)(sp + 1 - o->text);
+        e->nlen = (size_t)(nl - sp - 1);
+        for (e->klen = 0; e->klen < e->nlen - 4 && !strchr(":!", sp[5 + e->klen]); e->klen++) {}
+        if (o->nent && mdir_key_cmp(o->text + o->ent[o->nent - 1].name + 4, o->ent[o->nent - 1].klen, sp + 5, e->klen) > 0) {
             o->bad = 1;
-            return;
+            return 0;
         }
         o->nent++;
     }
+    return 0;
 }
 
-/* One read of the index: 1 when it is all read (or unusable: then empty). */
+/* One read of the index, or the parsing of some of its lines: 1 when it
+ * is all read (or unusable: then empty). */
 static int
 sizes_read_step(struct pop_view *v, struct mdir_open *o)
 {
     long n;
     if (o->fd < 0) {
         char path[MS_PATH_FILE];
+        struct os_stat st;
         if (ms_fmt(path, sizeof path, "%s/" MS_SIZES_FILE, v->path) < 0 ||
             (o->fd = os_open(path, O_RDONLY | MS_O_NOFOLLOW, 0)) < 0)
             return 1; /* none yet */
+        if (os_fstat(o->fd, &st) != 0 || st.size > MS_SIZES_MAX) o->bad = 1;
+        else o->text = xrealloc(NULL, o->tcap = (size_t)st.size + MS_SIZES_CHUNK); /* (read at once into its place) */
     }
-    if (o->tlen + MS_SIZES_CHUNK > (size_t)MS_SIZES_MAX) o->bad = 1;
+    if (!o->bad && sizes_parse(o, 2048)) return 0;
     if (!o->bad) {
-        o->text = xrealloc(o->text, o->tlen + MS_SIZES_CHUNK);
-        n = os_pread(o->fd, o->text + o->tlen, MS_SIZES_CHUNK, (int64_t)o->tlen);
-        if (n < 0) o->bad = 1;
+        if (o->tlen + MS_SIZES_CHUNK > o->tcap) { /* grown since */
+            if (o->tlen > (size_t)MS_SIZES_MAX) o->bad = 1;
+            else o->text = xrealloc(o->text, o->tcap = o->tlen + MS_SIZES_CHUNK);
+        }
+        n = o->bad ? 0 : os_pread(o->fd, o->text + o->tlen, MS_SIZES_CHUNK, (int64_t)o->tlen);
         if (n > 0) {
             o->tlen += (size_t)n;
-            sizes_parse(o);
             return 0;
         }
-        if (o->parsed != o->tlen) o->bad = 1; /* cut short: written by a writer that died */
+        if (n < 0 || o->parsed != o->tlen) o->bad = 1; /* cut short: written by a writer that died */
     }
     os_close(o->fd);
     o->fd = -1;
@@ -5569,12 +5601,11 @@ mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until)
         int lo = 0, hi = o->nent;
         char path[MS_PATH_MESSAGE];
         while (lo < hi) { /* the index, in key order */
-            int mid = lo + (hi - lo) / 2, c = mdir_key_cmp(base, kl, o->text + o->ent[mid].key, o->ent[mid].klen);
-            if (c == 0) { m->size = o->ent[mid].size; o->used++; o->next++; return 0; }
+            int mid = lo + (hi - lo) / 2, c = mdir_key_cmp(base, kl, o->text + o->ent[mid].name + 4, o->ent[mid].klen);
+            if (c == 0) { m->size = o->ent[mid].size; o->next++; return 0; }
             if (c < 0) hi = mid;
             else lo = mid + 1;
         }
-        o->measured++;
         if (ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) < 0 || (o->fd = os_open(path, O_RDONLY, 0)) < 0) {
             o->next++; /* gone: dropped at the end */
             return 0;
@@ -5597,9 +5628,10 @@ mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until)
     return 0;
 }
 
-/* Writes the index again when what it says changed, 64 KB per step, then
- * replaces it at once. 1 when done (a failure only costs the next login
- * some reading). */
+/* Writes the index again after a listing, 64 KB per step, then replaces
+ * it at once. 1 when done (a failure only costs the next login some
+ * reading). A name holding a newline cannot be written: the folders'
+ * state is then left out, so that the index is never the whole view. */
 static int
 mdir_write_step(struct pop_view *v, struct mdir_open *o)
 {
@@ -5609,25 +5641,23 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
         return 1;
     if (o->fd < 0) {
         struct os_stat st;
-        if (!o->measured && o->used == o->nent && !o->bad) return 1; /* still right */
+        int i, whole = 1;
         o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
         if (o->fd < 0 && errno == EEXIST && os_stat(tmp, &st) == 0 && st.mtime < (int64_t)time(NULL) - 60) {
             os_unlink(tmp); /* left by a writer that died */
             o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
         }
         if (o->fd < 0) return 1; /* another writer is at it, or a folder we cannot write */
+        for (i = 0; i < v->n; i++) whole &= strchr(v->msgs[i].name, '\n') == NULL;
         buf_adds(&o->out, MS_SIZES_HEAD);
+        if (whole)
+            buf_printf(&o->out, "dirs %llu %lld %llu %lld %lld\n", (unsigned long long)o->now[0].ino, (long long)o->now[0].mtime,
+                       (unsigned long long)o->now[1].ino, (long long)o->now[1].mtime, (long long)time(NULL));
         o->next = 0;
-        o->written = -1;
     }
     for (; o->next < v->n && o->out.len < 65536; o->next++) {
         const struct pop_msg *m = &v->msgs[o->next];
-        const char *base = mdir_base(m);
-        size_t kl = m->klen;
-        if (!m->size_read || !kl || memchr(base, '\n', kl)) continue;
-        if (o->written >= 0 && mdir_same_key(m, &v->msgs[o->written])) continue; /* in key order, once */
-        o->written = o->next;
-        buf_printf(&o->out, "%lld %.*s\n", (long long)m->size, (int)kl, base);
+        if (!strchr(m->name, '\n')) buf_printf(&o->out, "%lld %s\n", (long long)m->size, m->name);
     }
     if (os_write_all(o->fd, o->out.p, o->out.len) < 0) o->next = -1;
     o->out.len = 0;
@@ -5635,6 +5665,49 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
     if (os_close(o->fd) != 0 || o->next < 0 || os_replace(tmp, path) != 0) os_unlink(tmp);
     o->fd = -1;
     return 1;
+}
+
+/* Is the index the whole view? new/ and cur/ as it says, both changed last
+ * in an earlier second than it was written. Their state now is kept for
+ * the index written after a listing (taken before it: a change made during
+ * the listing shows at the next login). */
+static int
+mdir_index_current(struct pop_view *v, struct mdir_open *o)
+{
+    char dir[MS_PATH_FILE];
+    int k, same = !o->bad && o->written > 0;
+    for (k = 0; k < 2; k++) {
+        if (ms_fmt(dir, sizeof dir, k ? "%s/cur" : "%s/new", v->path) < 0 || os_stat(dir, &o->now[k]) != 0)
+            memset(&o->now[k], 0, sizeof o->now[k]);
+        same &= o->now[k].ino != 0 && o->now[k].ino == o->said[k].ino && o->now[k].mtime == o->said[k].mtime &&
+                o->said[k].mtime < o->written;
+    }
+    return same;
+}
+
+/* One message of the view from the index (when it is the whole view). */
+static int
+mdir_copy_step(struct pop_view *v, struct mdir_open *o)
+{
+    const struct sizes_ent *e;
+    struct pop_msg *m;
+    const char *w;
+    if (o->next >= o->nent) return 1;
+    if (!o->next) { /* room for them all at once */
+        v->msgs = xrealloc(v->msgs, sizeof *v->msgs * (size_t)o->nent);
+        v->cap = o->nent;
+    }
+    e = &o->ent[o->next++];
+    m = view_add(v);
+    m->name = xrealloc(NULL, e->nlen + 1);
+    memcpy(m->name, o->text + e->name, e->nlen);
+    m->name[e->nlen] = 0;
+    m->size = e->size;
+    m->klen = e->klen;
+    w = strstr(mdir_base(m), ",W=");
+    m->size_read = !w || w[3] < '0' || w[3] > '9';
+    uidl_set(m->uidl, mdir_base(m), strcspn(mdir_base(m), ",:!"));
+    return 0;
 }
 
 /* Goes on with a Maildir's view until it is made (1), or until the time
@@ -5648,6 +5721,7 @@ mdir_view_more(struct pop_view *v, int64_t until)
     do {
         switch (o->phase) {
         case MO_INDEX: r = sizes_read_step(v, o); break;
+        case MO_COPY: r = mdir_copy_step(v, o); break;
         case MO_LIST: r = mdir_list_step(v, o); break;
         case MO_SORT: r = mdir_sort_step(v, o); break;
         case MO_SIZES: r = mdir_size_step(v, o, until); break;
@@ -5655,7 +5729,9 @@ mdir_view_more(struct pop_view *v, int64_t until)
         case MO_DONE: r = 1; break;
         }
         if (r < 0) return -1;
-        if (r > 0 && o->phase != MO_DONE) o->phase++;
+        if (r > 0 && o->phase == MO_INDEX) o->phase = mdir_index_current(v, o) ? MO_COPY : MO_LIST;
+        else if (r > 0 && o->phase == MO_COPY) o->phase = MO_DONE;
+        else if (r > 0 && o->phase != MO_DONE) o->phase++;
     } while (o->phase != MO_DONE && os_now_us() < until);
     if (o->phase != MO_DONE) return 0;
     mdir_open_free(o);
