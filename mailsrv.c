@@ -262,6 +262,7 @@ enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK, OS_OTHER };
 typedef int ms_sock_t;
 #define MS_BAD_SOCK (-1)
 #define MS_MAILDIR_INFO ':'
+#define MS_DIR_MTIMES 1 /* POSIX: link(), rename() and unlink() update the folder's mtime */
 typedef struct pollfd ms_pollfd;
 
 static int64_t
@@ -657,6 +658,7 @@ os_drop_root(const char *user, const char *spool, const char *sub, const char *s
 typedef SOCKET ms_sock_t;
 #define MS_BAD_SOCK INVALID_SOCKET
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
+#define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
@@ -5675,7 +5677,7 @@ static int
 mdir_index_current(struct pop_view *v, struct mdir_open *o)
 {
     char dir[MS_PATH_FILE];
-    int k, same = !o->bad && o->written > 0;
+    int k, same = MS_DIR_MTIMES && !o->bad && o->written > 0;
     for (k = 0; k < 2; k++) {
         if (ms_fmt(dir, sizeof dir, k ? "%s/cur" : "%s/new", v->path) < 0 || os_stat(dir, &o->now[k]) != 0)
             memset(&o->now[k], 0, sizeof o->now[k]);
