@@ -5,7 +5,7 @@ import re
 import socket
 import time
 
-from .harness import (BOTH, PASSWORDS, Pop, SENDER, check, check_message, make_msg, mbox_path, plain, secs,
+from .harness import (BOTH, PASSWORDS, Pop, SENDER, WINDOWS, check, check_message, make_msg, mbox_path, plain, secs,
                       short, soft, stored, stored_tokens, test, tok, token_of, wait_for)
 
 
@@ -537,7 +537,9 @@ def pop3_foreign_maildir_sizes_index(ctx):
     for sub in ("new", "cur"):
         os.utime(os.path.join(root, sub), (old, old))
     p = srv.pop(addr)
-    check(p.stat()[0] == 40, "new/ unchanged (mtime): the view should come from the index, STAT %s" % (p.stat(),))
+    # (Windows lists every time: FAT never moves a folder's mtime, MS_DIR_MTIMES)
+    want = 41 if WINDOWS else 40
+    check(p.stat()[0] == want, "new/ unchanged (mtime): STAT %s, expected %d messages" % (p.stat(), want))
     p.quit()
     msgs.update(hidden)
     os.utime(os.path.join(root, "new"), (old + 1, old + 1))
