@@ -143,6 +143,7 @@
 #define MS_MBOX_HEAD 2048         /* first bytes of an append kept in the journal to know it again */
 #define MS_MBOX_PREFIX 512        /* first bytes of each message of a batch that the journal keeps */
 #define MS_MBOX_MOVE (1024 * 1024) /* largest piece moved at once when deleting from an mbox */
+#define MS_MBOX_SCAN (1024 * 1024) /* piece of an mbox read at once by a login or a QUIT (more for a larger message) */
 #define MS_MBOX_PROBES 64         /* From_ lines an mbox index checks before it trusts a grown file */
 #define MS_MBOX_PROBE_TAIL 4096   /* ... and the first and last bytes of its last message */
 #define MS_MBOX_INDEX_MAX (1 << 30) /* a larger index file is not read (damaged): the mbox is scanned */
@@ -265,6 +266,7 @@ enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK, OS_OTHER };
 typedef int ms_sock_t;
 #define MS_BAD_SOCK (-1)
 #define MS_MAILDIR_INFO ':'
+#define MS_DIR_MTIMES 1 /* POSIX: link(), rename() and unlink() update the folder's mtime */
 typedef struct pollfd ms_pollfd;
 
 static int64_t
@@ -660,6 +662,7 @@ os_drop_root(const char *user, const char *spool, const char *sub, const char *s
 typedef SOCKET ms_sock_t;
 #define MS_BAD_SOCK INVALID_SOCKET
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
+#define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
@@ -1464,6 +1467,7 @@ static int store_copy(int from_fd, int64_t size, const char *to);
 static int queue_create(const char *qdir, const char *base, const struct store_msg *m, const struct targets *t, struct dirset *ds, struct store_undo **undo, int *nundo);
 static int store_message(const struct ms_config *cfg, const char *qdir, struct store_msg *m, const struct targets *t, const char **err, struct dirset *ds, struct store_undo **undo, int *nundo);
 static void view_free(struct pop_view *v);
+static void view_clear(struct pop_view *v);
 static struct pop_msg * view_add(struct pop_view *v);
 static void uidl_set(char *dst, const char *src, size_t n);
 static size_t mdir_key_len(const char *base);
@@ -1471,7 +1475,7 @@ static const char *mdir_base(const struct pop_msg *m);
 static int mdir_key_cmp(const char *a, size_t na, const char *b, size_t nb);
 static int view_cmp_name(const struct pop_msg *x, const struct pop_msg *y);
 static void mdir_open_free(struct mdir_open *o);
-static void sizes_parse(struct mdir_open *o);
+static int sizes_parse(struct mdir_open *o, int lines);
 static int sizes_read_step(struct pop_view *v, struct mdir_open *o);
 static int mdir_list_step(struct pop_view *v, struct mdir_open *o);
 static int mdir_sort_step(struct pop_view *v, struct mdir_open *o);
@@ -1479,6 +1483,8 @@ static int mdir_same_key(const struct pop_msg *x, const struct pop_msg *y);
 static void mdir_drop_gone(struct pop_view *v);
 static int mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until);
 static int mdir_write_step(struct pop_view *v, struct mdir_open *o);
+static int mdir_index_current(struct pop_view *v, struct mdir_open *o);
+static int mdir_copy_step(struct pop_view *v, struct mdir_open *o);
 static int mdir_view_more(struct pop_view *v, int64_t until);
 static int view_cmp_uidl(const void *a, const void *b);
 static int view_cmp_str(const void *a, const void *b);
@@ -1495,16 +1501,22 @@ static int mbox_index_probe(int fd, const struct pop_view *v, int64_t size, uint
 static void mbox_index_write(const char *jf, int fd, const struct pop_view *v, const struct os_stat *st);
 static int mbox_index_num(const char **p, int base, char sep, uint64_t *out);
 static int mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix);
+static int mbox_index_start(struct pop_view *v, int fd, const struct os_stat *st, const char *jf, int64_t *from);
+static int mbox_scan_piece(struct pop_view *v, int fd, int64_t *from, int64_t end);
 static int mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf);
+static struct pop_view *mbox_work_view(struct pop_view *v);
+static void mbox_work_end(struct pop_view *v);
+static int mbox_work_begin(struct pop_view *v, int quit);
+static int mbox_work_scan(struct pop_view *v, int64_t until);
 static int mbox_view_open(struct pop_view *v, const char *spool, const char *addr);
+static int mbox_view_more(struct pop_view *v, int64_t until);
 static int view_cmp_uidl_key(const void *key, const void *b);
 static int mbox_view_refresh(struct pop_view *v);
 static int view_more(struct pop_view *v, int64_t until);
 static int view_open_whole(const struct store_ops *ops, struct pop_view *v, const char *spool, const char *addr);
 static int view_expunge(struct pop_view *v, int64_t until);
 static int mdir_expunge(struct pop_view *v, int64_t until);
-static void mbox_update_end(struct pop_view *v);
-static int mbox_update_begin(struct pop_view *v);
+static void mbox_update_mark(struct pop_view *v);
 static void mbox_update_index(struct pop_view *v);
 static int mbox_expunge(struct pop_view *v, int64_t until);
 static int mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
@@ -5373,19 +5385,26 @@ struct pop_view {
     struct pop_msg *msgs;
     int n, cap;
     struct mdir_open *opening; /* Maildir: the view is being made (mdir_view_more) */
-    struct mbox_update *updating; /* mbox: the deletions after QUIT are being made (mbox_expunge) */
+    struct mbox_work *mbox_work; /* mbox: read at login, or its deletions made after QUIT (locks held) */
     int expunged, expunge_failed; /* Maildir: messages the deletion has looked at; one stayed */
 };
 
 static void
 view_free(struct pop_view *v)
 {
+    view_clear(v);
+    mdir_open_free(v->opening);
+    v->opening = NULL;
+    mbox_work_end(v);
+}
+
+/* Empties the list of messages (the work on the view goes on). */
+static void
+view_clear(struct pop_view *v)
+{
     int i;
     for (i = 0; i < v->n; i++) free(v->msgs[i].name);
     free(v->msgs);
-    mdir_open_free(v->opening);
-    v->opening = NULL;
-    mbox_update_end(v);
     v->msgs = NULL;
     v->n = v->cap = 0;
 }
@@ -5454,36 +5473,43 @@ view_cmp_name(const struct pop_msg *x, const struct pop_msg *y)
  * The names come from new/ and cur/ a few at a time; a message named
  * without W= by another program (Dovecot, getmail, a copy) must be read
  * to learn its size with CRLF line ends, and a mailbox of such messages
- * would be read whole at every login. What was measured is kept in the
- * mailbox's folder, in MS_SIZES_FILE ("SIZE KEY" lines sorted by key,
- * under a header line), the way Dovecot keeps dovecot-uidlist: a cache,
- * written atomically, never trusted beyond a name it lists (a Maildir
- * message's text never changes, only its flags do), ignored and rebuilt
- * when missing or malformed. Each part of the work (one name, one
- * merge of the sort, one piece of a file, one index line) is short, and
- * mdir_view_more stops when its time is up: the loop serves the other
- * sessions in between. */
+ * would be read whole at every login. The view is kept in the mailbox's
+ * folder, in MS_SIZES_FILE, the way Dovecot keeps dovecot-uidlist: a
+ * header line; "dirs" with the inode and mtime of new/ and cur/ when it
+ * was made and the time it was written; then "SIZE NAME" for every
+ * message in the view's order. A cache, written atomically: ignored and
+ * rebuilt when missing or malformed. When neither folder changed since,
+ * and both had last changed in an earlier second than the index was
+ * written (mtimes count whole seconds: a change in that same second
+ * would not show), the index is the view, and nothing is listed or read,
+ * as Dovecot skips a Maildir whose folders' mtimes did not move.
+ * Otherwise the folders are listed, and a size is read only for a name
+ * without W= that the index does not know (by the name up to its flags:
+ * a Maildir message's text never changes, only its flags do). Each part
+ * of the work (one name, one merge of the sort, one piece of a file, one
+ * index line) is short, and mdir_view_more stops when its time is up: the
+ * loop serves the other sessions in between. */
 #define MS_SIZES_FILE "mailsrv-sizes"
-#define MS_SIZES_HEAD "mailsrv-sizes 1\n"
+#define MS_SIZES_HEAD "mailsrv-sizes 2\n"
 #define MS_SIZES_MAX (64L * 1024 * 1024) /* a larger index is ignored */
 #define MS_SIZES_CHUNK (256 * 1024)        /* index bytes read per step */
 
-struct sizes_ent { int64_t size; size_t key, klen; };  /* key: offset into the index text */
+struct sizes_ent { int64_t size; size_t name, nlen, klen; };  /* name: offset into the index text ("new/..." or "cur/...") */
 
 struct mdir_open {
-    enum { MO_INDEX, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
+    enum { MO_INDEX, MO_COPY, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
+    struct os_stat said[2], now[2]; /* new/ and cur/: as the index says, as they are (before the listing) */
+    long long written;            /* when the index was written (0: never trusted) */
     int sub;                      /* MO_LIST: 0 new/, 1 cur/ */
     void *dir;                    /* the folder being listed */
     int fd;                       /* the index being read or written, or the message being measured */
     char *text;                   /* the index as read */
-    size_t tlen, parsed;
+    size_t tlen, tcap, parsed;
     struct sizes_ent *ent;        /* its entries, in key order */
     int nent, capent, bad;        /* bad: malformed, rewritten */
-    int used, measured;           /* entries that named a message; messages read */
     struct pop_msg **sorted, **tmp; /* MO_SORT: a bottom-up merge sort of pointers to the messages */
     int width, at;
-    int next;                     /* MO_SIZES: the message being sized; MO_WRITE: the next to write */
-    int written;                  /* MO_WRITE: the last message written (-1: none) */
+    int next;                     /* MO_COPY: the next entry; MO_SIZES: the message being sized; MO_WRITE: the next to write */
     struct line_reader lr;        /* ... when it is read: where, and its size so far */
     int64_t size;
     int bol;
@@ -5505,22 +5531,39 @@ mdir_open_free(struct mdir_open *o)
     free(o);
 }
 
-/* Parses the complete lines read so far; a line that is not "SIZE KEY" in
- * key order makes the whole index untrusted (o->bad). */
-static void
-sizes_parse(struct mdir_open *o)
+/* Parses up to `lines` of the complete lines read so far (1: some are
+ * left); a line that is not what the index holds, or a name out of key
+ * order, makes it untrusted (o->bad). */
+static int
+sizes_parse(struct mdir_open *o, int lines)
 {
-    while (!o->bad && o->parsed < o->tlen) {
+    for (; !o->bad && o->parsed < o->tlen; lines--) {
         char *line = o->text + o->parsed, *nl = memchr(line, '\n', o->tlen - o->parsed), *sp;
         struct sizes_ent *e;
-        if (!nl) return; /* the rest of it comes with the next read */
+        unsigned long long i0, i1;
+        long long m0, m1;
+        if (!nl) return 0; /* the rest of it comes with the next read */
+        if (!lines) return 1;
         o->parsed = (size_t)(nl + 1 - o->text);
         if (line == o->text) { /* the header line */
             o->bad = (size_t)(nl + 1 - line) != strlen(MS_SIZES_HEAD) || memcmp(line, MS_SIZES_HEAD, strlen(MS_SIZES_HEAD)) != 0;
             continue;
         }
+        if (memcmp(line, "dirs ", 5) == 0 && !o->written && !o->nent) {
+            *nl = 0;
+            if (sscanf(line, "dirs %llu %lld %llu %lld %lld", &i0, &m0, &i1, &m1, &o->written) != 5) o->bad = 1;
+            *nl = '\n';
+            o->said[0].ino = i0;
+            o->said[0].mtime = m0;
+            o->said[1].ino = i1;
+            o->said[1].mtime = m1;
+            continue;
+        }
         sp = memchr(line, ' ', (size_t)(nl - line));
-        if (!sp || sp == line || sp + 1 == nl || sp - line > 15) { o->bad = 1; return; }
+        if (!sp || sp == line || nl - sp < 6 || sp - line > 15 || (memcmp(sp + 1, "new/", 4) != 0 && memcmp(sp + 1, "cur/", 4) != 0)) {
+            o->bad = 1;
+            return 0;
+        }
         if (o->nent == o->capent) {
             o->capent = o->capent ? 2 * o->capent : 1024;
             o->ent = xrealloc(o->ent, sizeof *o->ent * (size_t)o->capent);
@@ -5528,42 +5571,48 @@ sizes_parse(struct mdir_open *o)
         e = &o->ent[o->nent];
         e->size = 0;
         for (; line < sp; line++) {
-            if (*line < '0' || *line > '9') { o->bad = 1; return; }
+            if (*line < '0' || *line > '9') { o->bad = 1; return 0; }
             e->size = e->size * 10 + (*line - '0');
         }
-        e->key = (size_t)(sp + 1 - o->text);
-        e->klen = (size_t)(nl - sp - 1);
-        if (o->nent && mdir_key_cmp(o->text + o->ent[o->nent - 1].key, o->ent[o->nent - 1].klen, o->text + e->key,
-                                    e->klen) >= 0) {
+        e->name = (size_t)(sp + 1 - o->text);
+        e->nlen = (size_t)(nl - sp - 1);
+        for (e->klen = 0; e->klen < e->nlen - 4 && !strchr(":!", sp[5 + e->klen]); e->klen++) {}
+        if (o->nent && mdir_key_cmp(o->text + o->ent[o->nent - 1].name + 4, o->ent[o->nent - 1].klen, sp + 5, e->klen) > 0) {
             o->bad = 1;
-            return;
+            return 0;
         }
         o->nent++;
     }
+    return 0;
 }
 
-/* One read of the index: 1 when it is all read (or unusable: then empty). */
+/* One read of the index, or the parsing of some of its lines: 1 when it
+ * is all read (or unusable: then empty). */
 static int
 sizes_read_step(struct pop_view *v, struct mdir_open *o)
 {
     long n;
     if (o->fd < 0) {
         char path[MS_PATH_FILE];
+        struct os_stat st;
         if (ms_fmt(path, sizeof path, "%s/" MS_SIZES_FILE, v->path) < 0 ||
             (o->fd = os_open(path, O_RDONLY | MS_O_NOFOLLOW, 0)) < 0)
             return 1; /* none yet */
+        if (os_fstat(o->fd, &st) != 0 || st.size > MS_SIZES_MAX) o->bad = 1;
+        else o->text = xrealloc(NULL, o->tcap = (size_t)st.size + MS_SIZES_CHUNK); /* (read at once into its place) */
     }
-    if (o->tlen + MS_SIZES_CHUNK > (size_t)MS_SIZES_MAX) o->bad = 1;
+    if (!o->bad && sizes_parse(o, 2048)) return 0;
     if (!o->bad) {
-        o->text = xrealloc(o->text, o->tlen + MS_SIZES_CHUNK);
-        n = os_pread(o->fd, o->text + o->tlen, MS_SIZES_CHUNK, (int64_t)o->tlen);
-        if (n < 0) o->bad = 1;
+        if (o->tlen + MS_SIZES_CHUNK > o->tcap) { /* grown since */
+            if (o->tlen > (size_t)MS_SIZES_MAX) o->bad = 1;
+            else o->text = xrealloc(o->text, o->tcap = o->tlen + MS_SIZES_CHUNK);
+        }
+        n = o->bad ? 0 : os_pread(o->fd, o->text + o->tlen, MS_SIZES_CHUNK, (int64_t)o->tlen);
         if (n > 0) {
             o->tlen += (size_t)n;
-            sizes_parse(o);
             return 0;
         }
-        if (o->parsed != o->tlen) o->bad = 1; /* cut short: written by a writer that died */
+        if (n < 0 || o->parsed != o->tlen) o->bad = 1; /* cut short: written by a writer that died */
     }
     os_close(o->fd);
     o->fd = -1;
@@ -5689,12 +5738,11 @@ mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until)
         int lo = 0, hi = o->nent;
         char path[MS_PATH_MESSAGE];
         while (lo < hi) { /* the index, in key order */
-            int mid = lo + (hi - lo) / 2, c = mdir_key_cmp(base, kl, o->text + o->ent[mid].key, o->ent[mid].klen);
-            if (c == 0) { m->size = o->ent[mid].size; o->used++; o->next++; return 0; }
+            int mid = lo + (hi - lo) / 2, c = mdir_key_cmp(base, kl, o->text + o->ent[mid].name + 4, o->ent[mid].klen);
+            if (c == 0) { m->size = o->ent[mid].size; o->next++; return 0; }
             if (c < 0) hi = mid;
             else lo = mid + 1;
         }
-        o->measured++;
         if (ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) < 0 || (o->fd = os_open(path, O_RDONLY, 0)) < 0) {
             o->next++; /* gone: dropped at the end */
             return 0;
@@ -5717,9 +5765,10 @@ mdir_size_step(struct pop_view *v, struct mdir_open *o, int64_t until)
     return 0;
 }
 
-/* Writes the index again when what it says changed, 64 KB per step, then
- * replaces it at once. 1 when done (a failure only costs the next login
- * some reading). */
+/* Writes the index again after a listing, 64 KB per step, then replaces
+ * it at once. 1 when done (a failure only costs the next login some
+ * reading). A name holding a newline cannot be written: the folders'
+ * state is then left out, so that the index is never the whole view. */
 static int
 mdir_write_step(struct pop_view *v, struct mdir_open *o)
 {
@@ -5729,25 +5778,23 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
         return 1;
     if (o->fd < 0) {
         struct os_stat st;
-        if (!o->measured && o->used == o->nent && !o->bad) return 1; /* still right */
+        int i, whole = 1;
         o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
         if (o->fd < 0 && errno == EEXIST && os_stat(tmp, &st) == 0 && st.mtime < (int64_t)time(NULL) - 60) {
             os_unlink(tmp); /* left by a writer that died */
             o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
         }
         if (o->fd < 0) return 1; /* another writer is at it, or a folder we cannot write */
+        for (i = 0; i < v->n; i++) whole &= strchr(v->msgs[i].name, '\n') == NULL;
         buf_adds(&o->out, MS_SIZES_HEAD);
+        if (whole)
+            buf_printf(&o->out, "dirs %llu %lld %llu %lld %lld\n", (unsigned long long)o->now[0].ino, (long long)o->now[0].mtime,
+                       (unsigned long long)o->now[1].ino, (long long)o->now[1].mtime, (long long)time(NULL));
         o->next = 0;
-        o->written = -1;
     }
     for (; o->next < v->n && o->out.len < 65536; o->next++) {
         const struct pop_msg *m = &v->msgs[o->next];
-        const char *base = mdir_base(m);
-        size_t kl = m->klen;
-        if (!m->size_read || !kl || memchr(base, '\n', kl)) continue;
-        if (o->written >= 0 && mdir_same_key(m, &v->msgs[o->written])) continue; /* in key order, once */
-        o->written = o->next;
-        buf_printf(&o->out, "%lld %.*s\n", (long long)m->size, (int)kl, base);
+        if (!strchr(m->name, '\n')) buf_printf(&o->out, "%lld %s\n", (long long)m->size, m->name);
     }
     if (os_write_all(o->fd, o->out.p, o->out.len) < 0) o->next = -1;
     o->out.len = 0;
@@ -5755,6 +5802,49 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
     if (os_close(o->fd) != 0 || o->next < 0 || os_replace(tmp, path) != 0) os_unlink(tmp);
     o->fd = -1;
     return 1;
+}
+
+/* Is the index the whole view? new/ and cur/ as it says, both changed last
+ * in an earlier second than it was written. Their state now is kept for
+ * the index written after a listing (taken before it: a change made during
+ * the listing shows at the next login). */
+static int
+mdir_index_current(struct pop_view *v, struct mdir_open *o)
+{
+    char dir[MS_PATH_FILE];
+    int k, same = MS_DIR_MTIMES && !o->bad && o->written > 0;
+    for (k = 0; k < 2; k++) {
+        if (ms_fmt(dir, sizeof dir, k ? "%s/cur" : "%s/new", v->path) < 0 || os_stat(dir, &o->now[k]) != 0)
+            memset(&o->now[k], 0, sizeof o->now[k]);
+        same &= o->now[k].ino != 0 && o->now[k].ino == o->said[k].ino && o->now[k].mtime == o->said[k].mtime &&
+                o->said[k].mtime < o->written;
+    }
+    return same;
+}
+
+/* One message of the view from the index (when it is the whole view). */
+static int
+mdir_copy_step(struct pop_view *v, struct mdir_open *o)
+{
+    const struct sizes_ent *e;
+    struct pop_msg *m;
+    const char *w;
+    if (o->next >= o->nent) return 1;
+    if (!o->next) { /* room for them all at once */
+        v->msgs = xrealloc(v->msgs, sizeof *v->msgs * (size_t)o->nent);
+        v->cap = o->nent;
+    }
+    e = &o->ent[o->next++];
+    m = view_add(v);
+    m->name = xrealloc(NULL, e->nlen + 1);
+    memcpy(m->name, o->text + e->name, e->nlen);
+    m->name[e->nlen] = 0;
+    m->size = e->size;
+    m->klen = e->klen;
+    w = strstr(mdir_base(m), ",W=");
+    m->size_read = !w || w[3] < '0' || w[3] > '9';
+    uidl_set(m->uidl, mdir_base(m), strcspn(mdir_base(m), ",:!"));
+    return 0;
 }
 
 /* Goes on with a Maildir's view until it is made (1), or until the time
@@ -5768,6 +5858,7 @@ mdir_view_more(struct pop_view *v, int64_t until)
     do {
         switch (o->phase) {
         case MO_INDEX: r = sizes_read_step(v, o); break;
+        case MO_COPY: r = mdir_copy_step(v, o); break;
         case MO_LIST: r = mdir_list_step(v, o); break;
         case MO_SORT: r = mdir_sort_step(v, o); break;
         case MO_SIZES: r = mdir_size_step(v, o, until); break;
@@ -5775,7 +5866,9 @@ mdir_view_more(struct pop_view *v, int64_t until)
         case MO_DONE: r = 1; break;
         }
         if (r < 0) return -1;
-        if (r > 0 && o->phase != MO_DONE) o->phase++;
+        if (r > 0 && o->phase == MO_INDEX) o->phase = mdir_index_current(v, o) ? MO_COPY : MO_LIST;
+        else if (r > 0 && o->phase == MO_COPY) o->phase = MO_DONE;
+        else if (r > 0 && o->phase != MO_DONE) o->phase++;
     } while (o->phase != MO_DONE && os_now_us() < until);
     if (o->phase != MO_DONE) return 0;
     mdir_open_free(o);
@@ -6185,55 +6278,175 @@ mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix)
     return 0;
 bad:
     free(text);
-    view_free(v);
+    view_clear(v);
     return -1;
 }
 
 /* The messages of the locked mbox fd, now in the state st, as
  * mbox_scan_from(v, fd, 0, st->size) finds them: from the index where it
- * holds (see "the mbox index" above), else read; the index is written again
- * when it changed. -1 on a read error (v empty). */
+ * holds (see "the mbox index" above), else read. mbox_index_start puts in v
+ * what the index holds: 1 when that is all; 0 when the rest must be read
+ * from *from (0: the whole file), a piece at a time (mbox_scan_piece). */
 static int
-mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf)
+mbox_index_start(struct pop_view *v, int fd, const struct os_stat *st, const char *jf, int64_t *from)
 {
     struct mbox_index ix;
     uint64_t probe;
     if (mbox_index_read(jf, v, &ix) == 0 && ix.ino == st->ino && v->n > 0 && (uint64_t)st->size >= ix.size &&
         mbox_index_probe(fd, v, (int64_t)ix.size, &probe) == 0 && probe == ix.probe) {
-        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)st->mtime) return 0;
+        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)st->mtime) return 1;
         if ((uint64_t)st->size > ix.size) { /* appended to: the last message again, and what follows */
-            int64_t from = v->msgs[--v->n].from_off;
-            if (mbox_scan_from(v, fd, from, st->size) != 0) { view_free(v); return -1; }
-            mbox_index_write(jf, fd, v, st);
+            *from = v->msgs[--v->n].from_off;
             return 0;
         }
     }
-    view_free(v);
-    if (mbox_scan_from(v, fd, 0, st->size) != 0) { view_free(v); return -1; }
+    view_clear(v);
+    *from = 0;
+    return 0;
+}
+
+/* One piece of a scan of a locked mbox, from *from (0 or a From_ line) to
+ * end: MS_MBOX_SCAN bytes, or more when one message is larger. The last
+ * message a piece finds may be cut by its end: it is dropped, and the next
+ * piece starts at its From_ line (mbox_scan_from finds there what a scan
+ * from 0 finds). 1 when v holds every message up to end, 0 when more
+ * remains, -1 on failure. */
+static int
+mbox_scan_piece(struct pop_view *v, int fd, int64_t *from, int64_t end)
+{
+    int64_t piece = MS_MBOX_SCAN;
+    int n0 = v->n;
+    for (;;) {
+        if (end - *from <= piece) return mbox_scan_from(v, fd, *from, end) == 0 ? 1 : -1;
+        if (mbox_scan_from(v, fd, *from, *from + piece) != 0) return -1;
+        if (v->n > n0 + 1) break; /* a whole message at least, before the one cut */
+        v->n = n0;                /* (an mbox message holds no name to free) */
+        piece *= 2;
+    }
+    *from = v->msgs[--v->n].from_off;
+    return 0;
+}
+
+/* All at once (a RETR after another program's change, the tests); the
+ * index is written again when it changed. -1 on a read error (v empty). */
+static int
+mbox_index_scan(struct pop_view *v, int fd, const struct os_stat *st, const char *jf)
+{
+    int64_t from;
+    int r;
+    if (mbox_index_start(v, fd, st, jf, &from)) return 0;
+    while ((r = mbox_scan_piece(v, fd, &from, st->size)) == 0) {}
+    if (r < 0) { view_clear(v); return -1; }
     mbox_index_write(jf, fd, v, st);
     return 0;
 }
 
-/* The POP3 snapshot at login, read under both locks (-1 with errno EAGAIN
- * if another program holds one). */
+/* An mbox whose locks a session holds across loop turns (in mbox_held)
+ * for work made in slices: a login's reading of it (into the view itself),
+ * or a QUIT's deletions (the file read again into `now`, then the runs of
+ * deleted messages removed). Nobody sees the file half-way. */
+struct mbox_work {
+    int fd;
+    struct os_stat st;          /* the file when the locks were taken */
+    int quit;                   /* for a QUIT (else a login) */
+    int64_t from;               /* the reading's next piece (-1: read) */
+    struct pop_view now;        /* QUIT: the messages as they are now */
+    char (*raw)[72];            /* ... their UIDLs as read, before view_unique_uidls (the index keeps those) */
+    int marked;                 /* ... the deleted ones are found in it */
+    int next;                   /* ... the last message not yet looked at, from the end */
+    int64_t end;                /* ... the file's end so far */
+    struct mbox_move mv;        /* ... the run being removed */
+    int moving;
+};
+
+static struct pop_view *mbox_work_view(struct pop_view *v) { return v->mbox_work->quit ? &v->mbox_work->now : v; }
+
+static void
+mbox_work_end(struct pop_view *v)
+{
+    struct mbox_work *w = v->mbox_work;
+    if (!w) return;
+    mbox_unlock(v->path, w->fd);
+    mbox_hold(v->path, 0);
+    view_free(&w->now);
+    free(w->raw);
+    free(w);
+    v->mbox_work = NULL;
+}
+
+/* Takes the locks and puts in the view what the index holds (mbox_index_start).
+ * 1: there is no mbox (nothing to do); -1 on failure (mbox_work_end cleans up). */
+static int
+mbox_work_begin(struct pop_view *v, int quit)
+{
+    struct mbox_work *w;
+    int created, fd = mbox_lock(v->path, v->jf, 0, &created);
+    if (fd == -2) return 1;
+    if (fd < 0) return -1;
+    w = v->mbox_work = xrealloc(NULL, sizeof *w);
+    memset(w, 0, sizeof *w);
+    w->fd = fd;
+    w->quit = quit;
+    mbox_hold(v->path, 1);
+    if (os_fstat(fd, &w->st) != 0) return -1;
+    if (mbox_index_start(mbox_work_view(v), fd, &w->st, v->jf, &w->from)) w->from = -1;
+    return 0;
+}
+
+/* Reads the mbox a piece per step until the time is up: 1 when it is read
+ * (the index written again, for a login: a QUIT writes it at the end), 0
+ * when more remains, -1 on failure. */
+static int
+mbox_work_scan(struct pop_view *v, int64_t until)
+{
+    struct mbox_work *w = v->mbox_work;
+    struct pop_view *into = mbox_work_view(v);
+    int r = 1;
+    while (w->from >= 0) {
+        if ((r = mbox_scan_piece(into, w->fd, &w->from, w->st.size)) != 0) break;
+        if (os_now_us() >= until) return 0;
+    }
+    if (r < 0) return -1;
+    if (w->from >= 0) {
+        w->from = -1;
+        if (!w->quit) mbox_index_write(v->jf, w->fd, into, &w->st);
+    }
+    return 1;
+}
+
+/* The POP3 snapshot at login: begun here (the locks taken, -1 with errno
+ * EAGAIN if another program holds one), read by mbox_view_more. */
 static int
 mbox_view_open(struct pop_view *v, const char *spool, const char *addr)
 {
     struct mbox_paths mp;
-    int fd, created, r;
-    struct os_stat st;
+    int r;
     memset(v, 0, sizeof *v);
     v->ops = &mbox_store;
     if (mbox_paths(spool, addr, &mp) != 0) return -1;
     memcpy(v->path, mp.mbox, sizeof mp.mbox);
     memcpy(v->jf, mp.journal, sizeof mp.journal);
-    fd = mbox_lock(v->path, v->jf, 0, &created);
-    if (fd == -2) return 0; /* never delivered to: empty */
-    if (fd < 0) return -1;
-    r = os_fstat(fd, &st) != 0 ? -1 : mbox_index_scan(v, fd, &st, v->jf);
-    if (r == 0) view_unique_uidls(v);
-    v->seen = st;
-    mbox_unlock(v->path, fd);
+    if ((r = mbox_work_begin(v, 0)) < 0) {
+        int e = errno;
+        mbox_work_end(v);
+        errno = e;
+        return -1;
+    }
+    return 0; /* (r > 0: never delivered to, empty) */
+}
+
+/* Goes on reading the mbox for the view, a piece per step (mbox_scan_piece). */
+static int
+mbox_view_more(struct pop_view *v, int64_t until)
+{
+    int r;
+    if (!v->mbox_work) return 1;
+    if ((r = mbox_work_scan(v, until)) == 0) return 0;
+    if (r > 0) {
+        view_unique_uidls(v);
+        v->seen = v->mbox_work->st;
+    }
+    mbox_work_end(v);
     return r;
 }
 
@@ -6330,63 +6543,31 @@ mdir_expunge(struct pop_view *v, int64_t until)
     return 0;
 }
 
-/* A QUIT's deletions from an mbox, made in slices (mbox_expunge). */
-struct mbox_update {
-    int fd;                     /* the mbox, both locks held (and in mbox_held) until it is final */
-    struct os_stat st;          /* as it was when the locks were taken */
-    struct pop_view now;        /* its messages then */
-    char (*raw)[72];            /* their UIDLs as scanned, before view_unique_uidls (the index keeps those) */
-    int next;                   /* the last message not yet looked at, from the end */
-    int64_t end;                /* the file's end so far */
-    struct mbox_move mv;        /* the run being removed */
-    int moving;
-};
-
-static void
-mbox_update_end(struct pop_view *v)
-{
-    struct mbox_update *u = v->updating;
-    if (!u) return;
-    mbox_unlock(v->path, u->fd);
-    mbox_hold(v->path, 0);
-    view_free(&u->now);
-    free(u->raw);
-    free(u);
-    v->updating = NULL;
-}
-
-/* Takes the locks and finds the messages to delete in the file as it is
+/* QUIT: the messages to delete, found again by UIDL in the file as it is
  * now (another program may have appended, rewritten Status: lines,
- * deleted): by UIDL; one no longer found stays. 1: nothing to do. */
-static int
-mbox_update_begin(struct pop_view *v)
+ * deleted); one no longer found stays. */
+static void
+mbox_update_mark(struct pop_view *v)
 {
-    struct mbox_update *u;
+    struct mbox_work *w = v->mbox_work;
     struct pop_msg **p;
-    int created, i, fd = mbox_lock(v->path, v->jf, 0, &created);
-    if (fd == -2) return 1;
-    if (fd < 0) return -1;
-    u = v->updating = xrealloc(NULL, sizeof *u);
-    memset(u, 0, sizeof *u);
-    u->fd = fd;
-    mbox_hold(v->path, 1);
-    if (os_fstat(fd, &u->st) != 0 || mbox_index_scan(&u->now, fd, &u->st, v->jf) != 0) return -1;
-    u->raw = xrealloc(NULL, sizeof *u->raw * (size_t)(u->now.n > 0 ? u->now.n : 1));
-    for (i = 0; i < u->now.n; i++) memcpy(u->raw[i], u->now.msgs[i].uidl, sizeof u->raw[i]);
-    view_unique_uidls(&u->now);
-    p = xrealloc(NULL, sizeof *p * (size_t)(u->now.n ? u->now.n : 1));
-    for (i = 0; i < u->now.n; i++) p[i] = &u->now.msgs[i];
-    qsort(p, (size_t)u->now.n, sizeof *p, view_cmp_uidl);
+    int i;
+    w->raw = xrealloc(NULL, sizeof *w->raw * (size_t)(w->now.n > 0 ? w->now.n : 1));
+    for (i = 0; i < w->now.n; i++) memcpy(w->raw[i], w->now.msgs[i].uidl, sizeof w->raw[i]);
+    view_unique_uidls(&w->now);
+    p = xrealloc(NULL, sizeof *p * (size_t)(w->now.n ? w->now.n : 1));
+    for (i = 0; i < w->now.n; i++) p[i] = &w->now.msgs[i];
+    qsort(p, (size_t)w->now.n, sizeof *p, view_cmp_uidl);
     for (i = 0; i < v->n; i++) {
         struct pop_msg **f;
         if (!v->msgs[i].deleted) continue;
-        f = bsearch(v->msgs[i].uidl, p, (size_t)u->now.n, sizeof *p, view_cmp_uidl_key);
+        f = bsearch(v->msgs[i].uidl, p, (size_t)w->now.n, sizeof *p, view_cmp_uidl_key);
         if (f) (*f)->deleted = 1;
     }
     free(p);
-    u->end = u->st.size;
-    u->next = u->now.n - 1;
-    return 0;
+    w->end = w->st.size;
+    w->next = w->now.n - 1;
+    w->marked = 1;
 }
 
 /* The messages kept are where they were less what went before them: that
@@ -6395,66 +6576,72 @@ mbox_update_begin(struct pop_view *v)
 static void
 mbox_update_index(struct pop_view *v)
 {
-    struct mbox_update *u = v->updating;
+    struct mbox_work *w = v->mbox_work;
     struct pop_view kept;
     struct os_stat st;
     int64_t gone = 0;
     int i;
     memset(&kept, 0, sizeof kept);
-    for (i = 0; i < u->now.n; i++) {
-        struct pop_msg *m = &u->now.msgs[i];
+    for (i = 0; i < w->now.n; i++) {
+        struct pop_msg *m = &w->now.msgs[i];
         if (m->deleted) {
-            gone += (i + 1 < u->now.n ? u->now.msgs[i + 1].from_off : u->st.size) - m->from_off;
+            gone += (i + 1 < w->now.n ? w->now.msgs[i + 1].from_off : w->st.size) - m->from_off;
             continue;
         }
         *view_add(&kept) = *m;
         kept.msgs[kept.n - 1].from_off -= gone;
         kept.msgs[kept.n - 1].off -= gone;
-        memcpy(kept.msgs[kept.n - 1].uidl, u->raw[i], sizeof u->raw[i]);
+        memcpy(kept.msgs[kept.n - 1].uidl, w->raw[i], sizeof w->raw[i]);
     }
-    if (gone && os_fstat(u->fd, &st) == 0 && st.size == u->end) mbox_index_write(v->jf, u->fd, &kept, &st);
+    if (gone && os_fstat(w->fd, &st) == 0 && st.size == w->end) mbox_index_write(v->jf, w->fd, &kept, &st);
     view_free(&kept);
 }
 
-/* RFC 1939 6, in slices: each run of deleted messages is removed in place,
- * the last first, one piece (mbox_move_step: a journal record, a move of up
- * to MS_MBOX_MOVE, an fsync) per step; no space needed. The locks are held
- * from the first step to the last, so nobody sees the file half-way;
- * deliveries to it meanwhile get 451 (mbox_held) as when another program
- * holds it. */
+/* RFC 1939 6, in slices: the file is read again (mbox_work_scan), then
+ * each run of deleted messages is removed in place, the last first, one
+ * piece (mbox_move_step: a journal record, a move of up to MS_MBOX_MOVE,
+ * an fsync) per step; no space needed. The locks are held from the first
+ * step to the last; deliveries to the mbox meanwhile get 451 (mbox_held),
+ * as when another program holds it. */
 static int
 mbox_expunge(struct pop_view *v, int64_t until)
 {
+    struct mbox_work *w;
     int r;
-    if (!v->updating && (r = mbox_update_begin(v)) != 0) {
-        mbox_update_end(v);
+    if (!v->mbox_work && (r = mbox_work_begin(v, 1)) != 0) {
+        mbox_work_end(v);
         return r > 0 ? 1 : -1;
     }
+    w = v->mbox_work;
+    if (!w->marked) {
+        if ((r = mbox_work_scan(v, until)) == 0) return 0;
+        if (r < 0) { mbox_work_end(v); return -1; }
+        mbox_update_mark(v);
+    }
     do {
-        struct mbox_update *u = v->updating;
         int i, j;
-        if (u->moving) {
-            if ((r = mbox_move_step(u->fd, v->jf, u->st.ino, &u->mv)) < 0) { mbox_update_end(v); return -1; }
+        if (w->moving) {
+            if ((r = mbox_move_step(w->fd, v->jf, w->st.ino, &w->mv)) < 0) { mbox_work_end(v); return -1; }
             if (r > 0) {
-                u->end -= u->mv.b - u->mv.a;
-                u->moving = 0;
+                w->end -= w->mv.b - w->mv.a;
+                w->moving = 0;
             }
             continue;
         }
-        for (i = u->next; i >= 0 && !u->now.msgs[i].deleted; i--) {}
+        for (i = w->next; i >= 0 && !w->now.msgs[i].deleted; i--) {}
         if (i < 0) {
             mbox_update_index(v);
-            mbox_update_end(v);
+            mbox_work_end(v);
             return 1;
         }
-        for (j = i; j > 0 && u->now.msgs[j - 1].deleted; j--) {}
-        u->mv.a = u->now.msgs[j].from_off;
-        u->mv.b = i + 1 < u->now.n ? u->now.msgs[i + 1].from_off : u->end;
-        u->mv.end = u->end;
-        u->mv.done = 0;
-        u->mv.small = 0;
-        u->moving = 1;
-        u->next = j - 1;
+        for (j = i; j > 0 && w->now.msgs[j - 1].deleted; j--) {}
+        w->mv.a = w->now.msgs[j].from_off;
+        w->mv.b = i + 1 < w->now.n ? w->now.msgs[i + 1].from_off : w->end;
+        w->mv.end = w->end;
+        w->mv.done = 0;
+        w->mv.small = 0;
+        w->moving = 1;
+        w->next = j - 1;
     } while (os_now_us() < until);
     return 0;
 }
@@ -6482,7 +6669,7 @@ static const struct store_ops maildir_store = {
     "maildir", 1, mdir_deliver, file_undo, mdir_view_open, mdir_view_more, mdir_expunge, mdir_msg_text, 0,
 };
 static const struct store_ops mbox_store = {
-    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, NULL, mbox_expunge, mbox_msg_text, 1,
+    "mbox", 0, mbox_deliver, mbox_undo, mbox_view_open, mbox_view_more, mbox_expunge, mbox_msg_text, 1,
 };
 
 /*==== 8. TLS glue (BearSSL) ====*/

@@ -5,7 +5,7 @@ import re
 import socket
 import time
 
-from .harness import (BOTH, PASSWORDS, Pop, SENDER, check, check_message, make_msg, mbox_path, plain, secs,
+from .harness import (BOTH, PASSWORDS, Pop, SENDER, WINDOWS, check, check_message, make_msg, mbox_path, plain, secs,
                       short, soft, stored, stored_tokens, test, tok, token_of, wait_for)
 
 
@@ -492,33 +492,62 @@ def sizes_index(srv, addr):
         return f.read()
 
 
+def index_entries(idx):
+    """The "SIZE NAME" lines of a mailsrv-sizes index: {unique name (up to the flags): size}."""
+    out = {}
+    for l in idx.split(b"\n")[1:-1]:
+        if l.startswith(b"dirs "):
+            continue
+        size, name = l.split(b" ", 1)
+        out[name.decode()[4:].split(":")[0]] = int(size)
+    return out
+
+
 @test(limit=120)
 def pop3_foreign_maildir_sizes_index(ctx):
-    """A Maildir written by another program (names without W=): the sizes read at the first login
-    are kept in the mailbox's mailsrv-sizes index, used at the next (same LIST, UIDL and RETR),
-    rebuilt when malformed, and follow messages added and deleted by others."""
+    """A Maildir written by another program (names without W=): the view made at the first login,
+    with the sizes it had to read, is kept in the mailbox's mailsrv-sizes index; while new/ and cur/
+    do not change, the next login takes the view from it (a file slipped into new/ with the
+    folder's mtime put back is not seen, as with Dovecot's index); the index follows messages that
+    others add and delete, and a malformed or cut one is never believed."""
     srv = ctx.server().start()
     addr = "alice@example.test"
     msgs = foreign_maildir(srv, addr, 40)
+    user, dom = addr.split("@")
+    root = os.path.join(srv.spool, dom, user)
+    old = time.time() - 100
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(root, sub), (old, old))  # changed last in an earlier second than the index
     p = srv.pop(addr)
     check_foreign_view(p, msgs, "first login")
     p.quit()
     idx = sizes_index(srv, addr)
-    check(idx is not None and idx.startswith(b"mailsrv-sizes 1\n"), "no index after the first login: %r" % (idx,))
-    lines = idx.split(b"\n")[1:-1]
-    check(len(lines) == 40 and all(l.split(b" ")[1].decode() in msgs for l in lines),
-          "the index lists %d entries, not the 40 messages: %r" % (len(lines), idx[:200]))
-    check(lines == sorted(lines, key=lambda l: l.split(b" ", 1)[1]), "the index is not in name order")
-    for l in lines:
-        size, uniq = l.split(b" ", 1)
-        check(int(size) == msgs[uniq.decode()][1], "index: %s has %s, the file makes %d" % (uniq, size, msgs[uniq.decode()][1]))
+    check(idx is not None and idx.startswith(b"mailsrv-sizes 2\ndirs "), "no index after the first login: %r" % (idx,))
+    ent = index_entries(idx)
+    check(sorted(ent) == sorted(msgs), "the index lists %d entries, not the 40 messages: %r" % (len(ent), idx[:200]))
+    names = [l.split(b" ", 1)[1][4:] for l in idx.split(b"\n")[2:-1]]
+    check(names == sorted(names, key=lambda n: (n.split(b":")[0], n)), "the index is not in name order")
+    for uniq, size in ent.items():
+        check(size == msgs[uniq][1], "index: %s has %d, the file makes %d" % (uniq, size, msgs[uniq][1]))
     p = srv.pop(addr)
     check_foreign_view(p, msgs, "second login (from the index)")
     p.quit()
+    # a file slipped into new/ without moving the folder's mtime: the index is the view
+    hidden = foreign_maildir(srv, addr, 1, start=500)
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(root, sub), (old, old))
+    p = srv.pop(addr)
+    # (Windows lists every time: FAT never moves a folder's mtime, MS_DIR_MTIMES)
+    want = 41 if WINDOWS else 40
+    check(p.stat()[0] == want, "new/ unchanged (mtime): STAT %s, expected %d messages" % (p.stat(), want))
+    p.quit()
+    msgs.update(hidden)
+    os.utime(os.path.join(root, "new"), (old + 1, old + 1))
+    p = srv.pop(addr)
+    check_foreign_view(p, msgs, "after new/ changed")
+    p.quit()
     # another program delivers 5 more and deletes 3: the index follows
     msgs.update(foreign_maildir(srv, addr, 5, start=100))
-    user, dom = addr.split("@")
-    root = os.path.join(srv.spool, dom, user)
     for uniq in sorted(msgs)[:3]:
         for sub, suffix in (("new", ""), ("cur", ":2,S")):
             if os.path.exists(os.path.join(root, sub, uniq + suffix)):
@@ -527,12 +556,13 @@ def pop3_foreign_maildir_sizes_index(ctx):
     p = srv.pop(addr)
     check_foreign_view(p, msgs, "after 5 added and 3 deleted by another program")
     p.quit()
-    lines = sizes_index(srv, addr).split(b"\n")[1:-1]
-    check(sorted(l.split(b" ")[1].decode() for l in lines) == sorted(msgs),
-          "the index was not brought up to date: %d entries for %d messages" % (len(lines), len(msgs)))
+    ent = index_entries(sizes_index(srv, addr))
+    check(sorted(ent) == sorted(msgs), "the index was not brought up to date: %d entries for %d messages" % (len(ent), len(msgs)))
     # malformed or cut indexes are never believed
-    for bad in (b"garbage\n", b"mailsrv-sizes 1\n12 zzz\n5 aaa\n", b"mailsrv-sizes 1\n1x2 " + sorted(msgs)[0].encode() + b"\n",
-                b"mailsrv-sizes 1\n" + b"".join(b"1 " + u.encode() + b"\n" for u in sorted(msgs))[:-1]):
+    first = sorted(msgs)[0]
+    for bad in (b"garbage\n", b"mailsrv-sizes 2\n12 new/zzz\n5 new/aaa\n", b"mailsrv-sizes 2\n1x2 new/" + first.encode() + b"\n",
+                b"mailsrv-sizes 2\n7 " + first.encode() + b"\n",
+                b"mailsrv-sizes 2\n" + b"".join(b"1 new/" + u.encode() + b"\n" for u in sorted(msgs))[:-1]):
         with open(os.path.join(root, "mailsrv-sizes"), "wb") as f:
             f.write(bad)
         p = srv.pop(addr)

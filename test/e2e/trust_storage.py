@@ -914,6 +914,16 @@ def server_rx_queues(port, k):
     return queues if len(queues) == k else None
 
 
+def proc_stopped(pid):
+    """Whether every thread of process pid is stopped (state T in /proc/PID/task/*/stat, Linux)."""
+    tasks = os.listdir("/proc/%d/task" % pid)
+    for t in tasks:
+        with open("/proc/%d/task/%s/stat" % (pid, t)) as f:
+            if f.read().rsplit(")", 1)[1].split()[0] != "T":
+                return False
+    return bool(tasks)
+
+
 def mbox_batch_round(ctx, op, n, outcomes, k=4):
     """One round of fault_mbox_batch: alice's mbox holds another program's message; k sessions are
     each in DATA with the body sent; the server is stopped (SIGSTOP) while the k final dots go out,
@@ -948,6 +958,9 @@ def mbox_batch_round(ctx, op, n, outcomes, k=4):
     wait_for(lambda: server_rx_queues(srv.smtp_port, k) == [0] * k or None, 20, "the server reading the bodies")
     os.kill(srv.proc.pid, signal.SIGSTOP)
     try:
+        # kill() returns before the server stops: woken from poll() by the signal, it would still take
+        # the dots sent meanwhile, some of them (two batches), before it stops
+        wait_for(lambda: proc_stopped(srv.proc.pid), 5, "the server stopping (SIGSTOP)", interval=0.005)
         for c in conns:
             c.send(".\r\n")
         wait_for(lambda: server_rx_queues(srv.smtp_port, k) == [3] * k or None, 5, "the dots reaching the server")
