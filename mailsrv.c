@@ -494,12 +494,13 @@ os_fsync_dir(const char *path)
     return r;
 }
 
-struct os_stat { int64_t size, mtime; uint64_t ino; int mode; };
+struct os_stat { int64_t size, mtime; long mtime_ns; uint64_t ino; int mode; }; /* mtime_ns: 0 where unknown */
 static void
 os_fill_stat(const struct stat *sb, struct os_stat *st)
 {
     st->size = (int64_t)sb->st_size;
     st->mtime = (int64_t)sb->st_mtime;
+    st->mtime_ns = (long)sb->st_mtim.tv_nsec; /* POSIX.1-2008 */
     st->ino = (uint64_t)sb->st_ino;
     st->mode = (int)(sb->st_mode & 07777);
 }
@@ -872,7 +873,7 @@ os_replace(const char *from, const char *to)
 /* NTFS journals directory changes itself; a directory cannot be flushed. */
 static int os_fsync_dir(const char *path) { (void)path; return 0; }
 
-struct os_stat { int64_t size, mtime; uint64_t ino; int mode; };
+struct os_stat { int64_t size, mtime; long mtime_ns; uint64_t ino; int mode; }; /* mtime_ns: 0 where unknown */
 static int
 os_stat(const char *path, struct os_stat *st)
 {
@@ -880,6 +881,7 @@ os_stat(const char *path, struct os_stat *st)
     if (_stati64(path, &sb) != 0) return -1;
     st->size = (int64_t)sb.st_size;
     st->mtime = (int64_t)sb.st_mtime;
+    st->mtime_ns = 0;
     st->ino = 0;
     st->mode = 0600;
     return 0;
@@ -895,6 +897,8 @@ os_fstat(int fd, struct os_stat *st)
     /* 100 ns since 1601 to seconds since 1970 (an mbox dotlock's age is judged by it) */
     st->mtime = (int64_t)(((uint64_t)fi.ftLastWriteTime.dwHighDateTime << 32 | fi.ftLastWriteTime.dwLowDateTime) /
                           10000000 - 11644473600ULL);
+    st->mtime_ns = (long)(((uint64_t)fi.ftLastWriteTime.dwHighDateTime << 32 | fi.ftLastWriteTime.dwLowDateTime) %
+                          10000000 * 100);
     st->ino = (uint64_t)fi.nFileIndexHigh << 32 | fi.nFileIndexLow;
     st->mode = 0600;
     return 0;
@@ -1182,6 +1186,24 @@ os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx)
     return 0;
 }
 
+/* A file's mtime in nanoseconds since 1970, and whether it is settled:
+ * clearly before now, so that a later change cannot carry the same mtime
+ * (an index that describes the file may then be trusted while the mtime
+ * stays). File times come from a coarse clock (a few ms): with sub-second
+ * mtimes, 100 ms before now; where they are whole seconds (a file system
+ * that keeps no more, Windows' stat of a folder, or an exact second by
+ * chance), an earlier second, as Dovecot and git judge it. */
+static int64_t os_mtime_ns(const struct os_stat *st) { return st->mtime * 1000000000 + st->mtime_ns; }
+static int
+os_mtime_settled(const struct os_stat *st)
+{
+    int64_t sec;
+    long usec;
+    os_wallclock(&sec, &usec);
+    if (st->mtime_ns) return os_mtime_ns(st) + 100000000 < sec * 1000000000 + usec * 1000LL;
+    return st->mtime < sec;
+}
+
 /* Writes a whole file atomically: temp file, fsync, replace. Keeps the mode. */
 static int
 os_write_file_atomic(const char *path, const char *data, size_t len)
@@ -1290,6 +1312,8 @@ static ms_sock_t net_listen(int family, const char *addr, unsigned port, int *er
 static ms_sock_t net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback);
 static ms_sock_t net_connect(const struct ms_addr *a, int udp, int *err);
 static int os_list_dir(const char *path, int (*fn)(void *ctx, const char *name), void *ctx);
+static int64_t os_mtime_ns(const struct os_stat *st);
+static int os_mtime_settled(const struct os_stat *st);
 static int os_write_file_atomic(const char *path, const char *data, size_t len);
 static int os_read_password(char *buf, size_t n);
 
@@ -5475,14 +5499,14 @@ view_cmp_name(const struct pop_msg *x, const struct pop_msg *y)
  * to learn its size with CRLF line ends, and a mailbox of such messages
  * would be read whole at every login. The view is kept in the mailbox's
  * folder, in MS_SIZES_FILE, the way Dovecot keeps dovecot-uidlist: a
- * header line; "dirs" with the inode and mtime of new/ and cur/ when it
- * was made and the time it was written; then "SIZE NAME" for every
- * message in the view's order. A cache, written atomically: ignored and
- * rebuilt when missing or malformed. When neither folder changed since,
- * and both had last changed in an earlier second than the index was
- * written (mtimes count whole seconds: a change in that same second
- * would not show), the index is the view, and nothing is listed or read,
- * as Dovecot skips a Maildir whose folders' mtimes did not move.
+ * header line; "dirs" with the inode and mtime (ns) of new/ and cur/ when
+ * it was made, and whether each mtime was settled when it was written
+ * (os_mtime_settled: a later change cannot carry the same mtime); then
+ * "SIZE NAME" for every message in the view's order. A cache, written
+ * atomically: ignored and rebuilt when missing or malformed. When neither
+ * folder changed since and both were settled, the index is the view, and
+ * nothing is listed or read, as Dovecot skips a Maildir whose folders'
+ * mtimes did not move.
  * Otherwise the folders are listed, and a size is read only for a name
  * without W= that the index does not know (by the name up to its flags:
  * a Maildir message's text never changes, only its flags do). Each part
@@ -5498,8 +5522,10 @@ struct sizes_ent { int64_t size; size_t name, nlen, klen; };  /* name: offset in
 
 struct mdir_open {
     enum { MO_INDEX, MO_COPY, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
-    struct os_stat said[2], now[2]; /* new/ and cur/: as the index says, as they are (before the listing) */
-    long long written;            /* when the index was written (0: never trusted) */
+    struct os_stat now[2];        /* new/ and cur/ as they are (before the listing) */
+    unsigned long long said_ino[2]; /* ... as the index says: inode, mtime (ns), settled when it was written */
+    long long said_ns[2];
+    int said_settled[2], said;    /* said: the index has its "dirs" line */
     int sub;                      /* MO_LIST: 0 new/, 1 cur/ */
     void *dir;                    /* the folder being listed */
     int fd;                       /* the index being read or written, or the message being measured */
@@ -5540,8 +5566,7 @@ sizes_parse(struct mdir_open *o, int lines)
     for (; !o->bad && o->parsed < o->tlen; lines--) {
         char *line = o->text + o->parsed, *nl = memchr(line, '\n', o->tlen - o->parsed), *sp;
         struct sizes_ent *e;
-        unsigned long long i0, i1;
-        long long m0, m1;
+        int n;
         if (!nl) return 0; /* the rest of it comes with the next read */
         if (!lines) return 1;
         o->parsed = (size_t)(nl + 1 - o->text);
@@ -5549,14 +5574,13 @@ sizes_parse(struct mdir_open *o, int lines)
             o->bad = (size_t)(nl + 1 - line) != strlen(MS_SIZES_HEAD) || memcmp(line, MS_SIZES_HEAD, strlen(MS_SIZES_HEAD)) != 0;
             continue;
         }
-        if (memcmp(line, "dirs ", 5) == 0 && !o->written && !o->nent) {
+        if (memcmp(line, "dirs ", 5) == 0 && !o->said && !o->nent) {
             *nl = 0;
-            if (sscanf(line, "dirs %llu %lld %llu %lld %lld", &i0, &m0, &i1, &m1, &o->written) != 5) o->bad = 1;
+            n = sscanf(line, "dirs %llu %lld %d %llu %lld %d", &o->said_ino[0], &o->said_ns[0], &o->said_settled[0],
+                       &o->said_ino[1], &o->said_ns[1], &o->said_settled[1]);
             *nl = '\n';
-            o->said[0].ino = i0;
-            o->said[0].mtime = m0;
-            o->said[1].ino = i1;
-            o->said[1].mtime = m1;
+            o->said = n == 6;
+            o->bad = n != 6;
             continue;
         }
         sp = memchr(line, ' ', (size_t)(nl - line));
@@ -5788,8 +5812,9 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
         for (i = 0; i < v->n; i++) whole &= strchr(v->msgs[i].name, '\n') == NULL;
         buf_adds(&o->out, MS_SIZES_HEAD);
         if (whole)
-            buf_printf(&o->out, "dirs %llu %lld %llu %lld %lld\n", (unsigned long long)o->now[0].ino, (long long)o->now[0].mtime,
-                       (unsigned long long)o->now[1].ino, (long long)o->now[1].mtime, (long long)time(NULL));
+            buf_printf(&o->out, "dirs %llu %lld %d %llu %lld %d\n", (unsigned long long)o->now[0].ino,
+                       (long long)os_mtime_ns(&o->now[0]), os_mtime_settled(&o->now[0]), (unsigned long long)o->now[1].ino,
+                       (long long)os_mtime_ns(&o->now[1]), os_mtime_settled(&o->now[1]));
         o->next = 0;
     }
     for (; o->next < v->n && o->out.len < 65536; o->next++) {
@@ -5804,20 +5829,20 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
     return 1;
 }
 
-/* Is the index the whole view? new/ and cur/ as it says, both changed last
- * in an earlier second than it was written. Their state now is kept for
+/* Is the index the whole view? new/ and cur/ as it says, both settled
+ * when it was written. Their state now is kept for
  * the index written after a listing (taken before it: a change made during
  * the listing shows at the next login). */
 static int
 mdir_index_current(struct pop_view *v, struct mdir_open *o)
 {
     char dir[MS_PATH_FILE];
-    int k, same = MS_DIR_MTIMES && !o->bad && o->written > 0;
+    int k, same = MS_DIR_MTIMES && !o->bad && o->said;
     for (k = 0; k < 2; k++) {
         if (ms_fmt(dir, sizeof dir, k ? "%s/cur" : "%s/new", v->path) < 0 || os_stat(dir, &o->now[k]) != 0)
             memset(&o->now[k], 0, sizeof o->now[k]);
-        same &= o->now[k].ino != 0 && o->now[k].ino == o->said[k].ino && o->now[k].mtime == o->said[k].mtime &&
-                o->said[k].mtime < o->written;
+        same &= o->now[k].ino != 0 && o->now[k].ino == o->said_ino[k] && os_mtime_ns(&o->now[k]) == o->said_ns[k] &&
+                o->said_settled[k];
     }
     return same;
 }
@@ -6075,16 +6100,17 @@ mbox_scan_from(struct pop_view *v, int fd, int64_t start, int64_t end)
  * name (O_EXCL, O_NOFOLLOW) and renamed, never fsynced; when it is missing,
  * unreadable, damaged (the checksum, any number out of order), made for
  * another file or stale, the mbox is scanned whole and a new one written.
- *   "mailsrv mbox index 1\n"
- *   "INO SIZE MTIME SETTLED N PROBE\n"   the file state it describes
+ *   "mailsrv mbox index 2\n"
+ *   "INO SIZE MTIME SETTLED N PROBE\n"   the file state it describes (MTIME in ns)
  *   N x "FROM_OFF OFF LEN SIZE UIDL\n"   as mbox_scan_from found them (UIDLs
  *                                        before view_unique_uidls)
  *   "end SUM\n"                          SUM: FNV-1a 64 of all the text before
- * (INO, PROBE and SUM in hex.) How mbox_index_scan judges the file now:
+ * (INO, MTIME, PROBE and SUM in hex.) How mbox_index_scan judges the file now:
  * - same inode, size and mtime, and settled: the index is the answer. An
- *   mtime counts whole seconds: one that was still the current second when
- *   the index was written is not settled, as a change later in that second
- *   would not show (Dovecot's rule for its mbox mtimes too).
+ *   mtime that was still too recent when the index was written (within
+ *   100 ms, or the same second where mtimes count whole seconds:
+ *   os_mtime_settled) is not settled, as a later change might carry the
+ *   same mtime (Dovecot's rule for its mbox mtimes too).
  * - same inode and larger: appended to (mailsrv's own deliveries, another
  *   MDA's). Then only the last indexed message (it may have been cut short)
  *   and what follows are scanned, and the rest kept.
@@ -6177,8 +6203,8 @@ mbox_index_write(const char *jf, int fd, const struct pop_view *v, const struct 
     if (mbox_index_path(jf, path, sizeof path, "") != 0 || mbox_index_path(jf, tmp, sizeof tmp, ".tmp") != 0 ||
         mbox_index_probe(fd, v, st->size, &probe) != 0)
         return;
-    buf_printf(&b, "mailsrv mbox index 1\n%llx %lld %lld %d %d %llx\n", (unsigned long long)st->ino,
-               (long long)st->size, (long long)st->mtime, st->mtime < (int64_t)time(NULL), v->n,
+    buf_printf(&b, "mailsrv mbox index 2\n%llx %lld %llx %d %d %llx\n", (unsigned long long)st->ino,
+               (long long)st->size, (unsigned long long)os_mtime_ns(st), os_mtime_settled(st), v->n,
                (unsigned long long)probe);
     for (i = 0; i < v->n; i++) {
         const struct pop_msg *m = &v->msgs[i];
@@ -6219,7 +6245,7 @@ struct mbox_index { uint64_t ino, size, mtime, settled, probe; };
 static int
 mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix)
 {
-    static const char magic[] = "mailsrv mbox index 1\n";
+    static const char magic[] = "mailsrv mbox index 2\n";
     char path[MS_PATH_FILE];
     struct os_stat st;
     const char *p, *end;
@@ -6250,7 +6276,7 @@ mbox_index_read(const char *jf, struct pop_view *v, struct mbox_index *ix)
     if (strncmp(text, magic, sizeof magic - 1) != 0) goto bad;
     p = text + sizeof magic - 1;
     if (mbox_index_num(&p, 16, ' ', &ix->ino) != 0 || mbox_index_num(&p, 10, ' ', &ix->size) != 0 ||
-        mbox_index_num(&p, 10, ' ', &ix->mtime) != 0 || mbox_index_num(&p, 10, ' ', &ix->settled) != 0 ||
+        mbox_index_num(&p, 16, ' ', &ix->mtime) != 0 || mbox_index_num(&p, 10, ' ', &ix->settled) != 0 ||
         mbox_index_num(&p, 10, ' ', &n) != 0 || mbox_index_num(&p, 16, '\n', &ix->probe) != 0 || n > INT_MAX / 2)
         goto bad;
     for (k = 0; k < n; k++) {
@@ -6294,7 +6320,7 @@ mbox_index_start(struct pop_view *v, int fd, const struct os_stat *st, const cha
     uint64_t probe;
     if (mbox_index_read(jf, v, &ix) == 0 && ix.ino == st->ino && v->n > 0 && (uint64_t)st->size >= ix.size &&
         mbox_index_probe(fd, v, (int64_t)ix.size, &probe) == 0 && probe == ix.probe) {
-        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)st->mtime) return 1;
+        if ((uint64_t)st->size == ix.size && ix.settled && ix.mtime == (uint64_t)os_mtime_ns(st)) return 1;
         if ((uint64_t)st->size > ix.size) { /* appended to: the last message again, and what follows */
             *from = v->msgs[--v->n].from_off;
             return 0;
