@@ -999,6 +999,33 @@ mbox_unit_truncate(const char *path, long size) /* (no truncate() on Windows) */
     return r;
 }
 
+#ifndef _WIN32
+/* Issue 14: an mtime is settled (an index may trust it) only once a later
+ * change could not carry the same one. */
+static void
+test_mtime_settled(void)
+{
+    char path[] = "/tmp/mailsrv-unit-mtime-XXXXXX";
+    struct timespec ts[2], now;
+    struct os_stat st;
+    int fd = mkstemp(path);
+    ASSERT(fd >= 0);
+    close(fd);
+    clock_gettime(CLOCK_REALTIME, &now);
+    ts[0] = ts[1] = now; /* just now, to the ns: not settled */
+    ASSERT(utimensat(AT_FDCWD, path, ts, 0) == 0 && os_stat(path, &st) == 0 && st.mtime_ns == now.tv_nsec);
+    ASSERT(os_mtime_ns(&st) == (int64_t)now.tv_sec * 1000000000 + now.tv_nsec && !os_mtime_settled(&st));
+    ts[0].tv_sec = ts[1].tv_sec = now.tv_sec - 1; /* a second ago: settled */
+    ASSERT(utimensat(AT_FDCWD, path, ts, 0) == 0 && os_stat(path, &st) == 0 && os_mtime_settled(&st));
+    ts[0].tv_sec = ts[1].tv_sec = now.tv_sec + 1; /* whole seconds, the next one: not settled */
+    ts[0].tv_nsec = ts[1].tv_nsec = 0;
+    ASSERT(utimensat(AT_FDCWD, path, ts, 0) == 0 && os_stat(path, &st) == 0 && st.mtime_ns == 0 && !os_mtime_settled(&st));
+    ts[0].tv_sec = ts[1].tv_sec = now.tv_sec - 1; /* whole seconds, an earlier one: settled */
+    ASSERT(utimensat(AT_FDCWD, path, ts, 0) == 0 && os_stat(path, &st) == 0 && os_mtime_settled(&st));
+    unlink(path);
+}
+#endif
+
 static void
 test_mbox_index(void)
 {
@@ -1883,6 +1910,9 @@ main(void)
     test_mbox_journal();
     test_mbox_batch_journal();
     test_mbox_index();
+#ifndef _WIN32
+    test_mtime_settled();
+#endif
     /* trust (issue 11): mbox test calls above this line */
 
 #ifndef _WIN32
