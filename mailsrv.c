@@ -5523,6 +5523,7 @@ struct sizes_ent { int64_t size; size_t name, nlen, klen; };  /* name: offset in
 struct mdir_open {
     enum { MO_INDEX, MO_COPY, MO_LIST, MO_SORT, MO_SIZES, MO_WRITE, MO_DONE } phase;
     struct os_stat now[2];        /* new/ and cur/ as they are (before the listing) */
+    int now_settled[2];           /* ... settled then: a change after that stat cannot carry its mtime */
     unsigned long long said_ino[2]; /* ... as the index says: inode, mtime (ns), settled when it was written */
     long long said_ns[2];
     int said_settled[2], said;    /* said: the index has its "dirs" line */
@@ -5584,7 +5585,10 @@ sizes_parse(struct mdir_open *o, int lines)
             continue;
         }
         sp = memchr(line, ' ', (size_t)(nl - line));
-        if (!sp || sp == line || nl - sp < 6 || sp - line > 15 || (memcmp(sp + 1, "new/", 4) != 0 && memcmp(sp + 1, "cur/", 4) != 0)) {
+        /* a name is one file of new/ or cur/, as os_dir_next gives them: it becomes a path (RETR, DELE) */
+        if (!sp || sp == line || nl - sp < 6 || sp - line > 15 || (memcmp(sp + 1, "new/", 4) != 0 && memcmp(sp + 1, "cur/", 4) != 0) ||
+            sp[5] == '.' || memchr(sp + 5, '/', (size_t)(nl - sp - 5)) || memchr(sp + 5, '\\', (size_t)(nl - sp - 5)) ||
+            memchr(sp + 5, 0, (size_t)(nl - sp - 5))) {
             o->bad = 1;
             return 0;
         }
@@ -5813,8 +5817,8 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
         buf_adds(&o->out, MS_SIZES_HEAD);
         if (whole)
             buf_printf(&o->out, "dirs %llu %lld %d %llu %lld %d\n", (unsigned long long)o->now[0].ino,
-                       (long long)os_mtime_ns(&o->now[0]), os_mtime_settled(&o->now[0]), (unsigned long long)o->now[1].ino,
-                       (long long)os_mtime_ns(&o->now[1]), os_mtime_settled(&o->now[1]));
+                       (long long)os_mtime_ns(&o->now[0]), o->now_settled[0], (unsigned long long)o->now[1].ino,
+                       (long long)os_mtime_ns(&o->now[1]), o->now_settled[1]);
         o->next = 0;
     }
     for (; o->next < v->n && o->out.len < 65536; o->next++) {
@@ -5841,6 +5845,9 @@ mdir_index_current(struct pop_view *v, struct mdir_open *o)
     for (k = 0; k < 2; k++) {
         if (ms_fmt(dir, sizeof dir, k ? "%s/cur" : "%s/new", v->path) < 0 || os_stat(dir, &o->now[k]) != 0)
             memset(&o->now[k], 0, sizeof o->now[k]);
+        /* judged now, at the stat: a message added while the listing runs, in the same mtime,
+         * must not be hidden behind an index that calls that mtime settled */
+        o->now_settled[k] = o->now[k].ino != 0 && os_mtime_settled(&o->now[k]);
         same &= o->now[k].ino != 0 && o->now[k].ino == o->said_ino[k] && os_mtime_ns(&o->now[k]) == o->said_ns[k] &&
                 o->said_settled[k];
     }

@@ -558,6 +558,17 @@ def pop3_foreign_maildir_sizes_index(ctx):
     p.quit()
     ent = index_entries(sizes_index(srv, addr))
     check(sorted(ent) == sorted(msgs), "the index was not brought up to date: %d entries for %d messages" % (len(ent), len(msgs)))
+    # a name that is not one file of new/ or cur/ is never believed, even under the folders' true state
+    for sub in ("new", "cur"):
+        os.utime(os.path.join(root, sub), (old + 2, old + 2))
+    st = [os.stat(os.path.join(root, sub)) for sub in ("new", "cur")]
+    dirs = [b"dirs %d %d 1 %d %d 1" % (st[0].st_ino, st[0].st_mtime_ns, st[1].st_ino, st[1].st_mtime_ns)]
+    for evil in (b"5 cur/../../../bob/cur/x\n", b"5 new/.hidden\n"):
+        with open(os.path.join(root, "mailsrv-sizes"), "wb") as f:
+            f.write(b"mailsrv-sizes 2\n" + b"".join(d + b"\n" for d in dirs) + evil)
+        p = srv.pop(addr)
+        check_foreign_view(p, msgs, "after the index named %r" % evil)
+        p.quit()
     # malformed or cut indexes are never believed
     first = sorted(msgs)[0]
     for bad in (b"garbage\n", b"mailsrv-sizes 2\n12 new/zzz\n5 new/aaa\n", b"mailsrv-sizes 2\n1x2 new/" + first.encode() + b"\n",
