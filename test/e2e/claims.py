@@ -1,6 +1,5 @@
 """README promises that had no test (section claims), the Windows port wait (winunit), the
 CLAIMS.md table check (claimstable) and the claims tests of sections claimsA and claimsB."""
-import fcntl
 import glob
 import os
 import re
@@ -19,7 +18,7 @@ from .cli import add_cli, check_cli, del_cli, find_added, read, section_of
 from .relay import check_relayed, queue_cli, queue_files, relay_mail, sink_wait, wait_queue_empty
 from .tls import ehlo_words, gencert, pem_to_der, smtps_conn, starttls_conn, tls_server
 from .lists import confirm, confirmations, list_req, list_server, local_confirmation, members, subscribe
-from .trust_storage import check_whole, dotlock_take, mbox_foreign, mbox_other_append, ours
+from .trust_storage import check_whole, mbox_foreign, mbox_other_append, mbox_other_rewrite, ours
 from .trust_abuse import AnvilNetns, lf_pending
 
 
@@ -726,17 +725,7 @@ def mbox_quit_keeps_message_not_found_again(ctx):
     b5 = blocks[4].replace(b"\n\n", b"\nStatus: RO\n\n", 1)
     check(b3 != blocks[2] and b4 != blocks[3] and b5 != blocks[4], "test bug: an edit did not apply")
     edited = [blocks[0], blocks[1], b3, b4, b5, blocks[5]]
-    dotlock_take(path)  # rewritten in place under both locks, as a MUA does
-    try:
-        with open(path, "r+b") as f:
-            wait_for(lambda: fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB) is None, 5, "the fcntl lock of %s" % path)
-            f.write(b"".join(edited))
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
-            fcntl.lockf(f, fcntl.LOCK_UN)
-    finally:
-        os.unlink(path + ".lock")
+    mbox_other_rewrite(path, lambda data: b"".join(edited))  # in place under both locks, as a MUA does
     p.quit()
     after = read(path)
     check(after == b"".join(edited[i] for i in (0, 2, 3, 5)),
