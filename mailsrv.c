@@ -353,6 +353,10 @@ static const char *net_strerror(int e) { return strerror(e); }
 static int net_addr_in_use(int e) { return e == EADDRINUSE; }
 /* With SO_REUSEADDR, "in use" means another program has the port: no waiting. */
 #define MS_BIND_WAIT_S 0
+/* The queue of connections not yet accepted: the kernel caps it at its own maximum
+ * (net.core.somaxconn, kern.ipc.somaxconn), but a C library's SOMAXCONN may be lower (musl: 128),
+ * and a burst of clients past it waits for SYN retries, seconds each. */
+#define MS_LISTEN_BACKLOG 4096
 static void net_close(ms_sock_t s) { close(s); }
 static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, n, 0); }
 static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, n, 0); }
@@ -728,6 +732,7 @@ static int net_addr_in_use(int e) { return e == WSAEADDRINUSE; }
 /* SO_EXCLUSIVEADDRUSE keeps a port busy while connections of a crashed
  * predecessor sit in TIME_WAIT (up to 4 minutes): a restart waits for it. */
 #define MS_BIND_WAIT_S 240
+#define MS_LISTEN_BACKLOG SOMAXCONN /* Winsock: "a reasonable maximum" */
 static void net_close(ms_sock_t s) { closesocket(s); }
 static long net_recv(ms_sock_t s, void *buf, size_t n) { return (long)recv(s, buf, (int)n, 0); }
 static long net_send(ms_sock_t s, const void *buf, size_t n) { return (long)send(s, buf, (int)n, 0); }
@@ -1109,7 +1114,7 @@ net_listen(int family, const char *addr, unsigned port, int *err)
     if (s == MS_BAD_SOCK) { *err = net_error(); return s; }
     net_listen_opts(s);
     if (family == AF_INET6) setsockopt(s, IPPROTO_IPV6, IPV6_V6ONLY, (const void *)&one, sizeof one);
-    if (bind(s, (struct sockaddr *)&ss, len) != 0 || listen(s, SOMAXCONN) != 0 || net_set_nonblock(s) != 0) {
+    if (bind(s, (struct sockaddr *)&ss, len) != 0 || listen(s, MS_LISTEN_BACKLOG) != 0 || net_set_nonblock(s) != 0) {
         *err = net_error();
         net_close(s);
         return MS_BAD_SOCK;
