@@ -1483,7 +1483,7 @@ static int mbox_batch_append(struct mbox_pending **v, int n, const char **err);
 static int mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr, struct store_undo *u, struct dirset *ds, const char **err);
 static int store_commit_mbox(struct dirset *ds, int i);
 static void store_commit_begin(struct dirset *ds);
-static void store_commit_end(struct dirset *ds);
+static int store_commit_undo(struct dirset *ds, int i);
 static void store_job_begin(struct store_job *j, struct store_msg *m, const struct targets *t, struct dirset *ds);
 static void store_job_abort(struct store_job *j);
 static int store_job_step(struct store_job *j, const struct ms_config *cfg, int64_t until_us);
@@ -1796,6 +1796,7 @@ static void loop_accept(struct mailsrv *ms, struct listener *l);
 static int commit_seal(struct mailsrv *ms);
 static int commit_step(struct mailsrv *ms, int64_t until_us);
 static void loop_group_commit(struct mailsrv *ms);
+static void loop_commit_rest(struct mailsrv *ms);
 static void loop_timers(struct mailsrv *ms, int64_t now);
 static void loop_sweep(struct mailsrv *ms);
 static void loop_close_listeners(struct mailsrv *ms);
@@ -5062,30 +5063,40 @@ mbox_deliver(const struct ms_config *cfg, struct store_msg *m, const char *addr,
  * slices: a list post may owe a thousand mboxes): from ds->mb[i] on, the
  * queued messages of the next mbox are appended as one batch
  * (mbox_batch_append: one lock, one journal record, one fsync). Entries are
- * marked u.len == -2 while queued (store_commit_begin). A message whose
- * batch failed gets m->commit_err (store_commit_end takes back the rest of
- * its transaction). Returns where the next step starts (ds->nmb: done). */
+ * marked u.len == -2 while queued (store_commit_begin). When a batch fails,
+ * every message of its transactions gets m->commit_err (a list post and the
+ * message that brought it: the client's 451 covers both), and their entries
+ * still queued are not appended; those appended before are taken back by
+ * store_commit_undo. Returns where the next step starts (ds->nmb: done). */
 static int
 store_commit_mbox(struct dirset *ds, int i)
 {
     struct mbox_pending **v;
     const char *err;
-    int j, n = 0;
-    while (i < ds->nmb && (ds->mb[i].u.len != -2 || !ds->mb[i].m)) i++;
+    int j, k, n = 0;
+#define QUEUED(e) ((e)->u.len == -2 && (e)->m && !(e)->m->commit_err)
+    while (i < ds->nmb && !QUEUED(&ds->mb[i])) i++;
     if (i == ds->nmb) return i;
     v = xrealloc(NULL, sizeof *v * (size_t)(ds->nmb - i));
     for (j = i; j < ds->nmb; j++) /* this mbox's messages, in the order they came */
-        if (ds->mb[j].u.len == -2 && ds->mb[j].m && strcmp(ds->mb[j].mp.mbox, ds->mb[i].mp.mbox) == 0) {
+        if (QUEUED(&ds->mb[j]) && strcmp(ds->mb[j].mp.mbox, ds->mb[i].mp.mbox) == 0) {
             ds->mb[j].u.len = -1;
             v[n++] = &ds->mb[j];
         }
-    if (mbox_batch_append(v, n, &err) != 0)
-        for (j = 0; j < n; j++) {
-            v[j]->m->commit_err = err;
-            v[j]->m->commit_errno = errno;
-        }
+    if (mbox_batch_append(v, n, &err) != 0) {
+        int e = errno;
+        for (j = 0; j < n; j++)
+            for (k = 0; k < ds->nmb; k++) {
+                struct store_msg *m = ds->mb[k].m;
+                if (m && !m->commit_err && (&ds->mb[k] == v[j] || (v[j]->tx && ds->mb[k].tx == v[j]->tx))) {
+                    m->commit_err = err;
+                    m->commit_errno = e;
+                }
+            }
+    }
     free(v);
-    while (i < ds->nmb && (ds->mb[i].u.len != -2 || !ds->mb[i].m)) i++;
+    while (i < ds->nmb && !QUEUED(&ds->mb[i])) i++;
+#undef QUEUED
     return i;
 }
 
@@ -5097,26 +5108,23 @@ store_commit_begin(struct dirset *ds)
     for (i = 0; i < ds->nmb; i++) ds->mb[i].u.len = -2;
 }
 
-/* After the mbox appends of a batch: a failure of one message fails every
- * message of its transaction (a list post and the message that brought it:
- * the client's 451 covers both), and their copies appended by the other
- * mboxes' batches are taken back here, the last first (store_rollback takes
- * back their other copies, the sessions' undo lists). */
-static void
-store_commit_end(struct dirset *ds)
+/* After the mbox appends of a batch, one step of taking back the copies of
+ * the transactions that failed, the last first, below ds->mb[i]: returns
+ * where the next step ends (0: done). store_rollback takes back their other
+ * copies, the sessions' undo lists. A copy another transaction's followed
+ * in the same mbox stays (mbox_undo cuts only the file's tail): its client
+ * got 451 and may send it again, a duplicate, never a loss. */
+static int
+store_commit_undo(struct dirset *ds, int i)
 {
-    int i, j;
-    for (i = 0; i < ds->nmb; i++) {
-        const struct store_msg *f = ds->mb[i].m;
-        if (!f || !f->commit_err || !ds->mb[i].tx) continue;
-        for (j = 0; j < ds->nmb; j++)
-            if (ds->mb[j].tx == ds->mb[i].tx && ds->mb[j].m && !ds->mb[j].m->commit_err) {
-                ds->mb[j].m->commit_err = f->commit_err;
-                ds->mb[j].m->commit_errno = f->commit_errno;
-            }
+    while (i > 0) {
+        const struct mbox_pending *e = &ds->mb[--i];
+        if (e->m && e->m->commit_err && e->u.off >= 0) {
+            mbox_undo(&e->u);
+            break;
+        }
     }
-    for (i = ds->nmb - 1; i >= 0; i--)
-        if (ds->mb[i].m && ds->mb[i].m->commit_err && ds->mb[i].u.off >= 0) mbox_undo(&ds->mb[i].u);
+    return i;
 }
 
 /* A delivery of m to the local targets of t, in steps (a list post goes to
@@ -7833,6 +7841,7 @@ struct mailsrv {
     struct dirset commit_batch;      /* being fsynced, for the sessions with commit_sealed */
     int commit_next, commit_ok;      /* ... the first commit_next folders are fsynced; none failed */
     int commit_mb_next;              /* ... its mbox appends from this one on are still to make */
+    int commit_undo_next;            /* ... then the failed ones' appends below this one to take back */
     int committing;                  /* a batch is sealed (loop_group_commit) */
     int commit_waited;               /* the seal waited a turn for deliveries not begun (commit_seal) */
     int commit_again;                /* the next turn must not sleep: a batch to go on with or to seal */
@@ -11694,7 +11703,11 @@ loop_work(struct mailsrv *ms)
         if (ms->conns[i]->id > ms->work_last) { start = i; break; }
     for (k = 0; k < n; k++) {
         struct conn *c = ms->conns[(start + k) % n];
-        if (!c->work || ((c->is_closing || c->close_after_flush) && !c->work_must_finish)) continue;
+        if (!c->work) continue;
+        if ((c->is_closing || c->close_after_flush) && !c->work_must_finish) { /* its answer would go nowhere */
+            conn_drop(c); /* (its work ends when it is freed: a login, a view, a delivery taken back) */
+            continue;
+        }
         if (ran++ && os_now_us() >= until) break;
         ms->work_last = c->id;
         c->work_started = 1;
@@ -11712,16 +11725,17 @@ loop_refuse(ms_sock_t s, enum proto proto, int rate)
     net_close(s);
 }
 
-/* Descriptors for the configuration: one per session, one per listener, two per outbound session
- * (its socket and its message file), and MS_FD_SPARE for the files opened meanwhile. The soft limit
- * is raised towards that (os_raise_fd_limit). Where the hard limit is lower, the sessions are capped
- * at what it leaves (max_sessions), so that one receiving a message can still open its file, and
- * the log says so once for each new shortfall. At listen and at each reload. */
+/* Descriptors for the configuration: two per session (its socket, and the file of the message it
+ * receives or of the mbox it reads or rewrites), one per listener, two per outbound session (its
+ * socket and its message file), and MS_FD_SPARE for the files opened meanwhile. The soft limit is
+ * raised towards that (os_raise_fd_limit). Where the hard limit is lower, the sessions are capped at
+ * what it leaves (max_sessions), so that each can still open its file, and the log says so once for
+ * each new shortfall. At listen and at each reload. */
 static void
 loop_fit_fd_limit(struct mailsrv *ms)
 {
     const struct ms_config *c = ms->cfg;
-    long others = c->nlisten + 2 * c->max_outbound + MS_FD_SPARE, need = c->max_clients + others, before;
+    long others = c->nlisten + 2 * c->max_outbound + MS_FD_SPARE, need = 2 * c->max_clients + others, before;
     long limit = os_raise_fd_limit(need, &before);
     ms->max_sessions = c->max_clients;
     ms->fd_limit = limit;
@@ -11729,7 +11743,7 @@ loop_fit_fd_limit(struct mailsrv *ms)
         ms_log(ms, "descriptor limit (ulimit -n) raised from %ld to %ld for max_clients = %ld", before, limit,
                c->max_clients);
     if (limit < 0 || limit >= need) { ms->fd_need = 0; return; }
-    ms->max_sessions = limit - others > limit / 2 ? limit - others : limit / 2;
+    ms->max_sessions = (limit - others) / 2 > limit / 4 ? (limit - others) / 2 : limit / 4;
     if (ms->max_sessions < 1) ms->max_sessions = 1;
     if (ms->fd_need == need) return; /* said already */
     ms->fd_need = need;
@@ -11860,6 +11874,7 @@ commit_seal(struct mailsrv *ms)
     ms->commit_dirs = spare;
     store_commit_begin(&ms->commit_batch);
     ms->commit_next = ms->commit_mb_next = 0;
+    ms->commit_undo_next = ms->commit_batch.nmb;
     ms->commit_ok = 1;
     ms->committing = 1;
     return 1;
@@ -11867,22 +11882,23 @@ commit_seal(struct mailsrv *ms)
 
 /* One slice of the sealed batch's commit, until until_us (at least one
  * step): the fsync of each folder, then, all of them durable, the appends
- * of each mbox (store_commit_mbox). 1 when all are done or a folder's fsync
- * failed (the batch fails as a whole; no mbox append is made). */
+ * of each mbox (store_commit_mbox), then the appends of the transactions
+ * that failed taken back (store_commit_undo). 1 when all are done or a
+ * folder's fsync failed (the batch fails as a whole; no mbox append is made). */
 static int
 commit_step(struct mailsrv *ms, int64_t until_us)
 {
     struct dirset *b = &ms->commit_batch;
-    while (ms->commit_ok && (ms->commit_next < b->n || ms->commit_mb_next < b->nmb)) {
+    while (ms->commit_ok && (ms->commit_next < b->n || ms->commit_mb_next < b->nmb || ms->commit_undo_next > 0)) {
         if (ms->commit_next < b->n) {
             if (os_fsync_dir(b->v[ms->commit_next++]) != 0) ms->commit_ok = 0;
-        } else {
+        } else if (ms->commit_mb_next < b->nmb) {
             ms->commit_mb_next = store_commit_mbox(b, ms->commit_mb_next);
+        } else {
+            ms->commit_undo_next = store_commit_undo(b, ms->commit_undo_next);
         }
-        if (os_now_us() >= until_us) break;
+        if (os_now_us() >= until_us) return 0;
     }
-    if (ms->commit_ok && (ms->commit_next < b->n || ms->commit_mb_next < b->nmb)) return 0;
-    if (ms->commit_ok) store_commit_end(b);
     return 1;
 }
 
@@ -11914,6 +11930,21 @@ loop_group_commit(struct mailsrv *ms)
     if (waiting) ms->commit_again = 1; /* their batch is sealed at the next turn */
 }
 
+/* At the end (the stop's grace time is over): the batch being committed and
+ * those owed are made before their sessions go, which take no more commands.
+ * Their copies are made: a session freed before its commit would leave its
+ * message half-delivered. */
+static void
+loop_commit_rest(struct mailsrv *ms)
+{
+    int i, owed;
+    for (i = 0; i < ms->nconns; i++) conn_drop(ms->conns[i]);
+    do {
+        loop_group_commit(ms);
+        for (owed = ms->committing, i = 0; i < ms->nconns && !owed; i++) owed = ms->conns[i]->commit_pending;
+    } while (owed);
+}
+
 static void
 loop_timers(struct mailsrv *ms, int64_t now)
 {
@@ -11933,7 +11964,12 @@ loop_timers(struct mailsrv *ms, int64_t now)
                 continue;
             }
         }
-        if (c->is_closing || now < c->io.deadline) continue;
+        if (c->is_closing) continue;
+        if (!c->close_after_flush && (c->work || c->commit_pending)) { /* the client waits for us: as Postfix's */
+            c->io.deadline = now + ms->cfg->timeout * 1000LL; /* smtpd_timeout, only its own silence counts */
+            continue;
+        }
+        if (now < c->io.deadline) continue;
         if (c->close_after_flush) { conn_drop(c); continue; } /* it never read its last reply */
         if (c->io.tls && !tls_done(c->io.tls)) { /* no reply can go out before the handshake */
             conn_log(c, "timeout during the TLS handshake");
@@ -11954,8 +11990,14 @@ loop_sweep(struct mailsrv *ms)
     int i, j = 0;
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
-        if (c->is_closing && !(c->work && c->work_must_finish)) { conn_log(c, "disconnect"); conn_free(c); }
-        else ms->conns[j++] = c; /* (deletions after QUIT are finished first: loop_work) */
+        /* deletions after QUIT are finished first (loop_work), and a delivery's commit (loop_group_commit):
+         * its copies are made, and freed half-way it would stay half-delivered */
+        if (c->is_closing && !(c->work && c->work_must_finish) && !c->commit_pending) {
+            conn_log(c, "disconnect");
+            conn_free(c);
+        } else {
+            ms->conns[j++] = c;
+        }
     }
     if (j < ms->nconns) ms->accept_rest_until = 0; /* descriptors were freed: a waiting client may have one */
     ms->nconns = j;
@@ -12100,6 +12142,10 @@ loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)
     for (i = 0; i < ms->nlst && !ms->accept_rest_until; i++) loop_watch(ms, &nfds, ms->lst[i].fd, POLLIN, NULL);
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
+        if (c->is_closing) { /* kept only for its work or its commit (loop_sweep): nothing to poll */
+            if (c->work) *wake = now;
+            continue;
+        }
         loop_watch(ms, &nfds, c->io.fd, conn_watch(c, now, wake), &c->io);
     }
     for (i = 0; i < ms->nout; i++) { /* Windows refuses a bad socket in the poll set: only those with one */
@@ -12199,6 +12245,7 @@ mailsrv_destroy(struct mailsrv *ms)
 {
     int i;
     if (!ms) return;
+    loop_commit_rest(ms);
     for (i = 0; i < ms->nconns; i++) conn_free(ms->conns[i]);
     for (i = 0; i < ms->nout; i++) mta_free(ms->out[i]);
     for (i = 0; i < ms->nqueue; i++) qentry_free(ms->queue[i]);
