@@ -5556,8 +5556,11 @@ view_cmp_name(const struct pop_msg *x, const struct pop_msg *y)
  * header line; "dirs" with the inode and mtime (ns) of new/ and cur/ when
  * it was made, and whether each mtime was settled when it was written
  * (os_mtime_settled: a later change cannot carry the same mtime); then
- * "SIZE NAME" for every message in the view's order. A cache, written
- * atomically: ignored and rebuilt when missing or malformed. When neither
+ * "SIZE NAME" for every message in the view's order; "end COUNT". A cache,
+ * written to a new file renamed over the old one, without fsync: ignored
+ * and rebuilt when missing, malformed or cut short (its end line is the
+ * last one written: a file whose last lines never reached the disk before a
+ * crash must not hide their messages). When neither
  * folder changed since and both were settled, the index is the view, and
  * nothing is listed or read, as Dovecot skips a Maildir whose folders'
  * mtimes did not move.
@@ -5568,7 +5571,7 @@ view_cmp_name(const struct pop_msg *x, const struct pop_msg *y)
  * index line) is short, and mdir_view_more stops when its time is up: the
  * loop serves the other sessions in between. */
 #define MS_SIZES_FILE "mailsrv-sizes"
-#define MS_SIZES_HEAD "mailsrv-sizes 2\n"
+#define MS_SIZES_HEAD "mailsrv-sizes 3\n"
 #define MS_SIZES_MAX (64L * 1024 * 1024) /* a larger index is ignored */
 #define MS_SIZES_CHUNK (256 * 1024)        /* index bytes read per step */
 
@@ -5587,7 +5590,7 @@ struct mdir_open {
     char *text;                   /* the index as read */
     size_t tlen, tcap, parsed;
     struct sizes_ent *ent;        /* its entries, in key order */
-    int nent, capent, bad;        /* bad: malformed, rewritten */
+    int nent, capent, bad, ended; /* bad: malformed, rewritten; ended: its "end COUNT" line was read */
     struct pop_msg **sorted, **tmp; /* MO_SORT: a bottom-up merge sort of pointers to the messages */
     int width, at;
     int next;                     /* MO_COPY: the next entry; MO_SIZES: the message being sized; MO_WRITE: the next to write */
@@ -5625,6 +5628,14 @@ sizes_parse(struct mdir_open *o, int lines)
         if (!nl) return 0; /* the rest of it comes with the next read */
         if (!lines) return 1;
         o->parsed = (size_t)(nl + 1 - o->text);
+        if (o->ended) { o->bad = 1; return 0; } /* nothing comes after the end */
+        if (memcmp(line, "end ", 4) == 0) {
+            *nl = 0;
+            o->ended = 1;
+            o->bad = strtol(line + 4, &sp, 10) != o->nent || *sp;
+            *nl = '\n';
+            continue;
+        }
         if (line == o->text) { /* the header line */
             o->bad = (size_t)(nl + 1 - line) != strlen(MS_SIZES_HEAD) || memcmp(line, MS_SIZES_HEAD, strlen(MS_SIZES_HEAD)) != 0;
             continue;
@@ -5694,7 +5705,7 @@ sizes_read_step(struct pop_view *v, struct mdir_open *o)
             o->tlen += (size_t)n;
             return 0;
         }
-        if (n < 0 || o->parsed != o->tlen) o->bad = 1; /* cut short: written by a writer that died */
+        if (n < 0 || o->parsed != o->tlen || !o->ended) o->bad = 1; /* cut short */
     }
     os_close(o->fd);
     o->fd = -1;
@@ -5882,6 +5893,13 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
     if (os_write_all(o->fd, o->out.p, o->out.len) < 0) o->next = -1;
     o->out.len = 0;
     if (o->next >= 0 && o->next < v->n) return 0;
+    if (o->next >= 0) {
+        int i, k = 0;
+        for (i = 0; i < v->n; i++) k += !strchr(v->msgs[i].name, '\n');
+        buf_printf(&o->out, "end %d\n", k);
+        if (os_write_all(o->fd, o->out.p, o->out.len) < 0) o->next = -1;
+        o->out.len = 0;
+    }
     if (os_close(o->fd) != 0 || o->next < 0 || os_replace(tmp, path) != 0) os_unlink(tmp);
     o->fd = -1;
     return 1;

@@ -496,7 +496,7 @@ def index_entries(idx):
     """The "SIZE NAME" lines of a mailsrv-sizes index: {unique name (up to the flags): size}."""
     out = {}
     for l in idx.split(b"\n")[1:-1]:
-        if l.startswith(b"dirs "):
+        if l.startswith(b"dirs ") or l.startswith(b"end "):
             continue
         size, name = l.split(b" ", 1)
         out[name.decode()[4:].split(":")[0]] = int(size)
@@ -522,10 +522,10 @@ def pop3_foreign_maildir_sizes_index(ctx):
     check_foreign_view(p, msgs, "first login")
     p.quit()
     idx = sizes_index(srv, addr)
-    check(idx is not None and idx.startswith(b"mailsrv-sizes 2\ndirs "), "no index after the first login: %r" % (idx,))
+    check(idx is not None and idx.startswith(b"mailsrv-sizes 3\ndirs "), "no index after the first login: %r" % (idx,))
     ent = index_entries(idx)
     check(sorted(ent) == sorted(msgs), "the index lists %d entries, not the 40 messages: %r" % (len(ent), idx[:200]))
-    names = [l.split(b" ", 1)[1][4:] for l in idx.split(b"\n")[2:-1]]
+    names = [l.split(b" ", 1)[1][4:] for l in idx.split(b"\n")[2:-2]]
     check(names == sorted(names, key=lambda n: (n.split(b":")[0], n)), "the index is not in name order")
     for uniq, size in ent.items():
         check(size == msgs[uniq][1], "index: %s has %d, the file makes %d" % (uniq, size, msgs[uniq][1]))
@@ -565,15 +565,26 @@ def pop3_foreign_maildir_sizes_index(ctx):
     dirs = [b"dirs %d %d 1 %d %d 1" % (st[0].st_ino, st[0].st_mtime_ns, st[1].st_ino, st[1].st_mtime_ns)]
     for evil in (b"5 cur/../../../bob/cur/x\n", b"5 new/.hidden\n"):
         with open(os.path.join(root, "mailsrv-sizes"), "wb") as f:
-            f.write(b"mailsrv-sizes 2\n" + b"".join(d + b"\n" for d in dirs) + evil)
+            f.write(b"mailsrv-sizes 3\n" + b"".join(d + b"\n" for d in dirs) + evil + b"end 1\n")
         p = srv.pop(addr)
         check_foreign_view(p, msgs, "after the index named %r" % evil)
         p.quit()
+    # an index cut at the end of a line (its last lines never reached the disk before a crash) under
+    # the folders' true state is not the view either: it must end with its "end COUNT" line
+    idx = sizes_index(srv, addr)
+    lines = idx.split(b"\n")
+    check(lines[-2] == b"end %d" % len(msgs), "the index does not end with its count: %r" % lines[-3:])
+    for cut in (lines[:-2], lines[:-7], lines[:-2] + [b"end 99999"], lines[:-1] + [lines[-3]]):
+        with open(os.path.join(root, "mailsrv-sizes"), "wb") as f:
+            f.write(b"\n".join(cut) + b"\n")
+        p = srv.pop(addr)
+        check_foreign_view(p, msgs, "after the index was cut to %d lines" % len(cut))
+        p.quit()
     # malformed or cut indexes are never believed
     first = sorted(msgs)[0]
-    for bad in (b"garbage\n", b"mailsrv-sizes 2\n12 new/zzz\n5 new/aaa\n", b"mailsrv-sizes 2\n1x2 new/" + first.encode() + b"\n",
-                b"mailsrv-sizes 2\n7 " + first.encode() + b"\n",
-                b"mailsrv-sizes 2\n" + b"".join(b"1 new/" + u.encode() + b"\n" for u in sorted(msgs))[:-1]):
+    for bad in (b"garbage\n", b"mailsrv-sizes 3\n12 new/zzz\n5 new/aaa\nend 2\n", b"mailsrv-sizes 3\n1x2 new/" + first.encode() + b"\nend 1\n",
+                b"mailsrv-sizes 3\n7 " + first.encode() + b"\nend 1\n",
+                b"mailsrv-sizes 3\n" + b"".join(b"1 new/" + u.encode() + b"\n" for u in sorted(msgs))[:-1]):
         with open(os.path.join(root, "mailsrv-sizes"), "wb") as f:
             f.write(bad)
         p = srv.pop(addr)
