@@ -1459,6 +1459,8 @@ static int mbox_compact_rec(const char *jf, uint64_t ino, int64_t a, int64_t b, 
 static int mbox_is_own_tail(int fd, int64_t off, int64_t size, const char *head, size_t hl);
 static int mbox_file_sum(int fd, int64_t off, int64_t n, char out[33]);
 static int mbox_is_own_batch(int fd, int64_t off, int64_t size, const char *list, size_t ln);
+static void mbox_move_start(struct mbox_move *mv, int64_t a, int64_t b, int64_t end, int64_t done);
+static void mbox_move_free(struct mbox_move *mv);
 static int mbox_move_step(int fd, const char *jf, uint64_t ino, struct mbox_move *mv);
 static int mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t end, int64_t done, const char *saved, int64_t plen);
 static void mbox_noted(const char *jf, const char *what);
@@ -4447,39 +4449,64 @@ mbox_is_own_batch(int fd, int64_t off, int64_t size, const char *list, size_t ln
 
 /* The removal of [a,b) from an mbox by moving [b,end) down to a: DONE
  * bytes moved so far (mbox_compact, mbox_move_step). */
-struct mbox_move { int64_t a, b, end, done; int small; };
+struct mbox_move {
+    int64_t a, b, end, done;
+    int small;
+    int phase;          /* the next step: 0 record that nothing is in flight, 1 save the piece, 2 move it */
+    char *piece;        /* ... read from b + done (phases 1-2) */
+    int64_t n;
+};
 
-/* One piece of a removal: each piece is first saved in the journal (up to
- * MS_MBOX_MOVE), so a restart writes the piece in flight again from there.
- * Where the journal cannot grow (a full disk), a piece is at most b-a long:
- * it never overwrites its own source, so a restart can move it again from
- * the file. After the last piece the file is cut and the journal cleared.
- * 1 when the removal is complete, 0 when more remains, -1 on failure. */
+static void
+mbox_move_start(struct mbox_move *mv, int64_t a, int64_t b, int64_t end, int64_t done)
+{
+    memset(mv, 0, sizeof *mv);
+    mv->a = a;
+    mv->b = b;
+    mv->end = end;
+    mv->done = done;
+}
+
+static void mbox_move_free(struct mbox_move *mv) { free(mv->piece); mv->piece = NULL; }
+
+/* One step of a removal, each with one fsync: a piece (up to MS_MBOX_MOVE)
+ * is first saved in the journal, so a restart writes the piece in flight
+ * again from there, then moved. Where the journal cannot grow (a full
+ * disk), a piece is at most b-a long: it never overwrites its own source,
+ * so a restart can move it again from the file. After the last piece the
+ * file is cut and the journal cleared. 1 when the removal is complete, 0
+ * when more remains, -1 on failure. */
 static int
 mbox_move_step(int fd, const char *jf, uint64_t ino, struct mbox_move *mv)
 {
     int64_t n = mv->end - mv->b - mv->done < MS_MBOX_MOVE ? mv->end - mv->b - mv->done : MS_MBOX_MOVE;
-    char *buf;
-    int rc = -1;
-    if (n <= 0) {
-        if (os_truncate(fd, mv->end - (mv->b - mv->a)) != 0 || os_fsync(fd) != 0) return -1;
-        return mbox_journal_clear(jf) == 0 ? 1 : -1;
+    if (mv->phase == 0) {
+        if (n <= 0) {
+            if (os_truncate(fd, mv->end - (mv->b - mv->a)) != 0 || os_fsync(fd) != 0) return -1;
+            return mbox_journal_clear(jf) == 0 ? 1 : -1;
+        }
+        /* nothing in flight: every move before done is durable */
+        if (mbox_compact_rec(jf, ino, mv->a, mv->b, mv->end, mv->done, NULL, 0) != 0) return -1;
+        mv->phase = 1;
+        return 0;
     }
-    /* nothing in flight: every move before done is durable */
-    if (mbox_compact_rec(jf, ino, mv->a, mv->b, mv->end, mv->done, NULL, 0) != 0) return -1;
-    if (mv->small && n > mv->b - mv->a) n = mv->b - mv->a;
-    buf = xrealloc(NULL, (size_t)n);
-    if (os_pread(fd, buf, (size_t)n, mv->b + mv->done) != (long)n) goto out;
-    if (!mv->small && mbox_compact_rec(jf, ino, mv->a, mv->b, mv->end, mv->done, buf, n) != 0) {
-        mv->small = 1; /* no room for the piece: small ones, moved from the file again after a crash */
-        if (n > mv->b - mv->a) n = mv->b - mv->a;
+    if (mv->phase == 1) {
+        if (mv->small && n > mv->b - mv->a) n = mv->b - mv->a;
+        mv->piece = xrealloc(mv->piece, (size_t)n);
+        if (os_pread(fd, mv->piece, (size_t)n, mv->b + mv->done) != (long)n) return -1;
+        if (!mv->small && mbox_compact_rec(jf, ino, mv->a, mv->b, mv->end, mv->done, mv->piece, n) != 0) {
+            mv->small = 1; /* no room for the piece: small ones, moved from the file again after a crash */
+            if (n > mv->b - mv->a) n = mv->b - mv->a;
+        }
+        mv->n = n;
+        mv->phase = 2;
+        return 0;
     }
-    if (os_pwrite_all(fd, buf, (size_t)n, mv->a + mv->done) < 0 || os_fsync(fd) != 0) goto out;
-    mv->done += n;
-    rc = 0;
-out:
-    free(buf);
-    return rc;
+    if (os_pwrite_all(fd, mv->piece, (size_t)mv->n, mv->a + mv->done) < 0 || os_fsync(fd) != 0) return -1;
+    mv->done += mv->n;
+    mv->phase = 0;
+    mbox_move_free(mv);
+    return 0;
 }
 
 /* Removes [a,b) by moving [b,end) down to a, from done on, in place (a
@@ -4492,16 +4519,13 @@ mbox_compact(int fd, const char *jf, uint64_t ino, int64_t a, int64_t b, int64_t
 {
     struct mbox_move mv;
     int r;
-    mv.a = a;
-    mv.b = b;
-    mv.end = end;
-    mv.done = done;
-    mv.small = 0;
     if (plen > 0) {
         if (os_pwrite_all(fd, saved, (size_t)plen, a + done) < 0 || os_fsync(fd) != 0) return -1;
-        mv.done += plen;
+        done += plen;
     }
+    mbox_move_start(&mv, a, b, end, done);
     while ((r = mbox_move_step(fd, jf, ino, &mv)) == 0) {}
+    mbox_move_free(&mv);
     return r > 0 ? 0 : -1;
 }
 
@@ -6473,6 +6497,7 @@ mbox_work_end(struct pop_view *v)
     if (!w) return;
     mbox_unlock(v->path, w->fd);
     mbox_hold(v->path, 0);
+    mbox_move_free(&w->mv);
     view_free(&w->now);
     free(w->raw);
     free(w);
@@ -6703,9 +6728,9 @@ mbox_update_index(struct pop_view *v)
 }
 
 /* RFC 1939 6, in slices: the file is read again (mbox_work_scan), then
- * each run of deleted messages is removed in place, the last first, one
- * piece (mbox_move_step: a journal record, a move of up to MS_MBOX_MOVE,
- * an fsync) per step; no space needed. The locks are held from the first
+ * each run of deleted messages is removed in place, the last first, in
+ * pieces (mbox_move_step: a journal record, the piece saved in the journal,
+ * the piece moved, each a step with its fsync); no space needed. The locks are held from the first
  * step to the last; deliveries to the mbox meanwhile get 451 (mbox_held),
  * as when another program holds it. */
 static int
@@ -6740,11 +6765,8 @@ mbox_expunge(struct pop_view *v, int64_t until)
             return 1;
         }
         for (j = i; j > 0 && w->now.msgs[j - 1].deleted; j--) {}
-        w->mv.a = w->now.msgs[j].from_off;
-        w->mv.b = i + 1 < w->now.n ? w->now.msgs[i + 1].from_off : w->end;
-        w->mv.end = w->end;
-        w->mv.done = 0;
-        w->mv.small = 0;
+        mbox_move_start(&w->mv, w->now.msgs[j].from_off, i + 1 < w->now.n ? w->now.msgs[i + 1].from_off : w->end,
+                        w->end, 0);
         w->moving = 1;
         w->next = j - 1;
     } while (os_now_us() < until);
