@@ -11807,11 +11807,12 @@ loop_refuse(ms_sock_t s, enum proto proto, int rate)
 }
 
 /* Descriptors for the configuration: two per session (its socket, and the file of the message it
- * receives or of the mbox it reads or rewrites), one per listener, two per outbound session (its
- * socket and its message file), and MS_FD_SPARE for the files opened meanwhile. The soft limit is
- * raised towards that (os_raise_fd_limit). Where the hard limit is lower, the sessions are capped at
- * what it leaves (max_sessions), so that each can still open its file, and the log says so once for
- * each new shortfall. At listen and at each reload. */
+ * receives or of the mailbox it reads), one per listener, two per outbound session (its socket and
+ * its message file), and MS_FD_SPARE for the files opened meanwhile. The soft limit is raised
+ * towards that (os_raise_fd_limit). Where the hard limit is lower, the sessions are capped at two
+ * thirds of what it leaves (max_sessions): idle sessions hold one descriptor, and the last third is
+ * for the files of those receiving or reading at once (a session that finds none answers 451 or
+ * -ERR: nothing is lost). The log says so once for each new shortfall. At listen and at each reload. */
 static void
 loop_fit_fd_limit(struct mailsrv *ms)
 {
@@ -11824,7 +11825,7 @@ loop_fit_fd_limit(struct mailsrv *ms)
         ms_log(ms, "descriptor limit (ulimit -n) raised from %ld to %ld for max_clients = %ld", before, limit,
                c->max_clients);
     if (limit < 0 || limit >= need) { ms->fd_need = 0; return; }
-    ms->max_sessions = (limit - others) / 2 > limit / 4 ? (limit - others) / 2 : limit / 4;
+    ms->max_sessions = (limit - others) * 2 / 3 > limit / 4 ? (limit - others) * 2 / 3 : limit / 4;
     if (ms->max_sessions < 1) ms->max_sessions = 1;
     if (ms->fd_need == need) return; /* said already */
     ms->fd_need = need;
