@@ -5654,7 +5654,7 @@ sizes_parse(struct mdir_open *o, int lines)
         if (!lines) return 1;
         o->parsed = (size_t)(nl + 1 - o->text);
         if (o->ended) { o->bad = 1; return 0; } /* nothing comes after the end */
-        if (memcmp(line, "end ", 4) == 0) {
+        if (line != o->text && memcmp(line, "end ", 4) == 0) {
             *nl = 0;
             o->ended = 1;
             o->bad = strtol(line + 4, &sp, 10) != o->nent || *sp;
@@ -8710,8 +8710,8 @@ smtp_tx_reset(struct conn *c)
     free(s->lists);
     s->lists = NULL;
     s->nlists = 0;
-    if (s->delivering) { /* refused or gone half-way: no copy stays (a session freed while its */
-        store_job_abort(&s->job); /* commit was owed keeps its copies made, its queued appends are dropped) */
+    if (s->delivering) { /* refused or gone half-way: no copy stays (a session whose commit is owed */
+        store_job_abort(&s->job); /* is not freed before it ends: loop_sweep, loop_commit_rest) */
         store_rollback(s->undo, s->nundo);
         s->delivering = 0;
     }
@@ -11793,7 +11793,8 @@ list_incoming(struct conn *c)
  * lines; a slice of the sessions' long work (loop_work: logins, mailbox
  * views, deletions, deliveries to many mailboxes); a slice of the group
  * commit (the folders' fsyncs, then the mbox appends); timers; the relay;
- * then free the sessions marked closing.
+ * then free the sessions marked closing (those whose commit or QUIT
+ * deletions are still being made stay until they are done).
  */
 
 /* Sessions with long work in progress (a login's hash, a mailbox's view,
@@ -11838,9 +11839,10 @@ loop_refuse(ms_sock_t s, enum proto proto, int rate)
  * receives or of the mailbox it reads), one per listener, two per outbound session (its socket and
  * its message file), and MS_FD_SPARE for the files opened meanwhile. The soft limit is raised
  * towards that (os_raise_fd_limit). Where the hard limit is lower, the sessions are capped at two
- * thirds of what it leaves (max_sessions): idle sessions hold one descriptor, and the last third is
- * for the files of those receiving or reading at once (a session that finds none answers 451 or
- * -ERR: nothing is lost). The log says so once for each new shortfall. At listen and at each reload. */
+ * thirds of what it leaves (a quarter of the limit at least, max_clients at most): idle sessions
+ * hold one descriptor, and the last third is for the files of those receiving or reading at once
+ * (a session that finds none answers 451 or -ERR: nothing is lost). The log says so once for each
+ * new shortfall below max_clients. At listen and at each reload. */
 static void
 loop_fit_fd_limit(struct mailsrv *ms)
 {
@@ -11855,6 +11857,11 @@ loop_fit_fd_limit(struct mailsrv *ms)
     if (limit < 0 || limit >= need) { ms->fd_need = 0; return; }
     ms->max_sessions = (limit - others) * 2 / 3 > limit / 4 ? (limit - others) * 2 / 3 : limit / 4;
     if (ms->max_sessions < 1) ms->max_sessions = 1;
+    if (ms->max_sessions >= c->max_clients) { /* short of two each, but all of max_clients fit */
+        ms->max_sessions = c->max_clients;
+        ms->fd_need = 0;
+        return;
+    }
     if (ms->fd_need == need) return; /* said already */
     ms->fd_need = need;
     ms_log(ms, "max_clients = %ld needs about %ld descriptors but the limit is %ld (ulimit -n; its hard limit "
@@ -12043,7 +12050,8 @@ loop_group_commit(struct mailsrv *ms)
 /* At the end (the stop's grace time is over): the batch being committed and
  * those owed are made before their sessions go, which take no more commands.
  * Their copies are made: a session freed before its commit would leave its
- * message half-delivered. */
+ * message half-delivered. Their answers are sent where a socket takes them
+ * at once (a client that gets none sends the message again). */
 static void
 loop_commit_rest(struct mailsrv *ms)
 {
@@ -12053,6 +12061,7 @@ loop_commit_rest(struct mailsrv *ms)
         loop_group_commit(ms);
         for (owed = ms->committing, i = 0; i < ms->nconns && !owed; i++) owed = ms->conns[i]->commit_pending;
     } while (owed);
+    for (i = 0; i < ms->nconns; i++) conn_send(ms->conns[i]); /* their 250s, where a socket takes them now */
 }
 
 static void
@@ -12236,7 +12245,8 @@ loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct tra
 }
 
 /* The poll set: the listeners (unless they rest: loop_accept_rest), then
- * every session with a socket. *wake comes down to when the first of them
+ * every session with a socket, but for those kept only to finish their
+ * work or commit after they closed. *wake comes down to when the first of them
  * needs a turn anyway. */
 static int
 loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake)

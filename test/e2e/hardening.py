@@ -236,6 +236,28 @@ def fd_limit_too_low_refuses_waits_and_recovers(ctx):
     check(srv.alive(), "the server died")
 
 
+@test(unix_only=True, limit=60)
+def fd_limit_short_of_two_each_keeps_max_clients(ctx):
+    # a hard limit of 256 is short of two descriptors for each of max_clients = 80 (267), but all 80
+    # sessions fit in the two thirds left for them: no shortfall is logged, and max_clients still
+    # holds (the 81st client gets 421). A review found the cap at 99 sessions here, over max_clients.
+    need_native("prlimit wraps the server process")
+    prlimit = need_program("prlimit", "util-linux")
+    srv = ctx.server(server=dict(MANY, max_clients="80", max_per_ip="1000"))
+    srv.wrap = [prlimit, "--nofile=256:256", "--"]
+    srv.start()
+    check("needs about" not in srv.log_text(), "a shortfall logged: %s" % short(srv.log_text(), 600))
+    socks, greeted, other = open_idle(srv.smtp_port, 80, secs(10))
+    try:
+        check(greeted == 80, "%d of 80 connections greeted" % greeted)
+        c = srv.ctx.track(Smtp(srv.smtp_port))
+        code, text = c.reply()
+        check(code == 421, "connection 81 with max_clients = 80: %d %s, expected 421" % (code, text))
+    finally:
+        for s in socks:
+            s.close()
+
+
 @test(unix_only=True, limit=90)
 def fd_limit_every_session_at_the_cap_receives(ctx):
     # Issue 14: under a hard limit of 256, as many sessions as the log says it holds each receive a
