@@ -37,7 +37,8 @@ SECTIONS = ["cli", "smtp", "pop3", "capture_crash", "relay", "tls", "lists", "ha
             "trust_abuse", "trust_config", "peers", "claims"]
 MODULES = [importlib.import_module("e2e.harness")] + [importlib.import_module("e2e." + name) for name in SECTIONS]
 
-from e2e.harness import REPO, SEED, SKIPPED, SKIP_KIND, SKIP_WHY, TESTS, TLS_TESTS, run_cli, run_test, secs  # noqa: E402
+from e2e.harness import (DURATIONS, REPO, SEED, SKIPPED, SKIP_KIND, SKIP_WHY, TESTS, TLS_TESTS, run_cli, run_test,  # noqa: E402
+                         secs)
 from e2e.tls import tls_built  # noqa: E402
 from e2e.hardening import FAULT_TESTS  # noqa: E402
 
@@ -87,6 +88,9 @@ def main():
         else:
             failed += 1
     print("# %d tests in %.1fs" % (passed + failed, time.monotonic() - t0))
+    slow = sorted(DURATIONS.items(), key=lambda kv: -kv[1])[:10]
+    if slow:
+        print("# slowest: " + ", ".join("%s %.1fs" % kv for kv in slow))
     ci = os.environ.get("CI") == "true"
     skipped = []
     for name in SKIPPED:

@@ -761,6 +761,7 @@ TESTS = []
 SKIPPED = []  # tests that do not apply to this platform (or build)
 SKIP_WHY = {}  # test name -> reason, when it is not "not on this platform"
 SKIP_KIND = {}  # test name -> why the skip is expected (one of EXPECTED_SKIPS), or None
+DURATIONS = {}  # test name -> seconds it took (e2e.py prints the slowest: CI's time budget)
 # Skips that are expected where they happen: timing measured only natively; root-only tests run as
 # a user; Unix-only tests on Windows; TLS tests in the build without TLS; tests that need a native
 # server process under an emulator, wine or valgrind. Any other skip (a missing
@@ -927,6 +928,7 @@ def run_test(name, fn, kw, limit):
                 s.kill9()
         t.join(secs(5))
     ok = "ok" in res and not aborted
+    DURATIONS[name] = time.monotonic() - t_start
     if SANLOG:  # stop the servers first: leaks are reported at exit
         ctx.stop_servers(aborted)
         reports = san_reports(ctx)
