@@ -9,6 +9,8 @@ with smtplib, poplib, raw sockets and curl.
 --bin   the server binary (default: ./mailsrv in the repository root, the folder above test/)
 --run   a command prefix put before the binary, e.g. "qemu-arm -L /usr/arm-linux-gnueabihf" or "wine"
 -k      only run tests whose name contains SUBSTRING
+--shard I/N  only every Nth test of those, from the Ith (0-based): two emulated platforms that
+        share a third's ABI each run half of the suite (Makefile: cross-arm64-test, cross-armv6-test)
 MAILSRV_TEST_SLACK (default 1.0) multiplies every deadline (for emulators and slow machines).
 MAILSRV_TEST_KEEP=1 keeps the temporary folders of failed tests.
 MAILSRV_TEST_SANLOG=DIR: the folder where the servers' sanitizer (san.PID) or valgrind (vg.PID)
@@ -50,7 +52,14 @@ def main():
     ap.add_argument("-k", dest="filter", action="append", default=None,
                     help="only tests whose name contains this (repeatable: any of them)")
     ap.add_argument("--list", action="store_true", help="list the test names and exit")
+    ap.add_argument("--shard", default="0/1", help="I/N: only every Nth test, from the Ith (0-based)")
     a = ap.parse_args()
+    try:
+        shard, nshards = (int(x) for x in a.shard.split("/"))
+        if not 0 <= shard < nshards:
+            raise ValueError
+    except ValueError:
+        ap.error("--shard takes I/N with 0 <= I < N")
     BIN = os.path.abspath(a.bin)
     try:
         sys.stdout.reconfigure(line_buffering=True)
@@ -63,7 +72,7 @@ def main():
                 setattr(m, name, value)
     print("# random seed %d (MAILSRV_TEST_SEED=%d repeats this run's random choices)" % (SEED, SEED))
     socket.setdefaulttimeout(secs(10))
-    sel = [t for t in TESTS if not a.filter or any(f in t[0] for f in a.filter)]
+    sel = [t for t in TESTS if not a.filter or any(f in t[0] for f in a.filter)][shard::nshards]
     if a.list:
         for t in sel:
             print(t[0])

@@ -6,6 +6,7 @@
 #   --logs DIR     where sanitizer (san.PID) or valgrind (vg.PID) reports go: emptied first; each
 #                  report is a failure (e2e.py names the test it came from: vg.PID.TEST)
 #   -k SUBSTRING   only the end-to-end tests whose name contains it (repeatable)
+#   --shard I/N    only every Nth end-to-end test, from the Ith (0-based)
 #   --san          binaries built with SAN=1: ASan/UBSan/LSan report into the --logs folder
 #                  (default: a temporary one, kept only if it holds a report) and abort
 cd "$(dirname "$0")/.." || exit 1
@@ -18,7 +19,8 @@ while [ $# -gt 0 ]; do
         --logs) logs=$2; shift 2;;
         --san) san=1; shift;;
         -k) filter="$filter -k $2"; shift 2;;
-        *) echo "usage: $0 [--unit CMD] [--bin FILE] [--run PREFIX] [--logs DIR] [--san] [-k SUBSTRING]" >&2; exit 2;;
+        --shard) filter="$filter --shard $2"; shift 2;;
+        *) echo "usage: $0 [--unit CMD] [--bin FILE] [--run PREFIX] [--logs DIR] [--san] [-k SUBSTRING] [--shard I/N]" >&2; exit 2;;
     esac
 done
 out=$(mktemp)
