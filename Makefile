@@ -98,16 +98,18 @@ $(SAN_DIR)/%: UNIT_FLAGS = $(CFLAGS) $(SAN_FLAGS)
 bench: mailsrv
 	$(PYTHON) test/bench.py
 
-# The native suite without TLS, whatever TLS says (the TLS tests report themselves skipped).
-# Its own paths, so it never mixes with ./mailsrv.
+# The native suite without TLS, whatever TLS says (the TLS tests report themselves skipped):
+# the unit tests and half of the end-to-end tests (the build differs from ./mailsrv only where TLS
+# is; NOTLS_SHARD=0/1 runs all of them). Its own paths, so it never mixes with ./mailsrv.
 build/notls/%: BIN_DEFS = -DMAILSRV_ENABLE_TLS=0
 build/notls/%: BIN_LIBS = -linih
 build/notls/%: DEPS_CMD = ./test/deps.sh --check --no-tls
 build/notls/unit: build/notls/mailsrv
+NOTLS_SHARD ?= 1/2
 notls-test:
 	@./test/deps.sh --test --no-tls
 	$(MAKE) build/notls/mailsrv build/notls/unit
-	./test/run_tests.sh --unit build/notls/unit --bin build/notls/mailsrv
+	./test/run_tests.sh --unit build/notls/unit --bin build/notls/mailsrv --shard $(NOTLS_SHARD)
 
 # Fault injection: a build whose Nth write/fsync/rename/link/malloc fails on request
 # (MAILSRV_FAULT=OP:N), and the e2e fault_ tests that drive it. Never a real build.
@@ -118,17 +120,20 @@ fault-test:
 	$(MAKE) mailsrv build/faults/mailsrv
 	$(PYTHON) test/e2e.py --bin build/faults/mailsrv
 
-# The unit tests and the end-to-end suite under valgrind, against ./mailsrv (MAILSRV_TEST_SLACK:
-# valgrind is slow). Every process logs to build/valgrind/vg.PID, which e2e.py renames after its
-# test (vg.PID.TEST); an error or a definite/indirect leak (at a clean exit) fails the test.
+# The unit tests and half of the end-to-end suite under valgrind, against ./mailsrv
+# (MAILSRV_TEST_SLACK: valgrind is slow; the sanitizer run, `make test SAN=1`, covers every test:
+# the half keeps CI within its time). Every process logs to build/valgrind/vg.PID, which e2e.py
+# renames after its test (vg.PID.TEST); an error or a definite/indirect leak (at a clean exit)
+# fails the test. VG_SHARD=0/1 runs all of it.
 VALGRIND = valgrind --leak-check=full --error-exitcode=99 --errors-for-leak-kinds=definite,indirect
 VG_LOGS  = $(CURDIR)/build/valgrind
+VG_SHARD ?= 0/2
 valgrind-test:
 	@./test/deps.sh --test $(DEPS_OPT)
 	@command -v valgrind >/dev/null || { echo "valgrind-test needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 	$(MAKE) mailsrv test/unit
 	MAILSRV_TEST_SLACK=4 ./test/run_tests.sh --logs $(VG_LOGS) --unit "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p test/unit" \
-	    --run "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p"
+	    --run "$(VALGRIND) --log-file=$(VG_LOGS)/vg.%p" --shard $(VG_SHARD)
 
 # ---- other platforms (see README "Platforms") --------------------------------------
 # Toolchains come from Debian (test/deps.sh --cross); inih and BearSSL are built from
