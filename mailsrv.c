@@ -5177,7 +5177,7 @@ store_commit_begin(struct dirset *ds)
 /* After the mbox appends of a batch, one step of taking back the copies of
  * the transactions that failed, the last first, below ds->mb[i]: returns
  * where the next step ends (0: done). store_rollback takes back their other
- * copies, the sessions' undo lists. A copy another transaction's followed
+ * copies, the sessions' undo lists. A copy that another transaction's follows
  * in the same mbox stays (mbox_undo cuts only the file's tail): its client
  * got 451 and may send it again, a duplicate, never a loss. */
 static int
@@ -6758,9 +6758,9 @@ mbox_update_index(struct pop_view *v)
 /* RFC 1939 6, in slices: the file is read again (mbox_work_scan), then
  * each run of deleted messages is removed in place, the last first, in
  * pieces (mbox_move_step: a journal record, the piece saved in the journal,
- * the piece moved, each a step with its fsync); no space needed. The locks are held from the first
- * step to the last; deliveries to the mbox meanwhile get 451 (mbox_held),
- * as when another program holds it. */
+ * the piece moved, each a step with its fsync); no space needed. The locks
+ * are held from the first step to the last; deliveries to the mbox
+ * meanwhile get 451 (mbox_held), as when another program holds it. */
 static int
 mbox_expunge(struct pop_view *v, int64_t until)
 {
