@@ -2079,7 +2079,8 @@ static const uint32_t sha256_k[64] = {
 #define SHA_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 /* One round, eight of them unrolled with the roles of a..h turning, instead
  * of moving each word one place down every round (the compression is most of
- * a login's PBKDF2: twice as fast this way with gcc -O2). */
+ * a login's PBKDF2: with the fixed blocks of pbkdf2_step, 10,000 iterations
+ * went from 9.1 to 6.3 ms with gcc -O2). */
 #define SHA_ROUND(a, b, c, d, e, f, g, h, i)                                                            \
     do {                                                                                                 \
         uint32_t t1_ = (h) + (SHA_ROR(e, 6) ^ SHA_ROR(e, 11) ^ SHA_ROR(e, 25)) + ((g) ^ ((e) & ((f) ^ (g)))) + \
@@ -5619,6 +5620,7 @@ struct mdir_open {
     struct pop_msg **sorted, **tmp; /* MO_SORT: a bottom-up merge sort of pointers to the messages */
     int width, at;
     int next;                     /* MO_COPY: the next entry; MO_SIZES: the message being sized; MO_WRITE: the next to write */
+    int lines;                    /* MO_WRITE: the entries the index holds (names without a line end) */
     struct line_reader lr;        /* ... when it is read: where, and its size so far */
     int64_t size;
     int bol;
@@ -5896,16 +5898,16 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
         return 1;
     if (o->fd < 0) {
         struct os_stat st;
-        int i, whole = 1;
+        int i;
         o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
         if (o->fd < 0 && errno == EEXIST && os_stat(tmp, &st) == 0 && st.mtime < (int64_t)time(NULL) - 60) {
             os_unlink(tmp); /* left by a writer that died */
             o->fd = os_open(tmp, O_WRONLY | O_CREAT | O_EXCL | MS_O_NOFOLLOW, 0600);
         }
         if (o->fd < 0) return 1; /* another writer is at it, or a folder we cannot write */
-        for (i = 0; i < v->n; i++) whole &= strchr(v->msgs[i].name, '\n') == NULL;
+        for (o->lines = i = 0; i < v->n; i++) o->lines += strchr(v->msgs[i].name, '\n') == NULL;
         buf_adds(&o->out, MS_SIZES_HEAD);
-        if (whole)
+        if (o->lines == v->n) /* a name with a line end is left out: then the index is not the whole view */
             buf_printf(&o->out, "dirs %llu %lld %d %llu %lld %d\n", (unsigned long long)o->now[0].ino,
                        (long long)os_mtime_ns(&o->now[0]), o->now_settled[0], (unsigned long long)o->now[1].ino,
                        (long long)os_mtime_ns(&o->now[1]), o->now_settled[1]);
@@ -5919,9 +5921,7 @@ mdir_write_step(struct pop_view *v, struct mdir_open *o)
     o->out.len = 0;
     if (o->next >= 0 && o->next < v->n) return 0;
     if (o->next >= 0) {
-        int i, k = 0;
-        for (i = 0; i < v->n; i++) k += !strchr(v->msgs[i].name, '\n');
-        buf_printf(&o->out, "end %d\n", k);
+        buf_printf(&o->out, "end %d\n", o->lines);
         if (os_write_all(o->fd, o->out.p, o->out.len) < 0) o->next = -1;
         o->out.len = 0;
     }
