@@ -18,12 +18,19 @@ DEPS_OPT = --no-tls
 else
 $(error TLS must be 0 or 1, not "$(TLS)")
 endif
+# HTTP=1 (default): the HTTP API (section 12 of mailsrv.c) and its MIME reader. HTTP=0: neither;
+# an `http =` listener is then a configuration error. Every target honours it.
+HTTP    ?= 1
+ifneq ($(filter-out 0 1,$(HTTP)),)
+$(error HTTP must be 0 or 1, not "$(HTTP)")
+endif
+TLS_DEFS += -DMAILSRV_ENABLE_HTTP=$(HTTP)
 LIBS     = -linih $(TLS_LIBS)
 # Binary names do not say how they were built, so every mailsrv and unit binary depends on
 # build/tls-$(TLS). Switching TLS deletes the other stamp and creates this one, newer than every
 # binary, so they are rebuilt; the same setting again finds its stamp and rebuilds nothing.
 # (Switching back and forth also rebuilds the cross binaries once: a few seconds, not BearSSL.)
-TLS_STAMP = build/tls-$(TLS)
+TLS_STAMP = build/tls-$(TLS)-http$(HTTP)
 # SAN=1: AddressSanitizer + UndefinedBehaviorSanitizer (gcc or clang). The sanitized binaries live
 # in build/san-tls$(TLS)/, never in ./mailsrv or test/unit; `make test SAN=1` runs the whole suite
 # against them and fails on any sanitizer report (test/run_tests.sh --san). Their stamp names the
@@ -75,7 +82,7 @@ $(UNIT_BINS): %: test/unit.c mailsrv.c mailsrv.h
 	$(BIN_CC) $(WARN) $(UNIT_FLAGS) $(BIN_DEFS) -Wno-unused-function -o $@ test/unit.c $(BIN_LIBS)
 
 $(TLS_STAMP):
-	@mkdir -p build && rm -f build/tls-0 build/tls-1 && touch $@
+	@mkdir -p build && rm -f build/tls-* && touch $@
 mailsrv test/unit: $(TLS_STAMP)
 
 run: mailsrv
@@ -142,7 +149,7 @@ INIH_VER   = 59-1
 INIH_DIR   = deps/inih-r59
 BEARSSL_VER = 0.6+dfsg.1-3
 BEARSSL_DIR = deps/bearssl-0.6
-XTLS_DEFS  = $(if $(filter 1,$(TLS)),-DMAILSRV_ENABLE_TLS=1 -I$(BEARSSL_DIR)/inc,-DMAILSRV_ENABLE_TLS=0)
+XTLS_DEFS  = $(if $(filter 1,$(TLS)),-DMAILSRV_ENABLE_TLS=1 -I$(BEARSSL_DIR)/inc,-DMAILSRV_ENABLE_TLS=0) -DMAILSRV_ENABLE_HTTP=$(HTTP)
 XDEFS      = -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) $(XTLS_DEFS)
 # Unwind tables only serve debuggers here (C, no exceptions): leaving them out keeps the
 # static musl build without TLS under 150 KB. Windows x64 keeps them (its SEH needs them).
@@ -217,10 +224,11 @@ $(XDIRS:=/%): DEPS_CMD   =
 build/musl/% build/musl-notls/% build/armv6/%: XLINK = -static
 # -ladvapi32: BearSSL's system RNG seeder (CryptGenRandom); mingw gcc adds it anyway, clang does not
 build/windows/%: XLINK = -lws2_32 -liphlpapi -ladvapi32
-# musl static without TLS: the footprint benchmark's "< 150 KB without TLS" figure. Linked
+# musl static without TLS and HTTP (the smallest build): the footprint benchmark's "< 150 KB
+# without TLS" figure. Linked
 # without -z separate-code (binutils' layout before 2.31): that saves 7 KB of page padding.
 build/musl-notls/%: BIN_FLAGS = $(XFLAGS) -Wl,-z,noseparate-code
-build/musl-notls/%: BIN_DEFS  = -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) -DMAILSRV_ENABLE_TLS=0
+build/musl-notls/%: BIN_DEFS  = -DINI_HANDLER_LINENO=1 -I$(INIH_DIR) -DMAILSRV_ENABLE_TLS=0 -DMAILSRV_ENABLE_HTTP=0
 build/musl-notls/%: BIN_LIBS  = build/musl/libinih.a $(XLINK)
 build/musl/mailsrv:         $(call XLIBS,musl) $(TLS_STAMP)
 build/musl-notls/mailsrv:   build/musl/libinih.a
@@ -306,7 +314,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                -fsanitize-coverage-ignorelist=test/fuzz/coverage-ignore.txt $(FUZZ_DEFS)
-FUZZ_TARGETS  = dns dns_tcp reply queue_env data auth smtp_cmd ini mbox maildir list list_post $(if $(filter 1,$(TLS)),pem starttls) smtp_session pop_session
+FUZZ_TARGETS  = dns dns_tcp reply queue_env data auth smtp_cmd ini mbox maildir list list_post $(if $(filter 1,$(TLS)),pem starttls) smtp_session pop_session $(if $(filter 1,$(HTTP)),http mime)
 build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h test/fuzz/coverage-ignore.txt mailsrv.c mailsrv.h $(TLS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)

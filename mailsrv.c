@@ -36,12 +36,14 @@
  *      rights; slots and per-client limits; messages the server writes
  *  10. SMTP server session
  *  11. POP3 server session
- *  12. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
- *  13. Mailing lists: confirmed subscription, posts, bounce counting
- *  14. Event loop: listeners, accept, long work in slices, group commit, timers,
+ *  12. HTTP: the Mailpit-compatible API (requests, logins, routes, the
+ *      store's views per request, searches, deletions, read marks)
+ *  13. Relay: DNS client, outbound SMTP sessions, the queue runner, bounces
+ *  14. Mailing lists: confirmed subscription, posts, bounce counting
+ *  15. Event loop: listeners, accept, long work in slices, group commit, timers,
  *      reload, stop, and the loop turn itself (mailsrv_poll)
- *  15. Public API (mailsrv.h): create, configure, listen, run, destroy
- *  16. Command line and main(): check, add/del/users, queue, gencert, passwd
+ *  16. Public API (mailsrv.h): create, configure, listen, run, destroy
+ *  17. Command line and main(): check, add/del/users, queue, gencert, passwd
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
  * file). MAILSRV_ENABLE_TLS=1 adds TLS with BearSSL (section 8).
@@ -65,6 +67,9 @@
 #endif
 #if MAILSRV_ENABLE_TLS
 #include <bearssl.h>
+#endif
+#ifndef MAILSRV_ENABLE_HTTP
+#define MAILSRV_ENABLE_HTTP 1 /* the Makefile passes 0 with HTTP=0: no HTTP API, no MIME reader */
 #endif
 #ifndef MAILSRV_FAULTS
 #define MAILSRV_FAULTS 0 /* 1: fault injection for the tests (`make fault-test`); never in a real build */
@@ -189,9 +194,29 @@
 #define MS_DEF_SESSION_TIME 3600  /* max_session_time: then ended between two transactions */
 #define MS_DEF_TIMEOUT 300        /* RFC 5321 4.5.3.2: 5 minutes */
 
+#define MS_HTTP_HEAD_MAX 16384    /* a request's head (nginx's large_client_header_buffers: 4 x 8 KB) */
+#define MS_HTTP_TARGET_MAX 2048   /* its path and query */
+#define MS_HTTP_AUTH_MAX 1024     /* its Authorization field */
+#define MS_HTTP_FIELDS_MAX 100    /* its header fields (Go's net/http reads up to 1 MB; Mailpit clients send 5-10) */
+#define MS_HTTP_ARG_MAX 256       /* an {ID} or {PartID} in a path */
+#define MS_HTTP_BODY_MAX (1024 * 1024) /* a request's body (JSON: IDs to delete, a search) */
+#define MS_HTTP_ADDRS 100         /* addresses shown of one field */
+#define MS_HTTP_TERMS 16          /* terms of one search */
+#define MS_HTTP_HEAD_ONLY 0       /* http_read_msg: the header block only */
+#define MS_HTTP_SUMMARY_READ (256 * 1024) /* of each message listed or searched (the snippet, the parts) */
+#define MS_HTTP_MSG_MAX (64L * 1024 * 1024) /* of a message shown whole (max_message_size is at most ...) */
+#define MS_HTTP_LOGINS 64         /* Basic logins remembered, so that a client's next request is not hashed again */
+#define MS_HTTP_LOGIN_TTL_MS 300000 /* ... for 5 minutes (Dovecot's auth_cache_ttl is 1 hour) */
+#define MS_JSON_DEPTH 32
+#define MS_JSON_TOKENS 100000
+
+/* Mailpit's chaos triggers (the HTTP API sets them): SMTP answers MAIL, RCPT or AUTH with an
+ * error, with a probability, so that applications can test their retries. */
+enum { CHAOS_SENDER, CHAOS_RCPT, CHAOS_AUTH, CHAOS_N };
+
 /* The protocols a listener speaks; SMTP and submission share one session code. */
-enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3 };
-static const char *const proto_names[] = {"smtp", "submission", "pop3"};
+enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3, PROTO_HTTP };
+static const char *const proto_names[] = {"smtp", "submission", "pop3", "http"};
 
 /* The moments every session shares, which each protocol answers in its own
  * words (struct proto_ops' say[]). */
@@ -1149,6 +1174,21 @@ net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
     return s;
 }
 
+#if MAILSRV_ENABLE_HTTP
+/* The local address a connection came to, as text ("" if unknown): what the client used to
+ * reach this host (the HTTP API's client setup documents name it). */
+static void
+net_local_name(ms_sock_t s, char *out, size_t n)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    out[0] = 0;
+    if (getsockname(s, (struct sockaddr *)&ss, &len) != 0) return;
+    if (ss.ss_family == AF_INET) inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, (socklen_t)n);
+    else if (ss.ss_family == AF_INET6) inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)n);
+}
+#endif
+
 /* A non-blocking connect (TCP) or a connected UDP socket with a random
  * source port (RFC 5452 9.2). *err is set when it fails at once. */
 static ms_sock_t
@@ -1378,6 +1418,7 @@ static int cfg_parse_path(struct ms_config *c, const char *v, void *dst, long ar
 static int cfg_parse_hop(const char *v, struct cfg_hop *h, unsigned def_port);
 static int cfg_parse_smarthost(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_parse_dns(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
+static int cfg_parse_admins(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_parse_nets(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_parse_optstr(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_safe_component(const char *s, size_t max);
@@ -1552,8 +1593,10 @@ static int mdir_expunge(struct pop_view *v, int64_t until);
 static void mbox_update_mark(struct pop_view *v);
 static void mbox_update_index(struct pop_view *v);
 static int mbox_expunge(struct pop_view *v, int64_t until);
-static int mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
-static int mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
+static int mdir_msg_text(struct pop_view *v, struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
+static int mdir_seek_one(void *ctx, const char *name);
+static int mdir_relocate(struct pop_view *v, struct pop_msg *m);
+static int mbox_msg_text(struct pop_view *v, struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
 
 /* 8. TLS glue (BearSSL) */
 static void tls_creds_release(struct tls_creds *t);
@@ -1634,6 +1677,7 @@ static void slots_evict(struct conn *v, int64_t now);
 static int msg_open(struct mailsrv *ms, struct store_msg *m);
 static int msg_write(struct store_msg *m, const char *p, size_t n);
 static int msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, const char **err);
+static int chaos_fires(struct mailsrv *ms, int which);
 
 /* 10. SMTP server session */
 static void smtp_tx_reset(struct conn *c);
@@ -1705,9 +1749,12 @@ static int pop_logged_in(const struct conn *c);
 static int pop_busy(const struct conn *c);
 static int pop_streaming(const struct conn *c);
 static void pop_free(struct conn *c);
+
+/* 12. HTTP: the Mailpit-compatible API */
+static void http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct targets *t, const char *mailbox);
 static const struct proto_ops * proto_ops_of(enum proto p);
 
-/* 12. Relay: DNS client, outbound SMTP, queue runner */
+/* 13. Relay: DNS client, outbound SMTP, queue runner */
 static void mta_log(struct mta_sess *o, const char *fmt, ...);
 static void mta_close_body(struct mta_sess *o);
 static void mta_close_fd(struct mta_sess *o);
@@ -1759,7 +1806,7 @@ static void relay_enqueue(struct mailsrv *ms, const char *id);
 static int relay_scan_entry(void *ctx, const char *name);
 static void relay_check_flush(struct mailsrv *ms, int64_t now);
 
-/* 13. Mailing lists */
+/* 14. Mailing lists */
 static int64_t msg_read_header(int fd, int64_t size, struct buf *h);
 static void msg_copy_range(struct store_msg *m, int fd, int64_t from, int64_t to);
 static int list_address(const struct cfg_list *l, int kind, const char *token, char *out, size_t n);
@@ -1791,7 +1838,7 @@ static int list_rate_take(struct list_rate *r, const char *client, const char *d
 static int list_rcpt(struct conn *c, const struct cfg_list *l, int kind, const char *token, const char *rcpt);
 static int list_incoming(struct conn *c);
 
-/* 14. Event loop */
+/* 15. Event loop */
 static void loop_work(struct mailsrv *ms);
 static void loop_refuse(ms_sock_t s, enum proto proto, int rate);
 static void loop_fit_fd_limit(struct mailsrv *ms);
@@ -1812,12 +1859,12 @@ static void loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events
 static int loop_watch_all(struct mailsrv *ms, int64_t now, int64_t *wake);
 static void loop_dispatch(struct mailsrv *ms, int nfds, int ready);
 
-/* 15. Public API */
+/* 16. Public API */
 static void default_log(void *user, const char *line);
 static void ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c);
 static int ms_install_config(struct mailsrv *ms, struct ms_config *c);
 
-/* 16. Command line and main() */
+/* 17. Command line and main() */
 static int cli_split_address(const char *arg, char *user, char *domain);
 static int cli_print_errors(const struct ms_config *c);
 static int cli_check(const char *path);
@@ -2205,7 +2252,7 @@ hmac_sha256(const struct hmac_key *k, const void *msg, size_t n, unsigned char o
 }
 
 /* PBKDF2-HMAC-SHA256 (RFC 8018 5.2), one 32-byte block, in steps: a login
- * runs a few hundred iterations per loop turn (section 14). The state holds
+ * runs a few hundred iterations per loop turn (section 15). The state holds
  * no copy of the password, only the HMAC key's pads. */
 struct pbkdf2 { struct hmac_key k; unsigned char u[32], out[32]; unsigned left; };
 
@@ -2448,6 +2495,8 @@ struct ms_config {
     long max_recipients, max_clients, max_per_ip, timeout;
     long max_connect_rate, max_junk_commands, max_session_time;
     int plaintext_auth, sender_login, capture, allow_root;
+    char admins[1024];     /* addresses whose HTTP login sees every mailbox, comma-separated, lower case */
+    char public_host[256]; /* the name mail clients are told to use (HTTP client setup); "": the address reached */
     char user[64];         /* Unix: the account to run as once the ports are bound */
     struct cfg_domain *domains; int ndomains;
     /* relay */
@@ -2714,6 +2763,24 @@ bad:
 }
 
 /* "127.0.0.0/8, ::1, 192.168.0.0/16"; empty = nobody relays without AUTH. */
+/* admins = ADDRESS, ...: mailboxes whose HTTP login sees every mailbox. */
+static int
+cfg_parse_admins(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
+{
+    char tmp[1024], *item, *cur = tmp;
+    (void)c;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0 || ms_strlcpy(dst, "", (size_t)arg) != 0) { snprintf(err, n, "too long"); return -1; }
+    while ((item = ms_next_item(&cur, ',')) != NULL) {
+        const char *at = strrchr(item = ms_trim(item), '@');
+        if (!*item) continue;
+        if (!at || at == item || !at[1]) { snprintf(err, n, "'%s' is not an address (user@domain)", item); return -1; }
+        ms_lower(item);
+        if (*(char *)dst) strcat(dst, ",");
+        strcat(dst, item);
+    }
+    return 0;
+}
+
 static int
 cfg_parse_nets(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
 {
@@ -2790,6 +2857,10 @@ static const struct cfg_key cfg_server_keys[] = {
     {"pop3", cfg_parse_listen, 0, PROTO_POP3},
     {"smtps", cfg_parse_listen, 0, PROTO_SUBMISSION | MS_LISTEN_TLS}, /* RFC 8314: submission over TLS */
     {"pop3s", cfg_parse_listen, 0, PROTO_POP3 | MS_LISTEN_TLS},
+    {"http", cfg_parse_listen, 0, PROTO_HTTP},
+    {"https", cfg_parse_listen, 0, PROTO_HTTP | MS_LISTEN_TLS},
+    {"admins", cfg_parse_admins, offsetof(struct ms_config, admins), 1024},
+    {"public_host", cfg_parse_optstr, offsetof(struct ms_config, public_host), 256},
     {"tls_cert", cfg_parse_path, offsetof(struct ms_config, tls_cert), 1024},
     {"tls_key", cfg_parse_path, offsetof(struct ms_config, tls_key), 1024},
     {"storage", cfg_parse_choice, offsetof(struct ms_config, storage), CH_STORAGE},
@@ -3288,6 +3359,11 @@ cfg_validate(struct ms_config *c)
                 strcmp(c->listen[i].addr, c->listen[j].addr) == 0)
                 cfg_error(c, 0, "%s and %s both listen on %s port %u", proto_names[c->listen[j].proto],
                           proto_names[c->listen[i].proto], c->listen[i].addr, c->listen[i].port);
+    for (i = 0; i < c->nlisten && !MAILSRV_ENABLE_HTTP; i++)
+        if (c->listen[i].proto == PROTO_HTTP) {
+            cfg_error(c, 0, "http and https need the HTTP API, which this build leaves out (make HTTP=0)");
+            break;
+        }
     if (!c->ndomains && !c->capture) cfg_error(c, 0, "no [domain NAME] section: no mail can be delivered");
     for (i = 0; i < c->ndomains; i++) {
         struct cfg_domain *d = &c->domains[i];
@@ -4121,6 +4197,1265 @@ list_state_parse(char *text, struct list_state *st)
     return 0;
 }
 
+#if MAILSRV_ENABLE_HTTP
+/* ---- small codecs the HTTP API shares: hex digits, UTF-8, civil dates ---- */
+
+static int
+ms_hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* Four hex digits (JSON's \uXXXX): 0, or -1. */
+static int
+ms_hex4(const char *s, uint32_t *v)
+{
+    int i;
+    *v = 0;
+    for (i = 0; i < 4; i++) {
+        int d = ms_hexval((unsigned char)s[i]);
+        if (d < 0) return -1;
+        *v = *v << 4 | (uint32_t)d;
+    }
+    return 0;
+}
+
+/* Writes code point cp as UTF-8 (1 to 4 bytes): how many. */
+static size_t
+utf8_put(char *out, uint32_t cp)
+{
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | cp >> 12); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | cp >> 18); out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Days from 1970-01-01 to a proleptic Gregorian date (no timegm: not in POSIX.1-2008). */
+static int64_t
+ms_days_from_civil(int64_t y, int m, int d)
+{
+    int64_t era, yoe, doy;
+    y -= m <= 2;
+    era = (y >= 0 ? y : y - 399) / 400;
+    yoe = y - era * 400;
+    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    return era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+}
+
+/* An HTTP date (RFC 9110 5.6.7, IMF-fixdate): "Sun, 06 Nov 1994 08:49:37 GMT". */
+static void
+ms_http_date(char *buf, size_t n, int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm *g = gmtime(&tt);
+    if (!g) { ms_strlcpy(buf, "Thu, 01 Jan 1970 00:00:00 GMT", n); return; }
+    ms_fmt(buf, n, "%s, %02d %s %d %02d:%02d:%02d GMT", ms_days[g->tm_wday], g->tm_mday, ms_months[g->tm_mon],
+           g->tm_year + 1900, g->tm_hour, g->tm_min, g->tm_sec);
+}
+
+
+/* ---- HTTP/1.1 requests (RFC 9112), the API's JSON and its search queries ---- */
+
+enum { HTTP_GET, HTTP_HEAD, HTTP_POST, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_NMETHODS };
+static const char *const http_methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"};
+
+/* A request's head, as http_parse_head reads it. */
+struct http_req {
+    int method;
+    int minor;                         /* HTTP/1.minor */
+    int keep_alive;                    /* RFC 9112 9.3: 1.1 unless "close", 1.0 only with "keep-alive" */
+    int expect_continue;               /* Expect: 100-continue (curl sends it for large bodies) */
+    int64_t length;                    /* Content-Length (0 if none) */
+    char target[MS_HTTP_TARGET_MAX];   /* the path and query, as sent */
+    char auth[MS_HTTP_AUTH_MAX];       /* Authorization */
+    char host[MS_DOMAIN_MAX + 8];      /* Host, with its port */
+    char ctype[128];                   /* Content-Type */
+};
+
+static int
+http_tchar(int ch)
+{
+    return ch > 0x20 && ch < 0x7f && !strchr("\"(),/:;<=>?@[\\]{}", ch); /* RFC 9110 5.6.2 token */
+}
+
+/* Does the comma-separated list v name `token` (any case)? */
+static int
+http_list_has(const char *v, const char *token)
+{
+    size_t k = strlen(token);
+    while (*v) {
+        size_t n;
+        while (*v == ' ' || *v == '\t' || *v == ',') v++;
+        n = strcspn(v, ", \t");
+        if (n == k && ms_strncaseeq(v, token, k)) return 1;
+        v += n;
+        while (*v && *v != ',') v++;
+    }
+    return 0;
+}
+
+/*
+ * Reads a request head from p[0..n): its length once the blank line that ends
+ * it is there, 0 if more is needed, or minus the status to answer (and then
+ * close). Strict where leniency lets two parsers disagree on where a request
+ * ends (request smuggling): a body only by Content-Length (Transfer-Encoding is
+ * refused, 411, and with Content-Length 400: RFC 9112 6.1, 6.3), one
+ * Content-Length value, no white space before a field's colon (5.1), no
+ * folded lines (5.2), no bare CR, one Host in HTTP/1.1 (3.2). Lines may end
+ * in LF alone (2.2), and empty lines before the request line are skipped.
+ */
+static long
+http_parse_head(const char *p, size_t n, struct http_req *r)
+{
+    size_t pos = 0, end, len;
+    int nfields = 0, hosts = 0, te = 0, conn_close = 0, conn_keep = 0, found = 0;
+    int64_t cl = -1;
+    const char *sp1, *sp2, *line;
+    memset(r, 0, sizeof *r);
+    while (pos < n && pos < 8 && (p[pos] == '\r' || p[pos] == '\n')) pos++;
+    for (end = pos; end < n; end++) { /* the head's end: an empty line */
+        if (p[end] != '\n') continue;
+        if (end + 1 < n && p[end + 1] == '\n') { end += 2; found = 1; break; }
+        if (end + 2 < n && p[end + 1] == '\r' && p[end + 2] == '\n') { end += 3; found = 1; break; }
+    }
+    if (!found) return n >= MS_HTTP_HEAD_MAX ? -431 : 0;
+    if (end > MS_HTTP_HEAD_MAX) return -431;
+    /* the request line */
+    line = p + pos;
+    len = (size_t)((const char *)memchr(line, '\n', end - pos) - line);
+    pos += len + 1;
+    if (len && line[len - 1] == '\r') len--;
+    sp1 = memchr(line, ' ', len);
+    sp2 = sp1 ? memchr(sp1 + 1, ' ', len - (size_t)(sp1 + 1 - line)) : NULL;
+    if (!sp1 || !sp2 || sp1 == line || sp2 == sp1 + 1) return -400;
+    for (r->method = 0; r->method < HTTP_NMETHODS; r->method++)
+        if (strlen(http_methods[r->method]) == (size_t)(sp1 - line) && memcmp(line, http_methods[r->method], (size_t)(sp1 - line)) == 0)
+            break;
+    if (line + len - (sp2 + 1) != 8 || memcmp(sp2 + 1, "HTTP/", 5) != 0 || !isdigit((unsigned char)sp2[6]) ||
+        sp2[7] != '.' || !isdigit((unsigned char)sp2[8]))
+        return -400;
+    if (sp2[6] != '1') return -505;
+    r->minor = sp2[8] - '0';
+    {
+        const char *t = sp1 + 1;
+        size_t tl = (size_t)(sp2 - t), i;
+        for (i = 0; i < tl; i++)
+            if (t[i] <= 0x20 || t[i] >= 0x7f) return -400;
+        if (tl > 7 && (ms_strncaseeq(t, "http://", 7) || (tl > 8 && ms_strncaseeq(t, "https://", 8)))) {
+            const char *slash = memchr(t + 8, '/', tl - 8); /* absolute-form (RFC 9112 3.2.2) */
+            tl = slash ? tl - (size_t)(slash - t) : 1;
+            t = slash ? slash : "/";
+        }
+        if (t[0] != '/' && !(tl == 1 && t[0] == '*')) return -400;
+        if (tl >= sizeof r->target) return -414;
+        memcpy(r->target, t, tl);
+        r->target[tl] = 0;
+    }
+    if (r->method == HTTP_NMETHODS) return -501;
+    /* the header fields */
+    while (pos < end) {
+        const char *f = p + pos, *colon, *v;
+        size_t fl = (size_t)((const char *)memchr(f, '\n', end - pos) - f), vl, i;
+        pos += fl + 1;
+        if (fl && f[fl - 1] == '\r') fl--;
+        if (fl == 0) break;
+        if (++nfields > MS_HTTP_FIELDS_MAX) return -431;
+        if (f[0] == ' ' || f[0] == '\t') return -400; /* obs-fold */
+        colon = memchr(f, ':', fl);
+        if (!colon || colon == f) return -400;
+        for (i = 0; f + i < colon; i++)
+            if (!http_tchar((unsigned char)f[i])) return -400;
+        v = colon + 1;
+        vl = fl - (size_t)(v - f);
+        for (i = 0; i < vl; i++)
+            if (v[i] == 0 || v[i] == '\r' || v[i] == '\n') return -400;
+        while (vl && (*v == ' ' || *v == '\t')) v++, vl--;
+        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
+#define FIELD_IS(name) ((size_t)(colon - f) == sizeof name - 1 && ms_strncaseeq(f, name, sizeof name - 1))
+#define FIELD_COPY(dst) do { if (vl >= sizeof dst) return -431; memcpy(dst, v, vl); dst[vl] = 0; } while (0)
+        if (FIELD_IS("Content-Length")) {
+            int64_t x = 0;
+            if (vl == 0 || vl > 15) return vl > 15 ? -413 : -400;
+            for (i = 0; i < vl; i++) {
+                if (!isdigit((unsigned char)v[i])) return -400;
+                x = x * 10 + (v[i] - '0');
+            }
+            if (cl >= 0 && x != cl) return -400;
+            cl = x;
+        } else if (FIELD_IS("Transfer-Encoding")) {
+            te = 1;
+        } else if (FIELD_IS("Host")) {
+            hosts++;
+            FIELD_COPY(r->host);
+        } else if (FIELD_IS("Authorization")) {
+            FIELD_COPY(r->auth);
+        } else if (FIELD_IS("Content-Type")) {
+            if (vl >= sizeof r->ctype) vl = sizeof r->ctype - 1;
+            FIELD_COPY(r->ctype);
+        } else if (FIELD_IS("Connection")) {
+            char tmp[256];
+            if (vl >= sizeof tmp) vl = sizeof tmp - 1;
+            FIELD_COPY(tmp);
+            conn_close |= http_list_has(tmp, "close");
+            conn_keep |= http_list_has(tmp, "keep-alive");
+        } else if (FIELD_IS("Expect")) {
+            if (vl != 12 || !ms_strncaseeq(v, "100-continue", 12)) return -417;
+            r->expect_continue = 1;
+        }
+#undef FIELD_IS
+#undef FIELD_COPY
+    }
+    if (te) return cl >= 0 ? -400 : -411;
+    if (r->minor >= 1 && hosts != 1) return -400;
+    if (hosts > 1) return -400;
+    r->length = cl < 0 ? 0 : cl;
+    r->keep_alive = !conn_close && (r->minor >= 1 || conn_keep);
+    if (!r->length) r->expect_continue = 0;
+    return (long)end;
+}
+
+/* Percent-decodes s[0..n) into out (and '+' as a space in a query): -1 on a
+ * bad escape, a NUL, or no room. */
+static int
+http_unescape(const char *s, size_t n, char *out, size_t on, int plus)
+{
+    size_t i, o = 0;
+    for (i = 0; i < n; i++) {
+        int ch = (unsigned char)s[i];
+        if (ch == '%') {
+            int hi, lo;
+            if (i + 2 >= n) return -1;
+            hi = ms_hexval(s[i + 1]);
+            lo = ms_hexval(s[i + 2]);
+            if (hi < 0 || lo < 0) return -1;
+            ch = hi * 16 + lo;
+            i += 2;
+        } else if (ch == '+' && plus) {
+            ch = ' ';
+        }
+        if (ch == 0 || o + 1 >= on) return -1;
+        out[o++] = (char)ch;
+    }
+    out[o] = 0;
+    return 0;
+}
+
+/* The value of query parameter `name` in target's query, decoded: 1 if
+ * present, 0 if not, -1 if malformed. */
+static int
+http_query(const char *target, const char *name, char *out, size_t on)
+{
+    const char *q = strchr(target, '?');
+    size_t k = strlen(name);
+    out[0] = 0;
+    if (!q) return 0;
+    for (q++; *q;) {
+        size_t n = strcspn(q, "&");
+        const char *eq = memchr(q, '=', n);
+        size_t nl = eq ? (size_t)(eq - q) : n;
+        if (nl == k && memcmp(q, name, k) == 0)
+            return http_unescape(eq ? eq + 1 : q + n, eq ? n - nl - 1 : 0, out, on, 1) == 0 ? 1 : -1;
+        q += n;
+        if (*q) q++;
+    }
+    return 0;
+}
+
+/* ---- JSON (RFC 8259): written into a buf, and read with a small tokenizer ---- */
+
+/* The length of the valid UTF-8 sequence at s (at most n bytes), or 0 if there is none (RFC 3629 4). */
+static size_t
+utf8_seq(const unsigned char *s, size_t n)
+{
+    size_t k, i;
+    uint32_t cp;
+    if (s[0] < 0x80) return 1;
+    if (s[0] >= 0xC2 && s[0] <= 0xDF) k = 2, cp = s[0] & 0x1F;
+    else if (s[0] >= 0xE0 && s[0] <= 0xEF) k = 3, cp = s[0] & 0x0F;
+    else if (s[0] >= 0xF0 && s[0] <= 0xF4) k = 4, cp = s[0] & 0x07;
+    else return 0;
+    if (n < k) return 0;
+    for (i = 1; i < k; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3F);
+    }
+    if ((k == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
+        return 0;
+    return k;
+}
+
+/* A JSON string of s[0..n): escaped, with each byte that is not valid UTF-8 as U+FFFD. */
+static void
+json_str(struct buf *b, const char *s, size_t n)
+{
+    size_t i = 0;
+    buf_reserve(b, n + 2);
+    buf_add(b, "\"", 1);
+    while (i < n) {
+        unsigned char ch = (unsigned char)s[i];
+        size_t k = utf8_seq((const unsigned char *)s + i, n - i);
+        if (ch == '"' || ch == '\\') { buf_add(b, "\\", 1); buf_add(b, s + i, 1); i++; }
+        else if (ch == '\n') { buf_add(b, "\\n", 2); i++; }
+        else if (ch == '\r') { buf_add(b, "\\r", 2); i++; }
+        else if (ch == '\t') { buf_add(b, "\\t", 2); i++; }
+        else if (ch < 0x20 || ch == 0x7f) { buf_printf(b, "\\u%04x", ch); i++; }
+        else if (!k) { buf_add(b, "\xEF\xBF\xBD", 3); i++; }
+        else {
+            size_t run = i + k; /* the plain run from here on, at once */
+            while (run < n && (unsigned char)s[run] >= 0x20 && s[run] != '"' && s[run] != '\\' && s[run] != 0x7f) {
+                size_t kk = utf8_seq((const unsigned char *)s + run, n - run);
+                if (!kk) break;
+                run += kk;
+            }
+            buf_add(b, s + i, run - i);
+            i = run;
+        }
+    }
+    buf_add(b, "\"", 1);
+}
+static void json_strs(struct buf *b, const char *s) { json_str(b, s, strlen(s)); }
+
+/* "KEY":"VALUE", for objects written field by field (sep: the comma before, or ""). */
+static void
+json_kv(struct buf *b, const char *sep, const char *key, const char *v)
+{
+    buf_printf(b, "%s\"%s\":", sep, key);
+    json_strs(b, v);
+}
+
+/* A tokenized JSON text (jsmn's way): each value a token, with its children
+ * after it; strings still escaped (json_text decodes them). */
+enum { JSON_NULL, JSON_BOOL, JSON_NUM, JSON_STR, JSON_ARR, JSON_OBJ };
+struct json_tok { int type; size_t start, len; int size, next; }; /* size: members; next: the token after it and its children */
+struct json { const char *s; struct json_tok *t; int n, cap; };
+
+static int
+json_value(struct json *j, size_t *pos, size_t n, int depth)
+{
+    const char *s = j->s;
+    size_t p = *pos;
+    int me;
+    while (p < n && s[p] && strchr(" \t\r\n", s[p])) p++;
+    if (p >= n || depth > MS_JSON_DEPTH || j->n >= MS_JSON_TOKENS) return -1;
+    if (j->n == j->cap) {
+        j->cap = j->cap ? j->cap * 2 : 32;
+        j->t = xrealloc(j->t, sizeof *j->t * (size_t)j->cap);
+    }
+    me = j->n++;
+    j->t[me].start = p;
+    j->t[me].size = 0;
+    if (s[p] == '{' || s[p] == '[') {
+        char close = s[p] == '{' ? '}' : ']';
+        j->t[me].type = s[p] == '{' ? JSON_OBJ : JSON_ARR;
+        p++;
+        for (;;) {
+            while (p < n && s[p] && strchr(" \t\r\n", s[p])) p++;
+            if (p < n && s[p] == close && j->t[me].size == 0) { p++; break; }
+            if (j->t[me].type == JSON_OBJ) {
+                if (p >= n || s[p] != '"' || json_value(j, &p, n, depth + 1) < 0) return -1;
+                while (p < n && s[p] && strchr(" \t\r\n", s[p])) p++;
+                if (p >= n || s[p] != ':') return -1;
+                p++;
+            }
+            if (json_value(j, &p, n, depth + 1) < 0) return -1;
+            j->t[me].size++;
+            while (p < n && s[p] && strchr(" \t\r\n", s[p])) p++;
+            if (p < n && s[p] == ',') { p++; continue; }
+            if (p < n && s[p] == close) { p++; break; }
+            return -1;
+        }
+    } else if (s[p] == '"') {
+        j->t[me].type = JSON_STR;
+        for (p++; p < n && s[p] != '"'; p++) {
+            if ((unsigned char)s[p] < 0x20) return -1;
+            if (s[p] == '\\' && (++p >= n || !s[p] || !strchr("\"\\/bfnrtu", s[p]))) return -1; /* RFC 8259 7 */
+        }
+        if (p >= n) return -1;
+        p++;
+    } else {
+        size_t q = p;
+        while (q < n && (isalnum((unsigned char)s[q]) || (s[q] && strchr("+-.", s[q])))) q++;
+        if (q == p) return -1;
+        if (q - p == 4 && memcmp(s + p, "null", 4) == 0) j->t[me].type = JSON_NULL;
+        else if ((q - p == 4 && memcmp(s + p, "true", 4) == 0) || (q - p == 5 && memcmp(s + p, "false", 5) == 0))
+            j->t[me].type = JSON_BOOL;
+        else if (s[p] == '-' || isdigit((unsigned char)s[p])) j->t[me].type = JSON_NUM;
+        else return -1;
+        p = q;
+    }
+    j->t[me].len = p - j->t[me].start;
+    j->t[me].next = j->n;
+    *pos = p;
+    return me;
+}
+
+/* Tokenizes s[0..n): 0, or -1 if it is not one JSON value (then j is empty). */
+static int
+json_parse(struct json *j, const char *s, size_t n)
+{
+    size_t pos = 0;
+    memset(j, 0, sizeof *j);
+    j->s = s;
+    if (json_value(j, &pos, n, 0) < 0) { free(j->t); memset(j, 0, sizeof *j); return -1; }
+    while (pos < n && s[pos] && strchr(" \t\r\n", s[pos])) pos++;
+    if (pos != n) { free(j->t); memset(j, 0, sizeof *j); return -1; }
+    return 0;
+}
+static void json_free(struct json *j) { free(j->t); memset(j, 0, sizeof *j); }
+
+/* A string token's text, unescaped into UTF-8 (a lone surrogate: U+FFFD); other tokens as written. */
+static void
+json_text(const struct json *j, int k, struct buf *out)
+{
+    const char *s = j->s + j->t[k].start;
+    size_t n = j->t[k].len, i;
+    buf_add(out, "", 0);
+    if (j->t[k].type != JSON_STR) { buf_add(out, s, n); return; }
+    for (i = 1; i + 1 < n; i++) {
+        uint32_t cp;
+        char u[4];
+        if (s[i] != '\\') { buf_add(out, s + i, 1); continue; }
+        switch (s[++i]) {
+        case 'n': buf_add(out, "\n", 1); continue;
+        case 'r': buf_add(out, "\r", 1); continue;
+        case 't': buf_add(out, "\t", 1); continue;
+        case 'b': buf_add(out, "\b", 1); continue;
+        case 'f': buf_add(out, "\f", 1); continue;
+        case 'u': break;
+        default: buf_add(out, s + i, 1); continue;
+        }
+        if (i + 4 >= n || ms_hex4(s + i + 1, &cp) != 0) { buf_add(out, "\xEF\xBF\xBD", 3); continue; }
+        i += 4;
+        if (cp >= 0xD800 && cp <= 0xDBFF && i + 6 < n && s[i + 1] == '\\' && s[i + 2] == 'u') {
+            uint32_t lo;
+            if (ms_hex4(s + i + 3, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                i += 6;
+            }
+        }
+        if (cp >= 0xD800 && cp <= 0xDFFF) cp = 0xFFFD;
+        if (cp == 0) cp = 0xFFFD; /* no NUL inside C strings */
+        buf_add(out, u, utf8_put(u, cp));
+    }
+}
+
+/* The member `key` of object token k, or -1. */
+static int
+json_get(const struct json *j, int k, const char *key)
+{
+    int i, m;
+    size_t kl = strlen(key);
+    if (k < 0 || j->t[k].type != JSON_OBJ) return -1;
+    for (i = 0, m = k + 1; i < j->t[k].size; i++) {
+        int v = j->t[m].next;
+        if (j->t[m].len == kl + 2 && memcmp(j->s + j->t[m].start + 1, key, kl) == 0) return v;
+        m = j->t[v].next;
+    }
+    return -1;
+}
+
+/* The item after item k of an array (k the array itself: its first), or -1. */
+static int
+json_item(const struct json *j, int arr, int k)
+{
+    int next = k == arr ? arr + 1 : j->t[k].next;
+    return next < j->t[arr].next ? next : -1;
+}
+
+static int json_true(const struct json *j, int k) { return k >= 0 && j->t[k].type == JSON_BOOL && j->s[j->t[k].start] == 't'; }
+
+
+/* ---- MIME (RFC 2045-2049), read for the HTTP API: parts, transfer encodings, charsets ---- */
+
+#define MIME_MAX_PARTS 64    /* parts read from one message (more are not split) */
+#define MIME_MAX_DEPTH 8     /* multipart nesting followed */
+
+/* A part of a message as mime_parse finds it; offsets are into the message. */
+struct mime_part {
+    char id[32];             /* IMAP's part number (RFC 3501 6.4.5), Mailpit's PartID: "1", "1.2"; "" the top multipart */
+    size_t head, head_len;   /* its header block */
+    size_t body, body_len;   /* its body as stored (still transfer-encoded) */
+    char type[96];           /* lower case type/subtype (default text/plain, RFC 2045 5.2) */
+    char charset[40];        /* lower case; "" if none */
+    char encoding[24];       /* lower case Content-Transfer-Encoding; "" 7bit */
+    char disposition[16];    /* "attachment", "inline" or "" */
+    char filename[256];      /* UTF-8 (RFC 2231, 2047) */
+    char content_id[200];    /* without its angle brackets */
+    int depth, multipart;    /* 0: the message; a multipart's children follow it */
+};
+
+/* The 8-bit charsets classroom clients send: code points of bytes 0x80-0xFF (U+FFFD: none),
+ * as the Unicode Consortium's mapping files give them (generated from Python's codecs). */
+static const unsigned short cs_koi8r[128] = {
+    0x2500, 0x2502, 0x250C, 0x2510, 0x2514, 0x2518, 0x251C, 0x2524, 0x252C, 0x2534, 0x253C, 0x2580,
+    0x2584, 0x2588, 0x258C, 0x2590, 0x2591, 0x2592, 0x2593, 0x2320, 0x25A0, 0x2219, 0x221A, 0x2248,
+    0x2264, 0x2265, 0x00A0, 0x2321, 0x00B0, 0x00B2, 0x00B7, 0x00F7, 0x2550, 0x2551, 0x2552, 0x0451,
+    0x2553, 0x2554, 0x2555, 0x2556, 0x2557, 0x2558, 0x2559, 0x255A, 0x255B, 0x255C, 0x255D, 0x255E,
+    0x255F, 0x2560, 0x2561, 0x0401, 0x2562, 0x2563, 0x2564, 0x2565, 0x2566, 0x2567, 0x2568, 0x2569,
+    0x256A, 0x256B, 0x256C, 0x00A9, 0x044E, 0x0430, 0x0431, 0x0446, 0x0434, 0x0435, 0x0444, 0x0433,
+    0x0445, 0x0438, 0x0439, 0x043A, 0x043B, 0x043C, 0x043D, 0x043E, 0x043F, 0x044F, 0x0440, 0x0441,
+    0x0442, 0x0443, 0x0436, 0x0432, 0x044C, 0x044B, 0x0437, 0x0448, 0x044D, 0x0449, 0x0447, 0x044A,
+    0x042E, 0x0410, 0x0411, 0x0426, 0x0414, 0x0415, 0x0424, 0x0413, 0x0425, 0x0418, 0x0419, 0x041A,
+    0x041B, 0x041C, 0x041D, 0x041E, 0x041F, 0x042F, 0x0420, 0x0421, 0x0422, 0x0423, 0x0416, 0x0412,
+    0x042C, 0x042B, 0x0417, 0x0428, 0x042D, 0x0429, 0x0427, 0x042A,
+};
+
+static const unsigned short cs_cp1251[128] = {
+    0x0402, 0x0403, 0x201A, 0x0453, 0x201E, 0x2026, 0x2020, 0x2021, 0x20AC, 0x2030, 0x0409, 0x2039,
+    0x040A, 0x040C, 0x040B, 0x040F, 0x0452, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+    0xFFFD, 0x2122, 0x0459, 0x203A, 0x045A, 0x045C, 0x045B, 0x045F, 0x00A0, 0x040E, 0x045E, 0x0408,
+    0x00A4, 0x0490, 0x00A6, 0x00A7, 0x0401, 0x00A9, 0x0404, 0x00AB, 0x00AC, 0x00AD, 0x00AE, 0x0407,
+    0x00B0, 0x00B1, 0x0406, 0x0456, 0x0491, 0x00B5, 0x00B6, 0x00B7, 0x0451, 0x2116, 0x0454, 0x00BB,
+    0x0458, 0x0405, 0x0455, 0x0457, 0x0410, 0x0411, 0x0412, 0x0413, 0x0414, 0x0415, 0x0416, 0x0417,
+    0x0418, 0x0419, 0x041A, 0x041B, 0x041C, 0x041D, 0x041E, 0x041F, 0x0420, 0x0421, 0x0422, 0x0423,
+    0x0424, 0x0425, 0x0426, 0x0427, 0x0428, 0x0429, 0x042A, 0x042B, 0x042C, 0x042D, 0x042E, 0x042F,
+    0x0430, 0x0431, 0x0432, 0x0433, 0x0434, 0x0435, 0x0436, 0x0437, 0x0438, 0x0439, 0x043A, 0x043B,
+    0x043C, 0x043D, 0x043E, 0x043F, 0x0440, 0x0441, 0x0442, 0x0443, 0x0444, 0x0445, 0x0446, 0x0447,
+    0x0448, 0x0449, 0x044A, 0x044B, 0x044C, 0x044D, 0x044E, 0x044F,
+};
+
+static const unsigned short cs_cp866[128] = {
+    0x0410, 0x0411, 0x0412, 0x0413, 0x0414, 0x0415, 0x0416, 0x0417, 0x0418, 0x0419, 0x041A, 0x041B,
+    0x041C, 0x041D, 0x041E, 0x041F, 0x0420, 0x0421, 0x0422, 0x0423, 0x0424, 0x0425, 0x0426, 0x0427,
+    0x0428, 0x0429, 0x042A, 0x042B, 0x042C, 0x042D, 0x042E, 0x042F, 0x0430, 0x0431, 0x0432, 0x0433,
+    0x0434, 0x0435, 0x0436, 0x0437, 0x0438, 0x0439, 0x043A, 0x043B, 0x043C, 0x043D, 0x043E, 0x043F,
+    0x2591, 0x2592, 0x2593, 0x2502, 0x2524, 0x2561, 0x2562, 0x2556, 0x2555, 0x2563, 0x2551, 0x2557,
+    0x255D, 0x255C, 0x255B, 0x2510, 0x2514, 0x2534, 0x252C, 0x251C, 0x2500, 0x253C, 0x255E, 0x255F,
+    0x255A, 0x2554, 0x2569, 0x2566, 0x2560, 0x2550, 0x256C, 0x2567, 0x2568, 0x2564, 0x2565, 0x2559,
+    0x2558, 0x2552, 0x2553, 0x256B, 0x256A, 0x2518, 0x250C, 0x2588, 0x2584, 0x258C, 0x2590, 0x2580,
+    0x0440, 0x0441, 0x0442, 0x0443, 0x0444, 0x0445, 0x0446, 0x0447, 0x0448, 0x0449, 0x044A, 0x044B,
+    0x044C, 0x044D, 0x044E, 0x044F, 0x0401, 0x0451, 0x0404, 0x0454, 0x0407, 0x0457, 0x040E, 0x045E,
+    0x00B0, 0x2219, 0x00B7, 0x221A, 0x2116, 0x00A4, 0x25A0, 0x00A0,
+};
+
+static const unsigned short cs_cp1252[32] = {
+    0x20AC, 0xFFFD, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160, 0x2039,
+    0x0152, 0xFFFD, 0x017D, 0xFFFD, 0xFFFD, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013, 0x2014,
+    0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0xFFFD, 0x017E, 0x0178,
+};
+
+/* A charset's table: 1 Latin-1, 2 ISO-8859-5 (a formula), 3 windows-1252, 4 a 128-entry table
+ * in *t; 0 UTF-8 (and US-ASCII, and unknown ones: see mime_to_utf8). */
+static int
+mime_charset(const char *cs, const unsigned short **t)
+{
+    static const struct { const char *name; int kind; const unsigned short *t; } known[] = {
+        {"iso-8859-1", 1, NULL}, {"iso8859-1", 1, NULL}, {"latin1", 1, NULL}, {"l1", 1, NULL}, {"iso_8859-1", 1, NULL},
+        {"iso-8859-5", 2, NULL}, {"iso8859-5", 2, NULL}, {"iso_8859-5", 2, NULL}, {"cyrillic", 2, NULL},
+        {"windows-1252", 3, NULL}, {"cp1252", 3, NULL}, {"x-cp1252", 3, NULL},
+        {"koi8-r", 4, cs_koi8r}, {"koi8r", 4, cs_koi8r}, {"cskoi8r", 4, cs_koi8r},
+        {"windows-1251", 4, cs_cp1251}, {"cp1251", 4, cs_cp1251}, {"x-cp1251", 4, cs_cp1251},
+        {"cp866", 4, cs_cp866}, {"ibm866", 4, cs_cp866}, {"866", 4, cs_cp866}, {"csibm866", 4, cs_cp866},
+    };
+    size_t i;
+    *t = NULL;
+    for (i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (ms_strcaseeq(cs, known[i].name)) { *t = known[i].t; return known[i].kind; }
+    return 0;
+}
+
+static int
+mime_charset_known(const char *cs)
+{
+    const unsigned short *t;
+    return mime_charset(cs, &t) || !*cs || ms_strcaseeq(cs, "utf-8") || ms_strcaseeq(cs, "utf8") ||
+           ms_strcaseeq(cs, "us-ascii") || ms_strcaseeq(cs, "ascii");
+}
+
+/* n bytes in charset cs as UTF-8, appended to out. UTF-8, US-ASCII (clients send UTF-8 labelled
+ * so) and unknown charsets: valid UTF-8 stays, each other byte becomes U+FFFD; a NUL too. */
+static void
+mime_to_utf8(struct buf *out, const char *cs, const char *p, size_t n)
+{
+    const unsigned short *t;
+    int kind = mime_charset(cs, &t);
+    size_t i = 0;
+    buf_reserve(out, n + n / 2);
+    while (i < n) {
+        unsigned char ch = (unsigned char)p[i];
+        uint32_t cp;
+        char u[4];
+        if (ch && ch < 0x80) { buf_add(out, p + i, 1); i++; continue; }
+        if (kind == 0) {
+            size_t k = ch ? utf8_seq((const unsigned char *)p + i, n - i) : 0;
+            if (k) buf_add(out, p + i, k);
+            else buf_add(out, "\xEF\xBF\xBD", 3);
+            i += k ? k : 1;
+            continue;
+        }
+        if (!ch) cp = 0xFFFD;
+        else if (kind == 1) cp = ch;
+        else if (kind == 2) cp = ch < 0xA1 ? ch : ch == 0xAD ? 0xAD : ch == 0xF0 ? 0x2116 : ch == 0xFD ? 0xA7 : ch - 0xA0u + 0x400u;
+        else if (kind == 3) cp = ch < 0xA0 ? cs_cp1252[ch - 0x80] : ch;
+        else cp = t[ch - 0x80];
+        buf_add(out, u, utf8_put(u, cp));
+        i++;
+    }
+}
+
+/* base64, leniently (RFC 2045 6.8: characters outside the alphabet are ignored), to the first '='. */
+static void
+mime_base64(struct buf *out, const char *p, size_t n)
+{
+    uint32_t v = 0;
+    int bits = 0;
+    size_t i;
+    for (i = 0; i < n && p[i] != '='; i++) {
+        const char *c = p[i] ? strchr(b64_chars, p[i]) : NULL;
+        if (!c) continue;
+        v = v << 6 | (uint32_t)(c - b64_chars);
+        if ((bits += 6) >= 8) {
+            unsigned char b = (unsigned char)(v >> (bits -= 8));
+            buf_add(out, &b, 1);
+        }
+    }
+}
+
+/* quoted-printable (RFC 2045 6.7): =XY, soft line breaks ("=" at a line's end), trailing white
+ * space dropped; a malformed '=' is kept as it is. */
+static void
+mime_qp(struct buf *out, const char *p, size_t n, int header)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (p[i] == '=') {
+            int hi = i + 1 < n ? ms_hexval((unsigned char)p[i + 1]) : -1, lo = i + 2 < n ? ms_hexval((unsigned char)p[i + 2]) : -1;
+            size_t k = i + 1;
+            if (hi >= 0 && lo >= 0) { unsigned char b = (unsigned char)(hi * 16 + lo); buf_add(out, &b, 1); i += 3; continue; }
+            while (k < n && (p[k] == ' ' || p[k] == '\t')) k++;
+            if (k < n && p[k] == '\r') k++;
+            if (k >= n || p[k] == '\n') { i = k < n ? k + 1 : n; continue; } /* soft line break */
+        } else if (p[i] == '_' && header) {
+            buf_add(out, " ", 1);
+            i++;
+            continue;
+        } else if (p[i] == ' ' || p[i] == '\t') { /* trailing white space is padding */
+            size_t k = i;
+            while (k < n && (p[k] == ' ' || p[k] == '\t')) k++;
+            if (k < n && p[k] == '\r') k++;
+            if (k >= n || p[k] == '\n') { i = k; continue; }
+        }
+        buf_add(out, p + i, 1);
+        i++;
+    }
+}
+
+/* An RFC 2047 encoded word at p (n bytes left): its length, its UTF-8 text into out (NULL: only
+ * its length); 0 if there is none. */
+static size_t
+mime_word(struct buf *out, const char *p, size_t n)
+{
+    char cs[48];
+    const char *q, *enc, *end;
+    struct buf raw = {0};
+    size_t cl;
+    if (n < 8 || p[0] != '=' || p[1] != '?') return 0;
+    if (!(q = memchr(p + 2, '?', n - 2)) || (cl = (size_t)(q - p - 2)) == 0 || cl >= sizeof cs) return 0;
+    enc = q + 1;
+    if ((size_t)(enc - p) + 3 > n || enc[1] != '?') return 0;
+    for (end = enc + 2; end + 1 < p + n && !(end[0] == '?' && end[1] == '='); end++)
+        if (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r') return 0;
+    if (end + 1 >= p + n) return 0;
+    memcpy(cs, p + 2, cl);
+    cs[cl] = 0;
+    if ((q = strchr(cs, '*')) != NULL) cs[q - cs] = 0; /* RFC 2231 5: a language after the charset */
+    if (!mime_charset_known(cs)) return 0;
+    if (*enc != 'B' && *enc != 'b' && *enc != 'Q' && *enc != 'q') return 0;
+    if (!out) return (size_t)(end + 2 - p); /* only asked whether one is there */
+    if (*enc == 'B' || *enc == 'b') mime_base64(&raw, enc + 2, (size_t)(end - enc - 2));
+    else mime_qp(&raw, enc + 2, (size_t)(end - enc - 2), 1);
+    mime_to_utf8(out, cs, raw.p ? raw.p : "", raw.len);
+    buf_free(&raw);
+    return (size_t)(end + 2 - p);
+}
+
+/* A header field's value as UTF-8 text: unfolded, trimmed, encoded words decoded (the white
+ * space between two of them dropped: RFC 2047 6.2), 8-bit bytes kept if UTF-8, else read as
+ * windows-1252 (what such mailers mean). */
+static void
+mime_header_text(struct buf *out, const char *v, size_t n)
+{
+    size_t i = 0, start = out->len;
+    int space = 0, after_word = 0;
+    buf_add(out, "", 0);
+    while (i < n) {
+        size_t e = i, k;
+        if (v[i] == ' ' || v[i] == '\t' || v[i] == '\r' || v[i] == '\n') { /* unfolded: one space */
+            space = out->len > start || after_word;
+            i++;
+            continue;
+        }
+        while (e < n && v[e] != ' ' && v[e] != '\t' && v[e] != '\r' && v[e] != '\n') e++;
+        if ((k = mime_word(NULL, v + i, e - i)) > 0) { /* encoded words: the space between two goes */
+            if (space && !after_word) buf_add(out, " ", 1);
+            while ((k = mime_word(out, v + i, e - i)) > 0) i += k;
+            after_word = i == e;
+            space = 0;
+            if (i == e) continue;
+        } else if (space) {
+            buf_add(out, " ", 1);
+        }
+        space = after_word = 0;
+        for (k = i; k < e && (unsigned char)v[k] < 0x80 && v[k]; k++) {}
+        if (k == e) { buf_add(out, v + i, e - i); }
+        else { /* 8-bit: UTF-8 if it is, else what such mailers mean: windows-1252 */
+            int utf8 = 1;
+            for (k = i; k < e && utf8;) {
+                size_t l = v[k] ? utf8_seq((const unsigned char *)v + k, e - k) : 0;
+                utf8 = l > 0;
+                k += l;
+            }
+            mime_to_utf8(out, utf8 ? "utf-8" : "windows-1252", v + i, e - i);
+        }
+        i = e;
+    }
+}
+
+/* The first field `name` of the header block h as mime_header_text gives it: 1 if there is one. */
+static int
+mime_header(const char *h, size_t n, const char *name, struct buf *out)
+{
+    size_t pos = 0, flen, k = strlen(name) + 1;
+    const char *f;
+    while (hdr_next_field(h, n, &pos, &f, &flen))
+        if (hdr_is(f, flen, name)) {
+            mime_header_text(out, f + k, flen - k);
+            return 1;
+        }
+    return 0;
+}
+
+/* A parameter of a structured field (RFC 2045 5.1: token or quoted string), with RFC 2231
+ * continuations (name*0, name*1*) and charsets (name*=utf-8''%D0%9F), and the RFC 2047 words
+ * that clients put in quoted names. The value as UTF-8 into out; 1 if present. */
+static int
+mime_param(const char *v, size_t n, const char *name, struct buf *out)
+{
+    size_t kl = strlen(name);
+    int found = 0, part;
+    char cs[48] = "";
+    out->len = 0;
+    buf_add(out, "", 0);
+    for (part = -1; part < 100; part++) { /* -1: the plain name; then name*0, name*1, ... */
+        size_t i = 0;
+        int got = 0;
+        while (i < n && !got) {
+            size_t s, e, j;
+            int ext = 0;
+            char key[80];
+            while (i < n && v[i] != ';' && v[i] != '"') i++;
+            if (i < n && v[i] == '"') { for (i++; i < n && v[i] != '"'; i++) if (v[i] == '\\') i++; i++; continue; }
+            if (i >= n) break;
+            for (i++; i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == '\r' || v[i] == '\n'); i++) {}
+            for (s = i; i < n && v[i] != '=' && v[i] != ';'; i++) {}
+            if (i >= n || v[i] != '=') continue;
+            for (e = i; e > s && (v[e - 1] == ' ' || v[e - 1] == '\t'); e--) {}
+            if (part < 0) snprintf(key, sizeof key, "%s", name);
+            else snprintf(key, sizeof key, "%s*%d", name, part);
+            if (e - s == strlen(key) + 1 && v[e - 1] == '*' && ms_strncaseeq(v + s, key, e - s - 1)) ext = 1;
+            else if (!(e - s == strlen(key) && ms_strncaseeq(v + s, key, e - s))) continue;
+            if (part < 0 && e - s == kl + 1 && v[e - 1] == '*') ext = 1;
+            for (i++; i < n && (v[i] == ' ' || v[i] == '\t'); i++) {}
+            got = 1;
+            if (i < n && v[i] == '"') {
+                struct buf raw = {0};
+                for (i++; i < n && v[i] != '"'; i++) {
+                    if (v[i] == '\\' && i + 1 < n) i++;
+                    if (v[i] != '\r' && v[i] != '\n') buf_add(&raw, v + i, 1);
+                }
+                if (raw.p) mime_header_text(out, raw.p, raw.len);
+                buf_free(&raw);
+            } else {
+                for (j = i; j < n && v[j] != ';' && v[j] != ' ' && v[j] != '\t' && v[j] != '\r' && v[j] != '\n'; j++) {}
+                if (ext) { /* charset'language'%XX... (RFC 2231 4), the charset in the first part only */
+                    const char *q1 = part <= 0 ? memchr(v + i, '\'', j - i) : NULL, *q2 = q1 ? memchr(q1 + 1, '\'', (size_t)(v + j - q1 - 1)) : NULL;
+                    struct buf raw = {0};
+                    size_t k;
+                    if (q2) {
+                        size_t l = (size_t)(q1 - (v + i)) < sizeof cs ? (size_t)(q1 - (v + i)) : sizeof cs - 1;
+                        memcpy(cs, v + i, l);
+                        cs[l] = 0;
+                        i = (size_t)(q2 + 1 - v);
+                    }
+                    for (k = i; k < j; k++) {
+                        int hi, lo;
+                        if (v[k] == '%' && k + 2 < j + 1 && (hi = ms_hexval((unsigned char)v[k + 1])) >= 0 &&
+                            k + 2 < n && (lo = ms_hexval((unsigned char)v[k + 2])) >= 0) {
+                            unsigned char b = (unsigned char)(hi * 16 + lo);
+                            buf_add(&raw, &b, 1);
+                            k += 2;
+                        } else {
+                            buf_add(&raw, v + k, 1);
+                        }
+                    }
+                    mime_to_utf8(out, cs, raw.p ? raw.p : "", raw.len);
+                    buf_free(&raw);
+                } else {
+                    mime_header_text(out, v + i, j - i);
+                }
+            }
+        }
+        if (got) found = 1;
+        if (part == -1 && got) return 1; /* a plain name=value needs no continuations */
+        if (part >= 0 && !got) break;
+    }
+    return found;
+}
+
+/* The lower-case type/subtype of a Content-Type value (RFC 2045 5.1), "" if malformed. */
+static void
+mime_type(const char *v, size_t n, char *out, size_t on)
+{
+    size_t i = 0, o = 0;
+    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == '\r' || v[i] == '\n')) i++;
+    for (; i < n && v[i] != ';' && v[i] != ' ' && v[i] != '\t' && v[i] != '\r' && v[i] != '\n' && v[i] != '('; i++)
+        if (o + 1 < on) out[o++] = (char)tolower((unsigned char)v[i]);
+    out[o] = 0;
+    if (!strchr(out, '/') || out[0] == '/' || out[o - 1] == '/') out[0] = 0;
+}
+
+/* The value of field name (raw, not decoded) in the block h: a pointer and length, or NULL. */
+static const char *
+mime_field_raw(const char *h, size_t n, const char *name, size_t *vl)
+{
+    size_t pos = 0, flen, k = strlen(name) + 1;
+    const char *f;
+    while (hdr_next_field(h, n, &pos, &f, &flen))
+        if (hdr_is(f, flen, name)) { *vl = flen - k; return f + k; }
+    return NULL;
+}
+
+/* Fills p's fields from its header block (its body must be set already). */
+static void
+mime_part_fields(const char *msg, struct mime_part *p, int in_digest)
+{
+    const char *h = msg + p->head, *v;
+    size_t vl;
+    struct buf t = {0};
+    p->type[0] = p->charset[0] = p->encoding[0] = p->disposition[0] = p->filename[0] = p->content_id[0] = 0;
+    if ((v = mime_field_raw(h, p->head_len, "Content-Type", &vl)) != NULL) {
+        mime_type(v, vl, p->type, sizeof p->type);
+        if (mime_param(v, vl, "charset", &t)) { ms_strlcpy(p->charset, t.p, sizeof p->charset); ms_lower(p->charset); }
+        if (mime_param(v, vl, "name", &t)) ms_strlcpy(p->filename, t.p, sizeof p->filename);
+    }
+    if (!p->type[0]) ms_strlcpy(p->type, in_digest ? "message/rfc822" : "text/plain", sizeof p->type); /* RFC 2045 5.2, 2046 5.1.5 */
+    if ((v = mime_field_raw(h, p->head_len, "Content-Transfer-Encoding", &vl)) != NULL) {
+        mime_type(v, vl, p->encoding, sizeof p->encoding); /* (a token: no '/': it comes out "") */
+        {
+            size_t i = 0, o = 0;
+            while (i < vl && (v[i] == ' ' || v[i] == '\t')) i++;
+            for (; i < vl && o + 1 < sizeof p->encoding && v[i] != ' ' && v[i] != '\t' && v[i] != '\r' && v[i] != '\n' && v[i] != ';'; i++)
+                p->encoding[o++] = (char)tolower((unsigned char)v[i]);
+            p->encoding[o] = 0;
+        }
+    }
+    if ((v = mime_field_raw(h, p->head_len, "Content-Disposition", &vl)) != NULL) {
+        char d[32];
+        size_t i = 0, o = 0;
+        while (i < vl && (v[i] == ' ' || v[i] == '\t')) i++;
+        for (; i < vl && o + 1 < sizeof d && v[i] != ';' && v[i] != ' ' && v[i] != '\r' && v[i] != '\n'; i++) d[o++] = (char)tolower((unsigned char)v[i]);
+        d[o] = 0;
+        if (strcmp(d, "attachment") == 0 || strcmp(d, "inline") == 0) ms_strlcpy(p->disposition, d, sizeof p->disposition);
+        if (mime_param(v, vl, "filename", &t) && t.len) ms_strlcpy(p->filename, t.p, sizeof p->filename);
+    }
+    if ((v = mime_field_raw(h, p->head_len, "Content-ID", &vl)) != NULL) {
+        size_t i = 0, o = 0;
+        for (; i < vl && o + 1 < sizeof p->content_id; i++)
+            if (v[i] != '<' && v[i] != '>' && v[i] != ' ' && v[i] != '\t' && v[i] != '\r' && v[i] != '\n') p->content_id[o++] = v[i];
+        p->content_id[o] = 0;
+    }
+    {   /* a cut filename must stay UTF-8 (it goes into JSON) */
+        size_t l = strlen(p->filename);
+        while (l && ((unsigned char)p->filename[l - 1] & 0xC0) == 0x80) l--;
+        if (l && (unsigned char)p->filename[l - 1] >= 0xC0 && utf8_seq((unsigned char *)p->filename + l - 1, strlen(p->filename) - l + 1) == 0)
+            p->filename[l - 1] = 0;
+    }
+    buf_free(&t);
+}
+
+/* Is line s (to e) the boundary delimiter "--B" (close: "--B--"), white space after it allowed (RFC 2046 5.1.1)? */
+static int
+mime_is_delim(const char *s, const char *e, const char *b, size_t bl, int *close)
+{
+    if ((size_t)(e - s) < bl + 2 || s[0] != '-' || s[1] != '-' || memcmp(s + 2, b, bl) != 0) return 0;
+    s += bl + 2;
+    *close = e - s >= 2 && s[0] == '-' && s[1] == '-';
+    if (*close) s += 2;
+    while (s < e && (*s == ' ' || *s == '\t' || *s == '\r')) s++;
+    return s == e;
+}
+
+/* Splits body [bs, be) of multipart part k into its children (appended to parts); recursive to MIME_MAX_DEPTH. */
+static void
+mime_split(const char *msg, struct mime_part *parts, int *np, int max, int k)
+{
+    struct buf t = {0};
+    char b[80];
+    size_t bl, pos = parts[k].body, end = parts[k].body + parts[k].body_len, start = 0;
+    const char *v;
+    size_t vl;
+    int child = 0, in_part = 0, close = 0, digest = strcmp(parts[k].type, "multipart/digest") == 0;
+    v = mime_field_raw(msg + parts[k].head, parts[k].head_len, "Content-Type", &vl);
+    if (!v || !mime_param(v, vl, "boundary", &t) || !t.len || t.len >= sizeof b) { buf_free(&t); return; }
+    memcpy(b, t.p, t.len + 1);
+    bl = t.len;
+    buf_free(&t);
+    while (pos < end && *np < max) {
+        const char *nl = memchr(msg + pos, '\n', end - pos);
+        size_t le = nl ? (size_t)(nl - msg) : end, next = nl ? le + 1 : end;
+        if (mime_is_delim(msg + pos, msg + le, b, bl, &close)) {
+            if (in_part) { /* the part before ends at the line break before the delimiter */
+                struct mime_part *c = &parts[*np - 1];
+                size_t stop = pos;
+                if (stop > start && msg[stop - 1] == '\n') stop--;
+                if (stop > start && msg[stop - 1] == '\r') stop--;
+                c->body_len = stop > c->body ? stop - c->body : 0;
+            }
+            if (close) { in_part = 0; break; }
+            { /* a new part: its header block, then its body */
+                struct mime_part *c = &parts[(*np)++];
+                const char *h = msg + next, *blank;
+                size_t hs = next, he;
+                memset(c, 0, sizeof *c);
+                c->depth = parts[k].depth + 1;
+                ms_fmt(c->id, sizeof c->id, "%s%s%d", parts[k].id, parts[k].id[0] ? "." : "", ++child); /* at most 26 bytes */
+                if (next < end && (msg[next] == '\n' || (msg[next] == '\r' && next + 1 < end && msg[next + 1] == '\n'))) {
+                    he = hs; /* no header fields */
+                    c->body = msg[next] == '\n' ? next + 1 : next + 2;
+                } else {
+                    blank = NULL;
+                    for (he = hs; he < end; he++)
+                        if (msg[he] == '\n' && he + 1 < end && (msg[he + 1] == '\n' || (msg[he + 1] == '\r' && he + 2 < end && msg[he + 2] == '\n'))) {
+                            blank = msg + he;
+                            break;
+                        }
+                    if (blank) { he = (size_t)(blank - msg) + 1; c->body = msg[he] == '\n' ? he + 1 : he + 2; }
+                    else { he = end; c->body = end; }
+                }
+                (void)h;
+                c->head = hs;
+                c->head_len = he - hs;
+                c->body_len = end > c->body ? end - c->body : 0; /* till the next delimiter, or the end */
+                in_part = 1;
+                start = c->body;
+                mime_part_fields(msg, c, digest);
+            }
+        }
+        pos = next;
+    }
+}
+
+/* Splits a message into its parts, parts[0] the message itself; returns the count (>= 1).
+ * Children follow their multipart (document order); malformed MIME is never an error: a
+ * multipart without a boundary is one leaf, a missing close delimiter ends at the message's end. */
+static int
+mime_parse(const char *msg, size_t n, struct mime_part *parts, int max)
+{
+    int np = 1, i;
+    const char *blank = NULL;
+    size_t he, k;
+    memset(&parts[0], 0, sizeof parts[0]);
+    for (k = 0; k < n; k++) /* the header block ends at the first empty line */
+        if (msg[k] == '\n' && (k == 0 || (k + 1 < n && (msg[k + 1] == '\n' || (msg[k + 1] == '\r' && k + 2 < n && msg[k + 2] == '\n'))))) {
+            blank = msg + k;
+            break;
+        }
+    if (n && msg[0] == '\n') { he = 0; parts[0].body = 1; }
+    else if (blank) { he = (size_t)(blank - msg) + 1; parts[0].body = msg[he] == '\n' ? he + 1 : he + 2; }
+    else { he = n; parts[0].body = n; }
+    parts[0].head = 0;
+    parts[0].head_len = he;
+    parts[0].body_len = n > parts[0].body ? n - parts[0].body : 0;
+    mime_part_fields(msg, &parts[0], 0);
+    /* breadth by depth: split each multipart found, its children appended; then order them */
+    for (i = 0; i < np && np < max; i++) {
+        if (strncmp(parts[i].type, "multipart/", 10) != 0 || parts[i].depth >= MIME_MAX_DEPTH) continue;
+        {
+            int before = np;
+            mime_split(msg, parts, &np, max, i);
+            if (np > before) parts[i].multipart = 1;
+        }
+    }
+    if (!parts[0].multipart) ms_strlcpy(parts[0].id, "1", sizeof parts[0].id); /* RFC 3501 6.4.5: a single part is "1" */
+    { /* document order: by position in the message (a parent's head comes before its children) */
+        for (i = 1; i < np; i++) {
+            struct mime_part tmp = parts[i];
+            int j = i - 1;
+            while (j >= 0 && parts[j].head > tmp.head) { parts[j + 1] = parts[j]; j--; }
+            parts[j + 1] = tmp;
+        }
+    }
+    return np;
+}
+
+/* A part's body with its transfer encoding undone, appended to out. */
+static void
+mime_body(const char *msg, const struct mime_part *p, struct buf *out)
+{
+    buf_add(out, "", 0);
+    if (strcmp(p->encoding, "base64") == 0) mime_base64(out, msg + p->body, p->body_len);
+    else if (strcmp(p->encoding, "quoted-printable") == 0) mime_qp(out, msg + p->body, p->body_len, 0);
+    else buf_add(out, msg + p->body, p->body_len);
+}
+
+/* A text part as UTF-8. */
+static void
+mime_text(const char *msg, const struct mime_part *p, struct buf *out)
+{
+    struct buf raw = {0};
+    mime_body(msg, p, &raw);
+    mime_to_utf8(out, p->charset, raw.p ? raw.p : "", raw.len);
+    buf_free(&raw);
+}
+
+struct mime_addr { char name[256]; char addr[320]; };
+
+/* An address list (RFC 5322 3.4): "Name" <a@b>, a@b (Name), Name <a@b>, groups (G: a@b, c@d;)
+ * flattened; names decoded. How many were stored (at most max). */
+static int
+mime_addresses(const char *v, size_t n, struct mime_addr *out, int max)
+{
+    int count = 0;
+    size_t i = 0;
+    while (i < n && count < max) {
+        struct buf name = {0}, comment = {0}, word = {0};
+        char addr[320] = "";
+        int angle = 0, quoted;
+        /* one mailbox: up to a ',' or ';' outside quotes, comments and angle brackets */
+        while (i < n && v[i] != ',' && v[i] != ';') {
+            char ch = v[i];
+            if (ch == '"') {
+                buf_add(&word, "\"", 1);
+                for (i++; i < n && v[i] != '"'; i++) {
+                    if (v[i] == '\\' && i + 1 < n) i++;
+                    if (v[i] != '\r' && v[i] != '\n') buf_add(&word, v + i, 1);
+                }
+                buf_add(&word, "\"", 1);
+                i++;
+            } else if (ch == '(') {
+                int depth = 1;
+                for (i++; i < n && depth; i++) {
+                    if (v[i] == '\\' && i + 1 < n) { i++; buf_add(&comment, v + i, 1); continue; }
+                    depth += v[i] == '(' ? 1 : v[i] == ')' ? -1 : 0;
+                    if (depth) buf_add(&comment, v + i, 1);
+                }
+            } else if (ch == '<') {
+                const char *gt = memchr(v + i, '>', n - i), *route;
+                size_t s = i + 1, e = gt ? (size_t)(gt - v) : n;
+                route = memchr(v + s, ':', e - s); /* obsolete route <@a,@b:x@y> */
+                if (route && v[s] == '@') s = (size_t)(route - v) + 1;
+                while (s < e && (v[s] == ' ' || v[s] == '\t')) s++;
+                while (e > s && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+                snprintf(addr, sizeof addr, "%.*s", (int)(e - s), v + s);
+                angle = 1;
+                i = gt ? (size_t)(gt - v) + 1 : n;
+                buf_add(&name, word.p ? word.p : "", word.len);
+                word.len = 0;
+            } else if (ch == ':' && !angle) { /* a group's display name: dropped */
+                word.len = 0;
+                i++;
+            } else {
+                buf_add(&word, v + i, 1);
+                i++;
+            }
+        }
+        i++;
+        if (!angle) { /* a bare address: the words are it; a comment is its name */
+            const char *w = word.p ? word.p : "";
+            size_t s = 0, e = word.len;
+            while (s < e && strchr(" \t\r\n", w[s])) s++;
+            while (e > s && strchr(" \t\r\n", w[e - 1])) e--;
+            snprintf(addr, sizeof addr, "%.*s", (int)(e - s), w + s);
+            buf_free(&name);
+            if (comment.p) buf_add(&name, comment.p, comment.len);
+        } else if (!name.len && comment.p) {
+            buf_add(&name, comment.p, comment.len);
+        }
+        if (addr[0] && strchr(addr, '@') && !strpbrk(addr, " \t\"")) {
+            struct buf dec = {0};
+            char *nm;
+            size_t l;
+            quoted = 0;
+            if (name.p) mime_header_text(&dec, name.p, name.len);
+            nm = dec.p ? dec.p : "";
+            l = strlen(nm);
+            /* the quotes of a quoted display name go; an encoded word inside them is decoded too */
+            if (l >= 2 && nm[0] == '"' && nm[l - 1] == '"') { nm[l - 1] = 0; nm++; quoted = 1; }
+            if (quoted && strstr(nm, "=?")) {
+                struct buf d2 = {0};
+                mime_header_text(&d2, nm, strlen(nm));
+                ms_strlcpy(out[count].name, d2.p ? d2.p : "", sizeof out[count].name);
+                buf_free(&d2);
+            } else {
+                ms_strlcpy(out[count].name, nm, sizeof out[count].name);
+            }
+            ms_strlcpy(out[count].addr, addr, sizeof out[count].addr);
+            count++;
+            buf_free(&dec);
+        }
+        buf_free(&name);
+        buf_free(&comment);
+        buf_free(&word);
+    }
+    return count;
+}
+
+/* An RFC 5322 3.3 date-time (with the obsolete forms of 4.3): seconds since 1970 UTC and the
+ * zone's offset in minutes; -1 if it is not one. */
+static int
+mime_date(const char *v, size_t n, int64_t *utc, int *offset_min)
+{
+    static const char *const zones[] = {"UT", "GMT", "Z", "EST", "EDT", "CST", "CDT", "MST", "MDT", "PST", "PDT"};
+    static const int zoff[] = {0, 0, 0, -300, -240, -360, -300, -420, -360, -480, -420};
+    char s[128], mon[16], zone[16] = "";
+    int day, year, h, mi, sec = 0, m, k, used = 0;
+    const char *p;
+    size_t i, o = 0;
+    for (i = 0; i < n && o + 1 < sizeof s; i++) { /* comments out, folding to spaces */
+        if (v[i] == '(') {
+            int d = 1;
+            for (i++; i < n && d; i++) d += v[i] == '(' ? 1 : v[i] == ')' ? -1 : 0;
+            i--;
+            continue;
+        }
+        s[o++] = v[i] == '\t' || v[i] == '\r' || v[i] == '\n' ? ' ' : v[i];
+    }
+    s[o] = 0;
+    p = s;
+    while (*p == ' ') p++;
+    if (isalpha((unsigned char)*p)) { /* the day's name */
+        while (isalpha((unsigned char)*p)) p++;
+        while (*p == ',' || *p == ' ') p++;
+    }
+    if (sscanf(p, "%d %15s %d %n", &day, mon, &year, &used) < 3 || !used) return -1;
+    p += used;
+    used = 0;
+    if (sscanf(p, "%d:%d%n", &h, &mi, &used) < 2 || !used) return -1;
+    p += used;
+    if (*p == ':' && sscanf(p + 1, "%d%n", &sec, &used) == 1) p += 1 + used; /* seconds are optional */
+    sscanf(p, " %15s", zone);
+    for (m = 0; m < 12; m++)
+        if (ms_strncaseeq(mon, ms_months[m], 3)) break;
+    if (m == 12 || day < 1 || day > 31 || h < 0 || h > 23 || mi < 0 || mi > 59 || sec < 0 || sec > 60 || year < 0 || year > 9999)
+        return -1;
+    if (year < 50) year += 2000; /* RFC 5322 4.3: two digits */
+    else if (year < 1000) year += 1900;
+    *offset_min = 0;
+    if ((zone[0] == '+' || zone[0] == '-') && strlen(zone) == 5 && strspn(zone + 1, "0123456789") == 4) {
+        int hh = (zone[1] - '0') * 10 + (zone[2] - '0'), mm = (zone[3] - '0') * 10 + (zone[4] - '0');
+        *offset_min = (zone[0] == '-' ? -1 : 1) * (hh * 60 + mm);
+    } else {
+        for (k = 0; k < (int)(sizeof zones / sizeof zones[0]); k++) /* others (military ones) count as +0000 (4.3) */
+            if (ms_strcaseeq(zone, zones[k])) { *offset_min = zoff[k]; break; }
+    }
+    *utc = ms_days_from_civil(year, m + 1, day) * 86400 + h * 3600 + mi * 60 + sec - *offset_min * 60;
+    return 0;
+}
+
+/* A search in Mailpit's syntax: words and "quoted phrases", each may be
+ * negated (- or !) and prefixed by a field (from:, subject:"a b", is:read,
+ * larger:10k ...); all must match. */
+enum { SQ_TEXT, SQ_FROM, SQ_TO, SQ_CC, SQ_BCC, SQ_REPLY_TO, SQ_ADDRESSED, SQ_SUBJECT, SQ_MESSAGE_ID, SQ_TAG,
+       SQ_IS_READ, SQ_IS_UNREAD, SQ_IS_TAGGED, SQ_HAS_ATTACHMENT, SQ_HAS_INLINE, SQ_AFTER, SQ_BEFORE, SQ_LARGER,
+       SQ_SMALLER, SQ_NONE };
+struct search_term { int kind, neg; int64_t num; char text[200]; };
+
+/* The date "YYYY-MM-DD" (or with "THH:MM[:SS]") as seconds, UTC; -1 if it is none. */
+static int64_t
+ms_parse_day(const char *s)
+{
+    int y, mo, d, h = 0, mi = 0, se = 0, n = 0;
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || mo < 1 || mo > 12 || d < 1 || d > 31) return -1;
+    if (s[n] == 'T' || s[n] == ' ') sscanf(s + n + 1, "%2d:%2d:%2d", &h, &mi, &se);
+    return ms_days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se;
+}
+
+/* Parses q into at most max terms: how many, or -1 if a value is malformed (a size, a date). */
+static int
+search_parse(const char *q, struct search_term *t, int max)
+{
+    static const char *const fields[] = {"", "from:", "to:", "cc:", "bcc:", "reply-to:", "addressed:", "subject:",
+                                         "message-id:", "tag:"};
+    int n = 0;
+    while (*q) {
+        struct search_term *x = &t[n];
+        char word[sizeof x->text];
+        size_t o = 0;
+        int k;
+        while (*q == ' ' || *q == '\t') q++;
+        if (!*q) break;
+        if (n == max) return -1;
+        memset(x, 0, sizeof *x);
+        if (*q == '-' || *q == '!') { x->neg = 1; q++; }
+        for (k = SQ_TAG; k > SQ_TEXT; k--)
+            if (ms_strncaseeq(q, fields[k], strlen(fields[k]))) break;
+        x->kind = k;
+        if (k == SQ_TEXT) {
+            if (ms_strncaseeq(q, "is:", 3) || ms_strncaseeq(q, "has:", 4) || ms_strncaseeq(q, "after:", 6) ||
+                ms_strncaseeq(q, "before:", 7) || ms_strncaseeq(q, "larger:", 7) || ms_strncaseeq(q, "smaller:", 8)) {
+                size_t c = strcspn(q, ":");
+                char key[16];
+                memcpy(key, q, c + 1);
+                key[c + 1] = 0;
+                x->kind = SQ_NONE;
+                q += c + 1;
+                if (ms_strcaseeq(key, "after:")) x->kind = SQ_AFTER;
+                else if (ms_strcaseeq(key, "before:")) x->kind = SQ_BEFORE;
+                else if (ms_strcaseeq(key, "larger:")) x->kind = SQ_LARGER;
+                else if (ms_strcaseeq(key, "smaller:")) x->kind = SQ_SMALLER;
+                else if (ms_strcaseeq(key, "is:")) x->kind = SQ_IS_READ; /* which one: below */
+                else x->kind = SQ_HAS_ATTACHMENT;
+            }
+        } else {
+            q += strlen(fields[k]);
+        }
+        if (*q == '"') { /* a phrase: to the closing quote */
+            for (q++; *q && *q != '"'; q++)
+                if (o + 1 < sizeof word) word[o++] = *q;
+            if (*q) q++;
+        } else {
+            for (; *q && *q != ' ' && *q != '\t'; q++)
+                if (o + 1 < sizeof word) word[o++] = *q;
+        }
+        word[o] = 0;
+        ms_strlcpy(x->text, word, sizeof x->text);
+        if (x->kind == SQ_IS_READ) {
+            if (ms_strcaseeq(word, "read")) x->kind = SQ_IS_READ;
+            else if (ms_strcaseeq(word, "unread")) x->kind = SQ_IS_UNREAD;
+            else if (ms_strcaseeq(word, "tagged")) x->kind = SQ_IS_TAGGED;
+            else x->kind = SQ_NONE;
+        } else if (x->kind == SQ_HAS_ATTACHMENT) {
+            if (ms_strncaseeq(word, "attachment", 10)) x->kind = SQ_HAS_ATTACHMENT;
+            else if (ms_strncaseeq(word, "inline", 6)) x->kind = SQ_HAS_INLINE;
+            else x->kind = SQ_NONE;
+        } else if (x->kind == SQ_AFTER || x->kind == SQ_BEFORE) {
+            if ((x->num = ms_parse_day(word)) < 0) return -1;
+        } else if (x->kind == SQ_LARGER || x->kind == SQ_SMALLER) {
+            char *end;
+            double v = strtod(word, &end);
+            if (end == word || v < 0) return -1;
+            if (*end == 'k' || *end == 'K') v *= 1024, end++;
+            else if (*end == 'm' || *end == 'M') v *= 1024 * 1024, end++;
+            if (*end == 'b' || *end == 'B') end++;
+            if (*end) return -1;
+            x->num = (int64_t)v;
+        }
+        if (x->kind == SQ_NONE) continue; /* an unknown is:/has: word matches nothing: dropped, as Mailpit ignores it */
+        if (x->kind <= SQ_TAG && !word[0]) continue;
+        n++;
+    }
+    return n;
+}
+#endif /* MAILSRV_ENABLE_HTTP */
+
 /*==== 7. Storage ====*/
 /*
  * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
@@ -4849,7 +6184,7 @@ struct store_ops {
     int (*expunge)(struct pop_view *v, int64_t until);   /* RFC 1939 6: the deletions (view_expunge) */
     /* where message m's text is: its file, first and end offset (-1: the file's end);
      * else MSG_UNREADABLE, MSG_LOCKED (by another program) or MSG_CHANGED (by another program) */
-    int (*msg_text)(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
+    int (*msg_text)(struct pop_view *v, struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end);
     int from_quoted;                  /* mbox: a body line ">From " was "From " */
 };
 static const struct store_ops maildir_store, mbox_store;
@@ -6689,10 +8024,14 @@ mdir_expunge(struct pop_view *v, int64_t until)
     do { /* one message per step, then the fsync of new/, then that of cur/ */
         int k = v->expunged++;
         if (k < v->n) {
-            const struct pop_msg *m = &v->msgs[k];
-            if (m->deleted && (ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) < 0 ||
-                               (os_unlink(path) != 0 && errno != ENOENT)))
-                v->expunge_failed = 1;
+            struct pop_msg *m = &v->msgs[k];
+            if (!m->deleted) continue;
+            if (ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) < 0) { v->expunge_failed = 1; continue; }
+            if (os_unlink(path) == 0) continue;
+            if (errno == ENOENT && mdir_relocate(v, m) == 0 && ms_fmt(path, sizeof path, "%s/%s", v->path, m->name) >= 0 &&
+                os_unlink(path) == 0) /* moved since the view was made (a read mark) */
+                continue;
+            if (errno != ENOENT) v->expunge_failed = 1;
             continue;
         }
         if (ms_fmt(path, sizeof path, k == v->n ? "%s/new" : "%s/cur", v->path) >= 0) os_fsync_dir(path);
@@ -6802,15 +8141,55 @@ mbox_expunge(struct pop_view *v, int64_t until)
 }
 
 static int
-mdir_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end)
+mdir_msg_text(struct pop_view *v, struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end)
 {
     *start = 0;
     *end = -1;
-    return ms_fmt(path, n, "%s/%s", v->path, m->name) < 0 ? MSG_UNREADABLE : 0;
+    if (ms_fmt(path, n, "%s/%s", v->path, m->name) < 0) return MSG_UNREADABLE;
+    if (os_lstat_kind(path) == OS_MISSING && mdir_relocate(v, m) == 0 && ms_fmt(path, n, "%s/%s", v->path, m->name) < 0)
+        return MSG_UNREADABLE;
+    return 0;
+}
+
+/* A message another program moved since the view was made (a MUA, or the HTTP API's read mark:
+ * from new/ to cur/, or other flags): found again by its key in cur/ or new/, and its name in
+ * the view updated. 0, or -1 if it is gone. A directory scan: only for a message that moved. */
+struct mdir_seek { char key[MS_PATH_MESSAGE]; size_t klen; char found[MS_PATH_MESSAGE]; };
+
+static int
+mdir_seek_one(void *ctx, const char *name)
+{
+    struct mdir_seek *s = ctx;
+    if (!s->found[0] && mdir_key_len(name) == s->klen && memcmp(name, s->key, s->klen) == 0)
+        ms_strlcpy(s->found, name, sizeof s->found);
+    return 0;
 }
 
 static int
-mbox_msg_text(struct pop_view *v, const struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end)
+mdir_relocate(struct pop_view *v, struct pop_msg *m)
+{
+    static const char *const subs[] = {"cur", "new"};
+    struct mdir_seek *s = xrealloc(NULL, sizeof *s);
+    char dir[MS_PATH_FILE], name[MS_PATH_MESSAGE];
+    int i, r = -1;
+    ms_strlcpy(s->key, mdir_base(m), sizeof s->key);
+    s->klen = mdir_key_len(s->key);
+    for (i = 0; i < 2 && r != 0; i++) {
+        s->found[0] = 0;
+        if (ms_fmt(dir, sizeof dir, "%s/%s", v->path, subs[i]) < 0) continue;
+        os_list_dir(dir, mdir_seek_one, s);
+        if (s->found[0] && ms_fmt(name, sizeof name, "%s/%s", subs[i], s->found) >= 0) {
+            free(m->name);
+            m->name = xstrdup(name);
+            r = 0;
+        }
+    }
+    free(s);
+    return r;
+}
+
+static int
+mbox_msg_text(struct pop_view *v, struct pop_msg *m, char *path, size_t n, int64_t *start, int64_t *end)
 {
     if (mbox_view_refresh(v) != 0) return errno == EAGAIN ? MSG_LOCKED : MSG_UNREADABLE;
     if (m->len < 0) return MSG_CHANGED;
@@ -7352,7 +8731,7 @@ cfg_load_tls_files(struct ms_config *c)
         if (!c->tls_cert[0] || !c->tls_key[0]) cfg_error(c, 0, "tls_cert and tls_key go together");
         else if (!(c->tls = tls_creds_load(c->tls_cert, c->tls_key, err, sizeof err))) cfg_error(c, 0, "TLS: %s", err);
     } else if (tls_listen) {
-        cfg_error(c, 0, "smtps and pop3s need tls_cert and tls_key (`mailsrv gencert` makes a pair)");
+        cfg_error(c, 0, "smtps, pop3s and https need tls_cert and tls_key (`mailsrv gencert` makes a pair)");
     }
     if (c->relay_tls == RTLS_VERIFY) {
         if (!c->ca_file[0]) cfg_error(c, 0, "[relay] tls = verify needs ca_file");
@@ -7822,7 +9201,7 @@ struct smtp_sess {
     char first_rcpt[MS_PATH_MAX];
     int nrcpt, tx_error;
     struct targets targets;
-    char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 13) */
+    char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 14) */
     int nlists;
     struct data_rx rx;
     char *wbuf;                      /* only while receiving DATA */
@@ -7857,7 +9236,28 @@ struct pop_sess {
     struct line_reader lr;
 };
 
-/* A login in progress: section 14 runs its PBKDF2 a slice per loop turn.
+#if MAILSRV_ENABLE_HTTP
+/* An HTTP session (section 12): one request at a time. */
+enum { H_HEAD, H_BODY, H_LOGIN, H_WORK, H_EVENTS };
+#define HTTP_LOGIN_ONLY 2
+
+struct http_sess {
+    int state;
+    struct http_req req;
+    char *bigin;                     /* input buffer once a head outgrew c->inbuf (MS_HTTP_HEAD_MAX) */
+    struct buf body;                 /* the request's body */
+    struct buf resp;                 /* the answer's body, being made */
+    int all;                         /* the client sees every mailbox */
+    char mailbox[MS_PATH_MAX];       /* ... else this one ("": nobody logged in yet) */
+    unsigned char auth_key[32];      /* SHA-256 of the Authorization value that logged in */
+    int started;                     /* bytes of a request have come (a timeout answers 408) */
+    const struct http_route *route;
+    char arg[2][MS_HTTP_ARG_MAX];    /* the route's {ID} and {PartID}, decoded */
+    struct http_job *job;            /* the request's views of the store */
+};
+#endif
+
+/* A login in progress: section 15 runs its PBKDF2 a slice per loop turn.
  * The name as given (for the log), the mailbox it names, the hash to match. */
 struct login {
     struct pbkdf2 st;
@@ -7894,7 +9294,13 @@ struct conn {
     unsigned work_started : 1;       /* ... it has had a slice (commit_seal) */
     struct login *login;             /* the login being hashed */
     char inbuf[MS_IN_SIZE];          /* io's input */
-    union { struct smtp_sess smtp; struct pop_sess pop; } u;
+    union {
+        struct smtp_sess smtp;
+        struct pop_sess pop;
+#if MAILSRV_ENABLE_HTTP
+        struct http_sess http;
+#endif
+    } u;
 };
 
 struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
@@ -7921,6 +9327,7 @@ struct proto_ops {
     void (*free)(struct conn *c);
     const char *lost_log;            /* logged when the client goes away in_transfer (NULL: nothing) */
     const char *say[SAY_N];          /* reply formats; they may use the host name (one %s) */
+    void (*said)(struct conn *c, enum conn_say what); /* instead of say[] (HTTP: an answer only to a request begun) */
 };
 
 struct mailsrv {
@@ -7965,7 +9372,7 @@ struct mailsrv {
     int64_t relay_wake, next_flush_check;
     void *tls_cache;                 /* the session resumption cache, made on first use */
     struct auth_penalty { char ip[64]; int fails; int64_t last; } pen[MS_AUTH_TRACK]; /* failed logins, by client_key */
-    struct list_rate { uint64_t key; int64_t tat; } lrate[MS_LIST_REQ_TRACK]; /* list requests (section 13) */
+    struct list_rate { uint64_t key; int64_t tat; } lrate[MS_LIST_REQ_TRACK]; /* list requests (section 14) */
     struct client_stat {             /* by client_key: connection rate and refusals logged */
         char key[48];
         int64_t seen, rate_start, log_start;
@@ -7981,6 +9388,10 @@ struct mailsrv {
     long fd_need, fd_limit;          /* what the configuration needs and the limit, as last logged */
     int64_t accept_rest_until;       /* out of descriptors: the listeners are not polled until then */
     int64_t fd_short_logged;         /* when running out of them was last logged */
+    int64_t started_ms;              /* mailsrv_create (the API's uptime) */
+    struct { int code, prob; } chaos[CHAOS_N]; /* SMTP failures on demand (percent; 0: never) */
+    unsigned char http_salt[16];     /* keys the remembered HTTP logins (random at start) */
+    struct http_login_cache { unsigned char key[32]; char mailbox[MS_PATH_MAX]; int64_t until; } http_logins[MS_HTTP_LOGINS];
 };
 
 /* ---- logging, replies, closing ---- */
@@ -8027,6 +9438,7 @@ conn_reply(struct conn *c, const char *fmt, ...)
 static void
 conn_say(struct conn *c, enum conn_say what)
 {
+    if (c->ops->said) { c->ops->said(c, what); return; }
     conn_reply(c, c->ops->say[what], c->ms->cfg->hostname);
 }
 
@@ -8669,12 +10081,22 @@ msg_inject(struct mailsrv *ms, struct store_msg *m, const struct targets *t, con
     *err = NULL;
     m->hdr_lines = 1;
     if (!m->write_failed) r = store_message(ms->cfg, ms->qdir, m, t, err, NULL, NULL, NULL);
+    if (r == 0) http_notify(ms, "new", store_of(ms->cfg)->maildir ? m->name : m->id, t, NULL);
     if (r == 0 && targets_remote(t)) relay_enqueue(ms, m->id);
     if (r != 0 && !*err) *err = "cannot write the message";
     os_close(m->tmp_fd);
     os_unlink(m->tmp_path);
     m->tmp_fd = -1;
     return r;
+}
+
+/* Does a chaos trigger fire now? Its SMTP code if so, else 0. */
+static int
+chaos_fires(struct mailsrv *ms, int which)
+{
+    unsigned char r[2];
+    if (ms->chaos[which].prob <= 0 || os_random(r, sizeof r) != 0) return 0;
+    return (r[0] << 8 | r[1]) % 100 < ms->chaos[which].prob ? ms->chaos[which].code : 0;
 }
 
 /*==== 10. SMTP server session ====*/
@@ -8827,7 +10249,9 @@ smtp_do_auth(struct conn *c, const char *args)
     struct smtp_sess *s = &c->u.smtp;
     char mech[32];
     const char *init = cmd_split(args, mech, sizeof mech);
+    int chaos;
     if (s->auth_user[0]) { conn_reply(c, "503 5.5.1 Already authenticated"); return; }
+    if ((chaos = chaos_fires(c->ms, CHAOS_AUTH)) != 0) { conn_reply(c, "%d Chaos: authentication refused", chaos); return; }
     if (c->ms->cfg->capture) { conn_reply(c, "503 5.5.1 AUTH is not needed in capture mode"); return; }
     if (!conn_plaintext_ok(c)) { conn_reply(c, "538 5.7.11 Encryption required for requested authentication mechanism"); return; }
     if (strcmp(mech, "PLAIN") == 0) {
@@ -8878,7 +10302,9 @@ smtp_do_mail(struct conn *c, const char *args)
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
     int64_t size = 0;
+    int chaos;
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
+    if ((chaos = chaos_fires(c->ms, CHAOS_SENDER)) != 0) { conn_reply(c, "%d Chaos: sender refused", chaos); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || (local[0] && !domain[0])) {
         /* RFC 5321 4.5.3.1.10: "501 Path too long"; RFC 3463 X.1.7: bad sender address syntax */
         conn_reply(c, "501 5.1.7 %s", p && !rest && errno == ENAMETOOLONG ? "Path too long" : "Bad sender address syntax");
@@ -8950,6 +10376,7 @@ smtp_do_rcpt(struct conn *c, const char *args)
     }
     if (*rest) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
     if (s->nrcpt >= cfg->max_recipients) { conn_reply(c, "452 4.5.3 Too many recipients"); return; }
+    if ((r = chaos_fires(c->ms, CHAOS_RCPT)) != 0) { conn_reply(c, "%d Chaos: recipient refused", r); return; }
     if (!domain[0]) {
         /* RFC 5321 4.5.1: <Postmaster> without a domain must be accepted */
         if (!ms_strcaseeq(local, "postmaster") || cfg->ndomains == 0) {
@@ -9175,6 +10602,7 @@ smtp_group_committed(struct conn *c, int ok)
         for (i = 0; i < s->targets.n; i++)
             conn_log(c, "%s %s from=<%s> to=<%s> size=%lld", s->targets.remote[i] ? "queued" : "delivered", s->msg.id,
                      s->from, s->targets.v[i], (long long)s->msg.size);
+        http_notify(c->ms, "new", store_of(c->ms->cfg)->maildir ? s->msg.name : s->msg.id, &s->targets, NULL);
         if (targets_remote(&s->targets)) {
             relay_enqueue(c->ms, s->msg.id);
             conn_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
@@ -9373,6 +10801,7 @@ static const struct proto_ops smtp_ops = {
      [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",
      [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",
      [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"},
+    NULL,
 };
 
 /*==== 11. POP3 server session ====*/
@@ -9903,15 +11332,2262 @@ static const struct proto_ops pop_ops = {
      [SAY_TLS_UNAVAILABLE] = "-ERR TLS not available",
      [SAY_BUSY] = "-ERR [SYS/TEMP] Too many connections, try again later",
      [SAY_RATE] = "-ERR [SYS/TEMP] Too many connections from your address, try again later"},
+    NULL,
 };
+
+
+/*==== 12. HTTP: the Mailpit-compatible API ====*/
+#if MAILSRV_ENABLE_HTTP
+/*
+ * HTTP/1.1 (RFC 9110, 9112) on the same loop as the mail sessions: a
+ * request's head is read into the connection's input buffer (a larger one of
+ * its own once it outgrows it), its body by Content-Length, and one request
+ * is answered at a time (pipelined ones wait in the buffer). The API is
+ * Mailpit's v1: the same paths and JSON, so that test helpers written for
+ * Mailpit work unchanged. Each request that reads mail makes views of the
+ * mailboxes it may see (the POP3 views of section 7, in slices as the
+ * session's work), answers from them, and drops them: nothing of the store is
+ * cached between requests. A message's ID is its UIDL, the same in every
+ * mailbox a delivery reached, so that a capture's list shows one message
+ * per delivery, as Mailpit does.
+ *
+ * Who sees what: in capture mode, a loopback client every mailbox without a
+ * login; otherwise HTTP Basic with a mailbox's address and password (the
+ * logins of section 9: hashed in slices, failures slowed per client), which
+ * sees its own mailbox, or every mailbox if `admins` names it.
+ */
+
+/* (the contents block lists only what every build has) */
+struct http_sweep;
+static void http_sweep_free(struct http_sweep *s);
+static void http_login(struct conn *c);
+static int http_views_step(struct conn *c, int64_t until);
+static int http_sweep_step(struct conn *c, int64_t until);
+static int http_expunge_step(struct conn *c, int64_t until);
+
+/* ---- answers ---- */
+
+static const char *
+http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Error";
+    }
+}
+
+/* The answer to the request: status, its fields, and h->resp as the body (HEAD: none). */
+static void
+http_answer_extra(struct conn *c, int status, const char *ctype, const char *fields)
+{
+    struct http_sess *h = &c->u.http;
+    char date[40];
+    int64_t sec;
+    long usec;
+    int close = !h->req.keep_alive || c->ms->stopping || status == 400 || status == 408 || status == 411 ||
+                status == 413 || status == 414 || status == 431 || status == 505 || status == 501 ||
+                c->ms->cfg == NULL;
+    os_wallclock(&sec, &usec);
+    ms_http_date(date, sizeof date, sec);
+    buf_printf(&c->io.out, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %lu\r\n"
+               "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n%s%s\r\n",
+               status, http_reason(status), date, ctype, (unsigned long)h->resp.len, fields ? fields : "",
+               close ? "Connection: close\r\n" : "");
+    if (h->req.method != HTTP_HEAD) buf_add(&c->io.out, h->resp.p ? h->resp.p : "", h->resp.len);
+    if (c->ms->verbose) conn_log(c, "> %d %s (%lu bytes)", status, http_reason(status), (unsigned long)h->resp.len);
+    buf_free(&h->resp);
+    buf_free(&h->body);
+    h->state = H_HEAD;
+    h->started = 0;
+    h->route = NULL;
+    c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000LL;
+    if (close) conn_close_after_reply(c);
+}
+static void http_answer(struct conn *c, int status, const char *ctype) { http_answer_extra(c, status, ctype, NULL); }
+
+/* A plain-text answer (Mailpit answers its mutations "ok" and its errors in plain text). */
+static void
+http_text(struct conn *c, int status, const char *text)
+{
+    buf_free(&c->u.http.resp);
+    buf_adds(&c->u.http.resp, text);
+    http_answer(c, status, "text/plain; charset=utf-8");
+}
+
+/* An error in JSON, as Mailpit's /send answers: {"Error":"..."}. */
+static void
+http_json_error(struct conn *c, int status, const char *text)
+{
+    struct buf *b = &c->u.http.resp;
+    buf_free(b);
+    buf_adds(b, "{");
+    json_kv(b, "", "Error", text);
+    buf_adds(b, "}");
+    http_answer(c, status, "application/json");
+}
+
+static void http_json(struct conn *c) { http_answer(c, 200, "application/json"); }
+
+static void
+http_unauthorized(struct conn *c)
+{
+    buf_free(&c->u.http.resp);
+    buf_adds(&c->u.http.resp, "Login with a mailbox's address and password\n");
+    http_answer_extra(c, 401, "text/plain; charset=utf-8", "WWW-Authenticate: Basic realm=\"mailsrv\", charset=\"UTF-8\"\r\n");
+}
+
+/* ---- the store: views of the mailboxes a request may see ---- */
+
+struct http_box {
+    char addr[MS_PATH_MAX];
+    struct pop_view v;
+    int opened, ndel;                /* its view is made; messages marked deleted in it */
+};
+/* A message as the API lists it: the first mailbox (and index there) holding its ID. */
+struct http_msg { int box, idx; int64_t when_us; };
+
+struct http_job {
+    struct http_box *boxes;
+    int nbox, next;                  /* next: the box whose view is being made, or expunged */
+    struct http_msg *msgs;           /* every message once the views are made, newest first */
+    int n;
+    void (*then)(struct conn *c);    /* the handler, once the views are made */
+    int pos, found;                  /* a search's progress: the next message, the matches so far */
+    int *match;                      /* ... the matches */
+    int deleting;                    /* -1: a deletion failed */
+    struct http_sweep *sweep;        /* a search or a change of many messages (http_sweep_step) */
+};
+
+static void
+http_job_free(struct http_job *j)
+{
+    int i;
+    if (!j) return;
+    for (i = 0; i < j->nbox; i++) view_free(&j->boxes[i].v);
+    free(j->boxes);
+    free(j->msgs);
+    free(j->match);
+    http_sweep_free(j->sweep);
+    free(j);
+}
+
+static void
+http_job_add_box(struct http_job *j, const char *addr)
+{
+    int i;
+    for (i = 0; i < j->nbox; i++)
+        if (strcmp(j->boxes[i].addr, addr) == 0) return;
+    j->boxes = xrealloc(j->boxes, sizeof *j->boxes * (size_t)(j->nbox + 1));
+    memset(&j->boxes[j->nbox], 0, sizeof *j->boxes);
+    ms_strlcpy(j->boxes[j->nbox++].addr, addr, MS_PATH_MAX);
+}
+
+/* The mailboxes under the spool (capture mode: every address that got mail). */
+struct http_scan { struct http_job *j; const char *spool, *domain; int mbox; };
+
+static int
+http_scan_user(void *ctx, const char *name)
+{
+    struct http_scan *s = ctx;
+    char local[MS_LOCAL_MAX + 8], addr[MS_PATH_MAX];
+    size_t n = strlen(name);
+    if (s->mbox) {
+        if (n <= 5 || n - 5 > MS_LOCAL_MAX || strcmp(name + n - 5, ".mbox") != 0) return 0;
+        n -= 5;
+    } else if (n > MS_LOCAL_MAX) {
+        return 0;
+    }
+    memcpy(local, name, n);
+    local[n] = 0;
+    if (cfg_safe_component(local, MS_LOCAL_MAX) && ms_fmt(addr, sizeof addr, "%s@%s", local, s->domain) >= 0)
+        http_job_add_box(s->j, addr);
+    return 0;
+}
+
+static int
+http_scan_domain(void *ctx, const char *name)
+{
+    struct http_scan *s = ctx, sub = *s;
+    char dir[MS_PATH_DOMAIN];
+    if (!cfg_safe_component(name, MS_DOMAIN_MAX) || !strchr(name, '.') ||
+        ms_fmt(dir, sizeof dir, "%s/%s", s->spool, name) < 0 || os_lstat_kind(dir) != OS_DIR)
+        return 0;
+    sub.domain = name;
+    os_list_dir(dir, http_scan_user, &sub);
+    return 0;
+}
+
+/* The mailboxes c may see. */
+static struct http_job *
+http_job_new(struct conn *c)
+{
+    const struct ms_config *cfg = c->ms->cfg;
+    struct http_job *j = xrealloc(NULL, sizeof *j);
+    int i, k;
+    memset(j, 0, sizeof *j);
+    if (!c->u.http.all) {
+        http_job_add_box(j, c->u.http.mailbox);
+    } else if (cfg->capture) {
+        struct http_scan s;
+        s.j = j;
+        s.spool = cfg->spool;
+        s.domain = NULL;
+        s.mbox = cfg->storage == STORE_MBOX;
+        os_list_dir(cfg->spool, http_scan_domain, &s);
+    } else {
+        for (i = 0; i < cfg->ndomains; i++)
+            for (k = 0; k < cfg->domains[i].nusers; k++) {
+                char addr[MS_PATH_MAX];
+                if (ms_fmt(addr, sizeof addr, "%s@%s", cfg->domains[i].users[k].name, cfg->domains[i].name) >= 0)
+                    http_job_add_box(j, addr);
+            }
+    }
+    return j;
+}
+
+/* When a message came: a UIDL that mailsrv made begins with the time of its delivery ("SEC.MUSEC..."). */
+static int64_t
+http_uidl_time(const char *u)
+{
+    int64_t sec = 0, usec = 0;
+    int i;
+    for (i = 0; isdigit((unsigned char)u[i]) && i < 12; i++) sec = sec * 10 + (u[i] - '0');
+    if (i == 0 || u[i] != '.' || u[i + 1] != 'M') return 0;
+    for (i += 2; isdigit((unsigned char)u[i]); i++) usec = usec * 10 + (u[i] - '0');
+    return sec * 1000000 + usec % 1000000;
+}
+
+static int
+http_msg_cmp(const void *a, const void *b)
+{
+    const struct http_msg *x = a, *y = b;
+    if (x->when_us != y->when_us) return x->when_us > y->when_us ? -1 : 1; /* newest first */
+    if (x->box != y->box) return x->box - y->box;
+    return y->idx - x->idx; /* the last delivered first */
+}
+
+/* Lists the messages of the views made, one per ID, newest first. */
+static void
+http_job_list(struct http_job *j)
+{
+    int b, i, n = 0;
+    for (b = 0; b < j->nbox; b++) n += j->boxes[b].v.n;
+    j->msgs = xrealloc(NULL, sizeof *j->msgs * (size_t)(n ? n : 1));
+    j->n = 0;
+    for (b = 0; b < j->nbox; b++)
+        for (i = 0; i < j->boxes[b].v.n; i++) {
+            struct http_msg *m = &j->msgs[j->n++];
+            m->box = b;
+            m->idx = i;
+            m->when_us = http_uidl_time(j->boxes[b].v.msgs[i].uidl);
+        }
+    qsort(j->msgs, (size_t)j->n, sizeof *j->msgs, http_msg_cmp);
+    if (j->nbox > 1) { /* one per delivery: copies share a UIDL (and, sorted, a time) */
+        int k = 0;
+        for (i = 0; i < j->n; i++) {
+            int d, dup = 0;
+            for (d = k - 1; d >= 0 && j->msgs[d].when_us == j->msgs[i].when_us && !dup; d--)
+                dup = strcmp(j->boxes[j->msgs[d].box].v.msgs[j->msgs[d].idx].uidl,
+                             j->boxes[j->msgs[i].box].v.msgs[j->msgs[i].idx].uidl) == 0;
+            if (!dup) j->msgs[k++] = j->msgs[i];
+        }
+        j->n = k;
+    }
+}
+
+static const struct pop_msg *
+http_pm(const struct http_job *j, const struct http_msg *m)
+{
+    return &j->boxes[m->box].v.msgs[m->idx];
+}
+
+/* A message's ID in the API: its UIDL, where that is safe in a URL path; else a hash of it. */
+static void
+http_msg_id(const char *uidl, char *out, size_t n)
+{
+    size_t i;
+    for (i = 0; uidl[i]; i++)
+        if (!isalnum((unsigned char)uidl[i]) && !strchr("._-", uidl[i])) break;
+    if (!uidl[i] && i < n) { memcpy(out, uidl, i + 1); return; }
+    {
+        struct sha256 s;
+        unsigned char d[32];
+        sha256_init(&s);
+        sha256_update(&s, uidl, strlen(uidl));
+        sha256_final(&s, d);
+        for (i = 0; i < 16 && 2 * i + 3 < n; i++) sprintf(out + 1 + 2 * i, "%02x", d[i]);
+        out[0] = 'h';
+    }
+}
+
+/* The message with that ID ("latest": the newest), or NULL. */
+static struct http_msg *
+http_find(struct http_job *j, const char *id)
+{
+    int i;
+    char mine[72];
+    if (strcmp(id, "latest") == 0) return j->n ? &j->msgs[0] : NULL;
+    for (i = 0; i < j->n; i++) {
+        http_msg_id(http_pm(j, &j->msgs[i])->uidl, mine, sizeof mine);
+        if (strcmp(mine, id) == 0) return &j->msgs[i];
+    }
+    return NULL;
+}
+
+/* Is it read? Maildir: in cur/ with the S flag (maildir.html, "info"); an mbox keeps no such mark here. */
+static int
+http_is_read(const struct pop_msg *m)
+{
+    const char *info;
+    if (!m->name || strncmp(m->name, "cur/", 4) != 0) return 0;
+    info = strrchr(m->name, MS_MAILDIR_INFO);
+    return info && strncmp(info + 1, "2,", 2) == 0 && strchr(info + 3, 'S') != NULL;
+}
+
+/* Reads a message's text into out (at most limit bytes; MS_HTTP_HEAD_ONLY: its header block),
+ * LF line ends as stored; an mbox's ">From " lines unquoted (mboxrd). 0, or what msg_text
+ * said (MSG_*). */
+static int
+http_read_msg(struct http_job *j, const struct http_msg *hm, struct buf *out, size_t limit)
+{
+    struct http_box *bx = &j->boxes[hm->box];
+    struct pop_msg *m = &bx->v.msgs[hm->idx];
+    char path[MS_PATH_MESSAGE];
+    int64_t start, end, at;
+    int r = bx->v.ops->msg_text(&bx->v, m, path, sizeof path, &start, &end), fd;
+    size_t base = out->len;
+    if (r != 0) return r;
+    if ((fd = os_open(path, O_RDONLY, 0)) < 0) return MSG_UNREADABLE;
+    for (at = start; end < 0 || at < end;) {
+        int head = limit == MS_HTTP_HEAD_ONLY;
+        size_t want = head ? 16384 : 65536;
+        long got;
+        if (end >= 0 && (int64_t)want > end - at) want = (size_t)(end - at);
+        buf_reserve(out, want);
+        if ((got = os_pread(fd, out->p + out->len, want, at)) <= 0) break;
+        out->len += (size_t)got;
+        out->p[out->len] = 0;
+        at += got;
+        if (head && (strstr(out->p + base, "\n\n") || out->len - base >= MS_HEADER_MAX)) break;
+        if (!head && out->len - base >= limit) break;
+    }
+    os_close(fd);
+    if (bx->v.ops->from_quoted) { /* mboxrd: ">From " lines lose one '>' */
+        size_t i = base, o = base;
+        int bol = 1;
+        while (i < out->len) {
+            if (bol && out->p[i] == '>') {
+                size_t k = i;
+                while (k < out->len && out->p[k] == '>') k++;
+                if (out->len - k >= 5 && memcmp(out->p + k, "From ", 5) == 0) i++;
+            }
+            bol = out->p[i] == '\n';
+            out->p[o++] = out->p[i++];
+        }
+        out->len = o;
+        out->p[o] = 0;
+    }
+    return 0;
+}
+
+/* ---- messages as Mailpit shows them ---- */
+
+/* A message read and split into its MIME parts. */
+struct http_doc {
+    struct buf text;
+    struct mime_part part[MIME_MAX_PARTS];
+    int nparts;
+    size_t hlen;                     /* its header block */
+    int text_part, html_part;        /* the bodies shown (-1: none) */
+};
+
+/* Which leaves are attachments, inline parts, or the text and HTML shown:
+ * the first text/plain and text/html leaves that are not attachments are the
+ * bodies; a leaf with a Content-ID or "inline" disposition that is not text
+ * is inline (Mailpit's Inline); every other leaf is an attachment. */
+enum { PART_BODY, PART_INLINE, PART_ATTACHMENT, PART_CONTAINER };
+static int
+http_part_kind(const struct http_doc *d, int i)
+{
+    const struct mime_part *p = &d->part[i];
+    if (p->multipart) return PART_CONTAINER;
+    if (i == d->text_part || i == d->html_part) return PART_BODY;
+    if (strcmp(p->disposition, "attachment") != 0 && (p->content_id[0] || strcmp(p->disposition, "inline") == 0) &&
+        strncmp(p->type, "text/", 5) != 0)
+        return PART_INLINE;
+    if (strcmp(p->disposition, "attachment") != 0 && !p->filename[0] &&
+        (strcmp(p->type, "text/plain") == 0 || strcmp(p->type, "text/html") == 0))
+        return PART_BODY; /* a second text body (a client's alternative): not an attachment */
+    return PART_ATTACHMENT;
+}
+
+static int
+http_doc_read(struct http_job *j, const struct http_msg *hm, struct http_doc *d, size_t limit)
+{
+    int i, r;
+    const char *e;
+    memset(d, 0, sizeof *d);
+    d->text_part = d->html_part = -1;
+    if ((r = http_read_msg(j, hm, &d->text, limit)) != 0) { buf_free(&d->text); return r; }
+    if (!d->text.p) buf_add(&d->text, "", 0);
+    e = strstr(d->text.p, "\n\n");
+    d->hlen = e ? (size_t)(e - d->text.p) + 1 : d->text.len;
+    if (limit == MS_HTTP_HEAD_ONLY) return 0;
+    d->nparts = mime_parse(d->text.p, d->text.len, d->part, MIME_MAX_PARTS);
+    for (i = 0; i < d->nparts; i++) {
+        const struct mime_part *p = &d->part[i];
+        if (p->multipart || strcmp(p->disposition, "attachment") == 0) continue;
+        if (d->text_part < 0 && strcmp(p->type, "text/plain") == 0) d->text_part = i;
+        if (d->html_part < 0 && strcmp(p->type, "text/html") == 0) d->html_part = i;
+    }
+    return 0;
+}
+
+/* A header field as UTF-8 text (into a buf reused by the caller). */
+static const char *
+http_field(const struct http_doc *d, const char *name, struct buf *tmp)
+{
+    tmp->len = 0;
+    buf_add(tmp, "", 0);
+    mime_header(d->text.p, d->hlen, name, tmp);
+    return tmp->p;
+}
+
+/* An address list field as Mailpit's [{"Name":..,"Address":..}] (never null). */
+static void
+http_addresses(struct buf *b, const struct http_doc *d, const char *field, int one)
+{
+    struct mime_addr a[MS_HTTP_ADDRS];
+    struct buf raw = {0};
+    int n = 0, i;
+    size_t pos = 0, flen;
+    const char *f;
+    while (hdr_next_field(d->text.p, d->hlen, &pos, &f, &flen)) /* every such field: To may come twice */
+        if (hdr_is(f, flen, field)) {
+            size_t k = strlen(field) + 1;
+            n += mime_addresses(f + k, flen - k, a + n, MS_HTTP_ADDRS - n);
+        }
+    if (one) {
+        if (!n) { buf_adds(b, "null"); return; }
+        n = 1;
+    } else {
+        buf_adds(b, "[");
+    }
+    for (i = 0; i < n; i++) {
+        buf_adds(b, i ? ",{" : "{");
+        json_kv(b, "", "Name", a[i].name);
+        json_kv(b, ",", "Address", a[i].addr);
+        buf_adds(b, "}");
+    }
+    if (!one) buf_adds(b, "]");
+    buf_free(&raw);
+}
+
+/* Text with its white space runs made one space, at most max bytes (cut at a character's start). */
+static void
+http_snippet(struct buf *b, const char *s, size_t n, size_t max)
+{
+    struct buf t = {0};
+    size_t i;
+    int space = 1;
+    for (i = 0; i < n && t.len < max; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= ' ') { if (!space) buf_add(&t, " ", 1); space = 1; continue; }
+        space = 0;
+        buf_add(&t, s + i, 1);
+    }
+    while (t.len && ((unsigned char)t.p[t.len - 1] == ' ' || ((unsigned char)t.p[t.len - 1] & 0xC0) == 0x80 ||
+                     (i < n && (unsigned char)t.p[t.len - 1] >= 0xC0)))
+        t.len--; /* no half character at the cut */
+    json_str(b, t.p ? t.p : "", t.len);
+    buf_free(&t);
+}
+
+/* HTML as plain text for a snippet: tags, and the content of style and script, dropped. */
+static void
+http_html_text(struct buf *out, const char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (s[i] == '<') {
+            int skip = (n - i > 6 && ms_strncaseeq(s + i, "<style", 6)) || (n - i > 7 && ms_strncaseeq(s + i, "<script", 7));
+            const char *gt = memchr(s + i, '>', n - i);
+            i = gt ? (size_t)(gt - s) + 1 : n;
+            if (skip) {
+                while (i < n && !(s[i] == '<' && i + 1 < n && s[i + 1] == '/')) i++;
+            }
+            buf_add(out, " ", 1);
+            continue;
+        }
+        if (s[i] == '&') {
+            static const char *const ents[][2] = {{"&nbsp;", " "}, {"&amp;", "&"}, {"&lt;", "<"}, {"&gt;", ">"}, {"&quot;", "\""}, {"&#39;", "'"}};
+            size_t e;
+            for (e = 0; e < sizeof ents / sizeof ents[0]; e++)
+                if (n - i >= strlen(ents[e][0]) && ms_strncaseeq(s + i, ents[e][0], strlen(ents[e][0]))) break;
+            if (e < sizeof ents / sizeof ents[0]) { buf_adds(out, ents[e][1]); i += strlen(ents[e][0]); continue; }
+        }
+        buf_add(out, s + i, 1);
+        i++;
+    }
+}
+
+/* The received time as RFC 3339: from the UIDL's time, else the Date field. */
+static int64_t
+http_created(const struct http_job *j, const struct http_msg *hm, const struct http_doc *d)
+{
+    struct buf t = {0};
+    int64_t utc = hm->when_us / 1000000;
+    int off;
+    if (!utc && mime_header(d->text.p, d->hlen, "Date", &t) && mime_date(t.p, t.len, &utc, &off) != 0) utc = 0;
+    buf_free(&t);
+    (void)j;
+    return utc;
+}
+
+static void
+http_time(struct buf *b, const char *sep, const char *key, int64_t t)
+{
+    char when[40];
+    ms_utc_time(when, sizeof when, t, 'T', "Z");
+    json_kv(b, sep, key, when);
+}
+
+/* The count of attachments (and inline parts: inline) of a read document. */
+static int
+http_count_parts(const struct http_doc *d, int kind)
+{
+    int i, n = 0;
+    for (i = 0; i < d->nparts; i++) n += http_part_kind(d, i) == kind;
+    return n;
+}
+
+/* A message's summary as Mailpit's list shows it (MessageSummary). */
+static void
+http_summary(struct conn *c, struct http_job *j, const struct http_msg *hm, const struct http_doc *d)
+{
+    struct buf *b = &c->u.http.resp, tmp = {0};
+    const struct pop_msg *m = http_pm(j, hm);
+    char id[72];
+    http_msg_id(m->uidl, id, sizeof id);
+    buf_adds(b, "{");
+    json_kv(b, "", "ID", id);
+    http_field(d, "Message-ID", &tmp);
+    if (tmp.len && tmp.p[0] == '<') { memmove(tmp.p, tmp.p + 1, tmp.len); tmp.len--; if (tmp.len && tmp.p[tmp.len - 1] == '>') tmp.p[--tmp.len] = 0; }
+    json_kv(b, ",", "MessageID", tmp.p);
+    buf_printf(b, ",\"Read\":%s,\"From\":", http_is_read(m) ? "true" : "false");
+    http_addresses(b, d, "From", 1);
+    buf_adds(b, ",\"To\":");
+    http_addresses(b, d, "To", 0);
+    buf_adds(b, ",\"Cc\":");
+    http_addresses(b, d, "Cc", 0);
+    buf_adds(b, ",\"Bcc\":");
+    http_addresses(b, d, "Bcc", 0);
+    buf_adds(b, ",\"ReplyTo\":");
+    http_addresses(b, d, "Reply-To", 0);
+    json_kv(b, ",", "Subject", http_field(d, "Subject", &tmp));
+    http_time(b, ",", "Created", http_created(j, hm, d));
+    json_kv(b, ",", "Username", "");
+    buf_printf(b, ",\"Tags\":[],\"Size\":%lld,\"Attachments\":%d,\"Snippet\":", (long long)m->size,
+               http_count_parts(d, PART_ATTACHMENT));
+    tmp.len = 0;
+    if (d->text_part >= 0) mime_text(d->text.p, &d->part[d->text_part], &tmp);
+    else if (d->html_part >= 0) {
+        struct buf html = {0};
+        mime_text(d->text.p, &d->part[d->html_part], &html);
+        http_html_text(&tmp, html.p ? html.p : "", html.len);
+        buf_free(&html);
+    }
+    http_snippet(b, tmp.p ? tmp.p : "", tmp.len, 250);
+    buf_adds(b, "}");
+    buf_free(&tmp);
+}
+
+/* The parts of a kind as Mailpit's Attachments or Inline array. */
+static void
+http_parts_json(struct buf *b, const struct http_doc *d, int kind)
+{
+    int i, first = 1;
+    buf_adds(b, "[");
+    for (i = 0; i < d->nparts; i++) {
+        const struct mime_part *p = &d->part[i];
+        struct buf body = {0};
+        if (http_part_kind(d, i) != kind) continue;
+        mime_body(d->text.p, p, &body);
+        buf_adds(b, first ? "{" : ",{");
+        first = 0;
+        json_kv(b, "", "PartID", p->id);
+        json_kv(b, ",", "FileName", p->filename);
+        json_kv(b, ",", "ContentType", p->type);
+        json_kv(b, ",", "ContentID", p->content_id);
+        buf_printf(b, ",\"Size\":%lu}", (unsigned long)body.len);
+        buf_free(&body);
+    }
+    buf_adds(b, "]");
+}
+
+/* GET /api/v1/message/{ID}: the whole message (Mailpit's Message). */
+static void
+http_message_json(struct conn *c, struct http_job *j, const struct http_msg *hm, const struct http_doc *d)
+{
+    struct buf *b = &c->u.http.resp, tmp = {0};
+    size_t at;
+    http_summary(c, j, hm, d);
+    at = b->len - 1; /* reopen the object: the summary's fields, then the message's */
+    b->len = at;
+    buf_adds(b, ",\"ReturnPath\":");
+    http_field(d, "Return-Path", &tmp);
+    {
+        struct mime_addr rp;
+        json_strs(b, mime_addresses(tmp.p, tmp.len, &rp, 1) == 1 ? rp.addr : "");
+    }
+    http_field(d, "Date", &tmp);
+    {
+        int64_t utc;
+        int off;
+        if (mime_date(tmp.p, tmp.len, &utc, &off) != 0) utc = http_created(j, hm, d);
+        http_time(b, ",", "Date", utc);
+    }
+    buf_adds(b, ",\"Text\":");
+    tmp.len = 0;
+    if (d->text_part >= 0) mime_text(d->text.p, &d->part[d->text_part], &tmp);
+    json_str(b, tmp.p ? tmp.p : "", tmp.len);
+    buf_adds(b, ",\"HTML\":");
+    tmp.len = 0;
+    if (d->html_part >= 0) mime_text(d->text.p, &d->part[d->html_part], &tmp);
+    json_str(b, tmp.p ? tmp.p : "", tmp.len);
+    buf_adds(b, ",\"Inline\":");
+    http_parts_json(b, d, PART_INLINE);
+    buf_adds(b, ",\"Attachments\":");
+    http_parts_json(b, d, PART_ATTACHMENT);
+    buf_adds(b, ",\"ListUnsubscribe\":{");
+    json_kv(b, "", "Header", http_field(d, "List-Unsubscribe", &tmp));
+    buf_adds(b, ",\"Links\":[],\"Errors\":\"\",");
+    json_kv(b, "", "HeaderPost", http_field(d, "List-Unsubscribe-Post", &tmp));
+    buf_adds(b, "}}");
+    buf_free(&tmp);
+}
+
+/* A field name as Mailpit (Go's textproto) writes it: "Message-Id", "X-Mailer". */
+static void
+http_canonical_name(char *out, const char *f, size_t n)
+{
+    size_t i;
+    int up = 1;
+    for (i = 0; i < n; i++) {
+        out[i] = (char)(up ? toupper((unsigned char)f[i]) : tolower((unsigned char)f[i]));
+        up = f[i] == '-';
+    }
+    out[n] = 0;
+}
+
+/* GET /api/v1/message/{ID}/headers: {"Name":["value",...]}, names in order of first appearance. */
+static void
+http_headers_json(struct buf *b, const struct http_doc *d)
+{
+    size_t pos = 0, flen, p2, fl2;
+    const char *f, *f2;
+    int first = 1;
+    buf_adds(b, "{");
+    while (hdr_next_field(d->text.p, d->hlen, &pos, &f, &flen)) {
+        const char *colon = memchr(f, ':', flen);
+        char name[128];
+        int seen = 0, vfirst = 1;
+        size_t nl;
+        if (!colon || (nl = (size_t)(colon - f)) >= sizeof name || nl == 0) continue;
+        for (p2 = 0; p2 < (size_t)(f - d->text.p) && hdr_next_field(d->text.p, d->hlen, &p2, &f2, &fl2);)
+            if (fl2 > nl && f2[nl] == ':' && ms_strncaseeq(f2, f, nl)) { seen = 1; break; }
+        if (seen) continue; /* listed with its first */
+        http_canonical_name(name, f, nl);
+        buf_adds(b, first ? "" : ",");
+        first = 0;
+        json_strs(b, name);
+        buf_adds(b, ":[");
+        for (p2 = pos - flen; hdr_next_field(d->text.p, d->hlen, &p2, &f2, &fl2);) {
+            struct buf v = {0};
+            if (!(fl2 > nl && f2[nl] == ':' && ms_strncaseeq(f2, f, nl))) continue;
+            mime_header_text(&v, f2 + nl + 1, fl2 - nl - 1);
+            buf_adds(b, vfirst ? "" : ",");
+            vfirst = 0;
+            json_str(b, v.p ? v.p : "", v.len);
+            buf_free(&v);
+        }
+        buf_adds(b, "]");
+    }
+    buf_adds(b, "}");
+}
+
+/* ---- the requests ---- */
+
+struct http_route {
+    int method;                      /* HTTP_NMETHODS: any (the handler says which it takes) */
+    const char *path;                /* '*' stands for one segment ({ID}, {PartID}), taken into h->arg */
+    int store;                       /* 1: the views of the store are made first (http_views_step);
+                                        HTTP_LOGIN_ONLY: a login, no views; 0: neither */
+    void (*fn)(struct conn *c);
+};
+
+/* Makes the views (as the session's work), then runs the route's handler. */
+static void
+http_with_store(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    if (h->route->store == HTTP_LOGIN_ONLY) { h->route->fn(c); return; }
+    http_job_free(h->job);
+    h->job = http_job_new(c);
+    h->state = H_WORK;
+    c->work = http_views_step;
+}
+
+/* The request's end: the views dropped, the answer made. */
+static void
+http_done(struct conn *c)
+{
+    http_job_free(c->u.http.job);
+    c->u.http.job = NULL;
+}
+
+static int
+http_views_step(struct conn *c, int64_t until)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_job *j = h->job;
+    const struct ms_config *cfg = c->ms->cfg;
+    while (j->next < j->nbox) {
+        struct http_box *bx = &j->boxes[j->next];
+        int r;
+        if (!bx->opened) {
+            errno = 0;
+            r = store_no_links(cfg->spool, bx->addr, store_of(cfg)->maildir) != 0 ? -1
+                : store_of(cfg)->view_open(&bx->v, cfg->spool, bx->addr);
+            bx->opened = 1;
+            if (r != 0) {
+                int locked = errno == EAGAIN;
+                conn_log(c, "cannot open mailbox %s: %s", bx->addr, locked ? "locked by another program" : strerror(errno));
+                conn_work_done(c);
+                http_done(c);
+                buf_adds(&h->resp, locked ? "Mailbox is locked by another program, try again\n" : "Cannot open the mailbox\n");
+                http_answer_extra(c, 503, "text/plain; charset=utf-8", "Retry-After: 2\r\n");
+                return 1;
+            }
+        }
+        if ((r = view_more(&bx->v, until)) == 0) return 0;
+        if (r < 0) {
+            conn_log(c, "cannot read mailbox %s: %s", bx->addr, strerror(errno));
+            conn_work_done(c);
+            http_done(c);
+            http_text(c, 503, "Cannot read the mailbox\n");
+            return 1;
+        }
+        j->next++;
+        if (os_now_us() >= until) return 0;
+    }
+    http_job_list(j);
+    conn_work_done(c);
+    h->route->fn(c);
+    return c->work ? 0 : 1;
+}
+
+/* start and limit of a list (Mailpit's defaults: 0 and 50). -1 if malformed. */
+static int
+http_page(struct conn *c, int *start, int *limit)
+{
+    char v[32];
+    char *end;
+    long x;
+    *start = 0;
+    *limit = 50;
+    if (http_query(c->u.http.req.target, "start", v, sizeof v) > 0 && v[0]) {
+        if ((x = strtol(v, &end, 10)) < 0 || *end || x > INT_MAX) return -1;
+        *start = (int)x;
+    }
+    if (http_query(c->u.http.req.target, "limit", v, sizeof v) > 0 && v[0]) {
+        if ((x = strtol(v, &end, 10)) < 0 || *end || x > INT_MAX) return -1;
+        *limit = x ? (int)x : 50;
+    }
+    return 0;
+}
+
+/* Mailpit's MessagesSummary around the messages listed: idx[0..n), of total matches. */
+static void
+http_list_json(struct conn *c, const int *idx, int n, int total, int start, int limit)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_job *j = h->job;
+    struct buf *b = &h->resp;
+    int i, unread = 0, shown = 0;
+    for (i = 0; i < j->n; i++) unread += !http_is_read(http_pm(j, &j->msgs[i]));
+    buf_printf(b, "{\"total\":%d,\"unread\":%d,\"count\":%d,\"messages_count\":%d,\"messages_unread\":%d,"
+               "\"start\":%d,\"tags\":[],\"messages\":[",
+               j->n, unread, start < n ? (n - start < limit ? n - start : limit) : 0, total, unread, start);
+    for (i = start; i < n && shown < limit; i++, shown++) {
+        struct http_doc d;
+        const struct http_msg *hm = &j->msgs[idx ? idx[i] : i];
+        if (shown) buf_adds(b, ",");
+        if (http_doc_read(j, hm, &d, MS_HTTP_SUMMARY_READ) != 0) memset(&d, 0, sizeof d), buf_add(&d.text, "", 0), d.text_part = d.html_part = -1;
+        http_summary(c, j, hm, &d);
+        buf_free(&d.text);
+    }
+    buf_adds(b, "]}");
+}
+
+/* GET /api/v1/messages */
+static void
+http_get_messages(struct conn *c)
+{
+    int start, limit;
+    if (http_page(c, &start, &limit) != 0) { http_done(c); http_text(c, 400, "Invalid start or limit\n"); return; }
+    http_list_json(c, NULL, c->u.http.job->n, c->u.http.job->n, start, limit);
+    http_done(c);
+    http_json(c);
+}
+
+/* GET /api/v1/message/{ID} and its /headers, /raw, /part/{PartID}; GET /view/{ID}.html|.txt */
+enum { SHOW_MESSAGE, SHOW_HEADERS, SHOW_RAW, SHOW_PART, SHOW_HTML, SHOW_TEXT };
+static void
+http_show(struct conn *c, int what)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_job *j = h->job;
+    struct http_msg *hm;
+    struct http_doc d;
+    char id[MS_HTTP_ARG_MAX];
+    int r, i;
+    ms_strlcpy(id, h->arg[0], sizeof id);
+    if (what == SHOW_HTML || what == SHOW_TEXT) id[strlen(id) - (what == SHOW_HTML ? 5 : 4)] = 0;
+    if ((hm = http_find(j, id)) == NULL) { http_done(c); http_text(c, 404, "Message not found\n"); return; }
+    r = http_doc_read(j, hm, &d, what == SHOW_HEADERS ? MS_HTTP_HEAD_ONLY : MS_HTTP_MSG_MAX);
+    if (r != 0) {
+        http_done(c);
+        http_text(c, r == MSG_LOCKED ? 503 : 404, r == MSG_LOCKED ? "Mailbox is locked by another program\n" : "Message not found\n");
+        return;
+    }
+    switch (what) {
+    case SHOW_MESSAGE:
+        http_message_json(c, j, hm, &d);
+        http_done(c);
+        http_json(c);
+        break;
+    case SHOW_HEADERS:
+        http_headers_json(&h->resp, &d);
+        http_done(c);
+        http_json(c);
+        break;
+    case SHOW_RAW: /* as it came: CRLF line ends */
+        for (i = 0; (size_t)i < d.text.len; i++) {
+            if (d.text.p[i] == '\n') buf_add(&h->resp, "\r\n", 2);
+            else buf_add(&h->resp, d.text.p + i, 1);
+        }
+        http_done(c);
+        http_answer(c, 200, "text/plain; charset=utf-8");
+        break;
+    case SHOW_PART:
+        for (i = 0; i < d.nparts; i++)
+            if (!d.part[i].multipart && strcmp(d.part[i].id, h->arg[1]) == 0) break;
+        http_done(c);
+        if (i == d.nparts) { http_text(c, 404, "Part not found\n"); break; }
+        mime_body(d.text.p, &d.part[i], &h->resp);
+        {
+            char ctype[160], disp[400];
+            const struct mime_part *p = &d.part[i];
+            ms_fmt(ctype, sizeof ctype, "%s%s%s", p->type, p->charset[0] ? "; charset=" : "", p->charset);
+            disp[0] = 0;
+            if (p->filename[0]) { /* RFC 6266 4.3: the UTF-8 name percent-encoded (RFC 8187) */
+                size_t o, k;
+                ms_strlcpy(disp, "Content-Disposition: inline; filename*=UTF-8''", sizeof disp);
+                o = strlen(disp);
+                for (k = 0; p->filename[k] && o + 8 < sizeof disp; k++) {
+                    unsigned char ch = (unsigned char)p->filename[k];
+                    if (isalnum(ch) || strchr("!#$&+-.^_`|~", ch)) disp[o++] = (char)ch;
+                    else o += (size_t)sprintf(disp + o, "%%%02X", ch);
+                }
+                ms_strlcpy(disp + o, "\r\n", sizeof disp - o);
+            }
+            http_answer_extra(c, 200, ctype, disp);
+        }
+        break;
+    default: /* the bodies, for a page's frame: the HTML may not run script nor load anything (CSP sandbox) */
+        if (what == SHOW_HTML && d.html_part >= 0) mime_text(d.text.p, &d.part[d.html_part], &h->resp);
+        if (what == SHOW_TEXT && d.text_part >= 0) mime_text(d.text.p, &d.part[d.text_part], &h->resp);
+        http_done(c);
+        if ((what == SHOW_HTML ? d.html_part : d.text_part) < 0) { http_text(c, 404, "The message has no such part\n"); break; }
+        http_answer_extra(c, 200, what == SHOW_HTML ? "text/html; charset=utf-8" : "text/plain; charset=utf-8",
+                          "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox\r\n");
+        break;
+    }
+    buf_free(&d.text);
+}
+static void http_get_message(struct conn *c) { http_show(c, SHOW_MESSAGE); }
+static void http_get_headers(struct conn *c) { http_show(c, SHOW_HEADERS); }
+static void http_get_raw(struct conn *c) { http_show(c, SHOW_RAW); }
+static void http_get_part(struct conn *c) { http_show(c, SHOW_PART); }
+
+static void
+http_get_view(struct conn *c)
+{
+    size_t n = strlen(c->u.http.arg[0]);
+    if (n > 5 && strcmp(c->u.http.arg[0] + n - 5, ".html") == 0) http_show(c, SHOW_HTML);
+    else if (n > 4 && strcmp(c->u.http.arg[0] + n - 4, ".txt") == 0) http_show(c, SHOW_TEXT);
+    else { http_done(c); http_text(c, 404, "404 page not found\n"); }
+}
+
+/* ---- searches, and changes to many messages: one message per step, as the session's work ---- */
+
+/* The character at s (n bytes left) in lower case, for searches: ASCII, Latin-1 and Cyrillic,
+ * the scripts of the mail classrooms write (a byte that is not UTF-8 stands for itself, apart
+ * from every character); *len its length. */
+static uint32_t
+utf8_lower_at(const char *s, size_t n, size_t *len)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    size_t k = utf8_seq(u, n);
+    uint32_t cp;
+    *len = k ? k : 1;
+    if (k == 0) return 0x110000u | u[0];
+    if (k == 1) return u[0] >= 'A' && u[0] <= 'Z' ? u[0] + 32u : u[0];
+    if (k == 2) cp = (uint32_t)(u[0] & 0x1F) << 6 | (u[1] & 0x3F);
+    else if (k == 3) cp = (uint32_t)(u[0] & 0x0F) << 12 | (uint32_t)(u[1] & 0x3F) << 6 | (u[2] & 0x3F);
+    else return 0x10000; /* beyond the BMP: no case here */
+    if ((cp >= 0xC0 && cp <= 0xDE && cp != 0xD7) || (cp >= 0x410 && cp <= 0x42F)) return cp + 0x20;
+    if (cp >= 0x400 && cp <= 0x40F) return cp + 0x50; /* Ё and the others above А */
+    return cp;
+}
+
+/* Does hay[0..n) contain needle, letters in any case (utf8_lower_at)? Mailpit's SQLite LIKE
+ * folds ASCII only; Cyrillic mail is searched here as its writers expect. */
+static int
+ms_contains(const char *hay, size_t n, const char *needle)
+{
+    size_t nl = strlen(needle), i, step;
+    if (!nl) return 1;
+    for (i = 0; i < n; i += step) {
+        size_t h = i, k = 0, a, b;
+        utf8_lower_at(hay + i, n - i, &step);
+        while (k < nl && h < n && utf8_lower_at(hay + h, n - h, &a) == utf8_lower_at(needle + k, nl - k, &b)) {
+            h += a;
+            k += b;
+        }
+        if (k == nl) return 1;
+    }
+    return 0;
+}
+
+static int
+http_field_has(const struct http_doc *d, const char *name, const char *needle, struct buf *tmp)
+{
+    size_t pos = 0, flen;
+    const char *f;
+    while (hdr_next_field(d->text.p, d->hlen, &pos, &f, &flen)) {
+        size_t k = strlen(name) + 1;
+        if (!hdr_is(f, flen, name)) continue;
+        tmp->len = 0;
+        mime_header_text(tmp, f + k, flen - k);
+        if (tmp->p && ms_contains(tmp->p, tmp->len, needle)) return 1;
+    }
+    return 0;
+}
+
+/* Does the message match every term? (body: the terms need more than its header) */
+static int
+http_match(struct http_job *j, const struct http_msg *hm, const struct search_term *t, int nt, int body)
+{
+    const struct pop_msg *m = http_pm(j, hm);
+    struct http_doc d;
+    struct buf tmp = {0}, text = {0};
+    int i, ok = 1;
+    if (http_doc_read(j, hm, &d, body ? MS_HTTP_SUMMARY_READ : MS_HTTP_HEAD_ONLY) != 0) return 0;
+    for (i = 0; i < nt && ok; i++) {
+        int r = 0;
+        const char *s = t[i].text;
+        switch (t[i].kind) {
+        case SQ_TEXT:
+            if (!text.p) {
+                static const char *const shown[] = {"Subject", "From", "To", "Cc", "Bcc", "Reply-To"};
+                size_t f;
+                int p;
+                buf_add(&text, "", 0);
+                for (f = 0; f < sizeof shown / sizeof shown[0]; f++) {
+                    mime_header(d.text.p, d.hlen, shown[f], &text);
+                    buf_add(&text, "\n", 1);
+                }
+                for (p = 0; p < d.nparts; p++) {
+                    if (p == d.text_part) mime_text(d.text.p, &d.part[p], &text);
+                    else if (p == d.html_part) {
+                        tmp.len = 0;
+                        mime_text(d.text.p, &d.part[p], &tmp);
+                        http_html_text(&text, tmp.p ? tmp.p : "", tmp.len);
+                    } else {
+                        buf_adds(&text, d.part[p].filename);
+                    }
+                    buf_add(&text, "\n", 1);
+                }
+            }
+            r = ms_contains(text.p, text.len, s);
+            break;
+        case SQ_FROM: r = http_field_has(&d, "From", s, &tmp); break;
+        case SQ_TO: r = http_field_has(&d, "To", s, &tmp); break;
+        case SQ_CC: r = http_field_has(&d, "Cc", s, &tmp); break;
+        case SQ_BCC: r = http_field_has(&d, "Bcc", s, &tmp); break;
+        case SQ_REPLY_TO: r = http_field_has(&d, "Reply-To", s, &tmp); break;
+        case SQ_ADDRESSED:
+            r = http_field_has(&d, "To", s, &tmp) || http_field_has(&d, "Cc", s, &tmp) || http_field_has(&d, "Bcc", s, &tmp);
+            break;
+        case SQ_SUBJECT: r = http_field_has(&d, "Subject", s, &tmp); break;
+        case SQ_MESSAGE_ID: r = http_field_has(&d, "Message-ID", s, &tmp); break;
+        case SQ_IS_READ: r = http_is_read(m); break;
+        case SQ_IS_UNREAD: r = !http_is_read(m); break;
+        case SQ_HAS_ATTACHMENT: r = http_count_parts(&d, PART_ATTACHMENT) > 0; break;
+        case SQ_HAS_INLINE: r = http_count_parts(&d, PART_INLINE) > 0; break;
+        case SQ_AFTER: r = http_created(j, hm, &d) > t[i].num; break;
+        case SQ_BEFORE: r = http_created(j, hm, &d) < t[i].num; break;
+        case SQ_LARGER: r = m->size > t[i].num; break;
+        case SQ_SMALLER: r = m->size < t[i].num; break;
+        default: r = 0; break; /* tag:, is:tagged: mailsrv keeps no tags */
+        }
+        ok = r != t[i].neg;
+    }
+    buf_free(&tmp);
+    buf_free(&text);
+    buf_free(&d.text);
+    return ok;
+}
+
+/* What a sweep over the messages does with each one chosen, then at the end. */
+enum { SWEEP_LIST, SWEEP_DELETE, SWEEP_READ, SWEEP_UNREAD };
+
+struct http_sweep {
+    struct search_term t[MS_HTTP_TERMS];
+    int nt, body, all, action;       /* all: no search, no IDs: every message */
+    char (*ids)[72];                 /* the IDs given */
+    int nids;
+};
+
+/* A change of a message's read mark (Maildir: moved to cur/ with the S flag, or the flag taken off). */
+static void
+http_set_read(struct http_job *j, const struct http_msg *hm, int read)
+{
+    struct http_box *bx;
+    int b;
+    const char *uidl = http_pm(j, hm)->uidl;
+    for (b = 0; b < j->nbox; b++) { /* each copy: in every mailbox that got it */
+        int i;
+        bx = &j->boxes[b];
+        if (!bx->v.ops->maildir) continue;
+        for (i = 0; i < bx->v.n; i++) {
+            struct pop_msg *m = &bx->v.msgs[i];
+            char from[MS_PATH_MESSAGE], to[MS_PATH_MESSAGE], flags[32] = "";
+            const char *base, *info;
+            size_t k = 0, f;
+            if (strcmp(m->uidl, uidl) != 0 || http_is_read(m) == read) continue;
+            base = strchr(m->name, '/') + 1;
+            info = strrchr(base, MS_MAILDIR_INFO);
+            if (info && strncmp(info + 1, "2,", 2) == 0)
+                for (f = 3; info[f] && k + 2 < sizeof flags; f++)
+                    if (info[f] != 'S') flags[k++] = info[f];
+            if (read) flags[k++] = 'S';
+            flags[k] = 0;
+            { /* flags in ASCII order (maildir.html) */
+                size_t x, y;
+                for (x = 0; x < k; x++)
+                    for (y = x + 1; y < k; y++)
+                        if (flags[y] < flags[x]) { char tmpc = flags[x]; flags[x] = flags[y]; flags[y] = tmpc; }
+            }
+            if (ms_fmt(from, sizeof from, "%s/%s", bx->v.path, m->name) < 0 ||
+                ms_fmt(to, sizeof to, "%s/cur/%.*s%c2,%s", bx->v.path, (int)(info ? (size_t)(info - base) : strlen(base)),
+                       base, MS_MAILDIR_INFO, flags) < 0 ||
+                os_replace(from, to) != 0)
+                continue;
+            free(m->name);
+            m->name = xstrdup(to + strlen(bx->v.path) + 1);
+        }
+    }
+}
+
+/* Is message hm one the sweep takes (before its search)? */
+static int
+http_sweep_chosen(const struct http_job *j, const struct http_sweep *s, const struct http_msg *hm)
+{
+    char id[72];
+    int i;
+    if (!s->nids) return 1;
+    http_msg_id(http_pm(j, hm)->uidl, id, sizeof id);
+    for (i = 0; i < s->nids; i++)
+        if (strcmp(s->ids[i], id) == 0) return 1;
+    return 0;
+}
+
+static void
+http_sweep_free(struct http_sweep *s)
+{
+    if (!s) return;
+    free(s->ids);
+    free(s);
+}
+
+/* A message per turn of the loop below, until the time is up; then the answer. */
+static int
+http_sweep_step(struct conn *c, int64_t until)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_job *j = h->job;
+    struct http_sweep *s = j->sweep;
+    int b;
+    while (j->pos < j->n) {
+        const struct http_msg *hm = &j->msgs[j->pos++];
+        if (http_sweep_chosen(j, s, hm) && (!s->nt || http_match(j, hm, s->t, s->nt, s->body))) {
+            if (s->action == SWEEP_LIST) j->match[j->found++] = (int)(hm - j->msgs);
+            else if (s->action == SWEEP_READ || s->action == SWEEP_UNREAD) http_set_read(j, hm, s->action == SWEEP_READ);
+            else { /* every copy */
+                const char *uidl = http_pm(j, hm)->uidl;
+                for (b = 0; b < j->nbox; b++) {
+                    int i;
+                    for (i = 0; i < j->boxes[b].v.n; i++)
+                        if (!j->boxes[b].v.msgs[i].deleted && strcmp(j->boxes[b].v.msgs[i].uidl, uidl) == 0) {
+                            j->boxes[b].v.msgs[i].deleted = 1;
+                            j->boxes[b].ndel++;
+                        }
+                }
+                j->found++;
+            }
+        }
+        if (os_now_us() >= until) return 0;
+    }
+    if (s->action == SWEEP_DELETE) { /* then the deletions, which must finish (as a POP3 QUIT's) */
+        j->next = 0;
+        c->work = http_expunge_step;
+        c->work_must_finish = 1;
+        return 0;
+    }
+    conn_work_done(c);
+    if (s->action == SWEEP_LIST) {
+        int start, limit;
+        http_page(c, &start, &limit);
+        http_list_json(c, j->match, j->found, j->found, start, limit);
+        http_done(c);
+        http_json(c);
+    } else {
+        http_done(c);
+        http_text(c, 200, "ok");
+    }
+    return 1;
+}
+
+/* The deletions, mailbox by mailbox (view_expunge: as a POP3 QUIT makes them). */
+static int
+http_expunge_step(struct conn *c, int64_t until)
+{
+    struct http_job *j = c->u.http.job;
+    int failed = 0;
+    while (j->next < j->nbox) {
+        struct http_box *bx = &j->boxes[j->next];
+        int r = bx->ndel ? view_expunge(&bx->v, until) : 1;
+        if (r == 0) return 0;
+        if (r < 0) {
+            conn_log(c, "cannot delete from mailbox %s: %s", bx->addr, strerror(errno));
+            j->deleting = -1;
+        } else if (bx->ndel) {
+            int i;
+            conn_log(c, "deleted %d messages from %s", bx->ndel, bx->addr);
+            for (i = 0; i < bx->v.n; i++)
+                if (bx->v.msgs[i].deleted) http_notify(c->ms, "delete", bx->v.msgs[i].uidl, NULL, bx->addr);
+        }
+        j->next++;
+        if (os_now_us() >= until && j->next < j->nbox) return 0;
+    }
+    failed = j->deleting < 0;
+    conn_work_done(c);
+    http_done(c);
+    if (failed) http_text(c, 503, "Some messages could not be deleted\n");
+    else http_text(c, 200, "ok");
+    return 1;
+}
+
+/* Reads a request's JSON body into a sweep: IDs, Read, Search (PUT and DELETE /api/v1/messages). */
+static int
+http_sweep_body(struct conn *c, struct http_sweep *s, int *read)
+{
+    struct http_sess *h = &c->u.http;
+    struct json js;
+    int k, ids, srch;
+    s->all = 1;
+    *read = -1;
+    if (!h->body.len) return 0;
+    if (json_parse(&js, h->body.p, h->body.len) != 0) return -1;
+    if (js.t[0].type != JSON_OBJ) { json_free(&js); return -1; }
+    if ((ids = json_get(&js, 0, "IDs")) >= 0 && js.t[ids].type == JSON_ARR) {
+        s->ids = xrealloc(NULL, sizeof *s->ids * (size_t)(js.t[ids].size + 1));
+        for (k = json_item(&js, ids, ids); k >= 0; k = json_item(&js, ids, k)) {
+            struct buf t = {0};
+            json_text(&js, k, &t);
+            ms_strlcpy(s->ids[s->nids++], t.p, sizeof s->ids[0]);
+            buf_free(&t);
+        }
+        s->all = 0;
+        if (!s->nids) s->all = -1; /* an empty list: nothing */
+    }
+    if ((k = json_get(&js, 0, "Read")) >= 0) *read = json_true(&js, k);
+    if ((srch = json_get(&js, 0, "Search")) >= 0 && js.t[srch].type == JSON_STR) {
+        struct buf t = {0};
+        json_text(&js, srch, &t);
+        if ((s->nt = search_parse(t.p, s->t, MS_HTTP_TERMS)) < 0) { buf_free(&t); json_free(&js); return -1; }
+        buf_free(&t);
+        s->all = 0;
+    }
+    json_free(&js);
+    return 0;
+}
+
+/* Starts a sweep once the views are made. */
+static void
+http_sweep_start(struct conn *c, struct http_sweep *s)
+{
+    struct http_job *j = c->u.http.job;
+    int i;
+    for (i = 0; i < s->nt; i++)
+        s->body |= s->t[i].kind == SQ_TEXT || s->t[i].kind == SQ_HAS_ATTACHMENT || s->t[i].kind == SQ_HAS_INLINE;
+    j->sweep = s;
+    j->pos = 0;
+    if (s->all < 0) j->pos = j->n; /* IDs: [] */
+    j->match = xrealloc(NULL, sizeof *j->match * (size_t)(j->n ? j->n : 1));
+    c->work = http_sweep_step;
+}
+
+/* The mbox of a POP3 session cannot be changed under it (its QUIT rewrites the file). */
+static int
+http_pop_holds(struct conn *c)
+{
+    struct http_job *j = c->u.http.job;
+    int b;
+    if (store_of(c->ms->cfg)->maildir) return 0;
+    for (b = 0; b < j->nbox; b++)
+        if (pop_in_use(c->ms, c, j->boxes[b].addr)) return 1;
+    return 0;
+}
+
+/* PUT /api/v1/messages: {"IDs":[...],"Read":true} or {"Search":"...","Read":false}; no IDs: all. */
+static void
+http_put_messages(struct conn *c)
+{
+    struct http_sweep *s = xrealloc(NULL, sizeof *s);
+    int read;
+    memset(s, 0, sizeof *s);
+    if (http_sweep_body(c, s, &read) != 0 || read < 0) {
+        http_sweep_free(s);
+        http_done(c);
+        http_text(c, 400, "Expected a JSON object with Read, and IDs or Search\n");
+        return;
+    }
+    s->action = read ? SWEEP_READ : SWEEP_UNREAD;
+    http_sweep_start(c, s);
+}
+
+/* DELETE /api/v1/messages: {"IDs":[...]}, or every message without a body or IDs. */
+static void
+http_delete_messages(struct conn *c)
+{
+    struct http_sweep *s = xrealloc(NULL, sizeof *s);
+    int read;
+    memset(s, 0, sizeof *s);
+    if (http_sweep_body(c, s, &read) != 0) {
+        http_sweep_free(s);
+        http_done(c);
+        http_text(c, 400, "Expected a JSON object with IDs\n");
+        return;
+    }
+    if (http_pop_holds(c)) {
+        http_sweep_free(s);
+        http_done(c);
+        buf_adds(&c->u.http.resp, "A POP3 session has the mailbox open, try again\n");
+        http_answer_extra(c, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n");
+        return;
+    }
+    s->action = SWEEP_DELETE;
+    http_sweep_start(c, s);
+}
+
+/* GET and DELETE /api/v1/search?query=... */
+static void
+http_search(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_sweep *s = xrealloc(NULL, sizeof *s);
+    char q[MS_HTTP_TARGET_MAX];
+    int start, limit;
+    memset(s, 0, sizeof *s);
+    if (http_query(h->req.target, "query", q, sizeof q) <= 0 || (s->nt = search_parse(q, s->t, MS_HTTP_TERMS)) < 0 ||
+        http_page(c, &start, &limit) != 0) {
+        http_sweep_free(s);
+        http_done(c);
+        http_text(c, 400, "Expected a valid query\n");
+        return;
+    }
+    if (!s->nt) s->all = 1;
+    s->action = h->req.method == HTTP_DELETE ? SWEEP_DELETE : SWEEP_LIST;
+    if (s->action == SWEEP_DELETE && http_pop_holds(c)) {
+        http_sweep_free(s);
+        http_done(c);
+        buf_adds(&h->resp, "A POP3 session has the mailbox open, try again\n");
+        http_answer_extra(c, 503, "text/plain; charset=utf-8", "Retry-After: 5\r\n");
+        return;
+    }
+    http_sweep_start(c, s);
+}
+
+/* ---- sending: POST /api/v1/send and /api/v1/message/{ID}/release ---- */
+
+/* A recipient of mail the API sends, resolved as RCPT TO would be (smtp_do_rcpt): captured,
+ * local (aliases expanded), or relayed, which a login may do as SMTP AUTH may. NULL, or why not. */
+static const char *
+http_rcpt(struct conn *c, const char *addr, struct targets *t)
+{
+    const struct ms_config *cfg = c->ms->cfg;
+    char local[MS_PATH_MAX], *domain;
+    int r;
+    if (ms_strlcpy(local, addr, sizeof local) != 0 || !(domain = strrchr(local, '@')) || domain == local)
+        return "is not an address";
+    *domain++ = 0;
+    if (!cfg_valid_domain(domain)) return "has a bad domain";
+    if (cfg->capture) {
+        if (!cfg_safe_component(local, MS_LOCAL_MAX)) return "has a bad local part";
+        ms_lower(local);
+        ms_lower(domain);
+        return targets_add(t, local, domain, 0) == 0 ? NULL : "is too long";
+    }
+    if (!cfg_find_domain(cfg, domain)) {
+        if (!addr_dot_string(local) || !addr_remote_domain(domain)) return "cannot be relayed to";
+        return targets_add(t, local, domain, 1) == 0 ? NULL : "is too long";
+    }
+    r = cfg_resolve(cfg, local, domain, t, 0);
+    return r == RES_OK ? NULL : r == RES_UNKNOWN ? "is unknown here (lists take mail over SMTP only)" : "cannot be resolved";
+}
+
+/* The Return-Path line, then text (LF line ends), stored for the recipients as a message that
+ * came over SMTP would be (msg_inject: durably, remote ones queued). Its UIDL into uidl. */
+static const char *
+http_store(struct conn *c, const char *from, const struct targets *t, const char *text, size_t n, char *uidl, size_t un)
+{
+    struct mailsrv *ms = c->ms;
+    struct store_msg m;
+    const char *err = NULL;
+    memset(&m, 0, sizeof m);
+    if ((int64_t)n > ms->cfg->max_message_size) return "the message exceeds max_message_size";
+    if (msg_open(ms, &m) != 0) return "cannot write the message";
+    ms_strlcpy(m.sender, from, sizeof m.sender);
+    {
+        char line[MS_PATH_MAX + 32];
+        int k = snprintf(line, sizeof line, "Return-Path: <%s>\n", from);
+        msg_write(&m, line, (size_t)k);
+    }
+    msg_write(&m, text, n);
+    if (msg_inject(ms, &m, t, &err) != 0) return err;
+    ms_strlcpy(uidl, store_of(ms->cfg)->maildir ? m.name : m.id, un);
+    conn_log(c, "stored %s from=<%s> recipients=%d size=%lld via HTTP", m.id, from, t->n, (long long)m.size);
+    return NULL;
+}
+
+/* Appends a header field: its value as is when it is printable ASCII, else as RFC 2047 words
+ * (UTF-8, base64, at most 75 characters each). */
+static void
+http_put_field(struct buf *b, const char *name, const char *v)
+{
+    size_t i, n = strlen(v);
+    for (i = 0; i < n && (unsigned char)v[i] >= 0x20 && (unsigned char)v[i] < 0x7f; i++) {}
+    buf_printf(b, "%s: ", name);
+    if (i == n) { buf_adds(b, v); buf_adds(b, "\n"); return; }
+    for (i = 0; i < n;) {
+        char enc[64];
+        size_t take = n - i < 39 ? n - i : 39;
+        while (take < n - i && take && ((unsigned char)v[i + take] & 0xC0) == 0x80) take--; /* whole characters */
+        if (!take) take = 1;
+        b64_encode((const unsigned char *)v + i, take, enc, 1);
+        buf_printf(b, "%s=?UTF-8?B?%s?=", i ? "\n " : "", enc);
+        i += take;
+    }
+    buf_adds(b, "\n");
+}
+
+/* A display name and address as a header field wants it: "Name" <a@b>, or a@b. */
+static void
+http_put_mailbox(struct buf *b, const char *name, const char *addr)
+{
+    size_t i;
+    int ascii = 1;
+    if (!name[0]) { buf_adds(b, addr); return; }
+    for (i = 0; name[i]; i++) ascii &= (unsigned char)name[i] >= 0x20 && (unsigned char)name[i] < 0x7f && name[i] != '"' && name[i] != '\\';
+    if (ascii) { buf_printf(b, "\"%s\" <%s>", name, addr); return; }
+    for (i = 0; name[i];) {
+        char enc[64];
+        size_t take = strlen(name + i) < 39 ? strlen(name + i) : 39;
+        while (name[i + take] && take && ((unsigned char)name[i + take] & 0xC0) == 0x80) take--;
+        if (!take) take = 1;
+        b64_encode((const unsigned char *)name + i, take, enc, 1);
+        buf_printf(b, "%s=?UTF-8?B?%s?=", i ? " " : "", enc);
+        i += take;
+    }
+    buf_printf(b, " <%s>", addr);
+}
+
+/* base64 in lines of 76 (RFC 2045 6.8). */
+static void
+http_put_base64(struct buf *b, const unsigned char *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i += 57) {
+        char enc[80];
+        b64_encode(p + i, n - i < 57 ? n - i : 57, enc, 1);
+        buf_adds(b, enc);
+        buf_adds(b, "\n");
+    }
+}
+
+/* The string member key of object k (as UTF-8) into out; "" if absent. */
+static const char *
+http_json_str(const struct json *j, int k, const char *key, struct buf *out)
+{
+    int v = json_get(j, k, key);
+    out->len = 0;
+    buf_add(out, "", 0);
+    if (v >= 0 && j->t[v].type == JSON_STR) json_text(j, v, out);
+    return out->p;
+}
+
+/* An address given to /send must be one (no field injection: no CR, LF, comma, angle brackets). */
+static int
+http_addr_ok(const char *a)
+{
+    const char *at = strrchr(a, '@');
+    return at && at != a && at[1] && strlen(a) < MS_PATH_MAX && strcspn(a, "\r\n,<>\" ;()") == strlen(a);
+}
+
+/* POST /api/v1/send: Mailpit's SendRequest made into a MIME message and stored or relayed as if
+ * the logged-in user had sent it over SMTP (sender_login = strict holds for its From). */
+static void
+http_post_send(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    const struct ms_config *cfg = c->ms->cfg;
+    struct json j;
+    struct buf msg = {0}, s1 = {0}, s2 = {0}, text = {0}, html = {0};
+    struct targets t = {0};
+    char from[MS_PATH_MAX], uidl[MS_PATH_MESSAGE], id[72], boundary[80], date[64];
+    const char *err = NULL;
+    int k, lists[3], f, natt = 0, att;
+    static const char *const fields[3] = {"To", "Cc", "ReplyTo"};
+    if (json_parse(&j, h->body.p ? h->body.p : "", h->body.len) != 0 || j.t[0].type != JSON_OBJ) {
+        json_free(&j);
+        http_json_error(c, 400, "Expected a JSON object (Mailpit's SendRequest)");
+        return;
+    }
+    k = json_get(&j, 0, "From");
+    ms_strlcpy(from, http_json_str(&j, k, "Email", &s1), sizeof from);
+    if (!http_addr_ok(from)) { err = "From.Email is not an address"; goto out; }
+    if (!h->all && cfg->sender_login == SL_STRICT && !cfg_sender_owned(cfg, from, h->mailbox)) {
+        err = "From.Email is not an address of the logged-in mailbox (sender_login = strict)";
+        goto out;
+    }
+    ms_rfc5322_date(date, sizeof date, time(NULL));
+    buf_adds(&msg, "From: ");
+    http_put_mailbox(&msg, http_json_str(&j, k, "Name", &s2), from);
+    buf_adds(&msg, "\n");
+    for (f = 0; f < 3; f++) { /* To, Cc, Reply-To: [{Email, Name}]; Bcc: ["a@b"] below */
+        int it, first = 1;
+        lists[f] = json_get(&j, 0, fields[f]);
+        if (lists[f] < 0 || j.t[lists[f]].type != JSON_ARR || !j.t[lists[f]].size) continue;
+        buf_adds(&msg, f == 2 ? "Reply-To: " : f ? "Cc: " : "To: ");
+        for (it = json_item(&j, lists[f], lists[f]); it >= 0; it = json_item(&j, lists[f], it)) {
+            const char *a = http_json_str(&j, it, "Email", &s1);
+            if (!http_addr_ok(a)) { err = "an Email is not an address"; goto out; }
+            if (f < 2 && (err = http_rcpt(c, a, &t)) != NULL) goto out;
+            buf_adds(&msg, first ? "" : ",\n ");
+            first = 0;
+            http_put_mailbox(&msg, http_json_str(&j, it, "Name", &s2), a);
+        }
+        buf_adds(&msg, "\n");
+    }
+    if ((k = json_get(&j, 0, "Bcc")) >= 0 && j.t[k].type == JSON_ARR) {
+        int it;
+        for (it = json_item(&j, k, k); it >= 0; it = json_item(&j, k, it)) {
+            s1.len = 0;
+            json_text(&j, it, &s1);
+            if (!http_addr_ok(s1.p)) { err = "a Bcc is not an address"; goto out; }
+            if ((err = http_rcpt(c, s1.p, &t)) != NULL) goto out;
+        }
+    }
+    if (!t.n) { err = "no recipient (To, Cc or Bcc)"; goto out; }
+    http_put_field(&msg, "Subject", http_json_str(&j, 0, "Subject", &s1));
+    buf_printf(&msg, "Date: %s\n", date);
+    {
+        unsigned char rnd[12];
+        char hex[25];
+        int i;
+        if (os_random(rnd, sizeof rnd) != 0) memset(rnd, 0, sizeof rnd);
+        for (i = 0; i < 12; i++) sprintf(hex + 2 * i, "%02x", rnd[i]);
+        buf_printf(&msg, "Message-ID: <%s@%s>\n", hex, cfg->hostname);
+        ms_fmt(boundary, sizeof boundary, "=_mailsrv_%s", hex);
+    }
+    if ((k = json_get(&j, 0, "Headers")) >= 0 && j.t[k].type == JSON_OBJ) {
+        int m, i;
+        for (i = 0, m = k + 1; i < j.t[k].size; i++) {
+            int v = j.t[m].next;
+            s1.len = s2.len = 0;
+            json_text(&j, m, &s1);
+            json_text(&j, v, &s2);
+            for (f = 0; s1.p[f] && http_tchar((unsigned char)s1.p[f]); f++) {}
+            if (!s1.p[f] && f && s2.p && !strpbrk(s2.p, "\r\n")) http_put_field(&msg, s1.p, s2.p);
+            else { err = "a header in Headers is not a field name and a one-line value"; goto out; }
+            m = j.t[v].next;
+        }
+    }
+    http_json_str(&j, 0, "Text", &text);
+    http_json_str(&j, 0, "HTML", &html);
+    att = json_get(&j, 0, "Attachments");
+    if (att >= 0 && j.t[att].type == JSON_ARR) natt = j.t[att].size;
+    buf_adds(&msg, "MIME-Version: 1.0\n");
+    if (natt) buf_printf(&msg, "Content-Type: multipart/mixed; boundary=\"%s\"\n\n--%s\n", boundary, boundary);
+    if (text.len && html.len) buf_printf(&msg, "Content-Type: multipart/alternative; boundary=\"%s_alt\"\n\n--%s_alt\n", boundary, boundary);
+    if (text.len || !html.len) {
+        buf_adds(&msg, "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n");
+        http_put_base64(&msg, (const unsigned char *)text.p, text.len);
+    }
+    if (text.len && html.len) buf_printf(&msg, "--%s_alt\n", boundary);
+    if (html.len) {
+        buf_adds(&msg, "Content-Type: text/html; charset=utf-8\nContent-Transfer-Encoding: base64\n\n");
+        http_put_base64(&msg, (const unsigned char *)html.p, html.len);
+    }
+    if (text.len && html.len) buf_printf(&msg, "--%s_alt--\n", boundary);
+    if (natt) {
+        int it;
+        for (it = json_item(&j, att, att); it >= 0; it = json_item(&j, att, it)) {
+            const char *name = http_json_str(&j, it, "Filename", &s1), *ctype, *cid;
+            unsigned char *bytes;
+            long n;
+            buf_printf(&msg, "--%s\n", boundary);
+            ctype = http_json_str(&j, it, "ContentType", &s2);
+            if (!*ctype) ctype = "application/octet-stream";
+            if (strpbrk(ctype, "\r\n\";") || strpbrk(name, "\r\n\"\\")) { err = "a bad Filename or ContentType"; goto out; }
+            buf_printf(&msg, "Content-Type: %s\nContent-Transfer-Encoding: base64\n", ctype);
+            cid = http_json_str(&j, it, "ContentID", &s2);
+            if (strpbrk(cid, "\r\n<>")) { err = "a bad ContentID"; goto out; }
+            if (*cid) buf_printf(&msg, "Content-ID: <%s>\nContent-Disposition: inline; filename=\"%s\"\n\n", cid, name);
+            else buf_printf(&msg, "Content-Disposition: attachment; filename=\"%s\"\n\n", name);
+            http_json_str(&j, it, "Content", &s2);
+            bytes = xrealloc(NULL, s2.len + 1);
+            if ((n = b64_decode(s2.p, s2.len, bytes, s2.len + 1)) < 0) { free(bytes); err = "an attachment's Content is not base64"; goto out; }
+            http_put_base64(&msg, bytes, (size_t)n);
+            free(bytes);
+        }
+        buf_printf(&msg, "--%s--\n", boundary);
+    }
+    err = http_store(c, from, &t, msg.p, msg.len, uidl, sizeof uidl);
+out:
+    json_free(&j);
+    buf_free(&s1);
+    buf_free(&s2);
+    buf_free(&text);
+    buf_free(&html);
+    buf_free(&msg);
+    targets_free(&t);
+    if (err) { http_json_error(c, 400, err); return; }
+    http_msg_id(uidl, id, sizeof id);
+    buf_adds(&h->resp, "{");
+    json_kv(&h->resp, "", "ID", id);
+    buf_adds(&h->resp, "}");
+    http_json(c);
+}
+
+/* POST /api/v1/message/{ID}/release: the message as it is, to other addresses ({"To":[...]}, or
+ * the array alone as the mailpit-api client sends it), through local delivery or the queue. */
+static void
+http_release(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_job *jb = h->job;
+    struct http_msg *hm = http_find(jb, h->arg[0]);
+    struct json j;
+    struct targets t = {0};
+    struct buf a = {0}, text = {0};
+    char uidl[MS_PATH_MESSAGE], from[MS_PATH_MAX];
+    const char *err = NULL, *body;
+    int arr, it, r;
+    if (!hm) { http_done(c); http_text(c, 404, "Message not found\n"); return; }
+    if (json_parse(&j, h->body.p ? h->body.p : "", h->body.len) != 0) { http_done(c); http_text(c, 400, "Expected {\"To\":[...]}\n"); return; }
+    arr = j.t[0].type == JSON_ARR ? 0 : json_get(&j, 0, "To");
+    if (arr < 0 || j.t[arr].type != JSON_ARR || !j.t[arr].size) err = "no recipient (To)";
+    for (it = err ? -1 : json_item(&j, arr, arr); it >= 0 && !err; it = json_item(&j, arr, it)) {
+        a.len = 0;
+        json_text(&j, it, &a);
+        err = !a.p || !http_addr_ok(a.p) ? "a To is not an address" : http_rcpt(c, a.p, &t);
+    }
+    json_free(&j);
+    buf_free(&a);
+    if (!err && (r = http_read_msg(jb, hm, &text, MS_HTTP_MSG_MAX)) != 0) err = r == MSG_LOCKED ? "the mailbox is locked" : "cannot read the message";
+    body = text.p ? text.p : "";
+    from[0] = 0;
+    if (!err) { /* its Return-Path stays the sender; the old one is not kept twice */
+        struct buf rp = {0};
+        size_t hl = strstr(body, "\n\n") ? (size_t)(strstr(body, "\n\n") - body) + 1 : text.len;
+        struct mime_addr ra;
+        if (mime_header(body, hl, "Return-Path", &rp) && mime_addresses(rp.p, rp.len, &ra, 1) == 1) ms_strlcpy(from, ra.addr, sizeof from);
+        buf_free(&rp);
+        if (strncmp(body, "Return-Path:", 12) == 0) {
+            size_t pos = 0, fl;
+            const char *f;
+            hdr_next_field(body, text.len, &pos, &f, &fl);
+            body += pos;
+        }
+        err = http_store(c, from, &t, body, text.len - (size_t)(body - text.p), uidl, sizeof uidl);
+    }
+    buf_free(&text);
+    targets_free(&t);
+    http_done(c);
+    if (err) http_text(c, 400, err);
+    else http_text(c, 200, "ok");
+}
+
+/* ---- chaos: Mailpit's failure triggers for SMTP (GET and PUT /api/v1/chaos) ---- */
+
+static const char *const chaos_names[CHAOS_N] = {"Sender", "Recipient", "Authentication"};
+
+static void
+http_chaos_json(struct conn *c)
+{
+    struct buf *b = &c->u.http.resp;
+    int i;
+    buf_adds(b, "{");
+    for (i = 0; i < CHAOS_N; i++)
+        buf_printf(b, "%s\"%s\":{\"ErrorCode\":%d,\"Probability\":%d}", i ? "," : "", chaos_names[i],
+                   c->ms->chaos[i].code, c->ms->chaos[i].prob);
+    buf_adds(b, "}");
+    http_json(c);
+}
+
+static void
+http_chaos(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    struct json j;
+    int i, code[CHAOS_N], prob[CHAOS_N];
+    http_done(c);
+    if (!h->all) { http_text(c, 403, "Only an admin may set chaos triggers (they act on every SMTP client)\n"); return; }
+    if (h->req.method == HTTP_GET) { http_chaos_json(c); return; }
+    if (h->body.len && (json_parse(&j, h->body.p, h->body.len) != 0 || j.t[0].type != JSON_OBJ)) {
+        json_free(&j);
+        http_text(c, 400, "Expected a JSON object\n");
+        return;
+    }
+    for (i = 0; i < CHAOS_N; i++) { /* an omitted trigger is reset (0%) */
+        int k = h->body.len ? json_get(&j, 0, chaos_names[i]) : -1;
+        char v[16];
+        code[i] = i == CHAOS_AUTH ? 535 : 451;
+        prob[i] = 0;
+        if (k >= 0 && j.t[k].type == JSON_OBJ) {
+            int e = json_get(&j, k, "ErrorCode"), p = json_get(&j, k, "Probability");
+            if (e >= 0 && j.t[e].type == JSON_NUM && j.t[e].len < sizeof v) { memcpy(v, j.s + j.t[e].start, j.t[e].len); v[j.t[e].len] = 0; code[i] = atoi(v); }
+            if (p >= 0 && j.t[p].type == JSON_NUM && j.t[p].len < sizeof v) { memcpy(v, j.s + j.t[p].start, j.t[p].len); v[j.t[p].len] = 0; prob[i] = atoi(v); }
+            if (code[i] < 400 || code[i] > 599 || prob[i] < 0 || prob[i] > 100) {
+                json_free(&j);
+                http_text(c, 400, "ErrorCode must be 400-599 and Probability 0-100\n");
+                return;
+            }
+        }
+    }
+    if (h->body.len) json_free(&j);
+    for (i = 0; i < CHAOS_N; i++) { c->ms->chaos[i].code = code[i]; c->ms->chaos[i].prob = prob[i]; }
+    conn_log(c, "chaos: sender %d%% %d, recipient %d%% %d, authentication %d%% %d", prob[0], code[0], prob[1], code[1], prob[2], code[2]);
+    http_chaos_json(c);
+}
+
+/* ---- live events: GET /api/v1/events, a Server-Sent Events stream (WHATWG HTML 9.2) ---- */
+
+/* The stream's head; then the session only writes events (http_notify) until the client goes
+ * or its `timeout` passes without one (EventSource then reconnects by itself). */
+static void
+http_events(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    char date[40];
+    int64_t sec;
+    long usec;
+    http_done(c);
+    os_wallclock(&sec, &usec);
+    ms_http_date(date, sizeof date, sec);
+    buf_printf(&c->io.out, "HTTP/1.1 200 OK\r\nDate: %s\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\n"
+               "Connection: close\r\n\r\n: mailsrv events (new, delete)\n\n", date); /* no length: it ends with the connection */
+    h->state = H_EVENTS;
+    h->started = 0;
+    c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000LL;
+}
+
+/* Tells the event streams that may see it: a message stored for the local targets of t ("new"),
+ * or deleted from mailbox ("delete", t NULL). The message's ID as the API shows it. */
+static void
+http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct targets *t, const char *mailbox)
+{
+    char id[72];
+    int i, k;
+    http_msg_id(uidl, id, sizeof id);
+    for (i = 0; i < ms->nconns; i++) {
+        struct conn *c = ms->conns[i];
+        struct http_sess *h = &c->u.http;
+        const char *box = NULL;
+        if (c->proto != PROTO_HTTP || h->state != H_EVENTS || c->is_closing) continue;
+        for (k = 0; t && k < t->n && !box; k++)
+            if (!t->remote[k] && (h->all || strcmp(t->v[k], h->mailbox) == 0)) box = t->v[k];
+        if (!t && (h->all || strcmp(mailbox, h->mailbox) == 0)) box = mailbox;
+        if (!box) continue;
+        buf_printf(&c->io.out, "event: %s\ndata: {\"Type\":\"%s\",\"Data\":{", type, type);
+        json_kv(&c->io.out, "", "ID", id);
+        json_kv(&c->io.out, ",", "Mailbox", box);
+        buf_adds(&c->io.out, "}}\n\n");
+        c->io.deadline = os_now_ms() + ms->cfg->timeout * 1000LL;
+        conn_send(c);
+    }
+}
+
+/* ---- client setup: Thunderbird's autoconfig, Outlook's autodiscover, an Apple profile ---- */
+
+/* XML text (XML 1.0 2.4): the five that must be escaped, and no control characters. */
+static void
+xml_text(struct buf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '<') buf_adds(b, "&lt;");
+        else if (*s == '>') buf_adds(b, "&gt;");
+        else if (*s == '&') buf_adds(b, "&amp;");
+        else if (*s == '"') buf_adds(b, "&quot;");
+        else if (*s == '\'') buf_adds(b, "&apos;");
+        else if ((unsigned char)*s >= 0x20 || *s == '\t') buf_add(b, s, 1);
+    }
+}
+
+/* One way in that a mail client may use: a listener, how it is secured, its port. */
+struct http_way { int pop3, tls, starttls; unsigned port; };
+
+/* The listeners clients may use, best first (RFC 8314 4: implicit TLS, then STARTTLS, then
+ * plain): POP3 in the first *npop, then SMTP for sending (submission before smtp). */
+static int
+http_ways(const struct ms_config *cfg, struct http_way *w, int max, int *npop)
+{
+    int n = 0, kind, pass, i;
+    for (kind = 0; kind < 2; kind++) { /* 0: POP3, 1: SMTP */
+        for (pass = 0; pass < 3; pass++) /* implicit TLS, STARTTLS, plain */
+            for (i = 0; i < cfg->nlisten && n < max; i++) {
+                const struct cfg_listen *l = &cfg->listen[i];
+                int pop = l->proto == PROTO_POP3, smtp = l->proto == PROTO_SUBMISSION || l->proto == PROTO_SMTP;
+                if (kind == 0 ? !pop : !smtp) continue;
+                if (pass == 0 ? !l->tls : l->tls || (pass == 1) != (cfg->tls != NULL)) continue;
+                if (kind == 1 && l->proto == PROTO_SMTP && !cfg->capture) { /* port 25 takes mail in; submission sends */
+                    int j, sub = 0;
+                    for (j = 0; j < cfg->nlisten; j++) sub |= cfg->listen[j].proto == PROTO_SUBMISSION;
+                    if (sub) continue;
+                }
+                w[n].pop3 = pop;
+                w[n].tls = l->tls;
+                w[n].starttls = !l->tls && cfg->tls != NULL;
+                w[n].port = l->port;
+                n++;
+            }
+        if (kind == 0) *npop = n;
+    }
+    return n;
+}
+
+/* The address asked about (?emailaddress=, or Outlook's <EMailAddress>), and the host to name. */
+static int
+http_setup_args(struct conn *c, char *addr, size_t an, char *host, size_t hn)
+{
+    struct http_sess *h = &c->u.http;
+    const char *at;
+    addr[0] = 0;
+    if (h->req.method == HTTP_POST && h->body.p) {
+        const char *s = strstr(h->body.p, "<EMailAddress>"), *e;
+        if (s && (e = strstr(s += 14, "</EMailAddress>")) != NULL && (size_t)(e - s) < an) {
+            memcpy(addr, s, (size_t)(e - s));
+            addr[e - s] = 0;
+        }
+    } else if (http_query(h->req.target, "emailaddress", addr, an) < 0) {
+        addr[0] = 0;
+    }
+    at = strrchr(addr, '@');
+    if (!at || at == addr || !cfg_valid_domain(at + 1) || strpbrk(addr, "<>&\"' \r\n")) return -1;
+    if (c->ms->cfg->public_host[0]) ms_strlcpy(host, c->ms->cfg->public_host, hn);
+    else net_local_name(c->io.fd, host, hn);
+    if (!host[0]) ms_strlcpy(host, c->ms->cfg->hostname, hn);
+    return 0;
+}
+
+enum { SETUP_THUNDERBIRD, SETUP_OUTLOOK, SETUP_APPLE };
+static void
+http_setup(struct conn *c, int kind)
+{
+    struct buf *b = &c->u.http.resp;
+    const struct ms_config *cfg = c->ms->cfg;
+    struct http_way w[MS_MAX_LISTENERS];
+    char addr[MS_PATH_MAX], host[MS_DOMAIN_MAX + 1];
+    int n, npop = 0, i;
+    if (http_setup_args(c, addr, sizeof addr, host, sizeof host) != 0) {
+        http_text(c, 400, "Expected ?emailaddress=user@domain (Outlook: <EMailAddress> in the request)\n");
+        return;
+    }
+    n = http_ways(cfg, w, MS_MAX_LISTENERS, &npop);
+    if (kind == SETUP_THUNDERBIRD) { /* https://wiki.mozilla.org/Thunderbird:Autoconfiguration:ConfigFileFormat */
+        buf_adds(b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clientConfig version=\"1.1\">\n  <emailProvider id=\"");
+        xml_text(b, strrchr(addr, '@') + 1);
+        buf_adds(b, "\">\n    <domain>");
+        xml_text(b, strrchr(addr, '@') + 1);
+        buf_adds(b, "</domain>\n    <displayName>mailsrv</displayName>\n    <displayShortName>mailsrv</displayShortName>\n");
+        for (i = 0; i < n; i++) {
+            buf_printf(b, "    <%s type=\"%s\">\n      <hostname>", w[i].pop3 ? "incomingServer" : "outgoingServer", w[i].pop3 ? "pop3" : "smtp");
+            xml_text(b, host);
+            buf_printf(b, "</hostname>\n      <port>%u</port>\n      <socketType>%s</socketType>\n"
+                       "      <username>%%EMAILADDRESS%%</username>\n      <authentication>%s</authentication>\n%s    </%s>\n",
+                       w[i].port, w[i].tls ? "SSL" : w[i].starttls ? "STARTTLS" : "plain",
+                       cfg->capture && !w[i].pop3 ? "none" : "password-cleartext",
+                       w[i].pop3 ? "      <pop3><leaveMessagesOnServer>true</leaveMessagesOnServer></pop3>\n" : "",
+                       w[i].pop3 ? "incomingServer" : "outgoingServer");
+        }
+        buf_adds(b, "  </emailProvider>\n</clientConfig>\n");
+        http_answer(c, 200, "application/xml; charset=utf-8");
+    } else if (kind == SETUP_OUTLOOK) { /* [MS-OXDSCLI] 2.2.4, the POX response of Outlook 2007 on */
+        buf_adds(b, "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n"
+                    "<Autodiscover xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/responseschema/2006\">\n"
+                    "  <Response xmlns=\"http://schemas.microsoft.com/exchange/autodiscover/outlook/responseschema/2006a\">\n"
+                    "    <Account>\n      <AccountType>email</AccountType>\n      <Action>settings</Action>\n");
+        for (i = 0; i < n; i++) {
+            if (i != 0 && i != npop) continue; /* the best of each */
+            buf_printf(b, "      <Protocol>\n        <Type>%s</Type>\n        <Server>", w[i].pop3 ? "POP3" : "SMTP");
+            xml_text(b, host);
+            buf_printf(b, "</Server>\n        <Port>%u</Port>\n        <LoginName>", w[i].port);
+            xml_text(b, addr);
+            buf_printf(b, "</LoginName>\n        <DomainRequired>off</DomainRequired>\n        <SPA>off</SPA>\n"
+                       "        <Encryption>%s</Encryption>\n        <AuthRequired>%s</AuthRequired>\n      </Protocol>\n",
+                       w[i].tls ? "SSL" : w[i].starttls ? "TLS" : "None", cfg->capture && !w[i].pop3 ? "off" : "on");
+        }
+        buf_adds(b, "    </Account>\n  </Response>\n</Autodiscover>\n");
+        http_answer(c, 200, "application/xml; charset=utf-8");
+    } else { /* Apple's Configuration Profile Reference: com.apple.mail.managed */
+        unsigned char d[32];
+        struct sha256 s;
+        char uuid[2][40];
+        int k;
+        const struct http_way *in = npop ? &w[0] : NULL, *out = n > npop ? &w[npop] : NULL;
+        sha256_init(&s);
+        sha256_update(&s, addr, strlen(addr));
+        sha256_update(&s, host, strlen(host));
+        sha256_final(&s, d);
+        for (k = 0; k < 2; k++) /* stable per address and host: installing it again replaces it */
+            ms_fmt(uuid[k], sizeof uuid[k], "%02X%02X%02X%02X-%02X%02X-4%X%02X-8%X%02X-%02X%02X%02X%02X%02X%02X",
+                   d[16 * k], d[16 * k + 1], d[16 * k + 2], d[16 * k + 3], d[16 * k + 4], d[16 * k + 5], d[16 * k + 6] & 15,
+                   d[16 * k + 7], d[16 * k + 8] & 15, d[16 * k + 9], d[16 * k + 10], d[16 * k + 11], d[16 * k + 12],
+                   d[16 * k + 13], d[16 * k + 14], d[16 * k + 15]);
+        buf_adds(b, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "
+                    "\"http://www.apple.com/DTDs/PropertyList-1.0.dtd\">\n<plist version=\"1.0\">\n<dict>\n"
+                    "  <key>PayloadContent</key>\n  <array>\n    <dict>\n      <key>EmailAccountType</key><string>EmailTypePOP</string>\n"
+                    "      <key>EmailAddress</key><string>");
+        xml_text(b, addr);
+        buf_adds(b, "</string>\n");
+        for (k = 0; k < 2; k++) {
+            const struct http_way *x = k ? out : in;
+            const char *side = k ? "Outgoing" : "Incoming";
+            if (!x) continue;
+            buf_printf(b, "      <key>%sMailServerHostName</key><string>", side);
+            xml_text(b, host);
+            buf_printf(b, "</string>\n      <key>%sMailServerPortNumber</key><integer>%u</integer>\n"
+                       "      <key>%sMailServerUseSSL</key><%s/>\n      <key>%sMailServerAuthentication</key><string>%s</string>\n"
+                       "      <key>%sMailServerUsername</key><string>", side, x->port, side, x->tls || x->starttls ? "true" : "false",
+                       side, cfg->capture && k ? "EmailAuthNone" : "EmailAuthPassword", side);
+            xml_text(b, addr);
+            buf_adds(b, "</string>\n");
+        }
+        buf_printf(b, "      <key>PayloadIdentifier</key><string>mailsrv.mail.%s</string>\n"
+                      "      <key>PayloadType</key><string>com.apple.mail.managed</string>\n"
+                      "      <key>PayloadUUID</key><string>%s</string>\n      <key>PayloadVersion</key><integer>1</integer>\n"
+                      "    </dict>\n  </array>\n  <key>PayloadDisplayName</key><string>Mail (mailsrv)</string>\n"
+                      "  <key>PayloadIdentifier</key><string>mailsrv.%s</string>\n"
+                      "  <key>PayloadType</key><string>Configuration</string>\n  <key>PayloadUUID</key><string>%s</string>\n"
+                      "  <key>PayloadVersion</key><integer>1</integer>\n</dict>\n</plist>\n", uuid[0], uuid[0], uuid[1], uuid[1]);
+        http_answer_extra(c, 200, "application/x-apple-aspen-config",
+                          "Content-Disposition: attachment; filename=\"mailsrv.mobileconfig\"\r\n");
+    }
+}
+static void http_setup_thunderbird(struct conn *c) { http_setup(c, SETUP_THUNDERBIRD); }
+static void http_setup_outlook(struct conn *c) { http_setup(c, SETUP_OUTLOOK); }
+static void http_setup_apple(struct conn *c) { http_setup(c, SETUP_APPLE); }
+
+/* GET /api/v1/info (Mailpit's AppInformation) */
+static void
+http_get_info(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    struct http_job *j = h->job;
+    struct buf *b = &h->resp;
+    int i, unread = 0;
+    int64_t size = 0;
+    for (i = 0; i < j->n; i++) {
+        unread += !http_is_read(http_pm(j, &j->msgs[i]));
+        size += http_pm(j, &j->msgs[i])->size;
+    }
+    buf_adds(b, "{");
+    json_kv(b, "", "Version", "mailsrv " MAILSRV_VERSION);
+    json_kv(b, ",", "LatestVersion", "");
+    json_kv(b, ",", "Database", c->ms->cfg->spool);
+    buf_printf(b, ",\"DatabaseSize\":%lld,\"Messages\":%d,\"Unread\":%d,\"Tags\":{},\"RuntimeStats\":"
+               "{\"Uptime\":%lld,\"Memory\":0,\"MessagesDeleted\":0,\"SMTPAccepted\":0,\"SMTPAcceptedSize\":0,"
+               "\"SMTPRejected\":0,\"SMTPIgnored\":0}}",
+               (long long)size, j->n, unread, (long long)((os_now_ms() - c->ms->started_ms) / 1000));
+    http_done(c);
+    http_json(c);
+}
+
+/* GET /api/v1/webui (Mailpit's WebUIConfiguration): releases go through mailsrv itself, no spam check. */
+static void
+http_get_webui(struct conn *c)
+{
+    buf_adds(&c->u.http.resp, "{\"Label\":\"mailsrv\",\"MessageRelay\":{\"Enabled\":false,\"SMTPServer\":\"\",\"ReturnPath\":\"\","
+             "\"AllowedRecipients\":\"\",\"BlockedRecipients\":\"\",\"OverrideFrom\":\"\",\"PreserveMessageIDs\":false},"
+             "\"SpamAssassin\":false,\"ChaosEnabled\":true,\"DuplicatesIgnored\":false,\"HideDeleteAllButton\":false}");
+    http_json(c);
+}
+
+/* Mailpit endpoints mailsrv does not offer (tags, checks, thumbnails): a clear JSON 404. */
+static void
+http_not_offered(struct conn *c)
+{
+    http_json_error(c, 404, "mailsrv does not offer this Mailpit endpoint (tags, HTML, link and spam checks, thumbnails)");
+}
+
+static void http_get_ok(struct conn *c) { http_text(c, 200, "ok"); }
+
+static void
+http_get_root(struct conn *c)
+{
+    buf_adds(&c->u.http.resp, "mailsrv " MAILSRV_VERSION ": a Mailpit-compatible API under /api/v1/ "
+             "(messages, message/{ID}, search, info).\n");
+    http_answer(c, 200, "text/plain; charset=utf-8");
+}
+
+/* The routes (OpenSMTPD's command table): the first whose path matches; a path
+ * that matches with another method answers 405. */
+static const struct http_route http_routes[] = {
+    {HTTP_GET, "/api/v1/messages", 1, http_get_messages},
+    {HTTP_PUT, "/api/v1/messages", 1, http_put_messages},
+    {HTTP_DELETE, "/api/v1/messages", 1, http_delete_messages},
+    {HTTP_GET, "/api/v1/message/*", 1, http_get_message},
+    {HTTP_GET, "/api/v1/message/*/headers", 1, http_get_headers},
+    {HTTP_GET, "/api/v1/message/*/raw", 1, http_get_raw},
+    {HTTP_GET, "/api/v1/message/*/part/*", 1, http_get_part},
+    {HTTP_GET, "/api/v1/search", 1, http_search},
+    {HTTP_DELETE, "/api/v1/search", 1, http_search},
+    {HTTP_GET, "/api/v1/info", 1, http_get_info},
+    {HTTP_GET, "/api/v1/events", HTTP_LOGIN_ONLY, http_events},
+    {HTTP_GET, "/api/v1/webui", 0, http_get_webui},
+    {HTTP_POST, "/api/v1/send", HTTP_LOGIN_ONLY, http_post_send},
+    {HTTP_POST, "/api/v1/message/*/release", 1, http_release},
+    {HTTP_GET, "/api/v1/chaos", HTTP_LOGIN_ONLY, http_chaos},
+    {HTTP_PUT, "/api/v1/chaos", HTTP_LOGIN_ONLY, http_chaos},
+    {HTTP_GET, "/view/*", 1, http_get_view},
+    {HTTP_GET, "/mail/config-v1.1.xml", 0, http_setup_thunderbird},
+    {HTTP_GET, "/.well-known/autoconfig/mail/config-v1.1.xml", 0, http_setup_thunderbird},
+    {HTTP_POST, "/autodiscover/autodiscover.xml", 0, http_setup_outlook},
+    {HTTP_POST, "/Autodiscover/Autodiscover.xml", 0, http_setup_outlook},
+    {HTTP_GET, "/apple/mail.mobileconfig", 0, http_setup_apple},
+    {HTTP_GET, "/livez", 0, http_get_ok},
+    {HTTP_GET, "/readyz", 0, http_get_ok},
+    {HTTP_GET, "/", 0, http_get_root},
+    {HTTP_NMETHODS, "/api/v1/tags", 0, http_not_offered},
+    {HTTP_NMETHODS, "/api/v1/tags/*", 0, http_not_offered},
+    {HTTP_NMETHODS, "/api/v1/message/*/html-check", 0, http_not_offered},
+    {HTTP_NMETHODS, "/api/v1/message/*/link-check", 0, http_not_offered},
+    {HTTP_NMETHODS, "/api/v1/message/*/sa-check", 0, http_not_offered},
+    {HTTP_NMETHODS, "/api/v1/message/*/part/*/thumb", 0, http_not_offered},
+};
+
+/* Does path match pattern? The '*' segments are decoded into args (at most 2). */
+static int
+http_route_match(const char *pattern, const char *path, char args[][MS_HTTP_ARG_MAX])
+{
+    int k = 0;
+    while (*pattern && *path) {
+        if (*pattern == '*') {
+            size_t n = strcspn(path, "/");
+            if (n == 0 || k == 2 || http_unescape(path, n, args[k], MS_HTTP_ARG_MAX, 0) != 0 || strchr(args[k], '/'))
+                return 0;
+            k++;
+            pattern++;
+            path += n;
+        } else if (*pattern++ != *path++) {
+            return 0;
+        }
+    }
+    return !*pattern && !*path;
+}
+
+/* Who may see what (see the section's head), then the route. */
+static void
+http_route(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    const struct ms_config *cfg = c->ms->cfg;
+    char path[MS_HTTP_TARGET_MAX];
+    size_t i, n = strcspn(h->req.target, "?");
+    int allowed = 0;
+    memcpy(path, h->req.target, n);
+    path[n] = 0;
+    if (h->req.method == HTTP_OPTIONS) { /* no cross-origin use is allowed: no CORS fields */
+        http_answer_extra(c, 204, "text/plain", "Allow: GET, HEAD, PUT, DELETE, POST, OPTIONS\r\n");
+        return;
+    }
+    for (i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
+        const struct http_route *r = &http_routes[i];
+        char args[2][MS_HTTP_ARG_MAX];
+        if (!http_route_match(r->path, path, args)) continue;
+        if (r->method != HTTP_NMETHODS && r->method != h->req.method &&
+            !(r->method == HTTP_GET && h->req.method == HTTP_HEAD)) {
+            allowed = 1;
+            continue;
+        }
+        h->route = r;
+        memcpy(h->arg, args, sizeof args);
+        break;
+    }
+    if (!h->route) { http_text(c, allowed ? 405 : 404, allowed ? "Method not allowed\n" : "404 page not found\n"); return; }
+    if (!h->route->store) { h->route->fn(c); return; }
+    if (cfg->capture && c->is_loopback) { /* as Mailpit: the captured mail is the local developer's */
+        h->all = 1;
+        http_with_store(c);
+        return;
+    }
+    http_login(c);
+}
+
+/* ---- logins: HTTP Basic (RFC 7617), through the logins of section 9 ---- */
+
+/* Is this mailbox in `admins`? */
+static int
+http_is_admin(const struct ms_config *cfg, const char *mailbox)
+{
+    return http_list_has(cfg->admins, mailbox);
+}
+
+static void
+http_logged_in_as(struct conn *c, const char *mailbox)
+{
+    struct http_sess *h = &c->u.http;
+    ms_strlcpy(h->mailbox, mailbox, sizeof h->mailbox);
+    h->all = http_is_admin(c->ms->cfg, mailbox);
+    http_with_store(c);
+}
+
+/* A request's login: the one this connection made with the same Authorization, one made
+ * lately by another (a client that opens a connection per request), or a new one hashed. */
+static void
+http_login(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    struct mailsrv *ms = c->ms;
+    unsigned char key[32], dec[MS_HTTP_AUTH_MAX];
+    struct sha256 s;
+    char *colon;
+    const char *v = h->req.auth;
+    long n;
+    int i;
+    int64_t now = os_now_ms();
+    if (!ms_strncaseeq(v, "Basic ", 6)) { http_unauthorized(c); return; }
+    for (v += 6; *v == ' '; v++) {}
+    if (!conn_plaintext_ok(c)) { http_text(c, 403, "Logins need TLS here (plaintext_auth)\n"); return; }
+    sha256_init(&s);
+    sha256_update(&s, ms->http_salt, sizeof ms->http_salt);
+    sha256_update(&s, v, strlen(v));
+    sha256_final(&s, key);
+    if (h->mailbox[0] && memcmp(key, h->auth_key, 32) == 0) { http_logged_in_as(c, h->mailbox); return; }
+    for (i = 0; i < MS_HTTP_LOGINS; i++) {
+        struct http_login_cache *e = &ms->http_logins[i];
+        if (e->until > now && memcmp(e->key, key, 32) == 0) {
+            memcpy(h->auth_key, key, 32);
+            http_logged_in_as(c, e->mailbox);
+            return;
+        }
+    }
+    n = b64_decode(v, strlen(v), dec, sizeof dec - 1);
+    if (n < 0 || memchr(dec, 0, (size_t)n) || (dec[n] = 0, colon = strchr((char *)dec, ':')) == NULL) {
+        http_unauthorized(c);
+        return;
+    }
+    *colon = 0;
+    memcpy(h->auth_key, key, 32);
+    h->state = H_LOGIN;
+    auth_begin(c, (char *)dec, colon + 1);
+    ms_wipe(dec, sizeof dec);
+}
+
+/* The login's outcome (section 9's login_done): mailbox NULL if it failed. */
+static void
+http_login_done(struct conn *c, const char *mailbox, const char *user)
+{
+    struct http_sess *h = &c->u.http;
+    struct mailsrv *ms = c->ms;
+    struct http_login_cache *e = &ms->http_logins[0];
+    int i;
+    if (!mailbox) {
+        memset(h->auth_key, 0, sizeof h->auth_key);
+        h->mailbox[0] = 0;
+        c->hold_until = auth_failed(c, user);
+        if (++c->login_fails >= MS_AUTH_MAX_FAILS) h->req.keep_alive = 0;
+        http_unauthorized(c);
+        return;
+    }
+    auth_succeeded(c);
+    for (i = 1; i < MS_HTTP_LOGINS; i++) /* the oldest is forgotten */
+        if (ms->http_logins[i].until < e->until) e = &ms->http_logins[i];
+    memcpy(e->key, h->auth_key, 32);
+    ms_strlcpy(e->mailbox, mailbox, sizeof e->mailbox);
+    e->until = os_now_ms() + MS_HTTP_LOGIN_TTL_MS;
+    conn_log(c, "login %s", mailbox);
+    http_logged_in_as(c, mailbox);
+}
+
+/* ---- the session: reading requests ---- */
+
+static void
+http_greet(struct conn *c)
+{
+    (void)c; /* the client speaks first */
+}
+
+/* Reads the head and the body of the next request, then routes it: 1 to go on, -1 to wait. */
+static int
+http_pump(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    long r;
+    if (h->state == H_HEAD) {
+        if (!c->io.inlen) return -1;
+        h->started = 1;
+        if ((r = http_parse_head(c->io.in, c->io.inlen, &h->req)) == 0) {
+            if (c->io.inlen == c->io.insize && !h->bigin) { /* a head larger than the usual input buffer */
+                h->bigin = xrealloc(NULL, MS_HTTP_HEAD_MAX + 1);
+                memcpy(h->bigin, c->io.in, c->io.inlen);
+                c->io.in = h->bigin;
+                c->io.insize = MS_HTTP_HEAD_MAX + 1;
+            }
+            return -1;
+        }
+        if (r < 0) {
+            char vis[120];
+            ms_visible(vis, sizeof vis, c->io.in, strcspn(c->io.in, "\n") < c->io.inlen ? strcspn(c->io.in, "\n") : c->io.inlen);
+            conn_log(c, "bad request (%ld): %s", -r, vis);
+            h->req.keep_alive = 0;
+            c->io.inlen = 0;
+            http_text(c, (int)-r, http_reason((int)-r));
+            return -1;
+        }
+        if (c->ms->verbose) conn_log(c, "< %s %s", http_methods[h->req.method], h->req.target);
+        io_consume(&c->io, (size_t)r);
+        buf_free(&h->body);
+        if (h->req.length > (strncmp(h->req.target, "/api/v1/send", 12) == 0 /* attachments in base64 */
+                             ? c->ms->cfg->max_message_size / 3 * 4 + MS_HTTP_BODY_MAX : MS_HTTP_BODY_MAX)) {
+            h->req.keep_alive = 0;
+            http_text(c, 413, "The request's body is too large\n");
+            return -1;
+        }
+        if (h->req.length) {
+            h->state = H_BODY;
+            if (h->req.expect_continue) buf_adds(&c->io.out, "HTTP/1.1 100 Continue\r\n\r\n");
+            return 1;
+        }
+    } else if (h->state == H_BODY) {
+        size_t take = c->io.inlen, need = (size_t)h->req.length - h->body.len;
+        if (!take) return -1;
+        if (take > need) take = need;
+        buf_add(&h->body, c->io.in, take);
+        io_consume(&c->io, take);
+        if (h->body.len < (size_t)h->req.length) return -1;
+    } else {
+        if (h->state == H_EVENTS) c->io.inlen = 0; /* a stream takes no more requests */
+        return -1; /* a login or the store's work: the loop runs it */
+    }
+    http_route(c);
+    return 1;
+}
+
+/* What the server says at the moments every session shares: only a request that has begun gets
+ * an answer (an idle keep-alive connection is closed without one, RFC 9112 9.6). */
+static void
+http_say(struct conn *c, enum conn_say what)
+{
+    struct http_sess *h = &c->u.http;
+    if (!h->started || h->state == H_WORK || h->state == H_LOGIN) return;
+    h->req.keep_alive = 0;
+    if (what == SAY_TIMEOUT) http_text(c, 408, "Request timeout\n");
+    else if (what == SAY_SHUTDOWN || what == SAY_EVICTED) http_text(c, 503, "Server shutting down\n");
+}
+
+static int http_logged_in(const struct conn *c) { (void)c; return 0; } /* idle keep-alives may make room */
+static int http_busy(const struct conn *c) { return c->u.http.started; }
+static int http_in_transfer(const struct conn *c) { return c->u.http.state == H_BODY; }
+static int http_streaming(const struct conn *c) { (void)c; return 0; }
+
+static void
+http_free(struct conn *c)
+{
+    struct http_sess *h = &c->u.http;
+    http_job_free(h->job);
+    h->job = NULL;
+    buf_free(&h->body);
+    buf_free(&h->resp);
+    free(h->bigin);
+    h->bigin = NULL;
+    if (c->io.fd != MS_BAD_SOCK) { /* what the client sent beyond an answered error is read first: a socket
+                                     * closed with unread input resets the connection, and the client may
+                                     * lose the answer (RFC 9112 9.6) */
+        char junk[4096];
+        int k;
+        for (k = 0; k < 64 && net_recv(c->io.fd, junk, sizeof junk) > 0; k++) {}
+    }
+}
+
+#define HTTP_BUSY "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nRetry-After: 10\r\nConnection: close\r\n"
+static const struct proto_ops http_ops = {
+    'h', http_greet, http_pump, NULL, http_login_done, NULL, http_logged_in, http_busy,
+    http_in_transfer, http_streaming, NULL, http_free, NULL,
+    {[SAY_BUSY] = HTTP_BUSY, [SAY_RATE] = HTTP_BUSY},
+    http_say,
+};
+#else
+static void
+http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct targets *t, const char *mailbox)
+{
+    (void)ms; (void)type; (void)uidl; (void)t; (void)mailbox; /* no HTTP, no event streams */
+}
+#endif /* MAILSRV_ENABLE_HTTP */
 
 static const struct proto_ops *
 proto_ops_of(enum proto p)
 {
+#if MAILSRV_ENABLE_HTTP
+    if (p == PROTO_HTTP) return &http_ops;
+#endif
     return p == PROTO_POP3 ? &pop_ops : &smtp_ops;
 }
 
-/*==== 12. Relay: DNS client, outbound SMTP, queue runner ====*/
+/*==== 13. Relay: DNS client, outbound SMTP, queue runner ====*/
 /*
  * Queue entries live in ms->queue. relay_run() starts one outbound session
  * per destination domain of each due entry (at most max_outbound at once).
@@ -11032,7 +14708,7 @@ relay_check_flush(struct mailsrv *ms, int64_t now)
     ms->relay_kick = 1;
 }
 
-/*==== 13. Mailing lists ====*/
+/*==== 14. Mailing lists ====*/
 /*
  * [list NAME@DOMAIN] sections. Subscribing and unsubscribing are confirmed
  * by mail (a random code valid 7 days, sent to the envelope sender), so
@@ -11783,7 +15459,7 @@ list_incoming(struct conn *c)
     return r;
 }
 
-/*==== 14. Event loop ====*/
+/*==== 15. Event loop ====*/
 /*
  * Each turn (mailsrv_poll, at the end): build the poll set, where every
  * session says what to poll for and when it needs a turn anyway (POLLIN
@@ -12336,7 +16012,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     return 0;
 }
 
-/*==== 15. Public API ====*/
+/*==== 16. Public API ====*/
 
 static void
 default_log(void *user, const char *line)
@@ -12356,6 +16032,10 @@ mailsrv_create(void)
     if (!ms) return NULL;
     if (os_net_start() != 0) { free(ms); return NULL; }
     ms->log_fn = default_log;
+    ms->started_ms = os_now_ms();
+    ms->chaos[CHAOS_SENDER].code = ms->chaos[CHAOS_RCPT].code = 451;
+    ms->chaos[CHAOS_AUTH].code = 535;
+    if (os_random(ms->http_salt, sizeof ms->http_salt) != 0) ms->http_salt[0] = 1;
     return ms;
 }
 
@@ -12591,7 +16271,7 @@ mailsrv_run(struct mailsrv *ms)
     return 0;
 }
 
-/*==== 16. Command line and main() ====*/
+/*==== 17. Command line and main() ====*/
 
 static int
 cli_split_address(const char *arg, char *user, char *domain)

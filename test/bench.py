@@ -37,7 +37,7 @@ Exit status: 0 whenever the figures could be measured (a missed target is not
 a failure); 1 if the benchmark could not run or the server lost messages,
 crashed or failed a check; 2 on a usage error.
 
-Usage: python3 test/bench.py [--quick] [--only smtp,relay,tls,pop3,mem,size,footprint,stall] [--keep]
+Usage: python3 test/bench.py [--quick] [--only smtp,relay,tls,pop3,mem,size,footprint,stall,http] [--keep]
        [--bin PATH] [--smtp-messages N] [--pop3-messages N] [--idle-connections K]
        [--footprint-sessions K] [--footprint-messages N] [--stall-parts login,dele,auth,list,big,mbox]
        [--stall-messages N] [--stall-small N] [--stall-dele N] [--stall-members N] [--stall-big-mb MB]
@@ -62,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 import fakes  # test/ is on sys.path: it is this script's folder
 
@@ -1116,6 +1117,75 @@ class Bench:
         finally:
             sel.close()
         return socks, greeted, refused, time.monotonic() - t0
+
+    def bench_http(self):
+        """The HTTP API (issue 15): listing 50 of a 10,000-message mailbox, a subject: search over
+        it (both as the logged-in mailbox, over one keep-alive connection, the login remembered),
+        and the memory of idle keep-alive HTTP sessions."""
+        import base64
+        import http.client
+        n = self.args.pop3_messages
+        port = free_ports(1)[0]
+        srv = Server(self.binary, self.work, "maildir", "http", extra="\n[server]\nhttp = %s:%d\n" % (HOST, port))
+        write_maildir(srv.maildir, n)
+        self.servers.append(srv)
+        srv.start()
+        auth = {"Authorization": "Basic " + base64.b64encode(("%s@%s:%s" % (USER, DOMAIN, PASSWORD)).encode()).decode()}
+        c = http.client.HTTPConnection(HOST, port, timeout=120)
+
+        def get(path):
+            t0 = time.perf_counter()
+            c.request("GET", path, headers=auth)
+            r = c.getresponse()
+            body = r.read()
+            ms = (time.perf_counter() - t0) * 1000
+            if r.status != 200:
+                raise BenchError("GET %s: %d %s" % (path, r.status, body[:200]))
+            return ms, json.loads(body)
+        first, lst = get("/api/v1/messages?limit=50")
+        if lst["total"] != n or len(lst["messages"]) != 50:
+            raise BenchError("the list: total %s, %d listed" % (lst["total"], len(lst["messages"])))
+        lists = sorted(get("/api/v1/messages?limit=50")[0] for _ in range(10))
+        pages = sorted(get("/api/v1/messages?start=%d&limit=50" % (n // 2))[0] for _ in range(5))
+        want = lst["messages"][7]["Subject"]
+        searches = []
+        for _ in range(5):
+            ms, found = get("/api/v1/search?query=" + urllib.parse.quote('subject:"%s"' % want))
+            if found["messages_count"] < 1:
+                raise BenchError("subject search found nothing for %r" % want)
+            searches.append(ms)
+        searches.sort()
+        free_ms = sorted(get("/api/v1/search?query=" + urllib.parse.quote("nosuchword%d" % i))[0] for i in range(3))
+        c.close()
+        # memory: idle keep-alive sessions, each after one request
+        k = min(self.args.idle_connections, 1000)
+        time.sleep(0.5)
+        before = proc_status(srv.pid).get("VmRSS")
+        socks = []
+        try:
+            for i in range(k):
+                so = socket.create_connection((HOST, port), timeout=10)
+                so.sendall(b"GET /livez HTTP/1.1\r\nHost: bench\r\n\r\n")
+                if not so.recv(512).startswith(b"HTTP/1.1 200"):
+                    raise BenchError("idle HTTP session %d not answered" % i)
+                socks.append(so)
+            time.sleep(0.5)
+            during = proc_status(srv.pid).get("VmRSS")
+        finally:
+            for so in socks:
+                so.close()
+        res = {"messages": n, "first_list_ms": first, "list50_ms_median": lists[len(lists) // 2], "list50_ms_worst": lists[-1],
+               "list50_middle_page_ms_median": pages[len(pages) // 2], "subject_search_ms_median": searches[len(searches) // 2],
+               "subject_search_ms_worst": searches[-1], "free_text_search_ms_median": free_ms[len(free_ms) // 2],
+               "idle_sessions": k, "kib_per_http_session": (during - before) / k if before and during else None}
+        self.results["http"] = res
+        log("  HTTP, %d-message Maildir: first list (login + views) %.1f ms; list 50: median %.1f ms, worst %.1f ms "
+            "(target < 20 ms); a middle page %.1f ms; subject: search median %.1f ms, worst %.1f ms (target < 200 ms); "
+            "a free-text search (every body) %.0f ms; %d idle keep-alive HTTP sessions: %.1f KiB each"
+            % (n, first, res["list50_ms_median"], res["list50_ms_worst"], res["list50_middle_page_ms_median"],
+               res["subject_search_ms_median"], res["subject_search_ms_worst"], res["free_text_search_ms_median"], k,
+               res["kib_per_http_session"] or 0))
+        self.finish_server(srv, "http bench")
 
     def bench_mem(self):
         k = self.args.idle_connections
@@ -2245,6 +2315,9 @@ service pop3-login {
         if "stall" in only:
             log("6. stall: a latency probe while heavy operations run, one at a time")
             self.bench_stall()
+        if "http" in only:
+            log("7. HTTP API")
+            self.bench_http()
         self.report()
         if self.args.json:
             with open(self.args.json, "w") as f:
@@ -2256,8 +2329,8 @@ def main():
         return probe_main(int(sys.argv[2]), sys.argv[3])
     ap = argparse.ArgumentParser(description="mailsrv benchmark (figures, not pass/fail)")
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
-    ap.add_argument("--only", default="smtp,relay,tls,pop3,mem,size,footprint,stall",
-                    help="comma list of smtp,relay,tls,pop3,mem,size,footprint,stall")
+    ap.add_argument("--only", default="smtp,relay,tls,pop3,mem,size,footprint,stall,http",
+                    help="comma list of smtp,relay,tls,pop3,mem,size,footprint,stall,http")
     ap.add_argument("--bin", help="the mailsrv binary to measure (default: $MAILSRV_BENCH_BIN, else ./mailsrv)")
     ap.add_argument("--concurrency", default="1,20,100", help="SMTP sessions per run (comma list)")
     ap.add_argument("--smtp-messages", type=int, default=2000, help="messages per SMTP run")
@@ -2310,7 +2383,7 @@ def main():
         args.stall_big_rcpts = min(args.stall_big_rcpts, 10)
         args.stall_mbox_rate_messages = min(args.stall_mbox_rate_messages, 300)
     args.stall_parts = set(x.strip() for x in args.stall_parts.split(",") if x.strip())
-    bad = args.only - {"smtp", "relay", "tls", "pop3", "mem", "size", "footprint", "stall"}
+    bad = args.only - {"smtp", "relay", "tls", "pop3", "mem", "size", "footprint", "stall", "http"}
     if args.stall_parts - {"login", "dele", "auth", "list", "big", "mbox"} or not 1 <= args.stall_auth_clients <= 250:
         bad = True
     if args.stall_dele_scattered < 0 or min(args.stall_messages, args.stall_small, args.stall_dele, args.stall_members, args.stall_big_mb,

@@ -84,6 +84,11 @@ if [ -n "$unit" ]; then
     fi
 fi
 echo "== end-to-end tests ($run${run:+ }$bin)"
+# the HTTP API's client test drives the pinned mailpit-api npm package (test/npm): installed once
+# from the npm registry where npm is (http_mailpit_api_client is skipped without it; CI installs it)
+if [ ! -d test/npm/node_modules ] && command -v npm >/dev/null 2>&1; then
+    (cd test/npm && npm ci --no-audit --no-fund >/dev/null 2>&1) || echo "(npm ci in test/npm failed: the mailpit-api client test will be skipped)"
+fi
 set -f  # -k values may hold brackets (pop3_in_use[maildir])
 python3 test/e2e.py --bin "$bin" ${run:+--run "$run"} $filter > "$out" 2>&1; cat "$out"
 set +f

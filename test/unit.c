@@ -1894,6 +1894,224 @@ test_smtpfix_queue_from(void)
     rmdir(dir);
 }
 
+
+#if MAILSRV_ENABLE_HTTP
+/* ---- HTTP (issue 15): the request parser, JSON, search queries ---- */
+
+static long
+head(const char *s, struct http_req *r)
+{
+    return http_parse_head(s, strlen(s), r);
+}
+
+static void
+test_http_parse_head(void)
+{
+    struct http_req r;
+    const char *ok = "GET /api/v1/messages?start=0&limit=5 HTTP/1.1\r\nHost: h:8025\r\nAuthorization: Basic eDp5\r\n\r\nNEXT";
+    ASSERT(head(ok, &r) == (long)strlen(ok) - 4);
+    ASSERT(r.method == HTTP_GET && r.minor == 1 && r.keep_alive && r.length == 0);
+    ASSERT(strcmp(r.target, "/api/v1/messages?start=0&limit=5") == 0 && strcmp(r.host, "h:8025") == 0);
+    ASSERT(strcmp(r.auth, "Basic eDp5") == 0);
+    ASSERT(head("GET / HTTP/1.1\r\nHost: h\r\n", &r) == 0); /* not all there yet */
+    ASSERT(head("\r\nGET / HTTP/1.1\nHost: h\n\n", &r) > 0);  /* LF alone; an empty line before */
+    ASSERT(head("GET / HTTP/1.0\r\n\r\n", &r) > 0 && !r.keep_alive);
+    ASSERT(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", &r) > 0 && r.keep_alive);
+    ASSERT(head("GET / HTTP/1.1\r\nHost: h\r\nConnection: x, close\r\n\r\n", &r) > 0 && !r.keep_alive);
+    ASSERT(head("GET http://h:1/x?y HTTP/1.1\r\nHost: h\r\n\r\n", &r) > 0 && strcmp(r.target, "/x?y") == 0);
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n", &r) > 0 && r.length == 12);
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", &r) > 0 && r.expect_continue);
+    /* smuggling and the rest: one answer each */
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", &r) == -400);
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1, 1\r\n\r\n", &r) == -400);
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nContent-Length: +1\r\n\r\n", &r) == -400);
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n", &r) == -411);
+    ASSERT(head("PUT /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", &r) == -400);
+    ASSERT(head("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n", &r) == -400);
+    ASSERT(head("GET / HTTP/1.1\r\nHost : h\r\n\r\n", &r) == -400);
+    ASSERT(head("GET / HTTP/1.1\r\nHost: h\rX\r\n\r\n", &r) == -400);
+    ASSERT(head("GET / HTTP/1.1\r\n\r\n", &r) == -400);
+    ASSERT(head("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", &r) == -400);
+    ASSERT(head("GET  / HTTP/1.1\r\nHost: h\r\n\r\n", &r) == -400);
+    ASSERT(head("GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", &r) == -400);
+    ASSERT(head("GET x HTTP/1.1\r\nHost: h\r\n\r\n", &r) == -400);
+    ASSERT(head("GET / HTTP/2.0\r\nHost: h\r\n\r\n", &r) == -505);
+    ASSERT(head("GET / HTTX/1.1\r\nHost: h\r\n\r\n", &r) == -400);
+    ASSERT(head("PATCH / HTTP/1.1\r\nHost: h\r\n\r\n", &r) == -501);
+    ASSERT(head("GET / HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\n\r\n", &r) == -417);
+    {
+        char big[MS_HTTP_HEAD_MAX + 64];
+        memset(big, 'a', sizeof big - 1);
+        big[sizeof big - 1] = 0;
+        memcpy(big, "GET / HTTP/1.1\r\nX: ", 19);
+        ASSERT(head(big, &r) == -431);
+        memset(big, 'a', sizeof big - 1);
+        memcpy(big, "GET /", 5);
+        ASSERT(head(big, &r) == -431 || head(big, &r) == -414);
+    }
+}
+
+static void
+test_http_query_and_json(void)
+{
+    char v[64];
+    struct json j;
+    struct buf b = {0};
+    int k, ids, n;
+    ASSERT(http_query("/s?query=subject%3A%22a+b%22&limit=2", "query", v, sizeof v) == 1 && strcmp(v, "subject:\"a b\"") == 0);
+    ASSERT(http_query("/s?query=x&limit=2", "limit", v, sizeof v) == 1 && strcmp(v, "2") == 0);
+    ASSERT(http_query("/s?query=x", "start", v, sizeof v) == 0);
+    ASSERT(http_query("/s?q=%zz", "q", v, sizeof v) == -1 && http_query("/s?q=%00", "q", v, sizeof v) == -1);
+    ASSERT(http_query("/s?q=%4", "q", v, sizeof v) == -1);
+    /* JSON in */
+    {
+        const char *in = "{\"IDs\":[\"a\",\"b\\u00e9\\ud83d\\ude00\"],\"Read\":true,\"N\":[{},[]]}";
+        ASSERT(json_parse(&j, in, strlen(in)) == 0);
+    }
+    ids = json_get(&j, 0, "IDs");
+    ASSERT(ids > 0 && j.t[ids].type == JSON_ARR && j.t[ids].size == 2);
+    k = json_item(&j, ids, ids);
+    json_text(&j, k, &b);
+    ASSERT(strcmp(b.p, "a") == 0);
+    b.len = 0;
+    k = json_item(&j, ids, k);
+    json_text(&j, k, &b);
+    ASSERT(strcmp(b.p, "b\xc3\xa9\xf0\x9f\x98\x80") == 0);
+    ASSERT(json_item(&j, ids, k) == -1);
+    ASSERT(json_true(&j, json_get(&j, 0, "Read")) && json_get(&j, 0, "Nope") == -1);
+    json_free(&j);
+    ASSERT(json_parse(&j, "{\"a\":1,}", 8) == -1 && json_parse(&j, "[1 2]", 5) == -1 && json_parse(&j, "\"x", 2) == -1);
+    ASSERT(json_parse(&j, "{} x", 4) == -1 && json_parse(&j, "", 0) == -1);
+    {
+        char deep[200];
+        memset(deep, '[', sizeof deep);
+        ASSERT(json_parse(&j, deep, sizeof deep) == -1); /* MS_JSON_DEPTH */
+    }
+    /* JSON out: escapes, and every byte that is not UTF-8 as U+FFFD */
+    b.len = 0;
+    json_str(&b, "a\"\\\n\x01\xd0\x9f\xff\xc0\xaf", 10);
+    ASSERT(strcmp(b.p, "\"a\\\"\\\\\\n\\u0001\xd0\x9f\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\"") == 0);
+    buf_free(&b);
+    (void)n;
+}
+
+static void
+test_mime(void)
+{
+    static struct mime_part pt[MIME_MAX_PARTS];
+    const char *m =
+        "From: =?koi8-r?B?8NLJ18XU?= <a@b.test>\nSubject: =?utf-8?Q?caf=C3=A9?= =?utf-8?Q?_ok?= end\n"
+        "Content-Type: multipart/mixed; boundary=\"o\"\n\npreamble\n--o\n"
+        "Content-Type: multipart/alternative; boundary=i\n\n--i\nContent-Type: text/plain; charset=windows-1251\n"
+        "Content-Transfer-Encoding: quoted-printable\n\n=CF=F0=E8=E2=E5=F2 soft=\nbreak =3D\n--i\nContent-Type: text/html\n\n<p>x</p>\n--i--\n"
+        "--o  \nContent-Type: application/pdf; name=old.pdf\n"
+        "Content-Disposition: attachment; filename*0*=utf-8''%D0%9F; filename*1*=%D1%80.pdf\n"
+        "Content-Transfer-Encoding: base64\n\nJVB\n ERi0x\n--o--\nepilogue\n";
+    struct buf b = {0};
+    struct mime_addr a[8];
+    int n = mime_parse(m, strlen(m), pt, MIME_MAX_PARTS), off;
+    int64_t t;
+    ASSERT(n == 5);
+    ASSERT(pt[0].multipart && pt[0].id[0] == 0 && strcmp(pt[0].type, "multipart/mixed") == 0);
+    ASSERT(strcmp(pt[1].id, "1") == 0 && pt[1].multipart);
+    ASSERT(strcmp(pt[2].id, "1.1") == 0 && strcmp(pt[2].charset, "windows-1251") == 0);
+    ASSERT(strcmp(pt[3].id, "1.2") == 0 && strcmp(pt[3].type, "text/html") == 0);
+    ASSERT(strcmp(pt[4].id, "2") == 0 && strcmp(pt[4].disposition, "attachment") == 0);
+    ASSERT(strcmp(pt[4].filename, "\xd0\x9f\xd1\x80.pdf") == 0); /* RFC 2231 over Content-Type's name */
+    mime_text(m, &pt[2], &b);
+    ASSERT(strcmp(b.p, "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 softbreak =") == 0);
+    b.len = 0;
+    mime_body(m, &pt[4], &b);
+    ASSERT(b.len == 6 && memcmp(b.p, "%PDF-1", 6) == 0);
+    b.len = 0;
+    ASSERT(mime_header(m, pt[0].head_len, "Subject", &b) && strcmp(b.p, "caf\xc3\xa9 ok end") == 0);
+    b.len = 0;
+    ASSERT(mime_header(m, pt[0].head_len, "From", &b) && strcmp(b.p, "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 <a@b.test>") == 0);
+    /* no boundary, none given, no end: never an error */
+    ASSERT(mime_parse("Content-Type: multipart/mixed\n\nx\n", 32, pt, MIME_MAX_PARTS) == 1 && strcmp(pt[0].id, "1") == 0);
+    {
+        const char *open = "Content-Type: multipart/mixed; boundary=z\n\n--z\n\nopen";
+        ASSERT(mime_parse(open, strlen(open), pt, MIME_MAX_PARTS) == 2 && pt[1].body_len == 4);
+    }
+    {   /* nesting and part counts are bounded */
+        struct buf deep = {0};
+        int i;
+        for (i = 0; i < 100; i++) buf_printf(&deep, "Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n", i, i);
+        n = mime_parse(deep.p, deep.len, pt, MIME_MAX_PARTS);
+        ASSERT(n <= MIME_MAX_DEPTH + 2);
+        deep.len = 0;
+        buf_adds(&deep, "Content-Type: multipart/mixed; boundary=q\n\n");
+        for (i = 0; i < 1000; i++) buf_adds(&deep, "--q\n\nx\n");
+        ASSERT(mime_parse(deep.p, deep.len, pt, MIME_MAX_PARTS) == MIME_MAX_PARTS);
+        buf_free(&deep);
+    }
+    /* charsets: each table against its code points */
+    {
+        static const struct { const char *cs, *in, *out; } c[] = {
+            {"koi8-r", "\xf0\xd2\xc9\xd7\xc5\xd4\xa3\xb3", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82\xd1\x91\xd0\x81"},
+            {"windows-1251", "\xcf\xf0\xe8\xa8\xb8\x98", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\x81\xd1\x91\xef\xbf\xbd"},
+            {"cp866", "\x8f\xe0\xa8\xf0\xf1", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\x81\xd1\x91"},
+            {"ISO-8859-5", "\xbf\xe0\xd8\xa1\xf0", "\xd0\x9f\xd1\x80\xd0\xb8\xd0\x81\xe2\x84\x96"},
+            {"windows-1252", "\x80\x93\xe9\x81", "\xe2\x82\xac\xe2\x80\x9c\xc3\xa9\xef\xbf\xbd"},
+            {"latin1", "\xe9\x80", "\xc3\xa9\xc2\x80"},
+            {"utf-8", "ok \xd0\x9f \xff\xc0\xaf", "ok \xd0\x9f \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
+            {"x-unknown", "\xe9", "\xef\xbf\xbd"},
+        };
+        size_t i;
+        for (i = 0; i < sizeof c / sizeof c[0]; i++) {
+            b.len = 0;
+            mime_to_utf8(&b, c[i].cs, c[i].in, strlen(c[i].in));
+            ASSERT(strcmp(b.p, c[i].out) == 0);
+        }
+    }
+    b.len = 0;
+    {
+        const char *v = " =?windows-1251?Q?=CF=F0=E8=E2=E5=F2?=\n\t=?koi8-r?b?8NLJ18XU?= =?bogus?Q?x?= caf\xe9";
+        mime_header_text(&b, v, strlen(v));
+    }
+    ASSERT(strcmp(b.p, "\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82\xd0\x9f\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 =?bogus?Q?x?= caf\xc3\xa9") == 0);
+    /* addresses: quoted commas, comments, groups, routes */
+    {
+        const char *v = " \"Bob, B.\" <bob@x.test>, carol@y.test (Carol C), Team: d@z.test, e@z.test;, undisclosed-recipients:;,"
+                        " <@relay.test:f@w.test>, =?utf-8?B?0JjQstCw0L0=?= <ivan@q.test>, \"=?utf-8?Q?J=C3=BCrgen?=\" <j@q.test>";
+        n = mime_addresses(v, strlen(v), a, 8);
+        ASSERT(n == 7);
+        ASSERT(strcmp(a[0].name, "Bob, B.") == 0 && strcmp(a[0].addr, "bob@x.test") == 0);
+        ASSERT(strcmp(a[1].name, "Carol C") == 0 && strcmp(a[1].addr, "carol@y.test") == 0);
+        ASSERT(strcmp(a[2].addr, "d@z.test") == 0 && strcmp(a[3].addr, "e@z.test") == 0 && !a[2].name[0]);
+        ASSERT(strcmp(a[4].addr, "f@w.test") == 0);
+        ASSERT(strcmp(a[5].name, "\xd0\x98\xd0\xb2\xd0\xb0\xd0\xbd") == 0 && strcmp(a[6].name, "J\xc3\xbcrgen") == 0);
+        ASSERT(mime_addresses("", 0, a, 8) == 0 && mime_addresses("<<<>>>,,;;\"", 11, a, 8) == 0);
+    }
+    /* dates: zones, obsolete forms */
+    ASSERT(mime_date("Fri, 04 Dec 2026 10:00:00 +0300", 31, &t, &off) == 0 && t == 1796367600 && off == 180);
+    ASSERT(mime_date("4 Dec 26 07:00 GMT (UTC)", 24, &t, &off) == 0 && t == 1796367600 && off == 0);
+    ASSERT(mime_date("Thu, 3 Dec 2026 23:00:00 EST", 28, &t, &off) == 0 && t == 1796356800 && off == -300);
+    ASSERT(mime_date("yesterday", 9, &t, &off) == -1 && mime_date("Fri, 32 Dec 2026 10:00 +0000", 28, &t, &off) == -1);
+    buf_free(&b);
+}
+
+static void
+test_http_search_parse(void)
+{
+    struct search_term t[MS_HTTP_TERMS];
+    int n = search_parse("hello \"big world\" -from:bob !subject:\"a b\" is:unread has:attachments larger:10k smaller:1M "
+                         "after:2026-01-02 to:x", t, MS_HTTP_TERMS);
+    ASSERT(n == 10);
+    ASSERT(t[0].kind == SQ_TEXT && strcmp(t[0].text, "hello") == 0 && !t[0].neg);
+    ASSERT(t[1].kind == SQ_TEXT && strcmp(t[1].text, "big world") == 0);
+    ASSERT(t[2].kind == SQ_FROM && t[2].neg && strcmp(t[2].text, "bob") == 0);
+    ASSERT(t[3].kind == SQ_SUBJECT && t[3].neg && strcmp(t[3].text, "a b") == 0);
+    ASSERT(t[4].kind == SQ_IS_UNREAD && t[5].kind == SQ_HAS_ATTACHMENT);
+    ASSERT(t[6].kind == SQ_LARGER && t[6].num == 10240 && t[7].kind == SQ_SMALLER && t[7].num == 1048576);
+    ASSERT(t[8].kind == SQ_AFTER && t[8].num == 1767312000 && t[9].kind == SQ_TO);
+    ASSERT(search_parse("larger:big", t, MS_HTTP_TERMS) == -1 && search_parse("after:2026-13-01", t, MS_HTTP_TERMS) == -1);
+    ASSERT(search_parse("", t, MS_HTTP_TERMS) == 0 && search_parse("   ", t, MS_HTTP_TERMS) == 0);
+    ASSERT(search_parse("a b c d e f g h i j k l m n o p q", t, MS_HTTP_TERMS) == -1); /* too many */
+    ASSERT(ms_days_from_civil(1970, 1, 1) == 0 && ms_days_from_civil(2000, 3, 1) == 11017);
+}
+#endif
+
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
 
 int
@@ -1959,6 +2177,13 @@ main(void)
     test_smtpfix_queue_from();
 
     /* trust (issue 11): smtpfix test calls above this line */
+
+#if MAILSRV_ENABLE_HTTP
+    test_http_parse_head();
+    test_http_query_and_json();
+    test_http_search_parse();
+    test_mime();
+#endif
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;

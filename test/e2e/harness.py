@@ -535,7 +535,7 @@ class Server:
         self.spool = os.path.join(self.dir, "spool")
         self.log = os.path.join(self.dir, "server.log")
         self.storage = storage
-        p = free_ports(5)
+        p = free_ports(6)
         self.smtp_port, self.sub_port, self.pop3_port = p[:3]
         keys = {"hostname": "test.local", "smtp": "127.0.0.1:%d" % p[0],
                 "submission": "127.0.0.1:%d" % p[1] if submission else None,
@@ -545,11 +545,12 @@ class Server:
         keys.update(server or {})
         if keys.get("submission") is None:
             self.sub_port = None
-        for key, port in (("smtps", p[3]), ("pop3s", p[4])):  # implicit TLS: "auto" takes a free port
+        for key, port in (("smtps", p[3]), ("pop3s", p[4]), ("http", p[5])):  # "auto" takes a free port
             if keys.get(key) == "auto":
                 keys[key] = "127.0.0.1:%d" % port
         self.smtps_port = int(keys["smtps"].rsplit(":", 1)[1]) if keys.get("smtps") else None
         self.pop3s_port = int(keys["pop3s"].rsplit(":", 1)[1]) if keys.get("pop3s") else None
+        self.http_port = int(keys["http"].rsplit(":", 1)[1]) if keys.get("http") else None
         self.keys = keys
         self.domains = domains
         self.sections = sections or {}  # extra sections written after [server], e.g. {"relay": {"dns": ...}}
@@ -577,7 +578,8 @@ class Server:
 
     def listeners(self):
         out = []
-        for key, kind in (("smtp", "smtp"), ("submission", "smtp"), ("pop3", "pop3"), ("smtps", "smtps"), ("pop3s", "pop3s")):
+        for key, kind in (("smtp", "smtp"), ("submission", "smtp"), ("pop3", "pop3"), ("smtps", "smtps"), ("pop3s", "pop3s"),
+                          ("http", "http")):
             v = self.keys.get(key)
             if not v:
                 continue
@@ -738,6 +740,9 @@ def probe(host, port, kind):
         with socket.create_connection((host, port), timeout=0.5) as raw:
             raw.settimeout(secs(2))
             s = raw
+            if kind == "http":  # the client speaks first: a request that needs no login
+                raw.sendall(b"GET /livez HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n")
+                return raw.makefile("rb").readline(1024).startswith(b"HTTP/1.1 200")
             if kind in ("smtps", "pop3s"):  # implicit TLS: the greeting comes after the handshake
                 s = tls_client_ctx().wrap_socket(raw)
                 kind = kind[:-1]
