@@ -196,9 +196,9 @@
 
 #define MS_HTTP_HEAD_MAX 16384    /* a request's head (nginx's large_client_header_buffers: 4 x 8 KB) */
 #define MS_HTTP_TARGET_MAX 2048   /* its path and query */
-#define MS_HTTP_AUTH_MAX 1024     /* its Authorization field */
+#define MS_HTTP_AUTH_MAX 512      /* its Authorization field (Basic: a 380-byte address and password) */
 #define MS_HTTP_FIELDS_MAX 100    /* its header fields (Go's net/http reads up to 1 MB; Mailpit clients send 5-10) */
-#define MS_HTTP_ARG_MAX 256       /* an {ID} or {PartID} in a path */
+#define MS_HTTP_ARG_MAX 80        /* an {ID} (72 at most) or {PartID} in a path */
 #define MS_HTTP_BODY_MAX (1024 * 1024) /* a request's body (JSON: IDs to delete, a search) */
 #define MS_HTTP_ADDRS 100         /* addresses shown of one field */
 #define MS_HTTP_TERMS 16          /* terms of one search */
@@ -4276,8 +4276,6 @@ struct http_req {
     int64_t length;                    /* Content-Length (0 if none) */
     char target[MS_HTTP_TARGET_MAX];   /* the path and query, as sent */
     char auth[MS_HTTP_AUTH_MAX];       /* Authorization */
-    char host[MS_DOMAIN_MAX + 8];      /* Host, with its port */
-    char ctype[128];                   /* Content-Type */
 };
 
 static int
@@ -4394,12 +4392,8 @@ http_parse_head(const char *p, size_t n, struct http_req *r)
             te = 1;
         } else if (FIELD_IS("Host")) {
             hosts++;
-            FIELD_COPY(r->host);
         } else if (FIELD_IS("Authorization")) {
             FIELD_COPY(r->auth);
-        } else if (FIELD_IS("Content-Type")) {
-            if (vl >= sizeof r->ctype) vl = sizeof r->ctype - 1;
-            FIELD_COPY(r->ctype);
         } else if (FIELD_IS("Connection")) {
             char tmp[256];
             if (vl >= sizeof tmp) vl = sizeof tmp - 1;

@@ -1868,6 +1868,37 @@ service pop3-login {
         self.finish_server(s, "stall auth", expected=r"\] auth failed from 127\.0\.0\.\d+ user=<%s@%s> failures=1 delay=\d+ms$"
                            % (USER, re.escape(DOMAIN)))
 
+    def stall_http(self, res):
+        """The HTTP API's heavy requests: the first list of a 10,000-message mailbox (login and
+        views), a free-text search that reads every message, and deleting them all."""
+        import base64
+        import http.client
+        n = self.args.stall_small
+        port = free_ports(1)[0]
+        s = self.stall_server("stall-http", keys={"http": "%s:%d" % (HOST, port)})
+        write_maildir(s.maildir, n)
+        s.start()
+        auth = {"Authorization": "Basic " + base64.b64encode(("%s@%s:%s" % (USER, DOMAIN, PASSWORD)).encode()).decode()}
+
+        def op():
+            rows = []
+            c = http.client.HTTPConnection(HOST, port, timeout=120)
+            for what, method, path in (("HTTP: first list of %d messages (login, views)" % n, "GET", "/api/v1/messages"),
+                                       ("HTTP: free-text search reading %d messages" % n, "GET", "/api/v1/search?query=nosuchword"),
+                                       ("HTTP: DELETE all %d messages" % n, "DELETE", "/api/v1/messages")):
+                t0 = time.perf_counter()
+                c.request(method, path, headers=auth)
+                r = c.getresponse()
+                body = r.read()
+                t1 = time.perf_counter()
+                if r.status != 200:
+                    raise BenchError("%s: %d %s" % (what, r.status, body[:200]))
+                rows.append((what, [(t0, t1)], {"answer_ms": (t1 - t0) * 1e3}))
+            c.close()
+            return rows
+        res["probe"] += self.probed(s, op)
+        self.finish_server(s, "stall http")
+
     def stall_list(self, res):
         m = self.args.stall_members
         hashed = self.password_hash()
@@ -2018,7 +2049,8 @@ service pop3-login {
         self.finish_server(s, "stall baseline")
         parts = self.args.stall_parts
         for name, fn in (("login", self.stall_logins), ("dele", self.stall_dele), ("auth", self.stall_auth),
-                         ("list", self.stall_list), ("big", self.stall_big), ("mbox", self.stall_mbox)):
+                         ("list", self.stall_list), ("big", self.stall_big), ("mbox", self.stall_mbox),
+                         ("http", self.stall_http)):
             if name in parts:
                 t0 = time.monotonic()
                 fn(res)
@@ -2344,8 +2376,8 @@ def main():
     ap.add_argument("--footprint-sessions", type=int, default=20,
                     help="POP3 sessions (one 10,000-message mailbox each) for the footprint part")
     ap.add_argument("--footprint-messages", type=int, default=10000, help="messages per footprint mailbox")
-    ap.add_argument("--stall-parts", default="login,dele,auth,list,big,mbox",
-                    help="stall section: comma list of login,dele,auth,list,big,mbox (the baseline always runs)")
+    ap.add_argument("--stall-parts", default="login,dele,auth,list,big,mbox,http",
+                    help="stall section: comma list of login,dele,auth,list,big,mbox,http (the baseline always runs)")
     ap.add_argument("--stall-messages", type=int, default=50000, help="stall: messages in the large foreign Maildir")
     ap.add_argument("--stall-small", type=int, default=10000,
                     help="stall: messages in the small foreign Maildir and in the foreign mbox")
@@ -2384,7 +2416,7 @@ def main():
         args.stall_mbox_rate_messages = min(args.stall_mbox_rate_messages, 300)
     args.stall_parts = set(x.strip() for x in args.stall_parts.split(",") if x.strip())
     bad = args.only - {"smtp", "relay", "tls", "pop3", "mem", "size", "footprint", "stall", "http"}
-    if args.stall_parts - {"login", "dele", "auth", "list", "big", "mbox"} or not 1 <= args.stall_auth_clients <= 250:
+    if args.stall_parts - {"login", "dele", "auth", "list", "big", "mbox", "http"} or not 1 <= args.stall_auth_clients <= 250:
         bad = True
     if args.stall_dele_scattered < 0 or min(args.stall_messages, args.stall_small, args.stall_dele, args.stall_members, args.stall_big_mb,
            args.stall_big_rcpts, args.stall_mbox_rate_messages) < 1 or args.stall_members > 9999 or args.stall_big_rcpts > 999:

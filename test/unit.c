@@ -1911,7 +1911,7 @@ test_http_parse_head(void)
     const char *ok = "GET /api/v1/messages?start=0&limit=5 HTTP/1.1\r\nHost: h:8025\r\nAuthorization: Basic eDp5\r\n\r\nNEXT";
     ASSERT(head(ok, &r) == (long)strlen(ok) - 4);
     ASSERT(r.method == HTTP_GET && r.minor == 1 && r.keep_alive && r.length == 0);
-    ASSERT(strcmp(r.target, "/api/v1/messages?start=0&limit=5") == 0 && strcmp(r.host, "h:8025") == 0);
+    ASSERT(strcmp(r.target, "/api/v1/messages?start=0&limit=5") == 0);
     ASSERT(strcmp(r.auth, "Basic eDp5") == 0);
     ASSERT(head("GET / HTTP/1.1\r\nHost: h\r\n", &r) == 0); /* not all there yet */
     ASSERT(head("\r\nGET / HTTP/1.1\nHost: h\n\n", &r) > 0);  /* LF alone; an empty line before */
