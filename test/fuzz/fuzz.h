@@ -139,6 +139,39 @@ fuzz_retr(struct mailsrv *ms, struct pop_view *v, int i, long top, struct buf *t
     return n;
 }
 
+
+/* A spool with one mailbox, u@fuzz.test, holding msgs[0..n) (LF line ends), rebuilt for each
+ * input: Maildir (the second one in cur/ with the S flag) or mbox (uidl: each with an X-UIDL
+ * of the Maildir names' form, as mailsrv's own deliveries have). */
+static void
+fuzz_make_mailbox(struct mailsrv *ms, const char *const *msgs, int n, int uidl)
+{
+    char path[MS_PATH_MESSAGE], dir[MS_PATH_DOMAIN];
+    struct buf b = {0};
+    int i;
+    fuzz_rm_tree(ms->cfg->spool);
+    mkdir(ms->cfg->spool, 0700);
+    if (ms->cfg->storage == STORE_MBOX) {
+        snprintf(path, sizeof path, "%s/fuzz.test", ms->cfg->spool);
+        mkdir(path, 0700);
+        for (i = 0; i < n; i++) {
+            buf_printf(&b, "From x@example.org Tue Nov 14 10:00:0%d 2023\n", i);
+            if (uidl) buf_printf(&b, "X-UIDL: 170000000%d.M1P1Q%d.mx\n", i, i);
+            buf_printf(&b, "%s\n", msgs[i]);
+        }
+        snprintf(path, sizeof path, "%s/fuzz.test/u.mbox", ms->cfg->spool);
+        fuzz_write(path, b.p, b.len);
+        buf_free(&b);
+        return;
+    }
+    if (mdir_prepare(ms->cfg->spool, "u@fuzz.test", dir, sizeof dir, NULL) != 0) abort();
+    for (i = 0; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s/170000000%d.M1P1Q%d.mx%s", dir, i == 1 ? "../cur" : ".", i, i,
+                 i == 1 ? ":2,S" : "");
+        fuzz_write(path, msgs[i], strlen(msgs[i]));
+    }
+}
+
 /* A socketless server-side connection, as loop_accept() makes it (greeted),
  * registered in ms->conns. Free it with fuzz_conn_end(). */
 static struct conn *

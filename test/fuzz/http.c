@@ -19,31 +19,6 @@ static const char *const msgs[] = {
     "Subject: three\nContent-Type: text/html\n\n<p>hi</p>\n",
 };
 
-static void
-make_spool(struct mailsrv *ms)
-{
-    char path[MS_PATH_MESSAGE], dir[MS_PATH_DOMAIN];
-    struct buf b = {0};
-    int i;
-    fuzz_rm_tree(ms->cfg->spool);
-    mkdir(ms->cfg->spool, 0700);
-    if (ms->cfg->storage == STORE_MBOX) {
-        snprintf(path, sizeof path, "%s/fuzz.test", ms->cfg->spool);
-        mkdir(path, 0700);
-        for (i = 0; i < 3; i++)
-            buf_printf(&b, "From x@example.org Tue Nov 14 10:00:0%d 2023\nX-UIDL: 170000000%d.M1P1Q%d.mx\n%s\n", i, i, i, msgs[i]);
-        snprintf(path, sizeof path, "%s/fuzz.test/u.mbox", ms->cfg->spool);
-        fuzz_write(path, b.p, b.len);
-        buf_free(&b);
-        return;
-    }
-    if (mdir_prepare(ms->cfg->spool, "u@fuzz.test", dir, sizeof dir, NULL) != 0) abort();
-    for (i = 0; i < 3; i++) {
-        snprintf(path, sizeof path, "%s/%s/170000000%d.M1P1Q%d.mx%s", dir, i == 1 ? "../cur" : ".", i, i,
-                 i == 1 ? ":2,S" : "");
-        fuzz_write(path, msgs[i], strlen(msgs[i]));
-    }
-}
 
 /* What the session wrote in a turn begins with an HTTP/1.1 status line and holds a whole head. */
 static void
@@ -106,7 +81,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ms_mbox = fuzz_server("capture = yes\nhttp = 127.0.0.1:8025\nstorage = mbox\n", "");
     }
     ms = data[0] & 2 ? ms_mbox : ms_mdir;
-    make_spool(ms);
+    fuzz_make_mailbox(ms, msgs, 3, 1);
     c = fuzz_conn(ms, PROTO_HTTP, data[0] & 4 ? "203.0.113.9" : "127.0.0.1");
     fuzz_session(c, data + 1, size - 1, data[0], check_answers);
     fuzz_conn_end(c);
