@@ -16657,7 +16657,7 @@ main(int argc, char **argv)
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;
         else if (strcmp(argv[i], "-V") == 0) {
-            printf("mailsrv %s (TLS: %s)%s\n", MAILSRV_VERSION, TLS_BUILT_IN,
+            printf("mailsrv %s (TLS: %s; HTTP: %s)%s\n", MAILSRV_VERSION, TLS_BUILT_IN, MAILSRV_ENABLE_HTTP ? "yes" : "no",
                    MAILSRV_FAULTS ? " FAULT INJECTION BUILD" : "");
             return 0;
         }

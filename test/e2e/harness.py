@@ -772,7 +772,7 @@ DURATIONS = {}  # test name -> seconds it took (e2e.py prints the slowest: CI's 
 # server process under an emulator, wine or valgrind. Any other skip (a missing
 # peer program, no IPv6, a tmpfs that cannot be mounted) means the run proved less than it says:
 # under CI (CI=true) it counts as a failure.
-EXPECTED_SKIPS = ("timing", "root", "windows", "notls", "native")  # windows: also a Windows-only test elsewhere
+EXPECTED_SKIPS = ("timing", "root", "windows", "notls", "nohttp", "native")  # windows: also a Windows-only test elsewhere
 TLS_TESTS = set()  # tests skipped when the binary has no TLS (`mailsrv -V` says "TLS: no")
 BOTH = ("maildir", "mbox")
 

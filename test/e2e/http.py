@@ -10,10 +10,20 @@ import socket
 import subprocess
 import time
 
-from .harness import (BOTH, HERE, PASSWORDS, SENDER, Skip, TestFailure, check, maildir_files, need_program, secs, short,
-                      stored, stored_tokens, test, tok)
+from .harness import (BOTH, HERE, PASSWORDS, SENDER, Skip, TestFailure, check, maildir_files, need_program, run_cli, secs,
+                      short, stored, stored_tokens, test, tok)
 
 CAPTURE = {"capture": "yes", "http": "auto"}
+_HTTP_BUILT = []
+
+
+def need_http():
+    """Skips (as expected) where the binary was built with make HTTP=0 (`mailsrv -V`: "HTTP: no")."""
+    if not _HTTP_BUILT:
+        r = run_cli(["-V"])
+        _HTTP_BUILT.append("HTTP: no" not in r.stdout)
+    if not _HTTP_BUILT[0]:
+        raise Skip("this build has no HTTP API (make HTTP=0)", expected="nohttp")
 
 
 def api(srv, method, path, body=None, auth=None, headers=None, conn=None):
@@ -102,6 +112,7 @@ def rich_message(token):
 
 @test(modes=BOTH)
 def http_api_shows_what_smtp_stored(ctx, storage):
+    need_http()
     srv = ctx.server(storage=storage, server=CAPTURE).start()
     t = tok()
     msg, attach = rich_message(t)
@@ -155,6 +166,7 @@ def http_api_shows_what_smtp_stored(ctx, storage):
 
 @test(modes=BOTH)
 def http_api_read_and_delete_as_pop3_sees_them(ctx, storage):
+    need_http()
     srv = ctx.server(storage=storage, server=CAPTURE).start()
     tokens = []
     for i in range(4):
@@ -191,6 +203,7 @@ def http_api_read_and_delete_as_pop3_sees_them(ctx, storage):
 
 @test()
 def http_api_search(ctx):
+    need_http()
     srv = ctx.server(server=CAPTURE).start()
     srv.send(["alice@example.test"], "From: Zed <zed@far.test>\r\nTo: alice@example.test\r\nSubject: Invoice 42\r\n\r\nPay now\r\n")
     srv.send(["bob@example.test"], "From: amy@near.test\r\nTo: bob@example.test\r\nSubject: Lunch?\r\n\r\nPizza at noon\r\n")
@@ -218,6 +231,7 @@ def http_api_search(ctx):
 
 @test()
 def http_api_logins_and_isolation(ctx):
+    need_http()
     srv = ctx.server(server={"http": "auto", "admins": "carol@example.test"}).start()
     ta, _ = srv.deliver(to="alice@example.test")
     tb, _ = srv.deliver(to="bob@example.test")
@@ -259,6 +273,7 @@ def http_api_logins_and_isolation(ctx):
 
 @test()
 def http_request_smuggling_and_limits(ctx):
+    need_http()
     srv = ctx.server(server=dict(CAPTURE, timeout="3")).start()
     cases = [
         (b"POST /api/v1/send HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
@@ -335,6 +350,7 @@ def need_mailpit_client():
 @test(limit=60)
 def http_mailpit_api_client(ctx):
     """Every endpoint the mailpit-api npm client offers that mailsrv serves, through that client."""
+    need_http()
     node = need_mailpit_client()
     srv = ctx.server(server=CAPTURE).start()
     t = tok()
@@ -354,6 +370,7 @@ def http_mailpit_api_client(ctx):
 def http_api_send_release_and_events(ctx, storage):
     """POST /send stores as SMTP would (and a login may send only as itself under sender_login =
     strict); release sends a stored message on; the event stream says so as it happens."""
+    need_http()
     srv = ctx.server(storage=storage, server=CAPTURE).start()
     ev = socket.create_connection(("127.0.0.1", srv.http_port), timeout=secs(10))
     ev.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -415,6 +432,7 @@ def http_api_send_release_and_events(ctx, storage):
 
 @test()
 def http_api_send_as_login_and_chaos(ctx):
+    need_http()
     srv = ctx.server(server={"http": "auto", "admins": "carol@example.test", "sender_login": "strict"}).start()
     alice = ("alice@example.test", PASSWORDS["alice@example.test"])
     carol = ("carol@example.test", PASSWORDS["carol@example.test"])
@@ -448,6 +466,7 @@ def http_api_send_as_login_and_chaos(ctx):
 def http_client_setup_documents(ctx):
     """Thunderbird's autoconfig, Outlook's autodiscover and an Apple profile: well-formed, and the
     ports the listeners really use, best first (implicit TLS, then STARTTLS, then plain)."""
+    need_http()
     import xml.etree.ElementTree as ET
     srv = ctx.server(server={"http": "auto"}).start()
     for path in ("/mail/config-v1.1.xml", "/.well-known/autoconfig/mail/config-v1.1.xml"):
@@ -484,6 +503,7 @@ def http_client_setup_documents(ctx):
 @test(tls=True)
 def http_api_over_https(ctx):
     """https = ...: the same API over TLS from the first byte (the certificate of tls_cert)."""
+    need_http()
     import ssl
     from .harness import free_ports
     from .tls import tls_server
@@ -511,6 +531,7 @@ def http_api_over_https(ctx):
 def http_read_mark_under_an_open_pop3_session(ctx):
     """A message marked read over HTTP (moved to cur/ with the S flag) while a POP3 session holds
     its view of the mailbox: that session still retrieves it and deletes it at QUIT."""
+    need_http()
     srv = ctx.server(server=CAPTURE).start()
     t, _ = srv.deliver(to="alice@example.test")
     p = srv.pop("alice@example.test")
