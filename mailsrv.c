@@ -1752,6 +1752,7 @@ static void pop_free(struct conn *c);
 
 /* 12. HTTP: the Mailpit-compatible API */
 static void http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct targets *t, const char *mailbox);
+static void http_forget_logins(struct mailsrv *ms);
 static const struct proto_ops * proto_ops_of(enum proto p);
 
 /* 13. Relay: DNS client, outbound SMTP, queue runner */
@@ -11397,14 +11398,13 @@ http_answer_extra(struct conn *c, int status, const char *ctype, const char *fie
     int64_t sec;
     long usec;
     int close = !h->req.keep_alive || c->ms->stopping || status == 400 || status == 408 || status == 411 ||
-                status == 413 || status == 414 || status == 431 || status == 505 || status == 501 ||
-                c->ms->cfg == NULL;
+                status == 413 || status == 414 || status == 431 || status == 505 || status == 501;
     os_wallclock(&sec, &usec);
     ms_http_date(date, sizeof date, sec);
     buf_printf(&c->io.out, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %lu\r\n"
                "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n%s%s\r\n",
                status, http_reason(status), date, ctype, (unsigned long)h->resp.len, fields ? fields : "",
-               close ? "Connection: close\r\n" : "");
+               close ? "Connection: close\r\n" : h->req.minor == 0 ? "Connection: keep-alive\r\n" : "");
     if (h->req.method != HTTP_HEAD) buf_add(&c->io.out, h->resp.p ? h->resp.p : "", h->resp.len);
     if (c->ms->verbose) conn_log(c, "> %d %s (%lu bytes)", status, http_reason(status), (unsigned long)h->resp.len);
     buf_free(&h->resp);
@@ -11594,11 +11594,12 @@ http_job_list(struct http_job *j)
             m->when_us = http_uidl_time(j->boxes[b].v.msgs[i].uidl);
         }
     qsort(j->msgs, (size_t)j->n, sizeof *j->msgs, http_msg_cmp);
-    if (j->nbox > 1) { /* one per delivery: copies share a UIDL (and, sorted, a time) */
+    if (j->nbox > 1) { /* one per delivery: copies share a UIDL (and, sorted, a time; another
+                        * program's messages have none, and are not compared: n^2) */
         int k = 0;
         for (i = 0; i < j->n; i++) {
             int d, dup = 0;
-            for (d = k - 1; d >= 0 && j->msgs[d].when_us == j->msgs[i].when_us && !dup; d--)
+            for (d = k - 1; d >= 0 && j->msgs[i].when_us && j->msgs[d].when_us == j->msgs[i].when_us && !dup; d--)
                 dup = strcmp(j->boxes[j->msgs[d].box].v.msgs[j->msgs[d].idx].uidl,
                              j->boxes[j->msgs[i].box].v.msgs[j->msgs[i].idx].uidl) == 0;
             if (!dup) j->msgs[k++] = j->msgs[i];
@@ -13345,7 +13346,7 @@ http_route(struct conn *c)
     memcpy(path, h->req.target, n);
     path[n] = 0;
     if (h->req.method == HTTP_OPTIONS) { /* no cross-origin use is allowed: no CORS fields */
-        http_answer_extra(c, 204, "text/plain", "Allow: GET, HEAD, PUT, DELETE, POST, OPTIONS\r\n");
+        http_answer_extra(c, 200, "text/plain", "Allow: GET, HEAD, PUT, DELETE, POST, OPTIONS\r\n");
         return;
     }
     for (i = 0; i < sizeof http_routes / sizeof http_routes[0]; i++) {
@@ -13457,6 +13458,17 @@ http_login_done(struct conn *c, const char *mailbox, const char *user)
     http_logged_in_as(c, mailbox);
 }
 
+/* A reload: the logins remembered are made again (a password may have changed); a request being
+ * answered keeps the login it began with. */
+static void
+http_forget_logins(struct mailsrv *ms)
+{
+    int i;
+    memset(ms->http_logins, 0, sizeof ms->http_logins);
+    for (i = 0; i < ms->nconns; i++)
+        if (ms->conns[i]->proto == PROTO_HTTP) memset(ms->conns[i]->u.http.auth_key, 0, sizeof ms->conns[i]->u.http.auth_key);
+}
+
 /* ---- the session: reading requests ---- */
 
 static void
@@ -13565,6 +13577,7 @@ static const struct proto_ops http_ops = {
     http_say,
 };
 #else
+static void http_forget_logins(struct mailsrv *ms) { (void)ms; }
 static void
 http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct targets *t, const char *mailbox)
 {
@@ -16145,6 +16158,7 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
         o->in_relay_nets = cfg_in_relay_nets(c, o->peer) != 0;
         ms->nlive_outside += !o->is_closing && !o->in_relay_nets;
     }
+    http_forget_logins(ms); /* passwords and admins may have changed */
     if (ms->nlst) loop_fit_fd_limit(ms); /* serving: max_clients may have changed */
     return 0;
 }

@@ -544,3 +544,23 @@ def http_read_mark_under_an_open_pop3_session(ctx):
     p.ok("DELE 1")
     p.quit()
     check(maildir_files(srv, "alice@example.test") == [], "deleted at QUIT: %s" % maildir_files(srv, "alice@example.test"))
+
+
+@test()
+def http_reload_forgets_remembered_logins(ctx):
+    """A login is remembered for the next requests; a reload that changes the password ends that,
+    on a keep-alive connection as on a new one."""
+    need_http()
+    srv = ctx.server(server={"http": "auto"}).start()
+    old = ("alice@example.test", PASSWORDS["alice@example.test"])
+    c = http.client.HTTPConnection("127.0.0.1", srv.http_port, timeout=secs(10))
+    check(api(srv, "GET", "/api/v1/messages", auth=old, conn=c)[0] == 200, "the login")
+    check(api(srv, "GET", "/api/v1/messages", auth=old)[0] == 200, "remembered for a new connection")
+    srv.domains = srv.domains.replace("alice = Passw0rd1", "alice = N3wPassword")
+    srv.write_ini()
+    r = run_cli(["-c", srv.ini, "reload"])
+    check(r.returncode == 0, "reload: %s" % short(r.stdout + r.stderr))
+    check(api(srv, "GET", "/api/v1/messages", auth=old, conn=c)[0] == 401, "the old password on the same connection")
+    c.close()
+    check(api(srv, "GET", "/api/v1/messages", auth=old)[0] == 401, "the old password on a new connection")
+    check(api(srv, "GET", "/api/v1/messages", auth=("alice@example.test", "N3wPassword"))[0] == 200, "the new one")
