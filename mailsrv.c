@@ -4797,22 +4797,44 @@ mime_to_utf8(struct buf *out, const char *cs, const char *p, size_t n)
 }
 
 /* base64, leniently (RFC 2045 6.8: characters outside the alphabet are ignored), to the first '='. */
+/* base64 digits' values, -1 for the other bytes (a table: the digits of random data defeat branches) */
+static const signed char mime_b64_values[256] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 62, -1, -1, -1, 63,
+    52, 53, 54, 55, 56, 57, 58, 59, 60, 61, -1, -1, -1, -1, -1, -1,
+    -1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+    15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, -1, -1, -1, -1, -1,
+    -1, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40,
+    41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+};
+
 static void
 mime_base64(struct buf *out, const char *p, size_t n)
 {
     uint32_t v = 0;
-    int bits = 0;
+    int bits = 0, d;
     size_t i;
+    unsigned char *o;
+    buf_reserve(out, n / 4 * 3 + 3);
+    o = (unsigned char *)out->p + out->len;
     for (i = 0; i < n && p[i] != '='; i++) {
-        const char *c = p[i] ? strchr(b64_chars, p[i]) : NULL;
-        if (!c) continue;
-        v = v << 6 | (uint32_t)(c - b64_chars);
-        if ((bits += 6) >= 8) {
-            unsigned char b = (unsigned char)(v >> (bits -= 8));
-            buf_add(out, &b, 1);
-        }
+        if ((d = mime_b64_values[(unsigned char)p[i]]) < 0) continue;
+        v = v << 6 | (uint32_t)d;
+        if ((bits += 6) >= 8) *o++ = (unsigned char)(v >> (bits -= 8));
     }
+    out->len = (size_t)((char *)o - out->p);
+    out->p[out->len] = 0;
 }
+
 
 /* quoted-printable (RFC 2045 6.7): =XY, soft line breaks ("=" at a line's end), trailing white
  * space dropped; a malformed '=' is kept as it is. */
@@ -5209,6 +5231,25 @@ mime_text(const char *msg, const struct mime_part *p, struct buf *out)
     mime_body(msg, p, &raw);
     mime_to_utf8(out, p->charset, raw.p ? raw.p : "", raw.len);
     buf_free(&raw);
+}
+
+/* The size of a part's body once decoded, without decoding it (base64: 3 bytes per 4 characters). */
+static size_t
+mime_body_size(const char *msg, const struct mime_part *p)
+{
+    size_t i, k = 0;
+    if (strcmp(p->encoding, "base64") == 0) {
+        for (i = 0; i < p->body_len && msg[p->body + i] != '='; i++) k += mime_b64_values[(unsigned char)msg[p->body + i]] >= 0;
+        return k / 4 * 3 + (k % 4 ? k % 4 - 1 : 0);
+    }
+    if (strcmp(p->encoding, "quoted-printable") == 0) {
+        struct buf b = {0};
+        mime_body(msg, p, &b);
+        k = b.len;
+        buf_free(&b);
+        return k;
+    }
+    return p->body_len;
 }
 
 struct mime_addr { char name[256]; char addr[320]; };
@@ -11923,17 +11964,14 @@ http_parts_json(struct buf *b, const struct http_doc *d, int kind)
     buf_adds(b, "[");
     for (i = 0; i < d->nparts; i++) {
         const struct mime_part *p = &d->part[i];
-        struct buf body = {0};
         if (http_part_kind(d, i) != kind) continue;
-        mime_body(d->text.p, p, &body);
         buf_adds(b, first ? "{" : ",{");
         first = 0;
         json_kv(b, "", "PartID", p->id);
         json_kv(b, ",", "FileName", p->filename);
         json_kv(b, ",", "ContentType", p->type);
         json_kv(b, ",", "ContentID", p->content_id);
-        buf_printf(b, ",\"Size\":%lu}", (unsigned long)body.len);
-        buf_free(&body);
+        buf_printf(b, ",\"Size\":%lu}", (unsigned long)mime_body_size(d->text.p, p));
     }
     buf_adds(b, "]");
 }
@@ -12185,14 +12223,19 @@ http_show(struct conn *c, int what)
         http_done(c);
         http_json(c);
         break;
-    case SHOW_RAW: /* as it came: CRLF line ends */
-        for (i = 0; (size_t)i < d.text.len; i++) {
-            if (d.text.p[i] == '\n') buf_add(&h->resp, "\r\n", 2);
-            else buf_add(&h->resp, d.text.p + i, 1);
+    case SHOW_RAW: { /* as it came: CRLF line ends */
+        const char *p = d.text.p, *end = d.text.p + d.text.len, *nl;
+        buf_reserve(&h->resp, d.text.len + d.text.len / 32);
+        for (; p < end; p = nl + 1) {
+            nl = memchr(p, '\n', (size_t)(end - p));
+            if (!nl) { buf_add(&h->resp, p, (size_t)(end - p)); break; }
+            buf_add(&h->resp, p, (size_t)(nl - p));
+            buf_add(&h->resp, "\r\n", 2);
         }
         http_done(c);
         http_answer(c, 200, "text/plain; charset=utf-8");
         break;
+    }
     case SHOW_PART:
         for (i = 0; i < d.nparts; i++)
             if (!d.part[i].multipart && strcmp(d.part[i].id, h->arg[1]) == 0) break;
