@@ -11136,6 +11136,8 @@ pop_update_step(struct conn *c, int64_t until)
         conn_reply(c, "-ERR [SYS/TEMP] Some deleted messages were not removed");
     } else {
         if (ndel) conn_log(c, "deleted %d messages from %s", ndel, p->mailbox);
+        for (i = 0; i < p->view.n; i++) /* the HTTP API's event streams (a no-op without HTTP) */
+            if (p->view.msgs[i].deleted) http_notify(c->ms, "delete", p->view.msgs[i].uidl, NULL, p->mailbox);
         conn_reply(c, "+OK Bye");
     }
     p->state = POP_S_AUTH; /* the mailbox is free again */

@@ -564,3 +564,28 @@ def http_reload_forgets_remembered_logins(ctx):
     c.close()
     check(api(srv, "GET", "/api/v1/messages", auth=old)[0] == 401, "the old password on a new connection")
     check(api(srv, "GET", "/api/v1/messages", auth=("alice@example.test", "N3wPassword"))[0] == 200, "the new one")
+
+
+@test(modes=BOTH)
+def http_events_see_pop3_deletions(ctx, storage):
+    """A message POP3 deletes at QUIT is announced on the event stream as one the API deleted."""
+    need_http()
+    srv = ctx.server(storage=storage, server=CAPTURE).start()
+    srv.deliver(to="alice@example.test")
+    mid = api_json(srv, "/api/v1/messages")["messages"][0]["ID"]
+    ev = socket.create_connection(("127.0.0.1", srv.http_port), timeout=secs(10))
+    ev.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    evf = ev.makefile("rb")
+    check(evf.readline().startswith(b"HTTP/1.1 200"), "the event stream's head")
+    while evf.readline() not in (b"\n", b""):  # its head and the opening comment
+        pass
+    p = srv.pop("alice@example.test")
+    p.ok("DELE 1")
+    p.quit()
+    got = b""
+    end = time.monotonic() + secs(5)
+    while b"event: delete" not in got and time.monotonic() < end:
+        got += evf.readline()
+    got += evf.readline()
+    ev.close()
+    check(b"event: delete" in got and mid.encode() in got, "the POP3 deletion on the stream: %s" % short(got))
