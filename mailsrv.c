@@ -9426,7 +9426,8 @@ struct mailsrv {
     int64_t fd_short_logged;         /* when running out of them was last logged */
     int64_t started_ms;              /* mailsrv_create (the API's uptime) */
     struct { int code, prob; } chaos[CHAOS_N]; /* SMTP failures on demand (percent; 0: never) */
-    unsigned char http_salt[16];     /* keys the remembered HTTP logins (random at start) */
+    unsigned char http_salt[16];     /* keys the remembered HTTP logins (random, at the first login) */
+    int http_salted;                 /* ... it is made (no generator: no login is remembered) */
     struct http_login_cache { unsigned char key[32]; char mailbox[MS_PATH_MAX]; int64_t until; } http_logins[MS_HTTP_LOGINS];
 };
 
@@ -13452,12 +13453,13 @@ http_login(struct conn *c)
     if (!ms_strncaseeq(v, "Basic ", 6)) { http_unauthorized(c); return; }
     for (v += 6; *v == ' '; v++) {}
     if (!conn_plaintext_ok(c)) { http_text(c, 403, "Logins need TLS here (plaintext_auth)\n"); return; }
+    if (!ms->http_salted) ms->http_salted = os_random(ms->http_salt, sizeof ms->http_salt) == 0 ? 1 : -1;
     sha256_init(&s);
     sha256_update(&s, ms->http_salt, sizeof ms->http_salt);
     sha256_update(&s, v, strlen(v));
     sha256_final(&s, key);
     if (h->mailbox[0] && memcmp(key, h->auth_key, 32) == 0) { http_logged_in_as(c, h->mailbox); return; }
-    for (i = 0; i < MS_HTTP_LOGINS; i++) {
+    for (i = 0; i < MS_HTTP_LOGINS && ms->http_salted > 0; i++) {
         struct http_login_cache *e = &ms->http_logins[i];
         if (e->until > now && memcmp(e->key, key, 32) == 0) {
             memcpy(h->auth_key, key, 32);
@@ -13496,9 +13498,11 @@ http_login_done(struct conn *c, const char *mailbox, const char *user)
     auth_succeeded(c);
     for (i = 1; i < MS_HTTP_LOGINS; i++) /* the oldest is forgotten */
         if (ms->http_logins[i].until < e->until) e = &ms->http_logins[i];
-    memcpy(e->key, h->auth_key, 32);
-    ms_strlcpy(e->mailbox, mailbox, sizeof e->mailbox);
-    e->until = os_now_ms() + MS_HTTP_LOGIN_TTL_MS;
+    if (ms->http_salted > 0) {
+        memcpy(e->key, h->auth_key, 32);
+        ms_strlcpy(e->mailbox, mailbox, sizeof e->mailbox);
+        e->until = os_now_ms() + MS_HTTP_LOGIN_TTL_MS;
+    }
     conn_log(c, "login %s", mailbox);
     http_logged_in_as(c, mailbox);
 }
@@ -16087,7 +16091,6 @@ mailsrv_create(void)
     ms->started_ms = os_now_ms();
     ms->chaos[CHAOS_SENDER].code = ms->chaos[CHAOS_RCPT].code = 451;
     ms->chaos[CHAOS_AUTH].code = 535;
-    if (os_random(ms->http_salt, sizeof ms->http_salt) != 0) ms->http_salt[0] = 1;
     return ms;
 }
 
