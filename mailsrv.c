@@ -5139,7 +5139,7 @@ mime_split(const char *msg, struct mime_part *parts, int *np, int max, int k)
             if (close) { in_part = 0; break; }
             { /* a new part: its header block, then its body */
                 struct mime_part *c = &parts[(*np)++];
-                const char *h = msg + next, *blank;
+                const char *blank;
                 size_t hs = next, he;
                 memset(c, 0, sizeof *c);
                 c->depth = parts[k].depth + 1;
@@ -5157,7 +5157,6 @@ mime_split(const char *msg, struct mime_part *parts, int *np, int max, int k)
                     if (blank) { he = (size_t)(blank - msg) + 1; c->body = msg[he] == '\n' ? he + 1 : he + 2; }
                     else { he = end; c->body = end; }
                 }
-                (void)h;
                 c->head = hs;
                 c->head_len = he - hs;
                 c->body_len = end > c->body ? end - c->body : 0; /* till the next delimiter, or the end */
@@ -11814,8 +11813,7 @@ http_field(const struct http_doc *d, const char *name, struct buf *tmp)
 static void
 http_addresses(struct buf *b, const struct http_doc *d, const char *field, int one)
 {
-    struct mime_addr a[MS_HTTP_ADDRS];
-    struct buf raw = {0};
+    struct mime_addr *a = xrealloc(NULL, sizeof *a * MS_HTTP_ADDRS); /* 57 KB: not on the stack */
     int n = 0, i;
     size_t pos = 0, flen;
     const char *f;
@@ -11825,7 +11823,7 @@ http_addresses(struct buf *b, const struct http_doc *d, const char *field, int o
             n += mime_addresses(f + k, flen - k, a + n, MS_HTTP_ADDRS - n);
         }
     if (one) {
-        if (!n) { buf_adds(b, "null"); return; }
+        if (!n) { buf_adds(b, "null"); free(a); return; }
         n = 1;
     } else {
         buf_adds(b, "[");
@@ -11837,7 +11835,7 @@ http_addresses(struct buf *b, const struct http_doc *d, const char *field, int o
         buf_adds(b, "}");
     }
     if (!one) buf_adds(b, "]");
-    buf_free(&raw);
+    free(a);
 }
 
 /* Text with its white space runs made one space, at most max bytes (cut at a character's start). */
@@ -11890,14 +11888,13 @@ http_html_text(struct buf *out, const char *s, size_t n)
 
 /* The received time as RFC 3339: from the UIDL's time, else the Date field. */
 static int64_t
-http_created(const struct http_job *j, const struct http_msg *hm, const struct http_doc *d)
+http_created(const struct http_msg *hm, const struct http_doc *d)
 {
     struct buf t = {0};
     int64_t utc = hm->when_us / 1000000;
     int off;
     if (!utc && mime_header(d->text.p, d->hlen, "Date", &t) && mime_date(t.p, t.len, &utc, &off) != 0) utc = 0;
     buf_free(&t);
-    (void)j;
     return utc;
 }
 
@@ -11942,7 +11939,7 @@ http_summary(struct conn *c, struct http_job *j, const struct http_msg *hm, cons
     buf_adds(b, ",\"ReplyTo\":");
     http_addresses(b, d, "Reply-To", 0);
     json_kv(b, ",", "Subject", http_field(d, "Subject", &tmp));
-    http_time(b, ",", "Created", http_created(j, hm, d));
+    http_time(b, ",", "Created", http_created(hm, d));
     json_kv(b, ",", "Username", "");
     buf_printf(b, ",\"Tags\":[],\"Size\":%lld,\"Attachments\":%d,\"Snippet\":", (long long)m->size,
                http_count_parts(d, PART_ATTACHMENT));
@@ -11998,7 +11995,7 @@ http_message_json(struct conn *c, struct http_job *j, const struct http_msg *hm,
     {
         int64_t utc;
         int off;
-        if (mime_date(tmp.p, tmp.len, &utc, &off) != 0) utc = http_created(j, hm, d);
+        if (mime_date(tmp.p, tmp.len, &utc, &off) != 0) utc = http_created(hm, d);
         http_time(b, ",", "Date", utc);
     }
     buf_adds(b, ",\"Text\":");
@@ -12396,8 +12393,8 @@ http_match(struct http_job *j, const struct http_msg *hm, const struct search_te
         case SQ_IS_UNREAD: r = !http_is_read(m); break;
         case SQ_HAS_ATTACHMENT: r = http_count_parts(&d, PART_ATTACHMENT) > 0; break;
         case SQ_HAS_INLINE: r = http_count_parts(&d, PART_INLINE) > 0; break;
-        case SQ_AFTER: r = http_created(j, hm, &d) > t[i].num; break;
-        case SQ_BEFORE: r = http_created(j, hm, &d) < t[i].num; break;
+        case SQ_AFTER: r = http_created(hm, &d) > t[i].num; break;
+        case SQ_BEFORE: r = http_created(hm, &d) < t[i].num; break;
         case SQ_LARGER: r = m->size > t[i].num; break;
         case SQ_SMALLER: r = m->size < t[i].num; break;
         default: r = 0; break; /* tag:, is:tagged: mailsrv keeps no tags */
