@@ -202,6 +202,8 @@
 #define MS_HTTP_BODY_MAX (1024 * 1024) /* a request's body (JSON: IDs to delete, a search) */
 #define MS_HTTP_ADDRS 100         /* addresses shown of one field */
 #define MS_HTTP_TERMS 16          /* terms of one search */
+#define MS_HTTP_LIST_MAX 1000     /* messages in one list answer (limit=) */
+#define MS_HTTP_FIELDS_SHOWN 1000 /* header fields of a message /headers shows */
 #define MS_HTTP_HEAD_ONLY 0       /* http_read_msg: the header block only */
 #define MS_HTTP_SUMMARY_READ (256 * 1024) /* of each message listed or searched (the snippet, the parts) */
 #define MS_HTTP_MSG_MAX (64L * 1024 * 1024) /* of a message shown whole (max_message_size is at most ...) */
@@ -4413,7 +4415,7 @@ http_parse_head(const char *p, size_t n, struct http_req *r)
     if (hosts > 1) return -400;
     r->length = cl < 0 ? 0 : cl;
     r->keep_alive = !conn_close && (r->minor >= 1 || conn_keep);
-    if (!r->length) r->expect_continue = 0;
+    if (!r->length || r->minor == 0) r->expect_continue = 0; /* RFC 9110 10.1.1: HTTP/1.0 knows no 100 */
     return (long)end;
 }
 
@@ -4651,7 +4653,7 @@ json_get(const struct json *j, int k, const char *key)
     if (k < 0 || j->t[k].type != JSON_OBJ) return -1;
     for (i = 0, m = k + 1; i < j->t[k].size; i++) {
         int v = j->t[m].next;
-        if (j->t[m].len == kl + 2 && memcmp(j->s + j->t[m].start + 1, key, kl) == 0) return v;
+        if (j->t[m].len == kl + 2 && ms_strncaseeq(j->s + j->t[m].start + 1, key, kl)) return v; /* as Go's encoding/json */
         m = j->t[v].next;
     }
     return -1;
@@ -5062,6 +5064,14 @@ mime_part_fields(const char *msg, struct mime_part *p, int in_digest)
         mime_type(v, vl, p->type, sizeof p->type);
         if (mime_param(v, vl, "charset", &t)) { ms_strlcpy(p->charset, t.p, sizeof p->charset); ms_lower(p->charset); }
         if (mime_param(v, vl, "name", &t)) ms_strlcpy(p->filename, t.p, sizeof p->filename);
+    }
+    {   /* a type and charset are tokens (RFC 2045 5.1): anything else (a CR LF decoded from RFC 2231) is dropped,
+         * as they go into the HTTP answer's Content-Type */
+        size_t i;
+        for (i = 0; p->type[i]; i++)
+            if (!http_tchar((unsigned char)p->type[i]) && p->type[i] != '/') p->type[0] = 0;
+        for (i = 0; p->charset[i]; i++)
+            if (!http_tchar((unsigned char)p->charset[i])) p->charset[0] = 0;
     }
     if (!p->type[0]) ms_strlcpy(p->type, in_digest ? "message/rfc822" : "text/plain", sizeof p->type); /* RFC 2045 5.2, 2046 5.1.5 */
     if ((v = mime_field_raw(h, p->head_len, "Content-Transfer-Encoding", &vl)) != NULL) {
@@ -12037,9 +12047,9 @@ http_headers_json(struct buf *b, const struct http_doc *d)
 {
     size_t pos = 0, flen, p2, fl2;
     const char *f, *f2;
-    int first = 1;
+    int first = 1, nf = 0;
     buf_adds(b, "{");
-    while (hdr_next_field(d->text.p, d->hlen, &pos, &f, &flen)) {
+    while (hdr_next_field(d->text.p, d->hlen, &pos, &f, &flen) && ++nf <= MS_HTTP_FIELDS_SHOWN) { /* each looks back: n^2 */
         const char *colon = memchr(f, ':', flen);
         char name[128];
         int seen = 0, vfirst = 1;
@@ -12154,6 +12164,7 @@ http_page(struct conn *c, int *start, int *limit)
     if (http_query(c->u.http.req.target, "limit", v, sizeof v) > 0 && v[0]) {
         if ((x = strtol(v, &end, 10)) < 0 || *end || x > INT_MAX) return -1;
         *limit = x ? (int)x : 50;
+        if (*limit > MS_HTTP_LIST_MAX) *limit = MS_HTTP_LIST_MAX; /* each is read for its summary in one turn */
     }
     return 0;
 }
@@ -12166,10 +12177,12 @@ http_list_json(struct conn *c, const int *idx, int n, int total, int start, int 
     struct http_job *j = h->job;
     struct buf *b = &h->resp;
     int i, unread = 0, shown = 0;
+    int unread_listed = 0;
     for (i = 0; i < j->n; i++) unread += !http_is_read(http_pm(j, &j->msgs[i]));
+    for (i = 0; i < n; i++) unread_listed += !http_is_read(http_pm(j, &j->msgs[idx ? idx[i] : i]));
     buf_printf(b, "{\"total\":%d,\"unread\":%d,\"count\":%d,\"messages_count\":%d,\"messages_unread\":%d,"
                "\"start\":%d,\"tags\":[],\"messages\":[",
-               j->n, unread, start < n ? (n - start < limit ? n - start : limit) : 0, total, unread, start);
+               j->n, unread, start < n ? (n - start < limit ? n - start : limit) : 0, total, unread_listed, start);
     for (i = start; i < n && shown < limit; i++, shown++) {
         struct http_doc d;
         const struct http_msg *hm = &j->msgs[idx ? idx[i] : i];
@@ -12243,13 +12256,19 @@ http_show(struct conn *c, int what)
         if (i == d.nparts) { http_text(c, 404, "Part not found\n"); break; }
         mime_body(d.text.p, &d.part[i], &h->resp);
         {
-            char ctype[160], disp[400];
+            char ctype[160], disp[700];
             const struct mime_part *p = &d.part[i];
             ms_fmt(ctype, sizeof ctype, "%s%s%s", p->type, p->charset[0] ? "; charset=" : "", p->charset);
-            disp[0] = 0;
+            /* the sender's content on the API's origin: sandboxed (no script, nothing loaded), and saved
+             * rather than shown unless it is an image */
+            ms_strlcpy(disp, "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox\r\n",
+                       sizeof disp);
+            if (strncmp(p->type, "image/", 6) != 0 && !p->filename[0])
+                ms_strlcpy(disp + strlen(disp), "Content-Disposition: attachment\r\n", sizeof disp - strlen(disp));
             if (p->filename[0]) { /* RFC 6266 4.3: the UTF-8 name percent-encoded (RFC 8187) */
                 size_t o, k;
-                ms_strlcpy(disp, "Content-Disposition: inline; filename*=UTF-8''", sizeof disp);
+                ms_strlcpy(disp + strlen(disp), strncmp(p->type, "image/", 6) == 0 ? "Content-Disposition: inline; filename*=UTF-8''"
+                           : "Content-Disposition: attachment; filename*=UTF-8''", sizeof disp - strlen(disp));
                 o = strlen(disp);
                 for (k = 0; p->filename[k] && o + 8 < sizeof disp; k++) {
                     unsigned char ch = (unsigned char)p->filename[k];
@@ -12569,6 +12588,17 @@ http_sweep_body(struct conn *c, struct http_sweep *s, int *read)
     if (!h->body.len) return 0;
     if (json_parse(&js, h->body.p, h->body.len) != 0) return -1;
     if (js.t[0].type != JSON_OBJ) { json_free(&js); return -1; }
+    {   /* every key known and of its type: a misspelt one must not turn "these" into "all" */
+        int i, m;
+        for (i = 0, m = 1; i < js.t[0].size; i++) {
+            int v = js.t[m].next, ok = 0;
+            if (js.t[m].len == 5 && ms_strncaseeq(js.s + js.t[m].start, "\"IDs\"", 5)) ok = js.t[v].type == JSON_ARR;
+            else if (js.t[m].len == 6 && ms_strncaseeq(js.s + js.t[m].start, "\"Read\"", 6)) ok = js.t[v].type == JSON_BOOL;
+            else if (js.t[m].len == 8 && ms_strncaseeq(js.s + js.t[m].start, "\"Search\"", 8)) ok = js.t[v].type == JSON_STR;
+            if (!ok) { json_free(&js); return -1; }
+            m = js.t[v].next;
+        }
+    }
     if ((ids = json_get(&js, 0, "IDs")) >= 0 && js.t[ids].type == JSON_ARR) {
         s->ids = xrealloc(NULL, sizeof *s->ids * (size_t)(js.t[ids].size + 1));
         for (k = json_item(&js, ids, ids); k >= 0; k = json_item(&js, ids, k)) {
@@ -12888,8 +12918,13 @@ http_post_send(struct conn *c)
             json_text(&j, m, &s1);
             json_text(&j, v, &s2);
             for (f = 0; s1.p[f] && http_tchar((unsigned char)s1.p[f]); f++) {}
-            if (!s1.p[f] && f && s2.p && !strpbrk(s2.p, "\r\n")) http_put_field(&msg, s1.p, s2.p);
-            else { err = "a header in Headers is not a field name and a one-line value"; goto out; }
+            if (s1.p[f] || !f || !s2.p || strpbrk(s2.p, "\r\n")) { err = "a header in Headers is not a field name and a one-line value"; goto out; }
+            if (http_list_has("from,sender,to,cc,bcc,reply-to,subject,date,message-id,mime-version,return-path,received",
+                              s1.p) || ms_strncaseeq(s1.p, "content-", 8)) {
+                err = "Headers may not set a field the message is made of (From, To, Subject, Content-*, ...)";
+                goto out;
+            }
+            http_put_field(&msg, s1.p, s2.p);
             m = j.t[v].next;
         }
     }
@@ -12983,6 +13018,7 @@ http_release(struct conn *c)
         size_t hl = strstr(body, "\n\n") ? (size_t)(strstr(body, "\n\n") - body) + 1 : text.len;
         struct mime_addr ra;
         if (mime_header(body, hl, "Return-Path", &rp) && mime_addresses(rp.p, rp.len, &ra, 1) == 1) ms_strlcpy(from, ra.addr, sizeof from);
+        if (!h->all) ms_strlcpy(from, h->mailbox, sizeof from); /* a mailbox sends on as itself (sender_login) */
         buf_free(&rp);
         if (strncmp(body, "Return-Path:", 12) == 0) {
             size_t pos = 0, fl;
@@ -13086,6 +13122,7 @@ http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct
         struct http_sess *h = &c->u.http;
         const char *box = NULL;
         if (c->proto != PROTO_HTTP || h->state != H_EVENTS || c->is_closing) continue;
+        if (io_pending(&c->io) > MS_OUT_HIGH) { conn_drop(c); continue; } /* a stream nobody reads */
         for (k = 0; t && k < t->n && !box; k++)
             if (!t->remote[k] && (h->all || strcmp(t->v[k], h->mailbox) == 0)) box = t->v[k];
         if (!t && (h->all || strcmp(mailbox, h->mailbox) == 0)) box = mailbox;
@@ -13412,6 +13449,10 @@ http_route(struct conn *c)
         http_with_store(c);
         return;
     }
+    if (cfg->capture) { /* where any password logs in, no one else may look */
+        http_text(c, 403, "Capture mode: the API answers loopback clients only\n");
+        return;
+    }
     http_login(c);
 }
 
@@ -13523,6 +13564,18 @@ http_greet(struct conn *c)
     (void)c; /* the client speaks first */
 }
 
+/* May this request's body be a message with its attachments in base64? /api/v1/send from a client
+ * that may send: one that has logged in on this connection, says who it is, or is a loopback one
+ * in capture mode. Anyone else's body stays small before its login is checked. */
+static int
+http_may_send_big(const struct conn *c)
+{
+    const struct http_sess *h = &c->u.http;
+    size_t n = strcspn(h->req.target, "?");
+    if (n != 12 || strncmp(h->req.target, "/api/v1/send", 12) != 0) return 0;
+    return (c->ms->cfg->capture && c->is_loopback) || (!c->ms->cfg->capture && (h->mailbox[0] || h->req.auth[0]));
+}
+
 /* Reads the head and the body of the next request, then routes it: 1 to go on, -1 to wait. */
 static int
 http_pump(struct conn *c)
@@ -13543,7 +13596,8 @@ http_pump(struct conn *c)
         }
         if (r < 0) {
             char vis[120];
-            ms_visible(vis, sizeof vis, c->io.in, strcspn(c->io.in, "\n") < c->io.inlen ? strcspn(c->io.in, "\n") : c->io.inlen);
+            const char *nl = memchr(c->io.in, '\n', c->io.inlen); /* (the input is not a C string) */
+            ms_visible(vis, sizeof vis, c->io.in, nl ? (size_t)(nl - c->io.in) : c->io.inlen);
             conn_log(c, "bad request (%ld): %s", -r, vis);
             h->req.keep_alive = 0;
             c->io.inlen = 0;
@@ -13553,8 +13607,7 @@ http_pump(struct conn *c)
         if (c->ms->verbose) conn_log(c, "< %s %s", http_methods[h->req.method], h->req.target);
         io_consume(&c->io, (size_t)r);
         buf_free(&h->body);
-        if (h->req.length > (strncmp(h->req.target, "/api/v1/send", 12) == 0 /* attachments in base64 */
-                             ? c->ms->cfg->max_message_size / 3 * 4 + MS_HTTP_BODY_MAX : MS_HTTP_BODY_MAX)) {
+        if (h->req.length > (http_may_send_big(c) ? c->ms->cfg->max_message_size / 3 * 4 + MS_HTTP_BODY_MAX : MS_HTTP_BODY_MAX)) {
             h->req.keep_alive = 0;
             http_text(c, 413, "The request's body is too large\n");
             return -1;
@@ -13570,6 +13623,7 @@ http_pump(struct conn *c)
         if (take > need) take = need;
         buf_add(&h->body, c->io.in, take);
         io_consume(&c->io, take);
+        c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000LL; /* a large body coming slowly is no idle client */
         if (h->body.len < (size_t)h->req.length) return -1;
     } else {
         if (h->state == H_EVENTS) c->io.inlen = 0; /* a stream takes no more requests */

@@ -589,3 +589,36 @@ def http_events_see_pop3_deletions(ctx, storage):
     got += evf.readline()
     ev.close()
     check(b"event: delete" in got and mid.encode() in got, "the POP3 deletion on the stream: %s" % short(got))
+
+
+@test()
+def http_review_findings(ctx):
+    """What a review found (each failed before its fix): a head without a line end logged past the
+    buffer; a part's charset carried CR LF into the answer's fields; a part was served as active
+    content on the API's origin; a body with a misspelt key deleted everything; /send's Headers
+    could add a second From; large bodies were read before any login; an unbounded limit."""
+    need_http()
+    srv = ctx.server(server=CAPTURE).start()
+    out = raw_exchange(srv, b"GET /" + b"a" * 20000)
+    check(statuses(out) in ([431], [414]), "a 20 KB head without a line end: %s" % short(out))
+    check(api(srv, "GET", "/livez")[0] == 200, "still serving after it")
+    srv.send(["alice@example.test"], "From: x@client.test\r\nTo: alice@example.test\r\nSubject: evil\r\nMIME-Version: 1.0\r\n"
+             "Content-Type: text/html; charset*=utf-8''x%0D%0AX-Injected:%20yes%0D%0A\r\n\r\n<script>alert(1)</script>\r\n")
+    st, hd, data = api(srv, "GET", "/api/v1/message/latest/part/1")
+    check(st == 200 and "x-injected" not in hd, "no field injected through a charset: %r" % hd)
+    check("sandbox" in hd.get("content-security-policy", ""), "a part is served sandboxed: %r" % hd)
+    t, _ = srv.deliver(to="bob@example.test")
+    before = api_json(srv, "/api/v1/messages")["total"]
+    for body in ({"ids": ["nope"]}, {"IDs": "x"}, {"IDs": None}, {"Nothing": 1}, {"Search": 5}):
+        st, _, _ = api(srv, "DELETE", "/api/v1/messages", body=body)
+        left = api_json(srv, "/api/v1/messages")["total"]
+        check(left == before, "DELETE %r (status %d) deleted %d messages" % (body, st, before - left))
+        check(st in (200, 400), "DELETE %r: %d" % (body, st))
+    check(api(srv, "PUT", "/api/v1/messages", body={"ids": [], "read": True})[0] == 200 and
+          api_json(srv, "/api/v1/messages")["unread"] == before, "lower-case keys, as Go's JSON decoder takes them")
+    st, _, data = api(srv, "POST", "/api/v1/send", body={"From": {"Email": "a@client.test"}, "To": [{"Email": "carol@example.test"}],
+                                                         "Headers": {"From": "ceo@bank.test"}})
+    check(st == 400 and stored(srv, "carol@example.test") == [], "Headers may not set From: %d %s" % (st, short(data)))
+    lst = api_json(srv, "/api/v1/messages?limit=100000")
+    check(lst["count"] <= 1000, "limit is capped")
+

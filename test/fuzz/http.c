@@ -1,7 +1,8 @@
 /* libFuzzer: the HTTP API (section 12). The first byte picks what is fed:
  * even, a whole HTTP session (requests pipelined on a socketless connection,
  * as pop_session.c does) against a captured spool of three messages, Maildir
- * or mbox (bit 1), from loopback (no login) or not (bit 2: HTTP Basic);
+ * or mbox (bit 1), or a server that is not in capture mode (bit 2: HTTP Basic logins), from
+ * loopback or not (bit 3);
  * odd, the pure parsers alone: a request head, a JSON body and a search
  * query, with their invariants checked. */
 #define MAILSRV_NO_MAIN
@@ -9,7 +10,7 @@
 #include "../../mailsrv.c"
 #include "fuzz.h"
 
-static struct mailsrv *ms_mdir, *ms_mbox;
+static struct mailsrv *ms_mdir, *ms_mbox, *ms_login;
 
 static const char *const msgs[] = {
     "Return-Path: <a@example.org>\nFrom: A <a@example.org>\nTo: u@fuzz.test\nSubject: one\nMessage-ID: <1@x>\n\nfirst\n",
@@ -77,12 +78,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) return 0;
     if (data[0] & 1) { pure(data + 1, size - 1); return 0; }
     if (!ms_mdir) {
-        ms_mdir = fuzz_server("capture = yes\nhttp = 127.0.0.1:8025\nadmins = v@fuzz.test\n", "");
+        ms_mdir = fuzz_server("capture = yes\nhttp = 127.0.0.1:8025\n", "");
         ms_mbox = fuzz_server("capture = yes\nhttp = 127.0.0.1:8025\nstorage = mbox\n", "");
+        ms_login = fuzz_server("http = 127.0.0.1:8025\nadmins = v@fuzz.test\n", ""); /* logins: HTTP Basic */
     }
-    ms = data[0] & 2 ? ms_mbox : ms_mdir;
+    ms = data[0] & 4 ? ms_login : data[0] & 2 ? ms_mbox : ms_mdir;
     fuzz_make_mailbox(ms, msgs, 3, 1);
-    c = fuzz_conn(ms, PROTO_HTTP, data[0] & 4 ? "203.0.113.9" : "127.0.0.1");
+    c = fuzz_conn(ms, PROTO_HTTP, data[0] & 8 ? "203.0.113.9" : "127.0.0.1");
     fuzz_session(c, data + 1, size - 1, data[0], check_answers);
     fuzz_conn_end(c);
     return 0;
