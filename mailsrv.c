@@ -4667,6 +4667,19 @@ json_item(const struct json *j, int arr, int k)
     return next < j->t[arr].next ? next : -1;
 }
 
+/* A number token's value (a whole number, clamped), or dflt for any other token. */
+static long
+json_long(const struct json *j, int k, long dflt)
+{
+    char tmp[24];
+    long v;
+    if (k < 0 || j->t[k].type != JSON_NUM || j->t[k].len >= sizeof tmp) return dflt;
+    memcpy(tmp, j->s + j->t[k].start, j->t[k].len);
+    tmp[j->t[k].len] = 0;
+    v = strtol(tmp, NULL, 10);
+    return v < -1000000 ? -1000000 : v > 1000000 ? 1000000 : v;
+}
+
 static int json_true(const struct json *j, int k) { return k >= 0 && j->t[k].type == JSON_BOOL && j->s[j->t[k].start] == 't'; }
 
 
@@ -4939,17 +4952,24 @@ mime_header_text(struct buf *out, const char *v, size_t n)
 }
 
 /* The first field `name` of the header block h as mime_header_text gives it: 1 if there is one. */
-static int
-mime_header(const char *h, size_t n, const char *name, struct buf *out)
+/* The value of field name (raw, not decoded) in the block h: a pointer and length, or NULL. */
+static const char *
+mime_field_raw(const char *h, size_t n, const char *name, size_t *vl)
 {
     size_t pos = 0, flen, k = strlen(name) + 1;
     const char *f;
     while (hdr_next_field(h, n, &pos, &f, &flen))
-        if (hdr_is(f, flen, name)) {
-            mime_header_text(out, f + k, flen - k);
-            return 1;
-        }
-    return 0;
+        if (hdr_is(f, flen, name)) { *vl = flen - k; return f + k; }
+    return NULL;
+}
+
+static int
+mime_header(const char *h, size_t n, const char *name, struct buf *out)
+{
+    size_t vl;
+    const char *v = mime_field_raw(h, n, name, &vl);
+    if (v) mime_header_text(out, v, vl);
+    return v != NULL;
 }
 
 /* A parameter of a structured field (RFC 2045 5.1: token or quoted string), with RFC 2231
@@ -5041,16 +5061,6 @@ mime_type(const char *v, size_t n, char *out, size_t on)
     if (!strchr(out, '/') || out[0] == '/' || out[o - 1] == '/') out[0] = 0;
 }
 
-/* The value of field name (raw, not decoded) in the block h: a pointer and length, or NULL. */
-static const char *
-mime_field_raw(const char *h, size_t n, const char *name, size_t *vl)
-{
-    size_t pos = 0, flen, k = strlen(name) + 1;
-    const char *f;
-    while (hdr_next_field(h, n, &pos, &f, &flen))
-        if (hdr_is(f, flen, name)) { *vl = flen - k; return f + k; }
-    return NULL;
-}
 
 /* Fills p's fields from its header block (its body must be set already). */
 static void
@@ -11513,7 +11523,7 @@ struct http_msg { int box, idx; int64_t when_us; };
 
 struct http_job {
     struct http_box *boxes;
-    int nbox, next;                  /* next: the box whose view is being made, or expunged */
+    int nbox, capbox, next;          /* next: the box whose view is being made, or expunged */
     struct http_msg *msgs;           /* every message once the views are made, newest first */
     int n;
     void (*then)(struct conn *c);    /* the handler, once the views are made */
@@ -11536,13 +11546,14 @@ http_job_free(struct http_job *j)
     free(j);
 }
 
+/* A mailbox to view (the spool's folders and the configured mailboxes are each named once). */
 static void
 http_job_add_box(struct http_job *j, const char *addr)
 {
-    int i;
-    for (i = 0; i < j->nbox; i++)
-        if (strcmp(j->boxes[i].addr, addr) == 0) return;
-    j->boxes = xrealloc(j->boxes, sizeof *j->boxes * (size_t)(j->nbox + 1));
+    if (j->nbox == j->capbox) { /* doubling: a capture spool may hold thousands of addresses */
+        j->capbox = j->capbox ? j->capbox * 2 : 4;
+        j->boxes = xrealloc(j->boxes, sizeof *j->boxes * (size_t)j->capbox);
+    }
     memset(&j->boxes[j->nbox], 0, sizeof *j->boxes);
     ms_strlcpy(j->boxes[j->nbox++].addr, addr, MS_PATH_MAX);
 }
@@ -12770,24 +12781,31 @@ http_store(struct conn *c, const char *from, const struct targets *t, const char
     return NULL;
 }
 
-/* Appends a header field: its value as is when it is printable ASCII, else as RFC 2047 words
- * (UTF-8, base64, at most 75 characters each). */
+/* UTF-8 text as RFC 2047 words (base64, at most 75 characters each, whole characters), sep between them. */
+static void
+http_put_words(struct buf *b, const char *v, const char *sep)
+{
+    size_t i, n = strlen(v);
+    for (i = 0; i < n;) {
+        char enc[64];
+        size_t take = n - i < 39 ? n - i : 39;
+        while (take < n - i && take && ((unsigned char)v[i + take] & 0xC0) == 0x80) take--;
+        if (!take) take = 1;
+        b64_encode((const unsigned char *)v + i, take, enc, 1);
+        buf_printf(b, "%s=?UTF-8?B?%s?=", i ? sep : "", enc);
+        i += take;
+    }
+}
+
+/* Appends a header field: its value as is when it is printable ASCII, else as RFC 2047 words. */
 static void
 http_put_field(struct buf *b, const char *name, const char *v)
 {
     size_t i, n = strlen(v);
     for (i = 0; i < n && (unsigned char)v[i] >= 0x20 && (unsigned char)v[i] < 0x7f; i++) {}
     buf_printf(b, "%s: ", name);
-    if (i == n) { buf_adds(b, v); buf_adds(b, "\n"); return; }
-    for (i = 0; i < n;) {
-        char enc[64];
-        size_t take = n - i < 39 ? n - i : 39;
-        while (take < n - i && take && ((unsigned char)v[i + take] & 0xC0) == 0x80) take--; /* whole characters */
-        if (!take) take = 1;
-        b64_encode((const unsigned char *)v + i, take, enc, 1);
-        buf_printf(b, "%s=?UTF-8?B?%s?=", i ? "\n " : "", enc);
-        i += take;
-    }
+    if (i == n) buf_adds(b, v);
+    else http_put_words(b, v, "\n ");
     buf_adds(b, "\n");
 }
 
@@ -12800,15 +12818,7 @@ http_put_mailbox(struct buf *b, const char *name, const char *addr)
     if (!name[0]) { buf_adds(b, addr); return; }
     for (i = 0; name[i]; i++) ascii &= (unsigned char)name[i] >= 0x20 && (unsigned char)name[i] < 0x7f && name[i] != '"' && name[i] != '\\';
     if (ascii) { buf_printf(b, "\"%s\" <%s>", name, addr); return; }
-    for (i = 0; name[i];) {
-        char enc[64];
-        size_t take = strlen(name + i) < 39 ? strlen(name + i) : 39;
-        while (name[i + take] && take && ((unsigned char)name[i + take] & 0xC0) == 0x80) take--;
-        if (!take) take = 1;
-        b64_encode((const unsigned char *)name + i, take, enc, 1);
-        buf_printf(b, "%s=?UTF-8?B?%s?=", i ? " " : "", enc);
-        i += take;
-    }
+    http_put_words(b, name, " ");
     buf_printf(b, " <%s>", addr);
 }
 
@@ -13068,13 +13078,12 @@ http_chaos(struct conn *c)
     }
     for (i = 0; i < CHAOS_N; i++) { /* an omitted trigger is reset (0%) */
         int k = h->body.len ? json_get(&j, 0, chaos_names[i]) : -1;
-        char v[16];
         code[i] = i == CHAOS_AUTH ? 535 : 451;
         prob[i] = 0;
         if (k >= 0 && j.t[k].type == JSON_OBJ) {
             int e = json_get(&j, k, "ErrorCode"), p = json_get(&j, k, "Probability");
-            if (e >= 0 && j.t[e].type == JSON_NUM && j.t[e].len < sizeof v) { memcpy(v, j.s + j.t[e].start, j.t[e].len); v[j.t[e].len] = 0; code[i] = atoi(v); }
-            if (p >= 0 && j.t[p].type == JSON_NUM && j.t[p].len < sizeof v) { memcpy(v, j.s + j.t[p].start, j.t[p].len); v[j.t[p].len] = 0; prob[i] = atoi(v); }
+            code[i] = (int)json_long(&j, e, code[i]);
+            prob[i] = (int)json_long(&j, p, prob[i]);
             if (code[i] < 400 || code[i] > 599 || prob[i] < 0 || prob[i] > 100) {
                 json_free(&j);
                 http_text(c, 400, "ErrorCode must be 400-599 and Probability 0-100\n");
