@@ -93,6 +93,7 @@ deps:
 
 test:
 	@./test/deps.sh --test $(DEPS_OPT)
+	@$(PYTHON) web/embed.py --check mailsrv.c
 	$(MAKE) $(TEST_BINS)
 	./test/run_tests.sh$(if $(TEST_ARGS), $(TEST_ARGS))
 
@@ -285,7 +286,12 @@ portcheck:
 	    echo "portcheck: platform code outside section 3"; rm -f build-portcheck.o; exit 1; fi
 	@rm -f build-portcheck.o
 	@$(PYTHON) test/toc.py --check mailsrv.c
+	@$(PYTHON) web/embed.py --check mailsrv.c
 	@echo "portcheck ok"
+
+# The web page (web/index.html, app.css, app.js) into mailsrv.c's section 12.
+page:
+	$(PYTHON) web/embed.py mailsrv.c
 
 # The table of contents at the top of mailsrv.c: one prototype per function, by section.
 toc:
@@ -302,7 +308,7 @@ sizes: build/musl-notls/mailsrv
 clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
-.PHONY: all run deps test notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck toc sizes
+.PHONY: all run deps test page notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck toc sizes
 
 # ---- fuzzing (issue 7): libFuzzer harnesses, one per untrusted input ----------------
 # test/fuzz/NAME.c includes mailsrv.c (as test/unit.c does); seeds in test/fuzz/corpus/NAME/.

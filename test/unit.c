@@ -1939,6 +1939,18 @@ test_http_parse_head(void)
     ASSERT(head("GET / HTTX/1.1\r\nHost: h\r\n\r\n", &r) == -400);
     ASSERT(head("PATCH / HTTP/1.1\r\nHost: h\r\n\r\n", &r) == -501);
     ASSERT(head("GET / HTTP/1.1\r\nHost: h\r\nExpect: 200-ok\r\n\r\n", &r) == -417);
+    /* cross-site (issue 16): what a browser says of the page that sent the request */
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\n\r\n", &r) > 0 && !r.cross_site); /* not a browser */
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\nOrigin: http://h:8025\r\n\r\n", &r) > 0 && !r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nOrigin: https://H:8025\r\nHost: h:8025\r\n\r\n", &r) > 0 && !r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\nOrigin: http://h:8026\r\n\r\n", &r) > 0 && r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\nOrigin: http://h:8025.evil\r\n\r\n", &r) > 0 && r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\nOrigin: http://h\r\n\r\n", &r) > 0 && r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\nOrigin: null\r\n\r\n", &r) > 0 && r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h:8025\r\nSec-Fetch-Site: cross-site\r\n\r\n", &r) > 0 && r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: same-site\r\nOrigin: http://h\r\n\r\n", &r) > 0 && r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: same-origin\r\nOrigin: http://h\r\n\r\n", &r) > 0 &&
+           !r.cross_site);
     {
         char big[MS_HTTP_HEAD_MAX + 64];
         memset(big, 'a', sizeof big - 1);
@@ -2091,6 +2103,29 @@ test_mime(void)
     buf_free(&b);
 }
 
+/* cid: references (RFC 2392) become the API's part URLs; nothing else of the HTML changes */
+static void
+test_http_html_cids(void)
+{
+    static struct http_doc d;
+    struct buf out = {0};
+    const char *m = "Content-Type: multipart/related; boundary=b\n\n--b\nContent-Type: text/html\n\nx\n"
+                    "--b\nContent-Type: image/png\nContent-ID: <logo@x>\n\nPNG\n--b\nContent-Type: image/gif\n"
+                    "Content-ID: <a b>\n\nGIF\n--b--\n";
+    const char *html = "<img src=\"cid:logo@x\"><img src='CID:logo%40x'><img src=cid:nope>xcid:logo@x cid:ab";
+    memset(&d, 0, sizeof d);
+    buf_adds(&d.text, m);
+    d.nparts = mime_parse(d.text.p, d.text.len, d.part, MIME_MAX_PARTS);
+    http_html_cids(&out, html, strlen(html), &d, "ID1");
+    ASSERT(out.p && strcmp(out.p, "<img src=\"/api/v1/message/ID1/part/2\"><img src='/api/v1/message/ID1/part/2'>"
+                               "<img src=cid:nope>xcid:logo@x /api/v1/message/ID1/part/3") == 0);
+    buf_free(&out);
+    http_html_cids(&out, "", 0, &d, "ID1");
+    ASSERT(out.len == 0);
+    buf_free(&out);
+    buf_free(&d.text);
+}
+
 static void
 test_http_search_parse(void)
 {
@@ -2183,6 +2218,7 @@ main(void)
     test_http_query_and_json();
     test_http_search_parse();
     test_mime();
+    test_http_html_cids();
 #endif
 
     printf("%d passed, %d failed\n", passed, failed);
