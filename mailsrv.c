@@ -12883,15 +12883,20 @@ http_rcpt(struct conn *c, const char *addr, struct targets *t)
 }
 
 /* The Return-Path line, then text (LF line ends), stored for the recipients as a message that
- * came over SMTP would be (msg_inject: durably, remote ones queued). Its UIDL into uidl. */
+ * came over SMTP would be (msg_inject: durably, remote ones queued). Its UIDL into uidl. On an
+ * error, *status is what to answer: 413 for a message too large, 503 when it could not be
+ * written (a full disk: the client should try again later, as SMTP's 452 says, RFC 5321 4.2.5). */
 static const char *
-http_store(struct conn *c, const char *from, const struct targets *t, const char *text, size_t n, char *uidl, size_t un)
+http_store(struct conn *c, const char *from, const struct targets *t, const char *text, size_t n, char *uidl, size_t un,
+           int *status)
 {
     struct mailsrv *ms = c->ms;
     struct store_msg m;
     const char *err = NULL;
     memset(&m, 0, sizeof m);
+    *status = 413;
     if ((int64_t)n > ms->cfg->max_message_size) return "the message exceeds max_message_size";
+    *status = 503;
     if (msg_open(ms, &m) != 0) return "cannot write the message";
     ms_strlcpy(m.sender, from, sizeof m.sender);
     {
@@ -12900,7 +12905,7 @@ http_store(struct conn *c, const char *from, const struct targets *t, const char
         msg_write(&m, line, (size_t)k);
     }
     msg_write(&m, text, n);
-    if (msg_inject(ms, &m, t, &err) != 0) return err;
+    if (msg_inject(ms, &m, t, &err) != 0) return err ? err : "cannot write the message";
     ms_strlcpy(uidl, store_of(ms->cfg)->maildir ? m.name : m.id, un);
     conn_log(c, "stored %s from=<%s> recipients=%d size=%lld via HTTP", m.id, from, t->n, (long long)m.size);
     return NULL;
@@ -12991,7 +12996,7 @@ http_post_send(struct conn *c)
     struct targets t = {0};
     char from[MS_PATH_MAX], uidl[MS_PATH_MESSAGE], id[72], boundary[80], date[64];
     const char *err = NULL;
-    int k, lists[3], f, natt = 0, att;
+    int k, lists[3], f, natt = 0, att, status = 400;
     static const char *const fields[3] = {"To", "Cc", "ReplyTo"};
     if (json_parse(&j, h->body.p ? h->body.p : "", h->body.len) != 0 || j.t[0].type != JSON_OBJ) {
         json_free(&j);
@@ -13103,7 +13108,7 @@ http_post_send(struct conn *c)
         }
         buf_printf(&msg, "--%s--\n", boundary);
     }
-    err = http_store(c, from, &t, msg.p, msg.len, uidl, sizeof uidl);
+    err = http_store(c, from, &t, msg.p, msg.len, uidl, sizeof uidl, &status);
 out:
     json_free(&j);
     buf_free(&s1);
@@ -13112,7 +13117,7 @@ out:
     buf_free(&html);
     buf_free(&msg);
     targets_free(&t);
-    if (err) { http_json_error(c, 400, err); return; }
+    if (err) { http_json_error(c, status, err); return; }
     http_msg_id(uidl, id, sizeof id);
     buf_adds(&h->resp, "{");
     json_kv(&h->resp, "", "ID", id);
@@ -13133,7 +13138,7 @@ http_release(struct conn *c)
     struct buf a = {0}, text = {0};
     char uidl[MS_PATH_MESSAGE], from[MS_PATH_MAX];
     const char *err = NULL, *body;
-    int arr, it, r;
+    int arr, it, r, status = 400;
     if (!hm) { http_done(c); http_text(c, 404, "Message not found\n"); return; }
     if (json_parse(&j, h->body.p ? h->body.p : "", h->body.len) != 0) { http_done(c); http_text(c, 400, "Expected {\"To\":[...]}\n"); return; }
     arr = j.t[0].type == JSON_ARR ? 0 : json_get(&j, 0, "To");
@@ -13161,12 +13166,12 @@ http_release(struct conn *c)
             hdr_next_field(body, text.len, &pos, &f, &fl);
             body += pos;
         }
-        err = http_store(c, from, &t, body, text.len - (size_t)(body - text.p), uidl, sizeof uidl);
+        err = http_store(c, from, &t, body, text.len - (size_t)(body - text.p), uidl, sizeof uidl, &status);
     }
     buf_free(&text);
     targets_free(&t);
     http_done(c);
-    if (err) http_text(c, 400, err);
+    if (err) http_text(c, status, err);
     else http_text(c, 200, "ok");
 }
 

@@ -10,8 +10,9 @@ import socket
 import subprocess
 import time
 
-from .harness import (BOTH, HERE, PASSWORDS, SENDER, Skip, TestFailure, check, maildir_files, need_program, run_cli, secs,
-                      short, stored, stored_tokens, test, tok)
+from .harness import (BOTH, HERE, PASSWORDS, SENDER, Skip, TestFailure, check, maildir_files, need_program, need_root, run_cli,
+                      secs, short, stored, stored_tokens, test, tok)
+from .trust_storage import fill_disk
 
 CAPTURE = {"capture": "yes", "http": "auto"}
 _HTTP_BUILT = []
@@ -622,3 +623,37 @@ def http_review_findings(ctx):
     lst = api_json(srv, "/api/v1/messages?limit=100000")
     check(lst["count"] <= 1000, "limit is capped")
 
+
+@test(modes=BOTH, limit=60)
+def http_send_and_release_on_a_full_disk(ctx, storage):
+    """POST /send and a release on a full file system (a small tmpfs, mounted by the test as root)
+    answer 503, so that the client tries again later, as SMTP's 452 tells it; nothing is half
+    stored. (Was 400: a client takes that as its own mistake and gives up.)"""
+    need_http()
+    need_root()
+    srv = ctx.server(storage=storage, server={"http": "auto", "admins": "alice@example.test"})
+    os.makedirs(srv.spool)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", srv.spool], capture_output=True, text=True,
+                       timeout=secs(10))
+    if r.returncode != 0:
+        raise Skip("cannot mount a tmpfs: %s" % r.stderr.strip())
+    alice = ("alice@example.test", PASSWORDS["alice@example.test"])
+    try:
+        srv.start()
+        t, _ = srv.deliver(to="alice@example.test")
+        mid = api_json(srv, "/api/v1/messages", auth=alice)["messages"][0]["ID"]
+        free = fill_disk(srv.spool)
+        check(free < 8192, "the file system is not full: %d bytes free" % free)
+        send = {"From": {"Email": "alice@example.test"}, "To": [{"Email": "bob@example.test"}], "Subject": "full " + t,
+                "Text": "y" * 20000}
+        st, _, body = api(srv, "POST", "/api/v1/send", body=send, auth=alice)
+        check(st == 503 and "Error" in json.loads(body), "send on a full disk: %d %s" % (st, short(body)))
+        st, _, body = api(srv, "POST", "/api/v1/message/%s/release" % mid, body={"To": ["bob@example.test"]}, auth=alice)
+        check(st == 503, "release on a full disk: %d %s" % (st, short(body)))
+        check(api_json(srv, "/api/v1/messages?mailbox=bob%40example.test", auth=alice)["total"] == 0, "nothing stored for bob")
+        os.unlink(os.path.join(srv.spool, ".fill"))
+        st, _, body = api(srv, "POST", "/api/v1/send", body=send, auth=alice)
+        check(st == 200, "send once there is room again: %d %s" % (st, short(body)))
+    finally:
+        srv.stop()
+        subprocess.run(["umount", srv.spool], capture_output=True, timeout=secs(20))

@@ -341,3 +341,4 @@ def web_page_policies_and_cross_site_requests(ctx):
     st, _, _ = api(srv, "DELETE", "/api/v1/messages?mailbox=bob%40example.test", body={}, auth=ALICE)
     check(st == 200 and api_json(srv, "/api/v1/messages", auth=ALICE)["total"] == 1 and
           api_json(srv, "/api/v1/messages", auth=BOB)["total"] == 0, "an admin's delete-all of one mailbox deletes only that one's")
+
