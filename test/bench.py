@@ -711,6 +711,21 @@ def pop_login_timed(port, user, password=PASSWORD):
     return p, {"connect_ms": (t1 - t0) * 1e3, "pass_ms": (t3 - t2) * 1e3, "uidl_ms": (t4 - t3) * 1e3}, ids
 
 
+def web_first_render(base, user, password, runs=5):
+    """The web page's time to first render in Debian's Chromium (test/npm/first_render.mjs), sorted;
+    None where node, playwright-core (cd test/npm && npm ci) or chromium is missing."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    node, exe = shutil.which("node"), shutil.which("chromium")
+    if not node or not exe or not os.path.exists(os.path.join(here, "npm", "node_modules", "playwright-core")):
+        log("  (no first render figure: node, chromium or test/npm's playwright-core is missing)")
+        return None
+    r = subprocess.run([node, os.path.join(here, "npm", "first_render.mjs"), base, user, password, exe, str(runs)],
+                       cwd=os.path.join(here, "npm"), capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise BenchError("the first render in Chromium: %s %s" % (r.stdout[-500:], r.stderr[-1000:]))
+    return sorted(json.loads(r.stdout.strip().splitlines()[-1])["first_render_ms"])
+
+
 def fmt_ms(v):
     return "n/a" if v is None else ("%.1f" % v if v < 100 else "%.0f" % v)
 
@@ -1157,6 +1172,7 @@ class Bench:
         searches.sort()
         free_ms = sorted(get("/api/v1/search?query=" + urllib.parse.quote("nosuchword%d" % i))[0] for i in range(3))
         c.close()
+        render = web_first_render("http://%s:%d" % (HOST, port), "%s@%s" % (USER, DOMAIN), PASSWORD)
         # memory: idle keep-alive sessions, each after one request
         k = min(self.args.idle_connections, 1000)
         time.sleep(0.5)
@@ -1178,6 +1194,9 @@ class Bench:
                "list50_middle_page_ms_median": pages[len(pages) // 2], "subject_search_ms_median": searches[len(searches) // 2],
                "subject_search_ms_worst": searches[-1], "free_text_search_ms_median": free_ms[len(free_ms) // 2],
                "idle_sessions": k, "kib_per_http_session": (during - before) / k if before and during else None}
+        if render:
+            res["page_first_render_ms_median"] = render[len(render) // 2]
+            res["page_first_render_ms_worst"] = render[-1]
         self.results["http"] = res
         log("  HTTP, %d-message Maildir: first list (login + views) %.1f ms; list 50: median %.1f ms, worst %.1f ms "
             "(target < 20 ms); a middle page %.1f ms; subject: search median %.1f ms, worst %.1f ms (target < 200 ms); "
@@ -1185,6 +1204,10 @@ class Bench:
             % (n, first, res["list50_ms_median"], res["list50_ms_worst"], res["list50_middle_page_ms_median"],
                res["subject_search_ms_median"], res["subject_search_ms_worst"], res["free_text_search_ms_median"], k,
                res["kib_per_http_session"] or 0))
+        if render:
+            log("  the web page with this mailbox in Chromium: first render median %.0f ms, worst %.0f ms (%d runs, each a "
+                "new visitor: login, page, list)" % (res["page_first_render_ms_median"], res["page_first_render_ms_worst"],
+                                                     len(render)))
         self.finish_server(srv, "http bench")
 
     def bench_mem(self):
