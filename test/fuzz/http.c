@@ -17,7 +17,10 @@ static const char *const msgs[] = {
     "Return-Path: <b@example.org>\nSubject: =?koi8-r?B?8NLJ18XU?=\nMIME-Version: 1.0\n"
     "Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: text/plain; charset=koi8-r\n\n\xf0\xd2\xc9\n"
     "--b\nContent-Type: application/pdf; name=x.pdf\nContent-Transfer-Encoding: base64\n\nJVBERi0=\n--b--\n",
-    "Subject: three\nContent-Type: text/html\n\n<p>hi</p>\n",
+    /* an HTML body with cid: images (http_html_cids) */
+    "Subject: three\nMIME-Version: 1.0\nContent-Type: multipart/related; boundary=r\n\n"
+    "--r\nContent-Type: text/html\n\n<p>hi</p><img src=\"cid:i%40x\"><img src=cid:>cid:i@x\n"
+    "--r\nContent-Type: image/gif\nContent-ID: <i@x>\n\nGIF\n--r--\n",
 };
 
 
