@@ -4301,6 +4301,9 @@ struct http_req {
     char target[MS_HTTP_TARGET_MAX];   /* the path and query, as sent */
     char auth[MS_HTTP_AUTH_MAX];       /* Authorization */
     int cross_site;                    /* a browser sent it from another site's page (http_is_cross_site) */
+    int browser;                       /* ... a browser sent it (Origin or Sec-Fetch-Site) */
+    int requested_with;                /* X-Requested-With: the page's own requests (not simple: CORS-preflighted) */
+    int host_local;                    /* Host names this machine's loopback (http_host_is_loopback) */
 };
 
 static int
@@ -4342,12 +4345,32 @@ static int
 http_is_cross_site(const char *host, const char *origin, const char *fetch_site)
 {
     const char *o = origin;
-    if (fetch_site[0] && strcmp(fetch_site, "same-origin") != 0 && strcmp(fetch_site, "none") != 0) return 1;
+    /* the browser's own word first: behind a proxy that rewrites Host, Origin would not match */
+    if (fetch_site[0]) return strcmp(fetch_site, "same-origin") != 0 && strcmp(fetch_site, "none") != 0;
     if (!origin[0]) return 0;
     if (ms_strncaseeq(o, "http://", 7)) o += 7;
     else if (ms_strncaseeq(o, "https://", 8)) o += 8;
     else return 1; /* "null": a sandboxed frame, a file, a redirect across sites */
     return strlen(o) != strlen(host) || !ms_strncaseeq(o, host, strlen(host));
+}
+
+/* Does a Host value name the loopback (localhost, 127.0.0.0/8, [::1], with any port)? Capture
+ * mode trusts loopback clients without a login; a page of another site whose name was made to
+ * resolve to 127.0.0.1 (DNS rebinding) reaches us as a loopback client, but with its own name. */
+static int
+http_host_is_loopback(const char *host)
+{
+    size_t n = strlen(host);
+    const char *colon = strrchr(host, ':');
+    if (host[0] == '[') return ms_strncaseeq(host, "[::1]", 5) && (host[5] == 0 || host[5] == ':');
+    if (colon) n = (size_t)(colon - host);
+    if (n == 9 && ms_strncaseeq(host, "localhost", 9)) return 1;
+    if (n >= 9 && strncmp(host, "127.", 4) == 0) {
+        size_t i;
+        for (i = 4; i < n && (isdigit((unsigned char)host[i]) || host[i] == '.'); i++) {}
+        return i == n;
+    }
+    return 0;
 }
 
 static long
@@ -4438,6 +4461,8 @@ http_parse_head(const char *p, size_t n, struct http_req *r)
             FIELD_COPY(origin);
         } else if (FIELD_IS("Sec-Fetch-Site")) {
             FIELD_COPY(fetch_site);
+        } else if (FIELD_IS("X-Requested-With")) {
+            r->requested_with = 1;
         } else if (FIELD_IS("Authorization")) {
             FIELD_COPY(r->auth);
         } else if (FIELD_IS("Connection")) {
@@ -4458,6 +4483,8 @@ http_parse_head(const char *p, size_t n, struct http_req *r)
     if (hosts > 1) return -400;
     r->length = cl < 0 ? 0 : cl;
     r->cross_site = http_is_cross_site(host, origin, fetch_site);
+    r->browser = origin[0] || fetch_site[0];
+    r->host_local = http_host_is_loopback(host);
     r->keep_alive = !conn_close && (r->minor >= 1 || conn_keep);
     if (!r->length || r->minor == 0) r->expect_continue = 0; /* RFC 9110 10.1.1: HTTP/1.0 knows no 100 */
     return (long)end;
@@ -11526,7 +11553,7 @@ http_answer_extra(struct conn *c, int status, const char *ctype, const char *fie
     os_wallclock(&sec, &usec);
     ms_http_date(date, sizeof date, sec);
     buf_printf(&c->io.out, "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: %s\r\nContent-Length: %lu\r\n"
-               "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n%s%s\r\n",
+               "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nCross-Origin-Resource-Policy: same-origin\r\n%s%s\r\n",
                status, http_reason(status), date, ctype, (unsigned long)h->resp.len, fields ? fields : "",
                close ? "Connection: close\r\n" : h->req.minor == 0 ? "Connection: keep-alive\r\n" : "");
     if (h->req.method != HTTP_HEAD) buf_add(&c->io.out, h->resp.p ? h->resp.p : "", h->resp.len);
@@ -12294,7 +12321,8 @@ http_get_messages(struct conn *c)
 /* The policy of a message's body in the page's frame: no script, form or plugin, nothing loaded
  * but the images img allows; framed only by the page (a frame of another site could dress mail up). */
 #define HTTP_VIEW_CSP(img) "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; " img "; base-uri 'none'; " \
-    "form-action 'none'; frame-ancestors 'self'; sandbox allow-same-origin allow-popups allow-popups-to-escape-sandbox\r\n"
+    "form-action 'none'; frame-ancestors 'self'; sandbox allow-same-origin allow-popups allow-popups-to-escape-sandbox\r\n" \
+    "Referrer-Policy: no-referrer\r\n"
 
 /* A message's HTML with its cid: references (RFC 2392: cid:CONTENT-ID, %-encoded) made into the
  * API's URLs of those parts, so its inline images show under a policy that loads nothing else. */
@@ -12412,6 +12440,9 @@ http_show(struct conn *c, int what)
             struct buf html = {0};
             char remote[4];
             mime_text(d.text.p, &d.part[d.html_part], &html);
+            /* links open a tab of their own: in the frame, the page's policy would block them (the
+             * first <base> counts, so the mail's own cannot come before) */
+            buf_adds(&h->resp, "<base target=\"_blank\">");
             http_html_cids(&h->resp, html.p ? html.p : "", html.len, &d, id);
             buf_free(&html);
             http_done(c);
@@ -12908,6 +12939,7 @@ http_store(struct conn *c, const char *from, const struct targets *t, const char
     if (msg_inject(ms, &m, t, &err) != 0) return err ? err : "cannot write the message";
     ms_strlcpy(uidl, store_of(ms->cfg)->maildir ? m.name : m.id, un);
     conn_log(c, "stored %s from=<%s> recipients=%d size=%lld via HTTP", m.id, from, t->n, (long long)m.size);
+    ms_messages_today(ms, 1);
     return NULL;
 }
 
@@ -14100,11 +14132,10 @@ static const char *const web_app_js[] = {
     "      qRcpts: 'Recipients',\n",
     "      qActions: 'Actions',\n",
     "      qActive: 'being delivered now',\n",
+    "      qNow: 'now',\n",
     "      removeFromQueue: 'Delete',\n",
     "      st_pending: 'pending',\n",
-    "      st_sent: 'sent',\n",
-    "      st_failed: 'failed',\n",
-    "      st_deferred: 'deferred',\n",
+    "      st_delivered: 'delivered',\n",
     "      st_bounced: 'bounced',\n",
     "      listsEmpty: 'There are no mailing lists.',\n",
     "      owner: 'Owner',\n",
@@ -14141,6 +14172,7 @@ static const char *const web_app_js[] = {
     "      minutes: '{0} min',\n",
     "      seconds: '{0} s',\n",
     "      kb: '{0} KB',\n",
+    "      mb: '{0} MB',\n",
     "      none: '\342\200\224',\n",
     "    },\n",
     "    ru: {\n",
@@ -14211,11 +14243,10 @@ static const char *const web_app_js[] = {
     "      qRcpts: '\320\237\320\276\320\273\321\203\321\207\320\260\321\202\320\265\320\273\320\270',\n",
     "      qActions: '\320\224\320\265\320\271\321\201\321\202\320\262\320\270\321\217',\n",
     "      qActive: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\321\217\320\265\321\202\321\201\321\217 \321\201\320\265\320\271\321\207\320\260\321\201',\n",
+    "      qNow: '\321\201\320\265\320\271\321\207\320\260\321\201',\n",
     "      removeFromQueue: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214',\n",
     "      st_pending: '\320\276\320\266\320\270\320\264\320\260\320\265\321\202',\n",
-    "      st_sent: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276',\n",
-    "      st_failed: '\320\276\321\210\320\270\320\261\320\272\320\260',\n",
-    "      st_deferred: '\320\276\321\202\320\273\320\276\320\266\320\265\320\275\320\276',\n",
+    "      st_delivered: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276',\n",
     "      st_bounced: '\320\262\320\276\320\267\320\262\321\200\320\260\321\211\320\265\320\275\320\276',\n",
     "      listsEmpty: '\320\240\320\260\321\201\321\201\321\213\320\273\320\276\320\272 \320\275\320\265\321\202.',\n",
     "      owner: '\320\222\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n",
@@ -14246,12 +14277,13 @@ static const char *const web_app_js[] = {
     "      tls: 'TLS',\n",
     "      tls_none: '\320\275\320\265\321\202',\n",
     "      tls_starttls: 'STARTTLS',\n",
-    "      tls_implicit: '\321\201\321\200\320\260\320\267\321\203 (implicit TLS)',\n",
+    "      tls_implicit: 'TLS \321\201 \320\277\320\265\321\200\320\262\320\276\320\263\320\276 \320\261\320\260\320\271\321\202\320\260',\n",
     "      days: '{0} \320\264',\n",
     "      hours: '{0} \321\207',\n",
     "      minutes: '{0} \320\274\320\270\320\275',\n",
     "      seconds: '{0} \321\201',\n",
     "      kb: '{0} \320\232\320\221',\n",
+    "      mb: '{0} \320\234\320\221',\n",
     "      none: '\342\200\224',\n",
     "    },\n",
     "  };\n",
@@ -14334,6 +14366,7 @@ static const char *const web_app_js[] = {
     "\n",
     "  function fmtSize(bytes) {\n",
     "    const kb = (Number(bytes) || 0) / 1024;\n",
+    "    if (kb >= 1024) return t('mb', (Math.round(kb / 102.4) / 10).toLocaleString(LANG));\n",
     "    const n = kb < 10 \? Math.max(0.1, Math.round(kb * 10) / 10) : Math.round(kb);\n",
     "    return t('kb', n.toLocaleString(LANG));\n",
     "  }\n",
@@ -14439,6 +14472,7 @@ static const char *const web_app_js[] = {
     "      unread: 0,\n",
     "      loaded: false,\n",
     "      loading: false,\n",
+    "      seq: 0,              // loads begun (loadList drops an answer older than the last)\n",
     "      selected: new Set(), // IDs\n",
     "      cur: '',             // ID of the current row (j/k)\n",
     "      rows: new Map(),     // ID -> row element\n",
@@ -14581,24 +14615,35 @@ static const char *const web_app_js[] = {
     "    }\n",
     "  }\n",
     "\n",
-    "  /* Fetches the first page (or, on refresh, as many as are loaded), or with more the next page. */\n",
+    "  /* Fetches the first page (or, on refresh, as many as are loaded), or with more the next page.\n",
+    "   * Each load has a number: an answer that comes after a newer load began is dropped, so a slow\n",
+    "   * refresh cannot overwrite a \"Load more\" or a later refresh. */\n",
     "  async function loadList(more) {\n",
     "    const L = app.list;\n",
+    "    const seq = ++L.seq;\n",
     "    const start = more \? L.messages.length : 0;\n",
-    "    // a refresh asks for as many as are shown, plus those that arrived since (so none drop off)\n",
-    "    const limit = more \? PAGE : Math.min(1000, Math.max(PAGE, L.messages.length + newSince));\n",
+    "    // a refresh asks for as many as are shown, plus those that arrived since (so none drop off),\n",
+    "    // in pages of at most 1,000 (the API's limit)\n",
+    "    let want = more \? PAGE : Math.max(PAGE, L.messages.length + newSince);\n",
     "    if (!more) newSince = 0;\n",
     "    L.loading = true;\n",
     "    updateMore();\n",
-    "    let r;\n",
+    "    let r, got = [];\n",
     "    try {\n",
-    "      r = await api('GET', listUrl(start, limit));\n",
+    "      for (let at = start; want > 0; ) {\n",
+    "        const n = Math.min(1000, want);\n",
+    "        r = await api('GET', listUrl(at, n));\n",
+    "        const page = Array.isArray(r.messages) \? r.messages : [];\n",
+    "        got = got.concat(page);\n",
+    "        if (page.length < n) break;\n",
+    "        at += n;\n",
+    "        want -= n;\n",
+    "      }\n",
     "    } finally {\n",
-    "      L.loading = false;\n",
+    "      if (L.seq === seq) L.loading = false;\n",
     "      if (app.list === L) updateMore();\n",
     "    }\n",
-    "    if (app.list !== L) return; // another list was opened meanwhile\n",
-    "    const got = Array.isArray(r.messages) \? r.messages : [];\n",
+    "    if (app.list !== L || L.seq !== seq) return; // another list was opened, or a newer load began\n",
     "    if (more) {\n",
     "      const have = new Set(L.messages.map((m) => m.ID));\n",
     "      for (const m of got) if (!have.has(m.ID)) L.messages.push(m);\n",
@@ -14719,16 +14764,26 @@ static const char *const web_app_js[] = {
     "    updateTitle();\n",
     "  }\n",
     "\n",
-    "  /* Drops a message from the list's copy (deleted here or by someone else). */\n",
-    "  function removeLocal(id) {\n",
+    "  /* Drops messages from the list's copy (deleted here or by someone else), then draws the list\n",
+    "   * once (a render per message made deleting 1,000 selected ones take minutes). */\n",
+    "  function removeLocal(ids) {\n",
     "    const L = app.list;\n",
-    "    const i = L.messages.findIndex((m) => m.ID === id);\n",
+    "    const gone = new Set(ids);\n",
+    "    const i = L.messages.findIndex((m) => gone.has(m.ID));\n",
     "    if (i < 0) return;\n",
-    "    if (!L.messages[i].Read) L.unread = Math.max(0, L.unread - 1);\n",
-    "    L.messages.splice(i, 1);\n",
-    "    L.total = Math.max(0, L.total - 1);\n",
-    "    L.selected.delete(id);\n",
-    "    if (L.cur === id) L.cur = (L.messages[i] || L.messages[i - 1] || {}).ID || '';\n",
+    "    if (gone.has(L.cur)) {\n",
+    "      const next = L.messages.slice(L.messages.findIndex((m) => m.ID === L.cur)).find((m) => !gone.has(m.ID)) ||\n",
+    "        L.messages.slice(0, i).reverse().find((m) => !gone.has(m.ID));\n",
+    "      L.cur = next \? next.ID : '';\n",
+    "    }\n",
+    "    const kept = [];\n",
+    "    for (const m of L.messages) {\n",
+    "      if (!gone.has(m.ID)) { kept.push(m); continue; }\n",
+    "      if (!m.Read) L.unread = Math.max(0, L.unread - 1);\n",
+    "      L.total = Math.max(0, L.total - 1);\n",
+    "      L.selected.delete(m.ID);\n",
+    "    }\n",
+    "    L.messages = kept;\n",
     "    renderList();\n",
     "  }\n",
     "\n",
@@ -14746,7 +14801,7 @@ static const char *const web_app_js[] = {
     "    if (!ids.length) return;\n",
     "    if (action === 'delete') {\n",
     "      await api('DELETE', '/api/v1/messages', { IDs: ids });\n",
-    "      for (const id of ids) removeLocal(id);\n",
+    "      removeLocal(ids);\n",
     "      quiet(loadList(false));\n",
     "    } else {\n",
     "      const read = action === 'read';\n",
@@ -14906,7 +14961,7 @@ static const char *const web_app_js[] = {
     "    if (!id) return;\n",
     "    const next = neighbour(id);\n",
     "    await api('DELETE', '/api/v1/messages', { IDs: [id] });\n",
-    "    removeLocal(id);\n",
+    "    removeLocal([id]);\n",
     "    refreshNavSoon();\n",
     "    if (next) location.replace(messageHash(next));\n",
     "    else go(app.list.hash);\n",
@@ -14977,7 +15032,8 @@ static const char *const web_app_js[] = {
     "        fmtDate(q.Arrived, true),\n",
     "        fmtSize(q.Size),\n",
     "        String(q.Tries || 0),\n",
-    "        [fmtDate(q.NextTry, true), q.Active \? el('div', { class: 'small' }, t('qActive')) : null],\n",
+    "        [Date.parse(q.NextTry) <= Date.now() \? t('qNow') : fmtDate(q.NextTry, true),\n",
+    "          q.Active \? el('div', { class: 'small' }, t('qActive')) : null],\n",
     "        rcpts,\n",
     "        el('button', { type: 'button', class: 'q-delete danger', 'data-id': q.ID || '' }, t('removeFromQueue')),\n",
     "      ];\n",
@@ -15065,10 +15121,12 @@ static const char *const web_app_js[] = {
     "  let refreshTimer = 0;\n",
     "  let navTimer = 0;\n",
     "\n",
-    "  /* Many events in a row (a burst of mail) make one refresh, 300 ms after the last. */\n",
+    "  /* Many events in a row (a burst of mail) make one refresh, 300 ms after the first: a timer\n",
+    "   * that each event restarted would never fire while mail keeps coming. */\n",
     "  function refreshSoon() {\n",
-    "    clearTimeout(refreshTimer);\n",
+    "    if (refreshTimer) return;\n",
     "    refreshTimer = setTimeout(() => {\n",
+    "      refreshTimer = 0;\n",
     "      quiet(loadMailboxes());\n",
     "      if (app.list.loaded) quiet(loadList(false));\n",
     "      if (app.view === 'queue') quiet(showQueue());\n",
@@ -15085,10 +15143,12 @@ static const char *const web_app_js[] = {
     "    let data = null;\n",
     "    try { data = JSON.parse(ev.data); } catch (e) { return; }\n",
     "    const d = (data && data.Data) || {};\n",
-    "    if (ev.type === 'delete' && d.ID) removeLocal(String(d.ID));\n",
+    "    if (ev.type === 'delete' && d.ID) removeLocal([String(d.ID)]);\n",
     "    if (ev.type === 'new') newSince++;\n",
     "    refreshSoon();\n",
     "  }\n",
+    "\n",
+    "  let reconnected = false;\n",
     "\n",
     "  function connectEvents() {\n",
     "    if (!window.EventSource) return;\n",
@@ -15097,7 +15157,10 @@ static const char *const web_app_js[] = {
     "    es.addEventListener('delete', onEvent);\n",
     "    es.onerror = () => {\n",
     "      es.close();\n",
-    "      setTimeout(connectEvents, 5000);\n",
+    "      setTimeout(() => { connectEvents(); reconnected = true; }, 5000);\n",
+    "    };\n",
+    "    es.onopen = () => { // what came while the stream was down was not announced\n",
+    "      if (reconnected) refreshSoon();\n",
     "    };\n",
     "  }\n",
     "\n",
@@ -15128,7 +15191,9 @@ static const char *const web_app_js[] = {
     "    }\n",
     "    const inList = app.view === 'list', inMsg = app.view === 'message';\n",
     "    const cur = inMsg \? app.msgId : app.list.cur;\n",
-    "    switch (e.key) {\n",
+    "    // letters by their place on the keyboard (e.code), so that j, k and u work in a Russian layout too\n",
+    "    const key = { KeyJ: 'j', KeyK: 'k', KeyU: 'u', Slash: '/' }[e.code] || e.key;\n",
+    "    switch (key) {\n",
     "      case 'j': if (!inList && !inMsg) return; moveBy(1); break;\n",
     "      case 'k': if (!inList && !inMsg) return; moveBy(-1); break;\n",
     "      case 'Enter':\n",
@@ -15140,7 +15205,7 @@ static const char *const web_app_js[] = {
     "        if (inMsg) quiet(deleteOpen());\n",
     "        else if (inList && cur) {\n",
     "          quiet(api('DELETE', '/api/v1/messages', { IDs: [cur] }).then(() => {\n",
-    "            removeLocal(cur);\n",
+    "            removeLocal([cur]);\n",
     "            highlight(true);\n",
     "            refreshNavSoon();\n",
     "          }));\n",
@@ -15529,13 +15594,20 @@ http_route(struct conn *c)
         break;
     }
     if (!h->route) { http_text(c, allowed ? 405 : 404, allowed ? "Method not allowed\n" : "404 page not found\n"); return; }
-    if (h->req.cross_site && h->req.method != HTTP_GET && h->req.method != HTTP_HEAD) {
-        /* another site's page, using the browser's cached login or the loopback trust (CSRF) */
+    if (h->req.method != HTTP_GET && h->req.method != HTTP_HEAD && (h->req.cross_site || (h->req.browser && !h->req.requested_with))) {
+        /* another site's page, using the browser's cached login or the loopback trust (CSRF): the
+         * browser says where it comes from, and the page's own writes carry X-Requested-With,
+         * which no other site can add without a CORS preflight that is never granted */
         conn_log(c, "refused a cross-site %s %s", http_methods[h->req.method], path);
         http_text(c, 403, "Cross-site request refused\n");
         return;
     }
     if (!h->route->store) { h->route->fn(c); return; }
+    if (cfg->capture && c->is_loopback && !h->req.host_local && h->req.browser) { /* DNS rebinding */
+        conn_log(c, "refused a browser's request for Host other than localhost in capture mode");
+        http_text(c, 403, "Capture mode: open http://localhost or http://127.0.0.1 (another name could be another site's)\n");
+        return;
+    }
     if (cfg->capture && c->is_loopback) { /* as Mailpit: the captured mail is the local developer's */
         h->all = 1;
         http_with_store(c);

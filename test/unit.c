@@ -1951,6 +1951,13 @@ test_http_parse_head(void)
     ASSERT(head("POST /a HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: same-site\r\nOrigin: http://h\r\n\r\n", &r) > 0 && r.cross_site);
     ASSERT(head("POST /a HTTP/1.1\r\nHost: h\r\nSec-Fetch-Site: same-origin\r\nOrigin: http://h\r\n\r\n", &r) > 0 &&
            !r.cross_site);
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: in:8025\r\nSec-Fetch-Site: same-origin\r\nOrigin: https://out\r\n\r\n", &r) > 0 &&
+           !r.cross_site && r.browser && !r.requested_with); /* a proxy rewrote Host: the browser's word counts */
+    ASSERT(head("POST /a HTTP/1.1\r\nHost: h\r\nX-Requested-With: mailsrv\r\n\r\n", &r) > 0 && r.requested_with && !r.browser);
+    ASSERT(http_host_is_loopback("localhost") && http_host_is_loopback("LocalHost:8025") && http_host_is_loopback("127.0.0.1:1"));
+    ASSERT(http_host_is_loopback("127.1.2.3") && http_host_is_loopback("[::1]") && http_host_is_loopback("[::1]:8025"));
+    ASSERT(!http_host_is_loopback("127.0.0.1.evil.test") && !http_host_is_loopback("localhost.evil:1") &&
+           !http_host_is_loopback("[::1].x") && !http_host_is_loopback("evil") && !http_host_is_loopback(""));
     {
         char big[MS_HTTP_HEAD_MAX + 64];
         memset(big, 'a', sizeof big - 1);

@@ -84,11 +84,10 @@
       qRcpts: 'Recipients',
       qActions: 'Actions',
       qActive: 'being delivered now',
+      qNow: 'now',
       removeFromQueue: 'Delete',
       st_pending: 'pending',
-      st_sent: 'sent',
-      st_failed: 'failed',
-      st_deferred: 'deferred',
+      st_delivered: 'delivered',
       st_bounced: 'bounced',
       listsEmpty: 'There are no mailing lists.',
       owner: 'Owner',
@@ -125,6 +124,7 @@
       minutes: '{0} min',
       seconds: '{0} s',
       kb: '{0} KB',
+      mb: '{0} MB',
       none: '—',
     },
     ru: {
@@ -195,11 +195,10 @@
       qRcpts: 'Получатели',
       qActions: 'Действия',
       qActive: 'доставляется сейчас',
+      qNow: 'сейчас',
       removeFromQueue: 'Удалить',
       st_pending: 'ожидает',
-      st_sent: 'доставлено',
-      st_failed: 'ошибка',
-      st_deferred: 'отложено',
+      st_delivered: 'доставлено',
       st_bounced: 'возвращено',
       listsEmpty: 'Рассылок нет.',
       owner: 'Владелец',
@@ -230,12 +229,13 @@
       tls: 'TLS',
       tls_none: 'нет',
       tls_starttls: 'STARTTLS',
-      tls_implicit: 'сразу (implicit TLS)',
+      tls_implicit: 'TLS с первого байта',
       days: '{0} д',
       hours: '{0} ч',
       minutes: '{0} мин',
       seconds: '{0} с',
       kb: '{0} КБ',
+      mb: '{0} МБ',
       none: '—',
     },
   };
@@ -318,6 +318,7 @@
 
   function fmtSize(bytes) {
     const kb = (Number(bytes) || 0) / 1024;
+    if (kb >= 1024) return t('mb', (Math.round(kb / 102.4) / 10).toLocaleString(LANG));
     const n = kb < 10 ? Math.max(0.1, Math.round(kb * 10) / 10) : Math.round(kb);
     return t('kb', n.toLocaleString(LANG));
   }
@@ -423,6 +424,7 @@
       unread: 0,
       loaded: false,
       loading: false,
+      seq: 0,              // loads begun (loadList drops an answer older than the last)
       selected: new Set(), // IDs
       cur: '',             // ID of the current row (j/k)
       rows: new Map(),     // ID -> row element
@@ -565,24 +567,35 @@
     }
   }
 
-  /* Fetches the first page (or, on refresh, as many as are loaded), or with more the next page. */
+  /* Fetches the first page (or, on refresh, as many as are loaded), or with more the next page.
+   * Each load has a number: an answer that comes after a newer load began is dropped, so a slow
+   * refresh cannot overwrite a "Load more" or a later refresh. */
   async function loadList(more) {
     const L = app.list;
+    const seq = ++L.seq;
     const start = more ? L.messages.length : 0;
-    // a refresh asks for as many as are shown, plus those that arrived since (so none drop off)
-    const limit = more ? PAGE : Math.min(1000, Math.max(PAGE, L.messages.length + newSince));
+    // a refresh asks for as many as are shown, plus those that arrived since (so none drop off),
+    // in pages of at most 1,000 (the API's limit)
+    let want = more ? PAGE : Math.max(PAGE, L.messages.length + newSince);
     if (!more) newSince = 0;
     L.loading = true;
     updateMore();
-    let r;
+    let r, got = [];
     try {
-      r = await api('GET', listUrl(start, limit));
+      for (let at = start; want > 0; ) {
+        const n = Math.min(1000, want);
+        r = await api('GET', listUrl(at, n));
+        const page = Array.isArray(r.messages) ? r.messages : [];
+        got = got.concat(page);
+        if (page.length < n) break;
+        at += n;
+        want -= n;
+      }
     } finally {
-      L.loading = false;
+      if (L.seq === seq) L.loading = false;
       if (app.list === L) updateMore();
     }
-    if (app.list !== L) return; // another list was opened meanwhile
-    const got = Array.isArray(r.messages) ? r.messages : [];
+    if (app.list !== L || L.seq !== seq) return; // another list was opened, or a newer load began
     if (more) {
       const have = new Set(L.messages.map((m) => m.ID));
       for (const m of got) if (!have.has(m.ID)) L.messages.push(m);
@@ -703,16 +716,26 @@
     updateTitle();
   }
 
-  /* Drops a message from the list's copy (deleted here or by someone else). */
-  function removeLocal(id) {
+  /* Drops messages from the list's copy (deleted here or by someone else), then draws the list
+   * once (a render per message made deleting 1,000 selected ones take minutes). */
+  function removeLocal(ids) {
     const L = app.list;
-    const i = L.messages.findIndex((m) => m.ID === id);
+    const gone = new Set(ids);
+    const i = L.messages.findIndex((m) => gone.has(m.ID));
     if (i < 0) return;
-    if (!L.messages[i].Read) L.unread = Math.max(0, L.unread - 1);
-    L.messages.splice(i, 1);
-    L.total = Math.max(0, L.total - 1);
-    L.selected.delete(id);
-    if (L.cur === id) L.cur = (L.messages[i] || L.messages[i - 1] || {}).ID || '';
+    if (gone.has(L.cur)) {
+      const next = L.messages.slice(L.messages.findIndex((m) => m.ID === L.cur)).find((m) => !gone.has(m.ID)) ||
+        L.messages.slice(0, i).reverse().find((m) => !gone.has(m.ID));
+      L.cur = next ? next.ID : '';
+    }
+    const kept = [];
+    for (const m of L.messages) {
+      if (!gone.has(m.ID)) { kept.push(m); continue; }
+      if (!m.Read) L.unread = Math.max(0, L.unread - 1);
+      L.total = Math.max(0, L.total - 1);
+      L.selected.delete(m.ID);
+    }
+    L.messages = kept;
     renderList();
   }
 
@@ -730,7 +753,7 @@
     if (!ids.length) return;
     if (action === 'delete') {
       await api('DELETE', '/api/v1/messages', { IDs: ids });
-      for (const id of ids) removeLocal(id);
+      removeLocal(ids);
       quiet(loadList(false));
     } else {
       const read = action === 'read';
@@ -890,7 +913,7 @@
     if (!id) return;
     const next = neighbour(id);
     await api('DELETE', '/api/v1/messages', { IDs: [id] });
-    removeLocal(id);
+    removeLocal([id]);
     refreshNavSoon();
     if (next) location.replace(messageHash(next));
     else go(app.list.hash);
@@ -961,7 +984,8 @@
         fmtDate(q.Arrived, true),
         fmtSize(q.Size),
         String(q.Tries || 0),
-        [fmtDate(q.NextTry, true), q.Active ? el('div', { class: 'small' }, t('qActive')) : null],
+        [Date.parse(q.NextTry) <= Date.now() ? t('qNow') : fmtDate(q.NextTry, true),
+          q.Active ? el('div', { class: 'small' }, t('qActive')) : null],
         rcpts,
         el('button', { type: 'button', class: 'q-delete danger', 'data-id': q.ID || '' }, t('removeFromQueue')),
       ];
@@ -1049,10 +1073,12 @@
   let refreshTimer = 0;
   let navTimer = 0;
 
-  /* Many events in a row (a burst of mail) make one refresh, 300 ms after the last. */
+  /* Many events in a row (a burst of mail) make one refresh, 300 ms after the first: a timer
+   * that each event restarted would never fire while mail keeps coming. */
   function refreshSoon() {
-    clearTimeout(refreshTimer);
+    if (refreshTimer) return;
     refreshTimer = setTimeout(() => {
+      refreshTimer = 0;
       quiet(loadMailboxes());
       if (app.list.loaded) quiet(loadList(false));
       if (app.view === 'queue') quiet(showQueue());
@@ -1069,10 +1095,12 @@
     let data = null;
     try { data = JSON.parse(ev.data); } catch (e) { return; }
     const d = (data && data.Data) || {};
-    if (ev.type === 'delete' && d.ID) removeLocal(String(d.ID));
+    if (ev.type === 'delete' && d.ID) removeLocal([String(d.ID)]);
     if (ev.type === 'new') newSince++;
     refreshSoon();
   }
+
+  let reconnected = false;
 
   function connectEvents() {
     if (!window.EventSource) return;
@@ -1081,7 +1109,10 @@
     es.addEventListener('delete', onEvent);
     es.onerror = () => {
       es.close();
-      setTimeout(connectEvents, 5000);
+      setTimeout(() => { connectEvents(); reconnected = true; }, 5000);
+    };
+    es.onopen = () => { // what came while the stream was down was not announced
+      if (reconnected) refreshSoon();
     };
   }
 
@@ -1112,7 +1143,9 @@
     }
     const inList = app.view === 'list', inMsg = app.view === 'message';
     const cur = inMsg ? app.msgId : app.list.cur;
-    switch (e.key) {
+    // letters by their place on the keyboard (e.code), so that j, k and u work in a Russian layout too
+    const key = { KeyJ: 'j', KeyK: 'k', KeyU: 'u', Slash: '/' }[e.code] || e.key;
+    switch (key) {
       case 'j': if (!inList && !inMsg) return; moveBy(1); break;
       case 'k': if (!inList && !inMsg) return; moveBy(-1); break;
       case 'Enter':
@@ -1124,7 +1157,7 @@
         if (inMsg) quiet(deleteOpen());
         else if (inList && cur) {
           quiet(api('DELETE', '/api/v1/messages', { IDs: [cur] }).then(() => {
-            removeLocal(cur);
+            removeLocal([cur]);
             highlight(true);
             refreshNavSoon();
           }));

@@ -37,7 +37,7 @@ def b64(data):
     return "\r\n".join(s[i:i + 76] for i in range(0, len(s), 76))
 
 
-def rich_mail(t, attachment):
+def rich_mail(t, attachment, port):
     """multipart/mixed: related (alternative (text, HTML with a cid: image), the image), an attachment."""
     return ("From: Shop <shop@client.test>\r\nTo: <alice@example.test>\r\nSubject: Rich %s\r\n"
             "Message-ID: <rich%s@client.test>\r\nX-Shop: yes\r\nMIME-Version: 1.0\r\n"
@@ -46,13 +46,14 @@ def rich_mail(t, attachment):
             "--r\r\nContent-Type: multipart/alternative; boundary=\"a\"\r\n\r\n"
             "--a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nPlain text %s\r\n"
             "--a\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
-            "<html><body><p><b class=\"rich\">Bold %s</b></p><img id=\"logo\" src=\"cid:logo@client.test\"></body></html>\r\n"
+            "<html><body><p><b class=\"rich\">Bold %s</b></p><img id=\"logo\" src=\"cid:logo@client.test\">\r\n"
+            "<p><a id=\"shop\" href=\"http://127.0.0.1:%d/livez?shop-link\">our shop</a></p></body></html>\r\n"
             "--a--\r\n"
             "--r\r\nContent-Type: image/png\r\nContent-ID: <logo@client.test>\r\nContent-Transfer-Encoding: base64\r\n\r\n"
             "%s\r\n--r--\r\n"
             "--m\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"report.bin\"\r\n"
             "Content-Transfer-Encoding: base64\r\n\r\n%s\r\n--m--\r\n"
-            % (t, t, t, t, b64(png_2x2()), b64(attachment))).encode()
+            % (t, t, t, t, port, b64(png_2x2()), b64(attachment))).encode()
 
 
 def need_browser():
@@ -169,7 +170,7 @@ def web_page_in_a_browser(ctx, storage):
 
     def answer(what):
         if what == "send-rich":
-            srv.send(["alice@example.test"], rich_mail(t, attachment))
+            srv.send(["alice@example.test"], rich_mail(t, attachment, srv.http_port))
         elif what.startswith("released "):
             addr = what.split()[1]
             end = time.monotonic() + secs(5)
@@ -296,6 +297,7 @@ def web_page_policies_and_cross_site_requests(ctx):
     check("frame-ancestors 'none'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1]
           .split(";")[0] and hd.get("x-frame-options") == "DENY" and hd.get("x-content-type-options") == "nosniff",
           "the page's policy: %r" % hd)
+    check(hd.get("cross-origin-resource-policy") == "same-origin", "no other site may embed what we serve: %r" % hd)
     for path in ("/app.js", "/app.css"):
         st, hd, body = api(srv, "GET", path, auth=ALICE)
         check(st == 200 and len(body) > 100, "%s: %d" % (path, st))
@@ -312,9 +314,15 @@ def web_page_policies_and_cross_site_requests(ctx):
         check(st == 403, "a cross-site DELETE (%r): %d" % (hdrs, st))
     check(api_json(srv, "/api/v1/messages", auth=ALICE)["total"] == 1, "nothing deleted or sent")
     check("refused a cross-site POST /api/v1/send" in srv.log_text(), "the refusal is logged")
+    st, _, body = api(srv, "POST", "/api/v1/send", body=send, auth=ALICE, headers={"Origin": base, "Sec-Fetch-Site": "same-origin"})
+    check(st == 403, "a browser's POST without the page's X-Requested-With: %d %s" % (st, short(body)))
     st, _, body = api(srv, "POST", "/api/v1/send", body=send, auth=ALICE,
-                      headers={"Origin": base, "Sec-Fetch-Site": "same-origin"})
+                      headers={"Origin": base, "Sec-Fetch-Site": "same-origin", "X-Requested-With": "mailsrv"})
     check(st == 200, "the page's own POST: %d %s" % (st, short(body)))
+    st, _, body = api(srv, "PUT", "/api/v1/messages", body={"IDs": [mid], "Read": False}, auth=ALICE,
+                      headers={"Origin": "http://mail.school.example", "Sec-Fetch-Site": "same-origin",
+                               "X-Requested-With": "mailsrv"})
+    check(st == 200, "the page behind a proxy that rewrites Host (the browser says same-origin): %d %s" % (st, short(body)))
     st, _, body = api(srv, "PUT", "/api/v1/messages", body={"IDs": [mid], "Read": True}, auth=ALICE)
     check(st == 200, "a client that is not a browser: %d %s" % (st, short(body)))
     # the admin pages' API
@@ -342,3 +350,28 @@ def web_page_policies_and_cross_site_requests(ctx):
     check(st == 200 and api_json(srv, "/api/v1/messages", auth=ALICE)["total"] == 1 and
           api_json(srv, "/api/v1/messages", auth=BOB)["total"] == 0, "an admin's delete-all of one mailbox deletes only that one's")
 
+
+
+@test()
+def web_capture_mode_refuses_rebound_names(ctx):
+    """Capture mode trusts loopback clients without a login. A browser that asks for another name
+    (a site whose name was made to resolve to 127.0.0.1: DNS rebinding) is refused; localhost and
+    127.0.0.1 are served, as is a client that is not a browser. The HTML body's frame opens links
+    in a tab of their own and sends no Referer."""
+    need_http()
+    srv = ctx.server(server={"capture": "yes", "http": "auto"}).start()
+    srv.send(["dev@app.test"], b"From: a@b.test\r\nSubject: html\r\nContent-Type: text/html\r\n\r\n<a href=x>l</a>\r\n")
+    port = srv.http_port
+    for host, browser, want in (("evil.test:%d" % port, True, 403), ("127.0.0.1:%d" % port, True, 200),
+                                ("localhost:%d" % port, True, 200), ("[::1]:%d" % port, True, 200),
+                                ("127.0.0.1.evil.test:%d" % port, True, 403), ("evil.test", False, 200)):
+        h = {"Host": host}
+        if browser:
+            h["Sec-Fetch-Site"] = "same-origin"
+        st, _, body = api(srv, "GET", "/api/v1/messages", headers=h)
+        check(st == want, "Host %s (browser: %s): %d, expected %d: %s" % (host, browser, st, want, short(body)))
+    mid = api_json(srv, "/api/v1/messages")["messages"][0]["ID"]
+    st, hd, body = api(srv, "GET", "/view/%s.html" % mid)
+    check(st == 200 and body.startswith(b'<base target="_blank">') and hd.get("referrer-policy") == "no-referrer" and
+          "sandbox" in hd.get("content-security-policy", "") and "allow-scripts" not in hd.get("content-security-policy", ""),
+          "the HTML body: %d %r %s" % (st, hd, short(body)))

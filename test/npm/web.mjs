@@ -114,6 +114,19 @@ async function scenarioMain() {
     await frame.waitForFunction(() => { const i = document.querySelector("img#logo"); return i && i.complete && i.naturalWidth === 2; },
       null, { timeout: 10000 });
     assert.match(await page.locator("#msg-from").textContent(), /shop@client\.test/);
+    noErrors(page);
+    // a link in the mail opens a tab of its own; the message stays shown
+    // (a real mouse click where the link is: Playwright's own click runs script in the frame, which
+    // its sandbox refuses, and says so on the console)
+    const box = await frame.locator("a#shop").boundingBox();
+    const [tab] = await Promise.all([page.context().waitForEvent("page", { timeout: 5000 }),
+      page.mouse.click(box.x + box.width / 2, box.y + box.height / 2)]);
+    assert.ok(tab.url().includes("shop-link"), "the new tab: " + tab.url());
+    await tab.close();
+    // Playwright sets its helpers up in every frame when a page opens a tab; the frame's sandbox
+    // refuses them and Chromium logs it (this mail has no script: the XSS test looks at real ones)
+    page.errors = page.errors.filter((e) => !/Blocked script execution in '[^']*\/view\/[^']*' because the document's frame is sandboxed/.test(e));
+    assert.equal(await frame.locator("b.rich").count(), 1, "the message is still in its frame");
     await shot(page, "message-desktop");
     await page.locator("[data-tab='text']").click();
     await page.waitForFunction((s) => document.querySelector("#msg-text")?.textContent.includes(s), "Plain text " + t);
@@ -174,7 +187,9 @@ async function scenarioMain() {
 
   await step("the queue: retry now, then delete the entry", async () => {
     await page.locator("#btn-flush").click();
-    await need("queue-retried");
+    await need("queue-retried"); // and the retry is over (a delete during it answers 409)
+    await page.locator("#nav-queue").click();
+    await page.waitForFunction(() => !document.querySelector("#view-queue tr.active"), null, { timeout: 10000 });
     page.once("dialog", (d) => d.accept());
     await page.locator("#view-queue .q-delete").first().click();
     await page.waitForFunction((a) => !document.querySelector("#view-queue").textContent.includes(a), cfg.queued,
@@ -217,7 +232,6 @@ async function scenarioMain() {
     await page.keyboard.press("Enter");
     await page.waitForFunction((s) => document.querySelector("#msg-subject")?.textContent.includes(s), "Second " + t);
     const id = await page.evaluate(() => location.hash.split("/").pop());
-    page.once("dialog", (d) => d.accept());
     await page.keyboard.press("Delete");
     await page.waitForFunction((s) => ![...document.querySelectorAll("#list .msg")].some((e) => e.textContent.includes(s)),
       "Second " + t, { timeout: 10000 });
@@ -260,6 +274,15 @@ async function scenarioMain() {
     const p = await open(user, { locale: "ru-RU" });
     await ready(p);
     assert.equal(await p.evaluate(() => document.documentElement.lang), "ru");
+    // every text of the page's frame that is translated is not the English one any more
+    const texts = (pg) => pg.evaluate(() => Object.fromEntries([...document.querySelectorAll("[data-i18n]")]
+      .map((n) => [n.dataset.i18n, n.textContent.trim()])));
+    const en = await open(user);
+    await ready(en);
+    const [enText, ruText] = [await texts(en), await texts(p)];
+    await en.context().close();
+    const same = Object.keys(enText).filter((k) => enText[k] && enText[k] === ruText[k]);
+    assert.deepEqual(same, [], "left in English");
     assert.match(await p.locator("body").textContent(), /[А-Яа-яЁё]{4}/);
     await shot(p, "list-russian");
     noErrors(p);
