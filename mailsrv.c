@@ -1829,6 +1829,7 @@ static void relay_run(struct mailsrv *ms);
 static void relay_enqueue(struct mailsrv *ms, const char *id);
 static int relay_scan_entry(void *ctx, const char *name);
 static void relay_check_flush(struct mailsrv *ms, int64_t now);
+static void relay_flush(struct mailsrv *ms);
 
 /* 14. Mailing lists */
 static int64_t msg_read_header(int fd, int64_t size, struct buf *h);
@@ -13896,14 +13897,16 @@ static const char *const web_app_css[] = {
     "/* ---- one message ---- */\n",
     "\n",
     ".msg-subject { margin: 6px 0 8px; font-size: 1.35rem; overflow-wrap: anywhere; }\n",
-    ".meta {\n",
+    "/* name: value lists (a message's header summary; the facts of a list and of the status page) */\n",
+    ".meta, .facts {\n",
     "  display: grid;\n",
     "  grid-template-columns: max-content minmax(0, 1fr);\n",
     "  gap: 2px 12px;\n",
     "  margin: 0 0 12px;\n",
     "}\n",
-    ".meta dt { color: var(--muted); }\n",
-    ".meta dd { margin: 0; overflow-wrap: anywhere; }\n",
+    ".facts { gap: 4px 16px; margin-bottom: 16px; }\n",
+    ".meta dt, .facts dt { color: var(--muted); }\n",
+    ".meta dd, .facts dd { margin: 0; overflow-wrap: anywhere; }\n",
     "\n",
     ".attachments {\n",
     "  border: 1px solid var(--line);\n",
@@ -13979,8 +13982,8 @@ static const char *const web_app_css[] = {
     ".table-wrap { overflow-x: auto; margin-bottom: 16px; border: 1px solid var(--line); border-radius: var(--radius); }\n",
     ".table-wrap .table tr:last-child > * { border-bottom: 0; }\n",
     ".rcpts { list-style: none; margin: 0; padding: 0; }\n",
-    ".state-sent { color: #1b7f3b; }\n",
-    ".state-failed { color: var(--danger); }\n",
+    ".state-delivered { color: #1b7f3b; }\n",
+    ".state-bounced { color: var(--danger); }\n",
     ".num { text-align: right !important; font-variant-numeric: tabular-nums; }\n",
     ".small { font-size: 0.85rem; color: var(--muted); }\n",
     "\n",
@@ -13993,17 +13996,9 @@ static const char *const web_app_css[] = {
     "}\n",
     ".card h3 { margin: 4px 0 8px; overflow-wrap: anywhere; }\n",
     ".card h4 { margin: 14px 0 6px; font-size: 0.95rem; }\n",
-    ".facts {\n",
-    "  display: grid;\n",
-    "  grid-template-columns: max-content minmax(0, 1fr);\n",
-    "  gap: 4px 16px;\n",
-    "  margin: 0 0 16px;\n",
-    "}\n",
-    ".facts dt { color: var(--muted); }\n",
-    ".facts dd { margin: 0; overflow-wrap: anywhere; }\n",
     "\n",
     "@media (prefers-color-scheme: dark) {\n",
-    "  .state-sent { color: #7bd88f; }\n",
+    "  .state-delivered { color: #7bd88f; }\n",
     "}\n",
     "\n",
     "/* ---- phones: one column, the nav a row of links on top ---- */\n",
@@ -15426,12 +15421,10 @@ static void
 http_queue_flush(struct conn *c)
 {
     struct mailsrv *ms = c->ms;
-    int i;
     if (http_admin_only(c)) return;
     conn_log(c, "flush requested by %s: retrying %d queued messages now", c->u.http.mailbox[0] ? c->u.http.mailbox : "capture",
              ms->nqueue);
-    for (i = 0; i < ms->nqueue; i++) ms->queue[i]->next_try = 0;
-    ms->relay_kick = 1;
+    relay_flush(ms);
     buf_printf(&c->u.http.resp, "{\"Flushed\":%d}", ms->nqueue);
     http_json(c);
 }
@@ -16970,12 +16963,19 @@ relay_check_flush(struct mailsrv *ms, int64_t now)
 {
     char path[MS_PATH_FILE];
     struct os_stat st;
-    int i;
     if (now < ms->next_flush_check) return;
     ms->next_flush_check = now + MS_QUEUE_CHECK_MS;
     if (ms_fmt(path, sizeof path, "%s/flush", ms->qdir) < 0 || os_stat(path, &st) != 0) return;
     os_unlink(path);
     ms_log(ms, "flush requested: retrying %d queued messages now", ms->nqueue);
+    relay_flush(ms);
+}
+
+/* Every queued message is due now (`mailsrv flush`, the web page's "Retry delivery now"). */
+static void
+relay_flush(struct mailsrv *ms)
+{
+    int i;
     for (i = 0; i < ms->nqueue; i++) ms->queue[i]->next_try = 0;
     ms->relay_kick = 1;
 }
