@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import shutil
+import smtplib
 import socket
 import struct
 import subprocess
@@ -281,6 +282,33 @@ def web_page_runs_no_hostile_mail(ctx):
     run_page("xss", cfg, answer, 110)
     check(set(canary.seen()) <= {"/pixel"}, "only the image asked for was loaded: %r" % canary.seen())
     canary.close()
+
+
+@test(modes=BOTH, limit=90)
+def web_page_bulk_actions(ctx, storage):
+    """130 captured messages: "Load more" to the end of the list, then select all and mark read
+    (Maildir keeps read marks), then select all and delete: the API and POP3 then have none."""
+    need_browser()
+    srv = ctx.server(storage=storage, server={"capture": "yes", "http": "auto", "max_clients": "60"}).start()
+    n = 130
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, timeout=secs(20)) as s:
+        for i in range(n):
+            s.sendmail("app@client.test", ["dev@app.test"], ("From: app@client.test\r\nTo: dev@app.test\r\nSubject: bulk %d\r\n"
+                                                             "\r\nmessage %d\r\n" % (i, i)).encode())
+
+    def answer(what):
+        got = api_json(srv, "/api/v1/messages")
+        if what == "all-read":
+            check(got["total"] == n and (got["unread"] == 0 or storage == "mbox"), "after mark read: %r" % {
+                k: got[k] for k in ("total", "unread")})
+        elif what == "all-gone":
+            check(got["total"] == 0, "after delete: %d left" % got["total"])
+            p = srv.pop("dev@app.test", "any")
+            check(p.stat()[0] == 0, "POP3 still lists %d" % p.stat()[0])
+            p.ok("QUIT")
+        else:
+            raise TestFailure("unknown need " + what)
+    run_page("bulk", {"base": "http://127.0.0.1:%d" % srv.http_port, "count": n}, answer, 80)
 
 
 @test()

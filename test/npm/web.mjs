@@ -359,6 +359,33 @@ async function scenarioXss() {
   noErrors(page);
 }
 
+// Many messages at once: "Load more" to the end, then select all, mark read, delete selected.
+async function scenarioBulk() {
+  const page = await open(null);
+  await ready(page);
+  await step("Load more pages through the whole list", async () => {
+    for (let i = 0; i < 20 && await page.locator("#btn-more").isVisible(); i++) {
+      const n = await page.locator("#list .msg").count();
+      await page.locator("#btn-more").click();
+      await page.waitForFunction((n) => document.querySelectorAll("#list .msg").length > n, n, { timeout: 10000 });
+    }
+    assert.equal(await page.locator("#list .msg").count(), cfg.count);
+  });
+  await step("select all, mark read", async () => {
+    await page.locator("#sel-all").check();
+    await page.locator("#btn-read-selected").click();
+    await page.waitForFunction(() => document.querySelectorAll("#list .msg.unread").length === 0, null, { timeout: 10000 });
+    await need("all-read");
+  });
+  await step("select all, delete selected: the list, the API and POP3 are empty", async () => {
+    await page.locator("#sel-all").check();
+    await page.locator("#btn-delete-selected").click();
+    await page.waitForFunction(() => document.querySelectorAll("#list .msg").length === 0, null, { timeout: 20000 });
+    await need("all-gone");
+  });
+  noErrors(page);
+}
+
 browser = await chromium.launch({
   executablePath: cfg.chromium,
   chromiumSandbox: false, // CI runs as root, where Chromium's own sandbox cannot start
@@ -367,6 +394,7 @@ browser = await chromium.launch({
 });
 if (scenario === "main") await scenarioMain();
 else if (scenario === "xss") await scenarioXss();
+else if (scenario === "bulk") await scenarioBulk();
 else throw new Error("no scenario " + scenario);
 await browser.close();
 console.log("all checks passed");
