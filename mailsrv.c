@@ -13525,1786 +13525,1795 @@ static void http_get_ok(struct conn *c) { http_text(c, 200, "ok"); }
 /* ---- the web page (issue 16): one page, compiled in, that uses only the API ---- */
 
 /* BEGIN web/: written by `make page` from web/index.html, app.css and app.js; edit those */
-static const char *const web_index_html[] = {
-    "<!DOCTYPE html>\n",
-    "<html lang=\"en\">\n",
-    "<head>\n",
-    "<meta charset=\"utf-8\">\n",
-    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-    "<meta name=\"color-scheme\" content=\"light dark\">\n",
-    "<meta name=\"referrer\" content=\"no-referrer\">\n",
-    "<title>mailsrv</title>\n",
-    "<link rel=\"icon\" href=\"data:,\">\n",
-    "<link rel=\"stylesheet\" href=\"/app.css\">\n",
-    "<script src=\"/app.js\" defer></script>\n",
-    "</head>\n",
-    "<body>\n",
-    "<a class=\"skip\" href=\"#main\" data-i18n=\"skip\">Skip to content</a>\n",
-    "\n",
-    "<header class=\"topbar\">\n",
-    "  <h1 class=\"brand\"><a href=\"#/\">mailsrv</a></h1>\n",
-    "  <form id=\"search-form\" class=\"search\" role=\"search\">\n",
-    "    <label for=\"search\" class=\"vh\" data-i18n=\"search\">Search</label>\n",
-    "    <input id=\"search\" type=\"search\" name=\"q\" autocomplete=\"off\" spellcheck=\"false\"\n",
-    "           data-i18n-ph=\"searchPlaceholder\" placeholder=\"Search mail\">\n",
-    "    <button type=\"submit\" data-i18n=\"searchButton\">Search</button>\n",
-    "  </form>\n",
-    "  <span id=\"user\" class=\"user\"></span>\n",
-    "</header>\n",
-    "\n",
-    "<div class=\"layout\">\n",
-    "  <nav id=\"nav\" class=\"nav\" data-i18n-aria=\"navLabel\" aria-label=\"Navigation\">\n",
-    "    <h2 class=\"nav-title\" data-i18n=\"mailboxes\">Mailboxes</h2>\n",
-    "    <ul id=\"mailboxes\" class=\"nav-list\"></ul>\n",
-    "    <div id=\"nav-admin\" hidden>\n",
-    "      <h2 class=\"nav-title\" data-i18n=\"admin\">Administration</h2>\n",
-    "      <ul class=\"nav-list\">\n",
-    "        <li><a id=\"nav-queue\" href=\"#/queue\" hidden data-i18n=\"queue\">Queue</a></li>\n",
-    "        <li><a id=\"nav-lists\" href=\"#/lists\" hidden data-i18n=\"lists\">Mailing lists</a></li>\n",
-    "        <li><a id=\"nav-status\" href=\"#/status\" hidden data-i18n=\"status\">Status</a></li>\n",
-    "      </ul>\n",
-    "    </div>\n",
-    "  </nav>\n",
-    "\n",
-    "  <main id=\"main\" class=\"main\" tabindex=\"-1\">\n",
-    "    <div id=\"error\" class=\"error\" role=\"alert\"></div>\n",
-    "\n",
-    "    <!-- the message list -->\n",
-    "    <section id=\"view-list\" aria-labelledby=\"list-title\">\n",
-    "      <h2 id=\"list-title\" class=\"view-title\" data-i18n=\"allMail\">All messages</h2>\n",
-    "      <div class=\"toolbar\">\n",
-    "        <label class=\"check\">\n",
-    "          <input id=\"sel-all\" type=\"checkbox\">\n",
-    "          <span data-i18n=\"selectAll\">Select all</span>\n",
-    "        </label>\n",
-    "        <button id=\"btn-read-selected\" type=\"button\" disabled data-i18n=\"readSelected\">Mark as read</button>\n",
-    "        <button id=\"btn-unread-selected\" type=\"button\" disabled data-i18n=\"unreadSelected\">Mark as unread</button>\n",
-    "        <button id=\"btn-delete-selected\" type=\"button\" class=\"danger\" disabled data-i18n=\"deleteSelected\">Delete selected</button>\n",
-    "        <button id=\"btn-delete-all\" type=\"button\" class=\"danger\" data-i18n=\"deleteAll\">Delete all</button>\n",
-    "        <span id=\"list-count\" class=\"muted\"></span>\n",
-    "      </div>\n",
-    "      <div id=\"list\" class=\"list\" role=\"grid\" data-i18n-aria=\"messages\" aria-label=\"Messages\"></div>\n",
-    "      <p id=\"empty\" class=\"empty\" hidden data-i18n=\"empty\">No messages</p>\n",
-    "      <p class=\"more\"><button id=\"btn-more\" type=\"button\" hidden data-i18n=\"loadMore\">Load more</button></p>\n",
-    "    </section>\n",
-    "\n",
-    "    <!-- one message -->\n",
-    "    <section id=\"view-message\" hidden aria-labelledby=\"msg-subject\">\n",
-    "      <div class=\"toolbar\">\n",
-    "        <button id=\"btn-back\" type=\"button\" data-i18n=\"back\">Back to list</button>\n",
-    "        <button id=\"btn-unread\" type=\"button\" data-i18n=\"markUnread\">Mark as unread</button>\n",
-    "        <button id=\"btn-delete\" type=\"button\" class=\"danger\" data-i18n=\"delete\">Delete</button>\n",
-    "      </div>\n",
-    "      <h2 id=\"msg-subject\" class=\"msg-subject\"></h2>\n",
-    "      <dl class=\"meta\">\n",
-    "        <dt data-i18n=\"from\">From</dt><dd id=\"msg-from\"></dd>\n",
-    "        <dt data-i18n=\"to\">To</dt><dd id=\"msg-to\"></dd>\n",
-    "        <dt id=\"msg-cc-label\" data-i18n=\"cc\">Cc</dt><dd id=\"msg-cc\"></dd>\n",
-    "        <dt data-i18n=\"date\">Date</dt><dd id=\"msg-date\"></dd>\n",
-    "      </dl>\n",
-    "      <div id=\"msg-attachments-box\" class=\"attachments\" hidden>\n",
-    "        <h3 id=\"att-title\" data-i18n=\"attachments\">Attachments</h3>\n",
-    "        <ul id=\"msg-attachments\" aria-labelledby=\"att-title\"></ul>\n",
-    "      </div>\n",
-    "      <div class=\"tabs\" role=\"tablist\">\n",
+static const struct {
+    char c0[3947], c1[2520];
+} web_index_html = {
+    "<!DOCTYPE html>\n"
+    "<html lang=\"en\">\n"
+    "<head>\n"
+    "<meta charset=\"utf-8\">\n"
+    "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+    "<meta name=\"color-scheme\" content=\"light dark\">\n"
+    "<meta name=\"referrer\" content=\"no-referrer\">\n"
+    "<title>mailsrv</title>\n"
+    "<link rel=\"icon\" href=\"data:,\">\n"
+    "<link rel=\"stylesheet\" href=\"/app.css\">\n"
+    "<script src=\"/app.js\" defer></script>\n"
+    "</head>\n"
+    "<body>\n"
+    "<a class=\"skip\" href=\"#main\" data-i18n=\"skip\">Skip to content</a>\n"
+    "\n"
+    "<header class=\"topbar\">\n"
+    "  <h1 class=\"brand\"><a href=\"#/\">mailsrv</a></h1>\n"
+    "  <form id=\"search-form\" class=\"search\" role=\"search\">\n"
+    "    <label for=\"search\" class=\"vh\" data-i18n=\"search\">Search</label>\n"
+    "    <input id=\"search\" type=\"search\" name=\"q\" autocomplete=\"off\" spellcheck=\"false\"\n"
+    "           data-i18n-ph=\"searchPlaceholder\" placeholder=\"Search mail\">\n"
+    "    <button type=\"submit\" data-i18n=\"searchButton\">Search</button>\n"
+    "  </form>\n"
+    "  <span id=\"user\" class=\"user\"></span>\n"
+    "</header>\n"
+    "\n"
+    "<div class=\"layout\">\n"
+    "  <nav id=\"nav\" class=\"nav\" data-i18n-aria=\"navLabel\" aria-label=\"Navigation\">\n"
+    "    <h2 class=\"nav-title\" data-i18n=\"mailboxes\">Mailboxes</h2>\n"
+    "    <ul id=\"mailboxes\" class=\"nav-list\"></ul>\n"
+    "    <div id=\"nav-admin\" hidden>\n"
+    "      <h2 class=\"nav-title\" data-i18n=\"admin\">Administration</h2>\n"
+    "      <ul class=\"nav-list\">\n"
+    "        <li><a id=\"nav-queue\" href=\"#/queue\" hidden data-i18n=\"queue\">Queue</a></li>\n"
+    "        <li><a id=\"nav-lists\" href=\"#/lists\" hidden data-i18n=\"lists\">Mailing lists</a></li>\n"
+    "        <li><a id=\"nav-status\" href=\"#/status\" hidden data-i18n=\"status\">Status</a></li>\n"
+    "      </ul>\n"
+    "    </div>\n"
+    "  </nav>\n"
+    "\n"
+    "  <main id=\"main\" class=\"main\" tabindex=\"-1\">\n"
+    "    <div id=\"error\" class=\"error\" role=\"alert\"></div>\n"
+    "\n"
+    "    <!-- the message list -->\n"
+    "    <section id=\"view-list\" aria-labelledby=\"list-title\">\n"
+    "      <h2 id=\"list-title\" class=\"view-title\" data-i18n=\"allMail\">All messages</h2>\n"
+    "      <div class=\"toolbar\">\n"
+    "        <label class=\"check\">\n"
+    "          <input id=\"sel-all\" type=\"checkbox\">\n"
+    "          <span data-i18n=\"selectAll\">Select all</span>\n"
+    "        </label>\n"
+    "        <button id=\"btn-read-selected\" type=\"button\" disabled data-i18n=\"readSelected\">Mark as read</button>\n"
+    "        <button id=\"btn-unread-selected\" type=\"button\" disabled data-i18n=\"unreadSelected\">Mark as unread</button>\n"
+    "        <button id=\"btn-delete-selected\" type=\"button\" class=\"danger\" disabled data-i18n=\"deleteSelected\">Delete selected</button>\n"
+    "        <button id=\"btn-delete-all\" type=\"button\" class=\"danger\" data-i18n=\"deleteAll\">Delete all</button>\n"
+    "        <span id=\"list-count\" class=\"muted\"></span>\n"
+    "      </div>\n"
+    "      <div id=\"list\" class=\"list\" role=\"grid\" data-i18n-aria=\"messages\" aria-label=\"Messages\"></div>\n"
+    "      <p id=\"empty\" class=\"empty\" hidden data-i18n=\"empty\">No messages</p>\n"
+    "      <p class=\"more\"><button id=\"btn-more\" type=\"button\" hidden data-i18n=\"loadMore\">Load more</button></p>\n"
+    "    </section>\n"
+    "\n"
+    "    <!-- one message -->\n"
+    "    <section id=\"view-message\" hidden aria-labelledby=\"msg-subject\">\n"
+    "      <div class=\"toolbar\">\n"
+    "        <button id=\"btn-back\" type=\"button\" data-i18n=\"back\">Back to list</button>\n"
+    "        <button id=\"btn-unread\" type=\"button\" data-i18n=\"markUnread\">Mark as unread</button>\n"
+    "        <button id=\"btn-delete\" type=\"button\" class=\"danger\" data-i18n=\"delete\">Delete</button>\n"
+    "      </div>\n"
+    "      <h2 id=\"msg-subject\" class=\"msg-subject\"></h2>\n"
+    "      <dl class=\"meta\">\n"
+    "        <dt data-i18n=\"from\">From</dt><dd id=\"msg-from\"></dd>\n"
+    "        <dt data-i18n=\"to\">To</dt><dd id=\"msg-to\"></dd>\n"
+    "        <dt id=\"msg-cc-label\" data-i18n=\"cc\">Cc</dt><dd id=\"msg-cc\"></dd>\n"
+    "        <dt data-i18n=\"date\">Date</dt><dd id=\"msg-date\"></dd>\n"
+    "      </dl>\n"
+    "      <div id=\"msg-attachments-box\" class=\"attachments\" hidden>\n"
+    "        <h3 id=\"att-title\" data-i18n=\"attachments\">Attachments</h3>\n"
+    "        <ul id=\"msg-attachments\" aria-labelledby=\"att-title\"></ul>\n"
+    "      </div>\n"
+    "      <div class=\"tabs\" role=\"tablist\">\n"
     "        <button id=\"tab-html\" type=\"button\" role=\"tab\" data-tab=\"html\" aria-controls=\"panel-html\">HTML</button>\n",
-    "        <button id=\"tab-text\" type=\"button\" role=\"tab\" data-tab=\"text\" aria-controls=\"panel-text\" data-i18n=\"tabText\">Text</button>\n",
-    "        <button id=\"tab-headers\" type=\"button\" role=\"tab\" data-tab=\"headers\" aria-controls=\"panel-headers\" data-i18n=\"tabHeaders\">Headers</button>\n",
-    "        <button id=\"tab-raw\" type=\"button\" role=\"tab\" data-tab=\"raw\" aria-controls=\"panel-raw\" data-i18n=\"tabRaw\">Source</button>\n",
-    "      </div>\n",
-    "      <div id=\"panel-html\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-html\">\n",
-    "        <p class=\"remote\"><button id=\"btn-remote\" type=\"button\" data-i18n=\"showRemote\">Show remote images</button></p>\n",
-    "        <iframe id=\"msg-html\" sandbox=\"allow-popups allow-popups-to-escape-sandbox allow-same-origin\"\n",
-    "                referrerpolicy=\"no-referrer\" data-i18n-title=\"frameTitle\" title=\"Message body\"></iframe>\n",
-    "      </div>\n",
-    "      <div id=\"panel-text\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-text\" hidden>\n",
-    "        <pre id=\"msg-text\" class=\"pre\"></pre>\n",
-    "      </div>\n",
-    "      <div id=\"panel-headers\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-headers\" hidden>\n",
-    "        <table id=\"msg-headers\" class=\"table headers\"></table>\n",
-    "      </div>\n",
-    "      <div id=\"panel-raw\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-raw\" hidden>\n",
-    "        <pre id=\"msg-raw\" class=\"pre\"></pre>\n",
-    "      </div>\n",
-    "      <form id=\"release-form\" class=\"release\">\n",
-    "        <label for=\"release-to\" data-i18n=\"forwardTo\">Forward to</label>\n",
-    "        <input id=\"release-to\" type=\"email\" required autocomplete=\"email\">\n",
-    "        <button type=\"submit\" data-i18n=\"forward\">Forward</button>\n",
-    "      </form>\n",
-    "      <p id=\"msg-status\" class=\"status\" role=\"status\"></p>\n",
-    "    </section>\n",
-    "\n",
-    "    <!-- administration -->\n",
-    "    <section id=\"view-queue\" hidden aria-labelledby=\"queue-title\">\n",
-    "      <h2 id=\"queue-title\" class=\"view-title\" data-i18n=\"queue\">Queue</h2>\n",
-    "      <div class=\"toolbar\">\n",
-    "        <button id=\"btn-flush\" type=\"button\" data-i18n=\"flush\">Retry delivery now</button>\n",
-    "        <span id=\"queue-status\" class=\"muted\" role=\"status\"></span>\n",
-    "      </div>\n",
-    "      <div id=\"queue-body\"></div>\n",
-    "    </section>\n",
-    "\n",
-    "    <section id=\"view-lists\" hidden aria-labelledby=\"lists-title\">\n",
-    "      <h2 id=\"lists-title\" class=\"view-title\" data-i18n=\"lists\">Mailing lists</h2>\n",
-    "      <div id=\"lists-body\"></div>\n",
-    "    </section>\n",
-    "\n",
-    "    <section id=\"view-status\" hidden aria-labelledby=\"status-title\">\n",
-    "      <h2 id=\"status-title\" class=\"view-title\" data-i18n=\"status\">Status</h2>\n",
-    "      <div id=\"status-body\"></div>\n",
-    "    </section>\n",
-    "  </main>\n",
-    "</div>\n",
-    "</body>\n",
-    "</html>\n",
-    NULL};
-static const char *const web_app_css[] = {
-    "/* mailsrv web page: a calm light theme (and a dark one), one column on phones. */\n",
-    "\n",
-    ":root {\n",
-    "  --bg: #f6f7f9;\n",
-    "  --panel: #ffffff;\n",
-    "  --text: #1d2330;\n",
-    "  --muted: #596275;\n",
-    "  --line: #dde1e7;\n",
-    "  --accent: #1f5fbf;\n",
-    "  --accent-text: #ffffff;\n",
-    "  --hover: #eef3fb;\n",
-    "  --current: #dce8fa;\n",
-    "  --danger: #b3261e;\n",
-    "  --error-bg: #fdecea;\n",
-    "  --focus: #1f5fbf;\n",
-    "  --radius: 6px;\n",
-    "  color-scheme: light;\n",
-    "}\n",
-    "\n",
-    "@media (prefers-color-scheme: dark) {\n",
-    "  :root {\n",
-    "    --bg: #15181d;\n",
-    "    --panel: #1d2128;\n",
-    "    --text: #e6e9ee;\n",
-    "    --muted: #a4adbb;\n",
-    "    --line: #343a44;\n",
-    "    --accent: #7fb0ff;\n",
-    "    --accent-text: #0d1420;\n",
-    "    --hover: #252b35;\n",
-    "    --current: #203450;\n",
-    "    --danger: #ff8a80;\n",
-    "    --error-bg: #3b1f1e;\n",
-    "    --focus: #7fb0ff;\n",
-    "    color-scheme: dark;\n",
-    "  }\n",
-    "}\n",
-    "\n",
-    "* { box-sizing: border-box; }\n",
-    "\n",
-    "html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }\n",
-    "\n",
-    "body {\n",
-    "  margin: 0;\n",
-    "  background: var(--bg);\n",
-    "  color: var(--text);\n",
-    "  font: 15px/1.45 system-ui, -apple-system, \"Segoe UI\", Roboto, \"Helvetica Neue\", Arial, sans-serif;\n",
-    "}\n",
-    "\n",
-    "[hidden] { display: none !important; }\n",
-    "\n",
-    "a { color: var(--accent); }\n",
-    "\n",
-    ":focus-visible { outline: 2px solid var(--focus); outline-offset: 2px; }\n",
-    "\n",
-    "/* text only for screen readers */\n",
-    ".vh {\n",
-    "  position: absolute !important;\n",
-    "  width: 1px; height: 1px;\n",
-    "  overflow: hidden;\n",
-    "  clip: rect(0 0 0 0);\n",
-    "  white-space: nowrap;\n",
-    "}\n",
-    "\n",
-    ".skip { position: absolute; left: -9999px; }\n",
-    ".skip:focus { left: 8px; top: 8px; z-index: 10; background: var(--panel); padding: 6px 10px; }\n",
-    "\n",
-    ".muted { color: var(--muted); }\n",
-    "\n",
-    "/* ---- buttons and inputs ---- */\n",
-    "\n",
-    "button {\n",
-    "  font: inherit;\n",
-    "  color: var(--text);\n",
-    "  background: var(--panel);\n",
-    "  border: 1px solid var(--line);\n",
-    "  border-radius: var(--radius);\n",
-    "  padding: 5px 11px;\n",
-    "  cursor: pointer;\n",
-    "}\n",
-    "button:hover:not(:disabled) { background: var(--hover); }\n",
-    "button:disabled { opacity: 0.5; cursor: default; }\n",
-    "button.danger { color: var(--danger); }\n",
-    "button.primary, .search button, .release button {\n",
-    "  background: var(--accent);\n",
-    "  color: var(--accent-text);\n",
-    "  border-color: var(--accent);\n",
-    "}\n",
-    "\n",
-    "input[type=\"search\"], input[type=\"email\"] {\n",
-    "  font: inherit;\n",
-    "  color: var(--text);\n",
-    "  background: var(--panel);\n",
-    "  border: 1px solid var(--line);\n",
-    "  border-radius: var(--radius);\n",
-    "  padding: 5px 9px;\n",
-    "  min-width: 0;\n",
-    "}\n",
-    "\n",
-    "input[type=\"checkbox\"] { width: 16px; height: 16px; margin: 0; accent-color: var(--accent); }\n",
-    "\n",
-    "/* ---- header bar ---- */\n",
-    "\n",
-    ".topbar {\n",
-    "  position: sticky;\n",
-    "  top: 0;\n",
-    "  z-index: 5;\n",
-    "  display: flex;\n",
-    "  align-items: center;\n",
-    "  gap: 16px;\n",
-    "  padding: 8px 16px;\n",
-    "  background: var(--panel);\n",
-    "  border-bottom: 1px solid var(--line);\n",
-    "}\n",
-    ".brand { margin: 0; font-size: 1.2rem; }\n",
-    ".brand a { color: var(--text); text-decoration: none; }\n",
-    ".search { display: flex; gap: 6px; flex: 1; max-width: 560px; }\n",
-    ".search input { flex: 1; }\n",
-    ".user { margin-left: auto; color: var(--muted); overflow-wrap: anywhere; }\n",
-    "\n",
-    "/* ---- layout: nav on the left, the view on the right ---- */\n",
-    "\n",
-    ".layout {\n",
-    "  display: grid;\n",
-    "  grid-template-columns: 230px minmax(0, 1fr);\n",
-    "  min-height: calc(100vh - 52px);\n",
-    "}\n",
-    "\n",
-    ".nav {\n",
-    "  border-right: 1px solid var(--line);\n",
-    "  padding: 12px 8px;\n",
-    "  background: var(--panel);\n",
-    "}\n",
-    ".nav-title {\n",
-    "  margin: 10px 8px 4px;\n",
-    "  font-size: 0.75rem;\n",
-    "  text-transform: uppercase;\n",
-    "  letter-spacing: 0.05em;\n",
-    "  color: var(--muted);\n",
-    "}\n",
-    ".nav-list { list-style: none; margin: 0; padding: 0; }\n",
-    ".nav-list a {\n",
-    "  display: flex;\n",
-    "  justify-content: space-between;\n",
-    "  gap: 8px;\n",
-    "  padding: 6px 8px;\n",
-    "  border-radius: var(--radius);\n",
-    "  color: var(--text);\n",
-    "  text-decoration: none;\n",
-    "}\n",
-    ".nav-list a:hover { background: var(--hover); }\n",
-    ".nav-list a[aria-current=\"page\"] { background: var(--current); font-weight: 600; }\n",
-    ".nav-list .name { overflow-wrap: anywhere; min-width: 0; }\n",
-    ".nav-list .count { color: var(--muted); font-variant-numeric: tabular-nums; }\n",
-    ".nav-list .count.has-unread { color: var(--accent); font-weight: 600; }\n",
-    "\n",
-    ".main { padding: 12px 20px 40px; min-width: 0; }\n",
-    ".main:focus { outline: none; }\n",
-    "\n",
-    ".view-title { margin: 4px 0 10px; font-size: 1.25rem; overflow-wrap: anywhere; }\n",
-    "\n",
-    ".error:empty { display: none; }\n",
+    "        <button id=\"tab-text\" type=\"button\" role=\"tab\" data-tab=\"text\" aria-controls=\"panel-text\" data-i18n=\"tabText\">Text</button>\n"
+    "        <button id=\"tab-headers\" type=\"button\" role=\"tab\" data-tab=\"headers\" aria-controls=\"panel-headers\" data-i18n=\"tabHeaders\">Headers</button>\n"
+    "        <button id=\"tab-raw\" type=\"button\" role=\"tab\" data-tab=\"raw\" aria-controls=\"panel-raw\" data-i18n=\"tabRaw\">Source</button>\n"
+    "      </div>\n"
+    "      <div id=\"panel-html\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-html\">\n"
+    "        <p class=\"remote\"><button id=\"btn-remote\" type=\"button\" data-i18n=\"showRemote\">Show remote images</button></p>\n"
+    "        <iframe id=\"msg-html\" sandbox=\"allow-popups allow-popups-to-escape-sandbox allow-same-origin\"\n"
+    "                referrerpolicy=\"no-referrer\" data-i18n-title=\"frameTitle\" title=\"Message body\"></iframe>\n"
+    "      </div>\n"
+    "      <div id=\"panel-text\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-text\" hidden>\n"
+    "        <pre id=\"msg-text\" class=\"pre\"></pre>\n"
+    "      </div>\n"
+    "      <div id=\"panel-headers\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-headers\" hidden>\n"
+    "        <table id=\"msg-headers\" class=\"table headers\"></table>\n"
+    "      </div>\n"
+    "      <div id=\"panel-raw\" class=\"panel\" role=\"tabpanel\" aria-labelledby=\"tab-raw\" hidden>\n"
+    "        <pre id=\"msg-raw\" class=\"pre\"></pre>\n"
+    "      </div>\n"
+    "      <form id=\"release-form\" class=\"release\">\n"
+    "        <label for=\"release-to\" data-i18n=\"forwardTo\">Forward to</label>\n"
+    "        <input id=\"release-to\" type=\"email\" required autocomplete=\"email\">\n"
+    "        <button type=\"submit\" data-i18n=\"forward\">Forward</button>\n"
+    "      </form>\n"
+    "      <p id=\"msg-status\" class=\"status\" role=\"status\"></p>\n"
+    "    </section>\n"
+    "\n"
+    "    <!-- administration -->\n"
+    "    <section id=\"view-queue\" hidden aria-labelledby=\"queue-title\">\n"
+    "      <h2 id=\"queue-title\" class=\"view-title\" data-i18n=\"queue\">Queue</h2>\n"
+    "      <div class=\"toolbar\">\n"
+    "        <button id=\"btn-flush\" type=\"button\" data-i18n=\"flush\">Retry delivery now</button>\n"
+    "        <span id=\"queue-status\" class=\"muted\" role=\"status\"></span>\n"
+    "      </div>\n"
+    "      <div id=\"queue-body\"></div>\n"
+    "    </section>\n"
+    "\n"
+    "    <section id=\"view-lists\" hidden aria-labelledby=\"lists-title\">\n"
+    "      <h2 id=\"lists-title\" class=\"view-title\" data-i18n=\"lists\">Mailing lists</h2>\n"
+    "      <div id=\"lists-body\"></div>\n"
+    "    </section>\n"
+    "\n"
+    "    <section id=\"view-status\" hidden aria-labelledby=\"status-title\">\n"
+    "      <h2 id=\"status-title\" class=\"view-title\" data-i18n=\"status\">Status</h2>\n"
+    "      <div id=\"status-body\"></div>\n"
+    "    </section>\n"
+    "  </main>\n"
+    "</div>\n"
+    "</body>\n"
+    "</html>\n"
+};
+typedef char web_index_html_is_whole[sizeof web_index_html == 6467 ? 1 : -1]; /* no padding between its chunks */
+static const struct {
+    char c0[3988], c1[3996], c2[3381];
+} web_app_css = {
+    "/* mailsrv web page: a calm light theme (and a dark one), one column on phones. */\n"
+    "\n"
+    ":root {\n"
+    "  --bg: #f6f7f9;\n"
+    "  --panel: #ffffff;\n"
+    "  --text: #1d2330;\n"
+    "  --muted: #596275;\n"
+    "  --line: #dde1e7;\n"
+    "  --accent: #1f5fbf;\n"
+    "  --accent-text: #ffffff;\n"
+    "  --hover: #eef3fb;\n"
+    "  --current: #dce8fa;\n"
+    "  --danger: #b3261e;\n"
+    "  --error-bg: #fdecea;\n"
+    "  --focus: #1f5fbf;\n"
+    "  --radius: 6px;\n"
+    "  color-scheme: light;\n"
+    "}\n"
+    "\n"
+    "@media (prefers-color-scheme: dark) {\n"
+    "  :root {\n"
+    "    --bg: #15181d;\n"
+    "    --panel: #1d2128;\n"
+    "    --text: #e6e9ee;\n"
+    "    --muted: #a4adbb;\n"
+    "    --line: #343a44;\n"
+    "    --accent: #7fb0ff;\n"
+    "    --accent-text: #0d1420;\n"
+    "    --hover: #252b35;\n"
+    "    --current: #203450;\n"
+    "    --danger: #ff8a80;\n"
+    "    --error-bg: #3b1f1e;\n"
+    "    --focus: #7fb0ff;\n"
+    "    color-scheme: dark;\n"
+    "  }\n"
+    "}\n"
+    "\n"
+    "* { box-sizing: border-box; }\n"
+    "\n"
+    "html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }\n"
+    "\n"
+    "body {\n"
+    "  margin: 0;\n"
+    "  background: var(--bg);\n"
+    "  color: var(--text);\n"
+    "  font: 15px/1.45 system-ui, -apple-system, \"Segoe UI\", Roboto, \"Helvetica Neue\", Arial, sans-serif;\n"
+    "}\n"
+    "\n"
+    "[hidden] { display: none !important; }\n"
+    "\n"
+    "a { color: var(--accent); }\n"
+    "\n"
+    ":focus-visible { outline: 2px solid var(--focus); outline-offset: 2px; }\n"
+    "\n"
+    "/* text only for screen readers */\n"
+    ".vh {\n"
+    "  position: absolute !important;\n"
+    "  width: 1px; height: 1px;\n"
+    "  overflow: hidden;\n"
+    "  clip: rect(0 0 0 0);\n"
+    "  white-space: nowrap;\n"
+    "}\n"
+    "\n"
+    ".skip { position: absolute; left: -9999px; }\n"
+    ".skip:focus { left: 8px; top: 8px; z-index: 10; background: var(--panel); padding: 6px 10px; }\n"
+    "\n"
+    ".muted { color: var(--muted); }\n"
+    "\n"
+    "/* ---- buttons and inputs ---- */\n"
+    "\n"
+    "button {\n"
+    "  font: inherit;\n"
+    "  color: var(--text);\n"
+    "  background: var(--panel);\n"
+    "  border: 1px solid var(--line);\n"
+    "  border-radius: var(--radius);\n"
+    "  padding: 5px 11px;\n"
+    "  cursor: pointer;\n"
+    "}\n"
+    "button:hover:not(:disabled) { background: var(--hover); }\n"
+    "button:disabled { opacity: 0.5; cursor: default; }\n"
+    "button.danger { color: var(--danger); }\n"
+    "button.primary, .search button, .release button {\n"
+    "  background: var(--accent);\n"
+    "  color: var(--accent-text);\n"
+    "  border-color: var(--accent);\n"
+    "}\n"
+    "\n"
+    "input[type=\"search\"], input[type=\"email\"] {\n"
+    "  font: inherit;\n"
+    "  color: var(--text);\n"
+    "  background: var(--panel);\n"
+    "  border: 1px solid var(--line);\n"
+    "  border-radius: var(--radius);\n"
+    "  padding: 5px 9px;\n"
+    "  min-width: 0;\n"
+    "}\n"
+    "\n"
+    "input[type=\"checkbox\"] { width: 16px; height: 16px; margin: 0; accent-color: var(--accent); }\n"
+    "\n"
+    "/* ---- header bar ---- */\n"
+    "\n"
+    ".topbar {\n"
+    "  position: sticky;\n"
+    "  top: 0;\n"
+    "  z-index: 5;\n"
+    "  display: flex;\n"
+    "  align-items: center;\n"
+    "  gap: 16px;\n"
+    "  padding: 8px 16px;\n"
+    "  background: var(--panel);\n"
+    "  border-bottom: 1px solid var(--line);\n"
+    "}\n"
+    ".brand { margin: 0; font-size: 1.2rem; }\n"
+    ".brand a { color: var(--text); text-decoration: none; }\n"
+    ".search { display: flex; gap: 6px; flex: 1; max-width: 560px; }\n"
+    ".search input { flex: 1; }\n"
+    ".user { margin-left: auto; color: var(--muted); overflow-wrap: anywhere; }\n"
+    "\n"
+    "/* ---- layout: nav on the left, the view on the right ---- */\n"
+    "\n"
+    ".layout {\n"
+    "  display: grid;\n"
+    "  grid-template-columns: 230px minmax(0, 1fr);\n"
+    "  min-height: calc(100vh - 52px);\n"
+    "}\n"
+    "\n"
+    ".nav {\n"
+    "  border-right: 1px solid var(--line);\n"
+    "  padding: 12px 8px;\n"
+    "  background: var(--panel);\n"
+    "}\n"
+    ".nav-title {\n"
+    "  margin: 10px 8px 4px;\n"
+    "  font-size: 0.75rem;\n"
+    "  text-transform: uppercase;\n"
+    "  letter-spacing: 0.05em;\n"
+    "  color: var(--muted);\n"
+    "}\n"
+    ".nav-list { list-style: none; margin: 0; padding: 0; }\n"
+    ".nav-list a {\n"
+    "  display: flex;\n"
+    "  justify-content: space-between;\n"
+    "  gap: 8px;\n"
+    "  padding: 6px 8px;\n"
+    "  border-radius: var(--radius);\n"
+    "  color: var(--text);\n"
+    "  text-decoration: none;\n"
+    "}\n"
+    ".nav-list a:hover { background: var(--hover); }\n"
+    ".nav-list a[aria-current=\"page\"] { background: var(--current); font-weight: 600; }\n"
+    ".nav-list .name { overflow-wrap: anywhere; min-width: 0; }\n"
+    ".nav-list .count { color: var(--muted); font-variant-numeric: tabular-nums; }\n"
+    ".nav-list .count.has-unread { color: var(--accent); font-weight: 600; }\n"
+    "\n"
+    ".main { padding: 12px 20px 40px; min-width: 0; }\n"
+    ".main:focus { outline: none; }\n"
+    "\n"
+    ".view-title { margin: 4px 0 10px; font-size: 1.25rem; overflow-wrap: anywhere; }\n"
+    "\n"
+    ".error:empty { display: none; }\n"
     ".error {\n",
-    "  background: var(--error-bg);\n",
-    "  color: var(--danger);\n",
-    "  border: 1px solid var(--danger);\n",
-    "  border-radius: var(--radius);\n",
-    "  padding: 8px 12px;\n",
-    "  margin-bottom: 12px;\n",
-    "  overflow-wrap: anywhere;\n",
-    "}\n",
-    "\n",
-    ".toolbar {\n",
-    "  display: flex;\n",
-    "  flex-wrap: wrap;\n",
-    "  align-items: center;\n",
-    "  gap: 8px;\n",
-    "  margin-bottom: 10px;\n",
-    "}\n",
-    ".check { display: inline-flex; align-items: center; gap: 6px; padding: 0 6px; }\n",
-    "\n",
-    "/* ---- the message list: one grid row per message ---- */\n",
-    "\n",
-    ".list {\n",
-    "  background: var(--panel);\n",
+    "  background: var(--error-bg);\n"
+    "  color: var(--danger);\n"
+    "  border: 1px solid var(--danger);\n"
+    "  border-radius: var(--radius);\n"
+    "  padding: 8px 12px;\n"
+    "  margin-bottom: 12px;\n"
+    "  overflow-wrap: anywhere;\n"
+    "}\n"
+    "\n"
+    ".toolbar {\n"
+    "  display: flex;\n"
+    "  flex-wrap: wrap;\n"
+    "  align-items: center;\n"
+    "  gap: 8px;\n"
+    "  margin-bottom: 10px;\n"
+    "}\n"
+    ".check { display: inline-flex; align-items: center; gap: 6px; padding: 0 6px; }\n"
+    "\n"
+    "/* ---- the message list: one grid row per message ---- */\n"
+    "\n"
+    ".list {\n"
+    "  background: var(--panel);\n"
+    "  border: 1px solid var(--line);\n"
+    "  border-radius: var(--radius);\n"
+    "}\n"
+    ".list:empty { display: none; }\n"
+    "\n"
+    ".msg {\n"
+    "  display: grid;\n"
+    "  grid-template-columns: 28px 14px minmax(0, 13rem) minmax(0, 1fr) 24px 8.5rem 5rem;\n"
+    "  grid-template-areas:\n"
+    "    \"sel mark from subject att date size\"\n"
+    "    \"sel mark from snippet att date size\";\n"
+    "  column-gap: 8px;\n"
+    "  align-items: center;\n"
+    "  padding: 7px 10px;\n"
+    "  border-bottom: 1px solid var(--line);\n"
+    "  cursor: pointer;\n"
+    "}\n"
+    ".msg:last-child { border-bottom: 0; }\n"
+    ".msg:hover { background: var(--hover); }\n"
+    ".msg.current { background: var(--current); box-shadow: inset 3px 0 0 var(--accent); }\n"
+    "\n"
+    ".msg .sel { grid-area: sel; display: flex; align-items: center; }\n"
+    ".msg .mark { grid-area: mark; color: var(--accent); font-size: 0.7rem; }\n"
+    ".msg .from { grid-area: from; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }\n"
+    ".msg .subject { grid-area: subject; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }\n"
+    ".msg .subject a { color: var(--text); text-decoration: none; }\n"
+    ".msg .subject a:hover { text-decoration: underline; }\n"
+    ".msg .snippet {\n"
+    "  grid-area: snippet;\n"
+    "  color: var(--muted);\n"
+    "  font-size: 0.85rem;\n"
+    "  overflow: hidden; text-overflow: ellipsis; white-space: nowrap;\n"
+    "}\n"
+    ".msg .attcell { grid-area: att; text-align: center; }\n"
+    ".table button { white-space: nowrap; }\n"
+    "/* a paperclip drawn here: an emoji needs a font many systems lack */\n"
+    ".att {\n"
+    "  display: inline-block;\n"
+    "  width: 14px;\n"
+    "  height: 14px;\n"
+    "  vertical-align: middle;\n"
+    "  background: no-repeat center / contain url(\"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 24 24' fill='none' stroke='%23667' stroke-width='2' stroke-linecap='round'%3E%3Cpath d='M21 11.5l-8.5 8.5a5 5 0 0 1-7-7L14 4.5a3.5 3.5 0 0 1 5 5l-8.5 8.5a2 2 0 0 1-3-3L15 7.5'/%3E%3C/svg%3E\");\n"
+    "}\n"
+    ".msg .date { grid-area: date; color: var(--muted); text-align: right; white-space: nowrap; font-size: 0.9rem; }\n"
+    ".msg .size { grid-area: size; color: var(--muted); text-align: right; white-space: nowrap; font-size: 0.85rem; }\n"
+    ".msg.unread .from, .msg.unread .subject a { font-weight: 700; }\n"
+    ".msg.unread .date { color: var(--text); }\n"
+    "\n"
+    ".empty { color: var(--muted); padding: 24px 8px; text-align: center; }\n"
+    ".more { text-align: center; }\n"
+    "\n"
+    "/* ---- one message ---- */\n"
+    "\n"
+    ".msg-subject { margin: 6px 0 8px; font-size: 1.35rem; overflow-wrap: anywhere; }\n"
+    "/* name: value lists (a message's header summary; the facts of a list and of the status page) */\n"
+    ".meta, .facts {\n"
+    "  display: grid;\n"
+    "  grid-template-columns: max-content minmax(0, 1fr);\n"
+    "  gap: 2px 12px;\n"
+    "  margin: 0 0 12px;\n"
+    "}\n"
+    ".facts { gap: 4px 16px; margin-bottom: 16px; }\n"
+    ".meta dt, .facts dt { color: var(--muted); }\n"
+    ".meta dd, .facts dd { margin: 0; overflow-wrap: anywhere; }\n"
+    "\n"
+    ".attachments {\n"
+    "  border: 1px solid var(--line);\n"
+    "  border-radius: var(--radius);\n"
+    "  background: var(--panel);\n"
+    "  padding: 6px 12px;\n"
+    "  margin-bottom: 12px;\n"
+    "}\n"
+    ".attachments h3 { margin: 2px 0 4px; font-size: 0.95rem; }\n"
+    ".attachments ul { margin: 0; padding-left: 1.2em; }\n"
+    ".attachments li { overflow-wrap: anywhere; }\n"
+    ".attachments .size { color: var(--muted); margin-left: 6px; }\n"
+    "\n"
+    ".tabs { display: flex; flex-wrap: wrap; gap: 2px; border-bottom: 1px solid var(--line); }\n"
+    ".tabs button {\n"
+    "  border: 1px solid transparent;\n"
+    "  border-bottom: 0;\n"
+    "  border-radius: var(--radius) var(--radius) 0 0;\n"
+    "  background: transparent;\n"
+    "  margin-bottom: -1px;\n"
+    "}\n"
+    ".tabs button[aria-selected=\"true\"] {\n"
+    "  background: var(--panel);\n"
+    "  border-color: var(--line);\n"
+    "  font-weight: 600;\n"
+    "}\n"
+    ".panel {\n"
+    "  background: var(--panel);\n"
     "  border: 1px solid var(--line);\n",
-    "  border-radius: var(--radius);\n",
-    "}\n",
-    ".list:empty { display: none; }\n",
-    "\n",
-    ".msg {\n",
-    "  display: grid;\n",
-    "  grid-template-columns: 28px 14px minmax(0, 13rem) minmax(0, 1fr) 24px 8.5rem 5rem;\n",
-    "  grid-template-areas:\n",
-    "    \"sel mark from subject att date size\"\n",
-    "    \"sel mark from snippet att date size\";\n",
-    "  column-gap: 8px;\n",
-    "  align-items: center;\n",
-    "  padding: 7px 10px;\n",
-    "  border-bottom: 1px solid var(--line);\n",
-    "  cursor: pointer;\n",
-    "}\n",
-    ".msg:last-child { border-bottom: 0; }\n",
-    ".msg:hover { background: var(--hover); }\n",
-    ".msg.current { background: var(--current); box-shadow: inset 3px 0 0 var(--accent); }\n",
-    "\n",
-    ".msg .sel { grid-area: sel; display: flex; align-items: center; }\n",
-    ".msg .mark { grid-area: mark; color: var(--accent); font-size: 0.7rem; }\n",
-    ".msg .from { grid-area: from; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }\n",
-    ".msg .subject { grid-area: subject; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }\n",
-    ".msg .subject a { color: var(--text); text-decoration: none; }\n",
-    ".msg .subject a:hover { text-decoration: underline; }\n",
-    ".msg .snippet {\n",
-    "  grid-area: snippet;\n",
-    "  color: var(--muted);\n",
-    "  font-size: 0.85rem;\n",
-    "  overflow: hidden; text-overflow: ellipsis; white-space: nowrap;\n",
-    "}\n",
-    ".msg .attcell { grid-area: att; text-align: center; }\n",
-    ".table button { white-space: nowrap; }\n",
-    "/* a paperclip drawn here: an emoji needs a font many systems lack */\n",
-    ".att {\n",
-    "  display: inline-block;\n",
-    "  width: 14px;\n",
-    "  height: 14px;\n",
-    "  vertical-align: middle;\n",
-    "  background: no-repeat center / contain url(\"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 24 24' fill='none' stroke='%23667' stroke-width='2' stroke-linecap='round'%3E%3Cpath d='M21 11.5l-8.5 8.5a5 5 0 0 1-7-7L14 4.5a3.5 3.5 0 0 1 5 5l-8.5 8.5a2 2 0 0 1-3-3L15 7.5'/%3E%3C/svg%3E\");\n",
-    "}\n",
-    ".msg .date { grid-area: date; color: var(--muted); text-align: right; white-space: nowrap; font-size: 0.9rem; }\n",
-    ".msg .size { grid-area: size; color: var(--muted); text-align: right; white-space: nowrap; font-size: 0.85rem; }\n",
-    ".msg.unread .from, .msg.unread .subject a { font-weight: 700; }\n",
-    ".msg.unread .date { color: var(--text); }\n",
-    "\n",
-    ".empty { color: var(--muted); padding: 24px 8px; text-align: center; }\n",
-    ".more { text-align: center; }\n",
-    "\n",
-    "/* ---- one message ---- */\n",
-    "\n",
-    ".msg-subject { margin: 6px 0 8px; font-size: 1.35rem; overflow-wrap: anywhere; }\n",
-    "/* name: value lists (a message's header summary; the facts of a list and of the status page) */\n",
-    ".meta, .facts {\n",
-    "  display: grid;\n",
-    "  grid-template-columns: max-content minmax(0, 1fr);\n",
-    "  gap: 2px 12px;\n",
-    "  margin: 0 0 12px;\n",
-    "}\n",
-    ".facts { gap: 4px 16px; margin-bottom: 16px; }\n",
-    ".meta dt, .facts dt { color: var(--muted); }\n",
-    ".meta dd, .facts dd { margin: 0; overflow-wrap: anywhere; }\n",
-    "\n",
-    ".attachments {\n",
-    "  border: 1px solid var(--line);\n",
-    "  border-radius: var(--radius);\n",
-    "  background: var(--panel);\n",
-    "  padding: 6px 12px;\n",
-    "  margin-bottom: 12px;\n",
-    "}\n",
-    ".attachments h3 { margin: 2px 0 4px; font-size: 0.95rem; }\n",
-    ".attachments ul { margin: 0; padding-left: 1.2em; }\n",
-    ".attachments li { overflow-wrap: anywhere; }\n",
-    ".attachments .size { color: var(--muted); margin-left: 6px; }\n",
-    "\n",
-    ".tabs { display: flex; flex-wrap: wrap; gap: 2px; border-bottom: 1px solid var(--line); }\n",
-    ".tabs button {\n",
-    "  border: 1px solid transparent;\n",
-    "  border-bottom: 0;\n",
-    "  border-radius: var(--radius) var(--radius) 0 0;\n",
-    "  background: transparent;\n",
-    "  margin-bottom: -1px;\n",
-    "}\n",
-    ".tabs button[aria-selected=\"true\"] {\n",
-    "  background: var(--panel);\n",
-    "  border-color: var(--line);\n",
-    "  font-weight: 600;\n",
-    "}\n",
-    ".panel {\n",
-    "  background: var(--panel);\n",
-    "  border: 1px solid var(--line);\n",
-    "  border-top: 0;\n",
-    "  border-radius: 0 0 var(--radius) var(--radius);\n",
-    "  padding: 10px;\n",
-    "  margin-bottom: 14px;\n",
-    "  overflow-x: auto;\n",
-    "}\n",
-    ".remote { margin: 0 0 8px; }\n",
-    "#msg-html {\n",
-    "  display: block;\n",
-    "  width: 100%;\n",
-    "  height: 300px;\n",
-    "  border: 0;\n",
-    "  background: #ffffff;   /* mail is written for white paper */\n",
-    "}\n",
-    ".pre {\n",
-    "  margin: 0;\n",
-    "  white-space: pre-wrap;\n",
-    "  overflow-wrap: anywhere;\n",
-    "  font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, \"Liberation Mono\", monospace;\n",
-    "}\n",
-    "\n",
-    ".release { display: flex; flex-wrap: wrap; align-items: center; gap: 8px; }\n",
-    ".release input { flex: 1; max-width: 320px; }\n",
-    ".status { min-height: 1.4em; color: var(--muted); overflow-wrap: anywhere; }\n",
-    "\n",
-    "/* ---- tables (headers, queue, lists, status) ---- */\n",
-    "\n",
-    ".table {\n",
-    "  width: 100%;\n",
-    "  border-collapse: collapse;\n",
-    "  background: var(--panel);\n",
-    "  font-size: 0.92rem;\n",
-    "}\n",
-    ".table th, .table td {\n",
-    "  text-align: left;\n",
-    "  vertical-align: top;\n",
-    "  padding: 5px 8px;\n",
-    "  border-bottom: 1px solid var(--line);\n",
-    "  overflow-wrap: anywhere;\n",
-    "}\n",
-    ".table thead th { color: var(--muted); font-weight: 600; white-space: nowrap; }\n",
-    ".table tr.active td { background: var(--hover); }\n",
-    ".headers th { width: 1%; white-space: nowrap; }\n",
-    ".table-wrap { overflow-x: auto; margin-bottom: 16px; border: 1px solid var(--line); border-radius: var(--radius); }\n",
-    ".table-wrap .table tr:last-child > * { border-bottom: 0; }\n",
-    ".rcpts { list-style: none; margin: 0; padding: 0; }\n",
-    ".state-delivered { color: #1b7f3b; }\n",
-    ".state-bounced { color: var(--danger); }\n",
-    ".num { text-align: right !important; font-variant-numeric: tabular-nums; }\n",
-    ".small { font-size: 0.85rem; color: var(--muted); }\n",
-    "\n",
-    ".card {\n",
-    "  background: var(--panel);\n",
-    "  border: 1px solid var(--line);\n",
-    "  border-radius: var(--radius);\n",
-    "  padding: 10px 14px;\n",
-    "  margin-bottom: 18px;\n",
-    "}\n",
-    ".card h3 { margin: 4px 0 8px; overflow-wrap: anywhere; }\n",
-    ".card h4 { margin: 14px 0 6px; font-size: 0.95rem; }\n",
-    "\n",
-    "@media (prefers-color-scheme: dark) {\n",
-    "  .state-delivered { color: #7bd88f; }\n",
-    "}\n",
-    "\n",
-    "/* ---- phones: one column, the nav a row of links on top ---- */\n",
-    "\n",
-    "@media (max-width: 700px) {\n",
-    "  body { font-size: 15px; }\n",
-    "  .topbar { flex-wrap: wrap; gap: 8px; padding: 8px 10px; }\n",
-    "  .search { order: 3; flex-basis: 100%; max-width: none; }\n",
-    "  .layout { display: block; min-height: 0; }\n",
-    "  .nav {\n",
-    "    border-right: 0;\n",
-    "    border-bottom: 1px solid var(--line);\n",
-    "    padding: 6px 8px;\n",
-    "  }\n",
-    "  .nav-title { display: none; }\n",
-    "  .nav-list, #nav-admin { display: flex; flex-wrap: nowrap; gap: 4px; flex: none; }\n",
-    "  .nav-list { display: contents; }\n",
-    "  /* one row that scrolls sideways: a class of thirty mailboxes does not push the mail off the screen */\n",
-    "  .nav { display: flex; flex-wrap: nowrap; gap: 4px; overflow-x: auto; white-space: nowrap; }\n",
-    "  .nav-list a { padding: 4px 8px; border: 1px solid var(--line); }\n",
-    "  .main { padding: 10px 10px 32px; }\n",
-    "\n",
-    "  .msg {\n",
-    "    grid-template-columns: 24px 12px minmax(0, 1fr) auto auto;\n",
-    "    grid-template-areas:\n",
-    "      \"sel mark from att date\"\n",
-    "      \"sel mark subject subject size\"\n",
-    "      \"sel mark snippet snippet snippet\";\n",
-    "    padding: 8px;\n",
-    "  }\n",
-    "  .msg .date { font-size: 0.8rem; }\n",
-    "\n",
-    "  .table thead { display: none; }\n",
-    "  .table.stack tr { display: block; border-bottom: 1px solid var(--line); padding: 4px 0; }\n",
-    "  .table.stack td { display: block; border: 0; padding: 2px 8px; }\n",
-    "  .table.stack td[data-label]::before {\n",
-    "    content: attr(data-label) \": \";\n",
-    "    color: var(--muted);\n",
-    "  }\n",
-    "  .num { text-align: left !important; }\n",
-    "}\n",
-    NULL};
-static const char *const web_app_js[] = {
-    "/* mailsrv web page.\n",
-    " *\n",
-    " * One file, no framework. How it fits together:\n",
-    " *   1. DICT: every UI string, in English and Russian; t(key, ...args) picks one.\n",
-    " *   2. el(): builds DOM nodes. Data from the server only ever goes into text nodes or\n",
-    " *      safe attributes: no innerHTML anywhere in this file.\n",
-    " *   3. api(): fetch() with error handling; state-changing requests carry X-Requested-With.\n",
-    " *   4. route(): the hash (#/, #/mailbox/ADDR, #/search/Q, #/message/ID, #/queue, #/lists,\n",
-    " *      #/status) decides which view is shown; the Back button just changes the hash.\n",
-    " *   5. Views: the message list, one message, and the admin pages (queue, lists, status).\n",
-    " *   6. Live updates from /api/v1/events (Server-Sent Events) and the keyboard shortcuts.\n",
-    " */\n",
-    "(function () {\n",
-    "  'use strict';\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 1. strings */\n",
-    "\n",
-    "  const DICT = {\n",
-    "    en: {\n",
-    "      skip: 'Skip to content',\n",
-    "      navLabel: 'Navigation',\n",
-    "      search: 'Search',\n",
-    "      searchPlaceholder: 'Search mail',\n",
-    "      searchButton: 'Search',\n",
-    "      mailboxes: 'Mailboxes',\n",
-    "      allMail: 'All messages',\n",
-    "      inbox: 'Inbox',\n",
-    "      searchResults: 'Search: {0}',\n",
-    "      admin: 'Administration',\n",
-    "      queue: 'Queue',\n",
-    "      lists: 'Mailing lists',\n",
-    "      status: 'Status',\n",
-    "      captureMode: 'Capture mode',\n",
-    "      messages: 'Messages',\n",
-    "      selectAll: 'Select all',\n",
-    "      selectMessage: 'Select: {0}',\n",
-    "      readSelected: 'Mark as read',\n",
-    "      unreadSelected: 'Mark as unread',\n",
-    "      deleteSelected: 'Delete selected',\n",
-    "      deleteAll: 'Delete all',\n",
-    "      loadMore: 'Load more',\n",
-    "      loading: 'Loading\342\200\246',\n",
-    "      empty: 'No messages',\n",
-    "      countOf: '{0} of {1}',\n",
-    "      noSubject: '(no subject)',\n",
-    "      unread: 'Unread',\n",
-    "      hasAttachments: 'Has attachments',\n",
-    "      mailboxCount: '{0} unread of {1}',\n",
-    "      back: 'Back to list',\n",
-    "      delete: 'Delete',\n",
-    "      markUnread: 'Mark as unread',\n",
-    "      markedUnread: 'Marked as unread.',\n",
-    "      from: 'From',\n",
-    "      to: 'To',\n",
-    "      cc: 'Cc',\n",
-    "      date: 'Date',\n",
-    "      tabText: 'Text',\n",
-    "      tabHeaders: 'Headers',\n",
-    "      tabRaw: 'Source',\n",
-    "      attachments: 'Attachments',\n",
-    "      attachment: 'attachment {0}',\n",
-    "      showRemote: 'Show remote images',\n",
-    "      frameTitle: 'Message body',\n",
-    "      noText: '(this message has no text part)',\n",
-    "      forwardTo: 'Forward to',\n",
-    "      forward: 'Forward',\n",
-    "      forwarding: 'Forwarding\342\200\246',\n",
-    "      forwarded: 'Forwarded to {0}.',\n",
-    "      login: 'Log in: reload the page',\n",
-    "      netError: 'Network error: {0}',\n",
-    "      httpError: 'Error {0}: {1}',\n",
-    "      badJson: 'The server sent an answer the page cannot read.',\n",
-    "      confirmDeleteAll: 'Delete all {0} messages in this view\? This cannot be undone.',\n",
-    "      confirmQueueDelete: 'Remove message {0} from the queue\? It will not be delivered.',\n",
-    "      flush: 'Retry delivery now',\n",
-    "      flushed: 'Delivery started for {0} messages.',\n",
-    "      queueEmpty: 'The queue is empty.',\n",
-    "      qId: 'ID',\n",
-    "      qFrom: 'Sender',\n",
-    "      qArrived: 'Arrived',\n",
-    "      qSize: 'Size',\n",
-    "      qTries: 'Attempts',\n",
-    "      qNext: 'Next attempt',\n",
-    "      qRcpts: 'Recipients',\n",
-    "      qActions: 'Actions',\n",
-    "      qActive: 'being delivered now',\n",
-    "      qNow: 'now',\n",
-    "      removeFromQueue: 'Delete',\n",
-    "      st_pending: 'pending',\n",
-    "      st_delivered: 'delivered',\n",
-    "      st_bounced: 'bounced',\n",
-    "      listsEmpty: 'There are no mailing lists.',\n",
-    "      owner: 'Owner',\n",
-    "      post: 'Who may post',\n",
-    "      post_owner: 'the owner only',\n",
-    "      post_members: 'members',\n",
-    "      post_anyone: 'anyone',\n",
-    "      posts: 'Messages posted',\n",
-    "      members: 'Members ({0})',\n",
-    "      pending: 'Waiting for confirmation ({0})',\n",
-    "      noMembers: 'No members.',\n",
-    "      noPending: 'Nothing is waiting for confirmation.',\n",
-    "      address: 'Address',\n",
-    "      requested: 'Requested',\n",
-    "      confirmed: 'Confirmed',\n",
-    "      bounces: 'Bounces',\n",
-    "      request: 'Request',\n",
-    "      kind_subscribe: 'subscribe',\n",
-    "      kind_unsubscribe: 'unsubscribe',\n",
-    "      time: 'Time',\n",
-    "      version: 'Version',\n",
-    "      uptime: 'Uptime',\n",
+    "  border-top: 0;\n"
+    "  border-radius: 0 0 var(--radius) var(--radius);\n"
+    "  padding: 10px;\n"
+    "  margin-bottom: 14px;\n"
+    "  overflow-x: auto;\n"
+    "}\n"
+    ".remote { margin: 0 0 8px; }\n"
+    "#msg-html {\n"
+    "  display: block;\n"
+    "  width: 100%;\n"
+    "  height: 300px;\n"
+    "  border: 0;\n"
+    "  background: #ffffff;   /* mail is written for white paper */\n"
+    "}\n"
+    ".pre {\n"
+    "  margin: 0;\n"
+    "  white-space: pre-wrap;\n"
+    "  overflow-wrap: anywhere;\n"
+    "  font: 13px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, \"Liberation Mono\", monospace;\n"
+    "}\n"
+    "\n"
+    ".release { display: flex; flex-wrap: wrap; align-items: center; gap: 8px; }\n"
+    ".release input { flex: 1; max-width: 320px; }\n"
+    ".status { min-height: 1.4em; color: var(--muted); overflow-wrap: anywhere; }\n"
+    "\n"
+    "/* ---- tables (headers, queue, lists, status) ---- */\n"
+    "\n"
+    ".table {\n"
+    "  width: 100%;\n"
+    "  border-collapse: collapse;\n"
+    "  background: var(--panel);\n"
+    "  font-size: 0.92rem;\n"
+    "}\n"
+    ".table th, .table td {\n"
+    "  text-align: left;\n"
+    "  vertical-align: top;\n"
+    "  padding: 5px 8px;\n"
+    "  border-bottom: 1px solid var(--line);\n"
+    "  overflow-wrap: anywhere;\n"
+    "}\n"
+    ".table thead th { color: var(--muted); font-weight: 600; white-space: nowrap; }\n"
+    ".table tr.active td { background: var(--hover); }\n"
+    ".headers th { width: 1%; white-space: nowrap; }\n"
+    ".table-wrap { overflow-x: auto; margin-bottom: 16px; border: 1px solid var(--line); border-radius: var(--radius); }\n"
+    ".table-wrap .table tr:last-child > * { border-bottom: 0; }\n"
+    ".rcpts { list-style: none; margin: 0; padding: 0; }\n"
+    ".state-delivered { color: #1b7f3b; }\n"
+    ".state-bounced { color: var(--danger); }\n"
+    ".num { text-align: right !important; font-variant-numeric: tabular-nums; }\n"
+    ".small { font-size: 0.85rem; color: var(--muted); }\n"
+    "\n"
+    ".card {\n"
+    "  background: var(--panel);\n"
+    "  border: 1px solid var(--line);\n"
+    "  border-radius: var(--radius);\n"
+    "  padding: 10px 14px;\n"
+    "  margin-bottom: 18px;\n"
+    "}\n"
+    ".card h3 { margin: 4px 0 8px; overflow-wrap: anywhere; }\n"
+    ".card h4 { margin: 14px 0 6px; font-size: 0.95rem; }\n"
+    "\n"
+    "@media (prefers-color-scheme: dark) {\n"
+    "  .state-delivered { color: #7bd88f; }\n"
+    "}\n"
+    "\n"
+    "/* ---- phones: one column, the nav a row of links on top ---- */\n"
+    "\n"
+    "@media (max-width: 700px) {\n"
+    "  body { font-size: 15px; }\n"
+    "  .topbar { flex-wrap: wrap; gap: 8px; padding: 8px 10px; }\n"
+    "  .search { order: 3; flex-basis: 100%; max-width: none; }\n"
+    "  .layout { display: block; min-height: 0; }\n"
+    "  .nav {\n"
+    "    border-right: 0;\n"
+    "    border-bottom: 1px solid var(--line);\n"
+    "    padding: 6px 8px;\n"
+    "  }\n"
+    "  .nav-title { display: none; }\n"
+    "  .nav-list, #nav-admin { display: flex; flex-wrap: nowrap; gap: 4px; flex: none; }\n"
+    "  .nav-list { display: contents; }\n"
+    "  /* one row that scrolls sideways: a class of thirty mailboxes does not push the mail off the screen */\n"
+    "  .nav { display: flex; flex-wrap: nowrap; gap: 4px; overflow-x: auto; white-space: nowrap; }\n"
+    "  .nav-list a { padding: 4px 8px; border: 1px solid var(--line); }\n"
+    "  .main { padding: 10px 10px 32px; }\n"
+    "\n"
+    "  .msg {\n"
+    "    grid-template-columns: 24px 12px minmax(0, 1fr) auto auto;\n"
+    "    grid-template-areas:\n"
+    "      \"sel mark from att date\"\n"
+    "      \"sel mark subject subject size\"\n"
+    "      \"sel mark snippet snippet snippet\";\n"
+    "    padding: 8px;\n"
+    "  }\n"
+    "  .msg .date { font-size: 0.8rem; }\n"
+    "\n"
+    "  .table thead { display: none; }\n"
+    "  .table.stack tr { display: block; border-bottom: 1px solid var(--line); padding: 4px 0; }\n"
+    "  .table.stack td { display: block; border: 0; padding: 2px 8px; }\n"
+    "  .table.stack td[data-label]::before {\n"
+    "    content: attr(data-label) \": \";\n"
+    "    color: var(--muted);\n"
+    "  }\n"
+    "  .num { text-align: left !important; }\n"
+    "}\n"
+};
+typedef char web_app_css_is_whole[sizeof web_app_css == 11365 ? 1 : -1]; /* no padding between its chunks */
+static const struct {
+    char c0[3990], c1[3998], c2[3921], c3[3925], c4[3979], c5[3973], c6[3991], c7[3966], c8[3971], c9[3992], c10[3948], c11[3931], c12[786];
+} web_app_js = {
+    "/* mailsrv web page.\n"
+    " *\n"
+    " * One file, no framework. How it fits together:\n"
+    " *   1. DICT: every UI string, in English and Russian; t(key, ...args) picks one.\n"
+    " *   2. el(): builds DOM nodes. Data from the server only ever goes into text nodes or\n"
+    " *      safe attributes: no innerHTML anywhere in this file.\n"
+    " *   3. api(): fetch() with error handling; state-changing requests carry X-Requested-With.\n"
+    " *   4. route(): the hash (#/, #/mailbox/ADDR, #/search/Q, #/message/ID, #/queue, #/lists,\n"
+    " *      #/status) decides which view is shown; the Back button just changes the hash.\n"
+    " *   5. Views: the message list, one message, and the admin pages (queue, lists, status).\n"
+    " *   6. Live updates from /api/v1/events (Server-Sent Events) and the keyboard shortcuts.\n"
+    " */\n"
+    "(function () {\n"
+    "  'use strict';\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 1. strings */\n"
+    "\n"
+    "  const DICT = {\n"
+    "    en: {\n"
+    "      skip: 'Skip to content',\n"
+    "      navLabel: 'Navigation',\n"
+    "      search: 'Search',\n"
+    "      searchPlaceholder: 'Search mail',\n"
+    "      searchButton: 'Search',\n"
+    "      mailboxes: 'Mailboxes',\n"
+    "      allMail: 'All messages',\n"
+    "      inbox: 'Inbox',\n"
+    "      searchResults: 'Search: {0}',\n"
+    "      admin: 'Administration',\n"
+    "      queue: 'Queue',\n"
+    "      lists: 'Mailing lists',\n"
+    "      status: 'Status',\n"
+    "      captureMode: 'Capture mode',\n"
+    "      messages: 'Messages',\n"
+    "      selectAll: 'Select all',\n"
+    "      selectMessage: 'Select: {0}',\n"
+    "      readSelected: 'Mark as read',\n"
+    "      unreadSelected: 'Mark as unread',\n"
+    "      deleteSelected: 'Delete selected',\n"
+    "      deleteAll: 'Delete all',\n"
+    "      loadMore: 'Load more',\n"
+    "      loading: 'Loading\342\200\246',\n"
+    "      empty: 'No messages',\n"
+    "      countOf: '{0} of {1}',\n"
+    "      noSubject: '(no subject)',\n"
+    "      unread: 'Unread',\n"
+    "      hasAttachments: 'Has attachments',\n"
+    "      mailboxCount: '{0} unread of {1}',\n"
+    "      back: 'Back to list',\n"
+    "      delete: 'Delete',\n"
+    "      markUnread: 'Mark as unread',\n"
+    "      markedUnread: 'Marked as unread.',\n"
+    "      from: 'From',\n"
+    "      to: 'To',\n"
+    "      cc: 'Cc',\n"
+    "      date: 'Date',\n"
+    "      tabText: 'Text',\n"
+    "      tabHeaders: 'Headers',\n"
+    "      tabRaw: 'Source',\n"
+    "      attachments: 'Attachments',\n"
+    "      attachment: 'attachment {0}',\n"
+    "      showRemote: 'Show remote images',\n"
+    "      frameTitle: 'Message body',\n"
+    "      noText: '(this message has no text part)',\n"
+    "      forwardTo: 'Forward to',\n"
+    "      forward: 'Forward',\n"
+    "      forwarding: 'Forwarding\342\200\246',\n"
+    "      forwarded: 'Forwarded to {0}.',\n"
+    "      login: 'Log in: reload the page',\n"
+    "      netError: 'Network error: {0}',\n"
+    "      httpError: 'Error {0}: {1}',\n"
+    "      badJson: 'The server sent an answer the page cannot read.',\n"
+    "      confirmDeleteAll: 'Delete all {0} messages in this view\? This cannot be undone.',\n"
+    "      confirmQueueDelete: 'Remove message {0} from the queue\? It will not be delivered.',\n"
+    "      flush: 'Retry delivery now',\n"
+    "      flushed: 'Delivery started for {0} messages.',\n"
+    "      queueEmpty: 'The queue is empty.',\n"
+    "      qId: 'ID',\n"
+    "      qFrom: 'Sender',\n"
+    "      qArrived: 'Arrived',\n"
+    "      qSize: 'Size',\n"
+    "      qTries: 'Attempts',\n"
+    "      qNext: 'Next attempt',\n"
+    "      qRcpts: 'Recipients',\n"
+    "      qActions: 'Actions',\n"
+    "      qActive: 'being delivered now',\n"
+    "      qNow: 'now',\n"
+    "      removeFromQueue: 'Delete',\n"
+    "      st_pending: 'pending',\n"
+    "      st_delivered: 'delivered',\n"
+    "      st_bounced: 'bounced',\n"
+    "      listsEmpty: 'There are no mailing lists.',\n"
+    "      owner: 'Owner',\n"
+    "      post: 'Who may post',\n"
+    "      post_owner: 'the owner only',\n"
+    "      post_members: 'members',\n"
+    "      post_anyone: 'anyone',\n"
+    "      posts: 'Messages posted',\n"
+    "      members: 'Members ({0})',\n"
+    "      pending: 'Waiting for confirmation ({0})',\n"
+    "      noMembers: 'No members.',\n"
+    "      noPending: 'Nothing is waiting for confirmation.',\n"
+    "      address: 'Address',\n"
+    "      requested: 'Requested',\n"
+    "      confirmed: 'Confirmed',\n"
+    "      bounces: 'Bounces',\n"
+    "      request: 'Request',\n"
+    "      kind_subscribe: 'subscribe',\n"
+    "      kind_unsubscribe: 'unsubscribe',\n"
+    "      time: 'Time',\n"
+    "      version: 'Version',\n"
+    "      uptime: 'Uptime',\n"
     "      sessions: 'Open sessions',\n",
-    "      messagesToday: 'Messages today',\n",
-    "      queueLength: 'Messages in the queue',\n",
-    "      listeners: 'Listeners',\n",
-    "      protocol: 'Protocol',\n",
-    "      tls: 'TLS',\n",
-    "      tls_none: 'none',\n",
-    "      tls_starttls: 'STARTTLS',\n",
-    "      tls_implicit: 'implicit TLS',\n",
-    "      days: '{0} d',\n",
-    "      hours: '{0} h',\n",
-    "      minutes: '{0} min',\n",
-    "      seconds: '{0} s',\n",
-    "      kb: '{0} KB',\n",
-    "      mb: '{0} MB',\n",
-    "      none: '\342\200\224',\n",
-    "    },\n",
-    "    ru: {\n",
-    "      skip: '\320\237\320\265\321\200\320\265\320\271\321\202\320\270 \320\272 \321\201\320\276\320\264\320\265\321\200\320\266\320\270\320\274\320\276\320\274\321\203',\n",
-    "      navLabel: '\320\235\320\260\320\262\320\270\320\263\320\260\321\206\320\270\321\217',\n",
-    "      search: '\320\237\320\276\320\270\321\201\320\272',\n",
-    "      searchPlaceholder: '\320\237\320\276\320\270\321\201\320\272 \320\277\320\270\321\201\320\265\320\274',\n",
-    "      searchButton: '\320\235\320\260\320\271\321\202\320\270',\n",
-    "      mailboxes: '\320\237\320\276\321\207\321\202\320\276\320\262\321\213\320\265 \321\217\321\211\320\270\320\272\320\270',\n",
-    "      allMail: '\320\222\321\201\320\265 \320\277\320\270\321\201\321\214\320\274\320\260',\n",
-    "      inbox: '\320\222\321\205\320\276\320\264\321\217\321\211\320\270\320\265',\n",
-    "      searchResults: '\320\237\320\276\320\270\321\201\320\272: {0}',\n",
-    "      admin: '\320\220\320\264\320\274\320\270\320\275\320\270\321\201\321\202\321\200\320\270\321\200\320\276\320\262\320\260\320\275\320\270\320\265',\n",
-    "      queue: '\320\236\321\207\320\265\321\200\320\265\320\264\321\214',\n",
-    "      lists: '\320\240\320\260\321\201\321\201\321\213\320\273\320\272\320\270',\n",
-    "      status: '\320\241\320\276\321\201\321\202\320\276\321\217\320\275\320\270\320\265',\n",
-    "      captureMode: '\320\240\320\265\320\266\320\270\320\274 \320\277\320\265\321\200\320\265\321\205\320\262\320\260\321\202\320\260',\n",
-    "      messages: '\320\237\320\270\321\201\321\214\320\274\320\260',\n",
-    "      selectAll: '\320\222\321\213\320\261\321\200\320\260\321\202\321\214 \320\262\321\201\320\265',\n",
-    "      selectMessage: '\320\222\321\213\320\261\321\200\320\260\321\202\321\214: {0}',\n",
-    "      readSelected: '\320\236\321\202\320\274\320\265\321\202\320\270\321\202\321\214 \320\272\320\260\320\272 \320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\321\213\320\265',\n",
-    "      unreadSelected: '\320\236\321\202\320\274\320\265\321\202\320\270\321\202\321\214 \320\272\320\260\320\272 \320\275\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\321\213\320\265',\n",
-    "      deleteSelected: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\262\321\213\320\261\321\200\320\260\320\275\320\275\321\213\320\265',\n",
-    "      deleteAll: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\262\321\201\320\265',\n",
-    "      loadMore: '\320\237\320\276\320\272\320\260\320\267\320\260\321\202\321\214 \320\265\321\211\321\221',\n",
-    "      loading: '\320\227\320\260\320\263\321\200\321\203\320\267\320\272\320\260\342\200\246',\n",
-    "      empty: '\320\237\320\270\321\201\320\265\320\274 \320\275\320\265\321\202',\n",
-    "      countOf: '{0} \320\270\320\267 {1}',\n",
-    "      noSubject: '(\320\261\320\265\320\267 \321\202\320\265\320\274\321\213)',\n",
-    "      unread: '\320\235\320\265 \320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\276',\n",
-    "      hasAttachments: '\320\225\321\201\321\202\321\214 \320\262\320\273\320\276\320\266\320\265\320\275\320\270\321\217',\n",
-    "      mailboxCount: '\320\235\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\321\213\321\205: {0} \320\270\320\267 {1}',\n",
-    "      back: '\320\232 \321\201\320\277\320\270\321\201\320\272\321\203 \320\277\320\270\321\201\320\265\320\274',\n",
-    "      delete: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214',\n",
-    "      markUnread: '\320\236\321\202\320\274\320\265\321\202\320\270\321\202\321\214 \320\272\320\260\320\272 \320\275\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\320\276\320\265',\n",
-    "      markedUnread: '\320\237\320\270\321\201\321\214\320\274\320\276 \320\276\321\202\320\274\320\265\321\207\320\265\320\275\320\276 \320\272\320\260\320\272 \320\275\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\320\276\320\265.',\n",
-    "      from: '\320\236\321\202',\n",
-    "      to: '\320\232\320\276\320\274\321\203',\n",
-    "      cc: '\320\232\320\276\320\277\320\270\321\217',\n",
-    "      date: '\320\224\320\260\321\202\320\260',\n",
-    "      tabText: '\320\242\320\265\320\272\321\201\321\202',\n",
-    "      tabHeaders: '\320\227\320\260\320\263\320\276\320\273\320\276\320\262\320\272\320\270',\n",
-    "      tabRaw: '\320\230\321\201\321\205\320\276\320\264\320\275\321\213\320\271 \321\202\320\265\320\272\321\201\321\202',\n",
-    "      attachments: '\320\222\320\273\320\276\320\266\320\265\320\275\320\270\321\217',\n",
-    "      attachment: '\320\262\320\273\320\276\320\266\320\265\320\275\320\270\320\265 {0}',\n",
-    "      showRemote: '\320\237\320\276\320\272\320\260\320\267\320\260\321\202\321\214 \320\262\320\275\320\265\321\210\320\275\320\270\320\265 \320\270\320\267\320\276\320\261\321\200\320\260\320\266\320\265\320\275\320\270\321\217',\n",
-    "      frameTitle: '\320\242\320\265\320\272\321\201\321\202 \320\277\320\270\321\201\321\214\320\274\320\260',\n",
-    "      noText: '(\320\262 \320\277\320\270\321\201\321\214\320\274\320\265 \320\275\320\265\321\202 \321\202\320\265\320\272\321\201\321\202\320\276\320\262\320\276\320\271 \321\207\320\260\321\201\321\202\320\270)',\n",
-    "      forwardTo: '\320\237\320\265\321\200\320\265\321\201\320\273\320\260\321\202\321\214 \320\275\320\260 \320\260\320\264\321\200\320\265\321\201',\n",
-    "      forward: '\320\237\320\265\321\200\320\265\321\201\320\273\320\260\321\202\321\214',\n",
-    "      forwarding: '\320\237\320\265\321\200\320\265\321\201\321\213\320\273\320\260\320\265\320\274\342\200\246',\n",
-    "      forwarded: '\320\237\320\270\321\201\321\214\320\274\320\276 \320\277\320\265\321\200\320\265\321\201\320\273\320\260\320\275\320\276 \320\275\320\260 \320\260\320\264\321\200\320\265\321\201 {0}.',\n",
-    "      login: '\320\222\320\276\320\271\320\264\320\270\321\202\320\265 \320\267\320\260\320\275\320\276\320\262\320\276: \320\277\320\265\321\200\320\265\320\267\320\260\320\263\321\200\321\203\320\267\320\270\321\202\320\265 \321\201\321\202\321\200\320\260\320\275\320\270\321\206\321\203',\n",
-    "      netError: '\320\236\321\210\320\270\320\261\320\272\320\260 \321\201\320\265\321\202\320\270: {0}',\n",
-    "      httpError: '\320\236\321\210\320\270\320\261\320\272\320\260 {0}: {1}',\n",
-    "      badJson: '\320\241\320\265\321\200\320\262\320\265\321\200 \320\277\321\200\320\270\321\201\320\273\320\260\320\273 \320\276\321\202\320\262\320\265\321\202, \320\272\320\276\321\202\320\276\321\200\321\213\320\271 \321\201\321\202\321\200\320\260\320\275\320\270\321\206\320\260 \320\275\320\265 \320\274\320\276\320\266\320\265\321\202 \320\277\321\200\320\276\321\207\320\270\321\202\320\260\321\202\321\214.',\n",
-    "      confirmDeleteAll: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\262\321\201\320\265 \320\277\320\270\321\201\321\214\320\274\320\260 \320\262 \321\215\321\202\320\276\320\274 \321\201\320\277\320\270\321\201\320\272\320\265 ({0})\? \320\236\321\202\320\274\320\265\320\275\320\270\321\202\321\214 \321\215\321\202\320\276 \320\261\321\203\320\264\320\265\321\202 \320\275\320\265\320\273\321\214\320\267\321\217.',\n",
-    "      confirmQueueDelete: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\277\320\270\321\201\321\214\320\274\320\276 {0} \320\270\320\267 \320\276\321\207\320\265\321\200\320\265\320\264\320\270\? \320\236\320\275\320\276 \320\275\320\265 \320\261\321\203\320\264\320\265\321\202 \320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276.',\n",
-    "      flush: '\320\236\321\202\320\277\321\200\320\260\320\262\320\270\321\202\321\214 \321\201\320\265\320\271\321\207\320\260\321\201',\n",
-    "      flushed: '\320\235\320\260\321\207\320\260\321\202\320\260 \320\264\320\276\321\201\321\202\320\260\320\262\320\272\320\260 \320\277\320\270\321\201\320\265\320\274: {0}.',\n",
-    "      queueEmpty: '\320\236\321\207\320\265\321\200\320\265\320\264\321\214 \320\277\321\203\321\201\321\202\320\260.',\n",
-    "      qId: 'ID',\n",
-    "      qFrom: '\320\236\321\202\320\277\321\200\320\260\320\262\320\270\321\202\320\265\320\273\321\214',\n",
-    "      qArrived: '\320\237\320\276\320\273\321\203\321\207\320\265\320\275\320\276',\n",
-    "      qSize: '\320\240\320\260\320\267\320\274\320\265\321\200',\n",
-    "      qTries: '\320\237\320\276\320\277\321\213\321\202\320\272\320\270',\n",
-    "      qNext: '\320\241\320\273\320\265\320\264\321\203\321\216\321\211\320\260\321\217 \320\277\320\276\320\277\321\213\321\202\320\272\320\260',\n",
-    "      qRcpts: '\320\237\320\276\320\273\321\203\321\207\320\260\321\202\320\265\320\273\320\270',\n",
-    "      qActions: '\320\224\320\265\320\271\321\201\321\202\320\262\320\270\321\217',\n",
-    "      qActive: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\321\217\320\265\321\202\321\201\321\217 \321\201\320\265\320\271\321\207\320\260\321\201',\n",
-    "      qNow: '\321\201\320\265\320\271\321\207\320\260\321\201',\n",
-    "      removeFromQueue: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214',\n",
-    "      st_pending: '\320\276\320\266\320\270\320\264\320\260\320\265\321\202',\n",
-    "      st_delivered: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276',\n",
-    "      st_bounced: '\320\262\320\276\320\267\320\262\321\200\320\260\321\211\320\265\320\275\320\276',\n",
-    "      listsEmpty: '\320\240\320\260\321\201\321\201\321\213\320\273\320\276\320\272 \320\275\320\265\321\202.',\n",
-    "      owner: '\320\222\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n",
+    "      messagesToday: 'Messages today',\n"
+    "      queueLength: 'Messages in the queue',\n"
+    "      listeners: 'Listeners',\n"
+    "      protocol: 'Protocol',\n"
+    "      tls: 'TLS',\n"
+    "      tls_none: 'none',\n"
+    "      tls_starttls: 'STARTTLS',\n"
+    "      tls_implicit: 'implicit TLS',\n"
+    "      days: '{0} d',\n"
+    "      hours: '{0} h',\n"
+    "      minutes: '{0} min',\n"
+    "      seconds: '{0} s',\n"
+    "      kb: '{0} KB',\n"
+    "      mb: '{0} MB',\n"
+    "      none: '\342\200\224',\n"
+    "    },\n"
+    "    ru: {\n"
+    "      skip: '\320\237\320\265\321\200\320\265\320\271\321\202\320\270 \320\272 \321\201\320\276\320\264\320\265\321\200\320\266\320\270\320\274\320\276\320\274\321\203',\n"
+    "      navLabel: '\320\235\320\260\320\262\320\270\320\263\320\260\321\206\320\270\321\217',\n"
+    "      search: '\320\237\320\276\320\270\321\201\320\272',\n"
+    "      searchPlaceholder: '\320\237\320\276\320\270\321\201\320\272 \320\277\320\270\321\201\320\265\320\274',\n"
+    "      searchButton: '\320\235\320\260\320\271\321\202\320\270',\n"
+    "      mailboxes: '\320\237\320\276\321\207\321\202\320\276\320\262\321\213\320\265 \321\217\321\211\320\270\320\272\320\270',\n"
+    "      allMail: '\320\222\321\201\320\265 \320\277\320\270\321\201\321\214\320\274\320\260',\n"
+    "      inbox: '\320\222\321\205\320\276\320\264\321\217\321\211\320\270\320\265',\n"
+    "      searchResults: '\320\237\320\276\320\270\321\201\320\272: {0}',\n"
+    "      admin: '\320\220\320\264\320\274\320\270\320\275\320\270\321\201\321\202\321\200\320\270\321\200\320\276\320\262\320\260\320\275\320\270\320\265',\n"
+    "      queue: '\320\236\321\207\320\265\321\200\320\265\320\264\321\214',\n"
+    "      lists: '\320\240\320\260\321\201\321\201\321\213\320\273\320\272\320\270',\n"
+    "      status: '\320\241\320\276\321\201\321\202\320\276\321\217\320\275\320\270\320\265',\n"
+    "      captureMode: '\320\240\320\265\320\266\320\270\320\274 \320\277\320\265\321\200\320\265\321\205\320\262\320\260\321\202\320\260',\n"
+    "      messages: '\320\237\320\270\321\201\321\214\320\274\320\260',\n"
+    "      selectAll: '\320\222\321\213\320\261\321\200\320\260\321\202\321\214 \320\262\321\201\320\265',\n"
+    "      selectMessage: '\320\222\321\213\320\261\321\200\320\260\321\202\321\214: {0}',\n"
+    "      readSelected: '\320\236\321\202\320\274\320\265\321\202\320\270\321\202\321\214 \320\272\320\260\320\272 \320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\321\213\320\265',\n"
+    "      unreadSelected: '\320\236\321\202\320\274\320\265\321\202\320\270\321\202\321\214 \320\272\320\260\320\272 \320\275\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\321\213\320\265',\n"
+    "      deleteSelected: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\262\321\213\320\261\321\200\320\260\320\275\320\275\321\213\320\265',\n"
+    "      deleteAll: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\262\321\201\320\265',\n"
+    "      loadMore: '\320\237\320\276\320\272\320\260\320\267\320\260\321\202\321\214 \320\265\321\211\321\221',\n"
+    "      loading: '\320\227\320\260\320\263\321\200\321\203\320\267\320\272\320\260\342\200\246',\n"
+    "      empty: '\320\237\320\270\321\201\320\265\320\274 \320\275\320\265\321\202',\n"
+    "      countOf: '{0} \320\270\320\267 {1}',\n"
+    "      noSubject: '(\320\261\320\265\320\267 \321\202\320\265\320\274\321\213)',\n"
+    "      unread: '\320\235\320\265 \320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\276',\n"
+    "      hasAttachments: '\320\225\321\201\321\202\321\214 \320\262\320\273\320\276\320\266\320\265\320\275\320\270\321\217',\n"
+    "      mailboxCount: '\320\235\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\321\213\321\205: {0} \320\270\320\267 {1}',\n"
+    "      back: '\320\232 \321\201\320\277\320\270\321\201\320\272\321\203 \320\277\320\270\321\201\320\265\320\274',\n"
+    "      delete: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214',\n"
+    "      markUnread: '\320\236\321\202\320\274\320\265\321\202\320\270\321\202\321\214 \320\272\320\260\320\272 \320\275\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\320\276\320\265',\n"
+    "      markedUnread: '\320\237\320\270\321\201\321\214\320\274\320\276 \320\276\321\202\320\274\320\265\321\207\320\265\320\275\320\276 \320\272\320\260\320\272 \320\275\320\265\320\277\321\200\320\276\321\207\320\270\321\202\320\260\320\275\320\275\320\276\320\265.',\n"
+    "      from: '\320\236\321\202',\n"
+    "      to: '\320\232\320\276\320\274\321\203',\n"
+    "      cc: '\320\232\320\276\320\277\320\270\321\217',\n"
+    "      date: '\320\224\320\260\321\202\320\260',\n"
+    "      tabText: '\320\242\320\265\320\272\321\201\321\202',\n"
+    "      tabHeaders: '\320\227\320\260\320\263\320\276\320\273\320\276\320\262\320\272\320\270',\n"
+    "      tabRaw: '\320\230\321\201\321\205\320\276\320\264\320\275\321\213\320\271 \321\202\320\265\320\272\321\201\321\202',\n"
+    "      attachments: '\320\222\320\273\320\276\320\266\320\265\320\275\320\270\321\217',\n"
+    "      attachment: '\320\262\320\273\320\276\320\266\320\265\320\275\320\270\320\265 {0}',\n"
+    "      showRemote: '\320\237\320\276\320\272\320\260\320\267\320\260\321\202\321\214 \320\262\320\275\320\265\321\210\320\275\320\270\320\265 \320\270\320\267\320\276\320\261\321\200\320\260\320\266\320\265\320\275\320\270\321\217',\n"
+    "      frameTitle: '\320\242\320\265\320\272\321\201\321\202 \320\277\320\270\321\201\321\214\320\274\320\260',\n"
+    "      noText: '(\320\262 \320\277\320\270\321\201\321\214\320\274\320\265 \320\275\320\265\321\202 \321\202\320\265\320\272\321\201\321\202\320\276\320\262\320\276\320\271 \321\207\320\260\321\201\321\202\320\270)',\n"
+    "      forwardTo: '\320\237\320\265\321\200\320\265\321\201\320\273\320\260\321\202\321\214 \320\275\320\260 \320\260\320\264\321\200\320\265\321\201',\n"
+    "      forward: '\320\237\320\265\321\200\320\265\321\201\320\273\320\260\321\202\321\214',\n"
+    "      forwarding: '\320\237\320\265\321\200\320\265\321\201\321\213\320\273\320\260\320\265\320\274\342\200\246',\n"
+    "      forwarded: '\320\237\320\270\321\201\321\214\320\274\320\276 \320\277\320\265\321\200\320\265\321\201\320\273\320\260\320\275\320\276 \320\275\320\260 \320\260\320\264\321\200\320\265\321\201 {0}.',\n"
+    "      login: '\320\222\320\276\320\271\320\264\320\270\321\202\320\265 \320\267\320\260\320\275\320\276\320\262\320\276: \320\277\320\265\321\200\320\265\320\267\320\260\320\263\321\200\321\203\320\267\320\270\321\202\320\265 \321\201\321\202\321\200\320\260\320\275\320\270\321\206\321\203',\n"
+    "      netError: '\320\236\321\210\320\270\320\261\320\272\320\260 \321\201\320\265\321\202\320\270: {0}',\n"
+    "      httpError: '\320\236\321\210\320\270\320\261\320\272\320\260 {0}: {1}',\n"
+    "      badJson: '\320\241\320\265\321\200\320\262\320\265\321\200 \320\277\321\200\320\270\321\201\320\273\320\260\320\273 \320\276\321\202\320\262\320\265\321\202, \320\272\320\276\321\202\320\276\321\200\321\213\320\271 \321\201\321\202\321\200\320\260\320\275\320\270\321\206\320\260 \320\275\320\265 \320\274\320\276\320\266\320\265\321\202 \320\277\321\200\320\276\321\207\320\270\321\202\320\260\321\202\321\214.',\n"
+    "      confirmDeleteAll: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\262\321\201\320\265 \320\277\320\270\321\201\321\214\320\274\320\260 \320\262 \321\215\321\202\320\276\320\274 \321\201\320\277\320\270\321\201\320\272\320\265 ({0})\? \320\236\321\202\320\274\320\265\320\275\320\270\321\202\321\214 \321\215\321\202\320\276 \320\261\321\203\320\264\320\265\321\202 \320\275\320\265\320\273\321\214\320\267\321\217.',\n"
+    "      confirmQueueDelete: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214 \320\277\320\270\321\201\321\214\320\274\320\276 {0} \320\270\320\267 \320\276\321\207\320\265\321\200\320\265\320\264\320\270\? \320\236\320\275\320\276 \320\275\320\265 \320\261\321\203\320\264\320\265\321\202 \320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276.',\n"
+    "      flush: '\320\236\321\202\320\277\321\200\320\260\320\262\320\270\321\202\321\214 \321\201\320\265\320\271\321\207\320\260\321\201',\n"
+    "      flushed: '\320\235\320\260\321\207\320\260\321\202\320\260 \320\264\320\276\321\201\321\202\320\260\320\262\320\272\320\260 \320\277\320\270\321\201\320\265\320\274: {0}.',\n"
+    "      queueEmpty: '\320\236\321\207\320\265\321\200\320\265\320\264\321\214 \320\277\321\203\321\201\321\202\320\260.',\n"
+    "      qId: 'ID',\n"
+    "      qFrom: '\320\236\321\202\320\277\321\200\320\260\320\262\320\270\321\202\320\265\320\273\321\214',\n"
+    "      qArrived: '\320\237\320\276\320\273\321\203\321\207\320\265\320\275\320\276',\n"
+    "      qSize: '\320\240\320\260\320\267\320\274\320\265\321\200',\n"
+    "      qTries: '\320\237\320\276\320\277\321\213\321\202\320\272\320\270',\n"
+    "      qNext: '\320\241\320\273\320\265\320\264\321\203\321\216\321\211\320\260\321\217 \320\277\320\276\320\277\321\213\321\202\320\272\320\260',\n"
+    "      qRcpts: '\320\237\320\276\320\273\321\203\321\207\320\260\321\202\320\265\320\273\320\270',\n"
+    "      qActions: '\320\224\320\265\320\271\321\201\321\202\320\262\320\270\321\217',\n"
+    "      qActive: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\321\217\320\265\321\202\321\201\321\217 \321\201\320\265\320\271\321\207\320\260\321\201',\n"
+    "      qNow: '\321\201\320\265\320\271\321\207\320\260\321\201',\n"
+    "      removeFromQueue: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214',\n"
+    "      st_pending: '\320\276\320\266\320\270\320\264\320\260\320\265\321\202',\n"
+    "      st_delivered: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276',\n"
+    "      st_bounced: '\320\262\320\276\320\267\320\262\321\200\320\260\321\211\320\265\320\275\320\276',\n"
+    "      listsEmpty: '\320\240\320\260\321\201\321\201\321\213\320\273\320\276\320\272 \320\275\320\265\321\202.',\n"
+    "      owner: '\320\222\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n"
     "      post: '\320\232\321\202\320\276 \320\274\320\276\320\266\320\265\321\202 \320\277\320\270\321\201\320\260\321\202\321\214',\n",
-    "      post_owner: '\321\202\320\276\320\273\321\214\320\272\320\276 \320\262\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n",
-    "      post_members: '\321\203\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\270',\n",
-    "      post_anyone: '\320\262\321\201\320\265',\n",
-    "      posts: '\320\237\320\270\321\201\320\265\320\274 \320\262 \321\200\320\260\321\201\321\201\321\213\320\273\320\272\320\265',\n",
-    "      members: '\320\243\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\270 ({0})',\n",
-    "      pending: '\320\236\320\266\320\270\320\264\320\260\321\216\321\202 \320\277\320\276\320\264\321\202\320\262\320\265\321\200\320\266\320\264\320\265\320\275\320\270\321\217 ({0})',\n",
-    "      noMembers: '\320\243\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\276\320\262 \320\275\320\265\321\202.',\n",
-    "      noPending: '\320\235\320\265\321\202 \320\267\320\260\320\277\321\200\320\276\321\201\320\276\320\262, \320\276\320\266\320\270\320\264\320\260\321\216\321\211\320\270\321\205 \320\277\320\276\320\264\321\202\320\262\320\265\321\200\320\266\320\264\320\265\320\275\320\270\321\217.',\n",
-    "      address: '\320\220\320\264\321\200\320\265\321\201',\n",
-    "      requested: '\320\227\320\260\320\277\321\200\320\276\321\201',\n",
-    "      confirmed: '\320\237\320\276\320\264\321\202\320\262\320\265\321\200\320\266\320\264\320\265\320\275\320\270\320\265',\n",
-    "      bounces: '\320\222\320\276\320\267\320\262\321\200\320\260\321\202\321\213',\n",
-    "      request: '\320\227\320\260\320\277\321\200\320\276\321\201',\n",
-    "      kind_subscribe: '\320\277\320\276\320\264\320\277\320\270\321\201\320\272\320\260',\n",
-    "      kind_unsubscribe: '\320\276\321\202\320\277\320\270\321\201\320\272\320\260',\n",
-    "      time: '\320\222\321\200\320\265\320\274\321\217',\n",
-    "      version: '\320\222\320\265\321\200\321\201\320\270\321\217',\n",
-    "      uptime: '\320\222\321\200\320\265\320\274\321\217 \321\200\320\260\320\261\320\276\321\202\321\213',\n",
-    "      sessions: '\320\236\321\202\320\272\321\200\321\213\321\202\321\213\320\265 \321\201\320\265\320\260\320\275\321\201\321\213',\n",
-    "      messagesToday: '\320\237\320\270\321\201\320\265\320\274 \320\267\320\260 \321\201\320\265\320\263\320\276\320\264\320\275\321\217',\n",
-    "      queueLength: '\320\237\320\270\321\201\320\265\320\274 \320\262 \320\276\321\207\320\265\321\200\320\265\320\264\320\270',\n",
-    "      listeners: '\320\237\321\200\320\276\321\201\320\273\321\203\321\210\320\270\320\262\320\260\320\265\320\274\321\213\320\265 \320\260\320\264\321\200\320\265\321\201\320\260',\n",
-    "      protocol: '\320\237\321\200\320\276\321\202\320\276\320\272\320\276\320\273',\n",
-    "      tls: 'TLS',\n",
-    "      tls_none: '\320\275\320\265\321\202',\n",
-    "      tls_starttls: 'STARTTLS',\n",
-    "      tls_implicit: 'TLS \321\201 \320\277\320\265\321\200\320\262\320\276\320\263\320\276 \320\261\320\260\320\271\321\202\320\260',\n",
-    "      days: '{0} \320\264',\n",
-    "      hours: '{0} \321\207',\n",
-    "      minutes: '{0} \320\274\320\270\320\275',\n",
-    "      seconds: '{0} \321\201',\n",
-    "      kb: '{0} \320\232\320\221',\n",
-    "      mb: '{0} \320\234\320\221',\n",
-    "      none: '\342\200\224',\n",
-    "    },\n",
-    "  };\n",
-    "\n",
-    "  /* The first of the browser's languages that we have; English otherwise. */\n",
-    "  function pickLang() {\n",
-    "    const wanted = (navigator.languages && navigator.languages.length)\n",
-    "      \? navigator.languages : [navigator.language || 'en'];\n",
-    "    for (const l of wanted) {\n",
-    "      const code = String(l).toLowerCase();\n",
-    "      if (code.startsWith('ru')) return 'ru';\n",
-    "      if (code.startsWith('en')) return 'en';\n",
-    "    }\n",
-    "    return 'en';\n",
-    "  }\n",
-    "\n",
-    "  const LANG = pickLang();\n",
-    "\n",
-    "  /* t('forwarded', addr): the string for key, with {0}, {1}... replaced by the arguments. */\n",
-    "  function t(key, ...args) {\n",
-    "    let s = DICT[LANG][key];\n",
-    "    if (s === undefined) s = DICT.en[key];\n",
-    "    if (s === undefined) return key;\n",
-    "    args.forEach((a, i) => { s = s.split('{' + i + '}').join(String(a)); });\n",
-    "    return s;\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 2. DOM helpers */\n",
-    "\n",
-    "  const $ = (id) => document.getElementById(id);\n",
-    "\n",
-    "  /* el('a', {href: '#/', class: 'x'}, 'text', otherNode): a new element. Strings become text\n",
-    "   * nodes; keys starting with \"on\" are event listeners; hidden/disabled/checked are properties. */\n",
-    "  function el(tag, attrs, ...children) {\n",
-    "    const node = document.createElement(tag);\n",
-    "    for (const [k, v] of Object.entries(attrs || {})) {\n",
-    "      if (v === null || v === undefined || v === false) continue;\n",
-    "      if (k === 'class') node.className = v;\n",
-    "      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);\n",
-    "      else if (k === 'hidden' || k === 'disabled' || k === 'checked') node[k] = true;\n",
-    "      else node.setAttribute(k, v === true \? '' : String(v));\n",
-    "    }\n",
-    "    append(node, children);\n",
-    "    return node;\n",
-    "  }\n",
-    "\n",
-    "  function append(node, children) {\n",
-    "    for (const c of children) {\n",
-    "      if (c === null || c === undefined || c === false) continue;\n",
-    "      if (Array.isArray(c)) append(node, c);\n",
-    "      else node.appendChild(typeof c === 'string' || typeof c === 'number'\n",
-    "        \? document.createTextNode(String(c)) : c);\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  /* Replaces all children of node (by id or node) with the given ones. */\n",
-    "  function fill(node, ...children) {\n",
-    "    if (typeof node === 'string') node = $(node);\n",
-    "    node.textContent = '';\n",
-    "    append(node, children);\n",
-    "    return node;\n",
-    "  }\n",
-    "\n",
-    "  const enc = encodeURIComponent;\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- formatting */\n",
-    "\n",
-    "  function fmtDate(iso, long) {\n",
-    "    if (!iso) return t('none');\n",
-    "    const d = new Date(iso);\n",
-    "    if (isNaN(d.getTime())) return String(iso);\n",
-    "    if (long) return d.toLocaleString(LANG);\n",
-    "    const now = new Date();\n",
+    "      post_owner: '\321\202\320\276\320\273\321\214\320\272\320\276 \320\262\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n"
+    "      post_members: '\321\203\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\270',\n"
+    "      post_anyone: '\320\262\321\201\320\265',\n"
+    "      posts: '\320\237\320\270\321\201\320\265\320\274 \320\262 \321\200\320\260\321\201\321\201\321\213\320\273\320\272\320\265',\n"
+    "      members: '\320\243\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\270 ({0})',\n"
+    "      pending: '\320\236\320\266\320\270\320\264\320\260\321\216\321\202 \320\277\320\276\320\264\321\202\320\262\320\265\321\200\320\266\320\264\320\265\320\275\320\270\321\217 ({0})',\n"
+    "      noMembers: '\320\243\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\276\320\262 \320\275\320\265\321\202.',\n"
+    "      noPending: '\320\235\320\265\321\202 \320\267\320\260\320\277\321\200\320\276\321\201\320\276\320\262, \320\276\320\266\320\270\320\264\320\260\321\216\321\211\320\270\321\205 \320\277\320\276\320\264\321\202\320\262\320\265\321\200\320\266\320\264\320\265\320\275\320\270\321\217.',\n"
+    "      address: '\320\220\320\264\321\200\320\265\321\201',\n"
+    "      requested: '\320\227\320\260\320\277\321\200\320\276\321\201',\n"
+    "      confirmed: '\320\237\320\276\320\264\321\202\320\262\320\265\321\200\320\266\320\264\320\265\320\275\320\270\320\265',\n"
+    "      bounces: '\320\222\320\276\320\267\320\262\321\200\320\260\321\202\321\213',\n"
+    "      request: '\320\227\320\260\320\277\321\200\320\276\321\201',\n"
+    "      kind_subscribe: '\320\277\320\276\320\264\320\277\320\270\321\201\320\272\320\260',\n"
+    "      kind_unsubscribe: '\320\276\321\202\320\277\320\270\321\201\320\272\320\260',\n"
+    "      time: '\320\222\321\200\320\265\320\274\321\217',\n"
+    "      version: '\320\222\320\265\321\200\321\201\320\270\321\217',\n"
+    "      uptime: '\320\222\321\200\320\265\320\274\321\217 \321\200\320\260\320\261\320\276\321\202\321\213',\n"
+    "      sessions: '\320\236\321\202\320\272\321\200\321\213\321\202\321\213\320\265 \321\201\320\265\320\260\320\275\321\201\321\213',\n"
+    "      messagesToday: '\320\237\320\270\321\201\320\265\320\274 \320\267\320\260 \321\201\320\265\320\263\320\276\320\264\320\275\321\217',\n"
+    "      queueLength: '\320\237\320\270\321\201\320\265\320\274 \320\262 \320\276\321\207\320\265\321\200\320\265\320\264\320\270',\n"
+    "      listeners: '\320\237\321\200\320\276\321\201\320\273\321\203\321\210\320\270\320\262\320\260\320\265\320\274\321\213\320\265 \320\260\320\264\321\200\320\265\321\201\320\260',\n"
+    "      protocol: '\320\237\321\200\320\276\321\202\320\276\320\272\320\276\320\273',\n"
+    "      tls: 'TLS',\n"
+    "      tls_none: '\320\275\320\265\321\202',\n"
+    "      tls_starttls: 'STARTTLS',\n"
+    "      tls_implicit: 'TLS \321\201 \320\277\320\265\321\200\320\262\320\276\320\263\320\276 \320\261\320\260\320\271\321\202\320\260',\n"
+    "      days: '{0} \320\264',\n"
+    "      hours: '{0} \321\207',\n"
+    "      minutes: '{0} \320\274\320\270\320\275',\n"
+    "      seconds: '{0} \321\201',\n"
+    "      kb: '{0} \320\232\320\221',\n"
+    "      mb: '{0} \320\234\320\221',\n"
+    "      none: '\342\200\224',\n"
+    "    },\n"
+    "  };\n"
+    "\n"
+    "  /* The first of the browser's languages that we have; English otherwise. */\n"
+    "  function pickLang() {\n"
+    "    const wanted = (navigator.languages && navigator.languages.length)\n"
+    "      \? navigator.languages : [navigator.language || 'en'];\n"
+    "    for (const l of wanted) {\n"
+    "      const code = String(l).toLowerCase();\n"
+    "      if (code.startsWith('ru')) return 'ru';\n"
+    "      if (code.startsWith('en')) return 'en';\n"
+    "    }\n"
+    "    return 'en';\n"
+    "  }\n"
+    "\n"
+    "  const LANG = pickLang();\n"
+    "\n"
+    "  /* t('forwarded', addr): the string for key, with {0}, {1}... replaced by the arguments. */\n"
+    "  function t(key, ...args) {\n"
+    "    let s = DICT[LANG][key];\n"
+    "    if (s === undefined) s = DICT.en[key];\n"
+    "    if (s === undefined) return key;\n"
+    "    args.forEach((a, i) => { s = s.split('{' + i + '}').join(String(a)); });\n"
+    "    return s;\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 2. DOM helpers */\n"
+    "\n"
+    "  const $ = (id) => document.getElementById(id);\n"
+    "\n"
+    "  /* el('a', {href: '#/', class: 'x'}, 'text', otherNode): a new element. Strings become text\n"
+    "   * nodes; keys starting with \"on\" are event listeners; hidden/disabled/checked are properties. */\n"
+    "  function el(tag, attrs, ...children) {\n"
+    "    const node = document.createElement(tag);\n"
+    "    for (const [k, v] of Object.entries(attrs || {})) {\n"
+    "      if (v === null || v === undefined || v === false) continue;\n"
+    "      if (k === 'class') node.className = v;\n"
+    "      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);\n"
+    "      else if (k === 'hidden' || k === 'disabled' || k === 'checked') node[k] = true;\n"
+    "      else node.setAttribute(k, v === true \? '' : String(v));\n"
+    "    }\n"
+    "    append(node, children);\n"
+    "    return node;\n"
+    "  }\n"
+    "\n"
+    "  function append(node, children) {\n"
+    "    for (const c of children) {\n"
+    "      if (c === null || c === undefined || c === false) continue;\n"
+    "      if (Array.isArray(c)) append(node, c);\n"
+    "      else node.appendChild(typeof c === 'string' || typeof c === 'number'\n"
+    "        \? document.createTextNode(String(c)) : c);\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  /* Replaces all children of node (by id or node) with the given ones. */\n"
+    "  function fill(node, ...children) {\n"
+    "    if (typeof node === 'string') node = $(node);\n"
+    "    node.textContent = '';\n"
+    "    append(node, children);\n"
+    "    return node;\n"
+    "  }\n"
+    "\n"
+    "  const enc = encodeURIComponent;\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- formatting */\n"
+    "\n"
+    "  function fmtDate(iso, long) {\n"
+    "    if (!iso) return t('none');\n"
+    "    const d = new Date(iso);\n"
+    "    if (isNaN(d.getTime())) return String(iso);\n"
+    "    if (long) return d.toLocaleString(LANG);\n"
+    "    const now = new Date();\n"
     "    if (d.toDateString() === now.toDateString())\n",
-    "      return d.toLocaleTimeString(LANG, { hour: '2-digit', minute: '2-digit' });\n",
-    "    if (d.getFullYear() === now.getFullYear())\n",
-    "      return d.toLocaleDateString(LANG, { day: 'numeric', month: 'short' });\n",
-    "    return d.toLocaleDateString(LANG, { year: 'numeric', month: 'short', day: 'numeric' });\n",
-    "  }\n",
-    "\n",
-    "  function fmtSize(bytes) {\n",
-    "    const kb = (Number(bytes) || 0) / 1024;\n",
-    "    if (kb >= 1024) return t('mb', (Math.round(kb / 102.4) / 10).toLocaleString(LANG));\n",
-    "    const n = kb < 10 \? Math.max(0.1, Math.round(kb * 10) / 10) : Math.round(kb);\n",
-    "    return t('kb', n.toLocaleString(LANG));\n",
-    "  }\n",
-    "\n",
-    "  function fmtUptime(sec) {\n",
-    "    sec = Math.max(0, Math.floor(Number(sec) || 0));\n",
-    "    const d = Math.floor(sec / 86400), h = Math.floor(sec / 3600) % 24;\n",
-    "    const m = Math.floor(sec / 60) % 60, s = sec % 60;\n",
-    "    const parts = [];\n",
-    "    if (d) parts.push(t('days', d));\n",
-    "    if (d || h) parts.push(t('hours', h));\n",
-    "    if (!d) parts.push(t('minutes', m));\n",
-    "    if (!d && !h) parts.push(t('seconds', s));\n",
-    "    return parts.join(' ');\n",
-    "  }\n",
-    "\n",
-    "  /* \"Name <address>\", or the address alone. */\n",
-    "  function fmtAddr(a) {\n",
-    "    if (!a) return '';\n",
-    "    if (a.Name && a.Address) return a.Name + ' <' + a.Address + '>';\n",
-    "    return a.Name || a.Address || '';\n",
-    "  }\n",
-    "\n",
-    "  function fmtAddrs(list) {\n",
-    "    return (list || []).map(fmtAddr).filter(Boolean).join(', ');\n",
-    "  }\n",
-    "\n",
-    "  /* A translated word for a value the server sends (a state, a policy), or the value itself. */\n",
-    "  function word(prefix, value) {\n",
-    "    const key = prefix + String(value || '').toLowerCase();\n",
-    "    return (DICT[LANG][key] !== undefined || DICT.en[key] !== undefined) \? t(key) : String(value || '');\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 3. the API */\n",
-    "\n",
-    "  function showError(text) { $('error').textContent = text; }\n",
-    "  function clearError() { $('error').textContent = ''; }\n",
-    "\n",
-    "  /* api('GET', '/api/v1/messages'): the parsed JSON (or the text) of the answer. On failure the\n",
-    "   * error is shown in #error and the promise rejects (callers that need not react use quiet()). */\n",
-    "  async function api(method, path, body) {\n",
-    "    const opts = { method, headers: {}, credentials: 'same-origin', cache: 'no-store' };\n",
-    "    if (method !== 'GET') {\n",
-    "      opts.headers['X-Requested-With'] = 'mailsrv';\n",
-    "      opts.headers['Content-Type'] = 'application/json';\n",
-    "      if (body !== undefined) opts.body = JSON.stringify(body);\n",
-    "    }\n",
-    "    let res;\n",
-    "    try {\n",
-    "      res = await fetch(path, opts);\n",
-    "    } catch (e) {\n",
-    "      throw fail(t('netError', e.message || e));\n",
-    "    }\n",
-    "    const text = await res.text().catch(() => '');\n",
-    "    if (res.status === 401) throw fail(t('login'));\n",
-    "    if (!res.ok) throw fail(t('httpError', res.status, text.trim().slice(0, 300) || res.statusText));\n",
-    "    clearError();\n",
-    "    const type = res.headers.get('Content-Type') || '';\n",
-    "    if (!type.includes('json')) return text;\n",
-    "    try {\n",
-    "      return JSON.parse(text);\n",
-    "    } catch (e) {\n",
-    "      throw fail(t('badJson'));\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  function fail(message) {\n",
-    "    showError(message);\n",
-    "    const err = new Error(message);\n",
-    "    err.shown = true;\n",
-    "    return err;\n",
-    "  }\n",
-    "\n",
-    "  /* For calls whose failure is already shown in #error and needs nothing more. */\n",
-    "  function quiet(promise) {\n",
-    "    return promise.catch((e) => { if (!e || !e.shown) console.error(e); });\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- state */\n",
-    "\n",
-    "  const PAGE = 50;\n",
-    "  let newSince = 0; // \"new\" events since the list was last fetched (see loadList)\n",
-    "\n",
-    "  const app = {\n",
-    "    me: { User: '', Admin: false, Capture: false, Mailboxes: [] },\n",
-    "    view: '',            // 'list', 'message', 'queue', 'lists' or 'status'\n",
-    "    ready: false,        // has the first view been rendered\?\n",
-    "    list: newList(null, null, '#/'),\n",
-    "    msg: null,           // the open message (GET /api/v1/message/ID)\n",
-    "    msgId: '',           // the ID asked for (set before the answer arrives)\n",
-    "    tab: 'text',\n",
+    "      return d.toLocaleTimeString(LANG, { hour: '2-digit', minute: '2-digit' });\n"
+    "    if (d.getFullYear() === now.getFullYear())\n"
+    "      return d.toLocaleDateString(LANG, { day: 'numeric', month: 'short' });\n"
+    "    return d.toLocaleDateString(LANG, { year: 'numeric', month: 'short', day: 'numeric' });\n"
+    "  }\n"
+    "\n"
+    "  function fmtSize(bytes) {\n"
+    "    const kb = (Number(bytes) || 0) / 1024;\n"
+    "    if (kb >= 1024) return t('mb', (Math.round(kb / 102.4) / 10).toLocaleString(LANG));\n"
+    "    const n = kb < 10 \? Math.max(0.1, Math.round(kb * 10) / 10) : Math.round(kb);\n"
+    "    return t('kb', n.toLocaleString(LANG));\n"
+    "  }\n"
+    "\n"
+    "  function fmtUptime(sec) {\n"
+    "    sec = Math.max(0, Math.floor(Number(sec) || 0));\n"
+    "    const d = Math.floor(sec / 86400), h = Math.floor(sec / 3600) % 24;\n"
+    "    const m = Math.floor(sec / 60) % 60, s = sec % 60;\n"
+    "    const parts = [];\n"
+    "    if (d) parts.push(t('days', d));\n"
+    "    if (d || h) parts.push(t('hours', h));\n"
+    "    if (!d) parts.push(t('minutes', m));\n"
+    "    if (!d && !h) parts.push(t('seconds', s));\n"
+    "    return parts.join(' ');\n"
+    "  }\n"
+    "\n"
+    "  /* \"Name <address>\", or the address alone. */\n"
+    "  function fmtAddr(a) {\n"
+    "    if (!a) return '';\n"
+    "    if (a.Name && a.Address) return a.Name + ' <' + a.Address + '>';\n"
+    "    return a.Name || a.Address || '';\n"
+    "  }\n"
+    "\n"
+    "  function fmtAddrs(list) {\n"
+    "    return (list || []).map(fmtAddr).filter(Boolean).join(', ');\n"
+    "  }\n"
+    "\n"
+    "  /* A translated word for a value the server sends (a state, a policy), or the value itself. */\n"
+    "  function word(prefix, value) {\n"
+    "    const key = prefix + String(value || '').toLowerCase();\n"
+    "    return (DICT[LANG][key] !== undefined || DICT.en[key] !== undefined) \? t(key) : String(value || '');\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 3. the API */\n"
+    "\n"
+    "  function showError(text) { $('error').textContent = text; }\n"
+    "  function clearError() { $('error').textContent = ''; }\n"
+    "\n"
+    "  /* api('GET', '/api/v1/messages'): the parsed JSON (or the text) of the answer. On failure the\n"
+    "   * error is shown in #error and the promise rejects (callers that need not react use quiet()). */\n"
+    "  async function api(method, path, body) {\n"
+    "    const opts = { method, headers: {}, credentials: 'same-origin', cache: 'no-store' };\n"
+    "    if (method !== 'GET') {\n"
+    "      opts.headers['X-Requested-With'] = 'mailsrv';\n"
+    "      opts.headers['Content-Type'] = 'application/json';\n"
+    "      if (body !== undefined) opts.body = JSON.stringify(body);\n"
+    "    }\n"
+    "    let res;\n"
+    "    try {\n"
+    "      res = await fetch(path, opts);\n"
+    "    } catch (e) {\n"
+    "      throw fail(t('netError', e.message || e));\n"
+    "    }\n"
+    "    const text = await res.text().catch(() => '');\n"
+    "    if (res.status === 401) throw fail(t('login'));\n"
+    "    if (!res.ok) throw fail(t('httpError', res.status, text.trim().slice(0, 300) || res.statusText));\n"
+    "    clearError();\n"
+    "    const type = res.headers.get('Content-Type') || '';\n"
+    "    if (!type.includes('json')) return text;\n"
+    "    try {\n"
+    "      return JSON.parse(text);\n"
+    "    } catch (e) {\n"
+    "      throw fail(t('badJson'));\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  function fail(message) {\n"
+    "    showError(message);\n"
+    "    const err = new Error(message);\n"
+    "    err.shown = true;\n"
+    "    return err;\n"
+    "  }\n"
+    "\n"
+    "  /* For calls whose failure is already shown in #error and needs nothing more. */\n"
+    "  function quiet(promise) {\n"
+    "    return promise.catch((e) => { if (!e || !e.shown) console.error(e); });\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- state */\n"
+    "\n"
+    "  const PAGE = 50;\n"
+    "  let newSince = 0; // \"new\" events since the list was last fetched (see loadList)\n"
+    "\n"
+    "  const app = {\n"
+    "    me: { User: '', Admin: false, Capture: false, Mailboxes: [] },\n"
+    "    view: '',            // 'list', 'message', 'queue', 'lists' or 'status'\n"
+    "    ready: false,        // has the first view been rendered\?\n"
+    "    list: newList(null, null, '#/'),\n"
+    "    msg: null,           // the open message (GET /api/v1/message/ID)\n"
+    "    msgId: '',           // the ID asked for (set before the answer arrives)\n"
+    "    tab: 'text',\n"
     "    remote: false,       // remote images shown for the open message\n",
-    "    loaded: {},          // tabs fetched on demand for the open message: headers, raw\n",
-    "  };\n",
-    "\n",
-    "  /* The list shown (or last shown): its filter, the messages loaded and the selection. */\n",
-    "  function newList(mailbox, query, hash) {\n",
-    "    return {\n",
-    "      key: JSON.stringify([mailbox, query]),\n",
-    "      mailbox, query, hash,\n",
-    "      messages: [],\n",
-    "      total: 0,            // matches in all, not only those loaded\n",
-    "      unread: 0,\n",
-    "      loaded: false,\n",
-    "      loading: false,\n",
-    "      seq: 0,              // loads begun (loadList drops an answer older than the last)\n",
-    "      selected: new Set(), // IDs\n",
-    "      cur: '',             // ID of the current row (j/k)\n",
-    "      rows: new Map(),     // ID -> row element\n",
-    "      scrollY: 0,\n",
-    "    };\n",
-    "  }\n",
-    "\n",
-    "  function markReady() {\n",
-    "    if (app.ready) return;\n",
-    "    app.ready = true;\n",
-    "    document.body.dataset.ready = '1';\n",
-    "    try { performance.mark('mailsrv-first-render'); } catch (e) { /* old browser */ }\n",
-    "  }\n",
-    "\n",
-    "  function isAdmin() { return !!(app.me.Admin || app.me.Capture); }\n",
-    "\n",
-    "  function updateTitle() {\n",
-    "    const n = app.list.unread;\n",
-    "    document.title = n > 0 \? '(' + n + ') mailsrv' : 'mailsrv';\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 4. routing */\n",
-    "\n",
-    "  const VIEWS = ['list', 'message', 'queue', 'lists', 'status'];\n",
-    "\n",
-    "  function showView(name) {\n",
-    "    if (app.view === 'list' && name !== 'list') app.list.scrollY = window.scrollY;\n",
-    "    if (app.view === 'message' && name !== 'message') leaveMessage();\n",
-    "    app.view = name;\n",
-    "    for (const v of VIEWS) $('view-' + v).hidden = v !== name;\n",
-    "  }\n",
-    "\n",
-    "  function route() {\n",
-    "    const hash = location.hash || '#/';\n",
-    "    const path = hash.replace(/^#\\/\?/, '');\n",
-    "    const slash = path.indexOf('/');\n",
-    "    const kind = slash < 0 \? path : path.slice(0, slash);\n",
-    "    let arg = slash < 0 \? '' : path.slice(slash + 1);\n",
-    "    try { arg = decodeURIComponent(arg); } catch (e) { /* keep it as it is */ }\n",
-    "\n",
-    "    $('search').value = kind === 'search' \? arg : '';\n",
-    "    if (kind === 'mailbox' && arg) showList(arg, null, hash);\n",
-    "    else if (kind === 'search' && arg.trim()) showList(null, arg, hash);\n",
-    "    else if (kind === 'message' && arg) showMessage(arg);\n",
-    "    else if (kind === 'queue') showQueue();\n",
-    "    else if (kind === 'lists') showLists();\n",
-    "    else if (kind === 'status') showStatus();\n",
-    "    else showList(null, null, '#/');\n",
-    "    markNav(kind === 'mailbox' \? arg : kind === '' \? '' : null, kind);\n",
-    "  }\n",
-    "\n",
-    "  /* aria-current on the nav link of the view shown. */\n",
-    "  function markNav(mailbox, kind) {\n",
-    "    for (const a of $('nav').querySelectorAll('a')) {\n",
-    "      const on = (a.dataset.all !== undefined && mailbox === '') ||\n",
-    "        (a.dataset.mailbox !== undefined && a.dataset.mailbox === mailbox) ||\n",
-    "        (a.id === 'nav-' + kind);\n",
-    "      if (on) a.setAttribute('aria-current', 'page');\n",
-    "      else a.removeAttribute('aria-current');\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  function go(hash) {\n",
-    "    if (location.hash === hash) route();\n",
-    "    else location.hash = hash;\n",
-    "  }\n",
-    "\n",
-    "  function messageHash(id) { return '#/message/' + enc(id); }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- nav: mailboxes */\n",
-    "\n",
-    "  async function loadMailboxes() {\n",
-    "    const me = await api('GET', '/api/v1/mailboxes');\n",
-    "    app.me = {\n",
-    "      User: me.User || '',\n",
-    "      Admin: !!me.Admin,\n",
-    "      Capture: !!me.Capture,\n",
-    "      Mailboxes: Array.isArray(me.Mailboxes) \? me.Mailboxes : [],\n",
-    "    };\n",
-    "    renderNav();\n",
-    "  }\n",
-    "\n",
-    "  function renderNav() {\n",
-    "    const me = app.me;\n",
-    "    $('user').textContent = me.User || (me.Capture \? t('captureMode') : '');\n",
-    "    const allLabel = (!me.Capture && me.Mailboxes.length <= 1) \? t('inbox') : t('allMail');\n",
-    "    const items = [el('li', null, el('a', { href: '#/', 'data-all': '' }, el('span', { class: 'name' }, allLabel)))];\n",
-    "    for (const mb of me.Mailboxes) {\n",
-    "      const unread = Number(mb.Unread) || 0, total = Number(mb.Total) || 0;\n",
-    "      items.push(el('li', null,\n",
-    "        el('a', { href: '#/mailbox/' + enc(mb.Address), 'data-mailbox': mb.Address },\n",
-    "          el('span', { class: 'name' }, mb.Address),\n",
+    "    loaded: {},          // tabs fetched on demand for the open message: headers, raw\n"
+    "  };\n"
+    "\n"
+    "  /* The list shown (or last shown): its filter, the messages loaded and the selection. */\n"
+    "  function newList(mailbox, query, hash) {\n"
+    "    return {\n"
+    "      key: JSON.stringify([mailbox, query]),\n"
+    "      mailbox, query, hash,\n"
+    "      messages: [],\n"
+    "      total: 0,            // matches in all, not only those loaded\n"
+    "      unread: 0,\n"
+    "      loaded: false,\n"
+    "      loading: false,\n"
+    "      seq: 0,              // loads begun (loadList drops an answer older than the last)\n"
+    "      selected: new Set(), // IDs\n"
+    "      cur: '',             // ID of the current row (j/k)\n"
+    "      rows: new Map(),     // ID -> row element\n"
+    "      scrollY: 0,\n"
+    "    };\n"
+    "  }\n"
+    "\n"
+    "  function markReady() {\n"
+    "    if (app.ready) return;\n"
+    "    app.ready = true;\n"
+    "    document.body.dataset.ready = '1';\n"
+    "    try { performance.mark('mailsrv-first-render'); } catch (e) { /* old browser */ }\n"
+    "  }\n"
+    "\n"
+    "  function isAdmin() { return !!(app.me.Admin || app.me.Capture); }\n"
+    "\n"
+    "  function updateTitle() {\n"
+    "    const n = app.list.unread;\n"
+    "    document.title = n > 0 \? '(' + n + ') mailsrv' : 'mailsrv';\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 4. routing */\n"
+    "\n"
+    "  const VIEWS = ['list', 'message', 'queue', 'lists', 'status'];\n"
+    "\n"
+    "  function showView(name) {\n"
+    "    if (app.view === 'list' && name !== 'list') app.list.scrollY = window.scrollY;\n"
+    "    if (app.view === 'message' && name !== 'message') leaveMessage();\n"
+    "    app.view = name;\n"
+    "    for (const v of VIEWS) $('view-' + v).hidden = v !== name;\n"
+    "  }\n"
+    "\n"
+    "  function route() {\n"
+    "    const hash = location.hash || '#/';\n"
+    "    const path = hash.replace(/^#\\/\?/, '');\n"
+    "    const slash = path.indexOf('/');\n"
+    "    const kind = slash < 0 \? path : path.slice(0, slash);\n"
+    "    let arg = slash < 0 \? '' : path.slice(slash + 1);\n"
+    "    try { arg = decodeURIComponent(arg); } catch (e) { /* keep it as it is */ }\n"
+    "\n"
+    "    $('search').value = kind === 'search' \? arg : '';\n"
+    "    if (kind === 'mailbox' && arg) showList(arg, null, hash);\n"
+    "    else if (kind === 'search' && arg.trim()) showList(null, arg, hash);\n"
+    "    else if (kind === 'message' && arg) showMessage(arg);\n"
+    "    else if (kind === 'queue') showQueue();\n"
+    "    else if (kind === 'lists') showLists();\n"
+    "    else if (kind === 'status') showStatus();\n"
+    "    else showList(null, null, '#/');\n"
+    "    markNav(kind === 'mailbox' \? arg : kind === '' \? '' : null, kind);\n"
+    "  }\n"
+    "\n"
+    "  /* aria-current on the nav link of the view shown. */\n"
+    "  function markNav(mailbox, kind) {\n"
+    "    for (const a of $('nav').querySelectorAll('a')) {\n"
+    "      const on = (a.dataset.all !== undefined && mailbox === '') ||\n"
+    "        (a.dataset.mailbox !== undefined && a.dataset.mailbox === mailbox) ||\n"
+    "        (a.id === 'nav-' + kind);\n"
+    "      if (on) a.setAttribute('aria-current', 'page');\n"
+    "      else a.removeAttribute('aria-current');\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  function go(hash) {\n"
+    "    if (location.hash === hash) route();\n"
+    "    else location.hash = hash;\n"
+    "  }\n"
+    "\n"
+    "  function messageHash(id) { return '#/message/' + enc(id); }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- nav: mailboxes */\n"
+    "\n"
+    "  async function loadMailboxes() {\n"
+    "    const me = await api('GET', '/api/v1/mailboxes');\n"
+    "    app.me = {\n"
+    "      User: me.User || '',\n"
+    "      Admin: !!me.Admin,\n"
+    "      Capture: !!me.Capture,\n"
+    "      Mailboxes: Array.isArray(me.Mailboxes) \? me.Mailboxes : [],\n"
+    "    };\n"
+    "    renderNav();\n"
+    "  }\n"
+    "\n"
+    "  function renderNav() {\n"
+    "    const me = app.me;\n"
+    "    $('user').textContent = me.User || (me.Capture \? t('captureMode') : '');\n"
+    "    const allLabel = (!me.Capture && me.Mailboxes.length <= 1) \? t('inbox') : t('allMail');\n"
+    "    const items = [el('li', null, el('a', { href: '#/', 'data-all': '' }, el('span', { class: 'name' }, allLabel)))];\n"
+    "    for (const mb of me.Mailboxes) {\n"
+    "      const unread = Number(mb.Unread) || 0, total = Number(mb.Total) || 0;\n"
+    "      items.push(el('li', null,\n"
+    "        el('a', { href: '#/mailbox/' + enc(mb.Address), 'data-mailbox': mb.Address },\n"
+    "          el('span', { class: 'name' }, mb.Address),\n"
     "          el('span', {\n",
-    "            class: unread \? 'count has-unread' : 'count',\n",
-    "            title: t('mailboxCount', unread, total),\n",
-    "          }, unread \? unread + ' / ' + total : String(total)))));\n",
-    "    }\n",
-    "    fill('mailboxes', items);\n",
-    "    const admin = isAdmin();\n",
-    "    $('nav-admin').hidden = !admin;\n",
-    "    for (const id of ['nav-queue', 'nav-lists', 'nav-status']) $(id).hidden = !admin;\n",
-    "    const h = location.hash.replace(/^#\\/\?/, '');\n",
-    "    const kind = h.split('/')[0];\n",
-    "    let arg = h.slice(kind.length + 1);\n",
-    "    try { arg = decodeURIComponent(arg); } catch (e) { /* as it is */ }\n",
-    "    markNav(kind === 'mailbox' \? arg : kind === '' \? '' : null, kind);\n",
-    "    if (app.list.key === JSON.stringify([null, null])) $('list-title').textContent = allLabel;\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 5a. the message list */\n",
-    "\n",
-    "  function listUrl(start, limit) {\n",
-    "    const L = app.list;\n",
-    "    const p = new URLSearchParams();\n",
-    "    if (L.query !== null) p.set('query', L.query);\n",
-    "    p.set('start', String(start));\n",
-    "    p.set('limit', String(limit));\n",
-    "    if (L.mailbox) p.set('mailbox', L.mailbox);\n",
-    "    return (L.query !== null \? '/api/v1/search\?' : '/api/v1/messages\?') + p.toString();\n",
-    "  }\n",
-    "\n",
-    "  function showList(mailbox, query, hash) {\n",
-    "    const key = JSON.stringify([mailbox, query]);\n",
-    "    showView('list');\n",
-    "    const L0 = app.list;\n",
-    "    if (L0.key !== key) {\n",
-    "      app.list = newList(mailbox, query, hash);\n",
-    "      $('list-title').textContent = query !== null \? t('searchResults', query)\n",
-    "        : mailbox \? mailbox\n",
-    "        : (!app.me.Capture && app.me.Mailboxes.length <= 1) \? t('inbox') : t('allMail');\n",
-    "      renderList();\n",
-    "      quiet(loadList(false));\n",
-    "    } else {\n",
-    "      app.list.hash = hash;\n",
-    "      renderList();\n",
-    "      window.scrollTo(0, app.list.scrollY);\n",
-    "      const row = app.list.rows.get(app.list.cur);\n",
-    "      if (row) row.scrollIntoView({ block: 'nearest' });\n",
-    "      quiet(loadList(false)); // the same list again: show it at once, then bring it up to date\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  /* Fetches the first page (or, on refresh, as many as are loaded), or with more the next page.\n",
-    "   * Each load has a number: an answer that comes after a newer load began is dropped, so a slow\n",
-    "   * refresh cannot overwrite a \"Load more\" or a later refresh. */\n",
-    "  async function loadList(more) {\n",
-    "    const L = app.list;\n",
-    "    const seq = ++L.seq;\n",
-    "    const start = more \? L.messages.length : 0;\n",
-    "    // a refresh asks for as many as are shown, plus those that arrived since (so none drop off),\n",
-    "    // in pages of at most 1,000 (the API's limit)\n",
-    "    let want = more \? PAGE : Math.max(PAGE, L.messages.length + newSince);\n",
-    "    if (!more) newSince = 0;\n",
-    "    L.loading = true;\n",
-    "    updateMore();\n",
-    "    let r, got = [];\n",
-    "    try {\n",
-    "      for (let at = start; want > 0; ) {\n",
-    "        const n = Math.min(1000, want);\n",
-    "        r = await api('GET', listUrl(at, n));\n",
-    "        const page = Array.isArray(r.messages) \? r.messages : [];\n",
-    "        got = got.concat(page);\n",
-    "        if (page.length < n) break;\n",
-    "        at += n;\n",
-    "        want -= n;\n",
-    "      }\n",
-    "    } finally {\n",
-    "      if (L.seq === seq) L.loading = false;\n",
-    "      if (app.list === L) updateMore();\n",
-    "    }\n",
-    "    if (app.list !== L || L.seq !== seq) return; // another list was opened, or a newer load began\n",
-    "    if (more) {\n",
-    "      const have = new Set(L.messages.map((m) => m.ID));\n",
-    "      for (const m of got) if (!have.has(m.ID)) L.messages.push(m);\n",
-    "    } else {\n",
-    "      L.messages = got;\n",
-    "    }\n",
-    "    L.total = Number(r.messages_count !== undefined \? r.messages_count : r.total) || 0;\n",
-    "    L.unread = Number(r.messages_unread !== undefined \? r.messages_unread : r.unread) || 0;\n",
-    "    L.loaded = true;\n",
-    "    const ids = new Set(L.messages.map((m) => m.ID));\n",
-    "    for (const id of L.selected) if (!ids.has(id)) L.selected.delete(id);\n",
-    "    const y = window.scrollY;\n",
-    "    renderList();\n",
-    "    if (app.view === 'list') window.scrollTo(0, y);\n",
-    "    markReady();\n",
-    "  }\n",
-    "\n",
-    "  function renderList() {\n",
-    "    const L = app.list;\n",
-    "    L.rows = new Map();\n",
-    "    const rows = L.messages.map((m) => {\n",
+    "            class: unread \? 'count has-unread' : 'count',\n"
+    "            title: t('mailboxCount', unread, total),\n"
+    "          }, unread \? unread + ' / ' + total : String(total)))));\n"
+    "    }\n"
+    "    fill('mailboxes', items);\n"
+    "    const admin = isAdmin();\n"
+    "    $('nav-admin').hidden = !admin;\n"
+    "    for (const id of ['nav-queue', 'nav-lists', 'nav-status']) $(id).hidden = !admin;\n"
+    "    const h = location.hash.replace(/^#\\/\?/, '');\n"
+    "    const kind = h.split('/')[0];\n"
+    "    let arg = h.slice(kind.length + 1);\n"
+    "    try { arg = decodeURIComponent(arg); } catch (e) { /* as it is */ }\n"
+    "    markNav(kind === 'mailbox' \? arg : kind === '' \? '' : null, kind);\n"
+    "    if (app.list.key === JSON.stringify([null, null])) $('list-title').textContent = allLabel;\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 5a. the message list */\n"
+    "\n"
+    "  function listUrl(start, limit) {\n"
+    "    const L = app.list;\n"
+    "    const p = new URLSearchParams();\n"
+    "    if (L.query !== null) p.set('query', L.query);\n"
+    "    p.set('start', String(start));\n"
+    "    p.set('limit', String(limit));\n"
+    "    if (L.mailbox) p.set('mailbox', L.mailbox);\n"
+    "    return (L.query !== null \? '/api/v1/search\?' : '/api/v1/messages\?') + p.toString();\n"
+    "  }\n"
+    "\n"
+    "  function showList(mailbox, query, hash) {\n"
+    "    const key = JSON.stringify([mailbox, query]);\n"
+    "    showView('list');\n"
+    "    const L0 = app.list;\n"
+    "    if (L0.key !== key) {\n"
+    "      app.list = newList(mailbox, query, hash);\n"
+    "      $('list-title').textContent = query !== null \? t('searchResults', query)\n"
+    "        : mailbox \? mailbox\n"
+    "        : (!app.me.Capture && app.me.Mailboxes.length <= 1) \? t('inbox') : t('allMail');\n"
+    "      renderList();\n"
+    "      quiet(loadList(false));\n"
+    "    } else {\n"
+    "      app.list.hash = hash;\n"
+    "      renderList();\n"
+    "      window.scrollTo(0, app.list.scrollY);\n"
+    "      const row = app.list.rows.get(app.list.cur);\n"
+    "      if (row) row.scrollIntoView({ block: 'nearest' });\n"
+    "      quiet(loadList(false)); // the same list again: show it at once, then bring it up to date\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  /* Fetches the first page (or, on refresh, as many as are loaded), or with more the next page.\n"
+    "   * Each load has a number: an answer that comes after a newer load began is dropped, so a slow\n"
+    "   * refresh cannot overwrite a \"Load more\" or a later refresh. */\n"
+    "  async function loadList(more) {\n"
+    "    const L = app.list;\n"
+    "    const seq = ++L.seq;\n"
+    "    const start = more \? L.messages.length : 0;\n"
+    "    // a refresh asks for as many as are shown, plus those that arrived since (so none drop off),\n"
+    "    // in pages of at most 1,000 (the API's limit)\n"
+    "    let want = more \? PAGE : Math.max(PAGE, L.messages.length + newSince);\n"
+    "    if (!more) newSince = 0;\n"
+    "    L.loading = true;\n"
+    "    updateMore();\n"
+    "    let r, got = [];\n"
+    "    try {\n"
+    "      for (let at = start; want > 0; ) {\n"
+    "        const n = Math.min(1000, want);\n"
+    "        r = await api('GET', listUrl(at, n));\n"
+    "        const page = Array.isArray(r.messages) \? r.messages : [];\n"
+    "        got = got.concat(page);\n"
+    "        if (page.length < n) break;\n"
+    "        at += n;\n"
+    "        want -= n;\n"
+    "      }\n"
+    "    } finally {\n"
+    "      if (L.seq === seq) L.loading = false;\n"
+    "      if (app.list === L) updateMore();\n"
+    "    }\n"
+    "    if (app.list !== L || L.seq !== seq) return; // another list was opened, or a newer load began\n"
+    "    if (more) {\n"
+    "      const have = new Set(L.messages.map((m) => m.ID));\n"
+    "      for (const m of got) if (!have.has(m.ID)) L.messages.push(m);\n"
+    "    } else {\n"
+    "      L.messages = got;\n"
+    "    }\n"
+    "    L.total = Number(r.messages_count !== undefined \? r.messages_count : r.total) || 0;\n"
+    "    L.unread = Number(r.messages_unread !== undefined \? r.messages_unread : r.unread) || 0;\n"
+    "    L.loaded = true;\n"
+    "    const ids = new Set(L.messages.map((m) => m.ID));\n"
+    "    for (const id of L.selected) if (!ids.has(id)) L.selected.delete(id);\n"
+    "    const y = window.scrollY;\n"
+    "    renderList();\n"
+    "    if (app.view === 'list') window.scrollTo(0, y);\n"
+    "    markReady();\n"
+    "  }\n"
+    "\n"
+    "  function renderList() {\n"
+    "    const L = app.list;\n"
+    "    L.rows = new Map();\n"
+    "    const rows = L.messages.map((m) => {\n"
     "      const row = renderRow(m);\n",
-    "      L.rows.set(m.ID, row);\n",
-    "      return row;\n",
-    "    });\n",
-    "    fill('list', rows);\n",
-    "    $('empty').hidden = !(L.loaded && L.messages.length === 0);\n",
-    "    $('list-count').textContent = L.loaded && L.total\n",
-    "      \? t('countOf', L.messages.length.toLocaleString(LANG), L.total.toLocaleString(LANG)) : '';\n",
-    "    updateMore();\n",
-    "    updateToolbar();\n",
-    "    updateTitle();\n",
-    "    highlight(false);\n",
-    "  }\n",
-    "\n",
-    "  function renderRow(m) {\n",
-    "    const L = app.list;\n",
-    "    const subject = m.Subject || t('noSubject');\n",
-    "    const from = m.From \? (m.From.Name || m.From.Address || '') : '';\n",
-    "    const box = el('input', {\n",
-    "      type: 'checkbox',\n",
-    "      'aria-label': t('selectMessage', subject),\n",
-    "      checked: L.selected.has(m.ID),\n",
-    "    });\n",
-    "    box.addEventListener('change', () => {\n",
-    "      if (box.checked) L.selected.add(m.ID); else L.selected.delete(m.ID);\n",
-    "      updateToolbar();\n",
-    "    });\n",
-    "    return el('div', {\n",
-    "      class: m.Read \? 'msg' : 'msg unread',\n",
-    "      'data-id': m.ID,\n",
-    "      role: 'row',\n",
-    "      'aria-selected': 'false',\n",
-    "    },\n",
-    "    el('div', { class: 'sel', role: 'gridcell' }, box),\n",
-    "    el('div', { class: 'mark', role: 'gridcell' },\n",
-    "      m.Read \? null : [el('span', { 'aria-hidden': 'true' }, '\342\227\217'), el('span', { class: 'vh' }, t('unread'))]),\n",
-    "    el('div', { class: 'from', role: 'gridcell', title: m.From \? m.From.Address || '' : '' }, from),\n",
-    "    el('div', { class: 'subject', role: 'gridcell' }, el('a', { href: messageHash(m.ID) }, subject)),\n",
-    "    el('div', { class: 'snippet', role: 'gridcell' }, m.Snippet || ''),\n",
-    "    el('div', { class: 'attcell', role: 'gridcell' },\n",
-    "      m.Attachments > 0 \? el('span', { class: 'att', role: 'img', 'aria-label': t('hasAttachments'), title: t('hasAttachments') }) : null),\n",
-    "    el('div', { class: 'date', role: 'gridcell' }, el('time', { datetime: m.Created || '' }, fmtDate(m.Created))),\n",
-    "    el('div', { class: 'size', role: 'gridcell' }, fmtSize(m.Size)));\n",
-    "  }\n",
-    "\n",
-    "  function hasMore() { return app.list.loaded && app.list.messages.length < app.list.total; }\n",
-    "\n",
-    "  function updateMore() {\n",
-    "    const b = $('btn-more');\n",
-    "    b.hidden = !hasMore();\n",
-    "    b.disabled = app.list.loading;\n",
-    "  }\n",
-    "\n",
-    "  function updateToolbar() {\n",
-    "    const L = app.list;\n",
-    "    const n = L.selected.size;\n",
-    "    for (const id of ['btn-read-selected', 'btn-unread-selected', 'btn-delete-selected']) $(id).disabled = n === 0;\n",
-    "    $('btn-delete-all').disabled = !L.loaded || L.total === 0;\n",
-    "    const all = $('sel-all');\n",
-    "    all.checked = n > 0 && n === L.messages.length;\n",
-    "    all.indeterminate = n > 0 && n < L.messages.length;\n",
-    "    for (const [id, row] of L.rows) {\n",
-    "      const on = L.selected.has(id);\n",
-    "      row.classList.toggle('selected', on);\n",
-    "      row.querySelector('input').checked = on;\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  /* Marks the current row (class \"current\", aria-selected); scroll brings it into view. */\n",
-    "  function highlight(scroll) {\n",
-    "    const L = app.list;\n",
-    "    for (const [id, row] of L.rows) {\n",
-    "      const on = id === L.cur;\n",
-    "      row.classList.toggle('current', on);\n",
-    "      row.setAttribute('aria-selected', on \? 'true' : 'false');\n",
-    "      if (on && scroll) row.scrollIntoView({ block: 'nearest' });\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  /* Read or unread in the list's copy, the row, the unread count and the title. */\n",
-    "  function setReadLocal(id, read) {\n",
-    "    const L = app.list;\n",
-    "    const m = L.messages.find((x) => x.ID === id);\n",
-    "    if (m && !!m.Read !== read) {\n",
-    "      m.Read = read;\n",
-    "      L.unread = Math.max(0, L.unread + (read \? -1 : 1));\n",
-    "      const old = L.rows.get(id);\n",
-    "      if (old) {\n",
-    "        const row = renderRow(m);\n",
-    "        old.replaceWith(row);\n",
-    "        L.rows.set(id, row);\n",
-    "        highlight(false);\n",
-    "        updateToolbar();\n",
-    "      }\n",
-    "    }\n",
-    "    if (app.msg && app.msg.ID === id) app.msg.Read = read;\n",
-    "    updateTitle();\n",
-    "  }\n",
-    "\n",
-    "  /* Drops messages from the list's copy (deleted here or by someone else), then draws the list\n",
-    "   * once (a render per message made deleting 1,000 selected ones take minutes). */\n",
-    "  function removeLocal(ids) {\n",
-    "    const L = app.list;\n",
-    "    const gone = new Set(ids);\n",
+    "      L.rows.set(m.ID, row);\n"
+    "      return row;\n"
+    "    });\n"
+    "    fill('list', rows);\n"
+    "    $('empty').hidden = !(L.loaded && L.messages.length === 0);\n"
+    "    $('list-count').textContent = L.loaded && L.total\n"
+    "      \? t('countOf', L.messages.length.toLocaleString(LANG), L.total.toLocaleString(LANG)) : '';\n"
+    "    updateMore();\n"
+    "    updateToolbar();\n"
+    "    updateTitle();\n"
+    "    highlight(false);\n"
+    "  }\n"
+    "\n"
+    "  function renderRow(m) {\n"
+    "    const L = app.list;\n"
+    "    const subject = m.Subject || t('noSubject');\n"
+    "    const from = m.From \? (m.From.Name || m.From.Address || '') : '';\n"
+    "    const box = el('input', {\n"
+    "      type: 'checkbox',\n"
+    "      'aria-label': t('selectMessage', subject),\n"
+    "      checked: L.selected.has(m.ID),\n"
+    "    });\n"
+    "    box.addEventListener('change', () => {\n"
+    "      if (box.checked) L.selected.add(m.ID); else L.selected.delete(m.ID);\n"
+    "      updateToolbar();\n"
+    "    });\n"
+    "    return el('div', {\n"
+    "      class: m.Read \? 'msg' : 'msg unread',\n"
+    "      'data-id': m.ID,\n"
+    "      role: 'row',\n"
+    "      'aria-selected': 'false',\n"
+    "    },\n"
+    "    el('div', { class: 'sel', role: 'gridcell' }, box),\n"
+    "    el('div', { class: 'mark', role: 'gridcell' },\n"
+    "      m.Read \? null : [el('span', { 'aria-hidden': 'true' }, '\342\227\217'), el('span', { class: 'vh' }, t('unread'))]),\n"
+    "    el('div', { class: 'from', role: 'gridcell', title: m.From \? m.From.Address || '' : '' }, from),\n"
+    "    el('div', { class: 'subject', role: 'gridcell' }, el('a', { href: messageHash(m.ID) }, subject)),\n"
+    "    el('div', { class: 'snippet', role: 'gridcell' }, m.Snippet || ''),\n"
+    "    el('div', { class: 'attcell', role: 'gridcell' },\n"
+    "      m.Attachments > 0 \? el('span', { class: 'att', role: 'img', 'aria-label': t('hasAttachments'), title: t('hasAttachments') }) : null),\n"
+    "    el('div', { class: 'date', role: 'gridcell' }, el('time', { datetime: m.Created || '' }, fmtDate(m.Created))),\n"
+    "    el('div', { class: 'size', role: 'gridcell' }, fmtSize(m.Size)));\n"
+    "  }\n"
+    "\n"
+    "  function hasMore() { return app.list.loaded && app.list.messages.length < app.list.total; }\n"
+    "\n"
+    "  function updateMore() {\n"
+    "    const b = $('btn-more');\n"
+    "    b.hidden = !hasMore();\n"
+    "    b.disabled = app.list.loading;\n"
+    "  }\n"
+    "\n"
+    "  function updateToolbar() {\n"
+    "    const L = app.list;\n"
+    "    const n = L.selected.size;\n"
+    "    for (const id of ['btn-read-selected', 'btn-unread-selected', 'btn-delete-selected']) $(id).disabled = n === 0;\n"
+    "    $('btn-delete-all').disabled = !L.loaded || L.total === 0;\n"
+    "    const all = $('sel-all');\n"
+    "    all.checked = n > 0 && n === L.messages.length;\n"
+    "    all.indeterminate = n > 0 && n < L.messages.length;\n"
+    "    for (const [id, row] of L.rows) {\n"
+    "      const on = L.selected.has(id);\n"
+    "      row.classList.toggle('selected', on);\n"
+    "      row.querySelector('input').checked = on;\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  /* Marks the current row (class \"current\", aria-selected); scroll brings it into view. */\n"
+    "  function highlight(scroll) {\n"
+    "    const L = app.list;\n"
+    "    for (const [id, row] of L.rows) {\n"
+    "      const on = id === L.cur;\n"
+    "      row.classList.toggle('current', on);\n"
+    "      row.setAttribute('aria-selected', on \? 'true' : 'false');\n"
+    "      if (on && scroll) row.scrollIntoView({ block: 'nearest' });\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  /* Read or unread in the list's copy, the row, the unread count and the title. */\n"
+    "  function setReadLocal(id, read) {\n"
+    "    const L = app.list;\n"
+    "    const m = L.messages.find((x) => x.ID === id);\n"
+    "    if (m && !!m.Read !== read) {\n"
+    "      m.Read = read;\n"
+    "      L.unread = Math.max(0, L.unread + (read \? -1 : 1));\n"
+    "      const old = L.rows.get(id);\n"
+    "      if (old) {\n"
+    "        const row = renderRow(m);\n"
+    "        old.replaceWith(row);\n"
+    "        L.rows.set(id, row);\n"
+    "        highlight(false);\n"
+    "        updateToolbar();\n"
+    "      }\n"
+    "    }\n"
+    "    if (app.msg && app.msg.ID === id) app.msg.Read = read;\n"
+    "    updateTitle();\n"
+    "  }\n"
+    "\n"
+    "  /* Drops messages from the list's copy (deleted here or by someone else), then draws the list\n"
+    "   * once (a render per message made deleting 1,000 selected ones take minutes). */\n"
+    "  function removeLocal(ids) {\n"
+    "    const L = app.list;\n"
+    "    const gone = new Set(ids);\n"
     "    const i = L.messages.findIndex((m) => gone.has(m.ID));\n",
-    "    if (i < 0) return;\n",
-    "    if (gone.has(L.cur)) {\n",
-    "      const next = L.messages.slice(L.messages.findIndex((m) => m.ID === L.cur)).find((m) => !gone.has(m.ID)) ||\n",
-    "        L.messages.slice(0, i).reverse().find((m) => !gone.has(m.ID));\n",
-    "      L.cur = next \? next.ID : '';\n",
-    "    }\n",
-    "    const kept = [];\n",
-    "    for (const m of L.messages) {\n",
-    "      if (!gone.has(m.ID)) { kept.push(m); continue; }\n",
-    "      if (!m.Read) L.unread = Math.max(0, L.unread - 1);\n",
-    "      L.total = Math.max(0, L.total - 1);\n",
-    "      L.selected.delete(m.ID);\n",
-    "    }\n",
-    "    L.messages = kept;\n",
-    "    renderList();\n",
-    "  }\n",
-    "\n",
-    "  /* The message after id in the list (or before it, at the end). */\n",
-    "  function neighbour(id) {\n",
-    "    const list = app.list.messages;\n",
-    "    const i = list.findIndex((m) => m.ID === id);\n",
-    "    if (i < 0) return '';\n",
-    "    return (list[i + 1] || list[i - 1] || {}).ID || '';\n",
-    "  }\n",
-    "\n",
-    "  async function bulk(action) {\n",
-    "    const L = app.list;\n",
-    "    const ids = [...L.selected];\n",
-    "    if (!ids.length) return;\n",
-    "    if (action === 'delete') {\n",
-    "      await api('DELETE', '/api/v1/messages', { IDs: ids });\n",
-    "      removeLocal(ids);\n",
-    "      quiet(loadList(false));\n",
-    "    } else {\n",
-    "      const read = action === 'read';\n",
-    "      await api('PUT', '/api/v1/messages', { IDs: ids, Read: read });\n",
-    "      for (const id of ids) setReadLocal(id, read);\n",
-    "    }\n",
-    "    L.selected.clear();\n",
-    "    updateToolbar();\n",
-    "    refreshNavSoon();\n",
-    "  }\n",
-    "\n",
-    "  async function deleteAll() {\n",
-    "    const L = app.list;\n",
-    "    if (!confirm(t('confirmDeleteAll', L.total.toLocaleString(LANG)))) return;\n",
-    "    // what the list shows: a search's matches or all messages, of one mailbox (\?mailbox=) or all\n",
-    "    const p = new URLSearchParams();\n",
-    "    if (L.query !== null) p.set('query', L.query);\n",
-    "    if (L.mailbox) p.set('mailbox', L.mailbox);\n",
-    "    await api('DELETE', (L.query !== null \? '/api/v1/search\?' : '/api/v1/messages\?') + p.toString(),\n",
-    "      L.query !== null \? undefined : {});\n",
-    "    L.selected.clear();\n",
-    "    L.cur = '';\n",
-    "    await loadList(false);\n",
-    "    refreshNavSoon();\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 5b. one message */\n",
-    "\n",
-    "  const frame = () => $('msg-html');\n",
-    "\n",
-    "  function leaveMessage() {\n",
-    "    frame().src = 'about:blank';\n",
-    "    app.msg = null;\n",
-    "    app.msgId = '';\n",
-    "  }\n",
-    "\n",
-    "  /* The list is needed for j/k and \"delete, then the next one\" even on a direct link. */\n",
-    "  function ensureList() {\n",
-    "    if (!app.list.loaded && !app.list.loading) quiet(loadList(false));\n",
-    "  }\n",
-    "\n",
-    "  async function showMessage(id) {\n",
-    "    showView('message');\n",
-    "    window.scrollTo(0, 0);\n",
-    "    ensureList();\n",
-    "    app.msgId = id;\n",
-    "    app.msg = null;\n",
-    "    app.list.cur = id;\n",
-    "    highlight(false);\n",
-    "    app.remote = false;\n",
-    "    app.loaded = {};\n",
-    "    $('msg-subject').textContent = t('loading');\n",
-    "    for (const f of ['msg-from', 'msg-to', 'msg-cc', 'msg-date', 'msg-text', 'msg-raw', 'msg-status'])\n",
-    "      $(f).textContent = '';\n",
-    "    fill('msg-headers');\n",
-    "    fill('msg-attachments');\n",
-    "    $('msg-attachments-box').hidden = true;\n",
-    "    frame().src = 'about:blank';\n",
-    "\n",
-    "    const m = await api('GET', '/api/v1/message/' + enc(id)).catch(() => null);\n",
-    "    if (app.msgId !== id || app.view !== 'message') return; // the user went elsewhere meanwhile\n",
-    "    if (!m) { $('msg-subject').textContent = ''; markReady(); return; }\n",
-    "    app.msg = m;\n",
-    "    renderMessage(m);\n",
-    "    markReady();\n",
-    "    if (!m.Read) {\n",
-    "      quiet(api('PUT', '/api/v1/messages', { IDs: [id], Read: true }).then(() => {\n",
-    "        setReadLocal(id, true);\n",
-    "        refreshNavSoon();\n",
-    "      }));\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  function renderMessage(m) {\n",
-    "    $('msg-subject').textContent = m.Subject || t('noSubject');\n",
-    "    $('msg-from').textContent = fmtAddr(m.From);\n",
-    "    $('msg-to').textContent = fmtAddrs(m.To);\n",
-    "    const cc = fmtAddrs(m.Cc);\n",
-    "    $('msg-cc').textContent = cc;\n",
-    "    $('msg-cc').hidden = $('msg-cc-label').hidden = !cc;\n",
-    "    $('msg-date').textContent = fmtDate(m.Date || m.Created, true);\n",
-    "    $('msg-text').textContent = m.Text || t('noText');\n",
-    "\n",
-    "    const atts = Array.isArray(m.Attachments) \? m.Attachments : [];\n",
+    "    if (i < 0) return;\n"
+    "    if (gone.has(L.cur)) {\n"
+    "      const next = L.messages.slice(L.messages.findIndex((m) => m.ID === L.cur)).find((m) => !gone.has(m.ID)) ||\n"
+    "        L.messages.slice(0, i).reverse().find((m) => !gone.has(m.ID));\n"
+    "      L.cur = next \? next.ID : '';\n"
+    "    }\n"
+    "    const kept = [];\n"
+    "    for (const m of L.messages) {\n"
+    "      if (!gone.has(m.ID)) { kept.push(m); continue; }\n"
+    "      if (!m.Read) L.unread = Math.max(0, L.unread - 1);\n"
+    "      L.total = Math.max(0, L.total - 1);\n"
+    "      L.selected.delete(m.ID);\n"
+    "    }\n"
+    "    L.messages = kept;\n"
+    "    renderList();\n"
+    "  }\n"
+    "\n"
+    "  /* The message after id in the list (or before it, at the end). */\n"
+    "  function neighbour(id) {\n"
+    "    const list = app.list.messages;\n"
+    "    const i = list.findIndex((m) => m.ID === id);\n"
+    "    if (i < 0) return '';\n"
+    "    return (list[i + 1] || list[i - 1] || {}).ID || '';\n"
+    "  }\n"
+    "\n"
+    "  async function bulk(action) {\n"
+    "    const L = app.list;\n"
+    "    const ids = [...L.selected];\n"
+    "    if (!ids.length) return;\n"
+    "    if (action === 'delete') {\n"
+    "      await api('DELETE', '/api/v1/messages', { IDs: ids });\n"
+    "      removeLocal(ids);\n"
+    "      quiet(loadList(false));\n"
+    "    } else {\n"
+    "      const read = action === 'read';\n"
+    "      await api('PUT', '/api/v1/messages', { IDs: ids, Read: read });\n"
+    "      for (const id of ids) setReadLocal(id, read);\n"
+    "    }\n"
+    "    L.selected.clear();\n"
+    "    updateToolbar();\n"
+    "    refreshNavSoon();\n"
+    "  }\n"
+    "\n"
+    "  async function deleteAll() {\n"
+    "    const L = app.list;\n"
+    "    if (!confirm(t('confirmDeleteAll', L.total.toLocaleString(LANG)))) return;\n"
+    "    // what the list shows: a search's matches or all messages, of one mailbox (\?mailbox=) or all\n"
+    "    const p = new URLSearchParams();\n"
+    "    if (L.query !== null) p.set('query', L.query);\n"
+    "    if (L.mailbox) p.set('mailbox', L.mailbox);\n"
+    "    await api('DELETE', (L.query !== null \? '/api/v1/search\?' : '/api/v1/messages\?') + p.toString(),\n"
+    "      L.query !== null \? undefined : {});\n"
+    "    L.selected.clear();\n"
+    "    L.cur = '';\n"
+    "    await loadList(false);\n"
+    "    refreshNavSoon();\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 5b. one message */\n"
+    "\n"
+    "  const frame = () => $('msg-html');\n"
+    "\n"
+    "  function leaveMessage() {\n"
+    "    frame().src = 'about:blank';\n"
+    "    app.msg = null;\n"
+    "    app.msgId = '';\n"
+    "  }\n"
+    "\n"
+    "  /* The list is needed for j/k and \"delete, then the next one\" even on a direct link. */\n"
+    "  function ensureList() {\n"
+    "    if (!app.list.loaded && !app.list.loading) quiet(loadList(false));\n"
+    "  }\n"
+    "\n"
+    "  async function showMessage(id) {\n"
+    "    showView('message');\n"
+    "    window.scrollTo(0, 0);\n"
+    "    ensureList();\n"
+    "    app.msgId = id;\n"
+    "    app.msg = null;\n"
+    "    app.list.cur = id;\n"
+    "    highlight(false);\n"
+    "    app.remote = false;\n"
+    "    app.loaded = {};\n"
+    "    $('msg-subject').textContent = t('loading');\n"
+    "    for (const f of ['msg-from', 'msg-to', 'msg-cc', 'msg-date', 'msg-text', 'msg-raw', 'msg-status'])\n"
+    "      $(f).textContent = '';\n"
+    "    fill('msg-headers');\n"
+    "    fill('msg-attachments');\n"
+    "    $('msg-attachments-box').hidden = true;\n"
+    "    frame().src = 'about:blank';\n"
+    "\n"
+    "    const m = await api('GET', '/api/v1/message/' + enc(id)).catch(() => null);\n"
+    "    if (app.msgId !== id || app.view !== 'message') return; // the user went elsewhere meanwhile\n"
+    "    if (!m) { $('msg-subject').textContent = ''; markReady(); return; }\n"
+    "    app.msg = m;\n"
+    "    renderMessage(m);\n"
+    "    markReady();\n"
+    "    if (!m.Read) {\n"
+    "      quiet(api('PUT', '/api/v1/messages', { IDs: [id], Read: true }).then(() => {\n"
+    "        setReadLocal(id, true);\n"
+    "        refreshNavSoon();\n"
+    "      }));\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  function renderMessage(m) {\n"
+    "    $('msg-subject').textContent = m.Subject || t('noSubject');\n"
+    "    $('msg-from').textContent = fmtAddr(m.From);\n"
+    "    $('msg-to').textContent = fmtAddrs(m.To);\n"
+    "    const cc = fmtAddrs(m.Cc);\n"
+    "    $('msg-cc').textContent = cc;\n"
+    "    $('msg-cc').hidden = $('msg-cc-label').hidden = !cc;\n"
+    "    $('msg-date').textContent = fmtDate(m.Date || m.Created, true);\n"
+    "    $('msg-text').textContent = m.Text || t('noText');\n"
+    "\n"
+    "    const atts = Array.isArray(m.Attachments) \? m.Attachments : [];\n"
     "    fill('msg-attachments', atts.map((a) => {\n",
-    "      const name = a.FileName || t('attachment', a.PartID);\n",
-    "      return el('li', null,\n",
-    "        el('a', {\n",
-    "          href: '/api/v1/message/' + enc(m.ID) + '/part/' + enc(a.PartID),\n",
-    "          download: name,\n",
-    "        }, name),\n",
-    "        el('span', { class: 'size' }, fmtSize(a.Size)));\n",
-    "    }));\n",
-    "    $('msg-attachments-box').hidden = atts.length === 0;\n",
+    "      const name = a.FileName || t('attachment', a.PartID);\n"
+    "      return el('li', null,\n"
+    "        el('a', {\n"
+    "          href: '/api/v1/message/' + enc(m.ID) + '/part/' + enc(a.PartID),\n"
+    "          download: name,\n"
+    "        }, name),\n"
+    "        el('span', { class: 'size' }, fmtSize(a.Size)));\n"
+    "    }));\n"
+    "    $('msg-attachments-box').hidden = atts.length === 0;\n"
+    "\n"
+    "    const hasHtml = !!(m.HTML && String(m.HTML).trim());\n"
+    "    $('tab-html').hidden = !hasHtml;\n"
+    "    $('btn-remote').disabled = false;\n"
+    "    selectTab(hasHtml \? 'html' : 'text');\n"
+    "  }\n"
+    "\n"
+    "  function htmlUrl() {\n"
+    "    return '/view/' + enc(app.msgId) + '.html' + (app.remote \? '\?remote=1' : '');\n"
+    "  }\n"
+    "\n"
+    "  function selectTab(name) {\n"
+    "    app.tab = name;\n"
+    "    for (const b of document.querySelectorAll('[data-tab]')) {\n"
+    "      const on = b.dataset.tab === name;\n"
+    "      b.setAttribute('aria-selected', on \? 'true' : 'false');\n"
+    "      b.tabIndex = on \? 0 : -1;\n"
+    "    }\n"
+    "    for (const p of ['html', 'text', 'headers', 'raw']) $('panel-' + p).hidden = p !== name;\n"
+    "    const id = app.msgId;\n"
+    "    if (!id) return;\n"
+    "    if (name === 'html') {\n"
+    "      const url = htmlUrl();\n"
+    "      if (frame().getAttribute('src') !== url) frame().src = url;\n"
+    "      else fitFrame();\n"
+    "    } else if (name === 'headers' && !app.loaded.headers) {\n"
+    "      app.loaded.headers = true;\n"
+    "      api('GET', '/api/v1/message/' + enc(id) + '/headers').then((h) => {\n"
+    "        if (app.msgId === id) renderHeaders(h);\n"
+    "      }).catch(() => { app.loaded.headers = false; });\n"
+    "    } else if (name === 'raw' && !app.loaded.raw) {\n"
+    "      app.loaded.raw = true;\n"
+    "      $('msg-raw').textContent = t('loading');\n"
+    "      api('GET', '/api/v1/message/' + enc(id) + '/raw').then((text) => {\n"
+    "        if (app.msgId === id) $('msg-raw').textContent = typeof text === 'string' \? text : JSON.stringify(text);\n"
+    "      }).catch(() => { app.loaded.raw = false; $('msg-raw').textContent = ''; });\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  function renderHeaders(h) {\n"
+    "    const rows = [];\n"
+    "    for (const [name, values] of Object.entries(h || {})) {\n"
+    "      for (const v of (Array.isArray(values) \? values : [values]))\n"
+    "        rows.push(el('tr', null, el('th', { scope: 'row' }, name), el('td', null, String(v))));\n"
+    "    }\n"
+    "    fill('msg-headers', el('tbody', null, rows));\n"
+    "  }\n"
+    "\n"
+    "  /* The iframe as tall as its document (allow-same-origin lets us read it; scripts stay off). */\n"
+    "  function fitFrame() {\n"
+    "    try {\n"
+    "      const doc = frame().contentDocument;\n"
+    "      if (!doc || !doc.documentElement || $('panel-html').hidden) return;\n"
+    "      const h = Math.max(doc.documentElement.scrollHeight, doc.body \? doc.body.scrollHeight : 0);\n"
+    "      frame().style.height = Math.max(60, Math.min(h + 20, 100000)) + 'px';\n"
+    "    } catch (e) {\n"
+    "      /* not readable: keep the height from the style sheet */\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  async function deleteOpen() {\n"
+    "    const id = app.msgId;\n"
+    "    if (!id) return;\n"
+    "    const next = neighbour(id);\n"
+    "    await api('DELETE', '/api/v1/messages', { IDs: [id] });\n"
+    "    removeLocal([id]);\n"
+    "    refreshNavSoon();\n"
+    "    if (next) location.replace(messageHash(next));\n"
+    "    else go(app.list.hash);\n"
+    "  }\n"
+    "\n"
+    "  async function markUnreadOpen() {\n"
+    "    const id = app.msgId;\n"
+    "    if (!id) return;\n"
+    "    await api('PUT', '/api/v1/messages', { IDs: [id], Read: false });\n"
+    "    setReadLocal(id, false);\n"
+    "    $('msg-status').textContent = t('markedUnread');\n"
+    "    refreshNavSoon();\n"
+    "  }\n"
+    "\n"
+    "  async function release(ev) {\n"
+    "    ev.preventDefault();\n"
+    "    const id = app.msgId;\n"
+    "    const input = $('release-to');\n"
+    "    const to = input.value.trim();\n"
+    "    if (!id || !to) return;\n"
+    "    const button = $('release-form').querySelector('button');\n"
+    "    button.disabled = true;\n"
+    "    $('msg-status').textContent = t('forwarding');\n"
+    "    try {\n"
+    "      await api('POST', '/api/v1/message/' + enc(id) + '/release', { To: [to] });\n"
+    "      $('msg-status').textContent = t('forwarded', to);\n"
+    "      input.value = '';\n"
+    "    } catch (e) {\n"
+    "      $('msg-status').textContent = e.message;\n"
+    "    } finally {\n"
+    "      button.disabled = false;\n"
+    "    }\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 5c. admin pages */\n"
     "\n",
-    "    const hasHtml = !!(m.HTML && String(m.HTML).trim());\n",
-    "    $('tab-html').hidden = !hasHtml;\n",
-    "    $('btn-remote').disabled = false;\n",
-    "    selectTab(hasHtml \? 'html' : 'text');\n",
-    "  }\n",
-    "\n",
-    "  function htmlUrl() {\n",
-    "    return '/view/' + enc(app.msgId) + '.html' + (app.remote \? '\?remote=1' : '');\n",
-    "  }\n",
-    "\n",
-    "  function selectTab(name) {\n",
-    "    app.tab = name;\n",
-    "    for (const b of document.querySelectorAll('[data-tab]')) {\n",
-    "      const on = b.dataset.tab === name;\n",
-    "      b.setAttribute('aria-selected', on \? 'true' : 'false');\n",
-    "      b.tabIndex = on \? 0 : -1;\n",
-    "    }\n",
-    "    for (const p of ['html', 'text', 'headers', 'raw']) $('panel-' + p).hidden = p !== name;\n",
-    "    const id = app.msgId;\n",
-    "    if (!id) return;\n",
-    "    if (name === 'html') {\n",
-    "      const url = htmlUrl();\n",
-    "      if (frame().getAttribute('src') !== url) frame().src = url;\n",
-    "      else fitFrame();\n",
-    "    } else if (name === 'headers' && !app.loaded.headers) {\n",
-    "      app.loaded.headers = true;\n",
-    "      api('GET', '/api/v1/message/' + enc(id) + '/headers').then((h) => {\n",
-    "        if (app.msgId === id) renderHeaders(h);\n",
-    "      }).catch(() => { app.loaded.headers = false; });\n",
-    "    } else if (name === 'raw' && !app.loaded.raw) {\n",
-    "      app.loaded.raw = true;\n",
-    "      $('msg-raw').textContent = t('loading');\n",
-    "      api('GET', '/api/v1/message/' + enc(id) + '/raw').then((text) => {\n",
-    "        if (app.msgId === id) $('msg-raw').textContent = typeof text === 'string' \? text : JSON.stringify(text);\n",
-    "      }).catch(() => { app.loaded.raw = false; $('msg-raw').textContent = ''; });\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  function renderHeaders(h) {\n",
-    "    const rows = [];\n",
-    "    for (const [name, values] of Object.entries(h || {})) {\n",
-    "      for (const v of (Array.isArray(values) \? values : [values]))\n",
-    "        rows.push(el('tr', null, el('th', { scope: 'row' }, name), el('td', null, String(v))));\n",
-    "    }\n",
-    "    fill('msg-headers', el('tbody', null, rows));\n",
-    "  }\n",
-    "\n",
-    "  /* The iframe as tall as its document (allow-same-origin lets us read it; scripts stay off). */\n",
-    "  function fitFrame() {\n",
-    "    try {\n",
-    "      const doc = frame().contentDocument;\n",
-    "      if (!doc || !doc.documentElement || $('panel-html').hidden) return;\n",
-    "      const h = Math.max(doc.documentElement.scrollHeight, doc.body \? doc.body.scrollHeight : 0);\n",
-    "      frame().style.height = Math.max(60, Math.min(h + 20, 100000)) + 'px';\n",
-    "    } catch (e) {\n",
-    "      /* not readable: keep the height from the style sheet */\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  async function deleteOpen() {\n",
-    "    const id = app.msgId;\n",
-    "    if (!id) return;\n",
-    "    const next = neighbour(id);\n",
-    "    await api('DELETE', '/api/v1/messages', { IDs: [id] });\n",
-    "    removeLocal([id]);\n",
-    "    refreshNavSoon();\n",
-    "    if (next) location.replace(messageHash(next));\n",
-    "    else go(app.list.hash);\n",
-    "  }\n",
-    "\n",
-    "  async function markUnreadOpen() {\n",
-    "    const id = app.msgId;\n",
-    "    if (!id) return;\n",
-    "    await api('PUT', '/api/v1/messages', { IDs: [id], Read: false });\n",
-    "    setReadLocal(id, false);\n",
-    "    $('msg-status').textContent = t('markedUnread');\n",
-    "    refreshNavSoon();\n",
-    "  }\n",
-    "\n",
-    "  async function release(ev) {\n",
-    "    ev.preventDefault();\n",
-    "    const id = app.msgId;\n",
-    "    const input = $('release-to');\n",
-    "    const to = input.value.trim();\n",
-    "    if (!id || !to) return;\n",
-    "    const button = $('release-form').querySelector('button');\n",
-    "    button.disabled = true;\n",
-    "    $('msg-status').textContent = t('forwarding');\n",
-    "    try {\n",
-    "      await api('POST', '/api/v1/message/' + enc(id) + '/release', { To: [to] });\n",
-    "      $('msg-status').textContent = t('forwarded', to);\n",
-    "      input.value = '';\n",
-    "    } catch (e) {\n",
-    "      $('msg-status').textContent = e.message;\n",
-    "    } finally {\n",
-    "      button.disabled = false;\n",
-    "    }\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 5c. admin pages */\n",
-    "\n",
-    "  /* A table: head is a list of column titles; rows a list of lists of cells (strings or nodes).\n",
-    "   * On phones the cells stack, each labelled with its column title (class \"stack\"). */\n",
-    "  function table(head, rows, extra) {\n",
-    "    return el('div', { class: 'table-wrap' },\n",
-    "      el('table', { class: 'table stack' + (extra \? ' ' + extra : '') },\n",
-    "        el('thead', null, el('tr', null, head.map((h) => el('th', { scope: 'col' }, h)))),\n",
-    "        el('tbody', null, rows.map((cells) => {\n",
-    "          const tr = el('tr', cells.rowClass \? { class: cells.rowClass } : null);\n",
-    "          cells.forEach((c, i) => tr.appendChild(\n",
-    "            el('td', { 'data-label': head[i], class: cells.numeric && cells.numeric.includes(i) \? 'num' : null }, c)));\n",
-    "          return tr;\n",
-    "        }))));\n",
-    "  }\n",
-    "\n",
-    "  async function showQueue() {\n",
-    "    showView('queue');\n",
-    "    const r = await api('GET', '/api/v1/queue').catch(() => null);\n",
-    "    markReady();\n",
-    "    if (!r || app.view !== 'queue') return;\n",
-    "    const entries = Array.isArray(r.Entries) \? r.Entries : [];\n",
-    "    if (!entries.length) { fill('queue-body', el('p', { class: 'empty' }, t('queueEmpty'))); return; }\n",
-    "    const rows = entries.map((q) => {\n",
-    "      const rcpts = el('ul', { class: 'rcpts' }, (q.Recipients || []).map((rc) =>\n",
-    "        el('li', null,\n",
-    "          rc.Address || '', ' ',\n",
-    "          el('span', { class: 'state-' + String(rc.State || '').toLowerCase().replace(/[^a-z]/g, '') },\n",
-    "            '(' + word('st_', rc.State) + ')'),\n",
-    "          rc.Error \? el('div', { class: 'small' }, rc.Error) : null)));\n",
-    "      const cells = [\n",
-    "        el('code', null, q.ID || ''),\n",
-    "        q.From || '<>',\n",
-    "        fmtDate(q.Arrived, true),\n",
-    "        fmtSize(q.Size),\n",
-    "        String(q.Tries || 0),\n",
-    "        [Date.parse(q.NextTry) <= Date.now() \? t('qNow') : fmtDate(q.NextTry, true),\n",
-    "          q.Active \? el('div', { class: 'small' }, t('qActive')) : null],\n",
-    "        rcpts,\n",
-    "        el('button', { type: 'button', class: 'q-delete danger', 'data-id': q.ID || '' }, t('removeFromQueue')),\n",
-    "      ];\n",
-    "      cells.numeric = [3, 4];\n",
-    "      if (q.Active) cells.rowClass = 'active';\n",
-    "      return cells;\n",
-    "    });\n",
-    "    fill('queue-body', table([t('qId'), t('qFrom'), t('qArrived'), t('qSize'), t('qTries'), t('qNext'),\n",
-    "      t('qRcpts'), t('qActions')], rows));\n",
-    "  }\n",
-    "\n",
-    "  async function deleteQueued(id) {\n",
-    "    if (!confirm(t('confirmQueueDelete', id))) return;\n",
-    "    await api('DELETE', '/api/v1/queue/' + enc(id));\n",
-    "    await showQueue();\n",
-    "  }\n",
-    "\n",
-    "  async function flushQueue() {\n",
-    "    const r = await api('POST', '/api/v1/queue/flush');\n",
-    "    $('queue-status').textContent = t('flushed', r && r.Flushed !== undefined \? r.Flushed : 0);\n",
-    "    await showQueue();\n",
-    "  }\n",
-    "\n",
-    "  /* \"time, IP, message id\" of a subscription step, one per line. */\n",
-    "  function step(s) {\n",
-    "    if (!s || !s.Time) return t('none');\n",
-    "    return [fmtDate(s.Time, true), s.IP \? el('div', { class: 'small' }, s.IP) : null,\n",
-    "      s.MessageID \? el('div', { class: 'small' }, s.MessageID) : null];\n",
-    "  }\n",
-    "\n",
-    "  async function showLists() {\n",
-    "    showView('lists');\n",
-    "    const r = await api('GET', '/api/v1/lists').catch(() => null);\n",
-    "    markReady();\n",
-    "    if (!r || app.view !== 'lists') return;\n",
-    "    const lists = Array.isArray(r.Lists) \? r.Lists : [];\n",
-    "    if (!lists.length) { fill('lists-body', el('p', { class: 'empty' }, t('listsEmpty'))); return; }\n",
-    "    fill('lists-body', lists.map((l) => {\n",
-    "      const members = Array.isArray(l.Members) \? l.Members : [];\n",
-    "      const pending = Array.isArray(l.Pending) \? l.Pending : [];\n",
-    "      return el('section', { class: 'card list-card' },\n",
-    "        el('h3', null, l.Address || ''),\n",
-    "        el('dl', { class: 'facts' },\n",
-    "          el('dt', null, t('owner')), el('dd', null, l.Owner || t('none')),\n",
-    "          el('dt', null, t('post')), el('dd', null, word('post_', l.Post)),\n",
-    "          el('dt', null, t('posts')), el('dd', null, String(l.Posts || 0))),\n",
-    "        el('h4', null, t('members', members.length)),\n",
-    "        members.length\n",
-    "          \? table([t('address'), t('requested'), t('confirmed'), t('bounces')],\n",
+    "  /* A table: head is a list of column titles; rows a list of lists of cells (strings or nodes).\n"
+    "   * On phones the cells stack, each labelled with its column title (class \"stack\"). */\n"
+    "  function table(head, rows, extra) {\n"
+    "    return el('div', { class: 'table-wrap' },\n"
+    "      el('table', { class: 'table stack' + (extra \? ' ' + extra : '') },\n"
+    "        el('thead', null, el('tr', null, head.map((h) => el('th', { scope: 'col' }, h)))),\n"
+    "        el('tbody', null, rows.map((cells) => {\n"
+    "          const tr = el('tr', cells.rowClass \? { class: cells.rowClass } : null);\n"
+    "          cells.forEach((c, i) => tr.appendChild(\n"
+    "            el('td', { 'data-label': head[i], class: cells.numeric && cells.numeric.includes(i) \? 'num' : null }, c)));\n"
+    "          return tr;\n"
+    "        }))));\n"
+    "  }\n"
+    "\n"
+    "  async function showQueue() {\n"
+    "    showView('queue');\n"
+    "    const r = await api('GET', '/api/v1/queue').catch(() => null);\n"
+    "    markReady();\n"
+    "    if (!r || app.view !== 'queue') return;\n"
+    "    const entries = Array.isArray(r.Entries) \? r.Entries : [];\n"
+    "    if (!entries.length) { fill('queue-body', el('p', { class: 'empty' }, t('queueEmpty'))); return; }\n"
+    "    const rows = entries.map((q) => {\n"
+    "      const rcpts = el('ul', { class: 'rcpts' }, (q.Recipients || []).map((rc) =>\n"
+    "        el('li', null,\n"
+    "          rc.Address || '', ' ',\n"
+    "          el('span', { class: 'state-' + String(rc.State || '').toLowerCase().replace(/[^a-z]/g, '') },\n"
+    "            '(' + word('st_', rc.State) + ')'),\n"
+    "          rc.Error \? el('div', { class: 'small' }, rc.Error) : null)));\n"
+    "      const cells = [\n"
+    "        el('code', null, q.ID || ''),\n"
+    "        q.From || '<>',\n"
+    "        fmtDate(q.Arrived, true),\n"
+    "        fmtSize(q.Size),\n"
+    "        String(q.Tries || 0),\n"
+    "        [Date.parse(q.NextTry) <= Date.now() \? t('qNow') : fmtDate(q.NextTry, true),\n"
+    "          q.Active \? el('div', { class: 'small' }, t('qActive')) : null],\n"
+    "        rcpts,\n"
+    "        el('button', { type: 'button', class: 'q-delete danger', 'data-id': q.ID || '' }, t('removeFromQueue')),\n"
+    "      ];\n"
+    "      cells.numeric = [3, 4];\n"
+    "      if (q.Active) cells.rowClass = 'active';\n"
+    "      return cells;\n"
+    "    });\n"
+    "    fill('queue-body', table([t('qId'), t('qFrom'), t('qArrived'), t('qSize'), t('qTries'), t('qNext'),\n"
+    "      t('qRcpts'), t('qActions')], rows));\n"
+    "  }\n"
+    "\n"
+    "  async function deleteQueued(id) {\n"
+    "    if (!confirm(t('confirmQueueDelete', id))) return;\n"
+    "    await api('DELETE', '/api/v1/queue/' + enc(id));\n"
+    "    await showQueue();\n"
+    "  }\n"
+    "\n"
+    "  async function flushQueue() {\n"
+    "    const r = await api('POST', '/api/v1/queue/flush');\n"
+    "    $('queue-status').textContent = t('flushed', r && r.Flushed !== undefined \? r.Flushed : 0);\n"
+    "    await showQueue();\n"
+    "  }\n"
+    "\n"
+    "  /* \"time, IP, message id\" of a subscription step, one per line. */\n"
+    "  function step(s) {\n"
+    "    if (!s || !s.Time) return t('none');\n"
+    "    return [fmtDate(s.Time, true), s.IP \? el('div', { class: 'small' }, s.IP) : null,\n"
+    "      s.MessageID \? el('div', { class: 'small' }, s.MessageID) : null];\n"
+    "  }\n"
+    "\n"
+    "  async function showLists() {\n"
+    "    showView('lists');\n"
+    "    const r = await api('GET', '/api/v1/lists').catch(() => null);\n"
+    "    markReady();\n"
+    "    if (!r || app.view !== 'lists') return;\n"
+    "    const lists = Array.isArray(r.Lists) \? r.Lists : [];\n"
+    "    if (!lists.length) { fill('lists-body', el('p', { class: 'empty' }, t('listsEmpty'))); return; }\n"
+    "    fill('lists-body', lists.map((l) => {\n"
+    "      const members = Array.isArray(l.Members) \? l.Members : [];\n"
+    "      const pending = Array.isArray(l.Pending) \? l.Pending : [];\n"
+    "      return el('section', { class: 'card list-card' },\n"
+    "        el('h3', null, l.Address || ''),\n"
+    "        el('dl', { class: 'facts' },\n"
+    "          el('dt', null, t('owner')), el('dd', null, l.Owner || t('none')),\n"
+    "          el('dt', null, t('post')), el('dd', null, word('post_', l.Post)),\n"
+    "          el('dt', null, t('posts')), el('dd', null, String(l.Posts || 0))),\n"
+    "        el('h4', null, t('members', members.length)),\n"
+    "        members.length\n"
+    "          \? table([t('address'), t('requested'), t('confirmed'), t('bounces')],\n"
     "            members.map((mb) => {\n",
-    "              const cells = [mb.Address || '', step(mb.Requested), step(mb.Confirmed), String(mb.Bounces || 0)];\n",
-    "              cells.numeric = [3];\n",
-    "              return cells;\n",
-    "            }), 'members')\n",
-    "          : el('p', { class: 'muted' }, t('noMembers')),\n",
-    "        el('h4', null, t('pending', pending.length)),\n",
-    "        pending.length\n",
-    "          \? table([t('address'), t('request'), t('time'), 'IP'],\n",
-    "            pending.map((p) => [p.Address || '', word('kind_', p.Kind), fmtDate(p.Time, true), p.IP || '']), 'pending')\n",
-    "          : el('p', { class: 'muted' }, t('noPending')));\n",
-    "    }));\n",
-    "  }\n",
-    "\n",
-    "  async function showStatus() {\n",
-    "    showView('status');\n",
-    "    const s = await api('GET', '/api/v1/status').catch(() => null);\n",
-    "    markReady();\n",
-    "    if (!s || app.view !== 'status') return;\n",
-    "    const sessions = Object.entries(s.Sessions || {}).map(([p, n]) => p + ': ' + n).join(', ');\n",
-    "    const listeners = Array.isArray(s.Listeners) \? s.Listeners : [];\n",
-    "    fill('status-body',\n",
-    "      el('dl', { class: 'facts' },\n",
-    "        el('dt', null, t('version')), el('dd', null, s.Version || ''),\n",
-    "        el('dt', null, t('uptime')), el('dd', null, fmtUptime(s.Uptime)),\n",
-    "        el('dt', null, t('sessions')), el('dd', null, sessions || '0'),\n",
-    "        el('dt', null, t('messagesToday')), el('dd', null, String(s.MessagesToday || 0)),\n",
-    "        el('dt', null, t('queueLength')), el('dd', null, String(s.Queue || 0))),\n",
-    "      el('h3', null, t('listeners')),\n",
-    "      table([t('protocol'), t('address'), t('tls')],\n",
-    "        listeners.map((l) => [l.Protocol || '', l.Address || '', word('tls_', l.TLS)]), 'listeners'));\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- 6. live updates */\n",
-    "\n",
-    "  let refreshTimer = 0;\n",
-    "  let navTimer = 0;\n",
-    "\n",
-    "  /* Many events in a row (a burst of mail) make one refresh, 300 ms after the first: a timer\n",
-    "   * that each event restarted would never fire while mail keeps coming. */\n",
-    "  function refreshSoon() {\n",
-    "    if (refreshTimer) return;\n",
-    "    refreshTimer = setTimeout(() => {\n",
-    "      refreshTimer = 0;\n",
-    "      quiet(loadMailboxes());\n",
-    "      if (app.list.loaded) quiet(loadList(false));\n",
-    "      if (app.view === 'queue') quiet(showQueue());\n",
-    "      if (app.view === 'status') quiet(showStatus());\n",
-    "    }, 300);\n",
-    "  }\n",
-    "\n",
-    "  function refreshNavSoon() {\n",
-    "    clearTimeout(navTimer);\n",
-    "    navTimer = setTimeout(() => quiet(loadMailboxes()), 300);\n",
-    "  }\n",
-    "\n",
-    "  function onEvent(ev) {\n",
-    "    let data = null;\n",
-    "    try { data = JSON.parse(ev.data); } catch (e) { return; }\n",
-    "    const d = (data && data.Data) || {};\n",
-    "    if (ev.type === 'delete' && d.ID) removeLocal([String(d.ID)]);\n",
-    "    if (ev.type === 'new') newSince++;\n",
-    "    refreshSoon();\n",
-    "  }\n",
-    "\n",
-    "  let reconnected = false;\n",
-    "\n",
-    "  function connectEvents() {\n",
-    "    if (!window.EventSource) return;\n",
-    "    const es = new EventSource('/api/v1/events');\n",
-    "    es.addEventListener('new', onEvent);\n",
-    "    es.addEventListener('delete', onEvent);\n",
-    "    es.onerror = () => {\n",
-    "      es.close();\n",
-    "      setTimeout(() => { connectEvents(); reconnected = true; }, 5000);\n",
-    "    };\n",
-    "    es.onopen = () => { // what came while the stream was down was not announced\n",
-    "      if (reconnected) refreshSoon();\n",
-    "    };\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- keyboard */\n",
-    "\n",
-    "  function moveBy(step) {\n",
-    "    const L = app.list;\n",
-    "    const list = L.messages;\n",
-    "    if (!list.length) return;\n",
-    "    let i = list.findIndex((m) => m.ID === (app.view === 'message' \? app.msgId : L.cur));\n",
-    "    if (app.view === 'message') {\n",
-    "      const next = i < 0 \? null : list[i + step];\n",
-    "      if (next) location.replace(messageHash(next.ID));\n",
-    "      return;\n",
-    "    }\n",
-    "    i = i < 0 \? 0 : Math.max(0, Math.min(list.length - 1, i + step));\n",
-    "    L.cur = list[i].ID;\n",
-    "    highlight(true);\n",
-    "    if (i === list.length - 1 && step > 0 && hasMore() && !L.loading) quiet(loadList(true));\n",
-    "  }\n",
-    "\n",
-    "  function onKey(e) {\n",
-    "    if (e.ctrlKey || e.metaKey || e.altKey) return;\n",
-    "    const tg = e.target;\n",
+    "              const cells = [mb.Address || '', step(mb.Requested), step(mb.Confirmed), String(mb.Bounces || 0)];\n"
+    "              cells.numeric = [3];\n"
+    "              return cells;\n"
+    "            }), 'members')\n"
+    "          : el('p', { class: 'muted' }, t('noMembers')),\n"
+    "        el('h4', null, t('pending', pending.length)),\n"
+    "        pending.length\n"
+    "          \? table([t('address'), t('request'), t('time'), 'IP'],\n"
+    "            pending.map((p) => [p.Address || '', word('kind_', p.Kind), fmtDate(p.Time, true), p.IP || '']), 'pending')\n"
+    "          : el('p', { class: 'muted' }, t('noPending')));\n"
+    "    }));\n"
+    "  }\n"
+    "\n"
+    "  async function showStatus() {\n"
+    "    showView('status');\n"
+    "    const s = await api('GET', '/api/v1/status').catch(() => null);\n"
+    "    markReady();\n"
+    "    if (!s || app.view !== 'status') return;\n"
+    "    const sessions = Object.entries(s.Sessions || {}).map(([p, n]) => p + ': ' + n).join(', ');\n"
+    "    const listeners = Array.isArray(s.Listeners) \? s.Listeners : [];\n"
+    "    fill('status-body',\n"
+    "      el('dl', { class: 'facts' },\n"
+    "        el('dt', null, t('version')), el('dd', null, s.Version || ''),\n"
+    "        el('dt', null, t('uptime')), el('dd', null, fmtUptime(s.Uptime)),\n"
+    "        el('dt', null, t('sessions')), el('dd', null, sessions || '0'),\n"
+    "        el('dt', null, t('messagesToday')), el('dd', null, String(s.MessagesToday || 0)),\n"
+    "        el('dt', null, t('queueLength')), el('dd', null, String(s.Queue || 0))),\n"
+    "      el('h3', null, t('listeners')),\n"
+    "      table([t('protocol'), t('address'), t('tls')],\n"
+    "        listeners.map((l) => [l.Protocol || '', l.Address || '', word('tls_', l.TLS)]), 'listeners'));\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- 6. live updates */\n"
+    "\n"
+    "  let refreshTimer = 0;\n"
+    "  let navTimer = 0;\n"
+    "\n"
+    "  /* Many events in a row (a burst of mail) make one refresh, 300 ms after the first: a timer\n"
+    "   * that each event restarted would never fire while mail keeps coming. */\n"
+    "  function refreshSoon() {\n"
+    "    if (refreshTimer) return;\n"
+    "    refreshTimer = setTimeout(() => {\n"
+    "      refreshTimer = 0;\n"
+    "      quiet(loadMailboxes());\n"
+    "      if (app.list.loaded) quiet(loadList(false));\n"
+    "      if (app.view === 'queue') quiet(showQueue());\n"
+    "      if (app.view === 'status') quiet(showStatus());\n"
+    "    }, 300);\n"
+    "  }\n"
+    "\n"
+    "  function refreshNavSoon() {\n"
+    "    clearTimeout(navTimer);\n"
+    "    navTimer = setTimeout(() => quiet(loadMailboxes()), 300);\n"
+    "  }\n"
+    "\n"
+    "  function onEvent(ev) {\n"
+    "    let data = null;\n"
+    "    try { data = JSON.parse(ev.data); } catch (e) { return; }\n"
+    "    const d = (data && data.Data) || {};\n"
+    "    if (ev.type === 'delete' && d.ID) removeLocal([String(d.ID)]);\n"
+    "    if (ev.type === 'new') newSince++;\n"
+    "    refreshSoon();\n"
+    "  }\n"
+    "\n"
+    "  let reconnected = false;\n"
+    "\n"
+    "  function connectEvents() {\n"
+    "    if (!window.EventSource) return;\n"
+    "    const es = new EventSource('/api/v1/events');\n"
+    "    es.addEventListener('new', onEvent);\n"
+    "    es.addEventListener('delete', onEvent);\n"
+    "    es.onerror = () => {\n"
+    "      es.close();\n"
+    "      setTimeout(() => { connectEvents(); reconnected = true; }, 5000);\n"
+    "    };\n"
+    "    es.onopen = () => { // what came while the stream was down was not announced\n"
+    "      if (reconnected) refreshSoon();\n"
+    "    };\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- keyboard */\n"
+    "\n"
+    "  function moveBy(step) {\n"
+    "    const L = app.list;\n"
+    "    const list = L.messages;\n"
+    "    if (!list.length) return;\n"
+    "    let i = list.findIndex((m) => m.ID === (app.view === 'message' \? app.msgId : L.cur));\n"
+    "    if (app.view === 'message') {\n"
+    "      const next = i < 0 \? null : list[i + step];\n"
+    "      if (next) location.replace(messageHash(next.ID));\n"
+    "      return;\n"
+    "    }\n"
+    "    i = i < 0 \? 0 : Math.max(0, Math.min(list.length - 1, i + step));\n"
+    "    L.cur = list[i].ID;\n"
+    "    highlight(true);\n"
+    "    if (i === list.length - 1 && step > 0 && hasMore() && !L.loading) quiet(loadList(true));\n"
+    "  }\n"
+    "\n"
+    "  function onKey(e) {\n"
+    "    if (e.ctrlKey || e.metaKey || e.altKey) return;\n"
+    "    const tg = e.target;\n"
     "    if (tg && (tg.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(tg.tagName))) {\n",
-    "      if (e.key === 'Escape' && tg.id === 'search') tg.blur();\n",
-    "      return;\n",
-    "    }\n",
-    "    const inList = app.view === 'list', inMsg = app.view === 'message';\n",
-    "    const cur = inMsg \? app.msgId : app.list.cur;\n",
-    "    // letters by their place on the keyboard (e.code), so that j, k and u work in a Russian layout too\n",
-    "    const key = { KeyJ: 'j', KeyK: 'k', KeyU: 'u', Slash: '/' }[e.code] || e.key;\n",
-    "    switch (key) {\n",
-    "      case 'j': if (!inList && !inMsg) return; moveBy(1); break;\n",
-    "      case 'k': if (!inList && !inMsg) return; moveBy(-1); break;\n",
-    "      case 'Enter':\n",
-    "        if (!inList || !cur || /^(BUTTON|A)$/.test(tg.tagName)) return;\n",
-    "        go(messageHash(cur));\n",
-    "        break;\n",
-    "      case 'Delete':\n",
-    "      case '#':\n",
-    "        if (inMsg) quiet(deleteOpen());\n",
-    "        else if (inList && cur) {\n",
-    "          quiet(api('DELETE', '/api/v1/messages', { IDs: [cur] }).then(() => {\n",
-    "            removeLocal([cur]);\n",
-    "            highlight(true);\n",
-    "            refreshNavSoon();\n",
-    "          }));\n",
-    "        } else return;\n",
-    "        break;\n",
-    "      case '/': $('search').focus(); $('search').select(); break;\n",
-    "      case 'Escape': if (!inMsg) return; go(app.list.hash); break;\n",
-    "      case 'u':\n",
-    "        if (inMsg) quiet(markUnreadOpen());\n",
-    "        else if (inList && cur) {\n",
-    "          quiet(api('PUT', '/api/v1/messages', { IDs: [cur], Read: false }).then(() => {\n",
-    "            setReadLocal(cur, false);\n",
-    "            refreshNavSoon();\n",
-    "          }));\n",
-    "        } else return;\n",
-    "        break;\n",
-    "      default: return;\n",
-    "    }\n",
-    "    e.preventDefault();\n",
-    "  }\n",
-    "\n",
-    "  /* ---------------------------------------------------------------- start */\n",
-    "\n",
-    "  /* Static text in index.html is English; data-i18n* attributes name the strings to put there. */\n",
-    "  function translatePage() {\n",
-    "    document.documentElement.lang = LANG;\n",
-    "    for (const n of document.querySelectorAll('[data-i18n]')) n.textContent = t(n.dataset.i18n);\n",
-    "    for (const n of document.querySelectorAll('[data-i18n-ph]')) n.placeholder = t(n.dataset.i18nPh);\n",
-    "    for (const n of document.querySelectorAll('[data-i18n-aria]')) n.setAttribute('aria-label', t(n.dataset.i18nAria));\n",
-    "    for (const n of document.querySelectorAll('[data-i18n-title]')) n.title = t(n.dataset.i18nTitle);\n",
-    "  }\n",
-    "\n",
-    "  function wire() {\n",
-    "    $('search-form').addEventListener('submit', (e) => {\n",
-    "      e.preventDefault();\n",
-    "      const q = $('search').value.trim();\n",
-    "      go(q \? '#/search/' + enc(q) : '#/');\n",
-    "    });\n",
-    "\n",
-    "    // the list: a click anywhere on a row opens it (the checkbox and the link do their own thing)\n",
-    "    $('list').addEventListener('click', (e) => {\n",
-    "      const row = e.target.closest('.msg');\n",
-    "      if (!row || e.target.closest('input, a, label')) return;\n",
-    "      go(messageHash(row.dataset.id));\n",
-    "    });\n",
-    "    $('sel-all').addEventListener('change', (e) => {\n",
-    "      const L = app.list;\n",
-    "      if (e.target.checked) for (const m of L.messages) L.selected.add(m.ID);\n",
-    "      else L.selected.clear();\n",
-    "      updateToolbar();\n",
-    "    });\n",
-    "    $('btn-read-selected').addEventListener('click', () => quiet(bulk('read')));\n",
-    "    $('btn-unread-selected').addEventListener('click', () => quiet(bulk('unread')));\n",
-    "    $('btn-delete-selected').addEventListener('click', () => quiet(bulk('delete')));\n",
-    "    $('btn-delete-all').addEventListener('click', () => quiet(deleteAll()));\n",
-    "    $('btn-more').addEventListener('click', () => quiet(loadList(true)));\n",
-    "\n",
-    "    // one message\n",
-    "    $('btn-back').addEventListener('click', () => go(app.list.hash));\n",
-    "    $('btn-delete').addEventListener('click', () => quiet(deleteOpen()));\n",
-    "    $('btn-unread').addEventListener('click', () => quiet(markUnreadOpen()));\n",
-    "    $('btn-remote').addEventListener('click', () => {\n",
-    "      app.remote = true;\n",
-    "      $('btn-remote').disabled = true;\n",
-    "      selectTab('html');\n",
-    "    });\n",
-    "    for (const b of document.querySelectorAll('[data-tab]'))\n",
-    "      b.addEventListener('click', () => selectTab(b.dataset.tab));\n",
-    "    $('release-form').addEventListener('submit', release);\n",
+    "      if (e.key === 'Escape' && tg.id === 'search') tg.blur();\n"
+    "      return;\n"
+    "    }\n"
+    "    const inList = app.view === 'list', inMsg = app.view === 'message';\n"
+    "    const cur = inMsg \? app.msgId : app.list.cur;\n"
+    "    // letters by their place on the keyboard (e.code), so that j, k and u work in a Russian layout too\n"
+    "    const key = { KeyJ: 'j', KeyK: 'k', KeyU: 'u', Slash: '/' }[e.code] || e.key;\n"
+    "    switch (key) {\n"
+    "      case 'j': if (!inList && !inMsg) return; moveBy(1); break;\n"
+    "      case 'k': if (!inList && !inMsg) return; moveBy(-1); break;\n"
+    "      case 'Enter':\n"
+    "        if (!inList || !cur || /^(BUTTON|A)$/.test(tg.tagName)) return;\n"
+    "        go(messageHash(cur));\n"
+    "        break;\n"
+    "      case 'Delete':\n"
+    "      case '#':\n"
+    "        if (inMsg) quiet(deleteOpen());\n"
+    "        else if (inList && cur) {\n"
+    "          quiet(api('DELETE', '/api/v1/messages', { IDs: [cur] }).then(() => {\n"
+    "            removeLocal([cur]);\n"
+    "            highlight(true);\n"
+    "            refreshNavSoon();\n"
+    "          }));\n"
+    "        } else return;\n"
+    "        break;\n"
+    "      case '/': $('search').focus(); $('search').select(); break;\n"
+    "      case 'Escape': if (!inMsg) return; go(app.list.hash); break;\n"
+    "      case 'u':\n"
+    "        if (inMsg) quiet(markUnreadOpen());\n"
+    "        else if (inList && cur) {\n"
+    "          quiet(api('PUT', '/api/v1/messages', { IDs: [cur], Read: false }).then(() => {\n"
+    "            setReadLocal(cur, false);\n"
+    "            refreshNavSoon();\n"
+    "          }));\n"
+    "        } else return;\n"
+    "        break;\n"
+    "      default: return;\n"
+    "    }\n"
+    "    e.preventDefault();\n"
+    "  }\n"
+    "\n"
+    "  /* ---------------------------------------------------------------- start */\n"
+    "\n"
+    "  /* Static text in index.html is English; data-i18n* attributes name the strings to put there. */\n"
+    "  function translatePage() {\n"
+    "    document.documentElement.lang = LANG;\n"
+    "    for (const n of document.querySelectorAll('[data-i18n]')) n.textContent = t(n.dataset.i18n);\n"
+    "    for (const n of document.querySelectorAll('[data-i18n-ph]')) n.placeholder = t(n.dataset.i18nPh);\n"
+    "    for (const n of document.querySelectorAll('[data-i18n-aria]')) n.setAttribute('aria-label', t(n.dataset.i18nAria));\n"
+    "    for (const n of document.querySelectorAll('[data-i18n-title]')) n.title = t(n.dataset.i18nTitle);\n"
+    "  }\n"
+    "\n"
+    "  function wire() {\n"
+    "    $('search-form').addEventListener('submit', (e) => {\n"
+    "      e.preventDefault();\n"
+    "      const q = $('search').value.trim();\n"
+    "      go(q \? '#/search/' + enc(q) : '#/');\n"
+    "    });\n"
+    "\n"
+    "    // the list: a click anywhere on a row opens it (the checkbox and the link do their own thing)\n"
+    "    $('list').addEventListener('click', (e) => {\n"
+    "      const row = e.target.closest('.msg');\n"
+    "      if (!row || e.target.closest('input, a, label')) return;\n"
+    "      go(messageHash(row.dataset.id));\n"
+    "    });\n"
+    "    $('sel-all').addEventListener('change', (e) => {\n"
+    "      const L = app.list;\n"
+    "      if (e.target.checked) for (const m of L.messages) L.selected.add(m.ID);\n"
+    "      else L.selected.clear();\n"
+    "      updateToolbar();\n"
+    "    });\n"
+    "    $('btn-read-selected').addEventListener('click', () => quiet(bulk('read')));\n"
+    "    $('btn-unread-selected').addEventListener('click', () => quiet(bulk('unread')));\n"
+    "    $('btn-delete-selected').addEventListener('click', () => quiet(bulk('delete')));\n"
+    "    $('btn-delete-all').addEventListener('click', () => quiet(deleteAll()));\n"
+    "    $('btn-more').addEventListener('click', () => quiet(loadList(true)));\n"
+    "\n"
+    "    // one message\n"
+    "    $('btn-back').addEventListener('click', () => go(app.list.hash));\n"
+    "    $('btn-delete').addEventListener('click', () => quiet(deleteOpen()));\n"
+    "    $('btn-unread').addEventListener('click', () => quiet(markUnreadOpen()));\n"
+    "    $('btn-remote').addEventListener('click', () => {\n"
+    "      app.remote = true;\n"
+    "      $('btn-remote').disabled = true;\n"
+    "      selectTab('html');\n"
+    "    });\n"
+    "    for (const b of document.querySelectorAll('[data-tab]'))\n"
+    "      b.addEventListener('click', () => selectTab(b.dataset.tab));\n"
+    "    $('release-form').addEventListener('submit', release);\n"
     "    frame().addEventListener('load', fitFrame);\n",
-    "    window.addEventListener('resize', () => { if (app.view === 'message' && app.tab === 'html') fitFrame(); });\n",
-    "\n",
-    "    // admin\n",
-    "    $('btn-flush').addEventListener('click', () => quiet(flushQueue()));\n",
-    "    $('queue-body').addEventListener('click', (e) => {\n",
-    "      const b = e.target.closest('.q-delete');\n",
-    "      if (b) quiet(deleteQueued(b.dataset.id));\n",
-    "    });\n",
-    "\n",
-    "    document.addEventListener('keydown', onKey);\n",
-    "    window.addEventListener('hashchange', route);\n",
-    "  }\n",
-    "\n",
-    "  async function start() {\n",
-    "    translatePage();\n",
-    "    wire();\n",
-    "    await quiet(loadMailboxes()); // tells which views to offer; the page works without it\n",
-    "    renderNav();\n",
-    "    route();\n",
-    "    connectEvents();\n",
-    "  }\n",
-    "\n",
-    "  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);\n",
-    "  else start();\n",
-    "})();\n",
-    NULL};
+    "    window.addEventListener('resize', () => { if (app.view === 'message' && app.tab === 'html') fitFrame(); });\n"
+    "\n"
+    "    // admin\n"
+    "    $('btn-flush').addEventListener('click', () => quiet(flushQueue()));\n"
+    "    $('queue-body').addEventListener('click', (e) => {\n"
+    "      const b = e.target.closest('.q-delete');\n"
+    "      if (b) quiet(deleteQueued(b.dataset.id));\n"
+    "    });\n"
+    "\n"
+    "    document.addEventListener('keydown', onKey);\n"
+    "    window.addEventListener('hashchange', route);\n"
+    "  }\n"
+    "\n"
+    "  async function start() {\n"
+    "    translatePage();\n"
+    "    wire();\n"
+    "    await quiet(loadMailboxes()); // tells which views to offer; the page works without it\n"
+    "    renderNav();\n"
+    "    route();\n"
+    "    connectEvents();\n"
+    "  }\n"
+    "\n"
+    "  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);\n"
+    "  else start();\n"
+    "})();\n"
+};
+typedef char web_app_js_is_whole[sizeof web_app_js == 48371 ? 1 : -1]; /* no padding between its chunks */
 /* END web/ */
 
-struct web_file { const char *path, *type; const char *const *lines; };
+struct web_file { const char *path, *type, *text; size_t len; };
 static const struct web_file web_files[] = {
-    {"/", "text/html; charset=utf-8", web_index_html},
-    {"/app.css", "text/css; charset=utf-8", web_app_css},
-    {"/app.js", "text/javascript; charset=utf-8", web_app_js},
+    {"/", "text/html; charset=utf-8", (const char *)&web_index_html, sizeof web_index_html},
+    {"/app.css", "text/css; charset=utf-8", (const char *)&web_app_css, sizeof web_app_css},
+    {"/app.js", "text/javascript; charset=utf-8", (const char *)&web_app_js, sizeof web_app_js},
 };
 
 /* GET /, /app.css, /app.js. The page may run only its own script and style and talk only to its
@@ -15314,11 +15323,11 @@ static void
 http_get_page(struct conn *c)
 {
     struct http_sess *h = &c->u.http;
-    size_t i, k, n = strcspn(h->req.target, "?");
+    size_t i, n = strcspn(h->req.target, "?");
     for (i = 0; i < sizeof web_files / sizeof web_files[0]; i++)
         if (strlen(web_files[i].path) == n && memcmp(web_files[i].path, h->req.target, n) == 0) break;
     if (i == sizeof web_files / sizeof web_files[0]) { http_text(c, 404, "404 page not found\n"); return; }
-    for (k = 0; web_files[i].lines[k]; k++) buf_adds(&h->resp, web_files[i].lines[k]);
+    buf_add(&h->resp, web_files[i].text, web_files[i].len);
     http_answer_extra(c, 200, web_files[i].type,
                       "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                       "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'\r\n"

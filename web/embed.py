@@ -1,13 +1,17 @@
 """Compiles the web page into mailsrv.c (issue 16): web/index.html, app.css and app.js become
-arrays of C string literals between the BEGIN and END lines of section 12, so that mailsrv.c
-stays the one file to copy and compile.
+structs of char arrays between the BEGIN and END lines of section 12, so that mailsrv.c stays the
+one file to copy and compile.
 
     python3 web/embed.py mailsrv.c          rewrite the block (`make page`)
     python3 web/embed.py --check mailsrv.c  exit 1 if the block is not what it would write
 
-One literal per line of the file, because C99 compilers need not take a literal over 4,095
-bytes (gcc -pedantic warns). Bytes beyond ASCII are written as octal escapes (the compiler's
-source character set may not be UTF-8), and '?' as '\\?' so that no trigraph forms."""
+Each file is one struct whose members are chunks of at most 4,000 bytes, each initialized by the
+literals of its lines: C99 compilers need not take a literal over 4,095 bytes (gcc -pedantic
+warns), and the chunks lie one after the other with no pointer between them (an array of
+pointers to lines cost a pointer and a relocation per line: 55 KB more in the binary). A chunk's
+array is exactly as long as its text (C99 6.7.8p14: no terminating NUL), and a static check
+proves the struct has no padding. Bytes beyond ASCII are written as octal escapes (the
+compiler's source character set may not be UTF-8), and '?' as '\\?' so that no trigraph forms."""
 import os, sys
 check = sys.argv[1:2] == ["--check"]
 path = sys.argv[-1]
@@ -29,15 +33,30 @@ def literal(line):
         else: out.append("\\%03o" % b)
     return '"' + "".join(out) + '"'
 
+CHUNK = 4000
 block = [BEGIN]
 for name, var in FILES:
     data = open(os.path.join(here, name), "rb").read()
     if b"\r" in data or b"\0" in data:
         sys.exit("web/%s: CR or NUL bytes" % name)
-    block.append("static const char *const %s[] = {" % var)
+    pieces = []  # the lines, a line over CHUNK bytes cut
     for line in data.splitlines(keepends=True):
-        block.append("    " + literal(line) + ",")
-    block.append("    NULL};")
+        pieces += [line[i:i + CHUNK] for i in range(0, len(line), CHUNK)]
+    chunks = [[]]
+    for piece in pieces:
+        if sum(map(len, chunks[-1])) + len(piece) > CHUNK:
+            chunks.append([])
+        chunks[-1].append(piece)
+    sizes = [sum(map(len, c)) for c in chunks]
+    block.append("static const struct {")
+    block.append("    char %s;" % ", ".join("c%d[%d]" % (i, n) for i, n in enumerate(sizes)))
+    block.append("} %s = {" % var)
+    for i, c in enumerate(chunks):
+        for k, piece in enumerate(c):
+            block.append("    " + literal(piece) + ("," if k == len(c) - 1 and i < len(chunks) - 1 else ""))
+    block.append("};")
+    block.append("typedef char %s_is_whole[sizeof %s == %d ? 1 : -1]; /* no padding between its chunks */"
+                 % (var, var, len(data)))
 block.append(END)
 text = open(path).read()
 if BEGIN not in text or END not in text:
