@@ -13526,7 +13526,7 @@ static void http_get_ok(struct conn *c) { http_text(c, 200, "ok"); }
 
 /* BEGIN web/: written by `make page` from web/index.html, app.css and app.js; edit those */
 static const struct {
-    char c0[3947], c1[2520];
+    char c0[3948], c1[2521];
 } web_index_html = {
     "<!DOCTYPE html>\n"
     "<html lang=\"en\">\n"
@@ -13660,9 +13660,10 @@ static const struct {
     "</body>\n"
     "</html>\n"
 };
-typedef char web_index_html_is_whole[sizeof web_index_html == 6467 ? 1 : -1]; /* no padding between its chunks */
+static const unsigned short web_index_html_chunks[] = {3947, 2520, 0};
+typedef char web_index_html_is_whole[sizeof web_index_html == 6469 ? 1 : -1]; /* its chunks and their NULs, no padding */
 static const struct {
-    char c0[3988], c1[3996], c2[3381];
+    char c0[3989], c1[3997], c2[3382];
 } web_app_css = {
     "/* mailsrv web page: a calm light theme (and a dark one), one column on phones. */\n"
     "\n"
@@ -14046,9 +14047,10 @@ static const struct {
     "  .num { text-align: left !important; }\n"
     "}\n"
 };
-typedef char web_app_css_is_whole[sizeof web_app_css == 11365 ? 1 : -1]; /* no padding between its chunks */
+static const unsigned short web_app_css_chunks[] = {3988, 3996, 3381, 0};
+typedef char web_app_css_is_whole[sizeof web_app_css == 11368 ? 1 : -1]; /* its chunks and their NULs, no padding */
 static const struct {
-    char c0[3990], c1[3998], c2[3921], c3[3925], c4[3979], c5[3973], c6[3991], c7[3966], c8[3971], c9[3992], c10[3948], c11[3931], c12[786];
+    char c0[3991], c1[3999], c2[3922], c3[3926], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3993], c10[3949], c11[3932], c12[787];
 } web_app_js = {
     "/* mailsrv web page.\n"
     " *\n"
@@ -15306,14 +15308,16 @@ static const struct {
     "  else start();\n"
     "})();\n"
 };
-typedef char web_app_js_is_whole[sizeof web_app_js == 48371 ? 1 : -1]; /* no padding between its chunks */
+static const unsigned short web_app_js_chunks[] = {3990, 3998, 3921, 3925, 3979, 3973, 3991, 3966, 3971, 3992, 3948, 3931, 786, 0};
+typedef char web_app_js_is_whole[sizeof web_app_js == 48384 ? 1 : -1]; /* its chunks and their NULs, no padding */
 /* END web/ */
 
-struct web_file { const char *path, *type, *text; size_t len; };
+/* A file of the page: its chunks one after the other, each followed by its NUL (web/embed.py). */
+struct web_file { const char *path, *type, *text; const unsigned short *chunks; };
 static const struct web_file web_files[] = {
-    {"/", "text/html; charset=utf-8", (const char *)&web_index_html, sizeof web_index_html},
-    {"/app.css", "text/css; charset=utf-8", (const char *)&web_app_css, sizeof web_app_css},
-    {"/app.js", "text/javascript; charset=utf-8", (const char *)&web_app_js, sizeof web_app_js},
+    {"/", "text/html; charset=utf-8", (const char *)&web_index_html, web_index_html_chunks},
+    {"/app.css", "text/css; charset=utf-8", (const char *)&web_app_css, web_app_css_chunks},
+    {"/app.js", "text/javascript; charset=utf-8", (const char *)&web_app_js, web_app_js_chunks},
 };
 
 /* GET /, /app.css, /app.js. The page may run only its own script and style and talk only to its
@@ -15323,11 +15327,13 @@ static void
 http_get_page(struct conn *c)
 {
     struct http_sess *h = &c->u.http;
-    size_t i, n = strcspn(h->req.target, "?");
+    size_t i, k, n = strcspn(h->req.target, "?");
+    const char *p;
     for (i = 0; i < sizeof web_files / sizeof web_files[0]; i++)
         if (strlen(web_files[i].path) == n && memcmp(web_files[i].path, h->req.target, n) == 0) break;
     if (i == sizeof web_files / sizeof web_files[0]) { http_text(c, 404, "404 page not found\n"); return; }
-    buf_add(&h->resp, web_files[i].text, web_files[i].len);
+    for (p = web_files[i].text, k = 0; web_files[i].chunks[k]; p += web_files[i].chunks[k++] + 1)
+        buf_add(&h->resp, p, web_files[i].chunks[k]);
     http_answer_extra(c, 200, web_files[i].type,
                       "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                       "connect-src 'self'; frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'\r\n"

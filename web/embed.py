@@ -6,11 +6,10 @@ one file to copy and compile.
     python3 web/embed.py --check mailsrv.c  exit 1 if the block is not what it would write
 
 Each file is one struct whose members are chunks of at most 4,000 bytes, each initialized by the
-literals of its lines: C99 compilers need not take a literal over 4,095 bytes (gcc -pedantic
-warns), and the chunks lie one after the other with no pointer between them (an array of
-pointers to lines cost a pointer and a relocation per line: 55 KB more in the binary). A chunk's
-array is exactly as long as its text (C99 6.7.8p14: no terminating NUL), and a static check
-proves the struct has no padding. Bytes beyond ASCII are written as octal escapes (the
+literals of its lines, and an array of the chunks' lengths: C99 compilers need not take a literal
+over 4,095 bytes (gcc -pedantic warns), and the chunks lie one after the other, each with its
+NUL, with no pointer between them (an array of pointers to lines cost a pointer and a relocation
+per line: 57 KB more in the binary). A static check proves the struct has no padding. Bytes beyond ASCII are written as octal escapes (the
 compiler's source character set may not be UTF-8), and '?' as '\\?' so that no trigraph forms."""
 import os, sys
 check = sys.argv[1:2] == ["--check"]
@@ -49,14 +48,15 @@ for name, var in FILES:
         chunks[-1].append(piece)
     sizes = [sum(map(len, c)) for c in chunks]
     block.append("static const struct {")
-    block.append("    char %s;" % ", ".join("c%d[%d]" % (i, n) for i, n in enumerate(sizes)))
+    block.append("    char %s;" % ", ".join("c%d[%d]" % (i, n + 1) for i, n in enumerate(sizes)))
     block.append("} %s = {" % var)
     for i, c in enumerate(chunks):
         for k, piece in enumerate(c):
             block.append("    " + literal(piece) + ("," if k == len(c) - 1 and i < len(chunks) - 1 else ""))
     block.append("};")
-    block.append("typedef char %s_is_whole[sizeof %s == %d ? 1 : -1]; /* no padding between its chunks */"
-                 % (var, var, len(data)))
+    block.append("static const unsigned short %s_chunks[] = {%s, 0};" % (var, ", ".join(map(str, sizes))))
+    block.append("typedef char %s_is_whole[sizeof %s == %d ? 1 : -1]; /* its chunks and their NULs, no padding */"
+                 % (var, var, len(data) + len(chunks)))
 block.append(END)
 text = open(path).read()
 if BEGIN not in text or END not in text:
