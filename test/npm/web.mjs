@@ -159,6 +159,24 @@ async function scenarioMain() {
       const r = [...document.querySelectorAll("#list .msg")].find((e) => e.dataset.id === id);
       return r && !r.classList.contains("unread");
     }, richId, { timeout: 5000 });
+    // and Mark as unread in the message view, then u on the list's row, then / to search
+    const unreadRow = (id) => page.waitForFunction((id) => [...document.querySelectorAll("#list .msg")]
+      .find((e) => e.dataset.id === id)?.classList.contains("unread"), id, { timeout: 5000 });
+    const readRow = (id) => page.waitForFunction((id) => [...document.querySelectorAll("#list .msg")]
+      .find((e) => e.dataset.id === id)?.classList.contains("unread") === false, id, { timeout: 5000 });
+    await page.goto(base + "/#/message/" + encodeURIComponent(richId));
+    await page.waitForFunction((s) => document.querySelector("#msg-subject")?.textContent.includes(s), "Rich " + t);
+    await page.locator("#btn-unread").click();
+    await page.keyboard.press("Escape");
+    await unreadRow(richId);
+    await page.goto(base + "/#/message/" + encodeURIComponent(richId)); // read again
+    await page.waitForFunction((s) => document.querySelector("#msg-subject")?.textContent.includes(s), "Rich " + t);
+    await page.keyboard.press("Escape");
+    await readRow(richId);
+    await page.keyboard.press("u"); // the current row is the one just open
+    await unreadRow(richId);
+    await page.keyboard.press("/");
+    assert.equal(await page.evaluate(() => document.activeElement.id), "search");
   });
 
   await step("search finds it, and finds nothing for a word it lacks", async () => {
