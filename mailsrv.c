@@ -321,7 +321,9 @@ os_wallclock(int64_t *sec, long *usec)
     *usec = ts.tv_nsec / 1000;
 }
 
-/* A number for the day of the local calendar at sec: it changes at local midnight. */
+#if MAILSRV_ENABLE_HTTP
+/* A number for the day of the local calendar at sec: it changes at local midnight (the status
+ * page's messages today; HTTP only, as static musl's localtime_r brings 8 KB of time zone code). */
 static long
 os_local_day(int64_t sec)
 {
@@ -330,6 +332,7 @@ os_local_day(int64_t sec)
     if (!localtime_r(&t, &tm)) return (long)(sec / 86400);
     return (long)tm.tm_year * 400 + tm.tm_yday;
 }
+#endif
 
 static unsigned long
 os_pid(void)
@@ -728,6 +731,7 @@ os_wallclock(int64_t *sec, long *usec)
     *usec = (long)(t % 1000000);
 }
 
+#if MAILSRV_ENABLE_HTTP
 static long
 os_local_day(int64_t sec)
 {
@@ -736,6 +740,7 @@ os_local_day(int64_t sec)
     if (localtime_s(&tm, &t) != 0) return (long)(sec / 86400);
     return (long)tm.tm_year * 400 + tm.tm_yday;
 }
+#endif
 
 static unsigned long os_pid(void) { return (unsigned long)GetCurrentProcessId(); }
 /* Is that process running (mbox dotlocks hold their maker's PID)? */
@@ -1321,7 +1326,6 @@ struct transport;
 static int64_t os_now_ms(void);
 static int64_t os_now_us(void);
 static void os_wallclock(int64_t *sec, long *usec);
-static long os_local_day(int64_t sec);
 static unsigned long os_pid(void);
 static int os_pid_alive(unsigned long pid);
 static int os_random_bytes(void *buf, size_t n);
@@ -1652,7 +1656,6 @@ static void io_close(struct transport *io);
 
 /* 9. Connections */
 static void ms_log(struct mailsrv *ms, const char *fmt, ...);
-static long ms_messages_today(struct mailsrv *ms, int add);
 static void conn_log(struct conn *c, const char *fmt, ...);
 static void conn_reply(struct conn *c, const char *fmt, ...);
 static void conn_say(struct conn *c, enum conn_say what);
@@ -9516,7 +9519,7 @@ struct mailsrv {
     int64_t accept_rest_until;       /* out of descriptors: the listeners are not polled until then */
     int64_t fd_short_logged;         /* when running out of them was last logged */
     int64_t started_ms;              /* mailsrv_create (the API's uptime) */
-    long today, today_count;         /* messages received on this local day (ms_messages_today) */
+    long today, today_count;         /* messages that came on this local day (ms_messages_today) */
     struct { int code, prob; } chaos[CHAOS_N]; /* SMTP failures on demand (percent; 0: never) */
     unsigned char http_salt[16];     /* keys the remembered HTTP logins (random, at the first login) */
     int http_salted;                 /* ... it is made (no generator: no login is remembered) */
@@ -9534,21 +9537,6 @@ ms_log(struct mailsrv *ms, const char *fmt, ...)
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     ms->log_fn(ms->log_user, line);
-}
-
-/* Messages received on this local day, after counting add more (the status page's). */
-static long
-ms_messages_today(struct mailsrv *ms, int add)
-{
-    int64_t sec;
-    long usec, day;
-    os_wallclock(&sec, &usec);
-    day = os_local_day(sec);
-    if (day != ms->today) {
-        ms->today = day;
-        ms->today_count = 0;
-    }
-    return ms->today_count += add;
 }
 
 static void
@@ -10747,7 +10735,6 @@ smtp_group_committed(struct conn *c, int ok)
             conn_log(c, "%s %s from=<%s> to=<%s> size=%lld", s->targets.remote[i] ? "queued" : "delivered", s->msg.id,
                      s->from, s->targets.v[i], (long long)s->msg.size);
         http_notify(c->ms, "new", store_of(c->ms->cfg)->maildir ? s->msg.name : s->msg.id, &s->targets, NULL);
-        ms_messages_today(c->ms, 1);
         if (targets_remote(&s->targets)) {
             relay_enqueue(c->ms, s->msg.id);
             conn_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
@@ -12940,7 +12927,6 @@ http_store(struct conn *c, const char *from, const struct targets *t, const char
     if (msg_inject(ms, &m, t, &err) != 0) return err ? err : "cannot write the message";
     ms_strlcpy(uidl, store_of(ms->cfg)->maildir ? m.name : m.id, un);
     conn_log(c, "stored %s from=<%s> recipients=%d size=%lld via HTTP", m.id, from, t->n, (long long)m.size);
-    ms_messages_today(ms, 1);
     return NULL;
 }
 
@@ -13281,6 +13267,22 @@ http_events(struct conn *c)
     c->io.deadline = os_now_ms() + c->ms->cfg->timeout * 1000LL;
 }
 
+/* Messages that came on this local day (SMTP, /send, releases, the server's own: each http_notify
+ * "new"), after counting add more; for the status page. */
+static long
+ms_messages_today(struct mailsrv *ms, int add)
+{
+    int64_t sec;
+    long usec, day;
+    os_wallclock(&sec, &usec);
+    day = os_local_day(sec);
+    if (day != ms->today) {
+        ms->today = day;
+        ms->today_count = 0;
+    }
+    return ms->today_count += add;
+}
+
 /* Tells the event streams that may see it: a message stored for the local targets of t ("new"),
  * or deleted from mailbox ("delete", t NULL). The message's ID as the API shows it. */
 static void
@@ -13288,6 +13290,7 @@ http_notify(struct mailsrv *ms, const char *type, const char *uidl, const struct
 {
     char id[72];
     int i, k;
+    if (t) ms_messages_today(ms, 1);
     http_msg_id(uidl, id, sizeof id);
     for (i = 0; i < ms->nconns; i++) {
         struct conn *c = ms->conns[i];
