@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import smtplib
 import socket
 import struct
@@ -118,10 +119,18 @@ def run_page(scenario, cfg, answer, limit):
     node, chromium = need_browser()
     cfg = dict(cfg, chromium=chromium, out=OUT)
     os.makedirs(OUT, exist_ok=True)
+    # a session of its own: at the time limit node and the Chromium it started are stopped together
     p = subprocess.Popen([node, os.path.join(HERE, "npm", "web.mjs"), scenario, json.dumps(cfg)], cwd=os.path.join(HERE, "npm"),
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
     out = []
-    timer = threading.Timer(secs(limit), p.kill)
+
+    def stop():
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    timer = threading.Timer(secs(limit), stop)
     timer.start()
     try:
         for line in p.stdout:
@@ -136,9 +145,8 @@ def run_page(scenario, cfg, answer, limit):
         p.wait()
     finally:
         timer.cancel()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        stop()  # also any Chromium process left behind (the group is ours alone)
+        p.wait()
     text = "\n".join(out)
     check(p.returncode == 0 and "all checks passed" in text, "the page in Chromium (%s): %s" % (scenario, text[-3000:]))
     return text
@@ -256,7 +264,7 @@ def web_page_runs_no_hostile_mail(ctx):
     forms) runs nothing in the page (a flag stays unset) and loads nothing (a canary listener on
     loopback gets no request) until the reader asks for remote images; then the canary sees them."""
     need_browser()
-    canary = Canary()
+    canary = ctx.track(Canary())
     srv = ctx.server(server={"capture": "yes", "http": "auto", "max_clients": "60"}).start()  # and the page opens on every captured address
     mails = xss_mails(canary.port)
     for i, (_, m) in enumerate(mails):
@@ -284,7 +292,6 @@ def web_page_runs_no_hostile_mail(ctx):
                            "127.0.0.1:%d" % canary.port, "Failed to load resource"]}
     run_page("xss", cfg, answer, 110)
     check(set(canary.seen()) <= {"/pixel"}, "only the image asked for was loaded: %r" % canary.seen())
-    canary.close()
 
 
 @test(modes=BOTH, limit=90)
