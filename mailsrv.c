@@ -14053,7 +14053,7 @@ static const struct {
 static const unsigned short web_app_css_chunks[] = {3988, 3996, 3381, 0};
 typedef char web_app_css_is_whole[sizeof web_app_css == 11368 ? 1 : -1]; /* its chunks and their NULs, no padding */
 static const struct {
-    char c0[3991], c1[3999], c2[3922], c3[3926], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3993], c10[3949], c11[3932], c12[787];
+    char c0[3991], c1[3999], c2[3922], c3[3926], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3993], c10[3949], c11[3932], c12[928];
 } web_app_js = {
     "/* mailsrv web page.\n"
     " *\n"
@@ -15301,18 +15301,21 @@ static const struct {
     "  async function start() {\n"
     "    translatePage();\n"
     "    wire();\n"
-    "    await quiet(loadMailboxes()); // tells which views to offer; the page works without it\n"
+    "    // the mailboxes (which views to offer) and the first list are asked for at once: each takes the\n"
+    "    // server a pass over the store, and the list need not wait for the nav\n"
     "    renderNav();\n"
+    "    const nav = quiet(loadMailboxes());\n"
     "    route();\n"
     "    connectEvents();\n"
+    "    await nav;\n"
     "  }\n"
     "\n"
     "  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);\n"
     "  else start();\n"
     "})();\n"
 };
-static const unsigned short web_app_js_chunks[] = {3990, 3998, 3921, 3925, 3979, 3973, 3991, 3966, 3971, 3992, 3948, 3931, 786, 0};
-typedef char web_app_js_is_whole[sizeof web_app_js == 48384 ? 1 : -1]; /* its chunks and their NULs, no padding */
+static const unsigned short web_app_js_chunks[] = {3990, 3998, 3921, 3925, 3979, 3973, 3991, 3966, 3971, 3992, 3948, 3931, 927, 0};
+typedef char web_app_js_is_whole[sizeof web_app_js == 48525 ? 1 : -1]; /* its chunks and their NULs, no padding */
 /* END web/ */
 
 /* A file of the page: its chunks one after the other, each followed by its NUL (web/embed.py). */

@@ -1244,10 +1244,13 @@
   async function start() {
     translatePage();
     wire();
-    await quiet(loadMailboxes()); // tells which views to offer; the page works without it
+    // the mailboxes (which views to offer) and the first list are asked for at once: each takes the
+    // server a pass over the store, and the list need not wait for the nav
     renderNav();
+    const nav = quiet(loadMailboxes());
     route();
     connectEvents();
+    await nav;
   }
 
   if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
