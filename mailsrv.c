@@ -5571,11 +5571,11 @@ search_parse(const char *q, struct search_term *t, int max)
         } else if (x->kind == SQ_LARGER || x->kind == SQ_SMALLER) {
             char *end;
             double v = strtod(word, &end);
-            if (end == word || v < 0) return -1;
+            if (end == word || !(v >= 0)) return -1; /* NaN too */
             if (*end == 'k' || *end == 'K') v *= 1024, end++;
             else if (*end == 'm' || *end == 'M') v *= 1024 * 1024, end++;
             if (*end == 'b' || *end == 'B') end++;
-            if (*end) return -1;
+            if (*end || !(v < 9e18)) return -1; /* converting a size no int64_t holds is undefined (C99 6.3.1.4) */
             x->num = (int64_t)v;
         }
         if (x->kind == SQ_NONE) continue; /* an unknown is:/has: word matches nothing: dropped, as Mailpit ignores it */

@@ -2148,6 +2148,10 @@ test_http_search_parse(void)
     ASSERT(t[6].kind == SQ_LARGER && t[6].num == 10240 && t[7].kind == SQ_SMALLER && t[7].num == 1048576);
     ASSERT(t[8].kind == SQ_AFTER && t[8].num == 1767312000 && t[9].kind == SQ_TO);
     ASSERT(search_parse("larger:big", t, MS_HTTP_TERMS) == -1 && search_parse("after:2026-13-01", t, MS_HTTP_TERMS) == -1);
+    /* a size no int64_t holds, or not a number at all (UBSan: the conversion was undefined; fuzz http) */
+    ASSERT(search_parse("larger:1e300", t, MS_HTTP_TERMS) == -1 && search_parse("smaller:9e18k", t, MS_HTTP_TERMS) == -1);
+    ASSERT(search_parse("larger:nan", t, MS_HTTP_TERMS) == -1 && search_parse("larger:inf", t, MS_HTTP_TERMS) == -1);
+    ASSERT(search_parse("larger:1e15", t, MS_HTTP_TERMS) == 1 && t[0].num == 1000000000000000LL);
     ASSERT(search_parse("", t, MS_HTTP_TERMS) == 0 && search_parse("   ", t, MS_HTTP_TERMS) == 0);
     ASSERT(search_parse("a b c d e f g h i j k l m n o p q", t, MS_HTTP_TERMS) == -1); /* too many */
     ASSERT(ms_days_from_civil(1970, 1, 1) == 0 && ms_days_from_civil(2000, 3, 1) == 11017);
