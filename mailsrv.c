@@ -4364,17 +4364,21 @@ http_is_cross_site(const char *host, const char *origin, const char *fetch_site)
 static int
 http_host_is_loopback(const char *host)
 {
-    size_t n = strlen(host);
-    const char *colon = strrchr(host, ':');
-    if (host[0] == '[') return ms_strncaseeq(host, "[::1]", 5) && (host[5] == 0 || host[5] == ':');
-    if (colon) n = (size_t)(colon - host);
-    if (n == 9 && ms_strncaseeq(host, "localhost", 9)) return 1;
-    if (n >= 9 && strncmp(host, "127.", 4) == 0) {
-        size_t i;
-        for (i = 4; i < n && (isdigit((unsigned char)host[i]) || host[i] == '.'); i++) {}
-        return i == n;
+    char name[64];
+    const char *end;
+    size_t n;
+    struct ms_addr a;
+    if (host[0] == '[') { /* [IPv6]:PORT */
+        if (!(end = strchr(++host, ']')) || (end[1] && end[1] != ':')) return 0;
+    } else if (!(end = strchr(host, ':'))) {
+        end = host + strlen(host);
     }
-    return 0;
+    if ((n = (size_t)(end - host)) >= sizeof name) return 0;
+    memcpy(name, host, n);
+    name[n] = 0;
+    if (ms_strcaseeq(name, "localhost")) return 1;
+    if (net_addr_parse(name, 0, &a) != 0) return 0;
+    return a.family == AF_INET ? a.ip[0] == 127 : memcmp(a.ip, "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\1", 16) == 0;
 }
 
 static long
