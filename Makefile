@@ -85,8 +85,9 @@ $(TLS_STAMP):
 	@mkdir -p build && rm -f build/tls-* && touch $@
 mailsrv test/unit: $(TLS_STAMP)
 
+# As root (a fresh container or Pi), mailsrv runs only when told: --allow-root, said in its log.
 run: mailsrv
-	./mailsrv -c mailsrv.ini
+	./mailsrv -c mailsrv.ini $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 deps:
 	./test/deps.sh $(DEPS_OPT)
@@ -309,6 +310,67 @@ clean:
 	rm -rf mailsrv test/unit build mailsrv-static build-portcheck.o
 
 .PHONY: all run deps test page notls-test fault-test valgrind-test bench clean static bearssl-lib musl-test cross-arm-test cross-arm64-test cross-armv6-test windows-test portcheck toc sizes
+
+# ---- installing it as a service (issue 17): make install, make deb, make install-test ---------
+# `make install` (PREFIX=/usr/local, DESTDIR= for staging) puts mailsrv in PREFIX/sbin, the man
+# pages mailsrv(8) and mailsrv.ini(5) in PREFIX/share/man, and the example configuration in
+# PREFIX/share/doc/mailsrv/mailsrv.ini.example. The configuration itself, /etc/mailsrv/mailsrv.ini
+# (SYSCONFDIR=/etc whatever PREFIX is), is installed from the same example only when there is none:
+# an existing one is never touched, by install or by uninstall. It is made 0640 in a folder 2750,
+# both of group mailsrv when that group exists (the file holds password hashes; the set-group-ID
+# folder keeps the group when `mailsrv add` rewrites the file). `make uninstall` removes exactly
+# the files install put under PREFIX, never the configuration nor a spool.
+# The account, the spool, the systemd unit and the logrotate snippet come with the package
+# (`make deb`: packaging/mkdeb.sh; ARCH=amd64 from ./mailsrv, armhf and arm64 from the cross
+# builds). INSTALL_BIN installs another binary than ./mailsrv (the e2e test installs a copy).
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+SYSCONFDIR ?= /etc
+INSTALL_BIN ?= mailsrv
+ARCH       ?= amd64
+VERSION     = $(shell sed -n 's/^\#define MAILSRV_VERSION "\(.*\)"/\1/p' mailsrv.h)
+DEB_BIN_amd64   = mailsrv
+DEB_BIN_armhf   = build/armhf/mailsrv
+DEB_BIN_arm64   = build/arm64/mailsrv
+DEB_STRIP_amd64 = strip
+DEB_STRIP_armhf = $(ARMHF)-strip
+DEB_STRIP_arm64 = $(ARM64)-strip
+I_SBIN = $(DESTDIR)$(PREFIX)/sbin
+I_MAN  = $(DESTDIR)$(PREFIX)/share/man
+I_DOC  = $(DESTDIR)$(PREFIX)/share/doc/mailsrv
+I_ETC  = $(DESTDIR)$(SYSCONFDIR)/mailsrv
+
+install: $(INSTALL_BIN)
+	install -d $(I_SBIN) $(I_MAN)/man8 $(I_MAN)/man5 $(I_DOC)
+	install -m 0755 $(INSTALL_BIN) $(I_SBIN)/mailsrv
+	install -m 0644 packaging/mailsrv.8 $(I_MAN)/man8/mailsrv.8
+	install -m 0644 packaging/mailsrv.ini.5 $(I_MAN)/man5/mailsrv.ini.5
+	install -m 0644 packaging/mailsrv.ini $(I_DOC)/mailsrv.ini.example
+	@if [ -e $(I_ETC)/mailsrv.ini ]; then \
+	    echo "$(I_ETC)/mailsrv.ini exists: kept (the new example is $(I_DOC)/mailsrv.ini.example)"; \
+	else \
+	    install -d -m 2750 $(I_ETC) && install -m 0640 packaging/mailsrv.ini $(I_ETC)/mailsrv.ini && \
+	    echo "installed $(I_ETC)/mailsrv.ini (replace example.org with your domain)"; \
+	    if [ -z "$(DESTDIR)" ] && getent group mailsrv >/dev/null; then chgrp mailsrv $(I_ETC) $(I_ETC)/mailsrv.ini; \
+	    else echo "make it readable by the account the server runs as: chgrp mailsrv $(I_ETC) $(I_ETC)/mailsrv.ini"; fi; \
+	fi
+
+uninstall:
+	rm -f $(I_SBIN)/mailsrv $(I_MAN)/man8/mailsrv.8 $(I_MAN)/man5/mailsrv.ini.5 $(I_DOC)/mailsrv.ini.example
+	rmdir $(I_DOC) 2>/dev/null || true
+	@echo "kept: $(I_ETC) (configuration) and every spool"
+
+deb: $(DEB_BIN_$(ARCH))
+	@[ -n "$(DEB_BIN_$(ARCH))" ] || { echo "ARCH must be amd64, armhf or arm64, not \"$(ARCH)\"" >&2; exit 1; }
+	./packaging/mkdeb.sh --arch $(ARCH) --version $(VERSION) --bin $(DEB_BIN_$(ARCH)) --strip $(DEB_STRIP_$(ARCH)) --out build
+
+# Builds the amd64 package, installs it on THIS machine, runs it as the service would, removes and
+# purges it (packaging/test-install.sh). It refuses to run unless root and CI=true (.ci/run) or
+# YES=1 (`sudo make install-test YES=1` on a machine you may install on). Ends with "N passed, N failed".
+install-test:
+	./packaging/test-install.sh$(if $(filter 1,$(YES)), --yes)
+
+.PHONY: install uninstall deb install-test
 
 # ---- fuzzing (issue 7): libFuzzer harnesses, one per untrusted input ----------------
 # test/fuzz/NAME.c includes mailsrv.c (as test/unit.c does); seeds in test/fuzz/corpus/NAME/.

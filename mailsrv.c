@@ -635,6 +635,19 @@ os_install_signals(struct mailsrv *ms)
 static int os_net_start(void) { return 0; }
 static void os_net_stop(void) {}
 
+/* Services: here the system's own service manager starts mailsrv (packaging/mailsrv.service for
+ * systemd); only on Windows does mailsrv register itself (`mailsrv service install`). */
+static int
+os_service_install(const char *ini, char *err, size_t n)
+{
+    (void)ini;
+    snprintf(err, n, "`service` is for Windows; with systemd, install packaging/mailsrv.service (see README)");
+    return -1;
+}
+static int os_service_remove(char *err, size_t n) { return os_service_install(NULL, err, n); }
+static int os_service_dispatch(int (*serve)(void)) { return serve(); }
+static void os_service_running(void) {}
+
 /* Not in POSIX, but in every Unix; strict POSIX headers hide it. */
 int setgroups(size_t n, const gid_t *groups);
 
@@ -1042,6 +1055,127 @@ os_install_signals(struct mailsrv *ms)
     SetConsoleCtrlHandler(os_on_console, TRUE);
 }
 
+/* The service manager: `mailsrv service install|remove`, and `--service`, with which it starts
+ * mailsrv. It runs ServiceMain (os_svc_main) in a thread of its own while the main thread waits in
+ * the dispatcher and calls os_svc_control on a stop: the server still runs in one thread, and the
+ * handler only sets its stop flag, as Ctrl+C does. */
+static SERVICE_STATUS_HANDLE os_svc_handle;
+static SERVICE_STATUS os_svc_status;
+static int (*os_svc_serve)(void);
+static int os_svc_rc = 1;
+static char os_svc_name[] = "mailsrv";
+
+static void
+os_svc_report(DWORD state, DWORD exit_code, DWORD wait_ms)
+{
+    if (!os_svc_handle) return; /* not a service: a console */
+    os_svc_status.dwServiceType = SERVICE_WIN32_OWN_PROCESS;
+    os_svc_status.dwCurrentState = state;
+    os_svc_status.dwControlsAccepted = state == SERVICE_RUNNING ? SERVICE_ACCEPT_STOP | SERVICE_ACCEPT_SHUTDOWN : 0;
+    os_svc_status.dwWin32ExitCode = exit_code ? ERROR_SERVICE_SPECIFIC_ERROR : NO_ERROR;
+    os_svc_status.dwServiceSpecificExitCode = exit_code;
+    os_svc_status.dwWaitHint = wait_ms;
+    os_svc_status.dwCheckPoint = state == SERVICE_RUNNING || state == SERVICE_STOPPED ? 0 : os_svc_status.dwCheckPoint + 1;
+    SetServiceStatus(os_svc_handle, &os_svc_status);
+}
+
+static DWORD WINAPI
+os_svc_control(DWORD ctl, DWORD type, LPVOID data, LPVOID ctx)
+{
+    (void)type; (void)data; (void)ctx;
+    if (ctl == SERVICE_CONTROL_STOP || ctl == SERVICE_CONTROL_SHUTDOWN) {
+        os_svc_report(SERVICE_STOP_PENDING, 0, MS_STOP_GRACE_MS + 5000);
+        if (os_signal_target) mailsrv_stop(os_signal_target);
+        return NO_ERROR;
+    }
+    return ctl == SERVICE_CONTROL_INTERROGATE ? NO_ERROR : ERROR_CALL_NOT_IMPLEMENTED;
+}
+
+static void WINAPI
+os_svc_main(DWORD argc, LPSTR *argv)
+{
+    (void)argc; (void)argv;
+    if (!(os_svc_handle = RegisterServiceCtrlHandlerExA(os_svc_name, os_svc_control, NULL))) return;
+    os_svc_report(SERVICE_START_PENDING, 0, 10000);
+    os_svc_rc = os_svc_serve();
+    os_svc_report(SERVICE_STOPPED, (DWORD)os_svc_rc, 0);
+}
+
+static int
+os_service_dispatch(int (*serve)(void))
+{
+    SERVICE_TABLE_ENTRYA table[] = {{os_svc_name, os_svc_main}, {NULL, NULL}};
+    os_svc_serve = serve;
+    if (!StartServiceCtrlDispatcherA(table)) {
+        fprintf(stderr, "mailsrv: --service is for the service manager (%s); in a console, run mailsrv without it\n",
+                net_strerror((int)GetLastError()));
+        return 1;
+    }
+    return os_svc_rc;
+}
+
+/* Listening: the service manager may say "running". */
+static void os_service_running(void) { os_svc_report(SERVICE_RUNNING, 0, 0); }
+
+/* Registers mailsrv as the service "mailsrv", started at boot as LocalSystem with this INI. */
+static int
+os_service_install(const char *ini, char *err, size_t n)
+{
+    char exe[MAX_PATH], full[MAX_PATH], cmd[3 * MAX_PATH + 32];
+    SC_HANDLE scm, svc;
+    DWORD e;
+    if (!GetModuleFileNameA(NULL, exe, sizeof exe) || !GetFullPathNameA(ini, sizeof full, full, NULL) ||
+        snprintf(cmd, sizeof cmd, "\"%s\" -c \"%s\" --service", exe, full) >= (int)sizeof cmd) {
+        snprintf(err, n, "the program's or the INI's path is too long");
+        return -1;
+    }
+    if (!(scm = OpenSCManagerA(NULL, NULL, SC_MANAGER_CREATE_SERVICE))) {
+        snprintf(err, n, "cannot open the service manager (run this as Administrator): %s", net_strerror((int)GetLastError()));
+        return -1;
+    }
+    svc = CreateServiceA(scm, os_svc_name, "mailsrv mail server", SERVICE_QUERY_STATUS, SERVICE_WIN32_OWN_PROCESS,
+                         SERVICE_AUTO_START, SERVICE_ERROR_NORMAL, cmd, NULL, NULL, NULL, NULL, NULL);
+    e = GetLastError();
+    if (svc) CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    if (!svc) {
+        snprintf(err, n, e == ERROR_SERVICE_EXISTS ? "the service mailsrv exists already (mailsrv service remove first)"
+                                                   : "cannot create the service: %s", net_strerror((int)e));
+        return -1;
+    }
+    snprintf(err, n, "%s", cmd);
+    return 0;
+}
+
+/* Stops the service mailsrv if it runs (as `sc stop` would), then removes it. */
+static int
+os_service_remove(char *err, size_t n)
+{
+    SC_HANDLE scm, svc;
+    SERVICE_STATUS st;
+    int waited, r = 0;
+    if (!(scm = OpenSCManagerA(NULL, NULL, SC_MANAGER_CONNECT))) {
+        snprintf(err, n, "cannot open the service manager (run this as Administrator): %s", net_strerror((int)GetLastError()));
+        return -1;
+    }
+    if (!(svc = OpenServiceA(scm, os_svc_name, DELETE | SERVICE_STOP | SERVICE_QUERY_STATUS))) {
+        snprintf(err, n, "no service mailsrv: %s", net_strerror((int)GetLastError()));
+        CloseServiceHandle(scm);
+        return -1;
+    }
+    if (ControlService(svc, SERVICE_CONTROL_STOP, &st))
+        for (waited = 0; waited < MS_STOP_GRACE_MS + 5000 && QueryServiceStatus(svc, &st) &&
+                         st.dwCurrentState != SERVICE_STOPPED; waited += 100)
+            Sleep(100);
+    if (!DeleteService(svc)) {
+        snprintf(err, n, "cannot remove the service: %s", net_strerror((int)GetLastError()));
+        r = -1;
+    }
+    CloseServiceHandle(svc);
+    CloseServiceHandle(scm);
+    return r;
+}
+
 /* Windows services get their account from the service manager instead. */
 static int os_is_root(void) { return 0; }
 static int
@@ -1370,6 +1504,10 @@ static const char *os_last_sep(const char *p);
 static void os_install_signals(struct mailsrv *ms);
 static int os_net_start(void);
 static void os_net_stop(void);
+static int os_service_install(const char *ini, char *err, size_t n);
+static int os_service_remove(char *err, size_t n);
+static int os_service_dispatch(int (*serve)(void));
+static void os_service_running(void);
 static int os_is_root(void);
 static int os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err, size_t n);
 static int os_random(void *buf, size_t n);
@@ -1568,6 +1706,7 @@ static int store_message(const struct ms_config *cfg, const char *qdir, struct s
 static void view_free(struct pop_view *v);
 static void view_clear(struct pop_view *v);
 static struct pop_msg * view_add(struct pop_view *v);
+static size_t mdir_uidl_len(const struct pop_view *v, const char *name);
 static void uidl_set(char *dst, const char *src, size_t n);
 static size_t mdir_key_len(const char *base);
 static const char *mdir_base(const struct pop_msg *m);
@@ -1655,6 +1794,7 @@ static void io_close_notify(struct transport *io);
 static void io_close(struct transport *io);
 
 /* 9. Connections */
+static void ms_count_sessions(const struct mailsrv *ms, int n[4], int *relaying);
 static void ms_log(struct mailsrv *ms, const char *fmt, ...);
 static void conn_log(struct conn *c, const char *fmt, ...);
 static void conn_reply(struct conn *c, const char *fmt, ...);
@@ -1881,6 +2021,9 @@ static void loop_sweep(struct mailsrv *ms);
 static void loop_close_listeners(struct mailsrv *ms);
 static void loop_stop_sessions(struct mailsrv *ms);
 static void loop_check_reload(struct mailsrv *ms, int64_t now);
+static void loop_control_done(struct mailsrv *ms, const char *name);
+static void loop_write_status(struct mailsrv *ms);
+static void loop_check_control(struct mailsrv *ms, int64_t now);
 static int loop_clean_tmp_entry(void *ctx, const char *name);
 static void loop_clean_tmp(struct mailsrv *ms, int64_t now);
 static void loop_watch(struct mailsrv *ms, int *nfds, ms_sock_t fd, short events, struct transport *io);
@@ -1889,6 +2032,7 @@ static void loop_dispatch(struct mailsrv *ms, int nfds, int ready);
 
 /* 16. Public API */
 static void default_log(void *user, const char *line);
+static void ms_log_reopen(struct mailsrv *ms, const char *path);
 static void ms_keep_start_keys(struct mailsrv *ms, struct ms_config *c);
 static int ms_install_config(struct mailsrv *ms, struct ms_config *c);
 
@@ -1907,7 +2051,11 @@ static int cli_flush(const char *path);
 static int cli_passwd(void);
 static int cli_list(const char *path, const char *addr);
 static int cli_reload(const char *path);
+static int cli_wait_gone(const char *flag, int ms);
+static int cli_control(const char *path, const char *name);
 static void cli_usage(void);
+static int cli_service(const char *path, const char *what);
+static int serve(void);
 
 /* ---- end of contents ---- */
 
@@ -2482,6 +2630,7 @@ pass_policy(const char *p)
  */
 
 enum { STORE_MAILDIR, STORE_MBOX };
+enum { UIDL_DOVECOT, UIDL_SHORT }; /* pop3_uidl */
 enum { PT_NO, PT_YES, PT_LOCAL };
 enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
@@ -2523,6 +2672,8 @@ struct ms_config {
     long max_recipients, max_clients, max_per_ip, timeout;
     long max_connect_rate, max_junk_commands, max_session_time;
     int plaintext_auth, sender_login, capture, allow_root;
+    int pop3_uidl;         /* UIDL_DOVECOT or UIDL_SHORT: what a Maildir message's UIDL is (mdir_uidl_len) */
+    char log[1024];        /* the log file ("": standard error), reopened at each reload */
     char admins[1024];     /* addresses whose HTTP login sees every mailbox, comma-separated, lower case */
     char public_host[256]; /* the name mail clients are told to use (HTTP client setup); "": the address reached */
     char user[64];         /* Unix: the account to run as once the ports are bound */
@@ -2626,7 +2777,7 @@ cfg_parse_time(struct ms_config *c, const char *v, void *dst, long arg, char *er
 }
 
 /* Keyword values: arg picks the word list; the value stored is the word's index. */
-enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_SENDER_LOGIN, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO };
+enum { CH_BOOL, CH_STORAGE, CH_PLAINTEXT, CH_SENDER_LOGIN, CH_RELAY_TLS, CH_LIST_POST, CH_REPLY_TO, CH_POP3_UIDL };
 static const char *const *const cfg_choices[] = {
     (const char *const[]){"no", "yes", NULL},
     (const char *const[]){"maildir", "mbox", NULL},        /* STORE_* */
@@ -2635,6 +2786,7 @@ static const char *const *const cfg_choices[] = {
     (const char *const[]){"no", "yes", "verify", NULL},    /* RTLS_* */
     (const char *const[]){"members", "anyone", "owner", NULL}, /* LIST_POST_* */
     (const char *const[]){"sender", "list", NULL},
+    (const char *const[]){"dovecot", "short", NULL},       /* UIDL_* */
 };
 
 static int
@@ -2908,6 +3060,8 @@ static const struct cfg_key cfg_server_keys[] = {
     {"relay_networks", cfg_parse_nets, 0, 0},
     {"user", cfg_parse_optstr, offsetof(struct ms_config, user), 64},
     {"allow_root", cfg_parse_choice, offsetof(struct ms_config, allow_root), CH_BOOL},
+    {"pop3_uidl", cfg_parse_choice, offsetof(struct ms_config, pop3_uidl), CH_POP3_UIDL},
+    {"log", cfg_parse_path, offsetof(struct ms_config, log), 1024},
     {NULL, NULL, 0, 0},
 };
 
@@ -6960,6 +7114,7 @@ struct pop_view {
     struct mdir_open *opening; /* Maildir: the view is being made (mdir_view_more) */
     struct mbox_work *mbox_work; /* mbox: read at login, or its deletions made after QUIT (locks held) */
     int expunged, expunge_failed; /* Maildir: messages the deletion has looked at; one stayed */
+    int uidl_short;            /* Maildir: UIDLs as pop3_uidl = short makes them (mdir_uidl_len) */
 };
 
 static void
@@ -6993,6 +7148,16 @@ view_add(struct pop_view *v)
     m = &v->msgs[v->n++];
     memset(m, 0, sizeof *m);
     return m;
+}
+
+/* A Maildir message's UIDL: its name up to the flags (":2,S"), which is what Dovecot gives with
+ * pop3_uidl_format = %f, so that POP3 clients that leave mail on the server keep their place when
+ * Dovecot takes the spool over. pop3_uidl = short: up to the first comma, as mailsrv 0.1 did. */
+static size_t
+mdir_uidl_len(const struct pop_view *v, const char *name)
+{
+    static const char dovecot[] = {':', MS_MAILDIR_INFO, 0}, old[] = {',', ':', MS_MAILDIR_INFO, 0};
+    return strcspn(name, v->uidl_short ? old : dovecot);
 }
 
 /* A UIDL is 1-70 characters 0x21-0x7E (RFC 1939 7); anything else is hashed. */
@@ -7241,7 +7406,7 @@ mdir_list_step(struct pop_view *v, struct mdir_open *o)
     }
     m->size_read = m->size < 0;
     m->klen = mdir_key_len(name);
-    uidl_set(m->uidl, name, strcspn(name, ",:!"));
+    uidl_set(m->uidl, name, mdir_uidl_len(v, name));
     return 0;
 }
 
@@ -7440,7 +7605,7 @@ mdir_copy_step(struct pop_view *v, struct mdir_open *o)
         m->klen = e->klen;
         w = strstr(mdir_base(m), ",W=");
         m->size_read = !w || w[3] < '0' || w[3] > '9';
-        uidl_set(m->uidl, mdir_base(m), strcspn(mdir_base(m), ",:!"));
+        uidl_set(m->uidl, mdir_base(m), mdir_uidl_len(v, mdir_base(m)));
     }
     return o->next >= o->nent;
 }
@@ -9472,6 +9637,14 @@ struct mailsrv {
     int64_t next_tmp_clean;          /* when SPOOL/.tmp is next cleaned (0: at the next turn) */
     int64_t seen_mtime, seen_size, seen_since; /* a change waiting to be stable (seen_since 0: none) */
     uint64_t seen_ino;
+    int64_t last_load;               /* wall clock of the last loading of the INI (`mailsrv status`) */
+    int last_load_errors;            /* ... its errors (0: in force) */
+    int64_t next_control_check;      /* QUEUE/stop and QUEUE/status (loop_check_control) */
+    int stop_by_cli;                 /* QUEUE/stopping is ours to remove once stopped */
+    int allow_root;                  /* --allow-root on the command line (`make run` as root) */
+    int log_fd;                      /* [server] log (default_log); -1: standard error */
+    char log_path[1024];             /* ... the file it is, "" for standard error */
+    char log_default[1024];          /* the log when [server] names none ("": standard error; a service's file) */
     struct listener lst[MS_MAX_LISTENERS];
     int nlst;
     struct conn **conns;
@@ -9529,6 +9702,17 @@ struct mailsrv {
     int http_salted;                 /* ... it is made (no generator: no login is remembered) */
     struct http_login_cache { unsigned char key[32]; char mailbox[MS_PATH_MAX]; int64_t until; } http_logins[MS_HTTP_LOGINS];
 };
+
+/* Sessions open, by protocol (enum proto), and queued messages being relayed now. */
+static void
+ms_count_sessions(const struct mailsrv *ms, int n[4], int *relaying)
+{
+    int i;
+    n[0] = n[1] = n[2] = n[3] = *relaying = 0;
+    for (i = 0; i < ms->nconns; i++)
+        if (!ms->conns[i]->is_closing) n[ms->conns[i]->proto]++;
+    for (i = 0; i < ms->nqueue; i++) *relaying += ms->queue[i]->active;
+}
 
 /* ---- logging, replies, closing ---- */
 
@@ -10182,7 +10366,10 @@ msg_open(struct mailsrv *ms, struct store_msg *m)
     os_wallclock(&sec, &usec);
     m->when = (time_t)sec;
     snprintf(m->id, sizeof m->id, "%lld.M%06ldP%luQ%u", (long long)sec, usec, os_pid(), ++ms->msg_counter);
-    snprintf(m->name, sizeof m->name, "%s.%.20s", m->id, ms->cfg->hostname);
+    /* The host part is cut so that the Maildir name with its sizes (",S=...,W=...", mdir_deliver)
+     * stays a UIDL of at most 70 characters (RFC 1939 7): Dovecot's, the whole name, is not hashed */
+    n = 70 - (int)strlen(m->id) - 1 - 2 * (3 + snprintf(NULL, 0, "%lld", 2 * (long long)ms->cfg->max_message_size));
+    snprintf(m->name, sizeof m->name, "%s.%.*s", m->id, n < 1 ? 1 : n > 20 ? 20 : n, ms->cfg->hostname);
     for (n = 0; m->name[n]; n++) /* the host part must stay one path component */
         if (m->name[n] == '/' || m->name[n] == MS_MAILDIR_INFO || m->name[n] == ',') m->name[n] = '_';
     m->tmp_fd = -1;
@@ -11078,6 +11265,7 @@ pop_login_done(struct conn *c, const char *mailbox, const char *user)
     errno = 0; /* EAGAIN below comes from the mbox lock, never from an earlier call */
     r = store_no_links(ms->cfg->spool, mailbox, store_of(ms->cfg)->maildir) != 0 ? -1
         : store_of(ms->cfg)->view_open(&p->view, ms->cfg->spool, mailbox);
+    p->view.uidl_short = ms->cfg->pop3_uidl == UIDL_SHORT;
     if (r != 0 && errno == EAGAIN) { /* an mbox locked by another program (RFC 2449 8.1.1) */
         conn_log(c, "mailbox %s is locked by another program", mailbox);
         conn_reply(c, "-ERR [IN-USE] Mailbox is locked by another program");
@@ -11772,14 +11960,17 @@ http_pm(const struct http_job *j, const struct http_msg *m)
     return &j->boxes[m->box].v.msgs[m->idx];
 }
 
-/* A message's ID in the API: its UIDL, where that is safe in a URL path; else a hash of it. */
+/* A message's ID in the API: its UIDL, where that is safe in a URL path; else a hash of it. A
+ * Maildir UIDL's sizes (",S=...,W=...") are left out: the ID stays what it was before UIDLs took
+ * them in (mdir_uidl_len), and is the name as it was in SPOOL/.tmp (http_store). */
 static void
 http_msg_id(const char *uidl, char *out, size_t n)
 {
     size_t i;
-    for (i = 0; uidl[i]; i++)
+    const char *sizes = strstr(uidl, ",S=");
+    for (i = 0; uidl + i != sizes && uidl[i]; i++)
         if (!isalnum((unsigned char)uidl[i]) && !strchr("._-", uidl[i])) break;
-    if (!uidl[i] && i < n) { memcpy(out, uidl, i + 1); return; }
+    if ((!uidl[i] || uidl + i == sizes) && i < n) { memcpy(out, uidl, i); out[i] = 0; return; }
     {
         struct sha256 s;
         unsigned char d[32];
@@ -15389,11 +15580,9 @@ http_get_status(struct conn *c)
 {
     struct mailsrv *ms = c->ms;
     struct buf *b = &c->u.http.resp;
-    int i, n[4] = {0, 0, 0, 0}, relaying = 0;
+    int i, n[4], relaying;
     if (http_admin_only(c)) return;
-    for (i = 0; i < ms->nconns; i++)
-        if (!ms->conns[i]->is_closing) n[ms->conns[i]->proto]++;
-    for (i = 0; i < ms->nqueue; i++) relaying += ms->queue[i]->active;
+    ms_count_sessions(ms, n, &relaying);
     buf_printf(b, "{\"Version\":\"%s\",\"Uptime\":%lld,\"Sessions\":{\"smtp\":%d,\"submission\":%d,\"pop3\":%d,"
                "\"http\":%d,\"relay\":%d},\"MessagesToday\":%ld,\"Queue\":%d,\"Listeners\":[",
                MAILSRV_VERSION, (long long)((os_now_ms() - ms->started_ms) / 1000), n[PROTO_SMTP], n[PROTO_SUBMISSION],
@@ -18165,6 +18354,69 @@ loop_check_reload(struct mailsrv *ms, int64_t now)
     if (by_cli) os_unlink(flag); /* after the load: the command returns once it is in force */
 }
 
+/* Removes QUEUE/NAME, a control file: the command that made it waits for that. */
+static void
+loop_control_done(struct mailsrv *ms, const char *name)
+{
+    char path[MS_PATH_FILE];
+    if (ms_fmt(path, sizeof path, "%s/%s", ms->qdir, name) >= 0) os_unlink(path);
+}
+
+/* `mailsrv status` (QUEUE/status): what the server is doing, written to QUEUE/status.txt. */
+static void
+loop_write_status(struct mailsrv *ms)
+{
+    char path[MS_PATH_FILE], t[64];
+    struct buf b = {0};
+    int i, n[4], relaying;
+    int64_t now, up = (os_now_ms() - ms->started_ms) / 1000;
+    long usec;
+    os_wallclock(&now, &usec);
+    ms_count_sessions(ms, n, &relaying);
+    ms_utc_time(t, sizeof t, now - up, ' ', " UTC");
+    buf_printf(&b, "pid: %lu\nversion: %s\nconfig: %s\nstarted: %s\nuptime: %lldd %02lld:%02lld:%02lld\n", os_pid(),
+               MAILSRV_VERSION, ms->ini_path ? ms->ini_path : "(none)", t, (long long)(up / 86400),
+               (long long)(up / 3600 % 24), (long long)(up / 60 % 60), (long long)(up % 60));
+    buf_adds(&b, "sessions:");
+    for (i = 0; i < 4; i++) buf_printf(&b, " %s %d,", proto_names[i], n[i]);
+    ms_utc_time(t, sizeof t, ms->last_load, ' ', " UTC");
+    buf_printf(&b, " relay %d\nqueue: %d message%s\nlast load: %s, ", relaying, ms->nqueue, ms->nqueue == 1 ? "" : "s", t);
+    if (ms->last_load_errors)
+        buf_printf(&b, "refused (%d error%s; the configuration before it stays in force)\n", ms->last_load_errors,
+                   ms->last_load_errors == 1 ? "" : "s");
+    else
+        buf_adds(&b, "ok\n");
+    buf_printf(&b, "log: %s\n", ms->log_path[0] ? ms->log_path : "standard error");
+    if (ms->stopping) buf_adds(&b, "stopping: yes\n");
+    if (!b.p || ms_fmt(path, sizeof path, "%s/status.txt", ms->qdir) < 0 || os_write_file_atomic(path, b.p, b.len) != 0)
+        ms_log(ms, "cannot write %s/status.txt: %s", ms->qdir, strerror(errno));
+    free(b.p);
+}
+
+/* The requests of `mailsrv stop` and `mailsrv status`: control files in the queue, looked for
+ * every MS_RELOAD_CHECK_MS, as QUEUE/reload and QUEUE/flush are. They work alike on every
+ * platform, need no pid file (which the service account could point at another process), and
+ * reach the server with the rights of who may write its queue: root or that account. Stopping,
+ * the server renames QUEUE/stop to QUEUE/stopping and removes it once it has stopped. */
+static void
+loop_check_control(struct mailsrv *ms, int64_t now)
+{
+    char path[MS_PATH_FILE], stopping[MS_PATH_FILE];
+    struct os_stat st;
+    if (now < ms->next_control_check) return;
+    ms->next_control_check = now + MS_RELOAD_CHECK_MS;
+    if (ms_fmt(path, sizeof path, "%s/status", ms->qdir) >= 0 && os_stat(path, &st) == 0) {
+        loop_write_status(ms);
+        os_unlink(path);
+    }
+    if (ms_fmt(path, sizeof path, "%s/stop", ms->qdir) >= 0 && os_stat(path, &st) == 0 &&
+        ms_fmt(stopping, sizeof stopping, "%s/stopping", ms->qdir) >= 0 && os_replace(path, stopping) == 0) {
+        ms_log(ms, "stop requested (mailsrv stop)");
+        ms->stop_by_cli = 1;
+        mailsrv_stop(ms);
+    }
+}
+
 /* Removes SPOOL/.tmp files left by a crash or kill -9 (never acknowledged)
  * once they are older than 36 h, as Dovecot cleans Maildir tmp/; never the
  * file of a session still in DATA, however slow. */
@@ -18282,6 +18534,7 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     nfds = loop_watch_all(ms, now, &wake);
     if (ms->ini_path && ms->next_ini_check < wake) wake = ms->next_ini_check;
     if (ms->nlst && ms->next_flush_check < wake) wake = ms->next_flush_check;
+    if (ms->qdir[0] && ms->next_control_check < wake) wake = ms->next_control_check;
     if (ms->nlst && ms->next_tmp_clean < wake) wake = ms->next_tmp_clean;
     if (ms->relay_wake < wake) wake = ms->relay_wake;
     if (ms->commit_again || ms->relay_kick) wake = now;
@@ -18305,20 +18558,49 @@ mailsrv_poll(struct mailsrv *ms, int timeout_ms)
     client_flush(ms, now);
     loop_check_reload(ms, now);
     if (ms->nlst) relay_check_flush(ms, now);
+    if (ms->qdir[0]) loop_check_control(ms, now); /* stopping too: status answers, a second stop waits */
     if (ms->nlst) loop_clean_tmp(ms, now);
     return 0;
 }
 
 /*==== 16. Public API ====*/
 
+/* The log: standard error, or [server] log, a file appended to (O_APPEND: one write per line, so
+ * lines of other writers are never cut). */
 static void
 default_log(void *user, const char *line)
 {
-    char ts[32];
-    (void)user;
+    const struct mailsrv *ms = user;
+    char ts[32], out[2100];
+    int n;
     ms_utc_time(ts, sizeof ts, (int64_t)time(NULL), 'T', "Z");
-    fprintf(stderr, "%s %s\n", ts, line);
-    fflush(stderr);
+    if (!ms || ms->log_fd < 0) {
+        fprintf(stderr, "%s %s\n", ts, line);
+        fflush(stderr);
+        return;
+    }
+    n = snprintf(out, sizeof out, "%s %s\n", ts, line);
+    if (n >= (int)sizeof out) { n = (int)sizeof out - 1; out[n - 1] = '\n'; }
+    os_write_all(ms->log_fd, out, (size_t)n);
+}
+
+/* Opens [server] log again, at start and at every reload (SIGHUP, `mailsrv reload`): logrotate
+ * renames the file, then asks for a reload, and the next line goes to a new file. A file that
+ * cannot be opened leaves the log where it was, saying so there. No link is followed: the
+ * account the server becomes may own the log's folder. */
+static void
+ms_log_reopen(struct mailsrv *ms, const char *path)
+{
+    int fd = -1;
+    if (!path[0]) path = ms->log_default;
+    if (path[0] && (fd = os_open(path, O_WRONLY | O_APPEND | O_CREAT | MS_O_NOFOLLOW, 0640)) < 0) {
+        ms_log(ms, "cannot open the log %s: %s; logging to %s", path, strerror(errno),
+               ms->log_path[0] ? ms->log_path : "standard error");
+        return;
+    }
+    if (ms->log_fd >= 0) os_close(ms->log_fd);
+    ms->log_fd = fd;
+    ms_strlcpy(ms->log_path, path, sizeof ms->log_path);
 }
 
 /* see mailsrv.h */
@@ -18329,6 +18611,8 @@ mailsrv_create(void)
     if (!ms) return NULL;
     if (os_net_start() != 0) { free(ms); return NULL; }
     ms->log_fn = default_log;
+    ms->log_user = ms;
+    ms->log_fd = -1;
     ms->started_ms = os_now_ms();
     ms->chaos[CHAOS_SENDER].code = ms->chaos[CHAOS_RCPT].code = 451;
     ms->chaos[CHAOS_AUTH].code = 535;
@@ -18358,7 +18642,9 @@ mailsrv_destroy(struct mailsrv *ms)
     free(ms->commit_batch.v);
     free(ms->commit_batch.mb);
     free(ms->ini_path);
+    if (ms->stop_by_cli) loop_control_done(ms, "stopping"); /* `mailsrv stop` returns: the server is gone */
     cfg_free(ms->cfg);
+    if (ms->log_fd >= 0) os_close(ms->log_fd);
     if (os_signal_target == ms) os_signal_target = NULL;
     free(ms);
     os_net_stop();
@@ -18369,7 +18655,7 @@ void
 mailsrv_set_log(struct mailsrv *ms, mailsrv_log_fn fn, void *user)
 {
     ms->log_fn = fn ? fn : default_log;
-    ms->log_user = fn ? user : NULL;
+    ms->log_user = fn ? user : ms;
 }
 
 /* see mailsrv.h */
@@ -18415,6 +18701,9 @@ static int
 ms_install_config(struct mailsrv *ms, struct ms_config *c)
 {
     int i;
+    long usec;
+    os_wallclock(&ms->last_load, &usec);
+    ms->last_load_errors = c->nerrors;
     if (c->nerrors) {
         const char *p = c->errors.p, *e;
         while (p && *p && (e = strchr(p, '\n')) != NULL) {
@@ -18423,9 +18712,11 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
         }
         if (ms->cfg) ms_log(ms, "new configuration refused; the previous one stays in force");
         cfg_free(c);
+        ms_log_reopen(ms, ms->cfg ? ms->cfg->log : ""); /* logrotate's reload: the file was renamed all the same */
         return -1;
     }
     if (ms->cfg) ms_keep_start_keys(ms, c);
+    ms_log_reopen(ms, c->log);
     {   /* one blocking moment, before serving or at a reload: see README (Security) */
         int64_t t0 = os_now_ms();
         int n = cfg_hash_plain(c, ms->cfg);
@@ -18486,11 +18777,14 @@ mailsrv_listen(struct mailsrv *ms)
         ms_log(ms, "the system's random generator does not work (getentropy, /dev/urandom): refusing to start");
         return -1;
     }
-    if (os_is_root() && !c->user[0] && !c->allow_root) {
+    if (os_is_root() && !c->user[0] && !c->allow_root && !ms->allow_root) {
         ms_log(ms, "%s: refusing to run as root: set user = ACCOUNT in [server] (mailsrv binds its ports, then "
-               "becomes that account), or allow_root = yes", c->path);
+               "becomes that account), or allow_root = yes, or to try it out, run mailsrv --allow-root", c->path);
         return -1;
     }
+    if (os_is_root() && !c->user[0])
+        ms_log(ms, "WARNING: running as root (%s): fine for trying mailsrv out; a real server runs as an account "
+               "of its own (the systemd unit's mailsrv, or user = ACCOUNT)", ms->allow_root ? "--allow-root" : "allow_root = yes");
     /* Root gives spool, spool/.tmp and queue to `user`: whoever owns that
      * account may have replaced them with links (to /etc/shadow, to any
      * folder), so a link is refused before anything is done there: spool and
@@ -18515,6 +18809,8 @@ mailsrv_listen(struct mailsrv *ms)
         return -1;
     }
     ms_strlcpy(ms->qdir, c->queue, sizeof ms->qdir);
+    loop_control_done(ms, "stop"); /* a stop asked of no server, or one that was killed stopping */
+    loop_control_done(ms, "stopping");
     ms->relay_wake = INT64_MAX;
     loop_fit_fd_limit(ms); /* said at start, before the listeners */
     for (i = 0; i < c->nlisten; i++) {
@@ -18929,10 +19225,69 @@ cli_reload(const char *path)
     return 1;
 }
 
+/* Waits up to ms milliseconds for the control file to be gone: 0 when it is. */
+static int
+cli_wait_gone(const char *flag, int ms)
+{
+    struct os_stat st;
+    int waited;
+    for (waited = 0; waited < ms; waited += 50) {
+        if (os_stat(flag, &st) != 0) return 0;
+        os_sleep_ms(50);
+    }
+    return os_stat(flag, &st) != 0 ? 0 : -1;
+}
+
+/* `stop` and `status`: a control file for the running server (loop_check_control), which takes it
+ * within MS_RELOAD_CHECK_MS; then `stop` waits until the server has stopped (sessions in flight
+ * get MS_STOP_GRACE_MS) and `status` prints QUEUE/status.txt. When no server takes the request:
+ * "not running", exit 0 for stop and 3 for status, as LSB init scripts answer. */
+static int
+cli_control(const char *path, const char *name)
+{
+    struct ms_config *c = cfg_load(path, NULL);
+    char flag[MS_PATH_FILE], file[MS_PATH_FILE], text[4096];
+    int stop = strcmp(name, "stop") == 0, fd;
+    long n;
+    if (c->nerrors) { /* the running server kept the configuration before these: it is still asked */
+        fputs(c->errors.p, stderr);
+        fprintf(stderr, "mailsrv: %s has errors (a running server keeps its configuration before them)\n", path);
+    }
+    if (cli_make_flag(c, name, flag, sizeof flag) != 0) { cfg_free(c); return 1; }
+    if (ms_fmt(file, sizeof file, "%s/%s", c->queue, stop ? "stopping" : "status.txt") < 0) file[0] = 0;
+    cfg_free(c);
+    if (cli_wait_gone(flag, 3 * MS_RELOAD_CHECK_MS) != 0) {
+        os_unlink(flag);
+        printf("mailsrv is not running (no server with %s took the request within %d s)\n", path,
+               3 * MS_RELOAD_CHECK_MS / 1000);
+        return stop ? 0 : 3;
+    }
+    if (stop) {
+        if (cli_wait_gone(file, MS_STOP_GRACE_MS + 5000) != 0) {
+            fprintf(stderr, "mailsrv: the server is still stopping after %d s\n", MS_STOP_GRACE_MS / 1000 + 5);
+            return 1;
+        }
+        printf("stopped\n");
+        return 0;
+    }
+    /* the service account owns the queue: no link is followed, and no more than a status is read */
+    if ((fd = os_open(file, O_RDONLY | MS_O_NOFOLLOW, 0)) < 0 || (n = os_pread(fd, text, sizeof text - 1, 0)) < 0) {
+        fprintf(stderr, "mailsrv: cannot read %s: %s\n", file, strerror(errno));
+        if (fd >= 0) os_close(fd);
+        return 1;
+    }
+    os_close(fd);
+    text[n] = 0;
+    fputs(text, stdout);
+    return 0;
+}
+
 static void
 cli_usage(void)
 {
-    fputs("usage: mailsrv [-c FILE] [-v]            run the server (default FILE: ./mailsrv.ini)\n"
+    fputs("usage: mailsrv [-c FILE] [-v] [--allow-root]\n"
+          "                                         run the server (default FILE: ./mailsrv.ini); as root, only\n"
+          "                                         with user = or allow_root = in FILE, or --allow-root\n"
           "       mailsrv [-c FILE] check           validate the configuration\n"
           "       mailsrv passwd                    hash a password read on stdin\n"
           "       mailsrv [-c FILE] add ADDRESS     add a mailbox (password on stdin)\n"
@@ -18940,13 +19295,69 @@ cli_usage(void)
           "       mailsrv [-c FILE] users           list domains, mailboxes and aliases\n"
           "       mailsrv [-c FILE] queue           list the messages waiting to be relayed\n"
           "       mailsrv [-c FILE] flush           make the running server retry them now\n"
-          "       mailsrv [-c FILE] reload          make the running server load FILE now\n"
+          "       mailsrv [-c FILE] reload          make the running server load FILE (and reopen its log) now\n"
+          "       mailsrv [-c FILE] stop            stop the running server, waiting until it has stopped\n"
+          "       mailsrv [-c FILE] status          pid, uptime, sessions, queue and last reload of the running server\n"
           "       mailsrv [-c FILE] gencert [--name NAME]... [--ip ADDR]...\n"
           "                                         write a self-signed certificate and key for hostname,\n"
           "                                         this machine's name and addresses, localhost, and more\n"
           "       mailsrv [-c FILE] list [ADDRESS]  the mailing lists, or one list's members and their consent\n"
+          "       mailsrv [-c FILE] service install|remove\n"
+          "                                         Windows: register mailsrv with the service manager, started at\n"
+          "                                         boot with FILE (as mailsrv -c FILE --service), or remove it\n"
           "       mailsrv -V                        print the version\n",
           stderr);
+}
+
+/* `service install|remove` (Windows): the service manager starts mailsrv -c FILE --service. */
+static int
+cli_service(const char *path, const char *what)
+{
+    char msg[3 * MS_PATH_DOMAIN];
+    struct ms_config *c;
+    if (strcmp(what, "remove") == 0) {
+        if (os_service_remove(msg, sizeof msg) != 0) { fprintf(stderr, "mailsrv: %s\n", msg); return 1; }
+        printf("service mailsrv removed\n");
+        return 0;
+    }
+    if (strcmp(what, "install") != 0) { cli_usage(); return 2; }
+    c = cfg_load(path, NULL);
+    if (cli_print_errors(c)) { cfg_free(c); return 1; }
+    cfg_free(c);
+    if (os_service_install(path, msg, sizeof msg) != 0) { fprintf(stderr, "mailsrv: %s\n", msg); return 1; }
+    printf("service mailsrv installed, started at boot as LocalSystem: %s\n"
+           "start it now with: sc start mailsrv (its log: [server] log, else mailsrv.log beside the INI)\n", msg);
+    return 0;
+}
+
+/* The server's options from the command line (serve() is called through the service manager on Windows). */
+static struct { const char *path; int verbose, allow_root, service; } cli_run;
+
+static int
+serve(void)
+{
+    struct mailsrv *ms;
+    const char *sep = os_last_sep(cli_run.path);
+    int rc;
+    if (!(ms = mailsrv_create())) return 1;
+    mailsrv_set_verbose(ms, cli_run.verbose);
+    ms->allow_root = cli_run.allow_root;
+    if (cli_run.service) /* no console: the log goes to a file unless the INI names one */
+        ms_fmt(ms->log_default, sizeof ms->log_default, "%.*smailsrv.log", sep ? (int)(sep - cli_run.path + 1) : 0,
+               cli_run.path);
+    if (mailsrv_load_ini(ms, cli_run.path) != 0 || mailsrv_listen(ms) != 0) {
+        mailsrv_destroy(ms);
+        return 1;
+    }
+    os_install_signals(ms);
+    ms_log(ms, "mailsrv %s started (%s storage in %s)%s%s", MAILSRV_VERSION,
+           store_of(ms->cfg)->name, ms->cfg->spool,
+           ms->cfg->capture ? " in CAPTURE MODE: every recipient is accepted and stored locally" : "",
+           cli_run.service ? " as a service" : "");
+    os_service_running();
+    rc = mailsrv_run(ms);
+    mailsrv_destroy(ms);
+    return rc;
 }
 
 #ifndef MAILSRV_NO_MAIN
@@ -18954,11 +19365,12 @@ int
 main(int argc, char **argv)
 {
     const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL, *names[MS_CERT_NAMES], *ips[MS_CERT_NAMES];
-    int i, verbose = 0, rc, nnames = 0, nips = 0;
-    struct mailsrv *ms;
+    int i, verbose = 0, nnames = 0, nips = 0, allow_root = 0, service = 0;
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;
+        else if (strcmp(argv[i], "--allow-root") == 0) allow_root = 1;
+        else if (strcmp(argv[i], "--service") == 0) service = 1;
         else if (strcmp(argv[i], "-V") == 0) {
             printf("mailsrv %s (TLS: %s; HTTP: %s)%s\n", MAILSRV_VERSION, TLS_BUILT_IN, MAILSRV_ENABLE_HTTP ? "yes" : "no",
                    MAILSRV_FAULTS ? " FAULT INJECTION BUILD" : "");
@@ -18972,6 +19384,7 @@ main(int argc, char **argv)
         else { cli_usage(); return 2; }
     }
     if ((nnames || nips) && (!cmd || strcmp(cmd, "gencert") != 0)) { cli_usage(); return 2; } /* gencert's */
+    if ((allow_root || service) && cmd) { cli_usage(); return 2; } /* the server's */
     if (cmd) {
         if (strcmp(cmd, "check") == 0 && !arg) return cli_check(path);
         if (strcmp(cmd, "passwd") == 0 && !arg) return cli_passwd();
@@ -18979,24 +19392,18 @@ main(int argc, char **argv)
         if (strcmp(cmd, "queue") == 0 && !arg) return cli_queue(path);
         if (strcmp(cmd, "flush") == 0 && !arg) return cli_flush(path);
         if (strcmp(cmd, "reload") == 0 && !arg) return cli_reload(path);
+        if ((strcmp(cmd, "stop") == 0 || strcmp(cmd, "status") == 0) && !arg) return cli_control(path, cmd);
         if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path, names, nnames, ips, nips);
         if (strcmp(cmd, "list") == 0) return cli_list(path, arg);
+        if (strcmp(cmd, "service") == 0 && arg) return cli_service(path, arg);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();
         return 2;
     }
-    if (!(ms = mailsrv_create())) return 1;
-    mailsrv_set_verbose(ms, verbose);
-    if (mailsrv_load_ini(ms, path) != 0 || mailsrv_listen(ms) != 0) {
-        mailsrv_destroy(ms);
-        return 1;
-    }
-    os_install_signals(ms);
-    ms_log(ms, "mailsrv %s started (%s storage in %s)%s", MAILSRV_VERSION,
-           store_of(ms->cfg)->name, ms->cfg->spool,
-           ms->cfg->capture ? " in CAPTURE MODE: every recipient is accepted and stored locally" : "");
-    rc = mailsrv_run(ms);
-    mailsrv_destroy(ms);
-    return rc;
+    cli_run.path = path;
+    cli_run.verbose = verbose;
+    cli_run.allow_root = allow_root;
+    cli_run.service = service;
+    return service ? os_service_dispatch(serve) : serve();
 }
 #endif

@@ -330,13 +330,21 @@ test_storage(void)
         ASSERT(i == 0 && v.n == 3);
         if (v.n == 3) {
             ASSERT(v.msgs[0].size == (int64_t)strlen(body) + 6 + (kind ? 18 : 0)); /* CRLF; mbox adds "X-UIDL: 1.M1P1QN" */
-            ASSERT(strcmp(v.msgs[1].uidl, kind ? "1.M1P1Q1" : "id1.host") == 0);
+            char want[64]; /* Maildir: the name up to its flags, Dovecot's pop3_uidl_format = %f */
+            snprintf(want, sizeof want, "id1.host,S=%d,W=%d", (int)strlen(body), (int)strlen(body) + 6);
+            ASSERT(strcmp(v.msgs[1].uidl, kind ? "1.M1P1Q1" : want) == 0);
             v.msgs[1].deleted = 1;
             ASSERT(view_expunge(&v, INT64_MAX) == 1);
         }
         view_free(&v);
         i = kind ? view_open_whole(&mbox_store, &v, c->spool, "u@d.org") : view_open_whole(&maildir_store, &v, c->spool, "u@d.org");
         ASSERT(i == 0 && v.n == 2);
+        if (v.n == 2) ASSERT(strncmp(v.msgs[1].uidl, kind ? "1.M1P1Q2" : "id2.host,S=", kind ? 9 : 11) == 0);
+        view_free(&v);
+        /* pop3_uidl = short: up to the first comma, the UIDLs of mailsrv 0.1 */
+        ASSERT((kind ? &mbox_store : &maildir_store)->view_open(&v, c->spool, "u@d.org") == 0);
+        v.uidl_short = 1;
+        ASSERT(view_more(&v, INT64_MAX) == 1 && v.n == 2);
         if (v.n == 2) ASSERT(strcmp(v.msgs[1].uidl, kind ? "1.M1P1Q2" : "id2.host") == 0);
         if (kind && v.n == 2) {
             /* what another program appended stays, even unfinished (issue 11.1) */
@@ -1954,6 +1962,17 @@ test_http_parse_head(void)
     ASSERT(head("POST /a HTTP/1.1\r\nHost: in:8025\r\nSec-Fetch-Site: same-origin\r\nOrigin: https://out\r\n\r\n", &r) > 0 &&
            !r.cross_site && r.browser && !r.requested_with); /* a proxy rewrote Host: the browser's word counts */
     ASSERT(head("POST /a HTTP/1.1\r\nHost: h\r\nX-Requested-With: mailsrv\r\n\r\n", &r) > 0 && r.requested_with && !r.browser);
+    {   /* a message's API ID: its UIDL without a Maildir name's sizes (IDs stayed when UIDLs took them in) */
+        char id[72];
+        http_msg_id("1.M2P3Q4.host,S=10,W=12", id, sizeof id);
+        ASSERT(strcmp(id, "1.M2P3Q4.host") == 0);
+        http_msg_id("1.M2P3Q4.host", id, sizeof id);
+        ASSERT(strcmp(id, "1.M2P3Q4.host") == 0);
+        http_msg_id("a,b", id, sizeof id);
+        ASSERT(id[0] == 'h' && strlen(id) == 33);
+        http_msg_id("a b,S=1", id, sizeof id);
+        ASSERT(id[0] == 'h' && strlen(id) == 33);
+    }
     ASSERT(http_host_is_loopback("localhost") && http_host_is_loopback("LocalHost:8025") && http_host_is_loopback("127.0.0.1:1"));
     ASSERT(http_host_is_loopback("127.1.2.3") && http_host_is_loopback("[::1]") && http_host_is_loopback("[::1]:8025"));
     ASSERT(!http_host_is_loopback("127.0.0.1.evil.test") && !http_host_is_loopback("localhost.evil:1") &&
