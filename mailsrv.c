@@ -43,7 +43,8 @@
  *  15. Event loop: listeners, accept, long work in slices, group commit, timers,
  *      reload, stop, and the loop turn itself (mailsrv_poll)
  *  16. Public API (mailsrv.h): create, configure, listen, run, destroy
- *  17. Command line and main(): check, add/del/users, queue, gencert, passwd
+ *  17. Command line and main(): check, add/del/users, queue, gencert, passwd,
+ *      checkpassword (mailsrv's passwords for Dovecot)
  *
  * Build macros: MAILSRV_NO_MAIN leaves out main() (unit tests include this
  * file). MAILSRV_ENABLE_TLS=1 adds TLS with BearSSL (section 8).
@@ -520,6 +521,7 @@ static int os_close(int fd) { return close(fd); }
 static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
 static long os_pwrite(int fd, const void *buf, size_t n, int64_t off) { return (long)pwrite(fd, buf, n, (off_t)off); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)write(fd, buf, n); }
+static long os_read(int fd, void *buf, size_t n) { return (long)read(fd, buf, n); }
 static int os_fsync(int fd) { return FAULT(F_FSYNC) ? -1 : fsync(fd); }
 static int os_truncate(int fd, int64_t len) { return ftruncate(fd, (off_t)len); }
 static int os_mkdir(const char *p) { return mkdir(p, 0700); }
@@ -647,6 +649,11 @@ os_service_install(const char *ini, char *err, size_t n)
 static int os_service_remove(char *err, size_t n) { return os_service_install(NULL, err, n); }
 static int os_service_dispatch(int (*serve)(void)) { return serve(); }
 static void os_service_running(void) {}
+
+/* `checkpassword`: NAME=VALUE into the environment, then the program argv[0] (looked up in PATH)
+ * in place of this process; returns only if that failed. */
+static int os_setenv(const char *name, const char *value) { return setenv(name, value, 1); }
+static int os_exec(char **argv) { return execvp(argv[0], argv); }
 
 /* Not in POSIX, but in every Unix; strict POSIX headers hide it. */
 int setgroups(size_t n, const gid_t *groups);
@@ -898,6 +905,7 @@ net_listen_opts(ms_sock_t s)
 static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
+static long os_read(int fd, void *buf, size_t n) { return (long)_read(fd, buf, (unsigned)n); }
 /* One thread uses each descriptor, so seek + read is as good as pread. */
 static long
 os_pread(int fd, void *buf, size_t n, int64_t off)
@@ -1178,6 +1186,9 @@ os_service_remove(char *err, size_t n)
 
 /* Windows services get their account from the service manager instead. */
 static int os_is_root(void) { return 0; }
+/* `checkpassword` is the Unix interface of qmail and Dovecot: no descriptor 3, no exec here. */
+static int os_setenv(const char *name, const char *value) { return _putenv_s(name, value) == 0 ? 0 : -1; }
+static int os_exec(char **argv) { (void)argv; errno = ENOSYS; return -1; }
 static int
 os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err,
              size_t n)
@@ -1484,6 +1495,7 @@ static int os_close(int fd);
 static long os_pread(int fd, void *buf, size_t n, int64_t off);
 static long os_pwrite(int fd, const void *buf, size_t n, int64_t off);
 static long os_write(int fd, const void *buf, size_t n);
+static long os_read(int fd, void *buf, size_t n);
 static int os_fsync(int fd);
 static int os_truncate(int fd, int64_t len);
 static int os_mkdir(const char *p);
@@ -1508,6 +1520,8 @@ static int os_service_install(const char *ini, char *err, size_t n);
 static int os_service_remove(char *err, size_t n);
 static int os_service_dispatch(int (*serve)(void));
 static void os_service_running(void);
+static int os_setenv(const char *name, const char *value);
+static int os_exec(char **argv);
 static int os_is_root(void);
 static int os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err, size_t n);
 static int os_random(void *buf, size_t n);
@@ -1813,6 +1827,7 @@ static short conn_watch(struct conn *c, int64_t now, int64_t *wake);
 static void conn_on_io(struct transport *io, short revents);
 static void conn_run(struct conn *c);
 static int conn_plaintext_ok(const struct conn *c);
+static const struct pass_key * auth_find(struct ms_config *cfg, const char *login, struct cfg_user **u, const struct cfg_domain **d);
 static void auth_begin(struct conn *c, const char *login, const char *pass);
 static int64_t auth_failed(struct conn *c, const char *user);
 static void auth_succeeded(struct conn *c);
@@ -2049,6 +2064,7 @@ static int cli_queue(const char *path);
 static int cli_make_flag(const struct ms_config *c, const char *name, char *flag, size_t size);
 static int cli_flush(const char *path);
 static int cli_passwd(void);
+static int cli_checkpassword(const char *path, char **prog);
 static int cli_list(const char *path, const char *addr);
 static int cli_reload(const char *path);
 static int cli_wait_gone(const char *flag, int ms);
@@ -9961,48 +9977,68 @@ conn_plaintext_ok(const struct conn *c)
     return c->io.tls || pt == PT_YES || (pt == PT_LOCAL && c->is_loopback);
 }
 
-/* Starts a login: "user@domain" or a bare, unambiguous local part. Every
- * attempt costs one PBKDF2 of MS_PBKDF2_ITER iterations (INI plain-text
- * passwords were hashed at load; a name that is no mailbox runs the same
- * against a dummy), so its time does not tell which mailboxes exist. The
- * loop runs it (login_step), then login_done() answers. */
+/* What a login is checked against, for every protocol and `checkpassword`:
+ * the key of the mailbox that login names, "user@domain" or a bare local
+ * part that is a mailbox of exactly one domain (*u set, and *d its domain),
+ * else a dummy key of the same cost (*u NULL). A plain-text password of a
+ * config that was not served (cfg_hash_plain) is hashed here. */
+static const struct pass_key auth_dummy_key = {MS_PBKDF2_ITER, 16, "mailsrv:no-such!", {0}};
+static const struct pass_key *
+auth_find(struct ms_config *cfg, const char *login, struct cfg_user **u, const struct cfg_domain **d)
+{
+    const char *at = strrchr(login, '@');
+    char local[MS_LOCAL_MAX + 1];
+    int i, found = 0;
+    *u = NULL;
+    *d = NULL;
+    if (at && (size_t)(at - login) <= MS_LOCAL_MAX) {
+        memcpy(local, login, (size_t)(at - login));
+        local[at - login] = 0;
+        if ((*d = cfg_find_domain(cfg, at + 1)) != NULL) *u = cfg_find_user(*d, local);
+    } else if (!at) {
+        for (i = 0; i < cfg->ndomains; i++) {
+            struct cfg_user *x = cfg_find_user(&cfg->domains[i], login);
+            if (x) { found++; *u = x; *d = &cfg->domains[i]; }
+        }
+        if (found != 1) *u = NULL;
+    }
+    if (!*u) return &auth_dummy_key;
+    if (!(*u)->has_key) {
+        pass_key_make((*u)->pass, MS_PBKDF2_ITER, &(*u)->key);
+        (*u)->has_key = 1;
+    }
+    return &(*u)->key;
+}
+
+/* Starts a login (auth_find). Every attempt costs one PBKDF2 of
+ * MS_PBKDF2_ITER iterations (INI plain-text passwords were hashed at load; a
+ * name that is no mailbox runs the same against a dummy), so its time does
+ * not tell which mailboxes exist. The loop runs it (login_step), then
+ * login_done() answers. */
 static void
 auth_begin(struct conn *c, const char *login, const char *pass)
 {
-    static const struct pass_key dummy = {MS_PBKDF2_ITER, 16, "mailsrv:no-such!", {0}};
-    const struct ms_config *cfg = c->ms->cfg;
     const char *at = strrchr(login, '@');
-    const struct pass_key *k = &dummy;
-    const struct cfg_domain *d = NULL;
-    const struct cfg_user *u = NULL;
+    const struct pass_key *k;
+    const struct cfg_domain *d;
+    struct cfg_user *u;
     struct login *l = xrealloc(NULL, sizeof *l);
     char local[MS_LOCAL_MAX + 1];
-    int i, found = 0;
     memset(l, 0, sizeof *l);
     ms_strlcpy(l->user, login, sizeof l->user);
     c->login = l;
     c->work = login_step;
-    if (at && (size_t)(at - login) <= MS_LOCAL_MAX) {
+    if (c->ms->cfg->capture && at && (size_t)(at - login) <= MS_LOCAL_MAX) { /* any captured address, any password */
         memcpy(local, login, (size_t)(at - login));
         local[at - login] = 0;
-        if (cfg->capture) { /* capture mode: any captured address, any password */
-            l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && cfg_valid_domain(at + 1) &&
-                          ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, at + 1) >= 0;
-            ms_lower(l->mailbox);
-            return;
-        }
-        if ((d = cfg_find_domain(cfg, at + 1)) != NULL) u = cfg_find_user(d, local);
-    } else if (!at) {
-        for (i = 0; i < cfg->ndomains; i++) {
-            const struct cfg_user *x = cfg_find_user(&cfg->domains[i], login);
-            if (x) { found++; u = x; d = &cfg->domains[i]; }
-        }
-        if (found != 1) u = NULL;
+        l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && cfg_valid_domain(at + 1) &&
+                      ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, at + 1) >= 0;
+        ms_lower(l->mailbox);
+        return;
     }
-    if (u && u->has_key && ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", u->name, d->name) >= 0) {
-        k = &u->key;
-        l->found = 1;
-    }
+    k = auth_find(c->ms->cfg, login, &u, &d);
+    if (u && ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", u->name, d->name) >= 0) l->found = 1;
+    else k = &auth_dummy_key;
     memcpy(l->want, k->dk, 32);
     pbkdf2_begin(&l->st, pass, k->salt, k->saltlen, k->iter);
 }
@@ -19143,6 +19179,50 @@ cli_passwd(void)
     return 0;
 }
 
+/* `checkpassword PROGRAM [ARGS...]`: mailsrv's passwords (hashed or plain text, and names
+ * as logins give them: auth_find) for Dovecot after a move, through qmail's checkpassword
+ * interface (http://cr.yp.to/checkpwd/interface.html) as Dovecot 2.3 uses it (passdb or
+ * userdb driver = checkpassword; src/auth/db-checkpassword.c): descriptor 3 holds
+ * "login\0password\0timestamp\0", under 512 bytes. The right password: PROGRAM (Dovecot's
+ * checkpassword-reply) runs in mailsrv's place with USER=the mailbox, which it hands back as
+ * the user name. A wrong one, or no such mailbox: exit 1. With AUTHORIZED=1 (Dovecot's userdb
+ * lookup, no password) PROGRAM runs with AUTHORIZED=2 if the mailbox exists, else exit 3.
+ * Exit 2: input not in that form; 111: a temporary failure (the INI, reading, the exec). */
+static int
+cli_checkpassword(const char *path, char **prog)
+{
+    char in[512], mailbox[MS_PATH_MAX];
+    unsigned char dk[32] = {0};
+    const char *pass, *authorized = getenv("AUTHORIZED");
+    const struct pass_key *k;
+    const struct cfg_domain *d;
+    struct cfg_user *u;
+    struct ms_config *c;
+    size_t len = 0;
+    long n;
+    int lookup = authorized && strcmp(authorized, "1") == 0, ok;
+    while ((n = os_read(3, in + len, sizeof in - len)) != 0) {
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { fprintf(stderr, "mailsrv: checkpassword: descriptor 3: %s\n", strerror(errno)); return 111; }
+        if ((len += (size_t)n) == sizeof in) return 1; /* as qmail's checkpassword */
+    }
+    if (!(pass = memchr(in, 0, len)) || !memchr(pass + 1, 0, len - (size_t)(pass + 1 - in))) return 2;
+    pass++;
+    c = cfg_load_ex(path, NULL, 0); /* not the TLS files: Dovecot's auth process need not read the key */
+    if (cli_print_errors(c)) { cfg_free(c); ms_wipe(in, sizeof in); return 111; }
+    k = auth_find(c, in, &u, &d);
+    if (!lookup) pbkdf2_sha256(pass, k->salt, k->saltlen, k->iter, dk);
+    ok = u && ms_fmt(mailbox, sizeof mailbox, "%s@%s", u->name, d->name) >= 0 &&
+         (lookup || ms_secret_eq(dk, sizeof dk, k->dk, sizeof dk));
+    ms_wipe(in, sizeof in);
+    cfg_free(c);
+    if (!ok) return lookup ? 3 : 1;
+    if (os_setenv("USER", mailbox) != 0 || (lookup && os_setenv("AUTHORIZED", "2") != 0)) return 111;
+    os_exec(prog);
+    fprintf(stderr, "mailsrv: checkpassword: cannot run %s: %s\n", prog[0], strerror(errno));
+    return 111;
+}
+
 /* `list [ADDRESS]`: the lists, or one list's members with the proof of
  * their consent. For the admin only: no mail command shows this. */
 static int
@@ -19302,6 +19382,9 @@ cli_usage(void)
           "                                         write a self-signed certificate and key for hostname,\n"
           "                                         this machine's name and addresses, localhost, and more\n"
           "       mailsrv [-c FILE] list [ADDRESS]  the mailing lists, or one list's members and their consent\n"
+          "       mailsrv [-c FILE] checkpassword PROGRAM [ARGS...]\n"
+          "                                         check a mailbox's password for Dovecot (qmail's checkpassword\n"
+          "                                         interface: login and password on descriptor 3), then run PROGRAM\n"
           "       mailsrv [-c FILE] service install|remove\n"
           "                                         Windows: register mailsrv with the service manager, started at\n"
           "                                         boot with FILE (as mailsrv -c FILE --service), or remove it\n"
@@ -19365,6 +19448,7 @@ int
 main(int argc, char **argv)
 {
     const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL, *names[MS_CERT_NAMES], *ips[MS_CERT_NAMES];
+    char **prog = NULL; /* checkpassword's: every argument after it */
     int i, verbose = 0, nnames = 0, nips = 0, allow_root = 0, service = 0;
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
@@ -19379,6 +19463,7 @@ main(int argc, char **argv)
         else if (strcmp(argv[i], "--name") == 0 && i + 1 < argc && nnames < MS_CERT_NAMES) names[nnames++] = argv[++i];
         else if (strcmp(argv[i], "--ip") == 0 && i + 1 < argc && nips < MS_CERT_NAMES) ips[nips++] = argv[++i];
         else if (argv[i][0] == '-') { cli_usage(); return 2; }
+        else if (!cmd && strcmp(argv[i], "checkpassword") == 0) { cmd = argv[i]; prog = argv + i + 1; break; }
         else if (!cmd) cmd = argv[i];
         else if (!arg) arg = argv[i];
         else { cli_usage(); return 2; }
@@ -19395,6 +19480,7 @@ main(int argc, char **argv)
         if ((strcmp(cmd, "stop") == 0 || strcmp(cmd, "status") == 0) && !arg) return cli_control(path, cmd);
         if (strcmp(cmd, "gencert") == 0 && !arg) return cli_gencert(path, names, nnames, ips, nips);
         if (strcmp(cmd, "list") == 0) return cli_list(path, arg);
+        if (prog && prog[0]) return cli_checkpassword(path, prog);
         if (strcmp(cmd, "service") == 0 && arg) return cli_service(path, arg);
         if ((strcmp(cmd, "add") == 0 || strcmp(cmd, "del") == 0) && arg) return cli_edit(path, arg, cmd[0] == 'a');
         cli_usage();

@@ -8,7 +8,8 @@ Dovecot's settings are the ones README's "Moving to Postfix and Dovecot" gives:
 Maildir: mail_location = maildir:SPOOL/%d/%n, pop3_uidl_format = %f (the file name up to ":2,";
 src/lib-storage/index/maildir/maildir-mail.c, MAIL_FETCH_STORAGE_ID); mbox: mail_location =
 mbox:ROOT:INBOX=SPOOL/%d/%n.mbox, pop3_reuse_xuidl = yes (mailsrv's X-UIDL header). Passwords go
-into a passwd-file: mailsrv's $pbkdf2-sha256$ hashes are no Dovecot 2.3 password scheme.
+into a passwd-file (mailsrv's $pbkdf2-sha256$ hashes are no Dovecot 2.3 password scheme), or Dovecot
+asks mailsrv: passdb driver = checkpassword, args = MAILSRV -c INI checkpassword (the last tests).
 
 Run alone with `python3 test/e2e.py -k dovecot_takes_over` once e2e.py's SECTIONS lists "migrate"
 (after "http" and "trust_storage", whose helpers it uses)."""
@@ -17,13 +18,14 @@ import imaplib
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 
-from .harness import (AS_ROOT, Pop, Skip, TestFailure, check, free_ports, short, soft, secs, test, token_of, tok,
-                      wait_for, BOTH)
+from .harness import (AS_ROOT, Pop, Skip, TestFailure, check, free_ports, run_cli, short, soft, secs, test, token_of,
+                      tok, wait_for, BOTH)
 from .http import api, api_json, need_http
 from .trust_storage import chmod_path_for
 
@@ -127,7 +129,7 @@ class MigrationDovecot:
     for mail processes); as a plain user everything runs as that user (Dovecot's rootless setup:
     default_internal_user and default_login_user are the user, no chroots) and the spool stays."""
 
-    def __init__(self, ctx, spool, storage, users):
+    def __init__(self, ctx, spool, storage, users, checkpassword=None):
         self.bin = "/usr/sbin/dovecot"
         if not os.path.exists(self.bin):
             if os.environ.get("CI") == "true":
@@ -161,6 +163,26 @@ class MigrationDovecot:
         group = grp.getgrgid(self.gid).gr_name
         rootless = "" if AS_ROOT else ("default_internal_user = {u}\ndefault_internal_group = {g}\n"
                                        "default_login_user = {u}\n".format(u=self.user, g=group))
+        auth = """passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {passwd}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {passwd}
+}}
+""".format(passwd=self.passwd)
+        if checkpassword:  # mailsrv's own passwords (README's "Passwords"): Dovecot splits args at spaces
+            auth = """auth_verbose = yes
+passdb {{
+  driver = checkpassword
+  args = {cmd}
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={d}/home/%d/%n
+}}
+""".format(cmd=checkpassword, uid=self.uid, gid=self.gid, d=self.dir)
         with open(self.conf, "w") as f:
             f.write("""# mailsrv's spool taken over by Dovecot (test/e2e/migrate.py)
 base_dir = {d}/run
@@ -174,15 +196,7 @@ auth_mechanisms = plain login
 first_valid_uid = {uid}
 last_valid_uid = {uid}
 mail_location = {location}
-{uidl}{rootless}passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {passwd}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {passwd}
-}}
-service imap-login {{
+{uidl}{rootless}{auth}service imap-login {{
   chroot =
   inet_listener imap {{
     address = 127.0.0.1
@@ -206,7 +220,7 @@ service anvil {{
   chroot =
 }}
 """.format(d=self.dir, uid=self.uid, location=location, uidl=uidl, rootless=rootless, passwd=self.passwd,
-           imap=self.imap_port, pop3=self.pop3_port))
+           imap=self.imap_port, pop3=self.pop3_port, auth=auth))
         self.proc = None
 
     def take_spool(self, *parents):
@@ -446,3 +460,125 @@ def pop3_uidl_dovecot_or_short(ctx):
     srv.start()
     got = uidls()
     check(got == full, "pop3_uidl = dovecot: UIDLs %s, expected %s" % (got, full))
+
+
+def checkpw(srv, data, prog=None, env=None, ini=None):
+    """`mailsrv -c INI checkpassword PROG...` with data on descriptor 3, as qmail and Dovecot give it
+    (http://cr.yp.to/checkpwd/interface.html: login\\0password\\0timestamp\\0). The default PROG
+    prints REPLY, $USER and $AUTHORIZED. Returns (exit status, stdout, stderr)."""
+    prog = prog or ["/bin/sh", "-c", 'echo "REPLY $USER ${AUTHORIZED:-}"']
+    r, w = os.pipe()
+    try:
+        os.write(w, data)
+        os.close(w)
+        w = None
+        # the pipe's read end as descriptor 3 (Python keeps only pass_fds open, at their own numbers)
+        p = subprocess.run(["/bin/sh", "-c", 'exec 3<&"$0" && exec "$@"', str(r), srv.bin, "-c", ini or srv.ini,
+                            "checkpassword"] + prog, pass_fds=(r,), stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=secs(20), env=dict(os.environ, **(env or {})))
+    finally:
+        os.close(r)
+        if w is not None:
+            os.close(w)
+    return p.returncode, p.stdout.strip(), p.stderr.strip()
+
+
+def hashed_domains():
+    """MIGRATE_DOMAINS with alice's password as `mailsrv passwd` hashes it ($pbkdf2-sha256$...)."""
+    r = run_cli(["passwd"], input=USERS["alice@example.test"] + "\n")
+    check(r.returncode == 0 and r.stdout.startswith("$pbkdf2-sha256$"), "mailsrv passwd: %d %s %s"
+          % (r.returncode, short(r.stdout), short(r.stderr)))
+    return MIGRATE_DOMAINS.replace("alice = Migr8Alice", "alice = " + r.stdout.strip())
+
+
+@test(limit=60, unix_only=True)
+def checkpassword_interface(ctx):
+    """`mailsrv checkpassword PROG`: qmail's checkpassword interface over mailsrv's INI, as Dovecot uses
+    it. The right password (hashed or plain text in the INI, the address in any case, or a bare name
+    of one domain, as mailsrv's logins take it): PROG runs with USER=the mailbox. A wrong one, or no
+    such mailbox: exit 1 and PROG does not run. AUTHORIZED=1 (a userdb lookup): PROG runs with
+    AUTHORIZED=2 if the mailbox exists, else exit 3. Input not in the form: 2; 512 bytes: 1 (as
+    qmail's); an INI that does not load: 111 (temporary)."""
+    srv = ctx.server(domains=hashed_domains())  # not started: the command reads the INI only
+    alice, bob = "alice@example.test", "bob@example.test"
+    with open(srv.ini) as f:
+        check("$pbkdf2-sha256$" in f.read(), "alice's password is not hashed in the INI")
+    for login, pw, user in ((alice, USERS[alice], alice), ("Alice@Example.TEST", USERS[alice], alice),
+                            ("alice", USERS[alice], alice), (bob, USERS[bob], bob), ("bob", USERS[bob], bob)):
+        rc, out, err = checkpw(srv, b"%s\0%s\0%d\0" % (login.encode(), pw.encode(), 1700000000))
+        check(rc == 0 and out == "REPLY %s" % user, "%s with its password: exit %d, PROG said %r (expected "
+              "REPLY %s), stderr %s" % (login, rc, out, user, short(err)))
+    rc, out, err = checkpw(srv, b"%s\0%s\0\0" % (alice.encode(), USERS[alice].encode()), prog=["/usr/bin/env"])
+    check(rc == 0 and "USER=%s" % alice in out.splitlines(), "PROG /usr/bin/env: exit %d, %s" % (rc, short(out, 300)))
+    for login, pw in ((alice, "Migr8alice"), (alice, USERS[bob]), (bob, "Migr8Bob "), (alice, ""),
+                      ("nobody@example.test", "Migr8Alice"), ("alice@other.test", USERS[alice]), ("", "")):
+        rc, out, err = checkpw(srv, b"%s\0%s\0\0" % (login.encode(), pw.encode()))
+        check(rc == 1 and not out, "%r with password %r: exit %d (expected 1), PROG said %r" % (login, pw, rc, out))
+    rc, out, err = checkpw(srv, b"bob@example.test\0\0\0", env={"AUTHORIZED": "1"})
+    check(rc == 0 and out == "REPLY bob@example.test 2", "AUTHORIZED=1 lookup of bob: exit %d, %r" % (rc, out))
+    rc, out, err = checkpw(srv, b"zed@example.test\0\0\0", env={"AUTHORIZED": "1"})
+    check(rc == 3 and not out, "AUTHORIZED=1 lookup of no mailbox: exit %d (expected 3), %r" % (rc, out))
+    for data in (b"", b"alice@example.test", b"alice@example.test\0Migr8Alice"):
+        rc, out, err = checkpw(srv, data)
+        check(rc == 2 and not out, "input %r: exit %d (expected 2), %r" % (data, rc, out))
+    rc, out, err = checkpw(srv, b"alice@example.test\0" + b"x" * 600 + b"\0\0")
+    check(rc == 1 and not out, "600-byte password: exit %d (expected 1), %r" % (rc, out))
+    rc, out, err = checkpw(srv, b"alice@example.test\0Migr8Alice\0\0", ini=os.path.join(srv.dir, "none.ini"))
+    check(rc == 111 and not out and "none.ini" in err, "missing INI: exit %d (expected 111), %r %s" % (rc, out, short(err)))
+    rc, out, err = checkpw(srv, b"alice@example.test\0Migr8Alice\0\0", prog=[os.path.join(srv.dir, "no-such-program")])
+    check(rc == 111 and "no-such-program" in err, "a PROG that is not there: exit %d (expected 111), %s" % (rc, short(err)))
+    r = run_cli(["-c", srv.ini, "checkpassword"])
+    check(r.returncode == 2 and "checkpassword PROGRAM" in r.stderr, "checkpassword without PROGRAM: exit %d"
+          % r.returncode)
+
+
+@test(limit=60, unix_only=True)
+def dovecot_checkpassword_passdb(ctx):
+    """README's "Passwords" for a move: Dovecot's passdb is `driver = checkpassword` with `args = MAILSRV
+    -c INI checkpassword` (Dovecot splits args at spaces and adds its checkpassword-reply), userdb
+    static. POP3 and IMAP logins through Dovecot with the passwords of mailsrv's INI, one hashed
+    ($pbkdf2-sha256$, which no Dovecot 2.3 scheme reads) and one in plain text, and with a bare name;
+    a wrong password fails in both."""
+    srv = ctx.server(storage="maildir", domains=hashed_domains()).start()
+    alice, bob = "alice@example.test", "bob@example.test"
+    data = msg(tok(), "through checkpassword\r\n")
+    check(srv.send([alice, bob], data) == {}, "refused")
+    rc, killed = srv.stop()
+    check(rc == 0 and not killed, "mailsrv's stop: exit status %s" % rc)
+    bindir = tempfile.mkdtemp(prefix="bin", dir=ctx.dir)  # a copy that Dovecot's auth process (as root: user dovecot) may run
+    binary = os.path.join(bindir, "mailsrv")
+    shutil.copy(srv.bin, binary)
+    os.chmod(binary, 0o755)
+    os.chmod(srv.ini, 0o644)  # a real install: chgrp dovecot mailsrv.ini; chmod 640
+    dv = MigrationDovecot(ctx, srv.spool, "maildir", USERS, checkpassword="%s -c %s checkpassword" % (binary, srv.ini))
+    dv.take_spool(ctx.dir, srv.dir, bindir)
+    try:
+        dv.start()
+        for user, login in ((alice, alice), (bob, bob), (alice, "alice")):
+            p = ctx.track(Pop(dv.pop3_port))
+            p.greet()
+            p.login(login, USERS[user])
+            n, _ = p.stat()
+            got = p.retr(1) if n else b""
+            check(n == 1 and token_of(got) == token_of(data), "Dovecot POP3 as %s: %d messages%s" % (login, n,
+                  "" if not n or token_of(got) == token_of(data) else ", not the one mailsrv delivered"))
+            p.quit()
+            exists, msgs = dv.imap_all(login, USERS[user])
+            check(exists == 1 and msgs[0]["data"] == got, "Dovecot IMAP as %s: %d messages" % (login, exists))
+        p = ctx.track(Pop(dv.pop3_port))
+        p.greet()
+        p.ok("USER " + alice)
+        p.err("PASS " + USERS[bob])
+        p.quit()
+        try:
+            dv.imap_all(alice, "Migr8alice")
+            raise TestFailure("Dovecot IMAP took a wrong password for alice")
+        except imaplib.IMAP4.error:
+            pass
+        log = dv.log_text()
+        check(re.search(r"checkpassword\(alice@example\.test,.*Login failed \(status=1\)", log),
+              "Dovecot's log shows no failed checkpassword login (exit 1) of alice: %s" % short(log[-600:], 600))
+        errors = [l for l in log.splitlines() if re.search(r"\b(Error|Panic|Fatal):", l)]
+        soft(not errors, "Dovecot logged errors: %s" % short(" | ".join(errors), 600))
+    finally:
+        dv.stop()
