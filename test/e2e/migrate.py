@@ -27,7 +27,7 @@ import tempfile
 from .harness import (AS_ROOT, Pop, Skip, TestFailure, check, free_ports, run_cli, short, soft, secs, test, token_of,
                       tok, wait_for, BOTH)
 from .http import api, api_json, need_http
-from .trust_storage import chmod_path_for
+from .trust_storage import Dovecot, chmod_path_for
 
 DOMAIN = "example.test"
 USERS = {"alice@example.test": "Migr8Alice", "bob@example.test": "Migr8Bob"}
@@ -253,22 +253,8 @@ service anvil {{
             raise TestFailure(str(e))
         return self
 
-    def stop(self):
-        """SIGTERM to our own master, by PID (it stops its children)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=secs(10))
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=secs(10))
-
-    def log_text(self):
-        try:
-            with open(self.log, errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+    stop = Dovecot.stop  # SIGTERM to our own master, by PID (it stops its children)
+    log_text = Dovecot.log_text
 
     def imap_all(self, user, pw):
         """SELECT INBOX and FETCH 1:* (FLAGS RFC822.SIZE BODY.PEEK[]) (PEEK: nothing becomes \\Seen).
