@@ -192,6 +192,9 @@ listen = 127.0.0.1
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# no address-space limit on the processes (256 MB by default): `mailsrv checkpassword` runs in the
+# auth process, and a sanitizer build of it needs terabytes of address space for its shadow memory
+default_vsz_limit = 0
 first_valid_uid = {uid}
 last_valid_uid = {uid}
 mail_location = {location}
