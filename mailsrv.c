@@ -514,8 +514,11 @@ net_listen_opts(ms_sock_t s)
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, (const void *)&one, sizeof one);
 }
 
-/* Files are descriptors. MS_O_NOFOLLOW: open fails (ELOOP) on a symbolic link. */
+/* Files are descriptors. MS_O_NOFOLLOW: open fails (ELOOP) on a symbolic link. MS_O_NOBLOCK:
+ * a FIFO put in a file's place opens and is read or written without waiting for a peer (on a
+ * plain file it changes nothing). */
 #define MS_O_NOFOLLOW O_NOFOLLOW
+#define MS_O_NOBLOCK O_NONBLOCK
 static int os_open(const char *path, int flags, int mode) { return open(path, flags, (mode_t)mode); }
 static int os_close(int fd) { return close(fd); }
 static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
@@ -902,6 +905,7 @@ net_listen_opts(ms_sock_t s)
 /* Files: CRT descriptors in binary mode; durability through _commit
  * (FlushFileBuffers). */
 #define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
+#define MS_O_NOBLOCK 0  /* no FIFOs among files */
 static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
@@ -18629,7 +18633,7 @@ ms_log_reopen(struct mailsrv *ms, const char *path)
 {
     int fd = -1;
     if (!path[0]) path = ms->log_default;
-    if (path[0] && (fd = os_open(path, O_WRONLY | O_APPEND | O_CREAT | MS_O_NOFOLLOW, 0640)) < 0) {
+    if (path[0] && (fd = os_open(path, O_WRONLY | O_APPEND | O_CREAT | MS_O_NOFOLLOW | MS_O_NOBLOCK, 0640)) < 0) {
         ms_log(ms, "cannot open the log %s: %s; logging to %s", path, strerror(errno),
                ms->log_path[0] ? ms->log_path : "standard error");
         return;
@@ -19350,8 +19354,9 @@ cli_control(const char *path, const char *name)
         printf("stopped\n");
         return 0;
     }
-    /* the service account owns the queue: no link is followed, and no more than a status is read */
-    if ((fd = os_open(file, O_RDONLY | MS_O_NOFOLLOW, 0)) < 0 || (n = os_pread(fd, text, sizeof text - 1, 0)) < 0) {
+    /* the service account owns the queue: no link is followed, a FIFO is not waited on, and no
+     * more than a status is read */
+    if ((fd = os_open(file, O_RDONLY | MS_O_NOFOLLOW | MS_O_NOBLOCK, 0)) < 0 || (n = os_pread(fd, text, sizeof text - 1, 0)) < 0) {
         fprintf(stderr, "mailsrv: cannot read %s: %s\n", file, strerror(errno));
         if (fd >= 0) os_close(fd);
         return 1;

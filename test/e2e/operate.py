@@ -267,3 +267,27 @@ def windows_service(ctx):
     # a removed service goes once the manager lets go of it (wine: a moment later)
     wait_for(lambda: subprocess.run(wine + ["sc", "query", "mailsrv"], capture_output=True, timeout=secs(60)).returncode != 0,
              20, "sc query to find no service mailsrv after remove", 0.5)
+
+
+@test(unix_only=True)
+def status_not_held_by_a_fifo(ctx):
+    """Whoever owns the service account owns the queue: a FIFO in place of QUEUE/status.txt must not
+    hold root's `mailsrv status` (nor logrotate's postrotate, which runs it) forever. The test plays
+    the server: it takes the request and leaves the FIFO as the answer."""
+    srv = ctx.server()
+    os.makedirs(srv.queue, exist_ok=True)
+    answer = os.path.join(srv.queue, "status.txt")
+    proc = subprocess.Popen(RUN + [srv.bin, "-c", srv.ini, "status"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(srv.queue, "status")), 10, "the status request")
+        os.mkfifo(answer)
+        os.unlink(os.path.join(srv.queue, "status"))
+        try:
+            rc = proc.wait(timeout=secs(10))
+        except subprocess.TimeoutExpired:
+            raise TestFailure("`mailsrv status` still waits on a FIFO in place of status.txt after 10 s")
+        check(rc != 3, "status: exit %d after the request was taken" % rc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
