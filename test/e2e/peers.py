@@ -255,7 +255,8 @@ class PostfixInstance:
                "retry unix - - n - - error", "discard unix - - n - - discard", "virtual unix - n n - - virtual",
                "anvil unix - - n - 1 anvil", "scache unix - - n - 1 scache", "postlog unix-dgram n - n - 1 postlogd")
 
-    def __init__(self, ctx, size_limit):
+    def __init__(self, ctx, size_limit, main=(), master=()):
+        # main, master: further lines for this instance's main.cf and master.cf (a test's own transports)
         import pwd
         need_root()
         self.postfix = need_program("postfix", "postfix")
@@ -277,9 +278,9 @@ class PostfixInstance:
                 "smtpd_forbid_bare_newline = reject", "smtpd_forbid_bare_newline_exclusions =",
                 "message_size_limit = %d" % size_limit, "virtual_mailbox_domains = b.test",
                 "virtual_mailbox_base = %s" % self.mail, "virtual_mailbox_maps = static:ben/",
-                "virtual_uid_maps = static:%d" % pw.pw_uid, "virtual_gid_maps = static:%d" % pw.pw_gid, ""]))
+                "virtual_uid_maps = static:%d" % pw.pw_uid, "virtual_gid_maps = static:%d" % pw.pw_gid] + list(main) + [""]))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
-            f.write("127.0.0.1:%d inet n - n - - smtpd\n" % self.port + "".join(d + "\n" for d in self.DAEMONS))
+            f.write("127.0.0.1:%d inet n - n - - smtpd\n" % self.port + "".join(d + "\n" for d in self.DAEMONS + tuple(master)))
         self.started = False
         ctx.track(self)
         r = subprocess.run([self.postfix, "-c", self.etc, "start"], capture_output=True, timeout=secs(30))
