@@ -240,6 +240,8 @@ class FakeDNS:
         while not self.closed:
             try:
                 data, peer = self.udp.recvfrom(4096)
+            except socket.timeout:  # (e2e.py's default timeout): a quiet spell, not the end
+                continue
             except OSError:
                 return
             try:
@@ -253,6 +255,8 @@ class FakeDNS:
         while not self.closed:
             try:
                 conn, _ = self.tcp.accept()
+            except socket.timeout:
+                continue
             except OSError:
                 return
             threading.Thread(target=self._tcp_conn, args=(conn,), daemon=True).start()
@@ -365,6 +369,8 @@ class SmtpSink:
         while not self.closed:
             try:
                 conn, peer = self.srv.accept()
+            except socket.timeout:  # (e2e.py's default timeout): no client for a while, not the end
+                continue
             except OSError:
                 return
             with self.cond:

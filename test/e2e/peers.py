@@ -10,11 +10,11 @@ import tempfile
 
 import fakes  # test/ is on sys.path: it is the entry point's folder
 
-from .harness import (BOTH, Net, SENDER, TestFailure, accepts, check, free_ports, maildir_files, make_msg,
-                      mbox_path, need_native, need_program, need_root, secs, short, test, tok, token_of,
+from .harness import (BOTH, Dnsmasq, Net, SENDER, TestFailure, accepts, check, free_ports, maildir_files, make_msg,
+                      mbox_path, need_ipv6, need_native, need_program, need_root, secs, short, test, tok, token_of,
                       wait_for)
 from .cli import read
-from .relay import bounces, check_relayed, queue_cli, relay_mail, sink_wait, wait_queue_empty
+from .relay import bounces, check_dsn, check_relayed, queue_cli, relay_mail, sink_wait, wait_queue_empty
 from .tls import make_cert
 from .lists import LIST, confirm, list_req, local_confirmation, members
 
@@ -23,56 +23,15 @@ from .lists import LIST, confirm, list_req, local_confirmation, members
 # Debian's own programs as the other side, where the suite had only its own models of them.
 
 
-class Dnsmasq:
-    """Debian's dnsmasq as the relay's resolver, in the foreground on a free loopback port.
-    Without local=True it knows only its records and answers REFUSED for anything else (AAAA of
-    an IPv4-only name too); with local=True (--local=/test/) a known name's missing type is NODATA."""
-
-    def __init__(self, args, local=False):
-        exe = need_program("dnsmasq", "dnsmasq-base")
-        self.proc = None
-        port = fakes.free_ports_on(1, udp=True)[0]
-        self.addr = "127.0.0.1:%d" % port
-        self.pidfile = tempfile.mktemp(prefix="ms-dnsmasq-", suffix=".pid")
-        cmd = [exe, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--port=%d" % port,
-               "--listen-address=127.0.0.1", "--bind-interfaces", "--pid-file=" + self.pidfile, "--log-queries",
-               "--log-facility=-"] + (["--local=/test/"] if local else []) + args
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_for(lambda: self._answers(port), 10, "dnsmasq answering on %s" % self.addr, 0.1)
-        except BaseException:
-            self.close()  # not yet tracked by the test: stop it here
-            raise
-
-    def _answers(self, port):
-        if self.proc.poll() is not None:
-            raise TestFailure("dnsmasq exited %d: %s" % (self.proc.returncode, short(self.proc.stderr.read())))
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(0.3)
-        try:  # any answer to an A query for "test." means it listens
-            s.sendto(b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04test\x00\x00\x01\x00\x01", ("127.0.0.1", port))
-            return len(s.recv(512)) >= 12
-        except OSError:
-            return False
-        finally:
-            s.close()
-
-    def close(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if os.path.exists(self.pidfile):
-            os.unlink(self.pidfile)
-
-
-def dnsmasq_net(ctx, args, local=False):
+def dnsmasq_net(ctx, args, local=False, forward=()):
+    """A Net whose resolver is dnsmasq answering from its own records (args); names under the
+    domains in forward it asks the test's fake DNS for (net.fake)."""
     net = Net(ctx)
-    net.dns.close()  # the fake DNS is not asked: dnsmasq answers
-    net.dns = ctx.track(Dnsmasq(args, local))
+    net.fake = net.dns
+    if net.resolver is not net.dns:
+        net.resolver.close()  # (MAILSRV_TEST_RESOLVER=dnsmasq's own, forwarding everything)
+    args = args + ["--server=/%s/%s#%d" % (d, net.fake.host, net.fake.port) for d in forward]
+    net.dns = net.resolver = ctx.track(Dnsmasq(args, local))
     return net
 
 
@@ -114,6 +73,55 @@ def peers_dnsmasq_implicit_mx(ctx):
     t, msg = relay_mail(srv, ["user@plain.test"])
     got = sink_wait(sink, 1, 10, "messages at plain.test's A record")
     check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at plain.test: %d" % len(got))
+    wait_queue_empty(srv)
+
+
+@test()
+def peers_dnsmasq_mx_ipv6_only(ctx):
+    # the MX host has only an AAAA record: dnsmasq answers REFUSED to its A query, and the AAAA
+    # lookup's address is used (the mirror of peers_dnsmasq_mx_ipv4_only)
+    need_ipv6()
+    port = free_ports(1, "::1")[0]
+    net = dnsmasq_net(ctx, ["--mx-host=six.test,mx.six.test,10", "--host-record=mx.six.test,::1"])
+    sink = net.sink("::1", port)
+    srv = net.server(relay={"retry": "1h", "port": port}).start()
+    t, msg = relay_mail(srv, ["user@six.test"])
+    got = sink_wait(sink, 1, 10, "messages at mx.six.test's IPv6 address")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at mx.six.test: %d" % len(got))
+    wait_queue_empty(srv)
+
+
+@test(limit=60)  # two lookups of 4 x 2 s time out first
+def peers_dnsmasq_one_mx_unresolvable(ctx):
+    # Issue 18 item 7: every lookup of the first MX host fails (dnsmasq forwards its name to the
+    # fake DNS, which never answers it), the second resolves: the message goes to the second within
+    # the first attempt instead of waiting for the first host's name to resolve again
+    net = dnsmasq_net(ctx, ["--mx-host=far.test,mx1.far.test,10", "--mx-host=far.test,mx2.far.test,20",
+                            "--host-record=mx2.far.test,127.0.0.2"], forward=["mx1.far.test"])
+    net.fake.drop("mx1.far.test")
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1h"}).start()
+    t, msg = relay_mail(srv, ["user@far.test"])
+    got = sink_wait(sink, 1, 30, "messages at mx2.far.test")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at mx2: %d" % len(got))
+    check(net.fake.asked("mx1.far.test"), "dnsmasq never asked the fake DNS for mx1.far.test: the test proves nothing")
+    wait_queue_empty(srv)
+
+
+@test()
+def peers_dnsmasq_nxdomain_and_null_mx(ctx):
+    # dnsmasq's NXDOMAIN for an unknown name under --local, and a null MX (RFC 7505: "MX 0 .") each
+    # bounce at once, with the status each deserves; a message to a good domain in the same
+    # transaction is delivered
+    net = dnsmasq_net(ctx, ["--mx-host=nomail.test,.,0", "--mx-host=good.test,mx.good.test,10",
+                            "--host-record=mx.good.test,127.0.0.2"], local=True)
+    sink = net.sink()
+    srv = net.server(relay={"retry": "1h"}).start()
+    t, msg = relay_mail(srv, ["user@nowhere.test", "user@nomail.test", "user@good.test"], sender="alice@example.test")
+    got = sink_wait(sink, 1, 10, "the message at good.test")
+    check(len(got) == 1 and token_of(got[0]["data"]) == t, "wrong message(s) at good.test: %d" % len(got))
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce in alice's mailbox")
+    check_dsn(b[0], {"user@nowhere.test": "5.1.2", "user@nomail.test": "5.1.10"}, t)
     wait_queue_empty(srv)
 
 

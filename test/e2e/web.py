@@ -94,6 +94,8 @@ class Canary:
         while True:
             try:
                 c, _ = self.sock.accept()
+            except socket.timeout:  # (e2e.py's default timeout): no client for a while
+                continue
             except OSError:
                 return
             c.settimeout(5)
