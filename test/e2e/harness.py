@@ -772,7 +772,7 @@ DURATIONS = {}  # test name -> seconds it took (e2e.py prints the slowest: CI's 
 # server process under an emulator, wine or valgrind. Any other skip (a missing
 # peer program, no IPv6, a tmpfs that cannot be mounted) means the run proved less than it says:
 # under CI (CI=true) it counts as a failure.
-EXPECTED_SKIPS = ("timing", "root", "windows", "notls", "nohttp", "native", "dnsmasq")  # windows: also a Windows-only test elsewhere
+EXPECTED_SKIPS = ("timing", "root", "windows", "notls", "nohttp", "native")  # windows: also a Windows-only test elsewhere
 TLS_TESTS = set()  # tests skipped when the binary has no TLS (`mailsrv -V` says "TLS: no")
 BOTH = ("maildir", "mbox")
 
@@ -1054,12 +1054,6 @@ class Dnsmasq:
 # once more through a real resolver, with its own answers to failures (it turns an upstream SERVFAIL
 # into REFUSED, retries, and falls back to TCP itself).
 VIA_DNSMASQ = os.environ.get("MAILSRV_TEST_RESOLVER") == "dnsmasq"
-
-
-def dns_asked_directly(why):
-    """Skip a test that counts the queries mailsrv itself sends (dnsmasq in between asks for them)."""
-    if VIA_DNSMASQ:
-        raise Skip("counts mailsrv's own DNS queries, which dnsmasq relays its own way: %s" % why, "dnsmasq")
 
 
 class Net:
