@@ -1051,8 +1051,8 @@ class Dnsmasq:
 
 # MAILSRV_TEST_RESOLVER=dnsmasq (`make relay-dnsmasq-test`): every Net's relay asks Debian's dnsmasq,
 # which forwards to the test's fake DNS, not the fake itself (issue 18, item 7): the relay tests run
-# once more through a real resolver, with its own answers to failures (it turns an upstream SERVFAIL
-# into REFUSED, retries, and falls back to TCP itself).
+# once more through a real resolver, with its own ways (it asks again after an upstream SERVFAIL
+# before passing it on, and answers a truncated reply's TCP retry with its own TCP query).
 VIA_DNSMASQ = os.environ.get("MAILSRV_TEST_RESOLVER") == "dnsmasq"
 
 
