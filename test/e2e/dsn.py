@@ -3,6 +3,8 @@ delivery, alias expansion, relays with and without DSN, and failures that follow
 with fake peers and with Postfix (both ways)."""
 import email
 import email.utils
+import glob
+import os
 import re
 import smtplib
 
@@ -201,11 +203,14 @@ def dsn_failure_follows_notify(ctx, storage):
 def dsn_relay_passes_on(ctx, storage):
     """A next hop that offers DSN gets RET and ENVID on MAIL FROM, NOTIFY and ORCPT on RCPT TO as they
     came (RFC 3461 6.2), an ORCPT of its own address for a recipient that had none (4.2), and nothing for
-    a recipient without NOTIFY; mailsrv sends no report of its own for the success."""
+    a recipient without NOTIFY; mailsrv sends no report of its own for the success. The request is kept
+    in the queue entry: the first attempt is deferred (451 to MAIL) and the server restarted before
+    the second."""
     net = Net(ctx)
     net.domain("remote.test")
     sink = net.sink()
     sink.extensions = sink.extensions + ["DSN"]
+    sink.script("mail", ["451 4.3.0 try again later"])
     srv = net.server(storage=storage).start()
     t = tok()
     msg = make_msg(t, to="a@remote.test", sender="alice@example.test")
@@ -216,6 +221,18 @@ def dsn_relay_passes_on(ctx, storage):
         check(s.rcpt("b@remote.test", ["NOTIFY=DELAY"])[0] == 250, "RCPT b@")
         check(s.rcpt("c@remote.test")[0] == 250, "RCPT c@")
         check(s.data(msg)[0] == 250, "DATA")
+    wait_for(lambda: sink.stage_count("mail") >= 1, 10, "the first attempt")
+    srv.stop()
+    envs = glob.glob(os.path.join(srv.queue, "*.env"))
+    check(len(envs) == 1, "queue entries: %s" % envs)
+    with open(envs[0]) as f:
+        env = f.read()
+    lines = [re.sub(r" 451 .*", "", l) for l in env.split("\n")]  # a rcpt line ends with its last error
+    for line in ("ret hdrs", "envid QQ+2B1", "rcpt pending a@remote.test", "dsn SUCCESS,FAILURE rfc822;A+2Bx@remote.test",
+                 "rcpt pending b@remote.test", "dsn DELAY -", "rcpt pending c@remote.test"):
+        check(line in lines, "queue entry lacks %r: %s" % (line, env))
+    check(lines.index("dsn DELAY -") == lines.index("rcpt pending b@remote.test") + 1, "b's dsn line is not after its rcpt line")
+    srv.start()
     got = sink_wait(sink, 1, 10)
     wait_queue_empty(srv)
     m = got[0]
