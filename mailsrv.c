@@ -96,6 +96,8 @@
 #define MS_DOMAIN_MAX 255         /* RFC 5321 4.5.3.1.2 */
 #define MS_ENVID_MAX 100          /* RFC 3461 4.4: the ENVID parameter (xtext) */
 #define MS_ORCPT_MAX 500          /* RFC 3461 4.2: the ORCPT parameter (addr-type ";" xtext) */
+#define MS_DSN_MAIL_EXTRA 112     /* RFC 3461 4: a MAIL line may be this much longer (RET, ENVID) */
+#define MS_DSN_RCPT_EXTRA 500     /* ... and a RCPT line this much (NOTIFY, ORCPT) */
 /* File names below the spool or beside the INI file (either at most 1023
  * bytes). Each size leaves room for what the next level adds to a name; a name
  * that does not fit is refused (ms_fmt), never cut. */
@@ -10090,7 +10092,10 @@ conn_free(struct conn *c)
 static void
 conn_process(struct conn *c)
 {
-    char line[MS_SMTP_LINE_MAX + 1];
+    char line[MS_SMTP_LINE_MAX + MS_DSN_RCPT_EXTRA + 1];
+    /* SMTP: the longest a DSN RCPT line may be; smtp_line holds the other commands to 512 */
+    size_t max = c->proto == PROTO_SMTP || c->proto == PROTO_SUBMISSION ? MS_SMTP_LINE_MAX + MS_DSN_RCPT_EXTRA
+                                                                        : MS_SMTP_LINE_MAX;
     c->out_full = 0;
     if (c->work) return; /* pipelined commands wait for the login's (or the view's) outcome */
     if (c->hold_until) {
@@ -10105,7 +10110,7 @@ conn_process(struct conn *c)
         if ((r = c->ops->pump(c)) < 0) break;
         if (r > 0) continue;
         if ((len = io_line(&c->io)) == 0) {
-            if (c->io.inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
+            if (c->io.inlen >= max) { /* one reply, then skip to the LF (popa3d) */
                 if (!c->discarding) conn_say(c, SAY_LINE_TOO_LONG);
                 c->discarding = 1;
                 c->io.inlen = 0;
@@ -10114,7 +10119,7 @@ conn_process(struct conn *c)
         }
         len--; /* without its LF */
         if (c->discarding) { c->discarding = 0; io_consume(&c->io, len + 1); continue; }
-        if (len + 1 > MS_SMTP_LINE_MAX) {
+        if (len + 1 > max) {
             conn_say(c, SAY_LINE_TOO_LONG);
             io_consume(&c->io, len + 1);
             continue;
@@ -10898,7 +10903,7 @@ static void
 smtp_do_mail(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
-    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
+    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX + MS_DSN_MAIL_EXTRA];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
     struct dsn_mail dsn;
     int64_t size = 0;
@@ -10994,7 +10999,7 @@ smtp_do_rcpt(struct conn *c, const char *args)
     struct smtp_sess *s = &c->u.smtp;
     const struct ms_config *cfg = c->ms->cfg;
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], token[MS_LOCAL_MAX + 1], rcpt[MS_PATH_MAX];
-    char param[MS_SMTP_LINE_MAX], orcpt[MS_ORCPT_MAX + 1];
+    char param[MS_SMTP_LINE_MAX + MS_DSN_RCPT_EXTRA], orcpt[MS_ORCPT_MAX + 1];
     const char *p = smtp_after_prefix(args, "TO:"), *rest;
     const struct cfg_list *l;
     int r, kind, n0 = s->targets.n, notify = 0;
@@ -11235,6 +11240,10 @@ smtp_dsn_success(struct conn *c)
     struct dsn_item *it;
     int i;
     if (!s->nnotes || !s->from[0]) return;
+    if (c->ms->cfg->capture) { /* it stores what the application sent, and nothing of its own */
+        conn_log(c, "no success report for %s in capture mode", s->msg.id);
+        return;
+    }
     it = xrealloc(NULL, sizeof *it * (size_t)s->nnotes);
     for (i = 0; i < s->nnotes; i++) {
         memset(&it[i], 0, sizeof it[i]);
@@ -11390,6 +11399,14 @@ smtp_line(struct conn *c, char *line, size_t len)
         if (s->auth_step != AUTH_NONE || ms_strncaseeq(line, "AUTH ", 5)) ms_visible(vis, sizeof vis, line, len > 10 ? 10 : len);
         else ms_visible(vis, sizeof vis, line, len);
         conn_log(c, "< %s", vis);
+    }
+    if (len + 2 > MS_SMTP_LINE_MAX) { /* with its CRLF; RFC 3461 4: DSN's MAIL and RCPT may be longer */
+        size_t extra = s->auth_step != AUTH_NONE ? 0 : ms_strncaseeq(line, "RCPT ", 5) ? MS_DSN_RCPT_EXTRA
+                     : ms_strncaseeq(line, "MAIL ", 5) ? MS_DSN_MAIL_EXTRA : 0;
+        if (len + 2 > MS_SMTP_LINE_MAX + extra) {
+            conn_say(c, SAY_LINE_TOO_LONG); /* an AUTH exchange goes on, as when conn_process refuses it */
+            return;
+        }
     }
     if (memchr(line, 0, len)) { conn_reply(c, "500 5.5.2 Syntax error (NUL)"); s->auth_step = AUTH_NONE; return; }
     if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }

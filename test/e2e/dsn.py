@@ -8,7 +8,7 @@ import os
 import re
 import smtplib
 
-from .harness import (BOTH, Net, check, make_msg, secs, short, test, tok, wait_for)
+from .harness import (BOTH, Net, check, make_msg, secs, short, stored, stored_tokens, test, tok, wait_for)
 from .peers import PostfixInstance
 from .relay import bounces, relay_mail, sink_wait, wait_queue_empty
 
@@ -85,7 +85,8 @@ def check_returned(part, token, full):
 def dsn_parameters(ctx):
     """EHLO offers DSN; RET, ENVID, NOTIFY and ORCPT are taken in any case; malformed or repeated ones
     get 501 5.5.4 (RFC 3461 4.1-4.4: NEVER alone, xtext with upper-case hex, ENVID up to 100
-    characters); after HELO no parameter is taken."""
+    characters, ORCPT up to 500); after HELO no parameter is taken. RFC 3461 4: a RCPT line may be 500
+    octets longer than 512, a MAIL line 112; any other command stays within 512."""
     srv = ctx.server().start()
     c = srv.smtp(ehlo=None)
     text = c.expect("EHLO client.test", 250)
@@ -100,6 +101,21 @@ def dsn_parameters(ctx):
         c.expect("RCPT TO:<bob@example.test> %s" % bad, 501, "5.5.4")
     c.expect("RCPT TO:<bob@example.test> notify=success,failure,delay ORCPT=rfc822;Bob+2Bx@example.test", 250)
     c.expect("RCPT TO:<carol@example.test> NOTIFY=NEVER", 250)
+    long_rcpt = "RCPT TO:<dup@example.test> NOTIFY=SUCCESS ORCPT=rfc822;" + "o" * 493  # an ORCPT of 500
+    check(len(long_rcpt) + 2 > 512, "the long RCPT line is not long")
+    c.expect(long_rcpt, 250)
+    c.expect("RCPT TO:<dup@example.test> ORCPT=rfc822;" + "o" * 494, 501, "5.5.4")  # 501 characters
+    for head, limit in (("RCPT TO:<dup@example.test> ORCPT=rfc822;", 1012), ("MAIL FROM:<alice@example.test> ENVID=", 624)):
+        line = head + "o" * (limit - 2 - len(head) + 1)  # one octet over, with CRLF
+        check(len(line) + 2 == limit + 1, "line length")
+        c.expect(line, 500, "5.5.2")
+        if head.startswith("MAIL"):
+            c.expect("RSET", 250)
+        c.expect(line[:-1], 501, "5.5.4")  # at the limit: parsed (and its parameter too long)
+    c.expect("MAIL FROM:<alice@example.test>", 250)
+    c.expect("RCPT TO:<bob@example.test> notify=success,failure,delay ORCPT=rfc822;Bob+2Bx@example.test", 250)
+    c.expect("NOOP " + "x" * 600, 500, "5.5.2")
+    c.expect("NOOP", 250)
     c.expect("RCPT TO:<alice@example.test> NOTIFY=SUCCESS XFOO=1", 555, "5.5.4")
     c.expect("RSET", 250)
     c.expect("HELO client.test", 250)
@@ -166,6 +182,20 @@ def dsn_success_local(ctx, storage):
           % len(re.findall(r"success report for", srv.log_text())))
 
 
+@test()
+def dsn_capture_mode_no_report(ctx):
+    """Capture mode takes the DSN parameters but stores only what the application sent: no success
+    report joins the captured mail."""
+    srv = ctx.server(server={"capture": "yes"}).start()
+    t = tok()
+    msg = make_msg(t, to="someone@capture.example", sender="app@capture.example")
+    check(dsn_send(srv, "app@capture.example", ["someone@capture.example"], msg, ["RET=HDRS"], ["NOTIFY=SUCCESS"]) == {},
+          "refused")
+    check(stored_tokens(srv, "someone@capture.example") == [t], "captured: %s" % stored_tokens(srv, "someone@capture.example"))
+    wait_for(lambda: "no success report" in srv.log_text(), 10, "the log line for the report not sent")
+    check(stored(srv, "app@capture.example") == [], "a report was captured for the sender")
+
+
 @test(modes=BOTH)
 def dsn_failure_follows_notify(ctx, storage):
     """A relay that refuses two recipients: NOTIFY=NEVER gets no bounce, NOTIFY=FAILURE one that names
@@ -199,6 +229,9 @@ def dsn_failure_follows_notify(ctx, storage):
     check(sink.messages == [], "DATA sent with no accepted recipient")
 
 
+LONG_ORCPT = "ORCPT=rfc822;" + "d+2B" * 122 + "@r.tt"  # 500 characters after "ORCPT="
+
+
 @test(modes=BOTH)
 def dsn_relay_passes_on(ctx, storage):
     """A next hop that offers DSN gets RET and ENVID on MAIL FROM, NOTIFY and ORCPT on RCPT TO as they
@@ -220,6 +253,7 @@ def dsn_relay_passes_on(ctx, storage):
         check(s.rcpt("a@remote.test", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;A+2Bx@remote.test"])[0] == 250, "RCPT a@")
         check(s.rcpt("b@remote.test", ["NOTIFY=DELAY"])[0] == 250, "RCPT b@")
         check(s.rcpt("c@remote.test")[0] == 250, "RCPT c@")
+        check(s.rcpt("d@remote.test", ["NOTIFY=FAILURE", LONG_ORCPT])[0] == 250, "RCPT d@ (a RCPT line over 512 octets)")
         check(s.data(msg)[0] == 250, "DATA")
     wait_for(lambda: sink.stage_count("mail") >= 1, 10, "the first attempt")
     srv.stop()
@@ -240,7 +274,8 @@ def dsn_relay_passes_on(ctx, storage):
           "MAIL FROM parameters: %s" % m["params"])
     params = dict(zip([r.lower() for r in m["rcpts"]], m["rcpt_params"]))
     check(params == {"a@remote.test": "NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;A+2Bx@remote.test",
-                     "b@remote.test": "NOTIFY=DELAY ORCPT=rfc822;b@remote.test", "c@remote.test": ""},
+                     "b@remote.test": "NOTIFY=DELAY ORCPT=rfc822;b@remote.test", "c@remote.test": "",
+                     "d@remote.test": "NOTIFY=FAILURE " + LONG_ORCPT},
           "RCPT TO parameters: %s" % params)
     check(reports(srv, "alice@example.test") == [], "mailsrv sent a report although the next hop offers DSN")
     check("success report" not in srv.log_text(), "the log names a success report")
