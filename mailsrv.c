@@ -94,6 +94,10 @@
 #define MS_PATH_MAX 256           /* RFC 5321 4.5.3.1.3: reverse/forward path */
 #define MS_LOCAL_MAX 64           /* RFC 5321 4.5.3.1.1 */
 #define MS_DOMAIN_MAX 255         /* RFC 5321 4.5.3.1.2 */
+#define MS_ENVID_MAX 100          /* RFC 3461 4.4: the ENVID parameter (xtext) */
+#define MS_ORCPT_MAX 500          /* RFC 3461 4.2: the ORCPT parameter (addr-type ";" xtext) */
+#define MS_DSN_MAIL_EXTRA 112     /* RFC 3461 4: a MAIL line may be this much longer (RET, ENVID) */
+#define MS_DSN_RCPT_EXTRA 500     /* ... and a RCPT line this much (NOTIFY, ORCPT) */
 /* File names below the spool or beside the INI file (either at most 1023
  * bytes). Each size leaves room for what the next level adds to a name; a name
  * that does not fit is refused (ms_fmt), never cut. */
@@ -1462,14 +1466,14 @@ os_read_password(char *buf, size_t n)
 /* the structs they take, defined in their sections */
 struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key; struct cfg_list;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct client_stat;
-struct conn; struct data_rx; struct dirset; struct dns_result; struct edit_span; struct hmac_key;
-struct line_reader; struct list_post; struct list_rate; struct list_state; struct listener;
-struct mailsrv; struct mbox_index; struct mbox_move; struct mbox_paths; struct mbox_pending;
-struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess; struct os_stat;
-struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops; struct qentry;
-struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_job; struct store_msg;
-struct store_ops; struct store_undo; struct targets; struct tls_creds; struct tls_sess;
-struct transport;
+struct conn; struct data_rx; struct dirset; struct dns_result; struct dsn_item; struct dsn_mail;
+struct edit_span; struct hmac_key; struct line_reader; struct list_post; struct list_rate;
+struct list_state; struct listener; struct mailsrv; struct mbox_index; struct mbox_move;
+struct mbox_paths; struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config;
+struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view;
+struct proto_ops; struct qentry; struct qrcpt; struct sha256; struct smtp_sess;
+struct sockaddr_storage; struct store_job; struct store_msg; struct store_ops; struct store_undo;
+struct targets; struct tls_creds; struct tls_sess; struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
@@ -1617,6 +1621,7 @@ static int cfg_on_key(void *user, const char *section, const char *name, const c
 static void cfg_free(struct ms_config *c);
 static int targets_add(struct targets *t, const char *user, const char *domain, int remote);
 static void targets_free(struct targets *t);
+static void targets_set_dsn(struct targets *t, int from, int notify, const char *orcpt);
 static int targets_remote(const struct targets *t);
 static int addr_dot_string(const char *s);
 static int addr_remote_domain(char *domain);
@@ -1640,6 +1645,12 @@ static char * cfg_edit_mailbox(const char *text, size_t len, const char *user, c
 /* 6. Pure parsers */
 static const char * cmd_split(const char *line, char *verb, size_t n);
 static const char * smtp_parse_path(const char *s, char *local, char *domain);
+static int xtext_hex(int c);
+static long xtext_decode(const char *in, size_t len, char *out, size_t n);
+static long xtext_encode(const char *in, size_t len, char *out, size_t n);
+static int dsn_mail_param(const char *param, struct dsn_mail *d);
+static int dsn_rcpt_param(const char *param, int *notify, char *orcpt);
+static void dsn_notify_text(int notify, char *out, size_t n);
 static void data_rx_init(struct data_rx *d);
 static size_t data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done);
 static int mbox_is_from_line(const char *p, size_t n, int quoted_only);
@@ -1876,12 +1887,14 @@ static void smtp_do_auth(struct conn *c, const char *args);
 static const char * smtp_after_prefix(const char *args, const char *prefix);
 static int smtp_low_space(struct conn *c, int64_t size);
 static void smtp_do_mail(struct conn *c, const char *args);
+static void smtp_rcpt_dsn(struct conn *c, int n0, int notify, const char *orcpt, const char *local, const char *domain);
 static void smtp_do_rcpt(struct conn *c, const char *args);
 static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
 static void smtp_do_data(struct conn *c, const char *args);
 static void smtp_data_end(struct conn *c);
 static void smtp_deliver_next(struct conn *c);
 static int smtp_deliver_step(struct conn *c, int64_t until_us);
+static void smtp_dsn_success(struct conn *c);
 static void smtp_group_committed(struct conn *c, int ok);
 static size_t smtp_data_feed(struct conn *c, const char *in, size_t n);
 static void smtp_do_starttls(struct conn *c, const char *args);
@@ -1959,7 +1972,9 @@ static int mta_next_rcpt(struct mta_sess *o, int from);
 static void mta_fail_session(struct mta_sess *o, const char *why);
 static void mta_broken(struct mta_sess *o, const char *why);
 static void mta_set_accepted(struct mta_sess *o, int result, const char *reply);
+static void mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char *out, size_t n);
 static void mta_mail_from(struct mta_sess *o);
+static void mta_rcpt_to(struct mta_sess *o, int k);
 static int mta_open_body(struct mta_sess *o);
 static void mta_pump_body(struct mta_sess *o);
 static void mta_after_ehlo(struct mta_sess *o);
@@ -1981,9 +1996,12 @@ static void mta_begin(struct mta_sess *o);
 static void relay_start(struct mailsrv *ms, struct qentry *e, const char *domain, const int *ri, int nri);
 static void mta_free(struct mta_sess *o);
 static int queue_count_hops(const char *qdir, const char *id);
-static void queue_add_headers(const char *qdir, const char *id, struct buf *b);
 static void relay_status(const char *err, char *out, size_t n);
+static void dsn_decoded(const char *x, char *out, size_t n);
+static void dsn_add_original(struct store_msg *m, int fd, int full);
+static int dsn_report(struct mailsrv *ms, const char *to, const char *about, const char *envid, int ret, time_t arrived, const struct dsn_item *it, int n, int fd);
 static int relay_bounce(struct mailsrv *ms, struct qentry *e);
+static int relay_success_report(struct mailsrv *ms, struct qentry *e);
 static void relay_remove(struct mailsrv *ms, struct qentry *e);
 static void relay_finish(struct mailsrv *ms, struct qentry *e);
 static int qentry_first_of_domain(const struct qentry *e, int j);
@@ -3348,7 +3366,9 @@ cfg_free(struct ms_config *c)
 }
 
 /* ---- address resolution: local part + domain -> mailboxes ---- */
-struct targets { char (*v)[MS_PATH_MAX]; char *remote; int n, cap; };
+/* notify and orcpt: each target's DSN request (RFC 3461: NOTIFY bits, 0 if not given; ORCPT as
+ * received or NULL), set by the SMTP session for the targets of each RCPT (targets_set_dsn) */
+struct targets { char (*v)[MS_PATH_MAX]; char *remote; unsigned char *notify; char **orcpt; int n, cap; };
 
 /* Local mailboxes are lower case; a remote local part keeps its case
  * (RFC 5321 2.4: only the destination host may interpret it). -1 if the
@@ -3366,8 +3386,12 @@ targets_add(struct targets *t, const char *user, const char *domain, int remote)
         t->cap = t->cap ? t->cap * 2 : 4;
         t->v = xrealloc(t->v, sizeof *t->v * (size_t)t->cap);
         t->remote = xrealloc(t->remote, (size_t)t->cap);
+        t->notify = xrealloc(t->notify, (size_t)t->cap);
+        t->orcpt = xrealloc(t->orcpt, sizeof *t->orcpt * (size_t)t->cap);
     }
     t->remote[t->n] = (char)remote;
+    t->notify[t->n] = 0;
+    t->orcpt[t->n] = NULL;
     memcpy(t->v[t->n++], a, sizeof a);
     return 0;
 }
@@ -3375,9 +3399,24 @@ targets_add(struct targets *t, const char *user, const char *domain, int remote)
 static void
 targets_free(struct targets *t)
 {
+    int i;
+    for (i = 0; i < t->n; i++) free(t->orcpt[i]);
     free(t->v);
     free(t->remote);
+    free(t->notify);
+    free(t->orcpt);
     memset(t, 0, sizeof *t);
+}
+
+/* The DSN request of one RCPT for its targets from index `from` on (those it added). */
+static void
+targets_set_dsn(struct targets *t, int from, int notify, const char *orcpt)
+{
+    for (; from < t->n; from++) {
+        t->notify[from] = (unsigned char)notify;
+        free(t->orcpt[from]);
+        t->orcpt[from] = orcpt && orcpt[0] ? xstrdup(orcpt) : NULL;
+    }
 }
 
 static int
@@ -3880,6 +3919,150 @@ smtp_parse_path(const char *s, char *local, char *domain)
     local[at - addr] = 0;
     ms_strlcpy(domain, at + 1, MS_DOMAIN_MAX + 1);
     return s;
+}
+
+/*
+ * DSN parameters (RFC 3461). Values travel as xtext (RFC 3461 4: octets
+ * "!".."~" but "+" and "=" as themselves, any other as "+" and two upper-case
+ * hex digits). ENVID is kept as received (xtext, at most 100 characters, 4.4)
+ * and ORCPT as "addr-type;xtext" (at most 500, 4.2): both are passed on as
+ * they are and decoded only for a report.
+ */
+enum { DSN_NEVER = 1, DSN_SUCCESS = 2, DSN_FAILURE = 4, DSN_DELAY = 8 }; /* NOTIFY; 0: not given */
+enum { DSN_RET_NONE, DSN_RET_FULL, DSN_RET_HDRS };
+struct dsn_mail { int ret; char envid[MS_ENVID_MAX + 1]; };
+/* One recipient of a delivery status notification (RFC 3464 2.3). */
+struct dsn_item {
+    const char *addr;       /* Final-Recipient */
+    const char *orcpt;      /* ORCPT as received (addr-type;xtext) or NULL */
+    const char *action;     /* failed, delivered, relayed, expanded */
+    const char *status;     /* 5.1.1, 2.0.0, ... */
+    const char *remote_mta; /* or NULL */
+    const char *diag;       /* a remote reply ("250 ...", "550 ...") or our text, or NULL */
+};
+
+static int
+xtext_hex(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1; /* upper case only (4) */
+}
+
+/* Decodes len octets of xtext into out (n with its NUL): the length, or -1
+ * when malformed, when it does not fit, or for an encoded NUL. */
+static long
+xtext_decode(const char *in, size_t len, char *out, size_t n)
+{
+    size_t i, o = 0;
+    for (i = 0; i < len; i++) {
+        int c = (unsigned char)in[i];
+        if (c == '+') {
+            int h, l;
+            if (i + 2 >= len || (h = xtext_hex((unsigned char)in[i + 1])) < 0 ||
+                (l = xtext_hex((unsigned char)in[i + 2])) < 0 || !(c = h * 16 + l))
+                return -1;
+            i += 2;
+        } else if (c < '!' || c > '~' || c == '=') {
+            return -1;
+        }
+        if (o + 1 >= n) return -1;
+        out[o++] = (char)c;
+    }
+    if (!n) return -1;
+    out[o] = 0;
+    return (long)o;
+}
+
+/* Encodes len octets as xtext into out (n with its NUL); -1 if it does not fit. */
+static long
+xtext_encode(const char *in, size_t len, char *out, size_t n)
+{
+    size_t i, o = 0;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (c >= '!' && c <= '~' && c != '+' && c != '=') {
+            if (o + 1 >= n) return -1;
+            out[o++] = (char)c;
+        } else {
+            if (o + 3 >= n) return -1;
+            out[o++] = '+';
+            out[o++] = "0123456789ABCDEF"[c >> 4];
+            out[o++] = "0123456789ABCDEF"[c & 15];
+        }
+    }
+    if (!n) return -1;
+    out[o] = 0;
+    return (long)o;
+}
+
+/* A MAIL FROM parameter: 1 a DSN one (RET, ENVID) taken into d, 0 not one,
+ * -1 malformed or given twice (the caller answers 501 5.5.4). */
+static int
+dsn_mail_param(const char *param, struct dsn_mail *d)
+{
+    char tmp[MS_ENVID_MAX + 1];
+    if (ms_strncaseeq(param, "RET=", 4)) {
+        if (d->ret) return -1;
+        if (ms_strcaseeq(param + 4, "FULL")) d->ret = DSN_RET_FULL;
+        else if (ms_strcaseeq(param + 4, "HDRS")) d->ret = DSN_RET_HDRS;
+        else return -1;
+        return 1;
+    }
+    if (ms_strncaseeq(param, "ENVID=", 6)) {
+        size_t n = strlen(param + 6);
+        if (d->envid[0] || !n || n > MS_ENVID_MAX || xtext_decode(param + 6, n, tmp, sizeof tmp) < 0) return -1;
+        memcpy(d->envid, param + 6, n + 1);
+        return 1;
+    }
+    return 0;
+}
+
+/* A RCPT TO parameter: 1 a DSN one (NOTIFY, ORCPT) taken, 0 not one, -1
+ * malformed or given twice. NOTIFY is NEVER alone or a list of SUCCESS,
+ * FAILURE and DELAY (RFC 3461 4.1); ORCPT is addr-type ";" xtext (4.2),
+ * orcpt having MS_ORCPT_MAX + 1 octets. */
+static int
+dsn_rcpt_param(const char *param, int *notify, char *orcpt)
+{
+    if (ms_strncaseeq(param, "NOTIFY=", 7)) {
+        const char *p = param + 7;
+        int v = 0;
+        if (*notify) return -1;
+        for (;;) {
+            size_t n = strcspn(p, ",");
+            int bit = n == 5 && ms_strncaseeq(p, "NEVER", 5) ? DSN_NEVER
+                    : n == 7 && ms_strncaseeq(p, "SUCCESS", 7) ? DSN_SUCCESS
+                    : n == 7 && ms_strncaseeq(p, "FAILURE", 7) ? DSN_FAILURE
+                    : n == 5 && ms_strncaseeq(p, "DELAY", 5) ? DSN_DELAY : 0;
+            if (!bit || (v & bit)) return -1;
+            v |= bit;
+            if (!p[n]) break;
+            p += n + 1;
+        }
+        if ((v & DSN_NEVER) && v != DSN_NEVER) return -1; /* NEVER stands alone */
+        *notify = v;
+        return 1;
+    }
+    if (ms_strncaseeq(param, "ORCPT=", 6)) {
+        const char *v = param + 6, *semi = strchr(v, ';');
+        char tmp[MS_ORCPT_MAX + 1];
+        size_t i, n = strlen(v);
+        if (orcpt[0] || !semi || semi == v || !semi[1] || n > MS_ORCPT_MAX) return -1;
+        for (i = 0; v + i < semi; i++) /* addr-type is an atom (RFC 5322 atext) */
+            if (!isalnum((unsigned char)v[i]) && !strchr("!#$%&'*+-/=?^_`{|}~", v[i])) return -1;
+        if (xtext_decode(semi + 1, strlen(semi + 1), tmp, sizeof tmp) < 0) return -1;
+        memcpy(orcpt, v, n + 1);
+        return 1;
+    }
+    return 0;
+}
+
+/* NOTIFY's text: "NEVER" or the list, as it is passed on (RFC 3461 4.1). */
+static void
+dsn_notify_text(int notify, char *out, size_t n)
+{
+    snprintf(out, n, "%s%s%s%s", notify & DSN_NEVER ? "NEVER" : "", notify & DSN_SUCCESS ? "SUCCESS" : "",
+             (notify & DSN_SUCCESS) && (notify & (DSN_FAILURE | DSN_DELAY)) ? "," : "",
+             notify & DSN_FAILURE ? (notify & DSN_DELAY ? "FAILURE,DELAY" : "FAILURE") : notify & DSN_DELAY ? "DELAY" : "");
 }
 
 /*
@@ -6470,6 +6653,7 @@ struct store_msg {
     char id[64];               /* unique id: time, pid, counter */
     char name[128];            /* unique base name: id.host */
     char sender[MS_PATH_MAX];
+    struct dsn_mail dsn;       /* RET and ENVID (RFC 3461), kept in its queue entry */
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
     int write_failed;          /* msg_write: a write failed */
@@ -6938,6 +7122,10 @@ struct qrcpt {
     int state;
     int result;          /* this attempt: 0 not tried, 2 accepted, 4 deferred, 5 refused */
     char error[400];     /* the last failure */
+    int notify;          /* RFC 3461 NOTIFY bits, 0 if not given */
+    char orcpt[MS_ORCPT_MAX + 1]; /* ORCPT as received, or "" */
+    int relayed;         /* this attempt: accepted by a hop without DSN, SUCCESS asked (a "relayed" report) */
+    char remote_mta[MS_DOMAIN_MAX + 1]; /* ... that hop */
 };
 struct qentry {
     char id[64];
@@ -6945,6 +7133,8 @@ struct qentry {
     int64_t arrived, next_try;   /* wall-clock seconds */
     int64_t size, lines;
     int tries, active;           /* active: outbound sessions working on it */
+    int ret;                     /* RFC 3461 RET (DSN_RET_*) */
+    char envid[MS_ENVID_MAX + 1]; /* ENVID as received (xtext), or "" */
     struct qrcpt *r;
     int nr;
 };
@@ -6957,9 +7147,18 @@ queue_env_text(const struct qentry *e, struct buf *b)
     int i;
     buf_printf(b, "mailsrv-queue 1\nfrom <%s>\narrived %lld\ntries %d\nnext %lld\nsize %lld\nlines %lld\n", e->from,
                (long long)e->arrived, e->tries, (long long)e->next_try, (long long)e->size, (long long)e->lines);
-    for (i = 0; i < e->nr; i++)
+    /* DSN (RFC 3461): optional lines that older versions skip; "dsn NOTIFY ORCPT" belongs to the
+     * rcpt line before it ("-": not given) */
+    if (e->ret) buf_printf(b, "ret %s\n", e->ret == DSN_RET_FULL ? "full" : "hdrs");
+    if (e->envid[0]) buf_printf(b, "envid %s\n", e->envid);
+    for (i = 0; i < e->nr; i++) {
+        char notify[32];
         buf_printf(b, "rcpt %s %s%s%s\n", q_state_names[e->r[i].state], e->r[i].addr, e->r[i].error[0] ? " " : "",
                    e->r[i].error);
+        if (!e->r[i].notify && !e->r[i].orcpt[0]) continue;
+        dsn_notify_text(e->r[i].notify, notify, sizeof notify);
+        buf_printf(b, "dsn %s %s\n", notify[0] ? notify : "-", e->r[i].orcpt[0] ? e->r[i].orcpt : "-");
+    }
 }
 
 /* Replaces ID.env after a delivery attempt (atomic, then the folder fsync). */
@@ -7014,6 +7213,24 @@ queue_env_read(const char *qdir, const char *id)
             ms_strlcpy(r->addr, addr, sizeof r->addr);
             while (*cur == ' ') cur++;
             ms_strlcpy(r->error, cur, sizeof r->error);
+        } else if (strcmp(key, "dsn") == 0) { /* the last rcpt's NOTIFY and ORCPT, as dsn_rcpt_param took them */
+            char param[MS_ORCPT_MAX + 8], *w;
+            struct qrcpt *r = e->nr ? &e->r[e->nr - 1] : NULL;
+            int notify = 0;
+            if (!r || r->notify || r->orcpt[0] || !(w = ms_word(&cur))) { ok = 0; break; }
+            if (strcmp(w, "-") != 0 && (ms_fmt(param, sizeof param, "NOTIFY=%s", w) < 0 ||
+                                        dsn_rcpt_param(param, &notify, r->orcpt) != 1)) { ok = 0; break; }
+            if (!(w = ms_word(&cur))) { ok = 0; break; }
+            if (strcmp(w, "-") != 0 && (ms_fmt(param, sizeof param, "ORCPT=%s", w) < 0 ||
+                                        dsn_rcpt_param(param, &notify, r->orcpt) != 1)) { ok = 0; break; }
+            r->notify = notify;
+        } else if (strcmp(key, "ret") == 0 || strcmp(key, "envid") == 0) {
+            char param[MS_ENVID_MAX + 8], *w = ms_word(&cur);
+            struct dsn_mail d;
+            memset(&d, 0, sizeof d);
+            if (!w || ms_fmt(param, sizeof param, "%s=%s", key, w) < 0 || dsn_mail_param(param, &d) != 1) { ok = 0; break; }
+            if (d.ret) e->ret = d.ret;
+            else memcpy(e->envid, d.envid, sizeof e->envid);
         } else if (ms_word_num(&cur, &v) == 0) {
             if (strcmp(key, "arrived") == 0) e->arrived = v;
             else if (strcmp(key, "tries") == 0) e->tries = (int)v;
@@ -7070,10 +7287,14 @@ queue_create(const char *qdir, const char *base, const struct store_msg *m, cons
     e.arrived = e.next_try = (int64_t)m->when;
     e.size = m->size;
     e.lines = m->lines;
+    e.ret = m->dsn.ret;
+    memcpy(e.envid, m->dsn.envid, sizeof e.envid);
     e.r = xrealloc(NULL, sizeof *e.r * (size_t)(t->n ? t->n : 1));
     for (i = 0; i < t->n; i++) {
         if (!t->remote[i]) continue;
         memset(&e.r[e.nr], 0, sizeof e.r[0]);
+        e.r[e.nr].notify = t->notify[i];
+        if (t->orcpt[i]) ms_strlcpy(e.r[e.nr].orcpt, t->orcpt[i], sizeof e.r[0].orcpt);
         ms_strlcpy(e.r[e.nr++].addr, t->v[i], sizeof e.r[0].addr);
     }
     queue_env_text(&e, &b);
@@ -9511,6 +9732,15 @@ struct list_post {
     long seq;
 };
 
+/* A RCPT whose NOTIFY asked for SUCCESS and that the delivery at the final
+ * dot completes: a local mailbox (delivered) or an alias of several
+ * (expanded, RFC 3461 6.2.7.3); reported once the message is durable. */
+struct dsn_note {
+    char addr[MS_PATH_MAX];
+    char orcpt[MS_ORCPT_MAX + 1];
+    int expanded;
+};
+
 struct smtp_sess {
     int state, esmtp, auth_step;
     char helo[MS_DOMAIN_MAX + 6];    /* a 255-octet name, visible (ms_visible keeps 5 spare) */
@@ -9520,6 +9750,9 @@ struct smtp_sess {
     char first_rcpt[MS_PATH_MAX];
     int nrcpt, tx_error;
     struct targets targets;
+    struct dsn_mail dsn;             /* MAIL FROM's RET and ENVID (RFC 3461) */
+    struct dsn_note *notes;          /* SUCCESS reports owed once the message is durable */
+    int nnotes;
     char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 14) */
     int nlists;
     struct data_rx rx;
@@ -9859,7 +10092,10 @@ conn_free(struct conn *c)
 static void
 conn_process(struct conn *c)
 {
-    char line[MS_SMTP_LINE_MAX + 1];
+    char line[MS_SMTP_LINE_MAX + MS_DSN_RCPT_EXTRA + 1];
+    /* SMTP: the longest a DSN RCPT line may be; smtp_line holds the other commands to 512 */
+    size_t max = c->proto == PROTO_SMTP || c->proto == PROTO_SUBMISSION ? MS_SMTP_LINE_MAX + MS_DSN_RCPT_EXTRA
+                                                                        : MS_SMTP_LINE_MAX;
     c->out_full = 0;
     if (c->work) return; /* pipelined commands wait for the login's (or the view's) outcome */
     if (c->hold_until) {
@@ -9874,7 +10110,7 @@ conn_process(struct conn *c)
         if ((r = c->ops->pump(c)) < 0) break;
         if (r > 0) continue;
         if ((len = io_line(&c->io)) == 0) {
-            if (c->io.inlen >= MS_SMTP_LINE_MAX) { /* one reply, then skip to the LF (popa3d) */
+            if (c->io.inlen >= max) { /* one reply, then skip to the LF (popa3d) */
                 if (!c->discarding) conn_say(c, SAY_LINE_TOO_LONG);
                 c->discarding = 1;
                 c->io.inlen = 0;
@@ -9883,7 +10119,7 @@ conn_process(struct conn *c)
         }
         len--; /* without its LF */
         if (c->discarding) { c->discarding = 0; io_consume(&c->io, len + 1); continue; }
-        if (len + 1 > MS_SMTP_LINE_MAX) {
+        if (len + 1 > max) {
             conn_say(c, SAY_LINE_TOO_LONG);
             io_consume(&c->io, len + 1);
             continue;
@@ -10492,6 +10728,10 @@ smtp_tx_reset(struct conn *c)
     s->wbuf = NULL;
     s->wlen = 0;
     targets_free(&s->targets);
+    memset(&s->dsn, 0, sizeof s->dsn);
+    free(s->notes);
+    s->notes = NULL;
+    s->nnotes = 0;
     free(s->lists);
     s->lists = NULL;
     s->nlists = 0;
@@ -10541,6 +10781,7 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
+    conn_reply(c, "250-DSN"); /* RFC 3461 */
     if (c->ms->cfg->tls && !c->io.tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
     conn_reply(c, "250 ENHANCEDSTATUSCODES");
@@ -10662,10 +10903,12 @@ static void
 smtp_do_mail(struct conn *c, const char *args)
 {
     struct smtp_sess *s = &c->u.smtp;
-    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
+    char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX + MS_DSN_MAIL_EXTRA];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
+    struct dsn_mail dsn;
     int64_t size = 0;
-    int chaos;
+    int chaos, k;
+    memset(&dsn, 0, sizeof dsn);
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
     if ((chaos = chaos_fires(c->ms, CHAOS_SENDER)) != 0) { conn_reply(c, "%d Chaos: sender refused", chaos); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || (local[0] && !domain[0])) {
@@ -10694,6 +10937,8 @@ smtp_do_mail(struct conn *c, const char *args)
                 conn_reply(c, "501 5.5.4 Unsupported BODY type");
                 return;
             }
+        } else if ((k = dsn_mail_param(param, &dsn)) != 0) { /* RFC 3461 4.3, 4.4 */
+            if (k < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (RET, ENVID)"); return; }
         } else if (!ms_strncaseeq(param, "AUTH=", 5)) {
             conn_reply(c, "555 5.5.4 Unsupported parameter");
             return;
@@ -10718,8 +10963,34 @@ smtp_do_mail(struct conn *c, const char *args)
         conn_reply(c, "452 4.3.1 Insufficient system storage");
         return;
     }
+    s->dsn = dsn;
     s->state = SMTP_S_MAIL;
     conn_reply(c, "250 2.1.0 Ok");
+}
+
+/* The DSN request of the RCPT that added targets n0.. (RFC 3461 6.2.7): one
+ * mailbox keeps it (its SUCCESS is reported here once the message is
+ * durable if the mailbox is local, by the relay if not); an alias of
+ * several is "expanded" now (its SUCCESS is reported here) and its members
+ * keep the rest of it. */
+static void
+smtp_rcpt_dsn(struct conn *c, int n0, int notify, const char *orcpt, const char *local, const char *domain)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    int n = s->targets.n - n0;
+    struct dsn_note *d;
+    if (n <= 0) return; /* a mailbox already named: its first RCPT's request stands */
+    if ((notify & DSN_SUCCESS) && (n > 1 || !s->targets.remote[n0])) {
+        s->notes = xrealloc(s->notes, sizeof *s->notes * (size_t)(s->nnotes + 1));
+        d = &s->notes[s->nnotes++];
+        memset(d, 0, sizeof *d);
+        if (n == 1) ms_strlcpy(d->addr, s->targets.v[n0], sizeof d->addr);
+        else if (ms_fmt(d->addr, sizeof d->addr, "%s@%s", local, domain) < 0) ms_strlcpy(d->addr, local, sizeof d->addr);
+        ms_strlcpy(d->orcpt, orcpt, sizeof d->orcpt);
+        d->expanded = n > 1;
+        if (n > 1 && (notify &= ~DSN_SUCCESS) == 0) notify = DSN_NEVER;
+    }
+    targets_set_dsn(&s->targets, n0, notify, orcpt);
 }
 
 static void
@@ -10728,16 +10999,27 @@ smtp_do_rcpt(struct conn *c, const char *args)
     struct smtp_sess *s = &c->u.smtp;
     const struct ms_config *cfg = c->ms->cfg;
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], token[MS_LOCAL_MAX + 1], rcpt[MS_PATH_MAX];
+    char param[MS_SMTP_LINE_MAX + MS_DSN_RCPT_EXTRA], orcpt[MS_ORCPT_MAX + 1];
     const char *p = smtp_after_prefix(args, "TO:"), *rest;
     const struct cfg_list *l;
-    int r, kind, n0 = s->targets.n;
+    int r, kind, n0 = s->targets.n, notify = 0;
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || !local[0]) {
         /* RFC 5321 4.5.3.1.10: "501 Path too long"; RFC 3463 X.1.3: bad destination address syntax
          * (as Postfix's 501 5.1.3); refused here, never accepted and then lost (4.5.3.1.3) */
         conn_reply(c, "501 5.1.3 %s", p && !rest && errno == ENAMETOOLONG ? "Path too long" : "Bad recipient address syntax");
         return;
     }
-    if (*rest) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
+    orcpt[0] = 0;
+    while (*rest) { /* RFC 3461 4.1, 4.2: NOTIFY, ORCPT */
+        size_t n = strcspn(rest, " ");
+        memcpy(param, rest, n);
+        param[n] = 0;
+        rest += n;
+        while (*rest == ' ') rest++;
+        if (!s->esmtp) { conn_reply(c, "555 5.5.4 Parameters need EHLO"); return; }
+        if ((r = dsn_rcpt_param(param, &notify, orcpt)) == 0) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
+        if (r < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (NOTIFY, ORCPT)"); return; }
+    }
     if (s->nrcpt >= cfg->max_recipients) { conn_reply(c, "452 4.5.3 Too many recipients"); return; }
     if ((r = chaos_fires(c->ms, CHAOS_RCPT)) != 0) { conn_reply(c, "%d Chaos: recipient refused", r); return; }
     if (!domain[0]) {
@@ -10779,6 +11061,7 @@ smtp_do_rcpt(struct conn *c, const char *args)
         return;
     }
     if (r != RES_OK) { conn_reply(c, "550 5.4.6 Routing loop detected"); return; }
+    smtp_rcpt_dsn(c, n0, notify, orcpt, local, domain);
     if (!s->nrcpt && ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain) < 0)
         s->first_rcpt[0] = 0; /* <Postmaster> of a long first domain: Received: has no "for" (it is optional) */
     s->nrcpt++;
@@ -10815,6 +11098,7 @@ smtp_do_data(struct conn *c, const char *args)
         return;
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
+    s->msg.dsn = s->dsn;
     ms_rfc5322_date(date, sizeof date, s->msg.when);
     /* a growing buffer: with the longest sender, HELO name, host name and recipient the header
      * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
@@ -10946,6 +11230,33 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
     return 1;
 }
 
+/* The message is durable: the SUCCESS reports its RCPTs asked for (RFC 3461
+ * 6.2.7: "delivered" to a local mailbox, "expanded" for an alias of several),
+ * one report to the sender, never to <> (RFC 3461 6.2). */
+static void
+smtp_dsn_success(struct conn *c)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    struct dsn_item *it;
+    int i;
+    if (!s->nnotes || !s->from[0]) return;
+    if (c->ms->cfg->capture) { /* it stores what the application sent, and nothing of its own */
+        conn_log(c, "no success report for %s in capture mode", s->msg.id);
+        return;
+    }
+    it = xrealloc(NULL, sizeof *it * (size_t)s->nnotes);
+    for (i = 0; i < s->nnotes; i++) {
+        memset(&it[i], 0, sizeof it[i]);
+        it[i].addr = s->notes[i].addr;
+        it[i].orcpt = s->notes[i].orcpt;
+        it[i].action = s->notes[i].expanded ? "expanded" : "delivered";
+        it[i].status = "2.0.0";
+    }
+    if (dsn_report(c->ms, s->from, s->msg.id, s->dsn.envid, s->dsn.ret, s->msg.when, it, s->nnotes, s->msg.tmp_fd) != 0)
+        conn_log(c, "no success report for %s: it could not be stored", s->msg.id);
+    free(it);
+}
+
 /* The end of a group commit: the folders are fsynced (ok) or not. */
 static void
 smtp_group_committed(struct conn *c, int ok)
@@ -10972,6 +11283,7 @@ smtp_group_committed(struct conn *c, int ok)
         } else {
             conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
         }
+        smtp_dsn_success(c);
     } else if (ok && failed != &s->msg) { /* a post's mbox batch: as a post that failed at its delivery */
         store_rollback(s->undo, s->nundo);
         conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
@@ -11087,6 +11399,14 @@ smtp_line(struct conn *c, char *line, size_t len)
         if (s->auth_step != AUTH_NONE || ms_strncaseeq(line, "AUTH ", 5)) ms_visible(vis, sizeof vis, line, len > 10 ? 10 : len);
         else ms_visible(vis, sizeof vis, line, len);
         conn_log(c, "< %s", vis);
+    }
+    if (len + 2 > MS_SMTP_LINE_MAX) { /* with its CRLF; RFC 3461 4: DSN's MAIL and RCPT may be longer */
+        size_t extra = s->auth_step != AUTH_NONE ? 0 : ms_strncaseeq(line, "RCPT ", 5) ? MS_DSN_RCPT_EXTRA
+                     : ms_strncaseeq(line, "MAIL ", 5) ? MS_DSN_MAIL_EXTRA : 0;
+        if (len + 2 > MS_SMTP_LINE_MAX + extra) {
+            conn_say(c, SAY_LINE_TOO_LONG); /* an AUTH exchange goes on, as when conn_process refuses it */
+            return;
+        }
     }
     if (memchr(line, 0, len)) { conn_reply(c, "500 5.5.2 Syntax error (NUL)"); s->auth_step = AUTH_NONE; return; }
     if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }
@@ -16150,7 +16470,7 @@ struct mta_sess {
     int state, is_done;
     struct transport io;         /* the DNS query's socket, then the SMTP session's */
     char inbuf[1023];            /* io's input: a reply line */
-    int ext_size, ext_starttls, rcpt_at, naccepted, ntx;
+    int ext_size, ext_starttls, ext_dsn, rcpt_at, naccepted, ntx;
     int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
@@ -16306,7 +16626,7 @@ mta_connect(struct mta_sess *o)
     o->io.fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
     o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-    o->ext_size = o->ext_starttls = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = 0;
     if (o->io.fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
         o->io.deadline = 0; /* the timer moves on to the next address */
@@ -16456,13 +16776,48 @@ mta_set_accepted(struct mta_sess *o, int result, const char *reply)
     }
 }
 
+/* The DSN parameters passed on to a hop that offers DSN (RFC 3461 6.2):
+ * MAIL FROM's RET and ENVID, or RCPT TO's NOTIFY and ORCPT (r), each with
+ * its leading space; "" for a hop without DSN or when none were given. */
+static void
+mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char *out, size_t n)
+{
+    char notify[32];
+    out[0] = 0;
+    if (!o->ext_dsn) return;
+    if (!r) {
+        snprintf(out, n, "%s%s%s", o->e->ret == DSN_RET_FULL ? " RET=FULL" : o->e->ret == DSN_RET_HDRS ? " RET=HDRS" : "",
+                 o->e->envid[0] ? " ENVID=" : "", o->e->envid);
+        return;
+    }
+    dsn_notify_text(r->notify, notify, sizeof notify);
+    if (r->orcpt[0] || !r->notify) {
+        snprintf(out, n, "%s%s%s%s", notify[0] ? " NOTIFY=" : "", notify, r->orcpt[0] ? " ORCPT=" : "", r->orcpt);
+    } else { /* RFC 3461 4.2: a relay MAY add the ORCPT it was not given (as Postfix does) */
+        char x[MS_ORCPT_MAX + 1];
+        if (xtext_encode(r->addr, strlen(r->addr), x, sizeof x) < 0) x[0] = 0;
+        snprintf(out, n, " NOTIFY=%s%s%s", notify, x[0] ? " ORCPT=rfc822;" : "", x);
+    }
+}
+
 static void
 mta_mail_from(struct mta_sess *o)
 {
+    char dsn[MS_ENVID_MAX + 32];
     o->state = O_MAIL;
     o->naccepted = 0;
-    if (o->ext_size) mta_send(o, "MAIL FROM:<%s> SIZE=%lld", o->e->from, (long long)(o->e->size + o->e->lines));
-    else mta_send(o, "MAIL FROM:<%s>", o->e->from);
+    mta_dsn_params(o, NULL, dsn, sizeof dsn);
+    if (o->ext_size) mta_send(o, "MAIL FROM:<%s> SIZE=%lld%s", o->e->from, (long long)(o->e->size + o->e->lines), dsn);
+    else mta_send(o, "MAIL FROM:<%s>%s", o->e->from, dsn);
+}
+
+/* RCPT TO for the entry's recipient k, with its DSN parameters. */
+static void
+mta_rcpt_to(struct mta_sess *o, int k)
+{
+    char dsn[MS_ORCPT_MAX + 64];
+    mta_dsn_params(o, &o->e->r[k], dsn, sizeof dsn);
+    mta_send(o, "RCPT TO:<%s>%s", o->e->r[k].addr, dsn);
 }
 
 /* Opens the queued text before DATA, so a missing file never leaves the
@@ -16558,7 +16913,7 @@ mta_tls_progress(struct mta_sess *o)
 {
     if (o->state != O_TLS || !tls_done(o->io.tls)) return o->state != O_TLS;
     o->state = O_EHLO;
-    o->ext_size = o->ext_starttls = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = 0;
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
@@ -16629,7 +16984,7 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
         }
         if ((o->rcpt_at = mta_next_rcpt(o, 0)) < 0) { mta_quit(o); return; }
         o->state = O_RCPT;
-        mta_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr);
+        mta_rcpt_to(o, o->ri[o->rcpt_at]);
         return;
     case O_RCPT:
         r = &o->e->r[o->ri[o->rcpt_at]];
@@ -16637,7 +16992,7 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
         if (r->result != 2) ms_strlcpy(r->error, line, sizeof r->error);
         else o->naccepted++;
         o->rcpt_at = mta_next_rcpt(o, o->rcpt_at + 1);
-        if (o->rcpt_at >= 0) { mta_send(o, "RCPT TO:<%s>", o->e->r[o->ri[o->rcpt_at]].addr); return; }
+        if (o->rcpt_at >= 0) { mta_rcpt_to(o, o->ri[o->rcpt_at]); return; }
         if (o->naccepted && mta_open_body(o) == 0) { o->state = O_DATA; mta_send(o, "DATA"); return; }
         if (o->naccepted) mta_set_accepted(o, 4, "4.3.0 cannot read the queued message");
         mta_quit(o);
@@ -16654,6 +17009,11 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
                 if (r->result != 2) continue;
                 r->state = Q_DELIVERED;
                 mta_log(o, "relayed %s to=<%s> via %s: %s tls=%s", o->e->id, r->addr, o->hop, line, o->io.tls ? "yes" : "no");
+                if ((r->notify & DSN_SUCCESS) && !o->ext_dsn) { /* RFC 3461 6.2.6: we report it "relayed" */
+                    r->relayed = 1;
+                    ms_strlcpy(r->remote_mta, o->mx[o->mxi].host, sizeof r->remote_mta);
+                    ms_strlcpy(r->error, line, sizeof r->error);
+                }
             }
             if (mta_take_next(o) == 0) return;
         } else {
@@ -16695,6 +17055,7 @@ mta_read(struct mta_sess *o)
         if (o->state == O_EHLO && o->reply_code && line[3]) {
             if (ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
             if (ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
+            if (ms_strcaseeq(line + 4, "DSN")) o->ext_dsn = 1;
         }
         o->reply_code = last ? 0 : code;
         if (!last) continue;
@@ -16937,29 +17298,6 @@ queue_count_hops(const char *qdir, const char *id)
     return hops;
 }
 
-/* Appends the original header to a bounce (RFC 3464 text/rfc822-headers). */
-static void
-queue_add_headers(const char *qdir, const char *id, struct buf *b)
-{
-    char path[MS_PATH_FILE];
-    struct line_reader lr;
-    const char *line;
-    size_t len;
-    int complete, fd, first = 1;
-    int64_t off;
-    if (ms_fmt(path, sizeof path, "%s/%s.msg", qdir, id) < 0 || (fd = os_open(path, O_RDONLY, 0)) < 0) return;
-    lr_init(&lr, fd, 0, 65536);
-    while (lr_next(&lr, &line, &len, &complete, &off) == 1 && len) {
-        if (!(first && ms_strncaseeq(line, "Return-Path:", 12))) {
-            buf_add(b, line, len);
-            if (complete) buf_adds(b, "\n");
-        }
-        first = 0;
-    }
-    lr_free(&lr);
-    os_close(fd);
-}
-
 /* The enhanced status code (RFC 3463) in an error text, or class.0.0. */
 static void
 relay_status(const char *err, char *out, size_t n)
@@ -16974,72 +17312,188 @@ relay_status(const char *err, char *out, size_t n)
     }
 }
 
-/* One RFC 3464 report for the recipients refused in this round (result 5),
- * to the original sender; never for a message whose sender was <>.
- * -1: the report could not be stored (the caller keeps the entry to retry). */
+/* A decoded xtext value as one visible header line (RFC 3464 2.2.1, 2.3.1:
+ * Original-Envelope-Id and Original-Recipient carry it decoded). */
+static void
+dsn_decoded(const char *x, char *out, size_t n)
+{
+    char raw[MS_ORCPT_MAX + 1];
+    long k = xtext_decode(x, strlen(x), raw, sizeof raw);
+    ms_visible(out, n, k < 0 ? x : raw, k < 0 ? strlen(x) : (size_t)k);
+}
 
+/* Appends the original message to a report from fd (its Return-Path line
+ * left out): all of it (message/rfc822, RET=FULL) or its header
+ * (text/rfc822-headers). */
+static void
+dsn_add_original(struct store_msg *m, int fd, int full)
+{
+    struct line_reader lr;
+    struct os_stat st;
+    const char *line;
+    size_t len;
+    int complete, first = 1;
+    int64_t off;
+    if (os_fstat(fd, &st) != 0) return;
+    lr_init(&lr, fd, 0, full || st.size < MS_HEADER_MAX ? st.size : MS_HEADER_MAX);
+    while (lr_next(&lr, &line, &len, &complete, &off) == 1 && (len || full)) {
+        if (!(first && ms_strncaseeq(line, "Return-Path:", 12))) {
+            msg_write(m, line, len);
+            if (complete) msg_write(m, "\n", 1);
+        }
+        first = 0;
+    }
+    lr_free(&lr);
+}
+
+/* A delivery status notification (RFC 3464) from MAILER-DAEMON with the
+ * null sender (it never causes another: RFC 3461 6.2) to `to`, about the
+ * message in fd: failures (a bounce) or successes, by the items' Action.
+ * -1 if it could not be stored. */
 static int
-relay_bounce(struct mailsrv *ms, struct qentry *e)
+dsn_report(struct mailsrv *ms, const char *to, const char *about, const char *envid, int ret, time_t arrived,
+           const struct dsn_item *it, int n, int fd)
 {
     const struct ms_config *cfg = ms->cfg;
     struct targets t = {0};
     struct store_msg m;
     struct buf b = {0};
-    char date[64], arrival[64], status[16];
+    char date[64], arrival[64], vis[MS_ORCPT_MAX + 8];
     const char *err = NULL;
-    int i;
-    int rc = 0;
-    if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return 0; }
-    if (list_relay_bounce(ms, e)) return 0;
-    if (addr_targets(cfg, e->from, &t) != RES_OK || t.n == 0) {
-        ms_log(ms, "no bounce for %s: the sender <%s> cannot receive mail", e->id, e->from);
+    int i, rc = 0, failed = strcmp(it[0].action, "failed") == 0, full = ret == DSN_RET_FULL && fd >= 0;
+    if (addr_targets(cfg, to, &t) != RES_OK || t.n == 0) {
+        ms_log(ms, "no report for %s: the sender <%s> cannot receive mail", about, to);
         targets_free(&t);
         return 0;
     }
     memset(&m, 0, sizeof m);
     if (msg_open(ms, &m) != 0) {
-        ms_log(ms, "cannot write a bounce for %s: %s", e->id, strerror(errno));
+        ms_log(ms, "cannot write a report for %s: %s", about, strerror(errno));
         targets_free(&t);
         return -1;
     }
     ms_rfc5322_date(date, sizeof date, m.when);
-    ms_rfc5322_date(arrival, sizeof arrival, (time_t)e->arrived);
+    ms_rfc5322_date(arrival, sizeof arrival, arrived);
     buf_printf(&b, "Return-Path: <>\nFrom: Mail Delivery System <MAILER-DAEMON@%s>\nTo: <%s>\n"
-               "Subject: Undelivered Mail Returned to Sender\nDate: %s\nMessage-ID: <%s@%s>\n"
+               "Subject: %s\nDate: %s\nMessage-ID: <%s@%s>\n"
                "Auto-Submitted: auto-replied\nMIME-Version: 1.0\n"
                "Content-Type: multipart/report; report-type=delivery-status;\n\tboundary=\"%s/%s\"\n\n"
                "This is a MIME-encapsulated message.\n\n--%s/%s\nContent-Description: Notification\n"
-               "Content-Type: text/plain; charset=us-ascii\n\nThis is the mail system at host %s.\n\n"
-               "Your message could not be delivered to one or more recipients.\n\n",
-               cfg->hostname, e->from, date, m.id, cfg->hostname, m.id, cfg->hostname, m.id, cfg->hostname,
-               cfg->hostname);
-    for (i = 0; i < e->nr; i++)
-        if (e->r[i].result == 5 && e->r[i].state == Q_PENDING) buf_printf(&b, "<%s>: %s\n", e->r[i].addr, e->r[i].error);
+               "Content-Type: text/plain; charset=us-ascii\n\nThis is the mail system at host %s.\n\n%s\n\n",
+               cfg->hostname, to, failed ? "Undelivered Mail Returned to Sender" : "Successful Mail Delivery Report",
+               date, m.id, cfg->hostname, m.id, cfg->hostname, m.id, cfg->hostname, cfg->hostname,
+               failed ? "Your message could not be delivered to one or more recipients."
+                      : "Your message was delivered to the recipients below, or passed on to a system that\n"
+                        "sends no delivery reports (relayed) or to the members of an alias (expanded).");
+    for (i = 0; i < n; i++)
+        buf_printf(&b, "<%s>: %s\n", it[i].addr, failed ? it[i].diag : it[i].action);
     buf_printf(&b, "\n--%s/%s\nContent-Description: Delivery report\nContent-Type: message/delivery-status\n\n"
-               "Reporting-MTA: dns; %s\nX-Mailsrv-Queue-ID: %s\nArrival-Date: %s\n",
-               m.id, cfg->hostname, cfg->hostname, e->id, arrival);
-    for (i = 0; i < e->nr; i++) {
-        const struct qrcpt *q = &e->r[i];
-        if (q->result != 5 || q->state != Q_PENDING) continue;
-        relay_status(q->error, status, sizeof status);
-        buf_printf(&b, "\nFinal-Recipient: rfc822; %s\nAction: failed\nStatus: %s\n", q->addr, status);
-        if (isdigit((unsigned char)q->error[0]) && isdigit((unsigned char)q->error[1]) && q->error[3] == ' ')
-            buf_printf(&b, "Diagnostic-Code: smtp; %s\n", q->error);
-        else
-            buf_printf(&b, "Diagnostic-Code: X-mailsrv; %s\n", q->error);
+               "Reporting-MTA: dns; %s\n", m.id, cfg->hostname, cfg->hostname);
+    if (envid && envid[0]) {
+        dsn_decoded(envid, vis, sizeof vis);
+        buf_printf(&b, "Original-Envelope-Id: %s\n", vis);
     }
-    buf_printf(&b, "\n--%s/%s\nContent-Description: Undelivered Message Headers\nContent-Type: text/rfc822-headers\n\n",
-               m.id, cfg->hostname);
-    queue_add_headers(ms->qdir, e->id, &b);
+    buf_printf(&b, "X-Mailsrv-Queue-ID: %s\nArrival-Date: %s\n", about, arrival);
+    for (i = 0; i < n; i++) {
+        const struct dsn_item *d = &it[i];
+        buf_adds(&b, "\n");
+        if (d->orcpt && d->orcpt[0]) {
+            const char *semi = strchr(d->orcpt, ';');
+            dsn_decoded(semi ? semi + 1 : d->orcpt, vis, sizeof vis);
+            buf_printf(&b, "Original-Recipient: %.*s;%s\n", semi ? (int)(semi - d->orcpt) : 6, semi ? d->orcpt : "rfc822", vis);
+        }
+        buf_printf(&b, "Final-Recipient: rfc822; %s\nAction: %s\nStatus: %s\n", d->addr, d->action, d->status);
+        if (d->remote_mta && d->remote_mta[0]) buf_printf(&b, "Remote-MTA: dns; %s\n", d->remote_mta);
+        if (d->diag && d->diag[0]) {
+            if (isdigit((unsigned char)d->diag[0]) && isdigit((unsigned char)d->diag[1]) && d->diag[3] == ' ')
+                buf_printf(&b, "Diagnostic-Code: smtp; %s\n", d->diag);
+            else
+                buf_printf(&b, "Diagnostic-Code: X-mailsrv; %s\n", d->diag);
+        }
+    }
+    buf_printf(&b, "\n--%s/%s\nContent-Description: %s\nContent-Type: %s\n\n", m.id, cfg->hostname,
+               full ? (failed ? "Undelivered Message" : "Delivered Message")
+                    : (failed ? "Undelivered Message Headers" : "Message Headers"),
+               full ? "message/rfc822" : "text/rfc822-headers");
+    msg_write(&m, b.p, b.len);
+    b.len = 0;
+    if (fd >= 0) dsn_add_original(&m, fd, full);
     buf_printf(&b, "\n--%s/%s--\n", m.id, cfg->hostname);
     msg_write(&m, b.p, b.len);
     if (msg_inject(ms, &m, &t, &err) != 0) {
-        ms_log(ms, "cannot store the bounce for %s: %s (%s)", e->id, err ? err : "write error", strerror(errno));
+        ms_log(ms, "cannot store the report for %s: %s (%s)", about, err ? err : "write error", strerror(errno));
         rc = -1;
     } else
-        ms_log(ms, "bounce for %s sent to <%s> as %s", e->id, e->from, m.id);
+        ms_log(ms, "%s for %s sent to <%s> as %s", failed ? "bounce" : "success report", about, to, m.id);
     buf_free(&b);
     targets_free(&t);
+    return rc;
+}
+
+/* One RFC 3464 report for the recipients refused in this round (result 5)
+ * whose NOTIFY allows it (absent or with FAILURE: RFC 3461 4.1), to the
+ * original sender; never for a message whose sender was <>.
+ * -1: the report could not be stored (the caller keeps the entry to retry). */
+static int
+relay_bounce(struct mailsrv *ms, struct qentry *e)
+{
+    char path[MS_PATH_FILE], (*status)[16];
+    struct dsn_item *it;
+    int i, n = 0, fd = -1, rc;
+    if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return 0; }
+    if (list_relay_bounce(ms, e)) return 0;
+    it = xrealloc(NULL, sizeof *it * (size_t)e->nr);
+    status = xrealloc(NULL, sizeof *status * (size_t)e->nr);
+    for (i = 0; i < e->nr; i++) {
+        const struct qrcpt *q = &e->r[i];
+        if (q->result != 5 || q->state != Q_PENDING) continue;
+        if (q->notify && !(q->notify & DSN_FAILURE)) {
+            ms_log(ms, "no bounce for %s to=<%s>: NOTIFY=%s", e->id, q->addr, q->notify & DSN_NEVER ? "NEVER" : "without FAILURE");
+            continue;
+        }
+        relay_status(q->error, status[n], sizeof status[n]);
+        memset(&it[n], 0, sizeof it[n]);
+        it[n].addr = q->addr;
+        it[n].orcpt = q->orcpt;
+        it[n].action = "failed";
+        it[n].status = status[n];
+        it[n].diag = q->error;
+        n++;
+    }
+    if (n && ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0) fd = os_open(path, O_RDONLY, 0);
+    rc = n ? dsn_report(ms, e->from, e->id, e->envid, e->ret, (time_t)e->arrived, it, n, fd) : 0;
+    if (fd >= 0) os_close(fd);
+    free(it);
+    free(status);
+    return rc;
+}
+
+/* A report for the recipients a hop without DSN accepted in this round that
+ * asked for SUCCESS (RFC 3461 6.2.6: "relayed"). As relay_bounce. */
+static int
+relay_success_report(struct mailsrv *ms, struct qentry *e)
+{
+    char path[MS_PATH_FILE];
+    struct dsn_item *it;
+    int i, n = 0, fd = -1, rc;
+    if (!e->from[0]) return 0;
+    it = xrealloc(NULL, sizeof *it * (size_t)e->nr);
+    for (i = 0; i < e->nr; i++) {
+        const struct qrcpt *q = &e->r[i];
+        if (!q->relayed) continue;
+        memset(&it[n], 0, sizeof it[n]);
+        it[n].addr = q->addr;
+        it[n].orcpt = q->orcpt;
+        it[n].action = "relayed";
+        it[n].status = "2.0.0";
+        it[n].remote_mta = q->remote_mta;
+        it[n].diag = q->error;
+        n++;
+    }
+    if (n && ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0) fd = os_open(path, O_RDONLY, 0);
+    rc = n ? dsn_report(ms, e->from, e->id, e->envid, e->ret, (time_t)e->arrived, it, n, fd) : 0;
+    if (fd >= 0) os_close(fd);
+    free(it);
     return rc;
 }
 
@@ -17095,13 +17549,16 @@ relay_finish(struct mailsrv *ms, struct qentry *e)
         pending += refused;
         refused = 0;
     }
+    if (relay_success_report(ms, e) != 0) /* they are delivered: not tried again for a report */
+        ms_log(ms, "no success report for %s: it could not be stored", e->id);
     for (i = 0; i < e->nr; i++) {
         struct qrcpt *r = &e->r[i];
         if (r->state == Q_PENDING && r->result == 5 && refused) {
             r->state = Q_BOUNCED;
             ms_log(ms, "bounced %s to=<%s>: %s", e->id, r->addr, r->error);
         }
-        r->result = 0;
+        if (r->relayed) r->error[0] = 0; /* the 250 was only for the report: not a failure to keep */
+        r->result = r->relayed = 0;
     }
     ms->relay_kick = 1;
     if (!pending) { relay_remove(ms, e); return; }

@@ -289,7 +289,8 @@ class FakeDNS:
 
 class SmtpSink:
     """A receiving SMTP server recording each completed transaction as a dict:
-    mail_from, params (MAIL parameters), rcpts (accepted ones), data (un-dot-stuffed, CRLF), helo, helo_verb, peer.
+    mail_from, params (MAIL parameters), rcpts (accepted ones), rcpt_params (their RCPT parameters, in turn),
+    data (un-dot-stuffed, CRLF), helo, helo_verb, peer.
 
     Behaviour knobs (plain attributes, change them any time):
       greeting      first line sent ("220 ..."); a 421 greeting closes, another non-2xx answers 503 to all but QUIT
@@ -414,7 +415,7 @@ class SmtpSink:
             return
         refusing = not greet.startswith("2")
         helo = helo_verb = mail_from = None
-        params, rcpts = "", []
+        params, rcpts, rparams = "", [], []
         while True:
             raw = f.readline(4096)
             if not raw:
@@ -433,7 +434,7 @@ class SmtpSink:
                     self._log("ehlo", arg, "502")
                     send("502 5.5.2 EHLO not supported")
                     continue
-                helo, helo_verb, mail_from, rcpts = arg, "EHLO", None, []
+                helo, helo_verb, mail_from, rcpts, rparams = arg, "EHLO", None, [], []
                 self._log("ehlo", arg, "250")
                 lines = [self.name] + self.extensions
                 if self.tls_context and not tls:
@@ -450,7 +451,7 @@ class SmtpSink:
                 if r.startswith("2"):
                     path = arg.split(":", 1)[1].strip() if ":" in arg else ""
                     mail_from, _, params = path.partition(" ")
-                    mail_from, rcpts = mail_from.strip("<>"), []
+                    mail_from, rcpts, rparams = mail_from.strip("<>"), [], []
                 send(r)
             elif verb == "RCPT":
                 addr = (arg.split(":", 1)[1].strip() if ":" in arg else "").split(" ")[0].strip("<>")
@@ -458,6 +459,7 @@ class SmtpSink:
                 self._log("rcpt", addr, r)
                 if r.startswith("2"):
                     rcpts.append(addr)
+                    rparams.append(arg.split(">", 1)[1].strip() if ">" in arg else "")
                 send(r)
             elif verb == "DATA":
                 if mail_from is None or not rcpts:
@@ -479,6 +481,7 @@ class SmtpSink:
                 if r.startswith("2"):
                     with self.cond:
                         self.messages.append({"mail_from": mail_from, "params": params, "rcpts": list(rcpts),
+                                              "rcpt_params": list(rparams),
                                               "data": data, "helo": helo, "helo_verb": helo_verb, "peer": peer,
                                               "tls": tls})
                 self._log("data", "", r)

@@ -116,6 +116,91 @@ test_smtp_path(void)
     }
 }
 
+/* RFC 3461: xtext (4), MAIL FROM's RET and ENVID (4.3, 4.4), RCPT TO's NOTIFY and ORCPT (4.1, 4.2). */
+static void
+test_dsn_params(void)
+{
+    char out[64], orcpt[MS_ORCPT_MAX + 1], big[700];
+    struct dsn_mail d;
+    int notify;
+    ASSERT(xtext_decode("a+2Bb+3Dc", 9, out, sizeof out) == 5 && strcmp(out, "a+b=c") == 0);
+    ASSERT(xtext_decode("", 0, out, sizeof out) == 0 && !out[0]);
+    ASSERT(xtext_decode("a+2b", 4, out, sizeof out) < 0);     /* hex digits are upper case */
+    ASSERT(xtext_decode("a+2", 3, out, sizeof out) < 0);      /* cut short */
+    ASSERT(xtext_decode("a+", 2, out, sizeof out) < 0);
+    ASSERT(xtext_decode("a=b", 3, out, sizeof out) < 0);      /* "=" is never itself */
+    ASSERT(xtext_decode("a b", 3, out, sizeof out) < 0);      /* nor a space */
+    ASSERT(xtext_decode("+00", 3, out, sizeof out) < 0);      /* no NUL */
+    ASSERT(xtext_decode("abcd", 4, out, 4) < 0);              /* does not fit */
+    ASSERT(xtext_decode("abc", 3, out, 4) == 3);
+    ASSERT(xtext_encode("a+b=c d\xe9", 8, out, sizeof out) == 16 && strcmp(out, "a+2Bb+3Dc+20d+E9") == 0);
+    ASSERT(xtext_encode("a b", 3, out, 5) < 0 && xtext_encode("a b", 3, out, 6) == 5);
+    { /* every octet but NUL survives the round trip */
+        char raw[255], enc[800], dec[256];
+        int i;
+        for (i = 0; i < 255; i++) raw[i] = (char)(i + 1);
+        ASSERT(xtext_encode(raw, 255, enc, sizeof enc) > 0);
+        ASSERT(xtext_decode(enc, strlen(enc), dec, sizeof dec) == 255 && memcmp(raw, dec, 255) == 0);
+    }
+    memset(&d, 0, sizeof d);
+    ASSERT(dsn_mail_param("SIZE=10", &d) == 0 && dsn_mail_param("AUTH=<>", &d) == 0);
+    ASSERT(dsn_mail_param("ret=hdrs", &d) == 1 && d.ret == DSN_RET_HDRS);
+    ASSERT(dsn_mail_param("RET=FULL", &d) < 0);               /* twice */
+    memset(&d, 0, sizeof d);
+    ASSERT(dsn_mail_param("RET=FULL", &d) == 1 && d.ret == DSN_RET_FULL);
+    ASSERT(dsn_mail_param("ENVID=QQ+2B1", &d) == 1 && strcmp(d.envid, "QQ+2B1") == 0);
+    ASSERT(dsn_mail_param("ENVID=x", &d) < 0);
+    memset(&d, 0, sizeof d);
+    ASSERT(dsn_mail_param("RET=", &d) < 0 && dsn_mail_param("RET=BODY", &d) < 0);
+    ASSERT(dsn_mail_param("ENVID=", &d) < 0 && dsn_mail_param("ENVID=a+2", &d) < 0 && dsn_mail_param("ENVID=a=b", &d) < 0);
+    memset(big, 'e', sizeof big);
+    memcpy(big, "ENVID=", 6);
+    big[6 + 100] = 0;
+    ASSERT(dsn_mail_param(big, &d) == 1);                    /* 100 characters (4.4) */
+    memset(&d, 0, sizeof d);
+    big[6 + 100] = 'e';
+    big[6 + 101] = 0;
+    ASSERT(dsn_mail_param(big, &d) < 0);
+    notify = 0;
+    orcpt[0] = 0;
+    ASSERT(dsn_rcpt_param("SIZE=1", &notify, orcpt) == 0);
+    ASSERT(dsn_rcpt_param("NOTIFY=success,Failure", &notify, orcpt) == 1 && notify == (DSN_SUCCESS | DSN_FAILURE));
+    ASSERT(dsn_rcpt_param("NOTIFY=DELAY", &notify, orcpt) < 0); /* twice */
+    notify = 0;
+    ASSERT(dsn_rcpt_param("NOTIFY=NEVER", &notify, orcpt) == 1 && notify == DSN_NEVER);
+    notify = 0;
+    ASSERT(dsn_rcpt_param("NOTIFY=NEVER,SUCCESS", &notify, orcpt) < 0 && dsn_rcpt_param("NOTIFY=SUCCESS,NEVER", &notify, orcpt) < 0);
+    ASSERT(dsn_rcpt_param("NOTIFY=", &notify, orcpt) < 0 && dsn_rcpt_param("NOTIFY=SUCCESS,", &notify, orcpt) < 0);
+    ASSERT(dsn_rcpt_param("NOTIFY=,SUCCESS", &notify, orcpt) < 0 && dsn_rcpt_param("NOTIFY=SUCCESS,SUCCESS", &notify, orcpt) < 0);
+    ASSERT(dsn_rcpt_param("NOTIFY=SOMETIMES", &notify, orcpt) < 0 && notify == 0);
+    ASSERT(dsn_rcpt_param("NOTIFY=DELAY,FAILURE,SUCCESS", &notify, orcpt) == 1);
+    dsn_notify_text(notify, out, sizeof out);
+    ASSERT(strcmp(out, "SUCCESS,FAILURE,DELAY") == 0);
+    dsn_notify_text(DSN_NEVER, out, sizeof out);
+    ASSERT(strcmp(out, "NEVER") == 0);
+    dsn_notify_text(DSN_SUCCESS | DSN_DELAY, out, sizeof out);
+    ASSERT(strcmp(out, "SUCCESS,DELAY") == 0);
+    dsn_notify_text(DSN_DELAY, out, sizeof out);
+    ASSERT(strcmp(out, "DELAY") == 0);
+    dsn_notify_text(0, out, sizeof out);
+    ASSERT(!out[0]);
+    ASSERT(dsn_rcpt_param("ORCPT=rfc822;a+2Bb@c", &notify, orcpt) == 1 && strcmp(orcpt, "rfc822;a+2Bb@c") == 0);
+    ASSERT(dsn_rcpt_param("ORCPT=rfc822;x@y", &notify, orcpt) < 0); /* twice */
+    orcpt[0] = 0;
+    ASSERT(dsn_rcpt_param("ORCPT=a@b", &notify, orcpt) < 0);       /* no addr-type */
+    ASSERT(dsn_rcpt_param("ORCPT=;a@b", &notify, orcpt) < 0 && dsn_rcpt_param("ORCPT=rfc822;", &notify, orcpt) < 0);
+    ASSERT(dsn_rcpt_param("ORCPT=rf c;a@b", &notify, orcpt) < 0 && dsn_rcpt_param("ORCPT=rfc822;a=b", &notify, orcpt) < 0);
+    ASSERT(dsn_rcpt_param("ORCPT=rfc822;a+4", &notify, orcpt) < 0 && !orcpt[0]);
+    memset(big, 'o', sizeof big);
+    memcpy(big, "ORCPT=rfc822;", 13);
+    big[6 + 500] = 0;
+    ASSERT(dsn_rcpt_param(big, &notify, orcpt) == 1 && strlen(orcpt) == 500); /* 500 characters (4.2) */
+    orcpt[0] = 0;
+    big[6 + 500] = 'o';
+    big[6 + 501] = 0;
+    ASSERT(dsn_rcpt_param(big, &notify, orcpt) < 0);
+}
+
 static void
 test_cmd_split(void)
 {
@@ -563,6 +648,56 @@ test_queue_files(void)
         fclose(f);
         ASSERT(queue_env_read(dir, "bad") == NULL);
         unlink(path);
+    }
+    { /* DSN lines (RFC 3461): written only when given, read back; an older entry stays readable */
+        FILE *f;
+        char path[100], text[2048];
+        struct buf b = {0};
+        e.ret = DSN_RET_HDRS;
+        strcpy(e.envid, "QQ+2Bid");
+        r[0].notify = DSN_SUCCESS | DSN_DELAY;
+        strcpy(r[0].orcpt, "rfc822;bob+40remote.test");
+        r[1].notify = DSN_NEVER;
+        queue_env_text(&e, &b);
+        ASSERT(b.p && strstr(b.p, "ret hdrs\nenvid QQ+2Bid\n") != NULL);
+        ASSERT(b.p && strstr(b.p, "rcpt pending Bob@remote.test\ndsn SUCCESS,DELAY rfc822;bob+40remote.test\n") != NULL);
+        ASSERT(b.p && strstr(b.p, "no such user\ndsn NEVER -\n") != NULL);
+        buf_free(&b);
+        ASSERT(queue_env_update(dir, &e) == 0);
+        back = queue_env_read(dir, e.id);
+        ASSERT(back != NULL);
+        if (back) {
+            ASSERT(back->ret == DSN_RET_HDRS && strcmp(back->envid, "QQ+2Bid") == 0 && back->nr == 2);
+            ASSERT(back->r[0].notify == (DSN_SUCCESS | DSN_DELAY) && strcmp(back->r[0].orcpt, "rfc822;bob+40remote.test") == 0);
+            ASSERT(back->r[1].notify == DSN_NEVER && !back->r[1].orcpt[0] && back->r[1].state == Q_BOUNCED);
+            qentry_free(back);
+        }
+        snprintf(path, sizeof path, "%s/old.env", dir);
+        f = fopen(path, "wb");
+        fputs("mailsrv-queue 1\nfrom <a@b.c>\narrived 5\nrcpt pending x@y.z\n", f);
+        fclose(f);
+        back = queue_env_read(dir, "old");
+        ASSERT(back && back->nr == 1 && !back->ret && !back->envid[0] && !back->r[0].notify && !back->r[0].orcpt[0]);
+        qentry_free(back);
+        static const char *const bad[] = {"dsn SUCCESS -\nrcpt pending x@y.z\n", "rcpt pending x@y.z\ndsn NEVER,SUCCESS -\n",
+                                          "rcpt pending x@y.z\ndsn - bad\n", "rcpt pending x@y.z\ndsn -\n",
+                                          "rcpt pending x@y.z\nret some\n", "rcpt pending x@y.z\nenvid a=b\n",
+                                          "rcpt pending x@y.z\ndsn FAILURE -\ndsn FAILURE -\n"};
+        for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+            snprintf(text, sizeof text, "mailsrv-queue 1\nfrom <a@b.c>\n%s", bad[k]);
+            f = fopen(path, "wb");
+            fputs(text, f);
+            fclose(f);
+            ASSERT(queue_env_read(dir, "old") == NULL);
+        }
+        unlink(path);
+        e.ret = 0;
+        e.envid[0] = 0;
+        memset(r, 0, sizeof r);
+        strcpy(r[0].addr, "Bob@remote.test");
+        r[1].state = Q_BOUNCED;
+        strcpy(r[1].addr, "x@nomail.test");
+        strcpy(r[1].error, "550 5.1.1 <x@nomail.test>: no such user");
     }
     {
         char st[16];
@@ -2184,6 +2319,7 @@ main(void)
 {
     test_data_rx();
     test_smtp_path();
+    test_dsn_params();
     test_cmd_split();
     test_crypto();
     test_config();

@@ -1,6 +1,7 @@
 /* libFuzzer: one SMTP or POP3 command line as the sessions parse it:
  * cmd_split (verb and arguments), smtp_parse_path (MAIL FROM / RCPT TO),
- * pop_parse_num, the mboxrd From_ test and the log escaper. */
+ * the DSN parameters and xtext (RFC 3461), pop_parse_num, the mboxrd From_
+ * test and the log escaper. */
 #define MAILSRV_NO_MAIN
 #include "../../mailsrv.c"
 #include "fuzz.h"
@@ -16,6 +17,26 @@ check_path(const char *s)
     assert(!domain[0] || local[0]); /* no "@domain" without a local part */
 }
 
+static void
+check_dsn(const char *s, size_t n)
+{
+    struct dsn_mail d;
+    char orcpt[MS_ORCPT_MAX + 1], dec[MS_SMTP_LINE_MAX], enc[3 * MS_SMTP_LINE_MAX + 1], dec2[MS_SMTP_LINE_MAX];
+    int notify = 0;
+    long k;
+    memset(&d, 0, sizeof d);
+    orcpt[0] = 0;
+    if (dsn_mail_param(s, &d) > 0) assert(d.ret || (strlen(d.envid) && strlen(d.envid) <= MS_ENVID_MAX));
+    if (dsn_rcpt_param(s, &notify, orcpt) > 0) {
+        assert(notify || (strchr(orcpt, ';') && strlen(orcpt) <= MS_ORCPT_MAX));
+        assert(!(notify & DSN_NEVER) || notify == DSN_NEVER);
+    }
+    if ((k = xtext_decode(s, n, dec, sizeof dec)) >= 0) { /* decode, encode, decode: the same octets */
+        long e = xtext_encode(dec, (size_t)k, enc, sizeof enc);
+        assert((size_t)k <= n && e >= 0 && xtext_decode(enc, (size_t)e, dec2, sizeof dec2) == k && memcmp(dec, dec2, (size_t)k) == 0);
+    }
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -29,6 +50,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if ((p = smtp_after_prefix(args, "FROM:")) != NULL) check_path(p);
     if ((p = smtp_after_prefix(args, "TO:")) != NULL) check_path(p);
     check_path(args);
+    check_dsn(line, strlen(line));
     args = cmd_split(args, mech, sizeof mech); /* AUTH MECH initial-response */
     args = cmd_split(line, pverb, sizeof pverb); /* POP3 */
     k = pop_parse_num(args, 1000);
