@@ -11582,7 +11582,7 @@ pop_pump(struct conn *c)
         if (complete) {
             buf_adds(&c->io.out, "\r\n");
             if (p->st_bol && p->st_in_head && len == 0) p->st_in_head = 0;
-            else if (p->st_bol && !p->st_in_head && p->st_body_left > 0) p->st_body_left--;
+            else if (!p->st_in_head && p->st_body_left > 0) p->st_body_left--; /* a long line's last piece too */
         }
         p->st_bol = complete;
     }

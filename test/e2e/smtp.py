@@ -145,7 +145,7 @@ def long_text_line(ctx, storage):
     """Issue 18.2: text lines over 998 octets are accepted (as Postfix does; 500 5.5.2 before) and
     stored as sent, one of 1,500 and one of 100,000 octets (this one dot-stuffed and with "From "
     where the line reader's 16 KB pieces meet, which must not look like a line start to the mbox code):
-    POP3 RETR gives them back whole (RFC 1939 has no line limit). 998 + CRLF stays intact."""
+    POP3 RETR and TOP give them back whole (RFC 1939 has no line limit). 998 + CRLF stays intact."""
     srv = ctx.server(storage=storage, server={"max_message_size": "1M"}).start()
     c = srv.smtp()
     t = tok()
@@ -164,6 +164,12 @@ def long_text_line(ctx, storage):
     by = {g["token"]: g["data"] for g in got}
     check_message(by[t], msg)
     check_message(by[t2], msg2)
+    p = srv.pop("alice@example.test")
+    n = [g["n"] for g in got if g["token"] == t][0]
+    top = p.top(n, 3)
+    check(top.endswith(b"\r\n\r\nbefore\r\n" + LONG_1500.encode() + b"\r\n" + big.encode() + b"\r\n"),
+          "TOP %d 3: %s" % (n, short(top[-200:], 200)))
+    p.quit()
 
 
 @test()
