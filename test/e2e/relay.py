@@ -691,6 +691,42 @@ def relay_8bit_downgrade(ctx, storage):
 
 
 @test()
+def relay_queue_entry_without_body_facts(ctx):
+    """Issue 18: a queue entry written before issue 18 (no `body` or `longlines` line in ID.env) is
+    taken as 8-bit with long lines, never scanned: it goes declared BODY=8BITMIME, its text as
+    quoted-printable that decodes to the text queued. An entry saying `body 7bit` goes unchanged."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server()
+    os.makedirs(srv.queue, exist_ok=True)
+    toks = {}
+    for name, extra in (("old", ""), ("new", "body 7bit\n")):
+        t = toks[name] = tok()
+        qid = "1700000000.M00000%sP1Q1" % ("1" if name == "old" else "2")
+        text = ("Received: from x ([127.0.0.1])\n\tby test.local (mailsrv) with ESMTP id %s;\n\tMon, 1 Jan 2024 00:00:00 +0000\n"
+                "Subject: %s entry\nX-Test-Token: %s\n\nplain = text %s\n.dot\n" % (qid, name, t, t)).encode()
+        with open(os.path.join(srv.queue, qid + ".msg"), "wb") as f:
+            f.write(text)
+        with open(os.path.join(srv.queue, qid + ".env"), "w") as f:
+            f.write("mailsrv-queue 1\nfrom <%s>\narrived %d\ntries 0\nnext 0\nsize %d\nlines 6\n%srcpt pending user@remote.test\n"
+                    % (SENDER, int(time.time()), len(text), extra))
+    srv.start()
+    got = {token_of(g["data"]): g for g in sink_wait(sink, 2, 15)}
+    check(set(got) == set(toks.values()), "the sink got %s" % sorted(got))
+    old, new = got[toks["old"]], got[toks["new"]]
+    check("BODY=8BITMIME" in old["params"].split(), "old entry: MAIL parameters %r" % old["params"])
+    m = email.message_from_bytes(old["data"])
+    check(m["Content-Transfer-Encoding"] == "quoted-printable", "old entry not converted: %s" % short(old["data"], 300))
+    check(m.get_payload(decode=True).replace(b"\r\n", b"\n") == ("plain = text %s\n.dot\n" % toks["old"]).encode(),
+          "old entry decodes to %s" % short(m.get_payload(decode=True)))
+    check("BODY=" not in new["params"], "7bit entry: MAIL parameters %r" % new["params"])
+    check(new["data"].endswith(("\r\n\r\nplain = text %s\r\n.dot\r\n" % toks["new"]).encode()),
+          "7bit entry changed: %s" % short(new["data"], 300))
+    wait_queue_empty(srv)
+
+
+@test()
 def relay_mx_ipv6(ctx):
     need_ipv6()
     net = Net(ctx)
