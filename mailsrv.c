@@ -10844,6 +10844,7 @@ smtp_tx_reset(struct conn *c)
         os_unlink(s->msg.tmp_path);
     }
     s->msg.tmp_fd = -1;
+    s->msg.body_known = s->msg.eightbit = s->msg.longlines = 0; /* a receipt that does not say: the worst case */
     free(s->wbuf);
     s->wbuf = NULL;
     s->wlen = 0;
