@@ -16861,6 +16861,9 @@ mta_open_body(struct mta_sess *o)
     o->body_eof = 0;
     /* converted (mime_conv) when it has 8-bit text and the hop lacks 8BITMIME (RFC 6152 3), or
      * lines over 998 octets (RFC 5321 4.5.3.1.6); an entry without the facts: both assumed */
+    free(o->mc);
+    o->mc = NULL;
+    o->cout.len = 0;
     if ((o->e->body != Q_BODY_7BIT && !o->ext_8bitmime) || o->e->longlines || o->e->body == Q_BODY_UNKNOWN) {
         o->mc = xrealloc(NULL, sizeof *o->mc);
         mc_init(o->mc, o->e->body != Q_BODY_7BIT && !o->ext_8bitmime);
