@@ -6813,8 +6813,10 @@ struct store_msg {
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
     int write_failed;          /* msg_write: a write failed */
-    int body_known;            /* eightbit and longlines were seen at receipt (else the relay assumes both) */
+    int body_known;            /* eightbit and longlines were seen at receipt or by msg_write (else the relay
+                                * assumes both) */
     int eightbit, longlines;   /* the text has an octet over 127; a line over 998 octets */
+    size_t line_len;           /* msg_write: octets of the line written so far */
     const char *commit_err;    /* its mbox batch failed in the group commit (store_commit_mbox): why */
     int commit_errno;
 };
@@ -7274,7 +7276,7 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
  * it is replaced atomically. A .msg without its .env is a crashed receipt. */
 enum { Q_PENDING, Q_DELIVERED, Q_BOUNCED };
 /* The optional `body 7bit|8bit` line (and `longlines`) came with issue 18: an entry without it
- * (older, or a message the server wrote itself) is taken as 8-bit with long lines, the worst case:
+ * (older, or a receipt that did not record it) is taken as 8-bit with long lines, the worst case:
  * the relay then converts it for a hop without 8BITMIME, harmless for 7-bit text (no scan of the file). */
 enum { Q_BODY_UNKNOWN, Q_BODY_7BIT, Q_BODY_8BIT };
 static const char *const q_state_names[] = {"pending", "delivered", "bounced"};
@@ -10787,7 +10789,13 @@ msg_write(struct store_msg *m, const char *p, size_t n)
     size_t i;
     if (m->write_failed || os_write_all(m->tmp_fd, p, n) < 0) { m->write_failed = 1; return -1; }
     m->size += (int64_t)n;
-    for (i = 0; i < n; i++) m->lines += p[i] == '\n';
+    for (i = 0; i < n; i++) { /* and what the relay needs to know of it (mime_conv), as DATA's end records */
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '\n') { m->lines++; m->line_len = 0; continue; }
+        if (ch & 0x80) m->eightbit = 1;
+        if (++m->line_len > MS_TEXT_LINE_MAX - 2) m->longlines = 1;
+    }
+    m->body_known = 1; /* every octet of a message the server writes passes here */
     return 0;
 }
 

@@ -445,6 +445,9 @@ def relay_bounce_to_remote_sender(ctx):
     check(got[0]["mail_from"] == "", "bounce sent with MAIL FROM:<%s>, expected <>" % got[0]["mail_from"])
     check(got[0]["rcpts"] == ["someone@far.test"], "bounce to %s" % got[0]["rcpts"])
     check_dsn(got[0]["data"], {"nobody@remote.test": "5.1.1"}, t, diag="550 5.1.1", stored=False)
+    # issue 18: the server knows what it wrote (7-bit, short lines): sent as it is, undeclared
+    check("BODY=" not in got[0]["params"] and b"quoted-printable" not in got[0]["data"],
+          "the bounce was declared 8-bit or converted: %r %s" % (got[0]["params"], short(got[0]["data"], 300)))
     wait_queue_empty(srv)
     check(len(home.messages) == 1 and dest.messages == [], "extra messages: %d at home, %d at dest"
           % (len(home.messages), len(dest.messages)))
