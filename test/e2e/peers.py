@@ -15,7 +15,7 @@ from .harness import (BOTH, Net, SENDER, TestFailure, accepts, check, free_ports
                       mbox_path, need_native, need_program, need_root, secs, short, test, tok, token_of,
                       wait_for)
 from .cli import read
-from .relay import (LONG_TEXT, bounces, check_7bit_text, check_dsn, check_leaves, check_relayed, mime_8bit,
+from .relay import (bounces, check_7bit_text, check_dsn, check_leaves, check_relayed, mime_8bit,
                     mime_leaf_payloads, queue_cli, relay_mail, sink_wait, wait_queue_empty)
 from .tls import make_cert
 from .lists import LIST, confirm, list_req, local_confirmation, members
