@@ -5808,7 +5808,10 @@ search_parse(const char *q, struct search_term *t, int max)
  *    smtp_line_length_limit does (base64 decoders skip the space, RFC 2045 6.8);
  *    a quoted-printable part's line gets a soft break ("=" LF) instead, never
  *    inside an =XX, so that it decodes to the same octets.
- * A multipart's preamble and epilogue are left as they are (folded if long).
+ * A multipart's preamble and epilogue are left as they are (broken if long; 8-bit
+ * octets there: an error for a 7-bit hop). While a header is converted, its
+ * Content-Transfer-Encoding field is kept back and goes out (as it was, or
+ * replaced) at the header's end: fields may come in any order (RFC 5322 3.6).
  */
 #define MC_LINE_MAX 998          /* RFC 5321 4.5.3.1.6: a text line without its CRLF */
 #define MC_QP_LINE 76            /* RFC 2045 6.7 (5): an encoded line, with its soft break's "=" */
