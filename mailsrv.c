@@ -16839,11 +16839,11 @@ mta_set_accepted(struct mta_sess *o, int result, const char *reply)
 static void
 mta_mail_from(struct mta_sess *o)
 {
-    o->state = O_MAIL;
-    o->naccepted = 0;
     /* RFC 6152 2: 8-bit text is declared (an entry of unknown text is taken as 8-bit); to a hop
      * without 8BITMIME it goes converted to 7 bits (mta_open_body) and undeclared */
     const char *body = o->ext_8bitmime && o->e->body != Q_BODY_7BIT ? " BODY=8BITMIME" : "";
+    o->state = O_MAIL;
+    o->naccepted = 0;
     if (o->ext_size) mta_send(o, "MAIL FROM:<%s>%s SIZE=%lld", o->e->from, body, (long long)(o->e->size + o->e->lines));
     else mta_send(o, "MAIL FROM:<%s>%s", o->e->from, body);
 }
