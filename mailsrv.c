@@ -1974,7 +1974,8 @@ static void mta_set_accepted(struct mta_sess *o, int result, const char *reply);
 static void mta_mail_from(struct mta_sess *o);
 static int mta_open_body(struct mta_sess *o);
 static int mta_body_line(struct mta_sess *o, const char **line, size_t *len, int *complete, int64_t *off);
-static void mta_unconvertible(struct mta_sess *o);
+static void mta_unconvertible(struct mta_sess *o, int in_data);
+static int mta_head_8bit(int fd, int64_t start, int64_t end);
 static void mta_pump_body(struct mta_sess *o);
 static void mta_after_ehlo(struct mta_sess *o);
 static void mta_tls_failed(struct mta_sess *o);
@@ -16880,6 +16881,11 @@ mta_open_body(struct mta_sess *o)
         mc_init(o->mc, o->e->body != Q_BODY_7BIT && !o->ext_8bitmime);
         o->coff = 0;
         o->conv_eof = 0;
+        if (o->mc->need7 && mta_head_8bit(o->msg_fd, start, st.size)) { /* known now: no DATA for nothing */
+            mta_unconvertible(o, 0);
+            mta_close_body(o);
+            return -1; /* the caller sends QUIT; the recipients keep their 5.6.3 */
+        }
     }
     return 0;
 }
@@ -16914,17 +16920,41 @@ mta_body_line(struct mta_sess *o, const char **line, size_t *len, int *complete,
 }
 
 /* The text cannot be converted for a hop without 8BITMIME (RFC 6152 3): the recipients
- * it accepted are refused with RFC 3463's 5.6.3 (they get a bounce), and the connection
- * is closed before the final dot, so the hop keeps nothing (RFC 5321 4.1.1.4). */
+ * it accepted are refused with RFC 3463's 5.6.3 (they get a bounce). Found in the
+ * message's own header, before DATA: the caller ends the session with QUIT. Found while
+ * the text goes out: the connection is closed before the final dot, so the hop keeps
+ * nothing (RFC 5321 4.1.1.4). */
 static void
-mta_unconvertible(struct mta_sess *o)
+mta_unconvertible(struct mta_sess *o, int in_data)
 {
     char why[600];
     snprintf(why, sizeof why, "5.6.3 Conversion required but not supported: %s does not offer 8BITMIME and "
              "the message has 8-bit octets in a header or in a part that cannot be converted", o->hop);
     mta_log(o, "%s: %s", o->e->id, why);
     mta_set_accepted(o, 5, why);
-    mta_give_up(o, 0);
+    if (in_data) mta_give_up(o, 0);
+}
+
+/* An 8-bit octet in the message's own header, as far as its first MTA_HEAD_SCAN octets go
+ * (0: none there, or the header is longer: then mime_conv finds it while the text goes out). */
+#define MTA_HEAD_SCAN 65536
+static int
+mta_head_8bit(int fd, int64_t start, int64_t end)
+{
+    char buf[4096];
+    char prev = '\n';
+    int64_t off = start;
+    while (off < end && off - start < MTA_HEAD_SCAN) {
+        long n = os_pread(fd, buf, sizeof buf, off), i;
+        if (n <= 0) return 0;
+        for (i = 0; i < n; i++) {
+            if (buf[i] == '\n' && prev == '\n') return 0; /* the blank line: the header's end */
+            if ((unsigned char)buf[i] & 0x80) return 1;
+            prev = buf[i];
+        }
+        off += n;
+    }
+    return 0;
 }
 
 /* Fills the output with message text: CRLF line ends, dot-stuffed. */
@@ -16937,7 +16967,7 @@ mta_pump_body(struct mta_sess *o)
         int complete, r;
         int64_t off;
         r = mta_body_line(o, &line, &len, &complete, &off);
-        if (r == -2) { mta_unconvertible(o); return; }
+        if (r == -2) { mta_unconvertible(o, 1); return; }
         if (r < 0) { mta_fail_session(o, "4.3.0 cannot read the queued message"); return; }
         if (r == 0) {
             if (!o->bol) buf_adds(&o->io.out, "\r\n");

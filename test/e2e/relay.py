@@ -671,7 +671,8 @@ def relay_8bit_downgrade(ctx, storage):
     """Issue 18.3, RFC 6152 3: to a hop without 8BITMIME, a multipart message with 8-bit text
     (nested alternative, base64 attachment, 8-bit message/rfc822, a 1,500-octet line) arrives as
     7-bit quoted-printable, undeclared, every part decoding to what was sent. A message with an
-    8-bit Subject cannot be converted: its sender gets a bounce with 5.6.3, the hop gets nothing."""
+    8-bit Subject cannot be converted: its sender gets a bounce with 5.6.3, the hop gets nothing
+    (QUIT instead of DATA); the same for 8-bit in a part's header (the connection closed in DATA)."""
     net = Net(ctx)
     net.domain("remote.test")
     sink = net.sink(extensions=["SIZE 10240000", "PIPELINING"])
@@ -686,9 +687,24 @@ def relay_8bit_downgrade(ctx, storage):
     check(token_of(got[0]["data"]) == t, "the header changed")
     t2 = tok()
     m2, _ = mime_8bit(t2, "user@remote.test", sender="alice@example.test", subject="Gr\u00fc\u00dfe " + t2)
+    n = len(sink.events)
     check(srv.send(["user@remote.test"], m2, sender="alice@example.test") == {}, "refused")
     b = wait_for(lambda: bounces(srv, "alice@example.test"), 20, "the bounce of the 8-bit Subject")
     check_dsn(b[0], {"user@remote.test": "5.6.3"}, t2)
+    # found in the message's header before DATA: QUIT after RCPT, no DATA at all
+    stages = wait_for(lambda: [e[0] for e in sink.events[n:]][-2:] == ["rcpt", "quit"] and [e[0] for e in sink.events[n:]],
+                      10, "QUIT after RCPT at the sink (saw %s)" % [e[0] for e in sink.events[n:]])
+    check("data" not in stages and "data-start" not in stages, "DATA was sent: %s" % stages)
+    # 8-bit in a part's header (a raw UTF-8 file name) is found while the text goes out: the
+    # connection is closed before the final dot, and the sender gets the same bounce
+    t3 = tok()
+    m3, _ = mime_8bit(t3, "user@remote.test", sender="alice@example.test")
+    m3 = m3.replace(b"Content-Type: application/octet-stream\r\n",
+                    b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"\xc3\xbc.bin\"\r\n")
+    check(srv.send(["user@remote.test"], m3, sender="alice@example.test") == {}, "refused")
+    b = wait_for(lambda: [x for x in bounces(srv, "alice@example.test") if t3.encode() in x], 20,
+                 "the bounce of the 8-bit part header")
+    check_dsn(b[0], {"user@remote.test": "5.6.3"}, t3)
     check(len(sink.messages) == 1, "the hop got %d messages" % len(sink.messages))
     wait_queue_empty(srv)
 
