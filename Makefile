@@ -389,7 +389,7 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS    = -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
                -fsanitize-coverage-ignorelist=test/fuzz/coverage-ignore.txt $(FUZZ_DEFS)
-FUZZ_TARGETS  = dns dns_tcp reply queue_env data auth smtp_cmd ini mbox maildir list list_post $(if $(filter 1,$(TLS)),pem starttls) smtp_session pop_session $(if $(filter 1,$(HTTP)),http mime)
+FUZZ_TARGETS  = dns dns_tcp reply queue_env data mime_conv auth smtp_cmd ini mbox maildir list list_post $(if $(filter 1,$(TLS)),pem starttls) smtp_session pop_session $(if $(filter 1,$(HTTP)),http mime)
 build/fuzz/%: test/fuzz/%.c test/fuzz/fuzz.h test/fuzz/coverage-ignore.txt mailsrv.c mailsrv.h $(TLS_STAMP)
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(WARN) -Wno-unused-function $(FUZZ_FLAGS) $(TLS_DEFS) -o $@ $< $(LIBS)

@@ -1469,9 +1469,9 @@ struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct c
 struct conn; struct data_rx; struct dirset; struct dns_result; struct dsn_item; struct dsn_mail;
 struct edit_span; struct hmac_key; struct line_reader; struct list_post; struct list_rate;
 struct list_state; struct listener; struct mailsrv; struct mbox_index; struct mbox_move;
-struct mbox_paths; struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config;
-struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view;
-struct proto_ops; struct qentry; struct qrcpt; struct sha256; struct smtp_sess;
+struct mbox_paths; struct mbox_pending; struct mdir_open; struct mime_conv; struct ms_addr;
+struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg;
+struct pop_view; struct proto_ops; struct qentry; struct qrcpt; struct sha256; struct smtp_sess;
 struct sockaddr_storage; struct store_job; struct store_msg; struct store_ops; struct store_undo;
 struct targets; struct tls_creds; struct tls_sess; struct transport;
 
@@ -1674,6 +1674,18 @@ static void list_state_text(const struct list_state *st, struct buf *b);
 static int list_word(char **cur, char *out, size_t n);
 static void * list_grow(void *p, int n, size_t size);
 static int list_state_parse(char *text, struct list_state *st);
+static void mc_init(struct mime_conv *mc, int need7);
+static void mc_eol(struct mime_conv *mc, struct buf *out);
+static int mc_has8(const char *p, size_t n);
+static void mc_put(struct mime_conv *mc, struct buf *out, const char *p, size_t n, int how);
+static void mc_put_lines(struct mime_conv *mc, struct buf *out, const char *p, size_t n);
+static void mc_qp(struct mime_conv *mc, struct buf *out, const char *p, size_t n, int complete);
+static void mc_token(const char *v, size_t n, char *tok, size_t cap);
+static size_t mc_boundary_param(const char *v, size_t n, char *b);
+static void mc_head_end(struct mime_conv *mc, struct buf *out);
+static int mc_boundary(struct mime_conv *mc, const char *p, size_t n, struct buf *out);
+static int mc_line(struct mime_conv *mc, const char *p, size_t n, int complete, struct buf *out);
+static int mc_end(struct mime_conv *mc, struct buf *out);
 
 /* 7. Storage */
 static void lr_init(struct line_reader *lr, int fd, int64_t start, int64_t end);
@@ -1976,6 +1988,9 @@ static void mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char
 static void mta_mail_from(struct mta_sess *o);
 static void mta_rcpt_to(struct mta_sess *o, int k);
 static int mta_open_body(struct mta_sess *o);
+static int mta_body_line(struct mta_sess *o, const char **line, size_t *len, int *complete, int64_t *off);
+static void mta_unconvertible(struct mta_sess *o, int in_data);
+static int mta_head_8bit(int fd, int64_t start, int64_t end);
 static void mta_pump_body(struct mta_sess *o);
 static void mta_after_ehlo(struct mta_sess *o);
 static void mta_tls_failed(struct mta_sess *o);
@@ -4077,7 +4092,8 @@ struct data_rx {
     int st, strict;        /* strict: this line started after a CRLF */
     size_t line_len;
     int64_t lines, bytes;  /* stored lines and bytes */
-    int too_long;          /* a line over 998 octets seen */
+    int too_long;          /* a line over 998 octets seen (accepted: the relay wraps it, mime_conv) */
+    int eightbit;          /* an octet over 127 seen (the relay declares BODY=8BITMIME or converts) */
 };
 
 static void
@@ -4111,6 +4127,7 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
                 break;
             }
             out[o++] = (char)ch;
+            if (ch & 0x80) d->eightbit = 1;
             if (++d->line_len > MS_TEXT_LINE_MAX - 2) d->too_long = 1;
             i++;
             break;
@@ -5947,6 +5964,333 @@ search_parse(const char *q, struct search_term *t, int max)
 }
 #endif /* MAILSRV_ENABLE_HTTP */
 
+/*
+ * The relay's conversion of a message's text for a next hop (mime_conv):
+ * RFC 6152 3 (a hop without 8BITMIME gets 7-bit text: convert or bounce) and
+ * RFC 5321 4.5.3.1.6 (no line over 998 octets). The server accepts both as
+ * sent and stores them unchanged; only what leaves for such a hop changes.
+ * A streaming, line-at-a-time MIME reader with bounded state: a stack of
+ * multipart boundaries (RFC 2046 5.1.1), and of each header only its
+ * Content-Type (as far as MC_FIELD_MAX) and Content-Transfer-Encoding field;
+ * no part is ever held whole. Input and output are LF-terminated lines; an
+ * input line may come in pieces (the line reader's), the output lines are at
+ * most 998 octets. The framing (dot-stuffing, CRLF) is the caller's. What is chosen:
+ *  - a leaf part with no, 7bit, 8bit or binary encoding (text or not) is
+ *    re-encoded quoted-printable (RFC 2045 6.7: lines of at most 76 octets, soft
+ *    breaks, trailing white space encoded) and its header says so; a message
+ *    header without MIME-Version gets MIME-Version: 1.0 (RFC 2045 4);
+ *  - a multipart is followed by its boundary, message/rfc822 inside (RFC 2046
+ *    5.2.1 allows it no other encoding: its 8bit becomes 7bit once its insides
+ *    are converted); other message types and parts already in base64 or
+ *    quoted-printable are left as they are;
+ *  - a header field with an 8-bit octet cannot be converted (RFC 2047 words would
+ *    change what it says), nor can 8-bit octets in a part that is left as it is:
+ *    for a hop without 8BITMIME that is an error (the relay bounces, 5.6.3);
+ *  - a line still over 998 octets is broken: a header field is folded before
+ *    the last space or tab that fits (RFC 5322 2.2.3, unfolding restores it),
+ *    else, like a body line, by inserting LF SPACE, as Postfix's
+ *    smtp_line_length_limit does (base64 decoders skip the space, RFC 2045 6.8);
+ *    a quoted-printable part's line gets a soft break ("=" LF) instead, never
+ *    inside an =XX, so that it decodes to the same octets.
+ * A multipart's preamble and epilogue are left as they are (broken if long; 8-bit
+ * octets there: an error for a 7-bit hop). While a header is converted, its
+ * Content-Transfer-Encoding field is kept back and goes out (as it was, or
+ * replaced) at the header's end: fields may come in any order (RFC 5322 3.6).
+ */
+#define MC_LINE_MAX 998          /* RFC 5321 4.5.3.1.6: a text line without its CRLF */
+#define MC_QP_LINE 76            /* RFC 2045 6.7 (5): an encoded line, with its soft break's "=" */
+#define MC_DEPTH 16              /* nested multiparts followed; a deeper one is left as it is */
+#define MC_FIELD_MAX 1024        /* of Content-Type and Content-Transfer-Encoding, kept per header */
+#define MC_BOUNDARY_MAX 70       /* RFC 2046 5.1.1 */
+#define MC_NAMED(p, n, name) ((n) >= sizeof name - 1 && ms_strncaseeq(p, name, sizeof name - 1))
+enum { MC_HEAD, MC_BODY };                         /* mime_conv.state */
+enum { MC_WRAP_SPACE, MC_WRAP_FOLD, MC_WRAP_QP, MC_QP }; /* how a body (or a header line) goes out */
+enum { MC_F_OTHER, MC_F_CT, MC_F_CTE };            /* the header field being read */
+enum { MC_CTE_NONE, MC_CTE_IDENTITY, MC_CTE_QP, MC_CTE_B64, MC_CTE_OTHER };
+
+struct mime_conv {
+    int need7;                   /* the hop lacks 8BITMIME: no 8-bit octet may go out */
+    int err;                     /* it cannot be converted for this hop */
+    int state, mode;             /* MC_HEAD or MC_BODY; the body's MC_WRAP_* or MC_QP */
+    int msg_head, mime_version;  /* the header read is a message's (top, message/rfc822); it has MIME-Version */
+    int field, piece;            /* MC_F_*; the last input line had no end yet (the next is its rest) */
+    int digest;                  /* the part's default type is message/rfc822 (in multipart/digest) */
+    size_t col;                  /* octets on the output line so far */
+    char ct[MC_FIELD_MAX];       /* Content-Type's value, unfolded, cut at MC_FIELD_MAX */
+    size_t ctlen;
+    char cte[MC_FIELD_MAX];      /* the Content-Transfer-Encoding field as sent (LF-separated lines) */
+    size_t ctelen;
+    int cte_out;                 /* ... too long to keep: it went out, the part is left as it is */
+    int nb;
+    struct { char b[MC_BOUNDARY_MAX + 1]; size_t n; int digest; } bnd[MC_DEPTH];
+};
+
+static void
+mc_init(struct mime_conv *mc, int need7)
+{
+    memset(mc, 0, sizeof *mc);
+    mc->need7 = need7;
+    mc->state = MC_HEAD;
+    mc->msg_head = 1;
+}
+
+static void mc_eol(struct mime_conv *mc, struct buf *out) { buf_adds(out, "\n"); mc->col = 0; }
+
+static int
+mc_has8(const char *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if ((unsigned char)p[i] & 0x80) return 1;
+    return 0;
+}
+
+/* Appends text to the output line, breaking it (as `how` says) where it would pass 998 octets. */
+static void
+mc_put(struct mime_conv *mc, struct buf *out, const char *p, size_t n, int how)
+{
+    while (n) {
+        size_t lim = how == MC_WRAP_QP ? MC_LINE_MAX - 1 : MC_LINE_MAX; /* room for the soft break's "=" */
+        size_t room = mc->col < lim ? lim - mc->col : 0, k = room;
+        if (n <= room) { buf_add(out, p, n); mc->col += n; return; }
+        if (how == MC_WRAP_FOLD) { /* before the last white space that fits (p[room] exists: n > room) */
+            size_t j = room;
+            while (j > 0 && p[j] != ' ' && p[j] != '\t') j--;
+            if ((p[j] == ' ' || p[j] == '\t') && (j > 0 || mc->col > 0)) {
+                buf_add(out, p, j);
+                mc_eol(mc, out);
+                p += j;
+                n -= j;
+                continue;
+            }
+        }
+        if (how == MC_WRAP_QP) { /* never inside an =XX */
+            if (k >= 1 && p[k - 1] == '=') k -= 1;
+            else if (k >= 2 && p[k - 2] == '=') k -= 2;
+        }
+        buf_add(out, p, k);
+        p += k;
+        n -= k;
+        if (how == MC_WRAP_QP) { buf_adds(out, "=\n"); mc->col = 0; }
+        else { buf_adds(out, "\n "); mc->col = 1; }
+    }
+}
+
+/* Text lines kept of a header (LF-separated, the last maybe without its end) go out. */
+static void
+mc_put_lines(struct mime_conv *mc, struct buf *out, const char *p, size_t n)
+{
+    while (n) {
+        const char *nl = memchr(p, '\n', n);
+        size_t k = nl ? (size_t)(nl - p) : n;
+        mc_put(mc, out, p, k, MC_WRAP_FOLD);
+        if (nl) { mc_eol(mc, out); k++; }
+        p += k;
+        n -= k;
+    }
+}
+
+/* Quoted-printable (RFC 2045 6.7): rules 1-5; a space or tab at the end of a
+ * piece is encoded too (it may end the line). */
+static void
+mc_qp(struct mime_conv *mc, struct buf *out, const char *p, size_t n, int complete)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        char t[3];
+        size_t tn = 1;
+        if ((ch >= 33 && ch <= 126 && ch != '=') || ((ch == ' ' || ch == '\t') && i + 1 < n)) t[0] = (char)ch;
+        else { t[0] = '='; t[1] = hex[ch >> 4]; t[2] = hex[ch & 15]; tn = 3; }
+        if (mc->col + tn > MC_QP_LINE - 1) { buf_adds(out, "=\n"); mc->col = 0; } /* rule 5: a soft break */
+        buf_add(out, t, tn);
+        mc->col += tn;
+    }
+    if (complete) mc_eol(mc, out);
+}
+
+/* The first word of a header field's value, lower case ("text/plain", "base64"). */
+static void
+mc_token(const char *v, size_t n, char *tok, size_t cap)
+{
+    size_t i = 0, o = 0;
+    while (i < n && (v[i] == ' ' || v[i] == '\t' || v[i] == '\n')) i++;
+    for (; i < n && v[i] != ';' && v[i] != ' ' && v[i] != '\t' && v[i] != '\n' && v[i] != '(' && o + 1 < cap; i++)
+        tok[o++] = (char)tolower((unsigned char)v[i]);
+    tok[o] = 0;
+}
+
+/* Content-Type's boundary parameter (RFC 2045 5.1: token or quoted string); 0 without a good one. */
+static size_t
+mc_boundary_param(const char *v, size_t n, char *b)
+{
+    size_t i, o = 0;
+    for (i = 0; i + 9 <= n; i++) {
+        if ((i && v[i - 1] != ';' && v[i - 1] != ' ' && v[i - 1] != '\t') || !ms_strncaseeq(v + i, "boundary=", 9))
+            continue;
+        i += 9;
+        if (i < n && v[i] == '"') {
+            for (i++; i < n && v[i] != '"'; i++) {
+                if (v[i] == '\\' && i + 1 < n) i++;
+                if (o == MC_BOUNDARY_MAX) return 0;
+                b[o++] = v[i];
+            }
+            if (i >= n) return 0;
+        } else {
+            for (; i < n && v[i] != ';' && v[i] != ' ' && v[i] != '\t'; i++) {
+                if (o == MC_BOUNDARY_MAX) return 0;
+                b[o++] = v[i];
+            }
+        }
+        b[o] = 0;
+        return o;
+    }
+    return 0;
+}
+
+/* The end of a part's header: what its body becomes, and the fields that say so. */
+static void
+mc_head_end(struct mime_conv *mc, struct buf *out)
+{
+    char type[80], enc[40], b[MC_BOUNDARY_MAX + 1];
+    const char *colon = memchr(mc->cte, ':', mc->ctelen);
+    size_t bn;
+    int cte = MC_CTE_NONE, multi, rfc822;
+    if (mc->ctlen) mc_token(mc->ct, mc->ctlen, type, sizeof type);
+    else ms_strlcpy(type, mc->digest ? "message/rfc822" : "text/plain", sizeof type); /* RFC 2045 5.2, 2046 5.1.5 */
+    if (mc->cte_out) cte = MC_CTE_OTHER;
+    else if (mc->ctelen) {
+        mc_token(colon ? colon + 1 : mc->cte, colon ? mc->ctelen - (size_t)(colon + 1 - mc->cte) : 0, enc, sizeof enc);
+        cte = !strcmp(enc, "7bit") || !strcmp(enc, "8bit") || !strcmp(enc, "binary") ? MC_CTE_IDENTITY
+              : !strcmp(enc, "quoted-printable") ? MC_CTE_QP : !strcmp(enc, "base64") ? MC_CTE_B64 : MC_CTE_OTHER;
+    }
+    multi = !strncmp(type, "multipart/", 10);
+    rfc822 = !strcmp(type, "message/rfc822");
+    bn = multi ? mc_boundary_param(mc->ct, mc->ctlen, b) : 0;
+    mc->state = MC_BODY;
+    mc->mode = MC_WRAP_SPACE;
+    if ((multi || rfc822) && cte <= MC_CTE_IDENTITY && (rfc822 || (bn && mc->nb < MC_DEPTH))) {
+        /* followed inside: with 8-bit converted there, the container is 7bit (RFC 2046 5.1.1, 5.2.1) */
+        if (mc->need7 && cte == MC_CTE_IDENTITY) buf_adds(out, "Content-Transfer-Encoding: 7bit\n");
+        else mc_put_lines(mc, out, mc->cte, mc->ctelen);
+        if (rfc822) {
+            mc->state = MC_HEAD; /* the message's own header follows the blank line */
+            mc->msg_head = 1;
+            mc->mime_version = mc->digest = 0;
+        } else {
+            memcpy(mc->bnd[mc->nb].b, b, bn + 1);
+            mc->bnd[mc->nb].n = bn;
+            mc->bnd[mc->nb++].digest = !strcmp(type, "multipart/digest");
+        }
+    } else if (!multi && strncmp(type, "message/", 8) != 0 && cte <= MC_CTE_IDENTITY) {
+        if (mc->msg_head && !mc->mime_version) buf_adds(out, "MIME-Version: 1.0\n");
+        buf_adds(out, "Content-Transfer-Encoding: quoted-printable\n");
+        mc->mode = MC_QP;
+    } else {
+        mc_put_lines(mc, out, mc->cte, mc->ctelen);
+        if (cte == MC_CTE_QP) mc->mode = MC_WRAP_QP;
+    }
+    mc->ctlen = mc->ctelen = 0;
+    mc->cte_out = 0;
+    mc->field = MC_F_OTHER;
+}
+
+/* A boundary line of an enclosing multipart (RFC 2046 5.1.1: "--" boundary, "--" for the last,
+ * then transport padding), the innermost first: it ends the part (and any inside it). */
+static int
+mc_boundary(struct mime_conv *mc, const char *p, size_t n, struct buf *out)
+{
+    int i;
+    if (n < 3 || p[0] != '-' || p[1] != '-') return 0;
+    for (i = mc->nb - 1; i >= 0; i--) {
+        size_t bn = mc->bnd[i].n, k = 2 + bn;
+        int last = 0;
+        if (n < k || memcmp(p + 2, mc->bnd[i].b, bn) != 0) continue;
+        if (n >= k + 2 && p[k] == '-' && p[k + 1] == '-') { last = 1; k += 2; }
+        while (k < n && (p[k] == ' ' || p[k] == '\t')) k++;
+        if (k != n) continue;
+        if (mc->state == MC_HEAD) mc_put_lines(mc, out, mc->cte, mc->ctelen); /* a part with no body */
+        mc_put(mc, out, p, n, MC_WRAP_SPACE);
+        mc_eol(mc, out);
+        mc->ctlen = mc->ctelen = 0;
+        mc->cte_out = 0;
+        mc->field = MC_F_OTHER;
+        if (last) { /* the epilogue, left as it is */
+            mc->nb = i;
+            mc->state = MC_BODY;
+            mc->mode = MC_WRAP_SPACE;
+        } else {
+            mc->nb = i + 1;
+            mc->state = MC_HEAD;
+            mc->msg_head = mc->mime_version = 0;
+            mc->digest = mc->bnd[i].digest;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* One input line (complete: it ended with LF) or a piece of one; 0, or -1 when
+ * the text cannot be converted for the hop (and from then on). */
+static int
+mc_line(struct mime_conv *mc, const char *p, size_t n, int complete, struct buf *out)
+{
+    int piece = mc->piece;
+    mc->piece = !complete;
+    if (mc->err) return -1;
+    if (!piece && mc->nb && mc_boundary(mc, p, n, out)) return 0;
+    if (mc->state == MC_HEAD) {
+        if (!piece && n == 0) { /* the blank line */
+            mc_head_end(mc, out);
+            if (complete) mc_eol(mc, out);
+            return 0;
+        }
+        if (mc->need7 && mc_has8(p, n)) { mc->err = 1; return -1; }
+        if (!piece && p[0] != ' ' && p[0] != '\t') { /* a field (named in its first piece: lr_next's are long) */
+            mc->field = MC_NAMED(p, n, "Content-Type:") ? MC_F_CT
+                        : MC_NAMED(p, n, "Content-Transfer-Encoding:") ? MC_F_CTE : MC_F_OTHER;
+            if (mc->field == MC_F_CT && mc->ctlen) mc->field = MC_F_OTHER; /* a second one: the first counts */
+            if (MC_NAMED(p, n, "MIME-Version:")) mc->mime_version = 1;
+        }
+        if (mc->field == MC_F_CTE && !mc->cte_out) {
+            if (mc->ctelen + n + 1 <= sizeof mc->cte) { /* kept: it goes out at the end of the header */
+                memcpy(mc->cte + mc->ctelen, p, n);
+                mc->ctelen += n;
+                if (complete) mc->cte[mc->ctelen++] = '\n';
+                return 0;
+            }
+            mc_put_lines(mc, out, mc->cte, mc->ctelen); /* too long to be any encoding: out as it is */
+            mc->ctelen = 0;
+            mc->cte_out = 1;
+        }
+        if (mc->field == MC_F_CT) { /* its value, unfolded (a folded line starts with its white space) */
+            size_t skip = !piece && MC_NAMED(p, n, "Content-Type:") ? 13 : 0, k = n - skip;
+            if (k > MC_FIELD_MAX - mc->ctlen) k = MC_FIELD_MAX - mc->ctlen;
+            memcpy(mc->ct + mc->ctlen, p + skip, k);
+            mc->ctlen += k;
+        }
+        mc_put(mc, out, p, n, MC_WRAP_FOLD);
+        if (complete) mc_eol(mc, out);
+        return 0;
+    }
+    if (mc->mode == MC_QP) { mc_qp(mc, out, p, n, complete); return 0; }
+    if (mc->need7 && mc_has8(p, n)) { mc->err = 1; return -1; }
+    mc_put(mc, out, p, n, mc->mode);
+    if (complete) mc_eol(mc, out);
+    return 0;
+}
+
+/* The end of the text: 0, or -1 when it cannot be converted for the hop. */
+static int
+mc_end(struct mime_conv *mc, struct buf *out)
+{
+    if (mc->err) return -1;
+    if (mc->state == MC_HEAD) mc_put_lines(mc, out, mc->cte, mc->ctelen); /* a header without a body */
+    mc->ctelen = 0;
+    return 0;
+}
+
 /*==== 7. Storage ====*/
 /*
  * Delivery: the message text is first written to SPOOL/.tmp/NAME (LF line
@@ -6657,6 +7001,10 @@ struct store_msg {
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
     int write_failed;          /* msg_write: a write failed */
+    int body_known;            /* eightbit and longlines were seen at receipt or by msg_write (else the relay
+                                * assumes both) */
+    int eightbit, longlines;   /* the text has an octet over 127; a line over 998 octets */
+    size_t line_len;           /* msg_write: octets of the line written so far */
     const char *commit_err;    /* its mbox batch failed in the group commit (store_commit_mbox): why */
     int commit_errno;
 };
@@ -7115,6 +7463,10 @@ store_deliver(const struct ms_config *cfg, struct store_msg *m, const struct tar
  * fsynced with the folder before the 250, and after each delivery attempt
  * it is replaced atomically. A .msg without its .env is a crashed receipt. */
 enum { Q_PENDING, Q_DELIVERED, Q_BOUNCED };
+/* The optional `body 7bit|8bit` line (and `longlines`) came with issue 18: an entry without it
+ * (older, or a receipt that did not record it) is taken as 8-bit with long lines, the worst case:
+ * the relay then converts it for a hop without 8BITMIME, harmless for 7-bit text (no scan of the file). */
+enum { Q_BODY_UNKNOWN, Q_BODY_7BIT, Q_BODY_8BIT };
 static const char *const q_state_names[] = {"pending", "delivered", "bounced"};
 
 struct qrcpt {
@@ -7135,6 +7487,8 @@ struct qentry {
     int tries, active;           /* active: outbound sessions working on it */
     int ret;                     /* RFC 3461 RET (DSN_RET_*) */
     char envid[MS_ENVID_MAX + 1]; /* ENVID as received (xtext), or "" */
+    int body;                    /* Q_BODY_*: what the receipt saw of the text (the `body` line) */
+    int longlines;               /* a line over 998 octets (the `longlines` line) */
     struct qrcpt *r;
     int nr;
 };
@@ -7147,6 +7501,8 @@ queue_env_text(const struct qentry *e, struct buf *b)
     int i;
     buf_printf(b, "mailsrv-queue 1\nfrom <%s>\narrived %lld\ntries %d\nnext %lld\nsize %lld\nlines %lld\n", e->from,
                (long long)e->arrived, e->tries, (long long)e->next_try, (long long)e->size, (long long)e->lines);
+    if (e->body != Q_BODY_UNKNOWN) buf_printf(b, "body %s\n", e->body == Q_BODY_8BIT ? "8bit" : "7bit");
+    if (e->longlines) buf_adds(b, "longlines\n");
     /* DSN (RFC 3461): optional lines that older versions skip; "dsn NOTIFY ORCPT" belongs to the
      * rcpt line before it ("-": not given) */
     if (e->ret) buf_printf(b, "ret %s\n", e->ret == DSN_RET_FULL ? "full" : "hdrs");
@@ -7196,7 +7552,11 @@ queue_env_read(const char *qdir, const char *id)
             line[strlen(line) - 1] = 0;
             if (ms_strlcpy(e->from, line + 6, sizeof e->from) != 0) { ok = 0; break; } /* never relayed cut */
         } else if (!(key = ms_word(&cur))) continue;
-        else if (strcmp(key, "rcpt") == 0) {
+        else if (strcmp(key, "longlines") == 0) e->longlines = 1;
+        else if (strcmp(key, "body") == 0) {
+            const char *v = ms_word(&cur);
+            e->body = v && strcmp(v, "7bit") == 0 ? Q_BODY_7BIT : v && strcmp(v, "8bit") == 0 ? Q_BODY_8BIT : Q_BODY_UNKNOWN;
+        } else if (strcmp(key, "rcpt") == 0) {
             struct qrcpt *r;
             const char *at;
             if (!(state = ms_word(&cur)) || !(addr = ms_word(&cur)) || strlen(addr) >= sizeof r->addr ||
@@ -7289,6 +7649,8 @@ queue_create(const char *qdir, const char *base, const struct store_msg *m, cons
     e.lines = m->lines;
     e.ret = m->dsn.ret;
     memcpy(e.envid, m->dsn.envid, sizeof e.envid);
+    e.body = !m->body_known ? Q_BODY_UNKNOWN : m->eightbit ? Q_BODY_8BIT : Q_BODY_7BIT;
+    e.longlines = m->body_known && m->longlines;
     e.r = xrealloc(NULL, sizeof *e.r * (size_t)(t->n ? t->n : 1));
     for (i = 0; i < t->n; i++) {
         if (!t->remote[i]) continue;
@@ -9721,7 +10083,7 @@ io_close(struct transport *io)
 
 enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_DATA };
 enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
-enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
+enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_IO };
 
 /* A post to a list, made at the final dot (list_incoming) and delivered to
  * the members with the message that brought it (smtp_deliver_step). */
@@ -10667,7 +11029,13 @@ msg_write(struct store_msg *m, const char *p, size_t n)
     size_t i;
     if (m->write_failed || os_write_all(m->tmp_fd, p, n) < 0) { m->write_failed = 1; return -1; }
     m->size += (int64_t)n;
-    for (i = 0; i < n; i++) m->lines += p[i] == '\n';
+    for (i = 0; i < n; i++) { /* and what the relay needs to know of it (mime_conv), as DATA's end records */
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '\n') { m->lines++; m->line_len = 0; continue; }
+        if (ch & 0x80) m->eightbit = 1;
+        if (++m->line_len > MS_TEXT_LINE_MAX - 2) m->longlines = 1;
+    }
+    m->body_known = 1; /* every octet of a message the server writes passes here */
     return 0;
 }
 
@@ -10724,6 +11092,7 @@ smtp_tx_reset(struct conn *c)
         os_unlink(s->msg.tmp_path);
     }
     s->msg.tmp_fd = -1;
+    s->msg.body_known = s->msg.eightbit = s->msg.longlines = 0; /* a receipt that does not say: the worst case */
     free(s->wbuf);
     s->wbuf = NULL;
     s->wlen = 0;
@@ -11128,9 +11497,13 @@ smtp_data_end(struct conn *c)
     int64_t body = s->rx.bytes;
     s->msg.size += body;
     s->msg.lines += s->rx.lines;
-    if (s->rx.too_long && !s->tx_error) s->tx_error = TXERR_LONG_LINE;
+    /* Lines over 998 octets (RFC 5321 4.5.3.1.6) are accepted and stored as sent, as Postfix does
+     * (its line_length_limit only bounds memory): the file is written as the bytes come, no line
+     * is ever held whole. The relay wraps or re-encodes them for the next hop (mime_conv). */
+    s->msg.body_known = 1;
+    s->msg.eightbit = s->rx.eightbit;
+    s->msg.longlines = s->rx.too_long;
     if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
-    else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
     else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
     else if (!s->targets.n && !s->nlists) { /* every RCPT adds one or is refused: never 250 for nothing */
         conn_log(c, "%s: accepted recipients but no mailbox to store it in", s->msg.id);
@@ -11142,7 +11515,7 @@ smtp_data_end(struct conn *c)
         return;
     }
     if (s->tx_error) conn_log(c, "message refused from=<%s> (%s)", s->from,
-                              s->tx_error == TXERR_TOO_BIG ? "too big" : s->tx_error == TXERR_LONG_LINE ? "line too long" : "write error");
+                              s->tx_error == TXERR_TOO_BIG ? "too big" : "write error");
     smtp_tx_reset(c);
 }
 
@@ -11542,7 +11915,7 @@ pop_pump(struct conn *c)
         if (complete) {
             buf_adds(&c->io.out, "\r\n");
             if (p->st_bol && p->st_in_head && len == 0) p->st_in_head = 0;
-            else if (p->st_bol && !p->st_in_head && p->st_body_left > 0) p->st_body_left--;
+            else if (!p->st_in_head && p->st_body_left > 0) p->st_body_left--; /* a long line's last piece too */
         }
         p->st_bol = complete;
     }
@@ -16471,10 +16844,15 @@ struct mta_sess {
     struct transport io;         /* the DNS query's socket, then the SMTP session's */
     char inbuf[1023];            /* io's input: a reply line */
     int ext_size, ext_starttls, ext_dsn, rcpt_at, naccepted, ntx;
+    int ext_8bitmime;            /* the hop offers 8BITMIME (RFC 6152) */
     int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
     struct line_reader lr;
+    struct mime_conv *mc;        /* the text is converted for this hop (mta_body_line), else NULL */
+    struct buf cout;             /* ... its output lines, from coff on not yet sent */
+    size_t coff;
+    int conv_eof;
     char error[400];             /* the last session-level failure */
 };
 
@@ -16495,6 +16873,9 @@ mta_close_body(struct mta_sess *o)
 {
     if (o->msg_fd >= 0) { lr_free(&o->lr); os_close(o->msg_fd); }
     o->msg_fd = -1;
+    free(o->mc);
+    o->mc = NULL;
+    buf_free(&o->cout);
 }
 
 static void
@@ -16626,7 +17007,7 @@ mta_connect(struct mta_sess *o)
     o->io.fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
     o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-    o->ext_size = o->ext_starttls = o->ext_dsn = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = 0;
     if (o->io.fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
         o->io.deadline = 0; /* the timer moves on to the next address */
@@ -16803,12 +17184,16 @@ mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char *out, size_
 static void
 mta_mail_from(struct mta_sess *o)
 {
+    /* RFC 6152 2: 8-bit text is declared (an entry of unknown text is taken as 8-bit); to a hop
+     * without 8BITMIME it goes converted to 7 bits (mta_open_body) and undeclared */
+    const char *body = o->ext_8bitmime && o->e->body != Q_BODY_7BIT ? " BODY=8BITMIME" : "";
     char dsn[MS_ENVID_MAX + 32];
     o->state = O_MAIL;
     o->naccepted = 0;
     mta_dsn_params(o, NULL, dsn, sizeof dsn);
-    if (o->ext_size) mta_send(o, "MAIL FROM:<%s> SIZE=%lld%s", o->e->from, (long long)(o->e->size + o->e->lines), dsn);
-    else mta_send(o, "MAIL FROM:<%s>%s", o->e->from, dsn);
+    if (o->ext_size)
+        mta_send(o, "MAIL FROM:<%s>%s SIZE=%lld%s", o->e->from, body, (long long)(o->e->size + o->e->lines), dsn);
+    else mta_send(o, "MAIL FROM:<%s>%s%s", o->e->from, body, dsn);
 }
 
 /* RCPT TO for the entry's recipient k, with its DSN parameters. */
@@ -16842,6 +17227,89 @@ mta_open_body(struct mta_sess *o)
     lr_init(&o->lr, o->msg_fd, start, st.size);
     o->bol = 1;
     o->body_eof = 0;
+    /* converted (mime_conv) when it has 8-bit text and the hop lacks 8BITMIME (RFC 6152 3), or
+     * lines over 998 octets (RFC 5321 4.5.3.1.6); an entry without the facts: both assumed */
+    free(o->mc);
+    o->mc = NULL;
+    o->cout.len = 0;
+    if ((o->e->body != Q_BODY_7BIT && !o->ext_8bitmime) || o->e->longlines || o->e->body == Q_BODY_UNKNOWN) {
+        o->mc = xrealloc(NULL, sizeof *o->mc);
+        mc_init(o->mc, o->e->body != Q_BODY_7BIT && !o->ext_8bitmime);
+        o->coff = 0;
+        o->conv_eof = 0;
+        if (o->mc->need7 && mta_head_8bit(o->msg_fd, start, st.size)) { /* known now: no DATA for nothing */
+            mta_unconvertible(o, 0);
+            mta_close_body(o);
+            return -1; /* the caller sends QUIT; the recipients keep their 5.6.3 */
+        }
+    }
+    return 0;
+}
+
+/* The next line of text for the hop (as lr_next): as stored, or as mime_conv
+ * made it; -2 when it cannot be converted for this hop. */
+static int
+mta_body_line(struct mta_sess *o, const char **line, size_t *len, int *complete, int64_t *off)
+{
+    const char *in, *nl;
+    size_t n;
+    int r, c;
+    if (!o->mc) return lr_next(&o->lr, line, len, complete, off);
+    *off = 0;
+    while (!(nl = o->cout.len > o->coff ? memchr(o->cout.p + o->coff, '\n', o->cout.len - o->coff) : NULL) &&
+           !o->conv_eof) {
+        if (o->coff) { /* what was sent goes */
+            memmove(o->cout.p, o->cout.p + o->coff, o->cout.len - o->coff);
+            o->cout.len -= o->coff;
+            o->coff = 0;
+        }
+        if ((r = lr_next(&o->lr, &in, &n, &c, off)) < 0) return -1;
+        if (r == 0) o->conv_eof = 1;
+        if (r == 0 ? mc_end(o->mc, &o->cout) : mc_line(o->mc, in, n, c, &o->cout)) return -2;
+    }
+    if (o->coff >= o->cout.len) return 0;
+    *line = o->cout.p + o->coff;
+    *len = nl ? (size_t)(nl - *line) : o->cout.len - o->coff; /* without nl: the text's end had no LF */
+    *complete = nl != NULL;
+    o->coff += *len + (nl != NULL);
+    return 1;
+}
+
+/* The text cannot be converted for a hop without 8BITMIME (RFC 6152 3): the recipients
+ * it accepted are refused with RFC 3463's 5.6.3 (they get a bounce). Found in the
+ * message's own header, before DATA: the caller ends the session with QUIT. Found while
+ * the text goes out: the connection is closed before the final dot, so the hop keeps
+ * nothing (RFC 5321 4.1.1.4). */
+static void
+mta_unconvertible(struct mta_sess *o, int in_data)
+{
+    char why[600];
+    snprintf(why, sizeof why, "5.6.3 Conversion required but not supported: %s does not offer 8BITMIME and "
+             "the message has 8-bit octets in a header or in a part that cannot be converted", o->hop);
+    mta_log(o, "%s: %s", o->e->id, why);
+    mta_set_accepted(o, 5, why);
+    if (in_data) mta_give_up(o, 0);
+}
+
+/* An 8-bit octet in the message's own header, as far as its first MTA_HEAD_SCAN octets go
+ * (0: none there, or the header is longer: then mime_conv finds it while the text goes out). */
+#define MTA_HEAD_SCAN 65536
+static int
+mta_head_8bit(int fd, int64_t start, int64_t end)
+{
+    char buf[4096];
+    char prev = '\n';
+    int64_t off = start;
+    while (off < end && off - start < MTA_HEAD_SCAN) {
+        long n = os_pread(fd, buf, sizeof buf, off), i;
+        if (n <= 0) return 0;
+        for (i = 0; i < n; i++) {
+            if (buf[i] == '\n' && prev == '\n') return 0; /* the blank line: the header's end */
+            if ((unsigned char)buf[i] & 0x80) return 1;
+            prev = buf[i];
+        }
+        off += n;
+    }
     return 0;
 }
 
@@ -16854,7 +17322,8 @@ mta_pump_body(struct mta_sess *o)
         size_t len;
         int complete, r;
         int64_t off;
-        r = lr_next(&o->lr, &line, &len, &complete, &off);
+        r = mta_body_line(o, &line, &len, &complete, &off);
+        if (r == -2) { mta_unconvertible(o, 1); return; }
         if (r < 0) { mta_fail_session(o, "4.3.0 cannot read the queued message"); return; }
         if (r == 0) {
             if (!o->bol) buf_adds(&o->io.out, "\r\n");
@@ -16913,7 +17382,7 @@ mta_tls_progress(struct mta_sess *o)
 {
     if (o->state != O_TLS || !tls_done(o->io.tls)) return o->state != O_TLS;
     o->state = O_EHLO;
-    o->ext_size = o->ext_starttls = o->ext_dsn = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = 0;
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
@@ -17056,6 +17525,7 @@ mta_read(struct mta_sess *o)
             if (ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
             if (ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
             if (ms_strcaseeq(line + 4, "DSN")) o->ext_dsn = 1;
+            if (ms_strcaseeq(line + 4, "8BITMIME")) o->ext_8bitmime = 1;
         }
         o->reply_code = last ? 0 : code;
         if (!last) continue;

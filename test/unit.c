@@ -79,7 +79,9 @@ test_data_rx(void)
         memset(big, 'a', 999);
         strcpy(big + 999, "\r\n.\r\n");
         rx_run(big, 100, &done, &used, &d);
-        ASSERT(done && d.too_long);
+        ASSERT(done && d.too_long && !d.eightbit);
+        rx_run("a\xc3\xa4\r\n.\r\n", 2, &done, &used, &d);
+        ASSERT(done && d.eightbit && !d.too_long);
     }
 }
 
@@ -637,8 +639,21 @@ test_queue_files(void)
         ASSERT(back->size == 4000 && back->lines == 80 && back->nr == 2);
         ASSERT(strcmp(back->r[0].addr, "Bob@remote.test") == 0 && back->r[0].state == Q_PENDING && !back->r[0].error[0]);
         ASSERT(back->r[1].state == Q_BOUNCED && strcmp(back->r[1].error, r[1].error) == 0);
+        ASSERT(back->body == Q_BODY_UNKNOWN && !back->longlines); /* as an entry written before issue 18 */
         qentry_free(back);
     }
+    e.body = Q_BODY_8BIT; /* the optional lines of issue 18 */
+    e.longlines = 1;
+    ASSERT(queue_env_update(dir, &e) == 0);
+    back = queue_env_read(dir, e.id);
+    ASSERT(back && back->body == Q_BODY_8BIT && back->longlines && back->nr == 2);
+    qentry_free(back);
+    e.body = Q_BODY_7BIT;
+    e.longlines = 0;
+    ASSERT(queue_env_update(dir, &e) == 0);
+    back = queue_env_read(dir, e.id);
+    ASSERT(back && back->body == Q_BODY_7BIT && !back->longlines);
+    qentry_free(back);
     { /* found by the .env fuzzer: a recipient without '@' makes the entry unreadable */
         FILE *f;
         char path[100];
@@ -2312,12 +2327,198 @@ test_http_search_parse(void)
 }
 #endif
 
+/* ---- the relay's conversion for the next hop (issue 18: long lines, 8BITMIME downgrade) ---- */
+
+/* Runs mime_conv over text (LF lines), each line in pieces of at most `piece` octets as lr_next
+ * gives a long line; returns the output (static) and *rc (0, or -1: cannot be converted). */
+static char *
+mc_run(const char *text, int need7, size_t piece, int *rc)
+{
+    static struct buf out;
+    struct mime_conv mc;
+    const char *p = text;
+    mc_init(&mc, need7);
+    out.len = 0;
+    buf_adds(&out, "");
+    *rc = 0;
+    while (*p && !*rc) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        do {
+            size_t k = n > piece ? piece : n;
+            int last = k == n;
+            *rc = mc_line(&mc, p, k, last && nl, &out);
+            p += k;
+            n -= k;
+            if (last) break;
+        } while (!*rc);
+        if (nl) p++;
+    }
+    if (!*rc) *rc = mc_end(&mc, &out);
+    return out.p;
+}
+
+/* Every line of s is at most max octets (and 7-bit when seven). */
+static int
+mc_lines_ok(const char *s, size_t max, int seven)
+{
+    size_t col = 0;
+    for (; *s; s++) {
+        if (seven && ((unsigned char)*s & 0x80)) return 0;
+        if (*s == '\n') col = 0;
+        else if (++col > max) return 0;
+    }
+    return 1;
+}
+
+/* Decodes quoted-printable text (RFC 2045 6.7) into a static buffer. */
+static char *
+qp_decode_text(const char *s, size_t n)
+{
+    static char out[300000];
+    size_t o = 0, i;
+    for (i = 0; i < n && o + 1 < sizeof out; i++) {
+        if (s[i] == '=' && i + 1 < n && s[i + 1] == '\n') { i++; continue; }
+        if (s[i] == '=' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
+            char h[3] = {s[i + 1], s[i + 2], 0};
+            out[o++] = (char)strtol(h, NULL, 16);
+            i += 2;
+            continue;
+        }
+        out[o++] = s[i];
+    }
+    out[o] = 0;
+    return out;
+}
+
+/* The text between the first blank line after `after` and the line starting with `until` (or the end). */
+static char *
+mc_part_body(const char *s, const char *after, const char *until)
+{
+    static char out[300000];
+    const char *a = strstr(s, after), *b, *e;
+    if (!a || !(b = strstr(a, "\n\n"))) return NULL;
+    b += 2;
+    e = until ? strstr(b, until) : b + strlen(b);
+    if (!e || (size_t)(e - b) >= sizeof out) return NULL;
+    memcpy(out, b, (size_t)(e - b));
+    out[e - b] = 0;
+    return out;
+}
+
+static void
+test_mime_conv(void)
+{
+    static char big[200000];
+    char *o, *d;
+    int rc;
+    size_t i;
+    /* a plain (non-MIME) message with a 1500-octet line: quoted-printable, MIME-Version added,
+     * lines of at most 76 octets, decoding gives the text back; the same when fed in pieces */
+    strcpy(big, "Received: from x\n\tby y\nSubject: long\n\nfirst = line  \n");
+    for (i = 0; i < 1500; i++) big[strlen(big) + 1] = 0, big[strlen(big)] = (char)('a' + i % 26);
+    strcat(big, "\n.dot line\nlast\n");
+    for (i = 0; i < 2; i++) {
+        o = mc_run(big, 0, i ? 100 : 16384, &rc);
+        ASSERT(rc == 0 && mc_lines_ok(o, 76, 1));
+        ASSERT(strstr(o, "MIME-Version: 1.0\nContent-Transfer-Encoding: quoted-printable\n\n") != NULL);
+        ASSERT(strncmp(o, "Received: from x\n\tby y\nSubject: long\n", 37) == 0);
+        ASSERT(strstr(o, "first =3D line =20\n") != NULL); /* '=' and the trailing space (rule 3) encoded */
+        d = mc_part_body(o, "Subject:", NULL);
+        ASSERT(d && strcmp(qp_decode_text(d, strlen(d)), strstr(big, "\n\n") + 2) == 0);
+    }
+    /* 8-bit for a hop without 8BITMIME: the Content-Transfer-Encoding field is replaced (wherever it was),
+     * a MIME-Version kept; 8-bit octets and CR encoded */
+    o = mc_run("MIME-Version: 1.0\nContent-Transfer-Encoding: 8bit\nContent-Type: text/plain; charset=utf-8\n\n"
+               "Gr\xc3\xbc\xc3\x9f" "e\r\n", 1, 16384, &rc);
+    ASSERT(rc == 0 && strcmp(o, "MIME-Version: 1.0\nContent-Type: text/plain; charset=utf-8\n"
+                                "Content-Transfer-Encoding: quoted-printable\n\nGr=C3=BC=C3=9Fe=0D\n") == 0);
+    /* an 8-bit header field cannot be converted: an error for a 7-bit hop only; folded when long */
+    mc_run("Subject: Gr\xc3\xbc\xc3\x9f" "e\n\nbody\n", 1, 16384, &rc);
+    ASSERT(rc == -1);
+    o = mc_run("Subject: Gr\xc3\xbc\xc3\x9f" "e\n\nbody\n", 0, 16384, &rc);
+    ASSERT(rc == 0 && strstr(o, "Subject: Gr\xc3\xbc\xc3\x9f" "e\n") != NULL);
+    strcpy(big, "To: ");
+    for (i = 0; i < 300; i++) strcat(big, "someone@example.org, ");
+    strcat(big, "\n\nx\n");
+    o = mc_run(big, 0, 16384, &rc);
+    ASSERT(rc == 0 && mc_lines_ok(o, 998, 1));
+    {   /* folded before white space: unfolding (dropping the LFs) gives the field back */
+        static char unf[200000];
+        size_t k = 0;
+        const char *q;
+        for (q = o; *q && !(q[0] == '\n' && q[1] == '\n'); q++)
+            if (*q != '\n') unf[k++] = *q;
+        unf[k] = 0;
+        k = (size_t)(strstr(big, "\n\n") - big);
+        ASSERT(strncmp(unf, big, k) == 0 && strncmp(unf + k, "MIME-Version: 1.0", 17) == 0);
+    }
+    /* nested multipart: boundaries with transport padding, an alternative inside, base64 left,
+     * message/rfc822 converted inside and then 7bit, the preamble and epilogue kept */
+    {
+        const char *msg =
+            "MIME-Version: 1.0\nContent-Type: multipart/mixed;\n boundary=\"out er\"\n\npreamble\n"
+            "--out er  \nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n\xc3\xa4 =\n"
+            "--out er\nContent-Type: multipart/alternative; boundary=in\n\n"
+            "--in\nContent-Type: text/html\n\n<p>\xc3\xb6</p>\n--in--\t\nepi-in\n"
+            "--out er\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n\nAAEC\n"
+            "--out er\nContent-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n\nSubject: inner\n\n\xc3\xbc\n"
+            "--out er--\nepilogue\n";
+        o = mc_run(msg, 1, 16384, &rc);
+        ASSERT(rc == 0 && mc_lines_ok(o, 76, 1));
+        ASSERT(strstr(o, "\npreamble\n--out er  \nContent-Type: text/plain; charset=utf-8\n"
+                         "Content-Transfer-Encoding: quoted-printable\n\n=C3=A4 =3D\n--out er\n") != NULL);
+        ASSERT(strstr(o, "--in\nContent-Type: text/html\nContent-Transfer-Encoding: quoted-printable\n\n"
+                         "<p>=C3=B6</p>\n--in--\t\nepi-in\n") != NULL);
+        ASSERT(strstr(o, "Content-Transfer-Encoding: base64\n\nAAEC\n") != NULL);
+        ASSERT(strstr(o, "Content-Type: message/rfc822\nContent-Transfer-Encoding: 7bit\n\nSubject: inner\n"
+                         "MIME-Version: 1.0\nContent-Transfer-Encoding: quoted-printable\n\n=C3=BC\n--out er--\n"
+                         "epilogue\n") != NULL);
+        ASSERT(strncmp(o, "MIME-Version: 1.0\nContent-Type: multipart/mixed;\n boundary=\"out er\"\n\n", 67) == 0);
+        o = mc_run(msg, 0, 30, &rc); /* for a hop with 8BITMIME (long lines elsewhere), in pieces: 8bit stays */
+        ASSERT(rc == 0 && strstr(o, "Content-Type: message/rfc822\nContent-Transfer-Encoding: 8bit\n\n") != NULL);
+    }
+    /* 8-bit octets in a part left as it is (base64, the preamble): an error for a 7-bit hop */
+    mc_run("Content-Type: application/x; name=a\nContent-Transfer-Encoding: base64\n\nAA\xff\n", 1, 16384, &rc);
+    ASSERT(rc == -1);
+    mc_run("Content-Type: multipart/mixed; boundary=b\n\n\xff\n--b\n\nx\n--b--\n", 1, 16384, &rc);
+    ASSERT(rc == -1);
+    /* long lines in a part left as it is: 998 octets stay, 999 are broken (base64: LF SPACE, as Postfix;
+     * quoted-printable: a soft break, never inside an =XX) */
+    strcpy(big, "Content-Transfer-Encoding: base64\n\n");
+    i = strlen(big);
+    memset(big + i, 'Q', 998);
+    memcpy(big + i + 998, "\n", 2);
+    i = strlen(big);
+    memset(big + i, 'R', 999);
+    memcpy(big + i + 999, "\n", 2);
+    o = mc_run(big, 0, 16384, &rc);
+    ASSERT(rc == 0 && mc_lines_ok(o, 998, 1));
+    d = strstr(o, "\n\n");
+    ASSERT(d && strlen(d) == 2 + 998 + 1 + 998 + 2 + 1 + 1 && d[2 + 998] == '\n' && d[2 + 999 + 998] == '\n' &&
+           d[2 + 999 + 999] == ' ' && d[2 + 999 + 1000] == 'R');
+    strcpy(big, "Content-Transfer-Encoding: quoted-printable\n\n");
+    for (i = 0; i < 1200; i++) strcat(big, i % 2 ? "=C3" : "x");
+    strcat(big, "\n");
+    o = mc_run(big, 0, 16384, &rc);
+    ASSERT(rc == 0 && mc_lines_ok(o, 998, 1));
+    d = mc_part_body(o, "Content-Transfer-Encoding", NULL);
+    ASSERT(d && strcmp(qp_decode_text(d, strlen(d)), qp_decode_text(strstr(big, "\n\n") + 2, strlen(big) - 2 -
+           (size_t)(strstr(big, "\n\n") - big))) == 0);
+    /* a header without body, and a last line without LF */
+    o = mc_run("Subject: s\nContent-Transfer-Encoding: 7bit", 1, 16384, &rc);
+    ASSERT(rc == 0 && strcmp(o, "Subject: s\nContent-Transfer-Encoding: 7bit") == 0);
+    o = mc_run("Subject: s\n\nend", 1, 16384, &rc);
+    ASSERT(rc == 0 && strcmp(o, "Subject: s\nMIME-Version: 1.0\nContent-Transfer-Encoding: quoted-printable\n\nend") == 0);
+}
+
 /* ---- trust (issue 11): smtpfix unit tests go above this line ---- */
 
 int
 main(void)
 {
     test_data_rx();
+    test_mime_conv();
     test_smtp_path();
     test_dsn_params();
     test_cmd_split();

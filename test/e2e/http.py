@@ -166,6 +166,29 @@ def http_api_shows_what_smtp_stored(ctx, storage):
 
 
 @test(modes=BOTH)
+def http_api_shows_long_lines(ctx, storage):
+    """Issue 18.2: a message with lines of 1,500 and 100,000 octets (now accepted) is shown by the
+    HTTP API whole: Text has both lines, /raw gives the message as sent."""
+    need_http()
+    srv = ctx.server(storage=storage, server=dict(CAPTURE, max_message_size="1M")).start()
+    t = tok()
+    l1 = "".join(chr(ord("a") + i % 26) for i in range(1500))
+    l2 = "".join("%05d," % i for i in range(100000 // 6))
+    body = "before\r\n%s\r\n%s\r\nafter\r\n" % (l1, l2)
+    msg = ("From: <%s>\r\nTo: <alice@example.test>\r\nSubject: long %s\r\nMessage-ID: <%s@client.test>\r\n\r\n"
+           % (SENDER, t, t) + body).encode()
+    check(srv.send(["alice@example.test"], msg) == {}, "refused")
+    lst = api_json(srv, "/api/v1/messages")
+    check(lst["total"] == 1, "messages: %s" % short(json.dumps(lst), 300))
+    mid = lst["messages"][0]["ID"]
+    full = api_json(srv, "/api/v1/message/" + mid)
+    check(full["Text"].replace("\r\n", "\n") == body.replace("\r\n", "\n"), "Text: %s" % short(full["Text"], 200))
+    st, hd, raw = api(srv, "GET", "/api/v1/message/%s/raw" % mid)
+    check(st == 200 and raw.endswith(msg.partition(b"\r\n\r\n")[2]) and msg.partition(b"\r\n\r\n")[0] in raw,
+          "raw: %d %s" % (st, short(raw[-200:], 200)))
+
+
+@test(modes=BOTH)
 def http_api_read_and_delete_as_pop3_sees_them(ctx, storage):
     need_http()
     srv = ctx.server(storage=storage, server=CAPTURE).start()

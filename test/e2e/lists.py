@@ -489,6 +489,23 @@ def list_mime_post_gets_footer_part(ctx):
     check([p.get_content_type() for p in alt.get_payload()] == ["text/plain", "text/html"], "alternative parts")
 
 
+@test(modes=BOTH)
+def list_post_long_lines(ctx, storage):
+    """Issue 18.2: a list post with a 1,500-octet header line and a 100,000-octet body line (now
+    accepted) reaches a member whole: both lines as they were sent."""
+    lk = {"owner": "alice@example.test", "post": "anyone", "subject_prefix": "[news]"}
+    srv = ctx.server(storage=storage, server={"max_message_size": "1M"}, sections={"list " + LIST: lk}).start()
+    subscribe(srv, "bob@example.test")
+    hline = "X-Long: " + " ".join("w%04d" % i for i in range(250))
+    bline = "".join("%05d," % i for i in range(100000 // 6))
+    t, refused = post(srv, "carol@example.test", subject="long", body="a\r\n%s\r\nb\r\n" % bline, extra=hline + "\r\n")
+    check(refused == {}, "post refused: %s" % refused)
+    got = wait_for(lambda: [d for d in posts(srv, "bob@example.test") if t.encode() in d], 10, "the post at bob")
+    head, _, body = got[0].partition(b"\r\n\r\n")
+    check((hline + "\r\n").encode() in head + b"\r\n", "the long header line changed: %s" % short(head, 300))
+    check(body.startswith(("a\r\n%s\r\nb\r\n" % bline).encode()), "the long body line changed: %s" % short(body, 300))
+
+
 @test()
 def list_help_and_owner(ctx):
     srv = list_server(ctx)

@@ -1,5 +1,6 @@
 """Debian's own programs as the other side (section peers); the fsyncs behind a 250 to DATA,
 seen under strace (section durability)."""
+import email
 import os
 import re
 import shutil
@@ -14,7 +15,8 @@ from .harness import (BOTH, Dnsmasq, Net, SENDER, TestFailure, accepts, check, f
                       mbox_path, need_ipv6, need_native, need_program, need_root, secs, short, test, tok, token_of,
                       wait_for)
 from .cli import read
-from .relay import bounces, check_dsn, check_relayed, queue_cli, relay_mail, sink_wait, wait_queue_empty
+from .relay import (bounces, check_7bit_text, check_dsn, check_leaves, check_relayed, mime_8bit,
+                    mime_leaf_payloads, queue_cli, relay_mail, sink_wait, wait_queue_empty)
 from .tls import make_cert
 from .lists import LIST, confirm, list_req, local_confirmation, members
 
@@ -340,6 +342,51 @@ def peers_postfix_smtpd_strict(ctx):
     check(re.search(r"reject: MAIL from \S+: 552 5\.3\.4 Message size exceeds fixed limit", pf.log_text()),
           "Postfix did not refuse the size at MAIL FROM: %s" % short(pf.log_text()[-600:], 600))
     check(len(pf.messages()) == 1, "Postfix stored the 300 KB message")
+
+
+@test(limit=120, unix_only=True)
+def peers_postfix_8bitmime(ctx):
+    """Issue 18.2-3 with Postfix's smtpd as the next hop (root). One offering 8BITMIME gets 8-bit
+    text as it was sent, declared with BODY=8BITMIME (its debug log shows the MAIL command), and a
+    100,000-octet line re-encoded: every line within 998 octets, decoding to the text sent. One not
+    offering it (smtpd_discard_ehlo_keywords = 8bitmime) gets a multipart 8-bit message as 7-bit
+    quoted-printable whose parts decode (Python's email package) to the parts sent; a message with an
+    8-bit Subject is bounced to its sender with 5.6.3 and that Postfix keeps nothing of it."""
+    pf = PostfixInstance(ctx, 2000000, main=["debug_peer_list = 127.0.0.1"])
+    pf7 = PostfixInstance(ctx, 2000000, main=["virtual_mailbox_domains = c.test", "smtpd_discard_ehlo_keywords = 8bitmime"])
+    srv = ctx.server(server={"max_message_size": "1M"},
+                     sections={"relay": {"retry": "1h", "timeout": "10"},
+                               "route": {"b.test": "127.0.0.1:%d" % pf.port, "c.test": "127.0.0.1:%d" % pf7.port}}).start()
+    t1 = tok()
+    m1, _ = mime_8bit(t1, "ben@b.test", long_line=False)
+    check(srv.send(["ben@b.test"], m1) == {}, "refused")
+    got = wait_for(pf.messages, 20, "the 8-bit message in Postfix's Maildir")
+    check(m1.partition(b"\r\n\r\n")[2].replace(b"\r\n", b"\n") == got[0].partition(b"\n\n")[2],
+          "the 8-bit body changed on the way: %s" % short(got[0][-300:], 300))
+    check(re.search(r"< \S+\[127\.0\.0\.1\]: MAIL FROM:<%s> BODY=8BITMIME" % re.escape(SENDER), pf.log_text()),
+          "MAIL FROM without BODY=8BITMIME: %s" % short(re.findall(r".*MAIL FROM.*", pf.log_text()), 400))
+    t2 = tok()
+    long = "".join("%05d," % i for i in range(100000 // 6))
+    m2 = make_msg(t2, to="ben@b.test", body="one\r\n" + long + "\r\n.two\r\n")
+    check(srv.send(["ben@b.test"], m2) == {}, "refused")
+    got = wait_for(lambda: [g for g in pf.messages() if t2.encode() in g], 20, "the long-line message at Postfix")
+    check_7bit_text(got[0], "the message with a 100,000-octet line")
+    dec = email.message_from_bytes(got[0]).get_payload(decode=True).replace(b"\r\n", b"\n")
+    check(dec == ("one\n" + long + "\n.two\n").encode(), "the long line decodes to %s" % short(dec, 200))
+    t3 = tok()
+    m3, parts = mime_8bit(t3, "ben@c.test")
+    check(srv.send(["ben@c.test"], m3) == {}, "refused")
+    got = wait_for(pf7.messages, 20, "the converted message at the Postfix without 8BITMIME")
+    check_7bit_text(got[0], "the converted message")
+    check_leaves(mime_leaf_payloads(got[0]), m3, parts, "the converted message at Postfix")
+    check(("X-Test-Token: " + t3).encode() in got[0], "the header did not arrive")
+    t4 = tok()
+    m4, _ = mime_8bit(t4, "ben@c.test", sender="alice@example.test", subject="Gr\u00fc\u00dfe " + t4)
+    check(srv.send(["ben@c.test"], m4, sender="alice@example.test") == {}, "refused")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 20, "the bounce of the 8-bit Subject")
+    check_dsn(b[0], {"ben@c.test": "5.6.3"}, t4)
+    check(len(pf7.messages()) == 1, "the Postfix without 8BITMIME stored %d messages" % len(pf7.messages()))
+    wait_queue_empty(srv, 20)
 
 # end of section: peers
 

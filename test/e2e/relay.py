@@ -70,7 +70,7 @@ def bounces(srv, addr):
 
 def check_dsn(data, want, token, diag=None, stored=True):
     """data: an RFC 3464 bounce; want: {final recipient: Status prefix}; token: the bounced message's."""
-    lines = data.split(b"\r\n")
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
     if stored:
         check(lines[0] == b"Return-Path: <>", "bounce: first line %s, expected Return-Path: <>" % short(lines[0]))
     m = email.message_from_bytes(data)
@@ -445,6 +445,9 @@ def relay_bounce_to_remote_sender(ctx):
     check(got[0]["mail_from"] == "", "bounce sent with MAIL FROM:<%s>, expected <>" % got[0]["mail_from"])
     check(got[0]["rcpts"] == ["someone@far.test"], "bounce to %s" % got[0]["rcpts"])
     check_dsn(got[0]["data"], {"nobody@remote.test": "5.1.1"}, t, diag="550 5.1.1", stored=False)
+    # issue 18: the server knows what it wrote (7-bit, short lines): sent as it is, undeclared
+    check("BODY=" not in got[0]["params"] and b"quoted-printable" not in got[0]["data"],
+          "the bounce was declared 8-bit or converted: %r %s" % (got[0]["params"], short(got[0]["data"], 300)))
     wait_queue_empty(srv)
     check(len(home.messages) == 1 and dest.messages == [], "extra messages: %d at home, %d at dest"
           % (len(home.messages), len(dest.messages)))
@@ -574,6 +577,172 @@ def relay_large_message(ctx, storage):
     got = sink_wait(sink, 1, 10)
     check_relayed(got[0]["data"], msg)
     check_message(srv.fetch("alice@example.test")[0]["data"], msg)
+
+
+# Issue 18: 8BITMIME (RFC 6152) and lines over 998 octets (RFC 5321 4.5.3.1.6) toward the next hop.
+LONG_TEXT = "".join(chr(ord("a") + i % 26) for i in range(1500))
+
+
+def mime_8bit(token, to, sender=SENDER, subject=None, long_line=True):
+    """A multipart/mixed message in UTF-8: 8bit text (with '=', trailing spaces, a leading dot, a
+    1,500-octet line), an alternative with 8bit HTML, a base64 attachment, a message/rfc822 (8bit)."""
+    text = ("Gr\u00fc\u00dfe %s = f\u00fcnf  \r\n.dot line \u00e4\r\n%s\r\nFrom the end\t\r\n"
+            % (token, LONG_TEXT if long_line else "short")).encode()
+    html = "<p>\u00e9t\u00e9 %s</p>\r\n" % token
+    att = bytes(range(256)) * 4
+    import base64
+    b64 = base64.encodebytes(att).replace(b"\n", b"\r\n")
+    hdr = ["From: <%s>" % sender, "To: <%s>" % to, "Subject: %s" % (subject or "8bit " + token),
+           "Message-ID: <%s@client.test>" % token, "X-Test-Token: %s" % token, "MIME-Version: 1.0",
+           'Content-Type: multipart/mixed; boundary="outer b"']
+    msg = ("\r\n".join(hdr) + "\r\n\r\npreamble\r\n--outer b\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode() + text
+    msg += ("--outer b  \r\nContent-Type: multipart/alternative; boundary=alt\r\n\r\n--alt\r\n"
+            "Content-Type: text/html; charset=utf-8\r\n\r\n" + html + "--alt--\r\n"
+            "--outer b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n").encode()
+    msg += b64 + ("--outer b\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                  "Subject: inner\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ninner \u00fc\r\n"
+                  "--outer b--\r\n").encode()
+    return msg, [text, html.encode(), att, "inner \u00fc\r\n".encode()]
+
+
+def mime_leaf_payloads(data):
+    """The decoded payloads of a message's leaf parts (in order, message/rfc822 opened), LF line ends."""
+    out = []
+    for p in email.message_from_bytes(data).walk():
+        if p.is_multipart() or p.get_content_type() == "message/rfc822":
+            continue
+        b = p.get_payload(decode=True) or b""
+        out.append(b if p.get_content_type() == "application/octet-stream" else b.replace(b"\r\n", b"\n"))
+    return out
+
+
+def check_7bit_text(data, what):
+    """data (CRLF, or LF as Postfix stores it) as a hop without 8BITMIME must get it: 7-bit, no line over 998 octets."""
+    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    check(all(b < 128 for b in data), "%s has 8-bit octets: %s" % (what, short([l for l in lines if max(l or b"0") > 127][:3], 300)))
+    check(max(len(l) for l in lines) <= 998, "%s has a line of %d octets" % (what, max(len(l) for l in lines)))
+
+
+def check_leaves(got, sent, parts, what):
+    """got: the leaf payloads as relayed; sent: the message as sent; parts: what was put in it."""
+    want = mime_leaf_payloads(sent)
+    check(len(want) == len(parts) and all(w == (p if i == 2 else p.replace(b"\r\n", b"\n")).rstrip(b"\n")
+                                          for i, (w, p) in enumerate(zip(want, parts))),
+          "the test's message does not parse as meant: %s" % short(want, 300))
+    check(got == want, "%s: the decoded parts differ: got %s, want %s" % (what, short(got, 400), short(want, 400)))
+
+
+@test(modes=BOTH)
+def relay_8bitmime_declared(ctx, storage):
+    """Issue 18.3, RFC 6152 2: to a hop offering 8BITMIME, 8-bit text goes as it is with
+    MAIL FROM ... BODY=8BITMIME; 7-bit text without the parameter; a message with a 1,500-octet line
+    (7-bit) arrives with every line within 998 octets, decoding to the same parts."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server(storage=storage).start()
+    t = tok()
+    msg, _ = mime_8bit(t, "user@remote.test", long_line=False)
+    check(srv.send(["user@remote.test"], msg) == {}, "refused")
+    got = sink_wait(sink, 1, 10)
+    check("BODY=8BITMIME" in got[0]["params"].split(), "MAIL FROM parameters: %r" % got[0]["params"])
+    check_relayed(got[0]["data"], msg)
+    t2, m2 = relay_mail(srv, ["user@remote.test"])
+    got = sink_wait(sink, 2, 10)
+    check("BODY=" not in got[1]["params"], "7-bit text declared: %r" % got[1]["params"])
+    check_relayed(got[1]["data"], m2)
+    t3 = tok()
+    m3 = make_msg(t3, to="user@remote.test", body="one\r\n" + LONG_TEXT + "\r\n.two\r\n")
+    check(srv.send(["user@remote.test"], m3) == {}, "refused")
+    got = sink_wait(sink, 3, 10)
+    check("BODY=" not in got[2]["params"], "7-bit text declared: %r" % got[2]["params"])
+    check_7bit_text(got[2]["data"], "the message with a long line")
+    parsed = email.message_from_bytes(got[2]["data"])
+    check(parsed["Content-Transfer-Encoding"] == "quoted-printable" and parsed["MIME-Version"] == "1.0",
+          "long line: not quoted-printable: %s" % short(got[2]["data"], 300))
+    check(parsed.get_payload(decode=True).replace(b"\r\n", b"\n") == ("one\n" + LONG_TEXT + "\n.two\n").encode(),
+          "long line: decodes to %s" % short(parsed.get_payload(decode=True), 200))
+    wait_queue_empty(srv)
+
+
+@test(modes=BOTH)
+def relay_8bit_downgrade(ctx, storage):
+    """Issue 18.3, RFC 6152 3: to a hop without 8BITMIME, a multipart message with 8-bit text
+    (nested alternative, base64 attachment, 8-bit message/rfc822, a 1,500-octet line) arrives as
+    7-bit quoted-printable, undeclared, every part decoding to what was sent. A message with an
+    8-bit Subject cannot be converted: its sender gets a bounce with 5.6.3, the hop gets nothing
+    (QUIT instead of DATA); the same for 8-bit in a part's header (the connection closed in DATA)."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(extensions=["SIZE 10240000", "PIPELINING"])
+    srv = net.server(storage=storage).start()
+    t = tok()
+    msg, parts = mime_8bit(t, "user@remote.test")
+    check(srv.send(["user@remote.test"], msg) == {}, "refused")
+    got = sink_wait(sink, 1, 10)
+    check("BODY=" not in got[0]["params"], "BODY= to a hop without 8BITMIME: %r" % got[0]["params"])
+    check_7bit_text(got[0]["data"], "the converted message")
+    check_leaves(mime_leaf_payloads(got[0]["data"]), msg, parts, "the converted message")
+    check(token_of(got[0]["data"]) == t, "the header changed")
+    t2 = tok()
+    m2, _ = mime_8bit(t2, "user@remote.test", sender="alice@example.test", subject="Gr\u00fc\u00dfe " + t2)
+    n = len(sink.events)
+    check(srv.send(["user@remote.test"], m2, sender="alice@example.test") == {}, "refused")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 20, "the bounce of the 8-bit Subject")
+    check_dsn(b[0], {"user@remote.test": "5.6.3"}, t2)
+    # found in the message's header before DATA: QUIT after RCPT, no DATA at all
+    stages = wait_for(lambda: [e[0] for e in sink.events[n:]][-2:] == ["rcpt", "quit"] and [e[0] for e in sink.events[n:]],
+                      10, "QUIT after RCPT at the sink (saw %s)" % [e[0] for e in sink.events[n:]])
+    check("data" not in stages and "data-start" not in stages, "DATA was sent: %s" % stages)
+    # 8-bit in a part's header (a raw UTF-8 file name) is found while the text goes out: the
+    # connection is closed before the final dot, and the sender gets the same bounce
+    t3 = tok()
+    m3, _ = mime_8bit(t3, "user@remote.test", sender="alice@example.test")
+    m3 = m3.replace(b"Content-Type: application/octet-stream\r\n",
+                    b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"\xc3\xbc.bin\"\r\n")
+    check(srv.send(["user@remote.test"], m3, sender="alice@example.test") == {}, "refused")
+    b = wait_for(lambda: [x for x in bounces(srv, "alice@example.test") if t3.encode() in x], 20,
+                 "the bounce of the 8-bit part header")
+    check_dsn(b[0], {"user@remote.test": "5.6.3"}, t3)
+    check(len(sink.messages) == 1, "the hop got %d messages" % len(sink.messages))
+    wait_queue_empty(srv)
+
+
+@test()
+def relay_queue_entry_without_body_facts(ctx):
+    """Issue 18: a queue entry written before issue 18 (no `body` or `longlines` line in ID.env) is
+    taken as 8-bit with long lines, never scanned: it goes declared BODY=8BITMIME, its text as
+    quoted-printable that decodes to the text queued. An entry saying `body 7bit` goes unchanged."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server()
+    os.makedirs(srv.queue, exist_ok=True)
+    toks = {}
+    for name, extra in (("old", ""), ("new", "body 7bit\n")):
+        t = toks[name] = tok()
+        qid = "1700000000.M00000%sP1Q1" % ("1" if name == "old" else "2")
+        text = ("Received: from x ([127.0.0.1])\n\tby test.local (mailsrv) with ESMTP id %s;\n\tMon, 1 Jan 2024 00:00:00 +0000\n"
+                "Subject: %s entry\nX-Test-Token: %s\n\nplain = text %s\n.dot\n" % (qid, name, t, t)).encode()
+        with open(os.path.join(srv.queue, qid + ".msg"), "wb") as f:
+            f.write(text)
+        with open(os.path.join(srv.queue, qid + ".env"), "w") as f:
+            f.write("mailsrv-queue 1\nfrom <%s>\narrived %d\ntries 0\nnext 0\nsize %d\nlines 6\n%srcpt pending user@remote.test\n"
+                    % (SENDER, int(time.time()), len(text), extra))
+    srv.start()
+    got = {token_of(g["data"]): g for g in sink_wait(sink, 2, 15)}
+    check(set(got) == set(toks.values()), "the sink got %s" % sorted(got))
+    old, new = got[toks["old"]], got[toks["new"]]
+    check("BODY=8BITMIME" in old["params"].split(), "old entry: MAIL parameters %r" % old["params"])
+    m = email.message_from_bytes(old["data"])
+    check(m["Content-Transfer-Encoding"] == "quoted-printable", "old entry not converted: %s" % short(old["data"], 300))
+    check(m.get_payload(decode=True).replace(b"\r\n", b"\n") == ("plain = text %s\n.dot\n" % toks["old"]).encode(),
+          "old entry decodes to %s" % short(m.get_payload(decode=True)))
+    check("BODY=" not in new["params"], "7bit entry: MAIL parameters %r" % new["params"])
+    check(new["data"].endswith(("\r\n\r\nplain = text %s\r\n.dot\r\n" % toks["new"]).encode()),
+          "7bit entry changed: %s" % short(new["data"], 300))
+    wait_queue_empty(srv)
 
 
 @test()

@@ -6,7 +6,8 @@
  *    command's own CRLF counts as the one before the first line; nothing else
  *    (LF.LF, CR.CR, LF.CRLF ...) ends it;
  *  - lines and bytes are counted as stored, the output never outgrows the input;
- *  - too_long is set exactly when a stored line is over 998 octets. */
+ *  - too_long is set exactly when a stored line is over 998 octets, eightbit
+ *    exactly when a stored octet is over 127. */
 #define MAILSRV_NO_MAIN
 #include "../../mailsrv.c"
 #include "fuzz.h"
@@ -33,6 +34,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     unsigned seed;
     int done = 0, want_done;
     int64_t lines = 0;
+    int eight = 0;
     if (size < 1) return 0;
     seed = data[0] * 2654435761u + 1;
     n = size - 1;
@@ -55,11 +57,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(total <= used);
     assert(d.bytes == (int64_t)total);
     for (i = 0; i < total; i++) {
+        if ((unsigned char)all[i] & 0x80) eight = 1;
         if (all[i] == '\n') { lines++; line = 0; continue; }
         if (++line > maxline) maxline = line;
     }
     assert(d.lines == lines);
     assert(d.too_long == (maxline > MS_TEXT_LINE_MAX - 2));
+    assert(d.eightbit == eight);
     free(all);
     return 0;
 }
