@@ -1642,6 +1642,7 @@ static const char * cmd_split(const char *line, char *verb, size_t n);
 static const char * smtp_parse_path(const char *s, char *local, char *domain);
 static void data_rx_init(struct data_rx *d);
 static size_t data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done);
+static size_t data_rx_finish(struct data_rx *d, char *out);
 static int mbox_is_from_line(const char *p, size_t n, int quoted_only);
 static int pop_parse_num(const char *s, int max);
 static int sasl_plain_decode(const char *b64, char *user, size_t ulen, char *pass, size_t plen);
@@ -1878,12 +1879,15 @@ static int smtp_low_space(struct conn *c, int64_t size);
 static void smtp_do_mail(struct conn *c, const char *args);
 static void smtp_do_rcpt(struct conn *c, const char *args);
 static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
+static int smtp_msg_begin(struct conn *c, int raw);
 static void smtp_do_data(struct conn *c, const char *args);
+static void smtp_do_bdat(struct conn *c, const char *args);
 static void smtp_data_end(struct conn *c);
 static void smtp_deliver_next(struct conn *c);
 static int smtp_deliver_step(struct conn *c, int64_t until_us);
 static void smtp_group_committed(struct conn *c, int ok);
 static size_t smtp_data_feed(struct conn *c, const char *in, size_t n);
+static size_t smtp_bdat_feed(struct conn *c, const char *in, size_t n);
 static void smtp_do_starttls(struct conn *c, const char *args);
 static void smtp_do_ehlo(struct conn *c, const char *a);
 static void smtp_do_helo(struct conn *c, const char *a);
@@ -3892,6 +3896,7 @@ smtp_parse_path(const char *s, char *local, char *domain)
 enum { D_BOL, D_TEXT, D_CR, D_DOT, D_DOTCR };
 struct data_rx {
     int st, strict;        /* strict: this line started after a CRLF */
+    int raw;               /* BDAT chunks (RFC 3030 2): no dot-stuffing, no end marker; line ends as DATA's */
     size_t line_len;
     int64_t lines, bytes;  /* stored lines and bytes */
     int too_long;          /* a line over 998 octets seen */
@@ -3917,7 +3922,7 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
         switch (d->st) {
         case D_BOL:
             d->line_len = 0;
-            if (ch == '.') { d->st = D_DOT; i++; }
+            if (ch == '.' && !d->raw) { d->st = D_DOT; i++; }
             else d->st = D_TEXT;
             break;
         case D_TEXT:
@@ -3958,6 +3963,21 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
     d->bytes += (int64_t)(o - *olen);
     *olen = o;
     return i;
+}
+
+/* BDAT LAST (raw): the end of the text. A last line without its line end
+ * gets one (a CR the last chunk ended with is one), so a message stored
+ * from BDAT chunks ends in LF as one from DATA always does. Writes at most
+ * 1 byte to out; returns how many. */
+static size_t
+data_rx_finish(struct data_rx *d, char *out)
+{
+    if (d->st != D_TEXT && d->st != D_CR) return 0;
+    out[0] = '\n';
+    d->lines++;
+    d->bytes++;
+    d->st = D_BOL;
+    return 1;
 }
 
 /* mboxrd: a line matching ^>*From_ gets one more '>' when stored, loses one when read. */
@@ -9498,7 +9518,9 @@ io_close(struct transport *io)
  * sweep in loop_sweep(), after dispatch.
  */
 
-enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_DATA };
+/* SMTP_S_BDAT: a BDAT transaction between its chunks (RFC 3030); a chunk's
+ * octets are read in any state while smtp_sess.bdat_left is not 0 */
+enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_BDAT, SMTP_S_DATA };
 enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_LONG_LINE, TXERR_IO };
 
@@ -9523,7 +9545,10 @@ struct smtp_sess {
     char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 14) */
     int nlists;
     struct data_rx rx;
-    char *wbuf;                      /* only while receiving DATA */
+    int64_t bdat_left, bdat_size;    /* octets of the BDAT chunk being read still to come, of all of it */
+    int bdat_last;                   /* ... it is the LAST one */
+    int bdat_skip;                   /* ... it was refused (answered): its octets are read and dropped */
+    char *wbuf;                      /* only while receiving DATA or BDAT chunks */
     size_t wlen;
     int64_t written, synced;         /* DATA: bytes in msg's file, and fsynced (MS_DATA_SYNC_BYTES) */
     int sync_data;                   /* ... the file itself is kept (a Maildir or queue link): fsynced as it comes */
@@ -10465,7 +10490,7 @@ chaos_fires(struct mailsrv *ms, int which)
 /*==== 10. SMTP server session ====*/
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
- * ENHANCEDSTATUSCODES (2034, 3463) and AUTH PLAIN/LOGIN (4954).
+ * ENHANCEDSTATUSCODES (2034, 3463), CHUNKING (3030: BDAT) and AUTH PLAIN/LOGIN (4954).
  * Handlers reply through conn_reply(); smtp_line() dispatches them through smtp_cmds[].
  */
 
@@ -10515,6 +10540,7 @@ smtp_tx_reset(struct conn *c)
     s->nrcpt = 0;
     s->tx_error = TXERR_NONE;
     if (s->state > SMTP_S_READY) s->state = SMTP_S_READY;
+    s->rx.raw = 0;
 }
 
 static void
@@ -10541,6 +10567,7 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
+    conn_reply(c, "250-CHUNKING"); /* RFC 3030 */
     if (c->ms->cfg->tls && !c->io.tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
     conn_reply(c, "250 ENHANCEDSTATUSCODES");
@@ -10799,8 +10826,10 @@ smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
     return 0;
 }
 
-static void
-smtp_do_data(struct conn *c, const char *args)
+/* The message's file in SPOOL/.tmp and its first lines (Return-Path:,
+ * Received:), for DATA or the first BDAT; -1 (answered 451) if it cannot be made. */
+static int
+smtp_msg_begin(struct conn *c, int raw)
 {
     struct smtp_sess *s = &c->u.smtp;
     struct mailsrv *ms = c->ms;
@@ -10808,11 +10837,10 @@ smtp_do_data(struct conn *c, const char *args)
     struct buf hdr = {0};
     const char *host = ms->cfg->hostname;
     int for1 = s->nrcpt == 1 && s->first_rcpt[0]; /* Received: ... for <the one recipient> */
-    if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
     if (msg_open(ms, &s->msg) != 0) {
         conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
-        return;
+        return -1;
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
     ms_rfc5322_date(date, sizeof date, s->msg.when);
@@ -10823,6 +10851,7 @@ smtp_do_data(struct conn *c, const char *args)
                s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
                for1 ? "\n\tfor <" : "", for1 ? s->first_rcpt : "", for1 ? ">" : "", date);
     data_rx_init(&s->rx);
+    s->rx.raw = raw;
     s->msg.size = (int64_t)hdr.len;
     s->msg.lines = s->msg.hdr_lines = 4 + for1; /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
@@ -10832,8 +10861,44 @@ smtp_do_data(struct conn *c, const char *args)
     if (!hdr.p) s->tx_error = TXERR_IO; /* vsnprintf failed: refused at the final dot */
     else smtp_write_data(s, hdr.p, hdr.len);
     buf_free(&hdr);
+    return 0;
+}
+
+static void
+smtp_do_data(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
+    if (smtp_msg_begin(c, 0) != 0) return;
     s->state = SMTP_S_DATA;
     conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* BDAT chunk-size [LAST] (RFC 3030 2, 4.2): the chunk's octets follow the
+ * line at once, and are read (smtp_bdat_feed) even when the command is
+ * refused, so that the session stays in step with the client. */
+static void
+smtp_do_bdat(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char num[24];
+    const char *rest = cmd_split(args, num, sizeof num), *p;
+    int64_t n = 0;
+    for (p = num; *p && isdigit((unsigned char)*p) && p - num < 18; p++) n = n * 10 + (*p - '0');
+    if (!num[0] || *p || (*rest && !ms_strcaseeq(rest, "LAST"))) {
+        /* the octets that follow cannot be told from commands: the session cannot go on */
+        conn_reply(c, "501 5.5.4 Syntax: BDAT chunk-size [LAST]");
+        conn_close_after_reply(c);
+        return;
+    }
+    s->bdat_left = s->bdat_size = n;
+    s->bdat_last = *rest != 0;
+    s->bdat_skip = 1; /* a refusal is answered now: the chunk's octets make no answer of their own */
+    if (s->state < SMTP_S_RCPT) /* as DATA's */
+        conn_reply(c, "503 5.5.1 %s", s->state == SMTP_S_MAIL ? "No valid recipients" : "Need MAIL and RCPT first");
+    else if (s->state == SMTP_S_RCPT && smtp_msg_begin(c, 1) != 0) {} /* answered 451 */
+    else { s->bdat_skip = 0; s->state = SMTP_S_BDAT; }
+    if (n == 0) smtp_bdat_feed(c, "", 0);
 }
 
 /* The final dot: refuse, or deliver and answer only once all copies are durable. */
@@ -11011,6 +11076,45 @@ smtp_data_feed(struct conn *c, const char *in, size_t n)
     return used;
 }
 
+/* A BDAT chunk's octets (at most bdat_left of them): returns how many were
+ * consumed. They are stored as DATA's text is (line ends as LF, a CRLF split
+ * between two chunks included), without dot-stuffing. At the chunk's end:
+ * 250, or an error (as DATA's, the transaction ends), or, after LAST, the
+ * delivery through DATA's final dot (smtp_data_end). */
+static size_t
+smtp_bdat_feed(struct conn *c, const char *in, size_t n)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    const struct ms_config *cfg = c->ms->cfg;
+    size_t take = (uint64_t)s->bdat_left < (uint64_t)n ? (size_t)s->bdat_left : n, used = 0;
+    int done;
+    if (s->bdat_skip) used = take;
+    while (used < take) {
+        used += data_rx_feed(&s->rx, in + used, take - used, s->wbuf, MS_DATA_BUF, &s->wlen, &done);
+        if (s->rx.bytes > cfg->max_message_size && !s->tx_error) s->tx_error = TXERR_TOO_BIG;
+        if (s->wlen + 64 > MS_DATA_BUF) {
+            smtp_write_data(s, s->wbuf, s->wlen);
+            s->wlen = 0;
+        }
+    }
+    s->bdat_left -= (int64_t)used;
+    if (used) c->io.deadline = os_now_ms() + cfg->timeout * 1000;
+    if (s->bdat_left) return used;
+    if (s->bdat_skip) { s->bdat_skip = 0; return used; }
+    if (s->bdat_last) {
+        s->wlen += data_rx_finish(&s->rx, s->wbuf + s->wlen);
+        if (s->rx.bytes > cfg->max_message_size && !s->tx_error) s->tx_error = TXERR_TOO_BIG;
+    }
+    if (s->bdat_last || s->tx_error || s->rx.too_long) {
+        smtp_write_data(s, s->wbuf, s->wlen);
+        s->wlen = 0;
+        smtp_data_end(c); /* answers an error, or delivers (RFC 3030 2: the 250 after LAST means it is taken) */
+    } else {
+        conn_reply(c, "250 2.0.0 %lld octets received", (long long)s->bdat_size);
+    }
+    return used;
+}
+
 /* RFC 3207 (conn_starttls); the session starts over. */
 static void
 smtp_do_starttls(struct conn *c, const char *args)
@@ -11038,7 +11142,7 @@ static void
 smtp_do_help(struct conn *c, const char *a)
 {
     (void)a;
-    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
+    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
     conn_reply(c, "214 2.0.0 mailsrv " MAILSRV_VERSION);
 }
 static void
@@ -11058,21 +11162,23 @@ smtp_do_quit(struct conn *c, const char *a)
 static const struct smtp_cmd {
     const char *verb;
     void (*fn)(struct conn *c, const char *args);
-    const char *refused[SMTP_S_DATA]; /* GREET, READY, MAIL, RCPT */
+    const char *refused[SMTP_S_DATA]; /* GREET, READY, MAIL, RCPT, BDAT */
     int junk;                        /* counts towards max_junk_commands */
 } smtp_cmds[] = {
-    {"EHLO", smtp_do_ehlo, {NULL, NULL, NULL, NULL}, 0},
-    {"HELO", smtp_do_helo, {NULL, NULL, NULL, NULL}, 0},
-    {"MAIL", smtp_do_mail, {"Send HELO/EHLO first", NULL, "Nested MAIL command", "Nested MAIL command"}, 0},
-    {"RCPT", smtp_do_rcpt, {NEED_MAIL, NEED_MAIL, NULL, NULL}, 0},
-    {"DATA", smtp_do_data, {NEED_RCPT, NEED_RCPT, "No valid recipients", NULL}, 0},
-    {"RSET", smtp_do_rset, {NULL, NULL, NULL, NULL}, 1},
-    {"NOOP", smtp_do_noop, {NULL, NULL, NULL, NULL}, 1},
-    {"QUIT", smtp_do_quit, {NULL, NULL, NULL, NULL}, 0},
-    {"HELP", smtp_do_help, {NULL, NULL, NULL, NULL}, 1},
-    {"VRFY", smtp_do_vrfy, {NULL, NULL, NULL, NULL}, 1},
-    {"AUTH", smtp_do_auth, {"Send EHLO first", NULL, IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH")}, 0},
-    {"STARTTLS", smtp_do_starttls, {NULL, NULL, IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS")}, 0},
+    {"EHLO", smtp_do_ehlo, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"HELO", smtp_do_helo, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"MAIL", smtp_do_mail, {"Send HELO/EHLO first", NULL, "Nested MAIL command", "Nested MAIL command", "Nested MAIL command"}, 0},
+    {"RCPT", smtp_do_rcpt, {NEED_MAIL, NEED_MAIL, NULL, NULL, "RCPT not allowed after BDAT"}, 0},
+    /* RFC 3030 2: DATA and BDAT are not mixed in one transaction */
+    {"DATA", smtp_do_data, {NEED_RCPT, NEED_RCPT, "No valid recipients", NULL, "DATA not allowed after BDAT"}, 0},
+    {"BDAT", smtp_do_bdat, {NULL, NULL, NULL, NULL, NULL}, 0}, /* refused by itself: its octets are read */
+    {"RSET", smtp_do_rset, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"NOOP", smtp_do_noop, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"QUIT", smtp_do_quit, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"HELP", smtp_do_help, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"VRFY", smtp_do_vrfy, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"AUTH", smtp_do_auth, {"Send EHLO first", NULL, IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH")}, 0},
+    {"STARTTLS", smtp_do_starttls, {NULL, NULL, IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS")}, 0},
 };
 
 static void
@@ -11111,6 +11217,11 @@ smtp_line(struct conn *c, char *line, size_t len)
 static int
 smtp_pump(struct conn *c)
 {
+    if (c->u.smtp.bdat_left) {
+        if (!c->io.inlen) return -1;
+        io_consume(&c->io, smtp_bdat_feed(c, c->io.in, c->io.inlen));
+        return 1;
+    }
     if (c->u.smtp.state != SMTP_S_DATA) return 0;
     if (!c->io.inlen) return -1;
     io_consume(&c->io, smtp_data_feed(c, c->io.in, c->io.inlen));
@@ -11126,13 +11237,14 @@ smtp_logged_in(const struct conn *c)
 static int
 smtp_busy(const struct conn *c)
 {
-    return c->u.smtp.state == SMTP_S_DATA || c->u.smtp.auth_step != AUTH_NONE;
+    return smtp_in_data(c) || c->u.smtp.auth_step != AUTH_NONE;
 }
 
+/* In DATA, in a BDAT transaction (between its chunks too), or reading a refused chunk's octets */
 static int
 smtp_in_data(const struct conn *c)
 {
-    return c->u.smtp.state == SMTP_S_DATA;
+    return c->u.smtp.state >= SMTP_S_BDAT || c->u.smtp.bdat_left;
 }
 
 static int

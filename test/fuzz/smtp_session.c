@@ -1,11 +1,11 @@
 /* libFuzzer: a whole SMTP server session, the client's byte stream fed to a
  * socketless connection (struct conn, conn_process as the poll loop runs it):
- * EHLO, AUTH, MAIL/RCPT, DATA into a real Maildir spool and relay queue under
+ * EHLO, AUTH, MAIL/RCPT, DATA or BDAT chunks into a real Maildir spool and relay queue under
  * /dev/shm, pipelining, long lines, NULs. The first byte picks the listener
  * (smtp or submission), the client address (loopback or not) and the piece
  * sizes. A mailing list (news@fuzz.test) takes posts, requests and reports.
  * Every reply must be well formed: "DDD " or "DDD-" lines in CRLF.
- * Oracle: "250 after DATA" <=> the message is stored. After the session every
+ * Oracle: "250 after DATA" (or BDAT LAST) <=> the message is stored. After the session every
  * message file in the spool and the queue is found by the id in the
  * Received: line mailsrv wrote (a list's copy of a post keeps the post's);
  * each must have had its 250 "as ID", and each 250 must have its file,
