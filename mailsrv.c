@@ -217,9 +217,9 @@
  * error, with a probability, so that applications can test their retries. */
 enum { CHAOS_SENDER, CHAOS_RCPT, CHAOS_AUTH, CHAOS_N };
 
-/* The protocols a listener speaks; SMTP and submission share one session code. */
-enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3, PROTO_HTTP };
-static const char *const proto_names[] = {"smtp", "submission", "pop3", "http"};
+/* The protocols a listener speaks; SMTP, submission and LMTP share one session code. */
+enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3, PROTO_HTTP, PROTO_LMTP, PROTO_N };
+static const char *const proto_names[] = {"smtp", "submission", "pop3", "http", "lmtp"};
 
 /* The moments every session shares, which each protocol answers in its own
  * words (struct proto_ops' say[]). */
@@ -289,9 +289,11 @@ enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK, OS_OTHER };
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 typedef int ms_sock_t;
+#define MS_AF_LOCAL AF_UNIX /* listeners on a Unix socket path (lmtp) */
 #define MS_BAD_SOCK (-1)
 #define MS_MAILDIR_INFO ':'
 #define MS_DIR_MTIMES 1 /* POSIX: link(), rename() and unlink() update the folder's mtime */
@@ -714,6 +716,48 @@ os_drop_root(const char *user, const char *spool, const char *sub, const char *s
     return 0;
 }
 
+/* A listener on a Unix socket path (lmtp = /path). What is at the path is
+ * looked at without following a link: a socket no server answers on (left
+ * by an earlier run) is removed; a live one is EADDRINUSE; anything else (a
+ * link, a file) is never removed: EEXIST. The socket is made srw-rw-rw-, as
+ * Dovecot's lmtp listeners commonly are: who may connect is decided by the
+ * folder it is put in (a client needs search rights there). */
+static ms_sock_t
+net_listen_unix(const char *path, int *err)
+{
+    struct sockaddr_un sa;
+    struct stat sb;
+    size_t len = strlen(path);
+    mode_t old;
+    ms_sock_t s;
+    int r;
+    memset(&sa, 0, sizeof sa);
+    if (len >= sizeof sa.sun_path) { *err = ENAMETOOLONG; return MS_BAD_SOCK; }
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, len + 1);
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISSOCK(sb.st_mode)) { *err = EEXIST; return MS_BAD_SOCK; }
+        if ((s = socket(AF_UNIX, SOCK_STREAM, 0)) < 0) { *err = errno; return MS_BAD_SOCK; }
+        r = connect(s, (struct sockaddr *)&sa, sizeof sa);
+        close(s);
+        if (r == 0) { *err = EADDRINUSE; return MS_BAD_SOCK; }
+        if (unlink(path) != 0) { *err = errno; return MS_BAD_SOCK; }
+    } else if (errno != ENOENT) {
+        *err = errno;
+        return MS_BAD_SOCK;
+    }
+    if ((s = socket(AF_UNIX, SOCK_STREAM, 0)) < 0) { *err = errno; return MS_BAD_SOCK; }
+    old = umask(0111); /* single-threaded: no other file is made meanwhile */
+    r = bind(s, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (r != 0 || listen(s, MS_LISTEN_BACKLOG) != 0 || net_set_nonblock(s) != 0) {
+        *err = errno;
+        close(s);
+        return MS_BAD_SOCK;
+    }
+    return s;
+}
+
 #else /* ---------------- Windows (mingw-w64; WSAPoll needs Vista) ---------------- */
 
 #include <winsock2.h>
@@ -729,6 +773,7 @@ os_drop_root(const char *user, const char *spool, const char *sub, const char *s
 
 typedef SOCKET ms_sock_t;
 #define MS_BAD_SOCK INVALID_SOCKET
+#define MS_AF_LOCAL (-1) /* no Unix socket listeners: the INI refuses a path for lmtp */
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
 #define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
 typedef WSAPOLLFD ms_pollfd;
@@ -1210,6 +1255,14 @@ os_net_start(void)
 }
 static void os_net_stop(void) { WSACleanup(); }
 
+static ms_sock_t
+net_listen_unix(const char *path, int *err)
+{
+    (void)path;
+    *err = WSAEAFNOSUPPORT;
+    return MS_BAD_SOCK;
+}
+
 #endif /* ---------------- common to both ---------------- */
 
 /* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
@@ -1345,6 +1398,9 @@ net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
         inet_ntop(AF_INET6, &in6->sin6_addr, peer, (socklen_t)peerlen);
         *is_loopback = memcmp(in6->sin6_addr.s6_addr, lo, 16) == 0 ||
             (memcmp(in6->sin6_addr.s6_addr, v4, 12) == 0 && in6->sin6_addr.s6_addr[12] == 127);
+    } else { /* a Unix socket's client (POSIX): a program on this machine */
+        snprintf(peer, peerlen, "local");
+        *is_loopback = 1;
     }
     return s;
 }
@@ -1528,6 +1584,7 @@ static int os_setenv(const char *name, const char *value);
 static int os_exec(char **argv);
 static int os_is_root(void);
 static int os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err, size_t n);
+static ms_sock_t net_listen_unix(const char *path, int *err);
 static int os_random(void *buf, size_t n);
 static long os_write_all(int fd, const void *buf, size_t n);
 static long os_pwrite_all(int fd, const void *buf, size_t n, int64_t off);
@@ -1596,6 +1653,7 @@ static int cfg_parse_time(struct ms_config *c, const char *v, void *dst, long ar
 static int cfg_parse_choice(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_add_listen(struct ms_config *c, int proto, int family, const char *addr, unsigned port, int optional);
 static int cfg_parse_listen(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n);
+static int cfg_parse_lmtp(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n);
 static int cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_parse_hop(const char *v, struct cfg_hop *h, unsigned def_port);
 static int cfg_parse_smarthost(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
@@ -1813,7 +1871,7 @@ static void io_close_notify(struct transport *io);
 static void io_close(struct transport *io);
 
 /* 9. Connections */
-static void ms_count_sessions(const struct mailsrv *ms, int n[4], int *relaying);
+static void ms_count_sessions(const struct mailsrv *ms, int n[PROTO_N], int *relaying);
 static void ms_log(struct mailsrv *ms, const char *fmt, ...);
 static void conn_log(struct conn *c, const char *fmt, ...);
 static void conn_reply(struct conn *c, const char *fmt, ...);
@@ -1868,6 +1926,8 @@ static int chaos_fires(struct mailsrv *ms, int which);
 /* 10. SMTP server session */
 static void smtp_tx_reset(struct conn *c);
 static void smtp_greet(struct conn *c);
+static void lmtp_greet(struct conn *c);
+static void smtp_tx_reply(struct conn *c, const char *fmt, ...);
 static void smtp_hello(struct conn *c, const char *args, int esmtp);
 static void smtp_auth_fail(struct conn *c, const char *user);
 static void smtp_auth_try(struct conn *c, const char *user, const char *pass);
@@ -1890,6 +1950,7 @@ static size_t smtp_data_feed(struct conn *c, const char *in, size_t n);
 static size_t smtp_bdat_feed(struct conn *c, const char *in, size_t n);
 static void smtp_do_starttls(struct conn *c, const char *args);
 static void smtp_do_ehlo(struct conn *c, const char *a);
+static void smtp_do_lhlo(struct conn *c, const char *a);
 static void smtp_do_helo(struct conn *c, const char *a);
 static void smtp_do_noop(struct conn *c, const char *a);
 static void smtp_do_rset(struct conn *c, const char *a);
@@ -2659,7 +2720,8 @@ enum { PT_NO, PT_YES, PT_LOCAL };
 enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
 
-struct cfg_listen { int proto; int tls; int family; char addr[64]; unsigned port; int optional; };
+/* family MS_AF_LOCAL: addr is a Unix socket's path (port 0) */
+struct cfg_listen { int proto; int tls; int family; char addr[108]; unsigned port; int optional; };
 struct cfg_user {
     char *name; char *pass; int line;
     struct pass_key key; int has_key;  /* pass as a hash; plain text is hashed at load (ms_install_config) */
@@ -2892,6 +2954,35 @@ many:
     return -1;
 }
 
+/* lmtp: listeners as cfg_parse_listen's, and absolute paths: Unix sockets
+ * (POSIX only; on Windows a path is an error at its line). */
+static int
+cfg_parse_lmtp(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n)
+{
+    char tmp[256], *item, *save;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0) { snprintf(err, n, "too long"); return -1; }
+    for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
+        char *s = ms_trim(item);
+        if (!os_path_is_absolute(s) && s[0] != '/') {
+            if (cfg_parse_listen(c, s, dst, proto, err, n) != 0) return -1;
+            continue;
+        }
+        if (MS_AF_LOCAL < 0) {
+            snprintf(err, n, "'%s': a Unix socket path, which Windows does not have: give an address:port", s);
+            return -1;
+        }
+        if (strlen(s) >= 104) { /* sun_path: 104 octets on BSD and macOS, 108 on Linux, with its NUL */
+            snprintf(err, n, "'%s': a Unix socket path must be under 104 octets", s);
+            return -1;
+        }
+        if (cfg_add_listen(c, (int)proto, MS_AF_LOCAL, s, 0, 0)) {
+            snprintf(err, n, "more than %d listeners", MS_MAX_LISTENERS);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int
 cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
 {
@@ -3063,6 +3154,7 @@ static const struct cfg_key cfg_server_keys[] = {
     {"pop3s", cfg_parse_listen, 0, PROTO_POP3 | MS_LISTEN_TLS},
     {"http", cfg_parse_listen, 0, PROTO_HTTP},
     {"https", cfg_parse_listen, 0, PROTO_HTTP | MS_LISTEN_TLS},
+    {"lmtp", cfg_parse_lmtp, 0, PROTO_LMTP}, /* RFC 2033: local delivery from another MTA */
     {"admins", cfg_parse_admins, offsetof(struct ms_config, admins), 1024},
     {"public_host", cfg_parse_optstr, offsetof(struct ms_config, public_host), 256},
     {"tls_cert", cfg_parse_path, offsetof(struct ms_config, tls_cert), 1024},
@@ -3695,7 +3787,9 @@ cfg_listens_beyond_loopback(const struct ms_config *c)
 {
     int i;
     for (i = 0; i < c->nlisten; i++)
-        if (strncmp(c->listen[i].addr, "127.", 4) != 0 && strcmp(c->listen[i].addr, "::1") != 0) return 1;
+        if (c->listen[i].family != MS_AF_LOCAL && strncmp(c->listen[i].addr, "127.", 4) != 0 &&
+            strcmp(c->listen[i].addr, "::1") != 0)
+            return 1;
     return 0;
 }
 
@@ -9543,6 +9637,7 @@ struct smtp_sess {
     int nrcpt, tx_error;
     struct targets targets;
     char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 14) */
+    char (*rcpts)[MS_PATH_MAX];      /* LMTP: the accepted RCPTs (nrcpt), in order: one answer each at the end */
     int nlists;
     struct data_rx rx;
     int64_t bdat_left, bdat_size;    /* octets of the BDAT chunk being read still to come, of all of it */
@@ -9647,7 +9742,7 @@ struct conn {
     } u;
 };
 
-struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
+struct listener { ms_sock_t fd; enum proto proto; int tls; int local; char name[112]; }; /* local: a Unix socket */
 
 /* What the connection and loop code need of a protocol (Mongoose's one
  * handler per connection, OpenSMTPD's session callbacks), so that they have
@@ -9750,10 +9845,11 @@ struct mailsrv {
 
 /* Sessions open, by protocol (enum proto), and queued messages being relayed now. */
 static void
-ms_count_sessions(const struct mailsrv *ms, int n[4], int *relaying)
+ms_count_sessions(const struct mailsrv *ms, int n[PROTO_N], int *relaying)
 {
     int i;
-    n[0] = n[1] = n[2] = n[3] = *relaying = 0;
+    for (i = 0; i < PROTO_N; i++) n[i] = 0;
+    *relaying = 0;
     for (i = 0; i < ms->nconns; i++)
         if (!ms->conns[i]->is_closing) n[ms->conns[i]->proto]++;
     for (i = 0; i < ms->nqueue; i++) *relaying += ms->queue[i]->active;
@@ -10519,6 +10615,8 @@ smtp_tx_reset(struct conn *c)
     targets_free(&s->targets);
     free(s->lists);
     s->lists = NULL;
+    free(s->rcpts);
+    s->rcpts = NULL;
     s->nlists = 0;
     if (s->delivering) { /* refused or gone half-way: no copy stays (a session whose commit is owed */
         store_job_abort(&s->job); /* is not freed before it ends: loop_sweep, loop_commit_rest) */
@@ -10551,11 +10649,41 @@ smtp_greet(struct conn *c)
 }
 
 static void
+lmtp_greet(struct conn *c)
+{
+    c->u.smtp.msg.tmp_fd = -1;
+    conn_reply(c, "220 %s LMTP mailsrv", c->ms->cfg->hostname); /* RFC 2033 4.1 */
+}
+
+/* The answer that ends a transaction (after the final dot or BDAT LAST, or
+ * its refusal): in LMTP one for each accepted RCPT, in their order, the
+ * recipient after the enhanced code (RFC 2033 4.2). fmt begins "DDD X.Y.Z ". */
+static void
+smtp_tx_reply(struct conn *c, const char *fmt, ...)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char text[512];
+    size_t pre = 4;
+    va_list ap;
+    int i;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (c->proto != PROTO_LMTP || !s->rcpts || (s->state == SMTP_S_BDAT && !s->bdat_last)) { /* a BDAT chunk's error */
+        conn_reply(c, "%s", text);
+        return;
+    }
+    if (isdigit((unsigned char)text[pre])) pre += strcspn(text + pre, " ") + 1;
+    if (pre > strlen(text)) pre = strlen(text);
+    for (i = 0; i < s->nrcpt; i++) conn_reply(c, "%.*s<%s> %s", (int)pre, text, s->rcpts[i], text + pre);
+}
+
+static void
 smtp_hello(struct conn *c, const char *args, int esmtp)
 {
     struct smtp_sess *s = &c->u.smtp;
     if (!*args || strchr(args, ' ') || strlen(args) > MS_DOMAIN_MAX) { /* RFC 5321 4.5.3.1.2 */
-        conn_reply(c, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        conn_reply(c, "501 5.5.4 Syntax: %s hostname", c->proto == PROTO_LMTP ? "LHLO" : esmtp ? "EHLO" : "HELO");
         return;
     }
     smtp_tx_reset(c);
@@ -10564,6 +10692,14 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     s->state = SMTP_S_READY;
     if (!esmtp) { conn_reply(c, "250 %s", c->ms->cfg->hostname); return; }
     conn_reply(c, "250-%s", c->ms->cfg->hostname);
+    if (c->proto == PROTO_LMTP) { /* no STARTTLS, no AUTH: nobody logs in; mail only for here */
+        conn_reply(c, "250-PIPELINING");
+        conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
+        conn_reply(c, "250-8BITMIME");
+        conn_reply(c, "250-CHUNKING");
+        conn_reply(c, "250 ENHANCEDSTATUSCODES");
+        return;
+    }
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
@@ -10775,7 +10911,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
         }
         ms_strlcpy(domain, cfg->domains[0].name, sizeof domain);
     }
-    if (!cfg->capture && !cfg_find_domain(cfg, domain)) {
+    if (!cfg->capture && !cfg_find_domain(cfg, domain) && c->proto == PROTO_LMTP) {
+        conn_reply(c, "550 5.1.2 <%s@%s>: not a domain of this server (LMTP delivers only here)", local, domain);
+        return;
+    } else if (!cfg->capture && !cfg_find_domain(cfg, domain)) {
         /* RFC 5321 3.6.2: a relay only for its own clients. Source routes were
          * dropped by the parser; '%' and '!' are plain characters here. */
         if (!conn_may_relay(c)) { conn_reply(c, "550 5.7.1 Relaying denied"); return; }
@@ -10808,6 +10947,11 @@ smtp_do_rcpt(struct conn *c, const char *args)
     if (r != RES_OK) { conn_reply(c, "550 5.4.6 Routing loop detected"); return; }
     if (!s->nrcpt && ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain) < 0)
         s->first_rcpt[0] = 0; /* <Postmaster> of a long first domain: Received: has no "for" (it is optional) */
+    if (c->proto == PROTO_LMTP) {
+        s->rcpts = xrealloc(s->rcpts, sizeof *s->rcpts * (size_t)(s->nrcpt + 1));
+        if (ms_fmt(s->rcpts[s->nrcpt], sizeof s->rcpts[0], "%s@%s", local, domain) < 0) /* as given: 256 octets at most */
+            ms_strlcpy(s->rcpts[s->nrcpt], local, sizeof s->rcpts[0]);
+    }
     s->nrcpt++;
     s->state = SMTP_S_RCPT;
     conn_reply(c, "250 2.1.5 Ok");
@@ -10848,7 +10992,7 @@ smtp_msg_begin(struct conn *c, int raw)
      * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
     buf_printf(&hdr, "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
                s->from, s->helo, c->peer, host,
-               s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
+               c->proto == PROTO_LMTP ? "LMTP" : s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id, /* RFC 3848 */
                for1 ? "\n\tfor <" : "", for1 ? s->first_rcpt : "", for1 ? ">" : "", date);
     data_rx_init(&s->rx);
     s->rx.raw = raw;
@@ -10910,12 +11054,12 @@ smtp_data_end(struct conn *c)
     s->msg.size += body;
     s->msg.lines += s->rx.lines;
     if (s->rx.too_long && !s->tx_error) s->tx_error = TXERR_LONG_LINE;
-    if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
-    else if (s->tx_error == TXERR_LONG_LINE) conn_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
-    else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
+    if (s->tx_error == TXERR_TOO_BIG) smtp_tx_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
+    else if (s->tx_error == TXERR_LONG_LINE) smtp_tx_reply(c, "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6: 1000 octets)");
+    else if (s->tx_error) smtp_tx_reply(c, "451 4.3.0 Local error in processing");
     else if (!s->targets.n && !s->nlists) { /* every RCPT adds one or is refused: never 250 for nothing */
         conn_log(c, "%s: accepted recipients but no mailbox to store it in", s->msg.id);
-        conn_reply(c, "451 4.3.0 Local error: no mailbox for this message");
+        smtp_tx_reply(c, "451 4.3.0 Local error: no mailbox for this message");
     } else {
         /* what the lists do with it and the delivery run in slices (smtp_deliver_step, loop_work);
          * smtp_group_committed() answers after the folders' fsync and the mbox appends */
@@ -10952,7 +11096,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
         if (s->nlists && list_incoming(c) != 0) {
             conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
                      strerror(errno));
-            conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+            smtp_tx_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
             smtp_tx_reset(c);
             return 1;
         }
@@ -10981,7 +11125,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
                 list_post_failed(ms, p, s->job.err);
                 conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
                          strerror(errno));
-                conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+                smtp_tx_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
                 break;
             }
             /* its file stays open until the answer (list_post_clear): an mbox copies it at the commit;
@@ -10994,7 +11138,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
             }
             if (r < 0) {
                 conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, s->job.err, strerror(errno));
-                conn_reply(c, "451 4.3.0 Local error: %s", s->job.err);
+                smtp_tx_reply(c, "451 4.3.0 Local error: %s", s->job.err);
                 break;
             }
             s->delivering = 0;
@@ -11033,23 +11177,23 @@ smtp_group_committed(struct conn *c, int ok)
         http_notify(c->ms, "new", store_of(c->ms->cfg)->maildir ? s->msg.name : s->msg.id, &s->targets, NULL);
         if (targets_remote(&s->targets)) {
             relay_enqueue(c->ms, s->msg.id);
-            conn_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
+            smtp_tx_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
         } else {
-            conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
+            smtp_tx_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
         }
     } else if (ok && failed != &s->msg) { /* a post's mbox batch: as a post that failed at its delivery */
         store_rollback(s->undo, s->nundo);
         conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
                  strerror(failed->commit_errno));
-        conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+        smtp_tx_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
     } else if (ok) { /* its mbox batch failed: as a failed append always answered */
         store_rollback(s->undo, s->nundo);
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, s->msg.commit_err, strerror(s->msg.commit_errno));
-        conn_reply(c, "451 4.3.0 Local error: %s", s->msg.commit_err);
+        smtp_tx_reply(c, "451 4.3.0 Local error: %s", s->msg.commit_err);
     } else {
         store_rollback(s->undo, s->nundo);
         conn_log(c, "delivery of %s failed: cannot fsync a Maildir folder", s->msg.id);
-        conn_reply(c, "451 4.3.0 Local error: cannot write the message");
+        smtp_tx_reply(c, "451 4.3.0 Local error: cannot write the message");
     }
     smtp_tx_reset(c);
 }
@@ -11129,6 +11273,7 @@ smtp_do_starttls(struct conn *c, const char *args)
 }
 
 static void smtp_do_ehlo(struct conn *c, const char *a) { smtp_hello(c, a, 1); }
+static void smtp_do_lhlo(struct conn *c, const char *a) { smtp_hello(c, a, 1); }
 static void smtp_do_helo(struct conn *c, const char *a) { smtp_hello(c, a, 0); }
 static void smtp_do_noop(struct conn *c, const char *a) { (void)a; conn_reply(c, "250 2.0.0 Ok"); }
 static void smtp_do_rset(struct conn *c, const char *a) { (void)a; smtp_tx_reset(c); conn_reply(c, "250 2.0.0 Ok"); }
@@ -11167,6 +11312,7 @@ static const struct smtp_cmd {
 } smtp_cmds[] = {
     {"EHLO", smtp_do_ehlo, {NULL, NULL, NULL, NULL, NULL}, 0},
     {"HELO", smtp_do_helo, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"LHLO", smtp_do_lhlo, {NULL, NULL, NULL, NULL, NULL}, 0}, /* LMTP only (smtp_line) */
     {"MAIL", smtp_do_mail, {"Send HELO/EHLO first", NULL, "Nested MAIL command", "Nested MAIL command", "Nested MAIL command"}, 0},
     {"RCPT", smtp_do_rcpt, {NEED_MAIL, NEED_MAIL, NULL, NULL, "RCPT not allowed after BDAT"}, 0},
     /* RFC 3030 2: DATA and BDAT are not mixed in one transaction */
@@ -11197,9 +11343,17 @@ smtp_line(struct conn *c, char *line, size_t len)
     if (memchr(line, 0, len)) { conn_reply(c, "500 5.5.2 Syntax error (NUL)"); s->auth_step = AUTH_NONE; return; }
     if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }
     args = cmd_split(line, verb, sizeof verb);
+    if (c->proto == PROTO_LMTP && (strcmp(verb, "HELO") == 0 || strcmp(verb, "EHLO") == 0)) {
+        conn_reply(c, "500 5.5.1 This is LMTP: LHLO, not %s (RFC 2033 4.1)", verb);
+        return;
+    }
+    if (c->proto == PROTO_LMTP && (strcmp(verb, "AUTH") == 0 || strcmp(verb, "STARTTLS") == 0)) {
+        conn_reply(c, "502 5.5.1 %s is not offered over LMTP", verb);
+        return;
+    }
     for (i = 0; i < sizeof smtp_cmds / sizeof smtp_cmds[0]; i++) {
         const struct smtp_cmd *cmd = &smtp_cmds[i];
-        if (strcmp(verb, cmd->verb) != 0) continue;
+        if (strcmp(verb, cmd->verb) != 0 || (cmd->fn == smtp_do_lhlo && c->proto != PROTO_LMTP)) continue;
         if (cmd->junk && conn_junk(c)) return;
         if (s->state < SMTP_S_DATA && cmd->refused[s->state]) conn_reply(c, "503 5.5.1 %s", cmd->refused[s->state]);
         else cmd->fn(c, args);
@@ -11259,6 +11413,28 @@ smtp_tmp_file(const struct conn *c)
 {
     return c->u.smtp.msg.tmp_fd >= 0 ? c->u.smtp.msg.tmp_path : NULL;
 }
+
+/* RFC 2033, with SMTP's session code: what differs is in smtp_line (LHLO),
+ * smtp_hello (its keywords), smtp_do_rcpt (only mail for here) and
+ * smtp_tx_reply (an answer per recipient). */
+static const struct proto_ops lmtp_ops = {
+    'l', lmtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
+    smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
+    {[SAY_LINE_TOO_LONG] = "500 5.5.2 Line too long",
+     [SAY_JUNK] = "421 4.7.0 %s Error: too many junk commands",
+     [SAY_SESSION_OVER] = "421 4.4.2 %s Maximum session time reached, closing",
+     [SAY_EVICTED] = "421 4.3.2 %s Too many connections, closing the oldest session",
+     [SAY_TIMEOUT] = "421 4.4.2 %s Timeout, closing",
+     [SAY_SHUTDOWN] = "421 4.3.2 %s Server shutting down",
+     [SAY_LOGIN_FAILED] = "535 5.7.8 Authentication credentials invalid",
+     [SAY_LOGIN_CLOSING] = "421 4.7.0 Too many failed logins, closing",
+     [SAY_TLS_GO] = "220 2.0.0 Ready to start TLS",
+     [SAY_TLS_ACTIVE] = "503 5.5.1 TLS is already active",
+     [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",
+     [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",
+     [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"},
+    NULL,
+};
 
 static const struct proto_ops smtp_ops = {
     's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
@@ -15732,13 +15908,13 @@ http_get_status(struct conn *c)
 {
     struct mailsrv *ms = c->ms;
     struct buf *b = &c->u.http.resp;
-    int i, n[4], relaying;
+    int i, n[PROTO_N], relaying;
     if (http_admin_only(c)) return;
     ms_count_sessions(ms, n, &relaying);
     buf_printf(b, "{\"Version\":\"%s\",\"Uptime\":%lld,\"Sessions\":{\"smtp\":%d,\"submission\":%d,\"pop3\":%d,"
-               "\"http\":%d,\"relay\":%d},\"MessagesToday\":%ld,\"Queue\":%d,\"Listeners\":[",
+               "\"http\":%d,\"lmtp\":%d,\"relay\":%d},\"MessagesToday\":%ld,\"Queue\":%d,\"Listeners\":[",
                MAILSRV_VERSION, (long long)((os_now_ms() - ms->started_ms) / 1000), n[PROTO_SMTP], n[PROTO_SUBMISSION],
-               n[PROTO_POP3], n[PROTO_HTTP], relaying, ms_messages_today(ms, 0), ms->nqueue);
+               n[PROTO_POP3], n[PROTO_HTTP], n[PROTO_LMTP], relaying, ms_messages_today(ms, 0), ms->nqueue);
     for (i = 0; i < ms->nlst; i++) {
         const struct listener *l = &ms->lst[i];
         buf_adds(b, i ? ",{" : "{");
@@ -16215,6 +16391,7 @@ proto_ops_of(enum proto p)
 #if MAILSRV_ENABLE_HTTP
     if (p == PROTO_HTTP) return &http_ops;
 #endif
+    if (p == PROTO_LMTP) return &lmtp_ops;
     return p == PROTO_POP3 ? &pop_ops : &smtp_ops;
 }
 
@@ -18223,7 +18400,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         }
         now = os_now_ms();
         client_key(peer, key, sizeof key);
-        relay = cfg_in_relay_nets(ms->cfg, peer);
+        relay = l->local || cfg_in_relay_nets(ms->cfg, peer); /* a Unix socket's clients: as relay_networks' */
         st = client_stat(ms, key, now);
         if (!relay && client_rate_over(ms, st, now)) {
             client_refused(ms, st, now, "refused %s from %s: max_connect_rate (%ld a minute) reached", proto_names[l->proto],
@@ -18520,7 +18697,7 @@ loop_write_status(struct mailsrv *ms)
 {
     char path[MS_PATH_FILE], t[64];
     struct buf b = {0};
-    int i, n[4], relaying;
+    int i, n[PROTO_N], relaying;
     int64_t now, up = (os_now_ms() - ms->started_ms) / 1000;
     long usec;
     os_wallclock(&now, &usec);
@@ -18530,7 +18707,7 @@ loop_write_status(struct mailsrv *ms)
                MAILSRV_VERSION, ms->ini_path ? ms->ini_path : "(none)", t, (long long)(up / 86400),
                (long long)(up / 3600 % 24), (long long)(up / 60 % 60), (long long)(up % 60));
     buf_adds(&b, "sessions:");
-    for (i = 0; i < 4; i++) buf_printf(&b, " %s %d,", proto_names[i], n[i]);
+    for (i = 0; i < PROTO_N; i++) buf_printf(&b, " %s %d,", proto_names[i], n[i]);
     ms_utc_time(t, sizeof t, ms->last_load, ' ', " UTC");
     buf_printf(&b, " relay %d\nqueue: %d message%s\nlast load: %s, ", relaying, ms->nqueue, ms->nqueue == 1 ? "" : "s", t);
     if (ms->last_load_errors)
@@ -18887,7 +19064,7 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
     ms->nlive_outside = 0;
     for (i = 0; i < ms->nconns; i++) { /* relay_networks may have changed */
         struct conn *o = ms->conns[i];
-        o->in_relay_nets = cfg_in_relay_nets(c, o->peer) != 0;
+        o->in_relay_nets = strcmp(o->peer, "local") == 0 || cfg_in_relay_nets(c, o->peer) != 0; /* local: a Unix socket's */
         ms->nlive_outside += !o->is_closing && !o->in_relay_nets;
     }
     http_forget_logins(ms); /* passwords and admins may have changed */
@@ -18967,26 +19144,34 @@ mailsrv_listen(struct mailsrv *ms)
     loop_fit_fd_limit(ms); /* said at start, before the listeners */
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
-        int err = 0, waited;
-        ms_sock_t s = net_listen(l->family, l->addr, l->port, &err);
+        int err = 0, waited, local = l->family == MS_AF_LOCAL;
+        char name[sizeof ms->lst[0].name];
+        ms_sock_t s;
+        if (local) ms_strlcpy(name, l->addr, sizeof name);
+        else snprintf(name, sizeof name, "%s%s%s:%u", l->family == AF_INET6 ? "[" : "", l->addr,
+                      l->family == AF_INET6 ? "]" : "", l->port);
+        s = local ? net_listen_unix(l->addr, &err) : net_listen(l->family, l->addr, l->port, &err);
         for (waited = 0; s == MS_BAD_SOCK && net_addr_in_use(err) && waited < MS_BIND_WAIT_S; waited++) {
-            if (!waited) ms_log(ms, "port %u is still in use; waiting up to %d s for it", l->port, MS_BIND_WAIT_S);
+            if (!waited) ms_log(ms, "%s is still in use; waiting up to %d s for it", name, MS_BIND_WAIT_S);
             os_sleep_ms(1000); /* nothing else is running yet */
-            s = net_listen(l->family, l->addr, l->port, &err);
+            s = local ? net_listen_unix(l->addr, &err) : net_listen(l->family, l->addr, l->port, &err);
         }
         if (s == MS_BAD_SOCK) {
             if (l->optional) { ms_log(ms, "no IPv6 listener on port %u: %s", l->port, net_strerror(err)); continue; }
-            ms_log(ms, "cannot listen on %s%s%s:%u (%s): %s", l->family == AF_INET6 ? "[" : "", l->addr,
-                   l->family == AF_INET6 ? "]" : "", l->port, proto_names[l->proto], net_strerror(err));
+            ms_log(ms, "cannot listen on %s (%s): %s%s", name, proto_names[l->proto], net_strerror(err),
+                   local && err == EEXIST ? " (not a socket: mailsrv replaces only a socket no server answers on)" : "");
             loop_close_listeners(ms);
             return -1;
         }
         ms->lst[ms->nlst].fd = s;
         ms->lst[ms->nlst].proto = (enum proto)l->proto;
         ms->lst[ms->nlst].tls = l->tls;
-        snprintf(ms->lst[ms->nlst].name, sizeof ms->lst[0].name, "%s%s%s:%u", l->family == AF_INET6 ? "[" : "",
-                 l->addr, l->family == AF_INET6 ? "]" : "", l->port);
+        ms->lst[ms->nlst].local = local;
+        ms_strlcpy(ms->lst[ms->nlst].name, name, sizeof ms->lst[0].name);
         ms_log(ms, "listening for %s%s on %s", proto_names[l->proto], l->tls ? " over TLS" : "", ms->lst[ms->nlst].name);
+        if (l->proto == PROTO_LMTP && !local && strncmp(l->addr, "127.", 4) != 0 && strcmp(l->addr, "::1") != 0)
+            ms_log(ms, "warning: lmtp on %s: whoever reaches it delivers to the local mailboxes without a login; "
+                   "listen on 127.0.0.1 or a Unix socket", name);
         ms->nlst++;
     }
     if (c->user[0] && !os_is_root()) {

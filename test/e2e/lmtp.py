@@ -1,8 +1,16 @@
 """Inbound CHUNKING (RFC 3030: BDAT) and the LMTP listener (RFC 2033)."""
 import os
+import re
+import shutil
+import smtplib
+import socket
+import stat
+import subprocess
 
-from .harness import (BOTH, SENDER, TestFailure, check, dot_stuff, make_msg, short, stored, stored_tokens, test, tok,
-                      wait_for)
+from .harness import (BOTH, PASSWORDS, SENDER, WINDOWS, Smtp, b64, check, dot_stuff, free_ports, make_msg,
+                      need_root, run_cli, secs, short, stored, stored_tokens, test, tok, wait_for)
+from .cli import expect_check_error
+from .peers import PostfixInstance
 
 
 # =============================================================================================
@@ -149,3 +157,199 @@ def bdat_disconnect_mid_chunk(ctx, storage):
     wait_for(lambda: "connection lost during DATA" in srv.log_text(), 10, "the server to see the client go")
     check(os.listdir(tmp) == [], "spool/.tmp after the client went: %s" % os.listdir(tmp))
     check(stored_tokens(srv, "alice@example.test") == [t1], "stored: %s" % stored_tokens(srv, "alice@example.test"))
+
+
+# =============================================================================================
+# LMTP (RFC 2033): a listener for another MTA's final delivery
+
+
+def lmtp_server(ctx, storage="maildir", path=None, **keys):
+    """A server with an lmtp listener on a free loopback port (and path, a Unix socket, if given)."""
+    port = free_ports(1)[0]
+    srv = ctx.server(storage=storage, server=dict({"lmtp": "127.0.0.1:%d" % port + (", " + path if path else "")}, **keys))
+    srv.lmtp_port = port
+    return srv
+
+
+def lmtp_conn(srv):
+    c = srv.ctx.track(Smtp(srv.lmtp_port))
+    code, text = c.reply()
+    check(code == 220 and "LMTP" in text, "LMTP greeting: %s" % short(text))
+    return c
+
+
+def replies(c, n):
+    return [c.reply() for _ in range(n)]
+
+
+@test(modes=BOTH)
+def lmtp_one_reply_per_recipient(ctx, storage):
+    srv = lmtp_server(ctx, storage, max_message_size="20K").start()
+    c = lmtp_conn(srv)
+    c.expect("EHLO client.test", 500)  # RFC 2033 4.1
+    c.expect("HELO client.test", 500)
+    text = c.expect("LHLO client.test", 250)
+    kws = [l[4:].strip().upper() for l in text.split("\n")[1:]]
+    for need in ("PIPELINING", "SIZE 20480", "8BITMIME", "CHUNKING", "ENHANCEDSTATUSCODES"):
+        check(need in kws, "LHLO lacks %s: %s" % (need, kws))
+    check(not [k for k in kws if k.startswith("AUTH") or k == "STARTTLS"], "LHLO offers AUTH or STARTTLS: %s" % kws)
+    c.expect("AUTH PLAIN %s" % b64("\0alice@example.test\0" + PASSWORDS["alice@example.test"]), 502)
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<bob@example.test>", 250)
+    c.expect("RCPT TO:<nobody@example.test>", 550, "5.1.1")
+    c.expect("RCPT TO:<someone@remote.test>", 550, "5.1.2")  # never relayed, even from loopback
+    c.expect("RCPT TO:<Alice@Example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(make_msg(t)) + b".\r\n")
+    got = replies(c, 2)  # one per accepted RCPT, in RCPT order (RFC 2033 4.2)
+    check([k for k, _ in got] == [250, 250], "after the final dot: %s" % short(got, 400))
+    check("<bob@example.test>" in got[0][1] and "<Alice@Example.test>" in got[1][1], "replies not in RCPT order: %s" % short(got, 400))
+    c.expect("NOOP", 250)  # nothing more came after the two
+    # BDAT LAST: the same
+    t2 = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("RCPT TO:<bob@example.test>", 250)
+    m2 = make_msg(t2)
+    c.send(b"BDAT 10\r\n" + m2[:10] + b"BDAT %d LAST\r\n" % (len(m2) - 10) + m2[10:])
+    got = replies(c, 3)
+    check([k for k, _ in got] == [250] * 3 and "octets" in got[0][1] and "<alice@example.test>" in got[1][1] and
+          "<bob@example.test>" in got[2][1], "BDAT in LMTP: %s" % short(got, 400))
+    # too big: each recipient gets the 552
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("RCPT TO:<bob@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(make_msg(tok(), body="z" * 70 + "\r\n") + (b"z" * 70 + b"\r\n") * 400) + b".\r\n")
+    got = replies(c, 2)
+    check([k for k, _ in got] == [552, 552], "too big over LMTP: %s" % short(got, 400))
+    c.expect("QUIT", 221)
+    for a in ("alice@example.test", "bob@example.test"):
+        check(stored_tokens(srv, a) == [t, t2], "%s: stored %s" % (a, stored_tokens(srv, a)))
+    check(stored_tokens(srv, "postmaster@example.test") == [], "something else was stored")
+    m = stored(srv, "alice@example.test")[0]
+    check(b"with LMTP id " in m, "Received: does not say LMTP (RFC 3848): %s" % short(m, 400))
+
+
+@test(unix_only=True, modes=BOTH)
+def lmtp_unix_socket(ctx, storage):
+    sockdir = os.path.join(ctx.dir, "run")
+    os.mkdir(sockdir)
+    path = os.path.join(sockdir, "lmtp")
+    with open(path, "w") as f:  # a file in its place is never removed
+        f.write("keep")
+    srv = lmtp_server(ctx, storage, path=path)
+    srv.start(wait=False)
+    wait_for(lambda: srv.proc.poll() is not None, 20, "the server to refuse the path")
+    check("not a socket" in srv.log_text() and open(path).read() == "keep", "a file at the socket's path: %s"
+          % short(srv.log_text()[-400:], 400))
+    os.unlink(path)
+    os.symlink(os.path.join(sockdir, "elsewhere"), path)  # nor a symbolic link
+    srv.start(wait=False)
+    wait_for(lambda: srv.proc.poll() is not None, 20, "the server to refuse the link")
+    check(os.path.islink(path) and not os.path.exists(os.path.join(sockdir, "elsewhere")), "the link was followed or removed")
+    os.unlink(path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # a socket left by an earlier run: replaced
+    stale.bind(path)
+    stale.close()
+    srv.start()
+    st = os.stat(path)
+    check(stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o666, "the socket: mode %o" % st.st_mode)
+    t = tok()
+    with smtplib.LMTP(path, timeout=secs(10)) as l:
+        code, text = l.ehlo("client.test")  # smtplib.LMTP sends LHLO
+        check(code == 250 and l.has_extn("chunking"), "LHLO over the socket: %d %s" % (code, text))
+        check(l.sendmail(SENDER, ["alice@example.test"], make_msg(t)) == {}, "refused over the socket")
+    check(stored_tokens(srv, "alice@example.test") == [t], "stored: %s" % stored_tokens(srv, "alice@example.test"))
+    check(re.search(r"connect lmtp from local\b", srv.log_text()), "log: %s" % short(srv.log_text()[-400:], 400))
+    # a second server on the same live socket is refused, and leaves the first one's socket alone
+    srv2 = ctx.server(storage=storage, server={"lmtp": path, "smtp": None, "pop3": None, "submission": None},
+                      domains=srv.domains)
+    srv2.start(wait=False)
+    wait_for(lambda: srv2.proc.poll() is not None, 30, "the second server to give up")
+    with smtplib.LMTP(path, timeout=secs(10)) as l:
+        check(l.ehlo("client.test")[0] == 250, "the first server's socket is gone")
+
+
+@test()
+def lmtp_socket_path_config(ctx):
+    """lmtp = a path: a Unix socket on POSIX; on Windows a config error at its FILE:LINE."""
+    srv = lmtp_server(ctx, path="/run/mailsrv/lmtp")
+    if WINDOWS:
+        n = srv.ini_text().split("\n").index("lmtp = %s" % srv.keys["lmtp"]) + 1
+        expect_check_error(srv, [n], "an lmtp socket path on Windows", "Unix socket")
+        return
+    r = run_cli(["-c", srv.ini, "check"])
+    check(r.returncode == 0, "check with an lmtp socket path: %d %s" % (r.returncode, short(r.stderr, 400)))
+    srv.keys["lmtp"] = "/" + "x" * 110
+    srv.write_ini()
+    n = srv.ini_text().split("\n").index("lmtp = %s" % srv.keys["lmtp"]) + 1
+    expect_check_error(srv, [n], "a socket path too long", "104")
+
+
+@test(limit=120, unix_only=True)
+def lmtp_postfix_delivers(ctx):
+    """A real Postfix takes mail on its smtpd and delivers it with its lmtp client into mailsrv, over TCP
+    (lmtp:inet:) for example.test and a Unix socket (lmtp:unix:) for other.test; a recipient mailsrv
+    refuses (unknown) is bounced by Postfix for that recipient only, the others are delivered."""
+    need_root()
+    port = free_ports(1)[0]
+    pf = PostfixInstance(ctx, 200000, master=["lmtp unix - - n - - lmtp"])
+    sock = os.path.join(pf.dir, "mailsrv-lmtp")
+    with open(os.path.join(pf.etc, "main.cf"), "a") as f:
+        f.write("transport_maps = inline:{example.test=lmtp:inet:127.0.0.1:%d, other.test=lmtp:unix:%s}\n" % (port, sock))
+    r = subprocess.run([pf.postfix, "-c", pf.etc, "reload"], capture_output=True, timeout=secs(30))
+    check(r.returncode == 0, "postfix reload: %s" % short(r.stderr))
+    srv = ctx.server(server={"lmtp": "127.0.0.1:%d, %s" % (port, sock)}).start()
+    t = tok()
+    try:
+        with smtplib.SMTP("127.0.0.1", pf.port, local_hostname="client.test", timeout=secs(20)) as s:
+            refused = s.sendmail(SENDER, ["alice@example.test", "nobody@example.test", "bob@example.test", "carol@other.test"],
+                                 make_msg(t))
+    except smtplib.SMTPException as e:
+        refused = e
+    check(refused == {}, "Postfix's smtpd refused %s; its log: %s" % (refused, pf.log_text()[-1500:]))
+    for a in ("alice@example.test", "bob@example.test", "carol@other.test"):
+        wait_for(lambda: stored_tokens(srv, a) == [t], 30, "the message in %s's mailbox (Postfix log: %s)"
+                 % (a, pf.log_text()[-800:]))
+    def logged(pattern, what):
+        return wait_for(lambda: re.search(pattern, pf.log_text()), 30, "Postfix's log of %s (its log: %s)"
+                        % (what, pf.log_text()[-1500:]))
+    logged(r"to=<nobody@example.test>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:%d.*status=bounced .*550 5\.1\.1" % port,
+           "nobody@example.test bounced")
+    for a in ("alice@example.test", "bob@example.test"):
+        logged(r"to=<%s>, relay=127\.0\.0\.1\[127\.0\.0\.1\]:%d.*status=sent \(250 2\.0\.0 <%s> Ok" % (a, port, a), a)
+    line = logged(r"to=<carol@other.test>, relay=(\S+),.*status=sent \(250 2\.0\.0 <carol@other.test> Ok", "carol").group(0)
+    check(sock in line, "carol@other.test not delivered over the socket: %s" % line)
+    check("connect lmtp from local" in srv.log_text() and "connect lmtp from 127.0.0.1" in srv.log_text(),
+          "mailsrv's log: %s" % short(srv.log_text()[-600:], 600))
+
+
+@test(modes=BOTH)
+def lmtp_failing_mailbox_fails_all(ctx, storage):
+    """A mailbox that cannot take the message (a file where bob's Maildir goes, a folder where his mbox
+    goes: root ignores modes) fails the delivery: every recipient gets the same 451, in RCPT order, and
+    no copy stays in alice's mailbox (the delivery is one transaction, as in SMTP)."""
+    srv = lmtp_server(ctx, storage).start()
+    srv.deliver("bob@example.test")  # his folder exists, then is replaced
+    bob = os.path.join(srv.spool, "example.test", "bob")
+    if storage == "maildir":
+        shutil.rmtree(bob)
+        with open(bob, "w") as f:
+            f.write("not a folder")
+    else:
+        os.unlink(bob + ".mbox")
+        os.mkdir(bob + ".mbox")
+    c = lmtp_conn(srv)
+    c.expect("LHLO client.test", 250)
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("RCPT TO:<bob@example.test>", 250)
+    c.expect("DATA", 354)
+    c.send(dot_stuff(make_msg(tok())) + b".\r\n")
+    got = replies(c, 2)
+    check([k for k, _ in got] == [451, 451] and "<alice@example.test>" in got[0][1] and "<bob@example.test>" in got[1][1],
+          "a failing mailbox: %s" % short(got, 400))
+    c.expect("NOOP", 250)
+    check(stored(srv, "alice@example.test") == [], "alice kept a copy: %s" % short(stored(srv, "alice@example.test"), 300))
