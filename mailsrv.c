@@ -10912,7 +10912,7 @@ smtp_do_rcpt(struct conn *c, const char *args)
         ms_strlcpy(domain, cfg->domains[0].name, sizeof domain);
     }
     if (!cfg->capture && !cfg_find_domain(cfg, domain) && c->proto == PROTO_LMTP) {
-        conn_reply(c, "550 5.1.2 <%s@%s>: not a domain of this server (LMTP delivers only here)", local, domain);
+        conn_reply(c, "550 5.1.2 Not a domain of this server (LMTP delivers only here)"); /* the domain is not checked: not echoed */
         return;
     } else if (!cfg->capture && !cfg_find_domain(cfg, domain)) {
         /* RFC 5321 3.6.2: a relay only for its own clients. Source routes were
@@ -10949,8 +10949,9 @@ smtp_do_rcpt(struct conn *c, const char *args)
         s->first_rcpt[0] = 0; /* <Postmaster> of a long first domain: Received: has no "for" (it is optional) */
     if (c->proto == PROTO_LMTP) {
         s->rcpts = xrealloc(s->rcpts, sizeof *s->rcpts * (size_t)(s->nrcpt + 1));
-        if (ms_fmt(s->rcpts[s->nrcpt], sizeof s->rcpts[0], "%s@%s", local, domain) < 0) /* as given: 256 octets at most */
-            ms_strlcpy(s->rcpts[s->nrcpt], local, sizeof s->rcpts[0]);
+        char given[MS_PATH_MAX + MS_DOMAIN_MAX + 2];
+        snprintf(given, sizeof given, "%s@%s", local, domain);
+        ms_visible(s->rcpts[s->nrcpt], sizeof s->rcpts[0], given, strlen(given)); /* it goes into a reply line */
     }
     s->nrcpt++;
     s->state = SMTP_S_RCPT;

@@ -137,6 +137,36 @@ def bdat_refusals_keep_in_step(ctx, storage):
 
 
 @test(modes=BOTH)
+def bdat_alias_and_capture(ctx, storage):
+    """BDAT LAST ends as DATA's final dot does: an alias's members each get the message, and capture mode
+    stores it for any address (a message for one recipient names it in Received: ... for <>)."""
+    srv = ctx.server(storage=storage).start()
+    c = srv.smtp()
+    t = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<team@example.test>", 250)
+    code, text = bdat(c, make_msg(t, to="team@example.test"), last=True)
+    check(code == 250, "BDAT LAST to an alias: %s" % short(text))
+    c.expect("QUIT", 221)
+    for a in ("alice@example.test", "bob@example.test"):
+        check(stored_tokens(srv, a) == [t], "%s: %s" % (a, stored_tokens(srv, a)))
+    check(b"for <team@example.test>" in stored(srv, "alice@example.test")[0], "Received: lacks for <team@example.test>")
+    cap = ctx.server(storage=storage, server={"capture": "yes"}).start()
+    c = cap.smtp()
+    t2 = tok()
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<Someone@Capture.Example>", 250)
+    c.expect("RCPT TO:<other@else.where>", 250)
+    code, text = bdat(c, make_msg(t2)[:50])
+    check(code == 250, "BDAT in capture mode: %s" % short(text))
+    code, text = bdat(c, make_msg(t2)[50:], last=True)
+    check(code == 250, "BDAT LAST in capture mode: %s" % short(text))
+    c.expect("QUIT", 221)
+    for a in ("someone@capture.example", "other@else.where"):
+        check(stored_tokens(cap, a) == [t2], "capture %s: %s" % (a, stored_tokens(cap, a)))
+
+
+@test(modes=BOTH)
 def bdat_disconnect_mid_chunk(ctx, storage):
     srv = ctx.server(storage=storage).start()
     tmp = os.path.join(srv.spool, ".tmp")
