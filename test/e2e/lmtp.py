@@ -7,9 +7,10 @@ import socket
 import stat
 import subprocess
 
-from .harness import (BOTH, PASSWORDS, SENDER, WINDOWS, Smtp, b64, check, dot_stuff, free_ports, make_msg,
-                      need_root, run_cli, secs, short, stored, stored_tokens, test, tok, wait_for)
+from .harness import (BOTH, PASSWORDS, SENDER, TESTS, WINDOWS, Smtp, b64, check, check_message, dot_stuff, free_ports,
+                      make_msg, need_root, run_cli, secs, short, stored, stored_tokens, test, tok, token_of, wait_for)
 from .cli import expect_check_error
+from .hardening import FAULT_TESTS, fault_fired, fault_last_round, fault_start
 from .peers import PostfixInstance
 
 
@@ -383,3 +384,56 @@ def lmtp_failing_mailbox_fails_all(ctx, storage):
           "a failing mailbox: %s" % short(got, 400))
     c.expect("NOOP", 250)
     check(stored(srv, "alice@example.test") == [], "alice kept a copy: %s" % short(stored(srv, "alice@example.test"), 300))
+
+
+# ---- fault injection (a build with -DMAILSRV_FAULTS=1, `make fault-test`): BDAT's way to the 250 ----
+
+
+def fault_bdat_rounds(ctx, op, ns, storage, least):
+    """For N in ns: a server whose Nth `op` fails gets a message for alice in three BDAT chunks, the last
+    a LAST. The reply that ends it must be 250 (then alice has it, whole, after a restart without the
+    fault) or a 4xx (then she has nothing): never a 250 for a message not durably stored, nor a 5xx for
+    a local fault. Stops at the first round whose fault never fired, which must get 250."""
+    outcomes = []
+    for n in ns:
+        srv = ctx.server(storage=storage)
+        srv.env = dict(os.environ, MAILSRV_FAULT="%s:%d" % (op, n))
+        if not fault_start(srv, op, n, outcomes):
+            srv.env = None
+            continue
+        t = tok()
+        msg = make_msg(t, body="line\r\n" * 300)
+        c = srv.smtp()
+        c.expect("MAIL FROM:<%s>" % SENDER, 250)
+        c.expect("RCPT TO:<alice@example.test>", 250)
+        code = 250
+        for i, part in enumerate((msg[:100], msg[100:1000], msg[1000:])):
+            code, text = bdat(c, part, last=i == 2)
+            if code != 250:
+                break
+        check(code == 250 or 400 <= code < 500, "N=%d: reply %d after a %s fault: must be 250 or 4xx" % (n, code, op))
+        c.expect("QUIT", 221)
+        srv.stop()
+        hit = fault_fired(srv, op, n)
+        srv.env = None
+        srv.start()
+        local = [g["data"] for g in srv.fetch("alice@example.test")]
+        if code == 250:
+            check(len(local) == 1 and token_of(local[0]) == t, "N=%d: 250 but alice has %d messages" % (n, len(local)))
+            check_message(local[0], msg, what="N=%d: the message after 250" % n)
+        else:
+            check(local == [], "N=%d: reply %d but alice has %d messages" % (n, code, len(local)))
+        srv.stop()
+        outcomes.append((n, code if hit else "%s, no fault" % code))
+        if not hit:
+            break
+    fault_last_round(op, outcomes, least, "250", "BDAT: ")
+
+
+for _op, _ns, _least in (("write", range(1, 30), {"maildir": 2, "mbox": 3}),
+                         ("fsync", range(1, 30), {"maildir": 5, "mbox": 5})):
+    for _m in BOTH:
+        _name = "fault_bdat_%s[%s]" % (_op, _m)
+        TESTS.append((_name, lambda ctx, storage, op=_op, ns=_ns, least=_least: fault_bdat_rounds(ctx, op, ns, storage, least[storage]),
+                      {"storage": _m}, 240))
+        FAULT_TESTS.add(_name)
