@@ -10948,8 +10948,8 @@ smtp_do_rcpt(struct conn *c, const char *args)
     if (!s->nrcpt && ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain) < 0)
         s->first_rcpt[0] = 0; /* <Postmaster> of a long first domain: Received: has no "for" (it is optional) */
     if (c->proto == PROTO_LMTP) {
-        s->rcpts = xrealloc(s->rcpts, sizeof *s->rcpts * (size_t)(s->nrcpt + 1));
         char given[MS_PATH_MAX + MS_DOMAIN_MAX + 2];
+        s->rcpts = xrealloc(s->rcpts, sizeof *s->rcpts * (size_t)(s->nrcpt + 1));
         snprintf(given, sizeof given, "%s@%s", local, domain);
         ms_visible(s->rcpts[s->nrcpt], sizeof s->rcpts[0], given, strlen(given)); /* it goes into a reply line */
     }
