@@ -521,6 +521,7 @@ net_listen_opts(ms_sock_t s)
  * plain file it changes nothing). */
 #define MS_O_NOFOLLOW O_NOFOLLOW
 #define MS_O_NOBLOCK O_NONBLOCK
+#define MS_O_LINKS 0 /* POSIX removes any link of an open file */
 static int os_open(const char *path, int flags, int mode) { return open(path, flags, (mode_t)mode); }
 static int os_close(int fd) { return close(fd); }
 static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
@@ -951,7 +952,12 @@ net_listen_opts(ms_sock_t s)
  * (FlushFileBuffers). */
 #define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
 #define MS_O_NOBLOCK 0  /* no FIFOs among files */
-static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
+/* MS_O_LINKS (with O_RDWR | O_CREAT | O_EXCL only): a file that gets hard links (a message in
+ * SPOOL/.tmp and its Maildir copies), opened with FILE_SHARE_DELETE: without it Windows refuses
+ * to remove any of its links while it is open, and a delivery taken back (store_rollback) before
+ * the file is closed left its copies in place. */
+#define MS_O_LINKS 0x40000000
+static int os_open(const char *path, int flags, int mode);
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
 static long os_read(int fd, void *buf, size_t n) { return (long)_read(fd, buf, (unsigned)n); }
@@ -980,6 +986,18 @@ os_set_errno(void)
     errno = (e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND) ? ENOENT
           : (e == ERROR_ALREADY_EXISTS || e == ERROR_FILE_EXISTS) ? EEXIST
           : (e == ERROR_SHARING_VIOLATION || e == ERROR_LOCK_VIOLATION) ? EAGAIN : EIO;
+}
+static int
+os_open(const char *path, int flags, int mode)
+{
+    HANDLE h;
+    int fd;
+    if (!(flags & MS_O_LINKS)) return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode);
+    h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                    CREATE_NEW, FILE_ATTRIBUTE_NORMAL, NULL); /* not inherited: no security attributes */
+    if (h == INVALID_HANDLE_VALUE) { os_set_errno(); return -1; }
+    if ((fd = _open_osfhandle((intptr_t)h, _O_RDWR | _O_BINARY)) < 0) CloseHandle(h);
+    return fd;
 }
 static int
 os_link(const char *from, const char *to)
@@ -10538,9 +10556,9 @@ msg_open(struct mailsrv *ms, struct store_msg *m)
     if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
         ms_fmt(m->tmp_path, sizeof m->tmp_path, "%s/%s", dir, m->name) < 0)
         return -1;
-    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
+    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL | MS_O_LINKS, 0600)) < 0 && errno == ENOENT &&
         store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
-        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
+        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL | MS_O_LINKS, 0600); /* the spool was removed */
     if (m->tmp_fd < 0) m->tmp_fd = -1;
     return m->tmp_fd < 0 ? -1 : 0;
 }
