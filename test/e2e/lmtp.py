@@ -303,6 +303,32 @@ def lmtp_unix_socket(ctx, storage):
         check(l.ehlo("client.test")[0] == 250, "the first server's socket is gone")
 
 
+@test(unix_only=True)
+def lmtp_socket_clients_not_limited_per_ip(ctx):
+    """A Unix socket's clients (all "local") are exempt from max_per_ip and max_connect_rate, as
+    relay_networks are: four sessions at once with max_per_ip = 2 are all greeted, while over TCP
+    from 127.0.0.1 (outside relay_networks here) the third session is refused with 421."""
+    sockdir = os.path.join(ctx.dir, "run")
+    os.mkdir(sockdir)
+    path = os.path.join(sockdir, "lmtp")
+    srv = lmtp_server(ctx, path=path, max_per_ip="2", relay_networks="").start()
+    conns = []
+    for i in range(4):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(secs(10))
+        s.connect(path)
+        conns.append(s)
+        greeting = s.recv(200)
+        check(greeting.startswith(b"220 ") and b"LMTP" in greeting, "socket session %d: %s" % (i + 1, short(greeting)))
+    tcp = [lmtp_conn(srv), lmtp_conn(srv)]
+    third = ctx.track(Smtp(srv.lmtp_port))
+    code, text = third.reply()
+    check(code == 421, "a third TCP session from 127.0.0.1 with max_per_ip = 2: %s" % short(text))
+    for s in conns:
+        s.close()
+    del tcp
+
+
 @test()
 def lmtp_socket_path_config(ctx):
     """lmtp = a path: a Unix socket on POSIX; on Windows a config error at its FILE:LINE."""
