@@ -221,9 +221,9 @@
  * error, with a probability, so that applications can test their retries. */
 enum { CHAOS_SENDER, CHAOS_RCPT, CHAOS_AUTH, CHAOS_N };
 
-/* The protocols a listener speaks; SMTP and submission share one session code. */
-enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3, PROTO_HTTP };
-static const char *const proto_names[] = {"smtp", "submission", "pop3", "http"};
+/* The protocols a listener speaks; SMTP, submission and LMTP share one session code. */
+enum proto { PROTO_SMTP, PROTO_SUBMISSION, PROTO_POP3, PROTO_HTTP, PROTO_LMTP, PROTO_N };
+static const char *const proto_names[] = {"smtp", "submission", "pop3", "http", "lmtp"};
 
 /* The moments every session shares, which each protocol answers in its own
  * words (struct proto_ops' say[]). */
@@ -293,9 +293,11 @@ enum { OS_MISSING, OS_DIR, OS_FILE, OS_LINK, OS_OTHER };
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 typedef int ms_sock_t;
+#define MS_AF_LOCAL AF_UNIX /* listeners on a Unix socket path (lmtp) */
 #define MS_BAD_SOCK (-1)
 #define MS_MAILDIR_INFO ':'
 #define MS_DIR_MTIMES 1 /* POSIX: link(), rename() and unlink() update the folder's mtime */
@@ -523,6 +525,7 @@ net_listen_opts(ms_sock_t s)
  * plain file it changes nothing). */
 #define MS_O_NOFOLLOW O_NOFOLLOW
 #define MS_O_NOBLOCK O_NONBLOCK
+#define MS_O_LINKS 0 /* POSIX removes any link of an open file */
 static int os_open(const char *path, int flags, int mode) { return open(path, flags, (mode_t)mode); }
 static int os_close(int fd) { return close(fd); }
 static long os_pread(int fd, void *buf, size_t n, int64_t off) { return (long)pread(fd, buf, n, (off_t)off); }
@@ -718,6 +721,48 @@ os_drop_root(const char *user, const char *spool, const char *sub, const char *s
     return 0;
 }
 
+/* A listener on a Unix socket path (lmtp = /path). What is at the path is
+ * looked at without following a link: a socket no server answers on (left
+ * by an earlier run) is removed; a live one is EADDRINUSE; anything else (a
+ * link, a file) is never removed: EEXIST. The socket is made srw-rw-rw-, as
+ * Dovecot's lmtp listeners commonly are: who may connect is decided by the
+ * folder it is put in (a client needs search rights there). */
+static ms_sock_t
+net_listen_unix(const char *path, int *err)
+{
+    struct sockaddr_un sa;
+    struct stat sb;
+    size_t len = strlen(path);
+    mode_t old;
+    ms_sock_t s;
+    int r;
+    memset(&sa, 0, sizeof sa);
+    if (len >= sizeof sa.sun_path) { *err = ENAMETOOLONG; return MS_BAD_SOCK; }
+    sa.sun_family = AF_UNIX;
+    memcpy(sa.sun_path, path, len + 1);
+    if (lstat(path, &sb) == 0) {
+        if (!S_ISSOCK(sb.st_mode)) { *err = EEXIST; return MS_BAD_SOCK; }
+        if ((s = socket(AF_UNIX, SOCK_STREAM, 0)) < 0) { *err = errno; return MS_BAD_SOCK; }
+        r = connect(s, (struct sockaddr *)&sa, sizeof sa);
+        close(s);
+        if (r == 0) { *err = EADDRINUSE; return MS_BAD_SOCK; }
+        if (unlink(path) != 0) { *err = errno; return MS_BAD_SOCK; }
+    } else if (errno != ENOENT) {
+        *err = errno;
+        return MS_BAD_SOCK;
+    }
+    if ((s = socket(AF_UNIX, SOCK_STREAM, 0)) < 0) { *err = errno; return MS_BAD_SOCK; }
+    old = umask(0111); /* single-threaded: no other file is made meanwhile */
+    r = bind(s, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (r != 0 || listen(s, MS_LISTEN_BACKLOG) != 0 || net_set_nonblock(s) != 0) {
+        *err = errno;
+        close(s);
+        return MS_BAD_SOCK;
+    }
+    return s;
+}
+
 #else /* ---------------- Windows (mingw-w64; WSAPoll needs Vista) ---------------- */
 
 #include <winsock2.h>
@@ -733,6 +778,7 @@ os_drop_root(const char *user, const char *spool, const char *sub, const char *s
 
 typedef SOCKET ms_sock_t;
 #define MS_BAD_SOCK INVALID_SOCKET
+#define MS_AF_LOCAL (-1) /* no Unix socket listeners: the INI refuses a path for lmtp */
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
 #define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
 typedef WSAPOLLFD ms_pollfd;
@@ -910,7 +956,12 @@ net_listen_opts(ms_sock_t s)
  * (FlushFileBuffers). */
 #define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
 #define MS_O_NOBLOCK 0  /* no FIFOs among files */
-static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
+/* MS_O_LINKS (with O_RDWR | O_CREAT | O_EXCL only): a file that gets hard links (a message in
+ * SPOOL/.tmp and its Maildir copies), opened with FILE_SHARE_DELETE: without it Windows refuses
+ * to remove any of its links while it is open, and a delivery taken back (store_rollback) before
+ * the file is closed left its copies in place. */
+#define MS_O_LINKS 0x40000000
+static int os_open(const char *path, int flags, int mode);
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
 static long os_read(int fd, void *buf, size_t n) { return (long)_read(fd, buf, (unsigned)n); }
@@ -939,6 +990,18 @@ os_set_errno(void)
     errno = (e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND) ? ENOENT
           : (e == ERROR_ALREADY_EXISTS || e == ERROR_FILE_EXISTS) ? EEXIST
           : (e == ERROR_SHARING_VIOLATION || e == ERROR_LOCK_VIOLATION) ? EAGAIN : EIO;
+}
+static int
+os_open(const char *path, int flags, int mode)
+{
+    HANDLE h;
+    int fd;
+    if (!(flags & MS_O_LINKS)) return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode);
+    h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+                    CREATE_NEW, FILE_ATTRIBUTE_NORMAL, NULL); /* not inherited: no security attributes */
+    if (h == INVALID_HANDLE_VALUE) { os_set_errno(); return -1; }
+    if ((fd = _open_osfhandle((intptr_t)h, _O_RDWR | _O_BINARY)) < 0) CloseHandle(h);
+    return fd;
 }
 static int
 os_link(const char *from, const char *to)
@@ -1214,6 +1277,14 @@ os_net_start(void)
 }
 static void os_net_stop(void) { WSACleanup(); }
 
+static ms_sock_t
+net_listen_unix(const char *path, int *err)
+{
+    (void)path;
+    *err = WSAEAFNOSUPPORT;
+    return MS_BAD_SOCK;
+}
+
 #endif /* ---------------- common to both ---------------- */
 
 /* The system's generator or nothing: 0, or -1 with buf zeroed. There is no fallback (a
@@ -1349,6 +1420,9 @@ net_accept(ms_sock_t ls, char *peer, size_t peerlen, int *is_loopback)
         inet_ntop(AF_INET6, &in6->sin6_addr, peer, (socklen_t)peerlen);
         *is_loopback = memcmp(in6->sin6_addr.s6_addr, lo, 16) == 0 ||
             (memcmp(in6->sin6_addr.s6_addr, v4, 12) == 0 && in6->sin6_addr.s6_addr[12] == 127);
+    } else { /* a Unix socket's client (POSIX): a program on this machine */
+        snprintf(peer, peerlen, "local");
+        *is_loopback = 1;
     }
     return s;
 }
@@ -1532,6 +1606,7 @@ static int os_setenv(const char *name, const char *value);
 static int os_exec(char **argv);
 static int os_is_root(void);
 static int os_drop_root(const char *user, const char *spool, const char *sub, const char *subpath, const char *queue, char *err, size_t n);
+static ms_sock_t net_listen_unix(const char *path, int *err);
 static int os_random(void *buf, size_t n);
 static long os_write_all(int fd, const void *buf, size_t n);
 static long os_pwrite_all(int fd, const void *buf, size_t n, int64_t off);
@@ -1600,6 +1675,7 @@ static int cfg_parse_time(struct ms_config *c, const char *v, void *dst, long ar
 static int cfg_parse_choice(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_add_listen(struct ms_config *c, int proto, int family, const char *addr, unsigned port, int optional);
 static int cfg_parse_listen(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n);
+static int cfg_parse_lmtp(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n);
 static int cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
 static int cfg_parse_hop(const char *v, struct cfg_hop *h, unsigned def_port);
 static int cfg_parse_smarthost(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n);
@@ -1653,6 +1729,7 @@ static int dsn_rcpt_param(const char *param, int *notify, char *orcpt);
 static void dsn_notify_text(int notify, char *out, size_t n);
 static void data_rx_init(struct data_rx *d);
 static size_t data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done);
+static size_t data_rx_finish(struct data_rx *d, char *out);
 static int mbox_is_from_line(const char *p, size_t n, int quoted_only);
 static int pop_parse_num(const char *s, int max);
 static int sasl_plain_decode(const char *b64, char *user, size_t ulen, char *pass, size_t plen);
@@ -1835,7 +1912,7 @@ static void io_close_notify(struct transport *io);
 static void io_close(struct transport *io);
 
 /* 9. Connections */
-static void ms_count_sessions(const struct mailsrv *ms, int n[4], int *relaying);
+static void ms_count_sessions(const struct mailsrv *ms, int n[PROTO_N], int *relaying);
 static void ms_log(struct mailsrv *ms, const char *fmt, ...);
 static void conn_log(struct conn *c, const char *fmt, ...);
 static void conn_reply(struct conn *c, const char *fmt, ...);
@@ -1890,6 +1967,8 @@ static int chaos_fires(struct mailsrv *ms, int which);
 /* 10. SMTP server session */
 static void smtp_tx_reset(struct conn *c);
 static void smtp_greet(struct conn *c);
+static void lmtp_greet(struct conn *c);
+static void smtp_tx_reply(struct conn *c, const char *fmt, ...);
 static void smtp_hello(struct conn *c, const char *args, int esmtp);
 static void smtp_auth_fail(struct conn *c, const char *user);
 static void smtp_auth_try(struct conn *c, const char *user, const char *pass);
@@ -1902,15 +1981,19 @@ static void smtp_do_mail(struct conn *c, const char *args);
 static void smtp_rcpt_dsn(struct conn *c, int n0, int notify, const char *orcpt, const char *local, const char *domain);
 static void smtp_do_rcpt(struct conn *c, const char *args);
 static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
+static int smtp_msg_begin(struct conn *c, int raw);
 static void smtp_do_data(struct conn *c, const char *args);
+static void smtp_do_bdat(struct conn *c, const char *args);
 static void smtp_data_end(struct conn *c);
 static void smtp_deliver_next(struct conn *c);
 static int smtp_deliver_step(struct conn *c, int64_t until_us);
 static void smtp_dsn_success(struct conn *c);
 static void smtp_group_committed(struct conn *c, int ok);
 static size_t smtp_data_feed(struct conn *c, const char *in, size_t n);
+static size_t smtp_bdat_feed(struct conn *c, const char *in, size_t n);
 static void smtp_do_starttls(struct conn *c, const char *args);
 static void smtp_do_ehlo(struct conn *c, const char *a);
+static void smtp_do_lhlo(struct conn *c, const char *a);
 static void smtp_do_helo(struct conn *c, const char *a);
 static void smtp_do_noop(struct conn *c, const char *a);
 static void smtp_do_rset(struct conn *c, const char *a);
@@ -2688,7 +2771,8 @@ enum { PT_NO, PT_YES, PT_LOCAL };
 enum { SL_OFF, SL_STRICT };
 enum { RTLS_NO, RTLS_YES, RTLS_VERIFY };
 
-struct cfg_listen { int proto; int tls; int family; char addr[64]; unsigned port; int optional; };
+/* family MS_AF_LOCAL: addr is a Unix socket's path (port 0) */
+struct cfg_listen { int proto; int tls; int family; char addr[108]; unsigned port; int optional; };
 struct cfg_user {
     char *name; char *pass; int line;
     struct pass_key key; int has_key;  /* pass as a hash; plain text is hashed at load (ms_install_config) */
@@ -2921,6 +3005,35 @@ many:
     return -1;
 }
 
+/* lmtp: listeners as cfg_parse_listen's, and absolute paths: Unix sockets
+ * (POSIX only; on Windows a path is an error at its line). */
+static int
+cfg_parse_lmtp(struct ms_config *c, const char *v, void *dst, long proto, char *err, size_t n)
+{
+    char tmp[256], *item, *save;
+    if (ms_strlcpy(tmp, v, sizeof tmp) != 0) { snprintf(err, n, "too long"); return -1; }
+    for (save = tmp; (item = ms_next_item(&save, ',')) != NULL;) {
+        char *s = ms_trim(item);
+        if (!os_path_is_absolute(s) && s[0] != '/') {
+            if (cfg_parse_listen(c, s, dst, proto, err, n) != 0) return -1;
+            continue;
+        }
+        if (MS_AF_LOCAL < 0) {
+            snprintf(err, n, "'%s': a Unix socket path, which Windows does not have: give an address:port", s);
+            return -1;
+        }
+        if (strlen(s) >= 104) { /* sun_path: 104 octets on BSD and macOS, 108 on Linux, with its NUL */
+            snprintf(err, n, "'%s': a Unix socket path must be under 104 octets", s);
+            return -1;
+        }
+        if (cfg_add_listen(c, (int)proto, MS_AF_LOCAL, s, 0, 0)) {
+            snprintf(err, n, "more than %d listeners", MS_MAX_LISTENERS);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int
 cfg_parse_path(struct ms_config *c, const char *v, void *dst, long arg, char *err, size_t n)
 {
@@ -3092,6 +3205,7 @@ static const struct cfg_key cfg_server_keys[] = {
     {"pop3s", cfg_parse_listen, 0, PROTO_POP3 | MS_LISTEN_TLS},
     {"http", cfg_parse_listen, 0, PROTO_HTTP},
     {"https", cfg_parse_listen, 0, PROTO_HTTP | MS_LISTEN_TLS},
+    {"lmtp", cfg_parse_lmtp, 0, PROTO_LMTP}, /* RFC 2033: local delivery from another MTA */
     {"admins", cfg_parse_admins, offsetof(struct ms_config, admins), 1024},
     {"public_host", cfg_parse_optstr, offsetof(struct ms_config, public_host), 256},
     {"tls_cert", cfg_parse_path, offsetof(struct ms_config, tls_cert), 1024},
@@ -3745,7 +3859,9 @@ cfg_listens_beyond_loopback(const struct ms_config *c)
 {
     int i;
     for (i = 0; i < c->nlisten; i++)
-        if (strncmp(c->listen[i].addr, "127.", 4) != 0 && strcmp(c->listen[i].addr, "::1") != 0) return 1;
+        if (c->listen[i].family != MS_AF_LOCAL && strncmp(c->listen[i].addr, "127.", 4) != 0 &&
+            strcmp(c->listen[i].addr, "::1") != 0)
+            return 1;
     return 0;
 }
 
@@ -4090,6 +4206,7 @@ dsn_notify_text(int notify, char *out, size_t n)
 enum { D_BOL, D_TEXT, D_CR, D_DOT, D_DOTCR };
 struct data_rx {
     int st, strict;        /* strict: this line started after a CRLF */
+    int raw;               /* BDAT chunks (RFC 3030 2): no dot-stuffing, no end marker; line ends as DATA's */
     size_t line_len;
     int64_t lines, bytes;  /* stored lines and bytes */
     int too_long;          /* a line over 998 octets seen (accepted: the relay wraps it, mime_conv) */
@@ -4116,7 +4233,7 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
         switch (d->st) {
         case D_BOL:
             d->line_len = 0;
-            if (ch == '.') { d->st = D_DOT; i++; }
+            if (ch == '.' && !d->raw) { d->st = D_DOT; i++; }
             else d->st = D_TEXT;
             break;
         case D_TEXT:
@@ -4158,6 +4275,21 @@ data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap,
     d->bytes += (int64_t)(o - *olen);
     *olen = o;
     return i;
+}
+
+/* BDAT LAST (raw): the end of the text. A last line without its line end
+ * gets one (a CR the last chunk ended with is one), so a message stored
+ * from BDAT chunks ends in LF as one from DATA always does. Writes at most
+ * 1 byte to out; returns how many. */
+static size_t
+data_rx_finish(struct data_rx *d, char *out)
+{
+    if (d->st != D_TEXT && d->st != D_CR) return 0;
+    out[0] = '\n';
+    d->lines++;
+    d->bytes++;
+    d->st = D_BOL;
+    return 1;
 }
 
 /* mboxrd: a line matching ^>*From_ gets one more '>' when stored, loses one when read. */
@@ -10081,7 +10213,9 @@ io_close(struct transport *io)
  * sweep in loop_sweep(), after dispatch.
  */
 
-enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_DATA };
+/* SMTP_S_BDAT: a BDAT transaction between its chunks (RFC 3030); a chunk's
+ * octets are read in any state while smtp_sess.bdat_left is not 0 */
+enum { SMTP_S_GREET, SMTP_S_READY, SMTP_S_MAIL, SMTP_S_RCPT, SMTP_S_BDAT, SMTP_S_DATA };
 enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS };
 enum { TXERR_NONE, TXERR_TOO_BIG, TXERR_IO };
 
@@ -10116,9 +10250,13 @@ struct smtp_sess {
     struct dsn_note *notes;          /* SUCCESS reports owed once the message is durable */
     int nnotes;
     char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 14) */
+    char (*rcpts)[MS_PATH_MAX];      /* LMTP: the accepted RCPTs (nrcpt), in order: one answer each at the end */
     int nlists;
     struct data_rx rx;
-    char *wbuf;                      /* only while receiving DATA */
+    int64_t bdat_left, bdat_size;    /* octets of the BDAT chunk being read still to come, of all of it */
+    int bdat_last;                   /* ... it is the LAST one */
+    int bdat_skip;                   /* ... it was refused (answered): its octets are read and dropped */
+    char *wbuf;                      /* only while receiving DATA or BDAT chunks */
     size_t wlen;
     int64_t written, synced;         /* DATA: bytes in msg's file, and fsynced (MS_DATA_SYNC_BYTES) */
     int sync_data;                   /* ... the file itself is kept (a Maildir or queue link): fsynced as it comes */
@@ -10217,7 +10355,7 @@ struct conn {
     } u;
 };
 
-struct listener { ms_sock_t fd; enum proto proto; int tls; char name[80]; };
+struct listener { ms_sock_t fd; enum proto proto; int tls; int local; char name[112]; }; /* local: a Unix socket */
 
 /* What the connection and loop code need of a protocol (Mongoose's one
  * handler per connection, OpenSMTPD's session callbacks), so that they have
@@ -10320,10 +10458,11 @@ struct mailsrv {
 
 /* Sessions open, by protocol (enum proto), and queued messages being relayed now. */
 static void
-ms_count_sessions(const struct mailsrv *ms, int n[4], int *relaying)
+ms_count_sessions(const struct mailsrv *ms, int n[PROTO_N], int *relaying)
 {
     int i;
-    n[0] = n[1] = n[2] = n[3] = *relaying = 0;
+    for (i = 0; i < PROTO_N; i++) n[i] = 0;
+    *relaying = 0;
     for (i = 0; i < ms->nconns; i++)
         if (!ms->conns[i]->is_closing) n[ms->conns[i]->proto]++;
     for (i = 0; i < ms->nqueue; i++) *relaying += ms->queue[i]->active;
@@ -11015,9 +11154,9 @@ msg_open(struct mailsrv *ms, struct store_msg *m)
     if (ms_fmt(dir, sizeof dir, "%s/.tmp", ms->cfg->spool) < 0 ||
         ms_fmt(m->tmp_path, sizeof m->tmp_path, "%s/%s", dir, m->name) < 0)
         return -1;
-    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600)) < 0 && errno == ENOENT &&
+    if ((m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL | MS_O_LINKS, 0600)) < 0 && errno == ENOENT &&
         store_mkdir(ms->cfg->spool, ms->cfg->dir) == 0 && store_mkdir(dir, ms->cfg->spool) == 0)
-        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL, 0600); /* the spool was removed */
+        m->tmp_fd = os_open(m->tmp_path, O_RDWR | O_CREAT | O_EXCL | MS_O_LINKS, 0600); /* the spool was removed */
     if (m->tmp_fd < 0) m->tmp_fd = -1;
     return m->tmp_fd < 0 ? -1 : 0;
 }
@@ -11069,7 +11208,7 @@ chaos_fires(struct mailsrv *ms, int which)
 /*==== 10. SMTP server session ====*/
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
- * ENHANCEDSTATUSCODES (2034, 3463) and AUTH PLAIN/LOGIN (4954).
+ * ENHANCEDSTATUSCODES (2034, 3463), CHUNKING (3030: BDAT) and AUTH PLAIN/LOGIN (4954).
  * Handlers reply through conn_reply(); smtp_line() dispatches them through smtp_cmds[].
  */
 
@@ -11103,6 +11242,8 @@ smtp_tx_reset(struct conn *c)
     s->nnotes = 0;
     free(s->lists);
     s->lists = NULL;
+    free(s->rcpts);
+    s->rcpts = NULL;
     s->nlists = 0;
     if (s->delivering) { /* refused or gone half-way: no copy stays (a session whose commit is owed */
         store_job_abort(&s->job); /* is not freed before it ends: loop_sweep, loop_commit_rest) */
@@ -11124,6 +11265,7 @@ smtp_tx_reset(struct conn *c)
     s->nrcpt = 0;
     s->tx_error = TXERR_NONE;
     if (s->state > SMTP_S_READY) s->state = SMTP_S_READY;
+    s->rx.raw = 0;
 }
 
 static void
@@ -11134,11 +11276,41 @@ smtp_greet(struct conn *c)
 }
 
 static void
+lmtp_greet(struct conn *c)
+{
+    c->u.smtp.msg.tmp_fd = -1;
+    conn_reply(c, "220 %s LMTP mailsrv", c->ms->cfg->hostname); /* RFC 2033 4.1 */
+}
+
+/* The answer that ends a transaction (after the final dot or BDAT LAST, or
+ * its refusal): in LMTP one for each accepted RCPT, in their order, the
+ * recipient after the enhanced code (RFC 2033 4.2). fmt begins "DDD X.Y.Z ". */
+static void
+smtp_tx_reply(struct conn *c, const char *fmt, ...)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char text[512];
+    size_t pre = 4;
+    va_list ap;
+    int i;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (c->proto != PROTO_LMTP || !s->rcpts || (s->state == SMTP_S_BDAT && !s->bdat_last)) { /* a BDAT chunk's error */
+        conn_reply(c, "%s", text);
+        return;
+    }
+    if (isdigit((unsigned char)text[pre])) pre += strcspn(text + pre, " ") + 1;
+    if (pre > strlen(text)) pre = strlen(text);
+    for (i = 0; i < s->nrcpt; i++) conn_reply(c, "%.*s<%s> %s", (int)pre, text, s->rcpts[i], text + pre);
+}
+
+static void
 smtp_hello(struct conn *c, const char *args, int esmtp)
 {
     struct smtp_sess *s = &c->u.smtp;
     if (!*args || strchr(args, ' ') || strlen(args) > MS_DOMAIN_MAX) { /* RFC 5321 4.5.3.1.2 */
-        conn_reply(c, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        conn_reply(c, "501 5.5.4 Syntax: %s hostname", c->proto == PROTO_LMTP ? "LHLO" : esmtp ? "EHLO" : "HELO");
         return;
     }
     smtp_tx_reset(c);
@@ -11147,9 +11319,18 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     s->state = SMTP_S_READY;
     if (!esmtp) { conn_reply(c, "250 %s", c->ms->cfg->hostname); return; }
     conn_reply(c, "250-%s", c->ms->cfg->hostname);
+    if (c->proto == PROTO_LMTP) { /* no STARTTLS, no AUTH: nobody logs in; mail only for here */
+        conn_reply(c, "250-PIPELINING");
+        conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
+        conn_reply(c, "250-8BITMIME");
+        conn_reply(c, "250-CHUNKING");
+        conn_reply(c, "250 ENHANCEDSTATUSCODES");
+        return;
+    }
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
+    conn_reply(c, "250-CHUNKING"); /* RFC 3030 */
     conn_reply(c, "250-DSN"); /* RFC 3461 */
     if (c->ms->cfg->tls && !c->io.tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
@@ -11399,7 +11580,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
         }
         ms_strlcpy(domain, cfg->domains[0].name, sizeof domain);
     }
-    if (!cfg->capture && !cfg_find_domain(cfg, domain)) {
+    if (!cfg->capture && !cfg_find_domain(cfg, domain) && c->proto == PROTO_LMTP) {
+        conn_reply(c, "550 5.1.2 Not a domain of this server (LMTP delivers only here)"); /* the domain is not checked: not echoed */
+        return;
+    } else if (!cfg->capture && !cfg_find_domain(cfg, domain)) {
         /* RFC 5321 3.6.2: a relay only for its own clients. Source routes were
          * dropped by the parser; '%' and '!' are plain characters here. */
         if (!conn_may_relay(c)) { conn_reply(c, "550 5.7.1 Relaying denied"); return; }
@@ -11433,6 +11617,12 @@ smtp_do_rcpt(struct conn *c, const char *args)
     smtp_rcpt_dsn(c, n0, notify, orcpt, local, domain);
     if (!s->nrcpt && ms_fmt(s->first_rcpt, sizeof s->first_rcpt, "%s@%s", local, domain) < 0)
         s->first_rcpt[0] = 0; /* <Postmaster> of a long first domain: Received: has no "for" (it is optional) */
+    if (c->proto == PROTO_LMTP) {
+        char given[MS_PATH_MAX + MS_DOMAIN_MAX + 2];
+        s->rcpts = xrealloc(s->rcpts, sizeof *s->rcpts * (size_t)(s->nrcpt + 1));
+        snprintf(given, sizeof given, "%s@%s", local, domain);
+        ms_visible(s->rcpts[s->nrcpt], sizeof s->rcpts[0], given, strlen(given)); /* it goes into a reply line */
+    }
     s->nrcpt++;
     s->state = SMTP_S_RCPT;
     conn_reply(c, "250 2.1.5 Ok");
@@ -11451,8 +11641,10 @@ smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
     return 0;
 }
 
-static void
-smtp_do_data(struct conn *c, const char *args)
+/* The message's file in SPOOL/.tmp and its first lines (Return-Path:,
+ * Received:), for DATA or the first BDAT; -1 (answered 451) if it cannot be made. */
+static int
+smtp_msg_begin(struct conn *c, int raw)
 {
     struct smtp_sess *s = &c->u.smtp;
     struct mailsrv *ms = c->ms;
@@ -11460,11 +11652,10 @@ smtp_do_data(struct conn *c, const char *args)
     struct buf hdr = {0};
     const char *host = ms->cfg->hostname;
     int for1 = s->nrcpt == 1 && s->first_rcpt[0]; /* Received: ... for <the one recipient> */
-    if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
     if (msg_open(ms, &s->msg) != 0) {
         conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
-        return;
+        return -1;
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
     s->msg.dsn = s->dsn;
@@ -11473,9 +11664,10 @@ smtp_do_data(struct conn *c, const char *args)
      * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
     buf_printf(&hdr, "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
                s->from, s->helo, c->peer, host,
-               s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
+               c->proto == PROTO_LMTP ? "LMTP" : s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id, /* RFC 3848 */
                for1 ? "\n\tfor <" : "", for1 ? s->first_rcpt : "", for1 ? ">" : "", date);
     data_rx_init(&s->rx);
+    s->rx.raw = raw;
     s->msg.size = (int64_t)hdr.len;
     s->msg.lines = s->msg.hdr_lines = 4 + for1; /* the header lines written above */
     s->wbuf = xrealloc(NULL, MS_DATA_BUF);
@@ -11485,8 +11677,44 @@ smtp_do_data(struct conn *c, const char *args)
     if (!hdr.p) s->tx_error = TXERR_IO; /* vsnprintf failed: refused at the final dot */
     else smtp_write_data(s, hdr.p, hdr.len);
     buf_free(&hdr);
+    return 0;
+}
+
+static void
+smtp_do_data(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    if (*args) { conn_reply(c, "501 5.5.4 DATA takes no arguments"); return; }
+    if (smtp_msg_begin(c, 0) != 0) return;
     s->state = SMTP_S_DATA;
     conn_reply(c, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+/* BDAT chunk-size [LAST] (RFC 3030 2, 4.2): the chunk's octets follow the
+ * line at once, and are read (smtp_bdat_feed) even when the command is
+ * refused, so that the session stays in step with the client. */
+static void
+smtp_do_bdat(struct conn *c, const char *args)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    char num[24];
+    const char *rest = cmd_split(args, num, sizeof num), *p;
+    int64_t n = 0;
+    for (p = num; *p && isdigit((unsigned char)*p) && p - num < 18; p++) n = n * 10 + (*p - '0');
+    if (!num[0] || *p || (*rest && !ms_strcaseeq(rest, "LAST"))) {
+        /* the octets that follow cannot be told from commands: the session cannot go on */
+        conn_reply(c, "501 5.5.4 Syntax: BDAT chunk-size [LAST]");
+        conn_close_after_reply(c);
+        return;
+    }
+    s->bdat_left = s->bdat_size = n;
+    s->bdat_last = *rest != 0;
+    s->bdat_skip = 1; /* a refusal is answered now: the chunk's octets make no answer of their own */
+    if (s->state < SMTP_S_RCPT) /* as DATA's */
+        conn_reply(c, "503 5.5.1 %s", s->state == SMTP_S_MAIL ? "No valid recipients" : "Need MAIL and RCPT first");
+    else if (s->state == SMTP_S_RCPT && smtp_msg_begin(c, 1) != 0) {} /* answered 451 */
+    else { s->bdat_skip = 0; s->state = SMTP_S_BDAT; }
+    if (n == 0) smtp_bdat_feed(c, "", 0);
 }
 
 /* The final dot: refuse, or deliver and answer only once all copies are durable. */
@@ -11503,11 +11731,11 @@ smtp_data_end(struct conn *c)
     s->msg.body_known = 1;
     s->msg.eightbit = s->rx.eightbit;
     s->msg.longlines = s->rx.too_long;
-    if (s->tx_error == TXERR_TOO_BIG) conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
-    else if (s->tx_error) conn_reply(c, "451 4.3.0 Local error in processing");
+    if (s->tx_error == TXERR_TOO_BIG) smtp_tx_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
+    else if (s->tx_error) smtp_tx_reply(c, "451 4.3.0 Local error in processing");
     else if (!s->targets.n && !s->nlists) { /* every RCPT adds one or is refused: never 250 for nothing */
         conn_log(c, "%s: accepted recipients but no mailbox to store it in", s->msg.id);
-        conn_reply(c, "451 4.3.0 Local error: no mailbox for this message");
+        smtp_tx_reply(c, "451 4.3.0 Local error: no mailbox for this message");
     } else {
         /* what the lists do with it and the delivery run in slices (smtp_deliver_step, loop_work);
          * smtp_group_committed() answers after the folders' fsync and the mbox appends */
@@ -11544,7 +11772,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
         if (s->nlists && list_incoming(c) != 0) {
             conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
                      strerror(errno));
-            conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+            smtp_tx_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
             smtp_tx_reset(c);
             return 1;
         }
@@ -11573,7 +11801,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
                 list_post_failed(ms, p, s->job.err);
                 conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
                          strerror(errno));
-                conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+                smtp_tx_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
                 break;
             }
             /* its file stays open until the answer (list_post_clear): an mbox copies it at the commit;
@@ -11586,7 +11814,7 @@ smtp_deliver_step(struct conn *c, int64_t until_us)
             }
             if (r < 0) {
                 conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, s->job.err, strerror(errno));
-                conn_reply(c, "451 4.3.0 Local error: %s", s->job.err);
+                smtp_tx_reply(c, "451 4.3.0 Local error: %s", s->job.err);
                 break;
             }
             s->delivering = 0;
@@ -11652,24 +11880,24 @@ smtp_group_committed(struct conn *c, int ok)
         http_notify(c->ms, "new", store_of(c->ms->cfg)->maildir ? s->msg.name : s->msg.id, &s->targets, NULL);
         if (targets_remote(&s->targets)) {
             relay_enqueue(c->ms, s->msg.id);
-            conn_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
+            smtp_tx_reply(c, "250 2.0.0 Ok: queued as %s", s->msg.id);
         } else {
-            conn_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
+            smtp_tx_reply(c, "250 2.0.0 Ok: delivered as %s", s->msg.id);
         }
         smtp_dsn_success(c);
     } else if (ok && failed != &s->msg) { /* a post's mbox batch: as a post that failed at its delivery */
         store_rollback(s->undo, s->nundo);
         conn_log(c, "list mail %s failed: cannot write the list's state or messages (%s)", s->msg.id,
                  strerror(failed->commit_errno));
-        conn_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
+        smtp_tx_reply(c, "451 4.3.0 Local error: cannot store the list's mail now");
     } else if (ok) { /* its mbox batch failed: as a failed append always answered */
         store_rollback(s->undo, s->nundo);
         conn_log(c, "delivery of %s failed: %s (%s)", s->msg.id, s->msg.commit_err, strerror(s->msg.commit_errno));
-        conn_reply(c, "451 4.3.0 Local error: %s", s->msg.commit_err);
+        smtp_tx_reply(c, "451 4.3.0 Local error: %s", s->msg.commit_err);
     } else {
         store_rollback(s->undo, s->nundo);
         conn_log(c, "delivery of %s failed: cannot fsync a Maildir folder", s->msg.id);
-        conn_reply(c, "451 4.3.0 Local error: cannot write the message");
+        smtp_tx_reply(c, "451 4.3.0 Local error: cannot write the message");
     }
     smtp_tx_reset(c);
 }
@@ -11696,6 +11924,45 @@ smtp_data_feed(struct conn *c, const char *in, size_t n)
     return used;
 }
 
+/* A BDAT chunk's octets (at most bdat_left of them): returns how many were
+ * consumed. They are stored as DATA's text is (line ends as LF, a CRLF split
+ * between two chunks included), without dot-stuffing. At the chunk's end:
+ * 250, or an error (as DATA's, the transaction ends), or, after LAST, the
+ * delivery through DATA's final dot (smtp_data_end). */
+static size_t
+smtp_bdat_feed(struct conn *c, const char *in, size_t n)
+{
+    struct smtp_sess *s = &c->u.smtp;
+    const struct ms_config *cfg = c->ms->cfg;
+    size_t take = (uint64_t)s->bdat_left < (uint64_t)n ? (size_t)s->bdat_left : n, used = 0;
+    int done;
+    if (s->bdat_skip) used = take;
+    while (used < take) {
+        used += data_rx_feed(&s->rx, in + used, take - used, s->wbuf, MS_DATA_BUF, &s->wlen, &done);
+        if (s->rx.bytes > cfg->max_message_size && !s->tx_error) s->tx_error = TXERR_TOO_BIG;
+        if (s->wlen + 64 > MS_DATA_BUF) {
+            smtp_write_data(s, s->wbuf, s->wlen);
+            s->wlen = 0;
+        }
+    }
+    s->bdat_left -= (int64_t)used;
+    if (used) c->io.deadline = os_now_ms() + cfg->timeout * 1000;
+    if (s->bdat_left) return used;
+    if (s->bdat_skip) { s->bdat_skip = 0; return used; }
+    if (s->bdat_last) {
+        s->wlen += data_rx_finish(&s->rx, s->wbuf + s->wlen);
+        if (s->rx.bytes > cfg->max_message_size && !s->tx_error) s->tx_error = TXERR_TOO_BIG;
+    }
+    if (s->bdat_last || s->tx_error || s->rx.too_long) {
+        smtp_write_data(s, s->wbuf, s->wlen);
+        s->wlen = 0;
+        smtp_data_end(c); /* answers an error, or delivers (RFC 3030 2: the 250 after LAST means it is taken) */
+    } else {
+        conn_reply(c, "250 2.0.0 %lld octets received", (long long)s->bdat_size);
+    }
+    return used;
+}
+
 /* RFC 3207 (conn_starttls); the session starts over. */
 static void
 smtp_do_starttls(struct conn *c, const char *args)
@@ -11710,6 +11977,7 @@ smtp_do_starttls(struct conn *c, const char *args)
 }
 
 static void smtp_do_ehlo(struct conn *c, const char *a) { smtp_hello(c, a, 1); }
+static void smtp_do_lhlo(struct conn *c, const char *a) { smtp_hello(c, a, 1); }
 static void smtp_do_helo(struct conn *c, const char *a) { smtp_hello(c, a, 0); }
 static void smtp_do_noop(struct conn *c, const char *a) { (void)a; conn_reply(c, "250 2.0.0 Ok"); }
 static void smtp_do_rset(struct conn *c, const char *a) { (void)a; smtp_tx_reset(c); conn_reply(c, "250 2.0.0 Ok"); }
@@ -11723,7 +11991,7 @@ static void
 smtp_do_help(struct conn *c, const char *a)
 {
     (void)a;
-    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
+    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
     conn_reply(c, "214 2.0.0 mailsrv " MAILSRV_VERSION);
 }
 static void
@@ -11743,21 +12011,24 @@ smtp_do_quit(struct conn *c, const char *a)
 static const struct smtp_cmd {
     const char *verb;
     void (*fn)(struct conn *c, const char *args);
-    const char *refused[SMTP_S_DATA]; /* GREET, READY, MAIL, RCPT */
+    const char *refused[SMTP_S_DATA]; /* GREET, READY, MAIL, RCPT, BDAT */
     int junk;                        /* counts towards max_junk_commands */
 } smtp_cmds[] = {
-    {"EHLO", smtp_do_ehlo, {NULL, NULL, NULL, NULL}, 0},
-    {"HELO", smtp_do_helo, {NULL, NULL, NULL, NULL}, 0},
-    {"MAIL", smtp_do_mail, {"Send HELO/EHLO first", NULL, "Nested MAIL command", "Nested MAIL command"}, 0},
-    {"RCPT", smtp_do_rcpt, {NEED_MAIL, NEED_MAIL, NULL, NULL}, 0},
-    {"DATA", smtp_do_data, {NEED_RCPT, NEED_RCPT, "No valid recipients", NULL}, 0},
-    {"RSET", smtp_do_rset, {NULL, NULL, NULL, NULL}, 1},
-    {"NOOP", smtp_do_noop, {NULL, NULL, NULL, NULL}, 1},
-    {"QUIT", smtp_do_quit, {NULL, NULL, NULL, NULL}, 0},
-    {"HELP", smtp_do_help, {NULL, NULL, NULL, NULL}, 1},
-    {"VRFY", smtp_do_vrfy, {NULL, NULL, NULL, NULL}, 1},
-    {"AUTH", smtp_do_auth, {"Send EHLO first", NULL, IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH")}, 0},
-    {"STARTTLS", smtp_do_starttls, {NULL, NULL, IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS")}, 0},
+    {"EHLO", smtp_do_ehlo, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"HELO", smtp_do_helo, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"LHLO", smtp_do_lhlo, {NULL, NULL, NULL, NULL, NULL}, 0}, /* LMTP only (smtp_line) */
+    {"MAIL", smtp_do_mail, {"Send HELO/EHLO first", NULL, "Nested MAIL command", "Nested MAIL command", "Nested MAIL command"}, 0},
+    {"RCPT", smtp_do_rcpt, {NEED_MAIL, NEED_MAIL, NULL, NULL, "RCPT not allowed after BDAT"}, 0},
+    /* RFC 3030 2: DATA and BDAT are not mixed in one transaction */
+    {"DATA", smtp_do_data, {NEED_RCPT, NEED_RCPT, "No valid recipients", NULL, "DATA not allowed after BDAT"}, 0},
+    {"BDAT", smtp_do_bdat, {NULL, NULL, NULL, NULL, NULL}, 0}, /* refused by itself: its octets are read */
+    {"RSET", smtp_do_rset, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"NOOP", smtp_do_noop, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"QUIT", smtp_do_quit, {NULL, NULL, NULL, NULL, NULL}, 0},
+    {"HELP", smtp_do_help, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"VRFY", smtp_do_vrfy, {NULL, NULL, NULL, NULL, NULL}, 1},
+    {"AUTH", smtp_do_auth, {"Send EHLO first", NULL, IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH"), IN_TRANSACTION("AUTH")}, 0},
+    {"STARTTLS", smtp_do_starttls, {NULL, NULL, IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS"), IN_TRANSACTION("STARTTLS")}, 0},
 };
 
 static void
@@ -11784,9 +12055,17 @@ smtp_line(struct conn *c, char *line, size_t len)
     if (memchr(line, 0, len)) { conn_reply(c, "500 5.5.2 Syntax error (NUL)"); s->auth_step = AUTH_NONE; return; }
     if (s->auth_step != AUTH_NONE) { smtp_auth_step(c, line); return; }
     args = cmd_split(line, verb, sizeof verb);
+    if (c->proto == PROTO_LMTP && (strcmp(verb, "HELO") == 0 || strcmp(verb, "EHLO") == 0)) {
+        conn_reply(c, "500 5.5.1 This is LMTP: LHLO, not %s (RFC 2033 4.1)", verb);
+        return;
+    }
+    if (c->proto == PROTO_LMTP && (strcmp(verb, "AUTH") == 0 || strcmp(verb, "STARTTLS") == 0)) {
+        conn_reply(c, "502 5.5.1 %s is not offered over LMTP", verb);
+        return;
+    }
     for (i = 0; i < sizeof smtp_cmds / sizeof smtp_cmds[0]; i++) {
         const struct smtp_cmd *cmd = &smtp_cmds[i];
-        if (strcmp(verb, cmd->verb) != 0) continue;
+        if (strcmp(verb, cmd->verb) != 0 || (cmd->fn == smtp_do_lhlo && c->proto != PROTO_LMTP)) continue;
         if (cmd->junk && conn_junk(c)) return;
         if (s->state < SMTP_S_DATA && cmd->refused[s->state]) conn_reply(c, "503 5.5.1 %s", cmd->refused[s->state]);
         else cmd->fn(c, args);
@@ -11804,6 +12083,11 @@ smtp_line(struct conn *c, char *line, size_t len)
 static int
 smtp_pump(struct conn *c)
 {
+    if (c->u.smtp.bdat_left) {
+        if (!c->io.inlen) return -1;
+        io_consume(&c->io, smtp_bdat_feed(c, c->io.in, c->io.inlen));
+        return 1;
+    }
     if (c->u.smtp.state != SMTP_S_DATA) return 0;
     if (!c->io.inlen) return -1;
     io_consume(&c->io, smtp_data_feed(c, c->io.in, c->io.inlen));
@@ -11819,13 +12103,14 @@ smtp_logged_in(const struct conn *c)
 static int
 smtp_busy(const struct conn *c)
 {
-    return c->u.smtp.state == SMTP_S_DATA || c->u.smtp.auth_step != AUTH_NONE;
+    return smtp_in_data(c) || c->u.smtp.auth_step != AUTH_NONE;
 }
 
+/* In DATA, in a BDAT transaction (between its chunks too), or reading a refused chunk's octets */
 static int
 smtp_in_data(const struct conn *c)
 {
-    return c->u.smtp.state == SMTP_S_DATA;
+    return c->u.smtp.state >= SMTP_S_BDAT || c->u.smtp.bdat_left;
 }
 
 static int
@@ -11840,6 +12125,28 @@ smtp_tmp_file(const struct conn *c)
 {
     return c->u.smtp.msg.tmp_fd >= 0 ? c->u.smtp.msg.tmp_path : NULL;
 }
+
+/* RFC 2033, with SMTP's session code: what differs is in smtp_line (LHLO),
+ * smtp_hello (its keywords), smtp_do_rcpt (only mail for here) and
+ * smtp_tx_reply (an answer per recipient). */
+static const struct proto_ops lmtp_ops = {
+    'l', lmtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
+    smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
+    {[SAY_LINE_TOO_LONG] = "500 5.5.2 Line too long",
+     [SAY_JUNK] = "421 4.7.0 %s Error: too many junk commands",
+     [SAY_SESSION_OVER] = "421 4.4.2 %s Maximum session time reached, closing",
+     [SAY_EVICTED] = "421 4.3.2 %s Too many connections, closing the oldest session",
+     [SAY_TIMEOUT] = "421 4.4.2 %s Timeout, closing",
+     [SAY_SHUTDOWN] = "421 4.3.2 %s Server shutting down",
+     [SAY_LOGIN_FAILED] = "535 5.7.8 Authentication credentials invalid",
+     [SAY_LOGIN_CLOSING] = "421 4.7.0 Too many failed logins, closing",
+     [SAY_TLS_GO] = "220 2.0.0 Ready to start TLS",
+     [SAY_TLS_ACTIVE] = "503 5.5.1 TLS is already active",
+     [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",
+     [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",
+     [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"},
+    NULL,
+};
 
 static const struct proto_ops smtp_ops = {
     's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
@@ -16313,13 +16620,13 @@ http_get_status(struct conn *c)
 {
     struct mailsrv *ms = c->ms;
     struct buf *b = &c->u.http.resp;
-    int i, n[4], relaying;
+    int i, n[PROTO_N], relaying;
     if (http_admin_only(c)) return;
     ms_count_sessions(ms, n, &relaying);
     buf_printf(b, "{\"Version\":\"%s\",\"Uptime\":%lld,\"Sessions\":{\"smtp\":%d,\"submission\":%d,\"pop3\":%d,"
-               "\"http\":%d,\"relay\":%d},\"MessagesToday\":%ld,\"Queue\":%d,\"Listeners\":[",
+               "\"http\":%d,\"lmtp\":%d,\"relay\":%d},\"MessagesToday\":%ld,\"Queue\":%d,\"Listeners\":[",
                MAILSRV_VERSION, (long long)((os_now_ms() - ms->started_ms) / 1000), n[PROTO_SMTP], n[PROTO_SUBMISSION],
-               n[PROTO_POP3], n[PROTO_HTTP], relaying, ms_messages_today(ms, 0), ms->nqueue);
+               n[PROTO_POP3], n[PROTO_HTTP], n[PROTO_LMTP], relaying, ms_messages_today(ms, 0), ms->nqueue);
     for (i = 0; i < ms->nlst; i++) {
         const struct listener *l = &ms->lst[i];
         buf_adds(b, i ? ",{" : "{");
@@ -16796,6 +17103,7 @@ proto_ops_of(enum proto p)
 #if MAILSRV_ENABLE_HTTP
     if (p == PROTO_HTTP) return &http_ops;
 #endif
+    if (p == PROTO_LMTP) return &lmtp_ops;
     return p == PROTO_POP3 ? &pop_ops : &smtp_ops;
 }
 
@@ -19038,7 +19346,7 @@ loop_accept(struct mailsrv *ms, struct listener *l)
         }
         now = os_now_ms();
         client_key(peer, key, sizeof key);
-        relay = cfg_in_relay_nets(ms->cfg, peer);
+        relay = l->local || cfg_in_relay_nets(ms->cfg, peer); /* a Unix socket's clients: as relay_networks' */
         st = client_stat(ms, key, now);
         if (!relay && client_rate_over(ms, st, now)) {
             client_refused(ms, st, now, "refused %s from %s: max_connect_rate (%ld a minute) reached", proto_names[l->proto],
@@ -19335,7 +19643,7 @@ loop_write_status(struct mailsrv *ms)
 {
     char path[MS_PATH_FILE], t[64];
     struct buf b = {0};
-    int i, n[4], relaying;
+    int i, n[PROTO_N], relaying;
     int64_t now, up = (os_now_ms() - ms->started_ms) / 1000;
     long usec;
     os_wallclock(&now, &usec);
@@ -19345,7 +19653,7 @@ loop_write_status(struct mailsrv *ms)
                MAILSRV_VERSION, ms->ini_path ? ms->ini_path : "(none)", t, (long long)(up / 86400),
                (long long)(up / 3600 % 24), (long long)(up / 60 % 60), (long long)(up % 60));
     buf_adds(&b, "sessions:");
-    for (i = 0; i < 4; i++) buf_printf(&b, " %s %d,", proto_names[i], n[i]);
+    for (i = 0; i < PROTO_N; i++) buf_printf(&b, " %s %d,", proto_names[i], n[i]);
     ms_utc_time(t, sizeof t, ms->last_load, ' ', " UTC");
     buf_printf(&b, " relay %d\nqueue: %d message%s\nlast load: %s, ", relaying, ms->nqueue, ms->nqueue == 1 ? "" : "s", t);
     if (ms->last_load_errors)
@@ -19702,7 +20010,7 @@ ms_install_config(struct mailsrv *ms, struct ms_config *c)
     ms->nlive_outside = 0;
     for (i = 0; i < ms->nconns; i++) { /* relay_networks may have changed */
         struct conn *o = ms->conns[i];
-        o->in_relay_nets = cfg_in_relay_nets(c, o->peer) != 0;
+        o->in_relay_nets = strcmp(o->peer, "local") == 0 || cfg_in_relay_nets(c, o->peer) != 0; /* local: a Unix socket's */
         ms->nlive_outside += !o->is_closing && !o->in_relay_nets;
     }
     http_forget_logins(ms); /* passwords and admins may have changed */
@@ -19782,26 +20090,34 @@ mailsrv_listen(struct mailsrv *ms)
     loop_fit_fd_limit(ms); /* said at start, before the listeners */
     for (i = 0; i < c->nlisten; i++) {
         const struct cfg_listen *l = &c->listen[i];
-        int err = 0, waited;
-        ms_sock_t s = net_listen(l->family, l->addr, l->port, &err);
+        int err = 0, waited, local = l->family == MS_AF_LOCAL;
+        char name[sizeof ms->lst[0].name];
+        ms_sock_t s;
+        if (local) ms_strlcpy(name, l->addr, sizeof name);
+        else snprintf(name, sizeof name, "%s%s%s:%u", l->family == AF_INET6 ? "[" : "", l->addr,
+                      l->family == AF_INET6 ? "]" : "", l->port);
+        s = local ? net_listen_unix(l->addr, &err) : net_listen(l->family, l->addr, l->port, &err);
         for (waited = 0; s == MS_BAD_SOCK && net_addr_in_use(err) && waited < MS_BIND_WAIT_S; waited++) {
-            if (!waited) ms_log(ms, "port %u is still in use; waiting up to %d s for it", l->port, MS_BIND_WAIT_S);
+            if (!waited) ms_log(ms, "%s is still in use; waiting up to %d s for it", name, MS_BIND_WAIT_S);
             os_sleep_ms(1000); /* nothing else is running yet */
-            s = net_listen(l->family, l->addr, l->port, &err);
+            s = local ? net_listen_unix(l->addr, &err) : net_listen(l->family, l->addr, l->port, &err);
         }
         if (s == MS_BAD_SOCK) {
             if (l->optional) { ms_log(ms, "no IPv6 listener on port %u: %s", l->port, net_strerror(err)); continue; }
-            ms_log(ms, "cannot listen on %s%s%s:%u (%s): %s", l->family == AF_INET6 ? "[" : "", l->addr,
-                   l->family == AF_INET6 ? "]" : "", l->port, proto_names[l->proto], net_strerror(err));
+            ms_log(ms, "cannot listen on %s (%s): %s%s", name, proto_names[l->proto], net_strerror(err),
+                   local && err == EEXIST ? " (not a socket: mailsrv replaces only a socket no server answers on)" : "");
             loop_close_listeners(ms);
             return -1;
         }
         ms->lst[ms->nlst].fd = s;
         ms->lst[ms->nlst].proto = (enum proto)l->proto;
         ms->lst[ms->nlst].tls = l->tls;
-        snprintf(ms->lst[ms->nlst].name, sizeof ms->lst[0].name, "%s%s%s:%u", l->family == AF_INET6 ? "[" : "",
-                 l->addr, l->family == AF_INET6 ? "]" : "", l->port);
+        ms->lst[ms->nlst].local = local;
+        ms_strlcpy(ms->lst[ms->nlst].name, name, sizeof ms->lst[0].name);
         ms_log(ms, "listening for %s%s on %s", proto_names[l->proto], l->tls ? " over TLS" : "", ms->lst[ms->nlst].name);
+        if (l->proto == PROTO_LMTP && !local && strncmp(l->addr, "127.", 4) != 0 && strcmp(l->addr, "::1") != 0)
+            ms_log(ms, "warning: lmtp on %s: whoever reaches it delivers to the local mailboxes without a login; "
+                   "listen on 127.0.0.1 or a Unix socket", name);
         ms->nlst++;
     }
     if (c->user[0] && !os_is_root()) {

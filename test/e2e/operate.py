@@ -36,7 +36,7 @@ def status_and_stop_commands(ctx):
     check(rc == 0, "status of a running server: exit %d, %s %s" % (rc, short(r.stdout), short(r.stderr)))
     if not WINDOWS:  # wine's pids are its own
         check(f.get("pid") == str(srv.proc.pid), "status pid %s, the server is %d" % (f.get("pid"), srv.proc.pid))
-    check(f.get("sessions", "").startswith("smtp 1, submission 0, pop3 1, http 0, relay 0"),
+    check(f.get("sessions", "").startswith("smtp 1, submission 0, pop3 1, http 0, lmtp 0, relay 0"),
           "status sessions with one SMTP and one POP3 session open: %s" % f.get("sessions"))
     check(f.get("queue") == "0 messages" and f.get("log") == "standard error" and f.get("config") == srv.ini,
           "status queue/log/config: %s" % f)

@@ -1,11 +1,11 @@
 /* libFuzzer: a whole SMTP server session, the client's byte stream fed to a
  * socketless connection (struct conn, conn_process as the poll loop runs it):
- * EHLO, AUTH, MAIL/RCPT, DATA into a real Maildir spool and relay queue under
+ * EHLO, AUTH, MAIL/RCPT, DATA or BDAT chunks into a real Maildir spool and relay queue under
  * /dev/shm, pipelining, long lines, NULs. The first byte picks the listener
- * (smtp or submission), the client address (loopback or not) and the piece
+ * (smtp, submission or lmtp), the client address (loopback or not) and the piece
  * sizes. A mailing list (news@fuzz.test) takes posts, requests and reports.
  * Every reply must be well formed: "DDD " or "DDD-" lines in CRLF.
- * Oracle: "250 after DATA" <=> the message is stored. After the session every
+ * Oracle: "250 after DATA" (or BDAT LAST) <=> the message is stored. After the session every
  * message file in the spool and the queue is found by the id in the
  * Received: line mailsrv wrote (a list's copy of a post keeps the post's);
  * each must have had its 250 "as ID", and each 250 must have its file,
@@ -39,22 +39,31 @@ commit_ok(struct conn *c)
 static void
 check_replies(const char *out, size_t n);
 
+static int lmtp; /* this session is LMTP: one 250 per recipient, "250 2.0.0 <RCPT> Ok: ..." */
+
 static void
 note_replies(const char *out, size_t n)
 {
-    static const char *const ok[] = {"250 2.0.0 Ok: queued as ", "250 2.0.0 Ok: delivered as "};
+    static const char *const ok[] = {"Ok: queued as ", "Ok: delivered as "};
     size_t i = 0, k;
     int t;
     check_replies(out, n);
     while (i < n) {
-        const char *nl = memchr(out + i, '\n', n - i);
-        for (k = 0; k < 2; k++) {
-            size_t pl = strlen(ok[k]), idl = (size_t)(nl - 1 - (out + i)) - pl;
-            if ((size_t)(nl - out) - i > pl && memcmp(out + i, ok[k], pl) == 0) {
+        const char *nl = memchr(out + i, '\n', n - i), *p = out + i + 10;
+        if ((size_t)(nl - out) - i > 10 && memcmp(out + i, "250 2.0.0 ", 10) == 0) {
+            if (lmtp && *p == '<') { /* the recipient: up to "> " */
+                const char *gt = memchr(p, '>', (size_t)(nl - p));
+                assert(gt && gt + 1 < nl && gt[1] == ' ');
+                p = gt + 2;
+            }
+            for (k = 0; k < 2; k++) {
+                size_t pl = strlen(ok[k]), idl;
+                if (nl - 1 - p <= (long)pl || memcmp(p, ok[k], pl) != 0) continue;
+                idl = (size_t)(nl - 1 - (p + pl));
                 for (t = 0; t < ntx; t++)
-                    if (idl == strlen(tx[t].id) && memcmp(out + i + pl, tx[t].id, idl) == 0) break;
-                assert(t < ntx && tx[t].ok && !tx[t].got250); /* a failed commit gets 451, never 250 */
-                tx[t].got250 = 1;
+                    if (idl == strlen(tx[t].id) && memcmp(p + pl, tx[t].id, idl) == 0) break;
+                assert(t < ntx && tx[t].ok && (lmtp || !tx[t].got250)); /* a failed commit gets 451, never 250 */
+                tx[t].got250++;
             }
         }
         i = (size_t)(nl - out) + 1;
@@ -126,7 +135,7 @@ check_stored(void)
     walk(ms->cfg->spool, found);
     walk(ms->qdir, found);
     for (i = 0; i < ntx; i++) {
-        assert(tx[i].got250 == tx[i].ok); /* one answer per commit: 250 if it worked */
+        assert((tx[i].got250 != 0) == tx[i].ok); /* one answer per commit (LMTP: per recipient): 250 if it worked */
         if (tx[i].got250 && !found[i] && !tx[i].lists_only) {
             fprintf(stderr, "250 for %s, but it is not stored\n", tx[i].id);
             abort();
@@ -158,7 +167,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                               "far = someone@remote.example\n"
                               "[list news@fuzz.test]\nowner = u@fuzz.test\npost = anyone\nreply_to = list\n"
                               "subject_prefix = [news]\n");
-    c = fuzz_conn(ms, data[0] & 1 ? PROTO_SUBMISSION : PROTO_SMTP, data[0] & 2 ? "203.0.113.9" : "127.0.0.1");
+    lmtp = (data[0] & 13) == 8; /* smtp, without failing commits: LMTP instead */
+    c = fuzz_conn(ms, data[0] & 1 ? PROTO_SUBMISSION : lmtp ? PROTO_LMTP : PROTO_SMTP, data[0] & 2 ? "203.0.113.9" : "127.0.0.1");
     check_replies(c->io.out.p, c->io.out.len);
     ntx = 0;
     fail_bits = data[0] & 4 ? data[0] >> 3 : 0; /* which commits (mod 8) fail */
