@@ -1462,14 +1462,14 @@ os_read_password(char *buf, size_t n)
 /* the structs they take, defined in their sections */
 struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key; struct cfg_list;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct client_stat;
-struct conn; struct data_rx; struct dirset; struct dns_result; struct edit_span; struct hmac_key;
-struct line_reader; struct list_post; struct list_rate; struct list_state; struct listener;
-struct mailsrv; struct mbox_index; struct mbox_move; struct mbox_paths; struct mbox_pending;
-struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess; struct os_stat;
-struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops; struct qentry;
-struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_job; struct store_msg;
-struct store_ops; struct store_undo; struct targets; struct tls_creds; struct tls_sess;
-struct transport;
+struct conn; struct data_rx; struct dirset; struct dns_result; struct dns_rr; struct edit_span;
+struct hmac_key; struct line_reader; struct list_post; struct list_rate; struct list_state;
+struct listener; struct mailsrv; struct mbox_index; struct mbox_move; struct mbox_paths;
+struct mbox_pending; struct mdir_open; struct ms_addr; struct ms_config; struct mta_sess;
+struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg; struct pop_view; struct proto_ops;
+struct qentry; struct sha256; struct smtp_sess; struct sockaddr_storage; struct store_job;
+struct store_msg; struct store_ops; struct store_undo; struct targets; struct tls_creds;
+struct tls_sess; struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
@@ -1954,6 +1954,7 @@ static void mta_connect(struct mta_sess *o);
 static void mta_resolve_host(struct mta_sess *o);
 static void mta_next(struct mta_sess *o);
 static int mta_mx_cmp(const void *a, const void *b);
+static void mta_mx_order(struct dns_rr *mx, int n);
 static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r);
 static int mta_next_rcpt(struct mta_sess *o, int from);
 static void mta_fail_session(struct mta_sess *o, const char *why);
@@ -16346,6 +16347,27 @@ mta_mx_cmp(const void *a, const void *b)
     return x->pref < y->pref ? -1 : x->pref > y->pref;
 }
 
+/* RFC 5321 5.1: hosts of equal preference are tried in random order, to
+ * spread the load over them. Sorted by preference, each run of equal ones is
+ * shuffled (Fisher-Yates); without the system's generator they stay as sorted. */
+static void
+mta_mx_order(struct dns_rr *mx, int n)
+{
+    unsigned char rnd[MS_MX_MAX];
+    int s, e, i;
+    qsort(mx, (size_t)n, sizeof mx[0], mta_mx_cmp);
+    if (n < 2 || n > MS_MX_MAX || os_random(rnd, sizeof rnd) != 0) return;
+    for (s = 0; s < n; s = e) {
+        for (e = s + 1; e < n && mx[e].pref == mx[s].pref; e++) {}
+        for (i = e - 1; i > s; i--) {
+            int j = s + rnd[i] % (i - s + 1); /* a bias of at most 8 in 256: harmless for spreading load */
+            struct dns_rr t = mx[i];
+            mx[i] = mx[j];
+            mx[j] = t;
+        }
+    }
+}
+
 static void
 mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r)
 {
@@ -16386,7 +16408,7 @@ mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r)
             ms_strlcpy(o->mx[0].host, o->domain, sizeof o->mx[0].host);
             o->nmx = 1;
         }
-        qsort(o->mx, (size_t)o->nmx, sizeof o->mx[0], mta_mx_cmp);
+        mta_mx_order(o->mx, o->nmx);
         o->mxi = 0;
         mta_resolve_host(o);
         return;

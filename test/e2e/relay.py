@@ -611,3 +611,26 @@ def relay_networks_cidr(ctx):
         c.expect("MAIL FROM:<%s>" % SENDER, 250)
         c.expect("RCPT TO:<user@remote.test>", code, "2.1.5" if code == 250 else "5.7.1")
         c.expect("QUIT", 221)
+
+
+@test(limit=60)
+def relay_mx_equal_pref_random(ctx):
+    """RFC 5321 5.1: MX hosts of equal preference are tried in random order. Two MX of preference 10
+    (and a worse one never used): over at most 24 messages, one at a time, both get the first try;
+    the chance that a fair choice shows only one is 2^-23."""
+    net = Net(ctx)
+    net.dns.mx("remote.test", [(20, "mx9.remote.test"), (10, "mx1.remote.test"), (10, "mx2.remote.test")])
+    net.dns.a("mx1.remote.test", ["127.0.0.2"])
+    net.dns.a("mx2.remote.test", ["127.0.0.3"])
+    net.dns.a("mx9.remote.test", ["127.0.0.4"])
+    s1, s2 = net.sink("127.0.0.2"), net.sink("127.0.0.3")
+    srv = net.server().start()
+    for n in range(1, 25):
+        relay_mail(srv, ["user@remote.test"])
+        wait_for(lambda: len(s1.messages) + len(s2.messages) >= n, 10, "message %d at one of the MX" % n)
+        if s1.messages and s2.messages:
+            break
+    check(s1.messages and s2.messages, "%d messages all went to one MX (%d, %d)" % (n, len(s1.messages), len(s2.messages)))
+    check(len(s1.messages) + len(s2.messages) == n, "extra transactions")
+    check(s1.connections + s2.connections == n, "%d connections for %d messages: a first choice failed?"
+          % (s1.connections + s2.connections, n))
