@@ -8,6 +8,10 @@ spools) and measures:
      1, 20 and 100 concurrent sessions, many messages per session. A 250
      after DATA means durably stored, so acknowledged == delivered; the files
      in SPOOL/bench.local/user1/new are counted afterwards.
+  1b. Relay (--only relay): 20 sessions send to a remote domain whose [route] is a second
+     mailsrv, msg/s until the sink has stored them all (bounded by the accepting side); and the
+     outbound side alone: the same messages left in the queue (next hop not yet listening), then
+     a flush, msg/s until the sink has them all.
   2. POP3 on a 10,000-message mailbox, Maildir and mbox: connect + USER/PASS,
      UIDL, RETR of every message (lock-step and pipelined), DELE all + QUIT.
   3. Memory: idle VmRSS, VmRSS with 1,000 idle greeted SMTP connections; 10,000 idle
@@ -922,6 +926,47 @@ class Bench:
         if new < r["acked"]:
             raise BenchError("relay: %d acknowledged but only %d reached the sink" % (r["acked"], new))
         self.results["relay"] = row
+        self.bench_relay_drain()
+
+    def bench_relay_drain(self):
+        """The outbound side alone: the messages wait in the relay's queue (its next hop not yet
+        listening: each attempt refused, retry in 1 h), then the sink starts and a flush releases
+        them. Figure: messages per second from the flush until the sink has stored them all."""
+        msgs, c = self.args.smtp_messages, 20
+        sink = Server(self.binary, self.work, "maildir", "drain-sink", "sink.test")
+        self.servers.append(sink)
+        relay = self.server("maildir", "drain-relay", extra="\n[relay]\nmax_outbound = 20\nretry = 1h\n"
+                            "dns = 127.0.0.1:9\n[route]\nsink.test = %s:%d\n" % (HOST, sink.smtp_port))
+        r = self.load(relay.smtp_port, c, msgs, self.args.smtp_limit, domain="sink.test")
+        qdir = os.path.join(relay.dir, "queue")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # every message tried once and deferred
+            log_text = open(relay.logpath, "rb").read().decode(errors="replace")
+            if log_text.count("deferred ") >= r["acked"]:
+                break
+            time.sleep(0.05)
+        sink.start()
+        flag = os.path.join(qdir, "flush")
+        open(flag, "w").close()
+        while os.path.exists(flag) and time.monotonic() < deadline:  # the relay looks every 2 s
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        new = 0
+        while time.monotonic() < t0 + self.args.smtp_limit + 60:
+            new = count_files(os.path.join(sink.maildir, "new"))
+            if new >= r["acked"]:
+                break
+            time.sleep(0.01)
+        t_all = time.monotonic() - t0
+        row = {"sessions": c, "messages": r["acked"], "relayed": new, "elapsed_s": t_all,
+               "drain_msg_per_s": new / t_all if t_all else 0}
+        log("  relay queue drain, max_outbound %d: %d queued messages relayed to the sink in %.2f s after a flush = %.0f msg/s"
+            % (c, new, t_all, row["drain_msg_per_s"]))
+        self.finish_server(relay, "relay drain run", expected="deferred |cannot connect|flush requested")
+        self.finish_server(sink, "relay drain sink")
+        if new < r["acked"]:
+            raise BenchError("relay drain: %d queued but only %d reached the sink" % (r["acked"], new))
+        self.results["relay_drain"] = row
 
     # -- 1c. TLS
     def bench_tls(self):
@@ -2181,6 +2226,10 @@ service pop3-login {
             r = R["relay"]
             add("Relay, %d sessions → queue → a second mailsrv by [route], msg/s until all stored at the sink (%d msgs of 4 KB)"
                 % (r["sessions"], r["messages"]), "%.0f" % r["relay_msg_per_s"])
+        if R.get("relay_drain"):
+            r = R["relay_drain"]
+            add("Relay queue drain, max_outbound %d: msg/s from a flush until all %d queued messages are stored at the sink"
+                % (r["sessions"], r["messages"]), "%.0f" % r["drain_msg_per_s"])
         for r in R.get("smtp", []):
             c = r["sessions"]
             ref = REF["smtp"].get(c, {})
