@@ -170,6 +170,7 @@
 #define MS_HOPS_MAX 30            /* Received: lines before we call it a loop (RFC 5321 6.3) */
 #define MS_QUEUE_CHECK_MS 2000    /* how often QUEUE/flush is looked for */
 #define MS_OUT_TX_MAX 100         /* transactions per outbound connection */
+#define MS_BDAT_CHUNK 65536       /* outbound BDAT chunk size (RFC 3030): a chunk ends at the first line end past it */
 
 #define MS_TLS_OBUF (4096 + 85)   /* TLS output buffer: records of 4 KB (the input must take 16 KB) */
 #define MS_TLS_CACHE (32 * 1024)  /* session resumption cache: about 300 sessions */
@@ -1540,14 +1541,14 @@ os_read_password(char *buf, size_t n)
 /* the structs they take, defined in their sections */
 struct buf; struct cfg_alias; struct cfg_domain; struct cfg_hop; struct cfg_key; struct cfg_list;
 struct cfg_net; struct cfg_route; struct cfg_user; struct client_count; struct client_stat;
-struct conn; struct data_rx; struct dirset; struct dns_result; struct dsn_item; struct dsn_mail;
-struct edit_span; struct hmac_key; struct line_reader; struct list_post; struct list_rate;
-struct list_state; struct listener; struct mailsrv; struct mbox_index; struct mbox_move;
-struct mbox_paths; struct mbox_pending; struct mdir_open; struct mime_conv; struct ms_addr;
-struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2; struct pop_msg;
-struct pop_view; struct proto_ops; struct qentry; struct qrcpt; struct sha256; struct smtp_sess;
-struct sockaddr_storage; struct store_job; struct store_msg; struct store_ops; struct store_undo;
-struct targets; struct tls_creds; struct tls_sess; struct transport;
+struct conn; struct data_rx; struct dirset; struct dns_result; struct dns_rr; struct dsn_item;
+struct dsn_mail; struct edit_span; struct hmac_key; struct line_reader; struct list_post;
+struct list_rate; struct list_state; struct listener; struct mailsrv; struct mbox_index;
+struct mbox_move; struct mbox_paths; struct mbox_pending; struct mdir_open; struct mime_conv;
+struct ms_addr; struct ms_config; struct mta_sess; struct os_stat; struct pass_key; struct pbkdf2;
+struct pop_msg; struct pop_view; struct proto_ops; struct qentry; struct qrcpt; struct sha256;
+struct smtp_sess; struct sockaddr_storage; struct store_job; struct store_msg; struct store_ops;
+struct store_undo; struct targets; struct tls_creds; struct tls_sess; struct transport;
 
 /* 3. Platform layer */
 static int64_t os_now_ms(void);
@@ -2062,19 +2063,22 @@ static void mta_connect(struct mta_sess *o);
 static void mta_resolve_host(struct mta_sess *o);
 static void mta_next(struct mta_sess *o);
 static int mta_mx_cmp(const void *a, const void *b);
+static void mta_mx_order(struct dns_rr *mx, int n);
 static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r);
 static int mta_next_rcpt(struct mta_sess *o, int from);
 static void mta_fail_session(struct mta_sess *o, const char *why);
 static void mta_broken(struct mta_sess *o, const char *why);
 static void mta_set_accepted(struct mta_sess *o, int result, const char *reply);
 static void mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char *out, size_t n);
+static void mta_send_mail(struct mta_sess *o);
+static void mta_send_rcpt(struct mta_sess *o, int at);
 static void mta_mail_from(struct mta_sess *o);
-static void mta_rcpt_to(struct mta_sess *o, int k);
 static int mta_open_body(struct mta_sess *o);
 static int mta_body_line(struct mta_sess *o, const char **line, size_t *len, int *complete, int64_t *off);
 static void mta_unconvertible(struct mta_sess *o, int in_data);
 static int mta_head_8bit(int fd, int64_t start, int64_t end);
 static void mta_pump_body(struct mta_sess *o);
+static void mta_start_text(struct mta_sess *o);
 static void mta_after_ehlo(struct mta_sess *o);
 static void mta_tls_failed(struct mta_sess *o);
 static int mta_tls_progress(struct mta_sess *o);
@@ -17118,8 +17122,10 @@ proto_ops_of(enum proto p)
  * retry for deferred ones, and rewrites or removes the entry.
  */
 
-enum { O_START, O_DNS, O_CONNECT, O_GREET, O_EHLO, O_HELO, O_STARTTLS, O_TLS, O_MAIL, O_RCPT, O_DATA, O_BODY, O_DOT,
-       O_QUIT };
+/* O_BODY: message text is being pumped (after 354, or into BDAT chunks); O_BDAT: a chunk
+ * that is not the last is out, its reply awaited; O_DOT: the final dot or the LAST chunk is out. */
+enum { O_START, O_DNS, O_CONNECT, O_GREET, O_EHLO, O_HELO, O_STARTTLS, O_TLS, O_MAIL, O_RCPT, O_DATA, O_BODY, O_BDAT,
+       O_DOT, O_QUIT };
 
 struct dnsq {
     int type, tcp, ns, tries;
@@ -17153,6 +17159,12 @@ struct mta_sess {
     char inbuf[1023];            /* io's input: a reply line */
     int ext_size, ext_starttls, ext_dsn, rcpt_at, naccepted, ntx;
     int ext_8bitmime;            /* the hop offers 8BITMIME (RFC 6152) */
+    int ext_pipelining, ext_chunking; /* EHLO keywords of this hop (RFC 2920, RFC 3030) */
+    int pipelined;               /* this transaction's MAIL, RCPTs (and DATA) went out as one group */
+    int nrcpt_sent, data_sent;   /* RCPTs in the group, and whether DATA closed it */
+    int mail_refused;            /* pipelined: MAIL got 5xx, the group's other replies are still due */
+    int bdat;                    /* the text goes in BDAT chunks, not after DATA */
+    struct buf chunk;            /* BDAT: the chunk being filled */
     int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
@@ -17315,7 +17327,7 @@ mta_connect(struct mta_sess *o)
     o->io.fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
     o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = 0;
     if (o->io.fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
         o->io.deadline = 0; /* the timer moves on to the next address */
@@ -17353,6 +17365,27 @@ mta_mx_cmp(const void *a, const void *b)
 {
     const struct dns_rr *x = a, *y = b;
     return x->pref < y->pref ? -1 : x->pref > y->pref;
+}
+
+/* RFC 5321 5.1: hosts of equal preference are tried in random order, to
+ * spread the load over them. Sorted by preference, each run of equal ones is
+ * shuffled (Fisher-Yates); without the system's generator they stay as sorted. */
+static void
+mta_mx_order(struct dns_rr *mx, int n)
+{
+    unsigned char rnd[MS_MX_MAX];
+    int s, e, i;
+    qsort(mx, (size_t)n, sizeof mx[0], mta_mx_cmp);
+    if (n < 2 || n > MS_MX_MAX || os_random(rnd, sizeof rnd) != 0) return;
+    for (s = 0; s < n; s = e) {
+        for (e = s + 1; e < n && mx[e].pref == mx[s].pref; e++) {}
+        for (i = e - 1; i > s; i--) {
+            int j = s + rnd[i] % (i - s + 1); /* a bias of at most 8 in 256: harmless for spreading load */
+            struct dns_rr t = mx[i];
+            mx[i] = mx[j];
+            mx[j] = t;
+        }
+    }
 }
 
 static void
@@ -17395,7 +17428,7 @@ mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *r)
             ms_strlcpy(o->mx[0].host, o->domain, sizeof o->mx[0].host);
             o->nmx = 1;
         }
-        qsort(o->mx, (size_t)o->nmx, sizeof o->mx[0], mta_mx_cmp);
+        mta_mx_order(o->mx, o->nmx);
         o->mxi = 0;
         mta_resolve_host(o);
         return;
@@ -17450,6 +17483,7 @@ mta_broken(struct mta_sess *o, const char *why)
 {
     if (o->state == O_QUIT) { mta_close_fd(o); o->is_done = 1; return; }
     if (o->state == O_TLS) { mta_tls_failed(o); return; }
+    if (mta_next_rcpt(o, 0) < 0) { mta_give_up(o, 0); return; } /* all refused already (a pipelined MAIL's 5xx) */
     mta_fail_session(o, why);
 }
 
@@ -17489,28 +17523,48 @@ mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char *out, size_
     }
 }
 
+/* The one place the MAIL command is built (its parameters go here). SIZE
+ * counts the text as it leaves: every line end as CRLF (RFC 1870 3). */
 static void
-mta_mail_from(struct mta_sess *o)
+mta_send_mail(struct mta_sess *o)
 {
     /* RFC 6152 2: 8-bit text is declared (an entry of unknown text is taken as 8-bit); to a hop
      * without 8BITMIME it goes converted to 7 bits (mta_open_body) and undeclared */
     const char *body = o->ext_8bitmime && o->e->body != Q_BODY_7BIT ? " BODY=8BITMIME" : "";
     char dsn[MS_ENVID_MAX + 32];
-    o->state = O_MAIL;
-    o->naccepted = 0;
     mta_dsn_params(o, NULL, dsn, sizeof dsn);
     if (o->ext_size)
         mta_send(o, "MAIL FROM:<%s>%s SIZE=%lld%s", o->e->from, body, (long long)(o->e->size + o->e->lines), dsn);
     else mta_send(o, "MAIL FROM:<%s>%s%s", o->e->from, body, dsn);
 }
 
-/* RCPT TO for the entry's recipient k, with its DSN parameters. */
+/* The one place an RCPT command is built: for the recipient at o->ri[at], with
+ * its DSN parameters. */
 static void
-mta_rcpt_to(struct mta_sess *o, int k)
+mta_send_rcpt(struct mta_sess *o, int at)
 {
     char dsn[MS_ORCPT_MAX + 64];
-    mta_dsn_params(o, &o->e->r[k], dsn, sizeof dsn);
-    mta_send(o, "RCPT TO:<%s>%s", o->e->r[k].addr, dsn);
+    mta_dsn_params(o, &o->e->r[o->ri[at]], dsn, sizeof dsn);
+    mta_send(o, "RCPT TO:<%s>%s", o->e->r[o->ri[at]].addr, dsn);
+}
+
+/* Starts a transaction. When the hop offers PIPELINING (RFC 2920 3.1) MAIL,
+ * every RCPT and DATA go out as one group, DATA last; the replies are then
+ * taken in order, each checked. With CHUNKING the group ends at the last RCPT:
+ * BDAT carries text, so it waits until a recipient is accepted. */
+static void
+mta_mail_from(struct mta_sess *o)
+{
+    int i;
+    o->state = O_MAIL;
+    o->naccepted = o->nrcpt_sent = o->data_sent = o->mail_refused = 0;
+    o->pipelined = o->ext_pipelining && mta_next_rcpt(o, 0) >= 0;
+    o->bdat = o->ext_chunking;
+    mta_send_mail(o);
+    if (!o->pipelined) return;
+    for (i = mta_next_rcpt(o, 0); i >= 0; i = mta_next_rcpt(o, i + 1), o->nrcpt_sent++) mta_send_rcpt(o, i);
+    /* a text that cannot be opened leaves DATA out: the last RCPT reply decides, as without pipelining */
+    if (!o->bdat && mta_open_body(o) == 0) { o->data_sent = 1; mta_send(o, "DATA"); }
 }
 
 /* Opens the queued text before DATA, so a missing file never leaves the
@@ -17535,6 +17589,7 @@ mta_open_body(struct mta_sess *o)
     lr_init(&o->lr, o->msg_fd, start, st.size);
     o->bol = 1;
     o->body_eof = 0;
+    o->chunk.len = 0;
     /* converted (mime_conv) when it has 8-bit text and the hop lacks 8BITMIME (RFC 6152 3), or
      * lines over 998 octets (RFC 5321 4.5.3.1.6); an entry without the facts: both assumed */
     free(o->mc);
@@ -17621,11 +17676,17 @@ mta_head_8bit(int fd, int64_t start, int64_t end)
     return 0;
 }
 
-/* Fills the output with message text: CRLF line ends, dot-stuffed. */
+/* Fills the output with message text: CRLF line ends; after DATA
+ * dot-stuffed and ended by the dot, with BDAT (RFC 3030 2) as they are, into
+ * o->chunk, which goes out as "BDAT n" once it holds MS_BDAT_CHUNK bytes, or
+ * as "BDAT n LAST" at the end. A chunk's reply is awaited before the next one
+ * (O_BDAT): with PIPELINING they could follow each other unanswered, but one
+ * round trip per 64 KB costs little and a refusal stops the text at once. */
 static void
 mta_pump_body(struct mta_sess *o)
 {
-    while (o->io.out.len - o->io.out_off < 32768 && !o->body_eof) {
+    struct buf *dst = o->bdat ? &o->chunk : &o->io.out;
+    while (!o->body_eof && (o->bdat ? o->chunk.len < MS_BDAT_CHUNK : o->io.out.len - o->io.out_off < 32768)) {
         const char *line;
         size_t len;
         int complete, r;
@@ -17634,19 +17695,36 @@ mta_pump_body(struct mta_sess *o)
         if (r == -2) { mta_unconvertible(o, 1); return; }
         if (r < 0) { mta_fail_session(o, "4.3.0 cannot read the queued message"); return; }
         if (r == 0) {
-            if (!o->bol) buf_adds(&o->io.out, "\r\n");
-            buf_adds(&o->io.out, ".\r\n");
+            if (!o->bol) buf_adds(dst, "\r\n");
+            if (!o->bdat) buf_adds(dst, ".\r\n");
             mta_close_body(o);
             o->body_eof = 1;
             o->state = O_DOT;
             o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
             break;
         }
-        if (o->bol && len && line[0] == '.') buf_adds(&o->io.out, "."); /* RFC 5321 4.5.2 */
-        buf_add(&o->io.out, line, len);
-        if (complete) buf_adds(&o->io.out, "\r\n");
+        if (!o->bdat && o->bol && len && line[0] == '.') buf_adds(dst, "."); /* RFC 5321 4.5.2 */
+        buf_add(dst, line, len);
+        if (complete) buf_adds(dst, "\r\n");
         o->bol = complete;
     }
+    if (o->bdat && (o->body_eof || o->chunk.len >= MS_BDAT_CHUNK)) {
+        mta_send(o, "BDAT %lu%s", (unsigned long)o->chunk.len, o->body_eof ? " LAST" : "");
+        buf_add(&o->io.out, o->chunk.p ? o->chunk.p : "", o->chunk.len);
+        o->chunk.len = 0;
+        if (!o->body_eof) o->state = O_BDAT;
+    }
+}
+
+/* The recipients are settled and some accepted: the text follows, after
+ * DATA's 354 or in BDAT chunks. */
+static void
+mta_start_text(struct mta_sess *o)
+{
+    if (!o->bdat) { o->state = O_DATA; mta_send(o, "DATA"); return; }
+    o->chunk.len = 0;
+    o->state = O_BODY;
+    mta_pump_body(o);
 }
 
 /* After EHLO/HELO: STARTTLS when the hop offers it ([relay] tls), else MAIL. */
@@ -17690,7 +17768,7 @@ mta_tls_progress(struct mta_sess *o)
 {
     if (o->state != O_TLS || !tls_done(o->io.tls)) return o->state != O_TLS;
     o->state = O_EHLO;
-    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = 0;
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
@@ -17738,6 +17816,7 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
         if (code / 100 == 2) { mta_after_ehlo(o); return; }
         if (o->state == O_EHLO && code / 100 == 5) { /* an old server: HELO (RFC 5321 3.2) */
             o->state = O_HELO;
+            o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = 0; /* no extensions after HELO */
             mta_send(o, "HELO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
             return;
         }
@@ -17749,6 +17828,7 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
         mta_mail_from(o);
         return;
     case O_MAIL:
+        /* a 4xx drops the connection (the next host), pipelined replies still due or not */
         if (code / 100 == 4) { mta_fail_session(o, line); return; }
         if (code / 100 != 2) {
             for (i = 0; i < o->nri; i++) {
@@ -17756,30 +17836,51 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
                 r->result = 5;
                 ms_strlcpy(r->error, line, sizeof r->error);
             }
-            mta_quit(o);
+            if (!o->pipelined) { mta_quit(o); return; }
+            o->mail_refused = 1; /* the group's RCPT (and DATA) replies come next: read, not used */
+            o->rcpt_at = o->nrcpt_sent;
+            o->state = O_RCPT;
             return;
         }
         if ((o->rcpt_at = mta_next_rcpt(o, 0)) < 0) { mta_quit(o); return; }
         o->state = O_RCPT;
-        mta_rcpt_to(o, o->ri[o->rcpt_at]);
+        if (!o->pipelined) mta_send_rcpt(o, o->rcpt_at);
         return;
     case O_RCPT:
-        r = &o->e->r[o->ri[o->rcpt_at]];
-        r->result = code / 100 == 2 ? 2 : code / 100 == 5 ? 5 : 4;
-        if (r->result != 2) ms_strlcpy(r->error, line, sizeof r->error);
-        else o->naccepted++;
-        o->rcpt_at = mta_next_rcpt(o, o->rcpt_at + 1);
-        if (o->rcpt_at >= 0) { mta_rcpt_to(o, o->ri[o->rcpt_at]); return; }
-        if (o->naccepted && mta_open_body(o) == 0) { o->state = O_DATA; mta_send(o, "DATA"); return; }
+        if (o->mail_refused) {
+            if (--o->rcpt_at > 0) return;
+        } else {
+            r = &o->e->r[o->ri[o->rcpt_at]];
+            r->result = code / 100 == 2 ? 2 : code / 100 == 5 ? 5 : 4;
+            if (r->result != 2) ms_strlcpy(r->error, line, sizeof r->error);
+            else o->naccepted++;
+            o->rcpt_at = mta_next_rcpt(o, o->rcpt_at + 1);
+            if (o->rcpt_at >= 0) { if (!o->pipelined) mta_send_rcpt(o, o->rcpt_at); return; }
+        }
+        if (o->data_sent) { o->state = O_DATA; return; } /* its reply comes next */
+        if (o->naccepted && !o->mail_refused && mta_open_body(o) == 0) { mta_start_text(o); return; }
         if (o->naccepted) mta_set_accepted(o, 4, "4.3.0 cannot read the queued message");
         mta_quit(o);
         return;
     case O_DATA:
+        if (code == 354 && (!o->naccepted || o->mail_refused)) {
+            /* RFC 2920 3.1: DATA accepted though no recipient was: a lone dot ends it */
+            mta_close_body(o);
+            o->state = O_DOT;
+            buf_adds(&o->io.out, ".\r\n");
+            return;
+        }
         if (code == 354) { o->state = O_BODY; mta_pump_body(o); return; }
         mta_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
         mta_quit(o);
         return;
+    case O_BDAT: /* RFC 3030 2: each chunk is answered; a refusal ends the transaction */
+        if (code / 100 == 2) { o->state = O_BODY; mta_pump_body(o); return; }
+        mta_set_accepted(o, code / 100 == 5 ? 5 : 4, line);
+        mta_quit(o);
+        return;
     case O_DOT:
+        if (!o->naccepted || o->mail_refused) { mta_quit(o); return; } /* the lone dot's reply */
         if (code / 100 == 2) {
             for (i = 0; i < o->nri; i++) {
                 r = &o->e->r[o->ri[i]];
@@ -17834,6 +17935,8 @@ mta_read(struct mta_sess *o)
             if (ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
             if (ms_strcaseeq(line + 4, "DSN")) o->ext_dsn = 1;
             if (ms_strcaseeq(line + 4, "8BITMIME")) o->ext_8bitmime = 1;
+            if (ms_strcaseeq(line + 4, "PIPELINING")) o->ext_pipelining = 1;
+            if (ms_strcaseeq(line + 4, "CHUNKING")) o->ext_chunking = 1;
         }
         o->reply_code = last ? 0 : code;
         if (!last) continue;
@@ -18053,6 +18156,7 @@ mta_free(struct mta_sess *o)
 {
     mta_close_fd(o);
     buf_free(&o->io.out);
+    buf_free(&o->chunk);
     free(o->ri);
     free(o);
 }

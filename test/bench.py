@@ -8,6 +8,11 @@ spools) and measures:
      1, 20 and 100 concurrent sessions, many messages per session. A 250
      after DATA means durably stored, so acknowledged == delivered; the files
      in SPOOL/bench.local/user1/new are counted afterwards.
+  1b. Relay (--only relay): 20 sessions send to a remote domain whose [route] is a second
+     mailsrv, msg/s until the sink has stored them all (bounded by the accepting side); and the
+     outbound side alone: the same messages left in the queue (next hop not yet listening), then
+     a flush, msg/s until the sink has them all; the same with 2 sessions and the next hop 10 ms
+     (round trip) away, through a delaying proxy: there each round trip a transaction waits shows.
   2. POP3 on a 10,000-message mailbox, Maildir and mbox: connect + USER/PASS,
      UIDL, RETR of every message (lock-step and pipelined), DELE all + QUIT.
   3. Memory: idle VmRSS, VmRSS with 1,000 idle greeted SMTP connections; 10,000 idle
@@ -758,6 +763,69 @@ def smtp_reply(sock, buf):
 # ---------------------------------------------------------------------------------------------
 # the benchmark
 
+class DelayProxy:
+    """A TCP relay on loopback that holds every byte delay_ms in each direction (a next hop
+    2 * delay_ms away), order kept; threads, as the bytes are few and the point is the wait."""
+
+    def __init__(self, target_port, delay_ms):
+        import queue
+        self.queue_mod, self.target, self.delay = queue, target_port, delay_ms / 1000.0
+        self.srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((HOST, 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.closed = False
+        import threading
+        self.threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                a, _ = self.srv.accept()
+            except OSError:
+                continue
+            try:
+                b = socket.create_connection((HOST, self.target))
+            except OSError:  # the next hop is not listening (yet): the client sees the connection end
+                a.close()
+                continue
+            for x, y in ((a, b), (b, a)):
+                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                q = self.queue_mod.Queue()
+                self.threading.Thread(target=self._read, args=(x, q), daemon=True).start()
+                self.threading.Thread(target=self._write, args=(y, q), daemon=True).start()
+
+    def _read(self, x, q):
+        while True:
+            try:
+                data = x.recv(65536)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    def _write(self, y, q):
+        while True:
+            due, data = q.get()
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                if not data:
+                    y.shutdown(socket.SHUT_WR)
+                    return
+                y.sendall(data)
+            except OSError:
+                return
+
+    def close(self):
+        self.closed = True
+        self.srv.close()
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -922,6 +990,60 @@ class Bench:
         if new < r["acked"]:
             raise BenchError("relay: %d acknowledged but only %d reached the sink" % (r["acked"], new))
         self.results["relay"] = row
+        self.bench_relay_drain()
+        self.bench_relay_drain(c=2, delay_ms=5, msgs=min(self.args.smtp_messages, 200), key="relay_drain_rtt")
+
+    def bench_relay_drain(self, c=20, delay_ms=0, msgs=None, key="relay_drain"):
+        """The outbound side alone: the messages wait in the relay's queue (its next hop not yet
+        listening: each attempt refused, retry in 1 h), then the sink starts and a flush releases
+        them. Figure: messages per second from the flush until the sink has stored them all.
+        delay_ms: the next hop is reached through a DelayProxy (a round trip of 2 * delay_ms),
+        where each round trip a transaction waits for shows."""
+        msgs = msgs or self.args.smtp_messages
+        sink = Server(self.binary, self.work, "maildir", "drain-sink", "sink.test")
+        self.servers.append(sink)
+        proxy = DelayProxy(sink.smtp_port, delay_ms) if delay_ms else None
+        relay = self.server("maildir", "drain-relay", extra="\n[relay]\nmax_outbound = %d\nretry = 1h\n"
+                            "dns = 127.0.0.1:9\n[route]\nsink.test = %s:%d\n"
+                            % (c, HOST, proxy.port if proxy else sink.smtp_port))
+        r = self.load(relay.smtp_port, 20, msgs, self.args.smtp_limit, domain="sink.test")
+        qdir = os.path.join(relay.dir, "queue")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # every message tried once and deferred
+            log_text = open(relay.logpath, "rb").read().decode(errors="replace")
+            if log_text.count("deferred ") >= r["acked"]:
+                break
+            time.sleep(0.05)
+        sink.start()
+        cpu0, scpu0 = proc_cpu_s(relay.pid), proc_cpu_s(sink.pid)
+        flag = os.path.join(qdir, "flush")
+        open(flag, "w").close()
+        while os.path.exists(flag) and time.monotonic() < deadline:  # the relay looks every 2 s
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        new = 0
+        while time.monotonic() < t0 + self.args.smtp_limit + 60:
+            new = count_files(os.path.join(sink.maildir, "new"))
+            if new >= r["acked"]:
+                break
+            time.sleep(0.01)
+        t_all = time.monotonic() - t0
+        cpu1, scpu1 = proc_cpu_s(relay.pid), proc_cpu_s(sink.pid)
+        per = (lambda a, b: (b - a) * 1e3 / new if new and a is not None and b is not None else None)
+        if proxy:
+            proxy.close()
+        row = {"sessions": c, "delay_ms": delay_ms, "messages": r["acked"], "relayed": new, "elapsed_s": t_all,
+               "drain_msg_per_s": new / t_all if t_all else 0,
+               "relay_cpu_ms_per_msg": per(cpu0, cpu1), "sink_cpu_ms_per_msg": per(scpu0, scpu1)}
+        log("  relay queue drain, max_outbound %d%s: %d queued messages relayed to the sink in %.2f s after a flush = %.0f msg/s; "
+            "CPU ms/msg: relay %.3f, sink %.3f"
+            % (c, ", next hop %d ms away (round trip)" % (2 * delay_ms) if delay_ms else "", new, t_all,
+               row["drain_msg_per_s"], row["relay_cpu_ms_per_msg"] or 0, row["sink_cpu_ms_per_msg"] or 0))
+        self.finish_server(relay, "relay drain run", expected="deferred |cannot connect|flush requested")
+        self.finish_server(sink, "relay drain sink")
+        if new < r["acked"]:
+            raise BenchError("relay drain: %d queued but only %d reached the sink" % (r["acked"], new))
+        self.results[key] = row
 
     # -- 1c. TLS
     def bench_tls(self):
@@ -2181,6 +2303,14 @@ service pop3-login {
             r = R["relay"]
             add("Relay, %d sessions → queue → a second mailsrv by [route], msg/s until all stored at the sink (%d msgs of 4 KB)"
                 % (r["sessions"], r["messages"]), "%.0f" % r["relay_msg_per_s"])
+        for k in ("relay_drain", "relay_drain_rtt"):
+            r = R.get(k)
+            if r:
+                add("Relay queue drain, max_outbound %d%s: msg/s from a flush until all %d queued messages are stored "
+                    "at the sink (relay's and sink's CPU ms/msg)"
+                    % (r["sessions"], ", next hop %d ms round trip away" % (2 * r["delay_ms"]) if r["delay_ms"] else "",
+                       r["messages"]),
+                    "%.0f (%.3f, %.3f ms)" % (r["drain_msg_per_s"], r["relay_cpu_ms_per_msg"] or 0, r["sink_cpu_ms_per_msg"] or 0))
         for r in R.get("smtp", []):
             c = r["sessions"]
             ref = REF["smtp"].get(c, {})

@@ -287,10 +287,48 @@ class FakeDNS:
                 pass
 
 
+class _Reader:
+    """Buffered reading of one connection that numbers its recv() calls: a command's packet is the
+    number of the recv that completed it, so commands a client wrote at once (RFC 2920 pipelining)
+    share one number, and one the client wrote after a reply has a higher one."""
+
+    def __init__(self, sock):
+        self.sock, self.buf, self.pos, self.packet = sock, b"", 0, 0
+
+    def _more(self):
+        data = self.sock.recv(65536)
+        if data:
+            self.packet += 1
+            self.buf = self.buf[self.pos:] + data
+            self.pos = 0
+        return bool(data)
+
+    def readline(self, limit=4096):
+        while True:
+            n = self.buf.find(b"\n", self.pos, self.pos + limit)
+            if n >= 0:
+                n += 1
+                break
+            if len(self.buf) - self.pos >= limit or not self._more():
+                n = min(self.pos + limit, len(self.buf))
+                break
+        line, self.pos = self.buf[self.pos:n], n
+        return line
+
+    def read(self, n):
+        while len(self.buf) - self.pos < n:
+            if not self._more():
+                break
+        data = self.buf[self.pos:self.pos + n]
+        self.pos += len(data)
+        return data
+
+
 class SmtpSink:
     """A receiving SMTP server recording each completed transaction as a dict:
     mail_from, params (MAIL parameters), rcpts (accepted ones), rcpt_params (their RCPT parameters, in turn),
-    data (un-dot-stuffed, CRLF), helo, helo_verb, peer.
+    data (un-dot-stuffed, CRLF), helo, helo_verb, peer, bdat (the sizes of the BDAT chunks that carried
+    the text, None when DATA did).
 
     Behaviour knobs (plain attributes, change them any time):
       greeting      first line sent ("220 ..."); a 421 greeting closes, another non-2xx answers 503 to all but QUIT
@@ -299,12 +337,19 @@ class SmtpSink:
       mail_reply, rcpt_reply, data_reply   default replies (data_reply: after the final dot)
       rcpt_replies  address (lower case) -> reply, or a list of replies used in turn (the last one sticks)
       blackhole     accept connections and never send anything
+      data_without_rcpts  DATA with no accepted recipient gets 354 (as RFC 2920 3.1 warns a server may), the
+                    text read is kept in empty_data, and the end of it gets 554
       tls_context   an ssl.SSLContext (server side): EHLO offers STARTTLS and it works; each
                     message dict then has "tls": the TLS version string, or None in the clear
       starttls_last STARTTLS is the last EHLO line (else the first keyword after the name)
     A reply may hold several lines separated by "\n" (sent as a multi-line reply); "DROP" closes the
     connection instead of replying.
-    sink.script(stage, [replies]) queues replies for the next times stage ("greeting", "mail", "rcpt", "data") is hit.
+    sink.script(stage, [replies]) queues replies for the next times stage ("greeting", "mail", "rcpt", "data",
+    "bdat": a chunk that is not the last; the LAST chunk's reply is "data"'s; "rcpt-without-mail": an RCPT
+    after no accepted MAIL, by default 503) is hit.
+    BDAT (RFC 3030) is always understood; add "CHUNKING" to extensions to offer it.
+    sink.commands: (session number, packet number, command line) for every command line read,
+    bdat chunk data left out; sink.groups() gives the verbs in the groups the client wrote at once.
     """
 
     def __init__(self, host="127.0.0.2", port=None, name="sink.test"):
@@ -318,10 +363,14 @@ class SmtpSink:
         self.rcpt_replies = {}
         self.data_reply = "250 2.0.0 Ok: queued"
         self.blackhole = False
+        self.data_without_rcpts = False
+        self.empty_data = []  # what came after such a 354, one entry per DATA
         self.tls_context = None
         self.starttls_last = False
         self.messages = []
         self.events = []  # (stage, argument, reply) for every command seen, across connections
+        self.commands = []  # (session number, packet number, line)
+        self.talks = 0
         self.connections = 0
         self.scripts = collections.defaultdict(collections.deque)
         self.cond = threading.Condition()
@@ -366,6 +415,18 @@ class SmtpSink:
         with self.cond:
             return sum(1 for e in self.events if e[0] == stage)
 
+    def groups(self):
+        """The command verbs, upper case, as lists of those that arrived in one packet, in order."""
+        out, key = [], None
+        with self.cond:
+            cmds = list(self.commands)
+        for conn, packet, line in cmds:
+            if (conn, packet) != key:
+                out.append([])
+                key = (conn, packet)
+            out[-1].append(line.split(" ")[0].upper())
+        return out
+
     def _accept(self):
         while not self.closed:
             try:
@@ -386,10 +447,10 @@ class SmtpSink:
             self.cond.notify_all()
 
     def _session(self, conn, peer):
-        f = conn.makefile("rb")
+        f = _Reader(conn)
         try:
             if self.blackhole:
-                while f.read(4096):  # until the client gives up
+                while conn.recv(4096):  # until the client gives up
                     pass
                 return
             self._talk(conn, f, peer)
@@ -402,12 +463,16 @@ class SmtpSink:
                 pass
 
     def _talk(self, conn, f, peer):
+        # f: a _Reader (subclasses may pass a file from makefile(): packet numbers are then 0)
         def send(reply):
             if reply == "DROP":
                 raise ConnectionAbortedError("scripted drop")
             conn.sendall(b"".join(l.encode("latin-1") + b"\r\n" for l in reply.split("\n")))
 
         tls = None
+        with self.cond:
+            self.talks += 1
+            number = self.talks
         greet = self._reply_for("greeting", self.greeting)
         self._log("greeting", "", greet)
         send(greet)
@@ -416,11 +481,14 @@ class SmtpSink:
         refusing = not greet.startswith("2")
         helo = helo_verb = mail_from = None
         params, rcpts, rparams = "", [], []
+        chunks, bdat_data = None, b""  # the BDAT chunks of the transaction going on
         while True:
             raw = f.readline(4096)
             if not raw:
                 return
             line = raw.rstrip(b"\r\n").decode("latin-1")
+            with self.cond:
+                self.commands.append((number, getattr(f, "packet", 0), line))
             verb, _, arg = line.partition(" ")
             verb = verb.upper()
             if verb == "QUIT":
@@ -455,13 +523,26 @@ class SmtpSink:
                 send(r)
             elif verb == "RCPT":
                 addr = (arg.split(":", 1)[1].strip() if ":" in arg else "").split(" ")[0].strip("<>")
-                r = self._rcpt_reply(addr) if mail_from is not None else "503 5.5.1 MAIL first"
+                r = self._rcpt_reply(addr) if mail_from is not None else self._reply_for("rcpt-without-mail", "503 5.5.1 MAIL first")
                 self._log("rcpt", addr, r)
                 if r.startswith("2"):
                     rcpts.append(addr)
                     rparams.append(arg.split(">", 1)[1].strip() if ">" in arg else "")
                 send(r)
             elif verb == "DATA":
+                if (mail_from is None or not rcpts) and self.data_without_rcpts:
+                    self._log("data-start", "", "354")
+                    send("354 End data with <CR><LF>.<CR><LF>")
+                    data = b""
+                    while True:
+                        l = f.readline(1 << 20)
+                        if not l or l in (b".\r\n", b".\n"):
+                            break
+                        data += l
+                    with self.cond:
+                        self.empty_data.append(data)
+                    send("554 5.5.1 No valid recipients")
+                    continue
                 if mail_from is None or not rcpts:
                     self._log("data-start", "", "554")
                     send("554 5.5.1 No valid recipients")
@@ -483,10 +564,43 @@ class SmtpSink:
                         self.messages.append({"mail_from": mail_from, "params": params, "rcpts": list(rcpts),
                                               "rcpt_params": list(rparams),
                                               "data": data, "helo": helo, "helo_verb": helo_verb, "peer": peer,
-                                              "tls": tls})
+                                              "tls": tls, "bdat": None})
                 self._log("data", "", r)
                 send(r)
                 mail_from, rcpts = None, []
+            elif verb == "BDAT":  # RFC 3030 2: BDAT size [LAST]; the chunk is read whatever the reply
+                words = arg.split()
+                if not words or not words[0].isdigit() or len(words) > 2 or (len(words) == 2 and words[1].upper() != "LAST"):
+                    self._log("bdat", arg, "501")
+                    send("501 5.5.4 Syntax: BDAT size [LAST]")
+                    continue
+                size, last = int(words[0]), len(words) == 2
+                data = f.read(size)
+                if len(data) < size:
+                    return
+                if mail_from is None or not rcpts:
+                    self._log("bdat", arg, "503")
+                    send("503 5.5.1 No valid recipients")
+                    continue
+                chunks = (chunks or []) + [size]
+                bdat_data += data
+                if not last:
+                    r = self._reply_for("bdat", "250 2.0.0 %d octets received" % size)
+                    self._log("bdat", arg, r)
+                    if not r.startswith("2"):
+                        mail_from, rcpts, chunks, bdat_data = None, [], None, b""
+                    send(r)
+                    continue
+                r = self._reply_for("data", self.data_reply)
+                if r.startswith("2"):
+                    with self.cond:
+                        self.messages.append({"mail_from": mail_from, "params": params, "rcpts": list(rcpts),
+                                              "rcpt_params": list(rparams),
+                                              "data": bdat_data, "helo": helo, "helo_verb": helo_verb, "peer": peer,
+                                              "tls": tls, "bdat": chunks})
+                self._log("data", "", r)
+                send(r)
+                mail_from, rcpts, chunks, bdat_data = None, [], None, b""
             elif verb == "STARTTLS" and self.tls_context and not tls:
                 send("220 2.0.0 Ready to start TLS")
                 try:
@@ -496,11 +610,12 @@ class SmtpSink:
                     return
                 tls = conn.version()
                 self._log("starttls", tls, "ok")
-                f = conn.makefile("rb")
+                packet, f = getattr(f, "packet", 0), _Reader(conn)
+                f.packet = packet
                 helo = helo_verb = mail_from = None
                 params, rcpts = "", []
             elif verb == "RSET":
-                mail_from, rcpts = None, []
+                mail_from, rcpts, chunks, bdat_data = None, [], None, b""
                 send("250 2.0.0 Ok")
             elif verb == "NOOP":
                 send("250 2.0.0 Ok")

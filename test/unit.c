@@ -545,6 +545,33 @@ test_dns(void)
     ASSERT(dns_parse_answer(m, (size_t)n, 9, "w.org", DNS_A, &r) == 0 && r.rcode == DNS_NXDOMAIN && r.n == 0);
 }
 
+/* mta_mx_order: sorted by preference, equal ones shuffled (RFC 5321 5.1): a pref-10 pair
+ * seen in both orders over 64 tries (a fair shuffle shows one order only with chance 2^-63),
+ * the pref-5 host always first, the pref-20 always last. */
+static void
+test_mx_order(void)
+{
+    static const unsigned prefs[4] = {20, 10, 5, 10};
+    static const char *names[4] = {"d", "b", "a", "c"};
+    struct dns_rr mx[4];
+    int i, k, seen_bc = 0, seen_cb = 0, sorted = 1;
+    for (k = 0; k < 64; k++) {
+        for (i = 0; i < 4; i++) {
+            memset(&mx[i], 0, sizeof mx[i]);
+            mx[i].pref = prefs[i];
+            ms_strlcpy(mx[i].host, names[i], sizeof mx[i].host);
+        }
+        mta_mx_order(mx, 4);
+        sorted &= strcmp(mx[0].host, "a") == 0 && strcmp(mx[3].host, "d") == 0 && mx[1].pref == 10 && mx[2].pref == 10;
+        seen_bc |= strcmp(mx[1].host, "b") == 0;
+        seen_cb |= strcmp(mx[1].host, "c") == 0;
+    }
+    ASSERT(sorted);
+    ASSERT(seen_bc && seen_cb);
+    mta_mx_order(mx, 1);
+    ASSERT(mx[0].pref == 5);
+}
+
 static void
 test_relay_parsers(void)
 {
@@ -2529,6 +2556,7 @@ main(void)
     test_storage();
     test_dns();
     test_relay_parsers();
+    test_mx_order();
     test_queue_files();
     test_lists();
 #if MAILSRV_ENABLE_TLS

@@ -388,6 +388,67 @@ def peers_postfix_8bitmime(ctx):
     check(len(pf7.messages()) == 1, "the Postfix without 8BITMIME stored %d messages" % len(pf7.messages()))
     wait_queue_empty(srv, 20)
 
+
+def postfix_big_body(t):
+    """A ~200 KB body of lines with dots and varied lengths (several 64 KB BDAT chunks); and the
+    body as Postfix stores it (LF line ends)."""
+    body = "".join(".%05d %s %s\r\n" % (i, t, "q" * (i % 131)) for i in range(2500))
+    return body, body.replace("\r\n", "\n").encode()
+
+
+def postfix_commands(pf):
+    """The per-command counts of smtpd's disconnect lines (ehlo=1 mail=1 ... commands=N)."""
+    return re.findall(r"disconnect from \S+ (.*)", pf.log_text())
+
+
+@test(limit=90, unix_only=True)
+def peers_postfix_chunking(ctx):
+    """Postfix's smtpd offers PIPELINING and CHUNKING: mailsrv sends the text in BDAT chunks (RFC
+    3030), and both messages arrive byte-exact: one with dots, a "." line, bare LF and CR, one of
+    ~200 KB (four chunks). smtpd counts the BDAT commands and no DATA at disconnect."""
+    pf = PostfixInstance(ctx, 10000000)
+    srv = ctx.server(server={"max_message_size": "1M"},
+                     sections={"relay": {"retry": "1h", "timeout": "10"}, "route": {"b.test": "127.0.0.1:%d" % pf.port}}).start()
+    t = send_dots_and_bare_line_ends(srv, "ben@b.test")
+    wait_for(lambda: len(pf.messages()) >= 1, 20, "the first message in Postfix's Maildir")
+    big = tok()
+    body, stored = postfix_big_body(big)
+    check(srv.send(["ben@b.test"], make_msg(big, to="ben@b.test", body=body)) == {}, "the big message was refused")
+    got = wait_for(lambda: pf.messages() if len(pf.messages()) >= 2 else None, 20, "both messages in Postfix's Maildir")
+    wait_queue_empty(srv, 20)
+    bodies = {token_of(m): m.partition(b"\n\n")[2] for m in got}
+    check(bodies.get(t) == DOTS_BODY_READ, "Postfix stored the dots body as %r" % short(bodies.get(t), 300))
+    check(bodies.get(big) == stored, "the 200 KB body differs (%d bytes stored, %d sent)"
+          % (len(bodies.get(big) or b""), len(stored)))
+    counts = " ".join(postfix_commands(pf))
+    check(re.search(r"\bbdat=\d", counts) and not re.search(r"\bdata=", counts),
+          "smtpd's command counts show no BDAT, or DATA: %s" % short(counts, 300))
+    check(re.search(r"\bbdat=([5-9]|\d\d)", counts) or len(re.findall(r"\bbdat=", counts)) > 1,
+          "too few BDAT commands for a 200 KB message: %s" % short(counts, 300))
+
+
+@test(limit=90, unix_only=True)
+def peers_postfix_no_chunking_no_pipelining(ctx):
+    """Postfix's smtpd with CHUNKING and then also PIPELINING taken out of its EHLO
+    (smtpd_discard_ehlo_keywords): mailsrv uses DATA and the message arrives byte-exact. (That no
+    command goes ahead of its reply without PIPELINING is relay_pipelining_not_offered's: Postfix
+    3.7's smtpd_forbid_unauth_pipelining did not notice a client made to pipeline regardless.)"""
+    for discard in ("chunking", "chunking, pipelining"):
+        pf = PostfixInstance(ctx, 10000000, main=["smtpd_discard_ehlo_keywords = " + discard])
+        srv = ctx.server(server={"max_message_size": "1M"},
+                         sections={"relay": {"retry": "1h", "timeout": "10"}, "route": {"b.test": "127.0.0.1:%d" % pf.port}}).start()
+        big = tok()
+        body, stored = postfix_big_body(big)
+        check(srv.send(["ben@b.test"], make_msg(big, to="ben@b.test", body=body)) == {}, "refused")
+        got = wait_for(pf.messages, 20, "the message in Postfix's Maildir (discarded: %s)" % discard)
+        wait_queue_empty(srv, 20)
+        check(got[0].partition(b"\n\n")[2] == stored, "the body differs (discarded: %s)" % discard)
+        counts = " ".join(postfix_commands(pf))
+        check(re.search(r"\bdata=1", counts) and "bdat=" not in counts,
+              "smtpd's command counts (discarded: %s): %s" % (discard, short(counts, 300)))
+        pf.close()
+        srv.stop()
+
 # end of section: peers
 
 

@@ -780,3 +780,222 @@ def relay_networks_cidr(ctx):
         c.expect("MAIL FROM:<%s>" % SENDER, 250)
         c.expect("RCPT TO:<user@remote.test>", code, "2.1.5" if code == 250 else "5.7.1")
         c.expect("QUIT", 221)
+
+
+# ---- the relay client's extensions: PIPELINING (RFC 2920), CHUNKING (RFC 3030), random equal-preference MX
+# The sink numbers the packets it reads (fakes.SmtpSink.groups()): commands written at once share one.
+
+@test()
+def relay_pipelining_group(ctx):
+    """A hop that offers PIPELINING gets MAIL, every RCPT and DATA in one write, DATA last (RFC 2920
+    3.1); the text follows the 354. (relay_reuses_connection: later transactions on the connection.)"""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink()
+    srv = net.server(relay={"max_outbound": "1"}).start()
+    rc = ["a@remote.test", "b@remote.test", "c@remote.test"]
+    t, msg = relay_mail(srv, rc)
+    got = sink_wait(sink, 1, 10)
+    check(sorted(got[0]["rcpts"]) == rc, "RCPTs %s" % got[0]["rcpts"])
+    check_relayed(got[0]["data"], msg)
+    wait_queue_empty(srv)
+    groups = sink.groups()
+    check(["MAIL", "RCPT", "RCPT", "RCPT", "DATA"] in groups, "no MAIL+3 RCPT+DATA group; the sink read %s" % groups)
+    check(groups[0] == ["EHLO"], "EHLO pipelined with something: %s" % groups)
+
+
+@test()
+def relay_pipelining_not_offered(ctx):
+    """A hop that does not offer PIPELINING gets one command at a time, each after the last reply."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(extensions=["SIZE 10240000", "8BITMIME"])
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["a@remote.test", "b@remote.test"])
+    got = sink_wait(sink, 1, 10)
+    check_relayed(got[0]["data"], msg)
+    wait_queue_empty(srv)
+    groups = [g for g in sink.groups() if g[0] in ("EHLO", "MAIL", "RCPT", "DATA", "QUIT")]
+    check(groups[:5] == [["EHLO"], ["MAIL"], ["RCPT"], ["RCPT"], ["DATA"]],
+          "commands without PIPELINING grouped as %s" % groups)
+
+
+@test()
+def relay_pipelining_refused_rcpt(ctx):
+    """Inside a pipelined group each RCPT reply is checked on its own (RFC 2920 3.1): a 550 bounces
+    that recipient, a 451 defers it (retried alone later), the accepted ones get the message."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_replies={"bad@remote.test": "550 5.1.1 no such user",
+                                  "later@remote.test": ["451 4.2.0 try later", "250 2.1.5 Ok"]})
+    srv = net.server(relay={"retry": "1"}).start()
+    rc = ["ok1@remote.test", "bad@remote.test", "later@remote.test", "ok2@remote.test"]
+    t, msg = relay_mail(srv, rc, sender="alice@example.test")
+    got = sink_wait(sink, 2, 15)
+    check(sorted(got[0]["rcpts"]) == ["ok1@remote.test", "ok2@remote.test"], "first transaction to %s" % got[0]["rcpts"])
+    check(got[1]["rcpts"] == ["later@remote.test"], "retry transaction to %s" % got[1]["rcpts"])
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce for bad@remote.test")
+    check_dsn(b[0], {"bad@remote.test": "5.1.1"}, t, diag="5.1.1")
+    wait_queue_empty(srv)
+    groups = sink.groups()
+    check(["MAIL", "RCPT", "RCPT", "RCPT", "RCPT", "DATA"] in groups, "the 4 recipients not in one group: %s" % groups)
+    check(["MAIL", "RCPT", "DATA"] in groups, "the retry not pipelined: %s" % groups)
+
+
+@test()
+def relay_pipelining_all_rcpts_refused(ctx):
+    """Every RCPT of a pipelined group refused: DATA, already sent, gets 554 and no text follows;
+    the session ends with QUIT and the recipients bounce (RFC 2920 3.1)."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_reply="550 5.1.1 no such user")
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["x@remote.test", "y@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce")
+    check_dsn(b[0], {"x@remote.test": "5.1.1", "y@remote.test": "5.1.1"}, t)
+    wait_queue_empty(srv)
+    check(sink.messages == [], "a message was accepted: %s" % sink.messages)
+    check(sink.stage_count("data-start") == 1, "DATA not pipelined / not refused: %s" % short(sink.events, 400))
+    lines = [c[2] for c in sink.commands]
+    after = lines[[l.upper() for l in lines].index("DATA") + 1:]
+    check(after == ["QUIT"], "after the refused DATA the sink read %s, expected only QUIT" % short(after, 300))
+
+
+@test()
+def relay_pipelining_mail_refused(ctx):
+    """MAIL refused (5xx) inside a pipelined group: the RCPT and DATA replies that follow are read and
+    not taken for results; everyone bounces with the MAIL reply, and no text is sent."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(mail_reply="553 5.7.1 sender refused")
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["x@remote.test", "y@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce")
+    check_dsn(b[0], {"x@remote.test": "5.7.1", "y@remote.test": "5.7.1"}, t, diag="553 5.7.1 sender refused")
+    wait_queue_empty(srv)
+    check(sink.messages == [], "a message was accepted")
+    lines = [c[2].upper() for c in sink.commands]
+    check(lines[-4:] == ["RCPT TO:<X@REMOTE.TEST>", "RCPT TO:<Y@REMOTE.TEST>", "DATA", "QUIT"],
+          "the sink read %s" % short(lines, 300))
+
+
+@test()
+def relay_pipelining_data_354_without_rcpt(ctx):
+    """A hop that answers 354 to a pipelined DATA though it refused every RCPT gets a lone dot
+    (RFC 2920 3.1), no text; the recipients bounce and nothing counts as delivered."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(rcpt_reply="550 5.1.1 no such user", data_without_rcpts=True)
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["x@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce")
+    check_dsn(b[0], {"x@remote.test": "5.1.1"}, t)
+    wait_queue_empty(srv)
+    check(sink.empty_data == [b""], "the sink got the text %s after 354, expected nothing" % short(sink.empty_data, 200))
+    check(not re.search(r"relayed \S+ to=<x@remote\.test>", srv.log_text()), "logged as relayed")
+
+
+@test()
+def relay_bdat_chunks(ctx):
+    """A hop that offers CHUNKING gets the text in BDAT chunks (RFC 3030): no DATA, no dot-stuffing,
+    the chunk sizes sum to the text, the last chunk is LAST, and the message arrives whole. MAIL
+    and the RCPTs are still one pipelined group; BDAT follows their replies."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(extensions=["SIZE 10240000", "PIPELINING", "8BITMIME", "CHUNKING"])
+    srv = net.server(server={"max_message_size": "1M"}).start()
+    t = tok()
+    body = "".join(".%05d %s\r\n" % (i, "y" * (i % 113)) for i in range(3000))  # ~190 KB, lines with dots
+    msg = make_msg(t, to="user@remote.test", body=body)
+    check(srv.send(["user@remote.test", "u2@remote.test"], msg) == {}, "refused")
+    got = sink_wait(sink, 1, 15)
+    check_relayed(got[0]["data"], msg)
+    chunks = got[0]["bdat"]
+    check(chunks and sum(chunks) == len(got[0]["data"]), "BDAT chunks %s for %d bytes" % (chunks, len(got[0]["data"])))
+    check(len(chunks) >= 3 and all(c >= 65536 for c in chunks[:-1]), "chunk sizes %s" % chunks)
+    lines = [c[2].upper() for c in sink.commands]
+    check("DATA" not in lines, "DATA sent to a CHUNKING hop: %s" % short(lines, 300))
+    bdats = [l for l in lines if l.startswith("BDAT")]
+    check(bdats == ["BDAT %d" % c for c in chunks[:-1]] + ["BDAT %d LAST" % chunks[-1]], "BDAT commands %s" % bdats)
+    check(["MAIL", "RCPT", "RCPT"] in sink.groups(), "MAIL+RCPTs not pipelined: %s" % sink.groups())
+    small_t, small = relay_mail(srv, ["user@remote.test"])
+    got = sink_wait(sink, 2, 10)
+    check_relayed(got[1]["data"], small)
+    check(got[1]["bdat"] == [len(got[1]["data"])], "a small message in chunks %s" % got[1]["bdat"])
+    wait_queue_empty(srv)
+
+
+@test(limit=60)
+def relay_bdat_refused_or_lost(ctx):
+    """BDAT failures keep DATA's guarantees: a 451 to a chunk defers (retried), a connection lost in
+    the middle of the chunks defers, a lost connection before the LAST chunk's reply defers; the
+    message arrives once, after the final 250; a 554 to a chunk bounces."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(extensions=["SIZE 10240000", "PIPELINING", "CHUNKING"])
+    sink.script("bdat", ["451 4.3.0 chunk refused", "DROP"])
+    sink.script("data", ["DROP"])  # the LAST chunk's reply
+    srv = net.server(relay={"retry": "1"}, server={"max_message_size": "1M"}).start()
+    t = tok()
+    msg = make_msg(t, to="user@remote.test", body="z" * 78 + "\r\n" * 1 + ("%s\r\n" % ("w" * 200)) * 1000)
+    check(srv.send(["user@remote.test"], msg) == {}, "refused")
+    got = sink_wait(sink, 1, 30, "messages after a 451 chunk, a drop mid-chunks and a drop before LAST's reply")
+    check_relayed(got[0]["data"], msg)
+    wait_queue_empty(srv, 20)
+    check(len(sink.messages) == 1, "delivered %d times" % len(sink.messages))
+    check(sink.connections >= 4, "%d connections, expected 4 attempts" % sink.connections)
+    log = srv.log_text()
+    check(re.search(r"deferred \S+ to=<user@remote\.test>: .*451 4\.3\.0 chunk refused", log), "no deferral for the 451")
+    check(len(re.findall(r"deferred \S+ to=<user@remote\.test>: .*connection lost", log)) >= 2,
+          "no deferrals for the lost connections")
+    check(len(re.findall(r"relayed \S+ to=<user@remote\.test>", log)) == 1, "relayed logged more than once")
+    sink.script("bdat", ["554 5.3.4 no thanks"])
+    t2 = tok()
+    msg2 = make_msg(t2, to="user@remote.test", sender="alice@example.test", body=("%s\r\n" % ("v" * 200)) * 1000)
+    check(srv.send(["user@remote.test"], msg2, sender="alice@example.test") == {}, "refused")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce for the 554 chunk")
+    check_dsn(b[0], {"user@remote.test": "5.3.4"}, t2, diag="554 5.3.4 no thanks")
+    wait_queue_empty(srv)
+
+
+@test(limit=60)
+def relay_mx_equal_pref_random(ctx):
+    """RFC 5321 5.1: MX hosts of equal preference are tried in random order. Two MX of preference 10
+    (and a worse one never used): over at most 24 messages, one at a time, both get the first try;
+    the chance that a fair choice shows only one is 2^-23."""
+    net = Net(ctx)
+    net.dns.mx("remote.test", [(20, "mx9.remote.test"), (10, "mx1.remote.test"), (10, "mx2.remote.test")])
+    net.dns.a("mx1.remote.test", ["127.0.0.2"])
+    net.dns.a("mx2.remote.test", ["127.0.0.3"])
+    net.dns.a("mx9.remote.test", ["127.0.0.4"])
+    s1, s2 = net.sink("127.0.0.2"), net.sink("127.0.0.3")
+    srv = net.server().start()
+    for n in range(1, 25):
+        relay_mail(srv, ["user@remote.test"])
+        wait_for(lambda: len(s1.messages) + len(s2.messages) >= n, 10, "message %d at one of the MX" % n)
+        if s1.messages and s2.messages:
+            break
+    check(s1.messages and s2.messages, "%d messages all went to one MX (%d, %d)" % (n, len(s1.messages), len(s2.messages)))
+    check(len(s1.messages) + len(s2.messages) == n, "extra transactions")
+    check(s1.connections + s2.connections == n, "%d connections for %d messages: a first choice failed?"
+          % (s1.connections + s2.connections, n))
+
+
+@test()
+def relay_pipelining_mail_refused_then_drop(ctx):
+    """MAIL refused (5xx) in a pipelined group, then the connection drops before the other replies:
+    every recipient is settled (bounced), so the next MX host is not bothered with the message."""
+    net = Net(ctx)
+    net.dns.mx("remote.test", [(10, "mx1.remote.test"), (20, "mx2.remote.test")])
+    net.dns.a("mx1.remote.test", ["127.0.0.2"])
+    net.dns.a("mx2.remote.test", ["127.0.0.3"])
+    first = net.sink("127.0.0.2", mail_reply="554 5.7.1 sender refused")
+    first.script("rcpt-without-mail", ["DROP"])
+    second = net.sink("127.0.0.3")
+    srv = net.server().start()
+    t, msg = relay_mail(srv, ["x@remote.test"], sender="alice@example.test")
+    b = wait_for(lambda: bounces(srv, "alice@example.test"), 10, "a bounce")
+    check_dsn(b[0], {"x@remote.test": "5.7.1"}, t, diag="554 5.7.1 sender refused")
+    wait_queue_empty(srv)
+    check(second.connections == 0, "the second MX was contacted after every recipient was refused: %s"
+          % short(second.events, 300))

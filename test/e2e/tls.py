@@ -1127,6 +1127,26 @@ def tls_relay_starttls_last_ehlo_line(ctx):
 
 
 @test(tls=True, limit=60)
+def tls_relay_pipelining_chunking(ctx):
+    """Over STARTTLS to a hop offering PIPELINING and CHUNKING (in the EHLO after the handshake too):
+    STARTTLS goes alone, then MAIL and the RCPTs in one group, then BDAT chunks; the message
+    arrives whole over TLS."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = tls_sink(net, extensions=["SIZE 10240000", "PIPELINING", "CHUNKING"])
+    srv = net.server(server={"max_message_size": "1M"}).start()
+    body = "".join(".%05d %s\r\n" % (i, "t" * (i % 89)) for i in range(2500))  # ~130 KB
+    t, msg = relay_mail(srv, ["user@remote.test", "u2@remote.test"], body=body)
+    got = sink_wait(sink, 1, 15)
+    check(got[0]["tls"] == "TLSv1.2", "sent %s" % ("in the clear" if not got[0]["tls"] else "over " + got[0]["tls"]))
+    check_relayed(got[0]["data"], msg)
+    chunks = got[0]["bdat"]
+    check(chunks and len(chunks) >= 2 and sum(chunks) == len(got[0]["data"]), "BDAT chunks %s" % chunks)
+    groups = sink.groups()
+    check(["STARTTLS"] in groups and ["MAIL", "RCPT", "RCPT"] in groups, "command groups %s" % groups)
+
+
+@test(tls=True, limit=60)
 def tls_relay_verify_openssl_peer(ctx):
     """tls = verify against an OpenSSL server with an RSA certificate for the MX name."""
     net = Net(ctx)
