@@ -90,6 +90,8 @@
 /*==== 2. Limits and defaults ====*/
 
 #define MS_SMTP_LINE_MAX 512      /* RFC 5321 4.5.3.1.4: command line incl. CRLF */
+/* RFC 6531 3.7.4.1 (553 and 5.6.7, RFC 6533 3.4): a non-ASCII path in a transaction without SMTPUTF8 */
+#define MS_SMTP_NEED_UTF8 "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter of MAIL FROM"
 #define MS_TEXT_LINE_MAX 1000     /* RFC 5321 4.5.3.1.6: text line incl. CRLF */
 #define MS_PATH_MAX 256           /* RFC 5321 4.5.3.1.3: reverse/forward path */
 #define MS_LOCAL_MAX 64           /* RFC 5321 4.5.3.1.1 */
@@ -295,6 +297,7 @@ typedef int ms_sock_t;
 #define MS_BAD_SOCK (-1)
 #define MS_MAILDIR_INFO ':'
 #define MS_DIR_MTIMES 1 /* POSIX: link(), rename() and unlink() update the folder's mtime */
+#define MS_UTF8_NAMES 1 /* file names are bytes: a UTF-8 mailbox name is its folder's name */
 typedef struct pollfd ms_pollfd;
 
 static int64_t
@@ -731,6 +734,7 @@ typedef SOCKET ms_sock_t;
 #define MS_BAD_SOCK INVALID_SOCKET
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
 #define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
+#define MS_UTF8_NAMES 0 /* the ANSI file API would garble UTF-8 names: ASCII mailbox names only */
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
@@ -1580,6 +1584,17 @@ static int pbkdf2_step(struct pbkdf2 *st, unsigned *budget);
 static void pbkdf2_sha256(const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter, unsigned char out[32]);
 static size_t b64_encode(const unsigned char *in, size_t n, char *out, int pad);
 static long b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax);
+static long utf8_decode(const unsigned char *s, size_t n, size_t *len);
+static int utf8_valid(const char *s, size_t n);
+static int ms_is_ascii(const char *s);
+static long uc_lower(long v);
+static uint32_t puny_adapt(uint32_t delta, uint32_t npoints, int first);
+static uint32_t puny_t(uint32_t k, uint32_t bias);
+static int puny_encode(const uint32_t *cp, size_t n, char *out, size_t cap);
+static int puny_decode(const char *in, size_t n, uint32_t *cp, size_t cap);
+static size_t utf8_put(char *out, uint32_t cp);
+static int idna_to_unicode(const char *in, char *out, size_t cap);
+static int idna_to_ascii(const char *in, char *out, size_t cap);
 static int pass_hash(const char *pass, unsigned iter, char *out, size_t n);
 static int pass_is_hash(const char *stored);
 static int pass_parse_hash(const char *stored, unsigned *iter, unsigned char *salt, size_t *saltlen, unsigned char hash[32]);
@@ -1633,6 +1648,7 @@ static struct ms_config * cfg_load_ex(const char *path, const char *text, int tl
 static struct ms_config *cfg_load(const char *path, const char *text);
 static int cfg_listens_beyond_loopback(const struct ms_config *c);
 static const char * edit_line_end(const char *p, const char *end);
+static int edit_name_eq(const char *a, const char *b);
 static void edit_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct edit_span *sp);
 static void edit_line_key(const char *p, const char *e, char *key, size_t n);
 static char * cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *domain, const char *hash, char *err, size_t errn);
@@ -1640,6 +1656,7 @@ static char * cfg_edit_mailbox(const char *text, size_t len, const char *user, c
 /* 6. Pure parsers */
 static const char * cmd_split(const char *line, char *verb, size_t n);
 static const char * smtp_parse_path(const char *s, char *local, char *domain);
+static int smtp_path_utf8(const char *local, const char *domain, int smtputf8);
 static void data_rx_init(struct data_rx *d);
 static size_t data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done);
 static int mbox_is_from_line(const char *p, size_t n, int quoted_only);
@@ -1878,6 +1895,7 @@ static int smtp_low_space(struct conn *c, int64_t size);
 static void smtp_do_mail(struct conn *c, const char *args);
 static void smtp_do_rcpt(struct conn *c, const char *args);
 static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
+static const char * smtp_with(const struct conn *c);
 static void smtp_do_data(struct conn *c, const char *args);
 static void smtp_data_end(struct conn *c);
 static void smtp_deliver_next(struct conn *c);
@@ -1916,6 +1934,7 @@ static const char * pop_do_pass(struct conn *c, const char *args);
 static const char * pop_do_auth(struct conn *c, const char *args);
 static const char * pop_do_stls(struct conn *c, const char *args);
 static const char * pop_do_capa(struct conn *c, const char *args);
+static const char * pop_do_utf8(struct conn *c, const char *args);
 static const char * pop_do_quit(struct conn *c, const char *args);
 static int pop_update_step(struct conn *c, int64_t until);
 static const char * pop_do_stat(struct conn *c, const char *args);
@@ -2552,6 +2571,279 @@ b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
     return (long)o;
 }
 
+
+/* ---- UTF-8 (RFC 3629) and IDNA's Punycode (RFC 3492) ---- */
+
+/* One code point of well-formed UTF-8 at s (n bytes left): its value, and
+ * its length in *len; -1 for an ill-formed sequence: a stray continuation
+ * byte, one cut short, an overlong form, a surrogate (U+D800..DFFF) or a
+ * value above U+10FFFF (RFC 3629 3 and 10). */
+static long
+utf8_decode(const unsigned char *s, size_t n, size_t *len)
+{
+    static const long min[4] = {0, 0x80, 0x800, 0x10000};
+    long v;
+    size_t k, i;
+    if (n == 0) return -1;
+    if (s[0] < 0x80) { *len = 1; return s[0]; }
+    if (s[0] < 0xc2 || s[0] > 0xf4) return -1; /* C0/C1 lead bytes are overlong; F5..FF above U+10FFFF */
+    k = s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 : 4;
+    if (n < k) return -1;
+    v = s[0] & (0x7f >> k);
+    for (i = 1; i < k; i++) {
+        if ((s[i] & 0xc0) != 0x80) return -1;
+        v = (v << 6) | (s[i] & 0x3f);
+    }
+    if (v < min[k - 1] || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return -1;
+    *len = k;
+    return v;
+}
+
+/* Text for an address or a name: well-formed UTF-8 without control
+ * characters (C0, DEL, C1 U+0080..009F: RFC 6532 3.2's UTF8-non-ascii and
+ * RFC 5198's advice), so that nothing invisible is matched or stored. */
+static int
+utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, len;
+    while (i < n) {
+        long v = utf8_decode(p + i, n - i, &len);
+        if (v < 0x20 || v == 0x7f || (v >= 0x80 && v <= 0x9f)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Whether s has no byte above 0x7f. */
+static int
+ms_is_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80) return 0;
+    return 1;
+}
+
+/* A lower-case code point where that is cheap: ASCII, Latin-1, Greek and
+ * Cyrillic capitals (no other scripts, no full Unicode case folding). */
+static long
+uc_lower(long v)
+{
+    if (v >= 'A' && v <= 'Z') return v + 32;
+    if ((v >= 0xc0 && v <= 0xde && v != 0xd7) || (v >= 0x391 && v <= 0x3ab && v != 0x3a2) || (v >= 0x410 && v <= 0x42f))
+        return v + 32;
+    if (v >= 0x400 && v <= 0x40f) return v + 80;
+    return v;
+}
+
+#define PUNY_BASE 36 /* RFC 3492 5: the parameters for IDNA */
+#define PUNY_TMIN 1
+#define PUNY_TMAX 26
+
+static uint32_t
+puny_adapt(uint32_t delta, uint32_t npoints, int first) /* RFC 3492 6.1 */
+{
+    uint32_t k = 0;
+    delta = first ? delta / 700 : delta / 2; /* damp 700 */
+    delta += delta / npoints;
+    while (delta > ((PUNY_BASE - PUNY_TMIN) * PUNY_TMAX) / 2) {
+        delta /= PUNY_BASE - PUNY_TMIN;
+        k += PUNY_BASE;
+    }
+    return k + (PUNY_BASE - PUNY_TMIN + 1) * delta / (delta + 38); /* skew 38 */
+}
+
+static uint32_t
+puny_t(uint32_t k, uint32_t bias)
+{
+    return k <= bias ? PUNY_TMIN : k >= bias + PUNY_TMAX ? PUNY_TMAX : k - bias;
+}
+
+/* RFC 3492 6.3: n code points to Punycode (lower-case digits, basic code
+ * points as they are), NUL-terminated in out. Its length, or -1 if it does
+ * not fit in cap or overflows. */
+static int
+puny_encode(const uint32_t *cp, size_t n, char *out, size_t cap)
+{
+    uint32_t m, q, k, t, delta = 0, bias = 72, cur = 128, h, b = 0;
+    size_t o = 0, j;
+#define PUNY_PUT(ch) do { if (o + 1 >= cap) return -1; out[o++] = (char)(ch); } while (0)
+#define PUNY_DIGIT(d) ((d) < 26 ? 'a' + (d) : '0' + (d) - 26)
+    for (j = 0; j < n; j++)
+        if (cp[j] < 0x80) { PUNY_PUT(cp[j]); b++; }
+    h = b;
+    if (b > 0) PUNY_PUT('-');
+    while (h < n) {
+        for (m = UINT32_MAX, j = 0; j < n; j++)
+            if (cp[j] >= cur && cp[j] < m) m = cp[j];
+        if (m - cur > (UINT32_MAX - delta) / (h + 1)) return -1;
+        delta += (m - cur) * (h + 1);
+        cur = m;
+        for (j = 0; j < n; j++) {
+            if (cp[j] < cur && ++delta == 0) return -1;
+            if (cp[j] != cur) continue;
+            for (q = delta, k = PUNY_BASE;; k += PUNY_BASE) {
+                t = puny_t(k, bias);
+                if (q < t) break;
+                PUNY_PUT(PUNY_DIGIT(t + (q - t) % (PUNY_BASE - t)));
+                q = (q - t) / (PUNY_BASE - t);
+            }
+            PUNY_PUT(PUNY_DIGIT(q));
+            bias = puny_adapt(delta, h + 1, h == b);
+            delta = 0;
+            h++;
+        }
+        delta++;
+        cur++;
+    }
+#undef PUNY_PUT
+#undef PUNY_DIGIT
+    out[o] = 0;
+    return (int)o;
+}
+
+/* RFC 3492 6.2: Punycode (n bytes, without "xn--") to at most cap code
+ * points; how many, or -1 if malformed, over cap, or not a Unicode scalar value. */
+static int
+puny_decode(const char *in, size_t n, uint32_t *cp, size_t cap)
+{
+    uint32_t i = 0, cur = 128, bias = 72, oldi, w, k, t, d;
+    size_t o = 0, b = 0, j;
+    for (j = 0; j < n; j++)
+        if (in[j] == '-') b = j;
+    for (j = 0; j < b; j++) {
+        if ((unsigned char)in[j] >= 0x80 || o >= cap) return -1;
+        cp[o++] = (unsigned char)in[j];
+    }
+    for (j = b > 0 ? b + 1 : 0; j < n;) {
+        for (oldi = i, w = 1, k = PUNY_BASE;; k += PUNY_BASE) {
+            unsigned char ch;
+            if (j >= n) return -1;
+            ch = (unsigned char)in[j++];
+            if (ch >= '0' && ch <= '9') d = ch - '0' + 26u;
+            else if (ch >= 'a' && ch <= 'z') d = ch - 'a';
+            else if (ch >= 'A' && ch <= 'Z') d = ch - 'A';
+            else return -1;
+            if (d > (UINT32_MAX - i) / w) return -1;
+            i += d * w;
+            t = puny_t(k, bias);
+            if (d < t) break;
+            if (w > UINT32_MAX / (PUNY_BASE - t)) return -1;
+            w *= PUNY_BASE - t;
+        }
+        if (o >= cap) return -1;
+        bias = puny_adapt(i - oldi, (uint32_t)o + 1, oldi == 0);
+        if (i / (o + 1) > UINT32_MAX - cur) return -1;
+        cur += i / ((uint32_t)o + 1);
+        i %= (uint32_t)o + 1;
+        if (cur > 0x10ffff || (cur >= 0xd800 && cur <= 0xdfff) || cur < 0x80) return -1;
+        memmove(cp + i + 1, cp + i, (o - i) * sizeof *cp);
+        cp[i++] = cur;
+        o++;
+    }
+    return (int)o;
+}
+
+/* Writes code point cp as UTF-8 (1 to 4 bytes): how many. */
+static size_t
+utf8_put(char *out, uint32_t cp)
+{
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | cp >> 12); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | cp >> 18); out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* A domain name for people to read: each A-label as its U-label (RFC 3492
+ * decoding), the rest as it is. -1 if an A-label does not decode or out
+ * (cap bytes) is too small. */
+static int
+idna_to_unicode(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (*in) {
+        size_t len = strcspn(in, "."), i;
+        uint32_t cp[64];
+        int n;
+        char u[4];
+        if (len > 4 && ms_strncaseeq(in, "xn--", 4) && (n = puny_decode(in + 4, len - 4, cp, 63)) > 0) {
+            for (i = 0; i < (size_t)n; i++) {
+                size_t k = utf8_put(u, cp[i]);
+                if (o + k >= cap) return -1;
+                memcpy(out + o, u, k);
+                o += k;
+            }
+        } else if (len > 4 && ms_strncaseeq(in, "xn--", 4)) {
+            return -1;
+        } else {
+            if (o + len >= cap) return -1;
+            memcpy(out + o, in, len);
+            o += len;
+        }
+        in += len;
+        if (*in == '.') {
+            if (o + 1 >= cap) return -1;
+            out[o++] = *in++;
+        }
+    }
+    if (o >= cap) return -1;
+    out[o] = 0;
+    return 0;
+}
+
+/*
+ * A domain name in the form mailsrv compares and stores: ASCII lower case,
+ * each label with non-ASCII characters as its A-label "xn--" + Punycode
+ * (RFC 5890 2.3.2.1, RFC 5891 4.4), after the cheap lower-casing of
+ * uc_lower. Neither NFC (RFC 5891 5.2) nor IDNA2008's code point tables
+ * (RFC 5892) are applied: a name that differs from another only there is
+ * another name. An A-label that is given is kept as it is (lower-cased) once
+ * it decodes. -1 for ill-formed UTF-8, a control character, an A-label that
+ * does not decode, a label over 63 octets or a name over MS_DOMAIN_MAX.
+ */
+static int
+idna_to_ascii(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    const char *p = in;
+    if (cap == 0) return -1;
+    out[0] = 0;
+    while (*p) {
+        size_t len = strcspn(p, "."), need, i = 0, l, n = 0;
+        char label[64];
+        uint32_t cp[64];
+        if (len == 0 || len > MS_DOMAIN_MAX || !utf8_valid(p, len)) return -1;
+        for (i = 0; i < len && (unsigned char)p[i] < 0x80; i++) {}
+        if (i == len) { /* an ASCII label */
+            if (len > 63) return -1;
+            memcpy(label, p, len);
+            label[len] = 0;
+            ms_lower(label);
+            if (strncmp(label, "xn--", 4) == 0 && puny_decode(label + 4, len - 4, cp, 63) < 0) return -1;
+        } else {
+            for (i = 0; i < len; i += l) {
+                long v = utf8_decode((const unsigned char *)p + i, len - i, &l);
+                if (n >= 63) return -1;
+                cp[n++] = (uint32_t)uc_lower(v);
+            }
+            memcpy(label, "xn--", 4);
+            if (puny_encode(cp, n, label + 4, sizeof label - 4) < 0) return -1;
+        }
+        need = strlen(label);
+        if (o + need + (o ? 1 : 0) >= cap || o + need + (o ? 1 : 0) > MS_DOMAIN_MAX) return -1;
+        if (o) out[o++] = '.';
+        memcpy(out + o, label, need + 1);
+        o += need;
+        p += len;
+        if (*p == '.' && !*++p) return -1; /* "a." : the caller drops a root dot first */
+    }
+    return o ? 0 : -1;
+}
 /* ---- password hashes: $pbkdf2-sha256$ITER$SALT$HASH (base64, no padding) ---- */
 #define MS_HASH_PREFIX "$pbkdf2-sha256$"
 
@@ -3085,7 +3377,9 @@ static const struct cfg_key cfg_server_keys[] = {
     {NULL, NULL, 0, 0},
 };
 
-/* A local part or domain label that is safe as one path component. */
+/* A local part or domain label that is safe as one path component: ASCII,
+ * or well-formed UTF-8 without control characters where file names can be
+ * UTF-8 (MS_UTF8_NAMES). */
 static int
 cfg_safe_component(const char *s, size_t max)
 {
@@ -3093,14 +3387,14 @@ cfg_safe_component(const char *s, size_t max)
     if (n == 0 || n > max || s[0] == '.') return 0;
     for (i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '\\' || ch == ':' || ch == '"' ||
+        if (ch <= 0x20 || ch == 0x7f || ch == '/' || ch == '\\' || ch == ':' || ch == '"' ||
             ch == '*' || ch == '?' || ch == '<' || ch == '>' || ch == '|' || ch == '@' ||
             ch == ',' || ch == ';' || ch == '%' || ch == '!' || ch == '(' || ch == ')' ||
             ch == '[' || ch == ']')
             return 0;
         if (ch == '.' && s[i + 1] == '.') return 0;
     }
-    return 1;
+    return ms_is_ascii(s) || (MS_UTF8_NAMES && utf8_valid(s, n)); /* UTF-8 names: RFC 6531 3.3 */
 }
 
 static int
@@ -3119,9 +3413,19 @@ cfg_valid_domain(const char *s)
 static struct cfg_domain *
 cfg_find_domain(const struct ms_config *c, const char *name)
 {
+    char a[MS_DOMAIN_MAX + 1];
     int i;
     size_t n = strlen(name);
     if (n && name[n - 1] == '.') n--; /* "example.org." is the same domain */
+    if (!ms_is_ascii(name)) { /* a U-label: the domain of its A-label (domains are kept so: cfg_domain_for_section) */
+        char u[MS_DOMAIN_MAX + 1];
+        if (n > MS_DOMAIN_MAX) return NULL;
+        memcpy(u, name, n);
+        u[n] = 0;
+        if (idna_to_ascii(u, a, sizeof a) != 0) return NULL;
+        name = a;
+        n = strlen(a);
+    }
     for (i = 0; i < c->ndomains; i++)
         if (strlen(c->domains[i].name) == n && ms_strncaseeq(c->domains[i].name, name, n))
             return &c->domains[i];
@@ -3186,11 +3490,11 @@ cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
     struct cfg_domain *d = cfg_find_domain(c, dname);
     char low[MS_DOMAIN_MAX + 1];
     if (d) return d;
-    if (!cfg_valid_domain(dname) || ms_strlcpy(low, dname, sizeof low) != 0) {
+    /* an IDN in either form is kept as its lower-case A-label (idna_to_ascii): one name, one folder */
+    if (idna_to_ascii(dname, low, sizeof low) != 0 || !cfg_valid_domain(low)) {
         cfg_error(c, line, "'%s' is not a valid domain name", dname);
         return NULL;
     }
-    ms_lower(low);
     c->domains = xrealloc(c->domains, sizeof *c->domains * (size_t)(c->ndomains + 1));
     d = &c->domains[c->ndomains++];
     memset(d, 0, sizeof *d);
@@ -3708,6 +4012,16 @@ edit_line_end(const char *p, const char *end)
 }
 
 /* The first [KIND NAME] section at or after offset from. */
+/* A section's name is the one looked for: in any case, and an IDN in either
+ * form (its U-labels or A-labels: idna_to_ascii). */
+static int
+edit_name_eq(const char *a, const char *b)
+{
+    char x[MS_DOMAIN_MAX + 1], y[MS_DOMAIN_MAX + 1];
+    if (ms_strcaseeq(a, b)) return 1;
+    return idna_to_ascii(a, x, sizeof x) == 0 && idna_to_ascii(b, y, sizeof y) == 0 && strcmp(x, y) == 0;
+}
+
 static void
 edit_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct edit_span *sp)
 {
@@ -3727,7 +4041,7 @@ edit_find_section(const char *text, size_t len, size_t from, const char *kind, c
                 sec[rb - s - 1] = 0;
                 t = ms_trim(sec);
                 if (ms_strncaseeq(t, kind, strlen(kind)) && t[strlen(kind)] == ' ' &&
-                    ms_strcaseeq(ms_trim(t + strlen(kind) + 1), name)) {
+                    edit_name_eq(ms_trim(t + strlen(kind) + 1), name)) {
                     in = sp->found = 1;
                     sp->head = (size_t)(p - text);
                     sp->last_key_end = (size_t)(e - text);
@@ -3880,6 +4194,21 @@ smtp_parse_path(const char *s, char *local, char *domain)
     local[at - addr] = 0;
     ms_strlcpy(domain, at + 1, MS_DOMAIN_MAX + 1);
     return s;
+}
+
+/*
+ * RFC 6531 3.3: a path may hold UTF-8 (in its local part, and U-labels in its
+ * domain) only in a transaction whose MAIL declared SMTPUTF8. 0 if the path
+ * is fine; 1 if it holds non-ASCII without SMTPUTF8 (MS_SMTP_NEED_UTF8); -1
+ * if it is not well-formed UTF-8 or holds a control character (utf8_valid).
+ * Lengths stay in octets (RFC 6531 3.3: 64 for the local part).
+ */
+static int
+smtp_path_utf8(const char *local, const char *domain, int smtputf8)
+{
+    if (ms_is_ascii(local) && ms_is_ascii(domain)) return 0;
+    if (!utf8_valid(local, strlen(local)) || !utf8_valid(domain, strlen(domain))) return -1;
+    return smtputf8 ? 0 : 1;
 }
 
 /*
@@ -4425,21 +4754,6 @@ ms_hex4(const char *s, uint32_t *v)
     return 0;
 }
 
-/* Writes code point cp as UTF-8 (1 to 4 bytes): how many. */
-static size_t
-utf8_put(char *out, uint32_t cp)
-{
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | cp >> 12); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | cp >> 18); out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* Days from 1970-01-01 to a proleptic Gregorian date (no timegm: not in POSIX.1-2008). */
 static int64_t
 ms_days_from_civil(int64_t y, int m, int d)
@@ -4725,21 +5039,8 @@ http_query(const char *target, const char *name, char *out, size_t on)
 static size_t
 utf8_seq(const unsigned char *s, size_t n)
 {
-    size_t k, i;
-    uint32_t cp;
-    if (s[0] < 0x80) return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) k = 2, cp = s[0] & 0x1F;
-    else if (s[0] >= 0xE0 && s[0] <= 0xEF) k = 3, cp = s[0] & 0x0F;
-    else if (s[0] >= 0xF0 && s[0] <= 0xF4) k = 4, cp = s[0] & 0x07;
-    else return 0;
-    if (n < k) return 0;
-    for (i = 1; i < k; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    if ((k == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return k;
+    size_t k;
+    return utf8_decode(s, n, &k) < 0 ? 0 : k;
 }
 
 /* A JSON string of s[0..n): escaped, with each byte that is not valid UTF-8 as U+FFFD. */
@@ -9519,6 +9820,7 @@ struct smtp_sess {
     char from[MS_PATH_MAX];
     char first_rcpt[MS_PATH_MAX];
     int nrcpt, tx_error;
+    int utf8;                        /* MAIL FROM declared SMTPUTF8 (RFC 6531 3.4) */
     struct targets targets;
     char (*lists)[MS_PATH_MAX];      /* recipients that are list addresses (section 14) */
     int nlists;
@@ -9546,6 +9848,7 @@ enum { POP_S_AUTH, POP_S_TRANS, POP_S_OPENING, POP_S_UPDATE };
 
 struct pop_sess {
     int state, auth_wait;
+    int utf8;                         /* the client sent UTF8 (RFC 6856 2) */
     char user[MS_PATH_MAX];           /* from USER */
     char mailbox[MS_PATH_MAX];        /* user@domain once logged in */
     struct pop_view view;
@@ -10465,7 +10768,9 @@ chaos_fires(struct mailsrv *ms, int which)
 /*==== 10. SMTP server session ====*/
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
- * ENHANCEDSTATUSCODES (2034, 3463) and AUTH PLAIN/LOGIN (4954).
+ * ENHANCEDSTATUSCODES (2034, 3463), AUTH PLAIN/LOGIN (4954) and SMTPUTF8
+ * (6531: UTF-8 paths in a transaction that declares it; headers in UTF-8,
+ * RFC 6532, are taken in any transaction, as 8BITMIME's 8-bit text).
  * Handlers reply through conn_reply(); smtp_line() dispatches them through smtp_cmds[].
  */
 
@@ -10513,6 +10818,7 @@ smtp_tx_reset(struct conn *c)
     c->commit_pending = c->commit_sealed = 0;
     s->from[0] = s->first_rcpt[0] = 0;
     s->nrcpt = 0;
+    s->utf8 = 0;
     s->tx_error = TXERR_NONE;
     if (s->state > SMTP_S_READY) s->state = SMTP_S_READY;
 }
@@ -10541,6 +10847,7 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     conn_reply(c, "250-PIPELINING");
     conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
     conn_reply(c, "250-8BITMIME");
+    conn_reply(c, "250-SMTPUTF8"); /* RFC 6531 3.1 */
     if (c->ms->cfg->tls && !c->io.tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
     conn_reply(c, "250 ENHANCEDSTATUSCODES");
@@ -10665,7 +10972,7 @@ smtp_do_mail(struct conn *c, const char *args)
     char local[MS_PATH_MAX + 1], domain[MS_DOMAIN_MAX + 1], param[MS_SMTP_LINE_MAX];
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
     int64_t size = 0;
-    int chaos;
+    int chaos, bad, utf8 = 0;
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
     if ((chaos = chaos_fires(c->ms, CHAOS_SENDER)) != 0) { conn_reply(c, "%d Chaos: sender refused", chaos); return; }
     if (!p || !(rest = smtp_parse_path(p, local, domain)) || (local[0] && !domain[0])) {
@@ -10694,16 +11001,25 @@ smtp_do_mail(struct conn *c, const char *args)
                 conn_reply(c, "501 5.5.4 Unsupported BODY type");
                 return;
             }
+        } else if (ms_strcaseeq(param, "SMTPUTF8")) { /* RFC 6531 3.4: no value */
+            utf8 = 1;
         } else if (!ms_strncaseeq(param, "AUTH=", 5)) {
             conn_reply(c, "555 5.5.4 Unsupported parameter");
             return;
         }
     }
+    if ((bad = smtp_path_utf8(local, domain, utf8)) != 0) {
+        conn_reply(c, "%s", bad > 0 ? MS_SMTP_NEED_UTF8 : "501 5.1.7 Bad sender address syntax");
+        return;
+    }
     if (local[0]) {
-        char vis[MS_PATH_MAX + 8];
+        /* it goes into headers: no control character, no backslash, no space (and UTF-8 only as above) */
         if (ms_fmt(s->from, sizeof s->from, "%s@%s", local, domain) < 0) { conn_reply(c, "501 5.1.7 Sender too long"); return; }
-        ms_visible(vis, sizeof vis, s->from, strlen(s->from)); /* it goes into headers */
-        if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
+        if (!utf8_valid(s->from, strlen(s->from)) || strpbrk(s->from, " \\")) {
+            s->from[0] = 0;
+            conn_reply(c, "501 5.1.7 Bad sender address syntax");
+            return;
+        }
         if (s->auth_user[0] && c->ms->cfg->sender_login == SL_STRICT && !cfg_sender_owned(c->ms->cfg, s->from, s->auth_user)) {
             /* Postfix's reject_sender_login_mismatch, in its words; RFC 3463 5.7.1: not authorised */
             conn_log(c, "sender <%s> refused: not owned by %s", s->from, s->auth_user);
@@ -10719,6 +11035,7 @@ smtp_do_mail(struct conn *c, const char *args)
         return;
     }
     s->state = SMTP_S_MAIL;
+    s->utf8 = utf8;
     conn_reply(c, "250 2.1.0 Ok");
 }
 
@@ -10738,6 +11055,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
         return;
     }
     if (*rest) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
+    if ((r = smtp_path_utf8(local, domain, s->utf8)) != 0) {
+        conn_reply(c, "%s", r > 0 ? MS_SMTP_NEED_UTF8 : "501 5.1.3 Bad recipient address syntax");
+        return;
+    }
     if (s->nrcpt >= cfg->max_recipients) { conn_reply(c, "452 4.5.3 Too many recipients"); return; }
     if ((r = chaos_fires(c->ms, CHAOS_RCPT)) != 0) { conn_reply(c, "%d Chaos: recipient refused", r); return; }
     if (!domain[0]) {
@@ -10761,8 +11082,12 @@ smtp_do_rcpt(struct conn *c, const char *args)
         conn_reply(c, "550 5.1.3 Bad recipient address syntax");
         return;
     } else if (cfg->capture) {
-        if (!cfg_valid_domain(domain)) { conn_reply(c, "550 5.1.2 Bad destination domain"); return; }
-        ms_lower(domain);
+        char a[MS_DOMAIN_MAX + 1]; /* an IDN as its A-label, as the domains of the INI (cfg_find_domain) */
+        if (idna_to_ascii(domain, a, sizeof a) != 0 || !cfg_valid_domain(a)) {
+            conn_reply(c, "550 5.1.2 Bad destination domain");
+            return;
+        }
+        ms_strlcpy(domain, a, sizeof domain);
         r = targets_add(&s->targets, local, domain, 0) == 0 ? RES_OK : RES_TOOLONG;
     } else if ((l = list_match(cfg, local, domain, &kind, token, sizeof token)) != NULL) {
         if (ms_fmt(rcpt, sizeof rcpt, "%s@%s", local, l->domain) < 0) r = RES_TOOLONG;
@@ -10799,6 +11124,18 @@ smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
     return 0;
 }
 
+/* The Received: header's "with" (RFC 5321 4.4, RFC 3848; RFC 6531 3.7.3 for SMTPUTF8). */
+static const char *
+smtp_with(const struct conn *c)
+{
+    const struct smtp_sess *s = &c->u.smtp;
+    if (s->utf8) {
+        static const char *const w[4] = {"UTF8SMTP", "UTF8SMTPA", "UTF8SMTPS", "UTF8SMTPSA"};
+        return w[(s->auth_user[0] ? 1 : 0) + (c->io.tls ? 2 : 0)];
+    }
+    return s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP";
+}
+
 static void
 smtp_do_data(struct conn *c, const char *args)
 {
@@ -10820,7 +11157,7 @@ smtp_do_data(struct conn *c, const char *args)
      * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
     buf_printf(&hdr, "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
                s->from, s->helo, c->peer, host,
-               s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id,
+               smtp_with(c), s->msg.id,
                for1 ? "\n\tfor <" : "", for1 ? s->first_rcpt : "", for1 ? ">" : "", date);
     data_rx_init(&s->rx);
     s->msg.size = (int64_t)hdr.len;
@@ -11169,8 +11506,8 @@ static const struct proto_ops smtp_ops = {
 
 /*==== 11. POP3 server session ====*/
 /*
- * RFC 1939 with CAPA, RESP-CODES and AUTH-RESP-CODE (2449, 3206) and AUTH
- * PLAIN (5034). The mailbox is a snapshot taken at login; DELE only marks,
+ * RFC 1939 with CAPA, RESP-CODES and AUTH-RESP-CODE (2449, 3206), AUTH
+ * PLAIN (5034) and UTF8 (6856). The mailbox is a snapshot taken at login; DELE only marks,
  * and the marks are applied at QUIT (the UPDATE state).
  */
 
@@ -11429,8 +11766,19 @@ pop_do_capa(struct conn *c, const char *args)
     conn_reply(c, "PIPELINING");
     conn_reply(c, "RESP-CODES");
     conn_reply(c, "AUTH-RESP-CODE");
+    conn_reply(c, "UTF8 USER"); /* RFC 6856 2: UTF-8 in USER and PASS too */
     conn_reply(c, "IMPLEMENTATION mailsrv-" MAILSRV_VERSION);
     return ".";
+}
+
+/* RFC 6856 2: UTF-8 mode, asked for before the login. Messages are sent as
+ * they are stored in any mode (no downgrade, RFC 6856 3's other choice). */
+static const char *
+pop_do_utf8(struct conn *c, const char *args)
+{
+    if (*args) return "-ERR UTF8 takes no arguments";
+    c->u.pop.utf8 = 1;
+    return "+OK UTF8 enabled";
 }
 
 /* Logged in, QUIT applies the DELE marks (RFC 1939 6, the UPDATE state):
@@ -11588,6 +11936,7 @@ static const struct pop_cmd {
     {"USER", pop_do_user, POP_IN_AUTH, 0, 1},  {"PASS", pop_do_pass, POP_IN_AUTH, 0, 1},
     {"AUTH", pop_do_auth, POP_IN_AUTH, 0, 1},  {"STLS", pop_do_stls, POP_IN_AUTH, 0, 0},
     {"CAPA", pop_do_capa, POP_IN_AUTH | POP_IN_TRANS, 0, 0},
+    {"UTF8", pop_do_utf8, POP_IN_AUTH, 0, 0},
     {"QUIT", pop_do_quit, POP_IN_AUTH | POP_IN_TRANS, 0, 0},
     {"STAT", pop_do_stat, POP_IN_TRANS, 0, 0}, {"LIST", pop_do_list, POP_IN_TRANS, 0, 0},
     {"UIDL", pop_do_uidl, POP_IN_TRANS, 0, 0}, {"RETR", pop_do_retr, POP_IN_TRANS, 0, 0},
@@ -18909,14 +19258,15 @@ mailsrv_run(struct mailsrv *ms)
 static int
 cli_split_address(const char *arg, char *user, char *domain)
 {
+    char a[MS_DOMAIN_MAX + 1];
     const char *at = strrchr(arg, '@');
     if (!at || (size_t)(at - arg) > MS_LOCAL_MAX || strlen(at + 1) > MS_DOMAIN_MAX) return -1;
     memcpy(user, arg, (size_t)(at - arg));
     user[at - arg] = 0;
     strcpy(domain, at + 1);
     ms_lower(user);
-    ms_lower(domain);
-    return cfg_safe_component(user, MS_LOCAL_MAX) && cfg_valid_domain(domain) ? 0 : -1;
+    ms_lower(domain); /* ASCII only: a U-label stays as it is typed, and the INI gets it so */
+    return cfg_safe_component(user, MS_LOCAL_MAX) && idna_to_ascii(domain, a, sizeof a) == 0 && cfg_valid_domain(a) ? 0 : -1;
 }
 
 static int
@@ -19047,7 +19397,9 @@ cli_users(const char *path)
     if (cli_print_errors(c)) { cfg_free(c); return 1; }
     for (i = 0; i < c->ndomains; i++) {
         struct cfg_domain *d = &c->domains[i];
-        printf("domain %s\n", d->name);
+        char u[MS_DOMAIN_MAX * 2 + 1];
+        if (idna_to_unicode(d->name, u, sizeof u) == 0 && strcmp(u, d->name) != 0) printf("domain %s (%s)\n", d->name, u);
+        else printf("domain %s\n", d->name);
         for (j = 0; j < d->nusers; j++) {
             struct pop_view v;
             char addr[MS_PATH_MAX];

@@ -1,0 +1,164 @@
+"""Internationalized mail: SMTPUTF8 (RFC 6531/6532), POP3 UTF8 (RFC 6856), IDNA domains, UTF-8 names."""
+import os
+import poplib
+import smtplib
+
+from .harness import (BOTH, DOMAINS, SENDER, check, run_cli, secs, short, stored, test, tok, token_of, wait_for)
+
+
+# =============================================================================================
+# UTF-8 mailbox names and IDN domains. школа.test's A-label is xn--80atdl2c.test (RFC 3492; Python's
+# "idna" codec agrees); the domain's folder in the spool is the A-label, the mailbox's its UTF-8 name.
+
+IDN_U = "школа.test"
+IDN_A = "xn--80atdl2c.test"
+IVAN = "иван"
+PETR = "пётр"
+INTL_DOMAINS = DOMAINS + """
+[domain %s]
+%s = Passw0rd7
+
+[alias %s]
+postmaster = %s
+
+[domain example.test]
+%s = Passw0rd8
+""" % (IDN_U, IVAN, IDN_U, IVAN, PETR)
+
+
+def wire(s):
+    """A str whose latin-1 encoding (the raw clients' Conn.send) is s in UTF-8."""
+    return s.encode("utf-8").decode("latin-1")
+
+
+def intl_msg(token, to, sender):
+    return ("From: Пётр Иванов <%s>\r\nTo: <%s>\r\nSubject: Привет, %s\r\nMessage-ID: <%s@client.test>\r\n"
+            "X-Test-Token: %s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Transfer-Encoding: 8bit\r\n\r\nЗдравствуй, %s!\r\n" % (sender, to, token, token, token, token)).encode()
+
+
+def send_utf8(port, sender, rcpts, msg):
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.test", timeout=secs(10)) as s:
+        s.ehlo()
+        check(s.has_extn("smtputf8"), "EHLO does not offer SMTPUTF8: %s" % s.esmtp_features)
+        return s.sendmail(sender, rcpts, msg, mail_options=["SMTPUTF8"])
+
+
+@test(modes=BOTH, unix_only=True)  # Windows: ASCII names until the wide file API (MS_UTF8_NAMES)
+def intl_smtputf8_delivery(ctx, storage):
+    """SMTPUTF8 (RFC 6531): EHLO offers it; a UTF-8 path needs MAIL FROM's SMTPUTF8 (553 5.6.7 without it),
+    and well-formed UTF-8 (501 for an overlong form or a C1 control); иван@школа.test, иван@ШКОЛА.TEST and
+    иван@xn--80atdl2c.test reach one mailbox, stored under spool/xn--80atdl2c.test/иван, with the UTF-8
+    headers (RFC 6532) as sent and Received: ... with UTF8SMTP. Local parts fold ASCII case only."""
+    srv = ctx.server(storage=storage, domains=INTL_DOMAINS).start()
+    c = srv.smtp()
+    code, text = c.cmd("EHLO client.test")
+    check(code == 250 and ("\n250-SMTPUTF8" in "\n" + text or "\n250 SMTPUTF8" in "\n" + text),
+          "EHLO does not list SMTPUTF8: %s" % short(text, 300))
+    c.expect(wire("MAIL FROM:<%s@client.test>" % PETR), 553, "5.6.7")
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect(wire("RCPT TO:<%s@%s>" % (IVAN, IDN_U)), 553, "5.6.7")
+    c.expect("RCPT TO:<ivan@%s>" % IDN_A, 550)  # the A-label domain is local: no such mailbox
+    c.expect("RSET", 250)
+    c.expect(wire("MAIL FROM:<%s@client.test> SMTPUTF8" % PETR), 250)
+    c.expect("RCPT TO:<\xd0\xb8\xc0\xaf@%s>" % IDN_A, 501, "5.1.3")  # overlong "/" after и
+    c.expect("RCPT TO:<\xd0\xb8\xc2\x85@%s>" % IDN_A, 501, "5.1.3")  # U+0085, a C1 control
+    c.expect("RCPT TO:<\xed\xa0\x80@%s>" % IDN_A, 501, "5.1.3")      # a surrogate
+    c.expect(wire("RCPT TO:<%s@%s>" % (IVAN.upper(), IDN_U)), 550, "5.1.1")  # no case folding beyond ASCII
+    c.expect(wire("RCPT TO:<%s@%s>" % (IVAN, IDN_U)), 250)
+    c.expect("QUIT", 221)
+    c.close()
+    sent = []
+    for rcpt in ("%s@%s" % (IVAN, IDN_U), "%s@%s" % (IVAN, IDN_U.upper()), "%s@%s" % (IVAN, IDN_A)):
+        t = tok()
+        refused = send_utf8(srv.smtp_port, "%s@client.test" % PETR, [rcpt], intl_msg(t, rcpt, "%s@client.test" % PETR))
+        check(refused == {}, "refused: %s" % refused)
+        sent.append(t)
+    # ASCII mail to an ASCII mailbox still goes without SMTPUTF8, and so does UTF-8 in headers only
+    t_ascii = tok()
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(10)) as s:
+        check(s.sendmail(SENDER, ["alice@example.test"], intl_msg(t_ascii, "alice@example.test", SENDER)) == {},
+              "a UTF-8 header without SMTPUTF8 was refused")
+    where = os.path.join(srv.spool, IDN_A, IVAN + (".mbox" if storage == "mbox" else ""))
+    check(os.path.exists(where), "no %s in the spool: %s" % (where, os.listdir(srv.spool)))
+    check(not os.path.exists(os.path.join(srv.spool, IDN_U)), "a folder named by the U-label")
+    got = stored(srv, "%s@%s" % (IVAN, IDN_A))
+    check(sorted(token_of(m) for m in got) == sorted(sent), "stored %s, sent %s" % ([token_of(m) for m in got], sent))
+    for m in got:
+        check(("Return-Path: <%s@client.test>" % PETR).encode() in m, "Return-Path: %s" % short(m, 300))
+        check(b"with UTF8SMTP id" in m, "Received: without UTF8SMTP: %s" % short(m, 400))
+        check(("Subject: Привет, %s" % token_of(m)).encode() in m, "the UTF-8 Subject changed: %s" % short(m, 400))
+        check(("Здравствуй, %s!" % token_of(m)).encode() in m, "the UTF-8 body changed")
+    a = stored(srv, "alice@example.test")
+    check(len(a) == 1 and b"with ESMTP id" in a[0] and "Привет".encode() in a[0], "alice's message: %s" % short(a, 300))
+
+
+@test(modes=BOTH, unix_only=True)  # Windows: ASCII names until the wide file API (MS_UTF8_NAMES)
+def intl_pop3_utf8(ctx, storage):
+    """POP3 UTF8 (RFC 6856): CAPA lists UTF8 USER; UTF8 is taken before the login (not after); USER/PASS with
+    a UTF-8 name in either form of an IDN domain open the mailbox, whose message comes back byte for byte."""
+    srv = ctx.server(storage=storage, domains=INTL_DOMAINS).start()
+    t = tok()
+    rcpt = "%s@%s" % (IVAN, IDN_U)
+    msg = intl_msg(t, rcpt, SENDER)
+    check(send_utf8(srv.smtp_port, SENDER, [rcpt], msg) == {}, "refused")
+    p = srv.pop()
+    p.ok("CAPA")
+    caps = [l.decode() for l in p.multi()]
+    check("UTF8 USER" in caps, "CAPA lacks UTF8 USER: %s" % caps)
+    p.ok("UTF8")
+    p.login(wire(rcpt), "Passw0rd7")
+    check(p.stat()[0] == 1, "STAT")
+    got = p.retr(1)
+    check(token_of(got) == t and ("Subject: Привет, %s" % t).encode() in got, "RETR: %s" % short(got, 300))
+    p.err("UTF8")  # RFC 6856 2: in the AUTHORIZATION state only
+    p.quit()
+    pp = poplib.POP3("127.0.0.1", srv.pop3_port, timeout=secs(10))
+    try:
+        pp.utf8()
+        pp.user("%s@%s" % (IVAN, IDN_A))  # poplib sends UTF-8 after utf8()
+        pp.pass_("Passw0rd7")
+        check(pp.stat()[0] == 1, "poplib STAT with the A-label")
+        pp.quit()
+    finally:
+        pp.close()
+    p = srv.pop()
+    p.ok("USER " + wire(rcpt))
+    r = p.err("PASS wrong")
+    check(r.startswith(b"-ERR [AUTH]"), "bad password: %s" % short(r))
+
+
+@test(unix_only=True)  # the same
+def intl_cli_utf8_names(ctx):
+    """`mailsrv add/del/users` with UTF-8 names and IDN domains: add writes the names as typed (UTF-8 bytes),
+    a domain given as its A-label finds its [domain] section written with the U-label, users shows both forms."""
+    srv = ctx.server()
+    pw = "Vzlomat-Nelzya-42"
+    r = run_cli(["-c", srv.ini, "add", "%s@%s" % (IVAN, IDN_U)], input=pw + "\n")
+    check(r.returncode == 0, "add: exit %d %s" % (r.returncode, short(r.stderr)))
+    r = run_cli(["-c", srv.ini, "add", "%s@%s" % (PETR, IDN_A)], input=pw + "\n")
+    check(r.returncode == 0, "add with the A-label: exit %d %s" % (r.returncode, short(r.stderr)))
+    with open(srv.ini, "rb") as f:
+        ini = f.read()
+    check(("[domain %s]" % IDN_U).encode() in ini and ini.count(b"[domain ") == 3 and
+          ("%s = $pbkdf2" % PETR).encode() in ini and ("%s = $pbkdf2" % IVAN).encode() in ini,
+          "the INI after add: %s" % short(ini[-300:], 300))
+    r = run_cli(["-c", srv.ini, "users"])
+    check(r.returncode == 0 and ("domain %s (%s)" % (IDN_A, IDN_U)) in r.stdout and
+          ("mailbox %s@%s" % (IVAN, IDN_A)) in r.stdout and ("mailbox %s@%s" % (PETR, IDN_A)) in r.stdout,
+          "users: %s" % short(r.stdout, 600))
+    r = run_cli(["-c", srv.ini, "add", "%s@%s" % (IVAN, IDN_A)], input=pw + "\n")
+    check(r.returncode != 0 and "already exists" in r.stderr, "a second add: %s" % short(r.stderr))
+    r = run_cli(["-c", srv.ini, "del", "%s@%s" % (PETR, IDN_A)])
+    check(r.returncode == 0, "del: exit %d %s" % (r.returncode, short(r.stderr)))
+    with open(srv.ini, "rb") as f:
+        ini = f.read()
+    check(PETR.encode() not in ini and ("%s = $pbkdf2" % IVAN).encode() in ini, "the INI after del: %s" % short(ini[-300:], 300))
+    srv.start()
+    rcpt = "%s@%s" % (IVAN, IDN_U)
+    check(send_utf8(srv.smtp_port, SENDER, [rcpt], intl_msg(tok(), rcpt, SENDER)) == {}, "refused")
+    p = srv.pop()
+    p.ok("UTF8")
+    p.login(wire(rcpt), pw)
+    check(p.stat()[0] == 1, "the mailbox made by add got no message")
+    p.quit()
