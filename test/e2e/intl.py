@@ -162,3 +162,27 @@ def intl_cli_utf8_names(ctx):
     p.login(wire(rcpt), pw)
     check(p.stat()[0] == 1, "the mailbox made by add got no message")
     p.quit()
+
+
+@test(limit=90, unix_only=True)
+def intl_postfix_delivers_cyrillic(ctx):
+    """Issue 18's report: Postfix relaying to mailsrv bounced `SMTPUTF8 is required, but was not offered`.
+    A real Postfix (smtputf8_enable = yes) takes a mail for иван@school.test with SMTPUTF8 and relays it to
+    mailsrv (its relayhost): mailsrv offers SMTPUTF8, Postfix's client uses it, the mailbox gets the message."""
+    from .peers import PostfixInstance
+    srv = ctx.server(domains=DOMAINS + "\n[domain school.test]\n%s = Passw0rd7\n[alias school.test]\npostmaster = %s\n" % (IVAN, IVAN)).start()
+    pf = PostfixInstance(ctx, 1000000, main=[
+        "smtputf8_enable = yes", "relay_domains = school.test", "relay_transport = smtp",
+        "relayhost = [127.0.0.1]:%d" % srv.smtp_port])
+    t = tok()
+    rcpt = "%s@school.test" % IVAN
+    try:
+        refused = send_utf8(pf.port, "%s@client.test" % PETR, [rcpt], intl_msg(t, rcpt, "%s@client.test" % PETR))
+    except smtplib.SMTPException as e:
+        refused = e
+    check(refused == {}, "Postfix refused the recipient: %s; its log: %s" % (refused, short(pf.log_text()[-800:], 800)))
+    got = wait_for(lambda: stored(srv, rcpt), 30, "the message in иван's mailbox (Postfix log: %s)" % pf.log_text()[-400:])
+    check(len(got) == 1 and token_of(got[0]) == t, "stored: %s" % short(got, 300))
+    check(b"with UTF8SMTP id" in got[0] and ("Return-Path: <%s@client.test>" % PETR).encode() in got[0],
+          "Postfix did not send SMTPUTF8: %s" % short(got[0], 400))
+    check("SMTPUTF8 is required" not in pf.log_text(), "Postfix: %s" % short(pf.log_text()[-600:], 600))
