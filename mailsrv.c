@@ -1977,6 +1977,8 @@ static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *
 static int mta_next_rcpt(struct mta_sess *o, int from);
 static void mta_fail_session(struct mta_sess *o, const char *why);
 static void mta_broken(struct mta_sess *o, const char *why);
+static int mta_needs_utf8(const struct mta_sess *o);
+static int mta_utf8_refused(struct mta_sess *o);
 static void mta_set_accepted(struct mta_sess *o, int result, const char *reply);
 static void mta_mail_from(struct mta_sess *o);
 static int mta_open_body(struct mta_sess *o);
@@ -3570,12 +3572,15 @@ cfg_on_key(void *user, const char *section, const char *name, const char *value,
     } else if (ms_strcaseeq(section, "route")) {
         struct cfg_route r;
         int i;
-        if (!cfg_valid_domain(name)) { cfg_error(c, line, "'%s' is not a valid domain name", name); return 1; }
+        char a[MS_DOMAIN_MAX + 1];
+        if (idna_to_ascii(name, a, sizeof a) != 0 || !cfg_valid_domain(a)) {
+            cfg_error(c, line, "'%s' is not a valid domain name", name);
+            return 1;
+        }
         if (cfg_parse_hop(value, &r.hop, 25) != 0) { cfg_error(c, line, "route for %s: '%s' is not host[:port]", name, value); return 1; }
         for (i = 0; i < c->nroutes; i++)
-            if (ms_strcaseeq(c->routes[i].domain, name)) { cfg_error(c, line, "a second route for %s", name); return 1; }
-        r.domain = xstrdup(name);
-        ms_lower(r.domain);
+            if (strcmp(c->routes[i].domain, a) == 0) { cfg_error(c, line, "a second route for %s", name); return 1; }
+        r.domain = xstrdup(a); /* the A-label of an IDN, lower case, as addr_remote_domain makes a recipient's */
         c->routes = xrealloc(c->routes, sizeof *c->routes * (size_t)(c->nroutes + 1));
         c->routes[c->nroutes++] = r;
     } else if (ms_strncaseeq(section, "domain ", 7) || ms_strncaseeq(section, "alias ", 6)) {
@@ -3692,7 +3697,8 @@ targets_remote(const struct targets *t)
     return n;
 }
 
-/* A local part we relay: RFC 5321 Dot-string (no quoted strings). */
+/* A local part we relay: RFC 5321 Dot-string (no quoted strings), its atext
+ * with UTF-8 (RFC 6531 3.3: UTF8-non-ascii) when well-formed. */
 static int
 addr_dot_string(const char *s)
 {
@@ -3700,18 +3706,22 @@ addr_dot_string(const char *s)
     if (n == 0 || n > MS_LOCAL_MAX || s[0] == '.' || s[n - 1] == '.') return 0;
     for (i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x80) continue;
         if (ch == '.' ? s[i + 1] == '.' : !(isalnum(ch) || strchr("!#$%&'*+-/=?^_`{|}~", ch))) return 0;
     }
-    return 1;
+    return ms_is_ascii(s) || utf8_valid(s, n);
 }
 
-/* A remote domain we relay to: a host name; no address literals. */
+/* A remote domain we relay to: a host name; no address literals. An IDN
+ * becomes its A-label here (idna_to_ascii): DNS and the next hop get ASCII. */
 static int
 addr_remote_domain(char *domain)
 {
+    char a[MS_DOMAIN_MAX + 1];
     size_t n = strlen(domain);
     if (n && domain[n - 1] == '.') domain[n - 1] = 0;
-    ms_lower(domain);
+    if (idna_to_ascii(domain, a, sizeof a) != 0) return 0;
+    strcpy(domain, a); /* domain holds MS_DOMAIN_MAX + 1 bytes, and a fits in them */
     return cfg_valid_domain(domain);
 }
 
@@ -6773,6 +6783,7 @@ struct store_msg {
     char sender[MS_PATH_MAX];
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
+    int smtputf8;              /* MAIL FROM declared SMTPUTF8 (the queue keeps it for the relay) */
     int write_failed;          /* msg_write: a write failed */
     const char *commit_err;    /* its mbox batch failed in the group commit (store_commit_mbox): why */
     int commit_errno;
@@ -7246,6 +7257,7 @@ struct qentry {
     int64_t arrived, next_try;   /* wall-clock seconds */
     int64_t size, lines;
     int tries, active;           /* active: outbound sessions working on it */
+    int smtputf8;                /* its client declared SMTPUTF8: passed on where offered */
     struct qrcpt *r;
     int nr;
 };
@@ -7258,6 +7270,7 @@ queue_env_text(const struct qentry *e, struct buf *b)
     int i;
     buf_printf(b, "mailsrv-queue 1\nfrom <%s>\narrived %lld\ntries %d\nnext %lld\nsize %lld\nlines %lld\n", e->from,
                (long long)e->arrived, e->tries, (long long)e->next_try, (long long)e->size, (long long)e->lines);
+    if (e->smtputf8) buf_adds(b, "smtputf8 1\n"); /* optional: older readers skip it */
     for (i = 0; i < e->nr; i++)
         buf_printf(b, "rcpt %s %s%s%s\n", q_state_names[e->r[i].state], e->r[i].addr, e->r[i].error[0] ? " " : "",
                    e->r[i].error);
@@ -7321,6 +7334,7 @@ queue_env_read(const char *qdir, const char *id)
             else if (strcmp(key, "next") == 0) e->next_try = v;
             else if (strcmp(key, "size") == 0) e->size = v;
             else if (strcmp(key, "lines") == 0) e->lines = v;
+            else if (strcmp(key, "smtputf8") == 0) e->smtputf8 = v != 0;
         }
     }
     free(text);
@@ -7371,6 +7385,7 @@ queue_create(const char *qdir, const char *base, const struct store_msg *m, cons
     e.arrived = e.next_try = (int64_t)m->when;
     e.size = m->size;
     e.lines = m->lines;
+    e.smtputf8 = m->smtputf8;
     e.r = xrealloc(NULL, sizeof *e.r * (size_t)(t->n ? t->n : 1));
     for (i = 0; i < t->n; i++) {
         if (!t->remote[i]) continue;
@@ -11152,6 +11167,7 @@ smtp_do_data(struct conn *c, const char *args)
         return;
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
+    s->msg.smtputf8 = s->utf8;
     ms_rfc5322_date(date, sizeof date, s->msg.when);
     /* a growing buffer: with the longest sender, HELO name, host name and recipient the header
      * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
@@ -16500,6 +16516,7 @@ struct mta_sess {
     struct transport io;         /* the DNS query's socket, then the SMTP session's */
     char inbuf[1023];            /* io's input: a reply line */
     int ext_size, ext_starttls, rcpt_at, naccepted, ntx;
+    int ext_smtputf8;                /* the hop's EHLO offers SMTPUTF8 (RFC 6531) */
     int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
@@ -16655,7 +16672,7 @@ mta_connect(struct mta_sess *o)
     o->io.fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
     o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-    o->ext_size = o->ext_starttls = 0;
+    o->ext_size = o->ext_starttls = o->ext_smtputf8 = 0;
     if (o->io.fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
         o->io.deadline = 0; /* the timer moves on to the next address */
@@ -16793,6 +16810,41 @@ mta_broken(struct mta_sess *o, const char *why)
     mta_fail_session(o, why);
 }
 
+/* RFC 6531 3.4: does this transaction need a hop that offers SMTPUTF8? When
+ * its sender or one of its recipients has UTF-8 (a local part; domains are
+ * A-labels by then: addr_remote_domain). A message whose client declared
+ * SMTPUTF8 but whose envelope is ASCII goes to any hop (its UTF-8 headers as
+ * 8-bit text, no downgrade: RFC 6857 is not done). */
+static int
+mta_needs_utf8(const struct mta_sess *o)
+{
+    int i;
+    if (!ms_is_ascii(o->e->from)) return 1;
+    for (i = 0; i < o->nri; i++)
+        if (o->e->r[o->ri[i]].result != 5 && !ms_is_ascii(o->e->r[o->ri[i]].addr)) return 1;
+    return 0;
+}
+
+/* A hop without SMTPUTF8 and a transaction that needs it: its recipients
+ * fail for good (RFC 6531 3.4: a bounce, as Postfix's "SMTPUTF8 is required,
+ * but was not offered"), and the session ends. 1 if so. */
+static int
+mta_utf8_refused(struct mta_sess *o)
+{
+    char why[MS_DOMAIN_MAX + 160];
+    int i;
+    if (o->ext_smtputf8 || !mta_needs_utf8(o)) return 0;
+    snprintf(why, sizeof why, "553 5.6.7 %s does not offer SMTPUTF8, which a non-ASCII address needs (RFC 6531)", o->hop);
+    for (i = 0; i < o->nri; i++) {
+        struct qrcpt *r = &o->e->r[o->ri[i]];
+        if (r->result == 5) continue;
+        r->result = 5;
+        ms_strlcpy(r->error, why, sizeof r->error);
+    }
+    mta_quit(o);
+    return 1;
+}
+
 static void
 mta_set_accepted(struct mta_sess *o, int result, const char *reply)
 {
@@ -16808,10 +16860,12 @@ mta_set_accepted(struct mta_sess *o, int result, const char *reply)
 static void
 mta_mail_from(struct mta_sess *o)
 {
+    const char *utf8 = o->ext_smtputf8 && (o->e->smtputf8 || mta_needs_utf8(o)) ? " SMTPUTF8" : "";
+    if (mta_utf8_refused(o)) return;
     o->state = O_MAIL;
     o->naccepted = 0;
-    if (o->ext_size) mta_send(o, "MAIL FROM:<%s> SIZE=%lld", o->e->from, (long long)(o->e->size + o->e->lines));
-    else mta_send(o, "MAIL FROM:<%s>", o->e->from);
+    if (o->ext_size) mta_send(o, "MAIL FROM:<%s> SIZE=%lld%s", o->e->from, (long long)(o->e->size + o->e->lines), utf8);
+    else mta_send(o, "MAIL FROM:<%s>%s", o->e->from, utf8);
 }
 
 /* Opens the queued text before DATA, so a missing file never leaves the
@@ -16907,7 +16961,7 @@ mta_tls_progress(struct mta_sess *o)
 {
     if (o->state != O_TLS || !tls_done(o->io.tls)) return o->state != O_TLS;
     o->state = O_EHLO;
-    o->ext_size = o->ext_starttls = 0;
+    o->ext_size = o->ext_starttls = o->ext_smtputf8 = 0;
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
@@ -17044,6 +17098,7 @@ mta_read(struct mta_sess *o)
         if (o->state == O_EHLO && o->reply_code && line[3]) {
             if (ms_strncaseeq(line + 4, "SIZE", 4) && (!line[8] || line[8] == ' ')) o->ext_size = 1;
             if (ms_strcaseeq(line + 4, "STARTTLS")) o->ext_starttls = 1;
+            if (ms_strcaseeq(line + 4, "SMTPUTF8")) o->ext_smtputf8 = 1;
         }
         o->reply_code = last ? 0 : code;
         if (!last) continue;

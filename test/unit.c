@@ -552,8 +552,20 @@ test_queue_files(void)
         ASSERT(back->size == 4000 && back->lines == 80 && back->nr == 2);
         ASSERT(strcmp(back->r[0].addr, "Bob@remote.test") == 0 && back->r[0].state == Q_PENDING && !back->r[0].error[0]);
         ASSERT(back->r[1].state == Q_BOUNCED && strcmp(back->r[1].error, r[1].error) == 0);
+        ASSERT(back->smtputf8 == 0);
         qentry_free(back);
     }
+    /* the optional "smtputf8 1" line (the client declared SMTPUTF8) and UTF-8 addresses come back */
+    e.smtputf8 = 1;
+    strcpy(e.from, "\xd0\xbf\xd1\x91\xd1\x82\xd1\x80@example.test");
+    strcpy(r[0].addr, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@xn--80atdl2c.test");
+    ASSERT(queue_env_update(dir, &e) == 0);
+    back = queue_env_read(dir, e.id);
+    ASSERT(back != NULL && back->smtputf8 == 1 && strcmp(back->from, e.from) == 0 && strcmp(back->r[0].addr, r[0].addr) == 0);
+    qentry_free(back);
+    e.smtputf8 = 0;
+    e.from[0] = 0;
+    strcpy(r[0].addr, "Bob@remote.test");
     { /* found by the .env fuzzer: a recipient without '@' makes the entry unreadable */
         FILE *f;
         char path[100];

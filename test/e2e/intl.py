@@ -186,3 +186,47 @@ def intl_postfix_delivers_cyrillic(ctx):
     check(b"with UTF8SMTP id" in got[0] and ("Return-Path: <%s@client.test>" % PETR).encode() in got[0],
           "Postfix did not send SMTPUTF8: %s" % short(got[0], 400))
     check("SMTPUTF8 is required" not in pf.log_text(), "Postfix: %s" % short(pf.log_text()[-600:], 600))
+
+
+@test(limit=120, unix_only=True)
+def intl_relay_postfix_with_and_without_smtputf8(ctx):
+    """Relaying (RFC 6531 3.4) to two real Postfix next hops, one offering SMTPUTF8 and one hiding it
+    (smtpd_discard_ehlo_keywords = smtputf8). To the first, a mail from пётр@example.test for иван@b.test and
+    иван@тест.test goes with MAIL FROM ... SMTPUTF8, the IDN as its A-label (the [route] written with the
+    U-label matches it). To the second, the same kind of mail bounces (553 5.6.7, naming SMTPUTF8) back to
+    пётр's local mailbox, while an ASCII mail, and one with UTF-8 in its headers only, are delivered there."""
+    from .peers import PostfixInstance
+    from .relay import wait_queue_empty
+    idn2_u, idn2_a = "тест.test", "xn--e1aybc.test"
+    pf1 = PostfixInstance(ctx, 1000000, main=["smtputf8_enable = yes", "virtual_mailbox_domains = b.test, %s" % idn2_a])
+    pf2 = PostfixInstance(ctx, 1000000, main=["smtputf8_enable = yes", "smtpd_discard_ehlo_keywords = smtputf8",
+                                              "virtual_mailbox_domains = c.test"])
+    srv = ctx.server(domains=INTL_DOMAINS, sections={"relay": {"retry": "1h", "timeout": "10"}, "route": {
+        "b.test": "127.0.0.1:%d" % pf1.port, idn2_u: "127.0.0.1:%d" % pf1.port, "c.test": "127.0.0.1:%d" % pf2.port}}).start()
+    petr = "%s@example.test" % PETR
+    t1, t2, t3, t4 = tok(), tok(), tok(), tok()
+    r1 = ["%s@b.test" % IVAN, "%s@%s" % (IVAN, idn2_u)]
+    check(send_utf8(srv.smtp_port, petr, r1, intl_msg(t1, r1[0], petr)) == {}, "refused")
+    r2 = ["%s@c.test" % IVAN, "ben@c.test"]
+    check(send_utf8(srv.smtp_port, petr, r2, intl_msg(t2, r2[0], petr)) == {}, "refused")
+    with smtplib.SMTP("127.0.0.1", srv.smtp_port, local_hostname="client.test", timeout=secs(10)) as s:
+        check(s.sendmail(SENDER, ["ben@c.test"], intl_msg(t3, "ben@c.test", SENDER)) == {}, "ASCII mail refused")
+    check(send_utf8(srv.smtp_port, SENDER, ["ben@c.test"], intl_msg(t4, "ben@c.test", SENDER)) == {}, "refused")
+    wait_queue_empty(srv, 40)
+    got1 = wait_for(lambda: len(pf1.messages()) >= 2 and pf1.messages(), 20, "two copies at the Postfix with SMTPUTF8")
+    check(sorted(token_of(m) for m in got1) == [t1, t1], "at Postfix 1: %s" % [token_of(m) for m in got1])
+    for m in got1:
+        check(("Return-Path: <%s>" % petr).encode() in m, "Postfix 1 stored: %s" % short(m, 400))
+    to1 = sorted(m.split(b"X-Original-To: ", 1)[1].split(b"\n", 1)[0].decode() for m in got1 if b"X-Original-To: " in m)
+    check(to1 == sorted(["%s@b.test" % IVAN, "%s@%s" % (IVAN, idn2_a)]), "recipients at Postfix 1: %s" % to1)
+    for m in got1:  # Postfix's Received: names the protocol: UTF8SMTP when MAIL FROM carried SMTPUTF8
+        check(b"by mx.b.test (Postfix) with UTF8SMTP id" in m, "Postfix 1 did not get SMTPUTF8: %s" % short(m, 500))
+    got2 = wait_for(lambda: len(pf2.messages()) >= 2 and pf2.messages(), 20, "the ASCII-envelope mails at Postfix 2")
+    check(sorted(token_of(m) for m in got2) == sorted([t3, t4]), "at Postfix 2: %s" % [token_of(m) for m in got2])
+    for m in got2:
+        check(b"by mx.b.test (Postfix) with ESMTP id" in m, "Postfix 2 got: %s" % short(m, 500))
+    bounce = wait_for(lambda: [m for m in stored(srv, petr) if b"multipart/report" in m], 20, "the bounce to пётр")
+    check(len(bounce) == 1 and token_of(bounce[0].split(b"message/rfc822", 1)[-1]) == t2 and b"5.6.7" in bounce[0] and
+          b"SMTPUTF8" in bounce[0], "the bounce: %s" % short(bounce, 800))
+    for rcpt in r2:
+        check(rcpt.encode() in bounce[0], "the bounce does not name %s" % rcpt)
