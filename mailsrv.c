@@ -620,6 +620,9 @@ os_dir_next(void *dir)
 static int os_path_is_absolute(const char *p) { return p[0] == '/'; }
 static const char *os_last_sep(const char *p) { return strrchr(p, '/'); }
 
+/* main's arguments are bytes already: UTF-8 where the names are. */
+static void os_args_utf8(int *argc, char ***argv) { (void)argc; (void)argv; }
+
 /* Signals only set flags; the loop acts on them. */
 static struct mailsrv *os_signal_target;
 static void os_on_stop(int sig) { (void)sig; if (os_signal_target) mailsrv_stop(os_signal_target); }
@@ -734,7 +737,7 @@ typedef SOCKET ms_sock_t;
 #define MS_BAD_SOCK INVALID_SOCKET
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
 #define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
-#define MS_UTF8_NAMES 0 /* the ANSI file API would garble UTF-8 names: ASCII mailbox names only */
+#define MS_UTF8_NAMES 1 /* file names go through the wide API as UTF-8 (os_wide) */
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
@@ -907,10 +910,27 @@ net_listen_opts(ms_sock_t s)
 }
 
 /* Files: CRT descriptors in binary mode; durability through _commit
- * (FlushFileBuffers). */
+ * (FlushFileBuffers). Names are UTF-8 in mailsrv (mailbox names may be:
+ * MS_UTF8_NAMES) and go to the wide ("W") API; one that is not UTF-8 (a path
+ * from the command line, in the ANSI code page) is read in that code page. */
 #define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
 #define MS_O_NOBLOCK 0  /* no FIFOs among files */
-static int os_open(const char *path, int flags, int mode) { return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode); }
+#define MS_WPATH MS_PATH_MESSAGE /* wide characters: no name mailsrv makes is longer in bytes */
+static wchar_t *
+os_wide(const char *path, wchar_t *w)
+{
+    if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, w, MS_WPATH) > 0 ||
+        MultiByteToWideChar(CP_ACP, 0, path, -1, w, MS_WPATH) > 0)
+        return w;
+    errno = ENAMETOOLONG;
+    return NULL;
+}
+static int
+os_open(const char *path, int flags, int mode)
+{
+    wchar_t w[MS_WPATH];
+    return os_wide(path, w) ? _wopen(w, flags | _O_BINARY | _O_NOINHERIT, mode) : -1;
+}
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
 static long os_read(int fd, void *buf, size_t n) { return (long)_read(fd, buf, (unsigned)n); }
@@ -929,8 +949,8 @@ os_pwrite(int fd, const void *buf, size_t n, int64_t off)
 }
 static int os_fsync(int fd) { return _commit(fd); }
 static int os_truncate(int fd, int64_t len) { return _chsize_s(fd, len) == 0 ? 0 : -1; }
-static int os_mkdir(const char *p) { return _mkdir(p); }
-static int os_unlink(const char *p) { return _unlink(p); }
+static int os_mkdir(const char *p) { wchar_t w[MS_WPATH]; return os_wide(p, w) ? _wmkdir(w) : -1; }
+static int os_unlink(const char *p) { wchar_t w[MS_WPATH]; return os_wide(p, w) ? _wunlink(w) : -1; }
 
 static void
 os_set_errno(void)
@@ -943,7 +963,9 @@ os_set_errno(void)
 static int
 os_link(const char *from, const char *to)
 {
-    if (CreateHardLinkA(to, from, NULL)) return 0;
+    wchar_t wf[MS_WPATH], wt[MS_WPATH];
+    if (!os_wide(from, wf) || !os_wide(to, wt)) return -1;
+    if (CreateHardLinkW(wt, wf, NULL)) return 0;
     os_set_errno();
     return -1;
 }
@@ -951,7 +973,9 @@ os_link(const char *from, const char *to)
 static int
 os_replace(const char *from, const char *to)
 {
-    if (MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return 0;
+    wchar_t wf[MS_WPATH], wt[MS_WPATH];
+    if (!os_wide(from, wf) || !os_wide(to, wt)) return -1;
+    if (MoveFileExW(wf, wt, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return 0;
     os_set_errno();
     return -1;
 }
@@ -963,7 +987,8 @@ static int
 os_stat(const char *path, struct os_stat *st)
 {
     struct _stati64 sb;
-    if (_stati64(path, &sb) != 0) return -1;
+    wchar_t w[MS_WPATH];
+    if (!os_wide(path, w) || _wstati64(w, &sb) != 0) return -1;
     st->size = (int64_t)sb.st_size;
     st->mtime = (int64_t)sb.st_mtime;
     st->mtime_ns = 0;
@@ -993,7 +1018,8 @@ os_fstat(int fd, struct os_stat *st)
 static int
 os_lstat_kind(const char *path)
 {
-    DWORD a = GetFileAttributesA(path);
+    wchar_t w[MS_WPATH];
+    DWORD a = os_wide(path, w) ? GetFileAttributesW(w) : INVALID_FILE_ATTRIBUTES;
     if (a == INVALID_FILE_ATTRIBUTES) {
         DWORD e = GetLastError();
         return e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND ? OS_MISSING : -1;
@@ -1005,7 +1031,8 @@ static int64_t
 os_free_space(const char *path)
 {
     ULARGE_INTEGER avail;
-    if (!GetDiskFreeSpaceExA(path, &avail, NULL, NULL)) return -1;
+    wchar_t w[MS_WPATH];
+    if (!os_wide(path, w) || !GetDiskFreeSpaceExW(w, &avail, NULL, NULL)) return -1;
     return (int64_t)avail.QuadPart;
 }
 
@@ -1019,14 +1046,18 @@ os_lock(int fd, int lock)
     return UnlockFileEx(h, 0, MAXDWORD, MAXDWORD, &ov) ? 0 : -1;
 }
 
-struct os_dir { HANDLE h; WIN32_FIND_DATAA found; int unread; };
+/* Entries come back as UTF-8 (name: MAX_PATH UTF-16 units, 3 bytes each at most). */
+struct os_dir { HANDLE h; WIN32_FIND_DATAW found; int unread; char name[MAX_PATH * 3 + 1]; };
 static void *
 os_dir_open(const char *path)
 {
     char pattern[MS_PATH_MESSAGE];
+    wchar_t w[MS_WPATH];
     struct os_dir *d;
-    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern || !(d = malloc(sizeof *d))) return NULL;
-    d->h = FindFirstFileA(pattern, &d->found);
+    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern || !os_wide(pattern, w) ||
+        !(d = malloc(sizeof *d)))
+        return NULL;
+    d->h = FindFirstFileW(w, &d->found);
     if (d->h == INVALID_HANDLE_VALUE) { free(d); return NULL; }
     d->unread = 1; /* FindFirstFile has read the first entry */
     return d;
@@ -1038,8 +1069,10 @@ os_dir_next(void *dir)
     struct os_dir *d = dir;
     for (;;) {
         if (d->unread) d->unread = 0;
-        else if (!FindNextFileA(d->h, &d->found)) return NULL;
-        if (d->found.cFileName[0] != '.') return d->found.cFileName;
+        else if (!FindNextFileW(d->h, &d->found)) return NULL;
+        if (d->found.cFileName[0] != L'.' &&
+            WideCharToMultiByte(CP_UTF8, 0, d->found.cFileName, -1, d->name, (int)sizeof d->name, NULL, NULL) > 0)
+            return d->name;
     }
 }
 
@@ -1053,6 +1086,28 @@ os_last_sep(const char *p)
 {
     const char *a = strrchr(p, '/'), *b = strrchr(p, '\\');
     return a > b ? a : b;
+}
+
+/* main's arguments come in the ANSI code page, which cannot hold every name
+ * (иван@школа.test): the command line again, as UTF-8 (shell32's splitting,
+ * the CRT's rules). Left as they are if that fails. Kept for the process's life, and
+ * shell32 stays loaded. */
+static void
+os_args_utf8(int *argc, char ***argv)
+{
+    typedef LPWSTR *(WINAPI *split_fn)(LPCWSTR, int *);
+    HMODULE lib = LoadLibraryA("shell32.dll");
+    split_fn split = lib ? (split_fn)(void (*)(void))GetProcAddress(lib, "CommandLineToArgvW") : NULL;
+    int i, n = 0, ok;
+    LPWSTR *w = split ? split(GetCommandLineW(), &n) : NULL;
+    char **v = NULL;
+    ok = w != NULL && n == *argc && (v = calloc((size_t)n + 1, sizeof *v)) != NULL;
+    for (i = 0; ok && i < n; i++) {
+        int k = WideCharToMultiByte(CP_UTF8, 0, w[i], -1, NULL, 0, NULL, NULL);
+        ok = k > 0 && (v[i] = malloc((size_t)k)) != NULL && WideCharToMultiByte(CP_UTF8, 0, w[i], -1, v[i], k, NULL, NULL) > 0;
+    }
+    if (ok) *argv = v; /* else the ANSI ones stay (v's strings are not freed: a failure at start) */
+    if (w) LocalFree(w);
 }
 
 /* Ctrl+C, Ctrl+Break and console close stop the server cleanly. */
@@ -1521,6 +1576,7 @@ static void os_dir_close(void *dir);
 static const char * os_dir_next(void *dir);
 static int os_path_is_absolute(const char *p);
 static const char *os_last_sep(const char *p);
+static void os_args_utf8(int *argc, char ***argv);
 static void os_install_signals(struct mailsrv *ms);
 static int os_net_start(void);
 static void os_net_stop(void);
@@ -19862,6 +19918,7 @@ main(int argc, char **argv)
     const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL, *names[MS_CERT_NAMES], *ips[MS_CERT_NAMES];
     char **prog = NULL; /* checkpassword's: every argument after it */
     int i, verbose = 0, nnames = 0, nips = 0, allow_root = 0, service = 0;
+    os_args_utf8(&argc, &argv); /* Windows: names in UTF-8, as everywhere */
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;

@@ -44,7 +44,7 @@ def send_utf8(port, sender, rcpts, msg):
         return s.sendmail(sender, rcpts, msg, mail_options=["SMTPUTF8"])
 
 
-@test(modes=BOTH, unix_only=True)  # Windows: ASCII names until the wide file API (MS_UTF8_NAMES)
+@test(modes=BOTH)
 def intl_smtputf8_delivery(ctx, storage):
     """SMTPUTF8 (RFC 6531): EHLO offers it; a UTF-8 path needs MAIL FROM's SMTPUTF8 (553 5.6.7 without it),
     and well-formed UTF-8 (501 for an overlong form or a C1 control); иван@школа.test, иван@ШКОЛА.TEST and
@@ -93,7 +93,7 @@ def intl_smtputf8_delivery(ctx, storage):
     check(len(a) == 1 and b"with ESMTP id" in a[0] and "Привет".encode() in a[0], "alice's message: %s" % short(a, 300))
 
 
-@test(modes=BOTH, unix_only=True)  # Windows: ASCII names until the wide file API (MS_UTF8_NAMES)
+@test(modes=BOTH)
 def intl_pop3_utf8(ctx, storage):
     """POP3 UTF8 (RFC 6856): CAPA lists UTF8 USER; UTF8 is taken before the login (not after); USER/PASS with
     a UTF-8 name in either form of an IDN domain open the mailbox, whose message comes back byte for byte."""
@@ -128,7 +128,7 @@ def intl_pop3_utf8(ctx, storage):
     check(r.startswith(b"-ERR [AUTH]"), "bad password: %s" % short(r))
 
 
-@test(unix_only=True)  # the same
+@test()
 def intl_cli_utf8_names(ctx):
     """`mailsrv add/del/users` with UTF-8 names and IDN domains: add writes the names as typed (UTF-8 bytes),
     a domain given as its A-label finds its [domain] section written with the U-label, users shows both forms."""
