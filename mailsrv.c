@@ -3857,6 +3857,10 @@ cfg_sender_owned(const struct ms_config *c, const char *from, const char *user)
     ms_lower(local);
     if (strcmp(local, user) == 0) return 1;
     *at = 0;
+    if ((d = cfg_find_domain(c, at + 1)) != NULL) { /* user is LOCAL@A-LABEL: the domain as the INI keeps it */
+        char own[MS_PATH_MAX];
+        if (ms_fmt(own, sizeof own, "%s@%s", local, d->name) >= 0 && strcmp(own, user) == 0) return 1;
+    }
     if (!(d = cfg_find_domain(c, at + 1)) || strcmp(local, "*") == 0 || !(a = cfg_find_alias(d, local))) return 0;
     if (cfg_expand_members(c, a->members, d->name, &t, 0) == RES_OK)
         for (i = 0; i < t.n && !owned; i++) owned = !t.remote[i] && strcmp(t.v[i], user) == 0;

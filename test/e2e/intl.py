@@ -1,4 +1,5 @@
 """Internationalized mail: SMTPUTF8 (RFC 6531/6532), POP3 UTF8 (RFC 6856), IDNA domains, UTF-8 names."""
+import base64
 import os
 import poplib
 import smtplib
@@ -126,6 +127,33 @@ def intl_pop3_utf8(ctx, storage):
     p.ok("USER " + wire(rcpt))
     r = p.err("PASS wrong")
     check(r.startswith(b"-ERR [AUTH]"), "bad password: %s" % short(r))
+
+
+@test(modes=BOTH)
+def intl_submission_utf8_sender(ctx, storage):
+    """AUTH PLAIN with a UTF-8 name (RFC 4616 is UTF-8) on submission; sender_login = strict takes the user's
+    own address with its domain in either IDN form and refuses another's; the message's Received: says
+    UTF8SMTPA (RFC 6531 3.7.3)."""
+    srv = ctx.server(storage=storage, domains=INTL_DOMAINS).start()
+    me = "%s@%s" % (IVAN, IDN_U)
+    c = srv.smtp(port=srv.sub_port)
+    c.expect("AUTH PLAIN " + base64.b64encode(("\0%s\0Passw0rd7" % me).encode()).decode(), 235)
+    for ok in (me, "%s@%s" % (IVAN, IDN_A), "%s@%s" % (IVAN, IDN_U.upper())):
+        c.expect(wire("MAIL FROM:<%s> SMTPUTF8" % ok), 250, "2.1.0")
+        c.expect("RSET", 250)
+    t = c.expect(wire("MAIL FROM:<%s@example.test> SMTPUTF8" % PETR), 553, "5.7.1")
+    check("not owned by user" in t, "553: %s" % short(t))
+    c.expect(wire("MAIL FROM:<%s> SMTPUTF8" % me), 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("DATA", 354)
+    tk = tok()
+    c.send(intl_msg(tk, "alice@example.test", me) + b".\r\n")
+    code, text = c.reply()
+    check(code == 250, "end of data: %s" % short(text))
+    c.expect("QUIT", 221)
+    got = stored(srv, "alice@example.test")
+    check(len(got) == 1 and token_of(got[0]) == tk and b"with UTF8SMTPA id" in got[0] and
+          ("Return-Path: <%s>" % me).encode() in got[0], "alice got: %s" % short(got, 400))
 
 
 @test()
