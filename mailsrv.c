@@ -3536,7 +3536,18 @@ list_is_address(const struct cfg_list *l, const char *local, const char *domain,
 static const struct cfg_list *
 list_match(const struct ms_config *c, const char *local, const char *domain, int *kind, char *token, size_t tn)
 {
+    char a[MS_DOMAIN_MAX + 1];
     int i;
+    if (!ms_is_ascii(domain)) { /* an IDN: lists are kept by the A-label (cfg_list_for_section) */
+        size_t n = strlen(domain);
+        char u[MS_DOMAIN_MAX + 1];
+        if (n && domain[n - 1] == '.') n--;
+        if (n > MS_DOMAIN_MAX) return NULL;
+        memcpy(u, domain, n);
+        u[n] = 0;
+        if (idna_to_ascii(u, a, sizeof a) != 0) return NULL;
+        domain = a;
+    }
     for (i = 0; i < c->nlists; i++)
         if (list_is_address(&c->lists[i], local, domain, kind, token, tn)) return &c->lists[i];
     return NULL;
@@ -3565,14 +3576,16 @@ cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
 static struct cfg_list *
 cfg_list_for_section(struct ms_config *c, const char *addr, int line)
 {
-    char local[MS_PATH_MAX], *at;
+    char local[MS_PATH_MAX], dom[MS_DOMAIN_MAX + 1], *at;
     struct cfg_list *l;
     int i;
     while (*addr == ' ') addr++;
     if (ms_strlcpy(local, addr, sizeof local) != 0 || !(at = strrchr(local, '@'))) goto bad;
     *at = 0;
     ms_lower(local);
-    ms_lower(at + 1);
+    /* an IDN: its A-label, as [domain] keeps it */
+    if (idna_to_ascii(at + 1, dom, sizeof dom) != 0 || (size_t)(at + 1 - local) + strlen(dom) >= sizeof local) goto bad;
+    strcpy(at + 1, dom);
     if (!cfg_safe_component(local, MS_LIST_NAME_MAX) || !cfg_valid_domain(at + 1)) goto bad;
     for (i = 0; i < c->nlists; i++)
         if (strcmp(c->lists[i].name, local) == 0 && strcmp(c->lists[i].domain, at + 1) == 0) return &c->lists[i];

@@ -1917,6 +1917,26 @@ test_utf8_idna(void)
         ASSERT(cfg_find_domain(&c, "Example.org") == &d[0]);
         ASSERT(cfg_find_domain(&c, "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb.test") == NULL); /* школ.test */
     }
+    { /* an INI with an IDN domain and list in U-labels: kept as A-labels, found by either form */
+        struct ms_config *c = cfg_load("unit-idn.ini", "[server]\nsmtp = 127.0.0.1:2525\n[domain \xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test]\n"
+                                       "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd = Passw0rd7\n[alias xn--80atdl2c.test]\n"
+                                       "postmaster = \xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd\n"
+                                       "[list news@\xd0\xa8\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test]\nowner = x@example.org\n"
+                                       "[route]\n\xd1\x82\xd0\xb5\xd1\x81\xd1\x82.test = 127.0.0.1:25\n");
+        int kind;
+        struct targets t = {0};
+        ASSERT(c->nerrors == 0 && c->ndomains == 1 && strcmp(c->domains[0].name, "xn--80atdl2c.test") == 0);
+        ASSERT(c->nlists == 1 && strcmp(c->lists[0].domain, "xn--80atdl2c.test") == 0);
+        ASSERT(c->nroutes == 1 && strcmp(c->routes[0].domain, "xn--e1aybc.test") == 0);
+        ASSERT(list_match(c, "news", "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", &kind, NULL, 0) == &c->lists[0]);
+        ASSERT(list_match(c, "news-subscribe", "XN--80ATDL2C.test.", &kind, NULL, 0) == &c->lists[0] && kind == LK_SUBSCRIBE);
+        ASSERT(cfg_resolve(c, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", &t, 0) == RES_OK);
+        ASSERT(t.n == 1 && strcmp(t.v[0], "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@xn--80atdl2c.test") == 0);
+        targets_free(&t);
+        ASSERT(cfg_sender_owned(c, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@\xd0\xa8\xd0\x9a\xd0\x9e\xd0\x9b\xd0\x90.test",
+                                "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@xn--80atdl2c.test"));
+        cfg_free(c);
+    }
     /* local parts: UTF-8 is a safe path component where names may be UTF-8; ill-formed never */
     ASSERT(cfg_safe_component("\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", MS_LOCAL_MAX) == MS_UTF8_NAMES);
     ASSERT(!cfg_safe_component("\xd0\xb8\xc0\xaf", MS_LOCAL_MAX));

@@ -258,3 +258,27 @@ def intl_relay_postfix_with_and_without_smtputf8(ctx):
           b"SMTPUTF8" in bounce[0], "the bounce: %s" % short(bounce, 800))
     for rcpt in r2:
         check(rcpt.encode() in bounce[0], "the bounce does not name %s" % rcpt)
+
+
+@test()
+def intl_list_on_an_idn(ctx):
+    """[list news@школа.test]: the list of an IDN domain, named in either form. A subscription request to
+    news-subscribe@школа.test (SMTPUTF8) gets a confirmation whose Reply-To is the list's A-label address;
+    once confirmed, a post to news@школа.test reaches the member."""
+    import re
+    srv = ctx.server(domains=INTL_DOMAINS, sections={"list news@%s" % IDN_U: {"owner": "alice@example.test",
+                                                                              "post": "members"}}).start()
+    req = ("From: <alice@example.test>\r\nTo: <news-subscribe@%s>\r\nSubject: subscribe\r\nMessage-ID: <%s@client.test>"
+           "\r\n\r\nplease\r\n" % (IDN_U, tok())).encode()
+    check(send_utf8(srv.smtp_port, "alice@example.test", ["news-subscribe@%s" % IDN_U], req) == {}, "request refused")
+    conf = wait_for(lambda: [m for m in stored(srv, "alice@example.test") if b"news-confirm-" in m], 10, "the confirmation")
+    m = re.search(rb"Reply-To: <(news-confirm-[0-9a-f]+)@xn--80atdl2c\.test>", conf[0])
+    check(m, "no Reply-To with the A-label: %s" % short(conf[0], 500))
+    code_addr = m.group(1).decode() + "@" + IDN_U  # answered with the U-label: the same list
+    ans = ("From: <alice@example.test>\r\nTo: <%s>\r\nSubject: Re: Confirm\r\nMessage-ID: <%s@client.test>\r\n\r\nyes\r\n"
+           % (code_addr, tok())).encode()
+    check(send_utf8(srv.smtp_port, "alice@example.test", [code_addr], ans) == {}, "confirmation refused")
+    t = tok()
+    check(send_utf8(srv.smtp_port, "alice@example.test", ["news@%s" % IDN_U],
+                    intl_msg(t, "news@%s" % IDN_U, "alice@example.test")) == {}, "post refused")
+    wait_for(lambda: t in [token_of(x) for x in stored(srv, "alice@example.test")], 10, "the post at its member")
