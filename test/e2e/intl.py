@@ -282,3 +282,20 @@ def intl_list_on_an_idn(ctx):
     check(send_utf8(srv.smtp_port, "alice@example.test", ["news@%s" % IDN_U],
                     intl_msg(t, "news@%s" % IDN_U, "alice@example.test")) == {}, "post refused")
     wait_for(lambda: t in [token_of(x) for x in stored(srv, "alice@example.test")], 10, "the post at its member")
+
+
+@test(modes=BOTH)
+def intl_http_api_utf8_mailbox(ctx, storage):
+    """The HTTP API with a UTF-8 mailbox: a Basic login in UTF-8 (RFC 7617) by either IDN form sees the
+    message, its UTF-8 Subject and its addresses as sent."""
+    from .http import api_json, need_http
+    need_http()
+    srv = ctx.server(storage=storage, domains=INTL_DOMAINS, server={"http": "auto"}).start()
+    t = tok()
+    rcpt = "%s@%s" % (IVAN, IDN_U)
+    check(send_utf8(srv.smtp_port, "%s@client.test" % PETR, [rcpt], intl_msg(t, rcpt, "%s@client.test" % PETR)) == {}, "refused")
+    for login in (rcpt, "%s@%s" % (IVAN, IDN_A)):
+        lst = api_json(srv, "/api/v1/messages", auth=(login, "Passw0rd7"))
+        check(lst["total"] == 1 and lst["messages"][0]["Subject"] == "Привет, %s" % t, "as %s: %s" % (login, short(lst, 400)))
+        m = lst["messages"][0]
+        check(m["From"]["Address"] == "%s@client.test" % PETR and m["To"][0]["Address"] == rcpt, "addresses: %r" % m)
