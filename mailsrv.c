@@ -90,7 +90,8 @@
 /*==== 2. Limits and defaults ====*/
 
 #define MS_SMTP_LINE_MAX 512      /* RFC 5321 4.5.3.1.4: command line incl. CRLF */
-/* RFC 6531 3.7.4.1 (553 and 5.6.7, RFC 6533 3.4): a non-ASCII path in a transaction without SMTPUTF8 */
+/* A non-ASCII path in a transaction without SMTPUTF8: 553 and X.6.7 "Non-ASCII addresses not
+ * permitted for that sender/recipient" (RFC 6531's enhanced status code, in RFC 5248's registry) */
 #define MS_SMTP_NEED_UTF8 "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter of MAIL FROM"
 #define MS_TEXT_LINE_MAX 1000     /* RFC 5321 4.5.3.1.6: text line incl. CRLF */
 #define MS_PATH_MAX 256           /* RFC 5321 4.5.3.1.3: reverse/forward path */
@@ -911,8 +912,8 @@ net_listen_opts(ms_sock_t s)
 
 /* Files: CRT descriptors in binary mode; durability through _commit
  * (FlushFileBuffers). Names are UTF-8 in mailsrv (mailbox names may be:
- * MS_UTF8_NAMES) and go to the wide ("W") API; one that is not UTF-8 (a path
- * from the command line, in the ANSI code page) is read in that code page. */
+ * MS_UTF8_NAMES; the command line is made UTF-8: os_args_utf8) and go to the
+ * wide ("W") API; one that is not UTF-8 is read in the ANSI code page. */
 #define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
 #define MS_O_NOBLOCK 0  /* no FIFOs among files */
 #define MS_WPATH MS_PATH_MESSAGE /* wide characters: no name mailsrv makes is longer in bytes */
