@@ -10425,10 +10425,11 @@ auth_begin(struct conn *c, const char *login, const char *pass)
     c->login = l;
     c->work = login_step;
     if (c->ms->cfg->capture && at && (size_t)(at - login) <= MS_LOCAL_MAX) { /* any captured address, any password */
+        char a[MS_DOMAIN_MAX + 1]; /* an IDN by its A-label, as the capture stored it (smtp_do_rcpt) */
         memcpy(local, login, (size_t)(at - login));
         local[at - login] = 0;
-        l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && cfg_valid_domain(at + 1) &&
-                      ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, at + 1) >= 0;
+        l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && idna_to_ascii(at + 1, a, sizeof a) == 0 &&
+                      cfg_valid_domain(a) && ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, a) >= 0;
         ms_lower(l->mailbox);
         return;
     }

@@ -299,3 +299,21 @@ def intl_http_api_utf8_mailbox(ctx, storage):
         check(lst["total"] == 1 and lst["messages"][0]["Subject"] == "Привет, %s" % t, "as %s: %s" % (login, short(lst, 400)))
         m = lst["messages"][0]
         check(m["From"]["Address"] == "%s@client.test" % PETR and m["To"][0]["Address"] == rcpt, "addresses: %r" % m)
+
+
+@test(modes=BOTH)
+def intl_capture_utf8(ctx, storage):
+    """Capture mode keeps mail for any UTF-8 address (SMTPUTF8) in SPOOL/A-LABEL/LOCAL, and POP3 (any password)
+    opens it by either form of the domain."""
+    srv = ctx.server(storage=storage, server={"capture": "yes"}).start()
+    t = tok()
+    rcpt = "%s@%s" % (IVAN, IDN_U)
+    check(send_utf8(srv.smtp_port, SENDER, [rcpt], intl_msg(t, rcpt, SENDER)) == {}, "refused")
+    want = IVAN + (".mbox" if storage == "mbox" else "")
+    check(want in os.listdir(os.path.join(srv.spool, IDN_A)), "spool/%s: %s" % (IDN_A, os.listdir(srv.spool)))
+    for login in (rcpt, "%s@%s" % (IVAN, IDN_A)):
+        p = srv.pop()
+        p.ok("UTF8")
+        p.login(wire(login), "anything")
+        check(p.stat()[0] == 1 and token_of(p.retr(1)) == t, "as %s" % login)
+        p.quit()
