@@ -90,6 +90,9 @@
 /*==== 2. Limits and defaults ====*/
 
 #define MS_SMTP_LINE_MAX 512      /* RFC 5321 4.5.3.1.4: command line incl. CRLF */
+/* A non-ASCII path in a transaction without SMTPUTF8: 553 and X.6.7 "Non-ASCII addresses not
+ * permitted for that sender/recipient" (RFC 6531's enhanced status code, in RFC 5248's registry) */
+#define MS_SMTP_NEED_UTF8 "553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter of MAIL FROM"
 #define MS_TEXT_LINE_MAX 1000     /* RFC 5321 4.5.3.1.6: text line incl. CRLF */
 #define MS_PATH_MAX 256           /* RFC 5321 4.5.3.1.3: reverse/forward path */
 #define MS_LOCAL_MAX 64           /* RFC 5321 4.5.3.1.1 */
@@ -302,6 +305,7 @@ typedef int ms_sock_t;
 #define MS_BAD_SOCK (-1)
 #define MS_MAILDIR_INFO ':'
 #define MS_DIR_MTIMES 1 /* POSIX: link(), rename() and unlink() update the folder's mtime */
+#define MS_UTF8_NAMES 1 /* file names are bytes: a UTF-8 mailbox name is its folder's name */
 typedef struct pollfd ms_pollfd;
 
 static int64_t
@@ -625,6 +629,9 @@ os_dir_next(void *dir)
 static int os_path_is_absolute(const char *p) { return p[0] == '/'; }
 static const char *os_last_sep(const char *p) { return strrchr(p, '/'); }
 
+/* main's arguments are bytes already: UTF-8 where the names are. */
+static void os_args_utf8(int *argc, char ***argv) { (void)argc; (void)argv; }
+
 /* Signals only set flags; the loop acts on them. */
 static struct mailsrv *os_signal_target;
 static void os_on_stop(int sig) { (void)sig; if (os_signal_target) mailsrv_stop(os_signal_target); }
@@ -782,6 +789,7 @@ typedef SOCKET ms_sock_t;
 #define MS_AF_LOCAL (-1) /* no Unix socket listeners: the INI refuses a path for lmtp */
 #define MS_MAILDIR_INFO '!' /* ':' would name an NTFS alternate data stream */
 #define MS_DIR_MTIMES 0 /* FAT and exFAT never update a folder's mtime: a Maildir is always listed */
+#define MS_UTF8_NAMES 1 /* file names go through the wide API as UTF-8 (os_wide) */
 typedef WSAPOLLFD ms_pollfd;
 
 static int64_t os_now_ms(void) { return (int64_t)GetTickCount64(); }
@@ -954,7 +962,9 @@ net_listen_opts(ms_sock_t s)
 }
 
 /* Files: CRT descriptors in binary mode; durability through _commit
- * (FlushFileBuffers). */
+ * (FlushFileBuffers). Names are UTF-8 in mailsrv (mailbox names may be:
+ * MS_UTF8_NAMES; the command line is made UTF-8: os_args_utf8) and go to the
+ * wide ("W") API; one that is not UTF-8 is read in the ANSI code page. */
 #define MS_O_NOFOLLOW 0 /* os_lstat_kind() tells links (reparse points) */
 #define MS_O_NOBLOCK 0  /* no FIFOs among files */
 /* MS_O_LINKS (with O_RDWR | O_CREAT | O_EXCL only): a file that gets hard links (a message in
@@ -963,6 +973,16 @@ net_listen_opts(ms_sock_t s)
  * the file is closed left its copies in place. */
 #define MS_O_LINKS 0x40000000
 static int os_open(const char *path, int flags, int mode);
+#define MS_WPATH MS_PATH_MESSAGE /* wide characters: no name mailsrv makes is longer in bytes */
+static wchar_t *
+os_wide(const char *path, wchar_t *w)
+{
+    if (MultiByteToWideChar(CP_UTF8, MB_ERR_INVALID_CHARS, path, -1, w, MS_WPATH) > 0 ||
+        MultiByteToWideChar(CP_ACP, 0, path, -1, w, MS_WPATH) > 0)
+        return w;
+    errno = ENAMETOOLONG;
+    return NULL;
+}
 static int os_close(int fd) { return _close(fd); }
 static long os_write(int fd, const void *buf, size_t n) { return (long)_write(fd, buf, (unsigned)n); }
 static long os_read(int fd, void *buf, size_t n) { return (long)_read(fd, buf, (unsigned)n); }
@@ -981,8 +1001,8 @@ os_pwrite(int fd, const void *buf, size_t n, int64_t off)
 }
 static int os_fsync(int fd) { return _commit(fd); }
 static int os_truncate(int fd, int64_t len) { return _chsize_s(fd, len) == 0 ? 0 : -1; }
-static int os_mkdir(const char *p) { return _mkdir(p); }
-static int os_unlink(const char *p) { return _unlink(p); }
+static int os_mkdir(const char *p) { wchar_t w[MS_WPATH]; return os_wide(p, w) ? _wmkdir(w) : -1; }
+static int os_unlink(const char *p) { wchar_t w[MS_WPATH]; return os_wide(p, w) ? _wunlink(w) : -1; }
 
 static void
 os_set_errno(void)
@@ -997,8 +1017,10 @@ os_open(const char *path, int flags, int mode)
 {
     HANDLE h;
     int fd;
-    if (!(flags & MS_O_LINKS)) return _open(path, flags | _O_BINARY | _O_NOINHERIT, mode);
-    h = CreateFileA(path, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
+    wchar_t w[MS_WPATH];
+    if (!os_wide(path, w)) return -1;
+    if (!(flags & MS_O_LINKS)) return _wopen(w, flags | _O_BINARY | _O_NOINHERIT, mode);
+    h = CreateFileW(w, GENERIC_READ | GENERIC_WRITE, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE, NULL,
                     CREATE_NEW, FILE_ATTRIBUTE_NORMAL, NULL); /* not inherited: no security attributes */
     if (h == INVALID_HANDLE_VALUE) { os_set_errno(); return -1; }
     if ((fd = _open_osfhandle((intptr_t)h, _O_RDWR | _O_BINARY)) < 0) CloseHandle(h);
@@ -1007,7 +1029,9 @@ os_open(const char *path, int flags, int mode)
 static int
 os_link(const char *from, const char *to)
 {
-    if (CreateHardLinkA(to, from, NULL)) return 0;
+    wchar_t wf[MS_WPATH], wt[MS_WPATH];
+    if (!os_wide(from, wf) || !os_wide(to, wt)) return -1;
+    if (CreateHardLinkW(wt, wf, NULL)) return 0;
     os_set_errno();
     return -1;
 }
@@ -1015,7 +1039,9 @@ os_link(const char *from, const char *to)
 static int
 os_replace(const char *from, const char *to)
 {
-    if (MoveFileExA(from, to, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return 0;
+    wchar_t wf[MS_WPATH], wt[MS_WPATH];
+    if (!os_wide(from, wf) || !os_wide(to, wt)) return -1;
+    if (MoveFileExW(wf, wt, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return 0;
     os_set_errno();
     return -1;
 }
@@ -1027,7 +1053,8 @@ static int
 os_stat(const char *path, struct os_stat *st)
 {
     struct _stati64 sb;
-    if (_stati64(path, &sb) != 0) return -1;
+    wchar_t w[MS_WPATH];
+    if (!os_wide(path, w) || _wstati64(w, &sb) != 0) return -1;
     st->size = (int64_t)sb.st_size;
     st->mtime = (int64_t)sb.st_mtime;
     st->mtime_ns = 0;
@@ -1057,7 +1084,8 @@ os_fstat(int fd, struct os_stat *st)
 static int
 os_lstat_kind(const char *path)
 {
-    DWORD a = GetFileAttributesA(path);
+    wchar_t w[MS_WPATH];
+    DWORD a = os_wide(path, w) ? GetFileAttributesW(w) : INVALID_FILE_ATTRIBUTES;
     if (a == INVALID_FILE_ATTRIBUTES) {
         DWORD e = GetLastError();
         return e == ERROR_FILE_NOT_FOUND || e == ERROR_PATH_NOT_FOUND ? OS_MISSING : -1;
@@ -1069,7 +1097,8 @@ static int64_t
 os_free_space(const char *path)
 {
     ULARGE_INTEGER avail;
-    if (!GetDiskFreeSpaceExA(path, &avail, NULL, NULL)) return -1;
+    wchar_t w[MS_WPATH];
+    if (!os_wide(path, w) || !GetDiskFreeSpaceExW(w, &avail, NULL, NULL)) return -1;
     return (int64_t)avail.QuadPart;
 }
 
@@ -1083,14 +1112,18 @@ os_lock(int fd, int lock)
     return UnlockFileEx(h, 0, MAXDWORD, MAXDWORD, &ov) ? 0 : -1;
 }
 
-struct os_dir { HANDLE h; WIN32_FIND_DATAA found; int unread; };
+/* Entries come back as UTF-8 (name: MAX_PATH UTF-16 units, 3 bytes each at most). */
+struct os_dir { HANDLE h; WIN32_FIND_DATAW found; int unread; char name[MAX_PATH * 3 + 1]; };
 static void *
 os_dir_open(const char *path)
 {
     char pattern[MS_PATH_MESSAGE];
+    wchar_t w[MS_WPATH];
     struct os_dir *d;
-    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern || !(d = malloc(sizeof *d))) return NULL;
-    d->h = FindFirstFileA(pattern, &d->found);
+    if (snprintf(pattern, sizeof pattern, "%s/*", path) >= (int)sizeof pattern || !os_wide(pattern, w) ||
+        !(d = malloc(sizeof *d)))
+        return NULL;
+    d->h = FindFirstFileW(w, &d->found);
     if (d->h == INVALID_HANDLE_VALUE) { free(d); return NULL; }
     d->unread = 1; /* FindFirstFile has read the first entry */
     return d;
@@ -1102,8 +1135,10 @@ os_dir_next(void *dir)
     struct os_dir *d = dir;
     for (;;) {
         if (d->unread) d->unread = 0;
-        else if (!FindNextFileA(d->h, &d->found)) return NULL;
-        if (d->found.cFileName[0] != '.') return d->found.cFileName;
+        else if (!FindNextFileW(d->h, &d->found)) return NULL;
+        if (d->found.cFileName[0] != L'.' &&
+            WideCharToMultiByte(CP_UTF8, 0, d->found.cFileName, -1, d->name, (int)sizeof d->name, NULL, NULL) > 0)
+            return d->name;
     }
 }
 
@@ -1117,6 +1152,28 @@ os_last_sep(const char *p)
 {
     const char *a = strrchr(p, '/'), *b = strrchr(p, '\\');
     return a > b ? a : b;
+}
+
+/* main's arguments come in the ANSI code page, which cannot hold every name
+ * (иван@школа.test): the command line again, as UTF-8 (shell32's splitting,
+ * the CRT's rules). Left as they are if that fails. Kept for the process's life, and
+ * shell32 stays loaded. */
+static void
+os_args_utf8(int *argc, char ***argv)
+{
+    typedef LPWSTR *(WINAPI *split_fn)(LPCWSTR, int *);
+    HMODULE lib = LoadLibraryA("shell32.dll");
+    split_fn split = lib ? (split_fn)(void (*)(void))GetProcAddress(lib, "CommandLineToArgvW") : NULL;
+    int i, n = 0, ok;
+    LPWSTR *w = split ? split(GetCommandLineW(), &n) : NULL;
+    char **v = NULL;
+    ok = w != NULL && n == *argc && (v = calloc((size_t)n + 1, sizeof *v)) != NULL;
+    for (i = 0; ok && i < n; i++) {
+        int k = WideCharToMultiByte(CP_UTF8, 0, w[i], -1, NULL, 0, NULL, NULL);
+        ok = k > 0 && (v[i] = malloc((size_t)k)) != NULL && WideCharToMultiByte(CP_UTF8, 0, w[i], -1, v[i], k, NULL, NULL) > 0;
+    }
+    if (ok) *argv = v; /* else the ANSI ones stay (v's strings are not freed: a failure at start) */
+    if (w) LocalFree(w);
 }
 
 /* Ctrl+C, Ctrl+Break and console close stop the server cleanly. */
@@ -1596,6 +1653,7 @@ static void os_dir_close(void *dir);
 static const char * os_dir_next(void *dir);
 static int os_path_is_absolute(const char *p);
 static const char *os_last_sep(const char *p);
+static void os_args_utf8(int *argc, char ***argv);
 static void os_install_signals(struct mailsrv *ms);
 static int os_net_start(void);
 static void os_net_stop(void);
@@ -1660,6 +1718,17 @@ static int pbkdf2_step(struct pbkdf2 *st, unsigned *budget);
 static void pbkdf2_sha256(const char *pass, const unsigned char *salt, size_t saltlen, unsigned iter, unsigned char out[32]);
 static size_t b64_encode(const unsigned char *in, size_t n, char *out, int pad);
 static long b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax);
+static long utf8_decode(const unsigned char *s, size_t n, size_t *len);
+static int utf8_valid(const char *s, size_t n);
+static int ms_is_ascii(const char *s);
+static long uc_lower(long v);
+static uint32_t puny_adapt(uint32_t delta, uint32_t npoints, int first);
+static uint32_t puny_t(uint32_t k, uint32_t bias);
+static int puny_encode(const uint32_t *cp, size_t n, char *out, size_t cap);
+static int puny_decode(const char *in, size_t n, uint32_t *cp, size_t cap);
+static size_t utf8_put(char *out, uint32_t cp);
+static int idna_to_unicode(const char *in, char *out, size_t cap);
+static int idna_to_ascii(const char *in, char *out, size_t cap);
 static int pass_hash(const char *pass, unsigned iter, char *out, size_t n);
 static int pass_is_hash(const char *stored);
 static int pass_parse_hash(const char *stored, unsigned *iter, unsigned char *salt, size_t *saltlen, unsigned char hash[32]);
@@ -1715,6 +1784,7 @@ static struct ms_config * cfg_load_ex(const char *path, const char *text, int tl
 static struct ms_config *cfg_load(const char *path, const char *text);
 static int cfg_listens_beyond_loopback(const struct ms_config *c);
 static const char * edit_line_end(const char *p, const char *end);
+static int edit_name_eq(const char *a, const char *b);
 static void edit_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct edit_span *sp);
 static void edit_line_key(const char *p, const char *e, char *key, size_t n);
 static char * cfg_edit_mailbox(const char *text, size_t len, const char *user, const char *domain, const char *hash, char *err, size_t errn);
@@ -1728,6 +1798,7 @@ static long xtext_encode(const char *in, size_t len, char *out, size_t n);
 static int dsn_mail_param(const char *param, struct dsn_mail *d);
 static int dsn_rcpt_param(const char *param, int *notify, char *orcpt);
 static void dsn_notify_text(int notify, char *out, size_t n);
+static int smtp_path_utf8(const char *local, const char *domain, int smtputf8);
 static void data_rx_init(struct data_rx *d);
 static size_t data_rx_feed(struct data_rx *d, const char *in, size_t n, char *out, size_t cap, size_t *olen, int *done);
 static size_t data_rx_finish(struct data_rx *d, char *out);
@@ -1982,6 +2053,7 @@ static void smtp_do_mail(struct conn *c, const char *args);
 static void smtp_rcpt_dsn(struct conn *c, int n0, int notify, const char *orcpt, const char *local, const char *domain);
 static void smtp_do_rcpt(struct conn *c, const char *args);
 static int smtp_write_data(struct smtp_sess *s, const char *p, size_t n);
+static const char * smtp_with(const struct conn *c);
 static int smtp_msg_begin(struct conn *c, int raw);
 static void smtp_do_data(struct conn *c, const char *args);
 static void smtp_do_bdat(struct conn *c, const char *args);
@@ -2025,6 +2097,7 @@ static const char * pop_do_pass(struct conn *c, const char *args);
 static const char * pop_do_auth(struct conn *c, const char *args);
 static const char * pop_do_stls(struct conn *c, const char *args);
 static const char * pop_do_capa(struct conn *c, const char *args);
+static const char * pop_do_utf8(struct conn *c, const char *args);
 static const char * pop_do_quit(struct conn *c, const char *args);
 static int pop_update_step(struct conn *c, int64_t until);
 static const char * pop_do_stat(struct conn *c, const char *args);
@@ -2068,6 +2141,8 @@ static void mta_dns_answer(struct mta_sess *o, int rc, const struct dns_result *
 static int mta_next_rcpt(struct mta_sess *o, int from);
 static void mta_fail_session(struct mta_sess *o, const char *why);
 static void mta_broken(struct mta_sess *o, const char *why);
+static int mta_needs_utf8(const struct mta_sess *o);
+static int mta_utf8_refused(struct mta_sess *o);
 static void mta_set_accepted(struct mta_sess *o, int result, const char *reply);
 static void mta_dsn_params(const struct mta_sess *o, const struct qrcpt *r, char *out, size_t n);
 static void mta_send_mail(struct mta_sess *o);
@@ -2672,6 +2747,279 @@ b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
     return (long)o;
 }
 
+
+/* ---- UTF-8 (RFC 3629) and IDNA's Punycode (RFC 3492) ---- */
+
+/* One code point of well-formed UTF-8 at s (n bytes left): its value, and
+ * its length in *len; -1 for an ill-formed sequence: a stray continuation
+ * byte, one cut short, an overlong form, a surrogate (U+D800..DFFF) or a
+ * value above U+10FFFF (RFC 3629 3 and 10). */
+static long
+utf8_decode(const unsigned char *s, size_t n, size_t *len)
+{
+    static const long min[4] = {0, 0x80, 0x800, 0x10000};
+    long v;
+    size_t k, i;
+    if (n == 0) return -1;
+    if (s[0] < 0x80) { *len = 1; return s[0]; }
+    if (s[0] < 0xc2 || s[0] > 0xf4) return -1; /* C0/C1 lead bytes are overlong; F5..FF above U+10FFFF */
+    k = s[0] < 0xe0 ? 2 : s[0] < 0xf0 ? 3 : 4;
+    if (n < k) return -1;
+    v = s[0] & (0x7f >> k);
+    for (i = 1; i < k; i++) {
+        if ((s[i] & 0xc0) != 0x80) return -1;
+        v = (v << 6) | (s[i] & 0x3f);
+    }
+    if (v < min[k - 1] || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff)) return -1;
+    *len = k;
+    return v;
+}
+
+/* Text for an address or a name: well-formed UTF-8 without control
+ * characters (C0, DEL, C1 U+0080..009F: RFC 6532 3.2's UTF8-non-ascii and
+ * RFC 5198's advice), so that nothing invisible is matched or stored. */
+static int
+utf8_valid(const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, len;
+    while (i < n) {
+        long v = utf8_decode(p + i, n - i, &len);
+        if (v < 0x20 || v == 0x7f || (v >= 0x80 && v <= 0x9f)) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* Whether s has no byte above 0x7f. */
+static int
+ms_is_ascii(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80) return 0;
+    return 1;
+}
+
+/* A lower-case code point where that is cheap: ASCII, Latin-1, Greek and
+ * Cyrillic capitals (no other scripts, no full Unicode case folding). */
+static long
+uc_lower(long v)
+{
+    if (v >= 'A' && v <= 'Z') return v + 32;
+    if ((v >= 0xc0 && v <= 0xde && v != 0xd7) || (v >= 0x391 && v <= 0x3ab && v != 0x3a2) || (v >= 0x410 && v <= 0x42f))
+        return v + 32;
+    if (v >= 0x400 && v <= 0x40f) return v + 80;
+    return v;
+}
+
+#define PUNY_BASE 36 /* RFC 3492 5: the parameters for IDNA */
+#define PUNY_TMIN 1
+#define PUNY_TMAX 26
+
+static uint32_t
+puny_adapt(uint32_t delta, uint32_t npoints, int first) /* RFC 3492 6.1 */
+{
+    uint32_t k = 0;
+    delta = first ? delta / 700 : delta / 2; /* damp 700 */
+    delta += delta / npoints;
+    while (delta > ((PUNY_BASE - PUNY_TMIN) * PUNY_TMAX) / 2) {
+        delta /= PUNY_BASE - PUNY_TMIN;
+        k += PUNY_BASE;
+    }
+    return k + (PUNY_BASE - PUNY_TMIN + 1) * delta / (delta + 38); /* skew 38 */
+}
+
+static uint32_t
+puny_t(uint32_t k, uint32_t bias)
+{
+    return k <= bias ? PUNY_TMIN : k >= bias + PUNY_TMAX ? PUNY_TMAX : k - bias;
+}
+
+/* RFC 3492 6.3: n code points to Punycode (lower-case digits, basic code
+ * points as they are), NUL-terminated in out. Its length, or -1 if it does
+ * not fit in cap or overflows. */
+static int
+puny_encode(const uint32_t *cp, size_t n, char *out, size_t cap)
+{
+    uint32_t m, q, k, t, delta = 0, bias = 72, cur = 128, h, b = 0;
+    size_t o = 0, j;
+#define PUNY_PUT(ch) do { if (o + 1 >= cap) return -1; out[o++] = (char)(ch); } while (0)
+#define PUNY_DIGIT(d) ((d) < 26 ? 'a' + (d) : '0' + (d) - 26)
+    for (j = 0; j < n; j++)
+        if (cp[j] < 0x80) { PUNY_PUT(cp[j]); b++; }
+    h = b;
+    if (b > 0) PUNY_PUT('-');
+    while (h < n) {
+        for (m = UINT32_MAX, j = 0; j < n; j++)
+            if (cp[j] >= cur && cp[j] < m) m = cp[j];
+        if (m - cur > (UINT32_MAX - delta) / (h + 1)) return -1;
+        delta += (m - cur) * (h + 1);
+        cur = m;
+        for (j = 0; j < n; j++) {
+            if (cp[j] < cur && ++delta == 0) return -1;
+            if (cp[j] != cur) continue;
+            for (q = delta, k = PUNY_BASE;; k += PUNY_BASE) {
+                t = puny_t(k, bias);
+                if (q < t) break;
+                PUNY_PUT(PUNY_DIGIT(t + (q - t) % (PUNY_BASE - t)));
+                q = (q - t) / (PUNY_BASE - t);
+            }
+            PUNY_PUT(PUNY_DIGIT(q));
+            bias = puny_adapt(delta, h + 1, h == b);
+            delta = 0;
+            h++;
+        }
+        delta++;
+        cur++;
+    }
+#undef PUNY_PUT
+#undef PUNY_DIGIT
+    out[o] = 0;
+    return (int)o;
+}
+
+/* RFC 3492 6.2: Punycode (n bytes, without "xn--") to at most cap code
+ * points; how many, or -1 if malformed, over cap, or not a Unicode scalar value. */
+static int
+puny_decode(const char *in, size_t n, uint32_t *cp, size_t cap)
+{
+    uint32_t i = 0, cur = 128, bias = 72, oldi, w, k, t, d;
+    size_t o = 0, b = 0, j;
+    for (j = 0; j < n; j++)
+        if (in[j] == '-') b = j;
+    for (j = 0; j < b; j++) {
+        if ((unsigned char)in[j] >= 0x80 || o >= cap) return -1;
+        cp[o++] = (unsigned char)in[j];
+    }
+    for (j = b > 0 ? b + 1 : 0; j < n;) {
+        for (oldi = i, w = 1, k = PUNY_BASE;; k += PUNY_BASE) {
+            unsigned char ch;
+            if (j >= n) return -1;
+            ch = (unsigned char)in[j++];
+            if (ch >= '0' && ch <= '9') d = ch - '0' + 26u;
+            else if (ch >= 'a' && ch <= 'z') d = ch - 'a';
+            else if (ch >= 'A' && ch <= 'Z') d = ch - 'A';
+            else return -1;
+            if (d > (UINT32_MAX - i) / w) return -1;
+            i += d * w;
+            t = puny_t(k, bias);
+            if (d < t) break;
+            if (w > UINT32_MAX / (PUNY_BASE - t)) return -1;
+            w *= PUNY_BASE - t;
+        }
+        if (o >= cap) return -1;
+        bias = puny_adapt(i - oldi, (uint32_t)o + 1, oldi == 0);
+        if (i / (o + 1) > UINT32_MAX - cur) return -1;
+        cur += i / ((uint32_t)o + 1);
+        i %= (uint32_t)o + 1;
+        if (cur > 0x10ffff || (cur >= 0xd800 && cur <= 0xdfff) || cur < 0x80) return -1;
+        memmove(cp + i + 1, cp + i, (o - i) * sizeof *cp);
+        cp[i++] = cur;
+        o++;
+    }
+    return (int)o;
+}
+
+/* Writes code point cp as UTF-8 (1 to 4 bytes): how many. */
+static size_t
+utf8_put(char *out, uint32_t cp)
+{
+    if (cp < 0x80) { out[0] = (char)cp; return 1; }
+    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | cp >> 12); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | cp >> 18); out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* A domain name for people to read: each A-label as its U-label (RFC 3492
+ * decoding), the rest as it is. -1 if an A-label does not decode or out
+ * (cap bytes) is too small. */
+static int
+idna_to_unicode(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    while (*in) {
+        size_t len = strcspn(in, "."), i;
+        uint32_t cp[64];
+        int n;
+        char u[4];
+        if (len > 4 && ms_strncaseeq(in, "xn--", 4) && (n = puny_decode(in + 4, len - 4, cp, 63)) > 0) {
+            for (i = 0; i < (size_t)n; i++) {
+                size_t k = utf8_put(u, cp[i]);
+                if (o + k >= cap) return -1;
+                memcpy(out + o, u, k);
+                o += k;
+            }
+        } else if (len > 4 && ms_strncaseeq(in, "xn--", 4)) {
+            return -1;
+        } else {
+            if (o + len >= cap) return -1;
+            memcpy(out + o, in, len);
+            o += len;
+        }
+        in += len;
+        if (*in == '.') {
+            if (o + 1 >= cap) return -1;
+            out[o++] = *in++;
+        }
+    }
+    if (o >= cap) return -1;
+    out[o] = 0;
+    return 0;
+}
+
+/*
+ * A domain name in the form mailsrv compares and stores: ASCII lower case,
+ * each label with non-ASCII characters as its A-label "xn--" + Punycode
+ * (RFC 5890 2.3.2.1, RFC 5891 4.4), after the cheap lower-casing of
+ * uc_lower. Neither NFC (RFC 5891 5.2) nor IDNA2008's code point tables
+ * (RFC 5892) are applied: a name that differs from another only there is
+ * another name. An A-label that is given is kept as it is (lower-cased) once
+ * it decodes. -1 for ill-formed UTF-8, a control character, an A-label that
+ * does not decode, a label over 63 octets or a name over MS_DOMAIN_MAX.
+ */
+static int
+idna_to_ascii(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    const char *p = in;
+    if (cap == 0) return -1;
+    out[0] = 0;
+    while (*p) {
+        size_t len = strcspn(p, "."), need, i = 0, l, n = 0;
+        char label[64];
+        uint32_t cp[64];
+        if (len == 0 || len > MS_DOMAIN_MAX || !utf8_valid(p, len)) return -1;
+        for (i = 0; i < len && (unsigned char)p[i] < 0x80; i++) {}
+        if (i == len) { /* an ASCII label */
+            if (len > 63) return -1;
+            memcpy(label, p, len);
+            label[len] = 0;
+            ms_lower(label);
+            if (strncmp(label, "xn--", 4) == 0 && puny_decode(label + 4, len - 4, cp, 63) < 0) return -1;
+        } else {
+            for (i = 0; i < len; i += l) {
+                long v = utf8_decode((const unsigned char *)p + i, len - i, &l);
+                if (n >= 63) return -1;
+                cp[n++] = (uint32_t)uc_lower(v);
+            }
+            memcpy(label, "xn--", 4);
+            if (puny_encode(cp, n, label + 4, sizeof label - 4) < 0) return -1;
+        }
+        need = strlen(label);
+        if (o + need + (o ? 1 : 0) >= cap || o + need + (o ? 1 : 0) > MS_DOMAIN_MAX) return -1;
+        if (o) out[o++] = '.';
+        memcpy(out + o, label, need + 1);
+        o += need;
+        p += len;
+        if (*p == '.' && !*++p) return -1; /* "a." : the caller drops a root dot first */
+    }
+    return o ? 0 : -1;
+}
 /* ---- password hashes: $pbkdf2-sha256$ITER$SALT$HASH (base64, no padding) ---- */
 #define MS_HASH_PREFIX "$pbkdf2-sha256$"
 
@@ -3236,7 +3584,9 @@ static const struct cfg_key cfg_server_keys[] = {
     {NULL, NULL, 0, 0},
 };
 
-/* A local part or domain label that is safe as one path component. */
+/* A local part or domain label that is safe as one path component: ASCII,
+ * or well-formed UTF-8 without control characters where file names can be
+ * UTF-8 (MS_UTF8_NAMES). */
 static int
 cfg_safe_component(const char *s, size_t max)
 {
@@ -3244,14 +3594,14 @@ cfg_safe_component(const char *s, size_t max)
     if (n == 0 || n > max || s[0] == '.') return 0;
     for (i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (ch <= 0x20 || ch >= 0x7f || ch == '/' || ch == '\\' || ch == ':' || ch == '"' ||
+        if (ch <= 0x20 || ch == 0x7f || ch == '/' || ch == '\\' || ch == ':' || ch == '"' ||
             ch == '*' || ch == '?' || ch == '<' || ch == '>' || ch == '|' || ch == '@' ||
             ch == ',' || ch == ';' || ch == '%' || ch == '!' || ch == '(' || ch == ')' ||
             ch == '[' || ch == ']')
             return 0;
         if (ch == '.' && s[i + 1] == '.') return 0;
     }
-    return 1;
+    return ms_is_ascii(s) || (MS_UTF8_NAMES && utf8_valid(s, n)); /* UTF-8 names: RFC 6531 3.3 */
 }
 
 static int
@@ -3270,9 +3620,19 @@ cfg_valid_domain(const char *s)
 static struct cfg_domain *
 cfg_find_domain(const struct ms_config *c, const char *name)
 {
+    char a[MS_DOMAIN_MAX + 1];
     int i;
     size_t n = strlen(name);
     if (n && name[n - 1] == '.') n--; /* "example.org." is the same domain */
+    if (!ms_is_ascii(name)) { /* a U-label: the domain of its A-label (domains are kept so: cfg_domain_for_section) */
+        char u[MS_DOMAIN_MAX + 1];
+        if (n > MS_DOMAIN_MAX) return NULL;
+        memcpy(u, name, n);
+        u[n] = 0;
+        if (idna_to_ascii(u, a, sizeof a) != 0) return NULL;
+        name = a;
+        n = strlen(a);
+    }
     for (i = 0; i < c->ndomains; i++)
         if (strlen(c->domains[i].name) == n && ms_strncaseeq(c->domains[i].name, name, n))
             return &c->domains[i];
@@ -3325,7 +3685,18 @@ list_is_address(const struct cfg_list *l, const char *local, const char *domain,
 static const struct cfg_list *
 list_match(const struct ms_config *c, const char *local, const char *domain, int *kind, char *token, size_t tn)
 {
+    char a[MS_DOMAIN_MAX + 1];
     int i;
+    if (!ms_is_ascii(domain)) { /* an IDN: lists are kept by the A-label (cfg_list_for_section) */
+        size_t n = strlen(domain);
+        char u[MS_DOMAIN_MAX + 1];
+        if (n && domain[n - 1] == '.') n--;
+        if (n > MS_DOMAIN_MAX) return NULL;
+        memcpy(u, domain, n);
+        u[n] = 0;
+        if (idna_to_ascii(u, a, sizeof a) != 0) return NULL;
+        domain = a;
+    }
     for (i = 0; i < c->nlists; i++)
         if (list_is_address(&c->lists[i], local, domain, kind, token, tn)) return &c->lists[i];
     return NULL;
@@ -3337,11 +3708,11 @@ cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
     struct cfg_domain *d = cfg_find_domain(c, dname);
     char low[MS_DOMAIN_MAX + 1];
     if (d) return d;
-    if (!cfg_valid_domain(dname) || ms_strlcpy(low, dname, sizeof low) != 0) {
+    /* an IDN in either form is kept as its lower-case A-label (idna_to_ascii): one name, one folder */
+    if (idna_to_ascii(dname, low, sizeof low) != 0 || !cfg_valid_domain(low)) {
         cfg_error(c, line, "'%s' is not a valid domain name", dname);
         return NULL;
     }
-    ms_lower(low);
     c->domains = xrealloc(c->domains, sizeof *c->domains * (size_t)(c->ndomains + 1));
     d = &c->domains[c->ndomains++];
     memset(d, 0, sizeof *d);
@@ -3354,14 +3725,16 @@ cfg_domain_for_section(struct ms_config *c, const char *dname, int line)
 static struct cfg_list *
 cfg_list_for_section(struct ms_config *c, const char *addr, int line)
 {
-    char local[MS_PATH_MAX], *at;
+    char local[MS_PATH_MAX], dom[MS_DOMAIN_MAX + 1], *at;
     struct cfg_list *l;
     int i;
     while (*addr == ' ') addr++;
     if (ms_strlcpy(local, addr, sizeof local) != 0 || !(at = strrchr(local, '@'))) goto bad;
     *at = 0;
     ms_lower(local);
-    ms_lower(at + 1);
+    /* an IDN: its A-label, as [domain] keeps it */
+    if (idna_to_ascii(at + 1, dom, sizeof dom) != 0 || (size_t)(at + 1 - local) + strlen(dom) >= sizeof local) goto bad;
+    strcpy(at + 1, dom);
     if (!cfg_safe_component(local, MS_LIST_NAME_MAX) || !cfg_valid_domain(at + 1)) goto bad;
     for (i = 0; i < c->nlists; i++)
         if (strcmp(c->lists[i].name, local) == 0 && strcmp(c->lists[i].domain, at + 1) == 0) return &c->lists[i];
@@ -3417,12 +3790,15 @@ cfg_on_key(void *user, const char *section, const char *name, const char *value,
     } else if (ms_strcaseeq(section, "route")) {
         struct cfg_route r;
         int i;
-        if (!cfg_valid_domain(name)) { cfg_error(c, line, "'%s' is not a valid domain name", name); return 1; }
+        char a[MS_DOMAIN_MAX + 1];
+        if (idna_to_ascii(name, a, sizeof a) != 0 || !cfg_valid_domain(a)) {
+            cfg_error(c, line, "'%s' is not a valid domain name", name);
+            return 1;
+        }
         if (cfg_parse_hop(value, &r.hop, 25) != 0) { cfg_error(c, line, "route for %s: '%s' is not host[:port]", name, value); return 1; }
         for (i = 0; i < c->nroutes; i++)
-            if (ms_strcaseeq(c->routes[i].domain, name)) { cfg_error(c, line, "a second route for %s", name); return 1; }
-        r.domain = xstrdup(name);
-        ms_lower(r.domain);
+            if (strcmp(c->routes[i].domain, a) == 0) { cfg_error(c, line, "a second route for %s", name); return 1; }
+        r.domain = xstrdup(a); /* the A-label of an IDN, lower case, as addr_remote_domain makes a recipient's */
         c->routes = xrealloc(c->routes, sizeof *c->routes * (size_t)(c->nroutes + 1));
         c->routes[c->nroutes++] = r;
     } else if (ms_strncaseeq(section, "domain ", 7) || ms_strncaseeq(section, "alias ", 6)) {
@@ -3560,7 +3936,8 @@ targets_remote(const struct targets *t)
     return n;
 }
 
-/* A local part we relay: RFC 5321 Dot-string (no quoted strings). */
+/* A local part we relay: RFC 5321 Dot-string (no quoted strings), its atext
+ * with UTF-8 (RFC 6531 3.3: UTF8-non-ascii) when well-formed. */
 static int
 addr_dot_string(const char *s)
 {
@@ -3568,18 +3945,22 @@ addr_dot_string(const char *s)
     if (n == 0 || n > MS_LOCAL_MAX || s[0] == '.' || s[n - 1] == '.') return 0;
     for (i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x80) continue;
         if (ch == '.' ? s[i + 1] == '.' : !(isalnum(ch) || strchr("!#$%&'*+-/=?^_`{|}~", ch))) return 0;
     }
-    return 1;
+    return ms_is_ascii(s) || utf8_valid(s, n);
 }
 
-/* A remote domain we relay to: a host name; no address literals. */
+/* A remote domain we relay to: a host name; no address literals. An IDN
+ * becomes its A-label here (idna_to_ascii): DNS and the next hop get ASCII. */
 static int
 addr_remote_domain(char *domain)
 {
+    char a[MS_DOMAIN_MAX + 1];
     size_t n = strlen(domain);
     if (n && domain[n - 1] == '.') domain[n - 1] = 0;
-    ms_lower(domain);
+    if (idna_to_ascii(domain, a, sizeof a) != 0) return 0;
+    strcpy(domain, a); /* domain holds MS_DOMAIN_MAX + 1 bytes, and a fits in them */
     return cfg_valid_domain(domain);
 }
 
@@ -3659,6 +4040,10 @@ cfg_sender_owned(const struct ms_config *c, const char *from, const char *user)
     ms_lower(local);
     if (strcmp(local, user) == 0) return 1;
     *at = 0;
+    if ((d = cfg_find_domain(c, at + 1)) != NULL) { /* user is LOCAL@A-LABEL: the domain as the INI keeps it */
+        char own[MS_PATH_MAX];
+        if (ms_fmt(own, sizeof own, "%s@%s", local, d->name) >= 0 && strcmp(own, user) == 0) return 1;
+    }
     if (!(d = cfg_find_domain(c, at + 1)) || strcmp(local, "*") == 0 || !(a = cfg_find_alias(d, local))) return 0;
     if (cfg_expand_members(c, a->members, d->name, &t, 0) == RES_OK)
         for (i = 0; i < t.n && !owned; i++) owned = !t.remote[i] && strcmp(t.v[i], user) == 0;
@@ -3882,6 +4267,16 @@ edit_line_end(const char *p, const char *end)
 }
 
 /* The first [KIND NAME] section at or after offset from. */
+/* A section's name is the one looked for: in any case, and an IDN in either
+ * form (its U-labels or A-labels: idna_to_ascii). */
+static int
+edit_name_eq(const char *a, const char *b)
+{
+    char x[MS_DOMAIN_MAX + 1], y[MS_DOMAIN_MAX + 1];
+    if (ms_strcaseeq(a, b)) return 1;
+    return idna_to_ascii(a, x, sizeof x) == 0 && idna_to_ascii(b, y, sizeof y) == 0 && strcmp(x, y) == 0;
+}
+
 static void
 edit_find_section(const char *text, size_t len, size_t from, const char *kind, const char *name, struct edit_span *sp)
 {
@@ -3901,7 +4296,7 @@ edit_find_section(const char *text, size_t len, size_t from, const char *kind, c
                 sec[rb - s - 1] = 0;
                 t = ms_trim(sec);
                 if (ms_strncaseeq(t, kind, strlen(kind)) && t[strlen(kind)] == ' ' &&
-                    ms_strcaseeq(ms_trim(t + strlen(kind) + 1), name)) {
+                    edit_name_eq(ms_trim(t + strlen(kind) + 1), name)) {
                     in = sp->found = 1;
                     sp->head = (size_t)(p - text);
                     sp->last_key_end = (size_t)(e - text);
@@ -4198,6 +4593,21 @@ dsn_notify_text(int notify, char *out, size_t n)
     snprintf(out, n, "%s%s%s%s", notify & DSN_NEVER ? "NEVER" : "", notify & DSN_SUCCESS ? "SUCCESS" : "",
              (notify & DSN_SUCCESS) && (notify & (DSN_FAILURE | DSN_DELAY)) ? "," : "",
              notify & DSN_FAILURE ? (notify & DSN_DELAY ? "FAILURE,DELAY" : "FAILURE") : notify & DSN_DELAY ? "DELAY" : "");
+}
+
+/*
+ * RFC 6531 3.3: a path may hold UTF-8 (in its local part, and U-labels in its
+ * domain) only in a transaction whose MAIL declared SMTPUTF8. 0 if the path
+ * is fine; 1 if it holds non-ASCII without SMTPUTF8 (MS_SMTP_NEED_UTF8); -1
+ * if it is not well-formed UTF-8 or holds a control character (utf8_valid).
+ * Lengths stay in octets (RFC 6531 3.3: 64 for the local part).
+ */
+static int
+smtp_path_utf8(const char *local, const char *domain, int smtputf8)
+{
+    if (ms_is_ascii(local) && ms_is_ascii(domain)) return 0;
+    if (!utf8_valid(local, strlen(local)) || !utf8_valid(domain, strlen(domain))) return -1;
+    return smtputf8 ? 0 : 1;
 }
 
 /*
@@ -4761,21 +5171,6 @@ ms_hex4(const char *s, uint32_t *v)
     return 0;
 }
 
-/* Writes code point cp as UTF-8 (1 to 4 bytes): how many. */
-static size_t
-utf8_put(char *out, uint32_t cp)
-{
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xC0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | cp >> 12); out[1] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | cp >> 18); out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
 /* Days from 1970-01-01 to a proleptic Gregorian date (no timegm: not in POSIX.1-2008). */
 static int64_t
 ms_days_from_civil(int64_t y, int m, int d)
@@ -5061,21 +5456,8 @@ http_query(const char *target, const char *name, char *out, size_t on)
 static size_t
 utf8_seq(const unsigned char *s, size_t n)
 {
-    size_t k, i;
-    uint32_t cp;
-    if (s[0] < 0x80) return 1;
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) k = 2, cp = s[0] & 0x1F;
-    else if (s[0] >= 0xE0 && s[0] <= 0xEF) k = 3, cp = s[0] & 0x0F;
-    else if (s[0] >= 0xF0 && s[0] <= 0xF4) k = 4, cp = s[0] & 0x07;
-    else return 0;
-    if (n < k) return 0;
-    for (i = 1; i < k; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = cp << 6 | (s[i] & 0x3F);
-    }
-    if ((k == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) || (k == 4 && (cp < 0x10000 || cp > 0x10FFFF)))
-        return 0;
-    return k;
+    size_t k;
+    return utf8_decode(s, n, &k) < 0 ? 0 : k;
 }
 
 /* A JSON string of s[0..n): escaped, with each byte that is not valid UTF-8 as U+FFFD. */
@@ -7136,6 +7518,7 @@ struct store_msg {
     struct dsn_mail dsn;       /* RET and ENVID (RFC 3461), kept in its queue entry */
     time_t when;
     int hdr_lines;             /* Return-Path and Received lines on top */
+    int smtputf8;              /* MAIL FROM declared SMTPUTF8 (the queue keeps it for the relay) */
     int write_failed;          /* msg_write: a write failed */
     int body_known;            /* eightbit and longlines were seen at receipt or by msg_write (else the relay
                                 * assumes both) */
@@ -7625,6 +8008,7 @@ struct qentry {
     char envid[MS_ENVID_MAX + 1]; /* ENVID as received (xtext), or "" */
     int body;                    /* Q_BODY_*: what the receipt saw of the text (the `body` line) */
     int longlines;               /* a line over 998 octets (the `longlines` line) */
+    int smtputf8;                /* its client declared SMTPUTF8: passed on where offered */
     struct qrcpt *r;
     int nr;
 };
@@ -7639,6 +8023,7 @@ queue_env_text(const struct qentry *e, struct buf *b)
                (long long)e->arrived, e->tries, (long long)e->next_try, (long long)e->size, (long long)e->lines);
     if (e->body != Q_BODY_UNKNOWN) buf_printf(b, "body %s\n", e->body == Q_BODY_8BIT ? "8bit" : "7bit");
     if (e->longlines) buf_adds(b, "longlines\n");
+    if (e->smtputf8) buf_adds(b, "smtputf8 1\n"); /* optional: older readers skip it */
     /* DSN (RFC 3461): optional lines that older versions skip; "dsn NOTIFY ORCPT" belongs to the
      * rcpt line before it ("-": not given) */
     if (e->ret) buf_printf(b, "ret %s\n", e->ret == DSN_RET_FULL ? "full" : "hdrs");
@@ -7733,6 +8118,7 @@ queue_env_read(const char *qdir, const char *id)
             else if (strcmp(key, "next") == 0) e->next_try = v;
             else if (strcmp(key, "size") == 0) e->size = v;
             else if (strcmp(key, "lines") == 0) e->lines = v;
+            else if (strcmp(key, "smtputf8") == 0) e->smtputf8 = v != 0;
         }
     }
     free(text);
@@ -7787,6 +8173,7 @@ queue_create(const char *qdir, const char *base, const struct store_msg *m, cons
     memcpy(e.envid, m->dsn.envid, sizeof e.envid);
     e.body = !m->body_known ? Q_BODY_UNKNOWN : m->eightbit ? Q_BODY_8BIT : Q_BODY_7BIT;
     e.longlines = m->body_known && m->longlines;
+    e.smtputf8 = m->smtputf8;
     e.r = xrealloc(NULL, sizeof *e.r * (size_t)(t->n ? t->n : 1));
     for (i = 0; i < t->n; i++) {
         if (!t->remote[i]) continue;
@@ -10249,6 +10636,7 @@ struct smtp_sess {
     char from[MS_PATH_MAX];
     char first_rcpt[MS_PATH_MAX];
     int nrcpt, tx_error;
+    int utf8;                        /* MAIL FROM declared SMTPUTF8 (RFC 6531 3.4) */
     struct targets targets;
     struct dsn_mail dsn;             /* MAIL FROM's RET and ENVID (RFC 3461) */
     struct dsn_note *notes;          /* SUCCESS reports owed once the message is durable */
@@ -10283,6 +10671,7 @@ enum { POP_S_AUTH, POP_S_TRANS, POP_S_OPENING, POP_S_UPDATE };
 
 struct pop_sess {
     int state, auth_wait;
+    int utf8;                         /* the client sent UTF8 (RFC 6856 2) */
     char user[MS_PATH_MAX];           /* from USER */
     char mailbox[MS_PATH_MAX];        /* user@domain once logged in */
     struct pop_view view;
@@ -10774,10 +11163,11 @@ auth_begin(struct conn *c, const char *login, const char *pass)
     c->login = l;
     c->work = login_step;
     if (c->ms->cfg->capture && at && (size_t)(at - login) <= MS_LOCAL_MAX) { /* any captured address, any password */
+        char a[MS_DOMAIN_MAX + 1]; /* an IDN by its A-label, as the capture stored it (smtp_do_rcpt) */
         memcpy(local, login, (size_t)(at - login));
         local[at - login] = 0;
-        l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && cfg_valid_domain(at + 1) &&
-                      ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, at + 1) >= 0;
+        l->no_check = cfg_safe_component(local, MS_LOCAL_MAX) && idna_to_ascii(at + 1, a, sizeof a) == 0 &&
+                      cfg_valid_domain(a) && ms_fmt(l->mailbox, sizeof l->mailbox, "%s@%s", local, a) >= 0;
         ms_lower(l->mailbox);
         return;
     }
@@ -11212,7 +11602,9 @@ chaos_fires(struct mailsrv *ms, int which)
 /*==== 10. SMTP server session ====*/
 /*
  * RFC 5321 with PIPELINING (2920), SIZE (1870), 8BITMIME (6152),
- * ENHANCEDSTATUSCODES (2034, 3463), CHUNKING (3030: BDAT) and AUTH PLAIN/LOGIN (4954).
+ * ENHANCEDSTATUSCODES (2034, 3463), CHUNKING (3030: BDAT), AUTH PLAIN/LOGIN (4954)
+ * and SMTPUTF8 (6531: UTF-8 paths in a transaction that declares it; headers
+ * in UTF-8, RFC 6532, are taken in any transaction, as 8BITMIME's 8-bit text).
  * Handlers reply through conn_reply(); smtp_line() dispatches them through smtp_cmds[].
  */
 
@@ -11267,6 +11659,7 @@ smtp_tx_reset(struct conn *c)
     c->commit_pending = c->commit_sealed = 0;
     s->from[0] = s->first_rcpt[0] = 0;
     s->nrcpt = 0;
+    s->utf8 = 0;
     s->tx_error = TXERR_NONE;
     if (s->state > SMTP_S_READY) s->state = SMTP_S_READY;
     s->rx.raw = 0;
@@ -11328,6 +11721,7 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
         conn_reply(c, "250-SIZE %lld", (long long)c->ms->cfg->max_message_size);
         conn_reply(c, "250-8BITMIME");
         conn_reply(c, "250-CHUNKING");
+        conn_reply(c, "250-SMTPUTF8"); /* an MTA delivers UTF-8 addresses only where it is offered */
         conn_reply(c, "250 ENHANCEDSTATUSCODES");
         return;
     }
@@ -11336,6 +11730,7 @@ smtp_hello(struct conn *c, const char *args, int esmtp)
     conn_reply(c, "250-8BITMIME");
     conn_reply(c, "250-CHUNKING"); /* RFC 3030 */
     conn_reply(c, "250-DSN"); /* RFC 3461 */
+    conn_reply(c, "250-SMTPUTF8"); /* RFC 6531 3.1 */
     if (c->ms->cfg->tls && !c->io.tls) conn_reply(c, "250-STARTTLS");
     if (conn_plaintext_ok(c) && !c->ms->cfg->capture) conn_reply(c, "250-AUTH PLAIN LOGIN");
     conn_reply(c, "250 ENHANCEDSTATUSCODES");
@@ -11461,7 +11856,7 @@ smtp_do_mail(struct conn *c, const char *args)
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
     struct dsn_mail dsn;
     int64_t size = 0;
-    int chaos, k;
+    int chaos, k, bad, utf8 = 0;
     memset(&dsn, 0, sizeof dsn);
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
     if ((chaos = chaos_fires(c->ms, CHAOS_SENDER)) != 0) { conn_reply(c, "%d Chaos: sender refused", chaos); return; }
@@ -11493,16 +11888,25 @@ smtp_do_mail(struct conn *c, const char *args)
             }
         } else if ((k = dsn_mail_param(param, &dsn)) != 0) { /* RFC 3461 4.3, 4.4 */
             if (k < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (RET, ENVID)"); return; }
+        } else if (ms_strcaseeq(param, "SMTPUTF8")) { /* RFC 6531 3.4: no value */
+            utf8 = 1;
         } else if (!ms_strncaseeq(param, "AUTH=", 5)) {
             conn_reply(c, "555 5.5.4 Unsupported parameter");
             return;
         }
     }
+    if ((bad = smtp_path_utf8(local, domain, utf8)) != 0) {
+        conn_reply(c, "%s", bad > 0 ? MS_SMTP_NEED_UTF8 : "501 5.1.7 Bad sender address syntax");
+        return;
+    }
     if (local[0]) {
-        char vis[MS_PATH_MAX + 8];
+        /* it goes into headers: no control character, no backslash, no space (and UTF-8 only as above) */
         if (ms_fmt(s->from, sizeof s->from, "%s@%s", local, domain) < 0) { conn_reply(c, "501 5.1.7 Sender too long"); return; }
-        ms_visible(vis, sizeof vis, s->from, strlen(s->from)); /* it goes into headers */
-        if (strcmp(vis, s->from) != 0 || strchr(s->from, ' ')) { conn_reply(c, "501 5.1.7 Bad sender address syntax"); return; }
+        if (!utf8_valid(s->from, strlen(s->from)) || strpbrk(s->from, " \\")) {
+            s->from[0] = 0;
+            conn_reply(c, "501 5.1.7 Bad sender address syntax");
+            return;
+        }
         if (s->auth_user[0] && c->ms->cfg->sender_login == SL_STRICT && !cfg_sender_owned(c->ms->cfg, s->from, s->auth_user)) {
             /* Postfix's reject_sender_login_mismatch, in its words; RFC 3463 5.7.1: not authorised */
             conn_log(c, "sender <%s> refused: not owned by %s", s->from, s->auth_user);
@@ -11519,6 +11923,7 @@ smtp_do_mail(struct conn *c, const char *args)
     }
     s->dsn = dsn;
     s->state = SMTP_S_MAIL;
+    s->utf8 = utf8;
     conn_reply(c, "250 2.1.0 Ok");
 }
 
@@ -11574,6 +11979,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
         if ((r = dsn_rcpt_param(param, &notify, orcpt)) == 0) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
         if (r < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (NOTIFY, ORCPT)"); return; }
     }
+    if ((r = smtp_path_utf8(local, domain, s->utf8)) != 0) {
+        conn_reply(c, "%s", r > 0 ? MS_SMTP_NEED_UTF8 : "501 5.1.3 Bad recipient address syntax");
+        return;
+    }
     if (s->nrcpt >= cfg->max_recipients) { conn_reply(c, "452 4.5.3 Too many recipients"); return; }
     if ((r = chaos_fires(c->ms, CHAOS_RCPT)) != 0) { conn_reply(c, "%d Chaos: recipient refused", r); return; }
     if (!domain[0]) {
@@ -11600,8 +12009,12 @@ smtp_do_rcpt(struct conn *c, const char *args)
         conn_reply(c, "550 5.1.3 Bad recipient address syntax");
         return;
     } else if (cfg->capture) {
-        if (!cfg_valid_domain(domain)) { conn_reply(c, "550 5.1.2 Bad destination domain"); return; }
-        ms_lower(domain);
+        char a[MS_DOMAIN_MAX + 1]; /* an IDN as its A-label, as the domains of the INI (cfg_find_domain) */
+        if (idna_to_ascii(domain, a, sizeof a) != 0 || !cfg_valid_domain(a)) {
+            conn_reply(c, "550 5.1.2 Bad destination domain");
+            return;
+        }
+        ms_strlcpy(domain, a, sizeof domain);
         r = targets_add(&s->targets, local, domain, 0) == 0 ? RES_OK : RES_TOOLONG;
     } else if ((l = list_match(cfg, local, domain, &kind, token, sizeof token)) != NULL) {
         if (ms_fmt(rcpt, sizeof rcpt, "%s@%s", local, l->domain) < 0) r = RES_TOOLONG;
@@ -11645,6 +12058,19 @@ smtp_write_data(struct smtp_sess *s, const char *p, size_t n)
     return 0;
 }
 
+/* The Received: header's "with" (RFC 5321 4.4, RFC 3848; RFC 6531 3.7.3 for SMTPUTF8). */
+static const char *
+smtp_with(const struct conn *c)
+{
+    const struct smtp_sess *s = &c->u.smtp;
+    if (c->proto == PROTO_LMTP) return s->utf8 ? "UTF8LMTP" : "LMTP"; /* no AUTH or TLS on LMTP */
+    if (s->utf8) {
+        static const char *const w[4] = {"UTF8SMTP", "UTF8SMTPA", "UTF8SMTPS", "UTF8SMTPSA"};
+        return w[(s->auth_user[0] ? 1 : 0) + (c->io.tls ? 2 : 0)];
+    }
+    return s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP";
+}
+
 /* The message's file in SPOOL/.tmp and its first lines (Return-Path:,
  * Received:), for DATA or the first BDAT; -1 (answered 451) if it cannot be made. */
 static int
@@ -11663,12 +12089,13 @@ smtp_msg_begin(struct conn *c, int raw)
     }
     ms_strlcpy(s->msg.sender, s->from, sizeof s->msg.sender);
     s->msg.dsn = s->dsn;
+    s->msg.smtputf8 = s->utf8;
     ms_rfc5322_date(date, sizeof date, s->msg.when);
     /* a growing buffer: with the longest sender, HELO name, host name and recipient the header
      * is over 1 KB (a fixed buffer once let snprintf's untruncated length send stack bytes) */
     buf_printf(&hdr, "Return-Path: <%s>\nReceived: from %s ([%s])\n\tby %s (mailsrv) with %s id %s%s%s%s;\n\t%s\n",
                s->from, s->helo, c->peer, host,
-               c->proto == PROTO_LMTP ? "LMTP" : s->auth_user[0] ? "ESMTPA" : s->esmtp ? "ESMTP" : "SMTP", s->msg.id, /* RFC 3848 */
+               smtp_with(c), s->msg.id,
                for1 ? "\n\tfor <" : "", for1 ? s->first_rcpt : "", for1 ? ">" : "", date);
     data_rx_init(&s->rx);
     s->rx.raw = raw;
@@ -12173,8 +12600,8 @@ static const struct proto_ops smtp_ops = {
 
 /*==== 11. POP3 server session ====*/
 /*
- * RFC 1939 with CAPA, RESP-CODES and AUTH-RESP-CODE (2449, 3206) and AUTH
- * PLAIN (5034). The mailbox is a snapshot taken at login; DELE only marks,
+ * RFC 1939 with CAPA, RESP-CODES and AUTH-RESP-CODE (2449, 3206), AUTH
+ * PLAIN (5034) and UTF8 (6856). The mailbox is a snapshot taken at login; DELE only marks,
  * and the marks are applied at QUIT (the UPDATE state).
  */
 
@@ -12433,8 +12860,19 @@ pop_do_capa(struct conn *c, const char *args)
     conn_reply(c, "PIPELINING");
     conn_reply(c, "RESP-CODES");
     conn_reply(c, "AUTH-RESP-CODE");
+    conn_reply(c, "UTF8 USER"); /* RFC 6856 2: UTF-8 in USER and PASS too */
     conn_reply(c, "IMPLEMENTATION mailsrv-" MAILSRV_VERSION);
     return ".";
+}
+
+/* RFC 6856 2: UTF-8 mode, asked for before the login. Messages are sent as
+ * they are stored in any mode (no downgrade, RFC 6856 3's other choice). */
+static const char *
+pop_do_utf8(struct conn *c, const char *args)
+{
+    if (*args) return "-ERR UTF8 takes no arguments";
+    c->u.pop.utf8 = 1;
+    return "+OK UTF8 enabled";
 }
 
 /* Logged in, QUIT applies the DELE marks (RFC 1939 6, the UPDATE state):
@@ -12592,6 +13030,7 @@ static const struct pop_cmd {
     {"USER", pop_do_user, POP_IN_AUTH, 0, 1},  {"PASS", pop_do_pass, POP_IN_AUTH, 0, 1},
     {"AUTH", pop_do_auth, POP_IN_AUTH, 0, 1},  {"STLS", pop_do_stls, POP_IN_AUTH, 0, 0},
     {"CAPA", pop_do_capa, POP_IN_AUTH | POP_IN_TRANS, 0, 0},
+    {"UTF8", pop_do_utf8, POP_IN_AUTH, 0, 0},
     {"QUIT", pop_do_quit, POP_IN_AUTH | POP_IN_TRANS, 0, 0},
     {"STAT", pop_do_stat, POP_IN_TRANS, 0, 0}, {"LIST", pop_do_list, POP_IN_TRANS, 0, 0},
     {"UIDL", pop_do_uidl, POP_IN_TRANS, 0, 0}, {"RETR", pop_do_retr, POP_IN_TRANS, 0, 0},
@@ -17165,6 +17604,7 @@ struct mta_sess {
     int mail_refused;            /* pipelined: MAIL got 5xx, the group's other replies are still due */
     int bdat;                    /* the text goes in BDAT chunks, not after DATA */
     struct buf chunk;            /* BDAT: the chunk being filled */
+    int ext_smtputf8;            /* the hop's EHLO offers SMTPUTF8 (RFC 6531) */
     int tls_refused;             /* this address failed the handshake: plain text (tls = yes) */
     int reply_code;              /* of a multi-line reply's first lines */
     int msg_fd, bol, body_eof;
@@ -17327,7 +17767,7 @@ mta_connect(struct mta_sess *o)
     o->io.fd = net_connect(&o->addr[o->addri], 0, &err);
     o->state = O_CONNECT;
     o->io.deadline = os_now_ms() + o->ms->cfg->relay_timeout * 1000;
-    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = o->ext_smtputf8 = 0;
     if (o->io.fd == MS_BAD_SOCK) {
         snprintf(o->error, sizeof o->error, "4.4.1 cannot connect to %s: %s", o->hop, net_strerror(err));
         o->io.deadline = 0; /* the timer moves on to the next address */
@@ -17487,6 +17927,41 @@ mta_broken(struct mta_sess *o, const char *why)
     mta_fail_session(o, why);
 }
 
+/* RFC 6531 3.4: does this transaction need a hop that offers SMTPUTF8? When
+ * its sender or one of its recipients has UTF-8 (a local part; domains are
+ * A-labels by then: addr_remote_domain). A message whose client declared
+ * SMTPUTF8 but whose envelope is ASCII goes to any hop (its UTF-8 headers as
+ * 8-bit text, no downgrade: RFC 6857 is not done). */
+static int
+mta_needs_utf8(const struct mta_sess *o)
+{
+    int i;
+    if (!ms_is_ascii(o->e->from)) return 1;
+    for (i = 0; i < o->nri; i++)
+        if (o->e->r[o->ri[i]].result != 5 && !ms_is_ascii(o->e->r[o->ri[i]].addr)) return 1;
+    return 0;
+}
+
+/* A hop without SMTPUTF8 and a transaction that needs it: its recipients
+ * fail for good (RFC 6531 3.4: a bounce, as Postfix's "SMTPUTF8 is required,
+ * but was not offered"), and the session ends. 1 if so. */
+static int
+mta_utf8_refused(struct mta_sess *o)
+{
+    char why[MS_DOMAIN_MAX + 160];
+    int i;
+    if (o->ext_smtputf8 || !mta_needs_utf8(o)) return 0;
+    snprintf(why, sizeof why, "553 5.6.7 %s does not offer SMTPUTF8, which a non-ASCII address needs (RFC 6531)", o->hop);
+    for (i = 0; i < o->nri; i++) {
+        struct qrcpt *r = &o->e->r[o->ri[i]];
+        if (r->result == 5) continue;
+        r->result = 5;
+        ms_strlcpy(r->error, why, sizeof r->error);
+    }
+    mta_quit(o);
+    return 1;
+}
+
 static void
 mta_set_accepted(struct mta_sess *o, int result, const char *reply)
 {
@@ -17531,11 +18006,14 @@ mta_send_mail(struct mta_sess *o)
     /* RFC 6152 2: 8-bit text is declared (an entry of unknown text is taken as 8-bit); to a hop
      * without 8BITMIME it goes converted to 7 bits (mta_open_body) and undeclared */
     const char *body = o->ext_8bitmime && o->e->body != Q_BODY_7BIT ? " BODY=8BITMIME" : "";
+    /* RFC 6531 3.4: declared where the client declared it or an address needs it (mta_utf8_refused
+     * kept such a transaction from a hop without SMTPUTF8) */
+    const char *utf8 = o->ext_smtputf8 && (o->e->smtputf8 || mta_needs_utf8(o)) ? " SMTPUTF8" : "";
     char dsn[MS_ENVID_MAX + 32];
     mta_dsn_params(o, NULL, dsn, sizeof dsn);
     if (o->ext_size)
-        mta_send(o, "MAIL FROM:<%s>%s SIZE=%lld%s", o->e->from, body, (long long)(o->e->size + o->e->lines), dsn);
-    else mta_send(o, "MAIL FROM:<%s>%s%s", o->e->from, body, dsn);
+        mta_send(o, "MAIL FROM:<%s>%s SIZE=%lld%s%s", o->e->from, body, (long long)(o->e->size + o->e->lines), utf8, dsn);
+    else mta_send(o, "MAIL FROM:<%s>%s%s%s", o->e->from, body, utf8, dsn);
 }
 
 /* The one place an RCPT command is built: for the recipient at o->ri[at], with
@@ -17556,6 +18034,7 @@ static void
 mta_mail_from(struct mta_sess *o)
 {
     int i;
+    if (mta_utf8_refused(o)) return;
     o->state = O_MAIL;
     o->naccepted = o->nrcpt_sent = o->data_sent = o->mail_refused = 0;
     o->pipelined = o->ext_pipelining && mta_next_rcpt(o, 0) >= 0;
@@ -17768,7 +18247,7 @@ mta_tls_progress(struct mta_sess *o)
 {
     if (o->state != O_TLS || !tls_done(o->io.tls)) return o->state != O_TLS;
     o->state = O_EHLO;
-    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = 0;
+    o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = o->ext_smtputf8 = 0;
     mta_send(o, "EHLO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
     return 1;
 }
@@ -17937,6 +18416,7 @@ mta_read(struct mta_sess *o)
             if (ms_strcaseeq(line + 4, "8BITMIME")) o->ext_8bitmime = 1;
             if (ms_strcaseeq(line + 4, "PIPELINING")) o->ext_pipelining = 1;
             if (ms_strcaseeq(line + 4, "CHUNKING")) o->ext_chunking = 1;
+            if (ms_strcaseeq(line + 4, "SMTPUTF8")) o->ext_smtputf8 = 1;
         }
         o->reply_code = last ? 0 : code;
         if (!last) continue;
@@ -20256,14 +20736,15 @@ mailsrv_run(struct mailsrv *ms)
 static int
 cli_split_address(const char *arg, char *user, char *domain)
 {
+    char a[MS_DOMAIN_MAX + 1];
     const char *at = strrchr(arg, '@');
     if (!at || (size_t)(at - arg) > MS_LOCAL_MAX || strlen(at + 1) > MS_DOMAIN_MAX) return -1;
     memcpy(user, arg, (size_t)(at - arg));
     user[at - arg] = 0;
     strcpy(domain, at + 1);
     ms_lower(user);
-    ms_lower(domain);
-    return cfg_safe_component(user, MS_LOCAL_MAX) && cfg_valid_domain(domain) ? 0 : -1;
+    ms_lower(domain); /* ASCII only: a U-label stays as it is typed, and the INI gets it so */
+    return cfg_safe_component(user, MS_LOCAL_MAX) && idna_to_ascii(domain, a, sizeof a) == 0 && cfg_valid_domain(a) ? 0 : -1;
 }
 
 static int
@@ -20394,7 +20875,9 @@ cli_users(const char *path)
     if (cli_print_errors(c)) { cfg_free(c); return 1; }
     for (i = 0; i < c->ndomains; i++) {
         struct cfg_domain *d = &c->domains[i];
-        printf("domain %s\n", d->name);
+        char u[MS_DOMAIN_MAX * 2 + 1];
+        if (idna_to_unicode(d->name, u, sizeof u) == 0 && strcmp(u, d->name) != 0) printf("domain %s (%s)\n", d->name, u);
+        else printf("domain %s\n", d->name);
         for (j = 0; j < d->nusers; j++) {
             struct pop_view v;
             char addr[MS_PATH_MAX];
@@ -20802,6 +21285,7 @@ main(int argc, char **argv)
     const char *path = "mailsrv.ini", *cmd = NULL, *arg = NULL, *names[MS_CERT_NAMES], *ips[MS_CERT_NAMES];
     char **prog = NULL; /* checkpassword's: every argument after it */
     int i, verbose = 0, nnames = 0, nips = 0, allow_root = 0, service = 0;
+    os_args_utf8(&argc, &argv); /* Windows: names in UTF-8, as everywhere */
     for (i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-c") == 0 && i + 1 < argc) path = argv[++i];
         else if (strcmp(argv[i], "-v") == 0) verbose = 1;

@@ -36,7 +36,7 @@ import time
 # the subject modules in the order their tests run: importing one registers its tests (@test), and
 # each imports only the harness and modules listed before it
 SECTIONS = ["cli", "operate", "smtp", "pop3", "capture_crash", "relay", "tls", "lists", "hardening", "trust_storage",
-            "trust_abuse", "trust_config", "peers", "dsn", "lmtp", "http", "web", "migrate", "claims", "install"]
+            "trust_abuse", "trust_config", "peers", "dsn", "lmtp", "intl", "http", "web", "migrate", "claims", "install"]
 MODULES = [importlib.import_module("e2e.harness")] + [importlib.import_module("e2e." + name) for name in SECTIONS]
 
 from e2e.harness import (DURATIONS, REPO, SEED, SKIPPED, SKIP_KIND, SKIP_WHY, TESTS, TLS_TESTS, run_cli, run_test,  # noqa: E402

@@ -667,6 +667,7 @@ test_queue_files(void)
         ASSERT(strcmp(back->r[0].addr, "Bob@remote.test") == 0 && back->r[0].state == Q_PENDING && !back->r[0].error[0]);
         ASSERT(back->r[1].state == Q_BOUNCED && strcmp(back->r[1].error, r[1].error) == 0);
         ASSERT(back->body == Q_BODY_UNKNOWN && !back->longlines); /* as an entry written before issue 18 */
+        ASSERT(back->smtputf8 == 0);
         qentry_free(back);
     }
     e.body = Q_BODY_8BIT; /* the optional lines of issue 18 */
@@ -681,6 +682,17 @@ test_queue_files(void)
     back = queue_env_read(dir, e.id);
     ASSERT(back && back->body == Q_BODY_7BIT && !back->longlines);
     qentry_free(back);
+    /* the optional "smtputf8 1" line (the client declared SMTPUTF8) and UTF-8 addresses come back */
+    e.smtputf8 = 1;
+    strcpy(e.from, "\xd0\xbf\xd1\x91\xd1\x82\xd1\x80@example.test");
+    strcpy(r[0].addr, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@xn--80atdl2c.test");
+    ASSERT(queue_env_update(dir, &e) == 0);
+    back = queue_env_read(dir, e.id);
+    ASSERT(back != NULL && back->smtputf8 == 1 && strcmp(back->from, e.from) == 0 && strcmp(back->r[0].addr, r[0].addr) == 0);
+    qentry_free(back);
+    e.smtputf8 = 0;
+    e.from[0] = 0;
+    strcpy(r[0].addr, "Bob@remote.test");
     { /* found by the .env fuzzer: a recipient without '@' makes the entry unreadable */
         FILE *f;
         char path[100];
@@ -1990,6 +2002,144 @@ test_cfg_reload_keeps(void)
 /* ---- trust (issue 11): cfg unit tests go above this line ---- */
 
 /* Finding 13c: RFC 5321 4.5.3.1.3's 256 octets, brackets included; what does not fit is an error. */
+/* UTF-8 checks (RFC 3629), Punycode (RFC 3492 7.1's samples), the A-label
+ * form of domains, and the SMTPUTF8 rule for paths (RFC 6531 3.3). */
+static void
+test_utf8_idna(void)
+{
+    static const struct { uint32_t cp[32]; size_t n; const char *puny; } s[] = {
+        /* (A) Arabic (Egyptian) */
+        {{0x644, 0x64A, 0x647, 0x645, 0x627, 0x628, 0x62A, 0x643, 0x644, 0x645, 0x648, 0x634, 0x639, 0x631, 0x628,
+          0x64A, 0x61F}, 17, "egbpdaj6bu4bxfgehfvwxn"},
+        /* (B) Chinese (simplified) */
+        {{0x4ED6, 0x4EEC, 0x4E3A, 0x4EC0, 0x4E48, 0x4E0D, 0x8BF4, 0x4E2D, 0x6587}, 9, "ihqwcrb4cv8a8dqg056pqjye"},
+        /* (D) Czech, with basic code points */
+        {{0x50, 0x72, 0x6F, 0x10D, 0x70, 0x72, 0x6F, 0x73, 0x74, 0x11B, 0x6E, 0x65, 0x6D, 0x6C, 0x75, 0x76, 0xED, 0x10D,
+          0x65, 0x73, 0x6B, 0x79}, 22, "Proprostnemluvesky-uyb24dma41a"},
+        /* (I) Russian (the RFC's "D" is a mixed-case annotation: compared without case) */
+        {{0x43F, 0x43E, 0x447, 0x435, 0x43C, 0x443, 0x436, 0x435, 0x43E, 0x43D, 0x438, 0x43D, 0x435, 0x433, 0x43E,
+          0x432, 0x43E, 0x440, 0x44F, 0x442, 0x43F, 0x43E, 0x440, 0x443, 0x441, 0x441, 0x43A, 0x438}, 28,
+         "b1abfaaepdrnnbgefbaDotcwatmq2g4l"},
+        /* (L) 3<nen>B<gumi><kinpachi><sensei> */
+        {{0x33, 0x5E74, 0x42, 0x7D44, 0x91D1, 0x516B, 0x5148, 0x751F}, 8, "3B-ww4c5e180e575a65lsy2b"},
+        /* (S) -> $1.00 <- : all basic */
+        {{0x2D, 0x3E, 0x20, 0x24, 0x31, 0x2E, 0x30, 0x30, 0x20, 0x3C, 0x2D}, 11, "-> $1.00 <--"},
+    };
+    char out[128], a[MS_DOMAIN_MAX + 1];
+    uint32_t cp[64];
+    size_t i, len;
+    for (i = 0; i < sizeof s / sizeof s[0]; i++) {
+        ASSERT(puny_encode(s[i].cp, s[i].n, out, sizeof out) == (int)strlen(s[i].puny));
+        ASSERT(ms_strcaseeq(out, s[i].puny));
+        ASSERT(puny_decode(s[i].puny, strlen(s[i].puny), cp, 64) == (int)s[i].n);
+        ASSERT(memcmp(cp, s[i].cp, s[i].n * sizeof *cp) == 0);
+    }
+    ASSERT(puny_encode(s[0].cp, s[0].n, out, 10) == -1);        /* does not fit: refused, not cut */
+    ASSERT(puny_decode("egbpdaj6bu4bxfgehfvwxn", 22, cp, 5) == -1); /* more code points than room */
+    ASSERT(puny_decode("ab-c!", 5, cp, 64) == -1);                /* not a digit */
+    ASSERT(puny_decode("99999999999", 11, cp, 64) == -1);         /* overflows */
+    ASSERT(puny_decode("b", 1, cp, 64) == -1);                    /* cut short */
+    /* UTF-8: well-formed, and no overlongs, surrogates, values over U+10FFFF or controls */
+    ASSERT(utf8_decode((const unsigned char *)"\xd0\xb8", 2, &len) == 0x438 && len == 2);
+    ASSERT(utf8_decode((const unsigned char *)"\xf0\x9f\x98\x80", 4, &len) == 0x1F600 && len == 4);
+    ASSERT(utf8_valid("\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", 8));    /* иван */
+    ASSERT(utf8_valid("plain ascii", 11));
+    ASSERT(!utf8_valid("\xc0\xaf", 2));          /* overlong '/' */
+    ASSERT(!utf8_valid("\xe0\x80\xaf", 3));      /* overlong, 3 bytes */
+    ASSERT(!utf8_valid("\xf0\x80\x80\xaf", 4));  /* overlong, 4 bytes */
+    ASSERT(!utf8_valid("\xed\xa0\x80", 3));      /* U+D800, a surrogate */
+    ASSERT(!utf8_valid("\xf4\x90\x80\x80", 4));  /* U+110000 */
+    ASSERT(!utf8_valid("\xd0", 1));              /* cut short */
+    ASSERT(!utf8_valid("\x80", 1));              /* a lone continuation byte */
+    ASSERT(!utf8_valid("\xc2\x85", 2));          /* U+0085 NEL, a C1 control */
+    ASSERT(!utf8_valid("a\tb", 3));              /* a C0 control */
+    ASSERT(!utf8_valid("a\x7f", 2));             /* DEL */
+    ASSERT(!utf8_valid("\xfe", 1) && !utf8_valid("\xff", 1));
+    /* domains: the lower-case A-label form; U-labels and A-labels name the same domain */
+    ASSERT(idna_to_ascii("\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", a, sizeof a) == 0); /* школа.test */
+    ASSERT(strcmp(a, "xn--80atdl2c.test") == 0);
+    ASSERT(idna_to_ascii("\xd0\xa8\xd0\x9a\xd0\x9e\xd0\x9b\xd0\x90.Test", a, sizeof a) == 0); /* ШКОЛА.Test */
+    ASSERT(strcmp(a, "xn--80atdl2c.test") == 0);
+    ASSERT(idna_to_ascii("XN--80ATDL2C.test", a, sizeof a) == 0 && strcmp(a, "xn--80atdl2c.test") == 0);
+    ASSERT(idna_to_ascii("Example.ORG", a, sizeof a) == 0 && strcmp(a, "example.org") == 0);
+    ASSERT(idna_to_ascii("xn--!!.test", a, sizeof a) == -1);   /* an A-label that does not decode */
+    ASSERT(idna_to_ascii("a..b", a, sizeof a) == -1);
+    ASSERT(idna_to_ascii("a.", a, sizeof a) == -1);
+    ASSERT(idna_to_ascii("\xc0\xaf.test", a, sizeof a) == -1); /* ill-formed UTF-8 */
+    ASSERT(idna_to_ascii("\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", a, 10) == -1); /* no room: refused */
+    /* "яюэ...аб...й" (42 letters): its A-label is 64 octets, over RFC 5890's 63 */
+    ASSERT(idna_to_ascii("\xd1\x8f\xd1\x8e\xd1\x8d\xd1\x8c\xd1\x8b\xd1\x8a\xd1\x89\xd1\x88\xd1\x87\xd1\x86\xd1\x85\xd1\x84\xd1\x83\xd1\x82\xd1\x81\xd1\x80\xd0\xbf\xd0\xbe\xd0\xbd\xd0\xbc\xd0\xbb\xd0\xba\xd0\xb9\xd0\xb8\xd0\xb7\xd0\xb6\xd0\xb5\xd0\xb4\xd0\xb3\xd0\xb2\xd0\xb1\xd0\xb0\xd0\xb0\xd0\xb1\xd0\xb2\xd0\xb3\xd0\xb4\xd0\xb5\xd0\xb6\xd0\xb7\xd0\xb8\xd0\xb9", a, sizeof a) == -1);
+    ASSERT(idna_to_ascii("\xd1\x8f\xd1\x8e\xd1\x8d\xd1\x8c\xd1\x8b\xd1\x8a\xd1\x89\xd1\x88\xd1\x87\xd1\x86\xd1\x85\xd1\x84\xd1\x83\xd1\x82\xd1\x81\xd1\x80\xd0\xbf\xd0\xbe\xd0\xbd\xd0\xbc\xd0\xbb\xd0\xba\xd0\xb9\xd0\xb8\xd0\xb7\xd0\xb6\xd0\xb5\xd0\xb4\xd0\xb3\xd0\xb2\xd0\xb1\xd0\xb0", a, sizeof a) == 0 && strlen(a) == 4 + 40); /* the 32 letters of Я..А */
+    /* and back, for people to read (mailsrv users) */
+    ASSERT(idna_to_unicode("xn--80atdl2c.test", a, sizeof a) == 0 && strcmp(a, "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test") == 0);
+    ASSERT(idna_to_unicode("example.org", a, sizeof a) == 0 && strcmp(a, "example.org") == 0);
+    ASSERT(idna_to_unicode("xn--!!.test", a, sizeof a) == -1);
+    ASSERT(idna_to_unicode("xn--80atdl2c.test", a, 12) == -1);
+    /* INI editing finds [domain NAME] by either form */
+    ASSERT(edit_name_eq("\xd0\xa8\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", "xn--80atdl2c.TEST"));
+    ASSERT(edit_name_eq("Example.org", "example.ORG"));
+    ASSERT(!edit_name_eq("\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb.test", "xn--80atdl2c.test"));
+    {
+        struct ms_config c;
+        struct cfg_domain d[2];
+        memset(&c, 0, sizeof c);
+        memset(d, 0, sizeof d);
+        d[0].name = "example.org";
+        d[1].name = "xn--80atdl2c.test";
+        c.domains = d;
+        c.ndomains = 2;
+        ASSERT(cfg_find_domain(&c, "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test") == &d[1]);
+        ASSERT(cfg_find_domain(&c, "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test.") == &d[1]);
+        ASSERT(cfg_find_domain(&c, "XN--80atdl2c.TEST") == &d[1]);
+        ASSERT(cfg_find_domain(&c, "Example.org") == &d[0]);
+        ASSERT(cfg_find_domain(&c, "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb.test") == NULL); /* школ.test */
+    }
+    { /* an INI with an IDN domain and list in U-labels: kept as A-labels, found by either form */
+        struct ms_config *c = cfg_load("unit-idn.ini", "[server]\nsmtp = 127.0.0.1:2525\n[domain \xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test]\n"
+                                       "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd = Passw0rd7\n[alias xn--80atdl2c.test]\n"
+                                       "postmaster = \xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd\n"
+                                       "[list news@\xd0\xa8\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test]\nowner = x@example.org\n"
+                                       "[route]\n\xd1\x82\xd0\xb5\xd1\x81\xd1\x82.test = 127.0.0.1:25\n");
+        int kind;
+        struct targets t = {0};
+        ASSERT(c->nerrors == 0 && c->ndomains == 1 && strcmp(c->domains[0].name, "xn--80atdl2c.test") == 0);
+        ASSERT(c->nlists == 1 && strcmp(c->lists[0].domain, "xn--80atdl2c.test") == 0);
+        ASSERT(c->nroutes == 1 && strcmp(c->routes[0].domain, "xn--e1aybc.test") == 0);
+        ASSERT(list_match(c, "news", "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", &kind, NULL, 0) == &c->lists[0]);
+        ASSERT(list_match(c, "news-subscribe", "XN--80ATDL2C.test.", &kind, NULL, 0) == &c->lists[0] && kind == LK_SUBSCRIBE);
+        ASSERT(cfg_resolve(c, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", &t, 0) == RES_OK);
+        ASSERT(t.n == 1 && strcmp(t.v[0], "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@xn--80atdl2c.test") == 0);
+        targets_free(&t);
+        ASSERT(cfg_sender_owned(c, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@\xd0\xa8\xd0\x9a\xd0\x9e\xd0\x9b\xd0\x90.test",
+                                "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@xn--80atdl2c.test"));
+        cfg_free(c);
+    }
+    /* local parts: UTF-8 is a safe path component where names may be UTF-8; ill-formed never */
+    ASSERT(cfg_safe_component("\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", MS_LOCAL_MAX) == MS_UTF8_NAMES);
+    ASSERT(!cfg_safe_component("\xd0\xb8\xc0\xaf", MS_LOCAL_MAX));
+    ASSERT(!cfg_safe_component("\xc2\x85x", MS_LOCAL_MAX));
+    /* SMTPUTF8 (RFC 6531 3.3): non-ASCII paths only when MAIL declared it */
+    ASSERT(smtp_path_utf8("ivan", "example.org", 0) == 0);
+    ASSERT(smtp_path_utf8("\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", "example.org", 0) == 1);
+    ASSERT(smtp_path_utf8("ivan", "\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test", 0) == 1);
+    ASSERT(smtp_path_utf8("\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd", "example.org", 1) == 0);
+    ASSERT(smtp_path_utf8("\xd0\xb8\xed\xa0\x80", "example.org", 1) == -1);
+    ASSERT(smtp_path_utf8("\xd0\xb8\xc2\x9b", "example.org", 1) == -1);
+    {
+        char l[MS_PATH_MAX + 1], d[MS_DOMAIN_MAX + 1], p[300];
+        const char *r = smtp_parse_path("<\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd@\xd1\x88\xd0\xba\xd0\xbe\xd0\xbb\xd0\xb0.test> SMTPUTF8", l, d);
+        ASSERT(r && strcmp(r, "SMTPUTF8") == 0 && strcmp(l, "\xd0\xb8\xd0\xb2\xd0\xb0\xd0\xbd") == 0);
+        /* the local part's limit counts octets (RFC 6531 3.3): 32 Cyrillic letters fit, 33 do not */
+        memset(p, 0, sizeof p);
+        p[0] = '<';
+        for (i = 0; i < 33; i++) memcpy(p + 1 + 2 * i, "\xd0\xb0", 2);
+        memcpy(p + 67, "@a.b>", 5);
+        ASSERT(smtp_parse_path(p, l, d) == NULL && errno == ENAMETOOLONG);
+        memcpy(p + 65, "@a.b>", 6);
+        ASSERT(smtp_parse_path(p, l, d) != NULL && strlen(l) == 64);
+    }
+}
+
 static void
 test_smtpfix_path_limits(void)
 {
@@ -2603,6 +2753,7 @@ main(void)
     /* trust (issue 11): cfg test calls above this line */
 
     test_smtpfix_path_limits();
+    test_utf8_idna();
 
     test_smtpfix_queue_from();
 

@@ -573,7 +573,7 @@ class Server:
         text = self.ini_text() if text is None else text
         if AS_ROOT and "[server]" in text and "allow_root" not in text:
             text += "\n[server]  ; the tests run as root in CI\nallow_root = yes\n"  # at the end: line numbers stay
-        with open(self.ini, "w") as f:
+        with open(self.ini, "w", encoding="utf-8") as f:  # UTF-8 names (test/e2e/intl.py) whatever the locale
             f.write(text)
 
     def listeners(self):

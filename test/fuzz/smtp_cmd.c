@@ -1,5 +1,6 @@
 /* libFuzzer: one SMTP or POP3 command line as the sessions parse it:
- * cmd_split (verb and arguments), smtp_parse_path (MAIL FROM / RCPT TO),
+ * cmd_split (verb and arguments), smtp_parse_path (MAIL FROM / RCPT TO)
+ * and its SMTPUTF8 check (smtp_path_utf8, with the A-label of the domain),
  * the DSN parameters and xtext (RFC 3461), pop_parse_num, the mboxrd From_
  * test and the log escaper. */
 #define MAILSRV_NO_MAIN
@@ -15,6 +16,13 @@ check_path(const char *s)
     assert(rest >= s && rest <= s + strlen(s));
     assert(strlen(local) <= MS_LOCAL_MAX && strlen(domain) <= MS_DOMAIN_MAX);
     assert(!domain[0] || local[0]); /* no "@domain" without a local part */
+    {
+        int ascii = smtp_path_utf8(local, domain, 0), utf8 = smtp_path_utf8(local, domain, 1);
+        char a[MS_DOMAIN_MAX + 1];
+        assert(ascii >= -1 && ascii <= 1 && (ascii == 1 ? utf8 == 0 : utf8 == ascii));
+        assert(ascii != 0 || (ms_is_ascii(local) && ms_is_ascii(domain)));
+        if (idna_to_ascii(domain, a, sizeof a) == 0) assert(ms_is_ascii(a) && strlen(a) <= MS_DOMAIN_MAX);
+    }
 }
 
 static void
