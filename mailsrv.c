@@ -4191,13 +4191,14 @@ cfg_new(const char *path)
 static char *
 cfg_read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    int fd = os_open(path, O_RDONLY, 0); /* (Windows: a UTF-8 name through the wide API, as every file's) */
     struct buf b = {0};
     char chunk[4096];
-    size_t n;
-    if (!f) return NULL;
-    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) buf_add(&b, chunk, n);
-    fclose(f);
+    long n;
+    if (fd < 0) return NULL;
+    while ((n = os_read(fd, chunk, sizeof chunk)) > 0) buf_add(&b, chunk, (size_t)n);
+    os_close(fd);
+    if (n < 0) { buf_free(&b); return NULL; }
     if (!b.p) buf_adds(&b, "");
     *len = b.len;
     return b.p;
@@ -12081,7 +12082,10 @@ smtp_msg_begin(struct conn *c, int raw)
     char date[64];
     struct buf hdr = {0};
     const char *host = ms->cfg->hostname;
-    int for1 = s->nrcpt == 1 && s->first_rcpt[0]; /* Received: ... for <the one recipient> */
+    /* Received: ... for <the one recipient>, an ASCII one: a UTF-8 address (SMTPUTF8) there would
+     * make 8-bit header text of the server's own, which the text's facts (8-bit or not, as the client
+     * sent it) would not show: relayed by an alias to a hop without 8BITMIME, it would go out as it is */
+    int for1 = s->nrcpt == 1 && s->first_rcpt[0] && ms_is_ascii(s->first_rcpt);
     if (msg_open(ms, &s->msg) != 0) {
         conn_log(c, "cannot create %s: %s", s->msg.tmp_path, strerror(errno));
         conn_reply(c, "451 4.3.0 Local error: cannot store the message now");
@@ -12384,7 +12388,7 @@ smtp_bdat_feed(struct conn *c, const char *in, size_t n)
         s->wlen += data_rx_finish(&s->rx, s->wbuf + s->wlen);
         if (s->rx.bytes > cfg->max_message_size && !s->tx_error) s->tx_error = TXERR_TOO_BIG;
     }
-    if (s->bdat_last || s->tx_error || s->rx.too_long) {
+    if (s->bdat_last || s->tx_error) { /* (a long line is no error: it is stored as sent) */
         smtp_write_data(s, s->wbuf, s->wlen);
         s->wlen = 0;
         smtp_data_end(c); /* answers an error, or delivers (RFC 3030 2: the 250 after LAST means it is taken) */
@@ -18295,7 +18299,8 @@ mta_on_reply(struct mta_sess *o, int code, const char *line)
         if (code / 100 == 2) { mta_after_ehlo(o); return; }
         if (o->state == O_EHLO && code / 100 == 5) { /* an old server: HELO (RFC 5321 3.2) */
             o->state = O_HELO;
-            o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking = 0; /* no extensions after HELO */
+            o->ext_size = o->ext_starttls = o->ext_dsn = o->ext_8bitmime = o->ext_pipelining = o->ext_chunking =
+                o->ext_smtputf8 = 0; /* no extensions after HELO */
             mta_send(o, "HELO %s", o->ms->cfg->helo[0] ? o->ms->cfg->helo : o->ms->cfg->hostname);
             return;
         }

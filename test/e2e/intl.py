@@ -4,7 +4,9 @@ import os
 import poplib
 import smtplib
 
-from .harness import (BOTH, DOMAINS, SENDER, check, run_cli, secs, short, stored, test, tok, token_of, wait_for)
+from .harness import (BOTH, DOMAINS, Net, SENDER, check, run_cli, secs, short, stored, test, tok, token_of,
+                      wait_for)
+from .relay import sink_wait
 
 
 # =============================================================================================
@@ -317,3 +319,25 @@ def intl_capture_utf8(ctx, storage):
         p.login(wire(login), "anything")
         check(p.stat()[0] == 1 and token_of(p.retr(1)) == t, "as %s" % login)
         p.quit()
+
+
+@test()
+def intl_alias_to_a_hop_without_8bitmime(ctx):
+    """An SMTPUTF8 transaction for info@школа.test, an alias of a remote address: the envelope that
+    leaves is ASCII, and so is every header line mailsrv wrote (Received: names no UTF-8 recipient),
+    so a next hop with neither SMTPUTF8 nor 8BITMIME gets the ASCII message as it was sent (it was
+    once sent `for <info@школа.test>`, undeclared 8-bit text the receipt had not counted)."""
+    net = Net(ctx)
+    net.domain("remote.test")
+    sink = net.sink(extensions=["SIZE 10240000", "PIPELINING"])
+    doms = INTL_DOMAINS.replace("[alias %s]\n" % IDN_U, "[alias %s]\ninfo = friend@remote.test\n" % IDN_U)
+    srv = net.server(domains=doms).start()
+    t = tok()
+    msg = ("From: <%s>\r\nTo: <info@xn--80atdl2c.test>\r\nSubject: ascii %s\r\nX-Test-Token: %s\r\n\r\nhello\r\n"
+           % (SENDER, t, t)).encode()
+    check(send_utf8(srv.smtp_port, SENDER, ["info@" + IDN_U], msg) == {}, "refused")
+    got = sink_wait(sink, 1, 10)
+    check(got[0]["rcpts"] == ["friend@remote.test"] and token_of(got[0]["data"]) == t, "relayed: %s" % short(got, 300))
+    head = got[0]["data"].partition(b"\r\n\r\n")[0]
+    check(all(b < 128 for b in head), "8-bit header text went to a hop without 8BITMIME: %s" % short(head, 400))
+    check("SMTPUTF8" not in got[0]["params"].upper(), "MAIL FROM declared SMTPUTF8 to a hop without it: %s" % got[0]["params"])

@@ -67,6 +67,24 @@ def bdat_chunks_stored_as_data(ctx, storage):
               "BDAT message %d stored as %s, DATA's as %s" % (i, short(got[i], 400), short(got[0], 400)))
     check(b"\n.a line with a leading dot\n..two dots\n" in got[1], "BDAT text was dot-unstuffed: %s" % short(got[1], 400))
     check(b"\r" not in got[1], "stored with CR: %s" % short(got[1], 400))
+    # a line over 998 octets in a chunk that is not the last: the chunk is taken (250 ... octets
+    # received), and the message ends only with the LAST one, whole (it was once delivered cut
+    # after the first chunk, and the LAST chunk refused with 503)
+    t4, long = tok(), "x" * 1500
+    m4 = make_msg(t4, body="before\r\n%s\r\nafter the long line\r\n" % long)
+    cut = m4.index(b"after the long line")
+    c = srv.smtp()
+    c.cmd("EHLO client.test")
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    code, text = bdat(c, m4[:cut])
+    check(code == 250 and "octets received" in text, "BDAT with a long line, not LAST: %s" % short(text))
+    code, text = bdat(c, m4[cut:], last=True)
+    check(code == 250 and "delivered as" in text, "BDAT LAST after a long line: %s" % short(text))
+    c.expect("QUIT", 221)
+    got = stored(srv, "alice@example.test")
+    check(len(got) == 4 and ("\n%s\nafter the long line\n" % long).encode() in got[3],
+          "the long-line message stored as %s" % short(got[-1][-200:], 300))
 
 
 @test(modes=BOTH)
