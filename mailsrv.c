@@ -12561,45 +12561,35 @@ smtp_tmp_file(const struct conn *c)
     return c->u.smtp.msg.tmp_fd >= 0 ? c->u.smtp.msg.tmp_path : NULL;
 }
 
+/* SMTP's and LMTP's answers to what the connection code says (enum conn_say) */
+#define SMTP_SAYS                                                                                          \
+    {[SAY_LINE_TOO_LONG] = "500 5.5.2 Line too long",                                                      \
+     [SAY_JUNK] = "421 4.7.0 %s Error: too many junk commands", /* as Postfix */                           \
+     [SAY_SESSION_OVER] = "421 4.4.2 %s Maximum session time reached, closing",                            \
+     [SAY_EVICTED] = "421 4.3.2 %s Too many connections, closing the oldest session",                      \
+     [SAY_TIMEOUT] = "421 4.4.2 %s Timeout, closing",                                                      \
+     [SAY_SHUTDOWN] = "421 4.3.2 %s Server shutting down",                                                 \
+     [SAY_LOGIN_FAILED] = "535 5.7.8 Authentication credentials invalid",                                  \
+     [SAY_LOGIN_CLOSING] = "421 4.7.0 Too many failed logins, closing",                                    \
+     [SAY_TLS_GO] = "220 2.0.0 Ready to start TLS",                                                        \
+     [SAY_TLS_ACTIVE] = "503 5.5.1 TLS is already active",                                                 \
+     [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",                                                \
+     [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",                                       \
+     [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"}
+
 /* RFC 2033, with SMTP's session code: what differs is in smtp_line (LHLO),
  * smtp_hello (its keywords), smtp_do_rcpt (only mail for here) and
  * smtp_tx_reply (an answer per recipient). */
 static const struct proto_ops lmtp_ops = {
     'l', lmtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
     smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
-    {[SAY_LINE_TOO_LONG] = "500 5.5.2 Line too long",
-     [SAY_JUNK] = "421 4.7.0 %s Error: too many junk commands",
-     [SAY_SESSION_OVER] = "421 4.4.2 %s Maximum session time reached, closing",
-     [SAY_EVICTED] = "421 4.3.2 %s Too many connections, closing the oldest session",
-     [SAY_TIMEOUT] = "421 4.4.2 %s Timeout, closing",
-     [SAY_SHUTDOWN] = "421 4.3.2 %s Server shutting down",
-     [SAY_LOGIN_FAILED] = "535 5.7.8 Authentication credentials invalid",
-     [SAY_LOGIN_CLOSING] = "421 4.7.0 Too many failed logins, closing",
-     [SAY_TLS_GO] = "220 2.0.0 Ready to start TLS",
-     [SAY_TLS_ACTIVE] = "503 5.5.1 TLS is already active",
-     [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",
-     [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",
-     [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"},
-    NULL,
+    SMTP_SAYS, NULL,
 };
 
 static const struct proto_ops smtp_ops = {
     's', smtp_greet, smtp_pump, smtp_line, smtp_auth_done, smtp_group_committed, smtp_logged_in, smtp_busy,
     smtp_in_data, smtp_streaming, smtp_tmp_file, smtp_tx_reset, "connection lost during DATA: message discarded",
-    {[SAY_LINE_TOO_LONG] = "500 5.5.2 Line too long",
-     [SAY_JUNK] = "421 4.7.0 %s Error: too many junk commands", /* as Postfix */
-     [SAY_SESSION_OVER] = "421 4.4.2 %s Maximum session time reached, closing",
-     [SAY_EVICTED] = "421 4.3.2 %s Too many connections, closing the oldest session",
-     [SAY_TIMEOUT] = "421 4.4.2 %s Timeout, closing",
-     [SAY_SHUTDOWN] = "421 4.3.2 %s Server shutting down",
-     [SAY_LOGIN_FAILED] = "535 5.7.8 Authentication credentials invalid",
-     [SAY_LOGIN_CLOSING] = "421 4.7.0 Too many failed logins, closing",
-     [SAY_TLS_GO] = "220 2.0.0 Ready to start TLS",
-     [SAY_TLS_ACTIVE] = "503 5.5.1 TLS is already active",
-     [SAY_TLS_UNAVAILABLE] = "454 4.7.0 TLS not available",
-     [SAY_BUSY] = "421 4.3.2 Too many connections, try again later",
-     [SAY_RATE] = "421 4.7.0 Error: too many connections from your address, try again later"},
-    NULL,
+    SMTP_SAYS, NULL,
 };
 
 /*==== 11. POP3 server session ====*/
