@@ -18833,8 +18833,13 @@ relay_success_report(struct mailsrv *ms, struct qentry *e)
     char path[MS_PATH_FILE];
     struct dsn_item *it;
     int i, n = 0, fd = -1, rc;
+    size_t want = 0;
     if (!e->from[0]) return 0;
-    it = xrealloc(NULL, sizeof *it * (size_t)e->nr);
+    for (i = 0; i < e->nr; i++) want += e->r[i].relayed != 0;
+    /* none asked for one: nothing is allocated between the next hop's 250 and the entry's removal,
+     * where a failure would send the message twice (fault_malloc) */
+    if (!want) return 0;
+    it = xrealloc(NULL, sizeof *it * want);
     for (i = 0; i < e->nr; i++) {
         const struct qrcpt *q = &e->r[i];
         if (!q->relayed) continue;
