@@ -368,7 +368,7 @@ def windows_bind_waits_for_busy_port(ctx):
     b = ctx.server(submission=False, server={"smtp": a.keys["smtp"], "pop3": a.keys["pop3"]})
     b.smtp_port, b.pop3_port = a.smtp_port, a.pop3_port  # its clients' ports too
     b.start(wait=False)
-    line = "port %d is still in use; waiting up to 240 s for it" % a.smtp_port
+    line = "127.0.0.1:%d is still in use; waiting up to 240 s for it" % a.smtp_port  # (the listener's name: LMTP's may be a path)
     wait_for(lambda: line in b.log_text(), 60, "the waiting line in the second server's log")
     time.sleep(3)  # not a synchronisation: the port stays busy over several of its 1 s retries
     check(b.alive() and "listening for" not in b.log_text(),
