@@ -2177,6 +2177,7 @@ static void relay_status(const char *err, char *out, size_t n);
 static void dsn_decoded(const char *x, char *out, size_t n);
 static void dsn_add_original(struct store_msg *m, int fd, int full);
 static int dsn_report(struct mailsrv *ms, const char *to, const char *about, const char *envid, int ret, time_t arrived, const struct dsn_item *it, int n, int fd);
+static int relay_report(struct mailsrv *ms, const struct qentry *e, const struct dsn_item *it, int n);
 static int relay_bounce(struct mailsrv *ms, struct qentry *e);
 static int relay_success_report(struct mailsrv *ms, struct qentry *e);
 static void relay_remove(struct mailsrv *ms, struct qentry *e);
@@ -18787,6 +18788,20 @@ dsn_report(struct mailsrv *ms, const char *to, const char *about, const char *en
     return rc;
 }
 
+/* Writes the report on the n recipients of it for entry e (RFC 3464), with
+ * the queued message as its third part; 0 when n is 0. */
+static int
+relay_report(struct mailsrv *ms, const struct qentry *e, const struct dsn_item *it, int n)
+{
+    char path[MS_PATH_FILE];
+    int fd = -1, rc;
+    if (!n) return 0;
+    if (ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0) fd = os_open(path, O_RDONLY, 0);
+    rc = dsn_report(ms, e->from, e->id, e->envid, e->ret, (time_t)e->arrived, it, n, fd);
+    if (fd >= 0) os_close(fd);
+    return rc;
+}
+
 /* One RFC 3464 report for the recipients refused in this round (result 5)
  * whose NOTIFY allows it (absent or with FAILURE: RFC 3461 4.1), to the
  * original sender; never for a message whose sender was <>.
@@ -18794,9 +18809,9 @@ dsn_report(struct mailsrv *ms, const char *to, const char *about, const char *en
 static int
 relay_bounce(struct mailsrv *ms, struct qentry *e)
 {
-    char path[MS_PATH_FILE], (*status)[16];
+    char (*status)[16];
     struct dsn_item *it;
-    int i, n = 0, fd = -1, rc;
+    int i, n = 0, rc;
     if (!e->from[0]) { ms_log(ms, "no bounce for %s: its sender was <> (RFC 5321 6.1)", e->id); return 0; }
     if (list_relay_bounce(ms, e)) return 0;
     it = xrealloc(NULL, sizeof *it * (size_t)e->nr);
@@ -18817,9 +18832,7 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
         it[n].diag = q->error;
         n++;
     }
-    if (n && ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0) fd = os_open(path, O_RDONLY, 0);
-    rc = n ? dsn_report(ms, e->from, e->id, e->envid, e->ret, (time_t)e->arrived, it, n, fd) : 0;
-    if (fd >= 0) os_close(fd);
+    rc = relay_report(ms, e, it, n);
     free(it);
     free(status);
     return rc;
@@ -18830,9 +18843,8 @@ relay_bounce(struct mailsrv *ms, struct qentry *e)
 static int
 relay_success_report(struct mailsrv *ms, struct qentry *e)
 {
-    char path[MS_PATH_FILE];
     struct dsn_item *it;
-    int i, n = 0, fd = -1, rc;
+    int i, n = 0, rc;
     size_t want = 0;
     if (!e->from[0]) return 0;
     for (i = 0; i < e->nr; i++) want += e->r[i].relayed != 0;
@@ -18852,9 +18864,7 @@ relay_success_report(struct mailsrv *ms, struct qentry *e)
         it[n].diag = q->error;
         n++;
     }
-    if (n && ms_fmt(path, sizeof path, "%s/%s.msg", ms->qdir, e->id) >= 0) fd = os_open(path, O_RDONLY, 0);
-    rc = n ? dsn_report(ms, e->from, e->id, e->envid, e->ret, (time_t)e->arrived, it, n, fd) : 0;
-    if (fd >= 0) os_close(fd);
+    rc = relay_report(ms, e, it, n);
     free(it);
     return rc;
 }
