@@ -3001,7 +3001,11 @@ idna_to_ascii(const char *in, char *out, size_t cap)
             memcpy(label, p, len);
             label[len] = 0;
             ms_lower(label);
-            if (strncmp(label, "xn--", 4) == 0 && puny_decode(label + 4, len - 4, cp, 63) < 0) return -1;
+            if (strncmp(label, "xn--", 4) == 0) { /* RFC 5891 5.4: an A-label stands for a non-ASCII U-label */
+                long k = puny_decode(label + 4, len - 4, cp, 63);
+                while (k > 0 && cp[k - 1] < 0x80) k--;
+                if (k <= 0) return -1; /* undecodable, "xn--", or "xn--abc-" (plain "abc") */
+            }
         } else {
             for (i = 0; i < len; i += l) {
                 long v = utf8_decode((const unsigned char *)p + i, len - i, &l);

@@ -2063,6 +2063,8 @@ test_utf8_idna(void)
     ASSERT(idna_to_ascii("XN--80ATDL2C.test", a, sizeof a) == 0 && strcmp(a, "xn--80atdl2c.test") == 0);
     ASSERT(idna_to_ascii("Example.ORG", a, sizeof a) == 0 && strcmp(a, "example.org") == 0);
     ASSERT(idna_to_ascii("xn--!!.test", a, sizeof a) == -1);   /* an A-label that does not decode */
+    ASSERT(idna_to_ascii("xn--.test", a, sizeof a) == -1);     /* RFC 5891 5.4: no U-label behind it */
+    ASSERT(idna_to_ascii("xn--abc-.test", a, sizeof a) == -1); /* decodes to ASCII "abc" */
     ASSERT(idna_to_ascii("a..b", a, sizeof a) == -1);
     ASSERT(idna_to_ascii("a.", a, sizeof a) == -1);
     ASSERT(idna_to_ascii("\xc0\xaf.test", a, sizeof a) == -1); /* ill-formed UTF-8 */
