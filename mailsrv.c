@@ -11862,7 +11862,7 @@ smtp_do_mail(struct conn *c, const char *args)
     const char *p = smtp_after_prefix(args, "FROM:"), *rest;
     struct dsn_mail dsn;
     int64_t size = 0;
-    int chaos, k, bad, utf8 = 0;
+    int chaos, k, bad, utf8 = 0, seen_size = 0, seen_body = 0;
     memset(&dsn, 0, sizeof dsn);
     if (c->proto == PROTO_SUBMISSION && !s->auth_user[0]) { conn_reply(c, "530 5.7.0 Authentication required"); return; }
     if ((chaos = chaos_fires(c->ms, CHAOS_SENDER)) != 0) { conn_reply(c, "%d Chaos: sender refused", chaos); return; }
@@ -11879,23 +11879,25 @@ smtp_do_mail(struct conn *c, const char *args)
         while (*rest == ' ') rest++;
         if (!s->esmtp) { conn_reply(c, "555 5.5.4 Parameters need EHLO"); return; }
         if (ms_strncaseeq(param, "SIZE=", 5)) {
-            char *end;
-            unsigned long long v = strtoull(param + 5, &end, 10);
-            if (end == param + 5 || *end) { conn_reply(c, "501 5.5.4 Bad SIZE parameter"); return; }
+            /* RFC 1870 5: size-value ::= 1*20DIGIT (strtoull alone would take "-1" and "+5") */
+            const char *d = param + 5;
+            unsigned long long v = 0;
+            while (isdigit((unsigned char)*d) && d - param < 5 + 19) v = v * 10 + (unsigned)(*d++ - '0');
+            if (d == param + 5 || *d || seen_size++) { conn_reply(c, "501 5.5.4 Bad or repeated SIZE parameter"); return; }
             if (v > (unsigned long long)c->ms->cfg->max_message_size) { /* RFC 1870 6.1 */
                 conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");
                 return;
             }
             size = (int64_t)v;
         } else if (ms_strncaseeq(param, "BODY=", 5)) {
-            if (!ms_strcaseeq(param + 5, "7BIT") && !ms_strcaseeq(param + 5, "8BITMIME")) {
-                conn_reply(c, "501 5.5.4 Unsupported BODY type");
+            if ((!ms_strcaseeq(param + 5, "7BIT") && !ms_strcaseeq(param + 5, "8BITMIME")) || seen_body++) {
+                conn_reply(c, "501 5.5.4 Unsupported or repeated BODY parameter");
                 return;
             }
         } else if ((k = dsn_mail_param(param, &dsn)) != 0) { /* RFC 3461 4.3, 4.4 */
             if (k < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (RET, ENVID)"); return; }
         } else if (ms_strcaseeq(param, "SMTPUTF8")) { /* RFC 6531 3.4: no value */
-            utf8 = 1;
+            if (utf8++) { conn_reply(c, "501 5.5.4 Repeated SMTPUTF8 parameter"); return; }
         } else if (!ms_strncaseeq(param, "AUTH=", 5)) {
             conn_reply(c, "555 5.5.4 Unsupported parameter");
             return;

@@ -180,6 +180,12 @@ def size_param_552(ctx):
     c.expect("MAIL FROM:<%s> SIZE=1000" % SENDER, 250)
     c.expect("RSET", 250)
     c.expect("MAIL FROM:<%s> SIZE=102400" % SENDER, 250)
+    c.expect("RSET", 250)
+    # RFC 1870 5: size-value is 1*20DIGIT; a parameter is not given twice (RFC 5321 4.1.2)
+    for bad in ("SIZE=-1", "SIZE=+5", "SIZE=", "SIZE=1k", "SIZE=1 SIZE=2", "BODY=7BIT BODY=8BITMIME",
+                "SMTPUTF8 SMTPUTF8", "BODY=BINARYMIME"):
+        c.expect("MAIL FROM:<%s> %s" % (SENDER, bad), 501, "5.5.4")
+    c.expect("MAIL FROM:<%s> SIZE=100 BODY=8BITMIME SMTPUTF8" % SENDER, 250)
 
 
 @test(modes=BOTH)
