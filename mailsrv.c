@@ -11894,7 +11894,7 @@ smtp_do_mail(struct conn *c, const char *args)
                 conn_reply(c, "501 5.5.4 Unsupported or repeated BODY parameter");
                 return;
             }
-        } else if ((k = dsn_mail_param(param, &dsn)) != 0) { /* RFC 3461 4.3, 4.4 */
+        } else if (c->proto != PROTO_LMTP && (k = dsn_mail_param(param, &dsn)) != 0) { /* RFC 3461 4.3, 4.4 */
             if (k < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (RET, ENVID)"); return; }
         } else if (ms_strcaseeq(param, "SMTPUTF8")) { /* RFC 6531 3.4: no value */
             if (utf8++) { conn_reply(c, "501 5.5.4 Repeated SMTPUTF8 parameter"); return; }
@@ -11984,7 +11984,10 @@ smtp_do_rcpt(struct conn *c, const char *args)
         rest += n;
         while (*rest == ' ') rest++;
         if (!s->esmtp) { conn_reply(c, "555 5.5.4 Parameters need EHLO"); return; }
-        if ((r = dsn_rcpt_param(param, &notify, orcpt)) == 0) { conn_reply(c, "555 5.5.4 Unsupported parameter"); return; }
+        if (c->proto == PROTO_LMTP || (r = dsn_rcpt_param(param, &notify, orcpt)) == 0) {
+            conn_reply(c, "555 5.5.4 Unsupported parameter"); /* LHLO offers no DSN: the MTA in front reports */
+            return;
+        }
         if (r < 0) { conn_reply(c, "501 5.5.4 Bad or repeated DSN parameter (NOTIFY, ORCPT)"); return; }
     }
     if ((r = smtp_path_utf8(local, domain, s->utf8)) != 0) {
@@ -12433,7 +12436,8 @@ static void
 smtp_do_help(struct conn *c, const char *a)
 {
     (void)a;
-    conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
+    if (c->proto == PROTO_LMTP) conn_reply(c, "214-2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY");
+    else conn_reply(c, "214-2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY AUTH STARTTLS");
     conn_reply(c, "214 2.0.0 mailsrv " MAILSRV_VERSION);
 }
 static void
@@ -12509,7 +12513,9 @@ smtp_line(struct conn *c, char *line, size_t len)
         const struct smtp_cmd *cmd = &smtp_cmds[i];
         if (strcmp(verb, cmd->verb) != 0 || (cmd->fn == smtp_do_lhlo && c->proto != PROTO_LMTP)) continue;
         if (cmd->junk && conn_junk(c)) return;
-        if (s->state < SMTP_S_DATA && cmd->refused[s->state]) conn_reply(c, "503 5.5.1 %s", cmd->refused[s->state]);
+        if (s->state < SMTP_S_DATA && cmd->refused[s->state])
+            conn_reply(c, "503 5.5.1 %s", c->proto == PROTO_LMTP && s->state == SMTP_S_GREET ? "Send LHLO first"
+                                                                                        : cmd->refused[s->state]);
         else cmd->fn(c, args);
         return;
     }

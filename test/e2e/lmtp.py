@@ -281,6 +281,28 @@ def lmtp_one_reply_per_recipient(ctx, storage):
     check(b"with LMTP id " in m, "Received: does not say LMTP (RFC 3848): %s" % short(m, 400))
 
 
+@test()
+def lmtp_refuses_what_lhlo_does_not_offer(ctx):
+    """LHLO offers no DSN (the MTA in front reports, and a report from here too would be a second
+    one): its parameters get 555 as any extension not offered (RFC 5321 4.1.1.11). HELP and the
+    503 before LHLO speak of LMTP's commands."""
+    srv = lmtp_server(ctx).start()
+    c = lmtp_conn(srv)
+    text = c.expect("MAIL FROM:<%s>" % SENDER, 503, "5.5.1")
+    check("LHLO" in text and "HELO" not in text, "MAIL before LHLO: %s" % text)
+    help_text = c.expect("HELP", 214)
+    check("LHLO" in help_text and not re.search(r"\b(HELO|EHLO|AUTH|STARTTLS)\b", help_text), "HELP over LMTP: %s" % help_text)
+    text = c.expect("LHLO client.test", 250)
+    check("DSN" not in text.split(), "LHLO offers DSN: %s" % short(text))
+    for bad in ("RET=HDRS", "ENVID=x1"):
+        c.expect("MAIL FROM:<%s> %s" % (SENDER, bad), 555, "5.5.4")
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    for bad in ("NOTIFY=SUCCESS", "ORCPT=rfc822;alice@example.test"):
+        c.expect("RCPT TO:<alice@example.test> %s" % bad, 555, "5.5.4")
+    c.expect("RCPT TO:<alice@example.test>", 250)
+    c.expect("QUIT", 221)
+
+
 @test(unix_only=True, modes=BOTH)
 def lmtp_unix_socket(ctx, storage):
     sockdir = os.path.join(ctx.dir, "run")
