@@ -11882,7 +11882,8 @@ smtp_do_mail(struct conn *c, const char *args)
             /* RFC 1870 5: size-value ::= 1*20DIGIT (strtoull alone would take "-1" and "+5") */
             const char *d = param + 5;
             unsigned long long v = 0;
-            while (isdigit((unsigned char)*d) && d - param < 5 + 19) v = v * 10 + (unsigned)(*d++ - '0');
+            for (; isdigit((unsigned char)*d) && d - param < 5 + 20; d++) /* 20 digits may not fit: then "too big" */
+                v = v > (ULLONG_MAX - 9) / 10 ? ULLONG_MAX : v * 10 + (unsigned)(*d - '0');
             if (d == param + 5 || *d || seen_size++) { conn_reply(c, "501 5.5.4 Bad or repeated SIZE parameter"); return; }
             if (v > (unsigned long long)c->ms->cfg->max_message_size) { /* RFC 1870 6.1 */
                 conn_reply(c, "552 5.3.4 Message size exceeds fixed maximum message size");

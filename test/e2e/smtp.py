@@ -185,6 +185,8 @@ def size_param_552(ctx):
     for bad in ("SIZE=-1", "SIZE=+5", "SIZE=", "SIZE=1k", "SIZE=1 SIZE=2", "BODY=7BIT BODY=8BITMIME",
                 "SMTPUTF8 SMTPUTF8", "BODY=BINARYMIME"):
         c.expect("MAIL FROM:<%s> %s" % (SENDER, bad), 501, "5.5.4")
+    c.expect("MAIL FROM:<%s> SIZE=%s" % (SENDER, "9" * 21), 501, "5.5.4")
+    c.expect("MAIL FROM:<%s> SIZE=%s" % (SENDER, "9" * 20), 552, "5.3.4")  # valid, and too big
     c.expect("MAIL FROM:<%s> SIZE=100 BODY=8BITMIME SMTPUTF8" % SENDER, 250)
 
 
