@@ -15739,7 +15739,7 @@ static const struct {
 static const unsigned short web_app_css_chunks[] = {3988, 3996, 3381, 0};
 typedef char web_app_css_is_whole[sizeof web_app_css == 11368 ? 1 : -1]; /* its chunks and their NULs, no padding */
 static const struct {
-    char c0[3991], c1[3999], c2[3922], c3[3926], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3993], c10[3949], c11[3932], c12[928];
+    char c0[3991], c1[3999], c2[3922], c3[3926], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3945], c10[3969], c11[4000], c12[1260];
 } web_app_js = {
     "/* mailsrv web page.\n"
     " *\n"
@@ -16707,7 +16707,12 @@ static const struct {
     "        }))));\n"
     "  }\n"
     "\n"
+    "  /* No event announces the end of a relay attempt: while one is going on, the view looks again\n"
+    "   * each second, so \"being relayed now\" does not stay on the screen after it is over. */\n"
+    "  let queueTimer = 0;\n"
+    "\n"
     "  async function showQueue() {\n"
+    "    clearTimeout(queueTimer);\n"
     "    showView('queue');\n"
     "    const r = await api('GET', '/api/v1/queue').catch(() => null);\n"
     "    markReady();\n"
@@ -16738,6 +16743,8 @@ static const struct {
     "    });\n"
     "    fill('queue-body', table([t('qId'), t('qFrom'), t('qArrived'), t('qSize'), t('qTries'), t('qNext'),\n"
     "      t('qRcpts'), t('qActions')], rows));\n"
+    "    if (entries.some((q) => q.Active))\n"
+    "      queueTimer = setTimeout(() => { if (app.view === 'queue') quiet(showQueue()); }, 1000);\n"
     "  }\n"
     "\n"
     "  async function deleteQueued(id) {\n"
@@ -16771,14 +16778,14 @@ static const struct {
     "      const pending = Array.isArray(l.Pending) \? l.Pending : [];\n"
     "      return el('section', { class: 'card list-card' },\n"
     "        el('h3', null, l.Address || ''),\n"
-    "        el('dl', { class: 'facts' },\n"
+    "        el('dl', { class: 'facts' },\n",
     "          el('dt', null, t('owner')), el('dd', null, l.Owner || t('none')),\n"
     "          el('dt', null, t('post')), el('dd', null, word('post_', l.Post)),\n"
     "          el('dt', null, t('posts')), el('dd', null, String(l.Posts || 0))),\n"
     "        el('h4', null, t('members', members.length)),\n"
     "        members.length\n"
     "          \? table([t('address'), t('requested'), t('confirmed'), t('bounces')],\n"
-    "            members.map((mb) => {\n",
+    "            members.map((mb) => {\n"
     "              const cells = [mb.Address || '', step(mb.Requested), step(mb.Confirmed), String(mb.Bounces || 0)];\n"
     "              cells.numeric = [3];\n"
     "              return cells;\n"
@@ -16870,7 +16877,7 @@ static const struct {
     "      const next = i < 0 \? null : list[i + step];\n"
     "      if (next) location.replace(messageHash(next.ID));\n"
     "      return;\n"
-    "    }\n"
+    "    }\n",
     "    i = i < 0 \? 0 : Math.max(0, Math.min(list.length - 1, i + step));\n"
     "    L.cur = list[i].ID;\n"
     "    highlight(true);\n"
@@ -16880,7 +16887,7 @@ static const struct {
     "  function onKey(e) {\n"
     "    if (e.ctrlKey || e.metaKey || e.altKey) return;\n"
     "    const tg = e.target;\n"
-    "    if (tg && (tg.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(tg.tagName))) {\n",
+    "    if (tg && (tg.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(tg.tagName))) {\n"
     "      if (e.key === 'Escape' && tg.id === 'search') tg.blur();\n"
     "      return;\n"
     "    }\n"
@@ -16962,7 +16969,7 @@ static const struct {
     "    $('btn-back').addEventListener('click', () => go(app.list.hash));\n"
     "    $('btn-delete').addEventListener('click', () => quiet(deleteOpen()));\n"
     "    $('btn-unread').addEventListener('click', () => quiet(markUnreadOpen()));\n"
-    "    $('btn-remote').addEventListener('click', () => {\n"
+    "    $('btn-remote').addEventListener('click', () => {\n",
     "      app.remote = true;\n"
     "      $('btn-remote').disabled = true;\n"
     "      selectTab('html');\n"
@@ -16970,7 +16977,7 @@ static const struct {
     "    for (const b of document.querySelectorAll('[data-tab]'))\n"
     "      b.addEventListener('click', () => selectTab(b.dataset.tab));\n"
     "    $('release-form').addEventListener('submit', release);\n"
-    "    frame().addEventListener('load', fitFrame);\n",
+    "    frame().addEventListener('load', fitFrame);\n"
     "    window.addEventListener('resize', () => { if (app.view === 'message' && app.tab === 'html') fitFrame(); });\n"
     "\n"
     "    // admin\n"
@@ -17000,8 +17007,8 @@ static const struct {
     "  else start();\n"
     "})();\n"
 };
-static const unsigned short web_app_js_chunks[] = {3990, 3998, 3921, 3925, 3979, 3973, 3991, 3966, 3971, 3992, 3948, 3931, 927, 0};
-typedef char web_app_js_is_whole[sizeof web_app_js == 48525 ? 1 : -1]; /* its chunks and their NULs, no padding */
+static const unsigned short web_app_js_chunks[] = {3990, 3998, 3921, 3925, 3979, 3973, 3991, 3966, 3971, 3944, 3968, 3999, 1259, 0};
+typedef char web_app_js_is_whole[sizeof web_app_js == 48897 ? 1 : -1]; /* its chunks and their NULs, no padding */
 /* END web/ */
 
 /* A file of the page: its chunks one after the other, each followed by its NUL (web/embed.py). */

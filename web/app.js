@@ -964,7 +964,12 @@
         }))));
   }
 
+  /* No event announces the end of a relay attempt: while one is going on, the view looks again
+   * each second, so "being relayed now" does not stay on the screen after it is over. */
+  let queueTimer = 0;
+
   async function showQueue() {
+    clearTimeout(queueTimer);
     showView('queue');
     const r = await api('GET', '/api/v1/queue').catch(() => null);
     markReady();
@@ -995,6 +1000,8 @@
     });
     fill('queue-body', table([t('qId'), t('qFrom'), t('qArrived'), t('qSize'), t('qTries'), t('qNext'),
       t('qRcpts'), t('qActions')], rows));
+    if (entries.some((q) => q.Active))
+      queueTimer = setTimeout(() => { if (app.view === 'queue') quiet(showQueue()); }, 1000);
   }
 
   async function deleteQueued(id) {

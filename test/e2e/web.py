@@ -182,6 +182,8 @@ def web_page_in_a_browser(ctx, storage):
         time.sleep(0.1)
     check(q and q[0]["Recipients"][0]["Error"], "a queue entry with an error: %r" % q)
 
+    accepted = threading.Event()
+
     def answer(what):
         if what == "send-rich":
             srv.send(["alice@example.test"], rich_mail(t, attachment, srv.http_port))
@@ -191,11 +193,22 @@ def web_page_in_a_browser(ctx, storage):
             while not any(("Rich " + t).encode() in m for m in stored(srv, addr)) and time.monotonic() < end:
                 time.sleep(0.05)
             check(any(("Rich " + t).encode() in m for m in stored(srv, addr)), "forwarded to %s" % addr)
+        elif what == "slow-next-hop":  # the retry finds a next hop that answers nothing for 2 s, then hangs up
+            closed.listen(1)
+            closed.settimeout(secs(10))
+
+            def hold():
+                try:
+                    conn = closed.accept()[0]
+                except OSError:
+                    return
+                accepted.set()
+                time.sleep(secs(2))
+                conn.close()
+            threading.Thread(target=hold, daemon=True).start()
         elif what == "queue-retried":
-            end = time.monotonic() + secs(5)
-            while "flush requested by alice@example.test" not in srv.log_text() and time.monotonic() < end:
-                time.sleep(0.05)
-            check("flush requested by alice@example.test" in srv.log_text(), "the page's flush reached the server")
+            check(accepted.wait(secs(10)), "the page's flush made the server retry")
+            check("flush requested by alice@example.test" in srv.log_text(), "the flush is logged")
         elif what == "queue-empty":
             check(api_json(srv, "/api/v1/queue", auth=ALICE)["Entries"] == [] and
                   not [f for f in os.listdir(srv.queue) if f.endswith((".env", ".msg"))], "the entry is gone, files too")

@@ -203,11 +203,13 @@ async function scenarioMain() {
     await shot(page, "queue-desktop");
   });
 
-  await step("the queue: retry now, then delete the entry", async () => {
+  await step("the queue: retry now, the view follows the retry to its end by itself, then delete the entry", async () => {
+    await need("slow-next-hop");
     await page.locator("#btn-flush").click();
-    await need("queue-retried"); // and the retry is over (a delete during it answers 409)
-    await page.locator("#nav-queue").click();
-    await page.waitForFunction(() => !document.querySelector("#view-queue tr.active"), null, { timeout: 10000 });
+    await need("queue-retried");
+    await page.waitForFunction(() => document.querySelector("#view-queue tr.active"), null, { timeout: 10000 });
+    // no event announces the end of a retry: the page looks again by itself (a delete during it answers 409)
+    await page.waitForFunction(() => !document.querySelector("#view-queue tr.active"), null, { timeout: 15000 });
     page.once("dialog", (d) => d.accept());
     await page.locator("#view-queue .q-delete").first().click();
     await page.waitForFunction((a) => !document.querySelector("#view-queue").textContent.includes(a), cfg.queued,
