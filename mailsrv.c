@@ -15739,7 +15739,7 @@ static const struct {
 static const unsigned short web_app_css_chunks[] = {3988, 3996, 3381, 0};
 typedef char web_app_css_is_whole[sizeof web_app_css == 11368 ? 1 : -1]; /* its chunks and their NULs, no padding */
 static const struct {
-    char c0[3991], c1[3999], c2[3922], c3[3926], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3945], c10[3969], c11[4000], c12[1260];
+    char c0[3990], c1[3996], c2[3998], c3[3975], c4[3980], c5[3974], c6[3992], c7[3967], c8[3972], c9[3973], c10[3918], c11[3974], c12[1536];
 } web_app_js = {
     "/* mailsrv web page.\n"
     " *\n"
@@ -15818,6 +15818,7 @@ static const struct {
     "      flush: 'Retry delivery now',\n"
     "      flushed: 'Delivery started for {0} messages.',\n"
     "      queueEmpty: 'The queue is empty.',\n"
+    "      queueMore: 'And {0} more messages in the queue.',\n"
     "      qId: 'ID',\n"
     "      qFrom: 'Sender',\n"
     "      qArrived: 'Arrived',\n"
@@ -15851,9 +15852,9 @@ static const struct {
     "      kind_subscribe: 'subscribe',\n"
     "      kind_unsubscribe: 'unsubscribe',\n"
     "      time: 'Time',\n"
-    "      version: 'Version',\n"
+    "      version: 'Version',\n",
     "      uptime: 'Uptime',\n"
-    "      sessions: 'Open sessions',\n",
+    "      sessions: 'Open sessions',\n"
     "      messagesToday: 'Messages today',\n"
     "      queueLength: 'Messages in the queue',\n"
     "      listeners: 'Listeners',\n"
@@ -15929,6 +15930,7 @@ static const struct {
     "      flush: '\320\236\321\202\320\277\321\200\320\260\320\262\320\270\321\202\321\214 \321\201\320\265\320\271\321\207\320\260\321\201',\n"
     "      flushed: '\320\235\320\260\321\207\320\260\321\202\320\260 \320\264\320\276\321\201\321\202\320\260\320\262\320\272\320\260 \320\277\320\270\321\201\320\265\320\274: {0}.',\n"
     "      queueEmpty: '\320\236\321\207\320\265\321\200\320\265\320\264\321\214 \320\277\321\203\321\201\321\202\320\260.',\n"
+    "      queueMore: '\320\230 \320\265\321\211\321\221 \320\277\320\270\321\201\320\265\320\274 \320\262 \320\276\321\207\320\265\321\200\320\265\320\264\320\270: {0}.',\n"
     "      qId: 'ID',\n"
     "      qFrom: '\320\236\321\202\320\277\321\200\320\260\320\262\320\270\321\202\320\265\320\273\321\214',\n"
     "      qArrived: '\320\237\320\276\320\273\321\203\321\207\320\265\320\275\320\276',\n"
@@ -15942,10 +15944,10 @@ static const struct {
     "      removeFromQueue: '\320\243\320\264\320\260\320\273\320\270\321\202\321\214',\n"
     "      st_pending: '\320\276\320\266\320\270\320\264\320\260\320\265\321\202',\n"
     "      st_delivered: '\320\264\320\276\321\201\321\202\320\260\320\262\320\273\320\265\320\275\320\276',\n"
-    "      st_bounced: '\320\262\320\276\320\267\320\262\321\200\320\260\321\211\320\265\320\275\320\276',\n"
+    "      st_bounced: '\320\262\320\276\320\267\320\262\321\200\320\260\321\211\320\265\320\275\320\276',\n",
     "      listsEmpty: '\320\240\320\260\321\201\321\201\321\213\320\273\320\276\320\272 \320\275\320\265\321\202.',\n"
     "      owner: '\320\222\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n"
-    "      post: '\320\232\321\202\320\276 \320\274\320\276\320\266\320\265\321\202 \320\277\320\270\321\201\320\260\321\202\321\214',\n",
+    "      post: '\320\232\321\202\320\276 \320\274\320\276\320\266\320\265\321\202 \320\277\320\270\321\201\320\260\321\202\321\214',\n"
     "      post_owner: '\321\202\320\276\320\273\321\214\320\272\320\276 \320\262\320\273\320\260\320\264\320\265\320\273\320\265\321\206',\n"
     "      post_members: '\321\203\321\207\320\260\321\201\321\202\320\275\320\270\320\272\320\270',\n"
     "      post_anyone: '\320\262\321\201\320\265',\n"
@@ -16051,8 +16053,8 @@ static const struct {
     "    const d = new Date(iso);\n"
     "    if (isNaN(d.getTime())) return String(iso);\n"
     "    if (long) return d.toLocaleString(LANG);\n"
-    "    const now = new Date();\n"
-    "    if (d.toDateString() === now.toDateString())\n",
+    "    const now = new Date();\n",
+    "    if (d.toDateString() === now.toDateString())\n"
     "      return d.toLocaleTimeString(LANG, { hour: '2-digit', minute: '2-digit' });\n"
     "    if (d.getFullYear() === now.getFullYear())\n"
     "      return d.toLocaleDateString(LANG, { day: 'numeric', month: 'short' });\n"
@@ -16710,11 +16712,12 @@ static const struct {
     "  /* No event announces the end of a relay attempt: while one is going on, the view looks again\n"
     "   * each second, so \"being relayed now\" does not stay on the screen after it is over. */\n"
     "  let queueTimer = 0;\n"
+    "  const QUEUE_SHOWN = 100; // the first ones of the queue; the rest counted below them\n"
     "\n"
     "  async function showQueue() {\n"
     "    clearTimeout(queueTimer);\n"
     "    showView('queue');\n"
-    "    const r = await api('GET', '/api/v1/queue').catch(() => null);\n"
+    "    const r = await api('GET', '/api/v1/queue\?limit=' + QUEUE_SHOWN).catch(() => null);\n"
     "    markReady();\n"
     "    if (!r || app.view !== 'queue') return;\n"
     "    const entries = Array.isArray(r.Entries) \? r.Entries : [];\n"
@@ -16741,8 +16744,9 @@ static const struct {
     "      if (q.Active) cells.rowClass = 'active';\n"
     "      return cells;\n"
     "    });\n"
+    "    const more = (r.Total || 0) - entries.length;\n"
     "    fill('queue-body', table([t('qId'), t('qFrom'), t('qArrived'), t('qSize'), t('qTries'), t('qNext'),\n"
-    "      t('qRcpts'), t('qActions')], rows));\n"
+    "      t('qRcpts'), t('qActions')], rows), more > 0 \? el('p', { class: 'small' }, t('queueMore', more)) : null);\n"
     "    if (entries.some((q) => q.Active))\n"
     "      queueTimer = setTimeout(() => { if (app.view === 'queue') quiet(showQueue()); }, 1000);\n"
     "  }\n"
@@ -16774,11 +16778,11 @@ static const struct {
     "    const lists = Array.isArray(r.Lists) \? r.Lists : [];\n"
     "    if (!lists.length) { fill('lists-body', el('p', { class: 'empty' }, t('listsEmpty'))); return; }\n"
     "    fill('lists-body', lists.map((l) => {\n"
-    "      const members = Array.isArray(l.Members) \? l.Members : [];\n"
+    "      const members = Array.isArray(l.Members) \? l.Members : [];\n",
     "      const pending = Array.isArray(l.Pending) \? l.Pending : [];\n"
     "      return el('section', { class: 'card list-card' },\n"
     "        el('h3', null, l.Address || ''),\n"
-    "        el('dl', { class: 'facts' },\n",
+    "        el('dl', { class: 'facts' },\n"
     "          el('dt', null, t('owner')), el('dd', null, l.Owner || t('none')),\n"
     "          el('dt', null, t('post')), el('dd', null, word('post_', l.Post)),\n"
     "          el('dt', null, t('posts')), el('dd', null, String(l.Posts || 0))),\n"
@@ -16871,13 +16875,13 @@ static const struct {
     "  function moveBy(step) {\n"
     "    const L = app.list;\n"
     "    const list = L.messages;\n"
-    "    if (!list.length) return;\n"
+    "    if (!list.length) return;\n",
     "    let i = list.findIndex((m) => m.ID === (app.view === 'message' \? app.msgId : L.cur));\n"
     "    if (app.view === 'message') {\n"
     "      const next = i < 0 \? null : list[i + step];\n"
     "      if (next) location.replace(messageHash(next.ID));\n"
     "      return;\n"
-    "    }\n",
+    "    }\n"
     "    i = i < 0 \? 0 : Math.max(0, Math.min(list.length - 1, i + step));\n"
     "    L.cur = list[i].ID;\n"
     "    highlight(true);\n"
@@ -16965,11 +16969,11 @@ static const struct {
     "    $('btn-delete-all').addEventListener('click', () => quiet(deleteAll()));\n"
     "    $('btn-more').addEventListener('click', () => quiet(loadList(true)));\n"
     "\n"
-    "    // one message\n"
+    "    // one message\n",
     "    $('btn-back').addEventListener('click', () => go(app.list.hash));\n"
     "    $('btn-delete').addEventListener('click', () => quiet(deleteOpen()));\n"
     "    $('btn-unread').addEventListener('click', () => quiet(markUnreadOpen()));\n"
-    "    $('btn-remote').addEventListener('click', () => {\n",
+    "    $('btn-remote').addEventListener('click', () => {\n"
     "      app.remote = true;\n"
     "      $('btn-remote').disabled = true;\n"
     "      selectTab('html');\n"
@@ -17007,8 +17011,8 @@ static const struct {
     "  else start();\n"
     "})();\n"
 };
-static const unsigned short web_app_js_chunks[] = {3990, 3998, 3921, 3925, 3979, 3973, 3991, 3966, 3971, 3944, 3968, 3999, 1259, 0};
-typedef char web_app_js_is_whole[sizeof web_app_js == 48897 ? 1 : -1]; /* its chunks and their NULs, no padding */
+static const unsigned short web_app_js_chunks[] = {3989, 3995, 3997, 3974, 3979, 3973, 3991, 3966, 3971, 3972, 3917, 3973, 1535, 0};
+typedef char web_app_js_is_whole[sizeof web_app_js == 49245 ? 1 : -1]; /* its chunks and their NULs, no padding */
 /* END web/ */
 
 /* A file of the page: its chunks one after the other, each followed by its NUL (web/embed.py). */
@@ -17097,18 +17101,21 @@ http_get_status(struct conn *c)
     http_json(c);
 }
 
-/* GET /api/v1/queue (mailsrv's): what waits to be relayed, from the server's own list. */
+/* GET /api/v1/queue (mailsrv's): what waits to be relayed, from the server's own list; a page of
+ * it (start, limit) as the message lists, so that one answer is built in a short loop turn
+ * however long the queue grows (the web page asks again each second while a retry goes on). */
 static void
 http_get_queue(struct conn *c)
 {
     struct mailsrv *ms = c->ms;
     struct buf *b = &c->u.http.resp;
-    int i, k;
+    int i, k, start, limit;
     if (http_admin_only(c)) return;
-    buf_adds(b, "{\"Entries\":[");
-    for (i = 0; i < ms->nqueue; i++) {
+    if (http_page(c, &start, &limit) != 0) { http_text(c, 400, "Invalid start or limit\n"); return; }
+    buf_printf(b, "{\"Total\":%d,\"Start\":%d,\"Entries\":[", ms->nqueue, start);
+    for (i = start; i < ms->nqueue && i - start < limit; i++) {
         const struct qentry *e = ms->queue[i];
-        buf_adds(b, i ? ",{" : "{");
+        buf_adds(b, i > start ? ",{" : "{");
         json_kv(b, "", "ID", e->id);
         json_kv(b, ",", "From", e->from);
         http_time(b, ",", "Arrived", e->arrived);

@@ -75,6 +75,7 @@
       flush: 'Retry delivery now',
       flushed: 'Delivery started for {0} messages.',
       queueEmpty: 'The queue is empty.',
+      queueMore: 'And {0} more messages in the queue.',
       qId: 'ID',
       qFrom: 'Sender',
       qArrived: 'Arrived',
@@ -186,6 +187,7 @@
       flush: 'Отправить сейчас',
       flushed: 'Начата доставка писем: {0}.',
       queueEmpty: 'Очередь пуста.',
+      queueMore: 'И ещё писем в очереди: {0}.',
       qId: 'ID',
       qFrom: 'Отправитель',
       qArrived: 'Получено',
@@ -967,11 +969,12 @@
   /* No event announces the end of a relay attempt: while one is going on, the view looks again
    * each second, so "being relayed now" does not stay on the screen after it is over. */
   let queueTimer = 0;
+  const QUEUE_SHOWN = 100; // the first ones of the queue; the rest counted below them
 
   async function showQueue() {
     clearTimeout(queueTimer);
     showView('queue');
-    const r = await api('GET', '/api/v1/queue').catch(() => null);
+    const r = await api('GET', '/api/v1/queue?limit=' + QUEUE_SHOWN).catch(() => null);
     markReady();
     if (!r || app.view !== 'queue') return;
     const entries = Array.isArray(r.Entries) ? r.Entries : [];
@@ -998,8 +1001,9 @@
       if (q.Active) cells.rowClass = 'active';
       return cells;
     });
+    const more = (r.Total || 0) - entries.length;
     fill('queue-body', table([t('qId'), t('qFrom'), t('qArrived'), t('qSize'), t('qTries'), t('qNext'),
-      t('qRcpts'), t('qActions')], rows));
+      t('qRcpts'), t('qActions')], rows), more > 0 ? el('p', { class: 'small' }, t('queueMore', more)) : null);
     if (entries.some((q) => q.Active))
       queueTimer = setTimeout(() => { if (app.view === 'queue') quiet(showQueue()); }, 1000);
   }
